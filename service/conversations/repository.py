@@ -1,0 +1,212 @@
+"""SQL for conversations and their items. Every statement is scoped by tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.db.models import conversation_table, item_table
+from service.items import NewItem
+from service.pagination import PageRequest
+
+conversation_t = conversation_table
+item_t = item_table
+
+TITLE_LENGTH = 80
+
+
+def title_from(items: Sequence[NewItem]) -> str | None:
+    for item in items:
+        if item.type == "message" and item.role == "user" and item.text_content.strip():
+            text = " ".join(item.text_content.split())
+            return text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1] + "…"
+    return None
+
+
+async def insert_conversation(
+    conn: AsyncConnection, *, conversation_id: str, tenant_id: str, metadata: dict[str, str]
+) -> Any:
+    return (
+        await conn.execute(
+            insert(conversation_t)
+            .values(id=conversation_id, tenant_id=tenant_id, metadata=metadata)
+            .returning(conversation_t)
+        )
+    ).one()
+
+
+async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> Any:
+    stmt = select(conversation_t).where(conversation_t.c.id == conversation_id, conversation_t.c.tenant_id == tenant_id)
+    return (await conn.execute(stmt)).first()
+
+
+async def lock_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> Any:
+    """The conversation row with a row lock for the rest of this (short) transaction, and whether a turn's
+    claim on it is still live."""
+    live_claim = and_(
+        conversation_t.c.turn_response_id.is_not(None), conversation_t.c.turn_expires_at > func.now()
+    ).label("claimed")
+    stmt = (
+        select(conversation_t, live_claim)
+        .where(conversation_t.c.id == conversation_id, conversation_t.c.tenant_id == tenant_id)
+        .with_for_update()
+    )
+    return (await conn.execute(stmt)).first()
+
+
+async def update_metadata(conn: AsyncConnection, tenant_id: str, conversation_id: str, metadata: dict[str, str]) -> Any:
+    stmt = (
+        update(conversation_t)
+        .where(conversation_t.c.id == conversation_id, conversation_t.c.tenant_id == tenant_id)
+        .values(metadata=metadata, updated_at=func.now())
+        .returning(conversation_t)
+    )
+    return (await conn.execute(stmt)).first()
+
+
+async def delete_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> bool:
+    """Delete the conversation and the items added to it directly. Items that responses carried stay with
+    those responses (as OpenAI does: their input_items still list them)."""
+    await conn.execute(
+        update(item_t)
+        .where(
+            item_t.c.conversation_id == conversation_id,
+            item_t.c.tenant_id == tenant_id,
+            item_t.c.response_id.is_not(None),
+        )
+        .values(conversation_id=None, position=None)
+    )
+    deleted = await conn.execute(
+        delete(conversation_t)
+        .where(conversation_t.c.id == conversation_id, conversation_t.c.tenant_id == tenant_id)
+        .returning(conversation_t.c.id)
+    )
+    return deleted.first() is not None
+
+
+def item_rows(
+    items: Sequence[NewItem],
+    *,
+    tenant_id: str,
+    response_id: str | None = None,
+    is_output: bool = False,
+    first_ordinal: int = 0,
+    conversation_id: str | None = None,
+    first_position: int | None = None,
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": item.id,
+            "tenant_id": tenant_id,
+            "response_id": response_id,
+            "is_output": is_output,
+            "ordinal": first_ordinal + index,
+            "conversation_id": conversation_id,
+            "position": None if first_position is None else first_position + index,
+            "type": item.type,
+            "role": item.role,
+            "status": item.status,
+            "body": item.body,
+            "text_content": item.text_content,
+        }
+        for index, item in enumerate(items)
+    ]
+
+
+async def insert_items(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(item_t), rows)
+
+
+async def advance_conversation(
+    conn: AsyncConnection,
+    conversation_id: str,
+    *,
+    added: int,
+    title: str | None,
+    release_claim_of: str | None = None,
+    usage: dict[str, Any] | None = None,
+) -> int | None:
+    """Reserve `added` positions at the end of the conversation and bump its counters. When
+    `release_claim_of` is given, this only succeeds while that response still holds the claim, and frees it.
+    Returns the first reserved position, or None when the claim was lost."""
+    values: dict[str, Any] = {
+        "next_position": conversation_t.c.next_position + added,
+        "item_count": conversation_t.c.item_count + added,
+        "updated_at": func.now(),
+        "title": func.coalesce(conversation_t.c.title, title),
+    }
+    conditions = [conversation_t.c.id == conversation_id]
+    if release_claim_of is not None:
+        conditions.append(conversation_t.c.turn_response_id == release_claim_of)
+        values.update(turn_response_id=None, turn_expires_at=None)
+    if usage is not None:
+        values.update(
+            response_count=conversation_t.c.response_count + 1,
+            input_tokens=conversation_t.c.input_tokens + usage["input_tokens"],
+            output_tokens=conversation_t.c.output_tokens + usage["output_tokens"],
+            cost=conversation_t.c.cost + usage["cost"],
+            last_model=usage["model"],
+            last_status=usage["status"],
+        )
+    stmt = update(conversation_t).where(*conditions).values(**values).returning(conversation_t.c.next_position)
+    end = await conn.scalar(stmt)
+    return None if end is None else int(end) - added
+
+
+async def list_items(conn: AsyncConnection, conversation_id: str, page: PageRequest, after_position: int | None) -> Any:
+    stmt = select(item_t.c.id, item_t.c.status, item_t.c.body).where(item_t.c.conversation_id == conversation_id)
+    if page.order == "asc":
+        if after_position is not None:
+            stmt = stmt.where(item_t.c.position > after_position)
+        stmt = stmt.order_by(item_t.c.position.asc())
+    else:
+        if after_position is not None:
+            stmt = stmt.where(item_t.c.position < after_position)
+        stmt = stmt.order_by(item_t.c.position.desc())
+    return (await conn.execute(stmt.limit(page.limit + 1))).all()
+
+
+async def find_item(conn: AsyncConnection, conversation_id: str, item_id: str) -> Any:
+    stmt = (
+        select(item_t.c.pk, item_t.c.id, item_t.c.status, item_t.c.body, item_t.c.position, item_t.c.response_id)
+        .where(item_t.c.conversation_id == conversation_id, item_t.c.id == item_id)
+        .order_by(item_t.c.position)
+        .limit(1)
+    )
+    return (await conn.execute(stmt)).first()
+
+
+async def remove_item(conn: AsyncConnection, conversation_id: str, item_pk: int, carried_by_response: bool) -> None:
+    if carried_by_response:
+        await conn.execute(update(item_t).where(item_t.c.pk == item_pk).values(conversation_id=None, position=None))
+    else:
+        await conn.execute(delete(item_t).where(item_t.c.pk == item_pk))
+    await conn.execute(
+        update(conversation_t)
+        .where(conversation_t.c.id == conversation_id)
+        .values(item_count=conversation_t.c.item_count - 1, updated_at=func.now())
+    )
+
+
+async def history_bodies(conn: AsyncConnection, conversation_id: str, before_position: int | None = None) -> list[str]:
+    """The conversation's items in order, as stored JSON texts: one ordered index scan."""
+    stmt = select(item_t.c.body).where(item_t.c.conversation_id == conversation_id)
+    if before_position is not None:
+        stmt = stmt.where(item_t.c.position < before_position)
+    return list((await conn.scalars(stmt.order_by(item_t.c.position))).all())
+
+
+async def claim_turn(conn: AsyncConnection, conversation_id: str, response_id: str, ttl_seconds: float) -> None:
+    """Take the conversation's turn claim (caller holds the row lock and checked it is free or expired)."""
+    await conn.execute(
+        update(conversation_t)
+        .where(conversation_t.c.id == conversation_id)
+        .values(
+            turn_response_id=response_id,
+            turn_expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, ttl_seconds),
+        )
+    )

@@ -1,0 +1,166 @@
+"""Conversations and their items (OpenAI's Conversations API). Each operation is one short transaction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.conversations import repository
+from service.errors import Conflict, InvalidRequest, NotFound
+from service.ids import new_id
+from service.items import item_view, normalize_input
+from service.metadata import validate_metadata
+from service.pagination import PageRequest, item_list
+
+MAX_ITEMS_PER_CALL = 20
+
+
+def conversation_view(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "object": "conversation",
+        "created_at": int(row.created_at.timestamp()),
+        "metadata": row.metadata,
+    }
+
+
+def conversation_not_found(conversation_id: str, param: str | None = None) -> NotFound:
+    return NotFound(f"Conversation with id '{conversation_id}' not found.", param=param)
+
+
+def conversation_locked(conversation_id: str) -> Conflict:
+    return Conflict(
+        f"Another request is currently operating on conversation '{conversation_id}'. "
+        "Retry when its turn has finished.",
+        param="conversation",
+        code="conversation_locked",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _items_param(value: Any, param: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{param} must be an array of items", param=param)
+    if len(value) > MAX_ITEMS_PER_CALL:
+        raise InvalidRequest(
+            f"{param} has {len(value)} items; at most {MAX_ITEMS_PER_CALL} can be added per call",
+            param=param,
+            code="too_many_items",
+        )
+    return value
+
+
+async def _append_direct(conn: AsyncConnection, tenant_id: str, conversation_id: str, raw_items: list[Any]) -> Any:
+    items = normalize_input(raw_items, param="items", max_items=MAX_ITEMS_PER_CALL)
+    start = await repository.advance_conversation(
+        conn, conversation_id, added=len(items), title=repository.title_from(items)
+    )
+    assert start is not None
+    await repository.insert_items(
+        conn,
+        repository.item_rows(items, tenant_id=tenant_id, conversation_id=conversation_id, first_position=start),
+    )
+    return items
+
+
+async def create_conversation(engine: AsyncEngine, tenant_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    metadata = validate_metadata(body.get("metadata"))
+    raw_items = _items_param(body.get("items"), "items")
+    normalize_input(raw_items, param="items", max_items=MAX_ITEMS_PER_CALL)  # validate before writing
+    async with engine.begin() as conn:
+        row = await repository.insert_conversation(
+            conn, conversation_id=new_id("conv"), tenant_id=tenant_id, metadata=metadata
+        )
+        if raw_items:
+            await _append_direct(conn, tenant_id, row.id, raw_items)
+    return conversation_view(row)
+
+
+async def get_conversation(engine: AsyncEngine, tenant_id: str, conversation_id: str) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        row = await repository.get_conversation(conn, tenant_id, conversation_id)
+    if row is None:
+        raise conversation_not_found(conversation_id)
+    return conversation_view(row)
+
+
+async def update_conversation(
+    engine: AsyncEngine, tenant_id: str, conversation_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    if "metadata" not in body:
+        raise InvalidRequest("metadata is required", param="metadata", code="missing_required_parameter")
+    metadata = validate_metadata(body["metadata"])
+    async with engine.begin() as conn:
+        row = await repository.update_metadata(conn, tenant_id, conversation_id, metadata)
+    if row is None:
+        raise conversation_not_found(conversation_id)
+    return conversation_view(row)
+
+
+async def delete_conversation(engine: AsyncEngine, tenant_id: str, conversation_id: str) -> dict[str, Any]:
+    async with engine.begin() as conn:
+        row = await repository.lock_conversation(conn, tenant_id, conversation_id)
+        if row is None:
+            raise conversation_not_found(conversation_id)
+        if row.claimed:
+            raise conversation_locked(conversation_id)
+        await repository.delete_conversation(conn, tenant_id, conversation_id)
+    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+
+async def add_items(engine: AsyncEngine, tenant_id: str, conversation_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    raw_items = _items_param(body.get("items"), "items")
+    if not raw_items:
+        raise InvalidRequest("items must hold at least one item", param="items")
+    async with engine.begin() as conn:
+        row = await repository.lock_conversation(conn, tenant_id, conversation_id)
+        if row is None:
+            raise conversation_not_found(conversation_id)
+        if row.claimed:
+            raise conversation_locked(conversation_id)
+        items = await _append_direct(conn, tenant_id, conversation_id, raw_items)
+    return item_list([item_view(i.id, i.status, i.body) for i in items], has_more=False)
+
+
+async def list_items(engine: AsyncEngine, tenant_id: str, conversation_id: str, page: PageRequest) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        if await repository.get_conversation(conn, tenant_id, conversation_id) is None:
+            raise conversation_not_found(conversation_id)
+        after_position = None
+        if page.after is not None:
+            anchor = await repository.find_item(conn, conversation_id, page.after)
+            if anchor is None:
+                raise InvalidRequest(
+                    f"No item with id '{page.after}' in conversation '{conversation_id}'", param="after"
+                )
+            after_position = anchor.position
+        rows = await repository.list_items(conn, conversation_id, page, after_position)
+    data = [item_view(r.id, r.status, r.body) for r in rows[: page.limit]]
+    return item_list(data, has_more=len(rows) > page.limit)
+
+
+async def get_item(engine: AsyncEngine, tenant_id: str, conversation_id: str, item_id: str) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        if await repository.get_conversation(conn, tenant_id, conversation_id) is None:
+            raise conversation_not_found(conversation_id)
+        row = await repository.find_item(conn, conversation_id, item_id)
+    if row is None:
+        raise NotFound(f"Item with id '{item_id}' not found in conversation '{conversation_id}'.")
+    return item_view(row.id, row.status, row.body)
+
+
+async def delete_item(engine: AsyncEngine, tenant_id: str, conversation_id: str, item_id: str) -> dict[str, Any]:
+    async with engine.begin() as conn:
+        conversation = await repository.lock_conversation(conn, tenant_id, conversation_id)
+        if conversation is None:
+            raise conversation_not_found(conversation_id)
+        if conversation.claimed:
+            raise conversation_locked(conversation_id)
+        row = await repository.find_item(conn, conversation_id, item_id)
+        if row is None:
+            raise NotFound(f"Item with id '{item_id}' not found in conversation '{conversation_id}'.")
+        await repository.remove_item(conn, conversation_id, row.pk, carried_by_response=row.response_id is not None)
+    return conversation_view(conversation)

@@ -1,0 +1,154 @@
+"""Tables. Items keep their exact JSON as text (not jsonb): jsonb refuses U+0000 and would cost a decode and
+re-encode per item per turn, while text is spliced into the upstream body as is."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.db.base import Base
+
+EMPTY_JSON_OBJECT = text("'{}'::jsonb")
+
+
+class Tenant(Base):
+    __tablename__ = "tenant"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKey(Base):
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(Text, server_default="")
+    # The first characters of the secret, so operators can tell keys apart without seeing them.
+    prefix: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary, unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Conversation(Base):
+    __tablename__ = "conversation"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=EMPTY_JSON_OBJECT)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    title: Mapped[str | None] = mapped_column(Text)
+    # Positions are handed out from this counter, so appending never needs max(position).
+    next_position: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    item_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    response_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    input_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    output_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cost: Mapped[Decimal] = mapped_column(Numeric(20, 10), server_default=text("0"))
+    last_model: Mapped[str | None] = mapped_column(Text)
+    last_status: Mapped[str | None] = mapped_column(Text)
+    # The claim of the turn in flight (one writer per conversation); null when free, void once expired.
+    turn_response_id: Mapped[str | None] = mapped_column(Text)
+    turn_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index(None, "tenant_id", "created_at"),)
+
+
+class ResponseRecord(Base):
+    __tablename__ = "response"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    conversation_id: Mapped[str | None] = mapped_column(ForeignKey("conversation.id", ondelete="SET NULL"), index=True)
+    # Where this response's context ends in its conversation: items before this position preceded it.
+    conversation_position: Mapped[int | None] = mapped_column(BigInteger)
+    previous_response_id: Mapped[str | None] = mapped_column(ForeignKey("response.id", ondelete="SET NULL"), index=True)
+    status: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(Text)
+    upstream_model: Mapped[str | None] = mapped_column(Text)
+    upstream_id: Mapped[str | None] = mapped_column(Text)
+    instructions: Mapped[str | None] = mapped_column(Text)
+    # The generation parameters as sent by the client (exact JSON text), echoed back on the Response.
+    params_json: Mapped[str] = mapped_column(Text, server_default="{}")
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=EMPTY_JSON_OBJECT)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    incomplete_details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    output_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cost: Mapped[Decimal] = mapped_column(Numeric(20, 10), server_default=text("0"))
+    background: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    stream: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when a later response builds on this one: it then stays as history but is gone for the client.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index(None, "tenant_id", "created_at"),)
+
+
+class Item(Base):
+    __tablename__ = "item"
+
+    pk: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(Text)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    # The response that carried this item as input or produced it as output; null for items added directly.
+    response_id: Mapped[str | None] = mapped_column(ForeignKey("response.id", ondelete="CASCADE"))
+    is_output: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    ordinal: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    conversation_id: Mapped[str | None] = mapped_column(ForeignKey("conversation.id", ondelete="CASCADE"))
+    position: Mapped[int | None] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(Text)
+    role: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    # Plain text of the item for search, NUL removed (PostgreSQL text cannot hold it).
+    text_content: Mapped[str] = mapped_column(Text, server_default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "position"),
+        Index(None, "response_id", "is_output", "ordinal"),
+        Index(None, "conversation_id", "id"),
+        Index(None, "tenant_id", "id"),
+    )
+
+
+__all__ = ["ApiKey", "Base", "Conversation", "Item", "ResponseRecord", "Tenant"]
+
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+# Core handles on the tables, for repositories that build statements without ORM objects.
+tenant_table = _table(Tenant)
+api_key_table = _table(ApiKey)
+conversation_table = _table(Conversation)
+response_table = _table(ResponseRecord)
+item_table = _table(Item)

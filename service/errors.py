@@ -1,0 +1,182 @@
+"""One error hierarchy, rendered by one handler as OpenAI's envelope:
+{"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.types import ExceptionHandlersMap
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+logger = logging.getLogger("service.errors")
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type_for(status: int) -> str:
+    return _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+class ServiceError(Exception):
+    status_code = 400
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        error_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.error_type = error_type or error_type_for(self.status_code)
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.message, self.error_type, self.param, self.code)
+
+
+class InvalidRequest(ServiceError):
+    status_code = 400
+
+
+class AuthenticationFailed(ServiceError):
+    status_code = 401
+    code = "invalid_api_key"
+
+
+class PermissionDenied(ServiceError):
+    status_code = 403
+    code = "insufficient_permissions"
+
+
+class NotFound(ServiceError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class Unprocessable(ServiceError):
+    status_code = 422
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ServiceUnavailable(ServiceError):
+    status_code = 503
+    code = "service_unavailable"
+
+
+def error_envelope(message: str, error_type: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(
+        content=msgspec.json.encode(body),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def handle_service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[bytes]:
+    return _json(exc.status_code, exc.envelope(), exc.headers or None)
+
+
+def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    param = None
+    code: str | None = None
+    message = exc.detail or "Request failed"
+    if isinstance(exc, NotFoundException):
+        code = "not_found"
+        if message == "Not Found":
+            message = "No such route"
+    elif isinstance(exc, MethodNotAllowedException):
+        code = "method_not_allowed"
+    elif isinstance(exc, NotAuthorizedException):
+        code = "invalid_api_key"
+    elif isinstance(exc, PermissionDeniedException):
+        code = "insufficient_permissions"
+    elif status == 413:
+        code = "payload_too_large"
+        message = "Request body is too large"
+    elif isinstance(exc, ValidationException):
+        code = "invalid_request"
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        if extra and isinstance(extra[0], dict):
+            param = extra[0].get("key")
+            detail = extra[0].get("message")
+            if detail:
+                message = f"Invalid value for {param}: {detail}" if param else str(detail)
+    return _json(status, error_envelope(message, error_type_for(status), param, code))
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True when the error means PostgreSQL could not be reached (as opposed to a bad query)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OSError | ConnectionError)
+
+
+def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if is_database_unavailable(exc):
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        return _json(
+            503,
+            error_envelope(
+                "The database is unavailable; nothing was changed. Retry shortly.",
+                "server_error",
+                None,
+                "database_unavailable",
+            ),
+            {"Retry-After": "1"},
+        )
+    logger.exception("unhandled error")
+    return _json(500, error_envelope("Internal server error", "server_error", None, "internal_error"))
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    ServiceError: handle_service_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,69 @@
+"""Request-boundary helpers shared by the route modules: auth guards, JSON in and out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from service.errors import AuthenticationFailed, PermissionDenied
+from service.jsonbody import decode_object
+from service.keys.service import Principal
+from service.runtime import Runtime
+
+_PRINCIPAL = "principal"
+
+
+def runtime_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Runtime:
+    runtime: Runtime = connection.app.state.runtime
+    return runtime
+
+
+def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    header = connection.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key")
+    return secret.strip()
+
+
+async def _authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    principal = await runtime_of(connection).authenticator.authenticate(_bearer(connection))
+    if principal is None:
+        # Never echo the key back, not even a prefix.
+        raise AuthenticationFailed("Incorrect or revoked API key provided")
+    connection.state[_PRINCIPAL] = principal
+    return principal
+
+
+async def require_tenant_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    principal = await _authenticate(connection)
+    if not principal.tenant_id:
+        raise PermissionDenied("ADMIN_API_KEY is for /admin routes only; use a tenant key for /v1")
+
+
+async def require_admin_key(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    principal = await _authenticate(connection)
+    if not principal.is_admin:
+        raise PermissionDenied("This route needs an admin key")
+
+
+def principal_of(request: Request[Any, Any, Any]) -> Principal:
+    principal: Principal = request.state[_PRINCIPAL]
+    return principal
+
+
+async def json_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    return decode_object(await request.body())
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
+    return Response(
+        content=msgspec.json.encode(content),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,213 @@
+"""Conversation items: validating what clients send, keeping what the upstream returns exactly, and the
+API view of a stored item. An item's `body` is its exact JSON text, which is what goes upstream next turn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from service.errors import InvalidRequest
+from service.ids import new_id
+
+_encode = msgspec.json.encode
+
+INPUT_ROLES = frozenset({"user", "system", "developer"})
+INPUT_PART_TYPES = frozenset({"input_text", "input_image", "input_file", "input_audio", "input_video"})
+OUTPUT_PART_TYPES = frozenset({"output_text", "refusal"})
+ID_PREFIX_BY_TYPE = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "reasoning": "rs",
+    "custom_tool_call": "ctc",
+    "custom_tool_call_output": "ctco",
+    "web_search_call": "ws",
+    "file_search_call": "fs",
+    "image_generation_call": "ig",
+    "code_interpreter_call": "ci",
+}
+# Item types whose upstream schema requires an id: one is minted when the client left it out.
+_ID_REQUIRED_IN_BODY = frozenset({"function_call", "reasoning"})
+
+
+@dataclass(frozen=True)
+class NewItem:
+    id: str
+    type: str
+    role: str | None
+    status: str
+    body: str
+    text_content: str
+
+
+def _fail(message: str, param: str) -> InvalidRequest:
+    return InvalidRequest(message, param=param, code="invalid_value")
+
+
+def _text_of_parts(parts: Any) -> str:
+    if not isinstance(parts, list):
+        return parts if isinstance(parts, str) else ""
+    texts = [p.get("text") for p in parts if isinstance(p, dict)]
+    return "\n".join(t for t in texts if isinstance(t, str))
+
+
+def extract_text(item: dict[str, Any]) -> str:
+    """Plain text for search and titles; NUL removed because PostgreSQL text cannot hold it."""
+    kind = item.get("type")
+    if kind == "message":
+        text = _text_of_parts(item.get("content"))
+    elif kind == "function_call":
+        text = f"{item.get('name', '')} {item.get('arguments', '')}"
+    elif kind == "function_call_output":
+        text = _text_of_parts(item.get("output"))
+    elif kind == "reasoning":
+        text = _text_of_parts(item.get("summary"))
+    else:
+        text = ""
+    return text.replace("\x00", "")
+
+
+def _check_parts(parts: list[Any], allowed: frozenset[str], param: str) -> None:
+    for index, part in enumerate(parts):
+        where = f"{param}[{index}]"
+        if not isinstance(part, dict):
+            raise _fail(f"Content part {where} must be an object", where)
+        kind = part.get("type")
+        if kind not in allowed:
+            raise _fail(
+                f"Content part {where} has type {kind!r}; expected one of {', '.join(sorted(allowed))}",
+                f"{where}.type",
+            )
+        if kind in {"input_text", "output_text"} and not isinstance(part.get("text"), str):
+            raise _fail(f"Content part {where} needs a string 'text'", f"{where}.text")
+
+
+def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
+    role = item.get("role")
+    content = item.get("content")
+    if role == "assistant":
+        if isinstance(content, str):
+            content = [{"type": "output_text", "text": content, "annotations": []}]
+        elif isinstance(content, list):
+            _check_parts(content, OUTPUT_PART_TYPES | INPUT_PART_TYPES, f"{param}.content")
+            # Prior assistant turns go upstream as output messages, whose parts are output_text.
+            content = [
+                {"type": "output_text", "text": p["text"], "annotations": []} if p.get("type") == "input_text" else p
+                for p in content
+            ]
+        else:
+            raise _fail(f"{param}.content must be a string or an array of content parts", f"{param}.content")
+        # OpenRouter requires id and status on assistant messages in the history.
+        return {
+            **item,
+            "type": "message",
+            "content": content,
+            "id": item.get("id") or new_id("msg"),
+            "status": item.get("status") or "completed",
+        }
+    if role not in INPUT_ROLES:
+        raise _fail(f"{param}.role must be one of user, assistant, system, developer (got {role!r})", f"{param}.role")
+    if isinstance(content, str):
+        content = [{"type": "input_text", "text": content}]
+    elif isinstance(content, list):
+        _check_parts(content, INPUT_PART_TYPES, f"{param}.content")
+    else:
+        raise _fail(f"{param}.content must be a string or an array of content parts", f"{param}.content")
+    return {**item, "type": "message", "content": content}
+
+
+def _normalize_one(item: Any, param: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise _fail(f"{param} must be an object", param)
+    kind = item.get("type")
+    if kind is None and "role" in item:
+        kind = "message"
+    if not isinstance(kind, str) or not kind:
+        raise _fail(f"{param}.type is required", f"{param}.type")
+    if "id" in item and not (isinstance(item["id"], str) and item["id"]):
+        raise _fail(f"{param}.id must be a non-empty string", f"{param}.id")
+    if kind == "message":
+        return _normalize_message(item, param)
+    if kind == "function_call":
+        for field in ("call_id", "name", "arguments"):
+            if not isinstance(item.get(field), str):
+                raise _fail(f"{param}.{field} is required and must be a string", f"{param}.{field}")
+    elif kind == "function_call_output":
+        if not isinstance(item.get("call_id"), str) or not item["call_id"]:
+            raise _fail(f"{param}.call_id is required for function_call_output", f"{param}.call_id")
+        if not isinstance(item.get("output"), str | list):
+            raise _fail(f"{param}.output must be a string or an array of content parts", f"{param}.output")
+    elif kind == "reasoning":
+        if not isinstance(item.get("summary"), list):
+            raise _fail(f"{param}.summary is required and must be an array", f"{param}.summary")
+    elif kind == "item_reference":
+        raise _fail("item_reference is not supported; send the referenced item itself", f"{param}.type")
+    if kind in _ID_REQUIRED_IN_BODY and "id" not in item:
+        return {**item, "id": new_id(ID_PREFIX_BY_TYPE[kind])}
+    return item
+
+
+def _to_new_item(item: dict[str, Any]) -> NewItem:
+    kind = str(item["type"])
+    item_id = item.get("id")
+    status = item.get("status")
+    return NewItem(
+        id=item_id if isinstance(item_id, str) and item_id else new_id(ID_PREFIX_BY_TYPE.get(kind, "item")),
+        type=kind,
+        role=item.get("role") if isinstance(item.get("role"), str) else None,
+        status=status if isinstance(status, str) and status else "completed",
+        body=_encode(item).decode(),
+        text_content=extract_text(item),
+    )
+
+
+def normalize_input(value: Any, *, param: str, max_items: int) -> list[NewItem]:
+    """Client input (a string or an array of items) as items ready to store. Raises InvalidRequest naming
+    the offending field."""
+    if isinstance(value, str):
+        return [_to_new_item({"type": "message", "role": "user", "content": [{"type": "input_text", "text": value}]})]
+    if not isinstance(value, list):
+        raise _fail(f"{param} must be a string or an array of items", param)
+    if len(value) > max_items:
+        raise InvalidRequest(
+            f"{param} has {len(value)} items; at most {max_items} are allowed",
+            param=param,
+            code="too_many_items",
+        )
+    return [_to_new_item(_normalize_one(item, f"{param}[{index}]")) for index, item in enumerate(value)]
+
+
+def normalize_output(items: Any, *, response_status: str) -> list[NewItem]:
+    """Upstream output items, kept exactly as returned (any type, unknown fields kept). Only a missing id
+    or status is filled in, since the next turn must replay them with both."""
+    if not isinstance(items, list):
+        return []
+    result = []
+    fallback_status = "completed" if response_status == "completed" else "incomplete"
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            continue
+        if not item.get("id") or (item["type"] == "message" and not item.get("status")):
+            result.append(
+                _to_new_item(
+                    {
+                        **item,
+                        "id": item.get("id") or new_id(ID_PREFIX_BY_TYPE.get(item["type"], "item")),
+                        "status": item.get("status") or fallback_status,
+                    }
+                )
+            )
+        else:
+            result.append(_to_new_item(item))
+    return result
+
+
+def item_view(item_id: str, status: str, body: str) -> dict[str, Any]:
+    """The item as our API shows it: always with an id and a status."""
+    value: dict[str, Any] = msgspec.json.decode(body)
+    if "id" not in value or "status" not in value:
+        value = {"id": item_id, **value}
+        value.setdefault("status", status)
+    return value

@@ -1,0 +1,118 @@
+"""API keys: minted with 256 bits of randomness, stored only as SHA-256 (enough for high-entropy secrets),
+compared in constant time, shown once."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.keys import repository
+
+KEY_PREFIX = "sk-cs-"
+_CACHE_TTL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    tenant_id: str
+    tenant_name: str
+    key_id: str | None
+    is_admin: bool
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    id: str
+    tenant: str
+    name: str
+    prefix: str
+    is_admin: bool
+    created_at: Any
+    secret: str
+
+
+def hash_key(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
+
+
+def mint_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+async def create_key(engine: AsyncEngine, *, tenant: str, name: str = "", is_admin: bool = False) -> CreatedKey:
+    secret = mint_secret()
+    async with engine.begin() as conn:
+        tenant_id = await repository.get_or_create_tenant(conn, tenant)
+        row = await repository.insert_key(
+            conn,
+            tenant_id=tenant_id,
+            name=name,
+            prefix=secret[: len(KEY_PREFIX) + 6],
+            key_hash=hash_key(secret),
+            is_admin=is_admin,
+        )
+    return CreatedKey(
+        id=row["id"],
+        tenant=tenant,
+        name=name,
+        prefix=secret[: len(KEY_PREFIX) + 6],
+        is_admin=is_admin,
+        created_at=row["created_at"],
+        secret=secret,
+    )
+
+
+class KeyAuthenticator:
+    """Resolves bearer secrets to principals, caching hits briefly; a revoke in this process clears the cache
+    at once, other processes see it within the cache TTL."""
+
+    def __init__(self, engine: AsyncEngine, admin_api_key: str | None) -> None:
+        self._engine = engine
+        self._admin_hash = hash_key(admin_api_key) if admin_api_key else None
+        self._cache: dict[bytes, tuple[float, Principal]] = {}
+
+    async def authenticate(self, secret: str) -> Principal | None:
+        digest = hash_key(secret)
+        if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
+            return Principal(tenant_id="", tenant_name="", key_id=None, is_admin=True)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self._engine.begin() as conn:
+            row = await repository.find_active_key(conn, digest)
+            if row is None or not hmac.compare_digest(bytes(row.key_hash), digest):
+                self._cache.pop(digest, None)
+                return None
+            await repository.touch_key(conn, row.id)
+        principal = Principal(tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, is_admin=row.is_admin)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + _CACHE_TTL_SECONDS, principal)
+        return principal
+
+    def forget_key(self, key_id: str) -> None:
+        for digest, (_, principal) in list(self._cache.items()):
+            if principal.key_id == key_id:
+                del self._cache[digest]
+
+
+async def revoke(engine: AsyncEngine, key_id: str) -> Any:
+    async with engine.begin() as conn:
+        return await repository.revoke_key(conn, key_id)
+
+
+async def list_keys(engine: AsyncEngine, tenant: str | None = None) -> list[Any]:
+    async with engine.connect() as conn:
+        return await repository.list_keys(conn, tenant=tenant)
+
+
+async def count_keys(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return await repository.count_keys(conn)

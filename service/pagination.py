@@ -1,0 +1,42 @@
+"""The one pagination helper for OpenAI-style item lists: `after` (an item id), `limit` 1-100 (default 20),
+`order` asc|desc (default desc); answers carry first_id, last_id and has_more."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from service.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    after: str | None
+    limit: int
+    order: Literal["asc", "desc"]
+
+
+def parse_page(after: str | None, limit: str | None, order: str | None) -> PageRequest:
+    if limit is None or limit == "":
+        size = 20
+    else:
+        try:
+            size = int(limit)
+        except ValueError:
+            raise InvalidRequest(f"limit must be an integer between 1 and 100, got {limit!r}", param="limit") from None
+        if not 1 <= size <= 100:
+            raise InvalidRequest(f"limit must be between 1 and 100, got {size}", param="limit")
+    direction = (order or "desc").lower()
+    if direction not in {"asc", "desc"}:
+        raise InvalidRequest(f"order must be 'asc' or 'desc', got {order!r}", param="order")
+    return PageRequest(after=after or None, limit=size, order=direction)  # type: ignore[arg-type]
+
+
+def item_list(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }

@@ -1,0 +1,168 @@
+"""SQL for responses: the response rows, their input/output items, and the history of a response chain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.db.models import conversation_table, item_table, response_table
+from service.pagination import PageRequest
+
+response_t = response_table
+item_t = item_table
+conversation_t = conversation_table
+
+TERMINAL_STATUSES = ("completed", "incomplete", "failed", "cancelled")
+RUNNING_STATUSES = ("queued", "in_progress")
+
+# The ancestor chain of a response, oldest first: if the chain's root ran in a conversation, the conversation
+# items that preceded it, then each response's input items and output items. One statement.
+_CHAIN_HISTORY = text(
+    """
+    WITH RECURSIVE chain AS (
+        SELECT id, previous_response_id, conversation_id, conversation_position, 0 AS depth
+        FROM response WHERE id = :response_id AND tenant_id = :tenant_id
+        UNION ALL
+        SELECT r.id, r.previous_response_id, r.conversation_id, r.conversation_position, c.depth + 1
+        FROM response r JOIN chain c ON r.id = c.previous_response_id
+    ),
+    root AS (SELECT conversation_id, conversation_position FROM chain ORDER BY depth DESC LIMIT 1)
+    SELECT body FROM (
+        SELECT 0 AS part, 0 AS depth, false AS is_output, i.position AS ord, i.body
+        FROM item i JOIN root ON i.conversation_id = root.conversation_id
+        WHERE i.position < root.conversation_position
+        UNION ALL
+        SELECT 1, -c.depth, i.is_output, i.ordinal, i.body
+        FROM chain c JOIN item i ON i.response_id = c.id
+    ) history
+    ORDER BY part, depth, is_output, ord
+    """
+)
+
+# Claims whose holder died: free them and report which responses held them (the old value, via the subquery).
+_RELEASE_EXPIRED_CLAIMS = text(
+    """
+    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL
+    FROM (SELECT id, turn_response_id FROM conversation
+          WHERE turn_expires_at < now() FOR UPDATE SKIP LOCKED) expired
+    WHERE c.id = expired.id
+    RETURNING expired.turn_response_id
+    """
+)
+
+
+async def insert_response(conn: AsyncConnection, values: dict[str, Any]) -> Any:
+    return (await conn.execute(insert(response_t).values(**values).returning(response_t.c.created_at))).scalar_one()
+
+
+async def get_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> Any:
+    stmt = select(response_t).where(
+        response_t.c.id == response_id, response_t.c.tenant_id == tenant_id, response_t.c.deleted_at.is_(None)
+    )
+    return (await conn.execute(stmt)).first()
+
+
+async def output_items(conn: AsyncConnection, response_id: str) -> list[Any]:
+    stmt = (
+        select(item_t.c.id, item_t.c.status, item_t.c.body)
+        .where(item_t.c.response_id == response_id, item_t.c.is_output.is_(True))
+        .order_by(item_t.c.ordinal)
+    )
+    return list((await conn.execute(stmt)).all())
+
+
+async def chain_history(conn: AsyncConnection, tenant_id: str, response_id: str) -> list[str]:
+    result = await conn.execute(_CHAIN_HISTORY, {"response_id": response_id, "tenant_id": tenant_id})
+    return [row.body for row in result]
+
+
+async def update_response(conn: AsyncConnection, response_id: str, values: dict[str, Any]) -> None:
+    await conn.execute(update(response_t).where(response_t.c.id == response_id).values(**values))
+
+
+async def fail_running_response(conn: AsyncConnection, response_id: str, error: dict[str, Any]) -> bool:
+    result = await conn.execute(
+        update(response_t)
+        .where(response_t.c.id == response_id, response_t.c.status.in_(RUNNING_STATUSES))
+        .values(status="failed", error=error, completed_at=func.now())
+        .returning(response_t.c.id)
+    )
+    return result.first() is not None
+
+
+async def attach_inputs_to_conversation(
+    conn: AsyncConnection, response_id: str, conversation_id: str, first_position: int
+) -> None:
+    await conn.execute(
+        update(item_t)
+        .where(item_t.c.response_id == response_id, item_t.c.is_output.is_(False))
+        .values(conversation_id=conversation_id, position=first_position + item_t.c.ordinal)
+    )
+
+
+async def list_input_items(
+    conn: AsyncConnection, response_id: str, page: PageRequest, after_ordinal: int | None
+) -> list[Any]:
+    stmt = select(item_t.c.id, item_t.c.status, item_t.c.body).where(
+        item_t.c.response_id == response_id, item_t.c.is_output.is_(False)
+    )
+    if page.order == "asc":
+        if after_ordinal is not None:
+            stmt = stmt.where(item_t.c.ordinal > after_ordinal)
+        stmt = stmt.order_by(item_t.c.ordinal.asc())
+    else:
+        if after_ordinal is not None:
+            stmt = stmt.where(item_t.c.ordinal < after_ordinal)
+        stmt = stmt.order_by(item_t.c.ordinal.desc())
+    return list((await conn.execute(stmt.limit(page.limit + 1))).all())
+
+
+async def input_item_ordinal(conn: AsyncConnection, response_id: str, item_id: str) -> int | None:
+    stmt = select(item_t.c.ordinal).where(
+        item_t.c.response_id == response_id, item_t.c.is_output.is_(False), item_t.c.id == item_id
+    )
+    value = await conn.scalar(stmt.limit(1))
+    return None if value is None else int(value)
+
+
+async def delete_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> bool:
+    """Delete a response for its owner. If a later response builds on it, it is only hidden, so that chain's
+    history stays whole; items that are also conversation items stay in their conversation."""
+    row = await get_response(conn, tenant_id, response_id)
+    if row is None:
+        return False
+    has_children = await conn.scalar(select(exists().where(response_t.c.previous_response_id == response_id)))
+    if has_children:
+        await update_response(conn, response_id, {"deleted_at": func.now()})
+        return True
+    await conn.execute(
+        update(item_t)
+        .where(item_t.c.response_id == response_id, item_t.c.conversation_id.is_not(None))
+        .values(response_id=None)
+    )
+    await conn.execute(delete(response_t).where(response_t.c.id == response_id))
+    return True
+
+
+async def release_expired_claims(conn: AsyncConnection) -> list[str]:
+    return [row[0] for row in await conn.execute(_RELEASE_EXPIRED_CLAIMS) if row[0] is not None]
+
+
+async def fail_stale_responses(
+    conn: AsyncConnection, *, holders: list[str], older_than_seconds: float, error: dict[str, Any]
+) -> list[str]:
+    """Fail running responses whose claim expired, and claim-less running responses older than the TTL."""
+    cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, bindparam("ttl", older_than_seconds))
+    no_live_claim = ~exists().where(
+        conversation_t.c.turn_response_id == response_t.c.id, conversation_t.c.turn_expires_at > func.now()
+    )
+    stale = or_(response_t.c.id.in_(holders), and_(response_t.c.created_at < cutoff, no_live_claim))
+    stmt = (
+        update(response_t)
+        .where(response_t.c.status.in_(RUNNING_STATUSES), stale)
+        .values(status="failed", error=error, completed_at=func.now())
+        .returning(response_t.c.id)
+    )
+    return list((await conn.scalars(stmt)).all())

@@ -1,0 +1,116 @@
+"""Validating a POST /v1/responses body, and building the body we send to OpenRouter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from service.errors import InvalidRequest
+from service.items import NewItem, normalize_input
+from service.metadata import validate_metadata
+
+# Fields that are ours (state and delivery) and never go upstream. OpenRouter is stateless: `store` must be
+# false or absent, and `previous_response_id`/`conversation` are rejected or unknown there.
+_STATE_FIELDS = frozenset(
+    {
+        "input",
+        "conversation",
+        "previous_response_id",
+        "store",
+        "stream",
+        "background",
+        "metadata",
+        "stream_options",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    model: str
+    input_items: list[NewItem]
+    params: dict[str, Any]  # what goes upstream besides input (model, instructions, generation parameters)
+    instructions: str | None
+    conversation_id: str | None
+    previous_response_id: str | None
+    store: bool
+    stream: bool
+    background: bool
+    metadata: dict[str, str]
+
+
+def _optional_bool(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be a boolean", param=name)
+    return value
+
+
+def _conversation_id(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get("id")
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("conversation must be a conversation id or an object with an id", param="conversation")
+    return value
+
+
+def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnRequest:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("model is required and must be a non-empty string", param="model")
+    if "input" not in body or body["input"] is None:
+        raise InvalidRequest("input is required", param="input", code="missing_required_parameter")
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise InvalidRequest("instructions must be a string", param="instructions")
+    conversation_id = _conversation_id(body.get("conversation"))
+    previous = body.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise InvalidRequest("previous_response_id must be a response id", param="previous_response_id")
+    if conversation_id and previous:
+        raise InvalidRequest(
+            "conversation and previous_response_id cannot be used together; pass one of them",
+            param="previous_response_id",
+            code="mutually_exclusive_parameters",
+        )
+    store = _optional_bool(body, "store", True)
+    stream = _optional_bool(body, "stream", False)
+    background = _optional_bool(body, "background", False)
+    if conversation_id and not store:
+        raise InvalidRequest(
+            "store=false cannot be used with conversation: a conversation turn is always stored",
+            param="store",
+        )
+    if background and not store:
+        raise InvalidRequest("background responses must be stored (store=false is not allowed)", param="store")
+    metadata = validate_metadata(body.get("metadata"))
+    input_items = normalize_input(body["input"], param="input", max_items=max_input_items)
+    if not input_items:
+        raise InvalidRequest("input must hold at least one item", param="input")
+    params = {key: value for key, value in body.items() if key not in _STATE_FIELDS and value is not None}
+    return TurnRequest(
+        model=model,
+        input_items=input_items,
+        params=params,
+        instructions=instructions,
+        conversation_id=conversation_id,
+        previous_response_id=previous,
+        store=store,
+        stream=stream,
+        background=background,
+        metadata=metadata,
+    )
+
+
+def build_upstream_body(params: dict[str, Any], history: list[str], new_items: list[NewItem], *, stream: bool) -> bytes:
+    """The one place the upstream input array is built: stored item texts spliced verbatim (no decode and
+    re-encode), then the new input. `store` is always false; nothing stateful is forwarded."""
+    head = msgspec.json.encode({**params, "store": False, "stream": stream})
+    parts = [*history, *(item.body for item in new_items)]
+    return head[:-1] + b',"input":[' + ",".join(parts).encode() + b"]}"

@@ -1,0 +1,359 @@
+"""The turn loop. A turn is three steps, and no transaction or pooled connection is held across the middle one:
+
+1. begin (one short transaction): claim the conversation (one writer at a time), store the response as
+   in_progress with its input items, and read the history as stored JSON texts (one query);
+2. call OpenRouter with the history spliced verbatim before the new input;
+3. finish (one short transaction): store the output items, append input and output to the conversation,
+   record status/usage, release the claim. A failed turn is stored with its error and appends nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.conversations import repository as conversations
+from service.conversations.service import conversation_locked, conversation_not_found
+from service.errors import InvalidRequest, NotFound, ServiceUnavailable, is_database_unavailable
+from service.ids import new_id
+from service.items import NewItem, item_view, normalize_output
+from service.pagination import PageRequest, item_list
+from service.responses import repository
+from service.responses.requests import TurnRequest, build_upstream_body
+from service.responses.views import ResponseState
+from service.upstream.client import OpenRouterClient
+from service.upstream.errors import UpstreamError
+
+logger = logging.getLogger("service.turns")
+
+_FINISH_ATTEMPTS = 3
+INTERRUPTED_ERROR = {"code": "server_error", "message": "The turn was interrupted before it finished"}
+
+
+@dataclass
+class Turn:
+    """A turn between begin and finish: what was claimed and what goes upstream."""
+
+    tenant_id: str
+    request: TurnRequest
+    state: ResponseState
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def upstream_body(self) -> bytes:
+        return build_upstream_body(
+            self.request.params, self.history, self.request.input_items, stream=self.request.stream
+        )
+
+
+def _previous_not_found(response_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Previous response with id '{response_id}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
+
+
+async def _read_previous(conn: AsyncConnection, tenant_id: str, previous_id: str) -> list[str]:
+    previous = await repository.get_response(conn, tenant_id, previous_id)
+    if previous is None:
+        raise _previous_not_found(previous_id)
+    if previous.status not in {"completed", "incomplete"}:
+        raise InvalidRequest(
+            f"Previous response '{previous_id}' has status '{previous.status}'; only a completed or incomplete "
+            "response can be continued",
+            param="previous_response_id",
+            code="previous_response_not_usable",
+        )
+    return await repository.chain_history(conn, tenant_id, previous_id)
+
+
+def _new_state(request: TurnRequest, *, status: str, created_at: Any) -> ResponseState:
+    return ResponseState(
+        id=new_id("resp"),
+        created_at=created_at,
+        status=status,
+        model=request.model,
+        params=request.params,
+        instructions=request.instructions,
+        metadata=request.metadata,
+        conversation_id=request.conversation_id,
+        previous_response_id=request.previous_response_id,
+        store=request.store,
+        background=request.background,
+    )
+
+
+async def begin_turn(
+    engine: AsyncEngine, tenant_id: str, request: TurnRequest, *, lock_ttl: float, status: str = "in_progress"
+) -> Turn:
+    """Step 1. For store=false nothing is written: the history is only read."""
+    if not request.store:
+        async with engine.connect() as conn:
+            history = (
+                await _read_previous(conn, tenant_id, request.previous_response_id)
+                if request.previous_response_id
+                else []
+            )
+            now = await conn.scalar(func.now().select())
+        return Turn(tenant_id, request, _new_state(request, status=status, created_at=now), history)
+
+    async with engine.begin() as conn:
+        state = _new_state(request, status=status, created_at=None)
+        position = None
+        if request.conversation_id:
+            conversation = await conversations.lock_conversation(conn, tenant_id, request.conversation_id)
+            if conversation is None:
+                raise conversation_not_found(request.conversation_id, param="conversation")
+            if conversation.claimed:
+                raise conversation_locked(request.conversation_id)
+            if conversation.turn_response_id is not None:
+                # The previous holder's claim expired (its process died): its response ends as failed.
+                await repository.fail_running_response(conn, conversation.turn_response_id, INTERRUPTED_ERROR)
+            await conversations.claim_turn(conn, request.conversation_id, state.id, lock_ttl)
+            position = conversation.next_position
+            history = await conversations.history_bodies(conn, request.conversation_id)
+        elif request.previous_response_id:
+            history = await _read_previous(conn, tenant_id, request.previous_response_id)
+        else:
+            history = []
+        state.created_at = await repository.insert_response(
+            conn,
+            {
+                "id": state.id,
+                "tenant_id": tenant_id,
+                "conversation_id": request.conversation_id,
+                "conversation_position": position,
+                "previous_response_id": request.previous_response_id,
+                "status": status,
+                "model": request.model,
+                "instructions": request.instructions,
+                "params_json": _params_json(request.params),
+                "metadata": request.metadata,
+                "background": request.background,
+                "stream": request.stream,
+            },
+        )
+        await conversations.insert_items(
+            conn, conversations.item_rows(request.input_items, tenant_id=tenant_id, response_id=state.id)
+        )
+    return Turn(tenant_id, request, state, history)
+
+
+def _params_json(params: dict[str, Any]) -> str:
+    return msgspec.json.encode(params).decode()
+
+
+def _jsonb_safe(value: Any) -> Any:
+    """jsonb cannot hold U+0000; errors and usage come from the upstream and might."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_jsonb_safe(k): _jsonb_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonb_safe(v) for v in value]
+    return value
+
+
+def _usage_numbers(usage: dict[str, Any] | None) -> tuple[int, int, Decimal]:
+    if not isinstance(usage, dict):
+        return 0, 0, Decimal(0)
+
+    def whole(name: str) -> int:
+        value = usage.get(name)
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+    cost = usage.get("cost")
+    return (
+        whole("input_tokens"),
+        whole("output_tokens"),
+        Decimal(str(cost)) if isinstance(cost, int | float) and not isinstance(cost, bool) else Decimal(0),
+    )
+
+
+def apply_upstream_result(state: ResponseState, result: dict[str, Any]) -> list[NewItem]:
+    """Fold OpenRouter's final Response into our state; returns the output items to store."""
+    status = result.get("status")
+    state.status = status if status in repository.TERMINAL_STATUSES else "completed"
+    state.upstream_model = result.get("model") if isinstance(result.get("model"), str) else None
+    state.usage = _jsonb_safe(result.get("usage")) if isinstance(result.get("usage"), dict) else None
+    state.error = _jsonb_safe(result.get("error")) if isinstance(result.get("error"), dict) else None
+    details = result.get("incomplete_details")
+    state.incomplete_details = _jsonb_safe(details) if isinstance(details, dict) else None
+    outputs = normalize_output(result.get("output"), response_status=state.status)
+    state.output = [(item.id, item.status, item.body) for item in outputs]
+    return outputs
+
+
+async def finish_turn(
+    engine: AsyncEngine,
+    turn: Turn,
+    outputs: list[NewItem],
+    *,
+    upstream_id: str | None = None,
+    append: bool | None = None,
+) -> None:
+    """Step 3, retried when the database hiccups; one transaction, so never half-written."""
+    state = turn.state
+    if not turn.request.store:
+        return
+    for attempt in range(1, _FINISH_ATTEMPTS + 1):
+        try:
+            async with engine.begin() as conn:
+                await _finish(conn, turn, outputs, upstream_id, append)
+            return
+        except Exception as exc:
+            if not is_database_unavailable(exc) or attempt == _FINISH_ATTEMPTS:
+                if is_database_unavailable(exc):
+                    raise ServiceUnavailable(
+                        f"The answer for response '{state.id}' could not be stored because the database is "
+                        "unavailable; the response will be marked failed. Retry the turn.",
+                        code="database_unavailable",
+                    ) from None
+                raise
+            logger.warning("storing turn %s failed (attempt %d), retrying", state.id, attempt)
+            await asyncio.sleep(0.2 * attempt)
+
+
+async def _finish(
+    conn: AsyncConnection, turn: Turn, outputs: list[NewItem], upstream_id: str | None, append: bool | None
+) -> None:
+    state = turn.state
+    conversation_id = turn.request.conversation_id
+    input_tokens, output_tokens, cost = _usage_numbers(state.usage)
+    should_append = state.status in {"completed", "incomplete"} if append is None else append
+    output_position = None
+    if conversation_id:
+        n_inputs = len(turn.request.input_items)
+        added = n_inputs + len(outputs) if should_append else 0
+        title = conversations.title_from(turn.request.input_items) if should_append else None
+        usage = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost": cost,
+            "model": state.upstream_model or state.model,
+            "status": state.status,
+        }
+        start = await conversations.advance_conversation(
+            conn, conversation_id, added=added, title=title, release_claim_of=state.id, usage=usage
+        )
+        if start is None:
+            # Our claim expired and another turn took the conversation: appending now would interleave.
+            state.status = "failed"
+            state.error = {
+                "code": "server_error",
+                "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
+            }
+        elif should_append:
+            await repository.attach_inputs_to_conversation(conn, state.id, conversation_id, start)
+            output_position = start + n_inputs
+    await conversations.insert_items(
+        conn,
+        conversations.item_rows(
+            outputs,
+            tenant_id=turn.tenant_id,
+            response_id=state.id,
+            is_output=True,
+            conversation_id=conversation_id if output_position is not None else None,
+            first_position=output_position,
+        ),
+    )
+    await repository.update_response(
+        conn,
+        state.id,
+        {
+            "status": state.status,
+            "upstream_id": upstream_id,
+            "upstream_model": state.upstream_model,
+            "usage": state.usage,
+            "error": state.error,
+            "incomplete_details": state.incomplete_details,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost": cost,
+            "completed_at": func.now(),
+        },
+    )
+    state.completed_at = await conn.scalar(func.now().select())
+
+
+async def fail_turn(
+    engine: AsyncEngine, turn: Turn, error: dict[str, Any], outputs: list[NewItem] | None = None
+) -> None:
+    """Store the turn as failed (with any partial output) and release the claim; never raises."""
+    turn.state.status = "failed"
+    turn.state.error = _jsonb_safe(error)
+    items = outputs or []
+    turn.state.output = [(i.id, i.status, i.body) for i in items]
+    try:
+        await finish_turn(engine, turn, items, append=False)
+    except Exception:
+        logger.exception("could not store failed turn %s; the reaper will finish it", turn.state.id)
+
+
+async def run_turn(
+    engine: AsyncEngine, upstream: OpenRouterClient, tenant_id: str, request: TurnRequest, *, lock_ttl: float
+) -> dict[str, Any]:
+    """A non-streamed turn, start to finish."""
+    turn = await begin_turn(engine, tenant_id, request, lock_ttl=lock_ttl)
+    try:
+        result = await upstream.create(turn.upstream_body)
+    except UpstreamError as error:
+        await asyncio.shield(fail_turn(engine, turn, error.response_error()))
+        raise
+    except BaseException:
+        await asyncio.shield(fail_turn(engine, turn, INTERRUPTED_ERROR))
+        raise
+    outputs = apply_upstream_result(turn.state, result)
+    upstream_id = result.get("id") if isinstance(result.get("id"), str) else None
+    await asyncio.shield(finish_turn(engine, turn, outputs, upstream_id=upstream_id))
+    return turn.state.render()
+
+
+async def get_response(engine: AsyncEngine, tenant_id: str, response_id: str) -> ResponseState:
+    async with engine.connect() as conn:
+        row = await repository.get_response(conn, tenant_id, response_id)
+        if row is None:
+            raise NotFound(f"Response with id '{response_id}' not found.")
+        output = await repository.output_items(conn, response_id)
+    return ResponseState.from_row(row, output)
+
+
+async def delete_response(engine: AsyncEngine, tenant_id: str, response_id: str) -> dict[str, Any]:
+    async with engine.begin() as conn:
+        if not await repository.delete_response(conn, tenant_id, response_id):
+            raise NotFound(f"Response with id '{response_id}' not found.")
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+async def list_input_items(engine: AsyncEngine, tenant_id: str, response_id: str, page: PageRequest) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        if await repository.get_response(conn, tenant_id, response_id) is None:
+            raise NotFound(f"Response with id '{response_id}' not found.")
+        after = None
+        if page.after is not None:
+            after = await repository.input_item_ordinal(conn, response_id, page.after)
+            if after is None:
+                raise InvalidRequest(f"No input item with id '{page.after}' in response '{response_id}'", param="after")
+        rows = await repository.list_input_items(conn, response_id, page, after)
+    data = [item_view(r.id, r.status, r.body) for r in rows[: page.limit]]
+    return item_list(data, has_more=len(rows) > page.limit)
+
+
+async def reap_stale_turns(engine: AsyncEngine, ttl_seconds: float) -> list[str]:
+    """Finish turns whose process died: free expired claims and mark their responses failed."""
+    async with engine.begin() as conn:
+        holders = await repository.release_expired_claims(conn)
+        failed = await repository.fail_stale_responses(
+            conn, holders=holders, older_than_seconds=ttl_seconds, error=INTERRUPTED_ERROR
+        )
+    if failed:
+        logger.warning("marked %d interrupted response(s) as failed", len(failed))
+    return failed

@@ -1,0 +1,112 @@
+"""The OpenAI Response object, rendered from what we stored."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from service.items import item_view
+
+# Echoed generation parameters and their OpenAI defaults when the client left them out.
+_ECHO_DEFAULTS: dict[str, Any] = {
+    "max_output_tokens": None,
+    "max_tool_calls": None,
+    "parallel_tool_calls": True,
+    "reasoning": None,
+    "service_tier": None,
+    "temperature": None,
+    "text": {"format": {"type": "text"}},
+    "tool_choice": "auto",
+    "tools": [],
+    "top_logprobs": None,
+    "top_p": None,
+    "truncation": "disabled",
+    "user": None,
+    "safety_identifier": None,
+    "prompt_cache_key": None,
+}
+
+
+def _epoch(value: datetime | None) -> int | None:
+    return None if value is None else int(value.timestamp())
+
+
+def full_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """OpenAI's usage with both detail objects present (the SDK's types require them), cost kept."""
+    if usage is None:
+        return None
+    result = dict(usage)
+    result.setdefault("input_tokens", 0)
+    result.setdefault("output_tokens", 0)
+    result.setdefault("total_tokens", result["input_tokens"] + result["output_tokens"])
+    result["input_tokens_details"] = {"cached_tokens": 0, **(usage.get("input_tokens_details") or {})}
+    result["output_tokens_details"] = {"reasoning_tokens": 0, **(usage.get("output_tokens_details") or {})}
+    return result
+
+
+@dataclass
+class ResponseState:
+    id: str
+    created_at: datetime
+    status: str
+    model: str | None
+    params: dict[str, Any]
+    instructions: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    conversation_id: str | None = None
+    previous_response_id: str | None = None
+    store: bool = True
+    background: bool = False
+    upstream_model: str | None = None
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    incomplete_details: dict[str, Any] | None = None
+    completed_at: datetime | None = None
+    output: list[tuple[str, str, str]] = field(default_factory=list)  # (id, status, body)
+
+    @classmethod
+    def from_row(cls, row: Any, output: list[Any]) -> ResponseState:
+        return cls(
+            id=row.id,
+            created_at=row.created_at,
+            status=row.status,
+            model=row.model,
+            params=msgspec.json.decode(row.params_json),
+            instructions=row.instructions,
+            metadata=row.metadata,
+            conversation_id=row.conversation_id,
+            previous_response_id=row.previous_response_id,
+            background=row.background,
+            upstream_model=row.upstream_model,
+            usage=row.usage,
+            error=row.error,
+            incomplete_details=row.incomplete_details,
+            completed_at=row.completed_at,
+            output=[(o.id, o.status, o.body) for o in output],
+        )
+
+    def render(self) -> dict[str, Any]:
+        output = [item_view(*item) for item in self.output]
+        echo = {name: self.params.get(name, default) for name, default in _ECHO_DEFAULTS.items()}
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": _epoch(self.created_at),
+            "status": self.status,
+            "background": self.background,
+            "completed_at": _epoch(self.completed_at) if self.status == "completed" else None,
+            "conversation": {"id": self.conversation_id} if self.conversation_id else None,
+            "error": self.error,
+            "incomplete_details": self.incomplete_details,
+            "instructions": self.instructions,
+            "metadata": self.metadata,
+            "model": self.upstream_model or self.model,
+            "output": output,
+            "previous_response_id": self.previous_response_id,
+            "store": self.store,
+            "usage": full_usage(self.usage),
+            **echo,
+        }

@@ -1,0 +1,19 @@
+"""What the application owns for its lifetime, built by the lifespan and shared by every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.config import Settings
+from service.keys.service import KeyAuthenticator
+from service.upstream.client import OpenRouterClient
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    upstream: OpenRouterClient
+    authenticator: KeyAuthenticator

@@ -1,0 +1,142 @@
+"""The OpenRouter client: POST /responses with retries before any byte reached our client, per-phase timeouts
+and a total deadline. It knows nothing of the database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+
+from service.config import Settings
+from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after
+from service.upstream.jsonutil import decode_upstream_json
+
+logger = logging.getLogger("service.upstream")
+
+_BACKOFF_CAP_SECONDS = 8.0
+
+
+class OpenRouterClient:
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._settings = settings
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if settings.openrouter_api_key:
+            headers["Authorization"] = f"Bearer {settings.openrouter_api_key}"
+        if settings.openrouter_app_url:
+            headers["HTTP-Referer"] = settings.openrouter_app_url
+        if settings.openrouter_app_title:
+            headers["X-OpenRouter-Title"] = settings.openrouter_app_title
+        timeout = httpx.Timeout(
+            connect=settings.upstream_connect_timeout,
+            read=settings.upstream_first_byte_timeout,
+            write=settings.upstream_connect_timeout,
+            pool=settings.upstream_connect_timeout,
+        )
+        limits = httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=min(200, settings.upstream_max_connections),
+        )
+        self._http = httpx.AsyncClient(
+            base_url=settings.openrouter_base_url + "/",
+            headers=headers,
+            timeout=timeout,
+            limits=limits,
+            transport=transport,
+        )
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def _backoff(self, attempt: int, error: UpstreamError) -> float:
+        if error.retry_after is not None:
+            wait: float = min(error.retry_after, self._settings.upstream_retry_max_wait)
+            return wait
+        delay: float = min(_BACKOFF_CAP_SECONDS, self._settings.upstream_retry_base_delay * 2.0 ** (attempt - 1))
+        return delay * random.uniform(0.75, 1.0)  # noqa: S311 - jitter, not security
+
+    async def _send(self, body: bytes, *, stream: bool) -> httpx.Response:
+        """One attempt: returns a response with a success status (body unread when streaming)."""
+        try:
+            request = self._http.build_request("POST", "responses", content=body)
+            response = await self._http.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise UpstreamError("OpenRouter did not answer in time", kind="timeout") from None
+        except httpx.TransportError as exc:
+            raise UpstreamError(f"Could not reach OpenRouter ({type(exc).__name__})", kind="connect") from None
+        if response.status_code < 400:
+            if not stream:
+                await self._read(response)
+            return response
+        try:
+            raw = await self._read(response)
+        finally:
+            await response.aclose()
+        try:
+            payload = decode_upstream_json(raw)
+        except ValueError:
+            payload = None
+        raise from_error_body(response.status_code, payload, parse_retry_after(response.headers.get("retry-after")))
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        try:
+            return await response.aread()
+        except httpx.TimeoutException:
+            raise UpstreamError("OpenRouter stopped sending before the answer was complete", kind="timeout") from None
+        except httpx.TransportError as exc:
+            raise UpstreamError(f"OpenRouter connection broke ({type(exc).__name__})", kind="connect") from None
+
+    async def _send_with_retries(self, body: bytes, *, stream: bool) -> httpx.Response:
+        attempts = self._settings.upstream_max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._send(body, stream=stream)
+            except UpstreamError as error:
+                if not error.retryable or attempt == attempts:
+                    raise
+                delay = self._backoff(attempt, error)
+                logger.warning(
+                    "upstream attempt %d/%d failed (%s %s); retrying in %.2fs",
+                    attempt,
+                    attempts,
+                    error.kind,
+                    error.upstream_status or "",
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def create(self, body: bytes) -> dict[str, Any]:
+        """Non-streamed turn. Retries happen here; the total deadline covers every attempt."""
+        try:
+            async with asyncio.timeout(self._settings.upstream_total_timeout):
+                response = await self._send_with_retries(body, stream=False)
+        except TimeoutError:
+            raise UpstreamError("OpenRouter did not finish within the total timeout", kind="timeout") from None
+        try:
+            payload = decode_upstream_json(response.content)
+        except ValueError:
+            raise UpstreamError("OpenRouter sent an answer that is not JSON", kind="protocol") from None
+        if not isinstance(payload, dict):
+            raise UpstreamError("OpenRouter sent an answer that is not a JSON object", kind="protocol")
+        if isinstance(payload.get("error"), dict) and "output" not in payload:
+            raise from_error_body(response.status_code, payload, None)
+        return payload
+
+    @asynccontextmanager
+    async def open_stream(self, body: bytes) -> AsyncIterator[httpx.Response]:
+        """Open a streamed turn. Errors before the first byte raise UpstreamError (after retries);
+        the caller reads events with `iter_events`."""
+        response = await self._send_with_retries(body, stream=True)
+        try:
+            yield response
+        finally:
+            await response.aclose()

@@ -1,0 +1,205 @@
+"""Test setup: a real PostgreSQL (TEST_DATABASE_URL, else an embedded server), migrated once per run through
+alembic; the service running on a real socket; a fake OpenRouter on another. Each test starts from empty tables.
+
+TEST_DATABASE_URL's database is wiped (schema `public` dropped and recreated) at the start of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from service.app import create_app
+from service.config import Settings, normalize_database_url
+from service.keys import service as keys
+from service.migrate import upgrade
+from tests.fake_openrouter import FakeOpenRouter, _free_port, _wait_for_port
+
+TABLES = ("item", "response", "conversation", "api_key", "tenant")
+
+
+async def _reset_schema(url: str) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
+async def _create_database(server_url: str, name: str) -> None:
+    engine = create_async_engine(server_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as conn:
+        exists = await conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        if not exists:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        url = normalize_database_url(configured)
+        asyncio.run(_reset_schema(url))
+        upgrade(url)
+        yield url
+        return
+    from service.db.embedded import EmbeddedPostgres
+
+    data_dir = Path(tempfile.mkdtemp(prefix="convstore-test-"))
+    server = EmbeddedPostgres(data_dir)
+    try:
+        server_url = server.start()
+        asyncio.run(_create_database(server_url, "convstore_test"))
+        url = server_url.replace("/postgres?", "/convstore_test?")
+        upgrade(url)
+        yield url
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[FakeOpenRouter]:
+    fake = FakeOpenRouter()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def base_settings(database_url: str, fake_upstream: FakeOpenRouter) -> Settings:
+    return Settings(
+        database_url=database_url,
+        openrouter_api_key="sk-or-test-secret-key",
+        openrouter_base_url=fake_upstream.base_url,
+        openrouter_app_url="https://example.test/app",
+        openrouter_app_title="Conversation store tests",
+        admin_api_key="admin-test-secret",
+        upstream_retry_base_delay=0.02,
+        upstream_retry_max_wait=1.0,
+        upstream_total_timeout=20.0,
+        db_pool_size=5,
+    )
+
+
+class LiveServer:
+    """The service on a real loopback port, in its own thread and event loop."""
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(settings, upstream_transport=transport)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def start(self) -> LiveServer:
+        self._thread.start()
+        _wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def server(base_settings: Settings) -> Iterator[LiveServer]:
+    live = LiveServer(base_settings).start()
+    yield live
+    live.stop()
+
+
+@pytest.fixture
+def start_server(base_settings: Settings) -> Iterator[Callable[..., LiveServer]]:
+    """Start another instance with some settings changed: start_server(upstream_max_attempts=1)."""
+    started: list[LiveServer] = []
+
+    def start(transport: httpx.AsyncBaseTransport | None = None, **overrides: Any) -> LiveServer:
+        live = LiveServer(dataclasses.replace(base_settings, **overrides), transport).start()
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        live.stop()
+
+
+@pytest.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+async def _isolation(db: AsyncEngine, fake_upstream: FakeOpenRouter) -> AsyncIterator[None]:
+    fake_upstream.reset()
+    yield
+    fake_upstream.reset()
+    async with db.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+
+
+@dataclass
+class Tenant:
+    name: str
+    key: str
+    key_id: str
+    http: httpx.AsyncClient
+    base_url: str
+
+    def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(api_key=self.key, base_url=self.base_url + "/v1", max_retries=0, **kwargs)
+
+
+@pytest.fixture
+async def make_tenant(server: LiveServer, db: AsyncEngine) -> AsyncIterator[Callable[..., Awaitable[Tenant]]]:
+    clients: list[httpx.AsyncClient] = []
+
+    async def make(name: str, *, admin: bool = False, live: LiveServer | None = None) -> Tenant:
+        target = live or server
+        created = await keys.create_key(db, tenant=name, is_admin=admin)
+        client = httpx.AsyncClient(
+            base_url=target.url, headers={"Authorization": f"Bearer {created.secret}"}, timeout=30
+        )
+        clients.append(client)
+        return Tenant(name, created.secret, created.id, client, target.url)
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def alice(make_tenant: Callable[..., Awaitable[Tenant]]) -> Tenant:
+    return await make_tenant("alice")
+
+
+@pytest.fixture
+async def bob(make_tenant: Callable[..., Awaitable[Tenant]]) -> Tenant:
+    return await make_tenant("bob")
+
+
+@pytest.fixture
+async def anonymous(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        yield client

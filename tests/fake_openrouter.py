@@ -1,0 +1,259 @@
+"""A fake OpenRouter on a real loopback socket, speaking the real wire format (JSON and SSE).
+
+Tests script what it answers (`enqueue`) and inspect exactly what it received (`requests`). With nothing
+scripted it answers like OpenRouter would for a plain text turn. It is a raw ASGI app served by uvicorn in a
+thread, so the service under test talks to it over HTTP exactly as it would to openrouter.ai.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+
+@dataclass
+class Reply:
+    """One scripted answer.
+
+    kind: "json" (status + body), "sse" (events, each sent as `data: {json}`; raw strings are sent as-is),
+    "stall" (accept the request and send nothing for `delay` seconds).
+    For "sse": `delay` between events, `cut_after` closes the connection abruptly after that many events,
+    `done` appends `data: [DONE]`.
+    """
+
+    kind: str = "json"
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    events: list[Any] = field(default_factory=list)
+    delay: float = 0.0
+    cut_after: int | None = None
+    done: bool = True
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    raw: bytes
+
+
+def text_response(text: str, *, model: str = "openai/gpt-4o-mini", msg_id: str | None = None) -> dict[str, Any]:
+    """OpenRouter's non-streamed answer carrying one assistant message."""
+    now = int(time.time())
+    return {
+        "id": f"gen-{time.time_ns()}",
+        "object": "response",
+        "created_at": now,
+        "completed_at": now,
+        "model": model,
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": None,
+        "metadata": None,
+        "output": [
+            {
+                "type": "message",
+                "id": msg_id or f"msg_{time.time_ns()}",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "temperature": None,
+        "top_p": None,
+        "presence_penalty": None,
+        "frequency_penalty": None,
+        "usage": {
+            "input_tokens": 10,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": 5,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 15,
+            "cost": 0.00042,
+            "is_byok": False,
+        },
+    }
+
+
+def response_with_output(output: list[dict[str, Any]], **overrides: Any) -> dict[str, Any]:
+    result = text_response("")
+    result["output"] = output
+    result.update(overrides)
+    return result
+
+
+def text_stream_events(text: str, *, msg_id: str = "msg_stream_1", chunks: int = 4) -> list[dict[str, Any]]:
+    """The spec's event sequence for a one-message answer (what OpenRouter streams)."""
+    final = text_response(text, msg_id=msg_id)
+    in_progress = {**final, "status": "in_progress", "output": [], "usage": None}
+    size = max(1, -(-len(text) // chunks))
+    pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
+    message = final["output"][0]
+    ids = {"item_id": msg_id, "output_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": in_progress},
+        {"type": "response.in_progress", "response": in_progress},
+        {
+            "type": "response.output_item.added",
+            "output_index": 0,
+            "item": {**message, "status": "in_progress", "content": []},
+        },
+        {
+            "type": "response.content_part.added",
+            **ids,
+            "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []},
+        },
+        *(
+            {"type": "response.output_text.delta", **ids, "content_index": 0, "delta": p, "logprobs": []}
+            for p in pieces
+        ),
+        {"type": "response.output_text.done", **ids, "content_index": 0, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **ids, "content_index": 0, "part": message["content"][0]},
+        {"type": "response.output_item.done", "output_index": 0, "item": message},
+        {"type": "response.completed", "response": final},
+    ]
+    for number, event in enumerate(events):
+        event["sequence_number"] = number
+    return events
+
+
+class FakeOpenRouter:
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self._script: deque[Reply] = deque()
+        self._lock = threading.Lock()
+        self.default_text = "Hello from the fake upstream."
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/api/v1"
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- scripting -------------------------------------------------------------------------------------
+    def enqueue(self, *replies: Reply) -> None:
+        with self._lock:
+            self._script.extend(replies)
+
+    def reply_json(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        self.enqueue(Reply(kind="json", status=status, body=body, headers=headers or {}))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._script.clear()
+            self.requests.clear()
+
+    @property
+    def inputs(self) -> list[list[Any]]:
+        """The `input` array of every request received, in order."""
+        return [r.body.get("input") for r in self.requests]
+
+    def _next(self) -> Reply | None:
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    # -- ASGI ------------------------------------------------------------------------------------------
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        raw = b"".join(chunks)
+        try:
+            body = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            body = {"_unparseable": raw.decode("utf-8", "replace")}
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        self.requests.append(Received(scope["method"], scope["path"], headers, body, raw))
+
+        reply = self._next()
+        if reply is None:
+            if body.get("stream"):
+                reply = Reply(kind="sse", events=text_stream_events(self.default_text))
+            else:
+                reply = Reply(kind="json", body=text_response(self.default_text))
+        if reply.kind == "stall":
+            await asyncio.sleep(reply.delay)
+            return
+        if reply.kind == "json":
+            payload = json.dumps(reply.body).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": reply.status,
+                    "headers": [(b"content-type", b"application/json")]
+                    + [(k.encode(), v.encode()) for k, v in reply.headers.items()],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": reply.status,
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+            }
+        )
+        for index, event in enumerate(reply.events):
+            if reply.cut_after is not None and index >= reply.cut_after:
+                raise ConnectionAbortedError("fake upstream cut the stream")  # uvicorn drops the connection
+            line = event if isinstance(event, str) else f"data: {json.dumps(event)}\n\n"
+            await send({"type": "http.response.body", "body": line.encode(), "more_body": True})
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+        tail = b"data: [DONE]\n\n" if reply.done else b""
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="critical", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        _wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listening on port {port}")
