@@ -257,4 +257,5 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
-        return 130
+        # Ctrl-C or SIGTERM after a graceful shutdown: the embedded server was stopped on the way out.
+        return 0

@@ -1,0 +1,109 @@
+"""`serve` on the embedded PostgreSQL, as a newcomer runs it: first start prints a key that works, SIGTERM stops
+the database too, data survives a restart, and no secret reaches the logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.fake_openrouter import FakeOpenRouter, _free_port
+from tests.test_foundation import ROOT, cli_env
+
+
+def _wait_ready(url: str, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} was not ready within {timeout}s")
+
+
+def _postgres_processes(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if proc.info.get("name") == "postgres" and str(data_dir) in cmdline:
+            found.append(proc)
+    return found
+
+
+def _start(data_dir: Path, port: int, **env: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--access-log"],
+        cwd=ROOT,
+        env=cli_env(DATA_DIR=str(data_dir), PORT=str(port), LOG_LEVEL="DEBUG", **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _stop(proc: subprocess.Popen[str], sig: int) -> str:
+    proc.send_signal(sig)
+    output, _ = proc.communicate(timeout=30)
+    return output
+
+
+def test_first_start_key_restart_and_clean_shutdown(tmp_path: Path, fake_upstream: FakeOpenRouter) -> None:
+    data_dir = tmp_path / "data"
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    openrouter_secret = "sk-or-v1-never-log-this-0123456789"
+    env = {"OPENROUTER_API_KEY": openrouter_secret, "OPENROUTER_BASE_URL": fake_upstream.base_url}
+
+    proc = _start(data_dir, port, **env)
+    try:
+        _wait_ready(url, timeout=60)
+        auth_line = None
+        conv_id = None
+        # The key was printed before "Serving on"; read what has been printed so far.
+        os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
+        time.sleep(0.2)
+        early = proc.stdout.read() or ""  # type: ignore[union-attr]
+        os.set_blocking(proc.stdout.fileno(), True)  # type: ignore[union-attr]
+        secret = next(line.strip() for line in early.splitlines() if line.strip().startswith("sk-cs-"))
+        auth_line = {"Authorization": f"Bearer {secret}"}
+        conv = httpx.post(url + "/v1/conversations", json={"metadata": {"k": "v"}}, headers=auth_line)
+        assert conv.status_code == 200, conv.text
+        conv_id = conv.json()["id"]
+        turn = httpx.post(
+            url + "/v1/responses", json={"model": "m", "input": "hi", "conversation": conv_id}, headers=auth_line
+        )
+        assert turn.status_code == 200, turn.text
+        assert fake_upstream.requests[-1].headers["authorization"] == f"Bearer {openrouter_secret}"
+        assert _postgres_processes(data_dir), "the embedded server should be running"
+    finally:
+        later = _stop(proc, signal.SIGTERM)
+    assert proc.returncode == 0, later
+    time.sleep(0.5)
+    assert _postgres_processes(data_dir) == [], "SIGTERM must stop the embedded PostgreSQL too"
+    # Secrets never reach the logs: after the one-time banner, neither key appears anywhere.
+    assert secret not in later
+    assert openrouter_secret not in early + later
+
+    proc = _start(data_dir, port, **env)
+    try:
+        seconds = _wait_ready(url, timeout=30)
+        assert seconds < 5, f"a restart took {seconds:.1f}s"
+        again = httpx.get(url + f"/v1/conversations/{conv_id}", headers=auth_line)
+        assert again.status_code == 200
+        assert again.json()["metadata"] == {"k": "v"}
+        items = httpx.get(url + f"/v1/conversations/{conv_id}/items", headers=auth_line).json()
+        assert len(items["data"]) == 2
+    finally:
+        restarted_output = _stop(proc, signal.SIGINT)
+    assert "sk-cs-" not in restarted_output, "no new key is created once keys exist"
+    assert proc.returncode == 0
+    time.sleep(0.5)
+    assert _postgres_processes(data_dir) == []
