@@ -22,6 +22,7 @@ import openai
 import pytest
 import uvicorn
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -67,7 +68,7 @@ def database_url() -> Iterator[str]:
     try:
         server_url = server.start()
         asyncio.run(_create_database(server_url, "convstore_test"))
-        url = server_url.replace("/postgres?", "/convstore_test?")
+        url = make_url(server_url).set(database="convstore_test").render_as_string(hide_password=False)
         upgrade(url)
         yield url
     finally:

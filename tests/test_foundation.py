@@ -14,6 +14,7 @@ import httpx
 import pytest
 from alembic import command
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -254,8 +255,7 @@ async def scratch_database_url(database_url: str) -> AsyncIterator[str]:
     async with admin.connect() as conn:
         await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    current = database_url.rsplit("/", 1)[1].split("?", 1)[0]
-    yield database_url.replace(f"/{current}", f"/{name}", 1)
+    yield make_url(database_url).set(database=name).render_as_string(hide_password=False)
     async with admin.connect() as conn:
         await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     await admin.dispose()
