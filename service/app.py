@@ -14,13 +14,17 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from service import __version__
+from service.admin.routes import AdminController, AdminKeyController
 from service.config import Settings
 from service.conversations.routes import ConversationController
 from service.db.session import create_engine
 from service.errors import EXCEPTION_HANDLERS
 from service.health import health, ready
+from service.idempotency.middleware import IdempotencyMiddleware
+from service.idempotency.service import purge_expired_keys
 from service.keys.service import KeyAuthenticator
 from service.responses.routes import ResponseController
+from service.responses.runner import TurnRunner
 from service.responses.service import reap_stale_turns
 from service.runtime import Runtime
 from service.upstream.client import OpenRouterClient
@@ -36,6 +40,7 @@ async def _reap_forever(runtime: Runtime) -> None:
     while True:
         try:
             await reap_stale_turns(runtime.engine, runtime.settings.turn_lock_ttl)
+            await purge_expired_keys(runtime.engine)
         except Exception as exc:
             logger.warning("reaper pass failed: %s", type(exc).__name__)
         await asyncio.sleep(interval)
@@ -64,12 +69,15 @@ def create_app(
             engine=engine,
             upstream=upstream,
             authenticator=KeyAuthenticator(engine, settings.admin_api_key),
+            turns=TurnRunner(settings, engine, upstream),
         )
         app.state.runtime = runtime
         reaper = asyncio.create_task(_reap_forever(runtime))
         try:
             yield
         finally:
+            # Running turns get a grace period to finish and be stored; what is left is stored as failed.
+            await runtime.turns.shutdown(settings.shutdown_grace_period)
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
@@ -77,9 +85,10 @@ def create_app(
             await engine.dispose()
 
     return Litestar(
-        route_handlers=[health, ready, ConversationController, ResponseController],
+        route_handlers=[health, ready, ConversationController, ResponseController, AdminController, AdminKeyController],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[IdempotencyMiddleware(max_body_bytes=MAX_BODY_BYTES)],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
             title="Conversation store for OpenRouter",

@@ -99,7 +99,9 @@ class Settings:
     upstream_max_connections: int = 1000
     turn_lock_ttl: float = 960.0
     stream_disconnect_policy: DisconnectPolicy = "continue"
+    shutdown_grace_period: float = 30.0
     max_input_items: int = 2000
+    idempotency_key_ttl: float = 86400.0
 
     @property
     def demo_upstream(self) -> bool:
@@ -150,5 +152,7 @@ class Settings:
             # The claim must outlive the longest legitimate turn, so it defaults past the total timeout.
             turn_lock_ttl=_number(env, "TURN_LOCK_TTL", max(960.0, total + 60.0), minimum=1),
             stream_disconnect_policy=policy,  # type: ignore[arg-type]
+            shutdown_grace_period=_number(env, "SHUTDOWN_GRACE_PERIOD", 30.0),
             max_input_items=_int(env, "MAX_INPUT_ITEMS", 2000, minimum=1),
+            idempotency_key_ttl=_number(env, "IDEMPOTENCY_KEY_TTL", 86400.0, minimum=1),
         )

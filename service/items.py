@@ -3,6 +3,7 @@ API view of a stored item. An item's `body` is its exact JSON text, which is wha
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,8 @@ ID_PREFIX_BY_TYPE = {
 }
 # Item types whose upstream schema requires an id: one is minted when the client left it out.
 _ID_REQUIRED_IN_BODY = frozenset({"function_call", "reasoning"})
+_COLUMN_FIELDS = ("id", "type", "role", "status")
+ITEM_REFERENCE = "item_reference"
 
 
 @dataclass(frozen=True)
@@ -124,10 +127,16 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
     kind = item.get("type")
     if kind is None and "role" in item:
         kind = "message"
+    elif kind is None and "id" in item:
+        kind = ITEM_REFERENCE  # OpenAI's ItemReference: `type` is optional, `id` alone names a stored item
     if not isinstance(kind, str) or not kind:
         raise _fail(f"{param}.type is required", f"{param}.type")
     if "id" in item and not (isinstance(item["id"], str) and item["id"]):
         raise _fail(f"{param}.id must be a non-empty string", f"{param}.id")
+    for field in _COLUMN_FIELDS:
+        # These are also stored as columns (listing, lookup by id), and PostgreSQL text cannot hold U+0000.
+        if isinstance(item.get(field), str) and "\x00" in item[field]:
+            raise _fail(f"{param}.{field} cannot contain U+0000", f"{param}.{field}")
     if kind == "message":
         return _normalize_message(item, param)
     if kind == "function_call":
@@ -142,22 +151,30 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
     elif kind == "reasoning":
         if not isinstance(item.get("summary"), list):
             raise _fail(f"{param}.summary is required and must be an array", f"{param}.summary")
-    elif kind == "item_reference":
-        raise _fail("item_reference is not supported; send the referenced item itself", f"{param}.type")
+    elif kind == ITEM_REFERENCE:
+        if not isinstance(item.get("id"), str):
+            raise _fail(f"{param}.id is required for item_reference", f"{param}.id")
+        # Resolved to the stored item (see resolve_reference) before anything is written or sent.
+        return {"type": ITEM_REFERENCE, "id": item["id"]}
     if kind in _ID_REQUIRED_IN_BODY and "id" not in item:
         return {**item, "id": new_id(ID_PREFIX_BY_TYPE[kind])}
     return item
 
 
+def _column(value: Any) -> str | None:
+    """A field copied to a text column: the body keeps the exact value, the column drops what text cannot hold
+    (only upstream items get here with U+0000; client items were refused)."""
+    return (value.replace("\x00", "") or None) if isinstance(value, str) else None
+
+
 def _to_new_item(item: dict[str, Any]) -> NewItem:
-    kind = str(item["type"])
-    item_id = item.get("id")
-    status = item.get("status")
+    kind = _column(item["type"]) or "item"
+    item_id = _column(item.get("id"))
     return NewItem(
-        id=item_id if isinstance(item_id, str) and item_id else new_id(ID_PREFIX_BY_TYPE.get(kind, "item")),
+        id=item_id or new_id(ID_PREFIX_BY_TYPE.get(kind, "item")),
         type=kind,
-        role=item.get("role") if isinstance(item.get("role"), str) else None,
-        status=status if isinstance(status, str) and status else "completed",
+        role=_column(item.get("role")),
+        status=_column(item.get("status")) or "completed",
         body=_encode(item).decode(),
         text_content=extract_text(item),
     )
@@ -202,6 +219,13 @@ def normalize_output(items: Any, *, response_status: str) -> list[NewItem]:
         else:
             result.append(_to_new_item(item))
     return result
+
+
+def resolve_reference(stored_body: str) -> NewItem:
+    """The item an item_reference names, as a new item carrying the stored JSON text unchanged (so it replays
+    byte-exact). It keeps the id inside that text; an item whose text has none (input messages) gets a new id,
+    so that ids stay unique within a conversation."""
+    return dataclasses.replace(_to_new_item(msgspec.json.decode(stored_body)), body=stored_body)
 
 
 def item_view(item_id: str, status: str, body: str) -> dict[str, Any]:

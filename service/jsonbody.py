@@ -53,7 +53,7 @@ def decode_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest("Request body is empty; expected a JSON object", code="invalid_json")
     try:
         value = _decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets invalid UTF-8 through as the latter
         raise _diagnose(raw, exc) from None
     if not isinstance(value, dict):
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.keys.service import KeyAuthenticator
+from service.responses.runner import TurnRunner
 from service.upstream.client import OpenRouterClient
 
 
@@ -17,3 +18,4 @@ class Runtime:
     engine: AsyncEngine
     upstream: OpenRouterClient
     authenticator: KeyAuthenticator
+    turns: TurnRunner  # streamed and background turns, which outlive the request that started them

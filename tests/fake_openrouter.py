@@ -25,6 +25,7 @@ class Reply:
 
     kind: "json" (status + body), "sse" (events, each sent as `data: {json}`; raw strings are sent as-is),
     "stall" (accept the request and send nothing for `delay` seconds).
+    For "json": `delay` before answering (a slow upstream that still answers).
     For "sse": `delay` between events, `cut_after` closes the connection abruptly after that many events,
     `done` appends `data: [DONE]`.
     """
@@ -200,6 +201,8 @@ class FakeOpenRouter:
             await asyncio.sleep(reply.delay)
             return
         if reply.kind == "json":
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
             payload = json.dumps(reply.body).encode()
             await send(
                 {

@@ -9,6 +9,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table
+from service.ids import can_exist
 from service.items import NewItem
 from service.pagination import PageRequest
 
@@ -39,6 +40,8 @@ async def insert_conversation(
 
 
 async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> Any:
+    if not can_exist(conversation_id):
+        return None
     stmt = select(conversation_t).where(conversation_t.c.id == conversation_id, conversation_t.c.tenant_id == tenant_id)
     return (await conn.execute(stmt)).first()
 
@@ -46,6 +49,8 @@ async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_i
 async def lock_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> Any:
     """The conversation row with a row lock for the rest of this (short) transaction, and whether a turn's
     claim on it is still live."""
+    if not can_exist(conversation_id):
+        return None
     live_claim = and_(
         conversation_t.c.turn_response_id.is_not(None), conversation_t.c.turn_expires_at > func.now()
     ).label("claimed")
@@ -58,6 +63,8 @@ async def lock_conversation(conn: AsyncConnection, tenant_id: str, conversation_
 
 
 async def update_metadata(conn: AsyncConnection, tenant_id: str, conversation_id: str, metadata: dict[str, str]) -> Any:
+    if not can_exist(conversation_id):
+        return None
     stmt = (
         update(conversation_t)
         .where(conversation_t.c.id == conversation_id, conversation_t.c.tenant_id == tenant_id)
@@ -171,6 +178,8 @@ async def list_items(conn: AsyncConnection, conversation_id: str, page: PageRequ
 
 
 async def find_item(conn: AsyncConnection, conversation_id: str, item_id: str) -> Any:
+    if not can_exist(item_id):
+        return None
     stmt = (
         select(item_t.c.pk, item_t.c.id, item_t.c.status, item_t.c.body, item_t.c.position, item_t.c.response_id)
         .where(item_t.c.conversation_id == conversation_id, item_t.c.id == item_id)
@@ -178,6 +187,23 @@ async def find_item(conn: AsyncConnection, conversation_id: str, item_id: str) -
         .limit(1)
     )
     return (await conn.execute(stmt)).first()
+
+
+async def item_bodies_by_id(conn: AsyncConnection, tenant_id: str, item_ids: Sequence[str]) -> dict[str, str]:
+    """The stored JSON text of the tenant's items with these ids; where an id was stored more than once (an
+    item replayed as input), the first one stored."""
+    wanted = sorted({i for i in item_ids if can_exist(i)})
+    if not wanted:
+        return {}
+    stmt = (
+        select(item_t.c.id, item_t.c.body)
+        .where(item_t.c.tenant_id == tenant_id, item_t.c.id.in_(wanted))
+        .order_by(item_t.c.pk)
+    )
+    bodies: dict[str, str] = {}
+    for row in await conn.execute(stmt):
+        bodies.setdefault(row.id, row.body)
+    return bodies
 
 
 async def remove_item(conn: AsyncConnection, conversation_id: str, item_pk: int, carried_by_response: bool) -> None:
@@ -200,13 +226,24 @@ async def history_bodies(conn: AsyncConnection, conversation_id: str, before_pos
     return list((await conn.scalars(stmt.order_by(item_t.c.position))).all())
 
 
-async def claim_turn(conn: AsyncConnection, conversation_id: str, response_id: str, ttl_seconds: float) -> None:
-    """Take the conversation's turn claim (caller holds the row lock and checked it is free or expired)."""
+async def claim_turn(
+    conn: AsyncConnection,
+    conversation_id: str,
+    response_id: str,
+    ttl_seconds: float,
+    *,
+    status: str = "in_progress",
+    model: str | None = None,
+) -> None:
+    """Take the conversation's turn claim (caller holds the row lock and checked it is free or expired). The
+    claiming response is now the conversation's last one: last_status/last_model say so while it runs."""
     await conn.execute(
         update(conversation_t)
         .where(conversation_t.c.id == conversation_id)
         .values(
             turn_response_id=response_id,
             turn_expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, ttl_seconds),
+            last_status=status,
+            last_model=func.coalesce(model, conversation_t.c.last_model),
         )
     )

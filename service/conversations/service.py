@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.conversations import repository
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import new_id
-from service.items import item_view, normalize_input
+from service.items import ITEM_REFERENCE, NewItem, item_view, normalize_input, resolve_reference
 from service.metadata import validate_metadata
 from service.pagination import PageRequest, item_list
 
@@ -53,8 +53,30 @@ def _items_param(value: Any, param: str) -> list[Any]:
     return value
 
 
+async def resolve_item_references(
+    conn: AsyncConnection, tenant_id: str, items: list[NewItem], *, param: str
+) -> list[NewItem]:
+    """Replace each item_reference by the tenant's stored item it names (one query for all of them)."""
+    wanted = [item.id for item in items if item.type == ITEM_REFERENCE]
+    if not wanted:
+        return items
+    stored = await repository.item_bodies_by_id(conn, tenant_id, wanted)
+    resolved = []
+    for index, item in enumerate(items):
+        if item.type != ITEM_REFERENCE:
+            resolved.append(item)
+        elif item.id in stored:
+            resolved.append(resolve_reference(stored[item.id]))
+        else:
+            raise InvalidRequest(
+                f"Item with id '{item.id}' not found.", param=f"{param}[{index}].id", code="item_not_found"
+            )
+    return resolved
+
+
 async def _append_direct(conn: AsyncConnection, tenant_id: str, conversation_id: str, raw_items: list[Any]) -> Any:
     items = normalize_input(raw_items, param="items", max_items=MAX_ITEMS_PER_CALL)
+    items = await resolve_item_references(conn, tenant_id, items, param="items")
     start = await repository.advance_conversation(
         conn, conversation_id, added=len(items), title=repository.title_from(items)
     )

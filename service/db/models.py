@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Computed,
     DateTime,
     ForeignKey,
     Index,
@@ -22,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db.base import Base
@@ -75,7 +76,21 @@ class Conversation(Base):
     turn_response_id: Mapped[str | None] = mapped_column(Text)
     turn_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index(None, "tenant_id", "created_at"),)
+    # The admin listing walks (updated_at, id) backwards; each equality filter has its own copy of that order.
+    __table_args__ = (
+        Index(None, "tenant_id", "created_at"),
+        Index(None, "updated_at", "id"),
+        Index(None, "tenant_id", "updated_at", "id"),
+        Index(None, "last_model", "updated_at", "id"),
+        Index(None, "last_status", "updated_at", "id"),
+        Index(None, "created_at", "id"),
+        Index(
+            "ix_conversation_metadata",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ),
+    )
 
 
 class ResponseRecord(Base):
@@ -108,7 +123,27 @@ class ResponseRecord(Base):
     # Set when a later response builds on this one: it then stays as history but is gone for the client.
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    __table_args__ = (Index(None, "tenant_id", "created_at"),)
+    # Admin lists walk (created_at, id) backwards, per filter; the model filter is the model that served the
+    # turn, else the one asked for (what conversation.last_model records).
+    __table_args__ = (
+        Index(None, "tenant_id", "created_at", "id"),
+        Index(None, "created_at", "id"),
+        Index(None, "status", "created_at", "id"),
+        Index("ix_response_served_model_created_at_id", text("coalesce(upstream_model, model)"), "created_at", "id"),
+    )
+
+
+class ResponseEventLog(Base):
+    """A streamed response's events, exactly as they were sent (SSE frames), written once when the stream
+    ends, so `GET /v1/responses/{id}?stream=true&starting_after=N` can replay them. Content: deleted with
+    its response."""
+
+    __tablename__ = "response_event_log"
+
+    response_id: Mapped[str] = mapped_column(ForeignKey("response.id", ondelete="CASCADE"), primary_key=True)
+    event_count: Mapped[int] = mapped_column(Integer)
+    events: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class Item(Base):
@@ -129,6 +164,10 @@ class Item(Base):
     body: Mapped[str] = mapped_column(Text)
     # Plain text of the item for search, NUL removed (PostgreSQL text cannot hold it).
     text_content: Mapped[str] = mapped_column(Text, server_default="")
+    # Full-text search; why `simple` and why stored: see migration 2b8f4d6e0c12 (admin listing).
+    search_vector: Mapped[str | None] = mapped_column(
+        TSVECTOR, Computed("to_tsvector('simple'::regconfig, text_content)", persisted=True)
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
@@ -136,10 +175,45 @@ class Item(Base):
         Index(None, "response_id", "is_output", "ordinal"),
         Index(None, "conversation_id", "id"),
         Index(None, "tenant_id", "id"),
+        Index(None, "search_vector", postgresql_using="gin"),
     )
 
 
-__all__ = ["ApiKey", "Base", "Conversation", "Item", "ResponseRecord", "Tenant"]
+class IdempotencyKey(Base):
+    """A client's Idempotency-Key, scoped to its tenant: the request's fingerprint, and once the request has
+    finished, the answer to replay. The answer holds content, so deleting the response or conversation it
+    created deletes the row too."""
+
+    __tablename__ = "idempotency_key"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    # SHA-256 of the route and the canonical request body.
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary)
+    method: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    # in_progress while the first request runs, completed once its answer is stored.
+    state: Mapped[str] = mapped_column(Text)
+    locked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    headers: Mapped[list[list[str]] | None] = mapped_column(JSONB)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    response_id: Mapped[str | None] = mapped_column(ForeignKey("response.id", ondelete="CASCADE"), index=True)
+    conversation_id: Mapped[str | None] = mapped_column(ForeignKey("conversation.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Conversation",
+    "IdempotencyKey",
+    "Item",
+    "ResponseEventLog",
+    "ResponseRecord",
+    "Tenant",
+]
 
 
 def _table(model: type[Base]) -> Table:
@@ -152,3 +226,5 @@ api_key_table = _table(ApiKey)
 conversation_table = _table(Conversation)
 response_table = _table(ResponseRecord)
 item_table = _table(Item)
+response_event_log_table = _table(ResponseEventLog)
+idempotency_key_table = _table(IdempotencyKey)

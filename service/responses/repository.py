@@ -8,6 +8,7 @@ from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, selec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table, response_table
+from service.ids import can_exist
 from service.pagination import PageRequest
 
 response_t = response_table
@@ -44,7 +45,8 @@ _CHAIN_HISTORY = text(
 # Claims whose holder died: free them and report which responses held them (the old value, via the subquery).
 _RELEASE_EXPIRED_CLAIMS = text(
     """
-    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL
+    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL,
+        last_status = CASE WHEN c.last_status IN ('queued', 'in_progress') THEN 'failed' ELSE c.last_status END
     FROM (SELECT id, turn_response_id FROM conversation
           WHERE turn_expires_at < now() FOR UPDATE SKIP LOCKED) expired
     WHERE c.id = expired.id
@@ -58,6 +60,8 @@ async def insert_response(conn: AsyncConnection, values: dict[str, Any]) -> Any:
 
 
 async def get_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> Any:
+    if not can_exist(response_id):
+        return None
     stmt = select(response_t).where(
         response_t.c.id == response_id, response_t.c.tenant_id == tenant_id, response_t.c.deleted_at.is_(None)
     )
@@ -120,6 +124,8 @@ async def list_input_items(
 
 
 async def input_item_ordinal(conn: AsyncConnection, response_id: str, item_id: str) -> int | None:
+    if not can_exist(item_id):
+        return None
     stmt = select(item_t.c.ordinal).where(
         item_t.c.response_id == response_id, item_t.c.is_output.is_(False), item_t.c.id == item_id
     )

@@ -64,6 +64,8 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("model is required and must be a non-empty string", param="model")
+    if "\x00" in model:
+        raise InvalidRequest("model cannot contain U+0000", param="model")
     if "input" not in body or body["input"] is None:
         raise InvalidRequest("input is required", param="input", code="missing_required_parameter")
     instructions = body.get("instructions")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -20,8 +21,9 @@ from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.conversations import repository as conversations
-from service.conversations.service import conversation_locked, conversation_not_found
+from service.conversations.service import conversation_locked, conversation_not_found, resolve_item_references
 from service.errors import InvalidRequest, NotFound, ServiceUnavailable, is_database_unavailable
+from service.idempotency.progress import note_effect
 from service.ids import new_id
 from service.items import NewItem, item_view, normalize_output
 from service.pagination import PageRequest, item_list
@@ -34,6 +36,7 @@ from service.upstream.errors import UpstreamError
 logger = logging.getLogger("service.turns")
 
 _FINISH_ATTEMPTS = 3
+OnStored = Callable[[AsyncConnection], Awaitable[None]]
 INTERRUPTED_ERROR = {"code": "server_error", "message": "The turn was interrupted before it finished"}
 
 
@@ -75,6 +78,11 @@ async def _read_previous(conn: AsyncConnection, tenant_id: str, previous_id: str
     return await repository.chain_history(conn, tenant_id, previous_id)
 
 
+async def _with_references_resolved(conn: AsyncConnection, tenant_id: str, request: TurnRequest) -> TurnRequest:
+    items = await resolve_item_references(conn, tenant_id, request.input_items, param="input")
+    return request if items is request.input_items else replace(request, input_items=items)
+
+
 def _new_state(request: TurnRequest, *, status: str, created_at: Any) -> ResponseState:
     return ResponseState(
         id=new_id("resp"),
@@ -97,15 +105,18 @@ async def begin_turn(
     """Step 1. For store=false nothing is written: the history is only read."""
     if not request.store:
         async with engine.connect() as conn:
+            request = await _with_references_resolved(conn, tenant_id, request)
             history = (
                 await _read_previous(conn, tenant_id, request.previous_response_id)
                 if request.previous_response_id
                 else []
             )
             now = await conn.scalar(func.now().select())
+        note_effect()  # the upstream call (a charge) follows
         return Turn(tenant_id, request, _new_state(request, status=status, created_at=now), history)
 
     async with engine.begin() as conn:
+        request = await _with_references_resolved(conn, tenant_id, request)
         state = _new_state(request, status=status, created_at=None)
         position = None
         if request.conversation_id:
@@ -117,7 +128,9 @@ async def begin_turn(
             if conversation.turn_response_id is not None:
                 # The previous holder's claim expired (its process died): its response ends as failed.
                 await repository.fail_running_response(conn, conversation.turn_response_id, INTERRUPTED_ERROR)
-            await conversations.claim_turn(conn, request.conversation_id, state.id, lock_ttl)
+            await conversations.claim_turn(
+                conn, request.conversation_id, state.id, lock_ttl, status=status, model=request.model
+            )
             position = conversation.next_position
             history = await conversations.history_bodies(conn, request.conversation_id)
         elif request.previous_response_id:
@@ -134,7 +147,8 @@ async def begin_turn(
                 "previous_response_id": request.previous_response_id,
                 "status": status,
                 "model": request.model,
-                "instructions": request.instructions,
+                # Text cannot hold U+0000; the exact instructions are kept in params_json.
+                "instructions": _jsonb_safe(request.instructions),
                 "params_json": _params_json(request.params),
                 "metadata": request.metadata,
                 "background": request.background,
@@ -144,6 +158,7 @@ async def begin_turn(
         await conversations.insert_items(
             conn, conversations.item_rows(request.input_items, tenant_id=tenant_id, response_id=state.id)
         )
+    note_effect()  # committed: the turn is claimed and stored as in_progress
     return Turn(tenant_id, request, state, history)
 
 
@@ -152,7 +167,7 @@ def _params_json(params: dict[str, Any]) -> str:
 
 
 def _jsonb_safe(value: Any) -> Any:
-    """jsonb cannot hold U+0000; errors and usage come from the upstream and might."""
+    """jsonb and text columns cannot hold U+0000; errors, usage and ids come from the upstream and might."""
     if isinstance(value, str):
         return value.replace("\x00", "")
     if isinstance(value, dict):
@@ -182,7 +197,7 @@ def apply_upstream_result(state: ResponseState, result: dict[str, Any]) -> list[
     """Fold OpenRouter's final Response into our state; returns the output items to store."""
     status = result.get("status")
     state.status = status if status in repository.TERMINAL_STATUSES else "completed"
-    state.upstream_model = result.get("model") if isinstance(result.get("model"), str) else None
+    state.upstream_model = _jsonb_safe(result.get("model")) if isinstance(result.get("model"), str) else None
     state.usage = _jsonb_safe(result.get("usage")) if isinstance(result.get("usage"), dict) else None
     state.error = _jsonb_safe(result.get("error")) if isinstance(result.get("error"), dict) else None
     details = result.get("incomplete_details")
@@ -199,8 +214,10 @@ async def finish_turn(
     *,
     upstream_id: str | None = None,
     append: bool | None = None,
+    on_stored: OnStored | None = None,
 ) -> None:
-    """Step 3, retried when the database hiccups; one transaction, so never half-written."""
+    """Step 3, retried when the database hiccups; one transaction, so never half-written. `on_stored` runs
+    last in that transaction, with the final state (a streamed turn writes its event log there)."""
     state = turn.state
     if not turn.request.store:
         return
@@ -208,6 +225,8 @@ async def finish_turn(
         try:
             async with engine.begin() as conn:
                 await _finish(conn, turn, outputs, upstream_id, append)
+                if on_stored is not None:
+                    await on_stored(conn)
             return
         except Exception as exc:
             if not is_database_unavailable(exc) or attempt == _FINISH_ATTEMPTS:
@@ -285,7 +304,12 @@ async def _finish(
 
 
 async def fail_turn(
-    engine: AsyncEngine, turn: Turn, error: dict[str, Any], outputs: list[NewItem] | None = None
+    engine: AsyncEngine,
+    turn: Turn,
+    error: dict[str, Any],
+    outputs: list[NewItem] | None = None,
+    *,
+    on_stored: OnStored | None = None,
 ) -> None:
     """Store the turn as failed (with any partial output) and release the claim; never raises."""
     turn.state.status = "failed"
@@ -293,7 +317,7 @@ async def fail_turn(
     items = outputs or []
     turn.state.output = [(i.id, i.status, i.body) for i in items]
     try:
-        await finish_turn(engine, turn, items, append=False)
+        await finish_turn(engine, turn, items, append=False, on_stored=on_stored)
     except Exception:
         logger.exception("could not store failed turn %s; the reaper will finish it", turn.state.id)
 
@@ -312,7 +336,7 @@ async def run_turn(
         await asyncio.shield(fail_turn(engine, turn, INTERRUPTED_ERROR))
         raise
     outputs = apply_upstream_result(turn.state, result)
-    upstream_id = result.get("id") if isinstance(result.get("id"), str) else None
+    upstream_id = _jsonb_safe(result.get("id")) if isinstance(result.get("id"), str) else None
     await asyncio.shield(finish_turn(engine, turn, outputs, upstream_id=upstream_id))
     return turn.state.render()
 

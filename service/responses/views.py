@@ -69,13 +69,15 @@ class ResponseState:
 
     @classmethod
     def from_row(cls, row: Any, output: list[Any]) -> ResponseState:
+        params = msgspec.json.decode(row.params_json)
         return cls(
             id=row.id,
             created_at=row.created_at,
             status=row.status,
             model=row.model,
-            params=msgspec.json.decode(row.params_json),
-            instructions=row.instructions,
+            params=params,
+            # The exact text is in params (JSON keeps U+0000); the column has it without NUL, for listing.
+            instructions=params.get("instructions", row.instructions),
             metadata=row.metadata,
             conversation_id=row.conversation_id,
             previous_response_id=row.previous_response_id,

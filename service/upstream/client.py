@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,6 +15,7 @@ import httpx
 from service.config import Settings
 from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after
 from service.upstream.jsonutil import decode_upstream_json
+from service.upstream.sse import iter_sse_json, normalize_event
 
 logger = logging.getLogger("service.upstream")
 
@@ -84,7 +85,12 @@ class OpenRouterClient:
             payload = decode_upstream_json(raw)
         except ValueError:
             payload = None
-        raise from_error_body(response.status_code, payload, parse_retry_after(response.headers.get("retry-after")))
+        raise from_error_body(
+            response.status_code,
+            payload,
+            parse_retry_after(response.headers.get("retry-after")),
+            secret=self._settings.openrouter_api_key,
+        )
 
     async def _read(self, response: httpx.Response) -> bytes:
         try:
@@ -128,15 +134,65 @@ class OpenRouterClient:
         if not isinstance(payload, dict):
             raise UpstreamError("OpenRouter sent an answer that is not a JSON object", kind="protocol")
         if isinstance(payload.get("error"), dict) and "output" not in payload:
-            raise from_error_body(response.status_code, payload, None)
+            raise from_error_body(response.status_code, payload, None, secret=self._settings.openrouter_api_key)
         return payload
 
     @asynccontextmanager
-    async def open_stream(self, body: bytes) -> AsyncIterator[httpx.Response]:
-        """Open a streamed turn. Errors before the first byte raise UpstreamError (after retries);
-        the caller reads events with `iter_events`."""
-        response = await self._send_with_retries(body, stream=True)
+    async def open_stream(self, body: bytes) -> AsyncIterator[UpstreamEventStream]:
+        """Open a streamed turn. Errors before the first byte raise UpstreamError (after retries, within the
+        total deadline); after that, `events()` raises UpstreamError(kind="stream") when the stream breaks,
+        stalls past UPSTREAM_IDLE_TIMEOUT between events, or outlives UPSTREAM_TOTAL_TIMEOUT."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.upstream_total_timeout
         try:
-            yield response
+            async with asyncio.timeout_at(deadline):
+                response = await self._send_with_retries(body, stream=True)
+        except TimeoutError:
+            raise UpstreamError("OpenRouter did not start streaming within the total timeout", kind="timeout") from None
+        try:
+            yield UpstreamEventStream(response, idle_timeout=self._settings.upstream_idle_timeout, deadline=deadline)
         finally:
             await response.aclose()
+
+
+class UpstreamEventStream:
+    """One open upstream stream: its events, normalized (see service.upstream.sse), in arrival order."""
+
+    def __init__(self, response: httpx.Response, *, idle_timeout: float, deadline: float) -> None:
+        self.response = response
+        self._idle_timeout = idle_timeout
+        self._deadline = deadline
+
+    async def _chunks(self) -> AsyncGenerator[bytes, None]:
+        try:
+            async for chunk in self.response.aiter_bytes():
+                yield chunk
+        except httpx.TimeoutException:
+            raise UpstreamError("OpenRouter stopped sending in the middle of the stream", kind="stream") from None
+        except httpx.TransportError as exc:
+            raise UpstreamError(f"The OpenRouter stream was cut ({type(exc).__name__})", kind="stream") from None
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        source = iter_sse_json(self._chunks())
+        try:
+            while True:
+                remaining = self._deadline - loop.time()
+                idle = remaining >= self._idle_timeout
+                try:
+                    async with asyncio.timeout(min(self._idle_timeout, max(remaining, 0.0))):
+                        raw = await anext(source)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    reason = (
+                        f"no event for {self._idle_timeout:g}s (UPSTREAM_IDLE_TIMEOUT)"
+                        if idle
+                        else "the total timeout (UPSTREAM_TOTAL_TIMEOUT) passed"
+                    )
+                    raise UpstreamError(f"The OpenRouter stream was abandoned: {reason}", kind="stream") from None
+                event = normalize_event(raw)
+                if event is not None:
+                    yield event
+        finally:
+            await source.aclose()

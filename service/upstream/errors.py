@@ -83,12 +83,21 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def from_error_body(status: int, body: Any, retry_after: float | None) -> UpstreamError:
+def redact(text: str, secret: str | None) -> str:
+    """An upstream message may quote our OpenRouter key back (a key error, a proxy); it must not reach a client,
+    a stored response or a log."""
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+def from_error_body(status: int, body: Any, retry_after: float | None, *, secret: str | None = None) -> UpstreamError:
     message = f"OpenRouter answered HTTP {status}"
     code: Any = None
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         error = body["error"]
         code = error.get("code")
         if isinstance(error.get("message"), str) and error["message"]:
-            message = f"OpenRouter: {error['message']}"
+            message = f"OpenRouter: {redact(error['message'], secret)}"
+    if status < 400:
+        # An error body under a success status: OpenRouter's numeric code is the status it meant.
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 502
     return UpstreamError(message, kind="http", upstream_status=status, upstream_code=code, retry_after=retry_after)

@@ -1,0 +1,455 @@
+"""Bounded load test with faults, then an invariant check over the database.
+
+    python -m bench.load_invariants                     # embedded PostgreSQL in a temp dir (default)
+    python -m bench.load_invariants --database-url postgresql://postgres@127.0.0.1:5432/convstore_load
+    make load LOAD_ARGS="--writers 20 --conversations 10 --turns-per-writer 10"
+
+Everything runs on loopback and stops by itself: the service as `--processes` OS processes (`python -m service
+serve`) sharing one database, a fake OpenRouter that injects random faults (5xx, 429 with Retry-After, stalls
+past the first-byte timeout, connections cut before the answer, final 400s), and `--writers` clients posting
+turns to `--conversations` shared conversations, each turn with its own Idempotency-Key. A writer retries a turn
+refused with 409 (conversation_locked / idempotency_key_in_use) with the same key, re-sends some finished turns to
+check the replay, and gives up after a bounded number of tries; the whole run is capped by --max-seconds.
+
+Afterwards, per conversation: positions are 0..n-1 and match the counters; each completed turn's items (inputs,
+then outputs) appear exactly once, together and in order; no failed turn appended anything; every turn a client
+saw succeed is there; no turn text appears twice; nothing is left in_progress or claimed. Exit status 1 if any
+invariant is violated. A database you name is not wiped: the check covers the conversations this run created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from service.config import normalize_database_url
+from service.keys import service as keys
+from service.migrate import PROJECT_ROOT, upgrade
+
+MODEL = "openai/gpt-4o-mini"
+FIRST_BYTE_TIMEOUT = 1.0
+
+# Fault mix of the fake upstream, per request (the rest are answered normally).
+FAULTS = {
+    "http_500": 0.05,
+    "http_502": 0.04,
+    "http_503": 0.04,
+    "http_429": 0.05,
+    "cut": 0.05,
+    "stall": 0.02,
+    "http_400": 0.02,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _answer(text_: str) -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "id": f"gen-{uuid.uuid4().hex}",
+        "object": "response",
+        "created_at": now,
+        "model": MODEL,
+        "status": "completed",
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{uuid.uuid4().hex}",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text_, "annotations": []}],
+            }
+        ],
+        "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "cost": 0.0001},
+    }
+
+
+class FaultyUpstream:
+    """OpenRouter's POST /responses (non-streamed JSON) with random faults, as a raw ASGI app on loopback."""
+
+    def __init__(self, seed: int) -> None:
+        self.random = random.Random(seed)
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/api/v1"
+        self.calls: Counter[str] = Counter()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def _pick(self) -> str:
+        roll = self.random.random()
+        for fault, share in FAULTS.items():
+            if roll < share:
+                return fault
+            roll -= share
+        return "ok"
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        fault = self._pick()
+        self.calls[fault] += 1
+        if fault == "stall":
+            await asyncio.sleep(FIRST_BYTE_TIMEOUT * 2)
+            return
+        if fault.startswith("http_"):
+            status = int(fault[5:])
+            headers = [(b"content-type", b"application/json")]
+            if status == 429:
+                headers.append((b"retry-after", b"0"))
+            body = json.dumps({"error": {"code": status, "message": f"injected {status}"}}).encode()
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await asyncio.sleep(self.random.uniform(0.005, 0.08))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        if fault == "cut":
+            raise ConnectionAbortedError("injected cut")  # uvicorn drops the connection mid-answer
+        said = json.loads(raw).get("input", [])[-1]["content"][0]["text"]
+        await send({"type": "http.response.body", "body": json.dumps(_answer(f"re: {said}")).encode()})
+
+    def start(self) -> None:
+        config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="critical", lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        _wait_for_port(self.port, 10)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _wait_for_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on port {port}")
+
+
+class ServiceProcess:
+    def __init__(self, database_url: str, upstream_url: str, log_dir: Path, index: int) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"service-{index}.log"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "AUTO_MIGRATE": "false",
+            "OPENROUTER_API_KEY": "load-test",
+            "OPENROUTER_BASE_URL": upstream_url,
+            "UPSTREAM_FIRST_BYTE_TIMEOUT": str(FIRST_BYTE_TIMEOUT),
+            "UPSTREAM_TOTAL_TIMEOUT": "10",
+            "UPSTREAM_RETRY_BASE_DELAY": "0.05",
+            "UPSTREAM_RETRY_MAX_WAIT": "1",
+            "TURN_LOCK_TTL": "30",
+            "DB_POOL_SIZE": "5",
+            "LOG_LEVEL": "WARNING",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service", "serve"], cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited early; see {self.log_path}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"service not ready within 60 s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+@dataclass
+class Tally:
+    statuses: Counter[str] = field(default_factory=Counter)
+    acknowledged: dict[str, tuple[str, str]] = field(default_factory=dict)  # response id -> (conversation, text)
+    replays_checked: int = 0
+    replay_mismatches: list[str] = field(default_factory=list)
+    gave_up: int = 0
+
+
+async def _writer(
+    number: int,
+    clients: list[httpx.AsyncClient],
+    conversations: list[str],
+    turns: int,
+    deadline: float,
+    tally: Tally,
+    rng: random.Random,
+) -> None:
+    for turn in range(turns):
+        if time.monotonic() > deadline:
+            return
+        conversation = rng.choice(conversations)
+        said = f"w{number}-t{turn}-{uuid.uuid4().hex[:8]}"
+        key = f"load-{said}"
+        body = {"model": MODEL, "input": said, "conversation": conversation}
+        for _attempt in range(200):
+            if time.monotonic() > deadline:
+                return
+            client = rng.choice(clients)  # retries may land on another process
+            try:
+                answer = await client.post("/v1/responses", json=body, headers={"Idempotency-Key": key})
+            except httpx.HTTPError as exc:
+                tally.statuses[f"client_{type(exc).__name__}"] += 1
+                continue
+            code = answer.json().get("error", {}).get("code") if answer.status_code >= 400 else None
+            tally.statuses[f"{answer.status_code}{'/' + code if code else ''}"] += 1
+            if answer.status_code == 409:
+                await asyncio.sleep(rng.uniform(0.01, 0.1))
+                continue
+            if answer.status_code == 200:
+                response_id = answer.json()["id"]
+                tally.acknowledged[response_id] = (conversation, said)
+                if rng.random() < 0.2:
+                    again = await rng.choice(clients).post("/v1/responses", json=body, headers={"Idempotency-Key": key})
+                    tally.replays_checked += 1
+                    if again.status_code != 200 or again.content != answer.content:
+                        tally.replay_mismatches.append(key)
+            break  # a final answer (success or a stored failure): this turn is done
+        else:
+            tally.gave_up += 1
+
+
+async def _check(engine: AsyncEngine, conversations: list[str], tally: Tally) -> list[str]:
+    problems: list[str] = []
+    async with engine.connect() as conn:
+        for conversation in conversations:
+            counters = (
+                await conn.execute(
+                    text("SELECT item_count, next_position, turn_response_id FROM conversation WHERE id = :c"),
+                    {"c": conversation},
+                )
+            ).one()
+            items = (
+                await conn.execute(
+                    text(
+                        "SELECT position, response_id, is_output, ordinal, text_content FROM item "
+                        "WHERE conversation_id = :c ORDER BY position"
+                    ),
+                    {"c": conversation},
+                )
+            ).all()
+            responses = {
+                row.id: row.status
+                for row in await conn.execute(
+                    text("SELECT id, status FROM response WHERE conversation_id = :c"), {"c": conversation}
+                )
+            }
+            where = f"{conversation}:"
+            positions = [i.position for i in items]
+            if positions != list(range(len(items))):
+                problems.append(f"{where} positions are not 0..{len(items) - 1}")
+            if counters.item_count != len(items) or counters.next_position != len(items):
+                problems.append(f"{where} counters {counters.item_count}/{counters.next_position} != {len(items)}")
+            if counters.turn_response_id is not None:
+                problems.append(f"{where} still claimed by {counters.turn_response_id}")
+            groups: list[str] = []
+            shape: dict[str, list[tuple[bool, int]]] = {}
+            for item in items:
+                if not groups or groups[-1] != item.response_id:
+                    if item.response_id in shape:
+                        problems.append(f"{where} turn {item.response_id} is split or appended twice")
+                    groups.append(item.response_id)
+                    shape[item.response_id] = []
+                shape[item.response_id].append((item.is_output, item.ordinal))
+            for response_id, keys_ in shape.items():
+                if keys_ != sorted(keys_) or keys_[0] != (False, 0) or not keys_[-1][0]:
+                    problems.append(f"{where} turn {response_id} items out of order or incomplete: {keys_}")
+            completed = {rid for rid, status in responses.items() if status == "completed"}
+            appended = set(shape)
+            if completed != appended:
+                problems.append(
+                    f"{where} completed but not appended {sorted(completed - appended)}, "
+                    f"appended but not completed {sorted(appended - completed)}"
+                )
+            running = [rid for rid, status in responses.items() if status in {"queued", "in_progress"}]
+            if running:
+                problems.append(f"{where} responses left running: {running}")
+            said = Counter(i.text_content for i in items if not i.is_output)
+            twice = [t for t, n in said.items() if n > 1]
+            if twice:
+                problems.append(f"{where} turn texts appended more than once: {twice}")
+    for response_id, (conversation, said) in tally.acknowledged.items():
+        async with engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT r.status, r.conversation_id, i.text_content FROM response r "
+                        "JOIN item i ON i.response_id = r.id AND NOT i.is_output AND i.ordinal = 0 WHERE r.id = :r"
+                    ),
+                    {"r": response_id},
+                )
+            ).first()
+        if row is None or row.status != "completed" or row.conversation_id != conversation or row.text_content != said:
+            problems.append(f"acknowledged turn {response_id} ({said}) is not stored as completed in {conversation}")
+    problems.extend(f"replay differed for key {key}" for key in tally.replay_mismatches)
+    return problems
+
+
+async def _prepare(engine: AsyncEngine, tenant: str) -> str:
+    created = await keys.create_key(engine, tenant=tenant, name="load test")
+    return created.secret
+
+
+async def _run(args: argparse.Namespace, database_url: str) -> int:
+    engine = create_async_engine(database_url, poolclass=NullPool)
+    upstream = FaultyUpstream(args.seed)
+    log_dir = Path(tempfile.mkdtemp(prefix="convstore-load-logs-"))
+    processes = [ServiceProcess(database_url, upstream.base_url, log_dir, n) for n in range(args.processes)]
+    rng = random.Random(args.seed)
+    try:
+        secret = await _prepare(engine, f"load-{uuid.uuid4().hex[:8]}")
+        upstream.start()
+        for process in processes:
+            await asyncio.to_thread(process.start)
+        headers = {"Authorization": f"Bearer {secret}"}
+        limits = httpx.Limits(max_connections=args.writers * 2)
+        clients = [httpx.AsyncClient(base_url=p.url, headers=headers, timeout=30, limits=limits) for p in processes]
+        conversations = []
+        for _ in range(args.conversations):
+            answer = await clients[0].post("/v1/conversations", json={})
+            answer.raise_for_status()
+            conversations.append(answer.json()["id"])
+        tally = Tally()
+        started = time.monotonic()
+        deadline = started + args.max_seconds
+        await asyncio.gather(
+            *(
+                _writer(n, clients, conversations, args.turns_per_writer, deadline, tally, random.Random(rng.random()))
+                for n in range(args.writers)
+            )
+        )
+        elapsed = time.monotonic() - started
+        for client in clients:
+            await client.aclose()
+        problems = await _check(engine, conversations, tally)
+    finally:
+        for process in processes:
+            await asyncio.to_thread(process.stop)
+        upstream.stop()
+        await engine.dispose()
+
+    planned = args.writers * args.turns_per_writer
+    print(
+        f"load: {args.processes} service process(es), {args.writers} writers x {args.conversations} conversations, "
+        f"{planned} planned turns, {elapsed:.1f} s"
+    )
+    print(f"  client answers: {dict(sorted(tally.statuses.items()))}")
+    print(
+        f"  acknowledged turns: {len(tally.acknowledged)}, replays checked: {tally.replays_checked}, "
+        f"gave up: {tally.gave_up}"
+    )
+    print(f"  upstream calls: {sum(upstream.calls.values())} {dict(sorted(upstream.calls.items()))}")
+    if elapsed >= args.max_seconds:
+        print(f"  stopped at the {args.max_seconds:.0f} s cap before every planned turn ran")
+    if problems:
+        print(f"INVARIANTS VIOLATED ({len(problems)}):")
+        for problem in problems[:50]:
+            print(f"  - {problem}")
+        print(f"service logs kept in {log_dir}")
+        return 1
+    shutil.rmtree(log_dir, ignore_errors=True)
+    print(
+        f"invariants hold over {args.conversations} conversations: positions contiguous, every completed turn "
+        "appended exactly once and in order, no failed turn appended, every acknowledged turn stored, "
+        "no duplicate turn, nothing left running or claimed"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load_invariants", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL") or None,
+        help="PostgreSQL to use (not wiped; migrated to head). Default: DATABASE_URL, else embedded",
+    )
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--writers", type=int, default=20)
+    parser.add_argument("--conversations", type=int, default=10)
+    parser.add_argument("--turns-per-writer", type=int, default=10)
+    parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    args = parser.parse_args(argv)
+    print(f"seed {args.seed}")
+    if args.database_url:
+        url = normalize_database_url(args.database_url)
+        upgrade(url)
+        return asyncio.run(_run(args, url))
+    from service.db.embedded import EmbeddedPostgres  # noqa: PLC0415 - only without a named database
+
+    data_dir = Path(tempfile.mkdtemp(prefix="convstore-load-"))
+    server = EmbeddedPostgres(data_dir)
+    try:
+        url = server.start()
+        upgrade(url)
+        return asyncio.run(_run(args, url))
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

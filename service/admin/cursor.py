@@ -1,0 +1,59 @@
+"""Opaque keyset cursors for the admin lists: urlsafe base64 of ["list name", "sort timestamp", "row id"].
+
+A cursor is the sort key of the last row a page showed; the next page starts strictly after it. Rows inserted
+meanwhile sort before it (newer), so they cannot shift later pages: nothing is skipped or repeated. The list
+name stops a cursor from one list being replayed against another.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+
+from service.errors import InvalidRequest
+
+_MAX_CURSOR_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class Keyset:
+    limit: int
+    after: tuple[datetime, str] | None = None
+
+
+def encode_cursor(kind: str, at: datetime, row_id: str) -> str:
+    raw = msgspec.json.encode([kind, at.isoformat(), row_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _malformed(detail: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"cursor is not valid here ({detail}); pass back the next_cursor of the previous page of this list",
+        param="cursor",
+        code="invalid_cursor",
+    )
+
+
+def decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
+    if len(cursor) > _MAX_CURSOR_LENGTH:
+        raise _malformed("too long")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = msgspec.json.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise _malformed("not a cursor") from None
+    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(part, str) for part in value)):
+        raise _malformed("not a cursor")
+    if value[0] != kind:
+        raise _malformed(f"it belongs to the {value[0]!r} list")
+    try:
+        at = datetime.fromisoformat(value[1])
+    except ValueError:
+        raise _malformed("bad timestamp") from None
+    if at.tzinfo is None or not value[2]:
+        raise _malformed("bad sort key")
+    return at, value[2]

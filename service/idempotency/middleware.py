@@ -1,0 +1,239 @@
+"""The Idempotency-Key middleware for the routes that create things: POST /v1/responses, POST /v1/conversations
+and POST /v1/conversations/{id}/items. Route handlers know nothing of it.
+
+For a request carrying the header, scoped to the caller's tenant:
+- the key is claimed (row inserted `in_progress`) before the handler runs;
+- the same key with the same route and body replays the stored answer (status, headers, body; for a stream,
+  the event-stream bytes) with `Idempotent-Replayed: true`, without running the handler again;
+- the same key while its first request still runs gets 409 `idempotency_key_in_use`;
+- the same key with another route or body gets 422 `idempotency_key_mismatch`;
+- a key longer than 255 characters (or empty) gets 400 `invalid_idempotency_key`.
+
+Which answers are kept: every success, and every error given after the request started work that must not run
+twice (a turn claimed and sent upstream: see service.idempotency.progress). An error given before any effect
+(validation, 404, 409 conversation_locked, 503 database unavailable) is not kept, like Stripe: the key is
+released and a retry with it runs afresh. A request without a valid tenant key is passed through untouched so
+the route's guard answers 401/403 as usual. Keys are kept IDEMPOTENCY_KEY_TTL seconds (24 h), then purged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import msgspec
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import InvalidRequest, PayloadTooLarge
+from service.idempotency import service as idempotency
+from service.idempotency.progress import EffectTracker, tracking
+from service.runtime import Runtime
+
+HEADER = b"idempotency-key"
+MAX_KEY_LENGTH = 255
+KEYED_OPERATIONS = frozenset({"createResponse", "createConversation", "createConversationItems"})
+_NOT_REPLAYED_HEADERS = frozenset({"date", "server", "set-cookie", "connection", "transfer-encoding"})
+_FIRST_RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[A-Za-z0-9_-]+)"')
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            try:
+                return str(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                return str(value.decode("latin-1"))
+    return None
+
+
+def _validated_key(raw: str) -> str:
+    key = raw.strip()
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters (got {len(key)})",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+async def _tenant_id(runtime: Runtime, scope: Scope) -> str | None:
+    """The caller's tenant, resolved the way the route guard does; None lets the guard refuse the request."""
+    scheme, _, secret = (_header(scope, b"authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        return None
+    principal = await runtime.authenticator.authenticate(secret.strip())
+    return principal.tenant_id if principal is not None and principal.tenant_id else None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge("Request body is too large")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk: bytes = message.get("body", b"")  # type: ignore[assignment]
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge("Request body is too large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """Hand the handler the body we already read, then the real channel (to notice a disconnect)."""
+    delivered = False
+
+    async def replay() -> Any:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_stored(send: Send, answer: idempotency.StoredAnswer) -> None:
+    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers]
+    headers.append((b"idempotent-replayed", b"true"))
+    await send({"type": "http.response.start", "status": answer.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+
+
+class _Recorder:
+    """Wraps `send`: forwards the answer as it goes (a stream reaches the client live) and keeps a copy;
+    the key is completed before the last chunk is forwarded, so a client that has the whole answer can
+    retry and get the replay."""
+
+    def __init__(
+        self,
+        *,
+        send: Send,
+        engine: Any,
+        claim: idempotency.Claim,
+        tracker: EffectTracker,
+        operation: str,
+        scope: Scope,
+    ) -> None:
+        self._send = send
+        self._tracker = tracker
+        self._engine = engine
+        self._claim = claim
+        self._operation = operation
+        self._path_params: dict[str, Any] = dict(scope.get("path_params") or {})
+        self.status: int | None = None
+        self.headers: list[list[str]] = []
+        self.chunks: list[bytes] = []
+        self.concluded = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = [
+                [name.decode("latin-1"), value.decode("latin-1")]
+                for name, value in message.get("headers", [])
+                if name.decode("latin-1").lower() not in _NOT_REPLAYED_HEADERS
+            ]
+        elif message["type"] == "http.response.body":
+            self.chunks.append(message.get("body", b""))
+            if not message.get("more_body", False) and not self.concluded:
+                await asyncio.shield(self.conclude())
+        await self._send(message)
+
+    def _created_ids(self, body: bytes) -> tuple[str | None, str | None]:
+        if self._operation == "createConversationItems":
+            conversation_id = self._path_params.get("conversation_id")
+            return None, conversation_id if isinstance(conversation_id, str) else None
+        if self.status is None or self.status >= 400:
+            return None, None
+        created: str | None = None
+        if self._operation == "createResponse" and not _is_json(self.headers):
+            match = _FIRST_RESPONSE_ID.search(body[:65536])
+            created = match.group(1).decode() if match else None
+        else:
+            try:
+                decoded = msgspec.json.decode(body)
+            except msgspec.DecodeError:
+                decoded = None
+            value = decoded.get("id") if isinstance(decoded, dict) else None
+            created = value if isinstance(value, str) else None
+        if self._operation == "createResponse":
+            return created, None
+        return None, created
+
+    async def conclude(self) -> None:
+        """Store the answer if the request had an effect (any success counts as one), else release the key.
+        Without an answer after an effect (the process is being torn down) the key stays in_progress and is
+        taken over once TURN_LOCK_TTL has passed."""
+        self.concluded = True
+        started = self._tracker.started
+        status = self.status
+        if status is not None and (started or status < 400):
+            body = b"".join(self.chunks)
+            response_id, conversation_id = self._created_ids(body)
+            answer = idempotency.Answer(status, self.headers, body, response_id, conversation_id)
+            await idempotency.store_answer(self._engine, self._claim, answer)
+        elif not started:
+            await idempotency.release(self._engine, self._claim)
+
+
+def _is_json(headers: list[list[str]]) -> bool:
+    return any(name.lower() == "content-type" and "json" in value for name, value in headers)
+
+
+class IdempotencyMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, *, max_body_bytes: int) -> None:
+        self.max_body_bytes = max_body_bytes
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        operation = getattr(scope.get("route_handler"), "operation_id", None)
+        raw_key = _header(scope, HEADER)
+        if scope.get("method") != "POST" or operation not in KEYED_OPERATIONS or raw_key is None:
+            await next_app(scope, receive, send)
+            return
+        runtime: Runtime = scope["app"].state.runtime
+        tenant_id = await _tenant_id(runtime, scope)
+        if tenant_id is None:
+            await next_app(scope, receive, send)
+            return
+        key = _validated_key(raw_key)
+        try:
+            body = await _read_body(scope, receive, self.max_body_bytes)
+        except _ClientGone:
+            return
+        path = scope["path"].rstrip("/") or "/"
+        request = idempotency.KeyedRequest(tenant_id, key, "POST", path, idempotency.fingerprint("POST", path, body))
+        settings = runtime.settings
+        outcome = await idempotency.begin(
+            runtime.engine,
+            request,
+            keep_seconds=settings.idempotency_key_ttl,
+            stale_after_seconds=settings.turn_lock_ttl,
+        )
+        if isinstance(outcome, idempotency.StoredAnswer):
+            await _send_stored(send, outcome)
+            return
+        with tracking() as tracker:
+            recorder = _Recorder(
+                send=send, engine=runtime.engine, claim=outcome, tracker=tracker, operation=str(operation), scope=scope
+            )
+            try:
+                await next_app(scope, _replaying(body, receive), recorder.send)
+            finally:
+                if not recorder.concluded:
+                    await asyncio.shield(recorder.conclude())

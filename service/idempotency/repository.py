@@ -1,0 +1,146 @@
+"""SQL for idempotency keys. A key row is scoped by (tenant_id, key); `locked_at` doubles as the token of the
+request that holds it, so a request whose claim was taken over cannot overwrite the new holder's answer."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.db.models import conversation_table, idempotency_key_table, response_table
+
+key_t = idempotency_key_table
+
+IN_PROGRESS = "in_progress"
+COMPLETED = "completed"
+
+
+def _seconds(name: str, value: float) -> Any:
+    return func.make_interval(0, 0, 0, 0, 0, 0, bindparam(name, value))
+
+
+async def claim(
+    conn: AsyncConnection,
+    *,
+    tenant_id: str,
+    key: str,
+    fingerprint: bytes,
+    method: str,
+    path: str,
+    keep_seconds: float,
+    stale_after_seconds: float,
+) -> datetime | None:
+    """Insert the key as in_progress and return its lock token; None when another request owns the key.
+
+    An existing row is taken over (reset) only when it has expired but was not purged yet, or when it is still
+    in_progress with the same fingerprint long after its holder should have finished (the holder died)."""
+    values = insert(key_t).values(
+        tenant_id=tenant_id,
+        key=key,
+        fingerprint=fingerprint,
+        method=method,
+        path=path,
+        state=IN_PROGRESS,
+        locked_at=func.clock_timestamp(),
+        expires_at=func.now() + _seconds("keep", keep_seconds),
+    )
+    excluded = values.excluded
+    takeover = or_(
+        key_t.c.expires_at < func.now(),
+        and_(
+            key_t.c.state == IN_PROGRESS,
+            key_t.c.fingerprint == excluded.fingerprint,
+            key_t.c.locked_at < func.now() - _seconds("stale", stale_after_seconds),
+        ),
+    )
+    stmt = values.on_conflict_do_update(
+        index_elements=[key_t.c.tenant_id, key_t.c.key],
+        set_={
+            "fingerprint": excluded.fingerprint,
+            "method": excluded.method,
+            "path": excluded.path,
+            "state": IN_PROGRESS,
+            "locked_at": excluded.locked_at,
+            "expires_at": excluded.expires_at,
+            "status_code": None,
+            "headers": None,
+            "body": None,
+            "response_id": None,
+            "conversation_id": None,
+            "created_at": func.now(),
+        },
+        where=takeover,
+    ).returning(key_t.c.locked_at)
+    token: datetime | None = await conn.scalar(stmt)
+    return token
+
+
+async def get(conn: AsyncConnection, tenant_id: str, key: str) -> Any:
+    stmt = select(key_t).where(key_t.c.tenant_id == tenant_id, key_t.c.key == key)
+    return (await conn.execute(stmt)).first()
+
+
+async def store_answer(
+    conn: AsyncConnection,
+    *,
+    tenant_id: str,
+    key: str,
+    token: datetime,
+    status_code: int,
+    headers: list[list[str]],
+    body: bytes,
+    response_id: str | None,
+    conversation_id: str | None,
+) -> bool:
+    """Complete the key with the answer to replay. The links are kept only to rows that exist (a store=false
+    response has none), so that deleting them cascades to this row."""
+    existing_response = select(response_table.c.id).where(response_table.c.id == response_id).scalar_subquery()
+    existing_conversation = (
+        select(conversation_table.c.id).where(conversation_table.c.id == conversation_id).scalar_subquery()
+    )
+    stmt = (
+        update(key_t)
+        .where(key_t.c.tenant_id == tenant_id, key_t.c.key == key, key_t.c.locked_at == token)
+        .values(
+            state=COMPLETED,
+            status_code=status_code,
+            headers=headers,
+            body=body,
+            response_id=existing_response if response_id else None,
+            conversation_id=existing_conversation if conversation_id else None,
+        )
+        .returning(key_t.c.key)
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def release(conn: AsyncConnection, *, tenant_id: str, key: str, token: datetime) -> None:
+    """Forget a key whose request had no effect, so that a retry with it runs afresh."""
+    await conn.execute(
+        delete(key_t).where(
+            key_t.c.tenant_id == tenant_id,
+            key_t.c.key == key,
+            key_t.c.locked_at == token,
+            key_t.c.state == IN_PROGRESS,
+        )
+    )
+
+
+async def purge_expired(conn: AsyncConnection, limit: int) -> int:
+    """Delete up to `limit` expired keys (bounded, so one pass never holds a long transaction)."""
+    victims = (
+        select(key_t.c.tenant_id, key_t.c.key)
+        .where(key_t.c.expires_at < func.now())
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("victims")
+    )
+    stmt = (
+        delete(key_t)
+        .where(key_t.c.tenant_id == victims.c.tenant_id, key_t.c.key == victims.c.key)
+        .returning(key_t.c.key)
+    )
+    return len((await conn.execute(stmt)).all())

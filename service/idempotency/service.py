@@ -1,0 +1,164 @@
+"""Idempotency keys: claim a key for a request, replay a finished request's answer, store or forget the answer.
+Each step is one short transaction; nothing is held while the request itself runs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.errors import Conflict, Unprocessable, is_database_unavailable
+from service.idempotency import repository
+
+logger = logging.getLogger("service.idempotency")
+
+_STORE_ATTEMPTS = 3
+PURGE_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class KeyedRequest:
+    tenant_id: str
+    key: str
+    method: str
+    path: str
+    fingerprint: bytes
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This request owns the key; `token` proves it when the answer is stored."""
+
+    request: KeyedRequest
+    token: datetime
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    status_code: int
+    headers: list[list[str]]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Answer:
+    status_code: int
+    headers: list[list[str]]
+    body: bytes
+    response_id: str | None
+    conversation_id: str | None
+
+
+def fingerprint(method: str, path: str, body: bytes) -> bytes:
+    """SHA-256 of the route and the body, with JSON bodies in canonical form (sorted keys, no spacing), so a
+    client that re-serializes the same request matches."""
+    try:
+        canonical = msgspec.json.encode(msgspec.json.decode(body), order="sorted")
+    except (msgspec.MsgspecError, UnicodeError, ValueError, TypeError):
+        canonical = body
+    return hashlib.sha256(f"{method} {path}\n".encode() + canonical).digest()
+
+
+def _in_use(key: str) -> Conflict:
+    return Conflict(
+        f"A request with Idempotency-Key '{key}' is still being processed. Retry once it has finished.",
+        code="idempotency_key_in_use",
+        headers={"Retry-After": "1"},
+    )
+
+
+def _mismatch(key: str) -> Unprocessable:
+    return Unprocessable(
+        f"Idempotency-Key '{key}' was already used with a different request (another route or body). "
+        "Use a new key for a new request.",
+        code="idempotency_key_mismatch",
+    )
+
+
+async def begin(
+    engine: AsyncEngine, request: KeyedRequest, *, keep_seconds: float, stale_after_seconds: float
+) -> Claim | StoredAnswer:
+    """Claim the key for this request, or return the stored answer of the request that used it first.
+    Raises 409 while that request still runs, 422 when the key came with a different request."""
+    for _ in range(3):
+        async with engine.begin() as conn:
+            token = await repository.claim(
+                conn,
+                tenant_id=request.tenant_id,
+                key=request.key,
+                fingerprint=request.fingerprint,
+                method=request.method,
+                path=request.path,
+                keep_seconds=keep_seconds,
+                stale_after_seconds=stale_after_seconds,
+            )
+            if token is not None:
+                return Claim(request, token)
+            row = await repository.get(conn, request.tenant_id, request.key)
+        if row is None:
+            continue  # released between our two statements: claim again
+        if bytes(row.fingerprint) != request.fingerprint:
+            raise _mismatch(request.key)
+        if row.state != repository.COMPLETED:
+            raise _in_use(request.key)
+        return StoredAnswer(row.status_code, list(row.headers or []), bytes(row.body or b""))
+    raise _in_use(request.key)
+
+
+async def _with_retries(engine: AsyncEngine, what: str, work: Any) -> None:
+    for attempt in range(1, _STORE_ATTEMPTS + 1):
+        try:
+            async with engine.begin() as conn:
+                await work(conn)
+            return
+        except Exception as exc:
+            if not is_database_unavailable(exc) or attempt == _STORE_ATTEMPTS:
+                # The key stays in_progress: retries get 409 until TURN_LOCK_TTL, then may run again.
+                logger.warning("could not %s an idempotency key: %s", what, type(exc).__name__)
+                return
+            await asyncio.sleep(0.2 * attempt)
+
+
+async def store_answer(engine: AsyncEngine, claim: Claim, answer: Answer) -> None:
+    """Complete the key with its answer (best effort: never raises, the client gets its answer anyway)."""
+
+    async def work(conn: Any) -> None:
+        stored = await repository.store_answer(
+            conn,
+            tenant_id=claim.request.tenant_id,
+            key=claim.request.key,
+            token=claim.token,
+            status_code=answer.status_code,
+            headers=answer.headers,
+            body=answer.body,
+            response_id=answer.response_id,
+            conversation_id=answer.conversation_id,
+        )
+        if not stored:
+            logger.warning("idempotency key was taken over before its answer was stored")
+
+    await _with_retries(engine, "store the answer of", work)
+
+
+async def release(engine: AsyncEngine, claim: Claim) -> None:
+    async def work(conn: Any) -> None:
+        await repository.release(conn, tenant_id=claim.request.tenant_id, key=claim.request.key, token=claim.token)
+
+    await _with_retries(engine, "release", work)
+
+
+async def purge_expired_keys(engine: AsyncEngine) -> int:
+    """Delete expired keys in bounded batches; run by the lifespan's reaper loop."""
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            purged = await repository.purge_expired(conn, PURGE_BATCH)
+        total += purged
+        if purged < PURGE_BATCH:
+            return total

@@ -1,0 +1,38 @@
+"""SQL for the event logs of streamed responses (one row per response, written once at the end)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.db.models import response_event_log_table, response_table
+
+log_t = response_event_log_table
+response_t = response_table
+
+
+async def save_events(conn: AsyncConnection, response_id: str, events: str, event_count: int) -> None:
+    stmt = insert(log_t).values(response_id=response_id, events=events, event_count=event_count)
+    await conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[log_t.c.response_id], set_={"events": events, "event_count": event_count}
+        )
+    )
+
+
+async def stream_state(conn: AsyncConnection, tenant_id: str, response_id: str) -> Any:
+    """The response's status and stream flag with its event log (None when none was written), or None when
+    the tenant has no such response."""
+    stmt = (
+        select(response_t.c.status, response_t.c.stream, log_t.c.events)
+        .select_from(response_t.outerjoin(log_t, log_t.c.response_id == response_t.c.id))
+        .where(
+            response_t.c.id == response_id,
+            response_t.c.tenant_id == tenant_id,
+            response_t.c.deleted_at.is_(None),
+        )
+    )
+    return (await conn.execute(stmt)).first()

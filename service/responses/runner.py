@@ -1,0 +1,324 @@
+"""The turn runner: streamed and background turns run in tasks owned by the application, not by a request.
+
+A request that starts such a turn only subscribes to its run; when its client goes away the subscription
+ends and the run goes on (unless STREAM_DISCONNECT_POLICY=cancel), so nothing generated is lost. A run:
+
+1. publishes `response.created` and `response.in_progress` (our Response, status in_progress);
+2. opens OpenRouter's stream (retries happen before the first byte, exactly as for a non-streamed turn) and
+   relays its events through `StreamAssembler` with our own sequence numbers;
+3. stores the outcome with the turn loop's finish_turn / fail_turn (no connection is held while streaming);
+   the same transaction renders the one terminal event from the final state and, for stream=true, writes the
+   event log (once, for `starting_after` resumes);
+4. publishes the terminal event and leaves the registry.
+
+Events live in memory, per run, as encoded SSE frames; followers read that list at their own pace, so a slow
+client never holds up the run and costs nothing per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.config import Settings
+from service.errors import Conflict, InvalidRequest, ServiceError
+from service.responses import event_repository
+from service.responses.repository import RUNNING_STATUSES
+from service.responses.requests import build_upstream_body
+from service.responses.service import (
+    INTERRUPTED_ERROR,
+    Turn,
+    apply_upstream_result,
+    fail_turn,
+    finish_turn,
+    get_response,
+)
+from service.responses.streaming import (
+    KEEPALIVE_FRAME,
+    StreamAssembler,
+    cut_error,
+    sse_frame,
+    terminal_event_type,
+)
+from service.upstream.client import OpenRouterClient
+from service.upstream.errors import UpstreamError
+
+logger = logging.getLogger("service.runner")
+
+CANCELLED = "cancelled"
+SHUTDOWN = "shutdown"
+DISCONNECTED = "disconnected"
+_STOP_WAIT_SECONDS = 10.0
+KEEPALIVE_SECONDS = 15.0
+
+
+class TurnRun:
+    """One running turn: its event frames so far and the signals its followers wait on."""
+
+    def __init__(self, turn: Turn) -> None:
+        self.turn = turn
+        self.frames: list[bytes] = []
+        self.finished = False
+        self.started = False
+        self.storing = False
+        self.opened = False
+        self.open_error: ServiceError | None = None
+        self.stop_reason: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._opened_or_finished = asyncio.Event()
+        self._done = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._waiting = 0
+
+    @property
+    def response_id(self) -> str:
+        return self.turn.state.id
+
+    def publish(self, event: dict[str, Any]) -> None:
+        event["sequence_number"] = len(self.frames)
+        self.publish_frame(sse_frame(event))
+
+    def publish_frame(self, frame: bytes) -> None:
+        self.frames.append(frame)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiting:
+            self._wakeup.set()
+            self._wakeup = asyncio.Event()
+
+    def mark_opened(self) -> None:
+        self.opened = True
+        self._opened_or_finished.set()
+
+    def mark_done(self) -> None:
+        self._done.set()
+
+    def mark_finished(self) -> None:
+        self.finished = True
+        self._opened_or_finished.set()
+        self._wake()
+
+    async def wait_opened(self) -> None:
+        """Returns once the upstream stream started; raises the turn's error if it never did."""
+        await self._opened_or_finished.wait()
+        if not self.opened and self.open_error is not None:
+            raise self.open_error
+
+    async def wait_done(self) -> None:
+        await self._done.wait()
+
+    async def follow(self, after: int) -> AsyncIterator[bytes]:
+        """The frames after sequence number `after`, then each new one as it is published, until the end."""
+        position = max(after + 1, 0)
+        while True:
+            end = len(self.frames)
+            if position < end:
+                # Whatever piled up goes out as one chunk: fewer writes for a client that fell behind.
+                yield self.frames[position] if end - position == 1 else b"".join(self.frames[position:end])
+                position = end
+                continue
+            if self.finished:
+                return
+            wakeup = self._wakeup
+            self._waiting += 1
+            try:
+                async with asyncio.timeout(KEEPALIVE_SECONDS):
+                    await wakeup.wait()
+                quiet = False
+            except TimeoutError:
+                quiet = True
+            finally:
+                self._waiting -= 1
+            if quiet:
+                # The upstream may think for minutes before its first token: a comment keeps proxies from
+                # closing an idle connection (SSE clients, the openai SDK included, skip comments).
+                yield KEEPALIVE_FRAME
+
+
+class TurnRunner:
+    """The registry of runs in this process, held on the Runtime."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, upstream: OpenRouterClient) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._upstream = upstream
+        self._runs: dict[str, TurnRun] = {}
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def start(self, turn: Turn) -> TurnRun:
+        run = TurnRun(turn)
+        self._runs[run.response_id] = run
+        run.task = asyncio.create_task(self._drive(run), name=f"turn-{run.response_id}")
+        return run
+
+    def get(self, tenant_id: str, response_id: str) -> TurnRun | None:
+        run = self._runs.get(response_id)
+        return run if run is not None and run.turn.tenant_id == tenant_id else None
+
+    def stop(self, run: TurnRun, reason: str) -> None:
+        """Ask a run to stop; it stores what it has (cancelled, or failed on shutdown) and ends its stream."""
+        if run.finished or run.storing or run.stop_reason is not None:
+            return
+        run.stop_reason = reason
+        if run.started and run.task is not None:
+            run.task.cancel()
+
+    async def cancel(self, run: TurnRun) -> None:
+        self.stop(run, CANCELLED)
+        await asyncio.shield(run.wait_done())
+
+    def follower_left(self, run: TurnRun) -> None:
+        """The client of the request that started the run disconnected before the end."""
+        if self._settings.stream_disconnect_policy == "cancel" and not run.turn.request.background:
+            self.stop(run, DISCONNECTED)
+
+    async def shutdown(self, grace: float) -> None:
+        """Let running turns finish for `grace` seconds, then stop the rest (stored as failed)."""
+        tasks = [run.task for run in self._runs.values() if run.task is not None]
+        if not tasks:
+            return
+        logger.info("waiting up to %.0fs for %d running turn(s)", grace, len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        if not pending:
+            return
+        for run in list(self._runs.values()):
+            self.stop(run, SHUTDOWN)
+        _, still = await asyncio.wait(pending, timeout=_STOP_WAIT_SECONDS)
+        if still:
+            logger.warning("%d turn(s) did not stop in time; the reaper will mark them failed", len(still))
+
+    # -- one run ------------------------------------------------------------------------------------------
+    async def _drive(self, run: TurnRun) -> None:
+        run.started = True
+        assembler = StreamAssembler()
+        opening = run.turn.state.render()
+        run.publish({"type": "response.created", "response": opening})
+        run.publish({"type": "response.in_progress", "response": opening})
+        try:
+            status, error = await self._relay(run, assembler)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            status, error = self._stopped_outcome(run)
+        run.storing = True
+        try:
+            for event in assembler.close(status):
+                run.publish(event)
+            run.publish_frame(await self._store(run, assembler, status, error))
+        except Exception:
+            logger.exception("turn %s could not finish cleanly", run.response_id)
+        finally:
+            if not run.opened and run.open_error is None:
+                run.open_error = ServiceError(
+                    "The turn ended before the upstream answered", status_code=502, code="upstream_error"
+                )
+            run.mark_finished()
+            self._runs.pop(run.response_id, None)
+            run.mark_done()
+
+    def _stopped_outcome(self, run: TurnRun) -> tuple[str, dict[str, Any] | None]:
+        if run.stop_reason in {CANCELLED, DISCONNECTED}:
+            return "cancelled", None
+        if not run.opened:
+            run.open_error = ServiceError(
+                "The service is shutting down; the turn was not started", status_code=503, code="service_unavailable"
+            )
+        return "failed", INTERRUPTED_ERROR
+
+    async def _relay(self, run: TurnRun, assembler: StreamAssembler) -> tuple[str, dict[str, Any] | None]:
+        if run.stop_reason is not None:  # stopped before the task first ran
+            raise asyncio.CancelledError
+        try:
+            # Always streamed upstream, also for background turns: a cancel or a cut keeps what was generated.
+            request = run.turn.request
+            body = build_upstream_body(request.params, run.turn.history, request.input_items, stream=True)
+            async with self._upstream.open_stream(body) as stream:
+                run.mark_opened()
+                async for event in stream.events():
+                    for out in assembler.feed(event):
+                        run.publish(out)
+                    if assembler.ended:
+                        break
+        except UpstreamError as exc:
+            if not run.opened:
+                run.open_error = exc
+                return "failed", exc.response_error()
+            return "failed", cut_error(exc.message)
+        except Exception:
+            logger.exception("turn %s: unexpected error while relaying the stream", run.response_id)
+            return "failed", cut_error("an internal error stopped the relay")
+        return assembler.outcome()
+
+    async def _store(
+        self, run: TurnRun, assembler: StreamAssembler, status: str, error: dict[str, Any] | None
+    ) -> bytes:
+        """Store the outcome; returns the terminal event's frame, rendered from the stored state."""
+        turn = run.turn
+        outputs = apply_upstream_result(turn.state, assembler.result(status, error))
+        terminal: list[bytes] = []
+
+        async def write_log(conn: AsyncConnection) -> None:
+            # Inside the storing transaction: the stored response and its event log never disagree, and a
+            # resume after the end always finds the log.
+            terminal[:] = [_terminal_frame(run)]
+            if turn.request.stream:
+                frames = b"".join([*run.frames, terminal[0]]).decode()
+                await event_repository.save_events(conn, run.response_id, frames, len(run.frames) + 1)
+
+        try:
+            if status == "failed":
+                await fail_turn(self._engine, turn, error or INTERRUPTED_ERROR, outputs, on_stored=write_log)
+            else:
+                append = None if status in {"completed", "incomplete"} else False
+                await finish_turn(
+                    self._engine,
+                    turn,
+                    outputs,
+                    upstream_id=assembler.upstream_id,
+                    append=append,
+                    on_stored=write_log,
+                )
+        except Exception:
+            logger.exception("could not store streamed turn %s; the reaper will finish it", turn.state.id)
+            turn.state.status = "failed"
+            turn.state.error = {"code": "server_error", "message": "The response could not be stored"}
+            return _terminal_frame(run)
+        return terminal[0] if terminal else _terminal_frame(run)  # none when nothing is stored (store=false)
+
+
+def _terminal_frame(run: TurnRun) -> bytes:
+    state = run.turn.state
+    event = {"type": terminal_event_type(state.status), "response": state.render(), "sequence_number": len(run.frames)}
+    return sse_frame(event)
+
+
+async def cancel_response(engine: AsyncEngine, runner: TurnRunner, tenant_id: str, response_id: str) -> dict[str, Any]:
+    """Stop a background response: it ends `cancelled`, keeping the output generated so far (not appended to its
+    conversation). Cancelling a response that already ended answers it unchanged."""
+    run = runner.get(tenant_id, response_id)
+    background = run.turn.request.background if run is not None else None
+    if run is None:
+        state = await get_response(engine, tenant_id, response_id)
+        background = state.background
+    if not background:
+        raise InvalidRequest(
+            "Only responses created with background=true can be cancelled", param="response_id", code="not_cancellable"
+        )
+    if run is not None:
+        await runner.cancel(run)
+        return run.turn.state.render()
+    if state.status in RUNNING_STATUSES:
+        raise Conflict(
+            f"Response '{response_id}' is running in another process of the service, which cannot be reached "
+            "from here; retry the cancel (it will be failed by the reaper if that process is gone)",
+            code="response_running_elsewhere",
+        )
+    return state.render()

@@ -1,0 +1,387 @@
+"""The streaming bridge: OpenRouter's events in, OpenAI's canonical events out.
+
+`StreamAssembler` keeps, per output item, just what is needed to rebuild the item if the stream stops early
+(the announced item, its content parts and their text so far). It re-numbers items by order of appearance,
+announces an item and its content part before the first delta that needs them (OpenRouter's legacy events can
+skip those), and closes whatever is still open when the stream ends, so a client always sees added/done pairs.
+It never emits the lifecycle events (`response.created`, `response.in_progress`, the terminal one): those carry
+our Response object, which the turn runner renders from what it stored.
+
+Sequence numbers are assigned by the runner's channel as events are published, so they are ours and
+monotonic whatever the upstream numbered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from service.ids import new_id
+from service.items import ID_PREFIX_BY_TYPE
+from service.upstream.sse import TERMINAL_TYPES
+
+_encode = msgspec.json.encode
+
+STREAM_CUT_ERROR_CODE = "server_error"
+KEEPALIVE_FRAME = b": keep-alive\n\n"
+_LIFECYCLE_TYPES = frozenset({"response.created", "response.in_progress", "response.queued"})
+# Text events go to their content part (announced first if the upstream skipped that); other item events are
+# relayed with our item id and output index.
+_TEXT_PART_EVENTS = frozenset({"response.output_text.delta", "response.output_text.done"})
+
+
+def sse_frame(event: dict[str, Any]) -> bytes:
+    """One event as OpenAI frames it: `event: <type>` and `data: <json>` lines."""
+    return b"event: " + str(event["type"]).encode() + b"\ndata: " + _encode(event) + b"\n\n"
+
+
+def split_frames(text: str) -> list[bytes]:
+    """Stored event text back into frames (a frame's JSON never holds a raw newline, so blank lines split)."""
+    return [frame.encode() + b"\n\n" for frame in text.split("\n\n") if frame]
+
+
+@dataclass
+class _Output:
+    index: int
+    item: dict[str, Any]
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    texts: list[list[str]] = field(default_factory=list)
+    texts_done: list[bool] = field(default_factory=list)
+    parts_done: list[bool] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+    summaries: dict[int, list[str]] = field(default_factory=dict)
+    final: dict[str, Any] | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.item["id"])
+
+    def is_text(self, index: int) -> bool:
+        return self.parts[index].get("type") == "output_text"
+
+    def part(self, index: int) -> dict[str, Any]:
+        part = self.parts[index]
+        return {**part, "text": "".join(self.texts[index])} if self.is_text(index) else part
+
+    def snapshot(self, status: str) -> dict[str, Any]:
+        """The item as far as it got, for a stream that stopped before its `output_item.done`."""
+        item = {**self.item, "status": status}
+        kind = item.get("type")
+        if kind == "message":
+            item["content"] = [self.part(i) for i in range(len(self.parts))]
+        elif kind == "function_call":
+            item["arguments"] = str(item.get("arguments") or "") + "".join(self.arguments)
+        elif kind == "reasoning" and self.summaries:
+            item["summary"] = [
+                {"type": "summary_text", "text": "".join(self.summaries[i])} for i in sorted(self.summaries)
+            ]
+        return item
+
+
+class StreamAssembler:
+    def __init__(self) -> None:
+        self._outputs: list[_Output] = []
+        self._by_upstream_index: dict[int, _Output] = {}
+        self._by_item_id: dict[str, _Output] = {}
+        self.upstream_id: str | None = None
+        self.upstream_model: str | None = None
+        self.final_response: dict[str, Any] | None = None  # the upstream's terminal Response, if it sent one
+        self.error: dict[str, Any] | None = None  # an in-band `error` event
+        self.ended = False
+
+    # -- reading upstream events ----------------------------------------------------------------------
+    def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """Canonical events for one (normalized) upstream event, without sequence numbers."""
+        kind = event["type"]
+        if kind in _LIFECYCLE_TYPES:
+            self._note_response(event.get("response"))
+            return []
+        if kind in TERMINAL_TYPES:
+            response = event.get("response")
+            self.final_response = response if isinstance(response, dict) else {}
+            self._note_response(self.final_response)
+            self.ended = True
+            return []
+        if kind == "error":
+            self.error = {"code": event.get("code") or "server_error", "message": event["message"]}
+            self.ended = True
+            return []
+        if kind == "response.output_item.added":
+            return self._item_added(event)
+        if kind == "response.output_item.done":
+            return self._item_done(event)
+        if kind == "response.content_part.added":
+            out: list[dict[str, Any]] = []
+            output = self._output_for(event, out)
+            self._part_added(output, event, out)
+            return out
+        if kind == "response.content_part.done":
+            out = []
+            output = self._output_for(event, out)
+            index = self._content_index(output, event, out)
+            self._close_part(output, index, out, part=event.get("part"))
+            return out
+        if kind in _TEXT_PART_EVENTS:
+            return self._text_event(event)
+        return self._relay(event)
+
+    def _note_response(self, response: Any) -> None:
+        if not isinstance(response, dict):
+            return
+        if isinstance(response.get("id"), str):
+            self.upstream_id = response["id"]
+        if isinstance(response.get("model"), str):
+            self.upstream_model = response["model"]
+
+    def _new_output(self, item: dict[str, Any], upstream_index: Any, out: list[dict[str, Any]]) -> _Output:
+        kind = str(item["type"]) if isinstance(item.get("type"), str) else "message"
+        item = {**item, "type": kind}
+        if not isinstance(item.get("id"), str) or not item["id"]:
+            item["id"] = new_id(ID_PREFIX_BY_TYPE.get(kind, "item"))
+        item.setdefault("status", "in_progress")
+        if kind == "message":
+            item.setdefault("role", "assistant")
+            item["content"] = []  # parts are announced by content_part.added, as OpenAI does
+        output = _Output(index=len(self._outputs), item=item)
+        self._outputs.append(output)
+        self._by_item_id[output.id] = output
+        if isinstance(upstream_index, int):
+            self._by_upstream_index[upstream_index] = output
+        out.append({"type": "response.output_item.added", "output_index": output.index, "item": item})
+        return output
+
+    def _find(self, event: dict[str, Any]) -> _Output | None:
+        item_id = event.get("item_id")
+        if isinstance(item_id, str) and item_id in self._by_item_id:
+            return self._by_item_id[item_id]
+        index = event.get("output_index")
+        if isinstance(index, int) and index in self._by_upstream_index:
+            return self._by_upstream_index[index]
+        if item_id is None and index is None and self._outputs:
+            return self._outputs[-1]  # legacy events name neither
+        return None
+
+    def _output_for(self, event: dict[str, Any], out: list[dict[str, Any]]) -> _Output:
+        found = self._find(event)
+        if found is not None:
+            return found
+        shell: dict[str, Any] = {"type": "message", "role": "assistant"}
+        if isinstance(event.get("item_id"), str):
+            shell["id"] = event["item_id"]
+        return self._new_output(shell, event.get("output_index"), out)
+
+    def _item_added(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        item = event.get("item")
+        out: list[dict[str, Any]] = []
+        if not isinstance(item, dict):
+            return out
+        existing = self._find({"item_id": item.get("id"), "output_index": event.get("output_index")})
+        if existing is None:
+            output = self._new_output(item, event.get("output_index"), out)
+            parts = item.get("content") if item.get("type") == "message" else None
+            for part in parts if isinstance(parts, list) else []:
+                if isinstance(part, dict):
+                    self._part_added(output, {"part": part}, out)
+        return out
+
+    def _part_added(self, output: _Output, event: dict[str, Any], out: list[dict[str, Any]]) -> int:
+        part = event.get("part")
+        part = dict(part) if isinstance(part, dict) else {"type": "output_text", "text": "", "annotations": []}
+        text = part.get("text")
+        if part.get("type") == "output_text":
+            part.setdefault("annotations", [])
+            part["text"] = ""
+        output.parts.append(part)
+        output.texts.append([text] if isinstance(text, str) and text else [])
+        output.texts_done.append(False)
+        output.parts_done.append(False)
+        index = len(output.parts) - 1
+        out.append(
+            {
+                "type": "response.content_part.added",
+                "item_id": output.id,
+                "output_index": output.index,
+                "content_index": index,
+                "part": part,
+            }
+        )
+        return index
+
+    def _content_index(self, output: _Output, event: dict[str, Any], out: list[dict[str, Any]]) -> int:
+        index = event.get("content_index")
+        if not isinstance(index, int):
+            index = max(0, len(output.parts) - 1)
+        while len(output.parts) <= index:
+            self._part_added(output, {}, out)
+        return index
+
+    def _text_event(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        output = self._output_for(event, out)
+        index = self._content_index(output, event, out)
+        ids = {"item_id": output.id, "output_index": output.index, "content_index": index}
+        if event["type"] == "response.output_text.delta":
+            delta = event.get("delta")
+            delta = delta if isinstance(delta, str) else ""
+            output.texts[index].append(delta)
+            logprobs = event.get("logprobs")
+            logprobs = logprobs if isinstance(logprobs, list) else []
+            out.append({"type": "response.output_text.delta", **ids, "delta": delta, "logprobs": logprobs})
+            return out
+        if not output.texts_done[index]:
+            text = event.get("text")
+            if isinstance(text, str):
+                output.texts[index] = [text]
+            self._finish_text(output, index, out)
+        return out
+
+    def _finish_text(self, output: _Output, index: int, out: list[dict[str, Any]]) -> None:
+        if output.texts_done[index] or not output.is_text(index):
+            return
+        text = "".join(output.texts[index])
+        output.texts[index] = [text]
+        output.texts_done[index] = True
+        ids = {"item_id": output.id, "output_index": output.index, "content_index": index}
+        out.append({"type": "response.output_text.done", **ids, "text": text, "logprobs": []})
+
+    def _close_part(self, output: _Output, index: int, out: list[dict[str, Any]], *, part: Any = None) -> None:
+        if output.parts_done[index]:
+            return
+        if isinstance(part, dict):
+            output.parts[index] = {**output.parts[index], **part}
+            if output.is_text(index) and isinstance(part.get("text"), str) and not output.texts_done[index]:
+                output.texts[index] = [part["text"]]
+        self._finish_text(output, index, out)
+        ids = {"item_id": output.id, "output_index": output.index, "content_index": index}
+        out.append({"type": "response.content_part.done", **ids, "part": output.part(index)})
+        output.parts_done[index] = True
+
+    def _close_item(self, output: _Output, out: list[dict[str, Any]], status: str) -> None:
+        for index in range(len(output.parts)):
+            self._close_part(output, index, out)
+        output.final = output.snapshot(status)
+        out.append({"type": "response.output_item.done", "output_index": output.index, "item": output.final})
+
+    def _item_done(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        item = event.get("item")
+        out: list[dict[str, Any]] = []
+        if not isinstance(item, dict):
+            return out
+        output = self._find({"item_id": item.get("id"), "output_index": event.get("output_index")})
+        if output is None:
+            output = self._new_output(item, event.get("output_index"), out)
+        if output.final is not None:
+            return out
+        for index in range(len(output.parts)):
+            self._close_part(output, index, out)
+        # The upstream's finished item is what gets stored (it is what the next turn replays), under the id
+        # the client was told when the item was announced.
+        final = {**item, "id": output.id}
+        if final.get("type") == "message":
+            final.setdefault("status", "completed")  # as for a non-streamed answer (service.items.normalize_output)
+        output.final = final
+        out.append({"type": "response.output_item.done", "output_index": output.index, "item": final})
+        return out
+
+    def _relay(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        relayed = {k: v for k, v in event.items() if k != "sequence_number"}
+        if "output_index" in event or "item_id" in event:
+            output = self._output_for(event, out)
+            relayed["output_index"] = output.index
+            if "item_id" in event:
+                relayed["item_id"] = output.id
+            kind = event["type"]
+            delta = event.get("delta")
+            if kind == "response.function_call_arguments.delta" and isinstance(delta, str):
+                output.arguments.append(delta)
+            elif kind == "response.function_call_arguments.done" and isinstance(event.get("arguments"), str):
+                output.item["arguments"] = event["arguments"]
+                output.arguments = []
+            elif kind == "response.reasoning_summary_text.delta" and isinstance(delta, str):
+                output.summaries.setdefault(int(event.get("summary_index") or 0), []).append(delta)
+        out.append(relayed)
+        return out
+
+    # -- ending -----------------------------------------------------------------------------------------
+    @property
+    def all_items_done(self) -> bool:
+        return bool(self._outputs) and all(o.final is not None for o in self._outputs)
+
+    def outcome(self) -> tuple[str, dict[str, Any] | None]:
+        """(status, error) for the response, from how the stream ended: the upstream's terminal event, an
+        in-band error, or (no terminal event) complete only if every announced item finished."""
+        if self.error is not None:
+            return "failed", self.error
+        if self.final_response is not None:
+            status = self.final_response.get("status")
+            if status in {"incomplete", "failed"}:
+                error = self.final_response.get("error")
+                if status == "failed" and not isinstance(error, dict):
+                    error = {"code": "server_error", "message": "The upstream reported the response as failed"}
+                return str(status), error if status == "failed" else None
+            return "completed", None
+        if self.all_items_done:
+            return "completed", None
+        return "failed", cut_error("it ended before the response finished")
+
+    def close(self, status: str) -> list[dict[str, Any]]:
+        """Done events for every item still open; also announces the upstream's final output items when the
+        stream carried none of them."""
+        out: list[dict[str, Any]] = []
+        final_output = (self.final_response or {}).get("output")
+        if not self._outputs and isinstance(final_output, list):
+            for item in final_output:
+                if isinstance(item, dict):
+                    out.extend(self._item_added({"item": item}))
+                    out.extend(self._item_done({"item": item}))
+        item_status = "completed" if status == "completed" else "incomplete"
+        for output in self._outputs:
+            if output.final is None:
+                self._close_item(output, out, item_status)
+        return out
+
+    def result(self, status: str, error: dict[str, Any] | None) -> dict[str, Any]:
+        """What the stream amounts to, in the shape of OpenRouter's non-streamed Response, so the turn loop's
+        `apply_upstream_result` stores it exactly as it stores a non-streamed answer."""
+        final = self.final_response or {}
+        return {
+            **{k: final.get(k) for k in ("usage", "incomplete_details") if k in final},
+            "id": self.upstream_id,
+            "model": final.get("model") or self.upstream_model,
+            "status": status,
+            "error": error,
+            "output": [o.final for o in self._outputs if o.final is not None],
+        }
+
+
+def cut_error(reason: str) -> dict[str, Any]:
+    return {"code": STREAM_CUT_ERROR_CODE, "message": f"The upstream stream was cut: {reason}"}
+
+
+def terminal_event_type(status: str) -> str:
+    """OpenAI has no `response.cancelled` event: a cancelled response ends with `response.failed`."""
+    if status == "completed":
+        return "response.completed"
+    if status == "incomplete":
+        return "response.incomplete"
+    return "response.failed"
+
+
+def events_from_state(rendered: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stored response's events rebuilt from its final state, for a streamed response whose event log was
+    never written (its process died): created, each item added and done, and the terminal event."""
+    opening = {**rendered, "status": "in_progress", "output": [], "usage": None, "completed_at": None}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": opening},
+        {"type": "response.in_progress", "response": opening},
+    ]
+    for index, item in enumerate(rendered.get("output") or []):
+        events.append({"type": "response.output_item.added", "output_index": index, "item": item})
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    events.append({"type": terminal_event_type(str(rendered.get("status"))), "response": rendered})
+    for number, event in enumerate(events):
+        event["sequence_number"] = number
+    return events

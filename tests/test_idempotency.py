@@ -1,0 +1,284 @@
+"""Idempotency-Key on POST /v1/responses, /v1/conversations and /v1/conversations/{id}/items: replay, concurrent
+duplicate, different body, tenant scope, which answers are kept, key length, purge, and cascade on delete."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
+from tests.reliability_support import MODEL, eventually, rows, scalar
+
+
+def keyed(key: str) -> dict[str, str]:
+    return {"Idempotency-Key": key}
+
+
+async def new_conversation(tenant: Tenant) -> str:
+    answer = await tenant.http.post("/v1/conversations", json={})
+    assert answer.status_code == 200, answer.text
+    conversation_id: str = answer.json()["id"]
+    return conversation_id
+
+
+async def test_same_key_and_body_replays_the_turn_without_calling_upstream(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice)
+    fake_upstream.reply_json(text_response("Paris.", msg_id="msg_paris"))
+    body = {"model": MODEL, "input": "Capital of France?", "conversation": conversation}
+
+    first = await alice.http.post("/v1/responses", json=body, headers=keyed("turn-1"))
+    again = await alice.http.post("/v1/responses", json=body, headers=keyed("turn-1"))
+
+    assert first.status_code == 200, first.text
+    assert "idempotent-replayed" not in first.headers
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert again.headers["content-type"] == first.headers["content-type"]
+    assert len(fake_upstream.requests) == 1
+    assert await scalar(db, "SELECT count(*) FROM response") == 1
+    assert await scalar(db, "SELECT count(*) FROM item WHERE conversation_id = :c", c=conversation) == 2
+    [key] = await rows(
+        db, "SELECT state, status_code, response_id, expires_at - created_at AS kept FROM idempotency_key"
+    )
+    assert key["state"] == "completed"
+    assert key["status_code"] == 200
+    assert key["response_id"] == first.json()["id"]
+    assert key["kept"].total_seconds() >= 24 * 3600
+
+
+async def test_replay_is_byte_identical_even_if_client_reorders_json_keys(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    first = await alice.http.post(
+        "/v1/responses",
+        content=b'{"model": "openai/gpt-4o", "input": "Hi"}',
+        headers={**keyed("k-order"), "Content-Type": "application/json"},
+    )
+    again = await alice.http.post(
+        "/v1/responses",
+        content=b'{"input":"Hi","model":"openai/gpt-4o"}',
+        headers={**keyed("k-order"), "Content-Type": "application/json"},
+    )
+    assert first.status_code == again.status_code == 200
+    assert again.content == first.content
+    assert len(fake_upstream.requests) == 1
+
+
+async def test_same_key_while_first_request_runs_gets_409_then_the_replay(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Slow answer."), delay=1.5))
+    body = {"model": MODEL, "input": "Take your time"}
+
+    first = asyncio.create_task(alice.http.post("/v1/responses", json=body, headers=keyed("slow-1")))
+
+    async def upstream_called() -> bool:
+        return len(fake_upstream.requests) == 1
+
+    await eventually(upstream_called)
+    duplicate = await alice.http.post("/v1/responses", json=body, headers=keyed("slow-1"))
+    assert duplicate.status_code == 409
+    assert duplicate.json()["error"]["code"] == "idempotency_key_in_use"
+    assert duplicate.headers["retry-after"] == "1"
+
+    original = await first
+    assert original.status_code == 200, original.text
+    replay = await alice.http.post("/v1/responses", json=body, headers=keyed("slow-1"))
+    assert replay.status_code == 200
+    assert replay.json()["id"] == original.json()["id"]
+    assert len(fake_upstream.requests) == 1
+    assert await scalar(db, "SELECT count(*) FROM response") == 1
+
+
+async def test_same_key_with_different_body_gets_422_and_stores_nothing(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    first = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "One"}, headers=keyed("k-1"))
+    other = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Two"}, headers=keyed("k-1"))
+    assert first.status_code == 200
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_mismatch"
+    assert len(fake_upstream.requests) == 1
+    assert await scalar(db, "SELECT count(*) FROM response") == 1
+
+
+async def test_same_key_on_another_route_gets_422(alice: Tenant, db: AsyncEngine) -> None:
+    created = await alice.http.post("/v1/conversations", json={}, headers=keyed("k-route"))
+    assert created.status_code == 200
+    conversation = created.json()["id"]
+    items = await alice.http.post(
+        f"/v1/conversations/{conversation}/items",
+        json={"items": [{"type": "message", "role": "user", "content": "hi"}]},
+        headers=keyed("k-route"),
+    )
+    assert items.status_code == 422
+    assert await scalar(db, "SELECT count(*) FROM item") == 0
+
+
+async def test_keys_are_scoped_to_the_tenant(alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    fake_upstream.reply_json(text_response("For Alice."))
+    fake_upstream.reply_json(text_response("For Bob."))
+    body = {"model": MODEL, "input": "Hello"}
+    for_alice = await alice.http.post("/v1/responses", json=body, headers=keyed("shared-key"))
+    for_bob = await bob.http.post("/v1/responses", json=body, headers=keyed("shared-key"))
+    assert for_alice.status_code == for_bob.status_code == 200
+    assert for_alice.json()["id"] != for_bob.json()["id"]
+    assert for_bob.json()["output"][0]["content"][0]["text"] == "For Bob."
+    assert "idempotent-replayed" not in for_bob.headers
+    assert len(fake_upstream.requests) == 2
+
+
+async def test_overlong_or_empty_key_gets_400(alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine) -> None:
+    body = {"model": MODEL, "input": "Hello"}
+    too_long = await alice.http.post("/v1/responses", json=body, headers=keyed("k" * 256))
+    assert too_long.status_code == 400
+    assert too_long.json()["error"]["code"] == "invalid_idempotency_key"
+    empty = await alice.http.post("/v1/responses", json=body, headers=keyed(""))
+    assert empty.status_code == 400
+    assert fake_upstream.requests == []
+    longest = await alice.http.post("/v1/responses", json=body, headers=keyed("k" * 255))
+    assert longest.status_code == 200
+    assert await scalar(db, "SELECT count(*) FROM idempotency_key") == 1
+
+
+async def test_rejected_request_is_not_saved_so_the_key_can_be_retried(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    invalid = await alice.http.post("/v1/responses", json={"model": MODEL, "input": 42}, headers=keyed("k-fix"))
+    assert invalid.status_code == 400
+    assert await scalar(db, "SELECT count(*) FROM idempotency_key") == 0
+    missing = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "Hi", "conversation": "conv_nope"}, headers=keyed("k-fix")
+    )
+    assert missing.status_code == 404
+    fixed = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Hi"}, headers=keyed("k-fix"))
+    assert fixed.status_code == 200, fixed.text
+    assert len(fake_upstream.requests) == 1
+
+
+async def test_conversation_locked_is_not_saved(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    conversation = await new_conversation(alice)
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("First."), delay=1.0))
+    running = asyncio.create_task(
+        alice.http.post("/v1/responses", json={"model": MODEL, "input": "A", "conversation": conversation})
+    )
+
+    async def upstream_called() -> bool:
+        return len(fake_upstream.requests) == 1
+
+    await eventually(upstream_called)
+    body = {"model": MODEL, "input": "B", "conversation": conversation}
+    locked = await alice.http.post("/v1/responses", json=body, headers=keyed("k-locked"))
+    assert locked.status_code == 409
+    assert locked.json()["error"]["code"] == "conversation_locked"
+    assert (await running).status_code == 200
+    retried = await alice.http.post("/v1/responses", json=body, headers=keyed("k-locked"))
+    assert retried.status_code == 200, retried.text
+    assert "idempotent-replayed" not in retried.headers
+
+
+async def test_upstream_failure_after_the_turn_started_is_replayed_not_rerun(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    fake_upstream.reply_json({"error": {"code": 400, "message": "Prompt too long"}}, status=400)
+    body = {"model": MODEL, "input": "Very long"}
+    first = await alice.http.post("/v1/responses", json=body, headers=keyed("k-fail"))
+    again = await alice.http.post("/v1/responses", json=body, headers=keyed("k-fail"))
+    assert first.status_code == 400
+    assert again.status_code == 400
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert len(fake_upstream.requests) == 1
+    assert await scalar(db, "SELECT status FROM response") == "failed"
+
+
+async def test_conversation_create_and_item_append_replay(alice: Tenant, db: AsyncEngine) -> None:
+    body = {"metadata": {"topic": "x"}, "items": [{"type": "message", "role": "user", "content": "hi"}]}
+    created = await alice.http.post("/v1/conversations", json=body, headers=keyed("conv-1"))
+    again = await alice.http.post("/v1/conversations", json=body, headers=keyed("conv-1"))
+    assert created.status_code == again.status_code == 200
+    assert again.json()["id"] == created.json()["id"]
+    assert await scalar(db, "SELECT count(*) FROM conversation") == 1
+    conversation = created.json()["id"]
+
+    items = {"items": [{"type": "message", "role": "user", "content": "more"}]}
+    path = f"/v1/conversations/{conversation}/items"
+    added = await alice.http.post(path, json=items, headers=keyed("items-1"))
+    added_again = await alice.http.post(path, json=items, headers=keyed("items-1"))
+    assert added.status_code == added_again.status_code == 200
+    assert added_again.json() == added.json()
+    positions = await rows(db, "SELECT position FROM item WHERE conversation_id = :c ORDER BY position", c=conversation)
+    assert [p["position"] for p in positions] == [0, 1]
+    links = await rows(db, "SELECT key, conversation_id FROM idempotency_key ORDER BY key")
+    assert links == [
+        {"key": "conv-1", "conversation_id": conversation},
+        {"key": "items-1", "conversation_id": conversation},
+    ]
+
+
+async def test_deleting_what_a_key_created_deletes_its_stored_answer(alice: Tenant, db: AsyncEngine) -> None:
+    turn = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Secret"}, headers=keyed("k-del"))
+    conversation = (await alice.http.post("/v1/conversations", json={}, headers=keyed("k-conv"))).json()["id"]
+    store_false = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "Ephemeral", "store": False}, headers=keyed("k-nostore")
+    )
+    assert store_false.status_code == 200
+    assert await scalar(db, "SELECT count(*) FROM idempotency_key") == 3
+
+    assert (await alice.http.delete(f"/v1/responses/{turn.json()['id']}")).status_code == 200
+    assert (await alice.http.delete(f"/v1/conversations/{conversation}")).status_code == 200
+    left = await rows(db, "SELECT key, response_id, conversation_id FROM idempotency_key")
+    # store=false leaves no response row to link to: its answer lives until the key expires (or the tenant goes).
+    assert left == [{"key": "k-nostore", "response_id": None, "conversation_id": None}]
+
+
+async def test_expired_keys_are_purged_and_can_be_reused(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    live = start_server(idempotency_key_ttl=1.0, turn_lock_ttl=4.0)  # the reaper runs every second
+    carol = await make_tenant("carol", live=live)
+    first = await carol.http.post("/v1/responses", json={"model": MODEL, "input": "One"}, headers=keyed("k-ttl"))
+    assert first.status_code == 200
+
+    async def purged() -> bool:
+        return await scalar(db, "SELECT count(*) FROM idempotency_key") == 0
+
+    await eventually(purged, timeout=8)
+    reused = await carol.http.post("/v1/responses", json={"model": MODEL, "input": "Two"}, headers=keyed("k-ttl"))
+    assert reused.status_code == 200
+    assert reused.json()["id"] != first.json()["id"]
+    assert len(fake_upstream.requests) == 2
+
+
+async def test_request_without_valid_key_is_left_to_the_auth_guard(
+    anonymous: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    answer = await anonymous.post("/v1/responses", json={"model": MODEL, "input": "Hi"}, headers={**keyed("k" * 300)})
+    assert answer.status_code == 401
+    assert await scalar(db, "SELECT count(*) FROM idempotency_key") == 0
+
+
+async def test_streamed_turn_replays_the_stored_event_stream(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Streamed answer.")))
+    body = {"model": MODEL, "input": "Stream it", "stream": True}
+    first = await alice.http.post("/v1/responses", json=body, headers=keyed("k-sse"))
+    if first.status_code == 400 and "not supported" in first.text:
+        pytest.skip("streaming is not wired into POST /v1/responses yet")
+    again = await alice.http.post("/v1/responses", json=body, headers=keyed("k-sse"))
+    assert first.status_code == again.status_code == 200
+    assert first.headers["content-type"].startswith("text/event-stream")
+    assert again.headers["content-type"] == first.headers["content-type"]
+    assert again.content == first.content
+    assert b"response.completed" in again.content
+    assert len(fake_upstream.requests) == 1

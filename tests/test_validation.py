@@ -1,0 +1,249 @@
+"""Request validation: malformed bodies, Unicode that cannot be stored, metadata limits, item shapes and counts.
+Every refusal is a 400 (413 for the body size) in OpenAI's envelope naming the field, and nothing is stored or
+sent upstream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter
+from tests.turn_support import MODEL, new_conversation, rows
+
+
+async def _nothing_happened(db: AsyncEngine, fake_upstream: FakeOpenRouter) -> None:
+    assert fake_upstream.requests == []
+    assert await rows(db, "SELECT id FROM response") == []
+    assert await rows(db, "SELECT id FROM item") == []
+
+
+def _error(answer: Any, status: int = 400) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    error: dict[str, Any] = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    return error
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"model": "m", "input": "x"', "not valid JSON"),
+        (b'{"model": "m", "input": "x",}', "not valid JSON"),
+        (b"", "empty"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"model": "m", "input": "\xff\xfe"}', "not valid UTF-8"),
+        (b'{"model": "m", "input": "half \\ud800 pair"}', "lone UTF-16 surrogate"),
+        (b'{"model": "m", "input": "x", "metadata": {"\\udfff": "v"}}', "lone UTF-16 surrogate"),
+    ],
+)
+async def test_malformed_bodies_get_a_clear_400(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, raw: bytes, expected: str
+) -> None:
+    for path in ("/v1/responses", "/v1/conversations"):
+        answer = await alice.http.post(path, content=raw, headers={"content-type": "application/json"})
+        error = _error(answer)
+        assert expected in error["message"], error
+        assert error["code"] == "invalid_json"
+    await _nothing_happened(db, fake_upstream)
+    assert await rows(db, "SELECT id FROM conversation") == []
+
+
+async def test_a_valid_surrogate_pair_escape_is_accepted(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    raw = b'{"model": "m", "input": "pair \\ud83d\\ude00 ok"}'
+    answer = await alice.http.post("/v1/responses", content=raw, headers={"content-type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    assert fake_upstream.inputs[0][0]["content"][0]["text"] == "pair \U0001f600 ok"
+
+
+async def test_body_over_the_size_limit_gets_413(alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine) -> None:
+    big = b'{"model": "m", "input": "' + b"x" * (33 * 1024 * 1024) + b'"}'
+    answer = await alice.http.post("/v1/responses", content=big, headers={"content-type": "application/json"})
+    error = _error(answer, 413)
+    assert error["code"] == "payload_too_large"
+    assert "too large" in error["message"]
+    await _nothing_happened(db, fake_upstream)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": "x"}, "model"),
+        ({"model": "", "input": "x"}, "model"),
+        ({"model": 5, "input": "x"}, "model"),
+        ({"model": "m\u0000", "input": "x"}, "model"),
+        ({"model": "m"}, "input"),
+        ({"model": "m", "input": None}, "input"),
+        ({"model": "m", "input": []}, "input"),
+        ({"model": "m", "input": 5}, "input"),
+        ({"model": "m", "input": "x", "instructions": 5}, "instructions"),
+        ({"model": "m", "input": "x", "store": "yes"}, "store"),
+        ({"model": "m", "input": "x", "store": False, "conversation": "conv_x"}, "store"),
+        ({"model": "m", "input": "x", "conversation": 5}, "conversation"),
+        ({"model": "m", "input": "x", "conversation": {"name": "c"}}, "conversation"),
+        ({"model": "m", "input": "x", "previous_response_id": 5}, "previous_response_id"),
+        ({"model": "m", "input": "x", "metadata": "m"}, "metadata"),
+        ({"model": "m", "input": ["x"]}, "input[0]"),
+        ({"model": "m", "input": [{"content": "x"}]}, "input[0].type"),
+        ({"model": "m", "input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+        ({"model": "m", "input": [{"role": "user"}]}, "input[0].content"),
+        ({"model": "m", "input": [{"role": "user", "content": 5}]}, "input[0].content"),
+        ({"model": "m", "input": [{"role": "user", "content": ["x"]}]}, "input[0].content[0]"),
+        (
+            {"model": "m", "input": [{"role": "user", "content": [{"type": "output_text", "text": "x"}]}]},
+            "input[0].content[0].type",
+        ),
+        ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_text"}]}]}, "input[0].content[0].text"),
+        (
+            {"model": "m", "input": [{"role": "assistant", "content": [{"type": "summary_text", "text": "x"}]}]},
+            "input[0].content[0].type",
+        ),
+        ({"model": "m", "input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id"),
+        ({"model": "m", "input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output"),
+        (
+            {"model": "m", "input": [{"type": "function_call", "call_id": "c", "arguments": "{}"}]},
+            "input[0].name",
+        ),
+        ({"model": "m", "input": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "input[0].arguments"),
+        ({"model": "m", "input": [{"type": "reasoning"}]}, "input[0].summary"),
+        ({"model": "m", "input": [{"type": "item_reference"}]}, "input[0].id"),
+        ({"model": "m", "input": [{"type": "item_reference", "id": 5}]}, "input[0].id"),
+        ({"model": "m", "input": [{"role": "user", "content": "x", "id": ""}]}, "input[0].id"),
+        ({"model": "m", "input": [{"role": "user", "content": "x", "id": "m\u0000"}]}, "input[0].id"),
+        (
+            {"model": "m", "input": [{"role": "user", "content": "ok"}, {"role": "bot", "content": "x"}]},
+            "input[1].role",
+        ),
+    ],
+)
+async def test_invalid_turn_requests_name_the_field(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, body: dict[str, Any], param: str
+) -> None:
+    error = _error(await alice.http.post("/v1/responses", json=body))
+    assert error["param"] == param, error
+    assert error["message"]
+    await _nothing_happened(db, fake_upstream)
+
+
+async def test_item_shape_errors_also_apply_to_conversation_items(alice: Tenant, db: AsyncEngine) -> None:
+    bad = [{"role": "user", "content": "fine"}, {"type": "function_call_output", "output": "x"}]
+    error = _error(await alice.http.post("/v1/conversations", json={"items": bad}))
+    assert error["param"] == "items[1].call_id"
+    assert await rows(db, "SELECT id FROM conversation") == []
+    conv = await new_conversation(alice.http)
+    error = _error(await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": bad}))
+    assert error["param"] == "items[1].call_id"
+    assert _error(await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": []}))["param"] == "items"
+    assert _error(await alice.http.post(f"/v1/conversations/{conv}/items", json={}))["param"] == "items"
+    assert _error(await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": "x"}))["param"] == "items"
+    assert await rows(db, "SELECT id FROM item") == []
+
+
+async def test_at_most_twenty_items_per_conversation_call(alice: Tenant, db: AsyncEngine) -> None:
+    items = [{"role": "user", "content": f"m{i}"} for i in range(21)]
+    error = _error(await alice.http.post("/v1/conversations", json={"items": items}))
+    assert error["param"] == "items"
+    assert error["code"] == "too_many_items"
+    assert "20" in error["message"]
+    assert await rows(db, "SELECT id FROM conversation") == []
+
+    conv = await new_conversation(alice.http, items=items[:20])
+    error = _error(await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": items}))
+    assert error["param"] == "items"
+    added = await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": items[:20]})
+    assert added.status_code == 200
+    assert len(await rows(db, "SELECT id FROM item WHERE conversation_id = :c", c=conv)) == 40
+
+
+async def test_input_item_count_limit(
+    start_server: Any, make_tenant: Any, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    live: LiveServer = start_server(max_input_items=3)
+    tenant: Tenant = await make_tenant("limited", live=live)
+    items = [{"role": "user", "content": f"m{i}"} for i in range(4)]
+    error = _error(await tenant.http.post("/v1/responses", json={"model": MODEL, "input": items}))
+    assert error["param"] == "input"
+    assert error["code"] == "too_many_items"
+    await _nothing_happened(db, fake_upstream)
+    ok = await tenant.http.post("/v1/responses", json={"model": MODEL, "input": items[:3]})
+    assert ok.status_code == 200
+
+
+def _metadata_cases() -> list[tuple[Any, str]]:
+    return [
+        ({f"k{i}": "v" for i in range(17)}, "metadata"),
+        ({"k" * 65: "v"}, "metadata." + "k" * 65),
+        ({"k": "v" * 513}, "metadata.k"),
+        ({"k": 5}, "metadata.k"),
+        ({"k": None}, "metadata.k"),
+        ({"k": "a\u0000b"}, "metadata.k"),
+        (["k"], "metadata"),
+    ]
+
+
+@pytest.mark.parametrize(("metadata", "param"), _metadata_cases())
+async def test_metadata_limits_on_every_route(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, metadata: Any, param: str
+) -> None:
+    conv = await new_conversation(alice.http, metadata={"keep": "me"})
+    for path, body in [
+        ("/v1/responses", {"model": MODEL, "input": "x", "metadata": metadata}),
+        ("/v1/conversations", {"metadata": metadata}),
+        (f"/v1/conversations/{conv}", {"metadata": metadata}),
+    ]:
+        error = _error(await alice.http.post(path, json=body))
+        assert error["param"] == param, (path, error)
+    await _nothing_happened(db, fake_upstream)
+    assert (await alice.http.get(f"/v1/conversations/{conv}")).json()["metadata"] == {"keep": "me"}
+    assert len(await rows(db, "SELECT id FROM conversation")) == 1
+
+
+async def test_metadata_at_the_limits_is_accepted(alice: Tenant) -> None:
+    metadata = {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}
+    conv = await alice.http.post("/v1/conversations", json={"metadata": metadata})
+    assert conv.status_code == 200
+    assert conv.json()["metadata"] == metadata
+    response = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "metadata": metadata})
+    assert response.status_code == 200
+    assert response.json()["metadata"] == metadata
+    emoji = {"\U0001f600" * 64: "\U0001f600" * 512}
+    assert (await alice.http.post("/v1/conversations", json={"metadata": emoji})).status_code == 200
+
+
+async def test_ids_that_cannot_exist_are_not_found(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    conv = await new_conversation(alice.http)
+    for method, path in [
+        ("GET", "/v1/conversations/conv%00x"),
+        ("DELETE", "/v1/conversations/conv%00x"),
+        ("GET", "/v1/conversations/conv%00x/items"),
+        ("GET", f"/v1/conversations/{conv}/items/msg%00x"),
+        ("DELETE", f"/v1/conversations/{conv}/items/msg%00x"),
+        ("GET", "/v1/responses/resp%00x"),
+        ("DELETE", "/v1/responses/resp%00x"),
+        ("GET", "/v1/responses/resp%00x/input_items"),
+    ]:
+        answer = await alice.http.request(method, path)
+        assert answer.status_code == 404, (method, path, answer.text)
+    answer = await alice.http.post("/v1/conversations/conv%00x", json={"metadata": {}})
+    assert answer.status_code == 404
+    chained = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "x", "previous_response_id": "resp\u0000"}
+    )
+    assert chained.status_code == 400
+    assert chained.json()["error"]["code"] == "previous_response_not_found"
+    in_conv = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "conversation": "c\u0000"})
+    assert in_conv.status_code == 404
+    assert fake_upstream.requests == []
+
+
+async def test_unauthenticated_requests_are_refused(anonymous: Any, alice: Tenant) -> None:
+    for method, path in [("POST", "/v1/responses"), ("GET", "/v1/conversations/conv_x"), ("POST", "/v1/conversations")]:
+        answer = await anonymous.request(method, path, json={})
+        assert answer.status_code == 401
+        assert answer.json()["error"]["type"] == "authentication_error"
+    wrong = await anonymous.post("/v1/conversations", json={}, headers={"Authorization": "Bearer sk-wrong"})
+    assert wrong.status_code == 401
+    assert "sk-wrong" not in wrong.text
