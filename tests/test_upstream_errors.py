@@ -228,3 +228,35 @@ async def test_error_body_under_a_success_status_is_still_an_error(
     assert "Something broke" in answer.json()["error"]["message"]
     (row,) = await rows(db, "SELECT status FROM response")
     assert row["status"] == "failed"
+
+
+async def test_the_key_quoted_in_an_in_band_failure_is_redacted(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    # HTTP 200 with a failed Response whose error quotes the key, non-streamed and streamed.
+    failed_result = {
+        **text_response(""),
+        "status": "failed",
+        "output": [],
+        "error": {"code": "server_error", "message": f"upstream rejected key {SECRET}"},
+    }
+    fake_upstream.reply_json(failed_result)
+    plain = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q"})
+    fake_upstream.enqueue(
+        Reply(
+            kind="sse",
+            events=[
+                {"type": "response.created", "response": {**failed_result, "status": "in_progress", "error": None}},
+                {"type": "response.failed", "response": failed_result},
+            ],
+        )
+    )
+    streamed = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q", "stream": True})
+    assert plain.status_code == 200 and streamed.status_code == 200
+    assert plain.json()["status"] == "failed"
+    assert "[redacted]" in plain.json()["error"]["message"]
+    assert "response.failed" in streamed.text
+    stored = await rows(db, "SELECT status, error::text AS error FROM response ORDER BY created_at")
+    assert [row["status"] for row in stored] == ["failed", "failed"]
+    for text_ in [plain.text, streamed.text, *(row["error"] for row in stored)]:
+        assert SECRET not in text_

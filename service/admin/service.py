@@ -12,12 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.admin import params, repository
 from service.admin.cursor import Keyset, encode_cursor
-from service.conversations import repository as conversations
-from service.conversations.service import conversation_locked, conversation_not_found
+from service.conversations.service import conversation_locked, conversation_not_found, items_page
 from service.errors import InvalidRequest, NotFound
-from service.items import item_view
 from service.keys import service as keys
-from service.pagination import item_list
 
 Pairs = Iterable[tuple[str, str]]
 DETAIL_RESPONSES = 20
@@ -127,20 +124,12 @@ async def get_conversation(engine: AsyncEngine, conversation_id: str, query: Pai
         row = await repository.get_conversation(conn, conversation_id)
         if row is None:
             raise conversation_not_found(conversation_id)
-        after_position = None
-        if page.after is not None:
-            anchor = await conversations.find_item(conn, conversation_id, page.after)
-            if anchor is None:
-                raise InvalidRequest(
-                    f"No item with id '{page.after}' in conversation '{conversation_id}'", param="after"
-                )
-            after_position = anchor.position
-        items = await conversations.list_items(conn, conversation_id, page, after_position)
+        items = await items_page(conn, conversation_id, page)
         responses = await _response_list(
             conn, params.ResponseFilters(conversation=conversation_id), Keyset(limit=DETAIL_RESPONSES)
         )
     view = conversation_row_view(row)
-    view["items"] = item_list([item_view(i.id, i.status, i.body) for i in items[: page.limit]], len(items) > page.limit)
+    view["items"] = items
     view["responses"] = responses
     return view
 

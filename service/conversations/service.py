@@ -147,21 +147,24 @@ async def add_items(engine: AsyncEngine, tenant_id: str, conversation_id: str, b
     return item_list([item_view(i.id, i.status, i.body) for i in items], has_more=False)
 
 
+async def items_page(conn: AsyncConnection, conversation_id: str, page: PageRequest) -> dict[str, Any]:
+    """One page of a conversation's items (the caller checked the conversation is visible)."""
+    after_position = None
+    if page.after is not None:
+        anchor = await repository.find_item(conn, conversation_id, page.after)
+        if anchor is None:
+            raise InvalidRequest(f"No item with id '{page.after}' in conversation '{conversation_id}'", param="after")
+        after_position = anchor.position
+    rows = await repository.list_items(conn, conversation_id, page, after_position)
+    data = [item_view(r.id, r.status, r.body) for r in rows[: page.limit]]
+    return item_list(data, has_more=len(rows) > page.limit)
+
+
 async def list_items(engine: AsyncEngine, tenant_id: str, conversation_id: str, page: PageRequest) -> dict[str, Any]:
     async with engine.connect() as conn:
         if await repository.get_conversation(conn, tenant_id, conversation_id) is None:
             raise conversation_not_found(conversation_id)
-        after_position = None
-        if page.after is not None:
-            anchor = await repository.find_item(conn, conversation_id, page.after)
-            if anchor is None:
-                raise InvalidRequest(
-                    f"No item with id '{page.after}' in conversation '{conversation_id}'", param="after"
-                )
-            after_position = anchor.position
-        rows = await repository.list_items(conn, conversation_id, page, after_position)
-    data = [item_view(r.id, r.status, r.body) for r in rows[: page.limit]]
-    return item_list(data, has_more=len(rows) > page.limit)
+        return await items_page(conn, conversation_id, page)
 
 
 async def get_item(engine: AsyncEngine, tenant_id: str, conversation_id: str, item_id: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from service.config import Settings
-from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after
+from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after, redact_all
 from service.upstream.jsonutil import decode_upstream_json
 from service.upstream.sse import iter_sse_json, normalize_event
 
@@ -127,8 +127,11 @@ class OpenRouterClient:
                 response = await self._send_with_retries(body, stream=False)
         except TimeoutError:
             raise UpstreamError("OpenRouter did not finish within the total timeout", kind="timeout") from None
+        content = response.content
+        if self._settings.openrouter_api_key:
+            content = content.replace(self._settings.openrouter_api_key.encode(), b"[redacted]")
         try:
-            payload = decode_upstream_json(response.content)
+            payload = decode_upstream_json(content)
         except ValueError:
             raise UpstreamError("OpenRouter sent an answer that is not JSON", kind="protocol") from None
         if not isinstance(payload, dict):
@@ -150,18 +153,32 @@ class OpenRouterClient:
         except TimeoutError:
             raise UpstreamError("OpenRouter did not start streaming within the total timeout", kind="timeout") from None
         try:
-            yield UpstreamEventStream(response, idle_timeout=self._settings.upstream_idle_timeout, deadline=deadline)
+            yield UpstreamEventStream(
+                response,
+                idle_timeout=self._settings.upstream_idle_timeout,
+                deadline=deadline,
+                secret=self._settings.openrouter_api_key,
+            )
         finally:
             await response.aclose()
+
+
+# Events that carry an upstream error message, which may quote our key back; deltas are left alone (hot path).
+_EVENTS_THAT_MAY_QUOTE_ERRORS = frozenset(
+    {"error", "response.failed", "response.incomplete", "response.completed", "response.done"}
+)
 
 
 class UpstreamEventStream:
     """One open upstream stream: its events, normalized (see service.upstream.sse), in arrival order."""
 
-    def __init__(self, response: httpx.Response, *, idle_timeout: float, deadline: float) -> None:
+    def __init__(
+        self, response: httpx.Response, *, idle_timeout: float, deadline: float, secret: str | None = None
+    ) -> None:
         self.response = response
         self._idle_timeout = idle_timeout
         self._deadline = deadline
+        self._secret = secret
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
         try:
@@ -192,7 +209,10 @@ class UpstreamEventStream:
                     )
                     raise UpstreamError(f"The OpenRouter stream was abandoned: {reason}", kind="stream") from None
                 event = normalize_event(raw)
-                if event is not None:
-                    yield event
+                if event is None:
+                    continue
+                if self._secret and event.get("type") in _EVENTS_THAT_MAY_QUOTE_ERRORS:
+                    event = redact_all(event, self._secret)
+                yield event
         finally:
             await source.aclose()

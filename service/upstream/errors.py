@@ -89,6 +89,17 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "[redacted]") if secret else text
 
 
+def redact_all(value: Any, secret: str) -> Any:
+    """`redact` through a decoded JSON value."""
+    if isinstance(value, str):
+        return redact(value, secret)
+    if isinstance(value, dict):
+        return {key: redact_all(item, secret) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_all(item, secret) for item in value]
+    return value
+
+
 def from_error_body(status: int, body: Any, retry_after: float | None, *, secret: str | None = None) -> UpstreamError:
     message = f"OpenRouter answered HTTP {status}"
     code: Any = None
