@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -221,24 +221,61 @@ async def finish_turn(
     state = turn.state
     if not turn.request.store:
         return
+
+    async def store() -> None:
+        async with engine.begin() as conn:
+            await _finish(conn, turn, outputs, upstream_id, append)
+            if on_stored is not None:
+                await on_stored(conn)
+
     for attempt in range(1, _FINISH_ATTEMPTS + 1):
         try:
-            async with engine.begin() as conn:
-                await _finish(conn, turn, outputs, upstream_id, append)
-                if on_stored is not None:
-                    await on_stored(conn)
+            await store()
             return
         except Exception as exc:
-            if not is_database_unavailable(exc) or attempt == _FINISH_ATTEMPTS:
-                if is_database_unavailable(exc):
-                    raise ServiceUnavailable(
-                        f"The answer for response '{state.id}' could not be stored because the database is "
-                        "unavailable; the response will be marked failed. Retry the turn.",
-                        code="database_unavailable",
-                    ) from None
+            if not is_database_unavailable(exc):
                 raise
+            if attempt == _FINISH_ATTEMPTS:
+                _keep_in_background(_store_when_database_returns(store, state.id))
+                raise ServiceUnavailable(
+                    f"The answer for response '{state.id}' could not be stored yet because the database is "
+                    f"unavailable. It is kept and stored as soon as the database is back (for up to "
+                    f"{_STORE_LATER_SECONDS // 60} minutes): GET /v1/responses/{state.id} shows it then.",
+                    code="database_unavailable",
+                ) from None
             logger.warning("storing turn %s failed (attempt %d), retrying", state.id, attempt)
             await asyncio.sleep(0.2 * attempt)
+
+
+# A finished turn the database could not take yet is retried in the background, so a database restart at the
+# wrong moment loses no answer and does not leave the conversation claimed until TURN_LOCK_TTL.
+_STORE_LATER_SECONDS = 600
+_background_stores: set[asyncio.Task[None]] = set()
+
+
+def _keep_in_background(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _background_stores.add(task)
+    task.add_done_callback(_background_stores.discard)
+
+
+async def _store_when_database_returns(store: Callable[[], Awaitable[None]], response_id: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _STORE_LATER_SECONDS
+    delay = 1.0
+    while loop.time() < deadline:
+        await asyncio.sleep(delay)
+        try:
+            await store()
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                logger.exception("storing turn %s later failed; the reaper will finish it", response_id)
+                return
+            delay = min(delay * 2, 15.0)
+        else:
+            logger.warning("turn %s was stored after the database came back", response_id)
+            return
+    logger.error("turn %s could not be stored within %ds; the reaper will fail it", response_id, _STORE_LATER_SECONDS)
 
 
 async def _finish(
