@@ -32,5 +32,15 @@ format: $(STAMP)
 migrate: $(STAMP)
 	$(BIN)/python -m service migrate
 
+# Bounded (count and time) load test with random upstream faults on loopback, then an invariant check over the
+# database. Default: an embedded PostgreSQL in a temp dir; LOAD_ARGS="--database-url postgresql://..." to name one.
+load: $(STAMP)
+	$(BIN)/python -m bench.load_invariants $(LOAD_ARGS)
+
+# The performance suite (docs/benchmarks.md): prints one table of figures against the issue's bars. Needs a
+# PostgreSQL server (BENCH_DATABASE_URL is wiped). QUICK=1 for a short run; BENCH_10M=1 adds the 10M-item table.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
