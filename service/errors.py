@@ -18,6 +18,7 @@ from litestar.exceptions import (
 )
 from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 logger = logging.getLogger("service.errors")
 
@@ -150,8 +151,9 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
-    """True when the error means PostgreSQL could not be reached (as opposed to a bad query)."""
-    if isinstance(exc, OperationalError | InterfaceError):
+    """True when the error means PostgreSQL could not be reached, or no pooled connection was free in time
+    (as opposed to a bad query): a retry later can succeed."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
@@ -164,7 +166,7 @@ def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[byt
         return _json(
             503,
             error_envelope(
-                "The database is unavailable; nothing was changed. Retry shortly.",
+                "The database is unavailable or overloaded; nothing was changed. Retry shortly.",
                 "server_error",
                 None,
                 "database_unavailable",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table
@@ -226,24 +226,46 @@ async def history_bodies(conn: AsyncConnection, conversation_id: str, before_pos
     return list((await conn.scalars(stmt.order_by(item_t.c.position))).all())
 
 
+# Lock, check and take the claim in one round trip. The subquery's row lock makes a concurrent claimer wait
+# (milliseconds: no transaction here outlives a statement or two) and then re-check the claim it committed.
+_CLAIM_TURN = text(
+    """
+    UPDATE conversation AS c
+    SET turn_response_id = :response_id,
+        turn_expires_at = now() + make_interval(secs => :ttl),
+        last_status = :status,
+        last_model = coalesce(:model, c.last_model)
+    FROM (SELECT id, turn_response_id FROM conversation
+          WHERE id = :conversation_id AND tenant_id = :tenant_id FOR UPDATE) AS before
+    WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
+    RETURNING c.next_position, before.turn_response_id AS previous_holder
+    """
+)
+
+
 async def claim_turn(
     conn: AsyncConnection,
+    tenant_id: str,
     conversation_id: str,
     response_id: str,
     ttl_seconds: float,
     *,
     status: str = "in_progress",
     model: str | None = None,
-) -> None:
-    """Take the conversation's turn claim (caller holds the row lock and checked it is free or expired). The
-    claiming response is now the conversation's last one: last_status/last_model say so while it runs."""
-    await conn.execute(
-        update(conversation_t)
-        .where(conversation_t.c.id == conversation_id)
-        .values(
-            turn_response_id=response_id,
-            turn_expires_at=func.now() + func.make_interval(0, 0, 0, 0, 0, 0, ttl_seconds),
-            last_status=status,
-            last_model=func.coalesce(model, conversation_t.c.last_model),
-        )
+) -> Any:
+    """Take the conversation's turn claim if it is free or expired. The claiming response is now the
+    conversation's last one: last_status/last_model say so while it runs. Returns (next_position,
+    previous_holder: the response whose expired claim was taken over, if any), or None when the conversation
+    is missing or its claim is live."""
+    result = await conn.execute(
+        _CLAIM_TURN,
+        {
+            "response_id": response_id,
+            "ttl": ttl_seconds,
+            "status": status,
+            "model": model,
+            "conversation_id": conversation_id,
+            "tenant_id": tenant_id,
+        },
     )
+    return result.first()

@@ -86,6 +86,17 @@ async def update_response(conn: AsyncConnection, response_id: str, values: dict[
     await conn.execute(update(response_t).where(response_t.c.id == response_id).values(**values))
 
 
+async def complete_response(conn: AsyncConnection, response_id: str, values: dict[str, Any]) -> Any:
+    """Record a finished turn's outcome; returns its completed_at (the database's clock, as created_at)."""
+    stmt = (
+        update(response_t)
+        .where(response_t.c.id == response_id)
+        .values(**values, completed_at=func.now())
+        .returning(response_t.c.completed_at)
+    )
+    return await conn.scalar(stmt)
+
+
 async def fail_running_response(conn: AsyncConnection, response_id: str, error: dict[str, Any]) -> bool:
     result = await conn.execute(
         update(response_t)

@@ -13,11 +13,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import msgspec
-from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.conversations import repository as conversations
@@ -111,27 +111,25 @@ async def begin_turn(
                 if request.previous_response_id
                 else []
             )
-            now = await conn.scalar(func.now().select())
         note_effect()  # the upstream call (a charge) follows
-        return Turn(tenant_id, request, _new_state(request, status=status, created_at=now), history)
+        return Turn(tenant_id, request, _new_state(request, status=status, created_at=datetime.now(UTC)), history)
 
     async with engine.begin() as conn:
         request = await _with_references_resolved(conn, tenant_id, request)
         state = _new_state(request, status=status, created_at=None)
         position = None
         if request.conversation_id:
-            conversation = await conversations.lock_conversation(conn, tenant_id, request.conversation_id)
-            if conversation is None:
-                raise conversation_not_found(request.conversation_id, param="conversation")
-            if conversation.claimed:
-                raise conversation_locked(request.conversation_id)
-            if conversation.turn_response_id is not None:
-                # The previous holder's claim expired (its process died): its response ends as failed.
-                await repository.fail_running_response(conn, conversation.turn_response_id, INTERRUPTED_ERROR)
-            await conversations.claim_turn(
-                conn, request.conversation_id, state.id, lock_ttl, status=status, model=request.model
+            claim = await conversations.claim_turn(
+                conn, tenant_id, request.conversation_id, state.id, lock_ttl, status=status, model=request.model
             )
-            position = conversation.next_position
+            if claim is None:
+                if await conversations.get_conversation(conn, tenant_id, request.conversation_id) is None:
+                    raise conversation_not_found(request.conversation_id, param="conversation")
+                raise conversation_locked(request.conversation_id)
+            if claim.previous_holder is not None:
+                # The previous holder's claim expired (its process died): its response ends as failed.
+                await repository.fail_running_response(conn, claim.previous_holder, INTERRUPTED_ERROR)
+            position = claim.next_position
             history = await conversations.history_bodies(conn, request.conversation_id)
         elif request.previous_response_id:
             history = await _read_previous(conn, tenant_id, request.previous_response_id)
@@ -321,7 +319,7 @@ async def _finish(
             first_position=output_position,
         ),
     )
-    await repository.update_response(
+    state.completed_at = await repository.complete_response(
         conn,
         state.id,
         {
@@ -334,10 +332,8 @@ async def _finish(
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "cost": cost,
-            "completed_at": func.now(),
         },
     )
-    state.completed_at = await conn.scalar(func.now().select())
 
 
 async def fail_turn(
