@@ -257,6 +257,8 @@ async def claim_turn(
     conversation's last one: last_status/last_model say so while it runs. Returns (next_position,
     previous_holder: the response whose expired claim was taken over, if any), or None when the conversation
     is missing or its claim is live."""
+    if not can_exist(conversation_id):
+        return None
     result = await conn.execute(
         _CLAIM_TURN,
         {

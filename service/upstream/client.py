@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from service.config import Settings
 from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after, redact_all
@@ -47,7 +48,9 @@ class OpenRouterClient:
             headers=headers,
             timeout=timeout,
             limits=limits,
-            transport=transport,
+            # httpx's API with aiohttp underneath: measured at 64 requests in flight, httpx's own pool cost
+            # ~1.4 ms of CPU per request and this transport ~0.27 ms (docs/benchmarks.md).
+            transport=transport or AiohttpTransport(limits=limits),
         )
 
     @property
@@ -69,6 +72,10 @@ class OpenRouterClient:
         try:
             request = self._http.build_request("POST", "responses", content=body)
             response = await self._http.send(request, stream=True)
+        except httpx.ConnectTimeout:
+            # The aiohttp transport also reports refused or dropped connections as ConnectTimeout: either way
+            # nothing was generated, so it is a connection failure (retried), not a slow answer.
+            raise UpstreamError("Could not reach OpenRouter (connection failed)", kind="connect") from None
         except httpx.TimeoutException:
             raise UpstreamError("OpenRouter did not answer in time", kind="timeout") from None
         except httpx.TransportError as exc:
@@ -95,6 +102,8 @@ class OpenRouterClient:
     async def _read(self, response: httpx.Response) -> bytes:
         try:
             return await response.aread()
+        except httpx.ConnectTimeout:
+            raise UpstreamError("OpenRouter connection broke before the answer was complete", kind="connect") from None
         except httpx.TimeoutException:
             raise UpstreamError("OpenRouter stopped sending before the answer was complete", kind="timeout") from None
         except httpx.TransportError as exc:
