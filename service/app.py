@@ -62,7 +62,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(url, pool_size=settings.db_pool_size)
+        engine = create_engine(url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
         upstream = OpenRouterClient(settings, transport=upstream_transport)
         runtime = Runtime(
             settings=settings,
