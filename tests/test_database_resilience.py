@@ -84,13 +84,26 @@ async def test_stale_pooled_connections_are_replaced_after_backends_are_killed(
     warm = await asyncio.gather(*(alice.http.get(f"/v1/conversations/{conversation}") for _ in range(8)))
     assert all(a.status_code == 200 for a in warm)
     async with db.connect() as conn:
-        killed = await conn.scalar(
-            text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name = 'convstore' AND pid <> pg_backend_pid()"
+        killed = (
+            await conn.scalars(
+                text(
+                    "WITH victims AS MATERIALIZED (SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'convstore' AND pid <> pg_backend_pid()) "
+                    "SELECT pid FROM victims WHERE pg_terminate_backend(pid)"
+                )
             )
-        )
-    assert killed >= 1
+        ).all()
+    assert len(killed) >= 1
+
+    # As in a restart, the next requests come after the old backends are gone (and their sockets closed);
+    # pg_terminate_backend itself only signals them.
+    async def backends_gone() -> bool:
+        async with db.connect() as conn:
+            left = await conn.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:p)"), {"p": killed})
+        return left == 0
+
+    await eventually(backends_gone)
+    await asyncio.sleep(0.05)
     after = await asyncio.gather(*(alice.http.get(f"/v1/conversations/{conversation}") for _ in range(8)))
     assert [a.status_code for a in after] == [200] * 8
     answer = await turn(alice.http, conversation, "still there?")
