@@ -139,13 +139,10 @@ async def test_one_writer_across_instances_and_processes_on_one_database(
     assert len(fake_upstream.requests[-1].body["input"]) == 7  # 3 earlier turns of 2 items + the new input
 
 
-async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
-    alice: Tenant,
-    fake_upstream: FakeOpenRouter,
-    db: AsyncEngine,
-    service_processes: Callable[..., ServiceProcess],
-) -> None:
-    doomed = service_processes(TURN_LOCK_TTL="3")
+async def _turn_orphaned_by_a_killed_process(
+    alice: Tenant, fake_upstream: FakeOpenRouter, doomed: ServiceProcess
+) -> str:
+    """A conversation whose turn was in flight (upstream stalled) in a process killed with SIGKILL."""
     conversation = await new_conversation(alice)
     fake_upstream.enqueue(Reply(kind="stall", delay=30))
     async with client_for(doomed.url, alice.key) as client:
@@ -158,6 +155,16 @@ async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
         doomed.kill()
         with pytest.raises(httpx.HTTPError):
             await in_flight
+    return conversation
+
+
+async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
+    alice: Tenant,
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+    service_processes: Callable[..., ServiceProcess],
+) -> None:
+    conversation = await _turn_orphaned_by_a_killed_process(alice, fake_upstream, service_processes(TURN_LOCK_TTL="3"))
     [orphan] = await rows(db, "SELECT id, status FROM response")
     assert orphan["status"] == "in_progress"
 
@@ -186,19 +193,7 @@ async def test_process_killed_mid_turn_reaper_fails_the_response_and_frees_the_c
     make_tenant: Callable[..., Awaitable[Tenant]],
     service_processes: Callable[..., ServiceProcess],
 ) -> None:
-    doomed = service_processes(TURN_LOCK_TTL="2")
-    conversation = await new_conversation(alice)
-    fake_upstream.enqueue(Reply(kind="stall", delay=30))
-    async with client_for(doomed.url, alice.key) as client:
-        in_flight = asyncio.create_task(timed_turn(client, conversation, "never answered"))
-
-        async def upstream_called() -> bool:
-            return len(fake_upstream.requests) == 1
-
-        await eventually(upstream_called)
-        doomed.kill()
-        with pytest.raises(httpx.HTTPError):
-            await in_flight
+    conversation = await _turn_orphaned_by_a_killed_process(alice, fake_upstream, service_processes(TURN_LOCK_TTL="2"))
     start_server(turn_lock_ttl=2.0)  # its reaper runs every second
 
     async def reaped() -> bool:
