@@ -88,7 +88,7 @@ class Settings:
     log_level: str = "INFO"
     auto_migrate: bool = True
     workers: int = 1
-    db_pool_size: int = 10
+    db_pool_size: int = 20
     db_pool_timeout: float = 30.0
     upstream_connect_timeout: float = 10.0
     upstream_first_byte_timeout: float = 300.0
@@ -141,7 +141,7 @@ class Settings:
             log_level=log_level,
             auto_migrate=_bool(env, "AUTO_MIGRATE", True),
             workers=_int(env, "WORKERS", 1, minimum=1),
-            db_pool_size=_int(env, "DB_POOL_SIZE", 10, minimum=1),
+            db_pool_size=_int(env, "DB_POOL_SIZE", 20, minimum=1),
             db_pool_timeout=_number(env, "DB_POOL_TIMEOUT", 30.0, minimum=0.1),
             upstream_connect_timeout=_number(env, "UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.01),
             upstream_first_byte_timeout=_number(env, "UPSTREAM_FIRST_BYTE_TIMEOUT", 300.0, minimum=0.01),

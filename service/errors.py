@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -150,12 +151,25 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     return _json(status, error_envelope(message, error_type_for(status), param, code))
 
 
+# asyncpg's own errors for a connection that is gone or a server that is stopping, starting or full.
+_DRIVER_UNAVAILABLE = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
 def is_database_unavailable(exc: BaseException) -> bool:
     """True when the error means PostgreSQL could not be reached, or no pooled connection was free in time
     (as opposed to a bad query): a retry later can succeed."""
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, _DRIVER_UNAVAILABLE):  # raised by statements sent on the driver connection
         return True
     return isinstance(exc, OSError | ConnectionError)
 

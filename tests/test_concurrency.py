@@ -9,11 +9,13 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
 from tests.reliability_support import MODEL, ServiceProcess, assert_whole_turns, client_for, eventually, rows, scalar
+from tests.turn_support import assistant, user
 
 
 async def new_conversation(tenant: Tenant) -> str:
@@ -206,3 +208,60 @@ async def test_process_killed_mid_turn_reaper_fails_the_response_and_frees_the_c
     answer, _ = await timed_turn(alice.http, conversation, "fresh start")
     assert answer.status_code == 200
     await assert_whole_turns(db, conversation)
+
+
+async def test_a_turn_that_waited_for_the_conversation_reads_the_items_committed_while_it_waited(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """The begin statement reads the history from its snapshot, taken before it waited for the conversation's
+    row lock: what the lock holder committed meanwhile is not in that snapshot and must still be sent."""
+    conversation = await new_conversation(alice)
+    fake_upstream.reply_json(text_response("One.", msg_id="msg_one"))
+    first = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q1", "conversation": conversation})
+    assert first.status_code == 200, first.text
+    late = '{"type":"message","role":"user","content":"added while the turn waited"}'
+    fake_upstream.reply_json(text_response("Two.", msg_id="msg_two"))
+    async with db.connect() as holder:
+        # What adding an item does, held open: the conversation row stays locked until the commit below.
+        position = await holder.scalar(
+            text(
+                "UPDATE conversation SET next_position = next_position + 1, item_count = item_count + 1 "
+                "WHERE id = :id RETURNING next_position - 1"
+            ),
+            {"id": conversation},
+        )
+        await holder.execute(
+            text(
+                "INSERT INTO item (id, tenant_id, conversation_id, position, type, role, status, body) "
+                "SELECT 'msg_late', tenant_id, id, :position, 'message', 'user', 'completed', :body "
+                "FROM conversation WHERE id = :id"
+            ),
+            {"id": conversation, "position": position, "body": late},
+        )
+        turn = asyncio.create_task(
+            alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q2", "conversation": conversation})
+        )
+
+        async def turn_waits_for_the_lock() -> bool:
+            waiting = await scalar(
+                db,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' AND wait_event_type = 'Lock'",
+            )
+            return bool(waiting)
+
+        await eventually(turn_waits_for_the_lock)
+        await holder.commit()
+    answer = await turn
+    assert answer.status_code == 200, answer.text
+
+    assert fake_upstream.inputs[-1] == [
+        user("Q1"),
+        assistant("One.", "msg_one"),
+        {"type": "message", "role": "user", "content": "added while the turn waited"},
+        user("Q2"),
+    ]
+    stored = await rows(
+        db, "SELECT position, id FROM item WHERE conversation_id = :id ORDER BY position", id=conversation
+    )
+    assert [r["position"] for r in stored] == [0, 1, 2, 3, 4]
+    assert [r["id"] for r in stored][1:3] == ["msg_one", "msg_late"]

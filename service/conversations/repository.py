@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, text, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table
@@ -128,40 +128,23 @@ async def insert_items(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
         await conn.execute(insert(item_t), rows)
 
 
-async def advance_conversation(
-    conn: AsyncConnection,
-    conversation_id: str,
-    *,
-    added: int,
-    title: str | None,
-    release_claim_of: str | None = None,
-    usage: dict[str, Any] | None = None,
-) -> int | None:
-    """Reserve `added` positions at the end of the conversation and bump its counters. When
-    `release_claim_of` is given, this only succeeds while that response still holds the claim, and frees it.
-    Returns the first reserved position, or None when the claim was lost."""
+async def advance_conversation(conn: AsyncConnection, conversation_id: str, *, added: int, title: str | None) -> int:
+    """Reserve `added` positions at the end of the conversation (its row is locked); returns the first one.
+    A turn's finish does the same in its own statement (responses/turn_store.py)."""
     values: dict[str, Any] = {
         "next_position": conversation_t.c.next_position + added,
         "item_count": conversation_t.c.item_count + added,
         "updated_at": func.now(),
         "title": func.coalesce(conversation_t.c.title, title),
     }
-    conditions = [conversation_t.c.id == conversation_id]
-    if release_claim_of is not None:
-        conditions.append(conversation_t.c.turn_response_id == release_claim_of)
-        values.update(turn_response_id=None, turn_expires_at=None)
-    if usage is not None:
-        values.update(
-            response_count=conversation_t.c.response_count + 1,
-            input_tokens=conversation_t.c.input_tokens + usage["input_tokens"],
-            output_tokens=conversation_t.c.output_tokens + usage["output_tokens"],
-            cost=conversation_t.c.cost + usage["cost"],
-            last_model=usage["model"],
-            last_status=usage["status"],
-        )
-    stmt = update(conversation_t).where(*conditions).values(**values).returning(conversation_t.c.next_position)
+    stmt = (
+        update(conversation_t)
+        .where(conversation_t.c.id == conversation_id)
+        .values(**values)
+        .returning(conversation_t.c.next_position)
+    )
     end = await conn.scalar(stmt)
-    return None if end is None else int(end) - added
+    return int(end) - added
 
 
 async def list_items(conn: AsyncConnection, conversation_id: str, page: PageRequest, after_position: int | None) -> Any:
@@ -216,58 +199,3 @@ async def remove_item(conn: AsyncConnection, conversation_id: str, item_pk: int,
         .where(conversation_t.c.id == conversation_id)
         .values(item_count=conversation_t.c.item_count - 1, updated_at=func.now())
     )
-
-
-async def history_bodies(conn: AsyncConnection, conversation_id: str, before_position: int | None = None) -> list[str]:
-    """The conversation's items in order, as stored JSON texts: one ordered index scan."""
-    stmt = select(item_t.c.body).where(item_t.c.conversation_id == conversation_id)
-    if before_position is not None:
-        stmt = stmt.where(item_t.c.position < before_position)
-    return list((await conn.scalars(stmt.order_by(item_t.c.position))).all())
-
-
-# Lock, check and take the claim in one round trip. The subquery's row lock makes a concurrent claimer wait
-# (milliseconds: no transaction here outlives a statement or two) and then re-check the claim it committed.
-_CLAIM_TURN = text(
-    """
-    UPDATE conversation AS c
-    SET turn_response_id = :response_id,
-        turn_expires_at = now() + make_interval(secs => :ttl),
-        last_status = :status,
-        last_model = coalesce(:model, c.last_model)
-    FROM (SELECT id, turn_response_id FROM conversation
-          WHERE id = :conversation_id AND tenant_id = :tenant_id FOR UPDATE) AS before
-    WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
-    RETURNING c.next_position, before.turn_response_id AS previous_holder
-    """
-)
-
-
-async def claim_turn(
-    conn: AsyncConnection,
-    tenant_id: str,
-    conversation_id: str,
-    response_id: str,
-    ttl_seconds: float,
-    *,
-    status: str = "in_progress",
-    model: str | None = None,
-) -> Any:
-    """Take the conversation's turn claim if it is free or expired. The claiming response is now the
-    conversation's last one: last_status/last_model say so while it runs. Returns (next_position,
-    previous_holder: the response whose expired claim was taken over, if any), or None when the conversation
-    is missing or its claim is live."""
-    if not can_exist(conversation_id):
-        return None
-    result = await conn.execute(
-        _CLAIM_TURN,
-        {
-            "response_id": response_id,
-            "ttl": ttl_seconds,
-            "status": status,
-            "model": model,
-            "conversation_id": conversation_id,
-            "tenant_id": tenant_id,
-        },
-    )
-    return result.first()

@@ -9,12 +9,15 @@ turn: docs/benchmarks.md).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import greenlet_spawn
 
 
 def _replace_closed_connection(
@@ -26,11 +29,14 @@ def _replace_closed_connection(
         raise DisconnectionError("pooled connection was closed by the server")
 
 
-def create_engine(database_url: str, *, pool_size: int = 10, pool_timeout: float = 30.0) -> AsyncEngine:
+def create_engine(database_url: str, *, pool_size: int = 20, pool_timeout: float = 30.0) -> AsyncEngine:
     engine = create_async_engine(
         database_url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        # No overflow: an overflow connection is closed whenever it is returned while the pool is full, so
+        # under steady load connections were opened and closed ~50 times a second (each a new PostgreSQL
+        # backend); a request that finds every connection busy waits up to pool_timeout instead.
+        max_overflow=0,
         pool_recycle=1800,
         pool_timeout=pool_timeout,
         connect_args={
@@ -44,3 +50,19 @@ def create_engine(database_url: str, *, pool_size: int = 10, pool_timeout: float
     )
     event.listen(engine.sync_engine.pool, "checkout", _replace_closed_connection)
     return engine
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """A pooled connection's asyncpg connection, in autocommit: for the turn loop's few statements, each one
+    a whole transaction (data-modifying CTEs), sent as prepared statements without SQLAlchemy's per-statement
+    work, its BEGIN and its COMMIT (docs/benchmarks.md measures the difference). The pool still owns the
+    connection: checkout (with the closed-connection check above) and return work as for every other query;
+    taking it without an AsyncConnection around it costs ~45 µs instead of ~115. Start an explicit transaction
+    with `.transaction()` where more than one statement must be atomic."""
+    pooled = await engine.raw_connection()
+    try:
+        yield pooled.driver_connection
+    finally:
+        # Returning it to the pool may have to talk to the server (a rollback); that needs SQLAlchemy's greenlet.
+        await greenlet_spawn(pooled.close)

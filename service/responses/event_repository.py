@@ -1,26 +1,17 @@
-"""SQL for the event logs of streamed responses (one row per response, written once at the end)."""
+"""Reading the event logs of streamed responses (one row per response, written once at the end by
+turn_store.save_events)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import response_event_log_table, response_table
 
 log_t = response_event_log_table
 response_t = response_table
-
-
-async def save_events(conn: AsyncConnection, response_id: str, events: str, event_count: int) -> None:
-    stmt = insert(log_t).values(response_id=response_id, events=events, event_count=event_count)
-    await conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[log_t.c.response_id], set_={"events": events, "event_count": event_count}
-        )
-    )
 
 
 async def stream_state(conn: AsyncConnection, tenant_id: str, response_id: str) -> Any:

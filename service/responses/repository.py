@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table, response_table
@@ -55,10 +55,6 @@ _RELEASE_EXPIRED_CLAIMS = text(
 )
 
 
-async def insert_response(conn: AsyncConnection, values: dict[str, Any]) -> Any:
-    return (await conn.execute(insert(response_t).values(**values).returning(response_t.c.created_at))).scalar_one()
-
-
 async def get_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> Any:
     if not can_exist(response_id):
         return None
@@ -84,37 +80,6 @@ async def chain_history(conn: AsyncConnection, tenant_id: str, response_id: str)
 
 async def update_response(conn: AsyncConnection, response_id: str, values: dict[str, Any]) -> None:
     await conn.execute(update(response_t).where(response_t.c.id == response_id).values(**values))
-
-
-async def complete_response(conn: AsyncConnection, response_id: str, values: dict[str, Any]) -> Any:
-    """Record a finished turn's outcome; returns its completed_at (the database's clock, as created_at)."""
-    stmt = (
-        update(response_t)
-        .where(response_t.c.id == response_id)
-        .values(**values, completed_at=func.now())
-        .returning(response_t.c.completed_at)
-    )
-    return await conn.scalar(stmt)
-
-
-async def fail_running_response(conn: AsyncConnection, response_id: str, error: dict[str, Any]) -> bool:
-    result = await conn.execute(
-        update(response_t)
-        .where(response_t.c.id == response_id, response_t.c.status.in_(RUNNING_STATUSES))
-        .values(status="failed", error=error, completed_at=func.now())
-        .returning(response_t.c.id)
-    )
-    return result.first() is not None
-
-
-async def attach_inputs_to_conversation(
-    conn: AsyncConnection, response_id: str, conversation_id: str, first_position: int
-) -> None:
-    await conn.execute(
-        update(item_t)
-        .where(item_t.c.response_id == response_id, item_t.c.is_output.is_(False))
-        .values(conversation_id=conversation_id, position=first_position + item_t.c.ordinal)
-    )
 
 
 async def list_input_items(

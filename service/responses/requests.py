@@ -110,9 +110,11 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
     )
 
 
-def build_upstream_body(params: dict[str, Any], history: list[str], new_items: list[NewItem], *, stream: bool) -> bytes:
-    """The one place the upstream input array is built: stored item texts spliced verbatim (no decode and
-    re-encode), then the new input. `store` is always false; nothing stateful is forwarded."""
+def build_upstream_body(params: dict[str, Any], history: str, new_items: list[NewItem], *, stream: bool) -> bytes:
+    """The one place the upstream input array is built: the stored item texts (`history`, already joined by
+    commas) spliced verbatim (no decode and re-encode), then the new input. `store` is always false; nothing
+    stateful is forwarded."""
     head = msgspec.json.encode({**params, "store": False, "stream": stream})
-    parts = [*history, *(item.body for item in new_items)]
-    return head[:-1] + b',"input":[' + ",".join(parts).encode() + b"]}"
+    new = ",".join(item.body for item in new_items)
+    items = f"{history},{new}" if history else new
+    return head[:-1] + b',"input":[' + items.encode() + b"]}"

@@ -22,11 +22,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.errors import Conflict, InvalidRequest, ServiceError
-from service.responses import event_repository
+from service.responses import turn_store
 from service.responses.repository import RUNNING_STATUSES
 from service.responses.requests import build_upstream_body
 from service.responses.service import (
@@ -265,13 +265,13 @@ class TurnRunner:
         outputs = apply_upstream_result(turn.state, assembler.result(status, error))
         terminal: list[bytes] = []
 
-        async def write_log(conn: AsyncConnection) -> None:
+        async def write_log(db: Any) -> None:
             # Inside the storing transaction: the stored response and its event log never disagree, and a
             # resume after the end always finds the log.
             terminal[:] = [_terminal_frame(run)]
             if turn.request.stream:
                 frames = b"".join([*run.frames, terminal[0]]).decode()
-                await event_repository.save_events(conn, run.response_id, frames, len(run.frames) + 1)
+                await turn_store.save_events(db, run.response_id, frames, len(run.frames) + 1)
 
         try:
             if status == "failed":

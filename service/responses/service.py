@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -22,12 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.conversations import repository as conversations
 from service.conversations.service import conversation_locked, conversation_not_found, resolve_item_references
+from service.db.session import driver_connection
 from service.errors import InvalidRequest, NotFound, ServiceUnavailable, is_database_unavailable
 from service.idempotency.progress import note_effect
-from service.ids import new_id
-from service.items import NewItem, item_view, normalize_output
+from service.ids import can_exist, new_id
+from service.items import ITEM_REFERENCE, NewItem, item_view, normalize_output
 from service.pagination import PageRequest, item_list
-from service.responses import repository
+from service.responses import repository, turn_store
 from service.responses.requests import TurnRequest, build_upstream_body
 from service.responses.views import ResponseState
 from service.upstream.client import OpenRouterClient
@@ -36,7 +37,8 @@ from service.upstream.errors import UpstreamError
 logger = logging.getLogger("service.turns")
 
 _FINISH_ATTEMPTS = 3
-OnStored = Callable[[AsyncConnection], Awaitable[None]]
+# Runs in the storing transaction, on its driver connection (see turn_store), once the state is final.
+OnStored = Callable[[Any], Awaitable[None]]
 INTERRUPTED_ERROR = {"code": "server_error", "message": "The turn was interrupted before it finished"}
 
 
@@ -47,7 +49,7 @@ class Turn:
     tenant_id: str
     request: TurnRequest
     state: ResponseState
-    history: list[str] = field(default_factory=list)
+    history: str = ""  # the stored item texts before the new input, joined by commas
 
     @property
     def upstream_body(self) -> bytes:
@@ -64,7 +66,7 @@ def _previous_not_found(response_id: str) -> InvalidRequest:
     )
 
 
-async def _read_previous(conn: AsyncConnection, tenant_id: str, previous_id: str) -> list[str]:
+async def _read_previous(conn: AsyncConnection, tenant_id: str, previous_id: str) -> str:
     previous = await repository.get_response(conn, tenant_id, previous_id)
     if previous is None:
         raise _previous_not_found(previous_id)
@@ -75,7 +77,7 @@ async def _read_previous(conn: AsyncConnection, tenant_id: str, previous_id: str
             param="previous_response_id",
             code="previous_response_not_usable",
         )
-    return await repository.chain_history(conn, tenant_id, previous_id)
+    return ",".join(await repository.chain_history(conn, tenant_id, previous_id))
 
 
 async def _with_references_resolved(conn: AsyncConnection, tenant_id: str, request: TurnRequest) -> TurnRequest:
@@ -99,63 +101,57 @@ def _new_state(request: TurnRequest, *, status: str, created_at: Any) -> Respons
     )
 
 
+def _new_response(tenant_id: str, request: TurnRequest, state: ResponseState) -> turn_store.NewResponse:
+    return turn_store.NewResponse(
+        response_id=state.id,
+        tenant_id=tenant_id,
+        conversation_id=request.conversation_id,
+        previous_response_id=request.previous_response_id,
+        status=state.status,
+        model=request.model,
+        # Text cannot hold U+0000; the exact instructions are kept in params_json.
+        instructions=_jsonb_safe(request.instructions),
+        params_json=_params_json(request.params),
+        metadata=request.metadata,
+        background=request.background,
+        stream=request.stream,
+    )
+
+
 async def begin_turn(
     engine: AsyncEngine, tenant_id: str, request: TurnRequest, *, lock_ttl: float, status: str = "in_progress"
 ) -> Turn:
     """Step 1. For store=false nothing is written: the history is only read."""
-    if not request.store:
+    history = ""
+    if request.previous_response_id is not None or any(i.type == ITEM_REFERENCE for i in request.input_items):
         async with engine.connect() as conn:
             request = await _with_references_resolved(conn, tenant_id, request)
-            history = (
-                await _read_previous(conn, tenant_id, request.previous_response_id)
-                if request.previous_response_id
-                else []
-            )
+            if request.previous_response_id:
+                history = await _read_previous(conn, tenant_id, request.previous_response_id)
+    if not request.store:
         note_effect()  # the upstream call (a charge) follows
         return Turn(tenant_id, request, _new_state(request, status=status, created_at=datetime.now(UTC)), history)
 
-    async with engine.begin() as conn:
-        request = await _with_references_resolved(conn, tenant_id, request)
-        state = _new_state(request, status=status, created_at=None)
-        position = None
-        if request.conversation_id:
-            claim = await conversations.claim_turn(
-                conn, tenant_id, request.conversation_id, state.id, lock_ttl, status=status, model=request.model
-            )
-            if claim is None:
+    if request.conversation_id is not None and not can_exist(request.conversation_id):
+        raise conversation_not_found(request.conversation_id, param="conversation")
+    state = _new_state(request, status=status, created_at=None)
+    response = _new_response(tenant_id, request, state)
+    claim: turn_store.Claimed | None = None
+    async with driver_connection(engine) as db:
+        if request.conversation_id is None:
+            state.created_at = await turn_store.begin(db, response, request.input_items)
+        else:
+            claim = await turn_store.claim_and_begin(db, response, request.input_items, ttl_seconds=lock_ttl)
+            if claim is not None and claim.previous_holder is not None:
+                # The previous holder's claim expired (its process died): its response ends as failed.
+                await turn_store.fail_running_response(db, claim.previous_holder, INTERRUPTED_ERROR)
+    if request.conversation_id is not None:
+        if claim is None:
+            async with engine.connect() as conn:
                 if await conversations.get_conversation(conn, tenant_id, request.conversation_id) is None:
                     raise conversation_not_found(request.conversation_id, param="conversation")
-                raise conversation_locked(request.conversation_id)
-            if claim.previous_holder is not None:
-                # The previous holder's claim expired (its process died): its response ends as failed.
-                await repository.fail_running_response(conn, claim.previous_holder, INTERRUPTED_ERROR)
-            position = claim.next_position
-            history = await conversations.history_bodies(conn, request.conversation_id)
-        elif request.previous_response_id:
-            history = await _read_previous(conn, tenant_id, request.previous_response_id)
-        else:
-            history = []
-        state.created_at = await repository.insert_response(
-            conn,
-            {
-                "id": state.id,
-                "tenant_id": tenant_id,
-                "conversation_id": request.conversation_id,
-                "conversation_position": position,
-                "previous_response_id": request.previous_response_id,
-                "status": status,
-                "model": request.model,
-                # Text cannot hold U+0000; the exact instructions are kept in params_json.
-                "instructions": _jsonb_safe(request.instructions),
-                "params_json": _params_json(request.params),
-                "metadata": request.metadata,
-                "background": request.background,
-                "stream": request.stream,
-            },
-        )
-        await conversations.insert_items(
-            conn, conversations.item_rows(request.input_items, tenant_id=tenant_id, response_id=state.id)
-        )
+            raise conversation_locked(request.conversation_id)
+        state.created_at, history = claim.created_at, claim.history
     note_effect()  # committed: the turn is claimed and stored as in_progress
     return Turn(tenant_id, request, state, history)
 
@@ -221,10 +217,13 @@ async def finish_turn(
         return
 
     async def store() -> None:
-        async with engine.begin() as conn:
-            await _finish(conn, turn, outputs, upstream_id, append)
-            if on_stored is not None:
-                await on_stored(conn)
+        async with driver_connection(engine) as db:
+            if on_stored is None:
+                await _finish(db, turn, outputs, upstream_id, append)
+                return
+            async with db.transaction():
+                await _finish(db, turn, outputs, upstream_id, append)
+                await on_stored(db)
 
     for attempt in range(1, _FINISH_ATTEMPTS + 1):
         try:
@@ -276,64 +275,46 @@ async def _store_when_database_returns(store: Callable[[], Awaitable[None]], res
     logger.error("turn %s could not be stored within %ds; the reaper will fail it", response_id, _STORE_LATER_SECONDS)
 
 
-async def _finish(
-    conn: AsyncConnection, turn: Turn, outputs: list[NewItem], upstream_id: str | None, append: bool | None
-) -> None:
+async def _finish(db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str | None, append: bool | None) -> None:
     state = turn.state
-    conversation_id = turn.request.conversation_id
     input_tokens, output_tokens, cost = _usage_numbers(state.usage)
     should_append = state.status in {"completed", "incomplete"} if append is None else append
-    output_position = None
-    if conversation_id:
-        n_inputs = len(turn.request.input_items)
-        added = n_inputs + len(outputs) if should_append else 0
-        title = conversations.title_from(turn.request.input_items) if should_append else None
-        usage = {
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cost": cost,
-            "model": state.upstream_model or state.model,
-            "status": state.status,
-        }
-        start = await conversations.advance_conversation(
-            conn, conversation_id, added=added, title=title, release_claim_of=state.id, usage=usage
-        )
-        if start is None:
-            # Our claim expired and another turn took the conversation: appending now would interleave.
-            state.status = "failed"
-            state.error = {
-                "code": "server_error",
-                "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
-            }
-        elif should_append:
-            await repository.attach_inputs_to_conversation(conn, state.id, conversation_id, start)
-            output_position = start + n_inputs
-    await conversations.insert_items(
-        conn,
-        conversations.item_rows(
-            outputs,
-            tenant_id=turn.tenant_id,
+
+    def outcome() -> turn_store.Outcome:
+        return turn_store.Outcome(
             response_id=state.id,
-            is_output=True,
-            conversation_id=conversation_id if output_position is not None else None,
-            first_position=output_position,
-        ),
-    )
-    state.completed_at = await repository.complete_response(
-        conn,
-        state.id,
-        {
-            "status": state.status,
-            "upstream_id": upstream_id,
-            "upstream_model": state.upstream_model,
-            "usage": state.usage,
-            "error": state.error,
-            "incomplete_details": state.incomplete_details,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cost": cost,
-        },
-    )
+            tenant_id=turn.tenant_id,
+            status=state.status,
+            upstream_id=upstream_id,
+            upstream_model=state.upstream_model,
+            usage=state.usage,
+            error=state.error,
+            incomplete_details=state.incomplete_details,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost=cost,
+        )
+
+    conversation_id = turn.request.conversation_id
+    if conversation_id:
+        appended = turn_store.Appended(
+            conversation_id=conversation_id,
+            append=should_append,
+            input_count=len(turn.request.input_items),
+            title=conversations.title_from(turn.request.input_items) if should_append else None,
+            last_model=state.upstream_model or state.model,
+        )
+        completed_at = await turn_store.finish_in_conversation(db, outcome(), appended, outputs)
+        if completed_at is not None:
+            state.completed_at = completed_at
+            return
+        # Our claim expired and another turn took the conversation: appending now would interleave.
+        state.status = "failed"
+        state.error = {
+            "code": "server_error",
+            "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
+        }
+    state.completed_at = await turn_store.finish(db, outcome(), outputs)
 
 
 async def fail_turn(

@@ -1,0 +1,380 @@
+"""The turn loop's hot statements, sent on the driver (asyncpg) connection.
+
+A turn's begin and finish are each one statement: data-modifying CTEs make every part of a step commit or
+fail together without BEGIN/COMMIT round trips, and asyncpg keeps each statement prepared. The history comes
+back as one text (the stored item JSON texts joined by commas), ready to splice into the upstream body.
+Everything else (listings, admin, items) uses SQLAlchemy; these few statements run thousands of times a
+second, so they are written once here, by hand. docs/benchmarks.md has the measured difference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from service.items import NewItem
+
+# The item columns a turn writes, as parallel arrays for unnest(): one statement inserts any number of items.
+_ITEM_ARRAYS = (
+    "unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[], $texts::text[])"
+)
+
+
+def _numbered(sql: str, names: Sequence[str]) -> str:
+    """asyncpg takes $1..$n; the statements below name their parameters, in the order `names` gives."""
+    for index, name in sorted(enumerate(names, 1), key=lambda pair: -len(pair[1])):
+        if f"${name}" not in sql:
+            raise ValueError(f"parameter ${name} is not used")
+        sql = sql.replace(f"${name}", f"${index}")
+    if re.search(r"\$[a-z]", sql):
+        raise ValueError(f"unnamed parameter left in {sql}")
+    return sql
+
+
+def _item_arrays(items: Sequence[NewItem]) -> list[list[Any]]:
+    return [
+        [i.id for i in items],
+        [i.type for i in items],
+        [i.role for i in items],
+        [i.status for i in items],
+        [i.body for i in items],
+        [i.text_content for i in items],
+    ]
+
+
+_ITEM_PARAMS = ("ids", "types", "roles", "statuses", "bodies", "texts")
+_RESPONSE_PARAMS = (
+    "response_id",
+    "tenant_id",
+    "conversation_id",
+    "previous_response_id",
+    "status",
+    "model",
+    "instructions",
+    "params_json",
+    "metadata",
+    "background",
+    "stream",
+)
+
+# The history of a conversation, in order, as one text. Aggregating an ordered subquery keeps its order (an
+# ORDER BY inside string_agg would sort again, on disk for long histories on PostgreSQL 15).
+_HISTORY = "SELECT string_agg(body, ',') FROM (SELECT body FROM item WHERE conversation_id = $1 ORDER BY position) h"
+
+_INSERT_INPUTS = f"""
+    INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
+    SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, u.type, u.role, u.status, u.body, u.text_content
+    FROM {{source}} {_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+"""
+
+# Claim the conversation (one writer at a time), store the response as in_progress with its input items, and
+# read the history, in one statement. The claim locks the conversation row; an expired claim is taken over and
+# its holder reported. The history is read from the statement's snapshot, which a turn that finished while
+# we waited for the lock is not in: `history_is_current` compares the row the snapshot saw with the row we
+# claimed (every change to a conversation's items moves next_position or item_count), and the caller reads
+# the history again when they differ.
+_CLAIM_AND_BEGIN_TEMPLATE = _numbered(
+    f"""
+    WITH {{lazy_commit}}claim AS (
+        UPDATE conversation AS c
+        SET turn_response_id = $response_id,
+            turn_expires_at = now() + make_interval(secs => $ttl),
+            last_status = $status,
+            last_model = coalesce($model, c.last_model)
+        FROM (SELECT id, turn_response_id FROM conversation
+              WHERE id = $conversation_id AND tenant_id = $tenant_id FOR UPDATE) AS before
+        WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
+        RETURNING c.next_position, c.item_count, before.turn_response_id AS previous_holder
+    ),
+    stored AS (
+        INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
+                              model, instructions, params_json, metadata, background, stream)
+        SELECT $response_id, $tenant_id, $conversation_id, claim.next_position, $previous_response_id, $status,
+               $model, $instructions, $params_json, $metadata::jsonb, $background, $stream
+        FROM claim
+        RETURNING created_at
+    ),
+    inputs AS ({_INSERT_INPUTS.format(source="claim,")})
+    SELECT claim.next_position, claim.previous_holder, stored.created_at, snapshot.is_current AS history_is_current,
+           CASE WHEN snapshot.is_current THEN ({_HISTORY.replace("$1", "$conversation_id")}) END AS history
+    FROM claim, stored{{lazy_commit_join}}, LATERAL (
+        SELECT (claim.next_position, claim.item_count) =
+               (SELECT next_position, item_count FROM conversation WHERE id = $conversation_id) AS is_current
+    ) AS snapshot
+    """,
+    ("ttl", *_RESPONSE_PARAMS, *_ITEM_PARAMS),
+)
+
+# A turn outside a conversation: the response and its input items, in one statement.
+_BEGIN_TEMPLATE = _numbered(
+    f"""
+    WITH {{lazy_commit}}stored AS (
+        INSERT INTO response (id, tenant_id, conversation_id, previous_response_id, status, model, instructions,
+                              params_json, metadata, background, stream)
+        VALUES ($response_id, $tenant_id, $conversation_id, $previous_response_id, $status, $model, $instructions,
+                $params_json, $metadata::jsonb, $background, $stream)
+        RETURNING created_at
+    ),
+    inputs AS ({_INSERT_INPUTS.format(source="")})
+    SELECT created_at FROM stored{{lazy_commit_join}}
+    """,
+    (*_RESPONSE_PARAMS, *_ITEM_PARAMS),
+)
+
+
+# A begin the client cannot see before the finish (not streamed, not background) need not reach the disk on
+# its own: the finish's commit flushes the write-ahead log up to itself, begin included, before the client hears
+# of the response. Asking the statement's own transaction not to wait for the flush (set_config(..., true)
+# lasts until that transaction ends) saves a WAL flush per turn. If PostgreSQL crashes between the two, the
+# begin may be lost; that turn fails, as every turn in flight during a crash does, and nothing the client was
+# told about is missing. A streamed or background turn shows its id at once, so its begin waits for the disk.
+def _with_commit_mode(sql: str) -> tuple[str, str]:
+    durable = sql.replace("{lazy_commit}", "").replace("{lazy_commit_join}", "")
+    lazy = sql.replace(
+        "{lazy_commit}", "lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true)),\n    "
+    ).replace("{lazy_commit_join}", ", lazy_commit")
+    return durable, lazy
+
+
+_CLAIM_AND_BEGIN, _CLAIM_AND_BEGIN_LAZY = _with_commit_mode(_CLAIM_AND_BEGIN_TEMPLATE)
+_BEGIN, _BEGIN_LAZY = _with_commit_mode(_BEGIN_TEMPLATE)
+
+_OUTCOME_PARAMS = (
+    "response_id",
+    "tenant_id",
+    "status",
+    "upstream_id",
+    "upstream_model",
+    "usage",
+    "error",
+    "incomplete_details",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+)
+_COMPLETE_RESPONSE = """
+    UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
+        usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
+        input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = now()
+"""
+
+# Finish a conversation turn while it still holds the claim: reserve positions at the end of the conversation
+# and append the inputs and outputs there (or, with $append false, only release the claim), store the output
+# items and the outcome, and free the claim. No row when the claim was lost (it expired and was taken over).
+_FINISH_IN_CONVERSATION = _numbered(
+    f"""
+    WITH advanced AS (
+        UPDATE conversation
+        SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
+            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL,
+            response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
+            output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
+            last_model = $last_model, last_status = $status
+        WHERE id = $conversation_id AND turn_response_id = $response_id
+        RETURNING next_position - $added AS start
+    ),
+    attached AS (
+        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal
+        FROM advanced
+        WHERE $append AND item.response_id = $response_id AND item.is_output = false
+    ),
+    outputs AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, type, role,
+                          status, body, text_content)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1,
+               CASE WHEN $append THEN $conversation_id END,
+               CASE WHEN $append THEN advanced.start + $input_count + u.ordinal - 1 END,
+               u.type, u.role, u.status, u.body, u.text_content
+        FROM advanced, {_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    ),
+    completed AS ({_COMPLETE_RESPONSE} FROM advanced WHERE response.id = $response_id RETURNING completed_at)
+    SELECT completed_at FROM completed
+    """,
+    (
+        *_OUTCOME_PARAMS,
+        "conversation_id",
+        "added",
+        "title",
+        "last_model",
+        "append",
+        "input_count",
+        *_ITEM_PARAMS,
+    ),
+)
+
+# Finish a turn outside a conversation (or one whose claim was lost): its output items and outcome.
+_FINISH = _numbered(
+    f"""
+    WITH outputs AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, u.type, u.role, u.status, u.body, u.text_content
+        FROM {_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    ),
+    completed AS ({_COMPLETE_RESPONSE} WHERE id = $response_id RETURNING completed_at)
+    SELECT completed_at FROM completed
+    """,
+    (*_OUTCOME_PARAMS, *_ITEM_PARAMS),
+)
+
+_FAIL_RUNNING = """
+    UPDATE response SET status = 'failed', error = $2::jsonb, completed_at = now()
+    WHERE id = $1 AND status IN ('queued', 'in_progress')
+"""
+
+_SAVE_EVENTS = """
+    INSERT INTO response_event_log (response_id, events, event_count) VALUES ($1, $2, $3)
+    ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
+"""
+
+
+def json_text(value: Any) -> str | None:
+    return None if value is None else msgspec.json.encode(value).decode()
+
+
+@dataclass(frozen=True)
+class NewResponse:
+    """The response row a turn starts with."""
+
+    response_id: str
+    tenant_id: str
+    conversation_id: str | None
+    previous_response_id: str | None
+    status: str
+    model: str
+    instructions: str | None
+    params_json: str
+    metadata: dict[str, str]
+    background: bool
+    stream: bool
+
+    @property
+    def visible_before_finish(self) -> bool:
+        """Streamed and background turns give the client the response id before they finish."""
+        return self.stream or self.background
+
+    def values(self) -> list[Any]:
+        return [
+            self.response_id,
+            self.tenant_id,
+            self.conversation_id,
+            self.previous_response_id,
+            self.status,
+            self.model,
+            self.instructions,
+            self.params_json,
+            json_text(self.metadata),
+            self.background,
+            self.stream,
+        ]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    next_position: int
+    previous_holder: str | None
+    created_at: datetime
+    history: str  # the conversation's item texts joined by commas; "" for an empty conversation
+
+
+async def claim_and_begin(
+    db: Any, response: NewResponse, inputs: Sequence[NewItem], *, ttl_seconds: float
+) -> Claimed | None:
+    """None when the conversation is missing, not the tenant's, or claimed by a live turn (nothing written)."""
+    sql = _CLAIM_AND_BEGIN if response.visible_before_finish else _CLAIM_AND_BEGIN_LAZY
+    row = await db.fetchrow(sql, ttl_seconds, *response.values(), *_item_arrays(inputs))
+    if row is None:
+        return None
+    history = row["history"] if row["history_is_current"] else await conversation_history(db, response.conversation_id)
+    return Claimed(row["next_position"], row["previous_holder"], row["created_at"], history or "")
+
+
+async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> datetime:
+    sql = _BEGIN if response.visible_before_finish else _BEGIN_LAZY
+    created_at: datetime = await db.fetchval(sql, *response.values(), *_item_arrays(inputs))
+    return created_at
+
+
+async def conversation_history(db: Any, conversation_id: str | None) -> str:
+    return await db.fetchval(_HISTORY, conversation_id) or ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished turn stores on its response."""
+
+    response_id: str
+    tenant_id: str
+    status: str
+    upstream_id: str | None
+    upstream_model: str | None
+    usage: dict[str, Any] | None
+    error: dict[str, Any] | None
+    incomplete_details: dict[str, Any] | None
+    input_tokens: int
+    output_tokens: int
+    cost: Decimal
+
+    def values(self) -> list[Any]:
+        return [
+            self.response_id,
+            self.tenant_id,
+            self.status,
+            self.upstream_id,
+            self.upstream_model,
+            json_text(self.usage),
+            json_text(self.error),
+            json_text(self.incomplete_details),
+            self.input_tokens,
+            self.output_tokens,
+            self.cost,
+        ]
+
+
+@dataclass(frozen=True)
+class Appended:
+    """How a conversation turn ends in its conversation."""
+
+    conversation_id: str
+    append: bool  # false: the turn failed or was cancelled, so only the claim is released
+    input_count: int
+    title: str | None
+    last_model: str | None
+
+
+async def finish_in_conversation(
+    db: Any, outcome: Outcome, appended: Appended, outputs: Sequence[NewItem]
+) -> datetime | None:
+    """The completion time, or None when the turn no longer holds its claim (nothing written)."""
+    added = appended.input_count + len(outputs) if appended.append else 0
+    completed_at: datetime | None = await db.fetchval(
+        _FINISH_IN_CONVERSATION,
+        *outcome.values(),
+        appended.conversation_id,
+        added,
+        appended.title,
+        appended.last_model,
+        appended.append,
+        appended.input_count,
+        *_item_arrays(outputs),
+    )
+    return completed_at
+
+
+async def finish(db: Any, outcome: Outcome, outputs: Sequence[NewItem]) -> datetime:
+    completed_at: datetime = await db.fetchval(_FINISH, *outcome.values(), *_item_arrays(outputs))
+    return completed_at
+
+
+async def fail_running_response(db: Any, response_id: str, error: dict[str, Any]) -> None:
+    await db.execute(_FAIL_RUNNING, response_id, json_text(error))
+
+
+async def save_events(db: Any, response_id: str, events: str, event_count: int) -> None:
+    """A streamed response's event log (written once, when the stream ends)."""
+    await db.execute(_SAVE_EVENTS, response_id, events, event_count)
