@@ -3,8 +3,11 @@ answers exactly like an id that does not exist, and nothing of the other tenant 
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Tenant
@@ -154,3 +157,35 @@ async def test_another_tenants_item_cannot_be_referenced(
         _same_answer(theirs, missing, "msg_bob_secret", MISSING_ITEM)
     assert len(fake_upstream.requests) == 1
     assert "bob's secret" not in str(await rows(db, "SELECT body FROM item WHERE conversation_id IS NOT NULL"))
+
+
+async def test_concurrent_requests_with_an_uncached_key_look_it_up_once(
+    make_tenant: Callable[..., Awaitable[Tenant]], db: AsyncEngine
+) -> None:
+    """When a busy key's cache entry expires, every request in flight misses at once; they must share one
+    lookup, not each hold a pooled connection waiting on the key's row (its last_used_at update)."""
+    carol = await make_tenant("carol")
+
+    async def waiting_on_the_key() -> int:
+        async with db.connect() as conn:
+            count = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' "
+                    "AND wait_event_type = 'Lock'"
+                )
+            )
+        return int(count or 0)
+
+    async with db.connect() as holder:
+        await holder.execute(text("SELECT 1 FROM api_key WHERE id = :id FOR UPDATE"), {"id": carol.key_id})
+        requests = [asyncio.create_task(carol.http.get("/v1/conversations/conv_missing")) for _ in range(6)]
+        deadline = asyncio.get_running_loop().time() + 10
+        while await waiting_on_the_key() == 0:
+            assert asyncio.get_running_loop().time() < deadline, "no request reached the key's row"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # time for the other five to pile up, if they were going to
+        assert await waiting_on_the_key() == 1
+        await holder.rollback()
+    answers = await asyncio.gather(*requests)
+    assert [a.status_code for a in answers] == [404] * 6
+    assert {a.json()["error"]["message"] for a in answers} == {"Conversation with id 'conv_missing' not found."}

@@ -3,6 +3,7 @@ compared in constant time, shown once."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -76,15 +77,46 @@ class KeyAuthenticator:
         self._engine = engine
         self._admin_hash = hash_key(admin_api_key) if admin_api_key else None
         self._cache: dict[bytes, tuple[float, Principal]] = {}
+        # One database lookup per key at a time: when a busy key's cache entry expires, every request in
+        # flight misses at once, and each used to take a pooled connection to wait on the same api_key row
+        # (the last_used_at update), starving the pool for a moment every _CACHE_TTL_SECONDS.
+        self._lookups: dict[bytes, asyncio.Future[Principal | None]] = {}
 
     async def authenticate(self, secret: str) -> Principal | None:
         digest = hash_key(secret)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
             return Principal(tenant_id="", tenant_name="", key_id=None, is_admin=True)
+        while True:
+            cached = self._cache.get(digest)
+            if cached is not None and cached[0] > time.monotonic():
+                return cached[1]
+            running = self._lookups.get(digest)
+            if running is None:
+                return await self._look_up(digest)
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                if not running.cancelled():
+                    raise  # this request was cancelled
+                # The lookup failed or its request was cancelled: its error is that request's to report; this
+                # one looks again (another request may have started a lookup meanwhile).
+
+    async def _look_up(self, digest: bytes) -> Principal | None:
+        lookup: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
+        self._lookups[digest] = lookup
+        try:
+            principal = await self._read_and_touch(digest)
+        except BaseException:
+            lookup.cancel()
+            raise
+        else:
+            lookup.set_result(principal)
+            return principal
+        finally:
+            del self._lookups[digest]
+
+    async def _read_and_touch(self, digest: bytes) -> Principal | None:
         now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
         async with self._engine.begin() as conn:
             row = await repository.find_active_key(conn, digest)
             if row is None or not hmac.compare_digest(bytes(row.key_hash), digest):
