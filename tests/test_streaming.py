@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.responses import runner
 from service.upstream.demo import DemoTransport
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
@@ -541,3 +542,36 @@ async def test_events_split_across_chunks_with_crlf_line_endings_are_parsed(
     events = [event async for event in stream]
     assert [e.type for e in events] == CANONICAL_TEXT_TYPES
     assert events[-1].response.output_text == TEXT
+
+
+async def test_a_quiet_stream_gets_keep_alive_comments_until_the_first_token(
+    alice: Tenant, fake_upstream: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the upstream is quiet, the client gets an SSE comment every KEEPALIVE_SECONDS (here 0.2 s instead
+    of 15), so proxies keep the connection open; the events themselves are unchanged."""
+    monkeypatch.setattr(runner, "KEEPALIVE_SECONDS", 0.2)
+    events_sent = text_stream_events(TEXT, chunks=2)
+    fake_upstream.enqueue(Reply(kind="sse", events=events_sent, delay=0.5))  # 0.5 s between upstream events
+    async with alice.http.stream("POST", "/v1/responses", json={"model": MODEL, "input": "hi", "stream": True}) as r:
+        raw = (await r.aread()).decode()
+    gaps = raw.split("event: ")[1:]  # what follows each event: its data, then the keep-alives before the next
+    keepalives = [gap.count(": keep-alive\n\n") for gap in gaps]
+    assert sum(keepalives) >= len(events_sent) - 1
+    assert sum(keepalives) <= len(events_sent) * 0.5 / 0.2 + 1  # one per 0.2 s of quiet, not a flood
+    events = [event for _, event in parse_sse(raw)]
+    assert events[-1]["type"] == "response.completed"
+    assert output_text(events[-1]["response"]) == TEXT
+
+
+async def test_a_stream_that_outlives_the_total_timeout_is_abandoned_and_stored_as_failed(
+    start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], fake_upstream: FakeOpenRouter
+) -> None:
+    live = start_server(upstream_total_timeout=0.5, upstream_idle_timeout=5)
+    tenant = await make_tenant("erin", live=live)
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT), delay=1.5))
+    async with tenant.http.stream("POST", "/v1/responses", json={"model": MODEL, "input": "hi", "stream": True}) as r:
+        events = await read_events(r)
+    assert events[-1]["type"] == "response.failed"
+    assert "UPSTREAM_TOTAL_TIMEOUT" in events[-1]["response"]["error"]["message"]
+    stored = (await tenant.http.get(f"/v1/responses/{events[-1]['response']['id']}")).json()
+    assert stored["status"] == "failed"
