@@ -1,4 +1,4 @@
-"""The issue's scenarios. Each measures the service and the direct call to the same fake upstream in the same run
+"""The performance scenarios. Each measures the service and the direct call to the same fake upstream in the same run
 and returns rows for the table; the orchestration (databases, processes, order) is in bench/suite.py."""
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ _SUMMARY_LINE = re.compile(r"^\s{2}(?P<label>\S.*?)\s+(?P<p50>\d+\.\d+)\s+/\s+(?
 
 def admin_listing_rows(output: str, returncode: int | None) -> list[Row]:
     """Rows from `python -m bench.admin_listing` (another helper's script, run as is): its summary lines,
-    grouped into the issue's three cases, each reported by its slowest member."""
+    grouped into the three admin cases of the goals, each reported by its slowest member."""
     groups: dict[str, list[tuple[str, float]]] = {"first page": [], "filtered page": [], "search": []}
     in_summary = False
     for line in output.splitlines():
