@@ -395,16 +395,28 @@ async def test_deleting_a_streamed_response_deletes_its_event_log(
     assert await rows(db, "SELECT 1 FROM response_event_log") == []
 
 
-async def test_idle_upstream_is_abandoned_and_stored_as_failed(
-    start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], fake_upstream: FakeOpenRouter
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"upstream_idle_timeout": 0.3}, "UPSTREAM_IDLE_TIMEOUT"),
+        ({"upstream_total_timeout": 0.5, "upstream_idle_timeout": 5}, "UPSTREAM_TOTAL_TIMEOUT"),
+    ],
+    ids=["idle", "total"],
+)
+async def test_a_stalled_or_overlong_stream_is_abandoned_and_stored_as_failed(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Any],
+    fake_upstream: FakeOpenRouter,
+    settings: dict[str, float],
+    named: str,
 ) -> None:
-    live = start_server(upstream_idle_timeout=0.3)
+    live = start_server(**settings)
     tenant = await make_tenant("dave", live=live)
-    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT), delay=1.0))
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT), delay=1.0))  # 1 s between events
     async with tenant.http.stream("POST", "/v1/responses", json={"model": MODEL, "input": "hi", "stream": True}) as r:
         events = await read_events(r)
     assert events[-1]["type"] == "response.failed"
-    assert "UPSTREAM_IDLE_TIMEOUT" in events[-1]["response"]["error"]["message"]
+    assert named in events[-1]["response"]["error"]["message"]
     stored = (await tenant.http.get(f"/v1/responses/{events[-1]['response']['id']}")).json()
     assert stored["status"] == "failed"
 
@@ -561,17 +573,3 @@ async def test_a_quiet_stream_gets_keep_alive_comments_until_the_first_token(
     events = [event for _, event in parse_sse(raw)]
     assert events[-1]["type"] == "response.completed"
     assert output_text(events[-1]["response"]) == TEXT
-
-
-async def test_a_stream_that_outlives_the_total_timeout_is_abandoned_and_stored_as_failed(
-    start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], fake_upstream: FakeOpenRouter
-) -> None:
-    live = start_server(upstream_total_timeout=0.5, upstream_idle_timeout=5)
-    tenant = await make_tenant("erin", live=live)
-    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT), delay=1.5))
-    async with tenant.http.stream("POST", "/v1/responses", json={"model": MODEL, "input": "hi", "stream": True}) as r:
-        events = await read_events(r)
-    assert events[-1]["type"] == "response.failed"
-    assert "UPSTREAM_TOTAL_TIMEOUT" in events[-1]["response"]["error"]["message"]
-    stored = (await tenant.http.get(f"/v1/responses/{events[-1]['response']['id']}")).json()
-    assert stored["status"] == "failed"
