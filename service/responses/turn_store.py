@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from service.items import NewItem
+from service.responses.repository import RUNNING_STATUSES
 
 # The item columns a turn writes, as parallel arrays for unnest(): one statement inserts any number of items.
 _ITEM_ARRAYS = (
@@ -224,7 +225,7 @@ _FINISH = _numbered(
 
 _FAIL_RUNNING = """
     UPDATE response SET status = 'failed', error = $2::jsonb, completed_at = now()
-    WHERE id = $1 AND status IN ('queued', 'in_progress')
+    WHERE id = $1 AND status = ANY($3::text[])
 """
 
 _SAVE_EVENTS = """
@@ -372,7 +373,7 @@ async def finish(db: Any, outcome: Outcome, outputs: Sequence[NewItem]) -> datet
 
 
 async def fail_running_response(db: Any, response_id: str, error: dict[str, Any]) -> None:
-    await db.execute(_FAIL_RUNNING, response_id, json_text(error))
+    await db.execute(_FAIL_RUNNING, response_id, json_text(error), list(RUNNING_STATUSES))
 
 
 async def save_events(db: Any, response_id: str, events: str, event_count: int) -> None:
