@@ -265,3 +265,41 @@ async def test_a_turn_that_waited_for_the_conversation_reads_the_items_committed
     )
     assert [r["position"] for r in stored] == [0, 1, 2, 3, 4]
     assert [r["id"] for r in stored][1:3] == ["msg_one", "msg_late"]
+
+
+async def test_a_previous_response_deleted_while_the_turn_begins_is_a_400_not_a_500(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """The previous response is read, then linked to by the insert, on separate connections: a delete that
+    commits in between must give the same answer as a delete that came first."""
+    fake_upstream.reply_json(text_response("One.", msg_id="msg_one"))
+    first = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q1"})
+    assert first.status_code == 200, first.text
+    previous = first.json()["id"]
+    async with db.connect() as deleter:
+        # Deleted but not committed: the turn still reads the response, then its insert waits on the row.
+        await deleter.execute(text("DELETE FROM response WHERE id = :id"), {"id": previous})
+        turn = asyncio.create_task(
+            alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q2", "previous_response_id": previous})
+        )
+
+        async def turn_waits_for_the_row() -> bool:
+            waiting = await scalar(
+                db,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' AND wait_event_type = 'Lock'",
+            )
+            return bool(waiting)
+
+        await eventually(turn_waits_for_the_row)
+        await deleter.commit()
+    answer = await turn
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == {
+        "message": f"Previous response with id '{previous}' not found.",
+        "type": "invalid_request_error",
+        "param": "previous_response_id",
+        "code": "previous_response_not_found",
+    }
+    assert len(fake_upstream.requests) == 1
+    assert await rows(db, "SELECT id FROM response") == []
+    assert await rows(db, "SELECT id FROM item") == []

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+from asyncpg.exceptions import ForeignKeyViolationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.conversations import repository as conversations
@@ -37,6 +38,7 @@ from service.upstream.errors import UpstreamError
 logger = logging.getLogger("service.turns")
 
 _FINISH_ATTEMPTS = 3
+_PREVIOUS_RESPONSE_FK = "fk_response_previous_response_id_response"
 # Runs in the storing transaction, on its driver connection (see turn_store), once the state is final.
 OnStored = Callable[[Any], Awaitable[None]]
 INTERRUPTED_ERROR = {"code": "server_error", "message": "The turn was interrupted before it finished"}
@@ -139,13 +141,20 @@ async def begin_turn(
     response = _new_response(tenant_id, request, state)
     claim: turn_store.Claimed | None = None
     async with driver_connection(engine) as db:
-        if request.conversation_id is None:
-            state.created_at = await turn_store.begin(db, response, request.input_items)
-        else:
-            claim = await turn_store.claim_and_begin(db, response, request.input_items, ttl_seconds=lock_ttl)
-            if claim is not None and claim.previous_holder is not None:
-                # The previous holder's claim expired (its process died): its response ends as failed.
-                await turn_store.fail_running_response(db, claim.previous_holder, INTERRUPTED_ERROR)
+        try:
+            if request.conversation_id is None:
+                state.created_at = await turn_store.begin(db, response, request.input_items)
+            else:
+                claim = await turn_store.claim_and_begin(db, response, request.input_items, ttl_seconds=lock_ttl)
+        except ForeignKeyViolationError as exc:
+            # The previous response was read above, on another connection; deleted since, the insert that
+            # links to it fails (and writes nothing). The client sees what it would have seen a moment later.
+            if request.previous_response_id and exc.constraint_name == _PREVIOUS_RESPONSE_FK:
+                raise _previous_not_found(request.previous_response_id) from None
+            raise
+        if claim is not None and claim.previous_holder is not None:
+            # The previous holder's claim expired (its process died): its response ends as failed.
+            await turn_store.fail_running_response(db, claim.previous_holder, INTERRUPTED_ERROR)
     if request.conversation_id is not None:
         if claim is None:
             async with engine.connect() as conn:
