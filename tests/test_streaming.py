@@ -317,12 +317,18 @@ async def test_cancel_policy_stops_the_turn_when_the_client_disconnects(
     assert state["items"] == [] and state["turn_response_id"] is None
 
 
+@pytest.mark.parametrize(
+    ("text", "chunks", "read_first"),
+    [(TEXT, 8, 4), (TEXT * 4, 58, 40)],
+    ids=["short", "long"],  # long: the run keeps its older frames compressed, and the resume reads them back
+)
 async def test_resume_with_starting_after_while_running_and_after_the_end(
-    alice: Tenant, fake_upstream: FakeOpenRouter
+    alice: Tenant, fake_upstream: FakeOpenRouter, text: str, chunks: int, read_first: int
 ) -> None:
-    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT, chunks=8), delay=0.05))
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(text, chunks=chunks), delay=0.05))
     async with alice.http.stream("POST", "/v1/responses", json={"model": MODEL, "input": "hi", "stream": True}) as r:
-        first = await read_events(r, limit=4)
+        live = await read_events(r, limit=read_first)
+    first = live[:4]
     response_id = first[0]["response"]["id"]
 
     # While the turn still runs: served live, from the event after 3 up to the terminal one.
@@ -332,9 +338,9 @@ async def test_resume_with_starting_after_while_running_and_after_the_end(
         assert r.status_code == 200
         rest = await read_events(r)
     assert_well_formed(rest, first=4)
+    assert rest[: len(live) - 4] == live[4:]
     assert rest[-1]["type"] == "response.completed"
-    text = "".join(e["delta"] for e in [*first, *rest] if e["type"] == "response.output_text.delta")
-    assert text == TEXT
+    assert "".join(e["delta"] for e in [*first, *rest] if e["type"] == "response.output_text.delta") == text
 
     # After the end: replayed from the stored log, byte for byte the same events.
     await wait_until_ended(alice.http, response_id)
@@ -351,7 +357,7 @@ async def test_resume_with_starting_after_while_running_and_after_the_end(
     async with client.responses.stream(response_id=response_id, starting_after=5) as stream:
         seen = [event.sequence_number async for event in stream]
         final = await stream.get_final_response()
-    assert seen[0] == 6 and final.output_text == TEXT
+    assert seen[0] == 6 and final.output_text == text
 
 
 async def test_resume_rejects_non_streamed_and_unknown_responses(alice: Tenant, bob: Tenant) -> None:

@@ -11,8 +11,8 @@ ends and the run goes on (unless STREAM_DISCONNECT_POLICY=cancel), so nothing ge
    event log (once, for `starting_after` resumes);
 4. publishes the terminal event and leaves the registry.
 
-Events live in memory, per run, as encoded SSE frames; followers read that list at their own pace, so a slow
-client never holds up the run and costs nothing per event.
+Events live in memory, per run, as encoded SSE frames (a FrameLog); followers read it at their own pace, so a
+slow client never holds up the run and costs nothing per event.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.config import Settings
 from service.errors import Conflict, InvalidRequest, ServiceError
 from service.responses import turn_store
+from service.responses.frame_log import FrameLog
 from service.responses.repository import RUNNING_STATUSES
 from service.responses.service import (
     INTERRUPTED_ERROR,
@@ -60,7 +61,7 @@ class TurnRun:
 
     def __init__(self, turn: Turn) -> None:
         self.turn = turn
-        self.frames: list[bytes] = []
+        self.frames = FrameLog()
         self.finished = False
         self.started = False
         self.storing = False
@@ -68,13 +69,14 @@ class TurnRun:
         self.open_error: ServiceError | None = None
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
-        self._opened_or_finished = asyncio.Event()
-        self._done = asyncio.Event()
-        self._wakeup = asyncio.Event()
-        self._waiting = 0
+        # Futures, not asyncio.Events: each Event carries a deque (~600 bytes), and a worker holds a run per
+        # stream. `_wakeup` exists only while a follower waits for the next frame.
+        self._loop = asyncio.get_running_loop()
+        self._opened_or_finished: asyncio.Future[None] = self._loop.create_future()
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._wakeup: asyncio.Future[None] | None = None
         # Keep-alives: one timer per run that fires after KEEPALIVE_SECONDS without a frame, rather than a
         # timeout around every follower's every wait (timer churn was ~10% of the relay's CPU at 1,000 streams).
-        self._loop = asyncio.get_running_loop()
         self._last_frame_at = self._loop.time()
         self.keepalives = 0
         self._quiet_timer = self._loop.call_later(KEEPALIVE_SECONDS, self._on_quiet)
@@ -104,31 +106,31 @@ class TurnRun:
         self._quiet_timer = self._loop.call_at(quiet_until, self._on_quiet)
 
     def _wake(self) -> None:
-        if self._waiting:
-            self._wakeup.set()
-            self._wakeup = asyncio.Event()
+        wakeup, self._wakeup = self._wakeup, None
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     def mark_opened(self) -> None:
         self.opened = True
-        self._opened_or_finished.set()
+        _resolve(self._opened_or_finished)
 
     def mark_done(self) -> None:
-        self._done.set()
+        _resolve(self._done)
 
     def mark_finished(self) -> None:
         self.finished = True
         self._quiet_timer.cancel()
-        self._opened_or_finished.set()
+        _resolve(self._opened_or_finished)
         self._wake()
 
     async def wait_opened(self) -> None:
         """Returns once the upstream stream started; raises the turn's error if it never did."""
-        await self._opened_or_finished.wait()
+        await asyncio.shield(self._opened_or_finished)
         if not self.opened and self.open_error is not None:
             raise self.open_error
 
     async def wait_done(self) -> None:
-        await self._done.wait()
+        await asyncio.shield(self._done)
 
     async def follow(self, after: int) -> AsyncIterator[bytes]:
         """The frames after sequence number `after`, then each new one as it is published, until the end."""
@@ -138,7 +140,7 @@ class TurnRun:
             end = len(self.frames)
             if position < end:
                 # Whatever piled up goes out as one chunk: fewer writes for a client that fell behind.
-                yield self.frames[position] if end - position == 1 else b"".join(self.frames[position:end])
+                yield self.frames.joined(position)
                 position = end
                 continue
             if self.finished:
@@ -149,12 +151,15 @@ class TurnRun:
                 keepalives = self.keepalives
                 yield KEEPALIVE_FRAME
                 continue
-            wakeup = self._wakeup
-            self._waiting += 1
-            try:
-                await wakeup.wait()
-            finally:
-                self._waiting -= 1
+            if self._wakeup is None:
+                self._wakeup = self._loop.create_future()
+            # Shielded: a follower that leaves must not cancel the future the other followers wait on.
+            await asyncio.shield(self._wakeup)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class TurnRunner:
@@ -285,7 +290,7 @@ class TurnRunner:
             # resume after the end always finds the log.
             terminal[:] = [_terminal_frame(run)]
             if turn.request.stream:
-                frames = b"".join([*run.frames, terminal[0]]).decode()
+                frames = (run.frames.joined() + terminal[0]).decode()
                 await turn_store.save_events(db, run.response_id, frames, len(run.frames) + 1)
 
         try:
