@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -217,3 +218,40 @@ async def test_database_lost_while_storing_a_finished_turn_is_stored_once_it_is_
         assert again.status_code == 200, again.text
     completed = await assert_whole_turns(private_postgres.engine, conversation)
     assert [r["id"] for r in completed] == [stored["id"], again.json()["id"]]
+
+
+async def test_a_turn_that_finds_no_free_connection_in_time_gets_503_and_stores_nothing(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Any],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """The only pooled connection is held by a turn whose begin waits on a row lock: the next turn waits for a
+    connection up to DB_POOL_TIMEOUT, then gets the 503 a client can retry, and nothing of it is stored."""
+    live = start_server(db_pool_size=1, db_pool_timeout=0.3)
+    tenant: Tenant = await make_tenant("pooled", live=live)
+    held, other = [(await tenant.http.post("/v1/conversations", json={})).json()["id"] for _ in range(2)]
+    fake_upstream.reply_json(text_response("First."))
+    async with db.connect() as locker:
+        await locker.execute(text("SELECT 1 FROM conversation WHERE id = :id FOR UPDATE"), {"id": held})
+        first = asyncio.create_task(turn(tenant.http, held, "waits for the row"))
+
+        async def first_turn_waits_on_the_lock() -> bool:
+            waiting = await scalar(
+                db,
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' AND wait_event_type = 'Lock'",
+            )
+            return bool(waiting)
+
+        await eventually(first_turn_waits_on_the_lock)
+        second = await turn(tenant.http, other, "finds no connection")
+        assert second.status_code == 503, second.text
+        assert second.headers["retry-after"] == "1"
+        assert second.json()["error"]["code"] == "database_unavailable"
+        await locker.commit()
+    answer = await first
+    assert answer.status_code == 200, answer.text
+    assert await rows(db, "SELECT conversation_id FROM response ORDER BY created_at") == [{"conversation_id": held}]
+    assert fake_upstream.inputs == [
+        [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "waits for the row"}]}]
+    ]

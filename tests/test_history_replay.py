@@ -417,7 +417,7 @@ async def test_history_replays_exactly_what_is_stored_after_an_item_is_deleted(
 async def test_no_transaction_or_pooled_connection_is_held_while_waiting_on_upstream(
     start_server: Any, make_tenant: Any, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
-    # One pooled connection plus one overflow: two turns waiting on the upstream would exhaust it if they held one.
+    # One pooled connection: two turns waiting on the upstream would exhaust it if they held one.
     live: LiveServer = start_server(db_pool_size=1)
     tenant: Tenant = await make_tenant("slow", live=live)
     fake_upstream.enqueue(

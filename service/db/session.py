@@ -9,12 +9,15 @@ turn: docs/benchmarks.md).
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
@@ -58,6 +61,31 @@ def create_engine(database_url: str, *, pool_size: int = 20, pool_timeout: float
     return engine
 
 
+# The turn loop's checkouts queue here, on an asyncio semaphore as wide as the pool, rather than inside the
+# pool: a checkout that waits inside SQLAlchemy's pool waits in a greenlet, which keeps a copy of its C stack on
+# the heap while it waits. With 1,000 streams starting at once that was ~5 KiB of every stream's memory (the
+# capacity scenario in docs/benchmarks.md: 69 -> 64 KiB per stream).
+_checkout_gates: weakref.WeakKeyDictionary[Engine, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+async def _enter_gate(engine: AsyncEngine) -> asyncio.Semaphore:
+    pool = engine.sync_engine.pool
+    gate = _checkout_gates.get(engine.sync_engine)
+    if gate is None:
+        gate = _checkout_gates[engine.sync_engine] = asyncio.Semaphore(pool.size())  # type: ignore[attr-defined]
+    if not gate.locked():
+        await gate.acquire()  # free: no wait, no timer
+        return gate
+    timeout: float = pool.timeout()  # type: ignore[attr-defined]
+    try:
+        async with asyncio.timeout(timeout):
+            await gate.acquire()
+    except TimeoutError:
+        # What the pool itself raises when no connection frees up in time (a 503 database_unavailable).
+        raise PoolTimeout(f"no database connection was free within {timeout:g}s (DB_POOL_TIMEOUT)") from None
+    return gate
+
+
 @asynccontextmanager
 async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """A pooled connection's asyncpg connection, in autocommit: for the turn loop's few statements, each one
@@ -66,9 +94,14 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     connection: checkout (with the closed-connection check above) and return work as for every other query;
     taking it without an AsyncConnection around it costs ~45 µs instead of ~115. Start an explicit transaction
     with `.transaction()` where more than one statement must be atomic."""
-    pooled = await engine.raw_connection()
+    gate = await _enter_gate(engine)
     try:
-        yield pooled.driver_connection
+        pooled = await engine.raw_connection()
+        try:
+            yield pooled.driver_connection
+        finally:
+            # Returning it to the pool may have to talk to the server (a rollback); that needs SQLAlchemy's
+            # greenlet.
+            await greenlet_spawn(pooled.close)
     finally:
-        # Returning it to the pool may have to talk to the server (a rollback); that needs SQLAlchemy's greenlet.
-        await greenlet_spawn(pooled.close)
+        gate.release()
