@@ -87,7 +87,28 @@ async def _aiohttp(url: str) -> tuple[Send, Callable[[], Awaitable[None]]]:
     return send, session.close
 
 
-CANDIDATES = {"httpx (native pool)": _httpx_native, "httpx + httpx-aiohttp": _httpx_aiohttp, "aiohttp": _aiohttp}
+async def _service_client(url: str) -> tuple[Send, Callable[[], Awaitable[None]]]:
+    """The service's own OpenRouterClient: httpx requests handed straight to the aiohttp transport, and the
+    answer decoded as a turn decodes it."""
+    from service.config import Settings  # noqa: PLC0415
+    from service.upstream.client import OpenRouterClient  # noqa: PLC0415
+
+    base = url.removesuffix("/responses")
+    client = OpenRouterClient(Settings(openrouter_api_key="bench", openrouter_base_url=base))
+
+    async def send(body: bytes) -> int:
+        await client.create(body)
+        return 200
+
+    return send, client.aclose
+
+
+CANDIDATES = {
+    "httpx (native pool)": _httpx_native,
+    "httpx + httpx-aiohttp": _httpx_aiohttp,
+    "service OpenRouterClient": _service_client,
+    "aiohttp": _aiohttp,
+}
 
 
 async def run(seconds: float, in_flight: int, items: int) -> None:
