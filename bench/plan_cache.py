@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -44,7 +45,9 @@ async def _turn(conn: Any, tenant_id: str, conversation_id: str) -> tuple[float,
     response = turn_store.NewResponse(
         new_id("resp"), tenant_id, conversation_id, None, "in_progress", "m", None, "{}", {}, False, False
     )
-    outcome = turn_store.Outcome(response.response_id, tenant_id, "completed", None, None, None, None, None, 1, 1, 0)
+    outcome = turn_store.Outcome(
+        response.response_id, tenant_id, "completed", None, None, None, None, None, 1, 1, 0, datetime.now(UTC)
+    )
     outputs = normalize_output([_OUTPUT], response_status="completed")
     t0 = time.perf_counter()
     await turn_store.claim_and_begin(conn, response, request.input_items, ttl_seconds=600)

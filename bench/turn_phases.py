@@ -14,6 +14,7 @@ import asyncio
 import collections
 import statistics
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import uvloop
@@ -39,7 +40,9 @@ async def _floor_turn(conn: Any, tenant_id: str, conversation_id: str) -> tuple[
     response = turn_store.NewResponse(
         new_id("resp"), tenant_id, conversation_id, None, "in_progress", "m", None, "{}", {}, False, False
     )
-    outcome = turn_store.Outcome(response.response_id, tenant_id, "completed", None, None, None, None, None, 1, 1, 0)
+    outcome = turn_store.Outcome(
+        response.response_id, tenant_id, "completed", None, None, None, None, None, 1, 1, 0, datetime.now(UTC)
+    )
     appended = turn_store.Appended(conversation_id, True, 1, None, "m")
     outputs = normalize_output([_OUTPUT], response_status="completed")
     t0 = time.perf_counter()

@@ -342,8 +342,12 @@ async def test_resume_with_starting_after_while_running_and_after_the_end(
     assert rest[-1]["type"] == "response.completed"
     assert "".join(e["delta"] for e in [*first, *rest] if e["type"] == "response.output_text.delta") == text
 
-    # After the end: replayed from the stored log, byte for byte the same events.
+    # After the end: replayed from the stored log, byte for byte the same events, and the terminal event is the
+    # stored response (stored by the statement that stored the log, completion time included).
     await wait_until_ended(alice.http, response_id)
+    stored = (await alice.http.get(f"/v1/responses/{response_id}")).json()
+    assert rest[-1]["response"] == stored
+    assert stored["created_at"] <= stored["completed_at"] <= stored["created_at"] + 30
     replay = await alice.http.get(f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": 3})
     assert [data for _, data in parse_sse(replay.text)] == rest
     everything = await alice.http.get(f"/v1/responses/{response_id}", params={"stream": "true"})

@@ -1,5 +1,5 @@
 """Reading the event logs of streamed responses (one row per response, written once at the end by
-turn_store.save_events)."""
+the statement that stores its outcome, in turn_store)."""
 
 from __future__ import annotations
 

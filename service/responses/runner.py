@@ -285,17 +285,16 @@ class TurnRunner:
         outputs = apply_upstream_result(turn.state, assembler.result(status, error))
         terminal: list[bytes] = []
 
-        async def write_log(db: Any) -> None:
-            # Inside the storing transaction: the stored response and its event log never disagree, and a
-            # resume after the end always finds the log.
+        def event_log() -> turn_store.EventLog | None:
+            # Rendered from the final state, right before the statement that stores it with the outcome.
             terminal[:] = [_terminal_frame(run)]
-            if turn.request.stream:
-                frames = (run.frames.joined() + terminal[0]).decode()
-                await turn_store.save_events(db, run.response_id, frames, len(run.frames) + 1)
+            if not turn.request.stream:
+                return None
+            return turn_store.EventLog((run.frames.joined() + terminal[0]).decode(), len(run.frames) + 1)
 
         try:
             if status == "failed":
-                await fail_turn(self._engine, turn, error or INTERRUPTED_ERROR, outputs, on_stored=write_log)
+                await fail_turn(self._engine, turn, error or INTERRUPTED_ERROR, outputs, event_log=event_log)
             else:
                 append = None if status in {"completed", "incomplete"} else False
                 await finish_turn(
@@ -304,7 +303,7 @@ class TurnRunner:
                     outputs,
                     upstream_id=assembler.upstream_id,
                     append=append,
-                    on_stored=write_log,
+                    event_log=event_log,
                 )
         except Exception:
             logger.exception("could not store streamed turn %s; the reaper will finish it", turn.state.id)

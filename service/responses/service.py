@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -39,8 +40,9 @@ logger = logging.getLogger("service.turns")
 
 _FINISH_ATTEMPTS = 3
 _PREVIOUS_RESPONSE_FK = "fk_response_previous_response_id_response"
-# Runs in the storing transaction, on its driver connection (see turn_store), once the state is final.
-OnStored = Callable[[Any], Awaitable[None]]
+# A streamed turn's event log, rendered from the turn's final state right before the statement that stores
+# both (None: no log to store).
+EventLogFor = Callable[[], turn_store.EventLog | None]
 INTERRUPTED_ERROR = {"code": "server_error", "message": "The turn was interrupted before it finished"}
 
 
@@ -52,6 +54,13 @@ class Turn:
     request: TurnRequest
     state: ResponseState
     history: str = ""  # the stored item texts before the new input, joined by commas
+    began: float = field(default_factory=time.monotonic)
+
+    def completion_time(self) -> datetime:
+        """Now, on the database's clock: created_at is the database's time at begin. Computed here rather than
+        by the storing statement so a streamed turn's terminal event, rendered before that statement (which
+        stores it in the event log), carries the completion time that is stored."""
+        return self.state.created_at + timedelta(seconds=time.monotonic() - self.began)
 
     def take_upstream_body(self, *, stream: bool) -> bytes:
         """The body to send upstream. The history is needed for nothing else, and a streamed turn can run
@@ -218,22 +227,18 @@ async def finish_turn(
     *,
     upstream_id: str | None = None,
     append: bool | None = None,
-    on_stored: OnStored | None = None,
+    event_log: EventLogFor | None = None,
 ) -> None:
-    """Step 3, retried when the database hiccups; one transaction, so never half-written. `on_stored` runs
-    last in that transaction, with the final state (a streamed turn writes its event log there)."""
+    """Step 3, retried when the database hiccups; one statement, so never half-written. `event_log` renders
+    a streamed turn's event log from the final state, for that statement to store with the outcome."""
     state = turn.state
     if not turn.request.store:
         return
+    state.completed_at = turn.completion_time()
 
     async def store() -> None:
         async with driver_connection(engine) as db:
-            if on_stored is None:
-                await _finish(db, turn, outputs, upstream_id, append)
-                return
-            async with db.transaction():
-                await _finish(db, turn, outputs, upstream_id, append)
-                await on_stored(db)
+            await _finish(db, turn, outputs, upstream_id, append=append, event_log=event_log or _no_event_log)
 
     for attempt in range(1, _FINISH_ATTEMPTS + 1):
         try:
@@ -285,8 +290,16 @@ async def _store_when_database_returns(store: Callable[[], Awaitable[None]], res
     logger.error("turn %s could not be stored within %ds; the reaper will fail it", response_id, _STORE_LATER_SECONDS)
 
 
-async def _finish(db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str | None, append: bool | None) -> None:
+def _no_event_log() -> None:
+    return None
+
+
+async def _finish(
+    db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str | None, *, append: bool | None, event_log: EventLogFor
+) -> None:
     state = turn.state
+    completed_at = state.completed_at
+    assert completed_at is not None  # set by finish_turn
     input_tokens, output_tokens, cost = _usage_numbers(state.usage)
     should_append = state.status in {"completed", "incomplete"} if append is None else append
 
@@ -303,6 +316,7 @@ async def _finish(db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str 
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cost=cost,
+            completed_at=completed_at,
         )
 
     conversation_id = turn.request.conversation_id
@@ -314,9 +328,7 @@ async def _finish(db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str 
             title=conversations.title_from(turn.request.input_items) if should_append else None,
             last_model=state.upstream_model or state.model,
         )
-        completed_at = await turn_store.finish_in_conversation(db, outcome(), appended, outputs)
-        if completed_at is not None:
-            state.completed_at = completed_at
+        if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log()):
             return
         # Our claim expired and another turn took the conversation: appending now would interleave.
         state.status = "failed"
@@ -324,7 +336,7 @@ async def _finish(db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str 
             "code": "server_error",
             "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
         }
-    state.completed_at = await turn_store.finish(db, outcome(), outputs)
+    await turn_store.finish(db, outcome(), outputs, event_log())
 
 
 async def fail_turn(
@@ -333,7 +345,7 @@ async def fail_turn(
     error: dict[str, Any],
     outputs: list[NewItem] | None = None,
     *,
-    on_stored: OnStored | None = None,
+    event_log: EventLogFor | None = None,
 ) -> None:
     """Store the turn as failed (with any partial output) and release the claim; never raises."""
     turn.state.status = "failed"
@@ -341,7 +353,7 @@ async def fail_turn(
     items = outputs or []
     turn.state.output = [(i.id, i.status, i.body) for i in items]
     try:
-        await finish_turn(engine, turn, items, append=False, on_stored=on_stored)
+        await finish_turn(engine, turn, items, append=False, event_log=event_log)
     except Exception:
         logger.exception("could not store failed turn %s; the reaper will finish it", turn.state.id)
 

@@ -158,16 +158,26 @@ _OUTCOME_PARAMS = (
     "input_tokens",
     "output_tokens",
     "cost",
+    "completed_at",
 )
 _COMPLETE_RESPONSE = """
     UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
         usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
-        input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = now()
+        input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
+"""
+# A streamed response's event log, written by the statement that stores its outcome (none when $events is
+# null): the stored response and its log never disagree, and a resume after the end always finds the log.
+_EVENT_LOG_PARAMS = ("events", "event_count")
+_SAVE_EVENT_LOG = """
+    INSERT INTO response_event_log (response_id, events, event_count)
+    SELECT $response_id, $events::text, $event_count::int FROM completed WHERE $events::text IS NOT NULL
+    ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
 """
 
 # Finish a conversation turn while it still holds the claim: reserve positions at the end of the conversation
 # and append the inputs and outputs there (or, with $append false, only release the claim), store the output
-# items and the outcome, and free the claim. No row when the claim was lost (it expired and was taken over).
+# items, the outcome and the event log, and free the claim. No row when the claim was lost (it expired and was
+# taken over).
 _FINISH_IN_CONVERSATION = _numbered(
     f"""
     WITH advanced AS (
@@ -194,11 +204,13 @@ _FINISH_IN_CONVERSATION = _numbered(
                u.type, u.role, u.status, u.body, u.text_content
         FROM advanced, {_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     ),
-    completed AS ({_COMPLETE_RESPONSE} FROM advanced WHERE response.id = $response_id RETURNING completed_at)
+    completed AS ({_COMPLETE_RESPONSE} FROM advanced WHERE response.id = $response_id RETURNING completed_at),
+    logged AS ({_SAVE_EVENT_LOG})
     SELECT completed_at FROM completed
     """,
     (
         *_OUTCOME_PARAMS,
+        *_EVENT_LOG_PARAMS,
         "conversation_id",
         "added",
         "title",
@@ -217,20 +229,16 @@ _FINISH = _numbered(
         SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, u.type, u.role, u.status, u.body, u.text_content
         FROM {_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     ),
-    completed AS ({_COMPLETE_RESPONSE} WHERE id = $response_id RETURNING completed_at)
+    completed AS ({_COMPLETE_RESPONSE} WHERE id = $response_id RETURNING completed_at),
+    logged AS ({_SAVE_EVENT_LOG})
     SELECT completed_at FROM completed
     """,
-    (*_OUTCOME_PARAMS, *_ITEM_PARAMS),
+    (*_OUTCOME_PARAMS, *_EVENT_LOG_PARAMS, *_ITEM_PARAMS),
 )
 
 _FAIL_RUNNING = """
     UPDATE response SET status = 'failed', error = $2::jsonb, completed_at = now()
     WHERE id = $1 AND status = ANY($3::text[])
-"""
-
-_SAVE_EVENTS = """
-    INSERT INTO response_event_log (response_id, events, event_count) VALUES ($1, $2, $3)
-    ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
 """
 
 
@@ -320,6 +328,7 @@ class Outcome:
     input_tokens: int
     output_tokens: int
     cost: Decimal
+    completed_at: datetime
 
     def values(self) -> list[Any]:
         return [
@@ -334,7 +343,20 @@ class Outcome:
             self.input_tokens,
             self.output_tokens,
             self.cost,
+            self.completed_at,
         ]
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """A streamed response's events as stored: its SSE frames, terminal one included."""
+
+    events: str
+    event_count: int
+
+
+def _event_log_values(log: EventLog | None) -> list[Any]:
+    return [None, None] if log is None else [log.events, log.event_count]
 
 
 @dataclass(frozen=True)
@@ -349,13 +371,14 @@ class Appended:
 
 
 async def finish_in_conversation(
-    db: Any, outcome: Outcome, appended: Appended, outputs: Sequence[NewItem]
-) -> datetime | None:
-    """The completion time, or None when the turn no longer holds its claim (nothing written)."""
+    db: Any, outcome: Outcome, appended: Appended, outputs: Sequence[NewItem], log: EventLog | None = None
+) -> bool:
+    """False when the turn no longer holds its claim (nothing written)."""
     added = appended.input_count + len(outputs) if appended.append else 0
     completed_at: datetime | None = await db.fetchval(
         _FINISH_IN_CONVERSATION,
         *outcome.values(),
+        *_event_log_values(log),
         appended.conversation_id,
         added,
         appended.title,
@@ -364,18 +387,12 @@ async def finish_in_conversation(
         appended.input_count,
         *_item_arrays(outputs),
     )
-    return completed_at
+    return completed_at is not None
 
 
-async def finish(db: Any, outcome: Outcome, outputs: Sequence[NewItem]) -> datetime:
-    completed_at: datetime = await db.fetchval(_FINISH, *outcome.values(), *_item_arrays(outputs))
-    return completed_at
+async def finish(db: Any, outcome: Outcome, outputs: Sequence[NewItem], log: EventLog | None = None) -> None:
+    await db.execute(_FINISH, *outcome.values(), *_event_log_values(log), *_item_arrays(outputs))
 
 
 async def fail_running_response(db: Any, response_id: str, error: dict[str, Any]) -> None:
     await db.execute(_FAIL_RUNNING, response_id, json_text(error), list(RUNNING_STATUSES))
-
-
-async def save_events(db: Any, response_id: str, events: str, event_count: int) -> None:
-    """A streamed response's event log (written once, when the stream ends)."""
-    await db.execute(_SAVE_EVENTS, response_id, events, event_count)
