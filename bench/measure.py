@@ -296,3 +296,18 @@ class MemorySampler:
 
     def peak_total(self) -> float:
         return max((sum(values) for _, values in self.samples), default=float("nan"))
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU used so far by every PostgreSQL process on this machine (backends and background workers alike): the
+    suite runs its server on loopback, so this is the database's share of a scenario."""
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] != "postgres":
+            continue
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue  # a backend that ended meanwhile
+        total += times.user + times.system
+    return total

@@ -21,6 +21,7 @@ from bench.measure import (
     one_stream,
     paired_latency,
     percentile,
+    postgres_cpu_seconds,
     service_client,
     turn_body,
     upstream_client,
@@ -122,6 +123,7 @@ async def throughput(
     own = [conversations[i * per_client : (i + 1) * per_client] for i in range(clients)]
     pool = [target.client() for _ in range(clients)]
     cpu_before = target.service.cpu_seconds()
+    database_before = postgres_cpu_seconds()
     try:
         result = await closed_loop(
             pool,
@@ -134,10 +136,12 @@ async def throughput(
         for client in pool:
             client.close()
     cpu = target.service.cpu_seconds() - cpu_before
+    database = postgres_cpu_seconds() - database_before
     workers = target.service.workers
     note = (
         f"p50 {percentile(result.latencies, 50) * 1000:.1f} ms, p99 {percentile(result.latencies, 99) * 1000:.1f} ms; "
         f"service CPU {cpu / max(1, result.all_completed) * 1e6:.0f} µs/turn; "
+        f"PostgreSQL CPU {database / max(1, result.all_completed) * 1e6:.0f} µs/turn; "
         f"generator CPU {result.client_cpu / max(1, result.completed) * 1e6:.0f} µs/turn"
     )
     if result.errors:
