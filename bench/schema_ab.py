@@ -3,9 +3,12 @@
 Both copies are made from a seeded bench database (`--template`, e.g. the one `make bench` left behind); the DDL
 given is applied to copy B only. The turn loop's two statements (turn_store's begin and finish) then run on both
 copies, alternating turn by turn on the same conversations, and the CPU of each copy's backend process is read
-from /proc around every turn, so drift on a noisy machine falls on both sides. A profiling aid for
-docs/benchmarks.md, not part of `make bench`; the copies are dropped at the end.
+from /proc around every turn, so drift on a noisy machine falls on both sides. Always run a no-op control too
+(`"SELECT 1"`): here the two backends differed by 11-16% with no change at all, whichever copy was made first,
+which is more than the changes tried (docs/benchmarks.md); read a change against the control. A profiling aid,
+not part of `make bench`; the copies are dropped at the end.
 
+    .venv/bin/python -m bench.schema_ab --template convstore_h5 "SELECT 1"
     .venv/bin/python -m bench.schema_ab --template convstore_h5 "DROP INDEX ix_conversation_metadata"
 """
 
