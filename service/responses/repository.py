@@ -17,8 +17,6 @@ conversation_t = conversation_table
 
 TERMINAL_STATUSES = ("completed", "incomplete", "failed", "cancelled")
 RUNNING_STATUSES = ("queued", "in_progress")
-# What a turn interrupted by its process dying (or by a shutdown) is stored with.
-INTERRUPTED_ERROR = {"code": "server_error", "message": "The turn was interrupted before it finished"}
 
 # The ancestor chain of a response, oldest first: if the chain's root ran in a conversation, the conversation
 # items that preceded it, then each response's input items and output items. One statement.

@@ -19,25 +19,12 @@ from typing import Any
 import msgspec
 
 from service.items import NewItem
-from service.responses.repository import INTERRUPTED_ERROR, RUNNING_STATUSES
+from service.responses.repository import RUNNING_STATUSES
 
 # The item columns a turn writes, as parallel arrays for unnest(): one statement inserts any number of items.
 _ITEM_ARRAYS = (
     "unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[], $texts::text[])"
 )
-
-
-def _json(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def _sql_text(value: str) -> str:
-    """A constant of ours as an SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _sql_list(values: Sequence[str]) -> str:
-    return "(" + ", ".join(_sql_text(v) for v in values) + ")"
 
 
 def _numbered(sql: str, names: Sequence[str]) -> str:
@@ -89,11 +76,10 @@ _INSERT_INPUTS = f"""
 
 # Claim the conversation (one writer at a time), store the response as in_progress with its input items, and
 # read the history, in one statement. The claim locks the conversation row; an expired claim is taken over and
-# its holder (whose process died) is failed by the same statement, so a takeover never leaves it running. The
-# history is read from the statement's snapshot, which a turn that finished while we waited for the lock is not
-# in: `history_is_current` compares the row the snapshot saw with the row we claimed (every change to a
-# conversation's items moves next_position or item_count), and the caller reads the history again when they
-# differ.
+# its holder reported. The history is read from the statement's snapshot, which a turn that finished while
+# we waited for the lock is not in: `history_is_current` compares the row the snapshot saw with the row we
+# claimed (every change to a conversation's items moves next_position or item_count), and the caller reads
+# the history again when they differ.
 _CLAIM_AND_BEGIN_TEMPLATE = _numbered(
     f"""
     WITH {{lazy_commit}}claim AS (
@@ -115,13 +101,7 @@ _CLAIM_AND_BEGIN_TEMPLATE = _numbered(
         FROM claim
         RETURNING created_at
     ),
-    inputs AS ({_INSERT_INPUTS.format(source="claim,")}),
-    interrupted AS (
-        UPDATE response SET status = 'failed', error = {_sql_text(_json(INTERRUPTED_ERROR))}::jsonb,
-                            completed_at = now()
-        FROM claim
-        WHERE response.id = claim.previous_holder AND response.status IN {_sql_list(RUNNING_STATUSES)}
-    )
+    inputs AS ({_INSERT_INPUTS.format(source="claim,")})
     SELECT claim.next_position, claim.previous_holder, stored.created_at, snapshot.is_current AS history_is_current,
            CASE WHEN snapshot.is_current THEN ({_HISTORY.replace("$1", "$conversation_id")}) END AS history
     FROM claim, stored{{lazy_commit_join}}, LATERAL (
@@ -256,9 +236,14 @@ _FINISH = _numbered(
     (*_OUTCOME_PARAMS, *_EVENT_LOG_PARAMS, *_ITEM_PARAMS),
 )
 
+_FAIL_RUNNING = """
+    UPDATE response SET status = 'failed', error = $2::jsonb, completed_at = now()
+    WHERE id = $1 AND status = ANY($3::text[])
+"""
+
 
 def json_text(value: Any) -> str | None:
-    return None if value is None else _json(value)
+    return None if value is None else msgspec.json.encode(value).decode()
 
 
 @dataclass(frozen=True)
@@ -407,3 +392,7 @@ async def finish_in_conversation(
 
 async def finish(db: Any, outcome: Outcome, outputs: Sequence[NewItem], log: EventLog | None = None) -> None:
     await db.execute(_FINISH, *outcome.values(), *_event_log_values(log), *_item_arrays(outputs))
+
+
+async def fail_running_response(db: Any, response_id: str, error: dict[str, Any]) -> None:
+    await db.execute(_FAIL_RUNNING, response_id, json_text(error), list(RUNNING_STATUSES))
