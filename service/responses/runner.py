@@ -6,9 +6,9 @@ ends and the run goes on (unless STREAM_DISCONNECT_POLICY=cancel), so nothing ge
 1. publishes `response.created` and `response.in_progress` (our Response, status in_progress);
 2. opens OpenRouter's stream (retries happen before the first byte, exactly as for a non-streamed turn) and
    relays its events through `StreamAssembler` with our own sequence numbers;
-3. stores the outcome with the turn loop's finish_turn / fail_turn (no connection is held while streaming);
-   the same transaction renders the one terminal event from the final state and, for stream=true, writes the
-   event log (once, for `starting_after` resumes);
+3. stores the outcome with the turn loop's finish_turn / fail_turn (no connection is held while streaming):
+   the one terminal event is rendered from the final state, and for stream=true the event log (for
+   `starting_after` resumes) is written by the same statement as the outcome;
 4. publishes the terminal event and leaves the registry.
 
 Events live in memory, per run, as encoded SSE frames (a FrameLog); followers read it at their own pace, so a
