@@ -22,8 +22,9 @@ from service.db.embedded import EmbeddedPostgres
 from service.keys import service as keys
 from service.migrate import upgrade
 from tests.conftest import LiveServer, Tenant
-from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
 from tests.reliability_support import MODEL, assert_whole_turns, client_for, eventually, rows, scalar
+from tests.stream_support import parse_sse
 
 
 @dataclass
@@ -255,3 +256,49 @@ async def test_a_turn_that_finds_no_free_connection_in_time_gets_503_and_stores_
     assert fake_upstream.inputs == [
         [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "waits for the row"}]}]
     ]
+
+
+async def test_database_lost_while_storing_a_finished_stream_is_stored_once_it_is_back(
+    private_postgres: PrivatePostgres, start_server: Callable[..., LiveServer], fake_upstream: FakeOpenRouter
+) -> None:
+    """The stream ends telling its client the answer is not stored yet; once the database is back, the answer
+    is stored as it was (completed and appended, not failed), and its event log ends with one terminal event."""
+    text_ = "Kept while the database was away."
+    live = start_server(database_url=private_postgres.url, turn_lock_ttl=120.0)
+    async with await tenant_client(private_postgres, live) as client:
+        conversation = (await client.post("/v1/conversations", json={})).json()["id"]
+        fake_upstream.reset()
+        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(text_, chunks=6), delay=0.2))
+        body = {"model": MODEL, "input": "store me", "conversation": conversation, "stream": True}
+        raw = ""
+        async with client.stream("POST", "/v1/responses", json=body) as streamed:
+            async for chunk in streamed.aiter_text():
+                if raw.count("\n\n") < 3 <= (raw + chunk).count("\n\n"):
+                    await asyncio.to_thread(private_postgres.stop)  # the answer is still streaming
+                raw += chunk
+        live_events = [data for _, data in parse_sse(raw)]
+        response_id = live_events[0]["response"]["id"]
+        *relayed, ended = live_events
+        assert ended["type"] == "response.failed"
+        assert ended["response"]["error"]["code"] == "database_unavailable"
+        assert "".join(e["delta"] for e in relayed if e["type"] == "response.output_text.delta") == text_
+        await asyncio.to_thread(private_postgres.start)
+
+        engine = private_postgres.engine
+
+        async def stored_late() -> bool:
+            status = await scalar(engine, "SELECT status FROM response WHERE id = :r", r=response_id)
+            claim = await scalar(engine, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
+            return bool(status == "completed" and claim is None)
+
+        await eventually(stored_late, timeout=30)
+        shown = (await client.get(f"/v1/responses/{response_id}")).json()
+        assert shown["output"][0]["content"][0]["text"] == text_
+        replay = await client.get(f"/v1/responses/{response_id}", params={"stream": "true"})
+        replayed = [data for _, data in parse_sse(replay.text)]
+        assert replayed[:-1] == relayed
+        assert replayed[-1]["type"] == "response.completed"
+        assert replayed[-1]["response"] == shown
+        assert [e["sequence_number"] for e in replayed] == list(range(len(replayed)))
+    [completed] = await assert_whole_turns(private_postgres.engine, conversation)
+    assert completed["id"] == response_id

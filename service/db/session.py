@@ -64,7 +64,9 @@ def create_engine(database_url: str, *, pool_size: int = 20, pool_timeout: float
 # The turn loop's checkouts queue here, on an asyncio semaphore as wide as the pool, rather than inside the
 # pool: a checkout that waits inside SQLAlchemy's pool waits in a greenlet, which keeps a copy of its C stack on
 # the heap while it waits. With 1,000 streams starting at once that was ~5 KiB of every stream's memory (the
-# capacity scenario in docs/benchmarks.md: 69 -> 64 KiB per stream).
+# capacity scenario in docs/benchmarks.md: 69 -> 64 KiB per stream). Other queries (reads, listings, key
+# lookups) take connections without passing here, so while they hold some, a turn past the gate can still wait
+# in the pool, for up to DB_POOL_TIMEOUT more.
 _checkout_gates: weakref.WeakKeyDictionary[Engine, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 

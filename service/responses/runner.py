@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
-from service.errors import Conflict, InvalidRequest, ServiceError
+from service.errors import Conflict, InvalidRequest, ServiceError, ServiceUnavailable
 from service.responses import turn_store
 from service.responses.frame_log import FrameLog
 from service.responses.repository import RUNNING_STATUSES
@@ -44,6 +45,7 @@ from service.responses.streaming import (
     sse_frame,
     terminal_event_type,
 )
+from service.responses.views import ResponseState
 from service.upstream.client import OpenRouterClient
 from service.upstream.errors import UpstreamError
 
@@ -283,14 +285,19 @@ class TurnRunner:
         """Store the outcome; returns the terminal event's frame, rendered from the stored state."""
         turn = run.turn
         outputs = apply_upstream_result(turn.state, assembler.result(status, error))
+        # Every event but the terminal one is published by now. A store that finishes after the database came
+        # back runs when this stream has already ended (with its own terminal event), so the log is built from
+        # what is captured here, not from the frames as they are then.
+        sequence_number = len(run.frames)
+        relayed = run.frames.joined() if turn.request.stream else b""
         terminal: list[bytes] = []
 
         def event_log() -> turn_store.EventLog | None:
             # Rendered from the final state, right before the statement that stores it with the outcome.
-            terminal[:] = [_terminal_frame(run)]
+            terminal[:] = [_terminal_frame(turn.state, sequence_number)]
             if not turn.request.stream:
                 return None
-            return turn_store.EventLog((run.frames.joined() + terminal[0]).decode(), len(run.frames) + 1)
+            return turn_store.EventLog((relayed + terminal[0]).decode(), sequence_number + 1)
 
         try:
             if status == "failed":
@@ -305,17 +312,22 @@ class TurnRunner:
                     append=append,
                     event_log=event_log,
                 )
+        except ServiceUnavailable as exc:
+            # The database is down: finish_turn keeps the outcome and stores it once the database is back. The
+            # state must stay as it is for that store; only this stream is told, with an event of its own.
+            unstored = replace(turn.state, status="failed", error={"code": exc.code, "message": exc.message})
+            return _terminal_frame(unstored, sequence_number)
         except Exception:
             logger.exception("could not store streamed turn %s; the reaper will finish it", turn.state.id)
             turn.state.status = "failed"
             turn.state.error = {"code": "server_error", "message": "The response could not be stored"}
-            return _terminal_frame(run)
-        return terminal[0] if terminal else _terminal_frame(run)  # none when nothing is stored (store=false)
+            return _terminal_frame(turn.state, sequence_number)
+        # None rendered when nothing is stored (store=false).
+        return terminal[0] if terminal else _terminal_frame(turn.state, sequence_number)
 
 
-def _terminal_frame(run: TurnRun) -> bytes:
-    state = run.turn.state
-    event = {"type": terminal_event_type(state.status), "response": state.render(), "sequence_number": len(run.frames)}
+def _terminal_frame(state: ResponseState, sequence_number: int) -> bytes:
+    event = {"type": terminal_event_type(state.status), "response": state.render(), "sequence_number": sequence_number}
     return sse_frame(event)
 
 

@@ -57,9 +57,10 @@ class Turn:
     began: float = field(default_factory=time.monotonic)
 
     def completion_time(self) -> datetime:
-        """Now, on the database's clock: created_at is the database's time at begin. Computed here rather than
-        by the storing statement so a streamed turn's terminal event, rendered before that statement (which
-        stores it in the event log), carries the completion time that is stored."""
+        """Now, on the database's clock: created_at is the database's time when the begin statement started,
+        `began` the monotonic time then. Computed here rather than by the storing statement so a streamed
+        turn's terminal event, rendered before that statement (which stores it in the event log), carries the
+        completion time that is stored."""
         return self.state.created_at + timedelta(seconds=time.monotonic() - self.began)
 
     def take_upstream_body(self, *, stream: bool) -> bytes:
@@ -149,6 +150,7 @@ async def begin_turn(
     state = _new_state(request, status=status, created_at=None)
     response = _new_response(tenant_id, request, state)
     claim: turn_store.Claimed | None = None
+    began = time.monotonic()  # about when the statement's transaction starts, the created_at it returns
     async with driver_connection(engine) as db:
         try:
             if request.conversation_id is None:
@@ -177,7 +179,7 @@ async def begin_turn(
             raise conversation_locked(request.conversation_id)
         state.created_at, history = claim.created_at, claim.history
     note_effect()  # committed: the turn is claimed and stored as in_progress
-    return Turn(tenant_id, request, state, history)
+    return Turn(tenant_id, request, state, history, began)
 
 
 def _params_json(params: dict[str, Any]) -> str:
