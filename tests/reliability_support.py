@@ -37,6 +37,21 @@ async def scalar(db: AsyncEngine, sql: str, **params: Any) -> Any:
         return await conn.scalar(text(sql), params)
 
 
+async def requests_waiting_on_a_lock(db: AsyncEngine) -> int:
+    """How many of the service's database sessions wait on a row lock (a test holds one to pause a request)."""
+    count = await scalar(
+        db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' AND wait_event_type = 'Lock'"
+    )
+    return int(count or 0)
+
+
+async def a_request_waits_on_a_lock(db: AsyncEngine) -> None:
+    async def waiting() -> bool:
+        return await requests_waiting_on_a_lock(db) > 0
+
+    await eventually(waiting)
+
+
 async def rows(db: AsyncEngine, sql: str, **params: Any) -> list[dict[str, Any]]:
     async with db.connect() as conn:
         return [dict(r._mapping) for r in await conn.execute(text(sql), params)]

@@ -14,7 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
-from tests.reliability_support import MODEL, ServiceProcess, assert_whole_turns, client_for, eventually, rows, scalar
+from tests.reliability_support import (
+    MODEL,
+    ServiceProcess,
+    a_request_waits_on_a_lock,
+    assert_whole_turns,
+    client_for,
+    eventually,
+    rows,
+    scalar,
+)
 from tests.turn_support import assistant, user
 
 
@@ -242,14 +251,7 @@ async def test_a_turn_that_waited_for_the_conversation_reads_the_items_committed
             alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q2", "conversation": conversation})
         )
 
-        async def turn_waits_for_the_lock() -> bool:
-            waiting = await scalar(
-                db,
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' AND wait_event_type = 'Lock'",
-            )
-            return bool(waiting)
-
-        await eventually(turn_waits_for_the_lock)
+        await a_request_waits_on_a_lock(db)
         await holder.commit()
     answer = await turn
     assert answer.status_code == 200, answer.text
@@ -283,14 +285,7 @@ async def test_a_previous_response_deleted_while_the_turn_begins_is_a_400_not_a_
             alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q2", "previous_response_id": previous})
         )
 
-        async def turn_waits_for_the_row() -> bool:
-            waiting = await scalar(
-                db,
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' AND wait_event_type = 'Lock'",
-            )
-            return bool(waiting)
-
-        await eventually(turn_waits_for_the_row)
+        await a_request_waits_on_a_lock(db)
         await deleter.commit()
     answer = await turn
     assert answer.status_code == 400, answer.text

@@ -23,7 +23,15 @@ from service.keys import service as keys
 from service.migrate import upgrade
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
-from tests.reliability_support import MODEL, assert_whole_turns, client_for, eventually, rows, scalar
+from tests.reliability_support import (
+    MODEL,
+    a_request_waits_on_a_lock,
+    assert_whole_turns,
+    client_for,
+    eventually,
+    rows,
+    scalar,
+)
 from tests.stream_support import parse_sse
 
 
@@ -237,14 +245,7 @@ async def test_a_turn_that_finds_no_free_connection_in_time_gets_503_and_stores_
         await locker.execute(text("SELECT 1 FROM conversation WHERE id = :id FOR UPDATE"), {"id": held})
         first = asyncio.create_task(turn(tenant.http, held, "waits for the row"))
 
-        async def first_turn_waits_on_the_lock() -> bool:
-            waiting = await scalar(
-                db,
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' AND wait_event_type = 'Lock'",
-            )
-            return bool(waiting)
-
-        await eventually(first_turn_waits_on_the_lock)
+        await a_request_waits_on_a_lock(db)
         second = await turn(tenant.http, other, "finds no connection")
         assert second.status_code == 503, second.text
         assert second.headers["retry-after"] == "1"

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Tenant
 from tests.fake_openrouter import FakeOpenRouter, text_response
+from tests.reliability_support import requests_waiting_on_a_lock
 from tests.turn_support import MODEL, new_conversation, rows, turn
 
 MISSING_CONV = "conv_0000000000000000000000000000000000000000000"
@@ -166,25 +167,15 @@ async def test_concurrent_requests_with_an_uncached_key_look_it_up_once(
     lookup, not each hold a pooled connection waiting on the key's row (its last_used_at update)."""
     carol = await make_tenant("carol")
 
-    async def waiting_on_the_key() -> int:
-        async with db.connect() as conn:
-            count = await conn.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' "
-                    "AND wait_event_type = 'Lock'"
-                )
-            )
-        return int(count or 0)
-
     async with db.connect() as holder:
         await holder.execute(text("SELECT 1 FROM api_key WHERE id = :id FOR UPDATE"), {"id": carol.key_id})
         requests = [asyncio.create_task(carol.http.get("/v1/conversations/conv_missing")) for _ in range(6)]
         deadline = asyncio.get_running_loop().time() + 10
-        while await waiting_on_the_key() == 0:
+        while await requests_waiting_on_a_lock(db) == 0:
             assert asyncio.get_running_loop().time() < deadline, "no request reached the key's row"
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)  # time for the other five to pile up, if they were going to
-        assert await waiting_on_the_key() == 1
+        assert await requests_waiting_on_a_lock(db) == 1
         await holder.rollback()
     answers = await asyncio.gather(*requests)
     assert [a.status_code for a in answers] == [404] * 6
