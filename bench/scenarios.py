@@ -176,7 +176,7 @@ async def direct_throughput(
 
 
 def table_size_row(
-    label: str, seconds: dict[str, list[float]], errors: Samples, seed_seconds: float, rows_total: int
+    label: str, seconds: dict[str, list[float]], errors: Samples, seed_seconds: float, rows_total: int, *, warmed: bool
 ) -> Row:
     direct = percentile(seconds["direct"], 50)
     big = (percentile(seconds["big"], 50) - direct) * 1000
@@ -184,7 +184,9 @@ def table_size_row(
     seeded = f"seeded in {seed_seconds:.0f} s" if seed_seconds else "reused seeded table"
     note = (
         f"{rows_total:,} items ({seeded}); n={len(seconds['big'])} turns on each table, interleaved with each "
-        f"other and the direct call; small-table added p50 {_ms(small)}. {_errors_note(errors)}"
+        f"other and the direct call; small-table added p50 {_ms(small)}; both databases "
+        f"{'read into the page cache first (pg_prewarm)' if warmed else 'as they were (no pg_prewarm)'}. "
+        f"{_errors_note(errors)}"
     )
     ratio = big / small if small > 0 else math.inf
     return Row(

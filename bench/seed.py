@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -146,6 +147,26 @@ async def settle(engine: AsyncEngine) -> None:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         await conn.execute(text("VACUUM (ANALYZE) conversation, item, response"))
         await conn.execute(text("CHECKPOINT"))
+
+
+async def prewarm(engine: AsyncEngine) -> bool:
+    """Read every table and index into the operating system's page cache (pg_prewarm in `read` mode), as a
+    server whose data fits in memory has it. The table-size scenario compares a big table with the small one the
+    suite has just seeded (so cached): a big table left cold by another database's seeding measured 1.45-1.69x
+    the small one, warm it measured near 1x. False when the extension is not available (nothing is read)."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            await conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_prewarm"))
+        except DBAPIError:
+            return False
+        await conn.execute(
+            text(
+                "SELECT pg_prewarm(c.oid, 'read') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i')"
+            )
+        )
+    return True
 
 
 async def history_bodies(engine: AsyncEngine, conversation_id: str) -> list[str]:
