@@ -152,8 +152,8 @@ async def settle(engine: AsyncEngine) -> None:
 async def prewarm(engine: AsyncEngine) -> bool:
     """Read every table and index into the operating system's page cache (pg_prewarm in `read` mode), as a
     server whose data fits in memory has it. The table-size scenario compares a big table with the small one the
-    suite has just seeded (so cached): a big table left cold by another database's seeding measured 1.45-1.69x
-    the small one, warm it measured near 1x. False when the extension is not available (nothing is read)."""
+    suite has just seeded (so cached): a big table pushed out of the cache by other databases' writes measured
+    1.45-1.69x the small one, warm it measured near 1x. False when the extension is not available (nothing is read)."""
     async with engine.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         try:
