@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import statistics
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -23,46 +22,18 @@ import uvloop
 
 from bench import seed
 from bench.seed import ConversationSet
+from bench.turn_phases import statements_turn
 from service.config import normalize_database_url
-from service.ids import new_id
-from service.items import normalize_output
 from service.migrate import upgrade
-from service.responses import turn_store
-from service.responses.requests import parse_turn_request
 
 MODES = ("auto", "force_generic_plan")
-_OUTPUT = {
-    "type": "message",
-    "id": "msg_plan",
-    "role": "assistant",
-    "status": "completed",
-    "content": [{"type": "output_text", "text": "hi", "annotations": []}],
-}
-
-
-async def _turn(conn: Any, tenant_id: str, conversation_id: str) -> tuple[float, float]:
-    request = parse_turn_request({"model": "m", "conversation": conversation_id, "input": "hello"}, max_input_items=10)
-    response = turn_store.NewResponse(
-        new_id("resp"), tenant_id, conversation_id, None, "in_progress", "m", None, "{}", {}, False, False
-    )
-    outcome = turn_store.Outcome(
-        response.response_id, tenant_id, "completed", None, None, None, None, None, 1, 1, 0, datetime.now(UTC)
-    )
-    outputs = normalize_output([_OUTPUT], response_status="completed")
-    t0 = time.perf_counter()
-    await turn_store.claim_and_begin(conn, response, request.input_items, ttl_seconds=600)
-    t1 = time.perf_counter()
-    await turn_store.finish_in_conversation(
-        conn, outcome, turn_store.Appended(conversation_id, True, 1, None, "m"), outputs
-    )
-    t2 = time.perf_counter()
-    return (t1 - t0) * 1000, (t2 - t1) * 1000
 
 
 async def _plans_used(conn: Any) -> str:
     rows = await conn.fetch(
         "SELECT generic_plans, custom_plans, statement FROM pg_prepared_statements "
-        "WHERE statement LIKE '%claim AS%' OR statement LIKE '%advanced AS%'"
+        "WHERE (statement LIKE '%claim AS%' OR statement LIKE '%advanced AS%') "
+        "AND statement NOT LIKE '%pg_prepared_statements%'"
     )
     parts = []
     for row in rows:
@@ -84,7 +55,7 @@ async def run(url: str, count: int, size: int) -> None:
     try:
         for index, conversation_id in enumerate(conversations.ids()):
             mode = MODES[index % len(MODES)]
-            begin, finish = await _turn(conns[mode], tenant_id, conversation_id)
+            begin, finish = await statements_turn(conns[mode], tenant_id, conversation_id)
             if index >= 20:
                 timings[mode][0].append(begin)
                 timings[mode][1].append(finish)

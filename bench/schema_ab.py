@@ -15,44 +15,12 @@ not part of `make bench`; the copies are dropped at the end.
 from __future__ import annotations
 
 import argparse
-import time
-from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import psutil
 import uvloop
 
-from service.ids import new_id
-from service.items import normalize_output
-from service.responses import turn_store
-from service.responses.requests import parse_turn_request
-
-_OUTPUT = {
-    "type": "message",
-    "id": "msg_ab",
-    "role": "assistant",
-    "status": "completed",
-    "content": [{"type": "output_text", "text": "hi there, this is an answer of a few words", "annotations": []}],
-}
-
-
-async def _turn(conn: Any, tenant_id: str, conversation_id: str) -> float:
-    body = {"model": "m", "conversation": conversation_id, "input": "hello, what is the weather like today"}
-    request = parse_turn_request(body, max_input_items=10)
-    response = turn_store.NewResponse(
-        new_id("resp"), tenant_id, conversation_id, None, "in_progress", "m", None, "{}", {}, False, False
-    )
-    outcome = turn_store.Outcome(
-        response.response_id, tenant_id, "completed", None, None, None, None, None, 1, 1, 0, datetime.now(UTC)
-    )
-    outputs = normalize_output([_OUTPUT], response_status="completed")
-    started = time.perf_counter()
-    await turn_store.claim_and_begin(conn, response, request.input_items, ttl_seconds=600)
-    await turn_store.finish_in_conversation(
-        conn, outcome, turn_store.Appended(conversation_id, True, 1, None, "m"), outputs
-    )
-    return time.perf_counter() - started
+from bench.turn_phases import statements_turn
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -89,10 +57,10 @@ async def run(server: str, template: str, ddl: str, turns: int) -> None:
         for index, conversation_id in enumerate(conversations):
             for side in (0, 1) if index % 2 else (1, 0):
                 before = _cpu(backends[side])
-                seconds = await _turn(conns[side], tenant_id, conversation_id)
+                begin_ms, finish_ms = await statements_turn(conns[side], tenant_id, conversation_id)
                 if index >= 100:  # the first turns warm both backends' caches
                     cpu[side] += _cpu(backends[side]) - before
-                    wall[side] += seconds
+                    wall[side] += (begin_ms + finish_ms) / 1000
         measured = len(conversations) - 100
         print(f"{measured} turns on each copy of {template}, alternating")
         for label, side in (("A (as is)", 0), (f"B ({ddl})", 1)):

@@ -33,9 +33,10 @@ from service.responses.requests import parse_turn_request
 from service.upstream.client import OpenRouterClient
 
 
-async def _floor_turn(conn: Any, tenant_id: str, conversation_id: str) -> tuple[float, float]:
+async def statements_turn(conn: Any, tenant_id: str, conversation_id: str) -> tuple[float, float]:
     """The turn loop's own two statements (service/responses/turn_store.py) on one raw asyncpg connection: what
-    the database costs without the pool checkout, the upstream call and the rest of the turn loop."""
+    the database costs without the pool checkout, the upstream call and the rest of the turn loop. Returns the
+    milliseconds of begin and of finish. bench.plan_cache and bench.schema_ab run their turns with it too."""
     request = parse_turn_request({"model": "m", "conversation": conversation_id, "input": "hello"}, max_input_items=10)
     response = turn_store.NewResponse(
         new_id("resp"), tenant_id, conversation_id, None, "in_progress", "m", None, "{}", {}, False, False
@@ -100,7 +101,7 @@ async def run(url: str, count: int, size: int) -> None:
             t3 = time.perf_counter()
             turn.state.render()
             t4 = time.perf_counter()
-            floor_begin, floor_finish = await _floor_turn(raw, tenant_id, floor_id)
+            floor_begin, floor_finish = await statements_turn(raw, tenant_id, floor_id)
             if index >= 50:
                 measured = (
                     ("begin", t1 - t0),
