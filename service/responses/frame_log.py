@@ -3,8 +3,9 @@
 A run holds every frame until it ends, and a worker holds many runs at once: the frames were the largest part
 of a stream's memory (a 64-delta answer ~16 KB, a 2,000-token answer ~400 KB). The frames of one stream repeat
 each other (the same event type, item id and keys in every delta), so older frames are kept zlib-compressed in
-blocks, about 6x smaller; the newest stay as they are, since live followers read only those. Reading further back
-(a resume, a slow reader, the event log at the end) decompresses the blocks it needs.
+blocks (16 delta frames, ~3.6 KB, compress to ~270 bytes); the newest stay as they are, since live followers
+read only those. Reading further back (a resume, a slow reader, the event log at the end) decompresses the
+blocks it needs.
 """
 
 from __future__ import annotations
