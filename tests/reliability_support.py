@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.migrate import PROJECT_ROOT
@@ -156,3 +157,76 @@ class ServiceProcess:
 
 def client_for(url: str, key: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+
+class ReplyLosingProxy:
+    """A TCP proxy in front of PostgreSQL that, once, lets a message through and loses the server's reply: the
+    first client message containing `marker` reaches the server, which runs (and commits) it; what the server
+    answers, up to its ReadyForQuery, is dropped and both sides are closed. The client sees a connection lost
+    with no way to tell whether its statement committed."""
+
+    _READY_FOR_QUERY = b"Z\x00\x00\x00\x05"
+
+    def __init__(self, database_url: str, marker: bytes) -> None:
+        self._database = make_url(database_url)
+        self._marker = marker
+        self.port = 0
+        self.replies_lost = 0
+        self._server: asyncio.Server | None = None
+        self._armed = True
+
+    async def start(self) -> ReplyLosingProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    @property
+    def url(self) -> str:
+        """The database URL through the proxy."""
+        query = {k: v for k, v in self._database.query.items() if k != "host"}
+        through = self._database.set(host="127.0.0.1", port=self.port, query=query)
+        return through.render_as_string(hide_password=False)
+
+    async def _open_database(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        port = self._database.port or 5432
+        socket_dir = self._database.query.get("host")
+        if isinstance(socket_dir, str) and socket_dir.startswith("/"):  # the embedded server listens on a socket
+            return await asyncio.open_unix_connection(f"{socket_dir}/.s.PGSQL.{port}")
+        return await asyncio.open_connection(self._database.host or "127.0.0.1", port)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await self._open_database()
+        losing = asyncio.Event()
+
+        async def to_server() -> None:
+            while data := await client_reader.read(65536):
+                if self._armed and self._marker in data:
+                    self._armed = False
+                    losing.set()
+                server_writer.write(data)
+                await server_writer.drain()
+
+        async def to_client() -> None:
+            while data := await server_reader.read(65536):
+                if not losing.is_set():
+                    client_writer.write(data)
+                    await client_writer.drain()
+                elif self._READY_FOR_QUERY in data:
+                    self.replies_lost += 1
+                    return
+
+        tasks = [asyncio.ensure_future(to_server()), asyncio.ensure_future(to_client())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            client_writer.close()
+            server_writer.close()

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
 from tests.reliability_support import (
     MODEL,
+    ReplyLosingProxy,
     a_request_waits_on_a_lock,
     assert_whole_turns,
     client_for,
@@ -303,3 +304,42 @@ async def test_database_lost_while_storing_a_finished_stream_is_stored_once_it_i
         assert [e["sequence_number"] for e in replayed] == list(range(len(replayed)))
     [completed] = await assert_whole_turns(private_postgres.engine, conversation)
     assert completed["id"] == response_id
+
+
+async def test_a_stored_turn_whose_commit_reply_was_lost_stays_stored_once_as_completed(
+    database_url: str,
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    db: AsyncEngine,
+) -> None:
+    """The statement storing the answer commits, and the connection drops before its reply arrives. The retry
+    must recognise its own commit: storing again would find the claim released and overwrite the answer as
+    failed, or store its output items twice."""
+    marker = "The reply to this commit is lost."
+    proxy = await ReplyLosingProxy(database_url, marker.encode()).start()
+    try:
+        live = start_server(database_url=proxy.url)
+        tenant = await make_tenant("erin", live=live)
+        conversation = (await tenant.http.post("/v1/conversations", json={})).json()["id"]
+        fake_upstream.reply_json(text_response(marker, msg_id="msg_reply_lost"))
+        answer = await turn(tenant.http, conversation, "Q")
+        shown = await tenant.http.get(f"/v1/responses/{answer.json()['id']}")
+    finally:
+        await proxy.stop()
+    assert proxy.replies_lost == 1
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["status"], body["error"]) == ("completed", None)
+    assert body["output"][0]["content"][0]["text"] == marker
+
+    stored = await rows(db, "SELECT id, status, error FROM response")
+    assert stored == [{"id": body["id"], "status": "completed", "error": None}]
+    items = await rows(db, "SELECT id, is_output, position FROM item WHERE response_id = :r ORDER BY pk", r=body["id"])
+    assert [(i["is_output"], i["position"]) for i in items] == [(False, 0), (True, 1)]
+    assert items[1]["id"] == "msg_reply_lost"
+    [claim] = await rows(
+        db, "SELECT turn_response_id, item_count, response_count FROM conversation WHERE id = :c", c=conversation
+    )
+    assert claim == {"turn_response_id": None, "item_count": 2, "response_count": 1}
+    assert shown.json() == body

@@ -241,15 +241,20 @@ async def finish_turn(
     state = turn.state
     if not turn.request.store:
         return
-    state.completed_at = turn.completion_time()
 
-    async def store() -> None:
+    async def store(*, retry: bool = True) -> None:
         async with driver_connection(engine) as db:
+            # An attempt can commit and lose only its reply (the connection drops in between). Storing again
+            # would find the claim released and write the turn as failed over its own answer, or insert its
+            # output items twice: a retry first looks for its own completed_at, which no other writer uses.
+            if retry and await turn_store.finished_at(db, state.id, completed_at):
+                return
             await _finish(db, turn, outputs, upstream_id, append=append, event_log=event_log or _no_event_log)
 
+    completed_at = state.completed_at = turn.completion_time()
     for attempt in range(1, _FINISH_ATTEMPTS + 1):
         try:
-            await store()
+            await store(retry=attempt > 1)
             return
         except Exception as exc:
             if not is_database_unavailable(exc):

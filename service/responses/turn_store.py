@@ -236,6 +236,8 @@ _FINISH = _numbered(
     (*_OUTCOME_PARAMS, *_EVENT_LOG_PARAMS, *_ITEM_PARAMS),
 )
 
+_FINISHED_AT = "SELECT completed_at = $2 FROM response WHERE id = $1"
+
 _FAIL_RUNNING = """
     UPDATE response SET status = 'failed', error = $2::jsonb, completed_at = now()
     WHERE id = $1 AND status = ANY($3::text[])
@@ -392,6 +394,11 @@ async def finish_in_conversation(
 
 async def finish(db: Any, outcome: Outcome, outputs: Sequence[NewItem], log: EventLog | None = None) -> None:
     await db.execute(_FINISH, *outcome.values(), *_event_log_values(log), *_item_arrays(outputs))
+
+
+async def finished_at(db: Any, response_id: str, completed_at: datetime) -> bool:
+    """Whether the response is stored as finished at exactly `completed_at` (each turn computes its own once)."""
+    return bool(await db.fetchval(_FINISHED_AT, response_id, completed_at))
 
 
 async def fail_running_response(db: Any, response_id: str, error: dict[str, Any]) -> None:
