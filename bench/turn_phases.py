@@ -29,6 +29,7 @@ from service.items import normalize_output
 from service.migrate import upgrade
 from service.responses import service as turns
 from service.responses import turn_store
+from service.responses.history_cache import HistoryCache
 from service.responses.requests import parse_turn_request
 from service.upstream.client import OpenRouterClient
 
@@ -47,7 +48,7 @@ async def statements_turn(conn: Any, tenant_id: str, conversation_id: str) -> tu
     appended = turn_store.Appended(conversation_id, True, 1, None, "m")
     outputs = normalize_output([_OUTPUT], response_status="completed")
     t0 = time.perf_counter()
-    await turn_store.claim_and_begin(conn, response, request.input_items, ttl_seconds=600)
+    await turn_store.claim_and_begin(conn, response, request.input_items, ttl_seconds=600, known=None)
     t1 = time.perf_counter()
     await turn_store.finish_in_conversation(conn, outcome, appended, outputs)
     t2 = time.perf_counter()
@@ -84,6 +85,7 @@ async def run(url: str, count: int, size: int) -> None:
     engine = create_engine(url, pool_size=10)
     raw = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
     upstream = OpenRouterClient(settings)
+    histories = HistoryCache(0)  # every turn is on a new conversation: nothing to keep
     phases: dict[str, list[float]] = collections.defaultdict(list)
     try:
         for index, (conversation_id, floor_id) in enumerate(
@@ -92,7 +94,7 @@ async def run(url: str, count: int, size: int) -> None:
             body = {"model": "bench/fast", "conversation": conversation_id, "input": "hello"}
             request = parse_turn_request(body, max_input_items=settings.max_input_items)
             t0 = time.perf_counter()
-            turn = await turns.begin_turn(engine, tenant_id, request, lock_ttl=600)
+            turn = await turns.begin_turn(engine, tenant_id, request, lock_ttl=600, histories=histories)
             t1 = time.perf_counter()
             result = await upstream.create(turn.take_upstream_body(stream=False))
             t2 = time.perf_counter()

@@ -23,6 +23,7 @@ from service.health import health, ready
 from service.idempotency.middleware import IdempotencyMiddleware
 from service.idempotency.service import purge_expired_keys
 from service.keys.service import KeyAuthenticator
+from service.responses.history_cache import HistoryCache
 from service.responses.routes import ResponseController
 from service.responses.runner import TurnRunner
 from service.responses.service import reap_stale_turns
@@ -64,12 +65,14 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
         upstream = OpenRouterClient(settings, transport=upstream_transport)
+        histories = HistoryCache(settings.history_cache_mb * 1024 * 1024)
         runtime = Runtime(
             settings=settings,
             engine=engine,
             upstream=upstream,
             authenticator=KeyAuthenticator(engine, settings.admin_api_key),
             turns=TurnRunner(settings, engine, upstream),
+            histories=histories,
         )
         app.state.runtime = runtime
         reaper = asyncio.create_task(_reap_forever(runtime))

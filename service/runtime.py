@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.keys.service import KeyAuthenticator
+from service.responses.history_cache import HistoryCache
 from service.responses.runner import TurnRunner
 from service.upstream.client import OpenRouterClient
 
@@ -19,3 +20,4 @@ class Runtime:
     upstream: OpenRouterClient
     authenticator: KeyAuthenticator
     turns: TurnRunner  # streamed and background turns, which outlive the request that started them
+    histories: HistoryCache  # long conversations' histories as of their last turn in this worker

@@ -75,6 +75,7 @@ class ResponseController(Controller):
             principal_of(request).tenant_id,
             turn,
             lock_ttl=runtime.settings.turn_lock_ttl,
+            histories=runtime.histories,
         )
         return json_response(result)
 
@@ -82,7 +83,11 @@ class ResponseController(Controller):
         """stream and/or background: the turn runs in the application's runner, this request only follows it."""
         runtime = runtime_of(request)
         started = await service.begin_turn(
-            runtime.engine, principal_of(request).tenant_id, turn, lock_ttl=runtime.settings.turn_lock_ttl
+            runtime.engine,
+            principal_of(request).tenant_id,
+            turn,
+            lock_ttl=runtime.settings.turn_lock_ttl,
+            histories=runtime.histories,
         )
         snapshot = started.state.render()
         run = runtime.turns.start(started)

@@ -31,6 +31,7 @@ from service.ids import can_exist, new_id
 from service.items import ITEM_REFERENCE, NewItem, item_view, normalize_output
 from service.pagination import PageRequest, item_list
 from service.responses import repository, turn_store
+from service.responses.history_cache import HistoryCache
 from service.responses.requests import TurnRequest, build_upstream_body
 from service.responses.views import ResponseState
 from service.upstream.client import OpenRouterClient
@@ -132,9 +133,16 @@ def _new_response(tenant_id: str, request: TurnRequest, state: ResponseState) ->
 
 
 async def begin_turn(
-    engine: AsyncEngine, tenant_id: str, request: TurnRequest, *, lock_ttl: float, status: str = "in_progress"
+    engine: AsyncEngine,
+    tenant_id: str,
+    request: TurnRequest,
+    *,
+    lock_ttl: float,
+    histories: HistoryCache,
+    status: str = "in_progress",
 ) -> Turn:
-    """Step 1. For store=false nothing is written: the history is only read."""
+    """Step 1. For store=false nothing is written: the history is only read. `histories` holds long
+    conversations' histories as of earlier turns, so only what was added since is read."""
     history = ""
     if request.previous_response_id is not None or any(i.type == ITEM_REFERENCE for i in request.input_items):
         async with engine.connect() as conn:
@@ -156,7 +164,13 @@ async def begin_turn(
             if request.conversation_id is None:
                 state.created_at = await turn_store.begin(db, response, request.input_items)
             else:
-                claim = await turn_store.claim_and_begin(db, response, request.input_items, ttl_seconds=lock_ttl)
+                claim = await turn_store.claim_and_begin(
+                    db,
+                    response,
+                    request.input_items,
+                    ttl_seconds=lock_ttl,
+                    known=histories.get(request.conversation_id),
+                )
         except ForeignKeyViolationError as exc:
             # The previous response was read above, on another connection; deleted since, the insert that
             # links to it fails (and writes nothing). The client sees what it would have seen a moment later.
@@ -178,6 +192,10 @@ async def begin_turn(
                     raise conversation_not_found(request.conversation_id, param="conversation")
             raise conversation_locked(request.conversation_id)
         state.created_at, history = claim.created_at, claim.history
+        if claim.as_of is None:
+            histories.discard(request.conversation_id)
+        else:
+            histories.put(request.conversation_id, claim.as_of)
     note_effect()  # committed: the turn is claimed and stored as in_progress
     return Turn(tenant_id, request, state, history, began)
 
@@ -371,10 +389,16 @@ async def fail_turn(
 
 
 async def run_turn(
-    engine: AsyncEngine, upstream: OpenRouterClient, tenant_id: str, request: TurnRequest, *, lock_ttl: float
+    engine: AsyncEngine,
+    upstream: OpenRouterClient,
+    tenant_id: str,
+    request: TurnRequest,
+    *,
+    lock_ttl: float,
+    histories: HistoryCache,
 ) -> dict[str, Any]:
     """A non-streamed turn, start to finish."""
-    turn = await begin_turn(engine, tenant_id, request, lock_ttl=lock_ttl)
+    turn = await begin_turn(engine, tenant_id, request, lock_ttl=lock_ttl, histories=histories)
     try:
         result = await upstream.create(turn.take_upstream_body(stream=False))
     except UpstreamError as error:

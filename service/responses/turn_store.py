@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from service.items import NewItem
+from service.responses.history_cache import CachedHistory, joined
 from service.responses.repository import RUNNING_STATUSES
 
 # The item columns a turn writes, as parallel arrays for unnest(): one statement inserts any number of items.
@@ -79,7 +80,8 @@ _INSERT_INPUTS = f"""
 # its holder reported. The history is read from the statement's snapshot, which a turn that finished while
 # we waited for the lock is not in: `history_is_current` compares the row the snapshot saw with the row we
 # claimed (every change to a conversation's items moves next_position or item_count), and the caller reads
-# the history again when they differ.
+# the history again when they differ. Only the items from $history_from on are read: the caller holds the
+# ones before (service/responses/history_cache.py), 0 when it holds none.
 _CLAIM_AND_BEGIN_TEMPLATE = _numbered(
     f"""
     WITH {{lazy_commit}}claim AS (
@@ -102,14 +104,20 @@ _CLAIM_AND_BEGIN_TEMPLATE = _numbered(
         RETURNING created_at
     ),
     inputs AS ({_INSERT_INPUTS.format(source="claim,")})
-    SELECT claim.next_position, claim.previous_holder, stored.created_at, snapshot.is_current AS history_is_current,
-           CASE WHEN snapshot.is_current THEN ({_HISTORY.replace("$1", "$conversation_id")}) END AS history
+    SELECT claim.next_position, claim.item_count, claim.previous_holder, stored.created_at,
+           snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count
     FROM claim, stored{{lazy_commit_join}}, LATERAL (
         SELECT (claim.next_position, claim.item_count) =
                (SELECT next_position, item_count FROM conversation WHERE id = $conversation_id) AS is_current
-    ) AS snapshot
+    ) AS snapshot, LATERAL (
+        SELECT string_agg(body, ',') AS history, count(*) AS item_count FROM (
+            SELECT body FROM item
+            WHERE snapshot.is_current AND conversation_id = $conversation_id AND position >= $history_from
+            ORDER BY position
+        ) h
+    ) AS tail
     """,
-    ("ttl", *_RESPONSE_PARAMS, *_ITEM_PARAMS),
+    ("ttl", *_RESPONSE_PARAMS, *_ITEM_PARAMS, "history_from"),
 )
 
 # A turn outside a conversation: the response and its input items, in one statement.
@@ -287,22 +295,37 @@ class NewResponse:
 
 @dataclass(frozen=True)
 class Claimed:
-    next_position: int
     previous_holder: str | None
     created_at: datetime
-    history: str  # the conversation's item texts joined by commas; "" for an empty conversation
+    # The conversation's item texts joined by commas ("" for an empty one), as of `as_of` (its next_position
+    # and item_count when claimed); as_of is None when the history had to be read after the claim, when
+    # another writer may have added to it.
+    history: str
+    as_of: CachedHistory | None
 
 
 async def claim_and_begin(
-    db: Any, response: NewResponse, inputs: Sequence[NewItem], *, ttl_seconds: float
+    db: Any, response: NewResponse, inputs: Sequence[NewItem], *, ttl_seconds: float, known: CachedHistory | None
 ) -> Claimed | None:
-    """None when the conversation is missing, not the tenant's, or claimed by a live turn (nothing written)."""
+    """None when the conversation is missing, not the tenant's, or claimed by a live turn (nothing written).
+    `known` is an earlier state of the conversation's history: only the items after it are read."""
     sql = _CLAIM_AND_BEGIN if response.visible_before_finish else _CLAIM_AND_BEGIN_LAZY
-    row = await db.fetchrow(sql, ttl_seconds, *response.values(), *_item_arrays(inputs))
+    history_from = 0 if known is None else known.next_position
+    row = await db.fetchrow(sql, ttl_seconds, *response.values(), *_item_arrays(inputs), history_from)
     if row is None:
         return None
-    history = row["history"] if row["history_is_current"] else await conversation_history(db, response.conversation_id)
-    return Claimed(row["next_position"], row["previous_holder"], row["created_at"], history or "")
+    tail = row["history"] or ""
+    if not row["history_is_current"]:
+        history = await conversation_history(db, response.conversation_id)
+        return Claimed(row["previous_holder"], row["created_at"], history, None)
+    if known is None:
+        history = tail
+    elif known.item_count + row["tail_count"] == row["item_count"]:
+        history = joined(known.text, tail)
+    else:  # an item before known.next_position was deleted since
+        history = await conversation_history(db, response.conversation_id)
+    as_of = CachedHistory(row["next_position"], row["item_count"], history)
+    return Claimed(row["previous_holder"], row["created_at"], history, as_of)
 
 
 async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> datetime:

@@ -1,0 +1,126 @@
+"""Long conversations: a worker keeps their history between turns and reads only the items added since
+(service/responses/history_cache.py). What goes upstream must stay exactly the stored conversation, whatever
+changed in between: items deleted or added through the API, turns run by another worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.responses.history_cache import MIN_BYTES
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter
+from tests.turn_support import conversation_items, turn, user
+
+_ITEM_TEXT_CHARS = 5000
+
+
+def _long_message(n: int) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": f"{n:04d} " + "x" * _ITEM_TEXT_CHARS}
+
+
+async def _long_conversation(client: httpx.AsyncClient, item_count: int = 20) -> str:
+    """A conversation whose history is past the cache's minimum size."""
+    assert item_count * _ITEM_TEXT_CHARS > MIN_BYTES
+    created = await client.post("/v1/conversations", json={"items": [_long_message(n) for n in range(item_count)]})
+    assert created.status_code == 200, created.text
+    conversation_id: str = created.json()["id"]
+    return conversation_id
+
+
+async def _stored_history(db: AsyncEngine, conversation_id: str) -> list[Any]:
+    return [json.loads(row["body"]) for row in await conversation_items(db, conversation_id)]
+
+
+async def _turn_sends_stored_history(
+    client: httpx.AsyncClient, fake: FakeOpenRouter, db: AsyncEngine, conversation_id: str, question: str
+) -> None:
+    """One turn, and what went upstream is every stored item in order, then the new input."""
+    expected = [*await _stored_history(db, conversation_id), user(question)]
+    sent_before = len(fake.requests)
+    await turn(client, question, conversation=conversation_id)
+    assert len(fake.requests) == sent_before + 1
+    assert fake.inputs[-1] == expected
+
+
+async def test_a_long_conversation_reads_only_the_items_added_since_its_last_turn(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conv = await _long_conversation(alice.http)
+    await _turn_sends_stored_history(alice.http, fake_upstream, db, conv, "Q1")
+    before_tampering = await _stored_history(db, conv)
+    # Stored item texts never change, so the worker does not read them again. Changing one behind the service's
+    # back shows which items the next turn read: only the two the first turn added, and the new input.
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE item SET body = :body WHERE conversation_id = :c AND position = 0"),
+            {"body": json.dumps(user("changed behind the service's back")), "c": conv},
+        )
+    await turn(alice.http, "Q2", conversation=conv)
+    assert fake_upstream.inputs[-1] == [*before_tampering, user("Q2")]
+
+
+async def test_a_short_conversation_is_read_in_full_every_turn(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    created = await alice.http.post("/v1/conversations", json={"items": [{"role": "user", "content": "hi"}]})
+    conv = created.json()["id"]
+    await turn(alice.http, "Q1", conversation=conv)
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE item SET body = :body WHERE conversation_id = :c AND position = 0"),
+            {"body": json.dumps(user("changed")), "c": conv},
+        )
+    await turn(alice.http, "Q2", conversation=conv)
+    assert fake_upstream.inputs[-1][0] == user("changed")
+
+
+async def test_items_deleted_or_added_between_turns_are_seen_by_the_next_turn(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conv = await _long_conversation(alice.http)
+    await _turn_sends_stored_history(alice.http, fake_upstream, db, conv, "Q1")
+    items = await conversation_items(db, conv)
+
+    deleted = await alice.http.delete(f"/v1/conversations/{conv}/items/{items[3]['id']}")
+    assert deleted.status_code == 200, deleted.text
+    await _turn_sends_stored_history(alice.http, fake_upstream, db, conv, "Q2")
+    assert all(item["id"] != items[3]["id"] for item in fake_upstream.inputs[-1] if "id" in item)
+
+    # A deletion and an addition: the count is back where it was, the end has moved.
+    deleted = await alice.http.delete(f"/v1/conversations/{conv}/items/{items[5]['id']}")
+    assert deleted.status_code == 200, deleted.text
+    added = await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": [_long_message(99)]})
+    assert added.status_code == 200, added.text
+    await _turn_sends_stored_history(alice.http, fake_upstream, db, conv, "Q3")
+    sent = fake_upstream.inputs[-1]
+    assert len(sent) == len(items) - 2 + 1 + 2 + 1  # two deleted, one added, Q2's turn, Q3
+    assert sent[-2]["content"][0]["text"].startswith("0099 ")
+
+
+async def test_two_workers_taking_turns_on_one_conversation_each_send_the_whole_history(
+    alice: Tenant,
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+    start_server: Callable[..., LiveServer],
+) -> None:
+    other_worker = start_server()
+    async with httpx.AsyncClient(
+        base_url=other_worker.url, headers={"Authorization": f"Bearer {alice.key}"}, timeout=30
+    ) as other:
+        conv = await _long_conversation(alice.http)
+        workers = [alice.http, other, other, alice.http, alice.http, other]
+        for n, client in enumerate(workers):
+            if n == 3:  # an early item goes while the first worker's history is two turns behind
+                items = await conversation_items(db, conv)
+                deleted = await other.delete(f"/v1/conversations/{conv}/items/{items[1]['id']}")
+                assert deleted.status_code == 200, deleted.text
+            await _turn_sends_stored_history(client, fake_upstream, db, conv, f"Q{n}")
+    stored = await _stored_history(db, conv)
+    assert len(stored) == 20 - 1 + 2 * len(workers)
+    assert fake_upstream.inputs[-1] == stored[:-1]
