@@ -92,14 +92,16 @@ async def test_items_deleted_or_added_between_turns_are_seen_by_the_next_turn(
     await _turn_sends_stored_history(alice.http, fake_upstream, db, conv, "Q2")
     assert all(item["id"] != items[3]["id"] for item in fake_upstream.inputs[-1] if "id" in item)
 
-    # A deletion and an addition: the count is back where it was, the end has moved.
+    # A deletion and an addition: the count is back where it was, the end has moved. (Q2 read the history
+    # in full after the deletion and kept none of it; this turn keeps it again.)
+    await _turn_sends_stored_history(alice.http, fake_upstream, db, conv, "Q2b")
     deleted = await alice.http.delete(f"/v1/conversations/{conv}/items/{items[5]['id']}")
     assert deleted.status_code == 200, deleted.text
     added = await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": [_long_message(99)]})
     assert added.status_code == 200, added.text
     await _turn_sends_stored_history(alice.http, fake_upstream, db, conv, "Q3")
     sent = fake_upstream.inputs[-1]
-    assert len(sent) == len(items) - 2 + 1 + 2 + 1  # two deleted, one added, Q2's turn, Q3
+    assert len(sent) == len(items) - 2 + 1 + 4 + 1  # two deleted, one added, the turns Q2 and Q2b, Q3
     assert sent[-2]["content"][0]["text"].startswith("0099 ")
 
 

@@ -39,10 +39,6 @@ class HistoryCache:
         self._entries: OrderedDict[str, CachedHistory] = OrderedDict()
         self._bytes = 0
 
-    @property
-    def size_bytes(self) -> int:
-        return self._bytes
-
     def get(self, conversation_id: str) -> CachedHistory | None:
         entry = self._entries.get(conversation_id)
         if entry is not None:

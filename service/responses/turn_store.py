@@ -315,15 +315,12 @@ async def claim_and_begin(
     if row is None:
         return None
     tail = row["history"] or ""
-    if not row["history_is_current"]:
+    # Read again, the history is from a later snapshot than the claim's counts: it is not given as of them.
+    # `known` is dropped when an item before its end was deleted since.
+    if not row["history_is_current"] or (known and known.item_count + row["tail_count"] != row["item_count"]):
         history = await conversation_history(db, response.conversation_id)
         return Claimed(row["previous_holder"], row["created_at"], history, None)
-    if known is None:
-        history = tail
-    elif known.item_count + row["tail_count"] == row["item_count"]:
-        history = joined(known.text, tail)
-    else:  # an item before known.next_position was deleted since
-        history = await conversation_history(db, response.conversation_id)
+    history = tail if known is None else joined(known.text, tail)
     as_of = CachedHistory(row["next_position"], row["item_count"], history)
     return Claimed(row["previous_holder"], row["created_at"], history, as_of)
 
