@@ -224,6 +224,8 @@ def busy_port() -> Iterator[int]:
         ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432"}, "DATABASE_URL has no database name"),
         ({"PORT": "eighty"}, "PORT must be a number"),
         ({"AUTO_MIGRATE": "maybe"}, "AUTO_MIGRATE must be true or false"),
+        ({"HISTORY_CACHE_MB": "1.5"}, "HISTORY_CACHE_MB must be a whole number"),
+        ({"SSE_KEEPALIVE_SECONDS": "0"}, "SSE_KEEPALIVE_SECONDS must be at least 0.05"),
         ({"DATA_DIR": "/etc/hostname/data"}, "DATA_DIR /etc/hostname/data is not writable"),
     ],
 )

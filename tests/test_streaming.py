@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.responses import runner
 from service.upstream.demo import DemoTransport
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
@@ -567,14 +566,16 @@ async def test_events_split_across_chunks_with_crlf_line_endings_are_parsed(
 
 
 async def test_a_quiet_stream_gets_keep_alive_comments_until_the_first_token(
-    alice: Tenant, fake_upstream: FakeOpenRouter, monkeypatch: pytest.MonkeyPatch
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
 ) -> None:
-    """While the upstream is quiet, the client gets an SSE comment every KEEPALIVE_SECONDS (here 0.2 s instead
-    of 15), so proxies keep the connection open; the events themselves are unchanged."""
-    monkeypatch.setattr(runner, "KEEPALIVE_SECONDS", 0.2)
+    """While the upstream is quiet, the client gets an SSE comment every SSE_KEEPALIVE_SECONDS (here 0.2 s
+    instead of 15), so proxies keep the connection open; the events themselves are unchanged."""
+    tenant = await make_tenant("quiet", live=start_server(sse_keepalive_seconds=0.2))
     events_sent = text_stream_events(TEXT, chunks=2)
     fake_upstream.enqueue(Reply(kind="sse", events=events_sent, delay=0.5))  # 0.5 s between upstream events
-    async with alice.http.stream("POST", "/v1/responses", json={"model": MODEL, "input": "hi", "stream": True}) as r:
+    async with tenant.http.stream("POST", "/v1/responses", json={"model": MODEL, "input": "hi", "stream": True}) as r:
         raw = (await r.aread()).decode()
     gaps = raw.split("event: ")[1:]  # what follows each event: its data, then the keep-alives before the next
     keepalives = [gap.count(": keep-alive\n\n") for gap in gaps]

@@ -55,14 +55,14 @@ CANCELLED = "cancelled"
 SHUTDOWN = "shutdown"
 DISCONNECTED = "disconnected"
 _STOP_WAIT_SECONDS = 10.0
-KEEPALIVE_SECONDS = 15.0
 
 
 class TurnRun:
     """One running turn: its event frames so far and the signals its followers wait on."""
 
-    def __init__(self, turn: Turn) -> None:
+    def __init__(self, turn: Turn, keepalive_seconds: float) -> None:
         self.turn = turn
+        self._keepalive_seconds = keepalive_seconds
         self.frames = FrameLog()
         self.finished = False
         self.started = False
@@ -77,11 +77,11 @@ class TurnRun:
         self._opened_or_finished: asyncio.Future[None] = self._loop.create_future()
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._wakeup: asyncio.Future[None] | None = None
-        # Keep-alives: one timer per run that fires after KEEPALIVE_SECONDS without a frame, rather than a
+        # Keep-alives: one timer per run that fires after keepalive_seconds without a frame, rather than a
         # timeout around every follower's every wait (timer churn was ~10% of the relay's CPU at 1,000 streams).
         self._last_frame_at = self._loop.time()
         self.keepalives = 0
-        self._quiet_timer = self._loop.call_later(KEEPALIVE_SECONDS, self._on_quiet)
+        self._quiet_timer = self._loop.call_later(keepalive_seconds, self._on_quiet)
 
     @property
     def response_id(self) -> str:
@@ -99,12 +99,12 @@ class TurnRun:
     def _on_quiet(self) -> None:
         if self.finished:
             return
-        quiet_until = self._last_frame_at + KEEPALIVE_SECONDS
+        quiet_until = self._last_frame_at + self._keepalive_seconds
         if self._loop.time() >= quiet_until:
             self.keepalives += 1
             self._last_frame_at = self._loop.time()
             self._wake()
-            quiet_until = self._last_frame_at + KEEPALIVE_SECONDS
+            quiet_until = self._last_frame_at + self._keepalive_seconds
         self._quiet_timer = self._loop.call_at(quiet_until, self._on_quiet)
 
     def _wake(self) -> None:
@@ -177,7 +177,7 @@ class TurnRunner:
         return len(self._runs)
 
     def start(self, turn: Turn) -> TurnRun:
-        run = TurnRun(turn)
+        run = TurnRun(turn, self._settings.sse_keepalive_seconds)
         self._runs[run.response_id] = run
         run.task = asyncio.create_task(self._drive(run), name=f"turn-{run.response_id}")
         return run
