@@ -1,5 +1,5 @@
 """Helpers for the reliability tests: polling, stored-row checks, the service as a real separate process, and a
-private PostgreSQL that a test may stop and start (never the machine's shared one)."""
+proxy in front of PostgreSQL that loses the reply to one statement after the server has run it."""
 
 from __future__ import annotations
 
