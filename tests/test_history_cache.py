@@ -37,6 +37,15 @@ async def _stored_history(db: AsyncEngine, conversation_id: str) -> list[Any]:
     return [json.loads(row["body"]) for row in await conversation_items(db, conversation_id)]
 
 
+async def _change_first_item_behind_the_service(db: AsyncEngine, conversation_id: str, new_text: str) -> None:
+    """What no API can do (stored item texts never change): shows which items a turn read again."""
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE item SET body = :body WHERE conversation_id = :c AND position = 0"),
+            {"body": json.dumps(user(new_text)), "c": conversation_id},
+        )
+
+
 async def _turn_sends_stored_history(
     client: httpx.AsyncClient, fake: FakeOpenRouter, db: AsyncEngine, conversation_id: str, question: str
 ) -> None:
@@ -56,11 +65,7 @@ async def test_a_long_conversation_reads_only_the_items_added_since_its_last_tur
     before_tampering = await _stored_history(db, conv)
     # Stored item texts never change, so the worker does not read them again. Changing one behind the service's
     # back shows which items the next turn read: only the two the first turn added, and the new input.
-    async with db.begin() as conn:
-        await conn.execute(
-            text("UPDATE item SET body = :body WHERE conversation_id = :c AND position = 0"),
-            {"body": json.dumps(user("changed behind the service's back")), "c": conv},
-        )
+    await _change_first_item_behind_the_service(db, conv, "changed behind the service's back")
     await turn(alice.http, "Q2", conversation=conv)
     assert fake_upstream.inputs[-1] == [*before_tampering, user("Q2")]
 
@@ -71,11 +76,7 @@ async def test_a_short_conversation_is_read_in_full_every_turn(
     created = await alice.http.post("/v1/conversations", json={"items": [{"role": "user", "content": "hi"}]})
     conv = created.json()["id"]
     await turn(alice.http, "Q1", conversation=conv)
-    async with db.begin() as conn:
-        await conn.execute(
-            text("UPDATE item SET body = :body WHERE conversation_id = :c AND position = 0"),
-            {"body": json.dumps(user("changed")), "c": conv},
-        )
+    await _change_first_item_behind_the_service(db, conv, "changed")
     await turn(alice.http, "Q2", conversation=conv)
     assert fake_upstream.inputs[-1][0] == user("changed")
 
