@@ -81,6 +81,17 @@ async def tenant_client(private: PrivatePostgres, live: LiveServer) -> httpx.Asy
     return client_for(live.url, created.secret)
 
 
+async def stored_once_back(engine: AsyncEngine, conversation: str, response_id: str) -> None:
+    """Wait until the turn kept in memory while the database was down is stored as completed and its claim freed."""
+
+    async def stored_late() -> bool:
+        status = await scalar(engine, "SELECT status FROM response WHERE id = :r", r=response_id)
+        claim = await scalar(engine, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
+        return bool(status == "completed" and claim is None)
+
+    await eventually(stored_late, timeout=30)
+
+
 async def turn(client: httpx.AsyncClient, conversation: str, text_: str, **headers: str) -> httpx.Response:
     return await client.post(
         "/v1/responses", json={"model": MODEL, "input": text_, "conversation": conversation}, headers=headers
@@ -214,13 +225,8 @@ async def test_database_lost_while_storing_a_finished_turn_is_stored_once_it_is_
 
         # Nothing was half-written, and the answer kept in memory is stored once the database is back.
         engine = private_postgres.engine
-
-        async def stored_late() -> bool:
-            status = await scalar(engine, "SELECT status FROM response WHERE conversation_id = :c", c=conversation)
-            claim = await scalar(engine, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
-            return bool(status == "completed" and claim is None)
-
-        await eventually(stored_late, timeout=30)
+        [pending] = await rows(engine, "SELECT id FROM response WHERE conversation_id = :c", c=conversation)
+        await stored_once_back(engine, conversation, pending["id"])
         [stored] = await rows(engine, "SELECT id FROM response")
         shown = await client.get(f"/v1/responses/{stored['id']}")
         assert shown.json()["output"][0]["content"][0]["text"] == "Lost in transit."
@@ -287,13 +293,7 @@ async def test_database_lost_while_storing_a_finished_stream_is_stored_once_it_i
         await asyncio.to_thread(private_postgres.start)
 
         engine = private_postgres.engine
-
-        async def stored_late() -> bool:
-            status = await scalar(engine, "SELECT status FROM response WHERE id = :r", r=response_id)
-            claim = await scalar(engine, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
-            return bool(status == "completed" and claim is None)
-
-        await eventually(stored_late, timeout=30)
+        await stored_once_back(engine, conversation, response_id)
         shown = (await client.get(f"/v1/responses/{response_id}")).json()
         assert shown["output"][0]["content"][0]["text"] == text_
         replay = await client.get(f"/v1/responses/{response_id}", params={"stream": "true"})
