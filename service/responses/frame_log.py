@@ -39,15 +39,22 @@ class FrameLog:
             self._blocks.append(zlib.compress(b"".join(block), 1))
             self._ends.append(ends)
 
-    def joined(self, start: int = 0) -> bytes:
-        """Frames `start` (a sequence number) to the newest, as one chunk."""
+    def joined(self, start: int = 0, stop: int | None = None) -> bytes:
+        """Frames `start` (a sequence number) up to `stop` (excluded; the newest included when None), as one
+        chunk."""
+        stop = len(self) if stop is None else min(stop, len(self))
         start = max(start, 0)
+        if start >= stop:
+            return b""
         packed = len(self._blocks) * _BLOCK
         if start >= packed:
-            recent = self._recent[start - packed :]
+            recent = self._recent[start - packed : stop - packed]
             return recent[0] if len(recent) == 1 else b"".join(recent)
         first_block, offset = divmod(start, _BLOCK)
-        parts = [zlib.decompress(block) for block in self._blocks[first_block:]]
+        last_block, end_offset = divmod(min(stop, packed), _BLOCK)
+        parts = [zlib.decompress(block) for block in self._blocks[first_block:last_block]]
+        if end_offset:
+            parts.append(zlib.decompress(self._blocks[last_block])[: self._ends[last_block][end_offset - 1]])
         if offset:
             parts[0] = parts[0][self._ends[first_block][offset - 1] :]
-        return b"".join([*parts, *self._recent])
+        return b"".join([*parts, *self._recent[: max(stop - packed, 0)]])

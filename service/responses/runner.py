@@ -286,18 +286,21 @@ class TurnRunner:
         turn = run.turn
         outputs = apply_upstream_result(turn.state, assembler.result(status, error))
         # Every event but the terminal one is published by now. A store that finishes after the database came
-        # back runs when this stream has already ended (with its own terminal event), so the log is built from
-        # what is captured here, not from the frames as they are then.
+        # back runs when this stream has already ended (with its own terminal event), so the log holds the
+        # frames up to this sequence number, not the frames as they are then.
         sequence_number = len(run.frames)
-        relayed = run.frames.joined() if turn.request.stream else b""
         terminal: list[bytes] = []
 
         def event_log() -> turn_store.EventLog | None:
-            # Rendered from the final state, right before the statement that stores it with the outcome.
+            # Rendered from the final state, right before the statement that stores it with the outcome. The
+            # relayed frames are joined only then too, not while the turn waits for a connection: the whole log
+            # uncompressed (~16 KB for 64 deltas) held by every waiting stream cost 11 KiB of each stream's
+            # memory in the capacity scenario (docs/benchmarks.md, 74 -> 63 KiB).
             terminal[:] = [_terminal_frame(turn.state, sequence_number)]
             if not turn.request.stream:
                 return None
-            return turn_store.EventLog((relayed + terminal[0]).decode(), sequence_number + 1)
+            relayed = run.frames.joined(0, sequence_number)
+            return turn_store.EventLog(b"".join((relayed, terminal[0])).decode(), sequence_number + 1)
 
         try:
             if status == "failed":
