@@ -298,3 +298,49 @@ async def test_a_previous_response_deleted_while_the_turn_begins_is_a_400_not_a_
     assert len(fake_upstream.requests) == 1
     assert await rows(db, "SELECT id FROM response") == []
     assert await rows(db, "SELECT id FROM item") == []
+
+
+async def test_a_finishing_turn_gets_the_next_free_connection_before_a_waiting_begin(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """With every connection busy, a turn whose answer is back is stored before a turn waiting to begin, even one
+    that has waited longer: otherwise a burst of new turns keeps every finished one (its claim, its client and
+    its stream) waiting behind them."""
+    live = start_server(db_pool_size=1)
+    tenant = await make_tenant("gate", live=live)
+    answered, blocked, waiting = [await new_conversation(tenant) for _ in range(3)]
+    fake_upstream.enqueue(
+        Reply(kind="json", body=text_response("answered"), delay=1.0),
+        Reply(kind="json", body=text_response("blocked")),
+        Reply(kind="json", body=text_response("waiting")),
+    )
+
+    def start_turn(conversation: str) -> asyncio.Task[httpx.Response]:
+        body = {"model": MODEL, "input": "Q", "conversation": conversation}
+        return asyncio.create_task(tenant.http.post("/v1/responses", json=body))
+
+    async with db.connect() as holder:
+        await holder.execute(text("SELECT 1 FROM conversation WHERE id = :id FOR UPDATE"), {"id": blocked})
+        first = start_turn(answered)  # begins at once, then waits 1 s on the upstream
+        await eventually(lambda: _received(fake_upstream, 1))
+        upstream_called = time.monotonic()
+        second = start_turn(blocked)  # holds the only connection, waiting on the row lock
+        await a_request_waits_on_a_lock(db)
+        third = start_turn(waiting)  # waits for the connection to begin
+        # The first turn's answer comes back meanwhile, and its finish waits for the connection too.
+        await asyncio.sleep(max(0.0, upstream_called + 1.5 - time.monotonic()))
+        assert not first.done()
+        await holder.rollback()
+    answers = [await task for task in (first, second, third)]
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+
+    stored_first = await scalar(db, "SELECT updated_at FROM conversation WHERE id = :id", id=answered)
+    began_third = await scalar(db, "SELECT created_at FROM response WHERE id = :id", id=answers[2].json()["id"])
+    assert stored_first < began_third
+
+
+async def _received(fake_upstream: FakeOpenRouter, count: int) -> bool:
+    return len(fake_upstream.requests) >= count

@@ -264,6 +264,10 @@ async def test_a_turn_that_finds_no_free_connection_in_time_gets_503_and_stores_
     assert fake_upstream.inputs == [
         [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "waits for the row"}]}]
     ]
+    # The turn that gave up waiting left its place in the queue: the connection is free for the next one.
+    fake_upstream.reply_json(text_response("Second."))
+    retried = await turn(tenant.http, other, "finds the connection")
+    assert retried.status_code == 200, retried.text
 
 
 async def test_database_lost_while_storing_a_finished_stream_is_stored_once_it_is_back(

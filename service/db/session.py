@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
+from service.db.checkout_gate import CheckoutGate
+
 
 def _replace_closed_connection(
     dbapi_connection: Any, record: ConnectionPoolEntry, proxy: PoolProxiedConnection
@@ -61,27 +63,26 @@ def create_engine(database_url: str, *, pool_size: int = 20, pool_timeout: float
     return engine
 
 
-# The turn loop's checkouts queue here, on an asyncio semaphore as wide as the pool, rather than inside the
-# pool: a checkout that waits inside SQLAlchemy's pool waits in a greenlet, which keeps a copy of its C stack on
-# the heap while it waits. With 1,000 streams starting at once that was ~5 KiB of every stream's memory (the
-# capacity scenario in docs/benchmarks.md: 69 -> 64 KiB per stream). Other queries (reads, listings, key
+# The turn loop's checkouts queue here (service/db/checkout_gate.py), in a queue as wide as the pool, rather than
+# inside the pool: a checkout that waits inside SQLAlchemy's pool waits in a greenlet, which keeps a copy of its C
+# stack on the heap while it waits. With 1,000 streams starting at once that was ~5 KiB of every stream's memory
+# (the capacity scenario in docs/benchmarks.md: 69 -> 64 KiB per stream). Other queries (reads, listings, key
 # lookups) take connections without passing here, so while they hold some, a turn past the gate can still wait
 # in the pool, for up to DB_POOL_TIMEOUT more.
-_checkout_gates: weakref.WeakKeyDictionary[Engine, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+_checkout_gates: weakref.WeakKeyDictionary[Engine, CheckoutGate] = weakref.WeakKeyDictionary()
 
 
-async def _enter_gate(engine: AsyncEngine) -> asyncio.Semaphore:
+async def _enter_gate(engine: AsyncEngine, *, finishing: bool) -> CheckoutGate:
     pool = engine.sync_engine.pool
     gate = _checkout_gates.get(engine.sync_engine)
     if gate is None:
-        gate = _checkout_gates[engine.sync_engine] = asyncio.Semaphore(pool.size())  # type: ignore[attr-defined]
-    if not gate.locked():
-        await gate.acquire()  # free: no wait, no timer
+        gate = _checkout_gates[engine.sync_engine] = CheckoutGate(pool.size())  # type: ignore[attr-defined]
+    if gate.try_acquire():
         return gate
     timeout: float = pool.timeout()  # type: ignore[attr-defined]
     try:
         async with asyncio.timeout(timeout):
-            await gate.acquire()
+            await gate.wait(finishing=finishing)
     except TimeoutError:
         # What the pool itself raises when no connection frees up in time (a 503 database_unavailable).
         raise PoolTimeout(f"no database connection was free within {timeout:g}s (DB_POOL_TIMEOUT)") from None
@@ -89,14 +90,15 @@ async def _enter_gate(engine: AsyncEngine) -> asyncio.Semaphore:
 
 
 @asynccontextmanager
-async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+async def driver_connection(engine: AsyncEngine, *, finishing: bool = False) -> AsyncIterator[Any]:
     """A pooled connection's asyncpg connection, in autocommit: for the turn loop's few statements, each one
     a whole transaction (data-modifying CTEs), sent as prepared statements without SQLAlchemy's per-statement
     work, its BEGIN and its COMMIT (docs/benchmarks.md measures the difference). The pool still owns the
     connection: checkout (with the closed-connection check above) and return work as for every other query;
     taking it without an AsyncConnection around it costs ~45 µs instead of ~115. Start an explicit transaction
-    with `.transaction()` where more than one statement must be atomic."""
-    gate = await _enter_gate(engine)
+    with `.transaction()` where more than one statement must be atomic. A turn's finishing statements pass
+    `finishing`: they go before waiting begins."""
+    gate = await _enter_gate(engine, finishing=finishing)
     try:
         pooled = await engine.raw_connection()
         try:

@@ -261,7 +261,7 @@ async def finish_turn(
         return
 
     async def store(*, retry: bool = True) -> None:
-        async with driver_connection(engine) as db:
+        async with driver_connection(engine, finishing=True) as db:
             # An attempt can commit and lose only its reply (the connection drops in between). Storing again
             # would find the claim released and write the turn as failed over its own answer, or insert its
             # output items twice: a retry first looks for its own completed_at, which no other writer uses.
