@@ -176,12 +176,18 @@ async def test_stream_ending_without_terminal_event_is_completed_from_finished_i
     assert received[-1].response.output_text == TEXT
 
 
+@pytest.mark.parametrize(
+    ("chunks", "deltas_sent"),
+    [(4, 2), (60, 37)],
+    ids=["short", "long"],  # long: the partial text is kept as pieces joined every few deltas
+)
 async def test_cut_upstream_stores_partial_output_and_ends_with_failed(
-    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, chunks: int, deltas_sent: int
 ) -> None:
     conv = await new_conversation(alice.http)
-    # created, in_progress, item added, part added, two deltas, then the connection drops.
-    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT, msg_id="msg_cut"), cut_after=6))
+    # created, in_progress, item added, part added, some deltas, then the connection drops.
+    events_sent = text_stream_events(TEXT * 3, msg_id="msg_cut", chunks=chunks)
+    fake_upstream.enqueue(Reply(kind="sse", events=events_sent, cut_after=4 + deltas_sent))
     body = {"model": MODEL, "input": "hi", "stream": True, "conversation": conv}
     async with alice.http.stream("POST", "/v1/responses", json=body) as r:
         assert r.status_code == 200
@@ -194,7 +200,8 @@ async def test_cut_upstream_stores_partial_output_and_ends_with_failed(
     assert response["status"] == "failed"
     assert "cut" in response["error"]["message"]
     partial = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
-    assert partial and TEXT.startswith(partial) and partial != TEXT
+    assert partial == "".join(e["delta"] for e in events_sent[4 : 4 + deltas_sent])
+    assert partial and (TEXT * 3).startswith(partial) and partial != TEXT * 3
     assert [e["type"] for e in events[-4:-1]] == [
         "response.output_text.done",
         "response.content_part.done",

@@ -30,6 +30,7 @@ _LIFECYCLE_TYPES = frozenset({"response.created", "response.in_progress", "respo
 # Text events go to their content part (announced first if the upstream skipped that); other item events are
 # relayed with our item id and output index.
 _TEXT_PART_EVENTS = frozenset({"response.output_text.delta", "response.output_text.done"})
+_PIECES_KEPT = 16
 
 
 def sse_frame(event: dict[str, Any]) -> bytes:
@@ -225,7 +226,7 @@ class StreamAssembler:
         if event["type"] == "response.output_text.delta":
             delta = event.get("delta")
             delta = delta if isinstance(delta, str) else ""
-            output.texts[index].append(delta)
+            _keep_piece(output.texts[index], delta)
             logprobs = event.get("logprobs")
             logprobs = logprobs if isinstance(logprobs, list) else []
             out.append({"type": "response.output_text.delta", **ids, "delta": delta, "logprobs": logprobs})
@@ -296,12 +297,12 @@ class StreamAssembler:
             kind = event["type"]
             delta = event.get("delta")
             if kind == "response.function_call_arguments.delta" and isinstance(delta, str):
-                output.arguments.append(delta)
+                _keep_piece(output.arguments, delta)
             elif kind == "response.function_call_arguments.done" and isinstance(event.get("arguments"), str):
                 output.item["arguments"] = event["arguments"]
                 output.arguments = []
             elif kind == "response.reasoning_summary_text.delta" and isinstance(delta, str):
-                output.summaries.setdefault(int(event.get("summary_index") or 0), []).append(delta)
+                _keep_piece(output.summaries.setdefault(int(event.get("summary_index") or 0), []), delta)
         out.append(relayed)
         return out
 
@@ -355,6 +356,14 @@ class StreamAssembler:
             "error": error,
             "output": [o.final for o in self._outputs if o.final is not None],
         }
+
+
+def _keep_piece(pieces: list[str], piece: str) -> None:
+    """Add a delta to the text so far. The pieces are joined every few deltas: a stream holds its text until it
+    ends, and each delta kept as its own str costs ~50 bytes more than its characters."""
+    pieces.append(piece)
+    if len(pieces) >= _PIECES_KEPT:
+        pieces[:] = ["".join(pieces)]
 
 
 def cut_error(reason: str) -> dict[str, Any]:
