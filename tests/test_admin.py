@@ -376,6 +376,9 @@ async def test_thread_with_a_turn_in_flight_lists_as_in_progress_and_is_not_dele
     admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
     conversation_id = await new_conversation(alice)
+    fake_upstream.reply_json(text_response("Quick answer."))
+    assert (await turn(alice, conversation_id, "first")).is_success
+    assert await listed_ids(admin, status="completed") == {conversation_id}
     fake_upstream.enqueue(Reply(kind="json", body=text_response("Slow answer."), delay=1.5))
     running = asyncio.create_task(turn(alice, conversation_id, "take your time"))
     for _ in range(100):
@@ -384,6 +387,11 @@ async def test_thread_with_a_turn_in_flight_lists_as_in_progress_and_is_not_dele
         await asyncio.sleep(0.02)
     else:
         pytest.fail("the thread never listed as in_progress")
+    # While the turn runs, the thread shows its status, not its last finished turn's.
+    assert await listed_ids(admin, status="completed") == set()
+    [listed] = (await admin.get("/admin/conversations")).json()["data"]
+    assert listed["last_status"] == "in_progress"
+    assert (await admin.get(f"/admin/conversations/{conversation_id}")).json()["last_status"] == "in_progress"
     stuck = await admin.get("/admin/responses", params={"status": "in_progress"})
     assert [r["conversation_id"] for r in stuck.json()["data"]] == [conversation_id]
     refused = await admin.delete(f"/admin/conversations/{conversation_id}")

@@ -12,8 +12,10 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     Text,
+    and_,
     any_,
     bindparam,
+    case,
     cast,
     delete,
     exists,
@@ -35,6 +37,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 from service.admin.cursor import Keyset
 from service.admin.params import RESPONSE_STATUSES, ConversationFilters, ResponseFilters, TimeRange
 from service.db.models import conversation_table, item_table, response_table, tenant_table
+from service.responses.repository import RUNNING_STATUSES
 
 conversation_t = conversation_table
 response_t = response_table
@@ -103,6 +106,37 @@ def _tenant_name(tenant_id: Any) -> Any:
     return select(tenant_t.c.name).where(tenant_t.c.id == tenant_id).scalar_subquery().label("tenant")
 
 
+def _running_turn_status() -> Any:
+    """The status of the response holding the conversation's claim. The claim itself does not touch
+    `last_status`: left alone, the claim's UPDATE changes no indexed column and PostgreSQL can make it a HOT
+    update, without new entries in the conversation's eight indexes (docs/benchmarks.md)."""
+    return (
+        select(response_t.c.status)
+        .where(response_t.c.id == conversation_t.c.turn_response_id)
+        .scalar_subquery()
+    )
+
+
+# A thread with a turn in flight shows that turn's status (queued or in_progress); otherwise its last finished
+# turn's, which the finishing statement stores.
+_CURRENT_STATUS = case(
+    (conversation_t.c.turn_response_id.is_(None), conversation_t.c.last_status), else_=_running_turn_status()
+).label("last_status")
+
+
+def _status_is(status: str) -> ColumnElement[bool]:
+    c = conversation_t
+    if status not in RUNNING_STATUSES:
+        return and_(c.c.last_status == status, c.c.turn_response_id.is_(None))
+    # Found from the running responses (few, on the response status index) by primary key, rather than by
+    # walking every conversation.
+    running_in = cast(
+        select(func.array_agg(response_t.c.conversation_id)).where(response_t.c.status == status).scalar_subquery(),
+        ARRAY(Text),
+    )
+    return and_(c.c.id == any_(running_in), _running_turn_status() == status)
+
+
 _CONVERSATION_COLUMNS = (
     conversation_t.c.id,
     conversation_t.c.tenant_id,
@@ -117,7 +151,7 @@ _CONVERSATION_COLUMNS = (
     conversation_t.c.created_at,
     conversation_t.c.updated_at,
     conversation_t.c.last_model,
-    conversation_t.c.last_status,
+    _CURRENT_STATUS,
 )
 
 
@@ -133,7 +167,7 @@ def conversation_page_statement(filters: ConversationFilters, tenant_id: str | N
     if filters.model is not None:
         conditions.append(c.c.last_model == filters.model)
     if filters.status is not None:
-        conditions.append(c.c.last_status == filters.status)
+        conditions.append(_status_is(filters.status))
     if filters.metadata:
         # Containment is what the jsonb_path_ops GIN index answers.
         conditions.append(c.c.metadata.op("@>")(bindparam("metadata", filters.metadata, type_=JSONB)))

@@ -43,10 +43,10 @@ _CHAIN_HISTORY = text(
 )
 
 # Claims whose holder died: free them and report which responses held them (the old value, via the subquery).
+# The holder's turn did not finish while it held the claim, so the thread's last turn failed.
 _RELEASE_EXPIRED_CLAIMS = text(
     """
-    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL,
-        last_status = CASE WHEN c.last_status IN ('queued', 'in_progress') THEN 'failed' ELSE c.last_status END
+    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL, last_status = 'failed'
     FROM (SELECT id, turn_response_id FROM conversation
           WHERE turn_expires_at < now() FOR UPDATE SKIP LOCKED) expired
     WHERE c.id = expired.id

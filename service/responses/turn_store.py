@@ -81,15 +81,16 @@ _INSERT_INPUTS = f"""
 # we waited for the lock is not in: `history_is_current` compares the row the snapshot saw with the row we
 # claimed (every change to a conversation's items moves next_position or item_count), and the caller reads
 # the history again when they differ. Only the items from $history_from on are read: the caller holds the
-# ones before (service/responses/history_cache.py), 0 when it holds none.
+# ones before (service/responses/history_cache.py), 0 when it holds none. The claim writes no indexed column,
+# so PostgreSQL can make it a HOT update, with no new entries in the conversation's eight indexes: last_model
+# and last_status are the last finished turn's, written by the finish, and the admin listing shows a claimed
+# thread's status from the claiming response.
 _CLAIM_AND_BEGIN_TEMPLATE = _numbered(
     f"""
     WITH {{lazy_commit}}claim AS (
         UPDATE conversation AS c
         SET turn_response_id = $response_id,
-            turn_expires_at = now() + make_interval(secs => $ttl),
-            last_status = $status,
-            last_model = coalesce($model, c.last_model)
+            turn_expires_at = now() + make_interval(secs => $ttl)
         FROM (SELECT id, turn_response_id FROM conversation
               WHERE id = $conversation_id AND tenant_id = $tenant_id FOR UPDATE) AS before
         WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
