@@ -3,7 +3,8 @@
 A 5-second throughput run moved by ±15% between runs of the same code on this machine (docs/benchmarks.md), more
 than most changes worth trying. Here both instances run at once on one database, each on its own conversations,
 and the 64 clients load one, then the other, slice after slice, so a change of machine speed falls on both. Each
-side is configured by its environment (`--a-env`, `--b-env`, e.g. `DB_POOL_SIZE=8`) and may run another checkout
+side is configured by its environment (`--a-env`, `--b-env`, e.g. `DB_POOL_SIZE=8`), B may have a database of its
+own (`--b-database-url`, e.g. one without an index), and either side may run another checkout
 of the code (`--b-root`, e.g. a `git worktree` of a variant; with one worker only: uvicorn's spawned workers were
 seen importing this checkout). The PostgreSQL CPU of a slice is the loaded side's.
 A profiling aid, not part of `make bench`; the database is migrated and seeded, not wiped. The conversations are
@@ -89,15 +90,25 @@ async def _slice(
     )
 
 
-async def run(args: argparse.Namespace) -> None:
-    url = normalize_database_url(args.database_url)
+async def _prepared(database_url: str, conversations: ConversationSet) -> tuple[str, str]:
+    """Migrate and seed one side's database; returns its URL (normalized) and a bench key's secret."""
+    url = normalize_database_url(database_url)
     await asyncio.to_thread(upgrade, url)
     engine = seed.engine_for(url)
-    tenant_id, secret = await seed.bench_key(engine)
+    try:
+        tenant_id, secret = await seed.bench_key(engine)
+        await seed.seed(engine, tenant_id, conversations)  # nothing to do when an earlier run seeded it
+    finally:
+        await engine.dispose()
+    return url, secret
+
+
+async def run(args: argparse.Namespace) -> None:
     sets = {side: ConversationSet(f"ab{side}{args.tag}", 100, 64 * args.per_client) for side in "ab"}
-    for conversation_set in sets.values():
-        await seed.seed(engine, tenant_id, conversation_set)  # nothing to do when an earlier run seeded it
-    await engine.dispose()
+    urls: dict[str, str] = {}
+    secrets: dict[str, str] = {}
+    for side, database_url in (("a", args.database_url), ("b", args.b_database_url or args.database_url)):
+        urls[side], secrets[side] = await _prepared(database_url, sets[side])
     logs = Path("bench/results/logs")
     logs.mkdir(parents=True, exist_ok=True)
     upstream = await asyncio.to_thread(start_fake_upstream, logs)
@@ -110,13 +121,13 @@ async def run(args: argparse.Namespace) -> None:
             services[side] = await asyncio.to_thread(
                 start_service,
                 logs,
-                database_url=url,
+                database_url=urls[side],
                 upstream_port=upstream.port,
                 workers=args.workers,
                 extra_env={**_env(env), **command_env},
                 command=command,
             )
-        targets = {side: scenarios.Target(service, upstream.port, secret) for side, service in services.items()}
+        targets = {side: scenarios.Target(service, upstream.port, secrets[side]) for side, service in services.items()}
         ids = {side: conversation_set.ids() for side, conversation_set in sets.items()}
         figures: dict[str, list[tuple[float, float, float]]] = {"a": [], "b": []}
         for side in "ab":  # warm-up: plans, pools, caches
@@ -148,6 +159,7 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", required=True)
+    parser.add_argument("--b-database-url", help="B's database, e.g. a copy with a schema change (default: A's)")
     parser.add_argument("--a-env", nargs="*", default=[], metavar="NAME=VALUE")
     parser.add_argument("--b-env", nargs="*", default=[], metavar="NAME=VALUE")
     parser.add_argument("--a-root", help="run A from this checkout")
