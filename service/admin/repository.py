@@ -110,11 +110,7 @@ def _running_turn_status() -> Any:
     """The status of the response holding the conversation's claim. The claim itself does not touch
     `last_status`: left alone, the claim's UPDATE changes no indexed column and PostgreSQL can make it a HOT
     update, without new entries in the conversation's eight indexes (docs/benchmarks.md)."""
-    return (
-        select(response_t.c.status)
-        .where(response_t.c.id == conversation_t.c.turn_response_id)
-        .scalar_subquery()
-    )
+    return select(response_t.c.status).where(response_t.c.id == conversation_t.c.turn_response_id).scalar_subquery()
 
 
 # A thread with a turn in flight shows that turn's status (queued or in_progress); otherwise its last finished
