@@ -36,25 +36,15 @@ from service.migrate import upgrade
 _MODEL = "bench/latency-10"
 
 
-# Imported at startup by every process of a side run from another checkout, spawned workers included (they
-# inherit PYTHONPATH): the project is installed in editable mode, and its import hook, which sits before sys.path,
-# would load this checkout's `service` instead.
-_FROM_CHECKOUT = """
-import sys
-sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
-"""
-
-
-def _command(root: str | None, scratch: Path) -> tuple[list[str] | None, dict[str, str]]:
-    """`python -m service serve` from another checkout: the command and the environment it needs."""
+def _command(root: str | None) -> list[str] | None:
+    """`python -m service serve` from another checkout: its directory replaces the current one on sys.path."""
     if root is None:
-        return None, {}
-    (scratch / "sitecustomize.py").write_text(_FROM_CHECKOUT)
+        return None
     start = (
         f"import runpy, sys; sys.path[0] = {root!r}; sys.argv[1:] = ['serve']; "
         "runpy.run_module('service', run_name='__main__')"
     )
-    return [sys.executable, "-c", start, "serve"], {"PYTHONPATH": str(scratch)}
+    return [sys.executable, "-c", start, "serve"]
 
 
 def _env(pairs: list[str]) -> dict[str, str]:
@@ -115,17 +105,14 @@ async def run(args: argparse.Namespace) -> None:
     services: dict[str, Service] = {}
     try:
         for side, env, root in (("a", args.a_env, args.a_root), ("b", args.b_env, args.b_root)):
-            scratch = logs / f"ab_{side}"
-            scratch.mkdir(exist_ok=True)
-            command, command_env = _command(root, scratch)
             services[side] = await asyncio.to_thread(
                 start_service,
                 logs,
                 database_url=urls[side],
                 upstream_port=upstream.port,
                 workers=args.workers,
-                extra_env={**_env(env), **command_env},
-                command=command,
+                extra_env=_env(env),
+                command=_command(root),
             )
         targets = {side: scenarios.Target(service, upstream.port, secrets[side]) for side, service in services.items()}
         ids = {side: conversation_set.ids() for side, conversation_set in sets.items()}
