@@ -50,7 +50,7 @@ async def statements_turn(conn: Any, tenant_id: str, conversation_id: str) -> tu
     t0 = time.perf_counter()
     await turn_store.claim_and_begin(conn, response, request.input_items, ttl_seconds=600, known=None)
     t1 = time.perf_counter()
-    await turn_store.finish_in_conversation(conn, outcome, appended, outputs)
+    await turn_store.finish_in_conversation(conn, outcome, appended, outputs, inputs=request.input_items)
     t2 = time.perf_counter()
     return (t1 - t0) * 1000, (t2 - t1) * 1000
 

@@ -40,6 +40,9 @@ async def test_background_returns_at_once_and_polling_sees_it_complete(
     assert body["background"] is True and body["output"] == []
     [row] = await rows(db, "SELECT status, background FROM response WHERE id = :r", r=body["id"])
     assert row == {"status": "in_progress", "background": True}
+    # The client holds the id of a running response: its input items are stored with it, by the begin.
+    inputs = (await alice.http.get(f"/v1/responses/{body['id']}/input_items")).json()["data"]
+    assert [item["content"] for item in inputs] == [[{"type": "input_text", "text": "hi"}]]
 
     final = await wait_until_ended(alice.http, body["id"])
     assert final["status"] == "completed"
@@ -47,6 +50,8 @@ async def test_background_returns_at_once_and_polling_sees_it_complete(
     assert fake_upstream.requests[0].body["stream"] is True
     state = await conversation_state(db, conv)
     assert len(state["items"]) == 2 and state["turn_response_id"] is None
+    stored = await rows(db, "SELECT is_output, position FROM item WHERE response_id = :r ORDER BY pk", r=body["id"])
+    assert stored == [{"is_output": False, "position": 0}, {"is_output": True, "position": 1}]
     # Not created with stream=true: no event log kept.
     assert await rows(db, "SELECT 1 FROM response_event_log") == []
 

@@ -344,3 +344,49 @@ async def test_a_finishing_turn_gets_the_next_free_connection_before_a_waiting_b
 
 async def _received(fake_upstream: FakeOpenRouter, count: int) -> bool:
     return len(fake_upstream.requests) >= count
+
+
+async def test_a_turn_that_outlived_its_claim_is_stored_failed_with_its_items_outside_the_conversation(
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """Its answer comes back after another turn took the conversation over: appending it would interleave, so it
+    is stored failed, and its input and output items with it, in no conversation."""
+    carol = await make_tenant("carol", live=start_server(turn_lock_ttl=1.0))
+    conversation = await new_conversation(carol)
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Too late.", msg_id="msg_late"), delay=2.5))
+    slow = asyncio.create_task(timed_turn(carol.http, conversation, "slow question"))
+
+    async def claim_expired() -> bool:
+        expired = "SELECT turn_expires_at IS NULL OR turn_expires_at < now() FROM conversation WHERE id = :c"
+        return bool(fake_upstream.requests) and bool(await scalar(db, expired, c=conversation))
+
+    await eventually(claim_expired, timeout=5)
+    fake_upstream.reply_json(text_response("On time.", msg_id="msg_on_time"))
+    taken_over, _ = await timed_turn(carol.http, conversation, "next question")
+    assert taken_over.status_code == 200, taken_over.text
+    late, _ = await slow
+
+    assert late.status_code == 200, late.text
+    assert late.json()["status"] == "failed"
+    assert "outlived its conversation claim" in late.json()["error"]["message"]
+    [stored] = await rows(db, "SELECT status, error FROM response WHERE id = :r", r=late.json()["id"])
+    assert stored["status"] == "failed" and stored["error"] == late.json()["error"]
+    items = await rows(
+        db,
+        "SELECT id, is_output, ordinal, conversation_id, position FROM item WHERE response_id = :r ORDER BY pk",
+        r=late.json()["id"],
+    )
+    assert [(i["is_output"], i["ordinal"], i["conversation_id"], i["position"]) for i in items] == [
+        (False, 0, None, None),
+        (True, 0, None, None),
+    ]
+    assert items[1]["id"] == "msg_late"
+    inputs = (await carol.http.get(f"/v1/responses/{late.json()['id']}/input_items")).json()["data"]
+    assert [item["content"][0]["text"] for item in inputs] == ["slow question"]
+    completed = await assert_whole_turns(db, conversation)
+    assert [r["id"] for r in completed] == [taken_over.json()["id"]]
+    listed = (await carol.http.get(f"/v1/conversations/{conversation}/items", params={"order": "asc"})).json()
+    assert [item["content"][0]["text"] for item in listed["data"]] == ["next question", "On time."]

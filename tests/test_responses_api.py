@@ -381,24 +381,37 @@ async def test_client_assistant_messages_get_the_id_and_status_openrouter_requir
     assert fake_upstream.inputs[1][:4] == sent
 
 
-async def test_a_running_turn_is_visible_but_not_yet_in_its_conversation(
+async def test_a_running_turn_is_stored_in_progress_and_its_items_only_when_it_finishes(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
+    """A turn that is neither streamed nor background gives its id to nobody before it ends: its input items are
+    written once, by the finish, at their place in the conversation (not stored by the begin and moved)."""
     conv = await new_conversation(alice.http, items=[{"role": "user", "content": "seed"}])
     fake_upstream.enqueue(Reply(kind="json", body=text_response("late", msg_id="msg_late"), delay=1.0))
-    running = asyncio.create_task(turn(alice.http, "Q", conversation=conv))
+    running = asyncio.create_task(turn(alice.http, [user("Q"), user("R")], conversation=conv))
     while not fake_upstream.requests:
         await asyncio.sleep(0.02)
     (row,) = await rows(db, "SELECT id FROM response")
     during = (await alice.http.get(f"/v1/responses/{row['id']}")).json()
     assert during["status"] == "in_progress"
     assert during["output"] == [] and during["completed_at"] is None and during["usage"] is None
-    inputs = (await alice.http.get(f"/v1/responses/{row['id']}/input_items")).json()["data"]
-    assert without_ids(inputs) == [user("Q")]
+    assert await rows(db, "SELECT id FROM item WHERE response_id = :r", r=row["id"]) == []
+    assert (await alice.http.get(f"/v1/responses/{row['id']}/input_items")).json()["data"] == []
     listed = (await alice.http.get(f"/v1/conversations/{conv}/items")).json()["data"]
     assert [item["content"][0]["text"] for item in listed] == ["seed"]
+    assert without_ids(fake_upstream.requests[0].body["input"][1:]) == [user("Q"), user("R")]
 
     finished = await running
     assert finished["id"] == row["id"] and finished["status"] == "completed"
+    inputs = (await alice.http.get(f"/v1/responses/{row['id']}/input_items", params={"order": "asc"})).json()
+    assert without_ids(inputs["data"]) == [user("Q"), user("R")]
     listed = (await alice.http.get(f"/v1/conversations/{conv}/items", params={"order": "asc"})).json()["data"]
-    assert without_ids(listed[1:]) == without_ids([user("Q"), assistant("late", "msg_late")])
+    assert without_ids(listed[1:]) == without_ids([user("Q"), user("R"), assistant("late", "msg_late")])
+    stored = await rows(
+        db, "SELECT is_output, ordinal, position FROM item WHERE response_id = :r ORDER BY pk", r=row["id"]
+    )
+    assert stored == [
+        {"is_output": False, "ordinal": 0, "position": 1},
+        {"is_output": False, "ordinal": 1, "position": 2},
+        {"is_output": True, "ordinal": 0, "position": 3},
+    ]

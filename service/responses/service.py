@@ -1,9 +1,11 @@
 """The turn loop. A turn is three steps, and no transaction or pooled connection is held across the middle one:
 
 1. begin (one short transaction): claim the conversation (one writer at a time), store the response as
-   in_progress with its input items, and read the history as stored JSON texts (one query);
+   in_progress (with its input items when the client can see the response before it finishes: streamed or
+   background), and read the history as stored JSON texts (one query);
 2. call OpenRouter with the history spliced verbatim before the new input;
-3. finish (one short transaction): store the output items, append input and output to the conversation,
+3. finish (one short transaction): store the output items (and the input items the begin did not store),
+   append input and output to the conversation,
    record status/usage, release the claim. A failed turn is stored with its error and appends nothing.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -63,6 +65,14 @@ class Turn:
         turn's terminal event, rendered before that statement (which stores it in the event log), carries the
         completion time that is stored."""
         return self.state.created_at + timedelta(seconds=time.monotonic() - self.began)
+
+    @property
+    def inputs_stored_at_finish(self) -> Sequence[NewItem] | None:
+        """The input items for the finish to store, None when the begin stored them (turn_store explains)."""
+        request = self.request
+        if turn_store.visible_before_finish(stream=request.stream, background=request.background):
+            return None
+        return request.input_items
 
     def take_upstream_body(self, *, stream: bool) -> bytes:
         """The body to send upstream. The history is needed for nothing else, and a streamed turn can run
@@ -358,7 +368,9 @@ async def _finish(
             title=conversations.title_from(turn.request.input_items) if should_append else None,
             last_model=state.upstream_model or state.model,
         )
-        if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log()):
+        if await turn_store.finish_in_conversation(
+            db, outcome(), appended, outputs, event_log(), inputs=turn.inputs_stored_at_finish
+        ):
             return
         # Our claim expired and another turn took the conversation: appending now would interleave.
         state.status = "failed"
@@ -366,7 +378,7 @@ async def _finish(
             "code": "server_error",
             "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
         }
-    await turn_store.finish(db, outcome(), outputs, event_log())
+    await turn_store.finish(db, outcome(), outputs, event_log(), inputs=turn.inputs_stored_at_finish)
 
 
 async def fail_turn(

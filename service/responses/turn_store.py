@@ -69,25 +69,28 @@ _RESPONSE_PARAMS = (
 # ORDER BY inside string_agg would sort again, on disk for long histories on PostgreSQL 15).
 _HISTORY = "SELECT string_agg(body, ',') FROM (SELECT body FROM item WHERE conversation_id = $1 ORDER BY position) h"
 
-_INSERT_INPUTS = f"""
+
+def _insert_inputs(source: str) -> str:
+    """Insert input items outside any conversation; `source` is a CTE to select from with them, or ""."""
+    return f"""
     INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
     SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, u.type, u.role, u.status, u.body, u.text_content
-    FROM {{source}} {_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    FROM {source} {_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
 """
 
-# Claim the conversation (one writer at a time), store the response as in_progress with its input items, and
-# read the history, in one statement. The claim locks the conversation row; an expired claim is taken over and
-# its holder reported. The history is read from the statement's snapshot, which a turn that finished while
-# we waited for the lock is not in: `history_is_current` compares the row the snapshot saw with the row we
-# claimed (every change to a conversation's items moves next_position or item_count), and the caller reads
-# the history again when they differ. Only the items from $history_from on are read: the caller holds the
-# ones before (service/responses/history_cache.py), 0 when it holds none. The claim writes no indexed column,
-# so PostgreSQL can make it a HOT update, with no new entries in the conversation's eight indexes: last_model
-# and last_status are the last finished turn's, written by the finish, and the admin listing shows a claimed
-# thread's status from the claiming response.
-_CLAIM_AND_BEGIN_TEMPLATE = _numbered(
-    f"""
-    WITH {{lazy_commit}}claim AS (
+
+# Claim the conversation (one writer at a time), store the response as in_progress (with its input items when
+# they are stored now, see below), and read the history, in one statement. The claim locks the conversation
+# row; an expired claim is taken over and its holder reported. The history is read from the statement's
+# snapshot, which a turn that finished while we waited for the lock is not in: `history_is_current` compares
+# the row the snapshot saw with the row we claimed (every change to a conversation's items moves next_position
+# or item_count), and the caller reads the history again when they differ. Only the items from $history_from
+# on are read: the caller holds the ones before (service/responses/history_cache.py), 0 when it holds none.
+# The claim writes no indexed column, so PostgreSQL can make it a HOT update, with no new entries in the
+# conversation's eight indexes: last_model and last_status are the last finished turn's, written by the
+# finish, and the admin listing shows a claimed thread's status from the claiming response.
+_CLAIM_AND_BEGIN_TEMPLATE = """
+    WITH {lazy_commit}claim AS (
         UPDATE conversation AS c
         SET turn_response_id = $response_id,
             turn_expires_at = now() + make_interval(secs => $ttl)
@@ -103,11 +106,10 @@ _CLAIM_AND_BEGIN_TEMPLATE = _numbered(
                $model, $instructions, $params_json, $metadata::jsonb, $background, $stream
         FROM claim
         RETURNING created_at
-    ),
-    inputs AS ({_INSERT_INPUTS.format(source="claim,")})
+    ){inputs}
     SELECT claim.next_position, claim.item_count, claim.previous_holder, stored.created_at,
            snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count
-    FROM claim, stored{{lazy_commit_join}}, LATERAL (
+    FROM claim, stored{lazy_commit_join}, LATERAL (
         SELECT (claim.next_position, claim.item_count) =
                (SELECT next_position, item_count FROM conversation WHERE id = $conversation_id) AS is_current
     ) AS snapshot, LATERAL (
@@ -117,43 +119,64 @@ _CLAIM_AND_BEGIN_TEMPLATE = _numbered(
             ORDER BY position
         ) h
     ) AS tail
-    """,
-    ("ttl", *_RESPONSE_PARAMS, *_ITEM_PARAMS, "history_from"),
-)
+"""
 
-# A turn outside a conversation: the response and its input items, in one statement.
-_BEGIN_TEMPLATE = _numbered(
-    f"""
-    WITH {{lazy_commit}}stored AS (
+# A turn outside a conversation: the response (and its input items when they are stored now), in one statement.
+_BEGIN_TEMPLATE = """
+    WITH {lazy_commit}stored AS (
         INSERT INTO response (id, tenant_id, conversation_id, previous_response_id, status, model, instructions,
                               params_json, metadata, background, stream)
         VALUES ($response_id, $tenant_id, $conversation_id, $previous_response_id, $status, $model, $instructions,
                 $params_json, $metadata::jsonb, $background, $stream)
         RETURNING created_at
-    ),
-    inputs AS ({_INSERT_INPUTS.format(source="")})
-    SELECT created_at FROM stored{{lazy_commit_join}}
-    """,
-    (*_RESPONSE_PARAMS, *_ITEM_PARAMS),
+    ){inputs}
+    SELECT created_at FROM stored{lazy_commit_join}
+"""
+
+
+# A turn the client cannot see before its finish (not streamed, not background: the client learns the response
+# id from the finished response) is begun lighter, in two ways:
+# - Its input items are stored by the finish, at their place in the conversation, rather than stored here and
+#   moved there by the finish: each input item is written once, not twice (an UPDATE that sets its
+#   conversation and position is a second row version with an entry in each of the item table's six indexes).
+#   Nothing can read them in between: the conversation shows a turn's items only once it finished, and the
+#   response's input items need its id.
+# - Its statement does not wait for the write-ahead log to reach the disk: the finish's commit flushes the log
+#   up to itself, begin included, before the client hears of the response (set_config(..., true) lasts until
+#   the statement's transaction ends). This saves a WAL flush per turn.
+# If PostgreSQL crashes, or the process dies, between the two, the turn fails, as every turn in flight then
+# does, and nothing the client was told about is missing; the reaper fails its response, which then lists no
+# input items. A streamed or background turn shows its id at once, so its begin stores everything and waits for
+# the disk.
+def visible_before_finish(*, stream: bool, background: bool) -> bool:
+    return stream or background
+
+
+def _begin_statement(template: str, names: Sequence[str], *, visible: bool, inputs_source: str = "") -> str:
+    """A begin for a turn visible before its finish, which stores its inputs (inserted from `inputs_source`,
+    a CTE of the statement or ""), or the lighter begin of one that is not."""
+    if visible:
+        sql = template.format(
+            lazy_commit="",
+            lazy_commit_join="",
+            inputs=f",\n    inputs AS ({_insert_inputs(inputs_source)})",
+        )
+        return _numbered(sql, (*names, *_ITEM_PARAMS))
+    sql = template.format(
+        lazy_commit="lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true)),\n    ",
+        lazy_commit_join=", lazy_commit",
+        inputs="",
+    )
+    return _numbered(sql, names)
+
+
+_CLAIM_AND_BEGIN_PARAMS = ("ttl", *_RESPONSE_PARAMS, "history_from")
+_CLAIM_AND_BEGIN = _begin_statement(
+    _CLAIM_AND_BEGIN_TEMPLATE, _CLAIM_AND_BEGIN_PARAMS, visible=True, inputs_source="claim,"
 )
-
-
-# A begin the client cannot see before the finish (not streamed, not background) need not reach the disk on
-# its own: the finish's commit flushes the write-ahead log up to itself, begin included, before the client hears
-# of the response. Asking the statement's own transaction not to wait for the flush (set_config(..., true)
-# lasts until that transaction ends) saves a WAL flush per turn. If PostgreSQL crashes between the two, the
-# begin may be lost; that turn fails, as every turn in flight during a crash does, and nothing the client was
-# told about is missing. A streamed or background turn shows its id at once, so its begin waits for the disk.
-def _with_commit_mode(sql: str) -> tuple[str, str]:
-    durable = sql.replace("{lazy_commit}", "").replace("{lazy_commit_join}", "")
-    lazy = sql.replace(
-        "{lazy_commit}", "lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true)),\n    "
-    ).replace("{lazy_commit_join}", ", lazy_commit")
-    return durable, lazy
-
-
-_CLAIM_AND_BEGIN, _CLAIM_AND_BEGIN_LAZY = _with_commit_mode(_CLAIM_AND_BEGIN_TEMPLATE)
-_BEGIN, _BEGIN_LAZY = _with_commit_mode(_BEGIN_TEMPLATE)
+_CLAIM_AND_BEGIN_LIGHT = _begin_statement(_CLAIM_AND_BEGIN_TEMPLATE, _CLAIM_AND_BEGIN_PARAMS, visible=False)
+_BEGIN = _begin_statement(_BEGIN_TEMPLATE, _RESPONSE_PARAMS, visible=True)
+_BEGIN_LIGHT = _begin_statement(_BEGIN_TEMPLATE, _RESPONSE_PARAMS, visible=False)
 
 _OUTCOME_PARAMS = (
     "response_id",
@@ -183,12 +206,18 @@ _SAVE_EVENT_LOG = """
     ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
 """
 
+# The items a finish stores, in one INSERT: the output items, after the input items when the begin did not
+# store those (the first $new_inputs of the arrays' items are inputs: 0, or $input_count). One INSERT rather than one
+# per kind opens the item table's indexes once, and stores the items in conversation order.
+_NEW_ITEM_IS_OUTPUT = "u.ordinal > $new_inputs"
+_NEW_ITEM_ORDINAL = "CASE WHEN u.ordinal > $new_inputs THEN u.ordinal - $new_inputs ELSE u.ordinal END - 1"
+_NEW_ITEMS = f"{_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)"
+
 # Finish a conversation turn while it still holds the claim: reserve positions at the end of the conversation
-# and append the inputs and outputs there (or, with $append false, only release the claim), store the output
+# and append the inputs and outputs there (or, with $append false, only release the claim), store the new
 # items, the outcome and the event log, and free the claim. No row when the claim was lost (it expired and was
-# taken over).
-_FINISH_IN_CONVERSATION = _numbered(
-    f"""
+# taken over). {attach} moves the input items the begin stored to their place.
+_FINISH_IN_CONVERSATION_TEMPLATE = f"""
     WITH advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
@@ -198,51 +227,59 @@ _FINISH_IN_CONVERSATION = _numbered(
             last_model = $last_model, last_status = $status
         WHERE id = $conversation_id AND turn_response_id = $response_id
         RETURNING next_position - $added AS start
-    ),
-    attached AS (
-        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal
-        FROM advanced
-        WHERE $append AND item.response_id = $response_id AND item.is_output = false
-    ),
-    outputs AS (
+    ),{{attach}}
+    items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, type, role,
                           status, body, text_content)
-        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1,
+        SELECT u.id, $tenant_id, $response_id, {_NEW_ITEM_IS_OUTPUT}, {_NEW_ITEM_ORDINAL},
                CASE WHEN $append THEN $conversation_id END,
-               CASE WHEN $append THEN advanced.start + $input_count + u.ordinal - 1 END,
+               CASE WHEN $append THEN advanced.start + $input_count - $new_inputs + u.ordinal - 1 END,
                u.type, u.role, u.status, u.body, u.text_content
-        FROM advanced, {_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+        FROM advanced, {_NEW_ITEMS}
     ),
     completed AS ({_COMPLETE_RESPONSE} FROM advanced WHERE response.id = $response_id RETURNING completed_at),
     logged AS ({_SAVE_EVENT_LOG})
     SELECT completed_at FROM completed
-    """,
-    (
-        *_OUTCOME_PARAMS,
-        *_EVENT_LOG_PARAMS,
-        "conversation_id",
-        "added",
-        "title",
-        "last_model",
-        "append",
-        "input_count",
-        *_ITEM_PARAMS,
-    ),
+"""
+_ATTACH_STORED_INPUTS = """
+    attached AS (
+        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal
+        FROM advanced
+        WHERE $append AND item.response_id = $response_id AND item.is_output = false
+    ),"""
+_FINISH_IN_CONVERSATION_PARAMS = (
+    *_OUTCOME_PARAMS,
+    *_EVENT_LOG_PARAMS,
+    "conversation_id",
+    "added",
+    "title",
+    "last_model",
+    "append",
+    "input_count",
+    "new_inputs",
+    *_ITEM_PARAMS,
+)
+_FINISH_IN_CONVERSATION = _numbered(
+    _FINISH_IN_CONVERSATION_TEMPLATE.replace("{attach}", _ATTACH_STORED_INPUTS), _FINISH_IN_CONVERSATION_PARAMS
+)
+_FINISH_IN_CONVERSATION_WITH_INPUTS = _numbered(
+    _FINISH_IN_CONVERSATION_TEMPLATE.replace("{attach}", ""), _FINISH_IN_CONVERSATION_PARAMS
 )
 
-# Finish a turn outside a conversation (or one whose claim was lost): its output items and outcome.
+# Finish a turn outside a conversation (or one whose claim was lost): its new items and outcome.
 _FINISH = _numbered(
     f"""
-    WITH outputs AS (
+    WITH items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
-        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, u.type, u.role, u.status, u.body, u.text_content
-        FROM {_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+        SELECT u.id, $tenant_id, $response_id, {_NEW_ITEM_IS_OUTPUT}, {_NEW_ITEM_ORDINAL},
+               u.type, u.role, u.status, u.body, u.text_content
+        FROM {_NEW_ITEMS}
     ),
     completed AS ({_COMPLETE_RESPONSE} WHERE id = $response_id RETURNING completed_at),
     logged AS ({_SAVE_EVENT_LOG})
     SELECT completed_at FROM completed
     """,
-    (*_OUTCOME_PARAMS, *_EVENT_LOG_PARAMS, *_ITEM_PARAMS),
+    (*_OUTCOME_PARAMS, *_EVENT_LOG_PARAMS, "new_inputs", *_ITEM_PARAMS),
 )
 
 _FINISHED_AT = "SELECT completed_at = $2 FROM response WHERE id = $1"
@@ -275,8 +312,7 @@ class NewResponse:
 
     @property
     def visible_before_finish(self) -> bool:
-        """Streamed and background turns give the client the response id before they finish."""
-        return self.stream or self.background
+        return visible_before_finish(stream=self.stream, background=self.background)
 
     def values(self) -> list[Any]:
         return [
@@ -309,10 +345,14 @@ async def claim_and_begin(
     db: Any, response: NewResponse, inputs: Sequence[NewItem], *, ttl_seconds: float, known: CachedHistory | None
 ) -> Claimed | None:
     """None when the conversation is missing, not the tenant's, or claimed by a live turn (nothing written).
-    `known` is an earlier state of the conversation's history: only the items after it are read."""
-    sql = _CLAIM_AND_BEGIN if response.visible_before_finish else _CLAIM_AND_BEGIN_LAZY
+    `known` is an earlier state of the conversation's history: only the items after it are read. `inputs` are
+    stored only when the response is visible before its finish; otherwise the finish stores them."""
     history_from = 0 if known is None else known.next_position
-    row = await db.fetchrow(sql, ttl_seconds, *response.values(), *_item_arrays(inputs), history_from)
+    values = [ttl_seconds, *response.values(), history_from]
+    if response.visible_before_finish:
+        row = await db.fetchrow(_CLAIM_AND_BEGIN, *values, *_item_arrays(inputs))
+    else:
+        row = await db.fetchrow(_CLAIM_AND_BEGIN_LIGHT, *values)
     if row is None:
         return None
     tail = row["history"] or ""
@@ -327,8 +367,12 @@ async def claim_and_begin(
 
 
 async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> datetime:
-    sql = _BEGIN if response.visible_before_finish else _BEGIN_LAZY
-    created_at: datetime = await db.fetchval(sql, *response.values(), *_item_arrays(inputs))
+    """`inputs` are stored only when the response is visible before its finish; otherwise the finish stores
+    them."""
+    if response.visible_before_finish:
+        created_at: datetime = await db.fetchval(_BEGIN, *response.values(), *_item_arrays(inputs))
+    else:
+        created_at = await db.fetchval(_BEGIN_LIGHT, *response.values())
     return created_at
 
 
@@ -394,12 +438,20 @@ class Appended:
 
 
 async def finish_in_conversation(
-    db: Any, outcome: Outcome, appended: Appended, outputs: Sequence[NewItem], log: EventLog | None = None
+    db: Any,
+    outcome: Outcome,
+    appended: Appended,
+    outputs: Sequence[NewItem],
+    log: EventLog | None = None,
+    *,
+    inputs: Sequence[NewItem] | None = None,
 ) -> bool:
-    """False when the turn no longer holds its claim (nothing written)."""
+    """False when the turn no longer holds its claim (nothing written). `inputs`: the input items to store,
+    when the begin did not store them."""
     added = appended.input_count + len(outputs) if appended.append else 0
+    sql = _FINISH_IN_CONVERSATION if inputs is None else _FINISH_IN_CONVERSATION_WITH_INPUTS
     completed_at: datetime | None = await db.fetchval(
-        _FINISH_IN_CONVERSATION,
+        sql,
         *outcome.values(),
         *_event_log_values(log),
         appended.conversation_id,
@@ -408,13 +460,28 @@ async def finish_in_conversation(
         appended.last_model,
         appended.append,
         appended.input_count,
-        *_item_arrays(outputs),
+        *_new_items(inputs, outputs),
     )
     return completed_at is not None
 
 
-async def finish(db: Any, outcome: Outcome, outputs: Sequence[NewItem], log: EventLog | None = None) -> None:
-    await db.execute(_FINISH, *outcome.values(), *_event_log_values(log), *_item_arrays(outputs))
+async def finish(
+    db: Any,
+    outcome: Outcome,
+    outputs: Sequence[NewItem],
+    log: EventLog | None = None,
+    *,
+    inputs: Sequence[NewItem] | None = None,
+) -> None:
+    """`inputs`: the input items to store (outside any conversation), when the begin did not store them."""
+    await db.execute(_FINISH, *outcome.values(), *_event_log_values(log), *_new_items(inputs, outputs))
+
+
+def _new_items(inputs: Sequence[NewItem] | None, outputs: Sequence[NewItem]) -> list[Any]:
+    """$new_inputs and the item arrays of a finish."""
+    if inputs is None:
+        return [0, *_item_arrays(outputs)]
+    return [len(inputs), *_item_arrays([*inputs, *outputs])]
 
 
 async def finished_at(db: Any, response_id: str, completed_at: datetime) -> bool:
