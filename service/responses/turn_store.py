@@ -197,14 +197,16 @@ _COMPLETE_RESPONSE = """
         usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
         input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
 """
-# A streamed response's event log, written by the statement that stores its outcome (none when $events is
-# null): the stored response and its log never disagree, and a resume after the end always finds the log.
+# A streamed response's event log, written by the statement that stores its outcome: the stored response and
+# its log never disagree, and a resume after the end always finds the log. A finish without a log has no such
+# part ({log}): it would open the log table and its index for nothing, every turn.
 _EVENT_LOG_PARAMS = ("events", "event_count")
-_SAVE_EVENT_LOG = """
-    INSERT INTO response_event_log (response_id, events, event_count)
-    SELECT $response_id, $events::text, $event_count::int FROM completed WHERE $events::text IS NOT NULL
-    ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
-"""
+_SAVE_EVENT_LOG = """,
+    logged AS (
+        INSERT INTO response_event_log (response_id, events, event_count)
+        SELECT $response_id, $events::text, $event_count::int FROM completed
+        ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
+    )"""
 
 # The items a finish stores, in one INSERT: the output items, after the input items when the begin did not
 # store those (the first $new_inputs of the arrays' items are inputs: 0, or $input_count). One INSERT rather than one
@@ -237,8 +239,7 @@ _FINISH_IN_CONVERSATION_TEMPLATE = f"""
                u.type, u.role, u.status, u.body, u.text_content
         FROM advanced, {_NEW_ITEMS}
     ),
-    completed AS ({_COMPLETE_RESPONSE} FROM advanced WHERE response.id = $response_id RETURNING completed_at),
-    logged AS ({_SAVE_EVENT_LOG})
+    completed AS ({_COMPLETE_RESPONSE} FROM advanced WHERE response.id = $response_id RETURNING completed_at){{log}}
     SELECT completed_at FROM completed
 """
 _ATTACH_STORED_INPUTS = """
@@ -249,7 +250,6 @@ _ATTACH_STORED_INPUTS = """
     ),"""
 _FINISH_IN_CONVERSATION_PARAMS = (
     *_OUTCOME_PARAMS,
-    *_EVENT_LOG_PARAMS,
     "conversation_id",
     "added",
     "title",
@@ -259,28 +259,41 @@ _FINISH_IN_CONVERSATION_PARAMS = (
     "new_inputs",
     *_ITEM_PARAMS,
 )
-_FINISH_IN_CONVERSATION = _numbered(
-    _FINISH_IN_CONVERSATION_TEMPLATE.replace("{attach}", _ATTACH_STORED_INPUTS), _FINISH_IN_CONVERSATION_PARAMS
-)
-_FINISH_IN_CONVERSATION_WITH_INPUTS = _numbered(
-    _FINISH_IN_CONVERSATION_TEMPLATE.replace("{attach}", ""), _FINISH_IN_CONVERSATION_PARAMS
-)
+
+
+def _finish_statement(template: str, names: Sequence[str], *, attach: bool, log: bool) -> str:
+    """A finish statement: moving the input items the begin stored (`attach`) or not, storing an event log
+    (`log`, its parameters last) or not."""
+    sql = template.replace("{attach}", _ATTACH_STORED_INPUTS if attach else "")
+    sql = sql.replace("{log}", _SAVE_EVENT_LOG if log else "")
+    return _numbered(sql, (*names, *_EVENT_LOG_PARAMS) if log else names)
+
+
+# By (inputs stored by the begin, event log).
+_FINISH_IN_CONVERSATION = {
+    (attach, log): _finish_statement(
+        _FINISH_IN_CONVERSATION_TEMPLATE, _FINISH_IN_CONVERSATION_PARAMS, attach=attach, log=log
+    )
+    for attach in (True, False)
+    for log in (True, False)
+}
 
 # Finish a turn outside a conversation (or one whose claim was lost): its new items and outcome.
-_FINISH = _numbered(
-    f"""
+_FINISH_TEMPLATE = f"""
     WITH items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
         SELECT u.id, $tenant_id, $response_id, {_NEW_ITEM_IS_OUTPUT}, {_NEW_ITEM_ORDINAL},
                u.type, u.role, u.status, u.body, u.text_content
         FROM {_NEW_ITEMS}
     ),
-    completed AS ({_COMPLETE_RESPONSE} WHERE id = $response_id RETURNING completed_at),
-    logged AS ({_SAVE_EVENT_LOG})
+    completed AS ({_COMPLETE_RESPONSE} WHERE id = $response_id RETURNING completed_at){{log}}
     SELECT completed_at FROM completed
-    """,
-    (*_OUTCOME_PARAMS, *_EVENT_LOG_PARAMS, "new_inputs", *_ITEM_PARAMS),
-)
+"""
+# By event log.
+_FINISH = {
+    log: _finish_statement(_FINISH_TEMPLATE, (*_OUTCOME_PARAMS, "new_inputs", *_ITEM_PARAMS), attach=False, log=log)
+    for log in (True, False)
+}
 
 _FINISHED_AT = "SELECT completed_at = $2 FROM response WHERE id = $1"
 
@@ -422,10 +435,6 @@ class EventLog:
     event_count: int
 
 
-def _event_log_values(log: EventLog | None) -> list[Any]:
-    return [None, None] if log is None else [log.events, log.event_count]
-
-
 @dataclass(frozen=True)
 class Appended:
     """How a conversation turn ends in its conversation."""
@@ -449,11 +458,9 @@ async def finish_in_conversation(
     """False when the turn no longer holds its claim (nothing written). `inputs`: the input items to store,
     when the begin did not store them."""
     added = appended.input_count + len(outputs) if appended.append else 0
-    sql = _FINISH_IN_CONVERSATION if inputs is None else _FINISH_IN_CONVERSATION_WITH_INPUTS
     completed_at: datetime | None = await db.fetchval(
-        sql,
+        _FINISH_IN_CONVERSATION[inputs is None, log is not None],
         *outcome.values(),
-        *_event_log_values(log),
         appended.conversation_id,
         added,
         appended.title,
@@ -461,6 +468,7 @@ async def finish_in_conversation(
         appended.append,
         appended.input_count,
         *_new_items(inputs, outputs),
+        *_event_log_values(log),
     )
     return completed_at is not None
 
@@ -474,7 +482,7 @@ async def finish(
     inputs: Sequence[NewItem] | None = None,
 ) -> None:
     """`inputs`: the input items to store (outside any conversation), when the begin did not store them."""
-    await db.execute(_FINISH, *outcome.values(), *_event_log_values(log), *_new_items(inputs, outputs))
+    await db.execute(_FINISH[log is not None], *outcome.values(), *_new_items(inputs, outputs), *_event_log_values(log))
 
 
 def _new_items(inputs: Sequence[NewItem] | None, outputs: Sequence[NewItem]) -> list[Any]:
@@ -482,6 +490,10 @@ def _new_items(inputs: Sequence[NewItem] | None, outputs: Sequence[NewItem]) -> 
     if inputs is None:
         return [0, *_item_arrays(outputs)]
     return [len(inputs), *_item_arrays([*inputs, *outputs])]
+
+
+def _event_log_values(log: EventLog | None) -> list[Any]:
+    return [] if log is None else [log.events, log.event_count]
 
 
 async def finished_at(db: Any, response_id: str, completed_at: datetime) -> bool:
