@@ -247,3 +247,8 @@ async def test_unauthenticated_requests_are_refused(anonymous: Any, alice: Tenan
     wrong = await anonymous.post("/v1/conversations", json={}, headers={"Authorization": "Bearer sk-wrong"})
     assert wrong.status_code == 401
     assert "sk-wrong" not in wrong.text
+    # The key is checked before the body is read: a caller without one learns nothing about its body.
+    unreadable = await anonymous.post(
+        "/v1/responses", content=b'{"model": ', headers={"Content-Type": "application/json"}
+    )
+    assert unreadable.status_code == 401 and unreadable.json()["error"]["type"] == "authentication_error"

@@ -21,7 +21,7 @@ def _query(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
 
 class AdminController(Controller):
     path = "/admin"
-    guards = [require_admin_key]  # noqa: RUF012
+    before_request = staticmethod(require_admin_key)
     tags = ["admin"]  # noqa: RUF012
 
     @get("/conversations", operation_id="adminListConversations")
@@ -63,7 +63,7 @@ class AdminController(Controller):
 
 class AdminKeyController(Controller):
     path = "/admin/api-keys"
-    guards = [require_admin_key]  # noqa: RUF012
+    before_request = staticmethod(require_admin_key)
     tags = ["admin"]  # noqa: RUF012
 
     @post("/", operation_id="adminCreateApiKey", status_code=200)

@@ -14,7 +14,7 @@ from service.pagination import parse_page
 
 class ConversationController(Controller):
     path = "/v1/conversations"
-    guards = [require_tenant_key]  # noqa: RUF012
+    before_request = staticmethod(require_tenant_key)
     tags = ["conversations"]  # noqa: RUF012
 
     @post("/", operation_id="createConversation", status_code=200)

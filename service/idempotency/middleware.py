@@ -13,7 +13,7 @@ Which answers are kept: every success, and every error given after the request s
 twice (a turn claimed and sent upstream: see service.idempotency.progress). An error given before any effect
 (validation, 404, 409 conversation_locked, 503 database unavailable) is not kept, like Stripe: the key is
 released and a retry with it runs afresh. A request without a valid tenant key is passed through untouched so
-the route's guard answers 401/403 as usual. Keys are kept IDEMPOTENCY_KEY_TTL seconds (24 h), then purged.
+the route's authentication answers 401/403 as usual. Keys are kept IDEMPOTENCY_KEY_TTL seconds (24 h), then purged.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _validated_key(raw: str) -> str:
 
 
 async def _tenant_id(runtime: Runtime, scope: Scope) -> str | None:
-    """The caller's tenant, resolved the way the route guard does; None lets the guard refuse the request."""
+    """The caller's tenant, resolved the way the route's authentication does; None lets it refuse the request."""
     scheme, _, secret = (_header(scope, b"authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         return None

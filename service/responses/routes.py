@@ -59,7 +59,7 @@ def _sequence_number(value: str | None) -> int:
 
 class ResponseController(Controller):
     path = "/v1/responses"
-    guards = [require_tenant_key]  # noqa: RUF012
+    before_request = staticmethod(require_tenant_key)
     tags = ["responses"]  # noqa: RUF012
 
     @post("/", operation_id="createResponse", status_code=200)
