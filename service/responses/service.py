@@ -5,8 +5,8 @@
    background), and read the history as stored JSON texts (one query);
 2. call OpenRouter with the history spliced verbatim before the new input;
 3. finish (one short transaction): store the output items (and the input items the begin did not store),
-   append input and output to the conversation,
-   record status/usage, release the claim. A failed turn is stored with its error and appends nothing.
+   append input and output to the conversation, record status/usage, release the claim. A failed turn is stored
+   with its error and appends nothing.
 """
 
 from __future__ import annotations
