@@ -48,9 +48,11 @@ async def statements_turn(conn: Any, tenant_id: str, conversation_id: str) -> tu
     appended = turn_store.Appended(conversation_id, True, 1, None, "m")
     outputs = normalize_output([_OUTPUT], response_status="completed")
     t0 = time.perf_counter()
-    await turn_store.claim_and_begin(conn, response, request.input_items, ttl_seconds=600, known=None)
+    claimed = await turn_store.claim_and_begin(conn, response, request.input_items, ttl_seconds=600, known=None)
     t1 = time.perf_counter()
-    await turn_store.finish_in_conversation(conn, outcome, appended, outputs, inputs=request.input_items)
+    assert claimed is not None
+    unseen = turn_store.Unseen(response, claimed.created_at, claimed.position, request.input_items)
+    await turn_store.finish_in_conversation(conn, outcome, appended, outputs, unseen=unseen)
     t2 = time.perf_counter()
     return (t1 - t0) * 1000, (t2 - t1) * 1000
 

@@ -18,7 +18,7 @@ from service.admin import repository
 from service.admin.cursor import Keyset
 from service.admin.params import ConversationFilters
 from tests.conftest import TABLES, LiveServer, Tenant
-from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
 
 MODEL = "openai/gpt-4o"
 
@@ -392,13 +392,36 @@ async def test_thread_with_a_turn_in_flight_lists_as_in_progress_and_is_not_dele
     [listed] = (await admin.get("/admin/conversations")).json()["data"]
     assert listed["last_status"] == "in_progress"
     assert (await admin.get(f"/admin/conversations/{conversation_id}")).json()["last_status"] == "in_progress"
-    stuck = await admin.get("/admin/responses", params={"status": "in_progress"})
-    assert [r["conversation_id"] for r in stuck.json()["data"]] == [conversation_id]
+    # A turn no client sees before its end (neither streamed nor background) stores its response when it
+    # finishes: the responses list shows it then. A background turn's is listed while it runs.
+    assert (await admin.get("/admin/responses", params={"status": "in_progress"})).json()["data"] == []
     refused = await admin.delete(f"/admin/conversations/{conversation_id}")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "conversation_locked"
-    assert (await running).is_success
+    finished = await running
+    assert finished.is_success
     assert await listed_ids(admin, status="in_progress") == set()
     assert await listed_ids(admin, status="completed") == {conversation_id}
+    done = (await admin.get("/admin/responses", params={"status": "completed"})).json()["data"]
+    assert finished.json()["id"] in [r["id"] for r in done]
+
+    # delay: between stream events (40 of them)
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Background answer.", chunks=40), delay=0.04))
+    accepted = await turn(alice, conversation_id, "in the background", background=True)
+    assert accepted.status_code == 200, accepted.text
+    for _ in range(100):
+        if await listed_ids(admin, status="in_progress") == {conversation_id}:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the thread never listed as in_progress during its background turn")
+    stuck = (await admin.get("/admin/responses", params={"status": "in_progress"})).json()["data"]
+    assert [(r["id"], r["conversation_id"]) for r in stuck] == [(accepted.json()["id"], conversation_id)]
+    for _ in range(200):
+        if await listed_ids(admin, status="completed") == {conversation_id}:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the background turn never finished")
     assert (await admin.delete(f"/admin/conversations/{conversation_id}")).status_code == 200
 
 

@@ -26,6 +26,8 @@ from tests.reliability_support import (
 )
 from tests.turn_support import assistant, user
 
+RUNNING = ("queued", "in_progress")
+
 
 async def new_conversation(tenant: Tenant) -> str:
     answer = await tenant.http.post("/v1/conversations", json={})
@@ -151,33 +153,44 @@ async def test_one_writer_across_instances_and_processes_on_one_database(
 
 
 async def _turn_orphaned_by_a_killed_process(
-    alice: Tenant, fake_upstream: FakeOpenRouter, doomed: ServiceProcess
+    alice: Tenant, fake_upstream: FakeOpenRouter, doomed: ServiceProcess, *, background: bool
 ) -> str:
-    """A conversation whose turn was in flight (upstream stalled) in a process killed with SIGKILL."""
+    """A conversation whose turn was in flight (upstream stalled) in a process killed with SIGKILL. A
+    background turn's response is stored (in progress) when it is answered; a plain turn's, by its finish."""
     conversation = await new_conversation(alice)
     fake_upstream.enqueue(Reply(kind="stall", delay=30))
+    body = {"model": MODEL, "input": "never answered", "conversation": conversation, "background": background}
     async with client_for(doomed.url, alice.key) as client:
-        in_flight = asyncio.create_task(timed_turn(client, conversation, "never answered"))
+        in_flight = asyncio.create_task(client.post("/v1/responses", json=body))
+        if background:
+            accepted = await in_flight
+            assert accepted.status_code == 200 and accepted.json()["status"] in RUNNING, accepted.text
 
         async def upstream_called() -> bool:
             return len(fake_upstream.requests) == 1
 
         await eventually(upstream_called)
         doomed.kill()
-        with pytest.raises(httpx.HTTPError):
-            await in_flight
+        if not background:
+            with pytest.raises(httpx.HTTPError):
+                await in_flight
     return conversation
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["plain", "background"])
 async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
     alice: Tenant,
     fake_upstream: FakeOpenRouter,
     db: AsyncEngine,
     service_processes: Callable[..., ServiceProcess],
+    background: bool,
 ) -> None:
-    conversation = await _turn_orphaned_by_a_killed_process(alice, fake_upstream, service_processes(TURN_LOCK_TTL="3"))
-    [orphan] = await rows(db, "SELECT id, status FROM response")
-    assert orphan["status"] == "in_progress"
+    doomed = service_processes(TURN_LOCK_TTL="3")
+    conversation = await _turn_orphaned_by_a_killed_process(alice, fake_upstream, doomed, background=background)
+    orphans = await rows(db, "SELECT id, status FROM response")
+    assert [o["status"] in RUNNING for o in orphans] == ([True] if background else [])
+    (holder,) = await rows(db, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
+    assert holder["turn_response_id"] is not None
 
     blocked, _ = await timed_turn(alice.http, conversation, "too early")
     assert blocked.status_code == 409
@@ -189,13 +202,19 @@ async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
     fake_upstream.reply_json(text_response("Back in business."))
     after, _ = await timed_turn(alice.http, conversation, "after expiry")
     assert after.status_code == 200, after.text
-    [old] = await rows(db, "SELECT status, error FROM response WHERE id = :r", r=orphan["id"])
-    assert old["status"] == "failed"
-    assert old["error"]["code"] == "server_error"
+    others = await rows(db, "SELECT id, status, error FROM response WHERE id <> :r", r=after.json()["id"])
+    if background:
+        # The takeover fails the orphan's stored response.
+        assert [(o["id"], o["status"], o["error"]["code"]) for o in others] == [
+            (holder["turn_response_id"], "failed", "server_error")
+        ]
+    else:
+        assert others == []
     completed = await assert_whole_turns(db, conversation)
     assert [r["id"] for r in completed] == [after.json()["id"]]
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["plain", "background"])
 async def test_process_killed_mid_turn_reaper_fails_the_response_and_frees_the_claim(
     alice: Tenant,
     fake_upstream: FakeOpenRouter,
@@ -203,14 +222,20 @@ async def test_process_killed_mid_turn_reaper_fails_the_response_and_frees_the_c
     start_server: Callable[..., LiveServer],
     make_tenant: Callable[..., Awaitable[Tenant]],
     service_processes: Callable[..., ServiceProcess],
+    background: bool,
 ) -> None:
-    conversation = await _turn_orphaned_by_a_killed_process(alice, fake_upstream, service_processes(TURN_LOCK_TTL="2"))
+    doomed = service_processes(TURN_LOCK_TTL="2")
+    conversation = await _turn_orphaned_by_a_killed_process(alice, fake_upstream, doomed, background=background)
     start_server(turn_lock_ttl=2.0)  # its reaper runs every second
 
     async def reaped() -> bool:
-        state = await rows(db, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
-        status = await scalar(db, "SELECT status FROM response")
-        return state[0]["turn_response_id"] is None and status == "failed"
+        (state,) = await rows(
+            db, "SELECT turn_response_id, last_status FROM conversation WHERE id = :c", c=conversation
+        )
+        statuses = [r["status"] for r in await rows(db, "SELECT status FROM response")]
+        return state == {"turn_response_id": None, "last_status": "failed"} and statuses == (
+            ["failed"] if background else []
+        )
 
     await eventually(reaped, timeout=8)
     assert await scalar(db, "SELECT count(*) FROM item WHERE conversation_id = :c", c=conversation) == 0
@@ -390,3 +415,38 @@ async def test_a_turn_that_outlived_its_claim_is_stored_failed_with_its_items_ou
     assert [r["id"] for r in completed] == [taken_over.json()["id"]]
     listed = (await carol.http.get(f"/v1/conversations/{conversation}/items", params={"order": "asc"})).json()
     assert [item["content"][0]["text"] for item in listed["data"]] == ["next question", "On time."]
+
+
+async def test_a_turn_whose_conversation_was_deleted_after_its_claim_expired_is_stored_in_none(
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """A turn no client sees before its end is stored by its finish. Once its claim expired, its conversation
+    may be deleted; the late answer is then stored failed, in no conversation, rather than lost to a foreign
+    key error."""
+    carol = await make_tenant("carol", live=start_server(turn_lock_ttl=1.0))
+    conversation = await new_conversation(carol)
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Nobody left.", msg_id="msg_gone"), delay=2.5))
+    slow = asyncio.create_task(timed_turn(carol.http, conversation, "slow question"))
+
+    async def claim_expired() -> bool:
+        expired = "SELECT turn_expires_at < now() FROM conversation WHERE id = :c"
+        return bool(fake_upstream.requests) and bool(await scalar(db, expired, c=conversation))
+
+    await eventually(claim_expired, timeout=5)
+    deleted = await carol.http.delete(f"/v1/conversations/{conversation}")
+    assert deleted.status_code == 200, deleted.text
+    late, _ = await slow
+
+    assert late.status_code == 200, late.text
+    assert late.json()["status"] == "failed"
+    assert "outlived its conversation claim" in late.json()["error"]["message"]
+    [stored] = await rows(db, "SELECT id, status, conversation_id FROM response")
+    assert stored == {"id": late.json()["id"], "status": "failed", "conversation_id": None}
+    items = await rows(db, "SELECT id, is_output, conversation_id FROM item ORDER BY pk")
+    assert [(i["is_output"], i["conversation_id"]) for i in items] == [(False, None), (True, None)]
+    assert items[1]["id"] == "msg_gone"
+    shown = await carol.http.get(f"/v1/responses/{late.json()['id']}")
+    assert shown.status_code == 200 and shown.json()["status"] == "failed"

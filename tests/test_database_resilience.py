@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -225,8 +226,9 @@ async def test_database_lost_while_storing_a_finished_turn_is_stored_once_it_is_
 
         # Nothing was half-written, and the answer kept in memory is stored once the database is back.
         engine = private_postgres.engine
-        [pending] = await rows(engine, "SELECT id FROM response WHERE conversation_id = :c", c=conversation)
-        await stored_once_back(engine, conversation, pending["id"])
+        pending = re.search(r"response '(resp_\w+)'", answer.json()["error"]["message"])
+        assert pending is not None, answer.text
+        await stored_once_back(engine, conversation, pending.group(1))
         [stored] = await rows(engine, "SELECT id FROM response")
         shown = await client.get(f"/v1/responses/{stored['id']}")
         assert shown.json()["output"][0]["content"][0]["text"] == "Lost in transit."

@@ -381,28 +381,36 @@ async def test_client_assistant_messages_get_the_id_and_status_openrouter_requir
     assert fake_upstream.inputs[1][:4] == sent
 
 
-async def test_a_running_turn_is_stored_in_progress_and_its_items_only_when_it_finishes(
+async def test_a_running_turn_no_client_sees_is_stored_whole_when_it_finishes(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
-    """A turn that is neither streamed nor background gives its id to nobody before it ends: its input items are
-    written once, by the finish, at their place in the conversation (not stored by the begin and moved)."""
+    """A turn that is neither streamed nor background gives its id to nobody before it ends: while it runs,
+    only its claim on the conversation is stored; its finish writes the response row and its input items once,
+    at their place in the conversation."""
     conv = await new_conversation(alice.http, items=[{"role": "user", "content": "seed"}])
     fake_upstream.enqueue(Reply(kind="json", body=text_response("late", msg_id="msg_late"), delay=1.0))
     running = asyncio.create_task(turn(alice.http, [user("Q"), user("R")], conversation=conv))
     while not fake_upstream.requests:
         await asyncio.sleep(0.02)
-    (row,) = await rows(db, "SELECT id FROM response")
-    during = (await alice.http.get(f"/v1/responses/{row['id']}")).json()
-    assert during["status"] == "in_progress"
-    assert during["output"] == [] and during["completed_at"] is None and during["usage"] is None
-    assert await rows(db, "SELECT id FROM item WHERE response_id = :r", r=row["id"]) == []
-    assert (await alice.http.get(f"/v1/responses/{row['id']}/input_items")).json()["data"] == []
+    assert await rows(db, "SELECT id FROM response") == []
+    (claim,) = await rows(db, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conv)
+    assert claim["turn_response_id"].startswith("resp_")
+    assert await rows(db, "SELECT body FROM item WHERE response_id IS NOT NULL OR position > 0") == []
+    assert (await alice.http.get(f"/v1/responses/{claim['turn_response_id']}")).status_code == 404
     listed = (await alice.http.get(f"/v1/conversations/{conv}/items")).json()["data"]
     assert [item["content"][0]["text"] for item in listed] == ["seed"]
     assert without_ids(fake_upstream.requests[0].body["input"][1:]) == [user("Q"), user("R")]
+    busy = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "meanwhile", "conversation": conv})
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "conversation_locked"
 
     finished = await running
+    (row,) = await rows(
+        db,
+        "SELECT id, status, conversation_position, created_at <= completed_at AS ordered FROM response",
+    )
+    assert row == {"id": claim["turn_response_id"], "status": "completed", "conversation_position": 1, "ordered": True}
     assert finished["id"] == row["id"] and finished["status"] == "completed"
+    assert (await alice.http.get(f"/v1/responses/{row['id']}")).json() == finished
     inputs = (await alice.http.get(f"/v1/responses/{row['id']}/input_items", params={"order": "asc"})).json()
     assert without_ids(inputs["data"]) == [user("Q"), user("R")]
     listed = (await alice.http.get(f"/v1/conversations/{conv}/items", params={"order": "asc"})).json()["data"]

@@ -107,10 +107,13 @@ def _tenant_name(tenant_id: Any) -> Any:
 
 
 def _running_turn_status() -> Any:
-    """The status of the response holding the conversation's claim. The claim itself does not touch
-    `last_status`: left alone, the claim's UPDATE changes no indexed column and PostgreSQL can make it a HOT
-    update, without new entries in the conversation's eight indexes (docs/benchmarks.md)."""
-    return select(response_t.c.status).where(response_t.c.id == conversation_t.c.turn_response_id).scalar_subquery()
+    """The status of the turn holding the conversation's claim: its stored response's, or in_progress when its
+    response is not stored yet (a turn no client sees before its end is stored by its finish,
+    responses/turn_store.py). The claim itself does not touch `last_status`: left alone, the claim's UPDATE
+    changes no indexed column and PostgreSQL can make it a HOT update, without new entries in the
+    conversation's eight indexes (docs/benchmarks.md)."""
+    stored = select(response_t.c.status).where(response_t.c.id == conversation_t.c.turn_response_id)
+    return func.coalesce(stored.scalar_subquery(), literal("in_progress"))
 
 
 # A thread with a turn in flight shows that turn's status (queued or in_progress); otherwise its last finished
@@ -124,13 +127,17 @@ def _status_is(status: str) -> ColumnElement[bool]:
     c = conversation_t
     if status not in RUNNING_STATUSES:
         return and_(c.c.last_status == status, c.c.turn_response_id.is_(None))
-    # Found from the running responses (few, on the response status index) by primary key, rather than by
-    # walking every conversation.
-    running_in = cast(
+    if status == "in_progress":
+        # Most turns in progress have no response row yet, and nothing indexed marks a claimed thread (an
+        # index on the claim would cost every claim its HOT update): this filter walks the threads.
+        return and_(c.c.turn_response_id.is_not(None), _running_turn_status() == status)
+    # Queued turns are background ones, stored at their begin: found from the running responses (few, on the
+    # response status index) by primary key, rather than by walking every conversation.
+    queued_in = cast(
         select(func.array_agg(response_t.c.conversation_id)).where(response_t.c.status == status).scalar_subquery(),
         ARRAY(Text),
     )
-    return and_(c.c.id == any_(running_in), _running_turn_status() == status)
+    return and_(c.c.id == any_(queued_in), _running_turn_status() == status)
 
 
 _CONVERSATION_COLUMNS = (

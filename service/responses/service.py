@@ -1,12 +1,12 @@
 """The turn loop. A turn is three steps, and no transaction or pooled connection is held across the middle one:
 
-1. begin (one short transaction): claim the conversation (one writer at a time), store the response as
-   in_progress (with its input items when the client can see the response before it finishes: streamed or
-   background), and read the history as stored JSON texts (one query);
+1. begin (one short transaction): claim the conversation (one writer at a time) and read the history as stored
+   JSON texts (one query); store the response as in_progress with its input items, unless the turn runs in a
+   conversation and no client can see it before it finishes (neither streamed nor background);
 2. call OpenRouter with the history spliced verbatim before the new input;
-3. finish (one short transaction): store the output items (and the input items the begin did not store),
-   append input and output to the conversation, record status/usage, release the claim. A failed turn is stored
-   with its error and appends nothing.
+3. finish (one short transaction): store the output items and the outcome (and the response row and input
+   items the begin did not store), append input and output to the conversation, record status/usage, release
+   the claim. A failed turn is stored with its error and appends nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -58,6 +58,7 @@ class Turn:
     state: ResponseState
     history: str = ""  # the stored item texts before the new input, joined by commas
     began: float = field(default_factory=time.monotonic)
+    position: int | None = None  # where the turn's items go in its conversation, as claimed
 
     def completion_time(self) -> datetime:
         """Now, on the database's clock: created_at is the database's time when the begin statement started,
@@ -66,13 +67,20 @@ class Turn:
         completion time that is stored."""
         return self.state.created_at + timedelta(seconds=time.monotonic() - self.began)
 
-    @property
-    def inputs_stored_at_finish(self) -> Sequence[NewItem] | None:
-        """The input items for the finish to store, None when the begin stored them (turn_store explains)."""
+    def unseen(self) -> turn_store.Unseen | None:
+        """What the finish stores besides the outcome when the begin stored neither the response row nor its
+        input items (a conversation turn no client sees before its end, turn_store explains); None when it did."""
         request = self.request
-        if turn_store.visible_before_finish(stream=request.stream, background=request.background):
+        if self.position is None or turn_store.visible_before_finish(
+            stream=request.stream, background=request.background
+        ):
             return None
-        return request.input_items
+        return turn_store.Unseen(
+            _new_response(self.tenant_id, request, self.state),
+            self.state.created_at,
+            self.position,
+            request.input_items,
+        )
 
     def take_upstream_body(self, *, stream: bool) -> bytes:
         """The body to send upstream. The history is needed for nothing else, and a streamed turn can run
@@ -206,8 +214,8 @@ async def begin_turn(
             histories.discard(request.conversation_id)
         else:
             histories.put(request.conversation_id, claim.as_of)
-    note_effect()  # committed: the turn is claimed and stored as in_progress
-    return Turn(tenant_id, request, state, history, began)
+    note_effect()  # committed: the turn is claimed (and stored as in_progress unless in a conversation and unseen)
+    return Turn(tenant_id, request, state, history, began, None if claim is None else claim.position)
 
 
 def _params_json(params: dict[str, Any]) -> str:
@@ -368,9 +376,7 @@ async def _finish(
             title=conversations.title_from(turn.request.input_items) if should_append else None,
             last_model=state.upstream_model or state.model,
         )
-        if await turn_store.finish_in_conversation(
-            db, outcome(), appended, outputs, event_log(), inputs=turn.inputs_stored_at_finish
-        ):
+        if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log(), unseen=turn.unseen()):
             return
         # Our claim expired and another turn took the conversation: appending now would interleave.
         state.status = "failed"
@@ -378,7 +384,7 @@ async def _finish(
             "code": "server_error",
             "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
         }
-    await turn_store.finish(db, outcome(), outputs, event_log(), inputs=turn.inputs_stored_at_finish)
+    await turn_store.finish(db, outcome(), outputs, event_log(), unseen=turn.unseen())
 
 
 async def fail_turn(
