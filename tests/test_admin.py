@@ -70,6 +70,15 @@ async def listed_ids(admin: httpx.AsyncClient, **params: Any) -> set[str]:
     return {row["id"] for row in await walk(admin, "/admin/conversations", params, 100)}
 
 
+async def until_listed(admin: httpx.AsyncClient, status: str, conversation_id: str, what: str) -> None:
+    """Poll the thread list until exactly `conversation_id` has `status` (up to ~4 s)."""
+    for _ in range(200):
+        if await listed_ids(admin, status=status) == {conversation_id}:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(what)
+
+
 ADMIN_ROUTES = [
     ("GET", "/admin/conversations"),
     ("GET", "/admin/conversations/conv_x"),
@@ -381,12 +390,7 @@ async def test_thread_with_a_turn_in_flight_lists_as_in_progress_and_is_not_dele
     assert await listed_ids(admin, status="completed") == {conversation_id}
     fake_upstream.enqueue(Reply(kind="json", body=text_response("Slow answer."), delay=1.5))
     running = asyncio.create_task(turn(alice, conversation_id, "take your time"))
-    for _ in range(100):
-        if await listed_ids(admin, status="in_progress") == {conversation_id}:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("the thread never listed as in_progress")
+    await until_listed(admin, "in_progress", conversation_id, "the thread never listed as in_progress")
     # While the turn runs, the thread shows its status, not its last finished turn's.
     assert await listed_ids(admin, status="completed") == set()
     [listed] = (await admin.get("/admin/conversations")).json()["data"]
@@ -408,20 +412,10 @@ async def test_thread_with_a_turn_in_flight_lists_as_in_progress_and_is_not_dele
     fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Background answer.", chunks=40), delay=0.04))
     accepted = await turn(alice, conversation_id, "in the background", background=True)
     assert accepted.status_code == 200, accepted.text
-    for _ in range(100):
-        if await listed_ids(admin, status="in_progress") == {conversation_id}:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("the thread never listed as in_progress during its background turn")
+    await until_listed(admin, "in_progress", conversation_id, "the thread never listed as in_progress in background")
     stuck = (await admin.get("/admin/responses", params={"status": "in_progress"})).json()["data"]
     assert [(r["id"], r["conversation_id"]) for r in stuck] == [(accepted.json()["id"], conversation_id)]
-    for _ in range(200):
-        if await listed_ids(admin, status="completed") == {conversation_id}:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("the background turn never finished")
+    await until_listed(admin, "completed", conversation_id, "the background turn never finished")
     assert (await admin.delete(f"/admin/conversations/{conversation_id}")).status_code == 200
 
 

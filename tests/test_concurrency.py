@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -371,6 +372,28 @@ async def _received(fake_upstream: FakeOpenRouter, count: int) -> bool:
     return len(fake_upstream.requests) >= count
 
 
+async def _turn_outliving_its_claim(
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+    answer: dict[str, Any],
+) -> tuple[Tenant, str, asyncio.Task[tuple[httpx.Response, float]]]:
+    """A turn whose upstream answers (`answer`) only after the turn's 1-second claim expired; returns once it
+    expired, with the tenant, the conversation and the turn still running."""
+    carol = await make_tenant("carol", live=start_server(turn_lock_ttl=1.0))
+    conversation = await new_conversation(carol)
+    fake_upstream.enqueue(Reply(kind="json", body=answer, delay=2.5))
+    slow = asyncio.create_task(timed_turn(carol.http, conversation, "slow question"))
+
+    async def claim_expired() -> bool:
+        expired = "SELECT turn_expires_at IS NULL OR turn_expires_at < now() FROM conversation WHERE id = :c"
+        return bool(fake_upstream.requests) and bool(await scalar(db, expired, c=conversation))
+
+    await eventually(claim_expired, timeout=5)
+    return carol, conversation, slow
+
+
 async def test_a_turn_that_outlived_its_claim_is_stored_failed_with_its_items_outside_the_conversation(
     make_tenant: Callable[..., Awaitable[Tenant]],
     start_server: Callable[..., LiveServer],
@@ -379,16 +402,10 @@ async def test_a_turn_that_outlived_its_claim_is_stored_failed_with_its_items_ou
 ) -> None:
     """Its answer comes back after another turn took the conversation over: appending it would interleave, so it
     is stored failed, and its input and output items with it, in no conversation."""
-    carol = await make_tenant("carol", live=start_server(turn_lock_ttl=1.0))
-    conversation = await new_conversation(carol)
-    fake_upstream.enqueue(Reply(kind="json", body=text_response("Too late.", msg_id="msg_late"), delay=2.5))
-    slow = asyncio.create_task(timed_turn(carol.http, conversation, "slow question"))
-
-    async def claim_expired() -> bool:
-        expired = "SELECT turn_expires_at IS NULL OR turn_expires_at < now() FROM conversation WHERE id = :c"
-        return bool(fake_upstream.requests) and bool(await scalar(db, expired, c=conversation))
-
-    await eventually(claim_expired, timeout=5)
+    late_answer = text_response("Too late.", msg_id="msg_late")
+    carol, conversation, slow = await _turn_outliving_its_claim(
+        make_tenant, start_server, fake_upstream, db, late_answer
+    )
     fake_upstream.reply_json(text_response("On time.", msg_id="msg_on_time"))
     taken_over, _ = await timed_turn(carol.http, conversation, "next question")
     assert taken_over.status_code == 200, taken_over.text
@@ -426,16 +443,10 @@ async def test_a_turn_whose_conversation_was_deleted_after_its_claim_expired_is_
     """A turn no client sees before its end is stored by its finish. Once its claim expired, its conversation
     may be deleted; the late answer is then stored failed, in no conversation, rather than lost to a foreign
     key error."""
-    carol = await make_tenant("carol", live=start_server(turn_lock_ttl=1.0))
-    conversation = await new_conversation(carol)
-    fake_upstream.enqueue(Reply(kind="json", body=text_response("Nobody left.", msg_id="msg_gone"), delay=2.5))
-    slow = asyncio.create_task(timed_turn(carol.http, conversation, "slow question"))
-
-    async def claim_expired() -> bool:
-        expired = "SELECT turn_expires_at < now() FROM conversation WHERE id = :c"
-        return bool(fake_upstream.requests) and bool(await scalar(db, expired, c=conversation))
-
-    await eventually(claim_expired, timeout=5)
+    late_answer = text_response("Nobody left.", msg_id="msg_gone")
+    carol, conversation, slow = await _turn_outliving_its_claim(
+        make_tenant, start_server, fake_upstream, db, late_answer
+    )
     deleted = await carol.http.delete(f"/v1/conversations/{conversation}")
     assert deleted.status_code == 200, deleted.text
     late, _ = await slow

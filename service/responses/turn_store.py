@@ -359,22 +359,18 @@ class NewResponse:
         return visible_before_finish(stream=self.stream, background=self.background)
 
     def values(self) -> list[Any]:
+        """The values of _RESPONSE_PARAMS."""
         return [
             self.response_id,
             self.tenant_id,
             self.conversation_id,
             self.previous_response_id,
             self.status,
-            self.model,
-            self.instructions,
-            self.params_json,
-            json_text(self.metadata),
-            self.background,
-            self.stream,
+            *self.row_values(),
         ]
 
     def row_values(self) -> list[Any]:
-        """The values of _ROW_PARAMS."""
+        """The values of _ROW_PARAMS, the last of _RESPONSE_PARAMS."""
         return [
             self.model,
             self.instructions,
