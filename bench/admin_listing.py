@@ -30,6 +30,7 @@ from sqlalchemy.pool import NullPool
 
 from service.admin import params, repository, service
 from service.config import normalize_database_url
+from service.db.session import create_engine
 from service.migrate import upgrade
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/convstore_admin_bench"
@@ -207,7 +208,8 @@ async def main() -> int:
         )
         await seed(url, args.conversations)
 
-    engine: AsyncEngine = create_async_engine(url, pool_size=2)
+    # The service's engine, with its connection settings (no JIT, plan cache mode), as the admin routes use it.
+    engine: AsyncEngine = create_engine(url, pool_size=2)
     async with engine.connect() as conn:
         counts = (
             await conn.execute(
@@ -255,6 +257,7 @@ async def main() -> int:
         (f"conversations: tenant={biggest} (biggest)", "conversations", [("tenant", biggest)]),
         (f"conversations: tenant={smallest} (smallest)", "conversations", [("tenant", smallest)]),
         ("conversations: status=failed", "conversations", [("status", "failed")]),
+        ("conversations: status=in_progress (none running)", "conversations", [("status", "in_progress")]),
         ("conversations: model=qwen/qwen-2.5-72b-instruct", "conversations", [("model", "qwen/qwen-2.5-72b-instruct")]),
         ("conversations: metadata[project]=p7", "conversations", [("metadata[project]", "p7")]),
         ("conversations: created in the last 14 days", "conversations", [("created_after", two_weeks_ago)]),

@@ -56,6 +56,10 @@ def create_engine(database_url: str, *, pool_size: int = 20, pool_timeout: float
                 # statements are key lookups and index walks whose best plan does not depend on the values;
                 # the admin listing, where it does, asks for per-value plans in its own transactions.
                 "plan_cache_mode": "force_generic_plan",
+                # No JIT compilation: PostgreSQL compiles a plan whose estimated cost passes jit_above_cost,
+                # which took ~190 ms for an admin page that runs in 9 ms (a sequential scan of 100,000 threads,
+                # docs/benchmarks.md). No statement of ours runs long enough to win that back.
+                "jit": "off",
             },
         },
     )
