@@ -273,19 +273,12 @@ async def _admin_listing(config: Config) -> list[Row]:
     from bench import admin_listing  # noqa: PLC0415
 
     url = normalize_database_url(config.admin_database_url or admin_listing.DEFAULT_URL)
-    # Never let the suite start that script's seeding (it wipes its database and takes minutes): only measure a
-    # database it has already seeded.
-    if not await seed.has_items(url):
-        return [
-            Row(
-                "admin listing, 1M items",
-                "not measured",
-                "each p50 ≤ 20 ms",
-                None,
-                f"{url.rsplit('/', 1)[-1]} is not seeded: run `python -m bench.admin_listing` once first",
-            )
-        ]
-    config.say("admin listing: python -m bench.admin_listing")
+    # The script seeds its database when that has no items (~90 s here), as the suite seeds the 1M table: once,
+    # reused by later runs. A database with items is never reseeded from here (the script's --reseed wipes it).
+    if await seed.has_items(url):
+        config.say("admin listing: python -m bench.admin_listing")
+    else:
+        config.say(f"admin listing: python -m bench.admin_listing, seeding {url.rsplit('/', 1)[-1]} first (once)")
     command = [sys.executable, "-m", "bench.admin_listing", "--no-plans", "--runs", "50" if config.quick else "200"]
     command += ["--database-url", url]
     try:
