@@ -216,7 +216,7 @@ async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
 
 
 @pytest.mark.parametrize("background", [False, True], ids=["plain", "background"])
-async def test_process_killed_mid_turn_reaper_fails_the_response_and_frees_the_claim(
+async def test_process_killed_mid_turn_reaper_frees_the_claim_and_fails_any_stored_response(
     alice: Tenant,
     fake_upstream: FakeOpenRouter,
     db: AsyncEngine,
