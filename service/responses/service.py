@@ -58,7 +58,9 @@ class Turn:
     state: ResponseState
     history: str = ""  # the stored item texts before the new input, joined by commas
     began: float = field(default_factory=time.monotonic)
-    position: int | None = None  # where the turn's items go in its conversation, as claimed
+    # What the finish stores besides the outcome when the begin stored neither the response row nor its input
+    # items (a conversation turn no client sees before its end, turn_store explains); None when it did.
+    unseen: turn_store.Unseen | None = None
 
     def completion_time(self) -> datetime:
         """Now, on the database's clock: created_at is the database's time when the begin statement started,
@@ -66,21 +68,6 @@ class Turn:
         turn's terminal event, rendered before that statement (which stores it in the event log), carries the
         completion time that is stored."""
         return self.state.created_at + timedelta(seconds=time.monotonic() - self.began)
-
-    def unseen(self) -> turn_store.Unseen | None:
-        """What the finish stores besides the outcome when the begin stored neither the response row nor its
-        input items (a conversation turn no client sees before its end, turn_store explains); None when it did."""
-        request = self.request
-        if self.position is None or turn_store.visible_before_finish(
-            stream=request.stream, background=request.background
-        ):
-            return None
-        return turn_store.Unseen(
-            _new_response(self.tenant_id, request, self.state),
-            self.state.created_at,
-            self.position,
-            request.input_items,
-        )
 
     def take_upstream_body(self, *, stream: bool) -> bytes:
         """The body to send upstream. The history is needed for nothing else, and a streamed turn can run
@@ -214,8 +201,11 @@ async def begin_turn(
             histories.discard(request.conversation_id)
         else:
             histories.put(request.conversation_id, claim.as_of)
-    note_effect()  # committed: the turn is claimed (and stored as in_progress unless in a conversation and unseen)
-    return Turn(tenant_id, request, state, history, began, None if claim is None else claim.position)
+    unseen = None
+    if claim is not None and not response.visible_before_finish:
+        unseen = turn_store.Unseen(response, claim.created_at, claim.position, request.input_items)
+    note_effect()  # committed: the turn is claimed (and stored as in_progress unless `unseen`)
+    return Turn(tenant_id, request, state, history, began, unseen)
 
 
 def _params_json(params: dict[str, Any]) -> str:
@@ -376,7 +366,7 @@ async def _finish(
             title=conversations.title_from(turn.request.input_items) if should_append else None,
             last_model=state.upstream_model or state.model,
         )
-        if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log(), unseen=turn.unseen()):
+        if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log(), unseen=turn.unseen):
             return
         # Our claim expired and another turn took the conversation: appending now would interleave.
         state.status = "failed"
@@ -384,7 +374,7 @@ async def _finish(
             "code": "server_error",
             "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
         }
-    await turn_store.finish(db, outcome(), outputs, event_log(), unseen=turn.unseen())
+    await turn_store.finish(db, outcome(), outputs, event_log(), unseen=turn.unseen)
 
 
 async def fail_turn(
