@@ -127,7 +127,7 @@ def start_service(
     extra_env: dict[str, str] | None = None,
     command: list[str] | None = None,
 ) -> Service:
-    """`command` replaces `python -m service serve` (for the variants in bench/variant_server.py)."""
+    """`command` replaces `python -m service serve` (for the variants in bench/experiments/variant_server.py)."""
     port = free_port()
     log = log_dir / f"service_{port}.log"
     env = {

@@ -1,8 +1,7 @@
 """An experiment, not part of `make bench`: the service with another upstream transport behind httpx's API, through
 create_app's `upstream_transport` seam (no service code changed), measured against the shipped one in one run.
 
-    pip install --target /tmp/benchpkgs httpx-aiohttp      # not a dependency of the service
-    PYTHONPATH=/tmp/benchpkgs .venv/bin/python -m bench.variant_server compare \\
+    .venv/bin/python -m bench.experiments.variant_server compare \\
         --database-url postgresql://postgres@127.0.0.1:5432/convstore_h5
 
 `serve --transport aiohttp` alone runs one instance configured like `python -m service serve` (from the
@@ -36,7 +35,7 @@ def serve(transport_name: str) -> None:
     settings = Settings.from_env()
     transport: httpx.AsyncBaseTransport | None = None
     if transport_name == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport  # type: ignore[import-not-found]  # noqa: PLC0415
+        from httpx_aiohttp import AiohttpTransport  # noqa: PLC0415
 
         transport = AiohttpTransport(
             limits=httpx.Limits(max_connections=settings.upstream_max_connections, max_keepalive_connections=200)
@@ -60,7 +59,7 @@ async def compare(url: str, turns: int, seconds: float) -> None:
             await seed.seed(engine, tenant_id, latency_set)
             await seed.seed(engine, tenant_id, throughput_set)
             history = await seed.history_bodies(engine, latency_set.ids()[0])
-            command = [sys.executable, "-m", "bench.variant_server", "serve", "--transport", name]
+            command = [sys.executable, "-m", "bench.experiments.variant_server", "serve", "--transport", name]
             service = await asyncio.to_thread(
                 start_service, logs, database_url=url, upstream_port=upstream.port, command=command
             )

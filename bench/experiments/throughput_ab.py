@@ -10,10 +10,11 @@ seen importing this checkout). The PostgreSQL CPU of a slice is the loaded side'
 A profiling aid, not part of `make bench`; the database is migrated and seeded, not wiped. The conversations are
 kept for the next run (`--tag` seeds new ones), so they grow by every run's turns: compare A and B within a run.
 
-    .venv/bin/python -m bench.throughput_ab --database-url postgresql://postgres@127.0.0.1:5432/convstore_h5 \\
+    .venv/bin/python -m bench.experiments.throughput_ab \\
+        --database-url postgresql://postgres@127.0.0.1:5432/convstore_h5 \\
         --b-env DB_POOL_SIZE=8 --workers 2
     git worktree add /tmp/before HEAD~1
-    .venv/bin/python -m bench.throughput_ab --database-url ... --a-root /tmp/before --workers 1 --rounds 16
+    .venv/bin/python -m bench.experiments.throughput_ab --database-url ... --a-root /tmp/before --workers 1 --rounds 16
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The upstream hop alone: CPU per request of candidate HTTP clients posting a 100-item turn body to the fake
-upstream with 64 requests in flight. Clients whose package is not installed are skipped (httpx-aiohttp and aiohttp
-are not dependencies of the service; install them into a scratch target to compare):
+upstream with 64 requests in flight. It answered which client the service should use (httpx-aiohttp, now a
+dependency); clients whose package is not installed are skipped.
 
-    pip install --target /tmp/benchpkgs httpx-aiohttp
-    PYTHONPATH=/tmp/benchpkgs .venv/bin/python -m bench.upstream_clients
+    .venv/bin/python -m bench.experiments.upstream_clients
 """
 
 from __future__ import annotations
