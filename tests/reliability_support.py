@@ -21,8 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.migrate import PROJECT_ROOT
 from tests.fake_openrouter import _free_port
-
-MODEL = "openai/gpt-4o"
+from tests.turn_support import rows
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, every: float = 0.05) -> None:
@@ -51,11 +50,6 @@ async def a_request_waits_on_a_lock(db: AsyncEngine) -> None:
         return await requests_waiting_on_a_lock(db) > 0
 
     await eventually(waiting)
-
-
-async def rows(db: AsyncEngine, sql: str, **params: Any) -> list[dict[str, Any]]:
-    async with db.connect() as conn:
-        return [dict(r._mapping) for r in await conn.execute(text(sql), params)]
 
 
 async def assert_whole_turns(db: AsyncEngine, conversation_id: str) -> list[dict[str, Any]]:

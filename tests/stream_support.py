@@ -7,10 +7,10 @@ import json
 from typing import Any
 
 import httpx
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-MODEL = "openai/gpt-4o"
+from tests.turn_support import rows
+
 TERMINAL_TYPES = {"response.completed", "response.incomplete", "response.failed"}
 RUNNING = {"queued", "in_progress"}
 
@@ -89,11 +89,6 @@ async def wait_until_ended(client: httpx.AsyncClient, response_id: str, timeout:
         await asyncio.sleep(0.05)
 
 
-async def rows(db: AsyncEngine, sql: str, **params: Any) -> list[dict[str, Any]]:
-    async with db.connect() as conn:
-        return [dict(row._mapping) for row in await conn.execute(text(sql), params)]
-
-
 async def conversation_state(db: AsyncEngine, conversation_id: str) -> dict[str, Any]:
     [conversation] = await rows(
         db, "SELECT item_count, turn_response_id FROM conversation WHERE id = :c", c=conversation_id
@@ -109,10 +104,3 @@ async def stored_outputs(db: AsyncEngine, response_id: str) -> list[dict[str, An
         r=response_id,
     )
     return [{"row_status": r["status"], **json.loads(r["body"])} for r in found]
-
-
-async def new_conversation(client: httpx.AsyncClient) -> str:
-    answer = await client.post("/v1/conversations", json={})
-    assert answer.status_code == 200, answer.text
-    conversation_id: str = answer.json()["id"]
-    return conversation_id

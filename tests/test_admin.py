@@ -19,8 +19,7 @@ from service.admin.cursor import Keyset
 from service.admin.params import ConversationFilters
 from tests.conftest import TABLES, LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
-
-MODEL = "openai/gpt-4o"
+from tests.turn_support import MODEL, new_conversation
 
 
 @pytest.fixture
@@ -28,12 +27,6 @@ async def admin(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     headers = {"Authorization": f"Bearer {server.settings.admin_api_key}"}
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
         yield client
-
-
-async def new_conversation(tenant: Tenant, metadata: dict[str, str] | None = None) -> str:
-    created = await tenant.http.post("/v1/conversations", json={"metadata": metadata or {}})
-    assert created.status_code == 200, created.text
-    return str(created.json()["id"])
 
 
 async def turn(tenant: Tenant, conversation_id: str, words: str, **extra: Any) -> httpx.Response:
@@ -103,7 +96,7 @@ async def test_tenant_keys_get_403_and_no_key_401_on_every_admin_route(
         assert missing.json()["error"]["type"] == "authentication_error"
     # An admin key made by the CLI belongs to a tenant, and still sees every tenant.
     ops = await make_tenant("ops", admin=True)
-    await new_conversation(alice)
+    await new_conversation(alice.http)
     listed = await ops.http.get("/admin/conversations")
     assert listed.status_code == 200, listed.text
     assert [row["tenant"] for row in listed.json()["data"]] == ["alice"]
@@ -114,14 +107,14 @@ async def test_paging_returns_every_thread_exactly_once_while_threads_are_create
 ) -> None:
     existing: list[str] = []
     for index in range(24):
-        existing.append(await new_conversation(alice if index % 2 else bob, {"n": str(index)}))
+        existing.append(await new_conversation((alice if index % 2 else bob).http, metadata={"n": str(index)}))
     for index, conversation_id in enumerate(existing[:6]):
         assert (await turn(alice if index % 2 else bob, conversation_id, "hi")).is_success
     created_meanwhile: list[str] = []
 
     async def create_more() -> None:
-        created_meanwhile.append(await new_conversation(alice))
-        created_meanwhile.append(await new_conversation(bob))
+        created_meanwhile.append(await new_conversation(alice.http))
+        created_meanwhile.append(await new_conversation(bob.http))
 
     rows = await walk(admin, "/admin/conversations", {}, 5, between_pages=create_more)
     ids = [row["id"] for row in rows]
@@ -146,16 +139,16 @@ async def test_paging_returns_every_thread_exactly_once_while_threads_are_create
 async def test_each_filter_and_the_search_narrow_the_listing(
     admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
-    paris = await new_conversation(alice, {"project": "apollo", "team": "red"})
+    paris = await new_conversation(alice.http, metadata={"project": "apollo", "team": "red"})
     fake_upstream.reply_json(text_response("Paris is the capital.", model="anthropic/claude-sonnet-4"))
     assert (await turn(alice, paris, "What is the capital of France?")).is_success
-    tokyo = await new_conversation(alice, {"project": "apollo", "team": "blue"})
+    tokyo = await new_conversation(alice.http, metadata={"project": "apollo", "team": "blue"})
     fake_upstream.reply_json(text_response("Tokyo, of course."))
     assert (await turn(alice, tokyo, "Largest city in Japan?")).is_success
-    broken = await new_conversation(bob, {"project": "gemini"})
+    broken = await new_conversation(bob.http, metadata={"project": "gemini"})
     fake_upstream.reply_json({"error": {"message": "Provider returned error", "code": 400}}, status=400)
     assert (await turn(bob, broken, "Summarise the quarterly report")).status_code == 400
-    empty = await new_conversation(bob)
+    empty = await new_conversation(bob.http)
     everyone = {paris, tokyo, broken, empty}
     assert await listed_ids(admin) == everyone
 
@@ -206,10 +199,10 @@ async def test_search_for_a_word_in_more_items_than_the_index_read_cap_still_nar
     admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, db: AsyncEngine
 ) -> None:
     """Past SEARCH_SCAN_CAP matching items the search walks conversations instead; same answers."""
-    chatty = await new_conversation(alice)
+    chatty = await new_conversation(alice.http)
     assert (await turn(alice, chatty, "ubiquitous zeta")).is_success
-    crowded = await new_conversation(bob)
-    quiet = await new_conversation(bob)
+    crowded = await new_conversation(bob.http)
+    quiet = await new_conversation(bob.http)
     assert (await turn(bob, quiet, "nothing to see")).is_success
     async with db.begin() as conn:
         tenant_id = await conn.scalar(text("SELECT tenant_id FROM conversation WHERE id = :id"), {"id": crowded})
@@ -261,7 +254,7 @@ async def test_cursor_of_another_list_or_a_repeated_parameter_is_rejected(
     admin: httpx.AsyncClient, alice: Tenant
 ) -> None:
     for _ in range(2):
-        conversation_id = await new_conversation(alice)
+        conversation_id = await new_conversation(alice.http)
         assert (await turn(alice, conversation_id, "hello")).is_success
     responses_cursor = (await admin.get("/admin/responses", params={"limit": 1})).json()["next_cursor"]
     wrong_list = await admin.get("/admin/conversations", params={"cursor": responses_cursor})
@@ -282,7 +275,7 @@ async def test_cursor_of_another_list_or_a_repeated_parameter_is_rejected(
 async def test_thread_detail_shows_items_page_and_responses_with_errors(
     admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
-    conversation_id = await new_conversation(alice)
+    conversation_id = await new_conversation(alice.http)
     fake_upstream.reply_json(text_response("One.", msg_id="msg_up_1"))
     first = (await turn(alice, conversation_id, "Count to one")).json()
     fake_upstream.reply_json({"error": {"message": "Rate limited upstream", "code": 400}}, status=400)
@@ -335,7 +328,7 @@ async def rows_mentioning(db: AsyncEngine, needles: list[str]) -> list[tuple[str
 async def test_hard_delete_leaves_no_row_holding_the_thread(
     admin: httpx.AsyncClient, alice: Tenant, db: AsyncEngine
 ) -> None:
-    doomed = await new_conversation(alice, {"case": "doomed-marker"})
+    doomed = await new_conversation(alice.http, metadata={"case": "doomed-marker"})
     first = await alice.http.post(
         "/v1/responses",
         json={"model": MODEL, "input": "zebra-secret-one", "conversation": doomed},
@@ -354,7 +347,7 @@ async def test_hard_delete_leaves_no_row_holding_the_thread(
         json={"model": MODEL, "input": "zebra-secret-chain", "previous_response_id": second.json()["id"]},
     )
     assert chained.is_success, chained.text
-    kept = await new_conversation(alice, {"case": "kept"})
+    kept = await new_conversation(alice.http, metadata={"case": "kept"})
     assert (await turn(alice, kept, "keep-this-one")).is_success
 
     async with db.connect() as conn:
@@ -384,7 +377,7 @@ async def test_hard_delete_leaves_no_row_holding_the_thread(
 async def test_thread_with_a_turn_in_flight_lists_as_in_progress_and_is_not_deleted_under_it(
     admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
-    conversation_id = await new_conversation(alice)
+    conversation_id = await new_conversation(alice.http)
     fake_upstream.reply_json(text_response("Quick answer."))
     assert (await turn(alice, conversation_id, "first")).is_success
     assert await listed_ids(admin, status="completed") == {conversation_id}
@@ -427,7 +420,7 @@ async def test_thread_whose_turn_outlived_its_claim_lists_as_failed_once_reaped(
 ) -> None:
     short_claims = start_server(turn_lock_ttl=1.0)
     carol = await make_tenant("carol", live=short_claims)
-    conversation_id = await new_conversation(carol)
+    conversation_id = await new_conversation(carol.http)
     fake_upstream.enqueue(Reply(kind="json", body=text_response("Too late."), delay=4.0))
     running = asyncio.create_task(turn(carol, conversation_id, "this will take a while"))
     statuses = []
@@ -445,10 +438,10 @@ async def test_thread_whose_turn_outlived_its_claim_lists_as_failed_once_reaped(
 async def test_responses_listing_filters_and_pages_across_tenants(
     admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
-    alice_thread = await new_conversation(alice)
+    alice_thread = await new_conversation(alice.http)
     for index in range(5):
         assert (await turn(alice, alice_thread, f"question {index}")).is_success
-    bob_thread = await new_conversation(bob)
+    bob_thread = await new_conversation(bob.http)
     fake_upstream.reply_json(text_response("Different model.", model="meta-llama/llama-3-70b"))
     assert (await turn(bob, bob_thread, "hello")).is_success
     fake_upstream.reply_json({"error": {"message": "nope", "code": 400}}, status=400)
@@ -482,10 +475,10 @@ async def test_stats_count_and_sum_usage_per_tenant_and_per_model(
     admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
     for tenant, count in ((alice, 3), (bob, 1)):
-        conversation_id = await new_conversation(tenant)
+        conversation_id = await new_conversation(tenant.http)
         for _ in range(count):
             assert (await turn(tenant, conversation_id, "hello")).is_success
-    await new_conversation(bob)
+    await new_conversation(bob.http)
     fake_upstream.reply_json({"error": {"message": "nope", "code": 400}}, status=400)
     assert (await turn(bob, conversation_id, "fail")).status_code == 400
 

@@ -11,17 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
 from tests.stream_support import (
-    MODEL,
     assert_well_formed,
     conversation_state,
-    new_conversation,
     output_text,
     parse_sse,
     read_events,
-    rows,
     stored_outputs,
     wait_until_ended,
 )
+from tests.turn_support import MODEL, new_conversation, rows
 
 TEXT = "A background answer, word after word, until the very end."
 

@@ -16,25 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
 from tests.reliability_support import (
-    MODEL,
     ServiceProcess,
     a_request_waits_on_a_lock,
     assert_whole_turns,
     client_for,
     eventually,
-    rows,
     scalar,
 )
-from tests.turn_support import assistant, user
+from tests.turn_support import MODEL, assistant, new_conversation, rows, user
 
 RUNNING = ("queued", "in_progress")
-
-
-async def new_conversation(tenant: Tenant) -> str:
-    answer = await tenant.http.post("/v1/conversations", json={})
-    assert answer.status_code == 200, answer.text
-    conversation_id: str = answer.json()["id"]
-    return conversation_id
 
 
 async def timed_turn(client: httpx.AsyncClient, conversation: str, text_: str) -> tuple[httpx.Response, float]:
@@ -70,7 +61,7 @@ def service_processes(database_url: str, fake_upstream: FakeOpenRouter) -> Itera
 async def test_concurrent_turns_on_one_conversation_one_wins_the_rest_409_at_once(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
-    conversation = await new_conversation(alice)
+    conversation = await new_conversation(alice.http)
     fake_upstream.enqueue(Reply(kind="json", body=text_response("Winner.", msg_id="msg_win"), delay=1.5))
 
     results = await asyncio.gather(*(timed_turn(alice.http, conversation, f"turn {n}") for n in range(8)))
@@ -90,7 +81,7 @@ async def test_concurrent_turns_on_one_conversation_one_wins_the_rest_409_at_onc
 async def test_items_and_deletes_during_a_turn_get_409_reads_are_not_blocked(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
-    conversation = await new_conversation(alice)
+    conversation = await new_conversation(alice.http)
     added = await alice.http.post(
         f"/v1/conversations/{conversation}/items",
         json={"items": [{"type": "message", "role": "user", "content": "context"}]},
@@ -132,7 +123,7 @@ async def test_one_writer_across_instances_and_processes_on_one_database(
 ) -> None:
     second = start_server()  # another instance: own event loop, engine and pool
     third = service_processes()  # another OS process
-    conversation = await new_conversation(alice)
+    conversation = await new_conversation(alice.http)
     fake_upstream.enqueue(Reply(kind="json", body=text_response("Only one."), delay=1.5))
     clients = [alice.http, client_for(second.url, alice.key), client_for(third.url, alice.key)]
     try:
@@ -158,7 +149,7 @@ async def _turn_orphaned_by_a_killed_process(
 ) -> str:
     """A conversation whose turn was in flight (upstream stalled) in a process killed with SIGKILL. A
     background turn's response is stored (in progress) when it is answered; a plain turn's, by its finish."""
-    conversation = await new_conversation(alice)
+    conversation = await new_conversation(alice.http)
     fake_upstream.enqueue(Reply(kind="stall", delay=30))
     body = {"model": MODEL, "input": "never answered", "conversation": conversation, "background": background}
     async with client_for(doomed.url, alice.key) as client:
@@ -250,7 +241,7 @@ async def test_a_turn_that_waited_for_the_conversation_reads_the_items_committed
 ) -> None:
     """The begin statement reads the history from its snapshot, taken before it waited for the conversation's
     row lock: what the lock holder committed meanwhile is not in that snapshot and must still be sent."""
-    conversation = await new_conversation(alice)
+    conversation = await new_conversation(alice.http)
     fake_upstream.reply_json(text_response("One.", msg_id="msg_one"))
     first = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q1", "conversation": conversation})
     assert first.status_code == 200, first.text
@@ -337,7 +328,7 @@ async def test_a_finishing_turn_gets_the_next_free_connection_before_a_waiting_b
     its stream) waiting behind them."""
     live = start_server(db_pool_size=1)
     tenant = await make_tenant("gate", live=live)
-    answered, blocked, waiting = [await new_conversation(tenant) for _ in range(3)]
+    answered, blocked, waiting = [await new_conversation(tenant.http) for _ in range(3)]
     fake_upstream.enqueue(
         Reply(kind="json", body=text_response("answered"), delay=1.0),
         Reply(kind="json", body=text_response("blocked")),
@@ -382,7 +373,7 @@ async def _turn_outliving_its_claim(
     """A turn whose upstream answers (`answer`) only after the turn's 1-second claim expired; returns once it
     expired, with the tenant, the conversation and the turn still running."""
     carol = await make_tenant("carol", live=start_server(turn_lock_ttl=1.0))
-    conversation = await new_conversation(carol)
+    conversation = await new_conversation(carol.http)
     fake_upstream.enqueue(Reply(kind="json", body=answer, delay=2.5))
     slow = asyncio.create_task(timed_turn(carol.http, conversation, "slow question"))
 

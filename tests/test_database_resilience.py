@@ -25,16 +25,15 @@ from service.migrate import upgrade
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
 from tests.reliability_support import (
-    MODEL,
     ReplyLosingProxy,
     a_request_waits_on_a_lock,
     assert_whole_turns,
     client_for,
     eventually,
-    rows,
     scalar,
 )
 from tests.stream_support import parse_sse
+from tests.turn_support import MODEL, rows
 
 
 @dataclass

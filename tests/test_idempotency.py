@@ -12,24 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
-from tests.reliability_support import MODEL, eventually, rows, scalar
+from tests.reliability_support import eventually, scalar
+from tests.turn_support import MODEL, new_conversation, rows
 
 
 def keyed(key: str) -> dict[str, str]:
     return {"Idempotency-Key": key}
 
 
-async def new_conversation(tenant: Tenant) -> str:
-    answer = await tenant.http.post("/v1/conversations", json={})
-    assert answer.status_code == 200, answer.text
-    conversation_id: str = answer.json()["id"]
-    return conversation_id
-
-
 async def test_same_key_and_body_replays_the_turn_without_calling_upstream(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
-    conversation = await new_conversation(alice)
+    conversation = await new_conversation(alice.http)
     fake_upstream.reply_json(text_response("Paris.", msg_id="msg_paris"))
     body = {"model": MODEL, "input": "Capital of France?", "conversation": conversation}
 
@@ -165,7 +159,7 @@ async def test_rejected_request_is_not_saved_so_the_key_can_be_retried(
 
 
 async def test_conversation_locked_is_not_saved(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
-    conversation = await new_conversation(alice)
+    conversation = await new_conversation(alice.http)
     fake_upstream.enqueue(Reply(kind="json", body=text_response("First."), delay=1.0))
     running = asyncio.create_task(
         alice.http.post("/v1/responses", json={"model": MODEL, "input": "A", "conversation": conversation})

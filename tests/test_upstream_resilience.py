@@ -12,24 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
-from tests.reliability_support import MODEL, assert_whole_turns, rows, scalar
+from tests.reliability_support import assert_whole_turns, scalar
+from tests.turn_support import MODEL, new_conversation, rows
 
 
 def upstream_error(status: int, message: str = "upstream trouble") -> dict[str, object]:
     return {"error": {"code": status, "message": message}}
 
 
-async def new_conversation(tenant: Tenant) -> str:
-    answer = await tenant.http.post("/v1/conversations", json={})
-    assert answer.status_code == 200, answer.text
-    conversation_id: str = answer.json()["id"]
-    return conversation_id
-
-
 async def test_flaky_upstream_that_succeeds_on_the_third_attempt_gives_one_success(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
-    conversation = await new_conversation(alice)
+    conversation = await new_conversation(alice.http)
     fake_upstream.reply_json(upstream_error(502), status=502)
     fake_upstream.reply_json(upstream_error(503), status=503)
     fake_upstream.reply_json(text_response("Third time lucky.", msg_id="msg_lucky"))
@@ -59,7 +53,7 @@ async def test_retryable_statuses_are_retried(alice: Tenant, fake_upstream: Fake
 async def test_final_statuses_are_never_retried(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, status: int
 ) -> None:
-    conversation = await new_conversation(alice)
+    conversation = await new_conversation(alice.http)
     fake_upstream.reply_json(upstream_error(status, "no"), status=status)
     answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Hi", "conversation": conversation})
     assert answer.status_code == status
@@ -81,7 +75,7 @@ async def test_a_cut_connection_before_any_byte_is_retried(alice: Tenant, fake_u
 async def test_retries_are_bounded_then_502_and_a_stored_failed_response(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
-    conversation = await new_conversation(alice)
+    conversation = await new_conversation(alice.http)
     for _ in range(5):
         fake_upstream.reply_json(upstream_error(500), status=500)
     answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Hi", "conversation": conversation})
