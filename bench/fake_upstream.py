@@ -18,11 +18,12 @@ import argparse
 import asyncio
 import itertools
 import re
-import time
 from typing import Any
 
 import httptools
 import msgspec
+
+from tests.fake_openrouter import text_response, text_stream_events
 
 _MODEL = re.compile(r"bench/(?:latency-(?P<latency>\d+(?:\.\d+)?)|paced-(?P<deltas>\d+)x(?P<interval>\d+(?:\.\d+)?))")
 _ids = itertools.count(1)
@@ -49,83 +50,22 @@ def behaviour(model: str, default_latency_ms: float) -> tuple[float, int, float]
     return 0.0, int(match["deltas"]), float(match["interval"]) / 1000
 
 
-def _usage() -> dict[str, Any]:
-    return {
-        "input_tokens": 100,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": 20,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": 120,
-        "cost": 0.0001,
-        "is_byok": False,
-    }
-
-
-def final_response(model: str, text: str, serial: int, *, status: str = "completed") -> dict[str, Any]:
-    now = int(time.time())
-    return {
-        "id": f"gen-bench-{serial}",
-        "object": "response",
-        "created_at": now,
-        "completed_at": now if status == "completed" else None,
-        "model": model,
-        "status": status,
-        "error": None,
-        "incomplete_details": None,
-        "instructions": None,
-        "metadata": None,
-        "output": []
-        if status != "completed"
-        else [
-            {
-                "type": "message",
-                "id": f"msg_bench_{serial}",
-                "role": "assistant",
-                "status": "completed",
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
-            }
-        ],
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [],
-        "temperature": None,
-        "top_p": None,
-        "presence_penalty": None,
-        "frequency_penalty": None,
-        "usage": _usage() if status == "completed" else None,
-    }
-
-
 def delta_text(index: int) -> str:
     """The text of delta `index`: the client checks it to detect lost or reordered events."""
     return f"<{index:05d}>"
 
 
+def final_response(model: str, text: str, serial: int) -> dict[str, Any]:
+    return text_response(text, model=model, msg_id=f"msg_bench_{serial}", response_id=f"gen-bench-{serial}")
+
+
 def stream_events(model: str, deltas: int, serial: int) -> list[bytes]:
-    """OpenRouter's event sequence for one assistant message, each framed as an SSE `data:` line."""
-    msg_id = f"msg_bench_{serial}"
-    text = "".join(delta_text(i) for i in range(deltas))
-    final = final_response(model, text, serial)
-    running = final_response(model, "", serial, status="in_progress")
-    ids = {"item_id": msg_id, "output_index": 0, "content_index": 0}
-    message = final["output"][0]
-    events: list[dict[str, Any]] = [
-        {"type": "response.created", "response": running},
-        {"type": "response.in_progress", "response": running},
-        {"type": "response.output_item.added", "output_index": 0, "item": {**message, "status": "in_progress"}},
-        {"type": "response.content_part.added", **ids, "part": {"type": "output_text", "text": "", "annotations": []}},
-        *({"type": "response.output_text.delta", **ids, "delta": delta_text(i), "logprobs": []} for i in range(deltas)),
-        {"type": "response.output_text.done", **ids, "text": text, "logprobs": []},
-        {"type": "response.content_part.done", **ids, "part": message["content"][0]},
-        {"type": "response.output_item.done", "output_index": 0, "item": message},
-        {"type": "response.completed", "response": final},
-    ]
-    framed = []
-    for number, event in enumerate(events):
-        event["sequence_number"] = number
-        framed.append(b"data: " + _encode(event) + b"\n\n")
-    framed.append(b"data: [DONE]\n\n")
-    return framed
+    """The tests' event sequence for one assistant message, each framed as an SSE `data:` line."""
+    pieces = [delta_text(i) for i in range(deltas)]
+    events = text_stream_events(
+        "", pieces=pieces, model=model, msg_id=f"msg_bench_{serial}", response_id=f"gen-bench-{serial}"
+    )
+    return [b"data: " + _encode(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
 
 
 def _chunk(data: bytes) -> bytes:

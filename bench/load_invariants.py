@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from sqlalchemy.pool import NullPool
 from service.config import normalize_database_url
 from service.keys import service as keys
 from service.migrate import PROJECT_ROOT, upgrade
+from tests.fake_openrouter import _free_port, _wait_for_port, text_response
 
 MODEL = "openai/gpt-4o-mini"
 FIRST_BYTE_TIMEOUT = 1.0
@@ -61,34 +61,6 @@ FAULTS = {
     "stall": 0.02,
     "http_400": 0.02,
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _answer(text_: str) -> dict[str, Any]:
-    now = int(time.time())
-    return {
-        "id": f"gen-{uuid.uuid4().hex}",
-        "object": "response",
-        "created_at": now,
-        "model": MODEL,
-        "status": "completed",
-        "output": [
-            {
-                "type": "message",
-                "id": f"msg_{uuid.uuid4().hex}",
-                "role": "assistant",
-                "status": "completed",
-                "content": [{"type": "output_text", "text": text_, "annotations": []}],
-            }
-        ],
-        "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "cost": 0.0001},
-    }
 
 
 class FaultyUpstream:
@@ -144,7 +116,9 @@ class FaultyUpstream:
         if fault == "cut":
             raise ConnectionAbortedError("injected cut")  # uvicorn drops the connection mid-answer
         said = json.loads(raw).get("input", [])[-1]["content"][0]["text"]
-        await send({"type": "http.response.body", "body": json.dumps(_answer(f"re: {said}")).encode()})
+        await send(
+            {"type": "http.response.body", "body": json.dumps(text_response(f"re: {said}", model=MODEL)).encode()}
+        )
 
     def start(self) -> None:
         config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="critical", lifespan="on")
@@ -158,16 +132,6 @@ class FaultyUpstream:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-def _wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on port {port}")
 
 
 class ServiceProcess:

@@ -49,16 +49,25 @@ class Received:
     raw: bytes
 
 
-def text_response(text: str, *, model: str = "openai/gpt-4o-mini", msg_id: str | None = None) -> dict[str, Any]:
-    """OpenRouter's non-streamed answer carrying one assistant message."""
+def text_response(
+    text: str,
+    *,
+    model: str = "openai/gpt-4o-mini",
+    msg_id: str | None = None,
+    response_id: str | None = None,
+    status: str = "completed",
+) -> dict[str, Any]:
+    """OpenRouter's non-streamed answer carrying one assistant message; with another `status` (a stream's
+    `in_progress` snapshot), no output, usage nor completion time yet."""
     now = int(time.time())
+    done = status == "completed"
     return {
-        "id": f"gen-{time.time_ns()}",
+        "id": response_id or f"gen-{time.time_ns()}",
         "object": "response",
         "created_at": now,
-        "completed_at": now,
+        "completed_at": now if done else None,
         "model": model,
-        "status": "completed",
+        "status": status,
         "error": None,
         "incomplete_details": None,
         "instructions": None,
@@ -71,7 +80,9 @@ def text_response(text: str, *, model: str = "openai/gpt-4o-mini", msg_id: str |
                 "status": "completed",
                 "content": [{"type": "output_text", "text": text, "annotations": []}],
             }
-        ],
+        ]
+        if done
+        else [],
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],
@@ -87,7 +98,9 @@ def text_response(text: str, *, model: str = "openai/gpt-4o-mini", msg_id: str |
             "total_tokens": 15,
             "cost": 0.00042,
             "is_byok": False,
-        },
+        }
+        if done
+        else None,
     }
 
 
@@ -98,12 +111,25 @@ def response_with_output(output: list[dict[str, Any]], **overrides: Any) -> dict
     return result
 
 
-def text_stream_events(text: str, *, msg_id: str = "msg_stream_1", chunks: int = 4) -> list[dict[str, Any]]:
-    """The spec's event sequence for a one-message answer (what OpenRouter streams)."""
-    final = text_response(text, msg_id=msg_id)
-    in_progress = {**final, "status": "in_progress", "output": [], "usage": None}
-    size = max(1, -(-len(text) // chunks))
-    pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
+def text_stream_events(
+    text: str,
+    *,
+    msg_id: str = "msg_stream_1",
+    chunks: int = 4,
+    pieces: list[str] | None = None,
+    model: str = "openai/gpt-4o-mini",
+    response_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """The spec's event sequence for a one-message answer (what OpenRouter streams): `text` in `chunks` deltas,
+    or exactly the deltas `pieces` (whose concatenation is the text)."""
+    if pieces is not None:
+        text = "".join(pieces)
+    else:
+        size = max(1, -(-len(text) // chunks))
+        pieces = [text[i : i + size] for i in range(0, len(text), size)] or [""]
+    response_id = response_id or f"gen-{time.time_ns()}"
+    final = text_response(text, model=model, msg_id=msg_id, response_id=response_id)
+    in_progress = text_response("", model=model, msg_id=msg_id, response_id=response_id, status="in_progress")
     message = final["output"][0]
     ids = {"item_id": msg_id, "output_index": 0}
     events: list[dict[str, Any]] = [
