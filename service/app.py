@@ -23,6 +23,7 @@ from service.health import health, ready
 from service.idempotency.middleware import IdempotencyMiddleware
 from service.idempotency.service import purge_expired_keys
 from service.keys.service import KeyAuthenticator
+from service.lifecycle.routes import ConversationLifecycleController
 from service.responses.history_cache import HistoryCache
 from service.responses.routes import ResponseController
 from service.responses.runner import TurnRunner
@@ -88,7 +89,15 @@ def create_app(
             await engine.dispose()
 
     return Litestar(
-        route_handlers=[health, ready, ConversationController, ResponseController, AdminController, AdminKeyController],
+        route_handlers=[
+            health,
+            ready,
+            ConversationController,
+            ConversationLifecycleController,
+            ResponseController,
+            AdminController,
+            AdminKeyController,
+        ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[IdempotencyMiddleware(max_body_bytes=MAX_BODY_BYTES)],

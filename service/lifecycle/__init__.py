@@ -1,0 +1,1 @@
+"""A conversation's life beyond turns: export and import as JSON Lines, and forks."""

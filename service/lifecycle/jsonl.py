@@ -1,0 +1,117 @@
+"""The JSON Lines form of a conversation: line 1 is the conversation (`{"object": "conversation", "id",
+"created_at", "metadata"}`), then one line per item, in order, each exactly as the items API shows it.
+
+Parsing names the 1-based line of the first bad line (the header is line 1), so a client can fix its file."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from service.errors import InvalidRequest
+from service.metadata import validate_metadata
+
+MEDIA_TYPE = "application/jsonl"
+# What clients call JSON Lines in the wild; all of them mean one JSON value per line.
+ACCEPTED_MEDIA_TYPES = frozenset(
+    {MEDIA_TYPE, "application/x-ndjson", "application/x-jsonlines", "application/jsonlines", "application/json-lines"}
+)
+_decoder = msgspec.json.Decoder()
+encode = msgspec.json.encode
+
+
+@dataclass(frozen=True)
+class Header:
+    line: int
+    created_at: int | None
+    metadata: dict[str, str]
+    tenant: str | None  # admin exports name each conversation's tenant
+
+
+@dataclass(frozen=True)
+class ItemLine:
+    line: int
+    value: dict[str, Any]
+
+
+def bad_line(number: int, message: str) -> InvalidRequest:
+    return InvalidRequest(f"Line {number}: {message}", param=f"line {number}", code="invalid_jsonl")
+
+
+def header_line(row: Any, tenant: str | None = None) -> bytes:
+    header: dict[str, Any] = {
+        "object": "conversation",
+        "id": row.id,
+        "created_at": int(row.created_at.timestamp()),
+        "metadata": row.metadata,
+    }
+    if tenant is not None:
+        header["tenant"] = tenant
+    return encode(header) + b"\n"
+
+
+def _decode(number: int, raw: bytes) -> dict[str, Any]:
+    try:
+        value = _decoder.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise bad_line(number, f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise bad_line(number, "must be a JSON object")
+    return value
+
+
+def _header(number: int, value: dict[str, Any]) -> Header:
+    if value.get("object") != "conversation":
+        raise bad_line(number, 'a conversation starts with its header {"object": "conversation", ...}')
+    created_at = value.get("created_at")
+    if created_at is not None and (not isinstance(created_at, int) or isinstance(created_at, bool) or created_at < 0):
+        raise bad_line(number, "created_at must be a Unix timestamp in seconds")
+    try:
+        metadata = validate_metadata(value.get("metadata"))
+    except InvalidRequest as exc:
+        raise bad_line(number, exc.message) from None
+    tenant = value.get("tenant")
+    if tenant is not None and (not isinstance(tenant, str) or not tenant or "\x00" in tenant):
+        raise bad_line(number, "tenant must be a non-empty string")
+    return Header(number, created_at, metadata, tenant)
+
+
+def _item(number: int, value: dict[str, Any]) -> ItemLine:
+    kind = value.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise bad_line(number, "an item needs a string 'type'")
+    for field in ("id", "type", "role", "status"):
+        field_value = value.get(field)
+        if field in value and field != "role" and not isinstance(field_value, str):
+            raise bad_line(number, f"'{field}' must be a string")
+        # Also stored as columns, and PostgreSQL text cannot hold U+0000.
+        if isinstance(field_value, str) and "\x00" in field_value:
+            raise bad_line(number, f"'{field}' cannot contain U+0000")
+    if kind == "message":
+        if value.get("role") not in {"user", "assistant", "system", "developer"}:
+            raise bad_line(number, "a message's role must be user, assistant, system or developer")
+        if not isinstance(value.get("content"), str | list):
+            raise bad_line(number, "a message's content must be a string or an array of content parts")
+    return ItemLine(number, value)
+
+
+def parse(raw: bytes, *, many: bool) -> Iterator[Header | ItemLine]:
+    """Headers and items in file order. With `many`, a file may hold several conversations, each starting with
+    its header; otherwise only line 1 may be one."""
+    lines = raw.split(b"\n")
+    if lines and lines[-1].strip() == b"":
+        lines.pop()  # the newline ending the last line
+    if not lines:
+        raise bad_line(1, "the file is empty; line 1 must be the conversation's header")
+    for index, line in enumerate(lines):
+        number = index + 1
+        if not line.strip():
+            raise bad_line(number, "is empty")
+        value = _decode(number, line)
+        if number == 1 or (many and value.get("object") == "conversation"):
+            yield _header(number, value)
+        else:
+            yield _item(number, value)

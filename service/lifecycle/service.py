@@ -1,0 +1,105 @@
+"""Export, import and fork of a conversation. Each write is one transaction: an import or fork either creates
+the whole new conversation or nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.conversations import repository as conversations
+from service.conversations.service import conversation_not_found, conversation_view
+from service.errors import InvalidRequest, NotFound
+from service.ids import new_id
+from service.items import NewItem, item_view
+from service.lifecycle import jsonl, repository
+from service.lifecycle.copies import forked_item, imported_item
+from service.metadata import validate_metadata
+
+# Items read per statement while exporting: memory stays flat however long the conversation is, and no
+# connection is held while the client reads.
+EXPORT_PAGE = 1000
+
+
+async def conversation_lines(engine: AsyncEngine, row: Any, tenant: str | None = None) -> AsyncIterator[bytes]:
+    """The conversation's JSON Lines: its header, then its items page by page (each page its own short read)."""
+    yield jsonl.header_line(row, tenant)
+    after = -1
+    while True:
+        async with engine.connect() as conn:
+            page = await repository.item_page(conn, row.id, after, EXPORT_PAGE)
+        if not page:
+            return
+        yield b"".join(jsonl.encode(item_view(r.id, r.status, r.body)) + b"\n" for r in page)
+        if len(page) < EXPORT_PAGE:
+            return
+        after = page[-1].position
+
+
+async def open_export(engine: AsyncEngine, tenant_id: str, conversation_id: str) -> AsyncIterator[bytes]:
+    """Checks the conversation exists (a 404 must come before the stream starts), then streams it."""
+    async with engine.connect() as conn:
+        row = await conversations.get_conversation(conn, tenant_id, conversation_id)
+    if row is None:
+        raise conversation_not_found(conversation_id)
+    return conversation_lines(engine, row)
+
+
+def check_media_type(content_type: str | None) -> None:
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type not in jsonl.ACCEPTED_MEDIA_TYPES:
+        raise InvalidRequest(
+            f"Send the conversation as JSON Lines with Content-Type: {jsonl.MEDIA_TYPE} (got {media_type or 'none'!r})",
+            code="unsupported_media_type",
+            status_code=415,
+        )
+
+
+async def import_conversation(engine: AsyncEngine, tenant_id: str, raw: bytes) -> dict[str, Any]:
+    """One exported conversation as a new one: new ids, everything else as in the file."""
+    header: jsonl.Header | None = None
+    items: list[NewItem] = []
+    for entry in jsonl.parse(raw, many=False):
+        if isinstance(entry, jsonl.Header):
+            header = entry
+        else:
+            items.append(imported_item(entry.value))
+    assert header is not None  # parse() makes line 1 the header
+    async with engine.begin() as conn:
+        row = await repository.insert_conversation_with_items(
+            conn,
+            conversation_id=new_id("conv"),
+            tenant_id=tenant_id,
+            metadata=header.metadata,
+            created_at=header.created_at,
+            items=items,
+        )
+    return conversation_view(row)
+
+
+async def fork_conversation(
+    engine: AsyncEngine, tenant_id: str, conversation_id: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """A new conversation holding copies of the source's items up to and including `item_id`. The source is
+    only read: a turn running on it does not block the fork, and the fork sees its items once committed."""
+    item_id = body.get("item_id")
+    if not isinstance(item_id, str) or not item_id:
+        raise InvalidRequest("item_id is required: the id of the last item the fork keeps", param="item_id")
+    metadata = validate_metadata(body["metadata"]) if body.get("metadata") is not None else None
+    async with engine.begin() as conn:
+        source = await conversations.get_conversation(conn, tenant_id, conversation_id)
+        if source is None:
+            raise conversation_not_found(conversation_id)
+        rows = await repository.items_through(conn, conversation_id, item_id)
+        if rows is None:
+            raise NotFound(f"Item with id '{item_id}' not found in conversation '{conversation_id}'.", param="item_id")
+        row = await repository.insert_conversation_with_items(
+            conn,
+            conversation_id=new_id("conv"),
+            tenant_id=tenant_id,
+            metadata=source.metadata if metadata is None else metadata,
+            created_at=None,
+            items=[forked_item(r) for r in rows],
+        )
+    return conversation_view(row)

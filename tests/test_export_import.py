@@ -1,0 +1,187 @@
+"""Export a conversation as JSON Lines and import it as a new one: new ids, everything else byte-exact."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import Tenant
+from tests.fake_openrouter import FakeOpenRouter, response_with_output, text_response
+from tests.turn_support import assistant, list_all, new_conversation, rows, turn, user
+
+JSONL = {"Content-Type": "application/jsonl"}
+NUL_EMOJI = "nul\u0000 emoji \U0001f600 \U0010ffff \u2028 caf\u00e9"
+REASONING = {
+    "type": "reasoning",
+    "id": "rs_exp_1",
+    "summary": [{"type": "summary_text", "text": 'Thinking \U0001f914 \\ "quoted"'}],
+    "encrypted_content": "gAAAAABo+/=" + "QUJD/+=" * 50 + "\u0000tail",
+    "status": "completed",
+}
+COMPACTION = {"type": "compaction", "id": "cmp_exp_1", "encrypted_content": "sealed+/=" * 20}
+CALL = {"type": "function_call", "id": "fc_exp_1", "call_id": "call_1", "name": "f", "arguments": '{"a":1}'}
+
+
+async def _export(tenant: Tenant, conversation_id: str) -> list[bytes]:
+    answer = await tenant.http.get(f"/v1/conversations/{conversation_id}/export")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/jsonl")
+    assert answer.content.endswith(b"\n")
+    return answer.content.split(b"\n")[:-1]
+
+
+async def _rich_conversation(tenant: Tenant, fake_upstream: FakeOpenRouter) -> str:
+    conv = await new_conversation(
+        tenant.http,
+        metadata={"topic": "export \U0001f600", "k": "v"},
+        items=[
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": NUL_EMOJI},
+            {"type": "message", "role": "user", "status": "completed", "content": "explicit status"},
+        ],
+    )
+    fake_upstream.reply_json(response_with_output([REASONING, assistant("Answer " + NUL_EMOJI, "msg_exp_1")]))
+    await turn(tenant.http, "Think", conversation=conv)
+    added = await tenant.http.post(
+        f"/v1/conversations/{conv}/items",
+        json={"items": [CALL, {"type": "function_call_output", "call_id": "call_1", "output": "42"}, COMPACTION]},
+    )
+    assert added.status_code == 200, added.text
+    return conv
+
+
+def _ids(line: bytes) -> str:
+    value = json.loads(line)
+    return str(value["id"])
+
+
+async def test_export_then_import_round_trips_byte_exact_but_for_ids(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conv = await _rich_conversation(alice, fake_upstream)
+    original = await _export(alice, conv)
+    assert len(original) == 1 + 9
+    header = json.loads(original[0])
+    assert header == {
+        "object": "conversation",
+        "id": conv,
+        "created_at": header["created_at"],
+        "metadata": {"topic": "export \U0001f600", "k": "v"},
+    }
+    listed = await list_all(alice.http, f"/v1/conversations/{conv}/items", order="asc")
+    assert [json.loads(line) for line in original[1:]] == listed
+
+    imported = await alice.http.post("/v1/conversations/import", content=b"\n".join(original) + b"\n", headers=JSONL)
+    assert imported.status_code == 200, imported.text
+    copy = imported.json()
+    assert copy["object"] == "conversation"
+    assert copy["id"] != conv
+    assert copy["metadata"] == header["metadata"]
+    assert copy["created_at"] == header["created_at"]
+
+    again = await _export(alice, copy["id"])
+    assert len(again) == len(original)
+    for before, after in zip(original, again, strict=True):
+        old_id, new_id = _ids(before), _ids(after)
+        assert old_id != new_id
+        assert before.replace(old_id.encode(), new_id.encode()) == after
+    # The originals are untouched.
+    assert await _export(alice, conv) == original
+
+    # Items stored without an id in their JSON (client input) are copied without one, byte for byte, so the
+    # imported conversation's next turn sends upstream what the original's would, but for the ids.
+    stored = await rows(
+        db,
+        "SELECT c.body AS copy, o.body AS original FROM item c JOIN item o ON o.position = c.position "
+        "WHERE c.conversation_id = :copy AND o.conversation_id = :original ORDER BY c.position",
+        copy=copy["id"],
+        original=conv,
+    )
+    assert [r["copy"] for r in stored[:3]] == [r["original"] for r in stored[:3]]
+    fake_upstream.reply_json(text_response("ok", msg_id="msg_after_import"))
+    await turn(alice.http, "next", conversation=copy["id"])
+    fake_upstream.reply_json(text_response("ok", msg_id="msg_after_original"))
+    await turn(alice.http, "next", conversation=conv)
+    from_copy, from_original = fake_upstream.inputs[-2], fake_upstream.inputs[-1]
+    assert len(from_copy) == len(from_original) == 10
+    for sent_copy, sent_original in zip(from_copy, from_original, strict=True):
+        if "id" in sent_original:
+            # An item whose JSON has no status (a client's function call) gets the one the items API showed.
+            assert sent_copy["id"] != sent_original["id"]
+            assert {**sent_copy, "id": sent_original["id"]} == {"status": "completed", **sent_original}
+        else:
+            assert sent_copy == sent_original
+    assert from_copy[-1] == user("next")
+
+
+async def test_import_answers_the_conversation_and_sdk_reads_it(alice: Tenant) -> None:
+    file = (
+        b'{"object":"conversation","id":"conv_elsewhere","created_at":1700000000,"metadata":{"a":"b"}}\n'
+        b'{"id":"msg_x","type":"message","role":"user","content":[{"type":"input_text","text":"hi"}],'
+        b'"status":"completed"}\n'
+    )
+    answer = await alice.http.post("/v1/conversations/import", content=file, headers=JSONL)
+    assert answer.status_code == 200, answer.text
+    client = alice.openai()
+    conversation = await client.conversations.retrieve(answer.json()["id"])
+    assert conversation.created_at == 1700000000
+    assert conversation.metadata == {"a": "b"}
+    items = await client.conversations.items.list(conversation.id, order="asc")
+    (item,) = items.data
+    assert item.id != "msg_x"
+    assert item.model_dump(exclude_none=True)["content"] == [{"type": "input_text", "text": "hi"}]
+
+
+async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tenant, db: AsyncEngine) -> None:
+    header = b'{"object":"conversation","id":"conv_1","created_at":1700000000,"metadata":{}}'
+    good = b'{"type":"message","role":"user","content":"hi"}'
+    cases = [
+        (header + b"\n" + good + b"\n{not json}\n", 3),
+        (header + b"\n" + good + b"\n[1,2]\n", 3),
+        (header + b"\n\n" + good + b"\n", 2),
+        (header + b'\n{"role":"user","content":"no type"}\n', 2),
+        (header + b'\n{"type":"message","role":"robot","content":"x"}\n', 2),
+        (header + b'\n{"type":"message","role":"user","content":"x","status":"a\\u0000b"}\n', 2),
+        (good + b"\n", 1),
+        (b'{"object":"conversation","metadata":{"k":1}}\n', 1),
+        (b'{"object":"conversation","created_at":"yesterday"}\n', 1),
+        (b"", 1),
+        (header + b"\n" + header + b"\n", 2),
+    ]
+    for body, line in cases:
+        answer = await alice.http.post("/v1/conversations/import", content=body, headers=JSONL)
+        assert answer.status_code == 400, (body, answer.text)
+        error = answer.json()["error"]
+        assert error["message"].startswith(f"Line {line}: "), (body, error)
+        assert error["param"] == f"line {line}"
+        assert error["type"] == "invalid_request_error"
+    assert await rows(db, "SELECT id FROM conversation") == []
+    assert await rows(db, "SELECT id FROM item") == []
+
+
+async def test_import_needs_json_lines_content_type(alice: Tenant) -> None:
+    answer = await alice.http.post(
+        "/v1/conversations/import", content=b'{"object":"conversation"}\n', headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 415
+    assert answer.json()["error"]["code"] == "unsupported_media_type"
+
+
+async def test_export_of_another_tenants_conversation_is_404(alice: Tenant, bob: Tenant) -> None:
+    conv = await new_conversation(alice.http, items=[{"role": "user", "content": "secret"}])
+    answer = await bob.http.get(f"/v1/conversations/{conv}/export")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["message"] == f"Conversation with id '{conv}' not found."
+    assert (await alice.http.get("/v1/conversations/conv_missing/export")).status_code == 404
+
+
+async def test_export_pages_through_long_conversations_in_order(alice: Tenant) -> None:
+    conv = await new_conversation(alice.http)
+    for start in range(0, 1050, 20):
+        items = [{"role": "user", "content": f"m{n}"} for n in range(start, min(start + 20, 1050))]
+        assert (await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": items})).status_code == 200
+    lines = await _export(alice, conv)
+    texts: list[Any] = [json.loads(line)["content"][0]["text"] for line in lines[1:]]
+    assert texts == [f"m{n}" for n in range(1050)]

@@ -1,0 +1,97 @@
+"""Fork a conversation at an item: a new conversation with copies of the items up to it; both continue."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import Tenant
+from tests.fake_openrouter import FakeOpenRouter, text_response
+from tests.turn_support import MODEL, assistant, conversation_items, list_all, new_conversation, rows, turn, user
+
+
+async def _three_turns(tenant: Tenant, fake_upstream: FakeOpenRouter) -> tuple[str, list[dict[str, object]]]:
+    conv = await new_conversation(tenant.http, metadata={"source": "yes"})
+    for n in range(1, 4):
+        fake_upstream.reply_json(text_response(f"answer {n}", msg_id=f"msg_src_{n}"))
+        await turn(tenant.http, f"question {n}", conversation=conv)
+    return conv, await list_all(tenant.http, f"/v1/conversations/{conv}/items", order="asc")
+
+
+async def test_fork_copies_items_through_the_given_one_and_both_continue(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conv, source_items = await _three_turns(alice, fake_upstream)
+    at = source_items[3]  # the second answer
+    answer = await alice.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": at["id"]})
+    assert answer.status_code == 200, answer.text
+    fork = answer.json()
+    assert fork["object"] == "conversation"
+    assert fork["id"] != conv
+    assert fork["metadata"] == {"source": "yes"}
+
+    forked = await list_all(alice.http, f"/v1/conversations/{fork['id']}/items", order="asc")
+    assert len(forked) == 4
+    for copy, original in zip(forked, source_items[:4], strict=True):
+        assert copy["id"] != original["id"]
+        assert {**copy, "id": original["id"]} == original
+    # The source is untouched.
+    assert await list_all(alice.http, f"/v1/conversations/{conv}/items", order="asc") == source_items
+
+    # Both continue independently, the fork from its copy of the history (through the SDK).
+    fake_upstream.reply_json(text_response("fork answer", msg_id="msg_fork_1"))
+    client = alice.openai()
+    reply = await client.responses.create(model=MODEL, input="fork question", conversation=fork["id"])
+    assert reply.output_text == "fork answer"
+    sent = fake_upstream.inputs[-1]
+    assert sent[0] == user("question 1")
+    assert sent[1]["id"] == forked[1]["id"]
+    assert {**sent[1], "id": "msg_src_1"} == assistant("answer 1", "msg_src_1")
+    assert sent[2] == user("question 2")
+    assert {**sent[3], "id": "msg_src_2"} == assistant("answer 2", "msg_src_2")
+    assert sent[4:] == [user("fork question")]
+
+    fake_upstream.reply_json(text_response("source answer", msg_id="msg_src_4"))
+    await turn(alice.http, "source question", conversation=conv)
+    assert fake_upstream.inputs[-1] == [
+        user("question 1"),
+        assistant("answer 1", "msg_src_1"),
+        user("question 2"),
+        assistant("answer 2", "msg_src_2"),
+        user("question 3"),
+        assistant("answer 3", "msg_src_3"),
+        user("source question"),
+    ]
+    assert len(await conversation_items(db, conv)) == 8
+    assert len(await conversation_items(db, fork["id"])) == 6
+    (counts,) = await rows(db, "SELECT item_count, next_position FROM conversation WHERE id = :c", c=fork["id"])
+    assert counts == {"item_count": 6, "next_position": 6}
+
+
+async def test_fork_takes_new_metadata_and_refuses_unknown_items(
+    alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conv, items = await _three_turns(alice, fake_upstream)
+    first = await alice.http.post(
+        f"/v1/conversations/{conv}/fork", json={"item_id": items[0]["id"], "metadata": {"b": "1"}}
+    )
+    assert first.status_code == 200, first.text
+    assert first.json()["metadata"] == {"b": "1"}
+    assert len(await conversation_items(db, first.json()["id"])) == 1
+
+    other = await new_conversation(alice.http, items=[{"role": "user", "content": "elsewhere"}])
+    (elsewhere,) = await list_all(alice.http, f"/v1/conversations/{other}/items")
+    refused = [
+        (await alice.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": elsewhere["id"]}), 404, "item_id"),
+        (await alice.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": "msg_nope"}), 404, "item_id"),
+        (await alice.http.post(f"/v1/conversations/{conv}/fork", json={}), 400, "item_id"),
+        (
+            await alice.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": items[0]["id"], "metadata": 3}),
+            400,
+            "metadata",
+        ),
+        (await bob.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": items[0]["id"]}), 404, None),
+    ]
+    for answer, status, param in refused:
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"]["param"] == param
+    assert len(await rows(db, "SELECT id FROM conversation")) == 3
