@@ -28,6 +28,7 @@ from service.responses.history_cache import HistoryCache
 from service.responses.routes import ResponseController
 from service.responses.runner import TurnRunner
 from service.responses.service import reap_stale_turns
+from service.responses.turn import TurnContext
 from service.runtime import Runtime
 from service.upstream.client import OpenRouterClient
 from service.upstream.demo import DemoTransport
@@ -67,13 +68,14 @@ def create_app(
         engine = create_engine(url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
         upstream = OpenRouterClient(settings, transport=upstream_transport)
         histories = HistoryCache(settings.history_cache_mb * 1024 * 1024)
+        turn_context = TurnContext(engine, upstream, histories, lock_ttl=settings.turn_lock_ttl)
         runtime = Runtime(
             settings=settings,
             engine=engine,
             upstream=upstream,
             authenticator=KeyAuthenticator(engine, settings.admin_api_key),
-            turns=TurnRunner(settings, engine, upstream),
-            histories=histories,
+            turn_context=turn_context,
+            turns=TurnRunner(settings, turn_context),
         )
         app.state.runtime = runtime
         reaper = asyncio.create_task(_reap_forever(runtime))
@@ -82,6 +84,7 @@ def create_app(
         finally:
             # Running turns get a grace period to finish and be stored; what is left is stored as failed.
             await runtime.turns.shutdown(settings.shutdown_grace_period)
+            await turn_context.close(settings.shutdown_grace_period)
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper

@@ -8,8 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.keys.service import KeyAuthenticator
-from service.responses.history_cache import HistoryCache
 from service.responses.runner import TurnRunner
+from service.responses.turn import TurnContext
 from service.upstream.client import OpenRouterClient
 
 
@@ -19,5 +19,5 @@ class Runtime:
     engine: AsyncEngine
     upstream: OpenRouterClient
     authenticator: KeyAuthenticator
+    turn_context: TurnContext  # what every turn needs; owns the outcomes waiting for the database
     turns: TurnRunner  # streamed and background turns, which outlive the request that started them
-    histories: HistoryCache  # long conversations' histories as of their last turn in this worker

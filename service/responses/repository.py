@@ -10,13 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.db.models import conversation_table, item_table, response_table
 from service.ids import can_exist
 from service.pagination import PageRequest
+from service.responses.status import RUNNING, TERMINAL, Status
 
 response_t = response_table
 item_t = item_table
 conversation_t = conversation_table
 
-TERMINAL_STATUSES = ("completed", "incomplete", "failed", "cancelled")
-RUNNING_STATUSES = ("queued", "in_progress")
+TERMINAL_STATUSES = tuple(s.value for s in Status if s in TERMINAL)
+RUNNING_STATUSES = tuple(s.value for s in Status if s in RUNNING)
 
 # The ancestor chain of a response, oldest first: if the chain's root ran in a conversation, the conversation
 # items that preceded it, then each response's input items and output items. One statement.

@@ -69,26 +69,13 @@ class ResponseController(Controller):
         turn = parse_turn_request(body, max_input_items=runtime.settings.max_input_items)
         if turn.stream or turn.background:
             return await self._start_run(request, turn)
-        result = await service.run_turn(
-            runtime.engine,
-            runtime.upstream,
-            principal_of(request).tenant_id,
-            turn,
-            lock_ttl=runtime.settings.turn_lock_ttl,
-            histories=runtime.histories,
-        )
+        result = await runtime.turn_context.run(principal_of(request).tenant_id, turn)
         return json_response(result)
 
     async def _start_run(self, request: Request[Any, Any, Any], turn: TurnRequest) -> Response[Any]:
         """stream and/or background: the turn runs in the application's runner, this request only follows it."""
         runtime = runtime_of(request)
-        started = await service.begin_turn(
-            runtime.engine,
-            principal_of(request).tenant_id,
-            turn,
-            lock_ttl=runtime.settings.turn_lock_ttl,
-            histories=runtime.histories,
-        )
+        started = await runtime.turn_context.begin(principal_of(request).tenant_id, turn)
         snapshot = started.state.render()
         run = runtime.turns.start(started)
         if not turn.stream:

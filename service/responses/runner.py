@@ -6,9 +6,9 @@ ends and the run goes on (unless STREAM_DISCONNECT_POLICY=cancel), so nothing ge
 1. publishes `response.created` and `response.in_progress` (our Response, status in_progress);
 2. opens OpenRouter's stream (retries happen before the first byte, exactly as for a non-streamed turn) and
    relays its events through `StreamAssembler` with our own sequence numbers;
-3. stores the outcome with the turn loop's finish_turn / fail_turn (no connection is held while streaming):
-   the one terminal event is rendered from the final state, and for stream=true the event log (for
-   `starting_after` resumes) is written by the same statement as the outcome;
+3. stores the outcome with the turn's finish or fail (service/responses/turn.py; no connection is held while
+   streaming): the one terminal event is rendered from the stored state, and for stream=true the event log
+   (for `starting_after` resumes) is written by the same statement as the outcome;
 4. publishes the terminal event and leaves the registry.
 
 Events live in memory, per run, as encoded SSE frames (a FrameLog); followers read it at their own pace, so a
@@ -27,26 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.errors import Conflict, InvalidRequest, ServiceError, ServiceUnavailable
-from service.responses import turn_store
 from service.responses.frame_log import FrameLog
+from service.responses.outcome import apply_upstream_result
 from service.responses.repository import RUNNING_STATUSES
-from service.responses.service import (
-    INTERRUPTED_ERROR,
-    Turn,
-    apply_upstream_result,
-    fail_turn,
-    finish_turn,
-    get_response,
-)
-from service.responses.streaming import (
-    KEEPALIVE_FRAME,
-    StreamAssembler,
-    cut_error,
-    sse_frame,
-    terminal_event_type,
-)
-from service.responses.views import ResponseState
-from service.upstream.client import OpenRouterClient
+from service.responses.service import get_response
+from service.responses.status import Status
+from service.responses.streaming import KEEPALIVE_FRAME, StreamAssembler, cut_error, sse_frame, terminal_frame
+from service.responses.turn import INTERRUPTED_ERROR, RelayedEvents, Turn, TurnContext
 from service.upstream.errors import UpstreamError
 
 logger = logging.getLogger("service.runner")
@@ -167,10 +154,10 @@ def _resolve(future: asyncio.Future[None]) -> None:
 class TurnRunner:
     """The registry of runs in this process, held on the Runtime."""
 
-    def __init__(self, settings: Settings, engine: AsyncEngine, upstream: OpenRouterClient) -> None:
+    def __init__(self, settings: Settings, turns: TurnContext) -> None:
         self._settings = settings
-        self._engine = engine
-        self._upstream = upstream
+        self._turns = turns
+        self._upstream = turns.upstream
         self._runs: dict[str, TurnRun] = {}
 
     def __len__(self) -> int:
@@ -289,49 +276,22 @@ class TurnRunner:
         # back runs when this stream has already ended (with its own terminal event), so the log holds the
         # frames up to this sequence number, not the frames as they are then.
         sequence_number = len(run.frames)
-        terminal: list[bytes] = []
-
-        def event_log() -> turn_store.EventLog | None:
-            # Rendered from the final state, right before the statement that stores it with the outcome. The
-            # relayed frames are joined only then too, not while the turn waits for a connection: the whole log
-            # uncompressed (~16 KB for 64 deltas) held by every waiting stream cost 11 KiB of each stream's
-            # memory in the capacity scenario (docs/benchmarks.md, 74 -> 63 KiB).
-            terminal[:] = [_terminal_frame(turn.state, sequence_number)]
-            if not turn.request.stream:
-                return None
-            relayed = run.frames.joined(0, sequence_number)
-            return turn_store.EventLog(b"".join((relayed, terminal[0])).decode(), sequence_number + 1)
-
+        events = RelayedEvents(run.frames, sequence_number) if turn.request.stream else None
         try:
-            if status == "failed":
-                await fail_turn(self._engine, turn, error or INTERRUPTED_ERROR, outputs, event_log=event_log)
+            if status == Status.FAILED:
+                await self._turns.fail(turn, error or INTERRUPTED_ERROR, outputs, events=events)
             else:
-                append = None if status in {"completed", "incomplete"} else False
-                await finish_turn(
-                    self._engine,
-                    turn,
-                    outputs,
-                    upstream_id=assembler.upstream_id,
-                    append=append,
-                    event_log=event_log,
-                )
+                await self._turns.finish(turn, outputs, upstream_id=assembler.upstream_id, events=events)
         except ServiceUnavailable as exc:
-            # The database is down: finish_turn keeps the outcome and stores it once the database is back. The
+            # The database is down: finish keeps the outcome and stores it once the database is back. The
             # state must stay as it is for that store; only this stream is told, with an event of its own.
-            unstored = replace(turn.state, status="failed", error={"code": exc.code, "message": exc.message})
-            return _terminal_frame(unstored, sequence_number)
+            unstored = replace(turn.state, status=Status.FAILED.value, error={"code": exc.code, "message": exc.message})
+            return terminal_frame(unstored.render(), sequence_number)
         except Exception:
             logger.exception("could not store streamed turn %s; the reaper will finish it", turn.state.id)
-            turn.state.status = "failed"
+            turn.state.status = Status.FAILED.value
             turn.state.error = {"code": "server_error", "message": "The response could not be stored"}
-            return _terminal_frame(turn.state, sequence_number)
-        # None rendered when nothing is stored (store=false).
-        return terminal[0] if terminal else _terminal_frame(turn.state, sequence_number)
-
-
-def _terminal_frame(state: ResponseState, sequence_number: int) -> bytes:
-    event = {"type": terminal_event_type(state.status), "response": state.render(), "sequence_number": sequence_number}
-    return sse_frame(event)
+        return terminal_frame(turn.state.render(), sequence_number)
 
 
 async def cancel_response(engine: AsyncEngine, runner: TurnRunner, tenant_id: str, response_id: str) -> dict[str, Any]:

@@ -379,6 +379,12 @@ def terminal_event_type(status: str) -> str:
     return "response.failed"
 
 
+def terminal_frame(response: dict[str, Any], sequence_number: int) -> bytes:
+    """The frame that ends a stream, carrying the response as stored."""
+    event = {"type": terminal_event_type(str(response["status"])), "response": response}
+    return sse_frame({**event, "sequence_number": sequence_number})
+
+
 def events_from_state(rendered: dict[str, Any]) -> list[dict[str, Any]]:
     """A stored response's events rebuilt from its final state, for a streamed response whose event log was
     never written (its process died): created, each item added and done, and the terminal event."""

@@ -1,15 +1,29 @@
-"""The turn loop's hot statements, sent on the driver (asyncpg) connection.
+"""The turn's hot statements, written out, sent on the driver (asyncpg) connection.
 
-A turn's begin and finish are each one statement: data-modifying CTEs make every part of a step commit or
+A turn's begin and its finish are each one statement: data-modifying CTEs make every part of a step commit or
 fail together without BEGIN/COMMIT round trips, and asyncpg keeps each statement prepared. The history comes
 back as one text (the stored item JSON texts joined by commas), ready to splice into the upstream body.
-Everything else (listings, admin, items) uses SQLAlchemy; these few statements run thousands of times a
-second, so they are written once here, by hand. docs/benchmarks.md has the measured difference.
+Everything else (listings, admin, items) uses SQLAlchemy; these statements run for every turn, so they are
+written by hand (docs/benchmarks.md has the measured difference). Parameters are named and bound by name
+(service/responses/statement.py).
+
+Which statements a turn uses depends on two facts about it:
+- in a conversation or not (a conversation turn claims the conversation and appends to it);
+- whether a client can see the response before it finishes (streamed or background: the client learns its id
+  from the first event). A turn no client sees before its end ("unseen") stores nothing but the claim in its
+  begin; its finish stores its response row, input items and outcome together. Nothing can look for that
+  response in between: its id is in no answer yet. Storing an in-progress row would cost every turn a row
+  version and an entry in each of the response table's indexes, written at the begin and again at the finish,
+  and moving its input items into the conversation would be a second version of each. Its begin also does not
+  wait for the write-ahead log to reach the disk: the finish's commit flushes the log up to itself, begin
+  included, before the client hears of the response (set_config(..., true) lasts until the statement's
+  transaction ends). If PostgreSQL crashes or the process dies in between, the turn fails as every turn in
+  flight then does, and nothing the client was told about is missing: the claim expires and the reaper
+  releases it. The admin listing shows such a claimed thread as in_progress (service/admin/repository.py).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,96 +35,22 @@ import msgspec
 from service.items import NewItem
 from service.responses.history_cache import CachedHistory, joined
 from service.responses.repository import RUNNING_STATUSES
+from service.responses.statement import Statement
 
-# The item columns a turn writes, as parallel arrays for unnest(): one statement inserts any number of items.
-_ITEM_ARRAYS = (
-    "unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[], $texts::text[])"
-)
+# -- begin -------------------------------------------------------------------------------------------------
 
-
-def _numbered(sql: str, names: Sequence[str]) -> str:
-    """asyncpg takes $1..$n; the statements below name their parameters, in the order `names` gives."""
-    for index, name in sorted(enumerate(names, 1), key=lambda pair: -len(pair[1])):
-        if f"${name}" not in sql:
-            raise ValueError(f"parameter ${name} is not used")
-        sql = sql.replace(f"${name}", f"${index}")
-    if re.search(r"\$[a-z]", sql):
-        raise ValueError(f"unnamed parameter left in {sql}")
-    return sql
-
-
-def _item_arrays(items: Sequence[NewItem]) -> list[list[Any]]:
-    return [
-        [i.id for i in items],
-        [i.type for i in items],
-        [i.role for i in items],
-        [i.status for i in items],
-        [i.body for i in items],
-        [i.text_content for i in items],
-    ]
-
-
-_ITEM_PARAMS = ("ids", "types", "roles", "statuses", "bodies", "texts")
-_RESPONSE_PARAMS = (
-    "response_id",
-    "tenant_id",
-    "conversation_id",
-    "previous_response_id",
-    "status",
-    "model",
-    "instructions",
-    "params_json",
-    "metadata",
-    "background",
-    "stream",
-)
-
-# The history of a conversation, in order, as one text. Aggregating an ordered subquery keeps its order (an
-# ORDER BY inside string_agg would sort again, on disk for long histories on PostgreSQL 15).
-_HISTORY = "SELECT string_agg(body, ',') FROM (SELECT body FROM item WHERE conversation_id = $1 ORDER BY position) h"
-
-
-def _insert_inputs(source: str) -> str:
-    """Insert input items outside any conversation; `source` is a CTE to select from with them, or ""."""
-    return f"""
-    INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
-    SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, u.type, u.role, u.status, u.body, u.text_content
-    FROM {source} {_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
-"""
-
-
-# A conversation turn the client cannot see before its finish (not streamed, not background: the client learns
-# the response id from the finished response) begins lighter: its begin stores nothing but the claim, and its
-# finish stores its response row, input items and outcome together. A turn the client may see at once stores
-# the response and its input items in its begin, and its finish updates the one and moves the others.
-# - Nothing can look for that response in between: its id is in no answer yet. An in-progress response row
-#   would cost every turn a row version and an entry in each of the response table's seven indexes, written at
-#   the begin and again when the finish changes its (indexed) status and model: ~15% of PostgreSQL's CPU per
-#   turn (docs/benchmarks.md). The admin listing shows a claimed thread whose response is not stored yet as
-#   in_progress (service/admin/repository.py).
-# - Its input items are written once, at their place in the conversation, not written outside it and then
-#   moved (an UPDATE is a second row version with an entry in each of the item table's six indexes).
-# - Its begin does not wait for the write-ahead log to reach the disk: the finish's commit flushes the log up
-#   to itself, begin included, before the client hears of the response (set_config(..., true) lasts until the
-#   statement's transaction ends). This saves a WAL flush per turn.
-# If PostgreSQL crashes, or the process dies, between the two, the turn fails, as every turn in flight then
-# does, and nothing the client was told about is missing: the claim expires and the reaper releases it (there
-# is no response row to fail).
-def visible_before_finish(*, stream: bool, background: bool) -> bool:
-    return stream or background
-
-
-# Claim the conversation (one writer at a time), store the response as in_progress with its input items when
-# the turn is visible before its finish ({stored}), and read the history, in one statement. The claim locks
-# the conversation row; an expired claim is taken over and its holder reported. The history is read from the
-# statement's snapshot, which a turn that finished while we waited for the lock is not in: `history_is_current`
-# compares the row the snapshot saw with the row we claimed (every change to a conversation's items moves
-# next_position or item_count), and the caller reads the history again when they differ. Only the items from
-# $history_from on are read: the caller holds the ones before (service/responses/history_cache.py), 0 when it
-# holds none. The claim writes no indexed column, so PostgreSQL can make it a HOT update, with no new entries
-# in the conversation's eight indexes: last_model and last_status are the last finished turn's, written by the
-# finish, and the admin listing shows a claimed thread's status from the claiming turn.
-_CLAIM_AND_BEGIN_TEMPLATE = """
+# Claim the conversation (one writer at a time), store the response as in_progress with its input items, and
+# read the history, in one statement; for a turn visible before its finish. The claim locks the conversation
+# row; an expired claim is taken over and its holder reported. The history is read from the statement's
+# snapshot, which a turn that finished while we waited for the lock is not in: `history_is_current` compares
+# the row the snapshot saw with the row we claimed (every change to a conversation's items moves next_position
+# or item_count), and the caller reads the history again when they differ. Only the items from $history_from
+# on are read: the caller holds the ones before (service/responses/history_cache.py), 0 when it holds none.
+# The claim writes no indexed column, so PostgreSQL can make it a HOT update: last_model and last_status are
+# the last finished turn's, written by the finish. Aggregating an ordered subquery keeps its order (an ORDER BY
+# inside string_agg would sort again, on disk for long histories).
+_CLAIM_AND_STORE = Statement(
+    """
     WITH claim AS (
         UPDATE conversation AS c
         SET turn_response_id = $response_id,
@@ -120,7 +60,21 @@ _CLAIM_AND_BEGIN_TEMPLATE = """
         WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
         RETURNING c.next_position, c.item_count, before.turn_response_id AS previous_holder
     ),
-    {stored}
+    stored AS (
+        INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
+                              model, instructions, params_json, metadata, background, stream)
+        SELECT $response_id, $tenant_id, $conversation_id, claim.next_position, $previous_response_id, $status,
+               $model, $instructions, $params_json, $metadata::jsonb, $background, $stream
+        FROM claim
+        RETURNING created_at
+    ),
+    inputs AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
+        SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, u.type, u.role, u.status, u.body,
+               u.text_content
+        FROM claim, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                           $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    )
     SELECT claim.next_position, claim.item_count, claim.previous_holder, stored.created_at,
            snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count
     FROM claim, stored, LATERAL (
@@ -133,106 +87,78 @@ _CLAIM_AND_BEGIN_TEMPLATE = """
             ORDER BY position
         ) h
     ) AS tail
-"""
-_STORE_IN_PROGRESS = f"""stored AS (
-        INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
-                              model, instructions, params_json, metadata, background, stream)
-        SELECT $response_id, $tenant_id, $conversation_id, claim.next_position, $previous_response_id, $status,
-               $model, $instructions, $params_json, $metadata::jsonb, $background, $stream
-        FROM claim
-        RETURNING created_at
-    ),
-    inputs AS ({_insert_inputs("claim,")})"""
-# The claim alone: the statement's time stands for the response's creation, which the finish stores.
-_STORE_NOTHING = """stored AS (SELECT now() AS created_at, set_config('synchronous_commit', 'off', true))"""
-_CLAIM_PARAMS = ("ttl", "response_id", "conversation_id", "tenant_id", "history_from")
-_CLAIM_AND_BEGIN = _numbered(
-    _CLAIM_AND_BEGIN_TEMPLATE.format(stored=_STORE_IN_PROGRESS),
-    ("ttl", *_RESPONSE_PARAMS, "history_from", *_ITEM_PARAMS),
+    """
 )
-_CLAIM_ONLY = _numbered(_CLAIM_AND_BEGIN_TEMPLATE.format(stored=_STORE_NOTHING), _CLAIM_PARAMS)
 
-# A turn outside a conversation: the response and its input items, in one statement. Its input items stay
-# where they are stored (no conversation takes them), and nothing of it is worth leaving to its finish: a begin
-# that fails here (the response it continues deleted, the database down) fails before the upstream call. One
-# that no client sees before its finish does not wait for the disk ({lazy_commit}, as _STORE_NOTHING).
-_BEGIN_TEMPLATE = f"""
+# The same claim and history read for an unseen turn: nothing stored but the claim, and the statement's time
+# stands for the response's creation, which the finish stores.
+_CLAIM_ONLY = Statement(
+    """
+    WITH claim AS (
+        UPDATE conversation AS c
+        SET turn_response_id = $response_id,
+            turn_expires_at = now() + make_interval(secs => $ttl)
+        FROM (SELECT id, turn_response_id FROM conversation
+              WHERE id = $conversation_id AND tenant_id = $tenant_id FOR UPDATE) AS before
+        WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
+        RETURNING c.next_position, c.item_count, before.turn_response_id AS previous_holder
+    ),
+    stored AS (SELECT now() AS created_at, set_config('synchronous_commit', 'off', true))
+    SELECT claim.next_position, claim.item_count, claim.previous_holder, stored.created_at,
+           snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count
+    FROM claim, stored, LATERAL (
+        SELECT (claim.next_position, claim.item_count) =
+               (SELECT next_position, item_count FROM conversation WHERE id = $conversation_id) AS is_current
+    ) AS snapshot, LATERAL (
+        SELECT string_agg(body, ',') AS history, count(*) AS item_count FROM (
+            SELECT body FROM item
+            WHERE snapshot.is_current AND conversation_id = $conversation_id AND position >= $history_from
+            ORDER BY position
+        ) h
+    ) AS tail
+    """
+)
+
+# A turn outside a conversation: the response and its input items, in one statement. Its input items stay where
+# they are stored (no conversation takes them), and nothing of it is left to its finish: a begin that fails here
+# (the response it continues deleted, the database down) fails before the upstream call. An unseen one does not
+# wait for the disk ($lazy_commit), as _CLAIM_ONLY.
+_BEGIN = Statement(
+    """
     WITH stored AS (
         INSERT INTO response (id, tenant_id, conversation_id, previous_response_id, status, model, instructions,
                               params_json, metadata, background, stream)
         VALUES ($response_id, $tenant_id, $conversation_id, $previous_response_id, $status, $model, $instructions,
                 $params_json, $metadata::jsonb, $background, $stream)
-        RETURNING created_at{{lazy_commit}}
+        RETURNING created_at, CASE WHEN $lazy_commit THEN set_config('synchronous_commit', 'off', true) END
     ),
-    inputs AS ({_insert_inputs("")})
-    SELECT created_at FROM stored
-"""
-_BEGIN = {
-    visible: _numbered(
-        _BEGIN_TEMPLATE.replace("{lazy_commit}", "" if visible else ", set_config('synchronous_commit', 'off', true)"),
-        (*_RESPONSE_PARAMS, *_ITEM_PARAMS),
+    inputs AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
+        SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, u.type, u.role, u.status, u.body,
+               u.text_content
+        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     )
-    for visible in (True, False)
-}
-
-_OUTCOME_PARAMS = (
-    "response_id",
-    "tenant_id",
-    "status",
-    "upstream_id",
-    "upstream_model",
-    "usage",
-    "error",
-    "incomplete_details",
-    "input_tokens",
-    "output_tokens",
-    "cost",
-    "completed_at",
+    SELECT created_at FROM stored
+    """
 )
-_COMPLETE_RESPONSE = """
-    UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
-        usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
-        input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
-"""
-# A streamed response's event log, written by the statement that stores its outcome: the stored response and
-# its log never disagree, and a resume after the end always finds the log. A finish without a log has no such
-# part ({log}): it would open the log table and its index for nothing, every turn.
-_EVENT_LOG_PARAMS = ("events", "event_count")
-_SAVE_EVENT_LOG = """,
-    logged AS (
-        INSERT INTO response_event_log (response_id, events, event_count)
-        SELECT $response_id, $events::text, $event_count::int FROM completed
-        ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
-    )"""
 
-# The items a finish stores, in one INSERT: the output items, after the input items when the begin did not
-# store those (the first $new_inputs of the arrays' items are inputs: 0, or $input_count). One INSERT rather
-# than one per kind opens the item table's indexes once, and stores the items in conversation order.
-_NEW_ITEM_IS_OUTPUT = "u.ordinal > $new_inputs"
-_NEW_ITEM_ORDINAL = "CASE WHEN u.ordinal > $new_inputs THEN u.ordinal - $new_inputs ELSE u.ordinal END - 1"
-_NEW_ITEMS = f"{_ITEM_ARRAYS} WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)"
+_HISTORY = Statement(
+    """
+    SELECT string_agg(body, ',')
+    FROM (SELECT body FROM item WHERE conversation_id = $conversation_id ORDER BY position) h
+    """
+)
 
-# The response row of a conversation turn no client saw before its finish, stored whole by the finish (such a
-# turn continues no previous response: `conversation` and `previous_response_id` exclude each other).
-_ROW_PARAMS = ("model", "instructions", "params_json", "metadata", "background", "stream")
+# -- finish in the conversation ----------------------------------------------------------------------------
+# A conversation turn that still holds its claim: reserve $added positions at the end of the conversation and
+# append the inputs and outputs there ($append false, a failed or cancelled turn: only release the claim),
+# store the output items and the outcome, and free the claim. No row back when the claim was lost (it expired
+# and was taken over): nothing is written then.
 
-
-def _insert_response(conversation: str, position: str, source: str) -> str:
-    return f"""
-    INSERT INTO response (id, tenant_id, conversation_id, conversation_position, status, model, instructions,
-                          params_json, metadata, background, stream, created_at, upstream_id, upstream_model, usage,
-                          error, incomplete_details, input_tokens, output_tokens, cost, completed_at)
-    SELECT $response_id, $tenant_id, {conversation}, {position}, $status, $model, $instructions, $params_json,
-           $metadata::jsonb, $background, $stream, $created_at, $upstream_id, $upstream_model, $usage::jsonb,
-           $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens, $cost, $completed_at
-    {source}"""
-
-
-# Finish a conversation turn while it still holds the claim: reserve positions at the end of the conversation
-# and append the inputs and outputs there (or, with $append false, only release the claim), store the new
-# items, the outcome and the event log, and free the claim. No row when the claim was lost (it expired and was
-# taken over). {attach} moves the input items the begin stored to their place; {completed} stores the outcome.
-_FINISH_IN_CONVERSATION_TEMPLATE = f"""
+# Visible before its finish: its begin stored the response and its input items, which move to their place.
+_FINISH_STORED_IN_CONVERSATION = Statement(
+    """
     WITH advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
@@ -242,100 +168,210 @@ _FINISH_IN_CONVERSATION_TEMPLATE = f"""
             last_model = $last_model, last_status = $status
         WHERE id = $conversation_id AND turn_response_id = $response_id
         RETURNING next_position - $added AS start
-    ),{{attach}}
-    items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, type, role,
-                          status, body, text_content)
-        SELECT u.id, $tenant_id, $response_id, {_NEW_ITEM_IS_OUTPUT}, {_NEW_ITEM_ORDINAL},
-               CASE WHEN $append THEN $conversation_id END,
-               CASE WHEN $append THEN advanced.start + $input_count - $new_inputs + u.ordinal - 1 END,
-               u.type, u.role, u.status, u.body, u.text_content
-        FROM advanced, {_NEW_ITEMS}
     ),
-    completed AS ({{completed}}){{log}}
-    SELECT completed_at FROM completed
-"""
-_ATTACH_STORED_INPUTS = """
     attached AS (
         UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal
         FROM advanced
         WHERE $append AND item.response_id = $response_id AND item.is_output = false
-    ),"""
-_FINISH_IN_CONVERSATION_PARAMS = (
-    *_OUTCOME_PARAMS,
-    "conversation_id",
-    "added",
-    "title",
-    "last_model",
-    "append",
-    "input_count",
-    "new_inputs",
-    *_ITEM_PARAMS,
+    ),
+    items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, type, role,
+                          status, body, text_content)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1,
+               CASE WHEN $append THEN $conversation_id END,
+               CASE WHEN $append THEN advanced.start + $input_count + u.ordinal - 1 END,
+               u.type, u.role, u.status, u.body, u.text_content
+        FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                              $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    ),
+    completed AS (
+        UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
+            usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
+            input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
+        FROM advanced WHERE response.id = $response_id
+        RETURNING completed_at
+    )
+    SELECT completed_at FROM completed
+    """
 )
 
-# Finish a turn outside a conversation (or one whose claim was lost): its new items and outcome. A response
-# stored whole here (a conversation turn's whose claim was lost) names its conversation only if that still
-# exists: it may have been deleted once the claim expired.
-_FINISH_TEMPLATE = f"""
+# The same for a streamed turn, which also stores its event log (for `starting_after` resumes): written by the
+# statement that stores the outcome, the stored response and its log never disagree, and a resume after the end
+# always finds the log. A separate statement rather than a conditional part: an INSERT that writes nothing still
+# opens the log table and its index, every turn.
+_FINISH_LOGGED_IN_CONVERSATION = Statement(
+    """
+    WITH advanced AS (
+        UPDATE conversation
+        SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
+            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL,
+            response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
+            output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
+            last_model = $last_model, last_status = $status
+        WHERE id = $conversation_id AND turn_response_id = $response_id
+        RETURNING next_position - $added AS start
+    ),
+    attached AS (
+        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal
+        FROM advanced
+        WHERE $append AND item.response_id = $response_id AND item.is_output = false
+    ),
+    items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, type, role,
+                          status, body, text_content)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1,
+               CASE WHEN $append THEN $conversation_id END,
+               CASE WHEN $append THEN advanced.start + $input_count + u.ordinal - 1 END,
+               u.type, u.role, u.status, u.body, u.text_content
+        FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                              $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    ),
+    completed AS (
+        UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
+            usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
+            input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
+        FROM advanced WHERE response.id = $response_id
+        RETURNING completed_at
+    ),
+    logged AS (
+        INSERT INTO response_event_log (response_id, events, event_count)
+        SELECT $response_id, $events::text, $event_count::int FROM completed
+        ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
+    )
+    SELECT completed_at FROM completed
+    """
+)
+
+# Unseen: the finish stores the response row whole, and the input items ($input_count, the first items of the
+# arrays) at their place in the conversation together with the outputs, in conversation order. One INSERT for
+# both kinds opens the item table's indexes once. (Such a turn continues no previous response: `conversation`
+# and `previous_response_id` exclude each other.)
+_FINISH_UNSEEN_IN_CONVERSATION = Statement(
+    """
+    WITH advanced AS (
+        UPDATE conversation
+        SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
+            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL,
+            response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
+            output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
+            last_model = $last_model, last_status = $status
+        WHERE id = $conversation_id AND turn_response_id = $response_id
+        RETURNING next_position - $added AS start
+    ),
+    items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, type, role,
+                          status, body, text_content)
+        SELECT u.id, $tenant_id, $response_id, u.ordinal > $input_count,
+               CASE WHEN u.ordinal > $input_count THEN u.ordinal - $input_count ELSE u.ordinal END - 1,
+               CASE WHEN $append THEN $conversation_id END,
+               CASE WHEN $append THEN advanced.start + u.ordinal - 1 END,
+               u.type, u.role, u.status, u.body, u.text_content
+        FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                              $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    ),
+    completed AS (
+        INSERT INTO response (id, tenant_id, conversation_id, conversation_position, status, model, instructions,
+                              params_json, metadata, background, stream, created_at, upstream_id, upstream_model,
+                              usage, error, incomplete_details, input_tokens, output_tokens, cost, completed_at)
+        SELECT $response_id, $tenant_id, $conversation_id, advanced.start, $status, $model, $instructions,
+               $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id, $upstream_model,
+               $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens, $cost,
+               $completed_at
+        FROM advanced
+        RETURNING completed_at
+    )
+    SELECT completed_at FROM completed
+    """
+)
+
+# -- finish outside a conversation (or after a lost claim: the items then stay outside it) -----------------
+
+_FINISH_STORED = Statement(
+    """
     WITH items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
-        SELECT u.id, $tenant_id, $response_id, {_NEW_ITEM_IS_OUTPUT}, {_NEW_ITEM_ORDINAL},
-               u.type, u.role, u.status, u.body, u.text_content
-        FROM {_NEW_ITEMS}
-    ),
-    completed AS ({{completed}}){{log}}
-    SELECT completed_at FROM completed
-"""
-_FINISH_PARAMS = (*_OUTCOME_PARAMS, "new_inputs", *_ITEM_PARAMS)
-
-
-def _finish_statement(*, in_conversation: bool, visible: bool, log: bool = False) -> str:
-    """A finish statement. A turn `visible` before its finish has its response row and input items stored by
-    its begin: its finish updates the row (and moves the items, in a conversation), and may store an event log
-    (`log`, its parameters last). Otherwise the finish stores the row, its parameters last."""
-    template, names = (
-        (_FINISH_IN_CONVERSATION_TEMPLATE, _FINISH_IN_CONVERSATION_PARAMS)
-        if in_conversation
-        else (_FINISH_TEMPLATE, _FINISH_PARAMS)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, u.type, u.role, u.status, u.body,
+               u.text_content
+        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     )
-    if visible:
-        where = "FROM advanced WHERE response.id = $response_id" if in_conversation else "WHERE id = $response_id"
-        completed = f"{_COMPLETE_RESPONSE} {where} RETURNING completed_at"
-        names = (*names, *_EVENT_LOG_PARAMS) if log else names
-    elif in_conversation:
-        completed = _insert_response("$conversation_id", "advanced.start", "FROM advanced RETURNING completed_at")
-        names = (*names, *_ROW_PARAMS, "created_at")
-    else:
-        conversation = "(SELECT id FROM conversation WHERE id = $conversation_id)"
-        completed = _insert_response(conversation, "$conversation_position", "RETURNING completed_at")
-        names = (*names, *_ROW_PARAMS, "created_at", "conversation_id", "conversation_position")
-    sql = template.replace("{attach}", _ATTACH_STORED_INPUTS if visible and in_conversation else "")
-    sql = sql.replace("{completed}", completed).replace("{log}", _SAVE_EVENT_LOG if log else "")
-    return _numbered(sql, names)
+    UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
+        usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
+        input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
+    WHERE id = $response_id
+    """
+)
 
+_FINISH_LOGGED = Statement(
+    """
+    WITH items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, u.type, u.role, u.status, u.body,
+               u.text_content
+        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    ),
+    completed AS (
+        UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
+            usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
+            input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
+        WHERE id = $response_id
+        RETURNING completed_at
+    )
+    INSERT INTO response_event_log (response_id, events, event_count)
+    SELECT $response_id, $events::text, $event_count::int FROM completed
+    ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
+    """
+)
 
-# By the turn's kind (_finish_kind): in its conversation, or outside any (or after a lost claim).
-_FINISH_IN_CONVERSATION = {
-    "logged": _finish_statement(in_conversation=True, visible=True, log=True),
-    "visible": _finish_statement(in_conversation=True, visible=True),
-    "unseen": _finish_statement(in_conversation=True, visible=False),
-}
-_FINISH = {
-    "logged": _finish_statement(in_conversation=False, visible=True, log=True),
-    "visible": _finish_statement(in_conversation=False, visible=True),
-    "unseen": _finish_statement(in_conversation=False, visible=False),
-}
+# An unseen conversation turn whose claim was lost: stored whole, outside the conversation, naming it only if
+# it still exists (it may have been deleted once the claim expired).
+_FINISH_UNSEEN = Statement(
+    """
+    WITH items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
+        SELECT u.id, $tenant_id, $response_id, u.ordinal > $input_count,
+               CASE WHEN u.ordinal > $input_count THEN u.ordinal - $input_count ELSE u.ordinal END - 1,
+               u.type, u.role, u.status, u.body, u.text_content
+        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    )
+    INSERT INTO response (id, tenant_id, conversation_id, conversation_position, status, model, instructions,
+                          params_json, metadata, background, stream, created_at, upstream_id, upstream_model, usage,
+                          error, incomplete_details, input_tokens, output_tokens, cost, completed_at)
+    SELECT $response_id, $tenant_id, (SELECT id FROM conversation WHERE id = $conversation_id),
+           $conversation_position, $status, $model, $instructions, $params_json, $metadata::jsonb, $background,
+           $stream, $created_at, $upstream_id, $upstream_model, $usage::jsonb, $error::jsonb,
+           $incomplete_details::jsonb, $input_tokens, $output_tokens, $cost, $completed_at
+    """
+)
 
-_FINISHED_AT = "SELECT completed_at = $2 FROM response WHERE id = $1"
+# -- the rest ----------------------------------------------------------------------------------------------
 
-_FAIL_RUNNING = """
-    UPDATE response SET status = 'failed', error = $2::jsonb, completed_at = now()
-    WHERE id = $1 AND status = ANY($3::text[])
-"""
+_FINISHED_AT = Statement("SELECT completed_at = $completed_at FROM response WHERE id = $response_id")
+
+_FAIL_RUNNING = Statement(
+    """
+    UPDATE response SET status = 'failed', error = $error::jsonb, completed_at = now()
+    WHERE id = $response_id AND status = ANY($running::text[])
+    """
+)
 
 
 def json_text(value: Any) -> str | None:
     return None if value is None else msgspec.json.encode(value).decode()
+
+
+def _item_arrays(items: Sequence[NewItem]) -> dict[str, list[Any]]:
+    """The item columns a statement writes, as parallel arrays for unnest(): one INSERT for any number."""
+    return {
+        "ids": [i.id for i in items],
+        "types": [i.type for i in items],
+        "roles": [i.role for i in items],
+        "statuses": [i.status for i in items],
+        "bodies": [i.body for i in items],
+        "texts": [i.text_content for i in items],
+    }
 
 
 @dataclass(frozen=True)
@@ -356,29 +392,29 @@ class NewResponse:
 
     @property
     def visible_before_finish(self) -> bool:
-        return visible_before_finish(stream=self.stream, background=self.background)
+        """A streamed or background response's id is known to its client before the turn ends."""
+        return self.stream or self.background
 
-    def values(self) -> list[Any]:
-        """The values of _RESPONSE_PARAMS."""
-        return [
-            self.response_id,
-            self.tenant_id,
-            self.conversation_id,
-            self.previous_response_id,
-            self.status,
-            *self.row_values(),
-        ]
+    def params(self) -> dict[str, Any]:
+        return {
+            "response_id": self.response_id,
+            "tenant_id": self.tenant_id,
+            "conversation_id": self.conversation_id,
+            "previous_response_id": self.previous_response_id,
+            "status": self.status,
+            **self.row_params(),
+        }
 
-    def row_values(self) -> list[Any]:
-        """The values of _ROW_PARAMS, the last of _RESPONSE_PARAMS."""
-        return [
-            self.model,
-            self.instructions,
-            self.params_json,
-            json_text(self.metadata),
-            self.background,
-            self.stream,
-        ]
+    def row_params(self) -> dict[str, Any]:
+        """The request's columns, which an unseen turn's finish stores."""
+        return {
+            "model": self.model,
+            "instructions": self.instructions,
+            "params_json": self.params_json,
+            "metadata": json_text(self.metadata),
+            "background": self.background,
+            "stream": self.stream,
+        }
 
 
 @dataclass(frozen=True)
@@ -400,13 +436,18 @@ async def claim_and_begin(
     `known` is an earlier state of the conversation's history: only the items after it are read. The response
     and its `inputs` are stored only when the response is visible before its finish; otherwise the finish
     stores them."""
-    history_from = 0 if known is None else known.next_position
+    claim = {
+        "ttl": ttl_seconds,
+        "response_id": response.response_id,
+        "conversation_id": response.conversation_id,
+        "tenant_id": response.tenant_id,
+        "history_from": 0 if known is None else known.next_position,
+    }
     if response.visible_before_finish:
-        values = [ttl_seconds, *response.values(), history_from, *_item_arrays(inputs)]
-        row = await db.fetchrow(_CLAIM_AND_BEGIN, *values)
+        values = {**claim, **response.params(), **_item_arrays(inputs)}
+        row = await db.fetchrow(_CLAIM_AND_STORE.sql, *_CLAIM_AND_STORE.args(values))
     else:
-        values = [ttl_seconds, response.response_id, response.conversation_id, response.tenant_id, history_from]
-        row = await db.fetchrow(_CLAIM_ONLY, *values)
+        row = await db.fetchrow(_CLAIM_ONLY.sql, *_CLAIM_ONLY.args(claim))
     if row is None:
         return None
     tail = row["history"] or ""
@@ -422,13 +463,13 @@ async def claim_and_begin(
 
 async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> datetime:
     """Store a response outside any conversation, in progress, with its input items."""
-    statement = _BEGIN[response.visible_before_finish]
-    created_at: datetime = await db.fetchval(statement, *response.values(), *_item_arrays(inputs))
+    values = {**response.params(), **_item_arrays(inputs), "lazy_commit": not response.visible_before_finish}
+    created_at: datetime = await db.fetchval(_BEGIN.sql, *_BEGIN.args(values))
     return created_at
 
 
 async def conversation_history(db: Any, conversation_id: str | None) -> str:
-    return await db.fetchval(_HISTORY, conversation_id) or ""
+    return await db.fetchval(_HISTORY.sql, *_HISTORY.args({"conversation_id": conversation_id})) or ""
 
 
 @dataclass(frozen=True)
@@ -448,21 +489,21 @@ class Outcome:
     cost: Decimal
     completed_at: datetime
 
-    def values(self) -> list[Any]:
-        return [
-            self.response_id,
-            self.tenant_id,
-            self.status,
-            self.upstream_id,
-            self.upstream_model,
-            json_text(self.usage),
-            json_text(self.error),
-            json_text(self.incomplete_details),
-            self.input_tokens,
-            self.output_tokens,
-            self.cost,
-            self.completed_at,
-        ]
+    def params(self) -> dict[str, Any]:
+        return {
+            "response_id": self.response_id,
+            "tenant_id": self.tenant_id,
+            "status": self.status,
+            "upstream_id": self.upstream_id,
+            "upstream_model": self.upstream_model,
+            "usage": json_text(self.usage),
+            "error": json_text(self.error),
+            "incomplete_details": json_text(self.incomplete_details),
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost": self.cost,
+            "completed_at": self.completed_at,
+        }
 
 
 @dataclass(frozen=True)
@@ -494,6 +535,14 @@ class Unseen:
     conversation_position: int  # where the conversation's claim placed it
     inputs: Sequence[NewItem]
 
+    def params(self, outputs: Sequence[NewItem]) -> dict[str, Any]:
+        return {
+            **self.response.row_params(),
+            "created_at": self.created_at,
+            "input_count": len(self.inputs),
+            **_item_arrays([*self.inputs, *outputs]),
+        }
+
 
 async def finish_in_conversation(
     db: Any,
@@ -506,20 +555,24 @@ async def finish_in_conversation(
 ) -> bool:
     """False when the turn no longer holds its claim (nothing written). `unseen`: the response row and input
     items to store, when the begin did not store them (such a turn has no event log)."""
-    added = appended.input_count + len(outputs) if appended.append else 0
-    kind, last = _finish_kind(log, unseen)
-    completed_at: datetime | None = await db.fetchval(
-        _FINISH_IN_CONVERSATION[kind],
-        *outcome.values(),
-        appended.conversation_id,
-        added,
-        appended.title,
-        appended.last_model,
-        appended.append,
-        appended.input_count,
-        *_new_items(unseen, outputs),
-        *last,
-    )
+    values = {
+        **outcome.params(),
+        "conversation_id": appended.conversation_id,
+        "added": appended.input_count + len(outputs) if appended.append else 0,
+        "title": appended.title,
+        "last_model": appended.last_model,
+        "append": appended.append,
+    }
+    if unseen is not None:
+        _no_log_when_unseen(log)
+        statement = _FINISH_UNSEEN_IN_CONVERSATION
+        values.update(unseen.params(outputs))
+    else:
+        statement = _FINISH_STORED_IN_CONVERSATION if log is None else _FINISH_LOGGED_IN_CONVERSATION
+        values.update(_item_arrays(outputs), input_count=appended.input_count)
+        if log is not None:
+            values.update(events=log.events, event_count=log.event_count)
+    completed_at: datetime | None = await db.fetchval(statement.sql, *statement.args(values))
     return completed_at is not None
 
 
@@ -533,34 +586,34 @@ async def finish(
 ) -> None:
     """Outside any conversation, or after a lost claim (the items then stay outside the conversation).
     `unseen`: as for finish_in_conversation."""
-    kind, last = _finish_kind(log, unseen)
+    values = outcome.params()
     if unseen is not None:
-        last += [unseen.response.conversation_id, unseen.conversation_position]
-    await db.execute(_FINISH[kind], *outcome.values(), *_new_items(unseen, outputs), *last)
-
-
-def _finish_kind(log: EventLog | None, unseen: Unseen | None) -> tuple[str, list[Any]]:
-    """Which finish statement stores the turn, and the values of the parameters it has last."""
-    if unseen is not None:
+        _no_log_when_unseen(log)
+        statement = _FINISH_UNSEEN
+        values.update(
+            unseen.params(outputs),
+            conversation_id=unseen.response.conversation_id,
+            conversation_position=unseen.conversation_position,
+        )
+    else:
+        statement = _FINISH_STORED if log is None else _FINISH_LOGGED
+        values.update(_item_arrays(outputs))
         if log is not None:
-            raise ValueError("only a streamed turn has an event log, and it is visible before its finish")
-        return "unseen", [*unseen.response.row_values(), unseen.created_at]
+            values.update(events=log.events, event_count=log.event_count)
+    await db.execute(statement.sql, *statement.args(values))
+
+
+def _no_log_when_unseen(log: EventLog | None) -> None:
     if log is not None:
-        return "logged", [log.events, log.event_count]
-    return "visible", []
-
-
-def _new_items(unseen: Unseen | None, outputs: Sequence[NewItem]) -> list[Any]:
-    """$new_inputs and the item arrays of a finish."""
-    if unseen is None:
-        return [0, *_item_arrays(outputs)]
-    return [len(unseen.inputs), *_item_arrays([*unseen.inputs, *outputs])]
+        raise ValueError("only a streamed turn has an event log, and it is visible before its finish")
 
 
 async def finished_at(db: Any, response_id: str, completed_at: datetime) -> bool:
     """Whether the response is stored as finished at exactly `completed_at` (each turn computes its own once)."""
-    return bool(await db.fetchval(_FINISHED_AT, response_id, completed_at))
+    values = {"response_id": response_id, "completed_at": completed_at}
+    return bool(await db.fetchval(_FINISHED_AT.sql, *_FINISHED_AT.args(values)))
 
 
 async def fail_running_response(db: Any, response_id: str, error: dict[str, Any]) -> None:
-    await db.execute(_FAIL_RUNNING, response_id, json_text(error), list(RUNNING_STATUSES))
+    values = {"response_id": response_id, "error": json_text(error), "running": list(RUNNING_STATUSES)}
+    await db.execute(_FAIL_RUNNING.sql, *_FAIL_RUNNING.args(values))

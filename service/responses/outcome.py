@@ -1,0 +1,57 @@
+"""Folding the upstream's answer into the response we store: status, usage, error and output items."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from service.items import NewItem, normalize_output
+from service.responses.status import TERMINAL, Status
+from service.responses.views import ResponseState
+
+
+def jsonb_safe(value: Any) -> Any:
+    """jsonb and text columns cannot hold U+0000; errors, usage and ids come from the upstream and might."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {jsonb_safe(k): jsonb_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonb_safe(v) for v in value]
+    return value
+
+
+def usage_numbers(usage: dict[str, Any] | None) -> tuple[int, int, Decimal]:
+    """Input tokens, output tokens and cost, for the conversation's running totals."""
+    if not isinstance(usage, dict):
+        return 0, 0, Decimal(0)
+
+    def whole(name: str) -> int:
+        value = usage.get(name)
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+    cost = usage.get("cost")
+    return (
+        whole("input_tokens"),
+        whole("output_tokens"),
+        Decimal(str(cost)) if isinstance(cost, int | float) and not isinstance(cost, bool) else Decimal(0),
+    )
+
+
+def apply_upstream_result(state: ResponseState, result: dict[str, Any]) -> list[NewItem]:
+    """Fold OpenRouter's final Response into our state; returns the output items to store."""
+    status = result.get("status")
+    state.status = status if status in TERMINAL else Status.COMPLETED.value
+    state.upstream_model = jsonb_safe(result.get("model")) if isinstance(result.get("model"), str) else None
+    state.usage = jsonb_safe(result.get("usage")) if isinstance(result.get("usage"), dict) else None
+    state.error = jsonb_safe(result.get("error")) if isinstance(result.get("error"), dict) else None
+    details = result.get("incomplete_details")
+    state.incomplete_details = jsonb_safe(details) if isinstance(details, dict) else None
+    outputs = normalize_output(result.get("output"), response_status=state.status)
+    state.output = [(item.id, item.status, item.body) for item in outputs]
+    return outputs
+
+
+def upstream_id_of(result: dict[str, Any]) -> str | None:
+    upstream_id = result.get("id")
+    return jsonb_safe(upstream_id) if isinstance(upstream_id, str) else None

@@ -1,0 +1,408 @@
+"""A turn's life, top to bottom. No transaction or pooled connection is held while the upstream works.
+
+    begin   one short statement: claim the conversation (one writer at a time), store the response as
+            in_progress with its input items (unless no client can see it before it ends: turn_store explains),
+            and read the history as stored JSON texts;
+    run     send the history, spliced verbatim before the new input, upstream. A streamed or background turn is
+            run by the runner (service/responses/runner.py), which ends it with finish or fail below;
+    finish  one short statement: store the output items and the outcome, append input and output to the
+            conversation when the turn answered, release the claim;
+    fail    finish as failed, with the error and any partial output; never raises;
+    retry   a finish the database could not take is retried at once a few times, then kept and retried in
+            the background until the database is back. TurnContext owns those tasks and awaits them at
+            shutdown.
+
+TurnContext holds what every turn needs (engine, upstream client, history cache); the application builds one
+and keeps it on its Runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from asyncpg.exceptions import ForeignKeyViolationError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.conversations import repository as conversations
+from service.conversations.service import conversation_locked, conversation_not_found, resolve_item_references
+from service.db.session import driver_connection
+from service.errors import InvalidRequest, ServiceUnavailable, is_database_unavailable
+from service.idempotency.progress import note_effect
+from service.ids import can_exist, new_id
+from service.items import ITEM_REFERENCE, NewItem
+from service.responses import repository, turn_store
+from service.responses.frame_log import FrameLog
+from service.responses.history_cache import HistoryCache
+from service.responses.outcome import apply_upstream_result, jsonb_safe, upstream_id_of, usage_numbers
+from service.responses.requests import TurnRequest, build_upstream_body
+from service.responses.status import ANSWERED, Status, is_answered
+from service.responses.streaming import terminal_frame
+from service.responses.views import ResponseState
+from service.upstream.client import OpenRouterClient
+from service.upstream.errors import UpstreamError
+
+logger = logging.getLogger("service.turns")
+
+INTERRUPTED_ERROR = {"code": "server_error", "message": "The turn was interrupted before it finished"}
+_LOST_CLAIM_ERROR = {
+    "code": "server_error",
+    "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
+}
+_PREVIOUS_RESPONSE_FK = "fk_response_previous_response_id_response"
+_FINISH_ATTEMPTS = 3
+# A finished turn the database could not take is kept this long, so a database restart at the wrong moment
+# loses no answer and does not leave the conversation claimed until TURN_LOCK_TTL.
+_STORE_LATER_SECONDS = 600
+
+
+@dataclass
+class Turn:
+    """A turn between begin and finish: what was claimed and what goes upstream."""
+
+    tenant_id: str
+    request: TurnRequest
+    state: ResponseState
+    history: str = ""  # the stored item texts before the new input, joined by commas
+    began: float = field(default_factory=time.monotonic)
+    # What the finish stores besides the outcome when the begin stored neither the response row nor its input
+    # items (a conversation turn no client sees before its end, turn_store explains); None when it did.
+    unseen: turn_store.Unseen | None = None
+
+    def completion_time(self) -> datetime:
+        """Now, on the database's clock: created_at is the database's time when the begin statement started,
+        `began` the monotonic time then. Computed here rather than by the storing statement so a streamed
+        turn's terminal event, rendered before that statement (which stores it in the event log), carries the
+        completion time that is stored."""
+        return self.state.created_at + timedelta(seconds=time.monotonic() - self.began)
+
+    def take_upstream_body(self, *, stream: bool) -> bytes:
+        """The body to send upstream. The history is needed for nothing else, and a streamed turn can run
+        for minutes: it is dropped here rather than held by every stream in flight."""
+        body = build_upstream_body(self.request.params, self.history, self.request.input_items, stream=stream)
+        self.history = ""
+        return body
+
+
+@dataclass(frozen=True)
+class RelayedEvents:
+    """A streamed turn's events as relayed, all but the terminal one: the finish renders that one from the
+    state it stores, and stores the whole log with it. The frames are joined only then, with a connection in
+    hand, not held joined by every stream waiting for one."""
+
+    frames: FrameLog
+    count: int
+
+    def log(self, state: ResponseState) -> turn_store.EventLog:
+        terminal = terminal_frame(state.render(), self.count)
+        return turn_store.EventLog(b"".join((self.frames.joined(0, self.count), terminal)).decode(), self.count + 1)
+
+
+class TurnContext:
+    def __init__(
+        self, engine: AsyncEngine, upstream: OpenRouterClient, histories: HistoryCache, *, lock_ttl: float
+    ) -> None:
+        self.engine = engine
+        self.upstream = upstream
+        self.histories = histories  # long conversations' histories as of their last turn in this worker
+        self.lock_ttl = lock_ttl
+        self._stores_later: set[asyncio.Task[None]] = set()
+
+    # -- a non-streamed turn, start to finish -----------------------------------------------------------------
+    async def run(self, tenant_id: str, request: TurnRequest) -> dict[str, Any]:
+        turn = await self.begin(tenant_id, request)
+        try:
+            result = await self.upstream.create(turn.take_upstream_body(stream=False))
+        except UpstreamError as error:
+            await asyncio.shield(self.fail(turn, error.response_error()))
+            raise
+        except BaseException:
+            await asyncio.shield(self.fail(turn, INTERRUPTED_ERROR))
+            raise
+        outputs = apply_upstream_result(turn.state, result)
+        await asyncio.shield(self.finish(turn, outputs, upstream_id=upstream_id_of(result)))
+        return turn.state.render()
+
+    # -- begin -----------------------------------------------------------------------------------------------
+    async def begin(self, tenant_id: str, request: TurnRequest) -> Turn:
+        """For store=false nothing is written: the history is only read."""
+        history = ""
+        if request.previous_response_id is not None or any(i.type == ITEM_REFERENCE for i in request.input_items):
+            async with self.engine.connect() as conn:
+                request = await _with_references_resolved(conn, tenant_id, request)
+                if request.previous_response_id:
+                    history = await _read_previous(conn, tenant_id, request.previous_response_id)
+        if not request.store:
+            note_effect()  # the upstream call (a charge) follows
+            state = _new_state(request, created_at=datetime.now(UTC))
+            return Turn(tenant_id, request, state, history)
+        if request.conversation_id is None:
+            return await self._begin_alone(tenant_id, request, history)
+        return await self._begin_in_conversation(tenant_id, request)
+
+    async def _begin_alone(self, tenant_id: str, request: TurnRequest, history: str) -> Turn:
+        """A stored turn outside any conversation (maybe continuing a previous response)."""
+        state = _new_state(request, created_at=None)
+        began = time.monotonic()  # about when the statement's transaction starts, the created_at it returns
+        async with driver_connection(self.engine) as db:
+            try:
+                state.created_at = await turn_store.begin(
+                    db, _new_response(tenant_id, request, state), request.input_items
+                )
+            except ForeignKeyViolationError as exc:
+                # The previous response was read above, on another connection; deleted since, the insert that
+                # links to it fails (and writes nothing). The client sees what it would have seen a moment later.
+                if request.previous_response_id and exc.constraint_name == _PREVIOUS_RESPONSE_FK:
+                    raise _previous_not_found(request.previous_response_id) from None
+                raise
+        note_effect()  # committed: the turn is stored as in_progress
+        return Turn(tenant_id, request, state, history, began)
+
+    async def _begin_in_conversation(self, tenant_id: str, request: TurnRequest) -> Turn:
+        conversation_id = request.conversation_id
+        assert conversation_id is not None
+        if not can_exist(conversation_id):
+            raise conversation_not_found(conversation_id, param="conversation")
+        state = _new_state(request, created_at=None)
+        response = _new_response(tenant_id, request, state)
+        began = time.monotonic()
+        async with driver_connection(self.engine) as db:
+            claim = await turn_store.claim_and_begin(
+                db,
+                response,
+                request.input_items,
+                ttl_seconds=self.lock_ttl,
+                known=self.histories.get(conversation_id),
+            )
+            if claim is not None and claim.previous_holder is not None:
+                # The previous holder's claim expired (its process died): its response ends as failed. A second
+                # statement, only on a takeover: as part of the claim it would cost every begin the opening of
+                # the response table's indexes for an UPDATE that almost never matches.
+                logger.warning(
+                    "conversation %s: took over the expired claim of %s", conversation_id, claim.previous_holder
+                )
+                await turn_store.fail_running_response(db, claim.previous_holder, INTERRUPTED_ERROR)
+        if claim is None:
+            async with self.engine.connect() as conn:
+                if await conversations.get_conversation(conn, tenant_id, conversation_id) is None:
+                    raise conversation_not_found(conversation_id, param="conversation")
+            raise conversation_locked(conversation_id)
+        state.created_at = claim.created_at
+        if claim.as_of is None:
+            self.histories.discard(conversation_id)
+        else:
+            self.histories.put(conversation_id, claim.as_of)
+        unseen = None
+        if not response.visible_before_finish:
+            unseen = turn_store.Unseen(response, claim.created_at, claim.position, request.input_items)
+        note_effect()  # committed: the turn is claimed (and stored as in_progress unless `unseen`)
+        return Turn(tenant_id, request, state, claim.history, began, unseen)
+
+    # -- finish, fail, retry ----------------------------------------------------------------------------------
+    async def finish(
+        self,
+        turn: Turn,
+        outputs: list[NewItem],
+        *,
+        upstream_id: str | None = None,
+        events: RelayedEvents | None = None,
+    ) -> None:
+        """Store the outcome held in turn.state: one statement, so never half-written. `events`: a streamed
+        turn's relayed events, stored as its event log by the same statement. Raises ServiceUnavailable when
+        the database stayed unavailable: the outcome is then kept and stored once it is back."""
+        state = turn.state
+        if not turn.request.store:
+            return
+        completed_at = state.completed_at = turn.completion_time()
+
+        async def store(*, retry: bool = True) -> None:
+            async with driver_connection(self.engine, finishing=True) as db:
+                # An attempt can commit and lose only its reply (the connection drops in between). Storing again
+                # would find the claim released and write the turn as failed over its own answer, or insert its
+                # output items twice: a retry first looks for its own completed_at, which no other writer uses.
+                if retry and await turn_store.finished_at(db, state.id, completed_at):
+                    return
+                await _store_outcome(db, turn, outputs, upstream_id, events)
+
+        for attempt in range(1, _FINISH_ATTEMPTS + 1):
+            try:
+                await store(retry=attempt > 1)
+                return
+            except Exception as exc:
+                if not is_database_unavailable(exc):
+                    raise
+                if attempt == _FINISH_ATTEMPTS:
+                    self._store_later(store, state.id)
+                    raise ServiceUnavailable(
+                        f"The answer for response '{state.id}' could not be stored yet because the database is "
+                        f"unavailable. It is kept and stored as soon as the database is back (for up to "
+                        f"{_STORE_LATER_SECONDS // 60} minutes): GET /v1/responses/{state.id} shows it then.",
+                        code="database_unavailable",
+                    ) from None
+                logger.warning("storing turn %s failed (attempt %d), retrying", state.id, attempt)
+                await asyncio.sleep(0.2 * attempt)
+
+    async def fail(
+        self,
+        turn: Turn,
+        error: dict[str, Any],
+        outputs: list[NewItem] | None = None,
+        *,
+        events: RelayedEvents | None = None,
+    ) -> None:
+        """Store the turn as failed (with any partial output) and release the claim; never raises."""
+        turn.state.status = Status.FAILED.value
+        turn.state.error = jsonb_safe(error)
+        items = outputs or []
+        turn.state.output = [(i.id, i.status, i.body) for i in items]
+        try:
+            await self.finish(turn, items, events=events)
+        except Exception:
+            logger.exception("could not store failed turn %s; the reaper will finish it", turn.state.id)
+
+    def _store_later(self, store: Callable[[], Awaitable[None]], response_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(_store_when_database_returns(store, response_id))
+        self._stores_later.add(task)
+        task.add_done_callback(self._stores_later.discard)
+
+    async def close(self, grace: float) -> None:
+        """At shutdown: give outcomes waiting for the database `grace` seconds more; the reaper fails the rest
+        (their claims expire) at the next start."""
+        if not self._stores_later:
+            return
+        _, pending = await asyncio.wait(set(self._stores_later), timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            logger.error("%d turn outcome(s) could not be stored before shutdown", len(pending))
+
+
+async def _store_outcome(
+    db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str | None, events: RelayedEvents | None
+) -> None:
+    state = turn.state
+    completed_at = state.completed_at
+    assert completed_at is not None  # set by finish
+
+    def outcome() -> turn_store.Outcome:
+        input_tokens, output_tokens, cost = usage_numbers(state.usage)
+        return turn_store.Outcome(
+            response_id=state.id,
+            tenant_id=turn.tenant_id,
+            status=state.status,
+            upstream_id=upstream_id,
+            upstream_model=state.upstream_model,
+            usage=state.usage,
+            error=state.error,
+            incomplete_details=state.incomplete_details,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost=cost,
+            completed_at=completed_at,
+        )
+
+    def event_log() -> turn_store.EventLog | None:
+        return None if events is None else events.log(state)
+
+    conversation_id = turn.request.conversation_id
+    if conversation_id is not None:
+        answered = is_answered(state.status)
+        appended = turn_store.Appended(
+            conversation_id=conversation_id,
+            append=answered,
+            input_count=len(turn.request.input_items),
+            title=conversations.title_from(turn.request.input_items) if answered else None,
+            last_model=state.upstream_model or state.model,
+        )
+        if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log(), unseen=turn.unseen):
+            return
+        # Our claim expired and another turn took the conversation: appending now would interleave.
+        state.status = Status.FAILED.value
+        state.error = dict(_LOST_CLAIM_ERROR)
+    await turn_store.finish(db, outcome(), outputs, event_log(), unseen=turn.unseen)
+
+
+async def _store_when_database_returns(store: Callable[[], Awaitable[None]], response_id: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _STORE_LATER_SECONDS
+    delay = 1.0
+    while loop.time() < deadline:
+        await asyncio.sleep(delay)
+        try:
+            await store()
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                logger.exception("storing turn %s later failed; the reaper will finish it", response_id)
+                return
+            delay = min(delay * 2, 15.0)
+        else:
+            logger.warning("turn %s was stored after the database came back", response_id)
+            return
+    logger.error("turn %s could not be stored within %ds; the reaper will fail it", response_id, _STORE_LATER_SECONDS)
+
+
+# -- what a begin reads and builds --------------------------------------------------------------------------
+def _previous_not_found(response_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Previous response with id '{response_id}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
+
+
+async def _read_previous(conn: AsyncConnection, tenant_id: str, previous_id: str) -> str:
+    previous = await repository.get_response(conn, tenant_id, previous_id)
+    if previous is None:
+        raise _previous_not_found(previous_id)
+    if previous.status not in ANSWERED:
+        raise InvalidRequest(
+            f"Previous response '{previous_id}' has status '{previous.status}'; only a completed or incomplete "
+            "response can be continued",
+            param="previous_response_id",
+            code="previous_response_not_usable",
+        )
+    return ",".join(await repository.chain_history(conn, tenant_id, previous_id))
+
+
+async def _with_references_resolved(conn: AsyncConnection, tenant_id: str, request: TurnRequest) -> TurnRequest:
+    items = await resolve_item_references(conn, tenant_id, request.input_items, param="input")
+    return request if items is request.input_items else replace(request, input_items=items)
+
+
+def _new_state(request: TurnRequest, *, created_at: Any) -> ResponseState:
+    return ResponseState(
+        id=new_id("resp"),
+        created_at=created_at,
+        status=Status.IN_PROGRESS.value,
+        model=request.model,
+        params=request.params,
+        instructions=request.instructions,
+        metadata=request.metadata,
+        conversation_id=request.conversation_id,
+        previous_response_id=request.previous_response_id,
+        store=request.store,
+        background=request.background,
+    )
+
+
+def _new_response(tenant_id: str, request: TurnRequest, state: ResponseState) -> turn_store.NewResponse:
+    return turn_store.NewResponse(
+        response_id=state.id,
+        tenant_id=tenant_id,
+        conversation_id=request.conversation_id,
+        previous_response_id=request.previous_response_id,
+        status=state.status,
+        model=request.model,
+        # Text cannot hold U+0000; the exact instructions are kept in params_json.
+        instructions=jsonb_safe(request.instructions),
+        params_json=msgspec.json.encode(request.params).decode(),
+        metadata=request.metadata,
+        background=request.background,
+        stream=request.stream,
+    )
