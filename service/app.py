@@ -16,6 +16,8 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from service import __version__
 from service.admin.routes import AdminController, AdminKeyController
 from service.config import Settings
+from service.context.routes import InputTokensController, ModelController
+from service.context.setup import build_context_windows
 from service.conversations.routes import ConversationController
 from service.db.session import create_engine
 from service.errors import EXCEPTION_HANDLERS
@@ -68,7 +70,8 @@ def create_app(
         engine = create_engine(url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
         upstream = OpenRouterClient(settings, transport=upstream_transport)
         histories = HistoryCache(settings.history_cache_mb * 1024 * 1024)
-        turn_context = TurnContext(engine, upstream, histories, lock_ttl=settings.turn_lock_ttl)
+        context = build_context_windows(settings, upstream)
+        turn_context = TurnContext(engine, upstream, histories, context, lock_ttl=settings.turn_lock_ttl)
         runtime = Runtime(
             settings=settings,
             engine=engine,
@@ -98,6 +101,8 @@ def create_app(
             ConversationController,
             ConversationLifecycleController,
             ResponseController,
+            InputTokensController,
+            ModelController,
             AdminController,
             AdminKeyController,
         ],

@@ -49,6 +49,19 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -
     return int(value)
 
 
+def _model_windows(raw: str) -> tuple[tuple[str, int], ...]:
+    """MODEL_CONTEXT_WINDOWS: `vendor/model=128000,other/model=32000`."""
+    windows = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        model, _, size = entry.rpartition("=")
+        if not model.strip() or not size.strip().isdigit() or int(size) < 1:
+            raise ConfigError(f"MODEL_CONTEXT_WINDOWS entries must look like vendor/model=128000, got {entry!r}")
+        windows.append((model.strip(), int(size)))
+    return tuple(windows)
+
+
 def normalize_database_url(raw: str) -> str:
     """Accept postgresql:// or postgresql+asyncpg:// (and postgres://); return the asyncpg form."""
     parts = urlsplit(raw.strip())
@@ -105,6 +118,9 @@ class Settings:
     history_cache_mb: int = 32
     sse_keepalive_seconds: float = 15.0
     idempotency_key_ttl: float = 86400.0
+    # Context windows (service/context): pinned windows by model id, and how often OpenRouter's catalog is re-read.
+    model_context_windows: tuple[tuple[str, int], ...] = ()
+    model_catalog_refresh_seconds: float = 3600.0
 
     @property
     def demo_upstream(self) -> bool:
@@ -161,4 +177,6 @@ class Settings:
             history_cache_mb=_int(env, "HISTORY_CACHE_MB", 32, minimum=0),
             sse_keepalive_seconds=_number(env, "SSE_KEEPALIVE_SECONDS", 15.0, minimum=0.05),
             idempotency_key_ttl=_number(env, "IDEMPOTENCY_KEY_TTL", 86400.0, minimum=1),
+            model_context_windows=_model_windows(env.get("MODEL_CONTEXT_WINDOWS", "")),
+            model_catalog_refresh_seconds=_number(env, "MODEL_CATALOG_REFRESH_SECONDS", 3600.0, minimum=1),
         )

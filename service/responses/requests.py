@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from service.context.fitting import truncation_mode
 from service.errors import InvalidRequest
 from service.items import NewItem, normalize_input
 from service.metadata import validate_metadata
@@ -50,7 +51,7 @@ def _optional_bool(body: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def _conversation_id(value: Any) -> str | None:
+def conversation_id_of(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, dict):
@@ -71,7 +72,7 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string", param="instructions")
-    conversation_id = _conversation_id(body.get("conversation"))
+    conversation_id = conversation_id_of(body.get("conversation"))
     previous = body.get("previous_response_id")
     if previous is not None and (not isinstance(previous, str) or not previous):
         raise InvalidRequest("previous_response_id must be a response id", param="previous_response_id")
@@ -96,6 +97,7 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
     if not input_items:
         raise InvalidRequest("input must hold at least one item", param="input")
     params = {key: value for key, value in body.items() if key not in _STATE_FIELDS and value is not None}
+    truncation_mode(params)  # refused before anything is claimed or stored
     return TurnRequest(
         model=model,
         input_items=input_items,

@@ -249,7 +249,7 @@ class TurnRunner:
             raise asyncio.CancelledError
         try:
             # Always streamed upstream, also for background turns: a cancel or a cut keeps what was generated.
-            async with self._upstream.open_stream(run.turn.take_upstream_body(stream=True)) as stream:
+            async with self._turns.windows.open_stream(self._upstream, run.turn) as stream:
                 run.mark_opened()
                 async for event in stream.events():
                     for out in assembler.feed(event):

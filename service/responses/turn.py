@@ -30,6 +30,7 @@ import msgspec
 from asyncpg.exceptions import ForeignKeyViolationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.context.service import ContextWindows
 from service.conversations import repository as conversations
 from service.conversations.service import conversation_locked, conversation_not_found, resolve_item_references
 from service.db.session import driver_connection
@@ -106,11 +107,18 @@ class RelayedEvents:
 
 class TurnContext:
     def __init__(
-        self, engine: AsyncEngine, upstream: OpenRouterClient, histories: HistoryCache, *, lock_ttl: float
+        self,
+        engine: AsyncEngine,
+        upstream: OpenRouterClient,
+        histories: HistoryCache,
+        windows: ContextWindows,
+        *,
+        lock_ttl: float,
     ) -> None:
         self.engine = engine
         self.upstream = upstream
         self.histories = histories  # long conversations' histories as of their last turn in this worker
+        self.windows = windows  # what of a history fits the model's context window (service/context)
         self.lock_ttl = lock_ttl
         self._stores_later: set[asyncio.Task[None]] = set()
 
@@ -118,7 +126,7 @@ class TurnContext:
     async def run(self, tenant_id: str, request: TurnRequest) -> dict[str, Any]:
         turn = await self.begin(tenant_id, request)
         try:
-            result = await self.upstream.create(turn.take_upstream_body(stream=False))
+            result = await self.windows.create(self.upstream, turn)
         except UpstreamError as error:
             await asyncio.shield(self.fail(turn, error.response_error()))
             raise

@@ -132,6 +132,31 @@ class OpenRouterClient:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
+    async def get_json(self, path: str) -> Any:
+        """GET `<base>/<path>` once (no retries: callers keep what they had and ask again later)."""
+        url = httpx.URL(self._settings.openrouter_base_url + "/" + path.lstrip("/"))
+        try:
+            # Bounded like a connection: whatever waits for this (the first turn of a process) waits no longer.
+            async with asyncio.timeout(self._settings.upstream_connect_timeout * 2):
+                request = httpx.Request("GET", url, headers=self._headers, extensions=self._extensions)
+                response = await self._transport.handle_async_request(request)
+                try:
+                    raw = await response.aread()
+                finally:
+                    await response.aclose()
+        except (TimeoutError, httpx.TransportError) as exc:
+            raise UpstreamError(f"Could not read OpenRouter's {path} ({type(exc).__name__})", kind="connect") from None
+        if response.status_code >= 400:
+            raise UpstreamError(
+                f"OpenRouter answered HTTP {response.status_code} to GET {path}",
+                kind="http",
+                upstream_status=response.status_code,
+            )
+        try:
+            return decode_upstream_json(raw)
+        except ValueError:
+            raise UpstreamError(f"OpenRouter's {path} is not JSON", kind="protocol") from None
+
     async def create(self, body: bytes) -> dict[str, Any]:
         """Non-streamed turn. Retries happen here; the total deadline covers every attempt."""
         try:

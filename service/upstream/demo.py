@@ -26,6 +26,57 @@ def _last_user_text(items: list[Any]) -> str:
     return ""
 
 
+# What GET /models lists offline: (context_length, max_completion_tokens). The small window lets `make run` show
+# what the service does when a conversation outgrows its model (README, "Long conversations"); like
+# OpenRouter, the demo refuses a request to it that does not fit.
+DEMO_MODELS = {
+    "openai/gpt-4o-mini": (128000, 16384),
+    "demo/small-window": (2000, 300),
+}
+
+
+def demo_models() -> dict[str, Any]:
+    return {
+        "data": [
+            {
+                "id": model,
+                "name": model,
+                "created": 1700000000,
+                "context_length": context,
+                "architecture": {"modality": "text->text", "tokenizer": "Other"},
+                "pricing": {"prompt": "0", "completion": "0"},
+                "top_provider": {"context_length": context, "max_completion_tokens": completion},
+            }
+            for model, (context, completion) in DEMO_MODELS.items()
+        ]
+    }
+
+
+def _input_tokens(items: list[Any]) -> int:
+    return sum(len(msgspec.json.encode(i)) // 4 + 1 for i in items)
+
+
+def demo_overflow(request: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenRouter's 400 for a request longer than the model's window, or None when it fits."""
+    window = DEMO_MODELS.get(str(request.get("model")))
+    raw_input = request.get("input")
+    items = [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else list(raw_input or [])
+    if window is None:
+        return None
+    output = request.get("max_output_tokens") or window[1]
+    requested = _input_tokens(items) + output
+    if requested <= window[0]:
+        return None
+    return {
+        "error": {
+            "code": 400,
+            "message": f"This endpoint's maximum context length is {window[0]} tokens. However, you requested "
+            f"about {requested} tokens ({requested - output} of text input, {output} in the output).",
+        },
+        "error_type": "context_length_exceeded",
+    }
+
+
 def demo_reply(request: dict[str, Any]) -> dict[str, Any]:
     raw_input = request.get("input")
     items = [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else list(raw_input or [])
@@ -36,7 +87,7 @@ def demo_reply(request: dict[str, Any]) -> dict[str, Any]:
         f"This conversation has {len(items)} item(s) and {turns} user message(s) so far."
     )
     digest = hashlib.sha256(msgspec.json.encode(items)).hexdigest()
-    input_tokens = sum(len(msgspec.json.encode(i)) // 4 + 1 for i in items)
+    input_tokens = _input_tokens(items)
     output_tokens = len(text.split())
     now = int(time.time())
     return {
@@ -123,6 +174,8 @@ class _SSEBody(httpx.AsyncByteStream):
 
 class DemoTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path.endswith("/models"):
+            return httpx.Response(200, content=msgspec.json.encode(demo_models()))
         if request.method != "POST" or not request.url.path.endswith("/responses"):
             return httpx.Response(404, json={"error": {"code": 404, "message": "Not found"}})
         try:
@@ -131,6 +184,9 @@ class DemoTransport(httpx.AsyncBaseTransport):
             return httpx.Response(400, json={"error": {"code": 400, "message": "Body is not JSON"}})
         if not isinstance(payload, dict) or not payload.get("model") or payload.get("input") is None:
             return httpx.Response(400, json={"error": {"code": 400, "message": "model and input are required"}})
+        overflow = demo_overflow(payload)
+        if overflow is not None:
+            return httpx.Response(400, content=msgspec.json.encode(overflow))
         result = demo_reply(payload)
         if payload.get("stream"):
             return httpx.Response(

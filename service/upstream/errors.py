@@ -3,6 +3,7 @@ OpenAI's envelope; 4xx keep their status, 5xx and connection failures become 502
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from service.errors import ServiceError
@@ -33,14 +34,19 @@ class UpstreamError(ServiceError):
         upstream_status: int | None = None,
         upstream_code: Any = None,
         retry_after: float | None = None,
+        param: str | None = None,
     ) -> None:
         status, code = _client_status_and_code(kind, upstream_status, upstream_code)
         headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after and status == 429 else None
-        super().__init__(message, status_code=status, code=code, headers=headers)
+        super().__init__(message, status_code=status, code=code, headers=headers, param=param)
         self.kind = kind
         self.upstream_status = upstream_status
         self.upstream_code = upstream_code
         self.retry_after = retry_after
+
+    @property
+    def context_overflow(self) -> bool:
+        return self.code == CONTEXT_LENGTH_EXCEEDED
 
     @property
     def retryable(self) -> bool:
@@ -100,6 +106,31 @@ def redact_all(value: Any, secret: str) -> Any:
     return value
 
 
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+# How OpenRouter's providers word a prompt longer than the model's window when no `error_type` says so.
+_OVERFLOW_WORDINGS = re.compile(
+    r"maximum context length|context length (?:exceeded|is exceeded)|context_length_exceeded|context window"
+    r"|prompt is too long|input is too long|too many (?:input )?tokens|exceeds? the (?:model's )?(?:maximum )?context",
+    re.IGNORECASE,
+)
+
+
+def context_length_exceeded(message: str) -> UpstreamError:
+    """OpenAI's answer to an input longer than the model's window, whether OpenRouter or we found it."""
+    return UpstreamError(
+        message, kind="http", upstream_status=400, upstream_code=CONTEXT_LENGTH_EXCEEDED, param="input"
+    )
+
+
+def _is_context_overflow(status: int, body: dict[str, Any], error: dict[str, Any]) -> bool:
+    metadata = error.get("metadata")
+    error_types = {body.get("error_type"), metadata.get("error_type") if isinstance(metadata, dict) else None}
+    if CONTEXT_LENGTH_EXCEEDED in error_types or error.get("code") == CONTEXT_LENGTH_EXCEEDED:
+        return True
+    message = error.get("message")
+    return status in {400, 413, 422} and isinstance(message, str) and bool(_OVERFLOW_WORDINGS.search(message))
+
+
 def from_error_body(status: int, body: Any, retry_after: float | None, *, secret: str | None = None) -> UpstreamError:
     message = f"OpenRouter answered HTTP {status}"
     code: Any = None
@@ -108,6 +139,8 @@ def from_error_body(status: int, body: Any, retry_after: float | None, *, secret
         code = error.get("code")
         if isinstance(error.get("message"), str) and error["message"]:
             message = f"OpenRouter: {redact(error['message'], secret)}"
+        if _is_context_overflow(status if status >= 400 else 400, body, error):
+            return context_length_exceeded(f"Context length exceeded. {message}")
     if status < 400:
         # An error body under a success status: OpenRouter's numeric code is the status it meant.
         status = code if isinstance(code, int) and 400 <= code <= 599 else 502

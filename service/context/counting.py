@@ -1,0 +1,62 @@
+"""POST /v1/responses/input_tokens: what a turn would send, in tokens, without calling the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.context import repository
+from service.context.fitting import truncation_mode
+from service.context.service import ContextWindows
+from service.conversations import repository as conversations
+from service.conversations.service import conversation_not_found, resolve_item_references
+from service.errors import InvalidRequest
+from service.items import normalize_input
+from service.responses import repository as responses
+from service.responses.requests import conversation_id_of
+
+# TokenCountsBody's fields that shape what a turn sends besides its input.
+_REQUEST_FIELDS = ("instructions", "tools", "text", "reasoning", "truncation", "tool_choice", "parallel_tool_calls")
+
+
+async def count_input_tokens(
+    engine: AsyncEngine, context: ContextWindows, tenant_id: str, body: dict[str, Any], *, max_input_items: int
+) -> dict[str, Any]:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("model is required and must be a non-empty string", param="model")
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise InvalidRequest("instructions must be a string", param="instructions")
+    params = {name: body[name] for name in _REQUEST_FIELDS if body.get(name) is not None}
+    truncation_mode(params)
+    conversation_id = conversation_id_of(body.get("conversation"))
+    previous = body.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise InvalidRequest("previous_response_id must be a response id", param="previous_response_id")
+    if conversation_id and previous:
+        raise InvalidRequest(
+            "conversation and previous_response_id cannot be used together; pass one of them",
+            param="previous_response_id",
+            code="mutually_exclusive_parameters",
+        )
+    raw_input = body.get("input")
+    items = [] if raw_input is None else normalize_input(raw_input, param="input", max_items=max_input_items)
+    history = ""
+    async with engine.connect() as conn:
+        items = await resolve_item_references(conn, tenant_id, items, param="input")
+        if conversation_id is not None:
+            if await conversations.get_conversation(conn, tenant_id, conversation_id) is None:
+                raise conversation_not_found(conversation_id, param="conversation")
+            history = await repository.conversation_history(conn, conversation_id)
+        elif previous is not None:
+            if await responses.get_response(conn, tenant_id, previous) is None:
+                raise InvalidRequest(
+                    f"Previous response with id '{previous}' not found.",
+                    param="previous_response_id",
+                    code="previous_response_not_found",
+                )
+            history = ",".join(await responses.chain_history(conn, tenant_id, previous))
+    count = await context.count(model, params, conversation_id or previous, history, [i.body for i in items])
+    return {"object": "response.input_tokens", "input_tokens": count}

