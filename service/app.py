@@ -31,6 +31,8 @@ from service.responses.routes import ResponseController
 from service.responses.runner import TurnRunner
 from service.responses.service import reap_stale_turns
 from service.responses.turn import TurnContext
+from service.retention.purge import purge
+from service.retention.routes import RetentionAdminController
 from service.runtime import Runtime
 from service.upstream.client import OpenRouterClient
 from service.upstream.demo import DemoTransport
@@ -49,6 +51,17 @@ async def _reap_forever(runtime: Runtime) -> None:
         except Exception as exc:
             logger.warning("reaper pass failed: %s", type(exc).__name__)
         await asyncio.sleep(interval)
+
+
+async def _purge_forever(runtime: Runtime) -> None:
+    """Retention runs every RETENTION_INTERVAL_SECONDS, the first one an interval after start-up; across
+    processes the lease in PostgreSQL lets one of them run at a time."""
+    while True:
+        await asyncio.sleep(runtime.settings.retention_interval_seconds)
+        try:
+            await purge(runtime.engine, runtime.settings)
+        except Exception as exc:
+            logger.warning("retention run failed: %s", type(exc).__name__)
 
 
 def create_app(
@@ -82,15 +95,17 @@ def create_app(
         )
         app.state.runtime = runtime
         reaper = asyncio.create_task(_reap_forever(runtime))
+        background = [reaper, asyncio.create_task(_purge_forever(runtime))]
         try:
             yield
         finally:
             # Running turns get a grace period to finish and be stored; what is left is stored as failed.
             await runtime.turns.shutdown(settings.shutdown_grace_period)
             await turn_context.close(settings.shutdown_grace_period)
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await upstream.aclose()
             await engine.dispose()
 
@@ -105,6 +120,7 @@ def create_app(
             ModelController,
             AdminController,
             AdminKeyController,
+            RetentionAdminController,
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -62,6 +62,14 @@ def _model_windows(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(windows)
 
 
+def _days(env: Mapping[str, str], name: str) -> int | None:
+    """A retention period in whole days (at least 1); unset or empty keeps forever."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return _int(env, name, 0, minimum=1)
+
+
 def normalize_database_url(raw: str) -> str:
     """Accept postgresql:// or postgresql+asyncpg:// (and postgres://); return the asyncpg form."""
     parts = urlsplit(raw.strip())
@@ -121,6 +129,10 @@ class Settings:
     # Context windows (service/context): pinned windows by model id, and how often OpenRouter's catalog is re-read.
     model_context_windows: tuple[tuple[str, int], ...] = ()
     model_catalog_refresh_seconds: float = 3600.0
+    retention_responses_days: int | None = None
+    retention_conversations_idle_days: int | None = None
+    retention_interval_seconds: float = 3600.0
+    retention_batch_size: int = 1000
 
     @property
     def demo_upstream(self) -> bool:
@@ -179,4 +191,8 @@ class Settings:
             idempotency_key_ttl=_number(env, "IDEMPOTENCY_KEY_TTL", 86400.0, minimum=1),
             model_context_windows=_model_windows(env.get("MODEL_CONTEXT_WINDOWS", "")),
             model_catalog_refresh_seconds=_number(env, "MODEL_CATALOG_REFRESH_SECONDS", 3600.0, minimum=1),
+            retention_responses_days=_days(env, "RETENTION_RESPONSES_DAYS"),
+            retention_conversations_idle_days=_days(env, "RETENTION_CONVERSATIONS_IDLE_DAYS"),
+            retention_interval_seconds=_number(env, "RETENTION_INTERVAL_SECONDS", 3600.0, minimum=1),
+            retention_batch_size=_int(env, "RETENTION_BATCH_SIZE", 1000, minimum=1),
         )

@@ -204,14 +204,40 @@ class IdempotencyKey(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
+class RetentionPolicy(Base):
+    """A tenant's retention, overriding the service-wide defaults (settings); a null field keeps forever."""
+
+    __tablename__ = "retention_policy"
+
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), primary_key=True)
+    responses_days: Mapped[int | None] = mapped_column(Integer)
+    conversations_idle_days: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class MaintenanceLease(Base):
+    """One row per background job that must run in one process at a time across the deployment (the retention
+    purge): whoever holds an unexpired lease runs it. Also keeps the last run's outcome for the admin."""
+
+    __tablename__ = "maintenance_lease"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    holder: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
 __all__ = [
     "ApiKey",
     "Base",
     "Conversation",
     "IdempotencyKey",
     "Item",
+    "MaintenanceLease",
     "ResponseEventLog",
     "ResponseRecord",
+    "RetentionPolicy",
     "Tenant",
 ]
 
@@ -228,3 +254,5 @@ response_table = _table(ResponseRecord)
 item_table = _table(Item)
 response_event_log_table = _table(ResponseEventLog)
 idempotency_key_table = _table(IdempotencyKey)
+retention_policy_table = _table(RetentionPolicy)
+maintenance_lease_table = _table(MaintenanceLease)

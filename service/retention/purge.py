@@ -1,0 +1,162 @@
+"""The purge job: applies every tenant's retention in short batches, one process at a time per database.
+
+Whoever holds the `retention` lease (a row in PostgreSQL, renewed by every batch) runs; others skip the run.
+Each batch is its own short transaction touching at most RETENTION_BATCH_SIZE items and a tenth of that in
+conversations or responses, rows no turn is using (idle conversations, claimed first; old responses nothing
+builds on, locked with SKIP LOCKED), with a short pause between batches so that turns are never queued behind
+the purge for long."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.config import Settings
+from service.ids import new_id
+from service.retention import repository
+from service.retention.policy import Policy, default_policy
+
+logger = logging.getLogger("service.retention")
+
+LEASE = "retention"
+LEASE_SECONDS = 120
+# A purge's claim on the conversations it is emptying; renewed by every batch, it expires if the process dies.
+CLAIM_SECONDS = 120
+PAUSE_BETWEEN_BATCHES = 0.005
+
+
+class LeaseLost(Exception):
+    """Another process took the lease (this one stalled past LEASE_SECONDS): stop, it carries on."""
+
+
+@dataclass
+class PurgeCounts:
+    conversations: int = 0
+    responses: int = 0
+    items: int = 0
+
+    def add(self, other: PurgeCounts) -> None:
+        self.conversations += other.conversations
+        self.responses += other.responses
+        self.items += other.items
+
+
+class _Run:
+    def __init__(self, engine: AsyncEngine, settings: Settings, holder: str) -> None:
+        self.engine = engine
+        self.holder = holder
+        self.items_per_batch = settings.retention_batch_size
+        self.rows_per_batch = max(1, settings.retention_batch_size // 10)
+
+    async def _renew(self, conn: Any) -> None:
+        if not await repository.take_lease(conn, name=LEASE, holder=self.holder, ttl=LEASE_SECONDS):
+            raise LeaseLost
+
+    async def conversations(self, tenant_id: str, idle_days: int, counts: PurgeCounts) -> None:
+        while True:
+            async with self.engine.begin() as conn:
+                await self._renew(conn)
+                ids = await repository.claim_idle_conversations(
+                    conn,
+                    tenant_id=tenant_id,
+                    idle_days=idle_days,
+                    claim=self.holder,
+                    ttl=CLAIM_SECONDS,
+                    limit=self.rows_per_batch,
+                )
+            if not ids:
+                return
+            while True:
+                async with self.engine.begin() as conn:
+                    deleted, detached = await repository.empty_claimed_conversations(
+                        conn, ids=ids, claim=self.holder, ttl=CLAIM_SECONDS, limit=self.items_per_batch
+                    )
+                counts.items += deleted
+                if deleted + detached == 0:
+                    break
+                await asyncio.sleep(PAUSE_BETWEEN_BATCHES)
+            async with self.engine.begin() as conn:
+                counts.conversations += await repository.delete_claimed_conversations(conn, ids=ids, claim=self.holder)
+            await asyncio.sleep(PAUSE_BETWEEN_BATCHES)
+
+    async def responses(self, tenant_id: str, days: int, counts: PurgeCounts) -> None:
+        while True:
+            async with self.engine.begin() as conn:
+                await self._renew(conn)
+                responses, items = await repository.delete_expired_responses(
+                    conn, tenant_id=tenant_id, days=days, limit=self.rows_per_batch
+                )
+            counts.responses += responses
+            counts.items += items
+            if responses == 0:
+                return
+            await asyncio.sleep(PAUSE_BETWEEN_BATCHES)
+
+    async def tenant(self, tenant_id: str, policy: Policy) -> PurgeCounts:
+        counts = PurgeCounts()
+        # Conversations first: the responses whose items they held are then no longer needed by them.
+        if policy.conversations_idle_days is not None:
+            await self.conversations(tenant_id, policy.conversations_idle_days, counts)
+        if policy.responses_days is not None:
+            await self.responses(tenant_id, policy.responses_days, counts)
+        return counts
+
+
+async def purge(engine: AsyncEngine, settings: Settings) -> dict[str, Any] | None:
+    """Apply every tenant's retention now. None when another process holds the lease (its run is under way)."""
+    holder = new_id("purge")
+    async with engine.begin() as conn:
+        if not await repository.take_lease(conn, name=LEASE, holder=holder, ttl=LEASE_SECONDS):
+            return None
+    started = time.monotonic()
+    run = _Run(engine, settings, holder)
+    totals = PurgeCounts()
+    tenants = 0
+    error: str | None = None
+    defaults = default_policy(settings)
+    try:
+        async with engine.connect() as conn:
+            rows = await repository.tenant_policies(conn, defaults_apply=defaults.deletes_anything)
+        for row in rows:
+            policy = Policy(row.responses_days, row.conversations_idle_days, "tenant") if row.has_policy else defaults
+            counts = await run.tenant(row.id, policy)
+            tenants += 1
+            totals.add(counts)
+            if counts != PurgeCounts():
+                logger.info(
+                    "retention purged tenant %s: %d conversations, %d responses, %d items",
+                    row.name,
+                    counts.conversations,
+                    counts.responses,
+                    counts.items,
+                )
+    except LeaseLost:
+        error = "lease_lost"
+        logger.warning("retention run stopped: another process took the lease")
+    except Exception as exc:
+        error = type(exc).__name__
+        raise
+    finally:
+        result = {
+            "object": "retention.run",
+            **asdict(totals),
+            "tenants": tenants,
+            "seconds": round(time.monotonic() - started, 3),
+            "error": error,
+        }
+        logger.info(
+            "retention run: %d conversations, %d responses, %d items deleted over %d tenants in %.2f s",
+            totals.conversations,
+            totals.responses,
+            totals.items,
+            tenants,
+            result["seconds"],
+        )
+        async with engine.begin() as conn:
+            await repository.release_lease(conn, name=LEASE, holder=holder, result=result)
+    return result

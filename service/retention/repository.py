@@ -1,0 +1,215 @@
+"""SQL for retention. What a policy deletes:
+
+- conversations idle (no change) for N days, as `DELETE /v1/conversations/{id}` does: their own items go, items
+  carried by responses stay with those responses;
+- responses created N days ago or earlier, unless still needed as history: by a kept conversation (one of the
+  response's items is still in one) or by a kept later response (previous_response_id, transitively). Their
+  items go with them. Running responses are never deleted.
+
+The purge deletes responses as leaves (no later response builds on them), so each batch re-checks under row
+locks that nothing came to depend on them, and a chain goes from its end backwards over successive batches. The
+preview computes the same set at once: old responses minus the ancestors of every kept one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Integer, Text, bindparam, delete, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.db.models import maintenance_lease_table, retention_policy_table, tenant_table
+
+_TENANT_POLICIES = text(
+    """
+    SELECT t.id, t.name, p.tenant_id IS NOT NULL AS has_policy, p.responses_days, p.conversations_idle_days
+    FROM tenant t LEFT JOIN retention_policy p ON p.tenant_id = t.id
+    WHERE (p.tenant_id IS NOT NULL AND (p.responses_days IS NOT NULL OR p.conversations_idle_days IS NOT NULL))
+       OR (p.tenant_id IS NULL AND :defaults_apply)
+    ORDER BY t.name
+    """
+)
+
+_PREVIEW = text(
+    """
+    WITH RECURSIVE
+    doomed_conversation AS (
+        SELECT id FROM conversation
+        WHERE :idle_days IS NOT NULL AND tenant_id = :tenant
+          AND updated_at < now() - make_interval(days => :idle_days)
+          AND NOT (turn_response_id IS NOT NULL AND turn_expires_at > now())
+    ),
+    old AS (
+        SELECT id, previous_response_id, status FROM response
+        WHERE :days IS NOT NULL AND tenant_id = :tenant AND created_at < now() - make_interval(days => :days)
+    ),
+    seed AS (
+        SELECT o.id FROM old o
+        WHERE o.status IN ('queued', 'in_progress')
+           OR EXISTS (SELECT 1 FROM item i WHERE i.response_id = o.id AND i.conversation_id IS NOT NULL
+                      AND i.conversation_id NOT IN (SELECT id FROM doomed_conversation))
+        UNION
+        SELECT c.previous_response_id FROM old o JOIN response c ON c.previous_response_id = o.id
+        WHERE c.created_at >= now() - make_interval(days => :days)
+    ),
+    needed(id) AS (
+        SELECT id FROM seed
+        UNION
+        SELECT o.previous_response_id FROM old o JOIN needed n ON o.id = n.id WHERE o.previous_response_id IS NOT NULL
+    ),
+    doomed_response AS (SELECT id FROM old WHERE id NOT IN (SELECT id FROM needed WHERE id IS NOT NULL))
+    SELECT
+        (SELECT count(*) FROM doomed_conversation) AS conversations,
+        (SELECT count(*) FROM doomed_response) AS responses,
+        (SELECT count(*) FROM item WHERE response_id IN (SELECT id FROM doomed_response))
+        + (SELECT count(*) FROM item WHERE conversation_id IN (SELECT id FROM doomed_conversation)
+           AND response_id IS NULL) AS items
+    """
+).bindparams(bindparam("days", type_=Integer), bindparam("idle_days", type_=Integer))
+
+# Idle conversations are claimed the way a turn claims one (turn_response_id), so no turn or item change can
+# start on them while their items are removed over several short transactions; a turn gets 409
+# conversation_locked meanwhile. The claim expires like a turn's if this process dies.
+_CLAIM_IDLE_CONVERSATIONS = text(
+    """
+    UPDATE conversation SET turn_response_id = :claim, turn_expires_at = now() + make_interval(secs => :ttl)
+    WHERE id IN (
+        SELECT id FROM conversation
+        WHERE tenant_id = :tenant AND updated_at < now() - make_interval(days => :idle_days)
+          AND (turn_response_id IS NULL OR turn_expires_at <= now())
+        ORDER BY updated_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id
+    """
+).bindparams(bindparam("ttl", type_=Integer), bindparam("idle_days", type_=Integer))
+
+_EMPTY_CLAIMED_CONVERSATIONS = text(
+    """
+    WITH still_ours AS (
+        UPDATE conversation SET turn_expires_at = now() + make_interval(secs => :ttl)
+        WHERE id = ANY(:ids) AND turn_response_id = :claim
+        RETURNING id
+    ),
+    chunk AS (
+        SELECT pk, response_id FROM item WHERE conversation_id IN (SELECT id FROM still_ours) LIMIT :limit
+    ),
+    gone AS (DELETE FROM item WHERE pk IN (SELECT pk FROM chunk WHERE response_id IS NULL) RETURNING 1),
+    detached AS (
+        UPDATE item SET conversation_id = NULL, position = NULL
+        WHERE pk IN (SELECT pk FROM chunk WHERE response_id IS NOT NULL)
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM detached) AS detached
+    """
+).bindparams(bindparam("ids", type_=ARRAY(Text)), bindparam("ttl", type_=Integer))
+
+_DELETE_CLAIMED_CONVERSATIONS = text(
+    "DELETE FROM conversation WHERE id = ANY(:ids) AND turn_response_id = :claim RETURNING id"
+).bindparams(bindparam("ids", type_=ARRAY(Text)))
+
+_DELETE_EXPIRED_RESPONSES = text(
+    """
+    WITH doomed AS (
+        SELECT r.id FROM response r
+        WHERE r.tenant_id = :tenant AND r.created_at < now() - make_interval(days => :days)
+          AND r.status NOT IN ('queued', 'in_progress')
+          AND NOT EXISTS (SELECT 1 FROM response c WHERE c.previous_response_id = r.id)
+          AND NOT EXISTS (SELECT 1 FROM item i WHERE i.response_id = r.id AND i.conversation_id IS NOT NULL)
+        ORDER BY r.created_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ),
+    items AS (DELETE FROM item WHERE response_id IN (SELECT id FROM doomed) RETURNING 1),
+    gone AS (DELETE FROM response WHERE id IN (SELECT id FROM doomed) RETURNING 1)
+    SELECT (SELECT count(*) FROM gone) AS responses, (SELECT count(*) FROM items) AS items
+    """
+).bindparams(bindparam("days", type_=Integer))
+
+_TAKE_LEASE = text(
+    """
+    INSERT INTO maintenance_lease (name, holder, expires_at)
+    VALUES (:name, :holder, now() + make_interval(secs => :ttl))
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+    WHERE maintenance_lease.expires_at <= now() OR maintenance_lease.holder = excluded.holder
+    RETURNING holder
+    """
+).bindparams(bindparam("ttl", type_=Integer))
+
+_RELEASE_LEASE = text(
+    """
+    UPDATE maintenance_lease SET holder = NULL, expires_at = now(), last_run_at = now(), last_result = :result
+    WHERE name = :name AND holder = :holder
+    """
+).bindparams(bindparam("result", type_=JSONB))
+
+
+async def tenant_policies(conn: AsyncConnection, *, defaults_apply: bool) -> list[Any]:
+    """Tenants some policy applies to: their own, or (without one) the defaults when those delete anything."""
+    return list((await conn.execute(_TENANT_POLICIES, {"defaults_apply": defaults_apply})).all())
+
+
+async def preview(conn: AsyncConnection, tenant_id: str, days: int | None, idle_days: int | None) -> Any:
+    return (await conn.execute(_PREVIEW, {"tenant": tenant_id, "days": days, "idle_days": idle_days})).one()
+
+
+async def claim_idle_conversations(
+    conn: AsyncConnection, *, tenant_id: str, idle_days: int, claim: str, ttl: int, limit: int
+) -> list[str]:
+    params = {"tenant": tenant_id, "idle_days": idle_days, "claim": claim, "ttl": ttl, "limit": limit}
+    return list((await conn.scalars(_CLAIM_IDLE_CONVERSATIONS, params)).all())
+
+
+async def empty_claimed_conversations(
+    conn: AsyncConnection, *, ids: list[str], claim: str, ttl: int, limit: int
+) -> tuple[int, int]:
+    """Removes up to `limit` of the claimed conversations' items (deleted, or left to their responses)."""
+    row = (
+        await conn.execute(_EMPTY_CLAIMED_CONVERSATIONS, {"ids": ids, "claim": claim, "ttl": ttl, "limit": limit})
+    ).one()
+    return int(row.deleted), int(row.detached)
+
+
+async def delete_claimed_conversations(conn: AsyncConnection, *, ids: list[str], claim: str) -> int:
+    return len((await conn.execute(_DELETE_CLAIMED_CONVERSATIONS, {"ids": ids, "claim": claim})).all())
+
+
+async def delete_expired_responses(conn: AsyncConnection, *, tenant_id: str, days: int, limit: int) -> tuple[int, int]:
+    row = (await conn.execute(_DELETE_EXPIRED_RESPONSES, {"tenant": tenant_id, "days": days, "limit": limit})).one()
+    return int(row.responses), int(row.items)
+
+
+async def take_lease(conn: AsyncConnection, *, name: str, holder: str, ttl: int) -> bool:
+    return (await conn.scalar(_TAKE_LEASE, {"name": name, "holder": holder, "ttl": ttl})) is not None
+
+
+async def release_lease(conn: AsyncConnection, *, name: str, holder: str, result: dict[str, Any]) -> None:
+    await conn.execute(_RELEASE_LEASE, {"name": name, "holder": holder, "result": result})
+
+
+async def lease_state(conn: AsyncConnection, name: str) -> Any:
+    lease = maintenance_lease_table
+    running = (lease.c.holder.is_not(None) & (lease.c.expires_at > func.now())).label("running")
+    return (await conn.execute(select(lease, running).where(lease.c.name == name))).first()
+
+
+async def tenant_by_name(conn: AsyncConnection, name: str) -> Any:
+    stmt = select(tenant_table.c.id, tenant_table.c.name).where(tenant_table.c.name == name)
+    return (await conn.execute(stmt)).first()
+
+
+async def get_policy(conn: AsyncConnection, tenant_id: str) -> Any:
+    policy = retention_policy_table
+    return (await conn.execute(select(policy).where(policy.c.tenant_id == tenant_id))).first()
+
+
+async def put_policy(conn: AsyncConnection, tenant_id: str, days: int | None, idle_days: int | None) -> None:
+    values = {"responses_days": days, "conversations_idle_days": idle_days, "updated_at": func.now()}
+    stmt = insert(retention_policy_table).values(tenant_id=tenant_id, **values)
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["tenant_id"], set_=values))
+
+
+async def delete_policy(conn: AsyncConnection, tenant_id: str) -> None:
+    policy = retention_policy_table
+    await conn.execute(delete(policy).where(policy.c.tenant_id == tenant_id))

@@ -1,0 +1,201 @@
+"""Retention: per-tenant policies through the admin API, the dry-run preview, and the purge run, which deletes
+exactly what the policy says and nothing a kept thread still needs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, text_response
+from tests.turn_support import assistant, new_conversation, rows, turn, user
+
+
+def _admin_client(live: LiveServer) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {live.settings.admin_api_key}"}
+    return httpx.AsyncClient(base_url=live.url, headers=headers, timeout=60)
+
+
+@pytest.fixture
+async def admin(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with _admin_client(server) as client:
+        yield client
+
+
+async def _age(db: AsyncEngine, table: str, ids: list[str], days: int) -> None:
+    column = "updated_at" if table == "conversation" else "created_at"
+    async with db.begin() as conn:
+        await conn.execute(
+            text(f"UPDATE {table} SET {column} = now() - make_interval(days => :d) WHERE id = ANY(:ids)"),
+            {"d": days, "ids": ids},
+        )
+
+
+async def _ids(db: AsyncEngine, sql: str, **params: Any) -> set[str]:
+    return {r["id"] for r in await rows(db, sql, **params)}
+
+
+async def test_policy_is_set_read_and_validated_per_tenant(admin: httpx.AsyncClient, alice: Tenant) -> None:
+    url = "/admin/tenants/alice/retention"
+    assert (await admin.get(url)).json() == {
+        "object": "retention_policy",
+        "tenant": "alice",
+        "responses_days": None,
+        "conversations_idle_days": None,
+        "source": "default",
+    }
+    answer = await admin.put(url, json={"responses_days": 30, "conversations_idle_days": None})
+    assert answer.status_code == 200, answer.text
+    assert (await admin.get(url)).json()["responses_days"] == 30
+    assert (await admin.get(url)).json()["source"] == "tenant"
+
+    bad = [
+        ({"responses_days": 0, "conversations_idle_days": None}, "responses_days"),
+        ({"responses_days": "30", "conversations_idle_days": None}, "responses_days"),
+        ({"responses_days": True, "conversations_idle_days": None}, "responses_days"),
+        ({"responses_days": 1.5, "conversations_idle_days": None}, "responses_days"),
+        ({"responses_days": 30}, "conversations_idle_days"),
+        ({"responses_days": 30, "conversations_idle_days": 2, "items_days": 3}, "items_days"),
+    ]
+    for body, param in bad:
+        refused = await admin.put(url, json=body)
+        assert refused.status_code == 400, body
+        assert refused.json()["error"]["param"] == param
+    assert (await admin.get(url)).json()["responses_days"] == 30
+
+    missing = await admin.get("/admin/tenants/nobody/retention")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["param"] == "tenant"
+    assert (await alice.http.get(url)).status_code == 403
+
+    reset = await admin.delete(url)
+    assert reset.status_code == 200
+    assert reset.json()["source"] == "default"
+    assert (await admin.get(url)).json()["responses_days"] is None
+
+
+async def test_run_deletes_exactly_what_the_policy_says_and_keeps_what_kept_threads_need(
+    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    idle = await new_conversation(alice.http, items=[{"role": "user", "content": "seed"}])
+    idle_turns = [await turn(alice.http, f"idle {n}", conversation=idle) for n in range(2)]
+    active = await new_conversation(alice.http)
+    fake_upstream.reply_json(text_response("active answer", msg_id="msg_active"))
+    active_turn = await turn(alice.http, "active question", conversation=active)
+    # A chain whose last response is recent: its old ancestors are its history.
+    fake_upstream.reply_json(text_response("r1 answer", msg_id="msg_r1"))
+    r1 = await turn(alice.http, "r1")
+    fake_upstream.reply_json(text_response("r2 answer", msg_id="msg_r2"))
+    r2 = await turn(alice.http, "r2", previous_response_id=r1["id"])
+    fake_upstream.reply_json(text_response("r3 answer", msg_id="msg_r3"))
+    r3 = await turn(alice.http, "r3", previous_response_id=r2["id"])
+    s1 = await turn(alice.http, "s1")
+    s2 = await turn(alice.http, "s2", previous_response_id=s1["id"])
+    t1 = await turn(alice.http, "t1")
+    u1 = await turn(alice.http, "u1")
+    bobs = await turn(bob.http, "bob's old one")
+
+    old = [t["id"] for t in (*idle_turns, active_turn, r1, r2, s1, s2, t1, bobs)]
+    await _age(db, "response", old, 40)
+    await _age(db, "conversation", [idle], 31)
+    await _age(db, "conversation", [active], 29)
+
+    policy = {"responses_days": 30, "conversations_idle_days": 30}
+    assert (await admin.put("/admin/tenants/alice/retention", json=policy)).status_code == 200
+    before_items = len(await rows(db, "SELECT pk FROM item"))
+    expected = {"responses": 5, "conversations": 1, "items": 11}
+    preview = await admin.get("/admin/tenants/alice/retention/preview")
+    assert preview.status_code == 200, preview.text
+    assert preview.json() == {"object": "retention.preview", "tenant": "alice", **expected}
+    # A preview deletes nothing.
+    assert len(await rows(db, "SELECT pk FROM item")) == before_items
+
+    run = await admin.post("/admin/retention/run")
+    assert run.status_code == 200, run.text
+    result = run.json()
+    assert {k: result[k] for k in ("responses", "conversations", "items")} == expected
+    assert result["error"] is None
+
+    assert len(await rows(db, "SELECT pk FROM item")) == before_items - 11
+    assert await _ids(db, "SELECT id FROM conversation") == {active}
+    kept = {active_turn["id"], r1["id"], r2["id"], r3["id"], u1["id"], bobs["id"]}
+    assert await _ids(db, "SELECT id FROM response") == kept
+    for gone in (s1, s2, t1, *idle_turns):
+        assert (await alice.http.get(f"/v1/responses/{gone['id']}")).status_code == 404
+    assert (await alice.http.get(f"/v1/conversations/{idle}")).status_code == 404
+    zero = (await admin.get("/admin/tenants/alice/retention/preview")).json()
+    assert (zero["responses"], zero["conversations"], zero["items"]) == (0, 0, 0)
+
+    # Both kept threads continue with their whole history.
+    fake_upstream.reply_json(text_response("r4 answer", msg_id="msg_r4"))
+    await turn(alice.http, "r4", previous_response_id=r3["id"])
+    assert fake_upstream.inputs[-1] == [
+        user("r1"),
+        assistant("r1 answer", "msg_r1"),
+        user("r2"),
+        assistant("r2 answer", "msg_r2"),
+        user("r3"),
+        assistant("r3 answer", "msg_r3"),
+        user("r4"),
+    ]
+    await turn(alice.http, "again", conversation=active)
+    assert fake_upstream.inputs[-1] == [
+        user("active question"),
+        assistant("active answer", "msg_active"),
+        user("again"),
+    ]
+    state = (await admin.get("/admin/retention")).json()
+    assert state["running"] is False
+    assert state["last_run"]["items"] == 11
+
+
+async def test_defaults_from_settings_apply_to_tenants_without_a_policy_in_small_batches(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Any,
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    live = start_server(retention_responses_days=30, retention_conversations_idle_days=10, retention_batch_size=7)
+    carol = await make_tenant("carol", live=live)
+    dave = await make_tenant("dave", live=live)
+    big = await new_conversation(carol.http)
+    for start in range(0, 40, 20):
+        items = [{"role": "user", "content": f"m{n}"} for n in range(start, start + 20)]
+        assert (await carol.http.post(f"/v1/conversations/{big}/items", json={"items": items})).status_code == 200
+    old_turns = [await turn(carol.http, f"old {n}") for n in range(25)]
+    daves = await turn(dave.http, "dave keeps")
+    await _age(db, "response", [t["id"] for t in old_turns] + [daves["id"]], 31)
+    await _age(db, "conversation", [big], 11)
+
+    async with _admin_client(live) as admin:
+        assert (await admin.get("/admin/tenants/carol/retention")).json()["responses_days"] == 30
+        keep = {"responses_days": None, "conversations_idle_days": None}
+        assert (await admin.put("/admin/tenants/dave/retention", json=keep)).status_code == 200
+        preview = (await admin.get("/admin/tenants/carol/retention/preview")).json()
+        assert (preview["conversations"], preview["responses"], preview["items"]) == (1, 25, 90)
+        result = (await admin.post("/admin/retention/run")).json()
+    assert (result["conversations"], result["responses"], result["items"]) == (1, 25, 90)
+    assert await _ids(db, "SELECT id FROM response") == {daves["id"]}
+    assert await _ids(db, "SELECT id FROM conversation") == set()
+
+
+async def test_a_run_while_another_holds_the_lease_is_refused(admin: httpx.AsyncClient, db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO maintenance_lease (name, holder, expires_at) "
+                "VALUES ('retention', 'purge_elsewhere', now() + interval '1 minute')"
+            )
+        )
+    answer = await admin.post("/admin/retention/run")
+    assert answer.status_code == 409
+    assert answer.json()["error"]["code"] == "retention_running"
+    assert (await admin.get("/admin/retention")).json()["running"] is True
+    async with db.begin() as conn:
+        await conn.execute(text("UPDATE maintenance_lease SET expires_at = now() - interval '1 second'"))
+    assert (await admin.post("/admin/retention/run")).status_code == 200
