@@ -32,7 +32,17 @@ from service.keys import service as keys
 from service.migrate import upgrade
 from tests.fake_openrouter import FakeOpenRouter, _free_port, _wait_for_port
 
-TABLES = ("retention_policy", "maintenance_lease", "idempotency_key", "response_event_log", "item", "response", "conversation", "api_key", "tenant")
+TABLES = (
+    "retention_policy",
+    "maintenance_lease",
+    "idempotency_key",
+    "response_event_log",
+    "item",
+    "response",
+    "conversation",
+    "api_key",
+    "tenant",
+)
 
 
 async def _reset_schema(url: str) -> None:
