@@ -15,6 +15,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from service import __version__
 from service.admin.routes import AdminController, AdminKeyController
+from service.cluster.heartbeat import Heartbeat
 from service.config import Settings
 from service.context.routes import InputTokensController, ModelController
 from service.context.setup import build_context_windows
@@ -34,6 +35,7 @@ from service.responses.turn import TurnContext
 from service.retention.purge import purge
 from service.retention.routes import RetentionAdminController
 from service.runtime import Runtime
+from service.serving import on_stop_signal
 from service.upstream.client import OpenRouterClient
 from service.upstream.demo import DemoTransport
 
@@ -94,18 +96,32 @@ def create_app(
             turns=TurnRunner(settings, turn_context),
         )
         app.state.runtime = runtime
-        reaper = asyncio.create_task(_reap_forever(runtime))
-        background = [reaper, asyncio.create_task(_purge_forever(runtime))]
+        heartbeat = Heartbeat(engine, timeout=settings.process_heartbeat_timeout, turn_lock_ttl=settings.turn_lock_ttl)
+        background = [
+            asyncio.create_task(_reap_forever(runtime)),
+            asyncio.create_task(_purge_forever(runtime)),
+            asyncio.create_task(heartbeat.run_forever()),
+        ]
+        stopping: list[asyncio.Task[None]] = []
+
+        def stop_turns() -> None:
+            # Running turns get a grace period to finish and be stored; what is left is stored as failed.
+            if not stopping:
+                stopping.append(asyncio.create_task(runtime.turns.shutdown(settings.shutdown_grace_period)))
+
+        restore_signals = on_stop_signal(stop_turns)
         try:
             yield
         finally:
-            # Running turns get a grace period to finish and be stored; what is left is stored as failed.
-            await runtime.turns.shutdown(settings.shutdown_grace_period)
+            restore_signals()
+            stop_turns()
+            await stopping[0]
             await turn_context.close(settings.shutdown_grace_period)
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await heartbeat.stop()
             await upstream.aclose()
             await engine.dispose()
 

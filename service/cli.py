@@ -107,8 +107,6 @@ async def _first_start_key(url: str) -> str | None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn  # noqa: PLC0415
-
     _check_port_free(settings.host, settings.port)
     with _database(settings) as url:
         asyncio.run(_check_database(url))
@@ -126,17 +124,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         print(f"Upstream: {mode}")
         where = f"embedded PostgreSQL in {settings.data_dir}" if settings.embedded_database else _describe(url)
         print(f"Database: {where}")
-        print(f"Serving on http://{settings.host}:{settings.port} (docs at /docs)", flush=True)
         os.environ[RESOLVED_URL_ENV] = url
-        uvicorn.run(
-            "service.cli:app_from_environment",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=settings.log_level.lower(),
-            access_log=args.access_log,
-        )
+        from service.serving import serve  # noqa: PLC0415
+
+        banner = f"Serving on http://{settings.host}:{settings.port} (docs at /docs)"
+        if not serve(settings, app="service.cli:app_from_environment", access_log=args.access_log, banner=banner):
+            return 3
     return 0
 
 

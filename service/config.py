@@ -133,6 +133,7 @@ class Settings:
     retention_conversations_idle_days: int | None = None
     retention_interval_seconds: float = 3600.0
     retention_batch_size: int = 1000
+    process_heartbeat_timeout: float = 10.0
 
     @property
     def demo_upstream(self) -> bool:
@@ -195,4 +196,5 @@ class Settings:
             retention_conversations_idle_days=_days(env, "RETENTION_CONVERSATIONS_IDLE_DAYS"),
             retention_interval_seconds=_number(env, "RETENTION_INTERVAL_SECONDS", 3600.0, minimum=1),
             retention_batch_size=_int(env, "RETENTION_BATCH_SIZE", 1000, minimum=1),
+            process_heartbeat_timeout=_number(env, "PROCESS_HEARTBEAT_TIMEOUT", 10.0, minimum=0.2),
         )

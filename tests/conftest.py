@@ -35,6 +35,7 @@ from tests.fake_openrouter import FakeOpenRouter, _free_port, _wait_for_port
 TABLES = (
     "retention_policy",
     "maintenance_lease",
+    "service_process",
     "idempotency_key",
     "response_event_log",
     "item",

@@ -112,7 +112,7 @@ class ServiceProcess:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> ServiceProcess:
+    def start_without_waiting(self) -> ServiceProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve"],
             cwd=PROJECT_ROOT,
@@ -120,6 +120,11 @@ class ServiceProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        return self
+
+    def start(self, timeout: float = 30.0) -> ServiceProcess:
+        self.start_without_waiting()
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Computed,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -23,7 +24,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db.base import Base
@@ -226,6 +227,25 @@ class MaintenanceLease(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+class ServiceProcess(Base):
+    """A running service process (one per uvicorn worker) and the turns it runs, rewritten at every heartbeat,
+    so that any other process can fail those turns and free their claims once the heartbeats stop
+    (service/cluster/)."""
+
+    __tablename__ = "service_process"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # The process's PROCESS_HEARTBEAT_TIMEOUT: others take it for dead once its heartbeat is older than that.
+    heartbeat_timeout: Mapped[float] = mapped_column(Float)
+    # Set when the process stopped (cleanly, or found dead): its row stays a while so that the reaper keeps
+    # looking for turns it began after its last heartbeat.
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    running_responses: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    running_conversations: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
 
 
 __all__ = [
@@ -238,6 +258,7 @@ __all__ = [
     "ResponseEventLog",
     "ResponseRecord",
     "RetentionPolicy",
+    "ServiceProcess",
     "Tenant",
 ]
 
@@ -256,3 +277,4 @@ response_event_log_table = _table(ResponseEventLog)
 idempotency_key_table = _table(IdempotencyKey)
 retention_policy_table = _table(RetentionPolicy)
 maintenance_lease_table = _table(MaintenanceLease)
+service_process_table = _table(ServiceProcess)

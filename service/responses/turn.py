@@ -31,6 +31,7 @@ from asyncpg.exceptions import ForeignKeyViolationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.context.service import ContextWindows
+from service.cluster import running as running_turns
 from service.conversations import repository as conversations
 from service.conversations.service import conversation_locked, conversation_not_found, resolve_item_references
 from service.db.session import driver_connection
@@ -169,6 +170,7 @@ class TurnContext:
                 if request.previous_response_id and exc.constraint_name == _PREVIOUS_RESPONSE_FK:
                     raise _previous_not_found(request.previous_response_id) from None
                 raise
+        running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
         note_effect()  # committed: the turn is stored as in_progress
         return Turn(tenant_id, request, state, history, began)
 
@@ -209,6 +211,7 @@ class TurnContext:
         unseen = None
         if not response.visible_before_finish:
             unseen = turn_store.Unseen(response, claim.created_at, claim.position, request.input_items)
+        running_turns.add(self.engine, state.id, conversation_id)  # for the heartbeat (service/cluster)
         note_effect()  # committed: the turn is claimed (and stored as in_progress unless `unseen`)
         return Turn(tenant_id, request, state, claim.history, began, unseen)
 
@@ -234,9 +237,9 @@ class TurnContext:
                 # An attempt can commit and lose only its reply (the connection drops in between). Storing again
                 # would find the claim released and write the turn as failed over its own answer, or insert its
                 # output items twice: a retry first looks for its own completed_at, which no other writer uses.
-                if retry and await turn_store.finished_at(db, state.id, completed_at):
-                    return
-                await _store_outcome(db, turn, outputs, upstream_id, events)
+                if not (retry and await turn_store.finished_at(db, state.id, completed_at)):
+                    await _store_outcome(db, turn, outputs, upstream_id, events)
+            running_turns.discard(self.engine, state.id)
 
         for attempt in range(1, _FINISH_ATTEMPTS + 1):
             try:
@@ -244,6 +247,7 @@ class TurnContext:
                 return
             except Exception as exc:
                 if not is_database_unavailable(exc):
+                    running_turns.discard(self.engine, state.id)  # not stored: the claim's expiry frees it
                     raise
                 if attempt == _FINISH_ATTEMPTS:
                     self._store_later(store, state.id)

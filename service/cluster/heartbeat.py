@@ -1,0 +1,77 @@
+"""The heartbeat: every process writes, every PROCESS_HEARTBEAT_TIMEOUT / 4 seconds, that it is alive and which
+turns it runs; then it looks for processes whose heartbeat is older than the timeout and fails their turns and
+frees their conversations. So a process that dies (SIGKILL, a lost host) holds its conversations for about the
+timeout, not for TURN_LOCK_TTL, while a live turn is never taken for dead however slowly its upstream answers:
+its process lists it at every heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.cluster import repository, running
+
+logger = logging.getLogger("service.cluster")
+
+PROCESS_STOPPED_ERROR = {
+    "code": "server_error",
+    "message": "The service process running this turn stopped before the turn finished",
+}
+
+
+def new_identity() -> repository.Identity:
+    return repository.Identity(id=f"proc_{uuid.uuid4().hex}", host=socket.gethostname(), pid=os.getpid())
+
+
+class Heartbeat:
+    def __init__(self, engine: AsyncEngine, *, timeout: float, turn_lock_ttl: float) -> None:
+        self.identity = new_identity()
+        self._engine = engine
+        self._timeout = timeout
+        self._ttl = turn_lock_ttl
+        self.interval = timeout / 4
+
+    async def beat(self) -> None:
+        responses, conversations = running.snapshot(self._engine)
+        async with self._engine.begin() as conn:
+            taken_for_dead = await repository.beat(conn, self.identity, self._timeout, responses, conversations)
+        if taken_for_dead:
+            logger.warning("this process missed its heartbeats for over %.0fs; its turns were failed", self._timeout)
+
+    async def reap(self) -> list[str]:
+        """Fail the turns of processes that stopped; returns the responses failed (or whose claim was freed)."""
+        async with self._engine.begin() as conn:
+            dead = await repository.mark_dead(conn)
+            if not dead and not await repository.any_stopped(conn):
+                return []
+            failed = await repository.fail_orphaned_turns(conn, ttl=self._ttl, error=json.dumps(PROCESS_STOPPED_ERROR))
+        for process_id in dead:
+            logger.warning("process %s stopped sending heartbeats; failing its turns", process_id)
+        if failed:
+            logger.warning("failed %d turn(s) of stopped processes: %s", len(failed), ", ".join(failed[:10]))
+        return failed
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.beat()
+                await self.reap()
+            except Exception as exc:
+                logger.warning("heartbeat failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> None:
+        """A clean stop: the turns still listed (shutdown could not store them) are failed by the others."""
+        responses, conversations = running.snapshot(self._engine)
+        try:
+            async with self._engine.begin() as conn:
+                await repository.stop(conn, self.identity, responses, conversations)
+        except Exception as exc:
+            logger.warning("could not record this process's stop: %s", type(exc).__name__)

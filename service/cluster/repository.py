@@ -1,0 +1,152 @@
+"""SQL for service processes: the heartbeat, and finding the turns of processes that stopped.
+
+A process's row lists the turns it runs as of its last heartbeat. Turns it began after that heartbeat are in no
+list: once a process has stopped, the reaper also looks for claims and running responses that no live process
+lists and that began before the horizon, the earliest of each live process's last heartbeat less its timeout (a
+live process beats four times per timeout and lists a turn from its first heartbeat after the begin, so such a
+turn cannot be alive). That search reads every claimed conversation, so it runs only while a process stopped
+recently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+_BEAT = text(
+    """
+    INSERT INTO service_process AS p
+        (id, host, pid, heartbeat_at, heartbeat_timeout, running_responses, running_conversations)
+    VALUES (:id, :host, :pid, now(), :timeout, :responses, :conversations)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_timeout = excluded.heartbeat_timeout,
+        stopped_at = NULL,
+        running_responses = excluded.running_responses, running_conversations = excluded.running_conversations
+    RETURNING (SELECT stopped_at IS NOT NULL FROM service_process WHERE id = :id)
+    """
+)
+
+_STOP = text(
+    "UPDATE service_process SET stopped_at = now(), running_responses = :responses,"
+    " running_conversations = :conversations WHERE id = :id"
+)
+
+# Processes whose heartbeat is older than their timeout are taken for dead (each process declares its own).
+_FIND_DEAD = text(
+    """
+    UPDATE service_process SET stopped_at = now()
+    WHERE id IN (SELECT id FROM service_process
+                 WHERE stopped_at IS NULL AND heartbeat_at < now() - make_interval(secs => heartbeat_timeout)
+                 FOR UPDATE SKIP LOCKED)
+    RETURNING id
+    """
+)
+
+# The listed turns of stopped processes that no live process lists (a live one may have taken a claim over).
+_FREE_LISTED_CLAIMS = text(
+    """
+    WITH live AS (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NULL),
+    stopped AS (SELECT unnest(running_responses) AS response_id, running_conversations
+                FROM service_process WHERE stopped_at IS NOT NULL)
+    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL, last_status = 'failed'
+    FROM stopped
+    WHERE c.id = ANY(stopped.running_conversations) AND c.turn_response_id = stopped.response_id
+      AND c.turn_response_id NOT IN (SELECT id FROM live)
+    RETURNING stopped.response_id
+    """
+)
+
+_FAIL_LISTED_RESPONSES = text(
+    """
+    WITH live AS (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NULL),
+    stopped AS (SELECT DISTINCT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NOT NULL)
+    UPDATE response r SET status = 'failed', error = CAST(:error AS jsonb), completed_at = now()
+    FROM stopped
+    WHERE r.id = stopped.id AND r.status IN ('queued', 'in_progress') AND r.id NOT IN (SELECT id FROM live)
+    RETURNING r.id
+    """
+)
+
+# A claim's start is its expiry less TURN_LOCK_TTL (processes share that setting).
+_FREE_UNLISTED_CLAIMS = text(
+    """
+    WITH live AS (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NULL),
+    horizon AS (SELECT min(heartbeat_at - make_interval(secs => heartbeat_timeout)) AS at
+                FROM service_process WHERE stopped_at IS NULL),
+    orphaned AS (SELECT c.id, c.turn_response_id FROM conversation c, horizon
+                 WHERE c.turn_response_id IS NOT NULL
+                   AND c.turn_expires_at - make_interval(secs => :ttl) < horizon.at
+                   AND c.turn_response_id NOT IN (SELECT id FROM live)
+                 FOR UPDATE OF c SKIP LOCKED)
+    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL, last_status = 'failed'
+    FROM orphaned WHERE c.id = orphaned.id
+    RETURNING orphaned.turn_response_id
+    """
+)
+
+_FAIL_UNLISTED_RESPONSES = text(
+    """
+    WITH live AS (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NULL),
+    horizon AS (SELECT min(heartbeat_at - make_interval(secs => heartbeat_timeout)) AS at
+                FROM service_process WHERE stopped_at IS NULL)
+    UPDATE response r SET status = 'failed', error = CAST(:error AS jsonb), completed_at = now()
+    FROM horizon
+    WHERE r.status IN ('queued', 'in_progress')
+      AND (r.id = ANY(CAST(:freed AS text[])) OR (r.created_at < horizon.at AND r.id NOT IN (SELECT id FROM live)))
+    RETURNING r.id
+    """
+)
+
+_ANY_RECENTLY_STOPPED = text("SELECT EXISTS (SELECT 1 FROM service_process WHERE stopped_at IS NOT NULL)")
+
+# Long enough for every turn a stopped process began after its last heartbeat to pass the horizon.
+_FORGET_STOPPED = text(
+    "DELETE FROM service_process"
+    " WHERE stopped_at < now() - make_interval(secs => 3 * (SELECT max(heartbeat_timeout) FROM service_process))"
+)
+
+
+@dataclass(frozen=True)
+class Identity:
+    id: str
+    host: str
+    pid: int
+
+
+async def beat(
+    conn: AsyncConnection, me: Identity, heartbeat_timeout: float, responses: list[str], conversations: list[str]
+) -> bool:
+    """Record a heartbeat; True when this process had been taken for dead meanwhile."""
+    values = {
+        "id": me.id,
+        "host": me.host,
+        "pid": me.pid,
+        "timeout": heartbeat_timeout,
+        "responses": responses,
+        "conversations": conversations,
+    }
+    return bool(await conn.scalar(_BEAT, values))
+
+
+async def stop(conn: AsyncConnection, me: Identity, responses: list[str], conversations: list[str]) -> None:
+    await conn.execute(_STOP, {"id": me.id, "responses": responses, "conversations": conversations})
+
+
+async def mark_dead(conn: AsyncConnection) -> list[str]:
+    return [row[0] for row in await conn.execute(_FIND_DEAD)]
+
+
+async def any_stopped(conn: AsyncConnection) -> bool:
+    return bool(await conn.scalar(_ANY_RECENTLY_STOPPED))
+
+
+async def fail_orphaned_turns(conn: AsyncConnection, *, ttl: float, error: str) -> list[str]:
+    """Free the claims and fail the responses of turns whose process stopped; returns the failed responses
+    (and the claims freed: a non-streamed turn in a conversation stores no response before it ends)."""
+    freed = [row[0] for row in await conn.execute(_FREE_LISTED_CLAIMS)]
+    failed = [row[0] for row in await conn.execute(_FAIL_LISTED_RESPONSES, {"error": error})]
+    freed += [row[0] for row in await conn.execute(_FREE_UNLISTED_CLAIMS, {"ttl": ttl})]
+    failed += [row[0] for row in await conn.execute(_FAIL_UNLISTED_RESPONSES, {"error": error, "freed": freed})]
+    await conn.execute(_FORGET_STOPPED)
+    return sorted(set(failed) | set(freed))

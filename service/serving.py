@@ -1,0 +1,104 @@
+"""Running the application under uvicorn: "Serving on" once the port accepts connections, and a shutdown that
+starts stopping running turns at the signal, so that it takes SHUTDOWN_GRACE_PERIOD and not as long as the
+longest connected stream.
+
+uvicorn stops on SIGTERM/SIGINT by first waiting for every open connection to close and only then running the
+application's shutdown; a client following a stream keeps its connection open until the turn ends. So the
+application watches the signal itself (`on_stop_signal`) and stops its turns then: their streams end with
+their terminal event and the connections close within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+from service.config import Settings
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# What uvicorn may still wait for after the grace period: turns being stored, connections closing.
+_SHUTDOWN_MARGIN_SECONDS = 10.0
+
+
+def on_stop_signal(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` in the running loop when SIGTERM or SIGINT arrives, before uvicorn's own handler.
+    Returns the function that restores the previous handlers. Does nothing outside the main thread (signals
+    reach only the main thread; the tests run servers in threads and stop them directly)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(callback)
+        chained = previous.get(signum)
+        if callable(chained):
+            chained(signum, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    for sig in _STOP_SIGNALS:
+        previous[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, old)
+
+    return restore
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+class _AnnouncingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, banner: str) -> None:
+        super().__init__(config)
+        self._banner = banner
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            print(self._banner, flush=True)
+
+
+def serve(settings: Settings, *, app: str, access_log: bool, banner: str) -> bool:
+    """Serve `app` (an import string of a factory); prints `banner` once connections are accepted. False when
+    the server could not start."""
+    config = uvicorn.Config(
+        app,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level.lower(),
+        access_log=access_log,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_period + _SHUTDOWN_MARGIN_SECONDS),
+    )
+    if settings.workers == 1:
+        server = _AnnouncingServer(config, banner)
+        # uvicorn raises the signal it captured again once it has stopped: SIGTERM then ends the process as
+        # an interrupt (exit status 0 after the clean shutdown), not by the default action.
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            with contextlib.suppress(KeyboardInterrupt):
+                server.run()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return server.started
+    # Several workers share a socket bound here: the kernel accepts connections from now on and queues them
+    # until a worker takes them.
+    sock = config.bind_socket()
+    print(banner, flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[sock]).run()
+    return True

@@ -1,0 +1,159 @@
+"""Heartbeats: a process that stops beating has its turns failed and its conversations freed by any other
+process within its PROCESS_HEARTBEAT_TIMEOUT, while a live process's slow turns are never taken for dead.
+
+A dead process is a row whose heartbeat is old; the real thing (a SIGKILLed `serve`) is in
+test_multiprocess.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.cluster.heartbeat import PROCESS_STOPPED_ERROR
+from tests.conftest import LiveServer
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
+from tests.reliability_support import eventually
+from tests.stream_support import MODEL, conversation_state, new_conversation, rows, wait_until_ended
+
+TIMEOUT = 1.0  # PROCESS_HEARTBEAT_TIMEOUT of the instance under test
+
+
+async def _execute(db: AsyncEngine, sql: str, **params: Any) -> None:
+    async with db.begin() as conn:
+        await conn.execute(text(sql), params)
+
+
+async def _dead_process(db: AsyncEngine, *, responses: list[str], conversations: list[str]) -> None:
+    """A process that beat for the last time a minute ago, listing these turns."""
+    await _execute(
+        db,
+        "INSERT INTO service_process (id, host, pid, heartbeat_at, heartbeat_timeout, running_responses,"
+        " running_conversations) VALUES ('proc_dead', 'elsewhere', 1, now() - interval '60 seconds', 1,"
+        " :responses, :conversations)",
+        responses=responses,
+        conversations=conversations,
+    )
+
+
+async def _running_turn_of_a_dead_process(
+    tenant: Any, db: AsyncEngine, *, ttl: float, claim_started: str
+) -> tuple[str, str]:
+    """A conversation claimed by a background response stored as in_progress, as a dead process leaves them."""
+    conv = await new_conversation(tenant.http)
+    created = await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "background": True})
+    response_id = created.json()["id"]
+    await wait_until_ended(tenant.http, response_id)
+    await _execute(db, "UPDATE response SET status = 'in_progress', completed_at = NULL WHERE id = :r", r=response_id)
+    await _execute(
+        db,
+        "UPDATE conversation SET turn_response_id = :r,"
+        f" turn_expires_at = now() + make_interval(secs => :ttl) - interval '{claim_started}' WHERE id = :c",
+        r=response_id,
+        c=conv,
+        ttl=ttl,
+    )
+    return conv, response_id
+
+
+async def _freed(db: AsyncEngine, conv: str) -> bool:
+    return (await conversation_state(db, conv))["turn_response_id"] is None
+
+
+async def test_a_dead_processs_listed_turn_is_failed_and_its_conversation_freed_within_the_timeout(
+    start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], db: AsyncEngine
+) -> None:
+    live = start_server(process_heartbeat_timeout=TIMEOUT)
+    tenant = await make_tenant("heidi", live=live)
+    conv, response_id = await _running_turn_of_a_dead_process(
+        tenant, db, ttl=live.settings.turn_lock_ttl, claim_started="0 seconds"
+    )
+    locked = await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "x", "conversation": conv})
+    assert locked.status_code == 409 and locked.json()["error"]["code"] == "conversation_locked"
+
+    await _dead_process(db, responses=[response_id], conversations=[conv])
+    started = time.monotonic()
+    await eventually(lambda: _freed(db, conv), timeout=5)
+    assert time.monotonic() - started < 3 * TIMEOUT
+    [row] = await rows(db, "SELECT status, error, completed_at FROM response WHERE id = :r", r=response_id)
+    assert row["status"] == "failed" and row["error"] == PROCESS_STOPPED_ERROR and row["completed_at"] is not None
+    assert (await rows(db, "SELECT last_status FROM conversation WHERE id = :c", c=conv)) == [{"last_status": "failed"}]
+    [process] = await rows(db, "SELECT stopped_at FROM service_process WHERE id = 'proc_dead'")
+    assert process["stopped_at"] is not None
+    after = await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "x", "conversation": conv})
+    assert after.status_code == 200 and after.json()["status"] == "completed"
+
+
+async def test_a_turn_begun_after_the_dead_processs_last_heartbeat_is_found_without_a_list(
+    start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], db: AsyncEngine
+) -> None:
+    live = start_server(process_heartbeat_timeout=TIMEOUT)
+    tenant = await make_tenant("ivan", live=live)
+    # Claimed 30 s ago, listed by no process: its process died before its next heartbeat.
+    conv, response_id = await _running_turn_of_a_dead_process(
+        tenant, db, ttl=live.settings.turn_lock_ttl, claim_started="30 seconds"
+    )
+    # A claim taken just now and listed by no process yet is left alone until the horizon passes it.
+    fresh_conv, _ = await _running_turn_of_a_dead_process(
+        tenant, db, ttl=live.settings.turn_lock_ttl, claim_started="0 seconds"
+    )
+    await _dead_process(db, responses=[], conversations=[])
+    await eventually(lambda: _freed(db, conv), timeout=5)
+    [row] = await rows(db, "SELECT status, error FROM response WHERE id = :r", r=response_id)
+    assert row == {"status": "failed", "error": PROCESS_STOPPED_ERROR}
+    assert not await _freed(db, fresh_conv)
+    # Once every live process (the suite's own server beats with the default 10 s timeout) has beaten for longer
+    # than its timeout since, the fresh claim is no one's either.
+    await eventually(lambda: _freed(db, fresh_conv), timeout=20)
+
+
+async def test_slow_turns_of_a_live_process_are_never_taken_for_dead(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Any],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    live = start_server(process_heartbeat_timeout=TIMEOUT)
+    tenant = await make_tenant("judy", live=live)
+    await _dead_process(db, responses=[], conversations=[])  # keeps the reaper searching for orphans meanwhile
+    conv = await new_conversation(tenant.http)
+    streamed_conv = await new_conversation(tenant.http)
+    slow = 3.5 * TIMEOUT
+    fake_upstream.enqueue(Reply(body=text_response("slow but alive"), delay=slow))
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("also alive", chunks=7), delay=slow / 10))
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("a chain", chunks=7), delay=slow / 10))
+    plain, streamed, chained = await asyncio.gather(
+        tenant.http.post("/v1/responses", json={"model": MODEL, "input": "a", "conversation": conv}),
+        tenant.http.post(
+            "/v1/responses", json={"model": MODEL, "input": "b", "conversation": streamed_conv, "background": True}
+        ),
+        tenant.http.post("/v1/responses", json={"model": MODEL, "input": "c", "background": True}),
+    )
+    assert plain.status_code == 200 and plain.json()["status"] == "completed", plain.text
+    for started in (streamed, chained):
+        assert (await wait_until_ended(tenant.http, started.json()["id"]))["status"] == "completed"
+    for conversation in (conv, streamed_conv):
+        state = await conversation_state(db, conversation)
+        assert len(state["items"]) == 2 and state["turn_response_id"] is None
+    assert await rows(db, "SELECT id FROM response WHERE status <> 'completed'") == []
+
+
+async def test_a_clean_stop_marks_the_process_stopped_and_lists_nothing_left_running(
+    start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], db: AsyncEngine
+) -> None:
+    live = start_server(process_heartbeat_timeout=TIMEOUT)
+    tenant = await make_tenant("kim", live=live)
+    await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "hi"})
+    beating = await rows(
+        db, "SELECT id FROM service_process WHERE stopped_at IS NULL AND heartbeat_timeout = :t", t=TIMEOUT
+    )
+    assert len(beating) == 1
+    await asyncio.to_thread(live.stop)
+    [row] = await rows(
+        db, "SELECT stopped_at, running_responses FROM service_process WHERE id = :p", p=beating[0]["id"]
+    )
+    assert row["stopped_at"] is not None and row["running_responses"] == []

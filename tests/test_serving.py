@@ -1,0 +1,85 @@
+"""`serve` as a real process: "Serving on" is printed once the port accepts connections, and SIGTERM with a
+client following a stream stops within SHUTDOWN_GRACE_PERIOD, the running turn stored as failed and its stream
+ended with `response.failed`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.keys import service as keys
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
+from tests.reliability_support import ServiceProcess, client_for
+from tests.stream_support import MODEL, new_conversation, rows
+
+
+@pytest.fixture
+def service_process(database_url: str, fake_upstream: FakeOpenRouter) -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def make(**env: str) -> ServiceProcess:
+        process = ServiceProcess(database_url, fake_upstream.base_url, **env)
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        process.stop()
+
+
+def test_serving_on_is_printed_once_the_port_accepts_connections(
+    service_process: Callable[..., ServiceProcess],
+) -> None:
+    process = service_process(LOG_LEVEL="INFO")
+    process.start_without_waiting()
+    deadline = time.monotonic() + 60
+    while "Serving on" not in process.log_path.read_text():
+        assert process.process is not None and process.process.poll() is None, process.log_path.read_text()
+        assert time.monotonic() < deadline, "no 'Serving on' within 60 s"
+        time.sleep(0.01)
+    # At once, no retry: the port accepts.
+    with socket.create_connection(("127.0.0.1", process.port), timeout=1):
+        pass
+
+
+async def test_sigterm_with_a_connected_stream_stops_within_the_grace_period(
+    service_process: Callable[..., ServiceProcess], fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    grace = 1.0
+    process = service_process(SHUTDOWN_GRACE_PERIOD=str(grace))
+    await asyncio.to_thread(process.start)
+    key = await keys.create_key(db, tenant="sigrid")
+    # A stream that would last 20 s.
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("word " * 40, chunks=40), delay=0.5))
+    async with client_for(process.url, key.secret) as client:
+        conv = await new_conversation(client)
+        body: dict[str, Any] = {"model": MODEL, "input": "hi", "conversation": conv, "stream": True}
+        events: list[dict[str, Any]] = []
+        signalled = 0.0
+        async with client.stream("POST", "/v1/responses", json=body) as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[len("data: ") :]))
+                if len(events) == 4 and not signalled:
+                    assert process.process is not None
+                    signalled = time.monotonic()
+                    process.process.send_signal(signal.SIGTERM)
+        assert process.process is not None
+        exit_code = await asyncio.to_thread(process.process.wait, 30)
+        stopped_after = time.monotonic() - signalled
+    assert exit_code == 0, process.log_path.read_text()
+    assert stopped_after < grace + 3, f"stopped {stopped_after:.1f}s after SIGTERM"
+    assert events[-1]["type"] == "response.failed"
+    response_id = events[0]["response"]["id"]
+    [row] = await rows(db, "SELECT status, error FROM response WHERE id = :r", r=response_id)
+    assert row["status"] == "failed" and row["error"]["message"] == "The turn was interrupted before it finished"
+    [conversation] = await rows(db, "SELECT turn_response_id, item_count FROM conversation WHERE id = :c", c=conv)
+    assert conversation == {"turn_response_id": None, "item_count": 0}
