@@ -18,7 +18,8 @@ from service.cluster.heartbeat import PROCESS_STOPPED_ERROR
 from tests.conftest import LiveServer
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
 from tests.reliability_support import eventually
-from tests.stream_support import MODEL, conversation_state, new_conversation, rows, wait_until_ended
+from tests.stream_support import conversation_state, wait_until_ended
+from tests.turn_support import MODEL, new_conversation, rows
 
 TIMEOUT = 1.0  # PROCESS_HEARTBEAT_TIMEOUT of the instance under test
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.keys import service as keys
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
 from tests.reliability_support import ServiceProcess, client_for
-from tests.stream_support import MODEL, new_conversation, rows
+from tests.turn_support import MODEL, new_conversation, rows
 
 
 @pytest.fixture
