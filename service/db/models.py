@@ -227,6 +227,8 @@ class MaintenanceLease(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
 class ServiceProcess(Base):
     """A running service process (one per uvicorn worker) and the turns it runs, rewritten at every heartbeat,
     so that any other process can fail those turns and free their claims once the heartbeats stop

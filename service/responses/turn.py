@@ -30,8 +30,8 @@ import msgspec
 from asyncpg.exceptions import ForeignKeyViolationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service.context.service import ContextWindows
 from service.cluster import running as running_turns
+from service.context.service import ContextWindows
 from service.conversations import repository as conversations
 from service.conversations.service import conversation_locked, conversation_not_found, resolve_item_references
 from service.db.session import driver_connection
