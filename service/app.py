@@ -10,10 +10,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from litestar import Litestar
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
-from service import __version__
 from service.admin.routes import AdminController, AdminKeyController
 from service.cluster.heartbeat import Heartbeat
 from service.config import Settings
@@ -23,10 +20,12 @@ from service.conversations.routes import ConversationController
 from service.db.session import create_engine
 from service.errors import EXCEPTION_HANDLERS
 from service.health import health, ready
+from service.http import DEPENDENCIES
 from service.idempotency.middleware import IdempotencyMiddleware
 from service.idempotency.service import purge_expired_keys
 from service.keys.service import KeyAuthenticator
 from service.lifecycle.routes import ConversationLifecycleController
+from service.openapi import docs_assets_router, openapi_config
 from service.responses.history_cache import HistoryCache
 from service.responses.routes import ResponseController
 from service.responses.runner import TurnRunner
@@ -137,16 +136,13 @@ def create_app(
             AdminController,
             AdminKeyController,
             RetentionAdminController,
+            docs_assets_router(),
         ],
+        dependencies=DEPENDENCIES,
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[IdempotencyMiddleware(max_body_bytes=MAX_BODY_BYTES)],
         request_max_body_size=MAX_BODY_BYTES,
-        openapi_config=OpenAPIConfig(
-            title="Conversation store for OpenRouter",
-            version=__version__,
-            path="/docs",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
-        ),
+        openapi_config=openapi_config(),
         debug=False,
     )

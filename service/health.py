@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
-from litestar import Request, Response, get
+import msgspec
+from litestar import Response, get
 from sqlalchemy import text
 
 from service import __version__
-from service.http import json_response, runtime_of
+from service.http import EngineDep, RuntimeDep, json_response
+from service.openapi import documented
 
 
-@get("/health", operation_id="health", tags=["health"])
-async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
-    settings = runtime_of(request).settings
+class Health(msgspec.Struct):
+    status: Literal["ok"]
+    version: str
+    upstream: Literal["demo", "openrouter"]
+    upstream_base_url: str | None
+    database: Literal["embedded", "external"]
+    note: str | None = None
+
+
+class Ready(msgspec.Struct):
+    status: Literal["ready", "unavailable"]
+    database: Literal["ok", "unreachable"]
+    detail: str | None = None
+
+
+@get(
+    "/health",
+    operation_id="health",
+    tags=["health"],
+    security=[],
+    operation_class=documented(answer=Health, public=True),
+)
+async def health(runtime: RuntimeDep) -> Response[bytes]:
+    settings = runtime.settings
     upstream = "demo" if settings.demo_upstream else "openrouter"
     body = {
         "status": "ok",
@@ -27,10 +50,13 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     return json_response(body)
 
 
-@get("/ready", operation_id="ready", tags=["health"])
-async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
+@get(
+    "/ready", operation_id="ready", tags=["health"], security=[], operation_class=documented(answer=Ready, public=True)
+)
+async def ready(engine: EngineDep) -> Response[bytes]:
+    """503 with the same shape when the database cannot be reached."""
     try:
-        async with runtime_of(request).engine.connect() as conn:
+        async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except Exception as exc:
         return json_response(

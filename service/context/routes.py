@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Response, get, post
 from litestar.params import FromPath
 
 from service.context.counting import count_input_tokens
+from service.context.schemas import ListModelsResponse, Model, TokenCountsBody, TokenCountsResource
 from service.errors import NotFound
-from service.http import json_body, json_response, principal_of, require_tenant_key, runtime_of
+from service.http import Payload, RuntimeDep, TenantId, json_response, require_tenant_key
+from service.openapi import TENANT_AUTH, documented
 
 
 def _model_view(entry: dict[str, Any]) -> dict[str, Any]:
@@ -31,16 +33,17 @@ class ModelController(Controller):
     path = "/v1/models"
     before_request = staticmethod(require_tenant_key)
     tags = ["models"]  # noqa: RUF012
+    security = TENANT_AUTH
 
-    @get("/", operation_id="listModels")
-    async def list_models(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        entries = await runtime_of(request).turn_context.windows.catalog.models()
+    @get("/", operation_id="listModels", operation_class=documented(answer=ListModelsResponse, errors=(502,)))
+    async def list_models(self, runtime: RuntimeDep) -> Response[bytes]:
+        entries = await runtime.turn_context.windows.catalog.models()
         return json_response({"object": "list", "data": [_model_view(e) for e in entries]})
 
-    @get("/{model:path}", operation_id="retrieveModel")
-    async def retrieve(self, request: Request[Any, Any, Any], model: FromPath[str]) -> Response[bytes]:
+    @get("/{model:path}", operation_id="retrieveModel", operation_class=documented(answer=Model, errors=(404, 502)))
+    async def retrieve(self, runtime: RuntimeDep, model: FromPath[str]) -> Response[bytes]:
         model_id = model.lstrip("/")
-        entry = await runtime_of(request).turn_context.windows.catalog.model(model_id)
+        entry = await runtime.turn_context.windows.catalog.model(model_id)
         if entry is None:
             raise NotFound(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
         return json_response(_model_view(entry))
@@ -50,15 +53,20 @@ class InputTokensController(Controller):
     path = "/v1/responses/input_tokens"
     before_request = staticmethod(require_tenant_key)
     tags = ["responses"]  # noqa: RUF012
+    security = TENANT_AUTH
 
-    @post("/", operation_id="getInputTokenCounts", status_code=200)
-    async def count(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        runtime = runtime_of(request)
+    @post(
+        "/",
+        operation_id="getInputTokenCounts",
+        status_code=200,
+        operation_class=documented(body=TokenCountsBody, answer=TokenCountsResource, errors=(400, 404, 502)),
+    )
+    async def count(self, runtime: RuntimeDep, tenant_id: TenantId, payload: Payload) -> Response[bytes]:
         result = await count_input_tokens(
             runtime.engine,
             runtime.turn_context.windows,
-            principal_of(request).tenant_id,
-            await json_body(request),
+            tenant_id,
+            payload,
             max_input_items=runtime.settings.max_input_items,
         )
         return json_response(result)

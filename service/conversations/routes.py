@@ -2,86 +2,116 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.params import FromPath, FromQuery
 
 from service.conversations import service
-from service.http import json_body, json_response, principal_of, require_tenant_key, runtime_of
+from service.conversations.schemas import (
+    ConversationItem,
+    ConversationItemList,
+    ConversationResource,
+    CreateConversationBody,
+    CreateConversationItemsBody,
+    DeletedConversationResource,
+    UpdateConversationBody,
+)
+from service.http import EngineDep, Payload, TenantId, json_response, require_tenant_key
+from service.openapi import TENANT_AUTH, documented
 from service.pagination import parse_page
+from service.schemas import ItemPageQuery
 
 
 class ConversationController(Controller):
     path = "/v1/conversations"
     before_request = staticmethod(require_tenant_key)
     tags = ["conversations"]  # noqa: RUF012
+    security = TENANT_AUTH
 
-    @post("/", operation_id="createConversation", status_code=200)
-    async def create(self, request: Request[Any, Any, Any]) -> Response[bytes]:
-        body = await json_body(request)
-        result = await service.create_conversation(runtime_of(request).engine, principal_of(request).tenant_id, body)
-        return json_response(result)
+    @post(
+        "/",
+        operation_id="createConversation",
+        status_code=200,
+        operation_class=documented(body=CreateConversationBody, answer=ConversationResource, errors=(400, 404, 422)),
+    )
+    async def create(self, engine: EngineDep, tenant_id: TenantId, payload: Payload) -> Response[bytes]:
+        return json_response(await service.create_conversation(engine, tenant_id, payload))
 
-    @get("/{conversation_id:str}", operation_id="getConversation")
-    async def retrieve(self, request: Request[Any, Any, Any], conversation_id: FromPath[str]) -> Response[bytes]:
-        result = await service.get_conversation(
-            runtime_of(request).engine, principal_of(request).tenant_id, conversation_id
-        )
-        return json_response(result)
+    @get(
+        "/{conversation_id:str}",
+        operation_id="getConversation",
+        operation_class=documented(answer=ConversationResource, errors=(404,)),
+    )
+    async def retrieve(self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str]) -> Response[bytes]:
+        return json_response(await service.get_conversation(engine, tenant_id, conversation_id))
 
-    @post("/{conversation_id:str}", operation_id="updateConversation", status_code=200)
-    async def update(self, request: Request[Any, Any, Any], conversation_id: FromPath[str]) -> Response[bytes]:
-        body = await json_body(request)
-        result = await service.update_conversation(
-            runtime_of(request).engine, principal_of(request).tenant_id, conversation_id, body
-        )
-        return json_response(result)
+    @post(
+        "/{conversation_id:str}",
+        operation_id="updateConversation",
+        status_code=200,
+        operation_class=documented(body=UpdateConversationBody, answer=ConversationResource, errors=(400, 404)),
+    )
+    async def update(
+        self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str], payload: Payload
+    ) -> Response[bytes]:
+        return json_response(await service.update_conversation(engine, tenant_id, conversation_id, payload))
 
-    @delete("/{conversation_id:str}", operation_id="deleteConversation", status_code=200)
-    async def remove(self, request: Request[Any, Any, Any], conversation_id: FromPath[str]) -> Response[bytes]:
-        result = await service.delete_conversation(
-            runtime_of(request).engine, principal_of(request).tenant_id, conversation_id
-        )
-        return json_response(result)
+    @delete(
+        "/{conversation_id:str}",
+        operation_id="deleteConversation",
+        status_code=200,
+        operation_class=documented(answer=DeletedConversationResource, errors=(404, 409)),
+    )
+    async def remove(self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str]) -> Response[bytes]:
+        return json_response(await service.delete_conversation(engine, tenant_id, conversation_id))
 
-    @post("/{conversation_id:str}/items", operation_id="createConversationItems", status_code=200)
-    async def add_items(self, request: Request[Any, Any, Any], conversation_id: FromPath[str]) -> Response[bytes]:
-        body = await json_body(request)
-        result = await service.add_items(
-            runtime_of(request).engine, principal_of(request).tenant_id, conversation_id, body
-        )
-        return json_response(result)
+    @post(
+        "/{conversation_id:str}/items",
+        operation_id="createConversationItems",
+        status_code=200,
+        operation_class=documented(
+            body=CreateConversationItemsBody, answer=ConversationItemList, errors=(400, 404, 409, 422)
+        ),
+    )
+    async def add_items(
+        self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str], payload: Payload
+    ) -> Response[bytes]:
+        return json_response(await service.add_items(engine, tenant_id, conversation_id, payload))
 
-    @get("/{conversation_id:str}/items", operation_id="listConversationItems")
+    @get(
+        "/{conversation_id:str}/items",
+        operation_id="listConversationItems",
+        operation_class=documented(answer=ConversationItemList, query=ItemPageQuery, errors=(400, 404)),
+    )
     async def list_items(
         self,
-        request: Request[Any, Any, Any],
+        *,
+        engine: EngineDep,
+        tenant_id: TenantId,
         conversation_id: FromPath[str],
         after: FromQuery[str | None] = None,
         limit: FromQuery[str | None] = None,
         order: FromQuery[str | None] = None,
     ) -> Response[bytes]:
         page = parse_page(after, limit, order)
-        result = await service.list_items(
-            runtime_of(request).engine, principal_of(request).tenant_id, conversation_id, page
-        )
-        return json_response(result)
+        return json_response(await service.list_items(engine, tenant_id, conversation_id, page))
 
-    @get("/{conversation_id:str}/items/{item_id:str}", operation_id="getConversationItem")
+    @get(
+        "/{conversation_id:str}/items/{item_id:str}",
+        operation_id="getConversationItem",
+        operation_class=documented(answer=ConversationItem, errors=(404,)),
+    )
     async def get_item(
-        self, request: Request[Any, Any, Any], conversation_id: FromPath[str], item_id: FromPath[str]
+        self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str], item_id: FromPath[str]
     ) -> Response[bytes]:
-        result = await service.get_item(
-            runtime_of(request).engine, principal_of(request).tenant_id, conversation_id, item_id
-        )
-        return json_response(result)
+        return json_response(await service.get_item(engine, tenant_id, conversation_id, item_id))
 
-    @delete("/{conversation_id:str}/items/{item_id:str}", operation_id="deleteConversationItem", status_code=200)
+    @delete(
+        "/{conversation_id:str}/items/{item_id:str}",
+        operation_id="deleteConversationItem",
+        status_code=200,
+        operation_class=documented(answer=ConversationResource, errors=(404, 409)),
+    )
     async def delete_item(
-        self, request: Request[Any, Any, Any], conversation_id: FromPath[str], item_id: FromPath[str]
+        self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str], item_id: FromPath[str]
     ) -> Response[bytes]:
-        result = await service.delete_item(
-            runtime_of(request).engine, principal_of(request).tenant_id, conversation_id, item_id
-        )
-        return json_response(result)
+        return json_response(await service.delete_item(engine, tenant_id, conversation_id, item_id))

@@ -6,17 +6,28 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from service.errors import InvalidRequest
-from service.http import json_body, json_response, principal_of, require_tenant_key, runtime_of
+from service.http import EngineDep, Payload, RuntimeDep, TenantId, json_response, require_tenant_key
+from service.openapi import TENANT_AUTH, documented
 from service.pagination import parse_page
 from service.responses import service
 from service.responses.requests import TurnRequest, parse_turn_request
 from service.responses.resume import open_replay
 from service.responses.runner import cancel_response
+from service.responses.schemas import (
+    CreateResponse,
+    DeletedResponse,
+    ResponseItemList,
+    ResponseStreamEvent,
+    RetrieveResponseQuery,
+)
+from service.responses.schemas import Response as ResponseObject
+from service.runtime import Runtime
+from service.schemas import ItemPageQuery
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -61,21 +72,29 @@ class ResponseController(Controller):
     path = "/v1/responses"
     before_request = staticmethod(require_tenant_key)
     tags = ["responses"]  # noqa: RUF012
+    security = TENANT_AUTH
 
-    @post("/", operation_id="createResponse", status_code=200)
-    async def create(self, request: Request[Any, Any, Any]) -> Response[Any]:
-        runtime = runtime_of(request)
-        body = await json_body(request)
-        turn = parse_turn_request(body, max_input_items=runtime.settings.max_input_items)
+    @post(
+        "/",
+        operation_id="createResponse",
+        status_code=200,
+        operation_class=documented(
+            body=CreateResponse,
+            answer=ResponseObject,
+            stream_events=ResponseStreamEvent,
+            errors=(400, 404, 409, 413, 422, 429, 502, 504),
+        ),
+    )
+    async def create(self, runtime: RuntimeDep, tenant_id: TenantId, payload: Payload) -> Response[Any]:
+        turn = parse_turn_request(payload, max_input_items=runtime.settings.max_input_items)
         if turn.stream or turn.background:
-            return await self._start_run(request, turn)
-        result = await runtime.turn_context.run(principal_of(request).tenant_id, turn)
+            return await self._start_run(runtime, tenant_id, turn)
+        result = await runtime.turn_context.run(tenant_id, turn)
         return json_response(result)
 
-    async def _start_run(self, request: Request[Any, Any, Any], turn: TurnRequest) -> Response[Any]:
+    async def _start_run(self, runtime: Runtime, tenant_id: str, turn: TurnRequest) -> Response[Any]:
         """stream and/or background: the turn runs in the application's runner, this request only follows it."""
-        runtime = runtime_of(request)
-        started = await runtime.turn_context.begin(principal_of(request).tenant_id, turn)
+        started = await runtime.turn_context.begin(tenant_id, turn)
         snapshot = started.state.render()
         run = runtime.turns.start(started)
         if not turn.stream:
@@ -89,16 +108,21 @@ class ResponseController(Controller):
                 raise
         return _sse(run.follow(-1), lambda: runtime.turns.follower_left(run))
 
-    @get("/{response_id:str}", operation_id="getResponse")
+    @get(
+        "/{response_id:str}",
+        operation_id="getResponse",
+        operation_class=documented(
+            answer=ResponseObject, query=RetrieveResponseQuery, stream_events=ResponseStreamEvent, errors=(400, 404)
+        ),
+    )
     async def retrieve(
         self,
-        request: Request[Any, Any, Any],
+        runtime: RuntimeDep,
+        tenant_id: TenantId,
         response_id: FromPath[str],
         stream: FromQuery[str | None] = None,
         starting_after: FromQuery[str | None] = None,
     ) -> Response[Any]:
-        runtime = runtime_of(request)
-        tenant_id = principal_of(request).tenant_id
         if _flag(stream, "stream"):
             frames = await open_replay(
                 runtime.engine,
@@ -112,28 +136,38 @@ class ResponseController(Controller):
         state = await service.get_response(runtime.engine, tenant_id, response_id)
         return json_response(state.render())
 
-    @post("/{response_id:str}/cancel", operation_id="cancelResponse", status_code=200)
-    async def cancel(self, request: Request[Any, Any, Any], response_id: FromPath[str]) -> Response[bytes]:
-        runtime = runtime_of(request)
-        result = await cancel_response(runtime.engine, runtime.turns, principal_of(request).tenant_id, response_id)
-        return json_response(result)
+    @post(
+        "/{response_id:str}/cancel",
+        operation_id="cancelResponse",
+        status_code=200,
+        operation_class=documented(answer=ResponseObject, errors=(400, 404)),
+    )
+    async def cancel(self, runtime: RuntimeDep, tenant_id: TenantId, response_id: FromPath[str]) -> Response[bytes]:
+        return json_response(await cancel_response(runtime.engine, runtime.turns, tenant_id, response_id))
 
-    @delete("/{response_id:str}", operation_id="deleteResponse", status_code=200)
-    async def remove(self, request: Request[Any, Any, Any], response_id: FromPath[str]) -> Response[bytes]:
-        result = await service.delete_response(runtime_of(request).engine, principal_of(request).tenant_id, response_id)
-        return json_response(result)
+    @delete(
+        "/{response_id:str}",
+        operation_id="deleteResponse",
+        status_code=200,
+        operation_class=documented(answer=DeletedResponse, errors=(404, 409)),
+    )
+    async def remove(self, engine: EngineDep, tenant_id: TenantId, response_id: FromPath[str]) -> Response[bytes]:
+        return json_response(await service.delete_response(engine, tenant_id, response_id))
 
-    @get("/{response_id:str}/input_items", operation_id="listInputItems")
+    @get(
+        "/{response_id:str}/input_items",
+        operation_id="listInputItems",
+        operation_class=documented(answer=ResponseItemList, query=ItemPageQuery, errors=(400, 404)),
+    )
     async def input_items(
         self,
-        request: Request[Any, Any, Any],
+        *,
+        engine: EngineDep,
+        tenant_id: TenantId,
         response_id: FromPath[str],
         after: FromQuery[str | None] = None,
         limit: FromQuery[str | None] = None,
         order: FromQuery[str | None] = None,
     ) -> Response[bytes]:
         page = parse_page(after, limit, order)
-        result = await service.list_input_items(
-            runtime_of(request).engine, principal_of(request).tenant_id, response_id, page
-        )
-        return json_response(result)
+        return json_response(await service.list_input_items(engine, tenant_id, response_id, page))

@@ -10,24 +10,28 @@ import msgspec
 
 from service.items import item_view
 
-# Echoed generation parameters and their OpenAI defaults when the client left them out.
+# Echoed generation parameters and, when the client left one out, OpenAI's documented default for it (what the
+# model was run with, since OpenRouter applies the same defaults): clients and checkers read these as numbers and
+# strings, not nulls.
 _ECHO_DEFAULTS: dict[str, Any] = {
     "max_output_tokens": None,
     "max_tool_calls": None,
     "parallel_tool_calls": True,
     "reasoning": None,
-    "service_tier": None,
-    "temperature": None,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "top_logprobs": 0,
     "text": {"format": {"type": "text"}},
     "tool_choice": "auto",
     "tools": [],
-    "top_logprobs": None,
-    "top_p": None,
     "truncation": "disabled",
-    "user": None,
     "safety_identifier": None,
     "prompt_cache_key": None,
 }
+# The tier the upstream reported, else the request's, else OpenAI's default for a request.
+_DEFAULT_SERVICE_TIER = "auto"
 
 
 def _epoch(value: datetime | None) -> int | None:
@@ -42,9 +46,20 @@ def full_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     result.setdefault("input_tokens", 0)
     result.setdefault("output_tokens", 0)
     result.setdefault("total_tokens", result["input_tokens"] + result["output_tokens"])
-    result["input_tokens_details"] = {"cached_tokens": 0, **(usage.get("input_tokens_details") or {})}
+    result["input_tokens_details"] = {
+        "cached_tokens": 0,
+        "cache_write_tokens": 0,
+        **(usage.get("input_tokens_details") or {}),
+    }
     result["output_tokens_details"] = {"reasoning_tokens": 0, **(usage.get("output_tokens_details") or {})}
     return result
+
+
+def _with_strict(tool: Any) -> Any:
+    """Function tools are echoed with `strict` (null when the request left it out, as the spec allows)."""
+    if isinstance(tool, dict) and tool.get("type") == "function" and "strict" not in tool:
+        return {**tool, "strict": None}
+    return tool
 
 
 @dataclass
@@ -93,6 +108,10 @@ class ResponseState:
     def render(self) -> dict[str, Any]:
         output = [item_view(*item) for item in self.output]
         echo = {name: self.params.get(name, default) for name, default in _ECHO_DEFAULTS.items()}
+        echo["tools"] = [_with_strict(tool) for tool in echo["tools"]]
+        echo["service_tier"] = self.params.get("service_tier") or _DEFAULT_SERVICE_TIER
+        if "user" in self.params:  # omitted rather than null, as OpenAI does
+            echo["user"] = self.params["user"]
         return {
             "id": self.id,
             "object": "response",

@@ -1,0 +1,39 @@
+"""The bodies of /v1/models and /v1/responses/input_tokens, named as in OpenAI's specification."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from service.schemas import ItemObject
+
+
+class Model(msgspec.Struct):
+    """OpenAI's Model; `context_length` and `max_completion_tokens` are OpenRouter's, for clients to plan with."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    context_length: int | None = None
+    max_completion_tokens: int | None = None
+
+
+class ListModelsResponse(msgspec.Struct):
+    object: Literal["list"]
+    data: list[Model]
+
+
+class TokenCountsBody(msgspec.Struct):
+    model: str
+    input: str | list[ItemObject]
+    instructions: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    previous_response_id: str | None = None
+    tools: list[dict[str, Any]] | None = None
+
+
+class TokenCountsResource(msgspec.Struct):
+    object: Literal["response.input_tokens"]
+    input_tokens: int
