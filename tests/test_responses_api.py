@@ -31,7 +31,7 @@ async def test_create_returns_an_openai_response_and_stores_it(
     assert body["output"] == [assistant("Paris.", "msg_p")]
     assert body["usage"] == {
         "input_tokens": 10,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": 5,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": 15,
