@@ -1,28 +1,91 @@
-"""Strict JSON decoding for request bodies: a clear 400 for malformed JSON, lone surrogates or a non-object."""
+"""Strict JSON decoding for request bodies: a clear 400 for malformed JSON, lone surrogates, nesting deeper than
+MAX_JSON_DEPTH or a non-object."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import msgspec
 
 from service.errors import InvalidRequest
 
+# Deeper values than any real request needs; every later reader (the idempotency fingerprint, a stored item's
+# replay, the stdlib's parser) then stays far from Python's recursion limit.
+MAX_JSON_DEPTH = 64
+
 _decoder = msgspec.json.Decoder()
 
 
+def _too_deep(param: str | None) -> InvalidRequest:
+    where = f" (in {param})" if param else ""
+    return InvalidRequest(
+        f"Request body is nested too deeply{where}: at most {MAX_JSON_DEPTH} levels of arrays and objects",
+        param=param,
+        code="json_too_deep",
+    )
+
+
+def check_depth(value: dict[str, Any]) -> None:
+    """Raise 400 naming the top-level field that nests deeper than MAX_JSON_DEPTH; iterative, so any depth
+    msgspec decoded is safe to walk."""
+    for key, child in value.items():
+        stack: list[tuple[Any, int]] = [(child, 2)]
+        while stack:
+            node, depth = stack.pop()
+            if isinstance(node, dict):
+                children: Any = node.values()
+            elif isinstance(node, list):
+                children = node
+            else:
+                continue
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep(key)
+            stack.extend((item, depth + 1) for item in children if isinstance(item, dict | list))
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _deep_field(raw: bytes) -> str | None:
+    """The top-level field of a body too deep for msgspec to decode: a scan of its strings and brackets."""
+    depth = 0
+    field_name: bytes | None = None
+    for match in _TOKEN.finditer(raw):
+        token = match.group()
+        if token[0] == 0x22:  # a string: at depth 1, the last one before a bracket is that value's key
+            if depth == 1:
+                field_name = token
+        elif token in b"[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                break
+        else:
+            depth -= 1
+    if field_name is None:
+        return None
+    try:
+        name = json.loads(field_name)
+    except ValueError:
+        return None
+    return name if isinstance(name, str) else None
+
+
 def _has_lone_surrogate(value: Any) -> bool:
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_lone_surrogate(v) for v in value)
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
     return False
 
 
@@ -39,6 +102,8 @@ def _diagnose(raw: bytes, fast_error: Exception) -> InvalidRequest:
             f"Request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
             code="invalid_json",
         )
+    except RecursionError:
+        return _too_deep(_deep_field(raw))
     if _has_lone_surrogate(value):
         return InvalidRequest(
             "Request body contains a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape); "
@@ -55,8 +120,13 @@ def decode_object(raw: bytes) -> dict[str, Any]:
         value = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets invalid UTF-8 through as the latter
         raise _diagnose(raw, exc) from None
+    except RecursionError:
+        raise _too_deep(_deep_field(raw)) from None
     if not isinstance(value, dict):
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
+    # Counting brackets is a C loop over the bytes; only a body with enough of them to be that deep is walked.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+        check_depth(value)
     return value
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -52,8 +52,11 @@ def decode_cursor(kind: str, cursor: str) -> tuple[datetime, str]:
         raise _malformed(f"it belongs to the {value[0]!r} list")
     try:
         at = datetime.fromisoformat(value[1])
-    except ValueError:
+        if at.tzinfo is None:
+            raise _malformed("bad sort key")
+        at = at.astimezone(UTC)  # a forged time at the edge of year 1 or 9999 may not exist in UTC
+    except (ValueError, OverflowError):
         raise _malformed("bad timestamp") from None
-    if at.tzinfo is None or not value[2]:
+    if not value[2] or "\x00" in value[2]:
         raise _malformed("bad sort key")
     return at, value[2]

@@ -123,12 +123,14 @@ def parse_time(name: str, raw: str) -> datetime:
         if _EPOCH.match(raw):
             return datetime.fromtimestamp(float(raw), tz=UTC)
         value = datetime.fromisoformat(raw)
+        # In UTC, as PostgreSQL will compare it: a time at the edge of year 1 or 9999 may fall outside.
+        return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).astimezone(UTC)
     except (ValueError, OverflowError, OSError):
         raise InvalidRequest(
-            f"{name} must be Unix seconds or an ISO 8601 date-time (e.g. 2026-11-25T10:00:00Z); got {raw!r}",
+            f"{name} must be Unix seconds or an ISO 8601 date-time (e.g. 2026-11-25T10:00:00Z) between the years "
+            f"1 and 9999 in UTC; got {raw!r}",
             param=name,
         ) from None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def conversation_query(pairs: Iterable[tuple[str, str]]) -> tuple[ConversationFilters, Keyset]:

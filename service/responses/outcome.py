@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -31,11 +32,16 @@ def usage_numbers(usage: dict[str, Any] | None) -> tuple[int, int, Decimal]:
         return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
 
     cost = usage.get("cost")
-    return (
-        whole("input_tokens"),
-        whole("output_tokens"),
-        Decimal(str(cost)) if isinstance(cost, int | float) and not isinstance(cost, bool) else Decimal(0),
-    )
+    return whole("input_tokens"), whole("output_tokens"), Decimal(str(cost)) if is_cost(cost) else Decimal(0)
+
+
+def is_cost(value: Any) -> bool:
+    """A number a cost can be: finite and not negative (an upstream's -5 is not summed)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _sane_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    return usage if "cost" not in usage or is_cost(usage["cost"]) else {k: v for k, v in usage.items() if k != "cost"}
 
 
 def apply_upstream_result(state: ResponseState, result: dict[str, Any]) -> list[NewItem]:
@@ -43,7 +49,7 @@ def apply_upstream_result(state: ResponseState, result: dict[str, Any]) -> list[
     status = result.get("status")
     state.status = status if status in TERMINAL else Status.COMPLETED.value
     state.upstream_model = jsonb_safe(result.get("model")) if isinstance(result.get("model"), str) else None
-    state.usage = jsonb_safe(result.get("usage")) if isinstance(result.get("usage"), dict) else None
+    state.usage = _sane_usage(jsonb_safe(result["usage"])) if isinstance(result.get("usage"), dict) else None
     state.error = jsonb_safe(result.get("error")) if isinstance(result.get("error"), dict) else None
     details = result.get("incomplete_details")
     state.incomplete_details = jsonb_safe(details) if isinstance(details, dict) else None

@@ -3,11 +3,14 @@ OpenAI's envelope; 4xx keep their status, 5xx and connection failures become 502
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 from service.errors import ServiceError
 
+# A longer Retry-After from OpenRouter is passed on to our client as this many seconds.
+MAX_RETRY_AFTER_SECONDS = 86400.0
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 524, 529})
 
 _CODE_BY_STATUS = {
@@ -86,7 +89,9 @@ def parse_retry_after(value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         return None
-    return seconds if seconds >= 0 else None
+    if not math.isfinite(seconds) or seconds < 0:  # "inf", "nan" or a negative wait are no advice
+        return None
+    return min(seconds, MAX_RETRY_AFTER_SECONDS)
 
 
 def redact(text: str, secret: str | None) -> str:

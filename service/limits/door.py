@@ -1,0 +1,52 @@
+"""Refusals at the door, before a handler runs: a path or query string holding U+0000.
+
+No id the service issues contains U+0000 and PostgreSQL's text cannot hold it, so such a path names nothing
+(404, as an unknown id) and such a query value can match nothing (400 naming the parameter)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import msgspec
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from service.errors import InvalidRequest, NotFound, ServiceError
+
+
+def _query_param_with_nul(query: bytes) -> str | None:
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "")
+    return None
+
+
+def refusal(scope: Scope) -> ServiceError | None:
+    if "\x00" in scope["path"]:
+        return NotFound("Not found: no id contains U+0000")
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        name = _query_param_with_nul(query)
+        if name is not None:
+            return InvalidRequest(f"Query parameter '{name}' must not contain U+0000", param=name)
+    return None
+
+
+async def send_error(send: Send, error: ServiceError) -> None:
+    body = msgspec.json.encode(error.envelope())
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class DoorMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        error = refusal(scope)
+        if error is not None:
+            await send_error(send, error)
+            return
+        await next_app(scope, receive, send)

@@ -1,0 +1,183 @@
+"""Inputs an attacker sends that used to answer 500: JSON nested deeper than anything real, U+0000 in a path
+or a query, times outside PostgreSQL's range, forged cursors, an upstream's absurd Retry-After or negative cost.
+Each gets a 4xx in OpenAI's envelope and leaves nothing stored."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.jsonbody import MAX_JSON_DEPTH
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, text_response
+from tests.turn_support import MODEL, new_conversation, rows
+
+
+@pytest.fixture
+async def admin(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {server.settings.admin_api_key}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+def _error(answer: httpx.Response, status: int) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    error: dict[str, Any] = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH, 980, 5000])
+async def test_json_nested_too_deep_is_a_400_naming_the_field_on_every_json_route(
+    alice: Tenant, admin: httpx.AsyncClient, fake_upstream: FakeOpenRouter, db: AsyncEngine, depth: int
+) -> None:
+    conversation_id = await new_conversation(alice.http)
+    routes = [
+        (alice.http, "/v1/responses", b'{"model": "m", "input": %s}', "input"),
+        (alice.http, "/v1/conversations", b'{"items": %s}', "items"),
+        (alice.http, f"/v1/conversations/{conversation_id}", b'{"metadata": %s}', "metadata"),
+        (alice.http, f"/v1/conversations/{conversation_id}/items", b'{"items": %s}', "items"),
+        (admin, "/admin/api-keys", b'{"name": "n", "tenant": %s}', "tenant"),
+    ]
+    for client, path, template, param in routes:
+        for headers in ({}, {"Idempotency-Key": f"deep-{depth}-{path}"}):
+            answer = await client.post(
+                path, content=template % _nested(depth), headers={"content-type": "application/json", **headers}
+            )
+            error = _error(answer, 400)
+            assert error["code"] == "json_too_deep", (path, error)
+            assert error["type"] == "invalid_request_error"
+            if depth < 1000:  # msgspec itself refuses deeper bodies, before the field is known
+                assert error["param"] == param, error
+    assert fake_upstream.requests == []
+    assert await rows(db, "SELECT id FROM response") == []
+    assert await rows(db, "SELECT id FROM item") == []
+    # Refused before any effect, so the keys were released: nothing kept for them.
+    assert await rows(db, "SELECT key FROM idempotency_key") == []
+
+
+async def test_json_nested_within_the_limit_is_accepted(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(MAX_JSON_DEPTH - 8):  # tools[0].parameters... nests 4 levels before the schema starts
+        schema = {"type": "array", "items": schema}
+    tools = [{"type": "function", "name": "f", "parameters": schema}]
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "tools": tools})
+    assert answer.status_code == 200, answer.text
+    assert fake_upstream.requests[0].body["tools"] == tools
+
+
+async def test_u0000_in_a_path_id_answers_404_like_an_unknown_id(
+    alice: Tenant, admin: httpx.AsyncClient, fake_upstream: FakeOpenRouter
+) -> None:
+    probes = [
+        (alice.http, "GET", "/v1/responses/resp_%00?stream=true"),
+        (alice.http, "GET", "/v1/responses/resp_%00"),
+        (alice.http, "DELETE", "/v1/responses/resp_%00"),
+        (alice.http, "POST", "/v1/responses/resp_%00/cancel"),
+        (alice.http, "GET", "/v1/responses/resp_%00/input_items"),
+        (alice.http, "GET", "/v1/conversations/conv_%00"),
+        (alice.http, "GET", "/v1/conversations/conv_%00/items/msg_%00"),
+        (admin, "GET", "/admin/conversations/conv_%00"),
+        (admin, "DELETE", "/admin/conversations/conv_%00"),
+        (admin, "DELETE", "/admin/api-keys/key_%00"),
+    ]
+    for client, method, path in probes:
+        error = _error(await client.request(method, path), 404)
+        assert error["code"] == "not_found", (path, error)
+    assert fake_upstream.requests == []
+
+
+async def test_u0000_in_a_query_value_is_a_400_naming_it(alice: Tenant, admin: httpx.AsyncClient) -> None:
+    conversation_id = await new_conversation(alice.http)
+    error = _error(await alice.http.get(f"/v1/conversations/{conversation_id}/items?after=msg_%00"), 400)
+    assert error["param"] == "after"
+    error = _error(await admin.get("/admin/responses?conversation=conv_%00"), 400)
+    assert error["param"] == "conversation"
+
+
+@pytest.mark.parametrize(
+    "value", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "1e300", "-99999999999999"]
+)
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/admin/conversations", "created_after"),
+        ("/admin/conversations", "updated_before"),
+        ("/admin/responses", "created_before"),
+        ("/admin/stats", "created_after"),
+    ],
+)
+async def test_admin_times_outside_postgresql_range_are_a_400(
+    admin: httpx.AsyncClient, path: str, name: str, value: str
+) -> None:
+    error = _error(await admin.get(path, params={name: value}), 400)
+    assert error["param"] == name
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        ["conversations", "0001-01-01T00:00:00+14:00", "conv_x"],
+        ["conversations", "9999-12-31T23:59:59-14:00", "conv_x"],
+        ["conversations", "2026-01-01T00:00:00+00:00", "conv_\u0000"],
+        ["responses", "2026-01-01T00:00:00+00:00", "resp_\u0000"],
+    ],
+)
+async def test_forged_admin_cursors_are_a_400(admin: httpx.AsyncClient, forged: list[str]) -> None:
+    cursor = base64.urlsafe_b64encode(msgspec.json.encode(forged)).decode().rstrip("=")
+    error = _error(await admin.get(f"/admin/{forged[0]}", params={"cursor": cursor}), 400)
+    assert (error["param"], error["code"]) == ("cursor", "invalid_cursor")
+
+
+def _rate_limited() -> dict[str, Any]:
+    return {"error": {"code": 429, "message": "slow down"}}
+
+
+async def test_an_infinite_upstream_retry_after_is_ignored(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    for _ in range(3):
+        fake_upstream.reply_json(_rate_limited(), status=429, headers={"Retry-After": "inf"})
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Hi"})
+    error = _error(answer, 429)
+    assert error["code"] == "rate_limit_exceeded"
+    assert "retry-after" not in answer.headers
+    assert len(fake_upstream.requests) == 3
+    stored = await rows(db, "SELECT status, error FROM response")
+    assert [(row["status"], row["error"]["code"]) for row in stored] == [("failed", "rate_limit_exceeded")]
+
+
+async def test_a_huge_upstream_retry_after_is_capped_for_the_client(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    for _ in range(3):
+        fake_upstream.reply_json(_rate_limited(), status=429, headers={"Retry-After": "1e300"})
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Hi"})
+    _error(answer, 429)
+    assert answer.headers["retry-after"] == "86400"
+
+
+@pytest.mark.parametrize("cost", [-5, -0.001])
+async def test_a_negative_upstream_cost_is_neither_stored_nor_summed(
+    alice: Tenant, admin: httpx.AsyncClient, fake_upstream: FakeOpenRouter, db: AsyncEngine, cost: float
+) -> None:
+    reply = text_response("ok")
+    reply["usage"]["cost"] = cost
+    fake_upstream.reply_json(reply)
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Hi"})
+    assert answer.status_code == 200, answer.text
+    assert "cost" not in answer.json()["usage"]
+    stored = await rows(db, "SELECT cost, usage FROM response")
+    assert [(row["cost"], "cost" in row["usage"]) for row in stored] == [(0, False)]
+    stats = (await admin.get("/admin/stats")).json()
+    assert stats["total"]["usage"]["cost"] == 0
