@@ -154,6 +154,9 @@ class ServiceProcess:
             "TURN_LOCK_TTL": "30",
             "DB_POOL_SIZE": "5",
             "LOG_LEVEL": "WARNING",
+            # Its writers are one tenant checking invariants, not a flood to refuse.
+            "TENANT_REQUESTS_PER_SECOND": "0",
+            "TENANT_TURNS_IN_FLIGHT": "0",
         }
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -118,6 +118,11 @@ class Service(Process):
         return total
 
 
+# The bench measures one tenant's throughput: per-tenant rates and turn caps (bench/hostile_load.py measures
+# those) would refuse most of it.
+LIMITS_OFF = {"TENANT_REQUESTS_PER_SECOND": "0", "TENANT_TURNS_IN_FLIGHT": "0", "UPSTREAM_TENANT_SHARE": "1"}
+
+
 def start_service(
     log_dir: Path,
     *,
@@ -142,6 +147,7 @@ def start_service(
         "LOG_LEVEL": "WARNING",
         # A bench turn must never be retried behind our back: a retry would hide a failure in the figures.
         "UPSTREAM_MAX_ATTEMPTS": "1",
+        **LIMITS_OFF,
         **(extra_env or {}),
     }
     with log.open("wb") as out:

@@ -25,6 +25,9 @@ from service.idempotency.middleware import IdempotencyMiddleware
 from service.idempotency.service import purge_expired_keys
 from service.keys.service import KeyAuthenticator
 from service.lifecycle.routes import ConversationLifecycleController
+from service.limits.door import DoorMiddleware
+from service.limits.policy import Limits
+from service.limits.slow_readers import SlowReaderMiddleware
 from service.openapi import docs_assets_router, openapi_config
 from service.responses.history_cache import HistoryCache
 from service.responses.routes import ResponseController
@@ -90,9 +93,12 @@ def create_app(
             settings=settings,
             engine=engine,
             upstream=upstream,
-            authenticator=KeyAuthenticator(engine, settings.admin_api_key),
+            authenticator=KeyAuthenticator(
+                engine, settings.admin_api_key, max_lookups=max(1, settings.db_pool_size // 4)
+            ),
             turn_context=turn_context,
             turns=TurnRunner(settings, turn_context),
+            limits=Limits(settings),
         )
         app.state.runtime = runtime
         heartbeat = Heartbeat(engine, timeout=settings.process_heartbeat_timeout, turn_lock_ttl=settings.turn_lock_ttl)
@@ -141,7 +147,11 @@ def create_app(
         dependencies=DEPENDENCIES,
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[IdempotencyMiddleware(max_body_bytes=MAX_BODY_BYTES)],
+        middleware=[
+            DoorMiddleware(),
+            SlowReaderMiddleware(write_timeout=settings.stream_write_timeout),
+            IdempotencyMiddleware(max_body_bytes=MAX_BODY_BYTES),
+        ],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=openapi_config(),
         debug=False,

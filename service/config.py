@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
@@ -134,6 +134,19 @@ class Settings:
     retention_interval_seconds: float = 3600.0
     retention_batch_size: int = 1000
     process_heartbeat_timeout: float = 10.0
+    # Limits (service/limits/); 0 turns a rate or a cap off. Rates and caps are split across limit_processes.
+    tenant_requests_per_second: float = 100.0
+    tenant_request_burst: float = 200.0
+    key_requests_per_second: float = 0.0
+    key_request_burst: float = 0.0
+    tenant_turns_in_flight: int = 100
+    key_turns_in_flight: int = 0
+    upstream_tenant_share: float = 0.5
+    limit_processes: int = 0  # 0: WORKERS
+    stream_write_timeout: float = 30.0
+    http_header_timeout: float = 10.0
+    http_keepalive_timeout: float = 5.0
+    max_connections: int = 4096
 
     @property
     def demo_upstream(self) -> bool:
@@ -197,4 +210,31 @@ class Settings:
             retention_interval_seconds=_number(env, "RETENTION_INTERVAL_SECONDS", 3600.0, minimum=1),
             retention_batch_size=_int(env, "RETENTION_BATCH_SIZE", 1000, minimum=1),
             process_heartbeat_timeout=_number(env, "PROCESS_HEARTBEAT_TIMEOUT", 10.0, minimum=0.2),
+            **_limit_settings(env),
         )
+
+    @property
+    def processes_sharing_limits(self) -> int:
+        return self.limit_processes or self.workers
+
+
+def _limit_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    tenant_rate = _number(env, "TENANT_REQUESTS_PER_SECOND", 100.0)
+    key_rate = _number(env, "KEY_REQUESTS_PER_SECOND", 0.0)
+    share = _number(env, "UPSTREAM_TENANT_SHARE", 0.5)
+    if share > 1:
+        raise ConfigError(f"UPSTREAM_TENANT_SHARE must be a fraction between 0 and 1, got {share:g}")
+    return {
+        "tenant_requests_per_second": tenant_rate,
+        "tenant_request_burst": _number(env, "TENANT_REQUEST_BURST", 2 * tenant_rate),
+        "key_requests_per_second": key_rate,
+        "key_request_burst": _number(env, "KEY_REQUEST_BURST", 2 * key_rate),
+        "tenant_turns_in_flight": _int(env, "TENANT_TURNS_IN_FLIGHT", 100),
+        "key_turns_in_flight": _int(env, "KEY_TURNS_IN_FLIGHT", 0),
+        "upstream_tenant_share": share,
+        "limit_processes": _int(env, "LIMIT_PROCESSES", 0),
+        "stream_write_timeout": _number(env, "STREAM_WRITE_TIMEOUT", 30.0, minimum=0.01),
+        "http_header_timeout": _number(env, "HTTP_HEADER_TIMEOUT", 10.0, minimum=0.01),
+        "http_keepalive_timeout": _number(env, "HTTP_KEEPALIVE_TIMEOUT", 5.0, minimum=0.01),
+        "max_connections": _int(env, "MAX_CONNECTIONS", 4096, minimum=1),
+    }

@@ -40,6 +40,12 @@ def _tenant_id(request: Request[Any, Any, Any]) -> str:
     return principal.tenant_id
 
 
+def _principal(request: Request[Any, Any, Any]) -> Principal:
+    """The authenticated key (its tenant and id), for limits kept per key."""
+    principal: Principal = request.state[_PRINCIPAL]
+    return principal
+
+
 async def _payload(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The JSON object the client sent, decoded strictly (service/jsonbody.py); its shape is documented per route
     and checked by the domain's service."""
@@ -50,11 +56,13 @@ async def _payload(request: Request[Any, Any, Any]) -> dict[str, Any]:
 RuntimeDep = NamedDependency[Runtime]
 EngineDep = NamedDependency[AsyncEngine]
 TenantId = NamedDependency[str]
+PrincipalDep = NamedDependency[Principal]
 Payload = NamedDependency[dict[str, Any]]
 DEPENDENCIES = {
     "runtime": Provide(_runtime, sync_to_thread=False),
     "engine": Provide(_engine, sync_to_thread=False),
     "tenant_id": Provide(_tenant_id, sync_to_thread=False),
+    "principal": Provide(_principal, sync_to_thread=False),
     "payload": Provide(_payload),
 }
 
@@ -83,6 +91,7 @@ async def require_tenant_key(request: Request[Any, Any, Any]) -> None:
     principal = await _authenticate(request)
     if not principal.tenant_id:
         raise PermissionDenied("ADMIN_API_KEY is for /admin routes only; use a tenant key for /v1")
+    _runtime_of(request).limits.check_request(principal)
 
 
 async def require_admin_key(request: Request[Any, Any, Any]) -> None:

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.keys.service import KeyAuthenticator
+from service.limits.policy import Limits
 from service.responses.runner import TurnRunner
 from service.responses.turn import TurnContext
 from service.upstream.client import OpenRouterClient
@@ -21,3 +22,4 @@ class Runtime:
     authenticator: KeyAuthenticator
     turn_context: TurnContext  # what every turn needs; owns the outcomes waiting for the database
     turns: TurnRunner  # streamed and background turns, which outlive the request that started them
+    limits: Limits  # request rates and turns in flight, per tenant and per key

@@ -22,6 +22,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from service.config import Settings
+from service.limits.connections import uvicorn_options
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # What uvicorn may still wait for after the grace period: turns being stored, connections closing.
@@ -83,6 +84,7 @@ def serve(settings: Settings, *, app: str, access_log: bool, banner: str) -> boo
         log_level=settings.log_level.lower(),
         access_log=access_log,
         timeout_graceful_shutdown=int(settings.shutdown_grace_period + _SHUTDOWN_MARGIN_SECONDS),
+        **uvicorn_options(settings),
     )
     if settings.workers == 1:
         server = _AnnouncingServer(config, banner)

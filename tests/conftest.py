@@ -29,6 +29,7 @@ from sqlalchemy.pool import NullPool
 from service.app import create_app
 from service.config import Settings, normalize_database_url
 from service.keys import service as keys
+from service.limits.connections import guarded_protocol, uvicorn_options
 from service.migrate import upgrade
 from tests.fake_openrouter import FakeOpenRouter, _free_port, _wait_for_port
 
@@ -108,6 +109,8 @@ def base_settings(database_url: str, fake_upstream: FakeOpenRouter) -> Settings:
         upstream_retry_max_wait=1.0,
         upstream_total_timeout=20.0,
         db_pool_size=5,
+        # Rates off: tests send bursts; tests/test_limits.py turns them on where it checks them.
+        tenant_requests_per_second=0,
     )
 
 
@@ -119,7 +122,14 @@ class LiveServer:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(settings, upstream_transport=transport)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            **uvicorn_options(settings, protocol=guarded_protocol(settings)),
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 

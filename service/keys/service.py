@@ -17,6 +17,9 @@ from service.keys import repository
 
 KEY_PREFIX = "sk-cs-"
 _CACHE_TTL_SECONDS = 5.0
+# A wrong key is remembered as wrong this long, so a client retrying it does not reach the database each time.
+_MISS_TTL_SECONDS = 5.0
+_CACHE_MAX_ENTRIES = 10_000
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,14 @@ class KeyAuthenticator:
     """Resolves bearer secrets to principals, caching hits briefly; a revoke in this process clears the cache
     at once, other processes see it within the cache TTL."""
 
-    def __init__(self, engine: AsyncEngine, admin_api_key: str | None) -> None:
+    def __init__(self, engine: AsyncEngine, admin_api_key: str | None, *, max_lookups: int = 4) -> None:
         self._engine = engine
         self._admin_hash = hash_key(admin_api_key) if admin_api_key else None
         self._cache: dict[bytes, tuple[float, Principal]] = {}
+        self._misses: dict[bytes, float] = {}
+        # Lookups that reach the database at once: a flood of random keys (each one new, so never cached) then
+        # waits here instead of taking every pooled connection from the requests of valid keys.
+        self._lookup_slots = asyncio.Semaphore(max_lookups)
         # One database lookup per key at a time: when a busy key's cache entry expires, every request in
         # flight misses at once, and each used to take a pooled connection to wait on the same api_key row
         # (the last_used_at update), starving the pool for a moment every _CACHE_TTL_SECONDS.
@@ -90,6 +97,9 @@ class KeyAuthenticator:
             cached = self._cache.get(digest)
             if cached is not None and cached[0] > time.monotonic():
                 return cached[1]
+            missed_until = self._misses.get(digest)
+            if missed_until is not None and missed_until > time.monotonic():
+                return None
             running = self._lookups.get(digest)
             if running is None:
                 return await self._look_up(digest)
@@ -105,7 +115,8 @@ class KeyAuthenticator:
         lookup: asyncio.Future[Principal | None] = asyncio.get_running_loop().create_future()
         self._lookups[digest] = lookup
         try:
-            principal = await self._read_and_touch(digest)
+            async with self._lookup_slots:
+                principal = await self._read_and_touch(digest)
         except BaseException:
             lookup.cancel()
             raise
@@ -121,10 +132,13 @@ class KeyAuthenticator:
             row = await repository.find_active_key(conn, digest)
             if row is None or not hmac.compare_digest(bytes(row.key_hash), digest):
                 self._cache.pop(digest, None)
+                if len(self._misses) >= _CACHE_MAX_ENTRIES:
+                    self._misses.clear()
+                self._misses[digest] = now + _MISS_TTL_SECONDS
                 return None
             await repository.touch_key(conn, row.id)
         principal = Principal(tenant_id=row.tenant_id, tenant_name=row.name, key_id=row.id, is_admin=row.is_admin)
-        if len(self._cache) > 10_000:
+        if len(self._cache) > _CACHE_MAX_ENTRIES:
             self._cache.clear()
         self._cache[digest] = (now + _CACHE_TTL_SECONDS, principal)
         return principal

@@ -11,7 +11,8 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from service.errors import InvalidRequest
-from service.http import EngineDep, Payload, RuntimeDep, TenantId, json_response, require_tenant_key
+from service.http import EngineDep, Payload, PrincipalDep, RuntimeDep, TenantId, json_response, require_tenant_key
+from service.limits.turns import TurnSlot
 from service.openapi import TENANT_AUTH, documented
 from service.pagination import parse_page
 from service.responses import service
@@ -85,18 +86,22 @@ class ResponseController(Controller):
             errors=(400, 404, 409, 413, 422, 429, 502, 504),
         ),
     )
-    async def create(self, runtime: RuntimeDep, tenant_id: TenantId, payload: Payload) -> Response[Any]:
+    async def create(
+        self, runtime: RuntimeDep, tenant_id: TenantId, principal: PrincipalDep, payload: Payload
+    ) -> Response[Any]:
         turn = parse_turn_request(payload, max_input_items=runtime.settings.max_input_items)
-        if turn.stream or turn.background:
-            return await self._start_run(runtime, tenant_id, turn)
-        result = await runtime.turn_context.run(tenant_id, turn)
+        with runtime.limits.admit_turn(principal) as slot:
+            if turn.stream or turn.background:
+                return await self._start_run(runtime, tenant_id, turn, slot)
+            result = await runtime.turn_context.run(tenant_id, turn)
         return json_response(result)
 
-    async def _start_run(self, runtime: Runtime, tenant_id: str, turn: TurnRequest) -> Response[Any]:
+    async def _start_run(self, runtime: Runtime, tenant_id: str, turn: TurnRequest, slot: TurnSlot) -> Response[Any]:
         """stream and/or background: the turn runs in the application's runner, this request only follows it."""
         started = await runtime.turn_context.begin(tenant_id, turn)
         snapshot = started.state.render()
         run = runtime.turns.start(started)
+        slot.hand_to(run.task)
         if not turn.stream:
             return json_response(snapshot)
         if not turn.background:

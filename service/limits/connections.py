@@ -1,0 +1,115 @@
+"""Connection-level bounds, in uvicorn's HTTP protocol: a connection must finish a request's headers within
+HTTP_HEADER_TIMEOUT seconds of opening (or of its request's first byte), idle keep-alive connections close
+after HTTP_KEEPALIVE_TIMEOUT, and past MAX_CONNECTIONS open connections a new one gets 503 and is closed.
+
+uvicorn closes idle keep-alive connections but has no timeout for a connection that never finishes its
+headers: each such connection held a file descriptor until the process ran out of them."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgspec
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.config import Settings
+from service.errors import error_envelope
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout: float
+    max_connections: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ConnectionLimits:
+        return cls(settings.http_header_timeout, settings.max_connections)
+
+
+def _busy_answer() -> bytes:
+    body = msgspec.json.encode(
+        error_envelope("Too many open connections; retry shortly", "server_error", None, "too_many_connections")
+    )
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_BUSY = _busy_answer()
+_REFUSED_LINGER_SECONDS = 1.0
+
+
+class GuardedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header timeout and a bound on open connections. Its limits come
+    from the environment (so that uvicorn's worker processes, which import this class afresh, agree) unless a
+    subclass from `guarded_protocol` carries them."""
+
+    limits: ClassVar[ConnectionLimits | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if type(self).limits is None:
+            type(self).limits = ConnectionLimits.from_settings(Settings.from_env())
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._refusing = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._limits.max_connections:
+            # Answer, then half-close: the client reads the 503 and an end. Closing at once with its request
+            # unread would reset the connection before the client read the answer.
+            self._refusing = True
+            transport.write(_BUSY)
+            transport.write_eof()
+            self.loop.call_later(_REFUSED_LINGER_SECONDS, transport.close)
+            return
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refusing:
+            super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    @property
+    def _limits(self) -> ConnectionLimits:
+        limits = type(self).limits
+        assert limits is not None  # set in __init__
+        return limits
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self._limits.header_timeout, self._on_header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _on_header_timeout(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedHttpProtocol]:
+    """The protocol with these settings' limits (for a server in this process, as the tests start)."""
+    return type("GuardedHttpProtocol", (GuardedHttpProtocol,), {"limits": ConnectionLimits.from_settings(settings)})
+
+
+def uvicorn_options(settings: Settings, *, protocol: type[GuardedHttpProtocol] = GuardedHttpProtocol) -> dict[str, Any]:
+    return {"http": protocol, "timeout_keep_alive": settings.http_keepalive_timeout}

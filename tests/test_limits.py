@@ -1,0 +1,273 @@
+"""One tenant cannot hurt another: request rates and turns in flight per tenant and per key (429 with
+Retry-After), a tenant's share of the upstream pool, wrong keys remembered, stream consumers that stop reading
+disconnected while their turn is stored, and connections that never finish their headers closed."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
+from tests.stream_support import stored_outputs, wait_until_ended
+from tests.turn_support import MODEL, rows
+
+StartServer = Callable[..., LiveServer]
+MakeTenant = Callable[..., Awaitable[Tenant]]
+
+
+def _rate_limited(answer: httpx.Response) -> dict[str, Any]:
+    assert answer.status_code == 429, answer.text
+    assert int(answer.headers["retry-after"]) >= 1
+    error: dict[str, Any] = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    return error
+
+
+async def _second_key(db: AsyncEngine, tenant: Tenant, live: LiveServer) -> httpx.AsyncClient:
+    from service.keys import service as keys
+
+    created = await keys.create_key(db, tenant=tenant.name)
+    return httpx.AsyncClient(base_url=live.url, headers={"Authorization": f"Bearer {created.secret}"}, timeout=30)
+
+
+async def test_a_tenant_beyond_its_request_rate_gets_429_and_others_do_not(
+    start_server: StartServer, make_tenant: MakeTenant
+) -> None:
+    live = start_server(tenant_requests_per_second=1, tenant_request_burst=3)
+    alice = await make_tenant("alice", live=live)
+    bob = await make_tenant("bob", live=live)
+    statuses = [(await alice.http.get("/v1/conversations/conv_unknown")).status_code for _ in range(3)]
+    assert statuses == [404, 404, 404]
+    error = _rate_limited(await alice.http.get("/v1/conversations/conv_unknown"))
+    assert "this tenant" in error["message"]
+    assert (await bob.http.get("/v1/conversations/conv_unknown")).status_code == 404
+    await asyncio.sleep(1.05)  # one request a second refills
+    assert (await alice.http.get("/v1/conversations/conv_unknown")).status_code == 404
+
+
+async def test_the_rate_is_split_across_the_processes_that_share_it(
+    start_server: StartServer, make_tenant: MakeTenant
+) -> None:
+    live = start_server(tenant_requests_per_second=4, tenant_request_burst=4, limit_processes=2)
+    alice = await make_tenant("alice", live=live)
+    assert [(await alice.http.get("/v1/conversations/conv_x")).status_code for _ in range(2)] == [404, 404]
+    _rate_limited(await alice.http.get("/v1/conversations/conv_x"))
+
+
+async def test_a_key_beyond_its_request_rate_gets_429_while_the_tenants_other_key_goes_on(
+    start_server: StartServer, make_tenant: MakeTenant, db: AsyncEngine
+) -> None:
+    live = start_server(key_requests_per_second=1, key_request_burst=2)
+    alice = await make_tenant("alice", live=live)
+    other_key = await _second_key(db, alice, live)
+    async with other_key:
+        for _ in range(2):
+            assert (await alice.http.get("/v1/conversations/conv_x")).status_code == 404
+        error = _rate_limited(await alice.http.get("/v1/conversations/conv_x"))
+        assert "this API key" in error["message"]
+        assert (await other_key.get("/v1/conversations/conv_x")).status_code == 404
+
+
+def _slow_stream(seconds: float) -> Reply:
+    """What OpenRouter streams for a background turn, taking about `seconds`."""
+    events = text_stream_events("slow")
+    return Reply(kind="sse", events=events, delay=seconds / len(events))
+
+
+async def _start_background(client: httpx.AsyncClient, text: str = "work") -> httpx.Response:
+    return await client.post("/v1/responses", json={"model": MODEL, "input": text, "background": True})
+
+
+async def _upstream_received(fake_upstream: FakeOpenRouter, count: int) -> None:
+    for _ in range(200):
+        if len(fake_upstream.requests) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the upstream got {len(fake_upstream.requests)} requests, not {count}")
+
+
+async def test_turns_in_flight_per_tenant_count_background_turns_and_free_up_when_stored(
+    start_server: StartServer, make_tenant: MakeTenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    live = start_server(tenant_turns_in_flight=2)
+    alice = await make_tenant("alice", live=live)
+    bob = await make_tenant("bob", live=live)
+    for _ in range(2):
+        fake_upstream.enqueue(_slow_stream(1.0))
+    started = [await _start_background(alice.http) for _ in range(2)]
+    assert [answer.status_code for answer in started] == [200, 200]
+    await _upstream_received(fake_upstream, 2)
+    error = _rate_limited(await _start_background(alice.http, "one too many"))
+    assert "turns in flight" in error["message"]
+    refused_plain = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "plain"})
+    _rate_limited(refused_plain)
+    bob_turn = await bob.http.post("/v1/responses", json={"model": MODEL, "input": "mine"})
+    assert bob_turn.status_code == 200, bob_turn.text
+    # The refused turns were neither stored nor sent upstream.
+    assert len(fake_upstream.requests) == 3
+    assert len(await rows(db, "SELECT id FROM response")) == 3
+    for answer in started:
+        ended = await wait_until_ended(alice.http, answer.json()["id"])
+        assert ended["status"] == "completed", ended["error"]
+    assert (await alice.http.post("/v1/responses", json={"model": MODEL, "input": "again"})).status_code == 200
+
+
+async def test_turns_in_flight_per_key_leave_the_tenants_other_keys_free(
+    start_server: StartServer, make_tenant: MakeTenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    live = start_server(key_turns_in_flight=1, tenant_turns_in_flight=0)
+    alice = await make_tenant("alice", live=live)
+    fake_upstream.enqueue(_slow_stream(1.0))
+    first = await _start_background(alice.http)
+    assert first.status_code == 200
+    await _upstream_received(fake_upstream, 1)
+    error = _rate_limited(await _start_background(alice.http))
+    assert "this API key" in error["message"]
+    async with await _second_key(db, alice, live) as other_key:
+        assert (await _start_background(other_key)).status_code == 200
+    await wait_until_ended(alice.http, first.json()["id"])
+
+
+async def _timed_turn(client: httpx.AsyncClient) -> float:
+    started = time.perf_counter()
+    answer = await client.post("/v1/responses", json={"model": MODEL, "input": "quick"})
+    assert answer.status_code == 200, answer.text
+    return time.perf_counter() - started
+
+
+async def test_a_tenant_flooding_background_turns_keeps_to_its_share_of_the_upstream_pool(
+    start_server: StartServer, make_tenant: MakeTenant, fake_upstream: FakeOpenRouter
+) -> None:
+    # 4 upstream connections, half of them for any one tenant: the flood gets 2, the rest are refused at once.
+    live = start_server(upstream_max_connections=4, upstream_tenant_share=0.5, tenant_turns_in_flight=1000)
+    flooder = await make_tenant("flooder", live=live)
+    ordinary = await make_tenant("ordinary", live=live)
+    idle = [await _timed_turn(ordinary.http) for _ in range(7)]
+    for _ in range(2):
+        fake_upstream.enqueue(_slow_stream(3.0))
+    flood = await asyncio.gather(*(_start_background(flooder.http) for _ in range(40)))
+    statuses = sorted(answer.status_code for answer in flood)
+    assert statuses == [200] * 2 + [429] * 38
+    await _upstream_received(fake_upstream, 7 + 2)
+    busy = [await _timed_turn(ordinary.http) for _ in range(7)]
+    # Within 2x of idle (medians; 20 ms of slack for a shared machine's noise at millisecond scale).
+    assert statistics.median(busy) <= 2 * statistics.median(idle) + 0.02, (idle, busy)
+
+
+async def test_a_wrong_key_is_remembered_as_wrong_briefly(
+    server: LiveServer, anonymous: httpx.AsyncClient, db: AsyncEngine, make_tenant: MakeTenant
+) -> None:
+    alice = await make_tenant("alice")
+    wrong = "sk-cs-not-a-key-" + "x" * 30
+    headers = {"Authorization": f"Bearer {wrong}"}
+    assert (await anonymous.get("/v1/conversations/conv_x", headers=headers)).status_code == 401
+    # The key now exists in the database (as if just created), but the miss is remembered: no lookup is made.
+    async with db.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO api_key (id, tenant_id, name, prefix, key_hash, is_admin) "
+            "SELECT 'key_late', tenant_id, 'late', 'sk-cs-late', $1, false FROM api_key WHERE id = $2",
+            (hashlib.sha256(wrong.encode()).digest(), alice.key_id),
+        )
+    assert (await anonymous.get("/v1/conversations/conv_x", headers=headers)).status_code == 401
+
+
+def _raw_request(port: int, body: bytes, *, receive_buffer: int = 4096) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(body)
+    return sock
+
+
+def _read_to_end(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """Everything the server sent, and whether it closed the connection within `timeout`."""
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    except TimeoutError:
+        return b"".join(chunks), False
+    return b"".join(chunks), True
+
+
+async def test_a_stream_consumer_that_stops_reading_is_disconnected_and_its_turn_is_stored(
+    start_server: StartServer, make_tenant: MakeTenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    live = start_server(stream_write_timeout=0.5)
+    alice = await make_tenant("alice", live=live)
+    text = "lorem ipsum " * 700_000  # 8 MB: far more than the sockets hold
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(text, chunks=400)))
+    body = f'{{"model": "{MODEL}", "input": "talk", "stream": true}}'.encode()
+    request = (
+        f"POST /v1/responses HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {alice.key}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = await asyncio.to_thread(_raw_request, live.port, request)
+    try:
+        for _ in range(300):  # the turn goes on without its reader
+            stored = await rows(db, "SELECT id, status FROM response")
+            if stored and stored[0]["status"] == "completed":
+                break
+            await asyncio.sleep(0.05)
+        assert [row["status"] for row in stored] == ["completed"]
+        received, closed = await asyncio.to_thread(_read_to_end, sock, 5.0)
+    finally:
+        sock.close()
+    assert closed, "the server kept the connection of a client that read nothing"
+    assert b"response.completed" not in received
+    [output] = await stored_outputs(db, stored[0]["id"])
+    assert output["content"][0]["text"] == text
+
+
+async def test_a_connection_that_never_finishes_its_headers_is_closed(start_server: StartServer) -> None:
+    live = start_server(http_header_timeout=0.5)
+    silent = await asyncio.to_thread(_raw_request, live.port, b"")
+    partial = await asyncio.to_thread(_raw_request, live.port, b"GET /health HTTP/1.1\r\nhost: x\r\n")
+    try:
+        for sock in (silent, partial):
+            received, closed = await asyncio.to_thread(_read_to_end, sock, 3.0)
+            assert (received, closed) == (b"", True)
+    finally:
+        silent.close()
+        partial.close()
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        assert (await client.get("/health")).status_code == 200
+
+
+async def test_past_max_connections_a_new_connection_gets_503_and_is_closed(start_server: StartServer) -> None:
+    live = start_server(max_connections=3)
+    held = [await asyncio.to_thread(_raw_request, live.port, b"") for _ in range(3)]
+    try:
+        await asyncio.sleep(0.1)
+        extra = await asyncio.to_thread(_raw_request, live.port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        received, closed = await asyncio.to_thread(_read_to_end, extra, 3.0)
+        extra.close()
+        assert closed
+        assert received.startswith(b"HTTP/1.1 503 ")
+        assert b'"code":"too_many_connections"' in received
+    finally:
+        for sock in held:
+            sock.close()
+    await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        assert (await client.get("/health")).status_code == 200
+
+
+@pytest.mark.parametrize("setting", ["TENANT_REQUESTS_PER_SECOND", "KEY_TURNS_IN_FLIGHT", "STREAM_WRITE_TIMEOUT"])
+def test_limit_settings_refuse_bad_values(setting: str) -> None:
+    from service.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=setting):
+        Settings.from_env({setting: "-1"})
