@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format migrate bench load clean
+.PHONY: install run test lint format migrate bench load hostile clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ migrate: $(STAMP)
 # database. Default: an embedded PostgreSQL in a temp dir; LOAD_ARGS="--database-url postgresql://..." to name one.
 load: $(STAMP)
 	$(BIN)/python -m bench.load_invariants $(LOAD_ARGS)
+
+# Bounded hostile-load run on loopback (~40 s): one tenant floods, reads nothing, sends bad inputs; the other's
+# latency is checked against its idle figure. HOSTILE_ARGS="--database-url postgresql://..." to name a server.
+hostile: $(STAMP)
+	$(BIN)/python -m bench.hostile_load $(HOSTILE_ARGS)
 
 # The performance suite (docs/benchmarks.md): prints one table of figures against the issue's bars. Needs a
 # PostgreSQL server (BENCH_DATABASE_URL is wiped). QUICK=1 for a short run; BENCH_10M=1 adds the 10M-item table.
