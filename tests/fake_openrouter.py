@@ -326,7 +326,7 @@ class FakeOpenRouter:
         if reply.kind == "json":
             if reply.delay:
                 await asyncio.sleep(reply.delay)
-            payload = json.dumps(reply.body).encode()
+            payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
             await send(
                 {
                     "type": "http.response.start",

@@ -14,7 +14,8 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from service.config import Settings
-from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after, redact_all
+from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after
+from service.upstream.redaction import REDACTED, StreamRedactor, redact_all
 from service.upstream.jsonutil import decode_upstream_json
 from service.upstream.sse import iter_sse_json, normalize_event
 
@@ -165,12 +166,15 @@ class OpenRouterClient:
         except TimeoutError:
             raise UpstreamError("OpenRouter did not finish within the total timeout", kind="timeout") from None
         content = response.content
-        if self._settings.openrouter_api_key:
-            content = content.replace(self._settings.openrouter_api_key.encode(), b"[redacted]")
+        secret = self._settings.openrouter_api_key
+        if secret:
+            content = content.replace(secret.encode(), REDACTED.encode())
         try:
             payload = decode_upstream_json(content)
         except ValueError:
             raise UpstreamError("OpenRouter sent an answer that is not JSON", kind="protocol") from None
+        if secret and b"\\u" in content:  # the key could hide behind JSON escapes, which decoding undid
+            payload = redact_all(payload, secret)
         if not isinstance(payload, dict):
             raise UpstreamError("OpenRouter sent an answer that is not a JSON object", kind="protocol")
         if isinstance(payload.get("error"), dict) and "output" not in payload:
@@ -201,12 +205,6 @@ class OpenRouterClient:
             await response.aclose()
 
 
-# Events that carry an upstream error message, which may quote our key back; deltas are left alone (hot path).
-_EVENTS_THAT_MAY_QUOTE_ERRORS = frozenset(
-    {"error", "response.failed", "response.incomplete", "response.completed", "response.done"}
-)
-
-
 class UpstreamEventStream:
     """One open upstream stream: its events, normalized (see service.upstream.sse), in arrival order."""
 
@@ -230,11 +228,17 @@ class UpstreamEventStream:
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         source = iter_sse_json(self._chunks())
         watch = _QuietWatch(self._idle_timeout, self._deadline)
+        redactor = StreamRedactor(self._secret) if self._secret else None
         try:
             while True:
                 try:
                     raw = await anext(source)
-                except StopAsyncIteration:
+                except (StopAsyncIteration, UpstreamError) as end:
+                    if redactor is not None:  # the text held back is the client's once the stream ends
+                        for held in redactor.flush():
+                            yield held
+                    if isinstance(end, UpstreamError):
+                        raise
                     return
                 except asyncio.CancelledError:
                     if not watch.fired():
@@ -244,14 +248,19 @@ class UpstreamEventStream:
                         if watch.idle
                         else "the total timeout (UPSTREAM_TOTAL_TIMEOUT) passed"
                     )
+                    if redactor is not None:
+                        for held in redactor.flush():
+                            yield held
                     raise UpstreamError(f"The OpenRouter stream was abandoned: {reason}", kind="stream") from None
                 watch.touch()
                 event = normalize_event(raw)
                 if event is None:
                     continue
-                if self._secret and event.get("type") in _EVENTS_THAT_MAY_QUOTE_ERRORS:
-                    event = redact_all(event, self._secret)
-                yield event
+                if redactor is None:
+                    yield event
+                    continue
+                for redacted in redactor.feed(event):
+                    yield redacted
         finally:
             watch.stop()
             await source.aclose()

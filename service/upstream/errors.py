@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from service.errors import ServiceError
+from service.upstream.redaction import redact
 
 # A longer Retry-After from OpenRouter is passed on to our client as this many seconds.
 MAX_RETRY_AFTER_SECONDS = 86400.0
@@ -94,23 +95,6 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(seconds, MAX_RETRY_AFTER_SECONDS)
 
 
-def redact(text: str, secret: str | None) -> str:
-    """An upstream message may quote our OpenRouter key back (a key error, a proxy); it must not reach a client,
-    a stored response or a log."""
-    return text.replace(secret, "[redacted]") if secret else text
-
-
-def redact_all(value: Any, secret: str) -> Any:
-    """`redact` through a decoded JSON value."""
-    if isinstance(value, str):
-        return redact(value, secret)
-    if isinstance(value, dict):
-        return {key: redact_all(item, secret) for key, item in value.items()}
-    if isinstance(value, list):
-        return [redact_all(item, secret) for item in value]
-    return value
-
-
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 # How OpenRouter's providers word a prompt longer than the model's window when no `error_type` says so.
 _OVERFLOW_WORDINGS = re.compile(
@@ -142,6 +126,8 @@ def from_error_body(status: int, body: Any, retry_after: float | None, *, secret
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         error = body["error"]
         code = error.get("code")
+        if isinstance(code, str):
+            code = redact(code, secret)
         if isinstance(error.get("message"), str) and error["message"]:
             message = f"OpenRouter: {redact(error['message'], secret)}"
         if _is_context_overflow(status if status >= 400 else 400, body, error):

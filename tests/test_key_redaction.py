@@ -1,0 +1,100 @@
+"""Our OpenRouter key never reaches a tenant through an upstream that echoes it: not in an error's code or
+message, not JSON-escaped in a body, not split across stream deltas, and not in what is stored (items, the
+event log, the response's error)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
+from tests.stream_support import parse_sse
+from tests.turn_support import MODEL, rows
+
+SECRET = "sk-or-test-secret-key"  # tests/conftest.py's OPENROUTER_API_KEY
+SECRET_PART = "test-secret"  # what must never be seen, whatever part of the key is cut off
+
+
+async def _nothing_stored_holds_the_key(db: AsyncEngine) -> None:
+    stored = await rows(db, "SELECT error::text AS error, usage::text AS usage FROM response")
+    stored += await rows(db, "SELECT body AS item FROM item")
+    stored += await rows(db, "SELECT events FROM response_event_log")
+    assert stored
+    for row in stored:
+        for value in row.values():
+            assert value is None or SECRET_PART not in value, row
+
+
+async def test_an_upstream_error_code_echoing_the_key_is_redacted(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    fake_upstream.reply_json({"error": {"code": SECRET, "message": f"bad key {SECRET}"}}, status=400)
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Hi"})
+    assert answer.status_code == 400
+    assert SECRET_PART not in answer.text
+    assert answer.json()["error"]["code"] == "[redacted]"
+    await _nothing_stored_holds_the_key(db)
+
+
+async def test_a_json_escaped_key_in_a_body_is_redacted(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET)
+    body = json.dumps(text_response("KEY_HERE")).replace("KEY_HERE", f"the key is {escaped}").encode()
+    assert SECRET_PART.encode() not in body
+    fake_upstream.reply_json(body)
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Hi"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["output"][0]["content"][0]["text"] == "the key is [redacted]"
+    await _nothing_stored_holds_the_key(db)
+
+
+def _split_deltas(text: str, pieces: list[str]) -> list[Any]:
+    events: list[Any] = text_stream_events(text, chunks=1)
+    [index] = [i for i, e in enumerate(events) if e["type"] == "response.output_text.delta"]
+    template = events[index]
+    events[index : index + 1] = [{**template, "delta": piece} for piece in pieces]
+    return events
+
+
+async def test_a_key_split_across_stream_deltas_is_redacted(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    text = f"before {SECRET} after, and yes"
+    pieces = ["before sk-or-te", "st-secr", "et-key after, and yes"]
+    assert "".join(pieces) == text
+    events = _split_deltas(text, pieces)
+    # One more escaped inside a delta's JSON, as raw SSE.
+    escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET)
+    events.insert(
+        -4,
+        'data: {"type": "response.output_text.delta", "item_id": "msg_stream_1", "output_index": 0, '
+        f'"content_index": 0, "delta": " {escaped}", "logprobs": []}}\n\n',
+    )
+    fake_upstream.enqueue(Reply(kind="sse", events=events))
+    async with alice.http.stream(
+        "POST", "/v1/responses", json={"model": MODEL, "input": "Hi", "stream": True}
+    ) as answer:
+        assert answer.status_code == 200
+        raw = (await answer.aread()).decode()
+    assert SECRET_PART not in raw
+    relayed = [event for _, event in parse_sse(raw)]
+    deltas = "".join(e["delta"] for e in relayed if e["type"] == "response.output_text.delta")
+    assert deltas == "before [redacted] after, and yes [redacted]"
+    await _nothing_stored_holds_the_key(db)
+
+
+async def test_text_that_only_looks_like_the_keys_start_flows_unchanged(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    pieces = ["it is", " sk-or", "-something else"]
+    fake_upstream.enqueue(Reply(kind="sse", events=_split_deltas("".join(pieces), pieces)))
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Hi", "stream": True})
+    relayed = [event for _, event in parse_sse(answer.text)]
+    deltas = [e["delta"] for e in relayed if e["type"] == "response.output_text.delta"]
+    assert "".join(deltas) == "".join(pieces)
+    # A tail that could start the key ("s", then "sk-or") waits for the next delta; the rest flows as it came.
+    assert deltas == ["it i", "s ", "sk-or-something else"]
