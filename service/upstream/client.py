@@ -15,8 +15,8 @@ from httpx_aiohttp import AiohttpTransport
 
 from service.config import Settings
 from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after
-from service.upstream.redaction import REDACTED, StreamRedactor, redact_all
 from service.upstream.jsonutil import decode_upstream_json
+from service.upstream.redaction import REDACTED, StreamRedactor, redact_all
 from service.upstream.sse import iter_sse_json, normalize_event
 
 logger = logging.getLogger("service.upstream")
