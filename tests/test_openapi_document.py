@@ -132,7 +132,7 @@ async def test_every_route_reading_a_body_or_query_documents_it(app: Litestar, d
         read = {
             name
             for name, field in handler.parsed_fn_signature.parameters.items()
-            if name not in {"payload", "engine", "runtime", "tenant_id", "query_pairs", "self"}
+            if name not in {"payload", "engine", "runtime", "tenant_id", "principal", "query_pairs", "self"}
             and not re.search(r"\{" + name + r"\}", path)
             and field.kwarg_definition is not None
         }
