@@ -29,6 +29,7 @@ from service.limits.door import DoorMiddleware
 from service.limits.policy import Limits
 from service.limits.slow_readers import SlowReaderMiddleware
 from service.openapi import docs_assets_router, openapi_config
+from service.responses.chain_cache import ChainCache
 from service.responses.history_cache import HistoryCache
 from service.responses.routes import ResponseController
 from service.responses.runner import TurnRunner
@@ -88,7 +89,8 @@ def create_app(
         upstream = OpenRouterClient(settings, transport=upstream_transport)
         histories = HistoryCache(settings.history_cache_mb * 1024 * 1024)
         context = build_context_windows(settings, upstream)
-        turn_context = TurnContext(engine, upstream, histories, context, lock_ttl=settings.turn_lock_ttl)
+        chains = ChainCache(settings.chain_history_cache_mb * 1024 * 1024)
+        turn_context = TurnContext(engine, upstream, histories, context, lock_ttl=settings.turn_lock_ttl, chains=chains)
         runtime = Runtime(
             settings=settings,
             engine=engine,

@@ -1,4 +1,4 @@
-"""SQL for responses: the response rows, their input/output items, and the history of a response chain."""
+"""SQL for responses: the response rows and their input/output items (a turn's own statements: turn_store)."""
 
 from __future__ import annotations
 
@@ -18,30 +18,6 @@ conversation_t = conversation_table
 
 TERMINAL_STATUSES = tuple(s.value for s in Status if s in TERMINAL)
 RUNNING_STATUSES = tuple(s.value for s in Status if s in RUNNING)
-
-# The ancestor chain of a response, oldest first: if the chain's root ran in a conversation, the conversation
-# items that preceded it, then each response's input items and output items. One statement.
-_CHAIN_HISTORY = text(
-    """
-    WITH RECURSIVE chain AS (
-        SELECT id, previous_response_id, conversation_id, conversation_position, 0 AS depth
-        FROM response WHERE id = :response_id AND tenant_id = :tenant_id
-        UNION ALL
-        SELECT r.id, r.previous_response_id, r.conversation_id, r.conversation_position, c.depth + 1
-        FROM response r JOIN chain c ON r.id = c.previous_response_id
-    ),
-    root AS (SELECT conversation_id, conversation_position FROM chain ORDER BY depth DESC LIMIT 1)
-    SELECT body FROM (
-        SELECT 0 AS part, 0 AS depth, false AS is_output, i.position AS ord, i.body
-        FROM item i JOIN root ON i.conversation_id = root.conversation_id
-        WHERE i.position < root.conversation_position
-        UNION ALL
-        SELECT 1, -c.depth, i.is_output, i.ordinal, i.body
-        FROM chain c JOIN item i ON i.response_id = c.id
-    ) history
-    ORDER BY part, depth, is_output, ord
-    """
-)
 
 # Claims whose holder died: free them and report which responses held them (the old value, via the subquery).
 # The holder's turn did not finish while it held the claim, so the thread's last turn failed.
@@ -72,11 +48,6 @@ async def output_items(conn: AsyncConnection, response_id: str) -> list[Any]:
         .order_by(item_t.c.ordinal)
     )
     return list((await conn.execute(stmt)).all())
-
-
-async def chain_history(conn: AsyncConnection, tenant_id: str, response_id: str) -> list[str]:
-    result = await conn.execute(_CHAIN_HISTORY, {"response_id": response_id, "tenant_id": tenant_id})
-    return [row.body for row in result]
 
 
 async def update_response(conn: AsyncConnection, response_id: str, values: dict[str, Any]) -> None:

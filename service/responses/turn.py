@@ -39,7 +39,8 @@ from service.errors import InvalidRequest, ServiceUnavailable, is_database_unava
 from service.idempotency.progress import note_effect
 from service.ids import can_exist, new_id
 from service.items import ITEM_REFERENCE, NewItem
-from service.responses import repository, turn_store
+from service.responses import turn_store
+from service.responses.chain_cache import ChainCache, ChainHistory, joined
 from service.responses.frame_log import FrameLog
 from service.responses.history_cache import HistoryCache
 from service.responses.outcome import apply_upstream_result, jsonb_safe, upstream_id_of, usage_numbers
@@ -57,7 +58,6 @@ _LOST_CLAIM_ERROR = {
     "code": "server_error",
     "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
 }
-_PREVIOUS_RESPONSE_FK = "fk_response_previous_response_id_response"
 _FINISH_ATTEMPTS = 3
 # A finished turn the database could not take is kept this long, so a database restart at the wrong moment
 # loses no answer and does not leave the conversation claimed until TURN_LOCK_TTL.
@@ -74,8 +74,12 @@ class Turn:
     history: str = ""  # the stored item texts before the new input, joined by commas
     began: float = field(default_factory=time.monotonic)
     # What the finish stores besides the outcome when the begin stored neither the response row nor its input
-    # items (a conversation turn no client sees before its end, turn_store explains); None when it did.
+    # items (a turn no client sees before its end, turn_store explains); None when it did.
     unseen: turn_store.Unseen | None = None
+    # For a stored turn outside any conversation: the history before it, as of a history generation, from
+    # which the finish makes this response's entry in the chain cache. Kept apart from `history`, which the
+    # upstream call drops; usually the very text the cache holds for the previous response.
+    chain: ChainHistory | None = None
 
     def completion_time(self) -> datetime:
         """Now, on the database's clock: created_at is the database's time when the begin statement started,
@@ -115,11 +119,13 @@ class TurnContext:
         windows: ContextWindows,
         *,
         lock_ttl: float,
+        chains: ChainCache | None = None,
     ) -> None:
         self.engine = engine
         self.upstream = upstream
         self.histories = histories  # long conversations' histories as of their last turn in this worker
         self.windows = windows  # what of a history fits the model's context window (service/context)
+        self.chains = chains or ChainCache(0)  # response chains' histories, by response id
         self.lock_ttl = lock_ttl
         self._stores_later: set[asyncio.Task[None]] = set()
 
@@ -141,38 +147,100 @@ class TurnContext:
     # -- begin -----------------------------------------------------------------------------------------------
     async def begin(self, tenant_id: str, request: TurnRequest) -> Turn:
         """For store=false nothing is written: the history is only read."""
-        history = ""
-        if request.previous_response_id is not None or any(i.type == ITEM_REFERENCE for i in request.input_items):
+        if any(i.type == ITEM_REFERENCE for i in request.input_items):
             async with self.engine.connect() as conn:
                 request = await _with_references_resolved(conn, tenant_id, request)
-                if request.previous_response_id:
-                    history = await _read_previous(conn, tenant_id, request.previous_response_id)
+        if request.previous_response_id is not None:
+            return await self._begin_chained(tenant_id, request, request.previous_response_id)
         if not request.store:
             note_effect()  # the upstream call (a charge) follows
-            state = _new_state(request, created_at=datetime.now(UTC))
-            return Turn(tenant_id, request, state, history)
+            return Turn(tenant_id, request, _new_state(request, created_at=datetime.now(UTC)))
         if request.conversation_id is None:
-            return await self._begin_alone(tenant_id, request, history)
+            return await self._begin_alone(tenant_id, request)
         return await self._begin_in_conversation(tenant_id, request)
 
-    async def _begin_alone(self, tenant_id: str, request: TurnRequest, history: str) -> Turn:
-        """A stored turn outside any conversation (maybe continuing a previous response)."""
-        state = _new_state(request, created_at=None)
-        began = time.monotonic()  # about when the statement's transaction starts, the created_at it returns
+    async def _begin_chained(self, tenant_id: str, request: TurnRequest, previous_id: str) -> Turn:
+        """A turn continuing a previous response: its history is the chain's, from the chain cache or read.
+        Unless a client sees the response before it ends, nothing is written before the finish, which stores
+        the response whole (turn_store explains why that is cheaper)."""
+        began = time.monotonic()
         async with driver_connection(self.engine) as db:
+            chain, now = await self._chain_before(db, tenant_id, previous_id)
+            if not request.store:
+                note_effect()  # the upstream call (a charge) follows
+                return Turn(tenant_id, request, _new_state(request, created_at=now), chain.text)
+            state = _new_state(request, created_at=now)
+            response = _new_response(tenant_id, request, state)
+            if not response.visible_before_finish:
+                note_effect()  # nothing is stored yet; the upstream call (a charge) follows
+                unseen = turn_store.Unseen(response, now, None, request.input_items)
+                return Turn(tenant_id, request, state, chain.text, began, unseen, chain)
+            began = time.monotonic()
             try:
-                state.created_at = await turn_store.begin(
-                    db, _new_response(tenant_id, request, state), request.input_items
-                )
+                state.created_at, _ = await turn_store.begin(db, response, request.input_items)
             except ForeignKeyViolationError as exc:
-                # The previous response was read above, on another connection; deleted since, the insert that
-                # links to it fails (and writes nothing). The client sees what it would have seen a moment later.
-                if request.previous_response_id and exc.constraint_name == _PREVIOUS_RESPONSE_FK:
-                    raise _previous_not_found(request.previous_response_id) from None
+                # The previous response was deleted since it was read: the insert that links to it fails (and
+                # writes nothing). The client sees what it would have seen a moment later.
+                if exc.constraint_name == turn_store.PREVIOUS_RESPONSE_FK:
+                    raise _previous_not_found(previous_id) from None
                 raise
         running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
         note_effect()  # committed: the turn is stored as in_progress
-        return Turn(tenant_id, request, state, history, began)
+        return Turn(tenant_id, request, state, chain.text, began, None, chain)
+
+    async def _chain_before(self, db: Any, tenant_id: str, previous_id: str) -> tuple[ChainHistory, datetime]:
+        """The history a child of `previous_id` sends upstream, checked against the database in one statement:
+        the previous response is the tenant's and usable, and a cached history is still current."""
+        if not can_exist(previous_id):
+            raise _previous_not_found(previous_id)
+        walk = not self.chains.holds(previous_id)
+        previous = await turn_store.read_previous(db, tenant_id, previous_id, ancestors=walk)
+        if previous is not None and not walk and self.chains.get(previous_id, tenant_id, previous.generation) is None:
+            previous = await turn_store.read_previous(db, tenant_id, previous_id, ancestors=True)  # stale entry
+        if previous is None:
+            raise _previous_not_found(previous_id)
+        if previous.status not in ANSWERED:
+            raise InvalidRequest(
+                f"Previous response '{previous_id}' has status '{previous.status}'; only a completed or incomplete "
+                "response can be continued",
+                param="previous_response_id",
+                code="previous_response_not_usable",
+            )
+        text = self.chains.get(previous_id, tenant_id, previous.generation)
+        if text is None:
+            text = self._from_ancestors(previous, tenant_id)
+            if text is None:
+                text = await turn_store.chain_history(db, tenant_id, previous_id)
+        chain = ChainHistory(tenant_id, previous.generation, text)
+        self.chains.put(previous_id, chain)
+        return chain, previous.now
+
+    def _from_ancestors(self, previous: turn_store.Previous, tenant_id: str) -> str | None:
+        """The history from the nearest cached ancestor and the items of the responses after it, or from the
+        chain's first response when it is within reach; None when neither is (or the chain began in a
+        conversation, whose earlier items are not read here)."""
+        after: list[str] = []  # the items of the responses below the one looked at, newest first
+        for ancestor in previous.ancestors:
+            cached = self.chains.get(ancestor.id, tenant_id, previous.generation)
+            if cached is not None:
+                return joined(cached, *reversed(after))
+            if ancestor.conversation_id is not None:
+                return None
+            after.append(ancestor.items)
+            if ancestor.previous_response_id is None:
+                return joined(*reversed(after))
+        return None
+
+    async def _begin_alone(self, tenant_id: str, request: TurnRequest) -> Turn:
+        """A stored turn that starts a chain: in no conversation, continuing no response."""
+        state = _new_state(request, created_at=None)
+        began = time.monotonic()  # about when the statement's transaction starts, the created_at it returns
+        async with driver_connection(self.engine) as db:
+            response = _new_response(tenant_id, request, state)
+            state.created_at, generation = await turn_store.begin(db, response, request.input_items)
+        running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
+        note_effect()  # committed: the turn is stored as in_progress
+        return Turn(tenant_id, request, state, "", began, chain=ChainHistory(tenant_id, generation, ""))
 
     async def _begin_in_conversation(self, tenant_id: str, request: TurnRequest) -> Turn:
         conversation_id = request.conversation_id
@@ -244,6 +312,7 @@ class TurnContext:
         for attempt in range(1, _FINISH_ATTEMPTS + 1):
             try:
                 await store(retry=attempt > 1)
+                self._remember_chain(turn, outputs)
                 return
             except Exception as exc:
                 if not is_database_unavailable(exc):
@@ -259,6 +328,15 @@ class TurnContext:
                     ) from None
                 logger.warning("storing turn %s failed (attempt %d), retrying", state.id, attempt)
                 await asyncio.sleep(0.2 * attempt)
+
+    def _remember_chain(self, turn: Turn, outputs: list[NewItem]) -> None:
+        """An answered response outside any conversation: the history its children send, made from the history
+        before it and its own items, so that continuing it reads no history."""
+        if turn.chain is None or not is_answered(turn.state.status):
+            return
+        own = [item.body for item in turn.request.input_items] + [item.body for item in outputs]
+        entry = ChainHistory(turn.tenant_id, turn.chain.generation, joined(turn.chain.text, *own))
+        self.chains.put(turn.state.id, entry)
 
     async def fail(
         self,
@@ -366,20 +444,6 @@ def _previous_not_found(response_id: str) -> InvalidRequest:
         param="previous_response_id",
         code="previous_response_not_found",
     )
-
-
-async def _read_previous(conn: AsyncConnection, tenant_id: str, previous_id: str) -> str:
-    previous = await repository.get_response(conn, tenant_id, previous_id)
-    if previous is None:
-        raise _previous_not_found(previous_id)
-    if previous.status not in ANSWERED:
-        raise InvalidRequest(
-            f"Previous response '{previous_id}' has status '{previous.status}'; only a completed or incomplete "
-            "response can be continued",
-            param="previous_response_id",
-            code="previous_response_not_usable",
-        )
-    return ",".join(await repository.chain_history(conn, tenant_id, previous_id))
 
 
 async def _with_references_resolved(conn: AsyncConnection, tenant_id: str, request: TurnRequest) -> TurnRequest:

@@ -31,11 +31,14 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+from asyncpg.exceptions import ForeignKeyViolationError
 
 from service.items import NewItem
 from service.responses.history_cache import CachedHistory, joined
 from service.responses.repository import RUNNING_STATUSES
 from service.responses.statement import Statement
+
+PREVIOUS_RESPONSE_FK = "fk_response_previous_response_id_response"
 
 # -- begin -------------------------------------------------------------------------------------------------
 
@@ -139,7 +142,7 @@ _BEGIN = Statement(
         FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
                     $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     )
-    SELECT created_at FROM stored
+    SELECT created_at, (SELECT history_generation FROM tenant WHERE id = $tenant_id) AS generation FROM stored
     """
 )
 
@@ -147,6 +150,89 @@ _HISTORY = Statement(
     """
     SELECT string_agg(body, ',')
     FROM (SELECT body FROM item WHERE conversation_id = $conversation_id ORDER BY position) h
+    """
+)
+
+# -- a chain's history (`previous_response_id`) ----------------------------------------------------------
+# Every plan below is fixed by its shape, not by statistics, so it is the same at any table size (and the
+# connections plan generic plans, once per statement): each step starts from one row found by primary key
+# (response.id, tenant.id), each join to an ancestor is a primary-key lookup from one row, and each item read is
+# a correlated subquery (an aggregate, which PostgreSQL cannot flatten into a join) whose only sensible path is
+# the (response_id, is_output, ordinal) or (conversation_id, position) index. No step is a join whose method the
+# planner picks from row estimates: that is what made the earlier recursive join flip to a sequential scan.
+
+# The previous response, checked (the tenant's, not deleted, its status), with the tenant's history generation
+# in the same snapshot, and the statement's time (an unseen turn's created_at). Used when the worker holds
+# the previous response's history. The row is locked as a foreign key check locks it (for the statement only):
+# a delete of it that has not committed yet is waited for, so a turn that begins while its previous response
+# is being deleted fails as it would have had the delete come first, before any upstream call.
+_PREVIOUS = Statement(
+    """
+    SELECT p.status, t.history_generation AS generation, now() AS now
+    FROM response p JOIN tenant t ON t.id = p.tenant_id
+    WHERE p.id = $previous_response_id AND p.tenant_id = $tenant_id AND p.deleted_at IS NULL
+    FOR KEY SHARE OF p
+    """
+)
+
+# The same, and the previous response and its three nearest ancestors with their own items (inputs then
+# outputs), for a worker that does not hold the previous response's history: it continues from the nearest
+# ancestor it holds (chain_cache.py). Hidden (deleted_at) ancestors stay part of the history.
+_PREVIOUS_AND_ANCESTORS = Statement(
+    """
+    SELECT p.status, t.history_generation AS generation, now() AS now,
+           p.id AS id0, p.previous_response_id AS previous0, p.conversation_id AS conversation0, h0.items AS items0,
+           a1.id AS id1, a1.previous_response_id AS previous1, a1.conversation_id AS conversation1, h1.items AS items1,
+           a2.id AS id2, a2.previous_response_id AS previous2, a2.conversation_id AS conversation2, h2.items AS items2,
+           a3.id AS id3, a3.previous_response_id AS previous3, a3.conversation_id AS conversation3, h3.items AS items3
+    FROM response p
+    JOIN tenant t ON t.id = p.tenant_id
+    LEFT JOIN response a1 ON a1.id = p.previous_response_id
+    LEFT JOIN response a2 ON a2.id = a1.previous_response_id
+    LEFT JOIN response a3 ON a3.id = a2.previous_response_id
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
+        SELECT body FROM item WHERE response_id = p.id ORDER BY is_output, ordinal) i) h0
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
+        SELECT body FROM item WHERE response_id = a1.id ORDER BY is_output, ordinal) i) h1
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
+        SELECT body FROM item WHERE response_id = a2.id ORDER BY is_output, ordinal) i) h2
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
+        SELECT body FROM item WHERE response_id = a3.id ORDER BY is_output, ordinal) i) h3
+    WHERE p.id = $previous_response_id AND p.tenant_id = $tenant_id AND p.deleted_at IS NULL
+    FOR KEY SHARE OF p
+    """
+)
+_ANCESTOR_LEVELS = 4
+
+# A chain's whole history, when no ancestor within reach is cached (a cold worker): if the chain's first
+# response ran in a conversation, the conversation's items before it, then each response's input and output
+# items, oldest response first. The walk up the chain takes one primary-key lookup per response (LIMIT 1 keeps
+# each step a correlated lookup, never a join planned from the recursive part's guessed size).
+_CHAIN_HISTORY = Statement(
+    """
+    WITH RECURSIVE chain AS (
+        SELECT id, previous_response_id, conversation_id, conversation_position, 0 AS depth
+        FROM response WHERE id = $response_id AND tenant_id = $tenant_id
+        UNION ALL
+        SELECT r.id, r.previous_response_id, r.conversation_id, r.conversation_position, c.depth + 1
+        FROM chain c CROSS JOIN LATERAL (
+            SELECT id, previous_response_id, conversation_id, conversation_position
+            FROM response WHERE id = c.previous_response_id LIMIT 1
+        ) r
+    )
+    SELECT string_agg(items, ',') FROM (
+        SELECT 0 AS part, 0 AS depth, prefix.items
+        FROM (SELECT conversation_id, conversation_position FROM chain ORDER BY depth DESC LIMIT 1) root
+        CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
+            SELECT body FROM item
+            WHERE conversation_id = root.conversation_id AND position < root.conversation_position
+            ORDER BY position) i) prefix
+        UNION ALL
+        SELECT 1, -c.depth, own.items
+        FROM chain c CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
+            SELECT body FROM item WHERE response_id = c.id ORDER BY is_output, ordinal) i) own
+        ORDER BY part, depth
+    ) history
     """
 )
 
@@ -324,8 +410,10 @@ _FINISH_LOGGED = Statement(
     """
 )
 
-# An unseen conversation turn whose claim was lost: stored whole, outside the conversation, naming it only if
-# it still exists (it may have been deleted once the claim expired).
+# An unseen turn stored whole: one continuing a previous response, or a conversation turn whose claim was lost
+# (then outside the conversation). It names its conversation and previous response only if they still exist:
+# the conversation may have been deleted once the claim expired, the previous response while the turn ran (a
+# response with no stored child is deleted outright; its children's links would have been set to null).
 _FINISH_UNSEEN = Statement(
     """
     WITH items AS (
@@ -336,13 +424,15 @@ _FINISH_UNSEEN = Statement(
         FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
                     $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     )
-    INSERT INTO response (id, tenant_id, conversation_id, conversation_position, status, model, instructions,
-                          params_json, metadata, background, stream, created_at, upstream_id, upstream_model, usage,
-                          error, incomplete_details, input_tokens, output_tokens, cost, completed_at)
+    INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
+                          model, instructions, params_json, metadata, background, stream, created_at, upstream_id,
+                          upstream_model, usage, error, incomplete_details, input_tokens, output_tokens, cost,
+                          completed_at)
     SELECT $response_id, $tenant_id, (SELECT id FROM conversation WHERE id = $conversation_id),
-           $conversation_position, $status, $model, $instructions, $params_json, $metadata::jsonb, $background,
-           $stream, $created_at, $upstream_id, $upstream_model, $usage::jsonb, $error::jsonb,
-           $incomplete_details::jsonb, $input_tokens, $output_tokens, $cost, $completed_at
+           $conversation_position, (SELECT id FROM response WHERE id = $previous_response_id), $status, $model,
+           $instructions, $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id,
+           $upstream_model, $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens,
+           $cost, $completed_at
     """
 )
 
@@ -461,15 +551,63 @@ async def claim_and_begin(
     return Claimed(row["previous_holder"], row["created_at"], row["next_position"], history, as_of)
 
 
-async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> datetime:
-    """Store a response outside any conversation, in progress, with its input items."""
+async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> tuple[datetime, int]:
+    """Store a response outside any conversation, in progress, with its input items. Returns its created_at and
+    the tenant's history generation (service/responses/chain_cache.py)."""
     values = {**response.params(), **_item_arrays(inputs), "lazy_commit": not response.visible_before_finish}
-    created_at: datetime = await db.fetchval(_BEGIN.sql, *_BEGIN.args(values))
-    return created_at
+    row = await db.fetchrow(_BEGIN.sql, *_BEGIN.args(values))
+    return row["created_at"], row["generation"]
 
 
 async def conversation_history(db: Any, conversation_id: str | None) -> str:
     return await db.fetchval(_HISTORY.sql, *_HISTORY.args({"conversation_id": conversation_id})) or ""
+
+
+@dataclass(frozen=True)
+class Ancestor:
+    """A response on the way up a chain from the previous response (itself included), with its own items."""
+
+    id: str
+    previous_response_id: str | None
+    conversation_id: str | None  # set only on a chain's first response, when it ran in a conversation
+    items: str  # its input then output item texts, joined by commas
+
+
+@dataclass(frozen=True)
+class Previous:
+    status: str
+    generation: int  # the tenant's history generation, in the same snapshot
+    now: datetime
+    ancestors: list[Ancestor]  # the previous response first; empty unless asked for
+
+
+async def read_previous(db: Any, tenant_id: str, previous_id: str, *, ancestors: bool) -> Previous | None:
+    """None when the tenant has no such (undeleted) response."""
+    statement = _PREVIOUS_AND_ANCESTORS if ancestors else _PREVIOUS
+    values = {"previous_response_id": previous_id, "tenant_id": tenant_id}
+    row = await db.fetchrow(statement.sql, *statement.args(values))
+    if row is None:
+        return None
+    found = []
+    if ancestors:
+        for level in range(_ANCESTOR_LEVELS):
+            if row[f"id{level}"] is None:
+                break
+            found.append(
+                Ancestor(
+                    row[f"id{level}"],
+                    row[f"previous{level}"],
+                    row[f"conversation{level}"],
+                    row[f"items{level}"] or "",
+                )
+            )
+    return Previous(row["status"], row["generation"], row["now"], found)
+
+
+async def chain_history(db: Any, tenant_id: str, response_id: str) -> str:
+    """The whole history a child of the response sends upstream ("" when there is none)."""
+    values = {"response_id": response_id, "tenant_id": tenant_id}
+    return await db.fetchval(_CHAIN_HISTORY.sql, *_CHAIN_HISTORY.args(values)) or ""
 
 
 @dataclass(frozen=True)
@@ -527,12 +665,13 @@ class Appended:
 
 @dataclass(frozen=True)
 class Unseen:
-    """What the finish of a conversation turn no client saw before its end stores besides its outcome and
-    output items: the response row and the input items, which its begin did not store."""
+    """What the finish of a turn no client saw before its end (in a conversation, or continuing a previous
+    response) stores besides its outcome and output items: the response row and the input items, which its
+    begin did not store."""
 
     response: NewResponse
     created_at: datetime
-    conversation_position: int  # where the conversation's claim placed it
+    conversation_position: int | None  # where the conversation's claim placed it; None outside one
     inputs: Sequence[NewItem]
 
     def params(self, outputs: Sequence[NewItem]) -> dict[str, Any]:
@@ -594,13 +733,22 @@ async def finish(
             unseen.params(outputs),
             conversation_id=unseen.response.conversation_id,
             conversation_position=unseen.conversation_position,
+            previous_response_id=unseen.response.previous_response_id,
         )
     else:
         statement = _FINISH_STORED if log is None else _FINISH_LOGGED
         values.update(_item_arrays(outputs))
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
-    await db.execute(statement.sql, *statement.args(values))
+    try:
+        await db.execute(statement.sql, *statement.args(values))
+    except ForeignKeyViolationError as exc:
+        # The previous response of an unseen turn was being deleted when the statement began (it saw the row,
+        # then waited for the delete): run again, it no longer sees the row and stores no link, as it does
+        # when the delete committed first. The answer is kept either way.
+        if unseen is None or exc.constraint_name != PREVIOUS_RESPONSE_FK:
+            raise
+        await db.execute(statement.sql, *statement.args(values))
 
 
 def _no_log_when_unseen(log: EventLog | None) -> None:
