@@ -14,6 +14,7 @@ from service.conversations.service import conversation_not_found, resolve_item_r
 from service.errors import InvalidRequest
 from service.items import normalize_input
 from service.responses import repository as responses
+from service.responses import turn_store
 from service.responses.requests import conversation_id_of
 
 # TokenCountsBody's fields that shape what a turn sends besides its input.
@@ -57,6 +58,7 @@ async def count_input_tokens(
                     param="previous_response_id",
                     code="previous_response_not_found",
                 )
-            history = ",".join(await responses.chain_history(conn, tenant_id, previous))
+            raw = await conn.get_raw_connection()
+            history = await turn_store.chain_history(raw.driver_connection, tenant_id, previous)
     count = await context.count(model, params, conversation_id or previous, history, [i.body for i in items])
     return {"object": "response.input_tokens", "input_tokens": count}
