@@ -39,7 +39,7 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(Text, unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # Moved on by every statement that deletes any of the tenant's items (a trigger, see the migration
-    # 2026_12_04_1410): a response chain's history changes only when an item leaves it, so a chain history
+    # 2026_12_04_1420): a response chain's history changes only when an item leaves it, so a chain history
     # cached in a worker is current exactly while this has not moved (service/responses/chain_cache.py).
     history_generation: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 

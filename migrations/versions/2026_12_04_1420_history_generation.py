@@ -9,8 +9,8 @@ once per item taken out of a conversation (a turn's own updates put items into a
 out, so they never fire it). A cached history is used only while the generation it was built at is current.
 
 Revision ID: 7d41c2a9e5b0
-Revises: 7d1e5a9c3b40
-Create Date: 2026-12-04 14:10:00+00:00
+Revises: 9e4b2c6d8a17
+Create Date: 2026-12-04 14:20:00+00:00
 """
 
 from collections.abc import Sequence
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "7d41c2a9e5b0"
-down_revision: str | None = "7d1e5a9c3b40"
+down_revision: str | None = "9e4b2c6d8a17"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
