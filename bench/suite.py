@@ -260,6 +260,13 @@ async def run(config: Config) -> tuple[list[Row], dict[str, object]]:
     finally:
         await asyncio.to_thread(upstream.stop)
 
+    if wanted("chains"):
+        # Last: it wipes the small database and builds its chains and conversations through the service.
+        from bench import chains  # noqa: PLC0415  (bench.chains uses this module's helpers)
+
+        config.say("chains: previous_response_id turns beside conversation turns (bench/chains.py)")
+        big = config.big_database_url if wanted("tables") else None
+        rows += await chains.run(url, big, quick=config.quick, logs=config.results_dir / "logs")
     if wanted("admin"):
         rows += await _admin_listing(config)
     return rows, {"quick": config.quick, "log": config.log}
