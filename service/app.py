@@ -14,7 +14,7 @@ from litestar import Litestar
 from service.admin.routes import AdminController, AdminKeyController
 from service.cluster.heartbeat import Heartbeat
 from service.config import Settings
-from service.context.routes import InputTokensController, ModelController
+from service.context.routes import CompactController, InputTokensController, ModelController
 from service.context.setup import build_context_windows
 from service.conversations.routes import ConversationController
 from service.db.session import create_engine
@@ -88,7 +88,7 @@ def create_app(
         engine = create_engine(url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
         upstream = OpenRouterClient(settings, transport=upstream_transport)
         histories = HistoryCache(settings.history_cache_mb * 1024 * 1024)
-        context = build_context_windows(settings, upstream)
+        context = build_context_windows(settings, upstream, engine)
         chains = ChainCache(settings.chain_history_cache_mb * 1024 * 1024)
         turn_context = TurnContext(engine, upstream, histories, context, lock_ttl=settings.turn_lock_ttl, chains=chains)
         runtime = Runtime(
@@ -140,6 +140,7 @@ def create_app(
             ConversationLifecycleController,
             ResponseController,
             InputTokensController,
+            CompactController,
             ModelController,
             AdminController,
             AdminKeyController,

@@ -70,6 +70,13 @@ def _days(env: Mapping[str, str], name: str) -> int | None:
     return _int(env, name, 0, minimum=1)
 
 
+def _compaction_key(raw: str) -> str | None:
+    key = raw.strip()
+    if key and len(key) < 32:
+        raise ConfigError("COMPACTION_KEY must be at least 32 characters (it seals compaction items)")
+    return key or None
+
+
 def normalize_database_url(raw: str) -> str:
     """Accept postgresql:// or postgresql+asyncpg:// (and postgres://); return the asyncpg form."""
     parts = urlsplit(raw.strip())
@@ -148,6 +155,8 @@ class Settings:
     http_header_timeout: float = 10.0
     http_keepalive_timeout: float = 5.0
     max_connections: int = 4096
+    compaction_model: str | None = None  # unset: a turn's own model writes its compaction summaries
+    compaction_key: str | None = field(default=None, repr=False)  # unset: a key kept in the database
 
     @property
     def demo_upstream(self) -> bool:
@@ -213,6 +222,8 @@ class Settings:
             retention_batch_size=_int(env, "RETENTION_BATCH_SIZE", 1000, minimum=1),
             process_heartbeat_timeout=_number(env, "PROCESS_HEARTBEAT_TIMEOUT", 10.0, minimum=0.2),
             **_limit_settings(env),
+            compaction_model=env.get("COMPACTION_MODEL", "").strip() or None,
+            compaction_key=_compaction_key(env.get("COMPACTION_KEY", "")),
         )
 
     @property

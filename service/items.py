@@ -28,6 +28,7 @@ ID_PREFIX_BY_TYPE = {
     "file_search_call": "fs",
     "image_generation_call": "ig",
     "code_interpreter_call": "ci",
+    "compaction": "cmp",
 }
 # Item types whose upstream schema requires an id: one is minted when the client left it out.
 _ID_REQUIRED_IN_BODY = frozenset({"function_call", "reasoning"})

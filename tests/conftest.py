@@ -37,6 +37,7 @@ TABLES = (
     "retention_policy",
     "maintenance_lease",
     "service_process",
+    "service_secret",
     "idempotency_key",
     "response_event_log",
     "item",

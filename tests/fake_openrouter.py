@@ -239,6 +239,7 @@ class FakeOpenRouter:
         self.catalog: list[dict[str, Any]] = []
         self.catalog_reads = 0
         self.overflow_error_type = False
+        self.count_scripted = False
         self.reset_catalog()
 
     def reset_catalog(self) -> None:
@@ -248,6 +249,8 @@ class FakeOpenRouter:
             catalog_entry(SMALL_WINDOW_MODEL, SMALL_WINDOW, SMALL_WINDOW_COMPLETION),
         ]
         self.overflow_error_type = False
+        # True: scripted answers' usage also says what the fake counted (their template says 10 tokens).
+        self.count_scripted = False
 
     # -- scripting -------------------------------------------------------------------------------------
     def enqueue(self, *replies: Reply) -> None:
@@ -302,7 +305,7 @@ class FakeOpenRouter:
         self.requests.append(Received(scope["method"], scope["path"], headers, body, raw))
 
         window = self.windows.get(body.get("model", ""))
-        counted = fake_input_tokens(body) if window is not None else None
+        counted = fake_input_tokens(body) if window is not None or self.count_scripted else None
         if window is not None and counted is not None:
             limit, completion = window
             output = body.get("max_output_tokens") or completion or 0
@@ -313,13 +316,14 @@ class FakeOpenRouter:
                 return
 
         reply = self._next()
+        scripted = reply is not None
         if reply is None:
             if body.get("stream"):
                 reply = Reply(kind="sse", events=text_stream_events(self.default_text))
             else:
                 reply = Reply(kind="json", body=text_response(self.default_text))
-            if counted is not None:
-                _report_input_tokens(reply, counted)
+        if counted is not None and (not scripted or self.count_scripted) and reply.status == 200:
+            _report_input_tokens(reply, counted)
         if reply.kind == "stall":
             await asyncio.sleep(reply.delay)
             return
@@ -382,7 +386,9 @@ def _report_input_tokens(reply: Reply, counted: int) -> None:
     else:
         finals = [e["response"] for e in reply.events if isinstance(e, dict) and e.get("type") == "response.completed"]
     for final in finals:
-        usage = final["usage"]
+        usage = final.get("usage") if isinstance(final, dict) else None
+        if not isinstance(usage, dict):
+            continue
         usage["input_tokens"] = counted
         usage["total_tokens"] = counted + usage["output_tokens"]
 

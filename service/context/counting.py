@@ -60,5 +60,7 @@ async def count_input_tokens(
                 )
             raw = await conn.get_raw_connection()
             history = await turn_store.chain_history(raw.driver_connection, tenant_id, previous)
-    count = await context.count(model, params, conversation_id or previous, history, [i.body for i in items])
+    count = await context.count(
+        tenant_id, model, params, thread=conversation_id or previous, history=history, inputs=[i.body for i in items]
+    )
     return {"object": "response.input_tokens", "input_tokens": count}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.context.catalog import ModelWindow
-from service.context.ledger import USER_MESSAGE, CountedItems
+from service.context.ledger import COMPACTION, USER_MESSAGE, CountedItems
 from service.errors import InvalidRequest
 from service.upstream.errors import UpstreamError, context_length_exceeded
 
@@ -38,6 +38,40 @@ def truncation_mode(params: dict[str, Any]) -> str:
     return str(mode)
 
 
+MIN_COMPACT_THRESHOLD = 1000
+# Without a compact_threshold, compaction starts when the input would take this share of the model's window.
+_DEFAULT_COMPACT_SHARE = 0.8
+
+
+def compaction_threshold(params: dict[str, Any], window: ModelWindow | None = None) -> int | None:
+    """The token count past which a turn compacts first (`context_management`), or None: no compaction."""
+    entries = params.get("context_management")
+    if entries is None:
+        return None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InvalidRequest("context_management must be an array of objects", param="context_management")
+    threshold: int | None = None
+    for index, entry in enumerate(entries):
+        if entry.get("type") != "compaction":
+            raise InvalidRequest(
+                "context_management entries must have type 'compaction'",
+                param=f"context_management[{index}].type",
+                code="invalid_value",
+            )
+        value = entry.get("compact_threshold")
+        if value is None:
+            threshold = int(window.context_length * _DEFAULT_COMPACT_SHARE) if window is not None else threshold
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < MIN_COMPACT_THRESHOLD:
+            raise InvalidRequest(
+                f"compact_threshold must be an integer of at least {MIN_COMPACT_THRESHOLD}",
+                param=f"context_management[{index}].compact_threshold",
+                code="invalid_value",
+            )
+        threshold = value
+    return threshold
+
+
 def input_budget(window: ModelWindow, params: dict[str, Any]) -> int:
     """The tokens the input may take: the window less the room the answer needs."""
     requested = params.get("max_output_tokens")
@@ -54,6 +88,14 @@ class Fit:
     history_tokens: int
     input_tokens: int
     overhead_tokens: int  # instructions, tools
+    pinned: int = -1  # a compaction item before `start` that is sent all the same (the latest is never dropped)
+
+    def history_text(self, counted: CountedItems) -> str:
+        rest = counted.text_from(self.start)
+        if self.pinned < 0:
+            return rest
+        pinned = counted.item_text(self.pinned)
+        return f"{pinned},{rest}" if rest else pinned
 
     @property
     def total(self) -> int:
@@ -89,16 +131,23 @@ def fit(
             what='the conversation with its new input (truncation "auto" would drop its oldest turns)',
         )
     room = budget - fixed
-    remaining = counted.total
-    start = len(counted)  # nothing of the history, if no turn boundary fits
+    # The latest compaction item may start what is sent (it stands for what came before it) but never be
+    # dropped: once the cut passes it, it is sent before the kept turns.
+    latest = counted.kinds.rfind(bytes([COMPACTION]))
+    pinned_cost = counted.counts[latest] if latest >= 0 else 0
     dropped = 0
     for index in range(len(counted)):
-        if remaining - dropped <= room and counted.kinds[index] == USER_MESSAGE:
-            start = index
-            break
+        pinned = latest if 0 <= latest < index else -1
+        kept = counted.total - dropped + (pinned_cost if pinned >= 0 else 0)
+        if kept <= room and counted.kinds[index] in (USER_MESSAGE, COMPACTION):
+            return Fit(index, kept, input_tokens, overhead_tokens, pinned)
         dropped += counted.counts[index]
-    kept = remaining - dropped if start < len(counted) else 0
-    return Fit(start, kept, input_tokens, overhead_tokens)
+    # No turn boundary fits: only the new input goes (with the latest compaction item, which must).
+    if latest < 0:
+        return Fit(len(counted), 0, input_tokens, overhead_tokens)
+    if pinned_cost > room:
+        raise too_long(model, fixed + pinned_cost, budget, what="the new input with the conversation's summary")
+    return Fit(len(counted), pinned_cost, input_tokens, overhead_tokens, latest)
 
 
 def shrunk_budget(fitted: Fit, error: UpstreamError) -> int:

@@ -60,6 +60,25 @@ class CountedItems:
         offset = sum(self.lengths[:start]) + start
         return self.text[offset:]
 
+    def bodies(self) -> list[str]:
+        """Each item's text."""
+        out, offset = [], 0
+        for length in self.lengths:
+            out.append(self.text[offset : offset + length])
+            offset += length + 1
+        return out
+
+    def item_text(self, index: int) -> str:
+        offset = sum(self.lengths[:index]) + index
+        return self.text[offset : offset + self.lengths[index]]
+
+    @classmethod
+    def of(cls, texts: Sequence[str], kinds: Sequence[int], counts: Sequence[int]) -> CountedItems:
+        """Counts already known, for items given as texts."""
+        entry = cls(",".join(texts), array("q", map(len, texts)), array("q", counts), bytearray(kinds))
+        entry.total = sum(counts)
+        return entry
+
     def size(self) -> int:
         return sys.getsizeof(self.text) + 8 * 2 * len(self) + len(self.kinds)
 

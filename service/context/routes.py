@@ -1,4 +1,4 @@
-"""/v1/models (OpenRouter's catalog in OpenAI's shape) and POST /v1/responses/input_tokens."""
+"""/v1/models (OpenRouter's catalog in OpenAI's shape), POST /v1/responses/input_tokens and /compact."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ from typing import Any
 from litestar import Controller, Response, get, post
 from litestar.params import FromPath
 
+from service.context.compacting import compact_thread
 from service.context.counting import count_input_tokens
-from service.context.schemas import ListModelsResponse, Model, TokenCountsBody, TokenCountsResource
+from service.context.schemas import (
+    CompactResource,
+    CompactResponseMethodPublicBody,
+    ListModelsResponse,
+    Model,
+    TokenCountsBody,
+    TokenCountsResource,
+)
 from service.errors import NotFound
 from service.http import Payload, RuntimeDep, TenantId, json_response, require_tenant_key
 from service.openapi import TENANT_AUTH, documented
@@ -68,5 +76,26 @@ class InputTokensController(Controller):
             tenant_id,
             payload,
             max_input_items=runtime.settings.max_input_items,
+        )
+        return json_response(result)
+
+
+class CompactController(Controller):
+    path = "/v1/responses/compact"
+    before_request = staticmethod(require_tenant_key)
+    tags = ["responses"]  # noqa: RUF012
+    security = TENANT_AUTH
+
+    @post(
+        "/",
+        operation_id="compactConversation",
+        status_code=200,
+        operation_class=documented(
+            body=CompactResponseMethodPublicBody, answer=CompactResource, errors=(400, 404, 409, 429, 502, 504)
+        ),
+    )
+    async def compact(self, runtime: RuntimeDep, tenant_id: TenantId, payload: Payload) -> Response[bytes]:
+        result = await compact_thread(
+            runtime.turn_context, tenant_id, payload, max_input_items=runtime.settings.max_input_items
         )
         return json_response(result)

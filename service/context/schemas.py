@@ -1,4 +1,5 @@
-"""The bodies of /v1/models and /v1/responses/input_tokens, named as in OpenAI's specification."""
+"""The bodies of /v1/models, /v1/responses/input_tokens and /v1/responses/compact, named as in OpenAI's
+specification."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from service.responses.schemas import ResponseUsage
 from service.schemas import ItemObject
 
 
@@ -32,8 +34,30 @@ class TokenCountsBody(msgspec.Struct):
     conversation: str | dict[str, Any] | None = None
     previous_response_id: str | None = None
     tools: list[dict[str, Any]] | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
 
 
 class TokenCountsResource(msgspec.Struct):
     object: Literal["response.input_tokens"]
     input_tokens: int
+
+
+class CompactResponseMethodPublicBody(msgspec.Struct):
+    """OpenAI's body, plus `conversation` (ours): compact that conversation in place."""
+
+    model: str
+    input: str | list[ItemObject] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    prompt_cache_key: str | None = None
+
+
+class CompactResource(msgspec.Struct):
+    id: str
+    object: Literal["response.compaction"]
+    created_at: int
+    output: list[ItemObject]
+    usage: ResponseUsage

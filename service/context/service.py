@@ -18,9 +18,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from service.context import fitting, tokens
+import msgspec
+
+from service.context import compaction, fitting, tokens
 from service.context.catalog import ModelCatalog
-from service.context.ledger import CountedItems, TokenLedger
+from service.context.ledger import COMPACTION, USER_MESSAGE, CountedItems, TokenLedger, kind_of
+from service.context.sealing import Sealer, Summary
+from service.items import NewItem
 from service.responses.requests import build_upstream_body
 from service.upstream.client import OpenRouterClient, UpstreamEventStream
 from service.upstream.errors import UpstreamError
@@ -36,41 +40,61 @@ MAX_FIT_ATTEMPTS = 3
 # OpenRouter's own handling of it is all there is.)
 _NOT_FORWARDED = frozenset({"context_management"})
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
+# The summary call's own instructions and request, in tokens (about).
+_SUMMARY_OVERHEAD_TOKENS = 200
 
 
 @dataclass
 class _Plan:
-    """What one turn sends: the counted history, the part of it kept, and how it was decided."""
+    """What one turn sends: the history as counted, what of it is sent, and how that was decided."""
 
     params: dict[str, Any]
-    counted: CountedItems | None  # None: the model's window is unknown, the history goes as it is
-    history: str
+    history: str  # the history as read, sent as it is when nothing was counted
+    inputs: list[NewItem]  # the new input as sent (a compaction item in it rendered)
+    counted: CountedItems | None = None  # the history's counts, kept for the thread's next turn
+    sent: CountedItems | None = None  # the history as sent before truncation (compaction applied)
     fit: fitting.Fit | None = None
     budget: int = 0
     truncate: bool = False
     input_tokens: int = 0
+    exact: bool = True  # the usage report can correct the counts (nothing was rendered in another form)
+    compaction: dict[str, Any] | None = None  # a compaction item this turn made: its first output item
 
-    def body(self, turn: Turn, *, stream: bool) -> bytes:
-        history = self.history if self.counted is None or self.fit is None else self.counted.text_from(self.fit.start)
-        return build_upstream_body(self.params, history, turn.request.input_items, stream=stream)
+    def body(self, *, stream: bool) -> bytes:
+        if self.sent is None:
+            history = self.history
+        else:
+            history = self.fit.history_text(self.sent) if self.fit is not None else self.sent.text
+        return build_upstream_body(self.params, history, self.inputs, stream=stream)
+
+
+def _sent_item(body: str) -> NewItem:
+    """An item only sent, never stored (build_upstream_body reads only its body)."""
+    return NewItem(id="", type="", role=None, status="", body=body, text_content="")
 
 
 class ContextWindows:
-    def __init__(self, catalog: ModelCatalog, ledger: TokenLedger) -> None:
+    def __init__(
+        self, catalog: ModelCatalog, ledger: TokenLedger, sealer: Sealer, *, compaction_model: str | None = None
+    ) -> None:
         self.catalog = catalog
         self.ledger = ledger
+        self.sealer = sealer
+        self.compaction_model = compaction_model
 
     async def create(self, upstream: OpenRouterClient, turn: Turn) -> dict[str, Any]:
         """A non-streamed turn's upstream call."""
-        plan = await self._plan(turn)
+        plan = await self._plan(upstream, turn)
         for attempt in range(1, MAX_FIT_ATTEMPTS + 1):
             try:
-                result = await upstream.create(plan.body(turn, stream=False))
+                result = await upstream.create(plan.body(stream=False))
             except UpstreamError as error:
                 if not self._refit(plan, turn, error, attempt):
                     raise
                 continue
             self._observe(turn, plan, result.get("usage"))
+            if plan.compaction is not None:
+                result["output"] = [plan.compaction, *(result.get("output") or [])]
             return result
         raise AssertionError("unreachable")
 
@@ -78,55 +102,163 @@ class ContextWindows:
     async def open_stream(self, upstream: OpenRouterClient, turn: Turn) -> AsyncIterator[ObservedStream]:
         """A streamed turn's upstream stream; its terminal event's usage corrects the thread's counts. Only
         opening is tried again: once the stream started, its events are the client's."""
-        plan = await self._plan(turn)
+        plan = await self._plan(upstream, turn)
         async with AsyncExitStack() as opened:
             for attempt in range(1, MAX_FIT_ATTEMPTS + 1):
                 try:
-                    stream = await opened.enter_async_context(upstream.open_stream(plan.body(turn, stream=True)))
+                    stream = await opened.enter_async_context(upstream.open_stream(plan.body(stream=True)))
                     break
                 except UpstreamError as error:
                     if not self._refit(plan, turn, error, attempt):
                         raise
-            yield ObservedStream(stream, lambda usage: self._observe(turn, plan, usage))
+            first = [plan.compaction] if plan.compaction is not None else []
+            yield ObservedStream(stream, lambda usage: self._observe(turn, plan, usage), first)
+
+    async def check_input(self, tenant_id: str, items: list[NewItem]) -> None:
+        """Before a turn begins: refuse a forged or altered compaction item in its input."""
+        if any(item.type == "compaction" for item in items):
+            await compaction.check_input(self.sealer, tenant_id, [(i.type, i.body) for i in items])
 
     async def count(
-        self, model: str, params: dict[str, Any], thread: str | None, history: str, input_bodies: list[str]
+        self, tenant_id: str, model: str, params: dict[str, Any], *, thread: str | None, history: str, inputs: list[str]
     ) -> int:
         """What a turn with this input would send, in tokens (after truncation, when "auto" truncates)."""
         counted = self.ledger.counted(thread, history)
+        sent, input_bodies, _ = await self._composed(tenant_id, counted, inputs)
         input_tokens = sum(tokens.body_tokens(body) for body in input_bodies)
         overhead = tokens.request_tokens(params)
         window = await self.catalog.window(model)
         if window is None or fitting.truncation_mode(params) != "auto":
-            return counted.total + input_tokens + overhead
+            return sent.total + input_tokens + overhead
         budget = fitting.input_budget(window, params)
         fitted = fitting.fit(
-            counted, input_tokens=input_tokens, overhead_tokens=overhead, budget=budget, truncate=True, model=model
+            sent, input_tokens=input_tokens, overhead_tokens=overhead, budget=budget, truncate=True, model=model
         )
         return fitted.total
 
-    async def _plan(self, turn: Turn) -> _Plan:
+    async def compact(
+        self,
+        upstream: OpenRouterClient,
+        tenant_id: str,
+        model: str,
+        *,
+        thread: str | None,
+        history: str,
+        inputs: list[str],
+    ) -> tuple[dict[str, Any], list[str], dict[str, Any] | None]:
+        """POST /v1/responses/compact: a compaction item for this history and input, the user messages it
+        keeps, and the summary call's usage. Raises UpstreamError when the summary call fails."""
+        counted = self.ledger.counted(thread, history)
+        sent, input_bodies, _ = await self._composed(tenant_id, counted, inputs)
+        everything = CountedItems.of(
+            [*sent.bodies(), *input_bodies],
+            [*sent.kinds, *(kind_of(msgspec.json.decode(b)) for b in input_bodies)],
+            [*sent.counts, *(tokens.body_tokens(b) for b in input_bodies)],
+        )
+        summary, usage = await self._summarize(upstream, model, everything, session_id=thread)
+        item = compaction.compaction_item(await self.sealer.seal(tenant_id, summary))
+        kept = [body for body, kind in zip(everything.bodies(), everything.kinds, strict=True) if kind == USER_MESSAGE]
+        return item, kept, usage
+
+    async def _composed(
+        self, tenant_id: str, counted: CountedItems, inputs: list[str]
+    ) -> tuple[CountedItems, list[str], bool]:
+        """The history and input with compaction applied (counts reused), and whether anything was rendered."""
+        if COMPACTION not in counted.kinds and not any('"compaction"' in body for body in inputs):
+            return counted, inputs, False
+        composed = await compaction.compose(self.sealer, tenant_id, counted.bodies(), inputs)
+        if not composed.compacted:
+            return counted, inputs, False
+        counts = [
+            counted.counts[source] if source >= 0 else tokens.body_tokens(text)
+            for source, text in zip(composed.history_sources, composed.history, strict=True)
+        ]
+        return CountedItems.of(composed.history, composed.history_kinds, counts), composed.input, True
+
+    async def _plan(self, upstream: OpenRouterClient, turn: Turn) -> _Plan:
         request = turn.request
         params = {k: v for k, v in request.params.items() if k not in _NOT_FORWARDED}
         history, turn.history = turn.history, ""  # not held by the turn for as long as a stream lasts
         key = request.conversation_id or request.previous_response_id
         window = await self.catalog.window(request.model)
-        counted = self.ledger.counted(key, history) if window is not None else None
-        session = request.conversation_id or (counted.root if counted else None) or request.previous_response_id
-        params.setdefault("session_id", session or turn.state.id)
-        plan = _Plan(params, counted, history)
-        if window is None or counted is None:
+        threshold = fitting.compaction_threshold(request.params, window)
+        plan = _Plan(params, history, list(request.input_items))
+        compacted_input = any(item.type == "compaction" for item in request.input_items)
+        if window is not None or threshold is not None or compacted_input:
+            plan.counted = self.ledger.counted(key, history)
+        root = plan.counted.root if plan.counted else None
+        params.setdefault(
+            "session_id", request.conversation_id or root or request.previous_response_id or turn.state.id
+        )
+        if plan.counted is None:
+            return plan
+        input_bodies = [item.body for item in request.input_items]
+        plan.sent, sent_inputs, rendered = await self._composed(turn.tenant_id, plan.counted, input_bodies)
+        if rendered:
+            plan.exact = False
+            plan.inputs = [_sent_item(body) for body in sent_inputs]
+        plan.input_tokens = sum(tokens.body_tokens(item.body) for item in plan.inputs)
+        overhead = tokens.request_tokens(params)
+        if threshold is not None and plan.sent.total + plan.input_tokens + overhead > threshold:
+            await self._compact_first(upstream, turn, plan)
+        if window is None:
+            plan.fit = fitting.Fit(0, plan.sent.total, plan.input_tokens, overhead)
             return plan
         plan.truncate = fitting.truncation_mode(request.params) == "auto"
         plan.budget = fitting.input_budget(window, request.params)
-        plan.input_tokens = sum(tokens.body_tokens(item.body) for item in request.input_items)
         self._fit(plan, request.model)
         return plan
 
+    async def _compact_first(self, upstream: OpenRouterClient, turn: Turn, plan: _Plan) -> None:
+        """context_management: the input crossed the threshold, so the history is compacted before the model
+        is called. What is sent then: the history's user messages, the summary, the new input. If the summary
+        call fails, the turn goes on uncompacted (then truncation, or context_length_exceeded, as usual)."""
+        assert plan.sent is not None
+        model = self.compaction_model or turn.request.model
+        try:
+            summary, _ = await self._summarize(upstream, model, plan.sent, session_id=plan.params.get("session_id"))
+        except UpstreamError as error:
+            logger.warning("turn %s: compaction failed, going on uncompacted: %s", turn.state.id, error.message)
+            return
+        plan.compaction = compaction.compaction_item(await self.sealer.seal(turn.tenant_id, summary))
+        rendered = compaction.render(summary)
+        users = [
+            (body, count)
+            for body, kind, count in zip(plan.sent.bodies(), plan.sent.kinds, plan.sent.counts, strict=True)
+            if kind == USER_MESSAGE
+        ]
+        plan.sent = CountedItems.of(
+            [*(body for body, _ in users), rendered],
+            [*(USER_MESSAGE for _ in users), COMPACTION],
+            [*(count for _, count in users), tokens.body_tokens(rendered)],
+        )
+        plan.exact = False
+        logger.info("turn %s: compacted %s before calling the model", turn.state.id, turn.request.model)
+
+    async def _summarize(
+        self, upstream: OpenRouterClient, model: str, items: CountedItems, *, session_id: Any
+    ) -> tuple[Summary, dict[str, Any] | None]:
+        """The summary call, its input cut (oldest first) to the summarizing model's window when known."""
+        history = items.text
+        window = await self.catalog.window(model)
+        if window is not None:
+            fitted = fitting.fit(
+                items,
+                input_tokens=0,
+                overhead_tokens=_SUMMARY_OVERHEAD_TOKENS,
+                budget=fitting.input_budget(window, {}),
+                truncate=True,
+                model=model,
+            )
+            history = fitted.history_text(items)
+        return await compaction.summarize(
+            upstream, model, history, session_id=session_id if isinstance(session_id, str) else None
+        )
+
     def _fit(self, plan: _Plan, model: str) -> None:
-        assert plan.counted is not None
+        assert plan.sent is not None
         plan.fit = fitting.fit(
-            plan.counted,
+            plan.sent,
             input_tokens=plan.input_tokens,
             overhead_tokens=tokens.request_tokens(plan.params),
             budget=plan.budget,
@@ -137,8 +269,8 @@ class ContextWindows:
             logger.info(
                 "truncated %s: %d of %d history items sent (%d tokens estimated, budget %d)",
                 model,
-                len(plan.counted) - plan.fit.start,
-                len(plan.counted),
+                len(plan.sent) - plan.fit.start,
+                len(plan.sent),
                 plan.fit.total,
                 plan.budget,
             )
@@ -147,8 +279,8 @@ class ContextWindows:
         """After OpenRouter found the input too long: True when a shorter input is worth another try."""
         if not error.context_overflow or not plan.truncate or plan.fit is None or attempt == MAX_FIT_ATTEMPTS:
             return False
-        assert plan.counted is not None
-        if plan.fit.start >= len(plan.counted):
+        assert plan.sent is not None
+        if plan.fit.start >= len(plan.sent):
             return False  # nothing of the history is sent already: the new input alone is too long
         plan.budget = fitting.shrunk_budget(plan.fit, error)
         logger.warning("OpenRouter found turn %s too long; fitting it to %d tokens", turn.state.id, plan.budget)
@@ -166,20 +298,26 @@ class ContextWindows:
         entry = plan.counted.with_input([item.body for item in request.input_items])
         entry.root = request.conversation_id or plan.counted.root or request.previous_response_id or turn.state.id
         reported = usage.get("input_tokens") if isinstance(usage, dict) else None
-        if isinstance(reported, int) and plan.fit is not None:
+        if isinstance(reported, int) and plan.fit is not None and plan.exact:
             entry.correct(plan.fit.start, reported - plan.fit.overhead_tokens)
         self.ledger.keep(request.conversation_id or turn.state.id, entry)
 
 
 class ObservedStream:
-    """An upstream stream whose terminal event is shown to `on_usage` before the runner sees it."""
+    """An upstream stream whose terminal event is shown to `on_usage` before the runner sees it, and which
+    starts with the items the service put first in the output (a compaction item), announced and done."""
 
-    def __init__(self, stream: UpstreamEventStream, on_usage: Any) -> None:
+    def __init__(self, stream: UpstreamEventStream, on_usage: Any, first: list[dict[str, Any]]) -> None:
         self.response = stream.response
         self._stream = stream
         self._on_usage = on_usage
+        self._first = first
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
+        for item in self._first:
+            # No output_index: the upstream's own indexes (from 0) must not find this item.
+            yield {"type": "response.output_item.added", "item": item}
+            yield {"type": "response.output_item.done", "item": item}
         async for event in self._stream.events():
             if event.get("type") in _TERMINAL_EVENTS and isinstance(event.get("response"), dict):
                 self._on_usage(event["response"].get("usage"))

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from service.config import Settings
 from service.context.catalog import ModelCatalog
 from service.context.ledger import TokenLedger
+from service.context.sealing import Sealer
 from service.context.service import ContextWindows
 from service.upstream.client import OpenRouterClient
 
 
-def build_context_windows(settings: Settings, upstream: OpenRouterClient) -> ContextWindows:
+def build_context_windows(settings: Settings, upstream: OpenRouterClient, engine: AsyncEngine) -> ContextWindows:
     catalog = ModelCatalog(
         lambda: upstream.get_json("models"),
         overrides=dict(settings.model_context_windows),
         refresh_seconds=settings.model_catalog_refresh_seconds,
     )
     # Token counts of threads take about as much memory as their histories' texts: the same budget.
-    return ContextWindows(catalog, TokenLedger(settings.history_cache_mb * 1024 * 1024))
+    return ContextWindows(
+        catalog,
+        TokenLedger(settings.history_cache_mb * 1024 * 1024),
+        Sealer(engine, settings.compaction_key),
+        compaction_model=settings.compaction_model,
+    )

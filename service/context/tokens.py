@@ -49,7 +49,15 @@ def _value_tokens(value: Any) -> int:
     return 0
 
 
+# A compaction item is sent as its summary, sealed into encrypted_content: base64 (4 characters per 3 bytes) of
+# the summary's JSON, at about 4 bytes a token, so about one token per 5 characters.
+_SEALED_CHARACTERS_PER_TOKEN = 5
+
+
 def item_tokens(item: Any) -> int:
+    if isinstance(item, dict) and item.get("type") == "compaction":
+        sealed = item.get("encrypted_content")
+        return ITEM_FRAMING_TOKENS + (len(sealed) // _SEALED_CHARACTERS_PER_TOKEN if isinstance(sealed, str) else 0)
     return ITEM_FRAMING_TOKENS + _value_tokens(item)
 
 

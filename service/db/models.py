@@ -254,6 +254,17 @@ class ServiceProcess(Base):
     running_conversations: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
 
 
+class ServiceSecret(Base):
+    """Secrets the service makes for itself at first need and shares between its processes: the key that seals
+    compaction items (service/context/sealing.py), unless COMPACTION_KEY gives one."""
+
+    __tablename__ = "service_secret"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 __all__ = [
     "ApiKey",
     "Base",
@@ -265,6 +276,7 @@ __all__ = [
     "ResponseRecord",
     "RetentionPolicy",
     "ServiceProcess",
+    "ServiceSecret",
     "Tenant",
 ]
 
@@ -284,3 +296,4 @@ idempotency_key_table = _table(IdempotencyKey)
 retention_policy_table = _table(RetentionPolicy)
 maintenance_lease_table = _table(MaintenanceLease)
 service_process_table = _table(ServiceProcess)
+service_secret_table = _table(ServiceSecret)

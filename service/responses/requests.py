@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from service.context.fitting import truncation_mode
+from service.context.fitting import compaction_threshold, truncation_mode
 from service.errors import InvalidRequest
 from service.items import NewItem, normalize_input
 from service.metadata import validate_metadata
@@ -98,6 +98,7 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
         raise InvalidRequest("input must hold at least one item", param="input")
     params = {key: value for key, value in body.items() if key not in _STATE_FIELDS and value is not None}
     truncation_mode(params)  # refused before anything is claimed or stored
+    compaction_threshold(params)
     return TurnRequest(
         model=model,
         input_items=input_items,

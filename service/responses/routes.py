@@ -90,6 +90,7 @@ class ResponseController(Controller):
         self, runtime: RuntimeDep, tenant_id: TenantId, principal: PrincipalDep, payload: Payload
     ) -> Response[Any]:
         turn = parse_turn_request(payload, max_input_items=runtime.settings.max_input_items)
+        await runtime.turn_context.windows.check_input(tenant_id, turn.input_items)
         with runtime.limits.admit_turn(principal) as slot:
             if turn.stream or turn.background:
                 return await self._start_run(runtime, tenant_id, turn, slot)

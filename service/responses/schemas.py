@@ -37,6 +37,8 @@ class CreateResponse(msgspec.Struct):
     parallel_tool_calls: bool | None = None
     reasoning: dict[str, Any] | None = None
     text: dict[str, Any] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    context_management: list[dict[str, Any]] | None = None
 
 
 class InputTokensDetails(msgspec.Struct):

@@ -1,0 +1,103 @@
+"""POST /v1/responses/compact: OpenAI's compaction of a thread, made by the service (service/context/compaction.py).
+
+Without `conversation` it answers the compacted window (the user messages kept, then one compaction item) and
+stores nothing. With `conversation` (our extension) it compacts that conversation in place, as a turn does:
+the conversation is claimed while it runs (a turn or another compaction meanwhile gets 409), and the request's
+input and the compaction item are appended together; a failure stores the attempt as a failed response and
+leaves the conversation as it was. The full history always stays stored and listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from service.errors import InvalidRequest, ServiceError
+from service.items import normalize_input
+from service.responses.outcome import apply_upstream_result
+from service.responses.requests import TurnRequest, conversation_id_of
+from service.responses.turn import INTERRUPTED_ERROR, TurnContext
+
+_ZERO_USAGE = {
+    "input_tokens": 0,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 0,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 0,
+}
+
+
+def _compact_request(body: dict[str, Any], max_input_items: int) -> TurnRequest:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("model is required and must be a non-empty string", param="model")
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise InvalidRequest("instructions must be a string", param="instructions")
+    conversation_id = conversation_id_of(body.get("conversation"))
+    previous = body.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise InvalidRequest("previous_response_id must be a response id", param="previous_response_id")
+    if conversation_id and previous:
+        raise InvalidRequest(
+            "conversation and previous_response_id cannot be used together; pass one of them",
+            param="previous_response_id",
+            code="mutually_exclusive_parameters",
+        )
+    raw_input = body.get("input")
+    items = [] if raw_input is None else normalize_input(raw_input, param="input", max_items=max_input_items)
+    if not items and conversation_id is None and previous is None:
+        raise InvalidRequest("Nothing to compact: give input, previous_response_id or conversation", param="input")
+    return TurnRequest(
+        model=model,
+        input_items=items,
+        params={"model": model, **({"instructions": instructions} if instructions is not None else {})},
+        instructions=instructions,
+        conversation_id=conversation_id,
+        previous_response_id=previous,
+        store=conversation_id is not None,
+        stream=False,
+        background=False,
+        metadata={},
+    )
+
+
+async def compact_thread(
+    turns: TurnContext, tenant_id: str, body: dict[str, Any], *, max_input_items: int
+) -> dict[str, Any]:
+    request = _compact_request(body, max_input_items)
+    windows = turns.windows
+    await windows.check_input(tenant_id, request.input_items)
+    turn = await turns.begin(tenant_id, request)
+    history, turn.history = turn.history, ""
+    try:
+        item, kept, usage = await windows.compact(
+            turns.upstream,
+            tenant_id,
+            request.model,
+            thread=request.conversation_id or request.previous_response_id,
+            history=history,
+            inputs=[i.body for i in turn.request.input_items],
+        )
+    except ServiceError as error:
+        code = "invalid_prompt" if error.status_code in {400, 413, 422} else "server_error"
+        await asyncio.shield(turns.fail(turn, {"code": code, "message": error.message}))
+        raise
+    except BaseException:
+        await asyncio.shield(turns.fail(turn, INTERRUPTED_ERROR))
+        raise
+    if request.store:
+        result = {"status": "completed", "model": request.model, "output": [item], "usage": usage}
+        outputs = apply_upstream_result(turn.state, result)
+        await asyncio.shield(turns.finish(turn, outputs))
+    created_at = turn.state.created_at
+    return {
+        "id": turn.state.id,
+        "object": "response.compaction",
+        "created_at": int(created_at.timestamp()) if isinstance(created_at, datetime) else 0,
+        "output": [*(msgspec.json.decode(body) for body in kept), item],
+        "usage": usage or _ZERO_USAGE,
+    }

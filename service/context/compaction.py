@@ -1,0 +1,138 @@
+"""Compaction: OpenRouter has no compaction item, so the service makes its own.
+
+A model (the turn's own, or COMPACTION_MODEL) is asked, through the same upstream client, for a summary of
+what is being replaced; the summary is sealed (service/context/sealing.py) into
+`{"type": "compaction", "id": "cmp_…", "encrypted_content": …}`. As in OpenAI's design, a compaction item
+stands for every item before it except user messages, which are kept as they are: when a history holding one
+goes upstream, the items before the latest compaction item that are not user messages are left out, and the
+compaction item is sent in its place as a developer message holding the summary (`render`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from service.context.ledger import COMPACTION, USER_MESSAGE, kind_of
+from service.context.sealing import InvalidSeal, Sealer, Summary
+from service.errors import InvalidRequest
+from service.ids import new_id
+from service.upstream.client import OpenRouterClient
+from service.upstream.errors import UpstreamError
+
+SUMMARY_INSTRUCTIONS = (
+    "You are compacting a long conversation so that it can continue within a limited context window. Write a "
+    "summary of everything above that a capable assistant needs to carry on the conversation seamlessly: the "
+    "user's goals and preferences, facts and decisions established, names, numbers, code and file details that "
+    "may matter later, what was tried and what came of it, and what remains open. The user's own messages are "
+    "kept verbatim, so do not repeat them; summarize everything else. Answer with the summary only."
+)
+_RENDERED_PREFIX = "Summary of the earlier part of this conversation (it was compacted):\n\n"
+
+
+def render(summary: Summary) -> str:
+    """The message OpenRouter gets in a compaction item's place."""
+    message = {
+        "type": "message",
+        "role": "developer",
+        "content": [{"type": "input_text", "text": _RENDERED_PREFIX + summary.text}],
+    }
+    return msgspec.json.encode(message).decode()
+
+
+def compaction_item(encrypted_content: str) -> dict[str, Any]:
+    return {"type": "compaction", "id": new_id("cmp"), "encrypted_content": encrypted_content}
+
+
+@dataclass
+class Composed:
+    """A history and new input with compaction applied: what goes upstream before any truncation."""
+
+    history: list[str]  # item texts
+    history_kinds: list[int]
+    history_sources: list[int]  # each history item's index in the history given, -1 for a rendered compaction
+    input: list[str]
+    compacted: bool  # some compaction item was rendered
+
+
+async def compose(sealer: Sealer, tenant_id: str, history: list[str], inputs: list[str]) -> Composed:
+    """Drop what the latest compaction item stands for and render it. A compaction item that is not ours, or
+    was altered, is refused (400, nothing is sent)."""
+    combined = history + inputs
+    decoded = [msgspec.json.decode(body) for body in combined]
+    kinds = [kind_of(item) for item in decoded]
+    latest = max((i for i, kind in enumerate(kinds) if kind == COMPACTION), default=-1)
+    if latest < 0:
+        return Composed(history, kinds[: len(history)], list(range(len(history))), inputs, compacted=False)
+    try:
+        summary = await sealer.open(tenant_id, decoded[latest].get("encrypted_content"))
+    except InvalidSeal:
+        where = "input" if latest >= len(history) else "conversation"
+        raise InvalidRequest(
+            "A compaction item's encrypted_content is not valid: it was altered, or not made by this service for "
+            "this project",
+            param=f"input[{latest - len(history)}].encrypted_content" if where == "input" else "input",
+            code="invalid_encrypted_content",
+        ) from None
+    kept: list[tuple[int, str, int]] = []  # (index in combined, text, kind)
+    for index, body in enumerate(combined):
+        if index < latest and kinds[index] != USER_MESSAGE:
+            continue
+        if index == latest:
+            kept.append((index, render(summary), COMPACTION))
+        else:
+            kept.append((index, body, kinds[index]))
+    cut = len(history)
+    return Composed(
+        [text for index, text, _ in kept if index < cut],
+        [kind for index, _, kind in kept if index < cut],
+        [-1 if index == latest else index for index, _, _ in kept if index < cut],
+        [text for index, text, _ in kept if index >= cut],
+        compacted=True,
+    )
+
+
+async def check_input(sealer: Sealer, tenant_id: str, inputs: list[tuple[str, Any]]) -> None:
+    """Refuse a forged or altered compaction item before anything is stored or sent. `inputs`: (type, body)."""
+    for index, (kind, body) in enumerate(inputs):
+        if kind != "compaction":
+            continue
+        content = msgspec.json.decode(body).get("encrypted_content")
+        try:
+            await sealer.open(tenant_id, content)
+        except InvalidSeal:
+            raise InvalidRequest(
+                "The compaction item's encrypted_content is not valid: it was altered, or not made by this service "
+                "for this project",
+                param=f"input[{index}].encrypted_content",
+                code="invalid_encrypted_content",
+            ) from None
+
+
+async def summarize(
+    upstream: OpenRouterClient, model: str, history: str, *, session_id: str | None
+) -> tuple[Summary, dict[str, Any] | None]:
+    """Ask `model` for a summary of `history` (rendered item texts joined by commas). Raises UpstreamError when
+    it fails."""
+    head: dict[str, Any] = {"model": model, "store": False, "stream": False, "instructions": SUMMARY_INSTRUCTIONS}
+    if session_id:
+        head["session_id"] = session_id
+    request = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Summarize now."}]}
+    ask = msgspec.json.encode(request).decode()
+    joined = f"{history},{ask}" if history else ask
+    body = msgspec.json.encode(head)[:-1] + b',"input":[' + joined.encode() + b"]}"
+    result = await upstream.create(body)
+    texts = [
+        part.get("text", "")
+        for item in result.get("output") or []
+        if isinstance(item, dict) and item.get("type") == "message"
+        for part in item.get("content") or []
+        if isinstance(part, dict) and part.get("type") == "output_text" and isinstance(part.get("text"), str)
+    ]
+    text = "".join(texts).strip()
+    if not text:
+        raise UpstreamError("The compaction model answered without a summary", kind="protocol")
+    usage = result.get("usage") if isinstance(result.get("usage"), dict) else None
+    return Summary(text=text, model=str(result.get("model") or model)), usage

@@ -1,0 +1,95 @@
+"""Compaction items are ours: their `encrypted_content` is the summary sealed with a key only the service holds
+(AES-256-GCM), with the tenant bound in as associated data, so a client can hand an item back (a round trip)
+but cannot read, forge or alter one, nor use another tenant's.
+
+The key is COMPACTION_KEY (hashed to 256 bits) when set, else one generated at first need and kept in the
+`service_secret` table, shared by every process of the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import os
+from dataclasses import dataclass
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db.models import service_secret_table
+
+_SECRET_NAME = "compaction_key"  # noqa: S105 - the row's name, not a secret
+_PREFIX = "cs1."
+_NONCE_BYTES = 12
+
+
+class InvalidSeal(Exception):
+    """The content was not sealed by this service for this tenant, or was altered since."""
+
+
+class Summary(msgspec.Struct):
+    text: str
+    model: str
+
+
+@dataclass
+class Sealer:
+    engine: AsyncEngine
+    configured_key: str | None = None
+    _aead: AESGCM | None = None
+    _lock: asyncio.Lock | None = None
+
+    async def seal(self, tenant_id: str, summary: Summary) -> str:
+        aead = await self._key()
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = aead.encrypt(nonce, msgspec.json.encode(summary), tenant_id.encode())
+        return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode()
+
+    async def open(self, tenant_id: str, content: object) -> Summary:
+        if not isinstance(content, str) or not content.startswith(_PREFIX):
+            raise InvalidSeal
+        try:
+            raw = base64.urlsafe_b64decode(content[len(_PREFIX) :].encode())
+        except (binascii.Error, ValueError):
+            raise InvalidSeal from None
+        aead = await self._key()
+        try:
+            plain = aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], tenant_id.encode())
+            return msgspec.json.decode(plain, type=Summary)
+        except (InvalidTag, ValueError, msgspec.DecodeError):
+            raise InvalidSeal from None
+
+    async def _key(self) -> AESGCM:
+        if self._aead is not None:
+            return self._aead
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._aead is None:
+                if self.configured_key:
+                    key = hashlib.sha256(self.configured_key.encode()).digest()
+                else:
+                    key = await self._stored_key()
+                self._aead = AESGCM(key)
+        return self._aead
+
+    async def _stored_key(self) -> bytes:
+        """The database's key; the first process to need one makes it (the others then read that one)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(service_secret_table)
+                .values(name=_SECRET_NAME, value=AESGCM.generate_key(bit_length=256))
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            key = await conn.scalar(
+                select(service_secret_table.c.value).where(service_secret_table.c.name == _SECRET_NAME)
+            )
+        if not isinstance(key, bytes):
+            raise RuntimeError("the service_secret table holds no compaction key")
+        return key

@@ -1,0 +1,280 @@
+"""Compaction: the service's own compaction items (POST /v1/responses/compact, context_management on a turn),
+what goes upstream once a thread holds one (the exact array), round trips, tampering, and failures. The full
+history always stays stored and listed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.context.compaction import SUMMARY_INSTRUCTIONS
+from tests.conftest import Tenant
+from tests.fake_openrouter import FakeOpenRouter, text_response
+from tests.turn_support import assistant, conversation_items, list_all, new_conversation, rows, user
+
+MODEL = "openai/gpt-4o-mini"
+RENDERED_PREFIX = "Summary of the earlier part of this conversation (it was compacted):\n\n"
+
+
+def rendered(summary: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "role": "developer",
+        "content": [{"type": "input_text", "text": RENDERED_PREFIX + summary}],
+    }
+
+
+@pytest.fixture(autouse=True)
+def _realistic_usage(fake_upstream: FakeOpenRouter) -> None:
+    """Scripted answers report what the fake counted (the service corrects its counts with usage)."""
+    fake_upstream.count_scripted = True
+
+
+def summary_reply(summary: str) -> dict[str, Any]:
+    return text_response(summary, msg_id="msg_summary")
+
+
+async def converse(tenant: Tenant, fake: FakeOpenRouter, conversation: str, texts: list[str]) -> list[str]:
+    """Turns with scripted answers; returns the answers' ids."""
+    ids = []
+    for index, said in enumerate(texts):
+        fake.reply_json(text_response(f"answer {index}", msg_id=f"msg_a{index}_{conversation[-6:]}"))
+        done = await tenant.openai().responses.create(model=MODEL, input=said, conversation=conversation)
+        ids.append(done.output[0].id)
+    return ids
+
+
+async def test_compact_answers_the_user_messages_and_a_sealed_item_that_round_trips(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    client = alice.openai()
+    history = [
+        {"role": "user", "content": "Plan a trip to Lisbon."},
+        {
+            "type": "message",
+            "id": "msg_x1",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": "Day 1: Alfama.", "annotations": []}],
+        },
+        {"role": "user", "content": "Add a day in Sintra."},
+    ]
+    fake_upstream.reply_json(summary_reply("They plan 2 days: Alfama, then Sintra."))
+    compacted = await client.responses.compact(model=MODEL, input=history)  # type: ignore[arg-type]
+    assert compacted.object == "response.compaction"
+    output = [item.model_dump(exclude_none=True) for item in compacted.output]
+    assert output[:2] == [user("Plan a trip to Lisbon."), user("Add a day in Sintra.")]
+    assert output[2]["type"] == "compaction" and output[2]["id"].startswith("cmp_")
+    assert "Sintra" not in output[2]["encrypted_content"]  # sealed, not readable
+    summary_call = fake_upstream.requests[-1].body
+    assert summary_call["instructions"] == SUMMARY_INSTRUCTIONS
+    assert summary_call["input"][:3] == [
+        user("Plan a trip to Lisbon."),
+        assistant("Day 1: Alfama.", "msg_x1"),
+        user("Add a day in Sintra."),
+    ]
+
+    # The client sends the compacted window back with a new message: the compaction item goes as its summary.
+    done = await client.responses.create(model=MODEL, input=[*output, {"role": "user", "content": "Budget?"}])
+    assert done.status == "completed"
+    assert fake_upstream.requests[-1].body["input"] == [
+        user("Plan a trip to Lisbon."),
+        user("Add a day in Sintra."),
+        rendered("They plan 2 days: Alfama, then Sintra."),
+        user("Budget?"),
+    ]
+    # ... and the chain that follows still renders it (previous_response_id round trip).
+    await client.responses.create(model=MODEL, input="And food?", previous_response_id=done.id)
+    sent = fake_upstream.requests[-1].body["input"]
+    assert sent[2] == rendered("They plan 2 days: Alfama, then Sintra.")
+    assert sent[-1] == user("And food?")
+    assert all(item.get("type") != "compaction" for item in sent)
+
+
+async def test_a_tampered_or_foreign_compaction_item_is_refused_without_an_upstream_call(
+    alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    fake_upstream.reply_json(summary_reply("secret summary"))
+    compacted = await alice.openai().responses.compact(model=MODEL, input="remember 42")
+    item = compacted.output[-1].model_dump(exclude_none=True)
+    calls = len(fake_upstream.requests)
+    content = item["encrypted_content"]
+    altered = {**item, "encrypted_content": content[:-6] + ("AAAAAA" if not content.endswith("AAAAAA") else "BBBBBB")}
+    for tenant, candidate in ((alice, altered), (alice, {**item, "encrypted_content": "forged"}), (bob, item)):
+        answer = await tenant.http.post(
+            "/v1/responses", json={"model": MODEL, "input": [candidate, {"role": "user", "content": "hi"}]}
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "invalid_encrypted_content"
+        assert answer.json()["error"]["param"] == "input[0].encrypted_content"
+    assert len(fake_upstream.requests) == calls
+    assert await rows(db, "SELECT id FROM response") == []
+
+
+async def test_compact_in_place_appends_the_item_and_the_next_turn_sends_users_and_summary(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice.http)
+    answers = await converse(alice, fake_upstream, conversation, ["first", "second", "third"])
+    fake_upstream.reply_json(summary_reply("S1"))
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": conversation})
+    assert compacted.status_code == 200, compacted.text
+    body = compacted.json()
+    assert [i.get("role") for i in body["output"]] == ["user", "user", "user", None]
+    # The summary call got the whole conversation, as stored.
+    assert fake_upstream.requests[-1].body["input"][:6] == [
+        user("first"),
+        assistant("answer 0", answers[0]),
+        user("second"),
+        assistant("answer 1", answers[1]),
+        user("third"),
+        assistant("answer 2", answers[2]),
+    ]
+    stored = await conversation_items(db, conversation)
+    assert len(stored) == 7 and json.loads(stored[-1]["body"]) == body["output"][-1]
+
+    await alice.openai().responses.create(model=MODEL, input="fourth", conversation=conversation)
+    assert fake_upstream.requests[-1].body["input"] == [
+        user("first"),
+        user("second"),
+        user("third"),
+        rendered("S1"),
+        user("fourth"),
+    ]
+    # Nothing was lost: every item is still listed.
+    listed = await list_all(alice.http, f"/v1/conversations/{conversation}/items", order="asc")
+    assert len(listed) == 9
+    assert [i["type"] for i in listed].count("compaction") == 1
+
+
+async def test_a_failed_compact_leaves_the_conversation_as_it_was(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice.http)
+    await converse(alice, fake_upstream, conversation, ["first"])
+    before = await conversation_items(db, conversation)
+    fake_upstream.reply_json({"error": {"code": 400, "message": "Provider refused"}}, status=400)
+    failed = await alice.http.post(
+        "/v1/responses/compact", json={"model": MODEL, "conversation": conversation, "input": "extra"}
+    )
+    assert failed.status_code == 400
+    assert failed.json()["error"]["message"].startswith("OpenRouter: Provider refused")
+    assert await conversation_items(db, conversation) == before
+    # Not left claimed: the next turn runs.
+    await alice.openai().responses.create(model=MODEL, input="again", conversation=conversation)
+
+
+async def test_context_management_compacts_before_the_turn_once_past_the_threshold(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice.http)
+    long = "word " * 600
+    answers = await converse(alice, fake_upstream, conversation, [f"one {long}", f"two {long}"])
+    fake_upstream.reply_json(summary_reply("S-threshold"))
+    fake_upstream.reply_json(text_response("after compaction", msg_id="msg_after"))
+    done = await alice.openai().responses.create(
+        model=MODEL,
+        input="three",
+        conversation=conversation,
+        context_management=[{"type": "compaction", "compact_threshold": 1000}],
+    )
+    assert [item.type for item in done.output] == ["compaction", "message"]
+    summary_call, turn_call = fake_upstream.requests[-2].body, fake_upstream.requests[-1].body
+    assert summary_call["instructions"] == SUMMARY_INSTRUCTIONS
+    assert summary_call["input"][:4] == [
+        user(f"one {long}"),
+        assistant("answer 0", answers[0]),
+        user(f"two {long}"),
+        assistant("answer 1", answers[1]),
+    ]
+    assert "context_management" not in turn_call
+    assert turn_call["input"] == [user(f"one {long}"), user(f"two {long}"), rendered("S-threshold"), user("three")]
+    # Stored in order: the input, then the compaction item, then the answer; the next turn renders it.
+    stored = [json.loads(i["body"]) for i in await conversation_items(db, conversation)]
+    assert [i["type"] for i in stored[-3:]] == ["message", "compaction", "message"]
+    await alice.openai().responses.create(model=MODEL, input="four", conversation=conversation)
+    assert fake_upstream.requests[-1].body["input"] == [
+        user(f"one {long}"),
+        user(f"two {long}"),
+        user("three"),
+        rendered("S-threshold"),
+        assistant("after compaction", "msg_after"),
+        user("four"),
+    ]
+    # Under the threshold: no compaction.
+    calls = len(fake_upstream.requests)
+    small = await new_conversation(alice.http)
+    quiet = await alice.openai().responses.create(
+        model=MODEL,
+        input="hi",
+        conversation=small,
+        context_management=[{"type": "compaction", "compact_threshold": 1000}],
+    )
+    assert [item.type for item in quiet.output] == ["message"]
+    assert len(fake_upstream.requests) == calls + 1
+
+
+async def test_a_streamed_turn_shows_its_compaction_item_first(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    conversation = await new_conversation(alice.http)
+    await converse(alice, fake_upstream, conversation, ["one " + "word " * 1200])
+    fake_upstream.reply_json(summary_reply("S-stream"))
+    stream = await alice.openai().responses.create(
+        model=MODEL,
+        input="two",
+        conversation=conversation,
+        stream=True,
+        context_management=[{"type": "compaction", "compact_threshold": 1000}],
+    )
+    events = [event async for event in stream]
+    added = [(e.output_index, e.item.type) for e in events if e.type == "response.output_item.added"]
+    assert added == [(0, "compaction"), (1, "message")]
+    final = events[-1]
+    assert final.type == "response.completed"
+    assert [item.type for item in final.response.output] == ["compaction", "message"]
+    assert fake_upstream.requests[-1].body["input"][-2:] == [rendered("S-stream"), user("two")]
+
+
+async def test_when_the_summary_call_fails_the_turn_goes_on_uncompacted(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    conversation = await new_conversation(alice.http)
+    await converse(alice, fake_upstream, conversation, ["one " + "word " * 1200])
+    fake_upstream.reply_json({"error": {"code": 400, "message": "summary refused"}}, status=400)
+    done = await alice.openai().responses.create(
+        model=MODEL,
+        input="two",
+        conversation=conversation,
+        context_management=[{"type": "compaction", "compact_threshold": 1000}],
+    )
+    assert [item.type for item in done.output] == ["message"]
+    sent = fake_upstream.requests[-1].body["input"]
+    assert sent[0] == user("one " + "word " * 1200) and sent[-1] == user("two") and len(sent) == 3
+
+
+@pytest.mark.parametrize(
+    "management",
+    [[{"type": "compaction", "compact_threshold": 999}], [{"type": "other"}], "compaction"],
+)
+async def test_bad_context_management_is_refused(alice: Tenant, fake_upstream: FakeOpenRouter, management: Any) -> None:
+    answer = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "x", "context_management": management}
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"].startswith("context_management")
+    assert fake_upstream.requests == []
+
+
+async def test_compact_errors(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    missing_model = await alice.http.post("/v1/responses/compact", json={"input": "x"})
+    assert missing_model.status_code == 400 and missing_model.json()["error"]["param"] == "model"
+    nothing = await alice.http.post("/v1/responses/compact", json={"model": MODEL})
+    assert nothing.status_code == 400 and nothing.json()["error"]["param"] == "input"
+    unknown = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": "conv_nope"})
+    assert unknown.status_code == 404
+    assert fake_upstream.requests == []
+    with pytest.raises(openai.BadRequestError):
+        await alice.openai().responses.compact(model=MODEL, previous_response_id="resp_nope")
