@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import memory, scenarios, seed
+from bench import memory, observability_cost, scenarios, seed
 from bench.measure import UPSTREAM_PATH, Lane, direct_body, interleaved, turn_body
 from bench.report import Row
 from bench.scenarios import FAST, Target
@@ -147,7 +147,8 @@ async def run(config: Config) -> tuple[list[Row], dict[str, object]]:
     capacity = ConversationSet("cap", 10, sizes.streams)
     # Fresh 100-item conversations on the small table for each big-table comparison (1M and maybe 10M).
     table_small = ConversationSet("tsmall", 100, 2 * (sizes.table_size_turns + _warmup(sizes.table_size_turns) + 40))
-    all_sets = [lat100, *scaling.values(), *throughput_sets.values(), ttfb, capacity, table_small]
+    observability = ConversationSet("obs", 100, observability_cost.conversations_needed(sizes.latency // 2))
+    all_sets = [lat100, *scaling.values(), *throughput_sets.values(), ttfb, capacity, table_small, observability]
     seconds = await _seed_sets(url, tenant_id, all_sets)
     config.say(f"seeded {sum(s.size * s.count for s in all_sets):,} items in {seconds:.1f} s")
     histories = {size: await _history(url, s.ids()[0]) for size, s in scaling.items()}
@@ -201,6 +202,15 @@ async def run(config: Config) -> tuple[list[Row], dict[str, object]]:
                     rows += await scenarios.stream_capacity(
                         target, capacity.ids(), streams=sizes.streams, deltas=64, interval_ms=20
                     )
+
+        if wanted("observability"):
+            config.say("observability: added latency without, with logs and metrics, and with tracing")
+            logs = config.results_dir / "logs"
+            rows.append(
+                await observability_cost.measure(
+                    url, upstream, logs, secret, observability.ids(), histories[100], sizes.latency // 2
+                )
+            )
 
         if wanted("throughput"):
             config.say("throughput: direct calls to the fake upstream")

@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 
 import httpx
 from litestar import Litestar
+from opentelemetry.trace import TracerProvider
 
 from service.admin.routes import AdminController, AdminKeyController
 from service.cluster.heartbeat import Heartbeat
 from service.config import Settings
+from service.console.routes import ConsoleController
 from service.context.routes import CompactController, InputTokensController, ModelController
 from service.context.setup import build_context_windows
 from service.conversations.routes import ConversationController
@@ -28,6 +30,10 @@ from service.lifecycle.routes import ConversationLifecycleController
 from service.limits.door import DoorMiddleware
 from service.limits.policy import Limits
 from service.limits.slow_readers import SlowReaderMiddleware
+from service.observability import tracing
+from service.observability.pool import observe_pool
+from service.observability.requests import RequestObserver
+from service.observability.routes import metrics_route
 from service.openapi import docs_assets_router, openapi_config
 from service.responses.chain_cache import ChainCache
 from service.responses.history_cache import HistoryCache
@@ -74,9 +80,11 @@ def create_app(
     *,
     database_url: str | None = None,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Litestar:
     """`database_url` overrides settings (the CLI passes the embedded server's); `upstream_transport` replaces
-    the network (the demo upstream when no OpenRouter key is set)."""
+    the network (the demo upstream when no OpenRouter key is set); `tracer_provider` turns tracing on (else
+    the OTEL_* environment does, service/observability/tracing.py)."""
     url = database_url or settings.database_url
     if url is None:
         raise ValueError("create_app needs a database URL: set DATABASE_URL or start the embedded server first")
@@ -86,6 +94,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
+        observe_pool(engine)
         upstream = OpenRouterClient(settings, transport=upstream_transport)
         histories = HistoryCache(settings.history_cache_mb * 1024 * 1024)
         context = build_context_windows(settings, upstream, engine)
@@ -131,11 +140,17 @@ def create_app(
             await heartbeat.stop()
             await upstream.aclose()
             await engine.dispose()
+            if plugins:
+                tracing.disable()
 
-    return Litestar(
+    if tracer_provider is None and tracing.configured():
+        tracer_provider = tracing.provider_from_environment()
+    plugins = tracing.enable(tracer_provider) if tracer_provider is not None else []
+    app = Litestar(
         route_handlers=[
             health,
             ready,
+            metrics_route,
             ConversationController,
             ConversationLifecycleController,
             ResponseController,
@@ -146,8 +161,10 @@ def create_app(
             AdminKeyController,
             RetentionAdminController,
             docs_assets_router(),
+            ConsoleController,
         ],
         dependencies=DEPENDENCIES,
+        plugins=plugins,
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
@@ -158,4 +175,10 @@ def create_app(
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=openapi_config(),
         debug=False,
+        # Logging is configured once for the process (service/observability/logs.py), uvicorn's lines included;
+        # Litestar's own configuration would replace the root handler with a second format.
+        logging_config=None,
     )
+    # Outermost, so that every request (404s and errors raised before routing too) gets an id and a line.
+    app.asgi_handler = RequestObserver(app.asgi_handler)
+    return app

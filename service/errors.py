@@ -21,6 +21,8 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from service.observability.record import note_error_code
+
 logger = logging.getLogger("service.errors")
 
 _TYPE_BY_STATUS = {
@@ -119,6 +121,7 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 def handle_service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Response[bytes]:
+    note_error_code(exc.code)
     return _json(exc.status_code, exc.envelope(), exc.headers or None)
 
 
@@ -148,6 +151,7 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
             detail = extra[0].get("message")
             if detail:
                 message = f"Invalid value for {param}: {detail}" if param else str(detail)
+    note_error_code(code)
     return _json(status, error_envelope(message, error_type_for(status), param, code))
 
 
@@ -176,6 +180,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
 
 def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     if is_database_unavailable(exc):
+        note_error_code("database_unavailable")
         logger.warning("database unavailable: %s", type(exc).__name__)
         return _json(
             503,
@@ -187,6 +192,7 @@ def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[byt
             ),
             {"Retry-After": "1"},
         )
+    note_error_code("internal_error")
     logger.exception("unhandled error")
     return _json(500, error_envelope("Internal server error", "server_error", None, "internal_error"))
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.errors import AuthenticationFailed, PermissionDenied
 from service.jsonbody import decode_object
 from service.keys.service import Principal
+from service.observability.record import note_tenant
 from service.runtime import Runtime
 
 _PRINCIPAL = "principal"
@@ -81,6 +82,7 @@ async def _authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princ
         # Never echo the key back, not even a prefix.
         raise AuthenticationFailed("Incorrect or revoked API key provided")
     connection.state[_PRINCIPAL] = principal
+    note_tenant(principal.tenant_name or ("admin" if principal.is_admin else None))
     return principal
 
 

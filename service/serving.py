@@ -72,9 +72,12 @@ class _AnnouncingServer(uvicorn.Server):
             print(self._banner, flush=True)
 
 
-def serve(settings: Settings, *, app: str, access_log: bool, banner: str) -> bool:
+def serve(
+    settings: Settings, *, app: str, access_log: bool, banner: str, log_config: dict[str, Any] | None = None
+) -> bool:
     """Serve `app` (an import string of a factory); prints `banner` once connections are accepted. False when
-    the server could not start."""
+    the server could not start. `log_config`: the process' logging (service/observability/logs.py), which
+    uvicorn applies again in each worker, its own loggers included."""
     config = uvicorn.Config(
         app,
         factory=True,
@@ -83,6 +86,7 @@ def serve(settings: Settings, *, app: str, access_log: bool, banner: str) -> boo
         workers=settings.workers,
         log_level=settings.log_level.lower(),
         access_log=access_log,
+        log_config=log_config if log_config is not None else uvicorn.config.LOGGING_CONFIG,
         timeout_graceful_shutdown=int(settings.shutdown_grace_period + _SHUTDOWN_MARGIN_SECONDS),
         **uvicorn_options(settings),
     )

@@ -118,11 +118,13 @@ def base_settings(database_url: str, fake_upstream: FakeOpenRouter) -> Settings:
 class LiveServer:
     """The service on a real loopback port, in its own thread and event loop."""
 
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None, **app_options: Any
+    ) -> None:
         self.settings = settings
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(settings, upstream_transport=transport)
+        app = create_app(settings, upstream_transport=transport, **app_options)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",

@@ -23,6 +23,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from service.db.checkout_gate import CheckoutGate
+from service.observability import pool as pool_metrics
 
 
 def _replace_closed_connection(
@@ -84,12 +85,15 @@ async def _enter_gate(engine: AsyncEngine, *, finishing: bool) -> CheckoutGate:
     if gate.try_acquire():
         return gate
     timeout: float = pool.timeout()  # type: ignore[attr-defined]
+    pool_metrics.waiting_for_connection()
     try:
         async with asyncio.timeout(timeout):
             await gate.wait(finishing=finishing)
     except TimeoutError:
         # What the pool itself raises when no connection frees up in time (a 503 database_unavailable).
         raise PoolTimeout(f"no database connection was free within {timeout:g}s (DB_POOL_TIMEOUT)") from None
+    finally:
+        pool_metrics.done_waiting()
     return gate
 
 

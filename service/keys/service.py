@@ -90,7 +90,10 @@ class KeyAuthenticator:
         self._lookups: dict[bytes, asyncio.Future[Principal | None]] = {}
 
     async def authenticate(self, secret: str) -> Principal | None:
-        digest = hash_key(secret)
+        return await self.authenticate_digest(hash_key(secret))
+
+    async def authenticate_digest(self, digest: bytes) -> Principal | None:
+        """By the key's SHA-256 (what a console session holds instead of the secret)."""
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
             return Principal(tenant_id="", tenant_name="", key_id=None, is_admin=True)
         while True:

@@ -13,6 +13,7 @@ from litestar.response import Stream
 from service.errors import InvalidRequest
 from service.http import EngineDep, Payload, PrincipalDep, RuntimeDep, TenantId, json_response, require_tenant_key
 from service.limits.turns import TurnSlot
+from service.observability import turns as observe_turns
 from service.openapi import TENANT_AUTH, documented
 from service.pagination import parse_page
 from service.responses import service
@@ -91,6 +92,7 @@ class ResponseController(Controller):
     ) -> Response[Any]:
         turn = parse_turn_request(payload, max_input_items=runtime.settings.max_input_items)
         await runtime.turn_context.windows.check_input(tenant_id, turn.input_items)
+        observe_turns.turn_requested(turn)
         with runtime.limits.admit_turn(principal) as slot:
             if turn.stream or turn.background:
                 return await self._start_run(runtime, tenant_id, turn, slot)

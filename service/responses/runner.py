@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.errors import Conflict, InvalidRequest, ServiceError, ServiceUnavailable
+from service.observability import turns as observe_turns
 from service.responses.frame_log import FrameLog
 from service.responses.outcome import apply_upstream_result
 from service.responses.repository import RUNNING_STATUSES
@@ -165,6 +166,7 @@ class TurnRunner:
 
     def start(self, turn: Turn) -> TurnRun:
         run = TurnRun(turn, self._settings.sse_keepalive_seconds)
+        observe_turns.run_started(turn)
         self._runs[run.response_id] = run
         run.task = asyncio.create_task(self._drive(run), name=f"turn-{run.response_id}")
         return run
@@ -232,6 +234,7 @@ class TurnRunner:
                     "The turn ended before the upstream answered", status_code=502, code="upstream_error"
                 )
             run.mark_finished()
+            observe_turns.run_ended(run.turn.request)
             self._runs.pop(run.response_id, None)
             run.mark_done()
 

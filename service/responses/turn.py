@@ -39,6 +39,7 @@ from service.errors import InvalidRequest, ServiceUnavailable, is_database_unava
 from service.idempotency.progress import note_effect
 from service.ids import can_exist, new_id
 from service.items import ITEM_REFERENCE, NewItem
+from service.observability import turns as observe_turns
 from service.responses import turn_store
 from service.responses.chain_cache import ChainCache, ChainHistory, joined
 from service.responses.frame_log import FrameLog
@@ -296,6 +297,7 @@ class TurnContext:
         turn's relayed events, stored as its event log by the same statement. Raises ServiceUnavailable when
         the database stayed unavailable: the outcome is then kept and stored once it is back."""
         state = turn.state
+        observe_turns.turn_finished(turn)
         if not turn.request.store:
             return
         completed_at = state.completed_at = turn.completion_time()

@@ -14,6 +14,8 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from service.config import Settings
+from service.observability import upstream as observe
+from service.observability.tracing import wrap_transport
 from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after
 from service.upstream.jsonutil import decode_upstream_json
 from service.upstream.redaction import REDACTED, StreamRedactor, redact_all
@@ -48,7 +50,7 @@ class OpenRouterClient:
         # of CPU per request and this transport ~0.27 ms (docs/benchmarks.md). Requests go to the transport
         # directly: AsyncClient's URL merging, cookie jar, auth and redirect handling cost ~170 µs a request
         # here and we want none of them (OpenRouter is one fixed URL; a redirect would not be followed anyway).
-        self._transport = transport or AiohttpTransport(limits=limits)
+        self._transport = wrap_transport(transport or AiohttpTransport(limits=limits))
         self._url = httpx.URL(settings.openrouter_base_url + "/responses")
         self._headers = httpx.Headers(headers)
         self._extensions = {"timeout": timeout.as_dict()}
@@ -73,6 +75,7 @@ class OpenRouterClient:
         try:
             request = httpx.Request("POST", self._url, headers=self._headers, content=body, extensions=self._extensions)
             response = await self._transport.handle_async_request(request)
+            observe.answered(response.status_code)
             # The response would keep the request, body included (the whole history), for as long as a
             # stream lasts; a body-less stand-in keeps what error reporting reads (method and URL).
             response.request = self._sent
@@ -116,11 +119,14 @@ class OpenRouterClient:
     async def _send_with_retries(self, body: bytes, *, stream: bool) -> httpx.Response:
         attempts = self._settings.upstream_max_attempts
         for attempt in range(1, attempts + 1):
+            observe.attempt_started()
             try:
                 return await self._send(body, stream=stream)
             except UpstreamError as error:
                 if not error.retryable or attempt == attempts:
+                    observe.failed(error.kind, error.upstream_status)
                     raise
+                observe.retried()
                 delay = self._backoff(attempt, error)
                 logger.warning(
                     "upstream attempt %d/%d failed (%s %s); retrying in %.2fs",
@@ -160,11 +166,15 @@ class OpenRouterClient:
 
     async def create(self, body: bytes) -> dict[str, Any]:
         """Non-streamed turn. Retries happen here; the total deadline covers every attempt."""
+        observe.call_started()
         try:
             async with asyncio.timeout(self._settings.upstream_total_timeout):
                 response = await self._send_with_retries(body, stream=False)
         except TimeoutError:
+            observe.failed("timeout", None)
             raise UpstreamError("OpenRouter did not finish within the total timeout", kind="timeout") from None
+        finally:
+            observe.call_ended()
         content = response.content
         secret = self._settings.openrouter_api_key
         if secret:
@@ -188,10 +198,16 @@ class OpenRouterClient:
         stalls past UPSTREAM_IDLE_TIMEOUT between events, or outlives UPSTREAM_TOTAL_TIMEOUT."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.upstream_total_timeout
+        observe.call_started()
         try:
             async with asyncio.timeout_at(deadline):
                 response = await self._send_with_retries(body, stream=True)
+        except UpstreamError:
+            observe.call_ended()
+            raise
         except TimeoutError:
+            observe.failed("timeout", None)
+            observe.call_ended()
             raise UpstreamError("OpenRouter did not start streaming within the total timeout", kind="timeout") from None
         del body  # sent: not kept for the minutes the stream may last
         try:
@@ -202,6 +218,7 @@ class OpenRouterClient:
                 secret=self._settings.openrouter_api_key,
             )
         finally:
+            observe.call_ended()
             await response.aclose()
 
 
@@ -229,6 +246,7 @@ class UpstreamEventStream:
         source = iter_sse_json(self._chunks())
         watch = _QuietWatch(self._idle_timeout, self._deadline)
         redactor = StreamRedactor(self._secret) if self._secret else None
+        first = True
         try:
             while True:
                 try:
@@ -238,6 +256,7 @@ class UpstreamEventStream:
                         for held in redactor.flush():
                             yield held
                     if isinstance(end, UpstreamError):
+                        observe.failed(end.kind, None)
                         raise
                     return
                 except asyncio.CancelledError:
@@ -251,8 +270,12 @@ class UpstreamEventStream:
                     if redactor is not None:
                         for held in redactor.flush():
                             yield held
+                    observe.failed("stream", None)
                     raise UpstreamError(f"The OpenRouter stream was abandoned: {reason}", kind="stream") from None
                 watch.touch()
+                if first:
+                    first = False
+                    observe.first_event()
                 event = normalize_event(raw)
                 if event is None:
                     continue

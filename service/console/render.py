@@ -1,0 +1,69 @@
+"""Jinja2 templates (autoescaped) and the helpers they use to show items, times and money readably."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+_env = Environment(
+    loader=PackageLoader("service.console", "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def when(epoch: int | None) -> str:
+    if epoch is None:
+        return "—"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def money(value: float | None) -> str:
+    return "—" if value is None else f"${value:,.6f}".rstrip("0").rstrip(".")
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _text_parts(content: Any) -> list[str]:
+    if isinstance(content, str):
+        return [content]
+    parts = []
+    for part in content if isinstance(content, list) else []:
+        if isinstance(part, dict):
+            text = part.get("text") or part.get("refusal")
+            parts.append(text if isinstance(text, str) else f"[{part.get('type', 'part')}]")
+    return parts
+
+
+def item_view(item: dict[str, Any]) -> dict[str, Any]:
+    """What the thread page shows for one item: a kind, a heading and its text."""
+    kind = item.get("type", "item")
+    if kind == "message":
+        return {"kind": "message", "role": item.get("role", "?"), "text": "\n".join(_text_parts(item.get("content")))}
+    if kind == "function_call":
+        return {"kind": "tool call", "role": item.get("name", "?"), "text": str(item.get("arguments", ""))}
+    if kind == "function_call_output":
+        output = item.get("output")
+        return {
+            "kind": "tool output",
+            "role": item.get("call_id", ""),
+            "text": output if isinstance(output, str) else pretty(output),
+        }
+    if kind == "reasoning":
+        summary = "\n".join(_text_parts(item.get("summary"))) or "(no summary)"
+        return {"kind": "reasoning", "role": "", "text": summary}
+    return {"kind": kind, "role": "", "text": pretty(item)}
+
+
+_env.filters.update(when=when, money=money, pretty=pretty)
+_env.globals.update(item_view=item_view)
+
+
+def render(template: str, **context: Any) -> str:
+    return _env.get_template(template).render(**context)

@@ -1,0 +1,113 @@
+"""Prometheus metrics (prometheus-client). Names and units follow Prometheus' conventions (`_seconds`, `_total`,
+base units); README.md lists them.
+
+With several uvicorn workers the CLI sets PROMETHEUS_MULTIPROC_DIR before the workers start, so each worker
+writes its values to files there and a scrape of any worker (or of METRICS_PORT, served by the parent process)
+adds them up. Gauges say how they combine across workers (`livesum`: the live processes' sum)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from prometheus_client import REGISTRY as _DEFAULT_REGISTRY
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Latency buckets from a fast read (~1 ms) to a long generation (minutes).
+_REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 900)
+
+HTTP_REQUESTS = Counter(
+    "convstore_http_requests", "HTTP requests answered, by route template and status", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "convstore_http_request_duration_seconds",
+    "Time from the request's arrival to its last byte (a stream: its whole length)",
+    ["method", "route"],
+    buckets=_REQUEST_BUCKETS,
+)
+TURNS = Counter("convstore_turns", "Turns that ended, by outcome (the stored response's status)", ["outcome"])
+UPSTREAM_DURATION = Histogram(
+    "convstore_upstream_request_duration_seconds",
+    "One turn's upstream call, retries included, until the answer was complete",
+    buckets=_UPSTREAM_BUCKETS,
+)
+UPSTREAM_TTFT = Histogram(
+    "convstore_upstream_time_to_first_token_seconds",
+    "Until the upstream's first byte (a non-streamed answer) or first event (a stream)",
+    buckets=_UPSTREAM_BUCKETS,
+)
+UPSTREAM_RETRIES = Counter("convstore_upstream_retries", "Upstream attempts that were retried")
+UPSTREAM_ERRORS = Counter(
+    "convstore_upstream_errors",
+    "Upstream calls that failed, by kind (connect, timeout, http, protocol, stream)",
+    ["kind"],
+)
+TOKENS = Counter(
+    "convstore_tokens", "Tokens reported by the upstream, by type, model and tenant", ["type", "model", "tenant"]
+)
+COST = Counter("convstore_cost_usd", "Cost reported by the upstream, in US dollars", ["model", "tenant"])
+CONVERSATION_LOCKED = Counter(
+    "convstore_conversation_locked", "Requests refused with 409 conversation_locked (a turn was running)"
+)
+IDEMPOTENT_REPLAYS = Counter("convstore_idempotent_replays", "Requests answered by replaying a stored answer")
+DB_POOL_IN_USE = Gauge(
+    "convstore_db_pool_connections_in_use", "Database connections checked out of the pool", multiprocess_mode="livesum"
+)
+DB_POOL_WAITS = Counter("convstore_db_pool_waits", "Turn statements that had to wait for a free database connection")
+DB_POOL_WAITING = Gauge(
+    "convstore_db_pool_waiting", "Turn statements waiting for a database connection now", multiprocess_mode="livesum"
+)
+RUNS_IN_FLIGHT = Gauge(
+    "convstore_runs_in_flight",
+    "Streamed and background turns running now (kind: stream, background)",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
+
+# Tenants and models come from users: past this many distinct values per label, the rest are counted as "other"
+# so that a flood of model names cannot grow the series without bound.
+MAX_LABEL_VALUES = 200
+OTHER = "other"
+
+
+class BoundedLabel:
+    def __init__(self, limit: int = MAX_LABEL_VALUES) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return "none"
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) >= self._limit:
+                return OTHER
+            self._seen.add(value)
+        return value
+
+
+model_label = BoundedLabel()
+tenant_label = BoundedLabel()
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What a scrape reads: every worker's files in multiprocess mode, else this process' metrics."""
+    if multiprocess_enabled():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return _DEFAULT_REGISTRY
+
+
+def exposition() -> bytes:
+    return generate_latest(scrape_registry())

@@ -1,0 +1,58 @@
+"""What the upstream client reports about its calls: attempts, status, time to first byte or event, latency and
+errors by kind. Each call fills the current request's record (service.observability.record); the turn's end
+turns them into metrics (service.observability.turns)."""
+
+from __future__ import annotations
+
+import time
+
+from service.observability import metrics
+from service.observability.record import current
+
+
+def call_started() -> None:
+    record = current()
+    if record is not None:
+        record.upstream_started = time.perf_counter()
+        record.upstream_attempts = 0
+
+
+def attempt_started() -> None:
+    record = current()
+    if record is not None:
+        record.upstream_attempts += 1
+
+
+def answered(status: int) -> None:
+    """The response's head arrived (its body may follow, or stream)."""
+    record = current()
+    if record is not None:
+        record.upstream_status = status
+        if record.upstream_started is not None and record.upstream_ttfb_ms is None and status < 400:
+            record.upstream_ttfb_ms = round((time.perf_counter() - record.upstream_started) * 1000, 2)
+
+
+def first_event() -> None:
+    """A stream's first event: the time to first token, which replaces the time to the response's head."""
+    record = current()
+    if record is not None and record.upstream_started is not None:
+        record.upstream_ttfb_ms = round((time.perf_counter() - record.upstream_started) * 1000, 2)
+
+
+def retried() -> None:
+    metrics.UPSTREAM_RETRIES.inc()
+
+
+def failed(kind: str, status: int | None) -> None:
+    metrics.UPSTREAM_ERRORS.labels(kind).inc()
+    record = current()
+    if record is not None:
+        record.upstream_error = kind
+        if status is not None:
+            record.upstream_status = status
+
+
+def call_ended() -> None:
+    record = current()
+    if record is not None and record.upstream_started is not None:
+        record.upstream_latency_ms = round((time.perf_counter() - record.upstream_started) * 1000, 2)

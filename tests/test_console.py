@@ -1,0 +1,270 @@
+"""The admin console at /admin/ui: its rules over plain HTTP (sign-in, cookies, CSRF), then a whole session in
+headless Chromium (Debian's `chromium`, driven by Playwright's Python package; nothing is downloaded), which
+writes a screenshot of every page to build/console-screenshots/ (CONSOLE_SCREENSHOTS to change it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, response_with_output
+from tests.test_foundation import ROOT
+
+ADMIN_KEY = "admin-test-secret"
+LOGIN = "/admin/ui/login"
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+async def _sign_in(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    form = await client.get(LOGIN)
+    assert form.status_code == 200
+    match = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert match
+    return await client.post(LOGIN, data={"key": key, "csrf": match.group(1)})
+
+
+@pytest.fixture
+async def browser_client(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+async def test_pages_need_a_session_and_only_the_admin_credential_signs_in(
+    browser_client: httpx.AsyncClient, alice: Tenant
+) -> None:
+    for page in ("/admin/ui/", "/admin/ui/stats", "/admin/ui/keys", "/admin/ui/threads/conv_x"):
+        answer = await browser_client.get(page)
+        assert answer.status_code == 303 and answer.headers["location"] == LOGIN, page
+    tenant = await _sign_in(browser_client, alice.key)
+    assert tenant.status_code == 403 and "tenant key" in tenant.text
+    assert "convstore_console=" not in tenant.headers.get("set-cookie", "").replace("convstore_console_login", "")
+    wrong = await _sign_in(browser_client, "sk-cs-wrong")
+    assert wrong.status_code == 401 and "Incorrect or revoked key" in wrong.text
+    assert (await browser_client.get("/admin/ui/")).status_code == 303
+
+    signed_in = await _sign_in(browser_client, ADMIN_KEY)
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/admin/ui/"
+    cookie = next(c for c in signed_in.headers.get_list("set-cookie") if c.startswith("convstore_console="))
+    flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert "httponly" in flags and "samesite=strict" in flags and "path=/admin/ui" in flags
+    assert "secure" not in flags  # plain http here; over https the cookie is Secure
+    page = await browser_client.get("/admin/ui/")
+    assert page.status_code == 200 and "<h1>Threads</h1>" in page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    # The session is not a credential for the API.
+    assert (await browser_client.get("/admin/conversations")).status_code == 401
+
+
+async def test_forms_without_the_session_csrf_token_change_nothing(
+    browser_client: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    assert (await _sign_in(browser_client, ADMIN_KEY)).status_code == 303
+    forged = await browser_client.post("/admin/ui/keys", data={"tenant": "mallory", "csrf": "forged"})
+    assert forged.status_code == 403
+    missing = await browser_client.post("/admin/ui/keys", data={"tenant": "mallory"})
+    assert missing.status_code == 403
+    async with db.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM api_key")) == 0
+    # A sign-in form needs its own token too.
+    assert (await browser_client.post(LOGIN, data={"key": ADMIN_KEY})).status_code == 403
+
+
+async def test_a_revoked_admin_key_ends_its_console_sessions(
+    browser_client: httpx.AsyncClient, make_tenant: Callable[..., Awaitable[Tenant]], anonymous: httpx.AsyncClient
+) -> None:
+    ops = await make_tenant("ops", admin=True)
+    assert (await _sign_in(browser_client, ops.key)).status_code == 303
+    assert (await browser_client.get("/admin/ui/keys")).status_code == 200
+    revoked = await anonymous.delete(f"/admin/api-keys/{ops.key_id}", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert revoked.status_code == 200
+    assert (await browser_client.get("/admin/ui/keys")).status_code == 303
+
+
+async def test_invalid_filters_are_the_admin_apis_errors(browser_client: httpx.AsyncClient) -> None:
+    assert (await _sign_in(browser_client, ADMIN_KEY)).status_code == 303
+    bad = await browser_client.get("/admin/ui/", params={"status": "sleeping"})
+    assert bad.status_code == 400 and 'role="alert"' in bad.text
+    unknown = await browser_client.get("/admin/ui/", params={"tenant": "nobody"})
+    assert unknown.status_code == 400 and "nobody" in unknown.text
+
+
+# -- the browser ------------------------------------------------------------------------------------------
+
+
+async def _seed(make_tenant: Callable[..., Awaitable[Tenant]], fake_upstream: FakeOpenRouter) -> dict[str, Any]:
+    alice, bob = await make_tenant("alice"), await make_tenant("bob")
+    threads: dict[str, Any] = {"alice": [], "bob": []}
+    for n, words in enumerate(["tell me about apples", "bananas are yellow", "cherries in june"]):
+        conv = (await alice.http.post("/v1/conversations", json={"metadata": {"topic": f"fruit{n}"}})).json()["id"]
+        answer = await alice.http.post(
+            "/v1/responses", json={"model": "openai/gpt-4o-mini", "input": words, "conversation": conv}
+        )
+        assert answer.status_code == 200
+        threads["alice"].append(conv)
+    tools = (await bob.http.post("/v1/conversations", json={})).json()["id"]
+    fake_upstream.reply_json(
+        response_with_output(
+            [
+                {
+                    "type": "reasoning",
+                    "id": "rs_1",
+                    "status": "completed",
+                    "summary": [{"type": "summary_text", "text": "The user wants the weather; call the tool."}],
+                },
+                {
+                    "type": "function_call",
+                    "id": "fc_1",
+                    "call_id": "call_1",
+                    "name": "get_weather",
+                    "arguments": '{"city": "Paris"}',
+                    "status": "completed",
+                },
+            ],
+            model="anthropic/claude-sonnet-4",
+        )
+    )
+    answer = await bob.http.post(
+        "/v1/responses",
+        json={"model": "anthropic/claude-sonnet-4", "input": "weather in Paris?", "conversation": tools},
+    )
+    assert answer.status_code == 200, answer.text
+    threads["bob"].append(tools)
+    threads["alice_tenant"] = alice
+    return threads
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+async def test_a_whole_console_session_in_headless_chromium(
+    server: LiveServer,
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+    anonymous: httpx.AsyncClient,
+) -> None:
+    from playwright.async_api import async_playwright
+
+    shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or ROOT / "build" / "console-screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    seeded = await _seed(make_tenant, fake_upstream)
+    base = server.url + "/admin/ui"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 860})
+            await page.goto(base + "/")
+            assert page.url == base + "/login"
+            await page.screenshot(path=shots / "login.png", full_page=True)
+
+            # A tenant key cannot sign in.
+            await page.fill("#key", seeded["alice_tenant"].key)
+            await page.click("button[type=submit]")
+            assert "tenant key" in await page.inner_text("[role=alert]")
+
+            await page.fill("#key", ADMIN_KEY)
+            await page.click("button[type=submit]")
+            assert page.url == base + "/"
+            rows = page.locator("#threads tbody tr")
+            assert await rows.count() == 4
+            await page.screenshot(path=shots / "threads.png", full_page=True)
+
+            # Filter by tenant, then search, then page.
+            await page.fill("#tenant", "bob")
+            await page.click("form.filters button[type=submit]")
+            assert await rows.count() == 1
+            assert seeded["bob"][0] in await rows.first.inner_text()
+            await page.fill("#tenant", "")
+            await page.fill("#q", "bananas")
+            await page.click("form.filters button[type=submit]")
+            assert await rows.count() == 1
+            assert seeded["alice"][1] in await rows.first.inner_text()
+            await page.fill("#q", "")
+            await page.fill("#limit", "3")
+            await page.click("form.filters button[type=submit]")
+            first_page = await rows.all_inner_texts()
+            assert len(first_page) == 3
+            await page.click("#next-page")
+            second_page = await rows.all_inner_texts()
+            assert len(second_page) == 1 and second_page[0] not in first_page
+            await page.fill("#metadata", "topic=fruit2")
+            await page.fill("#limit", "")
+            await page.click("form.filters button[type=submit]")
+            assert await rows.count() == 1 and seeded["alice"][2] in await rows.first.inner_text()
+
+            # A thread: items in order, reasoning and the tool call shown as such, its response.
+            await page.goto(f"{base}/threads/{seeded['bob'][0]}")
+            kinds = await page.locator("#items .item .kind").all_inner_texts()
+            assert kinds[0].startswith("MESSAGE · USER") or kinds[0].lower().startswith("message · user")
+            assert "reasoning" in kinds[1].lower() and "tool call · get_weather" in kinds[2].lower()
+            assert "call the tool" in await page.inner_text("#items")
+            response_row = await page.inner_text("#responses tbody tr")
+            assert "completed" in response_row and "anthropic/claude-sonnet-4" in response_row
+            await page.screenshot(path=shots / "thread.png", full_page=True)
+
+            # Stats with its chart.
+            await page.goto(base + "/stats")
+            assert "alice" in await page.inner_text("#tenants") and "bob" in await page.inner_text("#tenants")
+            assert await page.locator("svg rect").count() >= 2
+            await page.screenshot(path=shots / "stats.png", full_page=True)
+
+            # Create a key (shown once, works), then revoke it (stops working).
+            await page.goto(base + "/keys")
+            await page.fill("#tenant", "carol")
+            await page.fill("#name", "from the console")
+            await page.click("form.filters button[type=submit]")
+            secret = (await page.inner_text("#new-key")).strip()
+            await page.screenshot(path=shots / "keys-created.png", full_page=True)
+            headers = {"Authorization": f"Bearer {secret}"}
+            assert (await anonymous.post("/v1/conversations", json={}, headers=headers)).status_code == 200
+            await page.goto(base + "/keys")
+            assert secret not in await page.content()
+            carol = page.locator("#keys tbody tr", has_text="carol")
+            await carol.locator("button").click()
+            assert "Revoked key" in await page.inner_text("[role=status]")
+            assert "revoked" in await page.locator("#keys tbody tr", has_text="carol").inner_text()
+            assert (await anonymous.post("/v1/conversations", json={}, headers=headers)).status_code == 401
+            await page.screenshot(path=shots / "keys.png", full_page=True)
+
+            # Hard delete with a confirmation.
+            doomed = seeded["alice"][0]
+            await page.goto(f"{base}/threads/{doomed}")
+            await page.click(f"a[href='/admin/ui/threads/{doomed}/delete']")
+            await page.screenshot(path=shots / "delete.png", full_page=True)
+            await page.fill("#confirm", doomed)
+            await page.click("button.danger")
+            assert doomed in await page.inner_text("[role=status]")
+            admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+            assert (await anonymous.get(f"/admin/conversations/{doomed}", headers=admin)).status_code == 404
+
+            # On a phone-sized screen.
+            phone = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+            await phone.context.add_cookies(await page.context.cookies())
+            await phone.goto(base + "/")
+            assert await phone.locator("#threads tbody tr").count() == 4  # carol's thread too
+            await phone.screenshot(path=shots / "threads-phone.png", full_page=True)
+
+            # Sign out: the session is gone.
+            await page.click("header button")
+            assert page.url == base + "/login"
+            await page.goto(base + "/keys")
+            assert page.url == base + "/login"
+        finally:
+            await browser.close()
+    for name in ("login", "threads", "thread", "stats", "keys-created", "keys", "delete", "threads-phone"):
+        assert (shots / f"{name}.png").stat().st_size > 5000

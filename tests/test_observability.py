@@ -1,0 +1,244 @@
+"""Request ids, Prometheus metrics and OpenTelemetry traces, through the HTTP API of a running service."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
+
+ADMIN = {"Authorization": "Bearer admin-test-secret"}
+
+
+def samples(exposition: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(exposition: str, name: str, **labels: str) -> float:
+    return samples(exposition).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def scrape(server: LiveServer) -> str:
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        answer = await client.get("/metrics", headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain")
+    return answer.text
+
+
+# -- request ids ------------------------------------------------------------------------------------------
+
+
+async def test_a_well_formed_request_id_is_returned_as_sent(alice: Tenant) -> None:
+    sent = "client-req_42:a.b-c"
+    answer = await alice.http.post("/v1/conversations", json={}, headers={"X-Request-Id": sent})
+    assert answer.status_code == 200
+    assert answer.headers["x-request-id"] == sent
+
+
+async def test_a_malformed_or_missing_request_id_is_replaced_by_a_generated_one(alice: Tenant) -> None:
+    for bad in ("has space", "x" * 129, "semi;colon", ""):
+        answer = await alice.http.get("/v1/conversations/conv_missing", headers={"X-Request-Id": bad})
+        assert answer.status_code == 404
+        generated = answer.headers["x-request-id"]
+        assert generated != bad
+        assert 1 <= len(generated) <= 128 and generated.isalnum()
+    first = (await alice.http.post("/v1/conversations", json={})).headers["x-request-id"]
+    second = (await alice.http.post("/v1/conversations", json={})).headers["x-request-id"]
+    assert first != second
+
+
+async def test_errors_before_routing_and_auth_carry_a_request_id(anonymous: httpx.AsyncClient) -> None:
+    unauthenticated = await anonymous.post("/v1/responses", json={"model": "m", "input": "hi"})
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.headers["x-request-id"]
+    unknown = await anonymous.get("/no/such/route", headers={"X-Request-Id": "abc"})
+    assert unknown.status_code == 404
+    assert unknown.headers["x-request-id"] == "abc"
+    assert unknown.json()["error"]["code"] == "not_found"
+
+
+# -- metrics ----------------------------------------------------------------------------------------------
+
+
+async def test_metrics_need_the_admin_credential(
+    server: LiveServer, anonymous: httpx.AsyncClient, alice: Tenant
+) -> None:
+    missing = await anonymous.get("/metrics")
+    assert missing.status_code == 401
+    assert missing.json()["error"]["type"] == "authentication_error"
+    tenant = await alice.http.get("/metrics")
+    assert tenant.status_code == 403
+    assert tenant.json()["error"]["type"] == "permission_error"
+    assert "convstore_http_requests_total" in await scrape(server)
+
+
+async def test_requests_and_turns_are_counted_with_tokens_and_cost_by_model_and_tenant(
+    server: LiveServer, alice: Tenant
+) -> None:
+    before = await scrape(server)
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    for text in ("one", "two"):
+        answer = await alice.http.post(
+            "/v1/responses", json={"model": "openai/gpt-4o-mini", "input": text, "conversation": conversation}
+        )
+        assert answer.status_code == 200
+    assert (await alice.http.get("/v1/responses/resp_nope")).status_code == 404
+    after = await scrape(server)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    route = {"method": "POST", "route": "/v1/responses"}
+    assert grew("convstore_http_requests_total", **route, status="200") == 2
+    assert grew("convstore_http_request_duration_seconds_count", **route) == 2
+    assert grew("convstore_http_requests_total", method="GET", route="/v1/responses/{response_id}", status="404")
+    assert grew("convstore_turns_total", outcome="completed") == 2
+    # The fake upstream reports 10 input and 5 output tokens and $0.00042 per turn.
+    labels = {"model": "openai/gpt-4o-mini", "tenant": "alice"}
+    assert grew("convstore_tokens_total", type="input", **labels) == 20
+    assert grew("convstore_tokens_total", type="output", **labels) == 10
+    assert abs(grew("convstore_cost_usd_total", **labels) - 0.00084) < 1e-9
+    assert grew("convstore_upstream_request_duration_seconds_count") == 2
+    assert grew("convstore_upstream_time_to_first_token_seconds_count") == 2
+
+
+async def test_locked_conversations_replays_retries_and_upstream_errors_are_counted(
+    server: LiveServer, alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    before = await scrape(server)
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("slow"), delay=1.0))
+    turn = {"model": "openai/gpt-4o-mini", "input": "hi", "conversation": conversation}
+    slow = asyncio.create_task(alice.http.post("/v1/responses", json=turn))
+    await asyncio.sleep(0.4)
+    locked = await alice.http.post("/v1/responses", json=turn)
+    assert locked.status_code == 409
+    assert locked.json()["error"]["code"] == "conversation_locked"
+    assert (await slow).status_code == 200
+
+    for _ in range(2):
+        replay = await alice.http.post("/v1/conversations", json={}, headers={"Idempotency-Key": "k-1"})
+    assert replay.headers["idempotent-replayed"] == "true"
+
+    # One 503 then success: a retry. Then three 502s (every attempt): a failed turn and an upstream error.
+    error = {"error": {"message": "down", "code": 503}}
+    fake_upstream.enqueue(Reply(kind="json", status=503, body=error))
+    assert (await alice.http.post("/v1/responses", json={"model": "m", "input": "x"})).status_code == 200
+    bad = {"error": {"message": "bad gateway", "code": 502}}
+    fake_upstream.enqueue(*[Reply(kind="json", status=502, body=bad) for _ in range(3)])
+    assert (await alice.http.post("/v1/responses", json={"model": "m", "input": "x"})).status_code == 502
+    after = await scrape(server)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("convstore_conversation_locked_total") == 1
+    assert grew("convstore_idempotent_replays_total") == 1
+    assert grew("convstore_upstream_retries_total") == 1 + 2
+    assert grew("convstore_upstream_errors_total", kind="http") == 1
+    assert grew("convstore_turns_total", outcome="failed") == 1
+
+
+async def test_streams_in_flight_and_the_pool_are_reported(
+    server: LiveServer, alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    events = [
+        {"type": "response.created", "response": text_response("")},
+        {"type": "response.completed", "response": text_response("done")},
+    ]
+    fake_upstream.enqueue(Reply(kind="sse", events=events, delay=1.0))
+    async with alice.http.stream(
+        "POST", "/v1/responses", json={"model": "openai/gpt-4o-mini", "input": "hi", "stream": True}
+    ) as stream:
+        assert stream.status_code == 200
+        during = await scrape(server)
+        assert value(during, "convstore_runs_in_flight", kind="stream") >= 1
+        assert value(during, "convstore_db_pool_connections_in_use") >= 0
+        async for _ in stream.aiter_bytes():
+            pass
+    await asyncio.sleep(0.2)  # the run stores its outcome after the last frame
+    after = await scrape(server)
+    assert (
+        value(after, "convstore_runs_in_flight", kind="stream")
+        == value(during, "convstore_runs_in_flight", kind="stream") - 1
+    )
+    # Nothing runs any more: every connection is back (the scrape itself uses none).
+    assert value(after, "convstore_db_pool_connections_in_use") == 0
+    assert "convstore_db_pool_waits_total" in after
+
+
+async def test_model_and_tenant_labels_are_bounded() -> None:
+    from service.observability.metrics import OTHER, BoundedLabel
+
+    label = BoundedLabel(limit=3)
+    assert [label(f"m{i}") for i in range(5)] == ["m0", "m1", "m2", OTHER, OTHER]
+    assert label("m1") == "m1"
+    assert label(None) == "none"
+
+
+# -- traces -----------------------------------------------------------------------------------------------
+
+
+def _by_name(spans: tuple[ReadableSpan, ...], prefix: str) -> list[ReadableSpan]:
+    return [span for span in spans if span.name.startswith(prefix)]
+
+
+async def test_a_turn_is_traced_with_genai_attributes_database_and_upstream_children(
+    base_settings: Any,
+    fake_upstream: FakeOpenRouter,
+    make_tenant: Callable[..., Awaitable[Tenant]],
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    live = LiveServer(base_settings, tracer_provider=provider).start()
+    try:
+        alice = await make_tenant("alice", live=live)
+        conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+        exporter.clear()
+        answer = await alice.http.post(
+            "/v1/responses", json={"model": "openai/gpt-4o-mini", "input": "hi", "conversation": conversation}
+        )
+        assert answer.status_code == 200
+        response = answer.json()
+        await asyncio.sleep(0.2)  # the server span ends after the last byte is sent
+    finally:
+        live.stop()
+    spans = exporter.get_finished_spans()
+    (turn,) = _by_name(spans, "chat ")
+    assert turn.attributes is not None
+    assert turn.attributes["gen_ai.operation.name"] == "chat"
+    assert turn.attributes["gen_ai.provider.name"] == "openrouter"
+    assert turn.attributes["gen_ai.request.model"] == "openai/gpt-4o-mini"
+    assert turn.attributes["gen_ai.response.id"] == response["id"]
+    assert turn.attributes["gen_ai.response.model"] == "openai/gpt-4o-mini"
+    assert turn.attributes["gen_ai.conversation.id"] == conversation
+    assert turn.attributes["gen_ai.usage.input_tokens"] == 10
+    assert turn.attributes["gen_ai.usage.output_tokens"] == 5
+
+    servers = [s for s in spans if s.kind.name == "SERVER" and s.context.trace_id == turn.context.trace_id]
+    assert len(servers) == 1 and "/v1/responses" in servers[0].name
+    assert turn.parent is not None and turn.parent.span_id == servers[0].context.span_id
+    children = [s for s in spans if s.parent is not None and s.parent.span_id == turn.context.span_id]
+    database = [s for s in children if (s.attributes or {}).get("db.system") == "postgresql"]
+    assert database, [s.name for s in children]
+    (upstream,) = [s for s in children if (s.attributes or {}).get("http.method") == "POST"]
+    assert (upstream.attributes or {})["http.url"].endswith("/responses")
+    # The trace context went to OpenRouter with the upstream call.
+    (sent,) = fake_upstream.requests
+    trace_id = f"{turn.context.trace_id:032x}"
+    assert sent.headers["traceparent"].split("-")[1] == trace_id
+    assert sent.headers["traceparent"].split("-")[2] == f"{upstream.context.span_id:016x}"
