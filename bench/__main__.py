@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-seconds", type=float, default=float(env.get("SOAK_SECONDS") or 0) or None)
     parser.add_argument("--workers", default=env.get("BENCH_WORKERS", "1,2"), help="worker counts for throughput")
     parser.add_argument(
-        "--skip", default=env.get("BENCH_SKIP", ""), help="scaling,capacity,observability,throughput,tables,soak,chains,admin"
+        "--skip",
+        default=env.get("BENCH_SKIP", ""),
+        help="scaling,capacity,observability,throughput,tables,soak,chains,admin",
     )
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
