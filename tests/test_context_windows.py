@@ -290,3 +290,22 @@ async def test_every_call_of_a_thread_carries_its_session_id(alice: Tenant, fake
     sessions = [r.body.get("session_id") for r in fake_upstream.requests]
     assert sessions == [conversation, first.id, first.id, first.id, "client-chosen"]
     assert fake_upstream.requests[-1].body["prompt_cache_key"] == "k"
+
+
+async def test_the_demo_upstream_shows_a_small_window_offline(start_server: Any, make_tenant: Any) -> None:
+    from service.upstream.demo import DemoTransport
+
+    live = start_server(transport=DemoTransport())
+    tenant = await make_tenant("demo", live=live)
+    client = tenant.openai()
+    listed = {model.id for model in (await client.models.list()).data}
+    assert "demo/small-window" in listed
+    conversation = await new_conversation(tenant.http)
+    for index in range(12):
+        done = await client.responses.create(
+            model="demo/small-window", input=words(150, f"d{index}"), conversation=conversation, truncation="auto"
+        )
+        assert done.status == "completed"
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.responses.create(model="demo/small-window", input="more", conversation=conversation)
+    assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "context_length_exceeded"
