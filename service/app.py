@@ -99,7 +99,15 @@ def create_app(
         histories = HistoryCache(settings.history_cache_mb * 1024 * 1024)
         context = build_context_windows(settings, upstream, engine)
         chains = ChainCache(settings.chain_history_cache_mb * 1024 * 1024)
-        turn_context = TurnContext(engine, upstream, histories, context, lock_ttl=settings.turn_lock_ttl, chains=chains)
+        turn_context = TurnContext(
+            engine,
+            upstream,
+            histories,
+            context,
+            lock_ttl=settings.turn_lock_ttl,
+            chains=chains,
+            caps=settings.conversation_caps,
+        )
         runtime = Runtime(
             settings=settings,
             engine=engine,

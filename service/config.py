@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from service.limits.sizes import ConversationCaps
 from service.observability.logs import default_format
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
@@ -164,6 +165,8 @@ class Settings:
     metrics_port: int | None = None
     console_session_secret: str | None = field(default=None, repr=False)
     console_session_hours: float = 12.0
+    max_conversation_items: int = 100_000
+    max_conversation_bytes: int = 32 * 1024 * 1024
 
     @property
     def demo_upstream(self) -> bool:
@@ -245,6 +248,10 @@ class Settings:
     def processes_sharing_limits(self) -> int:
         return self.limit_processes or self.workers
 
+    @property
+    def conversation_caps(self) -> ConversationCaps:
+        return ConversationCaps(self.max_conversation_items, self.max_conversation_bytes)
+
 
 def _limit_settings(env: Mapping[str, str]) -> dict[str, Any]:
     tenant_rate = _number(env, "TENANT_REQUESTS_PER_SECOND", 100.0)
@@ -265,4 +272,6 @@ def _limit_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "http_header_timeout": _number(env, "HTTP_HEADER_TIMEOUT", 10.0, minimum=0.01),
         "http_keepalive_timeout": _number(env, "HTTP_KEEPALIVE_TIMEOUT", 5.0, minimum=0.01),
         "max_connections": _int(env, "MAX_CONNECTIONS", 4096, minimum=1),
+        "max_conversation_items": _int(env, "MAX_CONVERSATION_ITEMS", 100_000),
+        "max_conversation_bytes": _int(env, "MAX_CONVERSATION_BYTES", 32 * 1024 * 1024),
     }

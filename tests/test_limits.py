@@ -271,3 +271,53 @@ def test_limit_settings_refuse_bad_values(setting: str) -> None:
 
     with pytest.raises(ConfigError, match=setting):
         Settings.from_env({setting: "-1"})
+
+
+def _too_large(answer: httpx.Response, param: str) -> None:
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "conversation_too_large", param)
+    assert "Compact" in error["message"]
+
+
+async def test_a_conversation_at_its_item_cap_takes_no_more_turns_or_items(
+    start_server: StartServer, make_tenant: MakeTenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    live = start_server(max_conversation_items=3)
+    alice = await make_tenant("alice", live=live)
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    for text in ("one", "two"):  # 0 + 1 <= 3, then 2 + 1 <= 3: each turn adds its input and an answer
+        turn = await alice.http.post(
+            "/v1/responses", json={"model": MODEL, "input": text, "conversation": conversation}
+        )
+        assert turn.status_code == 200, turn.text
+    refused = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "three", "conversation": conversation}
+    )
+    _too_large(refused, "conversation")
+    assert len(fake_upstream.requests) == 2, "the refused turn went upstream"
+    [state] = await rows(db, "SELECT item_count, turn_response_id FROM conversation")
+    assert state == {"item_count": 4, "turn_response_id": None}  # nothing appended, claim released
+    failed = await rows(db, "SELECT status, error->>'code' AS code FROM response WHERE status = 'failed'")
+    assert failed == [{"status": "failed", "code": "conversation_too_large"}]  # its input is kept, as for any failure
+    item = {"type": "message", "role": "user", "content": "more"}
+    _too_large(await alice.http.post(f"/v1/conversations/{conversation}/items", json={"items": [item]}), "items")
+
+
+async def test_a_conversation_at_its_byte_cap_takes_no_more_turns_or_items(
+    start_server: StartServer, make_tenant: MakeTenant, fake_upstream: FakeOpenRouter
+) -> None:
+    live = start_server(max_conversation_bytes=3000)
+    alice = await make_tenant("alice", live=live)
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    item = {"type": "message", "role": "user", "content": "x" * 1000}
+    added = await alice.http.post(f"/v1/conversations/{conversation}/items", json={"items": [item, item]})
+    assert added.status_code == 200, added.text
+    _too_large(await alice.http.post(f"/v1/conversations/{conversation}/items", json={"items": [item]}), "items")
+    refused = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "y" * 1000, "conversation": conversation, "stream": True}
+    )
+    _too_large(refused, "conversation")
+    assert fake_upstream.requests == []
+    small = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "ok", "conversation": conversation})
+    assert small.status_code == 200, small.text  # within the cap still

@@ -128,6 +128,13 @@ async def insert_items(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
         await conn.execute(insert(item_t), rows)
 
 
+async def stored_bytes(conn: AsyncConnection, conversation_id: str) -> int:
+    """The characters of stored JSON the conversation's items hold (what a turn reads as its history)."""
+    total = func.coalesce(func.sum(func.length(item_t.c.body)), 0)
+    value = await conn.scalar(select(total).where(item_t.c.conversation_id == conversation_id))
+    return int(value or 0)
+
+
 async def advance_conversation(conn: AsyncConnection, conversation_id: str, *, added: int, title: str | None) -> int:
     """Reserve `added` positions at the end of the conversation (its row is locked); returns the first one.
     A turn's finish does the same in its own statement (responses/turn_store.py)."""

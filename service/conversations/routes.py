@@ -15,7 +15,7 @@ from service.conversations.schemas import (
     DeletedConversationResource,
     UpdateConversationBody,
 )
-from service.http import EngineDep, Payload, TenantId, json_response, require_tenant_key
+from service.http import EngineDep, Payload, RuntimeDep, TenantId, json_response, require_tenant_key
 from service.openapi import TENANT_AUTH, documented
 from service.pagination import parse_page
 from service.schemas import ItemPageQuery
@@ -73,9 +73,10 @@ class ConversationController(Controller):
         ),
     )
     async def add_items(
-        self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str], payload: Payload
+        self, runtime: RuntimeDep, tenant_id: TenantId, conversation_id: FromPath[str], payload: Payload
     ) -> Response[bytes]:
-        return json_response(await service.add_items(engine, tenant_id, conversation_id, payload))
+        caps = runtime.settings.conversation_caps
+        return json_response(await service.add_items(runtime.engine, tenant_id, conversation_id, payload, caps=caps))
 
     @get(
         "/{conversation_id:str}/items",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.conversations import repository
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import new_id
 from service.items import ITEM_REFERENCE, NewItem, item_view, normalize_input, resolve_reference
+from service.limits.sizes import ConversationCaps
 from service.metadata import validate_metadata
 from service.pagination import PageRequest, item_list
 
@@ -74,6 +76,16 @@ async def resolve_item_references(
     return resolved
 
 
+async def _refuse_beyond_caps(
+    conn: AsyncConnection, caps: ConversationCaps, conversation_id: str, item_count: int, raw_items: list[Any]
+) -> None:
+    added = len(msgspec.json.encode(raw_items))
+    size = (await repository.stored_bytes(conn, conversation_id)) + added if caps.max_bytes else 0
+    refusal = caps.excess(conversation_id, item_count + len(raw_items), size, param="items")
+    if refusal is not None:
+        raise refusal
+
+
 async def _append_direct(conn: AsyncConnection, tenant_id: str, conversation_id: str, raw_items: list[Any]) -> Any:
     items = normalize_input(raw_items, param="items", max_items=MAX_ITEMS_PER_CALL)
     items = await resolve_item_references(conn, tenant_id, items, param="items")
@@ -133,7 +145,14 @@ async def delete_conversation(engine: AsyncEngine, tenant_id: str, conversation_
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
 
-async def add_items(engine: AsyncEngine, tenant_id: str, conversation_id: str, body: dict[str, Any]) -> dict[str, Any]:
+async def add_items(
+    engine: AsyncEngine,
+    tenant_id: str,
+    conversation_id: str,
+    body: dict[str, Any],
+    *,
+    caps: ConversationCaps | None = None,
+) -> dict[str, Any]:
     raw_items = _items_param(body.get("items"), "items")
     if not raw_items:
         raise InvalidRequest("items must hold at least one item", param="items")
@@ -143,6 +162,8 @@ async def add_items(engine: AsyncEngine, tenant_id: str, conversation_id: str, b
             raise conversation_not_found(conversation_id)
         if row.claimed:
             raise conversation_locked(conversation_id)
+        if caps is not None:
+            await _refuse_beyond_caps(conn, caps, conversation_id, row.item_count, raw_items)
         items = await _append_direct(conn, tenant_id, conversation_id, raw_items)
     return item_list([item_view(i.id, i.status, i.body) for i in items], has_more=False)
 

@@ -39,6 +39,7 @@ from service.errors import InvalidRequest, ServiceUnavailable, is_database_unava
 from service.idempotency.progress import note_effect
 from service.ids import can_exist, new_id
 from service.items import ITEM_REFERENCE, NewItem
+from service.limits.sizes import ConversationCaps
 from service.observability import turns as observe_turns
 from service.responses import turn_store
 from service.responses.chain_cache import ChainCache, ChainHistory, joined
@@ -121,7 +122,9 @@ class TurnContext:
         *,
         lock_ttl: float,
         chains: ChainCache | None = None,
+        caps: ConversationCaps | None = None,
     ) -> None:
+        self.caps = caps or ConversationCaps()
         self.engine = engine
         self.upstream = upstream
         self.histories = histories  # long conversations' histories as of their last turn in this worker
@@ -282,7 +285,19 @@ class TurnContext:
             unseen = turn_store.Unseen(response, claim.created_at, claim.position, request.input_items)
         running_turns.add(self.engine, state.id, conversation_id)  # for the heartbeat (service/cluster)
         note_effect()  # committed: the turn is claimed (and stored as in_progress unless `unseen`)
-        return Turn(tenant_id, request, state, claim.history, began, unseen)
+        turn = Turn(tenant_id, request, state, claim.history, began, unseen)
+        await self._refuse_beyond_caps(turn, claim.item_count)
+        return turn
+
+    async def _refuse_beyond_caps(self, turn: Turn, item_count: int) -> None:
+        """A conversation at its size cap takes no more turns: this one is stored as failed, nothing sent."""
+        inputs = turn.request.input_items
+        size = len(turn.history) + sum(len(item.body) for item in inputs)
+        assert turn.request.conversation_id is not None
+        refusal = self.caps.excess(turn.request.conversation_id, item_count + len(inputs), size, param="conversation")
+        if refusal is not None:
+            await asyncio.shield(self.fail(turn, {"code": refusal.code, "message": refusal.message}))
+            raise refusal
 
     # -- finish, fail, retry ----------------------------------------------------------------------------------
     async def finish(

@@ -517,6 +517,7 @@ class Claimed:
     # another writer may have added to it.
     history: str
     as_of: CachedHistory | None
+    item_count: int = 0  # the conversation's items when claimed
 
 
 async def claim_and_begin(
@@ -545,10 +546,12 @@ async def claim_and_begin(
     # `known` is dropped when an item before its end was deleted since.
     if not row["history_is_current"] or (known and known.item_count + row["tail_count"] != row["item_count"]):
         history = await conversation_history(db, response.conversation_id)
-        return Claimed(row["previous_holder"], row["created_at"], row["next_position"], history, None)
+        return Claimed(
+            row["previous_holder"], row["created_at"], row["next_position"], history, None, row["item_count"]
+        )
     history = tail if known is None else joined(known.text, tail)
     as_of = CachedHistory(row["next_position"], row["item_count"], history)
-    return Claimed(row["previous_holder"], row["created_at"], row["next_position"], history, as_of)
+    return Claimed(row["previous_holder"], row["created_at"], row["next_position"], history, as_of, row["item_count"])
 
 
 async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> tuple[datetime, int]:

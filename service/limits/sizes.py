@@ -1,0 +1,35 @@
+"""A cap on a conversation's stored size: items and bytes of stored JSON (MAX_CONVERSATION_ITEMS,
+MAX_CONVERSATION_BYTES). A turn or an append that would start beyond it gets 400 `conversation_too_large`,
+pointing to what shrinks a conversation; the last turn within it may take it over (its output is not known in
+advance), so the cap bounds a conversation to about itself plus one turn.
+
+A turn's memory is a multiple of its history (read as one text, spliced into the upstream body, relayed), so
+the cap is also what bounds one turn's memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.errors import InvalidRequest
+
+
+@dataclass(frozen=True)
+class ConversationCaps:
+    max_items: int = 0  # 0: no cap
+    max_bytes: int = 0
+
+    def excess(self, conversation_id: str, items: int, size: int, *, param: str) -> InvalidRequest | None:
+        """The refusal for a conversation that would hold `items` items and `size` bytes, or None."""
+        if self.max_items and items > self.max_items:
+            what = f"{items} items; at most {self.max_items} (MAX_CONVERSATION_ITEMS)"
+        elif self.max_bytes and size > self.max_bytes:
+            what = f"{size} bytes of items; at most {self.max_bytes} (MAX_CONVERSATION_BYTES)"
+        else:
+            return None
+        return InvalidRequest(
+            f"Conversation '{conversation_id}' would hold {what}. Compact it (context_management, or "
+            "POST /v1/responses/compact), delete items it no longer needs, or continue in a new conversation "
+            "(truncation only shortens what is sent upstream, not what is stored).",
+            param=param,
+            code="conversation_too_large",
+        )
