@@ -6,11 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, idempotency_key_table, response_table
+from service.errors import error_envelope
 
 key_t = idempotency_key_table
 
@@ -144,3 +146,16 @@ async def purge_expired(conn: AsyncConnection, limit: int) -> int:
         .returning(key_t.c.key)
     )
     return len((await conn.execute(stmt)).all())
+
+
+async def forget_deleted_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> None:
+    """A deleted response is not replayed: its key keeps answering, but with the 404 a read of it gives now
+    (the key stays used, so a retry does not run the turn, and charge for it, a second time)."""
+    envelope = error_envelope(
+        f"Response with id '{response_id}' not found.", "invalid_request_error", None, "not_found"
+    )
+    await conn.execute(
+        update(key_t)
+        .where(key_t.c.tenant_id == tenant_id, key_t.c.response_id == response_id, key_t.c.state == COMPLETED)
+        .values(status_code=404, headers=[["content-type", "application/json"]], body=msgspec.json.encode(envelope))
+    )

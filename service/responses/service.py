@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.errors import InvalidRequest, NotFound
+from service.idempotency import repository as idempotency_keys
 from service.items import item_view
 from service.pagination import PageRequest, item_list
 from service.responses import repository
@@ -31,6 +32,7 @@ async def delete_response(engine: AsyncEngine, tenant_id: str, response_id: str)
     async with engine.begin() as conn:
         if not await repository.delete_response(conn, tenant_id, response_id):
             raise NotFound(f"Response with id '{response_id}' not found.")
+        await idempotency_keys.forget_deleted_response(conn, tenant_id, response_id)
     return {"id": response_id, "object": "response", "deleted": True}
 
 
