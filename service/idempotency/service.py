@@ -3,7 +3,6 @@ Each step is one short transaction; nothing is held while the request itself run
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -13,7 +12,8 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.errors import Conflict, Unprocessable, is_database_unavailable
+from service.db.retry import while_unavailable
+from service.errors import Conflict, Unprocessable
 from service.idempotency import repository
 
 logger = logging.getLogger("service.idempotency")
@@ -112,17 +112,15 @@ async def begin(
 
 
 async def _with_retries(engine: AsyncEngine, what: str, work: Any) -> None:
-    for attempt in range(1, _STORE_ATTEMPTS + 1):
-        try:
-            async with engine.begin() as conn:
-                await work(conn)
-            return
-        except Exception as exc:
-            if not is_database_unavailable(exc) or attempt == _STORE_ATTEMPTS:
-                # The key stays in_progress: retries get 409 until TURN_LOCK_TTL, then may run again.
-                logger.warning("could not %s an idempotency key: %s", what, type(exc).__name__)
-                return
-            await asyncio.sleep(0.2 * attempt)
+    async def attempt(_: int) -> None:
+        async with engine.begin() as conn:
+            await work(conn)
+
+    try:
+        await while_unavailable(attempt, attempts=_STORE_ATTEMPTS, what=f"{what} an idempotency key", log=logger)
+    except Exception as exc:
+        # The key stays in_progress: retries get 409 until TURN_LOCK_TTL, then may run again.
+        logger.warning("could not %s an idempotency key: %s", what, type(exc).__name__)
 
 
 async def store_answer(engine: AsyncEngine, claim: Claim, answer: Answer) -> None:

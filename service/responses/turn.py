@@ -34,6 +34,7 @@ from service.cluster import running as running_turns
 from service.context.service import ContextWindows
 from service.conversations import repository as conversations
 from service.conversations.service import conversation_locked, conversation_not_found, resolve_item_references
+from service.db.retry import while_unavailable
 from service.db.session import driver_connection
 from service.errors import InvalidRequest, ServiceUnavailable, is_database_unavailable
 from service.idempotency.progress import note_effect
@@ -326,25 +327,25 @@ class TurnContext:
                     await _store_outcome(db, turn, outputs, upstream_id, events)
             running_turns.discard(self.engine, state.id)
 
-        for attempt in range(1, _FINISH_ATTEMPTS + 1):
-            try:
-                await store(retry=attempt > 1)
-                self._remember_chain(turn, outputs)
-                return
-            except Exception as exc:
-                if not is_database_unavailable(exc):
-                    running_turns.discard(self.engine, state.id)  # not stored: the claim's expiry frees it
-                    raise
-                if attempt == _FINISH_ATTEMPTS:
-                    self._store_later(store, state.id)
-                    raise ServiceUnavailable(
-                        f"The answer for response '{state.id}' could not be stored yet because the database is "
-                        f"unavailable. It is kept and stored as soon as the database is back (for up to "
-                        f"{_STORE_LATER_SECONDS // 60} minutes): GET /v1/responses/{state.id} shows it then.",
-                        code="database_unavailable",
-                    ) from None
-                logger.warning("storing turn %s failed (attempt %d), retrying", state.id, attempt)
-                await asyncio.sleep(0.2 * attempt)
+        try:
+            await while_unavailable(
+                lambda attempt: store(retry=attempt > 1),
+                attempts=_FINISH_ATTEMPTS,
+                what=f"storing turn {state.id}",
+                log=logger,
+            )
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                running_turns.discard(self.engine, state.id)  # not stored: the claim's expiry frees it
+                raise
+            self._store_later(store, state.id)
+            raise ServiceUnavailable(
+                f"The answer for response '{state.id}' could not be stored yet because the database is "
+                f"unavailable. It is kept and stored as soon as the database is back (for up to "
+                f"{_STORE_LATER_SECONDS // 60} minutes): GET /v1/responses/{state.id} shows it then.",
+                code="database_unavailable",
+            ) from None
+        self._remember_chain(turn, outputs)
 
     def _remember_chain(self, turn: Turn, outputs: list[NewItem]) -> None:
         """An answered response outside any conversation: the history its children send, made from the history
