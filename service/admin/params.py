@@ -13,8 +13,9 @@ from service.admin.cursor import Keyset, decode_cursor
 from service.errors import InvalidRequest
 from service.metadata import MAX_KEY_LENGTH, MAX_PAIRS, MAX_VALUE_LENGTH
 from service.pagination import PageRequest, parse_page
+from service.responses.status import Status
 
-RESPONSE_STATUSES = ("queued", "in_progress", "completed", "incomplete", "failed", "cancelled")
+RESPONSE_STATUSES = tuple(status.value for status in Status)
 MAX_TEXT_PARAM = 500
 _METADATA_PARAM = re.compile(r"^metadata\[(?P<key>[^\[\]]+)\]$")
 _EPOCH = re.compile(r"^-?\d+(\.\d+)?$")
