@@ -13,7 +13,7 @@ from litestar import Litestar
 from opentelemetry.trace import TracerProvider
 
 from service.admin.routes import AdminController, AdminKeyController
-from service.cluster.heartbeat import Heartbeat
+from service.cluster.node import ClusterNode
 from service.config import Settings
 from service.console.routes import ConsoleController
 from service.context.routes import CompactController, InputTokensController, ModelController
@@ -108,6 +108,7 @@ def create_app(
             chains=chains,
             caps=settings.conversation_caps,
         )
+        runner = TurnRunner(settings, turn_context)
         runtime = Runtime(
             settings=settings,
             engine=engine,
@@ -116,16 +117,13 @@ def create_app(
                 engine, settings.admin_api_key, max_lookups=max(1, settings.db_pool_size // 4)
             ),
             turn_context=turn_context,
-            turns=TurnRunner(settings, turn_context),
+            turns=runner,
             limits=Limits(settings),
+            cluster=ClusterNode(settings, engine, runner, direct_url=settings.database_direct_url or url),
         )
         app.state.runtime = runtime
-        heartbeat = Heartbeat(engine, timeout=settings.process_heartbeat_timeout, turn_lock_ttl=settings.turn_lock_ttl)
-        background = [
-            asyncio.create_task(_reap_forever(runtime)),
-            asyncio.create_task(_purge_forever(runtime)),
-            asyncio.create_task(heartbeat.run_forever()),
-        ]
+        await runtime.cluster.start()
+        background = [asyncio.create_task(_reap_forever(runtime)), asyncio.create_task(_purge_forever(runtime))]
         stopping: list[asyncio.Task[None]] = []
 
         def stop_turns() -> None:
@@ -145,7 +143,7 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await heartbeat.stop()
+            await runtime.cluster.stop()
             await upstream.aclose()
             await engine.dispose()
             if plugins:

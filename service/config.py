@@ -109,6 +109,9 @@ def normalize_database_url(raw: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
+    # LISTEN and migrations need a session of their own: behind a pooler in transaction mode, the server itself.
+    database_direct_url: str | None = None
+    database_transaction_pooler: bool = False
     data_dir: Path = Path(".data")
     openrouter_api_key: str | None = field(default=None, repr=False)
     openrouter_base_url: str = DEFAULT_OPENROUTER_BASE_URL
@@ -182,6 +185,7 @@ class Settings:
         env = os.environ if env is None else env
         raw_url = env.get("DATABASE_URL", "").strip()
         database_url = normalize_database_url(raw_url) if raw_url else None
+        direct = env.get("DATABASE_DIRECT_URL", "").strip()
         log_level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
         if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {log_level!r}")
@@ -198,6 +202,10 @@ class Settings:
         metrics_port = _int(env, "METRICS_PORT", 0, minimum=0) or None
         return cls(
             database_url=database_url,
+            database_direct_url=normalize_database_url(direct)
+            if (direct := env.get("DATABASE_DIRECT_URL", "").strip())
+            else None,
+            database_transaction_pooler=_bool(env, "DATABASE_TRANSACTION_POOLER", False),
             data_dir=Path(env.get("DATA_DIR", "").strip() or ".data"),
             openrouter_api_key=env.get("OPENROUTER_API_KEY", "").strip() or None,
             openrouter_base_url=base_url,

@@ -36,6 +36,7 @@ from tests.fake_openrouter import FakeOpenRouter, _free_port, _wait_for_port
 TABLES = (
     "retention_policy",
     "maintenance_lease",
+    "response_live_frame",
     "service_process",
     "service_secret",
     "idempotency_key",

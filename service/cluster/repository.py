@@ -98,6 +98,12 @@ _FAIL_UNLISTED_RESPONSES = text(
     """
 )
 
+# Live frame copies of streams that ended without being cleaned up (the copying process stopped meanwhile).
+_FORGET_ENDED_LIVE_FRAMES = text(
+    "DELETE FROM response_live_frame f USING response r"
+    " WHERE f.response_id = r.id AND r.status NOT IN ('queued', 'in_progress')"
+)
+
 _ANY_RECENTLY_STOPPED = text("SELECT EXISTS (SELECT 1 FROM service_process WHERE stopped_at IS NOT NULL)")
 
 # Long enough for every turn a stopped process began after its last heartbeat to pass the horizon.
@@ -148,5 +154,6 @@ async def fail_orphaned_turns(conn: AsyncConnection, *, ttl: float, error: str) 
     failed = [row[0] for row in await conn.execute(_FAIL_LISTED_RESPONSES, {"error": error})]
     freed += [row[0] for row in await conn.execute(_FREE_UNLISTED_CLAIMS, {"ttl": ttl})]
     failed += [row[0] for row in await conn.execute(_FAIL_UNLISTED_RESPONSES, {"error": error, "freed": freed})]
+    await conn.execute(_FORGET_ENDED_LIVE_FRAMES)
     await conn.execute(_FORGET_STOPPED)
     return sorted(set(failed) | set(freed))

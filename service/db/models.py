@@ -265,6 +265,18 @@ class ServiceSecret(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class ResponseLiveFrame(Base):
+    """A batch of a running stream's frames, copied while a process other than the one running it follows it
+    (service/cluster/live_frames.py); deleted shortly after the stream's event log is stored."""
+
+    __tablename__ = "response_live_frame"
+
+    response_id: Mapped[str] = mapped_column(ForeignKey("response.id", ondelete="CASCADE"), primary_key=True)
+    first_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    frame_count: Mapped[int] = mapped_column(Integer)
+    frames: Mapped[str] = mapped_column(Text)
+
+
 __all__ = [
     "ApiKey",
     "Base",
@@ -273,6 +285,7 @@ __all__ = [
     "Item",
     "MaintenanceLease",
     "ResponseEventLog",
+    "ResponseLiveFrame",
     "ResponseRecord",
     "RetentionPolicy",
     "ServiceProcess",

@@ -2,30 +2,41 @@
 sequence number N through the terminal one.
 
 A run in this process is followed live from memory. A finished response is replayed from its stored event log.
-A response still running in another process is waited for (its log is written when it ends; keep-alive comments
-hold the connection meanwhile). A streamed response whose log was never written (its process died and the
-reaper failed it) is replayed from its stored state.
+A response still running in another process is followed live too: that process, asked through the bus, copies
+its frames to the database and notifies each batch (service/cluster/live_frames.py). A streamed response whose
+log was never written (its process died and the reaper failed it) is replayed from its stored state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.cluster import live_frames
+from service.cluster.bus import FOLLOW, Bus
 from service.errors import InvalidRequest, NotFound
 from service.responses import event_repository, service
 from service.responses.repository import RUNNING_STATUSES
 from service.responses.runner import TurnRunner
 from service.responses.streaming import KEEPALIVE_FRAME, events_from_state, split_frames, sse_frame
 
-_POLL_SECONDS = 0.5
-_KEEPALIVE_EVERY = 20  # polls between two keep-alive comments
+# A notification only wakes a reader; without one it reads again after this (a missed notification costs this).
+_RECHECK_SECONDS = 1.0
+_KEEPALIVE_EVERY = 10  # quiet rechecks between two keep-alive comments
 
 
 async def open_replay(
-    engine: AsyncEngine, runner: TurnRunner, tenant_id: str, response_id: str, after: int, *, wait_limit: float
+    engine: AsyncEngine,
+    runner: TurnRunner,
+    tenant_id: str,
+    response_id: str,
+    after: int,
+    *,
+    bus: Bus,
+    wait_limit: float,
 ) -> AsyncIterator[bytes]:
     """Checks first (so a bad id is a plain HTTP error), then returns the stream of frames."""
     run = runner.get(tenant_id, response_id)
@@ -43,7 +54,7 @@ async def open_replay(
         )
     if row.events is not None:
         return _frames_after(split_frames(row.events), after)
-    return _wait_then_replay(engine, runner, tenant_id, response_id, after, wait_limit=wait_limit)
+    return _wait_then_replay(engine, runner, tenant_id, response_id, after, bus=bus, wait_limit=wait_limit)
 
 
 async def _frames_after(frames: list[bytes], after: int) -> AsyncIterator[bytes]:
@@ -53,32 +64,52 @@ async def _frames_after(frames: list[bytes], after: int) -> AsyncIterator[bytes]
 
 
 async def _wait_then_replay(
-    engine: AsyncEngine, runner: TurnRunner, tenant_id: str, response_id: str, after: int, *, wait_limit: float
+    engine: AsyncEngine,
+    runner: TurnRunner,
+    tenant_id: str,
+    response_id: str,
+    after: int,
+    *,
+    bus: Bus,
+    wait_limit: float,
 ) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_limit
-    polls = 0
-    while True:
-        run = runner.get(tenant_id, response_id)
-        if run is not None:
-            async for chunk in run.follow(after):
+    quiet = 0
+    with bus.watch(response_id) as changed:
+        # The process running the stream copies its frames to the database from now on (service/cluster).
+        await bus.send(FOLLOW, response_id)
+        while True:
+            changed.clear()
+            run = runner.get(tenant_id, response_id)
+            if run is not None:
+                async for chunk in run.follow(after):
+                    yield chunk
+                return
+            async with engine.connect() as conn:
+                row = await event_repository.stream_state(conn, tenant_id, response_id)
+            if row is None:
+                return  # deleted meanwhile
+            if row.events is not None:
+                async for chunk in _frames_after(split_frames(row.events), after):
+                    yield chunk
+                return
+            chunk, after = await live_frames.frames_after(engine, response_id, after)
+            if chunk:
+                quiet = 0
                 yield chunk
-            return
-        async with engine.connect() as conn:
-            row = await event_repository.stream_state(conn, tenant_id, response_id)
-        if row is None:
-            return  # deleted meanwhile
-        if row.events is not None:
-            async for chunk in _frames_after(split_frames(row.events), after):
-                yield chunk
-            return
-        if row.status not in RUNNING_STATUSES or loop.time() >= deadline:
-            state = await service.get_response(engine, tenant_id, response_id)
-            frames = [sse_frame(event) for event in events_from_state(state.render())]
-            async for chunk in _frames_after(frames, after):
-                yield chunk
-            return
-        polls += 1
-        if polls % _KEEPALIVE_EVERY == 0:
-            yield KEEPALIVE_FRAME
-        await asyncio.sleep(_POLL_SECONDS)
+            if row.status not in RUNNING_STATUSES or loop.time() >= deadline:
+                state = await service.get_response(engine, tenant_id, response_id)
+                frames = [sse_frame(event) for event in events_from_state(state.render())]
+                async for chunk in _frames_after(frames, after):
+                    yield chunk
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_RECHECK_SECONDS):
+                    await changed.wait()
+            if not changed.is_set():
+                quiet += 1
+                if quiet % _KEEPALIVE_EVERY == 0:
+                    yield KEEPALIVE_FRAME
+                    # Nothing for a while: the request to copy may have been missed (or sent before the run began).
+                    await bus.send(FOLLOW, response_id)

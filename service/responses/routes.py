@@ -138,6 +138,7 @@ class ResponseController(Controller):
                 tenant_id,
                 response_id,
                 _sequence_number(starting_after),
+                bus=runtime.cluster.bus,
                 wait_limit=runtime.settings.turn_lock_ttl,
             )
             return _sse(frames)
@@ -148,10 +149,11 @@ class ResponseController(Controller):
         "/{response_id:str}/cancel",
         operation_id="cancelResponse",
         status_code=200,
-        operation_class=documented(answer=ResponseObject, errors=(400, 404)),
+        operation_class=documented(answer=ResponseObject, errors=(400, 404, 409)),
     )
     async def cancel(self, runtime: RuntimeDep, tenant_id: TenantId, response_id: FromPath[str]) -> Response[bytes]:
-        return json_response(await cancel_response(runtime.engine, runtime.turns, tenant_id, response_id))
+        bus = runtime.cluster.bus  # a response run by another process is cancelled there
+        return json_response(await cancel_response(runtime.engine, runtime.turns, bus, tenant_id, response_id))
 
     @delete(
         "/{response_id:str}",

@@ -25,6 +25,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.cluster.bus import Bus
+from service.cluster.remote import cancel_elsewhere
 from service.config import Settings
 from service.errors import Conflict, InvalidRequest, ServiceError, ServiceUnavailable
 from service.observability import turns as observe_turns
@@ -175,6 +177,10 @@ class TurnRunner:
         run = self._runs.get(response_id)
         return run if run is not None and run.turn.tenant_id == tenant_id else None
 
+    def running(self, response_id: str) -> TurnRun | None:
+        """The run of that response in this process, whoever asks (another process, through the bus)."""
+        return self._runs.get(response_id)
+
     def stop(self, run: TurnRun, reason: str) -> None:
         """Ask a run to stop; it stores what it has (cancelled, or failed on shutdown) and ends its stream."""
         if run.finished or run.storing or run.stop_reason is not None:
@@ -297,9 +303,12 @@ class TurnRunner:
         return terminal_frame(turn.state.render(), sequence_number)
 
 
-async def cancel_response(engine: AsyncEngine, runner: TurnRunner, tenant_id: str, response_id: str) -> dict[str, Any]:
+async def cancel_response(
+    engine: AsyncEngine, runner: TurnRunner, bus: Bus, tenant_id: str, response_id: str
+) -> dict[str, Any]:
     """Stop a background response: it ends `cancelled`, keeping the output generated so far (not appended to its
-    conversation). Cancelling a response that already ended answers it unchanged."""
+    conversation). Cancelling a response that already ended answers it unchanged. A response run by another
+    process is cancelled there, through the bus."""
     run = runner.get(tenant_id, response_id)
     background = run.turn.request.background if run is not None else None
     if run is None:
@@ -313,9 +322,12 @@ async def cancel_response(engine: AsyncEngine, runner: TurnRunner, tenant_id: st
         await runner.cancel(run)
         return run.turn.state.render()
     if state.status in RUNNING_STATUSES:
-        raise Conflict(
-            f"Response '{response_id}' is running in another process of the service, which cannot be reached "
-            "from here; retry the cancel (it will be failed by the reaper if that process is gone)",
-            code="response_running_elsewhere",
-        )
+        ended = await cancel_elsewhere(engine, bus, tenant_id, response_id)
+        if ended is None:
+            raise Conflict(
+                f"Response '{response_id}' is running in another process of the service, which did not answer the "
+                "cancel; retry it (if that process is gone, its turns are failed within PROCESS_HEARTBEAT_TIMEOUT)",
+                code="response_running_elsewhere",
+            )
+        return ended.render()
     return state.render()

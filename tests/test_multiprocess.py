@@ -1,0 +1,154 @@
+"""Several service processes on one database: a stream started on A is followed live from B, a background turn
+run by A is cancelled through B, and when A is SIGKILLed mid-turn, B fails A's turns and frees its conversations
+within A's heartbeat timeout. A is `python -m service serve` in its own OS process; B runs in the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.cluster.heartbeat import PROCESS_STOPPED_ERROR
+from service.keys import service as keys
+from tests.conftest import LiveServer
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
+from tests.reliability_support import ServiceProcess, client_for, eventually
+from tests.stream_support import conversation_state, wait_until_ended
+from tests.turn_support import MODEL, new_conversation, rows
+
+HEARTBEAT_TIMEOUT = 2.0
+
+
+@pytest.fixture
+def process_a(database_url: str, fake_upstream: FakeOpenRouter) -> Iterator[ServiceProcess]:
+    process = ServiceProcess(
+        database_url, fake_upstream.base_url, PROCESS_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT), LOG_LEVEL="WARNING"
+    )
+    process.start(timeout=60)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def process_b(start_server: Callable[..., LiveServer]) -> LiveServer:
+    return start_server(process_heartbeat_timeout=HEARTBEAT_TIMEOUT)
+
+
+async def _clients(db: AsyncEngine, a: ServiceProcess, b: LiveServer) -> tuple[httpx.AsyncClient, httpx.AsyncClient]:
+    key = await keys.create_key(db, tenant="multi")
+    return client_for(a.url, key.secret), client_for(b.url, key.secret)
+
+
+async def _timed_events(response: httpx.Response, arrivals: list[tuple[float, dict[str, Any]]]) -> None:
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            arrivals.append((time.monotonic(), json.loads(line[len("data: ") :])))
+
+
+async def test_a_stream_started_on_a_is_followed_live_from_b(
+    process_a: ServiceProcess, process_b: LiveServer, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    a, b = await _clients(db, process_a, process_b)
+    deltas = 24
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("w " * deltas, chunks=deltas), delay=0.15))
+    on_a: list[tuple[float, dict[str, Any]]] = []
+    on_b: list[tuple[float, dict[str, Any]]] = []
+    async with a, b:
+        conv = await new_conversation(a)
+        body = {"model": MODEL, "input": "hi", "conversation": conv, "stream": True}
+        async with a.stream("POST", "/v1/responses", json=body) as started:
+            reading_a = asyncio.create_task(_timed_events(started, on_a))
+            await eventually(lambda: _has(on_a, 5), timeout=20)
+            response_id = on_a[0][1]["response"]["id"]
+            params = {"stream": "true", "starting_after": "2"}
+            async with b.stream("GET", f"/v1/responses/{response_id}", params=params) as resumed:
+                assert resumed.status_code == 200
+                await _timed_events(resumed, on_b)
+            await reading_a
+    events_a = [event for _, event in on_a]
+    events_b = [event for _, event in on_b]
+    assert events_b == events_a[3:], "B relays exactly A's events after sequence number 2"
+    assert events_b[-1]["type"] == "response.completed"
+    # Live: B saw the middle of the stream while A was still streaming it, not the log after the end.
+    end_on_a = on_a[-1][0]
+    middle = next(t for t, event in on_b if event["sequence_number"] == len(events_a) // 2)
+    assert middle < end_on_a - 0.5, f"B got the middle {end_on_a - middle:.2f}s before A's end"
+
+
+async def _has(events: list[Any], count: int) -> bool:
+    return len(events) >= count
+
+
+async def test_a_background_turn_run_by_a_is_cancelled_through_b(
+    process_a: ServiceProcess, process_b: LiveServer, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    a, b = await _clients(db, process_a, process_b)
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("w " * 40, chunks=40), delay=0.3))
+    async with a, b:
+        conv = await new_conversation(a)
+        started = await a.post(
+            "/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conv, "background": True}
+        )
+        response_id = started.json()["id"]
+        await asyncio.sleep(1.0)
+        asked = time.monotonic()
+        cancelled = await b.post(f"/v1/responses/{response_id}/cancel")
+        took = time.monotonic() - asked
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        assert took < 3, f"the cancel took {took:.1f}s"
+        final = await wait_until_ended(a, response_id)
+    assert final["status"] == "cancelled"
+    [row] = await rows(db, "SELECT status FROM response WHERE id = :r", r=response_id)
+    assert row["status"] == "cancelled"
+    state = await conversation_state(db, conv)
+    assert state["items"] == [] and state["turn_response_id"] is None
+
+
+async def test_a_killed_mid_turn_is_noticed_by_b_which_frees_the_conversation_and_fails_the_turn(
+    process_a: ServiceProcess, process_b: LiveServer, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    a, b = await _clients(db, process_a, process_b)
+    fake_upstream.enqueue(Reply(kind="stall", delay=60), Reply(kind="stall", delay=60))
+    async with a, b:
+        plain_conv = await new_conversation(a)
+        background_conv = await new_conversation(a)
+        plain = asyncio.create_task(
+            a.post("/v1/responses", json={"model": MODEL, "input": "hi", "conversation": plain_conv})
+        )
+        background = await a.post(
+            "/v1/responses", json={"model": MODEL, "input": "hi", "conversation": background_conv, "background": True}
+        )
+        response_id = background.json()["id"]
+
+        async def both_claimed() -> bool:
+            states = [await conversation_state(db, c) for c in (plain_conv, background_conv)]
+            return all(s["turn_response_id"] is not None for s in states) and len(fake_upstream.requests) >= 2
+
+        await eventually(both_claimed, timeout=20)
+        await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)  # A has listed both turns in a heartbeat by now
+        process_a.kill()
+        killed = time.monotonic()
+        with pytest.raises(httpx.HTTPError):
+            await plain
+
+        async def freed() -> bool:
+            states = [await conversation_state(db, c) for c in (plain_conv, background_conv)]
+            return all(s["turn_response_id"] is None for s in states)
+
+        await eventually(freed, timeout=30)
+        took = time.monotonic() - killed
+        assert took < HEARTBEAT_TIMEOUT * 1.25 + 2, f"freed {took:.1f}s after the kill"
+        [row] = await rows(db, "SELECT status, error FROM response WHERE id = :r", r=response_id)
+        assert row == {"status": "failed", "error": PROCESS_STOPPED_ERROR}
+        after = await b.post("/v1/responses", json={"model": MODEL, "input": "again", "conversation": plain_conv})
+        assert after.status_code == 200 and after.json()["status"] == "completed"
+    for conv in (plain_conv, background_conv):
+        items = (await conversation_state(db, conv))["items"]
+        assert len(items) == (2 if conv == plain_conv else 0)
