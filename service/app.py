@@ -93,7 +93,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(url, pool_size=settings.db_pool_size, pool_timeout=settings.db_pool_timeout)
+        engine = create_engine(
+            url,
+            pool_size=settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout,
+            transaction_pooler=settings.database_transaction_pooler,
+        )
         observe_pool(engine)
         upstream = OpenRouterClient(settings, transport=upstream_transport)
         histories = HistoryCache(settings.history_cache_mb * 1024 * 1024)

@@ -116,9 +116,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     _check_port_free(settings.host, settings.port)
     with _database(settings) as url:
-        asyncio.run(_check_database(url))
+        # Behind a pooler in transaction mode, checks and migrations go to the server directly.
+        direct = settings.database_direct_url or url
+        asyncio.run(_check_database(direct))
         if settings.auto_migrate:
-            _migrate(url)
+            _migrate(direct)
         if settings.embedded_database:
             secret = asyncio.run(_first_start_key(url))
             if secret:
@@ -153,7 +155,8 @@ def app_from_environment() -> Any:
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    with _database(settings) as url:
+    with _database(settings) as resolved:
+        url = settings.database_direct_url or resolved
         asyncio.run(_check_database(url))
         _migrate(url)
     print("database is at the latest revision")
@@ -163,7 +166,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def _with_engine(settings: Settings, work: Callable[[Any], Any]) -> Any:
     from service.db.session import create_engine  # noqa: PLC0415
 
-    with _database(settings) as url:
+    with _database(settings) as resolved:
+        url = settings.database_direct_url or resolved
         asyncio.run(_check_database(url))
         _migrate(url)
 

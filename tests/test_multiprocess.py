@@ -1,6 +1,7 @@
 """Several service processes on one database: a stream started on A is followed live from B, a background turn
 run by A is cancelled through B, and when A is SIGKILLed mid-turn, B fails A's turns and frees its conversations
-within A's heartbeat timeout. A is `python -m service serve` in its own OS process; B runs in the test process."""
+within A's heartbeat timeout. A is `python -m service serve` in its own OS process, connected directly or through
+pgbouncer in transaction mode; B runs in the test process."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from service.cluster.heartbeat import PROCESS_STOPPED_ERROR
 from service.keys import service as keys
 from tests.conftest import LiveServer
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
+from tests.pgbouncer_support import PgBouncer, require_pgbouncer
 from tests.reliability_support import ServiceProcess, client_for, eventually
 from tests.stream_support import conversation_state, wait_until_ended
 from tests.turn_support import MODEL, new_conversation, rows
@@ -25,14 +27,28 @@ from tests.turn_support import MODEL, new_conversation, rows
 HEARTBEAT_TIMEOUT = 2.0
 
 
-@pytest.fixture
-def process_a(database_url: str, fake_upstream: FakeOpenRouter) -> Iterator[ServiceProcess]:
-    process = ServiceProcess(
-        database_url, fake_upstream.base_url, PROCESS_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT), LOG_LEVEL="WARNING"
-    )
-    process.start(timeout=60)
-    yield process
-    process.stop()
+@pytest.fixture(params=["direct", "pgbouncer"])
+def process_a(
+    request: pytest.FixtureRequest, database_url: str, fake_upstream: FakeOpenRouter
+) -> Iterator[ServiceProcess]:
+    """A, connected directly, or through pgbouncer in transaction mode (LISTEN and migrations directly)."""
+    env = {"PROCESS_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT), "LOG_LEVEL": "WARNING"}
+    bouncer = None
+    url = database_url
+    if request.param == "pgbouncer":
+        bouncer = PgBouncer(database_url, binary=require_pgbouncer()).start()
+        url = bouncer.url
+        env |= {"DATABASE_DIRECT_URL": database_url, "DATABASE_TRANSACTION_POOLER": "true"}
+    process = ServiceProcess(url, fake_upstream.base_url, **env)
+    try:
+        process.start(timeout=60)
+        if bouncer is not None:
+            assert "login attempt" in bouncer.log(), "A's database connections must go through pgbouncer"
+        yield process
+    finally:
+        process.stop()
+        if bouncer is not None:
+            bouncer.stop()
 
 
 @pytest.fixture

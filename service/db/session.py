@@ -10,6 +10,7 @@ turn: docs/benchmarks.md).
 from __future__ import annotations
 
 import asyncio
+import uuid
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +36,45 @@ def _replace_closed_connection(
         raise DisconnectionError("pooled connection was closed by the server")
 
 
-def create_engine(database_url: str, *, pool_size: int = 20, pool_timeout: float = 30.0) -> AsyncEngine:
+def _through_transaction_pooler(connect_args: dict[str, Any]) -> dict[str, Any]:
+    """What a pooler in transaction mode (pgbouncer 1.18) needs: consecutive transactions of one connection of
+    ours may run on different server sessions. So no statement stays prepared between transactions (asyncpg's
+    own cache off; SQLAlchemy's prepared statements named uniquely, so two of our connections never collide on
+    one server session), and no startup parameter the pooler refuses: the settings above are then the
+    database's (docs/scaling.md gives the ALTER DATABASE)."""
+    return {
+        **connect_args,
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": lambda: f"__asyncpg_{uuid.uuid4().hex}__",
+        "server_settings": {"application_name": connect_args["server_settings"]["application_name"]},
+    }
+
+
+def create_engine(
+    database_url: str, *, pool_size: int = 20, pool_timeout: float = 30.0, transaction_pooler: bool = False
+) -> AsyncEngine:
+    """`transaction_pooler`: DATABASE_URL points at a pooler in transaction mode (DATABASE_TRANSACTION_POOLER)."""
+    connect_args: dict[str, Any] = {
+        "timeout": 5,
+        "server_settings": {
+            "application_name": "convstore",
+            # A backstop: no session of ours may sit idle in a transaction (we never wait on upstream in one).
+            "idle_in_transaction_session_timeout": "60000",
+            # Plan each prepared statement once. Left to choose, PostgreSQL kept re-planning the turn's begin
+            # statement on every run (~0.5 ms, 1.99 -> 1.21 ms measured) on connections whose first turns
+            # were on short conversations: their cheap custom plans made the generic plan look dearer. Our
+            # statements are key lookups and index walks whose best plan does not depend on the values;
+            # the admin listing, where it does, asks for per-value plans in its own transactions.
+            "plan_cache_mode": "force_generic_plan",
+            # No JIT compilation: PostgreSQL compiles a plan whose estimated cost passes jit_above_cost,
+            # which took ~190 ms for an admin page that runs in 9 ms (a sequential scan of 100,000 threads,
+            # docs/benchmarks.md). No statement of ours runs long enough to win that back.
+            "jit": "off",
+        },
+    }
+    if transaction_pooler:
+        connect_args = _through_transaction_pooler(connect_args)
     engine = create_async_engine(
         database_url,
         pool_size=pool_size,
@@ -45,24 +84,7 @@ def create_engine(database_url: str, *, pool_size: int = 20, pool_timeout: float
         max_overflow=0,
         pool_recycle=1800,
         pool_timeout=pool_timeout,
-        connect_args={
-            "timeout": 5,
-            "server_settings": {
-                "application_name": "convstore",
-                # A backstop: no session of ours may sit idle in a transaction (we never wait on upstream in one).
-                "idle_in_transaction_session_timeout": "60000",
-                # Plan each prepared statement once. Left to choose, PostgreSQL kept re-planning the turn's begin
-                # statement on every run (~0.5 ms, 1.99 -> 1.21 ms measured) on connections whose first turns
-                # were on short conversations: their cheap custom plans made the generic plan look dearer. Our
-                # statements are key lookups and index walks whose best plan does not depend on the values;
-                # the admin listing, where it does, asks for per-value plans in its own transactions.
-                "plan_cache_mode": "force_generic_plan",
-                # No JIT compilation: PostgreSQL compiles a plan whose estimated cost passes jit_above_cost,
-                # which took ~190 ms for an admin page that runs in 9 ms (a sequential scan of 100,000 threads,
-                # docs/benchmarks.md). No statement of ours runs long enough to win that back.
-                "jit": "off",
-            },
-        },
+        connect_args=connect_args,
     )
     event.listen(engine.sync_engine.pool, "checkout", _replace_closed_connection)
     return engine
