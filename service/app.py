@@ -47,6 +47,8 @@ from service.runtime import Runtime
 from service.serving import on_stop_signal
 from service.upstream.client import OpenRouterClient
 from service.upstream.demo import DemoTransport
+from service.webhooks.delivery import WebhookDeliverer
+from service.webhooks.routes import WebhookAdminController
 
 logger = logging.getLogger("service.app")
 
@@ -129,6 +131,9 @@ def create_app(
         app.state.runtime = runtime
         await runtime.cluster.start()
         background = [asyncio.create_task(_reap_forever(runtime)), asyncio.create_task(_purge_forever(runtime))]
+        deliverer = WebhookDeliverer(settings, engine)
+        if settings.webhook_delivery:
+            background.append(asyncio.create_task(deliverer.run_forever()))
         stopping: list[asyncio.Task[None]] = []
 
         def stop_turns() -> None:
@@ -149,6 +154,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await runtime.cluster.stop()
+            await deliverer.aclose()
             await upstream.aclose()
             await engine.dispose()
             if plugins:
@@ -173,6 +179,7 @@ def create_app(
             RetentionAdminController,
             docs_assets_router(),
             ConsoleController,
+            WebhookAdminController,
         ],
         dependencies=DEPENDENCIES,
         plugins=plugins,

@@ -170,6 +170,11 @@ class Settings:
     console_session_hours: float = 12.0
     max_conversation_items: int = 100_000
     max_conversation_bytes: int = 32 * 1024 * 1024
+    webhook_delivery: bool = True
+    webhook_retry_base_seconds: float = 5.0
+    webhook_retry_hours: float = 24.0
+    webhook_allow_private_addresses: bool = False
+    webhook_poll_seconds: float = 1.0
 
     @property
     def demo_upstream(self) -> bool:
@@ -250,6 +255,11 @@ class Settings:
             metrics_port=metrics_port,
             console_session_secret=env.get("CONSOLE_SESSION_SECRET", "").strip() or None,
             console_session_hours=_number(env, "CONSOLE_SESSION_HOURS", 12.0, minimum=0.01),
+            webhook_delivery=_bool(env, "WEBHOOK_DELIVERY", True),
+            webhook_retry_base_seconds=_number(env, "WEBHOOK_RETRY_BASE_SECONDS", 5.0, minimum=0.01),
+            webhook_retry_hours=_number(env, "WEBHOOK_RETRY_HOURS", 24.0, minimum=0),
+            webhook_allow_private_addresses=_bool(env, "WEBHOOK_ALLOW_PRIVATE_ADDRESSES", False),
+            webhook_poll_seconds=_number(env, "WEBHOOK_POLL_SECONDS", 1.0, minimum=0.01),
         )
 
     @property

@@ -34,6 +34,9 @@ from service.migrate import upgrade
 from tests.fake_openrouter import FakeOpenRouter, _free_port, _wait_for_port
 
 TABLES = (
+    "webhook_attempt",
+    "webhook_delivery",
+    "webhook_endpoint",
     "retention_policy",
     "maintenance_lease",
     "response_live_frame",
@@ -113,6 +116,9 @@ def base_settings(database_url: str, fake_upstream: FakeOpenRouter) -> Settings:
         db_pool_size=5,
         # Rates off: tests send bursts; tests/test_limits.py turns them on where it checks them.
         tenant_requests_per_second=0,
+        # Only the tests that start a server for it deliver webhooks, to receivers on loopback.
+        webhook_delivery=False,
+        webhook_allow_private_addresses=True,
     )
 
 

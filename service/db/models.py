@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -277,6 +278,58 @@ class ResponseLiveFrame(Base):
     frames: Mapped[str] = mapped_column(Text)
 
 
+class WebhookEndpoint(Base):
+    """Where a tenant's webhooks go. The secret signs them (Standard Webhooks), so it is kept as is; the admin
+    API shows it only in the answer that created the endpoint."""
+
+    __tablename__ = "webhook_endpoint"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    secret: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookDelivery(Base):
+    """The outbox: one event for one endpoint, written by a trigger on response (migration 8e2f6b0d4c51) in the
+    transaction that stores a background response's outcome. `event_id` is the stable `webhook-id`."""
+
+    __tablename__ = "webhook_delivery"
+
+    pk: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    event_id: Mapped[str] = mapped_column(Text)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoint.id", ondelete="CASCADE"))
+    tenant_id: Mapped[str] = mapped_column(Text)
+    event_type: Mapped[str] = mapped_column(Text)
+    response_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # pending until delivered, or failed once WEBHOOK_RETRY_HOURS have passed without a 2xx.
+    state: Mapped[str] = mapped_column(Text, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A delivering process's claim on the row, so two processes never send it at once; void once past.
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_webhook_delivery_due", "next_attempt_at", postgresql_where=text("state = 'pending'")),
+        Index("ix_webhook_delivery_created_at", "created_at", "pk"),
+    )
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempt"
+
+    pk: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    delivery_pk: Mapped[int] = mapped_column(ForeignKey("webhook_delivery.pk", ondelete="CASCADE"), index=True)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+
+
 __all__ = [
     "ApiKey",
     "Base",
@@ -291,6 +344,9 @@ __all__ = [
     "ServiceProcess",
     "ServiceSecret",
     "Tenant",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
 ]
 
 
@@ -310,3 +366,6 @@ retention_policy_table = _table(RetentionPolicy)
 maintenance_lease_table = _table(MaintenanceLease)
 service_process_table = _table(ServiceProcess)
 service_secret_table = _table(ServiceSecret)
+webhook_endpoint_table = _table(WebhookEndpoint)
+webhook_delivery_table = _table(WebhookDelivery)
+webhook_attempt_table = _table(WebhookAttempt)

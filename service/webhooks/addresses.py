@@ -1,0 +1,65 @@
+"""Where webhooks may go: http(s) URLs only, and (unless WEBHOOK_ALLOW_PRIVATE_ADDRESSES) never to loopback,
+link-local, private or other non-public addresses, so that an endpoint cannot make the service reach its own
+network. A hostname is checked against every address it resolves to, at each delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+MAX_URL_LENGTH = 2048
+
+
+class AddressRefused(Exception):
+    """The URL is not one webhooks may be sent to; the message says why."""
+
+
+def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
+
+
+def check_url_form(url: str, *, allow_private: bool) -> str:
+    """The URL's host when its form is acceptable (scheme, host, no credentials, a public address if literal)."""
+    if len(url) > MAX_URL_LENGTH:
+        raise AddressRefused(f"url is longer than {MAX_URL_LENGTH} characters")
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"}:
+        raise AddressRefused("url must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise AddressRefused("url has no host")
+    if parts.username is not None or parts.password is not None:
+        raise AddressRefused("url must not carry credentials")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise AddressRefused("url has an invalid port") from None
+    host = parts.hostname
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        if not allow_private and host.rstrip(".").lower() in {"localhost", "localhost.localdomain"}:
+            raise AddressRefused("url points to a loopback host") from None
+        return host
+    if not allow_private and _refused(literal):
+        raise AddressRefused(f"url points to a non-public address ({literal})")
+    return host
+
+
+async def check_destination(url: str, *, allow_private: bool) -> None:
+    """Before each delivery: the URL's form, and every address its host resolves to now."""
+    host = check_url_form(url, allow_private=allow_private)
+    if allow_private:
+        return
+    port = urlsplit(url).port or (443 if url.startswith("https") else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise AddressRefused(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if _refused(address):
+            raise AddressRefused(f"{host} resolves to a non-public address ({address})")

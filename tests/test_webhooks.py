@@ -1,0 +1,215 @@
+"""Webhooks for background responses: endpoints through the admin API, events signed so that the official SDK's
+`client.webhooks.unwrap` verifies them, delivered from a durable outbox with retries, at least once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply
+from tests.turn_support import MODEL, rows, turn
+
+DELIVERING = {
+    "webhook_delivery": True,
+    "webhook_poll_seconds": 0.05,
+    "webhook_retry_base_seconds": 0.2,
+    "webhook_allow_private_addresses": True,
+}
+
+
+@pytest.fixture
+def receiver() -> Iterator[FakeOpenRouter]:
+    """A webhook receiver on a real socket: it records each request and answers as scripted (200 by default)."""
+    fake = FakeOpenRouter()
+    fake.start()
+    yield fake
+    fake.stop()
+
+
+def _admin_client(live: LiveServer) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {live.settings.admin_api_key}"}
+    return httpx.AsyncClient(base_url=live.url, headers=headers, timeout=30)
+
+
+@pytest.fixture
+async def admin(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with _admin_client(server) as client:
+        yield client
+
+
+async def _endpoint(admin: httpx.AsyncClient, tenant: str, url: str, events: list[str]) -> dict[str, Any]:
+    answer = await admin.post(f"/admin/tenants/{tenant}/webhooks", json={"url": url, "events": events})
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+async def _background(tenant: Tenant) -> str:
+    started = await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "background": True})
+    assert started.status_code == 200, started.text
+    response_id: str = started.json()["id"]
+    for _ in range(200):
+        status = (await tenant.http.get(f"/v1/responses/{response_id}")).json()["status"]
+        if status not in {"queued", "in_progress"}:
+            return response_id
+        await asyncio.sleep(0.05)
+    raise AssertionError("the background response never finished")
+
+
+async def _received(receiver: FakeOpenRouter, count: int, timeout: float = 15.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if len(receiver.requests) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the receiver got {len(receiver.requests)} requests, expected {count}")
+
+
+async def test_event_is_signed_so_the_sdk_unwraps_it(
+    start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter
+) -> None:
+    live = start_server(**DELIVERING)
+    alice = await make_tenant("alice", live=live)
+    async with _admin_client(live) as admin:
+        endpoint = await _endpoint(admin, "alice", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+        assert endpoint["secret"].startswith("whsec_")
+        response_id = await _background(alice)
+        await _received(receiver, 1)
+        (request,) = receiver.requests
+        assert request.method == "POST" and request.path == "/hook"
+        client = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:1/v1")
+        event = client.webhooks.unwrap(request.raw, request.headers, secret=endpoint["secret"])
+        assert event.type == "response.completed"
+        assert event.data.id == response_id
+        assert event.object == "event"
+        assert request.headers["webhook-id"] == event.id
+        with pytest.raises(openai.InvalidWebhookSignatureError):
+            client.webhooks.unwrap(request.raw + b" ", request.headers, secret=endpoint["secret"])
+
+        await asyncio.sleep(0.3)
+        deliveries = (await admin.get("/admin/webhook-deliveries", params={"tenant": "alice"})).json()["data"]
+        (delivery,) = deliveries
+        assert delivery["state"] == "delivered"
+        assert delivery["webhook_id"] == event.id
+        assert [a["status_code"] for a in delivery["attempts"]] == [200]
+
+
+async def test_a_receiver_failing_twice_gets_the_same_event_until_it_acknowledges(
+    start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    live = start_server(**DELIVERING)
+    bob = await make_tenant("bob", live=live)
+    receiver.enqueue(Reply(status=500, body={"error": "down"}), Reply(status=503, body={"error": "down"}))
+    async with _admin_client(live) as admin:
+        await _endpoint(admin, "bob", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+        response_id = await _background(bob)
+        await _received(receiver, 3)
+        await asyncio.sleep(0.5)
+        assert len(receiver.requests) == 3
+        assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
+        assert len({r.raw for r in receiver.requests}) == 1
+        assert receiver.requests[0].body["data"] == {"id": response_id}
+        (delivery,) = (await admin.get("/admin/webhook-deliveries")).json()["data"]
+        assert delivery["state"] == "delivered"
+        assert [a["status_code"] for a in delivery["attempts"]] == [500, 503, 200]
+        assert [a["error"] for a in delivery["attempts"]] == ["HTTP 500", "HTTP 503", None]
+    (row,) = await rows(db, "SELECT state, attempts, delivered_at IS NOT NULL AS done FROM webhook_delivery")
+    assert row == {"state": "delivered", "attempts": 3, "done": True}
+
+
+async def test_an_outcome_stored_while_no_process_delivers_is_delivered_after_a_restart(
+    alice: Tenant,
+    admin: httpx.AsyncClient,
+    start_server: Callable[..., LiveServer],
+    receiver: FakeOpenRouter,
+    db: AsyncEngine,
+    fake_upstream: FakeOpenRouter,
+) -> None:
+    # The session's server does not deliver: the outcome waits in the outbox, as across a restart.
+    await _endpoint(admin, "alice", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+    response_id = await _background(alice)
+    await turn(alice.http, "not background: no event")
+    await asyncio.sleep(0.3)
+    assert receiver.requests == []
+    (pending,) = await rows(db, "SELECT event_type, response_id, state FROM webhook_delivery")
+    assert pending == {"event_type": "response.completed", "response_id": response_id, "state": "pending"}
+
+    start_server(**DELIVERING)
+    await _received(receiver, 1)
+    assert receiver.requests[0].body["data"] == {"id": response_id}
+    assert receiver.requests[0].body["type"] == "response.completed"
+
+
+async def test_failed_and_cancelled_outcomes_reach_only_the_endpoints_subscribed(
+    alice: Tenant, admin: httpx.AsyncClient, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    url = "https://hooks.example.com/a"
+    failed_only = await _endpoint(admin, "alice", url, ["response.failed"])
+    everything = await _endpoint(
+        admin, "alice", url, ["response.completed", "response.failed", "response.cancelled", "response.incomplete"]
+    )
+    fake_upstream.enqueue(Reply(status=400, body={"error": {"message": "bad", "code": 400}}))
+    failed = await _background(alice)
+    fake_upstream.enqueue(Reply(kind="stall", delay=5))
+    started = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "background": True})
+    cancelled = started.json()["id"]
+    await asyncio.sleep(0.2)
+    assert (await alice.http.post(f"/v1/responses/{cancelled}/cancel")).status_code == 200
+    events = await rows(db, "SELECT endpoint_id, event_type, response_id FROM webhook_delivery")
+    expected = [
+        {"endpoint_id": failed_only["id"], "event_type": "response.failed", "response_id": failed},
+        {"endpoint_id": everything["id"], "event_type": "response.failed", "response_id": failed},
+        {"endpoint_id": everything["id"], "event_type": "response.cancelled", "response_id": cancelled},
+    ]
+    assert sorted(events, key=str) == sorted(expected, key=str)
+
+
+async def test_endpoints_are_validated_listed_without_secrets_and_removed(
+    start_server: Callable[..., LiveServer], make_tenant: Any
+) -> None:
+    live = start_server(webhook_allow_private_addresses=False)
+    alice = await make_tenant("alice", live=live)
+    async with _admin_client(live) as admin:
+        await _validated_listed_removed(admin, alice)
+
+
+async def _validated_listed_removed(admin: httpx.AsyncClient, alice: Tenant) -> None:
+    url = "/admin/tenants/alice/webhooks"
+    refused = [
+        ({"url": "ftp://example.com/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://127.0.0.1:9/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://[::1]/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://169.254.169.254/latest", "events": ["response.completed"]}, "url"),
+        ({"url": "http://10.1.2.3/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://localhost/x", "events": ["response.completed"]}, "url"),
+        ({"url": "https://user:pw@example.com/x", "events": ["response.completed"]}, "url"),
+        ({"events": ["response.completed"]}, "url"),
+        ({"url": "https://example.com/x", "events": []}, "events"),
+        ({"url": "https://example.com/x", "events": ["response.created"]}, "events[0]"),
+        ({"url": "https://example.com/x", "events": ["response.completed"], "extra": 1}, "extra"),
+    ]
+    for body, param in refused:
+        answer = await admin.post(url, json=body)
+        assert answer.status_code == 400, (body, answer.text)
+        assert answer.json()["error"]["param"] == param, body
+    valid = {"url": "https://example.com/x", "events": ["response.completed"]}
+    assert (await admin.post("/admin/tenants/nobody/webhooks", json=valid)).status_code == 404
+    assert (
+        await alice.http.post(url, json={"url": "https://example.com/x", "events": ["response.completed"]})
+    ).status_code == 403
+
+    created = await _endpoint(admin, "alice", "https://example.com/x", ["response.failed", "response.completed"])
+    assert created["events"] == ["response.completed", "response.failed"]
+    listed = (await admin.get(url)).json()["data"]
+    assert listed == [{k: v for k, v in created.items() if k != "secret"}]
+    removed = await admin.delete(f"{url}/{created['id']}")
+    assert removed.status_code == 200
+    assert removed.json() == {"object": "webhook_endpoint.deleted", "id": created["id"], "deleted": True}
+    assert (await admin.delete(f"{url}/{created['id']}")).status_code == 404
+    assert (await admin.get(url)).json()["data"] == []
