@@ -26,7 +26,7 @@ from service.http import DEPENDENCIES
 from service.idempotency.middleware import IdempotencyMiddleware
 from service.idempotency.service import purge_expired_keys
 from service.keys.service import KeyAuthenticator
-from service.lifecycle.routes import ConversationLifecycleController
+from service.lifecycle.routes import ConversationBackupAdminController, ConversationLifecycleController
 from service.limits.door import DoorMiddleware
 from service.limits.policy import Limits
 from service.limits.slow_readers import SlowReaderMiddleware
@@ -177,6 +177,7 @@ def create_app(
             AdminController,
             AdminKeyController,
             RetentionAdminController,
+            ConversationBackupAdminController,
             docs_assets_router(),
             ConsoleController,
             WebhookAdminController,

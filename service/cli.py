@@ -216,6 +216,40 @@ def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from service.errors import ServiceError  # noqa: PLC0415
+    from service.lifecycle import cli_transfer  # noqa: PLC0415
+
+    try:
+        with contextlib.ExitStack() as files:
+            out = files.enter_context(open(args.output, "wb")) if args.output else cli_transfer.stdout()
+            _with_engine(
+                settings,
+                lambda engine: cli_transfer.export_to(out, engine, tenant=args.tenant, conversation=args.conversation),
+            )
+    except ServiceError as exc:
+        return _fail(exc.message)
+    return 0
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    from service.errors import ServiceError  # noqa: PLC0415
+    from service.lifecycle import cli_transfer  # noqa: PLC0415
+
+    try:
+        with contextlib.ExitStack() as files:
+            source = sys.stdin.buffer if args.file == "-" else files.enter_context(open(args.file, "rb"))
+            conversations, items = _with_engine(
+                settings, lambda engine: cli_transfer.import_from(source, engine, tenant=args.tenant)
+            )
+    except ServiceError as exc:
+        return _fail(f"{exc.message} (nothing was imported)")
+    except OSError as exc:
+        return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
+    print(f"imported {conversations} conversations ({items} items) with new ids")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convstore",
@@ -246,6 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="revoke a key by id")
     revoke.add_argument("id", help="the key id, as shown by `keys list`")
     revoke.set_defaults(handler=cmd_keys_revoke)
+
+    export = commands.add_parser("export", help="write conversations as JSON Lines (a backup); default: all of them")
+    export.add_argument("--tenant", help="only this tenant's conversations")
+    export.add_argument("--conversation", help="only this conversation")
+    export.add_argument("--output", "-o", help="file to write (default: standard output)")
+    export.set_defaults(handler=cmd_export)
+    import_ = commands.add_parser("import", help="import an export (new ids), all of it or nothing")
+    import_.add_argument("file", help="the JSON Lines file, or - for standard input")
+    import_.add_argument("--tenant", help="import into this tenant (created if new); default: each header's tenant")
+    import_.set_defaults(handler=cmd_import)
     return parser
 
 

@@ -5,7 +5,7 @@ Parsing names the 1-based line of the first bad line (the header is line 1), so 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,16 +98,11 @@ def _item(number: int, value: dict[str, Any]) -> ItemLine:
     return ItemLine(number, value)
 
 
-def parse(raw: bytes, *, many: bool) -> Iterator[Header | ItemLine]:
-    """Headers and items in file order. With `many`, a file may hold several conversations, each starting with
-    its header; otherwise only line 1 may be one."""
-    lines = raw.split(b"\n")
-    if lines and lines[-1].strip() == b"":
-        lines.pop()  # the newline ending the last line
-    if not lines:
-        raise bad_line(1, "the file is empty; line 1 must be the conversation's header")
-    for index, line in enumerate(lines):
-        number = index + 1
+def parse_lines(lines: Iterable[bytes], *, many: bool) -> Iterator[Header | ItemLine]:
+    """Headers and items in file order, one line at a time. With `many`, a file may hold several conversations,
+    each starting with its header; otherwise only line 1 may be one."""
+    number = 0
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise bad_line(number, "is empty")
         value = _decode(number, line)
@@ -115,3 +110,12 @@ def parse(raw: bytes, *, many: bool) -> Iterator[Header | ItemLine]:
             yield _header(number, value)
         else:
             yield _item(number, value)
+    if number == 0:
+        raise bad_line(1, "the file is empty; line 1 must be the conversation's header")
+
+
+def parse(raw: bytes, *, many: bool) -> Iterator[Header | ItemLine]:
+    lines = raw.split(b"\n")
+    if lines and lines[-1].strip() == b"":
+        lines.pop()  # the newline ending the last line
+    return parse_lines(lines, many=many)

@@ -10,7 +10,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.conversations.repository import insert_items, item_rows, title_from
-from service.db.models import conversation_table, item_table
+from service.db.models import conversation_table, item_table, tenant_table
 from service.ids import can_exist
 from service.items import NewItem
 
@@ -90,3 +90,35 @@ async def insert_conversation_with_items(
     row = (await conn.execute(insert(conversation_t).values(**values).returning(conversation_t))).one()
     await insert_items(conn, item_rows(items, tenant_id=tenant_id, conversation_id=conversation_id, first_position=0))
     return row
+
+
+async def tenant_id_by_name(conn: AsyncConnection, name: str) -> str | None:
+    value = await conn.scalar(select(tenant_table.c.id).where(tenant_table.c.name == name))
+    return None if value is None else str(value)
+
+
+async def conversation_exists(conn: AsyncConnection, conversation_id: str, tenant_id: str | None) -> bool:
+    if not can_exist(conversation_id):
+        return False
+    stmt = select(conversation_t.c.id).where(conversation_t.c.id == conversation_id)
+    if tenant_id is not None:
+        stmt = stmt.where(conversation_t.c.tenant_id == tenant_id)
+    return (await conn.scalar(stmt)) is not None
+
+
+async def conversation_page(
+    conn: AsyncConnection, *, tenant_id: str | None, conversation_id: str | None, after_id: str, limit: int
+) -> Sequence[Any]:
+    """Conversations in id order after `after_id` (one range of the primary key), with their tenant's name."""
+    stmt = (
+        select(conversation_t, tenant_table.c.name.label("tenant"))
+        .join(tenant_table, tenant_table.c.id == conversation_t.c.tenant_id)
+        .where(conversation_t.c.id > after_id)
+        .order_by(conversation_t.c.id)
+        .limit(limit)
+    )
+    if tenant_id is not None:
+        stmt = stmt.where(conversation_t.c.tenant_id == tenant_id)
+    if conversation_id is not None:
+        stmt = stmt.where(conversation_t.c.id == conversation_id)
+    return (await conn.execute(stmt)).all()

@@ -1,18 +1,25 @@
-"""/v1/conversations/{id}/export, /v1/conversations/import and /v1/conversations/{id}/fork."""
+"""/v1/conversations/{id}/export, /v1/conversations/import and /v1/conversations/{id}/fork; the admin side's
+export (everything, a tenant, a conversation) and import into a tenant."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from service.conversations.schemas import ConversationResource
-from service.http import EngineDep, Payload, TenantId, json_response, require_tenant_key
-from service.lifecycle import jsonl, service
-from service.lifecycle.schemas import ConversationExportLine, ForkConversationBody
-from service.openapi import TENANT_AUTH, documented
+from service.http import EngineDep, Payload, TenantId, json_response, require_admin_key, require_tenant_key
+from service.lifecycle import backup, jsonl, service
+from service.lifecycle.schemas import (
+    AdminExportLine,
+    AdminExportQuery,
+    ConversationExportLine,
+    ConversationImportResult,
+    ForkConversationBody,
+)
+from service.openapi import ADMIN_AUTH, TENANT_AUTH, documented
 
 
 class ConversationLifecycleController(Controller):
@@ -63,3 +70,46 @@ class ConversationLifecycleController(Controller):
         """Body: `item_id` (the last item kept) and optional `metadata` (default: the source's). A new
         conversation with copies of the items up to that one; the source is untouched."""
         return json_response(await service.fork_conversation(engine, tenant_id, conversation_id, payload))
+
+
+class ConversationBackupAdminController(Controller):
+    path = "/admin"
+    before_request = staticmethod(require_admin_key)
+    tags = ["admin"]  # noqa: RUF012
+    security = ADMIN_AUTH
+
+    @get(
+        "/export",
+        operation_id="adminExport",
+        media_type=jsonl.MEDIA_TYPE,
+        operation_class=documented(
+            answer=AdminExportLine, query=AdminExportQuery, media_type=jsonl.MEDIA_TYPE, errors=(403, 404)
+        ),
+    )
+    async def export(
+        self, engine: EngineDep, tenant: FromQuery[str | None] = None, conversation: FromQuery[str | None] = None
+    ) -> Stream:
+        """Everything, one tenant's conversations (`tenant`=NAME) or one conversation (`conversation`=ID) as JSON
+        Lines: each conversation's header (with its `tenant`) then its items, streamed in constant memory."""
+        lines = await backup.open_export(engine, tenant=tenant, conversation_id=conversation)
+        return Stream(lines, media_type=jsonl.MEDIA_TYPE)
+
+    @post(
+        "/tenants/{tenant:str}/import",
+        operation_id="adminImport",
+        status_code=200,
+        operation_class=documented(
+            body=AdminExportLine,
+            body_media_type=jsonl.MEDIA_TYPE,
+            answer=ConversationImportResult,
+            errors=(400, 403, 404, 413, 415),
+        ),
+    )
+    async def import_(
+        self, request: Request[Any, Any, Any], engine: EngineDep, tenant: FromPath[str]
+    ) -> Response[bytes]:
+        """Body: one or more exported conversations (`Content-Type: application/jsonl`), all imported into the
+        tenant with new ids in one transaction, or none (400 naming the first bad line)."""
+        service.check_media_type(request.headers.get("content-type"))
+        raw = await request.body()
+        return json_response(await backup.import_for_tenant(engine, tenant, raw))

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import msgspec
 
+from service.conversations.schemas import ConversationResource
 from service.schemas import Metadata
 
 
@@ -21,3 +22,24 @@ class ConversationExportLine(msgspec.Struct):
 class ForkConversationBody(msgspec.Struct):
     item_id: Annotated[str, msgspec.Meta(description="The last item kept")]
     metadata: Metadata | None = None
+
+
+class AdminExportLine(msgspec.Struct):
+    """One line of an admin export: as ConversationExportLine, and each conversation's header names its tenant."""
+
+    id: str
+    object: Annotated[str, msgspec.Meta(description="`conversation` on a conversation's first line")] | None = None
+    type: Annotated[str, msgspec.Meta(description="The item's type, on item lines")] | None = None
+    tenant: Annotated[str, msgspec.Meta(description="The conversation's tenant, on its header line")] | None = None
+
+
+class AdminExportQuery(msgspec.Struct):
+    tenant: Annotated[str, msgspec.Meta(description="Only this tenant's conversations (its name)")] | None = None
+    conversation: Annotated[str, msgspec.Meta(description="Only this conversation")] | None = None
+
+
+class ConversationImportResult(msgspec.Struct):
+    object: str
+    tenant: str
+    conversations: list[ConversationResource]
+    items: Annotated[int, msgspec.Meta(description="Items imported, over every conversation")]

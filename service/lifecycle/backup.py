@@ -1,0 +1,99 @@
+"""Admin export and import: many conversations in one JSON Lines stream, each opened by its header, which also
+names its tenant (`"tenant": NAME`). The export reads a page of conversations and a page of items at a time,
+each in its own short read, so memory stays flat and no connection is held while the client reads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service.conversations.service import conversation_not_found, conversation_view
+from service.errors import NotFound
+from service.ids import new_id
+from service.items import NewItem
+from service.lifecycle import jsonl, repository
+from service.lifecycle.copies import imported_item
+from service.lifecycle.service import conversation_lines
+
+CONVERSATION_PAGE = 100
+
+
+@dataclass
+class PendingConversation:
+    header: jsonl.Header
+    items: list[NewItem] = field(default_factory=list)
+
+
+async def _tenant_id(conn: AsyncConnection, name: str) -> str:
+    found = await repository.tenant_id_by_name(conn, name)
+    if found is None:
+        raise NotFound(f"Tenant '{name}' not found.", param="tenant")
+    return found
+
+
+async def _all_lines(engine: AsyncEngine, tenant_id: str | None, conversation_id: str | None) -> AsyncIterator[bytes]:
+    after = ""
+    while True:
+        async with engine.connect() as conn:
+            page = await repository.conversation_page(
+                conn, tenant_id=tenant_id, conversation_id=conversation_id, after_id=after, limit=CONVERSATION_PAGE
+            )
+        for row in page:
+            async for chunk in conversation_lines(engine, row, tenant=row.tenant):
+                yield chunk
+        if len(page) < CONVERSATION_PAGE:
+            return
+        after = page[-1].id
+
+
+async def open_export(
+    engine: AsyncEngine, *, tenant: str | None = None, conversation_id: str | None = None
+) -> AsyncIterator[bytes]:
+    """Everything, one tenant's conversations, or one conversation; a 404 comes before the stream starts."""
+    tenant_id = None
+    async with engine.connect() as conn:
+        if tenant is not None:
+            tenant_id = await _tenant_id(conn, tenant)
+        if conversation_id is not None and not await repository.conversation_exists(conn, conversation_id, tenant_id):
+            raise conversation_not_found(conversation_id, param="conversation")
+    return _all_lines(engine, tenant_id, conversation_id)
+
+
+def conversations_in(entries: Iterable[jsonl.Header | jsonl.ItemLine]) -> Iterable[PendingConversation]:
+    """Parsed lines grouped into conversations, one at a time (memory: one conversation)."""
+    current: PendingConversation | None = None
+    for entry in entries:
+        if isinstance(entry, jsonl.Header):
+            if current is not None:
+                yield current
+            current = PendingConversation(entry)
+        elif current is not None:
+            current.items.append(imported_item(entry.value))
+    if current is not None:
+        yield current
+
+
+async def insert_conversation(conn: AsyncConnection, tenant_id: str, pending: PendingConversation) -> Any:
+    return await repository.insert_conversation_with_items(
+        conn,
+        conversation_id=new_id("conv"),
+        tenant_id=tenant_id,
+        metadata=pending.header.metadata,
+        created_at=pending.header.created_at,
+        items=pending.items,
+    )
+
+
+async def import_for_tenant(engine: AsyncEngine, tenant: str, raw: bytes) -> dict[str, Any]:
+    """Every conversation of the file into the tenant, in one transaction: all of them, or none."""
+    created = []
+    items = 0
+    async with engine.begin() as conn:
+        tenant_id = await _tenant_id(conn, tenant)
+        for pending in conversations_in(jsonl.parse(raw, many=True)):
+            created.append(conversation_view(await insert_conversation(conn, tenant_id, pending)))
+            items += len(pending.items)
+    return {"object": "conversation.import", "tenant": tenant, "conversations": created, "items": items}
