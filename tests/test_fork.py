@@ -95,3 +95,23 @@ async def test_fork_takes_new_metadata_and_refuses_unknown_items(
         assert answer.status_code == status, answer.text
         assert answer.json()["error"]["param"] == param
     assert len(await rows(db, "SELECT id FROM conversation")) == 3
+
+
+async def test_a_retried_fork_or_import_with_the_same_idempotency_key_creates_one_conversation(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conv, items = await _three_turns(alice, fake_upstream)
+    key = {"Idempotency-Key": "fork-once"}
+    first = await alice.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": items[1]["id"]}, headers=key)
+    again = await alice.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": items[1]["id"]}, headers=key)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json() == first.json()
+
+    exported = (await alice.http.get(f"/v1/conversations/{conv}/export")).content
+    headers = {"Idempotency-Key": "import-once", "Content-Type": "application/jsonl"}
+    imported = await alice.http.post("/v1/conversations/import", content=exported, headers=headers)
+    replayed = await alice.http.post("/v1/conversations/import", content=exported, headers=headers)
+    assert imported.status_code == replayed.status_code == 200
+    assert replayed.json()["id"] == imported.json()["id"]
+    assert len(await rows(db, "SELECT id FROM conversation")) == 3

@@ -1,5 +1,5 @@
-"""The Idempotency-Key middleware for the routes that create things: POST /v1/responses, POST /v1/conversations
-and POST /v1/conversations/{id}/items. Route handlers know nothing of it.
+"""The Idempotency-Key middleware for the routes that create things: POST /v1/responses, POST /v1/conversations,
+POST /v1/conversations/{id}/items, and the import and fork of a conversation. Route handlers know nothing of it.
 
 For a request carrying the header, scoped to the caller's tenant:
 - the key is claimed (row inserted `in_progress`) before the handler runs;
@@ -34,7 +34,9 @@ from service.runtime import Runtime
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
-KEYED_OPERATIONS = frozenset({"createResponse", "createConversation", "createConversationItems"})
+KEYED_OPERATIONS = frozenset(
+    {"createResponse", "createConversation", "createConversationItems", "importConversation", "forkConversation"}
+)
 _NOT_REPLAYED_HEADERS = frozenset({"date", "server", "set-cookie", "connection", "transfer-encoding"})
 _FIRST_RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[A-Za-z0-9_-]+)"')
 
