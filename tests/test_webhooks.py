@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply
+from tests.test_openapi_document import _Checker
 from tests.turn_support import MODEL, rows, turn
 
 DELIVERING = {
@@ -213,3 +214,39 @@ async def _validated_listed_removed(admin: httpx.AsyncClient, alice: Tenant) -> 
     assert removed.json() == {"object": "webhook_endpoint.deleted", "id": created["id"], "deleted": True}
     assert (await admin.delete(f"{url}/{created['id']}")).status_code == 404
     assert (await admin.get(url)).json()["data"] == []
+
+
+async def test_webhook_and_lifecycle_answers_match_the_documented_schemas(
+    admin: httpx.AsyncClient, alice: Tenant, anonymous: httpx.AsyncClient
+) -> None:
+    checker = _Checker((await anonymous.get("/docs/openapi.json")).json())
+    url = "/admin/tenants/{tenant}/webhooks"
+    created = await admin.post(
+        "/admin/tenants/alice/webhooks", json={"url": "https://e.com", "events": ["response.failed"]}
+    )
+    checker.check("POST", url, created)
+    checker.check("GET", url, await admin.get("/admin/tenants/alice/webhooks"))
+    checker.check("POST", url, await admin.post("/admin/tenants/alice/webhooks", json={"url": "ftp://x"}))
+    checker.check("GET", "/admin/webhook-deliveries", await admin.get("/admin/webhook-deliveries"))
+    removed = await admin.delete(f"/admin/tenants/alice/webhooks/{created.json()['id']}")
+    checker.check("DELETE", url + "/{endpoint_id}", removed)
+
+    conv = (await alice.http.post("/v1/conversations", json={"items": [{"role": "user", "content": "x"}]})).json()
+    (item,) = (await alice.http.get(f"/v1/conversations/{conv['id']}/items")).json()["data"]
+    fork = await alice.http.post(f"/v1/conversations/{conv['id']}/fork", json={"item_id": item["id"]})
+    checker.check("POST", "/v1/conversations/{conversation_id}/fork", fork)
+    exported = (await alice.http.get(f"/v1/conversations/{conv['id']}/export")).content
+    headers = {"Content-Type": "application/jsonl"}
+    checker.check(
+        "POST",
+        "/v1/conversations/import",
+        await alice.http.post("/v1/conversations/import", content=exported, headers=headers),
+    )
+    everything = (await admin.get("/admin/export", params={"tenant": "alice"})).content
+    imported = await admin.post("/admin/tenants/alice/import", content=everything, headers=headers)
+    checker.check("POST", "/admin/tenants/{tenant}/import", imported)
+    checker.check("POST", "/admin/retention/run", await admin.post("/admin/retention/run"))
+    checker.check("GET", "/admin/retention", await admin.get("/admin/retention"))
+    checker.check(
+        "GET", "/admin/tenants/{tenant}/retention/preview", await admin.get("/admin/tenants/alice/retention/preview")
+    )
