@@ -22,9 +22,14 @@ TITLE_LENGTH = 80
 def title_from(items: Sequence[NewItem]) -> str | None:
     for item in items:
         if item.type == "message" and item.role == "user" and item.text_content.strip():
-            text = " ".join(item.text_content.split())
-            return text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1] + "…"
+            return title_of(item.text_content)
     return None
+
+
+def title_of(text_content: str) -> str:
+    """A conversation's title: its first user message's text on one line, cut at TITLE_LENGTH."""
+    text = " ".join(text_content.split())
+    return text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1] + "…"
 
 
 async def insert_conversation(

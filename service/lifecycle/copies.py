@@ -1,4 +1,5 @@
-"""Items copied into a new conversation (an import or a fork) get new ids and keep everything else.
+"""Items imported into a new conversation get new ids and keep everything else (a fork does the same in SQL:
+lifecycle/repository.py).
 
 An item's id lives in one of two places: in its stored JSON (upstream output, assistant messages, function
 calls), or only in the id column (what clients sent as input; the items API adds it when it shows them). A copy
@@ -30,17 +31,6 @@ def fresh_id(kind: str, old_id: Any) -> str:
 
 def _column(value: Any) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def forked_item(row: Any) -> NewItem:
-    """A stored item's copy: the body is kept byte for byte unless it carries the id, which is replaced."""
-    kind, body = row.type, row.body
-    value: dict[str, Any] | None = _decoder.decode(body) if '"id"' in body else None
-    if value is None or "id" not in value:
-        return NewItem(fresh_id(kind, row.id), kind, row.role, row.status, body, row.text_content)
-    renewed = fresh_id(kind, value["id"])
-    value["id"] = renewed
-    return NewItem(renewed, kind, row.role, row.status, _encode(value).decode(), row.text_content)
 
 
 def _is_client_input(value: dict[str, Any]) -> bool:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import BigInteger, Text, bindparam, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.conversations.repository import insert_items, item_rows, title_from
+from service.conversations.repository import title_from, title_of
 from service.db.models import conversation_table, item_table, tenant_table
 from service.ids import can_exist
 from service.items import NewItem
@@ -39,31 +40,82 @@ async def item_page(conn: AsyncConnection, conversation_id: str, after_position:
     return (await conn.execute(stmt)).all()
 
 
-async def items_through(conn: AsyncConnection, conversation_id: str, item_id: str) -> Sequence[Any] | None:
-    """The conversation's items up to and including the named one, in order, read in one statement (one
-    snapshot); None when the conversation has no such item."""
+# A fork's copies, made by the database in one statement: each item gets a new id (the old one's prefix, 48 bits
+# of milliseconds and 120 random bits, as service/ids.py makes them), in the place the old id was kept: inside
+# the JSON text when it is there (`"id":"<old>"`, as the service writes it: quotes inside strings are escaped, so
+# the text can only be that key), else only in the column. Everything else is copied as is, positions renumbered.
+_COPY_ITEMS_THROUGH = text(
+    """
+    WITH copied AS (
+        SELECT i.position, i.type, i.role, i.status, i.body, i.text_content,
+               strpos(i.body, '"id":"' || i.id || '"') AS at, length(i.id) AS old_length,
+               CASE WHEN i.id ~ '^[A-Za-z0-9]{1,8}_' THEN split_part(i.id, '_', 1) ELSE 'item' END
+               || '_' || lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
+               || left(replace(gen_random_uuid()::text, '-', ''), 30) AS new_id
+        FROM item i
+        WHERE i.conversation_id = :source AND i.position <= :through
+    )
+    INSERT INTO item (id, tenant_id, conversation_id, position, type, role, status, body, text_content)
+    SELECT new_id, :tenant, :target, row_number() OVER (ORDER BY position) - 1, type, role, status,
+           CASE WHEN at > 0 THEN overlay(body PLACING new_id FROM at + 6 FOR old_length) ELSE body END,
+           text_content
+    FROM copied
+    """
+).bindparams(bindparam("through", type_=BigInteger))
+
+_FIRST_USER_TEXT = text(
+    """
+    SELECT text_content FROM item
+    WHERE conversation_id = :c AND type = 'message' AND role = 'user' AND btrim(text_content) <> ''
+    ORDER BY position LIMIT 1
+    """
+)
+
+
+async def item_position(conn: AsyncConnection, conversation_id: str, item_id: str) -> int | None:
     if not can_exist(item_id):
         return None
-    anchor = (
+    stmt = (
         select(item_t.c.position)
         .where(item_t.c.conversation_id == conversation_id, item_t.c.id == item_id)
         .order_by(item_t.c.position)
         .limit(1)
-        .scalar_subquery()
     )
-    rows = (
-        await conn.execute(
-            select(*_ITEM_COLUMNS, anchor.label("anchor"))
-            .where(item_t.c.conversation_id == conversation_id, item_t.c.position <= anchor)
-            .order_by(item_t.c.position)
-        )
-    ).all()
-    if rows:
-        return rows
-    found = await conn.scalar(
-        select(item_t.c.pk).where(item_t.c.conversation_id == conversation_id, item_t.c.id == item_id).limit(1)
+    value = await conn.scalar(stmt)
+    return None if value is None else int(value)
+
+
+async def copy_items_into(
+    conn: AsyncConnection, *, source: str, through: int, target: str, tenant_id: str, metadata: dict[str, str]
+) -> Any:
+    """A new conversation `target` holding copies of the source's items up to position `through`: the
+    conversation row, one INSERT ... SELECT of the items, then its counts and title."""
+    await conn.execute(insert(conversation_t).values(id=target, tenant_id=tenant_id, metadata=metadata))
+    copied = await conn.execute(
+        _COPY_ITEMS_THROUGH, {"source": source, "through": through, "target": target, "tenant": tenant_id}
     )
-    return [] if found is not None else None
+    count = copied.rowcount
+    first_user_text = await conn.scalar(_FIRST_USER_TEXT, {"c": target})
+    values = {
+        "next_position": count,
+        "item_count": count,
+        "title": None if first_user_text is None else title_of(first_user_text),
+        "updated_at": func.now(),
+    }
+    stmt = update(conversation_t).where(conversation_t.c.id == target).values(**values).returning(conversation_t)
+    return (await conn.execute(stmt)).one()
+
+
+# An import's items in one statement: the columns as arrays, unnested in order (positions 0..n-1). Much cheaper
+# than a multi-row VALUES per batch for the thousands of items of a long conversation.
+_INSERT_ITEMS = text(
+    """
+    INSERT INTO item (id, tenant_id, conversation_id, position, type, role, status, body, text_content)
+    SELECT u.id, :tenant, :conversation, u.ord - 1, u.type, u.role, u.status, u.body, u.text_content
+    FROM unnest(:ids, :types, :roles, :statuses, :bodies, :texts)
+         WITH ORDINALITY AS u(id, type, role, status, body, text_content, ord)
+    """
+).bindparams(*(bindparam(name, type_=ARRAY(Text)) for name in ("ids", "types", "roles", "statuses", "bodies", "texts")))
 
 
 async def insert_conversation_with_items(
@@ -75,8 +127,7 @@ async def insert_conversation_with_items(
     created_at: int | None,
     items: Sequence[NewItem],
 ) -> Any:
-    """A new conversation holding these items at positions 0..n-1, as one conversation row and one batched
-    insert of items."""
+    """A new conversation holding these items at positions 0..n-1: its row, then one insert of every item."""
     values: dict[str, Any] = {
         "id": conversation_id,
         "tenant_id": tenant_id,
@@ -88,7 +139,16 @@ async def insert_conversation_with_items(
     if created_at is not None:
         values["created_at"] = func.to_timestamp(created_at)
     row = (await conn.execute(insert(conversation_t).values(**values).returning(conversation_t))).one()
-    await insert_items(conn, item_rows(items, tenant_id=tenant_id, conversation_id=conversation_id, first_position=0))
+    if items:
+        columns = {
+            "ids": [i.id for i in items],
+            "types": [i.type for i in items],
+            "roles": [i.role for i in items],
+            "statuses": [i.status for i in items],
+            "bodies": [i.body for i in items],
+            "texts": [i.text_content for i in items],
+        }
+        await conn.execute(_INSERT_ITEMS, {"tenant": tenant_id, "conversation": conversation_id, **columns})
     return row
 
 

@@ -14,7 +14,7 @@ from service.errors import InvalidRequest, NotFound
 from service.ids import new_id
 from service.items import NewItem, item_view
 from service.lifecycle import jsonl, repository
-from service.lifecycle.copies import forked_item, imported_item
+from service.lifecycle.copies import imported_item
 from service.metadata import validate_metadata
 
 # Items read per statement while exporting: memory stays flat however long the conversation is, and no
@@ -91,15 +91,15 @@ async def fork_conversation(
         source = await conversations.get_conversation(conn, tenant_id, conversation_id)
         if source is None:
             raise conversation_not_found(conversation_id)
-        rows = await repository.items_through(conn, conversation_id, item_id)
-        if rows is None:
+        through = await repository.item_position(conn, conversation_id, item_id)
+        if through is None:
             raise NotFound(f"Item with id '{item_id}' not found in conversation '{conversation_id}'.", param="item_id")
-        row = await repository.insert_conversation_with_items(
+        row = await repository.copy_items_into(
             conn,
-            conversation_id=new_id("conv"),
+            source=conversation_id,
+            through=through,
+            target=new_id("conv"),
             tenant_id=tenant_id,
             metadata=source.metadata if metadata is None else metadata,
-            created_at=None,
-            items=[forked_item(r) for r in rows],
         )
     return conversation_view(row)
