@@ -3,6 +3,7 @@ exactly what the policy says and nothing a kept thread still needs."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -152,6 +153,10 @@ async def test_run_deletes_exactly_what_the_policy_says_and_keeps_what_kept_thre
     state = (await admin.get("/admin/retention")).json()
     assert state["running"] is False
     assert state["last_run"]["items"] == 11
+    metrics = (await admin.get("/metrics")).text
+    deleted = re.search(r'^convstore_retention_deleted_total\{kind="items"\} (\S+)$', metrics, re.M)
+    assert deleted is not None and float(deleted.group(1)) >= 11
+    assert re.search(r'^convstore_retention_runs_total\{outcome="ok"\} ', metrics, re.M)
 
 
 async def test_defaults_from_settings_apply_to_tenants_without_a_policy_in_small_batches(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -120,6 +121,10 @@ async def test_a_receiver_failing_twice_gets_the_same_event_until_it_acknowledge
         assert delivery["state"] == "delivered"
         assert [a["status_code"] for a in delivery["attempts"]] == [500, 503, 200]
         assert [a["error"] for a in delivery["attempts"]] == ["HTTP 500", "HTTP 503", None]
+        metrics = (await admin.get("/metrics")).text
+        for outcome, at_least in (("retrying", 2), ("delivered", 1)):
+            found = re.search(rf'^convstore_webhook_attempts_total\{{outcome="{outcome}"\}} (\S+)$', metrics, re.M)
+            assert found is not None and float(found.group(1)) >= at_least, outcome
     (row,) = await rows(db, "SELECT state, attempts, delivered_at IS NOT NULL AS done FROM webhook_delivery")
     assert row == {"state": "delivered", "attempts": 3, "done": True}
 

@@ -61,6 +61,15 @@ DB_POOL_WAITS = Counter("convstore_db_pool_waits", "Turn statements that had to 
 DB_POOL_WAITING = Gauge(
     "convstore_db_pool_waiting", "Turn statements waiting for a database connection now", multiprocess_mode="livesum"
 )
+RETENTION_DELETED = Counter(
+    "convstore_retention_deleted", "Rows the retention purge deleted (kind: conversations, responses, items)", ["kind"]
+)
+RETENTION_RUNS = Counter(
+    "convstore_retention_runs", "Retention runs this process made (outcome: ok, lease_lost, error)", ["outcome"]
+)
+WEBHOOK_ATTEMPTS = Counter(
+    "convstore_webhook_attempts", "Webhook delivery attempts (outcome: delivered, retrying, failed)", ["outcome"]
+)
 RUNS_IN_FLIGHT = Gauge(
     "convstore_runs_in_flight",
     "Streamed and background turns running now (kind: stream, background)",

@@ -3,8 +3,8 @@
 Whoever holds the `retention` lease (a row in PostgreSQL, renewed by every batch) runs; others skip the run.
 Each batch is its own short transaction touching at most RETENTION_BATCH_SIZE items and a tenth of that in
 conversations or responses, rows no turn is using (idle conversations, claimed first; old responses nothing
-builds on, locked with SKIP LOCKED), with a short pause between batches so that turns are never queued behind
-the purge for long."""
+builds on, locked with SKIP LOCKED), resting after each batch as long as it took, so that turns are never
+queued behind the purge for long."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.ids import new_id
+from service.observability.metrics import RETENTION_DELETED, RETENTION_RUNS
 from service.retention import repository
 from service.retention.policy import Policy, default_policy
 
@@ -27,7 +28,14 @@ LEASE = "retention"
 LEASE_SECONDS = 120
 # A purge's claim on the conversations it is emptying; renewed by every batch, it expires if the process dies.
 CLAIM_SECONDS = 120
-PAUSE_BETWEEN_BATCHES = 0.005
+# After each batch the purge rests as long as the batch took (at least 5 ms), so it holds the database at most
+# about half the time and turns arriving meanwhile find it free (figures: docs/benchmarks.md).
+PAUSE_PER_BATCH_SECOND = 1.0
+MIN_PAUSE = 0.005
+
+
+async def _rest_after(started: float) -> None:
+    await asyncio.sleep(max(MIN_PAUSE, (time.monotonic() - started) * PAUSE_PER_BATCH_SECOND))
 
 
 class LeaseLost(Exception):
@@ -72,6 +80,7 @@ class _Run:
             if not ids:
                 return
             while True:
+                started = time.monotonic()
                 async with self.engine.begin() as conn:
                     deleted, detached = await repository.empty_claimed_conversations(
                         conn, ids=ids, claim=self.holder, ttl=CLAIM_SECONDS, limit=self.items_per_batch
@@ -79,13 +88,15 @@ class _Run:
                 counts.items += deleted
                 if deleted + detached == 0:
                     break
-                await asyncio.sleep(PAUSE_BETWEEN_BATCHES)
+                await _rest_after(started)
+            started = time.monotonic()
             async with self.engine.begin() as conn:
                 counts.conversations += await repository.delete_claimed_conversations(conn, ids=ids, claim=self.holder)
-            await asyncio.sleep(PAUSE_BETWEEN_BATCHES)
+            await _rest_after(started)
 
     async def responses(self, tenant_id: str, days: int, counts: PurgeCounts) -> None:
         while True:
+            started = time.monotonic()
             async with self.engine.begin() as conn:
                 await self._renew(conn)
                 responses, items = await repository.delete_expired_responses(
@@ -95,7 +106,7 @@ class _Run:
             counts.items += items
             if responses == 0:
                 return
-            await asyncio.sleep(PAUSE_BETWEEN_BATCHES)
+            await _rest_after(started)
 
     async def tenant(self, tenant_id: str, policy: Policy) -> PurgeCounts:
         counts = PurgeCounts()
@@ -142,6 +153,9 @@ async def purge(engine: AsyncEngine, settings: Settings) -> dict[str, Any] | Non
         error = type(exc).__name__
         raise
     finally:
+        RETENTION_RUNS.labels(error or "ok").inc()
+        for kind, count in asdict(totals).items():
+            RETENTION_DELETED.labels(kind).inc(count)
         result = {
             "object": "retention.run",
             **asdict(totals),

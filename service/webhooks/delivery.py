@@ -17,6 +17,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
+from service.observability.metrics import WEBHOOK_ATTEMPTS
 from service.webhooks import repository
 from service.webhooks.addresses import AddressRefused, check_destination
 from service.webhooks.signing import signed_headers
@@ -75,6 +76,7 @@ class WebhookDeliverer:
                 retry_base=self.settings.webhook_retry_base_seconds,
                 retry_window=self.settings.webhook_retry_hours * 3600,
             )
+        WEBHOOK_ATTEMPTS.labels({"pending": "retrying"}.get(state, state)).inc()
         if state == "failed":
             logger.warning(
                 "webhook %s to endpoint gave up after %d attempts: %s", row.event_id, row.attempts + 1, error
