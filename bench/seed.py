@@ -32,10 +32,11 @@ _INSERT_CONVERSATIONS = text(
 )
 _INSERT_ITEMS = text(
     """
-    INSERT INTO item (id, tenant_id, conversation_id, position, type, role, status, body, text_content)
+    INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content)
     SELECT
         'msg_b' || CAST(:set_name AS text) || '_' || g || '_' || p,
         :tenant_id,
+        CAST(:prefix AS text) || g,
         CAST(:prefix AS text) || g,
         p,
         'message',

@@ -44,6 +44,7 @@ TABLES = (
     "service_secret",
     "idempotency_key",
     "response_event_log",
+    "response_chain",
     "item",
     "response",
     "conversation",

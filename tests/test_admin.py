@@ -208,8 +208,9 @@ async def test_search_for_a_word_in_more_items_than_the_index_read_cap_still_nar
         tenant_id = await conn.scalar(text("SELECT tenant_id FROM conversation WHERE id = :id"), {"id": crowded})
         await conn.execute(
             text(
-                "INSERT INTO item (id, tenant_id, conversation_id, position, type, role, status, body, text_content) "
-                "SELECT 'msg_many_' || g, :tenant, :conversation, g, 'message', 'user', 'completed', '{}', "
+                "INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, "
+                "text_content) SELECT 'msg_many_' || g, :tenant, :conversation, :conversation, g, 'message', 'user', "
+                "'completed', '{}', "
                 "'a ubiquitous word' FROM generate_series(1, :n) g"
             ),
             {"tenant": tenant_id, "conversation": crowded, "n": repository.SEARCH_SCAN_CAP + 50},

@@ -258,8 +258,8 @@ async def test_a_turn_that_waited_for_the_conversation_reads_the_items_committed
         )
         await holder.execute(
             text(
-                "INSERT INTO item (id, tenant_id, conversation_id, position, type, role, status, body) "
-                "SELECT 'msg_late', tenant_id, id, :position, 'message', 'user', 'completed', :body "
+                "INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body) "
+                "SELECT 'msg_late', tenant_id, id, id, :position, 'message', 'user', 'completed', :body "
                 "FROM conversation WHERE id = :id"
             ),
             {"id": conversation, "position": position, "body": late},

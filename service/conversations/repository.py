@@ -106,7 +106,7 @@ def item_rows(
     response_id: str | None = None,
     is_output: bool = False,
     first_ordinal: int = 0,
-    conversation_id: str | None = None,
+    conversation_id: str,
     first_position: int | None = None,
 ) -> list[dict[str, Any]]:
     return [
@@ -118,6 +118,7 @@ def item_rows(
             "ordinal": first_ordinal + index,
             "conversation_id": conversation_id,
             "position": None if first_position is None else first_position + index,
+            "thread_id": conversation_id,  # the conversation is the thread
             "type": item.type,
             "role": item.role,
             "status": item.status,

@@ -108,6 +108,9 @@ class ResponseRecord(Base):
     # Where this response's context ends in its conversation: items before this position preceded it.
     conversation_position: Mapped[int | None] = mapped_column(BigInteger)
     previous_response_id: Mapped[str | None] = mapped_column(ForeignKey("response.id", ondelete="SET NULL"), index=True)
+    # The thread: the conversation's id, else the parent's thread, else (a chain's first response) its own id.
+    # Not a foreign key: a thread outlives a conversation its tenant deleted, until an operator deletes it.
+    thread_id: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(Text)
     upstream_model: Mapped[str | None] = mapped_column(Text)
@@ -135,7 +138,46 @@ class ResponseRecord(Base):
         Index(None, "tenant_id", "created_at", "id"),
         Index(None, "created_at", "id"),
         Index(None, "status", "created_at", "id"),
+        Index(None, "thread_id", "created_at", "id"),
         Index("ix_response_served_model_created_at_id", text("coalesce(upstream_model, model)"), "created_at", "id"),
+    )
+
+
+class ResponseChain(Base):
+    """A thread of responses linked by previous_response_id outside any conversation, under its first
+    response's id: what the admin listing shows of it (kept by the turn path, as conversation's counters are).
+    Goes with its first response (a tenant deleting a response with no children deletes it)."""
+
+    __tablename__ = "response_chain"
+
+    id: Mapped[str] = mapped_column(ForeignKey("response.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenant.id", ondelete="CASCADE"))
+    # The first response's metadata, so `metadata[KEY]` filters both kinds of thread alike.
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=EMPTY_JSON_OBJECT)
+    title: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    item_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    response_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    input_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    output_tokens: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    cost: Mapped[Decimal] = mapped_column(Numeric(20, 10), server_default=text("0"))
+    last_model: Mapped[str | None] = mapped_column(Text)
+    last_status: Mapped[str | None] = mapped_column(Text)
+
+    # The same keyset indexes as conversation's: the thread listing walks both in (updated_at, id) order.
+    __table_args__ = (
+        Index(None, "updated_at", "id"),
+        Index(None, "tenant_id", "updated_at", "id"),
+        Index(None, "last_model", "updated_at", "id"),
+        Index(None, "last_status", "updated_at", "id"),
+        Index(None, "created_at", "id"),
+        Index(
+            "ix_response_chain_metadata",
+            "metadata",
+            postgresql_using="gin",
+            postgresql_ops={"metadata": "jsonb_path_ops"},
+        ),
     )
 
 
@@ -164,6 +206,8 @@ class Item(Base):
     ordinal: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     conversation_id: Mapped[str | None] = mapped_column(ForeignKey("conversation.id", ondelete="CASCADE"))
     position: Mapped[int | None] = mapped_column(BigInteger)
+    # The thread of the conversation or response the item belongs to (response.thread_id).
+    thread_id: Mapped[str] = mapped_column(Text)
     type: Mapped[str] = mapped_column(Text)
     role: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(Text)
@@ -181,6 +225,7 @@ class Item(Base):
         Index(None, "response_id", "is_output", "ordinal"),
         Index(None, "conversation_id", "id"),
         Index(None, "tenant_id", "id"),
+        Index(None, "thread_id"),
         Index(None, "search_vector", postgresql_using="gin"),
     )
 
@@ -337,6 +382,7 @@ __all__ = [
     "IdempotencyKey",
     "Item",
     "MaintenanceLease",
+    "ResponseChain",
     "ResponseEventLog",
     "ResponseLiveFrame",
     "ResponseRecord",
@@ -361,6 +407,7 @@ conversation_table = _table(Conversation)
 response_table = _table(ResponseRecord)
 item_table = _table(Item)
 response_event_log_table = _table(ResponseEventLog)
+response_chain_table = _table(ResponseChain)
 idempotency_key_table = _table(IdempotencyKey)
 retention_policy_table = _table(RetentionPolicy)
 maintenance_lease_table = _table(MaintenanceLease)

@@ -37,6 +37,7 @@ from service.items import NewItem
 from service.responses.history_cache import CachedHistory, joined
 from service.responses.repository import RUNNING_STATUSES
 from service.responses.statement import Statement
+from service.threads import totals as chain_totals
 
 PREVIOUS_RESPONSE_FK = "fk_response_previous_response_id_response"
 
@@ -65,16 +66,17 @@ _CLAIM_AND_STORE = Statement(
     ),
     stored AS (
         INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
-                              model, instructions, params_json, metadata, background, stream)
+                              model, instructions, params_json, metadata, background, stream, thread_id)
         SELECT $response_id, $tenant_id, $conversation_id, claim.next_position, $previous_response_id, $status,
-               $model, $instructions, $params_json, $metadata::jsonb, $background, $stream
+               $model, $instructions, $params_json, $metadata::jsonb, $background, $stream, $conversation_id
         FROM claim
         RETURNING created_at
     ),
     inputs AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
-        SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, u.type, u.role, u.status, u.body,
-               u.text_content
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
+                          text_content)
+        SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, $conversation_id, u.type, u.role, u.status,
+               u.body, u.text_content
         FROM claim, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
                            $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     )
@@ -125,23 +127,27 @@ _CLAIM_ONLY = Statement(
 # A turn outside a conversation: the response and its input items, in one statement. Its input items stay where
 # they are stored (no conversation takes them), and nothing of it is left to its finish: a begin that fails here
 # (the response it continues deleted, the database down) fails before the upstream call. An unseen one does not
-# wait for the disk ($lazy_commit), as _CLAIM_ONLY.
+# wait for the disk ($lazy_commit), as _CLAIM_ONLY. Its thread is its parent's (a chain's, or the conversation's
+# that a chain continues); with no parent it starts a chain (service/threads/totals.py).
 _BEGIN = Statement(
-    """
+    f"""
     WITH stored AS (
         INSERT INTO response (id, tenant_id, conversation_id, previous_response_id, status, model, instructions,
-                              params_json, metadata, background, stream)
+                              params_json, metadata, background, stream, thread_id)
         VALUES ($response_id, $tenant_id, $conversation_id, $previous_response_id, $status, $model, $instructions,
-                $params_json, $metadata::jsonb, $background, $stream)
-        RETURNING created_at, CASE WHEN $lazy_commit THEN set_config('synchronous_commit', 'off', true) END
+                $params_json, $metadata::jsonb, $background, $stream, {chain_totals.THREAD_OF_NEW_RESPONSE})
+        RETURNING created_at, thread_id,
+                  CASE WHEN $lazy_commit THEN set_config('synchronous_commit', 'off', true) END
     ),
     inputs AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
-        SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, u.type, u.role, u.status, u.body,
-               u.text_content
-        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
-    )
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
+                          text_content)
+        SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, stored.thread_id, u.type, u.role, u.status,
+               u.body, u.text_content
+        FROM stored, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                            $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    ),
+    chain AS ({chain_totals.START_CHAIN})
     SELECT created_at, (SELECT history_generation FROM tenant WHERE id = $tenant_id) AS generation FROM stored
     """
 )
@@ -261,12 +267,12 @@ _FINISH_STORED_IN_CONVERSATION = Statement(
         WHERE $append AND item.response_id = $response_id AND item.is_output = false
     ),
     items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, type, role,
-                          status, body, text_content)
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, thread_id,
+                          type, role, status, body, text_content)
         SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1,
                CASE WHEN $append THEN $conversation_id END,
                CASE WHEN $append THEN advanced.start + $input_count + u.ordinal - 1 END,
-               u.type, u.role, u.status, u.body, u.text_content
+               $conversation_id, u.type, u.role, u.status, u.body, u.text_content
         FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
                               $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     ),
@@ -303,12 +309,12 @@ _FINISH_LOGGED_IN_CONVERSATION = Statement(
         WHERE $append AND item.response_id = $response_id AND item.is_output = false
     ),
     items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, type, role,
-                          status, body, text_content)
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, thread_id,
+                          type, role, status, body, text_content)
         SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1,
                CASE WHEN $append THEN $conversation_id END,
                CASE WHEN $append THEN advanced.start + $input_count + u.ordinal - 1 END,
-               u.type, u.role, u.status, u.body, u.text_content
+               $conversation_id, u.type, u.role, u.status, u.body, u.text_content
         FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
                               $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     ),
@@ -345,24 +351,25 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
         RETURNING next_position - $added AS start
     ),
     items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, type, role,
-                          status, body, text_content)
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, thread_id,
+                          type, role, status, body, text_content)
         SELECT u.id, $tenant_id, $response_id, u.ordinal > $input_count,
                CASE WHEN u.ordinal > $input_count THEN u.ordinal - $input_count ELSE u.ordinal END - 1,
                CASE WHEN $append THEN $conversation_id END,
                CASE WHEN $append THEN advanced.start + u.ordinal - 1 END,
-               u.type, u.role, u.status, u.body, u.text_content
+               $conversation_id, u.type, u.role, u.status, u.body, u.text_content
         FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
                               $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     ),
     completed AS (
         INSERT INTO response (id, tenant_id, conversation_id, conversation_position, status, model, instructions,
                               params_json, metadata, background, stream, created_at, upstream_id, upstream_model,
-                              usage, error, incomplete_details, input_tokens, output_tokens, cost, completed_at)
+                              usage, error, incomplete_details, input_tokens, output_tokens, cost, completed_at,
+                              thread_id)
         SELECT $response_id, $tenant_id, $conversation_id, advanced.start, $status, $model, $instructions,
                $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id, $upstream_model,
                $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens, $cost,
-               $completed_at
+               $completed_at, $conversation_id
         FROM advanced
         RETURNING completed_at
     )
@@ -372,28 +379,14 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
 
 # -- finish outside a conversation (or after a lost claim: the items then stay outside it) -----------------
 
+# Both also add the turn to its chain's totals (service/threads/totals.py; nothing for a conversation's thread).
 _FINISH_STORED = Statement(
-    """
+    f"""
     WITH items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
-        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, u.type, u.role, u.status, u.body,
-               u.text_content
-        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
-    )
-    UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
-        usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
-        input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
-    WHERE id = $response_id
-    """
-)
-
-_FINISH_LOGGED = Statement(
-    """
-    WITH items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
-        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, u.type, u.role, u.status, u.body,
-               u.text_content
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
+                          text_content)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
+               u.role, u.status, u.body, u.text_content
         FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
                     $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
     ),
@@ -403,7 +396,28 @@ _FINISH_LOGGED = Statement(
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
         WHERE id = $response_id
         RETURNING completed_at
-    )
+    ){chain_totals.ADD_TO_CHAIN}
+    SELECT completed_at FROM completed
+    """
+)
+
+_FINISH_LOGGED = Statement(
+    f"""
+    WITH items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
+                          text_content)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
+               u.role, u.status, u.body, u.text_content
+        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    ),
+    completed AS (
+        UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
+            usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
+            input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
+        WHERE id = $response_id
+        RETURNING completed_at
+    ){chain_totals.ADD_TO_CHAIN}
     INSERT INTO response_event_log (response_id, events, event_count)
     SELECT $response_id, $events::text, $event_count::int FROM completed
     ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
@@ -413,26 +427,30 @@ _FINISH_LOGGED = Statement(
 # An unseen turn stored whole: one continuing a previous response, or a conversation turn whose claim was lost
 # (then outside the conversation). It names its conversation and previous response only if they still exist:
 # the conversation may have been deleted once the claim expired, the previous response while the turn ran (a
-# response with no stored child is deleted outright; its children's links would have been set to null).
+# response with no stored child is deleted outright; its children's links would have been set to null). Its
+# thread is the conversation's, else its parent's, to whose chain totals it adds (service/threads/totals.py).
 _FINISH_UNSEEN = Statement(
-    """
-    WITH items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, type, role, status, body, text_content)
+    f"""
+    WITH thread AS (SELECT {chain_totals.THREAD_OF_NEW_RESPONSE} AS id),
+    items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
+                          text_content)
         SELECT u.id, $tenant_id, $response_id, u.ordinal > $input_count,
                CASE WHEN u.ordinal > $input_count THEN u.ordinal - $input_count ELSE u.ordinal END - 1,
-               u.type, u.role, u.status, u.body, u.text_content
-        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
-    )
+               thread.id, u.type, u.role, u.status, u.body, u.text_content
+        FROM thread, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                            $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+    ){chain_totals.ADD_UNSEEN_TO_CHAIN}
     INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
                           model, instructions, params_json, metadata, background, stream, created_at, upstream_id,
                           upstream_model, usage, error, incomplete_details, input_tokens, output_tokens, cost,
-                          completed_at)
+                          completed_at, thread_id)
     SELECT $response_id, $tenant_id, (SELECT id FROM conversation WHERE id = $conversation_id),
            $conversation_position, (SELECT id FROM response WHERE id = $previous_response_id), $status, $model,
            $instructions, $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id,
            $upstream_model, $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens,
-           $cost, $completed_at
+           $cost, $completed_at, thread.id
+    FROM thread
     """
 )
 
