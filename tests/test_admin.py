@@ -264,7 +264,7 @@ async def test_cursor_of_another_list_or_a_repeated_parameter_is_rejected(
     assert repeated.status_code == 400 and repeated.json()["error"]["param"] == "status"
     for path, query in [
         ("/admin/responses", {"status": "stuck"}),
-        ("/admin/responses", {"q": "search is for conversations"}),
+        ("/admin/responses", {"conversations": "misspelt"}),
         ("/admin/stats", {"created_after": "soon"}),
         ("/admin/conversations/" + conversation_id, {"order": "sideways"}),
     ]:

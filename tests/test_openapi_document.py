@@ -225,6 +225,7 @@ async def test_real_answers_match_the_documented_schemas(
     )
     checker.check("POST", "/v1/responses/{response_id}/cancel", await http.post(f"/v1/responses/{response_id}/cancel"))
     chained = await http.post("/v1/responses", json={"model": "m", "input": "again"})
+    chained_root = (await http.post("/v1/responses", json={"model": "m", "input": "a chain"})).json()["id"]
     checker.check("DELETE", "/v1/responses/{response_id}", await http.delete(f"/v1/responses/{chained.json()['id']}"))
     checker.check(
         "DELETE",
@@ -234,7 +235,14 @@ async def test_real_answers_match_the_documented_schemas(
 
     checker.check("GET", "/admin/conversations", await admin.get("/admin/conversations", params={"metadata[k]": "w"}))
     checker.check("GET", "/admin/conversations/{conversation_id}", await admin.get(f"/admin/conversations/{conv}"))
-    checker.check("GET", "/admin/responses", await admin.get("/admin/responses"))
+    checker.check("GET", "/admin/responses", await admin.get("/admin/responses", params={"q": "hi"}))
+    follow = await http.post("/v1/responses", json={"model": "m", "input": "on", "previous_response_id": chained_root})
+    assert follow.status_code == 200, follow.text
+    checker.check("GET", "/admin/threads", await admin.get("/admin/threads", params={"kind": "chain"}))
+    checker.check("GET", "/admin/threads/{thread_id}", await admin.get(f"/admin/threads/{chained_root}"))
+    checker.check("GET", "/admin/threads/{thread_id}", await admin.get(f"/admin/threads/{conv}"))
+    checker.check("DELETE", "/admin/threads/{thread_id}", await admin.delete(f"/admin/threads/{chained_root}"))
+    checker.check("DELETE", "/admin/threads/{thread_id}", await admin.delete(f"/admin/threads/{chained_root}"))
     checker.check("GET", "/admin/stats", await admin.get("/admin/stats"))
     key = await admin.post("/admin/api-keys", json={"tenant": "carol", "name": "ci"})
     checker.check("POST", "/admin/api-keys", key)

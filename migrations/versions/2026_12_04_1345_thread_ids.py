@@ -80,6 +80,14 @@ def upgrade() -> None:
     op.alter_column("item", "thread_id", nullable=False)
     op.create_index("ix_response_thread_id_created_at_id", "response", ["thread_id", "created_at", "id"])
     op.create_index("ix_item_thread_id", "item", ["thread_id"])
+    # Only running responses have an entry (a turn's begin adds one, its finish none), so a chain's current
+    # status costs an index probe, not a read of the chain's responses.
+    op.create_index(
+        "ix_response_running_thread_id",
+        "response",
+        ["thread_id", "created_at"],
+        postgresql_where=sa.text("status IN ('queued', 'in_progress')"),
+    )
     op.create_table(
         "response_chain",
         sa.Column("id", sa.Text(), nullable=False),
@@ -125,6 +133,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("response_chain")
+    op.drop_index("ix_response_running_thread_id", table_name="response")
     op.drop_index("ix_item_thread_id", table_name="item")
     op.drop_index("ix_response_thread_id_created_at_id", table_name="response")
     op.drop_column("item", "thread_id")

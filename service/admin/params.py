@@ -35,6 +35,11 @@ class ConversationFilters:
 
 
 @dataclass(frozen=True)
+class ThreadFilters(ConversationFilters):
+    kind: str | None = None  # conversation | chain; both when None
+
+
+@dataclass(frozen=True)
 class ResponseFilters:
     tenant: str | None = None
     model: str | None = None
@@ -42,6 +47,7 @@ class ResponseFilters:
     conversation: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    q: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,36 @@ def conversation_query(pairs: Iterable[tuple[str, str]]) -> tuple[ConversationFi
     return filters, keyset
 
 
+THREAD_KINDS = ("conversation", "chain")
+
+
+def thread_query(pairs: Iterable[tuple[str, str]]) -> tuple[ThreadFilters, Keyset]:
+    params = _Params(pairs)
+    filters = ThreadFilters(
+        kind=params.choice("kind", THREAD_KINDS),
+        tenant=params.text("tenant"),
+        model=params.text("model"),
+        status=params.choice("status", RESPONSE_STATUSES),
+        created_after=params.time("created_after"),
+        created_before=params.time("created_before"),
+        updated_after=params.time("updated_after"),
+        updated_before=params.time("updated_before"),
+        metadata=params.metadata(),
+        q=params.text("q"),
+    )
+    keyset = params.keyset("threads")
+    params.finish()
+    return filters, keyset
+
+
+def thread_detail_query(thread_id: str, pairs: Iterable[tuple[str, str]]) -> Keyset:
+    """A page of the thread's responses: limit, cursor (the previous page's next_cursor)."""
+    params = _Params(pairs)
+    keyset = params.keyset(f"thread {thread_id}")
+    params.finish()
+    return keyset
+
+
 def response_query(pairs: Iterable[tuple[str, str]]) -> tuple[ResponseFilters, Keyset]:
     params = _Params(pairs)
     filters = ResponseFilters(
@@ -161,6 +197,7 @@ def response_query(pairs: Iterable[tuple[str, str]]) -> tuple[ResponseFilters, K
         conversation=params.text("conversation"),
         created_after=params.time("created_after"),
         created_before=params.time("created_before"),
+        q=params.text("q"),
     )
     keyset = params.keyset("responses")
     params.finish()

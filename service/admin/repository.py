@@ -51,18 +51,6 @@ SEARCH_SCAN_CAP = 2000
 # The model that served a turn, else the one asked for: what conversation.last_model records.
 SERVED_MODEL = func.coalesce(response_t.c.upstream_model, response_t.c.model)
 
-# A response chain that builds on the conversation's responses (previous_response_id) carries its content too.
-_THREAD_RESPONSES = text(
-    """
-    WITH RECURSIVE thread AS (
-        SELECT id FROM response WHERE conversation_id = :conversation_id
-        UNION
-        SELECT r.id FROM response r JOIN thread t ON r.previous_response_id = t.id
-    )
-    DELETE FROM response WHERE id IN (SELECT id FROM thread) RETURNING id
-    """
-)
-
 
 async def plan_each_page(conn: AsyncConnection) -> None:
     """For the rest of this transaction: plan each statement for its own values (the best plan depends on the
@@ -256,7 +244,31 @@ def response_page_statement(filters: ResponseFilters, tenant_id: str | None, key
         r.c.completed_at,
         r.c.deleted_at,
     ).where(*conditions)
+    if filters.q is not None:
+        return _response_search_page(stmt, filters.q, keyset)
     return _newest_first(stmt, r.c.created_at, r.c.id, keyset)
+
+
+def _response_search_page(stmt: Select[Any], q: str, keyset: Keyset) -> Select[Any]:
+    """Responses with an input or output item that matches, newest first: the two plans of _search_page, by
+    the items' response_id (items added to a conversation directly belong to no response)."""
+    r = response_t
+    matches = item_t.c.search_vector.op("@@")(func.websearch_to_tsquery(_SEARCH_CONFIG, q))
+    hits = (
+        select(item_t.c.response_id)
+        .where(matches, item_t.c.response_id.is_not(None))
+        .limit(SEARCH_SCAN_CAP + 1)
+        .cte("hits")
+        .prefix_with("MATERIALIZED")
+    )
+    found = select(func.count()).select_from(hits).scalar_subquery()
+    hit_ids = cast(select(func.array_agg(hits.c.response_id)).scalar_subquery(), ARRAY(Text))
+    rare = stmt.where(found <= SEARCH_SCAN_CAP, r.c.id == any_(hit_ids))
+    common = stmt.where(found > SEARCH_SCAN_CAP, exists().where(item_t.c.response_id == r.c.id, matches))
+    both = union_all(
+        _newest_first(rare, r.c.created_at, r.c.id, keyset), _newest_first(common, r.c.created_at, r.c.id, keyset)
+    ).subquery("page")
+    return select(both).order_by(both.c.created_at.desc(), both.c.id.desc()).limit(keyset.limit + 1)
 
 
 async def response_page(
@@ -312,14 +324,17 @@ async def lock_conversation(conn: AsyncConnection, conversation_id: str) -> Any:
     return (await conn.execute(stmt)).first()
 
 
-async def delete_thread(conn: AsyncConnection, conversation_id: str) -> int:
-    """Hard-delete the conversation and everything holding its content: its responses and the response chains
-    built on them (their items go with them, ON DELETE CASCADE), then the conversation (its items, and any
-    row that references it with ON DELETE CASCADE). Returns how many responses went."""
-    deleted = await conn.execute(_THREAD_RESPONSES, {"conversation_id": conversation_id})
-    responses = len(deleted.all())
-    await conn.execute(delete(conversation_t).where(conversation_t.c.id == conversation_id))
-    return responses
+async def delete_thread(conn: AsyncConnection, thread_id: str) -> int:
+    """Hard-delete the thread (a conversation or a response chain) and everything holding its content: every
+    item and response of it, found by thread_id (chains that continue a conversation's responses are in its
+    thread), with them what references them ON DELETE CASCADE (event logs, idempotency records, a chain's
+    totals), then the conversation. Returns how many responses went."""
+    await conn.execute(delete(item_t).where(item_t.c.thread_id == thread_id))
+    deleted = await conn.execute(
+        delete(response_t).where(response_t.c.thread_id == thread_id).returning(response_t.c.id)
+    )
+    await conn.execute(delete(conversation_t).where(conversation_t.c.id == thread_id))
+    return len(deleted.all())
 
 
 class _Explain(Executable, ClauseElement):

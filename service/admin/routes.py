@@ -18,8 +18,11 @@ from service.admin.schemas import (
     AdminConversationDetail,
     AdminConversationList,
     AdminDeletedConversation,
+    AdminDeletedThread,
     AdminResponseList,
     AdminStats,
+    AdminThreadDetail,
+    AdminThreadList,
     ApiKeyList,
     ConversationDetailQuery,
     ConversationFilters,
@@ -29,9 +32,12 @@ from service.admin.schemas import (
     ResponseFilters,
     RevokedApiKey,
     StatsWindow,
+    ThreadDetailQuery,
+    ThreadFilters,
 )
 from service.http import EngineDep, Payload, RuntimeDep, json_response, require_admin_key
 from service.openapi import ADMIN_AUTH, documented
+from service.threads import service as threads
 
 
 def _query_pairs(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
@@ -82,6 +88,38 @@ class AdminController(Controller):
     async def delete_conversation(self, engine: EngineDep, conversation_id: FromPath[str]) -> Response[bytes]:
         """Hard delete: the conversation, its items, its responses and the response chains built on them."""
         return json_response(await service.delete_conversation(engine, conversation_id))
+
+    @get(
+        "/threads",
+        operation_id="adminListThreads",
+        operation_class=documented(answer=AdminThreadList, query=ThreadFilters, errors=(400, 403)),
+    )
+    async def list_threads(self, engine: EngineDep, query_pairs: QueryPairs) -> Response[bytes]:
+        """Every thread of both kinds, newest activity first: conversations and chains of responses linked by
+        previous_response_id (`kind`; a chain is named by its first response's id, and a chain continuing a
+        conversation's response is in the conversation's thread). `q` searches the items of both kinds."""
+        return json_response(await threads.list_threads(engine, query_pairs))
+
+    @get(
+        "/threads/{thread_id:str}",
+        operation_id="adminGetThread",
+        operation_class=documented(answer=AdminThreadDetail, query=ThreadDetailQuery, errors=(400, 403, 404)),
+    )
+    async def get_thread(self, engine: EngineDep, query_pairs: QueryPairs, thread_id: FromPath[str]) -> Response[bytes]:
+        """One thread and a page of its responses as a tree, oldest first: each names its parent
+        (previous_response_id) and carries its input and output items."""
+        return json_response(await threads.get_thread(engine, thread_id, query_pairs))
+
+    @delete(
+        "/threads/{thread_id:str}",
+        operation_id="adminDeleteThread",
+        status_code=200,
+        operation_class=documented(answer=AdminDeletedThread, errors=(403, 404, 409)),
+    )
+    async def delete_thread(self, engine: EngineDep, thread_id: FromPath[str]) -> Response[bytes]:
+        """Hard delete of a whole thread: every response and item of it, with their event logs and idempotency
+        records, and the conversation or the chain. 409 while a turn runs in it."""
+        return json_response(await threads.delete_thread(engine, thread_id))
 
     @get(
         "/responses",

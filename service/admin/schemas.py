@@ -84,6 +84,46 @@ class AdminConversationDetail(AdminConversation):
     responses: AdminResponseList
 
 
+class AdminThread(AdminConversation, kw_only=True):
+    """A thread of either kind: a conversation, or a chain of responses linked by previous_response_id (named by
+    its first response's id)."""
+
+    object: Literal["admin.thread"]  # type: ignore[assignment]
+    kind: Literal["conversation", "chain"]
+
+
+class AdminThreadList(msgspec.Struct):
+    object: Literal["list"]
+    data: list[AdminThread]
+    has_more: bool
+    next_cursor: str | None
+
+
+class AdminThreadResponse(AdminResponse, kw_only=True):
+    """A response of the thread's tree: its parent is previous_response_id."""
+
+    input: list[ItemObject]
+    output: list[ItemObject]
+
+
+class AdminThreadResponseList(msgspec.Struct):
+    object: Literal["list"]
+    data: list[AdminThreadResponse]
+    has_more: bool
+    next_cursor: str | None
+
+
+class AdminThreadDetail(AdminThread, kw_only=True):
+    responses: AdminThreadResponseList
+
+
+class AdminDeletedThread(msgspec.Struct):
+    id: str
+    object: Literal["admin.thread.deleted"]
+    deleted: bool
+    deleted_responses: int
+
+
 class AdminDeletedConversation(msgspec.Struct):
     id: str
     object: Literal["conversation.deleted"]
@@ -176,8 +216,20 @@ class ResponseFilters(msgspec.Struct):
     conversation: str | None = None
     created_after: Time | None = None
     created_before: Time | None = None
+    q: Annotated[str, msgspec.Meta(description="Full-text search of the response's input and output items")] | None = (
+        None
+    )
     limit: Limit = 20
     cursor: Cursor | None = None
+
+
+class ThreadFilters(ConversationFilters, kw_only=True):
+    kind: Literal["conversation", "chain"] | None = None
+
+
+class ThreadDetailQuery(msgspec.Struct):
+    limit: Limit = 20
+    cursor: Annotated[str, msgspec.Meta(description="The previous page's `responses.next_cursor`")] | None = None
 
 
 class ConversationDetailQuery(msgspec.Struct):

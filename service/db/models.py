@@ -139,6 +139,13 @@ class ResponseRecord(Base):
         Index(None, "created_at", "id"),
         Index(None, "status", "created_at", "id"),
         Index(None, "thread_id", "created_at", "id"),
+        # The turns running in a thread (few at any time): the thread listing's status of a chain.
+        Index(
+            "ix_response_running_thread_id",
+            "thread_id",
+            "created_at",
+            postgresql_where=text("status IN ('queued', 'in_progress')"),
+        ),
         Index("ix_response_served_model_created_at_id", text("coalesce(upstream_model, model)"), "created_at", "id"),
     )
 

@@ -1,0 +1,231 @@
+"""SQL for the admin view of threads of both kinds: conversations and response chains, listed side by side.
+
+A page is the UNION ALL of two keyset walks, one per kind, each the first rows of one index range of its own
+table in (updated_at, id) order, merged and cut to the page: the same indexes and plans as the conversation
+listing (admin/repository.py), once per kind. Search reads items by their thread_id, so it finds a word in any
+item of either kind of thread, including chains that continue a conversation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Select,
+    Text,
+    and_,
+    any_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    literal,
+    not_,
+    select,
+    tuple_,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.admin.cursor import Keyset
+from service.admin.params import ThreadFilters
+from service.admin.repository import (
+    _CONVERSATION_COLUMNS,
+    _SEARCH_CONFIG,
+    SEARCH_SCAN_CAP,
+    _newest_first,
+    _status_is,
+    _tenant_name,
+    _time_range,
+)
+from service.db.models import conversation_table, item_table, response_chain_table, response_table
+from service.responses.repository import RUNNING_STATUSES
+
+conversation_t = conversation_table
+chain_t = response_chain_table
+response_t = response_table
+item_t = item_table
+
+KINDS = ("conversation", "chain")
+
+
+def _running_in(thread_id: Any) -> Any:
+    """The status of the newest turn still running in the thread, if any (the partial index of running
+    responses by thread answers it without reading the thread's finished responses)."""
+    return (
+        select(response_t.c.status)
+        .where(response_t.c.thread_id == thread_id, response_t.c.status.in_(RUNNING_STATUSES))
+        .order_by(response_t.c.created_at.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+# A chain with a turn in flight shows that turn's status, otherwise its last finished turn's.
+_CHAIN_STATUS = func.coalesce(_running_in(chain_t.c.id), chain_t.c.last_status)
+
+_CHAIN_COLUMNS = (
+    chain_t.c.id,
+    chain_t.c.tenant_id,
+    _tenant_name(chain_t.c.tenant_id),
+    chain_t.c.title,
+    chain_t.c.metadata,
+    chain_t.c.item_count,
+    chain_t.c.response_count,
+    chain_t.c.input_tokens,
+    chain_t.c.output_tokens,
+    chain_t.c.cost,
+    chain_t.c.created_at,
+    chain_t.c.updated_at,
+    chain_t.c.last_model,
+    _CHAIN_STATUS.label("last_status"),
+    literal("chain").label("kind"),
+)
+
+
+def _chain_status_is(status: str) -> ColumnElement[bool]:
+    if status not in RUNNING_STATUSES:
+        return and_(chain_t.c.last_status == status, not_(exists().where(_running_filter(chain_t.c.id))))
+    # Running turns are few: their threads come from the response status index, by primary key.
+    running = cast(
+        select(func.array_agg(response_t.c.thread_id)).where(response_t.c.status == status).scalar_subquery(),
+        ARRAY(Text),
+    )
+    return and_(chain_t.c.id == any_(running), _running_in(chain_t.c.id) == status)
+
+
+def _running_filter(thread_id: Any) -> ColumnElement[bool]:
+    return and_(response_t.c.thread_id == thread_id, response_t.c.status.in_(RUNNING_STATUSES))
+
+
+def _conditions(table: Any, filters: ThreadFilters, tenant_id: str | None) -> list[ColumnElement[bool]]:
+    conditions = [
+        *_time_range(table.c.created_at, filters.created_after, filters.created_before),
+        *_time_range(table.c.updated_at, filters.updated_after, filters.updated_before),
+    ]
+    if tenant_id is not None:
+        conditions.append(table.c.tenant_id == tenant_id)
+    if filters.model is not None:
+        conditions.append(table.c.last_model == filters.model)
+    if filters.metadata:
+        # Containment is what the jsonb_path_ops GIN indexes answer.
+        conditions.append(table.c.metadata.op("@>")(bindparam(None, filters.metadata, type_=JSONB)))
+    if filters.status is not None:
+        conditions.append(_status_is(filters.status) if table is conversation_t else _chain_status_is(filters.status))
+    return conditions
+
+
+def _matches(q: str) -> ColumnElement[bool]:
+    return item_t.c.search_vector.op("@@")(func.websearch_to_tsquery(_SEARCH_CONFIG, q))
+
+
+def _kind_page(table: Any, stmt: Select[Any], keyset: Keyset, hits: Any, q: str | None) -> Select[Any]:
+    """One kind's page; with a search, as admin/repository._search_page explains: the threads of the matching
+    items when they are few (read from the GIN index, at most SEARCH_SCAN_CAP), else a walk of the threads
+    newest first checking each one's items (by item.thread_id). Exactly one branch runs."""
+    if hits is None or q is None:
+        return _newest_first(stmt, table.c.updated_at, table.c.id, keyset)
+    found = select(func.count()).select_from(hits).scalar_subquery()
+    hit_ids = cast(select(func.array_agg(hits.c.thread_id)).scalar_subquery(), ARRAY(Text))
+    rare = stmt.where(found <= SEARCH_SCAN_CAP, table.c.id == any_(hit_ids))
+    in_thread = exists().where(item_t.c.thread_id == table.c.id, _matches(q))
+    common = stmt.where(found > SEARCH_SCAN_CAP, in_thread)
+    both = union_all(
+        _newest_first(rare, table.c.updated_at, table.c.id, keyset),
+        _newest_first(common, table.c.updated_at, table.c.id, keyset),
+    ).subquery()
+    return select(both)
+
+
+def thread_page_statement(filters: ThreadFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
+    """Newest activity first, both kinds (or `filters.kind`). `tenant_id` is the resolved `filters.tenant`."""
+    hits = None
+    if filters.q is not None:
+        hits = (
+            select(item_t.c.thread_id)
+            .where(_matches(filters.q))
+            .limit(SEARCH_SCAN_CAP + 1)
+            .cte("hits")
+            .prefix_with("MATERIALIZED")
+        )
+    parts = []
+    if filters.kind in (None, "conversation"):
+        columns = (*_CONVERSATION_COLUMNS, literal("conversation").label("kind"))
+        stmt = select(*columns).where(*_conditions(conversation_t, filters, tenant_id))
+        parts.append(_kind_page(conversation_t, stmt, keyset, hits, filters.q))
+    if filters.kind in (None, "chain"):
+        stmt = select(*_CHAIN_COLUMNS).where(*_conditions(chain_t, filters, tenant_id))
+        parts.append(_kind_page(chain_t, stmt, keyset, hits, filters.q))
+    page = union_all(*parts).subquery("page") if len(parts) > 1 else parts[0].subquery("page")
+    return select(page).order_by(page.c.updated_at.desc(), page.c.id.desc()).limit(keyset.limit + 1)
+
+
+async def thread_page(
+    conn: AsyncConnection, filters: ThreadFilters, tenant_id: str | None, keyset: Keyset
+) -> list[Any]:
+    return list((await conn.execute(thread_page_statement(filters, tenant_id, keyset))).all())
+
+
+async def get_thread(conn: AsyncConnection, thread_id: str) -> Any:
+    """The thread's listing row: the conversation, else the chain, with that id."""
+    conversation = select(*_CONVERSATION_COLUMNS, literal("conversation").label("kind")).where(
+        conversation_t.c.id == thread_id
+    )
+    row = (await conn.execute(conversation)).first()
+    if row is None:
+        row = (await conn.execute(select(*_CHAIN_COLUMNS).where(chain_t.c.id == thread_id))).first()
+    return row
+
+
+_RESPONSE_COLUMNS = (
+    response_t.c.id,
+    response_t.c.tenant_id,
+    _tenant_name(response_t.c.tenant_id),
+    response_t.c.conversation_id,
+    response_t.c.previous_response_id,
+    response_t.c.status,
+    response_t.c.model,
+    response_t.c.upstream_model,
+    response_t.c.input_tokens,
+    response_t.c.output_tokens,
+    response_t.c.cost,
+    response_t.c.error,
+    response_t.c.incomplete_details,
+    response_t.c.background,
+    response_t.c.created_at,
+    response_t.c.completed_at,
+    response_t.c.deleted_at,
+)
+
+
+async def thread_responses(conn: AsyncConnection, thread_id: str, keyset: Keyset) -> list[Any]:
+    """A page of the thread's responses, oldest first (a parent always before its children), from the
+    (thread_id, created_at, id) index; `keyset.after` is the last row of the previous page."""
+    r = response_t
+    stmt = select(*_RESPONSE_COLUMNS).where(r.c.thread_id == thread_id)
+    if keyset.after is not None:
+        after_at, after_id = keyset.after
+        stmt = stmt.where(tuple_(r.c.created_at, r.c.id) > tuple_(literal(after_at, r.c.created_at.type), after_id))
+    stmt = stmt.order_by(r.c.created_at, r.c.id).limit(keyset.limit + 1)
+    return list((await conn.execute(stmt)).all())
+
+
+async def response_items(conn: AsyncConnection, response_ids: list[str]) -> list[Any]:
+    """The input and output items of these responses, in each one's order."""
+    i = item_t
+    stmt = (
+        select(i.c.id, i.c.response_id, i.c.is_output, i.c.status, i.c.body)
+        .where(i.c.response_id == any_(cast(bindparam("ids", response_ids), ARRAY(Text))))
+        .order_by(i.c.response_id, i.c.is_output, i.c.ordinal)
+    )
+    return list((await conn.execute(stmt)).all())
+
+
+async def lock_chain(conn: AsyncConnection, chain_id: str) -> list[Any]:
+    """Every response of the chain's thread, locked for the rest of the transaction: a turn that would build
+    on one of them waits, then finds it gone. Empty when no such thread."""
+    r = response_t
+    stmt = select(r.c.id, r.c.status).where(r.c.thread_id == chain_id).with_for_update()
+    return list((await conn.execute(stmt)).all())

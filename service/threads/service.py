@@ -1,0 +1,98 @@
+"""Operators' view of threads of both kinds (a conversation, or a chain of responses linked by
+previous_response_id): the listing, one thread as the tree of its responses, and hard deletion of a whole
+thread. Each operation is one short read or one short transaction."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.admin import params
+from service.admin import repository as admin_repository
+from service.admin.cursor import encode_cursor
+from service.admin.service import _keyset_list, _tenant_id, conversation_row_view, response_row_view
+from service.conversations.service import conversation_locked
+from service.errors import Conflict, NotFound
+from service.items import item_view
+from service.responses.repository import RUNNING_STATUSES
+from service.threads import repository
+
+Pairs = Iterable[tuple[str, str]]
+
+
+def thread_not_found(thread_id: str) -> NotFound:
+    return NotFound(f"Thread with id '{thread_id}' not found.")
+
+
+def thread_locked(thread_id: str) -> Conflict:
+    return Conflict(
+        f"A turn is running in thread '{thread_id}'. Retry when it has finished.",
+        code="thread_locked",
+        headers={"Retry-After": "1"},
+    )
+
+
+def thread_row_view(row: Any) -> dict[str, Any]:
+    return {**conversation_row_view(row), "object": "admin.thread", "kind": row.kind}
+
+
+async def list_threads(engine: AsyncEngine, query: Pairs) -> dict[str, Any]:
+    filters, keyset = params.thread_query(query)
+    async with engine.connect() as conn:
+        await admin_repository.plan_each_page(conn)
+        tenant_id = await _tenant_id(conn, filters.tenant)
+        rows = await repository.thread_page(conn, filters, tenant_id, keyset)
+    return _keyset_list("threads", rows, keyset, "updated_at", thread_row_view)
+
+
+def _response_node(row: Any, items: list[Any]) -> dict[str, Any]:
+    view = response_row_view(row)
+    view["input"] = [item_view(i.id, i.status, i.body) for i in items if not i.is_output]
+    view["output"] = [item_view(i.id, i.status, i.body) for i in items if i.is_output]
+    return view
+
+
+async def get_thread(engine: AsyncEngine, thread_id: str, query: Pairs) -> dict[str, Any]:
+    """The thread's listing row and a page of its responses, oldest first: each names its parent
+    (previous_response_id), so branches show as responses sharing a parent; each carries its input and output
+    items. `responses.next_cursor` continues with ?cursor=..."""
+    keyset = params.thread_detail_query(thread_id, query)
+    async with engine.connect() as conn:
+        row = await repository.get_thread(conn, thread_id)
+        if row is None:
+            raise thread_not_found(thread_id)
+        responses = await repository.thread_responses(conn, thread_id, keyset)
+        shown = responses[: keyset.limit]
+        items = await repository.response_items(conn, [r.id for r in shown])
+    by_response: dict[str, list[Any]] = defaultdict(list)
+    for item in items:
+        by_response[item.response_id].append(item)
+    has_more = len(responses) > keyset.limit
+    last = shown[-1] if shown else None
+    view = thread_row_view(row)
+    view["responses"] = {
+        "object": "list",
+        "data": [_response_node(r, by_response[r.id]) for r in shown],
+        "has_more": has_more,
+        "next_cursor": encode_cursor(f"thread {thread_id}", last.created_at, last.id) if has_more and last else None,
+    }
+    return view
+
+
+async def delete_thread(engine: AsyncEngine, thread_id: str) -> dict[str, Any]:
+    """Hard delete of the whole thread: every response and item of it and what holds their content (event
+    logs, idempotency records), and the conversation or the chain's totals. Refused while a turn runs in it."""
+    async with engine.begin() as conn:
+        conversation = await admin_repository.lock_conversation(conn, thread_id)
+        if conversation is not None and conversation.claimed:
+            raise conversation_locked(thread_id)
+        responses = await repository.lock_chain(conn, thread_id)
+        if conversation is None and not responses:
+            raise thread_not_found(thread_id)
+        if any(r.status in RUNNING_STATUSES for r in responses):
+            raise thread_locked(thread_id)
+        deleted = await admin_repository.delete_thread(conn, thread_id)
+    return {"id": thread_id, "object": "admin.thread.deleted", "deleted": True, "deleted_responses": deleted}

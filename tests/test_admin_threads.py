@@ -1,0 +1,324 @@
+"""/admin/threads: conversations and previous_response_id chains listed side by side as threads, a chain shown as
+its tree, a whole chain hard-deleted, and /admin/responses?q=. Rows come from real turns through /v1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.admin import repository as admin_repository
+from service.admin.cursor import Keyset
+from service.admin.params import ThreadFilters
+from service.threads import repository
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
+from tests.test_admin import rows_mentioning
+from tests.turn_support import MODEL, new_conversation, rows, turn
+
+
+@pytest.fixture
+async def admin(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {server.settings.admin_api_key}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+async def walk(admin: httpx.AsyncClient, path: str, params: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """Every row of a keyset list, page by page."""
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await admin.get(path, params={**params, "limit": limit, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        body = page.json()
+        found.extend(body["data"])
+        if not body["has_more"]:
+            assert body["next_cursor"] is None
+            return found
+        cursor = body["next_cursor"]
+
+
+async def thread_ids(admin: httpx.AsyncClient, **params: Any) -> list[str]:
+    return [row["id"] for row in await walk(admin, "/admin/threads", params, 100)]
+
+
+async def ten_turns_branching_at_four(tenant: Tenant, word: str = "") -> list[dict[str, Any]]:
+    """Turns 1-10 each continuing the one before; an 11th continues turn 4 (a branch). `word` is in turn 7."""
+    chain: list[dict[str, Any]] = []
+    for index in range(1, 11):
+        words = f"turn {index} {word if index == 7 else ''}"
+        previous = {"previous_response_id": chain[-1]["id"]} if chain else {}
+        chain.append(await turn(tenant.http, words, **previous))
+    chain.append(await turn(tenant.http, "the branch", previous_response_id=chain[3]["id"]))
+    return chain
+
+
+async def test_a_branched_chain_is_one_thread_beside_conversations_with_totals_and_last_activity(
+    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant
+) -> None:
+    older = await new_conversation(bob.http)
+    await turn(bob.http, "hello", conversation=older)
+    chain = await ten_turns_branching_at_four(alice)
+    newer = await new_conversation(bob.http, metadata={"team": "red"})
+
+    listed = await walk(admin, "/admin/threads", {}, 2)
+    assert [(row["id"], row["kind"]) for row in listed] == [
+        (newer, "conversation"),
+        (chain[0]["id"], "chain"),
+        (older, "conversation"),
+    ]
+    row = listed[1]
+    assert row["object"] == "admin.thread" and row["tenant"] == "alice"
+    assert (row["response_count"], row["item_count"]) == (11, 22)
+    # The fake upstream reports 10 input and 5 output tokens and $0.00042 per turn.
+    assert row["usage"] == {"input_tokens": 110, "output_tokens": 55, "total_tokens": 165, "cost": 0.00462}
+    assert (row["last_model"], row["last_status"], row["title"]) == ("openai/gpt-4o-mini", "completed", "turn 1")
+    assert row["created_at"] == chain[0]["created_at"]
+    assert row["last_activity_at"] >= chain[-1]["completed_at"]
+    # /admin/conversations is unchanged: conversations only.
+    conversations = (await admin.get("/admin/conversations")).json()["data"]
+    assert [c["id"] for c in conversations] == [newer, older]
+
+
+async def test_filters_apply_to_both_kinds_alike(admin: httpx.AsyncClient, alice: Tenant, bob: Tenant) -> None:
+    alice_conversation = await new_conversation(alice.http, metadata={"env": "prod"})
+    await turn(alice.http, "in a conversation", conversation=alice_conversation)
+    alice_chain = await turn(alice.http, "a chain", metadata={"env": "prod"})
+    bob_chain = await turn(bob.http, "bob's chain", metadata={"env": "dev"})
+    start = datetime.now(UTC)
+    await asyncio.sleep(0.01)
+    bob_late = await turn(bob.http, "late chain")
+
+    assert set(await thread_ids(admin, tenant="alice")) == {alice_conversation, alice_chain["id"]}
+    assert set(await thread_ids(admin, tenant="bob")) == {bob_chain["id"], bob_late["id"]}
+    assert set(await thread_ids(admin, **{"metadata[env]": "prod"})) == {alice_conversation, alice_chain["id"]}
+    assert await thread_ids(admin, kind="chain", tenant="alice") == [alice_chain["id"]]
+    assert await thread_ids(admin, kind="conversation") == [alice_conversation]
+    assert await thread_ids(admin, created_after=start.isoformat()) == [bob_late["id"]]
+    assert await thread_ids(admin, updated_before=start.isoformat(), kind="chain") == [
+        bob_chain["id"],
+        alice_chain["id"],
+    ]
+    assert len(await thread_ids(admin, model="openai/gpt-4o-mini", status="completed")) == 4
+    assert await thread_ids(admin, model="other/model") == []
+    assert await thread_ids(admin, status="failed") == []
+
+    for bad, param in (({"kind": "tree"}, "kind"), ({"q": "x", "qq": "y"}, "qq"), ({"limit": "0"}, "limit")):
+        refused = await admin.get("/admin/threads", params=bad)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == param
+    foreign = (await admin.get("/admin/conversations", params={"limit": 1})).json()
+    assert foreign["has_more"] is False
+    page = (await admin.get("/admin/threads", params={"limit": 1})).json()
+    wrong_list = await admin.get("/admin/conversations", params={"cursor": page["next_cursor"]})
+    assert wrong_list.status_code == 400 and wrong_list.json()["error"]["code"] == "invalid_cursor"
+
+
+async def test_search_finds_a_chain_by_a_word_of_one_of_its_items_and_the_responses_holding_it(
+    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    chain = await ten_turns_branching_at_four(alice, word="quokka")
+    conversation = await new_conversation(bob.http)
+    fake_upstream.reply_json(text_response("a quokka answer"))
+    in_conversation = await turn(bob.http, "tell me", conversation=conversation)
+    # A chain continuing a conversation's response is in the conversation's thread.
+    fake_upstream.reply_json(text_response("wombat only here"))
+    continued = await turn(bob.http, "continue", previous_response_id=in_conversation["id"])
+    unrelated = await turn(alice.http, "nothing to find")
+
+    assert await thread_ids(admin, q="quokka") == [conversation, chain[0]["id"]]
+    assert await thread_ids(admin, q="quokka", tenant="alice") == [chain[0]["id"]]
+    assert await thread_ids(admin, q="quokka", kind="conversation") == [conversation]
+    assert await thread_ids(admin, q="wombat") == [conversation]
+    assert unrelated["id"] in await thread_ids(admin, q="nothing")
+
+    found = await walk(admin, "/admin/responses", {"q": "quokka"}, 1)
+    assert [r["id"] for r in found] == [in_conversation["id"], chain[6]["id"]]
+    assert [r["id"] for r in await walk(admin, "/admin/responses", {"q": "wombat"}, 10)] == [continued["id"]]
+    assert await walk(admin, "/admin/responses", {"q": "quokka", "tenant": "bob", "status": "failed"}, 10) == []
+
+
+async def test_search_above_the_index_read_cap_walks_threads_with_the_same_answers(
+    admin: httpx.AsyncClient, alice: Tenant, db: AsyncEngine
+) -> None:
+    crowded = await turn(alice.http, "ordinary words")
+    chain = await ten_turns_branching_at_four(alice, word="needle")
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, "
+                "body, text_content) SELECT 'msg_many_' || g, tenant_id, id, false, g, thread_id, 'message', "
+                "'user', 'completed', '{}', 'needle in a haystack' FROM response, generate_series(1, :n) g "
+                "WHERE id = :id"
+            ),
+            {"id": crowded["id"], "n": admin_repository.SEARCH_SCAN_CAP + 10},
+        )
+    assert await thread_ids(admin, q="needle") == [chain[0]["id"], crowded["id"]]
+    assert [row["id"] for row in await walk(admin, "/admin/threads", {"q": "needle"}, 1)] == [
+        chain[0]["id"],
+        crowded["id"],
+    ]
+    assert await thread_ids(admin, q="needle haystack") == [crowded["id"]]
+    responses = await walk(admin, "/admin/responses", {"q": "needle"}, 1)
+    assert [r["id"] for r in responses] == [chain[6]["id"], crowded["id"]]
+
+
+async def test_a_chain_is_shown_as_its_tree_in_pages(admin: httpx.AsyncClient, alice: Tenant) -> None:
+    chain = await ten_turns_branching_at_four(alice)
+    nodes: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await admin.get(
+            f"/admin/threads/{chain[0]['id']}", params={"limit": 4, **({"cursor": cursor} if cursor else {})}
+        )
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert (body["id"], body["kind"], body["response_count"]) == (chain[0]["id"], "chain", 11)
+        nodes.extend(body["responses"]["data"])
+        cursor = body["responses"]["next_cursor"]
+        if not body["responses"]["has_more"]:
+            break
+    assert [n["id"] for n in nodes] == [r["id"] for r in chain]
+    parents = {n["id"]: n["previous_response_id"] for n in nodes}
+    assert parents[chain[0]["id"]] is None
+    assert parents[chain[10]["id"]] == parents[chain[4]["id"]] == chain[3]["id"]  # the branch
+    seventh = nodes[6]
+    assert seventh["input"] == [
+        {
+            **seventh["input"][0],
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "turn 7 "}],
+        }
+    ]
+    assert seventh["output"][0]["content"][0]["text"] == "Hello from the fake upstream."
+    assert (seventh["status"], seventh["model"], seventh["upstream_model"]) == (
+        "completed",
+        MODEL,
+        "openai/gpt-4o-mini",
+    )
+    assert seventh["usage"]["cost"] == 0.00042 and seventh["error"] is None
+
+    missing = await admin.get("/admin/threads/resp_nope")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "invalid_request_error"
+    other = await admin.get(f"/admin/threads/{chain[0]['id']}", params={"cursor": "garbage"})
+    assert other.status_code == 400 and other.json()["error"]["param"] == "cursor"
+
+
+async def test_deleting_a_chain_removes_every_row_of_it_and_nothing_else(
+    admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    kept = await turn(alice.http, "keep-this-one")
+    root = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "doomed-root"}, headers={"Idempotency-Key": "idem-doomed"}
+    )
+    assert root.status_code == 200, root.text
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("doomed-streamed-answer")))
+    streamed = await alice.http.post(
+        "/v1/responses",
+        json={"model": MODEL, "input": "doomed-child", "previous_response_id": root.json()["id"], "stream": True},
+    )
+    assert streamed.status_code == 200
+    await turn(alice.http, "doomed-branch", previous_response_id=root.json()["id"])
+    assert len(await rows(db, "SELECT * FROM response_event_log")) == 1
+    needles = [
+        "doomed-root",
+        "doomed-child",
+        "doomed-branch",
+        "doomed-streamed-answer",
+        "idem-doomed",
+        root.json()["id"],
+    ]
+    assert {table for table, _ in await rows_mentioning(db, needles)} >= {
+        "item",
+        "response",
+        "response_chain",
+        "response_event_log",
+        "idempotency_key",
+    }
+
+    deleted = await admin.delete(f"/admin/threads/{root.json()['id']}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {
+        "id": root.json()["id"],
+        "object": "admin.thread.deleted",
+        "deleted": True,
+        "deleted_responses": 3,
+    }
+    assert await rows_mentioning(db, needles) == []
+    assert await thread_ids(admin) == [kept["id"]]
+    assert await rows_mentioning(db, ["keep-this-one"])
+    again = await admin.delete(f"/admin/threads/{root.json()['id']}")
+    assert again.status_code == 404
+
+
+async def test_deleting_a_conversation_thread_takes_the_chains_continuing_it(
+    admin: httpx.AsyncClient, alice: Tenant, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice.http, items=[{"role": "user", "content": "gone-direct"}])
+    first = await turn(alice.http, "gone-first", conversation=conversation)
+    await turn(alice.http, "gone-continued", previous_response_id=first["id"])
+    deleted = await admin.delete(f"/admin/threads/{conversation}")
+    assert deleted.status_code == 200 and deleted.json()["deleted_responses"] == 2
+    assert await rows_mentioning(db, ["gone-direct", "gone-first", "gone-continued", conversation]) == []
+
+
+async def test_a_chain_with_a_turn_in_flight_shows_it_and_is_not_deleted_under_it(
+    admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    root = await turn(alice.http, "start")
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Slow answer."), delay=1.0))
+    running = asyncio.create_task(
+        alice.http.post("/v1/responses", json={"model": MODEL, "input": "slow", "previous_response_id": root["id"]})
+    )
+    for _ in range(100):
+        if await thread_ids(admin, status="in_progress") == [root["id"]]:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the chain never listed as in_progress")
+    assert await thread_ids(admin, status="completed") == []
+    assert (await admin.get(f"/admin/threads/{root['id']}")).json()["last_status"] == "in_progress"
+    refused = await admin.delete(f"/admin/threads/{root['id']}")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "thread_locked"
+    assert (await running).status_code == 200
+    assert await thread_ids(admin, status="completed") == [root["id"]]
+    assert (await admin.delete(f"/admin/threads/{root['id']}")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("filters", "indexes"),
+    [
+        (ThreadFilters(), ["ix_conversation_updated_at_id", "ix_response_chain_updated_at_id"]),
+        (ThreadFilters(tenant="t"), ["ix_conversation_tenant_id_updated_at_id", "ix_response_chain_tenant_id_updated"]),
+        (ThreadFilters(model="m"), ["ix_conversation_last_model_updated_at_id", "ix_response_chain_last_model_upd"]),
+        (
+            ThreadFilters(status="failed"),
+            ["ix_conversation_last_status_updated_at_id", "ix_response_chain_last_status"],
+        ),
+        (ThreadFilters(status="queued"), ["ix_response_status_created_at_id"]),
+        (ThreadFilters(metadata={"k": "v"}), ["ix_conversation_metadata", "ix_response_chain_metadata"]),
+        (ThreadFilters(q="word"), ["ix_item_search_vector"]),
+        (ThreadFilters(kind="chain"), ["ix_response_chain_updated_at_id", "ix_response_running_thread_id"]),
+    ],
+)
+async def test_every_thread_filter_has_an_index_path_without_offset(
+    db: AsyncEngine, filters: ThreadFilters, indexes: list[str]
+) -> None:
+    keyset = Keyset(limit=20, after=(datetime(2030, 1, 1, tzinfo=UTC), "conv_z"))
+    statement = repository.thread_page_statement(filters, "t" if filters.tenant else None, keyset)
+    assert "OFFSET" not in str(statement.compile(db.sync_engine)).upper()
+    async with db.connect() as conn:
+        await conn.execute(text("SET enable_seqscan = off"))
+        plan = await admin_repository.explain(conn, statement)
+    for table in ("conversation", "response_chain", "item", "response"):
+        assert f"Seq Scan on {table} " not in plan, plan
+    for index in indexes:
+        assert index in plan, plan
