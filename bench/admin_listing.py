@@ -1,4 +1,5 @@
-"""Admin listing at a million items: seeds its own database, prints the plans and p50/p95 of each page.
+"""Admin listing (conversations, threads of both kinds, responses) at a million items: seeds its own database,
+prints the plans and p50/p95 of each page.
 
     .venv/bin/python -m bench.admin_listing [--database-url postgresql://postgres@127.0.0.1:5432/convstore_admin_bench]
                                             [--conversations 100000] [--reseed] [--runs 200]
@@ -32,6 +33,8 @@ from service.admin import params, repository, service
 from service.config import normalize_database_url
 from service.db.session import create_engine
 from service.migrate import upgrade
+from service.threads import repository as thread_repository
+from service.threads import service as threads
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/convstore_admin_bench"
 BEFORE_ADMIN_INDEXES = "1a7e3c5d9b01"
@@ -99,6 +102,32 @@ SEED_STATEMENTS = [
            CASE WHEN k = :turns - 1 AND c.last_status = 'failed'
                 THEN '{"code": "server_error", "message": "Provider returned error"}'::jsonb END
     FROM conversation c, generate_series(0, :turns - 1) k
+    """,
+    # Response chains (previous_response_id, no conversation): one chain per 5 conversations, 5 turns each, the
+    # first turns with their own tenant, model, metadata and time; the migration to head files them as threads.
+    """
+    INSERT INTO response (id, tenant_id, status, model, upstream_model, input_tokens, output_tokens, cost,
+                          metadata, created_at, completed_at)
+    SELECT 'resp_chain_' || lpad(g::text, 8, '0') || '_0',
+           'ten_bench_' || lpad(floor(pow(random(), 2) * :tenants)::int::text, 3, '0'),
+           CASE WHEN random() < 0.03 THEN 'failed' ELSE 'completed' END, m.model, m.model, 900, 300, 0.0021,
+           jsonb_build_object('project', 'p' || (g % 40), 'env', CASE WHEN g % 5 = 0 THEN 'dev' ELSE 'prod' END),
+           created, created + interval '5 seconds'
+    FROM generate_series(1, :conversations / 5) g,
+         LATERAL (SELECT now() - interval '90 days' + random() * interval '83 days' + g * interval '0 seconds')
+             AS t(created),
+         LATERAL (SELECT (CAST(:models AS text[]))[
+                             1 + floor(pow(random(), 1.5) * cardinality(CAST(:models AS text[])))::int
+                         ] || substr(g::text, 1, 0)) AS m(model)
+    """,
+    """
+    INSERT INTO response (id, tenant_id, previous_response_id, status, model, upstream_model, input_tokens,
+                          output_tokens, cost, created_at, completed_at)
+    SELECT substr(r.id, 1, 19) || '_' || k, r.tenant_id, substr(r.id, 1, 19) || '_' || (k - 1), r.status, r.model,
+           r.upstream_model, 900, 300, 0.0021, r.created_at + k * interval '1 hour',
+           r.created_at + k * interval '1 hour' + interval '5 seconds'
+    FROM response r, generate_series(1, :turns - 1) k
+    WHERE r.id LIKE 'resp_chain_%'
     """,
     # One user message and one answer per turn, with random words; g.k keeps the word subquery per row.
     """
@@ -250,6 +279,11 @@ async def main() -> int:
         query = [("cursor", page["next_cursor"])] if page["next_cursor"] else []
         page = await service.list_conversations(engine, query)
     deep_cursor = page["next_cursor"]
+    page = {"next_cursor": None}
+    for _ in range(50):
+        query = [("cursor", page["next_cursor"])] if page["next_cursor"] else []
+        page = await threads.list_threads(engine, query)
+    deep_thread_cursor = page["next_cursor"]
     two_weeks_ago = (datetime.now(UTC) - timedelta(days=14)).isoformat()
     cases: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("conversations: first page", "conversations", []),
@@ -268,7 +302,24 @@ async def main() -> int:
         (f"conversations: q={common} (common word)", "conversations", [("q", common)]),
         (f'conversations: q="{common} {rare}" (phrase)', "conversations", [("q", f'"{common} {rare}"')]),
         (f"conversations: q={rare} + tenant", "conversations", [("q", rare), ("tenant", biggest)]),
+        ("threads: first page", "threads", []),
+        ("threads: page 51 (cursor)", "threads", [("cursor", deep_thread_cursor)]),
+        (f"threads: tenant={biggest} (biggest)", "threads", [("tenant", biggest)]),
+        ("threads: status=failed", "threads", [("status", "failed")]),
+        ("threads: kind=chain", "threads", [("kind", "chain")]),
+        ("threads: model=qwen/qwen-2.5-72b-instruct", "threads", [("model", "qwen/qwen-2.5-72b-instruct")]),
+        ("threads: metadata[project]=p7", "threads", [("metadata[project]", "p7")]),
+        ("threads: created in the last 14 days", "threads", [("created_after", two_weeks_ago)]),
+        (f"threads: q={rare} (rare word)", "threads", [("q", rare)]),
+        (f"threads: q={near_cap} (under the cap)", "threads", [("q", near_cap)]),
+        (f"threads: q={above_cap} (just above the cap)", "threads", [("q", above_cap)]),
+        (f"threads: q={common} (common word)", "threads", [("q", common)]),
+        (f'threads: q="{common} {rare}" (phrase)', "threads", [("q", f'"{common} {rare}"')]),
+        (f"threads: q={rare} + tenant", "threads", [("q", rare), ("tenant", biggest)]),
         ("responses: first page", "responses", []),
+        (f"responses: q={rare} (rare word)", "responses", [("q", rare)]),
+        (f"responses: q={above_cap} (just above the cap)", "responses", [("q", above_cap)]),
+        (f"responses: q={common} (common word)", "responses", [("q", common)]),
         ("responses: status=failed", "responses", [("status", "failed")]),
         ("responses: model=mistralai/mistral-large", "responses", [("model", "mistralai/mistral-large")]),
     ]
@@ -287,7 +338,11 @@ async def main() -> int:
 
 
 def _page_call(engine: AsyncEngine, kind: str, query: list[tuple[str, str]]) -> Callable[[], Awaitable[Any]]:
-    listing = service.list_conversations if kind == "conversations" else service.list_responses
+    listing = {
+        "conversations": service.list_conversations,
+        "threads": threads.list_threads,
+        "responses": service.list_responses,
+    }[kind]
 
     async def call() -> Any:
         return await listing(engine, query)
@@ -302,6 +357,10 @@ async def _plan(engine: AsyncEngine, kind: str, query: list[tuple[str, str]]) ->
             filters, keyset = params.conversation_query(query)
             tenant_id = await repository.find_tenant_id(conn, filters.tenant) if filters.tenant else None
             statement = repository.conversation_page_statement(filters, tenant_id, keyset)
+        elif kind == "threads":
+            thread_filters, keyset = params.thread_query(query)
+            tenant_id = await repository.find_tenant_id(conn, thread_filters.tenant) if thread_filters.tenant else None
+            statement = thread_repository.thread_page_statement(thread_filters, tenant_id, keyset)
         else:
             response_filters, keyset = params.response_query(query)
             tenant_id = None

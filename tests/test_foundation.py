@@ -251,9 +251,10 @@ def test_port_in_use_fails_fast_with_one_line(busy_port: int, database_url: str)
 
 @pytest.fixture
 async def scratch_database_url(database_url: str) -> AsyncIterator[str]:
-    """An empty database on the same server as the test database, dropped afterwards."""
+    """An empty database on the same server as the test database, dropped afterwards. Named after the test
+    database, so suites running side by side on one server do not drop each other's."""
     admin = create_async_engine(database_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
-    name = "convstore_migration_check"
+    name = f"{make_url(database_url).database}_migration_check"
     async with admin.connect() as conn:
         await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         await conn.execute(text(f'CREATE DATABASE "{name}"'))
