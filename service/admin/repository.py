@@ -316,14 +316,6 @@ async def usage_stats(conn: AsyncConnection, window: TimeRange) -> tuple[list[An
     return list((await conn.execute(grouped)).all()), list((await conn.execute(conversations)).all())
 
 
-async def lock_conversation(conn: AsyncConnection, conversation_id: str) -> Any:
-    """The conversation row, locked for the rest of the transaction, and whether a turn is in flight on it."""
-    c = conversation_t
-    claimed = (c.c.turn_response_id.is_not(None) & (c.c.turn_expires_at > func.now())).label("claimed")
-    stmt = select(c.c.id, claimed).where(c.c.id == conversation_id).with_for_update()
-    return (await conn.execute(stmt)).first()
-
-
 async def delete_thread(conn: AsyncConnection, thread_id: str) -> int:
     """Hard-delete the thread (a conversation or a response chain) and everything holding its content: every
     item and response of it, found by thread_id (chains that continue a conversation's responses are in its

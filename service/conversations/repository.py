@@ -51,20 +51,18 @@ async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_i
     return (await conn.execute(stmt)).first()
 
 
-async def lock_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> Any:
+async def lock_conversation(conn: AsyncConnection, tenant_id: str | None, conversation_id: str) -> Any:
     """The conversation row with a row lock for the rest of this (short) transaction, and whether a turn's
-    claim on it is still live."""
+    claim on it is still live. `tenant_id` None: any tenant's (the admin API)."""
     if not can_exist(conversation_id):
         return None
     live_claim = and_(
         conversation_t.c.turn_response_id.is_not(None), conversation_t.c.turn_expires_at > func.now()
     ).label("claimed")
-    stmt = (
-        select(conversation_t, live_claim)
-        .where(conversation_t.c.id == conversation_id, conversation_t.c.tenant_id == tenant_id)
-        .with_for_update()
-    )
-    return (await conn.execute(stmt)).first()
+    stmt = select(conversation_t, live_claim).where(conversation_t.c.id == conversation_id)
+    if tenant_id is not None:
+        stmt = stmt.where(conversation_t.c.tenant_id == tenant_id)
+    return (await conn.execute(stmt.with_for_update())).first()
 
 
 async def update_metadata(conn: AsyncConnection, tenant_id: str, conversation_id: str, metadata: dict[str, str]) -> Any:

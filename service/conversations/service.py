@@ -41,6 +41,18 @@ def conversation_locked(conversation_id: str) -> Conflict:
     )
 
 
+async def lock_free_conversation(conn: AsyncConnection, tenant_id: str | None, conversation_id: str) -> Any:
+    """The conversation's row, locked for the rest of the transaction; 404 when missing (or another tenant's),
+    409 while a turn holds it (changing it under a running turn would leave the turn's answer nowhere to go;
+    the claim expires). `tenant_id` None: any tenant's (the admin API)."""
+    row = await repository.lock_conversation(conn, tenant_id, conversation_id)
+    if row is None:
+        raise conversation_not_found(conversation_id)
+    if row.claimed:
+        raise conversation_locked(conversation_id)
+    return row
+
+
 def _items_param(value: Any, param: str) -> list[Any]:
     if value is None:
         return []
@@ -136,11 +148,7 @@ async def update_conversation(
 
 async def delete_conversation(engine: AsyncEngine, tenant_id: str, conversation_id: str) -> dict[str, Any]:
     async with engine.begin() as conn:
-        row = await repository.lock_conversation(conn, tenant_id, conversation_id)
-        if row is None:
-            raise conversation_not_found(conversation_id)
-        if row.claimed:
-            raise conversation_locked(conversation_id)
+        await lock_free_conversation(conn, tenant_id, conversation_id)
         await repository.delete_conversation(conn, tenant_id, conversation_id)
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 
@@ -157,11 +165,7 @@ async def add_items(
     if not raw_items:
         raise InvalidRequest("items must hold at least one item", param="items")
     async with engine.begin() as conn:
-        row = await repository.lock_conversation(conn, tenant_id, conversation_id)
-        if row is None:
-            raise conversation_not_found(conversation_id)
-        if row.claimed:
-            raise conversation_locked(conversation_id)
+        row = await lock_free_conversation(conn, tenant_id, conversation_id)
         if caps is not None:
             await _refuse_beyond_caps(conn, caps, conversation_id, row.item_count, raw_items)
         items = await _append_direct(conn, tenant_id, conversation_id, raw_items)
@@ -200,11 +204,7 @@ async def get_item(engine: AsyncEngine, tenant_id: str, conversation_id: str, it
 
 async def delete_item(engine: AsyncEngine, tenant_id: str, conversation_id: str, item_id: str) -> dict[str, Any]:
     async with engine.begin() as conn:
-        conversation = await repository.lock_conversation(conn, tenant_id, conversation_id)
-        if conversation is None:
-            raise conversation_not_found(conversation_id)
-        if conversation.claimed:
-            raise conversation_locked(conversation_id)
+        conversation = await lock_free_conversation(conn, tenant_id, conversation_id)
         row = await repository.find_item(conn, conversation_id, item_id)
         if row is None:
             raise NotFound(f"Item with id '{item_id}' not found in conversation '{conversation_id}'.")

@@ -14,6 +14,7 @@ from service.admin import params
 from service.admin import repository as admin_repository
 from service.admin.cursor import encode_cursor
 from service.admin.service import _keyset_list, _tenant_id, conversation_row_view, response_row_view
+from service.conversations import repository as conversations
 from service.conversations.service import conversation_locked
 from service.errors import Conflict, NotFound
 from service.items import item_view
@@ -86,7 +87,7 @@ async def delete_thread(engine: AsyncEngine, thread_id: str) -> dict[str, Any]:
     """Hard delete of the whole thread: every response and item of it and what holds their content (event
     logs, idempotency records), and the conversation or the chain's totals. Refused while a turn runs in it."""
     async with engine.begin() as conn:
-        conversation = await admin_repository.lock_conversation(conn, thread_id)
+        conversation = await conversations.lock_conversation(conn, None, thread_id)
         if conversation is not None and conversation.claimed:
             raise conversation_locked(thread_id)
         responses = await repository.lock_chain(conn, thread_id)
