@@ -273,23 +273,25 @@ async def test_deleting_a_conversation_thread_takes_the_chains_continuing_it(
 async def test_a_chain_with_a_turn_in_flight_shows_it_and_is_not_deleted_under_it(
     admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
+    """A background (or streamed) turn is stored when it begins: its chain shows its status while it runs. (A
+    plain turn continuing a chain is stored whole when it ends, service/responses/turn_store.py: until then its
+    chain shows its last finished turn.)"""
     root = await turn(alice.http, "start")
-    fake_upstream.enqueue(Reply(kind="json", body=text_response("Slow answer."), delay=1.0))
-    running = asyncio.create_task(
-        alice.http.post("/v1/responses", json={"model": MODEL, "input": "slow", "previous_response_id": root["id"]})
-    )
-    for _ in range(100):
-        if await thread_ids(admin, status="in_progress") == [root["id"]]:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("the chain never listed as in_progress")
+    # delay: between stream events (40 of them)
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Background answer.", chunks=40), delay=0.04))
+    running = await turn(alice.http, "slow", previous_response_id=root["id"], background=True)
+    assert await thread_ids(admin, status="in_progress") == [root["id"]]
     assert await thread_ids(admin, status="completed") == []
     assert (await admin.get(f"/admin/threads/{root['id']}")).json()["last_status"] == "in_progress"
     refused = await admin.delete(f"/admin/threads/{root['id']}")
     assert refused.status_code == 409 and refused.json()["error"]["code"] == "thread_locked"
-    assert (await running).status_code == 200
-    assert await thread_ids(admin, status="completed") == [root["id"]]
+    for _ in range(200):
+        if await thread_ids(admin, status="completed") == [root["id"]]:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the background turn never finished")
+    assert (await alice.http.get(f"/v1/responses/{running['id']}")).json()["status"] == "completed"
     assert (await admin.delete(f"/admin/threads/{root['id']}")).status_code == 200
 
 

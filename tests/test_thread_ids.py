@@ -67,7 +67,8 @@ async def test_chain_totals_follow_every_kind_of_turn(alice: Tenant, db: AsyncEn
         json={"model": "m/x", "input": "go on", "previous_response_id": root["id"], "stream": True},
     )
     assert streamed.status_code == 200
-    background = await turn(alice.http, "in the background", previous_response_id=root["id"], background=True)
+    plain = await turn(alice.http, "plain", previous_response_id=root["id"])  # stored whole by its finish
+    background = await turn(alice.http, "in the background", previous_response_id=plain["id"], background=True)
     for _ in range(200):
         status = (await rows(db, "SELECT status FROM response WHERE id = :id", id=background["id"]))[0]["status"]
         if status == "completed":
@@ -77,10 +78,10 @@ async def test_chain_totals_follow_every_kind_of_turn(alice: Tenant, db: AsyncEn
     assert chain["id"] == root["id"]
     assert chain["metadata"] == {"project": "p1"}
     assert chain["title"] == "Plan the trip"
-    assert chain["response_count"] == 3
-    assert chain["item_count"] == 6
-    assert (chain["input_tokens"], chain["output_tokens"]) == (30, 15)
-    assert chain["cost"] == Decimal("0.00126")
+    assert chain["response_count"] == 4
+    assert chain["item_count"] == 8
+    assert (chain["input_tokens"], chain["output_tokens"]) == (40, 20)
+    assert chain["cost"] == Decimal("0.00168")
     assert chain["last_model"] == "openai/gpt-4o-mini"  # the model that served it, as for conversations
     assert chain["last_status"] == "completed"
     [newest] = await rows(db, "SELECT max(completed_at) AS at FROM response")

@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from service.migrate import alembic_config, downgrade, upgrade
 
-BEFORE_THREADS = "9e4b2c6d8a17"
+BEFORE_THREADS = "7d41c2a9e5b0"
 THREADS = "4d1b6f8a2e34"
 
 # tenant t; conversation conv_a with a direct item and two turns; r_c2 continues it outside the conversation;
