@@ -34,9 +34,11 @@ THREAD_OF_RESPONSE = "(SELECT r.thread_id FROM response r WHERE r.id = $response
 # In a finish of a response the begin stored (CTE `completed` returns a row once its outcome is stored), its
 # outputs in the item arrays: add the turn to its chain's totals. A response in a conversation's thread has
 # no chain row, and updates nothing. Its inputs were counted at the begin only for the chain's first response.
+# The chain's last activity is its latest completion (the time the turn's answer stores), never moved back.
 ADD_TO_CHAIN = f""",
     chain AS (
-        UPDATE response_chain SET updated_at = now(), response_count = response_count + 1,
+        UPDATE response_chain SET updated_at = greatest(response_chain.updated_at, $completed_at),
+            response_count = response_count + 1,
             item_count = item_count + cardinality($ids::text[]) + CASE WHEN response_chain.id = $response_id
                 THEN 0 ELSE (SELECT count(*) FROM item i WHERE i.response_id = $response_id AND NOT i.is_output) END,
             input_tokens = input_tokens + $input_tokens, output_tokens = output_tokens + $output_tokens,
@@ -50,7 +52,8 @@ ADD_TO_CHAIN = f""",
 # item arrays) that continues a previous response: add it to the chain's totals.
 ADD_UNSEEN_TO_CHAIN = """,
     chain AS (
-        UPDATE response_chain SET updated_at = now(), response_count = response_count + 1,
+        UPDATE response_chain SET updated_at = greatest(response_chain.updated_at, $completed_at),
+            response_count = response_count + 1,
             item_count = item_count + cardinality($ids::text[]),
             input_tokens = input_tokens + $input_tokens, output_tokens = output_tokens + $output_tokens,
             cost = cost + $cost, last_status = $status, last_model = coalesce($upstream_model, $model)
