@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from service.migrate import alembic_config, downgrade, upgrade
 
-BEFORE_THREADS = "4f8c1d3e5a62"
+BEFORE_THREADS = "8e2f6b0d4c51"
 THREADS = "4d1b6f8a2e34"
 
 # tenant t; conversation conv_a with a direct item and two turns; r_c2 continues it outside the conversation;

@@ -55,8 +55,8 @@ _COPY_ITEMS_THROUGH = text(
         FROM item i
         WHERE i.conversation_id = :source AND i.position <= :through
     )
-    INSERT INTO item (id, tenant_id, conversation_id, position, type, role, status, body, text_content)
-    SELECT new_id, :tenant, :target, row_number() OVER (ORDER BY position) - 1, type, role, status,
+    INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content)
+    SELECT new_id, :tenant, :target, :target, row_number() OVER (ORDER BY position) - 1, type, role, status,
            CASE WHEN at > 0 THEN overlay(body PLACING new_id FROM at + 6 FOR old_length) ELSE body END,
            text_content
     FROM copied
@@ -110,8 +110,9 @@ async def copy_items_into(
 # than a multi-row VALUES per batch for the thousands of items of a long conversation.
 _INSERT_ITEMS = text(
     """
-    INSERT INTO item (id, tenant_id, conversation_id, position, type, role, status, body, text_content)
-    SELECT u.id, :tenant, :conversation, u.ord - 1, u.type, u.role, u.status, u.body, u.text_content
+    INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content)
+    SELECT u.id, :tenant, :conversation, :conversation, u.ord - 1, u.type, u.role, u.status, u.body,
+           u.text_content
     FROM unnest(:ids, :types, :roles, :statuses, :bodies, :texts)
          WITH ORDINALITY AS u(id, type, role, status, body, text_content, ord)
     """

@@ -11,7 +11,7 @@ conversation was deleted by its tenant starts its own chain); items get their re
 conversation's.
 
 Revision ID: 4d1b6f8a2e34
-Revises: 4f8c1d3e5a62
+Revises: 8e2f6b0d4c51
 Create Date: 2026-12-04 13:45:00+00:00
 """
 
@@ -22,7 +22,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "4d1b6f8a2e34"
-down_revision: str | None = "4f8c1d3e5a62"
+down_revision: str | None = "8e2f6b0d4c51"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
