@@ -171,10 +171,13 @@ _HISTORY = Statement(
 # in the same snapshot, and the statement's time (an unseen turn's created_at). Used when the worker holds
 # the previous response's history. The row is locked as a foreign key check locks it (for the statement only):
 # a delete of it that has not committed yet is waited for, so a turn that begins while its previous response
-# is being deleted fails as it would have had the delete come first, before any upstream call.
+# is being deleted fails as it would have had the delete come first, before any upstream call. Taking the lock
+# writes to the write-ahead log, which would make the statement's commit wait for the disk; a lock is nothing
+# after a crash, so it does not wait (set_config(..., true) lasts until the statement's transaction ends).
 _PREVIOUS = Statement(
     """
-    SELECT p.status, t.history_generation AS generation, now() AS now
+    SELECT p.status, t.history_generation AS generation, now() AS now,
+           set_config('synchronous_commit', 'off', true) AS lock_only
     FROM response p JOIN tenant t ON t.id = p.tenant_id
     WHERE p.id = $previous_response_id AND p.tenant_id = $tenant_id AND p.deleted_at IS NULL
     FOR KEY SHARE OF p
@@ -187,6 +190,7 @@ _PREVIOUS = Statement(
 _PREVIOUS_AND_ANCESTORS = Statement(
     """
     SELECT p.status, t.history_generation AS generation, now() AS now,
+           set_config('synchronous_commit', 'off', true) AS lock_only,
            p.id AS id0, p.previous_response_id AS previous0, p.conversation_id AS conversation0, h0.items AS items0,
            a1.id AS id1, a1.previous_response_id AS previous1, a1.conversation_id AS conversation1, h1.items AS items1,
            a2.id AS id2, a2.previous_response_id AS previous2, a2.conversation_id AS conversation2, h2.items AS items2,
