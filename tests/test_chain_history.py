@@ -50,10 +50,13 @@ async def test_a_chain_of_several_hundred_turns_replays_exactly_warm_and_cold(
         _answer(fake_upstream, "cold-end")
         await turn(cold, "from the end", previous_response_id=ids[-1])
         assert fake_upstream.inputs[-1] == [*expected, user("from the end")]
-        # Two responses below one the cold worker now holds: it reads only those two.
         _answer(fake_upstream, "cold-middle")
         await turn(cold, "from the middle", previous_response_id=ids[150])
         assert fake_upstream.inputs[-1] == [*expected[: 2 * 151], user("from the middle")]
+        # Two responses below one the cold worker now holds: it continues from that one's history.
+        _answer(fake_upstream, "cold-walk")
+        await turn(cold, "two further down", previous_response_id=ids[152])
+        assert fake_upstream.inputs[-1] == [*expected[: 2 * 153], user("two further down")]
     _answer(fake_upstream, "warm-middle")
     await turn(alice.http, "again from the middle", previous_response_id=ids[150])
     assert fake_upstream.inputs[-1] == [*expected[: 2 * 151], user("again from the middle")]
@@ -310,3 +313,18 @@ async def test_a_previous_response_deleted_while_an_unseen_turn_runs_keeps_the_a
     assert stored == [{"status": "completed", "previous_response_id": None}]
     own = await rows(db, "SELECT is_output FROM item WHERE response_id = :r ORDER BY is_output", r=answer.json()["id"])
     assert own == [{"is_output": False}, {"is_output": True}]
+
+
+async def test_with_the_chain_cache_off_every_turn_reads_its_history(
+    make_tenant: Callable[..., Any], fake_upstream: FakeOpenRouter, start_server: Callable[..., LiveServer]
+) -> None:
+    tenant = await make_tenant("nocache", live=start_server(chain_history_cache_mb=0))
+    expected: list[dict[str, Any]] = []
+    previous: str | None = None
+    for index in range(6):
+        answer = _answer(fake_upstream, f"off{index}")
+        fields = {} if previous is None else {"previous_response_id": previous}
+        previous = (await turn(tenant.http, f"q{index}", **fields))["id"]
+        expected += [user(f"q{index}")]
+        assert fake_upstream.inputs[-1] == expected
+        expected += [answer]
