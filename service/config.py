@@ -138,7 +138,7 @@ class Settings:
     shutdown_grace_period: float = 30.0
     max_input_items: int = 2000
     history_cache_mb: int = 32
-    chain_history_cache_mb: int = 64
+    chain_history_cache_mb: int = 32
     sse_keepalive_seconds: float = 15.0
     idempotency_key_ttl: float = 86400.0
     # Context windows (service/context): pinned windows by model id, and how often OpenRouter's catalog is re-read.
@@ -238,7 +238,7 @@ class Settings:
             shutdown_grace_period=_number(env, "SHUTDOWN_GRACE_PERIOD", 30.0),
             max_input_items=_int(env, "MAX_INPUT_ITEMS", 2000, minimum=1),
             history_cache_mb=_int(env, "HISTORY_CACHE_MB", 32, minimum=0),
-            chain_history_cache_mb=_int(env, "CHAIN_HISTORY_CACHE_MB", 64, minimum=0),
+            chain_history_cache_mb=_int(env, "CHAIN_HISTORY_CACHE_MB", 32, minimum=0),
             sse_keepalive_seconds=_number(env, "SSE_KEEPALIVE_SECONDS", 15.0, minimum=0.05),
             idempotency_key_ttl=_number(env, "IDEMPOTENCY_KEY_TTL", 86400.0, minimum=1),
             model_context_windows=_model_windows(env.get("MODEL_CONTEXT_WINDOWS", "")),
