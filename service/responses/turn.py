@@ -1,8 +1,9 @@
 """A turn's life, top to bottom. No transaction or pooled connection is held while the upstream works.
 
-    begin   one short statement: claim the conversation (one writer at a time), store the response as
-            in_progress with its input items (unless no client can see it before it ends: turn_store explains),
-            and read the history as stored JSON texts;
+    begin   one short statement: claim the conversation (one writer at a time), or check the response a chain
+            continues; store the response as in_progress with its input items (unless no client can see it
+            before it ends: turn_store explains); read the history as stored JSON texts, only what this worker
+            does not hold already (history_cache.py for conversations, chain_cache.py for chains);
     run     send the history, spliced verbatim before the new input, upstream. A streamed or background turn is
             run by the runner (service/responses/runner.py), which ends it with finish or fail below;
     finish  one short statement: store the output items and the outcome, append input and output to the
@@ -12,8 +13,8 @@
             the background until the database is back. TurnContext owns those tasks and awaits them at
             shutdown.
 
-TurnContext holds what every turn needs (engine, upstream client, history cache); the application builds one
-and keeps it on its Runtime.
+TurnContext holds what every turn needs (engine, upstream client, context windows, history and chain caches);
+the application builds one and keeps it on its Runtime.
 """
 
 from __future__ import annotations

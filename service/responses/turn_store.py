@@ -8,17 +8,18 @@ written by hand (docs/benchmarks.md has the measured difference). Parameters are
 (service/responses/statement.py).
 
 Which statements a turn uses depends on two facts about it:
-- in a conversation or not (a conversation turn claims the conversation and appends to it);
+- in a conversation, continuing a previous response (a chain), or neither (a conversation turn claims the
+  conversation and appends to it; a chained turn checks the response it continues);
 - whether a client can see the response before it finishes (streamed or background: the client learns its id
   from the first event). A turn no client sees before its end ("unseen") stores nothing but the claim in its
-  begin; its finish stores its response row, input items and outcome together. Nothing can look for that
-  response in between: its id is in no answer yet. Storing an in-progress row would cost every turn a row
-  version and an entry in each of the response table's indexes, written at the begin and again at the finish,
-  and moving its input items into the conversation would be a second version of each. Its begin also does not
-  wait for the write-ahead log to reach the disk: the finish's commit flushes the log up to itself, begin
-  included, before the client hears of the response (set_config(..., true) lasts until the statement's
-  transaction ends). If PostgreSQL crashes or the process dies in between, the turn fails as every turn in
-  flight then does, and nothing the client was told about is missing: the claim expires and the reaper
+  begin (a chained one, nothing at all); its finish stores its response row, input items and outcome together.
+  Nothing can look for that response in between: its id is in no answer yet. Storing an in-progress row would
+  cost every turn a row version and an entry in each of the response table's indexes, written at the begin and
+  again at the finish, and moving its input items into the conversation would be a second version of each. Its
+  begin also does not wait for the write-ahead log to reach the disk: the finish's commit flushes the log up to
+  itself, begin included, before the client hears of the response (set_config(..., true) lasts until the
+  statement's transaction ends). If PostgreSQL crashes or the process dies in between, the turn fails as every
+  turn in flight then does, and nothing the client was told about is missing: the claim expires and the reaper
   releases it. The admin listing shows such a claimed thread as in_progress (service/admin/repository.py).
 """
 
