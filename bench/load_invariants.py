@@ -135,7 +135,9 @@ class FaultyUpstream:
 
 
 class ServiceProcess:
-    def __init__(self, database_url: str, upstream_url: str, log_dir: Path, index: int) -> None:
+    def __init__(
+        self, database_url: str, upstream_url: str, log_dir: Path, index: int, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"service-{index}.log"
@@ -157,6 +159,8 @@ class ServiceProcess:
             # Its writers are one tenant checking invariants, not a flood to refuse.
             "TENANT_REQUESTS_PER_SECOND": "0",
             "TENANT_TURNS_IN_FLIGHT": "0",
+            "PROCESS_HEARTBEAT_TIMEOUT": "2",
+            **(extra_env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -176,6 +180,11 @@ class ServiceProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"service not ready within 60 s; see {self.log_path}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -230,13 +239,32 @@ async def _writer(
                 response_id = answer.json()["id"]
                 tally.acknowledged[response_id] = (conversation, said)
                 if rng.random() < 0.2:
-                    again = await rng.choice(clients).post("/v1/responses", json=body, headers={"Idempotency-Key": key})
+                    try:
+                        again = await rng.choice(clients).post(
+                            "/v1/responses", json=body, headers={"Idempotency-Key": key}
+                        )
+                    except httpx.HTTPError:  # that process was killed (--kill-after)
+                        break
                     tally.replays_checked += 1
                     if again.status_code != 200 or again.content != answer.content:
                         tally.replay_mismatches.append(key)
             break  # a final answer (success or a stored failure): this turn is done
         else:
             tally.gave_up += 1
+
+
+async def _until_released(engine: AsyncEngine, conversations: list[str], *, timeout: float) -> None:
+    """Wait (bounded) for the survivors to fail a killed process's turns; the check then reports what is left."""
+    deadline = time.monotonic() + timeout
+    query = text(
+        "SELECT (SELECT count(*) FROM conversation WHERE id = ANY(:c) AND turn_response_id IS NOT NULL)"
+        " + (SELECT count(*) FROM response WHERE conversation_id = ANY(:c) AND status IN ('queued', 'in_progress'))"
+    )
+    while time.monotonic() < deadline:
+        async with engine.connect() as conn:
+            if not await conn.scalar(query, {"c": conversations}):
+                return
+        await asyncio.sleep(0.2)
 
 
 async def _check(engine: AsyncEngine, conversations: list[str], tally: Tally) -> list[str]:
@@ -324,7 +352,14 @@ async def _run(args: argparse.Namespace, database_url: str) -> int:
     engine = create_async_engine(database_url, poolclass=NullPool)
     upstream = FaultyUpstream(args.seed)
     log_dir = Path(tempfile.mkdtemp(prefix="convstore-load-logs-"))
+    bouncer = None
     processes = [ServiceProcess(database_url, upstream.base_url, log_dir, n) for n in range(args.processes)]
+    if args.pgbouncer:
+        from tests.pgbouncer_support import PgBouncer, require_pgbouncer  # noqa: PLC0415
+
+        bouncer = PgBouncer(database_url, binary=require_pgbouncer()).start()
+        pooled = {"DATABASE_DIRECT_URL": database_url, "DATABASE_TRANSACTION_POOLER": "true"}
+        processes[0] = ServiceProcess(bouncer.url, upstream.base_url, log_dir, 0, pooled)
     rng = random.Random(args.seed)
     try:
         secret = await _prepare(engine, f"load-{uuid.uuid4().hex[:8]}")
@@ -342,12 +377,21 @@ async def _run(args: argparse.Namespace, database_url: str) -> int:
         tally = Tally()
         started = time.monotonic()
         deadline = started + args.max_seconds
-        await asyncio.gather(
+        writers = asyncio.gather(
             *(
                 _writer(n, clients, conversations, args.turns_per_writer, deadline, tally, random.Random(rng.random()))
                 for n in range(args.writers)
             )
         )
+        if args.kill_after is not None:
+            # The last process dies mid-run (SIGKILL): its turns must be failed and its conversations freed by the
+            # others within its heartbeat timeout, and every invariant must still hold.
+            await asyncio.sleep(args.kill_after)
+            processes[-1].kill()
+            print(f"  killed process {len(processes) - 1} after {args.kill_after:g} s")
+        await writers
+        if args.kill_after is not None:
+            await _until_released(engine, conversations, timeout=15)
         elapsed = time.monotonic() - started
         for client in clients:
             await client.aclose()
@@ -356,6 +400,8 @@ async def _run(args: argparse.Namespace, database_url: str) -> int:
         for process in processes:
             await asyncio.to_thread(process.stop)
         upstream.stop()
+        if bouncer is not None:
+            bouncer.stop()
         await engine.dispose()
 
     planned = args.writers * args.turns_per_writer
@@ -399,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--turns-per-writer", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--pgbouncer", action="store_true", help="process 0 through pgbouncer in transaction mode")
+    parser.add_argument("--kill-after", type=float, default=None, help="SIGKILL the last process after N seconds")
     args = parser.parse_args(argv)
     print(f"seed {args.seed}")
     if args.database_url:

@@ -66,6 +66,8 @@ async def _measure(
     finally:
         for client in pool:
             client.close()
+    if result.errors:
+        print(f"  {len(services)} process(es): {result.errors} error(s), first: {result.first_error}")
     return result.rate, percentile(result.latencies, 99) * 1000, result.errors
 
 
