@@ -345,7 +345,8 @@ class FakeOpenRouter:
             {
                 "type": "http.response.start",
                 "status": reply.status,
-                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+                "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+                + [(k.encode(), v.encode()) for k, v in reply.headers.items()],
             }
         )
         for index, event in enumerate(reply.events):

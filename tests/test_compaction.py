@@ -278,3 +278,22 @@ async def test_compact_errors(alice: Tenant, fake_upstream: FakeOpenRouter) -> N
     assert fake_upstream.requests == []
     with pytest.raises(openai.BadRequestError):
         await alice.openai().responses.compact(model=MODEL, previous_response_id="resp_nope")
+
+
+async def test_compaction_items_added_to_a_conversation_are_checked_and_then_rendered(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    fake_upstream.reply_json(summary_reply("S-added"))
+    compacted = await alice.openai().responses.compact(model=MODEL, input="old talk")
+    item = compacted.output[-1].model_dump(exclude_none=True)
+    forged = {**item, "encrypted_content": item["encrypted_content"][:-4] + "AAAA"}
+    refused = await alice.http.post("/v1/conversations", json={"items": [forged]})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "items[0].encrypted_content"
+    conversation = await new_conversation(alice.http, items=[{"role": "user", "content": "old talk"}])
+    bad = await alice.http.post(f"/v1/conversations/{conversation}/items", json={"items": [forged]})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_encrypted_content"
+    good = await alice.http.post(f"/v1/conversations/{conversation}/items", json={"items": [item]})
+    assert good.status_code == 200, good.text
+    await alice.openai().responses.create(model=MODEL, input="new talk", conversation=conversation)
+    assert fake_upstream.requests[-1].body["input"] == [user("old talk"), rendered("S-added"), user("new talk")]

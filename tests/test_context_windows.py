@@ -309,3 +309,26 @@ async def test_the_demo_upstream_shows_a_small_window_offline(start_server: Any,
     with pytest.raises(openai.BadRequestError) as refused:
         await client.responses.create(model="demo/small-window", input="more", conversation=conversation)
     assert isinstance(refused.value.body, dict) and refused.value.body["code"] == "context_length_exceeded"
+
+
+async def test_the_generation_id_and_usage_cost_are_kept(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    from tests.fake_openrouter import Reply, text_response, text_stream_events
+
+    answer = text_response("priced")
+    answer["usage"]["cost_details"] = {"upstream_inference_cost": 0.0004}
+    answer["usage"]["input_tokens_details"] = {"cached_tokens": 7}
+    fake_upstream.reply_json(answer, headers={"X-Generation-Id": "gen-123-json"})
+    fake_upstream.enqueue(
+        Reply(kind="sse", events=text_stream_events("streamed"), headers={"X-Generation-Id": "gen-456-sse"})
+    )
+    done = await alice.openai().responses.create(model="openai/gpt-4o-mini", input="a")
+    assert done.usage is not None and done.usage.input_tokens_details.cached_tokens == 7
+    stream = await alice.openai().responses.create(model="openai/gpt-4o-mini", input="b", stream=True)
+    _ = [event async for event in stream]
+    stored = {r["id"]: r for r in await rows(db, "SELECT id, upstream_id, usage FROM response")}
+    assert stored[done.id]["upstream_id"] == "gen-123-json"
+    assert stored[done.id]["usage"]["cost"] == 0.00042
+    assert stored[done.id]["usage"]["cost_details"] == {"upstream_inference_cost": 0.0004}
+    assert {r["upstream_id"] for r in stored.values()} == {"gen-123-json", "gen-456-sse"}

@@ -94,19 +94,19 @@ async def compose(sealer: Sealer, tenant_id: str, history: list[str], inputs: li
     )
 
 
-async def check_input(sealer: Sealer, tenant_id: str, inputs: list[tuple[str, Any]]) -> None:
-    """Refuse a forged or altered compaction item before anything is stored or sent. `inputs`: (type, body)."""
-    for index, (kind, body) in enumerate(inputs):
-        if kind != "compaction":
+async def check_items(sealer: Sealer, tenant_id: str, items: Any, *, param: str) -> None:
+    """Refuse a forged or altered compaction item among `items` (raw item objects) before anything is stored or
+    sent."""
+    for index, item in enumerate(items if isinstance(items, list) else []):
+        if not isinstance(item, dict) or item.get("type") != "compaction":
             continue
-        content = msgspec.json.decode(body).get("encrypted_content")
         try:
-            await sealer.open(tenant_id, content)
+            await sealer.open(tenant_id, item.get("encrypted_content"))
         except InvalidSeal:
             raise InvalidRequest(
                 "The compaction item's encrypted_content is not valid: it was altered, or not made by this service "
                 "for this project",
-                param=f"input[{index}].encrypted_content",
+                param=f"{param}[{index}].encrypted_content",
                 code="invalid_encrypted_content",
             ) from None
 

@@ -26,7 +26,7 @@ from service.context.ledger import COMPACTION, USER_MESSAGE, CountedItems, Token
 from service.context.sealing import Sealer, Summary
 from service.items import NewItem
 from service.responses.requests import build_upstream_body
-from service.upstream.client import OpenRouterClient, UpstreamEventStream
+from service.upstream.client import OpenRouterClient, UpstreamEventStream, generation_id
 from service.upstream.errors import UpstreamError
 
 if TYPE_CHECKING:
@@ -117,7 +117,12 @@ class ContextWindows:
     async def check_input(self, tenant_id: str, items: list[NewItem]) -> None:
         """Before a turn begins: refuse a forged or altered compaction item in its input."""
         if any(item.type == "compaction" for item in items):
-            await compaction.check_input(self.sealer, tenant_id, [(i.type, i.body) for i in items])
+            decoded = [msgspec.json.decode(item.body) if item.type == "compaction" else None for item in items]
+            await compaction.check_items(self.sealer, tenant_id, decoded, param="input")
+
+    async def check_items(self, tenant_id: str, items: Any, *, param: str) -> None:
+        """Before items are added to a conversation: the same check, on the raw items."""
+        await compaction.check_items(self.sealer, tenant_id, items, param=param)
 
     async def count(
         self, tenant_id: str, model: str, params: dict[str, Any], *, thread: str | None, history: str, inputs: list[str]
@@ -312,6 +317,7 @@ class ObservedStream:
         self._stream = stream
         self._on_usage = on_usage
         self._first = first
+        self._generation = generation_id(stream.response)
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         for item in self._first:
@@ -319,6 +325,11 @@ class ObservedStream:
             yield {"type": "response.output_item.added", "item": item}
             yield {"type": "response.output_item.done", "item": item}
         async for event in self._stream.events():
-            if event.get("type") in _TERMINAL_EVENTS and isinstance(event.get("response"), dict):
-                self._on_usage(event["response"].get("usage"))
-            yield event
+            response = event.get("response")
+            if not isinstance(response, dict):
+                yield event
+                continue
+            if event.get("type") in _TERMINAL_EVENTS:
+                self._on_usage(response.get("usage"))
+            # The upstream id the turn keeps: OpenRouter's generation id, as for a non-streamed turn.
+            yield event if self._generation is None else {**event, "response": {**response, "id": self._generation}}

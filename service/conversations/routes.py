@@ -33,7 +33,10 @@ class ConversationController(Controller):
         status_code=200,
         operation_class=documented(body=CreateConversationBody, answer=ConversationResource, errors=(400, 404, 422)),
     )
-    async def create(self, engine: EngineDep, tenant_id: TenantId, payload: Payload) -> Response[bytes]:
+    async def create(
+        self, engine: EngineDep, runtime: RuntimeDep, tenant_id: TenantId, payload: Payload
+    ) -> Response[bytes]:
+        await runtime.turn_context.windows.check_items(tenant_id, payload.get("items"), param="items")
         return json_response(await service.create_conversation(engine, tenant_id, payload))
 
     @get(
@@ -75,6 +78,7 @@ class ConversationController(Controller):
     async def add_items(
         self, runtime: RuntimeDep, tenant_id: TenantId, conversation_id: FromPath[str], payload: Payload
     ) -> Response[bytes]:
+        await runtime.turn_context.windows.check_items(tenant_id, payload.get("items"), param="items")
         caps = runtime.settings.conversation_caps
         return json_response(await service.add_items(runtime.engine, tenant_id, conversation_id, payload, caps=caps))
 

@@ -189,6 +189,9 @@ class OpenRouterClient:
             raise UpstreamError("OpenRouter sent an answer that is not a JSON object", kind="protocol")
         if isinstance(payload.get("error"), dict) and "output" not in payload:
             raise from_error_body(response.status_code, payload, None, secret=self._settings.openrouter_api_key)
+        generation = generation_id(response)
+        if generation is not None:
+            payload["id"] = generation  # what OpenRouter's GET /generation?id= looks up (usage and cost later)
         return payload
 
     @asynccontextmanager
@@ -220,6 +223,12 @@ class OpenRouterClient:
         finally:
             observe.call_ended()
             await response.aclose()
+
+
+def generation_id(response: httpx.Response) -> str | None:
+    """OpenRouter's id for the generation (`X-Generation-Id`), kept as the response's upstream id."""
+    value = response.headers.get("x-generation-id")
+    return value.strip() if value and value.strip() else None
 
 
 class UpstreamEventStream:
