@@ -20,7 +20,6 @@ REASONING = {
     "encrypted_content": "gAAAAABo+/=" + "QUJD/+=" * 50 + "\u0000tail",
     "status": "completed",
 }
-COMPACTION = {"type": "compaction", "id": "cmp_exp_1", "encrypted_content": "sealed+/=" * 20}
 CALL = {"type": "function_call", "id": "fc_exp_1", "call_id": "call_1", "name": "f", "arguments": '{"a":1}'}
 
 
@@ -44,9 +43,14 @@ async def _rich_conversation(tenant: Tenant, fake_upstream: FakeOpenRouter) -> s
     )
     fake_upstream.reply_json(response_with_output([REASONING, assistant("Answer " + NUL_EMOJI, "msg_exp_1")]))
     await turn(tenant.http, "Think", conversation=conv)
+    # A compaction item must be one the service sealed for this tenant (a forged one is refused).
+    fake_upstream.reply_json(text_response("summary", msg_id="msg_summary"))
+    compacted = await tenant.http.post("/v1/responses/compact", json={"model": "openai/gpt-4o", "input": "earlier"})
+    assert compacted.status_code == 200, compacted.text
+    compaction = compacted.json()["output"][-1]
     added = await tenant.http.post(
         f"/v1/conversations/{conv}/items",
-        json={"items": [CALL, {"type": "function_call_output", "call_id": "call_1", "output": "42"}, COMPACTION]},
+        json={"items": [CALL, {"type": "function_call_output", "call_id": "call_1", "output": "42"}, compaction]},
     )
     assert added.status_code == 200, added.text
     return conv
