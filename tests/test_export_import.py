@@ -189,3 +189,21 @@ async def test_export_pages_through_long_conversations_in_order(alice: Tenant) -
     lines = await _export(alice, conv)
     texts: list[Any] = [json.loads(line)["content"][0]["text"] for line in lines[1:]]
     assert texts == [f"m{n}" for n in range(1050)]
+
+
+async def test_import_refuses_a_compaction_item_not_sealed_for_the_tenant(
+    alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conv = await _rich_conversation(alice, fake_upstream)
+    lines = await _export(alice, conv)
+    (at,) = [n for n, line in enumerate(lines) if json.loads(line)["type" if n else "object"] == "compaction"]
+    # Bob cannot import Alice's sealed summary: it is bound to her tenant.
+    foreign = await bob.http.post("/v1/conversations/import", content=b"\n".join(lines) + b"\n", headers=JSONL)
+    assert foreign.status_code == 400, foreign.text
+    assert foreign.json()["error"]["param"] == f"line {at + 1}"
+    forged_item = {**json.loads(lines[at]), "encrypted_content": "AAAA" + json.loads(lines[at])["encrypted_content"]}
+    forged = [*lines[:at], json.dumps(forged_item).encode(), *lines[at + 1 :]]
+    refused = await alice.http.post("/v1/conversations/import", content=b"\n".join(forged) + b"\n", headers=JSONL)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"].startswith(f"Line {at + 1}: ")
+    assert len(await rows(db, "SELECT id FROM conversation")) == 1

@@ -10,7 +10,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from service.conversations.schemas import ConversationResource
-from service.http import EngineDep, Payload, TenantId, json_response, require_admin_key, require_tenant_key
+from service.http import EngineDep, Payload, RuntimeDep, TenantId, json_response, require_admin_key, require_tenant_key
 from service.lifecycle import backup, jsonl, service
 from service.lifecycle.schemas import (
     AdminExportLine,
@@ -51,12 +51,20 @@ class ConversationLifecycleController(Controller):
             errors=(400, 413, 415),
         ),
     )
-    async def import_(self, request: Request[Any, Any, Any], engine: EngineDep, tenant_id: TenantId) -> Response[bytes]:
+    async def import_(
+        self, request: Request[Any, Any, Any], runtime: RuntimeDep, tenant_id: TenantId
+    ) -> Response[bytes]:
         """Body: an exported conversation (`Content-Type: application/jsonl`). Creates a new conversation with
-        new ids and everything else as in the file, or, for any bad line, nothing (400 naming the line)."""
+        new ids and everything else as in the file, or, for any bad line, nothing (400 naming the line). A
+        compaction item must be one sealed for this tenant, as when it is added to a conversation."""
         service.check_media_type(request.headers.get("content-type"))
         raw = await request.body()
-        return json_response(await service.import_conversation(engine, tenant_id, raw))
+        windows = runtime.turn_context.windows
+
+        async def check(tenant: str, items: list[Any]) -> None:
+            await windows.check_items(tenant, items, param="items")
+
+        return json_response(await service.import_conversation(runtime.engine, tenant_id, raw, check))
 
     @post(
         "/{conversation_id:str}/fork",

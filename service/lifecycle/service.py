@@ -3,7 +3,7 @@ the whole new conversation or nothing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -56,7 +56,23 @@ def check_media_type(content_type: str | None) -> None:
         )
 
 
-async def import_conversation(engine: AsyncEngine, tenant_id: str, raw: bytes) -> dict[str, Any]:
+# Refuses a forged or foreign compaction item among raw items (ContextWindows.check_items), raising InvalidRequest.
+ItemCheck = Callable[[str, list[Any]], Awaitable[None]]
+
+
+async def _check_compaction(check: ItemCheck, tenant_id: str, line: jsonl.ItemLine) -> None:
+    """A compaction item's sealed summary must open for this tenant, as when it is added to a conversation."""
+    if line.value.get("type") != "compaction":
+        return
+    try:
+        await check(tenant_id, [line.value])
+    except InvalidRequest as exc:
+        raise jsonl.bad_line(line.line, exc.message) from None
+
+
+async def import_conversation(
+    engine: AsyncEngine, tenant_id: str, raw: bytes, check: ItemCheck | None = None
+) -> dict[str, Any]:
     """One exported conversation as a new one: new ids, everything else as in the file."""
     header: jsonl.Header | None = None
     items: list[NewItem] = []
@@ -64,6 +80,8 @@ async def import_conversation(engine: AsyncEngine, tenant_id: str, raw: bytes) -
         if isinstance(entry, jsonl.Header):
             header = entry
         else:
+            if check is not None:
+                await _check_compaction(check, tenant_id, entry)
             items.append(imported_item(entry.value))
     assert header is not None  # parse() makes line 1 the header
     async with engine.begin() as conn:
