@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -11,6 +12,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
@@ -90,9 +93,9 @@ async def test_requests_and_turns_are_counted_with_tokens_and_cost_by_model_and_
 ) -> None:
     before = await scrape(server)
     conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
-    for text in ("one", "two"):
+    for words in ("one", "two"):
         answer = await alice.http.post(
-            "/v1/responses", json={"model": "openai/gpt-4o-mini", "input": text, "conversation": conversation}
+            "/v1/responses", json={"model": "openai/gpt-4o-mini", "input": words, "conversation": conversation}
         )
         assert answer.status_code == 200
     assert (await alice.http.get("/v1/responses/resp_nope")).status_code == 404
@@ -242,3 +245,33 @@ async def test_a_turn_is_traced_with_genai_attributes_database_and_upstream_chil
     trace_id = f"{turn.context.trace_id:032x}"
     assert sent.headers["traceparent"].split("-")[1] == trace_id
     assert sent.headers["traceparent"].split("-")[2] == f"{upstream.context.span_id:016x}"
+
+
+# -- the request id on the stored turn --------------------------------------------------------------------
+
+
+async def test_the_turn_stores_its_request_id_whichever_way_it_runs(
+    server: LiveServer, alice: Tenant, db: AsyncEngine
+) -> None:
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    turns = {
+        "req-in-conversation": {"conversation": conversation},
+        "req-alone": {},
+        "req-streamed": {"conversation": conversation, "stream": True},
+    }
+    ids = {}
+    for request_id, extra in turns.items():
+        body = {"model": "openai/gpt-4o-mini", "input": "hi", **extra}
+        answer = await alice.http.post("/v1/responses", json=body, headers={"X-Request-Id": request_id})
+        assert answer.status_code == 200
+        if extra.get("stream"):
+            created = next(line for line in answer.text.splitlines() if line.startswith("data:"))
+            ids[request_id] = json.loads(created[5:])["response"]["id"]
+        else:
+            ids[request_id] = answer.json()["id"]
+    async with db.connect() as conn:
+        rows = dict((await conn.execute(text("SELECT id, request_id FROM response"))).all())
+    assert rows == {response_id: request_id for request_id, response_id in ids.items()}
+    async with httpx.AsyncClient(base_url=server.url, headers=ADMIN) as admin:
+        listed = (await admin.get("/admin/responses", params={"tenant": "alice"})).json()["data"]
+    assert {r["id"]: r["request_id"] for r in listed} == rows

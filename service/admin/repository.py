@@ -243,6 +243,7 @@ def response_page_statement(filters: ResponseFilters, tenant_id: str | None, key
         r.c.created_at,
         r.c.completed_at,
         r.c.deleted_at,
+        r.c.request_id,
     ).where(*conditions)
     if filters.q is not None:
         return _response_search_page(stmt, filters.q, keyset)

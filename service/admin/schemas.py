@@ -61,6 +61,7 @@ class AdminResponse(msgspec.Struct):
     background: bool
     created_at: int
     completed_at: int | None
+    request_id: str | None  # the X-Request-Id of the request that started the turn (its log lines carry it)
     deleted: bool
 
 

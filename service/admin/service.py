@@ -68,6 +68,7 @@ def response_row_view(row: Any) -> dict[str, Any]:
         "background": row.background,
         "created_at": _epoch(row.created_at),
         "completed_at": _epoch(row.completed_at),
+        "request_id": row.request_id,
         # Hidden from its tenant (a later response builds on it) but kept as history.
         "deleted": row.deleted_at is not None,
     }

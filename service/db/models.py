@@ -131,6 +131,8 @@ class ResponseRecord(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Set when a later response builds on this one: it then stays as history but is gone for the client.
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The X-Request-Id of the request that started the turn (service/observability): its log lines carry it too.
+    request_id: Mapped[str | None] = mapped_column(Text)
 
     # Admin lists walk (created_at, id) backwards, per filter; the model filter is the model that served the
     # turn, else the one asked for (what conversation.last_model records).

@@ -43,6 +43,7 @@ from service.ids import can_exist, new_id
 from service.items import ITEM_REFERENCE, NewItem
 from service.limits.sizes import ConversationCaps
 from service.observability import turns as observe_turns
+from service.observability.record import current_request_id
 from service.responses import turn_store
 from service.responses.chain_cache import ChainCache, ChainHistory, joined
 from service.responses.frame_log import FrameLog
@@ -500,4 +501,5 @@ def _new_response(tenant_id: str, request: TurnRequest, state: ResponseState) ->
         metadata=request.metadata,
         background=request.background,
         stream=request.stream,
+        request_id=current_request_id(),
     )

@@ -67,9 +67,11 @@ _CLAIM_AND_STORE = Statement(
     ),
     stored AS (
         INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
-                              model, instructions, params_json, metadata, background, stream, thread_id)
+                              model, instructions, params_json, metadata, background, stream, thread_id,
+                              request_id)
         SELECT $response_id, $tenant_id, $conversation_id, claim.next_position, $previous_response_id, $status,
-               $model, $instructions, $params_json, $metadata::jsonb, $background, $stream, $conversation_id
+               $model, $instructions, $params_json, $metadata::jsonb, $background, $stream, $conversation_id,
+               $request_id
         FROM claim
         RETURNING created_at
     ),
@@ -134,9 +136,10 @@ _BEGIN = Statement(
     f"""
     WITH stored AS (
         INSERT INTO response (id, tenant_id, conversation_id, previous_response_id, status, model, instructions,
-                              params_json, metadata, background, stream, thread_id)
+                              params_json, metadata, background, stream, thread_id, request_id)
         VALUES ($response_id, $tenant_id, $conversation_id, $previous_response_id, $status, $model, $instructions,
-                $params_json, $metadata::jsonb, $background, $stream, {chain_totals.THREAD_OF_NEW_RESPONSE})
+                $params_json, $metadata::jsonb, $background, $stream, {chain_totals.THREAD_OF_NEW_RESPONSE},
+                $request_id)
         RETURNING created_at, thread_id,
                   CASE WHEN $lazy_commit THEN set_config('synchronous_commit', 'off', true) END
     ),
@@ -370,11 +373,11 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
         INSERT INTO response (id, tenant_id, conversation_id, conversation_position, status, model, instructions,
                               params_json, metadata, background, stream, created_at, upstream_id, upstream_model,
                               usage, error, incomplete_details, input_tokens, output_tokens, cost, completed_at,
-                              thread_id)
+                              thread_id, request_id)
         SELECT $response_id, $tenant_id, $conversation_id, advanced.start, $status, $model, $instructions,
                $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id, $upstream_model,
                $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens, $cost,
-               $completed_at, $conversation_id
+               $completed_at, $conversation_id, $request_id
         FROM advanced
         RETURNING completed_at
     )
@@ -449,12 +452,12 @@ _FINISH_UNSEEN = Statement(
     INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
                           model, instructions, params_json, metadata, background, stream, created_at, upstream_id,
                           upstream_model, usage, error, incomplete_details, input_tokens, output_tokens, cost,
-                          completed_at, thread_id)
+                          completed_at, thread_id, request_id)
     SELECT $response_id, $tenant_id, (SELECT id FROM conversation WHERE id = $conversation_id),
            $conversation_position, (SELECT id FROM response WHERE id = $previous_response_id), $status, $model,
            $instructions, $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id,
            $upstream_model, $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens,
-           $cost, $completed_at, thread.id
+           $cost, $completed_at, thread.id, $request_id
     FROM thread
     """
 )
@@ -502,6 +505,7 @@ class NewResponse:
     metadata: dict[str, str]
     background: bool
     stream: bool
+    request_id: str | None = None  # the X-Request-Id of the request that started the turn
 
     @property
     def visible_before_finish(self) -> bool:
@@ -527,6 +531,7 @@ class NewResponse:
             "metadata": json_text(self.metadata),
             "background": self.background,
             "stream": self.stream,
+            "request_id": self.request_id,
         }
 
 
