@@ -1,8 +1,8 @@
 """response.request_id: the X-Request-Id of the request that started the turn
 
 Revision ID: 9a3c5e7b1d20
-Revises: 4f8c1d3e5a62
-Create Date: 2026-12-04 14:45:00+00:00
+Revises: 4d1b6f8a2e34
+Create Date: 2026-12-04 15:05:00+00:00
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "9a3c5e7b1d20"
-down_revision: str | None = "4f8c1d3e5a62"
+down_revision: str | None = "4d1b6f8a2e34"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
