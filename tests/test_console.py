@@ -268,3 +268,25 @@ async def test_a_whole_console_session_in_headless_chromium(
             await browser.close()
     for name in ("login", "threads", "thread", "stats", "keys-created", "keys", "delete", "threads-phone"):
         assert (shots / f"{name}.png").stat().st_size > 5000
+
+
+async def test_the_retention_page_shows_a_tenants_policy_and_preview_and_sets_it(
+    browser_client: httpx.AsyncClient, alice: Tenant, anonymous: httpx.AsyncClient
+) -> None:
+    assert (await browser_client.get("/admin/ui/retention")).status_code == 303
+    assert (await _sign_in(browser_client, ADMIN_KEY)).status_code == 303
+    page = await browser_client.get("/admin/ui/retention", params={"tenant": "alice"})
+    assert page.status_code == 200
+    assert "follows the service-wide defaults" in page.text
+    assert "0 responses, 0 conversations, 0 items." in page.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf
+    fields = {"csrf": csrf.group(1), "tenant": "alice", "responses_days": "30", "conversations_idle_days": ""}
+    saved = await browser_client.post("/admin/ui/retention", data=fields)
+    assert saved.status_code == 200 and "follows its own policy" in saved.text
+    policy = await anonymous.get("/admin/tenants/alice/retention", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert policy.json()["responses_days"] == 30 and policy.json()["conversations_idle_days"] is None
+    refused = await browser_client.post("/admin/ui/retention", data={**fields, "responses_days": "0"})
+    assert refused.status_code == 400 and "responses_days must be a whole number" in refused.text
+    missing = await browser_client.get("/admin/ui/retention", params={"tenant": "nobody"})
+    assert missing.status_code == 404 and "Tenant &#39;nobody&#39; not found." in missing.text

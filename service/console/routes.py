@@ -20,6 +20,7 @@ from service.errors import ServiceError
 from service.http import RuntimeDep
 from service.keys.service import hash_key
 from service.observability.record import note_tenant
+from service.retention import service as retention
 from service.runtime import Runtime
 
 BASE = "/admin/ui"
@@ -341,6 +342,52 @@ class ConsoleController(Controller):
         except ServiceError as exc:
             return await self._keys_page(request, runtime, session, exc.status_code, error=exc.message)
         return await self._keys_page(request, runtime, session, notice=f"Revoked key {key_id}.")
+
+    # -- retention ------------------------------------------------------------------------------------
+    async def _retention_page(
+        self,
+        request: Request[Any, Any, Any],
+        runtime: Runtime,
+        session: Session,
+        tenant: str,
+        *,
+        status_code: int = 200,
+        error: str | None = None,
+        notice: str | None = None,
+    ) -> Response[str]:
+        policy = preview = None
+        if tenant:
+            try:
+                policy = await retention.get_policy(runtime.engine, runtime.settings, tenant)
+                preview = await retention.preview(runtime.engine, runtime.settings, tenant)
+            except ServiceError as exc:
+                status_code, error = exc.status_code, exc.message
+        context = {"tenant": tenant, "policy": policy, "preview": preview, "error": error, "notice": notice}
+        return _page(request, runtime, session, "retention.html", status_code, **context)
+
+    @get("/retention")
+    async def retention_page(self, request: Request[Any, Any, Any], runtime: RuntimeDep) -> Response[str]:
+        session = await _session(request, runtime)
+        tenant = request.query_params.get("tenant", "").strip()
+        return await self._retention_page(request, runtime, session, tenant)
+
+    @post("/retention", status_code=200)
+    async def set_retention(self, request: Request[Any, Any, Any], runtime: RuntimeDep) -> Response[str]:
+        """The policy form: an empty field keeps forever (null); anything else goes to the admin API's checks."""
+        session = await _session(request, runtime)
+        form = await _form(request, runtime, session)
+        tenant = form.get("tenant", "").strip()
+        body: dict[str, Any] = {}
+        for field in ("responses_days", "conversations_idle_days"):
+            raw = form.get(field, "").strip()
+            body[field] = None if raw == "" else int(raw) if raw.isdigit() else raw
+        try:
+            await retention.put_policy(runtime.engine, tenant, body)
+        except ServiceError as exc:
+            return await self._retention_page(
+                request, runtime, session, tenant, status_code=exc.status_code, error=exc.message
+            )
+        return await self._retention_page(request, runtime, session, tenant, notice=f"Saved {tenant}'s retention.")
 
 
 def _sign_in_required(request: Request[Any, Any, Any], _: Exception) -> Response[str]:
