@@ -11,6 +11,7 @@ import msgspec
 
 from service.errors import InvalidRequest
 from service.ids import new_id
+from service.rendering import client_item
 
 _encode = msgspec.json.encode
 
@@ -229,10 +230,11 @@ def resolve_reference(stored_body: str) -> NewItem:
     return dataclasses.replace(_to_new_item(msgspec.json.decode(stored_body)), body=stored_body)
 
 
-def item_view(item_id: str, status: str, body: str) -> dict[str, Any]:
-    """The item as our API shows it: always with an id and a status."""
+def item_view(item_id: str, status: str, body: str, *, for_client: bool = True) -> dict[str, Any]:
+    """The item as our API shows it: always with an id and a status, and (`for_client`) completed into the
+    shape OpenAI's clients read; without it, the stored JSON plus id and status (exports, which replay)."""
     value: dict[str, Any] = msgspec.json.decode(body)
     if "id" not in value or "status" not in value:
         value = {"id": item_id, **value}
         value.setdefault("status", status)
-    return value
+    return client_item(value) if for_client else value

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
-from tests.turn_support import assistant, conversation_items, new_conversation, rows, turn, user
+from tests.turn_support import assistant, conversation_items, new_conversation, rows, shown, turn, user
 
 
 def _message(text: str, role: str = "user") -> dict[str, Any]:
@@ -97,7 +97,7 @@ async def test_deleting_a_conversation_keeps_its_responses(alice: Tenant, fake_u
 
     kept = await alice.http.get(f"/v1/responses/{response['id']}")
     assert kept.status_code == 200
-    assert kept.json()["output"] == [assistant("A", "msg_keep")]
+    assert kept.json()["output"] == shown(assistant("A", "msg_keep"))
     inputs = (await alice.http.get(f"/v1/responses/{response['id']}/input_items")).json()["data"]
     assert [{k: v for k, v in i.items() if k not in {"id", "status"}} for i in inputs] == [user("Q")]
     gone = await alice.http.post("/v1/responses", json={"model": "m", "input": "x", "conversation": conv})
@@ -163,7 +163,9 @@ async def test_deleting_a_response_carried_item_keeps_it_on_the_response(
     assert (await alice.http.delete(f"/v1/conversations/{conv}/items/msg_carried")).status_code == 200
     listed = (await alice.http.get(f"/v1/conversations/{conv}/items")).json()["data"]
     assert [item["role"] for item in listed] == ["user"]
-    assert (await alice.http.get(f"/v1/responses/{response['id']}")).json()["output"] == [assistant("A", "msg_carried")]
+    assert (await alice.http.get(f"/v1/responses/{response['id']}")).json()["output"] == shown(
+        assistant("A", "msg_carried")
+    )
     await turn(alice.http, "Q2", conversation=conv)
     assert fake_upstream.inputs[1] == [user("Q"), user("Q2")]
 

@@ -19,6 +19,7 @@ from tests.turn_support import (
     list_all,
     new_conversation,
     rows,
+    shown,
     turn,
     user,
 )
@@ -152,7 +153,7 @@ async def test_nth_turn_sends_exactly_the_earlier_turns_plus_new_input(
         previous_id = response["id"]
     listed = await list_all(alice.http, f"/v1/conversations/{conv}/items", order="asc")
     assert [{k: v for k, v in item.items() if k != "id" or item["role"] == "assistant"} for item in listed] == [
-        item if item["role"] == "assistant" else {**item, "status": "completed"} for item in expected_conv
+        *shown(*(item if item["role"] == "assistant" else {**item, "status": "completed"} for item in expected_conv))
     ]
 
 
@@ -203,7 +204,7 @@ async def test_tool_call_round_trip_replays_function_call_and_output(
     assert fake_upstream.requests[0].body["tools"] == tools
     assert fake_upstream.requests[0].body["tool_choice"] == "auto"
     assert fake_upstream.inputs[1] == [user("Weather in Zürich?"), call, tool_output]
-    assert second["output"] == [assistant("It is 21 °C.", "msg_w")]
+    assert second["output"] == shown(assistant("It is 21 °C.", "msg_w"))
 
     stored = await conversation_items(db, conv)
     assert [(r["type"], r["is_output"]) for r in stored] == [
@@ -245,7 +246,7 @@ async def test_reasoning_item_is_stored_and_replayed_byte_exact(
     fake_upstream.reply_json(response_with_output([REASONING, message]))
     conv = await new_conversation(alice.http)
     first = await turn(alice.http, "Think hard", conversation=conv, reasoning={"effort": "high"})
-    assert first["output"] == [REASONING, message]
+    assert first["output"] == shown(REASONING, message)
     await turn(alice.http, "Next", conversation=conv)
 
     assert fake_upstream.requests[0].body["reasoning"] == {"effort": "high"}
@@ -316,7 +317,7 @@ async def test_output_item_without_id_gets_one_and_replays_with_it(
     assert output["id"].startswith("msg_")
     assert output["status"] == "completed"
     await turn(alice.http, "Q2", previous_response_id=first["id"])
-    assert fake_upstream.inputs[1][1] == output
+    assert shown(fake_upstream.inputs[1][1]) == [output]
 
 
 NUL_TEXT = "before\u0000after \U0001f600 \U0001d11e \U0010ffff \u2028 caf\u00e9 \u202e"
@@ -486,7 +487,7 @@ async def test_item_reference_in_conversation_items_create(alice: Tenant, fake_u
     await turn(alice.http, "Q")
     conv = await new_conversation(alice.http, items=[{"type": "item_reference", "id": "msg_src"}])
     listed = (await alice.http.get(f"/v1/conversations/{conv}/items")).json()["data"]
-    assert listed == [assistant("Stored answer", "msg_src")]
+    assert listed == shown(assistant("Stored answer", "msg_src"))
     await turn(alice.http, "more", conversation=conv)
     assert fake_upstream.inputs[1] == [assistant("Stored answer", "msg_src"), user("more")]
 

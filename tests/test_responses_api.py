@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, response_with_output, text_response
-from tests.turn_support import MODEL, assistant, new_conversation, rows, turn, user, without_ids
+from tests.turn_support import MODEL, assistant, new_conversation, rows, shown, turn, user, without_ids
 
 
 async def test_create_returns_an_openai_response_and_stores_it(
@@ -28,7 +28,7 @@ async def test_create_returns_an_openai_response_and_stores_it(
     assert body["object"] == "response"
     assert body["status"] == "completed"
     assert body["model"] == "openai/gpt-4o-2024-08-06"
-    assert body["output"] == [assistant("Paris.", "msg_p")]
+    assert body["output"] == shown(assistant("Paris.", "msg_p"))
     assert body["usage"] == {
         "input_tokens": 10,
         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
@@ -133,7 +133,7 @@ async def test_deleting_a_conversation_response_keeps_the_conversation_items(
     first = await turn(alice.http, "Q1", conversation=conv)
     assert (await alice.http.delete(f"/v1/responses/{first['id']}")).status_code == 200
     listed = (await alice.http.get(f"/v1/conversations/{conv}/items", params={"order": "asc"})).json()["data"]
-    assert without_ids(listed) == without_ids([user("Q1"), assistant("A1", "msg_cv")])
+    assert without_ids(listed) == without_ids(shown(user("Q1"), assistant("A1", "msg_cv")))
     await turn(alice.http, "Q2", conversation=conv)
     assert fake_upstream.inputs[1] == [user("Q1"), assistant("A1", "msg_cv"), user("Q2")]
 
@@ -212,7 +212,7 @@ async def test_store_false_relays_and_keeps_nothing(
     body = await turn(alice.http, "Q2", store=False, previous_response_id=stored["id"])
     assert body["store"] is False
     assert body["status"] == "completed"
-    assert body["output"] == [assistant("ephemeral", "msg_eph")]
+    assert body["output"] == shown(assistant("ephemeral", "msg_eph"))
     assert fake_upstream.inputs[1] == [user("Q1"), assistant("A1", "msg_s1"), user("Q2")]
     assert fake_upstream.requests[1].body["store"] is False
 
@@ -295,7 +295,7 @@ async def test_incomplete_response_is_stored_and_appended(
     assert body["status"] == "incomplete"
     assert body["incomplete_details"] == {"reason": "max_output_tokens"}
     assert body["completed_at"] is None
-    assert body["output"] == [partial]
+    assert body["output"] == shown(partial)
     await turn(alice.http, "continue", conversation=conv)
     assert fake_upstream.inputs[1] == [user("Long answer please"), partial, user("continue")]
     (row,) = await rows(db, "SELECT status, incomplete_details FROM response WHERE id = :r", r=body["id"])
@@ -414,7 +414,7 @@ async def test_a_running_turn_no_client_sees_is_stored_whole_when_it_finishes(
     inputs = (await alice.http.get(f"/v1/responses/{row['id']}/input_items", params={"order": "asc"})).json()
     assert without_ids(inputs["data"]) == [user("Q"), user("R")]
     listed = (await alice.http.get(f"/v1/conversations/{conv}/items", params={"order": "asc"})).json()["data"]
-    assert without_ids(listed[1:]) == without_ids([user("Q"), user("R"), assistant("late", "msg_late")])
+    assert without_ids(listed[1:]) == without_ids(shown(user("Q"), user("R"), assistant("late", "msg_late")))
     stored = await rows(
         db, "SELECT is_output, ordinal, position FROM item WHERE response_id = :r ORDER BY pk", r=row["id"]
     )

@@ -9,6 +9,8 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.rendering import client_item
+
 MODEL = "openai/gpt-4o"
 
 
@@ -26,6 +28,12 @@ def assistant(text_: str, msg_id: str) -> dict[str, Any]:
         "status": "completed",
         "content": [{"type": "output_text", "text": text_, "annotations": []}],
     }
+
+
+def shown(*items: dict[str, Any]) -> list[dict[str, Any]]:
+    """Items as the API shows them (service/rendering.py completes `output_text` parts); stored items stay as
+    they were received."""
+    return [client_item(item) for item in items]
 
 
 async def turn(client: httpx.AsyncClient, input_: Any, **fields: Any) -> dict[str, Any]:

@@ -36,7 +36,7 @@ class ConversationLifecycleController(Controller):
     )
     async def export(self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str]) -> Stream:
         """The conversation as JSON Lines: line 1 `{"object": "conversation", "id", "created_at", "metadata"}`,
-        then each item in order, exactly as the items API shows it."""
+        then each item in order as stored (the items API shows the same, completed for clients)."""
         lines = await service.open_export(engine, tenant_id, conversation_id)
         return Stream(lines, media_type=jsonl.MEDIA_TYPE)
 

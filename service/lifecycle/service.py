@@ -31,7 +31,7 @@ async def conversation_lines(engine: AsyncEngine, row: Any, tenant: str | None =
             page = await repository.item_page(conn, row.id, after, EXPORT_PAGE)
         if not page:
             return
-        yield b"".join(jsonl.encode(item_view(r.id, r.status, r.body)) + b"\n" for r in page)
+        yield b"".join(jsonl.encode(item_view(r.id, r.status, r.body, for_client=False)) + b"\n" for r in page)
         if len(page) < EXPORT_PAGE:
             return
         after = page[-1].position

@@ -105,6 +105,8 @@ class ResponseController(Controller):
         snapshot = started.state.render()
         run = runtime.turns.start(started)
         slot.hand_to(run.task)
+        if turn.background:  # its run has not started yet: OpenAI's polling loop waits on queued and in_progress
+            snapshot["status"] = "queued"
         if not turn.stream:
             return json_response(snapshot)
         if not turn.background:

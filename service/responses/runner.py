@@ -218,7 +218,12 @@ class TurnRunner:
         run.started = True
         assembler = StreamAssembler()
         opening = run.turn.state.render()
-        run.publish({"type": "response.created", "response": opening})
+        if run.turn.request.background:  # as its create answer said: queued until this run started
+            queued = {**opening, "status": "queued"}
+            run.publish({"type": "response.created", "response": queued})
+            run.publish({"type": "response.queued", "response": queued})
+        else:
+            run.publish({"type": "response.created", "response": opening})
         run.publish({"type": "response.in_progress", "response": opening})
         try:
             status, error = await self._relay(run, assembler)

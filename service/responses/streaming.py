@@ -20,6 +20,7 @@ import msgspec
 
 from service.ids import new_id
 from service.items import ID_PREFIX_BY_TYPE
+from service.rendering import client_event
 from service.upstream.sse import TERMINAL_TYPES
 
 _encode = msgspec.json.encode
@@ -94,7 +95,11 @@ class StreamAssembler:
 
     # -- reading upstream events ----------------------------------------------------------------------
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        """Canonical events for one (normalized) upstream event, without sequence numbers."""
+        """Canonical events for one (normalized) upstream event, without sequence numbers, in the shapes
+        clients read (service/rendering.py; what is kept for storing stays as received)."""
+        return [client_event(out) for out in self._feed(event)]
+
+    def _feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         kind = event["type"]
         if kind in _LIFECYCLE_TYPES:
             self._note_response(event.get("response"))
@@ -301,6 +306,8 @@ class StreamAssembler:
             elif kind == "response.function_call_arguments.done" and isinstance(event.get("arguments"), str):
                 output.item["arguments"] = event["arguments"]
                 output.arguments = []
+                if "name" not in relayed and isinstance(output.item.get("name"), str):
+                    relayed["name"] = output.item["name"]  # OpenAI's event names the function
             elif kind == "response.reasoning_summary_text.delta" and isinstance(delta, str):
                 _keep_piece(output.summaries.setdefault(int(event.get("summary_index") or 0), []), delta)
         out.append(relayed)
@@ -342,7 +349,7 @@ class StreamAssembler:
         for output in self._outputs:
             if output.final is None:
                 self._close_item(output, out, item_status)
-        return out
+        return [client_event(event) for event in out]
 
     def result(self, status: str, error: dict[str, Any] | None) -> dict[str, Any]:
         """What the stream amounts to, in the shape of OpenRouter's non-streamed Response, so the turn loop's
@@ -393,7 +400,7 @@ def events_from_state(rendered: dict[str, Any]) -> list[dict[str, Any]]:
         {"type": "response.created", "response": opening},
         {"type": "response.in_progress", "response": opening},
     ]
-    for index, item in enumerate(rendered.get("output") or []):
+    for index, item in enumerate(rendered.get("output") or []):  # rendered: already in the clients' shapes
         events.append({"type": "response.output_item.added", "output_index": index, "item": item})
         events.append({"type": "response.output_item.done", "output_index": index, "item": item})
     events.append({"type": terminal_event_type(str(rendered.get("status"))), "response": rendered})

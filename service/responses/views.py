@@ -38,10 +38,17 @@ def _epoch(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
 
-def full_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
-    """OpenAI's usage with both detail objects present (the SDK's types require them), cost kept."""
+_RUNNING = frozenset({"queued", "in_progress"})
+
+
+def full_usage(usage: dict[str, Any] | None, status: str = "completed") -> dict[str, Any] | None:
+    """OpenAI's usage with both detail objects present (the SDK's types require them), cost kept. Null only
+    while the response runs, as OpenAI shows it; an ended response the upstream reported no usage for (cancelled
+    or cut before its end) counts zeros."""
     if usage is None:
-        return None
+        if status in _RUNNING:
+            return None
+        usage = {}
     result = dict(usage)
     result.setdefault("input_tokens", 0)
     result.setdefault("output_tokens", 0)
@@ -128,6 +135,6 @@ class ResponseState:
             "output": output,
             "previous_response_id": self.previous_response_id,
             "store": self.store,
-            "usage": full_usage(self.usage),
+            "usage": full_usage(self.usage, self.status),
             **echo,
         }

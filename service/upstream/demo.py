@@ -1,8 +1,10 @@
 """The built-in demo upstream: an in-process stand-in for OpenRouter's POST /responses, used when no
-OPENROUTER_API_KEY is set. Same wire format (JSON, or SSE when "stream": true), deterministic, no network."""
+OPENROUTER_API_KEY is set. Same wire format (JSON, or SSE when "stream": true), deterministic, no network.
+What it answers (a message, a function call, a reasoning item, slowly) is chosen in demo_script.py."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -12,19 +14,7 @@ import httpx
 import msgspec
 
 from service.ids import new_id
-
-
-def _last_user_text(items: list[Any]) -> str:
-    for item in reversed(items):
-        if isinstance(item, dict) and item.get("role") == "user":
-            content = item.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "input_text"]
-                return " ".join(t for t in texts if isinstance(t, str))
-    return ""
-
+from service.upstream import demo_script as script
 
 # What GET /models lists offline: (context_length, max_completion_tokens). The small window lets `make run` show
 # what the service does when a conversation outgrows its model (README, "Long conversations"); like
@@ -77,18 +67,41 @@ def demo_overflow(request: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _message(text: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": new_id("msg"),
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+
+
+def _output(request: dict[str, Any], items: list[Any]) -> list[dict[str, Any]]:
+    """The answer's items: see service/upstream/demo_script.py for the words and settings that choose them."""
+    output = [script.reasoning(items)] if script.asks(items, "think") else []
+    name = script.function_to_call(request, items)
+    if name is not None:
+        return [*output, script.function_call(name)]
+    tool_said = script.tool_output_text(items)
+    if tool_said is not None:
+        return [*output, _message(f"[demo upstream] The tool answered: {tool_said!r}.")]
+    turns = sum(1 for i in items if isinstance(i, dict) and i.get("role") == "user")
+    text = (
+        f"[demo upstream: no OPENROUTER_API_KEY set] You said: {script.last_user_text(items)!r}. "
+        f"This conversation has {len(items)} item(s) and {turns} user message(s) so far."
+    )
+    return [*output, _message(text)]
+
+
 def demo_reply(request: dict[str, Any]) -> dict[str, Any]:
     raw_input = request.get("input")
     items = [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else list(raw_input or [])
-    said = _last_user_text(items)
-    turns = sum(1 for i in items if isinstance(i, dict) and i.get("role") == "user")
-    text = (
-        f"[demo upstream: no OPENROUTER_API_KEY set] You said: {said!r}. "
-        f"This conversation has {len(items)} item(s) and {turns} user message(s) so far."
-    )
+    output = _output(request, items)
     digest = hashlib.sha256(msgspec.json.encode(items)).hexdigest()
     input_tokens = _input_tokens(items)
-    output_tokens = len(text.split())
+    output_tokens = len(msgspec.json.encode(output)) // 4
+    reasoning_tokens = sum(len(msgspec.json.encode(i)) // 4 for i in output if i["type"] == "reasoning")
     now = int(time.time())
     return {
         "id": f"gen-demo-{digest[:24]}",
@@ -101,18 +114,10 @@ def demo_reply(request: dict[str, Any]) -> dict[str, Any]:
         "incomplete_details": None,
         "instructions": request.get("instructions"),
         "metadata": None,
-        "output": [
-            {
-                "type": "message",
-                "id": new_id("msg"),
-                "role": "assistant",
-                "status": "completed",
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
-            }
-        ],
+        "output": output,
         "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [],
+        "tool_choice": request.get("tool_choice", "auto"),
+        "tools": request.get("tools") or [],
         "temperature": None,
         "top_p": None,
         "presence_penalty": None,
@@ -121,53 +126,76 @@ def demo_reply(request: dict[str, Any]) -> dict[str, Any]:
             "input_tokens": input_tokens,
             "input_tokens_details": {"cached_tokens": 0},
             "output_tokens": output_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": input_tokens + output_tokens,
             "cost": 0,
         },
     }
 
 
+def _item_events(index: int, item: dict[str, Any]) -> list[dict[str, Any]]:
+    """One output item's events as OpenRouter streams them: added, its content as deltas, done."""
+    ids = {"item_id": item["id"], "output_index": index}
+    kind = item["type"]
+    if kind == "message":
+        shell = {**item, "status": "in_progress", "content": []}
+    elif kind == "function_call":
+        shell = {**item, "status": "in_progress", "arguments": ""}
+    else:
+        shell = {**item, "summary": []}
+    events: list[dict[str, Any]] = [{"type": "response.output_item.added", "output_index": index, "item": shell}]
+    if kind == "message":
+        part = item["content"][0]
+        words = part["text"].split(" ")
+        deltas = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+        text_ids = {**ids, "content_index": 0}
+        events += [
+            {"type": "response.content_part.added", **text_ids, "part": {**part, "text": ""}},
+            *({"type": "response.output_text.delta", **text_ids, "delta": d, "logprobs": []} for d in deltas),
+            {"type": "response.output_text.done", **text_ids, "text": part["text"], "logprobs": []},
+            {"type": "response.content_part.done", **text_ids, "part": part},
+        ]
+    elif kind == "function_call":
+        events += [
+            {"type": "response.function_call_arguments.delta", **ids, "delta": item["arguments"]},
+            {"type": "response.function_call_arguments.done", **ids, "arguments": item["arguments"]},
+        ]
+    else:
+        for number, summary in enumerate(item["summary"]):
+            summary_ids = {**ids, "summary_index": number}
+            events += [
+                {"type": "response.reasoning_summary_text.delta", **summary_ids, "delta": summary["text"]},
+                {"type": "response.reasoning_summary_text.done", **summary_ids, "text": summary["text"]},
+            ]
+    events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    return events
+
+
 def demo_events(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The spec's event sequence for a one-message answer, text delivered word by word."""
-    message = result["output"][0]
-    text = message["content"][0]["text"]
+    """The spec's event sequence for the answer, each message's text delivered word by word."""
     in_progress = {**result, "status": "in_progress", "output": [], "usage": None, "completed_at": None}
-    empty_message = {**message, "status": "in_progress", "content": []}
-    words = text.split(" ")
-    deltas = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
-    ids = {"item_id": message["id"], "output_index": 0}
     events: list[dict[str, Any]] = [
         {"type": "response.created", "response": in_progress},
         {"type": "response.in_progress", "response": in_progress},
-        {"type": "response.output_item.added", "output_index": 0, "item": empty_message},
-        {
-            "type": "response.content_part.added",
-            **ids,
-            "content_index": 0,
-            "part": {"type": "output_text", "text": "", "annotations": []},
-        },
-        *(
-            {"type": "response.output_text.delta", **ids, "content_index": 0, "delta": d, "logprobs": []}
-            for d in deltas
-        ),
-        {"type": "response.output_text.done", **ids, "content_index": 0, "text": text, "logprobs": []},
-        {"type": "response.content_part.done", **ids, "content_index": 0, "part": message["content"][0]},
-        {"type": "response.output_item.done", "output_index": 0, "item": message},
-        {"type": "response.completed", "response": result},
     ]
+    for index, item in enumerate(result["output"]):
+        events += _item_events(index, item)
+    events.append({"type": "response.completed", "response": result})
     for number, event in enumerate(events):
         event["sequence_number"] = number
     return events
 
 
 class _SSEBody(httpx.AsyncByteStream):
-    def __init__(self, events: list[dict[str, Any]]) -> None:
+    def __init__(self, events: list[dict[str, Any]], delay: float) -> None:
         self._events = events
+        self._delay = delay
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         yield b": OPENROUTER PROCESSING\n\n"
         for event in self._events:
+            if self._delay:
+                await asyncio.sleep(self._delay)
             yield b"data: " + msgspec.json.encode(event) + b"\n\n"
         yield b"data: [DONE]\n\n"
 
@@ -189,7 +217,10 @@ class DemoTransport(httpx.AsyncBaseTransport):
             return httpx.Response(400, content=msgspec.json.encode(overflow))
         result = demo_reply(payload)
         if payload.get("stream"):
-            return httpx.Response(
-                200, headers={"content-type": "text/event-stream"}, stream=_SSEBody(demo_events(result))
+            raw_input = payload.get("input")
+            slow = isinstance(raw_input, str | list) and script.asks(
+                [{"role": "user", "content": raw_input}] if isinstance(raw_input, str) else raw_input, "slowly"
             )
+            body = _SSEBody(demo_events(result), script.SLOW_EVENT_DELAY if slow else 0.0)
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=body)
         return httpx.Response(200, content=msgspec.json.encode(result), headers={"content-type": "application/json"})

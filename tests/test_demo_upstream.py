@@ -1,0 +1,92 @@
+"""The offline demo upstream (no OPENROUTER_API_KEY) lets every feature be tried with `make run`: function calls
+(tool_choice required / a named function / "tool" in the user text with auto), the message after the call's
+output, a reasoning item ("think"), and a slow stream ("slowly") to try background, cancel and resume."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from service.upstream.demo import DemoTransport
+from tests.conftest import LiveServer, Tenant
+from tests.openai_spec import check, check_event
+from tests.stream_support import read_events, wait_until_ended
+
+TOOLS = [
+    {"type": "function", "name": "get_time", "parameters": {"type": "object", "properties": {}}},
+    {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}},
+]
+
+
+@pytest.fixture
+async def demo(start_server: Callable[..., LiveServer], make_tenant: Callable[..., Awaitable[Tenant]]) -> Tenant:
+    return await make_tenant("demo", live=start_server(transport=DemoTransport()))
+
+
+async def _turn(tenant: Tenant, **body: Any) -> dict[str, Any]:
+    answer = await tenant.http.post("/v1/responses", json={"model": "demo/echo", **body})
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    check("Response", result)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("words", "tool_choice", "called"),
+    [
+        ("What time is it?", "required", "get_time"),
+        ("Weather?", {"type": "function", "name": "get_weather"}, "get_weather"),
+        ("Use a tool please", "auto", "get_time"),
+        ("Use a tool please", "none", None),
+        ("Just chat", "auto", None),
+    ],
+)
+async def test_the_demo_calls_a_function_when_asked(
+    demo: Tenant, words: str, tool_choice: Any, called: str | None
+) -> None:
+    result = await _turn(demo, input=words, tools=TOOLS, tool_choice=tool_choice)
+    kinds = [item["type"] for item in result["output"]]
+    if called is None:
+        assert kinds == ["message"]
+    else:
+        assert kinds == ["function_call"]
+        assert result["output"][0]["name"] == called
+
+
+async def test_a_function_call_round_trip_ends_with_a_message_quoting_the_output(demo: Tenant) -> None:
+    conv = (await demo.http.post("/v1/conversations", json={})).json()["id"]
+    first = await _turn(demo, input="What time is it?", tools=TOOLS, tool_choice="required", conversation=conv)
+    call = first["output"][0]
+    output = {"type": "function_call_output", "call_id": call["call_id"], "output": "12:00"}
+    second = await _turn(demo, input=[output], tools=TOOLS, tool_choice="required", conversation=conv)
+    (message,) = second["output"]
+    assert message["type"] == "message"
+    assert "'12:00'" in message["content"][0]["text"]
+
+
+async def test_think_adds_a_reasoning_item_and_streams_spec_events(demo: Tenant) -> None:
+    result = await _turn(demo, input="Think about it")
+    assert [item["type"] for item in result["output"]] == ["reasoning", "message"]
+    assert result["usage"]["output_tokens_details"]["reasoning_tokens"] > 0
+    body = {"model": "demo/echo", "input": "think, then use a tool", "tools": TOOLS, "stream": True}
+    async with demo.http.stream("POST", "/v1/responses", json=body) as answer:
+        events = await read_events(answer)
+    kinds = [check_event(event) for event in events]
+    assert "response.reasoning_summary_text.delta" in kinds
+    assert "response.function_call_arguments.done" in kinds
+    assert [item["type"] for item in events[-1]["response"]["output"]] == ["reasoning", "function_call"]
+
+
+async def test_slowly_streams_slowly_so_background_can_be_cancelled(demo: Tenant) -> None:
+    started = time.monotonic()
+    created = await _turn(demo, input="Tell me slowly about the sea", background=True)
+    assert created["status"] == "queued"
+    await asyncio.sleep(0.6)
+    cancelled = (await demo.http.post(f"/v1/responses/{created['id']}/cancel")).json()
+    ended = await wait_until_ended(demo.http, created["id"])
+    assert ended["status"] == "cancelled", cancelled
+    assert time.monotonic() - started < 10

@@ -1,0 +1,222 @@
+"""Every object the service returns, every stream event and every error validates against the schema OpenAI's
+specification names for it (tests/openai_spec: the spec's own schemas, checked with a JSON Schema validator).
+
+The one deliberate difference: an empty list's `first_id`/`last_id` are null (there is no id to give; the spec
+types them as strings). Rendering completes shapes for clients; what is stored stays byte-exact (checked here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, response_with_output, text_response, text_stream_events
+from tests.openai_spec import check, check_event
+from tests.stream_support import read_events, wait_until_ended
+from tests.turn_support import MODEL, rows
+
+TOOLS = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+REASONING = {
+    "type": "reasoning",
+    "id": "rs_up_1",
+    "summary": [{"type": "summary_text", "text": "Need the weather."}],
+    "encrypted_content": "gAAAA-opaque",
+}
+CALL = {
+    "type": "function_call",
+    "id": "fc_up_1",
+    "call_id": "call_1",
+    "name": "get_weather",
+    "arguments": '{"city":"Paris"}',
+    "status": "completed",
+}
+
+
+def check_list(name: str, body: dict[str, Any]) -> None:
+    if body["data"]:
+        check(name, body)
+    else:  # the documented difference: no id to name
+        assert body["first_id"] is None and body["last_id"] is None
+        check(name, {**body, "first_id": "", "last_id": ""})
+
+
+def check_error(answer: httpx.Response, status: int) -> None:
+    assert answer.status_code == status, answer.text
+    check("ErrorResponse", answer.json())
+
+
+async def _stream(alice: Tenant, body: dict[str, Any]) -> list[dict[str, Any]]:
+    async with alice.http.stream("POST", "/v1/responses", json=body) as answer:
+        assert answer.status_code == 200
+        return await read_events(answer)
+
+
+def _check_events(events: list[dict[str, Any]]) -> set[str]:
+    return {check_event(event) for event in events}
+
+
+async def test_conversation_objects_match_the_spec(alice: Tenant) -> None:
+    http = alice.http
+    created = (await http.post("/v1/conversations", json={"metadata": {"topic": "x"}})).json()
+    check("ConversationResource", created)
+    conv = created["id"]
+    check_list("ConversationItemList", (await http.get(f"/v1/conversations/{conv}/items")).json())
+    added = await http.post(
+        f"/v1/conversations/{conv}/items",
+        json={
+            "items": [
+                {"type": "message", "role": "user", "content": "hi"},
+                {k: v for k, v in CALL.items() if k != "id"},
+            ]
+        },
+    )
+    assert added.status_code == 200, added.text
+    check("ConversationItemList", added.json())
+    listed = (await http.get(f"/v1/conversations/{conv}/items")).json()
+    check("ConversationItemList", listed)
+    for item in listed["data"]:
+        check("ConversationItem", (await http.get(f"/v1/conversations/{conv}/items/{item['id']}")).json())
+    check("ConversationResource", (await http.post(f"/v1/conversations/{conv}", json={"metadata": {}})).json())
+    item_id = listed["data"][0]["id"]
+    check("ConversationResource", (await http.delete(f"/v1/conversations/{conv}/items/{item_id}")).json())
+    check("DeletedConversationResource", (await http.delete(f"/v1/conversations/{conv}")).json())
+
+
+async def test_response_objects_match_the_spec_and_stored_items_stay_as_received(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    upstream = text_response("Paris.", msg_id="msg_p")
+    fake_upstream.reply_json(upstream)
+    conv = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    answer = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "Capital?", "conversation": conv, "tools": TOOLS}
+    )
+    body = answer.json()
+    check("Response", body)
+    part = body["output"][0]["content"][0]
+    assert part["annotations"] == [] and part["logprobs"] == []
+    assert body["tools"][0]["strict"] is None
+    assert (body["temperature"], body["top_p"], body["service_tier"]) == (1.0, 1.0, "auto")
+    assert "user" not in body
+    (stored,) = await rows(db, "SELECT body FROM item WHERE id = 'msg_p'")
+    assert json.loads(stored["body"]) == upstream["output"][0]  # no logprobs added to what is stored
+
+    check("Response", (await alice.http.get(f"/v1/responses/{body['id']}")).json())
+    check("ResponseItemList", (await alice.http.get(f"/v1/responses/{body['id']}/input_items")).json())
+    listed = (await alice.http.get(f"/v1/conversations/{conv}/items")).json()
+    check("ConversationItemList", listed)
+    assert listed["data"][0]["content"][0]["logprobs"] == []
+
+    fake_upstream.reply_json(response_with_output([REASONING, CALL]))
+    with_call = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "Weather?", "tools": TOOLS, "user": "u-1", "temperature": 0.3}
+    )
+    check("Response", with_call.json())
+    assert with_call.json()["user"] == "u-1" and with_call.json()["temperature"] == 0.3
+
+
+async def test_stream_events_match_the_spec(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    seen: set[str] = set()
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Hello there, friend.")))
+    events = await _stream(alice, {"model": MODEL, "input": "hi", "stream": True})
+    seen |= _check_events(events)
+    done = next(e for e in events if e["type"] == "response.content_part.done")
+    assert done["part"]["logprobs"] == []
+
+    calls: list[Any] = [
+        {"type": "response.created", "response": {"id": "gen-f", "status": "in_progress", "output": []}},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**REASONING, "summary": []}},
+        {
+            "type": "response.reasoning_summary_text.delta",
+            "item_id": "rs_up_1",
+            "output_index": 0,
+            "summary_index": 0,
+            "delta": "Need the weather.",
+        },
+        {"type": "response.output_item.done", "output_index": 0, "item": REASONING},
+        {
+            "type": "response.output_item.added",
+            "output_index": 1,
+            "item": {**CALL, "arguments": "", "status": "in_progress"},
+        },
+        {"type": "response.function_call_arguments.delta", "item_id": "fc_up_1", "output_index": 1, "delta": "{}"},
+        {"type": "response.function_call_arguments.done", "item_id": "fc_up_1", "output_index": 1, "arguments": "{}"},
+        {"type": "response.output_item.done", "output_index": 1, "item": CALL},
+        {"type": "response.completed", "response": {"id": "gen-f", "status": "completed", "output": [REASONING, CALL]}},
+    ]
+    fake_upstream.enqueue(Reply(kind="sse", events=calls))
+    seen |= _check_events(await _stream(alice, {"model": MODEL, "input": "Weather?", "tools": TOOLS, "stream": True}))
+
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Cut short " * 4, chunks=4), cut_after=6))
+    cut = await _stream(alice, {"model": MODEL, "input": "hi", "stream": True})
+    seen |= _check_events(cut)
+    assert cut[-1]["type"] == "response.failed"
+
+    assert {
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+        "response.failed",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+    } <= seen, seen
+
+
+async def test_background_responses_are_queued_then_run_and_cancel_answers_a_spec_response(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("slow " * 8, chunks=8), delay=0.3))
+    created = (await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "background": True})).json()
+    check("Response", created)
+    assert created["status"] == "queued"
+    assert created["usage"] is None
+    for _ in range(100):
+        polled = (await alice.http.get(f"/v1/responses/{created['id']}")).json()
+        if polled["status"] != "queued":
+            break
+        await asyncio.sleep(0.02)
+    check("Response", polled)
+    assert polled["status"] in {"in_progress", "completed"}
+    cancelled = await alice.http.post(f"/v1/responses/{created['id']}/cancel")
+    check("Response", cancelled.json())
+    ended = await wait_until_ended(alice.http, created["id"])
+    check("Response", ended)
+
+
+async def test_streamed_background_turn_starts_with_queued_events(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Hello.")))
+    events = await _stream(alice, {"model": MODEL, "input": "hi", "stream": True, "background": True})
+    _check_events(events)
+    assert [e["type"] for e in events[:2]] == ["response.created", "response.queued"]
+    assert events[0]["response"]["status"] == "queued"
+    assert events[-1]["type"] == "response.completed"
+
+
+async def test_errors_match_the_spec(alice: Tenant, anonymous: httpx.AsyncClient) -> None:
+    check_error(await alice.http.post("/v1/responses", json={"model": MODEL}), 400)
+    check_error(await anonymous.get("/v1/conversations/conv_x"), 401)
+    check_error(await alice.http.get("/v1/responses/resp_missing"), 404)
+    check_error(await alice.http.get("/v1/conversations/conv_missing/items"), 404)
+    check_error(await alice.http.get("/admin/stats"), 403)
+    check_error(await alice.http.get("/v1/nowhere"), 404)
+
+
+async def test_models_and_token_counts_match_the_spec(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    models = (await alice.http.get("/v1/models")).json()
+    check("ListModelsResponse", models)
+    if models["data"]:
+        model_id = models["data"][0]["id"]
+        check("Model", (await alice.http.get(f"/v1/models/{model_id}")).json())
+    counted = await alice.http.post("/v1/responses/input_tokens", json={"model": MODEL, "input": "hello"})
+    assert counted.status_code == 200, counted.text
+    check("TokenCountsResource", counted.json())
