@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from service.errors import InvalidRequest
+from service.items import item_view
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,23 @@ def item_list(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
         "last_id": data[-1]["id"] if data else None,
         "has_more": has_more,
     }
+
+
+async def item_page(
+    page: PageRequest,
+    *,
+    anchor: Callable[[str], Awaitable[int | None]],
+    fetch: Callable[[int | None], Awaitable[Sequence[Any]]],
+    unknown_after: str,
+) -> dict[str, Any]:
+    """One page of items kept in order by a number (a conversation's positions, a response's input ordinals):
+    `anchor` finds the `after` item's number (None: not there, a 400 naming `after` with `unknown_after`), `fetch`
+    reads up to limit + 1 rows (id, status, body) past it, the extra one telling whether there are more."""
+    after = None
+    if page.after is not None:
+        after = await anchor(page.after)
+        if after is None:
+            raise InvalidRequest(unknown_after, param="after")
+    rows = await fetch(after)
+    data = [item_view(row.id, row.status, row.body) for row in rows[: page.limit]]
+    return item_list(data, has_more=len(rows) > page.limit)

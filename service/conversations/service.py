@@ -13,7 +13,7 @@ from service.ids import new_id
 from service.items import ITEM_REFERENCE, NewItem, item_view, normalize_input, resolve_reference
 from service.limits.sizes import ConversationCaps
 from service.metadata import validate_metadata
-from service.pagination import PageRequest, item_list
+from service.pagination import PageRequest, item_list, item_page
 
 MAX_ITEMS_PER_CALL = 20
 
@@ -174,15 +174,17 @@ async def add_items(
 
 async def items_page(conn: AsyncConnection, conversation_id: str, page: PageRequest) -> dict[str, Any]:
     """One page of a conversation's items (the caller checked the conversation is visible)."""
-    after_position = None
-    if page.after is not None:
-        anchor = await repository.find_item(conn, conversation_id, page.after)
-        if anchor is None:
-            raise InvalidRequest(f"No item with id '{page.after}' in conversation '{conversation_id}'", param="after")
-        after_position = anchor.position
-    rows = await repository.list_items(conn, conversation_id, page, after_position)
-    data = [item_view(r.id, r.status, r.body) for r in rows[: page.limit]]
-    return item_list(data, has_more=len(rows) > page.limit)
+
+    async def position_of(item_id: str) -> int | None:
+        anchor = await repository.find_item(conn, conversation_id, item_id)
+        return None if anchor is None else int(anchor.position)
+
+    return await item_page(
+        page,
+        anchor=position_of,
+        fetch=lambda after: repository.list_items(conn, conversation_id, page, after),
+        unknown_after=f"No item with id '{page.after}' in conversation '{conversation_id}'",
+    )
 
 
 async def list_items(engine: AsyncEngine, tenant_id: str, conversation_id: str, page: PageRequest) -> dict[str, Any]:

@@ -8,10 +8,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.errors import InvalidRequest, NotFound
+from service.errors import NotFound
 from service.idempotency import repository as idempotency_keys
-from service.items import item_view
-from service.pagination import PageRequest, item_list
+from service.pagination import PageRequest, item_page
 from service.responses import repository
 from service.responses.turn import INTERRUPTED_ERROR
 from service.responses.views import ResponseState
@@ -40,14 +39,12 @@ async def list_input_items(engine: AsyncEngine, tenant_id: str, response_id: str
     async with engine.connect() as conn:
         if await repository.get_response(conn, tenant_id, response_id) is None:
             raise NotFound(f"Response with id '{response_id}' not found.")
-        after = None
-        if page.after is not None:
-            after = await repository.input_item_ordinal(conn, response_id, page.after)
-            if after is None:
-                raise InvalidRequest(f"No input item with id '{page.after}' in response '{response_id}'", param="after")
-        rows = await repository.list_input_items(conn, response_id, page, after)
-    data = [item_view(r.id, r.status, r.body) for r in rows[: page.limit]]
-    return item_list(data, has_more=len(rows) > page.limit)
+        return await item_page(
+            page,
+            anchor=lambda item_id: repository.input_item_ordinal(conn, response_id, item_id),
+            fetch=lambda after: repository.list_input_items(conn, response_id, page, after),
+            unknown_after=f"No input item with id '{page.after}' in response '{response_id}'",
+        )
 
 
 async def reap_stale_turns(engine: AsyncEngine, ttl_seconds: float) -> list[str]:
