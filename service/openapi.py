@@ -11,6 +11,7 @@ parameters that go to OpenRouter unnamed, and cannot tell a lone UTF-16 surrogat
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,9 @@ def documented(
         shapes: ClassVar[dict[str, Any]] = {"answer": answer, "body": body, "query": query}
 
         def __post_init__(self) -> None:
+            if self.operation_id:  # "createConversationItems" -> "Create conversation items", not the handler's name
+                words = re.sub(r"(?<!^)([A-Z])", r" \1", self.operation_id).lower().split()
+                self.summary = " ".join(words).capitalize().replace("api key", "API key")
             if body is not None:
                 self.request_body = RequestBody(content=_json(body, body_media_type), required=True)
             if query is not None:  # the Struct's typed parameters replace the handler's raw query strings
