@@ -273,3 +273,34 @@ async def test_docs_page_works_offline(anonymous: httpx.AsyncClient) -> None:
         served = await anonymous.get(asset)
         assert served.status_code == 200, asset
         assert len(served.content) > 100, asset
+
+
+async def test_real_answers_of_the_later_routes_match_the_documented_schemas(
+    document: dict[str, Any], alice: Tenant, admin: httpx.AsyncClient
+) -> None:
+    """Models, token counts, retention, fork: routes added alongside this test, checked the same way."""
+    checker = _Checker(document)
+    http = alice.http
+    checker.check("GET", "/v1/models", await http.get("/v1/models"))
+    models = (await http.get("/v1/models")).json()["data"]
+    if models:
+        checker.check("GET", "/v1/models/{model}", await http.get(f"/v1/models/{models[0]['id']}"))
+    checker.check(
+        "POST",
+        "/v1/responses/input_tokens",
+        await http.post("/v1/responses/input_tokens", json={"model": "m", "input": "hello"}),
+    )
+    conv = (await http.post("/v1/conversations", json={"items": [{"role": "user", "content": "hi"}]})).json()["id"]
+    item_id = (await http.get(f"/v1/conversations/{conv}/items")).json()["data"][0]["id"]
+    checker.check(
+        "POST",
+        "/v1/conversations/{conversation_id}/fork",
+        await http.post(f"/v1/conversations/{conv}/fork", json={"item_id": item_id}),
+    )
+    tenant_path = f"/admin/tenants/{alice.name}/retention"
+    checker.check("GET", "/admin/tenants/{tenant}/retention", await admin.get(tenant_path))
+    checker.check("PUT", "/admin/tenants/{tenant}/retention", await admin.put(tenant_path, json={"responses_days": 30}))
+    checker.check("GET", "/admin/tenants/{tenant}/retention/preview", await admin.get(f"{tenant_path}/preview"))
+    checker.check("DELETE", "/admin/tenants/{tenant}/retention", await admin.delete(tenant_path))
+    checker.check("POST", "/admin/retention/run", await admin.post("/admin/retention/run"))
+    checker.check("GET", "/admin/retention", await admin.get("/admin/retention"))
