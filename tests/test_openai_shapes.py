@@ -156,7 +156,23 @@ async def test_stream_events_match_the_spec(alice: Tenant, fake_upstream: FakeOp
     seen |= _check_events(cut)
     assert cut[-1]["type"] == "response.failed"
 
+    incomplete = text_stream_events("Long answer cut at the token limit")
+    incomplete[-1] = {
+        **incomplete[-1],
+        "type": "response.incomplete",
+        "response": {
+            **incomplete[-1]["response"],
+            "status": "incomplete",
+            "incomplete_details": {"reason": "max_output_tokens"},
+        },
+    }
+    fake_upstream.enqueue(Reply(kind="sse", events=incomplete))
+    ended = await _stream(alice, {"model": MODEL, "input": "hi", "stream": True, "max_output_tokens": 16})
+    seen |= _check_events(ended)
+    assert ended[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+
     assert {
+        "response.incomplete",
         "response.created",
         "response.in_progress",
         "response.output_item.added",
