@@ -40,6 +40,7 @@ FLOOD_MODEL = "bench/paced-64x100"  # 6.4 s of streaming per turn: each one hold
 FLOOD_TURN_SECONDS = 6.5
 READER_MODEL = "bench/paced-40000x0.5"  # 20 s of events (~6 MB) for a client that reads none of them
 P99_BAR = 2.0
+HISTORY_MEMORY_BAR = 3.0  # a turn's memory, as a multiple of its history's size
 SERVICE_ENV = {
     # The limits at their defaults, except what makes the attack bite within a short run: a pool of 40 upstream
     # connections (the flooding tenant may hold half) and short stream-write and header timeouts.
@@ -171,6 +172,48 @@ def _random_key() -> str:
     return "Bearer sk-cs-" + secrets.token_urlsafe(32)
 
 
+@dataclass
+class HistoryMemory:
+    history_mib: float = 0.0
+    before_mib: float = 0.0
+    peak_mib: float = 0.0
+    turn_status: int = 0
+    beyond_cap_status: int = 0
+    beyond_cap_code: str = ""
+
+    @property
+    def multiple(self) -> float:
+        return (self.peak_mib - self.before_mib) / self.history_mib
+
+
+async def _big_history(service: Service, secret: str, history_mib: int) -> HistoryMemory:
+    """One tiny turn on a conversation holding `history_mib` MiB of items: the process' memory peak during it,
+    over the history's size; then an append past MAX_CONVERSATION_BYTES, which must be refused."""
+    client = Client(HOST, service.port, {"authorization": f"Bearer {secret}"})
+    conversation = msgspec.json.decode((await client.request("POST", "/v1/conversations", b"{}")).body)["id"]
+    words = "lorem ipsum dolor sit amet " * (2**20 // 27)  # ~1 MiB of text (few distinct words: see docs)
+    item = msgspec.json.encode({"items": [{"type": "message", "role": "user", "content": words}]})
+    for _ in range(history_mib):
+        await client.request("POST", f"/v1/conversations/{conversation}/items", item, timeout=120)
+    result = HistoryMemory(history_mib=history_mib * len(item) / 2**20)
+    body = msgspec.json.encode({"model": "bench/fast", "input": "And?", "conversation": conversation})
+    with MemorySampler(service.worker_processes, 0.005) as memory:
+        await asyncio.sleep(0.2)
+        result.before_mib = max(sum(values) for _, values in memory.samples)
+        reply = await client.request("POST", "/v1/responses", body, timeout=120)
+        await asyncio.sleep(0.2)
+        result.peak_mib = memory.peak_total()
+    result.turn_status = reply.status
+    for _ in range(64):  # on toward the cap, until refused
+        reply = await client.request("POST", f"/v1/conversations/{conversation}/items", item, timeout=120)
+        if reply.status != 200:
+            break
+    result.beyond_cap_status = reply.status
+    result.beyond_cap_code = str(msgspec.json.decode(reply.body).get("error", {}).get("code", ""))
+    client.close()
+    return result
+
+
 async def _health_latency(port: int, deadline: float) -> float:
     client = Client(HOST, port)
     worst = 0.0
@@ -233,6 +276,7 @@ async def _attack(args: argparse.Namespace, service: Service, hostile: str, ordi
         await asyncio.sleep(args.reader_seconds)
         readers_peak = reader_memory.peak_total()
     readers_closed = sum(await asyncio.gather(*(asyncio.to_thread(_closed_early, s) for s in readers)))
+    big = await _big_history(service, ordinary, args.history_mib)
 
     idle_p99, attacked_p99 = percentile(idle, 99), percentile(attacked, 99)
     ratio = attacked_p99 / idle_p99
@@ -261,6 +305,15 @@ async def _attack(args: argparse.Namespace, service: Service, hostile: str, ordi
     print(f"  connections that never finished headers, closed: {idlers_closed} of {len(idlers)}")
     print(f"  /health worst latency under attack: {worst_health * ms:.1f} ms")
     print(f"  service memory under attack: {sum(before):.0f} MiB before, peak {peak:.0f} MiB")
+    history_verdict = "met" if big.turn_status == 200 and big.multiple <= HISTORY_MEMORY_BAR else "MISSED"
+    print(
+        f"  one turn on a {big.history_mib:.0f} MiB history: HTTP {big.turn_status}, process memory "
+        f"{big.before_mib:.0f} -> peak {big.peak_mib:.0f} MiB = {big.multiple:.2f}x the history "
+        f"(bar <= {HISTORY_MEMORY_BAR:.0f}x: {history_verdict})"
+    )
+    capped = big.beyond_cap_status == 400 and big.beyond_cap_code == "conversation_too_large"
+    print(f"  appending past MAX_CONVERSATION_BYTES: HTTP {big.beyond_cap_status} {big.beyond_cap_code}")
+    ok = ok and history_verdict == "met" and capped
     print("all bars met" if ok else "SOME BARS MISSED")
     return 0 if ok else 1
 
@@ -280,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flooders", type=int, default=16)
     parser.add_argument("--slow-readers", type=int, default=3)
     parser.add_argument("--reader-seconds", type=float, default=10.0)
+    parser.add_argument("--history-mib", type=int, default=24, help="the big history's size (cap: 32 MiB)")
     parser.add_argument("--idle-connections", type=int, default=300)
     args = parser.parse_args(argv)
     if args.database_url:

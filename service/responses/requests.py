@@ -118,6 +118,9 @@ def build_upstream_body(params: dict[str, Any], history: str, new_items: list[Ne
     commas) spliced verbatim (no decode and re-encode), then the new input. `store` is always false; nothing
     stateful is forwarded."""
     head = msgspec.json.encode({**params, "store": False, "stream": stream})
-    new = ",".join(item.body for item in new_items)
-    items = f"{history},{new}" if history else new
-    return head[:-1] + b',"input":[' + items.encode() + b"]}"
+    new = ",".join(item.body for item in new_items).encode()
+    # One join of encoded parts: the history (megabytes at a long conversation's cap) is copied once, into
+    # the body, where concatenating strings then bytes held up to four copies of it at once.
+    if not history:
+        return b"".join((head[:-1], b',"input":[', new, b"]}"))
+    return b"".join((head[:-1], b',"input":[', history.encode(), b",", new, b"]}"))
