@@ -321,3 +321,18 @@ async def test_a_conversation_at_its_byte_cap_takes_no_more_turns_or_items(
     assert fake_upstream.requests == []
     small = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "ok", "conversation": conversation})
     assert small.status_code == 200, small.text  # within the cap still
+
+
+async def test_a_keyed_request_beyond_the_rate_is_refused_before_its_key_is_looked_up(
+    start_server: StartServer, make_tenant: MakeTenant, db: AsyncEngine
+) -> None:
+    live = start_server(tenant_requests_per_second=0.5, tenant_request_burst=2)
+    alice = await make_tenant("alice", live=live)
+    keyed = {"Idempotency-Key": "k-rate"}
+    first = await alice.http.post("/v1/conversations", json={}, headers=keyed)
+    assert first.status_code == 200
+    assert (await alice.http.get("/v1/conversations/conv_x")).status_code == 404  # the burst is spent
+    # Beyond the rate, the same key gets 429 rather than its replay: nothing read or claimed in the database.
+    _rate_limited(await alice.http.post("/v1/conversations", json={}, headers=keyed))
+    _rate_limited(await alice.http.post("/v1/conversations", json={}, headers={"Idempotency-Key": "k-new"}))
+    assert [row["key"] for row in await rows(db, "SELECT key FROM idempotency_key")] == ["k-rate"]

@@ -213,6 +213,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
         if tenant_id is None:
             await next_app(scope, receive, send)
             return
+        runtime.limits.refuse_beyond_rate(tenant_id)  # before the key is claimed: a refused flood writes nothing
         key = _validated_key(raw_key)
         try:
             body = await _read_body(scope, receive, self.max_body_bytes)

@@ -51,6 +51,14 @@ class Limits:
             if wait:
                 raise _rate_exceeded("this API key", self.key_rates, wait)
 
+    def refuse_beyond_rate(self, tenant_id: str) -> None:
+        """The tenant's rate checked without spending it (the route's own check spends it), for work that comes
+        before the route: a request the route would refuse is refused before it costs a database write."""
+        if self.tenant_rates is not None:
+            wait = self.tenant_rates.take(tenant_id, spend=False)
+            if wait:
+                raise _rate_exceeded("this tenant", self.tenant_rates, wait)
+
     def admit_turn(self, principal: Principal) -> TurnSlot:
         return self.turns.admit(principal.tenant_id, principal.key_id)
 

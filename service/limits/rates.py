@@ -27,8 +27,8 @@ class TokenBuckets:
         self.burst = max(burst, 1.0)
         self._buckets: dict[str, _Bucket] = {}
 
-    def take(self, name: str, now: float | None = None) -> float:
-        """0 when the request may go; else the seconds until it could."""
+    def take(self, name: str, now: float | None = None, *, spend: bool = True) -> float:
+        """0 when the request may go; else the seconds until it could. `spend=False` only looks."""
         now = time.monotonic() if now is None else now
         bucket = self._buckets.get(name)
         if bucket is None:
@@ -39,7 +39,8 @@ class TokenBuckets:
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
             bucket.at = now
         if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
+            if spend:
+                bucket.tokens -= 1.0
             return 0.0
         return (1.0 - bucket.tokens) / self.rate
 
