@@ -235,15 +235,20 @@ async def _run(args: argparse.Namespace, database_url: str) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="convstore-hostile-"))
     upstream = start_fake_upstream(log_dir)
     service: Service | None = None
+    status = 1
     try:
         env = {**SERVICE_ENV, **(LIMITS_OFF if args.without_limits else {})}
         service = start_service(log_dir, database_url=database_url, upstream_port=upstream.port, extra_env=env)
-        return await _attack(args, service, hostile, ordinary)
+        status = await _attack(args, service, hostile, ordinary)
+        return status
     finally:
         if service is not None:
             service.stop()
         upstream.stop()
-        shutil.rmtree(log_dir, ignore_errors=True)
+        if status == 0:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        else:
+            print(f"service and fake upstream logs kept in {log_dir}")
 
 
 async def _attack(args: argparse.Namespace, service: Service, hostile: str, ordinary: str) -> int:
