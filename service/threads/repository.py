@@ -197,6 +197,7 @@ _RESPONSE_COLUMNS = (
     response_t.c.created_at,
     response_t.c.completed_at,
     response_t.c.deleted_at,
+    response_t.c.request_id,
 )
 
 
