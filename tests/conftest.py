@@ -33,10 +33,10 @@ from service.limits.connections import guarded_protocol, uvicorn_options
 from service.migrate import upgrade
 from tests.fake_openrouter import FakeOpenRouter, _free_port, _wait_for_port
 
+# TRUNCATE locks these in this order. The webhook outbox comes after `response`: a process still storing a
+# background turn's outcome holds `response` and then writes the outbox from a trigger, so locking the outbox
+# first would deadlock with it.
 TABLES = (
-    "webhook_attempt",
-    "webhook_delivery",
-    "webhook_endpoint",
     "retention_policy",
     "maintenance_lease",
     "response_live_frame",
@@ -50,6 +50,9 @@ TABLES = (
     "conversation",
     "api_key",
     "tenant",
+    "webhook_attempt",
+    "webhook_delivery",
+    "webhook_endpoint",
 )
 
 
