@@ -17,6 +17,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
     exists,
     func,
@@ -33,6 +34,7 @@ from service.admin.cursor import Keyset
 from service.admin.params import ThreadFilters
 from service.admin.repository import (
     _CONVERSATION_COLUMNS,
+    _CURRENT_STATUS,
     _SEARCH_CONFIG,
     SEARCH_SCAN_CAP,
     _newest_first,
@@ -140,7 +142,11 @@ def _kind_page(table: Any, stmt: Select[Any], keyset: Keyset, hits: Any, q: str 
 
 
 def thread_page_statement(filters: ThreadFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
-    """Newest activity first, both kinds (or `filters.kind`). `tenant_id` is the resolved `filters.tenant`."""
+    """Newest activity first, both kinds (or `filters.kind`). `tenant_id` is the resolved `filters.tenant`.
+
+    The walks select only (id, updated_at, kind); the columns, with their subqueries (tenant name, current
+    status), are read once, for the page's rows: planned once rather than once per branch, which made planning
+    the largest part of a search page (docs/benchmarks.md)."""
     hits = None
     if filters.q is not None:
         hits = (
@@ -151,15 +157,43 @@ def thread_page_statement(filters: ThreadFilters, tenant_id: str | None, keyset:
             .prefix_with("MATERIALIZED")
         )
     parts = []
-    if filters.kind in (None, "conversation"):
-        columns = (*_CONVERSATION_COLUMNS, literal("conversation").label("kind"))
-        stmt = select(*columns).where(*_conditions(conversation_t, filters, tenant_id))
-        parts.append(_kind_page(conversation_t, stmt, keyset, hits, filters.q))
-    if filters.kind in (None, "chain"):
-        stmt = select(*_CHAIN_COLUMNS).where(*_conditions(chain_t, filters, tenant_id))
-        parts.append(_kind_page(chain_t, stmt, keyset, hits, filters.q))
-    page = union_all(*parts).subquery("page") if len(parts) > 1 else parts[0].subquery("page")
-    return select(page).order_by(page.c.updated_at.desc(), page.c.id.desc()).limit(keyset.limit + 1)
+    for kind, table in (("conversation", conversation_t), ("chain", chain_t)):
+        if filters.kind in (None, kind):
+            stmt = select(table.c.id, table.c.updated_at, literal(kind).label("kind")).where(
+                *_conditions(table, filters, tenant_id)
+            )
+            parts.append(_kind_page(table, stmt, keyset, hits, filters.q))
+    merged = union_all(*parts).subquery("merged") if len(parts) > 1 else parts[0].subquery("merged")
+    page = (
+        select(merged).order_by(merged.c.updated_at.desc(), merged.c.id.desc()).limit(keyset.limit + 1).subquery("page")
+    )
+    c, ch = conversation_t, chain_t
+    is_conversation = page.c.kind == "conversation"
+
+    def either(column: str) -> Any:
+        return func.coalesce(c.c[column], ch.c[column]).label(column)
+
+    tenant_id_column = func.coalesce(c.c.tenant_id, ch.c.tenant_id)
+    status = case((is_conversation, _CURRENT_STATUS.element), else_=_CHAIN_STATUS).label("last_status")
+    joined = page.outerjoin(c, and_(is_conversation, c.c.id == page.c.id)).outerjoin(
+        ch, and_(page.c.kind == "chain", ch.c.id == page.c.id)
+    )
+    columns = ("title", "metadata", "item_count", "response_count", "input_tokens", "output_tokens", "cost")
+    return (
+        select(
+            page.c.id,
+            tenant_id_column.label("tenant_id"),
+            _tenant_name(tenant_id_column),
+            *(either(name) for name in columns),
+            either("created_at"),
+            page.c.updated_at,
+            either("last_model"),
+            status,
+            page.c.kind,
+        )
+        .select_from(joined)
+        .order_by(page.c.updated_at.desc(), page.c.id.desc())
+    )
 
 
 async def thread_page(
