@@ -97,6 +97,10 @@ class FaultyUpstream:
             raw += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        if scope["method"] == "GET":  # the model catalog (service/context): not a turn, no fault, no window
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
         fault = self._pick()
         self.calls[fault] += 1
         if fault == "stall":

@@ -17,6 +17,8 @@ from typing import Any
 
 logger = logging.getLogger("service.context.catalog")
 
+# How long the first turn of a process waits for the catalog's first read.
+FIRST_READ_WAIT_SECONDS = 5.0
 # After a failed read, how long the catalog waits before a turn may try again.
 _RETRY_AFTER_FAILURE_SECONDS = 30.0
 
@@ -85,20 +87,26 @@ class ModelCatalog:
         return entry
 
     async def _ensure_loaded(self) -> None:
-        """The first read is awaited (once per process, by whoever needs it first); every later one, a refresh
-        or another try after a failure, runs in the background while the catalog serves what it has."""
+        """The first read is awaited by whoever needs it first, for at most FIRST_READ_WAIT_SECONDS (then the
+        turn goes on as for a model with no known window, and the read finishes in the background); every later
+        read, a refresh or another try after a failure, runs in the background while the catalog serves what it
+        has."""
         now = self._clock()
         if self._loaded_at is None and self._failed_at is None:
-            async with self._lock:
-                if self._loaded_at is None and self._failed_at is None:
-                    await self._load()
+            self._refresh_soon()
+            if self._refreshing is not None:
+                await asyncio.wait({self._refreshing}, timeout=FIRST_READ_WAIT_SECONDS)
             return
         due = (
             now - self._loaded_at > self._refresh_seconds
             if self._loaded_at is not None
             else now - (self._failed_at or now) >= _RETRY_AFTER_FAILURE_SECONDS
         )
-        if due and self._refreshing is None:
+        if due:
+            self._refresh_soon()
+
+    def _refresh_soon(self) -> None:
+        if self._refreshing is None:
             self._refreshing = asyncio.get_running_loop().create_task(self._refresh_in_background())
 
     async def _refresh_in_background(self) -> None:
