@@ -163,7 +163,9 @@ class ServiceProcess:
             # Its writers are one tenant checking invariants, not a flood to refuse.
             "TENANT_REQUESTS_PER_SECOND": "0",
             "TENANT_TURNS_IN_FLIGHT": "0",
-            "PROCESS_HEARTBEAT_TIMEOUT": "2",
+            # Short, so a killed process is noticed within the run; long enough that a loaded machine does not make
+            # a live process miss it.
+            "PROCESS_HEARTBEAT_TIMEOUT": "5",
             **(extra_env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -52,6 +52,8 @@ class Heartbeat:
             if not dead and not await repository.any_stopped(conn):
                 return []
             failed = await repository.fail_orphaned_turns(conn, ttl=self._ttl, error=json.dumps(PROCESS_STOPPED_ERROR))
+        async with self._engine.begin() as conn:
+            await repository.forget_ended_live_frames(conn)
         for process_id in dead:
             logger.warning("process %s stopped sending heartbeats; failing its turns", process_id)
         if failed:

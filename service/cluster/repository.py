@@ -154,6 +154,11 @@ async def fail_orphaned_turns(conn: AsyncConnection, *, ttl: float, error: str) 
     failed = [row[0] for row in await conn.execute(_FAIL_LISTED_RESPONSES, {"error": error})]
     freed += [row[0] for row in await conn.execute(_FREE_UNLISTED_CLAIMS, {"ttl": ttl})]
     failed += [row[0] for row in await conn.execute(_FAIL_UNLISTED_RESPONSES, {"error": error, "freed": freed})]
-    await conn.execute(_FORGET_ENDED_LIVE_FRAMES)
     await conn.execute(_FORGET_STOPPED)
     return sorted(set(failed) | set(freed))
+
+
+async def forget_ended_live_frames(conn: AsyncConnection) -> None:
+    """In a transaction of its own: locking response_live_frame after service_process would deadlock with a
+    TRUNCATE (or any writer) that takes them in the other order."""
+    await conn.execute(_FORGET_ENDED_LIVE_FRAMES)
