@@ -23,6 +23,7 @@ import pytest
 import uvicorn
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -191,8 +192,17 @@ async def _isolation(db: AsyncEngine, fake_upstream: FakeOpenRouter) -> AsyncIte
     fake_upstream.reset()
     yield
     fake_upstream.reset()
-    async with db.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    # A statement still running in the live server (a heartbeat, a delivery, a turn stored late) may lock two of
+    # these tables in another order: PostgreSQL then cancels one side, and the wipe is tried again.
+    for attempt in range(5):
+        try:
+            async with db.begin() as conn:
+                await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+            return
+        except DBAPIError as exc:
+            if "deadlock detected" not in str(exc) or attempt == 4:
+                raise
+            await asyncio.sleep(0.1)
 
 
 @dataclass

@@ -170,8 +170,8 @@ class TurnContext:
         """A turn continuing a previous response: its history is the chain's, from the chain cache or read.
         Unless a client sees the response before it ends, nothing is written before the finish, which stores
         the response whole (turn_store explains why that is cheaper)."""
-        began = time.monotonic()
         async with driver_connection(self.engine) as db:
+            began = time.monotonic()  # not before the checkout: a wait for a connection would count as turn time
             chain, now = await self._chain_before(db, tenant_id, previous_id)
             if not request.store:
                 note_effect()  # the upstream call (a charge) follows
@@ -241,8 +241,8 @@ class TurnContext:
     async def _begin_alone(self, tenant_id: str, request: TurnRequest) -> Turn:
         """A stored turn that starts a chain: in no conversation, continuing no response."""
         state = _new_state(request, created_at=None)
-        began = time.monotonic()  # about when the statement's transaction starts, the created_at it returns
         async with driver_connection(self.engine) as db:
+            began = time.monotonic()  # about when the statement's transaction starts, the created_at it returns
             response = _new_response(tenant_id, request, state)
             state.created_at, generation = await turn_store.begin(db, response, request.input_items)
         running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
@@ -256,8 +256,8 @@ class TurnContext:
             raise conversation_not_found(conversation_id, param="conversation")
         state = _new_state(request, created_at=None)
         response = _new_response(tenant_id, request, state)
-        began = time.monotonic()
         async with driver_connection(self.engine) as db:
+            began = time.monotonic()  # after the checkout, as the claim's created_at is the statement's start
             claim = await turn_store.claim_and_begin(
                 db,
                 response,
