@@ -102,21 +102,6 @@ async def require_admin_key(request: Request[Any, Any, Any]) -> None:
         raise PermissionDenied("This route needs an admin key")
 
 
-# Kept only so that a branch written before the dependencies lands without an ImportError;
-# tests/test_openapi_document.py fails while any route still uses them. New code takes the dependencies above.
-def runtime_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Runtime:
-    return _runtime_of(connection)
-
-
-def principal_of(request: Request[Any, Any, Any]) -> Principal:
-    principal: Principal = request.state[_PRINCIPAL]
-    return principal
-
-
-async def json_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    return decode_object(await request.body())
-
-
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[bytes]:
     return Response(
         content=msgspec.json.encode(content),
