@@ -55,11 +55,14 @@ class Bus:
         """Call `handler(response_id)` for each `kind` message (sent by any process, this one included)."""
         self._handlers[kind] = handler
 
-    async def start(self, *, wait: float = 5.0) -> None:
+    async def start(self, *, wait: float = 0.0) -> None:
+        """Starts listening; `wait`: how long to wait for the listening connection. By default none: startup
+        must not hang on the database (a message sent meanwhile is made up for by the readers' rechecks)."""
         self._task = asyncio.create_task(self._listen_forever(), name="bus-listener")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await self._listening.wait()
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._listening.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
