@@ -236,3 +236,34 @@ async def test_models_and_token_counts_match_the_spec(alice: Tenant, fake_upstre
     counted = await alice.http.post("/v1/responses/input_tokens", json={"model": MODEL, "input": "hello"})
     assert counted.status_code == 200, counted.text
     check("TokenCountsResource", counted.json())
+
+
+async def test_service_tier_is_what_the_upstream_reported_else_the_requests_else_auto(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    reported = text_response("Served.")
+    reported["service_tier"] = "flex"
+    fake_upstream.reply_json(reported)
+    served = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "service_tier": "priority"})
+    assert served.status_code == 200, served.text
+    check("Response", served.json())
+    assert served.json()["service_tier"] == "flex"
+    assert (await alice.http.get(f"/v1/responses/{served.json()['id']}")).json()["service_tier"] == "flex"
+    assert await rows(db, "SELECT service_tier FROM response WHERE id = :id", id=served.json()["id"]) == [
+        {"service_tier": "flex"}
+    ]
+    assert fake_upstream.requests[-1].body["service_tier"] == "priority"  # the request's value goes upstream
+
+    fake_upstream.reply_json(text_response("Unsaid."))  # the upstream reports none
+    asked = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "service_tier": "priority"})
+    assert asked.json()["service_tier"] == "priority"
+
+    events = text_stream_events("Streamed.")
+    events[-1]["response"]["service_tier"] = "scale"
+    fake_upstream.enqueue(Reply(kind="sse", events=events))
+    async with alice.http.stream("POST", "/v1/responses", json={"model": MODEL, "input": "hi", "stream": True}) as r:
+        streamed = await read_events(r)
+    final = streamed[-1]["response"]
+    assert final["service_tier"] == "scale"  # the terminal event says it too
+    stored = (await alice.http.get(f"/v1/responses/{final['id']}")).json()
+    assert stored["service_tier"] == "scale"

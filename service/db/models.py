@@ -115,6 +115,8 @@ class ResponseRecord(Base):
     model: Mapped[str | None] = mapped_column(Text)
     upstream_model: Mapped[str | None] = mapped_column(Text)
     upstream_id: Mapped[str | None] = mapped_column(Text)
+    # The service tier the upstream reported serving the turn with (the Response echoes it, else the request's).
+    service_tier: Mapped[str | None] = mapped_column(Text)
     instructions: Mapped[str | None] = mapped_column(Text)
     # The generation parameters as sent by the client (exact JSON text), echoed back on the Response.
     params_json: Mapped[str] = mapped_column(Text, server_default="{}")

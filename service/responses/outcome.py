@@ -49,6 +49,8 @@ def apply_upstream_result(state: ResponseState, result: dict[str, Any]) -> list[
     status = result.get("status")
     state.status = status if status in TERMINAL else Status.COMPLETED.value
     state.upstream_model = jsonb_safe(result.get("model")) if isinstance(result.get("model"), str) else None
+    tier = result.get("service_tier")
+    state.service_tier = tier if isinstance(tier, str) and 0 < len(tier) <= 64 and "\x00" not in tier else None
     state.usage = _sane_usage(jsonb_safe(result["usage"])) if isinstance(result.get("usage"), dict) else None
     state.error = jsonb_safe(result.get("error")) if isinstance(result.get("error"), dict) else None
     details = result.get("incomplete_details")

@@ -356,7 +356,7 @@ class StreamAssembler:
         `apply_upstream_result` stores it exactly as it stores a non-streamed answer."""
         final = self.final_response or {}
         return {
-            **{k: final.get(k) for k in ("usage", "incomplete_details") if k in final},
+            **{k: final.get(k) for k in ("usage", "incomplete_details", "service_tier") if k in final},
             "id": self.upstream_id,
             "model": final.get("model") or self.upstream_model,
             "status": status,

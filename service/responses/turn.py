@@ -408,6 +408,7 @@ async def _store_outcome(
             status=state.status,
             upstream_id=upstream_id,
             upstream_model=state.upstream_model,
+            service_tier=state.service_tier,
             usage=state.usage,
             error=state.error,
             incomplete_details=state.incomplete_details,

@@ -286,6 +286,7 @@ _FINISH_STORED_IN_CONVERSATION = Statement(
     ),
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
+            service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
         FROM advanced WHERE response.id = $response_id
@@ -328,6 +329,7 @@ _FINISH_LOGGED_IN_CONVERSATION = Statement(
     ),
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
+            service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
         FROM advanced WHERE response.id = $response_id
@@ -373,11 +375,11 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
         INSERT INTO response (id, tenant_id, conversation_id, conversation_position, status, model, instructions,
                               params_json, metadata, background, stream, created_at, upstream_id, upstream_model,
                               usage, error, incomplete_details, input_tokens, output_tokens, cost, completed_at,
-                              thread_id, request_id)
+                              thread_id, request_id, service_tier)
         SELECT $response_id, $tenant_id, $conversation_id, advanced.start, $status, $model, $instructions,
                $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id, $upstream_model,
                $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens, $cost,
-               $completed_at, $conversation_id, $request_id
+               $completed_at, $conversation_id, $request_id, $service_tier
         FROM advanced
         RETURNING completed_at
     )
@@ -400,6 +402,7 @@ _FINISH_STORED = Statement(
     ),
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
+            service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
         WHERE id = $response_id
@@ -421,6 +424,7 @@ _FINISH_LOGGED = Statement(
     ),
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
+            service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
         WHERE id = $response_id
@@ -452,12 +456,12 @@ _FINISH_UNSEEN = Statement(
     INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
                           model, instructions, params_json, metadata, background, stream, created_at, upstream_id,
                           upstream_model, usage, error, incomplete_details, input_tokens, output_tokens, cost,
-                          completed_at, thread_id, request_id)
+                          completed_at, thread_id, request_id, service_tier)
     SELECT $response_id, $tenant_id, (SELECT id FROM conversation WHERE id = $conversation_id),
            $conversation_position, (SELECT id FROM response WHERE id = $previous_response_id), $status, $model,
            $instructions, $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id,
            $upstream_model, $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens,
-           $cost, $completed_at, thread.id, $request_id
+           $cost, $completed_at, thread.id, $request_id, $service_tier
     FROM thread
     """
 )
@@ -650,6 +654,7 @@ class Outcome:
     status: str
     upstream_id: str | None
     upstream_model: str | None
+    service_tier: str | None
     usage: dict[str, Any] | None
     error: dict[str, Any] | None
     incomplete_details: dict[str, Any] | None
@@ -665,6 +670,7 @@ class Outcome:
             "status": self.status,
             "upstream_id": self.upstream_id,
             "upstream_model": self.upstream_model,
+            "service_tier": self.service_tier,
             "usage": json_text(self.usage),
             "error": json_text(self.error),
             "incomplete_details": json_text(self.incomplete_details),

@@ -83,6 +83,7 @@ class ResponseState:
     store: bool = True
     background: bool = False
     upstream_model: str | None = None
+    service_tier: str | None = None  # what the upstream reported it served the turn with
     usage: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     incomplete_details: dict[str, Any] | None = None
@@ -105,6 +106,7 @@ class ResponseState:
             previous_response_id=row.previous_response_id,
             background=row.background,
             upstream_model=row.upstream_model,
+            service_tier=row.service_tier,
             usage=row.usage,
             error=row.error,
             incomplete_details=row.incomplete_details,
@@ -116,7 +118,7 @@ class ResponseState:
         output = [item_view(*item) for item in self.output]
         echo = {name: self.params.get(name, default) for name, default in _ECHO_DEFAULTS.items()}
         echo["tools"] = [_with_strict(tool) for tool in echo["tools"]]
-        echo["service_tier"] = self.params.get("service_tier") or _DEFAULT_SERVICE_TIER
+        echo["service_tier"] = self.service_tier or self.params.get("service_tier") or _DEFAULT_SERVICE_TIER
         if "user" in self.params:  # omitted rather than null, as OpenAI does
             echo["user"] = self.params["user"]
         return {
