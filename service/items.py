@@ -58,8 +58,14 @@ def _text_of_parts(parts: Any) -> str:
     return "\n".join(t for t in texts if isinstance(t, str))
 
 
+# Search covers an item's first this many characters: PostgreSQL refuses a tsvector over 1 MB, which the
+# stored search column of a ~1 MB answer of distinct words would reach, and the whole turn would fail to store.
+SEARCH_TEXT_CHARS = 100_000
+
+
 def extract_text(item: dict[str, Any]) -> str:
-    """Plain text for search and titles; NUL removed because PostgreSQL text cannot hold it."""
+    """Plain text for search and titles (the first SEARCH_TEXT_CHARS characters); NUL removed because
+    PostgreSQL text cannot hold it."""
     kind = item.get("type")
     if kind == "message":
         text = _text_of_parts(item.get("content"))
@@ -71,7 +77,7 @@ def extract_text(item: dict[str, Any]) -> str:
         text = _text_of_parts(item.get("summary"))
     else:
         text = ""
-    return text.replace("\x00", "")
+    return text.replace("\x00", "")[:SEARCH_TEXT_CHARS]
 
 
 def _check_parts(parts: list[Any], allowed: frozenset[str], param: str) -> None:

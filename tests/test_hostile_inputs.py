@@ -181,3 +181,22 @@ async def test_a_negative_upstream_cost_is_neither_stored_nor_summed(
     assert [(row["cost"], "cost" in row["usage"]) for row in stored] == [(0, False)]
     stats = (await admin.get("/admin/stats")).json()
     assert stats["total"]["usage"]["cost"] == 0
+
+
+async def test_an_answer_of_a_megabyte_of_distinct_words_is_stored_and_searchable_by_its_start(
+    alice: Tenant, fake_upstream: FakeOpenRouter, admin: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    # Its full text would make a search vector over PostgreSQL's 1 MB limit, failing the whole turn's store.
+    words = " ".join(f"lexeme{index}" for index in range(120_000))
+    fake_upstream.reply_json(text_response(words, msg_id="msg_huge"))
+    conversation = await new_conversation(alice.http)
+    answer = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "talk", "conversation": conversation}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "completed"
+    [stored] = await rows(db, "SELECT body, length(text_content) AS searched FROM item WHERE id = 'msg_huge'")
+    assert msgspec.json.decode(stored["body"])["content"][0]["text"] == words  # the item itself is whole
+    assert stored["searched"] == 100_000
+    found = await admin.get("/admin/conversations", params={"q": "lexeme42"})
+    assert [row["id"] for row in found.json()["data"]] == [conversation]
