@@ -68,12 +68,17 @@ DEPENDENCIES = {
 }
 
 
+def bearer_secret(authorization: str) -> str | None:
+    """The key in an `Authorization: Bearer <key>` header's value, or None."""
+    scheme, _, secret = authorization.partition(" ")
+    return (secret.strip() or None) if scheme.lower() == "bearer" else None
+
+
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    header = connection.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    secret = bearer_secret(connection.headers.get("authorization", ""))
+    if secret is None:
         raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key")
-    return secret.strip()
+    return secret
 
 
 async def _authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:

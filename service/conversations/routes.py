@@ -16,6 +16,7 @@ from service.conversations.schemas import (
     UpdateConversationBody,
 )
 from service.http import EngineDep, Payload, RuntimeDep, TenantId, json_response, require_tenant_key
+from service.idempotency.progress import IDEMPOTENT, note_created
 from service.openapi import TENANT_AUTH, documented
 from service.pagination import parse_page
 from service.schemas import ItemPageQuery
@@ -30,6 +31,7 @@ class ConversationController(Controller):
     @post(
         "/",
         operation_id="createConversation",
+        opt=IDEMPOTENT,
         status_code=200,
         operation_class=documented(body=CreateConversationBody, answer=ConversationResource, errors=(400, 404, 422)),
     )
@@ -37,7 +39,9 @@ class ConversationController(Controller):
         self, engine: EngineDep, runtime: RuntimeDep, tenant_id: TenantId, payload: Payload
     ) -> Response[bytes]:
         await runtime.turn_context.windows.check_items(tenant_id, payload.get("items"), param="items")
-        return json_response(await service.create_conversation(engine, tenant_id, payload))
+        created = await service.create_conversation(engine, tenant_id, payload)
+        note_created(conversation_id=created["id"])
+        return json_response(created)
 
     @get(
         "/{conversation_id:str}",
@@ -70,6 +74,7 @@ class ConversationController(Controller):
     @post(
         "/{conversation_id:str}/items",
         operation_id="createConversationItems",
+        opt=IDEMPOTENT,
         status_code=200,
         operation_class=documented(
             body=CreateConversationItemsBody, answer=ConversationItemList, errors=(400, 404, 409, 422)
@@ -80,6 +85,7 @@ class ConversationController(Controller):
     ) -> Response[bytes]:
         await runtime.turn_context.windows.check_items(tenant_id, payload.get("items"), param="items")
         caps = runtime.settings.conversation_caps
+        note_created(conversation_id=conversation_id)
         return json_response(await service.add_items(runtime.engine, tenant_id, conversation_id, payload, caps=caps))
 
     @get(

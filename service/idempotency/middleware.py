@@ -1,5 +1,6 @@
-"""The Idempotency-Key middleware for the routes that create things: POST /v1/responses, POST /v1/conversations,
-POST /v1/conversations/{id}/items, and the import and fork of a conversation. Route handlers know nothing of it.
+"""The Idempotency-Key middleware for the routes that create things (POST /v1/responses, POST /v1/conversations,
+POST /v1/conversations/{id}/items, and the import and fork of a conversation): each declares `opt=IDEMPOTENT`
+and records what it created through the progress context; the middleware knows no route.
 
 For a request carrying the header, scoped to the caller's tenant:
 - the key is claimed (row inserted `in_progress`) before the handler runs;
@@ -19,26 +20,21 @@ the route's authentication answers 401/403 as usual. Keys are kept IDEMPOTENCY_K
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
-import msgspec
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import InvalidRequest, PayloadTooLarge
+from service.http import bearer_secret
 from service.idempotency import service as idempotency
 from service.idempotency.progress import EffectTracker, tracking
 from service.runtime import Runtime
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
-KEYED_OPERATIONS = frozenset(
-    {"createResponse", "createConversation", "createConversationItems", "importConversation", "forkConversation"}
-)
 _NOT_REPLAYED_HEADERS = frozenset({"date", "server", "set-cookie", "connection", "transfer-encoding"})
-_FIRST_RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[A-Za-z0-9_-]+)"')
 
 
 class _ClientGone(Exception):
@@ -68,10 +64,10 @@ def _validated_key(raw: str) -> str:
 
 async def _tenant_id(runtime: Runtime, scope: Scope) -> str | None:
     """The caller's tenant, resolved the way the route's authentication does; None lets it refuse the request."""
-    scheme, _, secret = (_header(scope, b"authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    secret = bearer_secret(_header(scope, b"authorization") or "")
+    if secret is None:
         return None
-    principal = await runtime.authenticator.authenticate(secret.strip())
+    principal = await runtime.authenticator.authenticate(secret)
     return principal.tenant_id if principal is not None and principal.tenant_id else None
 
 
@@ -127,15 +123,11 @@ class _Recorder:
         engine: Any,
         claim: idempotency.Claim,
         tracker: EffectTracker,
-        operation: str,
-        scope: Scope,
     ) -> None:
         self._send = send
         self._tracker = tracker
         self._engine = engine
         self._claim = claim
-        self._operation = operation
-        self._path_params: dict[str, Any] = dict(scope.get("path_params") or {})
         self.status: int | None = None
         self.headers: list[list[str]] = []
         self.chunks: list[bytes] = []
@@ -155,27 +147,6 @@ class _Recorder:
                 await asyncio.shield(self.conclude())
         await self._send(message)
 
-    def _created_ids(self, body: bytes) -> tuple[str | None, str | None]:
-        if self._operation == "createConversationItems":
-            conversation_id = self._path_params.get("conversation_id")
-            return None, conversation_id if isinstance(conversation_id, str) else None
-        if self.status is None or self.status >= 400:
-            return None, None
-        created: str | None = None
-        if self._operation == "createResponse" and not _is_json(self.headers):
-            match = _FIRST_RESPONSE_ID.search(body[:65536])
-            created = match.group(1).decode() if match else None
-        else:
-            try:
-                decoded = msgspec.json.decode(body)
-            except msgspec.DecodeError:
-                decoded = None
-            value = decoded.get("id") if isinstance(decoded, dict) else None
-            created = value if isinstance(value, str) else None
-        if self._operation == "createResponse":
-            return created, None
-        return None, created
-
     async def conclude(self) -> None:
         """Store the answer if the request had an effect (any success counts as one), else release the key.
         Without an answer after an effect (the process is being torn down) the key stays in_progress and is
@@ -185,15 +156,11 @@ class _Recorder:
         status = self.status
         if status is not None and (started or status < 400):
             body = b"".join(self.chunks)
-            response_id, conversation_id = self._created_ids(body)
-            answer = idempotency.Answer(status, self.headers, body, response_id, conversation_id)
+            tracker = self._tracker
+            answer = idempotency.Answer(status, self.headers, body, tracker.response_id, tracker.conversation_id)
             await idempotency.store_answer(self._engine, self._claim, answer)
         elif not started:
             await idempotency.release(self._engine, self._claim)
-
-
-def _is_json(headers: list[list[str]]) -> bool:
-    return any(name.lower() == "content-type" and "json" in value for name, value in headers)
 
 
 class IdempotencyMiddleware(ASGIMiddleware):
@@ -203,9 +170,9 @@ class IdempotencyMiddleware(ASGIMiddleware):
         self.max_body_bytes = max_body_bytes
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        operation = getattr(scope.get("route_handler"), "operation_id", None)
+        declared = getattr(scope.get("route_handler"), "opt", None) or {}
         raw_key = _header(scope, HEADER)
-        if scope.get("method") != "POST" or operation not in KEYED_OPERATIONS or raw_key is None:
+        if not declared.get("idempotent") or raw_key is None:
             await next_app(scope, receive, send)
             return
         runtime: Runtime = scope["app"].state.runtime
@@ -220,7 +187,8 @@ class IdempotencyMiddleware(ASGIMiddleware):
         except _ClientGone:
             return
         path = scope["path"].rstrip("/") or "/"
-        request = idempotency.KeyedRequest(tenant_id, key, "POST", path, idempotency.fingerprint("POST", path, body))
+        method = str(scope.get("method", "POST"))
+        request = idempotency.KeyedRequest(tenant_id, key, method, path, idempotency.fingerprint(method, path, body))
         settings = runtime.settings
         outcome = await idempotency.begin(
             runtime.engine,
@@ -232,9 +200,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await _send_stored(send, outcome)
             return
         with tracking() as tracker:
-            recorder = _Recorder(
-                send=send, engine=runtime.engine, claim=outcome, tracker=tracker, operation=str(operation), scope=scope
-            )
+            recorder = _Recorder(send=send, engine=runtime.engine, claim=outcome, tracker=tracker)
             try:
                 await next_app(scope, _replaying(body, receive), recorder.send)
             finally:

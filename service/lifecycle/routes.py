@@ -11,6 +11,7 @@ from litestar.response import Stream
 
 from service.conversations.schemas import ConversationResource
 from service.http import EngineDep, Payload, RuntimeDep, TenantId, json_response, require_admin_key, require_tenant_key
+from service.idempotency.progress import IDEMPOTENT, note_created
 from service.lifecycle import backup, jsonl, service
 from service.lifecycle.schemas import (
     AdminExportLine,
@@ -43,6 +44,7 @@ class ConversationLifecycleController(Controller):
     @post(
         "/import",
         operation_id="importConversation",
+        opt=IDEMPOTENT,
         status_code=200,
         operation_class=documented(
             body=ConversationExportLine,
@@ -64,11 +66,14 @@ class ConversationLifecycleController(Controller):
         async def check(tenant: str, items: list[Any]) -> None:
             await windows.check_items(tenant, items, param="items")
 
-        return json_response(await service.import_conversation(runtime.engine, tenant_id, raw, check))
+        created = await service.import_conversation(runtime.engine, tenant_id, raw, check)
+        note_created(conversation_id=created["id"])
+        return json_response(created)
 
     @post(
         "/{conversation_id:str}/fork",
         operation_id="forkConversation",
+        opt=IDEMPOTENT,
         status_code=200,
         operation_class=documented(body=ForkConversationBody, answer=ConversationResource, errors=(400, 404)),
     )
@@ -77,7 +82,9 @@ class ConversationLifecycleController(Controller):
     ) -> Response[bytes]:
         """Body: `item_id` (the last item kept) and optional `metadata` (default: the source's). A new
         conversation with copies of the items up to that one; the source is untouched."""
-        return json_response(await service.fork_conversation(engine, tenant_id, conversation_id, payload))
+        created = await service.fork_conversation(engine, tenant_id, conversation_id, payload)
+        note_created(conversation_id=created["id"])
+        return json_response(created)
 
 
 class ConversationBackupAdminController(Controller):

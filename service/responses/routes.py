@@ -12,6 +12,7 @@ from litestar.response import Stream
 
 from service.errors import InvalidRequest
 from service.http import EngineDep, Payload, PrincipalDep, RuntimeDep, TenantId, json_response, require_tenant_key
+from service.idempotency.progress import IDEMPOTENT
 from service.limits.turns import TurnSlot
 from service.observability import turns as observe_turns
 from service.openapi import TENANT_AUTH, documented
@@ -79,6 +80,7 @@ class ResponseController(Controller):
     @post(
         "/",
         operation_id="createResponse",
+        opt=IDEMPOTENT,
         status_code=200,
         operation_class=documented(
             body=CreateResponse,

@@ -179,7 +179,7 @@ class TurnContext:
             state = _new_state(request, created_at=now)
             response = _new_response(tenant_id, request, state)
             if not response.visible_before_finish:
-                note_effect()  # nothing is stored yet; the upstream call (a charge) follows
+                note_effect(response_id=state.id)  # nothing is stored yet; the upstream call (a charge) follows
                 unseen = turn_store.Unseen(response, now, None, request.input_items)
                 return Turn(tenant_id, request, state, chain.text, began, unseen, chain)
             began = time.monotonic()
@@ -192,7 +192,7 @@ class TurnContext:
                     raise _previous_not_found(previous_id) from None
                 raise
         running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
-        note_effect()  # committed: the turn is stored as in_progress
+        note_effect(response_id=state.id)  # committed: the turn is stored as in_progress
         return Turn(tenant_id, request, state, chain.text, began, None, chain)
 
     async def _chain_before(self, db: Any, tenant_id: str, previous_id: str) -> tuple[ChainHistory, datetime]:
@@ -246,7 +246,7 @@ class TurnContext:
             response = _new_response(tenant_id, request, state)
             state.created_at, generation = await turn_store.begin(db, response, request.input_items)
         running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
-        note_effect()  # committed: the turn is stored as in_progress
+        note_effect(response_id=state.id)  # committed: the turn is stored as in_progress
         return Turn(tenant_id, request, state, "", began, chain=ChainHistory(tenant_id, generation, ""))
 
     async def _begin_in_conversation(self, tenant_id: str, request: TurnRequest) -> Turn:
@@ -287,7 +287,7 @@ class TurnContext:
         if not response.visible_before_finish:
             unseen = turn_store.Unseen(response, claim.created_at, claim.position, request.input_items)
         running_turns.add(self.engine, state.id, conversation_id)  # for the heartbeat (service/cluster)
-        note_effect()  # committed: the turn is claimed (and stored as in_progress unless `unseen`)
+        note_effect(response_id=state.id)  # committed: the turn is claimed (stored as in_progress unless `unseen`)
         turn = Turn(tenant_id, request, state, claim.history, began, unseen)
         await self._refuse_beyond_caps(turn, claim.item_count)
         return turn
