@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from service.responses.schemas import ResponseStatus
 from service.schemas import ItemObject, Metadata
 
-Status = Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"]
 Time = Annotated[str, msgspec.Meta(description="Unix seconds or an ISO 8601 date-time (UTC without an offset)")]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=100, description="Rows per page")]
 Cursor = Annotated[str, msgspec.Meta(description="The previous page's `next_cursor`")]
@@ -34,7 +34,7 @@ class AdminConversation(msgspec.Struct):
     created_at: int
     last_activity_at: int
     last_model: str | None
-    last_status: Status | None
+    last_status: ResponseStatus | None
     usage: Usage
 
 
@@ -52,7 +52,7 @@ class AdminResponse(msgspec.Struct):
     tenant_id: str
     conversation_id: str | None
     previous_response_id: str | None
-    status: Status
+    status: ResponseStatus
     model: str | None
     upstream_model: str | None
     usage: Usage
@@ -199,7 +199,7 @@ class RevokedApiKey(msgspec.Struct):
 class ConversationFilters(msgspec.Struct):
     tenant: Annotated[str, msgspec.Meta(description="Tenant name or id")] | None = None
     model: Annotated[str, msgspec.Meta(description="The model of the last finished turn")] | None = None
-    status: Status | None = None
+    status: ResponseStatus | None = None
     created_after: Time | None = None
     created_before: Time | None = None
     updated_after: Time | None = None
@@ -211,7 +211,7 @@ class ConversationFilters(msgspec.Struct):
 
 
 class ResponseFilters(msgspec.Struct):
-    status: Status | None = None
+    status: ResponseStatus | None = None
     model: Annotated[str, msgspec.Meta(description="The model that served it, else the one asked for")] | None = None
     tenant: Annotated[str, msgspec.Meta(description="Tenant name or id")] | None = None
     conversation: str | None = None

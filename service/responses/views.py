@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from service.items import item_view
+from service.responses.status import RUNNING
 
 # Echoed generation parameters and, when the client left one out, OpenAI's documented default for it (what the
 # model was run with, since OpenRouter applies the same defaults): clients and checkers read these as numbers and
@@ -38,15 +39,12 @@ def _epoch(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
 
-_RUNNING = frozenset({"queued", "in_progress"})
-
-
 def full_usage(usage: dict[str, Any] | None, status: str = "completed") -> dict[str, Any] | None:
     """OpenAI's usage with both detail objects present (the SDK's types require them), cost kept. Null only
     while the response runs, as OpenAI shows it; an ended response the upstream reported no usage for (cancelled
     or cut before its end) counts zeros."""
     if usage is None:
-        if status in _RUNNING:
+        if status in RUNNING:
             return None
         usage = {}
     result = dict(usage)
