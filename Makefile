@@ -42,7 +42,7 @@ load: $(STAMP)
 hostile: $(STAMP)
 	$(BIN)/python -m bench.hostile_load $(HOSTILE_ARGS)
 
-# The performance suite (docs/benchmarks.md): prints one table of figures against the issue's bars. Needs a
+# The performance suite (docs/benchmarks.md): prints one table of figures against their bars. Needs a
 # PostgreSQL server (BENCH_DATABASE_URL is wiped). QUICK=1 for a short run; BENCH_10M=1 adds the 10M-item table.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""`previous_response_id` turns beside conversation turns, in one run, against the direct call (issue 17).
+"""`previous_response_id` turns beside conversation turns, in one run, against the direct call.
 
 Every history is built through the service itself (the same items for both kinds of thread), then measured
 with the suite's method: requests interleaved with the direct call to the fake upstream, so machine noise falls

@@ -5,7 +5,7 @@ history, one request at a time) of the same service in three modes, started one 
 - on: as shipped, one JSON log line per request at INFO (to the log file) and the Prometheus metrics;
 - traced: on, plus OpenTelemetry tracing into an in-process exporter (BatchSpanProcessor, in-memory).
 
-Bar (issue 20): logs and metrics together cost at most 10% of a turn's added latency. Judged on the CPU they
+Bar: logs and metrics together cost at most 10% of a turn's added latency. Judged on the CPU they
 add to a turn (measured in-process, process time) against the added latency p50 without them; the end-to-end
 figures of the three modes are reported beside (on two shared cores they move more between two service starts
 than the whole layer costs).

@@ -7,7 +7,7 @@ its own 10,000-item conversations (seeded like the suite's), beside the direct c
 - `unknown`: a model with no known window: the turn path as it is without this feature (nothing counted);
 - `auto, fits`: `truncation: "auto"`, a pinned window the history fits in: everything is counted, nothing cut;
 - `auto, cuts`: `truncation: "auto"`, a pinned 32,000-token window: the history (~300,000 tokens) is cut.
-The bar (issue 16): a turn with truncation "auto" takes at most 1.2x the time of one without. The first turn on
+The bar: a turn with truncation "auto" takes at most 1.2x the time of one without. The first turn on
 a conversation in a worker counts its whole history once (cold); its time is printed apart.
 """
 
