@@ -157,7 +157,9 @@ class ServiceProcess:
             "UPSTREAM_TOTAL_TIMEOUT": "10",
             "UPSTREAM_RETRY_BASE_DELAY": "0.05",
             "UPSTREAM_RETRY_MAX_WAIT": "1",
-            "TURN_LOCK_TTL": "30",
+            # The default, as every other process on the database has: the heartbeat reaper estimates a claim's start
+            # from its expiry less its own TURN_LOCK_TTL (docs/scaling.md: processes share it).
+            "TURN_LOCK_TTL": "960",
             "DB_POOL_SIZE": "5",
             "LOG_LEVEL": "WARNING",
             # Its writers are one tenant checking invariants, not a flood to refuse.
