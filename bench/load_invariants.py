@@ -239,11 +239,15 @@ async def _writer(
                 tally.statuses[f"client_{type(exc).__name__}"] += 1
                 continue
             code = answer.json().get("error", {}).get("code") if answer.status_code >= 400 else None
+            # A 200 whose response failed (its process was taken for stopped and its claim given up) is an
+            # answer, but not an acknowledged turn: it is stored failed and must not be appended.
+            status = answer.json().get("status") if answer.status_code == 200 else None
+            code = code or (status if status not in (None, "completed") else None)
             tally.statuses[f"{answer.status_code}{'/' + code if code else ''}"] += 1
             if answer.status_code == 409:
                 await asyncio.sleep(rng.uniform(0.01, 0.1))
                 continue
-            if answer.status_code == 200:
+            if answer.status_code == 200 and status == "completed":
                 response_id = answer.json()["id"]
                 tally.acknowledged[response_id] = (conversation, said)
                 if rng.random() < 0.2:
