@@ -18,7 +18,7 @@ import msgspec
 from service.errors import InvalidRequest, ServiceError
 from service.items import normalize_input
 from service.responses.outcome import apply_upstream_result
-from service.responses.requests import TurnRequest, conversation_id_of
+from service.responses.requests import TurnRequest, continuation_of
 from service.responses.turn import INTERRUPTED_ERROR, TurnContext
 
 _ZERO_USAGE = {
@@ -37,16 +37,7 @@ def _compact_request(body: dict[str, Any], max_input_items: int) -> TurnRequest:
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string", param="instructions")
-    conversation_id = conversation_id_of(body.get("conversation"))
-    previous = body.get("previous_response_id")
-    if previous is not None and (not isinstance(previous, str) or not previous):
-        raise InvalidRequest("previous_response_id must be a response id", param="previous_response_id")
-    if conversation_id and previous:
-        raise InvalidRequest(
-            "conversation and previous_response_id cannot be used together; pass one of them",
-            param="previous_response_id",
-            code="mutually_exclusive_parameters",
-        )
+    conversation_id, previous = continuation_of(body)
     raw_input = body.get("input")
     items = [] if raw_input is None else normalize_input(raw_input, param="input", max_items=max_input_items)
     if not items and conversation_id is None and previous is None:

@@ -15,7 +15,7 @@ from service.errors import InvalidRequest
 from service.items import normalize_input
 from service.responses import repository as responses
 from service.responses import turn_store
-from service.responses.requests import conversation_id_of
+from service.responses.requests import continuation_of
 
 # TokenCountsBody's fields that shape what a turn sends besides its input.
 _REQUEST_FIELDS = ("instructions", "tools", "text", "reasoning", "truncation", "tool_choice", "parallel_tool_calls")
@@ -32,16 +32,7 @@ async def count_input_tokens(
         raise InvalidRequest("instructions must be a string", param="instructions")
     params = {name: body[name] for name in _REQUEST_FIELDS if body.get(name) is not None}
     truncation_mode(params)
-    conversation_id = conversation_id_of(body.get("conversation"))
-    previous = body.get("previous_response_id")
-    if previous is not None and (not isinstance(previous, str) or not previous):
-        raise InvalidRequest("previous_response_id must be a response id", param="previous_response_id")
-    if conversation_id and previous:
-        raise InvalidRequest(
-            "conversation and previous_response_id cannot be used together; pass one of them",
-            param="previous_response_id",
-            code="mutually_exclusive_parameters",
-        )
+    conversation_id, previous = continuation_of(body)
     raw_input = body.get("input")
     items = [] if raw_input is None else normalize_input(raw_input, param="input", max_items=max_input_items)
     history = ""

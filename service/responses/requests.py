@@ -61,6 +61,21 @@ def conversation_id_of(value: Any) -> str | None:
     return value
 
 
+def continuation_of(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The conversation or the previous response a request continues (at most one of them), checked."""
+    conversation_id = conversation_id_of(body.get("conversation"))
+    previous = body.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise InvalidRequest("previous_response_id must be a response id", param="previous_response_id")
+    if conversation_id and previous:
+        raise InvalidRequest(
+            "conversation and previous_response_id cannot be used together; pass one of them",
+            param="previous_response_id",
+            code="mutually_exclusive_parameters",
+        )
+    return conversation_id, previous
+
+
 def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
@@ -72,16 +87,7 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string", param="instructions")
-    conversation_id = conversation_id_of(body.get("conversation"))
-    previous = body.get("previous_response_id")
-    if previous is not None and (not isinstance(previous, str) or not previous):
-        raise InvalidRequest("previous_response_id must be a response id", param="previous_response_id")
-    if conversation_id and previous:
-        raise InvalidRequest(
-            "conversation and previous_response_id cannot be used together; pass one of them",
-            param="previous_response_id",
-            code="mutually_exclusive_parameters",
-        )
+    conversation_id, previous = continuation_of(body)
     store = _optional_bool(body, "store", True)
     stream = _optional_bool(body, "stream", False)
     background = _optional_bool(body, "background", False)
