@@ -30,10 +30,8 @@ from sqlalchemy.pool import NullPool
 
 from bench.http_client import Client
 from bench.measure import MemorySampler, percentile
-from bench.stack import HOST, LIMITS_OFF, Service, start_fake_upstream, start_service
-from service.config import normalize_database_url
+from bench.stack import HOST, LIMITS_OFF, Service, on_database, start_fake_upstream, start_service
 from service.keys import service as keys
-from service.migrate import upgrade
 
 ORDINARY_MODEL = "bench/latency-20"  # a small, quick answer
 FLOOD_MODEL = "bench/paced-64x100"  # 6.4 s of streaming per turn: each one holds an upstream connection
@@ -341,21 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history-mib", type=int, default=24, help="the big history's size (cap: 32 MiB)")
     parser.add_argument("--idle-connections", type=int, default=300)
     args = parser.parse_args(argv)
-    if args.database_url:
-        url = normalize_database_url(args.database_url)
-        upgrade(url)
-        return asyncio.run(_run(args, url))
-    from service.db.embedded import EmbeddedPostgres  # noqa: PLC0415 - only without a named database
-
-    data_dir = Path(tempfile.mkdtemp(prefix="convstore-hostile-db-"))
-    server = EmbeddedPostgres(data_dir)
-    try:
-        url = server.start()
-        upgrade(url)
-        return asyncio.run(_run(args, url))
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    return on_database(args.database_url, "convstore-hostile-db-", lambda url: asyncio.run(_run(args, url)))
 
 
 if __name__ == "__main__":

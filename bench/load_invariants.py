@@ -43,9 +43,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from service.config import normalize_database_url
+from bench.stack import on_database
 from service.keys import service as keys
-from service.migrate import PROJECT_ROOT, upgrade
+from service.migrate import PROJECT_ROOT
 from tests.fake_openrouter import _free_port, _wait_for_port, text_response
 
 MODEL = "openai/gpt-4o-mini"
@@ -461,21 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-after", type=float, default=None, help="SIGKILL the last process after N seconds")
     args = parser.parse_args(argv)
     print(f"seed {args.seed}")
-    if args.database_url:
-        url = normalize_database_url(args.database_url)
-        upgrade(url)
-        return asyncio.run(_run(args, url))
-    from service.db.embedded import EmbeddedPostgres  # noqa: PLC0415 - only without a named database
-
-    data_dir = Path(tempfile.mkdtemp(prefix="convstore-load-"))
-    server = EmbeddedPostgres(data_dir)
-    try:
-        url = server.start()
-        upgrade(url)
-        return asyncio.run(_run(args, url))
-    finally:
-        server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    return on_database(args.database_url, "convstore-load-", lambda url: asyncio.run(_run(args, url)))
 
 
 if __name__ == "__main__":

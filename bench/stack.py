@@ -4,16 +4,22 @@ each a subprocess so that its CPU and memory can be read apart from the load gen
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from service.config import normalize_database_url
+from service.migrate import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -170,3 +176,23 @@ def start_service(
         service.stop()
         raise
     return service
+
+
+def on_database(database_url: str | None, temp_prefix: str, run: Callable[[str], int]) -> int:
+    """`run(url)` on the named database, migrated to head, else on an embedded PostgreSQL in a temporary
+    directory, removed afterwards."""
+    if database_url:
+        url = normalize_database_url(database_url)
+        upgrade(url)
+        return run(url)
+    from service.db.embedded import EmbeddedPostgres  # noqa: PLC0415 - only without a named database
+
+    data_dir = Path(tempfile.mkdtemp(prefix=temp_prefix))
+    server = EmbeddedPostgres(data_dir)
+    try:
+        url = server.start()
+        upgrade(url)
+        return run(url)
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
