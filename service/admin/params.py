@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from service.admin.cursor import Keyset, decode_cursor
 from service.errors import InvalidRequest
@@ -140,19 +141,24 @@ def parse_time(name: str, raw: str) -> datetime:
         ) from None
 
 
+def _listing_filters(params: _Params) -> dict[str, Any]:
+    """The filters both thread listings take (conversations alone, and threads of both kinds)."""
+    return {
+        "tenant": params.text("tenant"),
+        "model": params.text("model"),
+        "status": params.choice("status", RESPONSE_STATUSES),
+        "created_after": params.time("created_after"),
+        "created_before": params.time("created_before"),
+        "updated_after": params.time("updated_after"),
+        "updated_before": params.time("updated_before"),
+        "metadata": params.metadata(),
+        "q": params.text("q"),
+    }
+
+
 def conversation_query(pairs: Iterable[tuple[str, str]]) -> tuple[ConversationFilters, Keyset]:
     params = _Params(pairs)
-    filters = ConversationFilters(
-        tenant=params.text("tenant"),
-        model=params.text("model"),
-        status=params.choice("status", RESPONSE_STATUSES),
-        created_after=params.time("created_after"),
-        created_before=params.time("created_before"),
-        updated_after=params.time("updated_after"),
-        updated_before=params.time("updated_before"),
-        metadata=params.metadata(),
-        q=params.text("q"),
-    )
+    filters = ConversationFilters(**_listing_filters(params))
     keyset = params.keyset("conversations")
     params.finish()
     return filters, keyset
@@ -163,18 +169,8 @@ THREAD_KINDS = ("conversation", "chain")
 
 def thread_query(pairs: Iterable[tuple[str, str]]) -> tuple[ThreadFilters, Keyset]:
     params = _Params(pairs)
-    filters = ThreadFilters(
-        kind=params.choice("kind", THREAD_KINDS),
-        tenant=params.text("tenant"),
-        model=params.text("model"),
-        status=params.choice("status", RESPONSE_STATUSES),
-        created_after=params.time("created_after"),
-        created_before=params.time("created_before"),
-        updated_after=params.time("updated_after"),
-        updated_before=params.time("updated_before"),
-        metadata=params.metadata(),
-        q=params.text("q"),
-    )
+    kind = params.choice("kind", THREAD_KINDS)
+    filters = ThreadFilters(kind=kind, **_listing_filters(params))
     keyset = params.keyset("threads")
     params.finish()
     return filters, keyset
