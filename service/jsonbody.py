@@ -48,6 +48,23 @@ def check_depth(value: dict[str, Any]) -> None:
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
+def nests_too_deep(raw: bytes) -> bool:
+    """Whether a JSON text (valid, e.g. stored) nests deeper than MAX_JSON_DEPTH: a scan of its strings and
+    brackets, without decoding it (Python's and msgspec's recursion would be the limit then)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    depth = 0
+    for match in _TOKEN.finditer(raw):
+        token = match.group()
+        if token in b"[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif token in b"]}":
+            depth -= 1
+    return False
+
+
 def _deep_field(raw: bytes) -> str | None:
     """The top-level field of a body too deep for msgspec to decode: a scan of its strings and brackets."""
     depth = 0

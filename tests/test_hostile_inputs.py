@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.jsonbody import MAX_JSON_DEPTH
@@ -200,3 +201,55 @@ async def test_an_answer_of_a_megabyte_of_distinct_words_is_stored_and_searchabl
     assert stored["searched"] == 100_000
     found = await admin.get("/admin/conversations", params={"q": "lexeme42"})
     assert [row["id"] for row in found.json()["data"]] == [conversation]
+
+
+def _stored_deep_message(depth: int) -> str:
+    """A user message nested `depth` levels deep in all, as items were stored before bodies had a depth limit."""
+    extra = "[" * (depth - 3) + "]" * (depth - 3)
+    return '{"type":"message","role":"user","content":[{"type":"input_text","text":"deep","extra":' + extra + "}]}"
+
+
+async def test_a_reference_to_an_item_stored_nested_too_deep_is_a_400_naming_it(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice.http, items=[{"role": "user", "content": "deep, later"}])
+    [item] = await rows(db, "SELECT id FROM item WHERE conversation_id = :c", c=conversation)
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE item SET body = :b WHERE id = :i"), {"b": _stored_deep_message(969), "i": item["id"]}
+        )
+    reference = [{"role": "user", "content": "first"}, {"type": "item_reference", "id": item["id"]}]
+    target = await new_conversation(alice.http)
+    attempts = [
+        ("/v1/responses", {"model": MODEL, "input": reference}, "input[1].id"),
+        ("/v1/responses", {"model": MODEL, "input": reference, "conversation": target}, "input[1].id"),
+        ("/v1/responses", {"model": MODEL, "input": reference, "store": False}, "input[1].id"),
+        (f"/v1/conversations/{target}/items", {"items": reference}, "items[1].id"),
+        ("/v1/conversations", {"items": reference}, "items[1].id"),
+        ("/v1/responses/input_tokens", {"model": MODEL, "input": reference}, "input[1].id"),
+    ]
+    for path, body, param in attempts:
+        error = _error(await alice.http.post(path, json=body), 400)
+        assert (error["code"], error["param"]) == ("json_too_deep", param), (path, error)
+        assert item["id"] in error["message"]
+    assert fake_upstream.requests == []
+    assert await rows(db, "SELECT id FROM response") == []
+    assert await rows(db, "SELECT id FROM item WHERE conversation_id = :c", c=target) == []
+    # The item itself is still there, exactly as stored, and still listed.
+    [kept] = await rows(db, "SELECT body FROM item WHERE id = :i", i=item["id"])
+    assert kept["body"] == _stored_deep_message(969)
+
+
+async def test_a_reference_to_an_item_nested_within_the_limit_still_works(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice.http, items=[{"role": "user", "content": "shallow"}])
+    [item] = await rows(db, "SELECT id FROM item WHERE conversation_id = :c", c=conversation)
+    within = _stored_deep_message(MAX_JSON_DEPTH)
+    async with db.begin() as conn:
+        await conn.execute(text("UPDATE item SET body = :b WHERE id = :i"), {"b": within, "i": item["id"]})
+    answer = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": [{"type": "item_reference", "id": item["id"]}]}
+    )
+    assert answer.status_code == 200, answer.text
+    assert fake_upstream.requests[0].raw.count(within.encode()) == 1  # sent verbatim

@@ -11,6 +11,7 @@ from service.conversations import repository
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import new_id
 from service.items import ITEM_REFERENCE, NewItem, item_view, normalize_input, resolve_reference
+from service.jsonbody import MAX_JSON_DEPTH, nests_too_deep
 from service.limits.sizes import ConversationCaps
 from service.metadata import validate_metadata
 from service.pagination import PageRequest, item_list, item_page
@@ -80,6 +81,14 @@ async def resolve_item_references(
         if item.type != ITEM_REFERENCE:
             resolved.append(item)
         elif item.id in stored:
+            if nests_too_deep(stored[item.id].encode()):
+                # Stored before bodies had a depth limit: decoding it would meet Python's recursion limit.
+                raise InvalidRequest(
+                    f"Item with id '{item.id}' is nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects "
+                    "and cannot be referenced; send its content instead.",
+                    param=f"{param}[{index}].id",
+                    code="json_too_deep",
+                )
             resolved.append(resolve_reference(stored[item.id]))
         else:
             raise InvalidRequest(
