@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, text_response
-from tests.turn_support import assistant, new_conversation, rows, turn, user
+from tests.turn_support import MODEL, assistant, new_conversation, rows, turn, user
 
 
 def _admin_client(live: LiveServer) -> httpx.AsyncClient:
@@ -204,3 +204,34 @@ async def test_a_run_while_another_holds_the_lease_is_refused(admin: httpx.Async
     async with db.begin() as conn:
         await conn.execute(text("UPDATE maintenance_lease SET expires_at = now() - interval '1 second'"))
     assert (await admin.post("/admin/retention/run")).status_code == 200
+
+
+async def test_keyed_store_false_answers_go_with_the_tenants_responses_of_their_age(
+    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    # A store=false answer is kept only as its key's replay, linked to no stored row: no response deletion or
+    # hard delete reaches it, so the responses policy does.
+    async def keyed(tenant: Tenant, key: str, **fields: Any) -> dict[str, Any]:
+        answer = await tenant.http.post(
+            "/v1/responses", json={"model": MODEL, "input": key, **fields}, headers={"Idempotency-Key": key}
+        )
+        assert answer.status_code == 200, answer.text
+        body: dict[str, Any] = answer.json()
+        return body
+
+    await keyed(alice, "old-unstored", store=False)
+    await keyed(alice, "new-unstored", store=False)
+    stored = await keyed(alice, "old-stored")
+    await keyed(bob, "bobs-old-unstored", store=False)
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE idempotency_key SET created_at = now() - interval '3 days' WHERE key LIKE '%old%'")
+        )
+    assert (
+        await admin.put("/admin/tenants/alice/retention", json={"responses_days": 2, "conversations_idle_days": None})
+    ).status_code == 200
+    run = await admin.post("/admin/retention/run")
+    assert run.status_code == 200, run.text
+    kept = {r["key"]: r["response_id"] for r in await rows(db, "SELECT key, response_id FROM idempotency_key")}
+    # The stored response is 0 days old (only its key was aged): kept, and its key with it.
+    assert kept == {"new-unstored": None, "old-stored": stored["id"], "bobs-old-unstored": None}

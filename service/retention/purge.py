@@ -105,6 +105,16 @@ class _Run:
             counts.responses += responses
             counts.items += items
             if responses == 0:
+                break
+            await _rest_after(started)
+        while True:
+            started = time.monotonic()
+            async with self.engine.begin() as conn:
+                await self._renew(conn)
+                answers = await repository.delete_unlinked_answers(
+                    conn, tenant_id=tenant_id, days=days, limit=self.items_per_batch
+                )
+            if answers == 0:
                 return
             await _rest_after(started)
 

@@ -180,6 +180,27 @@ async def delete_expired_responses(conn: AsyncConnection, *, tenant_id: str, day
     return int(row.responses), int(row.items)
 
 
+# Keyed answers linked to no stored row (a `store: false` response's, which no thread holds, so neither a
+# response's deletion nor a hard delete reaches them): they hold a response's content, so they go with the
+# tenant's responses of their age, sooner than IDEMPOTENCY_KEY_TTL when the policy is shorter.
+_DELETE_UNLINKED_ANSWERS = text(
+    """
+    DELETE FROM idempotency_key WHERE (tenant_id, key) IN (
+        SELECT tenant_id, key FROM idempotency_key
+        WHERE tenant_id = :tenant AND state = 'completed' AND response_id IS NULL AND conversation_id IS NULL
+          AND created_at < now() - make_interval(days => :days)
+        LIMIT :limit FOR UPDATE SKIP LOCKED
+    )
+    RETURNING key
+    """
+)
+
+
+async def delete_unlinked_answers(conn: AsyncConnection, *, tenant_id: str, days: int, limit: int) -> int:
+    params = {"tenant": tenant_id, "days": days, "limit": limit}
+    return len((await conn.execute(_DELETE_UNLINKED_ANSWERS, params)).all())
+
+
 async def take_lease(conn: AsyncConnection, *, name: str, holder: str, ttl: int) -> bool:
     return (await conn.scalar(_TAKE_LEASE, {"name": name, "holder": holder, "ttl": ttl})) is not None
 
