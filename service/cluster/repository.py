@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.responses import repository as responses
+
 _BEAT = text(
     """
     INSERT INTO service_process AS p
@@ -64,7 +66,26 @@ _FAIL_LISTED_RESPONSES = text(
     UPDATE response r SET status = 'failed', error = CAST(:error AS jsonb), completed_at = now()
     FROM stopped
     WHERE r.id = stopped.id AND r.status IN ('queued', 'in_progress') AND r.id NOT IN (SELECT id FROM live)
-    RETURNING r.id
+    RETURNING r.id, r.thread_id
+    """
+)
+
+# The listed plain turns of stopped processes that no live process lists, on their chains' rows (such a turn
+# stores nothing before its end): taken off, and the chain's last turn failed, as a freed claim does.
+_FREE_LISTED_CHAIN_TURNS = text(
+    """
+    WITH live AS (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NULL),
+    gone AS (SELECT coalesce(array_agg(DISTINCT id), '{}') AS ids
+             FROM (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NOT NULL) s
+             WHERE id NOT IN (SELECT id FROM live))
+    UPDATE response_chain ch
+    SET turn_response_ids = ARRAY(SELECT t FROM unnest(ch.turn_response_ids) t WHERE t <> ALL(gone.ids)),
+        turn_expires_at = CASE WHEN ch.turn_response_ids <@ gone.ids THEN NULL ELSE ch.turn_expires_at END,
+        last_status = 'failed'
+    FROM gone, (SELECT id, turn_response_ids FROM response_chain, gone WHERE turn_response_ids && gone.ids
+                FOR UPDATE OF response_chain SKIP LOCKED) listed
+    WHERE ch.id = listed.id
+    RETURNING ARRAY(SELECT t FROM unnest(listed.turn_response_ids) t WHERE t = ANY(gone.ids))
     """
 )
 
@@ -94,7 +115,7 @@ _FAIL_UNLISTED_RESPONSES = text(
     FROM horizon
     WHERE r.status IN ('queued', 'in_progress')
       AND (r.id = ANY(CAST(:freed AS text[])) OR (r.created_at < horizon.at AND r.id NOT IN (SELECT id FROM live)))
-    RETURNING r.id
+    RETURNING r.id, r.thread_id
     """
 )
 
@@ -148,14 +169,17 @@ async def any_stopped(conn: AsyncConnection) -> bool:
 
 
 async def fail_orphaned_turns(conn: AsyncConnection, *, ttl: float, error: str) -> list[str]:
-    """Free the claims and fail the responses of turns whose process stopped; returns the failed responses
-    (and the claims freed: a non-streamed turn in a conversation stores no response before it ends)."""
+    """Free the claims and fail the responses of turns whose process stopped, and the last status of their
+    chains; returns the failed responses (and the claims and chain listings freed: a plain turn stores no
+    response before it ends)."""
     freed = [row[0] for row in await conn.execute(_FREE_LISTED_CLAIMS)]
-    failed = [row[0] for row in await conn.execute(_FAIL_LISTED_RESPONSES, {"error": error})]
+    failed = list((await conn.execute(_FAIL_LISTED_RESPONSES, {"error": error})).all())
     freed += [row[0] for row in await conn.execute(_FREE_UNLISTED_CLAIMS, {"ttl": ttl})]
-    failed += [row[0] for row in await conn.execute(_FAIL_UNLISTED_RESPONSES, {"error": error, "freed": freed})]
+    failed += (await conn.execute(_FAIL_UNLISTED_RESPONSES, {"error": error, "freed": freed})).all()
+    await responses.fail_chains(conn, [row.thread_id for row in failed])
+    unseen = [turn for row in await conn.execute(_FREE_LISTED_CHAIN_TURNS) for turn in row[0]]
     await conn.execute(_FORGET_STOPPED)
-    return sorted(set(failed) | set(freed))
+    return sorted({row.id for row in failed} | set(freed) | set(unseen))
 
 
 async def forget_ended_live_frames(conn: AsyncConnection) -> None:

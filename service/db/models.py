@@ -175,6 +175,11 @@ class ResponseChain(Base):
     cost: Mapped[Decimal] = mapped_column(Numeric(20, 10), server_default=text("0"))
     last_model: Mapped[str | None] = mapped_column(Text)
     last_status: Mapped[str | None] = mapped_column(Text)
+    # The plain turns running in it, which store nothing before they end (responses/turn_store.py), and when
+    # the latest of them is taken for dead: the listing shows in_progress from these, as it does from a
+    # conversation's claim. Not indexed, so that marking a turn is a HOT update with no new index entries.
+    turn_response_ids: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    turn_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     # The same keyset indexes as conversation's: the thread listing walks both in (updated_at, id) order.
     __table_args__ = (

@@ -31,6 +31,20 @@ _RELEASE_EXPIRED_CLAIMS = text(
     """
 )
 
+# Plain chain turns (listed on their chain's row while they run) whose listing expired: their process died and
+# no heartbeat reaper failed them. As for an expired claim, the chain's last turn failed.
+_RELEASE_EXPIRED_CHAIN_TURNS = text(
+    """
+    UPDATE response_chain ch SET turn_response_ids = '{}', turn_expires_at = NULL, last_status = 'failed'
+    FROM (SELECT id, turn_response_ids FROM response_chain
+          WHERE turn_expires_at < now() FOR UPDATE SKIP LOCKED) expired
+    WHERE ch.id = expired.id
+    RETURNING expired.turn_response_ids
+    """
+)
+
+_FAIL_CHAINS = text("UPDATE response_chain SET last_status = 'failed' WHERE id = ANY(CAST(:threads AS text[]))")
+
 
 async def get_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> Any:
     if not can_exist(response_id):
@@ -104,10 +118,23 @@ async def release_expired_claims(conn: AsyncConnection) -> list[str]:
     return [row[0] for row in await conn.execute(_RELEASE_EXPIRED_CLAIMS) if row[0] is not None]
 
 
+async def release_expired_chain_turns(conn: AsyncConnection) -> list[str]:
+    """Drop the expired listings of plain chain turns, failing their chains' last status; returns the turns."""
+    return [turn for row in await conn.execute(_RELEASE_EXPIRED_CHAIN_TURNS) for turn in row[0]]
+
+
+async def fail_chains(conn: AsyncConnection, thread_ids: list[str]) -> None:
+    """The chains among these threads end with a failed turn (a conversation's thread has no chain row: its
+    claim's release says so)."""
+    if thread_ids:
+        await conn.execute(_FAIL_CHAINS, {"threads": sorted(set(thread_ids))})
+
+
 async def fail_stale_responses(
     conn: AsyncConnection, *, holders: list[str], older_than_seconds: float, error: dict[str, Any]
 ) -> list[str]:
-    """Fail running responses whose claim expired, and claim-less running responses older than the TTL."""
+    """Fail running responses whose claim expired, and claim-less running responses older than the TTL, and
+    with them their chains' last status."""
     cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, bindparam("ttl", older_than_seconds))
     no_live_claim = ~exists().where(
         conversation_t.c.turn_response_id == response_t.c.id, conversation_t.c.turn_expires_at > func.now()
@@ -117,6 +144,8 @@ async def fail_stale_responses(
         update(response_t)
         .where(response_t.c.status.in_(RUNNING_STATUSES), stale)
         .values(status="failed", error=error, completed_at=func.now())
-        .returning(response_t.c.id)
+        .returning(response_t.c.id, response_t.c.thread_id)
     )
-    return list((await conn.scalars(stmt)).all())
+    failed = (await conn.execute(stmt)).all()
+    await fail_chains(conn, [row.thread_id for row in failed])
+    return [row.id for row in failed]

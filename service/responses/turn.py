@@ -170,18 +170,24 @@ class TurnContext:
         """A turn continuing a previous response: its history is the chain's, from the chain cache or read.
         Unless a client sees the response before it ends, nothing is written before the finish, which stores
         the response whole (turn_store explains why that is cheaper)."""
+        state = _new_state(request, created_at=None)
+        response = _new_response(tenant_id, request, state) if request.store else None
+        running = None
+        if response is not None and not response.visible_before_finish:
+            # Stored, but seen by no client before its end: its begin only lists it on its chain's row.
+            running = turn_store.RunningTurn(state.id, self.lock_ttl)
         async with driver_connection(self.engine) as db:
             began = time.monotonic()  # not before the checkout: a wait for a connection would count as turn time
-            chain, now = await self._chain_before(db, tenant_id, previous_id)
-            if not request.store:
+            chain, now = await self._chain_before(db, tenant_id, previous_id, running)
+            state.created_at = now
+            if response is None:
                 note_effect()  # the upstream call (a charge) follows
-                return Turn(tenant_id, request, _new_state(request, created_at=now), chain.text)
-            state = _new_state(request, created_at=now)
-            response = _new_response(tenant_id, request, state)
-            if not response.visible_before_finish:
+                return Turn(tenant_id, request, state, chain.text)
+            if running is not None:
+                running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
                 note_effect(response_id=state.id)  # nothing is stored yet; the upstream call (a charge) follows
-                unseen = turn_store.Unseen(response, now, None, request.input_items)
-                return Turn(tenant_id, request, state, chain.text, began, unseen, chain)
+                stored_at_finish = turn_store.Unseen(response, now, None, request.input_items)
+                return Turn(tenant_id, request, state, chain.text, began, stored_at_finish, chain)
             began = time.monotonic()
             try:
                 state.created_at, _ = await turn_store.begin(db, response, request.input_items)
@@ -195,15 +201,19 @@ class TurnContext:
         note_effect(response_id=state.id)  # committed: the turn is stored as in_progress
         return Turn(tenant_id, request, state, chain.text, began, None, chain)
 
-    async def _chain_before(self, db: Any, tenant_id: str, previous_id: str) -> tuple[ChainHistory, datetime]:
+    async def _chain_before(
+        self, db: Any, tenant_id: str, previous_id: str, running: turn_store.RunningTurn | None
+    ) -> tuple[ChainHistory, datetime]:
         """The history a child of `previous_id` sends upstream, checked against the database in one statement:
-        the previous response is the tenant's and usable, and a cached history is still current."""
+        the previous response is the tenant's and usable, and a cached history is still current. `running`:
+        the same statement lists that turn on its chain's row."""
         if not can_exist(previous_id):
             raise _previous_not_found(previous_id)
         walk = not self.chains.holds(previous_id)
-        previous = await turn_store.read_previous(db, tenant_id, previous_id, ancestors=walk)
+        previous = await turn_store.read_previous(db, tenant_id, previous_id, ancestors=walk, running=running)
         if previous is not None and not walk and self.chains.get(previous_id, tenant_id, previous.generation) is None:
-            previous = await turn_store.read_previous(db, tenant_id, previous_id, ancestors=True)  # stale entry
+            # A stale entry: read again, with the ancestors.
+            previous = await turn_store.read_previous(db, tenant_id, previous_id, ancestors=True, running=running)
         if previous is None:
             raise _previous_not_found(previous_id)
         if previous.status not in ANSWERED:

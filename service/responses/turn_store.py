@@ -38,6 +38,7 @@ from service.items import NewItem
 from service.responses.history_cache import CachedHistory, joined
 from service.responses.repository import RUNNING_STATUSES
 from service.responses.statement import Statement
+from service.responses.status import ANSWERED
 from service.threads import totals as chain_totals
 
 PREVIOUS_RESPONSE_FK = "fk_response_previous_response_id_response"
@@ -178,22 +179,19 @@ _HISTORY = Statement(
 # is being deleted fails as it would have had the delete come first, before any upstream call. Taking the lock
 # writes to the write-ahead log, which would make the statement's commit wait for the disk; a lock is nothing
 # after a crash, so it does not wait (set_config(..., true) lasts until the statement's transaction ends).
-_PREVIOUS = Statement(
-    """
-    SELECT p.status, t.history_generation AS generation, now() AS now,
+_PREVIOUS_SQL = """
+    SELECT p.status, p.thread_id, t.history_generation AS generation, now() AS now,
            set_config('synchronous_commit', 'off', true) AS lock_only
     FROM response p JOIN tenant t ON t.id = p.tenant_id
     WHERE p.id = $previous_response_id AND p.tenant_id = $tenant_id AND p.deleted_at IS NULL
     FOR KEY SHARE OF p
-    """
-)
+"""
 
 # The same, and the previous response and its three nearest ancestors with their own items (inputs then
 # outputs), for a worker that does not hold the previous response's history: it continues from the nearest
 # ancestor it holds (chain_cache.py). Hidden (deleted_at) ancestors stay part of the history.
-_PREVIOUS_AND_ANCESTORS = Statement(
-    """
-    SELECT p.status, t.history_generation AS generation, now() AS now,
+_PREVIOUS_AND_ANCESTORS_SQL = """
+    SELECT p.status, p.thread_id, t.history_generation AS generation, now() AS now,
            set_config('synchronous_commit', 'off', true) AS lock_only,
            p.id AS id0, p.previous_response_id AS previous0, p.conversation_id AS conversation0, h0.items AS items0,
            a1.id AS id1, a1.previous_response_id AS previous1, a1.conversation_id AS conversation1, h1.items AS items1,
@@ -214,9 +212,27 @@ _PREVIOUS_AND_ANCESTORS = Statement(
         SELECT body FROM item WHERE response_id = a3.id ORDER BY is_output, ordinal) i) h3
     WHERE p.id = $previous_response_id AND p.tenant_id = $tenant_id AND p.deleted_at IS NULL
     FOR KEY SHARE OF p
-    """
-)
+"""
 _ANCESTOR_LEVELS = 4
+
+
+def _marking_the_turn(previous: str) -> Statement:
+    """The same read, for a stored turn that no client sees before its end: it also lists the turn on its
+    chain's row (service/threads/totals.py), in the same statement, so that the admin listing shows the chain
+    in_progress while it runs at the cost of a HOT update rather than a statement or index entries."""
+    return Statement(
+        f"""
+    WITH previous AS MATERIALIZED ({previous}),
+    marked AS ({chain_totals.MARK_RUNNING_TURN})
+    SELECT * FROM previous
+    """
+    )
+
+
+_PREVIOUS = Statement(_PREVIOUS_SQL)
+_PREVIOUS_AND_ANCESTORS = Statement(_PREVIOUS_AND_ANCESTORS_SQL)
+_PREVIOUS_MARKING = _marking_the_turn(_PREVIOUS_SQL)
+_PREVIOUS_AND_ANCESTORS_MARKING = _marking_the_turn(_PREVIOUS_AND_ANCESTORS_SQL)
 
 # A chain's whole history, when no ancestor within reach is cached (a cold worker): if the chain's first
 # response ran in a conversation, the conversation's items before it, then each response's input and output
@@ -616,10 +632,26 @@ class Previous:
     ancestors: list[Ancestor]  # the previous response first; empty unless asked for
 
 
-async def read_previous(db: Any, tenant_id: str, previous_id: str, *, ancestors: bool) -> Previous | None:
-    """None when the tenant has no such (undeleted) response."""
-    statement = _PREVIOUS_AND_ANCESTORS if ancestors else _PREVIOUS
-    values = {"previous_response_id": previous_id, "tenant_id": tenant_id}
+@dataclass(frozen=True)
+class RunningTurn:
+    """A stored turn that no client sees before its end, listed on its chain's row while it runs."""
+
+    response_id: str
+    ttl_seconds: float  # how long the listing lasts if its process dies (TURN_LOCK_TTL, as a claim's)
+
+
+async def read_previous(
+    db: Any, tenant_id: str, previous_id: str, *, ancestors: bool, running: RunningTurn | None = None
+) -> Previous | None:
+    """None when the tenant has no such (undeleted) response. `running`: list that turn on the chain's row
+    (only when the previous response can be continued)."""
+    values: dict[str, Any] = {"previous_response_id": previous_id, "tenant_id": tenant_id}
+    if running is None:
+        statement = _PREVIOUS_AND_ANCESTORS if ancestors else _PREVIOUS
+    else:
+        statement = _PREVIOUS_AND_ANCESTORS_MARKING if ancestors else _PREVIOUS_MARKING
+        answered = sorted(status.value for status in ANSWERED)
+        values.update(response_id=running.response_id, ttl=running.ttl_seconds, answered=answered)
     row = await db.fetchrow(statement.sql, *statement.args(values))
     if row is None:
         return None

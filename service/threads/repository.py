@@ -23,6 +23,7 @@ from sqlalchemy import (
     func,
     literal,
     not_,
+    or_,
     select,
     tuple_,
     union_all,
@@ -65,8 +66,14 @@ def _running_in(thread_id: Any) -> Any:
     )
 
 
-# A chain with a turn in flight shows that turn's status, otherwise its last finished turn's.
-_CHAIN_STATUS = func.coalesce(_running_in(chain_t.c.id), chain_t.c.last_status)
+# A plain turn running in the chain: stored only when it ends, it is listed on the chain's row meanwhile.
+_UNSEEN_TURN_RUNS = func.cardinality(chain_t.c.turn_response_ids) > 0
+
+# A chain with a turn in flight shows that turn's status (a stored one's, else in_progress), otherwise its last
+# finished turn's.
+_CHAIN_STATUS = func.coalesce(
+    _running_in(chain_t.c.id), case((_UNSEEN_TURN_RUNS, literal("in_progress"))), chain_t.c.last_status
+)
 
 _CHAIN_COLUMNS = (
     chain_t.c.id,
@@ -89,12 +96,20 @@ _CHAIN_COLUMNS = (
 
 def _chain_status_is(status: str) -> ColumnElement[bool]:
     if status not in RUNNING_STATUSES:
-        return and_(chain_t.c.last_status == status, not_(exists().where(_running_filter(chain_t.c.id))))
-    # Running turns are few: their threads come from the response status index, by primary key.
+        return and_(
+            chain_t.c.last_status == status,
+            not_(_UNSEEN_TURN_RUNS),
+            not_(exists().where(_running_filter(chain_t.c.id))),
+        )
+    # Stored running turns are few: their threads come from the response status index, by primary key.
     running = cast(
         select(func.array_agg(response_t.c.thread_id)).where(response_t.c.status == status).scalar_subquery(),
         ARRAY(Text),
     )
+    if status == "in_progress":
+        # As for conversations: nothing indexed marks a chain with a plain turn running (an index on the mark
+        # would cost every such turn its HOT update), so this filter walks the chains.
+        return and_(or_(chain_t.c.id == any_(running), _UNSEEN_TURN_RUNS), _CHAIN_STATUS == status)  # noqa: SIM300 (an expression)
     return and_(chain_t.c.id == any_(running), _running_in(chain_t.c.id) == status)
 
 
@@ -264,3 +279,14 @@ async def lock_chain(conn: AsyncConnection, chain_id: str) -> list[Any]:
     r = response_t
     stmt = select(r.c.id, r.c.status).where(r.c.thread_id == chain_id).with_for_update()
     return list((await conn.execute(stmt)).all())
+
+
+async def chain_has_unseen_turn(conn: AsyncConnection, chain_id: str) -> bool:
+    """Whether a plain turn is running in the chain (listed on its row, not expired); the row stays locked
+    for the rest of the transaction, so no turn lists itself meanwhile."""
+    stmt = (
+        select(and_(_UNSEEN_TURN_RUNS, chain_t.c.turn_expires_at > func.now()))
+        .where(chain_t.c.id == chain_id)
+        .with_for_update()
+    )
+    return bool(await conn.scalar(stmt))

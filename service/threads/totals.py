@@ -48,11 +48,28 @@ ADD_TO_CHAIN = f""",
         WHERE response_chain.id = {THREAD_OF_RESPONSE}
     )"""
 
+# In the begin of a stored turn that continues a chain and that no client sees before its end (CTE `previous`
+# returned the previous response's status and thread_id): list the turn on its chain's row until its finish,
+# as a conversation turn's claim marks the conversation; only when the previous response can be continued
+# (else the turn is refused at once). Turns listed past their expiry are dropped: their process stopped
+# without a reaper seeing it. Listing it twice (a begin that reads again) keeps one entry.
+MARK_RUNNING_TURN = """
+    UPDATE response_chain SET
+        turn_response_ids = array_append(array_remove(
+            CASE WHEN turn_expires_at > now() THEN turn_response_ids ELSE '{}' END, $response_id), $response_id),
+        turn_expires_at = now() + make_interval(secs => $ttl)
+    FROM previous
+    WHERE response_chain.id = previous.thread_id AND previous.status = ANY($answered::text[])
+"""
+
 # In the finish of a response no client saw before its end (stored whole there, its inputs and outputs in the
-# item arrays) that continues a previous response: add it to the chain's totals.
+# item arrays) that continues a previous response: add it to the chain's totals, and take it off the chain's
+# running turns (MARK_RUNNING_TURN).
 ADD_UNSEEN_TO_CHAIN = """,
     chain AS (
         UPDATE response_chain SET updated_at = greatest(response_chain.updated_at, $completed_at),
+            turn_response_ids = array_remove(turn_response_ids, $response_id),
+            turn_expires_at = CASE WHEN turn_response_ids <@ ARRAY[$response_id] THEN NULL ELSE turn_expires_at END,
             response_count = response_count + 1,
             item_count = item_count + cardinality($ids::text[]),
             input_tokens = input_tokens + $input_tokens, output_tokens = output_tokens + $output_tokens,
