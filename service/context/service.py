@@ -13,7 +13,7 @@ response), unless the client set one, so that a thread keeps the provider that h
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ import msgspec
 
 from service.context import compaction, fitting, tokens
 from service.context.catalog import ModelCatalog
-from service.context.ledger import COMPACTION, USER_MESSAGE, CountedItems, TokenLedger, kind_of
+from service.context.ledger import COMPACTION, USER_MESSAGE, CountedItems, TokenLedger, exact_counts, kind_of
 from service.context.sealing import Sealer, Summary
 from service.items import NewItem
 from service.responses.requests import build_upstream_body
@@ -69,8 +69,10 @@ class _Plan:
 
 
 def _sent_item(body: str) -> NewItem:
-    """An item only sent, never stored (build_upstream_body reads only its body)."""
-    return NewItem(id="", type="", role=None, status="", body=body, text_content="")
+    """An item only sent, never stored (what is read of it: its body and what it costs)."""
+    return NewItem(
+        id="", type="", role=None, status="", body=body, text_content="", token_count=tokens.body_tokens(body)
+    )
 
 
 class ContextWindows:
@@ -125,10 +127,19 @@ class ContextWindows:
         await compaction.check_items(self.sealer, tenant_id, items, param=param)
 
     async def count(
-        self, tenant_id: str, model: str, params: dict[str, Any], *, thread: str | None, history: str, inputs: list[str]
+        self,
+        tenant_id: str,
+        model: str,
+        params: dict[str, Any],
+        *,
+        thread: str | None,
+        history: str,
+        stored: Sequence[int] | None,
+        inputs: list[str],
     ) -> int:
-        """What a turn with this input would send, in tokens (after truncation, when "auto" truncates)."""
-        counted = self.ledger.counted(thread, history)
+        """What a turn with this input would send, in tokens (after truncation, when "auto" truncates).
+        `stored`: the history items' stored token counts, when read with it."""
+        counted = self.ledger.counted(thread, history, stored)
         sent, input_bodies, _ = await self._composed(tenant_id, counted, inputs)
         input_tokens = sum(tokens.body_tokens(body) for body in input_bodies)
         overhead = tokens.request_tokens(params)
@@ -184,13 +195,14 @@ class ContextWindows:
         request = turn.request
         params = {k: v for k, v in request.params.items() if k not in _NOT_FORWARDED}
         history, turn.history = turn.history, ""  # not held by the turn for as long as a stream lasts
+        stored, turn.history_counts = turn.history_counts, None
         key = request.conversation_id or request.previous_response_id
         window = await self.catalog.window(request.model)
         threshold = fitting.compaction_threshold(request.params, window)
         plan = _Plan(params, history, list(request.input_items))
         compacted_input = any(item.type == "compaction" for item in request.input_items)
         if window is not None or threshold is not None or compacted_input:
-            plan.counted = self.ledger.counted(key, history)
+            plan.counted = self.ledger.counted(key, history, stored)
         root = plan.counted.root if plan.counted else None
         params.setdefault(
             "session_id", request.conversation_id or root or request.previous_response_id or turn.state.id
@@ -202,7 +214,7 @@ class ContextWindows:
         if rendered:
             plan.exact = False
             plan.inputs = [_sent_item(body) for body in sent_inputs]
-        plan.input_tokens = sum(tokens.body_tokens(item.body) for item in plan.inputs)
+        plan.input_tokens = sum(item.token_count for item in plan.inputs)
         overhead = tokens.request_tokens(params)
         if threshold is not None and plan.sent.total + plan.input_tokens + overhead > threshold:
             await self._compact_first(upstream, turn, plan)
@@ -300,11 +312,15 @@ class ContextWindows:
         request = turn.request
         if plan.counted is None or not request.store:
             return
-        entry = plan.counted.with_input([item.body for item in request.input_items])
-        entry.root = request.conversation_id or plan.counted.root or request.previous_response_id or turn.state.id
+        counts = [item.token_count for item in request.input_items]
         reported = usage.get("input_tokens") if isinstance(usage, dict) else None
         if isinstance(reported, int) and plan.fit is not None and plan.exact:
-            entry.correct(plan.fit.start, reported - plan.fit.overhead_tokens)
+            # What the model counted, less what the history sent and the instructions and tools cost.
+            exact = exact_counts(counts, reported - plan.fit.overhead_tokens - plan.fit.history_tokens)
+            if exact is not None:
+                turn.input_counts = counts = exact
+        entry = plan.counted.with_input([item.body for item in request.input_items], counts)
+        entry.root = request.conversation_id or plan.counted.root or request.previous_response_id or turn.state.id
         self.ledger.keep(request.conversation_id or turn.state.id, entry)
 
 

@@ -230,6 +230,9 @@ class Item(Base):
     body: Mapped[str] = mapped_column(Text)
     # Plain text of the item for search, NUL removed (PostgreSQL text cannot hold it).
     text_content: Mapped[str] = mapped_column(Text, server_default="")
+    # What the item costs a model as input, in tokens: as the model counted it when OpenRouter reported usage,
+    # else estimated (service/context/tokens.py); null for items stored before counts were kept.
+    token_count: Mapped[int | None] = mapped_column(Integer)
     # Full-text search; why `simple` and why stored: see migration 2b8f4d6e0c12 (admin listing).
     search_vector: Mapped[str | None] = mapped_column(
         TSVECTOR, Computed("to_tsvector('simple'::regconfig, text_content)", persisted=True)

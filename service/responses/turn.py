@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -85,6 +85,19 @@ class Turn:
     # which the finish makes this response's entry in the chain cache. Kept apart from `history`, which the
     # upstream call drops; usually the very text the cache holds for the previous response.
     chain: ChainHistory | None = None
+    # The input items' token counts as the model counted them, once the upstream's usage told
+    # (service/context/service.py); None: their estimates stand.
+    input_counts: list[int] | None = None
+    # The stored token count of each item of `history` (negative for an item stored before counts were kept),
+    # when read with it; None: not read (service/context/ledger.py then estimates what it does not hold).
+    history_counts: Sequence[int] | None = None
+
+    def counted_inputs(self) -> list[NewItem]:
+        """The input items with the token counts their finish stores."""
+        items = self.request.input_items
+        if self.input_counts is None:
+            return list(items)
+        return [replace(item, token_count=count) for item, count in zip(items, self.input_counts, strict=True)]
 
     def completion_time(self) -> datetime:
         """Now, on the database's clock: created_at is the database's time when the begin statement started,
@@ -298,7 +311,7 @@ class TurnContext:
             unseen = turn_store.Unseen(response, claim.created_at, claim.position, request.input_items)
         running_turns.add(self.engine, state.id, conversation_id)  # for the heartbeat (service/cluster)
         note_effect(response_id=state.id)  # committed: the turn is claimed (stored as in_progress unless `unseen`)
-        turn = Turn(tenant_id, request, state, claim.history, began, unseen)
+        turn = Turn(tenant_id, request, state, claim.history, began, unseen, history_counts=claim.counts)
         await self._refuse_beyond_caps(turn, claim.item_count)
         return turn
 
@@ -431,22 +444,26 @@ async def _store_outcome(
     def event_log() -> turn_store.EventLog | None:
         return None if events is None else events.log(state)
 
+    inputs = turn.counted_inputs()
+    input_counts = [item.token_count for item in inputs]
+    unseen = turn.unseen if turn.unseen is None else replace(turn.unseen, inputs=inputs)
     conversation_id = turn.request.conversation_id
     if conversation_id is not None:
         answered = is_answered(state.status)
         appended = turn_store.Appended(
             conversation_id=conversation_id,
             append=answered,
-            input_count=len(turn.request.input_items),
+            input_count=len(inputs),
+            input_counts=input_counts,
             title=conversations.title_from(turn.request.input_items) if answered else None,
             last_model=state.upstream_model or state.model,
         )
-        if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log(), unseen=turn.unseen):
+        if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log(), unseen=unseen):
             return
         # Our claim expired and another turn took the conversation: appending now would interleave.
         state.status = Status.FAILED.value
         state.error = dict(_LOST_CLAIM_ERROR)
-    await turn_store.finish(db, outcome(), outputs, event_log(), unseen=turn.unseen)
+    await turn_store.finish(db, outcome(), outputs, event_log(), unseen=unseen, input_counts=input_counts)
 
 
 async def _store_when_database_returns(store: Callable[[], Awaitable[None]], response_id: str) -> None:

@@ -25,8 +25,9 @@ Which statements a turn uses depends on two facts about it:
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -35,7 +36,7 @@ import msgspec
 from asyncpg.exceptions import ForeignKeyViolationError
 
 from service.items import NewItem
-from service.responses.history_cache import CachedHistory, joined
+from service.responses.history_cache import CachedHistory, joined, stored_counts
 from service.responses.repository import RUNNING_STATUSES
 from service.responses.statement import Statement
 from service.responses.status import ANSWERED
@@ -78,20 +79,21 @@ _CLAIM_AND_STORE = Statement(
     ),
     inputs AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content)
+                          text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, $conversation_id, u.type, u.role, u.status,
-               u.body, u.text_content
+               u.body, u.text_content, u.token_count
         FROM claim, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                           $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                           $texts::text[], $token_counts::int[])
+                           WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     )
     SELECT claim.next_position, claim.item_count, claim.previous_holder, stored.created_at,
-           snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count
+           snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count, tail.counts
     FROM claim, stored, LATERAL (
         SELECT (claim.next_position, claim.item_count) =
                (SELECT next_position, item_count FROM conversation WHERE id = $conversation_id) AS is_current
     ) AS snapshot, LATERAL (
-        SELECT string_agg(body, ',') AS history, count(*) AS item_count FROM (
-            SELECT body FROM item
+        SELECT string_agg(body, ',') AS history, count(*) AS item_count, array_agg(token_count) AS counts FROM (
+            SELECT body, token_count FROM item
             WHERE snapshot.is_current AND conversation_id = $conversation_id AND position >= $history_from
             ORDER BY position
         ) h
@@ -114,13 +116,13 @@ _CLAIM_ONLY = Statement(
     ),
     stored AS (SELECT now() AS created_at, set_config('synchronous_commit', 'off', true))
     SELECT claim.next_position, claim.item_count, claim.previous_holder, stored.created_at,
-           snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count
+           snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count, tail.counts
     FROM claim, stored, LATERAL (
         SELECT (claim.next_position, claim.item_count) =
                (SELECT next_position, item_count FROM conversation WHERE id = $conversation_id) AS is_current
     ) AS snapshot, LATERAL (
-        SELECT string_agg(body, ',') AS history, count(*) AS item_count FROM (
-            SELECT body FROM item
+        SELECT string_agg(body, ',') AS history, count(*) AS item_count, array_agg(token_count) AS counts FROM (
+            SELECT body, token_count FROM item
             WHERE snapshot.is_current AND conversation_id = $conversation_id AND position >= $history_from
             ORDER BY position
         ) h
@@ -146,11 +148,12 @@ _BEGIN = Statement(
     ),
     inputs AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content)
+                          text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, stored.thread_id, u.type, u.role, u.status,
-               u.body, u.text_content
+               u.body, u.text_content, u.token_count
         FROM stored, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                            $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                            $texts::text[], $token_counts::int[])
+                            WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     chain AS ({chain_totals.START_CHAIN})
     SELECT created_at, (SELECT history_generation FROM tenant WHERE id = $tenant_id) AS generation FROM stored
@@ -159,8 +162,8 @@ _BEGIN = Statement(
 
 _HISTORY = Statement(
     """
-    SELECT string_agg(body, ',')
-    FROM (SELECT body FROM item WHERE conversation_id = $conversation_id ORDER BY position) h
+    SELECT string_agg(body, ',') AS history, array_agg(token_count) AS counts
+    FROM (SELECT body, token_count FROM item WHERE conversation_id = $conversation_id ORDER BY position) h
     """
 )
 
@@ -286,19 +289,21 @@ _FINISH_STORED_IN_CONVERSATION = Statement(
         RETURNING next_position - $added AS start
     ),
     attached AS (
-        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal
+        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal,
+                        token_count = ($input_counts::int[])[item.ordinal + 1]
         FROM advanced
         WHERE $append AND item.response_id = $response_id AND item.is_output = false
     ),
     items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, thread_id,
-                          type, role, status, body, text_content)
+                          type, role, status, body, text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1,
                CASE WHEN $append THEN $conversation_id END,
                CASE WHEN $append THEN advanced.start + $input_count + u.ordinal - 1 END,
-               $conversation_id, u.type, u.role, u.status, u.body, u.text_content
+               $conversation_id, u.type, u.role, u.status, u.body, u.text_content, u.token_count
         FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                              $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                              $texts::text[], $token_counts::int[])
+                              WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
@@ -329,19 +334,21 @@ _FINISH_LOGGED_IN_CONVERSATION = Statement(
         RETURNING next_position - $added AS start
     ),
     attached AS (
-        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal
+        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal,
+                        token_count = ($input_counts::int[])[item.ordinal + 1]
         FROM advanced
         WHERE $append AND item.response_id = $response_id AND item.is_output = false
     ),
     items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, thread_id,
-                          type, role, status, body, text_content)
+                          type, role, status, body, text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1,
                CASE WHEN $append THEN $conversation_id END,
                CASE WHEN $append THEN advanced.start + $input_count + u.ordinal - 1 END,
-               $conversation_id, u.type, u.role, u.status, u.body, u.text_content
+               $conversation_id, u.type, u.role, u.status, u.body, u.text_content, u.token_count
         FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                              $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                              $texts::text[], $token_counts::int[])
+                              WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
@@ -378,14 +385,15 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
     ),
     items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, thread_id,
-                          type, role, status, body, text_content)
+                          type, role, status, body, text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, u.ordinal > $input_count,
                CASE WHEN u.ordinal > $input_count THEN u.ordinal - $input_count ELSE u.ordinal END - 1,
                CASE WHEN $append THEN $conversation_id END,
                CASE WHEN $append THEN advanced.start + u.ordinal - 1 END,
-               $conversation_id, u.type, u.role, u.status, u.body, u.text_content
+               $conversation_id, u.type, u.role, u.status, u.body, u.text_content, u.token_count
         FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                              $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                              $texts::text[], $token_counts::int[])
+                              WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     completed AS (
         INSERT INTO response (id, tenant_id, conversation_id, conversation_position, status, model, instructions,
@@ -405,16 +413,25 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
 
 # -- finish outside a conversation (or after a lost claim: the items then stay outside it) -----------------
 
+# The input items' token counts, stored by the begin as estimated, once the upstream's usage made them exact.
+_INPUTS_COUNTED = """
+        UPDATE item SET token_count = c.token_count
+        FROM unnest($input_counts::int[]) WITH ORDINALITY AS c(token_count, ordinal)
+        WHERE item.response_id = $response_id AND NOT item.is_output AND item.ordinal = c.ordinal - 1
+          AND item.token_count IS DISTINCT FROM c.token_count
+"""
+
 # Both also add the turn to its chain's totals (service/threads/totals.py; nothing for a conversation's thread).
 _FINISH_STORED = Statement(
     f"""
     WITH items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content)
+                          text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
-               u.role, u.status, u.body, u.text_content
+               u.role, u.status, u.body, u.text_content, u.token_count
         FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                    $texts::text[], $token_counts::int[])
+                    WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
@@ -423,7 +440,8 @@ _FINISH_STORED = Statement(
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
         WHERE id = $response_id
         RETURNING completed_at
-    ){chain_totals.ADD_TO_CHAIN}
+    ),
+    inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN}
     SELECT completed_at FROM completed
     """
 )
@@ -432,11 +450,12 @@ _FINISH_LOGGED = Statement(
     f"""
     WITH items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content)
+                          text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
-               u.role, u.status, u.body, u.text_content
+               u.role, u.status, u.body, u.text_content, u.token_count
         FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                    $texts::text[], $token_counts::int[])
+                    WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
@@ -445,7 +464,8 @@ _FINISH_LOGGED = Statement(
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
         WHERE id = $response_id
         RETURNING completed_at
-    ){chain_totals.ADD_TO_CHAIN}
+    ),
+    inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN}
     INSERT INTO response_event_log (response_id, events, event_count)
     SELECT $response_id, $events::text, $event_count::int FROM completed
     ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
@@ -462,12 +482,13 @@ _FINISH_UNSEEN = Statement(
     WITH thread AS (SELECT {chain_totals.THREAD_OF_NEW_RESPONSE} AS id),
     items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content)
+                          text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, u.ordinal > $input_count,
                CASE WHEN u.ordinal > $input_count THEN u.ordinal - $input_count ELSE u.ordinal END - 1,
-               thread.id, u.type, u.role, u.status, u.body, u.text_content
+               thread.id, u.type, u.role, u.status, u.body, u.text_content, u.token_count
         FROM thread, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                            $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                            $texts::text[], $token_counts::int[])
+                            WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ){chain_totals.ADD_UNSEEN_TO_CHAIN}
     INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
                           model, instructions, params_json, metadata, background, stream, created_at, upstream_id,
@@ -507,6 +528,7 @@ def _item_arrays(items: Sequence[NewItem]) -> dict[str, list[Any]]:
         "statuses": [i.status for i in items],
         "bodies": [i.body for i in items],
         "texts": [i.text_content for i in items],
+        "token_counts": [i.token_count for i in items],
     }
 
 
@@ -566,6 +588,7 @@ class Claimed:
     history: str
     as_of: CachedHistory | None
     item_count: int = 0  # the conversation's items when claimed
+    counts: array[int] = field(default_factory=lambda: array("q"))  # the stored token count of each item
 
 
 async def claim_and_begin(
@@ -593,13 +616,18 @@ async def claim_and_begin(
     # Read again, the history is from a later snapshot than the claim's counts: it is not given as of them.
     # `known` is dropped when an item before its end was deleted since.
     if not row["history_is_current"] or (known and known.item_count + row["tail_count"] != row["item_count"]):
-        history = await conversation_history(db, response.conversation_id)
+        history, counts = await conversation_history(db, response.conversation_id)
         return Claimed(
-            row["previous_holder"], row["created_at"], row["next_position"], history, None, row["item_count"]
+            row["previous_holder"], row["created_at"], row["next_position"], history, None, row["item_count"], counts
         )
     history = tail if known is None else joined(known.text, tail)
-    as_of = CachedHistory(row["next_position"], row["item_count"], history)
-    return Claimed(row["previous_holder"], row["created_at"], row["next_position"], history, as_of, row["item_count"])
+    counts = stored_counts(row["counts"])
+    if known is not None:
+        counts = known.counts + counts
+    as_of = CachedHistory(row["next_position"], row["item_count"], history, counts)
+    return Claimed(
+        row["previous_holder"], row["created_at"], row["next_position"], history, as_of, row["item_count"], counts
+    )
 
 
 async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> tuple[datetime, int]:
@@ -610,8 +638,10 @@ async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> tu
     return row["created_at"], row["generation"]
 
 
-async def conversation_history(db: Any, conversation_id: str | None) -> str:
-    return await db.fetchval(_HISTORY.sql, *_HISTORY.args({"conversation_id": conversation_id})) or ""
+async def conversation_history(db: Any, conversation_id: str | None) -> tuple[str, array[int]]:
+    """The conversation's items as one text, and their stored token counts."""
+    row = await db.fetchrow(_HISTORY.sql, *_HISTORY.args({"conversation_id": conversation_id}))
+    return row["history"] or "", stored_counts(row["counts"])
 
 
 @dataclass(frozen=True)
@@ -728,6 +758,7 @@ class Appended:
     conversation_id: str
     append: bool  # false: the turn failed or was cancelled, so only the claim is released
     input_count: int
+    input_counts: Sequence[int]  # the input items' token counts, exact when the upstream reported usage
     title: str | None
     last_model: str | None
 
@@ -777,7 +808,7 @@ async def finish_in_conversation(
         values.update(unseen.params(outputs))
     else:
         statement = _FINISH_STORED_IN_CONVERSATION if log is None else _FINISH_LOGGED_IN_CONVERSATION
-        values.update(_item_arrays(outputs), input_count=appended.input_count)
+        values.update(_item_arrays(outputs), input_count=appended.input_count, input_counts=list(appended.input_counts))
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
     completed_at: datetime | None = await db.fetchval(statement.sql, *statement.args(values))
@@ -791,9 +822,11 @@ async def finish(
     log: EventLog | None = None,
     *,
     unseen: Unseen | None = None,
+    input_counts: Sequence[int] = (),
 ) -> None:
     """Outside any conversation, or after a lost claim (the items then stay outside the conversation).
-    `unseen`: as for finish_in_conversation."""
+    `unseen`: as for finish_in_conversation. `input_counts`: the token counts of the input items the begin
+    stored, now that they may be exact (an unseen turn's are on its items)."""
     values = outcome.params()
     if unseen is not None:
         _no_log_when_unseen(log)
@@ -806,7 +839,7 @@ async def finish(
         )
     else:
         statement = _FINISH_STORED if log is None else _FINISH_LOGGED
-        values.update(_item_arrays(outputs))
+        values.update(_item_arrays(outputs), input_counts=list(input_counts))
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
     try:
