@@ -40,6 +40,7 @@ MAX_FIT_ATTEMPTS = 3
 # OpenRouter's own handling of it is all there is.)
 _NOT_FORWARDED = frozenset({"context_management"})
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
+_BILLED_EVENTS = _TERMINAL_EVENTS | {"response.failed"}
 # The summary call's own instructions and request, in tokens (about).
 _SUMMARY_OVERHEAD_TOKENS = 200
 
@@ -59,6 +60,7 @@ class _Plan:
     input_tokens: int = 0
     exact: bool = True  # the usage report can correct the counts (nothing was rendered in another form)
     compaction: dict[str, Any] | None = None  # a compaction item this turn made: its first output item
+    compaction_usage: dict[str, Any] | None = None  # its summary call's usage, added to the turn's
 
     def body(self, *, stream: bool) -> bytes:
         if self.sent is None:
@@ -97,6 +99,7 @@ class ContextWindows:
             self._observe(turn, plan, result.get("usage"))
             if plan.compaction is not None:
                 result["output"] = [plan.compaction, *(result.get("output") or [])]
+                result["usage"] = compaction.with_summary_usage(result.get("usage"), plan.compaction_usage)
             return result
         raise AssertionError("unreachable")
 
@@ -114,7 +117,7 @@ class ContextWindows:
                     if not self._refit(plan, turn, error, attempt):
                         raise
             first = [plan.compaction] if plan.compaction is not None else []
-            yield ObservedStream(stream, lambda usage: self._observe(turn, plan, usage), first)
+            yield ObservedStream(stream, lambda usage: self._observe(turn, plan, usage), first, plan.compaction_usage)
 
     async def check_input(self, tenant_id: str, items: list[NewItem]) -> None:
         """Before a turn begins: refuse a forged or altered compaction item in its input."""
@@ -233,7 +236,9 @@ class ContextWindows:
         assert plan.sent is not None
         model = self.compaction_model or turn.request.model
         try:
-            summary, _ = await self._summarize(upstream, model, plan.sent, session_id=plan.params.get("session_id"))
+            summary, plan.compaction_usage = await self._summarize(
+                upstream, model, plan.sent, session_id=plan.params.get("session_id")
+            )
         except UpstreamError as error:
             logger.warning("turn %s: compaction failed, going on uncompacted: %s", turn.state.id, error.message)
             return
@@ -326,13 +331,21 @@ class ContextWindows:
 
 class ObservedStream:
     """An upstream stream whose terminal event is shown to `on_usage` before the runner sees it, and which
-    starts with the items the service put first in the output (a compaction item), announced and done."""
+    starts with the items the service put first in the output (a compaction item), announced and done; the
+    terminal event's usage then includes the compaction's summary call (`extra_usage`)."""
 
-    def __init__(self, stream: UpstreamEventStream, on_usage: Any, first: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        stream: UpstreamEventStream,
+        on_usage: Any,
+        first: list[dict[str, Any]],
+        extra_usage: dict[str, Any] | None = None,
+    ) -> None:
         self.response = stream.response
         self._stream = stream
         self._on_usage = on_usage
         self._first = first
+        self._extra_usage = extra_usage
         self._generation = generation_id(stream.response)
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
@@ -347,5 +360,10 @@ class ObservedStream:
                 continue
             if event.get("type") in _TERMINAL_EVENTS:
                 self._on_usage(response.get("usage"))
+            if self._extra_usage is not None and event.get("type") in _BILLED_EVENTS:
+                response = {
+                    **response,
+                    "usage": compaction.with_summary_usage(response.get("usage"), self._extra_usage),
+                }
             # The upstream id the turn keeps: OpenRouter's generation id, as for a non-streamed turn.
-            yield event if self._generation is None else {**event, "response": {**response, "id": self._generation}}
+            yield {**event, "response": response if self._generation is None else {**response, "id": self._generation}}
