@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from service.context import tokens
 
 OTHER, USER_MESSAGE, COMPACTION, TOOL_CALL, TOOL_OUTPUT, REASONING = range(6)
 _TOOL_CALLS = frozenset({"function_call", "custom_tool_call"})
-_TOOL_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
+TOOL_OUTPUT_TYPES = frozenset({"function_call_output", "custom_tool_call_output"})
 _ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
@@ -51,7 +51,7 @@ def _kind(type_: Any, role: Any) -> int:
         return USER_MESSAGE if role == "user" else OTHER
     if type_ in _TOOL_CALLS:
         return TOOL_CALL
-    if type_ in _TOOL_OUTPUTS:
+    if type_ in TOOL_OUTPUT_TYPES:
         return TOOL_OUTPUT
     return REASONING if type_ == "reasoning" else OTHER
 
@@ -112,6 +112,14 @@ class CountedItems:
             out.append(self.text[offset : offset + length])
             offset += length + 1
         return out
+
+    def texts_from(self, start: int) -> Iterator[tuple[int, str]]:
+        """Each item's index and text, from item `start` on."""
+        offset = sum(self.lengths[:start]) + start
+        for index in range(start, len(self)):
+            length = self.lengths[index]
+            yield index, self.text[offset : offset + length]
+            offset += length + 1
 
     def item_text(self, index: int) -> str:
         offset = sum(self.lengths[:index]) + index

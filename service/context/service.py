@@ -15,14 +15,22 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from service.context import compaction, fitting, tokens
+from service.context import compaction, fitting, pairing, tokens
 from service.context.catalog import ModelCatalog
-from service.context.ledger import COMPACTION, USER_MESSAGE, CountedItems, TokenLedger, exact_counts, kind_of
+from service.context.ledger import (
+    COMPACTION,
+    TOOL_OUTPUT_TYPES,
+    USER_MESSAGE,
+    CountedItems,
+    TokenLedger,
+    exact_counts,
+    kind_of,
+)
 from service.context.sealing import Sealer, Summary
 from service.items import NewItem
 from service.responses.requests import build_upstream_body
@@ -61,6 +69,7 @@ class _Plan:
     exact: bool = True  # the usage report can correct the counts (nothing was rendered in another form)
     compaction: dict[str, Any] | None = None  # a compaction item this turn made: its first output item
     compaction_usage: dict[str, Any] | None = None  # its summary call's usage, added to the turn's
+    answered: list[str] = field(default_factory=list)  # the call ids the new input's tool outputs answer
 
     def body(self, *, stream: bool) -> bytes:
         if self.sent is None:
@@ -151,7 +160,13 @@ class ContextWindows:
             return sent.total + input_tokens + overhead
         budget = fitting.input_budget(window, params)
         fitted = fitting.fit(
-            sent, input_tokens=input_tokens, overhead_tokens=overhead, budget=budget, truncate=True, model=model
+            sent,
+            input_tokens=input_tokens,
+            overhead_tokens=overhead,
+            budget=budget,
+            truncate=True,
+            model=model,
+            answered=pairing.answered_call_ids(input_bodies),
         )
         return fitted.total
 
@@ -218,6 +233,8 @@ class ContextWindows:
             plan.exact = False
             plan.inputs = [_sent_item(body) for body in sent_inputs]
         plan.input_tokens = sum(item.token_count for item in plan.inputs)
+        if any(item.type in TOOL_OUTPUT_TYPES for item in request.input_items):
+            plan.answered = pairing.answered_call_ids(item.body for item in request.input_items)
         overhead = tokens.request_tokens(params)
         if threshold is not None and plan.sent.total + plan.input_tokens + overhead > threshold:
             await self._compact_first(upstream, turn, plan)
@@ -286,6 +303,7 @@ class ContextWindows:
             budget=plan.budget,
             truncate=plan.truncate,
             model=model,
+            answered=plan.answered,
         )
         if plan.fit.start:
             logger.info(
