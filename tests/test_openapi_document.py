@@ -159,7 +159,9 @@ async def test_no_route_resolves_sibling_dependencies(app: Litestar) -> None:
         if path.startswith(DOCS_PREFIX):
             continue
         batches = handler.create_kwargs_model(path_parameters={}).dependency_batches
-        assert all(len(batch) == 1 for batch in batches), f"{method} {path}: {[sorted(d.key for d in b) for b in batches]}"
+        assert all(len(batch) == 1 for batch in batches), (
+            f"{method} {path}: {[sorted(d.key for d in b) for b in batches]}"
+        )
 
 
 async def test_admin_metadata_filters_are_documented_as_a_parameter_family(document: dict[str, Any]) -> None:
