@@ -173,12 +173,14 @@ async def test_a_stale_background_chain_turn_fails_its_chain_once_reaped(
         await conn.execute(
             text(
                 "UPDATE response SET status = 'in_progress', completed_at = NULL,"
-                " created_at = now() - interval '5 seconds' WHERE id = :r"
+                " created_at = now() - interval '1000 seconds' WHERE id = :r"
             ),
             {"r": child["id"]},
         )
     assert await listed(admin) == [(root["id"], "in_progress")]
-    start_server(turn_lock_ttl=1.0)  # its reaper takes responses running for over a second for dead
+    # Its reaper runs every second; it takes claim-less responses for dead once they ran longer than the longest
+    # TURN_LOCK_TTL of a live process (the suite's server: 960 s).
+    start_server(turn_lock_ttl=1.0)
 
     async def reaped() -> bool:
         return await listed(admin) == [(root["id"], "failed")]

@@ -38,7 +38,9 @@ async def claim(
     """Insert the key as in_progress and return its lock token; None when another request owns the key.
 
     An existing row is taken over (reset) only when it has expired but was not purged yet, or when it is still
-    in_progress with the same fingerprint long after its holder should have finished (the holder died)."""
+    in_progress with the same fingerprint past the deadline its holder set (`held_until`: its own TURN_LOCK_TTL,
+    `stale_after_seconds` here), by when the holder must have finished unless it died. A key claimed before
+    held_until existed is judged by this process's TTL."""
     values = insert(key_t).values(
         tenant_id=tenant_id,
         key=key,
@@ -47,6 +49,7 @@ async def claim(
         path=path,
         state=IN_PROGRESS,
         locked_at=func.clock_timestamp(),
+        held_until=func.clock_timestamp() + _seconds("stale", stale_after_seconds),
         expires_at=func.now() + _seconds("keep", keep_seconds),
     )
     excluded = values.excluded
@@ -55,7 +58,7 @@ async def claim(
         and_(
             key_t.c.state == IN_PROGRESS,
             key_t.c.fingerprint == excluded.fingerprint,
-            key_t.c.locked_at < func.now() - _seconds("stale", stale_after_seconds),
+            func.coalesce(key_t.c.held_until, key_t.c.locked_at + _seconds("stale", stale_after_seconds)) < func.now(),
         ),
     )
     stmt = values.on_conflict_do_update(
@@ -66,6 +69,7 @@ async def claim(
             "path": excluded.path,
             "state": IN_PROGRESS,
             "locked_at": excluded.locked_at,
+            "held_until": excluded.held_until,
             "expires_at": excluded.expires_at,
             "status_code": None,
             "headers": None,

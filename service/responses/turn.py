@@ -63,6 +63,11 @@ _LOST_CLAIM_ERROR = {
     "code": "server_error",
     "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
 }
+_TAKEN_OVER_ERROR = {
+    "code": "server_error",
+    "message": "The turn was taken for interrupted and stored as failed before its answer came; the answer was "
+    "not stored",
+}
 _FINISH_ATTEMPTS = 3
 # A finished turn the database could not take is kept this long, so a database restart at the wrong moment
 # loses no answer and does not leave the conversation claimed until TURN_LOCK_TTL.
@@ -463,7 +468,10 @@ async def _store_outcome(
         # Our claim expired and another turn took the conversation: appending now would interleave.
         state.status = Status.FAILED.value
         state.error = dict(_LOST_CLAIM_ERROR)
-    await turn_store.finish(db, outcome(), outputs, event_log(), unseen=unseen, input_counts=input_counts)
+    if not await turn_store.finish(db, outcome(), outputs, event_log(), unseen=unseen, input_counts=input_counts):
+        # Taken over while it ran (its process taken for dead, its claim expired): the failure stored then stands.
+        state.status = Status.FAILED.value
+        state.error = dict(_TAKEN_OVER_ERROR)
 
 
 async def _store_when_database_returns(store: Callable[[], Awaitable[None]], response_id: str) -> None:

@@ -61,7 +61,7 @@ _CLAIM_AND_STORE = Statement(
     WITH claim AS (
         UPDATE conversation AS c
         SET turn_response_id = $response_id,
-            turn_expires_at = now() + make_interval(secs => $ttl)
+            turn_expires_at = now() + make_interval(secs => $ttl), turn_claimed_at = now()
         FROM (SELECT id, turn_response_id FROM conversation
               WHERE id = $conversation_id AND tenant_id = $tenant_id FOR UPDATE) AS before
         WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
@@ -108,7 +108,7 @@ _CLAIM_ONLY = Statement(
     WITH claim AS (
         UPDATE conversation AS c
         SET turn_response_id = $response_id,
-            turn_expires_at = now() + make_interval(secs => $ttl)
+            turn_expires_at = now() + make_interval(secs => $ttl), turn_claimed_at = now()
         FROM (SELECT id, turn_response_id FROM conversation
               WHERE id = $conversation_id AND tenant_id = $tenant_id FOR UPDATE) AS before
         WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
@@ -281,7 +281,7 @@ _FINISH_STORED_IN_CONVERSATION = Statement(
     WITH advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
-            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL,
+            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
             response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
             output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
             last_model = $last_model, last_status = $status
@@ -326,7 +326,7 @@ _FINISH_LOGGED_IN_CONVERSATION = Statement(
     WITH advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
-            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL,
+            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
             response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
             output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
             last_model = $last_model, last_status = $status
@@ -376,7 +376,7 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
     WITH advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
-            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL,
+            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
             response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
             output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
             last_model = $last_model, last_status = $status
@@ -418,28 +418,31 @@ _INPUTS_COUNTED = """
         UPDATE item SET token_count = c.token_count
         FROM unnest($input_counts::int[]) WITH ORDINALITY AS c(token_count, ordinal)
         WHERE item.response_id = $response_id AND NOT item.is_output AND item.ordinal = c.ordinal - 1
-          AND item.token_count IS DISTINCT FROM c.token_count
+          AND item.token_count IS DISTINCT FROM c.token_count AND EXISTS (SELECT FROM completed)
 """
 
 # Both also add the turn to its chain's totals (service/threads/totals.py; nothing for a conversation's thread).
+# Both write only over a response still running: one failed meanwhile because its process was taken for dead, or
+# its claim was taken over, keeps that outcome, and a late finish of its old holder writes nothing (no output
+# items, no token counts, no second count in the chain's totals, no event log); it returns no row then.
 _FINISH_STORED = Statement(
     f"""
-    WITH items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content, token_count)
-        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
-               u.role, u.status, u.body, u.text_content, u.token_count
-        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                    $texts::text[], $token_counts::int[])
-                    WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
-    ),
-    completed AS (
+    WITH completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
             service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
-        WHERE id = $response_id
+        WHERE id = $response_id AND status = ANY($running::text[])
         RETURNING completed_at
+    ),
+    items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
+                          text_content, token_count)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
+               u.role, u.status, u.body, u.text_content, u.token_count
+        FROM completed, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                               $texts::text[], $token_counts::int[])
+                               WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN}
     SELECT completed_at FROM completed
@@ -448,27 +451,28 @@ _FINISH_STORED = Statement(
 
 _FINISH_LOGGED = Statement(
     f"""
-    WITH items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content, token_count)
-        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
-               u.role, u.status, u.body, u.text_content, u.token_count
-        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                    $texts::text[], $token_counts::int[])
-                    WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
-    ),
-    completed AS (
+    WITH completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
             service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
-        WHERE id = $response_id
+        WHERE id = $response_id AND status = ANY($running::text[])
         RETURNING completed_at
+    ),
+    items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
+                          text_content, token_count)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
+               u.role, u.status, u.body, u.text_content, u.token_count
+        FROM completed, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                               $texts::text[], $token_counts::int[])
+                               WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN}
     INSERT INTO response_event_log (response_id, events, event_count)
     SELECT $response_id, $events::text, $event_count::int FROM completed
     ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
+    RETURNING response_id
     """
 )
 
@@ -823,10 +827,11 @@ async def finish(
     *,
     unseen: Unseen | None = None,
     input_counts: Sequence[int] = (),
-) -> None:
+) -> bool:
     """Outside any conversation, or after a lost claim (the items then stay outside the conversation).
     `unseen`: as for finish_in_conversation. `input_counts`: the token counts of the input items the begin
-    stored, now that they may be exact (an unseen turn's are on its items)."""
+    stored, now that they may be exact (an unseen turn's are on its items). False when the response had already
+    ended (failed by a takeover): nothing is written then."""
     values = outcome.params()
     if unseen is not None:
         _no_log_when_unseen(log)
@@ -839,18 +844,19 @@ async def finish(
         )
     else:
         statement = _FINISH_STORED if log is None else _FINISH_LOGGED
-        values.update(_item_arrays(outputs), input_counts=list(input_counts))
+        values.update(_item_arrays(outputs), input_counts=list(input_counts), running=list(RUNNING_STATUSES))
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
     try:
-        await db.execute(statement.sql, *statement.args(values))
+        stored = await db.fetchval(statement.sql, *statement.args(values))
     except ForeignKeyViolationError as exc:
         # The previous response of an unseen turn was being deleted when the statement began (it saw the row,
         # then waited for the delete): run again, it no longer sees the row and stores no link, as it does
         # when the delete committed first. The answer is kept either way.
         if unseen is None or exc.constraint_name != PREVIOUS_RESPONSE_FK:
             raise
-        await db.execute(statement.sql, *statement.args(values))
+        stored = await db.fetchval(statement.sql, *statement.args(values))
+    return unseen is not None or stored is not None
 
 
 def _no_log_when_unseen(log: EventLog | None) -> None:

@@ -72,7 +72,8 @@ _PREVIEW = text(
 # conversation_locked meanwhile. The claim expires like a turn's if this process dies.
 _CLAIM_IDLE_CONVERSATIONS = text(
     """
-    UPDATE conversation SET turn_response_id = :claim, turn_expires_at = now() + make_interval(secs => :ttl)
+    UPDATE conversation SET turn_response_id = :claim, turn_expires_at = now() + make_interval(secs => :ttl),
+        turn_claimed_at = now()
     WHERE id IN (
         SELECT id FROM conversation
         WHERE tenant_id = :tenant AND updated_at < now() - make_interval(days => :idle_days)
@@ -88,7 +89,7 @@ _CLAIM_IDLE_CONVERSATIONS = text(
 _EMPTY_CLAIMED_CONVERSATIONS = text(
     """
     WITH still_ours AS (
-        UPDATE conversation SET turn_expires_at = now() + make_interval(secs => :ttl)
+        UPDATE conversation SET turn_expires_at = now() + make_interval(secs => :ttl), turn_claimed_at = now()
         WHERE id = ANY(:ids) AND turn_response_id = :claim
         RETURNING id
     ),
