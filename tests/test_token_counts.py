@@ -180,3 +180,46 @@ async def _execute(db: AsyncEngine, sql: str, **params: Any) -> None:
 
     async with db.begin() as conn:
         await conn.execute(text(sql), params)
+
+
+async def test_a_cold_worker_continues_a_chain_as_the_warm_one_does(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, start_server: Any, make_tenant: Any
+) -> None:
+    client = alice.openai()
+    other = await make_tenant("alice", live=start_server())
+    # Four responses: a cold worker reads them with the previous one's ancestors; nine: the whole chain at once.
+    for length in (4, 9):
+        previous = None
+        for index in range(length):
+            answer = await client.responses.create(
+                model=SMALL_WINDOW_MODEL,
+                input=words(200, f"c{length}-{index}"),
+                truncation="auto",
+                **({"previous_response_id": previous} if previous else {}),
+            )
+            previous = answer.id
+        question = {
+            "model": SMALL_WINDOW_MODEL,
+            "input": "and now?",
+            "truncation": "auto",
+            "previous_response_id": previous,
+        }
+        warm = await alice.http.post("/v1/responses/input_tokens", json=question)
+        cold = await other.http.post("/v1/responses/input_tokens", json=question)
+        assert cold.json()["input_tokens"] == warm.json()["input_tokens"]
+        # Both continue the same response (a branch each): the same items go upstream.
+        await client.responses.create(**question)
+        sent_warm = fake_upstream.requests[-1].body["input"]
+        await other.openai().responses.create(**question)
+        sent_cold = fake_upstream.requests[-1].body["input"]
+        assert len(sent_cold) < 2 * length + 1  # the history was cut
+        assert sent_cold == sent_warm
+
+    # The counts used are the stored ones.
+    whole = {**question, "truncation": "disabled"}
+    before = (await other.http.post("/v1/responses/input_tokens", json=whole)).json()["input_tokens"]
+    await _execute(
+        db, "UPDATE item SET token_count = token_count + 500 WHERE response_id = :r AND is_output", r=previous
+    )
+    after = (await other.http.post("/v1/responses/input_tokens", json=whole)).json()["input_tokens"]
+    assert after == before + 500

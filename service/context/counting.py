@@ -50,7 +50,8 @@ async def count_input_tokens(
                     code="previous_response_not_found",
                 )
             raw = await conn.get_raw_connection()
-            history = await turn_store.chain_history(raw.driver_connection, tenant_id, previous)
+            history, chain_counts = await turn_store.chain_history(raw.driver_connection, tenant_id, previous)
+            counts = list(chain_counts)
     count = await context.count(
         tenant_id,
         model,

@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from array import array
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -200,12 +201,14 @@ class TurnContext:
             state.created_at = now
             if response is None:
                 note_effect()  # the upstream call (a charge) follows
-                return Turn(tenant_id, request, state, chain.text)
+                return Turn(tenant_id, request, state, chain.text, history_counts=chain.counts)
             if running is not None:
                 running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
                 note_effect(response_id=state.id)  # nothing is stored yet; the upstream call (a charge) follows
                 stored_at_finish = turn_store.Unseen(response, now, None, request.input_items)
-                return Turn(tenant_id, request, state, chain.text, began, stored_at_finish, chain)
+                return Turn(
+                    tenant_id, request, state, chain.text, began, stored_at_finish, chain, history_counts=chain.counts
+                )
             began = time.monotonic()
             try:
                 state.created_at, _ = await turn_store.begin(db, response, request.input_items)
@@ -217,7 +220,7 @@ class TurnContext:
                 raise
         running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
         note_effect(response_id=state.id)  # committed: the turn is stored as in_progress
-        return Turn(tenant_id, request, state, chain.text, began, None, chain)
+        return Turn(tenant_id, request, state, chain.text, began, None, chain, history_counts=chain.counts)
 
     async def _chain_before(
         self, db: Any, tenant_id: str, previous_id: str, running: turn_store.RunningTurn | None
@@ -241,29 +244,32 @@ class TurnContext:
                 param="previous_response_id",
                 code="previous_response_not_usable",
             )
-        text = self.chains.get(previous_id, tenant_id, previous.generation)
-        if text is None:
-            text = self._from_ancestors(previous, tenant_id)
-            if text is None:
-                text = await turn_store.chain_history(db, tenant_id, previous_id)
-        chain = ChainHistory(tenant_id, previous.generation, text)
+        cached = self.chains.get(previous_id, tenant_id, previous.generation)
+        if cached is not None:
+            text, counts = cached.text, cached.counts
+        else:
+            found = self._from_ancestors(previous, tenant_id)
+            if found is None:
+                found = await turn_store.chain_history(db, tenant_id, previous_id)
+            text, counts = found
+        chain = ChainHistory(tenant_id, previous.generation, text, counts)
         self.chains.put(previous_id, chain)
         return chain, previous.now
 
-    def _from_ancestors(self, previous: turn_store.Previous, tenant_id: str) -> str | None:
-        """The history from the nearest cached ancestor and the items of the responses after it, or from the
-        chain's first response when it is within reach; None when neither is (or the chain began in a
-        conversation, whose earlier items are not read here)."""
-        after: list[str] = []  # the items of the responses below the one looked at, newest first
+    def _from_ancestors(self, previous: turn_store.Previous, tenant_id: str) -> tuple[str, array[int]] | None:
+        """The history (and its items' stored token counts) from the nearest cached ancestor and the items of
+        the responses after it, or from the chain's first response when it is within reach; None when neither
+        is (or the chain began in a conversation, whose earlier items are not read here)."""
+        after: list[turn_store.Ancestor] = []  # the responses below the one looked at, newest first
         for ancestor in previous.ancestors:
             cached = self.chains.get(ancestor.id, tenant_id, previous.generation)
             if cached is not None:
-                return joined(cached, *reversed(after))
+                return _followed_by(cached.text, cached.counts, reversed(after))
             if ancestor.conversation_id is not None:
                 return None
-            after.append(ancestor.items)
+            after.append(ancestor)
             if ancestor.previous_response_id is None:
-                return joined(*reversed(after))
+                return _followed_by("", array("q"), reversed(after))
         return None
 
     async def _begin_alone(self, tenant_id: str, request: TurnRequest) -> Turn:
@@ -382,8 +388,11 @@ class TurnContext:
         before it and its own items, so that continuing it reads no history."""
         if turn.chain is None or not is_answered(turn.state.status):
             return
-        own = [item.body for item in turn.request.input_items] + [item.body for item in outputs]
-        entry = ChainHistory(turn.tenant_id, turn.chain.generation, joined(turn.chain.text, *own))
+        own = [*turn.counted_inputs(), *outputs]
+        counts = array("q", turn.chain.counts)
+        counts.extend(item.token_count for item in own)
+        text = joined(turn.chain.text, *(item.body for item in own))
+        entry = ChainHistory(turn.tenant_id, turn.chain.generation, text, counts)
         self.chains.put(turn.state.id, entry)
 
     async def fail(
@@ -494,6 +503,15 @@ async def _store_when_database_returns(store: Callable[[], Awaitable[None]], res
 
 
 # -- what a begin reads and builds --------------------------------------------------------------------------
+def _followed_by(text: str, counts: array[int], ancestors: Iterable[turn_store.Ancestor]) -> tuple[str, array[int]]:
+    """A history and its counts followed by the items of `ancestors`, oldest first."""
+    responses = list(ancestors)
+    joined_counts = array("q", counts)
+    for response in responses:
+        joined_counts.extend(response.counts)
+    return joined(text, *(response.items for response in responses)), joined_counts
+
+
 def _previous_not_found(response_id: str) -> InvalidRequest:
     return InvalidRequest(
         f"Previous response with id '{response_id}' not found.",

@@ -197,22 +197,26 @@ _PREVIOUS_AND_ANCESTORS_SQL = """
     SELECT p.status, p.thread_id, t.history_generation AS generation, now() AS now,
            set_config('synchronous_commit', 'off', true) AS lock_only,
            p.id AS id0, p.previous_response_id AS previous0, p.conversation_id AS conversation0, h0.items AS items0,
+           h0.counts AS counts0,
            a1.id AS id1, a1.previous_response_id AS previous1, a1.conversation_id AS conversation1, h1.items AS items1,
+           h1.counts AS counts1,
            a2.id AS id2, a2.previous_response_id AS previous2, a2.conversation_id AS conversation2, h2.items AS items2,
-           a3.id AS id3, a3.previous_response_id AS previous3, a3.conversation_id AS conversation3, h3.items AS items3
+           h2.counts AS counts2,
+           a3.id AS id3, a3.previous_response_id AS previous3, a3.conversation_id AS conversation3, h3.items AS items3,
+           h3.counts AS counts3
     FROM response p
     JOIN tenant t ON t.id = p.tenant_id
     LEFT JOIN response a1 ON a1.id = p.previous_response_id
     LEFT JOIN response a2 ON a2.id = a1.previous_response_id
     LEFT JOIN response a3 ON a3.id = a2.previous_response_id
-    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-        SELECT body FROM item WHERE response_id = p.id ORDER BY is_output, ordinal) i) h0
-    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-        SELECT body FROM item WHERE response_id = a1.id ORDER BY is_output, ordinal) i) h1
-    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-        SELECT body FROM item WHERE response_id = a2.id ORDER BY is_output, ordinal) i) h2
-    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-        SELECT body FROM item WHERE response_id = a3.id ORDER BY is_output, ordinal) i) h3
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items, array_agg(token_count) AS counts FROM (
+        SELECT body, token_count FROM item WHERE response_id = p.id ORDER BY is_output, ordinal) i) h0
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items, array_agg(token_count) AS counts FROM (
+        SELECT body, token_count FROM item WHERE response_id = a1.id ORDER BY is_output, ordinal) i) h1
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items, array_agg(token_count) AS counts FROM (
+        SELECT body, token_count FROM item WHERE response_id = a2.id ORDER BY is_output, ordinal) i) h2
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items, array_agg(token_count) AS counts FROM (
+        SELECT body, token_count FROM item WHERE response_id = a3.id ORDER BY is_output, ordinal) i) h3
     WHERE p.id = $previous_response_id AND p.tenant_id = $tenant_id AND p.deleted_at IS NULL
     FOR KEY SHARE OF p
 """
@@ -239,8 +243,9 @@ _PREVIOUS_AND_ANCESTORS_MARKING = _marking_the_turn(_PREVIOUS_AND_ANCESTORS_SQL)
 
 # A chain's whole history, when no ancestor within reach is cached (a cold worker): if the chain's first
 # response ran in a conversation, the conversation's items before it, then each response's input and output
-# items, oldest response first. The walk up the chain takes one primary-key lookup per response (LIMIT 1 keeps
-# each step a correlated lookup, never a join planned from the recursive part's guessed size).
+# items, oldest response first; and their stored token counts, in the same order, as text (an array aggregate
+# of the parts' arrays would nest them). The walk up the chain takes one primary-key lookup per response
+# (LIMIT 1 keeps each step a correlated lookup, never a join planned from the recursive part's guessed size).
 _CHAIN_HISTORY = Statement(
     """
     WITH RECURSIVE chain AS (
@@ -253,17 +258,19 @@ _CHAIN_HISTORY = Statement(
             FROM response WHERE id = c.previous_response_id LIMIT 1
         ) r
     )
-    SELECT string_agg(items, ',') FROM (
-        SELECT 0 AS part, 0 AS depth, prefix.items
+    SELECT string_agg(items, ',') AS history, string_agg(counts, ',') AS counts FROM (
+        SELECT 0 AS part, 0 AS depth, prefix.items, prefix.counts
         FROM (SELECT conversation_id, conversation_position FROM chain ORDER BY depth DESC LIMIT 1) root
-        CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-            SELECT body FROM item
+        CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items,
+                                   string_agg(coalesce(token_count, -1)::text, ',') AS counts FROM (
+            SELECT body, token_count FROM item
             WHERE conversation_id = root.conversation_id AND position < root.conversation_position
             ORDER BY position) i) prefix
         UNION ALL
-        SELECT 1, -c.depth, own.items
-        FROM chain c CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-            SELECT body FROM item WHERE response_id = c.id ORDER BY is_output, ordinal) i) own
+        SELECT 1, -c.depth, own.items, own.counts
+        FROM chain c CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items,
+                                                string_agg(coalesce(token_count, -1)::text, ',') AS counts FROM (
+            SELECT body, token_count FROM item WHERE response_id = c.id ORDER BY is_output, ordinal) i) own
         ORDER BY part, depth
     ) history
     """
@@ -656,6 +663,7 @@ class Ancestor:
     previous_response_id: str | None
     conversation_id: str | None  # set only on a chain's first response, when it ran in a conversation
     items: str  # its input then output item texts, joined by commas
+    counts: array[int]  # their stored token counts
 
 
 @dataclass(frozen=True)
@@ -700,15 +708,21 @@ async def read_previous(
                     row[f"previous{level}"],
                     row[f"conversation{level}"],
                     row[f"items{level}"] or "",
+                    stored_counts(row[f"counts{level}"]),
                 )
             )
     return Previous(row["status"], row["generation"], row["now"], found)
 
 
-async def chain_history(db: Any, tenant_id: str, response_id: str) -> str:
-    """The whole history a child of the response sends upstream ("" when there is none)."""
+async def chain_history(db: Any, tenant_id: str, response_id: str) -> tuple[str, array[int]]:
+    """The whole history a child of the response sends upstream ("" when there is none), and the stored token
+    count of each of its items."""
     values = {"response_id": response_id, "tenant_id": tenant_id}
-    return await db.fetchval(_CHAIN_HISTORY.sql, *_CHAIN_HISTORY.args(values)) or ""
+    row = await db.fetchrow(_CHAIN_HISTORY.sql, *_CHAIN_HISTORY.args(values))
+    counts = row["counts"] if row is not None else None
+    return (row["history"] if row is not None else None) or "", array(
+        "q", map(int, counts.split(","))
+    ) if counts else array("q")
 
 
 @dataclass(frozen=True)
