@@ -119,7 +119,7 @@ async def test_a_cold_worker_decides_from_the_stored_counts_as_the_warm_one_does
     client = alice.openai()
     for index in range(9):
         await client.responses.create(
-            model=SMALL_WINDOW_MODEL, input=words(120, f"t{index}"), conversation=conversation, truncation="auto"
+            model=SMALL_WINDOW_MODEL, input=words(120, f"tö{index}𝄞"), conversation=conversation, truncation="auto"
         )
     last = await rows(
         db, "SELECT id FROM item WHERE conversation_id = :c ORDER BY position DESC LIMIT 1", c=conversation
