@@ -24,6 +24,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.health import health, ready
 from service.http import DEPENDENCIES
 from service.idempotency.middleware import IdempotencyMiddleware
+from service.idempotency.service import close as close_idempotency
 from service.idempotency.service import purge_expired_keys
 from service.keys.service import KeyAuthenticator
 from service.lifecycle.routes import ConversationBackupAdminController, ConversationLifecycleController
@@ -149,6 +150,7 @@ def create_app(
             stop_turns()
             await stopping[0]
             await turn_context.close(settings.shutdown_grace_period)
+            await close_idempotency(settings.shutdown_grace_period)
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -12,7 +12,7 @@ from litestar.response import Stream
 
 from service.errors import InvalidRequest
 from service.http import CallerDep, json_response, require_tenant_key
-from service.idempotency.progress import IDEMPOTENT
+from service.idempotency.progress import IDEMPOTENT, note_stream
 from service.jsonbody import decode_object
 from service.limits.turns import TurnSlot
 from service.observability import turns as observe_turns
@@ -118,6 +118,7 @@ class ResponseController(Controller):
             except asyncio.CancelledError:
                 runtime.turns.follower_left(run)
                 raise
+        note_stream(response_id=started.state.id, unstored=None if turn.store else run)
         return _sse(run.follow(-1), lambda: runtime.turns.follower_left(run))
 
     @get(

@@ -39,7 +39,7 @@ from service.conversations.service import conversation_locked, conversation_not_
 from service.db.retry import while_unavailable
 from service.db.session import driver_connection
 from service.errors import InvalidRequest, ServiceUnavailable, is_database_unavailable
-from service.idempotency.progress import note_effect
+from service.idempotency.progress import note_effect, note_outcome_deferred
 from service.ids import can_exist, new_id
 from service.items import ITEM_REFERENCE, NewItem
 from service.limits.sizes import ConversationCaps
@@ -375,6 +375,7 @@ class TurnContext:
                 running_turns.discard(self.engine, state.id)  # not stored: the claim's expiry frees it
                 raise
             self._store_later(store, state.id)
+            note_outcome_deferred()  # a replay of this request's key answers with the outcome once stored
             raise ServiceUnavailable(
                 f"The answer for response '{state.id}' could not be stored yet because the database is "
                 f"unavailable. It is kept and stored as soon as the database is back (for up to "
