@@ -253,3 +253,43 @@ async def test_count_tokens_stores_the_counts_items_stored_before_counts_were_ke
     assert again.stdout.decode().strip() == "counted 0 items stored without a token count"
     refused = _cli(database_url, "count-tokens", "--batch", "0")
     assert refused.returncode == 2 and b"--batch must be at least 1" in refused.stderr
+
+
+async def test_an_item_stored_nested_deeper_than_python_recurses_is_counted(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, database_url: str
+) -> None:
+    """Items stored before bodies had a depth limit nest up to ~1,000 levels; without a stored count, the turns of
+    their conversation and the backfill must still estimate them."""
+    conversation = await new_conversation(alice.http, items=[{"role": "user", "content": "deep, later"}])
+    extra = "[" * 966 + "]" * 966
+    deep = '{"type":"message","role":"user","content":[{"type":"input_text","text":"deep","extra":' + extra + "}]}"
+    await _execute(
+        db, "UPDATE item SET body = :b, token_count = NULL WHERE conversation_id = :c", b=deep, c=conversation
+    )
+    question = {"model": SMALL_WINDOW_MODEL, "input": "x", "conversation": conversation}
+    counted = await alice.http.post("/v1/responses/input_tokens", json=question)
+    assert counted.status_code == 200, counted.text
+    assert counted.json()["input_tokens"] == REQUEST_FRAMING + estimate("deep") + estimate("x")
+    answer = await alice.http.post("/v1/responses", json=question)
+    assert answer.status_code == 200, answer.text
+    assert fake_upstream.requests[-1].body["input"][0]["content"][0]["text"] == "deep"
+
+    await _execute(db, "UPDATE item SET token_count = NULL WHERE conversation_id = :c", c=conversation)
+    done = _cli(database_url, "count-tokens")
+    assert done.returncode == 0, done.stderr
+    stored = await counts_by_position(db, conversation)
+    assert [item["token_count"] for item in stored] == [estimate("deep"), estimate("x"), estimate(stored[2]["text"])]
+
+
+async def test_a_long_text_is_estimated_from_its_beginning_scaled_by_its_length(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Estimates run on the event loop: a long text costs the tokenizing of its first 16,384 characters only."""
+    text = " ".join(f"w{index % 997}" for index in range(60_000))
+    answer = await alice.http.post("/v1/responses/input_tokens", json={"model": SMALL_WINDOW_MODEL, "input": text})
+    assert answer.status_code == 200, answer.text
+    sampled = len(_ENCODING.encode_ordinary(text[:16_384]))
+    estimated = -(-sampled * len(text) // 16_384)
+    assert answer.json()["input_tokens"] == REQUEST_FRAMING + ITEM_FRAMING + estimated
+    exact = len(_ENCODING.encode_ordinary(text))
+    assert abs(estimated - exact) < exact * 0.02

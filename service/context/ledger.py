@@ -161,7 +161,7 @@ class CountedItems:
         counts = array("q", stored[first:]) if stored is not None else array("q", [-1]) * len(raws)
         for index, count in enumerate(counts):
             if count < 0:  # stored before counts were kept, or not read with the history: estimated
-                counts[index] = tokens.item_tokens(msgspec.json.decode(raws[index]))
+                counts[index] = tokens.body_tokens(raws[index])
         new.counts.extend(counts)
         new.total += sum(counts)
         new.text = history
@@ -175,10 +175,8 @@ class CountedItems:
     def _append(self, length: int, body: bytes | str, count: int) -> None:
         """`count` < 0: not known, estimated here."""
         if count < 0:
-            item = msgspec.json.decode(body)
-            count, kind = tokens.item_tokens(item), kind_of(item)
-        else:
-            kind = kind_of_body(body)
+            count = tokens.body_tokens(body)
+        kind = kind_of_body(body)
         self.lengths.append(length)
         self.counts.append(count)
         self.kinds.append(kind)
