@@ -30,6 +30,16 @@ async def _leave_after(client: httpx.AsyncClient, body: dict[str, Any], key: str
         return await read_events(started, limit=events)
 
 
+async def _until_completed(db: AsyncEngine, key: str) -> None:
+    """A key is completed once the server has seen its client leave (its next write fails) or its run end; a
+    retry before that is answered 409 idempotency_key_in_use."""
+    for _ in range(200):
+        if await rows(db, "SELECT state FROM idempotency_key WHERE key = :k", k=key) == [{"state": "completed"}]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the key {key} was never completed")
+
+
 def _deltas(events: list[dict[str, Any]]) -> str:
     return "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
 
@@ -43,6 +53,8 @@ async def test_a_keyed_stream_whose_client_left_replays_the_whole_stream_live_th
     received = await _leave_after(alice.http, body, "k-left", events=4)
     response_id = received[0]["response"]["id"]
     assert _deltas(received) != ANSWER
+    await _until_completed(db, "k-left")
+    assert (await alice.http.get(f"/v1/responses/{response_id}")).json()["status"] == "in_progress"
 
     # The turn goes on (STREAM_DISCONNECT_POLICY=continue): the retry follows it to its end.
     live = await alice.http.post("/v1/responses", json=body, headers=keyed("k-left"))
@@ -78,15 +90,7 @@ async def test_a_keyed_store_false_stream_whose_client_left_replays_the_whole_st
     fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8), delay=0.2))
     body = {"model": MODEL, "input": "Count", "stream": True, "store": False}
     received = await _leave_after(alice.http, body, "k-nostore", events=3)
-
-    async def answered() -> bool:
-        found = await rows(db, "SELECT state FROM idempotency_key WHERE key = 'k-nostore'")
-        return found == [{"state": "completed"}]
-
-    for _ in range(200):  # the key is completed once the run ends
-        if await answered():
-            break
-        await asyncio.sleep(0.05)
+    await _until_completed(db, "k-nostore")  # once the run ends: a store=false stream has no event log
     replay = await alice.http.post("/v1/responses", json=body, headers=keyed("k-nostore"))
     assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true"
     events = [data for _, data in parse_sse(replay.text)]
