@@ -34,6 +34,7 @@ from service.context.ledger import (
 from service.context.sealing import Sealer, Summary
 from service.items import NewItem
 from service.responses.requests import build_upstream_body
+from service.upstream.body import UpstreamBody
 from service.upstream.client import OpenRouterClient, UpstreamEventStream, generation_id
 from service.upstream.errors import UpstreamError
 
@@ -71,7 +72,7 @@ class _Plan:
     compaction_usage: dict[str, Any] | None = None  # its summary call's usage, added to the turn's
     answered: list[str] = field(default_factory=list)  # the call ids the new input's tool outputs answer
 
-    def body(self, *, stream: bool) -> bytes:
+    def body(self, *, stream: bool) -> UpstreamBody:
         if self.sent is None:
             history = self.history
         else:

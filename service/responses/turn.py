@@ -50,7 +50,7 @@ from service.responses.chain_cache import ChainCache, ChainHistory, joined
 from service.responses.frame_log import FrameLog
 from service.responses.history_cache import HistoryCache
 from service.responses.outcome import apply_upstream_result, jsonb_safe, upstream_id_of, usage_numbers
-from service.responses.requests import TurnRequest, build_upstream_body
+from service.responses.requests import TurnRequest
 from service.responses.status import ANSWERED, Status, is_answered
 from service.responses.streaming import terminal_frame
 from service.responses.views import ResponseState
@@ -111,13 +111,6 @@ class Turn:
         turn's terminal event, rendered before that statement (which stores it in the event log), carries the
         completion time that is stored."""
         return self.state.created_at + timedelta(seconds=time.monotonic() - self.began)
-
-    def take_upstream_body(self, *, stream: bool) -> bytes:
-        """The body to send upstream. The history is needed for nothing else, and a streamed turn can run
-        for minutes: it is dropped here rather than held by every stream in flight."""
-        body = build_upstream_body(self.request.params, self.history, self.request.input_items, stream=stream)
-        self.history = ""
-        return body
 
 
 @dataclass(frozen=True)
