@@ -21,6 +21,7 @@ from service.context.setup import build_context_windows
 from service.conversations.routes import ConversationController
 from service.db.session import create_engine
 from service.errors import EXCEPTION_HANDLERS
+from service.gc_freeze import freeze_startup_objects
 from service.health import health, ready
 from service.http import DEPENDENCIES
 from service.idempotency.middleware import IdempotencyMiddleware
@@ -131,6 +132,7 @@ def create_app(
         )
         app.state.runtime = runtime
         await runtime.cluster.start()
+        freeze_startup_objects()
         background = [asyncio.create_task(_reap_forever(runtime)), asyncio.create_task(_purge_forever(runtime))]
         deliverer = WebhookDeliverer(settings, engine)
         if settings.webhook_delivery:
