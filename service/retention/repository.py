@@ -183,13 +183,15 @@ async def delete_expired_responses(conn: AsyncConnection, *, tenant_id: str, day
 
 # Keyed answers linked to no stored row (a `store: false` response's, which no thread holds, so neither a
 # response's deletion nor a hard delete reaches them): they hold a response's content, so they go with the
-# tenant's responses of their age, sooner than IDEMPOTENCY_KEY_TTL when the policy is shorter.
+# tenant's responses of their age, sooner than IDEMPOTENCY_KEY_TTL when the policy is shorter. Not a deferred
+# answer (a 503 whose turn was stored later, `answer_response_id`): its response may outlive the policy's age
+# (a later response builds on it), and a retry without the key would run and charge the turn again.
 _DELETE_UNLINKED_ANSWERS = text(
     """
     DELETE FROM idempotency_key WHERE (tenant_id, key) IN (
         SELECT tenant_id, key FROM idempotency_key
         WHERE tenant_id = :tenant AND state = 'completed' AND response_id IS NULL AND conversation_id IS NULL
-          AND created_at < now() - make_interval(days => :days)
+          AND answer_response_id IS NULL AND created_at < now() - make_interval(days => :days)
         LIMIT :limit FOR UPDATE SKIP LOCKED
     )
     RETURNING key
