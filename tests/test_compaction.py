@@ -281,6 +281,38 @@ async def test_a_turns_usage_and_stored_totals_include_its_compactions_summary_c
     assert final.usage.input_tokens > summary_in
 
 
+async def test_a_turn_that_fails_after_its_summary_call_still_counts_that_call(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice.http)
+    await converse(alice, fake_upstream, conversation, ["one " + "word " * 1200])
+    (before,) = await rows(db, "SELECT output_tokens, cost FROM conversation WHERE id = :c", c=conversation)
+    fake_upstream.reply_json(priced(summary_reply("S-lost"), output_tokens=70, cost=0.002, cached=0))
+    fake_upstream.reply_json({"error": {"message": "Provider returned error", "code": 400}}, status=400)
+    failed = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "input": "two",
+            "conversation": conversation,
+            "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+        },
+    )
+    assert failed.status_code == 400, failed.text
+    summary_in = fake_input_tokens(fake_upstream.requests[-2].body)
+    assert fake_upstream.requests[-2].body["instructions"] == SUMMARY_INSTRUCTIONS
+    (stored,) = await rows(
+        db,
+        "SELECT status, input_tokens, output_tokens, cost FROM response WHERE conversation_id = :c "
+        "ORDER BY created_at DESC LIMIT 1",
+        c=conversation,
+    )
+    assert stored == {"status": "failed", "input_tokens": summary_in, "output_tokens": 70, "cost": Decimal("0.002")}
+    (after,) = await rows(db, "SELECT output_tokens, cost FROM conversation WHERE id = :c", c=conversation)
+    assert after["output_tokens"] - before["output_tokens"] == 70
+    assert after["cost"] - before["cost"] == Decimal("0.002")
+
+
 async def test_a_streamed_turn_shows_its_compaction_item_first(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
     conversation = await new_conversation(alice.http)
     await converse(alice, fake_upstream, conversation, ["one " + "word " * 1200])

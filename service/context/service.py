@@ -80,6 +80,13 @@ class _Plan:
         return build_upstream_body(self.params, history, self.inputs, stream=stream)
 
 
+def _bill_summary(turn: Turn, plan: _Plan) -> None:
+    """The turn's call failed after its compaction's summary call, which OpenRouter billed: the failed turn
+    reports (and its thread's totals add) that usage."""
+    if plan.compaction_usage is not None:
+        turn.state.usage = compaction.with_summary_usage(turn.state.usage, plan.compaction_usage)
+
+
 def _sent_item(body: str) -> NewItem:
     """An item only sent, never stored (what is read of it: its body and what it costs)."""
     return NewItem(
@@ -104,6 +111,7 @@ class ContextWindows:
                 result = await upstream.create(plan.body(stream=False))
             except UpstreamError as error:
                 if not self._refit(plan, turn, error, attempt):
+                    _bill_summary(turn, plan)
                     raise
                 continue
             self._observe(turn, plan, result.get("usage"))
@@ -125,6 +133,7 @@ class ContextWindows:
                     break
                 except UpstreamError as error:
                     if not self._refit(plan, turn, error, attempt):
+                        _bill_summary(turn, plan)
                         raise
             first = [plan.compaction] if plan.compaction is not None else []
             yield ObservedStream(stream, lambda usage: self._observe(turn, plan, usage), first, plan.compaction_usage)
