@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.admin import repository
+from service.admin import repository, search
 from service.admin.cursor import Keyset
 from service.admin.params import ConversationFilters
 from tests.conftest import TABLES, LiveServer, Tenant
@@ -213,7 +213,7 @@ async def test_search_for_a_word_in_more_items_than_the_index_read_cap_still_nar
                 "'completed', '{}', "
                 "'a ubiquitous word' FROM generate_series(1, :n) g"
             ),
-            {"tenant": tenant_id, "conversation": crowded, "n": repository.SEARCH_SCAN_CAP + 50},
+            {"tenant": tenant_id, "conversation": crowded, "n": search.SEARCH_SCAN_CAP + 50},
         )
     assert await listed_ids(admin, q="ubiquitous") == {chatty, crowded}
     assert [row["id"] for row in await walk(admin, "/admin/conversations", {"q": "ubiquitous"}, 1)] == [

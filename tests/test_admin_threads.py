@@ -14,8 +14,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.admin import repository as admin_repository
+from service.admin import search
 from service.admin.cursor import Keyset
-from service.admin.params import ThreadFilters
+from service.admin.params import ConversationFilters, ResponseFilters, ThreadFilters
 from service.threads import repository
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
@@ -158,7 +159,7 @@ async def test_search_above_the_index_read_cap_walks_threads_with_the_same_answe
                 "'user', 'completed', '{}', 'needle in a haystack' FROM response, generate_series(1, :n) g "
                 "WHERE id = :id"
             ),
-            {"id": crowded["id"], "n": admin_repository.SEARCH_SCAN_CAP + 10},
+            {"id": crowded["id"], "n": search.SEARCH_SCAN_CAP + 10},
         )
     assert await thread_ids(admin, q="needle") == [chain[0]["id"], crowded["id"]]
     assert [row["id"] for row in await walk(admin, "/admin/threads", {"q": "needle"}, 1)] == [
@@ -324,3 +325,58 @@ async def test_every_thread_filter_has_an_index_path_without_offset(
         assert f"Seq Scan on {table} " not in plan, plan
     for index in indexes:
         assert index in plan, plan
+
+
+def _search_statements() -> list[tuple[str, Any, str]]:
+    keyset = Keyset(limit=20)
+    return [
+        (
+            "conversations",
+            admin_repository.conversation_page_statement(ConversationFilters(q="word"), None, keyset),
+            "ix_item_conversation_id_id",
+        ),
+        ("threads", repository.thread_page_statement(ThreadFilters(q="word"), None, keyset), "ix_item_thread_id"),
+        (
+            "threads of a tenant",
+            repository.thread_page_statement(ThreadFilters(q="word", tenant="t"), "t", keyset),
+            "ix_item_thread_id",
+        ),
+        (
+            "conversations of a tenant",
+            admin_repository.conversation_page_statement(ConversationFilters(q="word", tenant="t"), "t", keyset),
+            "ix_item_conversation_id_id",
+        ),
+        (
+            "responses",
+            admin_repository.response_page_statement(ResponseFilters(q="word"), None, keyset),
+            "ix_item_response_id_is_output_ordinal",
+        ),
+        (
+            "responses of a tenant",
+            admin_repository.response_page_statement(ResponseFilters(q="word", tenant="t"), "t", keyset),
+            "ix_item_response_id_is_output_ordinal",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_search_statements())))
+async def test_search_pages_have_one_plan_whatever_the_estimates(db: AsyncEngine, case: int) -> None:
+    """Planned on this nearly empty database, where every word looks rare and every table tiny (the opposite
+    of the estimates at a million items), a search page has no hash join, whose build side would be every
+    matching item or a whole table: it fetches the owners of the matches by primary key, walks the owners
+    testing each one's items on the owners' item index (never the GIN index), and reads the page's rows by
+    primary key."""
+    name, statement, walk_index = _search_statements()[case]
+    async with db.connect() as conn:
+        await admin_repository.plan_each_page(conn)
+        plan = await admin_repository.explain(conn, statement)
+        assert "Hash" not in plan, (name, plan)
+        # With sequential scans priced out (the tables here are a page each), every step is on its index.
+        await conn.execute(text("SET enable_seqscan = off"))
+        plan = await admin_repository.explain(conn, statement)
+    assert "Hash" not in plan, (name, plan)
+    assert "Bitmap Index Scan on ix_item_search_vector" in plan, (name, plan)
+    assert f"Index Scan using {walk_index} on item" in plan, (name, plan)
+    assert "Seq Scan on item" not in plan and "Seq Scan on conversation" not in plan, (name, plan)
+    # The matched owners are probed one by one by primary key, never tested against the array on a walk.
+    assert "id = ANY" not in plan and "Index Scan using pk_" in plan, (name, plan)

@@ -11,8 +11,10 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
+from sqlalchemy import Select, literal, tuple_
 
 from service.errors import InvalidRequest
 
@@ -23,6 +25,19 @@ _MAX_CURSOR_LENGTH = 512
 class Keyset:
     limit: int
     after: tuple[datetime, str] | None = None
+
+
+def after_keyset(stmt: Select[Any], at: Any, row_id: Any, keyset: Keyset) -> Select[Any]:
+    """`stmt`'s rows that sort after the keyset's, newest first."""
+    if keyset.after is None:
+        return stmt
+    after_at, after_id = keyset.after
+    return stmt.where(tuple_(at, row_id) < tuple_(literal(after_at, at.type), literal(after_id, row_id.type)))
+
+
+def newest_first(stmt: Select[Any], at: Any, row_id: Any, keyset: Keyset) -> Select[Any]:
+    """The page of `stmt` after the keyset, newest first: the first rows of one (at, id) index range."""
+    return after_keyset(stmt, at, row_id, keyset).order_by(at.desc(), row_id.desc()).limit(keyset.limit + 1)
 
 
 def encode_cursor(kind: str, at: datetime, row_id: str) -> str:

@@ -18,15 +18,12 @@ from sqlalchemy import (
     case,
     cast,
     delete,
-    exists,
     func,
     literal,
-    literal_column,
     or_,
     select,
     text,
     tuple_,
-    union_all,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,7 +31,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
-from service.admin.cursor import Keyset
+from service.admin import search
+from service.admin.cursor import Keyset, newest_first
 from service.admin.params import RESPONSE_STATUSES, ConversationFilters, ResponseFilters, TimeRange
 from service.db.models import conversation_table, item_table, response_table, tenant_table
 from service.responses.repository import RUNNING_STATUSES
@@ -44,10 +42,6 @@ response_t = response_table
 item_t = item_table
 tenant_t = tenant_table
 
-# Inlined (not a bind parameter) so the query parses with a constant configuration, as the stored vector was.
-_SEARCH_CONFIG: ColumnElement[Any] = literal_column("'simple'::regconfig")
-# A search reads at most this many matching items from the GIN index before it concludes the words are common.
-SEARCH_SCAN_CAP = 2000
 # The model that served a turn, else the one asked for: what conversation.last_model records.
 SERVED_MODEL = func.coalesce(response_t.c.upstream_model, response_t.c.model)
 
@@ -79,13 +73,6 @@ def _time_range(column: Any, after: datetime | None, before: datetime | None) ->
     if before is not None:
         conditions.append(column < before)
     return conditions
-
-
-def _newest_first(stmt: Select[Any], at: Any, row_id: Any, keyset: Keyset) -> Select[Any]:
-    if keyset.after is not None:
-        after_at, after_id = keyset.after
-        stmt = stmt.where(tuple_(at, row_id) < tuple_(literal(after_at, at.type), literal(after_id, row_id.type)))
-    return stmt.order_by(at.desc(), row_id.desc()).limit(keyset.limit + 1)
 
 
 def _tenant_name(tenant_id: Any) -> Any:
@@ -162,44 +149,19 @@ def conversation_page_statement(filters: ConversationFilters, tenant_id: str | N
     if filters.metadata:
         # Containment is what the jsonb_path_ops GIN index answers.
         conditions.append(c.c.metadata.op("@>")(bindparam("metadata", filters.metadata, type_=JSONB)))
-    stmt = select(*_CONVERSATION_COLUMNS).where(*conditions)
     if filters.q is not None:
-        return _search_page(stmt, filters.q, keyset)
-    return _newest_first(stmt, c.c.updated_at, c.c.id, keyset)
-
-
-def _search_page(stmt: Select[Any], q: str, keyset: Keyset) -> Select[Any]:
-    """Full-text search, newest activity first. Two plans fit, and which one depends on how common the words
-    are, which a cost estimate gets wrong often enough to matter (measured: 0.3 s instead of 5 ms):
-
-    - rare words: read every matching item from the GIN index (at most SEARCH_SCAN_CAP), then fetch those
-      conversations by primary key and keep the newest;
-    - common words (more matches than the cap): walk the conversations newest first and check each one's
-      items, which finds a page of matches after a few dozen conversations.
-
-    The statement holds both as a UNION ALL whose branches are switched on by the count of the first
-    (bounded) read, so PostgreSQL runs exactly one, whatever its estimates."""
-    c = conversation_t
-    hits = (
-        select(item_t.c.conversation_id)
-        .where(item_t.c.search_vector.op("@@")(func.websearch_to_tsquery(_SEARCH_CONFIG, q)))
-        .limit(SEARCH_SCAN_CAP + 1)
-        .cte("hits")
-        .prefix_with("MATERIALIZED")
-    )
-    found = select(func.count()).select_from(hits).scalar_subquery()
-    # = ANY(array) rather than IN (subquery): an index scan on the primary key, never a hash of every row.
-    hit_ids = cast(select(func.array_agg(hits.c.conversation_id)).scalar_subquery(), ARRAY(Text))
-    rare = stmt.where(found <= SEARCH_SCAN_CAP, c.c.id == any_(hit_ids))
-    item_matches = exists().where(
-        item_t.c.conversation_id == c.c.id,
-        item_t.c.search_vector.op("@@")(func.websearch_to_tsquery(_SEARCH_CONFIG, q)),
-    )
-    common = stmt.where(found > SEARCH_SCAN_CAP, item_matches)
-    both = union_all(
-        _newest_first(rare, c.c.updated_at, c.c.id, keyset), _newest_first(common, c.c.updated_at, c.c.id, keyset)
-    ).subquery("page")
-    return select(both).order_by(both.c.updated_at.desc(), both.c.id.desc()).limit(keyset.limit + 1)
+        # Conversations with an item that matches (admin/search.py).
+        keys = select(c.c.id, c.c.updated_at).where(*conditions)
+        return search.search_page(
+            keys,
+            _CONVERSATION_COLUMNS,
+            at=c.c.updated_at,
+            row_id=c.c.id,
+            owner=item_t.c.conversation_id,
+            q=filters.q,
+            keyset=keyset,
+        )
+    return newest_first(select(*_CONVERSATION_COLUMNS).where(*conditions), c.c.updated_at, c.c.id, keyset)
 
 
 async def conversation_page(
@@ -211,6 +173,28 @@ async def conversation_page(
 async def get_conversation(conn: AsyncConnection, conversation_id: str) -> Any:
     stmt = select(*_CONVERSATION_COLUMNS).where(conversation_t.c.id == conversation_id)
     return (await conn.execute(stmt)).first()
+
+
+_RESPONSE_COLUMNS = (
+    response_t.c.id,
+    response_t.c.tenant_id,
+    _tenant_name(response_t.c.tenant_id),
+    response_t.c.conversation_id,
+    response_t.c.previous_response_id,
+    response_t.c.status,
+    response_t.c.model,
+    response_t.c.upstream_model,
+    response_t.c.input_tokens,
+    response_t.c.output_tokens,
+    response_t.c.cost,
+    response_t.c.error,
+    response_t.c.incomplete_details,
+    response_t.c.background,
+    response_t.c.created_at,
+    response_t.c.completed_at,
+    response_t.c.deleted_at,
+    response_t.c.request_id,
+)
 
 
 def response_page_statement(filters: ResponseFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
@@ -225,51 +209,20 @@ def response_page_statement(filters: ResponseFilters, tenant_id: str | None, key
         conditions.append(r.c.status == filters.status)
     if filters.conversation is not None:
         conditions.append(r.c.conversation_id == filters.conversation)
-    stmt = select(
-        r.c.id,
-        r.c.tenant_id,
-        _tenant_name(r.c.tenant_id),
-        r.c.conversation_id,
-        r.c.previous_response_id,
-        r.c.status,
-        r.c.model,
-        r.c.upstream_model,
-        r.c.input_tokens,
-        r.c.output_tokens,
-        r.c.cost,
-        r.c.error,
-        r.c.incomplete_details,
-        r.c.background,
-        r.c.created_at,
-        r.c.completed_at,
-        r.c.deleted_at,
-        r.c.request_id,
-    ).where(*conditions)
     if filters.q is not None:
-        return _response_search_page(stmt, filters.q, keyset)
-    return _newest_first(stmt, r.c.created_at, r.c.id, keyset)
-
-
-def _response_search_page(stmt: Select[Any], q: str, keyset: Keyset) -> Select[Any]:
-    """Responses with an input or output item that matches, newest first: the two plans of _search_page, by
-    the items' response_id (items added to a conversation directly belong to no response)."""
-    r = response_t
-    matches = item_t.c.search_vector.op("@@")(func.websearch_to_tsquery(_SEARCH_CONFIG, q))
-    hits = (
-        select(item_t.c.response_id)
-        .where(matches, item_t.c.response_id.is_not(None))
-        .limit(SEARCH_SCAN_CAP + 1)
-        .cte("hits")
-        .prefix_with("MATERIALIZED")
-    )
-    found = select(func.count()).select_from(hits).scalar_subquery()
-    hit_ids = cast(select(func.array_agg(hits.c.response_id)).scalar_subquery(), ARRAY(Text))
-    rare = stmt.where(found <= SEARCH_SCAN_CAP, r.c.id == any_(hit_ids))
-    common = stmt.where(found > SEARCH_SCAN_CAP, exists().where(item_t.c.response_id == r.c.id, matches))
-    both = union_all(
-        _newest_first(rare, r.c.created_at, r.c.id, keyset), _newest_first(common, r.c.created_at, r.c.id, keyset)
-    ).subquery("page")
-    return select(both).order_by(both.c.created_at.desc(), both.c.id.desc()).limit(keyset.limit + 1)
+        # Responses with an input or output item that matches (admin/search.py); items added to a conversation
+        # directly belong to no response.
+        keys = select(r.c.id, r.c.created_at).where(*conditions)
+        return search.search_page(
+            keys,
+            _RESPONSE_COLUMNS,
+            at=r.c.created_at,
+            row_id=r.c.id,
+            owner=item_t.c.response_id,
+            q=filters.q,
+            keyset=keyset,
+        )
+    return newest_first(select(*_RESPONSE_COLUMNS).where(*conditions), r.c.created_at, r.c.id, keyset)
 
 
 async def response_page(

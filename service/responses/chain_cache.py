@@ -16,9 +16,8 @@ served only to the tenant that stored the response.
 from __future__ import annotations
 
 import sys
-from array import array
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -26,11 +25,6 @@ class ChainHistory:
     tenant_id: str
     generation: int
     text: str
-    # Each item's stored token count, in the same order (-1: stored before counts were kept).
-    counts: array[int] = field(default_factory=lambda: array("q"))
-
-    def size(self) -> int:
-        return sys.getsizeof(self.text) + self.counts.itemsize * len(self.counts)
 
 
 class ChainCache:
@@ -41,7 +35,7 @@ class ChainCache:
         self._entries: OrderedDict[str, ChainHistory] = OrderedDict()
         self._bytes = 0
 
-    def get(self, response_id: str, tenant_id: str, generation: int) -> ChainHistory | None:
+    def get(self, response_id: str, tenant_id: str, generation: int) -> str | None:
         entry = self._entries.get(response_id)
         if entry is None or entry.tenant_id != tenant_id:
             return None
@@ -49,7 +43,7 @@ class ChainCache:
             self.discard(response_id)
             return None
         self._entries.move_to_end(response_id)
-        return entry
+        return entry.text
 
     def holds(self, response_id: str) -> bool:
         """Whether an entry is kept for the response, current or not (the begin then skips the walk)."""
@@ -57,19 +51,19 @@ class ChainCache:
 
     def put(self, response_id: str, entry: ChainHistory) -> None:
         self.discard(response_id)
-        size = entry.size()
+        size = sys.getsizeof(entry.text)
         if size > self._max_bytes:
             return
         self._entries[response_id] = entry
         self._bytes += size
         while self._bytes > self._max_bytes:
             _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size()
+            self._bytes -= sys.getsizeof(evicted.text)
 
     def discard(self, response_id: str) -> None:
         entry = self._entries.pop(response_id, None)
         if entry is not None:
-            self._bytes -= entry.size()
+            self._bytes -= sys.getsizeof(entry.text)
 
 
 def joined(*parts: str) -> str:

@@ -25,20 +25,21 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    true,
     tuple_,
     union_all,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.selectable import CTE
 
-from service.admin.cursor import Keyset
+from service.admin import search
+from service.admin.cursor import Keyset, newest_first
 from service.admin.params import ThreadFilters
 from service.admin.repository import (
     _CONVERSATION_COLUMNS,
     _CURRENT_STATUS,
-    _SEARCH_CONFIG,
-    SEARCH_SCAN_CAP,
-    _newest_first,
+    _RESPONSE_COLUMNS,
     _status_is,
     _tenant_name,
     _time_range,
@@ -134,26 +135,41 @@ def _conditions(table: Any, filters: ThreadFilters, tenant_id: str | None) -> li
     return conditions
 
 
-def _matches(q: str) -> ColumnElement[bool]:
-    return item_t.c.search_vector.op("@@")(func.websearch_to_tsquery(_SEARCH_CONFIG, q))
+# A thread's id is its conversation's or its first response's (service/ids.py gives each kind its prefix).
+_ID_PREFIXES = {"conversation": "conv_", "chain": "resp_"}
 
 
-def _kind_page(table: Any, stmt: Select[Any], keyset: Keyset, hits: Any, q: str | None) -> Select[Any]:
-    """One kind's page; with a search, as admin/repository._search_page explains: the threads of the matching
-    items when they are few (read from the GIN index, at most SEARCH_SCAN_CAP), else a walk of the threads
-    newest first checking each one's items (by item.thread_id). Exactly one branch runs."""
+def _kind_page(
+    kind: str, table: Any, stmt: Select[Any], keyset: Keyset, *, hits: CTE | None, q: str | None
+) -> Select[Any]:
+    """One kind's page; with a search, the matching threads of that kind (admin/search.py), by item.thread_id."""
     if hits is None or q is None:
-        return _newest_first(stmt, table.c.updated_at, table.c.id, keyset)
-    found = select(func.count()).select_from(hits).scalar_subquery()
-    hit_ids = cast(select(func.array_agg(hits.c.thread_id)).scalar_subquery(), ARRAY(Text))
-    rare = stmt.where(found <= SEARCH_SCAN_CAP, table.c.id == any_(hit_ids))
-    in_thread = exists().where(item_t.c.thread_id == table.c.id, _matches(q))
-    common = stmt.where(found > SEARCH_SCAN_CAP, in_thread)
-    both = union_all(
-        _newest_first(rare, table.c.updated_at, table.c.id, keyset),
-        _newest_first(common, table.c.updated_at, table.c.id, keyset),
-    ).subquery()
-    return select(both)
+        return newest_first(stmt, table.c.updated_at, table.c.id, keyset)
+    both = search.newest_matching(
+        stmt,
+        at=table.c.updated_at,
+        row_id=table.c.id,
+        owner=item_t.c.thread_id,
+        hits=hits,
+        q=q,
+        keyset=keyset,
+        id_prefix=_ID_PREFIXES[kind],
+    )
+    return select(both.subquery())
+
+
+_ROW_COLUMNS = (
+    "tenant_id",
+    "title",
+    "metadata",
+    "item_count",
+    "response_count",
+    "input_tokens",
+    "output_tokens",
+    "cost",
+    "created_at",
+    "last_model",
+)
 
 
 def thread_page_statement(filters: ThreadFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
@@ -161,49 +177,49 @@ def thread_page_statement(filters: ThreadFilters, tenant_id: str | None, keyset:
 
     The walks select only (id, updated_at, kind); the columns, with their subqueries (tenant name, current
     status), are read once, for the page's rows: planned once rather than once per branch, which made planning
-    the largest part of a search page (docs/benchmarks.md)."""
-    hits = None
-    if filters.q is not None:
-        hits = (
-            select(item_t.c.thread_id)
-            .where(_matches(filters.q))
-            .limit(SEARCH_SCAN_CAP + 1)
-            .cte("hits")
-            .prefix_with("MATERIALIZED")
-        )
+    the largest part of a search page (docs/benchmarks.md). Each page row reads its thread's row by primary key
+    (a LATERAL subquery with LIMIT 1, which stays a per-row probe): as a join, the planner could hash a whole
+    table for a page of 21 rows when it misjudged the page's size."""
+    hits = search.matching_items(item_t.c.thread_id, filters.q) if filters.q is not None else None
     parts = []
     for kind, table in (("conversation", conversation_t), ("chain", chain_t)):
         if filters.kind in (None, kind):
             stmt = select(table.c.id, table.c.updated_at, literal(kind).label("kind")).where(
                 *_conditions(table, filters, tenant_id)
             )
-            parts.append(_kind_page(table, stmt, keyset, hits, filters.q))
+            parts.append(_kind_page(kind, table, stmt, keyset, hits=hits, q=filters.q))
     merged = union_all(*parts).subquery("merged") if len(parts) > 1 else parts[0].subquery("merged")
     page = (
         select(merged).order_by(merged.c.updated_at.desc(), merged.c.id.desc()).limit(keyset.limit + 1).subquery("page")
     )
     c, ch = conversation_t, chain_t
-    is_conversation = page.c.kind == "conversation"
+    conversation_row = (
+        select(*(c.c[name] for name in _ROW_COLUMNS), _CURRENT_STATUS)
+        .where(c.c.id == page.c.id, page.c.kind == "conversation")
+        .limit(1)
+        .lateral("conversation_row")
+    )
+    chain_row = (
+        select(*(ch.c[name] for name in _ROW_COLUMNS), _CHAIN_STATUS.label("last_status"))
+        .where(ch.c.id == page.c.id, page.c.kind == "chain")
+        .limit(1)
+        .lateral("chain_row")
+    )
 
     def either(column: str) -> Any:
-        return func.coalesce(c.c[column], ch.c[column]).label(column)
+        return func.coalesce(conversation_row.c[column], chain_row.c[column])
 
-    tenant_id_column = func.coalesce(c.c.tenant_id, ch.c.tenant_id)
-    status = case((is_conversation, _CURRENT_STATUS.element), else_=_CHAIN_STATUS).label("last_status")
-    joined = page.outerjoin(c, and_(is_conversation, c.c.id == page.c.id)).outerjoin(
-        ch, and_(page.c.kind == "chain", ch.c.id == page.c.id)
-    )
-    columns = ("title", "metadata", "item_count", "response_count", "input_tokens", "output_tokens", "cost")
+    joined = page.outerjoin(conversation_row, true()).outerjoin(chain_row, true())
     return (
         select(
             page.c.id,
-            tenant_id_column.label("tenant_id"),
-            _tenant_name(tenant_id_column),
-            *(either(name) for name in columns),
-            either("created_at"),
+            either("tenant_id").label("tenant_id"),
+            _tenant_name(either("tenant_id")),
+            *(either(name).label(name) for name in _ROW_COLUMNS[1:-2]),
+            either("created_at").label("created_at"),
             page.c.updated_at,
-            either("last_model"),
-            status,
+            either("last_model").label("last_model"),
+            either("last_status").label("last_status"),
             page.c.kind,
         )
         .select_from(joined)
@@ -226,28 +242,6 @@ async def get_thread(conn: AsyncConnection, thread_id: str) -> Any:
     if row is None:
         row = (await conn.execute(select(*_CHAIN_COLUMNS).where(chain_t.c.id == thread_id))).first()
     return row
-
-
-_RESPONSE_COLUMNS = (
-    response_t.c.id,
-    response_t.c.tenant_id,
-    _tenant_name(response_t.c.tenant_id),
-    response_t.c.conversation_id,
-    response_t.c.previous_response_id,
-    response_t.c.status,
-    response_t.c.model,
-    response_t.c.upstream_model,
-    response_t.c.input_tokens,
-    response_t.c.output_tokens,
-    response_t.c.cost,
-    response_t.c.error,
-    response_t.c.incomplete_details,
-    response_t.c.background,
-    response_t.c.created_at,
-    response_t.c.completed_at,
-    response_t.c.deleted_at,
-    response_t.c.request_id,
-)
 
 
 async def thread_responses(conn: AsyncConnection, thread_id: str, keyset: Keyset) -> list[Any]:
