@@ -21,9 +21,11 @@ from service.context.setup import build_context_windows
 from service.conversations.routes import ConversationController
 from service.db.session import create_engine
 from service.errors import EXCEPTION_HANDLERS
+from service.gc_freeze import freeze_startup_objects
 from service.health import health, ready
 from service.http import DEPENDENCIES
 from service.idempotency.middleware import IdempotencyMiddleware
+from service.idempotency.service import close as close_idempotency
 from service.idempotency.service import purge_expired_keys
 from service.keys.service import KeyAuthenticator
 from service.lifecycle.routes import ConversationBackupAdminController, ConversationLifecycleController
@@ -130,6 +132,7 @@ def create_app(
         )
         app.state.runtime = runtime
         await runtime.cluster.start()
+        freeze_startup_objects()
         background = [asyncio.create_task(_reap_forever(runtime)), asyncio.create_task(_purge_forever(runtime))]
         deliverer = WebhookDeliverer(settings, engine)
         if settings.webhook_delivery:
@@ -149,6 +152,7 @@ def create_app(
             stop_turns()
             await stopping[0]
             await turn_context.close(settings.shutdown_grace_period)
+            await close_idempotency(settings.shutdown_grace_period)
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -250,6 +250,16 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_count_tokens(settings: Settings, args: argparse.Namespace) -> int:
+    from service.context.backfill import count_missing  # noqa: PLC0415
+
+    if args.batch < 1:
+        return _fail("--batch must be at least 1")
+    counted = _with_engine(settings, lambda engine: count_missing(engine, batch=args.batch))
+    print(f"counted {counted} items stored without a token count")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convstore",
@@ -290,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("file", help="the JSON Lines file, or - for standard input")
     import_.add_argument("--tenant", help="import into this tenant (created if new); default: each header's tenant")
     import_.set_defaults(handler=cmd_import)
+    count_tokens = commands.add_parser(
+        "count-tokens", help="store estimated token counts for items stored before counts were kept"
+    )
+    count_tokens.add_argument("--batch", type=int, default=1000, help="items per transaction (default 1000)")
+    count_tokens.set_defaults(handler=cmd_count_tokens)
     return parser
 
 

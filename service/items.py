@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from service.context.tokens import item_tokens
 from service.errors import InvalidRequest
 from service.ids import new_id
 from service.rendering import client_item
@@ -45,6 +46,7 @@ class NewItem:
     status: str
     body: str
     text_content: str
+    token_count: int  # what it costs a model as input: estimated here, exact once OpenRouter reported usage
 
 
 def _fail(message: str, param: str) -> InvalidRequest:
@@ -185,6 +187,7 @@ def _to_new_item(item: dict[str, Any]) -> NewItem:
         status=_column(item.get("status")) or "completed",
         body=_encode(item).decode(),
         text_content=extract_text(item),
+        token_count=item_tokens(item),
     )
 
 

@@ -50,13 +50,18 @@ def catalog_entry(model: str, context_length: int, max_completion_tokens: int | 
 
 
 def _texts(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [t for v in value for t in _texts(v)]
-    if isinstance(value, dict):
-        return [t for k, v in value.items() if k not in {"id", "type", "status", "role", "call_id"} for t in _texts(v)]
-    return []
+    """Every text in a request value, in order (a stack of its own: inputs may nest ~1,000 deep)."""
+    found, pending = [], [value]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, list):
+            pending.extend(reversed(value))
+        elif isinstance(value, dict):
+            skipped = {"id", "type", "status", "role", "call_id"}
+            pending.extend(reversed([v for k, v in value.items() if k not in skipped]))
+    return found
 
 
 def fake_input_tokens(body: dict[str, Any]) -> int:

@@ -173,12 +173,14 @@ async def test_a_stale_background_chain_turn_fails_its_chain_once_reaped(
         await conn.execute(
             text(
                 "UPDATE response SET status = 'in_progress', completed_at = NULL,"
-                " created_at = now() - interval '5 seconds' WHERE id = :r"
+                " created_at = now() - interval '1000 seconds' WHERE id = :r"
             ),
             {"r": child["id"]},
         )
     assert await listed(admin) == [(root["id"], "in_progress")]
-    start_server(turn_lock_ttl=1.0)  # its reaper takes responses running for over a second for dead
+    # Its reaper runs every second; it takes claim-less responses for dead once they ran longer than the longest
+    # TURN_LOCK_TTL of a live process (the suite's server: 960 s).
+    start_server(turn_lock_ttl=1.0)
 
     async def reaped() -> bool:
         return await listed(admin) == [(root["id"], "failed")]
@@ -243,6 +245,37 @@ async def test_a_dead_processs_chain_turns_fail_their_chains_within_the_heartbea
     assert stored["status"] == "failed"
     # The live turn keeps its chain in_progress; the other chain shows its failed turn.
     assert sorted(await listed(admin)) == sorted([(plain_root["id"], "in_progress"), (stored_root["id"], "failed")])
+
+
+async def test_a_turn_listed_later_never_shortens_the_chains_expiry(
+    alice: Tenant, db: AsyncEngine, fake_upstream: FakeOpenRouter
+) -> None:
+    """Processes sharing a database may run with different TURN_LOCK_TTL: a turn listed by one with a shorter TTL
+    must not make the chain's running turns look expired (then failed, and deletable) before the longest's TTL."""
+    root = await turn(alice.http, "start")
+    body = {"model": MODEL, "input": "take your time", "previous_response_id": root["id"]}
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Slow answer."), delay=1.5))
+    first = asyncio.create_task(alice.http.post("/v1/responses", json=body))
+
+    async def listed_turns(count: int) -> bool:
+        return len((await chain_row(db, root["id"]))["turn_response_ids"] or []) == count
+
+    await until(lambda: listed_turns(1), "the first turn was never listed")
+    async with db.begin() as conn:  # as a process whose TTL is a day listed it
+        await conn.execute(
+            text("UPDATE response_chain SET turn_expires_at = now() + interval '1 day' WHERE id = :id"),
+            {"id": root["id"]},
+        )
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Slow too."), delay=1.5))
+    second = asyncio.create_task(alice.http.post("/v1/responses", json=body))
+    await until(lambda: listed_turns(2), "the second turn was never listed")
+    [row] = await rows(
+        db,
+        "SELECT turn_expires_at > now() + interval '23 hours' AS kept FROM response_chain WHERE id = :id",
+        id=root["id"],
+    )
+    assert row["kept"] is True
+    assert [(await first).status_code, (await second).status_code] == [200, 200]
 
 
 async def test_a_plain_chain_turn_on_a_worker_that_reads_the_chain_is_listed_too(

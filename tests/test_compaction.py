@@ -5,6 +5,7 @@ history always stays stored and listed."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import openai
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context.compaction import SUMMARY_INSTRUCTIONS
 from tests.conftest import Tenant
-from tests.fake_openrouter import FakeOpenRouter, text_response
+from tests.fake_openrouter import FakeOpenRouter, fake_input_tokens, text_response
 from tests.turn_support import assistant, conversation_items, list_all, new_conversation, rows, user
 
 MODEL = "openai/gpt-4o-mini"
@@ -216,6 +217,100 @@ async def test_context_management_compacts_before_the_turn_once_past_the_thresho
     )
     assert [item.type for item in quiet.output] == ["message"]
     assert len(fake_upstream.requests) == calls + 1
+
+
+def priced(reply: dict[str, Any], *, output_tokens: int, cost: float, cached: int) -> dict[str, Any]:
+    usage = reply["usage"]
+    usage.update(output_tokens=output_tokens, cost=cost)
+    usage["input_tokens_details"] = {"cached_tokens": cached}
+    return reply
+
+
+async def test_a_turns_usage_and_stored_totals_include_its_compactions_summary_call(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice.http)
+    await converse(alice, fake_upstream, conversation, ["one " + "word " * 1200])
+    (before,) = await rows(
+        db, "SELECT input_tokens, output_tokens, cost FROM conversation WHERE id = :c", c=conversation
+    )
+    fake_upstream.reply_json(priced(summary_reply("S-billed"), output_tokens=70, cost=0.002, cached=11))
+    fake_upstream.reply_json(
+        priced(text_response("billed", msg_id="msg_billed"), output_tokens=9, cost=0.0005, cached=0)
+    )
+    done = await alice.openai().responses.create(
+        model=MODEL,
+        input="two",
+        conversation=conversation,
+        context_management=[{"type": "compaction", "compact_threshold": 1000}],
+    )
+    # The fake reports what it counted as each call's input tokens.
+    summary_in = fake_input_tokens(fake_upstream.requests[-2].body)
+    turn_in = fake_input_tokens(fake_upstream.requests[-1].body)
+    assert done.usage is not None
+    assert done.usage.input_tokens == summary_in + turn_in
+    assert done.usage.output_tokens == 70 + 9
+    assert done.usage.total_tokens == summary_in + turn_in + 79
+    assert done.usage.input_tokens_details.cached_tokens == 11
+    assert done.model_dump()["usage"]["cost"] == 0.0025
+    (stored,) = await rows(db, "SELECT input_tokens, output_tokens, cost FROM response WHERE id = :r", r=done.id)
+    assert stored == {"input_tokens": summary_in + turn_in, "output_tokens": 79, "cost": Decimal("0.0025")}
+    (after,) = await rows(
+        db, "SELECT input_tokens, output_tokens, cost FROM conversation WHERE id = :c", c=conversation
+    )
+    assert after["input_tokens"] - before["input_tokens"] == summary_in + turn_in
+    assert after["output_tokens"] - before["output_tokens"] == 79
+    assert after["cost"] - before["cost"] == Decimal("0.0025")
+
+    # A streamed turn's terminal event (and what is stored) includes it too.
+    fake_upstream.reply_json(priced(summary_reply("S-streamed"), output_tokens=40, cost=0.001, cached=0))
+    stream = await alice.openai().responses.create(
+        model=MODEL,
+        input="three " + "word " * 1200,
+        conversation=conversation,
+        stream=True,
+        context_management=[{"type": "compaction", "compact_threshold": 1000}],
+    )
+    events = [event async for event in stream]
+    final = events[-1].response  # type: ignore[union-attr]
+    summary_in = fake_input_tokens(fake_upstream.requests[-2].body)
+    assert fake_upstream.requests[-2].body["instructions"] == SUMMARY_INSTRUCTIONS
+    assert final.usage is not None and final.usage.output_tokens == 40 + 5  # the stream's template reports 5
+    (stored,) = await rows(db, "SELECT input_tokens, output_tokens FROM response WHERE id = :r", r=final.id)
+    assert stored == {"input_tokens": final.usage.input_tokens, "output_tokens": 45}
+    assert final.usage.input_tokens > summary_in
+
+
+async def test_a_turn_that_fails_after_its_summary_call_still_counts_that_call(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice.http)
+    await converse(alice, fake_upstream, conversation, ["one " + "word " * 1200])
+    (before,) = await rows(db, "SELECT output_tokens, cost FROM conversation WHERE id = :c", c=conversation)
+    fake_upstream.reply_json(priced(summary_reply("S-lost"), output_tokens=70, cost=0.002, cached=0))
+    fake_upstream.reply_json({"error": {"message": "Provider returned error", "code": 400}}, status=400)
+    failed = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "input": "two",
+            "conversation": conversation,
+            "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+        },
+    )
+    assert failed.status_code == 400, failed.text
+    summary_in = fake_input_tokens(fake_upstream.requests[-2].body)
+    assert fake_upstream.requests[-2].body["instructions"] == SUMMARY_INSTRUCTIONS
+    (stored,) = await rows(
+        db,
+        "SELECT status, input_tokens, output_tokens, cost FROM response WHERE conversation_id = :c "
+        "ORDER BY created_at DESC LIMIT 1",
+        c=conversation,
+    )
+    assert stored == {"status": "failed", "input_tokens": summary_in, "output_tokens": 70, "cost": Decimal("0.002")}
+    (after,) = await rows(db, "SELECT output_tokens, cost FROM conversation WHERE id = :c", c=conversation)
+    assert after["output_tokens"] - before["output_tokens"] == 70
+    assert after["cost"] - before["cost"] == Decimal("0.002")
 
 
 async def test_a_streamed_turn_shows_its_compaction_item_first(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:

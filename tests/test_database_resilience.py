@@ -237,6 +237,52 @@ async def test_database_lost_while_storing_a_finished_turn_is_stored_once_it_is_
     assert [r["id"] for r in completed] == [stored["id"], again.json()["id"]]
 
 
+async def test_a_keyed_turn_answered_503_while_its_store_waited_replays_the_stored_response_once_stored(
+    private_postgres: PrivatePostgres, start_server: Callable[..., LiveServer], fake_upstream: FakeOpenRouter
+) -> None:
+    """The database goes away while the keyed turn's answer comes back: the client gets 503, the outcome (and the
+    key's answer) wait in memory. Once both are stored, a retry with the key gets the turn's response (200), not
+    the 503, and OpenRouter is not called again."""
+    live = start_server(database_url=private_postgres.url, turn_lock_ttl=120.0)
+    async with await tenant_client(private_postgres, live) as client:
+        conversation = (await client.post("/v1/conversations", json={})).json()["id"]
+        fake_upstream.reset()
+        fake_upstream.enqueue(Reply(kind="json", body=text_response("Worth the wait."), delay=2.0))
+        running = asyncio.create_task(turn(client, conversation, "keep it", **{"Idempotency-Key": "k-late"}))
+
+        async def upstream_called() -> bool:
+            return len(fake_upstream.requests) == 1
+
+        await eventually(upstream_called)
+        await asyncio.to_thread(private_postgres.stop)
+        answer = await running
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "database_unavailable"
+        pending = re.search(r"response '(resp_\w+)'", answer.json()["error"]["message"])
+        assert pending is not None, answer.text
+        await asyncio.to_thread(private_postgres.start)
+        engine = private_postgres.engine
+        await stored_once_back(engine, conversation, pending.group(1))
+
+        async def key_answered() -> bool:
+            return await scalar(engine, "SELECT state FROM idempotency_key WHERE key = 'k-late'") == "completed"
+
+        await eventually(key_answered, timeout=60)
+        replay = await turn(client, conversation, "keep it", **{"Idempotency-Key": "k-late"})
+        assert replay.status_code == 200, replay.text
+        assert replay.headers["idempotent-replayed"] == "true"
+        shown = await client.get(f"/v1/responses/{pending.group(1)}")
+        assert replay.json() == shown.json()
+        assert replay.json()["output"][0]["content"][0]["text"] == "Worth the wait."
+        again = await turn(client, conversation, "keep it", **{"Idempotency-Key": "k-late"})
+        assert again.status_code == 200 and again.content == replay.content
+    assert len(fake_upstream.requests) == 1
+    [key] = await rows(engine, "SELECT status_code, response_id, answer_response_id FROM idempotency_key")
+    assert key == {"status_code": 200, "response_id": pending.group(1), "answer_response_id": None}
+    [completed] = await assert_whole_turns(engine, conversation)
+    assert completed["id"] == pending.group(1)
+
+
 async def test_a_turn_that_finds_no_free_connection_in_time_gets_503_and_stores_nothing(
     start_server: Callable[..., LiveServer],
     make_tenant: Callable[..., Any],

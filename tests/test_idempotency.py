@@ -273,3 +273,36 @@ async def test_streamed_turn_replays_the_stored_event_stream(alice: Tenant, fake
     assert again.content == first.content
     assert b"response.completed" in again.content
     assert len(fake_upstream.requests) == 1
+
+
+async def test_a_key_is_held_for_its_holders_turn_lock_ttl_not_the_retrying_processs(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """The first request runs on a process with the default TURN_LOCK_TTL; a retry reaches one with a TTL of 1 s
+    after 2 s. Judged by the retrying process's TTL the key looked abandoned and the turn ran a second time."""
+    patient = start_server()
+    hasty = start_server(turn_lock_ttl=1.0)
+    tenant = await make_tenant("ttls", live=patient)
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Once."), delay=3.0))
+    body = {"model": MODEL, "input": "Only once"}
+    first = asyncio.create_task(tenant.http.post("/v1/responses", json=body, headers=keyed("k-held")))
+    await eventually(lambda: _upstream_calls(fake_upstream, 1))
+    await asyncio.sleep(2.0)
+    async with httpx.AsyncClient(base_url=hasty.url, headers={"Authorization": f"Bearer {tenant.key}"}) as other:
+        retry = await other.post("/v1/responses", json=body, headers=keyed("k-held"))
+        assert retry.status_code == 409, retry.text
+        assert retry.json()["error"]["code"] == "idempotency_key_in_use"
+        answer = await first
+        assert answer.status_code == 200, answer.text
+        replay = await other.post("/v1/responses", json=body, headers=keyed("k-held"))
+    assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.json()["id"] == answer.json()["id"]
+    assert len(fake_upstream.requests) == 1
+    assert await scalar(db, "SELECT count(*) FROM response") == 1
+
+
+async def _upstream_calls(fake: FakeOpenRouter, count: int) -> bool:
+    return len(fake.requests) >= count

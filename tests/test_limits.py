@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import socket
 import statistics
 import time
@@ -203,9 +204,16 @@ def _read_to_end(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
 
 
 async def test_a_stream_consumer_that_stops_reading_is_disconnected_and_its_turn_is_stored(
-    start_server: StartServer, make_tenant: MakeTenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+    start_server: StartServer,
+    make_tenant: MakeTenant,
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     live = start_server(stream_write_timeout=0.5)
+    uvicorn_errors = logging.getLogger("uvicorn.error")  # its own handler, set as the server starts
+    uvicorn_errors.addHandler(caplog.handler)
     alice = await make_tenant("alice", live=live)
     text = "lorem ipsum " * 700_000  # 8 MB: far more than the sockets hold
     fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(text, chunks=400)))
@@ -229,6 +237,10 @@ async def test_a_stream_consumer_that_stops_reading_is_disconnected_and_its_turn
     assert b"response.completed" not in received
     [output] = await stored_outputs(db, stored[0]["id"])
     assert output["content"][0]["text"] == text
+    # A disconnect by design, logged as such: not an "Exception in ASGI application" with its traceback.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert any("disconnected a stream client" in r.getMessage() for r in caplog.records)
+    uvicorn_errors.removeHandler(caplog.handler)
 
 
 async def test_a_connection_that_never_finishes_its_headers_is_closed(start_server: StartServer) -> None:

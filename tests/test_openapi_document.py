@@ -121,7 +121,7 @@ async def test_every_route_reading_a_body_or_query_documents_it(app: Litestar, d
         operation = operations[(method, path)]
         names = set(handler.parsed_fn_signature.parameters)
         where = f"{method} {path}"
-        if "payload" in names:
+        if "body" in names:  # a JSON object, decoded by the handler
             schema = operation["requestBody"]["content"]["application/json"]["schema"]
             assert _ref_name(schema) in document["components"]["schemas"], where
         elif "requestBody" in operation:  # a body that is not a JSON object (JSON Lines), read from the request
@@ -132,12 +132,12 @@ async def test_every_route_reading_a_body_or_query_documents_it(app: Litestar, d
         read = {
             name
             for name, field in handler.parsed_fn_signature.parameters.items()
-            if name not in {"payload", "engine", "runtime", "tenant_id", "principal", "query_pairs", "self"}
+            if name not in {"body", "caller", "engine", "runtime", "query", "self"}
             and not re.search(r"\{" + name + r"\}", path)
             and field.kwarg_definition is not None
         }
         assert read <= documented, f"{where} reads undocumented query parameters {read - documented}"
-        if "query_pairs" in names:  # reads its whole query string: its parameters are declared by a query Struct
+        if "query" in names:  # reads its whole query string: its parameters are declared by a query Struct
             assert documented, f"{where} reads its query string but documents no parameter"
 
 
@@ -149,7 +149,19 @@ async def test_routes_take_what_they_need_as_dependencies() -> None:
         for path in service_dir.rglob("*.py")
         if path.name != "http.py" and re.search(r"\b(runtime_of|principal_of|json_body)\(", path.read_text())
     ]
-    assert offenders == [], f"use EngineDep/RuntimeDep/TenantId/Payload (service/http.py) instead in {offenders}"
+    assert offenders == [], f"use CallerDep/EngineDep/RuntimeDep (service/http.py) instead in {offenders}"
+
+
+async def test_no_route_resolves_sibling_dependencies(app: Litestar) -> None:
+    """Litestar resolves sibling dependencies in a task group, a task each (service/http.py, Caller): every
+    route's dependencies resolve one at a time."""
+    for method, path, handler in _handlers(app):
+        if path.startswith(DOCS_PREFIX):
+            continue
+        batches = handler.create_kwargs_model(path_parameters={}).dependency_batches
+        assert all(len(batch) == 1 for batch in batches), (
+            f"{method} {path}: {[sorted(d.key for d in b) for b in batches]}"
+        )
 
 
 async def test_admin_metadata_filters_are_documented_as_a_parameter_family(document: dict[str, Any]) -> None:

@@ -53,7 +53,8 @@ async def _running_turn_of_a_dead_process(
     await _execute(
         db,
         "UPDATE conversation SET turn_response_id = :r,"
-        f" turn_expires_at = now() + make_interval(secs => :ttl) - interval '{claim_started}' WHERE id = :c",
+        f" turn_expires_at = now() + make_interval(secs => :ttl) - interval '{claim_started}',"
+        f" turn_claimed_at = now() - interval '{claim_started}' WHERE id = :c",
         r=response_id,
         c=conv,
         ttl=ttl,

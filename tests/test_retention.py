@@ -222,10 +222,20 @@ async def test_keyed_store_false_answers_go_with_the_tenants_responses_of_their_
     await keyed(alice, "old-unstored", store=False)
     await keyed(alice, "new-unstored", store=False)
     stored = await keyed(alice, "old-stored")
+    deferred = await keyed(alice, "old-deferred")
     await keyed(bob, "bobs-old-unstored", store=False)
     async with db.begin() as conn:
         await conn.execute(
             text("UPDATE idempotency_key SET created_at = now() - interval '3 days' WHERE key LIKE '%old%'")
+        )
+        # What a 503 answered while the database was down leaves until a replay settles it: the key names the
+        # response stored later only as its answer's.
+        await conn.execute(
+            text(
+                "UPDATE idempotency_key SET response_id = NULL, answer_response_id = :r, status_code = 503 "
+                "WHERE key = 'old-deferred'"
+            ),
+            {"r": deferred["id"]},
         )
     assert (
         await admin.put("/admin/tenants/alice/retention", json={"responses_days": 2, "conversations_idle_days": None})
@@ -234,4 +244,4 @@ async def test_keyed_store_false_answers_go_with_the_tenants_responses_of_their_
     assert run.status_code == 200, run.text
     kept = {r["key"]: r["response_id"] for r in await rows(db, "SELECT key, response_id FROM idempotency_key")}
     # The stored response is 0 days old (only its key was aged): kept, and its key with it.
-    assert kept == {"new-unstored": None, "old-stored": stored["id"], "bobs-old-unstored": None}
+    assert kept == {"new-unstored": None, "old-stored": stored["id"], "old-deferred": None, "bobs-old-unstored": None}

@@ -5,6 +5,7 @@ ended with `response.failed`."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import signal
 import socket
@@ -16,6 +17,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.keys import service as keys
+from tests.conftest import LiveServer
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
 from tests.reliability_support import ServiceProcess, client_for
 from tests.turn_support import MODEL, new_conversation, rows
@@ -83,3 +85,11 @@ async def test_sigterm_with_a_connected_stream_stops_within_the_grace_period(
     assert row["status"] == "failed" and row["error"]["message"] == "The turn was interrupted before it finished"
     [conversation] = await rows(db, "SELECT turn_response_id, item_count FROM conversation WHERE id = :c", c=conv)
     assert conversation == {"turn_response_id": None, "item_count": 0}
+
+
+def test_start_up_objects_are_out_of_the_garbage_collectors_reach(server: LiveServer) -> None:
+    # What start-up made is frozen (service/gc_freeze.py): a full collection scans only what came after.
+    assert gc.get_freeze_count() > 10_000
+    started_with = gc.get_freeze_count()
+    gc.collect()
+    assert gc.get_freeze_count() == started_with

@@ -7,11 +7,8 @@ query Struct from service/admin/schemas.py."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Controller, Request, Response, delete, get, post
-from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
+from litestar import Controller, Response, delete, get, post
+from litestar.params import FromPath, QueryParams, RawBody
 
 from service.admin import service
 from service.admin.schemas import (
@@ -35,17 +32,10 @@ from service.admin.schemas import (
     ThreadDetailQuery,
     ThreadFilters,
 )
-from service.http import EngineDep, Payload, RuntimeDep, json_response, require_admin_key
+from service.http import EngineDep, RuntimeDep, json_response, require_admin_key
+from service.jsonbody import decode_object
 from service.openapi import ADMIN_AUTH, documented
 from service.threads import service as threads
-
-
-def _query_pairs(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
-    return list(request.query_params.multi_items())
-
-
-QueryPairs = NamedDependency[list[tuple[str, str]]]
-_QUERY = {"query_pairs": Provide(_query_pairs, sync_to_thread=False)}
 
 
 class AdminController(Controller):
@@ -53,17 +43,16 @@ class AdminController(Controller):
     before_request = staticmethod(require_admin_key)
     tags = ["admin"]  # noqa: RUF012
     security = ADMIN_AUTH
-    dependencies = _QUERY
 
     @get(
         "/conversations",
         operation_id="adminListConversations",
         operation_class=documented(answer=AdminConversationList, query=ConversationFilters, errors=(400, 403)),
     )
-    async def list_conversations(self, engine: EngineDep, query_pairs: QueryPairs) -> Response[bytes]:
+    async def list_conversations(self, engine: EngineDep, query: QueryParams) -> Response[bytes]:
         """Every tenant's conversations, newest activity first. A thread's `last_status` is its running turn's
         while one runs, else its last finished turn's."""
-        return json_response(await service.list_conversations(engine, query_pairs))
+        return json_response(await service.list_conversations(engine, list(query.multi_items())))
 
     @get(
         "/conversations/{conversation_id:str}",
@@ -73,11 +62,11 @@ class AdminController(Controller):
         ),
     )
     async def get_conversation(
-        self, engine: EngineDep, query_pairs: QueryPairs, conversation_id: FromPath[str]
+        self, engine: EngineDep, query: QueryParams, conversation_id: FromPath[str]
     ) -> Response[bytes]:
         """One conversation with a page of its items (oldest first by default) and its newest responses
         (continue with /admin/responses?conversation=ID&cursor=...)."""
-        return json_response(await service.get_conversation(engine, conversation_id, query_pairs))
+        return json_response(await service.get_conversation(engine, conversation_id, list(query.multi_items())))
 
     @delete(
         "/conversations/{conversation_id:str}",
@@ -94,21 +83,21 @@ class AdminController(Controller):
         operation_id="adminListThreads",
         operation_class=documented(answer=AdminThreadList, query=ThreadFilters, errors=(400, 403)),
     )
-    async def list_threads(self, engine: EngineDep, query_pairs: QueryPairs) -> Response[bytes]:
+    async def list_threads(self, engine: EngineDep, query: QueryParams) -> Response[bytes]:
         """Every thread of both kinds, newest activity first: conversations and chains of responses linked by
         previous_response_id (`kind`; a chain is named by its first response's id, and a chain continuing a
         conversation's response is in the conversation's thread). `q` searches the items of both kinds."""
-        return json_response(await threads.list_threads(engine, query_pairs))
+        return json_response(await threads.list_threads(engine, list(query.multi_items())))
 
     @get(
         "/threads/{thread_id:str}",
         operation_id="adminGetThread",
         operation_class=documented(answer=AdminThreadDetail, query=ThreadDetailQuery, errors=(400, 403, 404)),
     )
-    async def get_thread(self, engine: EngineDep, query_pairs: QueryPairs, thread_id: FromPath[str]) -> Response[bytes]:
+    async def get_thread(self, engine: EngineDep, query: QueryParams, thread_id: FromPath[str]) -> Response[bytes]:
         """One thread and a page of its responses as a tree, oldest first: each names its parent
         (previous_response_id) and carries its input and output items."""
-        return json_response(await threads.get_thread(engine, thread_id, query_pairs))
+        return json_response(await threads.get_thread(engine, thread_id, list(query.multi_items())))
 
     @delete(
         "/threads/{thread_id:str}",
@@ -126,19 +115,19 @@ class AdminController(Controller):
         operation_id="adminListResponses",
         operation_class=documented(answer=AdminResponseList, query=ResponseFilters, errors=(400, 403)),
     )
-    async def list_responses(self, engine: EngineDep, query_pairs: QueryPairs) -> Response[bytes]:
+    async def list_responses(self, engine: EngineDep, query: QueryParams) -> Response[bytes]:
         """Responses across tenants, newest first."""
-        return json_response(await service.list_responses(engine, query_pairs))
+        return json_response(await service.list_responses(engine, list(query.multi_items())))
 
     @get(
         "/stats",
         operation_id="adminStats",
         operation_class=documented(answer=AdminStats, query=StatsWindow, errors=(400, 403)),
     )
-    async def stats(self, engine: EngineDep, query_pairs: QueryPairs) -> Response[bytes]:
+    async def stats(self, engine: EngineDep, query: QueryParams) -> Response[bytes]:
         """Response counts by status and usage totals, per tenant, per model and in total, plus conversations
         created, over created_after/created_before (default: all time)."""
-        return json_response(await service.stats(engine, query_pairs))
+        return json_response(await service.stats(engine, list(query.multi_items())))
 
 
 class AdminKeyController(Controller):
@@ -146,7 +135,6 @@ class AdminKeyController(Controller):
     before_request = staticmethod(require_admin_key)
     tags = ["admin"]  # noqa: RUF012
     security = ADMIN_AUTH
-    dependencies = _QUERY
 
     @post(
         "/",
@@ -154,18 +142,18 @@ class AdminKeyController(Controller):
         status_code=200,
         operation_class=documented(body=CreateApiKeyBody, answer=CreatedApiKey, errors=(400, 403)),
     )
-    async def create(self, engine: EngineDep, payload: Payload) -> Response[bytes]:
+    async def create(self, engine: EngineDep, body: RawBody) -> Response[bytes]:
         """The answer's `key` is the secret, shown only this once; only its SHA-256 is stored."""
-        return json_response(await service.create_api_key(engine, payload))
+        return json_response(await service.create_api_key(engine, decode_object(body)))
 
     @get(
         "/",
         operation_id="adminListApiKeys",
         operation_class=documented(answer=ApiKeyList, query=KeyListQuery, errors=(400, 403)),
     )
-    async def list_keys(self, engine: EngineDep, query_pairs: QueryPairs) -> Response[bytes]:
+    async def list_keys(self, engine: EngineDep, query: QueryParams) -> Response[bytes]:
         """Every key, never the secret."""
-        return json_response(await service.list_api_keys(engine, query_pairs))
+        return json_response(await service.list_api_keys(engine, list(query.multi_items())))
 
     @delete(
         "/{key_id:str}",

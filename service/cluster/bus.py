@@ -10,6 +10,10 @@ Messages are `<kind> <response id>`:
 
 A notification only wakes; what it is about is read from the database. So a missed one (the listening
 connection dropped and is being reopened) costs a reader at most one wait before it reads again, never an event.
+
+The listening connection also holds the process's liveness lock (an advisory lock, service/cluster/repository.py):
+the server frees it when the session ends, at once for a killed process, and within `keepalive_seconds` or so
+for a lost host, through TCP keepalives asked of the server.
 """
 
 from __future__ import annotations
@@ -43,9 +47,19 @@ def asyncpg_dsn(sqlalchemy_url: str) -> str:
 
 
 class Bus:
-    def __init__(self, engine: AsyncEngine, direct_url: str) -> None:
+    def __init__(
+        self, engine: AsyncEngine, direct_url: str, *, liveness_key: int | None = None, keepalive_seconds: float = 10
+    ) -> None:
         self._engine = engine
         self._dsn = asyncpg_dsn(direct_url)
+        self._liveness_key = liveness_key
+        probe = max(1, int(keepalive_seconds / 4))
+        self._server_settings = {
+            "application_name": "convstore-listen",
+            "tcp_keepalives_idle": str(probe),
+            "tcp_keepalives_interval": str(probe),
+            "tcp_keepalives_count": "3",
+        }
         self._watches: dict[str, set[asyncio.Event]] = {}
         self._handlers: dict[str, Handler] = {}
         self._task: asyncio.Task[None] | None = None
@@ -113,9 +127,9 @@ class Bus:
         while True:
             conn: Any = None
             try:
-                conn = await asyncpg.connect(
-                    self._dsn, timeout=5, server_settings={"application_name": "convstore-listen"}
-                )
+                conn = await asyncpg.connect(self._dsn, timeout=5, server_settings=self._server_settings)
+                if self._liveness_key is not None:
+                    await conn.execute("SELECT pg_advisory_lock($1)", self._liveness_key)
                 lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
                 def on_lost(_conn: Any, lost: asyncio.Future[None] = lost) -> None:

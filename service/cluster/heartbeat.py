@@ -2,7 +2,8 @@
 turns it runs; then it looks for processes whose heartbeat is older than the timeout and fails their turns and
 frees their conversations. So a process that dies (SIGKILL, a lost host) holds its conversations for about the
 timeout, not for TURN_LOCK_TTL, while a live turn is never taken for dead however slowly its upstream answers:
-its process lists it at every heartbeat.
+its process lists it at every heartbeat. A process whose heartbeats are late but which still holds its liveness
+lock (service/cluster/bus.py) is slow, not dead: its turns are left to finish.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import socket
 import uuid
 
@@ -27,7 +29,9 @@ PROCESS_STOPPED_ERROR = {
 
 
 def new_identity() -> repository.Identity:
-    return repository.Identity(id=f"proc_{uuid.uuid4().hex}", host=socket.gethostname(), pid=os.getpid())
+    return repository.Identity(
+        id=f"proc_{uuid.uuid4().hex}", host=socket.gethostname(), pid=os.getpid(), liveness_key=secrets.randbits(62)
+    )
 
 
 class Heartbeat:
@@ -41,7 +45,14 @@ class Heartbeat:
     async def beat(self) -> None:
         responses, conversations = running.snapshot(self._engine)
         async with self._engine.begin() as conn:
-            taken_for_dead = await repository.beat(conn, self.identity, self._timeout, responses, conversations)
+            taken_for_dead = await repository.beat(
+                conn,
+                self.identity,
+                heartbeat_timeout=self._timeout,
+                turn_lock_ttl=self._ttl,
+                responses=responses,
+                conversations=conversations,
+            )
         if taken_for_dead:
             logger.warning("this process missed its heartbeats for over %.0fs; its turns were failed", self._timeout)
 

@@ -24,7 +24,12 @@ class ClusterNode:
         self.heartbeat = Heartbeat(
             engine, timeout=settings.process_heartbeat_timeout, turn_lock_ttl=settings.turn_lock_ttl
         )
-        self.bus = Bus(engine, direct_url)
+        self.bus = Bus(
+            engine,
+            direct_url,
+            liveness_key=self.heartbeat.identity.liveness_key,
+            keepalive_seconds=settings.process_heartbeat_timeout,
+        )
         self._mirrors = Mirrors(engine)
         self._runner = runner
         self._tasks: set[asyncio.Task[None]] = set()

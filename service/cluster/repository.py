@@ -20,10 +20,11 @@ from service.responses import repository as responses
 _BEAT = text(
     """
     INSERT INTO service_process AS p
-        (id, host, pid, heartbeat_at, heartbeat_timeout, running_responses, running_conversations)
-    VALUES (:id, :host, :pid, now(), :timeout, :responses, :conversations)
+        (id, host, pid, heartbeat_at, heartbeat_timeout, running_responses, running_conversations, liveness_key,
+         turn_lock_ttl)
+    VALUES (:id, :host, :pid, now(), :timeout, :responses, :conversations, :liveness_key, :turn_lock_ttl)
     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_timeout = excluded.heartbeat_timeout,
-        stopped_at = NULL,
+        stopped_at = NULL, turn_lock_ttl = excluded.turn_lock_ttl,
         running_responses = excluded.running_responses, running_conversations = excluded.running_conversations
     RETURNING (SELECT stopped_at IS NOT NULL FROM service_process WHERE id = :id)
     """
@@ -34,13 +35,19 @@ _STOP = text(
     " running_conversations = :conversations WHERE id = :id"
 )
 
-# Processes whose heartbeat is older than their timeout are taken for dead (each process declares its own).
+# Processes whose heartbeat is older than their timeout (each process declares its own) and whose liveness lock
+# is free are taken for dead. A process holds that lock on its listening connection as long as it lives (the
+# server drops the session of a killed process at once, of a lost host once TCP keepalives fail): one whose
+# heartbeat is late while its lock is held is slow (its event loop stalled, its CPU starved), and its turns are
+# left to finish. Trying the lock in this transaction takes it until the commit, which a listener reconnecting
+# meanwhile waits out.
 _FIND_DEAD = text(
     """
     UPDATE service_process SET stopped_at = now()
     WHERE id IN (SELECT id FROM service_process
                  WHERE stopped_at IS NULL AND heartbeat_at < now() - make_interval(secs => heartbeat_timeout)
                  FOR UPDATE SKIP LOCKED)
+      AND (liveness_key IS NULL OR pg_try_advisory_xact_lock(liveness_key))
     RETURNING id
     """
 )
@@ -51,7 +58,8 @@ _FREE_LISTED_CLAIMS = text(
     WITH live AS (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NULL),
     stopped AS (SELECT unnest(running_responses) AS response_id, running_conversations
                 FROM service_process WHERE stopped_at IS NOT NULL)
-    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL, last_status = 'failed'
+    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
+        last_status = 'failed'
     FROM stopped
     WHERE c.id = ANY(stopped.running_conversations) AND c.turn_response_id = stopped.response_id
       AND c.turn_response_id NOT IN (SELECT id FROM live)
@@ -89,7 +97,8 @@ _FREE_LISTED_CHAIN_TURNS = text(
     """
 )
 
-# A claim's start is its expiry less TURN_LOCK_TTL (processes share that setting).
+# A claim's start is stored with it, so every process reads the same age whatever its own TURN_LOCK_TTL; a claim
+# taken by a process older than that column has only its expiry, less this process's TTL.
 _FREE_UNLISTED_CLAIMS = text(
     """
     WITH live AS (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NULL),
@@ -97,10 +106,11 @@ _FREE_UNLISTED_CLAIMS = text(
                 FROM service_process WHERE stopped_at IS NULL),
     orphaned AS (SELECT c.id, c.turn_response_id FROM conversation c, horizon
                  WHERE c.turn_response_id IS NOT NULL
-                   AND c.turn_expires_at - make_interval(secs => :ttl) < horizon.at
+                   AND coalesce(c.turn_claimed_at, c.turn_expires_at - make_interval(secs => :ttl)) < horizon.at
                    AND c.turn_response_id NOT IN (SELECT id FROM live)
                  FOR UPDATE OF c SKIP LOCKED)
-    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL, last_status = 'failed'
+    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
+        last_status = 'failed'
     FROM orphaned WHERE c.id = orphaned.id
     RETURNING orphaned.turn_response_id
     """
@@ -139,10 +149,17 @@ class Identity:
     id: str
     host: str
     pid: int
+    liveness_key: int  # the advisory lock held while the process lives (bus.py takes it)
 
 
 async def beat(
-    conn: AsyncConnection, me: Identity, heartbeat_timeout: float, responses: list[str], conversations: list[str]
+    conn: AsyncConnection,
+    me: Identity,
+    *,
+    heartbeat_timeout: float,
+    turn_lock_ttl: float,
+    responses: list[str],
+    conversations: list[str],
 ) -> bool:
     """Record a heartbeat; True when this process had been taken for dead meanwhile."""
     values = {
@@ -152,6 +169,8 @@ async def beat(
         "timeout": heartbeat_timeout,
         "responses": responses,
         "conversations": conversations,
+        "liveness_key": me.liveness_key,
+        "turn_lock_ttl": turn_lock_ttl,
     }
     return bool(await conn.scalar(_BEAT, values))
 

@@ -136,3 +136,33 @@ async def summarize(
         raise UpstreamError("The compaction model answered without a summary", kind="protocol")
     usage = result.get("usage") if isinstance(result.get("usage"), dict) else None
     return Summary(text=text, model=str(result.get("model") or model)), usage
+
+
+_SUMMED_USAGE = ("input_tokens", "output_tokens", "total_tokens")
+_SUMMED_DETAILS = (("input_tokens_details", "cached_tokens"), ("output_tokens_details", "reasoning_tokens"))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def with_summary_usage(usage: Any, summary: dict[str, Any] | None) -> Any:
+    """A turn's usage with its compaction's summary call added: the turn used (and is billed for) both calls."""
+    if not isinstance(summary, dict):
+        return usage
+    if not isinstance(usage, dict):
+        return summary
+    total = dict(usage)
+    for name in _SUMMED_USAGE:
+        if _number(summary.get(name)):
+            total[name] = (total[name] if _number(total.get(name)) else 0) + summary[name]
+    for group, name in _SUMMED_DETAILS:
+        extra = summary.get(group)
+        if isinstance(extra, dict) and _number(extra.get(name)):
+            found = total.get(group)
+            own: dict[str, Any] = found if isinstance(found, dict) else {}
+            total[group] = {**own, name: (own[name] if _number(own.get(name)) else 0) + extra[name]}
+    if _number(summary.get("cost")) and (_number(total.get("cost")) or "cost" not in total):
+        # Rounded as OpenRouter's own figures are: adding two floats would show 0.00042000000000000004.
+        total["cost"] = round(total.get("cost", 0) + summary["cost"], 12)
+    return total

@@ -35,13 +35,13 @@ async def count_input_tokens(
     conversation_id, previous = continuation_of(body)
     raw_input = body.get("input")
     items = [] if raw_input is None else normalize_input(raw_input, param="input", max_items=max_input_items)
-    history = ""
+    history, counts = "", None
     async with engine.connect() as conn:
         items = await resolve_item_references(conn, tenant_id, items, param="input")
         if conversation_id is not None:
             if await conversations.get_conversation(conn, tenant_id, conversation_id) is None:
                 raise conversation_not_found(conversation_id, param="conversation")
-            history = await repository.conversation_history(conn, conversation_id)
+            history, counts = await repository.conversation_history(conn, conversation_id)
         elif previous is not None:
             if await responses.get_response(conn, tenant_id, previous) is None:
                 raise InvalidRequest(
@@ -50,8 +50,15 @@ async def count_input_tokens(
                     code="previous_response_not_found",
                 )
             raw = await conn.get_raw_connection()
-            history = await turn_store.chain_history(raw.driver_connection, tenant_id, previous)
+            history, chain_counts = await turn_store.chain_history(raw.driver_connection, tenant_id, previous)
+            counts = list(chain_counts)
     count = await context.count(
-        tenant_id, model, params, thread=conversation_id or previous, history=history, inputs=[i.body for i in items]
+        tenant_id,
+        model,
+        params,
+        thread=conversation_id or previous,
+        history=history,
+        stored=counts,
+        inputs=[i.body for i in items],
     )
     return {"object": "response.input_tokens", "input_tokens": count}

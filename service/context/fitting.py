@@ -10,9 +10,11 @@ default): a turn known not to fit is refused. Either way, a new input that alone
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
+from service.context import pairing
 from service.context.catalog import ModelWindow
 from service.context.ledger import COMPACTION, USER_MESSAGE, CountedItems
 from service.errors import InvalidRequest
@@ -88,14 +90,21 @@ class Fit:
     history_tokens: int
     input_tokens: int
     overhead_tokens: int  # instructions, tools
-    pinned: int = -1  # a compaction item before `start` that is sent all the same (the latest is never dropped)
+    # Items before `start` that are sent all the same, in order: the latest compaction item (never dropped) and
+    # the calls the new input answers (service/context/pairing.py).
+    pinned: tuple[int, ...] = ()
+    skipped: tuple[int, ...] = ()  # items from `start` on that are not sent: tool outputs whose call is not
 
     def history_text(self, counted: CountedItems) -> str:
-        rest = counted.text_from(self.start)
-        if self.pinned < 0:
-            return rest
-        pinned = counted.item_text(self.pinned)
-        return f"{pinned},{rest}" if rest else pinned
+        if not self.pinned and not self.skipped:
+            return counted.text_from(self.start)
+        parts = [counted.item_text(index) for index in self.pinned]
+        if not self.skipped:
+            parts.append(counted.text_from(self.start))
+        else:
+            skipped = set(self.skipped)
+            parts.extend(text for index, text in counted.texts_from(self.start) if index not in skipped)
+        return ",".join(part for part in parts if part)
 
     @property
     def total(self) -> int:
@@ -117,7 +126,9 @@ def fit(
     budget: int,
     truncate: bool,
     model: str,
+    answered: Sequence[str] = (),
 ) -> Fit:
+    """`answered`: the call ids the new input's tool outputs answer."""
     fixed = input_tokens + overhead_tokens
     if fixed > budget:
         raise too_long(model, fixed, budget, what="the new input alone")
@@ -132,22 +143,33 @@ def fit(
         )
     room = budget - fixed
     # The latest compaction item may start what is sent (it stands for what came before it) but never be
-    # dropped: once the cut passes it, it is sent before the kept turns.
+    # dropped: once the cut passes it, it is sent before the kept turns. So are the calls the input answers.
     latest = counted.kinds.rfind(bytes([COMPACTION]))
-    pinned_cost = counted.counts[latest] if latest >= 0 else 0
-    dropped = 0
+    pins = sorted({latest, *pairing.answered_calls(counted, answered)} - {-1})
+    dropped = pinned_cost = passed = 0
     for index in range(len(counted)):
-        pinned = latest if 0 <= latest < index else -1
-        kept = counted.total - dropped + (pinned_cost if pinned >= 0 else 0)
+        while passed < len(pins) and pins[passed] < index:
+            pinned_cost += counted.counts[pins[passed]]
+            passed += 1
+        kept = counted.total - dropped + pinned_cost
         if kept <= room and counted.kinds[index] in (USER_MESSAGE, COMPACTION):
-            return Fit(index, kept, input_tokens, overhead_tokens, pinned)
+            return _unorphaned(counted, Fit(index, kept, input_tokens, overhead_tokens, tuple(pins[:passed])))
         dropped += counted.counts[index]
-    # No turn boundary fits: only the new input goes (with the latest compaction item, which must).
-    if latest < 0:
-        return Fit(len(counted), 0, input_tokens, overhead_tokens)
-    if pinned_cost > room:
-        raise too_long(model, fixed + pinned_cost, budget, what="the new input with the conversation's summary")
-    return Fit(len(counted), pinned_cost, input_tokens, overhead_tokens, latest)
+    # No turn boundary fits: only the new input goes, with what must go with it.
+    needed = sum(counted.counts[pin] for pin in pins)
+    if needed > room:
+        what = "the new input with the conversation's summary and the calls it answers"
+        raise too_long(model, fixed + needed, budget, what=what)
+    return _unorphaned(counted, Fit(len(counted), needed, input_tokens, overhead_tokens, tuple(pins)))
+
+
+def _unorphaned(counted: CountedItems, fitted: Fit) -> Fit:
+    """The fit without the tool outputs whose call the cut dropped."""
+    orphans = pairing.orphaned_outputs(counted, fitted.start, fitted.pinned)
+    if not orphans:
+        return fitted
+    saved = sum(counted.counts[index] for index in orphans)
+    return replace(fitted, history_tokens=fitted.history_tokens - saved, skipped=orphans)
 
 
 def shrunk_budget(fitted: Fit, error: UpstreamError) -> int:

@@ -1,13 +1,18 @@
-"""Token counts of a thread's items, kept per worker between turns so that deciding whether a turn fits costs
-O(new items): only items added since the thread's last turn are tokenized.
+"""Token counts of a thread's items, so that deciding whether a turn fits costs O(new items) on any worker.
+
+Every stored item carries its count (`item.token_count`), read with the history: a turn tokenizes only its new
+input, never the history, whether or not this worker ran the thread's last turn. The counts a turn's finish
+stores are estimates (service/context/tokens.py), except for its input items when OpenRouter reported usage:
+then they cost what the model counted, its `input_tokens` less what the history sent before them cost (their
+stored counts) and less the request's instructions and tools (`exact_counts`). So the sum of the counts up to
+the last reported turn's input is what the model counted then, and later items are estimated until the next
+report. Items stored before counts were kept have none: they are estimated when read.
 
 An entry covers a history text (the stored item texts joined by commas, as the turn path reads it) and holds,
 per item, its length in that text, its token count and what kind of item it is (where a truncation may
-start). It stays valid as long as the next history starts with its text, which the schema guarantees except
-after a deletion (then the entry is rebuilt). Counts start as estimates (service/context/tokens.py); when a
-turn's usage comes back, OpenRouter's `input_tokens`, less what the items already exact cost, is what the
-items not yet exact cost, as that model counted them: they are set to it, in proportion to their estimates.
-So counts are exact up to the last reported turn's input, and estimated after it.
+start, what a tool output pairs with). A worker keeps the entries of its recent threads, so that a turn
+there only looks at the items added since; an entry stays valid as long as the next history starts with its
+text, which the schema guarantees except after a deletion (then the entry is rebuilt from the stored counts).
 """
 
 from __future__ import annotations
@@ -15,25 +20,67 @@ from __future__ import annotations
 import sys
 from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
 from service.context import tokens
 
-OTHER, USER_MESSAGE, COMPACTION = 0, 1, 2
+OTHER, USER_MESSAGE, COMPACTION, TOOL_CALL, TOOL_OUTPUT, REASONING = range(6)
+_TOOL_CALLS = frozenset({"function_call", "custom_tool_call"})
+TOOL_OUTPUT_TYPES = frozenset({"function_call_output", "custom_tool_call_output"})
 _ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+class _Shape(msgspec.Struct):
+    """What kind_of reads of an item (its other fields are skipped while decoding)."""
+
+    type: Any = "message"
+    role: Any = None
+
+
+_SHAPE = msgspec.json.Decoder(_Shape)
+_SHAPES = msgspec.json.Decoder(list[_Shape])
+
+
+def _kind(type_: Any, role: Any) -> int:
+    if type_ == "compaction":
+        return COMPACTION
+    if type_ == "message":
+        return USER_MESSAGE if role == "user" else OTHER
+    if type_ in _TOOL_CALLS:
+        return TOOL_CALL
+    if type_ in TOOL_OUTPUT_TYPES:
+        return TOOL_OUTPUT
+    return REASONING if type_ == "reasoning" else OTHER
 
 
 def kind_of(item: object) -> int:
     if not isinstance(item, dict):
         return OTHER
-    if item.get("type") == "compaction":
-        return COMPACTION
-    if item.get("role") == "user" and item.get("type", "message") == "message":
-        return USER_MESSAGE
-    return OTHER
+    return _kind(item.get("type", "message"), item.get("role"))
+
+
+def kind_of_body(body: bytes | str) -> int:
+    shape = _SHAPE.decode(body)
+    return _kind(shape.type, shape.role)
+
+
+def exact_counts(estimates: Sequence[int], reported: int) -> list[int] | None:
+    """Items that cost `reported` tokens together, as a model counted them: each its share, in proportion to its
+    estimate. None when the report cannot be theirs (less than a token each: another tokenizer's framing)."""
+    if not estimates or reported < len(estimates):
+        return None
+    estimated = sum(estimates)
+    shares, assigned = [], 0
+    for index, estimate in enumerate(estimates):
+        last = index == len(estimates) - 1
+        share = reported - assigned if last else max(estimate * reported // max(estimated, 1), 1)
+        shares.append(share)
+        assigned += share
+    return shares if shares[-1] >= 1 else None
 
 
 @dataclass
@@ -44,7 +91,6 @@ class CountedItems:
     lengths: array[int] = field(default_factory=lambda: array("q"))
     counts: array[int] = field(default_factory=lambda: array("q"))
     kinds: bytearray = field(default_factory=bytearray)
-    exact_upto: int = 0  # items before this index have exact counts
     total: int = 0
     root: str | None = None  # the thread's first response (chains) or conversation: OpenRouter's session id
 
@@ -68,6 +114,14 @@ class CountedItems:
             offset += length + 1
         return out
 
+    def texts_from(self, start: int) -> Iterator[tuple[int, str]]:
+        """Each item's index and text, from item `start` on."""
+        offset = sum(self.lengths[:start]) + start
+        for index in range(start, len(self)):
+            length = self.lengths[index]
+            yield index, self.text[offset : offset + length]
+            offset += length + 1
+
     def item_text(self, index: int) -> str:
         offset = sum(self.lengths[:index]) + index
         return self.text[offset : offset + self.lengths[index]]
@@ -82,16 +136,35 @@ class CountedItems:
     def size(self) -> int:
         return sys.getsizeof(self.text) + 8 * 2 * len(self) + len(self.kinds)
 
-    def extended(self, history: str) -> CountedItems:
-        """The counts for `history`, which must start with this entry's text (see `continues`)."""
+    def _copy(self) -> CountedItems:
+        new = CountedItems(self.text, array("q", self.lengths), array("q", self.counts), bytearray(self.kinds))
+        new.total, new.root = self.total, self.root
+        return new
+
+    def extended(self, history: str, stored: Sequence[int] | None = None) -> CountedItems:
+        """The counts for `history`, which must start with this entry's text (see `continues`). `stored`: the
+        stored count of every item of `history`, negative where an item has none; without it, the items after
+        this entry's are estimated."""
         if history == self.text:
             return self
         tail = history[len(self.text) + 1 :] if self.text else history
-        new = CountedItems(
-            history, array("q", self.lengths), array("q", self.counts), bytearray(self.kinds), self.exact_upto
-        )
-        new.total, new.root = self.total, self.root
-        new.append_bodies([bytes(raw) for raw in _ITEMS.decode(b"[" + tail.encode() + b"]")], text=None)
+        new = self._copy()
+        items = b"[" + tail.encode() + b"]"
+        raws, shapes = _ITEMS.decode(items), _SHAPES.decode(items)  # each one pass in C, not one call per item
+        first = len(self)
+        if stored is None or len(stored) != first + len(raws):
+            stored = None  # not this history's counts: estimate rather than misattribute
+        # Stored JSON is mostly ASCII, where a text's length is its byte count.
+        lengths = map(len, raws) if tail.isascii() else (len(bytes(raw).decode()) for raw in raws)
+        new.lengths.extend(lengths)
+        new.kinds.extend(_kind(shape.type, shape.role) for shape in shapes)
+        counts = array("q", stored[first:]) if stored is not None else array("q", [-1]) * len(raws)
+        for index, count in enumerate(counts):
+            if count < 0:  # stored before counts were kept, or not read with the history: estimated
+                counts[index] = tokens.body_tokens(raws[index])
+        new.counts.extend(counts)
+        new.total += sum(counts)
+        new.text = history
         return new
 
     def continues(self, history: str) -> bool:
@@ -99,50 +172,25 @@ class CountedItems:
             return True
         return history.startswith(self.text) and (len(history) == len(self.text) or history[len(self.text)] == ",")
 
-    def append_bodies(self, bodies: Sequence[bytes | str], *, text: str | None) -> None:
-        """Count items given as their JSON texts; `text` (if given) is this entry's new history text."""
-        for body in bodies:
-            raw = body.encode() if isinstance(body, str) else body
-            item = msgspec.json.decode(raw)
-            count = tokens.item_tokens(item)
-            self.lengths.append(len(body) if isinstance(body, str) else len(raw.decode()))
-            self.counts.append(count)
-            self.kinds.append(kind_of(item))
-            self.total += count
-        if text is not None:
-            self.text = text
+    def _append(self, length: int, body: bytes | str, count: int) -> None:
+        """`count` < 0: not known, estimated here."""
+        if count < 0:
+            count = tokens.body_tokens(body)
+        kind = kind_of_body(body)
+        self.lengths.append(length)
+        self.counts.append(count)
+        self.kinds.append(kind)
+        self.total += count
 
-    def with_input(self, bodies: Sequence[str]) -> CountedItems:
-        """A copy that also covers the new input items (what the next turn's history starts with)."""
-        new = CountedItems(
-            self.text, array("q", self.lengths), array("q", self.counts), bytearray(self.kinds), self.exact_upto
-        )
-        new.total, new.root = self.total, self.root
+    def with_input(self, bodies: Sequence[str], counts: Sequence[int]) -> CountedItems:
+        """A copy that also covers the new input items (what the next turn's history starts with), with the
+        counts their finish stores."""
+        new = self._copy()
+        for body, count in zip(bodies, counts, strict=True):
+            new._append(len(body), body, count)
         joined_input = ",".join(bodies)
-        new.append_bodies(
-            bodies, text=f"{self.text},{joined_input}" if self.text and bodies else self.text or joined_input
-        )
+        new.text = f"{self.text},{joined_input}" if self.text and bodies else self.text or joined_input
         return new
-
-    def correct(self, start: int, reported: int) -> None:
-        """The items from `start` on (all of them sent in one request) cost `reported` tokens in all, as the
-        model counted them: set the counts not yet exact so that they add up to it."""
-        start = max(start, 0)
-        exact_from = max(start, self.exact_upto)
-        known = sum(self.counts[start:exact_from])
-        estimated = sum(self.counts[exact_from:])
-        unknown = reported - known
-        pending = len(self) - exact_from
-        if pending <= 0 or estimated <= 0 or unknown < pending:
-            return  # the report contradicts the exact counts (another tokenizer, a provider's own framing)
-        assigned = 0
-        for index in range(exact_from, len(self)):
-            share = self.counts[index] * unknown // estimated if index < len(self) - 1 else unknown - assigned
-            share = max(share, 1)
-            assigned += share
-            self.total += share - self.counts[index]
-            self.counts[index] = share
-        self.exact_upto = len(self)
 
 
 class TokenLedger:
@@ -154,14 +202,15 @@ class TokenLedger:
         self._entries: OrderedDict[str, CountedItems] = OrderedDict()
         self._bytes = 0
 
-    def counted(self, key: str | None, history: str) -> CountedItems:
+    def counted(self, key: str | None, history: str, stored: Sequence[int] | None = None) -> CountedItems:
+        """`stored`: the stored count of every item of `history`, as read with it (negative where unknown)."""
         entry = self._entries.get(key) if key else None
         if entry is not None:
             self._entries.move_to_end(key)  # type: ignore[arg-type]
             if entry.continues(history):
-                return entry.extended(history)
+                return entry.extended(history, stored)
         fresh = CountedItems(root=entry.root if entry is not None else None)
-        return fresh.extended(history)
+        return fresh.extended(history, stored)
 
     def keep(self, key: str, entry: CountedItems) -> None:
         self.discard(key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, get, post
-from litestar.params import FromPath
+from litestar.params import FromPath, RawBody
 
 from service.context.compacting import compact_thread
 from service.context.counting import count_input_tokens
@@ -18,7 +18,8 @@ from service.context.schemas import (
     TokenCountsResource,
 )
 from service.errors import NotFound
-from service.http import Payload, RuntimeDep, TenantId, json_response, require_tenant_key
+from service.http import CallerDep, json_response, require_tenant_key
+from service.jsonbody import decode_object
 from service.openapi import TENANT_AUTH, documented
 
 
@@ -44,14 +45,14 @@ class ModelController(Controller):
     security = TENANT_AUTH
 
     @get("/", operation_id="listModels", operation_class=documented(answer=ListModelsResponse, errors=(502,)))
-    async def list_models(self, runtime: RuntimeDep) -> Response[bytes]:
-        entries = await runtime.turn_context.windows.catalog.models()
+    async def list_models(self, caller: CallerDep) -> Response[bytes]:
+        entries = await caller.runtime.turn_context.windows.catalog.models()
         return json_response({"object": "list", "data": [_model_view(e) for e in entries]})
 
     @get("/{model:path}", operation_id="retrieveModel", operation_class=documented(answer=Model, errors=(404, 502)))
-    async def retrieve(self, runtime: RuntimeDep, model: FromPath[str]) -> Response[bytes]:
+    async def retrieve(self, caller: CallerDep, model: FromPath[str]) -> Response[bytes]:
         model_id = model.lstrip("/")
-        entry = await runtime.turn_context.windows.catalog.model(model_id)
+        entry = await caller.runtime.turn_context.windows.catalog.model(model_id)
         if entry is None:
             raise NotFound(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
         return json_response(_model_view(entry))
@@ -69,12 +70,13 @@ class InputTokensController(Controller):
         status_code=200,
         operation_class=documented(body=TokenCountsBody, answer=TokenCountsResource, errors=(400, 404, 502)),
     )
-    async def count(self, runtime: RuntimeDep, tenant_id: TenantId, payload: Payload) -> Response[bytes]:
+    async def count(self, caller: CallerDep, body: RawBody) -> Response[bytes]:
+        runtime = caller.runtime
         result = await count_input_tokens(
             runtime.engine,
             runtime.turn_context.windows,
-            tenant_id,
-            payload,
+            caller.tenant_id,
+            decode_object(body),
             max_input_items=runtime.settings.max_input_items,
         )
         return json_response(result)
@@ -94,8 +96,12 @@ class CompactController(Controller):
             body=CompactResponseMethodPublicBody, answer=CompactResource, errors=(400, 404, 409, 429, 502, 504)
         ),
     )
-    async def compact(self, runtime: RuntimeDep, tenant_id: TenantId, payload: Payload) -> Response[bytes]:
+    async def compact(self, caller: CallerDep, body: RawBody) -> Response[bytes]:
+        runtime = caller.runtime
         result = await compact_thread(
-            runtime.turn_context, tenant_id, payload, max_input_items=runtime.settings.max_input_items
+            runtime.turn_context,
+            caller.tenant_id,
+            decode_object(body),
+            max_input_items=runtime.settings.max_input_items,
         )
         return json_response(result)

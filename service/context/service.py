@@ -13,19 +13,28 @@ response), unless the client set one, so that a thread keeps the provider that h
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from service.context import compaction, fitting, tokens
+from service.context import compaction, fitting, pairing, tokens
 from service.context.catalog import ModelCatalog
-from service.context.ledger import COMPACTION, USER_MESSAGE, CountedItems, TokenLedger, kind_of
+from service.context.ledger import (
+    COMPACTION,
+    TOOL_OUTPUT_TYPES,
+    USER_MESSAGE,
+    CountedItems,
+    TokenLedger,
+    exact_counts,
+    kind_of,
+)
 from service.context.sealing import Sealer, Summary
 from service.items import NewItem
 from service.responses.requests import build_upstream_body
+from service.upstream.body import UpstreamBody
 from service.upstream.client import OpenRouterClient, UpstreamEventStream, generation_id
 from service.upstream.errors import UpstreamError
 
@@ -40,6 +49,7 @@ MAX_FIT_ATTEMPTS = 3
 # OpenRouter's own handling of it is all there is.)
 _NOT_FORWARDED = frozenset({"context_management"})
 _TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete"})
+_BILLED_EVENTS = _TERMINAL_EVENTS | {"response.failed"}
 # The summary call's own instructions and request, in tokens (about).
 _SUMMARY_OVERHEAD_TOKENS = 200
 
@@ -59,8 +69,10 @@ class _Plan:
     input_tokens: int = 0
     exact: bool = True  # the usage report can correct the counts (nothing was rendered in another form)
     compaction: dict[str, Any] | None = None  # a compaction item this turn made: its first output item
+    compaction_usage: dict[str, Any] | None = None  # its summary call's usage, added to the turn's
+    answered: list[str] = field(default_factory=list)  # the call ids the new input's tool outputs answer
 
-    def body(self, *, stream: bool) -> bytes:
+    def body(self, *, stream: bool) -> UpstreamBody:
         if self.sent is None:
             history = self.history
         else:
@@ -68,9 +80,18 @@ class _Plan:
         return build_upstream_body(self.params, history, self.inputs, stream=stream)
 
 
+def _bill_summary(turn: Turn, plan: _Plan) -> None:
+    """The turn's call failed after its compaction's summary call, which OpenRouter billed: the failed turn
+    reports (and its thread's totals add) that usage."""
+    if plan.compaction_usage is not None:
+        turn.state.usage = compaction.with_summary_usage(turn.state.usage, plan.compaction_usage)
+
+
 def _sent_item(body: str) -> NewItem:
-    """An item only sent, never stored (build_upstream_body reads only its body)."""
-    return NewItem(id="", type="", role=None, status="", body=body, text_content="")
+    """An item only sent, never stored (what is read of it: its body and what it costs)."""
+    return NewItem(
+        id="", type="", role=None, status="", body=body, text_content="", token_count=tokens.body_tokens(body)
+    )
 
 
 class ContextWindows:
@@ -90,11 +111,13 @@ class ContextWindows:
                 result = await upstream.create(plan.body(stream=False))
             except UpstreamError as error:
                 if not self._refit(plan, turn, error, attempt):
+                    _bill_summary(turn, plan)
                     raise
                 continue
             self._observe(turn, plan, result.get("usage"))
             if plan.compaction is not None:
                 result["output"] = [plan.compaction, *(result.get("output") or [])]
+                result["usage"] = compaction.with_summary_usage(result.get("usage"), plan.compaction_usage)
             return result
         raise AssertionError("unreachable")
 
@@ -110,9 +133,10 @@ class ContextWindows:
                     break
                 except UpstreamError as error:
                     if not self._refit(plan, turn, error, attempt):
+                        _bill_summary(turn, plan)
                         raise
             first = [plan.compaction] if plan.compaction is not None else []
-            yield ObservedStream(stream, lambda usage: self._observe(turn, plan, usage), first)
+            yield ObservedStream(stream, lambda usage: self._observe(turn, plan, usage), first, plan.compaction_usage)
 
     async def check_input(self, tenant_id: str, items: list[NewItem]) -> None:
         """Before a turn begins: refuse a forged or altered compaction item in its input."""
@@ -125,10 +149,19 @@ class ContextWindows:
         await compaction.check_items(self.sealer, tenant_id, items, param=param)
 
     async def count(
-        self, tenant_id: str, model: str, params: dict[str, Any], *, thread: str | None, history: str, inputs: list[str]
+        self,
+        tenant_id: str,
+        model: str,
+        params: dict[str, Any],
+        *,
+        thread: str | None,
+        history: str,
+        stored: Sequence[int] | None,
+        inputs: list[str],
     ) -> int:
-        """What a turn with this input would send, in tokens (after truncation, when "auto" truncates)."""
-        counted = self.ledger.counted(thread, history)
+        """What a turn with this input would send, in tokens (after truncation, when "auto" truncates).
+        `stored`: the history items' stored token counts, when read with it."""
+        counted = self.ledger.counted(thread, history, stored)
         sent, input_bodies, _ = await self._composed(tenant_id, counted, inputs)
         input_tokens = sum(tokens.body_tokens(body) for body in input_bodies)
         overhead = tokens.request_tokens(params)
@@ -137,7 +170,13 @@ class ContextWindows:
             return sent.total + input_tokens + overhead
         budget = fitting.input_budget(window, params)
         fitted = fitting.fit(
-            sent, input_tokens=input_tokens, overhead_tokens=overhead, budget=budget, truncate=True, model=model
+            sent,
+            input_tokens=input_tokens,
+            overhead_tokens=overhead,
+            budget=budget,
+            truncate=True,
+            model=model,
+            answered=pairing.answered_call_ids(input_bodies),
         )
         return fitted.total
 
@@ -184,13 +223,14 @@ class ContextWindows:
         request = turn.request
         params = {k: v for k, v in request.params.items() if k not in _NOT_FORWARDED}
         history, turn.history = turn.history, ""  # not held by the turn for as long as a stream lasts
+        stored, turn.history_counts = turn.history_counts, None
         key = request.conversation_id or request.previous_response_id
         window = await self.catalog.window(request.model)
         threshold = fitting.compaction_threshold(request.params, window)
         plan = _Plan(params, history, list(request.input_items))
         compacted_input = any(item.type == "compaction" for item in request.input_items)
         if window is not None or threshold is not None or compacted_input:
-            plan.counted = self.ledger.counted(key, history)
+            plan.counted = self.ledger.counted(key, history, stored)
         root = plan.counted.root if plan.counted else None
         params.setdefault(
             "session_id", request.conversation_id or root or request.previous_response_id or turn.state.id
@@ -202,7 +242,9 @@ class ContextWindows:
         if rendered:
             plan.exact = False
             plan.inputs = [_sent_item(body) for body in sent_inputs]
-        plan.input_tokens = sum(tokens.body_tokens(item.body) for item in plan.inputs)
+        plan.input_tokens = sum(item.token_count for item in plan.inputs)
+        if any(item.type in TOOL_OUTPUT_TYPES for item in request.input_items):
+            plan.answered = pairing.answered_call_ids(item.body for item in request.input_items)
         overhead = tokens.request_tokens(params)
         if threshold is not None and plan.sent.total + plan.input_tokens + overhead > threshold:
             await self._compact_first(upstream, turn, plan)
@@ -221,7 +263,9 @@ class ContextWindows:
         assert plan.sent is not None
         model = self.compaction_model or turn.request.model
         try:
-            summary, _ = await self._summarize(upstream, model, plan.sent, session_id=plan.params.get("session_id"))
+            summary, plan.compaction_usage = await self._summarize(
+                upstream, model, plan.sent, session_id=plan.params.get("session_id")
+            )
         except UpstreamError as error:
             logger.warning("turn %s: compaction failed, going on uncompacted: %s", turn.state.id, error.message)
             return
@@ -269,6 +313,7 @@ class ContextWindows:
             budget=plan.budget,
             truncate=plan.truncate,
             model=model,
+            answered=plan.answered,
         )
         if plan.fit.start:
             logger.info(
@@ -300,23 +345,35 @@ class ContextWindows:
         request = turn.request
         if plan.counted is None or not request.store:
             return
-        entry = plan.counted.with_input([item.body for item in request.input_items])
-        entry.root = request.conversation_id or plan.counted.root or request.previous_response_id or turn.state.id
+        counts = [item.token_count for item in request.input_items]
         reported = usage.get("input_tokens") if isinstance(usage, dict) else None
         if isinstance(reported, int) and plan.fit is not None and plan.exact:
-            entry.correct(plan.fit.start, reported - plan.fit.overhead_tokens)
+            # What the model counted, less what the history sent and the instructions and tools cost.
+            exact = exact_counts(counts, reported - plan.fit.overhead_tokens - plan.fit.history_tokens)
+            if exact is not None:
+                turn.input_counts = counts = exact
+        entry = plan.counted.with_input([item.body for item in request.input_items], counts)
+        entry.root = request.conversation_id or plan.counted.root or request.previous_response_id or turn.state.id
         self.ledger.keep(request.conversation_id or turn.state.id, entry)
 
 
 class ObservedStream:
     """An upstream stream whose terminal event is shown to `on_usage` before the runner sees it, and which
-    starts with the items the service put first in the output (a compaction item), announced and done."""
+    starts with the items the service put first in the output (a compaction item), announced and done; the
+    terminal event's usage then includes the compaction's summary call (`extra_usage`)."""
 
-    def __init__(self, stream: UpstreamEventStream, on_usage: Any, first: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        stream: UpstreamEventStream,
+        on_usage: Any,
+        first: list[dict[str, Any]],
+        extra_usage: dict[str, Any] | None = None,
+    ) -> None:
         self.response = stream.response
         self._stream = stream
         self._on_usage = on_usage
         self._first = first
+        self._extra_usage = extra_usage
         self._generation = generation_id(stream.response)
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
@@ -331,5 +388,10 @@ class ObservedStream:
                 continue
             if event.get("type") in _TERMINAL_EVENTS:
                 self._on_usage(response.get("usage"))
+            if self._extra_usage is not None and event.get("type") in _BILLED_EVENTS:
+                response = {
+                    **response,
+                    "usage": compaction.with_summary_usage(response.get("usage"), self._extra_usage),
+                }
             # The upstream id the turn keeps: OpenRouter's generation id, as for a non-streamed turn.
-            yield event if self._generation is None else {**event, "response": {**response, "id": self._generation}}
+            yield {**event, "response": response if self._generation is None else {**response, "id": self._generation}}

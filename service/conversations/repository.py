@@ -122,6 +122,7 @@ def item_rows(
             "status": item.status,
             "body": item.body,
             "text_content": item.text_content,
+            "token_count": item.token_count,
         }
         for index, item in enumerate(items)
     ]

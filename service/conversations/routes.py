@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, delete, get, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, RawBody
 
 from service.conversations import service
 from service.conversations.schemas import (
@@ -15,8 +15,9 @@ from service.conversations.schemas import (
     DeletedConversationResource,
     UpdateConversationBody,
 )
-from service.http import EngineDep, Payload, RuntimeDep, TenantId, json_response, require_tenant_key
+from service.http import CallerDep, json_response, require_tenant_key
 from service.idempotency.progress import IDEMPOTENT, note_created
+from service.jsonbody import decode_object
 from service.openapi import TENANT_AUTH, documented
 from service.pagination import parse_page
 from service.schemas import ItemPageQuery
@@ -35,11 +36,11 @@ class ConversationController(Controller):
         status_code=200,
         operation_class=documented(body=CreateConversationBody, answer=ConversationResource, errors=(400, 404, 422)),
     )
-    async def create(
-        self, engine: EngineDep, runtime: RuntimeDep, tenant_id: TenantId, payload: Payload
-    ) -> Response[bytes]:
-        await runtime.turn_context.windows.check_items(tenant_id, payload.get("items"), param="items")
-        created = await service.create_conversation(engine, tenant_id, payload)
+    async def create(self, caller: CallerDep, body: RawBody) -> Response[bytes]:
+        payload = decode_object(body)
+        windows = caller.runtime.turn_context.windows
+        await windows.check_items(caller.tenant_id, payload.get("items"), param="items")
+        created = await service.create_conversation(caller.engine, caller.tenant_id, payload)
         note_created(conversation_id=created["id"])
         return json_response(created)
 
@@ -48,8 +49,8 @@ class ConversationController(Controller):
         operation_id="getConversation",
         operation_class=documented(answer=ConversationResource, errors=(404,)),
     )
-    async def retrieve(self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str]) -> Response[bytes]:
-        return json_response(await service.get_conversation(engine, tenant_id, conversation_id))
+    async def retrieve(self, caller: CallerDep, conversation_id: FromPath[str]) -> Response[bytes]:
+        return json_response(await service.get_conversation(caller.engine, caller.tenant_id, conversation_id))
 
     @post(
         "/{conversation_id:str}",
@@ -57,10 +58,11 @@ class ConversationController(Controller):
         status_code=200,
         operation_class=documented(body=UpdateConversationBody, answer=ConversationResource, errors=(400, 404)),
     )
-    async def update(
-        self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str], payload: Payload
-    ) -> Response[bytes]:
-        return json_response(await service.update_conversation(engine, tenant_id, conversation_id, payload))
+    async def update(self, caller: CallerDep, conversation_id: FromPath[str], body: RawBody) -> Response[bytes]:
+        payload = decode_object(body)
+        return json_response(
+            await service.update_conversation(caller.engine, caller.tenant_id, conversation_id, payload)
+        )
 
     @delete(
         "/{conversation_id:str}",
@@ -68,8 +70,8 @@ class ConversationController(Controller):
         status_code=200,
         operation_class=documented(answer=DeletedConversationResource, errors=(404, 409)),
     )
-    async def remove(self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str]) -> Response[bytes]:
-        return json_response(await service.delete_conversation(engine, tenant_id, conversation_id))
+    async def remove(self, caller: CallerDep, conversation_id: FromPath[str]) -> Response[bytes]:
+        return json_response(await service.delete_conversation(caller.engine, caller.tenant_id, conversation_id))
 
     @post(
         "/{conversation_id:str}/items",
@@ -80,9 +82,9 @@ class ConversationController(Controller):
             body=CreateConversationItemsBody, answer=ConversationItemList, errors=(400, 404, 409, 422)
         ),
     )
-    async def add_items(
-        self, runtime: RuntimeDep, tenant_id: TenantId, conversation_id: FromPath[str], payload: Payload
-    ) -> Response[bytes]:
+    async def add_items(self, caller: CallerDep, conversation_id: FromPath[str], body: RawBody) -> Response[bytes]:
+        payload = decode_object(body)
+        runtime, tenant_id = caller.runtime, caller.tenant_id
         await runtime.turn_context.windows.check_items(tenant_id, payload.get("items"), param="items")
         caps = runtime.settings.conversation_caps
         note_created(conversation_id=conversation_id)
@@ -96,15 +98,14 @@ class ConversationController(Controller):
     async def list_items(
         self,
         *,
-        engine: EngineDep,
-        tenant_id: TenantId,
+        caller: CallerDep,
         conversation_id: FromPath[str],
         after: FromQuery[str | None] = None,
         limit: FromQuery[str | None] = None,
         order: FromQuery[str | None] = None,
     ) -> Response[bytes]:
         page = parse_page(after, limit, order)
-        return json_response(await service.list_items(engine, tenant_id, conversation_id, page))
+        return json_response(await service.list_items(caller.engine, caller.tenant_id, conversation_id, page))
 
     @get(
         "/{conversation_id:str}/items/{item_id:str}",
@@ -112,9 +113,9 @@ class ConversationController(Controller):
         operation_class=documented(answer=ConversationItem, errors=(404,)),
     )
     async def get_item(
-        self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str], item_id: FromPath[str]
+        self, caller: CallerDep, conversation_id: FromPath[str], item_id: FromPath[str]
     ) -> Response[bytes]:
-        return json_response(await service.get_item(engine, tenant_id, conversation_id, item_id))
+        return json_response(await service.get_item(caller.engine, caller.tenant_id, conversation_id, item_id))
 
     @delete(
         "/{conversation_id:str}/items/{item_id:str}",
@@ -123,6 +124,6 @@ class ConversationController(Controller):
         operation_class=documented(answer=ConversationResource, errors=(404, 409)),
     )
     async def delete_item(
-        self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str], item_id: FromPath[str]
+        self, caller: CallerDep, conversation_id: FromPath[str], item_id: FromPath[str]
     ) -> Response[bytes]:
-        return json_response(await service.delete_item(engine, tenant_id, conversation_id, item_id))
+        return json_response(await service.delete_item(caller.engine, caller.tenant_id, conversation_id, item_id))

@@ -81,6 +81,8 @@ class Conversation(Base):
     # The claim of the turn in flight (one writer per conversation); null when free, void once expired.
     turn_response_id: Mapped[str | None] = mapped_column(Text)
     turn_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the claim was taken: its age, the same for every process whatever its own TURN_LOCK_TTL.
+    turn_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     # The admin listing walks (updated_at, id) backwards; each equality filter has its own copy of that order.
     __table_args__ = (
@@ -230,6 +232,9 @@ class Item(Base):
     body: Mapped[str] = mapped_column(Text)
     # Plain text of the item for search, NUL removed (PostgreSQL text cannot hold it).
     text_content: Mapped[str] = mapped_column(Text, server_default="")
+    # What the item costs a model as input, in tokens: as the model counted it when OpenRouter reported usage,
+    # else estimated (service/context/tokens.py); null for items stored before counts were kept.
+    token_count: Mapped[int | None] = mapped_column(Integer)
     # Full-text search; why `simple` and why stored: see migration 2b8f4d6e0c12 (admin listing).
     search_vector: Mapped[str | None] = mapped_column(
         TSVECTOR, Computed("to_tsvector('simple'::regconfig, text_content)", persisted=True)
@@ -262,11 +267,17 @@ class IdempotencyKey(Base):
     # in_progress while the first request runs, completed once its answer is stored.
     state: Mapped[str] = mapped_column(Text)
     locked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Until when the holding request may still run (its process's TURN_LOCK_TTL): an in_progress key is taken
+    # over only after it.
+    held_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     status_code: Mapped[int | None] = mapped_column(Integer)
     headers: Mapped[list[list[str]] | None] = mapped_column(JSONB)
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
     response_id: Mapped[str | None] = mapped_column(ForeignKey("response.id", ondelete="CASCADE"), index=True)
     conversation_id: Mapped[str | None] = mapped_column(ForeignKey("conversation.id", ondelete="CASCADE"), index=True)
+    # The response whose stored state is the answer, read at replay: a stream's event log, or the outcome of a
+    # turn the database could not take in time (stored later; hence no foreign key).
+    answer_response_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
@@ -314,6 +325,11 @@ class ServiceProcess(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     running_responses: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     running_conversations: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    # The advisory lock the process holds on its listening connection while it lives: a process whose heartbeat
+    # is late but whose lock is held is slow, not dead.
+    liveness_key: Mapped[int | None] = mapped_column(BigInteger)
+    # Its TURN_LOCK_TTL: the reaper's backstop waits for the longest any process declared.
+    turn_lock_ttl: Mapped[float | None] = mapped_column(Float)
 
 
 class ServiceSecret(Base):

@@ -4,8 +4,10 @@ and records what it created through the progress context; the middleware knows n
 
 For a request carrying the header, scoped to the caller's tenant:
 - the key is claimed (row inserted `in_progress`) before the handler runs;
-- the same key with the same route and body replays the stored answer (status, headers, body; for a stream,
-  the event-stream bytes) with `Idempotent-Replayed: true`, without running the handler again;
+- the same key with the same route and body replays the stored answer (status, headers, body) with
+  `Idempotent-Replayed: true`, without running the handler again. A stored turn's stream is not copied: its
+  replay is the whole stream read from the response (service/idempotency/replay.py), also when the first client
+  left early; a turn whose outcome waited for the database replays that outcome once stored, not the 503;
 - the same key while its first request still runs gets 409 `idempotency_key_in_use`;
 - the same key with another route or body gets 422 `idempotency_key_mismatch`;
 - a key longer than 255 characters (or empty) gets 400 `invalid_idempotency_key`.
@@ -30,6 +32,7 @@ from service.errors import InvalidRequest, PayloadTooLarge
 from service.http import bearer_secret
 from service.idempotency import service as idempotency
 from service.idempotency.progress import EffectTracker, tracking
+from service.idempotency.replay import is_event_stream, send_from_response, send_stored
 from service.runtime import Runtime
 
 HEADER = b"idempotency-key"
@@ -104,17 +107,10 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _send_stored(send: Send, answer: idempotency.StoredAnswer) -> None:
-    headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in answer.headers]
-    headers.append((b"idempotent-replayed", b"true"))
-    await send({"type": "http.response.start", "status": answer.status_code, "headers": headers})
-    await send({"type": "http.response.body", "body": answer.body, "more_body": False})
-
-
 class _Recorder:
-    """Wraps `send`: forwards the answer as it goes (a stream reaches the client live) and keeps a copy;
-    the key is completed before the last chunk is forwarded, so a client that has the whole answer can
-    retry and get the replay."""
+    """Wraps `send`: forwards the answer as it goes (a stream reaches the client live) and keeps a copy of
+    any answer but a stream (the response's event log, or the run, has it); the key is completed before the
+    last chunk is forwarded, so a client that has the whole answer can retry and get the replay."""
 
     def __init__(
         self,
@@ -131,6 +127,7 @@ class _Recorder:
         self.status: int | None = None
         self.headers: list[list[str]] = []
         self.chunks: list[bytes] = []
+        self.streamed = False  # the answer is an event stream, read back from its turn rather than copied
         self.concluded = False
 
     async def send(self, message: Message) -> None:
@@ -141,8 +138,13 @@ class _Recorder:
                 for name, value in message.get("headers", [])
                 if name.decode("latin-1").lower() not in _NOT_REPLAYED_HEADERS
             ]
+            tracker = self._tracker
+            self.streamed = is_event_stream(self.headers) and (
+                tracker.streams_stored_response or tracker.unstored_stream is not None
+            )
         elif message["type"] == "http.response.body":
-            self.chunks.append(message.get("body", b""))
+            if not self.streamed:
+                self.chunks.append(message.get("body", b""))
             if not message.get("more_body", False) and not self.concluded:
                 await asyncio.shield(self.conclude())
         await self._send(message)
@@ -150,17 +152,28 @@ class _Recorder:
     async def conclude(self) -> None:
         """Store the answer if the request had an effect (any success counts as one), else release the key.
         Without an answer after an effect (the process is being torn down) the key stays in_progress and is
-        taken over once TURN_LOCK_TTL has passed."""
+        taken over once its holder's TURN_LOCK_TTL has passed."""
         self.concluded = True
         started = self._tracker.started
         status = self.status
         if status is not None and (started or status < 400):
-            body = b"".join(self.chunks)
-            tracker = self._tracker
-            answer = idempotency.Answer(status, self.headers, body, tracker.response_id, tracker.conversation_id)
-            await idempotency.store_answer(self._engine, self._claim, answer)
+            await idempotency.store_answer(self._engine, self._claim, await self._answer(status))
         elif not started:
             await idempotency.release(self._engine, self._claim)
+
+    async def _answer(self, status: int) -> idempotency.Answer:
+        tracker = self._tracker
+        created = (tracker.response_id, tracker.conversation_id)
+        if self.streamed and tracker.unstored_stream is not None:
+            # store=false: no event log to replay from; the run's own frames, once it has ended (a first client
+            # that left early does not cut the replay short).
+            return idempotency.Answer(status, self.headers, await tracker.unstored_stream.whole_stream(), *created)
+        if self.streamed:
+            return idempotency.Answer(status, self.headers, b"", *created, answer_response_id=tracker.response_id)
+        body = b"".join(self.chunks)
+        if tracker.outcome_deferred and tracker.response_id is not None:
+            return idempotency.Answer(status, self.headers, body, None, created[1], tracker.response_id)
+        return idempotency.Answer(status, self.headers, body, *created)
 
 
 class IdempotencyMiddleware(ASGIMiddleware):
@@ -197,7 +210,10 @@ class IdempotencyMiddleware(ASGIMiddleware):
             stale_after_seconds=settings.turn_lock_ttl,
         )
         if isinstance(outcome, idempotency.StoredAnswer):
-            await _send_stored(send, outcome)
+            if outcome.answer_response_id is None:
+                await send_stored(send, outcome)
+            else:
+                await send_from_response(runtime, request, outcome, send)
             return
         with tracking() as tracker:
             recorder = _Recorder(send=send, engine=runtime.engine, claim=outcome, tracker=tracker)

@@ -14,6 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class UnstoredStream(Protocol):
+    """A streamed turn whose events are stored nowhere (store=false): its own frames are the only copy."""
+
+    async def whole_stream(self) -> bytes:
+        """Every frame, once the turn has ended."""
+        ...
 
 
 @dataclass
@@ -21,6 +30,13 @@ class EffectTracker:
     started: bool = False
     response_id: str | None = None
     conversation_id: str | None = None
+    # The answer is the event stream of `response_id`, replayed from its stored event log (or followed live).
+    streams_stored_response: bool = False
+    # The answer is a stream stored nowhere: its bytes are taken from the run once it has ended.
+    unstored_stream: UnstoredStream | None = None
+    # The turn's outcome is kept in memory until the database takes it: the answer given now (503) stands only
+    # until then; a replay answers with the stored response once it is there.
+    outcome_deferred: bool = False
 
 
 # A route that creates something declares `opt=IDEMPOTENT`: the middleware then honours an Idempotency-Key on it.
@@ -52,3 +68,18 @@ def note_created(*, conversation_id: str) -> None:
     tracker = _current.get()
     if tracker is not None:
         tracker.conversation_id = conversation_id
+
+
+def note_stream(*, response_id: str | None, unstored: UnstoredStream | None) -> None:
+    """The answer is a turn's event stream: the stored response's (`response_id`), or a run's stored nowhere."""
+    tracker = _current.get()
+    if tracker is not None:
+        tracker.streams_stored_response = unstored is None and response_id is not None
+        tracker.unstored_stream = unstored
+
+
+def note_outcome_deferred() -> None:
+    """The database could not take the turn's outcome; it is stored once the database is back."""
+    tracker = _current.get()
+    if tracker is not None:
+        tracker.outcome_deferred = True

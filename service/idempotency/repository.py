@@ -38,7 +38,9 @@ async def claim(
     """Insert the key as in_progress and return its lock token; None when another request owns the key.
 
     An existing row is taken over (reset) only when it has expired but was not purged yet, or when it is still
-    in_progress with the same fingerprint long after its holder should have finished (the holder died)."""
+    in_progress with the same fingerprint past the deadline its holder set (`held_until`: its own TURN_LOCK_TTL,
+    `stale_after_seconds` here), by when the holder must have finished unless it died. A key claimed before
+    held_until existed is judged by this process's TTL."""
     values = insert(key_t).values(
         tenant_id=tenant_id,
         key=key,
@@ -47,6 +49,7 @@ async def claim(
         path=path,
         state=IN_PROGRESS,
         locked_at=func.clock_timestamp(),
+        held_until=func.clock_timestamp() + _seconds("stale", stale_after_seconds),
         expires_at=func.now() + _seconds("keep", keep_seconds),
     )
     excluded = values.excluded
@@ -55,7 +58,7 @@ async def claim(
         and_(
             key_t.c.state == IN_PROGRESS,
             key_t.c.fingerprint == excluded.fingerprint,
-            key_t.c.locked_at < func.now() - _seconds("stale", stale_after_seconds),
+            func.coalesce(key_t.c.held_until, key_t.c.locked_at + _seconds("stale", stale_after_seconds)) < func.now(),
         ),
     )
     stmt = values.on_conflict_do_update(
@@ -66,6 +69,7 @@ async def claim(
             "path": excluded.path,
             "state": IN_PROGRESS,
             "locked_at": excluded.locked_at,
+            "held_until": excluded.held_until,
             "expires_at": excluded.expires_at,
             "status_code": None,
             "headers": None,
@@ -96,9 +100,11 @@ async def store_answer(
     body: bytes,
     response_id: str | None,
     conversation_id: str | None,
+    answer_response_id: str | None = None,
 ) -> bool:
     """Complete the key with the answer to replay. The links are kept only to rows that exist (a store=false
-    response has none), so that deleting them cascades to this row."""
+    response has none), so that deleting them cascades to this row. `answer_response_id`: the response the answer
+    is read from at replay (its event stream, or its outcome once stored), which may not be stored yet."""
     existing_response = select(response_table.c.id).where(response_table.c.id == response_id).scalar_subquery()
     existing_conversation = (
         select(conversation_table.c.id).where(conversation_table.c.id == conversation_id).scalar_subquery()
@@ -113,10 +119,28 @@ async def store_answer(
             body=body,
             response_id=existing_response if response_id else None,
             conversation_id=existing_conversation if conversation_id else None,
+            answer_response_id=answer_response_id,
         )
         .returning(key_t.c.key)
     )
     return (await conn.execute(stmt)).first() is not None
+
+
+async def settle_deferred_answer(
+    conn: AsyncConnection, *, tenant_id: str, key: str, response_id: str, status_code: int, body: bytes
+) -> None:
+    """Replace an answer given while the turn's outcome waited for the database by the stored response."""
+    await conn.execute(
+        update(key_t)
+        .where(key_t.c.tenant_id == tenant_id, key_t.c.key == key, key_t.c.answer_response_id == response_id)
+        .values(
+            status_code=status_code,
+            headers=[["content-type", "application/json"]],
+            body=body,
+            response_id=select(response_table.c.id).where(response_table.c.id == response_id).scalar_subquery(),
+            answer_response_id=None,
+        )
+    )
 
 
 async def release(conn: AsyncConnection, *, tenant_id: str, key: str, token: datetime) -> None:
@@ -156,6 +180,15 @@ async def forget_deleted_response(conn: AsyncConnection, tenant_id: str, respons
     )
     await conn.execute(
         update(key_t)
-        .where(key_t.c.tenant_id == tenant_id, key_t.c.response_id == response_id, key_t.c.state == COMPLETED)
-        .values(status_code=404, headers=[["content-type", "application/json"]], body=msgspec.json.encode(envelope))
+        .where(
+            key_t.c.tenant_id == tenant_id,
+            or_(key_t.c.response_id == response_id, key_t.c.answer_response_id == response_id),
+            key_t.c.state == COMPLETED,
+        )
+        .values(
+            status_code=404,
+            headers=[["content-type", "application/json"]],
+            body=msgspec.json.encode(envelope),
+            answer_response_id=None,
+        )
     )

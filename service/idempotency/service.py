@@ -3,6 +3,7 @@ Each step is one short transaction; nothing is held while the request itself run
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -13,12 +14,14 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db.retry import while_unavailable
-from service.errors import Conflict, Unprocessable
+from service.errors import Conflict, Unprocessable, is_database_unavailable
 from service.idempotency import repository
 
 logger = logging.getLogger("service.idempotency")
 
 _STORE_ATTEMPTS = 3
+# As long as a turn's outcome is kept for the database (service/responses/turn.py), so that its key is too.
+_LATER_SECONDS = 600
 PURGE_BATCH = 1000
 
 
@@ -44,6 +47,8 @@ class StoredAnswer:
     status_code: int
     headers: list[list[str]]
     body: bytes
+    # Set when the answer is read from this response at replay (service/idempotency/replay.py).
+    answer_response_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class Answer:
     body: bytes
     response_id: str | None
     conversation_id: str | None
+    answer_response_id: str | None = None
 
 
 def fingerprint(method: str, path: str, body: bytes) -> bytes:
@@ -107,7 +113,7 @@ async def begin(
             raise _mismatch(request.key)
         if row.state != repository.COMPLETED:
             raise _in_use(request.key)
-        return StoredAnswer(row.status_code, list(row.headers or []), bytes(row.body or b""))
+        return StoredAnswer(row.status_code, list(row.headers or []), bytes(row.body or b""), row.answer_response_id)
     raise _in_use(request.key)
 
 
@@ -119,8 +125,49 @@ async def _with_retries(engine: AsyncEngine, what: str, work: Any) -> None:
     try:
         await while_unavailable(attempt, attempts=_STORE_ATTEMPTS, what=f"{what} an idempotency key", log=logger)
     except Exception as exc:
-        # The key stays in_progress: retries get 409 until TURN_LOCK_TTL, then may run again.
+        if is_database_unavailable(exc):
+            # Meanwhile the key stays in_progress (retries get 409): once stored, they get the answer, rather
+            # than a second run once its holder's deadline has passed.
+            _later(engine, what, work)
+            return
         logger.warning("could not %s an idempotency key: %s", what, type(exc).__name__)
+
+
+_pending: set[asyncio.Task[None]] = set()
+
+
+def _later(engine: AsyncEngine, what: str, work: Any) -> None:
+    task = asyncio.get_running_loop().create_task(_when_database_returns(engine, what, work))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
+
+
+async def _when_database_returns(engine: AsyncEngine, what: str, work: Any) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _LATER_SECONDS
+    delay = 1.0
+    while loop.time() < deadline:
+        await asyncio.sleep(delay)
+        try:
+            async with engine.begin() as conn:
+                await work(conn)
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                logger.warning("could not %s an idempotency key: %s", what, type(exc).__name__)
+                return
+            delay = min(delay * 2, 5.0)  # a client retrying meanwhile gets 409 until this succeeds
+        else:
+            logger.warning("the database is back: did %s an idempotency key", what)
+            return
+    logger.error("could not %s an idempotency key within %ds", what, _LATER_SECONDS)
+
+
+async def close(grace: float) -> None:
+    """At shutdown: give answers waiting for the database `grace` seconds more."""
+    if _pending:
+        _, still = await asyncio.wait(set(_pending), timeout=grace)
+        for task in still:
+            task.cancel()
 
 
 async def store_answer(engine: AsyncEngine, claim: Claim, answer: Answer) -> None:
@@ -137,6 +184,7 @@ async def store_answer(engine: AsyncEngine, claim: Claim, answer: Answer) -> Non
             body=answer.body,
             response_id=answer.response_id,
             conversation_id=answer.conversation_id,
+            answer_response_id=answer.answer_response_id,
         )
         if not stored:
             logger.warning("idempotency key was taken over before its answer was stored")
@@ -149,6 +197,21 @@ async def release(engine: AsyncEngine, claim: Claim) -> None:
         await repository.release(conn, tenant_id=claim.request.tenant_id, key=claim.request.key, token=claim.token)
 
     await _with_retries(engine, "release", work)
+
+
+async def settle_deferred_answer(
+    engine: AsyncEngine, request: KeyedRequest, response_id: str, status_code: int, body: bytes
+) -> None:
+    """The turn whose outcome waited for the database is stored: its answer replaces the one given meanwhile."""
+    async with engine.begin() as conn:
+        await repository.settle_deferred_answer(
+            conn,
+            tenant_id=request.tenant_id,
+            key=request.key,
+            response_id=response_id,
+            status_code=status_code,
+            body=body,
+        )
 
 
 async def purge_expired_keys(engine: AsyncEngine) -> int:

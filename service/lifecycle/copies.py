@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from service.context.tokens import item_tokens
 from service.ids import new_id
 from service.items import ID_PREFIX_BY_TYPE, NewItem, extract_text
 
@@ -58,4 +59,4 @@ def imported_item(value: dict[str, Any]) -> NewItem:
     else:
         stored = {"id": renewed, **value}
     role = _column(value.get("role"))
-    return NewItem(renewed, kind, role, status, _encode(stored).decode(), extract_text(value))
+    return NewItem(renewed, kind, role, status, _encode(stored).decode(), extract_text(value), item_tokens(stored))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Text, bindparam, func, insert, select, text, update
+from sqlalchemy import BigInteger, Integer, Text, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -47,7 +47,7 @@ async def item_page(conn: AsyncConnection, conversation_id: str, after_position:
 _COPY_ITEMS_THROUGH = text(
     """
     WITH copied AS (
-        SELECT i.position, i.type, i.role, i.status, i.body, i.text_content,
+        SELECT i.position, i.type, i.role, i.status, i.body, i.text_content, i.token_count,
                strpos(i.body, '"id":"' || i.id || '"') AS at, length(i.id) AS old_length,
                CASE WHEN i.id ~ '^[A-Za-z0-9]{1,8}_' THEN split_part(i.id, '_', 1) ELSE 'item' END
                || '_' || lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
@@ -55,10 +55,11 @@ _COPY_ITEMS_THROUGH = text(
         FROM item i
         WHERE i.conversation_id = :source AND i.position <= :through
     )
-    INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content)
+    INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content,
+                      token_count)
     SELECT new_id, :tenant, :target, :target, row_number() OVER (ORDER BY position) - 1, type, role, status,
            CASE WHEN at > 0 THEN overlay(body PLACING new_id FROM at + 6 FOR old_length) ELSE body END,
-           text_content
+           text_content, token_count
     FROM copied
     """
 ).bindparams(bindparam("through", type_=BigInteger))
@@ -110,13 +111,17 @@ async def copy_items_into(
 # than a multi-row VALUES per batch for the thousands of items of a long conversation.
 _INSERT_ITEMS = text(
     """
-    INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content)
+    INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content,
+                      token_count)
     SELECT u.id, :tenant, :conversation, :conversation, u.ord - 1, u.type, u.role, u.status, u.body,
-           u.text_content
-    FROM unnest(:ids, :types, :roles, :statuses, :bodies, :texts)
-         WITH ORDINALITY AS u(id, type, role, status, body, text_content, ord)
+           u.text_content, u.token_count
+    FROM unnest(:ids, :types, :roles, :statuses, :bodies, :texts, :token_counts)
+         WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ord)
     """
-).bindparams(*(bindparam(name, type_=ARRAY(Text)) for name in ("ids", "types", "roles", "statuses", "bodies", "texts")))
+).bindparams(
+    *(bindparam(name, type_=ARRAY(Text)) for name in ("ids", "types", "roles", "statuses", "bodies", "texts")),
+    bindparam("token_counts", type_=ARRAY(Integer)),
+)
 
 
 async def insert_conversation_with_items(
@@ -148,6 +153,7 @@ async def insert_conversation_with_items(
             "statuses": [i.status for i in items],
             "bodies": [i.body for i in items],
             "texts": [i.text_content for i in items],
+            "token_counts": [i.token_count for i in items],
         }
         await conn.execute(_INSERT_ITEMS, {"tenant": tenant_id, "conversation": conversation_id, **columns})
     return row

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, RawBody
 from litestar.response import Stream
 
 from service.conversations.schemas import ConversationResource
-from service.http import EngineDep, Payload, RuntimeDep, TenantId, json_response, require_admin_key, require_tenant_key
+from service.http import CallerDep, EngineDep, json_response, require_admin_key, require_tenant_key
 from service.idempotency.progress import IDEMPOTENT, note_created
+from service.jsonbody import decode_object
 from service.lifecycle import backup, jsonl, service
 from service.lifecycle.schemas import (
     AdminExportLine,
@@ -35,10 +36,10 @@ class ConversationLifecycleController(Controller):
         media_type=jsonl.MEDIA_TYPE,
         operation_class=documented(answer=ConversationExportLine, media_type=jsonl.MEDIA_TYPE, errors=(404,)),
     )
-    async def export(self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str]) -> Stream:
+    async def export(self, caller: CallerDep, conversation_id: FromPath[str]) -> Stream:
         """The conversation as JSON Lines: line 1 `{"object": "conversation", "id", "created_at", "metadata"}`,
         then each item in order as stored (the items API shows the same, completed for clients)."""
-        lines = await service.open_export(engine, tenant_id, conversation_id)
+        lines = await service.open_export(caller.engine, caller.tenant_id, conversation_id)
         return Stream(lines, media_type=jsonl.MEDIA_TYPE)
 
     @post(
@@ -53,20 +54,18 @@ class ConversationLifecycleController(Controller):
             errors=(400, 413, 415),
         ),
     )
-    async def import_(
-        self, request: Request[Any, Any, Any], runtime: RuntimeDep, tenant_id: TenantId
-    ) -> Response[bytes]:
+    async def import_(self, request: Request[Any, Any, Any], caller: CallerDep) -> Response[bytes]:
         """Body: an exported conversation (`Content-Type: application/jsonl`). Creates a new conversation with
         new ids and everything else as in the file, or, for any bad line, nothing (400 naming the line). A
         compaction item must be one sealed for this tenant, as when it is added to a conversation."""
         service.check_media_type(request.headers.get("content-type"))
         raw = await request.body()
-        windows = runtime.turn_context.windows
+        windows = caller.runtime.turn_context.windows
 
         async def check(tenant: str, items: list[Any]) -> None:
             await windows.check_items(tenant, items, param="items")
 
-        created = await service.import_conversation(runtime.engine, tenant_id, raw, check)
+        created = await service.import_conversation(caller.engine, caller.tenant_id, raw, check)
         note_created(conversation_id=created["id"])
         return json_response(created)
 
@@ -77,12 +76,11 @@ class ConversationLifecycleController(Controller):
         status_code=200,
         operation_class=documented(body=ForkConversationBody, answer=ConversationResource, errors=(400, 404)),
     )
-    async def fork(
-        self, engine: EngineDep, tenant_id: TenantId, conversation_id: FromPath[str], payload: Payload
-    ) -> Response[bytes]:
+    async def fork(self, caller: CallerDep, conversation_id: FromPath[str], body: RawBody) -> Response[bytes]:
         """Body: `item_id` (the last item kept) and optional `metadata` (default: the source's). A new
         conversation with copies of the items up to that one; the source is untouched."""
-        created = await service.fork_conversation(engine, tenant_id, conversation_id, payload)
+        payload = decode_object(body)
+        created = await service.fork_conversation(caller.engine, caller.tenant_id, conversation_id, payload)
         note_created(conversation_id=created["id"])
         return json_response(created)
 

@@ -40,6 +40,8 @@ def _busy_answer() -> bytes:
 
 
 _BUSY = _busy_answer()
+# The scope extension holding a callable that drops the request's connection at once (unsent data discarded).
+DROP_CONNECTION = "convstore.drop_connection"
 _REFUSED_LINGER_SECONDS = 1.0
 
 
@@ -81,6 +83,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
         super().on_headers_complete()
+        # Lets a layer that gives up on its client (slow_readers.py) drop the connection: uvicorn then takes the
+        # unfinished response for the client's disconnect, not for an application error.
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        scope.setdefault("extensions", {})[DROP_CONNECTION] = self.transport.abort
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()

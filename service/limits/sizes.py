@@ -3,8 +3,8 @@ MAX_CONVERSATION_BYTES). A turn or an append that would start beyond it gets 400
 pointing to what shrinks a conversation; the last turn within it may take it over (its output is not known in
 advance), so the cap bounds a conversation to about itself plus one turn.
 
-A turn's memory is a multiple of its history (read as one text, spliced into the upstream body, relayed), so
-the cap is also what bounds one turn's memory."""
+A turn's memory is a multiple of its history (read as one text, which is kept and sent upstream from), so the
+cap is also what bounds one turn's memory."""
 
 from __future__ import annotations
 

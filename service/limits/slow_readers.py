@@ -15,6 +15,8 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.limits.connections import DROP_CONNECTION
+
 logger = logging.getLogger("service.limits")
 
 
@@ -52,8 +54,27 @@ class SlowReaderMiddleware(ASGIMiddleware):
         try:
             await next_app(scope, receive, send_in_time)
         except Exception as exc:
-            # Litestar wraps what a send raises once the response started.
-            if not isinstance(exc, _SlowReader) and not isinstance(exc.__cause__, _SlowReader):
+            if not _raised_by_slow_reader(exc):
                 raise
-            # Returning with the response unfinished makes the server close the connection.
+            extensions: dict[str, Any] = scope.get("extensions") or {}
+            drop = extensions.get(DROP_CONNECTION)
+            if drop is not None:
+                drop()
+                await asyncio.sleep(0)  # the server learns of the lost connection before this returns
+            # Returning with the response unfinished makes the server close the connection (if still open).
             logger.info("disconnected a stream client that read nothing for %gs", self.write_timeout)
+
+
+def _raised_by_slow_reader(exc: BaseException) -> bool:
+    """Whether `exc` is, or wraps, our refusal to wait: Litestar wraps what a send raises once the response
+    started (`raise ... from`), and a streamed response's task group puts it in an ExceptionGroup first."""
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, _SlowReader):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        if current.__cause__ is not None:
+            pending.append(current.__cause__)
+    return False

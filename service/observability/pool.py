@@ -1,8 +1,9 @@
 """The database pool's connections in use and the turn statements waiting for one.
 
-In use is read from the pools themselves whenever a connection is checked out or in (SQLAlchemy's pool events),
-rather than counted up and down: a checkout that fails (a connection found closed) is checked in without having
-been checked out, and a count would drift. Each worker sets its own value; a scrape adds the workers up."""
+In use is read from the pools themselves rather than counted up and down: a checkout that fails (a connection
+found closed) is checked in without having been checked out, and a count would drift. One process reads it
+when scraped. With several workers each must write its value to the shared files, so it is read whenever a
+connection is checked out or in (SQLAlchemy's pool events), and a scrape adds the workers up."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def _checked_in(*_: Any) -> None:
 def observe_pool(engine: AsyncEngine) -> None:
     pool = engine.sync_engine.pool
     _pools.add(pool)
+    if not metrics.multiprocess_enabled():
+        # Nothing per checkout: a turn checks out two or three connections, a scrape comes every few seconds.
+        metrics.DB_POOL_IN_USE.set_function(_in_use)
+        return
     event.listen(pool, "checkout", _checked_out)
     event.listen(pool, "checkin", _checked_in)
 

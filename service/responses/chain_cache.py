@@ -16,8 +16,9 @@ served only to the tenant that stored the response.
 from __future__ import annotations
 
 import sys
+from array import array
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class ChainHistory:
     tenant_id: str
     generation: int
     text: str
+    # Each item's stored token count, in the same order (-1: stored before counts were kept).
+    counts: array[int] = field(default_factory=lambda: array("q"))
+
+    def size(self) -> int:
+        return sys.getsizeof(self.text) + self.counts.itemsize * len(self.counts)
 
 
 class ChainCache:
@@ -35,7 +41,7 @@ class ChainCache:
         self._entries: OrderedDict[str, ChainHistory] = OrderedDict()
         self._bytes = 0
 
-    def get(self, response_id: str, tenant_id: str, generation: int) -> str | None:
+    def get(self, response_id: str, tenant_id: str, generation: int) -> ChainHistory | None:
         entry = self._entries.get(response_id)
         if entry is None or entry.tenant_id != tenant_id:
             return None
@@ -43,7 +49,7 @@ class ChainCache:
             self.discard(response_id)
             return None
         self._entries.move_to_end(response_id)
-        return entry.text
+        return entry
 
     def holds(self, response_id: str) -> bool:
         """Whether an entry is kept for the response, current or not (the begin then skips the walk)."""
@@ -51,19 +57,19 @@ class ChainCache:
 
     def put(self, response_id: str, entry: ChainHistory) -> None:
         self.discard(response_id)
-        size = sys.getsizeof(entry.text)
+        size = entry.size()
         if size > self._max_bytes:
             return
         self._entries[response_id] = entry
         self._bytes += size
         while self._bytes > self._max_bytes:
             _, evicted = self._entries.popitem(last=False)
-            self._bytes -= sys.getsizeof(evicted.text)
+            self._bytes -= evicted.size()
 
     def discard(self, response_id: str) -> None:
         entry = self._entries.pop(response_id, None)
         if entry is not None:
-            self._bytes -= sys.getsizeof(entry.text)
+            self._bytes -= entry.size()
 
 
 def joined(*parts: str) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.db.models import conversation_table, item_table, response_table
+from service.db.models import conversation_table, item_table, response_table, service_process_table
 from service.ids import can_exist
 from service.pagination import PageRequest
 from service.responses.status import RUNNING, TERMINAL, Status
@@ -23,7 +23,8 @@ RUNNING_STATUSES = tuple(s.value for s in Status if s in RUNNING)
 # The holder's turn did not finish while it held the claim, so the thread's last turn failed.
 _RELEASE_EXPIRED_CLAIMS = text(
     """
-    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL, last_status = 'failed'
+    UPDATE conversation c SET turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
+        last_status = 'failed'
     FROM (SELECT id, turn_response_id FROM conversation
           WHERE turn_expires_at < now() FOR UPDATE SKIP LOCKED) expired
     WHERE c.id = expired.id
@@ -133,9 +134,13 @@ async def fail_chains(conn: AsyncConnection, thread_ids: list[str]) -> None:
 async def fail_stale_responses(
     conn: AsyncConnection, *, holders: list[str], older_than_seconds: float, error: dict[str, Any]
 ) -> list[str]:
-    """Fail running responses whose claim expired, and claim-less running responses older than the TTL, and
-    with them their chains' last status."""
-    cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, bindparam("ttl", older_than_seconds))
+    """Fail running responses whose claim expired, and claim-less running responses older than the TTL (the
+    longest any live process declared in its heartbeat, so that a process with a shorter one never fails a live turn
+    of a process with a longer one), and with them their chains' last status."""
+    live = service_process_table.c.stopped_at.is_(None)
+    longest = select(func.max(service_process_table.c.turn_lock_ttl)).where(live).scalar_subquery()
+    ttl = func.greatest(bindparam("ttl", older_than_seconds), longest)
+    cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, ttl)
     no_live_claim = ~exists().where(
         conversation_t.c.turn_response_id == response_t.c.id, conversation_t.c.turn_expires_at > func.now()
     )

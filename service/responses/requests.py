@@ -11,6 +11,7 @@ from service.context.fitting import compaction_threshold, truncation_mode
 from service.errors import InvalidRequest
 from service.items import NewItem, normalize_input
 from service.metadata import validate_metadata
+from service.upstream.body import STREAM_FROM_CHARS, SplicedBody, UpstreamBody
 
 # Fields that are ours (state and delivery) and never go upstream. OpenRouter is stateless: `store` must be
 # false or absent, and `previous_response_id`/`conversation` are rejected or unknown there.
@@ -119,14 +120,16 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
     )
 
 
-def build_upstream_body(params: dict[str, Any], history: str, new_items: list[NewItem], *, stream: bool) -> bytes:
+def build_upstream_body(
+    params: dict[str, Any], history: str, new_items: list[NewItem], *, stream: bool
+) -> UpstreamBody:
     """The one place the upstream input array is built: the stored item texts (`history`, already joined by
     commas) spliced verbatim (no decode and re-encode), then the new input. `store` is always false; nothing
-    stateful is forwarded."""
+    stateful is forwarded. A long history is not joined into the body but sent from its text (SplicedBody)."""
     head = msgspec.json.encode({**params, "store": False, "stream": stream})
     new = ",".join(item.body for item in new_items).encode()
-    # One join of encoded parts: the history (megabytes at a long conversation's cap) is copied once, into
-    # the body, where concatenating strings then bytes held up to four copies of it at once.
     if not history:
         return b"".join((head[:-1], b',"input":[', new, b"]}"))
+    if len(history) >= STREAM_FROM_CHARS:
+        return SplicedBody.of(head[:-1] + b',"input":[', history, b"," + new + b"]}")
     return b"".join((head[:-1], b',"input":[', history.encode(), b",", new, b"]}"))

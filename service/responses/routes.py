@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from litestar import Controller, Response, delete, get, post
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, RawBody
 from litestar.response import Stream
 
 from service.errors import InvalidRequest
-from service.http import EngineDep, Payload, PrincipalDep, RuntimeDep, TenantId, json_response, require_tenant_key
-from service.idempotency.progress import IDEMPOTENT
+from service.http import CallerDep, json_response, require_tenant_key
+from service.idempotency.progress import IDEMPOTENT, note_stream
+from service.jsonbody import decode_object
 from service.limits.turns import TurnSlot
 from service.observability import turns as observe_turns
 from service.openapi import TENANT_AUTH, documented
@@ -89,13 +90,12 @@ class ResponseController(Controller):
             errors=(400, 404, 409, 413, 422, 429, 502, 504),
         ),
     )
-    async def create(
-        self, runtime: RuntimeDep, tenant_id: TenantId, principal: PrincipalDep, payload: Payload
-    ) -> Response[Any]:
-        turn = parse_turn_request(payload, max_input_items=runtime.settings.max_input_items)
+    async def create(self, caller: CallerDep, body: RawBody) -> Response[Any]:
+        runtime, tenant_id = caller.runtime, caller.tenant_id
+        turn = parse_turn_request(decode_object(body), max_input_items=runtime.settings.max_input_items)
         await runtime.turn_context.windows.check_input(tenant_id, turn.input_items)
         observe_turns.turn_requested(turn)
-        with runtime.limits.admit_turn(principal) as slot:
+        with runtime.limits.admit_turn(caller.principal) as slot:
             if turn.stream or turn.background:
                 return await self._start_run(runtime, tenant_id, turn, slot)
             result = await runtime.turn_context.run(tenant_id, turn)
@@ -118,6 +118,7 @@ class ResponseController(Controller):
             except asyncio.CancelledError:
                 runtime.turns.follower_left(run)
                 raise
+        note_stream(response_id=started.state.id, unstored=None if turn.store else run)
         return _sse(run.follow(-1), lambda: runtime.turns.follower_left(run))
 
     @get(
@@ -129,12 +130,12 @@ class ResponseController(Controller):
     )
     async def retrieve(
         self,
-        runtime: RuntimeDep,
-        tenant_id: TenantId,
+        caller: CallerDep,
         response_id: FromPath[str],
         stream: FromQuery[str | None] = None,
         starting_after: FromQuery[str | None] = None,
     ) -> Response[Any]:
+        runtime, tenant_id = caller.runtime, caller.tenant_id
         if _flag(stream, "stream"):
             frames = await open_replay(
                 runtime.engine,
@@ -155,9 +156,10 @@ class ResponseController(Controller):
         status_code=200,
         operation_class=documented(answer=ResponseObject, errors=(400, 404, 409)),
     )
-    async def cancel(self, runtime: RuntimeDep, tenant_id: TenantId, response_id: FromPath[str]) -> Response[bytes]:
+    async def cancel(self, caller: CallerDep, response_id: FromPath[str]) -> Response[bytes]:
+        runtime = caller.runtime
         bus = runtime.cluster.bus  # a response run by another process is cancelled there
-        return json_response(await cancel_response(runtime.engine, runtime.turns, bus, tenant_id, response_id))
+        return json_response(await cancel_response(runtime.engine, runtime.turns, bus, caller.tenant_id, response_id))
 
     @delete(
         "/{response_id:str}",
@@ -165,8 +167,8 @@ class ResponseController(Controller):
         status_code=200,
         operation_class=documented(answer=DeletedResponse, errors=(404, 409)),
     )
-    async def remove(self, engine: EngineDep, tenant_id: TenantId, response_id: FromPath[str]) -> Response[bytes]:
-        return json_response(await service.delete_response(engine, tenant_id, response_id))
+    async def remove(self, caller: CallerDep, response_id: FromPath[str]) -> Response[bytes]:
+        return json_response(await service.delete_response(caller.engine, caller.tenant_id, response_id))
 
     @get(
         "/{response_id:str}/input_items",
@@ -176,12 +178,11 @@ class ResponseController(Controller):
     async def input_items(
         self,
         *,
-        engine: EngineDep,
-        tenant_id: TenantId,
+        caller: CallerDep,
         response_id: FromPath[str],
         after: FromQuery[str | None] = None,
         limit: FromQuery[str | None] = None,
         order: FromQuery[str | None] = None,
     ) -> Response[bytes]:
         page = parse_page(after, limit, order)
-        return json_response(await service.list_input_items(engine, tenant_id, response_id, page))
+        return json_response(await service.list_input_items(caller.engine, caller.tenant_id, response_id, page))

@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from array import array
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,7 +39,7 @@ from service.conversations.service import conversation_locked, conversation_not_
 from service.db.retry import while_unavailable
 from service.db.session import driver_connection
 from service.errors import InvalidRequest, ServiceUnavailable, is_database_unavailable
-from service.idempotency.progress import note_effect
+from service.idempotency.progress import note_effect, note_outcome_deferred
 from service.ids import can_exist, new_id
 from service.items import ITEM_REFERENCE, NewItem
 from service.limits.sizes import ConversationCaps
@@ -49,7 +50,7 @@ from service.responses.chain_cache import ChainCache, ChainHistory, joined
 from service.responses.frame_log import FrameLog
 from service.responses.history_cache import HistoryCache
 from service.responses.outcome import apply_upstream_result, jsonb_safe, upstream_id_of, usage_numbers
-from service.responses.requests import TurnRequest, build_upstream_body
+from service.responses.requests import TurnRequest
 from service.responses.status import ANSWERED, Status, is_answered
 from service.responses.streaming import terminal_frame
 from service.responses.views import ResponseState
@@ -62,6 +63,11 @@ INTERRUPTED_ERROR = {"code": "server_error", "message": "The turn was interrupte
 _LOST_CLAIM_ERROR = {
     "code": "server_error",
     "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
+}
+_TAKEN_OVER_ERROR = {
+    "code": "server_error",
+    "message": "The turn was taken for interrupted and stored as failed before its answer came; the answer was "
+    "not stored",
 }
 _FINISH_ATTEMPTS = 3
 # A finished turn the database could not take is kept this long, so a database restart at the wrong moment
@@ -85,6 +91,19 @@ class Turn:
     # which the finish makes this response's entry in the chain cache. Kept apart from `history`, which the
     # upstream call drops; usually the very text the cache holds for the previous response.
     chain: ChainHistory | None = None
+    # The input items' token counts as the model counted them, once the upstream's usage told
+    # (service/context/service.py); None: their estimates stand.
+    input_counts: list[int] | None = None
+    # The stored token count of each item of `history` (negative for an item stored before counts were kept),
+    # when read with it; None: not read (service/context/ledger.py then estimates what it does not hold).
+    history_counts: Sequence[int] | None = None
+
+    def counted_inputs(self) -> list[NewItem]:
+        """The input items with the token counts their finish stores."""
+        items = self.request.input_items
+        if self.input_counts is None:
+            return list(items)
+        return [replace(item, token_count=count) for item, count in zip(items, self.input_counts, strict=True)]
 
     def completion_time(self) -> datetime:
         """Now, on the database's clock: created_at is the database's time when the begin statement started,
@@ -92,13 +111,6 @@ class Turn:
         turn's terminal event, rendered before that statement (which stores it in the event log), carries the
         completion time that is stored."""
         return self.state.created_at + timedelta(seconds=time.monotonic() - self.began)
-
-    def take_upstream_body(self, *, stream: bool) -> bytes:
-        """The body to send upstream. The history is needed for nothing else, and a streamed turn can run
-        for minutes: it is dropped here rather than held by every stream in flight."""
-        body = build_upstream_body(self.request.params, self.history, self.request.input_items, stream=stream)
-        self.history = ""
-        return body
 
 
 @dataclass(frozen=True)
@@ -182,12 +194,14 @@ class TurnContext:
             state.created_at = now
             if response is None:
                 note_effect()  # the upstream call (a charge) follows
-                return Turn(tenant_id, request, state, chain.text)
+                return Turn(tenant_id, request, state, chain.text, history_counts=chain.counts)
             if running is not None:
                 running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
                 note_effect(response_id=state.id)  # nothing is stored yet; the upstream call (a charge) follows
                 stored_at_finish = turn_store.Unseen(response, now, None, request.input_items)
-                return Turn(tenant_id, request, state, chain.text, began, stored_at_finish, chain)
+                return Turn(
+                    tenant_id, request, state, chain.text, began, stored_at_finish, chain, history_counts=chain.counts
+                )
             began = time.monotonic()
             try:
                 state.created_at, _ = await turn_store.begin(db, response, request.input_items)
@@ -199,7 +213,7 @@ class TurnContext:
                 raise
         running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
         note_effect(response_id=state.id)  # committed: the turn is stored as in_progress
-        return Turn(tenant_id, request, state, chain.text, began, None, chain)
+        return Turn(tenant_id, request, state, chain.text, began, None, chain, history_counts=chain.counts)
 
     async def _chain_before(
         self, db: Any, tenant_id: str, previous_id: str, running: turn_store.RunningTurn | None
@@ -223,29 +237,32 @@ class TurnContext:
                 param="previous_response_id",
                 code="previous_response_not_usable",
             )
-        text = self.chains.get(previous_id, tenant_id, previous.generation)
-        if text is None:
-            text = self._from_ancestors(previous, tenant_id)
-            if text is None:
-                text = await turn_store.chain_history(db, tenant_id, previous_id)
-        chain = ChainHistory(tenant_id, previous.generation, text)
+        cached = self.chains.get(previous_id, tenant_id, previous.generation)
+        if cached is not None:
+            text, counts = cached.text, cached.counts
+        else:
+            found = self._from_ancestors(previous, tenant_id)
+            if found is None:
+                found = await turn_store.chain_history(db, tenant_id, previous_id)
+            text, counts = found
+        chain = ChainHistory(tenant_id, previous.generation, text, counts)
         self.chains.put(previous_id, chain)
         return chain, previous.now
 
-    def _from_ancestors(self, previous: turn_store.Previous, tenant_id: str) -> str | None:
-        """The history from the nearest cached ancestor and the items of the responses after it, or from the
-        chain's first response when it is within reach; None when neither is (or the chain began in a
-        conversation, whose earlier items are not read here)."""
-        after: list[str] = []  # the items of the responses below the one looked at, newest first
+    def _from_ancestors(self, previous: turn_store.Previous, tenant_id: str) -> tuple[str, array[int]] | None:
+        """The history (and its items' stored token counts) from the nearest cached ancestor and the items of
+        the responses after it, or from the chain's first response when it is within reach; None when neither
+        is (or the chain began in a conversation, whose earlier items are not read here)."""
+        after: list[turn_store.Ancestor] = []  # the responses below the one looked at, newest first
         for ancestor in previous.ancestors:
             cached = self.chains.get(ancestor.id, tenant_id, previous.generation)
             if cached is not None:
-                return joined(cached, *reversed(after))
+                return _followed_by(cached.text, cached.counts, reversed(after))
             if ancestor.conversation_id is not None:
                 return None
-            after.append(ancestor.items)
+            after.append(ancestor)
             if ancestor.previous_response_id is None:
-                return joined(*reversed(after))
+                return _followed_by("", array("q"), reversed(after))
         return None
 
     async def _begin_alone(self, tenant_id: str, request: TurnRequest) -> Turn:
@@ -298,7 +315,7 @@ class TurnContext:
             unseen = turn_store.Unseen(response, claim.created_at, claim.position, request.input_items)
         running_turns.add(self.engine, state.id, conversation_id)  # for the heartbeat (service/cluster)
         note_effect(response_id=state.id)  # committed: the turn is claimed (stored as in_progress unless `unseen`)
-        turn = Turn(tenant_id, request, state, claim.history, began, unseen)
+        turn = Turn(tenant_id, request, state, claim.history, began, unseen, history_counts=claim.counts)
         await self._refuse_beyond_caps(turn, claim.item_count)
         return turn
 
@@ -351,6 +368,7 @@ class TurnContext:
                 running_turns.discard(self.engine, state.id)  # not stored: the claim's expiry frees it
                 raise
             self._store_later(store, state.id)
+            note_outcome_deferred()  # a replay of this request's key answers with the outcome once stored
             raise ServiceUnavailable(
                 f"The answer for response '{state.id}' could not be stored yet because the database is "
                 f"unavailable. It is kept and stored as soon as the database is back (for up to "
@@ -364,8 +382,11 @@ class TurnContext:
         before it and its own items, so that continuing it reads no history."""
         if turn.chain is None or not is_answered(turn.state.status):
             return
-        own = [item.body for item in turn.request.input_items] + [item.body for item in outputs]
-        entry = ChainHistory(turn.tenant_id, turn.chain.generation, joined(turn.chain.text, *own))
+        own = [*turn.counted_inputs(), *outputs]
+        counts = array("q", turn.chain.counts)
+        counts.extend(item.token_count for item in own)
+        text = joined(turn.chain.text, *(item.body for item in own))
+        entry = ChainHistory(turn.tenant_id, turn.chain.generation, text, counts)
         self.chains.put(turn.state.id, entry)
 
     async def fail(
@@ -431,22 +452,29 @@ async def _store_outcome(
     def event_log() -> turn_store.EventLog | None:
         return None if events is None else events.log(state)
 
+    inputs = turn.counted_inputs()
+    input_counts = [item.token_count for item in inputs]
+    unseen = turn.unseen if turn.unseen is None else replace(turn.unseen, inputs=inputs)
     conversation_id = turn.request.conversation_id
     if conversation_id is not None:
         answered = is_answered(state.status)
         appended = turn_store.Appended(
             conversation_id=conversation_id,
             append=answered,
-            input_count=len(turn.request.input_items),
+            input_count=len(inputs),
+            input_counts=input_counts,
             title=conversations.title_from(turn.request.input_items) if answered else None,
             last_model=state.upstream_model or state.model,
         )
-        if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log(), unseen=turn.unseen):
+        if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log(), unseen=unseen):
             return
         # Our claim expired and another turn took the conversation: appending now would interleave.
         state.status = Status.FAILED.value
         state.error = dict(_LOST_CLAIM_ERROR)
-    await turn_store.finish(db, outcome(), outputs, event_log(), unseen=turn.unseen)
+    if not await turn_store.finish(db, outcome(), outputs, event_log(), unseen=unseen, input_counts=input_counts):
+        # Taken over while it ran (its process taken for dead, its claim expired): the failure stored then stands.
+        state.status = Status.FAILED.value
+        state.error = dict(_TAKEN_OVER_ERROR)
 
 
 async def _store_when_database_returns(store: Callable[[], Awaitable[None]], response_id: str) -> None:
@@ -469,6 +497,15 @@ async def _store_when_database_returns(store: Callable[[], Awaitable[None]], res
 
 
 # -- what a begin reads and builds --------------------------------------------------------------------------
+def _followed_by(text: str, counts: array[int], ancestors: Iterable[turn_store.Ancestor]) -> tuple[str, array[int]]:
+    """A history and its counts followed by the items of `ancestors`, oldest first."""
+    responses = list(ancestors)
+    joined_counts = array("q", counts)
+    for response in responses:
+        joined_counts.extend(response.counts)
+    return joined(text, *(response.items for response in responses)), joined_counts
+
+
 def _previous_not_found(response_id: str) -> InvalidRequest:
     return InvalidRequest(
         f"Previous response with id '{response_id}' not found.",

@@ -25,8 +25,9 @@ Which statements a turn uses depends on two facts about it:
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -35,7 +36,7 @@ import msgspec
 from asyncpg.exceptions import ForeignKeyViolationError
 
 from service.items import NewItem
-from service.responses.history_cache import CachedHistory, joined
+from service.responses.history_cache import CachedHistory, joined, stored_counts
 from service.responses.repository import RUNNING_STATUSES
 from service.responses.statement import Statement
 from service.responses.status import ANSWERED
@@ -60,7 +61,7 @@ _CLAIM_AND_STORE = Statement(
     WITH claim AS (
         UPDATE conversation AS c
         SET turn_response_id = $response_id,
-            turn_expires_at = now() + make_interval(secs => $ttl)
+            turn_expires_at = now() + make_interval(secs => $ttl), turn_claimed_at = now()
         FROM (SELECT id, turn_response_id FROM conversation
               WHERE id = $conversation_id AND tenant_id = $tenant_id FOR UPDATE) AS before
         WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
@@ -78,20 +79,21 @@ _CLAIM_AND_STORE = Statement(
     ),
     inputs AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content)
+                          text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, $conversation_id, u.type, u.role, u.status,
-               u.body, u.text_content
+               u.body, u.text_content, u.token_count
         FROM claim, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                           $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                           $texts::text[], $token_counts::int[])
+                           WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     )
     SELECT claim.next_position, claim.item_count, claim.previous_holder, stored.created_at,
-           snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count
+           snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count, tail.counts
     FROM claim, stored, LATERAL (
         SELECT (claim.next_position, claim.item_count) =
                (SELECT next_position, item_count FROM conversation WHERE id = $conversation_id) AS is_current
     ) AS snapshot, LATERAL (
-        SELECT string_agg(body, ',') AS history, count(*) AS item_count FROM (
-            SELECT body FROM item
+        SELECT string_agg(body, ',') AS history, count(*) AS item_count, array_agg(token_count) AS counts FROM (
+            SELECT body, token_count FROM item
             WHERE snapshot.is_current AND conversation_id = $conversation_id AND position >= $history_from
             ORDER BY position
         ) h
@@ -106,7 +108,7 @@ _CLAIM_ONLY = Statement(
     WITH claim AS (
         UPDATE conversation AS c
         SET turn_response_id = $response_id,
-            turn_expires_at = now() + make_interval(secs => $ttl)
+            turn_expires_at = now() + make_interval(secs => $ttl), turn_claimed_at = now()
         FROM (SELECT id, turn_response_id FROM conversation
               WHERE id = $conversation_id AND tenant_id = $tenant_id FOR UPDATE) AS before
         WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
@@ -114,13 +116,13 @@ _CLAIM_ONLY = Statement(
     ),
     stored AS (SELECT now() AS created_at, set_config('synchronous_commit', 'off', true))
     SELECT claim.next_position, claim.item_count, claim.previous_holder, stored.created_at,
-           snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count
+           snapshot.is_current AS history_is_current, tail.history, tail.item_count AS tail_count, tail.counts
     FROM claim, stored, LATERAL (
         SELECT (claim.next_position, claim.item_count) =
                (SELECT next_position, item_count FROM conversation WHERE id = $conversation_id) AS is_current
     ) AS snapshot, LATERAL (
-        SELECT string_agg(body, ',') AS history, count(*) AS item_count FROM (
-            SELECT body FROM item
+        SELECT string_agg(body, ',') AS history, count(*) AS item_count, array_agg(token_count) AS counts FROM (
+            SELECT body, token_count FROM item
             WHERE snapshot.is_current AND conversation_id = $conversation_id AND position >= $history_from
             ORDER BY position
         ) h
@@ -146,11 +148,12 @@ _BEGIN = Statement(
     ),
     inputs AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content)
+                          text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, false, u.ordinal - 1, stored.thread_id, u.type, u.role, u.status,
-               u.body, u.text_content
+               u.body, u.text_content, u.token_count
         FROM stored, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                            $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                            $texts::text[], $token_counts::int[])
+                            WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     chain AS ({chain_totals.START_CHAIN})
     SELECT created_at, (SELECT history_generation FROM tenant WHERE id = $tenant_id) AS generation FROM stored
@@ -159,8 +162,8 @@ _BEGIN = Statement(
 
 _HISTORY = Statement(
     """
-    SELECT string_agg(body, ',')
-    FROM (SELECT body FROM item WHERE conversation_id = $conversation_id ORDER BY position) h
+    SELECT string_agg(body, ',') AS history, array_agg(token_count) AS counts
+    FROM (SELECT body, token_count FROM item WHERE conversation_id = $conversation_id ORDER BY position) h
     """
 )
 
@@ -194,22 +197,26 @@ _PREVIOUS_AND_ANCESTORS_SQL = """
     SELECT p.status, p.thread_id, t.history_generation AS generation, now() AS now,
            set_config('synchronous_commit', 'off', true) AS lock_only,
            p.id AS id0, p.previous_response_id AS previous0, p.conversation_id AS conversation0, h0.items AS items0,
+           h0.counts AS counts0,
            a1.id AS id1, a1.previous_response_id AS previous1, a1.conversation_id AS conversation1, h1.items AS items1,
+           h1.counts AS counts1,
            a2.id AS id2, a2.previous_response_id AS previous2, a2.conversation_id AS conversation2, h2.items AS items2,
-           a3.id AS id3, a3.previous_response_id AS previous3, a3.conversation_id AS conversation3, h3.items AS items3
+           h2.counts AS counts2,
+           a3.id AS id3, a3.previous_response_id AS previous3, a3.conversation_id AS conversation3, h3.items AS items3,
+           h3.counts AS counts3
     FROM response p
     JOIN tenant t ON t.id = p.tenant_id
     LEFT JOIN response a1 ON a1.id = p.previous_response_id
     LEFT JOIN response a2 ON a2.id = a1.previous_response_id
     LEFT JOIN response a3 ON a3.id = a2.previous_response_id
-    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-        SELECT body FROM item WHERE response_id = p.id ORDER BY is_output, ordinal) i) h0
-    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-        SELECT body FROM item WHERE response_id = a1.id ORDER BY is_output, ordinal) i) h1
-    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-        SELECT body FROM item WHERE response_id = a2.id ORDER BY is_output, ordinal) i) h2
-    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-        SELECT body FROM item WHERE response_id = a3.id ORDER BY is_output, ordinal) i) h3
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items, array_agg(token_count) AS counts FROM (
+        SELECT body, token_count FROM item WHERE response_id = p.id ORDER BY is_output, ordinal) i) h0
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items, array_agg(token_count) AS counts FROM (
+        SELECT body, token_count FROM item WHERE response_id = a1.id ORDER BY is_output, ordinal) i) h1
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items, array_agg(token_count) AS counts FROM (
+        SELECT body, token_count FROM item WHERE response_id = a2.id ORDER BY is_output, ordinal) i) h2
+    CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items, array_agg(token_count) AS counts FROM (
+        SELECT body, token_count FROM item WHERE response_id = a3.id ORDER BY is_output, ordinal) i) h3
     WHERE p.id = $previous_response_id AND p.tenant_id = $tenant_id AND p.deleted_at IS NULL
     FOR KEY SHARE OF p
 """
@@ -236,8 +243,9 @@ _PREVIOUS_AND_ANCESTORS_MARKING = _marking_the_turn(_PREVIOUS_AND_ANCESTORS_SQL)
 
 # A chain's whole history, when no ancestor within reach is cached (a cold worker): if the chain's first
 # response ran in a conversation, the conversation's items before it, then each response's input and output
-# items, oldest response first. The walk up the chain takes one primary-key lookup per response (LIMIT 1 keeps
-# each step a correlated lookup, never a join planned from the recursive part's guessed size).
+# items, oldest response first; and their stored token counts, in the same order, as text (an array aggregate
+# of the parts' arrays would nest them). The walk up the chain takes one primary-key lookup per response
+# (LIMIT 1 keeps each step a correlated lookup, never a join planned from the recursive part's guessed size).
 _CHAIN_HISTORY = Statement(
     """
     WITH RECURSIVE chain AS (
@@ -250,17 +258,19 @@ _CHAIN_HISTORY = Statement(
             FROM response WHERE id = c.previous_response_id LIMIT 1
         ) r
     )
-    SELECT string_agg(items, ',') FROM (
-        SELECT 0 AS part, 0 AS depth, prefix.items
+    SELECT string_agg(items, ',') AS history, string_agg(counts, ',') AS counts FROM (
+        SELECT 0 AS part, 0 AS depth, prefix.items, prefix.counts
         FROM (SELECT conversation_id, conversation_position FROM chain ORDER BY depth DESC LIMIT 1) root
-        CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-            SELECT body FROM item
+        CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items,
+                                   string_agg(coalesce(token_count, -1)::text, ',') AS counts FROM (
+            SELECT body, token_count FROM item
             WHERE conversation_id = root.conversation_id AND position < root.conversation_position
             ORDER BY position) i) prefix
         UNION ALL
-        SELECT 1, -c.depth, own.items
-        FROM chain c CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items FROM (
-            SELECT body FROM item WHERE response_id = c.id ORDER BY is_output, ordinal) i) own
+        SELECT 1, -c.depth, own.items, own.counts
+        FROM chain c CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items,
+                                                string_agg(coalesce(token_count, -1)::text, ',') AS counts FROM (
+            SELECT body, token_count FROM item WHERE response_id = c.id ORDER BY is_output, ordinal) i) own
         ORDER BY part, depth
     ) history
     """
@@ -278,7 +288,7 @@ _FINISH_STORED_IN_CONVERSATION = Statement(
     WITH advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
-            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL,
+            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
             response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
             output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
             last_model = $last_model, last_status = $status
@@ -286,19 +296,21 @@ _FINISH_STORED_IN_CONVERSATION = Statement(
         RETURNING next_position - $added AS start
     ),
     attached AS (
-        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal
+        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal,
+                        token_count = ($input_counts::int[])[item.ordinal + 1]
         FROM advanced
         WHERE $append AND item.response_id = $response_id AND item.is_output = false
     ),
     items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, thread_id,
-                          type, role, status, body, text_content)
+                          type, role, status, body, text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1,
                CASE WHEN $append THEN $conversation_id END,
                CASE WHEN $append THEN advanced.start + $input_count + u.ordinal - 1 END,
-               $conversation_id, u.type, u.role, u.status, u.body, u.text_content
+               $conversation_id, u.type, u.role, u.status, u.body, u.text_content, u.token_count
         FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                              $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                              $texts::text[], $token_counts::int[])
+                              WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
@@ -321,7 +333,7 @@ _FINISH_LOGGED_IN_CONVERSATION = Statement(
     WITH advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
-            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL,
+            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
             response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
             output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
             last_model = $last_model, last_status = $status
@@ -329,19 +341,21 @@ _FINISH_LOGGED_IN_CONVERSATION = Statement(
         RETURNING next_position - $added AS start
     ),
     attached AS (
-        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal
+        UPDATE item SET conversation_id = $conversation_id, position = advanced.start + item.ordinal,
+                        token_count = ($input_counts::int[])[item.ordinal + 1]
         FROM advanced
         WHERE $append AND item.response_id = $response_id AND item.is_output = false
     ),
     items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, thread_id,
-                          type, role, status, body, text_content)
+                          type, role, status, body, text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1,
                CASE WHEN $append THEN $conversation_id END,
                CASE WHEN $append THEN advanced.start + $input_count + u.ordinal - 1 END,
-               $conversation_id, u.type, u.role, u.status, u.body, u.text_content
+               $conversation_id, u.type, u.role, u.status, u.body, u.text_content, u.token_count
         FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                              $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                              $texts::text[], $token_counts::int[])
+                              WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
@@ -369,7 +383,7 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
     WITH advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
-            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL,
+            title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
             response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
             output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
             last_model = $last_model, last_status = $status
@@ -378,14 +392,15 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
     ),
     items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, conversation_id, position, thread_id,
-                          type, role, status, body, text_content)
+                          type, role, status, body, text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, u.ordinal > $input_count,
                CASE WHEN u.ordinal > $input_count THEN u.ordinal - $input_count ELSE u.ordinal END - 1,
                CASE WHEN $append THEN $conversation_id END,
                CASE WHEN $append THEN advanced.start + u.ordinal - 1 END,
-               $conversation_id, u.type, u.role, u.status, u.body, u.text_content
+               $conversation_id, u.type, u.role, u.status, u.body, u.text_content, u.token_count
         FROM advanced, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                              $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                              $texts::text[], $token_counts::int[])
+                              WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     completed AS (
         INSERT INTO response (id, tenant_id, conversation_id, conversation_position, status, model, instructions,
@@ -405,50 +420,66 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
 
 # -- finish outside a conversation (or after a lost claim: the items then stay outside it) -----------------
 
+# The input items' token counts, stored by the begin as estimated, once the upstream's usage made them exact.
+_INPUTS_COUNTED = """
+        UPDATE item SET token_count = c.token_count
+        FROM unnest($input_counts::int[]) WITH ORDINALITY AS c(token_count, ordinal)
+        WHERE item.response_id = $response_id AND NOT item.is_output AND item.ordinal = c.ordinal - 1
+          AND item.token_count IS DISTINCT FROM c.token_count AND EXISTS (SELECT FROM completed)
+"""
+
 # Both also add the turn to its chain's totals (service/threads/totals.py; nothing for a conversation's thread).
+# Both write only over a response still running: one failed meanwhile because its process was taken for dead, or
+# its claim was taken over, keeps that outcome, and a late finish of its old holder writes nothing (no output
+# items, no token counts, no second count in the chain's totals, no event log); it returns no row then.
 _FINISH_STORED = Statement(
     f"""
-    WITH items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content)
-        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
-               u.role, u.status, u.body, u.text_content
-        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
-    ),
-    completed AS (
+    WITH completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
             service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
-        WHERE id = $response_id
+        WHERE id = $response_id AND status = ANY($running::text[])
         RETURNING completed_at
-    ){chain_totals.ADD_TO_CHAIN}
+    ),
+    items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
+                          text_content, token_count)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
+               u.role, u.status, u.body, u.text_content, u.token_count
+        FROM completed, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                               $texts::text[], $token_counts::int[])
+                               WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
+    ),
+    inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN}
     SELECT completed_at FROM completed
     """
 )
 
 _FINISH_LOGGED = Statement(
     f"""
-    WITH items AS (
-        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content)
-        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
-               u.role, u.status, u.body, u.text_content
-        FROM unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                    $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
-    ),
-    completed AS (
+    WITH completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
             service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
-        WHERE id = $response_id
+        WHERE id = $response_id AND status = ANY($running::text[])
         RETURNING completed_at
-    ){chain_totals.ADD_TO_CHAIN}
+    ),
+    items AS (
+        INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
+                          text_content, token_count)
+        SELECT u.id, $tenant_id, $response_id, true, u.ordinal - 1, {chain_totals.THREAD_OF_RESPONSE}, u.type,
+               u.role, u.status, u.body, u.text_content, u.token_count
+        FROM completed, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
+                               $texts::text[], $token_counts::int[])
+                               WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
+    ),
+    inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN}
     INSERT INTO response_event_log (response_id, events, event_count)
     SELECT $response_id, $events::text, $event_count::int FROM completed
     ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
+    RETURNING response_id
     """
 )
 
@@ -462,12 +493,13 @@ _FINISH_UNSEEN = Statement(
     WITH thread AS (SELECT {chain_totals.THREAD_OF_NEW_RESPONSE} AS id),
     items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
-                          text_content)
+                          text_content, token_count)
         SELECT u.id, $tenant_id, $response_id, u.ordinal > $input_count,
                CASE WHEN u.ordinal > $input_count THEN u.ordinal - $input_count ELSE u.ordinal END - 1,
-               thread.id, u.type, u.role, u.status, u.body, u.text_content
+               thread.id, u.type, u.role, u.status, u.body, u.text_content, u.token_count
         FROM thread, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
-                            $texts::text[]) WITH ORDINALITY AS u(id, type, role, status, body, text_content, ordinal)
+                            $texts::text[], $token_counts::int[])
+                            WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ){chain_totals.ADD_UNSEEN_TO_CHAIN}
     INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
                           model, instructions, params_json, metadata, background, stream, created_at, upstream_id,
@@ -507,6 +539,7 @@ def _item_arrays(items: Sequence[NewItem]) -> dict[str, list[Any]]:
         "statuses": [i.status for i in items],
         "bodies": [i.body for i in items],
         "texts": [i.text_content for i in items],
+        "token_counts": [i.token_count for i in items],
     }
 
 
@@ -566,6 +599,7 @@ class Claimed:
     history: str
     as_of: CachedHistory | None
     item_count: int = 0  # the conversation's items when claimed
+    counts: array[int] = field(default_factory=lambda: array("q"))  # the stored token count of each item
 
 
 async def claim_and_begin(
@@ -593,13 +627,18 @@ async def claim_and_begin(
     # Read again, the history is from a later snapshot than the claim's counts: it is not given as of them.
     # `known` is dropped when an item before its end was deleted since.
     if not row["history_is_current"] or (known and known.item_count + row["tail_count"] != row["item_count"]):
-        history = await conversation_history(db, response.conversation_id)
+        history, counts = await conversation_history(db, response.conversation_id)
         return Claimed(
-            row["previous_holder"], row["created_at"], row["next_position"], history, None, row["item_count"]
+            row["previous_holder"], row["created_at"], row["next_position"], history, None, row["item_count"], counts
         )
     history = tail if known is None else joined(known.text, tail)
-    as_of = CachedHistory(row["next_position"], row["item_count"], history)
-    return Claimed(row["previous_holder"], row["created_at"], row["next_position"], history, as_of, row["item_count"])
+    counts = stored_counts(row["counts"])
+    if known is not None:
+        counts = known.counts + counts
+    as_of = CachedHistory(row["next_position"], row["item_count"], history, counts)
+    return Claimed(
+        row["previous_holder"], row["created_at"], row["next_position"], history, as_of, row["item_count"], counts
+    )
 
 
 async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> tuple[datetime, int]:
@@ -610,8 +649,10 @@ async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> tu
     return row["created_at"], row["generation"]
 
 
-async def conversation_history(db: Any, conversation_id: str | None) -> str:
-    return await db.fetchval(_HISTORY.sql, *_HISTORY.args({"conversation_id": conversation_id})) or ""
+async def conversation_history(db: Any, conversation_id: str | None) -> tuple[str, array[int]]:
+    """The conversation's items as one text, and their stored token counts."""
+    row = await db.fetchrow(_HISTORY.sql, *_HISTORY.args({"conversation_id": conversation_id}))
+    return row["history"] or "", stored_counts(row["counts"])
 
 
 @dataclass(frozen=True)
@@ -622,6 +663,7 @@ class Ancestor:
     previous_response_id: str | None
     conversation_id: str | None  # set only on a chain's first response, when it ran in a conversation
     items: str  # its input then output item texts, joined by commas
+    counts: array[int]  # their stored token counts
 
 
 @dataclass(frozen=True)
@@ -666,15 +708,21 @@ async def read_previous(
                     row[f"previous{level}"],
                     row[f"conversation{level}"],
                     row[f"items{level}"] or "",
+                    stored_counts(row[f"counts{level}"]),
                 )
             )
     return Previous(row["status"], row["generation"], row["now"], found)
 
 
-async def chain_history(db: Any, tenant_id: str, response_id: str) -> str:
-    """The whole history a child of the response sends upstream ("" when there is none)."""
+async def chain_history(db: Any, tenant_id: str, response_id: str) -> tuple[str, array[int]]:
+    """The whole history a child of the response sends upstream ("" when there is none), and the stored token
+    count of each of its items."""
     values = {"response_id": response_id, "tenant_id": tenant_id}
-    return await db.fetchval(_CHAIN_HISTORY.sql, *_CHAIN_HISTORY.args(values)) or ""
+    row = await db.fetchrow(_CHAIN_HISTORY.sql, *_CHAIN_HISTORY.args(values))
+    counts = row["counts"] if row is not None else None
+    return (row["history"] if row is not None else None) or "", array(
+        "q", map(int, counts.split(","))
+    ) if counts else array("q")
 
 
 @dataclass(frozen=True)
@@ -728,6 +776,7 @@ class Appended:
     conversation_id: str
     append: bool  # false: the turn failed or was cancelled, so only the claim is released
     input_count: int
+    input_counts: Sequence[int]  # the input items' token counts, exact when the upstream reported usage
     title: str | None
     last_model: str | None
 
@@ -777,7 +826,7 @@ async def finish_in_conversation(
         values.update(unseen.params(outputs))
     else:
         statement = _FINISH_STORED_IN_CONVERSATION if log is None else _FINISH_LOGGED_IN_CONVERSATION
-        values.update(_item_arrays(outputs), input_count=appended.input_count)
+        values.update(_item_arrays(outputs), input_count=appended.input_count, input_counts=list(appended.input_counts))
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
     completed_at: datetime | None = await db.fetchval(statement.sql, *statement.args(values))
@@ -791,9 +840,12 @@ async def finish(
     log: EventLog | None = None,
     *,
     unseen: Unseen | None = None,
-) -> None:
+    input_counts: Sequence[int] = (),
+) -> bool:
     """Outside any conversation, or after a lost claim (the items then stay outside the conversation).
-    `unseen`: as for finish_in_conversation."""
+    `unseen`: as for finish_in_conversation. `input_counts`: the token counts of the input items the begin
+    stored, now that they may be exact (an unseen turn's are on its items). False when the response had already
+    ended (failed by a takeover): nothing is written then."""
     values = outcome.params()
     if unseen is not None:
         _no_log_when_unseen(log)
@@ -806,18 +858,19 @@ async def finish(
         )
     else:
         statement = _FINISH_STORED if log is None else _FINISH_LOGGED
-        values.update(_item_arrays(outputs))
+        values.update(_item_arrays(outputs), input_counts=list(input_counts), running=list(RUNNING_STATUSES))
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
     try:
-        await db.execute(statement.sql, *statement.args(values))
+        stored = await db.fetchval(statement.sql, *statement.args(values))
     except ForeignKeyViolationError as exc:
         # The previous response of an unseen turn was being deleted when the statement began (it saw the row,
         # then waited for the delete): run again, it no longer sees the row and stores no link, as it does
         # when the delete committed first. The answer is kept either way.
         if unseen is None or exc.constraint_name != PREVIOUS_RESPONSE_FK:
             raise
-        await db.execute(statement.sql, *statement.args(values))
+        stored = await db.fetchval(statement.sql, *statement.args(values))
+    return unseen is not None or stored is not None
 
 
 def _no_log_when_unseen(log: EventLog | None) -> None:

@@ -72,7 +72,8 @@ _PREVIEW = text(
 # conversation_locked meanwhile. The claim expires like a turn's if this process dies.
 _CLAIM_IDLE_CONVERSATIONS = text(
     """
-    UPDATE conversation SET turn_response_id = :claim, turn_expires_at = now() + make_interval(secs => :ttl)
+    UPDATE conversation SET turn_response_id = :claim, turn_expires_at = now() + make_interval(secs => :ttl),
+        turn_claimed_at = now()
     WHERE id IN (
         SELECT id FROM conversation
         WHERE tenant_id = :tenant AND updated_at < now() - make_interval(days => :idle_days)
@@ -88,7 +89,7 @@ _CLAIM_IDLE_CONVERSATIONS = text(
 _EMPTY_CLAIMED_CONVERSATIONS = text(
     """
     WITH still_ours AS (
-        UPDATE conversation SET turn_expires_at = now() + make_interval(secs => :ttl)
+        UPDATE conversation SET turn_expires_at = now() + make_interval(secs => :ttl), turn_claimed_at = now()
         WHERE id = ANY(:ids) AND turn_response_id = :claim
         RETURNING id
     ),
@@ -182,13 +183,15 @@ async def delete_expired_responses(conn: AsyncConnection, *, tenant_id: str, day
 
 # Keyed answers linked to no stored row (a `store: false` response's, which no thread holds, so neither a
 # response's deletion nor a hard delete reaches them): they hold a response's content, so they go with the
-# tenant's responses of their age, sooner than IDEMPOTENCY_KEY_TTL when the policy is shorter.
+# tenant's responses of their age, sooner than IDEMPOTENCY_KEY_TTL when the policy is shorter. Not a deferred
+# answer (a 503 whose turn was stored later, `answer_response_id`): its response may outlive the policy's age
+# (a later response builds on it), and a retry without the key would run and charge the turn again.
 _DELETE_UNLINKED_ANSWERS = text(
     """
     DELETE FROM idempotency_key WHERE (tenant_id, key) IN (
         SELECT tenant_id, key FROM idempotency_key
         WHERE tenant_id = :tenant AND state = 'completed' AND response_id IS NULL AND conversation_id IS NULL
-          AND created_at < now() - make_interval(days => :days)
+          AND answer_response_id IS NULL AND created_at < now() - make_interval(days => :days)
         LIMIT :limit FOR UPDATE SKIP LOCKED
     )
     RETURNING key

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, delete, get, post, put
-from litestar.params import FromPath
+from litestar.params import FromPath, RawBody
 
-from service.http import EngineDep, Payload, RuntimeDep, json_response, require_admin_key
+from service.http import EngineDep, RuntimeDep, json_response, require_admin_key
+from service.jsonbody import decode_object
 from service.openapi import ADMIN_AUTH, documented
 from service.retention import service
 from service.retention.schemas import (
@@ -40,9 +41,9 @@ class RetentionAdminController(Controller):
         status_code=200,
         operation_class=documented(body=RetentionPolicyBody, answer=RetentionPolicy, errors=(400, *_ADMIN_ERRORS)),
     )
-    async def put_policy(self, engine: EngineDep, tenant: FromPath[str], payload: Payload) -> Response[bytes]:
+    async def put_policy(self, engine: EngineDep, tenant: FromPath[str], body: RawBody) -> Response[bytes]:
         """Body: {"responses_days": N|null, "conversations_idle_days": N|null}, N >= 1 days, null keeps forever."""
-        return json_response(await service.put_policy(engine, tenant, payload))
+        return json_response(await service.put_policy(engine, tenant, decode_object(body)))
 
     @delete(
         "/tenants/{tenant:str}/retention",

@@ -52,12 +52,14 @@ ADD_TO_CHAIN = f""",
 # returned the previous response's status and thread_id): list the turn on its chain's row until its finish,
 # as a conversation turn's claim marks the conversation; only when the previous response can be continued
 # (else the turn is refused at once). Turns listed past their expiry are dropped: their process stopped
-# without a reaper seeing it. Listing it twice (a begin that reads again) keeps one entry.
+# without a reaper seeing it. Listing it twice (a begin that reads again) keeps one entry. The expiry is the
+# latest of the listed turns' (processes may run with different TURN_LOCK_TTL): never shortened by a new one.
 MARK_RUNNING_TURN = """
     UPDATE response_chain SET
         turn_response_ids = array_append(array_remove(
             CASE WHEN turn_expires_at > now() THEN turn_response_ids ELSE '{}' END, $response_id), $response_id),
-        turn_expires_at = now() + make_interval(secs => $ttl)
+        turn_expires_at = greatest(CASE WHEN turn_expires_at > now() THEN turn_expires_at END,
+                                   now() + make_interval(secs => $ttl))
     FROM previous
     WHERE response_chain.id = previous.thread_id AND previous.status = ANY($answered::text[])
 """

@@ -16,6 +16,7 @@ from httpx_aiohttp import AiohttpTransport
 from service.config import Settings
 from service.observability import upstream as observe
 from service.observability.tracing import wrap_transport
+from service.upstream.body import UpstreamBody
 from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after
 from service.upstream.jsonutil import decode_upstream_json
 from service.upstream.redaction import REDACTED, StreamRedactor, redact_all
@@ -70,10 +71,17 @@ class OpenRouterClient:
         delay: float = min(_BACKOFF_CAP_SECONDS, self._settings.upstream_retry_base_delay * 2.0 ** (attempt - 1))
         return delay * random.uniform(0.75, 1.0)  # noqa: S311 - jitter, not security
 
-    async def _send(self, body: bytes, *, stream: bool) -> httpx.Response:
+    def _request(self, body: UpstreamBody) -> httpx.Request:
+        if isinstance(body, bytes):
+            return httpx.Request("POST", self._url, headers=self._headers, content=body, extensions=self._extensions)
+        headers = self._headers.copy()
+        headers["Content-Length"] = str(body.length)  # sent as it is, not chunked
+        return httpx.Request("POST", self._url, headers=headers, content=body.chunks(), extensions=self._extensions)
+
+    async def _send(self, body: UpstreamBody, *, stream: bool) -> httpx.Response:
         """One attempt: returns a response with a success status (body unread when streaming)."""
         try:
-            request = httpx.Request("POST", self._url, headers=self._headers, content=body, extensions=self._extensions)
+            request = self._request(body)
             response = await self._transport.handle_async_request(request)
             observe.answered(response.status_code)
             # The response would keep the request, body included (the whole history), for as long as a
@@ -116,7 +124,7 @@ class OpenRouterClient:
         except httpx.TransportError as exc:
             raise UpstreamError(f"OpenRouter connection broke ({type(exc).__name__})", kind="connect") from None
 
-    async def _send_with_retries(self, body: bytes, *, stream: bool) -> httpx.Response:
+    async def _send_with_retries(self, body: UpstreamBody, *, stream: bool) -> httpx.Response:
         attempts = self._settings.upstream_max_attempts
         for attempt in range(1, attempts + 1):
             observe.attempt_started()
@@ -164,7 +172,7 @@ class OpenRouterClient:
         except ValueError:
             raise UpstreamError(f"OpenRouter's {path} is not JSON", kind="protocol") from None
 
-    async def create(self, body: bytes) -> dict[str, Any]:
+    async def create(self, body: UpstreamBody) -> dict[str, Any]:
         """Non-streamed turn. Retries happen here; the total deadline covers every attempt."""
         observe.call_started()
         try:
@@ -195,7 +203,7 @@ class OpenRouterClient:
         return payload
 
     @asynccontextmanager
-    async def open_stream(self, body: bytes) -> AsyncIterator[UpstreamEventStream]:
+    async def open_stream(self, body: UpstreamBody) -> AsyncIterator[UpstreamEventStream]:
         """Open a streamed turn. Errors before the first byte raise UpstreamError (after retries, within the
         total deadline); after that, `events()` raises UpstreamError(kind="stream") when the stream breaks,
         stalls past UPSTREAM_IDLE_TIMEOUT between events, or outlives UPSTREAM_TOTAL_TIMEOUT."""

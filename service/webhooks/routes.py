@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from litestar import Controller, Response, delete, get, post
+from litestar.params import FromPath, QueryParams, RawBody
 
-from litestar import Controller, Request, Response, delete, get, post
-from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath
-
-from service.http import EngineDep, Payload, RuntimeDep, json_response, require_admin_key
+from service.http import EngineDep, RuntimeDep, json_response, require_admin_key
+from service.jsonbody import decode_object
 from service.openapi import ADMIN_AUTH, documented
 from service.webhooks import service
 from service.webhooks.schemas import (
@@ -20,12 +18,6 @@ from service.webhooks.schemas import (
     WebhookEndpointList,
 )
 
-
-def _query_pairs(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
-    return list(request.query_params.multi_items())
-
-
-QueryPairs = NamedDependency[list[tuple[str, str]]]
 _ADMIN_ERRORS = (403, 404)
 
 
@@ -34,7 +26,6 @@ class WebhookAdminController(Controller):
     before_request = staticmethod(require_admin_key)
     tags = ["admin"]  # noqa: RUF012
     security = ADMIN_AUTH
-    dependencies = {"query_pairs": Provide(_query_pairs, sync_to_thread=False)}  # noqa: RUF012
 
     @post(
         "/tenants/{tenant:str}/webhooks",
@@ -44,9 +35,10 @@ class WebhookAdminController(Controller):
             body=CreateWebhookEndpointBody, answer=CreatedWebhookEndpoint, errors=(400, *_ADMIN_ERRORS)
         ),
     )
-    async def create(self, runtime: RuntimeDep, tenant: FromPath[str], payload: Payload) -> Response[bytes]:
+    async def create(self, runtime: RuntimeDep, tenant: FromPath[str], body: RawBody) -> Response[bytes]:
         """Body: url (http or https), events (response.completed, response.failed, response.cancelled,
         response.incomplete). The answer's `secret` (whsec_...) verifies signatures; it is shown only this once."""
+        payload = decode_object(body)
         return json_response(await service.create_endpoint(runtime.engine, runtime.settings, tenant, payload))
 
     @get(
@@ -73,7 +65,7 @@ class WebhookAdminController(Controller):
         operation_id="adminListWebhookDeliveries",
         operation_class=documented(answer=WebhookDeliveryList, query=WebhookDeliveryQuery, errors=(400, 403, 404)),
     )
-    async def deliveries(self, engine: EngineDep, query_pairs: QueryPairs) -> Response[bytes]:
+    async def deliveries(self, engine: EngineDep, query: QueryParams) -> Response[bytes]:
         """Deliveries newest first, each with its attempts (time, status code, error, duration). Filters: tenant,
         state (pending, delivered, failed); pages: limit 1-100, before = the previous page's next_before."""
-        return json_response(await service.list_deliveries(engine, query_pairs))
+        return json_response(await service.list_deliveries(engine, list(query.multi_items())))

@@ -1,0 +1,85 @@
+"""Tool calls and their outputs go upstream together, or not at all.
+
+OpenRouter's providers refuse a `function_call_output` whose `function_call` is not in the input (and OpenAI
+refuses a call without its output, or without the reasoning item it came with). Truncation cuts at user
+messages, which keeps a turn's calls with their outputs; but an output sent after a later user message, a
+summary standing for the calls before it, or a new input answering a call the cut dropped would leave one
+alone. So, in what is sent:
+- a call that the new input answers is kept, with the reasoning items just before it, wherever the cut fell
+  (`answered_calls`: the fitting counts them as sent);
+- a tool output whose call is not sent is left out (`orphaned_outputs`).
+Only the items of those kinds are decoded, and only when something was cut.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from service.context.ledger import REASONING, TOOL_CALL, TOOL_OUTPUT, TOOL_OUTPUT_TYPES, CountedItems
+
+
+class _Paired(msgspec.Struct):
+    """What pairing reads of an item (its other fields are skipped while decoding)."""
+
+    type: Any = None
+    call_id: Any = None
+
+
+_PAIRED = msgspec.json.Decoder(_Paired)
+
+
+def call_id_of(body: str | bytes) -> str | None:
+    call_id = _PAIRED.decode(body).call_id
+    return call_id if isinstance(call_id, str) else None
+
+
+def answered_call_ids(input_bodies: Iterable[str]) -> list[str]:
+    """The call ids the new input's tool outputs answer."""
+    answered = []
+    for body in input_bodies:
+        item = _PAIRED.decode(body)
+        if item.type in TOOL_OUTPUT_TYPES and isinstance(item.call_id, str):
+            answered.append(item.call_id)
+    return answered
+
+
+def answered_calls(counted: CountedItems, call_ids: Sequence[str]) -> list[int]:
+    """The history items that must be sent with a new input answering `call_ids`: each call (the latest with
+    that id), and the reasoning items right before it. Searched from the end, where such calls are."""
+    wanted, found = set(call_ids), []
+    end = len(counted)
+    while wanted:
+        index = counted.kinds.rfind(bytes([TOOL_CALL]), 0, end)
+        if index < 0:
+            break
+        end = index
+        call_id = call_id_of(counted.item_text(index))
+        if call_id not in wanted:
+            continue
+        wanted.discard(call_id)
+        found.append(index)
+        before = index - 1
+        while before >= 0 and counted.kinds[before] == REASONING:
+            found.append(before)
+            before -= 1
+    return sorted(found)
+
+
+def orphaned_outputs(counted: CountedItems, start: int, pinned: Sequence[int]) -> tuple[int, ...]:
+    """The tool outputs from `start` on whose call is neither at or after `start` nor pinned."""
+    if counted.kinds.find(bytes([TOOL_OUTPUT]), start) < 0:
+        return ()
+    sent_calls = {call_id_of(counted.item_text(index)) for index in pinned if counted.kinds[index] == TOOL_CALL}
+    orphans = []
+    for index, body in counted.texts_from(start):
+        kind = counted.kinds[index]
+        if kind in (TOOL_CALL, TOOL_OUTPUT):
+            call_id = call_id_of(body)
+            if kind == TOOL_CALL:
+                sent_calls.add(call_id)
+            elif call_id not in sent_calls:
+                orphans.append(index)
+    return tuple(orphans)

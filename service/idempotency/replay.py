@@ -1,0 +1,69 @@
+"""Replaying a keyed answer that is read from its response rather than kept as bytes:
+
+- a streamed turn's answer is its event stream, replayed whole from the response's stored event log (or followed
+  live while the turn still runs, here or in another process), whatever its first client received before it
+  disconnected; so the key keeps no copy of the stream;
+- the answer to a turn whose outcome the database could not take in time (503 `database_unavailable`) is that
+  outcome once stored: the response, as the turn would have answered it. Until then the 503 is replayed.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from litestar.types import Send
+
+from service.errors import NotFound
+from service.idempotency import service as idempotency
+from service.responses.repository import RUNNING_STATUSES
+from service.responses.resume import open_replay
+from service.responses.service import get_response
+from service.runtime import Runtime
+
+_REPLAYED = (b"idempotent-replayed", b"true")
+
+
+def is_event_stream(headers: list[list[str]]) -> bool:
+    return any(name.lower() == "content-type" and value.startswith("text/event-stream") for name, value in headers)
+
+
+def _start(status: int, headers: list[list[str]]) -> dict[str, object]:
+    raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+    return {"type": "http.response.start", "status": status, "headers": [*raw, _REPLAYED]}
+
+
+async def send_stored(send: Send, answer: idempotency.StoredAnswer) -> None:
+    await send(_start(answer.status_code, answer.headers))  # type: ignore[arg-type]
+    await send({"type": "http.response.body", "body": answer.body, "more_body": False})
+
+
+async def send_from_response(
+    runtime: Runtime, request: idempotency.KeyedRequest, answer: idempotency.StoredAnswer, send: Send
+) -> None:
+    response_id = answer.answer_response_id
+    assert response_id is not None
+    if is_event_stream(answer.headers):
+        # Raises NotFound (the error envelope) before anything is sent when the response was deleted since.
+        frames = await open_replay(
+            runtime.engine,
+            runtime.turns,
+            request.tenant_id,
+            response_id,
+            -1,
+            bus=runtime.cluster.bus,
+            wait_limit=runtime.settings.turn_lock_ttl,
+        )
+        await send(_start(answer.status_code, answer.headers))  # type: ignore[arg-type]
+        async for chunk in frames:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    try:
+        state = await get_response(runtime.engine, request.tenant_id, response_id)
+    except NotFound:
+        state = None  # not stored yet (a turn no client saw before its end is stored whole by its finish)
+    if state is None or state.status in RUNNING_STATUSES:
+        await send_stored(send, answer)
+        return
+    body = msgspec.json.encode(state.render())
+    await idempotency.settle_deferred_answer(runtime.engine, request, response_id, 200, body)
+    await send_stored(send, idempotency.StoredAnswer(200, [["content-type", "application/json"]], body))

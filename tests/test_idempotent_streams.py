@@ -1,0 +1,100 @@
+"""Idempotency-Key on streamed turns: the replay is the turn's whole event stream, read from the response (its
+stored event log, or the run while it still goes on), not what the first client happened to receive; the key
+keeps no copy of a stored turn's stream. A store=false stream, which has no event log, keeps the run's frames
+once the run has ended."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
+from tests.stream_support import parse_sse, read_events, wait_until_ended
+from tests.turn_support import MODEL, new_conversation, rows
+
+ANSWER = "one two three four five six seven eight"
+
+
+def keyed(key: str) -> dict[str, str]:
+    return {"Idempotency-Key": key}
+
+
+async def _leave_after(client: httpx.AsyncClient, body: dict[str, Any], key: str, events: int) -> list[dict[str, Any]]:
+    """Start a keyed stream, read `events` events, and disconnect."""
+    async with client.stream("POST", "/v1/responses", json=body, headers=keyed(key)) as started:
+        assert started.status_code == 200
+        return await read_events(started, limit=events)
+
+
+async def _until_completed(db: AsyncEngine, key: str) -> None:
+    """A key is completed once the server has seen its client leave (its next write fails) or its run end; a
+    retry before that is answered 409 idempotency_key_in_use."""
+    for _ in range(200):
+        if await rows(db, "SELECT state FROM idempotency_key WHERE key = :k", k=key) == [{"state": "completed"}]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the key {key} was never completed")
+
+
+def _deltas(events: list[dict[str, Any]]) -> str:
+    return "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+
+
+async def test_a_keyed_stream_whose_client_left_replays_the_whole_stream_live_then_from_the_log(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8), delay=0.25))
+    conversation = await new_conversation(alice.http)
+    body = {"model": MODEL, "input": "Count", "conversation": conversation, "stream": True}
+    received = await _leave_after(alice.http, body, "k-left", events=4)
+    response_id = received[0]["response"]["id"]
+    assert _deltas(received) != ANSWER
+    await _until_completed(db, "k-left")
+    assert (await alice.http.get(f"/v1/responses/{response_id}")).json()["status"] == "in_progress"
+
+    # The turn goes on (STREAM_DISCONNECT_POLICY=continue): the retry follows it to its end.
+    live = await alice.http.post("/v1/responses", json=body, headers=keyed("k-left"))
+    assert live.status_code == 200, live.text
+    assert live.headers["idempotent-replayed"] == "true"
+    assert live.headers["content-type"].startswith("text/event-stream")
+    events = [data for _, data in parse_sse(live.text)]
+    assert events[: len(received)] == received
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.completed" and _deltas(events) == ANSWER
+
+    assert (await wait_until_ended(alice.http, response_id))["status"] == "completed"
+    logged = await alice.http.get(f"/v1/responses/{response_id}", params={"stream": "true"})
+    later = await alice.http.post("/v1/responses", json=body, headers=keyed("k-left"))
+    assert later.status_code == 200 and later.headers["idempotent-replayed"] == "true"
+    assert later.content == logged.content
+    assert [data for _, data in parse_sse(later.text)] == events
+    assert len(fake_upstream.requests) == 1
+    # The key holds no copy of the stream: it names the response whose event log is the answer.
+    [key] = await rows(db, "SELECT state, status_code, body, response_id, answer_response_id FROM idempotency_key")
+    assert key == {
+        "state": "completed",
+        "status_code": 200,
+        "body": b"",
+        "response_id": response_id,
+        "answer_response_id": response_id,
+    }
+
+
+async def test_a_keyed_store_false_stream_whose_client_left_replays_the_whole_stream(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8), delay=0.2))
+    body = {"model": MODEL, "input": "Count", "stream": True, "store": False}
+    received = await _leave_after(alice.http, body, "k-nostore", events=3)
+    await _until_completed(db, "k-nostore")  # once the run ends: a store=false stream has no event log
+    replay = await alice.http.post("/v1/responses", json=body, headers=keyed("k-nostore"))
+    assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true"
+    events = [data for _, data in parse_sse(replay.text)]
+    assert events[: len(received)] == received
+    assert events[-1]["type"] == "response.completed" and _deltas(events) == ANSWER
+    assert len(fake_upstream.requests) == 1
+    assert await rows(db, "SELECT id FROM response") == []

@@ -1,0 +1,210 @@
+"""Which turns another process may take over, and what the old holder's late finish may still write. Real
+processes: A is `python -m service serve` in its own OS process, frozen with SIGSTOP (alive, but its event loop
+does not run) or with its database session cut; B runs in the test process.
+
+- A claim's age is its stored start, so processes with different TURN_LOCK_TTL settings agree on it.
+- A process whose heartbeats are late but which still holds its liveness lock is slow, not dead: its turns finish.
+- A process taken for dead (late heartbeats, liveness lock gone) has its turns failed; when it comes back, its
+  late finish neither overwrites that failure nor adds output items, nor appends to the conversation."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.cluster.heartbeat import PROCESS_STOPPED_ERROR
+from service.keys import service as keys
+from tests.conftest import LiveServer
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
+from tests.reliability_support import ServiceProcess, assert_whole_turns, client_for, eventually, scalar
+from tests.stream_support import conversation_state, wait_until_ended
+from tests.turn_support import MODEL, new_conversation, rows
+
+HEARTBEAT_TIMEOUT = 2.0
+
+
+@pytest.fixture
+def process_a(database_url: str, fake_upstream: FakeOpenRouter) -> Callable[..., ServiceProcess]:
+    started: list[ServiceProcess] = []
+
+    def start(**env: str) -> ServiceProcess:
+        process = ServiceProcess(database_url, fake_upstream.base_url, LOG_LEVEL="WARNING", **env)
+        started.append(process)
+        return process.start(timeout=60)
+
+    yield start  # type: ignore[misc]
+    for process in started:
+        if process.process is not None and process.process.poll() is None:
+            process.process.send_signal(signal.SIGCONT)
+        process.stop()
+
+
+@contextmanager
+def frozen(process: ServiceProcess) -> Iterator[None]:
+    """SIGSTOP: the process is alive (its sockets open, the kernel answers for them) but runs nothing."""
+    assert process.process is not None
+    process.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        process.process.send_signal(signal.SIGCONT)
+
+
+async def _execute(db: AsyncEngine, sql: str, **params: object) -> None:
+    async with db.begin() as conn:
+        await conn.execute(text(sql), params)
+
+
+async def _a_stopped_process(db: AsyncEngine) -> None:
+    """A process that stopped a moment ago: the reapers then also look for claims no live process lists."""
+    await _execute(
+        db,
+        "INSERT INTO service_process (id, host, pid, heartbeat_at, heartbeat_timeout, stopped_at)"
+        " VALUES ('proc_gone', 'elsewhere', 1, now(), 1, now())",
+    )
+
+
+async def _cut_liveness_session(db: AsyncEngine, process: ServiceProcess) -> None:
+    """End the database session holding the process's liveness lock, as the server does for a lost host."""
+    assert process.process is not None
+    key = await scalar(db, "SELECT liveness_key FROM service_process WHERE pid = :p", p=process.process.pid)
+    assert key is not None
+    holder = await scalar(
+        db,
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND ((classid::bigint << 32) | objid::bigint) = :k",
+        k=key,
+    )
+    assert holder is not None, "the process holds its liveness lock"
+    assert await scalar(db, "SELECT pg_terminate_backend(:p)", p=holder)
+
+
+async def test_processes_with_different_turn_lock_ttls_agree_on_a_claims_age(
+    process_a: Callable[..., ServiceProcess],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """A claims with TURN_LOCK_TTL=30 and lists its turns only every 15 s; B (and the suite's server) reap with
+    960. While a process stopped recently they look for unlisted claims older than their horizon: measured from
+    the claim's expiry less their own TTL, A's fresh claim looked 930 s old and was freed under it."""
+    a = process_a(TURN_LOCK_TTL="30", PROCESS_HEARTBEAT_TIMEOUT="60")
+    b = start_server(process_heartbeat_timeout=0.5)
+    assert b.settings.turn_lock_ttl == 960
+    key = await keys.create_key(db, tenant="ttl")
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Kept."), delay=3.0))
+    async with client_for(a.url, key.secret) as on_a:
+        conv = await new_conversation(on_a)
+        await _a_stopped_process(db)
+        answer = await on_a.post("/v1/responses", json={"model": MODEL, "input": "slow", "conversation": conv})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "completed", answer.json()
+    [completed] = await assert_whole_turns(db, conv)
+    assert completed["id"] == answer.json()["id"]
+    [claim] = await rows(db, "SELECT turn_response_id, turn_claimed_at FROM conversation WHERE id = :c", c=conv)
+    assert claim == {"turn_response_id": None, "turn_claimed_at": None}
+
+
+async def test_a_frozen_process_is_slow_not_dead_and_its_turn_finishes(
+    process_a: Callable[..., ServiceProcess],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """A's heartbeats stop for three of its timeouts, but its liveness lock is held: B leaves its turn alone."""
+    a = process_a(PROCESS_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT))
+    start_server(process_heartbeat_timeout=0.5)
+    key = await keys.create_key(db, tenant="frozen")
+    # The answer comes while A is frozen, and waits in its socket.
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Late but whole."), delay=3.0))
+    async with client_for(a.url, key.secret) as on_a:
+        conv = await new_conversation(on_a)
+        running = asyncio.create_task(
+            on_a.post("/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conv})
+        )
+        await eventually(lambda: _upstream_called(fake_upstream, 1), timeout=20)
+        await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)  # A lists the turn in a heartbeat
+        with frozen(a):
+            await asyncio.sleep(3 * HEARTBEAT_TIMEOUT)
+            late = await scalar(
+                db,
+                "SELECT now() - heartbeat_at > make_interval(secs => heartbeat_timeout) FROM service_process"
+                " WHERE pid = :p",
+                p=a.process.pid if a.process else 0,
+            )
+            assert late, "A's heartbeat is older than its timeout"
+            state = await conversation_state(db, conv)
+            assert state["turn_response_id"] is not None, "the claim of a live process was freed"
+            assert await scalar(db, "SELECT stopped_at IS NULL FROM service_process WHERE pid = :p", p=a.process.pid)
+        answer = await running
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "completed"
+    [completed] = await assert_whole_turns(db, conv)
+    assert completed["id"] == answer.json()["id"]
+
+
+async def test_a_late_finish_of_a_process_taken_for_dead_keeps_the_failure_and_writes_nothing(
+    process_a: Callable[..., ServiceProcess],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """A is frozen and its database session cut: B takes it for dead and fails its two background turns (one in a
+    conversation, one starting a chain). Thawed, A's runs finish with full answers, which must not land."""
+    a = process_a(PROCESS_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT))
+    start_server(process_heartbeat_timeout=0.5)
+    key = await keys.create_key(db, tenant="fenced")
+    for words in ("in a conversation", "in a chain"):
+        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(words, chunks=3), delay=1.5))
+    async with client_for(a.url, key.secret) as on_a:
+        conv = await new_conversation(on_a)
+        in_conv = await on_a.post(
+            "/v1/responses", json={"model": MODEL, "input": "one", "conversation": conv, "background": True}
+        )
+        alone = await on_a.post("/v1/responses", json={"model": MODEL, "input": "two", "background": True})
+        ids = [in_conv.json()["id"], alone.json()["id"]]
+        await eventually(lambda: _upstream_called(fake_upstream, 2), timeout=20)
+        await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)
+        with frozen(a):
+            await _cut_liveness_session(db, a)
+            taken = time.monotonic()
+
+            async def failed() -> bool:
+                statuses = await rows(db, "SELECT status FROM response WHERE id = ANY(:ids)", ids=ids)
+                return [s["status"] for s in statuses] == ["failed", "failed"]
+
+            await eventually(failed, timeout=15)
+            assert time.monotonic() - taken < HEARTBEAT_TIMEOUT * 1.25 + 2
+        assert a.process is not None
+
+        async def a_ran_both_to_their_end() -> bool:
+            """A beats again (it is back) and lists no turn: both runs got their whole answer and finished."""
+            [row] = await rows(
+                db, "SELECT stopped_at, running_responses FROM service_process WHERE pid = :p", p=a.process.pid
+            )
+            return row["stopped_at"] is None and row["running_responses"] == [] and len(fake_upstream.requests) == 2
+
+        await eventually(a_ran_both_to_their_end, timeout=30)
+        for response_id in ids:
+            assert (await wait_until_ended(on_a, response_id))["status"] == "failed"
+    stored = await rows(db, "SELECT id, status, error FROM response WHERE id = ANY(:ids) ORDER BY id", ids=ids)
+    assert stored == sorted(
+        [{"id": r, "status": "failed", "error": PROCESS_STOPPED_ERROR} for r in ids], key=lambda row: row["id"]
+    )
+    assert await scalar(db, "SELECT count(*) FROM item WHERE is_output AND response_id = ANY(:ids)", ids=ids) == 0
+    assert await scalar(db, "SELECT count(*) FROM response_event_log WHERE response_id = ANY(:ids)", ids=ids) == 0
+    [chain] = await rows(db, "SELECT response_count, last_status FROM response_chain WHERE id = :r", r=ids[1])
+    assert chain["response_count"] == 0, "the late finish counted the turn in its chain"
+    state = await conversation_state(db, conv)
+    assert state["items"] == [] and state["turn_response_id"] is None
+
+
+async def _upstream_called(fake: FakeOpenRouter, times: int) -> bool:
+    return len(fake.requests) >= times

@@ -1,0 +1,108 @@
+"""Truncation never sends a tool output without its call: an output whose call the cut dropped is left out,
+and a call that the new input answers is sent with it (and with the reasoning item it came with), wherever the
+cut fell. The fake OpenRouter enforces its small model's window (1,000 tokens, 200 kept for the answer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Tenant
+from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter, response_with_output, text_response
+from tests.turn_support import assistant, new_conversation, user
+
+TOOLS = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
+REASONING = {
+    "type": "reasoning",
+    "id": "rs_1",
+    "summary": [{"type": "summary_text", "text": "I should look it up."}],
+    "encrypted_content": "gAAAA-opaque",
+}
+CALL = {
+    "type": "function_call",
+    "id": "fc_1",
+    "call_id": "call_1",
+    "name": "lookup",
+    "arguments": "{}",
+    "status": "completed",
+}
+OUTPUT = {"type": "function_call_output", "call_id": "call_1", "output": "found it"}
+
+
+def words(n: int, tag: str) -> str:
+    return tag + " " + " ".join(["word"] * n)
+
+
+@pytest.fixture(autouse=True)
+def _realistic_usage(fake_upstream: FakeOpenRouter) -> None:
+    fake_upstream.count_scripted = True
+
+
+async def send(tenant: Tenant, conversation: str, input_: Any) -> None:
+    answer = await tenant.http.post(
+        "/v1/responses",
+        json={
+            "model": SMALL_WINDOW_MODEL,
+            "input": input_,
+            "conversation": conversation,
+            "tools": TOOLS,
+            "truncation": "auto",
+        },
+    )
+    assert answer.status_code == 200, answer.text
+
+
+async def test_a_tool_output_whose_call_was_cut_is_not_sent(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    conversation = await new_conversation(alice.http)
+    fake_upstream.reply_json(response_with_output([CALL]))
+    await send(alice, conversation, words(300, "first"))
+    # The output comes after a later user message: a cut at that message would leave it alone.
+    fake_upstream.reply_json(text_response("second answer", msg_id="msg_2"))
+    await send(alice, conversation, [{"role": "user", "content": words(200, "second")}, OUTPUT])
+    assert fake_upstream.requests[-1].body["input"][-2:] == [user(words(200, "second")), OUTPUT]
+
+    fake_upstream.reply_json(text_response("third answer", msg_id="msg_3"))
+    await send(alice, conversation, words(300, "third"))
+    assert fake_upstream.requests[-1].body["input"] == [
+        user(words(200, "second")),
+        assistant("second answer", "msg_2"),
+        user(words(300, "third")),
+    ]
+
+
+async def test_a_new_input_answering_a_cut_call_is_sent_with_the_call_and_its_reasoning(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    conversation = await new_conversation(alice.http)
+    await send(alice, conversation, words(250, "first"))
+    # A long question whose answer is a call: with the output, the turn cannot keep that question.
+    fake_upstream.reply_json(response_with_output([REASONING, CALL]))
+    await send(alice, conversation, words(480, "second"))
+    fake_upstream.reply_json(text_response("done", msg_id="msg_done"))
+    await send(alice, conversation, [{**OUTPUT, "output": words(300, "result")}])
+    assert fake_upstream.requests[-1].body["input"] == [REASONING, CALL, {**OUTPUT, "output": words(300, "result")}]
+
+
+async def test_a_new_input_that_cannot_fit_with_the_call_it_answers_is_refused(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    conversation = await new_conversation(alice.http)
+    big_call = {**CALL, "arguments": '{"q": "' + " ".join(["word"] * 450) + '"}'}
+    fake_upstream.reply_json(response_with_output([big_call]))
+    await send(alice, conversation, "go")
+    calls = len(fake_upstream.requests)
+    answer = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": SMALL_WINDOW_MODEL,
+            "input": [{**OUTPUT, "output": words(400, "result")}],
+            "conversation": conversation,
+            "tools": TOOLS,
+            "truncation": "auto",
+        },
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["code"] == "context_length_exceeded"
+    assert answer.json()["error"]["param"] == "input"
+    assert len(fake_upstream.requests) == calls
