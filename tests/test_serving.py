@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.gc_freeze import THRESHOLDS
 from service.keys import service as keys
 from tests.conftest import LiveServer
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
@@ -93,3 +94,4 @@ def test_start_up_objects_are_out_of_the_garbage_collectors_reach(server: LiveSe
     started_with = gc.get_freeze_count()
     gc.collect()
     assert gc.get_freeze_count() == started_with
+    assert gc.get_threshold() == THRESHOLDS  # and the collector runs less often
