@@ -59,12 +59,13 @@ def _query(q: str) -> ColumnElement[Any]:
 
 
 def matching_items(owner: Any, q: str) -> CTE:
-    """The owners (`owner`, an item column; null for an item with none) of the first SEARCH_SCAN_CAP + 1
-    matching items, read once. Nulls are not filtered here: `owner IS NOT NULL` is a condition a btree index on
-    the owner answers, and the planner could then read that whole index in its order instead of the matches."""
+    """The owners (`owner`, an item column) of the first SEARCH_SCAN_CAP + 1 matching items that have one, read
+    once. Items without an owner are left out as `coalesce(owner, '') <> ''` rather than `owner IS NOT NULL`,
+    which a btree index on the owner answers: the planner could then read that whole index in its order
+    instead of the matches."""
     return (
         select(owner.label("owner"))
-        .where(item_t.c.search_vector.op("@@")(_query(q)))
+        .where(item_t.c.search_vector.op("@@")(_query(q)), func.coalesce(owner, "") != "")
         .limit(SEARCH_SCAN_CAP + 1)
         .cte("hits")
         .prefix_with("MATERIALIZED")
