@@ -1,9 +1,10 @@
 """Seeding benchmark data straight in SQL (INSERT … SELECT generate_series), matching service/db/models.py.
 
 Seeded conversations hold alternating user and assistant messages of about 400 bytes of JSON each, stored as the
-service stores them (exact JSON text in `item.body`, plain text in `text_content`, positions 0..n-1), as if added
-through POST /v1/conversations/{id}/items. Ids are deterministic (`conv_bench_<set>_<n>`) so a set can be found
-again, and a database that already holds a set is reused instead of seeded twice.
+service stores them (exact JSON text in `item.body`, plain text in `text_content`, the service's token estimate in
+`token_count`, positions 0..n-1), as if added through POST /v1/conversations/{id}/items. Ids are deterministic
+(`conv_bench_<set>_<n>`) so a set can be found again, and a database that already holds a set is reused instead of
+seeded twice.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from service.context.tokens import ITEM_FRAMING_TOKENS, text_tokens
 from service.keys import service as keys
 
 BENCH_TENANT = "bench"
@@ -32,7 +34,8 @@ _INSERT_CONVERSATIONS = text(
 )
 _INSERT_ITEMS = text(
     """
-    INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content)
+    INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content,
+                      token_count)
     SELECT
         'msg_b' || CAST(:set_name AS text) || '_' || g || '_' || p,
         :tenant_id,
@@ -48,7 +51,9 @@ _INSERT_ITEMS = text(
                  || '","status":"completed","content":[{"type":"output_text","text":"' || t.txt
                  || '","annotations":[]}]}'
         END,
-        t.txt
+        t.txt,
+        -- cl100k cuts a number into tokens of up to 3 digits; the rest of the text is the same in every item.
+        CAST(:item_tokens AS integer) + ceil(length(p::text) / 3.0)::int + ceil(length(g::text) / 3.0)::int
     FROM generate_series(CAST(:first AS integer), CAST(:last AS integer)) AS g
     CROSS JOIN generate_series(0, CAST(:size AS integer) - 1) AS p
     CROSS JOIN LATERAL (SELECT 'Turn ' || p || ' of conversation ' || g || ': ' || CAST(:filler AS text) AS txt) AS t
@@ -124,6 +129,7 @@ async def seed(
     for first in range(1, conversations.count + 1, per_batch):
         last = min(conversations.count, first + per_batch - 1)
         params = {
+            "item_tokens": _item_tokens_without_numbers(),
             "prefix": conversations.prefix,
             "set_name": conversations.name,
             "tenant_id": tenant_id,
@@ -137,6 +143,11 @@ async def seed(
             await conn.execute(_INSERT_ITEMS, params)
     await settle(engine)
     return time.perf_counter() - started
+
+
+def _item_tokens_without_numbers() -> int:
+    """What the service estimates a seeded item costs, less the tokens of its two numbers (one each here)."""
+    return ITEM_FRAMING_TOKENS + text_tokens(f"Turn 1 of conversation 1: {_FILLER}") - 2
 
 
 async def settle(engine: AsyncEngine) -> None:
