@@ -54,14 +54,19 @@ ADD_TO_CHAIN = f""",
 # (else the turn is refused at once). Turns listed past their expiry are dropped: their process stopped
 # without a reaper seeing it. Listing it twice (a begin that reads again) keeps one entry. The expiry is the
 # latest of the listed turns' (processes may run with different TURN_LOCK_TTL): never shortened by a new one.
+# A begin never waits for the row: when another turn's begin or finish holds it (many clients branching from
+# one response), the turn goes unlisted rather than queueing every begin behind every other (the chain then
+# most likely shows in_progress from those turns; an unlisted turn's finish removes nothing).
 MARK_RUNNING_TURN = """
     UPDATE response_chain SET
         turn_response_ids = array_append(array_remove(
             CASE WHEN turn_expires_at > now() THEN turn_response_ids ELSE '{}' END, $response_id), $response_id),
         turn_expires_at = greatest(CASE WHEN turn_expires_at > now() THEN turn_expires_at END,
                                    now() + make_interval(secs => $ttl))
-    FROM previous
-    WHERE response_chain.id = previous.thread_id AND previous.status = ANY($answered::text[])
+    FROM (SELECT ch.id FROM response_chain ch, previous
+          WHERE ch.id = previous.thread_id AND previous.status = ANY($answered::text[])
+          FOR UPDATE OF ch SKIP LOCKED) free
+    WHERE response_chain.id = free.id
 """
 
 # In the finish of a response no client saw before its end (stored whole there, its inputs and outputs in the
