@@ -37,7 +37,7 @@ migrate: $(STAMP)
 load: $(STAMP)
 	$(BIN)/python -m bench.load_invariants $(LOAD_ARGS)
 
-# Bounded hostile-load run on loopback (~70 s): one tenant floods, reads nothing, sends bad inputs; the other's
+# Bounded hostile-load run on loopback (~85 s): one tenant floods, reads nothing, sends bad inputs; the other's
 # latency is checked against its idle figure. HOSTILE_ARGS="--database-url postgresql://..." to name a server.
 hostile: $(STAMP)
 	$(BIN)/python -m bench.hostile_load $(HOSTILE_ARGS)

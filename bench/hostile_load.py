@@ -4,7 +4,7 @@ keys, and holds connections that never finish their headers; the ordinary one do
 throughout. Prints the ordinary tenant's latency idle and under attack against the bar (p99 within 2x of idle,
 no errors), then what happened to each kind of attack. The attack runs in a process of its own, so that only
 the service is shared with the measured tenant. The never-read streams run apart, after the attack: their
-events cost CPU whether read or not. Stops by itself (~70 s).
+events cost CPU whether read or not. Stops by itself (~85 s).
 
     python -m bench.hostile_load                         # embedded PostgreSQL in a temp dir
     python -m bench.hostile_load --database-url postgresql://postgres@127.0.0.1:5432/bench   # not wiped
