@@ -5,7 +5,8 @@ does not run) or with its database session cut; B runs in the test process.
 - A claim's age is its stored start, so processes with different TURN_LOCK_TTL settings agree on it.
 - A process whose heartbeats are late but which still holds its liveness lock is slow, not dead: its turns finish.
 - A process taken for dead (late heartbeats, liveness lock gone) has its turns failed; when it comes back, its
-  late finish neither overwrites that failure nor adds output items, nor appends to the conversation."""
+  late finish neither overwrites that failure nor adds output items, nor appends to the conversation.
+- An Idempotency-Key held by a process taken for dead is freed with its turns: a retry runs the turn at once."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -204,6 +206,57 @@ async def test_a_late_finish_of_a_process_taken_for_dead_keeps_the_failure_and_w
     assert chain["response_count"] == 0, "the late finish counted the turn in its chain"
     state = await conversation_state(db, conv)
     assert state["items"] == [] and state["turn_response_id"] is None
+
+
+async def test_a_key_held_by_a_killed_process_is_free_for_a_retry_within_the_heartbeat_bound(
+    process_a: Callable[..., ServiceProcess],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """A holds a key for a turn whose answer never comes and is SIGKILLed. The same request on B got 409
+    idempotency_key_in_use until the key's held_until (A's TURN_LOCK_TTL, 960 s); now B's reaper frees the key
+    with A's claim, and the retry runs the turn, once, and its answer is what the key replays."""
+    a = process_a(PROCESS_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT))
+    b = start_server(process_heartbeat_timeout=0.5)
+    key = await keys.create_key(db, tenant="keyed")
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Never delivered."), delay=60.0))
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Answered on the retry.")))
+    keyed = {"Idempotency-Key": "turn-7"}
+    async with client_for(a.url, key.secret) as on_a, client_for(b.url, key.secret) as on_b:
+        conv = await new_conversation(on_a)
+        request = {"model": MODEL, "input": "hi", "conversation": conv}
+        first = asyncio.create_task(on_a.post("/v1/responses", json=request, headers=keyed))
+        await eventually(lambda: _upstream_called(fake_upstream, 1), timeout=20)
+        assert a.process is not None
+        a_id = await scalar(db, "SELECT id FROM service_process WHERE pid = :p", p=a.process.pid)
+        [held] = await rows(db, "SELECT state, holder_process FROM idempotency_key WHERE key = 'turn-7'")
+        assert held == {"state": "in_progress", "holder_process": a_id}
+        await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)  # A lists the turn: its claim is freed in the key's pass
+        a.kill()
+        killed = time.monotonic()
+        with pytest.raises(httpx.HTTPError):
+            await first
+        while True:
+            answer = await on_b.post("/v1/responses", json=request, headers=keyed)
+            took = time.monotonic() - killed
+            if answer.status_code != 409:
+                break
+            assert answer.json()["error"]["code"] == "idempotency_key_in_use", answer.text
+            assert took < HEARTBEAT_TIMEOUT * 1.25 + 2, f"the key was still held {took:.1f}s after the kill"
+            await asyncio.sleep(0.2)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "completed"
+        assert answer.json()["output"][0]["content"][0]["text"] == "Answered on the retry."
+        replay = await on_b.post("/v1/responses", json=request, headers=keyed)
+    assert replay.status_code == 200 and replay.headers.get("idempotent-replayed") == "true"
+    assert replay.json()["id"] == answer.json()["id"]
+    assert len(fake_upstream.requests) == 2
+    [completed] = await assert_whole_turns(db, conv)
+    assert completed["id"] == answer.json()["id"]
+    [stored] = await rows(db, "SELECT state, response_id, holder_process FROM idempotency_key WHERE key = 'turn-7'")
+    assert stored["state"] == "completed" and stored["response_id"] == answer.json()["id"]
+    assert stored["holder_process"] not in (None, a_id)
 
 
 async def _upstream_called(fake: FakeOpenRouter, times: int) -> bool:

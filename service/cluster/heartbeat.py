@@ -19,6 +19,7 @@ import uuid
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster import repository, running
+from service.idempotency import repository as idempotency_keys
 
 logger = logging.getLogger("service.cluster")
 
@@ -63,10 +64,14 @@ class Heartbeat:
             if not dead and not await repository.any_stopped(conn):
                 return []
             failed = await repository.fail_orphaned_turns(conn, ttl=self._ttl, error=json.dumps(PROCESS_STOPPED_ERROR))
+            # With their turns: a retry with the key of a turn just failed may run it again at once.
+            released = await idempotency_keys.release_held_by(conn, dead)
         async with self._engine.begin() as conn:
             await repository.forget_ended_live_frames(conn)
         for process_id in dead:
             logger.warning("process %s stopped sending heartbeats; failing its turns", process_id)
+        if released:
+            logger.warning("released %d idempotency key(s) held by stopped processes", released)
         if failed:
             logger.warning("failed %d turn(s) of stopped processes: %s", len(failed), ", ".join(failed[:10]))
         return failed

@@ -270,6 +270,9 @@ class IdempotencyKey(Base):
     # Until when the holding request may still run (its process's TURN_LOCK_TTL): an in_progress key is taken
     # over only after it.
     held_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The service process (service_process.id) that took the key: once the reaper takes it for dead, its
+    # in_progress keys are freed with its turns. No foreign key: process rows are forgotten after they stop.
+    holder_process: Mapped[str | None] = mapped_column(Text)
     status_code: Mapped[int | None] = mapped_column(Integer)
     headers: Mapped[list[list[str]] | None] = mapped_column(JSONB)
     body: Mapped[bytes | None] = mapped_column(LargeBinary)

@@ -208,6 +208,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
             request,
             keep_seconds=settings.idempotency_key_ttl,
             stale_after_seconds=settings.turn_lock_ttl,
+            holder_process=runtime.cluster.heartbeat.identity.id,
         )
         if isinstance(outcome, idempotency.StoredAnswer):
             if outcome.answer_response_id is None:

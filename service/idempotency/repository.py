@@ -34,13 +34,15 @@ async def claim(
     path: str,
     keep_seconds: float,
     stale_after_seconds: float,
+    holder_process: str,
 ) -> datetime | None:
     """Insert the key as in_progress and return its lock token; None when another request owns the key.
 
     An existing row is taken over (reset) only when it has expired but was not purged yet, or when it is still
     in_progress with the same fingerprint past the deadline its holder set (`held_until`: its own TURN_LOCK_TTL,
     `stale_after_seconds` here), by when the holder must have finished unless it died. A key claimed before
-    held_until existed is judged by this process's TTL."""
+    held_until existed is judged by this process's TTL. The key names its `holder_process`: when the reaper takes
+    that process for dead it deletes the key (service/cluster/repository.py), so a retry need not wait that long."""
     values = insert(key_t).values(
         tenant_id=tenant_id,
         key=key,
@@ -50,6 +52,7 @@ async def claim(
         state=IN_PROGRESS,
         locked_at=func.clock_timestamp(),
         held_until=func.clock_timestamp() + _seconds("stale", stale_after_seconds),
+        holder_process=holder_process,
         expires_at=func.now() + _seconds("keep", keep_seconds),
     )
     excluded = values.excluded
@@ -70,6 +73,7 @@ async def claim(
             "state": IN_PROGRESS,
             "locked_at": excluded.locked_at,
             "held_until": excluded.held_until,
+            "holder_process": excluded.holder_process,
             "expires_at": excluded.expires_at,
             "status_code": None,
             "headers": None,
@@ -153,6 +157,19 @@ async def release(conn: AsyncConnection, *, tenant_id: str, key: str, token: dat
             key_t.c.state == IN_PROGRESS,
         )
     )
+
+
+async def release_held_by(conn: AsyncConnection, process_ids: list[str]) -> int:
+    """Forget the unanswered keys of processes taken for dead, so that a retry with one runs at once rather than
+    after the key's held_until. Run only in the pass that finds those processes dead (a scan of the keys)."""
+    if not process_ids:
+        return 0
+    stmt = (
+        delete(key_t)
+        .where(key_t.c.state == IN_PROGRESS, key_t.c.holder_process.in_(process_ids))
+        .returning(key_t.c.key)
+    )
+    return len((await conn.execute(stmt)).all())
 
 
 async def purge_expired(conn: AsyncConnection, limit: int) -> int:

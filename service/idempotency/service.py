@@ -88,7 +88,12 @@ def _mismatch(key: str) -> Unprocessable:
 
 
 async def begin(
-    engine: AsyncEngine, request: KeyedRequest, *, keep_seconds: float, stale_after_seconds: float
+    engine: AsyncEngine,
+    request: KeyedRequest,
+    *,
+    keep_seconds: float,
+    stale_after_seconds: float,
+    holder_process: str,
 ) -> Claim | StoredAnswer:
     """Claim the key for this request, or return the stored answer of the request that used it first.
     Raises 409 while that request still runs, 422 when the key came with a different request."""
@@ -103,6 +108,7 @@ async def begin(
                 path=request.path,
                 keep_seconds=keep_seconds,
                 stale_after_seconds=stale_after_seconds,
+                holder_process=holder_process,
             )
             if token is not None:
                 return Claim(request, token)
