@@ -11,6 +11,7 @@ does not run) or with its database session cut; B runs in the test process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from service.keys import service as keys
 from tests.conftest import LiveServer
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
 from tests.reliability_support import ServiceProcess, assert_whole_turns, client_for, eventually, scalar
-from tests.stream_support import conversation_state, wait_until_ended
+from tests.stream_support import conversation_state, parse_sse, read_events, wait_until_ended
 from tests.turn_support import MODEL, new_conversation, rows
 
 HEARTBEAT_TIMEOUT = 2.0
@@ -257,6 +258,46 @@ async def test_a_key_held_by_a_killed_process_is_free_for_a_retry_within_the_hea
     [stored] = await rows(db, "SELECT state, response_id, holder_process FROM idempotency_key WHERE key = 'turn-7'")
     assert stored["state"] == "completed" and stored["response_id"] == answer.json()["id"]
     assert stored["holder_process"] not in (None, a_id)
+
+
+async def test_a_keyed_stream_whose_process_was_killed_replays_its_failed_response(
+    process_a: Callable[..., ServiceProcess],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """A stored stream's key is answered from the stream's start: it names the response, whose id the client
+    already holds. When its process dies the reaper stores that response failed, and a retry with the key replays
+    it as such (created, in_progress, failed), as GET of the response would show it, without running it again."""
+    a = process_a(PROCESS_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT))
+    b = start_server(process_heartbeat_timeout=0.5)
+    key = await keys.create_key(db, tenant="keyed-stream")
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("w " * 40, chunks=40), delay=0.5))
+    keyed = {"Idempotency-Key": "stream-7"}
+    async with client_for(a.url, key.secret) as on_a:
+        conv = await new_conversation(on_a)
+        request = {"model": MODEL, "input": "hi", "conversation": conv, "stream": True}
+        with contextlib.suppress(httpx.HTTPError):
+            async with on_a.stream("POST", "/v1/responses", json=request, headers=keyed) as first:
+                first_id = (await read_events(first, limit=4))[0]["response"]["id"]
+                await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)  # A lists the turn
+                [held] = await rows(db, "SELECT state, answer_response_id FROM idempotency_key WHERE key = 'stream-7'")
+                assert held == {"state": "completed", "answer_response_id": first_id}
+                a.kill()
+
+    async def failed() -> bool:
+        return await scalar(db, "SELECT status FROM response WHERE id = :r", r=first_id) == "failed"
+
+    await eventually(failed, timeout=HEARTBEAT_TIMEOUT * 1.25 + 2)
+    async with client_for(b.url, key.secret) as on_b:
+        replay = await on_b.post("/v1/responses", json=request, headers=keyed)
+    assert replay.status_code == 200 and replay.headers.get("idempotent-replayed") == "true"
+    events = [event for _, event in parse_sse(replay.text)]
+    assert [e["type"] for e in events] == ["response.created", "response.in_progress", "response.failed"]
+    assert events[-1]["response"]["id"] == first_id
+    assert events[-1]["response"]["error"] == PROCESS_STOPPED_ERROR
+    assert len(fake_upstream.requests) == 1
+    assert (await conversation_state(db, conv))["items"] == []
 
 
 async def _upstream_called(fake: FakeOpenRouter, times: int) -> bool:
