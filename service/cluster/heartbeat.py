@@ -86,10 +86,13 @@ class Heartbeat:
             await asyncio.sleep(self.interval)
 
     async def stop(self) -> None:
-        """A clean stop: the turns still listed (shutdown could not store them) are failed by the others."""
+        """A clean stop: the turns still listed (shutdown could not store them) are failed by the others. The
+        keys this process still holds belong to requests that ended without an answer (cut at shutdown): they
+        are freed, as a dead process's are, so that a retry elsewhere need not wait for their held_until."""
         responses, conversations = running.snapshot(self._engine)
         try:
             async with self._engine.begin() as conn:
                 await repository.stop(conn, self.identity, responses, conversations)
+                await idempotency_keys.release_held_by(conn, [self.identity.id])
         except Exception as exc:
             logger.warning("could not record this process's stop: %s", type(exc).__name__)
