@@ -62,6 +62,10 @@ async def _running_turn_of_a_dead_process(
     return conv, response_id
 
 
+async def _received(fake: FakeOpenRouter, count: int) -> bool:
+    return len(fake.requests) >= count
+
+
 async def _freed(db: AsyncEngine, conv: str) -> bool:
     return (await conversation_state(db, conv))["turn_response_id"] is None
 
@@ -128,13 +132,16 @@ async def test_slow_turns_of_a_live_process_are_never_taken_for_dead(
     fake_upstream.enqueue(Reply(body=text_response("slow but alive"), delay=slow))
     fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("also alive", chunks=7), delay=slow / 10))
     fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("a chain", chunks=7), delay=slow / 10))
-    plain, streamed, chained = await asyncio.gather(
-        tenant.http.post("/v1/responses", json={"model": MODEL, "input": "a", "conversation": conv}),
-        tenant.http.post(
-            "/v1/responses", json={"model": MODEL, "input": "b", "conversation": streamed_conv, "background": True}
-        ),
-        tenant.http.post("/v1/responses", json={"model": MODEL, "input": "c", "background": True}),
-    )
+    bodies = [
+        {"model": MODEL, "input": "a", "conversation": conv},
+        {"model": MODEL, "input": "b", "conversation": streamed_conv, "background": True},
+        {"model": MODEL, "input": "c", "background": True},
+    ]
+    started_turns = []
+    for number, body in enumerate(bodies, start=1):  # one at a time to the upstream: each takes its reply
+        started_turns.append(asyncio.create_task(tenant.http.post("/v1/responses", json=body)))
+        await eventually(lambda n=number: _received(fake_upstream, n), timeout=10)
+    plain, streamed, chained = await asyncio.gather(*started_turns)
     assert plain.status_code == 200 and plain.json()["status"] == "completed", plain.text
     for started in (streamed, chained):
         assert (await wait_until_ended(tenant.http, started.json()["id"]))["status"] == "completed"
