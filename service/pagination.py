@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy import ColumnElement, Select
+
 from service.errors import InvalidRequest
 from service.items import item_view
 
@@ -42,6 +44,15 @@ def item_list(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
         "last_id": data[-1]["id"] if data else None,
         "has_more": has_more,
     }
+
+
+def keyset_page(stmt: Select[Any], column: ColumnElement[Any], page: PageRequest, after: Any) -> Select[Any]:
+    """`stmt` cut to the page: its rows past `after` (a value of `column`, None for the first page) in the page's
+    order of `column`, limit + 1 of them (the extra one tells `item_page` whether there are more)."""
+    ascending = page.order == "asc"
+    if after is not None:
+        stmt = stmt.where(column > after if ascending else column < after)
+    return stmt.order_by(column.asc() if ascending else column.desc()).limit(page.limit + 1)
 
 
 async def item_page(

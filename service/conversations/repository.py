@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.db.models import conversation_table, item_table
 from service.ids import can_exist
 from service.items import NewItem
-from service.pagination import PageRequest
+from service.pagination import PageRequest, keyset_page
 
 conversation_t = conversation_table
 item_t = item_table
@@ -161,15 +161,7 @@ async def advance_conversation(conn: AsyncConnection, conversation_id: str, *, a
 
 async def list_items(conn: AsyncConnection, conversation_id: str, page: PageRequest, after_position: int | None) -> Any:
     stmt = select(item_t.c.id, item_t.c.status, item_t.c.body).where(item_t.c.conversation_id == conversation_id)
-    if page.order == "asc":
-        if after_position is not None:
-            stmt = stmt.where(item_t.c.position > after_position)
-        stmt = stmt.order_by(item_t.c.position.asc())
-    else:
-        if after_position is not None:
-            stmt = stmt.where(item_t.c.position < after_position)
-        stmt = stmt.order_by(item_t.c.position.desc())
-    return (await conn.execute(stmt.limit(page.limit + 1))).all()
+    return (await conn.execute(keyset_page(stmt, item_t.c.position, page, after_position))).all()
 
 
 async def find_item(conn: AsyncConnection, conversation_id: str, item_id: str) -> Any:

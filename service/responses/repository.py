@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table, response_table, service_process_table
 from service.ids import can_exist
-from service.pagination import PageRequest
+from service.pagination import PageRequest, keyset_page
 from service.responses.status import RUNNING, TERMINAL, Status
 
 response_t = response_table
@@ -75,15 +75,7 @@ async def list_input_items(
     stmt = select(item_t.c.id, item_t.c.status, item_t.c.body).where(
         item_t.c.response_id == response_id, item_t.c.is_output.is_(False)
     )
-    if page.order == "asc":
-        if after_ordinal is not None:
-            stmt = stmt.where(item_t.c.ordinal > after_ordinal)
-        stmt = stmt.order_by(item_t.c.ordinal.asc())
-    else:
-        if after_ordinal is not None:
-            stmt = stmt.where(item_t.c.ordinal < after_ordinal)
-        stmt = stmt.order_by(item_t.c.ordinal.desc())
-    return list((await conn.execute(stmt.limit(page.limit + 1))).all())
+    return list((await conn.execute(keyset_page(stmt, item_t.c.ordinal, page, after_ordinal))).all())
 
 
 async def input_item_ordinal(conn: AsyncConnection, response_id: str, item_id: str) -> int | None:
