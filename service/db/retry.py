@@ -1,5 +1,5 @@
 """Trying a short database write again while the database is unavailable (a restart, a failover, a dropped
-connection): the one place that decides how often and how long to wait."""
+connection): the one place that decides how often and how long to wait, at once and then in the background."""
 
 from __future__ import annotations
 
@@ -29,3 +29,74 @@ async def while_unavailable(
             log.warning("%s failed (attempt %d of %d), retrying", what, attempt, attempts)
             await asyncio.sleep(0.2 * attempt)
     raise AssertionError("attempts must be at least 1")
+
+
+class Later:
+    """Writes that must not be lost to a database restart: tried a few times at once, then, while the database
+    stays unavailable, kept in a background task of their own and tried again until it is back (first after a
+    second, the wait doubling up to `max_delay`) for up to `seconds`. Its owner closes it at shutdown.
+
+    `fallback` says, in the log, what happens to a write given up on (an unexpected error, or time ran out);
+    `traceback` logs an unexpected error's traceback too (off where a database error's text could carry stored
+    content)."""
+
+    def __init__(
+        self,
+        *,
+        seconds: float,
+        max_delay: float,
+        fallback: str,
+        log: logging.Logger = logger,
+        traceback: bool = False,
+    ) -> None:
+        self.seconds = seconds
+        self._max_delay = max_delay
+        self._fallback = fallback
+        self._log = log
+        self._traceback = traceback
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def now_or_later(self, work: Callable[[int], Awaitable[None]], *, attempts: int, what: str) -> bool:
+        """`work(attempt)` tried `attempts` times at once (`while_unavailable`); True when done. While the database
+        stays unavailable it is kept and tried again in the background (its attempts counting on), and False
+        says so. Any other error is raised."""
+        try:
+            await while_unavailable(work, attempts=attempts, what=what, log=self._log)
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            task = asyncio.get_running_loop().create_task(self._until_back(work, attempts + 1, what))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return False
+        return True
+
+    async def _until_back(self, work: Callable[[int], Awaitable[None]], attempt: int, what: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        delay = 1.0
+        while loop.time() < deadline:
+            await asyncio.sleep(delay)
+            try:
+                await work(attempt)
+            except Exception as exc:
+                if not is_database_unavailable(exc):
+                    self._log.error(
+                        "%s failed later (%s); %s", what, type(exc).__name__, self._fallback, exc_info=self._traceback
+                    )
+                    return
+                attempt += 1
+                delay = min(delay * 2, self._max_delay)
+            else:
+                self._log.warning("%s: done after the database came back", what)
+                return
+        self._log.error("%s: the database was not back within %ds; %s", what, self.seconds, self._fallback)
+
+    async def close(self, grace: float) -> int:
+        """At shutdown: give the writes still waiting `grace` seconds more; returns how many were given up."""
+        if not self._tasks:
+            return 0
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in pending:
+            task.cancel()
+        return len(pending)

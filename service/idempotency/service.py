@@ -3,7 +3,6 @@ Each step is one short transaction; nothing is held while the request itself run
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -13,8 +12,8 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db.retry import while_unavailable
-from service.errors import Conflict, Unprocessable, is_database_unavailable
+from service.db.retry import Later
+from service.errors import Conflict, Unprocessable
 from service.idempotency import repository
 
 logger = logging.getLogger("service.idempotency")
@@ -123,57 +122,31 @@ async def begin(
     raise _in_use(request.key)
 
 
+# A key's answer the database could not take is kept and stored once it is back. Meanwhile the key stays
+# in_progress (retries get 409): once stored, they get the answer, rather than a second run once its holder's
+# deadline has passed.
+_later = Later(
+    seconds=_LATER_SECONDS,
+    max_delay=5.0,
+    fallback="the key is taken over once its holder's deadline has passed",
+    log=logger,
+)
+
+
 async def _with_retries(engine: AsyncEngine, what: str, work: Any) -> None:
     async def attempt(_: int) -> None:
         async with engine.begin() as conn:
             await work(conn)
 
     try:
-        await while_unavailable(attempt, attempts=_STORE_ATTEMPTS, what=f"{what} an idempotency key", log=logger)
+        await _later.now_or_later(attempt, attempts=_STORE_ATTEMPTS, what=what)
     except Exception as exc:
-        if is_database_unavailable(exc):
-            # Meanwhile the key stays in_progress (retries get 409): once stored, they get the answer, rather
-            # than a second run once its holder's deadline has passed.
-            _later(engine, what, work)
-            return
-        logger.warning("could not %s an idempotency key: %s", what, type(exc).__name__)
-
-
-_pending: set[asyncio.Task[None]] = set()
-
-
-def _later(engine: AsyncEngine, what: str, work: Any) -> None:
-    task = asyncio.get_running_loop().create_task(_when_database_returns(engine, what, work))
-    _pending.add(task)
-    task.add_done_callback(_pending.discard)
-
-
-async def _when_database_returns(engine: AsyncEngine, what: str, work: Any) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _LATER_SECONDS
-    delay = 1.0
-    while loop.time() < deadline:
-        await asyncio.sleep(delay)
-        try:
-            async with engine.begin() as conn:
-                await work(conn)
-        except Exception as exc:
-            if not is_database_unavailable(exc):
-                logger.warning("could not %s an idempotency key: %s", what, type(exc).__name__)
-                return
-            delay = min(delay * 2, 5.0)  # a client retrying meanwhile gets 409 until this succeeds
-        else:
-            logger.warning("the database is back: did %s an idempotency key", what)
-            return
-    logger.error("could not %s an idempotency key within %ds", what, _LATER_SECONDS)
+        logger.warning("%s failed: %s", what, type(exc).__name__)
 
 
 async def close(grace: float) -> None:
     """At shutdown: give answers waiting for the database `grace` seconds more."""
-    if _pending:
-        _, still = await asyncio.wait(set(_pending), timeout=grace)
-        for task in still:
-            task.cancel()
+    await _later.close(grace)
 
 
 async def store_answer(engine: AsyncEngine, claim: Claim, answer: Answer) -> None:
@@ -195,14 +168,14 @@ async def store_answer(engine: AsyncEngine, claim: Claim, answer: Answer) -> Non
         if not stored:
             logger.warning("idempotency key was taken over before its answer was stored")
 
-    await _with_retries(engine, "store the answer of", work)
+    await _with_retries(engine, "storing the answer of an idempotency key", work)
 
 
 async def release(engine: AsyncEngine, claim: Claim) -> None:
     async def work(conn: Any) -> None:
         await repository.release(conn, tenant_id=claim.request.tenant_id, key=claim.request.key, token=claim.token)
 
-    await _with_retries(engine, "release", work)
+    await _with_retries(engine, "releasing an idempotency key", work)
 
 
 async def settle_deferred_answer(

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from array import array
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,9 +36,9 @@ from service.cluster import running as running_turns
 from service.context.service import ContextWindows
 from service.conversations import repository as conversations
 from service.conversations.service import conversation_locked, conversation_not_found, resolve_item_references
-from service.db.retry import while_unavailable
+from service.db.retry import Later
 from service.db.session import driver_connection
-from service.errors import InvalidRequest, ServiceUnavailable, is_database_unavailable
+from service.errors import InvalidRequest, ServiceUnavailable
 from service.idempotency.progress import note_effect, note_outcome_deferred
 from service.ids import can_exist, new_id
 from service.items import ITEM_REFERENCE, NewItem
@@ -146,7 +146,13 @@ class TurnContext:
         self.windows = windows  # what of a history fits the model's context window (service/context)
         self.chains = chains or ChainCache(0)  # response chains' histories, by response id
         self.lock_ttl = lock_ttl
-        self._stores_later: set[asyncio.Task[None]] = set()
+        self._stores_later = Later(
+            seconds=_STORE_LATER_SECONDS,
+            max_delay=15.0,
+            fallback="the reaper fails the turn",
+            log=logger,
+            traceback=True,
+        )
 
     # -- a non-streamed turn, start to finish -----------------------------------------------------------------
     async def run(self, tenant_id: str, request: TurnRequest) -> dict[str, Any]:
@@ -347,34 +353,30 @@ class TurnContext:
             return
         completed_at = state.completed_at = turn.completion_time()
 
-        async def store(*, retry: bool = True) -> None:
+        async def store(attempt: int) -> None:
             async with driver_connection(self.engine, finishing=True) as db:
                 # An attempt can commit and lose only its reply (the connection drops in between). Storing again
                 # would find the claim released and write the turn as failed over its own answer, or insert its
                 # output items twice: a retry first looks for its own completed_at, which no other writer uses.
-                if not (retry and await turn_store.finished_at(db, state.id, completed_at)):
+                if not (attempt > 1 and await turn_store.finished_at(db, state.id, completed_at)):
                     await _store_outcome(db, turn, outputs, upstream_id, events)
             running_turns.discard(self.engine, state.id)
 
         try:
-            await while_unavailable(
-                lambda attempt: store(retry=attempt > 1),
-                attempts=_FINISH_ATTEMPTS,
-                what=f"storing turn {state.id}",
-                log=logger,
+            stored = await self._stores_later.now_or_later(
+                store, attempts=_FINISH_ATTEMPTS, what=f"storing turn {state.id}"
             )
-        except Exception as exc:
-            if not is_database_unavailable(exc):
-                running_turns.discard(self.engine, state.id)  # not stored: the claim's expiry frees it
-                raise
-            self._store_later(store, state.id)
+        except Exception:
+            running_turns.discard(self.engine, state.id)  # not stored: the claim's expiry frees it
+            raise
+        if not stored:
             note_outcome_deferred()  # a replay of this request's key answers with the outcome once stored
             raise ServiceUnavailable(
                 f"The answer for response '{state.id}' could not be stored yet because the database is "
                 f"unavailable. It is kept and stored as soon as the database is back (for up to "
                 f"{_STORE_LATER_SECONDS // 60} minutes): GET /v1/responses/{state.id} shows it then.",
                 code="database_unavailable",
-            ) from None
+            )
         self._remember_chain(turn, outputs)
 
     def _remember_chain(self, turn: Turn, outputs: list[NewItem]) -> None:
@@ -407,21 +409,12 @@ class TurnContext:
         except Exception:
             logger.exception("could not store failed turn %s; the reaper will finish it", turn.state.id)
 
-    def _store_later(self, store: Callable[[], Awaitable[None]], response_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(_store_when_database_returns(store, response_id))
-        self._stores_later.add(task)
-        task.add_done_callback(self._stores_later.discard)
-
     async def close(self, grace: float) -> None:
         """At shutdown: give outcomes waiting for the database `grace` seconds more; the reaper fails the rest
         (their claims expire) at the next start."""
-        if not self._stores_later:
-            return
-        _, pending = await asyncio.wait(set(self._stores_later), timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            logger.error("%d turn outcome(s) could not be stored before shutdown", len(pending))
+        given_up = await self._stores_later.close(grace)
+        if given_up:
+            logger.error("%d turn outcome(s) could not be stored before shutdown", given_up)
 
 
 async def _store_outcome(
@@ -475,25 +468,6 @@ async def _store_outcome(
         # Taken over while it ran (its process taken for dead, its claim expired): the failure stored then stands.
         state.status = Status.FAILED.value
         state.error = dict(_TAKEN_OVER_ERROR)
-
-
-async def _store_when_database_returns(store: Callable[[], Awaitable[None]], response_id: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _STORE_LATER_SECONDS
-    delay = 1.0
-    while loop.time() < deadline:
-        await asyncio.sleep(delay)
-        try:
-            await store()
-        except Exception as exc:
-            if not is_database_unavailable(exc):
-                logger.exception("storing turn %s later failed; the reaper will finish it", response_id)
-                return
-            delay = min(delay * 2, 15.0)
-        else:
-            logger.warning("turn %s was stored after the database came back", response_id)
-            return
-    logger.error("turn %s could not be stored within %ds; the reaper will fail it", response_id, _STORE_LATER_SECONDS)
 
 
 # -- what a begin reads and builds --------------------------------------------------------------------------
