@@ -35,7 +35,7 @@ from service.admin import search
 from service.admin.cursor import Keyset, newest_first
 from service.admin.params import RESPONSE_STATUSES, ConversationFilters, ResponseFilters, TimeRange
 from service.db.models import conversation_table, item_table, response_table, tenant_table
-from service.responses.repository import RUNNING_STATUSES
+from service.responses.status import RUNNING
 
 conversation_t = conversation_table
 response_t = response_table
@@ -100,7 +100,7 @@ _CURRENT_STATUS = case(
 
 def _status_is(status: str) -> ColumnElement[bool]:
     c = conversation_t
-    if status not in RUNNING_STATUSES:
+    if status not in RUNNING:
         return and_(c.c.last_status == status, c.c.turn_response_id.is_(None))
     if status == "in_progress":
         # Most turns in progress have no response row yet, and nothing indexed marks a claimed thread (an

@@ -8,8 +8,8 @@ import contextlib
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster.bus import CANCEL, Bus
-from service.responses.repository import RUNNING_STATUSES
 from service.responses.service import get_response
+from service.responses.status import RUNNING
 from service.responses.views import ResponseState
 
 # How long a cancel waits for the process running the turn to store it cancelled: a run stops at once and
@@ -28,7 +28,7 @@ async def cancel_elsewhere(engine: AsyncEngine, bus: Bus, tenant_id: str, respon
         while True:
             changed.clear()
             state = await get_response(engine, tenant_id, response_id)
-            if state.status not in RUNNING_STATUSES:
+            if state.status not in RUNNING:
                 return state
             remaining = deadline - loop.time()
             if remaining <= 0:

@@ -19,6 +19,7 @@ from service.errors import InvalidRequest, ServiceError
 from service.items import normalize_input
 from service.responses.outcome import apply_upstream_result
 from service.responses.requests import TurnRequest, continuation_of
+from service.responses.status import Status
 from service.responses.turn import INTERRUPTED_ERROR, TurnContext
 
 _ZERO_USAGE = {
@@ -81,7 +82,7 @@ async def compact_thread(
         await asyncio.shield(turns.fail(turn, INTERRUPTED_ERROR))
         raise
     if request.store:
-        result = {"status": "completed", "model": request.model, "output": [item], "usage": usage}
+        result = {"status": Status.COMPLETED, "model": request.model, "output": [item], "usage": usage}
         outputs = apply_upstream_result(turn.state, result)
         await asyncio.shield(turns.finish(turn, outputs))
     created_at = turn.state.created_at

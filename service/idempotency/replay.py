@@ -14,9 +14,9 @@ from litestar.types import Send
 
 from service.errors import NotFound
 from service.idempotency import service as idempotency
-from service.responses.repository import RUNNING_STATUSES
 from service.responses.resume import open_replay
 from service.responses.service import get_response
+from service.responses.status import RUNNING
 from service.runtime import Runtime
 
 _REPLAYED = (b"idempotent-replayed", b"true")
@@ -61,7 +61,7 @@ async def send_from_response(
         state = await get_response(runtime.engine, request.tenant_id, response_id)
     except NotFound:
         state = None  # not stored yet (a turn no client saw before its end is stored whole by its finish)
-    if state is None or state.status in RUNNING_STATUSES:
+    if state is None or state.status in RUNNING:
         await send_stored(send, answer)
         return
     body = msgspec.json.encode(state.render())

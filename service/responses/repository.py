@@ -10,14 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.db.models import conversation_table, item_table, response_table, service_process_table
 from service.ids import can_exist
 from service.pagination import PageRequest, keyset_page
-from service.responses.status import RUNNING, TERMINAL, Status
+from service.responses.status import RUNNING
 
 response_t = response_table
 item_t = item_table
 conversation_t = conversation_table
-
-TERMINAL_STATUSES = tuple(s.value for s in Status if s in TERMINAL)
-RUNNING_STATUSES = tuple(s.value for s in Status if s in RUNNING)
 
 # Claims whose holder died: free them and report which responses held them (the old value, via the subquery).
 # The holder's turn did not finish while it held the claim, so the thread's last turn failed.
@@ -139,7 +136,7 @@ async def fail_stale_responses(
     stale = or_(response_t.c.id.in_(holders), and_(response_t.c.created_at < cutoff, no_live_claim))
     stmt = (
         update(response_t)
-        .where(response_t.c.status.in_(RUNNING_STATUSES), stale)
+        .where(response_t.c.status.in_(RUNNING), stale)
         .values(status="failed", error=error, completed_at=func.now())
         .returning(response_t.c.id, response_t.c.thread_id)
     )

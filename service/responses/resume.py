@@ -19,8 +19,8 @@ from service.cluster import live_frames
 from service.cluster.bus import FOLLOW, Bus
 from service.errors import InvalidRequest, NotFound
 from service.responses import event_repository, service
-from service.responses.repository import RUNNING_STATUSES
 from service.responses.runner import TurnRunner
+from service.responses.status import RUNNING
 from service.responses.streaming import KEEPALIVE_FRAME, events_from_state, split_frames, sse_frame
 
 # A notification only wakes a reader; without one it reads again after this (a missed notification costs this).
@@ -98,7 +98,7 @@ async def _wait_then_replay(
             if chunk:
                 quiet = 0
                 yield chunk
-            if row.status not in RUNNING_STATUSES or loop.time() >= deadline:
+            if row.status not in RUNNING or loop.time() >= deadline:
                 state = await service.get_response(engine, tenant_id, response_id)
                 frames = [sse_frame(event) for event in events_from_state(state.render())]
                 async for chunk in _frames_after(frames, after):

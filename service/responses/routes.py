@@ -30,6 +30,7 @@ from service.responses.schemas import (
     RetrieveResponseQuery,
 )
 from service.responses.schemas import Response as ResponseObject
+from service.responses.status import Status
 from service.runtime import Runtime
 from service.schemas import ItemPageQuery
 
@@ -108,7 +109,7 @@ class ResponseController(Controller):
         run = runtime.turns.start(started)
         slot.hand_to(run.task)
         if turn.background:  # its run has not started yet: OpenAI's polling loop waits on queued and in_progress
-            snapshot["status"] = "queued"
+            snapshot["status"] = Status.QUEUED
         if not turn.stream:
             return json_response(snapshot)
         if not turn.background:

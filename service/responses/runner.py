@@ -32,9 +32,8 @@ from service.errors import Conflict, InvalidRequest, ServiceError, ServiceUnavai
 from service.observability import turns as observe_turns
 from service.responses.frame_log import FrameLog
 from service.responses.outcome import apply_upstream_result
-from service.responses.repository import RUNNING_STATUSES
 from service.responses.service import get_response
-from service.responses.status import Status
+from service.responses.status import RUNNING, Status
 from service.responses.streaming import KEEPALIVE_FRAME, StreamAssembler, cut_error, sse_frame, terminal_frame
 from service.responses.turn import INTERRUPTED_ERROR, RelayedEvents, Turn, TurnContext
 from service.upstream.errors import UpstreamError
@@ -224,7 +223,7 @@ class TurnRunner:
         assembler = StreamAssembler()
         opening = run.turn.state.render()
         if run.turn.request.background:  # as its create answer said: queued until this run started
-            queued = {**opening, "status": "queued"}
+            queued = {**opening, "status": Status.QUEUED}
             run.publish({"type": "response.created", "response": queued})
             run.publish({"type": "response.queued", "response": queued})
         else:
@@ -256,12 +255,12 @@ class TurnRunner:
 
     def _stopped_outcome(self, run: TurnRun) -> tuple[str, dict[str, Any] | None]:
         if run.stop_reason in {CANCELLED, DISCONNECTED}:
-            return "cancelled", None
+            return Status.CANCELLED, None
         if not run.opened:
             run.open_error = ServiceError(
                 "The service is shutting down; the turn was not started", status_code=503, code="service_unavailable"
             )
-        return "failed", INTERRUPTED_ERROR
+        return Status.FAILED, INTERRUPTED_ERROR
 
     async def _relay(self, run: TurnRun, assembler: StreamAssembler) -> tuple[str, dict[str, Any] | None]:
         if run.stop_reason is not None:  # stopped before the task first ran
@@ -278,11 +277,11 @@ class TurnRunner:
         except UpstreamError as exc:
             if not run.opened:
                 run.open_error = exc
-                return "failed", exc.response_error()
-            return "failed", cut_error(exc.message)
+                return Status.FAILED, exc.response_error()
+            return Status.FAILED, cut_error(exc.message)
         except Exception:
             logger.exception("turn %s: unexpected error while relaying the stream", run.response_id)
-            return "failed", cut_error("an internal error stopped the relay")
+            return Status.FAILED, cut_error("an internal error stopped the relay")
         return assembler.outcome()
 
     async def _store(
@@ -331,7 +330,7 @@ async def cancel_response(
     if run is not None:
         await runner.cancel(run)
         return run.turn.state.render()
-    if state.status in RUNNING_STATUSES:
+    if state.status in RUNNING:
         ended = await cancel_elsewhere(engine, bus, tenant_id, response_id)
         if ended is None:
             raise Conflict(

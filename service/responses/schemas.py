@@ -9,6 +9,8 @@ import msgspec
 
 from service.schemas import ItemObject, Metadata
 
+# service.responses.status.Status, spelled out: a Literal is documented inline as OpenAI documents it, where the
+# enum would become a schema component of its own.
 ResponseStatus = Literal["queued", "in_progress", "completed", "incomplete", "failed", "cancelled"]
 
 

@@ -14,11 +14,13 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
-RUNNING = frozenset({Status.QUEUED, Status.IN_PROGRESS})
-TERMINAL = frozenset({Status.COMPLETED, Status.INCOMPLETE, Status.FAILED, Status.CANCELLED})
+# Tuples of the enum's members (each one a str), so that a check (`status in RUNNING`), a SQLAlchemy `in_()` and a
+# driver's text[] parameter all take them as they are.
+RUNNING = (Status.QUEUED, Status.IN_PROGRESS)
+TERMINAL = (Status.COMPLETED, Status.INCOMPLETE, Status.FAILED, Status.CANCELLED)
 # A response that answered (wholly or cut short by a limit): its items join its conversation, and a later
 # response can continue it. A failed or cancelled one is kept, but is history for nobody.
-ANSWERED = frozenset({Status.COMPLETED, Status.INCOMPLETE})
+ANSWERED = (Status.COMPLETED, Status.INCOMPLETE)
 
 
 def is_answered(status: str) -> bool:

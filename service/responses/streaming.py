@@ -21,6 +21,7 @@ import msgspec
 from service.ids import new_id
 from service.items import ID_PREFIX_BY_TYPE
 from service.rendering import client_event
+from service.responses.status import Status
 from service.upstream.sse import TERMINAL_TYPES
 
 _encode = msgspec.json.encode
@@ -322,18 +323,20 @@ class StreamAssembler:
         """(status, error) for the response, from how the stream ended: the upstream's terminal event, an
         in-band error, or (no terminal event) complete only if every announced item finished."""
         if self.error is not None:
-            return "failed", self.error
+            return Status.FAILED, self.error
         if self.final_response is not None:
             status = self.final_response.get("status")
-            if status in {"incomplete", "failed"}:
+            if status == Status.INCOMPLETE:
+                return Status.INCOMPLETE, None
+            if status == Status.FAILED:
                 error = self.final_response.get("error")
-                if status == "failed" and not isinstance(error, dict):
+                if not isinstance(error, dict):
                     error = {"code": "server_error", "message": "The upstream reported the response as failed"}
-                return str(status), error if status == "failed" else None
-            return "completed", None
+                return Status.FAILED, error
+            return Status.COMPLETED, None
         if self.all_items_done:
-            return "completed", None
-        return "failed", cut_error("it ended before the response finished")
+            return Status.COMPLETED, None
+        return Status.FAILED, cut_error("it ended before the response finished")
 
     def close(self, status: str) -> list[dict[str, Any]]:
         """Done events for every item still open; also announces the upstream's final output items when the
@@ -345,7 +348,7 @@ class StreamAssembler:
                 if isinstance(item, dict):
                     out.extend(self._item_added({"item": item}))
                     out.extend(self._item_done({"item": item}))
-        item_status = "completed" if status == "completed" else "incomplete"
+        item_status = "completed" if status == Status.COMPLETED else "incomplete"
         for output in self._outputs:
             if output.final is None:
                 self._close_item(output, out, item_status)
@@ -379,9 +382,9 @@ def cut_error(reason: str) -> dict[str, Any]:
 
 def terminal_event_type(status: str) -> str:
     """OpenAI has no `response.cancelled` event: a cancelled response ends with `response.failed`."""
-    if status == "completed":
+    if status == Status.COMPLETED:
         return "response.completed"
-    if status == "incomplete":
+    if status == Status.INCOMPLETE:
         return "response.incomplete"
     return "response.failed"
 
@@ -395,7 +398,7 @@ def terminal_frame(response: dict[str, Any], sequence_number: int) -> bytes:
 def events_from_state(rendered: dict[str, Any]) -> list[dict[str, Any]]:
     """A stored response's events rebuilt from its final state, for a streamed response whose event log was
     never written (its process died): created, each item added and done, and the terminal event."""
-    opening = {**rendered, "status": "in_progress", "output": [], "usage": None, "completed_at": None}
+    opening = {**rendered, "status": Status.IN_PROGRESS, "output": [], "usage": None, "completed_at": None}
     events: list[dict[str, Any]] = [
         {"type": "response.created", "response": opening},
         {"type": "response.in_progress", "response": opening},

@@ -37,9 +37,8 @@ from asyncpg.exceptions import ForeignKeyViolationError
 
 from service.items import NewItem
 from service.responses.history_cache import CachedHistory, joined, stored_counts
-from service.responses.repository import RUNNING_STATUSES
 from service.responses.statement import Statement
-from service.responses.status import ANSWERED
+from service.responses.status import ANSWERED, RUNNING
 from service.threads import totals as chain_totals
 
 PREVIOUS_RESPONSE_FK = "fk_response_previous_response_id_response"
@@ -692,7 +691,7 @@ async def read_previous(
         statement = _PREVIOUS_AND_ANCESTORS if ancestors else _PREVIOUS
     else:
         statement = _PREVIOUS_AND_ANCESTORS_MARKING if ancestors else _PREVIOUS_MARKING
-        answered = sorted(status.value for status in ANSWERED)
+        answered = list(ANSWERED)
         values.update(response_id=running.response_id, ttl=running.ttl_seconds, answered=answered)
     row = await db.fetchrow(statement.sql, *statement.args(values))
     if row is None:
@@ -858,7 +857,7 @@ async def finish(
         )
     else:
         statement = _FINISH_STORED if log is None else _FINISH_LOGGED
-        values.update(_item_arrays(outputs), input_counts=list(input_counts), running=list(RUNNING_STATUSES))
+        values.update(_item_arrays(outputs), input_counts=list(input_counts), running=list(RUNNING))
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
     try:
@@ -885,5 +884,5 @@ async def finished_at(db: Any, response_id: str, completed_at: datetime) -> bool
 
 
 async def fail_running_response(db: Any, response_id: str, error: dict[str, Any]) -> None:
-    values = {"response_id": response_id, "error": json_text(error), "running": list(RUNNING_STATUSES)}
+    values = {"response_id": response_id, "error": json_text(error), "running": list(RUNNING)}
     await db.execute(_FAIL_RUNNING.sql, *_FAIL_RUNNING.args(values))

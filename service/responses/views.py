@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from service.items import item_view
-from service.responses.status import RUNNING
+from service.responses.status import RUNNING, Status
 
 # Echoed generation parameters and, when the client left one out, OpenAI's documented default for it (what the
 # model was run with, since OpenRouter applies the same defaults): clients and checkers read these as numbers and
@@ -39,7 +39,7 @@ def _epoch(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
 
-def full_usage(usage: dict[str, Any] | None, status: str = "completed") -> dict[str, Any] | None:
+def full_usage(usage: dict[str, Any] | None, status: str = Status.COMPLETED) -> dict[str, Any] | None:
     """OpenAI's usage with both detail objects present (the SDK's types require them), cost kept. Null only
     while the response runs, as OpenAI shows it; an ended response the upstream reported no usage for (cancelled
     or cut before its end) counts zeros."""
@@ -125,7 +125,7 @@ class ResponseState:
             "created_at": _epoch(self.created_at),
             "status": self.status,
             "background": self.background,
-            "completed_at": _epoch(self.completed_at) if self.status == "completed" else None,
+            "completed_at": _epoch(self.completed_at) if self.status == Status.COMPLETED else None,
             "conversation": {"id": self.conversation_id} if self.conversation_id else None,
             "error": self.error,
             "incomplete_details": self.incomplete_details,

@@ -45,7 +45,7 @@ from service.admin.repository import (
     _time_range,
 )
 from service.db.models import conversation_table, item_table, response_chain_table, response_table
-from service.responses.repository import RUNNING_STATUSES
+from service.responses.status import RUNNING
 
 conversation_t = conversation_table
 chain_t = response_chain_table
@@ -60,7 +60,7 @@ def _running_in(thread_id: Any) -> Any:
     responses by thread answers it without reading the thread's finished responses)."""
     return (
         select(response_t.c.status)
-        .where(response_t.c.thread_id == thread_id, response_t.c.status.in_(RUNNING_STATUSES))
+        .where(response_t.c.thread_id == thread_id, response_t.c.status.in_(RUNNING))
         .order_by(response_t.c.created_at.desc())
         .limit(1)
         .scalar_subquery()
@@ -96,7 +96,7 @@ _CHAIN_COLUMNS = (
 
 
 def _chain_status_is(status: str) -> ColumnElement[bool]:
-    if status not in RUNNING_STATUSES:
+    if status not in RUNNING:
         return and_(
             chain_t.c.last_status == status,
             not_(_UNSEEN_TURN_RUNS),
@@ -115,7 +115,7 @@ def _chain_status_is(status: str) -> ColumnElement[bool]:
 
 
 def _running_filter(thread_id: Any) -> ColumnElement[bool]:
-    return and_(response_t.c.thread_id == thread_id, response_t.c.status.in_(RUNNING_STATUSES))
+    return and_(response_t.c.thread_id == thread_id, response_t.c.status.in_(RUNNING))
 
 
 def _conditions(table: Any, filters: ThreadFilters, tenant_id: str | None) -> list[ColumnElement[bool]]:

@@ -18,7 +18,7 @@ from service.conversations import repository as conversations
 from service.conversations.service import conversation_locked
 from service.errors import Conflict, NotFound
 from service.items import item_view
-from service.responses.repository import RUNNING_STATUSES
+from service.responses.status import RUNNING
 from service.threads import repository
 
 Pairs = Iterable[tuple[str, str]]
@@ -93,9 +93,7 @@ async def delete_thread(engine: AsyncEngine, thread_id: str) -> dict[str, Any]:
         responses = await repository.lock_chain(conn, thread_id)
         if conversation is None and not responses:
             raise thread_not_found(thread_id)
-        if any(r.status in RUNNING_STATUSES for r in responses) or await repository.chain_has_unseen_turn(
-            conn, thread_id
-        ):
+        if any(r.status in RUNNING for r in responses) or await repository.chain_has_unseen_turn(conn, thread_id):
             raise thread_locked(thread_id)
         deleted = await admin_repository.delete_thread(conn, thread_id)
     return {"id": thread_id, "object": "admin.thread.deleted", "deleted": True, "deleted_responses": deleted}
