@@ -326,7 +326,7 @@ _SUMMARY_LINE = re.compile(r"^\s{2}(?P<label>\S.*?)\s+(?P<p50>\d+\.\d+)\s+/\s+(?
 
 
 def admin_listing_rows(output: str, returncode: int | None) -> list[Row]:
-    """Rows from `python -m bench.admin_listing` (another helper's script, run as is): its summary lines,
+    """Rows from `python -m bench.admin_listing` (run as a subprocess, on its own database): its summary lines,
     grouped into the three admin cases of the goals, each reported by its slowest member."""
     groups: dict[str, list[tuple[str, float]]] = {"first page": [], "filtered page": [], "search": []}
     in_summary = False
