@@ -2,8 +2,8 @@
 parameters, error envelope and security scheme, and real answers matching the schemas it documents. /docs works
 with no internet: its page names no outside URL and its assets are served by the service.
 
-A new route fails here until it declares its shapes with `operation_class=documented(...)` (see README, "Adding a
-route")."""
+A new route fails here until it declares its shapes with `operation_class=documented(...)` (see docs/development.md,
+"Adding a route")."""
 
 from __future__ import annotations
 

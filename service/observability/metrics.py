@@ -1,5 +1,5 @@
 """Prometheus metrics (prometheus-client). Names and units follow Prometheus' conventions (`_seconds`, `_total`,
-base units); README.md lists them.
+base units); docs/operations.md lists them.
 
 With several uvicorn workers the CLI sets PROMETHEUS_MULTIPROC_DIR before the workers start, so each worker
 writes its values to files there and a scrape of any worker (or of METRICS_PORT, served by the parent process)
