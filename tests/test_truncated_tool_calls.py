@@ -106,3 +106,102 @@ async def test_a_new_input_that_cannot_fit_with_the_call_it_answers_is_refused(
     assert answer.json()["error"]["code"] == "context_length_exceeded"
     assert answer.json()["error"]["param"] == "input"
     assert len(fake_upstream.requests) == calls
+
+
+# Every kind of call and the item answering it (OpenAI's item types), paired as function calls are. (The
+# screenshot carries no image here: an image is estimated at 765 tokens, most of the small model's window.)
+OTHER_PAIRS = {
+    "computer": (
+        {
+            "type": "computer_call",
+            "id": "cu_1",
+            "call_id": "call_c",
+            "action": {"type": "screenshot"},
+            "pending_safety_checks": [],
+            "status": "completed",
+        },
+        {
+            "type": "computer_call_output",
+            "call_id": "call_c",
+            "output": {"type": "computer_screenshot"},
+        },
+    ),
+    "shell": (
+        {
+            "type": "shell_call",
+            "id": "sh_1",
+            "call_id": "call_s",
+            "action": {"commands": ["ls"]},
+            "status": "completed",
+        },
+        {
+            "type": "shell_call_output",
+            "call_id": "call_s",
+            "output": [{"stdout": "a.txt", "stderr": "", "outcome": {"type": "exit", "exit_code": 0}}],
+        },
+    ),
+    "local shell": (
+        {
+            "type": "local_shell_call",
+            "id": "lsh_1",
+            "call_id": "call_l",
+            "action": {"type": "exec", "command": ["ls"], "env": {}},
+            "status": "completed",
+        },
+        {"type": "local_shell_call_output", "id": "lsh_out_1", "call_id": "call_l", "output": "a.txt"},
+    ),
+    "apply patch": (
+        {
+            "type": "apply_patch_call",
+            "id": "ap_1",
+            "call_id": "call_p",
+            "operation": {"type": "delete_file", "path": "a.txt"},
+            "status": "completed",
+        },
+        {"type": "apply_patch_call_output", "call_id": "call_p", "status": "completed"},
+    ),
+    "mcp approval": (
+        {"type": "mcp_approval_request", "id": "mcpr_1", "server_label": "docs", "name": "search", "arguments": "{}"},
+        {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": True},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(OTHER_PAIRS))
+async def test_every_kind_of_answer_whose_call_was_cut_is_not_sent(
+    kind: str, alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    call, answer = OTHER_PAIRS[kind]
+    conversation = await new_conversation(alice.http)
+    fake_upstream.reply_json(response_with_output([call]))
+    await send(alice, conversation, words(300, "first"))
+    fake_upstream.reply_json(text_response("second answer", msg_id="msg_2"))
+    await send(alice, conversation, [{"role": "user", "content": words(200, "second")}, answer])
+    assert fake_upstream.requests[-1].body["input"][-2:] == [user(words(200, "second")), answer]
+
+    fake_upstream.reply_json(text_response("third answer", msg_id="msg_3"))
+    await send(alice, conversation, words(300, "third"))
+    assert fake_upstream.requests[-1].body["input"] == [
+        user(words(200, "second")),
+        assistant("second answer", "msg_2"),
+        user(words(300, "third")),
+    ]
+
+
+@pytest.mark.parametrize("kind", list(OTHER_PAIRS))
+async def test_every_kind_of_answer_to_a_cut_call_is_sent_with_its_call(
+    kind: str, alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    call, answer = OTHER_PAIRS[kind]
+    conversation = await new_conversation(alice.http)
+    await send(alice, conversation, words(250, "first"))
+    fake_upstream.reply_json(response_with_output([REASONING, call]))
+    await send(alice, conversation, words(480, "second"))
+    fake_upstream.reply_json(text_response("done", msg_id="msg_done"))
+    await send(alice, conversation, [answer, {"role": "user", "content": words(300, "next")}])
+    assert fake_upstream.requests[-1].body["input"] == [
+        REASONING,
+        call,
+        answer,
+        user(words(300, "next")),
+    ]

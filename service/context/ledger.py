@@ -29,8 +29,27 @@ import msgspec
 from service.context import tokens
 
 OTHER, USER_MESSAGE, COMPACTION, TOOL_CALL, TOOL_OUTPUT, REASONING = range(6)
-_TOOL_CALLS = frozenset({"function_call", "custom_tool_call"})
-TOOL_OUTPUT_TYPES = frozenset({"function_call_output", "custom_tool_call_output"})
+# A tool call and the item that answers it, paired by one field each (service/context/pairing.py): a call's
+# `call_id` and its output's, except an MCP approval request, answered by the response naming its `id`.
+CALL_KEY_FIELDS = {
+    "function_call": "call_id",
+    "custom_tool_call": "call_id",
+    "computer_call": "call_id",
+    "local_shell_call": "call_id",
+    "shell_call": "call_id",
+    "apply_patch_call": "call_id",
+    "mcp_approval_request": "id",
+}
+OUTPUT_KEY_FIELDS = {
+    "function_call_output": "call_id",
+    "custom_tool_call_output": "call_id",
+    "computer_call_output": "call_id",
+    "local_shell_call_output": "call_id",
+    "shell_call_output": "call_id",
+    "apply_patch_call_output": "call_id",
+    "mcp_approval_response": "approval_request_id",
+}
+TOOL_OUTPUT_TYPES = frozenset(OUTPUT_KEY_FIELDS)
 _ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
@@ -50,7 +69,7 @@ def _kind(type_: Any, role: Any) -> int:
         return COMPACTION
     if type_ == "message":
         return USER_MESSAGE if role == "user" else OTHER
-    if type_ in _TOOL_CALLS:
+    if type_ in CALL_KEY_FIELDS:
         return TOOL_CALL
     if type_ in TOOL_OUTPUT_TYPES:
         return TOOL_OUTPUT

@@ -1,7 +1,9 @@
 """Tool calls and their outputs go upstream together, or not at all.
 
 OpenRouter's providers refuse a `function_call_output` whose `function_call` is not in the input (and OpenAI
-refuses a call without its output, or without the reasoning item it came with). Truncation cuts at user
+refuses a call without its output, or without the reasoning item it came with); the same holds for every kind of
+tool call (custom, computer, shell, apply_patch) and for an MCP approval response without its request
+(service/context/ledger.py lists the pairs). Truncation cuts at user
 messages, which keeps a turn's calls with their outputs; but an output sent after a later user message, a
 summary standing for the calls before it, or a new input answering a call the cut dropped would leave one
 alone. So, in what is sent:
@@ -18,7 +20,14 @@ from typing import Any
 
 import msgspec
 
-from service.context.ledger import REASONING, TOOL_CALL, TOOL_OUTPUT, TOOL_OUTPUT_TYPES, CountedItems
+from service.context.ledger import (
+    CALL_KEY_FIELDS,
+    OUTPUT_KEY_FIELDS,
+    REASONING,
+    TOOL_CALL,
+    TOOL_OUTPUT,
+    CountedItems,
+)
 
 
 class _Paired(msgspec.Struct):
@@ -26,14 +35,23 @@ class _Paired(msgspec.Struct):
 
     type: Any = None
     call_id: Any = None
+    id: Any = None
+    approval_request_id: Any = None
 
 
 _PAIRED = msgspec.json.Decoder(_Paired)
+_KEY_FIELDS = {**CALL_KEY_FIELDS, **OUTPUT_KEY_FIELDS}
+
+
+def _key(item: _Paired) -> str | None:
+    field = _KEY_FIELDS.get(item.type) if isinstance(item.type, str) else None
+    value = getattr(item, field) if field is not None else None
+    return value if isinstance(value, str) else None
 
 
 def call_id_of(body: str | bytes) -> str | None:
-    call_id = _PAIRED.decode(body).call_id
-    return call_id if isinstance(call_id, str) else None
+    """The id pairing a call with its output (the same value on both), None for other items."""
+    return _key(_PAIRED.decode(body))
 
 
 def answered_call_ids(input_bodies: Iterable[str]) -> list[str]:
@@ -41,8 +59,9 @@ def answered_call_ids(input_bodies: Iterable[str]) -> list[str]:
     answered = []
     for body in input_bodies:
         item = _PAIRED.decode(body)
-        if item.type in TOOL_OUTPUT_TYPES and isinstance(item.call_id, str):
-            answered.append(item.call_id)
+        call_id = _key(item) if item.type in OUTPUT_KEY_FIELDS else None
+        if call_id is not None:
+            answered.append(call_id)
     return answered
 
 
