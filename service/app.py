@@ -24,7 +24,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.gc_freeze import freeze_startup_objects
 from service.health import health, ready
 from service.http import DEPENDENCIES
-from service.idempotency.middleware import IdempotencyMiddleware
+from service.idempotency.middleware import IdempotencyMiddleware, KeyedServing
 from service.idempotency.service import close as close_idempotency
 from service.idempotency.service import purge_expired_keys
 from service.keys.service import KeyAuthenticator
@@ -94,6 +94,7 @@ def create_app(
         raise ValueError("create_app needs a database URL: set DATABASE_URL or start the embedded server first")
     if upstream_transport is None and settings.demo_upstream:
         upstream_transport = DemoTransport()
+    idempotency_keys = IdempotencyMiddleware(max_body_bytes=MAX_BODY_BYTES)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -131,6 +132,18 @@ def create_app(
             cluster=ClusterNode(settings, engine, runner, direct_url=settings.database_direct_url or url),
         )
         app.state.runtime = runtime
+        idempotency_keys.serve(
+            KeyedServing(
+                engine=engine,
+                authenticator=runtime.authenticator,
+                limits=runtime.limits,
+                keep_seconds=settings.idempotency_key_ttl,
+                turn_lock_ttl=settings.turn_lock_ttl,
+                holder_process=runtime.cluster.heartbeat.identity.id,
+                runs=runner,
+                bus=runtime.cluster.bus,
+            )
+        )
         await runtime.cluster.start()
         freeze_startup_objects()
         background = [asyncio.create_task(_reap_forever(runtime)), asyncio.create_task(_purge_forever(runtime))]
@@ -193,7 +206,7 @@ def create_app(
         middleware=[
             DoorMiddleware(),
             SlowReaderMiddleware(write_timeout=settings.stream_write_timeout),
-            IdempotencyMiddleware(max_body_bytes=MAX_BODY_BYTES),
+            idempotency_keys,
         ],
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=openapi_config(),

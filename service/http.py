@@ -14,7 +14,7 @@ from litestar.di import NamedDependency, Provide
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.errors import AuthenticationFailed, PermissionDenied
-from service.keys.service import Principal
+from service.keys.service import Principal, bearer_secret
 from service.observability.record import note_tenant
 from service.runtime import Runtime
 
@@ -70,12 +70,6 @@ DEPENDENCIES = {
     "engine": Provide(_engine, sync_to_thread=False),
     "caller": Provide(_caller, sync_to_thread=False),
 }
-
-
-def bearer_secret(authorization: str) -> str | None:
-    """The key in an `Authorization: Bearer <key>` header's value, or None."""
-    scheme, _, secret = authorization.partition(" ")
-    return (secret.strip() or None) if scheme.lower() == "bearer" else None
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:

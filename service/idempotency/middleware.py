@@ -22,22 +22,42 @@ the route's authentication answers 401/403 as usual. Keys are kept IDEMPOTENCY_K
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.cluster.bus import Bus
 from service.errors import InvalidRequest, PayloadTooLarge
-from service.http import bearer_secret
 from service.idempotency import service as idempotency
 from service.idempotency.progress import EffectTracker, tracking
 from service.idempotency.replay import is_event_stream, send_from_response, send_stored
-from service.runtime import Runtime
+from service.keys.service import KeyAuthenticator, bearer_secret
+from service.limits.policy import Limits
+from service.responses.runner import TurnRunner
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
 _NOT_REPLAYED_HEADERS = frozenset({"date", "server", "set-cookie", "connection", "transfer-encoding"})
+
+
+@dataclass(frozen=True)
+class KeyedServing:
+    """What the middleware needs of the running application, given to it by the lifespan (service/app.py)."""
+
+    engine: AsyncEngine
+    authenticator: KeyAuthenticator  # the caller's tenant, found as the route's authentication finds it
+    limits: Limits  # a request over its tenant's rate is refused before its key is claimed
+    keep_seconds: float  # IDEMPOTENCY_KEY_TTL
+    # TURN_LOCK_TTL: a key whose holder stayed silent this long is taken over; a replay follows a turn still
+    # running (here or in another process: `runs`, `bus`) for as long.
+    turn_lock_ttl: float
+    holder_process: str  # this process, named on the keys it claims
+    runs: TurnRunner
+    bus: Bus
 
 
 class _ClientGone(Exception):
@@ -65,12 +85,12 @@ def _validated_key(raw: str) -> str:
     return key
 
 
-async def _tenant_id(runtime: Runtime, scope: Scope) -> str | None:
+async def _tenant_id(authenticator: KeyAuthenticator, scope: Scope) -> str | None:
     """The caller's tenant, resolved the way the route's authentication does; None lets it refuse the request."""
     secret = bearer_secret(_header(scope, b"authorization") or "")
     if secret is None:
         return None
-    principal = await runtime.authenticator.authenticate(secret)
+    principal = await authenticator.authenticate(secret)
     return principal.tenant_id if principal is not None and principal.tenant_id else None
 
 
@@ -181,6 +201,11 @@ class IdempotencyMiddleware(ASGIMiddleware):
 
     def __init__(self, *, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
+        self._serving: KeyedServing | None = None
+
+    def serve(self, serving: KeyedServing) -> None:
+        """Called by the lifespan once what the middleware needs is built, before the first request."""
+        self._serving = serving
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         declared = getattr(scope.get("route_handler"), "opt", None) or {}
@@ -188,12 +213,13 @@ class IdempotencyMiddleware(ASGIMiddleware):
         if not declared.get("idempotent") or raw_key is None:
             await next_app(scope, receive, send)
             return
-        runtime: Runtime = scope["app"].state.runtime
-        tenant_id = await _tenant_id(runtime, scope)
+        serving = self._serving
+        assert serving is not None, "the lifespan gives the middleware what it serves with"
+        tenant_id = await _tenant_id(serving.authenticator, scope)
         if tenant_id is None:
             await next_app(scope, receive, send)
             return
-        runtime.limits.refuse_beyond_rate(tenant_id)  # before the key is claimed: a refused flood writes nothing
+        serving.limits.refuse_beyond_rate(tenant_id)  # before the key is claimed: a refused flood writes nothing
         key = _validated_key(raw_key)
         try:
             body = await _read_body(scope, receive, self.max_body_bytes)
@@ -202,22 +228,29 @@ class IdempotencyMiddleware(ASGIMiddleware):
         path = scope["path"].rstrip("/") or "/"
         method = str(scope.get("method", "POST"))
         request = idempotency.KeyedRequest(tenant_id, key, method, path, idempotency.fingerprint(method, path, body))
-        settings = runtime.settings
         outcome = await idempotency.begin(
-            runtime.engine,
+            serving.engine,
             request,
-            keep_seconds=settings.idempotency_key_ttl,
-            stale_after_seconds=settings.turn_lock_ttl,
-            holder_process=runtime.cluster.heartbeat.identity.id,
+            keep_seconds=serving.keep_seconds,
+            stale_after_seconds=serving.turn_lock_ttl,
+            holder_process=serving.holder_process,
         )
         if isinstance(outcome, idempotency.StoredAnswer):
             if outcome.answer_response_id is None:
                 await send_stored(send, outcome)
             else:
-                await send_from_response(runtime, request, outcome, send)
+                await send_from_response(
+                    request,
+                    outcome,
+                    send,
+                    engine=serving.engine,
+                    runs=serving.runs,
+                    bus=serving.bus,
+                    wait_limit=serving.turn_lock_ttl,
+                )
             return
         with tracking() as tracker:
-            recorder = _Recorder(send=send, engine=runtime.engine, claim=outcome, tracker=tracker)
+            recorder = _Recorder(send=send, engine=serving.engine, claim=outcome, tracker=tracker)
             try:
                 await next_app(scope, _replaying(body, receive), recorder.send)
             finally:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import msgspec
 from litestar.types import Send
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.cluster.bus import Bus
 from service.errors import NotFound
 from service.idempotency import service as idempotency
 from service.responses.resume import open_replay
+from service.responses.runner import TurnRunner
 from service.responses.service import get_response
 from service.responses.status import RUNNING
-from service.runtime import Runtime
 
 _REPLAYED = (b"idempotent-replayed", b"true")
 
@@ -37,33 +39,34 @@ async def send_stored(send: Send, answer: idempotency.StoredAnswer) -> None:
 
 
 async def send_from_response(
-    runtime: Runtime, request: idempotency.KeyedRequest, answer: idempotency.StoredAnswer, send: Send
+    request: idempotency.KeyedRequest,
+    answer: idempotency.StoredAnswer,
+    send: Send,
+    *,
+    engine: AsyncEngine,
+    runs: TurnRunner,
+    bus: Bus,
+    wait_limit: float,
 ) -> None:
+    """`runs` and `bus`: a turn still running here or in another process is followed live, for up to
+    `wait_limit` seconds."""
     response_id = answer.answer_response_id
     assert response_id is not None
     if is_event_stream(answer.headers):
         # Raises NotFound (the error envelope) before anything is sent when the response was deleted since.
-        frames = await open_replay(
-            runtime.engine,
-            runtime.turns,
-            request.tenant_id,
-            response_id,
-            -1,
-            bus=runtime.cluster.bus,
-            wait_limit=runtime.settings.turn_lock_ttl,
-        )
+        frames = await open_replay(engine, runs, request.tenant_id, response_id, -1, bus=bus, wait_limit=wait_limit)
         await send(_start(answer.status_code, answer.headers))  # type: ignore[arg-type]
         async for chunk in frames:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
     try:
-        state = await get_response(runtime.engine, request.tenant_id, response_id)
+        state = await get_response(engine, request.tenant_id, response_id)
     except NotFound:
         state = None  # not stored yet (a turn no client saw before its end is stored whole by its finish)
     if state is None or state.status in RUNNING:
         await send_stored(send, answer)
         return
     body = msgspec.json.encode(state.render())
-    await idempotency.settle_deferred_answer(runtime.engine, request, response_id, 200, body)
+    await idempotency.settle_deferred_answer(engine, request, response_id, 200, body)
     await send_stored(send, idempotency.StoredAnswer(200, [["content-type", "application/json"]], body))

@@ -72,6 +72,12 @@ async def create_key(engine: AsyncEngine, *, tenant: str, name: str = "", is_adm
     )
 
 
+def bearer_secret(authorization: str) -> str | None:
+    """The key in an `Authorization: Bearer <key>` header's value, or None."""
+    scheme, _, secret = authorization.partition(" ")
+    return (secret.strip() or None) if scheme.lower() == "bearer" else None
+
+
 class KeyAuthenticator:
     """Resolves bearer secrets to principals, caching hits briefly; a revoke in this process clears the cache
     at once, other processes see it within the cache TTL."""
