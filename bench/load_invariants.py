@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -29,7 +28,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -38,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -46,7 +43,7 @@ from sqlalchemy.pool import NullPool
 from bench.stack import on_database
 from service.keys import service as keys
 from service.migrate import PROJECT_ROOT
-from tests.fake_openrouter import _free_port, _wait_for_port, text_response
+from tests.fake_openrouter import FakeOpenRouter, Reply, _free_port, text_response
 
 MODEL = "openai/gpt-4o-mini"
 FIRST_BYTE_TIMEOUT = 1.0
@@ -63,16 +60,17 @@ FAULTS = {
 }
 
 
-class FaultyUpstream:
-    """OpenRouter's POST /responses (non-streamed JSON) with random faults, as a raw ASGI app on loopback."""
+class FaultyUpstream(FakeOpenRouter):
+    """The tests' fake OpenRouter answering each turn (non-streamed JSON) with a random fault from FAULTS, or after
+    a short random delay with a text echoing the turn's input. It serves no model catalog: no window is known, so
+    the service checks none."""
 
     def __init__(self, seed: int) -> None:
+        super().__init__()
         self.random = random.Random(seed)
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/api/v1"
         self.calls: Counter[str] = Counter()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self.catalog = []
+        self.responder = self._answer
 
     def _pick(self) -> str:
         roll = self.random.random()
@@ -82,60 +80,22 @@ class FaultyUpstream:
             roll -= share
         return "ok"
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        if scope["method"] == "GET":  # the model catalog (service/context): not a turn, no fault, no window
-            await send({"type": "http.response.start", "status": 404, "headers": []})
-            await send({"type": "http.response.body", "body": b""})
-            return
+    def _answer(self, body: dict[str, Any]) -> Reply:
         fault = self._pick()
         self.calls[fault] += 1
         if fault == "stall":
-            await asyncio.sleep(FIRST_BYTE_TIMEOUT * 2)
-            return
+            return Reply(kind="stall", delay=FIRST_BYTE_TIMEOUT * 2)
         if fault.startswith("http_"):
             status = int(fault[5:])
-            headers = [(b"content-type", b"application/json")]
-            if status == 429:
-                headers.append((b"retry-after", b"0"))
-            body = json.dumps({"error": {"code": status, "message": f"injected {status}"}}).encode()
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await asyncio.sleep(self.random.uniform(0.005, 0.08))
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            headers = {"retry-after": "0"} if status == 429 else {}
+            return Reply(
+                status=status, body={"error": {"code": status, "message": f"injected {status}"}}, headers=headers
+            )
+        delay = self.random.uniform(0.005, 0.08)
         if fault == "cut":
-            raise ConnectionAbortedError("injected cut")  # uvicorn drops the connection mid-answer
-        said = json.loads(raw).get("input", [])[-1]["content"][0]["text"]
-        await send(
-            {"type": "http.response.body", "body": json.dumps(text_response(f"re: {said}", model=MODEL)).encode()}
-        )
-
-    def start(self) -> None:
-        config = uvicorn.Config(self, host="127.0.0.1", port=self.port, log_level="critical", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        _wait_for_port(self.port, 10)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            return Reply(delay=delay, cut_after=0)
+        said = body.get("input", [])[-1]["content"][0]["text"]
+        return Reply(delay=delay, body=text_response(f"re: {said}", model=MODEL))
 
 
 class ServiceProcess:

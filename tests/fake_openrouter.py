@@ -1,8 +1,9 @@
 """A fake OpenRouter on a real loopback socket, speaking the real wire format (JSON and SSE).
 
 Tests script what it answers (`enqueue`) and inspect exactly what it received (`requests`). With nothing
-scripted it answers like OpenRouter would for a plain text turn. It is a raw ASGI app served by uvicorn in a
-thread, so the service under test talks to it over HTTP exactly as it would to openrouter.ai.
+scripted it answers like OpenRouter would for a plain text turn, or as its `responder` decides (the load test's
+random faults, bench/load_invariants.py). It is a raw ASGI app served by uvicorn in a thread, so the service
+under test talks to it over HTTP exactly as it would to openrouter.ai.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +96,8 @@ class Reply:
 
     kind: "json" (status + body), "sse" (events, each sent as `data: {json}`; raw strings are sent as-is),
     "stall" (accept the request and send nothing for `delay` seconds).
-    For "json": `delay` before answering (a slow upstream that still answers).
+    For "json": `delay` before answering (a slow upstream that still answers); `cut_after=0` sends the status
+    and headers, then closes the connection abruptly.
     For "sse": `delay` between events, `cut_after` closes the connection abruptly after that many events,
     `done` appends `data: [DONE]`.
     """
@@ -245,6 +248,8 @@ class FakeOpenRouter:
         self.catalog_reads = 0
         self.overflow_error_type = False
         self.count_scripted = False
+        # What to answer a turn when nothing is scripted (None: the plain text turn), given the request's body.
+        self.responder: Callable[[dict[str, Any]], Reply] | None = None
         self.reset_catalog()
 
     def reset_catalog(self) -> None:
@@ -321,6 +326,8 @@ class FakeOpenRouter:
                 return
 
         reply = self._next()
+        if reply is None and self.responder is not None:
+            reply = self.responder(body)
         scripted = reply is not None
         if reply is None:
             if body.get("stream"):
@@ -344,6 +351,8 @@ class FakeOpenRouter:
                     + [(k.encode(), v.encode()) for k, v in reply.headers.items()],
                 }
             )
+            if reply.cut_after == 0:
+                raise ConnectionAbortedError("fake upstream cut the answer")  # uvicorn drops the connection
             await send({"type": "http.response.body", "body": payload})
             return
         await send(
