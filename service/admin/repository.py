@@ -115,22 +115,29 @@ def _status_is(status: str) -> ColumnElement[bool]:
     return and_(c.c.id == any_(queued_in), _running_turn_status() == status)
 
 
-_CONVERSATION_COLUMNS = (
-    conversation_t.c.id,
-    conversation_t.c.tenant_id,
-    _tenant_name(conversation_t.c.tenant_id),
-    conversation_t.c.title,
-    conversation_t.c.metadata,
-    conversation_t.c.item_count,
-    conversation_t.c.response_count,
-    conversation_t.c.input_tokens,
-    conversation_t.c.output_tokens,
-    conversation_t.c.cost,
-    conversation_t.c.created_at,
-    conversation_t.c.updated_at,
-    conversation_t.c.last_model,
-    _CURRENT_STATUS,
-)
+def thread_columns(table: Any, status: Any) -> tuple[Any, ...]:
+    """A thread's listing row, from a conversation or a response chain (their rows share these columns), and
+    `status`, the thread's current one."""
+    t = table.c
+    return (
+        t.id,
+        t.tenant_id,
+        _tenant_name(t.tenant_id),
+        t.title,
+        t.metadata,
+        t.item_count,
+        t.response_count,
+        t.input_tokens,
+        t.output_tokens,
+        t.cost,
+        t.created_at,
+        t.updated_at,
+        t.last_model,
+        status,
+    )
+
+
+_CONVERSATION_COLUMNS = thread_columns(conversation_t, _CURRENT_STATUS)
 
 
 def conversation_page_statement(filters: ConversationFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:

@@ -43,6 +43,7 @@ from service.admin.repository import (
     _status_is,
     _tenant_name,
     _time_range,
+    thread_columns,
 )
 from service.db.models import conversation_table, item_table, response_chain_table, response_table
 from service.responses.status import RUNNING
@@ -76,23 +77,7 @@ _CHAIN_STATUS = func.coalesce(
     _running_in(chain_t.c.id), case((_UNSEEN_TURN_RUNS, literal("in_progress"))), chain_t.c.last_status
 )
 
-_CHAIN_COLUMNS = (
-    chain_t.c.id,
-    chain_t.c.tenant_id,
-    _tenant_name(chain_t.c.tenant_id),
-    chain_t.c.title,
-    chain_t.c.metadata,
-    chain_t.c.item_count,
-    chain_t.c.response_count,
-    chain_t.c.input_tokens,
-    chain_t.c.output_tokens,
-    chain_t.c.cost,
-    chain_t.c.created_at,
-    chain_t.c.updated_at,
-    chain_t.c.last_model,
-    _CHAIN_STATUS.label("last_status"),
-    literal("chain").label("kind"),
-)
+_CHAIN_COLUMNS = (*thread_columns(chain_t, _CHAIN_STATUS.label("last_status")), literal("chain").label("kind"))
 
 
 def _chain_status_is(status: str) -> ColumnElement[bool]:
