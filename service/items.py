@@ -13,7 +13,6 @@ from service.context.tokens import item_tokens
 from service.errors import InvalidRequest
 from service.ids import new_id
 from service.rendering import client_item
-from service.responses.status import Status
 
 _encode = msgspec.json.encode
 
@@ -214,7 +213,8 @@ def normalize_output(items: Any, *, response_status: str) -> list[NewItem]:
     if not isinstance(items, list):
         return []
     result = []
-    fallback_status = "completed" if response_status == Status.COMPLETED else "incomplete"
+    # Status.COMPLETED spelled out: service/responses imports this module, not the reverse.
+    fallback_status = "completed" if response_status == "completed" else "incomplete"
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("type"), str):
             continue

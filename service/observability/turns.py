@@ -15,7 +15,6 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from service.observability import metrics, tracing
 from service.observability.record import RequestRecord, current
-from service.responses.status import Status as ResponseStatus
 
 if TYPE_CHECKING:
     from service.responses.requests import TurnRequest
@@ -133,7 +132,7 @@ def _end_span(record: RequestRecord, turn: Turn) -> None:
     if record.output_tokens is not None:
         span.set_attribute("gen_ai.usage.output_tokens", record.output_tokens)
     span.set_attribute("convstore.response.status", state.status)
-    if state.status == ResponseStatus.FAILED:
+    if state.status == "failed":  # Status.FAILED (service/responses imports this module, not the reverse)
         code = state.error.get("code") if isinstance(state.error, dict) else None
         span.set_status(Status(StatusCode.ERROR, str(code or "failed")))
         span.set_attribute("error.type", str(code or "failed"))
