@@ -25,8 +25,7 @@ from service.gc_freeze import freeze_startup_objects
 from service.health import health, ready
 from service.http import DEPENDENCIES
 from service.idempotency.middleware import IdempotencyMiddleware, KeyedServing
-from service.idempotency.service import close as close_idempotency
-from service.idempotency.service import purge_expired_keys
+from service.idempotency.service import AnswerStore, purge_expired_keys
 from service.keys.service import KeyAuthenticator
 from service.lifecycle.routes import ConversationBackupAdminController, ConversationLifecycleController
 from service.limits.door import DoorMiddleware
@@ -132,9 +131,11 @@ def create_app(
             cluster=ClusterNode(settings, engine, runner, direct_url=settings.database_direct_url or url),
         )
         app.state.runtime = runtime
+        answers = AnswerStore(engine)
         idempotency_keys.serve(
             KeyedServing(
                 engine=engine,
+                answers=answers,
                 authenticator=runtime.authenticator,
                 limits=runtime.limits,
                 keep_seconds=settings.idempotency_key_ttl,
@@ -165,7 +166,7 @@ def create_app(
             stop_turns()
             await stopping[0]
             await turn_context.close(settings.shutdown_grace_period)
-            await close_idempotency(settings.shutdown_grace_period)
+            await answers.close(settings.shutdown_grace_period)
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

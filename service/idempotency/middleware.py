@@ -49,6 +49,7 @@ class KeyedServing:
     """What the middleware needs of the running application, given to it by the lifespan (service/app.py)."""
 
     engine: AsyncEngine
+    answers: idempotency.AnswerStore  # owned by the lifespan, closed at shutdown
     authenticator: KeyAuthenticator  # the caller's tenant, found as the route's authentication finds it
     limits: Limits  # a request over its tenant's rate is refused before its key is claimed
     keep_seconds: float  # IDEMPOTENCY_KEY_TTL
@@ -136,13 +137,13 @@ class _Recorder:
         self,
         *,
         send: Send,
-        engine: Any,
+        answers: idempotency.AnswerStore,
         claim: idempotency.Claim,
         tracker: EffectTracker,
     ) -> None:
         self._send = send
         self._tracker = tracker
-        self._engine = engine
+        self._answers = answers
         self._claim = claim
         self.status: int | None = None
         self.headers: list[list[str]] = []
@@ -177,9 +178,9 @@ class _Recorder:
         started = self._tracker.started
         status = self.status
         if status is not None and (started or status < 400):
-            await idempotency.store_answer(self._engine, self._claim, await self._answer(status))
+            await self._answers.store_answer(self._claim, await self._answer(status))
         elif not started:
-            await idempotency.release(self._engine, self._claim)
+            await self._answers.release(self._claim)
 
     async def _answer(self, status: int) -> idempotency.Answer:
         tracker = self._tracker
@@ -250,7 +251,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
                 )
             return
         with tracking() as tracker:
-            recorder = _Recorder(send=send, engine=serving.engine, claim=outcome, tracker=tracker)
+            recorder = _Recorder(send=send, answers=serving.answers, claim=outcome, tracker=tracker)
             try:
                 await next_app(scope, _replaying(body, receive), recorder.send)
             finally:

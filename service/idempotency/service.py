@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -122,60 +123,59 @@ async def begin(
     raise _in_use(request.key)
 
 
-# A key's answer the database could not take is kept and stored once it is back. Meanwhile the key stays
-# in_progress (retries get 409): once stored, they get the answer, rather than a second run once its holder's
-# deadline has passed.
-_later = Later(
-    seconds=_LATER_SECONDS,
-    max_delay=5.0,
-    fallback="the key is taken over once its holder's deadline has passed",
-    log=logger,
-)
+class AnswerStore:
+    """Completes keys with their answers, or releases them: best effort, never raising (the client gets its
+    answer anyway). A write the database could not take is kept and made once it is back; meanwhile the key stays
+    in_progress (retries get 409): once stored, they get the answer, rather than a second run once its holder's
+    deadline has passed. The application owns one and closes it at shutdown."""
 
-
-async def _with_retries(engine: AsyncEngine, what: str, work: Any) -> None:
-    async def attempt(_: int) -> None:
-        async with engine.begin() as conn:
-            await work(conn)
-
-    try:
-        await _later.now_or_later(attempt, attempts=_STORE_ATTEMPTS, what=what)
-    except Exception as exc:
-        logger.warning("%s failed: %s", what, type(exc).__name__)
-
-
-async def close(grace: float) -> None:
-    """At shutdown: give answers waiting for the database `grace` seconds more."""
-    await _later.close(grace)
-
-
-async def store_answer(engine: AsyncEngine, claim: Claim, answer: Answer) -> None:
-    """Complete the key with its answer (best effort: never raises, the client gets its answer anyway)."""
-
-    async def work(conn: Any) -> None:
-        stored = await repository.store_answer(
-            conn,
-            tenant_id=claim.request.tenant_id,
-            key=claim.request.key,
-            token=claim.token,
-            status_code=answer.status_code,
-            headers=answer.headers,
-            body=answer.body,
-            response_id=answer.response_id,
-            conversation_id=answer.conversation_id,
-            answer_response_id=answer.answer_response_id,
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._later = Later(
+            seconds=_LATER_SECONDS,
+            max_delay=5.0,
+            fallback="the key is taken over once its holder's deadline has passed",
+            log=logger,
         )
-        if not stored:
-            logger.warning("idempotency key was taken over before its answer was stored")
 
-    await _with_retries(engine, "storing the answer of an idempotency key", work)
+    async def store_answer(self, claim: Claim, answer: Answer) -> None:
+        async def work(conn: Any) -> None:
+            stored = await repository.store_answer(
+                conn,
+                tenant_id=claim.request.tenant_id,
+                key=claim.request.key,
+                token=claim.token,
+                status_code=answer.status_code,
+                headers=answer.headers,
+                body=answer.body,
+                response_id=answer.response_id,
+                conversation_id=answer.conversation_id,
+                answer_response_id=answer.answer_response_id,
+            )
+            if not stored:
+                logger.warning("idempotency key was taken over before its answer was stored")
 
+        await self._write("storing the answer of an idempotency key", work)
 
-async def release(engine: AsyncEngine, claim: Claim) -> None:
-    async def work(conn: Any) -> None:
-        await repository.release(conn, tenant_id=claim.request.tenant_id, key=claim.request.key, token=claim.token)
+    async def release(self, claim: Claim) -> None:
+        async def work(conn: Any) -> None:
+            await repository.release(conn, tenant_id=claim.request.tenant_id, key=claim.request.key, token=claim.token)
 
-    await _with_retries(engine, "releasing an idempotency key", work)
+        await self._write("releasing an idempotency key", work)
+
+    async def close(self, grace: float) -> None:
+        """At shutdown: give answers waiting for the database `grace` seconds more."""
+        await self._later.close(grace)
+
+    async def _write(self, what: str, work: Callable[[Any], Awaitable[None]]) -> None:
+        async def attempt(_: int) -> None:
+            async with self._engine.begin() as conn:
+                await work(conn)
+
+        try:
+            await self._later.now_or_later(attempt, attempts=_STORE_ATTEMPTS, what=what)
+        except Exception as exc:
+            logger.warning("%s failed: %s", what, type(exc).__name__)
 
 
 async def settle_deferred_answer(
