@@ -53,24 +53,6 @@ async def send(tenant: Tenant, conversation: str, input_: Any) -> None:
     assert answer.status_code == 200, answer.text
 
 
-async def test_a_tool_output_whose_call_was_cut_is_not_sent(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
-    conversation = await new_conversation(alice.http)
-    fake_upstream.reply_json(response_with_output([CALL]))
-    await send(alice, conversation, words(300, "first"))
-    # The output comes after a later user message: a cut at that message would leave it alone.
-    fake_upstream.reply_json(text_response("second answer", msg_id="msg_2"))
-    await send(alice, conversation, [{"role": "user", "content": words(200, "second")}, OUTPUT])
-    assert fake_upstream.requests[-1].body["input"][-2:] == [user(words(200, "second")), OUTPUT]
-
-    fake_upstream.reply_json(text_response("third answer", msg_id="msg_3"))
-    await send(alice, conversation, words(300, "third"))
-    assert fake_upstream.requests[-1].body["input"] == [
-        user(words(200, "second")),
-        assistant("second answer", "msg_2"),
-        user(words(300, "third")),
-    ]
-
-
 async def test_a_new_input_answering_a_cut_call_is_sent_with_the_call_and_its_reasoning(
     alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
@@ -108,9 +90,14 @@ async def test_a_new_input_that_cannot_fit_with_the_call_it_answers_is_refused(
     assert len(fake_upstream.requests) == calls
 
 
-# Every kind of call and the item answering it (OpenAI's item types), paired as function calls are. (The
+# Every kind of call and the item answering it (OpenAI's item types). (The
 # screenshot carries no image here: an image is estimated at 765 tokens, most of the small model's window.)
-OTHER_PAIRS = {
+PAIRS = {
+    "function": (CALL, OUTPUT),
+    "custom": (
+        {"type": "custom_tool_call", "id": "ctc_1", "call_id": "call_x", "name": "grep", "input": "word"},
+        {"type": "custom_tool_call_output", "call_id": "call_x", "output": "3 lines"},
+    ),
     "computer": (
         {
             "type": "computer_call",
@@ -167,14 +154,15 @@ OTHER_PAIRS = {
 }
 
 
-@pytest.mark.parametrize("kind", list(OTHER_PAIRS))
-async def test_every_kind_of_answer_whose_call_was_cut_is_not_sent(
+@pytest.mark.parametrize("kind", list(PAIRS))
+async def test_an_answer_whose_call_was_cut_is_not_sent(
     kind: str, alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
-    call, answer = OTHER_PAIRS[kind]
+    call, answer = PAIRS[kind]
     conversation = await new_conversation(alice.http)
     fake_upstream.reply_json(response_with_output([call]))
     await send(alice, conversation, words(300, "first"))
+    # The answer comes after a later user message: a cut at that message would leave it alone.
     fake_upstream.reply_json(text_response("second answer", msg_id="msg_2"))
     await send(alice, conversation, [{"role": "user", "content": words(200, "second")}, answer])
     assert fake_upstream.requests[-1].body["input"][-2:] == [user(words(200, "second")), answer]
@@ -188,11 +176,11 @@ async def test_every_kind_of_answer_whose_call_was_cut_is_not_sent(
     ]
 
 
-@pytest.mark.parametrize("kind", list(OTHER_PAIRS))
+@pytest.mark.parametrize("kind", list(PAIRS))
 async def test_every_kind_of_answer_to_a_cut_call_is_sent_with_its_call(
     kind: str, alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
-    call, answer = OTHER_PAIRS[kind]
+    call, answer = PAIRS[kind]
     conversation = await new_conversation(alice.http)
     await send(alice, conversation, words(250, "first"))
     fake_upstream.reply_json(response_with_output([REASONING, call]))
