@@ -195,10 +195,12 @@ async def test_each_filter_and_the_search_narrow_the_listing(
     assert row["usage"] == {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "cost": 0.00042}
 
 
+@pytest.mark.parametrize("crowd", [search.SEARCH_PROBE_CAP + 50, search.SEARCH_SCAN_CAP + 50])
 async def test_search_for_a_word_in_more_items_than_the_index_read_cap_still_narrows(
-    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, db: AsyncEngine
+    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, db: AsyncEngine, crowd: int
 ) -> None:
-    """Past SEARCH_SCAN_CAP matching items the search walks conversations instead; same answers."""
+    """Past SEARCH_PROBE_CAP matching items the search walks conversations testing each against the matches
+    read, past SEARCH_SCAN_CAP it walks them reading their items instead; same answers."""
     chatty = await new_conversation(alice.http)
     assert (await turn(alice, chatty, "ubiquitous zeta")).is_success
     crowded = await new_conversation(bob.http)
@@ -213,7 +215,7 @@ async def test_search_for_a_word_in_more_items_than_the_index_read_cap_still_nar
                 "'completed', '{}', "
                 "'a ubiquitous word' FROM generate_series(1, :n) g"
             ),
-            {"tenant": tenant_id, "conversation": crowded, "n": search.SEARCH_SCAN_CAP + 50},
+            {"tenant": tenant_id, "conversation": crowded, "n": crowd},
         )
     assert await listed_ids(admin, q="ubiquitous") == {chatty, crowded}
     assert [row["id"] for row in await walk(admin, "/admin/conversations", {"q": "ubiquitous"}, 1)] == [

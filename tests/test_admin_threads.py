@@ -171,6 +171,106 @@ async def test_search_above_the_index_read_cap_walks_threads_with_the_same_answe
     assert [r["id"] for r in responses] == [chain[6]["id"], crowded["id"]]
 
 
+# How many items of one response say "needle", for each way a search page is filled (service/admin/search.py).
+_CROWDS = {
+    "rare": 5,
+    "between": search.SEARCH_PROBE_CAP + 20,
+    "common": search.SEARCH_SCAN_CAP + 100,
+    # Statistics taken while the word was common, then its items deleted: the estimate says common, the walk
+    # that goes first fills no page, and the page comes from reading the few matches left.
+    "stale": search.SEARCH_SCAN_CAP + 100,
+    # The walk that goes first is cut by its budget before it fills a page; the common walk answers.
+    "cut": search.SEARCH_SCAN_CAP + 100,
+}
+
+
+def _ran(plan: str, marker: str) -> list[bool]:
+    """For each line of an EXPLAIN ANALYZE holding `marker`: whether its plan node ran."""
+    lines = plan.splitlines()
+    found = []
+    for index, line in enumerate(lines):
+        if marker in line:
+            node = next(n for n in reversed(lines[: index + 1]) if "(actual" in n or "(never executed)" in n)
+            found.append("(never executed)" not in node)
+    assert found, (marker, plan)
+    return found
+
+
+@pytest.mark.parametrize("crowd", list(_CROWDS))
+async def test_every_way_of_filling_a_search_page_gives_the_same_pages(
+    admin: httpx.AsyncClient,
+    alice: Tenant,
+    bob: Tenant,
+    db: AsyncEngine,
+    fake_upstream: FakeOpenRouter,
+    monkeypatch: pytest.MonkeyPatch,
+    crowd: str,
+) -> None:
+    conversation = await new_conversation(alice.http)
+    fake_upstream.reply_json(text_response("a plain answer"))
+    in_conversation = await turn(alice.http, "the needle in a conversation", conversation=conversation)
+    chain = await ten_turns_branching_at_four(alice, word="needle")
+    crowded = await turn(bob.http, "ordinary words")
+    for words in ("nothing here", "nor here"):
+        await turn(bob.http, words)
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, "
+                "body, text_content) SELECT 'msg_many_' || g, tenant_id, id, false, g, thread_id, 'message', "
+                "'user', 'completed', '{}', 'needle in a haystack' FROM response, generate_series(1, :n) g "
+                "WHERE id = :id"
+            ),
+            {"id": crowded["id"], "n": _CROWDS[crowd]},
+        )
+    async with db.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("ANALYZE item"))
+    if crowd == "stale":
+        async with db.begin() as conn:
+            await conn.execute(text("DELETE FROM item WHERE id LIKE 'msg_many_%' AND ordinal > 3"))
+    if crowd == "cut":
+        monkeypatch.setattr(search, "SEARCH_WALK_BUDGET", 2)
+
+    everything = await thread_ids(admin)
+    expected = [t for t in everything if t in {conversation, chain[0]["id"], crowded["id"]}]
+    assert len(expected) == 3
+    for limit in (1, 2, 100):
+        assert [row["id"] for row in await walk(admin, "/admin/threads", {"q": "needle"}, limit)] == expected
+    assert await thread_ids(admin, q="needle", tenant="alice") == [t for t in expected if t != crowded["id"]]
+    assert await thread_ids(admin, q="needle", kind="chain") == [t for t in expected if t != conversation]
+    assert await thread_ids(admin, q="needle haystack") == [crowded["id"]]
+    assert [row["id"] for row in await walk(admin, "/admin/conversations", {"q": "needle"}, 1)] == [conversation]
+    responses = await walk(admin, "/admin/responses", {}, 100)
+    wanted = {in_conversation["id"], chain[6]["id"], crowded["id"]}
+    expected_responses = [r["id"] for r in responses if r["id"] in wanted]
+    for limit in (1, 100):
+        found = await walk(admin, "/admin/responses", {"q": "needle"}, limit)
+        assert [r["id"] for r in found] == expected_responses
+    found = await walk(admin, "/admin/responses", {"q": "needle", "tenant": "bob"}, 1)
+    assert [r["id"] for r in found] == [crowded["id"]]
+
+    # And the page came the way this crowd of matches calls for.
+    async with db.connect() as conn:
+        await admin_repository.plan_each_page(conn)
+        walk_first = await search.walk_budget(conn, "needle")
+        statement = admin_repository.response_page_statement(
+            ResponseFilters(q="needle"), None, Keyset(limit=20), walk_first
+        )
+        plan = await admin_repository.explain(conn, statement, "ANALYZE, COSTS OFF, TIMING OFF")
+    assert walk_first == (search.SEARCH_WALK_BUDGET if crowd in ("common", "stale", "cut") else 0), plan
+    probed = any(_ran(plan, "(id = (unnest($"))
+    hashed = any(_ran(plan, "COALESCE((hashed SubPlan"))
+    walks = _ran(plan, "IS NOT NULL)")  # the walk that goes first, then the common walk
+    assert (probed, hashed, walks[1]) == {
+        "rare": (True, False, False),
+        "between": (False, True, False),
+        "common": (False, False, True),
+        "stale": (True, False, False),
+        "cut": (False, False, True),
+    }[crowd], plan
+
+
 async def test_a_chain_is_shown_as_its_tree_in_pages(admin: httpx.AsyncClient, alice: Tenant) -> None:
     chain = await ten_turns_branching_at_four(alice)
     nodes: list[dict[str, Any]] = []
@@ -327,46 +427,54 @@ async def test_every_thread_filter_has_an_index_path_without_offset(
         assert index in plan, plan
 
 
-def _search_statements() -> list[tuple[str, Any, str]]:
+def _search_statements(walk_first: int = 0) -> list[tuple[str, Any, str]]:
     keyset = Keyset(limit=20)
     return [
         (
             "conversations",
-            admin_repository.conversation_page_statement(ConversationFilters(q="word"), None, keyset),
+            admin_repository.conversation_page_statement(ConversationFilters(q="word"), None, keyset, walk_first),
             "ix_item_conversation_id_id",
         ),
-        ("threads", repository.thread_page_statement(ThreadFilters(q="word"), None, keyset), "ix_item_thread_id"),
+        (
+            "threads",
+            repository.thread_page_statement(ThreadFilters(q="word"), None, keyset, walk_first),
+            "ix_item_thread_id",
+        ),
         (
             "threads of a tenant",
-            repository.thread_page_statement(ThreadFilters(q="word", tenant="t"), "t", keyset),
+            repository.thread_page_statement(ThreadFilters(q="word", tenant="t"), "t", keyset, walk_first),
             "ix_item_thread_id",
         ),
         (
             "conversations of a tenant",
-            admin_repository.conversation_page_statement(ConversationFilters(q="word", tenant="t"), "t", keyset),
+            admin_repository.conversation_page_statement(
+                ConversationFilters(q="word", tenant="t"), "t", keyset, walk_first
+            ),
             "ix_item_conversation_id_id",
         ),
         (
             "responses",
-            admin_repository.response_page_statement(ResponseFilters(q="word"), None, keyset),
+            admin_repository.response_page_statement(ResponseFilters(q="word"), None, keyset, walk_first),
             "ix_item_response_id_is_output_ordinal",
         ),
         (
             "responses of a tenant",
-            admin_repository.response_page_statement(ResponseFilters(q="word", tenant="t"), "t", keyset),
+            admin_repository.response_page_statement(ResponseFilters(q="word", tenant="t"), "t", keyset, walk_first),
             "ix_item_response_id_is_output_ordinal",
         ),
     ]
 
 
+@pytest.mark.parametrize("walk_first", [0, search.SEARCH_WALK_BUDGET])
 @pytest.mark.parametrize("case", range(len(_search_statements())))
-async def test_search_pages_have_one_plan_whatever_the_estimates(db: AsyncEngine, case: int) -> None:
+async def test_search_pages_have_one_plan_whatever_the_estimates(db: AsyncEngine, case: int, walk_first: int) -> None:
     """Planned on this nearly empty database, where every word looks rare and every table tiny (the opposite
     of the estimates at a million items), a search page has no hash join, whose build side would be every
     matching item or a whole table: it fetches the owners of the matches by primary key, walks the owners
-    testing each one's items on the owners' item index (never the GIN index), and reads the page's rows by
-    primary key."""
-    name, statement, walk_index = _search_statements()[case]
+    testing each one's items on the owners' item index (never the GIN index), or walks them testing each one
+    against a hash of the matches read (bounded by the read's LIMIT), and reads the page's rows by primary key.
+    Whether the walk goes first (the one choice the estimate makes) changes a LIMIT, not the plan."""
+    name, statement, walk_index = _search_statements(walk_first)[case]
     async with db.connect() as conn:
         await admin_repository.plan_each_page(conn)
         plan = await admin_repository.explain(conn, statement)
@@ -380,3 +488,7 @@ async def test_search_pages_have_one_plan_whatever_the_estimates(db: AsyncEngine
     assert "Seq Scan on item" not in plan and "Seq Scan on conversation" not in plan, (name, plan)
     # The matched owners are probed one by one by primary key, never tested against the array on a walk.
     assert "id = ANY" not in plan and "Index Scan using pk_" in plan, (name, plan)
+    # Between the caps, a walk tests each row against the hash of the matches read, a subplan and not a join.
+    assert "Filter: COALESCE((hashed SubPlan" in plan, (name, plan)
+    # The walk that may go first walks the list's index, then tests each row on its items.
+    assert "_budget" in plan and plan.count(f"Index Scan using {walk_index} on item") >= 2, (name, plan)

@@ -140,8 +140,11 @@ def thread_columns(table: Any, status: Any) -> tuple[Any, ...]:
 _CONVERSATION_COLUMNS = thread_columns(conversation_t, _CURRENT_STATUS)
 
 
-def conversation_page_statement(filters: ConversationFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
-    """Newest activity first. `tenant_id` is the resolved `filters.tenant`."""
+def conversation_page_statement(
+    filters: ConversationFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
+) -> Select[Any]:
+    """Newest activity first. `tenant_id` is the resolved `filters.tenant`; `walk_first`, for a search, is
+    search.walk_budget(...)."""
     c = conversation_t
     conditions = [
         *_time_range(c.c.created_at, filters.created_after, filters.created_before),
@@ -167,6 +170,7 @@ def conversation_page_statement(filters: ConversationFilters, tenant_id: str | N
             owner=item_t.c.conversation_id,
             q=filters.q,
             keyset=keyset,
+            walk_first=walk_first,
         )
     return newest_first(select(*_CONVERSATION_COLUMNS).where(*conditions), c.c.updated_at, c.c.id, keyset)
 
@@ -174,7 +178,8 @@ def conversation_page_statement(filters: ConversationFilters, tenant_id: str | N
 async def conversation_page(
     conn: AsyncConnection, filters: ConversationFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
-    return list((await conn.execute(conversation_page_statement(filters, tenant_id, keyset))).all())
+    walk_first = 0 if filters.q is None else await search.walk_budget(conn, filters.q)
+    return list((await conn.execute(conversation_page_statement(filters, tenant_id, keyset, walk_first))).all())
 
 
 async def get_conversation(conn: AsyncConnection, conversation_id: str) -> Any:
@@ -204,8 +209,11 @@ _RESPONSE_COLUMNS = (
 )
 
 
-def response_page_statement(filters: ResponseFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
-    """Newest first. `tenant_id` is the resolved `filters.tenant`."""
+def response_page_statement(
+    filters: ResponseFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
+) -> Select[Any]:
+    """Newest first. `tenant_id` is the resolved `filters.tenant`; `walk_first`, for a search, is
+    search.walk_budget(...)."""
     r = response_t
     conditions = _time_range(r.c.created_at, filters.created_after, filters.created_before)
     if tenant_id is not None:
@@ -228,6 +236,7 @@ def response_page_statement(filters: ResponseFilters, tenant_id: str | None, key
             owner=item_t.c.response_id,
             q=filters.q,
             keyset=keyset,
+            walk_first=walk_first,
         )
     return newest_first(select(*_RESPONSE_COLUMNS).where(*conditions), r.c.created_at, r.c.id, keyset)
 
@@ -235,7 +244,8 @@ def response_page_statement(filters: ResponseFilters, tenant_id: str | None, key
 async def response_page(
     conn: AsyncConnection, filters: ResponseFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
-    return list((await conn.execute(response_page_statement(filters, tenant_id, keyset))).all())
+    walk_first = 0 if filters.q is None else await search.walk_budget(conn, filters.q)
+    return list((await conn.execute(response_page_statement(filters, tenant_id, keyset, walk_first))).all())
 
 
 def _usage_columns() -> list[Any]:

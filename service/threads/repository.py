@@ -31,7 +31,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.selectable import CTE
 
 from service.admin import search
 from service.admin.cursor import Keyset, newest_first
@@ -125,19 +124,28 @@ _ID_PREFIXES = {"conversation": "conv_", "chain": "resp_"}
 
 
 def _kind_page(
-    kind: str, table: Any, stmt: Select[Any], keyset: Keyset, *, hits: CTE | None, q: str | None
+    kind: str,
+    table: Any,
+    stmt: Select[Any],
+    keyset: Keyset,
+    *,
+    matches: search.Matches | None,
+    q: str | None,
+    walk_first: int,
 ) -> Select[Any]:
     """One kind's page; with a search, the matching threads of that kind (admin/search.py), by item.thread_id."""
-    if hits is None or q is None:
+    if matches is None or q is None:
         return newest_first(stmt, table.c.updated_at, table.c.id, keyset)
     both = search.newest_matching(
         stmt,
         at=table.c.updated_at,
         row_id=table.c.id,
         owner=item_t.c.thread_id,
-        hits=hits,
+        matches=matches,
         q=q,
         keyset=keyset,
+        walk_first=walk_first,
+        name=kind,
         id_prefix=_ID_PREFIXES[kind],
     )
     return select(both.subquery())
@@ -157,22 +165,25 @@ _ROW_COLUMNS = (
 )
 
 
-def thread_page_statement(filters: ThreadFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
-    """Newest activity first, both kinds (or `filters.kind`). `tenant_id` is the resolved `filters.tenant`.
+def thread_page_statement(
+    filters: ThreadFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
+) -> Select[Any]:
+    """Newest activity first, both kinds (or `filters.kind`). `tenant_id` is the resolved `filters.tenant`;
+    `walk_first`, for a search, is search.walk_budget(...), for each kind.
 
     The walks select only (id, updated_at, kind); the columns, with their subqueries (tenant name, current
     status), are read once, for the page's rows: planned once rather than once per branch, which made planning
     the largest part of a search page (docs/benchmarks.md). Each page row reads its thread's row by primary key
     (a LATERAL subquery with LIMIT 1, which stays a per-row probe): as a join, the planner could hash a whole
     table for a page of 21 rows when it misjudged the page's size."""
-    hits = search.matching_items(item_t.c.thread_id, filters.q) if filters.q is not None else None
+    matches = search.matching_items(item_t.c.thread_id, filters.q) if filters.q is not None else None
     parts = []
     for kind, table in (("conversation", conversation_t), ("chain", chain_t)):
         if filters.kind in (None, kind):
             stmt = select(table.c.id, table.c.updated_at, literal(kind).label("kind")).where(
                 *_conditions(table, filters, tenant_id)
             )
-            parts.append(_kind_page(kind, table, stmt, keyset, hits=hits, q=filters.q))
+            parts.append(_kind_page(kind, table, stmt, keyset, matches=matches, q=filters.q, walk_first=walk_first))
     merged = union_all(*parts).subquery("merged") if len(parts) > 1 else parts[0].subquery("merged")
     page = (
         select(merged).order_by(merged.c.updated_at.desc(), merged.c.id.desc()).limit(keyset.limit + 1).subquery("page")
@@ -215,7 +226,8 @@ def thread_page_statement(filters: ThreadFilters, tenant_id: str | None, keyset:
 async def thread_page(
     conn: AsyncConnection, filters: ThreadFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
-    return list((await conn.execute(thread_page_statement(filters, tenant_id, keyset))).all())
+    walk_first = 0 if filters.q is None else await search.walk_budget(conn, filters.q)
+    return list((await conn.execute(thread_page_statement(filters, tenant_id, keyset, walk_first))).all())
 
 
 async def get_thread(conn: AsyncConnection, thread_id: str) -> Any:
