@@ -396,6 +396,53 @@ async def test_a_chain_with_a_turn_in_flight_shows_it_and_is_not_deleted_under_i
     assert (await admin.delete(f"/admin/threads/{root['id']}")).status_code == 200
 
 
+async def test_threads_with_turns_in_flight_page_by_status_like_by_any_other_filter(
+    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A running status's page starts from the threads that may have a turn in flight (the claimed
+    conversations, the chains listing a plain turn, the threads of stored running turns), probed one by one:
+    the same pages, cursors, tenants and kinds as a walk of the list."""
+    finished = await new_conversation(alice.http)
+    await turn(alice.http, "done", conversation=finished)
+    finished_chain = await turn(bob.http, "done too")
+    conversations = [await new_conversation(tenant.http) for tenant in (alice, bob, alice)]
+    chain = await turn(bob.http, "a chain")
+    fake_upstream.enqueue(*(Reply(kind="json", body=text_response("Slow answer."), delay=2.5) for _ in range(4)))
+    running = [
+        asyncio.create_task(turn(tenant.http, "take your time", conversation=conversation))
+        for tenant, conversation in zip((alice, bob, alice), conversations, strict=True)
+    ]
+    running.append(asyncio.create_task(turn(bob.http, "take your time", previous_response_id=chain["id"])))
+    in_flight = {*conversations, chain["id"]}
+    for _ in range(100):
+        if set(await thread_ids(admin, status="in_progress")) == in_flight:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the threads never all listed as in_progress")
+
+    expected = [t for t in await thread_ids(admin) if t in in_flight]
+    for limit in (1, 2, 100):
+        assert [row["id"] for row in await walk(admin, "/admin/threads", {"status": "in_progress"}, limit)] == expected
+    alices = [t for t in expected if t in (conversations[0], conversations[2])]
+    assert await thread_ids(admin, status="in_progress", tenant="alice") == alices
+    assert await thread_ids(admin, status="in_progress", kind="chain") == [chain["id"]]
+    assert await thread_ids(admin, status="in_progress", kind="conversation") == [
+        t for t in expected if t != chain["id"]
+    ]
+    assert await thread_ids(admin, status="queued") == []
+    assert set(await thread_ids(admin, status="completed")) == {finished, finished_chain["id"]}
+    listed = await walk(admin, "/admin/conversations", {"status": "in_progress"}, 1)
+    assert [row["id"] for row in listed] == [t for t in expected if t != chain["id"]]
+    assert {row["last_status"] for row in listed} == {"in_progress"}
+    bobs = await walk(admin, "/admin/conversations", {"status": "in_progress", "tenant": "bob"}, 1)
+    assert [row["id"] for row in bobs] == [conversations[1]]
+
+    await asyncio.gather(*running)
+    assert await thread_ids(admin, status="in_progress") == []
+    assert set(await thread_ids(admin, status="completed")) == {finished, finished_chain["id"], *in_flight}
+
+
 @pytest.mark.parametrize(
     ("filters", "indexes"),
     [
@@ -425,6 +472,30 @@ async def test_every_thread_filter_has_an_index_path_without_offset(
         assert f"Seq Scan on {table} " not in plan, plan
     for index in indexes:
         assert index in plan, plan
+
+
+@pytest.mark.parametrize("status", ["in_progress", "queued"])
+async def test_a_running_status_page_probes_its_candidates_rather_than_walking_the_list(
+    db: AsyncEngine, status: str
+) -> None:
+    """A claim is marked by nothing indexed, so a page of threads with a turn in flight starts from the few
+    candidates (a sequential scan for the claims, the status index for stored turns) and probes each by id,
+    whatever the estimates: never a walk of the list's keyset index, as long as the planner guesses."""
+    keyset = Keyset(limit=20, after=(datetime(2030, 1, 1, tzinfo=UTC), "conv_z"))
+    statements = [
+        admin_repository.conversation_page_statement(ConversationFilters(status=status), None, keyset),
+        repository.thread_page_statement(ThreadFilters(status=status), None, keyset),
+        repository.thread_page_statement(ThreadFilters(status=status, tenant="t"), "t", keyset),
+    ]
+    for statement in statements:
+        for seqscan in ("on", "off"):
+            async with db.connect() as conn:
+                await admin_repository.plan_each_page(conn)
+                await conn.execute(text(f"SET enable_seqscan = {seqscan}"))
+                plan = await admin_repository.explain(conn, statement)
+            assert "id = (unnest(" in plan, plan
+            assert "ix_conversation_updated_at_id" not in plan, plan
+            assert "ix_response_chain_updated_at_id" not in plan, plan
 
 
 def _search_statements(walk_first: int = 0) -> list[tuple[str, Any, str]]:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, literal, tuple_
+from sqlalchemy import ARRAY, Select, Text, cast, func, literal, select, true, tuple_
 
 from service.errors import InvalidRequest
 
@@ -38,6 +38,21 @@ def after_keyset(stmt: Select[Any], at: Any, row_id: Any, keyset: Keyset) -> Sel
 def newest_first(stmt: Select[Any], at: Any, row_id: Any, keyset: Keyset) -> Select[Any]:
     """The page of `stmt` after the keyset, newest first: the first rows of one (at, id) index range."""
     return after_keyset(stmt, at, row_id, keyset).order_by(at.desc(), row_id.desc()).limit(keyset.limit + 1)
+
+
+def probed_page(ids: Any, stmt: Select[Any], at: Any, row_id: Any, keyset: Keyset) -> Select[Any]:
+    """The page of `stmt` among the rows whose ids are in `ids` (an array expression), newest first: each id
+    probed by primary key (a LATERAL subquery with LIMIT 1 stays one index probe per id), then the few found
+    sorted. For candidates found without walking the list's index; a walk of it checking `id = ANY(array)`
+    would compare every row walked with every id, and the planner picks between the two on its estimates."""
+    candidate = select(func.unnest(cast(ids, ARRAY(Text))).label("id")).distinct().subquery("candidate")
+    probe = after_keyset(stmt, at, row_id, keyset).where(row_id == candidate.c.id).limit(1).lateral("probed")
+    return (
+        select(probe)
+        .select_from(candidate.join(probe, true()))
+        .order_by(probe.c[at.name].desc(), probe.c[row_id.name].desc())
+        .limit(keyset.limit + 1)
+    )
 
 
 def encode_cursor(kind: str, at: datetime, row_id: str) -> str:

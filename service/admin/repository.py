@@ -8,15 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     ColumnElement,
     Select,
-    Text,
     and_,
-    any_,
     bindparam,
     case,
-    cast,
     delete,
     func,
     literal,
@@ -32,7 +28,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from service.admin import search
-from service.admin.cursor import Keyset, newest_first
+from service.admin.cursor import Keyset, newest_first, probed_page
 from service.admin.params import RESPONSE_STATUSES, ConversationFilters, ResponseFilters, TimeRange
 from service.db.models import conversation_table, item_table, response_table, tenant_table
 from service.responses.status import RUNNING
@@ -99,20 +95,27 @@ _CURRENT_STATUS = case(
 
 
 def _status_is(status: str) -> ColumnElement[bool]:
+    """Whether the conversation's current status is `status`, row by row (a running status's page starts from
+    running_conversations(status) instead of walking the list)."""
     c = conversation_t
     if status not in RUNNING:
         return and_(c.c.last_status == status, c.c.turn_response_id.is_(None))
+    return and_(c.c.turn_response_id.is_not(None), _running_turn_status() == status)
+
+
+def running_conversations(status: str) -> Any:
+    """The ids (an array) of the conversations that may have a turn in `status` (queued or in_progress).
+
+    Queued turns are background ones, stored at their begin: their conversations come from the running
+    responses (few, on the response status index). Most turns in progress have no response row yet, and
+    nothing indexed marks a claimed conversation (an index on the claim would cost every claim its HOT
+    update): the claimed ones are read by a sequential scan of the conversations, the one way to them, then
+    probed by primary key (cursor.probed_page), rather than left to a walk of the list's index whose length
+    the planner guesses."""
+    c, r = conversation_t, response_t
     if status == "in_progress":
-        # Most turns in progress have no response row yet, and nothing indexed marks a claimed thread (an
-        # index on the claim would cost every claim its HOT update): this filter walks the threads.
-        return and_(c.c.turn_response_id.is_not(None), _running_turn_status() == status)
-    # Queued turns are background ones, stored at their begin: found from the running responses (few, on the
-    # response status index) by primary key, rather than by walking every conversation.
-    queued_in = cast(
-        select(func.array_agg(response_t.c.conversation_id)).where(response_t.c.status == status).scalar_subquery(),
-        ARRAY(Text),
-    )
-    return and_(c.c.id == any_(queued_in), _running_turn_status() == status)
+        return select(func.array_agg(c.c.id)).where(c.c.turn_response_id.is_not(None)).scalar_subquery()
+    return select(func.array_agg(r.c.conversation_id)).where(r.c.status == status).scalar_subquery()
 
 
 def thread_columns(table: Any, status: Any) -> tuple[Any, ...]:
@@ -172,7 +175,10 @@ def conversation_page_statement(
             keyset=keyset,
             walk_first=walk_first,
         )
-    return newest_first(select(*_CONVERSATION_COLUMNS).where(*conditions), c.c.updated_at, c.c.id, keyset)
+    rows = select(*_CONVERSATION_COLUMNS).where(*conditions)
+    if filters.status in RUNNING:
+        return probed_page(running_conversations(filters.status), rows, c.c.updated_at, c.c.id, keyset)
+    return newest_first(rows, c.c.updated_at, c.c.id, keyset)
 
 
 async def conversation_page(

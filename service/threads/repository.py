@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.admin import search
-from service.admin.cursor import Keyset, newest_first
+from service.admin.cursor import Keyset, newest_first, probed_page
 from service.admin.params import ThreadFilters
 from service.admin.repository import (
     _CONVERSATION_COLUMNS,
@@ -42,6 +42,7 @@ from service.admin.repository import (
     _status_is,
     _tenant_name,
     _time_range,
+    running_conversations,
     thread_columns,
 )
 from service.db.models import conversation_table, item_table, response_chain_table, response_table
@@ -80,22 +81,31 @@ _CHAIN_COLUMNS = (*thread_columns(chain_t, _CHAIN_STATUS.label("last_status")), 
 
 
 def _chain_status_is(status: str) -> ColumnElement[bool]:
+    """Whether the chain's current status is `status`, row by row (a running status's page starts from
+    _running_chains(status) instead of walking the list)."""
     if status not in RUNNING:
         return and_(
             chain_t.c.last_status == status,
             not_(_UNSEEN_TURN_RUNS),
             not_(exists().where(_running_filter(chain_t.c.id))),
         )
-    # Stored running turns are few: their threads come from the response status index, by primary key.
-    running = cast(
-        select(func.array_agg(response_t.c.thread_id)).where(response_t.c.status == status).scalar_subquery(),
-        ARRAY(Text),
-    )
     if status == "in_progress":
-        # As for conversations: nothing indexed marks a chain with a plain turn running (an index on the mark
-        # would cost every such turn its HOT update), so this filter walks the chains.
-        return and_(or_(chain_t.c.id == any_(running), _UNSEEN_TURN_RUNS), _CHAIN_STATUS == status)  # noqa: SIM300 (an expression)
-    return and_(chain_t.c.id == any_(running), _running_in(chain_t.c.id) == status)
+        return and_(or_(_UNSEEN_TURN_RUNS, exists().where(_running_filter(chain_t.c.id))), _CHAIN_STATUS == status)  # noqa: SIM300 (an expression)
+    running: ColumnElement[bool] = _running_in(chain_t.c.id) == status
+    return running
+
+
+def _running_chains(status: str) -> Any:
+    """The ids (an array) of the chains that may have a turn in `status`: the threads of the stored running
+    turns (few, on the response status index), and for in_progress the chains listing a plain turn, stored only
+    when it ends; as for conversations, nothing indexed marks those (an index on the mark would cost every such
+    turn its HOT update), so they are read by a sequential scan of the chains (admin/repository.py's
+    running_conversations says why that beats a walk)."""
+    stored = select(func.array_agg(response_t.c.thread_id)).where(response_t.c.status == status).scalar_subquery()
+    if status != "in_progress":
+        return stored
+    unseen = select(func.array_agg(chain_t.c.id)).where(_UNSEEN_TURN_RUNS).scalar_subquery()
+    return func.array_cat(cast(stored, ARRAY(Text)), cast(unseen, ARRAY(Text)))
 
 
 def _running_filter(thread_id: Any) -> ColumnElement[bool]:
@@ -132,9 +142,14 @@ def _kind_page(
     matches: search.Matches | None,
     q: str | None,
     walk_first: int,
+    status: str | None,
 ) -> Select[Any]:
-    """One kind's page; with a search, the matching threads of that kind (admin/search.py), by item.thread_id."""
+    """One kind's page; with a search, the matching threads of that kind (admin/search.py), by item.thread_id;
+    with a running status, the candidates of that kind probed by primary key."""
     if matches is None or q is None:
+        if status in RUNNING:
+            candidates = running_conversations(status) if table is conversation_t else _running_chains(status)
+            return probed_page(candidates, stmt, table.c.updated_at, table.c.id, keyset)
         return newest_first(stmt, table.c.updated_at, table.c.id, keyset)
     both = search.newest_matching(
         stmt,
@@ -183,7 +198,18 @@ def thread_page_statement(
             stmt = select(table.c.id, table.c.updated_at, literal(kind).label("kind")).where(
                 *_conditions(table, filters, tenant_id)
             )
-            parts.append(_kind_page(kind, table, stmt, keyset, matches=matches, q=filters.q, walk_first=walk_first))
+            parts.append(
+                _kind_page(
+                    kind,
+                    table,
+                    stmt,
+                    keyset,
+                    matches=matches,
+                    q=filters.q,
+                    walk_first=walk_first,
+                    status=filters.status,
+                )
+            )
     merged = union_all(*parts).subquery("merged") if len(parts) > 1 else parts[0].subquery("merged")
     page = (
         select(merged).order_by(merged.c.updated_at.desc(), merged.c.id.desc()).limit(keyset.limit + 1).subquery("page")
