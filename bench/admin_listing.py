@@ -53,9 +53,12 @@ MODELS = [
 VOCABULARY_SIZE = 5000
 WORDS_PER_ITEM = 12
 # Word picks follow pow(random(), 3), so a word's share of items falls with its index.
-RARE_WORD_INDEX = VOCABULARY_SIZE - 10  # ~850 items: read from the index
-NEAR_CAP_WORD_INDEX = 1950  # ~1,500 items: still read from the index, close to SEARCH_SCAN_CAP
-ABOVE_CAP_WORD_INDEX = 690  # ~3,000 items: just over the cap, the slowest walk (few matching threads)
+# The ways a search page is filled, by matching items, are in service/admin/search.py.
+RARE_WORD_INDEX = VOCABULARY_SIZE - 10  # ~1,000 items
+NEAR_CAP_WORD_INDEX = 1950  # ~1,800 items
+ABOVE_CAP_WORD_INDEX = 690  # ~3,500 items
+UNDER_SCAN_CAP_WORD_INDEX = 400  # ~5,200 items: just under SEARCH_SCAN_CAP, the longest read of the matches
+OVER_SCAN_CAP_WORD_INDEX = 300  # ~6,300 items: just over SEARCH_SCAN_CAP, the longest walk
 COMMON_WORD_INDEX = 0  # in about half the items
 
 
@@ -261,11 +264,19 @@ async def main() -> int:
             )
         )
         words = vocabulary()
-        rare, near_cap, above_cap, common = (
-            words[i] for i in (RARE_WORD_INDEX, NEAR_CAP_WORD_INDEX, ABOVE_CAP_WORD_INDEX, COMMON_WORD_INDEX)
+        rare, near_cap, above_cap, under_scan, over_scan, common = (
+            words[i]
+            for i in (
+                RARE_WORD_INDEX,
+                NEAR_CAP_WORD_INDEX,
+                ABOVE_CAP_WORD_INDEX,
+                UNDER_SCAN_CAP_WORD_INDEX,
+                OVER_SCAN_CAP_WORD_INDEX,
+                COMMON_WORD_INDEX,
+            )
         )
         matches = {}
-        for word in (rare, near_cap, above_cap, common):
+        for word in (rare, near_cap, above_cap, under_scan, over_scan, common):
             matches[word] = await conn.scalar(
                 text("SELECT count(*) FROM item WHERE search_vector @@ websearch_to_tsquery('simple'::regconfig, :w)"),
                 {"w": word},
@@ -297,8 +308,10 @@ async def main() -> int:
         ("conversations: created in the last 14 days", "conversations", [("created_after", two_weeks_ago)]),
         ("conversations: tenant + status=failed", "conversations", [("tenant", biggest), ("status", "failed")]),
         (f"conversations: q={rare} (rare word)", "conversations", [("q", rare)]),
-        (f"conversations: q={near_cap} (under the cap)", "conversations", [("q", near_cap)]),
-        (f"conversations: q={above_cap} (just above the cap)", "conversations", [("q", above_cap)]),
+        (f"conversations: q={near_cap} (~1,800 items)", "conversations", [("q", near_cap)]),
+        (f"conversations: q={above_cap} (~3,500 items)", "conversations", [("q", above_cap)]),
+        (f"conversations: q={under_scan} (just under the scan cap)", "conversations", [("q", under_scan)]),
+        (f"conversations: q={over_scan} (just over the scan cap)", "conversations", [("q", over_scan)]),
         (f"conversations: q={common} (common word)", "conversations", [("q", common)]),
         (f'conversations: q="{common} {rare}" (phrase)', "conversations", [("q", f'"{common} {rare}"')]),
         (f"conversations: q={rare} + tenant", "conversations", [("q", rare), ("tenant", biggest)]),
@@ -306,19 +319,24 @@ async def main() -> int:
         ("threads: page 51 (cursor)", "threads", [("cursor", deep_thread_cursor)]),
         (f"threads: tenant={biggest} (biggest)", "threads", [("tenant", biggest)]),
         ("threads: status=failed", "threads", [("status", "failed")]),
+        ("threads: status=in_progress (none running)", "threads", [("status", "in_progress")]),
         ("threads: kind=chain", "threads", [("kind", "chain")]),
         ("threads: model=qwen/qwen-2.5-72b-instruct", "threads", [("model", "qwen/qwen-2.5-72b-instruct")]),
         ("threads: metadata[project]=p7", "threads", [("metadata[project]", "p7")]),
         ("threads: created in the last 14 days", "threads", [("created_after", two_weeks_ago)]),
         (f"threads: q={rare} (rare word)", "threads", [("q", rare)]),
-        (f"threads: q={near_cap} (under the cap)", "threads", [("q", near_cap)]),
-        (f"threads: q={above_cap} (just above the cap)", "threads", [("q", above_cap)]),
+        (f"threads: q={near_cap} (~1,800 items)", "threads", [("q", near_cap)]),
+        (f"threads: q={above_cap} (~3,500 items)", "threads", [("q", above_cap)]),
+        (f"threads: q={under_scan} (just under the scan cap)", "threads", [("q", under_scan)]),
+        (f"threads: q={over_scan} (just over the scan cap)", "threads", [("q", over_scan)]),
         (f"threads: q={common} (common word)", "threads", [("q", common)]),
         (f'threads: q="{common} {rare}" (phrase)', "threads", [("q", f'"{common} {rare}"')]),
         (f"threads: q={rare} + tenant", "threads", [("q", rare), ("tenant", biggest)]),
         ("responses: first page", "responses", []),
         (f"responses: q={rare} (rare word)", "responses", [("q", rare)]),
-        (f"responses: q={above_cap} (just above the cap)", "responses", [("q", above_cap)]),
+        (f"responses: q={above_cap} (~3,500 items)", "responses", [("q", above_cap)]),
+        (f"responses: q={under_scan} (just under the scan cap)", "responses", [("q", under_scan)]),
+        (f"responses: q={over_scan} (just over the scan cap)", "responses", [("q", over_scan)]),
         (f"responses: q={common} (common word)", "responses", [("q", common)]),
         ("responses: status=failed", "responses", [("status", "failed")]),
         ("responses: model=mistralai/mistral-large", "responses", [("model", "mistralai/mistral-large")]),
