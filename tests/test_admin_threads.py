@@ -498,6 +498,54 @@ async def test_a_running_status_page_probes_its_candidates_rather_than_walking_t
             assert "ix_response_chain_updated_at_id" not in plan, plan
 
 
+def _every_list(filters: dict[str, Any], tenant_id: str, keyset: Keyset) -> list[Any]:
+    response_filters = {k: v for k, v in filters.items() if k in ("model", "q", "created_after", "created_before")}
+    return [
+        admin_repository.conversation_page_statement(ConversationFilters(**filters), tenant_id, keyset, 7),
+        repository.thread_page_statement(ThreadFilters(**filters), tenant_id, keyset, 7),
+        admin_repository.response_page_statement(ResponseFilters(**response_filters), tenant_id, keyset, 7),
+    ]
+
+
+@pytest.mark.parametrize("q", [None, "word"])
+def test_list_statements_are_built_once_per_shape_and_take_every_value_as_a_parameter(
+    db: AsyncEngine, q: str | None
+) -> None:
+    """A list's statement is built once for a set of filters and reused with each request's values: no value
+    of one request may stay in the statement another runs."""
+    one = {
+        "tenant": "alice",
+        "model": "model-one",
+        "metadata": {"team": "red"},
+        "created_after": datetime(2026, 1, 1, tzinfo=UTC),
+        "updated_before": datetime(2026, 2, 1, tzinfo=UTC),
+        "q": q and "first words",
+    }
+    two = {
+        **one,
+        "tenant": "bob",
+        "model": "model-two",
+        "metadata": {"team": "blue"},
+        "created_after": datetime(2027, 1, 1, tzinfo=UTC),
+        "updated_before": datetime(2027, 2, 1, tzinfo=UTC),
+        "q": q and "other words",
+    }
+    firsts = _every_list(one, "ten_one", Keyset(limit=5, after=(datetime(2030, 1, 1, tzinfo=UTC), "conv_one")))
+    seconds = _every_list(two, "ten_two", Keyset(limit=9, after=(datetime(2031, 1, 1, tzinfo=UTC), "conv_two")))
+    for first, second in zip(firsts, seconds, strict=True):
+        compiled_first, compiled_second = first.compile(db.sync_engine), second.compile(db.sync_engine)
+        assert compiled_first.string == compiled_second.string
+        assert compiled_second.params["tenant_id"] == "ten_two" and compiled_second.params["page"] == 10
+        assert compiled_second.params["after_id"] == "conv_two"
+        leftovers = {repr(value) for value in compiled_second.params.values()} & {
+            repr(value) for value in compiled_first.params.values()
+        }
+        # Only the constants of the statement (the search's caps, status and kind names) are in both.
+        assert all(
+            not any(mark in leftover for mark in ("one", "2026", "2030", "red", "first")) for leftover in leftovers
+        )
+
+
 def _search_statements(walk_first: int = 0) -> list[tuple[str, Any, str]]:
     keyset = Keyset(limit=20)
     return [

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import ARRAY, Select, Text, cast, func, literal, select, true, tuple_
+from sqlalchemy import ARRAY, Integer, Select, Text, bindparam, cast, func, select, true, tuple_
+from sqlalchemy.sql.elements import BindParameter
 
 from service.errors import InvalidRequest
 
@@ -27,31 +28,38 @@ class Keyset:
     after: tuple[datetime, str] | None = None
 
 
+def page_rows() -> BindParameter[int]:
+    """A page's rows to read: the page's size plus one, which tells whether there is a next page (bound by
+    name, admin/statements.py)."""
+    return bindparam("page", type_=Integer)
+
+
 def after_keyset(stmt: Select[Any], at: Any, row_id: Any, keyset: Keyset) -> Select[Any]:
-    """`stmt`'s rows that sort after the keyset's, newest first."""
+    """`stmt`'s rows that sort after the keyset's cursor, if any (bound by name, admin/statements.py)."""
     if keyset.after is None:
         return stmt
-    after_at, after_id = keyset.after
-    return stmt.where(tuple_(at, row_id) < tuple_(literal(after_at, at.type), literal(after_id, row_id.type)))
+    after = tuple_(bindparam("after_at", type_=at.type), bindparam("after_id", type_=row_id.type))
+    return stmt.where(tuple_(at, row_id) < after)
 
 
 def newest_first(stmt: Select[Any], at: Any, row_id: Any, keyset: Keyset) -> Select[Any]:
     """The page of `stmt` after the keyset, newest first: the first rows of one (at, id) index range."""
-    return after_keyset(stmt, at, row_id, keyset).order_by(at.desc(), row_id.desc()).limit(keyset.limit + 1)
+    return after_keyset(stmt, at, row_id, keyset).order_by(at.desc(), row_id.desc()).limit(page_rows())
 
 
 def probed_page(ids: Any, stmt: Select[Any], at: Any, row_id: Any, keyset: Keyset) -> Select[Any]:
-    """The page of `stmt` among the rows whose ids are in `ids` (an array expression), newest first: each id
-    probed by primary key (a LATERAL subquery with LIMIT 1 stays one index probe per id), then the few found
-    sorted. For candidates found without walking the list's index; a walk of it checking `id = ANY(array)`
-    would compare every row walked with every id, and the planner picks between the two on its estimates."""
-    candidate = select(func.unnest(cast(ids, ARRAY(Text))).label("id")).distinct().subquery("candidate")
+    """The page of `stmt` among the rows whose ids are in `ids` (an array expression, without repeats), newest
+    first: each id probed by primary key (a LATERAL subquery with LIMIT 1 stays one index probe per id), then
+    the few found sorted. For candidates found without walking the list's index; a walk of it checking
+    `id = ANY(array)` would compare every row walked with every id, and the planner picks between the two on
+    its estimates."""
+    candidate = select(func.unnest(cast(ids, ARRAY(Text))).label("id")).subquery("candidate")
     probe = after_keyset(stmt, at, row_id, keyset).where(row_id == candidate.c.id).limit(1).lateral("probed")
     return (
         select(probe)
         .select_from(candidate.join(probe, true()))
         .order_by(probe.c[at.name].desc(), probe.c[row_id.name].desc())
-        .limit(keyset.limit + 1)
+        .limit(page_rows())
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
+    Text,
     and_,
     bindparam,
     case,
@@ -30,6 +31,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 from service.admin import search
 from service.admin.cursor import Keyset, newest_first, probed_page
 from service.admin.params import RESPONSE_STATUSES, ConversationFilters, ResponseFilters, TimeRange
+from service.admin.statements import Statements, values
 from service.db.models import conversation_table, item_table, response_table, tenant_table
 from service.responses.status import RUNNING
 
@@ -68,6 +70,17 @@ def _time_range(column: Any, after: datetime | None, before: datetime | None) ->
         conditions.append(column >= after)
     if before is not None:
         conditions.append(column < before)
+    return conditions
+
+
+def listed_between(column: Any, name: str, after: datetime | None, before: datetime | None) -> list[Any]:
+    """A list's half-open time range on `column`, each bound that is set bound by name (`name`_after,
+    `name`_before: admin/statements.py)."""
+    conditions: list[Any] = []
+    if after is not None:
+        conditions.append(column >= bindparam(f"{name}_after", type_=column.type))
+    if before is not None:
+        conditions.append(column < bindparam(f"{name}_before", type_=column.type))
     return conditions
 
 
@@ -115,7 +128,7 @@ def running_conversations(status: str) -> Any:
     c, r = conversation_t, response_t
     if status == "in_progress":
         return select(func.array_agg(c.c.id)).where(c.c.turn_response_id.is_not(None)).scalar_subquery()
-    return select(func.array_agg(r.c.conversation_id)).where(r.c.status == status).scalar_subquery()
+    return select(func.array_agg(r.c.conversation_id.distinct())).where(r.c.status == status).scalar_subquery()
 
 
 def thread_columns(table: Any, status: Any) -> tuple[Any, ...]:
@@ -143,37 +156,27 @@ def thread_columns(table: Any, status: Any) -> tuple[Any, ...]:
 _CONVERSATION_COLUMNS = thread_columns(conversation_t, _CURRENT_STATUS)
 
 
-def conversation_page_statement(
-    filters: ConversationFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
-) -> Select[Any]:
-    """Newest activity first. `tenant_id` is the resolved `filters.tenant`; `walk_first`, for a search, is
-    search.walk_budget(...)."""
+def _conversation_page(filters: ConversationFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
+    """Newest activity first; every value bound by name (admin/statements.py)."""
     c = conversation_t
     conditions = [
-        *_time_range(c.c.created_at, filters.created_after, filters.created_before),
-        *_time_range(c.c.updated_at, filters.updated_after, filters.updated_before),
+        *listed_between(c.c.created_at, "created", filters.created_after, filters.created_before),
+        *listed_between(c.c.updated_at, "updated", filters.updated_after, filters.updated_before),
     ]
     if tenant_id is not None:
-        conditions.append(c.c.tenant_id == tenant_id)
+        conditions.append(c.c.tenant_id == bindparam("tenant_id", type_=Text))
     if filters.model is not None:
-        conditions.append(c.c.last_model == filters.model)
+        conditions.append(c.c.last_model == bindparam("model", type_=Text))
     if filters.status is not None:
         conditions.append(_status_is(filters.status))
     if filters.metadata:
         # Containment is what the jsonb_path_ops GIN index answers.
-        conditions.append(c.c.metadata.op("@>")(bindparam("metadata", filters.metadata, type_=JSONB)))
+        conditions.append(c.c.metadata.op("@>")(bindparam("metadata", type_=JSONB)))
     if filters.q is not None:
         # Conversations with an item that matches (admin/search.py).
         keys = select(c.c.id, c.c.updated_at).where(*conditions)
         return search.search_page(
-            keys,
-            _CONVERSATION_COLUMNS,
-            at=c.c.updated_at,
-            row_id=c.c.id,
-            owner=item_t.c.conversation_id,
-            q=filters.q,
-            keyset=keyset,
-            walk_first=walk_first,
+            keys, _CONVERSATION_COLUMNS, at=c.c.updated_at, row_id=c.c.id, owner=item_t.c.conversation_id, keyset=keyset
         )
     rows = select(*_CONVERSATION_COLUMNS).where(*conditions)
     if filters.status in RUNNING:
@@ -181,11 +184,23 @@ def conversation_page_statement(
     return newest_first(rows, c.c.updated_at, c.c.id, keyset)
 
 
+_conversation_pages = Statements(_conversation_page)
+
+
+def conversation_page_statement(
+    filters: ConversationFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
+) -> Select[Any]:
+    """The page's statement with its values bound in. `tenant_id` is the resolved `filters.tenant`;
+    `walk_first`, for a search, is search.walk_budget(...)."""
+    return _conversation_pages.bound(filters, tenant_id, keyset, walk_first)
+
+
 async def conversation_page(
     conn: AsyncConnection, filters: ConversationFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
     walk_first = 0 if filters.q is None else await search.walk_budget(conn, filters.q)
-    return list((await conn.execute(conversation_page_statement(filters, tenant_id, keyset, walk_first))).all())
+    statement = _conversation_pages.get(filters, tenant_id, keyset)
+    return list((await conn.execute(statement, values(filters, tenant_id, keyset, walk_first))).all())
 
 
 async def get_conversation(conn: AsyncConnection, conversation_id: str) -> Any:
@@ -215,43 +230,45 @@ _RESPONSE_COLUMNS = (
 )
 
 
-def response_page_statement(
-    filters: ResponseFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
-) -> Select[Any]:
-    """Newest first. `tenant_id` is the resolved `filters.tenant`; `walk_first`, for a search, is
-    search.walk_budget(...)."""
+def _response_page(filters: ResponseFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
+    """Newest first; every value bound by name (admin/statements.py)."""
     r = response_t
-    conditions = _time_range(r.c.created_at, filters.created_after, filters.created_before)
+    conditions = listed_between(r.c.created_at, "created", filters.created_after, filters.created_before)
     if tenant_id is not None:
-        conditions.append(r.c.tenant_id == tenant_id)
+        conditions.append(r.c.tenant_id == bindparam("tenant_id", type_=Text))
     if filters.model is not None:
-        conditions.append(SERVED_MODEL == filters.model)  # noqa: SIM300 (an expression, not a constant)
+        conditions.append(SERVED_MODEL == bindparam("model", type_=Text))  # noqa: SIM300 (an expression, not a constant)
     if filters.status is not None:
         conditions.append(r.c.status == filters.status)
     if filters.conversation is not None:
-        conditions.append(r.c.conversation_id == filters.conversation)
+        conditions.append(r.c.conversation_id == bindparam("conversation", type_=Text))
     if filters.q is not None:
         # Responses with an input or output item that matches (admin/search.py); items added to a conversation
         # directly belong to no response.
         keys = select(r.c.id, r.c.created_at).where(*conditions)
         return search.search_page(
-            keys,
-            _RESPONSE_COLUMNS,
-            at=r.c.created_at,
-            row_id=r.c.id,
-            owner=item_t.c.response_id,
-            q=filters.q,
-            keyset=keyset,
-            walk_first=walk_first,
+            keys, _RESPONSE_COLUMNS, at=r.c.created_at, row_id=r.c.id, owner=item_t.c.response_id, keyset=keyset
         )
     return newest_first(select(*_RESPONSE_COLUMNS).where(*conditions), r.c.created_at, r.c.id, keyset)
+
+
+_response_pages = Statements(_response_page)
+
+
+def response_page_statement(
+    filters: ResponseFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
+) -> Select[Any]:
+    """The page's statement with its values bound in. `tenant_id` is the resolved `filters.tenant`;
+    `walk_first`, for a search, is search.walk_budget(...)."""
+    return _response_pages.bound(filters, tenant_id, keyset, walk_first)
 
 
 async def response_page(
     conn: AsyncConnection, filters: ResponseFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
     walk_first = 0 if filters.q is None else await search.walk_budget(conn, filters.q)
-    return list((await conn.execute(response_page_statement(filters, tenant_id, keyset, walk_first))).all())
+    statement = _response_pages.get(filters, tenant_id, keyset)
+    return list((await conn.execute(statement, values(filters, tenant_id, keyset, walk_first))).all())
 
 
 def _usage_columns() -> list[Any]:

@@ -48,12 +48,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     ColumnElement,
     CompoundSelect,
+    Integer,
     Select,
     Text,
-    cast,
+    bindparam,
     false,
     func,
     literal,
@@ -66,7 +66,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.selectable import CTE
 
-from service.admin.cursor import Keyset, after_keyset, newest_first
+from service.admin.cursor import Keyset, newest_first, page_rows, probed_page
 from service.db.models import item_table
 
 item_t = item_table
@@ -86,8 +86,9 @@ SEARCH_SCAN_CAP = 6000
 SEARCH_WALK_BUDGET = 4000
 
 
-def _query(q: str) -> ColumnElement[Any]:
-    return func.websearch_to_tsquery(SEARCH_CONFIG, q)
+def _query() -> ColumnElement[Any]:
+    """The request's words, bound by name (admin/statements.py)."""
+    return func.websearch_to_tsquery(SEARCH_CONFIG, bindparam("q", type_=Text))
 
 
 @dataclass(frozen=True)
@@ -102,19 +103,17 @@ class Matches:
         return select(self.counted.c.n).scalar_subquery()
 
 
-def _matching(owner: Any, q: str) -> Select[Any]:
+def _matching(owner: Any) -> Select[Any]:
     """The owners of the matching items that have one. Items without an owner are left out as
     `coalesce(owner, '') <> ''` rather than `owner IS NOT NULL`, which a btree index on the owner answers: the
     planner could then read that whole index in its order instead of the matches."""
-    return select(owner.label("owner")).where(
-        item_t.c.search_vector.op("@@")(_query(q)), func.coalesce(owner, "") != ""
-    )
+    return select(owner.label("owner")).where(item_t.c.search_vector.op("@@")(_query()), func.coalesce(owner, "") != "")
 
 
-def matching_items(owner: Any, q: str) -> Matches:
+def matching_items(owner: Any) -> Matches:
     """The owners (`owner`, an item column) of the first SEARCH_SCAN_CAP + 1 matching items that have one, read
     once, when a branch needs them: all of them when the word is not common."""
-    hits = _matching(owner, q).limit(SEARCH_SCAN_CAP + 1).cte("hits").prefix_with("MATERIALIZED")
+    hits = _matching(owner).limit(SEARCH_SCAN_CAP + 1).cte("hits").prefix_with("MATERIALIZED")
     counted = select(func.count().label("n")).select_from(hits).cte("found").prefix_with("MATERIALIZED")
     return Matches(hits, counted)
 
@@ -135,11 +134,11 @@ async def walk_budget(conn: AsyncConnection, q: str) -> int:
     return SEARCH_WALK_BUDGET if float(plan[0]["Plan"]["Plan Rows"]) > SEARCH_SCAN_CAP else 0
 
 
-def _holds_a_match(owner: Any, row_id: Any, q: str) -> ColumnElement[bool]:
+def _holds_a_match(owner: Any, row_id: Any) -> ColumnElement[bool]:
     """Whether one of the row's items matches, read from the row's items alone (see the module's docstring)."""
     probe = (
         select(literal(1))
-        .where(owner == row_id, func.coalesce(item_t.c.search_vector.op("@@")(_query(q)), false()))
+        .where(owner == row_id, func.coalesce(item_t.c.search_vector.op("@@")(_query()), false()))
         .limit(1)
         .scalar_subquery()
     )
@@ -159,23 +158,23 @@ def newest_matching(
     row_id: Any,
     owner: Any,
     matches: Matches,
-    q: str,
     keyset: Keyset,
-    walk_first: int,
     name: str,
     id_prefix: str | None = None,
 ) -> CompoundSelect[Any]:
     """The page of `keys` (a select of the table's `row_id`, `at` and constants, with the list's filters) whose
-    rows own a matching item, by the item column `owner`; `matches` is matching_items(owner, q); `walk_first`
-    is walk_budget(...); `name` names this table's CTE. `id_prefix`: the table's ids start with it
-    (service/ids.py), so owners without it are not probed there. Each branch yields at most a page; the caller
-    orders the union and cuts it to the page."""
-    page = keyset.limit + 1
+    rows own a matching item, by the item column `owner`; `matches` is matching_items(owner); `name` names this
+    table's CTEs. `id_prefix`: the table's ids start with it (service/ids.py), so owners without it are not
+    probed there. The words (`q`) and the first walk's budget (`walk_first`, walk_budget()) are bound by name.
+    Each branch yields at most a page; the caller orders the union and cuts it to the page."""
+    page = page_rows()
     # The walk that goes first: the first `walk_first` rows of the list, those owning a match, up to a page.
-    budget = newest_first(keys, at, row_id, keyset).limit(walk_first).subquery(f"{name}_budget")
+    budget = (
+        newest_first(keys, at, row_id, keyset).limit(bindparam("walk_first", type_=Integer)).subquery(f"{name}_budget")
+    )
     walked = (
         select(budget)
-        .where(_holds_a_match(owner, budget.c[row_id.name], q))
+        .where(_holds_a_match(owner, budget.c[row_id.name]))
         .order_by(budget.c[at.name].desc(), budget.c[row_id.name].desc())
         .limit(page)
         .cte(f"{name}_walked")
@@ -190,47 +189,27 @@ def newest_matching(
     owners: Any = func.array_agg(hits.c.owner.distinct())
     if id_prefix is not None:
         owners = owners.filter(func.starts_with(hits.c.owner, id_prefix))
-    hit_ids = cast(select(owners).scalar_subquery(), ARRAY(Text))
-    # Each matched owner by primary key (LIMIT 1 keeps it a probe per owner), the list's filters applied to
-    # it: a walk of the list's index checking `id = ANY(array)` would compare every row walked with every id.
-    hit = select(func.unnest(hit_ids).label("id")).subquery("hit")
-    probe = after_keyset(keys, at, row_id, keyset).where(row_id == hit.c.id).limit(1).lateral("matched")
     # In each condition the walk's count comes first: PostgreSQL stops at the first false one, so the matches
     # are never read when the walk filled the page.
-    rare = (
-        select(probe)
-        .select_from(hit.join(probe, true()))
-        .where(walked_rows < page, found <= SEARCH_PROBE_CAP)
-        .order_by(probe.c[at.name].desc(), probe.c[row_id.name].desc())
-        .limit(page)
+    rare = probed_page(select(owners).scalar_subquery(), keys, at, row_id, keyset).where(
+        walked_rows < page, found <= SEARCH_PROBE_CAP
     )
     between = keys.where(walked_rows < page, found > SEARCH_PROBE_CAP, found <= SEARCH_SCAN_CAP, _in_hits(row_id, hits))
-    common = keys.where(walked_rows < page, found > SEARCH_SCAN_CAP, _holds_a_match(owner, row_id, q))
+    common = keys.where(walked_rows < page, found > SEARCH_SCAN_CAP, _holds_a_match(owner, row_id))
     return union_all(first, rare, newest_first(between, at, row_id, keyset), newest_first(common, at, row_id, keyset))
 
 
 def search_page(
-    keys: Select[Any],
-    columns: Sequence[Any],
-    *,
-    at: Any,
-    row_id: Any,
-    owner: Any,
-    q: str,
-    keyset: Keyset,
-    walk_first: int,
+    keys: Select[Any], columns: Sequence[Any], *, at: Any, row_id: Any, owner: Any, keyset: Keyset
 ) -> Select[Any]:
     """A search page of one table: newest_matching on its keys, then each row's `columns` (expressions on the
     same table) read once per row of the page, by primary key."""
-    matches = matching_items(owner, q)
+    matches = matching_items(owner)
     found = newest_matching(
-        keys, at=at, row_id=row_id, owner=owner, matches=matches, q=q, keyset=keyset, walk_first=walk_first, name="list"
+        keys, at=at, row_id=row_id, owner=owner, matches=matches, keyset=keyset, name="list"
     ).subquery("found")
     page = (
-        select(found)
-        .order_by(found.c[at.name].desc(), found.c[row_id.name].desc())
-        .limit(keyset.limit + 1)
-        .subquery("page")
+        select(found).order_by(found.c[at.name].desc(), found.c[row_id.name].desc()).limit(page_rows()).subquery("page")
     )
     row = select(*columns).where(row_id == page.c[row_id.name]).limit(1).lateral("row")
     return select(row).select_from(page.join(row, true())).order_by(page.c[at.name].desc(), page.c[row_id.name].desc())

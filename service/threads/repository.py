@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.admin import search
-from service.admin.cursor import Keyset, newest_first, probed_page
+from service.admin.cursor import Keyset, newest_first, page_rows, probed_page
 from service.admin.params import ThreadFilters
 from service.admin.repository import (
     _CONVERSATION_COLUMNS,
@@ -41,10 +41,11 @@ from service.admin.repository import (
     _RESPONSE_COLUMNS,
     _status_is,
     _tenant_name,
-    _time_range,
+    listed_between,
     running_conversations,
     thread_columns,
 )
+from service.admin.statements import Statements, values
 from service.db.models import conversation_table, item_table, response_chain_table, response_table
 from service.responses.status import RUNNING
 
@@ -101,11 +102,11 @@ def _running_chains(status: str) -> Any:
     when it ends; as for conversations, nothing indexed marks those (an index on the mark would cost every such
     turn its HOT update), so they are read by a sequential scan of the chains (admin/repository.py's
     running_conversations says why that beats a walk)."""
-    stored = select(func.array_agg(response_t.c.thread_id)).where(response_t.c.status == status).scalar_subquery()
-    if status != "in_progress":
-        return stored
-    unseen = select(func.array_agg(chain_t.c.id)).where(_UNSEEN_TURN_RUNS).scalar_subquery()
-    return func.array_cat(cast(stored, ARRAY(Text)), cast(unseen, ARRAY(Text)))
+    candidates: Any = select(response_t.c.thread_id.label("id")).where(response_t.c.status == status)
+    if status == "in_progress":
+        candidates = union_all(candidates, select(chain_t.c.id).where(_UNSEEN_TURN_RUNS))
+    ids = candidates.subquery("candidates")
+    return select(func.array_agg(ids.c.id.distinct())).scalar_subquery()
 
 
 def _running_filter(thread_id: Any) -> ColumnElement[bool]:
@@ -113,17 +114,18 @@ def _running_filter(thread_id: Any) -> ColumnElement[bool]:
 
 
 def _conditions(table: Any, filters: ThreadFilters, tenant_id: str | None) -> list[ColumnElement[bool]]:
+    """The list's filters on one kind's table, every value bound by name (admin/statements.py)."""
     conditions = [
-        *_time_range(table.c.created_at, filters.created_after, filters.created_before),
-        *_time_range(table.c.updated_at, filters.updated_after, filters.updated_before),
+        *listed_between(table.c.created_at, "created", filters.created_after, filters.created_before),
+        *listed_between(table.c.updated_at, "updated", filters.updated_after, filters.updated_before),
     ]
     if tenant_id is not None:
-        conditions.append(table.c.tenant_id == tenant_id)
+        conditions.append(table.c.tenant_id == bindparam("tenant_id", type_=Text))
     if filters.model is not None:
-        conditions.append(table.c.last_model == filters.model)
+        conditions.append(table.c.last_model == bindparam("model", type_=Text))
     if filters.metadata:
         # Containment is what the jsonb_path_ops GIN indexes answer.
-        conditions.append(table.c.metadata.op("@>")(bindparam(None, filters.metadata, type_=JSONB)))
+        conditions.append(table.c.metadata.op("@>")(bindparam("metadata", type_=JSONB)))
     if filters.status is not None:
         conditions.append(_status_is(filters.status) if table is conversation_t else _chain_status_is(filters.status))
     return conditions
@@ -140,13 +142,11 @@ def _kind_page(
     keyset: Keyset,
     *,
     matches: search.Matches | None,
-    q: str | None,
-    walk_first: int,
     status: str | None,
 ) -> Select[Any]:
     """One kind's page; with a search, the matching threads of that kind (admin/search.py), by item.thread_id;
     with a running status, the candidates of that kind probed by primary key."""
-    if matches is None or q is None:
+    if matches is None:
         if status in RUNNING:
             candidates = running_conversations(status) if table is conversation_t else _running_chains(status)
             return probed_page(candidates, stmt, table.c.updated_at, table.c.id, keyset)
@@ -157,9 +157,7 @@ def _kind_page(
         row_id=table.c.id,
         owner=item_t.c.thread_id,
         matches=matches,
-        q=q,
         keyset=keyset,
-        walk_first=walk_first,
         name=kind,
         id_prefix=_ID_PREFIXES[kind],
     )
@@ -180,40 +178,24 @@ _ROW_COLUMNS = (
 )
 
 
-def thread_page_statement(
-    filters: ThreadFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
-) -> Select[Any]:
-    """Newest activity first, both kinds (or `filters.kind`). `tenant_id` is the resolved `filters.tenant`;
-    `walk_first`, for a search, is search.walk_budget(...), for each kind.
+def _thread_page(filters: ThreadFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
+    """Newest activity first, both kinds (or `filters.kind`); every value bound by name (admin/statements.py).
 
     The walks select only (id, updated_at, kind); the columns, with their subqueries (tenant name, current
     status), are read once, for the page's rows: planned once rather than once per branch, which made planning
     the largest part of a search page (docs/benchmarks.md). Each page row reads its thread's row by primary key
     (a LATERAL subquery with LIMIT 1, which stays a per-row probe): as a join, the planner could hash a whole
     table for a page of 21 rows when it misjudged the page's size."""
-    matches = search.matching_items(item_t.c.thread_id, filters.q) if filters.q is not None else None
+    matches = search.matching_items(item_t.c.thread_id) if filters.q is not None else None
     parts = []
     for kind, table in (("conversation", conversation_t), ("chain", chain_t)):
         if filters.kind in (None, kind):
             stmt = select(table.c.id, table.c.updated_at, literal(kind).label("kind")).where(
                 *_conditions(table, filters, tenant_id)
             )
-            parts.append(
-                _kind_page(
-                    kind,
-                    table,
-                    stmt,
-                    keyset,
-                    matches=matches,
-                    q=filters.q,
-                    walk_first=walk_first,
-                    status=filters.status,
-                )
-            )
+            parts.append(_kind_page(kind, table, stmt, keyset, matches=matches, status=filters.status))
     merged = union_all(*parts).subquery("merged") if len(parts) > 1 else parts[0].subquery("merged")
-    page = (
-        select(merged).order_by(merged.c.updated_at.desc(), merged.c.id.desc()).limit(keyset.limit + 1).subquery("page")
-    )
+    page = select(merged).order_by(merged.c.updated_at.desc(), merged.c.id.desc()).limit(page_rows()).subquery("page")
     c, ch = conversation_t, chain_t
     conversation_row = (
         select(*(c.c[name] for name in _ROW_COLUMNS), _CURRENT_STATUS)
@@ -249,11 +231,23 @@ def thread_page_statement(
     )
 
 
+_thread_pages = Statements(_thread_page)
+
+
+def thread_page_statement(
+    filters: ThreadFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
+) -> Select[Any]:
+    """The page's statement with its values bound in. `tenant_id` is the resolved `filters.tenant`;
+    `walk_first`, for a search, is search.walk_budget(...), for each kind."""
+    return _thread_pages.bound(filters, tenant_id, keyset, walk_first)
+
+
 async def thread_page(
     conn: AsyncConnection, filters: ThreadFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
     walk_first = 0 if filters.q is None else await search.walk_budget(conn, filters.q)
-    return list((await conn.execute(thread_page_statement(filters, tenant_id, keyset, walk_first))).all())
+    statement = _thread_pages.get(filters, tenant_id, keyset)
+    return list((await conn.execute(statement, values(filters, tenant_id, keyset, walk_first))).all())
 
 
 async def get_thread(conn: AsyncConnection, thread_id: str) -> Any:
