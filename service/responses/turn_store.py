@@ -159,10 +159,16 @@ _BEGIN = Statement(
     """
 )
 
+# The whole history again, for a begin whose snapshot missed a turn or whose cached copy a deletion made stale.
+# Written as the begin's tail read (a range of positions from a bound parameter, here 0) so that its generic plan
+# is the same ordered range of (conversation_id, position): with no bound on position, the planner chose between
+# that and a bitmap read plus a sort from the average conversation's size.
 _HISTORY = Statement(
     """
     SELECT string_agg(body, ',') AS history, array_agg(token_count) AS counts
-    FROM (SELECT body, token_count FROM item WHERE conversation_id = $conversation_id ORDER BY position) h
+    FROM (SELECT body, token_count FROM item
+          WHERE conversation_id = $conversation_id AND position >= $history_from
+          ORDER BY position) h
     """
 )
 
@@ -650,7 +656,7 @@ async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> tu
 
 async def conversation_history(db: Any, conversation_id: str | None) -> tuple[str, array[int]]:
     """The conversation's items as one text, and their stored token counts."""
-    row = await db.fetchrow(_HISTORY.sql, *_HISTORY.args({"conversation_id": conversation_id}))
+    row = await db.fetchrow(_HISTORY.sql, *_HISTORY.args({"conversation_id": conversation_id, "history_from": 0}))
     return row["history"] or "", stored_counts(row["counts"])
 
 
