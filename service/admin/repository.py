@@ -198,7 +198,9 @@ def conversation_page_statement(
 async def conversation_page(
     conn: AsyncConnection, filters: ConversationFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
-    walk_first = 0 if filters.q is None else await search.walk_budget(conn, filters.q)
+    walk_first = (
+        0 if filters.q is None else await search.walk_budget(conn, filters.q, keyset.limit + 1, owners="threads")
+    )
     statement = _conversation_pages.get(filters, tenant_id, keyset)
     return list((await conn.execute(statement, values(filters, tenant_id, keyset, walk_first))).all())
 
@@ -266,7 +268,9 @@ def response_page_statement(
 async def response_page(
     conn: AsyncConnection, filters: ResponseFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
-    walk_first = 0 if filters.q is None else await search.walk_budget(conn, filters.q)
+    walk_first = (
+        0 if filters.q is None else await search.walk_budget(conn, filters.q, keyset.limit + 1, owners="responses")
+    )
     statement = _response_pages.get(filters, tenant_id, keyset)
     return list((await conn.execute(statement, values(filters, tenant_id, keyset, walk_first))).all())
 

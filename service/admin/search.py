@@ -8,9 +8,10 @@ match of the whole index. A page is filled one of four ways:
 - common words: walk the owners newest first on their keyset index and check each one's items on the owner's
   item index, never touching the GIN index; the cost falls as the word gets commoner. Taken first when the
   planner expects more than SEARCH_SCAN_CAP matching items (its estimate, from the column's statistics of
-  frequent words, is good for common words and says "rare" for the others), for at most SEARCH_WALK_BUDGET
-  owners: a word the estimate took for common that fills no page within the budget falls back to the ways
-  below, so a wrong estimate costs the budget, never a walk of the whole list;
+  frequent words, is good for common words and says "rare" for the others), for a budget of owners that
+  shrinks as the estimate grows (walk_budget()): a word the estimate took for common that fills no page within
+  the budget (before the list ends) falls back to the ways below, so a wrong estimate costs the budget, never a
+  walk of the whole list;
 - otherwise the matching items are read from the GIN index, at most SEARCH_SCAN_CAP + 1 of them, and counted:
   - rare words (at most SEARCH_PROBE_CAP matches): fetch the matches' owners by primary key and keep the
     newest; the cost grows with the matches;
@@ -43,6 +44,7 @@ hundreds of times slower):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,11 +55,13 @@ from sqlalchemy import (
     Integer,
     Select,
     Text,
+    and_,
     bindparam,
     false,
     func,
     literal,
     literal_column,
+    or_,
     select,
     text,
     true,
@@ -81,9 +85,12 @@ SEARCH_PROBE_CAP = 500
 # each owner's items instead: where reading every match costs about what that walk does at 1M items. Also the
 # estimate of matches above which the walk goes first.
 SEARCH_SCAN_CAP = 6000
-# Owners the walk that goes first may check before it gives up on filling a page: several times the walk a
-# word of SEARCH_SCAN_CAP matches needs at 1M items, so that only a wrong estimate exhausts it.
+# Owners the walk that goes first may check before it gives up on filling a page, at most: about the walk a word
+# of SEARCH_SCAN_CAP matches needs at 1M items. Commoner words get less (walk_budget()), so that only a wrong
+# estimate exhausts a budget, and a wrong estimate for a common word costs little.
 SEARCH_WALK_BUDGET = 4000
+# The budget is this many times the walk the estimates foretell.
+_WALK_MARGIN = 2
 
 
 def _query() -> ColumnElement[Any]:
@@ -118,20 +125,31 @@ def matching_items(owner: Any) -> Matches:
     return Matches(hits, counted)
 
 
-# The planner's estimate of the matching items, planned and not run: the statement's text is fixed, so it is
-# prepared once per connection.
+# The planner's estimates, planned and not run, of the matching items and of the rows of the tables whose rows own
+# items (from their sizes, not from samples): the statement's text is fixed, so it is prepared once per
+# connection.
 _ESTIMATE = text(
     "EXPLAIN (FORMAT JSON) SELECT 1 FROM item WHERE search_vector @@ websearch_to_tsquery('simple'::regconfig, :q)"
+    " UNION ALL SELECT 1 FROM conversation UNION ALL SELECT 1 FROM response_chain UNION ALL SELECT 1 FROM response"
 )
 
 
-async def walk_budget(conn: AsyncConnection, q: str) -> int:
-    """How many owners the search may walk before it reads the matches: SEARCH_WALK_BUDGET when the planner
-    expects more than SEARCH_SCAN_CAP matching items, else none."""
+async def walk_budget(conn: AsyncConnection, q: str, page: int, *, owners: str) -> int:
+    """How many owners the search may walk before it reads the matches (none: it reads them first). `owners`:
+    "threads" (conversations and chains) or "responses", the rows the list's owners are among.
+
+    When the planner expects more than SEARCH_SCAN_CAP matching items, the walk goes first, with a budget of
+    _WALK_MARGIN times the walk it foretells to fill a `page`, at most SEARCH_WALK_BUDGET: the owners divided
+    by the matches, times the page, as if each match had its own owner (owners of several matches only make
+    the walk shorter)."""
     plan = await conn.scalar(_ESTIMATE, {"q": q})
     if isinstance(plan, str):
         plan = json.loads(plan)
-    return SEARCH_WALK_BUDGET if float(plan[0]["Plan"]["Plan Rows"]) > SEARCH_SCAN_CAP else 0
+    matching, conversations, chains, responses = (float(branch["Plan Rows"]) for branch in plan[0]["Plan"]["Plans"])
+    if matching <= SEARCH_SCAN_CAP:
+        return 0
+    foretold = page * (responses if owners == "responses" else conversations + chains) / matching
+    return min(SEARCH_WALK_BUDGET, max(page, math.ceil(_WALK_MARGIN * foretold)))
 
 
 def _holds_a_match(owner: Any, row_id: Any) -> ColumnElement[bool]:
@@ -168,10 +186,9 @@ def newest_matching(
     probed there. The words (`q`) and the first walk's budget (`walk_first`, walk_budget()) are bound by name.
     Each branch yields at most a page; the caller orders the union and cuts it to the page."""
     page = page_rows()
+    walk_first = bindparam("walk_first", type_=Integer)
     # The walk that goes first: the first `walk_first` rows of the list, those owning a match, up to a page.
-    budget = (
-        newest_first(keys, at, row_id, keyset).limit(bindparam("walk_first", type_=Integer)).subquery(f"{name}_budget")
-    )
+    budget = newest_first(keys, at, row_id, keyset).limit(walk_first).subquery(f"{name}_budget")
     walked = (
         select(budget)
         .where(_holds_a_match(owner, budget.c[row_id.name]))
@@ -181,21 +198,28 @@ def newest_matching(
         .prefix_with("MATERIALIZED")
     )
     walked_rows = select(func.count()).select_from(walked).scalar_subquery()
-    # A page short of its last row may be a page cut by the budget: then the other branches start again.
-    filled = walked_rows >= page
-    first = select(walked).where(filled).order_by(walked.c[at.name].desc(), walked.c[row_id.name].desc()).limit(page)
+    # Its page is whole when it is full, or when the list ended within the budget (counted on the list's index
+    # alone, only when the page is not full). Otherwise the budget may have cut it: the other branches start
+    # again.
+    listed = newest_first(keys, at, row_id, keyset).limit(walk_first).subquery(f"{name}_listed")
+    listed_rows = select(func.count()).select_from(listed).scalar_subquery()
+    first = (
+        select(walked)
+        .where(or_(walked_rows >= page, listed_rows < walk_first))
+        .order_by(walked.c[at.name].desc(), walked.c[row_id.name].desc())
+        .limit(page)
+    )
+    cut = and_(walked_rows < page, listed_rows >= walk_first)
 
     hits, found = matches.hits, matches.found()
     owners: Any = func.array_agg(hits.c.owner.distinct())
     if id_prefix is not None:
         owners = owners.filter(func.starts_with(hits.c.owner, id_prefix))
-    # In each condition the walk's count comes first: PostgreSQL stops at the first false one, so the matches
-    # are never read when the walk filled the page.
-    rare = probed_page(select(owners).scalar_subquery(), keys, at, row_id, keyset).where(
-        walked_rows < page, found <= SEARCH_PROBE_CAP
-    )
-    between = keys.where(walked_rows < page, found > SEARCH_PROBE_CAP, found <= SEARCH_SCAN_CAP, _in_hits(row_id, hits))
-    common = keys.where(walked_rows < page, found > SEARCH_SCAN_CAP, _holds_a_match(owner, row_id))
+    # In each condition the walk's counts come first: PostgreSQL stops at the first false one, so the matches
+    # are never read when the walk answered.
+    rare = probed_page(select(owners).scalar_subquery(), keys, at, row_id, keyset).where(cut, found <= SEARCH_PROBE_CAP)
+    between = keys.where(cut, found > SEARCH_PROBE_CAP, found <= SEARCH_SCAN_CAP, _in_hits(row_id, hits))
+    common = keys.where(cut, found > SEARCH_SCAN_CAP, _holds_a_match(owner, row_id))
     return union_all(first, rare, newest_first(between, at, row_id, keyset), newest_first(common, at, row_id, keyset))
 
 

@@ -245,7 +245,9 @@ def thread_page_statement(
 async def thread_page(
     conn: AsyncConnection, filters: ThreadFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
-    walk_first = 0 if filters.q is None else await search.walk_budget(conn, filters.q)
+    walk_first = (
+        0 if filters.q is None else await search.walk_budget(conn, filters.q, keyset.limit + 1, owners="threads")
+    )
     statement = _thread_pages.get(filters, tenant_id, keyset)
     return list((await conn.execute(statement, values(filters, tenant_id, keyset, walk_first))).all())
 
