@@ -147,11 +147,9 @@ async def test_search_finds_a_chain_by_a_word_of_one_of_its_items_and_the_respon
     assert await walk(admin, "/admin/responses", {"q": "quokka", "tenant": "bob", "status": "failed"}, 10) == []
 
 
-async def test_search_above_the_index_read_cap_walks_threads_with_the_same_answers(
-    admin: httpx.AsyncClient, alice: Tenant, db: AsyncEngine
-) -> None:
-    crowded = await turn(alice.http, "ordinary words")
-    chain = await ten_turns_branching_at_four(alice, word="needle")
+async def add_needles(db: AsyncEngine, response_id: str, count: int) -> None:
+    """`count` more input items of the response, each holding the word "needle" (written directly: a search's
+    caps are thousands of matches)."""
     async with db.begin() as conn:
         await conn.execute(
             text(
@@ -160,8 +158,16 @@ async def test_search_above_the_index_read_cap_walks_threads_with_the_same_answe
                 "'user', 'completed', '{}', 'needle in a haystack' FROM response, generate_series(1, :n) g "
                 "WHERE id = :id"
             ),
-            {"id": crowded["id"], "n": search.SEARCH_SCAN_CAP + 10},
+            {"id": response_id, "n": count},
         )
+
+
+async def test_search_above_the_index_read_cap_walks_threads_with_the_same_answers(
+    admin: httpx.AsyncClient, alice: Tenant, db: AsyncEngine
+) -> None:
+    crowded = await turn(alice.http, "ordinary words")
+    chain = await ten_turns_branching_at_four(alice, word="needle")
+    await add_needles(db, crowded["id"], search.SEARCH_SCAN_CAP + 10)
     assert await thread_ids(admin, q="needle") == [chain[0]["id"], crowded["id"]]
     assert [row["id"] for row in await walk(admin, "/admin/threads", {"q": "needle"}, 1)] == [
         chain[0]["id"],
@@ -215,16 +221,7 @@ async def test_every_way_of_filling_a_search_page_gives_the_same_pages(
     crowded = await turn(bob.http, "ordinary words")
     for words in ("nothing here", "nor here"):
         await turn(bob.http, words)
-    async with db.begin() as conn:
-        await conn.execute(
-            text(
-                "INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, "
-                "body, text_content) SELECT 'msg_many_' || g, tenant_id, id, false, g, thread_id, 'message', "
-                "'user', 'completed', '{}', 'needle in a haystack' FROM response, generate_series(1, :n) g "
-                "WHERE id = :id"
-            ),
-            {"id": crowded["id"], "n": _CROWDS[crowd]},
-        )
+    await add_needles(db, crowded["id"], _CROWDS[crowd])
     async with db.connect() as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         await conn.execute(text("ANALYZE item"))
