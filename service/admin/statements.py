@@ -27,10 +27,6 @@ _BY_VALUE = ("status", "kind")
 _MAX_SHAPES = 512
 
 
-def _shape_of(name: str, value: Any) -> Any:
-    return value if name in _BY_VALUE else bool(value)
-
-
 def shape(filters: Any, tenant_id: str | None, keyset: Keyset) -> tuple[Any, ...]:
     """Which filters are set (a status and a kind by value), whether a tenant was resolved and a cursor given."""
     return (
