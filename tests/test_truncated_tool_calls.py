@@ -39,47 +39,52 @@ def _realistic_usage(fake_upstream: FakeOpenRouter) -> None:
     fake_upstream.count_scripted = True
 
 
-async def send(tenant: Tenant, conversation: str, input_: Any) -> None:
+# The two ways a client continues a thread: in a conversation, or by chaining responses.
+STYLES = ("conversation", "previous_response_id")
+
+
+async def new_thread(tenant: Tenant, style: str = "conversation") -> dict[str, str]:
+    """What a turn names to continue the thread: its conversation, or (after the first turn) its last response."""
+    return {"conversation": await new_conversation(tenant.http)} if style == "conversation" else {}
+
+
+async def send(tenant: Tenant, thread: dict[str, str], input_: Any) -> None:
     answer = await tenant.http.post(
         "/v1/responses",
-        json={
-            "model": SMALL_WINDOW_MODEL,
-            "input": input_,
-            "conversation": conversation,
-            "tools": TOOLS,
-            "truncation": "auto",
-        },
+        json={"model": SMALL_WINDOW_MODEL, "input": input_, **thread, "tools": TOOLS, "truncation": "auto"},
     )
     assert answer.status_code == 200, answer.text
+    if "conversation" not in thread:
+        thread["previous_response_id"] = answer.json()["id"]
 
 
 async def test_a_new_input_answering_a_cut_call_is_sent_with_the_call_and_its_reasoning(
     alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
-    conversation = await new_conversation(alice.http)
-    await send(alice, conversation, words(250, "first"))
+    thread = await new_thread(alice)
+    await send(alice, thread, words(250, "first"))
     # A long question whose answer is a call: with the output, the turn cannot keep that question.
     fake_upstream.reply_json(response_with_output([REASONING, CALL]))
-    await send(alice, conversation, words(480, "second"))
+    await send(alice, thread, words(480, "second"))
     fake_upstream.reply_json(text_response("done", msg_id="msg_done"))
-    await send(alice, conversation, [{**OUTPUT, "output": words(300, "result")}])
+    await send(alice, thread, [{**OUTPUT, "output": words(300, "result")}])
     assert fake_upstream.requests[-1].body["input"] == [REASONING, CALL, {**OUTPUT, "output": words(300, "result")}]
 
 
 async def test_a_new_input_that_cannot_fit_with_the_call_it_answers_is_refused(
     alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
-    conversation = await new_conversation(alice.http)
+    thread = await new_thread(alice)
     big_call = {**CALL, "arguments": '{"q": "' + " ".join(["word"] * 450) + '"}'}
     fake_upstream.reply_json(response_with_output([big_call]))
-    await send(alice, conversation, "go")
+    await send(alice, thread, "go")
     calls = len(fake_upstream.requests)
     answer = await alice.http.post(
         "/v1/responses",
         json={
             "model": SMALL_WINDOW_MODEL,
             "input": [{**OUTPUT, "output": words(400, "result")}],
-            "conversation": conversation,
+            **thread,
             "tools": TOOLS,
             "truncation": "auto",
         },
@@ -154,21 +159,22 @@ PAIRS = {
 }
 
 
+@pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("kind", list(PAIRS))
 async def test_an_answer_whose_call_was_cut_is_not_sent(
-    kind: str, alice: Tenant, fake_upstream: FakeOpenRouter
+    kind: str, style: str, alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
     call, answer = PAIRS[kind]
-    conversation = await new_conversation(alice.http)
+    thread = await new_thread(alice, style)
     fake_upstream.reply_json(response_with_output([call]))
-    await send(alice, conversation, words(300, "first"))
+    await send(alice, thread, words(300, "first"))
     # The answer comes after a later user message: a cut at that message would leave it alone.
     fake_upstream.reply_json(text_response("second answer", msg_id="msg_2"))
-    await send(alice, conversation, [{"role": "user", "content": words(200, "second")}, answer])
+    await send(alice, thread, [{"role": "user", "content": words(200, "second")}, answer])
     assert fake_upstream.requests[-1].body["input"][-2:] == [user(words(200, "second")), answer]
 
     fake_upstream.reply_json(text_response("third answer", msg_id="msg_3"))
-    await send(alice, conversation, words(300, "third"))
+    await send(alice, thread, words(300, "third"))
     assert fake_upstream.requests[-1].body["input"] == [
         user(words(200, "second")),
         assistant("second answer", "msg_2"),
@@ -176,17 +182,18 @@ async def test_an_answer_whose_call_was_cut_is_not_sent(
     ]
 
 
+@pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("kind", list(PAIRS))
 async def test_every_kind_of_answer_to_a_cut_call_is_sent_with_its_call(
-    kind: str, alice: Tenant, fake_upstream: FakeOpenRouter
+    kind: str, style: str, alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
     call, answer = PAIRS[kind]
-    conversation = await new_conversation(alice.http)
-    await send(alice, conversation, words(250, "first"))
+    thread = await new_thread(alice, style)
+    await send(alice, thread, words(250, "first"))
     fake_upstream.reply_json(response_with_output([REASONING, call]))
-    await send(alice, conversation, words(480, "second"))
+    await send(alice, thread, words(480, "second"))
     fake_upstream.reply_json(text_response("done", msg_id="msg_done"))
-    await send(alice, conversation, [answer, {"role": "user", "content": words(300, "next")}])
+    await send(alice, thread, [answer, {"role": "user", "content": words(300, "next")}])
     assert fake_upstream.requests[-1].body["input"] == [
         REASONING,
         call,
