@@ -164,12 +164,8 @@ async def release_held_by(conn: AsyncConnection, process_ids: list[str]) -> int:
     after the key's held_until. Run only in the pass that finds those processes dead (a scan of the keys)."""
     if not process_ids:
         return 0
-    stmt = (
-        delete(key_t)
-        .where(key_t.c.state == IN_PROGRESS, key_t.c.holder_process.in_(process_ids))
-        .returning(key_t.c.key)
-    )
-    return len((await conn.execute(stmt)).all())
+    stmt = delete(key_t).where(key_t.c.state == IN_PROGRESS, key_t.c.holder_process.in_(process_ids))
+    return (await conn.execute(stmt)).rowcount
 
 
 async def purge_expired(conn: AsyncConnection, limit: int) -> int:
