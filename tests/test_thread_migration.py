@@ -105,6 +105,8 @@ async def test_migration_fills_threads_and_chain_totals_and_downgrades(scratch_u
 
     responses = await _query(scratch_url, "SELECT id, thread_id FROM response")
     assert {r["id"]: r["thread_id"] for r in responses} == EXPECTED_THREADS
+    # Tables with rows are analyzed for the fill.
+    assert await _row_estimates(scratch_url, "response", "item") == {"response": 8, "item": 9}
     items = await _query(scratch_url, "SELECT id, thread_id FROM item")
     assert {i["id"]: i["thread_id"] for i in items} == {
         "i_direct": "conv_a",
@@ -142,3 +144,31 @@ async def test_migration_fills_threads_and_chain_totals_and_downgrades(scratch_u
     assert len(await _query(scratch_url, "SELECT id FROM item")) == len(items)
     await asyncio.to_thread(upgrade, scratch_url, "head")
     await asyncio.to_thread(command.check, alembic_config(scratch_url))
+
+
+async def _row_estimates(url: str, *tables: str) -> dict[str, float]:
+    rows = await _query(
+        url, f"SELECT relname, reltuples FROM pg_class WHERE relname IN ({', '.join(repr(t) for t in tables)})"
+    )
+    return {str(row["relname"]): float(str(row["reltuples"])) for row in rows}
+
+
+async def test_a_new_database_looks_up_responses_by_key_from_its_first_turn(scratch_url: str) -> None:
+    """Migrating an empty database must not record its tables as analyzed and empty: a statement planned
+    against that scans the table, and every item insert's foreign-key check of its response is such a
+    statement, planned once per connection and kept until the table is analyzed again (never, where
+    autovacuum is off). Never analyzed, the table is assumed to hold a few pages and the lookup uses its key."""
+    await asyncio.to_thread(upgrade, scratch_url, "head")
+    assert await _row_estimates(scratch_url, "response", "item") == {"response": -1, "item": -1}
+    engine = create_async_engine(scratch_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SET plan_cache_mode = force_generic_plan"))
+            # The statement PostgreSQL's foreign-key check of item.response_id runs.
+            await conn.execute(
+                text("PREPARE fk_check(text) AS SELECT 1 FROM ONLY response x WHERE id = $1 FOR KEY SHARE OF x")
+            )
+            plan = "\n".join(row[0] for row in await conn.execute(text("EXPLAIN EXECUTE fk_check('resp_x')")))
+    finally:
+        await engine.dispose()
+    assert "Index Scan using pk_response" in plan and "Seq Scan" not in plan, plan
