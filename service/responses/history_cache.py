@@ -22,9 +22,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-# A history of some 150 items of a few hundred bytes each; below it the full read costs about what the tail
-# does (docs/benchmarks.md).
-MIN_BYTES = 64 * 1024
+# A history of some 100 items of a couple of hundred bytes each. Below it, reading the history whole costs the
+# database and the worker little more than reading its tail; above it, the whole read is most of what a
+# turn costs the database (docs/benchmarks.md). Entries count against HISTORY_CACHE_MB whatever their size.
+MIN_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
