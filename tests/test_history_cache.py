@@ -5,6 +5,7 @@ changed in between: items deleted or added through the API, turns run by another
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.responses.history_cache import MIN_BYTES
+from service.responses.history_cache import MIN_BYTES, CachedHistory, HistoryCache
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter
 from tests.turn_support import conversation_items, turn, user
@@ -127,3 +128,37 @@ async def test_two_workers_taking_turns_on_one_conversation_each_send_the_whole_
     stored = await _stored_history(db, conv)
     assert len(stored) == 20 - 1 + 2 * len(workers)
     assert fake_upstream.inputs[-1] == stored[:-1]
+
+
+def test_conversations_taken_in_turn_beyond_the_budget_still_hit_the_cache() -> None:
+    """Least-recently-used eviction drops each of a cycle of conversations just before its next turn, once the cycle
+    needs more than the budget: no turn would ever read from the cache. Evicting at random keeps a share."""
+    history = CachedHistory(next_position=100, item_count=100, text="x" * MIN_BYTES)
+    cache = HistoryCache(max_bytes=10 * history.size())
+    random.seed(1234)
+    conversations = [f"conv_{n}" for n in range(15)]
+    hits = 0
+    for _ in range(40):
+        for conversation_id in conversations:
+            hits += cache.get(conversation_id) is not None
+            cache.put(conversation_id, history)
+            assert len(cache) <= 10
+    # Each turn finds its conversation with probability about 10 / 15 at best; LRU would give 0 of 600.
+    assert hits > 0.4 * 40 * len(conversations)
+
+
+def test_an_entry_is_replaced_and_discarded_and_short_histories_are_not_kept() -> None:
+    long = CachedHistory(next_position=100, item_count=100, text="x" * MIN_BYTES)
+    newer = CachedHistory(next_position=102, item_count=102, text="y" * MIN_BYTES)
+    cache = HistoryCache(max_bytes=3 * long.size())
+    cache.put("conv_a", long)
+    cache.put("conv_a", newer)
+    assert cache.get("conv_a") is newer and len(cache) == 1
+    cache.put("conv_b", CachedHistory(next_position=2, item_count=2, text="short"))
+    assert cache.get("conv_b") is None
+    cache.discard("conv_a")
+    assert cache.get("conv_a") is None and len(cache) == 0
+    cache.put("conv_c", long)  # the budget freed by the discard is usable again
+    cache.put("conv_d", long)
+    cache.put("conv_e", long)
+    assert len(cache) == 3

@@ -11,14 +11,18 @@ conversation's item_count. A stale entry (another worker ran the last turns) is 
 turn reads a few more items.
 
 Short histories are not kept: under MIN_BYTES the full read costs little more than the tail, not worth the
-memory. Entries are evicted least recently used beyond the byte budget.
+memory. Beyond the byte budget an entry chosen at random is evicted, not the least recently used: a worker's
+conversations are typically taken in turn (many users, each with a conversation going), and once they need
+more than the budget, least-recently-used eviction drops each entry just before its next turn, so nothing is
+ever read from the cache. Random eviction keeps about budget / need of them, and an entry just used survives
+each eviction but with probability 1 / entries.
 """
 
 from __future__ import annotations
 
+import random
 import sys
 from array import array
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -41,34 +45,45 @@ class CachedHistory:
 
 
 class HistoryCache:
-    """A per-worker LRU of conversation histories, bounded by `max_bytes` of text (0 disables it)."""
+    """A per-worker cache of conversation histories, bounded by `max_bytes` of text (0 disables it), evicting at
+    random (the module's docstring says why)."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
-        self._entries: OrderedDict[str, CachedHistory] = OrderedDict()
+        self._entries: dict[str, CachedHistory] = {}
+        self._ids: list[str] = []  # the cached conversations, for choosing a victim at random
+        self._slots: dict[str, int] = {}  # each cached conversation's index in _ids
         self._bytes = 0
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def get(self, conversation_id: str) -> CachedHistory | None:
-        entry = self._entries.get(conversation_id)
-        if entry is not None:
-            self._entries.move_to_end(conversation_id)
-        return entry
+        return self._entries.get(conversation_id)
 
     def put(self, conversation_id: str, entry: CachedHistory) -> None:
         self.discard(conversation_id)
         size = entry.size()
         if sys.getsizeof(entry.text) < MIN_BYTES or size > self._max_bytes:
             return
+        while self._bytes + size > self._max_bytes:
+            self.discard(self._ids[random.randrange(len(self._ids))])  # noqa: S311 - a victim, not a secret
         self._entries[conversation_id] = entry
+        self._slots[conversation_id] = len(self._ids)
+        self._ids.append(conversation_id)
         self._bytes += size
-        while self._bytes > self._max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size()
 
     def discard(self, conversation_id: str) -> None:
         entry = self._entries.pop(conversation_id, None)
-        if entry is not None:
-            self._bytes -= entry.size()
+        if entry is None:
+            return
+        self._bytes -= entry.size()
+        # Swap the last id into the freed slot, so that removing is O(1).
+        slot = self._slots.pop(conversation_id)
+        last = self._ids.pop()
+        if last != conversation_id:
+            self._ids[slot] = last
+            self._slots[last] = slot
 
 
 def joined(prefix: str, tail: str) -> str:
