@@ -7,7 +7,8 @@ on every lane alike, and figures read as same-run ratios.
 - latency, sequential, ~100-item histories: a conversation turn, a chain turn continuing its chain's newest
   response (linear), a chain turn continuing one fixed response again and again (branching), the direct call;
 - chain length: continuing a 1,000-item chain and a 10-item chain;
-- throughput with 64 clients: each client on its own conversation, on its own chain, or all on one response;
+- throughput with 64 clients: each client on conversations of its own, on chains of its own, or all on one
+  response;
 - table size: chain turns on a database with 1M more items (and their responses) beside the small one.
 
     .venv/bin/python -m bench.chains --database-url postgresql://postgres@127.0.0.1:5432/bench_iss17 \
@@ -42,6 +43,10 @@ FAST = "bench/fast"
 SLOW = "bench/latency-10"  # the throughput scenarios' upstream, as the suite's
 CLIENTS = 64
 TURNS_PER_THREAD = 50  # 100-item histories
+# In the throughput rounds each client takes its conversations (or chains) in turn, as the suite's throughput
+# clients do, so that each history grows by a few items per round instead of by the client's every turn: with
+# one each, the "100-item" histories grew to some 500 items before the last round.
+THREADS_PER_CLIENT = 4
 
 
 class _Id(msgspec.Struct):
@@ -75,11 +80,13 @@ class Thread:
     conversation: str | None = None
     tip: str | None = None
     moves: bool = True  # False: every turn continues the same response (branching)
+    turns: int = 0  # answered turns on this thread
 
     def body(self, model: str) -> bytes:
         return _body(model, conversation=self.conversation, previous=self.tip)
 
     def answered(self, reply: Reply) -> None:
+        self.turns += 1
         if self.conversation is None and self.moves:
             self.tip = _decode_id(reply.body).id
 
@@ -140,7 +147,8 @@ class Loop:
 async def closed_loop(
     service: Service, port: int, secret: str, threads: list[Thread], seconds: float, warmup: float
 ) -> Loop:
-    """CLIENTS clients, each sending its next turn as soon as the last one answered, client i on threads[i]."""
+    """CLIENTS clients, each sending its next turn as soon as the last one answered, client i on its threads
+    (threads[i], threads[i + CLIENTS], ...) in turn."""
     clients = [Client("127.0.0.1", port, {"authorization": f"Bearer {secret}"}) for _ in range(CLIENTS)]
     result = Loop()
     done = 0
@@ -148,9 +156,12 @@ async def closed_loop(
     start = time.perf_counter()
     measure_from, deadline = start + warmup, start + warmup + seconds
 
-    async def run(client: Client, thread: Thread) -> None:
+    async def run(client: Client, own: list[Thread]) -> None:
         nonlocal done
+        turn = 0
         while (now := time.perf_counter()) < deadline:
+            thread = own[turn % len(own)]
+            turn += 1
             try:
                 reply = await client.request("POST", "/v1/responses", thread.body(SLOW))
             except Exception as exc:
@@ -167,7 +178,7 @@ async def closed_loop(
                 result.latencies.append(reply.seconds)
 
     try:
-        await asyncio.gather(*(run(c, threads[i % len(threads)]) for i, c in enumerate(clients)))
+        await asyncio.gather(*(run(c, threads[i % len(threads) :: CLIENTS]) for i, c in enumerate(clients)))
     finally:
         for client in clients:
             client.close()
@@ -189,8 +200,7 @@ async def _build(port: int, secret: str, threads: list[Thread], turns: int) -> N
                     reply = await client.request("POST", "/v1/responses", thread.body(FAST))
                     if reply.status != 200:
                         raise RuntimeError(f"building a thread: {describe(reply)}")
-                    if thread.conversation is None:
-                        thread.tip = _decode_id(reply.body).id
+                    thread.answered(reply)
             finally:
                 client.close()
 
@@ -232,6 +242,17 @@ async def _chain_history(url: str, response_id: str) -> list[str]:
         await engine.dispose()
 
 
+def _history_sizes(conversations: list[Thread], chains: list[Thread]) -> dict[str, str]:
+    """The smallest and largest history the throughput threads had grown to, in items (two per turn); a branching
+    turn's history is its one fixed response's."""
+
+    def span(threads: list[Thread]) -> str:
+        items = [2 * thread.turns for thread in threads]
+        return f"{min(items)}-{max(items)}"
+
+    return {"conversation": span(conversations), "chain": span(chains), "branch": str(TURNS_PER_THREAD * 2)}
+
+
 @contextlib.asynccontextmanager
 async def _service(url: str, upstream: Process, logs: Path) -> AsyncIterator[Service]:
     service = await asyncio.to_thread(start_service, logs, database_url=url, upstream_port=upstream.port)
@@ -256,9 +277,10 @@ async def run(url: str, big_url: str | None, *, quick: bool, logs: Path) -> list
     upstream = await asyncio.to_thread(start_fake_upstream, logs)
     try:
         async with _service(url, upstream, logs) as service:
-            _say(f"building {CLIENTS} conversations, {CLIENTS} chains of {TURNS_PER_THREAD} turns, chains of 500 and 5")
-            conversations = await _new_conversations(service.port, secret, CLIENTS)
-            chains = [Thread() for _ in range(CLIENTS)]
+            threads = CLIENTS * THREADS_PER_CLIENT
+            _say(f"building {threads} conversations, {threads} chains of {TURNS_PER_THREAD} turns, chains of 500 and 5")
+            conversations = await _new_conversations(service.port, secret, threads)
+            chains = [Thread() for _ in range(threads)]
             long_chain, short_chain = Thread(), Thread()
             await _build(service.port, secret, [*conversations, *chains], TURNS_PER_THREAD)
             await _build(service.port, secret, [long_chain], 500)
@@ -272,8 +294,8 @@ async def run(url: str, big_url: str | None, *, quick: bool, logs: Path) -> list
             upstream_client = Client("127.0.0.1", upstream.port, {"authorization": "Bearer bench"})
             _say(f"latency: {count} turns per lane, interleaved")
             lanes = [
-                Lane("conversation", client(), "/v1/responses", conversations),
-                Lane("chain", client(), "/v1/responses", chains),
+                Lane("conversation", client(), "/v1/responses", conversations[:CLIENTS]),
+                Lane("chain", client(), "/v1/responses", chains[:CLIENTS]),
                 Lane("branch", client(), "/v1/responses", [branch]),
                 Lane("direct", upstream_client, UPSTREAM_PATH, fixed_body=_direct(FAST, history)),
             ]
@@ -305,11 +327,14 @@ async def run(url: str, big_url: str | None, *, quick: bool, logs: Path) -> list
                             service, service.port, secret, threads, sizes.throughput_seconds / rounds, 1.0
                         )
                     )
-            rows += _throughput_rows(loops)
+            sizes_after = _history_sizes(conversations, chains)
+            rows += _throughput_rows(loops, sizes_after)
 
         if big_url is not None:
             rows.append(
-                await _table_size(url, secret, chains, normalize_database_url(big_url), upstream, logs, count, warmup)
+                await _table_size(
+                    url, secret, chains[:CLIENTS], normalize_database_url(big_url), upstream, logs, count, warmup
+                )
             )
     finally:
         await asyncio.to_thread(upstream.stop)
@@ -366,7 +391,7 @@ def _length_row(long: Lane, short: Lane, direct_long: Lane, direct_short: Lane) 
     )
 
 
-def _throughput_rows(loops: dict[str, list[Loop]]) -> list[Row]:
+def _throughput_rows(loops: dict[str, list[Loop]], sizes_after: dict[str, str]) -> list[Row]:
     rows = []
     rates = {}
     for name, runs in loops.items():
@@ -376,7 +401,8 @@ def _throughput_rows(loops: dict[str, list[Loop]]) -> list[Row]:
         by_round = ", ".join(f"{loop.rate:.0f}" for loop in runs)
         note = (
             f"rounds {by_round} turns/s; p50 {percentile(latencies, 50) * 1000:.1f} ms; "
-            f"service CPU {sum(loop.service_cpu for loop in runs) / len(runs):.0f} µs/turn"
+            f"service CPU {sum(loop.service_cpu for loop in runs) / len(runs):.0f} µs/turn; "
+            f"histories after the last round {sizes_after[name]} items"
         )
         if errors:
             note += f"; {errors} error(s), first: {next(loop.first_error for loop in runs if loop.errors)}"
