@@ -8,7 +8,7 @@ on every lane alike, and figures read as same-run ratios.
   response (linear), a chain turn continuing one fixed response again and again (branching), the direct call;
 - chain length: continuing a 1,000-item chain and a 10-item chain;
 - throughput with 64 clients: each client on conversations of its own, on chains of its own, or all on one
-  response;
+  response; with one worker, then with each other worker count of the suite (`--workers`, default 1,2);
 - table size: chain turns on a database with 1M more items (and their responses) beside the small one.
 
     .venv/bin/python -m bench.chains --database-url postgresql://postgres@127.0.0.1:5432/bench_iss17 \
@@ -254,8 +254,10 @@ def _history_sizes(conversations: list[Thread], chains: list[Thread]) -> dict[st
 
 
 @contextlib.asynccontextmanager
-async def _service(url: str, upstream: Process, logs: Path) -> AsyncIterator[Service]:
-    service = await asyncio.to_thread(start_service, logs, database_url=url, upstream_port=upstream.port)
+async def _service(url: str, upstream: Process, logs: Path, workers: int = 1) -> AsyncIterator[Service]:
+    service = await asyncio.to_thread(
+        start_service, logs, database_url=url, upstream_port=upstream.port, workers=workers
+    )
     try:
         yield service
     finally:
@@ -267,7 +269,9 @@ def _say(message: str) -> None:
 
 
 # -- the scenarios ------------------------------------------------------------------------------------------
-async def run(url: str, big_url: str | None, *, quick: bool, logs: Path) -> list[Row]:
+async def run(
+    url: str, big_url: str | None, *, quick: bool, logs: Path, throughput_workers: Sequence[int] = (1, 2)
+) -> list[Row]:
     sizes = Sizes.for_mode(quick, None)
     count, warmup = sizes.latency // 2, max(10, sizes.latency // 20)
     rows: list[Row] = []
@@ -317,18 +321,24 @@ async def run(url: str, big_url: str | None, *, quick: bool, logs: Path) -> list
                 lane.client.close()
 
             # Short runs of each kind in turn, several rounds: load from elsewhere on the machine falls on all three.
-            loops: dict[str, list[Loop]] = {"conversation": [], "chain": [], "branch": []}
-            rounds = 3
-            for round_ in range(rounds):
-                for name, threads in (("conversation", conversations), ("chain", chains), ("branch", [branch])):
-                    _say(f"throughput: {CLIENTS} clients, {name} turns, round {round_ + 1} of {rounds}")
-                    loops[name].append(
-                        await closed_loop(
-                            service, service.port, secret, threads, sizes.throughput_seconds / rounds, 1.0
-                        )
-                    )
-            sizes_after = _history_sizes(conversations, chains)
-            rows += _throughput_rows(loops, sizes_after)
+            # With each of the suite's worker counts, the same threads going on (so later counts see longer ones).
+            for workers in throughput_workers:
+                served = contextlib.nullcontext(service) if workers == 1 else _service(url, upstream, logs, workers)
+                async with served as target:
+                    loops: dict[str, list[Loop]] = {"conversation": [], "chain": [], "branch": []}
+                    rounds = 3
+                    for round_ in range(rounds):
+                        for name, threads in (("conversation", conversations), ("chain", chains), ("branch", [branch])):
+                            _say(
+                                f"throughput: {CLIENTS} clients, WORKERS={workers}, {name} turns, "
+                                f"round {round_ + 1} of {rounds}"
+                            )
+                            loops[name].append(
+                                await closed_loop(
+                                    target, target.port, secret, threads, sizes.throughput_seconds / rounds, 1.0
+                                )
+                            )
+                rows += _throughput_rows(loops, _history_sizes(conversations, chains), workers)
 
         if big_url is not None:
             rows.append(
@@ -391,7 +401,8 @@ def _length_row(long: Lane, short: Lane, direct_long: Lane, direct_short: Lane) 
     )
 
 
-def _throughput_rows(loops: dict[str, list[Loop]], sizes_after: dict[str, str]) -> list[Row]:
+def _throughput_rows(loops: dict[str, list[Loop]], sizes_after: dict[str, str], workers: int) -> list[Row]:
+    setting = "" if workers == 1 else f", WORKERS={workers}"
     rows = []
     rates = {}
     for name, runs in loops.items():
@@ -408,7 +419,7 @@ def _throughput_rows(loops: dict[str, list[Loop]], sizes_after: dict[str, str]) 
             note += f"; {errors} error(s), first: {next(loop.first_error for loop in runs if loop.errors)}"
         rows.append(
             Row(
-                f"throughput, {CLIENTS} clients, {name} turns",
+                f"throughput, {CLIENTS} clients, {name} turns{setting}",
                 f"{rates[name]:.0f} turns/s, p99 {percentile(latencies, 99) * 1000:.1f} ms",
                 "≥ 800 turns/s, no errors",
                 rates[name] >= 800 and not errors,
@@ -417,7 +428,9 @@ def _throughput_rows(loops: dict[str, list[Loop]], sizes_after: dict[str, str]) 
         )
     for name in ("chain", "branch"):
         ratio = rates[name] / rates["conversation"] if rates["conversation"] else 0.0
-        rows.append(Row(f"throughput, {name} / conversation (same run)", f"{ratio:.2f}x", "≥ 0.90x", ratio >= 0.90, ""))
+        rows.append(
+            Row(f"throughput, {name} / conversation (same run){setting}", f"{ratio:.2f}x", "≥ 0.90x", ratio >= 0.90, "")
+        )
     return rows
 
 
@@ -486,10 +499,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/convstore_bench_chains")
     parser.add_argument("--big-database-url", default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workers", default="1,2", help="worker counts for the throughput rounds, as the suite's")
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    rows = uvloop.run(run(args.database_url, args.big_database_url, quick=args.quick, logs=args.results / "logs"))
+    workers = [int(n) for n in args.workers.split(",")]
+    rows = uvloop.run(
+        run(
+            args.database_url,
+            args.big_database_url,
+            quick=args.quick,
+            logs=args.results / "logs",
+            throughput_workers=workers,
+        )
+    )
     print()
     print(report.render(rows))
     print(f"\nchains bench took {(time.perf_counter() - started) / 60:.1f} min")

@@ -276,7 +276,9 @@ async def run(config: Config) -> tuple[list[Row], dict[str, object]]:
 
         config.say("chains: previous_response_id turns beside conversation turns (bench/chains.py)")
         big = config.big_database_url if wanted("tables") else None
-        rows += await chains.run(url, big, quick=config.quick, logs=config.results_dir / "logs")
+        rows += await chains.run(
+            url, big, quick=config.quick, logs=config.results_dir / "logs", throughput_workers=config.throughput_workers
+        )
     if wanted("admin"):
         rows += await _admin_listing(config)
     return rows, {"quick": config.quick, "log": config.log}
