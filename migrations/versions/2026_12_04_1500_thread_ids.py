@@ -41,15 +41,16 @@ _FILL_ITEMS = """
         (SELECT r.thread_id FROM response r WHERE r.id = item.response_id), item.conversation_id
     )
 """
-# One row per chain, from its responses: totals, first and last activity, the newest response's model and
-# status, the first response's metadata and first user words. Grouped in one pass per table (hash joins), not
-# per chain: at 600k responses a per-chain lookup ran minutes.
+
 # Statistics for the chains' fill below, on a database that has rows. An empty table is left unanalyzed: ANALYZE
 # would record it as known to be empty, and a statement planned against that (every item insert's foreign-key
 # check of its response, planned once per connection) scans the table, for as long as nothing analyzes it again.
 # A table never analyzed is assumed to hold a few pages, and such a lookup gets its index.
 _ANALYZE_IF_FILLED = "DO $$ BEGIN IF EXISTS (SELECT FROM {table}) THEN ANALYZE {table}; END IF; END $$"
 
+# One row per chain, from its responses: totals, first and last activity, the newest response's model and
+# status, the first response's metadata and first user words. Grouped in one pass per table (hash joins), not
+# per chain: at 600k responses a per-chain lookup ran minutes.
 _FILL_CHAINS = """
     INSERT INTO response_chain (id, tenant_id, metadata, title, created_at, updated_at, item_count,
                                 response_count, input_tokens, output_tokens, cost, last_model, last_status)

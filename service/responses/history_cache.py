@@ -14,8 +14,8 @@ Short histories are not kept: under MIN_BYTES the full read costs little more th
 memory. Beyond the byte budget an entry chosen at random is evicted, not the least recently used: a worker's
 conversations are typically taken in turn (many users, each with a conversation going), and once they need
 more than the budget, least-recently-used eviction drops each entry just before its next turn, so nothing is
-ever read from the cache. Random eviction keeps about budget / need of them, and an entry just used survives
-each eviction but with probability 1 / entries.
+ever read from the cache. Random eviction keeps about budget / need of them, and each later eviction takes an
+entry just used with probability 1 / entries only.
 """
 
 from __future__ import annotations
