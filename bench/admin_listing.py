@@ -374,15 +374,15 @@ async def _plan(engine: AsyncEngine, kind: str, query: list[tuple[str, str]]) ->
         if kind == "conversations":
             filters, keyset = params.conversation_query(query)
             tenant_id = await repository.find_tenant_id(conn, filters.tenant) if filters.tenant else None
-            statement = repository.conversation_page_statement(filters, tenant_id, keyset)
+            statement = repository.conversation_pages.bound(filters, tenant_id, keyset)
         elif kind == "threads":
             thread_filters, keyset = params.thread_query(query)
             tenant_id = await repository.find_tenant_id(conn, thread_filters.tenant) if thread_filters.tenant else None
-            statement = thread_repository.thread_page_statement(thread_filters, tenant_id, keyset)
+            statement = thread_repository.thread_pages.bound(thread_filters, tenant_id, keyset)
         else:
             response_filters, keyset = params.response_query(query)
             tenant_id = None
-            statement = repository.response_page_statement(response_filters, tenant_id, keyset)
+            statement = repository.response_pages.bound(response_filters, tenant_id, keyset)
         plan = await repository.explain(conn, statement, "ANALYZE, BUFFERS, COSTS OFF")
     return "\n".join("      " + line for line in plan.splitlines()) + "\n"
 

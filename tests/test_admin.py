@@ -569,7 +569,7 @@ async def test_every_listing_filter_has_an_index_path_without_offset(
     """The plans at a million items are printed by bench/admin_listing.py; here, with sequential scans priced
     out, each filter must still be answerable from an index, and a page is a LIMIT, never an OFFSET."""
     keyset = Keyset(limit=20, after=(datetime(2030, 1, 1, tzinfo=UTC), "conv_z"))
-    statement = repository.conversation_page_statement(filters, "t" if filters.tenant else None, keyset)
+    statement = repository.conversation_pages.bound(filters, "t" if filters.tenant else None, keyset)
     assert "OFFSET" not in str(statement.compile(db.sync_engine)).upper()
     async with db.connect() as conn:
         await conn.execute(text("SET enable_seqscan = off"))

@@ -253,7 +253,7 @@ async def test_every_way_of_filling_a_search_page_gives_the_same_pages(
     async with db.connect() as conn:
         await admin_repository.plan_each_page(conn)
         walk_first = await search.walk_budget(conn, "needle", 21, owners="responses")
-        statement = admin_repository.response_page_statement(
+        statement = admin_repository.response_pages.bound(
             ResponseFilters(q="needle"), None, Keyset(limit=20), walk_first
         )
         plan = await admin_repository.explain(conn, statement, "ANALYZE, COSTS OFF, TIMING OFF")
@@ -466,7 +466,7 @@ async def test_every_thread_filter_has_an_index_path_without_offset(
     db: AsyncEngine, filters: ThreadFilters, indexes: list[str]
 ) -> None:
     keyset = Keyset(limit=20, after=(datetime(2030, 1, 1, tzinfo=UTC), "conv_z"))
-    statement = repository.thread_page_statement(filters, "t" if filters.tenant else None, keyset)
+    statement = repository.thread_pages.bound(filters, "t" if filters.tenant else None, keyset)
     assert "OFFSET" not in str(statement.compile(db.sync_engine)).upper()
     async with db.connect() as conn:
         await conn.execute(text("SET enable_seqscan = off"))
@@ -486,9 +486,9 @@ async def test_a_running_status_page_probes_its_candidates_rather_than_walking_t
     whatever the estimates: never a walk of the list's keyset index, as long as the planner guesses."""
     keyset = Keyset(limit=20, after=(datetime(2030, 1, 1, tzinfo=UTC), "conv_z"))
     statements = [
-        admin_repository.conversation_page_statement(ConversationFilters(status=status), None, keyset),
-        repository.thread_page_statement(ThreadFilters(status=status), None, keyset),
-        repository.thread_page_statement(ThreadFilters(status=status, tenant="t"), "t", keyset),
+        admin_repository.conversation_pages.bound(ConversationFilters(status=status), None, keyset),
+        repository.thread_pages.bound(ThreadFilters(status=status), None, keyset),
+        repository.thread_pages.bound(ThreadFilters(status=status, tenant="t"), "t", keyset),
     ]
     for statement in statements:
         for seqscan in ("on", "off"):
@@ -504,9 +504,9 @@ async def test_a_running_status_page_probes_its_candidates_rather_than_walking_t
 def _every_list(filters: dict[str, Any], tenant_id: str, keyset: Keyset) -> list[Any]:
     response_filters = {k: v for k, v in filters.items() if k in ("model", "q", "created_after", "created_before")}
     return [
-        admin_repository.conversation_page_statement(ConversationFilters(**filters), tenant_id, keyset, 7),
-        repository.thread_page_statement(ThreadFilters(**filters), tenant_id, keyset, 7),
-        admin_repository.response_page_statement(ResponseFilters(**response_filters), tenant_id, keyset, 7),
+        admin_repository.conversation_pages.bound(ConversationFilters(**filters), tenant_id, keyset, 7),
+        repository.thread_pages.bound(ThreadFilters(**filters), tenant_id, keyset, 7),
+        admin_repository.response_pages.bound(ResponseFilters(**response_filters), tenant_id, keyset, 7),
     ]
 
 
@@ -554,34 +554,34 @@ def _search_statements(walk_first: int = 0) -> list[tuple[str, Any, str]]:
     return [
         (
             "conversations",
-            admin_repository.conversation_page_statement(ConversationFilters(q="word"), None, keyset, walk_first),
+            admin_repository.conversation_pages.bound(ConversationFilters(q="word"), None, keyset, walk_first),
             "ix_item_conversation_id_id",
         ),
         (
             "threads",
-            repository.thread_page_statement(ThreadFilters(q="word"), None, keyset, walk_first),
+            repository.thread_pages.bound(ThreadFilters(q="word"), None, keyset, walk_first),
             "ix_item_thread_id",
         ),
         (
             "threads of a tenant",
-            repository.thread_page_statement(ThreadFilters(q="word", tenant="t"), "t", keyset, walk_first),
+            repository.thread_pages.bound(ThreadFilters(q="word", tenant="t"), "t", keyset, walk_first),
             "ix_item_thread_id",
         ),
         (
             "conversations of a tenant",
-            admin_repository.conversation_page_statement(
+            admin_repository.conversation_pages.bound(
                 ConversationFilters(q="word", tenant="t"), "t", keyset, walk_first
             ),
             "ix_item_conversation_id_id",
         ),
         (
             "responses",
-            admin_repository.response_page_statement(ResponseFilters(q="word"), None, keyset, walk_first),
+            admin_repository.response_pages.bound(ResponseFilters(q="word"), None, keyset, walk_first),
             "ix_item_response_id_is_output_ordinal",
         ),
         (
             "responses of a tenant",
-            admin_repository.response_page_statement(ResponseFilters(q="word", tenant="t"), "t", keyset, walk_first),
+            admin_repository.response_pages.bound(ResponseFilters(q="word", tenant="t"), "t", keyset, walk_first),
             "ix_item_response_id_is_output_ordinal",
         ),
     ]

@@ -31,7 +31,7 @@ from sqlalchemy.sql.expression import ClauseElement, Executable
 from service.admin import search
 from service.admin.cursor import Keyset, newest_first, probed_page
 from service.admin.params import RESPONSE_STATUSES, ConversationFilters, ResponseFilters, TimeRange
-from service.admin.statements import Statements, values
+from service.admin.statements import Statements
 from service.db.models import conversation_table, item_table, response_table, tenant_table
 from service.responses.status import RUNNING
 
@@ -184,25 +184,14 @@ def _conversation_page(filters: ConversationFilters, tenant_id: str | None, keys
     return newest_first(rows, c.c.updated_at, c.c.id, keyset)
 
 
-_conversation_pages = Statements(_conversation_page)
-
-
-def conversation_page_statement(
-    filters: ConversationFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
-) -> Select[Any]:
-    """The page's statement with its values bound in. `tenant_id` is the resolved `filters.tenant`;
-    `walk_first`, for a search, is search.walk_budget(...)."""
-    return _conversation_pages.bound(filters, tenant_id, keyset, walk_first)
+conversation_pages = Statements(_conversation_page)
 
 
 async def conversation_page(
     conn: AsyncConnection, filters: ConversationFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
-    walk_first = (
-        0 if filters.q is None else await search.walk_budget(conn, filters.q, keyset.limit + 1, owners="threads")
-    )
-    statement = _conversation_pages.get(filters, tenant_id, keyset)
-    return list((await conn.execute(statement, values(filters, tenant_id, keyset, walk_first))).all())
+    walk_first = await search.walk_budget(conn, filters.q, keyset.limit + 1, owners="threads")
+    return await conversation_pages.page(conn, filters, tenant_id, keyset, walk_first)
 
 
 async def get_conversation(conn: AsyncConnection, conversation_id: str) -> Any:
@@ -254,25 +243,14 @@ def _response_page(filters: ResponseFilters, tenant_id: str | None, keyset: Keys
     return newest_first(select(*_RESPONSE_COLUMNS).where(*conditions), r.c.created_at, r.c.id, keyset)
 
 
-_response_pages = Statements(_response_page)
-
-
-def response_page_statement(
-    filters: ResponseFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
-) -> Select[Any]:
-    """The page's statement with its values bound in. `tenant_id` is the resolved `filters.tenant`;
-    `walk_first`, for a search, is search.walk_budget(...)."""
-    return _response_pages.bound(filters, tenant_id, keyset, walk_first)
+response_pages = Statements(_response_page)
 
 
 async def response_page(
     conn: AsyncConnection, filters: ResponseFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
-    walk_first = (
-        0 if filters.q is None else await search.walk_budget(conn, filters.q, keyset.limit + 1, owners="responses")
-    )
-    statement = _response_pages.get(filters, tenant_id, keyset)
-    return list((await conn.execute(statement, values(filters, tenant_id, keyset, walk_first))).all())
+    walk_first = await search.walk_budget(conn, filters.q, keyset.limit + 1, owners="responses")
+    return await response_pages.page(conn, filters, tenant_id, keyset, walk_first)
 
 
 def _usage_columns() -> list[Any]:

@@ -134,14 +134,17 @@ _ESTIMATE = text(
 )
 
 
-async def walk_budget(conn: AsyncConnection, q: str, page: int, *, owners: str) -> int:
-    """How many owners the search may walk before it reads the matches (none: it reads them first). `owners`:
-    "threads" (conversations and chains) or "responses", the rows the list's owners are among.
+async def walk_budget(conn: AsyncConnection, q: str | None, page: int, *, owners: str) -> int:
+    """How many owners the search may walk before it reads the matches (none: it reads them first; none either
+    for a list that searches nothing, `q` None). `owners`: "threads" (conversations and chains) or "responses",
+    the rows the list's owners are among.
 
     When the planner expects more than SEARCH_SCAN_CAP matching items, the walk goes first, with a budget of
     _WALK_MARGIN times the walk it foretells to fill a `page`, at most SEARCH_WALK_BUDGET: the owners divided
     by the matches, times the page, as if each match had its own owner (owners of several matches only make
     the walk shorter)."""
+    if q is None:
+        return 0
     plan = await conn.scalar(_ESTIMATE, {"q": q})
     if isinstance(plan, str):
         plan = json.loads(plan)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.admin.cursor import Keyset
 
@@ -73,5 +74,13 @@ class Statements:
         return statement
 
     def bound(self, filters: Any, tenant_id: str | None, keyset: Keyset, walk_first: int = 0) -> Select[Any]:
-        """The statement with this request's values bound in (to print its plan, or to run it as is)."""
+        """The statement with this request's values bound in (to print its plan, or to run it as is).
+        `tenant_id` is the resolved `filters.tenant`; `walk_first`, for a search, is search.walk_budget(...)."""
         return self.get(filters, tenant_id, keyset).params(values(filters, tenant_id, keyset, walk_first))
+
+    async def page(
+        self, conn: AsyncConnection, filters: Any, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
+    ) -> list[Any]:
+        """The page's rows: the shape's statement run with this request's values."""
+        statement = self.get(filters, tenant_id, keyset)
+        return list((await conn.execute(statement, values(filters, tenant_id, keyset, walk_first))).all())

@@ -45,7 +45,7 @@ from service.admin.repository import (
     running_conversations,
     thread_columns,
 )
-from service.admin.statements import Statements, values
+from service.admin.statements import Statements
 from service.db.models import conversation_table, item_table, response_chain_table, response_table
 from service.responses.status import RUNNING
 
@@ -231,25 +231,14 @@ def _thread_page(filters: ThreadFilters, tenant_id: str | None, keyset: Keyset) 
     )
 
 
-_thread_pages = Statements(_thread_page)
-
-
-def thread_page_statement(
-    filters: ThreadFilters, tenant_id: str | None, keyset: Keyset, walk_first: int = 0
-) -> Select[Any]:
-    """The page's statement with its values bound in. `tenant_id` is the resolved `filters.tenant`;
-    `walk_first`, for a search, is search.walk_budget(...), for each kind."""
-    return _thread_pages.bound(filters, tenant_id, keyset, walk_first)
+thread_pages = Statements(_thread_page)
 
 
 async def thread_page(
     conn: AsyncConnection, filters: ThreadFilters, tenant_id: str | None, keyset: Keyset
 ) -> list[Any]:
-    walk_first = (
-        0 if filters.q is None else await search.walk_budget(conn, filters.q, keyset.limit + 1, owners="threads")
-    )
-    statement = _thread_pages.get(filters, tenant_id, keyset)
-    return list((await conn.execute(statement, values(filters, tenant_id, keyset, walk_first))).all())
+    walk_first = await search.walk_budget(conn, filters.q, keyset.limit + 1, owners="threads")
+    return await thread_pages.page(conn, filters, tenant_id, keyset, walk_first)
 
 
 async def get_thread(conn: AsyncConnection, thread_id: str) -> Any:
