@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import httpx
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
@@ -306,3 +307,137 @@ async def test_a_key_is_held_for_its_holders_turn_lock_ttl_not_the_retrying_proc
 
 async def _upstream_calls(fake: FakeOpenRouter, count: int) -> bool:
     return len(fake.requests) >= count
+
+
+# -- a key whose holder died after storing its turn --------------------------------------------------------------
+# A process killed after its turn's finish committed and before it completed the key leaves the key in_progress,
+# held by that process, with the turn stored. These tests set that state up from a turn served normally: the key
+# row is put back as the kill leaves it.
+
+
+async def _rewind_key(db: AsyncEngine, key: str, *, holder: str | None, held_for: float) -> None:
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE idempotency_key SET state = 'in_progress', status_code = NULL, headers = NULL, body = NULL,"
+                " response_id = NULL, conversation_id = NULL, answer_response_id = NULL, holder_process = :holder,"
+                " held_until = now() + make_interval(secs => :held_for) WHERE key = :key"
+            ),
+            {"key": key, "holder": holder, "held_for": held_for},
+        )
+
+
+async def _a_process_that_stopped_heartbeating(db: AsyncEngine, process_id: str) -> None:
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO service_process (id, host, pid, heartbeat_at, heartbeat_timeout)"
+                " VALUES (:id, 'elsewhere', 1, now() - interval '1 hour', 1)"
+            ),
+            {"id": process_id},
+        )
+
+
+async def _retry_until_answered(client: httpx.AsyncClient, body: dict[str, object], key: str) -> httpx.Response:
+    for _ in range(200):
+        answer = await client.post("/v1/responses", json=body, headers=keyed(key))
+        if answer.status_code != 409:
+            return answer
+        assert answer.json()["error"]["code"] == "idempotency_key_in_use", answer.text
+        await asyncio.sleep(0.05)
+    raise AssertionError("the key stayed in use")
+
+
+async def test_a_key_whose_process_died_after_storing_its_turn_replays_the_turn(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """The reaper that takes the holder for dead completes the key from the stored turn instead of freeing it:
+    freed, the retry ran the turn again and appended its input a second time."""
+    live = start_server(process_heartbeat_timeout=0.5)
+    tenant = await make_tenant("died-after-finish", live=live)
+    conversation = await new_conversation(tenant.http)
+    fake_upstream.reply_json(text_response("Once.", msg_id="msg_once"))
+    body = {"model": MODEL, "input": "Only once", "conversation": conversation}
+    first = await tenant.http.post("/v1/responses", json=body, headers=keyed("k-died"))
+    assert first.status_code == 200, first.text
+    assert await scalar(db, "SELECT idempotency_key FROM response WHERE id = :r", r=first.json()["id"]) == "k-died"
+
+    await _a_process_that_stopped_heartbeating(db, "proc_killed")
+    await _rewind_key(db, "k-died", holder="proc_killed", held_for=3600)
+    retry = await _retry_until_answered(tenant.http, body, "k-died")
+
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.headers["content-type"] == first.headers["content-type"]
+    assert retry.json() == first.json()
+    assert len(fake_upstream.requests) == 1
+    said = await rows(db, "SELECT text_content FROM item WHERE conversation_id = :c AND NOT is_output", c=conversation)
+    assert said == [{"text_content": "Only once"}]
+    [stored] = await rows(db, "SELECT state, response_id, answer_response_id, body FROM idempotency_key")
+    assert stored["state"] == "completed" and stored["response_id"] == first.json()["id"]
+    assert stored["answer_response_id"] is None and bytes(stored["body"]) == retry.content  # settled on replay
+    again = await tenant.http.post("/v1/responses", json=body, headers=keyed("k-died"))
+    assert again.content == retry.content
+
+
+async def test_a_stream_key_held_past_its_deadline_replays_the_stored_stream(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A key held past its held_until (its holder gone with no reaper to notice) is not taken over when its turn
+    is stored: the retry gets the turn's event stream, with the headers the stream was first sent with."""
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Streamed once.", chunks=3)))
+    body = {"model": MODEL, "input": "Stream it", "stream": True}
+    first = await alice.http.post("/v1/responses", json=body, headers=keyed("k-stream"))
+    assert first.status_code == 200, first.text
+
+    await _rewind_key(db, "k-stream", holder=None, held_for=-1)
+    retry = await alice.http.post("/v1/responses", json=body, headers=keyed("k-stream"))
+
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    sent = {name: value for name, value in first.headers.items() if name not in ("date", "x-request-id")}
+    replayed = {name: value for name, value in retry.headers.items() if name not in ("date", "x-request-id")}
+    assert replayed == {**sent, "idempotent-replayed": "true"}
+    assert retry.text == first.text
+    assert len(fake_upstream.requests) == 1
+    assert await scalar(db, "SELECT count(*) FROM response") == 1
+
+
+async def test_a_key_whose_process_died_after_its_turn_failed_is_freed_for_a_retry(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """A failed turn appended nothing, and its answer was an HTTP error whose status is not stored: its key is
+    freed as before, and the retry runs the turn."""
+    live = start_server(process_heartbeat_timeout=0.5)
+    tenant = await make_tenant("died-after-failure", live=live)
+    conversation = await new_conversation(tenant.http)
+    fake_upstream.reply_json({"error": {"code": 400, "message": "Prompt too long"}}, status=400)
+    fake_upstream.reply_json(text_response("Second time lucky."))
+    body = {"model": MODEL, "input": "Try me", "conversation": conversation}
+    first = await tenant.http.post("/v1/responses", json=body, headers=keyed("k-failed"))
+    assert first.status_code == 400, first.text
+
+    await _a_process_that_stopped_heartbeating(db, "proc_killed_too")
+    await _rewind_key(db, "k-failed", holder="proc_killed_too", held_for=3600)
+    await eventually(lambda: _key_count(db, "k-failed", 0))
+    retry = await tenant.http.post("/v1/responses", json=body, headers=keyed("k-failed"))
+
+    assert retry.status_code == 200, retry.text
+    assert "idempotent-replayed" not in retry.headers
+    assert len(fake_upstream.requests) == 2
+    statuses = await rows(
+        db, "SELECT status FROM response WHERE conversation_id = :c ORDER BY created_at", c=conversation
+    )
+    assert statuses == [{"status": "failed"}, {"status": "completed"}]
+    said = await rows(db, "SELECT text_content FROM item WHERE conversation_id = :c AND NOT is_output", c=conversation)
+    assert said == [{"text_content": "Try me"}]
+
+
+async def _key_count(db: AsyncEngine, key: str, count: int) -> bool:
+    return await scalar(db, "SELECT count(*) FROM idempotency_key WHERE key = :k", k=key) == count

@@ -137,6 +137,8 @@ class ResponseRecord(Base):
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The X-Request-Id of the request that started the turn (service/observability): its log lines carry it too.
     request_id: Mapped[str | None] = mapped_column(Text)
+    # The Idempotency-Key of that request: a key whose process died after storing the turn is answered from it.
+    idempotency_key: Mapped[str | None] = mapped_column(Text)
 
     # Admin lists walk (created_at, id) backwards, per filter; the model filter is the model that served the
     # turn, else the one asked for (what conversation.last_model records).
@@ -153,6 +155,13 @@ class ResponseRecord(Base):
             postgresql_where=text("status IN ('queued', 'in_progress')"),
         ),
         Index("ix_response_served_model_created_at_id", text("coalesce(upstream_model, model)"), "created_at", "id"),
+        # Read only for keys whose holder died: entries only for keyed turns.
+        Index(
+            "ix_response_idempotency_key",
+            "tenant_id",
+            "idempotency_key",
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
     )
 
 

@@ -172,8 +172,9 @@ class _Recorder:
 
     async def conclude(self) -> None:
         """Store the answer if the request had an effect (any success counts as one), else release the key.
-        Without an answer after an effect (the process is being torn down) the key stays in_progress and is
-        taken over once its holder's TURN_LOCK_TTL has passed."""
+        Without an answer after an effect (the process is being torn down) the key stays in_progress: once its
+        holder is taken for dead, or its TURN_LOCK_TTL has passed, it is completed from its stored turn, or
+        freed when there is none (service/idempotency/repository.py)."""
         self.concluded = True
         started = self._tracker.started
         status = self.status
@@ -250,7 +251,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
                     wait_limit=serving.turn_lock_ttl,
                 )
             return
-        with tracking() as tracker:
+        with tracking(key) as tracker:
             recorder = _Recorder(send=send, answers=serving.answers, claim=outcome, tracker=tracker)
             try:
                 await next_app(scope, _replaying(body, receive), recorder.send)

@@ -27,6 +27,7 @@ class UnstoredStream(Protocol):
 
 @dataclass
 class EffectTracker:
+    key: str  # the request's Idempotency-Key, stored on the response its turn creates
     started: bool = False
     response_id: str | None = None
     conversation_id: str | None = None
@@ -46,14 +47,22 @@ _current: ContextVar[EffectTracker | None] = ContextVar("idempotency_effect_trac
 
 
 @contextmanager
-def tracking() -> Iterator[EffectTracker]:
+def tracking(key: str) -> Iterator[EffectTracker]:
     """Track the current request; tasks it spawns copy the context and so share the tracker."""
-    tracker = EffectTracker()
+    tracker = EffectTracker(key)
     token = _current.set(tracker)
     try:
         yield tracker
     finally:
         _current.reset(token)
+
+
+def current_idempotency_key() -> str | None:
+    """The key of the request being served. Its turn's response records it: should the process die after the
+    turn was stored and before the key was completed, the key is completed from that response instead of being
+    freed for a second run (service/idempotency/repository.py)."""
+    tracker = _current.get()
+    return tracker.key if tracker is not None else None
 
 
 def note_effect(*, response_id: str | None = None) -> None:

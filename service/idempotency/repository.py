@@ -3,25 +3,125 @@ request that holds it, so a request whose claim was taken over cannot overwrite 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    ColumnElement,
+    FromClause,
+    Select,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, idempotency_key_table, response_table
 from service.errors import error_envelope
+from service.responses.status import ANSWERED, RUNNING
 
 key_t = idempotency_key_table
 
 IN_PROGRESS = "in_progress"
 COMPLETED = "completed"
 
+# The headers of a turn's answer as its route sends them (tests/test_idempotency.py compares them).
+_JSON_HEADERS = literal([["content-type", "application/json"]], JSONB)
+_STREAM_HEADERS = literal(
+    [["cache-control", "no-cache"], ["x-accel-buffering", "no"], ["content-type", "text/event-stream; charset=utf-8"]],
+    JSONB,
+)
+
 
 def _seconds(name: str, value: float) -> Any:
     return func.make_interval(0, 0, 0, 0, 0, 0, bindparam(name, value))
+
+
+def _replayable_turns(keys: FromClause) -> Select[Any]:
+    """The turn that a key's holder stored under the key, when it can stand as the key's answer, for each of
+    `keys`. A holder killed after storing its turn and before completing its key leaves the key in_progress;
+    running the request again would append the turn's items twice, or call the upstream (and charge) a second
+    time. A streamed turn's answer is its event stream, whatever its end. A turn answered as one JSON body is
+    replayed when answered (completed or incomplete): a failed one answered with an HTTP error whose status is
+    not stored, and it appended nothing, so its key is freed and a retry runs it again."""
+    response = response_table.c
+    return (
+        select(response.id, response.conversation_id, response.stream)
+        .where(
+            response.tenant_id == keys.c.tenant_id,
+            response.idempotency_key == keys.c.key,
+            response.created_at >= keys.c.locked_at,
+            or_(response.status.in_(ANSWERED), and_(response.stream, response.status.not_in(RUNNING))),
+        )
+        .order_by(response.created_at.desc())
+        .limit(1)
+    )
+
+
+def _past_held_until(keys: FromClause, stale_after_seconds: float) -> ColumnElement[bool]:
+    held_until = func.coalesce(keys.c.held_until, keys.c.locked_at + _seconds("stale", stale_after_seconds))
+    return held_until < func.now()
+
+
+async def _complete_from_replayable_turns(
+    conn: AsyncConnection, held: Callable[[FromClause], ColumnElement[bool]]
+) -> int:
+    """Complete the `held` in_progress keys whose turn can be their answer. It is read from that response at
+    replay (service/idempotency/replay.py): its event stream for a streamed turn, else the response."""
+    keys = key_t.alias("held")
+    turn = _replayable_turns(keys).lateral("turn")
+    found = (
+        select(keys.c.tenant_id, keys.c.key, turn.c.id, turn.c.conversation_id, turn.c.stream)
+        .select_from(keys.join(turn, true()))
+        .where(held(keys), keys.c.state == IN_PROGRESS)
+        .subquery("found")
+    )
+    stmt = (
+        update(key_t)
+        .where(key_t.c.tenant_id == found.c.tenant_id, key_t.c.key == found.c.key, key_t.c.state == IN_PROGRESS)
+        .values(
+            state=COMPLETED,
+            status_code=200,
+            headers=case((found.c.stream, _STREAM_HEADERS), else_=_JSON_HEADERS),
+            body=b"",
+            response_id=found.c.id,
+            conversation_id=found.c.conversation_id,
+            answer_response_id=found.c.id,
+        )
+    )
+    return (await conn.execute(stmt)).rowcount
+
+
+def _claimed(*, stale_after_seconds: float, keep_seconds: float, holder_process: str) -> dict[str, Any]:
+    """The columns of a key claimed now, by `holder_process` (a new claim, or one taken over)."""
+    return {
+        "state": IN_PROGRESS,
+        "locked_at": func.clock_timestamp(),
+        "held_until": func.clock_timestamp() + _seconds("stale", stale_after_seconds),
+        "holder_process": holder_process,
+        "expires_at": func.now() + _seconds("keep", keep_seconds),
+    }
+
+
+# What a taken-over key forgets of its earlier holder's answer.
+_NO_ANSWER = {
+    "status_code": None,
+    "headers": None,
+    "body": None,
+    "response_id": None,
+    "conversation_id": None,
+    "answer_response_id": None,
+}
 
 
 async def claim(
@@ -36,56 +136,75 @@ async def claim(
     stale_after_seconds: float,
     holder_process: str,
 ) -> datetime | None:
-    """Insert the key as in_progress and return its lock token; None when another request owns the key.
-
-    An existing row is taken over (reset) only when it has expired but was not purged yet, or when it is still
-    in_progress with the same fingerprint past the deadline its holder set (`held_until`: its own TURN_LOCK_TTL,
-    `stale_after_seconds` here), by when the holder must have finished unless it died. A key claimed before
-    held_until existed is judged by this process's TTL. The key names its `holder_process`: when the reaper takes
-    that process for dead it deletes the key (service/cluster/repository.py), so a retry need not wait that long."""
+    """Insert the key as in_progress and return its lock token; None when the key exists (an expired key not
+    purged yet is taken over). `stale_after_seconds`: this process's TURN_LOCK_TTL, the deadline it sets."""
+    claimed = _claimed(
+        stale_after_seconds=stale_after_seconds, keep_seconds=keep_seconds, holder_process=holder_process
+    )
     values = insert(key_t).values(
-        tenant_id=tenant_id,
-        key=key,
-        fingerprint=fingerprint,
-        method=method,
-        path=path,
-        state=IN_PROGRESS,
-        locked_at=func.clock_timestamp(),
-        held_until=func.clock_timestamp() + _seconds("stale", stale_after_seconds),
-        holder_process=holder_process,
-        expires_at=func.now() + _seconds("keep", keep_seconds),
+        tenant_id=tenant_id, key=key, fingerprint=fingerprint, method=method, path=path, **claimed
     )
     excluded = values.excluded
-    takeover = or_(
-        key_t.c.expires_at < func.now(),
-        and_(
-            key_t.c.state == IN_PROGRESS,
-            key_t.c.fingerprint == excluded.fingerprint,
-            func.coalesce(key_t.c.held_until, key_t.c.locked_at + _seconds("stale", stale_after_seconds)) < func.now(),
-        ),
-    )
     stmt = values.on_conflict_do_update(
         index_elements=[key_t.c.tenant_id, key_t.c.key],
         set_={
-            "fingerprint": excluded.fingerprint,
-            "method": excluded.method,
-            "path": excluded.path,
-            "state": IN_PROGRESS,
-            "locked_at": excluded.locked_at,
-            "held_until": excluded.held_until,
-            "holder_process": excluded.holder_process,
-            "expires_at": excluded.expires_at,
-            "status_code": None,
-            "headers": None,
-            "body": None,
-            "response_id": None,
-            "conversation_id": None,
+            **{name: excluded[name] for name in ("fingerprint", "method", "path", *claimed)},
+            **_NO_ANSWER,
             "created_at": func.now(),
         },
-        where=takeover,
+        where=key_t.c.expires_at < func.now(),
     ).returning(key_t.c.locked_at)
     token: datetime | None = await conn.scalar(stmt)
     return token
+
+
+async def take_over_abandoned(
+    conn: AsyncConnection,
+    *,
+    tenant_id: str,
+    key: str,
+    fingerprint: bytes,
+    keep_seconds: float,
+    stale_after_seconds: float,
+    holder_process: str,
+) -> datetime | None:
+    """Take over a key still in_progress, with the same fingerprint, past the deadline its holder set
+    (`held_until`: its own TURN_LOCK_TTL), by when the holder must have finished unless it died; a key claimed
+    before held_until existed is judged by this process's TTL. Not when its turn can be its answer: that key is
+    completed from its turn (complete_held_past_deadline). The key names its `holder_process`: when the reaper
+    takes that process for dead it frees the key (release_held_by), so a retry need not wait that long."""
+    stmt = (
+        update(key_t)
+        .where(
+            key_t.c.tenant_id == tenant_id,
+            key_t.c.key == key,
+            key_t.c.state == IN_PROGRESS,
+            key_t.c.fingerprint == fingerprint,
+            _past_held_until(key_t, stale_after_seconds),
+            ~_replayable_turns(key_t).exists(),
+        )
+        .values(
+            **_claimed(
+                stale_after_seconds=stale_after_seconds, keep_seconds=keep_seconds, holder_process=holder_process
+            ),
+            **_NO_ANSWER,
+            created_at=func.now(),
+        )
+        .returning(key_t.c.locked_at)
+    )
+    token: datetime | None = await conn.scalar(stmt)
+    return token
+
+
+async def complete_held_past_deadline(
+    conn: AsyncConnection, *, tenant_id: str, key: str, stale_after_seconds: float
+) -> bool:
+    """Complete a key held past its deadline whose turn can be its answer (its holder died before completing it)."""
+
+    def held(keys: FromClause) -> ColumnElement[bool]:
+        return and_(keys.c.tenant_id == tenant_id, keys.c.key == key, _past_held_until(keys, stale_after_seconds))
+
+    return await _complete_from_replayable_turns(conn, held) > 0
 
 
 async def get(conn: AsyncConnection, tenant_id: str, key: str) -> Any:
@@ -160,10 +279,12 @@ async def release(conn: AsyncConnection, *, tenant_id: str, key: str, token: dat
 
 
 async def release_held_by(conn: AsyncConnection, process_ids: list[str]) -> int:
-    """Forget the unanswered keys of processes taken for dead, so that a retry with one runs at once rather than
-    after the key's held_until. Run only in the pass that finds those processes dead (a scan of the keys)."""
+    """Forget the in_progress keys of processes taken for dead, so that a retry with one runs at once rather than
+    after the key's held_until; a key whose turn can be its answer is completed instead, so that a retry replays it.
+    Run only in the pass that finds those processes dead (a scan of the keys)."""
     if not process_ids:
         return 0
+    await _complete_from_replayable_turns(conn, lambda keys: keys.c.holder_process.in_(process_ids))
     stmt = delete(key_t).where(key_t.c.state == IN_PROGRESS, key_t.c.holder_process.in_(process_ids))
     return (await conn.execute(stmt)).rowcount
 

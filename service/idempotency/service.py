@@ -113,6 +113,23 @@ async def begin(
             if token is not None:
                 return Claim(request, token)
             row = await repository.get(conn, request.tenant_id, request.key)
+            if row is not None and row.state != repository.COMPLETED and bytes(row.fingerprint) == request.fingerprint:
+                # Held past its holder's deadline: the holder died. Its turn, if stored, may be the answer.
+                token = await repository.take_over_abandoned(
+                    conn,
+                    tenant_id=request.tenant_id,
+                    key=request.key,
+                    fingerprint=request.fingerprint,
+                    keep_seconds=keep_seconds,
+                    stale_after_seconds=stale_after_seconds,
+                    holder_process=holder_process,
+                )
+                if token is not None:
+                    return Claim(request, token)
+                if await repository.complete_held_past_deadline(
+                    conn, tenant_id=request.tenant_id, key=request.key, stale_after_seconds=stale_after_seconds
+                ):
+                    row = await repository.get(conn, request.tenant_id, request.key)
         if row is None:
             continue  # released between our two statements: claim again
         if bytes(row.fingerprint) != request.fingerprint:

@@ -39,7 +39,7 @@ from service.conversations.service import conversation_locked, conversation_not_
 from service.db.retry import Later
 from service.db.session import driver_connection
 from service.errors import InvalidRequest, ServiceUnavailable
-from service.idempotency.progress import note_effect, note_outcome_deferred
+from service.idempotency.progress import current_idempotency_key, note_effect, note_outcome_deferred
 from service.ids import can_exist, new_id
 from service.items import ITEM_REFERENCE, NewItem
 from service.limits.sizes import ConversationCaps
@@ -524,4 +524,5 @@ def _new_response(tenant_id: str, request: TurnRequest, state: ResponseState) ->
         background=request.background,
         stream=request.stream,
         request_id=current_request_id(),
+        idempotency_key=current_idempotency_key(),
     )

@@ -69,10 +69,10 @@ _CLAIM_AND_STORE = Statement(
     stored AS (
         INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
                               model, instructions, params_json, metadata, background, stream, thread_id,
-                              request_id)
+                              request_id, idempotency_key)
         SELECT $response_id, $tenant_id, $conversation_id, claim.next_position, $previous_response_id, $status,
                $model, $instructions, $params_json, $metadata::jsonb, $background, $stream, $conversation_id,
-               $request_id
+               $request_id, $idempotency_key
         FROM claim
         RETURNING created_at
     ),
@@ -138,10 +138,10 @@ _BEGIN = Statement(
     f"""
     WITH stored AS (
         INSERT INTO response (id, tenant_id, conversation_id, previous_response_id, status, model, instructions,
-                              params_json, metadata, background, stream, thread_id, request_id)
+                              params_json, metadata, background, stream, thread_id, request_id, idempotency_key)
         VALUES ($response_id, $tenant_id, $conversation_id, $previous_response_id, $status, $model, $instructions,
                 $params_json, $metadata::jsonb, $background, $stream, {chain_totals.THREAD_OF_NEW_RESPONSE},
-                $request_id)
+                $request_id, $idempotency_key)
         RETURNING created_at, thread_id,
                   CASE WHEN $lazy_commit THEN set_config('synchronous_commit', 'off', true) END
     ),
@@ -411,11 +411,11 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
         INSERT INTO response (id, tenant_id, conversation_id, conversation_position, status, model, instructions,
                               params_json, metadata, background, stream, created_at, upstream_id, upstream_model,
                               usage, error, incomplete_details, input_tokens, output_tokens, cost, completed_at,
-                              thread_id, request_id, service_tier)
+                              thread_id, request_id, service_tier, idempotency_key)
         SELECT $response_id, $tenant_id, $conversation_id, advanced.start, $status, $model, $instructions,
                $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id, $upstream_model,
                $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens, $cost,
-               $completed_at, $conversation_id, $request_id, $service_tier
+               $completed_at, $conversation_id, $request_id, $service_tier, $idempotency_key
         FROM advanced
         RETURNING completed_at
     )
@@ -509,12 +509,12 @@ _FINISH_UNSEEN = Statement(
     INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
                           model, instructions, params_json, metadata, background, stream, created_at, upstream_id,
                           upstream_model, usage, error, incomplete_details, input_tokens, output_tokens, cost,
-                          completed_at, thread_id, request_id, service_tier)
+                          completed_at, thread_id, request_id, service_tier, idempotency_key)
     SELECT $response_id, $tenant_id, (SELECT id FROM conversation WHERE id = $conversation_id),
            $conversation_position, (SELECT id FROM response WHERE id = $previous_response_id), $status, $model,
            $instructions, $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id,
            $upstream_model, $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens,
-           $cost, $completed_at, thread.id, $request_id, $service_tier
+           $cost, $completed_at, thread.id, $request_id, $service_tier, $idempotency_key
     FROM thread
     """
 )
@@ -564,6 +564,8 @@ class NewResponse:
     background: bool
     stream: bool
     request_id: str | None = None  # the X-Request-Id of the request that started the turn
+    # The Idempotency-Key the request came with: a key its process could not complete is answered by this turn.
+    idempotency_key: str | None = None
 
     @property
     def visible_before_finish(self) -> bool:
@@ -590,6 +592,7 @@ class NewResponse:
             "background": self.background,
             "stream": self.stream,
             "request_id": self.request_id,
+            "idempotency_key": self.idempotency_key,
         }
 
 
