@@ -4,6 +4,7 @@ request that holds it, so a request whose claim was taken over cannot overwrite 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -102,15 +103,24 @@ async def _complete_from_replayable_turns(
     return (await conn.execute(stmt)).rowcount
 
 
-def _claimed(*, stale_after_seconds: float, keep_seconds: float, holder_process: str) -> dict[str, Any]:
-    """The columns of a key claimed now, by `holder_process` (a new claim, or one taken over)."""
-    return {
-        "state": IN_PROGRESS,
-        "locked_at": func.clock_timestamp(),
-        "held_until": func.clock_timestamp() + _seconds("stale", stale_after_seconds),
-        "holder_process": holder_process,
-        "expires_at": func.now() + _seconds("keep", keep_seconds),
-    }
+@dataclass(frozen=True)
+class Holder:
+    """The process that claims a key: its id, the deadline it sets (its TURN_LOCK_TTL, by when it must have
+    answered unless it died) and how long the key is kept (IDEMPOTENCY_KEY_TTL)."""
+
+    process: str
+    stale_after_seconds: float
+    keep_seconds: float
+
+    def claimed(self) -> dict[str, Any]:
+        """The columns of a key this process claims now (a new claim, or one taken over)."""
+        return {
+            "state": IN_PROGRESS,
+            "locked_at": func.clock_timestamp(),
+            "held_until": func.clock_timestamp() + _seconds("stale", self.stale_after_seconds),
+            "holder_process": self.process,
+            "expires_at": func.now() + _seconds("keep", self.keep_seconds),
+        }
 
 
 # What a taken-over key forgets of its earlier holder's answer.
@@ -132,15 +142,11 @@ async def claim(
     fingerprint: bytes,
     method: str,
     path: str,
-    keep_seconds: float,
-    stale_after_seconds: float,
-    holder_process: str,
+    holder: Holder,
 ) -> datetime | None:
     """Insert the key as in_progress and return its lock token; None when the key exists (an expired key not
-    purged yet is taken over). `stale_after_seconds`: this process's TURN_LOCK_TTL, the deadline it sets."""
-    claimed = _claimed(
-        stale_after_seconds=stale_after_seconds, keep_seconds=keep_seconds, holder_process=holder_process
-    )
+    purged yet is taken over)."""
+    claimed = holder.claimed()
     values = insert(key_t).values(
         tenant_id=tenant_id, key=key, fingerprint=fingerprint, method=method, path=path, **claimed
     )
@@ -159,14 +165,7 @@ async def claim(
 
 
 async def take_over_abandoned(
-    conn: AsyncConnection,
-    *,
-    tenant_id: str,
-    key: str,
-    fingerprint: bytes,
-    keep_seconds: float,
-    stale_after_seconds: float,
-    holder_process: str,
+    conn: AsyncConnection, *, tenant_id: str, key: str, fingerprint: bytes, holder: Holder
 ) -> datetime | None:
     """Take over a key still in_progress, with the same fingerprint, past the deadline its holder set
     (`held_until`: its own TURN_LOCK_TTL), by when the holder must have finished unless it died; a key claimed
@@ -180,13 +179,11 @@ async def take_over_abandoned(
             key_t.c.key == key,
             key_t.c.state == IN_PROGRESS,
             key_t.c.fingerprint == fingerprint,
-            _past_held_until(key_t, stale_after_seconds),
+            _past_held_until(key_t, holder.stale_after_seconds),
             ~_replayable_turns(key_t).exists(),
         )
         .values(
-            **_claimed(
-                stale_after_seconds=stale_after_seconds, keep_seconds=keep_seconds, holder_process=holder_process
-            ),
+            **holder.claimed(),
             **_NO_ANSWER,
             created_at=func.now(),
         )

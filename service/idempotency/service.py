@@ -97,39 +97,34 @@ async def begin(
 ) -> Claim | StoredAnswer:
     """Claim the key for this request, or return the stored answer of the request that used it first.
     Raises 409 while that request still runs, 422 when the key came with a different request."""
+    holder = repository.Holder(holder_process, stale_after_seconds, keep_seconds)
+    tenant_id, key, fingerprint = request.tenant_id, request.key, request.fingerprint
     for _ in range(3):
         async with engine.begin() as conn:
             token = await repository.claim(
                 conn,
-                tenant_id=request.tenant_id,
-                key=request.key,
-                fingerprint=request.fingerprint,
+                tenant_id=tenant_id,
+                key=key,
+                fingerprint=fingerprint,
                 method=request.method,
                 path=request.path,
-                keep_seconds=keep_seconds,
-                stale_after_seconds=stale_after_seconds,
-                holder_process=holder_process,
+                holder=holder,
             )
             if token is not None:
                 return Claim(request, token)
-            row = await repository.get(conn, request.tenant_id, request.key)
-            if row is not None and row.state != repository.COMPLETED and bytes(row.fingerprint) == request.fingerprint:
-                # Held past its holder's deadline: the holder died. Its turn, if stored, may be the answer.
+            row = await repository.get(conn, tenant_id, key)
+            if row is not None and row.state != repository.COMPLETED and bytes(row.fingerprint) == fingerprint:
+                # Held past its holder's deadline, the holder died: its stored turn is the answer, else this
+                # request runs it again.
                 token = await repository.take_over_abandoned(
-                    conn,
-                    tenant_id=request.tenant_id,
-                    key=request.key,
-                    fingerprint=request.fingerprint,
-                    keep_seconds=keep_seconds,
-                    stale_after_seconds=stale_after_seconds,
-                    holder_process=holder_process,
+                    conn, tenant_id=tenant_id, key=key, fingerprint=fingerprint, holder=holder
                 )
                 if token is not None:
                     return Claim(request, token)
                 if await repository.complete_held_past_deadline(
-                    conn, tenant_id=request.tenant_id, key=request.key, stale_after_seconds=stale_after_seconds
+                    conn, tenant_id=tenant_id, key=key, stale_after_seconds=stale_after_seconds
                 ):
-                    row = await repository.get(conn, request.tenant_id, request.key)
+                    row = await repository.get(conn, tenant_id, key)
         if row is None:
             continue  # released between our two statements: claim again
         if bytes(row.fingerprint) != request.fingerprint:
