@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster import repository, running
 from service.idempotency import repository as idempotency_keys
+from service.threads import repository as threads
 
 logger = logging.getLogger("service.cluster")
 
@@ -76,11 +77,18 @@ class Heartbeat:
             logger.warning("failed %d turn(s) of stopped processes: %s", len(failed), ", ".join(failed[:10]))
         return failed
 
+    async def fold_pending_chain_totals(self) -> None:
+        """The chain turns that finished while their chain's row was held, and that no later finish added to the
+        chain's totals (service/threads/totals.py): added now, so that they wait at most one heartbeat."""
+        async with self._engine.begin() as conn:
+            await threads.fold_pending_totals(conn)
+
     async def run_forever(self) -> None:
         while True:
             try:
                 await self.beat()
                 await self.reap()
+                await self.fold_pending_chain_totals()
             except Exception as exc:
                 logger.warning("heartbeat failed: %s", type(exc).__name__)
             await asyncio.sleep(self.interval)

@@ -439,11 +439,13 @@ _INPUTS_COUNTED = """
 # items, no token counts, no second count in the chain's totals, no event log); it returns no row then.
 _FINISH_STORED = Statement(
     f"""
-    WITH completed AS (
+    WITH {chain_totals.CHAIN_ROW_OF_RESPONSE},
+    completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
             service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
-            input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
+            input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at,
+            chain_pending = {chain_totals.PENDING_OF_RESPONSE}
         WHERE id = $response_id AND status = ANY($running::text[])
         RETURNING completed_at
     ),
@@ -463,11 +465,13 @@ _FINISH_STORED = Statement(
 
 _FINISH_LOGGED = Statement(
     f"""
-    WITH completed AS (
+    WITH {chain_totals.CHAIN_ROW_OF_RESPONSE},
+    completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
             service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
-            input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at
+            input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at,
+            chain_pending = {chain_totals.PENDING_OF_RESPONSE}
         WHERE id = $response_id AND status = ANY($running::text[])
         RETURNING completed_at
     ),
@@ -509,12 +513,13 @@ _FINISH_UNSEEN = Statement(
     INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
                           model, instructions, params_json, metadata, background, stream, created_at, upstream_id,
                           upstream_model, usage, error, incomplete_details, input_tokens, output_tokens, cost,
-                          completed_at, thread_id, request_id, service_tier, idempotency_key)
+                          completed_at, thread_id, request_id, service_tier, idempotency_key, chain_pending)
     SELECT $response_id, $tenant_id, (SELECT id FROM conversation WHERE id = $conversation_id),
            $conversation_position, (SELECT id FROM response WHERE id = $previous_response_id), $status, $model,
            $instructions, $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id,
            $upstream_model, $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens,
-           $cost, $completed_at, thread.id, $request_id, $service_tier, $idempotency_key
+           $cost, $completed_at, thread.id, $request_id, $service_tier, $idempotency_key,
+           {chain_totals.PENDING_OF_NEW_RESPONSE}
     FROM thread
     """
 )

@@ -25,6 +25,7 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
     true,
     tuple_,
     union_all,
@@ -48,6 +49,7 @@ from service.admin.repository import (
 from service.admin.statements import Statements
 from service.db.models import conversation_table, item_table, response_chain_table, response_table
 from service.responses.status import RUNNING
+from service.threads import totals as chain_totals
 
 conversation_t = conversation_table
 chain_t = response_chain_table
@@ -292,3 +294,13 @@ async def chain_has_unseen_turn(conn: AsyncConnection, chain_id: str) -> bool:
         .with_for_update()
     )
     return bool(await conn.scalar(stmt))
+
+
+_FOLD_PENDING = text(chain_totals.FOLD_PENDING)
+
+
+async def fold_pending_totals(conn: AsyncConnection) -> int:
+    """Add to their chains' totals the turns whose finish found the chain's row held and that no later finish
+    added (service/threads/totals.py); returns how many chains. A chain whose row is held now is left to its next
+    finish or the next pass. Reads an index of the pending turns only: nothing when there are none."""
+    return len((await conn.execute(_FOLD_PENDING)).all())

@@ -31,21 +31,105 @@ THREAD_OF_NEW_RESPONSE = (
 # The thread of a response the begin stored.
 THREAD_OF_RESPONSE = "(SELECT r.thread_id FROM response r WHERE r.id = $response_id)"
 
-# In a finish of a response the begin stored (CTE `completed` returns a row once its outcome is stored), its
-# outputs in the item arrays: add the turn to its chain's totals. A response in a conversation's thread has
-# no chain row, and updates nothing. Its inputs were counted at the begin only for the chain's first response.
-# The chain's last activity is its latest completion (the time the turn's answer stores), never moved back.
-ADD_TO_CHAIN = f""",
+# -- a finish adds its turn to its chain's totals, without waiting for the chain's row --------------------------
+# Every branch of a chain adds to the same row, and many clients branching from one response finish together: a
+# finish that waited for the row would wait for the other finishes' commits one after another. So a finish takes
+# the row only when no other statement holds it (CHAIN_ROW). When it is held, the finish marks its response
+# pending (response.chain_pending, PENDING) and ends; the next finish that takes the row adds the pending turns
+# with its own (FOLDED), and the heartbeat's sweep (FOLD_PENDING) adds those that no later finish took.
+
+
+def chain_row(thread: str) -> str:
+    """A CTE: the id of the chain `thread` (an SQL expression), locked, when it is a chain and its row is free."""
+    return f"""chain_row AS MATERIALIZED (
+        SELECT ch.id FROM response_chain ch WHERE ch.id = {thread} FOR NO KEY UPDATE SKIP LOCKED
+    )"""
+
+
+def pending(thread: str) -> str:
+    """The finishing response's chain_pending: true when its thread is a chain whose row another statement held."""
+    return (
+        "CASE WHEN NOT EXISTS (SELECT FROM chain_row)"
+        f" AND EXISTS (SELECT FROM response_chain pc WHERE pc.id = {thread}) THEN true END"
+    )
+
+
+# The pending turns of the locked chain(s), taken off pending, and what they add, per chain: the items each
+# stored (a chain's first response's inputs were counted when the chain started, START_CHAIN), its usage and
+# cost, and the status and model of the latest of them to complete. A pending response locked by another
+# statement (a delete of the chain) is left as it is. `{only_if}`: a further condition.
+_FOLDED = """
+    pending AS MATERIALIZED (
+        SELECT r.id FROM response r JOIN chain_row ON r.thread_id = chain_row.id
+        WHERE r.chain_pending{only_if}
+        FOR NO KEY UPDATE OF r SKIP LOCKED
+    ),
+    folded AS (
+        UPDATE response r SET chain_pending = NULL
+        FROM pending
+        WHERE r.id = pending.id
+        RETURNING r.id, r.thread_id, r.status, r.completed_at, coalesce(r.upstream_model, r.model) AS model,
+                  r.input_tokens, r.output_tokens, r.cost,
+                  (SELECT count(*) FROM item i
+                   WHERE i.response_id = r.id AND (i.is_output OR r.id <> r.thread_id)) AS items
+    ),
+    folded_sum AS (
+        SELECT thread_id, count(*) AS responses, sum(items) AS items, sum(input_tokens) AS input_tokens,
+               sum(output_tokens) AS output_tokens, sum(cost) AS cost, max(completed_at) AS latest,
+               (array_agg(status ORDER BY completed_at DESC))[1] AS status,
+               (array_agg(model ORDER BY completed_at DESC))[1] AS model, array_agg(id) AS ids
+        FROM folded GROUP BY thread_id
+    )"""
+
+
+def _added(
+    *,
+    responses: str = "1",
+    items: str,
+    usage: tuple[str, str, str] = ("$input_tokens", "$output_tokens", "$cost"),
+    completed_at: str = "$completed_at",
+    status: str = "$status",
+    model: str,
+    response_id: str = "$response_id",
+) -> str:
+    """The SET list of a chain's row (response_chain) adding one turn of its own (the finishing one: its columns
+    as SQL) and the folded ones (`f`, folded_sum, NULL when none). The chain's last activity is its latest
+    completion, never moved back; its last status and model are those of the turn that completed last. The turns
+    added are taken off its running turns (MARK_RUNNING_TURN)."""
+    return f"""
+            updated_at = greatest(response_chain.updated_at, {completed_at}, f.latest),
+            turn_response_ids = ARRAY(
+                SELECT t FROM unnest(response_chain.turn_response_ids) t
+                WHERE t IS DISTINCT FROM {response_id} AND t <> ALL(coalesce(f.ids, '{{}}'))),
+            turn_expires_at = CASE WHEN response_chain.turn_response_ids
+                <@ (coalesce(f.ids, '{{}}') || {response_id}) THEN NULL ELSE response_chain.turn_expires_at END,
+            response_count = response_chain.response_count + {responses} + coalesce(f.responses, 0),
+            item_count = response_chain.item_count + {items} + coalesce(f.items, 0),
+            input_tokens = response_chain.input_tokens + {usage[0]} + coalesce(f.input_tokens, 0),
+            output_tokens = response_chain.output_tokens + {usage[1]} + coalesce(f.output_tokens, 0),
+            cost = response_chain.cost + {usage[2]} + coalesce(f.cost, 0),
+            last_status = CASE WHEN f.latest > {completed_at} THEN f.status ELSE {status} END,
+            last_model = CASE WHEN f.latest > {completed_at} THEN f.model ELSE {model} END"""
+
+
+# In a finish of a response the begin stored, first in its WITH: the chain of its thread (none for a response in a
+# conversation's thread). Its CTE `completed` sets chain_pending = PENDING_OF_RESPONSE.
+CHAIN_ROW_OF_RESPONSE = chain_row("(SELECT r.thread_id FROM response r WHERE r.id = $response_id)")
+PENDING_OF_RESPONSE = pending("response.thread_id")
+
+# Then, once `completed` returned a row (its outcome stored, its outputs in the item arrays): add the turn to its
+# chain's totals. Its inputs were counted at the begin only for the chain's first response.
+ADD_TO_CHAIN = f""",{_FOLDED.format(only_if=" AND EXISTS (SELECT FROM completed)")},
     chain AS (
-        UPDATE response_chain SET updated_at = greatest(response_chain.updated_at, $completed_at),
-            response_count = response_count + 1,
-            item_count = item_count + cardinality($ids::text[]) + CASE WHEN response_chain.id = $response_id
-                THEN 0 ELSE (SELECT count(*) FROM item i WHERE i.response_id = $response_id AND NOT i.is_output) END,
-            input_tokens = input_tokens + $input_tokens, output_tokens = output_tokens + $output_tokens,
-            cost = cost + $cost, last_status = $status,
-            last_model = coalesce($upstream_model, (SELECT r.model FROM response r WHERE r.id = $response_id))
-        FROM completed
-        WHERE response_chain.id = {THREAD_OF_RESPONSE}
+        UPDATE response_chain SET {
+    _added(
+        items="cardinality($ids::text[]) + CASE WHEN response_chain.id = $response_id THEN 0 ELSE"
+        " (SELECT count(*) FROM item i WHERE i.response_id = $response_id AND NOT i.is_output) END",
+        model="coalesce($upstream_model, (SELECT r.model FROM response r WHERE r.id = $response_id))",
+    )
+}
+        FROM completed, chain_row LEFT JOIN folded_sum f ON f.thread_id = chain_row.id
+        WHERE response_chain.id = chain_row.id
     )"""
 
 # In the begin of a stored turn that continues a chain and that no client sees before its end (CTE `previous`
@@ -70,16 +154,37 @@ MARK_RUNNING_TURN = """
 """
 
 # In the finish of a response no client saw before its end (stored whole there, its inputs and outputs in the
-# item arrays) that continues a previous response: add it to the chain's totals, and take it off the chain's
-# running turns (MARK_RUNNING_TURN).
-ADD_UNSEEN_TO_CHAIN = """,
+# item arrays, its thread in CTE `thread`) that continues a previous response: add it to its chain's totals, and
+# take it off the chain's running turns. The response it inserts sets chain_pending = PENDING_OF_NEW_RESPONSE.
+ADD_UNSEEN_TO_CHAIN = f""",
+    {chain_row("(SELECT id FROM thread)")},{_FOLDED.format(only_if="")},
     chain AS (
-        UPDATE response_chain SET updated_at = greatest(response_chain.updated_at, $completed_at),
-            turn_response_ids = array_remove(turn_response_ids, $response_id),
-            turn_expires_at = CASE WHEN turn_response_ids <@ ARRAY[$response_id] THEN NULL ELSE turn_expires_at END,
-            response_count = response_count + 1,
-            item_count = item_count + cardinality($ids::text[]),
-            input_tokens = input_tokens + $input_tokens, output_tokens = output_tokens + $output_tokens,
-            cost = cost + $cost, last_status = $status, last_model = coalesce($upstream_model, $model)
-        WHERE response_chain.id = (SELECT p.thread_id FROM response p WHERE p.id = $previous_response_id)
+        UPDATE response_chain SET {_added(items="cardinality($ids::text[])", model="coalesce($upstream_model, $model)")}
+        FROM chain_row LEFT JOIN folded_sum f ON f.thread_id = chain_row.id
+        WHERE response_chain.id = chain_row.id
     )"""
+PENDING_OF_NEW_RESPONSE = pending("thread.id")
+
+# The heartbeat's sweep (service/threads/repository.py): the pending turns that no later finish took, added to
+# their chains' totals, for the chains whose row is free (the others are left to their next finish, or sweep).
+FOLD_PENDING = f"""
+    WITH chain_row AS MATERIALIZED (
+        SELECT ch.id FROM response_chain ch
+        WHERE ch.id IN (SELECT thread_id FROM response WHERE chain_pending)
+        FOR NO KEY UPDATE SKIP LOCKED
+    ),{_FOLDED.format(only_if="")}
+    UPDATE response_chain SET {
+    _added(
+        responses="0",
+        items="0",
+        usage=("0", "0", "0"),
+        completed_at="response_chain.updated_at",
+        status="response_chain.last_status",
+        model="response_chain.last_model",
+        response_id="NULL::text",
+    )
+}
+    FROM folded_sum f
+    WHERE response_chain.id = f.thread_id
+    RETURNING response_chain.id
+"""

@@ -1,0 +1,120 @@
+"""A chain's totals while many turns finish in it at once: a finish never waits for the chain's row (every branch
+of the chain adds to that one row). One that finds the row held marks its response pending; the next finish that
+takes the row adds it, and the heartbeat's sweep adds those that no later finish took. The row is held here by the
+test's own transaction, as a finish holds it until its commit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import LiveServer, Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
+from tests.reliability_support import eventually
+from tests.stream_support import parse_sse
+from tests.turn_support import MODEL, rows, turn
+
+# The fake upstream reports 10 input and 5 output tokens and $0.00042 per turn; each turn stores two items.
+_PER_TURN = {"items": 2, "input_tokens": 10, "output_tokens": 5, "cost": Decimal("0.00042")}
+
+
+@asynccontextmanager
+async def chain_row_held(db: AsyncEngine, chain_id: str) -> AsyncIterator[None]:
+    async with db.connect() as conn:
+        transaction = await conn.begin()
+        await conn.execute(text("SELECT 1 FROM response_chain WHERE id = :c FOR UPDATE"), {"c": chain_id})
+        try:
+            yield
+        finally:
+            await transaction.rollback()
+
+
+async def totals(db: AsyncEngine, chain_id: str) -> dict[str, Any]:
+    [row] = await rows(
+        db,
+        "SELECT response_count, item_count, input_tokens, output_tokens, cost, last_status, turn_response_ids,"
+        " turn_expires_at, updated_at FROM response_chain WHERE id = :c",
+        c=chain_id,
+    )
+    return row
+
+
+def counted(turns: int) -> dict[str, Any]:
+    return {
+        "response_count": turns,
+        "item_count": turns * _PER_TURN["items"],
+        "input_tokens": turns * _PER_TURN["input_tokens"],
+        "output_tokens": turns * _PER_TURN["output_tokens"],
+        "cost": turns * _PER_TURN["cost"],
+    }
+
+
+def numbers(row: dict[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in ("response_count", "item_count", "input_tokens", "output_tokens", "cost")}
+
+
+async def pending(db: AsyncEngine) -> list[str]:
+    return [row["id"] for row in await rows(db, "SELECT id FROM response WHERE chain_pending ORDER BY created_at")]
+
+
+async def _streamed_turn(tenant: Tenant, previous: str) -> str:
+    answer = await tenant.http.post(
+        "/v1/responses",
+        json={"model": MODEL, "input": "streamed branch", "previous_response_id": previous, "stream": True},
+    )
+    assert answer.status_code == 200, answer.text
+    events = [event for _, event in parse_sse(answer.text)]
+    assert events[-1]["type"] == "response.completed"
+    response_id: str = events[-1]["response"]["id"]
+    return response_id
+
+
+async def test_a_finish_does_not_wait_for_its_chains_row_and_the_next_finish_adds_it(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    root = await turn(alice.http, "root")
+    second = await turn(alice.http, "second", previous_response_id=root["id"])
+    assert numbers(await totals(db, root["id"])) == counted(2)
+
+    async with chain_row_held(db, root["id"]):
+        # Both kinds of finish: a plain turn's (its response stored whole by its finish) and a streamed one's.
+        plain = await asyncio.wait_for(turn(alice.http, "plain branch", previous_response_id=second["id"]), 20)
+        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Streamed.", chunks=2)))
+        streamed = await asyncio.wait_for(_streamed_turn(alice, second["id"]), 20)
+        assert await pending(db) == [plain["id"], streamed]
+        assert numbers(await totals(db, root["id"])) == counted(2)
+
+    last = await turn(alice.http, "after", previous_response_id=second["id"])
+    row = await totals(db, root["id"])
+    assert numbers(row) == counted(5)
+    assert await pending(db) == []
+    assert row["last_status"] == "completed" and row["turn_response_ids"] == [] and row["turn_expires_at"] is None
+    assert row["updated_at"].isoformat() >= str(last["completed_at"])
+    statuses = await rows(db, "SELECT status FROM response WHERE thread_id = :c", c=root["id"])
+    assert [s["status"] for s in statuses] == ["completed"] * 5
+
+
+async def test_the_heartbeat_adds_a_pending_turn_that_no_later_finish_took(
+    start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], db: AsyncEngine
+) -> None:
+    live = start_server(process_heartbeat_timeout=0.5)
+    tenant = await make_tenant("branching", live=live)
+    root = await turn(tenant.http, "root")
+    async with chain_row_held(db, root["id"]):
+        branch = await asyncio.wait_for(turn(tenant.http, "branch", previous_response_id=root["id"]), 20)
+        assert await pending(db) == [branch["id"]]
+        assert numbers(await totals(db, root["id"])) == counted(1)
+
+    async def added() -> bool:
+        return numbers(await totals(db, root["id"])) == counted(2)
+
+    await eventually(added, timeout=10)
+    row = await totals(db, root["id"])
+    assert await pending(db) == []
+    assert row["turn_response_ids"] == [] and row["turn_expires_at"] is None and row["last_status"] == "completed"
