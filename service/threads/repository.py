@@ -296,11 +296,19 @@ async def chain_has_unseen_turn(conn: AsyncConnection, chain_id: str) -> bool:
     return bool(await conn.scalar(stmt))
 
 
-_FOLD_PENDING = text(chain_totals.FOLD_PENDING)
+# The chains with pending turns, from the partial index of pending turns (empty but for a moment after many
+# turns of one chain finished together).
+_PENDING_CHAINS = text("SELECT DISTINCT thread_id FROM response WHERE chain_pending LIMIT :limit")
+_FOLD_PENDING = text(chain_totals.fold_pending("CAST(:thread_id AS text)"))
+_CHAINS_PER_PASS = 100
 
 
 async def fold_pending_totals(conn: AsyncConnection) -> int:
     """Add to their chains' totals the turns whose finish found the chain's row held and that no later finish
     added (service/threads/totals.py); returns how many chains. A chain whose row is held now is left to its next
-    finish or the next pass. Reads an index of the pending turns only: nothing when there are none."""
-    return len((await conn.execute(_FOLD_PENDING)).all())
+    finish or the next pass. One statement per chain, each the same as a finish's own fold."""
+    chains = [row[0] for row in await conn.execute(_PENDING_CHAINS, {"limit": _CHAINS_PER_PASS})]
+    folded = 0
+    for chain_id in chains:
+        folded += len((await conn.execute(_FOLD_PENDING, {"thread_id": chain_id})).all())
+    return folded

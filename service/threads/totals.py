@@ -54,20 +54,21 @@ def pending(thread: str) -> str:
     )
 
 
-# The pending turns of the locked chain(s), taken off pending, and what they add, per chain: the items each
-# stored (a chain's first response's inputs were counted when the chain started, START_CHAIN), its usage and
-# cost, and the status and model of the latest of them to complete. A pending response locked by another
-# statement (a delete of the chain) is left as it is. `{only_if}`: a further condition.
+# The pending turns of the locked chain, taken off pending, and what they add: the items each stored (a chain's
+# first response's inputs were counted when the chain started, START_CHAIN), its usage and cost, and the status
+# and model of the latest of them to complete. A pending response locked by another statement (a delete of the
+# chain) is left as it is. `{only_if}`: a further condition. Each read is driven by values, never a join whose
+# method the planner picks from estimates (none exist for a column that is almost always NULL): the pending
+# turns are one range of the partial index of pending turns, and each is then updated by primary key.
 _FOLDED = """
     pending AS MATERIALIZED (
-        SELECT r.id FROM response r JOIN chain_row ON r.thread_id = chain_row.id
-        WHERE r.chain_pending{only_if}
+        SELECT r.id FROM response r
+        WHERE r.thread_id = (SELECT id FROM chain_row) AND r.chain_pending{only_if}
         FOR NO KEY UPDATE OF r SKIP LOCKED
     ),
     folded AS (
         UPDATE response r SET chain_pending = NULL
-        FROM pending
-        WHERE r.id = pending.id
+        WHERE r.id = ANY(ARRAY(SELECT id FROM pending))
         RETURNING r.id, r.thread_id, r.status, r.completed_at, coalesce(r.upstream_model, r.model) AS model,
                   r.input_tokens, r.output_tokens, r.cost,
                   (SELECT count(*) FROM item i
@@ -165,26 +166,26 @@ ADD_UNSEEN_TO_CHAIN = f""",
     )"""
 PENDING_OF_NEW_RESPONSE = pending("thread.id")
 
-# The heartbeat's sweep (service/threads/repository.py): the pending turns that no later finish took, added to
-# their chains' totals, for the chains whose row is free (the others are left to their next finish, or sweep).
-FOLD_PENDING = f"""
-    WITH chain_row AS MATERIALIZED (
-        SELECT ch.id FROM response_chain ch
-        WHERE ch.id IN (SELECT thread_id FROM response WHERE chain_pending)
-        FOR NO KEY UPDATE SKIP LOCKED
-    ),{_FOLDED.format(only_if="")}
+# The heartbeat's sweep (service/threads/repository.py), for one chain (`thread`, an SQL expression) with pending
+# turns that no later finish took: added to its totals when its row is free (else left to its next finish, or
+# the next sweep). Returns the chain's id when it added any.
+
+
+def fold_pending(thread: str) -> str:
+    return f"""
+    WITH {chain_row(thread)},{_FOLDED.format(only_if="")}
     UPDATE response_chain SET {
-    _added(
-        responses="0",
-        items="0",
-        usage=("0", "0", "0"),
-        completed_at="response_chain.updated_at",
-        status="response_chain.last_status",
-        model="response_chain.last_model",
-        response_id="NULL::text",
-    )
-}
-    FROM folded_sum f
-    WHERE response_chain.id = f.thread_id
+        _added(
+            responses="0",
+            items="0",
+            usage=("0", "0", "0"),
+            completed_at="response_chain.updated_at",
+            status="response_chain.last_status",
+            model="response_chain.last_model",
+            response_id="NULL::text",
+        )
+    }
+    FROM chain_row JOIN folded_sum f ON f.thread_id = chain_row.id
+    WHERE response_chain.id = chain_row.id
     RETURNING response_chain.id
 """
