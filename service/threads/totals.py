@@ -34,9 +34,10 @@ THREAD_OF_RESPONSE = "(SELECT r.thread_id FROM response r WHERE r.id = $response
 # -- a finish adds its turn to its chain's totals, without waiting for the chain's row --------------------------
 # Every branch of a chain adds to the same row, and many clients branching from one response finish together: a
 # finish that waited for the row would wait for the other finishes' commits one after another. So a finish takes
-# the row only when no other statement holds it (CHAIN_ROW). When it is held, the finish marks its response
-# pending (response.chain_pending, PENDING) and ends; the next finish that takes the row adds the pending turns
-# with its own (FOLDED), and the heartbeat's sweep (FOLD_PENDING) adds those that no later finish took.
+# the row only when no other statement holds it (chain_row). When it is held, the finish marks its response
+# pending (response.chain_pending, `pending`) and ends; the next finish that takes the row adds the pending turns
+# with its own (_FOLDED), and the heartbeat's sweep (fold_pending) adds those that no later finish took. Until
+# then the chain's totals count them out, and its listing may show it in progress (they stay on its running turns).
 
 
 def chain_row(thread: str) -> str:
@@ -166,12 +167,11 @@ ADD_UNSEEN_TO_CHAIN = f""",
     )"""
 PENDING_OF_NEW_RESPONSE = pending("thread.id")
 
-# The heartbeat's sweep (service/threads/repository.py), for one chain (`thread`, an SQL expression) with pending
-# turns that no later finish took: added to its totals when its row is free (else left to its next finish, or
-# the next sweep). Returns the chain's id when it added any.
-
 
 def fold_pending(thread: str) -> str:
+    """The heartbeat's sweep (service/threads/repository.py), for one chain (`thread`, an SQL expression) with
+    pending turns that no later finish took: added to its totals when its row is free (else left to its next
+    finish, or the next sweep). Returns the chain's id when it added any."""
     return f"""
     WITH {chain_row(thread)},{_FOLDED.format(only_if="")}
     UPDATE response_chain SET {
