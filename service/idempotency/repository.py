@@ -204,8 +204,11 @@ async def complete_held_past_deadline(
     return await _complete_from_replayable_turns(conn, held) > 0
 
 
-async def get(conn: AsyncConnection, tenant_id: str, key: str) -> Any:
-    stmt = select(key_t).where(key_t.c.tenant_id == tenant_id, key_t.c.key == key)
+async def get(conn: AsyncConnection, tenant_id: str, key: str, *, stale_after_seconds: float) -> Any:
+    """The key's row, with `abandoned`: whether it is past the deadline its holder set (judged as
+    take_over_abandoned judges it), so that a retry while its holder still runs costs no further statement."""
+    abandoned = _past_held_until(key_t, stale_after_seconds).label("abandoned")
+    stmt = select(key_t, abandoned).where(key_t.c.tenant_id == tenant_id, key_t.c.key == key)
     return (await conn.execute(stmt)).first()
 
 

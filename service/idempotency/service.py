@@ -112,8 +112,13 @@ async def begin(
             )
             if token is not None:
                 return Claim(request, token)
-            row = await repository.get(conn, tenant_id, key)
-            if row is not None and row.state != repository.COMPLETED and bytes(row.fingerprint) == fingerprint:
+            row = await repository.get(conn, tenant_id, key, stale_after_seconds=stale_after_seconds)
+            if (
+                row is not None
+                and row.abandoned
+                and row.state != repository.COMPLETED
+                and bytes(row.fingerprint) == fingerprint
+            ):
                 # Held past its holder's deadline, the holder died: its stored turn is the answer, else this
                 # request runs it again.
                 token = await repository.take_over_abandoned(
@@ -124,7 +129,7 @@ async def begin(
                 if await repository.complete_held_past_deadline(
                     conn, tenant_id=tenant_id, key=key, stale_after_seconds=stale_after_seconds
                 ):
-                    row = await repository.get(conn, tenant_id, key)
+                    row = await repository.get(conn, tenant_id, key, stale_after_seconds=stale_after_seconds)
         if row is None:
             continue  # released between our two statements: claim again
         if bytes(row.fingerprint) != request.fingerprint:
