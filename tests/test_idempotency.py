@@ -406,6 +406,35 @@ async def test_a_stream_key_held_past_its_deadline_replays_the_stored_stream(
     assert await scalar(db, "SELECT count(*) FROM response") == 1
 
 
+async def test_a_chain_turn_key_held_past_its_deadline_replays_the_stored_turn(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A `previous_response_id` turn is stored whole by its finish (no row exists while it runs): a key left
+    in_progress past its deadline after that finish is answered from the stored response, and the chain's
+    totals count the turn once."""
+    root = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Start"})
+    assert root.status_code == 200, root.text
+    fake_upstream.reply_json(text_response("Continued once.", msg_id="msg_continued"))
+    body = {"model": MODEL, "input": "Go on", "previous_response_id": root.json()["id"]}
+    first = await alice.http.post("/v1/responses", json=body, headers=keyed("k-chain"))
+    assert first.status_code == 200, first.text
+
+    await _rewind_key(db, "k-chain", holder=None, held_for=-1)
+    retry = await alice.http.post("/v1/responses", json=body, headers=keyed("k-chain"))
+
+    assert retry.status_code == 200, retry.text
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json() == first.json()
+    assert len(fake_upstream.requests) == 2
+    assert await scalar(db, "SELECT count(*) FROM response") == 2
+    said = await rows(db, "SELECT text_content FROM item WHERE NOT is_output ORDER BY pk")
+    assert said == [{"text_content": "Start"}, {"text_content": "Go on"}]
+    [chain] = await rows(db, "SELECT response_count, item_count FROM response_chain")
+    assert chain == {"response_count": 2, "item_count": 4}
+    [stored] = await rows(db, "SELECT state, response_id FROM idempotency_key WHERE key = 'k-chain'")
+    assert stored == {"state": "completed", "response_id": first.json()["id"]}
+
+
 async def test_a_key_whose_process_died_after_its_turn_failed_is_freed_for_a_retry(
     start_server: Callable[..., LiveServer],
     make_tenant: Callable[..., Awaitable[Tenant]],
