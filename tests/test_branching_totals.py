@@ -59,8 +59,12 @@ def numbers(row: dict[str, Any]) -> dict[str, Any]:
     return {name: row[name] for name in ("response_count", "item_count", "input_tokens", "output_tokens", "cost")}
 
 
-async def pending(db: AsyncEngine) -> list[str]:
-    return [row["id"] for row in await rows(db, "SELECT id FROM response WHERE chain_pending ORDER BY created_at")]
+async def pending(db: AsyncEngine) -> list[tuple[str, str]]:
+    """The pending responses, each with the chain whose totals do not count it yet."""
+    found = await rows(
+        db, "SELECT id, pending_chain_id FROM response WHERE pending_chain_id IS NOT NULL ORDER BY created_at"
+    )
+    return [(row["id"], row["pending_chain_id"]) for row in found]
 
 
 async def _streamed_turn(tenant: Tenant, previous: str) -> str:
@@ -87,7 +91,7 @@ async def test_a_finish_does_not_wait_for_its_chains_row_and_the_next_finish_add
         plain = await asyncio.wait_for(turn(alice.http, "plain branch", previous_response_id=second["id"]), 20)
         fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Streamed.", chunks=2)))
         streamed = await asyncio.wait_for(_streamed_turn(alice, second["id"]), 20)
-        assert await pending(db) == [plain["id"], streamed]
+        assert await pending(db) == [(plain["id"], root["id"]), (streamed, root["id"])]
         assert numbers(await totals(db, root["id"])) == counted(2)
 
     last = await turn(alice.http, "after", previous_response_id=second["id"])
@@ -108,7 +112,7 @@ async def test_the_heartbeat_adds_a_pending_turn_that_no_later_finish_took(
     root = await turn(tenant.http, "root")
     async with chain_row_held(db, root["id"]):
         branch = await asyncio.wait_for(turn(tenant.http, "branch", previous_response_id=root["id"]), 20)
-        assert await pending(db) == [branch["id"]]
+        assert await pending(db) == [(branch["id"], root["id"])]
         assert numbers(await totals(db, root["id"])) == counted(1)
 
     async def added() -> bool:

@@ -9,6 +9,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table
+from service.db.ownership import owned_by
 from service.ids import can_exist
 from service.items import NewItem
 from service.pagination import PageRequest, keyset_page
@@ -47,7 +48,9 @@ async def insert_conversation(
 async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> Any:
     if not can_exist(conversation_id):
         return None
-    stmt = select(conversation_t).where(conversation_t.c.id == conversation_id, conversation_t.c.tenant_id == tenant_id)
+    stmt = select(conversation_t).where(
+        conversation_t.c.id == conversation_id, owned_by(conversation_t.c.tenant_id, tenant_id)
+    )
     return (await conn.execute(stmt)).first()
 
 
@@ -61,7 +64,7 @@ async def lock_conversation(conn: AsyncConnection, tenant_id: str | None, conver
     ).label("claimed")
     stmt = select(conversation_t, live_claim).where(conversation_t.c.id == conversation_id)
     if tenant_id is not None:
-        stmt = stmt.where(conversation_t.c.tenant_id == tenant_id)
+        stmt = stmt.where(owned_by(conversation_t.c.tenant_id, tenant_id))
     return (await conn.execute(stmt.with_for_update())).first()
 
 
@@ -70,7 +73,7 @@ async def update_metadata(conn: AsyncConnection, tenant_id: str, conversation_id
         return None
     stmt = (
         update(conversation_t)
-        .where(conversation_t.c.id == conversation_id, conversation_t.c.tenant_id == tenant_id)
+        .where(conversation_t.c.id == conversation_id, owned_by(conversation_t.c.tenant_id, tenant_id))
         .values(metadata=metadata, updated_at=func.now())
         .returning(conversation_t)
     )
@@ -84,14 +87,14 @@ async def delete_conversation(conn: AsyncConnection, tenant_id: str, conversatio
         update(item_t)
         .where(
             item_t.c.conversation_id == conversation_id,
-            item_t.c.tenant_id == tenant_id,
+            owned_by(item_t.c.tenant_id, tenant_id),
             item_t.c.response_id.is_not(None),
         )
         .values(conversation_id=None, position=None)
     )
     deleted = await conn.execute(
         delete(conversation_t)
-        .where(conversation_t.c.id == conversation_id, conversation_t.c.tenant_id == tenant_id)
+        .where(conversation_t.c.id == conversation_id, owned_by(conversation_t.c.tenant_id, tenant_id))
         .returning(conversation_t.c.id)
     )
     return deleted.first() is not None

@@ -139,9 +139,9 @@ class ResponseRecord(Base):
     request_id: Mapped[str | None] = mapped_column(Text)
     # The Idempotency-Key of that request: a key whose process died after storing the turn is answered from it.
     idempotency_key: Mapped[str | None] = mapped_column(Text)
-    # True while the turn is not yet in its chain's totals: its finish found the chain's row held by another
-    # statement and did not wait for it (service/threads/totals.py).
-    chain_pending: Mapped[bool | None] = mapped_column(Boolean)
+    # The chain whose totals do not yet count this turn: its finish found the chain's row held by another
+    # statement and did not wait for it (service/threads/totals.py). NULL once counted.
+    pending_chain_id: Mapped[str | None] = mapped_column(Text)
 
     # Admin lists walk (created_at, id) backwards, per filter; the model filter is the model that served the
     # turn, else the one asked for (what conversation.last_model records).
@@ -159,7 +159,9 @@ class ResponseRecord(Base):
         ),
         Index("ix_response_served_model_created_at_id", text("coalesce(upstream_model, model)"), "created_at", "id"),
         # The pending turns of a chain (few, and only while its finishes come together).
-        Index("ix_response_chain_pending_thread_id", "thread_id", postgresql_where=text("chain_pending")),
+        Index(
+            "ix_response_pending_chain_id", "pending_chain_id", postgresql_where=text("pending_chain_id IS NOT NULL")
+        ),
         # Read only for keys whose holder died: entries only for keyed turns.
         Index(
             "ix_response_idempotency_key",

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.conversations.repository import title_from, title_of
 from service.db.models import conversation_table, item_table, tenant_table
+from service.db.ownership import owned_by
 from service.ids import can_exist
 from service.items import NewItem
 
@@ -169,7 +170,7 @@ async def conversation_exists(conn: AsyncConnection, conversation_id: str, tenan
         return False
     stmt = select(conversation_t.c.id).where(conversation_t.c.id == conversation_id)
     if tenant_id is not None:
-        stmt = stmt.where(conversation_t.c.tenant_id == tenant_id)
+        stmt = stmt.where(owned_by(conversation_t.c.tenant_id, tenant_id))
     return (await conn.scalar(stmt)) is not None
 
 

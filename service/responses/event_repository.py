@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import response_event_log_table, response_table
+from service.db.ownership import owned_by
 
 log_t = response_event_log_table
 response_t = response_table
@@ -22,7 +23,7 @@ async def stream_state(conn: AsyncConnection, tenant_id: str, response_id: str) 
         .select_from(response_t.outerjoin(log_t, log_t.c.response_id == response_t.c.id))
         .where(
             response_t.c.id == response_id,
-            response_t.c.tenant_id == tenant_id,
+            owned_by(response_t.c.tenant_id, tenant_id),
             response_t.c.deleted_at.is_(None),
         )
     )

@@ -8,6 +8,7 @@ from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text,
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table, response_table, service_process_table
+from service.db.ownership import owned_by
 from service.ids import can_exist
 from service.pagination import PageRequest, keyset_page
 from service.responses.status import RUNNING
@@ -48,7 +49,7 @@ async def get_response(conn: AsyncConnection, tenant_id: str, response_id: str) 
     if not can_exist(response_id):
         return None
     stmt = select(response_t).where(
-        response_t.c.id == response_id, response_t.c.tenant_id == tenant_id, response_t.c.deleted_at.is_(None)
+        response_t.c.id == response_id, owned_by(response_t.c.tenant_id, tenant_id), response_t.c.deleted_at.is_(None)
     )
     return (await conn.execute(stmt)).first()
 

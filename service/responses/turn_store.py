@@ -7,6 +7,13 @@ Everything else (listings, admin, items) uses SQLAlchemy; these statements run f
 written by hand (docs/benchmarks.md has the measured difference). Parameters are named and bound by name
 (service/responses/statement.py).
 
+A row the client names (a conversation, a previous response) is found by its primary key and then checked to
+be the tenant's with `tenant_id IS NOT DISTINCT FROM $tenant_id`, which no index can answer (as
+service/db/ownership.py does for the API's other reads by key). Written as `=`, the check let the planner read
+the row through the (tenant_id, ...) index instead: on a table without statistics (a new database, until
+autovacuum first analyzes it) both indexes look equally cheap, and a connection keeps the plan it made then,
+reading every row of the tenant on every turn (tests/test_turn_plans.py).
+
 Which statements a turn uses depends on two facts about it:
 - in a conversation, continuing a previous response (a chain), or neither (a conversation turn claims the
   conversation and appends to it; a chained turn checks the response it continues);
@@ -62,7 +69,7 @@ _CLAIM_AND_STORE = Statement(
         SET turn_response_id = $response_id,
             turn_expires_at = now() + make_interval(secs => $ttl), turn_claimed_at = now()
         FROM (SELECT id, turn_response_id FROM conversation
-              WHERE id = $conversation_id AND tenant_id = $tenant_id FOR UPDATE) AS before
+              WHERE id = $conversation_id AND tenant_id IS NOT DISTINCT FROM $tenant_id FOR UPDATE) AS before
         WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
         RETURNING c.next_position, c.item_count, before.turn_response_id AS previous_holder
     ),
@@ -109,7 +116,7 @@ _CLAIM_ONLY = Statement(
         SET turn_response_id = $response_id,
             turn_expires_at = now() + make_interval(secs => $ttl), turn_claimed_at = now()
         FROM (SELECT id, turn_response_id FROM conversation
-              WHERE id = $conversation_id AND tenant_id = $tenant_id FOR UPDATE) AS before
+              WHERE id = $conversation_id AND tenant_id IS NOT DISTINCT FROM $tenant_id FOR UPDATE) AS before
         WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
         RETURNING c.next_position, c.item_count, before.turn_response_id AS previous_holder
     ),
@@ -191,7 +198,7 @@ _PREVIOUS_SQL = """
     SELECT p.status, p.thread_id, t.history_generation AS generation, now() AS now,
            set_config('synchronous_commit', 'off', true) AS lock_only
     FROM response p JOIN tenant t ON t.id = p.tenant_id
-    WHERE p.id = $previous_response_id AND p.tenant_id = $tenant_id AND p.deleted_at IS NULL
+    WHERE p.id = $previous_response_id AND p.tenant_id IS NOT DISTINCT FROM $tenant_id AND p.deleted_at IS NULL
     FOR KEY SHARE OF p
 """
 
@@ -222,7 +229,7 @@ _PREVIOUS_AND_ANCESTORS_SQL = """
         SELECT body, token_count FROM item WHERE response_id = a2.id ORDER BY is_output, ordinal) i) h2
     CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items, array_agg(token_count) AS counts FROM (
         SELECT body, token_count FROM item WHERE response_id = a3.id ORDER BY is_output, ordinal) i) h3
-    WHERE p.id = $previous_response_id AND p.tenant_id = $tenant_id AND p.deleted_at IS NULL
+    WHERE p.id = $previous_response_id AND p.tenant_id IS NOT DISTINCT FROM $tenant_id AND p.deleted_at IS NULL
     FOR KEY SHARE OF p
 """
 _ANCESTOR_LEVELS = 4
@@ -255,7 +262,7 @@ _CHAIN_HISTORY = Statement(
     """
     WITH RECURSIVE chain AS (
         SELECT id, previous_response_id, conversation_id, conversation_position, 0 AS depth
-        FROM response WHERE id = $response_id AND tenant_id = $tenant_id
+        FROM response WHERE id = $response_id AND tenant_id IS NOT DISTINCT FROM $tenant_id
         UNION ALL
         SELECT r.id, r.previous_response_id, r.conversation_id, r.conversation_position, c.depth + 1
         FROM chain c CROSS JOIN LATERAL (
@@ -445,7 +452,7 @@ _FINISH_STORED = Statement(
             service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at,
-            chain_pending = {chain_totals.PENDING_OF_RESPONSE}
+            pending_chain_id = {chain_totals.PENDING_CHAIN_OF_RESPONSE}
         WHERE id = $response_id AND status = ANY($running::text[])
         RETURNING completed_at
     ),
@@ -471,7 +478,7 @@ _FINISH_LOGGED = Statement(
             service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at,
-            chain_pending = {chain_totals.PENDING_OF_RESPONSE}
+            pending_chain_id = {chain_totals.PENDING_CHAIN_OF_RESPONSE}
         WHERE id = $response_id AND status = ANY($running::text[])
         RETURNING completed_at
     ),
@@ -513,13 +520,13 @@ _FINISH_UNSEEN = Statement(
     INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
                           model, instructions, params_json, metadata, background, stream, created_at, upstream_id,
                           upstream_model, usage, error, incomplete_details, input_tokens, output_tokens, cost,
-                          completed_at, thread_id, request_id, service_tier, idempotency_key, chain_pending)
+                          completed_at, thread_id, request_id, service_tier, idempotency_key, pending_chain_id)
     SELECT $response_id, $tenant_id, (SELECT id FROM conversation WHERE id = $conversation_id),
            $conversation_position, (SELECT id FROM response WHERE id = $previous_response_id), $status, $model,
            $instructions, $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id,
            $upstream_model, $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens,
            $cost, $completed_at, thread.id, $request_id, $service_tier, $idempotency_key,
-           {chain_totals.PENDING_OF_NEW_RESPONSE}
+           {chain_totals.PENDING_CHAIN_OF_NEW_RESPONSE}
     FROM thread
     """
 )

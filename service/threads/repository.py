@@ -296,9 +296,12 @@ async def chain_has_unseen_turn(conn: AsyncConnection, chain_id: str) -> bool:
     return bool(await conn.scalar(stmt))
 
 
-# The chains with pending turns, from the partial index of pending turns (empty but for a moment after many
-# turns of one chain finished together).
-_PENDING_CHAINS = text("SELECT DISTINCT thread_id FROM response WHERE chain_pending LIMIT :limit")
+# The chains with pending turns, in the order of the partial index of pending turns (empty but for a moment after
+# many turns of one chain finished together): only that index holds pending_chain_id.
+_PENDING_CHAINS = text(
+    "SELECT DISTINCT pending_chain_id FROM response WHERE pending_chain_id IS NOT NULL"
+    " ORDER BY pending_chain_id LIMIT :limit"
+)
 _FOLD_PENDING = text(chain_totals.fold_pending("CAST(:thread_id AS text)"))
 _CHAINS_PER_PASS = 100
 

@@ -35,9 +35,10 @@ THREAD_OF_RESPONSE = "(SELECT r.thread_id FROM response r WHERE r.id = $response
 # Every branch of a chain adds to the same row, and many clients branching from one response finish together: a
 # finish that waited for the row would wait for the other finishes' commits one after another. So a finish takes
 # the row only when no other statement holds it (chain_row). When it is held, the finish marks its response
-# pending (response.chain_pending, `pending`) and ends; the next finish that takes the row adds the pending turns
-# with its own (_FOLDED), and the heartbeat's sweep (fold_pending) adds those that no later finish took. Until
-# then the chain's totals count them out, and its listing may show it in progress (they stay on its running turns).
+# pending (response.pending_chain_id, `pending_chain`) and ends; the next finish that takes the row adds the
+# pending turns with its own (_FOLDED), and the heartbeat's sweep (fold_pending) adds those that no later finish
+# took. Until then the chain's totals count them out, and its listing may show it in progress (they stay on its
+# running turns).
 
 
 def chain_row(thread: str) -> str:
@@ -47,29 +48,31 @@ def chain_row(thread: str) -> str:
     )"""
 
 
-def pending(thread: str) -> str:
-    """The finishing response's chain_pending: true when its thread is a chain whose row another statement held."""
+def pending_chain(thread: str) -> str:
+    """The finishing response's pending_chain_id: its thread, when that is a chain whose row another statement
+    held; else NULL."""
     return (
         "CASE WHEN NOT EXISTS (SELECT FROM chain_row)"
-        f" AND EXISTS (SELECT FROM response_chain pc WHERE pc.id = {thread}) THEN true END"
+        f" AND EXISTS (SELECT FROM response_chain pc WHERE pc.id = {thread}) THEN {thread} END"
     )
 
 
 # The pending turns of the locked chain, taken off pending, and what they add: the items each stored (a chain's
 # first response's inputs were counted when the chain started, START_CHAIN), its usage and cost, and the status
 # and model of the latest of them to complete. A pending response locked by another statement (a delete of the
-# chain) is left as it is. `{only_if}`: a further condition. Each read is driven by values, never a join whose
-# method the planner picks from estimates (none exist for a column that is almost always NULL): the pending
-# turns are one range of the partial index of pending turns, and each is then updated by primary key.
+# chain) is left as it is. `{only_if}`: a further condition. Both reads find the pending turns by equality on
+# pending_chain_id, which only the partial index of pending turns holds: that index scan is the cheapest plan
+# at every table size, the empty tables a new connection may plan on included (a sequential scan of `response`
+# would then be kept by its cached plan for as long as the table has no statistics).
 _FOLDED = """
     pending AS MATERIALIZED (
         SELECT r.id FROM response r
-        WHERE r.thread_id = (SELECT id FROM chain_row) AND r.chain_pending{only_if}
+        WHERE r.pending_chain_id = (SELECT id FROM chain_row){only_if}
         FOR NO KEY UPDATE OF r SKIP LOCKED
     ),
     folded AS (
-        UPDATE response r SET chain_pending = NULL
-        WHERE r.id = ANY(ARRAY(SELECT id FROM pending))
+        UPDATE response r SET pending_chain_id = NULL
+        WHERE r.pending_chain_id = (SELECT id FROM chain_row) AND r.id = ANY(ARRAY(SELECT id FROM pending))
         RETURNING r.id, r.thread_id, r.status, r.completed_at, coalesce(r.upstream_model, r.model) AS model,
                   r.input_tokens, r.output_tokens, r.cost,
                   (SELECT count(*) FROM item i
@@ -115,9 +118,9 @@ def _added(
 
 
 # In a finish of a response the begin stored, first in its WITH: the chain of its thread (none for a response in a
-# conversation's thread). Its CTE `completed` sets chain_pending = PENDING_OF_RESPONSE.
+# conversation's thread). Its CTE `completed` sets pending_chain_id = PENDING_CHAIN_OF_RESPONSE.
 CHAIN_ROW_OF_RESPONSE = chain_row("(SELECT r.thread_id FROM response r WHERE r.id = $response_id)")
-PENDING_OF_RESPONSE = pending("response.thread_id")
+PENDING_CHAIN_OF_RESPONSE = pending_chain("response.thread_id")
 
 # Then, once `completed` returned a row (its outcome stored, its outputs in the item arrays): add the turn to its
 # chain's totals. Its inputs were counted at the begin only for the chain's first response.
@@ -157,7 +160,7 @@ MARK_RUNNING_TURN = """
 
 # In the finish of a response no client saw before its end (stored whole there, its inputs and outputs in the
 # item arrays, its thread in CTE `thread`) that continues a previous response: add it to its chain's totals, and
-# take it off the chain's running turns. The response it inserts sets chain_pending = PENDING_OF_NEW_RESPONSE.
+# take it off the chain's running turns. The response it inserts sets pending_chain_id = PENDING_CHAIN_OF_NEW_RESPONSE.
 ADD_UNSEEN_TO_CHAIN = f""",
     {chain_row("(SELECT id FROM thread)")},{_FOLDED.format(only_if="")},
     chain AS (
@@ -165,7 +168,7 @@ ADD_UNSEEN_TO_CHAIN = f""",
         FROM chain_row LEFT JOIN folded_sum f ON f.thread_id = chain_row.id
         WHERE response_chain.id = chain_row.id
     )"""
-PENDING_OF_NEW_RESPONSE = pending("thread.id")
+PENDING_CHAIN_OF_NEW_RESPONSE = pending_chain("thread.id")
 
 
 def fold_pending(thread: str) -> str:

@@ -9,6 +9,7 @@ from sqlalchemy import Integer, bindparam, delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import tenant_table, webhook_attempt_table, webhook_delivery_table, webhook_endpoint_table
+from service.db.ownership import owned_by
 
 MAX_RETRY_DELAY = 3600.0
 endpoint_t = webhook_endpoint_table
@@ -73,7 +74,7 @@ async def list_endpoints(conn: AsyncConnection, tenant_id: str) -> Sequence[Any]
 async def delete_endpoint(conn: AsyncConnection, tenant_id: str, endpoint_id: str) -> bool:
     stmt = (
         delete(endpoint_t)
-        .where(endpoint_t.c.tenant_id == tenant_id, endpoint_t.c.id == endpoint_id)
+        .where(endpoint_t.c.id == endpoint_id, owned_by(endpoint_t.c.tenant_id, tenant_id))
         .returning(endpoint_t.c.id)
     )
     return (await conn.execute(stmt)).first() is not None
