@@ -188,7 +188,13 @@ async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
     assert blocked.status_code == 409
 
     async def claim_expired() -> bool:
-        return bool(await scalar(db, "SELECT turn_expires_at < now() FROM conversation WHERE id = :c", c=conversation))
+        # Expired, or already released by a live process's reaper, which frees it as soon as it expires (the
+        # expiry is then NULL): either way the next turn finds the conversation free.
+        return bool(
+            await scalar(
+                db, "SELECT coalesce(turn_expires_at < now(), true) FROM conversation WHERE id = :c", c=conversation
+            )
+        )
 
     await eventually(claim_expired, timeout=6)
     fake_upstream.reply_json(text_response("Back in business."))
