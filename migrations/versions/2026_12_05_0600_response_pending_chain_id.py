@@ -2,7 +2,8 @@
 The pending turns were found by `thread_id = $chain AND chain_pending`, which three indexes on thread_id can
 answer; on tables a connection first planned while empty, the finish's fold kept a sequential scan of
 `response`. Only the partial index of pending turns holds pending_chain_id, so equality on it is one plan at
-every table size.
+every table size. Stop the processes of the revision before first: their finishes of chain turns write
+chain_pending, which this drops.
 
 Revision ID: b8f2d4e6a931
 Revises: a7e9c1d3f658
