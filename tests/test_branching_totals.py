@@ -122,3 +122,24 @@ async def test_the_heartbeat_adds_a_pending_turn_that_no_later_finish_took(
     row = await totals(db, root["id"])
     assert await pending(db) == []
     assert row["turn_response_ids"] == [] and row["turn_expires_at"] is None and row["last_status"] == "completed"
+
+
+async def test_a_pending_turn_deleted_before_it_was_added_is_counted_first(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A deleted response is no longer there for a later finish or the sweep to add: the delete adds it first,
+    as every deleted response of a chain stays counted in its totals."""
+    root = await turn(alice.http, "root")
+    async with chain_row_held(db, root["id"]):
+        branch = await asyncio.wait_for(turn(alice.http, "branch", previous_response_id=root["id"]), 20)
+        assert await pending(db) == [(branch["id"], root["id"])]
+        # The delete waits for the chain's row, held here as a finish holds it until its commit.
+        deleting = asyncio.create_task(alice.http.delete(f"/v1/responses/{branch['id']}"))
+        await asyncio.sleep(0.3)
+        assert not deleting.done()
+    deleted = await asyncio.wait_for(deleting, 20)
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {"id": branch["id"], "object": "response", "deleted": True}
+    assert await rows(db, "SELECT id FROM response WHERE id = :r", r=branch["id"]) == []
+    assert numbers(await totals(db, root["id"])) == counted(2)
+    assert await pending(db) == []

@@ -14,6 +14,7 @@ from service.pagination import PageRequest, item_page
 from service.responses import repository
 from service.responses.turn import INTERRUPTED_ERROR
 from service.responses.views import ResponseState
+from service.threads import repository as threads
 
 logger = logging.getLogger("service.turns")
 
@@ -29,6 +30,11 @@ async def get_response(engine: AsyncEngine, tenant_id: str, response_id: str) ->
 
 async def delete_response(engine: AsyncEngine, tenant_id: str, response_id: str) -> dict[str, Any]:
     async with engine.begin() as conn:
+        row = await repository.get_response(conn, tenant_id, response_id)
+        if row is not None and row.pending_chain_id is not None:
+            # A chain turn not yet in its chain's totals (service/threads/totals.py) is counted before it goes,
+            # as every other deleted response of the chain was.
+            await threads.fold_pending_of(conn, row.pending_chain_id)
         if not await repository.delete_response(conn, tenant_id, response_id):
             raise NotFound(f"Response with id '{response_id}' not found.")
         await idempotency_keys.forget_deleted_response(conn, tenant_id, response_id)

@@ -304,6 +304,15 @@ _PENDING_CHAINS = text(
 )
 _FOLD_PENDING = text(chain_totals.fold_pending("CAST(:thread_id AS text)"))
 _CHAINS_PER_PASS = 100
+_LOCK_CHAIN = text("SELECT id FROM response_chain WHERE id = :thread_id FOR NO KEY UPDATE")
+
+
+async def fold_pending_of(conn: AsyncConnection, chain_id: str) -> None:
+    """Add the chain's pending turns to its totals now, waiting for its row if another statement holds it: before
+    one of them is deleted, which would leave nothing for a later finish or sweep to add. The row stays locked
+    until this transaction ends; the fold's own SKIP LOCKED does not skip a lock of its own transaction."""
+    await conn.execute(_LOCK_CHAIN, {"thread_id": chain_id})
+    await conn.execute(_FOLD_PENDING, {"thread_id": chain_id})
 
 
 async def fold_pending_totals(conn: AsyncConnection) -> int:
