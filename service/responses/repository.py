@@ -86,23 +86,19 @@ async def input_item_ordinal(conn: AsyncConnection, response_id: str, item_id: s
     return None if value is None else int(value)
 
 
-async def delete_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> bool:
-    """Delete a response for its owner. If a later response builds on it, it is only hidden, so that chain's
-    history stays whole; items that are also conversation items stay in their conversation."""
-    row = await get_response(conn, tenant_id, response_id)
-    if row is None:
-        return False
+async def delete_response(conn: AsyncConnection, response_id: str) -> None:
+    """Delete a response (its owner's, read by get_response). If a later response builds on it, it is only hidden,
+    so that chain's history stays whole; items that are also conversation items stay in their conversation."""
     has_children = await conn.scalar(select(exists().where(response_t.c.previous_response_id == response_id)))
     if has_children:
         await update_response(conn, response_id, {"deleted_at": func.now()})
-        return True
+        return
     await conn.execute(
         update(item_t)
         .where(item_t.c.response_id == response_id, item_t.c.conversation_id.is_not(None))
         .values(response_id=None)
     )
     await conn.execute(delete(response_t).where(response_t.c.id == response_id))
-    return True
 
 
 async def release_expired_claims(conn: AsyncConnection) -> list[str]:

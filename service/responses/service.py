@@ -31,12 +31,13 @@ async def get_response(engine: AsyncEngine, tenant_id: str, response_id: str) ->
 async def delete_response(engine: AsyncEngine, tenant_id: str, response_id: str) -> dict[str, Any]:
     async with engine.begin() as conn:
         row = await repository.get_response(conn, tenant_id, response_id)
-        if row is not None and row.pending_chain_id is not None:
+        if row is None:
+            raise NotFound(f"Response with id '{response_id}' not found.")
+        if row.pending_chain_id is not None:
             # A chain turn not yet in its chain's totals (service/threads/totals.py) is counted before it goes,
             # as every other deleted response of the chain was.
             await threads.fold_pending_of(conn, row.pending_chain_id)
-        if not await repository.delete_response(conn, tenant_id, response_id):
-            raise NotFound(f"Response with id '{response_id}' not found.")
+        await repository.delete_response(conn, response_id)
         await idempotency_keys.forget_deleted_response(conn, tenant_id, response_id)
     return {"id": response_id, "object": "response", "deleted": True}
 
