@@ -32,7 +32,7 @@ from sqlalchemy import text
 
 from bench import report, seed
 from bench.http_client import Client, Reply
-from bench.measure import UPSTREAM_PATH, USER_TEXT, describe, percentile
+from bench.measure import UPSTREAM_PATH, USER_TEXT, describe, percentile, postgres_cpu_seconds
 from bench.report import Row
 from bench.seed import ConversationSet
 from bench.stack import Process, Service, start_fake_upstream, start_service
@@ -141,7 +141,8 @@ class Loop:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     first_error: str = ""
-    service_cpu: float = 0.0
+    service_cpu: float = 0.0  # µs per turn
+    database_cpu: float = 0.0  # PostgreSQL's, µs per turn
 
 
 async def closed_loop(
@@ -152,7 +153,7 @@ async def closed_loop(
     clients = [Client("127.0.0.1", port, {"authorization": f"Bearer {secret}"}) for _ in range(CLIENTS)]
     result = Loop()
     done = 0
-    cpu_before = service.cpu_seconds()
+    cpu_before, database_before = service.cpu_seconds(), postgres_cpu_seconds()
     start = time.perf_counter()
     measure_from, deadline = start + warmup, start + warmup + seconds
 
@@ -184,6 +185,7 @@ async def closed_loop(
             client.close()
     result.rate = len(result.latencies) / seconds
     result.service_cpu = (service.cpu_seconds() - cpu_before) / max(1, done) * 1e6
+    result.database_cpu = (postgres_cpu_seconds() - database_before) / max(1, done) * 1e6
     return result
 
 
@@ -412,7 +414,8 @@ def _throughput_rows(loops: dict[str, list[Loop]], sizes_after: dict[str, str], 
         by_round = ", ".join(f"{loop.rate:.0f}" for loop in runs)
         note = (
             f"rounds {by_round} turns/s; p50 {percentile(latencies, 50) * 1000:.1f} ms; "
-            f"service CPU {sum(loop.service_cpu for loop in runs) / len(runs):.0f} µs/turn; "
+            f"CPU per turn: service {sum(loop.service_cpu for loop in runs) / len(runs):.0f} µs, PostgreSQL "
+            f"{sum(loop.database_cpu for loop in runs) / len(runs):.0f} µs; "
             f"histories after the last round {sizes_after[name]} items"
         )
         if errors:

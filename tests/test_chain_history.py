@@ -7,6 +7,7 @@ checked against each other."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,34 @@ async def test_a_chain_of_several_hundred_turns_replays_exactly_warm_and_cold(
     _answer(fake_upstream, "warm-middle")
     await turn(alice.http, "again from the middle", previous_response_id=ids[150])
     assert fake_upstream.inputs[-1] == [*expected[: 2 * 151], user("again from the middle")]
+
+
+async def test_a_worker_continues_and_branches_a_chain_from_its_cache_and_a_cold_one_reads_it(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, start_server: Callable[..., LiveServer]
+) -> None:
+    expected: list[dict[str, Any]] = []
+    ids = []
+    for index in range(2 * 16 + 3):  # past two whole entries of the cache (chain_cache.MAX_LINKS)
+        answer = _answer(fake_upstream, f"c{index}")
+        fields = {"previous_response_id": ids[-1]} if ids else {}
+        ids.append((await turn(alice.http, f"q{index}", **fields))["id"])
+        expected += [user(f"q{index}"), answer]
+    # Stored item texts never change, so a worker holding a chain's history does not read it again. Changing
+    # the first one behind the service's back shows which turns read it.
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE item SET body = :body WHERE response_id = :r AND NOT is_output"),
+            {"body": json.dumps(user("changed behind the service's back")), "r": ids[0]},
+        )
+    for previous in (ids[-1], ids[20], ids[3]):  # the end, and two branches further up
+        _answer(fake_upstream, f"warm from {previous}")
+        await turn(alice.http, "warm", previous_response_id=previous)
+        kept = expected[: 2 * (ids.index(previous) + 1)]
+        assert fake_upstream.inputs[-1] == [*kept, user("warm")]
+    async with await _cold(start_server, alice) as cold:
+        _answer(fake_upstream, "cold")
+        await turn(cold, "cold", previous_response_id=ids[20])
+        assert fake_upstream.inputs[-1] == [user("changed behind the service's back"), *expected[1:42], user("cold")]
 
 
 async def test_branches_replay_only_their_own_ancestors(

@@ -20,9 +20,9 @@ the application builds one and keeps it on its Runtime.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
-from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -46,7 +46,7 @@ from service.limits.sizes import ConversationCaps
 from service.observability import turns as observe_turns
 from service.observability.record import current_request_id
 from service.responses import turn_store
-from service.responses.chain_cache import ChainCache, ChainHistory, joined
+from service.responses.chain_cache import ChainCache, ChainHistory
 from service.responses.frame_log import FrameLog
 from service.responses.history_cache import HistoryCache
 from service.responses.outcome import apply_upstream_result, jsonb_safe, upstream_id_of, usage_numbers
@@ -87,9 +87,8 @@ class Turn:
     # What the finish stores besides the outcome when the begin stored neither the response row nor its input
     # items (a turn no client sees before its end, turn_store explains); None when it did.
     unseen: turn_store.Unseen | None = None
-    # For a stored turn outside any conversation: the history before it, as of a history generation, from
-    # which the finish makes this response's entry in the chain cache. Kept apart from `history`, which the
-    # upstream call drops; usually the very text the cache holds for the previous response.
+    # For a stored turn outside any conversation: the history before it, as of a history generation, which
+    # this response's entry in the chain cache extends at the finish. Usually the previous response's entry.
     chain: ChainHistory | None = None
     # The input items' token counts as the model counted them, once the upstream's usage told
     # (service/context/service.py); None: their estimates stand.
@@ -144,7 +143,7 @@ class TurnContext:
         self.upstream = upstream
         self.histories = histories  # long conversations' histories as of their last turn in this worker
         self.windows = windows  # what of a history fits the model's context window (service/context)
-        self.chains = chains or ChainCache(0)  # response chains' histories, by response id
+        self.chains = ChainCache(0) if chains is None else chains  # response chains' histories, by response id
         self.lock_ttl = lock_ttl
         self._stores_later = Later(
             seconds=_STORE_LATER_SECONDS,
@@ -198,16 +197,15 @@ class TurnContext:
             began = time.monotonic()  # not before the checkout: a wait for a connection would count as turn time
             chain, now = await self._chain_before(db, tenant_id, previous_id, running)
             state.created_at = now
+            history, counts = chain.whole()
             if response is None:
                 note_effect()  # the upstream call (a charge) follows
-                return Turn(tenant_id, request, state, chain.text, history_counts=chain.counts)
+                return Turn(tenant_id, request, state, history, history_counts=counts)
             if running is not None:
                 running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
                 note_effect(response_id=state.id)  # nothing is stored yet; the upstream call (a charge) follows
                 stored_at_finish = turn_store.Unseen(response, now, None, request.input_items)
-                return Turn(
-                    tenant_id, request, state, chain.text, began, stored_at_finish, chain, history_counts=chain.counts
-                )
+                return Turn(tenant_id, request, state, history, began, stored_at_finish, chain, history_counts=counts)
             began = time.monotonic()
             try:
                 state.created_at, _ = await turn_store.begin(db, response, request.input_items)
@@ -219,7 +217,7 @@ class TurnContext:
                 raise
         running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
         note_effect(response_id=state.id)  # committed: the turn is stored as in_progress
-        return Turn(tenant_id, request, state, chain.text, began, None, chain, history_counts=chain.counts)
+        return Turn(tenant_id, request, state, history, began, None, chain, history_counts=counts)
 
     async def _chain_before(
         self, db: Any, tenant_id: str, previous_id: str, running: turn_store.RunningTurn | None
@@ -243,32 +241,29 @@ class TurnContext:
                 param="previous_response_id",
                 code="previous_response_not_usable",
             )
-        cached = self.chains.get(previous_id, tenant_id, previous.generation)
-        if cached is not None:
-            text, counts = cached.text, cached.counts
-        else:
-            found = self._from_ancestors(previous, tenant_id)
-            if found is None:
-                found = await turn_store.chain_history(db, tenant_id, previous_id)
-            text, counts = found
-        chain = ChainHistory(tenant_id, previous.generation, text, counts)
-        self.chains.put(previous_id, chain)
+        chain = self.chains.get(previous_id, tenant_id, previous.generation)
+        if chain is None:
+            chain = self._from_ancestors(previous, tenant_id)
+            if chain is None:
+                text, counts = await turn_store.chain_history(db, tenant_id, previous_id)
+                chain = ChainHistory(tenant_id, previous.generation, text, counts)
+            self.chains.put(previous_id, chain)
         return chain, previous.now
 
-    def _from_ancestors(self, previous: turn_store.Previous, tenant_id: str) -> tuple[str, array[int]] | None:
-        """The history (and its items' stored token counts) from the nearest cached ancestor and the items of
-        the responses after it, or from the chain's first response when it is within reach; None when neither
-        is (or the chain began in a conversation, whose earlier items are not read here)."""
+    def _from_ancestors(self, previous: turn_store.Previous, tenant_id: str) -> ChainHistory | None:
+        """The history from the nearest cached ancestor and the items of the responses after it, or from the
+        chain's first response when it is within reach; None when neither is (or the chain began in a
+        conversation, whose earlier items are not read here)."""
         after: list[turn_store.Ancestor] = []  # the responses below the one looked at, newest first
         for ancestor in previous.ancestors:
             cached = self.chains.get(ancestor.id, tenant_id, previous.generation)
             if cached is not None:
-                return _followed_by(cached.text, cached.counts, reversed(after))
+                return _followed_by(cached, reversed(after))
             if ancestor.conversation_id is not None:
                 return None
             after.append(ancestor)
             if ancestor.previous_response_id is None:
-                return _followed_by("", array("q"), reversed(after))
+                return _followed_by(ChainHistory(tenant_id, previous.generation, ""), reversed(after))
         return None
 
     async def _begin_alone(self, tenant_id: str, request: TurnRequest) -> Turn:
@@ -385,10 +380,7 @@ class TurnContext:
         if turn.chain is None or not is_answered(turn.state.status):
             return
         own = [*turn.counted_inputs(), *outputs]
-        counts = array("q", turn.chain.counts)
-        counts.extend(item.token_count for item in own)
-        text = joined(turn.chain.text, *(item.body for item in own))
-        entry = ChainHistory(turn.tenant_id, turn.chain.generation, text, counts)
+        entry = turn.chain.followed_by((item.body for item in own), (item.token_count for item in own))
         self.chains.put(turn.state.id, entry)
 
     async def fail(
@@ -471,13 +463,12 @@ async def _store_outcome(
 
 
 # -- what a begin reads and builds --------------------------------------------------------------------------
-def _followed_by(text: str, counts: array[int], ancestors: Iterable[turn_store.Ancestor]) -> tuple[str, array[int]]:
-    """A history and its counts followed by the items of `ancestors`, oldest first."""
+def _followed_by(history: ChainHistory, ancestors: Iterable[turn_store.Ancestor]) -> ChainHistory:
+    """A history followed by the items of `ancestors`, oldest first."""
     responses = list(ancestors)
-    joined_counts = array("q", counts)
-    for response in responses:
-        joined_counts.extend(response.counts)
-    return joined(text, *(response.items for response in responses)), joined_counts
+    return history.followed_by(
+        (response.items for response in responses), itertools.chain.from_iterable(r.counts for r in responses)
+    )
 
 
 def _previous_not_found(response_id: str) -> InvalidRequest:
