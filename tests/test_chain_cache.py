@@ -85,11 +85,11 @@ def test_what_is_held_stays_within_the_budget_and_eviction_frees_it() -> None:
     for c in range(40):
         _chain(cache, 60, prefix=f"chain{c}")
         assert 0 < cache.held_bytes <= budget
-    # The oldest chains went first; the newest is whole.
+    # The oldest chains went first; the newest one still gives its whole history.
     assert cache.get("chain0_59", "tenant_a", 1) is None
     newest = cache.get("chain39_59", "tenant_a", 1)
     assert newest is not None and newest.whole() == _expected(range(60))
-    # Entries that are only an ancestor of a held one keep nothing more alive than it does.
+    # Every entry discarded, and nothing else referring to them: nothing is held.
     for c in range(40):
         for n in range(60):
             cache.discard(f"chain{c}_{n}")
