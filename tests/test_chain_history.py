@@ -63,16 +63,31 @@ async def test_a_chain_of_several_hundred_turns_replays_exactly_warm_and_cold(
     assert fake_upstream.inputs[-1] == [*expected[: 2 * 151], user("again from the middle")]
 
 
+async def _streamed_turn(client: httpx.AsyncClient, fake: FakeOpenRouter, label: str, previous: str) -> str:
+    """A streamed turn continuing `previous` (answered `label`); returns its response id."""
+    fake.enqueue(Reply(kind="sse", events=text_stream_events(label, msg_id=f"msg_{label}")))
+    body = {"model": MODEL, "input": f"q {label}", "previous_response_id": previous, "stream": True}
+    async with client.stream("POST", "/v1/responses", json=body) as streamed:
+        assert streamed.status_code == 200
+        events = (await streamed.aread()).decode()
+    assert "response.completed" in events
+    return events.split('"id":"', 1)[1].split('"', 1)[0]
+
+
 async def test_a_worker_continues_and_branches_a_chain_from_its_cache_and_a_cold_one_reads_it(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, start_server: Callable[..., LiveServer]
 ) -> None:
     expected: list[dict[str, Any]] = []
-    ids = []
+    ids: list[str] = []
     for index in range(2 * 16 + 3):  # past two whole entries of the cache (chain_cache.MAX_LINKS)
+        if ids and index % 3 == 0:  # streamed turns make their entries too
+            ids.append(await _streamed_turn(alice.http, fake_upstream, f"c{index}", ids[-1]))
+            expected += [user(f"q c{index}"), assistant(f"c{index}", f"msg_c{index}")]
+            continue
         answer = _answer(fake_upstream, f"c{index}")
         fields = {"previous_response_id": ids[-1]} if ids else {}
-        ids.append((await turn(alice.http, f"q{index}", **fields))["id"])
-        expected += [user(f"q{index}"), answer]
+        ids.append((await turn(alice.http, f"q c{index}", **fields))["id"])
+        expected += [user(f"q c{index}"), answer]
     # Stored item texts never change, so a worker holding a chain's history does not read it again. Changing
     # the first one behind the service's back shows which turns read it.
     async with db.begin() as conn:
@@ -80,11 +95,12 @@ async def test_a_worker_continues_and_branches_a_chain_from_its_cache_and_a_cold
             text("UPDATE item SET body = :body WHERE response_id = :r AND NOT is_output"),
             {"body": json.dumps(user("changed behind the service's back")), "r": ids[0]},
         )
-    for previous in (ids[-1], ids[20], ids[3]):  # the end, and two branches further up
+    for previous in (ids[-1], ids[3]):  # the end, and a branch further up
         _answer(fake_upstream, f"warm from {previous}")
         await turn(alice.http, "warm", previous_response_id=previous)
-        kept = expected[: 2 * (ids.index(previous) + 1)]
-        assert fake_upstream.inputs[-1] == [*kept, user("warm")]
+        assert fake_upstream.inputs[-1] == [*expected[: 2 * (ids.index(previous) + 1)], user("warm")]
+    await _streamed_turn(alice.http, fake_upstream, "warm-streamed", ids[20])  # a streamed branch, from the cache
+    assert fake_upstream.inputs[-1] == [*expected[:42], user("q warm-streamed")]
     async with await _cold(start_server, alice) as cold:
         _answer(fake_upstream, "cold")
         await turn(cold, "cold", previous_response_id=ids[20])
