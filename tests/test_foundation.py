@@ -222,6 +222,8 @@ def busy_port() -> Iterator[int]:
         ({"DATABASE_URL": "mysql://root@localhost/db"}, "DATABASE_URL must start with postgresql://"),
         ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"}, "cannot connect to the database"),
         ({"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432"}, "DATABASE_URL has no database name"),
+        # A Unix socket is named by `?host=/dir` (the embedded server's URL, which the suite's first pass runs on).
+        ({"DATABASE_URL": "postgresql://postgres@/convstore"}, "DATABASE_URL has no host"),
         ({"PORT": "eighty"}, "PORT must be a number"),
         ({"AUTO_MIGRATE": "maybe"}, "AUTO_MIGRATE must be true or false"),
         ({"HISTORY_CACHE_MB": "1.5"}, "HISTORY_CACHE_MB must be a whole number"),
