@@ -323,14 +323,18 @@ async def run(
                 lane.client.close()
 
             # Short runs of each kind in turn, several rounds: load from elsewhere on the machine falls on all three.
+            # The rounds alternate the order (conversation, chain, branch, then branch, chain, conversation), so
+            # that a drift over the rounds (the machine, the growing histories and tables) falls on the three kinds
+            # alike, rather than always against the kind that runs last.
             # With each of the suite's worker counts, the same threads going on (so later counts see longer ones).
+            kinds = [("conversation", conversations), ("chain", chains), ("branch", [branch])]
+            rounds = 2 if quick else 4
             for workers in throughput_workers:
                 served = contextlib.nullcontext(service) if workers == 1 else _service(url, upstream, logs, workers)
                 async with served as target:
-                    loops: dict[str, list[Loop]] = {"conversation": [], "chain": [], "branch": []}
-                    rounds = 3
+                    loops: dict[str, list[Loop]] = {name: [] for name, _ in kinds}
                     for round_ in range(rounds):
-                        for name, threads in (("conversation", conversations), ("chain", chains), ("branch", [branch])):
+                        for name, threads in kinds if round_ % 2 == 0 else kinds[::-1]:
                             _say(
                                 f"throughput: {CLIENTS} clients, WORKERS={workers}, {name} turns, "
                                 f"round {round_ + 1} of {rounds}"

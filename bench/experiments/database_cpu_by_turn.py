@@ -10,6 +10,8 @@ service is divided by the turns of each round, as are the write-ahead log's reco
 
 `--clients 64` sends the same rounds from 64 clients on the service's own pool instead, each client on
 conversations and chains of its own (4 of each), so that the kinds differ only in what they lock and write.
+`--pool-size` sets DB_POOL_SIZE apart from the clients (one client on 20 connections: the pool hands them out in
+turn, so every statement runs on another backend, with no contention).
 `--during` runs a command through each kind's round, for a profile of that kind alone: `{kind}` and `{round}`
 name the round, `{pids}` the service's worker processes (comma-separated), e.g.
 `--during 'perf record -F 499 -a -q -o /tmp/{kind}-{round}.data'` (stopped with SIGINT at the round's end).
@@ -187,7 +189,7 @@ async def run(args: argparse.Namespace) -> None:
             logs,
             database_url=url,
             upstream_port=upstream.port,
-            extra_env={} if args.clients > 1 else {"DB_POOL_SIZE": "1"},
+            extra_env={} if args.pool_size is None else {"DB_POOL_SIZE": str(args.pool_size)},
             command=_command(args.root),
         )
         clients = [Client(HOST, service.port, {"authorization": f"Bearer {secret}"}) for _ in range(args.clients)]
@@ -238,11 +240,15 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--root", help="run the service from this checkout")
     parser.add_argument("--clients", type=int, default=1, help="clients sending at once (1: one pooled connection)")
+    parser.add_argument("--pool-size", type=int, help="DB_POOL_SIZE (default: 1 for one client, else the service's)")
     parser.add_argument("--turns", type=int, default=1000, help="turns per kind and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chain-turns", type=int, default=50, help="turns each chain is built with")
     parser.add_argument("--during", help="a command run through each kind's round ({kind}, {round}, {pids})")
-    uvloop.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    if args.pool_size is None and args.clients == 1:
+        args.pool_size = 1
+    uvloop.run(run(args))
 
 
 if __name__ == "__main__":
