@@ -141,12 +141,14 @@ async def _round(
 ) -> _Figures:
     database, own, counted = postgres_cpu_seconds(), service.cpu_seconds(), await _counters(engine)
 
+    per_client = max(1, turns // len(clients))
+
     async def send(index: int, client: Client) -> None:
-        for n in range(turns // len(clients)):
+        for n in range(per_client):
             await threads.one(client, index, kind, n)
 
     await asyncio.gather(*(send(index, client) for index, client in enumerate(clients)))
-    done = turns // len(clients) * len(clients)
+    done = per_client * len(clients)
     database_cpu, own_cpu = postgres_cpu_seconds() - database, service.cpu_seconds() - own
     # An idle backend reports its transactions and WAL to the statistics within 10 s (PGSTAT_IDLE_INTERVAL).
     await asyncio.sleep(11)
