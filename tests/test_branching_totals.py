@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -143,3 +144,34 @@ async def test_a_pending_turn_deleted_before_it_was_added_is_counted_first(
     assert await rows(db, "SELECT id FROM response WHERE id = :r", r=branch["id"]) == []
     assert numbers(await totals(db, root["id"])) == counted(2)
     assert await pending(db) == []
+
+
+@pytest.mark.parametrize("kind", ["plain", "streamed"])
+async def test_the_finish_that_takes_the_row_adds_the_pending_turns_it_saw(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Any],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+    kind: str,
+) -> None:
+    """Both kinds of finish a client waits for (its response stored whole; stored with its event log) see the
+    pending turns and add them once they have committed, before the answer ends. This server's sweep is minutes
+    away; the suite's other server sweeps every few seconds, so a finish that did not add them passes here only
+    when that sweep falls within the few milliseconds between the branch and the check. (A background turn's
+    finish runs the same code, but its client learns of it by polling, which leaves that sweep time to run.)"""
+    live = start_server(process_heartbeat_timeout=600)
+    tenant = await make_tenant("folding", live=live)
+    root = await turn(tenant.http, "root")
+    async with chain_row_held(db, root["id"]):
+        branch = await asyncio.wait_for(turn(tenant.http, "branch", previous_response_id=root["id"]), 20)
+        assert await pending(db) == [(branch["id"], root["id"])]
+
+    if kind == "plain":
+        await turn(tenant.http, "after", previous_response_id=root["id"])
+    else:
+        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Streamed.", chunks=2)))
+        await _streamed_turn(tenant, root["id"])
+    assert await pending(db) == []
+    row = await totals(db, root["id"])
+    assert numbers(row) == counted(3)
+    assert row["turn_response_ids"] == [] and row["turn_expires_at"] is None and row["last_status"] == "completed"

@@ -40,7 +40,7 @@ GROWING = ("conversation", "response", "item", "response_chain", "response_event
 HISTORY_READS = ("_CLAIM_AND_STORE", "_CLAIM_ONLY", "_HISTORY")
 # The statements that find a chain's pending turns (service/threads/totals.py): through the partial index of
 # pending turns only, never by thread_id (every response of the chain) nor by primary key over a scanned table.
-PENDING_READS = ("_FINISH_STORED", "_FINISH_LOGGED", "_FINISH_UNSEEN", *_SWEEP)
+PENDING_READS = ("_FINISH_STORED", "_FINISH_LOGGED", "_FINISH_UNSEEN", "_FOLD_PENDING_TURNS", *_SWEEP)
 _INDEX_READ = r"(?:Index (?:Only )?Scan using|Bitmap Index Scan on) "
 
 _SEED = """

@@ -443,7 +443,8 @@ _INPUTS_COUNTED = """
 # Both also add the turn to its chain's totals (service/threads/totals.py; nothing for a conversation's thread).
 # Both write only over a response still running: one failed meanwhile because its process was taken for dead, or
 # its claim was taken over, keeps that outcome, and a late finish of its old holder writes nothing (no output
-# items, no token counts, no second count in the chain's totals, no event log); it returns no row then.
+# items, no token counts, no second count in the chain's totals, no event log); it returns no row then. Each
+# returns the chain whose pending turns it saw (chain_to_fold), which finish() adds after it.
 _FINISH_STORED = Statement(
     f"""
     WITH {chain_totals.CHAIN_ROW_OF_RESPONSE},
@@ -466,7 +467,7 @@ _FINISH_STORED = Statement(
                                WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN}
-    SELECT completed_at FROM completed
+    SELECT completed_at, {chain_totals.CHAIN_TO_FOLD} AS chain_to_fold FROM completed
     """
 )
 
@@ -495,7 +496,7 @@ _FINISH_LOGGED = Statement(
     INSERT INTO response_event_log (response_id, events, event_count)
     SELECT $response_id, $events::text, $event_count::int FROM completed
     ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
-    RETURNING response_id
+    RETURNING response_id, {chain_totals.CHAIN_TO_FOLD} AS chain_to_fold
     """
 )
 
@@ -528,8 +529,12 @@ _FINISH_UNSEEN = Statement(
            $cost, $completed_at, thread.id, $request_id, $service_tier, $idempotency_key,
            {chain_totals.PENDING_CHAIN_OF_NEW_RESPONSE}
     FROM thread
+    RETURNING {chain_totals.CHAIN_TO_FOLD} AS chain_to_fold
     """
 )
+
+# The pending turns of the chain a finish took the row of, after its commit (service/threads/totals.py).
+_FOLD_PENDING_TURNS = Statement(chain_totals.fold_pending("$chain_id"))
 
 # -- the rest ----------------------------------------------------------------------------------------------
 
@@ -865,7 +870,8 @@ async def finish(
     """Outside any conversation, or after a lost claim (the items then stay outside the conversation).
     `unseen`: as for finish_in_conversation. `input_counts`: the token counts of the input items the begin
     stored, now that they may be exact (an unseen turn's are on its items). False when the response had already
-    ended (failed by a takeover): nothing is written then."""
+    ended (failed by a takeover): nothing is written then. A finish that took its chain's row and saw turns of
+    the chain pending adds them in a second statement, once its own has committed (threads/totals.py)."""
     values = outcome.params()
     if unseen is not None:
         _no_log_when_unseen(log)
@@ -882,15 +888,17 @@ async def finish(
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
     try:
-        stored = await db.fetchval(statement.sql, *statement.args(values))
+        stored = await db.fetchrow(statement.sql, *statement.args(values))
     except ForeignKeyViolationError as exc:
         # The previous response of an unseen turn was being deleted when the statement began (it saw the row,
         # then waited for the delete): run again, it no longer sees the row and stores no link, as it does
         # when the delete committed first. The answer is kept either way.
         if unseen is None or exc.constraint_name != PREVIOUS_RESPONSE_FK:
             raise
-        stored = await db.fetchval(statement.sql, *statement.args(values))
-    return unseen is not None or stored is not None
+        stored = await db.fetchrow(statement.sql, *statement.args(values))
+    if stored is not None and stored["chain_to_fold"] is not None:
+        await db.execute(_FOLD_PENDING_TURNS.sql, *_FOLD_PENDING_TURNS.args({"chain_id": stored["chain_to_fold"]}))
+    return stored is not None
 
 
 def _no_log_when_unseen(log: EventLog | None) -> None:

@@ -35,10 +35,12 @@ THREAD_OF_RESPONSE = "(SELECT r.thread_id FROM response r WHERE r.id = $response
 # Every branch of a chain adds to the same row, and many clients branching from one response finish together: a
 # finish that waited for the row would wait for the other finishes' commits one after another. So a finish takes
 # the row only when no other statement holds it (chain_row). When it is held, the finish marks its response
-# pending (response.pending_chain_id, `pending_chain`) and ends; the next finish that takes the row adds the
-# pending turns with its own (_FOLDED), and the heartbeat's sweep (fold_pending) adds those that no later finish
-# took. Until then the chain's totals count them out, and its listing may show it in progress (they stay on its
-# running turns).
+# pending (response.pending_chain_id, `pending_chain`) and ends. A finish that took the row and saw pending turns
+# (CHAIN_TO_FOLD) adds them once it has committed, in a statement of their own (fold_pending); the heartbeat's
+# sweep runs the same statement for those that no later finish saw. Until then the chain's totals count them
+# out, and its listing may show it in progress (they stay on its running turns). Adding them in the finish
+# itself would put an UPDATE of `response` in every chain turn's finish, set up at every execution even when it
+# updates nothing (docs/benchmarks.md measures the difference).
 
 
 def chain_row(thread: str) -> str:
@@ -57,64 +59,32 @@ def pending_chain(thread: str) -> str:
     )
 
 
-# The pending turns of the locked chain, taken off pending, and what they add: the items each stored (a chain's
-# first response's inputs were counted when the chain started, START_CHAIN), its usage and cost, and the status
-# and model of the latest of them to complete. A pending response locked by another statement (a delete of the
-# chain) is left as it is. `{only_if}`: a further condition. Both reads find the pending turns by equality on
-# pending_chain_id, which only the partial index of pending turns holds: that index scan is the cheapest plan
-# at every table size, the empty tables a new connection may plan on included (a sequential scan of `response`
-# would then be kept by its cached plan for as long as the table has no statistics).
-_FOLDED = """
-    pending AS MATERIALIZED (
-        SELECT r.id FROM response r
-        WHERE r.pending_chain_id = (SELECT id FROM chain_row){only_if}
-        FOR NO KEY UPDATE OF r SKIP LOCKED
-    ),
-    folded AS (
-        UPDATE response r SET pending_chain_id = NULL
-        WHERE r.pending_chain_id = (SELECT id FROM chain_row) AND r.id = ANY(ARRAY(SELECT id FROM pending))
-        RETURNING r.id, r.thread_id, r.status, r.completed_at, coalesce(r.upstream_model, r.model) AS model,
-                  r.input_tokens, r.output_tokens, r.cost,
-                  (SELECT count(*) FROM item i
-                   WHERE i.response_id = r.id AND (i.is_output OR r.id <> r.thread_id)) AS items
-    ),
-    folded_sum AS (
-        SELECT thread_id, count(*) AS responses, sum(items) AS items, sum(input_tokens) AS input_tokens,
-               sum(output_tokens) AS output_tokens, sum(cost) AS cost, max(completed_at) AS latest,
-               (array_agg(status ORDER BY completed_at DESC))[1] AS status,
-               (array_agg(model ORDER BY completed_at DESC))[1] AS model, array_agg(id) AS ids
-        FROM folded GROUP BY thread_id
-    )"""
+# In a finish's result: the chain whose row it took, when turns of that chain are pending (committed before the
+# finish began), for the caller to fold once the finish has committed; else NULL. Found by equality on
+# pending_chain_id, which only the partial index of pending turns holds: that index scan is the cheapest plan at
+# every table size, the empty tables a new connection may plan on included (a sequential scan of `response` would
+# then be kept by its cached plan for as long as the table has no statistics).
+CHAIN_TO_FOLD = """(
+    SELECT chain_row.id FROM chain_row WHERE EXISTS (SELECT FROM response p WHERE p.pending_chain_id = chain_row.id)
+)"""
 
 
-def _added(
-    *,
-    responses: str = "1",
-    items: str,
-    usage: tuple[str, str, str] = ("$input_tokens", "$output_tokens", "$cost"),
-    completed_at: str = "$completed_at",
-    status: str = "$status",
-    model: str,
-    response_id: str = "$response_id",
-) -> str:
-    """The SET list of a chain's row (response_chain) adding one turn of its own (the finishing one: its columns
-    as SQL) and the folded ones (`f`, folded_sum, NULL when none). The chain's last activity is its latest
-    completion, never moved back; its last status and model are those of the turn that completed last. The turns
-    added are taken off its running turns (MARK_RUNNING_TURN)."""
+def _turn_added(*, items: str, model: str) -> str:
+    """The SET list of a chain's row (response_chain) adding the finishing turn (`items` and `model` as SQL, the
+    rest the finish's parameters). The chain's last activity is its latest completion, never moved back; the turn
+    is taken off its running turns (MARK_RUNNING_TURN), and their expiry cleared when it was the last."""
     return f"""
-            updated_at = greatest(response_chain.updated_at, {completed_at}, f.latest),
-            turn_response_ids = ARRAY(
-                SELECT t FROM unnest(response_chain.turn_response_ids) t
-                WHERE t IS DISTINCT FROM {response_id} AND t <> ALL(coalesce(f.ids, '{{}}'))),
-            turn_expires_at = CASE WHEN response_chain.turn_response_ids
-                <@ (coalesce(f.ids, '{{}}') || {response_id}) THEN NULL ELSE response_chain.turn_expires_at END,
-            response_count = response_chain.response_count + {responses} + coalesce(f.responses, 0),
-            item_count = response_chain.item_count + {items} + coalesce(f.items, 0),
-            input_tokens = response_chain.input_tokens + {usage[0]} + coalesce(f.input_tokens, 0),
-            output_tokens = response_chain.output_tokens + {usage[1]} + coalesce(f.output_tokens, 0),
-            cost = response_chain.cost + {usage[2]} + coalesce(f.cost, 0),
-            last_status = CASE WHEN f.latest > {completed_at} THEN f.status ELSE {status} END,
-            last_model = CASE WHEN f.latest > {completed_at} THEN f.model ELSE {model} END"""
+            updated_at = greatest(response_chain.updated_at, $completed_at),
+            turn_response_ids = array_remove(response_chain.turn_response_ids, $response_id),
+            turn_expires_at = CASE WHEN response_chain.turn_response_ids <@ ARRAY[$response_id]
+                THEN NULL ELSE response_chain.turn_expires_at END,
+            response_count = response_chain.response_count + 1,
+            item_count = response_chain.item_count + {items},
+            input_tokens = response_chain.input_tokens + $input_tokens,
+            output_tokens = response_chain.output_tokens + $output_tokens,
+            cost = response_chain.cost + $cost,
+            last_status = $status,
+            last_model = {model}"""
 
 
 # In a finish of a response the begin stored, first in its WITH: the chain of its thread (none for a response in a
@@ -124,16 +94,16 @@ PENDING_CHAIN_OF_RESPONSE = pending_chain("response.thread_id")
 
 # Then, once `completed` returned a row (its outcome stored, its outputs in the item arrays): add the turn to its
 # chain's totals. Its inputs were counted at the begin only for the chain's first response.
-ADD_TO_CHAIN = f""",{_FOLDED.format(only_if=" AND EXISTS (SELECT FROM completed)")},
+ADD_TO_CHAIN = f""",
     chain AS (
         UPDATE response_chain SET {
-    _added(
+    _turn_added(
         items="cardinality($ids::text[]) + CASE WHEN response_chain.id = $response_id THEN 0 ELSE"
         " (SELECT count(*) FROM item i WHERE i.response_id = $response_id AND NOT i.is_output) END",
         model="coalesce($upstream_model, (SELECT r.model FROM response r WHERE r.id = $response_id))",
     )
 }
-        FROM completed, chain_row LEFT JOIN folded_sum f ON f.thread_id = chain_row.id
+        FROM completed, chain_row
         WHERE response_chain.id = chain_row.id
     )"""
 
@@ -162,33 +132,62 @@ MARK_RUNNING_TURN = """
 # item arrays, its thread in CTE `thread`) that continues a previous response: add it to its chain's totals, and
 # take it off the chain's running turns. The response it inserts sets pending_chain_id = PENDING_CHAIN_OF_NEW_RESPONSE.
 ADD_UNSEEN_TO_CHAIN = f""",
-    {chain_row("(SELECT id FROM thread)")},{_FOLDED.format(only_if="")},
+    {chain_row("(SELECT id FROM thread)")},
     chain AS (
-        UPDATE response_chain SET {_added(items="cardinality($ids::text[])", model="coalesce($upstream_model, $model)")}
-        FROM chain_row LEFT JOIN folded_sum f ON f.thread_id = chain_row.id
-        WHERE response_chain.id = chain_row.id
+        UPDATE response_chain SET {
+    _turn_added(items="cardinality($ids::text[])", model="coalesce($upstream_model, $model)")
+}
+        FROM chain_row WHERE response_chain.id = chain_row.id
     )"""
 PENDING_CHAIN_OF_NEW_RESPONSE = pending_chain("thread.id")
 
 
 def fold_pending(thread: str) -> str:
-    """The heartbeat's sweep (service/threads/repository.py), for one chain (`thread`, an SQL expression) with
-    pending turns that no later finish took: added to its totals when its row is free (else left to its next
-    finish, or the next sweep). Returns the chain's id when it added any."""
+    """For one chain (`thread`, an SQL expression): add its pending turns to its totals when its row is free
+    (else they are left to the finish that holds it, or the next sweep), and take them off pending. Run by the
+    finish that saw them (responses/turn_store.py) and by the heartbeat's sweep (repository.py). Returns the
+    chain's id when it added any.
+
+    What they add: the items each stored (a chain's first response's inputs were counted when the chain started,
+    START_CHAIN), its usage and cost; the latest of them to complete, when it completed after the chain's last
+    activity, gives the chain its last status and model. A pending response locked by another statement (a
+    delete of it) is left as it is. Both reads find the pending turns by equality on pending_chain_id
+    (CHAIN_TO_FOLD says why)."""
     return f"""
-    WITH {chain_row(thread)},{_FOLDED.format(only_if="")}
-    UPDATE response_chain SET {
-        _added(
-            responses="0",
-            items="0",
-            usage=("0", "0", "0"),
-            completed_at="response_chain.updated_at",
-            status="response_chain.last_status",
-            model="response_chain.last_model",
-            response_id="NULL::text",
-        )
-    }
-    FROM chain_row JOIN folded_sum f ON f.thread_id = chain_row.id
+    WITH {chain_row(thread)},
+    pending AS MATERIALIZED (
+        SELECT r.id FROM response r
+        WHERE r.pending_chain_id = (SELECT id FROM chain_row)
+        FOR NO KEY UPDATE OF r SKIP LOCKED
+    ),
+    folded AS (
+        UPDATE response r SET pending_chain_id = NULL
+        WHERE r.pending_chain_id = (SELECT id FROM chain_row) AND r.id = ANY(ARRAY(SELECT id FROM pending))
+        RETURNING r.id, r.thread_id, r.status, r.completed_at, coalesce(r.upstream_model, r.model) AS model,
+                  r.input_tokens, r.output_tokens, r.cost,
+                  (SELECT count(*) FROM item i
+                   WHERE i.response_id = r.id AND (i.is_output OR r.id <> r.thread_id)) AS items
+    ),
+    f AS (
+        SELECT thread_id, count(*) AS responses, sum(items) AS items, sum(input_tokens) AS input_tokens,
+               sum(output_tokens) AS output_tokens, sum(cost) AS cost, max(completed_at) AS latest,
+               (array_agg(status ORDER BY completed_at DESC))[1] AS status,
+               (array_agg(model ORDER BY completed_at DESC))[1] AS model, array_agg(id) AS ids
+        FROM folded GROUP BY thread_id
+    )
+    UPDATE response_chain SET
+        updated_at = greatest(response_chain.updated_at, f.latest),
+        turn_response_ids = ARRAY(SELECT t FROM unnest(response_chain.turn_response_ids) t WHERE t <> ALL(f.ids)),
+        turn_expires_at = CASE WHEN response_chain.turn_response_ids <@ f.ids
+            THEN NULL ELSE response_chain.turn_expires_at END,
+        response_count = response_chain.response_count + f.responses,
+        item_count = response_chain.item_count + f.items,
+        input_tokens = response_chain.input_tokens + f.input_tokens,
+        output_tokens = response_chain.output_tokens + f.output_tokens,
+        cost = response_chain.cost + f.cost,
+        last_status = CASE WHEN f.latest > response_chain.updated_at THEN f.status ELSE response_chain.last_status END,
+        last_model = CASE WHEN f.latest > response_chain.updated_at THEN f.model ELSE response_chain.last_model END
+    FROM chain_row JOIN f ON f.thread_id = chain_row.id
     WHERE response_chain.id = chain_row.id
     RETURNING response_chain.id
 """
