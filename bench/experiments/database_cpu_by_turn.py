@@ -6,7 +6,7 @@ response, and finishes take turns on their chain's row. By default one client se
 pooled connection (DB_POOL_SIZE=1), the three kinds in rounds, on 100-item conversations and on chains of
 `--chain-turns` turns (branch turns all continue one response), and the CPU of every PostgreSQL process and of the
 service is divided by the turns of each round, as are the write-ahead log's records, full-page images and bytes
-(pg_stat_wal). psutil reads CPU in 10 ms ticks: use rounds of 1,000 turns or more.
+(pg_stat_wal) and the rows inserted and updated, HOT or not (pg_stat_user_tables). psutil reads CPU in 10 ms ticks: use rounds of 1,000 turns or more.
 
 `--clients 64` sends the same rounds from 64 clients on the service's own pool instead, each client on
 conversations and chains of its own (4 of each), so that the kinds differ only in what they lock and write.
@@ -97,7 +97,8 @@ class _Threads:
 
 @dataclass
 class _Figures:
-    """Per turn: CPU in µs, transactions, write-ahead log in records, full-page images and bytes."""
+    """Per turn: CPU in µs, transactions, write-ahead log in records, full-page images and bytes, and rows
+    inserted and updated (of which HOT: an update that is not HOT adds an entry to every index of its table)."""
 
     database: float
     service: float
@@ -105,6 +106,9 @@ class _Figures:
     wal_records: float
     wal_fpi: float
     wal_bytes: float
+    inserts: float
+    updates: float
+    hot_updates: float
 
 
 # Transactions as the database's statistics count them: the turn path runs each statement in a transaction of its
@@ -112,7 +116,10 @@ class _Figures:
 _COUNTERS = text(
     """
     SELECT (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()),
-           wal_records, wal_fpi, wal_bytes
+           wal_records, wal_fpi, wal_bytes,
+           (SELECT sum(n_tup_ins) FROM pg_stat_user_tables),
+           (SELECT sum(n_tup_upd) FROM pg_stat_user_tables),
+           (SELECT sum(n_tup_hot_upd) FROM pg_stat_user_tables)
     FROM pg_stat_wal
     """
 )
@@ -152,10 +159,8 @@ async def _round(
     database_cpu, own_cpu = postgres_cpu_seconds() - database, service.cpu_seconds() - own
     # An idle backend reports its transactions and WAL to the statistics within 10 s (PGSTAT_IDLE_INTERVAL).
     await asyncio.sleep(11)
-    transactions, records, fpi, size = (
-        (after - before) / done for before, after in zip(counted, await _counters(engine), strict=True)
-    )
-    return _Figures(database_cpu / done * 1e6, own_cpu / done * 1e6, transactions, records, fpi, size)
+    per_turn = [(after - before) / done for before, after in zip(counted, await _counters(engine), strict=True)]
+    return _Figures(database_cpu / done * 1e6, own_cpu / done * 1e6, *per_turn)
 
 
 async def _build_chains(clients: list[Client], per_client: int, turns: int) -> list[str]:
@@ -227,7 +232,10 @@ async def run(args: argparse.Namespace) -> None:
                 f"{statistics.median(f.transactions for f in figures[kind]):.2f} transactions, "
                 f"WAL {statistics.median(f.wal_records for f in figures[kind]):.1f} records, "
                 f"{statistics.median(f.wal_fpi for f in figures[kind]):.2f} full pages, "
-                f"{statistics.median(f.wal_bytes for f in figures[kind]):.0f} bytes/turn "
+                f"{statistics.median(f.wal_bytes for f in figures[kind]):.0f} bytes; "
+                f"{statistics.median(f.inserts for f in figures[kind]):.1f} rows inserted, "
+                f"{statistics.median(f.updates for f in figures[kind]):.2f} updated "
+                f"({statistics.median(f.hot_updates for f in figures[kind]):.2f} HOT) per turn "
                 f"(medians of {args.rounds} rounds of {args.turns})"
             )
     finally:
