@@ -6,7 +6,8 @@ response, and finishes take turns on their chain's row. By default one client se
 pooled connection (DB_POOL_SIZE=1), the three kinds in rounds, on 100-item conversations and on chains of
 `--chain-turns` turns (branch turns all continue one response), and the CPU of every PostgreSQL process and of the
 service is divided by the turns of each round, as are the write-ahead log's records, full-page images and bytes
-(pg_stat_wal) and the rows inserted and updated, HOT or not (pg_stat_user_tables). psutil reads CPU in 10 ms ticks: use rounds of 1,000 turns or more.
+(pg_stat_wal) and the rows inserted and updated, HOT or not (pg_stat_user_tables). psutil reads CPU in 10 ms
+ticks: use rounds of 1,000 turns or more.
 
 `--clients 64` sends the same rounds from 64 clients on the service's own pool instead, each client on
 conversations and chains of its own (4 of each), so that the kinds differ only in what they lock and write.
