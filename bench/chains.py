@@ -9,10 +9,13 @@ on every lane alike, and figures read as same-run ratios.
 - chain length: continuing a 1,000-item chain and a 10-item chain;
 - throughput with 64 clients: each client on conversations of its own, on chains of its own, or all on one
   response; with one worker, then with each other worker count of the suite (`--workers`, default 1,2);
-- table size: chain turns on a database with 1M more items (and their responses) beside the small one.
+- table size: chain turns on a database with 1M more items (and their responses) beside the small one, and on
+  one with 10M (`--huge-database-url`; the suite passes it with BENCH_10M=1): the suite's own big tables, seeded
+  once and reused.
 
     .venv/bin/python -m bench.chains --database-url postgresql://postgres@127.0.0.1:5432/bench_iss17 \
-        [--big-database-url postgresql://postgres@127.0.0.1:5432/bench_iss17_1m] [--quick]
+        [--big-database-url postgresql://postgres@127.0.0.1:5432/bench_iss17_1m] \
+        [--huge-database-url postgresql://postgres@127.0.0.1:5432/bench_iss17_10m] [--quick]
 """
 
 from __future__ import annotations
@@ -272,8 +275,14 @@ def _say(message: str) -> None:
 
 # -- the scenarios ------------------------------------------------------------------------------------------
 async def run(
-    url: str, big_url: str | None, *, quick: bool, logs: Path, throughput_workers: Sequence[int] = (1, 2)
+    url: str,
+    big_tables: Sequence[tuple[str, int]],
+    *,
+    quick: bool,
+    logs: Path,
+    throughput_workers: Sequence[int] = (1, 2),
 ) -> list[Row]:
+    """`big_tables`: (database URL, items) of each big table to measure chain turns on beside the small one."""
     sizes = Sizes.for_mode(quick, None)
     count, warmup = sizes.latency // 2, max(10, sizes.latency // 20)
     rows: list[Row] = []
@@ -346,10 +355,10 @@ async def run(
                             )
                 rows += _throughput_rows(loops, _history_sizes(conversations, chains), workers)
 
-        if big_url is not None:
+        for big_url, items in big_tables:
             rows.append(
                 await _table_size(
-                    url, secret, chains[:CLIENTS], normalize_database_url(big_url), upstream, logs, count, warmup
+                    url, secret, chains[:CLIENTS], normalize_database_url(big_url), items, upstream, logs, count, warmup
                 )
             )
     finally:
@@ -446,20 +455,23 @@ async def _table_size(
     small_secret: str,
     small_chains: list[Thread],
     big_url: str,
+    items: int,
     upstream: Process,
     logs: Path,
     count: int,
     warmup: int,
 ) -> Row:
-    """Chain turns on a database holding 1M more items (seeded once, reused) beside the small one, interleaved."""
+    """Chain turns on a database holding `items` more items (seeded once, reused) beside the small one,
+    interleaved."""
     _say(f"table size: preparing {big_url.rsplit('/', 1)[-1]}")
     tenant_id, secret = await _prepare(big_url, wipe=False)
-    filler = ConversationSet("big1m", 100, 10_000)  # the suite's 1M table: the same set, so it is seeded once
+    # The suite's table of that size (bench/suite.py names its sets so): the same set, so it is seeded once.
+    filler = ConversationSet(f"big{items // 1_000_000}m", 100, items // 100)
     engine = seed.engine_for(big_url)
     try:
         seeded = await seed.seed(engine, tenant_id, filler)
         if seeded:
-            _say(f"table size: seeded 1M items in {seeded:.0f} s")
+            _say(f"table size: seeded {items:,} items in {seeded:.0f} s")
         total = await seed.item_total(engine)
         await seed.prewarm(engine)
     finally:
@@ -504,17 +516,19 @@ async def _table_size(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.chains", description=__doc__)
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/convstore_bench_chains")
-    parser.add_argument("--big-database-url", default=None)
+    parser.add_argument("--big-database-url", default=None, help="a 1M-item database (seeded once)")
+    parser.add_argument("--huge-database-url", default=None, help="a 10M-item database (seeded once)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workers", default="1,2", help="worker counts for the throughput rounds, as the suite's")
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     started = time.perf_counter()
     workers = [int(n) for n in args.workers.split(",")]
+    sizes = ((args.big_database_url, 1_000_000), (args.huge_database_url, 10_000_000))
     rows = uvloop.run(
         run(
             args.database_url,
-            args.big_database_url,
+            [(url, items) for url, items in sizes if url is not None],
             quick=args.quick,
             logs=args.results / "logs",
             throughput_workers=workers,

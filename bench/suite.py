@@ -275,7 +275,8 @@ async def run(config: Config) -> tuple[list[Row], dict[str, object]]:
         from bench import chains  # noqa: PLC0415  (bench.chains uses this module's helpers)
 
         config.say("chains: previous_response_id turns beside conversation turns (bench/chains.py)")
-        big = config.big_database_url if wanted("tables") else None
+        tables = ((config.big_database_url, 1_000_000), (config.huge_database_url, 10_000_000))
+        big = [(big_url, items) for big_url, items in tables if big_url is not None and wanted("tables")]
         rows += await chains.run(
             url, big, quick=config.quick, logs=config.results_dir / "logs", throughput_workers=config.throughput_workers
         )
