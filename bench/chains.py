@@ -524,11 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     workers = [int(n) for n in args.workers.split(",")]
-    sizes = ((args.big_database_url, 1_000_000), (args.huge_database_url, 10_000_000))
+    tables = ((args.big_database_url, 1_000_000), (args.huge_database_url, 10_000_000))
     rows = uvloop.run(
         run(
             args.database_url,
-            [(url, items) for url, items in sizes if url is not None],
+            [(url, items) for url, items in tables if url is not None],
             quick=args.quick,
             logs=args.results / "logs",
             throughput_workers=workers,
