@@ -37,9 +37,8 @@ from bench import report, seed
 from bench.http_client import Client, Reply
 from bench.measure import UPSTREAM_PATH, USER_TEXT, describe, percentile, postgres_cpu_seconds
 from bench.report import Row
-from bench.seed import ConversationSet
 from bench.stack import Process, Service, start_fake_upstream, start_service
-from bench.suite import Sizes, _prepare
+from bench.suite import Sizes, _prepare, big_table_set
 from service.config import normalize_database_url
 
 FAST = "bench/fast"
@@ -465,8 +464,7 @@ async def _table_size(
     interleaved."""
     _say(f"table size: preparing {big_url.rsplit('/', 1)[-1]}")
     tenant_id, secret = await _prepare(big_url, wipe=False)
-    # The suite's table of that size (bench/suite.py names its sets so): the same set, so it is seeded once.
-    filler = ConversationSet(f"big{items // 1_000_000}m", 100, items // 100)
+    filler = big_table_set(items)
     engine = seed.engine_for(big_url)
     try:
         seeded = await seed.seed(engine, tenant_id, filler)

@@ -78,6 +78,12 @@ def _uses_per_conversation(size: int) -> int:
     return max(1, size // 2500)
 
 
+def big_table_set(items: int) -> ConversationSet:
+    """The 100-item conversations that fill a big table (1M or 10M items): seeded once, reused by later runs, and
+    by bench.chains, which measures chain turns on the same tables."""
+    return ConversationSet(f"big{items // 1_000_000}m", 100, items // 100)
+
+
 async def _prepare(url: str, *, wipe: bool) -> tuple[str, str]:
     await seed.create_database_if_missing(url)
     await asyncio.to_thread(upgrade, url)
@@ -325,7 +331,7 @@ async def _table_size(
     url = normalize_database_url(raw_url)
     config.say(f"table size {label}: preparing {url.rsplit('/', 1)[-1]}")
     tenant_id, secret = await _prepare(url, wipe=False)
-    big = ConversationSet(f"big{label.lower()}", 100, items // 100)
+    big = big_table_set(items)
     engine = seed.engine_for(url)
     try:
         if await seed.seeded_count(engine, big) < big.count:
