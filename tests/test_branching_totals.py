@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -80,6 +81,17 @@ async def _streamed_turn(tenant: Tenant, previous: str) -> str:
     return response_id
 
 
+async def _root_and_a_pending_branch(http: httpx.AsyncClient, db: AsyncEngine) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A chain's root and a branch whose finish found the chain's row held: the branch is left pending, out of
+    the chain's totals."""
+    root = await turn(http, "root")
+    async with chain_row_held(db, root["id"]):
+        branch = await asyncio.wait_for(turn(http, "branch", previous_response_id=root["id"]), 20)
+        assert await pending(db) == [(branch["id"], root["id"])]
+        assert numbers(await totals(db, root["id"])) == counted(1)
+    return root, branch
+
+
 async def test_a_finish_does_not_wait_for_its_chains_row_and_the_next_finish_adds_it(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
@@ -110,11 +122,7 @@ async def test_the_heartbeat_adds_a_pending_turn_that_no_later_finish_took(
 ) -> None:
     live = start_server(process_heartbeat_timeout=0.5)
     tenant = await make_tenant("branching", live=live)
-    root = await turn(tenant.http, "root")
-    async with chain_row_held(db, root["id"]):
-        branch = await asyncio.wait_for(turn(tenant.http, "branch", previous_response_id=root["id"]), 20)
-        assert await pending(db) == [(branch["id"], root["id"])]
-        assert numbers(await totals(db, root["id"])) == counted(1)
+    root, _ = await _root_and_a_pending_branch(tenant.http, db)
 
     async def added() -> bool:
         return numbers(await totals(db, root["id"])) == counted(2)
@@ -161,11 +169,7 @@ async def test_the_finish_that_takes_the_row_adds_the_pending_turns_it_saw(
     finish runs the same code, but its client learns of it by polling, which leaves that sweep time to run.)"""
     live = start_server(process_heartbeat_timeout=600)
     tenant = await make_tenant("folding", live=live)
-    root = await turn(tenant.http, "root")
-    async with chain_row_held(db, root["id"]):
-        branch = await asyncio.wait_for(turn(tenant.http, "branch", previous_response_id=root["id"]), 20)
-        assert await pending(db) == [(branch["id"], root["id"])]
-
+    root, _ = await _root_and_a_pending_branch(tenant.http, db)
     if kind == "plain":
         await turn(tenant.http, "after", previous_response_id=root["id"])
     else:
