@@ -1,4 +1,5 @@
-"""The application factory. The lifespan owns the engine, the upstream client and the background reaper."""
+"""The application factory. The lifespan owns the engine, the upstream client, the cluster node and the background
+jobs."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from service.gc_freeze import freeze_startup_objects
 from service.health import health, ready
 from service.http import DEPENDENCIES
 from service.idempotency.middleware import IdempotencyMiddleware, KeyedServing
-from service.idempotency.service import AnswerStore, purge_expired_keys
+from service.idempotency.service import AnswerStore
 from service.keys.service import KeyAuthenticator
 from service.lifecycle.routes import ConversationBackupAdminController, ConversationLifecycleController
 from service.limits.door import DoorMiddleware
@@ -40,7 +41,6 @@ from service.responses.chain_cache import ChainCache
 from service.responses.history_cache import HistoryCache
 from service.responses.routes import ResponseController
 from service.responses.runner import TurnRunner
-from service.responses.service import reap_stale_turns
 from service.responses.turn import TurnContext
 from service.retention.purge import purge
 from service.retention.routes import RetentionAdminController
@@ -54,17 +54,6 @@ from service.webhooks.routes import WebhookAdminController
 logger = logging.getLogger("service.app")
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
-
-
-async def _reap_forever(runtime: Runtime) -> None:
-    interval = min(60.0, max(1.0, runtime.settings.turn_lock_ttl / 4))
-    while True:
-        try:
-            await reap_stale_turns(runtime.engine, runtime.settings.turn_lock_ttl)
-            await purge_expired_keys(runtime.engine)
-        except Exception as exc:
-            logger.warning("reaper pass failed: %s", type(exc).__name__)
-        await asyncio.sleep(interval)
 
 
 async def _purge_forever(runtime: Runtime) -> None:
@@ -147,7 +136,7 @@ def create_app(
         )
         await runtime.cluster.start()
         freeze_startup_objects()
-        background = [asyncio.create_task(_reap_forever(runtime)), asyncio.create_task(_purge_forever(runtime))]
+        background = [asyncio.create_task(_purge_forever(runtime))]
         deliverer = WebhookDeliverer(settings, engine)
         if settings.webhook_delivery:
             background.append(asyncio.create_task(deliverer.run_forever()))

@@ -1,5 +1,6 @@
-"""This process as one of many: its heartbeat, its end of the bus, and the answers it gives other processes
-about the turns it runs (cancel one, copy one's frames for a reader elsewhere)."""
+"""This process as one of many: its heartbeat, its share of the expiry sweep, its end of the bus, and the
+answers it gives other processes about the turns it runs (cancel one, copy one's frames for a reader
+elsewhere)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.cluster import expiry
 from service.cluster.bus import CANCEL, CHANGED, FOLLOW, Bus
 from service.cluster.heartbeat import Heartbeat
 from service.cluster.live_frames import Mirrors
@@ -31,6 +33,8 @@ class ClusterNode:
             keepalive_seconds=settings.process_heartbeat_timeout,
         )
         self._mirrors = Mirrors(engine)
+        self._engine = engine
+        self._turn_lock_ttl = settings.turn_lock_ttl
         self._runner = runner
         self._tasks: set[asyncio.Task[None]] = set()
         self.bus.on(CANCEL, self._cancel_here)
@@ -39,6 +43,9 @@ class ClusterNode:
     async def start(self) -> None:
         await self.bus.start()
         self._spawn(self.heartbeat.run_forever())
+        self._spawn(
+            expiry.sweep_forever(self._engine, turn_lock_ttl=self._turn_lock_ttl, holder=self.heartbeat.identity.id)
+        )
 
     async def stop(self) -> None:
         """After the runner's shutdown: turns still listed are failed by the other processes."""

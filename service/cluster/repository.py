@@ -144,6 +144,20 @@ _FORGET_STOPPED = text(
 )
 
 
+# A database-wide job's turn, for a job one pass of which covers every process's work: taken when no process
+# ran the job in the last `every` seconds. Each process asks with its own interval, so one that runs the job more
+# often (a shorter TURN_LOCK_TTL) is never held back by one that runs it less often. The upsert's row lock orders
+# processes asking at once: the second reads the first's run and does not take the turn.
+_TAKE_JOB_TURN = text(
+    """
+    INSERT INTO maintenance_lease AS l (name, holder, last_run_at) VALUES (:job, :holder, now())
+    ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, last_run_at = excluded.last_run_at
+    WHERE l.last_run_at IS NULL OR l.last_run_at <= now() - make_interval(secs => :every)
+    RETURNING holder
+    """
+)
+
+
 @dataclass(frozen=True)
 class Identity:
     id: str
@@ -199,6 +213,12 @@ async def fail_orphaned_turns(conn: AsyncConnection, *, ttl: float, error: str) 
     unseen = [turn for row in await conn.execute(_FREE_LISTED_CHAIN_TURNS) for turn in row[0]]
     await conn.execute(_FORGET_STOPPED)
     return sorted({row.id for row in failed} | set(freed) | set(unseen))
+
+
+async def take_job_turn(conn: AsyncConnection, *, job: str, holder: str, every: float) -> bool:
+    """Whether this process runs `job` now (no process ran it in the last `every` seconds); if so, it is recorded
+    as run now by `holder`."""
+    return (await conn.scalar(_TAKE_JOB_TURN, {"job": job, "holder": holder, "every": every})) is not None
 
 
 async def forget_ended_live_frames(conn: AsyncConnection) -> None:
