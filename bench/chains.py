@@ -8,7 +8,8 @@ on every lane alike, and figures read as same-run ratios.
   response (linear), a chain turn continuing one fixed response again and again (branching), the direct call;
 - chain length: continuing a 1,000-item chain and a 10-item chain;
 - throughput with 64 clients: each client on conversations of its own, on chains of its own, or all on one
-  response; with one worker, then with each other worker count of the suite (`--workers`, default 1,2);
+  response; with one worker, then with each other worker count of the suite (`--workers`, default 1,2), each on
+  threads of its own;
 - table size: chain turns on a database with 1M more items (and their responses) beside the small one, and on
   one with 10M (`--huge-database-url`; the suite passes it with BENCH_10M=1): the suite's own big tables, seeded
   once and reused.
@@ -46,9 +47,12 @@ SLOW = "bench/latency-10"  # the throughput scenarios' upstream, as the suite's
 CLIENTS = 64
 TURNS_PER_THREAD = 50  # 100-item histories
 # In the throughput rounds each client takes its conversations (or chains) in turn, as the suite's throughput
-# clients do, so that each history grows by a few items per round instead of by the client's every turn: with
-# one each, the "100-item" histories grew to some 440 items before the last round.
-THREADS_PER_CLIENT = 4
+# clients do, so that each history grows by a few items per round instead of by the client's every turn, and each
+# worker count gets threads of its own, as the suite's do: the rounds of one worker count add some 15,000 turns a
+# kind, so with four threads a client the "100-item" histories grew to ~230 items by the last one-worker round, and
+# the two-worker rounds, continuing them, measured at 230-420 items. A quick run's rounds add about a third as many.
+THREADS_PER_CLIENT = 8
+QUICK_THREADS_PER_CLIENT = 4
 
 
 class _Id(msgspec.Struct):
@@ -211,6 +215,14 @@ async def _build(port: int, secret: str, threads: list[Thread], turns: int) -> N
     await asyncio.gather(*(grow(t) for t in threads))
 
 
+async def _threads(port: int, secret: str, count: int) -> tuple[list[Thread], list[Thread]]:
+    """`count` conversations and `count` chains of TURNS_PER_THREAD turns each, built side by side."""
+    conversations = await _new_conversations(port, secret, count)
+    chains = [Thread() for _ in range(count)]
+    await _build(port, secret, [*conversations, *chains], TURNS_PER_THREAD)
+    return conversations, chains
+
+
 async def _new_conversations(port: int, secret: str, count: int) -> list[Thread]:
     client = Client("127.0.0.1", port, {"authorization": f"Bearer {secret}"})
     try:
@@ -291,12 +303,13 @@ async def run(
     upstream = await asyncio.to_thread(start_fake_upstream, logs)
     try:
         async with _service(url, upstream, logs) as service:
-            threads = CLIENTS * THREADS_PER_CLIENT
-            _say(f"building {threads} conversations, {threads} chains of {TURNS_PER_THREAD} turns, chains of 500 and 5")
-            conversations = await _new_conversations(service.port, secret, threads)
-            chains = [Thread() for _ in range(threads)]
+            per_kind = CLIENTS * (QUICK_THREADS_PER_CLIENT if quick else THREADS_PER_CLIENT)
+            _say(
+                f"building {per_kind} conversations, {per_kind} chains of {TURNS_PER_THREAD} turns, chains of 500 and 5"
+            )
+            conversations, chains = await _threads(service.port, secret, per_kind)
+            measured_chains = chains[:CLIENTS]
             long_chain, short_chain = Thread(), Thread()
-            await _build(service.port, secret, [*conversations, *chains], TURNS_PER_THREAD)
             await _build(service.port, secret, [long_chain], 500)
             await _build(service.port, secret, [short_chain], 5)
             branch = Thread(tip=chains[0].tip, moves=False)
@@ -334,12 +347,16 @@ async def run(
             # The rounds alternate the order (conversation, chain, branch, then branch, chain, conversation), so
             # that a drift over the rounds (the machine, the growing histories and tables) falls on the three kinds
             # alike, rather than always against the kind that runs last.
-            # With each of the suite's worker counts, the same threads going on (so later counts see longer ones).
-            kinds = [("conversation", conversations), ("chain", chains), ("branch", [branch])]
+            # With each of the suite's worker counts, on threads of its own built through it (the first count's
+            # are the ones built above).
             rounds = 2 if quick else 4
-            for workers in throughput_workers:
+            for count_index, workers in enumerate(throughput_workers):
                 served = contextlib.nullcontext(service) if workers == 1 else _service(url, upstream, logs, workers)
                 async with served as target:
+                    if count_index > 0:
+                        _say(f"building {per_kind} conversations and {per_kind} chains for WORKERS={workers}")
+                        conversations, chains = await _threads(target.port, secret, per_kind)
+                    kinds = [("conversation", conversations), ("chain", chains), ("branch", [branch])]
                     loops: dict[str, list[Loop]] = {name: [] for name, _ in kinds}
                     for round_ in range(rounds):
                         for name, threads in kinds if round_ % 2 == 0 else kinds[::-1]:
@@ -357,7 +374,7 @@ async def run(
         for big_url, items in big_tables:
             rows.append(
                 await _table_size(
-                    url, secret, chains[:CLIENTS], normalize_database_url(big_url), items, upstream, logs, count, warmup
+                    url, secret, measured_chains, normalize_database_url(big_url), items, upstream, logs, count, warmup
                 )
             )
     finally:
