@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.migrate import PROJECT_ROOT
 from tests.fake_openrouter import _free_port
-from tests.turn_support import rows
+from tests.stream_support import wait_until_ended
+from tests.turn_support import MODEL, new_conversation, rows
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 10.0, every: float = 0.05) -> None:
@@ -35,6 +36,33 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout: float = 1
 async def scalar(db: AsyncEngine, sql: str, **params: Any) -> Any:
     async with db.connect() as conn:
         return await conn.scalar(text(sql), params)
+
+
+async def execute(db: AsyncEngine, sql: str, **params: Any) -> None:
+    async with db.begin() as conn:
+        await conn.execute(text(sql), params)
+
+
+async def claimed_by_a_lost_turn(tenant: Any, db: AsyncEngine, *, ttl: float, age: float) -> tuple[str, str]:
+    """A conversation claimed by a background response stored as in_progress, as a process that died (or a turn
+    that hung) leaves them: the claim taken `age` seconds ago by a process whose TURN_LOCK_TTL is `ttl`. Returns
+    the conversation and the response."""
+    conv = await new_conversation(tenant.http)
+    created = await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "background": True})
+    response_id = created.json()["id"]
+    await wait_until_ended(tenant.http, response_id)
+    await execute(db, "UPDATE response SET status = 'in_progress', completed_at = NULL WHERE id = :r", r=response_id)
+    await execute(
+        db,
+        "UPDATE conversation SET turn_response_id = :r,"
+        " turn_expires_at = now() + make_interval(secs => CAST(:ttl AS float8) - CAST(:age AS float8)),"
+        " turn_claimed_at = now() - make_interval(secs => :age) WHERE id = :c",
+        r=response_id,
+        c=conv,
+        ttl=ttl,
+        age=age,
+    )
+    return conv, response_id
 
 
 async def requests_waiting_on_a_lock(db: AsyncEngine) -> int:

@@ -13,43 +13,16 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster.expiry import JOB
 from service.responses.turn import INTERRUPTED_ERROR
 from tests.conftest import LiveServer, Tenant
-from tests.stream_support import wait_until_ended
-from tests.turn_support import MODEL, new_conversation, rows
+from tests.reliability_support import claimed_by_a_lost_turn, execute
+from tests.turn_support import rows
 
 TTL = 4.0  # TURN_LOCK_TTL of the instances under test: they sweep every second
 INTERVAL = 1.0
-
-
-async def _execute(db: AsyncEngine, sql: str, **params: Any) -> None:
-    async with db.begin() as conn:
-        await conn.execute(text(sql), params)
-
-
-async def _turn_whose_claim_expired(tenant: Tenant, db: AsyncEngine) -> tuple[str, str]:
-    """A conversation claimed by a background response stored as in_progress, its claim taken TTL + 1 s ago by a
-    process that left no trace, as if its turn had hung."""
-    conversation = await new_conversation(tenant.http)
-    created = await tenant.http.post(
-        "/v1/responses", json={"model": MODEL, "input": "hi", "background": True, "conversation": conversation}
-    )
-    response_id = created.json()["id"]
-    await wait_until_ended(tenant.http, response_id)
-    await _execute(db, "UPDATE response SET status = 'in_progress', completed_at = NULL WHERE id = :r", r=response_id)
-    await _execute(
-        db,
-        "UPDATE conversation SET turn_response_id = :r, turn_expires_at = now() - interval '1 second',"
-        " turn_claimed_at = now() - make_interval(secs => :ttl + 1), last_status = 'completed' WHERE id = :c",
-        r=response_id,
-        c=conversation,
-        ttl=TTL,
-    )
-    return conversation, response_id
 
 
 async def _claim(db: AsyncEngine, conversation: str) -> dict[str, Any]:
@@ -71,7 +44,7 @@ async def _last_sweep(db: AsyncEngine) -> dict[str, Any] | None:
 async def _sweep_elsewhere_all_the_time(db: AsyncEngine) -> None:
     """Another process that sweeps every 0.1 s, recording its passes as the sweep does."""
     while True:
-        await _execute(
+        await execute(
             db,
             "INSERT INTO maintenance_lease (name, holder, last_run_at) VALUES (:job, 'proc_elsewhere', now())"
             " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, last_run_at = excluded.last_run_at",
@@ -87,7 +60,7 @@ async def test_a_process_leaves_the_sweep_to_another_that_swept_within_its_inter
     elsewhere = asyncio.create_task(_sweep_elsewhere_all_the_time(db))
     try:
         await asyncio.sleep(0.3)  # a pass the instance began before the first of those has ended
-        conversation, response_id = await _turn_whose_claim_expired(alice, db)
+        conversation, response_id = await claimed_by_a_lost_turn(alice, db, ttl=TTL, age=TTL + 1)
         await asyncio.sleep(3 * INTERVAL)
         assert not await _swept(db, conversation)
         [response] = await rows(db, "SELECT status FROM response WHERE id = :r", r=response_id)
@@ -115,7 +88,7 @@ async def test_processes_sharing_a_database_sweep_it_one_interval_apart(
     start_server(turn_lock_ttl=TTL)
     await asyncio.sleep(INTERVAL / 3)  # without the turns, their passes would come a third of an interval apart
     start_server(turn_lock_ttl=TTL)
-    conversation, _ = await _turn_whose_claim_expired(alice, db)
+    conversation, _ = await claimed_by_a_lost_turn(alice, db, ttl=TTL, age=TTL + 1)
 
     passes: list[datetime] = []
     holders: set[str] = set()

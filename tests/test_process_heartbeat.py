@@ -11,27 +11,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster.heartbeat import PROCESS_STOPPED_ERROR
 from tests.conftest import LiveServer
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
-from tests.reliability_support import eventually
+from tests.reliability_support import claimed_by_a_lost_turn, eventually, execute
 from tests.stream_support import conversation_state, wait_until_ended
 from tests.turn_support import MODEL, new_conversation, rows
 
 TIMEOUT = 1.0  # PROCESS_HEARTBEAT_TIMEOUT of the instance under test
 
 
-async def _execute(db: AsyncEngine, sql: str, **params: Any) -> None:
-    async with db.begin() as conn:
-        await conn.execute(text(sql), params)
-
-
 async def _dead_process(db: AsyncEngine, *, responses: list[str], conversations: list[str]) -> None:
     """A process that beat for the last time a minute ago, listing these turns."""
-    await _execute(
+    await execute(
         db,
         "INSERT INTO service_process (id, host, pid, heartbeat_at, heartbeat_timeout, running_responses,"
         " running_conversations) VALUES ('proc_dead', 'elsewhere', 1, now() - interval '60 seconds', 1,"
@@ -39,27 +33,6 @@ async def _dead_process(db: AsyncEngine, *, responses: list[str], conversations:
         responses=responses,
         conversations=conversations,
     )
-
-
-async def _running_turn_of_a_dead_process(
-    tenant: Any, db: AsyncEngine, *, ttl: float, claim_started: str
-) -> tuple[str, str]:
-    """A conversation claimed by a background response stored as in_progress, as a dead process leaves them."""
-    conv = await new_conversation(tenant.http)
-    created = await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "background": True})
-    response_id = created.json()["id"]
-    await wait_until_ended(tenant.http, response_id)
-    await _execute(db, "UPDATE response SET status = 'in_progress', completed_at = NULL WHERE id = :r", r=response_id)
-    await _execute(
-        db,
-        "UPDATE conversation SET turn_response_id = :r,"
-        f" turn_expires_at = now() + make_interval(secs => :ttl) - interval '{claim_started}',"
-        f" turn_claimed_at = now() - interval '{claim_started}' WHERE id = :c",
-        r=response_id,
-        c=conv,
-        ttl=ttl,
-    )
-    return conv, response_id
 
 
 async def _received(fake: FakeOpenRouter, count: int) -> bool:
@@ -75,9 +48,7 @@ async def test_a_dead_processs_listed_turn_is_failed_and_its_conversation_freed_
 ) -> None:
     live = start_server(process_heartbeat_timeout=TIMEOUT)
     tenant = await make_tenant("heidi", live=live)
-    conv, response_id = await _running_turn_of_a_dead_process(
-        tenant, db, ttl=live.settings.turn_lock_ttl, claim_started="0 seconds"
-    )
+    conv, response_id = await claimed_by_a_lost_turn(tenant, db, ttl=live.settings.turn_lock_ttl, age=0)
     locked = await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "x", "conversation": conv})
     assert locked.status_code == 409 and locked.json()["error"]["code"] == "conversation_locked"
 
@@ -100,13 +71,9 @@ async def test_a_turn_begun_after_the_dead_processs_last_heartbeat_is_found_with
     live = start_server(process_heartbeat_timeout=TIMEOUT)
     tenant = await make_tenant("ivan", live=live)
     # Claimed 30 s ago, listed by no process: its process died before its next heartbeat.
-    conv, response_id = await _running_turn_of_a_dead_process(
-        tenant, db, ttl=live.settings.turn_lock_ttl, claim_started="30 seconds"
-    )
+    conv, response_id = await claimed_by_a_lost_turn(tenant, db, ttl=live.settings.turn_lock_ttl, age=30)
     # A claim taken just now and listed by no process yet is left alone until the horizon passes it.
-    fresh_conv, _ = await _running_turn_of_a_dead_process(
-        tenant, db, ttl=live.settings.turn_lock_ttl, claim_started="0 seconds"
-    )
+    fresh_conv, _ = await claimed_by_a_lost_turn(tenant, db, ttl=live.settings.turn_lock_ttl, age=0)
     await _dead_process(db, responses=[], conversations=[])
     await eventually(lambda: _freed(db, conv), timeout=5)
     [row] = await rows(db, "SELECT status, error FROM response WHERE id = :r", r=response_id)
