@@ -1,10 +1,10 @@
 """The safety net behind the heartbeat (heartbeat.py): claims and chain listings held past their TURN_LOCK_TTL,
 running responses older than it with no live claim, and idempotency keys past their time.
 
-One pass covers the whole database, whichever process runs it, and reads every claimed conversation and chain
-(nothing indexed marks a claim: an index on it would cost every claim its HOT update). So before each pass a
-process takes the job's turn (repository.take_job_turn): however many processes share the database, they make
-about one pass per interval between them, not one each.
+One pass covers the whole database, whichever process runs it, and reads every conversation and chain to find
+the claimed ones (nothing indexed marks a claim: an index on it would cost every claim its HOT update). So before
+each pass a process takes the job's turn (repository.take_job_turn): however many processes share the database,
+they make about one pass per interval between them, not one each.
 """
 
 from __future__ import annotations
