@@ -11,8 +11,9 @@ ticks: use rounds of 1,000 turns or more.
 
 `--clients 64` sends the same rounds from 64 clients on the service's own pool instead, each client on
 conversations and chains of its own (4 of each), so that the kinds differ only in what they lock and write.
-`--pool-size` sets DB_POOL_SIZE apart from the clients (one client on 20 connections: the pool hands them out in
-turn, so every statement runs on another backend, with no contention).
+`--workers` sets the service's WORKERS (as in the two-worker rounds of bench.chains). `--pool-size` sets
+DB_POOL_SIZE apart from the clients (one client on 20 connections: the pool hands them out in turn, so every
+statement runs on another backend, with no contention).
 `--during` runs a command through each kind's round, for a profile of that kind alone: `{kind}` and `{round}`
 name the round, `{pids}` the service's worker processes (comma-separated), e.g.
 `--during 'perf record -F 499 -a -q -o /tmp/{kind}-{round}.data'` (stopped with SIGINT at the round's end).
@@ -197,6 +198,7 @@ async def run(args: argparse.Namespace) -> None:
             logs,
             database_url=url,
             upstream_port=upstream.port,
+            workers=args.workers,
             extra_env={} if args.pool_size is None else {"DB_POOL_SIZE": str(args.pool_size)},
             command=_command(args.root),
         )
@@ -254,6 +256,7 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, help="DB_POOL_SIZE (default: 1 for one client, else the service's)")
     parser.add_argument("--turns", type=int, default=1000, help="turns per kind and round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="the service's WORKERS")
     parser.add_argument("--chain-turns", type=int, default=50, help="turns each chain is built with")
     parser.add_argument("--during", help="a command run through each kind's round ({kind}, {round}, {pids})")
     args = parser.parse_args()
