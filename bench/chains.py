@@ -47,10 +47,9 @@ SLOW = "bench/latency-10"  # the throughput scenarios' upstream, as the suite's
 CLIENTS = 64
 TURNS_PER_THREAD = 50  # 100-item histories
 # In the throughput rounds each client takes its conversations (or chains) in turn, as the suite's throughput
-# clients do, so that each history grows by a few items per round instead of by the client's every turn, and each
-# worker count gets threads of its own, as the suite's do: the rounds of one worker count add some 15,000 turns a
-# kind, so with four threads a client the "100-item" histories grew to ~230 items by the last one-worker round, and
-# the two-worker rounds, continuing them, measured at 230-420 items. A quick run's rounds add about a third as many.
+# clients do, and each worker count gets threads of its own, as the suite's do, so that the histories the bars are
+# for (100 items) grow by a few items per round rather than doubling over the rounds (how far they grow:
+# docs/benchmarks.md). A quick run's rounds are shorter, so fewer threads do.
 THREADS_PER_CLIENT = 8
 QUICK_THREADS_PER_CLIENT = 4
 

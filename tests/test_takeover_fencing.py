@@ -19,14 +19,13 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster.heartbeat import PROCESS_STOPPED_ERROR
 from service.keys import service as keys
 from tests.conftest import LiveServer
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
-from tests.reliability_support import ServiceProcess, assert_whole_turns, client_for, eventually, scalar
+from tests.reliability_support import ServiceProcess, assert_whole_turns, client_for, eventually, execute, scalar
 from tests.stream_support import conversation_state, parse_sse, read_events, wait_until_ended
 from tests.turn_support import MODEL, new_conversation, rows
 
@@ -60,14 +59,9 @@ def frozen(process: ServiceProcess) -> Iterator[None]:
         process.process.send_signal(signal.SIGCONT)
 
 
-async def _execute(db: AsyncEngine, sql: str, **params: object) -> None:
-    async with db.begin() as conn:
-        await conn.execute(text(sql), params)
-
-
 async def _a_stopped_process(db: AsyncEngine) -> None:
     """A process that stopped a moment ago: the reapers then also look for claims no live process lists."""
-    await _execute(
+    await execute(
         db,
         "INSERT INTO service_process (id, host, pid, heartbeat_at, heartbeat_timeout, stopped_at)"
         " VALUES ('proc_gone', 'elsewhere', 1, now(), 1, now())",

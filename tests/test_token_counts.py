@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Tenant
 from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter
+from tests.reliability_support import execute
 from tests.test_backup import _cli
 from tests.turn_support import new_conversation, rows, without_ids
 
@@ -164,23 +165,16 @@ async def test_a_cold_worker_reads_the_stored_counts_and_estimates_only_missing_
     stored = await counts_by_position(db, conversation)
     assert await counted() == REQUEST_FRAMING + sum(item["token_count"] for item in stored) + estimate("x")
     # What is stored is what counts: a count changed in the database is the count used, not a new estimate.
-    await _execute(
+    await execute(
         db,
         "UPDATE item SET token_count = token_count + 500 WHERE conversation_id = :c AND position = 0",
         c=conversation,
     )
     assert await counted() == REQUEST_FRAMING + sum(item["token_count"] for item in stored) + estimate("x") + 500
     # An item stored before counts were kept (none stored) is estimated.
-    await _execute(db, "UPDATE item SET token_count = NULL WHERE conversation_id = :c AND position = 0", c=conversation)
+    await execute(db, "UPDATE item SET token_count = NULL WHERE conversation_id = :c AND position = 0", c=conversation)
     rest = sum(item["token_count"] for item in stored[1:])
     assert await counted() == REQUEST_FRAMING + estimate(stored[0]["text"]) + rest + estimate("x")
-
-
-async def _execute(db: AsyncEngine, sql: str, **params: Any) -> None:
-    from sqlalchemy import text
-
-    async with db.begin() as conn:
-        await conn.execute(text(sql), params)
 
 
 async def test_a_cold_worker_continues_a_chain_as_the_warm_one_does(
@@ -219,7 +213,7 @@ async def test_a_cold_worker_continues_a_chain_as_the_warm_one_does(
     # The counts used are the stored ones.
     whole = {**question, "truncation": "disabled"}
     before = (await other.http.post("/v1/responses/input_tokens", json=whole)).json()["input_tokens"]
-    await _execute(
+    await execute(
         db, "UPDATE item SET token_count = token_count + 500 WHERE response_id = :r AND is_output", r=previous
     )
     after = (await other.http.post("/v1/responses/input_tokens", json=whole)).json()["input_tokens"]
@@ -233,10 +227,10 @@ async def test_count_tokens_stores_the_counts_items_stored_before_counts_were_ke
     await alice.openai().responses.create(model="vendor/unlisted", input="an old question", conversation=conversation)
     await alice.openai().responses.create(model="vendor/unlisted", input="and another", conversation=conversation)
     exact = await counts_by_position(db, conversation)
-    await _execute(
+    await execute(
         db, "UPDATE item SET token_count = token_count + 7 WHERE conversation_id = :c AND position = 3", c=conversation
     )
-    await _execute(db, "UPDATE item SET token_count = NULL WHERE conversation_id = :c AND position < 3", c=conversation)
+    await execute(db, "UPDATE item SET token_count = NULL WHERE conversation_id = :c AND position < 3", c=conversation)
 
     done = _cli(database_url, "count-tokens", "--batch", "2")
     assert done.returncode == 0, done.stderr
@@ -263,7 +257,7 @@ async def test_an_item_stored_nested_deeper_than_python_recurses_is_counted(
     conversation = await new_conversation(alice.http, items=[{"role": "user", "content": "deep, later"}])
     extra = "[" * 966 + "]" * 966
     deep = '{"type":"message","role":"user","content":[{"type":"input_text","text":"deep","extra":' + extra + "}]}"
-    await _execute(
+    await execute(
         db, "UPDATE item SET body = :b, token_count = NULL WHERE conversation_id = :c", b=deep, c=conversation
     )
     question = {"model": SMALL_WINDOW_MODEL, "input": "x", "conversation": conversation}
@@ -274,7 +268,7 @@ async def test_an_item_stored_nested_deeper_than_python_recurses_is_counted(
     assert answer.status_code == 200, answer.text
     assert fake_upstream.requests[-1].body["input"][0]["content"][0]["text"] == "deep"
 
-    await _execute(db, "UPDATE item SET token_count = NULL WHERE conversation_id = :c", c=conversation)
+    await execute(db, "UPDATE item SET token_count = NULL WHERE conversation_id = :c", c=conversation)
     done = _cli(database_url, "count-tokens")
     assert done.returncode == 0, done.stderr
     stored = await counts_by_position(db, conversation)
