@@ -4,6 +4,7 @@ API view of a stored item. An item's `body` is its exact JSON text, which is wha
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,44 @@ ID_PREFIX_BY_TYPE = {
     "code_interpreter_call": "ci",
     "compaction": "cmp",
 }
+# What a client may send as an item: OpenAI's InputItem types (its spec) and item references. An upstream's output
+# items are kept whatever their type (a newer one included) and replay from storage, or by reference; an unknown
+# type sent as input is refused here, as OpenAI refuses it, rather than stored into a conversation whose every
+# later turn the upstream would then refuse.
+INPUT_ITEM_TYPES = frozenset(
+    {
+        "message",
+        "function_call",
+        "function_call_output",
+        "reasoning",
+        "compaction",
+        "compaction_trigger",
+        "custom_tool_call",
+        "custom_tool_call_output",
+        "web_search_call",
+        "file_search_call",
+        "image_generation_call",
+        "code_interpreter_call",
+        "computer_call",
+        "computer_call_output",
+        "local_shell_call",
+        "local_shell_call_output",
+        "shell_call",
+        "shell_call_output",
+        "apply_patch_call",
+        "apply_patch_call_output",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "mcp_approval_response",
+        "mcp_call",
+        "tool_search_call",
+        "tool_search_output",
+        "additional_tools",
+        "program",
+        "program_output",
+        "item_reference",
+    }
+)
 # Item types whose upstream schema requires an id: one is minted when the client left it out.
 _ID_REQUIRED_IN_BODY = frozenset({"function_call", "reasoning"})
 _COLUMN_FIELDS = ("id", "type", "role", "status")
@@ -47,6 +86,9 @@ class NewItem:
     body: str
     text_content: str
     token_count: int  # what it costs a model as input: estimated here, exact once OpenRouter reported usage
+    # The id came with the item (from the client, or inside the stored item a reference names) rather than being
+    # minted here, so the conversation or chain the item joins may hold it already.
+    id_given: bool = False
 
 
 def _fail(message: str, param: str) -> InvalidRequest:
@@ -141,6 +183,8 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
         kind = ITEM_REFERENCE  # OpenAI's ItemReference: `type` is optional, `id` alone names a stored item
     if not isinstance(kind, str) or not kind:
         raise _fail(f"{param}.type is required", f"{param}.type")
+    if kind not in INPUT_ITEM_TYPES:
+        raise _fail(f"{param}.type {kind!r} is not an input item type", f"{param}.type")
     if "id" in item and not (isinstance(item["id"], str) and item["id"]):
         raise _fail(f"{param}.id must be a non-empty string", f"{param}.id")
     for field in _COLUMN_FIELDS:
@@ -177,7 +221,7 @@ def _column(value: Any) -> str | None:
     return (value.replace("\x00", "") or None) if isinstance(value, str) else None
 
 
-def _to_new_item(item: dict[str, Any]) -> NewItem:
+def _to_new_item(item: dict[str, Any], *, id_given: bool = False) -> NewItem:
     kind = _column(item["type"]) or "item"
     item_id = _column(item.get("id"))
     return NewItem(
@@ -188,7 +232,27 @@ def _to_new_item(item: dict[str, Any]) -> NewItem:
         body=_encode(item).decode(),
         text_content=extract_text(item),
         token_count=item_tokens(item),
+        id_given=id_given and item_id is not None,
     )
+
+
+def duplicate_item(item_id: str, param: str) -> InvalidRequest:
+    """OpenAI's answer to an item whose id the input, or the context it joins, holds already: a conversation lists
+    its items by id (`after=`), so an id stored twice would make its pages repeat or skip items."""
+    return InvalidRequest(
+        f"Duplicate item found with id {item_id}. Remove duplicate items from your input and try again.",
+        param=param,
+    )
+
+
+def refuse_duplicate_ids(items: Sequence[NewItem], *, param: str) -> None:
+    """Raises when two of `items` (references resolved) share an id."""
+    seen: set[str] = set()
+    for item in items:
+        if item.id_given:
+            if item.id in seen:
+                raise duplicate_item(item.id, param)
+            seen.add(item.id)
 
 
 def normalize_input(value: Any, *, param: str, max_items: int) -> list[NewItem]:
@@ -204,7 +268,10 @@ def normalize_input(value: Any, *, param: str, max_items: int) -> list[NewItem]:
             param=param,
             code="too_many_items",
         )
-    return [_to_new_item(_normalize_one(item, f"{param}[{index}]")) for index, item in enumerate(value)]
+    return [
+        _to_new_item(_normalize_one(item, f"{param}[{index}]"), id_given=isinstance(item, dict) and "id" in item)
+        for index, item in enumerate(value)
+    ]
 
 
 def normalize_output(items: Any, *, response_status: str) -> list[NewItem]:
@@ -237,7 +304,8 @@ def resolve_reference(stored_body: str) -> NewItem:
     """The item an item_reference names, as a new item carrying the stored JSON text unchanged (so it replays
     byte-exact). It keeps the id inside that text; an item whose text has none (input messages) gets a new id,
     so that ids stay unique within a conversation."""
-    return dataclasses.replace(_to_new_item(msgspec.json.decode(stored_body)), body=stored_body)
+    stored = msgspec.json.decode(stored_body)
+    return dataclasses.replace(_to_new_item(stored, id_given="id" in stored), body=stored_body)
 
 
 def item_view(item_id: str, status: str, body: str, *, for_client: bool = True) -> dict[str, Any]:

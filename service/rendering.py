@@ -6,12 +6,20 @@ from __future__ import annotations
 
 from typing import Any
 
-_TEXT_PART_DEFAULTS: dict[str, Any] = {"annotations": [], "logprobs": []}
+# A part's required fields that clients may leave out, with the value OpenAI documents for them then (an image's
+# `detail` defaults to `auto`).
+_PART_DEFAULTS: dict[str, dict[str, Any]] = {
+    "output_text": {"annotations": [], "logprobs": []},
+    "input_image": {"detail": "auto"},
+}
 
 
 def client_part(part: Any) -> Any:
-    if isinstance(part, dict) and part.get("type") == "output_text" and not _TEXT_PART_DEFAULTS.keys() <= part.keys():
-        return {**part, **{k: v for k, v in _TEXT_PART_DEFAULTS.items() if k not in part}}
+    if not isinstance(part, dict) or not isinstance(kind := part.get("type"), str):
+        return part
+    defaults = _PART_DEFAULTS.get(kind)
+    if defaults is not None and not defaults.keys() <= part.keys():
+        return {**part, **{k: v for k, v in defaults.items() if k not in part}}
     return part
 
 

@@ -151,6 +151,8 @@ async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tena
         (good + b"\n", 1),
         (b'{"object":"conversation","metadata":{"k":1}}\n', 1),
         (b'{"object":"conversation","created_at":"yesterday"}\n', 1),
+        (b'{"object":"conversation","created_at":10000000000000}\n', 1),  # past year 9999: PostgreSQL refuses it
+        (b'{"object":"conversation","created_at":9223372036854775808}\n', 1),
         (b"", 1),
         (header + b"\n" + header + b"\n", 2),
     ]

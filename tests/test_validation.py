@@ -117,6 +117,37 @@ async def test_body_over_the_size_limit_gets_413(alice: Tenant, fake_upstream: F
             {"model": "m", "input": [{"role": "user", "content": "ok"}, {"role": "bot", "content": "x"}]},
             "input[1].role",
         ),
+        ({"model": "m", "input": [{"type": "bogus", "id": "b_1"}]}, "input[0].type"),
+        ({"model": "m", "input": "x", "temperature": 5}, "temperature"),
+        ({"model": "m", "input": "x", "temperature": "hot"}, "temperature"),
+        ({"model": "m", "input": "x", "temperature": True}, "temperature"),
+        ({"model": "m", "input": "x", "top_p": 3}, "top_p"),
+        ({"model": "m", "input": "x", "top_p": -0.1}, "top_p"),
+        ({"model": "m", "input": "x", "presence_penalty": 2.5}, "presence_penalty"),
+        ({"model": "m", "input": "x", "max_output_tokens": -1}, "max_output_tokens"),
+        ({"model": "m", "input": "x", "max_output_tokens": 1.5}, "max_output_tokens"),
+        ({"model": "m", "input": "x", "top_logprobs": 21}, "top_logprobs"),
+        ({"model": "m", "input": "x", "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+        ({"model": "m", "input": "x", "user": 5}, "user"),
+        ({"model": "m", "input": "x", "tools": 5}, "tools"),
+        ({"model": "m", "input": "x", "tools": [5]}, "tools[0]"),
+        ({"model": "m", "input": "x", "tools": [{"type": "nonsense", "x": 1}, {}]}, "tools[1].type"),
+        ({"model": "m", "input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+        ({"model": "m", "input": "x", "tool_choice": "sometimes"}, "tool_choice"),
+        ({"model": "m", "input": "x", "tool_choice": 1}, "tool_choice"),
+        ({"model": "m", "input": "x", "tool_choice": {"name": "f"}}, "tool_choice.type"),
+        ({"model": "m", "input": "x", "reasoning": "high"}, "reasoning"),
+        ({"model": "m", "input": "x", "reasoning": {"effort": "ultra"}}, "reasoning.effort"),
+        ({"model": "m", "input": "x", "reasoning": {"summary": "long"}}, "reasoning.summary"),
+        ({"model": "m", "input": "x", "text": "json"}, "text"),
+        ({"model": "m", "input": "x", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
+        ({"model": "m", "input": "x", "text": {"format": {"type": "json_schema", "schema": {}}}}, "text.format.name"),
+        (
+            {"model": "m", "input": "x", "text": {"format": {"type": "json_schema", "name": "n", "schema": 1}}},
+            "text.format.schema",
+        ),
+        ({"model": "m", "input": "x", "service_tier": "gold"}, "service_tier"),
+        ({"model": "m", "input": "x", "include": "reasoning.encrypted_content"}, "include"),
     ],
 )
 async def test_invalid_turn_requests_name_the_field(
@@ -126,6 +157,43 @@ async def test_invalid_turn_requests_name_the_field(
     assert error["param"] == param, error
     assert error["message"]
     await _nothing_happened(db, fake_upstream)
+    # Refused as well when the turn would run in the background or stream (whose first answer renders them).
+    conv = await new_conversation(alice.http)
+    for extra in ({"stream": True}, {"background": True}, {"conversation": conv, "stream": True}):
+        if set(extra) & set(body):
+            continue
+        answer = await alice.http.post("/v1/responses", json={**body, **extra})
+        assert _error(answer)["param"] == param, (extra, answer.text)
+    await _nothing_happened(db, fake_upstream)
+    # and the conversation was left free.
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "conversation": conv})
+    assert answer.status_code == 200, answer.text
+
+
+async def test_generation_parameters_both_apis_accept_go_upstream_as_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    accepted = {
+        "temperature": 0,
+        "top_p": 1,
+        "presence_penalty": -2,
+        "max_output_tokens": 16,
+        "top_logprobs": 20,
+        "parallel_tool_calls": False,
+        "tools": [
+            {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}},
+            {"type": "openrouter:web_search", "parameters": {"max_results": 3}},
+        ],
+        "tool_choice": {"type": "function", "name": "f"},
+        "reasoning": {"effort": "xhigh", "summary": "auto"},
+        "text": {"format": {"type": "json_schema", "name": "n", "schema": {"type": "object"}}},
+        "service_tier": "flex",
+        "include": ["reasoning.encrypted_content"],
+    }
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", **accepted})
+    assert answer.status_code == 200, answer.text
+    sent = fake_upstream.requests[0].body
+    assert {name: sent[name] for name in accepted} == accepted
 
 
 async def test_item_shape_errors_also_apply_to_conversation_items(alice: Tenant, db: AsyncEngine) -> None:

@@ -167,6 +167,23 @@ async def list_items(conn: AsyncConnection, conversation_id: str, page: PageRequ
     return (await conn.execute(keyset_page(stmt, item_t.c.position, page, after_position))).all()
 
 
+async def first_held_id(
+    conn: AsyncConnection, tenant_id: str, conversation_id: str, item_ids: Sequence[str]
+) -> str | None:
+    """One of `item_ids` the tenant's conversation holds already, if any."""
+    stmt = (
+        select(item_t.c.id)
+        .where(
+            item_t.c.conversation_id == conversation_id,
+            item_t.c.id.in_(sorted(set(item_ids))),
+            owned_by(item_t.c.tenant_id, tenant_id),
+        )
+        .limit(1)
+    )
+    found: str | None = await conn.scalar(stmt)
+    return found
+
+
 async def find_item(conn: AsyncConnection, conversation_id: str, item_id: str) -> Any:
     if not can_exist(item_id):
         return None

@@ -10,7 +10,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.conversations import repository
 from service.errors import Conflict, InvalidRequest, NotFound
 from service.ids import new_id
-from service.items import ITEM_REFERENCE, NewItem, item_view, normalize_input, resolve_reference
+from service.items import (
+    ITEM_REFERENCE,
+    NewItem,
+    duplicate_item,
+    item_view,
+    normalize_input,
+    refuse_duplicate_ids,
+    resolve_reference,
+)
 from service.jsonbody import MAX_JSON_DEPTH, nests_too_deep
 from service.limits.sizes import ConversationCaps
 from service.metadata import validate_metadata
@@ -97,6 +105,17 @@ async def resolve_item_references(
     return resolved
 
 
+async def refuse_ids_held(
+    conn: AsyncConnection, tenant_id: str, conversation_id: str, items: list[NewItem], *, param: str
+) -> None:
+    """Items join a conversation only under ids it does not hold (nor the input twice): its items are listed by
+    id, so one id stored twice would make the pages after it repeat or skip items."""
+    refuse_duplicate_ids(items, param=param)
+    given = [item.id for item in items if item.id_given]
+    if given and (held := await repository.first_held_id(conn, tenant_id, conversation_id, given)) is not None:
+        raise duplicate_item(held, param)
+
+
 async def _refuse_beyond_caps(
     conn: AsyncConnection, caps: ConversationCaps, conversation_id: str, item_count: int, raw_items: list[Any]
 ) -> None:
@@ -110,6 +129,7 @@ async def _refuse_beyond_caps(
 async def _append_direct(conn: AsyncConnection, tenant_id: str, conversation_id: str, raw_items: list[Any]) -> Any:
     items = normalize_input(raw_items, param="items", max_items=MAX_ITEMS_PER_CALL)
     items = await resolve_item_references(conn, tenant_id, items, param="items")
+    await refuse_ids_held(conn, tenant_id, conversation_id, items, param="items")
     start = await repository.advance_conversation(
         conn, conversation_id, added=len(items), title=repository.title_from(items)
     )

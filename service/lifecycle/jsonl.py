@@ -63,12 +63,18 @@ def _decode(number: int, raw: bytes) -> dict[str, Any]:
     return value
 
 
+# 9999-12-31T23:59:59Z: PostgreSQL's timestamps go further, but no other date makes sense for a conversation.
+_LAST_TIMESTAMP = 253_402_300_799
+
+
 def _header(number: int, value: dict[str, Any]) -> Header:
     if value.get("object") != "conversation":
         raise bad_line(number, 'a conversation starts with its header {"object": "conversation", ...}')
     created_at = value.get("created_at")
-    if created_at is not None and (not isinstance(created_at, int) or isinstance(created_at, bool) or created_at < 0):
-        raise bad_line(number, "created_at must be a Unix timestamp in seconds")
+    if created_at is not None and (
+        not isinstance(created_at, int) or isinstance(created_at, bool) or not 0 <= created_at <= _LAST_TIMESTAMP
+    ):
+        raise bad_line(number, "created_at must be a Unix timestamp in seconds, before the year 10000")
     try:
         metadata = validate_metadata(value.get("metadata"))
     except InvalidRequest as exc:

@@ -11,6 +11,7 @@ from service.context.fitting import compaction_threshold, truncation_mode
 from service.errors import InvalidRequest
 from service.items import NewItem, normalize_input
 from service.metadata import validate_metadata
+from service.responses.parameters import check_parameters
 from service.upstream.body import STREAM_FROM_CHARS, SplicedBody, UpstreamBody
 
 # Fields that are ours (state and delivery) and never go upstream. OpenRouter is stateless: `store` must be
@@ -104,6 +105,7 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
     if not input_items:
         raise InvalidRequest("input must hold at least one item", param="input")
     params = {key: value for key, value in body.items() if key not in _STATE_FIELDS and value is not None}
+    check_parameters(params)
     truncation_mode(params)  # refused before anything is claimed or stored
     compaction_threshold(params)
     return TurnRequest(

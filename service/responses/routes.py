@@ -31,6 +31,7 @@ from service.responses.schemas import (
 )
 from service.responses.schemas import Response as ResponseObject
 from service.responses.status import Status
+from service.responses.turn import INTERRUPTED_ERROR
 from service.runtime import Runtime
 from service.schemas import ItemPageQuery
 
@@ -105,8 +106,13 @@ class ResponseController(Controller):
     async def _start_run(self, runtime: Runtime, tenant_id: str, turn: TurnRequest, slot: TurnSlot) -> Response[Any]:
         """stream and/or background: the turn runs in the application's runner, this request only follows it."""
         started = await runtime.turn_context.begin(tenant_id, turn)
-        snapshot = started.state.render()
-        run = runtime.turns.start(started)
+        try:
+            snapshot = started.state.render()
+            run = runtime.turns.start(started)
+        except BaseException:
+            # Nothing runs the turn: it ends here, or its claim would hold the conversation until TURN_LOCK_TTL.
+            await asyncio.shield(runtime.turn_context.fail(started, INTERRUPTED_ERROR))
+            raise
         slot.hand_to(run.task)
         if turn.background:  # its run has not started yet: OpenAI's polling loop waits on queued and in_progress
             snapshot["status"] = Status.QUEUED

@@ -8,10 +8,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.errors import NotFound
+from service.errors import Conflict, NotFound
 from service.idempotency import repository as idempotency_keys
 from service.pagination import PageRequest, item_page
 from service.responses import repository
+from service.responses.status import RUNNING
 from service.responses.turn import INTERRUPTED_ERROR
 from service.responses.views import ResponseState
 from service.threads import repository as threads
@@ -33,6 +34,14 @@ async def delete_response(engine: AsyncEngine, tenant_id: str, response_id: str)
         row = await repository.get_response(conn, tenant_id, response_id)
         if row is None:
             raise NotFound(f"Response with id '{response_id}' not found.")
+        if row.status in RUNNING:
+            # Its finish stores the output under this row and releases its conversation's claim in one statement:
+            # with the row gone, that statement would fail and leave the conversation claimed until TURN_LOCK_TTL.
+            raise Conflict(
+                f"Response '{response_id}' is still running; delete it once it has ended (a background response "
+                "can be cancelled first)",
+                code="response_in_progress",
+            )
         if row.pending_chain_id is not None:
             # A chain turn not yet in its chain's totals (service/threads/totals.py) is counted before it goes,
             # as every other deleted response of the chain was.

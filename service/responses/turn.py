@@ -35,13 +35,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from service.cluster import running as running_turns
 from service.context.service import ContextWindows
 from service.conversations import repository as conversations
-from service.conversations.service import conversation_locked, conversation_not_found, resolve_item_references
+from service.conversations.service import (
+    conversation_locked,
+    conversation_not_found,
+    refuse_ids_held,
+    resolve_item_references,
+)
 from service.db.retry import Later
 from service.db.session import driver_connection
 from service.errors import InvalidRequest, ServiceUnavailable
 from service.idempotency.progress import current_idempotency_key, note_effect, note_outcome_deferred
 from service.ids import can_exist, new_id
-from service.items import ITEM_REFERENCE, NewItem
+from service.items import ITEM_REFERENCE, NewItem, duplicate_item, refuse_duplicate_ids
 from service.limits.sizes import ConversationCaps
 from service.observability import turns as observe_turns
 from service.observability.record import current_request_id
@@ -174,6 +179,7 @@ class TurnContext:
         if any(i.type == ITEM_REFERENCE for i in request.input_items):
             async with self.engine.connect() as conn:
                 request = await _with_references_resolved(conn, tenant_id, request)
+        refuse_duplicate_ids(request.input_items, param="input")
         if request.previous_response_id is not None:
             return await self._begin_chained(tenant_id, request, request.previous_response_id)
         if not request.store:
@@ -195,6 +201,10 @@ class TurnContext:
             running = turn_store.RunningTurn(state.id, self.lock_ttl)
         async with driver_connection(self.engine) as db:
             began = time.monotonic()  # not before the checkout: a wait for a connection would count as turn time
+            if any(item.id_given for item in request.input_items):
+                # Read first without listing the turn on its chain's row, so that a refusal leaves nothing there.
+                held, _ = await self._chain_before(db, tenant_id, previous_id, None)
+                _refuse_ids_in_history(held.whole()[0], request.input_items)
             chain, now = await self._chain_before(db, tenant_id, previous_id, running)
             state.created_at = now
             history, counts = chain.whole()
@@ -282,6 +292,11 @@ class TurnContext:
         assert conversation_id is not None
         if not can_exist(conversation_id):
             raise conversation_not_found(conversation_id, param="conversation")
+        if any(item.id_given for item in request.input_items):
+            # Before the claim, so that a refusal leaves nothing behind. A concurrent writer could store one of
+            # these ids between this read and the claim; it would have to send the same ids at the same moment.
+            async with self.engine.connect() as conn:
+                await refuse_ids_held(conn, tenant_id, conversation_id, request.input_items, param="input")
         state = _new_state(request, created_at=None)
         response = _new_response(tenant_id, request, state)
         async with driver_connection(self.engine) as db:
@@ -344,9 +359,9 @@ class TurnContext:
         the database stayed unavailable: the outcome is then kept and stored once it is back."""
         state = turn.state
         observe_turns.turn_finished(turn)
+        completed_at = state.completed_at = turn.completion_time()  # shown for store=false turns too
         if not turn.request.store:
             return
-        completed_at = state.completed_at = turn.completion_time()
 
         async def store(attempt: int) -> None:
             async with driver_connection(self.engine, finishing=True) as db:
@@ -469,6 +484,14 @@ def _followed_by(history: ChainHistory, ancestors: Iterable[turn_store.Ancestor]
     return history.followed_by(
         (response.items for response in responses), itertools.chain.from_iterable(r.counts for r in responses)
     )
+
+
+def _refuse_ids_in_history(history: str, items: Sequence[NewItem]) -> None:
+    """A chain's history is its items' stored JSON texts, each holding its id as `"id":"…"`, encoded as every
+    stored item is (a string holding that text has its quotes escaped, so it cannot match)."""
+    for item in items:
+        if item.id_given and msgspec.json.encode({"id": item.id}).decode()[1:-1] in history:
+            raise duplicate_item(item.id, "input")
 
 
 def _previous_not_found(response_id: str) -> InvalidRequest:

@@ -1,0 +1,136 @@
+"""The generation parameters of a turn, checked where OpenAI's spec and OpenRouter's agree on their type or range.
+
+They go upstream as sent, and are stored and echoed in the Response object. A value neither accepts would
+otherwise be refused by the upstream only after the turn was claimed and stored (a failed response in the
+conversation for a typo), or stored and then echoed in a shape no client can read. Values only one of the two
+knows (OpenRouter's own tools and effort levels) are let through: the upstream is the judge of those.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.errors import InvalidRequest
+
+_NUMBERS: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "presence_penalty": (-2.0, 2.0),
+    "frequency_penalty": (-2.0, 2.0),
+}
+# (lowest, highest): None where the spec sets no bound.
+_INTEGERS: dict[str, tuple[int, int | None]] = {
+    "max_output_tokens": (1, None),
+    "max_tool_calls": (0, None),
+    "top_logprobs": (0, 20),
+}
+_BOOLEANS = ("parallel_tool_calls",)
+_STRINGS = ("user", "safety_identifier", "prompt_cache_key")
+_TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
+# OpenRouter's effort levels include OpenAI's.
+_REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max"})
+_REASONING_SUMMARIES = frozenset({"auto", "concise", "detailed"})
+_TEXT_FORMATS = frozenset({"text", "json_schema", "json_object"})
+_SERVICE_TIERS = frozenset({"auto", "default", "fast", "flex", "priority", "scale"})
+
+
+def _invalid(message: str, param: str) -> InvalidRequest:
+    return InvalidRequest(message, param=param, code="invalid_value")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_number(params: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = params[name]
+    if not _is_number(value) or not low <= value <= high:
+        raise _invalid(f"{name} must be a number between {low:g} and {high:g} (got {value!r})", name)
+
+
+def _check_integer(params: dict[str, Any], name: str, low: int, high: int | None) -> None:
+    value = params[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"of at least {low}"
+        raise _invalid(f"{name} must be an integer {bound} (got {value!r})", name)
+
+
+def _one_of(value: Any, allowed: frozenset[str], param: str) -> None:
+    if value is not None and value not in allowed:
+        raise _invalid(f"{param} must be one of {', '.join(sorted(allowed))} (got {value!r})", param)
+
+
+def _object(value: Any, param: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(f"{param} must be an object", param)
+    return value
+
+
+def _check_tools(tools: Any) -> None:
+    if not isinstance(tools, list):
+        raise _invalid("tools must be an array of tools", "tools")
+    for index, tool in enumerate(tools):
+        param = f"tools[{index}]"
+        if not isinstance(_object(tool, param).get("type"), str) or not tool["type"]:
+            raise _invalid(f"{param}.type is required and must be a string", f"{param}.type")
+        if tool["type"] == "function" and (not isinstance(tool.get("name"), str) or not tool["name"]):
+            raise _invalid(f"{param}.name is required for a function tool", f"{param}.name")
+
+
+def _check_tool_choice(choice: Any) -> None:
+    if isinstance(choice, str):
+        _one_of(choice, _TOOL_CHOICE_MODES, "tool_choice")
+    elif not isinstance(_object(choice, "tool_choice").get("type"), str):
+        raise _invalid("tool_choice.type is required and must be a string", "tool_choice.type")
+
+
+def _check_reasoning(reasoning: Any) -> None:
+    _object(reasoning, "reasoning")
+    _one_of(reasoning.get("effort"), _REASONING_EFFORTS, "reasoning.effort")
+    _one_of(reasoning.get("summary"), _REASONING_SUMMARIES, "reasoning.summary")
+
+
+def _check_text(text: Any) -> None:
+    form = _object(text, "text").get("format")
+    if form is None:
+        return
+    kind = _object(form, "text.format").get("type")
+    if kind not in _TEXT_FORMATS:
+        raise _invalid(
+            f"text.format.type must be one of {', '.join(sorted(_TEXT_FORMATS))} (got {kind!r})", "text.format.type"
+        )
+    if kind == "json_schema":
+        if not isinstance(form.get("name"), str) or not form["name"]:
+            raise _invalid("text.format.name is required for json_schema", "text.format.name")
+        _object(form.get("schema"), "text.format.schema")
+
+
+def check_parameters(params: dict[str, Any]) -> None:
+    """Raises InvalidRequest naming the first parameter neither OpenAI nor OpenRouter would accept. `params`
+    holds no null values (they mean "the default" and are not sent)."""
+    for name, (low, high) in _NUMBERS.items():
+        if name in params:
+            _check_number(params, name, low, high)
+    for name, (low_int, high_int) in _INTEGERS.items():
+        if name in params:
+            _check_integer(params, name, low_int, high_int)
+    for name in _BOOLEANS:
+        if name in params and not isinstance(params[name], bool):
+            raise _invalid(f"{name} must be a boolean", name)
+    for name in _STRINGS:
+        if name in params and not isinstance(params[name], str):
+            raise _invalid(f"{name} must be a string", name)
+    if "include" in params and not (
+        isinstance(params["include"], list) and all(isinstance(value, str) for value in params["include"])
+    ):
+        raise _invalid("include must be an array of strings", "include")
+    if "tools" in params:
+        _check_tools(params["tools"])
+    if "tool_choice" in params:
+        _check_tool_choice(params["tool_choice"])
+    if "reasoning" in params:
+        _check_reasoning(params["reasoning"])
+    if "text" in params:
+        _check_text(params["text"])
+    if "service_tier" in params:
+        _one_of(params["service_tier"], _SERVICE_TIERS, "service_tier")
