@@ -124,13 +124,16 @@ def extract_text(item: dict[str, Any]) -> str:
     return text.replace("\x00", "")[:SEARCH_TEXT_CHARS]
 
 
-def _check_parts(parts: list[Any], allowed: frozenset[str], param: str) -> None:
+def _check_parts(parts: list[Any], allowed: frozenset[str] | None, param: str) -> None:
+    """`allowed`: the part types accepted; None: any string."""
     for index, part in enumerate(parts):
         where = f"{param}[{index}]"
         if not isinstance(part, dict):
             raise _fail(f"Content part {where} must be an object", where)
         kind = part.get("type")
-        if kind not in allowed:
+        if allowed is None and not isinstance(kind, str):
+            raise _fail(f"Content part {where} needs a string 'type'", f"{where}.type")
+        if allowed is not None and kind not in allowed:
             raise _fail(
                 f"Content part {where} has type {kind!r}; expected one of {', '.join(sorted(allowed))}",
                 f"{where}.type",
@@ -173,6 +176,38 @@ def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
     return {**item, "type": "message", "content": content}
 
 
+# The fields the upstream's schema requires of these items, which a replay sends as stored.
+_TOOL_ITEM_FIELDS = frozenset({"function_call", "function_call_output", "reasoning"})
+
+
+def _check_tool_item(item: dict[str, Any], kind: str, param: str) -> None:
+    if kind == "function_call":
+        for field in ("call_id", "name", "arguments"):
+            if not isinstance(item.get(field), str):
+                raise _fail(f"{param}.{field} is required and must be a string", f"{param}.{field}")
+    elif kind == "function_call_output":
+        if not isinstance(item.get("call_id"), str) or not item["call_id"]:
+            raise _fail(f"{param}.call_id is required for function_call_output", f"{param}.call_id")
+        if not isinstance(item.get("output"), str | list):
+            raise _fail(f"{param}.output must be a string or an array of content parts", f"{param}.output")
+    elif not isinstance(item.get("summary"), list):  # reasoning
+        raise _fail(f"{param}.summary is required and must be an array", f"{param}.summary")
+
+
+def check_replayable(item: dict[str, Any], param: str) -> None:
+    """An item that joins a conversation as it is (an imported one: of any type, as upstream output is, and kept
+    exactly): the fields a later turn sends upstream, where its type is one the upstream's schema describes."""
+    kind = item.get("type")
+    if kind == ITEM_REFERENCE:
+        raise _fail(f"{param} is an item reference; a conversation holds the items themselves", f"{param}.type")
+    if kind == "message" and isinstance(item.get("content"), list):
+        # An assistant message may carry any part type an upstream produced; a client's, the input types.
+        allowed = None if item.get("role") == "assistant" else INPUT_PART_TYPES
+        _check_parts(item["content"], allowed, f"{param}.content")
+    elif isinstance(kind, str) and kind in _TOOL_ITEM_FIELDS:
+        _check_tool_item(item, kind, param)
+
+
 def _normalize_one(item: Any, param: str) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise _fail(f"{param} must be an object", param)
@@ -191,20 +226,12 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
         # These are also stored as columns (listing, lookup by id), and PostgreSQL text cannot hold U+0000.
         if isinstance(item.get(field), str) and "\x00" in item[field]:
             raise _fail(f"{param}.{field} cannot contain U+0000", f"{param}.{field}")
+    if "status" in item and not isinstance(item["status"], str):
+        raise _fail(f"{param}.status must be a string", f"{param}.status")
     if kind == "message":
         return _normalize_message(item, param)
-    if kind == "function_call":
-        for field in ("call_id", "name", "arguments"):
-            if not isinstance(item.get(field), str):
-                raise _fail(f"{param}.{field} is required and must be a string", f"{param}.{field}")
-    elif kind == "function_call_output":
-        if not isinstance(item.get("call_id"), str) or not item["call_id"]:
-            raise _fail(f"{param}.call_id is required for function_call_output", f"{param}.call_id")
-        if not isinstance(item.get("output"), str | list):
-            raise _fail(f"{param}.output must be a string or an array of content parts", f"{param}.output")
-    elif kind == "reasoning":
-        if not isinstance(item.get("summary"), list):
-            raise _fail(f"{param}.summary is required and must be an array", f"{param}.summary")
+    if kind in _TOOL_ITEM_FIELDS:
+        _check_tool_item(item, kind, param)
     elif kind == ITEM_REFERENCE:
         if not isinstance(item.get("id"), str):
             raise _fail(f"{param}.id is required for item_reference", f"{param}.id")

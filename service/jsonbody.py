@@ -121,6 +121,8 @@ def _diagnose(raw: bytes, fast_error: Exception) -> InvalidRequest:
         )
     except RecursionError:
         return _too_deep(_deep_field(raw))
+    except ValueError:  # valid JSON neither parser holds: an integer of thousands of digits
+        return InvalidRequest(f"Request body is not valid JSON: {fast_error}", code="invalid_json")
     if _has_lone_surrogate(value):
         return InvalidRequest(
             "Request body contains a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape); "

@@ -138,6 +138,24 @@ async def test_import_answers_the_conversation_and_sdk_reads_it(alice: Tenant) -
     assert item.model_dump(exclude_none=True)["content"] == [{"type": "input_text", "text": "hi"}]
 
 
+async def test_an_export_of_upstream_items_of_any_type_imports_and_replays(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    future = {"type": "hologram_call", "id": "holo_1", "status": "completed", "payload": {"x": 1}}
+    parts = [{"type": "output_text", "text": "a", "annotations": []}, {"type": "output_hologram", "frames": 2}]
+    message = {"type": "message", "id": "msg_h", "role": "assistant", "status": "completed", "content": parts}
+    fake_upstream.reply_json(response_with_output([future, message]))
+    conv = await new_conversation(alice.http)
+    await turn(alice.http, "show me", conversation=conv)
+    lines = await _export(alice, conv)
+    answer = await alice.http.post("/v1/conversations/import", content=b"\n".join(lines), headers=JSONL)
+    assert answer.status_code == 200, answer.text
+    await turn(alice.http, "next", conversation=answer.json()["id"])
+    replayed = fake_upstream.inputs[1]
+    assert [item["type"] for item in replayed] == ["message", "hologram_call", "message", "message"]
+    assert replayed[1]["payload"] == future["payload"] and replayed[2]["content"] == parts
+
+
 async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tenant, db: AsyncEngine) -> None:
     header = b'{"object":"conversation","id":"conv_1","created_at":1700000000,"metadata":{}}'
     good = b'{"type":"message","role":"user","content":"hi"}'
@@ -152,6 +170,13 @@ async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tena
         (b'{"object":"conversation","metadata":{"k":1}}\n', 1),
         (b'{"object":"conversation","created_at":"yesterday"}\n', 1),
         (b'{"object":"conversation","created_at":10000000000000}\n', 1),  # past year 9999: PostgreSQL refuses it
+        (header + b'\n{"type":"message","role":"user","content":[5]}\n', 2),
+        (header + b'\n{"type":"message","role":"user","content":[{"type":"output_text","text":"x"}]}\n', 2),
+        (header + b'\n{"type":"function_call_output","call_id":"c","output":5}\n', 2),
+        (header + b'\n{"type":"function_call"}\n', 2),
+        (header + b'\n{"type":"item_reference","id":"msg_1"}\n', 2),
+        (header + b'\n{"type":"message","role":"user","content":' + b"[" * 70 + b"]" * 70 + b"}\n", 2),
+        (header + b"\n" + b"[" * 5000 + b"]" * 5000 + b"\n", 2),
         (b'{"object":"conversation","created_at":9223372036854775808}\n', 1),
         (b"", 1),
         (header + b"\n" + header + b"\n", 2),

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.jsonbody import MAX_JSON_DEPTH
 from tests.conftest import LiveServer, Tenant
-from tests.fake_openrouter import FakeOpenRouter, text_response
+from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter, text_response
 from tests.turn_support import MODEL, new_conversation, rows
 
 
@@ -96,6 +96,29 @@ async def test_u0000_in_a_path_id_answers_404_like_an_unknown_id(
         error = _error(await client.request(method, path), 404)
         assert error["code"] == "not_found", (path, error)
     assert fake_upstream.requests == []
+
+
+async def test_an_encoded_slash_in_an_id_answers_404_rather_than_reaching_another_route(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation_id = await new_conversation(alice.http)
+    stored = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi"})
+    response_id = stored.json()["id"]
+    probes = [
+        ("POST", "/v1/conversations/%2F", {"metadata": {"a": "b"}}),  # decoded, it would be a create
+        ("POST", "/v1/conversations/%2f", {"metadata": {"a": "b"}}),
+        ("GET", f"/v1/conversations/{conversation_id}%2Fitems", None),
+        ("POST", f"/v1/responses/{response_id}%2Fcancel", None),
+        ("GET", f"/v1/responses/{response_id}%2Finput_items", None),
+    ]
+    for method, path, body in probes:
+        error = _error(await alice.http.request(method, path, json=body), 404)
+        assert error["code"] == "not_found", (path, error)
+    assert await rows(db, "SELECT id FROM conversation") == [{"id": conversation_id}]
+    # A model id holds a slash: encoded, it still names the model.
+    model = await alice.http.get("/v1/models/" + SMALL_WINDOW_MODEL.replace("/", "%2F"))
+    assert model.status_code == 200, model.text
+    assert model.json()["id"] == SMALL_WINDOW_MODEL
 
 
 async def test_u0000_in_a_query_value_is_a_400_naming_it(alice: Tenant, admin: httpx.AsyncClient) -> None:

@@ -1,9 +1,13 @@
 """Shapes and refusals found by reading the service as a client written to OpenAI's spec would use it: a running
-response cannot be deleted from under its turn, a store=false response shows when it completed, and an input
-image without `detail` is shown with OpenAI's default."""
+response cannot be deleted from under its turn, a store=false response shows when it completed, an input image
+without `detail` is shown with OpenAI's default, and a response stored before its parameters were checked still
+renders."""
 
 from __future__ import annotations
 
+import json
+
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Tenant
@@ -79,3 +83,17 @@ async def test_an_input_image_without_detail_is_shown_with_openais_default(
     assert fake_upstream.inputs[0][0]["content"][1] == image
     [stored] = await rows(db, "SELECT body FROM item WHERE conversation_id = :c", c=conv)
     assert '"detail"' not in stored["body"]
+
+
+async def test_a_response_stored_before_its_tools_were_checked_still_renders(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    stored = await turn(alice.http, "hi")
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE response SET params_json = :p WHERE id = :r"),
+            {"p": json.dumps({"model": MODEL, "tools": 5}), "r": stored["id"]},
+        )
+    answer = await alice.http.get(f"/v1/responses/{stored['id']}")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["tools"] == []

@@ -38,6 +38,7 @@ def _error(answer: Any, status: int = 400) -> dict[str, Any]:
         (b'{"model": "m", "input": "\xff\xfe"}', "not valid UTF-8"),
         (b'{"model": "m", "input": "half \\ud800 pair"}', "lone UTF-16 surrogate"),
         (b'{"model": "m", "input": "x", "metadata": {"\\udfff": "v"}}', "lone UTF-16 surrogate"),
+        (b'{"model": "m", "input": "x", "max_output_tokens": ' + b"9" * 5000 + b"}", "not valid JSON"),
     ],
 )
 async def test_malformed_bodies_get_a_clear_400(
@@ -118,6 +119,7 @@ async def test_body_over_the_size_limit_gets_413(alice: Tenant, fake_upstream: F
             "input[1].role",
         ),
         ({"model": "m", "input": [{"type": "bogus", "id": "b_1"}]}, "input[0].type"),
+        ({"model": "m", "input": [{"role": "user", "content": "x", "status": 5}]}, "input[0].status"),
         ({"model": "m", "input": "x", "temperature": 5}, "temperature"),
         ({"model": "m", "input": "x", "temperature": "hot"}, "temperature"),
         ({"model": "m", "input": "x", "temperature": True}, "temperature"),

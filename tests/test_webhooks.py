@@ -195,6 +195,8 @@ async def _validated_listed_removed(admin: httpx.AsyncClient, alice: Tenant) -> 
         ({"url": "http://10.1.2.3/x", "events": ["response.completed"]}, "url"),
         ({"url": "http://localhost/x", "events": ["response.completed"]}, "url"),
         ({"url": "https://user:pw@example.com/x", "events": ["response.completed"]}, "url"),
+        ({"url": "https://example.com/a\u0000b", "events": ["response.completed"]}, "url"),  # text cannot hold it
+        ({"url": "https://example.com/a b", "events": ["response.completed"]}, "url"),
         ({"events": ["response.completed"]}, "url"),
         ({"url": "https://example.com/x", "events": []}, "events"),
         ({"url": "https://example.com/x", "events": ["response.created"]}, "events[0]"),

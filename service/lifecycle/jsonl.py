@@ -12,6 +12,8 @@ from typing import Any
 import msgspec
 
 from service.errors import InvalidRequest
+from service.items import check_replayable
+from service.jsonbody import MAX_JSON_DEPTH, nests_too_deep
 from service.metadata import validate_metadata
 
 MEDIA_TYPE = "application/jsonl"
@@ -54,6 +56,10 @@ def header_line(row: Any, tenant: str | None = None) -> bytes:
 
 
 def _decode(number: int, raw: bytes) -> dict[str, Any]:
+    # As for any request body: every later reader of the item (its replay, a reference to it) stays far from
+    # Python's recursion limit.
+    if nests_too_deep(raw):
+        raise bad_line(number, f"nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects")
     try:
         value = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -101,6 +107,10 @@ def _item(number: int, value: dict[str, Any]) -> ItemLine:
             raise bad_line(number, "a message's role must be user, assistant, system or developer")
         if not isinstance(value.get("content"), str | list):
             raise bad_line(number, "a message's content must be a string or an array of content parts")
+    try:
+        check_replayable(value, "item")
+    except InvalidRequest as exc:
+        raise bad_line(number, exc.message) from None
     return ItemLine(number, value)
 
 

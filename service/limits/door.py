@@ -1,4 +1,4 @@
-"""Refusals at the door, before a handler runs: a path or query string holding U+0000.
+"""Refusals at the door, before a handler runs: a path or query string holding U+0000, an encoded slash in an id.
 
 No id the service issues contains U+0000 and PostgreSQL's text cannot hold it, so such a path names nothing
 (404, as an unknown id) and such a query value can match nothing (400 naming the parameter)."""
@@ -22,9 +22,18 @@ def _query_param_with_nul(query: bytes) -> str | None:
     return None
 
 
+# Routes whose path segments are ids the service issues, none of which contains "/". The server decodes the path
+# before routing, so an encoded slash would split an id into two segments and reach another route
+# (`POST /v1/conversations/%2F`, an update, would create a conversation). Model ids do contain "/".
+_ISSUED_ID_ROUTES = (b"/v1/responses/", b"/v1/conversations/")
+
+
 def refusal(scope: Scope) -> ServiceError | None:
     if "\x00" in scope["path"]:
         return NotFound("Not found: no id contains U+0000")
+    raw_path: bytes = scope.get("raw_path") or b""
+    if b"%2" in raw_path and b"%2f" in raw_path.lower() and raw_path.startswith(_ISSUED_ID_ROUTES):
+        return NotFound("Not found: no id contains '/'")
     query: bytes = scope.get("query_string", b"")
     if b"%00" in query or b"\x00" in query:
         name = _query_param_with_nul(query)

@@ -115,7 +115,9 @@ class ResponseState:
     def render(self) -> dict[str, Any]:
         output = [item_view(*item) for item in self.output]
         echo = {name: self.params.get(name, default) for name, default in _ECHO_DEFAULTS.items()}
-        echo["tools"] = [_with_strict(tool) for tool in echo["tools"]]
+        # A response stored before its parameters were checked may hold anything there: it still renders.
+        tools = echo["tools"]
+        echo["tools"] = [_with_strict(tool) for tool in tools] if isinstance(tools, list) else []
         echo["service_tier"] = self.service_tier or self.params.get("service_tier") or _DEFAULT_SERVICE_TIER
         if "user" in self.params:  # omitted rather than null, as OpenAI does
             echo["user"] = self.params["user"]

@@ -26,6 +26,9 @@ def check_url_form(url: str, *, allow_private: bool) -> str:
     """The URL's host when its form is acceptable (scheme, host, no credentials, a public address if literal)."""
     if len(url) > MAX_URL_LENGTH:
         raise AddressRefused(f"url is longer than {MAX_URL_LENGTH} characters")
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+        # A URL has no spaces or control characters (RFC 3986), and PostgreSQL text cannot hold U+0000.
+        raise AddressRefused("url must not contain spaces or control characters")
     parts = urlsplit(url)
     if parts.scheme not in {"http", "https"}:
         raise AddressRefused("url must be an http:// or https:// URL")
