@@ -174,3 +174,19 @@ async def test_shutdown_gives_a_grace_period_then_stores_running_turns_as_failed
     assert row["error"]["message"] == "The turn was interrupted before it finished"
     state = await conversation_state(db, conv)
     assert state["items"] == [] and state["turn_response_id"] is None
+
+
+async def test_a_background_response_not_created_streaming_has_no_events_to_resume_while_it_runs_or_after(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT, chunks=20), delay=0.05))
+    started = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "background": True})
+    response_id = started.json()["id"]
+    # The same answer whichever process runs it, and once it ended: a client behind a load balancer sees one rule.
+    for moment in ("running", "ended"):
+        if moment == "ended":
+            assert (await wait_until_ended(alice.http, response_id))["status"] == "completed"
+        answer = await alice.http.get(f"/v1/responses/{response_id}", params={"stream": "true"})
+        assert answer.status_code == 400, (moment, answer.text)
+        error = answer.json()["error"]
+        assert error["param"] == "stream" and "stream=true" in error["message"], (moment, error)

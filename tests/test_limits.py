@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import socket
 import statistics
@@ -256,6 +257,30 @@ async def test_a_connection_that_never_finishes_its_headers_is_closed(start_serv
         partial.close()
     async with httpx.AsyncClient(base_url=live.url) as client:
         assert (await client.get("/health")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /v1/responses/resp_\x01 HTTP/1.1\r\nhost: x\r\n\r\n",  # a control character in the path
+        b"GET /health HTTP/1.1\r\nhost: x\r\nx-bad: a\x00b\r\n\r\n",  # and in a header
+        b"NOT A REQUEST\r\n\r\n",
+    ],
+)
+async def test_a_request_the_http_parser_refuses_gets_a_400_in_openais_envelope(
+    start_server: StartServer, request_bytes: bytes
+) -> None:
+    live = start_server()
+    sock = await asyncio.to_thread(_raw_request, live.port, request_bytes)
+    try:
+        received, closed = await asyncio.to_thread(_read_to_end, sock, 3.0)
+    finally:
+        sock.close()
+    assert closed
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head, received
+    error = json.loads(body)["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_http_request")
 
 
 async def test_past_max_connections_a_new_connection_gets_503_and_is_closed(start_server: StartServer) -> None:

@@ -40,6 +40,26 @@ def _busy_answer() -> bytes:
 
 
 _BUSY = _busy_answer()
+
+
+def _malformed_answer() -> bytes:
+    # uvicorn's own answer is plain text; a client reads every error from OpenAI's envelope.
+    body = msgspec.json.encode(
+        error_envelope(
+            "Invalid HTTP request: the request line or a header could not be parsed",
+            "invalid_request_error",
+            None,
+            "invalid_http_request",
+        )
+    )
+    head = (
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+_MALFORMED = _malformed_answer()
 # The scope extension holding a callable that drops the request's connection at once (unsent data discarded).
 DROP_CONNECTION = "convstore.drop_connection"
 _REFUSED_LINGER_SECONDS = 1.0
@@ -87,6 +107,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # unfinished response for the client's disconnect, not for an application error.
         scope: dict[str, Any] = self.scope  # type: ignore[assignment]
         scope.setdefault("extensions", {})[DROP_CONNECTION] = self.transport.abort
+
+    def send_400_response(self, msg: str) -> None:
+        """A request uvicorn's parser refused (a malformed request line, a header with control characters)."""
+        self.transport.write(_MALFORMED)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()

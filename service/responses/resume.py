@@ -38,23 +38,30 @@ async def open_replay(
     bus: Bus,
     wait_limit: float,
 ) -> AsyncIterator[bytes]:
-    """Checks first (so a bad id is a plain HTTP error), then returns the stream of frames."""
+    """Checks first (so a bad id is a plain HTTP error), then returns the stream of frames. Only a response created
+    with stream=true has events to resume, whether it still runs, here or in another process, or has ended."""
     run = runner.get(tenant_id, response_id)
     if run is not None:
+        if not run.turn.request.stream:
+            raise _not_streamed(response_id)
         return run.follow(after)
     async with engine.connect() as conn:
         row = await event_repository.stream_state(conn, tenant_id, response_id)
     if row is None:
         raise NotFound(f"Response with id '{response_id}' not found.")
     if not row.stream:
-        raise InvalidRequest(
-            f"Response '{response_id}' was not created with stream=true, so it has no events to stream; "
-            "retrieve it without stream=true",
-            param="stream",
-        )
+        raise _not_streamed(response_id)
     if row.events is not None:
         return _frames_after(split_frames(row.events), after)
     return _wait_then_replay(engine, runner, tenant_id, response_id, after, bus=bus, wait_limit=wait_limit)
+
+
+def _not_streamed(response_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Response '{response_id}' was not created with stream=true, so it has no events to stream; "
+        "retrieve it without stream=true",
+        param="stream",
+    )
 
 
 async def _frames_after(frames: list[bytes], after: int) -> AsyncIterator[bytes]:
