@@ -28,38 +28,31 @@ class ConnectionLimits:
         return cls(settings.http_header_timeout, settings.max_connections)
 
 
-def _busy_answer() -> bytes:
-    body = msgspec.json.encode(
-        error_envelope("Too many open connections; retry shortly", "server_error", None, "too_many_connections")
-    )
+def _closing_answer(status: str, error: dict[str, object], *, extra_headers: str = "") -> bytes:
+    """A whole HTTP response written straight to the connection, which then closes: an error in OpenAI's
+    envelope (uvicorn's own answers are plain text)."""
+    body = msgspec.json.encode(error)
     head = (
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{extra_headers}"
         f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
 
-_BUSY = _busy_answer()
-
-
-def _malformed_answer() -> bytes:
-    # uvicorn's own answer is plain text; a client reads every error from OpenAI's envelope.
-    body = msgspec.json.encode(
-        error_envelope(
-            "Invalid HTTP request: the request line or a header could not be parsed",
-            "invalid_request_error",
-            None,
-            "invalid_http_request",
-        )
-    )
-    head = (
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-_MALFORMED = _malformed_answer()
+_BUSY = _closing_answer(
+    "503 Service Unavailable",
+    error_envelope("Too many open connections; retry shortly", "server_error", None, "too_many_connections"),
+    extra_headers="retry-after: 1\r\n",
+)
+_MALFORMED = _closing_answer(
+    "400 Bad Request",
+    error_envelope(
+        "Invalid HTTP request: the request line or a header could not be parsed",
+        "invalid_request_error",
+        None,
+        "invalid_http_request",
+    ),
+)
 # The scope extension holding a callable that drops the request's connection at once (unsent data discarded).
 DROP_CONNECTION = "convstore.drop_connection"
 _REFUSED_LINGER_SECONDS = 1.0
