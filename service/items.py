@@ -176,8 +176,8 @@ def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
     return {**item, "type": "message", "content": content}
 
 
-# The fields the upstream's schema requires of these items, which a replay sends as stored.
-_TOOL_ITEM_FIELDS = frozenset({"function_call", "function_call_output", "reasoning"})
+# Items with fields the upstream's schema requires (a replay sends them as stored): _check_tool_item checks them.
+_TOOL_ITEM_TYPES = frozenset({"function_call", "function_call_output", "reasoning"})
 
 
 def _check_tool_item(item: dict[str, Any], kind: str, param: str) -> None:
@@ -190,7 +190,7 @@ def _check_tool_item(item: dict[str, Any], kind: str, param: str) -> None:
             raise _fail(f"{param}.call_id is required for function_call_output", f"{param}.call_id")
         if not isinstance(item.get("output"), str | list):
             raise _fail(f"{param}.output must be a string or an array of content parts", f"{param}.output")
-    elif not isinstance(item.get("summary"), list):  # reasoning
+    elif kind == "reasoning" and not isinstance(item.get("summary"), list):
         raise _fail(f"{param}.summary is required and must be an array", f"{param}.summary")
 
 
@@ -204,7 +204,7 @@ def check_replayable(item: dict[str, Any], param: str) -> None:
         # An assistant message may carry any part type an upstream produced; a client's, the input types.
         allowed = None if item.get("role") == "assistant" else INPUT_PART_TYPES
         _check_parts(item["content"], allowed, f"{param}.content")
-    elif isinstance(kind, str) and kind in _TOOL_ITEM_FIELDS:
+    elif isinstance(kind, str) and kind in _TOOL_ITEM_TYPES:
         _check_tool_item(item, kind, param)
 
 
@@ -230,7 +230,7 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
         raise _fail(f"{param}.status must be a string", f"{param}.status")
     if kind == "message":
         return _normalize_message(item, param)
-    if kind in _TOOL_ITEM_FIELDS:
+    if kind in _TOOL_ITEM_TYPES:
         _check_tool_item(item, kind, param)
     elif kind == ITEM_REFERENCE:
         if not isinstance(item.get("id"), str):

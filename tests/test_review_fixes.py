@@ -47,6 +47,23 @@ async def test_a_running_response_cannot_be_deleted_and_its_conversation_goes_on
     assert len((await conversation_state(db, conv))["items"]) == 4
 
 
+async def test_a_running_chain_turn_cannot_be_deleted_either(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    root = await turn(alice.http, "root")
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT, chunks=20), delay=0.05))
+    started = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "hi", "background": True, "previous_response_id": root["id"]}
+    )
+    response_id = started.json()["id"]
+    refused = await alice.http.delete(f"/v1/responses/{response_id}")
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "response_in_progress", refused.text
+    final = await wait_until_ended(alice.http, response_id)
+    assert (final["status"], output_text(final)) == ("completed", TEXT)
+    assert (await alice.http.delete(f"/v1/responses/{response_id}")).status_code == 200
+    assert await rows(db, "SELECT id FROM response WHERE id = :r", r=response_id) == []
+
+
 async def test_a_store_false_response_shows_its_completion_time(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:

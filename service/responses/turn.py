@@ -201,11 +201,13 @@ class TurnContext:
             running = turn_store.RunningTurn(state.id, self.lock_ttl)
         async with driver_connection(self.engine) as db:
             began = time.monotonic()  # not before the checkout: a wait for a connection would count as turn time
-            if any(item.id_given for item in request.input_items):
+            checked = any(item.id_given for item in request.input_items)
+            if checked:
                 # Read first without listing the turn on its chain's row, so that a refusal leaves nothing there.
-                held, _ = await self._chain_before(db, tenant_id, previous_id, None)
-                _refuse_ids_in_history(held.whole()[0], request.input_items)
-            chain, now = await self._chain_before(db, tenant_id, previous_id, running)
+                chain, now = await self._chain_before(db, tenant_id, previous_id, None)
+                _refuse_ids_in_history(chain.whole()[0], request.input_items)
+            if not checked or running is not None:
+                chain, now = await self._chain_before(db, tenant_id, previous_id, running)
             state.created_at = now
             history, counts = chain.whole()
             if response is None:
