@@ -3,8 +3,9 @@ exactly what the policy says and nothing a kept thread still needs."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -14,17 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, text_response
+from tests.reliability_support import ServiceProcess, eventually, scalar
 from tests.turn_support import MODEL, assistant, new_conversation, rows, turn, user
 
 
-def _admin_client(live: LiveServer) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {live.settings.admin_api_key}"}
-    return httpx.AsyncClient(base_url=live.url, headers=headers, timeout=60)
+def _admin_client(url: str, key: str | None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
 
 @pytest.fixture
 async def admin(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with _admin_client(server) as client:
+    async with _admin_client(server.url, server.settings.admin_api_key) as client:
         yield client
 
 
@@ -177,7 +178,7 @@ async def test_defaults_from_settings_apply_to_tenants_without_a_policy_in_small
     await _age(db, "response", [t["id"] for t in old_turns] + [daves["id"]], 31)
     await _age(db, "conversation", [big], 11)
 
-    async with _admin_client(live) as admin:
+    async with _admin_client(live.url, live.settings.admin_api_key) as admin:
         assert (await admin.get("/admin/tenants/carol/retention")).json()["responses_days"] == 30
         keep = {"responses_days": None, "conversations_idle_days": None}
         assert (await admin.put("/admin/tenants/dave/retention", json=keep)).status_code == 200
@@ -245,3 +246,103 @@ async def test_keyed_store_false_answers_go_with_the_tenants_responses_of_their_
     kept = {r["key"]: r["response_id"] for r in await rows(db, "SELECT key, response_id FROM idempotency_key")}
     # The stored response is 0 days old (only its key was aged): kept, and its key with it.
     assert kept == {"new-unstored": None, "old-stored": stored["id"], "old-deferred": None, "bobs-old-unstored": None}
+
+
+@pytest.fixture
+def service_processes(database_url: str, fake_upstream: FakeOpenRouter) -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(**env: str) -> ServiceProcess:
+        process = ServiceProcess(database_url, fake_upstream.base_url, **env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+async def _items_in(db: AsyncEngine, conversation: str) -> int:
+    return int(await scalar(db, "SELECT count(*) FROM item WHERE conversation_id = :c", c=conversation))
+
+
+async def test_a_purge_killed_mid_conversation_leaves_it_deleted_and_the_next_run_finishes_it(
+    server: LiveServer,
+    admin: httpx.AsyncClient,
+    alice: Tenant,
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+    service_processes: Callable[..., ServiceProcess],
+) -> None:
+    doomed_conversation = await new_conversation(alice.http)
+    fake_upstream.reply_json(text_response("carried answer", msg_id="msg_carried"))
+    carried = await turn(alice.http, "carried question", conversation=doomed_conversation)
+    for batch in range(15):
+        items = [{"role": "user", "content": f"note {batch}.{n}"} for n in range(20)]
+        added = await alice.http.post(f"/v1/conversations/{doomed_conversation}/items", json={"items": items})
+        assert added.status_code == 200, added.text
+    kept_conversation = await new_conversation(alice.http, items=[{"role": "user", "content": "still here"}])
+    await _age(db, "conversation", [doomed_conversation], 40)
+    policy = {"responses_days": None, "conversations_idle_days": 30}
+    assert (await admin.put("/admin/tenants/alice/retention", json=policy)).status_code == 200
+    assert await _items_in(db, doomed_conversation) == 302
+
+    # Two items a batch: the run takes 150 batches, each followed by a rest, and is killed in the middle.
+    doomed = service_processes(RETENTION_BATCH_SIZE="2", ADMIN_API_KEY=server.settings.admin_api_key or "")
+    async with _admin_client(doomed.url, server.settings.admin_api_key) as doomed_admin:
+        running = asyncio.create_task(doomed_admin.post("/admin/retention/run"))
+
+        async def half_emptied() -> bool:
+            return 0 < await _items_in(db, doomed_conversation) < 250
+
+        await eventually(half_emptied, timeout=20, every=0.01)
+        doomed.kill()
+        with pytest.raises(httpx.HTTPError):
+            await running
+    left = await _items_in(db, doomed_conversation)
+    assert 0 < left < 302
+    (marked,) = await rows(db, "SELECT purging_since FROM conversation WHERE id = :c", c=doomed_conversation)
+    assert marked["purging_since"] is not None
+    an_item_left = await scalar(db, "SELECT id FROM item WHERE conversation_id = :c LIMIT 1", c=doomed_conversation)
+
+    # What is left of it is deleted for every API: no reads, no turns, no item changes, no listing.
+    base = f"/v1/conversations/{doomed_conversation}"
+    for answer in (
+        await alice.http.get(base),
+        await alice.http.get(f"{base}/items"),
+        await alice.http.post(base, json={"metadata": {"a": "b"}}),
+        await alice.http.post(f"{base}/items", json={"items": [{"role": "user", "content": "late"}]}),
+        await alice.http.delete(base),
+        await alice.http.get(f"{base}/export"),
+        await alice.http.get(f"{base}/items/{an_item_left}"),
+        await alice.http.post(f"{base}/fork", json={"item_id": an_item_left}),
+        await alice.http.post(
+            "/v1/responses", json={"model": MODEL, "input": "hi", "conversation": doomed_conversation}
+        ),
+        await admin.get(f"/admin/conversations/{doomed_conversation}"),
+    ):
+        assert answer.status_code == 404, answer.text
+    assert fake_upstream.requests[-1].body["input"][-1] == user("carried question")
+    listed = (await admin.get("/admin/conversations", params={"tenant": "alice"})).json()["data"]
+    assert [c["id"] for c in listed] == [kept_conversation]
+    threads = (await admin.get("/admin/threads", params={"kind": "conversation"})).json()["data"]
+    assert doomed_conversation not in [t["id"] for t in threads]
+    assert await _items_in(db, doomed_conversation) == left
+
+    # The next run finishes it though the tenant's policy is gone (once the dead run's lease has expired).
+    assert (await admin.delete("/admin/tenants/alice/retention")).status_code == 200
+    async with db.begin() as conn:
+        await conn.execute(text("UPDATE maintenance_lease SET expires_at = now() WHERE name = 'retention'"))
+    run = await admin.post("/admin/retention/run")
+    assert run.status_code == 200, run.text
+    assert run.json()["conversations"] == 1 and run.json()["error"] is None
+    assert await _ids(db, "SELECT id FROM conversation") == {kept_conversation}
+    assert await _items_in(db, doomed_conversation) == 0
+    # The turn's items stay with its response, as DELETE /v1/conversations/{id} leaves them.
+    inputs = await alice.http.get(f"/v1/responses/{carried['id']}/input_items")
+    assert inputs.status_code == 200, inputs.text
+    assert [i["content"][0]["text"] for i in inputs.json()["data"]] == ["carried question"]
+    assert (await alice.http.get(f"/v1/responses/{carried['id']}")).json()["output"][0]["id"] == "msg_carried"
+    assert (await alice.http.get(f"/v1/conversations/{kept_conversation}/items")).json()["data"][0]["content"][0][
+        "text"
+    ] == "still here"

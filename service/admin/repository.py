@@ -33,6 +33,7 @@ from service.admin.cursor import Keyset, newest_first, probed_page
 from service.admin.params import RESPONSE_STATUSES, ConversationFilters, ResponseFilters, TimeRange
 from service.admin.statements import Statements
 from service.db.models import conversation_table, item_table, response_table, tenant_table
+from service.db.purging import not_purging
 from service.responses.status import RUNNING
 
 conversation_t = conversation_table
@@ -160,6 +161,7 @@ def _conversation_page(filters: ConversationFilters, tenant_id: str | None, keys
     """Newest activity first; every value bound by name (admin/statements.py)."""
     c = conversation_t
     conditions = [
+        not_purging(c),
         *listed_between(c.c.created_at, "created", filters.created_after, filters.created_before),
         *listed_between(c.c.updated_at, "updated", filters.updated_after, filters.updated_before),
     ]
@@ -195,7 +197,7 @@ async def conversation_page(
 
 
 async def get_conversation(conn: AsyncConnection, conversation_id: str) -> Any:
-    stmt = select(*_CONVERSATION_COLUMNS).where(conversation_t.c.id == conversation_id)
+    stmt = select(*_CONVERSATION_COLUMNS).where(conversation_t.c.id == conversation_id, not_purging(conversation_t))
     return (await conn.execute(stmt)).first()
 
 
@@ -286,7 +288,10 @@ async def usage_stats(conn: AsyncConnection, window: TimeRange) -> tuple[list[An
     conversations = (
         select(conversation_t.c.tenant_id, tenant_t.c.name.label("tenant"), func.count().label("conversations"))
         .join(tenant_t, tenant_t.c.id == conversation_t.c.tenant_id)
-        .where(*_time_range(conversation_t.c.created_at, window.created_after, window.created_before))
+        .where(
+            not_purging(conversation_t),
+            *_time_range(conversation_t.c.created_at, window.created_after, window.created_before),
+        )
         .group_by(conversation_t.c.tenant_id, tenant_t.c.name)
     )
     return list((await conn.execute(grouped)).all()), list((await conn.execute(conversations)).all())

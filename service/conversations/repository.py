@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table
 from service.db.ownership import owned_by
+from service.db.purging import not_purging
 from service.ids import can_exist
 from service.items import NewItem
 from service.pagination import PageRequest, keyset_page
@@ -49,7 +50,9 @@ async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_i
     if not can_exist(conversation_id):
         return None
     stmt = select(conversation_t).where(
-        conversation_t.c.id == conversation_id, owned_by(conversation_t.c.tenant_id, tenant_id)
+        conversation_t.c.id == conversation_id,
+        owned_by(conversation_t.c.tenant_id, tenant_id),
+        not_purging(conversation_t),
     )
     return (await conn.execute(stmt)).first()
 
@@ -62,7 +65,7 @@ async def lock_conversation(conn: AsyncConnection, tenant_id: str | None, conver
     live_claim = and_(
         conversation_t.c.turn_response_id.is_not(None), conversation_t.c.turn_expires_at > func.now()
     ).label("claimed")
-    stmt = select(conversation_t, live_claim).where(conversation_t.c.id == conversation_id)
+    stmt = select(conversation_t, live_claim).where(conversation_t.c.id == conversation_id, not_purging(conversation_t))
     if tenant_id is not None:
         stmt = stmt.where(owned_by(conversation_t.c.tenant_id, tenant_id))
     return (await conn.execute(stmt.with_for_update())).first()
@@ -73,7 +76,11 @@ async def update_metadata(conn: AsyncConnection, tenant_id: str, conversation_id
         return None
     stmt = (
         update(conversation_t)
-        .where(conversation_t.c.id == conversation_id, owned_by(conversation_t.c.tenant_id, tenant_id))
+        .where(
+            conversation_t.c.id == conversation_id,
+            owned_by(conversation_t.c.tenant_id, tenant_id),
+            not_purging(conversation_t),
+        )
         .values(metadata=metadata, updated_at=func.now())
         .returning(conversation_t)
     )

@@ -83,6 +83,9 @@ class Conversation(Base):
     turn_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # When the claim was taken: its age, the same for every process whatever its own TURN_LOCK_TTL.
     turn_claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when the retention purge starts deleting the conversation (over several transactions): from then on it
+    # is deleted for every API, and the next purge run finishes it if this one stops (service/retention).
+    purging_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     # The admin listing walks (updated_at, id) backwards; each equality filter has its own copy of that order.
     __table_args__ = (
@@ -92,6 +95,7 @@ class Conversation(Base):
         Index(None, "last_model", "updated_at", "id"),
         Index(None, "last_status", "updated_at", "id"),
         Index(None, "created_at", "id"),
+        Index("ix_conversation_purging_since", "purging_since", postgresql_where=text("purging_since IS NOT NULL")),
         Index(
             "ix_conversation_metadata",
             "metadata",

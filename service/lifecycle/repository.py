@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.conversations.repository import title_from, title_of
 from service.db.models import conversation_table, item_table, tenant_table
 from service.db.ownership import owned_by
+from service.db.purging import not_purging
 from service.ids import can_exist
 from service.items import NewItem
 
@@ -168,7 +169,7 @@ async def tenant_id_by_name(conn: AsyncConnection, name: str) -> str | None:
 async def conversation_exists(conn: AsyncConnection, conversation_id: str, tenant_id: str | None) -> bool:
     if not can_exist(conversation_id):
         return False
-    stmt = select(conversation_t.c.id).where(conversation_t.c.id == conversation_id)
+    stmt = select(conversation_t.c.id).where(conversation_t.c.id == conversation_id, not_purging(conversation_t))
     if tenant_id is not None:
         stmt = stmt.where(owned_by(conversation_t.c.tenant_id, tenant_id))
     return (await conn.scalar(stmt)) is not None
@@ -181,7 +182,7 @@ async def conversation_page(
     stmt = (
         select(conversation_t, tenant_table.c.name.label("tenant"))
         .join(tenant_table, tenant_table.c.id == conversation_t.c.tenant_id)
-        .where(conversation_t.c.id > after_id)
+        .where(conversation_t.c.id > after_id, not_purging(conversation_t))
         .order_by(conversation_t.c.id)
         .limit(limit)
     )

@@ -2,9 +2,10 @@
 
 Whoever holds the `retention` lease (a row in PostgreSQL, renewed by every batch) runs; others skip the run.
 Each batch is its own short transaction touching at most RETENTION_BATCH_SIZE items and a tenth of that in
-conversations or responses, rows no turn is using (idle conversations, claimed first; old responses nothing
-builds on, locked with SKIP LOCKED), resting after each batch as long as it took, so that turns are never
-queued behind the purge for long."""
+conversations or responses, rows no turn is using (idle conversations, marked as being purged first; old
+responses nothing builds on, locked with SKIP LOCKED), resting after each batch as long as it took, so that
+turns are never queued behind the purge for long. A run first finishes the conversations an earlier run marked
+and did not delete (its process died): they are deleted for every API from their mark on."""
 
 from __future__ import annotations
 
@@ -26,8 +27,6 @@ logger = logging.getLogger("service.retention")
 
 LEASE = "retention"
 LEASE_SECONDS = 120
-# A purge's claim on the conversations it is emptying; renewed by every batch, it expires if the process dies.
-CLAIM_SECONDS = 120
 # After each batch the purge rests as long as the batch took (at least 5 ms), so it holds the database at most
 # about half the time and turns arriving meanwhile find it free (figures: docs/benchmarks.md).
 PAUSE_PER_BATCH_SECOND = 1.0
@@ -65,34 +64,47 @@ class _Run:
         if not await repository.take_lease(conn, name=LEASE, holder=self.holder, ttl=LEASE_SECONDS):
             raise LeaseLost
 
+    async def finish_marked(self, counts: PurgeCounts) -> None:
+        """The conversations earlier runs marked and did not delete, whatever their tenant's policy is now."""
+        while True:
+            async with self.engine.begin() as conn:
+                await self._renew(conn)
+                ids = await repository.marked_conversations(conn, limit=self.rows_per_batch)
+            if not ids:
+                return
+            if await self._empty_and_delete(ids, counts) == 0:
+                return  # marked rows this run cannot delete: leave them to the next run rather than spin
+
     async def conversations(self, tenant_id: str, idle_days: int, counts: PurgeCounts) -> None:
         while True:
             async with self.engine.begin() as conn:
                 await self._renew(conn)
-                ids = await repository.claim_idle_conversations(
-                    conn,
-                    tenant_id=tenant_id,
-                    idle_days=idle_days,
-                    claim=self.holder,
-                    ttl=CLAIM_SECONDS,
-                    limit=self.rows_per_batch,
+                ids = await repository.mark_idle_conversations(
+                    conn, tenant_id=tenant_id, idle_days=idle_days, limit=self.rows_per_batch
                 )
             if not ids:
                 return
-            while True:
-                started = time.monotonic()
-                async with self.engine.begin() as conn:
-                    deleted, detached = await repository.empty_claimed_conversations(
-                        conn, ids=ids, claim=self.holder, ttl=CLAIM_SECONDS, limit=self.items_per_batch
-                    )
-                counts.items += deleted
-                if deleted + detached == 0:
-                    break
-                await _rest_after(started)
+            await self._empty_and_delete(ids, counts)
+
+    async def _empty_and_delete(self, ids: list[str], counts: PurgeCounts) -> int:
+        """Remove the marked conversations' items batch by batch, then the conversations; how many went."""
+        while True:
             started = time.monotonic()
             async with self.engine.begin() as conn:
-                counts.conversations += await repository.delete_claimed_conversations(conn, ids=ids, claim=self.holder)
+                await self._renew(conn)
+                deleted, detached = await repository.empty_marked_conversations(
+                    conn, ids=ids, limit=self.items_per_batch
+                )
+            counts.items += deleted
+            if deleted + detached == 0:
+                break
             await _rest_after(started)
+        started = time.monotonic()
+        async with self.engine.begin() as conn:
+            gone = await repository.delete_marked_conversations(conn, ids=ids)
+        counts.conversations += gone
+        await _rest_after(started)
+        return gone
 
     async def responses(self, tenant_id: str, days: int, counts: PurgeCounts) -> None:
         while True:
@@ -141,6 +153,15 @@ async def purge(engine: AsyncEngine, settings: Settings) -> dict[str, Any] | Non
     error: str | None = None
     defaults = default_policy(settings)
     try:
+        resumed = PurgeCounts()
+        await run.finish_marked(resumed)
+        totals.add(resumed)
+        if resumed != PurgeCounts():
+            logger.info(
+                "retention finished %d conversations (%d items) an earlier run had started to delete",
+                resumed.conversations,
+                resumed.items,
+            )
         async with engine.connect() as conn:
             rows = await repository.tenant_policies(conn, defaults_apply=defaults.deletes_anything)
         for row in rows:

@@ -35,9 +35,9 @@ _PREVIEW = text(
     WITH RECURSIVE
     doomed_conversation AS (
         SELECT id FROM conversation
-        WHERE :idle_days IS NOT NULL AND tenant_id = :tenant
-          AND updated_at < now() - make_interval(days => :idle_days)
-          AND NOT (turn_response_id IS NOT NULL AND turn_expires_at > now())
+        WHERE tenant_id = :tenant AND (purging_since IS NOT NULL OR (
+            :idle_days IS NOT NULL AND updated_at < now() - make_interval(days => :idle_days)
+            AND NOT (turn_response_id IS NOT NULL AND turn_expires_at > now())))
     ),
     old AS (
         SELECT id, previous_response_id, status FROM response
@@ -67,34 +67,36 @@ _PREVIEW = text(
     """
 ).bindparams(bindparam("days", type_=Integer), bindparam("idle_days", type_=Integer))
 
-# Idle conversations are claimed the way a turn claims one (turn_response_id), so no turn or item change can
-# start on them while their items are removed over several short transactions; a turn gets 409
-# conversation_locked meanwhile. The claim expires like a turn's if this process dies.
-_CLAIM_IDLE_CONVERSATIONS = text(
+# Idle conversations no turn holds are marked (purging_since), in one short transaction, before their items are
+# removed over several: from the mark on, every API treats them as deleted (service/db/purging.py) and no turn
+# or item change can start on them. The mark is durable: if this process dies, the next run finishes the job.
+# A turn claiming one of them meanwhile waits for the row lock, then finds it marked and answers 404.
+_MARK_IDLE_CONVERSATIONS = text(
     """
-    UPDATE conversation SET turn_response_id = :claim, turn_expires_at = now() + make_interval(secs => :ttl),
-        turn_claimed_at = now()
+    UPDATE conversation SET purging_since = now()
     WHERE id IN (
         SELECT id FROM conversation
         WHERE tenant_id = :tenant AND updated_at < now() - make_interval(days => :idle_days)
-          AND (turn_response_id IS NULL OR turn_expires_at <= now())
+          AND purging_since IS NULL AND (turn_response_id IS NULL OR turn_expires_at <= now())
         ORDER BY updated_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
     RETURNING id
     """
-).bindparams(bindparam("ttl", type_=Integer), bindparam("idle_days", type_=Integer))
+).bindparams(bindparam("idle_days", type_=Integer))
 
-_EMPTY_CLAIMED_CONVERSATIONS = text(
+# Conversations an earlier run marked and did not finish (its process died), any tenant's, on the partial index.
+_MARKED_CONVERSATIONS = text(
+    "SELECT id FROM conversation WHERE purging_since IS NOT NULL ORDER BY purging_since, id LIMIT :limit"
+)
+
+_EMPTY_MARKED_CONVERSATIONS = text(
     """
-    WITH still_ours AS (
-        UPDATE conversation SET turn_expires_at = now() + make_interval(secs => :ttl), turn_claimed_at = now()
-        WHERE id = ANY(:ids) AND turn_response_id = :claim
-        RETURNING id
-    ),
-    chunk AS (
-        SELECT pk, response_id FROM item WHERE conversation_id IN (SELECT id FROM still_ours) LIMIT :limit
+    WITH chunk AS (
+        SELECT pk, response_id FROM item
+        WHERE conversation_id IN (SELECT id FROM conversation WHERE id = ANY(:ids) AND purging_since IS NOT NULL)
+        LIMIT :limit
     ),
     gone AS (DELETE FROM item WHERE pk IN (SELECT pk FROM chunk WHERE response_id IS NULL) RETURNING 1),
     detached AS (
@@ -104,10 +106,19 @@ _EMPTY_CLAIMED_CONVERSATIONS = text(
     )
     SELECT (SELECT count(*) FROM gone) AS deleted, (SELECT count(*) FROM detached) AS detached
     """
-).bindparams(bindparam("ids", type_=ARRAY(Text)), bindparam("ttl", type_=Integer))
+).bindparams(bindparam("ids", type_=ARRAY(Text)))
 
-_DELETE_CLAIMED_CONVERSATIONS = text(
-    "DELETE FROM conversation WHERE id = ANY(:ids) AND turn_response_id = :claim RETURNING id"
+# In one transaction, as DELETE /v1/conversations/{id} does: whatever a response carried and is still in the
+# conversation is left to the response (the row's delete would cascade to it), then the rows go.
+_DETACH_CARRIED_ITEMS = text(
+    """
+    UPDATE item SET conversation_id = NULL, position = NULL
+    WHERE conversation_id = ANY(:ids) AND response_id IS NOT NULL
+    """
+).bindparams(bindparam("ids", type_=ARRAY(Text)))
+
+_DELETE_MARKED_CONVERSATIONS = text(
+    "DELETE FROM conversation WHERE id = ANY(:ids) AND purging_since IS NOT NULL RETURNING id"
 ).bindparams(bindparam("ids", type_=ARRAY(Text)))
 
 _DELETE_EXPIRED_RESPONSES = text(
@@ -155,25 +166,24 @@ async def preview(conn: AsyncConnection, tenant_id: str, days: int | None, idle_
     return (await conn.execute(_PREVIEW, {"tenant": tenant_id, "days": days, "idle_days": idle_days})).one()
 
 
-async def claim_idle_conversations(
-    conn: AsyncConnection, *, tenant_id: str, idle_days: int, claim: str, ttl: int, limit: int
-) -> list[str]:
-    params = {"tenant": tenant_id, "idle_days": idle_days, "claim": claim, "ttl": ttl, "limit": limit}
-    return list((await conn.scalars(_CLAIM_IDLE_CONVERSATIONS, params)).all())
+async def mark_idle_conversations(conn: AsyncConnection, *, tenant_id: str, idle_days: int, limit: int) -> list[str]:
+    params = {"tenant": tenant_id, "idle_days": idle_days, "limit": limit}
+    return list((await conn.scalars(_MARK_IDLE_CONVERSATIONS, params)).all())
 
 
-async def empty_claimed_conversations(
-    conn: AsyncConnection, *, ids: list[str], claim: str, ttl: int, limit: int
-) -> tuple[int, int]:
-    """Removes up to `limit` of the claimed conversations' items (deleted, or left to their responses)."""
-    row = (
-        await conn.execute(_EMPTY_CLAIMED_CONVERSATIONS, {"ids": ids, "claim": claim, "ttl": ttl, "limit": limit})
-    ).one()
+async def marked_conversations(conn: AsyncConnection, *, limit: int) -> list[str]:
+    return list((await conn.scalars(_MARKED_CONVERSATIONS, {"limit": limit})).all())
+
+
+async def empty_marked_conversations(conn: AsyncConnection, *, ids: list[str], limit: int) -> tuple[int, int]:
+    """Removes up to `limit` of the marked conversations' items (deleted, or left to their responses)."""
+    row = (await conn.execute(_EMPTY_MARKED_CONVERSATIONS, {"ids": ids, "limit": limit})).one()
     return int(row.deleted), int(row.detached)
 
 
-async def delete_claimed_conversations(conn: AsyncConnection, *, ids: list[str], claim: str) -> int:
-    return len((await conn.execute(_DELETE_CLAIMED_CONVERSATIONS, {"ids": ids, "claim": claim})).all())
+async def delete_marked_conversations(conn: AsyncConnection, *, ids: list[str]) -> int:
+    await conn.execute(_DETACH_CARRIED_ITEMS, {"ids": ids})
+    return len((await conn.execute(_DELETE_MARKED_CONVERSATIONS, {"ids": ids})).all())
 
 
 async def delete_expired_responses(conn: AsyncConnection, *, tenant_id: str, days: int, limit: int) -> tuple[int, int]:
