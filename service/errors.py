@@ -42,6 +42,12 @@ def error_type_for(status: int) -> str:
     return _TYPE_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
 
 
+class StreamBrokenOff(Exception):
+    """A response already started cannot be finished as it should: the connection is dropped, so that the client
+    sees the body end early rather than a complete-looking part of it; the message goes to the log
+    (service/limits/slow_readers.py)."""
+
+
 class ServiceError(Exception):
     status_code = 400
     code: str | None = None

@@ -399,6 +399,40 @@ async def test_a_chain_with_a_turn_in_flight_shows_it_and_is_not_deleted_under_i
     assert (await admin.delete(f"/admin/threads/{root['id']}")).status_code == 200
 
 
+async def test_a_conversation_with_a_chain_turn_in_flight_is_not_deleted_under_it_by_either_admin_route(
+    admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A background turn continuing one of the conversation's responses runs in the conversation's thread, though
+    it holds no claim on the conversation: both hard deletes wait for it."""
+    conversation = await new_conversation(alice.http)
+    first = await turn(alice.http, "kept while it runs", conversation=conversation)
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Background answer.", chunks=40), delay=0.04))
+    running = await turn(alice.http, "slow", previous_response_id=first["id"], background=True)
+    for route in (f"/admin/conversations/{conversation}", f"/admin/threads/{conversation}"):
+        refused = await admin.delete(route)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "thread_locked", (route, refused.text)
+    assert len(await rows_mentioning(db, ["kept while it runs"])) >= 1
+    for _ in range(200):
+        if (await alice.http.get(f"/v1/responses/{running['id']}")).json()["status"] == "completed":
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the background turn never finished")
+    deleted = await admin.delete(f"/admin/conversations/{conversation}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {
+        "id": conversation,
+        "object": "conversation.deleted",
+        "deleted": True,
+        "deleted_responses": 2,
+    }
+    assert await rows_mentioning(db, ["kept while it runs", "slow", conversation]) == []
+    assert (await admin.delete(f"/admin/conversations/{conversation}")).status_code == 404
+    # A chain's id is not a conversation's: this route deletes conversations' threads only.
+    chain = await turn(alice.http, "a chain")
+    assert (await admin.delete(f"/admin/conversations/{chain['id']}")).status_code == 404
+
+
 async def test_threads_with_turns_in_flight_page_by_status_like_by_any_other_filter(
     admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:

@@ -1,13 +1,26 @@
-"""Data that must not outlive its deletion: a deleted response kept hidden (a later response builds on it) is
-not replayed through the Idempotency-Key of the request that created it."""
+"""Data that must not outlive its deletion: a deleted response is not replayed (nor run again) through the
+Idempotency-Key of the request that created it; a response kept hidden as history goes once nothing needs it; a
+deleted item's text leaves the conversation's title."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Tenant
+from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, text_response
-from tests.turn_support import MODEL, rows
+from tests.turn_support import MODEL, rows, turn, user
+
+
+@pytest.fixture
+async def admin_http(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"Authorization": f"Bearer {server.settings.admin_api_key}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
+        yield client
 
 
 async def test_a_deleted_response_with_a_child_is_not_replayed_by_its_idempotency_key(
@@ -35,3 +48,78 @@ async def test_a_deleted_response_with_a_child_is_not_replayed_by_its_idempotenc
     assert len(fake_upstream.requests) == 2, "the retry ran the turn again"
     [kept] = await rows(db, "SELECT body FROM idempotency_key WHERE key = 'k-parent'")
     assert b"ZEBRA" not in bytes(kept["body"])
+
+
+async def test_a_deleted_response_without_children_is_not_run_again_by_its_idempotency_key(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    request = {"model": MODEL, "input": "Charge me once"}
+    first = await alice.http.post("/v1/responses", json=request, headers={"Idempotency-Key": "k-leaf"})
+    assert first.status_code == 200, first.text
+    assert (await alice.http.delete(f"/v1/responses/{first.json()['id']}")).status_code == 200
+    assert await rows(db, "SELECT id FROM response") == []
+
+    retry = await alice.http.post("/v1/responses", json=request, headers={"Idempotency-Key": "k-leaf"})
+    assert retry.status_code == 404, retry.text
+    assert retry.json()["error"]["code"] == "not_found"
+    assert len(fake_upstream.requests) == 1, "the retry ran the turn again"
+    assert await rows(db, "SELECT id FROM response") == []
+
+
+async def test_hidden_ancestors_go_once_nothing_builds_on_them(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A deleted response a later one builds on is hidden, kept as that one's history; deleting the later one
+    leaves nothing needing it, so it goes too, with its items, and so on up the chain."""
+    fake_upstream.reply_json(text_response("Noted: 4111-1111"))
+    root = await turn(alice.http, "my card is 4111-1111")
+    middle = await turn(alice.http, "and my pin is 9876", previous_response_id=root["id"])
+    leaf = await turn(alice.http, "thanks", previous_response_id=middle["id"])
+    branch = await turn(alice.http, "another branch", previous_response_id=root["id"])
+    for hidden in (root, middle):
+        assert (await alice.http.delete(f"/v1/responses/{hidden['id']}")).status_code == 200
+    assert {r["id"] for r in await rows(db, "SELECT id FROM response WHERE deleted_at IS NOT NULL")} == {
+        root["id"],
+        middle["id"],
+    }
+
+    # The middle one is needed by nothing once the leaf goes; the root is still the branch's history.
+    assert (await alice.http.delete(f"/v1/responses/{leaf['id']}")).status_code == 200
+    assert {r["id"] for r in await rows(db, "SELECT id FROM response")} == {root["id"], branch["id"]}
+    assert await rows(db, "SELECT id FROM item WHERE text_content LIKE '%9876%'") == []
+    fake_upstream.reply_json(text_response("ok"))
+    whole = await turn(alice.http, "still whole?", previous_response_id=branch["id"])
+    assert fake_upstream.inputs[-1][0] == user("my card is 4111-1111")
+
+    for gone in (whole, branch):
+        assert (await alice.http.delete(f"/v1/responses/{gone['id']}")).status_code == 200
+    assert await rows(db, "SELECT id FROM response") == []
+    assert await rows(db, "SELECT id FROM item WHERE text_content LIKE '%4111%'") == []
+    assert await rows(db, "SELECT id FROM response_chain WHERE id = :r", r=root["id"]) == []
+
+
+async def test_deleting_the_item_that_titled_a_conversation_takes_its_text_out_of_the_title(
+    alice: Tenant, admin_http: httpx.AsyncClient
+) -> None:
+    items = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "my card number is 4111-1111"},
+        {"role": "user", "content": "second question"},
+    ]
+    created = await alice.http.post("/v1/conversations", json={"items": items})
+    conversation = created.json()["id"]
+
+    async def title() -> Any:
+        answer = await admin_http.get(f"/admin/conversations/{conversation}")
+        assert answer.status_code == 200, answer.text
+        return answer.json()["title"]
+
+    assert await title() == "my card number is 4111-1111"
+    listed = (await alice.http.get(f"/v1/conversations/{conversation}/items", params={"order": "asc"})).json()["data"]
+    system, card, second = (item["id"] for item in listed)
+    assert (await alice.http.delete(f"/v1/conversations/{conversation}/items/{system}")).status_code == 200
+    assert await title() == "my card number is 4111-1111"
+    assert (await alice.http.delete(f"/v1/conversations/{conversation}/items/{card}")).status_code == 200
+    assert await title() == "second question"
+    assert (await alice.http.delete(f"/v1/conversations/{conversation}/items/{second}")).status_code == 200
+    assert await title() is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import Tenant
@@ -115,3 +117,25 @@ async def test_a_retried_fork_or_import_with_the_same_idempotency_key_creates_on
     assert imported.status_code == replayed.status_code == 200
     assert replayed.json()["id"] == imported.json()["id"]
     assert len(await rows(db, "SELECT id FROM conversation")) == 3
+
+
+async def test_a_fork_racing_a_delete_copies_everything_or_answers_404_never_a_part(
+    alice: Tenant, db: AsyncEngine
+) -> None:
+    """Delete detaches and deletes the source's items in its own transaction; a fork that read the source before
+    the delete committed used to copy what was left: often nothing."""
+    for round_ in range(20):
+        items = [{"role": "user", "content": f"round {round_} item {n}"} for n in range(20)]
+        created = await alice.http.post("/v1/conversations", json={"items": items})
+        source = created.json()["id"]
+        newest = await alice.http.get(f"/v1/conversations/{source}/items", params={"limit": 1, "order": "desc"})
+        last = newest.json()["data"][0]["id"]
+        fork, delete = await asyncio.gather(
+            alice.http.post(f"/v1/conversations/{source}/fork", json={"item_id": last}),
+            alice.http.delete(f"/v1/conversations/{source}"),
+        )
+        assert delete.status_code == 200, delete.text
+        assert fork.status_code in (200, 404), fork.text
+        if fork.status_code == 200:
+            copied = await list_all(alice.http, f"/v1/conversations/{fork.json()['id']}/items", order="asc")
+            assert [i["content"][0]["text"] for i in copied] == [f"round {round_} item {n}" for n in range(20)]

@@ -229,9 +229,17 @@ async def test_deleting_what_a_key_created_deletes_its_stored_answer(alice: Tena
 
     assert (await alice.http.delete(f"/v1/responses/{turn.json()['id']}")).status_code == 200
     assert (await alice.http.delete(f"/v1/conversations/{conversation}")).status_code == 200
-    left = await rows(db, "SELECT key, response_id, conversation_id FROM idempotency_key")
-    # store=false leaves no response row to link to: its answer lives until the key expires (or the tenant goes).
-    assert left == [{"key": "k-nostore", "response_id": None, "conversation_id": None}]
+    left = await rows(
+        db, "SELECT key, response_id, conversation_id, status_code, body FROM idempotency_key ORDER BY key"
+    )
+    # The deleted response's key keeps only the 404 (so that a retry does not run the turn again), none of its
+    # content; store=false leaves no response row to link to: its answer lives until the key expires (or the
+    # tenant goes).
+    assert [(r["key"], r["response_id"], r["conversation_id"], r["status_code"]) for r in left] == [
+        ("k-del", None, None, 404),
+        ("k-nostore", None, None, 200),
+    ]
+    assert b"Secret" not in bytes(left[0]["body"]) and b"not_found" in bytes(left[0]["body"])
 
 
 async def test_expired_keys_are_purged_and_can_be_reused(

@@ -76,7 +76,7 @@ class AdminController(Controller):
     )
     async def delete_conversation(self, engine: EngineDep, conversation_id: FromPath[str]) -> Response[bytes]:
         """Hard delete: the conversation, its items, its responses and the response chains built on them."""
-        return json_response(await service.delete_conversation(engine, conversation_id))
+        return json_response(await threads.delete_conversation_thread(engine, conversation_id))
 
     @get(
         "/threads",

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.admin import params, repository
 from service.admin.cursor import Keyset, encode_cursor
-from service.conversations.service import conversation_not_found, items_page, lock_free_conversation
+from service.conversations.service import conversation_not_found, items_page
 from service.errors import InvalidRequest, NotFound
 from service.keys import service as keys
 
@@ -133,13 +133,6 @@ async def get_conversation(engine: AsyncEngine, conversation_id: str, query: Pai
     view["items"] = items
     view["responses"] = responses
     return view
-
-
-async def delete_conversation(engine: AsyncEngine, conversation_id: str) -> dict[str, Any]:
-    async with engine.begin() as conn:
-        await lock_free_conversation(conn, None, conversation_id)
-        responses = await repository.delete_thread(conn, conversation_id)
-    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True, "deleted_responses": responses}
 
 
 _EMPTY_USAGE = {

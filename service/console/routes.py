@@ -22,6 +22,7 @@ from service.keys.service import hash_key
 from service.observability.record import note_tenant
 from service.retention import service as retention
 from service.runtime import Runtime
+from service.threads import service as threads
 
 BASE = "/admin/ui"
 # Pages hold tenants' conversations: never cached, never framed, nothing loaded from elsewhere, no script.
@@ -270,7 +271,7 @@ class ConsoleController(Controller):
                 request, runtime, session, "error.html", 400, error="Type the thread's id to confirm the deletion."
             )
         try:
-            await service.delete_conversation(runtime.engine, conversation_id)
+            await threads.delete_conversation_thread(runtime.engine, conversation_id)
         except ServiceError as exc:
             return _page(request, runtime, session, "error.html", exc.status_code, error=exc.message)
         return _redirect(f"{BASE}/?" + urlencode({"deleted": conversation_id}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table
@@ -46,7 +46,9 @@ async def insert_conversation(
     ).one()
 
 
-async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> Any:
+async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str, *, hold: bool = False) -> Any:
+    """`hold`: the row stays share-locked on its key for the rest of the transaction, so it cannot be deleted
+    and no item deleted (those lock the row for update) until then; turns, which do not change the key, go on."""
     if not can_exist(conversation_id):
         return None
     stmt = select(conversation_t).where(
@@ -54,6 +56,8 @@ async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_i
         owned_by(conversation_t.c.tenant_id, tenant_id),
         not_purging(conversation_t),
     )
+    if hold:
+        stmt = stmt.with_for_update(key_share=True)
     return (await conn.execute(stmt)).first()
 
 
@@ -195,7 +199,16 @@ async def find_item(conn: AsyncConnection, conversation_id: str, item_id: str) -
     if not can_exist(item_id):
         return None
     stmt = (
-        select(item_t.c.pk, item_t.c.id, item_t.c.status, item_t.c.body, item_t.c.position, item_t.c.response_id)
+        select(
+            item_t.c.pk,
+            item_t.c.id,
+            item_t.c.type,
+            item_t.c.role,
+            item_t.c.status,
+            item_t.c.body,
+            item_t.c.position,
+            item_t.c.response_id,
+        )
         .where(item_t.c.conversation_id == conversation_id, item_t.c.id == item_id)
         .order_by(item_t.c.position)
         .limit(1)
@@ -220,13 +233,30 @@ async def item_bodies_by_id(conn: AsyncConnection, tenant_id: str, item_ids: Seq
     return bodies
 
 
-async def remove_item(conn: AsyncConnection, conversation_id: str, item_pk: int, carried_by_response: bool) -> None:
-    if carried_by_response:
-        await conn.execute(update(item_t).where(item_t.c.pk == item_pk).values(conversation_id=None, position=None))
+async def remove_item(conn: AsyncConnection, conversation_id: str, item: Any) -> None:
+    """Take `item` (a find_item row) out of the conversation: deleted, or left to the response that carried it.
+    A user message may have given the conversation its title: the title is then taken again from what is left,
+    so that the deleted text stays nowhere."""
+    if item.response_id is not None:
+        await conn.execute(update(item_t).where(item_t.c.pk == item.pk).values(conversation_id=None, position=None))
     else:
-        await conn.execute(delete(item_t).where(item_t.c.pk == item_pk))
-    await conn.execute(
-        update(conversation_t)
-        .where(conversation_t.c.id == conversation_id)
-        .values(item_count=conversation_t.c.item_count - 1, updated_at=func.now())
-    )
+        await conn.execute(delete(item_t).where(item_t.c.pk == item.pk))
+    values: dict[str, Any] = {"item_count": conversation_t.c.item_count - 1, "updated_at": func.now()}
+    if item.type == "message" and item.role == "user":
+        values["title"] = await first_user_title(conn, conversation_id)
+    await conn.execute(update(conversation_t).where(conversation_t.c.id == conversation_id).values(**values))
+
+
+_FIRST_USER_TEXT = text(
+    """
+    SELECT text_content FROM item
+    WHERE conversation_id = :c AND type = 'message' AND role = 'user' AND btrim(text_content) <> ''
+    ORDER BY position LIMIT 1
+    """
+)
+
+
+async def first_user_title(conn: AsyncConnection, conversation_id: str) -> str | None:
+    """The title the conversation's items give it now (title_of its first user message's text), if any."""
+    first_user_text = await conn.scalar(_FIRST_USER_TEXT, {"c": conversation_id})
+    return None if first_user_text is None else title_of(first_user_text)

@@ -239,5 +239,5 @@ async def delete_item(engine: AsyncEngine, tenant_id: str, conversation_id: str,
         row = await repository.find_item(conn, conversation_id, item_id)
         if row is None:
             raise NotFound(f"Item with id '{item_id}' not found in conversation '{conversation_id}'.")
-        await repository.remove_item(conn, conversation_id, row.pk, carried_by_response=row.response_id is not None)
+        await repository.remove_item(conn, conversation_id, row)
     return conversation_view(conversation)

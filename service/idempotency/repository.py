@@ -308,7 +308,9 @@ async def purge_expired(conn: AsyncConnection, limit: int) -> int:
 
 async def forget_deleted_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> None:
     """A deleted response is not replayed: its key keeps answering, but with the 404 a read of it gives now
-    (the key stays used, so a retry does not run the turn, and charge for it, a second time)."""
+    (the key stays used, so a retry does not run the turn, and charge for it, a second time). The key no longer
+    links to the response, so that the response's delete leaves it; it goes after IDEMPOTENCY_KEY_TTL, or with
+    the tenant's responses of its age (retention)."""
     envelope = error_envelope(
         f"Response with id '{response_id}' not found.", "invalid_request_error", None, "not_found"
     )
@@ -323,6 +325,7 @@ async def forget_deleted_response(conn: AsyncConnection, tenant_id: str, respons
             status_code=404,
             headers=[["content-type", "application/json"]],
             body=msgspec.json.encode(envelope),
+            response_id=None,
             answer_response_id=None,
         )
     )

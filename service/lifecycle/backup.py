@@ -42,7 +42,7 @@ async def _all_lines(engine: AsyncEngine, tenant_id: str | None, conversation_id
                 conn, tenant_id=tenant_id, conversation_id=conversation_id, after_id=after, limit=CONVERSATION_PAGE
             )
         for row in page:
-            async for chunk in conversation_lines(engine, row, tenant=row.tenant):
+            async for chunk in conversation_lines(engine, row, tenant=row.tenant, skip_if_gone=True):
                 yield chunk
         if len(page) < CONVERSATION_PAGE:
             return

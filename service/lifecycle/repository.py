@@ -10,7 +10,7 @@ from sqlalchemy import BigInteger, Integer, Text, bindparam, func, insert, selec
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.conversations.repository import title_from, title_of
+from service.conversations.repository import first_user_title, title_from
 from service.db.models import conversation_table, item_table, tenant_table
 from service.db.ownership import owned_by
 from service.db.purging import not_purging
@@ -66,14 +66,6 @@ _COPY_ITEMS_THROUGH = text(
     """
 ).bindparams(bindparam("through", type_=BigInteger))
 
-_FIRST_USER_TEXT = text(
-    """
-    SELECT text_content FROM item
-    WHERE conversation_id = :c AND type = 'message' AND role = 'user' AND btrim(text_content) <> ''
-    ORDER BY position LIMIT 1
-    """
-)
-
 
 async def item_position(conn: AsyncConnection, conversation_id: str, item_id: str) -> int | None:
     if not can_exist(item_id):
@@ -98,11 +90,10 @@ async def copy_items_into(
         _COPY_ITEMS_THROUGH, {"source": source, "through": through, "target": target, "tenant": tenant_id}
     )
     count = copied.rowcount
-    first_user_text = await conn.scalar(_FIRST_USER_TEXT, {"c": target})
     values = {
         "next_position": count,
         "item_count": count,
-        "title": None if first_user_text is None else title_of(first_user_text),
+        "title": await first_user_title(conn, target),
         "updated_at": func.now(),
     }
     stmt = update(conversation_t).where(conversation_t.c.id == target).values(**values).returning(conversation_t)

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.conversations import repository as conversations
 from service.conversations.service import conversation_not_found, conversation_view
-from service.errors import InvalidRequest, NotFound
+from service.errors import InvalidRequest, NotFound, StreamBrokenOff
 from service.ids import new_id
 from service.items import NewItem, item_view
 from service.lifecycle import jsonl, repository
@@ -22,16 +22,34 @@ from service.metadata import validate_metadata
 EXPORT_PAGE = 1000
 
 
-async def conversation_lines(engine: AsyncEngine, row: Any, tenant: str | None = None) -> AsyncIterator[bytes]:
-    """The conversation's JSON Lines: its header, then its items page by page (each page its own short read)."""
-    yield jsonl.header_line(row, tenant)
+class ExportInterrupted(StreamBrokenOff):
+    """The conversation was deleted (or its purge began) while its export was streaming: the stream is broken
+    off, so that the client sees a failed export rather than a complete-looking part of one."""
+
+
+async def conversation_lines(
+    engine: AsyncEngine, row: Any, tenant: str | None = None, *, skip_if_gone: bool = False
+) -> AsyncIterator[bytes]:
+    """The conversation's JSON Lines: its header, then its items page by page, each page its own short read
+    that also checks, in the same snapshot, that the conversation is still there. `skip_if_gone`: a
+    conversation gone before anything of it was sent is left out (a backup of many) rather than interrupting."""
     after = -1
+    started = False
     while True:
         async with engine.connect() as conn:
-            page = await repository.item_page(conn, row.id, after, EXPORT_PAGE)
-        if not page:
-            return
-        yield b"".join(jsonl.encode(item_view(r.id, r.status, r.body, for_client=False)) + b"\n" for r in page)
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                there = await repository.conversation_exists(conn, row.id, None)
+                page = await repository.item_page(conn, row.id, after, EXPORT_PAGE) if there else []
+        if not there:
+            if skip_if_gone and not started:
+                return
+            raise ExportInterrupted(f"conversation {row.id} was deleted during its export")
+        if not started:
+            started = True
+            yield jsonl.header_line(row, tenant)
+        if page:
+            yield b"".join(jsonl.encode(item_view(r.id, r.status, r.body, for_client=False)) + b"\n" for r in page)
         if len(page) < EXPORT_PAGE:
             return
         after = page[-1].position
@@ -99,14 +117,15 @@ async def import_conversation(
 async def fork_conversation(
     engine: AsyncEngine, tenant_id: str, conversation_id: str, body: dict[str, Any]
 ) -> dict[str, Any]:
-    """A new conversation holding copies of the source's items up to and including `item_id`. The source is
-    only read: a turn running on it does not block the fork, and the fork sees its items once committed."""
+    """A new conversation holding copies of the source's items up to and including `item_id`. A turn running
+    on the source does not block the fork, which sees its items once committed; a delete of the source or of
+    one of its items waits for the fork (else the fork could copy what the delete left: nothing)."""
     item_id = body.get("item_id")
     if not isinstance(item_id, str) or not item_id:
         raise InvalidRequest("item_id is required: the id of the last item the fork keeps", param="item_id")
     metadata = validate_metadata(body["metadata"]) if body.get("metadata") is not None else None
     async with engine.begin() as conn:
-        source = await conversations.get_conversation(conn, tenant_id, conversation_id)
+        source = await conversations.get_conversation(conn, tenant_id, conversation_id, hold=True)
         if source is None:
             raise conversation_not_found(conversation_id)
         through = await repository.item_position(conn, conversation_id, item_id)

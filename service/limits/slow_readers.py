@@ -3,7 +3,10 @@
 A run's frames stay in memory for as long as one follower still has some to read, and the server's send waits
 while the client's socket is full: a client that never reads would hold both for as long as it keeps the
 connection open. Its turn is not the request's to stop: the run goes on and is stored (STREAM_DISCONNECT_POLICY
-decides, as for any disconnect)."""
+decides, as for any disconnect).
+
+Any other response that cannot be finished (errors.StreamBrokenOff, an export whose conversation was deleted
+under it) is broken off the same way: the connection dropped, one line in the log, no traceback."""
 
 from __future__ import annotations
 
@@ -15,12 +18,13 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import StreamBrokenOff
 from service.limits.connections import DROP_CONNECTION
 
 logger = logging.getLogger("service.limits")
 
 
-class _SlowReader(Exception):
+class _SlowReader(StreamBrokenOff):
     pass
 
 
@@ -47,14 +51,17 @@ class SlowReaderMiddleware(ASGIMiddleware):
                     async with asyncio.timeout(self.write_timeout):
                         await send(message)
                 except TimeoutError:
-                    raise _SlowReader from None
+                    raise _SlowReader(
+                        f"disconnected a stream client that read nothing for {self.write_timeout:g}s"
+                    ) from None
                 return
             await send(message)
 
         try:
             await next_app(scope, receive, send_in_time)
         except Exception as exc:
-            if not _raised_by_slow_reader(exc):
+            broken = _broken_off(exc)
+            if broken is None:
                 raise
             extensions: dict[str, Any] = scope.get("extensions") or {}
             drop = extensions.get(DROP_CONNECTION)
@@ -62,19 +69,20 @@ class SlowReaderMiddleware(ASGIMiddleware):
                 drop()
                 await asyncio.sleep(0)  # the server learns of the lost connection before this returns
             # Returning with the response unfinished makes the server close the connection (if still open).
-            logger.info("disconnected a stream client that read nothing for %gs", self.write_timeout)
+            logger.info("%s", broken)
 
 
-def _raised_by_slow_reader(exc: BaseException) -> bool:
-    """Whether `exc` is, or wraps, our refusal to wait: Litestar wraps what a send raises once the response
-    started (`raise ... from`), and a streamed response's task group puts it in an ExceptionGroup first."""
+def _broken_off(exc: BaseException) -> StreamBrokenOff | None:
+    """The StreamBrokenOff that `exc` is or wraps: Litestar wraps what a send or a body's iterator raises once
+    the response started (`raise ... from`), and a streamed response's task group puts it in an ExceptionGroup
+    first."""
     pending = [exc]
     while pending:
         current = pending.pop()
-        if isinstance(current, _SlowReader):
-            return True
+        if isinstance(current, StreamBrokenOff):
+            return current
         if isinstance(current, BaseExceptionGroup):
             pending.extend(current.exceptions)
         if current.__cause__ is not None:
             pending.append(current.__cause__)
-    return False
+    return None

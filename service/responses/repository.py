@@ -86,19 +86,41 @@ async def input_item_ordinal(conn: AsyncConnection, response_id: str, item_id: s
     return None if value is None else int(value)
 
 
-async def delete_response(conn: AsyncConnection, response_id: str) -> None:
-    """Delete a response (its owner's, read by get_response). If a later response builds on it, it is only hidden,
-    so that chain's history stays whole; items that are also conversation items stay in their conversation."""
-    has_children = await conn.scalar(select(exists().where(response_t.c.previous_response_id == response_id)))
-    if has_children:
+async def delete_response(conn: AsyncConnection, response_id: str) -> list[str]:
+    """Delete a response (its owner's, read by get_response); the ids deleted. If a later response builds on
+    it, it is only hidden, so that chain's history stays whole; items that are also conversation items stay in
+    their conversation. Ancestors an earlier delete hid go with it once nothing builds on them any more: else
+    their content would outlive its deletion for good."""
+    if await _has_children(conn, response_id):
         await update_response(conn, response_id, {"deleted_at": func.now()})
-        return
+        return []
+    deleted = [response_id]
+    parent = await _delete_childless(conn, response_id)
+    while parent is not None and await _hidden_without_children(conn, parent):
+        deleted.append(parent)
+        parent = await _delete_childless(conn, parent)
+    return deleted
+
+
+async def _has_children(conn: AsyncConnection, response_id: str) -> bool:
+    return bool(await conn.scalar(select(exists().where(response_t.c.previous_response_id == response_id))))
+
+
+async def _hidden_without_children(conn: AsyncConnection, response_id: str) -> bool:
+    """Whether the response was deleted but kept as history, and no longer is; its row stays locked."""
+    stmt = select(response_t.c.deleted_at.is_not(None)).where(response_t.c.id == response_id).with_for_update()
+    return bool(await conn.scalar(stmt)) and not await _has_children(conn, response_id)
+
+
+async def _delete_childless(conn: AsyncConnection, response_id: str) -> str | None:
+    """Delete the row and the items only it holds; the response it continued, if any."""
     await conn.execute(
         update(item_t)
         .where(item_t.c.response_id == response_id, item_t.c.conversation_id.is_not(None))
         .values(response_id=None)
     )
-    await conn.execute(delete(response_t).where(response_t.c.id == response_id))
+    stmt = delete(response_t).where(response_t.c.id == response_id).returning(response_t.c.previous_response_id)
+    return await conn.scalar(stmt)
 
 
 async def release_expired_claims(conn: AsyncConnection) -> list[str]:

@@ -46,8 +46,9 @@ async def delete_response(engine: AsyncEngine, tenant_id: str, response_id: str)
             # A chain turn not yet in its chain's totals (service/threads/totals.py) is counted before it goes,
             # as every other deleted response of the chain was.
             await threads.fold_pending_of(conn, row.pending_chain_id)
-        await repository.delete_response(conn, response_id)
+        # Before the delete, which would take the keys' rows with it (ON DELETE CASCADE): a retry would run again.
         await idempotency_keys.forget_deleted_response(conn, tenant_id, response_id)
+        await repository.delete_response(conn, response_id)
     return {"id": response_id, "object": "response", "deleted": True}
 
 

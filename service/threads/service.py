@@ -15,7 +15,7 @@ from service.admin import repository as admin_repository
 from service.admin.cursor import encode_cursor
 from service.admin.service import _keyset_list, _tenant_id, conversation_row_view, response_row_view
 from service.conversations import repository as conversations
-from service.conversations.service import conversation_locked
+from service.conversations.service import conversation_locked, conversation_not_found
 from service.errors import Conflict, NotFound
 from service.items import item_view
 from service.responses.status import RUNNING
@@ -84,10 +84,25 @@ async def get_thread(engine: AsyncEngine, thread_id: str, query: Pairs) -> dict[
 
 
 async def delete_thread(engine: AsyncEngine, thread_id: str) -> dict[str, Any]:
+    deleted = await _hard_delete(engine, thread_id, conversation_only=False)
+    return {"id": thread_id, "object": "admin.thread.deleted", "deleted": True, "deleted_responses": deleted}
+
+
+async def delete_conversation_thread(engine: AsyncEngine, conversation_id: str) -> dict[str, Any]:
+    """`DELETE /admin/conversations/{id}`: the same hard delete, for a conversation's thread only."""
+    deleted = await _hard_delete(engine, conversation_id, conversation_only=True)
+    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True, "deleted_responses": deleted}
+
+
+async def _hard_delete(engine: AsyncEngine, thread_id: str, *, conversation_only: bool) -> int:
     """Hard delete of the whole thread: every response and item of it and what holds their content (event
-    logs, idempotency records), and the conversation or the chain's totals. Refused while a turn runs in it."""
+    logs, idempotency records), and the conversation or the chain's totals; how many responses went. Refused
+    while a turn runs in it: the conversation's claim, a stored running response of the thread (a chain turn
+    continuing one of the conversation's responses is in its thread), a plain turn listed on the chain's row."""
     async with engine.begin() as conn:
         conversation = await conversations.lock_conversation(conn, None, thread_id)
+        if conversation is None and conversation_only:
+            raise conversation_not_found(thread_id)
         if conversation is not None and conversation.claimed:
             raise conversation_locked(thread_id)
         responses = await repository.lock_chain(conn, thread_id)
@@ -95,5 +110,4 @@ async def delete_thread(engine: AsyncEngine, thread_id: str) -> dict[str, Any]:
             raise thread_not_found(thread_id)
         if any(r.status in RUNNING for r in responses) or await repository.chain_has_unseen_turn(conn, thread_id):
             raise thread_locked(thread_id)
-        deleted = await admin_repository.delete_thread(conn, thread_id)
-    return {"id": thread_id, "object": "admin.thread.deleted", "deleted": True, "deleted_responses": deleted}
+        return await admin_repository.delete_thread(conn, thread_id)
