@@ -36,7 +36,8 @@ ID_PREFIX_BY_TYPE = {
 # What a client may send as an item: OpenAI's InputItem types (its spec) and item references. An upstream's output
 # items are kept whatever their type (a newer one included) and replay from storage, or by reference; an unknown
 # type sent as input is refused here, as OpenAI refuses it, rather than stored into a conversation whose every
-# later turn the upstream would then refuse.
+# later turn the upstream would then refuse. OpenAI's `compaction_trigger` is not one: it asks a turn to compact
+# (service/responses/requests.py takes it off the turn's input) and is never stored.
 INPUT_ITEM_TYPES = frozenset(
     {
         "message",
@@ -44,7 +45,6 @@ INPUT_ITEM_TYPES = frozenset(
         "function_call_output",
         "reasoning",
         "compaction",
-        "compaction_trigger",
         "custom_tool_call",
         "custom_tool_call_output",
         "web_search_call",

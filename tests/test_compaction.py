@@ -4,17 +4,19 @@ history always stays stored and listed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from decimal import Decimal
 from typing import Any
 
 import openai
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context.compaction import SUMMARY_INSTRUCTIONS
 from tests.conftest import Tenant
-from tests.fake_openrouter import FakeOpenRouter, fake_input_tokens, text_response
+from tests.fake_openrouter import FakeOpenRouter, fake_input_tokens, response_with_output, text_response
 from tests.turn_support import assistant, conversation_items, list_all, new_conversation, rows, user
 
 MODEL = "openai/gpt-4o-mini"
@@ -392,3 +394,173 @@ async def test_compaction_items_added_to_a_conversation_are_checked_and_then_ren
     assert good.status_code == 200, good.text
     await alice.openai().responses.create(model=MODEL, input="new talk", conversation=conversation)
     assert fake_upstream.requests[-1].body["input"] == [user("old talk"), rendered("S-added"), user("new talk")]
+
+
+CALL = {
+    "type": "function_call",
+    "id": "fc_weather",
+    "call_id": "call_weather",
+    "name": "get_weather",
+    "arguments": '{"city": "Paris"}',
+    "status": "completed",
+}
+CALL_OUTPUT = {"type": "function_call_output", "call_id": "call_weather", "output": "18C, clear"}
+
+
+def _tool_kinds(items: list[dict[str, Any]]) -> list[str]:
+    return [item["type"] for item in items if item["type"] in ("function_call", "function_call_output")]
+
+
+async def test_a_call_pending_at_a_compaction_is_sent_with_its_output_after_the_summary(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A conversation ending in a tool call is compacted; the next turn answers the call. Providers refuse an
+    output whose call is not sent (and a summary call holding a call without its output): the call goes right
+    after the summary, and the summary call never holds it alone."""
+    conversation = await new_conversation(alice.http)
+    fake_upstream.reply_json(response_with_output([CALL]))
+    asked = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "weather in Paris?", "conversation": conversation}
+    )
+    assert asked.status_code == 200, asked.text
+    fake_upstream.reply_json(summary_reply("S-pending"))
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": conversation})
+    assert compacted.status_code == 200, compacted.text
+    assert _tool_kinds(fake_upstream.requests[-1].body["input"]) == []
+
+    fake_upstream.reply_json(text_response("It is 18C and clear.", msg_id="msg_weather"))
+    answered = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": [CALL_OUTPUT], "conversation": conversation}
+    )
+    assert answered.status_code == 200, answered.text
+    assert fake_upstream.requests[-1].body["input"] == [
+        user("weather in Paris?"),
+        rendered("S-pending"),
+        CALL,
+        CALL_OUTPUT,
+    ]
+    # Once answered, the pair is history like any other: before a later compaction, it is summarized.
+    fake_upstream.reply_json(text_response("You're welcome.", msg_id="msg_thanks"))
+    await alice.openai().responses.create(model=MODEL, input="thanks", conversation=conversation)
+    assert fake_upstream.requests[-1].body["input"][2:4] == [CALL, CALL_OUTPUT]
+
+
+async def test_a_turn_answering_a_call_that_crosses_the_threshold_keeps_the_call_with_its_output(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    conversation = await new_conversation(alice.http)
+    long = "word " * 1200
+    fake_upstream.reply_json(response_with_output([CALL]))
+    await alice.openai().responses.create(model=MODEL, input=f"weather? {long}", conversation=conversation)
+    fake_upstream.reply_json(summary_reply("S-answered"))
+    fake_upstream.reply_json(text_response("It is 18C and clear.", msg_id="msg_weather"))
+    answered = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "input": [CALL_OUTPUT],
+            "conversation": conversation,
+            "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+        },
+    )
+    assert answered.status_code == 200, answered.text
+    assert [item["type"] for item in answered.json()["output"]] == ["compaction", "message"]
+    summary_call, turn_call = fake_upstream.requests[-2].body, fake_upstream.requests[-1].body
+    # The summary covers the call and the output answering it (the compaction item is stored after both).
+    assert _tool_kinds(summary_call["input"]) == ["function_call", "function_call_output"]
+    assert turn_call["input"] == [user(f"weather? {long}"), rendered("S-answered"), CALL, CALL_OUTPUT]
+    # Later turns: the pair is behind the compaction item, which stands for it.
+    fake_upstream.reply_json(text_response("Bye.", msg_id="msg_bye"))
+    await alice.openai().responses.create(model=MODEL, input="bye", conversation=conversation)
+    assert _tool_kinds(fake_upstream.requests[-1].body["input"]) == []
+
+
+async def test_a_compaction_trigger_compacts_before_the_turn_and_is_never_stored(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    conversation = await new_conversation(alice.http)
+    answers = await converse(alice, fake_upstream, conversation, ["first", "second"])
+    fake_upstream.reply_json(summary_reply("S-trigger"))
+    fake_upstream.reply_json(text_response("after the trigger", msg_id="msg_after_trigger"))
+    done = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "conversation": conversation,
+            "input": [{"role": "user", "content": "third"}, {"type": "compaction_trigger"}],
+        },
+    )
+    assert done.status_code == 200, done.text
+    assert [item["type"] for item in done.json()["output"]] == ["compaction", "message"]
+    summary_call, turn_call = fake_upstream.requests[-2].body, fake_upstream.requests[-1].body
+    assert summary_call["input"][:4] == [
+        user("first"),
+        assistant("answer 0", answers[0]),
+        user("second"),
+        assistant("answer 1", answers[1]),
+    ]
+    assert turn_call["input"] == [user("first"), user("second"), rendered("S-trigger"), user("third")]
+    stored = [json.loads(i["body"])["type"] for i in await conversation_items(db, conversation)]
+    assert stored == ["message"] * 5 + ["compaction", "message"]
+
+    calls = len(fake_upstream.requests)
+    trigger = {"type": "compaction_trigger"}
+    for body, param in [
+        ({"input": [trigger, {"role": "user", "content": "x"}]}, "input[0]"),
+        ({"input": [{"role": "user", "content": "x"}, trigger, trigger]}, "input[1]"),
+        ({"input": [trigger]}, "input"),
+    ]:
+        refused = await alice.http.post("/v1/responses", json={"model": MODEL, "conversation": conversation, **body})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == param
+    appended = await alice.http.post(f"/v1/conversations/{conversation}/items", json={"items": [trigger]})
+    assert appended.status_code == 400 and appended.json()["error"]["param"] == "items[0].type"
+    assert len(fake_upstream.requests) == calls
+    assert len(await conversation_items(db, conversation)) == 7
+
+
+@pytest.mark.parametrize("mode", ["plain", "stream", "background"])
+async def test_a_stored_compaction_item_that_no_longer_opens_is_the_same_400_in_every_mode(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, mode: str
+) -> None:
+    """As after a change of COMPACTION_KEY: the stored item cannot be opened. Every mode answers (and stores) the
+    same refusal, naming the stored item and the way out, with no upstream call; a streamed one used to be a 502,
+    a background one a server_error."""
+    conversation = await new_conversation(alice.http)
+    await converse(alice, fake_upstream, conversation, ["first"])
+    fake_upstream.reply_json(summary_reply("S-old-key"))
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": conversation})
+    item_id = compacted.json()["output"][-1]["id"]
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE item SET body = jsonb_set(body::jsonb, '{encrypted_content}', '\"sealed-elsewhere\"')::text"
+                " WHERE id = :i"
+            ),
+            {"i": item_id},
+        )
+    calls = len(fake_upstream.requests)
+    body = {"model": MODEL, "input": "next", "conversation": conversation}
+    answer = await alice.http.post(
+        "/v1/responses", json={**body, "stream": mode == "stream", "background": mode == "background"}
+    )
+    if mode == "background":
+        assert answer.status_code == 200, answer.text
+        for _ in range(100):
+            stored = (await alice.http.get(f"/v1/responses/{answer.json()['id']}")).json()
+            if stored["status"] == "failed":
+                break
+            await asyncio.sleep(0.05)
+        error = stored["error"]
+        assert error["code"] == "invalid_prompt"
+    else:
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert (error["code"], error["param"]) == ("invalid_encrypted_content", "input")
+    assert item_id in error["message"] and "delete it" in error["message"]
+    assert len(fake_upstream.requests) == calls
+    failed = await rows(
+        db, "SELECT error FROM response WHERE conversation_id = :c AND status = 'failed'", c=conversation
+    )
+    assert [f["error"]["code"] for f in failed] == ["invalid_prompt"]
+    assert item_id in failed[0]["error"]["message"]

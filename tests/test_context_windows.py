@@ -133,6 +133,23 @@ async def test_a_new_input_that_alone_cannot_fit_is_refused_even_with_auto(
     assert fake_upstream.requests == []
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+async def test_max_output_tokens_as_large_as_the_window_is_refused_naming_it(
+    alice: Tenant, fake_upstream: FakeOpenRouter, stream: bool
+) -> None:
+    body = {"model": SMALL_WINDOW_MODEL, "input": "hi", "max_output_tokens": SMALL_WINDOW, "stream": stream}
+    answer = await alice.http.post("/v1/responses", json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "invalid_value",
+        "max_output_tokens",
+    )
+    assert f"context window of {SMALL_WINDOW} tokens" in error["message"]
+    assert fake_upstream.requests == []
+
+
 async def test_auto_drops_more_when_openrouter_counts_more_than_the_estimate(
     alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:

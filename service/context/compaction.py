@@ -5,7 +5,9 @@ what is being replaced; the summary is sealed (service/context/sealing.py) into
 `{"type": "compaction", "id": "cmp_…", "encrypted_content": …}`. As in OpenAI's design, a compaction item
 stands for every item before it except user messages, which are kept as they are: when a history holding one
 goes upstream, the items before the latest compaction item that are not user messages are left out, and the
-compaction item is sent in its place as a developer message holding the summary (`render`).
+compaction item is sent in its place as a developer message holding the summary (`render`). A tool call answered
+only after the compaction item is not left out: it is sent right after the summary, before its output, as
+providers refuse an output without its call (service/context/pairing.py).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Any
 
 import msgspec
 
+from service.context import pairing
 from service.context.ledger import COMPACTION, USER_MESSAGE, kind_of
 from service.context.sealing import InvalidSeal, Sealer, Summary
 from service.errors import InvalidRequest
 from service.ids import new_id
 from service.upstream.client import OpenRouterClient
-from service.upstream.errors import UpstreamError
+from service.upstream.errors import UpstreamError, refused_before_upstream
 
 SUMMARY_INSTRUCTIONS = (
     "You are compacting a long conversation so that it can continue within a limited context window. Write a "
@@ -69,27 +72,38 @@ async def compose(sealer: Sealer, tenant_id: str, history: list[str], inputs: li
     try:
         summary = await sealer.open(tenant_id, decoded[latest].get("encrypted_content"))
     except InvalidSeal:
-        where = "input" if latest >= len(history) else "conversation"
-        raise InvalidRequest(
-            "A compaction item's encrypted_content is not valid: it was altered, or not made by this service for "
-            "this project",
-            param=f"input[{latest - len(history)}].encrypted_content" if where == "input" else "input",
+        if latest >= len(history):
+            raise refused_before_upstream(
+                "A compaction item's encrypted_content is not valid: it was altered, or not made by this service "
+                "for this project",
+                param=f"input[{latest - len(history)}].encrypted_content",
+                code="invalid_encrypted_content",
+            ) from None
+        raise refused_before_upstream(
+            f"The stored compaction item {decoded[latest].get('id')!r} of this thread can no longer be opened (it "
+            "was sealed with another COMPACTION_KEY, or altered in the database): delete it from the conversation, "
+            "or continue the thread from before it",
+            param="input",
             code="invalid_encrypted_content",
         ) from None
-    kept: list[tuple[int, str, int]] = []  # (index in combined, text, kind)
+    carried = pairing.calls_answered_after(kinds, combined, latest)
+    # (index in combined, text, kind), in the order sent; the carried calls go right after the summary, on its side.
+    kept: list[tuple[int, str, int]] = []
     for index, body in enumerate(combined):
         if index < latest and kinds[index] != USER_MESSAGE:
             continue
         if index == latest:
             kept.append((index, render(summary), COMPACTION))
+            kept.extend((carry, combined[carry], kinds[carry]) for carry in carried)
         else:
             kept.append((index, body, kinds[index]))
     cut = len(history)
+    in_history = [entry for entry in kept if (latest if entry[0] in carried else entry[0]) < cut]
     return Composed(
-        [text for index, text, _ in kept if index < cut],
-        [kind for index, _, kind in kept if index < cut],
-        [-1 if index == latest else index for index, _, _ in kept if index < cut],
-        [text for index, text, _ in kept if index >= cut],
+        [text for _, text, _ in in_history],
+        [kind for _, _, kind in in_history],
+        [-1 if index == latest else index for index, _, _ in in_history],
+        [text for index, text, _ in kept if (latest if index in carried else index) >= cut],
         compacted=True,
     )
 

@@ -18,7 +18,7 @@ from service.context import pairing
 from service.context.catalog import ModelWindow
 from service.context.ledger import COMPACTION, USER_MESSAGE, CountedItems
 from service.errors import InvalidRequest
-from service.upstream.errors import UpstreamError, context_length_exceeded
+from service.upstream.errors import UpstreamError, context_length_exceeded, refused_before_upstream
 
 TRUNCATION_MODES = ("auto", "disabled")
 # A model's own completion limit is often as large as its window; reserving all of it would leave no room for
@@ -109,6 +109,19 @@ class Fit:
     @property
     def total(self) -> int:
         return self.history_tokens + self.input_tokens + self.overhead_tokens
+
+
+def check_answer_room(model: str, window: ModelWindow, params: dict[str, Any]) -> None:
+    """A max_output_tokens that leaves the input no room in the window is the client's mistake to name, not a
+    negative input budget (raised as a turn's other refusals found before the model is called are)."""
+    requested = params.get("max_output_tokens")
+    if isinstance(requested, int) and not isinstance(requested, bool) and requested >= window.context_length:
+        raise refused_before_upstream(
+            f"max_output_tokens is {requested}, but model '{model}' has a context window of {window.context_length} "
+            "tokens in all, its input included: ask for fewer output tokens.",
+            code="invalid_value",
+            param="max_output_tokens",
+        )
 
 
 def too_long(model: str, needed: int, budget: int, *, what: str) -> UpstreamError:

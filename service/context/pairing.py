@@ -102,3 +102,42 @@ def orphaned_outputs(counted: CountedItems, start: int, pinned: Sequence[int]) -
             elif call_id not in sent_calls:
                 orphans.append(index)
     return tuple(orphans)
+
+
+def calls_answered_after(kinds: Sequence[int], bodies: Sequence[str], end: int) -> list[int]:
+    """The items before `end` that a summary standing for them must not replace: each tool call answered by an
+    output at or after `end` and not before it, with the reasoning items right before the call. Sent after the
+    summary, each call still goes upstream before its output."""
+    answered_before = {call_id_of(bodies[i]) for i in range(end) if kinds[i] == TOOL_OUTPUT}
+    answered_after = {call_id_of(bodies[i]) for i in range(end, len(bodies)) if kinds[i] == TOOL_OUTPUT}
+    wanted = answered_after - answered_before - {None}
+    if not wanted:
+        return []
+    carried: list[int] = []
+    for index in range(end):
+        if kinds[index] == TOOL_CALL and call_id_of(bodies[index]) in wanted:
+            before = index
+            while before > 0 and kinds[before - 1] == REASONING:
+                before -= 1
+            carried.extend(i for i in range(before, index + 1) if i not in carried)
+    return carried
+
+
+def unpaired(kinds: Sequence[int], bodies: Sequence[str]) -> set[int]:
+    """The tool calls without their output among these items (with the reasoning items right before them), and
+    the outputs without their call: what cannot go upstream as it is, as in a summary call's input."""
+    if TOOL_CALL not in kinds and TOOL_OUTPUT not in kinds:
+        return set()
+    calls = {call_id_of(bodies[i]) for i, kind in enumerate(kinds) if kind == TOOL_CALL}
+    outputs = {call_id_of(bodies[i]) for i, kind in enumerate(kinds) if kind == TOOL_OUTPUT}
+    alone: set[int] = set()
+    for index, kind in enumerate(kinds):
+        if kind == TOOL_CALL and call_id_of(bodies[index]) not in outputs:
+            alone.add(index)
+            before = index - 1
+            while before >= 0 and kinds[before] == REASONING:
+                alone.add(before)
+                before -= 1
+        elif kind == TOOL_OUTPUT and call_id_of(bodies[index]) not in calls:
+            alone.add(index)
+    return alone

@@ -30,6 +30,7 @@ from service.context.ledger import (
     TokenLedger,
     exact_counts,
     kind_of,
+    kind_of_body,
 )
 from service.context.sealing import Sealer, Summary
 from service.items import NewItem
@@ -168,6 +169,7 @@ class ContextWindows:
         window = await self.catalog.window(model)
         if window is None or fitting.truncation_mode(params) != "auto":
             return sent.total + input_tokens + overhead
+        fitting.check_answer_room(model, window, params)
         budget = fitting.input_budget(window, params)
         fitted = fitting.fit(
             sent,
@@ -229,7 +231,7 @@ class ContextWindows:
         threshold = fitting.compaction_threshold(request.params, window)
         plan = _Plan(params, history, list(request.input_items))
         compacted_input = any(item.type == "compaction" for item in request.input_items)
-        if window is not None or threshold is not None or compacted_input:
+        if window is not None or threshold is not None or compacted_input or request.compact_first:
             plan.counted = self.ledger.counted(key, history, stored)
         root = plan.counted.root if plan.counted else None
         params.setdefault(
@@ -246,12 +248,14 @@ class ContextWindows:
         if any(item.type in TOOL_OUTPUT_TYPES for item in request.input_items):
             plan.answered = pairing.answered_call_ids(item.body for item in request.input_items)
         overhead = tokens.request_tokens(params)
-        if threshold is not None and plan.sent.total + plan.input_tokens + overhead > threshold:
+        past_threshold = threshold is not None and plan.sent.total + plan.input_tokens + overhead > threshold
+        if (past_threshold or request.compact_first) and len(plan.sent):
             await self._compact_first(upstream, turn, plan)
         if window is None:
             plan.fit = fitting.Fit(0, plan.sent.total, plan.input_tokens, overhead)
             return plan
         plan.truncate = fitting.truncation_mode(request.params) == "auto"
+        fitting.check_answer_room(request.model, window, request.params)
         plan.budget = fitting.input_budget(window, request.params)
         self._fit(plan, request.model)
         return plan
@@ -259,27 +263,38 @@ class ContextWindows:
     async def _compact_first(self, upstream: OpenRouterClient, turn: Turn, plan: _Plan) -> None:
         """context_management: the input crossed the threshold, so the history is compacted before the model
         is called. What is sent then: the history's user messages, the summary, the new input. If the summary
-        call fails, the turn goes on uncompacted (then truncation, or context_length_exceeded, as usual)."""
+        call fails, the turn goes on uncompacted (then truncation, or context_length_exceeded, as usual).
+
+        The summary covers the new input too: the compaction item is stored after it (an output of this turn), so
+        later turns leave out whatever of it is not a user message, a tool output answering a call included."""
         assert plan.sent is not None
         model = self.compaction_model or turn.request.model
+        summarized = CountedItems.of(
+            [*plan.sent.bodies(), *(item.body for item in plan.inputs)],
+            [*plan.sent.kinds, *(kind_of_body(item.body) for item in plan.inputs)],
+            [*plan.sent.counts, *(item.token_count for item in plan.inputs)],
+        )
         try:
             summary, plan.compaction_usage = await self._summarize(
-                upstream, model, plan.sent, session_id=plan.params.get("session_id")
+                upstream, model, summarized, session_id=plan.params.get("session_id")
             )
         except UpstreamError as error:
             logger.warning("turn %s: compaction failed, going on uncompacted: %s", turn.state.id, error.message)
             return
         plan.compaction = compaction.compaction_item(await self.sealer.seal(turn.tenant_id, summary))
         rendered = compaction.render(summary)
-        users = [
-            (body, count)
-            for body, kind, count in zip(plan.sent.bodies(), plan.sent.kinds, plan.sent.counts, strict=True)
-            if kind == USER_MESSAGE
-        ]
+        bodies = plan.sent.bodies()
+        users = [index for index, kind in enumerate(plan.sent.kinds) if kind == USER_MESSAGE]
+        # The calls the new input answers stay, after the summary: their outputs would go upstream alone.
+        carried = pairing.answered_calls(plan.sent, plan.answered) if plan.answered else []
         plan.sent = CountedItems.of(
-            [*(body for body, _ in users), rendered],
-            [*(USER_MESSAGE for _ in users), COMPACTION],
-            [*(count for _, count in users), tokens.body_tokens(rendered)],
+            [*(bodies[i] for i in users), rendered, *(bodies[i] for i in carried)],
+            [*(USER_MESSAGE for _ in users), COMPACTION, *(plan.sent.kinds[i] for i in carried)],
+            [
+                *(plan.sent.counts[i] for i in users),
+                tokens.body_tokens(rendered),
+                *(plan.sent.counts[i] for i in carried),
+            ],
         )
         plan.exact = False
         logger.info("turn %s: compacted %s before calling the model", turn.state.id, turn.request.model)
@@ -287,7 +302,16 @@ class ContextWindows:
     async def _summarize(
         self, upstream: OpenRouterClient, model: str, items: CountedItems, *, session_id: Any
     ) -> tuple[Summary, dict[str, Any] | None]:
-        """The summary call, its input cut (oldest first) to the summarizing model's window when known."""
+        """The summary call, its input cut (oldest first) to the summarizing model's window when known, and
+        without the tool calls or outputs that lack their other half (providers refuse them; a pending call is
+        sent as it is after the summary, service/context/compaction.py)."""
+        bodies = items.bodies()
+        alone = pairing.unpaired(items.kinds, bodies)
+        if alone:
+            keep = [i for i in range(len(items)) if i not in alone]
+            items = CountedItems.of(
+                [bodies[i] for i in keep], [items.kinds[i] for i in keep], [items.counts[i] for i in keep]
+            )
         history = items.text
         window = await self.catalog.window(model)
         if window is not None:

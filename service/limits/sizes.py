@@ -1,7 +1,8 @@
 """A cap on a conversation's stored size: items and bytes of stored JSON (MAX_CONVERSATION_ITEMS,
 MAX_CONVERSATION_BYTES). A turn or an append that would start beyond it gets 400 `conversation_too_large`,
-pointing to what shrinks a conversation; the last turn within it may take it over (its output is not known in
-advance), so the cap bounds a conversation to about itself plus one turn.
+pointing to the ways out (compaction stores an item and deletes none, so it is not one); the last turn within
+it may take it over (its output is not known in advance), so the cap bounds a conversation to about itself plus
+one turn.
 
 A turn's memory is a multiple of its history (read as one text, which is kept and sent upstream from), so the
 cap is also what bounds one turn's memory."""
@@ -27,9 +28,10 @@ class ConversationCaps:
         else:
             return None
         return InvalidRequest(
-            f"Conversation '{conversation_id}' would hold {what}. Compact it (context_management, or "
-            "POST /v1/responses/compact), delete items it no longer needs, or continue in a new conversation "
-            "(truncation only shortens what is sent upstream, not what is stored).",
+            f"Conversation '{conversation_id}' would hold {what}. Delete items it no longer needs, or continue in "
+            "a new conversation: POST /v1/responses/compact answers this one's user messages and a summary, "
+            "which a new conversation can start from (compaction and truncation shorten what is sent upstream, "
+            "not what is stored).",
             param=param,
             code="conversation_too_large",
         )

@@ -42,6 +42,7 @@ class TurnRequest:
     stream: bool
     background: bool
     metadata: dict[str, str]
+    compact_first: bool = False  # the input ended with OpenAI's compaction_trigger
 
 
 def _optional_bool(body: dict[str, Any], name: str, default: bool) -> bool:
@@ -101,9 +102,14 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
     if background and not store:
         raise InvalidRequest("background responses must be stored (store=false is not allowed)", param="store")
     metadata = validate_metadata(body.get("metadata"))
-    input_items = normalize_input(body["input"], param="input", max_items=max_input_items)
+    raw_input, compact_first = _without_compaction_trigger(body["input"])
+    input_items = normalize_input(raw_input, param="input", max_items=max_input_items)
     if not input_items:
-        raise InvalidRequest("input must hold at least one item", param="input")
+        raise InvalidRequest(
+            "input must hold at least one item"
+            + (" besides compaction_trigger (POST /v1/responses/compact compacts alone)" if compact_first else ""),
+            param="input",
+        )
     params = {key: value for key, value in body.items() if key not in _STATE_FIELDS and value is not None}
     check_parameters(params)
     truncation_mode(params)  # refused before anything is claimed or stored
@@ -119,7 +125,26 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
         stream=stream,
         background=background,
         metadata=metadata,
+        compact_first=compact_first,
     )
+
+
+def _without_compaction_trigger(value: Any) -> tuple[Any, bool]:
+    """OpenAI's `{"type": "compaction_trigger"}`: compact the context before this turn. It must be the final
+    input item; it is taken off the input (nothing stores or sends it) and the turn compacts first, as
+    `context_management` does once past its threshold."""
+    if not isinstance(value, list):
+        return value, False
+    triggers = [
+        i for i, item in enumerate(value) if isinstance(item, dict) and item.get("type") == "compaction_trigger"
+    ]
+    if not triggers:
+        return value, False
+    if triggers != [len(value) - 1]:
+        raise InvalidRequest(
+            "compaction_trigger must be the final input item, and appear once", param=f"input[{triggers[0]}]"
+        )
+    return value[:-1], True
 
 
 def build_upstream_body(

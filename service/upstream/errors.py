@@ -104,11 +104,16 @@ _OVERFLOW_WORDINGS = re.compile(
 )
 
 
+def refused_before_upstream(message: str, *, code: str, param: str) -> UpstreamError:
+    """A turn refused for what it would send, found before the model is called (from stored items too): raised
+    as OpenRouter's own 400 would be, so that a plain, a streamed and a background turn answer it, and store it
+    on the response, alike."""
+    return UpstreamError(message, kind="http", upstream_status=400, upstream_code=code, param=param)
+
+
 def context_length_exceeded(message: str) -> UpstreamError:
     """OpenAI's answer to an input longer than the model's window, whether OpenRouter or we found it."""
-    return UpstreamError(
-        message, kind="http", upstream_status=400, upstream_code=CONTEXT_LENGTH_EXCEEDED, param="input"
-    )
+    return refused_before_upstream(message, code=CONTEXT_LENGTH_EXCEEDED, param="input")
 
 
 def _is_context_overflow(status: int, body: dict[str, Any], error: dict[str, Any]) -> bool:
