@@ -201,6 +201,15 @@ class Settings:
         if urlsplit(base_url).scheme not in {"http", "https"}:
             raise ConfigError(f"OPENROUTER_BASE_URL must be an http(s) URL, got {base_url!r}")
         total = _number(env, "UPSTREAM_TOTAL_TIMEOUT", 900.0, minimum=0.01)
+        # The claim must outlive the longest legitimate turn, so it defaults past the total timeout; set shorter,
+        # a turn still running would lose its conversation and its Idempotency-Key to another request: twice run.
+        turn_lock_ttl = _number(env, "TURN_LOCK_TTL", max(960.0, total + 60.0), minimum=1)
+        if turn_lock_ttl <= total:
+            raise ConfigError(
+                f"TURN_LOCK_TTL ({turn_lock_ttl:g} s) must be longer than UPSTREAM_TOTAL_TIMEOUT ({total:g} s): a "
+                "turn still running when its claim expires loses its conversation and its Idempotency-Key to "
+                "another request, and runs twice"
+            )
         log_format = env.get("LOG_FORMAT", "").strip().lower() or default_format()
         if log_format not in {"json", "text"}:
             raise ConfigError(f"LOG_FORMAT must be json or text, got {log_format!r}")
@@ -232,8 +241,7 @@ class Settings:
             upstream_retry_max_wait=_number(env, "UPSTREAM_RETRY_MAX_WAIT", 30.0),
             upstream_retry_base_delay=_number(env, "UPSTREAM_RETRY_BASE_DELAY", 0.5),
             upstream_max_connections=_int(env, "UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1),
-            # The claim must outlive the longest legitimate turn, so it defaults past the total timeout.
-            turn_lock_ttl=_number(env, "TURN_LOCK_TTL", max(960.0, total + 60.0), minimum=1),
+            turn_lock_ttl=turn_lock_ttl,
             stream_disconnect_policy=policy,  # type: ignore[arg-type]
             shutdown_grace_period=_number(env, "SHUTDOWN_GRACE_PERIOD", 30.0),
             max_input_items=_int(env, "MAX_INPUT_ITEMS", 2000, minimum=1),

@@ -177,7 +177,7 @@ async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
     service_processes: Callable[..., ServiceProcess],
     background: bool,
 ) -> None:
-    doomed = service_processes(TURN_LOCK_TTL="3")
+    doomed = service_processes(TURN_LOCK_TTL="3", UPSTREAM_TOTAL_TIMEOUT="2.5")
     conversation = await _turn_orphaned_by_a_killed_process(alice, fake_upstream, doomed, background=background)
     orphans = await rows(db, "SELECT id, status FROM response")
     assert [o["status"] in RUNNING for o in orphans] == ([True] if background else [])
@@ -222,7 +222,7 @@ async def test_process_killed_mid_turn_reaper_frees_the_claim_and_fails_any_stor
     service_processes: Callable[..., ServiceProcess],
     background: bool,
 ) -> None:
-    doomed = service_processes(TURN_LOCK_TTL="2")
+    doomed = service_processes(TURN_LOCK_TTL="2", UPSTREAM_TOTAL_TIMEOUT="1.5")
     conversation = await _turn_orphaned_by_a_killed_process(alice, fake_upstream, doomed, background=background)
     start_server(turn_lock_ttl=2.0)  # its reaper runs every second
 

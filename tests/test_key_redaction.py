@@ -5,11 +5,12 @@ event log, the response's error)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Tenant
+from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
 from tests.stream_support import parse_sse
 from tests.turn_support import MODEL, rows
@@ -98,3 +99,23 @@ async def test_text_that_only_looks_like_the_keys_start_flows_unchanged(
     assert "".join(deltas) == "".join(pieces)
     # A tail that could start the key ("s", then "sk-or") waits for the next delta; the rest flows as it came.
     assert deltas == ["it i", "s ", "sk-or-something else"]
+
+
+async def test_a_key_too_short_to_be_openrouters_does_not_corrupt_what_is_stored(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """A one-letter OPENROUTER_API_KEY (a test's, a demo's) used to be replaced everywhere: every x of every
+    answer, JSON keys included ("output_te[redacted]t"), stored and sent upstream on later turns."""
+    live = start_server(openrouter_api_key="x")
+    carol = await make_tenant("carol", live=live)
+    fake_upstream.reply_json(text_response("six boxes of wax", msg_id="msg_x"))
+    answer = await carol.http.post("/v1/responses", json={"model": MODEL, "input": "how many boxes?"})
+    assert answer.status_code == 200, answer.text
+    part = answer.json()["output"][0]["content"][0]
+    assert (part["type"], part["text"]) == ("output_text", "six boxes of wax")
+    [stored] = await rows(db, "SELECT body FROM item WHERE id = 'msg_x'")
+    assert json.loads(stored["body"])["content"][0]["text"] == "six boxes of wax"
+    assert "[redacted]" not in stored["body"]

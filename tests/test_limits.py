@@ -310,6 +310,17 @@ def test_limit_settings_refuse_bad_values(setting: str) -> None:
         Settings.from_env({setting: "-1"})
 
 
+def test_a_turn_lock_ttl_a_turn_could_outlast_is_refused() -> None:
+    from service.config import ConfigError, Settings
+
+    with pytest.raises(ConfigError, match=r"TURN_LOCK_TTL .* must be longer than UPSTREAM_TOTAL_TIMEOUT"):
+        Settings.from_env({"TURN_LOCK_TTL": "300"})
+    with pytest.raises(ConfigError, match="runs twice"):
+        Settings.from_env({"TURN_LOCK_TTL": "60", "UPSTREAM_TOTAL_TIMEOUT": "60"})
+    assert Settings.from_env({"TURN_LOCK_TTL": "61", "UPSTREAM_TOTAL_TIMEOUT": "60"}).turn_lock_ttl == 61
+    assert Settings.from_env({"UPSTREAM_TOTAL_TIMEOUT": "2000"}).turn_lock_ttl == 2060
+
+
 def _too_large(answer: httpx.Response, param: str) -> None:
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]

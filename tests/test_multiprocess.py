@@ -97,6 +97,66 @@ async def test_a_stream_started_on_a_is_followed_live_from_b(
     assert middle < end_on_a - 0.5, f"B got the middle {end_on_a - middle:.2f}s before A's end"
 
 
+async def test_a_follower_on_b_gets_a_terminal_event_numbered_after_its_last_when_a_dies(
+    process_a: ServiceProcess, process_b: LiveServer, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A's stream is followed from B; A is killed. The reaper fails the response; B's follower, and a resume
+    after it, end with that terminal event, numbered after what the reader has (past the opening events, the live
+    numbering went with A; the events are rebuilt from the stored state)."""
+    a, b = await _clients(db, process_a, process_b)
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("w " * 40, chunks=40), delay=0.25))
+    on_b: list[tuple[float, dict[str, Any]]] = []
+    async with a, b:
+        conv = await new_conversation(a)
+        body = {"model": MODEL, "input": "hi", "conversation": conv, "stream": True, "background": True}
+        async with a.stream("POST", "/v1/responses", json=body) as started:
+            first = await _first_data(started.aiter_lines())  # then the client goes: the background turn runs on
+        response_id = first["response"]["id"]
+        params = {"stream": "true", "starting_after": "1"}
+        async with b.stream("GET", f"/v1/responses/{response_id}", params=params) as resumed:
+            reading = asyncio.create_task(_timed_events(resumed, on_b))
+            await eventually(lambda: _has(on_b, 6), timeout=20)
+            process_a.kill()
+            await asyncio.wait_for(reading, timeout=30)
+        events = [event for _, event in on_b]
+        numbers = [event["sequence_number"] for event in events]
+        assert numbers == list(range(2, 2 + len(events))), "contiguous, after the 2 the reader had"
+        assert (events[-1]["type"], events[-1]["response"]["status"]) == ("response.failed", "failed")
+        again = await b.get(
+            f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": str(numbers[-2])}
+        )
+    frames = [json.loads(line[6:]) for line in again.text.splitlines() if line.startswith("data: ")]
+    assert [(f["type"], f["sequence_number"]) for f in frames] == [("response.failed", numbers[-2] + 1)]
+
+
+async def test_b_follows_a_stream_of_a_for_as_long_as_it_runs_whatever_bs_own_turn_lock_ttl(
+    process_a: ServiceProcess, start_server: Callable[..., LiveServer], fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A follower used to give up after its own process's TURN_LOCK_TTL and rebuild the events of a response still
+    running: a response.failed carrying status in_progress. A's turn is A's to time."""
+    short = start_server(process_heartbeat_timeout=HEARTBEAT_TIMEOUT, turn_lock_ttl=2.0)
+    a, b = await _clients(db, process_a, short)
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("w " * 24, chunks=24), delay=0.2))
+    async with a, b:
+        conv = await new_conversation(a)
+        body = {"model": MODEL, "input": "hi", "conversation": conv, "stream": True, "background": True}
+        async with a.stream("POST", "/v1/responses", json=body) as started:
+            first = await _first_data(started.aiter_lines())
+        followed = await b.get(f"/v1/responses/{first['response']['id']}", params={"stream": "true"})
+    events = [json.loads(line[6:]) for line in followed.text.splitlines() if line.startswith("data: ")]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] == "response.completed", events[-1]
+    assert "".join(e.get("delta", "") for e in events if e["type"] == "response.output_text.delta") == "w " * 24
+
+
+async def _first_data(lines: Any) -> dict[str, Any]:
+    async for line in lines:
+        if line.startswith("data: "):
+            event: dict[str, Any] = json.loads(line[len("data: ") :])
+            return event
+    raise AssertionError("the stream ended without an event")
+
+
 async def _has(events: list[Any], count: int) -> bool:
     return len(events) >= count
 

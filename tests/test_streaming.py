@@ -447,6 +447,26 @@ async def test_store_false_streams_without_storing(
     assert await rows(db, "SELECT id FROM response") == []
 
 
+async def test_a_running_store_false_stream_cannot_be_resumed_here_any_more_than_elsewhere(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Another process finds no row for it (404): the process running it answers the same, wherever the load
+    balancer sends the resume."""
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT, chunks=30), delay=0.05))
+    body = {"model": MODEL, "input": "hi", "stream": True, "store": False}
+    async with alice.http.stream("POST", "/v1/responses", json=body) as r:
+        lines = r.aiter_lines()
+        first = None
+        async for line in lines:
+            if line.startswith("data: "):
+                first = json.loads(line[6:])
+                break
+        assert first is not None
+        resumed = await alice.http.get(f"/v1/responses/{first['response']['id']}", params={"stream": "true"})
+        assert resumed.status_code == 404, resumed.text
+        assert resumed.json()["error"]["code"] == "not_found"
+
+
 async def test_slow_reader_gets_every_event_in_order(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
     fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT, chunks=30)))
     async with alice.http.stream("POST", "/v1/responses", json={"model": MODEL, "input": "hi", "stream": True}) as r:

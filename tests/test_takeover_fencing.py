@@ -92,7 +92,7 @@ async def test_processes_with_different_turn_lock_ttls_agree_on_a_claims_age(
     """A claims with TURN_LOCK_TTL=30 and lists its turns only every 15 s; B (and the suite's server) reap with
     960. While a process stopped recently they look for unlisted claims older than their horizon: measured from
     the claim's expiry less their own TTL, A's fresh claim looked 930 s old and was freed under it."""
-    a = process_a(TURN_LOCK_TTL="30", PROCESS_HEARTBEAT_TIMEOUT="60")
+    a = process_a(TURN_LOCK_TTL="30", UPSTREAM_TOTAL_TIMEOUT="25", PROCESS_HEARTBEAT_TIMEOUT="60")
     b = start_server(process_heartbeat_timeout=0.5)
     assert b.settings.turn_lock_ttl == 960
     key = await keys.create_key(db, tenant="ttl")

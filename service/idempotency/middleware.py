@@ -248,7 +248,6 @@ class IdempotencyMiddleware(ASGIMiddleware):
                     engine=serving.engine,
                     runs=serving.runs,
                     bus=serving.bus,
-                    wait_limit=serving.turn_lock_ttl,
                 )
             return
         with tracking(key) as tracker:

@@ -46,15 +46,13 @@ async def send_from_response(
     engine: AsyncEngine,
     runs: TurnRunner,
     bus: Bus,
-    wait_limit: float,
 ) -> None:
-    """`runs` and `bus`: a turn still running here or in another process is followed live, for up to
-    `wait_limit` seconds."""
+    """`runs` and `bus`: a turn still running here or in another process is followed live, until it ends."""
     response_id = answer.answer_response_id
     assert response_id is not None
     if is_event_stream(answer.headers):
         # Raises NotFound (the error envelope) before anything is sent when the response was deleted since.
-        frames = await open_replay(engine, runs, request.tenant_id, response_id, -1, bus=bus, wait_limit=wait_limit)
+        frames = await open_replay(engine, runs, request.tenant_id, response_id, -1, bus=bus)
         await send(_start(answer.status_code, answer.headers))  # type: ignore[arg-type]
         async for chunk in frames:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -4,7 +4,11 @@ sequence number N through the terminal one.
 A run in this process is followed live from memory. A finished response is replayed from its stored event log.
 A response still running in another process is followed live too: that process, asked through the bus, copies
 its frames to the database and notifies each batch (service/cluster/live_frames.py). A streamed response whose
-log was never written (its process died and the reaper failed it) is replayed from its stored state.
+log was never written (its process died and the reaper failed it) is replayed from its stored state: whole to a
+reader who has seen at most its first two events (those are the same however it is rebuilt), else its terminal
+event alone, numbered after the last one the reader has. A response still running elsewhere is followed for as
+long as it runs: it ends, or its process stops and the reaper fails it (a process's own TURN_LOCK_TTL says
+nothing of another's turn).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,12 +41,14 @@ async def open_replay(
     after: int,
     *,
     bus: Bus,
-    wait_limit: float,
 ) -> AsyncIterator[bytes]:
     """Checks first (so a bad id is a plain HTTP error), then returns the stream of frames. Only a response created
-    with stream=true has events to resume, whether it still runs, here or in another process, or has ended."""
+    with stream=true has events to resume, whether it still runs, here or in another process, or has ended. A
+    store=false response is not found, wherever it runs (no other process could find it)."""
     run = runner.get(tenant_id, response_id)
     if run is not None:
+        if not run.turn.request.store:
+            raise NotFound(f"Response with id '{response_id}' not found.")
         if not run.turn.request.stream:
             raise _not_streamed(response_id)
         return run.follow(after)
@@ -53,7 +60,7 @@ async def open_replay(
         raise _not_streamed(response_id)
     if row.events is not None:
         return _frames_after(split_frames(row.events), after)
-    return _wait_then_replay(engine, runner, tenant_id, response_id, after, bus=bus, wait_limit=wait_limit)
+    return _wait_then_replay(engine, runner, tenant_id, response_id, after, bus=bus)
 
 
 def _not_streamed(response_id: str) -> InvalidRequest:
@@ -78,10 +85,7 @@ async def _wait_then_replay(
     after: int,
     *,
     bus: Bus,
-    wait_limit: float,
 ) -> AsyncIterator[bytes]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_limit
     quiet = 0
     with bus.watch(response_id) as changed:
         # The process running the stream copies its frames to the database from now on (service/cluster).
@@ -105,11 +109,9 @@ async def _wait_then_replay(
             if chunk:
                 quiet = 0
                 yield chunk
-            if row.status not in RUNNING or loop.time() >= deadline:
+            if row.status not in RUNNING:
                 state = await service.get_response(engine, tenant_id, response_id)
-                frames = [sse_frame(event) for event in events_from_state(state.render())]
-                async for chunk in _frames_after(frames, after):
-                    yield chunk
+                yield _rebuilt_after(state.render(), after)
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_RECHECK_SECONDS):
@@ -120,3 +122,18 @@ async def _wait_then_replay(
                     yield KEEPALIVE_FRAME
                     # Nothing for a while: the request to copy may have been missed (or sent before the run began).
                     await bus.send(FOLLOW, response_id)
+
+
+# The events every stream starts with, numbered alike however it is rebuilt: response.created, then
+# response.in_progress (OpenAI's order; service/responses/streaming.py).
+_SHARED_OPENING = 2
+
+
+def _rebuilt_after(response: dict[str, Any], after: int) -> bytes:
+    """A response's events after `after`, rebuilt from its stored state. Past the opening events the live
+    numbering (one event per delta) and the rebuilt one differ, so a reader who has seen more than those gets
+    the terminal event alone, numbered right after what it has."""
+    events = events_from_state(response)
+    if after < _SHARED_OPENING:
+        return b"".join(sse_frame(event) for event in events[max(after + 1, 0) :])
+    return sse_frame({**events[-1], "sequence_number": after + 1})

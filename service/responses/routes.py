@@ -151,7 +151,6 @@ class ResponseController(Controller):
                 response_id,
                 _sequence_number(starting_after),
                 bus=runtime.cluster.bus,
-                wait_limit=runtime.settings.turn_lock_ttl,
             )
             return _sse(frames)
         state = await service.get_response(runtime.engine, tenant_id, response_id)

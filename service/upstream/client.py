@@ -19,7 +19,7 @@ from service.observability.tracing import wrap_transport
 from service.upstream.body import UpstreamBody
 from service.upstream.errors import UpstreamError, from_error_body, parse_retry_after
 from service.upstream.jsonutil import decode_upstream_json
-from service.upstream.redaction import REDACTED, StreamRedactor, redact_all
+from service.upstream.redaction import REDACTED, StreamRedactor, redact_all, redactable
 from service.upstream.sse import iter_sse_json, normalize_event
 
 logger = logging.getLogger("service.upstream")
@@ -111,7 +111,7 @@ class OpenRouterClient:
             response.status_code,
             payload,
             parse_retry_after(response.headers.get("retry-after")),
-            secret=self._settings.openrouter_api_key,
+            secret=redactable(self._settings.openrouter_api_key),
         )
 
     async def _read(self, response: httpx.Response) -> bytes:
@@ -184,7 +184,7 @@ class OpenRouterClient:
         finally:
             observe.call_ended()
         content = response.content
-        secret = self._settings.openrouter_api_key
+        secret = redactable(self._settings.openrouter_api_key)
         if secret:
             content = content.replace(secret.encode(), REDACTED.encode())
         try:
@@ -196,7 +196,9 @@ class OpenRouterClient:
         if not isinstance(payload, dict):
             raise UpstreamError("OpenRouter sent an answer that is not a JSON object", kind="protocol")
         if isinstance(payload.get("error"), dict) and "output" not in payload:
-            raise from_error_body(response.status_code, payload, None, secret=self._settings.openrouter_api_key)
+            raise from_error_body(
+                response.status_code, payload, None, secret=redactable(self._settings.openrouter_api_key)
+            )
         generation = generation_id(response)
         if generation is not None:
             payload["id"] = generation  # what OpenRouter's GET /generation?id= looks up (usage and cost later)
@@ -226,7 +228,7 @@ class OpenRouterClient:
                 response,
                 idle_timeout=self._settings.upstream_idle_timeout,
                 deadline=deadline,
-                secret=self._settings.openrouter_api_key,
+                secret=redactable(self._settings.openrouter_api_key),
             )
         finally:
             observe.call_ended()

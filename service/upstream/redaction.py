@@ -13,8 +13,16 @@ from collections.abc import Iterator
 from typing import Any
 
 REDACTED = "[redacted]"
+# A key shorter than this is no real OpenRouter key (theirs run past 70 characters; a test's or a demo's may be
+# one letter), and replacing it everywhere would corrupt ordinary text and JSON: a key "x" would take every x.
+MIN_REDACTED_LENGTH = 16
 _DELTA = ".delta"
 _IDS = ("item_id", "output_index", "content_index", "summary_index")
+
+
+def redactable(secret: str | None) -> str | None:
+    """The key to redact from what the upstream sends: None when there is none, or it is too short to be one."""
+    return secret if secret and len(secret) >= MIN_REDACTED_LENGTH else None
 
 
 def redact(text: str, secret: str | None) -> str:
