@@ -62,7 +62,7 @@ async def _purge_forever(runtime: Runtime) -> None:
     while True:
         await asyncio.sleep(runtime.settings.retention_interval_seconds)
         try:
-            await purge(runtime.engine, runtime.settings)
+            await purge(runtime.engine, runtime.settings, process_id=runtime.cluster.heartbeat.identity.id)
         except Exception as exc:
             logger.warning("retention run failed: %s", type(exc).__name__)
 
@@ -145,7 +145,9 @@ def create_app(
         def stop_turns() -> None:
             # Running turns get a grace period to finish and be stored; what is left is stored as failed.
             if not stopping:
-                stopping.append(asyncio.create_task(runtime.turns.shutdown(settings.shutdown_grace_period)))
+                grace = settings.shutdown_grace_period
+                stopping.append(asyncio.create_task(runtime.turns.shutdown(grace)))
+                stopping.append(asyncio.create_task(turn_context.stop_plain_turns(grace)))
 
         restore_signals = on_stop_signal(stop_turns)
         try:
@@ -153,7 +155,7 @@ def create_app(
         finally:
             restore_signals()
             stop_turns()
-            await stopping[0]
+            await asyncio.gather(*stopping)
             await turn_context.close(settings.shutdown_grace_period)
             await answers.close(settings.shutdown_grace_period)
             for task in background:

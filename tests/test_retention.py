@@ -288,7 +288,9 @@ async def test_a_purge_killed_mid_conversation_leaves_it_deleted_and_the_next_ru
     assert await _items_in(db, doomed_conversation) == 302
 
     # Two items a batch: the run takes 150 batches, each followed by a rest, and is killed in the middle.
-    doomed = service_processes(RETENTION_BATCH_SIZE="2", ADMIN_API_KEY=server.settings.admin_api_key or "")
+    doomed = service_processes(
+        RETENTION_BATCH_SIZE="2", ADMIN_API_KEY=server.settings.admin_api_key or "", PROCESS_HEARTBEAT_TIMEOUT="2"
+    )
     async with _admin_client(doomed.url, server.settings.admin_api_key) as doomed_admin:
         running = asyncio.create_task(doomed_admin.post("/admin/retention/run"))
 
@@ -329,10 +331,15 @@ async def test_a_purge_killed_mid_conversation_leaves_it_deleted_and_the_next_ru
     assert doomed_conversation not in [t["id"] for t in threads]
     assert await _items_in(db, doomed_conversation) == left
 
-    # The next run finishes it though the tenant's policy is gone (once the dead run's lease has expired).
+    # The dead run's lease is free once the heartbeat finds its process dead (not LEASE_SECONDS later), and the
+    # next run finishes the conversation though the tenant's policy is gone.
     assert (await admin.delete("/admin/tenants/alice/retention")).status_code == 200
-    async with db.begin() as conn:
-        await conn.execute(text("UPDATE maintenance_lease SET expires_at = now() WHERE name = 'retention'"))
+    assert (await admin.get("/admin/retention")).json()["running"] is True
+
+    async def lease_free() -> bool:
+        return (await admin.get("/admin/retention")).json()["running"] is False
+
+    await eventually(lease_free, timeout=30)
     run = await admin.post("/admin/retention/run")
     assert run.status_code == 200, run.text
     assert run.json()["conversations"] == 1 and run.json()["error"] is None

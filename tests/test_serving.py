@@ -26,6 +26,11 @@ from tests.reliability_support import ServiceProcess, client_for
 from tests.turn_support import MODEL, new_conversation, rows
 
 
+async def conversation_claim(db: AsyncEngine, conversation: str) -> str | None:
+    [row] = await rows(db, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
+    return row["turn_response_id"]  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def service_process(database_url: str, fake_upstream: FakeOpenRouter) -> Iterator[Callable[..., ServiceProcess]]:
     started: list[ServiceProcess] = []
@@ -98,6 +103,40 @@ def test_start_up_objects_are_out_of_the_garbage_collectors_reach(server: LiveSe
     # A collection leaves them frozen; only their reference counts free some meanwhile (a few, not the lot).
     assert started_with - 1_000 < gc.get_freeze_count() <= started_with
     assert gc.get_threshold() == THRESHOLDS  # and the collector runs less often
+
+
+async def test_sigterm_stops_a_plain_turn_at_the_grace_period_with_a_503_in_the_envelope(
+    service_process: Callable[..., ServiceProcess], fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A non-streamed turn still waiting upstream at SIGTERM used to run on until the server's own timeout (the
+    grace period and 10 s more), which then cut it with a bare text/plain 500."""
+    grace = 1.0
+    process = service_process(SHUTDOWN_GRACE_PERIOD=str(grace))
+    await asyncio.to_thread(process.start)
+    key = await keys.create_key(db, tenant="stopper")
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Never delivered."), delay=30.0))
+    async with client_for(process.url, key.secret) as client:
+        conv = await new_conversation(client)
+        waiting = asyncio.create_task(
+            client.post("/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conv})
+        )
+        for _ in range(200):
+            if fake_upstream.requests:
+                break
+            await asyncio.sleep(0.05)
+        assert process.process is not None
+        signalled = time.monotonic()
+        process.process.send_signal(signal.SIGTERM)
+        answer = await waiting
+        answered_after = time.monotonic() - signalled
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["content-type"].startswith("application/json")
+    assert answer.json()["error"]["code"] == "service_unavailable"
+    assert answered_after < grace + 3, f"answered {answered_after:.1f}s after SIGTERM"
+    assert await asyncio.to_thread(process.process.wait, 30) == 0, process.log_path.read_text()
+    stored = await rows(db, "SELECT status, error FROM response WHERE conversation_id = :c", c=conv)
+    assert [(row["status"], row["error"]["code"]) for row in stored] == [("failed", "server_error")]
+    assert (await conversation_claim(db, conv)) is None
 
 
 async def test_a_key_whose_request_was_cut_by_a_clean_stop_is_free_for_a_retry(

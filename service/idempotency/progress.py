@@ -72,6 +72,14 @@ def note_effect(*, response_id: str | None = None) -> None:
         tracker.response_id = response_id or tracker.response_id
 
 
+def note_stopped_before_answer() -> None:
+    """The turn was stopped at shutdown before it had an answer, and stored as failed: its 503 is not kept, and a
+    retry with the key runs afresh, as after a request whose connection the stop cut."""
+    tracker = _current.get()
+    if tracker is not None:
+        tracker.started = False
+
+
 def note_created(*, conversation_id: str) -> None:
     """The conversation the request created or added to."""
     tracker = _current.get()

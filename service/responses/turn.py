@@ -44,7 +44,12 @@ from service.conversations.service import (
 from service.db.retry import Later
 from service.db.session import driver_connection
 from service.errors import InvalidRequest, ServiceUnavailable
-from service.idempotency.progress import current_idempotency_key, note_effect, note_outcome_deferred
+from service.idempotency.progress import (
+    current_idempotency_key,
+    note_effect,
+    note_outcome_deferred,
+    note_stopped_before_answer,
+)
 from service.ids import can_exist, new_id
 from service.items import ITEM_REFERENCE, NewItem, duplicate_item, refuse_duplicate_ids
 from service.limits.sizes import ConversationCaps
@@ -150,6 +155,8 @@ class TurnContext:
         self.windows = windows  # what of a history fits the model's context window (service/context)
         self.chains = ChainCache(0) if chains is None else chains  # response chains' histories, by response id
         self.lock_ttl = lock_ttl
+        self._plain_turns: set[asyncio.Task[Any]] = set()  # non-streamed turns running (their requests' tasks)
+        self._stopping_plain_turns = False
         self._stores_later = Later(
             seconds=_STORE_LATER_SECONDS,
             max_delay=15.0,
@@ -161,14 +168,31 @@ class TurnContext:
     # -- a non-streamed turn, start to finish -----------------------------------------------------------------
     async def run(self, tenant_id: str, request: TurnRequest) -> dict[str, Any]:
         turn = await self.begin(tenant_id, request)
+        task = asyncio.current_task()
+        if task is not None:
+            self._plain_turns.add(task)
         try:
             result = await self.windows.create(self.upstream, turn)
         except UpstreamError as error:
             await asyncio.shield(self.fail(turn, error.response_error()))
             raise
+        except asyncio.CancelledError:
+            await asyncio.shield(self.fail(turn, INTERRUPTED_ERROR))
+            if task is None or not self._stopping_plain_turns:
+                raise
+            # Stopped by stop_plain_turns: answered as a retryable refusal, not left to the server's own timeout.
+            task.uncancel()
+            note_stopped_before_answer()
+            raise ServiceUnavailable(
+                "The service is shutting down and stopped this turn (stored as failed); retry it",
+                code="service_unavailable",
+            ) from None
         except BaseException:
             await asyncio.shield(self.fail(turn, INTERRUPTED_ERROR))
             raise
+        finally:
+            if task is not None:
+                self._plain_turns.discard(task)
         outputs = apply_upstream_result(turn.state, result)
         await asyncio.shield(self.finish(turn, outputs, upstream_id=upstream_id_of(result)))
         return turn.state.render()
@@ -417,6 +441,19 @@ class TurnContext:
             await self.finish(turn, items, events=events)
         except Exception:
             logger.exception("could not store failed turn %s; the reaper will finish it", turn.state.id)
+
+    async def stop_plain_turns(self, grace: float) -> None:
+        """At shutdown: non-streamed turns get `grace` seconds to finish, as streamed ones do (runner.shutdown);
+        the rest are stopped, stored as failed, and answered 503 in OpenAI's envelope, before the server's own
+        timeout would cut their connections with a bare 500."""
+        if not self._plain_turns:
+            return
+        _, pending = await asyncio.wait(set(self._plain_turns), timeout=grace)
+        self._stopping_plain_turns = True
+        for task in pending:
+            task.cancel()
+        if pending:
+            logger.warning("stopped %d non-streamed turn(s) still running at the end of the grace period", len(pending))
 
     async def close(self, grace: float) -> None:
         """At shutdown: give outcomes waiting for the database `grace` seconds more; the reaper fails the rest

@@ -140,9 +140,10 @@ class _Run:
         return counts
 
 
-async def purge(engine: AsyncEngine, settings: Settings) -> dict[str, Any] | None:
-    """Apply every tenant's retention now. None when another process holds the lease (its run is under way)."""
-    holder = new_id("purge")
+async def purge(engine: AsyncEngine, settings: Settings, *, process_id: str) -> dict[str, Any] | None:
+    """Apply every tenant's retention now. None when another process holds the lease (its run is under way).
+    `process_id`: this process's (service/cluster): once the heartbeat finds it stopped, its lease is free."""
+    holder = f"{process_id}/{new_id('purge')}"
     async with engine.begin() as conn:
         if not await repository.take_lease(conn, name=LEASE, holder=holder, ttl=LEASE_SECONDS):
             return None

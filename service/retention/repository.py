@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, Text, bindparam, delete, func, select, text
+from sqlalchemy import Boolean, Integer, Text, bindparam, delete, func, literal_column, select, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -139,12 +139,20 @@ _DELETE_EXPIRED_RESPONSES = text(
     """
 ).bindparams(bindparam("days", type_=Integer))
 
+# A holder is "<process id>/<run id>": a lease whose process the heartbeat found stopped (or dead) is free at once,
+# not only when it expires.
+_HOLDER_STOPPED = """
+    EXISTS (SELECT 1 FROM service_process p
+            WHERE p.id = split_part({holder}, '/', 1) AND p.stopped_at IS NOT NULL)
+"""
+
 _TAKE_LEASE = text(
-    """
+    f"""
     INSERT INTO maintenance_lease (name, holder, expires_at)
     VALUES (:name, :holder, now() + make_interval(secs => :ttl))
     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
     WHERE maintenance_lease.expires_at <= now() OR maintenance_lease.holder = excluded.holder
+       OR {_HOLDER_STOPPED.format(holder="maintenance_lease.holder")}
     RETURNING holder
     """
 ).bindparams(bindparam("ttl", type_=Integer))
@@ -224,7 +232,8 @@ async def release_lease(conn: AsyncConnection, *, name: str, holder: str, result
 
 async def lease_state(conn: AsyncConnection, name: str) -> Any:
     lease = maintenance_lease_table
-    running = (lease.c.holder.is_not(None) & (lease.c.expires_at > func.now())).label("running")
+    holder_live = literal_column(f"NOT {_HOLDER_STOPPED.format(holder='maintenance_lease.holder')}", Boolean)
+    running = (lease.c.holder.is_not(None) & (lease.c.expires_at > func.now()) & holder_live).label("running")
     return (await conn.execute(select(lease, running).where(lease.c.name == name))).first()
 
 

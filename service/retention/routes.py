@@ -72,7 +72,8 @@ class RetentionAdminController(Controller):
     )
     async def run(self, runtime: RuntimeDep) -> Response[bytes]:
         """Apply every tenant's retention now and answer what was deleted; 409 while a run is under way."""
-        return json_response(await service.run_now(runtime.engine, runtime.settings))
+        process_id = runtime.cluster.heartbeat.identity.id
+        return json_response(await service.run_now(runtime.engine, runtime.settings, process_id=process_id))
 
     @get(
         "/retention",

@@ -56,8 +56,8 @@ async def preview(engine: AsyncEngine, settings: Settings, tenant: str) -> dict[
     }
 
 
-async def run_now(engine: AsyncEngine, settings: Settings) -> dict[str, Any]:
-    result = await purge.purge(engine, settings)
+async def run_now(engine: AsyncEngine, settings: Settings, *, process_id: str) -> dict[str, Any]:
+    result = await purge.purge(engine, settings, process_id=process_id)
     if result is None:
         raise Conflict(
             "A retention run is already under way (in this or another process); retry when it has finished.",
