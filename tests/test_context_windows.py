@@ -164,6 +164,31 @@ async def test_auto_drops_more_when_openrouter_counts_more_than_the_estimate(
     assert starts_at_a_turn_boundary(last["input"])
 
 
+async def test_auto_truncation_works_on_a_model_the_catalog_does_not_know(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """No window known: the turn goes whole, and OpenRouter's overflow error (with the limit it states) is what
+    auto truncation shortens it by; such a conversation used to get context_length_exceeded forever."""
+    unlisted = "someone/unlisted-model"
+    fake_upstream.windows[unlisted] = (SMALL_WINDOW, SMALL_WINDOW_COMPLETION)
+    conversation = await new_conversation(alice.http)
+    client = alice.openai()
+    for index in range(8):
+        answer = await client.responses.create(
+            model=unlisted,
+            input=f"turn {index}: " + words(120, f"u{index}w"),
+            conversation=conversation,
+            truncation="auto",
+        )
+        assert answer.status == "completed"
+    refused = [r for r in fake_upstream.requests if fake_input_tokens(r.body) + SMALL_WINDOW_COMPLETION > SMALL_WINDOW]
+    assert refused, "the provider never refused: the test does not exercise the retry"
+    last = fake_upstream.requests[-1].body
+    assert fake_input_tokens(last) + SMALL_WINDOW_COMPLETION <= SMALL_WINDOW
+    assert starts_at_a_turn_boundary(last["input"])
+    assert last["input"][-1]["content"][0]["text"].startswith("turn 7: ")
+
+
 async def test_a_previous_response_id_chain_is_truncated_the_same_way(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:

@@ -231,7 +231,9 @@ class ContextWindows:
         threshold = fitting.compaction_threshold(request.params, window)
         plan = _Plan(params, history, list(request.input_items))
         compacted_input = any(item.type == "compaction" for item in request.input_items)
-        if window is not None or threshold is not None or compacted_input or request.compact_first:
+        plan.truncate = fitting.truncation_mode(request.params) == "auto"
+        counts_needed = window is not None or threshold is not None or plan.truncate
+        if counts_needed or compacted_input or request.compact_first:
             plan.counted = self.ledger.counted(key, history, stored)
         root = plan.counted.root if plan.counted else None
         params.setdefault(
@@ -252,9 +254,10 @@ class ContextWindows:
         if (past_threshold or request.compact_first) and len(plan.sent):
             await self._compact_first(upstream, turn, plan)
         if window is None:
+            # Sent whole; with truncation "auto", OpenRouter's overflow error and the limit it states are the
+            # window (_refit), so a model the catalog does not know still gets shortened rather than stuck.
             plan.fit = fitting.Fit(0, plan.sent.total, plan.input_tokens, overhead)
             return plan
-        plan.truncate = fitting.truncation_mode(request.params) == "auto"
         fitting.check_answer_room(request.model, window, request.params)
         plan.budget = fitting.input_budget(window, request.params)
         self._fit(plan, request.model)
