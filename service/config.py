@@ -74,11 +74,16 @@ def _days(env: Mapping[str, str], name: str) -> int | None:
     return _int(env, name, 0, minimum=1)
 
 
-def _compaction_key(raw: str) -> str | None:
+def _compaction_key(raw: str, name: str = "COMPACTION_KEY") -> str | None:
     key = raw.strip()
     if key and len(key) < 32:
-        raise ConfigError("COMPACTION_KEY must be at least 32 characters (it seals compaction items)")
+        raise ConfigError(f"{name} must be at least 32 characters (it seals compaction items)")
     return key or None
+
+
+def _previous_compaction_keys(raw: str) -> tuple[str, ...]:
+    keys = (_compaction_key(part, "each of COMPACTION_KEYS_PREVIOUS") for part in raw.split(","))
+    return tuple(key for key in keys if key)
 
 
 def normalize_database_url(raw: str) -> str:
@@ -164,6 +169,8 @@ class Settings:
     max_connections: int = 4096
     compaction_model: str | None = None  # unset: a turn's own model writes its compaction summaries
     compaction_key: str | None = field(default=None, repr=False)  # unset: a key kept in the database
+    # Keys that sealed items before COMPACTION_KEY was changed: they still open those items, never seal.
+    previous_compaction_keys: tuple[str, ...] = field(default=(), repr=False)
     log_format: LogFormat = "json"
     metrics_port: int | None = None
     console_session_secret: str | None = field(default=None, repr=False)
@@ -259,6 +266,7 @@ class Settings:
             **_limit_settings(env),
             compaction_model=env.get("COMPACTION_MODEL", "").strip() or None,
             compaction_key=_compaction_key(env.get("COMPACTION_KEY", "")),
+            previous_compaction_keys=_previous_compaction_keys(env.get("COMPACTION_KEYS_PREVIOUS", "")),
             log_format=log_format,  # type: ignore[arg-type]
             metrics_port=metrics_port,
             console_session_secret=env.get("CONSOLE_SESSION_SECRET", "").strip() or None,

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context.compaction import SUMMARY_INSTRUCTIONS
-from tests.conftest import Tenant
+from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, fake_input_tokens, response_with_output, text_response
 from tests.turn_support import assistant, conversation_items, list_all, new_conversation, rows, user
 
@@ -564,3 +566,48 @@ async def test_a_stored_compaction_item_that_no_longer_opens_is_the_same_400_in_
     )
     assert [f["error"]["code"] for f in failed] == ["invalid_prompt"]
     assert item_id in failed[0]["error"]["message"]
+
+
+async def test_conversations_compacted_before_a_key_change_go_on_after_it(
+    start_server: Callable[..., LiveServer], alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Items sealed with the database's key open once COMPACTION_KEY is set, and items sealed with a key named in
+    COMPACTION_KEYS_PREVIOUS open after it was replaced; without either, the stored item is refused."""
+    stored_key = start_server()
+    first_key, second_key = "a" * 40, "b" * 40
+    on_first = start_server(compaction_key=first_key)
+    on_second = start_server(compaction_key=second_key, previous_compaction_keys=(first_key,))
+    forgetful = start_server(compaction_key="c" * 40)
+
+    def client(live: LiveServer) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=live.url, headers={"Authorization": f"Bearer {alice.key}"}, timeout=30)
+
+    conversation = await new_conversation(alice.http)
+    await converse(alice, fake_upstream, conversation, ["first"])
+    async with client(stored_key) as before, client(on_first) as first, client(on_second) as second:
+        fake_upstream.reply_json(summary_reply("S-database-key"))
+        compact = {"model": MODEL, "conversation": conversation}
+        assert (await before.post("/v1/responses/compact", json=compact)).status_code == 200
+        turn = {"model": MODEL, "input": "after the change", "conversation": conversation}
+        answered = await first.post("/v1/responses", json=turn)
+        assert answered.status_code == 200, answered.text
+        assert rendered("S-database-key") in fake_upstream.requests[-1].body["input"]
+
+        fake_upstream.reply_json(summary_reply("S-first-key"))
+        assert (await first.post("/v1/responses/compact", json=compact)).status_code == 200
+        answered = await second.post("/v1/responses", json={**turn, "input": "after the second change"})
+        assert answered.status_code == 200, answered.text
+        assert rendered("S-first-key") in fake_upstream.requests[-1].body["input"]
+    async with client(forgetful) as lost:
+        refused = await lost.post("/v1/responses", json={**turn, "input": "with neither"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid_encrypted_content"
+
+
+def test_previous_compaction_keys_are_read_and_checked() -> None:
+    from service.config import ConfigError, Settings
+
+    settings = Settings.from_env({"COMPACTION_KEYS_PREVIOUS": f" {'a' * 32} ,, {'b' * 40}"})
+    assert settings.previous_compaction_keys == ("a" * 32, "b" * 40)
+    with pytest.raises(ConfigError, match="COMPACTION_KEYS_PREVIOUS"):
+        Settings.from_env({"COMPACTION_KEYS_PREVIOUS": "short"})

@@ -3,7 +3,9 @@
 but cannot read, forge or alter one, nor use another tenant's.
 
 The key is COMPACTION_KEY (hashed to 256 bits) when set, else one generated at first need and kept in the
-`service_secret` table, shared by every process of the service.
+`service_secret` table, shared by every process of the service. A key change must not strand the conversations
+holding items sealed before it (their every turn would be refused): items are opened with the current key, then
+with COMPACTION_KEYS_PREVIOUS, then with the database's key if one was ever made; only the current key seals.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class Summary(msgspec.Struct):
 class Sealer:
     engine: AsyncEngine
     configured_key: str | None = None
+    previous_keys: tuple[str, ...] = ()
     _aead: AESGCM | None = None
+    _openers: list[AESGCM] | None = None  # the current key first, then the ones that only open
     _lock: asyncio.Lock | None = None
 
     async def seal(self, tenant_id: str, summary: Summary) -> str:
@@ -58,12 +62,25 @@ class Sealer:
             raw = base64.urlsafe_b64decode(content[len(_PREFIX) :].encode())
         except (binascii.Error, ValueError):
             raise InvalidSeal from None
-        aead = await self._key()
-        try:
-            plain = aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], tenant_id.encode())
-            return msgspec.json.decode(plain, type=Summary)
-        except (InvalidTag, ValueError, msgspec.DecodeError):
-            raise InvalidSeal from None
+        for aead in await self._opening_keys():
+            try:
+                plain = aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], tenant_id.encode())
+                return msgspec.json.decode(plain, type=Summary)
+            except InvalidTag:
+                continue
+            except (ValueError, msgspec.DecodeError):
+                raise InvalidSeal from None
+        raise InvalidSeal
+
+    async def _opening_keys(self) -> list[AESGCM]:
+        if self._openers is None:
+            current = await self._key()
+            older = [AESGCM(_hashed(key)) for key in self.previous_keys]
+            if self.configured_key:
+                stored = await self._stored_key(create=False)
+                older += [AESGCM(stored)] if stored is not None else []
+            self._openers = [current, *older]
+        return self._openers
 
     async def _key(self) -> AESGCM:
         if self._aead is not None:
@@ -73,23 +90,29 @@ class Sealer:
         async with self._lock:
             if self._aead is None:
                 if self.configured_key:
-                    key = hashlib.sha256(self.configured_key.encode()).digest()
+                    key = _hashed(self.configured_key)
                 else:
-                    key = await self._stored_key()
+                    stored = await self._stored_key(create=True)
+                    if stored is None:
+                        raise RuntimeError("the service_secret table holds no compaction key")
+                    key = stored
                 self._aead = AESGCM(key)
         return self._aead
 
-    async def _stored_key(self) -> bytes:
+    async def _stored_key(self, *, create: bool) -> bytes | None:
         """The database's key; the first process to need one makes it (the others then read that one)."""
         async with self.engine.begin() as conn:
-            await conn.execute(
-                insert(service_secret_table)
-                .values(name=_SECRET_NAME, value=AESGCM.generate_key(bit_length=256))
-                .on_conflict_do_nothing(index_elements=["name"])
-            )
+            if create:
+                await conn.execute(
+                    insert(service_secret_table)
+                    .values(name=_SECRET_NAME, value=AESGCM.generate_key(bit_length=256))
+                    .on_conflict_do_nothing(index_elements=["name"])
+                )
             key = await conn.scalar(
                 select(service_secret_table.c.value).where(service_secret_table.c.name == _SECRET_NAME)
             )
-        if not isinstance(key, bytes):
-            raise RuntimeError("the service_secret table holds no compaction key")
-        return key
+        return key if isinstance(key, bytes) else None
+
+
+def _hashed(configured: str) -> bytes:
+    return hashlib.sha256(configured.encode()).digest()

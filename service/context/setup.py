@@ -22,6 +22,6 @@ def build_context_windows(settings: Settings, upstream: OpenRouterClient, engine
     return ContextWindows(
         catalog,
         TokenLedger(settings.history_cache_mb * 1024 * 1024),
-        Sealer(engine, settings.compaction_key),
+        Sealer(engine, settings.compaction_key, settings.previous_compaction_keys),
         compaction_model=settings.compaction_model,
     )
