@@ -33,6 +33,7 @@ from service.keys import service as keys
 from service.limits.connections import guarded_protocol, uvicorn_options
 from service.migrate import upgrade
 from tests.fake_openrouter import FakeOpenRouter, _free_port, _wait_for_port
+from tests.reliability_support import ServiceProcess
 
 # TRUNCATE locks these in this order. The webhook outbox comes after `response`: a process still storing a
 # background turn's outcome holds `response` and then writes the outbox from a trigger, so locking the outbox
@@ -178,6 +179,22 @@ def start_server(base_settings: Settings) -> Iterator[Callable[..., LiveServer]]
     yield start
     for live in started:
         live.stop()
+
+
+@pytest.fixture
+def service_processes(database_url: str, fake_upstream: FakeOpenRouter) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start `python -m service serve` as its own OS process, with these environment variables set; stopped (or
+    already killed) at the end of the test."""
+    started: list[ServiceProcess] = []
+
+    def start(**env: str) -> ServiceProcess:
+        process = ServiceProcess(database_url, fake_upstream.base_url, **env).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture(scope="session")

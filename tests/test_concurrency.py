@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -42,20 +42,6 @@ def assert_one_winner(answers: list[httpx.Response]) -> httpx.Response:
             assert answer.json()["error"]["code"] == "conversation_locked"
             assert answer.json()["error"]["param"] == "conversation"
     return next(a for a in answers if a.status_code == 200)
-
-
-@pytest.fixture
-def service_processes(database_url: str, fake_upstream: FakeOpenRouter) -> Iterator[Callable[..., ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def start(**env: str) -> ServiceProcess:
-        process = ServiceProcess(database_url, fake_upstream.base_url, **env).start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 async def test_concurrent_turns_on_one_conversation_one_wins_the_rest_409_at_once(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -246,20 +246,6 @@ async def test_keyed_store_false_answers_go_with_the_tenants_responses_of_their_
     kept = {r["key"]: r["response_id"] for r in await rows(db, "SELECT key, response_id FROM idempotency_key")}
     # The stored response is 0 days old (only its key was aged): kept, and its key with it.
     assert kept == {"new-unstored": None, "old-stored": stored["id"], "old-deferred": None, "bobs-old-unstored": None}
-
-
-@pytest.fixture
-def service_processes(database_url: str, fake_upstream: FakeOpenRouter) -> Iterator[Callable[..., ServiceProcess]]:
-    started: list[ServiceProcess] = []
-
-    def start(**env: str) -> ServiceProcess:
-        process = ServiceProcess(database_url, fake_upstream.base_url, **env).start()
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 async def _items_in(db: AsyncEngine, conversation: str) -> int:
