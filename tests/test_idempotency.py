@@ -320,7 +320,8 @@ async def _upstream_calls(fake: FakeOpenRouter, count: int) -> bool:
 # -- a key whose holder died after storing its turn --------------------------------------------------------------
 # A process killed after its turn's finish committed and before it completed the key leaves the key in_progress,
 # held by that process, with the turn stored. These tests set that state up from a turn served normally: the key
-# row is put back as the kill leaves it.
+# row is put back as the kill leaves it, before the process is made to look dead: the reaper releases the keys
+# of a process in the pass that finds it dead, so a key given to a process already found dead would never be.
 
 
 async def _rewind_key(db: AsyncEngine, key: str, *, holder: str | None, held_for: float) -> None:
@@ -373,8 +374,8 @@ async def test_a_key_whose_process_died_after_storing_its_turn_replays_the_turn(
     assert first.status_code == 200, first.text
     assert await scalar(db, "SELECT idempotency_key FROM response WHERE id = :r", r=first.json()["id"]) == "k-died"
 
-    await _a_process_that_stopped_heartbeating(db, "proc_killed")
     await _rewind_key(db, "k-died", holder="proc_killed", held_for=3600)
+    await _a_process_that_stopped_heartbeating(db, "proc_killed")
     retry = await _retry_until_answered(tenant.http, body, "k-died")
 
     assert retry.status_code == 200, retry.text
@@ -460,8 +461,8 @@ async def test_a_key_whose_process_died_after_its_turn_failed_is_freed_for_a_ret
     first = await tenant.http.post("/v1/responses", json=body, headers=keyed("k-failed"))
     assert first.status_code == 400, first.text
 
-    await _a_process_that_stopped_heartbeating(db, "proc_killed_too")
     await _rewind_key(db, "k-failed", holder="proc_killed_too", held_for=3600)
+    await _a_process_that_stopped_heartbeating(db, "proc_killed_too")
     await eventually(lambda: _key_count(db, "k-failed", 0))
     retry = await tenant.http.post("/v1/responses", json=body, headers=keyed("k-failed"))
 
