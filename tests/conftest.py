@@ -43,6 +43,7 @@ TABLES = (
     "maintenance_lease",
     "response_live_frame",
     "service_process",
+    "running_chain_turn",
     "service_secret",
     "idempotency_key",
     "response_event_log",

@@ -433,6 +433,35 @@ async def test_a_conversation_with_a_chain_turn_in_flight_is_not_deleted_under_i
     assert (await admin.delete(f"/admin/conversations/{chain['id']}")).status_code == 404
 
 
+async def test_a_conversation_with_a_plain_chain_turn_in_flight_is_not_deleted_under_it_by_either_admin_route(
+    admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A plain turn continuing one of the conversation's responses stores nothing before its end, and a
+    conversation's thread has no chain row to list it on: its note as that response's running child is what
+    the hard deletes find. (Without it the delete went through and the turn's finish stored a response
+    detached from its history.)"""
+    conversation = await new_conversation(alice.http)
+    first = await turn(alice.http, "kept under a plain turn", conversation=conversation)
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Plain answer."), delay=1.0))
+    running = asyncio.create_task(
+        alice.http.post("/v1/responses", json={"model": MODEL, "input": "slow", "previous_response_id": first["id"]})
+    )
+    while len(fake_upstream.requests) < 2:
+        await asyncio.sleep(0.02)
+    for route in (f"/admin/conversations/{conversation}", f"/admin/threads/{conversation}"):
+        refused = await admin.delete(route)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "thread_locked", (route, refused.text)
+    assert len(await rows_mentioning(db, ["kept under a plain turn"])) >= 1
+    answer = await running
+    assert answer.status_code == 200, answer.text
+    stored = await rows(db, "SELECT previous_response_id, thread_id FROM response WHERE id = :r", r=answer.json()["id"])
+    assert stored == [{"previous_response_id": first["id"], "thread_id": conversation}]
+    deleted = await admin.delete(f"/admin/conversations/{conversation}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["deleted_responses"] == 2
+    assert await rows_mentioning(db, ["kept under a plain turn", "slow", "Plain answer.", conversation]) == []
+
+
 async def test_threads_with_turns_in_flight_page_by_status_like_by_any_other_filter(
     admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:

@@ -1,10 +1,12 @@
 """Data that must not outlive its deletion: a deleted response is not replayed (nor run again) through the
 Idempotency-Key of the request that created it; a response kept hidden as history goes once nothing needs it; a
-deleted item's text leaves the conversation's title."""
+deleted item's text leaves the conversation's title. And a delete never takes the history from under a turn
+still running on it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -12,8 +14,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
-from tests.fake_openrouter import FakeOpenRouter, text_response
-from tests.turn_support import MODEL, rows, turn, user
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
+from tests.reliability_support import eventually, execute
+from tests.turn_support import MODEL, assistant, rows, turn, user
 
 
 @pytest.fixture
@@ -123,3 +126,91 @@ async def test_deleting_the_item_that_titled_a_conversation_takes_its_text_out_o
     assert await title() == "second question"
     assert (await alice.http.delete(f"/v1/conversations/{conversation}/items/{second}")).status_code == 200
     assert await title() is None
+
+
+async def _a_plain_turn_running_on(
+    client: httpx.AsyncClient, fake: FakeOpenRouter, previous_id: str, *, delay: float
+) -> asyncio.Task[httpx.Response]:
+    """A turn continuing `previous_id`, neither streamed nor background (nothing of it is stored before its end),
+    once its upstream call has begun."""
+    fake.enqueue(Reply(kind="json", body=text_response("Slow answer.", msg_id="msg_slow"), delay=delay))
+    calls = len(fake.requests)
+    running = asyncio.create_task(
+        client.post("/v1/responses", json={"model": MODEL, "input": "Go on", "previous_response_id": previous_id})
+    )
+
+    async def upstream_called() -> bool:
+        return len(fake.requests) > calls
+
+    await eventually(upstream_called)
+    return running
+
+
+async def test_a_response_deleted_while_a_plain_turn_continues_it_stays_that_turns_history(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """The delete answers as always and the response reads as deleted, but it is only hidden, as it is for a
+    stored child: the turn's response is stored linked to it, in its thread, and continues with its history.
+    It goes once nothing builds on it. (Deleted outright, the turn stored a response detached from its history:
+    its own thread, previous_response_id null, though its answer named the parent.)"""
+    fake_upstream.reply_json(text_response("Noted: ORCA.", msg_id="msg_first"))
+    first = (await turn(alice.http, "Remember ORCA"))["id"]
+    running = await _a_plain_turn_running_on(alice.http, fake_upstream, first, delay=1.0)
+    assert await rows(db, "SELECT previous_response_id FROM running_chain_turn") == [{"previous_response_id": first}]
+
+    deleted = await alice.http.delete(f"/v1/responses/{first}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json() == {"id": first, "object": "response", "deleted": True}
+    assert (await alice.http.get(f"/v1/responses/{first}")).status_code == 404
+    assert await rows(db, "SELECT deleted_at IS NOT NULL AS hidden FROM response WHERE id = :r", r=first) == [
+        {"hidden": True}
+    ]
+
+    answer = await running
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["previous_response_id"] == first
+    child = answer.json()["id"]
+    stored = await rows(db, "SELECT previous_response_id, thread_id FROM response WHERE id = :r", r=child)
+    assert stored == [{"previous_response_id": first, "thread_id": first}]
+    assert await rows(db, "SELECT response_id FROM running_chain_turn") == []
+
+    fake_upstream.reply_json(text_response("Still ORCA.", msg_id="msg_third"))
+    third = (await turn(alice.http, "Which word?", previous_response_id=child))["id"]
+    assert fake_upstream.inputs[-1] == [
+        user("Remember ORCA"),
+        assistant("Noted: ORCA.", "msg_first"),
+        user("Go on"),
+        assistant("Slow answer.", "msg_slow"),
+        user("Which word?"),
+    ]
+    for response_id in (third, child):
+        assert (await alice.http.delete(f"/v1/responses/{response_id}")).status_code == 200
+    assert await rows(db, "SELECT id FROM response") == []
+    assert await rows(db, "SELECT pk FROM item") == []
+
+
+async def test_a_response_hidden_for_a_turn_whose_process_died_goes_when_the_turns_note_expires(
+    start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], db: AsyncEngine
+) -> None:
+    """A plain turn's process died before its finish: its note as the running child of the response it
+    continued stays until its TURN_LOCK_TTL, so a delete of that response meanwhile only hides it. The expiry
+    sweep then removes the note and the response, which nothing builds on."""
+    tenant = await make_tenant("died-midturn", live=start_server(turn_lock_ttl=1.0))  # its sweep runs every second
+    first = (await turn(tenant.http, "Forget me"))["id"]
+    await execute(
+        db,
+        "INSERT INTO running_chain_turn (response_id, previous_response_id, expires_at)"
+        " VALUES ('resp_of_a_dead_process', :first, now() + interval '1 second')",
+        first=first,
+    )
+    assert (await tenant.http.delete(f"/v1/responses/{first}")).status_code == 200
+    assert await rows(db, "SELECT deleted_at IS NOT NULL AS hidden FROM response WHERE id = :r", r=first) == [
+        {"hidden": True}
+    ]
+
+    async def gone() -> bool:
+        return await rows(db, "SELECT id FROM response") == []
+
+    await eventually(gone)
+    assert await rows(db, "SELECT response_id FROM running_chain_turn") == []
+    assert await rows(db, "SELECT pk FROM item") == []

@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
-from tests.fake_openrouter import FakeOpenRouter, text_response
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
 from tests.reliability_support import ServiceProcess, eventually, scalar
 from tests.turn_support import MODEL, assistant, new_conversation, rows, turn, user
 
@@ -246,6 +246,54 @@ async def test_keyed_store_false_answers_go_with_the_tenants_responses_of_their_
     kept = {r["key"]: r["response_id"] for r in await rows(db, "SELECT key, response_id FROM idempotency_key")}
     # The stored response is 0 days old (only its key was aged): kept, and its key with it.
     assert kept == {"new-unstored": None, "old-stored": stored["id"], "old-deferred": None, "bobs-old-unstored": None}
+
+
+async def test_an_old_response_a_plain_turn_is_continuing_is_kept_until_nothing_needs_it(
+    admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """The turn stores nothing before its end, so its note as the old response's running child is what keeps the
+    response: the preview and the run leave it, the turn's response is stored linked to it, and a run once the
+    child is old too deletes both."""
+    fake_upstream.reply_json(text_response("old answer", msg_id="msg_old"))
+    old = await turn(alice.http, "old question")
+    await _age(db, "response", [old["id"]], 40)
+    assert (
+        await admin.put("/admin/tenants/alice/retention", json={"responses_days": 30, "conversations_idle_days": None})
+    ).status_code == 200
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("new answer", msg_id="msg_new"), delay=1.0))
+    running = asyncio.create_task(
+        alice.http.post(
+            "/v1/responses", json={"model": MODEL, "input": "new question", "previous_response_id": old["id"]}
+        )
+    )
+
+    async def upstream_called() -> bool:
+        return len(fake_upstream.requests) == 2
+
+    await eventually(upstream_called)
+    preview = (await admin.get("/admin/tenants/alice/retention/preview")).json()
+    assert preview["responses"] == 0, preview
+    run = await admin.post("/admin/retention/run")
+    assert run.status_code == 200 and run.json()["responses"] == 0, run.text
+    answer = await running
+    assert answer.status_code == 200, answer.text
+    new = answer.json()["id"]
+    assert await rows(db, "SELECT previous_response_id FROM response WHERE id = :r", r=new) == [
+        {"previous_response_id": old["id"]}
+    ]
+    fake_upstream.reply_json(text_response("next", msg_id="msg_next"))
+    await turn(alice.http, "next question", previous_response_id=new)
+    assert fake_upstream.inputs[-1] == [
+        user("old question"),
+        assistant("old answer", "msg_old"),
+        user("new question"),
+        assistant("new answer", "msg_new"),
+        user("next question"),
+    ]
+    await _age(db, "response", [r["id"] for r in await rows(db, "SELECT id FROM response")], 40)
+    run = await admin.post("/admin/retention/run")
+    assert run.status_code == 200 and run.json()["responses"] == 3, run.text
+    assert await rows(db, "SELECT id FROM response") == []
 
 
 async def _items_in(db: AsyncEngine, conversation: str) -> int:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.upstream.demo import DemoTransport
@@ -366,6 +367,47 @@ async def test_resume_with_starting_after_while_running_and_after_the_end(
         seen = [event.sequence_number async for event in stream]
         final = await stream.get_final_response()
     assert seen[0] == 6 and final.output_text == text
+
+
+@pytest.mark.parametrize("background", [False, True])
+async def test_a_stream_rebuilt_from_its_stored_state_opens_as_the_live_one_did(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, background: bool
+) -> None:
+    """A stream whose process died before writing its event log is replayed from the stored response. A reader
+    who has seen no more than its opening events gets the rest of them numbered as they were sent live: a
+    background stream opens with response.queued before response.in_progress, as its create answer said."""
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT, chunks=4)))
+    body = {"model": MODEL, "input": "hi", "stream": True, "background": background}
+    async with alice.http.stream("POST", "/v1/responses", json=body) as r:
+        live = await read_events(r)
+    response_id = live[0]["response"]["id"]
+    await wait_until_ended(alice.http, response_id)
+    async with db.begin() as conn:  # what a process killed mid-stream leaves, once the reaper failed the turn
+        await conn.execute(text("DELETE FROM response_event_log WHERE response_id = :r"), {"r": response_id})
+        await conn.execute(text("UPDATE response SET status = 'failed' WHERE id = :r"), {"r": response_id})
+    opening = 3 if background else 2
+    expected = (
+        ["response.created", "response.queued", "response.in_progress"]
+        if background
+        else [
+            "response.created",
+            "response.in_progress",
+        ]
+    )
+    assert [e["type"] for e in live[:opening]] == expected
+    for after in range(-1, opening):
+        replay = await alice.http.get(
+            f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": after}
+        )
+        rebuilt = [data for _, data in parse_sse(replay.text)]
+        assert [e["sequence_number"] for e in rebuilt] == list(range(after + 1, after + 1 + len(rebuilt)))
+        shown = rebuilt[: opening - after - 1]
+        assert [(e["type"], e["response"]["status"]) for e in shown] == [
+            (e["type"], e["response"]["status"]) for e in live[after + 1 : opening]
+        ]
+        assert (rebuilt[-1]["type"], rebuilt[-1]["response"]["status"]) == ("response.failed", "failed")
+    past = await alice.http.get(f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": opening})
+    assert [(e["type"], e["sequence_number"]) for _, e in parse_sse(past.text)] == [("response.failed", opening + 1)]
 
 
 async def test_resume_rejects_non_streamed_and_unknown_responses(alice: Tenant, bob: Tenant) -> None:

@@ -33,7 +33,7 @@ STATEMENTS = {
     **{name: value.sql for name, value in vars(turn_store).items() if isinstance(value, Statement)},
     **_SWEEP,
 }
-TABLES = ("tenant", "conversation", "response", "item", "response_chain", "response_event_log")
+TABLES = ("tenant", "conversation", "response", "item", "response_chain", "response_event_log", "running_chain_turn")
 GROWING = ("conversation", "response", "item", "response_chain", "response_event_log")
 # The statements that read a conversation's history: a range of (conversation_id, position) (walked in order, or
 # read as a bitmap and sorted when the items lie out of order), only the conversation's items.

@@ -1,5 +1,6 @@
-"""The safety net behind the heartbeat (heartbeat.py): claims and chain listings held past their TURN_LOCK_TTL,
-running responses older than it with no live claim, and idempotency keys past their time.
+"""The safety net behind the heartbeat (heartbeat.py): claims, chain listings and notes of running chain turns
+held past their TURN_LOCK_TTL, running responses older than it with no live claim, and idempotency keys past
+their time.
 
 One pass covers the whole database, whichever process runs it, and reads every conversation and chain to find
 the claimed ones (nothing indexed marks a claim: an index on it would cost every claim its HOT update). So before

@@ -219,6 +219,26 @@ class ResponseChain(Base):
     )
 
 
+class RunningChainTurn(Base):
+    """A plain turn continuing a previous response, while it runs. Such a turn stores nothing before its end
+    (responses/turn_store.py), so without this row a delete of the response it continues could not see that
+    something builds on it: the delete would remove it, and the turn's finish store a response detached from
+    its history. The row is written by the turn's begin and removed by its finish, in their own statements; a
+    delete of the previous response then only hides it, as it does for a stored child. The row lasts until
+    `expires_at` (the turn's TURN_LOCK_TTL) if its process dies, when the expiry sweep removes it.
+
+    Unlogged: it means nothing after a crash, when every turn in flight fails; the begin writes no log for it.
+    No foreign key: the response it names is checked (and locked) by the begin's own read of it."""
+
+    __tablename__ = "running_chain_turn"
+
+    response_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    previous_response_id: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = ({"prefixes": ["UNLOGGED"]},)
+
+
 class ResponseEventLog(Base):
     """A streamed response's events, exactly as they were sent (SSE frames), written once when the stream
     ends, so `GET /v1/responses/{id}?stream=true&starting_after=N` can replay them. Content: deleted with
@@ -442,6 +462,7 @@ __all__ = [
     "ResponseLiveFrame",
     "ResponseRecord",
     "RetentionPolicy",
+    "RunningChainTurn",
     "ServiceProcess",
     "ServiceSecret",
     "Tenant",
@@ -463,6 +484,7 @@ response_table = _table(ResponseRecord)
 item_table = _table(Item)
 response_event_log_table = _table(ResponseEventLog)
 response_chain_table = _table(ResponseChain)
+running_chain_turn_table = _table(RunningChainTurn)
 idempotency_key_table = _table(IdempotencyKey)
 retention_policy_table = _table(RetentionPolicy)
 maintenance_lease_table = _table(MaintenanceLease)

@@ -7,7 +7,13 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.db.models import conversation_table, item_table, response_table, service_process_table
+from service.db.models import (
+    conversation_table,
+    item_table,
+    response_table,
+    running_chain_turn_table,
+    service_process_table,
+)
 from service.db.ownership import owned_by
 from service.ids import can_exist
 from service.pagination import PageRequest, keyset_page
@@ -16,6 +22,7 @@ from service.responses.status import RUNNING
 response_t = response_table
 item_t = item_table
 conversation_t = conversation_table
+running_child_t = running_chain_turn_table
 
 # Claims whose holder died: free them and report which responses held them (the old value, via the subquery).
 # The holder's turn did not finish while it held the claim, so the thread's last turn failed.
@@ -40,6 +47,10 @@ _RELEASE_EXPIRED_CHAIN_TURNS = text(
     WHERE ch.id = expired.id
     RETURNING expired.turn_response_ids
     """
+)
+
+_DROP_EXPIRED_RUNNING_CHILDREN = text(
+    "DELETE FROM running_chain_turn WHERE expires_at <= now() RETURNING previous_response_id"
 )
 
 _FAIL_CHAINS = text("UPDATE response_chain SET last_status = 'failed' WHERE id = ANY(CAST(:threads AS text[]))")
@@ -86,24 +97,32 @@ async def input_item_ordinal(conn: AsyncConnection, response_id: str, item_id: s
     return None if value is None else int(value)
 
 
-async def delete_response(conn: AsyncConnection, response_id: str) -> list[str]:
-    """Delete a response (its owner's, read by get_response); the ids deleted. If a later response builds on
-    it, it is only hidden, so that chain's history stays whole; items that are also conversation items stay in
-    their conversation. Ancestors an earlier delete hid go with it once nothing builds on them any more: else
-    their content would outlive its deletion for good."""
+async def delete_response(conn: AsyncConnection, response_id: str) -> None:
+    """Delete a response (its owner's, read by get_response). If a later response builds on it, stored or still
+    running, it is only hidden, so that chain's history stays whole; items that are also conversation items
+    stay in their conversation. Ancestors an earlier delete hid go with it once nothing builds on them any more:
+    else their content would outlive its deletion for good. The row is locked first: a turn beginning on it
+    meanwhile waits, then finds it gone or hidden; one that began before is seen as its child."""
+    await conn.execute(select(response_t.c.id).where(response_t.c.id == response_id).with_for_update())
     if await _has_children(conn, response_id):
         await update_response(conn, response_id, {"deleted_at": func.now()})
-        return []
-    deleted = [response_id]
-    parent = await _delete_childless(conn, response_id)
+        return
+    await _delete_hidden_ancestors(conn, await _delete_childless(conn, response_id))
+
+
+async def _delete_hidden_ancestors(conn: AsyncConnection, parent: str | None) -> None:
     while parent is not None and await _hidden_without_children(conn, parent):
-        deleted.append(parent)
         parent = await _delete_childless(conn, parent)
-    return deleted
 
 
 async def _has_children(conn: AsyncConnection, response_id: str) -> bool:
-    return bool(await conn.scalar(select(exists().where(response_t.c.previous_response_id == response_id))))
+    """A stored response continuing it, or a plain turn doing so that has not stored its response yet (its
+    note expires if its process died)."""
+    stored = exists().where(response_t.c.previous_response_id == response_id)
+    running = exists().where(
+        running_child_t.c.previous_response_id == response_id, running_child_t.c.expires_at > func.now()
+    )
+    return bool(await conn.scalar(select(or_(stored, running))))
 
 
 async def _hidden_without_children(conn: AsyncConnection, response_id: str) -> bool:
@@ -130,6 +149,14 @@ async def release_expired_claims(conn: AsyncConnection) -> list[str]:
 async def release_expired_chain_turns(conn: AsyncConnection) -> list[str]:
     """Drop the expired listings of plain chain turns, failing their chains' last status; returns the turns."""
     return [turn for row in await conn.execute(_RELEASE_EXPIRED_CHAIN_TURNS) for turn in row[0]]
+
+
+async def drop_expired_running_children(conn: AsyncConnection) -> None:
+    """Remove the notes of plain chain turns that expired (their process died before their finish); a response
+    a delete only hid for such a turn goes now, with the hidden ancestors nothing else needs."""
+    parents = (await conn.execute(_DROP_EXPIRED_RUNNING_CHILDREN)).scalars().all()
+    for parent in sorted(set(parents)):
+        await _delete_hidden_ancestors(conn, parent)
 
 
 async def fail_chains(conn: AsyncConnection, thread_ids: list[str]) -> None:

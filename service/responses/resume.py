@@ -5,7 +5,7 @@ A run in this process is followed live from memory. A finished response is repla
 A response still running in another process is followed live too: that process, asked through the bus, copies
 its frames to the database and notifies each batch (service/cluster/live_frames.py). A streamed response whose
 log was never written (its process died and the reaper failed it) is replayed from its stored state: whole to a
-reader who has seen at most its first two events (those are the same however it is rebuilt), else its terminal
+reader who has seen at most its opening events (those are the same however it is rebuilt), else its terminal
 event alone, numbered after the last one the reader has. A response still running elsewhere is followed for as
 long as it runs: it ends, or its process stops and the reaper fails it (a process's own TURN_LOCK_TTL says
 nothing of another's turn).
@@ -26,7 +26,7 @@ from service.errors import InvalidRequest, NotFound
 from service.responses import event_repository, service
 from service.responses.runner import TurnRunner
 from service.responses.status import RUNNING
-from service.responses.streaming import KEEPALIVE_FRAME, events_from_state, split_frames, sse_frame
+from service.responses.streaming import KEEPALIVE_FRAME, events_from_state, opening_events, split_frames, sse_frame
 
 # A notification only wakes a reader; without one it reads again after this (a missed notification costs this).
 _RECHECK_SECONDS = 1.0
@@ -124,16 +124,12 @@ async def _wait_then_replay(
                     await bus.send(FOLLOW, response_id)
 
 
-# The events every stream starts with, numbered alike however it is rebuilt: response.created, then
-# response.in_progress (OpenAI's order; service/responses/streaming.py).
-_SHARED_OPENING = 2
-
-
 def _rebuilt_after(response: dict[str, Any], after: int) -> bytes:
-    """A response's events after `after`, rebuilt from its stored state. Past the opening events the live
-    numbering (one event per delta) and the rebuilt one differ, so a reader who has seen more than those gets
-    the terminal event alone, numbered right after what it has."""
+    """A response's events after `after`, rebuilt from its stored state. The opening events are numbered alike
+    however the stream is made (service/responses/streaming.py); past them the live numbering (one event per
+    delta) and the rebuilt one differ, so a reader who has seen more than those gets the terminal event alone,
+    numbered right after what it has."""
     events = events_from_state(response)
-    if after < _SHARED_OPENING:
+    if after < len(opening_events(response)):
         return b"".join(sse_frame(event) for event in events[max(after + 1, 0) :])
     return sse_frame({**events[-1], "sequence_number": after + 1})

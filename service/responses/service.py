@@ -65,14 +65,16 @@ async def list_input_items(engine: AsyncEngine, tenant_id: str, response_id: str
 
 
 async def reap_stale_turns(engine: AsyncEngine, ttl_seconds: float) -> list[str]:
-    """Finish turns whose process died: free expired claims (and chains' expired listings of plain turns) and
-    mark their responses failed."""
+    """Finish turns whose process died: free expired claims (and chains' expired listings and notes of plain
+    turns) and mark their responses failed."""
     async with engine.begin() as conn:
         holders = await repository.release_expired_claims(conn)
         failed = await repository.fail_stale_responses(
             conn, holders=holders, older_than_seconds=ttl_seconds, error=INTERRUPTED_ERROR
         )
         failed += await repository.release_expired_chain_turns(conn)
+    async with engine.begin() as conn:
+        await repository.drop_expired_running_children(conn)
     if failed:
         logger.warning("marked %d interrupted response(s) as failed", len(failed))
     return failed

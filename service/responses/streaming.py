@@ -395,14 +395,27 @@ def terminal_frame(response: dict[str, Any], sequence_number: int) -> bytes:
     return sse_frame({**event, "sequence_number": sequence_number})
 
 
-def events_from_state(rendered: dict[str, Any]) -> list[dict[str, Any]]:
-    """A stored response's events rebuilt from its final state, for a streamed response whose event log was
-    never written (its process died): created, each item added and done, and the terminal event."""
+def opening_events(rendered: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events a stream of this response opened with, as its run sent them (runner._drive): a background
+    one was queued first, as its create answer said."""
     opening = {**rendered, "status": Status.IN_PROGRESS, "output": [], "usage": None, "completed_at": None}
-    events: list[dict[str, Any]] = [
-        {"type": "response.created", "response": opening},
+    if not rendered.get("background"):
+        return [
+            {"type": "response.created", "response": opening},
+            {"type": "response.in_progress", "response": opening},
+        ]
+    queued = {**opening, "status": Status.QUEUED}
+    return [
+        {"type": "response.created", "response": queued},
+        {"type": "response.queued", "response": queued},
         {"type": "response.in_progress", "response": opening},
     ]
+
+
+def events_from_state(rendered: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stored response's events rebuilt from its final state, for a streamed response whose event log was
+    never written (its process died): the opening events, each item added and done, and the terminal event."""
+    events = opening_events(rendered)
     for index, item in enumerate(rendered.get("output") or []):  # rendered: already in the clients' shapes
         events.append({"type": "response.output_item.added", "output_index": index, "item": item})
         events.append({"type": "response.output_item.done", "output_index": index, "item": item})

@@ -238,13 +238,26 @@ _PREVIOUS_AND_ANCESTORS_SQL = """
 _ANCESTOR_LEVELS = 4
 
 
+# A plain turn continuing the previous response, noted while it runs (service/db/models.py, RunningChainTurn) in
+# the statement that read and locked that response: a delete of it, which locks it first, either saw this row
+# or comes after it and finds the row gone or hidden. Noted twice (a begin that reads again), it keeps one row.
+_NOTE_RUNNING_CHILD = """
+    INSERT INTO running_chain_turn (response_id, previous_response_id, expires_at)
+    SELECT $response_id, $previous_response_id, now() + make_interval(secs => $ttl)
+    FROM previous WHERE previous.status = ANY($answered::text[])
+    ON CONFLICT (response_id) DO UPDATE SET expires_at = excluded.expires_at
+"""
+
+
 def _marking_the_turn(previous: str) -> Statement:
-    """The same read, for a stored turn that no client sees before its end: it also lists the turn on its
-    chain's row (service/threads/totals.py), in the same statement, so that the admin listing shows the chain
-    in_progress while it runs at the cost of a HOT update rather than a statement or index entries."""
+    """The same read, for a stored turn that no client sees before its end: it also notes the turn as a running
+    child of the previous response, for deletes, and lists it on its chain's row (service/threads/totals.py),
+    so that the admin listing shows the chain in_progress while it runs at the cost of a HOT update rather than
+    a statement or index entries."""
     return Statement(
         f"""
     WITH previous AS MATERIALIZED ({previous}),
+    noted AS ({_NOTE_RUNNING_CHILD}),
     marked AS ({chain_totals.MARK_RUNNING_TURN})
     SELECT * FROM previous
     """
@@ -505,12 +518,13 @@ _FINISH_LOGGED = Statement(
 
 # An unseen turn stored whole: one continuing a previous response, or a conversation turn whose claim was lost
 # (then outside the conversation). It names its conversation and previous response only if they still exist:
-# the conversation may have been deleted once the claim expired, the previous response while the turn ran (a
-# response with no stored child is deleted outright; its children's links would have been set to null). Its
-# thread is the conversation's, else its parent's, to whose chain totals it adds (service/threads/totals.py).
+# the conversation may have been deleted once the claim expired, the previous response once the turn's note
+# as its running child expired (a delete meanwhile only hides it). Its thread is the conversation's, else its
+# parent's, to whose chain totals it adds (service/threads/totals.py). The note goes in the same statement.
 _FINISH_UNSEEN = Statement(
     f"""
     WITH thread AS (SELECT {chain_totals.THREAD_OF_NEW_RESPONSE} AS id),
+    ended AS (DELETE FROM running_chain_turn WHERE response_id = $response_id),
     items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
                           text_content, token_count)
@@ -704,17 +718,18 @@ class Previous:
 
 @dataclass(frozen=True)
 class RunningTurn:
-    """A stored turn that no client sees before its end, listed on its chain's row while it runs."""
+    """A stored turn that no client sees before its end, noted as its previous response's running child and
+    listed on its chain's row while it runs."""
 
     response_id: str
-    ttl_seconds: float  # how long the listing lasts if its process dies (TURN_LOCK_TTL, as a claim's)
+    ttl_seconds: float  # how long the note and listing last if its process dies (TURN_LOCK_TTL, as a claim's)
 
 
 async def read_previous(
     db: Any, tenant_id: str, previous_id: str, *, ancestors: bool, running: RunningTurn | None = None
 ) -> Previous | None:
-    """None when the tenant has no such (undeleted) response. `running`: list that turn on the chain's row
-    (only when the previous response can be continued)."""
+    """None when the tenant has no such (undeleted) response. `running`: note that turn as the response's
+    running child and list it on the chain's row (only when the previous response can be continued)."""
     values: dict[str, Any] = {"previous_response_id": previous_id, "tenant_id": tenant_id}
     if running is None:
         statement = _PREVIOUS_AND_ANCESTORS if ancestors else _PREVIOUS
@@ -894,8 +909,9 @@ async def finish(
         stored = await db.fetchrow(statement.sql, *statement.args(values))
     except ForeignKeyViolationError as exc:
         # The previous response of an unseen turn was being deleted when the statement began (it saw the row,
-        # then waited for the delete): run again, it no longer sees the row and stores no link, as it does
-        # when the delete committed first. The answer is kept either way.
+        # then waited for the delete; possible only once the turn's note as its running child expired): run
+        # again, it no longer sees the row and stores no link, as it does when the delete committed first. The
+        # answer is kept either way.
         if unseen is None or exc.constraint_name != PREVIOUS_RESPONSE_FK:
             raise
         stored = await db.fetchrow(statement.sql, *statement.args(values))

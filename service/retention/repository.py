@@ -3,8 +3,9 @@
 - conversations idle (no change) for N days, as `DELETE /v1/conversations/{id}` does: their own items go, items
   carried by responses stay with those responses;
 - responses created N days ago or earlier, unless still needed as history: by a kept conversation (one of the
-  response's items is still in one) or by a kept later response (previous_response_id, transitively). Their
-  items go with them. Running responses are never deleted.
+  response's items is still in one) or by a kept later response (previous_response_id, transitively), or by a
+  plain turn still running on it (running_chain_turn). Their items go with them. Running responses are never
+  deleted.
 
 The purge deletes responses as leaves (no later response builds on them), so each batch re-checks under row
 locks that nothing came to depend on them, and a chain goes from its end backwards over successive batches. The
@@ -51,6 +52,9 @@ _PREVIEW = text(
         UNION
         SELECT c.previous_response_id FROM old o JOIN response c ON c.previous_response_id = o.id
         WHERE c.created_at >= now() - make_interval(days => :days)
+        UNION
+        SELECT n.previous_response_id FROM running_chain_turn n JOIN old o ON o.id = n.previous_response_id
+        WHERE n.expires_at > now()
     ),
     needed(id) AS (
         SELECT id FROM seed
@@ -128,6 +132,8 @@ _DELETE_EXPIRED_RESPONSES = text(
         WHERE r.tenant_id = :tenant AND r.created_at < now() - make_interval(days => :days)
           AND r.status NOT IN ('queued', 'in_progress')
           AND NOT EXISTS (SELECT 1 FROM response c WHERE c.previous_response_id = r.id)
+          AND NOT EXISTS (SELECT 1 FROM running_chain_turn n WHERE n.previous_response_id = r.id
+                                                               AND n.expires_at > now())
           AND NOT EXISTS (SELECT 1 FROM item i WHERE i.response_id = r.id AND i.conversation_id IS NOT NULL)
         ORDER BY r.created_at
         LIMIT :limit

@@ -288,15 +288,22 @@ async def lock_chain(conn: AsyncConnection, chain_id: str) -> list[Any]:
     return list((await conn.execute(stmt)).all())
 
 
-async def chain_has_unseen_turn(conn: AsyncConnection, chain_id: str) -> bool:
-    """Whether a plain turn is running in the chain (listed on its row, not expired); the row stays locked
-    for the rest of the transaction, so no turn lists itself meanwhile."""
-    stmt = (
-        select(and_(_UNSEEN_TURN_RUNS, chain_t.c.turn_expires_at > func.now()))
-        .where(chain_t.c.id == chain_id)
-        .with_for_update()
-    )
-    return bool(await conn.scalar(stmt))
+# Plain turns continuing a response of the thread, which store nothing before they end (their notes: see
+# service/db/models.py, RunningChainTurn). The notes are few (one per such turn in flight), so they are read
+# whole and each joined to its response by primary key.
+_THREAD_HAS_RUNNING_CHILD = text(
+    """
+    SELECT EXISTS (SELECT FROM running_chain_turn n JOIN response r ON r.id = n.previous_response_id
+                   WHERE r.thread_id = :thread_id AND n.expires_at > now())
+    """
+)
+
+
+async def thread_has_running_child(conn: AsyncConnection, thread_id: str) -> bool:
+    """Whether a plain turn is running that continues a response of the thread: a chain's, or a conversation's
+    (whose thread has no chain row to list it). Call with the thread's responses locked (lock_chain): a turn
+    beginning on one of them meanwhile waits, then finds it gone."""
+    return bool(await conn.scalar(_THREAD_HAS_RUNNING_CHILD, {"thread_id": thread_id}))
 
 
 # The chains with pending turns, in the order of the partial index of pending turns (empty but for a moment after

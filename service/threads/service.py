@@ -98,7 +98,7 @@ async def _hard_delete(engine: AsyncEngine, thread_id: str, *, conversation_only
     """Hard delete of the whole thread: every response and item of it and what holds their content (event
     logs, idempotency records), and the conversation or the chain's totals; how many responses went. Refused
     while a turn runs in it: the conversation's claim, a stored running response of the thread (a chain turn
-    continuing one of the conversation's responses is in its thread), a plain turn listed on the chain's row."""
+    continuing one of the conversation's responses is in its thread), a plain turn continuing one of them."""
     async with engine.begin() as conn:
         conversation = await conversations.lock_conversation(conn, None, thread_id)
         if conversation is None and conversation_only:
@@ -108,6 +108,6 @@ async def _hard_delete(engine: AsyncEngine, thread_id: str, *, conversation_only
         responses = await repository.lock_chain(conn, thread_id)
         if conversation is None and not responses:
             raise thread_not_found(thread_id)
-        if any(r.status in RUNNING for r in responses) or await repository.chain_has_unseen_turn(conn, thread_id):
+        if any(r.status in RUNNING for r in responses) or await repository.thread_has_running_child(conn, thread_id):
             raise thread_locked(thread_id)
         return await admin_repository.delete_thread(conn, thread_id)
