@@ -477,6 +477,37 @@ async def test_a_turn_answering_a_call_that_crosses_the_threshold_keeps_the_call
     assert _tool_kinds(fake_upstream.requests[-1].body["input"]) == []
 
 
+async def test_a_chain_turn_answering_a_call_that_crosses_the_threshold_keeps_the_call_with_its_output(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """The same through previous_response_id: the compaction item is the turn's first output, and the chain's
+    later turns send the summary in place of the pair."""
+    long = "word " * 1200
+    fake_upstream.reply_json(response_with_output([CALL]))
+    asked = await alice.openai().responses.create(model=MODEL, input=f"weather? {long}")
+    fake_upstream.reply_json(summary_reply("S-chain"))
+    fake_upstream.reply_json(text_response("It is 18C and clear.", msg_id="msg_weather"))
+    answered = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "input": [CALL_OUTPUT],
+            "previous_response_id": asked.id,
+            "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+        },
+    )
+    assert answered.status_code == 200, answered.text
+    assert [item["type"] for item in answered.json()["output"]] == ["compaction", "message"]
+    summary_call, turn_call = fake_upstream.requests[-2].body, fake_upstream.requests[-1].body
+    assert _tool_kinds(summary_call["input"]) == ["function_call", "function_call_output"]
+    assert turn_call["input"] == [user(f"weather? {long}"), rendered("S-chain"), CALL, CALL_OUTPUT]
+    fake_upstream.reply_json(text_response("Bye.", msg_id="msg_bye"))
+    await alice.openai().responses.create(model=MODEL, input="bye", previous_response_id=answered.json()["id"])
+    later = fake_upstream.requests[-1].body["input"]
+    assert _tool_kinds(later) == []
+    assert later[-3:] == [rendered("S-chain"), assistant("It is 18C and clear.", "msg_weather"), user("bye")]
+
+
 async def test_a_compaction_trigger_compacts_before_the_turn_and_is_never_stored(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:

@@ -56,6 +56,8 @@ class OpenRouterClient:
         self._headers = httpx.Headers(headers)
         self._extensions = {"timeout": timeout.as_dict()}
         self._sent = httpx.Request("POST", self._url)
+        # The key as it is taken out of what OpenRouter sends back (None: nothing to take out).
+        self._secret = redactable(settings.openrouter_api_key)
 
     @property
     def settings(self) -> Settings:
@@ -111,7 +113,7 @@ class OpenRouterClient:
             response.status_code,
             payload,
             parse_retry_after(response.headers.get("retry-after")),
-            secret=redactable(self._settings.openrouter_api_key),
+            secret=self._secret,
         )
 
     async def _read(self, response: httpx.Response) -> bytes:
@@ -184,7 +186,7 @@ class OpenRouterClient:
         finally:
             observe.call_ended()
         content = response.content
-        secret = redactable(self._settings.openrouter_api_key)
+        secret = self._secret
         if secret:
             content = content.replace(secret.encode(), REDACTED.encode())
         try:
@@ -196,9 +198,7 @@ class OpenRouterClient:
         if not isinstance(payload, dict):
             raise UpstreamError("OpenRouter sent an answer that is not a JSON object", kind="protocol")
         if isinstance(payload.get("error"), dict) and "output" not in payload:
-            raise from_error_body(
-                response.status_code, payload, None, secret=redactable(self._settings.openrouter_api_key)
-            )
+            raise from_error_body(response.status_code, payload, None, secret=self._secret)
         generation = generation_id(response)
         if generation is not None:
             payload["id"] = generation  # what OpenRouter's GET /generation?id= looks up (usage and cost later)
@@ -228,7 +228,7 @@ class OpenRouterClient:
                 response,
                 idle_timeout=self._settings.upstream_idle_timeout,
                 deadline=deadline,
-                secret=redactable(self._settings.openrouter_api_key),
+                secret=self._secret,
             )
         finally:
             observe.call_ended()
