@@ -208,8 +208,9 @@ class Settings:
         if urlsplit(base_url).scheme not in {"http", "https"}:
             raise ConfigError(f"OPENROUTER_BASE_URL must be an http(s) URL, got {base_url!r}")
         total = _number(env, "UPSTREAM_TOTAL_TIMEOUT", 900.0, minimum=0.01)
-        # The claim must outlive the longest legitimate turn, so it defaults past the total timeout; set shorter,
-        # a turn still running would lose its conversation and its Idempotency-Key to another request: twice run.
+        # The heartbeat renews a live turn's claim and key (service/cluster/heartbeat.py); the TTL still outlives
+        # one upstream call, so that a turn whose process cannot reach the database for its heartbeats meanwhile
+        # does not lose its conversation and its Idempotency-Key to another request, and run twice.
         turn_lock_ttl = _number(env, "TURN_LOCK_TTL", max(960.0, total + 60.0), minimum=1)
         if turn_lock_ttl <= total:
             raise ConfigError(

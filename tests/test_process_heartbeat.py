@@ -118,6 +118,90 @@ async def test_slow_turns_of_a_live_process_are_never_taken_for_dead(
     assert await rows(db, "SELECT id FROM response WHERE status <> 'completed'") == []
 
 
+async def test_turns_outliving_turn_lock_ttl_keep_their_claim_key_and_note_while_their_process_lives(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Any],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """A turn may run past TURN_LOCK_TTL (one that compacts first makes two upstream calls, each up to
+    UPSTREAM_TOTAL_TIMEOUT): its process's heartbeat renews its claim, its Idempotency-Key and its note as a
+    running child, so no other turn takes the conversation, no retry runs it again, and a delete of the
+    response it continues only hides it. (Without the renewal all three ran out at the TTL.)"""
+    ttl = 1.5
+    live = start_server(process_heartbeat_timeout=0.4, turn_lock_ttl=ttl)
+    tenant = await make_tenant("long-turns", live=live)
+    conversation = await new_conversation(tenant.http)
+    fake_upstream.reply_json(text_response("root answer"))
+    root = (await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "root"})).json()["id"]
+    fake_upstream.enqueue(Reply(body=text_response("long conversation answer"), delay=ttl + 2.5))
+    fake_upstream.enqueue(Reply(body=text_response("long chain answer"), delay=ttl + 2.5))
+    keyed = {"model": MODEL, "input": "take long", "conversation": conversation}
+    in_conversation = asyncio.create_task(
+        tenant.http.post("/v1/responses", json=keyed, headers={"Idempotency-Key": "k-long"})
+    )
+    await eventually(lambda: _received(fake_upstream, 2), timeout=10)
+    chained = asyncio.create_task(
+        tenant.http.post("/v1/responses", json={"model": MODEL, "input": "go on", "previous_response_id": root})
+    )
+    await eventually(lambda: _received(fake_upstream, 3), timeout=10)
+    await asyncio.sleep(ttl + 0.5)
+
+    other = await tenant.http.post("/v1/responses", json={**keyed, "input": "meanwhile"})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "conversation_locked", other.text
+    retry = await tenant.http.post("/v1/responses", json=keyed, headers={"Idempotency-Key": "k-long"})
+    assert retry.status_code == 409 and retry.json()["error"]["code"] == "idempotency_key_in_use", retry.text
+    [held] = await rows(
+        db,
+        "SELECT turn_expires_at > now() AS claimed, (SELECT held_until > now() FROM idempotency_key) AS key_held,"
+        " (SELECT expires_at > now() FROM running_chain_turn) AS noted FROM conversation WHERE id = :c",
+        c=conversation,
+    )
+    assert held == {"claimed": True, "key_held": True, "noted": True}
+    assert (await tenant.http.delete(f"/v1/responses/{root}")).status_code == 200
+
+    answered, continued = await asyncio.gather(in_conversation, chained)
+    assert answered.status_code == 200 and answered.json()["status"] == "completed", answered.text
+    assert continued.status_code == 200 and continued.json()["status"] == "completed", continued.text
+    state = await conversation_state(db, conversation)
+    assert len(state["items"]) == 2 and state["turn_response_id"] is None
+    linked = await rows(db, "SELECT previous_response_id FROM response WHERE id = :r", r=continued.json()["id"])
+    assert linked == [{"previous_response_id": root}]
+    replay = await tenant.http.post("/v1/responses", json=keyed, headers={"Idempotency-Key": "k-long"})
+    assert replay.status_code == 200 and replay.json()["id"] == answered.json()["id"]
+    assert len(fake_upstream.requests) == 3
+
+
+async def test_a_background_turn_older_than_every_ttl_is_not_failed_while_its_process_lists_it(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Any],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """The expiry sweep fails running responses with no claim once they are older than the longest TTL of a live
+    process (their process died unnoticed). One that a live process lists at its heartbeats is running, however
+    long: it is left to finish."""
+    live = start_server(process_heartbeat_timeout=0.4, turn_lock_ttl=1.5)  # its sweep runs every second
+    tenant = await make_tenant("long-background", live=live)
+    fake_upstream.reply_json(text_response("root answer"))
+    root = (await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "root"})).json()["id"]
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("slow and alive", chunks=8), delay=0.4))
+    body = {"model": MODEL, "input": "go on", "previous_response_id": root, "background": True}
+    started = await tenant.http.post("/v1/responses", json=body)
+    assert started.status_code == 200, started.text
+    response_id = started.json()["id"]
+
+    async def listed() -> bool:
+        found = await rows(db, "SELECT id FROM service_process WHERE :r = ANY(running_responses)", r=response_id)
+        return bool(found)
+
+    await eventually(listed)
+    # Older than any TTL a process of this database declares.
+    await execute(db, "UPDATE response SET created_at = now() - interval '1 day' WHERE id = :r", r=response_id)
+    ended = await wait_until_ended(tenant.http, response_id)
+    assert ended["status"] == "completed", ended
+
+
 async def test_a_clean_stop_marks_the_process_stopped_and_lists_nothing_left_running(
     start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], db: AsyncEngine
 ) -> None:

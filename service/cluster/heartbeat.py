@@ -1,5 +1,6 @@
 """The heartbeat: every process writes, every PROCESS_HEARTBEAT_TIMEOUT / 4 seconds, that it is alive and which
-turns it runs; then it looks for processes whose heartbeat is older than the timeout and fails their turns and
+turns it runs, and renews what those turns and its keyed requests hold (a claim, a key) before TURN_LOCK_TTL
+runs out; then it looks for processes whose heartbeat is older than the timeout and fails their turns and
 frees their conversations. So a process that dies (SIGKILL, a lost host) holds its conversations for about the
 timeout, not for TURN_LOCK_TTL, while a live turn is never taken for dead however slowly its upstream answers:
 its process lists it at every heartbeat. A process whose heartbeats are late but which still holds its liveness
@@ -54,6 +55,7 @@ class Heartbeat:
                 turn_lock_ttl=self._ttl,
                 responses=responses,
                 conversations=conversations,
+                keys=running.held_keys(self._engine),
             )
         if taken_for_dead:
             logger.warning("this process missed its heartbeats for over %.0fs; its turns were failed", self._timeout)

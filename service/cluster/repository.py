@@ -30,6 +30,49 @@ _BEAT = text(
     """
 )
 
+# A live process's turns keep what they hold for as long as they run, however long that is (a turn that compacts
+# first makes two upstream calls, each up to UPSTREAM_TOTAL_TIMEOUT): at each heartbeat, the deadlines of its
+# conversation claims, its notes as running children (and their chains' listings) and the Idempotency-Keys its
+# requests hold are moved to a TTL from now once less than half of it is left. So TURN_LOCK_TTL only ever runs
+# out for a process that stopped beating. Each is reached by its key; a row another statement holds is left
+# for the next heartbeat (a turn's begin or finish, which is over in milliseconds).
+_RENEW_CLAIMS = text(
+    """
+    UPDATE conversation c SET turn_expires_at = now() + make_interval(secs => :ttl)
+    FROM (SELECT id FROM conversation
+          WHERE id = ANY(CAST(:conversations AS text[])) AND turn_response_id = ANY(CAST(:responses AS text[]))
+            AND turn_expires_at < now() + make_interval(secs => :ttl / 2)
+          ORDER BY id FOR NO KEY UPDATE SKIP LOCKED) due
+    WHERE c.id = due.id
+    """
+)
+
+_RENEW_RUNNING_CHILDREN = text(
+    """
+    WITH notes AS (
+        UPDATE running_chain_turn SET expires_at = now() + make_interval(secs => :ttl)
+        WHERE response_id = ANY(CAST(:responses AS text[]))
+          AND expires_at < now() + make_interval(secs => :ttl / 2)
+        RETURNING previous_response_id
+    )
+    UPDATE response_chain ch SET turn_expires_at = greatest(ch.turn_expires_at, now() + make_interval(secs => :ttl))
+    FROM (SELECT chain.id FROM response_chain chain
+          WHERE chain.id IN (SELECT r.thread_id FROM notes JOIN response r ON r.id = notes.previous_response_id)
+            AND chain.turn_response_ids && CAST(:responses AS text[])
+          ORDER BY chain.id FOR NO KEY UPDATE SKIP LOCKED) due
+    WHERE ch.id = due.id
+    """
+)
+
+_RENEW_KEYS = text(
+    """
+    UPDATE idempotency_key k SET held_until = now() + make_interval(secs => :ttl)
+    FROM unnest(CAST(:key_tenants AS text[]), CAST(:keys AS text[])) AS held(tenant_id, key)
+    WHERE k.tenant_id = held.tenant_id AND k.key = held.key AND k.state = 'in_progress'
+      AND k.holder_process = :id AND k.held_until < now() + make_interval(secs => :ttl / 2)
+    """
+)
+
 _STOP = text(
     "UPDATE service_process SET stopped_at = now(), running_responses = :responses,"
     " running_conversations = :conversations WHERE id = :id"
@@ -174,8 +217,10 @@ async def beat(
     turn_lock_ttl: float,
     responses: list[str],
     conversations: list[str],
+    keys: list[tuple[str, str]],
 ) -> bool:
-    """Record a heartbeat; True when this process had been taken for dead meanwhile."""
+    """Record a heartbeat, and renew what the running turns and held keys hold; True when this process had been
+    taken for dead meanwhile (its turns were failed and what they held released: nothing is renewed then)."""
     values = {
         "id": me.id,
         "host": me.host,
@@ -186,7 +231,17 @@ async def beat(
         "liveness_key": me.liveness_key,
         "turn_lock_ttl": turn_lock_ttl,
     }
-    return bool(await conn.scalar(_BEAT, values))
+    if await conn.scalar(_BEAT, values):
+        return True
+    renewal = {"id": me.id, "ttl": turn_lock_ttl, "responses": responses}
+    if conversations:
+        await conn.execute(_RENEW_CLAIMS, {**renewal, "conversations": conversations})
+    if responses:
+        await conn.execute(_RENEW_RUNNING_CHILDREN, renewal)
+    if keys:
+        tenants, names = [tenant for tenant, _ in keys], [name for _, name in keys]
+        await conn.execute(_RENEW_KEYS, {**renewal, "key_tenants": tenants, "keys": names})
+    return False
 
 
 async def stop(conn: AsyncConnection, me: Identity, responses: list[str], conversations: list[str]) -> None:

@@ -30,6 +30,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.cluster import running
 from service.cluster.bus import Bus
 from service.errors import InvalidRequest, PayloadTooLarge
 from service.idempotency import service as idempotency
@@ -250,10 +251,15 @@ class IdempotencyMiddleware(ASGIMiddleware):
                     bus=serving.bus,
                 )
             return
-        with tracking(key) as tracker:
-            recorder = _Recorder(send=send, answers=serving.answers, claim=outcome, tracker=tracker)
-            try:
-                await next_app(scope, _replaying(body, receive), recorder.send)
-            finally:
-                if not recorder.concluded:
-                    await asyncio.shield(recorder.conclude())
+        # Held while the request runs, so that the heartbeat renews the key's deadline (service/cluster).
+        running.hold_key(serving.engine, tenant_id, key)
+        try:
+            with tracking(key) as tracker:
+                recorder = _Recorder(send=send, answers=serving.answers, claim=outcome, tracker=tracker)
+                try:
+                    await next_app(scope, _replaying(body, receive), recorder.send)
+                finally:
+                    if not recorder.concluded:
+                        await asyncio.shield(recorder.conclude())
+        finally:
+            running.let_go_key(serving.engine, tenant_id, key)

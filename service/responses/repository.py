@@ -171,15 +171,18 @@ async def fail_stale_responses(
 ) -> list[str]:
     """Fail running responses whose claim expired, and claim-less running responses older than the TTL (the
     longest any live process declared in its heartbeat, so that a process with a shorter one never fails a live turn
-    of a process with a longer one), and with them their chains' last status."""
-    live = service_process_table.c.stopped_at.is_(None)
-    longest = select(func.max(service_process_table.c.turn_lock_ttl)).where(live).scalar_subquery()
+    of a process with a longer one) that no live process lists as running (its turn may outlive any TTL), and
+    with them their chains' last status."""
+    processes = service_process_table
+    live = processes.c.stopped_at.is_(None)
+    longest = select(func.max(processes.c.turn_lock_ttl)).where(live).scalar_subquery()
     ttl = func.greatest(bindparam("ttl", older_than_seconds), longest)
     cutoff = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, ttl)
     no_live_claim = ~exists().where(
         conversation_t.c.turn_response_id == response_t.c.id, conversation_t.c.turn_expires_at > func.now()
     )
-    stale = or_(response_t.c.id.in_(holders), and_(response_t.c.created_at < cutoff, no_live_claim))
+    listed_live = exists().where(live, response_t.c.id == func.any(processes.c.running_responses))
+    stale = or_(response_t.c.id.in_(holders), and_(response_t.c.created_at < cutoff, no_live_claim, ~listed_live))
     stmt = (
         update(response_t)
         .where(response_t.c.status.in_(RUNNING), stale)
