@@ -65,6 +65,33 @@ async def test_a_dead_processs_listed_turn_is_failed_and_its_conversation_freed_
     assert after.status_code == 200 and after.json()["status"] == "completed"
 
 
+async def test_a_response_hidden_for_a_dead_processs_plain_chain_turn_goes_within_the_timeout(
+    start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], db: AsyncEngine
+) -> None:
+    """The dead process's plain turn noted itself as the running child of the response it continued, so a delete
+    of that response only hid it. The process is found dead: the note goes, and the response with it (not when
+    the note's TURN_LOCK_TTL runs out)."""
+    live = start_server(process_heartbeat_timeout=TIMEOUT)
+    tenant = await make_tenant("ivan", live=live)
+    root = (await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "forget me"})).json()["id"]
+    await execute(
+        db,
+        "INSERT INTO running_chain_turn (response_id, previous_response_id, expires_at)"
+        " VALUES ('resp_of_the_dead', :root, now() + interval '1 hour')",
+        root=root,
+    )
+    assert (await tenant.http.delete(f"/v1/responses/{root}")).status_code == 200
+    assert await rows(db, "SELECT deleted_at IS NOT NULL AS hidden FROM response") == [{"hidden": True}]
+
+    await _dead_process(db, responses=["resp_of_the_dead"], conversations=[])
+
+    async def gone() -> bool:
+        return await rows(db, "SELECT id FROM response") == []
+
+    await eventually(gone, timeout=3 * TIMEOUT)
+    assert await rows(db, "SELECT response_id FROM running_chain_turn") == []
+
+
 async def test_a_turn_begun_after_the_dead_processs_last_heartbeat_is_found_without_a_list(
     start_server: Callable[..., LiveServer], make_tenant: Callable[..., Any], db: AsyncEngine
 ) -> None:

@@ -181,6 +181,18 @@ _FORGET_ENDED_LIVE_FRAMES = text(
 _ANY_RECENTLY_STOPPED = text("SELECT EXISTS (SELECT 1 FROM service_process WHERE stopped_at IS NOT NULL)")
 
 # Long enough for every turn a stopped process began after its last heartbeat to pass the horizon.
+# The notes of the same turns as running children (service/db/models.py, RunningChainTurn): dropped, so that a
+# response a delete only hid for them goes now rather than when the notes expire.
+_DROP_LISTED_RUNNING_CHILDREN = text(
+    """
+    WITH live AS (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NULL),
+    gone AS (SELECT DISTINCT id
+             FROM (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NOT NULL) s
+             WHERE id NOT IN (SELECT id FROM live))
+    DELETE FROM running_chain_turn n USING gone WHERE n.response_id = gone.id RETURNING n.previous_response_id
+    """
+)
+
 _FORGET_STOPPED = text(
     "DELETE FROM service_process"
     " WHERE stopped_at < now() - make_interval(secs => 3 * (SELECT max(heartbeat_timeout) FROM service_process))"
@@ -266,6 +278,8 @@ async def fail_orphaned_turns(conn: AsyncConnection, *, ttl: float, error: str) 
     failed += (await conn.execute(_FAIL_UNLISTED_RESPONSES, {"error": error, "freed": freed})).all()
     await responses.fail_chains(conn, [row.thread_id for row in failed])
     unseen = [turn for row in await conn.execute(_FREE_LISTED_CHAIN_TURNS) for turn in row[0]]
+    parents = (await conn.execute(_DROP_LISTED_RUNNING_CHILDREN)).scalars().all()
+    await responses.delete_hidden_if_unneeded(conn, parents)
     await conn.execute(_FORGET_STOPPED)
     return sorted({row.id for row in failed} | set(freed) | set(unseen))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text, update
@@ -152,11 +153,15 @@ async def release_expired_chain_turns(conn: AsyncConnection) -> list[str]:
 
 
 async def drop_expired_running_children(conn: AsyncConnection) -> None:
-    """Remove the notes of plain chain turns that expired (their process died before their finish); a response
-    a delete only hid for such a turn goes now, with the hidden ancestors nothing else needs."""
-    parents = (await conn.execute(_DROP_EXPIRED_RUNNING_CHILDREN)).scalars().all()
-    for parent in sorted(set(parents)):
-        await _delete_hidden_ancestors(conn, parent)
+    """Remove the notes of plain chain turns that expired (their process died before their finish)."""
+    await delete_hidden_if_unneeded(conn, (await conn.execute(_DROP_EXPIRED_RUNNING_CHILDREN)).scalars().all())
+
+
+async def delete_hidden_if_unneeded(conn: AsyncConnection, response_ids: Sequence[str]) -> None:
+    """Responses whose running children's notes were just removed: those a delete only hid for them go now, with
+    the hidden ancestors nothing else needs."""
+    for response_id in sorted(set(response_ids)):
+        await _delete_hidden_ancestors(conn, response_id)
 
 
 async def fail_chains(conn: AsyncConnection, thread_ids: list[str]) -> None:
