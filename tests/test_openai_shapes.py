@@ -267,3 +267,114 @@ async def test_service_tier_is_what_the_upstream_reported_else_the_requests_else
     assert final["service_tier"] == "scale"  # the terminal event says it too
     stored = (await alice.http.get(f"/v1/responses/{final['id']}")).json()
     assert stored["service_tier"] == "scale"
+
+
+def _ids(kind: str, item_id: str, index: int = 0) -> dict[str, Any]:
+    return {"type": kind, "item_id": item_id, "output_index": index}
+
+
+async def test_items_the_upstream_never_announced_are_announced_as_what_they_are(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """An upstream that skips `output_item.added`: a function call's argument events wait for its done event,
+    so the announcement is the call, with its name (the SDK's stream helper asserts it); a reasoning item is
+    announced as reasoning; an item only the final Response holds is announced and kept; an OpenRouter event
+    name becomes OpenAI's, and an event type outside OpenAI's list is not relayed."""
+    reasoning = {**REASONING, "id": "rs_quiet"}
+    final = response_with_output([reasoning, CALL, {**CALL, "id": "fc_final_only", "call_id": "call_2"}])
+    events = [
+        {"type": "response.created", "response": {**final, "status": "in_progress", "output": []}},
+        {**_ids("response.reasoning_summary_text.delta", "rs_quiet"), "summary_index": 0, "delta": "Need "},
+        {**_ids("response.reasoning.delta", "rs_quiet"), "delta": "thinking"},
+        {"type": "response.output_item.done", "output_index": 0, "item": reasoning},
+        {"type": "x-provider.heartbeat", "output_index": 1},
+        {**_ids("response.function_call_arguments.delta", "fc_up_1", 1), "delta": '{"city":'},
+        {**_ids("response.function_call_arguments.delta", "fc_up_1", 1), "delta": '"Paris"}'},
+        {**_ids("response.function_call_arguments.done", "fc_up_1", 1), "arguments": '{"city":"Paris"}'},
+        {"type": "response.output_item.done", "output_index": 1, "item": CALL},
+        {"type": "response.completed", "response": final},
+    ]
+    fake_upstream.enqueue(Reply(kind="sse", events=events))
+    streamed = await _stream(alice, {"model": MODEL, "input": "weather?", "tools": TOOLS, "stream": True})
+    _check_events(streamed)
+    added = [
+        (e["output_index"], e["item"]["type"], e["item"]["id"])
+        for e in streamed
+        if e["type"] == "response.output_item.added"
+    ]
+    assert added == [
+        (0, "reasoning", "rs_quiet"),
+        (1, "function_call", "fc_up_1"),
+        (2, "function_call", "fc_final_only"),
+    ]
+    announced_call = next(
+        e["item"] for e in streamed if e["type"] == "response.output_item.added" and e["output_index"] == 1
+    )
+    assert (announced_call["name"], announced_call["call_id"], announced_call["arguments"]) == (
+        "get_weather",
+        "call_1",
+        "",
+    )
+    [arguments_done] = [e for e in streamed if e["type"] == "response.function_call_arguments.done"]
+    assert arguments_done["name"] == "get_weather"
+    assert [e["delta"] for e in streamed if e["type"] == "response.function_call_arguments.delta"] == [
+        '{"city":',
+        '"Paris"}',
+    ]
+    assert [e["delta"] for e in streamed if e["type"] == "response.reasoning_text.delta"] == ["thinking"]
+    assert not [e for e in streamed if not e["type"].startswith(("response.", "error"))]
+    terminal = streamed[-1]
+    assert [item["id"] for item in terminal["response"]["output"]] == ["rs_quiet", "fc_up_1", "fc_final_only"]
+    stored = (await alice.http.get(f"/v1/responses/{terminal['response']['id']}")).json()
+    assert [item["id"] for item in stored["output"]] == ["rs_quiet", "fc_up_1", "fc_final_only"]
+
+    # The SDK's stream helper follows such a stream to its final response.
+    fake_upstream.enqueue(Reply(kind="sse", events=events))
+    async with alice.openai().responses.stream(model=MODEL, input="again", tools=TOOLS) as stream:  # type: ignore[arg-type]
+        async for _ in stream:
+            pass
+        done = await stream.get_final_response()
+    assert [item.type for item in done.output] == ["reasoning", "function_call", "function_call"]
+
+
+async def test_a_failed_responses_error_code_is_one_of_openais(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Whatever code the upstream's failed Response carries (a number, a provider's own word), clients read one of
+    ResponseErrorCode's values with the message as it came; the stored error keeps the upstream's code."""
+    cases = [(502, "server_error"), ("provider_error", "server_error"), ("context_length_exceeded", "invalid_prompt")]
+    for code, shown in cases:
+        fake_upstream.reply_json(
+            response_with_output([], status="failed", error={"code": code, "message": f"upstream said {code}"})
+        )
+        answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x"})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        check("Response", body)
+        assert body["error"] == {"code": shown, "message": f"upstream said {code}"}
+        assert (await alice.http.get(f"/v1/responses/{body['id']}")).json()["error"] == body["error"]
+        [stored] = await rows(db, "SELECT error FROM response WHERE id = :r", r=body["id"])
+        assert stored["error"]["code"] == code
+    failing = [
+        {"type": "response.created", "response": text_response("", status="in_progress")},
+        {"type": "error", "code": "context_length_exceeded", "message": "too long for the provider"},
+    ]
+    fake_upstream.enqueue(Reply(kind="sse", events=failing))
+    streamed = await _stream(alice, {"model": MODEL, "input": "x", "stream": True})
+    _check_events(streamed)
+    assert streamed[-1]["type"] == "response.failed"
+    assert streamed[-1]["response"]["error"] == {"code": "invalid_prompt", "message": "too long for the provider"}
+
+
+async def test_compaction_usage_and_include_values_match_the_spec(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    fake_upstream.reply_json(text_response("A summary.", msg_id="msg_summary"))
+    inputs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "input": inputs})
+    assert compacted.status_code == 200, compacted.text
+    check("ResponseUsage", compacted.json()["usage"])
+    calls = len(fake_upstream.requests)
+    for include in (["bogus"], ["reasoning.encrypted_content", "message.output_text.logprob"]):
+        refused = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "include": include})
+        check_error(refused, 400)
+        assert refused.json()["error"]["param"] == "include"
+    assert len(fake_upstream.requests) == calls

@@ -21,14 +21,7 @@ from service.responses.outcome import apply_upstream_result
 from service.responses.requests import TurnRequest, continuation_of
 from service.responses.status import Status
 from service.responses.turn import INTERRUPTED_ERROR, TurnContext
-
-_ZERO_USAGE = {
-    "input_tokens": 0,
-    "input_tokens_details": {"cached_tokens": 0},
-    "output_tokens": 0,
-    "output_tokens_details": {"reasoning_tokens": 0},
-    "total_tokens": 0,
-}
+from service.responses.views import full_usage
 
 
 def _compact_request(body: dict[str, Any], max_input_items: int) -> TurnRequest:
@@ -91,5 +84,5 @@ async def compact_thread(
         "object": "response.compaction",
         "created_at": int(created_at.timestamp()) if isinstance(created_at, datetime) else 0,
         "output": [*(msgspec.json.decode(body) for body in kept), item],
-        "usage": usage or _ZERO_USAGE,
+        "usage": full_usage(usage),  # OpenAI's ResponseUsage: both detail objects, zeros when none came
     }

@@ -42,6 +42,32 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+# IncludeEnum in OpenAI's spec; OpenRouter's list is a part of it, so a value outside it is refused by both.
+INCLUDE_VALUES = frozenset(
+    {
+        "file_search_call.results",
+        "web_search_call.results",
+        "web_search_call.action.sources",
+        "message.input_image.image_url",
+        "computer_call_output.output.image_url",
+        "code_interpreter_call.outputs",
+        "reasoning.encrypted_content",
+        "message.output_text.logprobs",
+    }
+)
+
+
+def _check_include(include: Any) -> None:
+    if not isinstance(include, list) or not all(isinstance(value, str) for value in include):
+        raise _invalid("include must be an array of strings", "include")
+    for value in include:
+        if value not in INCLUDE_VALUES:
+            raise _invalid(
+                f"Invalid include value {value[:100]!r}: supported values are {', '.join(sorted(INCLUDE_VALUES))}",
+                "include",
+            )
+
+
 def _check_number(params: dict[str, Any], name: str, low: float, high: float) -> None:
     value = params[name]
     if not _is_number(value) or not low <= value <= high:
@@ -120,10 +146,8 @@ def check_parameters(params: dict[str, Any]) -> None:
     for name in _STRINGS:
         if name in params and not isinstance(params[name], str):
             raise _invalid(f"{name} must be a string", name)
-    if "include" in params and not (
-        isinstance(params["include"], list) and all(isinstance(value, str) for value in params["include"])
-    ):
-        raise _invalid("include must be an array of strings", "include")
+    if "include" in params:
+        _check_include(params["include"])
     if "tools" in params:
         _check_tools(params["tools"])
     if "tool_choice" in params:

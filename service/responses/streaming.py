@@ -33,6 +33,71 @@ _LIFECYCLE_TYPES = frozenset({"response.created", "response.in_progress", "respo
 # relayed with our item id and output index.
 _TEXT_PART_EVENTS = frozenset({"response.output_text.delta", "response.output_text.done"})
 _PIECES_KEPT = 16
+_ARGUMENT_EVENTS = ("response.function_call_arguments.delta", "response.function_call_arguments.done")
+# ResponseStreamEvent's types in OpenAI's spec: anything else an upstream sends (a provider's own event) is not
+# relayed, so that every event a client reads is one its SDK knows.
+OPENAI_EVENT_TYPES = frozenset(
+    {
+        "error",
+        "response.audio.delta",
+        "response.audio.done",
+        "response.audio.transcript.delta",
+        "response.audio.transcript.done",
+        "response.code_interpreter_call.completed",
+        "response.code_interpreter_call.in_progress",
+        "response.code_interpreter_call.interpreting",
+        "response.code_interpreter_call_code.delta",
+        "response.code_interpreter_call_code.done",
+        "response.completed",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.created",
+        "response.custom_tool_call_input.delta",
+        "response.custom_tool_call_input.done",
+        "response.failed",
+        "response.file_search_call.completed",
+        "response.file_search_call.in_progress",
+        "response.file_search_call.searching",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.image_generation_call.completed",
+        "response.image_generation_call.generating",
+        "response.image_generation_call.in_progress",
+        "response.image_generation_call.partial_image",
+        "response.in_progress",
+        "response.incomplete",
+        "response.mcp_call.completed",
+        "response.mcp_call.failed",
+        "response.mcp_call.in_progress",
+        "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done",
+        "response.mcp_list_tools.completed",
+        "response.mcp_list_tools.failed",
+        "response.mcp_list_tools.in_progress",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.output_text.annotation.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.queued",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_part.done",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done",
+        "response.refusal.delta",
+        "response.refusal.done",
+        "response.shell_call_command.added",
+        "response.shell_call_command.delta",
+        "response.shell_call_command.done",
+        "response.shell_call_output_content.delta",
+        "response.shell_call_output_content.done",
+        "response.web_search_call.completed",
+        "response.web_search_call.in_progress",
+        "response.web_search_call.searching",
+    }
+)
 
 
 def sse_frame(event: dict[str, Any]) -> bytes:
@@ -91,6 +156,10 @@ class StreamAssembler:
         self.upstream_id: str | None = None
         self.upstream_model: str | None = None
         self.final_response: dict[str, Any] | None = None  # the upstream's terminal Response, if it sent one
+        # Argument events of function calls the upstream never announced, by item id or output index: held until
+        # the call's output_item.done names the function (OpenAI announces a call with its name and call_id, and
+        # the SDK's stream helper expects the announced item to be the call).
+        self._held: dict[Any, list[dict[str, Any]]] = {}
         self.error: dict[str, Any] | None = None  # an in-band `error` event
         self.ended = False
 
@@ -156,7 +225,8 @@ class StreamAssembler:
         self._by_item_id[output.id] = output
         if isinstance(upstream_index, int):
             self._by_upstream_index[upstream_index] = output
-        out.append({"type": "response.output_item.added", "output_index": output.index, "item": item})
+        # A copy: the item goes on changing (a call's arguments) before this event is sent.
+        out.append({"type": "response.output_item.added", "output_index": output.index, "item": dict(item)})
         return output
 
     def _find(self, event: dict[str, Any]) -> _Output | None:
@@ -175,6 +245,8 @@ class StreamAssembler:
         if found is not None:
             return found
         shell: dict[str, Any] = {"type": "message", "role": "assistant"}
+        if str(event["type"]).startswith("response.reasoning"):
+            shell = {"type": "reasoning", "summary": []}
         if isinstance(event.get("item_id"), str):
             shell["id"] = event["item_id"]
         return self._new_output(shell, event.get("output_index"), out)
@@ -278,7 +350,14 @@ class StreamAssembler:
             return out
         output = self._find({"item_id": item.get("id"), "output_index": event.get("output_index")})
         if output is None:
-            output = self._new_output(item, event.get("output_index"), out)
+            held = self._held.pop(item.get("id"), []) + self._held.pop(event.get("output_index"), [])
+            if held:  # announced now, as the call it is, then its arguments as they came
+                shell = {**item, "status": "in_progress", "arguments": ""}
+                output = self._new_output(shell, event.get("output_index"), out)
+                for argument_event in held:
+                    out.extend(self._relay(argument_event))
+            else:
+                output = self._new_output(item, event.get("output_index"), out)
         if output.final is not None:
             return out
         for index in range(len(output.parts)):
@@ -294,6 +373,12 @@ class StreamAssembler:
 
     def _relay(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
+        if event["type"] not in OPENAI_EVENT_TYPES:
+            return out
+        if event["type"] in _ARGUMENT_EVENTS and self._find(event) is None:
+            key = event.get("item_id") if isinstance(event.get("item_id"), str) else event.get("output_index")
+            self._held.setdefault(key, []).append(event)
+            return out
         relayed = {k: v for k, v in event.items() if k != "sequence_number"}
         if "output_index" in event or "item_id" in event:
             output = self._output_for(event, out)
@@ -339,20 +424,32 @@ class StreamAssembler:
         return Status.FAILED, cut_error("it ended before the response finished")
 
     def close(self, status: str) -> list[dict[str, Any]]:
-        """Done events for every item still open; also announces the upstream's final output items when the
-        stream carried none of them."""
+        """Done events for every item still open; also announces the upstream's final output items the stream
+        did not carry. Arguments held for a call that never finished go: without its done event its name and
+        call_id are unknown, and such a call could not be answered."""
         out: list[dict[str, Any]] = []
-        final_output = (self.final_response or {}).get("output")
-        if not self._outputs and isinstance(final_output, list):
-            for item in final_output:
-                if isinstance(item, dict):
-                    out.extend(self._item_added({"item": item}))
-                    out.extend(self._item_done({"item": item}))
+        for item in self._unstreamed_final_items():
+            if item.get("id") not in self._held:
+                out.extend(self._item_added({"item": item}))
+            out.extend(self._item_done({"item": item}))
+        self._held.clear()
         item_status = "completed" if status == Status.COMPLETED else "incomplete"
         for output in self._outputs:
             if output.final is None:
                 self._close_item(output, out, item_status)
         return [client_event(event) for event in out]
+
+    def _unstreamed_final_items(self) -> list[dict[str, Any]]:
+        """The items of the upstream's final Response that no event announced: all of them when none was, else
+        those whose ids the stream never named, as many as the final output holds beyond the streamed items (a
+        streamed item whose id the upstream left out got one of ours, so its final copy names another)."""
+        final_output = (self.final_response or {}).get("output")
+        items = [item for item in final_output if isinstance(item, dict)] if isinstance(final_output, list) else []
+        if not self._outputs:
+            return items
+        beyond = len(items) - len(self._outputs)
+        unknown = [item for item in items if isinstance(item.get("id"), str) and item["id"] not in self._by_item_id]
+        return unknown[: max(beyond, 0)]
 
     def result(self, status: str, error: dict[str, Any] | None) -> dict[str, Any]:
         """What the stream amounts to, in the shape of OpenRouter's non-streamed Response, so the turn loop's

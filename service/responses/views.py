@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from service.items import item_view
+from service.responses.response_error import shown_error
 from service.responses.status import RUNNING, Status
 
 # Echoed generation parameters and, when the client left one out, OpenAI's documented default for it (what the
@@ -129,7 +130,7 @@ class ResponseState:
             "background": self.background,
             "completed_at": _epoch(self.completed_at) if self.status == Status.COMPLETED else None,
             "conversation": {"id": self.conversation_id} if self.conversation_id else None,
-            "error": self.error,
+            "error": shown_error(self.error),
             "incomplete_details": self.incomplete_details,
             "instructions": self.instructions,
             "metadata": self.metadata,

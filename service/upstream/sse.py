@@ -104,10 +104,18 @@ def _legacy_delta_text(event: dict[str, Any]) -> str:
     return ""
 
 
+# OpenRouter's documented names for a reasoning item's text events, and OpenAI's.
+_REASONING_TEXT_EVENTS = {
+    "response.reasoning.delta": "response.reasoning_text.delta",
+    "response.reasoning.done": "response.reasoning_text.done",
+}
+
+
 def normalize_event(event: dict[str, Any]) -> dict[str, Any] | None:
     """The event under the spec's name and shape, or None when it has no `type`.
 
     - `response.content_part.delta` (delta a string, `{text}` or a `part`) -> `response.output_text.delta`
+    - `response.reasoning.delta` / `.done` -> `response.reasoning_text.delta` / `.done`
     - `response.done` -> `response.completed` (or `.incomplete`/`.failed` per the response's status)
     - `error` with `{error:{code,message}}`, and `response.error` -> `error` with top-level code/message/param
     """
@@ -116,6 +124,8 @@ def normalize_event(event: dict[str, Any]) -> dict[str, Any] | None:
         return None  # (a type is relayed on an `event:` line: a newline in it would forge frames)
     if kind == "response.content_part.delta":
         return {**event, "type": "response.output_text.delta", "delta": _legacy_delta_text(event)}
+    if kind in _REASONING_TEXT_EVENTS:
+        return {"content_index": 0, **event, "type": _REASONING_TEXT_EVENTS[kind]}
     if kind == "response.done":
         response = event.get("response")
         if not isinstance(response, dict):
