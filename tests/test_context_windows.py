@@ -341,7 +341,8 @@ async def test_the_demo_upstream_shows_a_small_window_offline(start_server: Any,
     tenant = await make_tenant("demo", live=live)
     client = tenant.openai()
     listed = {model.id for model in (await client.models.list()).data}
-    assert "demo/small-window" in listed
+    assert {"demo/small-window", "demo/echo"} <= listed  # demo/echo: the README's examples
+    assert (await client.models.retrieve("demo/echo")).id == "demo/echo"
     conversation = await new_conversation(tenant.http)
     for index in range(12):
         done = await client.responses.create(

@@ -20,6 +20,7 @@ from service.upstream import demo_script as script
 # what the service does when a conversation outgrows its model (README, "Long conversations"); like
 # OpenRouter, the demo refuses a request to it that does not fit.
 DEMO_MODELS = {
+    "demo/echo": (128000, 16384),  # the README's examples
     "openai/gpt-4o-mini": (128000, 16384),
     "demo/small-window": (2000, 300),
 }
