@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from service.limits.sizes import ConversationCaps
 from service.observability.logs import default_format
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+MAX_RETENTION_DAYS = 36500  # what the admin API takes too (a longer interval overflows PostgreSQL's)
+_MAX_PORT = 65535
 DisconnectPolicy = Literal["continue", "cancel"]
 LogFormat = Literal["json", "text"]
 
@@ -33,7 +36,9 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
-def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+def _number(
+    env: Mapping[str, str], name: str, default: float, *, minimum: float = 0, maximum: float | None = None
+) -> float:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -41,13 +46,17 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):  # float() takes "nan" and "inf", which no comparison below refuses
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum:g}, got {raw!r}")
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
-    value = _number(env, name, default, minimum=minimum)
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    value = _number(env, name, default, minimum=minimum, maximum=maximum)
     if value != int(value):
         raise ConfigError(f"{name} must be a whole number, got {env.get(name)!r}")
     return int(value)
@@ -67,11 +76,11 @@ def _model_windows(raw: str) -> tuple[tuple[str, int], ...]:
 
 
 def _days(env: Mapping[str, str], name: str) -> int | None:
-    """A retention period in whole days (at least 1); unset or empty keeps forever."""
+    """A retention period in whole days, within what the admin API takes; unset or empty keeps forever."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return None
-    return _int(env, name, 0, minimum=1)
+    return _int(env, name, 0, minimum=1, maximum=MAX_RETENTION_DAYS)
 
 
 def _compaction_key(raw: str, name: str = "COMPACTION_KEY") -> str | None:
@@ -108,7 +117,17 @@ def normalize_database_url(raw: str) -> str:
         raise ConfigError("DATABASE_URL has an invalid port") from None
     if not parts.path.strip("/"):
         raise ConfigError("DATABASE_URL has no database name: expected postgresql://user@host:port/dbname")
-    return url
+    return _with_asyncpg_ssl(url)
+
+
+def _with_asyncpg_ssl(url: str) -> str:
+    """libpq's `sslmode=require` (what operators write) as asyncpg's `ssl=require`, which takes the same values."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(name == "sslmode" for name, _ in query) or any(name == "ssl" for name, _ in query):
+        return url
+    renamed = [("ssl" if name == "sslmode" else name, value) for name, value in query]
+    return urlunsplit(parts._replace(query=urlencode(renamed, safe="/")))
 
 
 @dataclass(frozen=True)
@@ -207,6 +226,9 @@ class Settings:
         base_url = (env.get("OPENROUTER_BASE_URL") or DEFAULT_OPENROUTER_BASE_URL).strip().rstrip("/")
         if urlsplit(base_url).scheme not in {"http", "https"}:
             raise ConfigError(f"OPENROUTER_BASE_URL must be an http(s) URL, got {base_url!r}")
+        if "@" in urlsplit(base_url).netloc:
+            # Shown on /health and at start-up; the upstream's credential is OPENROUTER_API_KEY.
+            raise ConfigError("OPENROUTER_BASE_URL must not carry a user or password: set OPENROUTER_API_KEY")
         total = _number(env, "UPSTREAM_TOTAL_TIMEOUT", 900.0, minimum=0.01)
         # The heartbeat renews a live turn's claim and key (service/cluster/heartbeat.py); the TTL still outlives
         # one upstream call, so that a turn whose process cannot reach the database for its heartbeats meanwhile
@@ -221,7 +243,12 @@ class Settings:
         log_format = env.get("LOG_FORMAT", "").strip().lower() or default_format()
         if log_format not in {"json", "text"}:
             raise ConfigError(f"LOG_FORMAT must be json or text, got {log_format!r}")
-        metrics_port = _int(env, "METRICS_PORT", 0, minimum=0) or None
+        port = _int(env, "PORT", 8000, minimum=0, maximum=_MAX_PORT)
+        metrics_port = _int(env, "METRICS_PORT", 0, minimum=0, maximum=_MAX_PORT) or None
+        if metrics_port is not None and metrics_port == port:
+            raise ConfigError(
+                f"METRICS_PORT must differ from PORT (both {port}): it is served by a listener of its own"
+            )
         return cls(
             database_url=database_url,
             database_direct_url=normalize_database_url(direct)
@@ -235,7 +262,7 @@ class Settings:
             openrouter_app_title=env.get("OPENROUTER_APP_TITLE", "").strip() or None,
             admin_api_key=env.get("ADMIN_API_KEY", "").strip() or None,
             host=env.get("HOST", "").strip() or "127.0.0.1",
-            port=_int(env, "PORT", 8000, minimum=0),
+            port=port,
             log_level=log_level,
             auto_migrate=_bool(env, "AUTO_MIGRATE", True),
             workers=_int(env, "WORKERS", 1, minimum=1),

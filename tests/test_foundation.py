@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from service.config import normalize_database_url
 from service.migrate import alembic_config
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter
@@ -229,6 +230,18 @@ def busy_port() -> Iterator[int]:
         ({"HISTORY_CACHE_MB": "1.5"}, "HISTORY_CACHE_MB must be a whole number"),
         ({"SSE_KEEPALIVE_SECONDS": "0"}, "SSE_KEEPALIVE_SECONDS must be at least 0.05"),
         ({"DATA_DIR": "/etc/hostname/data"}, "DATA_DIR /etc/hostname/data is not writable"),
+        # float() takes these, and no comparison refuses them.
+        ({"PORT": "nan"}, "PORT must be a finite number"),
+        ({"SHUTDOWN_GRACE_PERIOD": "nan"}, "SHUTDOWN_GRACE_PERIOD must be a finite number"),
+        ({"UPSTREAM_TOTAL_TIMEOUT": "inf"}, "UPSTREAM_TOTAL_TIMEOUT must be a finite number"),
+        ({"TURN_LOCK_TTL": "nan"}, "TURN_LOCK_TTL must be a finite number"),
+        ({"PORT": "99999"}, "PORT must be at most 65535"),
+        ({"PORT": "8123", "METRICS_PORT": "8123"}, "METRICS_PORT must differ from PORT"),
+        ({"RETENTION_RESPONSES_DAYS": "3000000"}, "RETENTION_RESPONSES_DAYS must be at most 36500"),
+        (
+            {"OPENROUTER_BASE_URL": "http://user:SECRETPASSWORD@127.0.0.1:9/api/v1"},
+            "OPENROUTER_BASE_URL must not carry a user or password",
+        ),
     ],
 )
 def test_bad_configuration_fails_fast_with_one_line(env: dict[str, str], expected: str, tmp_path: Path) -> None:
@@ -239,6 +252,19 @@ def test_bad_configuration_fails_fast_with_one_line(env: dict[str, str], expecte
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert expected in lines[0]
+    assert "SECRETPASSWORD" not in result.stderr + result.stdout
+
+
+def test_libpqs_sslmode_is_taken_as_asyncpgs_ssl(database_url: str) -> None:
+    """Operators write libpq's `sslmode`; asyncpg refused it as an unknown argument."""
+    assert normalize_database_url("postgresql://u:p@db:5432/app?sslmode=require") == (
+        "postgresql+asyncpg://u:p@db:5432/app?ssl=require"
+    )
+    assert normalize_database_url("postgresql://u@/app?host=/run/postgresql&sslmode=disable").endswith(
+        "?host=/run/postgresql&ssl=disable"
+    )
+    result = run_cli("keys", "list", DATABASE_URL=plain_url(database_url) + "?sslmode=disable")
+    assert result.returncode == 0, result.stderr
 
 
 def test_port_in_use_fails_fast_with_one_line(busy_port: int, database_url: str) -> None:

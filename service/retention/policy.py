@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.config import Settings
+from service.config import MAX_RETENTION_DAYS, Settings
 from service.errors import InvalidRequest
 
-MAX_DAYS = 36500
+MAX_DAYS = MAX_RETENTION_DAYS
 FIELDS = ("responses_days", "conversations_idle_days")
 
 
