@@ -74,6 +74,7 @@ INPUT_ITEM_TYPES = frozenset(
 # Item types whose upstream schema requires an id: one is minted when the client left it out.
 _ID_REQUIRED_IN_BODY = frozenset({"function_call", "reasoning"})
 _COLUMN_FIELDS = ("id", "type", "role", "status")
+MAX_COLUMN_CHARS = 256  # OpenAI's ids are about 50 characters
 ITEM_REFERENCE = "item_reference"
 
 
@@ -223,9 +224,12 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
     if "id" in item and not (isinstance(item["id"], str) and item["id"]):
         raise _fail(f"{param}.id must be a non-empty string", f"{param}.id")
     for field in _COLUMN_FIELDS:
-        # These are also stored as columns (listing, lookup by id), and PostgreSQL text cannot hold U+0000.
+        # These are also stored as columns (listing, lookup by id), and PostgreSQL text cannot hold U+0000; the id
+        # is in indexes, whose entries PostgreSQL caps at about 2.7 kB.
         if isinstance(item.get(field), str) and "\x00" in item[field]:
             raise _fail(f"{param}.{field} cannot contain U+0000", f"{param}.{field}")
+        if isinstance(item.get(field), str) and len(item[field]) > MAX_COLUMN_CHARS:
+            raise _fail(f"{param}.{field} must be at most {MAX_COLUMN_CHARS} characters", f"{param}.{field}")
     if "status" in item and not isinstance(item["status"], str):
         raise _fail(f"{param}.status must be a string", f"{param}.status")
     if kind == "message":

@@ -276,3 +276,36 @@ async def test_a_reference_to_an_item_nested_within_the_limit_still_works(
     )
     assert answer.status_code == 200, answer.text
     assert fake_upstream.requests[0].raw.count(within.encode()) == 1  # sent verbatim
+
+
+async def test_a_model_or_item_id_too_long_for_an_index_is_a_400_before_anything_is_claimed(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Random text of a few kB does not fit a b-tree entry: stored in an indexed column (a response's model, a
+    conversation's last model, an item's id) it failed the turn's finish after the upstream call, and left the
+    conversation claimed until TURN_LOCK_TTL."""
+    conversation = await new_conversation(alice.http)
+    long = base64.b32encode(bytes(range(256)) * 8).decode()  # 3,280 characters that do not compress
+    turns = [
+        ({"model": long, "input": "x", "conversation": conversation}, "model"),
+        (
+            {"model": MODEL, "input": [{"role": "user", "content": "x", "id": long}], "conversation": conversation},
+            "input[0].id",
+        ),
+        ({"model": long, "input": "x", "stream": True}, "model"),
+    ]
+    for body, param in turns:
+        assert _error(await alice.http.post("/v1/responses", json=body), 400)["param"] == param
+    compact = await alice.http.post("/v1/responses/compact", json={"model": long, "conversation": conversation})
+    assert _error(compact, 400)["param"] == "model"
+    counted = await alice.http.post("/v1/responses/input_tokens", json={"model": long, "input": "x"})
+    assert _error(counted, 400)["param"] == "model"
+    appended = await alice.http.post(
+        f"/v1/conversations/{conversation}/items", json={"items": [{"role": "user", "content": "x", "id": long}]}
+    )
+    assert _error(appended, 400)["param"] == "items[0].id"
+    assert fake_upstream.requests == []
+    assert await rows(db, "SELECT id FROM response") == []
+    fake_upstream.reply_json(text_response("Still open."))
+    answered = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "conversation": conversation})
+    assert answered.status_code == 200, answered.text

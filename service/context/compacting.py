@@ -18,16 +18,14 @@ import msgspec
 from service.errors import InvalidRequest, ServiceError
 from service.items import normalize_input
 from service.responses.outcome import apply_upstream_result
-from service.responses.requests import TurnRequest, continuation_of
+from service.responses.requests import TurnRequest, continuation_of, model_of
 from service.responses.status import Status
 from service.responses.turn import INTERRUPTED_ERROR, TurnContext
 from service.responses.views import full_usage
 
 
 def _compact_request(body: dict[str, Any], max_input_items: int) -> TurnRequest:
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("model is required and must be a non-empty string", param="model")
+    model = model_of(body)
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string", param="instructions")

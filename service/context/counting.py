@@ -15,7 +15,7 @@ from service.errors import InvalidRequest
 from service.items import normalize_input
 from service.responses import repository as responses
 from service.responses import turn_store
-from service.responses.requests import continuation_of
+from service.responses.requests import continuation_of, model_of
 
 # TokenCountsBody's fields that shape what a turn sends besides its input.
 _REQUEST_FIELDS = ("instructions", "tools", "text", "reasoning", "truncation", "tool_choice", "parallel_tool_calls")
@@ -24,9 +24,7 @@ _REQUEST_FIELDS = ("instructions", "tools", "text", "reasoning", "truncation", "
 async def count_input_tokens(
     engine: AsyncEngine, context: ContextWindows, tenant_id: str, body: dict[str, Any], *, max_input_items: int
 ) -> dict[str, Any]:
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("model is required and must be a non-empty string", param="model")
+    model = model_of(body)
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string", param="instructions")

@@ -79,12 +79,25 @@ def continuation_of(body: dict[str, Any]) -> tuple[str | None, str | None]:
     return conversation_id, previous
 
 
-def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnRequest:
+# OpenRouter's model ids are tens of characters; the model is stored in indexed columns (the admin listings'),
+# whose entries PostgreSQL caps at about 2.7 kB: a longer one failed the turn's finish after the upstream call.
+MAX_MODEL_CHARS = 256
+
+
+def model_of(body: dict[str, Any]) -> str:
+    """The request's `model`, checked."""
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("model is required and must be a non-empty string", param="model")
     if "\x00" in model:
         raise InvalidRequest("model cannot contain U+0000", param="model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise InvalidRequest(f"model must be at most {MAX_MODEL_CHARS} characters", param="model")
+    return model
+
+
+def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnRequest:
+    model = model_of(body)
     if "input" not in body or body["input"] is None:
         raise InvalidRequest("input is required", param="input", code="missing_required_parameter")
     instructions = body.get("instructions")
