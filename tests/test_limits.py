@@ -259,6 +259,41 @@ async def test_a_connection_that_never_finishes_its_headers_is_closed(start_serv
         assert (await client.get("/health")).status_code == 200
 
 
+async def test_a_body_that_pauses_past_the_header_timeout_is_closed_and_a_slow_steady_one_is_served(
+    start_server: StartServer, make_tenant: MakeTenant, db: AsyncEngine
+) -> None:
+    """A body trickled in held its connection (a slot of MAX_CONNECTIONS) for as long as its client wished. A
+    pause longer than HTTP_HEADER_TIMEOUT between two of its bytes now closes the connection; a body that keeps
+    coming, however slowly in all, is served."""
+    live = start_server(http_header_timeout=0.5)
+    tenant = await make_tenant("trickle", live=live)
+    body = b'{"metadata": {"topic": "slow"}}'
+    head = (
+        f"POST /v1/conversations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {tenant.key}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
+    stalled = await asyncio.to_thread(_raw_request, live.port, head + body[:5])
+    try:
+        received, closed = await asyncio.to_thread(_read_to_end, stalled, 3.0)
+        assert closed and b"200 OK" not in received
+    finally:
+        stalled.close()
+
+    def steady() -> bytes:
+        sock = _raw_request(live.port, head)
+        try:
+            for byte in body:  # 32 bytes, 0.1 s apart: 3 s in all, never 0.5 s quiet
+                time.sleep(0.1)
+                sock.sendall(bytes([byte]))
+            return _read_to_end(sock, 0.5)[0]
+        finally:
+            sock.close()
+
+    answer = await asyncio.to_thread(steady)
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
+    assert await rows(db, "SELECT metadata FROM conversation") == [{"metadata": {"topic": "slow"}}]
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [

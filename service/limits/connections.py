@@ -1,9 +1,11 @@
 """Connection-level bounds, in uvicorn's HTTP protocol: a connection must finish a request's headers within
-HTTP_HEADER_TIMEOUT seconds of opening (or of its request's first byte), idle keep-alive connections close
-after HTTP_KEEPALIVE_TIMEOUT, and past MAX_CONNECTIONS open connections a new one gets 503 and is closed.
+HTTP_HEADER_TIMEOUT seconds of opening (or of its request's first byte), a request's body must not pause for
+longer than that between two of its bytes, idle keep-alive connections close after HTTP_KEEPALIVE_TIMEOUT, and
+past MAX_CONNECTIONS open connections a new one gets 503 and is closed.
 
 uvicorn closes idle keep-alive connections but has no timeout for a connection that never finishes its
-headers: each such connection held a file descriptor until the process ran out of them."""
+headers, nor for a body that trickles in: each such connection held a file descriptor (and a connection slot,
+and the body so far) for as long as its client wished."""
 
 from __future__ import annotations
 
@@ -71,6 +73,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             type(self).limits = ConnectionLimits.from_settings(Settings.from_env())
         self._header_timer: asyncio.TimerHandle | None = None
         self._refusing = False
+        # A body not complete when the data that finished its headers was parsed: watched by one timer that
+        # checks, when it fires, whether a byte came within the timeout (re-arming per chunk would cost a timer
+        # per chunk of every large body).
+        self._body_pending = False
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_seen_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -85,8 +93,18 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
-        if not self._refusing:
-            super().data_received(data)
+        if self._refusing:
+            return
+        super().data_received(data)
+        if self._body_pending:
+            self._body_seen_at = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self._limits.header_timeout, self._on_body_timer)
+
+    def on_message_complete(self) -> None:
+        self._body_pending = False
+        self._disarm_body_timer()
+        super().on_message_complete()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -95,6 +113,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
+        self._body_pending = True  # until on_message_complete (at once for a request without a body)
         super().on_headers_complete()
         # Lets a layer that gives up on its client (slow_readers.py) drop the connection: uvicorn then takes the
         # unfinished response for the client's disconnect, not for an application error.
@@ -108,6 +127,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     @property
@@ -128,6 +148,25 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self.transport.is_closing():
             self.transport.close()
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _on_body_timer(self) -> None:
+        """The body paused past the timeout: the connection closes, which the application reads as its client
+        leaving (nothing was done with a body it had not got)."""
+        self._body_timer = None
+        if not self._body_pending or self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # waiting for the application to take what came, not for the client
+            self._body_seen_at = self.loop.time()
+        quiet = self.loop.time() - self._body_seen_at
+        if quiet >= self._limits.header_timeout:
+            self.transport.close()
+        else:
+            self._body_timer = self.loop.call_later(self._limits.header_timeout - quiet, self._on_body_timer)
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedHttpProtocol]:
