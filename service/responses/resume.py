@@ -26,8 +26,12 @@ from service.errors import InvalidRequest, NotFound
 from service.responses import event_repository, service
 from service.responses.runner import TurnRunner
 from service.responses.status import RUNNING
-from service.responses.streaming import KEEPALIVE_FRAME, events_from_state, opening_events, split_frames, sse_frame
+from service.responses.streaming import KEEPALIVE_FRAME, events_from_state, opening_events, sse_frame
 
+# A stored log is sent in slices of this many characters (SSE frames end with a blank line; a slice may end
+# anywhere, the client reads a byte stream).
+_SLICE_CHARS = 64 * 1024
+_FRAME_END = "\n\n"
 # A notification only wakes a reader; without one it reads again after this (a missed notification costs this).
 _RECHECK_SECONDS = 1.0
 _KEEPALIVE_EVERY = 10  # quiet rechecks between two keep-alive comments
@@ -59,7 +63,7 @@ async def open_replay(
     if not row.stream:
         raise _not_streamed(response_id)
     if row.events is not None:
-        return _frames_after(split_frames(row.events), after)
+        return _log_after(row.events, after)
     return _wait_then_replay(engine, runner, tenant_id, response_id, after, bus=bus)
 
 
@@ -71,10 +75,17 @@ def _not_streamed(response_id: str) -> InvalidRequest:
     )
 
 
-async def _frames_after(frames: list[bytes], after: int) -> AsyncIterator[bytes]:
-    start = max(after + 1, 0)
-    if start < len(frames):
-        yield b"".join(frames[start:])
+async def _log_after(events: str, after: int) -> AsyncIterator[bytes]:
+    """The stored log from the frame after `after` on, a slice at a time: the text read from the database is the
+    only whole copy a reader holds, however long the log (split into frames and joined again, it was three)."""
+    start = 0
+    for _ in range(max(after + 1, 0)):
+        end = events.find(_FRAME_END, start)
+        if end < 0:
+            return
+        start = end + len(_FRAME_END)
+    for offset in range(start, len(events), _SLICE_CHARS):
+        yield events[offset : offset + _SLICE_CHARS].encode()
 
 
 async def _wait_then_replay(
@@ -102,7 +113,7 @@ async def _wait_then_replay(
             if row is None:
                 return  # deleted meanwhile
             if row.events is not None:
-                async for chunk in _frames_after(split_frames(row.events), after):
+                async for chunk in _log_after(row.events, after):
                     yield chunk
                 return
             chunk, after = await live_frames.frames_after(engine, response_id, after)
