@@ -14,6 +14,10 @@ from service.errors import InvalidRequest
 # Deeper values than any real request needs; every later reader (the idempotency fingerprint, a stored item's
 # replay, the stdlib's parser) then stays far from Python's recursion limit.
 MAX_JSON_DEPTH = 64
+# More arrays and objects than any real request holds (2,000 input items of a few each, tools' schemas): each
+# costs a Python object, so ten million empty arrays in a 29 MB body took seconds of the event loop and over a
+# gigabyte to decode, and every later read of the stored parameters as long again.
+MAX_JSON_CONTAINERS = 100_000
 
 _decoder = msgspec.json.Decoder()
 
@@ -46,6 +50,13 @@ def check_depth(value: dict[str, Any]) -> None:
 
 
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
+
+
+def _containers(raw: bytes) -> int:
+    """How many arrays and objects a JSON text holds: its brackets outside strings, counted in C loops."""
+    return len(_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)) // 2
 
 
 def nests_too_deep(raw: bytes) -> bool:
@@ -135,6 +146,11 @@ def _diagnose(raw: bytes, fast_error: Exception) -> InvalidRequest:
 def decode_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise InvalidRequest("Request body is empty; expected a JSON object", code="invalid_json")
+    brackets = raw.count(b"[") + raw.count(b"{")
+    if brackets > MAX_JSON_CONTAINERS and _containers(raw) > MAX_JSON_CONTAINERS:
+        raise InvalidRequest(
+            f"Request body holds more than {MAX_JSON_CONTAINERS} arrays and objects", code="json_too_complex"
+        )
     try:
         value = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets invalid UTF-8 through as the latter
@@ -144,7 +160,7 @@ def decode_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequest("Request body must be a JSON object", code="invalid_json")
     # Counting brackets is a C loop over the bytes; only a body with enough of them to be that deep is walked.
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH:
+    if brackets > MAX_JSON_DEPTH:
         check_depth(value)
     return value
 

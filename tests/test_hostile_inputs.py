@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.jsonbody import MAX_JSON_DEPTH
+from service.jsonbody import MAX_JSON_CONTAINERS, MAX_JSON_DEPTH
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter, text_response
 from tests.turn_support import MODEL, new_conversation, rows
@@ -308,4 +308,20 @@ async def test_a_model_or_item_id_too_long_for_an_index_is_a_400_before_anything
     assert await rows(db, "SELECT id FROM response") == []
     fake_upstream.reply_json(text_response("Still open."))
     answered = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "conversation": conversation})
+    assert answered.status_code == 200, answered.text
+
+
+async def test_a_body_of_more_arrays_and_objects_than_any_request_holds_is_a_400_before_it_is_decoded(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Ten million empty arrays in a pass-through parameter held the event loop for seconds and took a gigabyte,
+    and every read of the stored parameters as long again. Brackets inside strings are text, not structure."""
+    many = b'{"model":"m","input":"x","provider":[' + b"[]," * (MAX_JSON_CONTAINERS + 1) + b"[]]}"
+    refused = await alice.http.post("/v1/responses", content=many, headers={"content-type": "application/json"})
+    assert _error(refused, 400)["code"] == "json_too_complex"
+    assert fake_upstream.requests == []
+    assert await rows(db, "SELECT id FROM response") == []
+    fake_upstream.reply_json(text_response("Brackets are text here."))
+    text_ = "[{" * (MAX_JSON_CONTAINERS + 1)
+    answered = await alice.http.post("/v1/responses", json={"model": MODEL, "input": text_})
     assert answered.status_code == 200, answered.text
