@@ -24,10 +24,10 @@ def parse_page(after: str | None, limit: str | None, order: str | None) -> PageR
     if limit is None or limit == "":
         size = 20
     else:
-        try:
-            size = int(limit)
-        except ValueError:
-            raise InvalidRequest(f"limit must be an integer between 1 and 100, got {limit!r}", param="limit") from None
+        # ASCII digits only: int() also takes other scripts' digits, spaces and "1_0", which no client means.
+        if not (limit.isascii() and limit.lstrip("-").isdigit()):
+            raise InvalidRequest(f"limit must be an integer between 1 and 100, got {limit[:40]!r}", param="limit")
+        size = int(limit)
         if not 1 <= size <= 100:
             raise InvalidRequest(f"limit must be between 1 and 100, got {size}", param="limit")
     direction = (order or "desc").lower()

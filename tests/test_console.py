@@ -68,7 +68,10 @@ async def test_pages_need_a_session_and_only_the_admin_credential_signs_in(
     page = await browser_client.get("/admin/ui/")
     assert page.status_code == 200 and "<h1>Threads</h1>" in page.text
     assert page.headers["cache-control"] == "no-store"
+    assert page.headers["content-type"] == "text/html; charset=utf-8"  # the charset once
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    metrics = await browser_client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert metrics.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     # The session is not a credential for the API.
     assert (await browser_client.get("/admin/conversations")).status_code == 401
 

@@ -224,6 +224,8 @@ async def test_item_list_rejects_bad_pagination_parameters(alice: Tenant) -> Non
         ({"limit": 0}, "limit"),
         ({"limit": 101}, "limit"),
         ({"limit": "ten"}, "limit"),
+        ({"limit": "\uff15"}, "limit"),  # a full-width 5: int() takes it
+        ({"limit": "1_0"}, "limit"),
         ({"order": "sideways"}, "order"),
         ({"after": "msg_nope"}, "after"),
     ]:

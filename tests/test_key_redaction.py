@@ -5,9 +5,11 @@ event log, the response's error)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
@@ -119,3 +121,16 @@ async def test_a_key_too_short_to_be_openrouters_does_not_corrupt_what_is_stored
     [stored] = await rows(db, "SELECT body FROM item WHERE id = 'msg_x'")
     assert json.loads(stored["body"])["content"][0]["text"] == "six boxes of wax"
     assert "[redacted]" not in stored["body"]
+
+
+async def test_a_key_a_client_put_in_the_url_is_not_written_to_the_access_log(
+    alice: Tenant, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.access")
+    answer = await alice.http.get(f"/v1/conversations/{alice.key}")
+    assert answer.status_code == 404
+    lines = [r for r in caplog.records if r.name == "service.access"]
+    assert lines, "the request was logged"
+    logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', {})}" for r in lines)
+    assert alice.key not in logged and alice.key[len("sk-cs-") :] not in logged
+    assert "/v1/conversations/sk-[redacted]" in logged

@@ -60,7 +60,11 @@ def _signer(request: Request[Any, Any, Any], runtime: Runtime) -> SessionSigner:
 
 def _html(body: str, status_code: int = 200, cookies: list[Cookie] | None = None) -> Response[str]:
     return Response(
-        body, status_code=status_code, media_type="text/html; charset=utf-8", headers=_HEADERS, cookies=cookies
+        body,
+        status_code=status_code,
+        media_type="text/html",
+        headers=_HEADERS,
+        cookies=cookies,  # charset: litestar's
     )
 
 

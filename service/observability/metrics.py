@@ -14,7 +14,8 @@ from prometheus_client import REGISTRY as _DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Prometheus' text format; litestar adds `; charset=utf-8` to a text/ type (written here too, it came twice).
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 # Latency buckets from a fast read (~1 ms) to a long generation (minutes).
 _REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)

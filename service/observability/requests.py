@@ -5,6 +5,7 @@ one log line when it ends, and its place in the request metrics. It wraps Litest
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -18,6 +19,12 @@ access_logger = logging.getLogger("service.access")
 _REQUEST_ID_HEADER = b"x-request-id"
 _REPLAYED_HEADER = b"idempotent-replayed"
 _UNROUTED = "unmatched"
+# A client that puts its key (or an OpenRouter key) in the URL by mistake must not have it written to the log.
+_KEY_IN_PATH = re.compile(r"sk-(?:cs|or)-[\w-]+")
+
+
+def _logged_path(path: str) -> str:
+    return _KEY_IN_PATH.sub("sk-[redacted]", path) if "sk-" in path else path
 
 
 class RequestObserver:
@@ -77,7 +84,7 @@ def _report(scope: HTTPScope, current: record.RequestRecord, status: int, second
     fields: dict[str, Any] = {
         "method": method,
         "route": route,
-        "path": scope["path"],
+        "path": (path := _logged_path(scope["path"])),
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
         "tenant": current.tenant,
@@ -97,4 +104,4 @@ def _report(scope: HTTPScope, current: record.RequestRecord, status: int, second
             fields["upstream_error"] = current.upstream_error
         fields["input_tokens"] = current.input_tokens
         fields["output_tokens"] = current.output_tokens
-    access_logger.info("%s %s %d", method, scope["path"], status, extra={"fields": fields})
+    access_logger.info("%s %s %d", method, path, status, extra={"fields": fields})
