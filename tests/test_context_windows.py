@@ -313,6 +313,10 @@ async def test_input_tokens_of_a_chain_and_errors(alice: Tenant, fake_upstream: 
     no_model = await alice.http.post("/v1/responses/input_tokens", json={"input": "x"})
     assert no_model.status_code == 400
     assert no_model.json()["error"]["param"] == "model"
+    bad_tools = await alice.http.post(
+        "/v1/responses/input_tokens", json={"model": SMALL_WINDOW_MODEL, "input": "x", "tools": "x"}
+    )
+    assert bad_tools.status_code == 400 and bad_tools.json()["error"]["param"] == "tools"  # as POST /v1/responses
     unknown = await alice.http.post(
         "/v1/responses/input_tokens", json={"model": SMALL_WINDOW_MODEL, "conversation": "conv_nope"}
     )

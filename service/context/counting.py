@@ -15,6 +15,7 @@ from service.errors import InvalidRequest
 from service.items import normalize_input
 from service.responses import repository as responses
 from service.responses import turn_store
+from service.responses.parameters import check_parameters
 from service.responses.requests import continuation_of, model_of
 
 # TokenCountsBody's fields that shape what a turn sends besides its input.
@@ -29,6 +30,7 @@ async def count_input_tokens(
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string", param="instructions")
     params = {name: body[name] for name in _REQUEST_FIELDS if body.get(name) is not None}
+    check_parameters(params)  # as POST /v1/responses checks them
     truncation_mode(params)
     conversation_id, previous = continuation_of(body)
     raw_input = body.get("input")
