@@ -125,8 +125,9 @@ def extract_text(item: dict[str, Any]) -> str:
     return text.replace("\x00", "")[:SEARCH_TEXT_CHARS]
 
 
-def _check_parts(parts: list[Any], allowed: frozenset[str] | None, param: str) -> None:
-    """`allowed`: the part types accepted; None: any string."""
+def _check_parts(parts: list[Any], allowed: frozenset[str] | None, param: str, *, fields: bool = True) -> None:
+    """`allowed`: the part types accepted; None: any string. `fields`: check the fields OpenAI types too (not
+    for an imported item, which a backup holds as it was once accepted)."""
     for index, part in enumerate(parts):
         where = f"{param}[{index}]"
         if not isinstance(part, dict):
@@ -141,6 +142,27 @@ def _check_parts(parts: list[Any], allowed: frozenset[str] | None, param: str) -
             )
         if kind in {"input_text", "output_text"} and not isinstance(part.get("text"), str):
             raise _fail(f"Content part {where} needs a string 'text'", f"{where}.text")
+        if fields:
+            _check_part_fields(part, kind, where)
+
+
+# Content part fields OpenAI's schema types, checked where the client sent them: stored, a wrong type would go
+# upstream on every later turn of the thread (and be shown as it is).
+_PART_STRINGS = {
+    "input_image": ("image_url", "file_id", "detail"),
+    "input_file": ("file_id", "file_data", "file_url", "filename"),
+}
+_FILE_SOURCES = ("file_id", "file_data", "file_url")
+
+
+def _check_part_fields(part: dict[str, Any], kind: Any, where: str) -> None:
+    for field in _PART_STRINGS.get(kind, ()):
+        if field in part and part[field] is not None and not isinstance(part[field], str):
+            raise _fail(f"Content part {where}.{field} must be a string", f"{where}.{field}")
+    if kind == "input_file" and not any(isinstance(part.get(field), str) for field in _FILE_SOURCES):
+        raise _fail(f"Content part {where} needs one of {', '.join(_FILE_SOURCES)}", where)
+    if "annotations" in part and not isinstance(part["annotations"], list):
+        raise _fail(f"Content part {where}.annotations must be an array", f"{where}.annotations")
 
 
 def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
@@ -179,6 +201,9 @@ def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
 
 # Items with fields the upstream's schema requires (a replay sends them as stored): _check_tool_item checks them.
 _TOOL_ITEM_TYPES = frozenset({"function_call", "function_call_output", "reasoning"})
+# OpenAI's status of these input items (other tool calls have their own words, e.g. a web search's `searching`).
+ITEM_STATUSES = frozenset({"in_progress", "completed", "incomplete"})
+_ITEM_STATUS_TYPES = frozenset({"message", *_TOOL_ITEM_TYPES})
 
 
 def _check_tool_item(item: dict[str, Any], kind: str, param: str) -> None:
@@ -191,8 +216,16 @@ def _check_tool_item(item: dict[str, Any], kind: str, param: str) -> None:
             raise _fail(f"{param}.call_id is required for function_call_output", f"{param}.call_id")
         if not isinstance(item.get("output"), str | list):
             raise _fail(f"{param}.output must be a string or an array of content parts", f"{param}.output")
-    elif kind == "reasoning" and not isinstance(item.get("summary"), list):
-        raise _fail(f"{param}.summary is required and must be an array", f"{param}.summary")
+    elif kind == "reasoning":
+        summary = item.get("summary")
+        if not isinstance(summary, list):
+            raise _fail(f"{param}.summary is required and must be an array", f"{param}.summary")
+        for index, part in enumerate(summary):
+            if not (
+                isinstance(part, dict) and part.get("type") == "summary_text" and isinstance(part.get("text"), str)
+            ):
+                where = f"{param}.summary[{index}]"
+                raise _fail(f"{where} must be a summary_text part with a string text", where)
 
 
 def check_replayable(item: dict[str, Any], param: str) -> None:
@@ -204,7 +237,7 @@ def check_replayable(item: dict[str, Any], param: str) -> None:
     if kind == "message" and isinstance(item.get("content"), list):
         # An assistant message may carry any part type an upstream produced; a client's, the input types.
         allowed = None if item.get("role") == "assistant" else INPUT_PART_TYPES
-        _check_parts(item["content"], allowed, f"{param}.content")
+        _check_parts(item["content"], allowed, f"{param}.content", fields=False)
     elif isinstance(kind, str) and kind in _TOOL_ITEM_TYPES:
         _check_tool_item(item, kind, param)
 
@@ -232,6 +265,11 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
             raise _fail(f"{param}.{field} must be at most {MAX_COLUMN_CHARS} characters", f"{param}.{field}")
     if "status" in item and not isinstance(item["status"], str):
         raise _fail(f"{param}.status must be a string", f"{param}.status")
+    if kind in _ITEM_STATUS_TYPES and "status" in item and item["status"] not in ITEM_STATUSES:
+        raise _fail(
+            f"{param}.status must be one of {', '.join(sorted(ITEM_STATUSES))} (got {item['status'][:40]!r})",
+            f"{param}.status",
+        )
     if kind == "message":
         return _normalize_message(item, param)
     if kind in _TOOL_ITEM_TYPES:

@@ -150,6 +150,21 @@ async def test_body_over_the_size_limit_gets_413(alice: Tenant, fake_upstream: F
         ),
         ({"model": "m", "input": "x", "service_tier": "gold"}, "service_tier"),
         ({"model": "m", "input": "x", "include": "reasoning.encrypted_content"}, "include"),
+        # Item fields OpenAI's schema types: stored, they would go upstream on every later turn.
+        ({"model": "m", "input": [{"role": "assistant", "content": "a", "status": "bogus"}]}, "input[0].status"),
+        ({"model": "m", "input": [{"type": "reasoning", "summary": [5]}]}, "input[0].summary[0]"),
+        (
+            {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": 5}]}]},
+            "input[0].content[0].image_url",
+        ),
+        ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file"}]}]}, "input[0].content[0]"),
+        (
+            {
+                "model": "m",
+                "input": [{"role": "user", "content": [{"type": "input_text", "text": "t", "annotations": 5}]}],
+            },
+            "input[0].content[0].annotations",
+        ),
     ],
 )
 async def test_invalid_turn_requests_name_the_field(
