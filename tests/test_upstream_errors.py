@@ -68,7 +68,6 @@ async def test_upstream_4xx_keeps_its_status_and_the_failed_turn_is_stored(
 @pytest.mark.parametrize(
     ("status", "code", "error_type"),
     [
-        (401, "upstream_authentication_failed", "authentication_error"),
         (402, "insufficient_credits", "invalid_request_error"),
         (403, "upstream_forbidden", "permission_error"),
         (404, "upstream_not_found", "invalid_request_error"),
@@ -88,6 +87,20 @@ async def test_upstream_client_errors_keep_their_status(
         "code": code,
     }
     assert len(fake_upstream.requests) == 1
+
+
+async def test_openrouter_refusing_the_services_key_is_a_502_not_the_clients_401(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    fake_upstream.reply_json(_openrouter_error(401, "No auth credentials found"), status=401)
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q"})
+    assert answer.status_code == 502
+    assert answer.json()["error"] == {
+        "message": "OpenRouter: No auth credentials found",
+        "type": "server_error",
+        "param": None,
+        "code": "upstream_authentication_failed",
+    }
 
 
 async def test_upstream_string_error_code_is_kept(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
@@ -196,7 +209,7 @@ async def test_the_openrouter_key_never_appears_in_bodies_or_logs(
     # An upstream that echoes the key back in its error message (as some proxies do).
     fake_upstream.reply_json(_openrouter_error(401, f"Invalid key {SECRET} for this account"), status=401)
     failed = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q", "conversation": conv})
-    assert failed.status_code == 401
+    assert failed.status_code == 502 and failed.json()["error"]["code"] == "upstream_authentication_failed"
     for _ in range(3):
         fake_upstream.reply_json(_openrouter_error(500, f"key={SECRET}"), status=500)
     failed_5xx = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q2", "conversation": conv})

@@ -78,6 +78,10 @@ def _client_status_and_code(kind: str, status: int | None, upstream_code: Any) -
         return 502, "upstream_error"
     if status >= 500:
         return 502, "upstream_error"
+    if status == 401:
+        # OpenRouter refused the service's own key (the client's never goes upstream): a 401 would tell the
+        # client, and its SDK's AuthenticationError, that its key is wrong.
+        return 502, "upstream_authentication_failed"
     if isinstance(upstream_code, str) and upstream_code:
         return status, upstream_code
     return status, _CODE_BY_STATUS.get(status, "upstream_error")
