@@ -259,6 +259,27 @@ async def test_a_connection_that_never_finishes_its_headers_is_closed(start_serv
         assert (await client.get("/health")).status_code == 200
 
 
+async def test_headers_larger_than_any_client_sends_get_a_431_and_a_close(start_server: StartServer) -> None:
+    live = start_server()
+    filler = "".join(f"x-filler-{n}: {'v' * 100}\r\n" for n in range(700))  # about 80 KiB
+    huge = await asyncio.to_thread(_raw_request, live.port, f"GET /health HTTP/1.1\r\nhost: x\r\n{filler}".encode())
+    try:
+        received, closed = await asyncio.to_thread(_read_to_end, huge, 5.0)
+    finally:
+        huge.close()
+    assert closed and received.startswith(b"HTTP/1.1 431 "), received[:200]
+    assert json.loads(received.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_headers_too_large"
+    fitting = "".join(f"x-filler-{n}: {'v' * 100}\r\n" for n in range(500))  # about 57 KiB
+    sock = await asyncio.to_thread(
+        _raw_request, live.port, f"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{fitting}\r\n".encode()
+    )
+    try:
+        answer, _ = await asyncio.to_thread(_read_to_end, sock, 5.0)
+    finally:
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
+
+
 async def test_a_body_that_pauses_past_the_header_timeout_is_closed_and_a_slow_steady_one_is_served(
     start_server: StartServer, make_tenant: MakeTenant, db: AsyncEngine
 ) -> None:

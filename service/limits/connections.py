@@ -55,6 +55,15 @@ _MALFORMED = _closing_answer(
         "invalid_http_request",
     ),
 )
+_HEADERS_TOO_LARGE = _closing_answer(
+    "431 Request Header Fields Too Large",
+    error_envelope(
+        "The request line and headers are too large", "invalid_request_error", None, "request_headers_too_large"
+    ),
+)
+# More than any real client sends (servers commonly allow 8-64 KiB): uvicorn's httptools parser has no bound, so
+# a client could make it buffer headers for the whole header timeout.
+MAX_HEADER_BYTES = 64 * 1024
 # The scope extension holding a callable that drops the request's connection at once (unsent data discarded).
 DROP_CONNECTION = "convstore.drop_connection"
 _REFUSED_LINGER_SECONDS = 1.0
@@ -79,6 +88,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_pending = False
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_seen_at = 0.0
+        # Bytes received since the request began while its headers were not complete.
+        self._header_bytes = 0
+        self._in_headers = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -96,6 +108,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._refusing:
             return
         super().data_received(data)
+        if self._in_headers and not self.transport.is_closing():
+            # Counted after parsing: a chunk that completed the headers may hold body bytes too, which do not count.
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._refusing = True
+                self.transport.write(_HEADERS_TOO_LARGE)
+                self.transport.close()
+                return
         if self._body_pending:
             self._body_seen_at = self.loop.time()
             if self._body_timer is None:
@@ -108,11 +128,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
         if self._header_timer is None:
             self._arm_header_timer()
 
     def on_headers_complete(self) -> None:
         self._disarm_header_timer()
+        self._in_headers = False
         self._body_pending = True  # until on_message_complete (at once for a request without a body)
         super().on_headers_complete()
         # Lets a layer that gives up on its client (slow_readers.py) drop the connection: uvicorn then takes the
