@@ -117,7 +117,8 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
-def _diagnose(raw: bytes, fast_error: Exception) -> InvalidRequest:
+def diagnose(raw: bytes, fast_error: Exception) -> InvalidRequest:
+    """Why a body msgspec refused is not valid JSON, in words a client can act on."""
     # msgspec rejects lone surrogates with a confusing "truncated" message; the stdlib parser tells us why.
     try:
         text = raw.decode("utf-8")
@@ -154,7 +155,7 @@ def decode_object(raw: bytes) -> dict[str, Any]:
     try:
         value = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # msgspec lets invalid UTF-8 through as the latter
-        raise _diagnose(raw, exc) from None
+        raise diagnose(raw, exc) from None
     except RecursionError:
         raise _too_deep(_deep_field(raw)) from None
     if not isinstance(value, dict):

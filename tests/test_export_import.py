@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Tenant
+from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, response_with_output, text_response
+from tests.test_backup import _cli
 from tests.turn_support import assistant, list_all, new_conversation, rows, shown, turn, user
 
 JSONL = {"Content-Type": "application/jsonl"}
@@ -193,6 +195,70 @@ async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tena
         assert error["type"] == "invalid_request_error"
     assert await rows(db, "SELECT id FROM conversation") == []
     assert await rows(db, "SELECT id FROM item") == []
+
+
+async def test_a_line_with_a_lone_surrogate_is_refused_for_that_reason(alice: Tenant, db: AsyncEngine) -> None:
+    """msgspec calls a lone surrogate "Input data was truncated"; the line is told what a request body is told."""
+    header = b'{"object":"conversation","metadata":{}}'
+    cases = [
+        (b'{"type":"message","role":"user","content":"a \\ud800 b"}', "contains a lone UTF-16 surrogate"),
+        (b'{"type":"message","role":"user","content":"x",}', "not valid JSON: "),
+        (b'{"type":"message","role":"user","content":"\xff"}', "not valid UTF-8 (byte "),
+    ]
+    for line, reason in cases:
+        answer = await alice.http.post("/v1/conversations/import", content=header + b"\n" + line + b"\n", headers=JSONL)
+        assert answer.status_code == 400, answer.text
+        message = answer.json()["error"]["message"]
+        assert message.startswith(f"Line 2: {reason}"), message
+        assert "truncated" not in message
+    assert await rows(db, "SELECT id FROM conversation") == []
+
+
+async def test_an_import_beyond_the_conversation_caps_is_refused_at_the_line_crossing_them(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    db: AsyncEngine,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An import used to create a conversation of any size (200,000 items under a cap of 100,000), which no
+    append or turn could then add to."""
+    live = start_server(max_conversation_items=3, max_conversation_bytes=2500)
+    alice = await make_tenant("alice", live=live)
+    header = json.dumps({"object": "conversation", "metadata": {}})
+    short = [json.dumps({"type": "message", "role": "user", "content": f"m{n}"}) for n in range(4)]
+    long = [json.dumps({"type": "message", "role": "user", "content": f"m{n} " + "x" * 1000}) for n in range(3)]
+    for items, line, what in (
+        (short, 5, "would hold 4 items; at most 3 (MAX_CONVERSATION_ITEMS)"),
+        (long, 4, "bytes of items; at most 2500 (MAX_CONVERSATION_BYTES)"),
+    ):
+        body = ("\n".join([header, *items]) + "\n").encode()
+        answer = await alice.http.post("/v1/conversations/import", content=body, headers=JSONL)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "conversation_too_large"
+        assert error["param"] == f"line {line}"
+        assert error["message"].startswith(f"Line {line}: the imported conversation would hold "), error
+        assert what in error["message"]
+    assert await rows(db, "SELECT id FROM conversation") == []
+    within = ("\n".join([header, *short[:3]]) + "\n").encode()
+    assert (await alice.http.post("/v1/conversations/import", content=within, headers=JSONL)).status_code == 200
+
+    # An admin import or `convstore import` of many conversations: each within the caps, else nothing.
+    two = within + ("\n".join([header, *short]) + "\n").encode()  # the second one's 4th item is line 9
+    admin_headers = {"Authorization": f"Bearer {live.settings.admin_api_key}", **JSONL}
+    async with httpx.AsyncClient(base_url=live.url, headers=admin_headers, timeout=30) as admin:
+        assert (await admin.post("/admin/tenants/alice/import", content=within + within)).status_code == 200
+        refused = await admin.post("/admin/tenants/alice/import", content=two)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "conversation_too_large"
+    assert refused.json()["error"]["message"].startswith("Line 9: ")
+    monkeypatch.setenv("MAX_CONVERSATION_ITEMS", "3")
+    failed = _cli(database_url, "import", "-", "--tenant", "alice", stdin=two)
+    assert failed.returncode == 2
+    assert b"Line 9: the imported conversation would hold 4 items" in failed.stderr, failed.stderr
+    assert b"nothing was imported" in failed.stderr
+    assert len(await rows(db, "SELECT id FROM conversation")) == 3
 
 
 async def test_import_needs_json_lines_content_type(alice: Tenant) -> None:

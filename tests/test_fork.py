@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Tenant
+from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, text_response
 from tests.turn_support import MODEL, assistant, conversation_items, list_all, new_conversation, rows, turn, user
 
@@ -97,6 +98,38 @@ async def test_fork_takes_new_metadata_and_refuses_unknown_items(
         assert answer.status_code == status, answer.text
         assert answer.json()["error"]["param"] == param
     assert len(await rows(db, "SELECT id FROM conversation")) == 3
+
+
+async def test_a_fork_that_would_hold_more_than_the_conversation_caps_is_refused_and_copies_nothing(
+    alice: Tenant,
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    db: AsyncEngine,
+) -> None:
+    """A fork used to copy any number of items, making a conversation beyond the caps that no append or turn
+    could then add to."""
+    items = [{"role": "user", "content": f"item {n} " + "x" * 1000} for n in range(5)]
+    source = await new_conversation(alice.http, items=items)
+    listed = await list_all(alice.http, f"/v1/conversations/{source}/items", order="asc")
+    caps_and_what = (
+        ({"max_conversation_items": 3}, 3, "would hold 4 items; at most 3 (MAX_CONVERSATION_ITEMS)"),
+        ({"max_conversation_bytes": 2500}, 2, "bytes of items; at most 2500 (MAX_CONVERSATION_BYTES)"),
+    )
+    for caps, within, what in caps_and_what:
+        capped = await make_tenant("alice", live=start_server(**caps))
+        fork = f"/v1/conversations/{source}/fork"
+        refused = await capped.http.post(fork, json={"item_id": listed[within]["id"]})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["param"]) == ("conversation_too_large", "item_id")
+        assert what in error["message"], error
+        assert await rows(db, "SELECT id FROM conversation") == [{"id": source}]
+        assert len(await rows(db, "SELECT id FROM item")) == 5
+
+        kept = await capped.http.post(fork, json={"item_id": listed[within - 1]["id"]})
+        assert kept.status_code == 200, kept.text
+        assert len(await list_all(capped.http, f"/v1/conversations/{kept.json()['id']}/items")) == within
+        assert (await capped.http.delete(f"/v1/conversations/{kept.json()['id']}")).status_code == 200
 
 
 async def test_a_retried_fork_or_import_with_the_same_idempotency_key_creates_one_conversation(

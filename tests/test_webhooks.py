@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
@@ -129,6 +130,73 @@ async def test_a_receiver_failing_twice_gets_the_same_event_until_it_acknowledge
     assert row == {"state": "delivered", "attempts": 3, "done": True}
 
 
+async def _stored_endpoint(db: AsyncEngine, tenant: str, endpoint_id: str, url: str, secret: str) -> None:
+    """An endpoint written straight to the database, as one stored before its URL's form was refused would be."""
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO webhook_endpoint (id, tenant_id, url, events, secret) "
+                "SELECT :id, id, :url, ARRAY['response.completed'], :secret FROM tenant WHERE name = :tenant"
+            ),
+            {"id": endpoint_id, "url": url, "secret": secret, "tenant": tenant},
+        )
+
+
+async def _settled(admin: httpx.AsyncClient, count: int) -> dict[str, dict[str, Any]]:
+    """The deliveries by endpoint once `count` of them are no longer pending."""
+    for _ in range(200):
+        deliveries = (await admin.get("/admin/webhook-deliveries")).json()["data"]
+        if len(deliveries) == count and all(d["state"] != "pending" for d in deliveries):
+            break
+        await asyncio.sleep(0.05)
+    return {d["endpoint_id"]: d for d in deliveries}
+
+
+async def test_an_endpoint_that_cannot_be_sent_to_fails_its_own_deliveries_and_the_others_are_delivered(
+    start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """One row's unexpected error (here a secret damaged in the database) used to abort the whole delivery pass,
+    every second: that row stayed pending with no attempt, never given up on, and the pass was cut short."""
+    live = start_server(**{**DELIVERING, "webhook_retry_hours": 1 / 3600})  # given up on after about a second
+    alice = await make_tenant("alice", live=live)
+    async with _admin_client(live) as admin:
+        good = await _endpoint(admin, "alice", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+        await _stored_endpoint(db, "alice", "bad_secret", f"http://127.0.0.1:{receiver.port}/other", "whsec_A")
+        await _stored_endpoint(db, "alice", "bad_host", "https://" + "a" * 300 + ".com/hook", good["secret"])
+        response_id = await _background(alice)
+        by_endpoint = await _settled(admin, 3)
+    assert by_endpoint[good["id"]]["state"] == "delivered"
+    assert [a["status_code"] for a in by_endpoint[good["id"]]["attempts"]] == [200]
+    for endpoint_id in ("bad_secret", "bad_host"):
+        delivery = by_endpoint[endpoint_id]
+        assert delivery["response_id"] == response_id
+        assert delivery["state"] == "failed", delivery
+        errors = [a["error"] for a in delivery["attempts"]]
+        assert len(errors) >= 2 and all(errors) and len(set(errors)) == 1, errors
+    assert "base64" in by_endpoint["bad_secret"]["attempts"][0]["error"]
+    assert "not a valid domain name" in by_endpoint["bad_host"]["attempts"][0]["error"]
+    assert [r.path for r in receiver.requests] == ["/hook"]
+
+
+async def test_a_stored_host_name_the_resolver_cannot_encode_is_refused_at_each_attempt_then_given_up(
+    start_server: Callable[..., LiveServer], make_tenant: Any, db: AsyncEngine
+) -> None:
+    """Where private addresses are refused, a delivery resolves the host first: for an empty label or one over
+    63 characters the resolver raised UnicodeError, which no delivery expected."""
+    settings = {**DELIVERING, "webhook_allow_private_addresses": False, "webhook_retry_hours": 1 / 3600}
+    live = start_server(**settings)
+    alice = await make_tenant("alice", live=live)
+    await _stored_endpoint(db, "alice", "long_label", "https://" + "a" * 300 + ".com/hook", "whsec_" + "A" * 44)
+    await _stored_endpoint(db, "alice", "empty_label", "https://a..com/hook", "whsec_" + "A" * 44)
+    await _background(alice)
+    async with _admin_client(live) as admin:
+        by_endpoint = await _settled(admin, 2)
+    for delivery in by_endpoint.values():
+        assert delivery["state"] == "failed", delivery
+        assert len(delivery["attempts"]) >= 2
+        assert all(a["error"].startswith("refused: url host is not a valid domain name") for a in delivery["attempts"])
+
+
 async def test_an_outcome_stored_while_no_process_delivers_is_delivered_after_a_restart(
     alice: Tenant,
     admin: httpx.AsyncClient,
@@ -197,6 +265,17 @@ async def _validated_listed_removed(admin: httpx.AsyncClient, alice: Tenant) -> 
         ({"url": "https://user:pw@example.com/x", "events": ["response.completed"]}, "url"),
         ({"url": "https://example.com/a\u0000b", "events": ["response.completed"]}, "url"),  # text cannot hold it
         ({"url": "https://example.com/a b", "events": ["response.completed"]}, "url"),
+        # Host names the resolver (IDNA) or the HTTP client cannot take: empty or over-long labels, not IDNA 2008.
+        ({"url": "https://" + "a" * 300 + ".com/", "events": ["response.completed"]}, "url"),
+        ({"url": "https://a..com/", "events": ["response.completed"]}, "url"),
+        (
+            {
+                "url": "https://" + "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 63 + ".com/",
+                "events": ["response.completed"],
+            },
+            "url",
+        ),
+        ({"url": "https://\u2603.net/", "events": ["response.completed"]}, "url"),
         ({"events": ["response.completed"]}, "url"),
         ({"url": "https://example.com/x", "events": []}, "events"),
         ({"url": "https://example.com/x", "events": ["response.created"]}, "events[0]"),
@@ -206,6 +285,10 @@ async def _validated_listed_removed(admin: httpx.AsyncClient, alice: Tenant) -> 
         answer = await admin.post(url, json=body)
         assert answer.status_code == 400, (body, answer.text)
         assert answer.json()["error"]["param"] == param, body
+    for allowed in ("https://b\u00fccher.example/x", "https://" + "a" * 63 + ".example.com./x"):
+        answer = await admin.post(url, json={"url": allowed, "events": ["response.completed"]})
+        assert answer.status_code == 200, (allowed, answer.text)
+        assert (await admin.delete(f"{url}/{answer.json()['id']}")).status_code == 200
     valid = {"url": "https://example.com/x", "events": ["response.completed"]}
     assert (await admin.post("/admin/tenants/nobody/webhooks", json=valid)).status_code == 404
     assert (

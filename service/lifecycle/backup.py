@@ -15,8 +15,10 @@ from service.errors import NotFound
 from service.ids import new_id
 from service.items import NewItem
 from service.lifecycle import jsonl, repository
+from service.lifecycle.caps import ImportTally
 from service.lifecycle.copies import imported_item
 from service.lifecycle.service import conversation_lines
+from service.limits.sizes import ConversationCaps
 
 CONVERSATION_PAGE = 100
 
@@ -62,16 +64,21 @@ async def open_export(
     return _all_lines(engine, tenant_id, conversation_id)
 
 
-def conversations_in(entries: Iterable[jsonl.Header | jsonl.ItemLine]) -> Iterable[PendingConversation]:
-    """Parsed lines grouped into conversations, one at a time (memory: one conversation)."""
+def conversations_in(
+    entries: Iterable[jsonl.Header | jsonl.ItemLine], caps: ConversationCaps
+) -> Iterable[PendingConversation]:
+    """Parsed lines grouped into conversations, one at a time (memory: one conversation), each within the caps."""
     current: PendingConversation | None = None
+    tally = ImportTally(caps)
     for entry in entries:
         if isinstance(entry, jsonl.Header):
             if current is not None:
                 yield current
             current = PendingConversation(entry)
+            tally = ImportTally(caps)
         elif current is not None:
             current.items.append(imported_item(entry.value))
+            tally.add(entry.line, current.items[-1])
     if current is not None:
         yield current
 
@@ -87,13 +94,13 @@ async def insert_conversation(conn: AsyncConnection, tenant_id: str, pending: Pe
     )
 
 
-async def import_for_tenant(engine: AsyncEngine, tenant: str, raw: bytes) -> dict[str, Any]:
+async def import_for_tenant(engine: AsyncEngine, tenant: str, raw: bytes, *, caps: ConversationCaps) -> dict[str, Any]:
     """Every conversation of the file into the tenant, in one transaction: all of them, or none."""
     created = []
     items = 0
     async with engine.begin() as conn:
         tenant_id = await _tenant_id(conn, tenant)
-        for pending in conversations_in(jsonl.parse(raw, many=True)):
+        for pending in conversations_in(jsonl.parse(raw, many=True), caps):
             created.append(conversation_view(await insert_conversation(conn, tenant_id, pending)))
             items += len(pending.items)
     return {"object": "conversation.import", "tenant": tenant, "conversations": created, "items": items}

@@ -13,7 +13,7 @@ import msgspec
 
 from service.errors import InvalidRequest
 from service.items import check_replayable
-from service.jsonbody import MAX_JSON_DEPTH, nests_too_deep
+from service.jsonbody import MAX_JSON_DEPTH, diagnose, nests_too_deep
 from service.metadata import validate_metadata
 
 MEDIA_TYPE = "application/jsonl"
@@ -55,6 +55,14 @@ def header_line(row: Any, tenant: str | None = None) -> bytes:
     return encode(header) + b"\n"
 
 
+def _why_not_json(raw: bytes, error: Exception) -> str:
+    """What a request body would be told (msgspec calls a lone surrogate "truncated" input; the body's diagnosis
+    names it), said of the line: "not valid JSON: ...", "not valid UTF-8 (byte N)", "contains a lone UTF-16
+    surrogate ..."."""
+    reason = diagnose(raw, error).message.removeprefix("Request body ").removeprefix("is ")
+    return reason.replace("(line 1, column ", "(column ")  # a line is one line of JSON
+
+
 def _decode(number: int, raw: bytes) -> dict[str, Any]:
     # As for any request body: every later reader of the item (its replay, a reference to it) stays far from
     # Python's recursion limit.
@@ -63,7 +71,7 @@ def _decode(number: int, raw: bytes) -> dict[str, Any]:
     try:
         value = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise bad_line(number, f"not valid JSON ({exc})") from None
+        raise bad_line(number, _why_not_json(raw, exc)) from None
     if not isinstance(value, dict):
         raise bad_line(number, "must be a JSON object")
     return value

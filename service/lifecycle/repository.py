@@ -80,6 +80,15 @@ async def item_position(conn: AsyncConnection, conversation_id: str, item_id: st
     return None if value is None else int(value)
 
 
+async def items_through(conn: AsyncConnection, conversation_id: str, through: int) -> tuple[int, int]:
+    """How many items the conversation holds up to position `through`, and their characters of stored JSON."""
+    stmt = select(func.count(), func.coalesce(func.sum(func.length(item_t.c.body)), 0)).where(
+        item_t.c.conversation_id == conversation_id, item_t.c.position <= through
+    )
+    count, size = (await conn.execute(stmt)).one()
+    return int(count), int(size)
+
+
 async def copy_items_into(
     conn: AsyncConnection, *, source: str, through: int, target: str, tenant_id: str, metadata: dict[str, str]
 ) -> Any:

@@ -10,7 +10,7 @@ from litestar.params import FromPath, FromQuery, RawBody
 from litestar.response import Stream
 
 from service.conversations.schemas import ConversationResource
-from service.http import CallerDep, EngineDep, json_response, require_admin_key, require_tenant_key
+from service.http import CallerDep, EngineDep, RuntimeDep, json_response, require_admin_key, require_tenant_key
 from service.idempotency.progress import IDEMPOTENT, note_created
 from service.jsonbody import decode_object
 from service.lifecycle import backup, jsonl, service
@@ -65,7 +65,8 @@ class ConversationLifecycleController(Controller):
         async def check(tenant: str, items: list[Any]) -> None:
             await windows.check_items(tenant, items, param="items")
 
-        created = await service.import_conversation(caller.engine, caller.tenant_id, raw, check)
+        caps = caller.runtime.settings.conversation_caps
+        created = await service.import_conversation(caller.engine, caller.tenant_id, raw, caps=caps, check=check)
         note_created(conversation_id=created["id"])
         return json_response(created)
 
@@ -80,7 +81,8 @@ class ConversationLifecycleController(Controller):
         """Body: `item_id` (the last item kept) and optional `metadata` (default: the source's). A new
         conversation with copies of the items up to that one; the source is untouched."""
         payload = decode_object(body)
-        created = await service.fork_conversation(caller.engine, caller.tenant_id, conversation_id, payload)
+        caps = caller.runtime.settings.conversation_caps
+        created = await service.fork_conversation(caller.engine, caller.tenant_id, conversation_id, payload, caps=caps)
         note_created(conversation_id=created["id"])
         return json_response(created)
 
@@ -119,10 +121,11 @@ class ConversationBackupAdminController(Controller):
         ),
     )
     async def import_(
-        self, request: Request[Any, Any, Any], engine: EngineDep, tenant: FromPath[str]
+        self, request: Request[Any, Any, Any], runtime: RuntimeDep, tenant: FromPath[str]
     ) -> Response[bytes]:
         """Body: one or more exported conversations (`Content-Type: application/jsonl`), all imported into the
         tenant with new ids in one transaction, or none (400 naming the first bad line)."""
         service.check_media_type(request.headers.get("content-type"))
         raw = await request.body()
-        return json_response(await backup.import_for_tenant(engine, tenant, raw))
+        caps = runtime.settings.conversation_caps
+        return json_response(await backup.import_for_tenant(runtime.engine, tenant, raw, caps=caps))

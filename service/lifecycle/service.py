@@ -14,7 +14,9 @@ from service.errors import InvalidRequest, NotFound, StreamBrokenOff
 from service.ids import new_id
 from service.items import NewItem, item_view
 from service.lifecycle import jsonl, repository
+from service.lifecycle.caps import ImportTally, refuse_fork_beyond
 from service.lifecycle.copies import imported_item
+from service.limits.sizes import ConversationCaps
 from service.metadata import validate_metadata
 
 # Items read per statement while exporting: memory stays flat however long the conversation is, and no
@@ -89,11 +91,12 @@ async def _check_compaction(check: ItemCheck, tenant_id: str, line: jsonl.ItemLi
 
 
 async def import_conversation(
-    engine: AsyncEngine, tenant_id: str, raw: bytes, check: ItemCheck | None = None
+    engine: AsyncEngine, tenant_id: str, raw: bytes, *, caps: ConversationCaps, check: ItemCheck | None = None
 ) -> dict[str, Any]:
     """One exported conversation as a new one: new ids, everything else as in the file."""
     header: jsonl.Header | None = None
     items: list[NewItem] = []
+    tally = ImportTally(caps)
     for entry in jsonl.parse(raw, many=False):
         if isinstance(entry, jsonl.Header):
             header = entry
@@ -101,6 +104,7 @@ async def import_conversation(
             if check is not None:
                 await _check_compaction(check, tenant_id, entry)
             items.append(imported_item(entry.value))
+            tally.add(entry.line, items[-1])
     assert header is not None  # parse() makes line 1 the header
     async with engine.begin() as conn:
         row = await repository.insert_conversation_with_items(
@@ -115,7 +119,7 @@ async def import_conversation(
 
 
 async def fork_conversation(
-    engine: AsyncEngine, tenant_id: str, conversation_id: str, body: dict[str, Any]
+    engine: AsyncEngine, tenant_id: str, conversation_id: str, body: dict[str, Any], *, caps: ConversationCaps
 ) -> dict[str, Any]:
     """A new conversation holding copies of the source's items up to and including `item_id`. A turn running
     on the source does not block the fork, which sees its items once committed; a delete of the source or of
@@ -131,6 +135,9 @@ async def fork_conversation(
         through = await repository.item_position(conn, conversation_id, item_id)
         if through is None:
             raise NotFound(f"Item with id '{item_id}' not found in conversation '{conversation_id}'.", param="item_id")
+        if caps.max_items or caps.max_bytes:
+            items, size = await repository.items_through(conn, conversation_id, through)
+            refuse_fork_beyond(caps, conversation_id, item_id, items, size)
         row = await repository.copy_items_into(
             conn,
             source=conversation_id,

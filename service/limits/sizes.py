@@ -19,13 +19,18 @@ class ConversationCaps:
     max_items: int = 0  # 0: no cap
     max_bytes: int = 0
 
+    def breach(self, items: int, size: int) -> str | None:
+        """What a conversation of `items` items and `size` bytes would hold beyond a cap, or None."""
+        if self.max_items and items > self.max_items:
+            return f"{items} items; at most {self.max_items} (MAX_CONVERSATION_ITEMS)"
+        if self.max_bytes and size > self.max_bytes:
+            return f"{size} bytes of items; at most {self.max_bytes} (MAX_CONVERSATION_BYTES)"
+        return None
+
     def excess(self, conversation_id: str, items: int, size: int, *, param: str) -> InvalidRequest | None:
         """The refusal for a conversation that would hold `items` items and `size` bytes, or None."""
-        if self.max_items and items > self.max_items:
-            what = f"{items} items; at most {self.max_items} (MAX_CONVERSATION_ITEMS)"
-        elif self.max_bytes and size > self.max_bytes:
-            what = f"{size} bytes of items; at most {self.max_bytes} (MAX_CONVERSATION_BYTES)"
-        else:
+        what = self.breach(items, size)
+        if what is None:
             return None
         return InvalidRequest(
             f"Conversation '{conversation_id}' would hold {what}. Delete items it no longer needs, or continue in "

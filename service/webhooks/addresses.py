@@ -9,7 +9,10 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
+import httpx
+
 MAX_URL_LENGTH = 2048
+MAX_HOST_LENGTH = 253  # a DNS name's limit (RFC 1035), once IDNA-encoded
 
 
 class AddressRefused(Exception):
@@ -20,6 +23,23 @@ def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return not address.is_global or address.is_multicast
+
+
+def _check_domain_name(url: str, host: str) -> None:
+    """A host name the resolver and the HTTP client can both take. The resolver encodes it with IDNA and raises
+    UnicodeError (not OSError) for an empty label or one over 63 characters; httpx refuses, with InvalidURL (not
+    HTTPError), a name IDNA 2008 does not allow. Either would only show at delivery, as an error the delivery
+    loop did not expect (a name over 253 characters fails there too, only later)."""
+    try:
+        encoded = host.encode("idna")
+        httpx.URL(url)
+    except (UnicodeError, httpx.InvalidURL):
+        encoded = b""
+    if not encoded or len(encoded.rstrip(b".")) > MAX_HOST_LENGTH:
+        raise AddressRefused(
+            f"url host is not a valid domain name: labels of 1 to 63 characters between dots, {MAX_HOST_LENGTH} "
+            "in all; an internationalized name must be valid IDNA"
+        )
 
 
 def check_url_form(url: str, *, allow_private: bool) -> str:
@@ -44,6 +64,7 @@ def check_url_form(url: str, *, allow_private: bool) -> str:
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
+        _check_domain_name(url, host)
         if not allow_private and host.rstrip(".").lower() in {"localhost", "localhost.localdomain"}:
             raise AddressRefused("url points to a loopback host") from None
         return host

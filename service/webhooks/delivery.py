@@ -30,6 +30,10 @@ SEND_TIMEOUT = 10.0
 MAX_ERROR_LENGTH = 500
 
 
+def _described(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH] if str(exc) else type(exc).__name__
+
+
 def event_body(row: Any) -> bytes:
     """OpenAI's event shape: {id, object: "event", type, created_at, data: {id}}."""
     event = {
@@ -57,14 +61,21 @@ class WebhookDeliverer:
         except AddressRefused as exc:
             return None, f"refused: {exc}"
         except httpx.HTTPError as exc:
-            return None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_LENGTH] if str(exc) else type(exc).__name__
+            return None, _described(exc)
         if 200 <= answer.status_code < 300:
             return answer.status_code, None
         return answer.status_code, f"HTTP {answer.status_code}"
 
     async def _deliver(self, row: Any) -> None:
         started = time.monotonic()
-        status_code, error = await self._send(row)
+        try:
+            status_code, error = await self._send(row)
+        except Exception as exc:
+            # Whatever else one row's send raises (an endpoint stored before its URL's form was refused, a
+            # secret that does not decode) is that row's failed attempt: retried, then given up on after the
+            # retry window like any failure, never left pending with no attempt while it is claimed again.
+            logger.warning("webhook %s could not be sent: %s", row.event_id, type(exc).__name__)
+            status_code, error = None, _described(exc)
         async with self.engine.begin() as conn:
             state = await repository.record_attempt(
                 conn,
@@ -86,7 +97,14 @@ class WebhookDeliverer:
         """One pass: every due delivery, BATCH at a time, sent concurrently. Returns how many were attempted."""
         async with self.engine.begin() as conn:
             rows = await repository.claim_due(conn, limit=BATCH, lease=LEASE_SECONDS)
-        await asyncio.gather(*(self._deliver(row) for row in rows))
+        outcomes = await asyncio.gather(*(self._deliver(row) for row in rows), return_exceptions=True)
+        # A row whose attempt could not be recorded (the database went away) keeps its claim until the lease
+        # ends and is sent again then; the other rows of the pass go on.
+        for row, outcome in zip(rows, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                logger.warning("webhook %s attempt not recorded: %s", row.event_id, type(outcome).__name__)
+            elif isinstance(outcome, BaseException):
+                raise outcome
         return len(rows)
 
     async def run_forever(self) -> None:
