@@ -12,8 +12,9 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, BinaryIO
 
 from service.config import ConfigError, Settings
 
@@ -84,6 +85,42 @@ def _migrate(url: str) -> None:
         raise ConfigError(f"migration failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
+async def _check_revision(url: str) -> None:
+    from service.db.session import create_engine  # noqa: PLC0415
+    from service.migrate import database_revision, head_revision, is_known_revision  # noqa: PLC0415
+
+    engine = create_engine(url, pool_size=1)
+    try:
+        current = await database_revision(engine)
+    except Exception as exc:
+        raise ConfigError(f"cannot read the schema revision at {_describe(url)}: {type(exc).__name__}") from None
+    finally:
+        await engine.dispose()
+    head = head_revision()
+    if current == head:
+        return
+    if current is not None and not is_known_revision(current):
+        raise ConfigError(
+            f"the database is at revision {current}, which this release ({head}) does not know: "
+            "a newer release migrated it; run that release"
+        )
+    found = f"revision {current}" if current else "no revision (never migrated)"
+    raise ConfigError(
+        f"the database is at {found}, this release needs {head} and AUTO_MIGRATE=false: "
+        "run `python -m service migrate` first"
+    )
+
+
+def _prepare_schema(settings: Settings, url: str) -> None:
+    """AUTO_MIGRATE=false only checks the revision: a key made or a backup taken with a new release's CLI must
+    not run DDL under the processes of the release before, and a process must not serve a schema its code does
+    not match (every request would fail)."""
+    if settings.auto_migrate:
+        _migrate(url)
+    else:
+        asyncio.run(_check_revision(url))
+
+
 def _check_port_free(host: str, port: int) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
@@ -119,8 +156,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # Behind a pooler in transaction mode, checks and migrations go to the server directly.
         direct = settings.database_direct_url or url
         asyncio.run(_check_database(direct))
-        if settings.auto_migrate:
-            _migrate(direct)
+        _prepare_schema(settings, direct)
         if settings.embedded_database:
             secret = asyncio.run(_first_start_key(url))
             if secret:
@@ -169,7 +205,7 @@ def _with_engine(settings: Settings, work: Callable[[Any], Any]) -> Any:
     with _database(settings) as resolved:
         url = settings.database_direct_url or resolved
         asyncio.run(_check_database(url))
-        _migrate(url)
+        _prepare_schema(settings, url)
 
         async def run() -> Any:
             engine = create_engine(url, pool_size=1)
@@ -182,12 +218,16 @@ def _with_engine(settings: Settings, work: Callable[[Any], Any]) -> Any:
 
 
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from service.errors import ServiceError  # noqa: PLC0415
     from service.keys import service as keys  # noqa: PLC0415
 
-    created = _with_engine(
-        settings,
-        lambda engine: keys.create_key(engine, tenant=args.tenant, name=args.name, is_admin=args.admin),
-    )
+    try:
+        created = _with_engine(
+            settings,
+            lambda engine: keys.create_key(engine, tenant=args.tenant, name=args.name, is_admin=args.admin),
+        )
+    except ServiceError as exc:
+        return _fail(exc.message)
     kind = "admin key" if created.is_admin else "key"
     print(f"created {kind} {created.id} for tenant '{created.tenant}'; the secret is shown only this once:")
     print(created.secret)
@@ -220,16 +260,39 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from service.errors import ServiceError  # noqa: PLC0415
     from service.lifecycle import cli_transfer  # noqa: PLC0415
 
+    def export(out: BinaryIO) -> None:
+        _with_engine(
+            settings,
+            lambda engine: cli_transfer.export_to(out, engine, tenant=args.tenant, conversation=args.conversation),
+        )
+
     try:
-        with contextlib.ExitStack() as files:
-            out = files.enter_context(open(args.output, "wb")) if args.output else cli_transfer.stdout()
-            _with_engine(
-                settings,
-                lambda engine: cli_transfer.export_to(out, engine, tenant=args.tenant, conversation=args.conversation),
-            )
+        if args.output:
+            _export_replacing(Path(args.output), export)
+        else:
+            export(cli_transfer.stdout())
     except ServiceError as exc:
         return _fail(exc.message)
+    except OSError as exc:
+        return _fail(f"cannot write {args.output}: {exc.strerror or exc}")
     return 0
+
+
+def _export_replacing(target: Path, export: Callable[[BinaryIO], None]) -> None:
+    """Write into a new file beside `target` and rename it over `target` only once the export is complete: a
+    failed export (unknown tenant, database down) leaves the backup already there as it was."""
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+    # Created as open() would create `target` (0666 less the umask), never over an existing file.
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            export(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
@@ -268,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="migrate (unless AUTO_MIGRATE=false) and serve the API")
+    serve = commands.add_parser("serve", help="migrate (AUTO_MIGRATE=false: refuse an old schema) and serve the API")
     serve.add_argument(
         "--access-log", action="store_true", help="also uvicorn's own access line (ours, one per request, is always on)"
     )

@@ -170,6 +170,14 @@ _DRIVER_UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
 )
+# Refusals PostgreSQL gives only when a connection is opened: the database was dropped or renamed, the role or
+# its password was refused. Not the request's fault, and a retry succeeds once the operator mends it.
+_CONNECT_REFUSED = (asyncpg.InvalidCatalogNameError, asyncpg.InvalidAuthorizationSpecificationError)
+
+
+def _driver_error(exc: DBAPIError) -> BaseException | None:
+    """asyncpg's exception under SQLAlchemy's: its adapter's error (`orig`) was raised from asyncpg's."""
+    return None if exc.orig is None else exc.orig.__cause__ or exc.orig
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
@@ -180,6 +188,8 @@ def is_database_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, _DRIVER_UNAVAILABLE):  # raised by statements sent on the driver connection
+        return True
+    if isinstance(_driver_error(exc) if isinstance(exc, DBAPIError) else exc, _CONNECT_REFUSED):
         return True
     return isinstance(exc, OSError | ConnectionError)
 

@@ -24,7 +24,7 @@ class Health(msgspec.Struct):
 
 class Ready(msgspec.Struct):
     status: Literal["ready", "unavailable"]
-    database: Literal["ok", "unreachable"]
+    database: Literal["ok", "unreachable", "not_migrated"]
     detail: str | None = None
 
 
@@ -54,13 +54,20 @@ async def health(runtime: RuntimeDep) -> Response[bytes]:
     "/ready", operation_id="ready", tags=["health"], security=[], operation_class=documented(answer=Ready, public=True)
 )
 async def ready(engine: EngineDep) -> Response[bytes]:
-    """503 with the same shape when the database cannot be reached."""
+    """503 with the same shape when the database cannot be reached, or holds no schema (re-created empty under a
+    running process: every request would fail). Not a revision check: during a rolling upgrade the processes of
+    the release before stay ready on a schema migrated ahead of them."""
     try:
         async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+            migrated = await conn.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
     except Exception as exc:
         return json_response(
             {"status": "unavailable", "database": "unreachable", "detail": type(exc).__name__},
+            status_code=503,
+        )
+    if not migrated:
+        return json_response(
+            {"status": "unavailable", "database": "not_migrated", "detail": "run `python -m service migrate`"},
             status_code=503,
         )
     return json_response({"status": "ready", "database": "ok"})

@@ -1,4 +1,5 @@
-"""Schema changes go through alembic only; this runs them from the CLI and the test suite."""
+"""Schema changes go through alembic only; this runs them from the CLI and the test suite, and tells the CLI
+whether a database is at this release's revision."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,3 +28,29 @@ def upgrade(database_url: str, revision: str = "head") -> None:
 
 def downgrade(database_url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(database_url), revision)
+
+
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config(""))
+
+
+def head_revision() -> str:
+    """The revision this release's code is written for."""
+    head = _scripts().get_current_head()
+    assert head is not None, "migrations/versions holds no revision"
+    return head
+
+
+def is_known_revision(revision: str) -> bool:
+    """False for a revision from a newer release (or none at all): this code's migrations do not hold it."""
+    try:
+        return _scripts().get_revision(revision) is not None
+    except Exception:  # alembic raises several kinds for an unknown or malformed id
+        return False
+
+
+async def database_revision(engine: AsyncEngine) -> str | None:
+    """The revision stamped in the database's alembic_version, None when it was never migrated."""
+    async with engine.connect() as conn:
+        heads = await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_heads())
+    return ",".join(heads) if heads else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -99,6 +101,26 @@ async def test_openapi_schema_and_docs_are_served(anonymous: httpx.AsyncClient) 
     assert schema.status_code == 200
     assert "/v1/responses" in schema.json()["paths"]
     assert (await anonymous.get("/docs")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [{"database": "convstore_no_such_database"}, {"username": "convstore_no_such_role"}],
+    ids=["dropped-database", "unknown-role"],
+)
+async def test_a_dropped_database_or_refused_role_answers_503_database_unavailable(
+    start_server: Callable[..., LiveServer], database_url: str, wrong: dict[str, str]
+) -> None:
+    """PostgreSQL refuses these when a connection opens (the database was dropped, the role or password refused):
+    not the request's fault, and a retry succeeds once the operator mends it."""
+    live = start_server(database_url=make_url(database_url).set(**wrong).render_as_string(hide_password=False))
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        answer = await client.post(
+            "/v1/conversations", json={}, headers={"Authorization": "Bearer sk-cs-any-key-at-all"}
+        )
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "database_unavailable"
+    assert answer.headers["retry-after"] == "1"
 
 
 # -- authentication -------------------------------------------------------------------------------------------
@@ -202,6 +224,62 @@ def test_revoking_an_unknown_key_fails_cleanly(database_url: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+async def test_a_failed_export_leaves_the_backup_file_as_it_was(
+    database_url: str, alice: Tenant, tmp_path: Path
+) -> None:
+    backup = tmp_path / "backup.jsonl"
+    backup.write_bytes(b"precious backup line\n")
+    for args, env in [
+        (("--tenant", "nosuch"), {"DATABASE_URL": plain_url(database_url)}),
+        ((), {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"}),
+    ]:
+        failed = run_cli("export", *args, "-o", str(backup), **env)
+        assert failed.returncode == 2
+        assert len(failed.stderr.strip().splitlines()) == 1 and failed.stderr.startswith("error: "), failed.stderr
+        assert backup.read_bytes() == b"precious backup line\n"
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    done = run_cli("export", "--tenant", "alice", "-o", str(backup), DATABASE_URL=plain_url(database_url))
+    assert done.returncode == 0, done.stderr
+    assert conversation in backup.read_text()
+    assert [path.name for path in tmp_path.iterdir()] == ["backup.jsonl"]  # no partial file left behind
+
+
+def test_export_to_an_unwritable_path_is_one_error_line(database_url: str, tmp_path: Path) -> None:
+    target = tmp_path / "no" / "such" / "dir.jsonl"
+    result = run_cli("export", "-o", str(target), DATABASE_URL=plain_url(database_url))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot write {target}"), result.stderr
+
+
+async def test_the_cli_refuses_tenant_names_the_admin_api_refuses_and_trims_like_it(
+    database_url: str, alice: Tenant, db: AsyncEngine, tmp_path: Path
+) -> None:
+    for bad, expected in [
+        ("", "tenant must be a non-empty string"),
+        ("   ", "tenant must be a non-empty string"),
+        ("x" * 201, "tenant must be at most 200 characters"),
+    ]:
+        result = run_cli("keys", "create", "--tenant", bad, DATABASE_URL=plain_url(database_url))
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    trimmed = run_cli("keys", "create", "--tenant", " acme ", DATABASE_URL=plain_url(database_url))
+    assert trimmed.returncode == 0, trimmed.stderr
+    assert "for tenant 'acme'" in trimmed.stdout
+    # An import into a new tenant creates it the same way.
+    await alice.http.post("/v1/conversations", json={})
+    backup = tmp_path / "alice.jsonl"
+    assert run_cli("export", "-o", str(backup), DATABASE_URL=plain_url(database_url)).returncode == 0
+    refused = run_cli("import", str(backup), "--tenant", " ", DATABASE_URL=plain_url(database_url))
+    assert refused.returncode == 2
+    assert "tenant must be a non-empty string (nothing was imported)" in refused.stderr
+    async with db.connect() as conn:
+        names = (await conn.execute(text("SELECT name FROM tenant ORDER BY name"))).scalars().all()
+    assert names == ["acme", "alice"]
+
+
 # -- configuration errors: one clear line, no traceback ------------------------------------------------------------
 
 
@@ -298,3 +376,59 @@ def test_migrations_upgrade_downgrade_upgrade_without_drift(scratch_database_url
     command.downgrade(config, "base")
     command.upgrade(config, "head")
     command.check(config)  # raises when the models and the migrated schema differ
+
+
+def test_with_auto_migrate_off_commands_refuse_an_old_schema_and_change_nothing(scratch_database_url: str) -> None:
+    """A key made or a backup taken with a new release's CLI must not migrate under the old release's processes,
+    and `serve` must not start (and report ready) on a schema its code does not match."""
+    config = alembic_config(scratch_database_url)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    command.upgrade(config, "head")
+    command.downgrade(config, "-1")
+    old = asyncio.run(_revision(scratch_database_url))
+    assert old is not None and old != head
+    url = plain_url(scratch_database_url)
+    for args in [("keys", "list"), ("export",), ("serve",)]:
+        result = run_cli(*args, timeout=30, DATABASE_URL=url, AUTO_MIGRATE="false", PORT="0")
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert old in lines[0] and str(head) in lines[0] and "python -m service migrate" in lines[0]
+        assert asyncio.run(_revision(scratch_database_url)) == old  # no DDL ran
+
+    command.downgrade(config, "base")  # a database never migrated
+    never = run_cli("serve", timeout=30, DATABASE_URL=url, AUTO_MIGRATE="false", PORT="0")
+    assert never.returncode == 2 and "no revision (never migrated)" in never.stderr, never.stderr
+
+    assert run_cli("migrate", DATABASE_URL=url, AUTO_MIGRATE="false").returncode == 0
+    assert asyncio.run(_revision(scratch_database_url)) == head
+    assert run_cli("keys", "list", DATABASE_URL=url, AUTO_MIGRATE="false").returncode == 0
+
+
+def test_with_auto_migrate_on_commands_still_migrate(scratch_database_url: str) -> None:
+    config = alembic_config(scratch_database_url)
+    command.upgrade(config, "head")
+    command.downgrade(config, "-1")
+    result = run_cli("keys", "list", DATABASE_URL=plain_url(scratch_database_url))
+    assert result.returncode == 0, result.stderr
+    assert asyncio.run(_revision(scratch_database_url)) == ScriptDirectory.from_config(config).get_current_head()
+
+
+async def _revision(url: str) -> str | None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return await conn.scalar(text("SELECT max(version_num) FROM alembic_version"))
+    finally:
+        await engine.dispose()
+
+
+async def test_ready_is_503_on_a_database_without_the_schema(
+    start_server: Callable[..., LiveServer], scratch_database_url: str
+) -> None:
+    """A database re-created empty under a running process: every request would fail, so it is not ready."""
+    live = start_server(database_url=scratch_database_url)
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        answer = await client.get("/ready")
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["database"] == "not_migrated"

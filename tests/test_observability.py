@@ -192,6 +192,33 @@ async def test_model_and_tenant_labels_are_bounded() -> None:
     assert label(None) == "none"
 
 
+async def test_unreadable_upstream_answers_are_counted_as_upstream_errors_and_answer_502(
+    server: LiveServer, alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Found after the retries (the answer arrived, it is just not one), so counted apart from them."""
+    before = await scrape(server)
+    fake_upstream.enqueue(
+        Reply(kind="json", body=b"not json{"),
+        Reply(kind="json", body=["a", "list"]),
+        # An error body under 200: OpenRouter's numeric code is the status it meant.
+        Reply(kind="json", body={"error": {"message": "provider failed", "code": 500}}),
+    )
+    for message in ("not JSON", "not a JSON object", "OpenRouter: provider failed"):
+        answer = await alice.http.post("/v1/responses", json={"model": "m", "input": "x"})
+        assert answer.status_code == 502, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "upstream_error" and error["type"] == "server_error"
+        assert message in error["message"]
+    after = await scrape(server)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("convstore_upstream_errors_total", kind="protocol") == 2
+    assert grew("convstore_upstream_errors_total", kind="http") == 1
+    assert grew("convstore_turns_total", outcome="failed") == 3
+
+
 # -- traces -----------------------------------------------------------------------------------------------
 
 

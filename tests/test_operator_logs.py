@@ -85,6 +85,14 @@ def test_json_request_lines_request_ids_metrics_over_two_workers_and_no_secret_a
         )
         refused = httpx.post(f"{url}/v1/responses", json={"model": "m", "input": "x"}, headers=tenant)
         assert refused.status_code == 400
+        # An answer that is not JSON: its line names the kind of upstream error, as for every other kind.
+        fake_upstream.enqueue(Reply(kind="json", body=b"not json{"))
+        unreadable = httpx.post(
+            f"{url}/v1/responses",
+            json={"model": "m", "input": "x"},
+            headers={**tenant, "X-Request-Id": "unreadable"},
+        )
+        assert unreadable.status_code == 502
         turns = []
         for n in range(6):
             answer = httpx.post(
@@ -132,6 +140,9 @@ def test_json_request_lines_request_ids_metrics_over_two_workers_and_no_secret_a
         assert line["upstream_status"] == 200 and line["upstream_attempts"] == 1
         assert line["input_tokens"] == 10 and line["output_tokens"] == 5
         assert line["upstream_latency_ms"] >= line["upstream_ttfb_ms"] > 0
+    (unreadable_line,) = [r for r in requests if r.get("request_id") == "unreadable"]
+    assert unreadable_line["status"] == 502 and unreadable_line["error_code"] == "upstream_error"
+    assert unreadable_line["upstream_error"] == "protocol" and unreadable_line["upstream_status"] == 200
     (denied,) = [r for r in requests if r["path"] == "/v1/conversations/conv_x"]
     assert denied["status"] == 401 and denied["route"] == "/v1/conversations/{conversation_id}"
     assert denied["tenant"] is None and denied["error_code"] == "invalid_api_key"

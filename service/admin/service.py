@@ -224,9 +224,12 @@ async def create_api_key(engine: AsyncEngine, body: dict[str, Any]) -> dict[str,
     admin = body.get("admin", False)
     if not isinstance(admin, bool):
         raise InvalidRequest("admin must be true or false", param="admin")
+    tenant = body.get("tenant")
+    if not isinstance(tenant, str):
+        raise InvalidRequest("tenant must be a non-empty string", param="tenant")
     created = await keys.create_key(
         engine,
-        tenant=_name_field(body, "tenant", required=True),
+        tenant=tenant,  # checked and trimmed where every tenant is created (service.keys.repository)
         name=_name_field(body, "name", required=False),
         is_admin=admin,
     )

@@ -16,6 +16,7 @@ key_t = api_key_table
 
 
 async def get_or_create_tenant(conn: AsyncConnection, name: str) -> str:
+    """`name` as service.keys.service.tenant_name_to_store gives it."""
     existing = await conn.scalar(select(tenant_t.c.id).where(tenant_t.c.name == name))
     if existing is not None:
         return str(existing)

@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.errors import InvalidRequest
 from service.keys import repository
 
 KEY_PREFIX = "sk-cs-"
@@ -49,7 +50,30 @@ def mint_secret() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+MAX_TENANT_NAME_LENGTH = 200
+
+
+def tenant_name_to_store(name: str) -> str:
+    """`name` trimmed, or InvalidRequest (param "tenant"): every way a tenant is created (the admin API, `keys
+    create`, `import --tenant` or an export's headers) comes through here, so none makes one that the admin
+    routes cannot address (an empty name, surrounding spaces) or refuse (too long, U+0000)."""
+    trimmed = name.strip()
+    if not trimmed:
+        raise InvalidRequest("tenant must be a non-empty string", param="tenant")
+    if len(trimmed) > MAX_TENANT_NAME_LENGTH or "\x00" in trimmed:
+        raise InvalidRequest(
+            f"tenant must be at most {MAX_TENANT_NAME_LENGTH} characters, without U+0000", param="tenant"
+        )
+    return trimmed
+
+
+async def get_or_create_tenant(conn: AsyncConnection, name: str) -> str:
+    """The tenant's id, created if new, under its checked name."""
+    return await repository.get_or_create_tenant(conn, tenant_name_to_store(name))
+
+
 async def create_key(engine: AsyncEngine, *, tenant: str, name: str = "", is_admin: bool = False) -> CreatedKey:
+    tenant = tenant_name_to_store(tenant)  # as stored, for the answer
     secret = mint_secret()
     async with engine.begin() as conn:
         tenant_id = await repository.get_or_create_tenant(conn, tenant)

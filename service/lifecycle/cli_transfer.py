@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.errors import InvalidRequest
-from service.keys.repository import get_or_create_tenant
+from service.keys.service import get_or_create_tenant
 from service.lifecycle import backup, jsonl
 from service.limits.sizes import ConversationCaps
 

@@ -185,6 +185,19 @@ class OpenRouterClient:
             raise UpstreamError("OpenRouter did not finish within the total timeout", kind="timeout") from None
         finally:
             observe.call_ended()
+        try:
+            payload = self._answer(response)
+        except UpstreamError as error:
+            # After the retries, so counted and logged here, like the errors _send_with_retries gives up on.
+            observe.failed(error.kind, error.upstream_status)
+            raise
+        generation = generation_id(response)
+        if generation is not None:
+            payload["id"] = generation  # what OpenRouter's GET /generation?id= looks up (usage and cost later)
+        return payload
+
+    def _answer(self, response: httpx.Response) -> dict[str, Any]:
+        """A non-streamed answer's body, with our key taken out; UpstreamError when it is no answer."""
         content = response.content
         secret = self._secret
         if secret:
@@ -199,9 +212,6 @@ class OpenRouterClient:
             raise UpstreamError("OpenRouter sent an answer that is not a JSON object", kind="protocol")
         if isinstance(payload.get("error"), dict) and "output" not in payload:
             raise from_error_body(response.status_code, payload, None, secret=self._secret)
-        generation = generation_id(response)
-        if generation is not None:
-            payload["id"] = generation  # what OpenRouter's GET /generation?id= looks up (usage and cost later)
         return payload
 
     @asynccontextmanager
