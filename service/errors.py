@@ -113,7 +113,13 @@ class ServiceUnavailable(ServiceError):
     code = "service_unavailable"
 
 
+# Messages name what the client sent (an id, a value): one of any length would be echoed whole.
+MAX_MESSAGE_CHARS = 2000
+
+
 def error_envelope(message: str, error_type: str, param: str | None, code: str | None) -> dict[str, Any]:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
@@ -131,11 +137,18 @@ def handle_service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Respon
     return _json(exc.status_code, exc.envelope(), exc.headers or None)
 
 
+# What litestar raises when the client goes before its body was read: not a server error (no client reads the
+# answer; the access log and the metrics count it as the client's).
+_CLIENT_LEFT = "client disconnected prematurely"
+
+
 def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     param = None
     code: str | None = None
     message = exc.detail or "Request failed"
+    if status == 500 and exc.detail == _CLIENT_LEFT:
+        status, code, message = 400, "client_disconnected", "The client closed the connection before its body was sent"
     if isinstance(exc, NotFoundException):
         code = "not_found"
         if message == "Not Found":

@@ -325,3 +325,11 @@ async def test_a_body_of_more_arrays_and_objects_than_any_request_holds_is_a_400
     text_ = "[{" * (MAX_JSON_CONTAINERS + 1)
     answered = await alice.http.post("/v1/responses", json={"model": MODEL, "input": text_})
     assert answered.status_code == 200, answered.text
+
+
+async def test_an_error_message_does_not_echo_an_id_of_any_length(alice: Tenant) -> None:
+    conversation = await new_conversation(alice.http)
+    long = "msg_" + "x" * 20_000
+    answer = await alice.http.get(f"/v1/conversations/{conversation}/items", params={"after": long})
+    error = _error(answer, 400)
+    assert error["param"] == "after" and len(error["message"]) <= 2000 and error["message"].endswith("…")

@@ -259,6 +259,33 @@ async def test_a_connection_that_never_finishes_its_headers_is_closed(start_serv
         assert (await client.get("/health")).status_code == 200
 
 
+async def test_a_client_that_leaves_before_its_body_was_sent_is_not_a_server_error(
+    alice: Tenant, server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    head = (
+        f"POST /v1/conversations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {alice.key}\r\n"
+        "content-type: application/json\r\ncontent-length: 100\r\n\r\n"
+    ).encode()
+    sock = await asyncio.to_thread(_raw_request, server.port, head + b'{"meta')
+    await asyncio.sleep(0.3)
+    sock.close()
+
+    def logged() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "service.access" and "/v1/conversations" in r.getMessage()]
+
+    for _ in range(100):
+        if logged():
+            break
+        await asyncio.sleep(0.05)
+    [line] = logged()
+    assert (
+        getattr(line, "fields", {})["status"] == 400
+        and getattr(line, "fields", {})["error_code"] == "client_disconnected"
+    )
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 async def test_headers_larger_than_any_client_sends_get_a_431_and_a_close(start_server: StartServer) -> None:
     live = start_server()
     filler = "".join(f"x-filler-{n}: {'v' * 100}\r\n" for n in range(700))  # about 80 KiB
