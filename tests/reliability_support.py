@@ -73,6 +73,18 @@ async def requests_waiting_on_a_lock(db: AsyncEngine) -> int:
     return int(count or 0)
 
 
+async def a_dead_turns_running_child_note(db: AsyncEngine, previous_id: str, *, expires_in: float) -> None:
+    """What a plain turn continuing `previous_id` leaves when its process dies before its finish: its note as
+    that response's running child (service/db/models.py, RunningChainTurn), expiring in `expires_in` seconds."""
+    await execute(
+        db,
+        "INSERT INTO running_chain_turn (response_id, previous_response_id, expires_at)"
+        " VALUES ('resp_of_a_dead_process', :previous, now() + make_interval(secs => :seconds))",
+        previous=previous_id,
+        seconds=expires_in,
+    )
+
+
 async def a_request_waits_on_a_lock(db: AsyncEngine) -> None:
     async def waiting() -> bool:
         return await requests_waiting_on_a_lock(db) > 0

@@ -447,13 +447,21 @@ async def test_a_call_pending_at_a_compaction_is_sent_with_its_output_after_the_
     assert fake_upstream.requests[-1].body["input"][2:4] == [CALL, CALL_OUTPUT]
 
 
+@pytest.mark.parametrize("continued_by", ["conversation", "previous_response_id"])
 async def test_a_turn_answering_a_call_that_crosses_the_threshold_keeps_the_call_with_its_output(
-    alice: Tenant, fake_upstream: FakeOpenRouter
+    alice: Tenant, fake_upstream: FakeOpenRouter, continued_by: str
 ) -> None:
-    conversation = await new_conversation(alice.http)
+    """In a conversation, or through previous_response_id (the compaction item is then the turn's first output,
+    and the chain's later turns send the summary in place of the pair)."""
+    conversation = await new_conversation(alice.http) if continued_by == "conversation" else None
+
+    def after(response_id: str) -> dict[str, Any]:
+        return {"conversation": conversation} if conversation else {"previous_response_id": response_id}
+
     long = "word " * 1200
     fake_upstream.reply_json(response_with_output([CALL]))
-    await alice.openai().responses.create(model=MODEL, input=f"weather? {long}", conversation=conversation)
+    first = {"conversation": conversation} if conversation else {}
+    asked = await alice.openai().responses.create(model=MODEL, input=f"weather? {long}", **first)
     fake_upstream.reply_json(summary_reply("S-answered"))
     fake_upstream.reply_json(text_response("It is 18C and clear.", msg_id="msg_weather"))
     answered = await alice.http.post(
@@ -461,7 +469,7 @@ async def test_a_turn_answering_a_call_that_crosses_the_threshold_keeps_the_call
         json={
             "model": MODEL,
             "input": [CALL_OUTPUT],
-            "conversation": conversation,
+            **after(asked.id),
             "context_management": [{"type": "compaction", "compact_threshold": 1000}],
         },
     )
@@ -473,39 +481,10 @@ async def test_a_turn_answering_a_call_that_crosses_the_threshold_keeps_the_call
     assert turn_call["input"] == [user(f"weather? {long}"), rendered("S-answered"), CALL, CALL_OUTPUT]
     # Later turns: the pair is behind the compaction item, which stands for it.
     fake_upstream.reply_json(text_response("Bye.", msg_id="msg_bye"))
-    await alice.openai().responses.create(model=MODEL, input="bye", conversation=conversation)
-    assert _tool_kinds(fake_upstream.requests[-1].body["input"]) == []
-
-
-async def test_a_chain_turn_answering_a_call_that_crosses_the_threshold_keeps_the_call_with_its_output(
-    alice: Tenant, fake_upstream: FakeOpenRouter
-) -> None:
-    """The same through previous_response_id: the compaction item is the turn's first output, and the chain's
-    later turns send the summary in place of the pair."""
-    long = "word " * 1200
-    fake_upstream.reply_json(response_with_output([CALL]))
-    asked = await alice.openai().responses.create(model=MODEL, input=f"weather? {long}")
-    fake_upstream.reply_json(summary_reply("S-chain"))
-    fake_upstream.reply_json(text_response("It is 18C and clear.", msg_id="msg_weather"))
-    answered = await alice.http.post(
-        "/v1/responses",
-        json={
-            "model": MODEL,
-            "input": [CALL_OUTPUT],
-            "previous_response_id": asked.id,
-            "context_management": [{"type": "compaction", "compact_threshold": 1000}],
-        },
-    )
-    assert answered.status_code == 200, answered.text
-    assert [item["type"] for item in answered.json()["output"]] == ["compaction", "message"]
-    summary_call, turn_call = fake_upstream.requests[-2].body, fake_upstream.requests[-1].body
-    assert _tool_kinds(summary_call["input"]) == ["function_call", "function_call_output"]
-    assert turn_call["input"] == [user(f"weather? {long}"), rendered("S-chain"), CALL, CALL_OUTPUT]
-    fake_upstream.reply_json(text_response("Bye.", msg_id="msg_bye"))
-    await alice.openai().responses.create(model=MODEL, input="bye", previous_response_id=answered.json()["id"])
+    await alice.openai().responses.create(model=MODEL, input="bye", **after(answered.json()["id"]))
     later = fake_upstream.requests[-1].body["input"]
     assert _tool_kinds(later) == []
-    assert later[-3:] == [rendered("S-chain"), assistant("It is 18C and clear.", "msg_weather"), user("bye")]
+    assert later[-3:] == [rendered("S-answered"), assistant("It is 18C and clear.", "msg_weather"), user("bye")]
 
 
 async def test_a_compaction_trigger_compacts_before_the_turn_and_is_never_stored(

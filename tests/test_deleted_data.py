@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response
-from tests.reliability_support import eventually, execute
+from tests.reliability_support import a_dead_turns_running_child_note, eventually
 from tests.turn_support import MODEL, assistant, rows, turn, user
 
 
@@ -197,12 +197,7 @@ async def test_a_response_hidden_for_a_turn_whose_process_died_goes_when_the_tur
     sweep then removes the note and the response, which nothing builds on."""
     tenant = await make_tenant("died-midturn", live=start_server(turn_lock_ttl=1.0))  # its sweep runs every second
     first = (await turn(tenant.http, "Forget me"))["id"]
-    await execute(
-        db,
-        "INSERT INTO running_chain_turn (response_id, previous_response_id, expires_at)"
-        " VALUES ('resp_of_a_dead_process', :first, now() + interval '1 second')",
-        first=first,
-    )
+    await a_dead_turns_running_child_note(db, first, expires_in=1.0)
     assert (await tenant.http.delete(f"/v1/responses/{first}")).status_code == 200
     assert await rows(db, "SELECT deleted_at IS NOT NULL AS hidden FROM response WHERE id = :r", r=first) == [
         {"hidden": True}

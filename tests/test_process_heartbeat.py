@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.cluster.heartbeat import PROCESS_STOPPED_ERROR
 from tests.conftest import LiveServer
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
-from tests.reliability_support import claimed_by_a_lost_turn, eventually, execute
+from tests.reliability_support import a_dead_turns_running_child_note, claimed_by_a_lost_turn, eventually, execute
 from tests.stream_support import conversation_state, wait_until_ended
 from tests.turn_support import MODEL, new_conversation, rows
 
@@ -74,16 +74,11 @@ async def test_a_response_hidden_for_a_dead_processs_plain_chain_turn_goes_withi
     live = start_server(process_heartbeat_timeout=TIMEOUT)
     tenant = await make_tenant("ivan", live=live)
     root = (await tenant.http.post("/v1/responses", json={"model": MODEL, "input": "forget me"})).json()["id"]
-    await execute(
-        db,
-        "INSERT INTO running_chain_turn (response_id, previous_response_id, expires_at)"
-        " VALUES ('resp_of_the_dead', :root, now() + interval '1 hour')",
-        root=root,
-    )
+    await a_dead_turns_running_child_note(db, root, expires_in=3600)
     assert (await tenant.http.delete(f"/v1/responses/{root}")).status_code == 200
     assert await rows(db, "SELECT deleted_at IS NOT NULL AS hidden FROM response") == [{"hidden": True}]
 
-    await _dead_process(db, responses=["resp_of_the_dead"], conversations=[])
+    await _dead_process(db, responses=["resp_of_a_dead_process"], conversations=[])
 
     async def gone() -> bool:
         return await rows(db, "SELECT id FROM response") == []
