@@ -180,9 +180,8 @@ _FORGET_ENDED_LIVE_FRAMES = text(
 
 _ANY_RECENTLY_STOPPED = text("SELECT EXISTS (SELECT 1 FROM service_process WHERE stopped_at IS NOT NULL)")
 
-# Long enough for every turn a stopped process began after its last heartbeat to pass the horizon.
-# The notes of the same turns as running children (service/db/models.py, RunningChainTurn): dropped, so that a
-# response a delete only hid for them goes now rather than when the notes expire.
+# The running-child notes (service/db/models.py, RunningChainTurn) of the turns stopped processes listed and no
+# live one lists: dropped, so that a response a delete only hid for them goes now, not when the notes expire.
 _DROP_LISTED_RUNNING_CHILDREN = text(
     """
     WITH live AS (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NULL),
@@ -193,6 +192,7 @@ _DROP_LISTED_RUNNING_CHILDREN = text(
     """
 )
 
+# Long enough for every turn a stopped process began after its last heartbeat to pass the horizon.
 _FORGET_STOPPED = text(
     "DELETE FROM service_process"
     " WHERE stopped_at < now() - make_interval(secs => 3 * (SELECT max(heartbeat_timeout) FROM service_process))"
