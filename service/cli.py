@@ -303,7 +303,10 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as files:
             source = sys.stdin.buffer if args.file == "-" else files.enter_context(open(args.file, "rb"))
             conversations, items = _with_engine(
-                settings, lambda engine: cli_transfer.import_from(source, engine, tenant=args.tenant)
+                settings,
+                lambda engine: cli_transfer.import_from(
+                    source, engine, tenant=args.tenant, caps=settings.conversation_caps
+                ),
             )
     except ServiceError as exc:
         return _fail(f"{exc.message} (nothing was imported)")

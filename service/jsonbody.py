@@ -15,8 +15,8 @@ from service.errors import InvalidRequest
 # replay, the stdlib's parser) then stays far from Python's recursion limit.
 MAX_JSON_DEPTH = 64
 # More arrays and objects than any real request holds (2,000 input items of a few each, tools' schemas): each
-# costs a Python object, so ten million empty arrays in a 29 MB body took seconds of the event loop and over a
-# gigabyte to decode, and every later read of the stored parameters as long again.
+# costs a Python object to decode, and a body of millions of empty arrays held the event loop and a great deal of
+# memory, and so did every later read of the stored parameters.
 MAX_JSON_CONTAINERS = 100_000
 
 _decoder = msgspec.json.Decoder()

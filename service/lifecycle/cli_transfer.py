@@ -9,7 +9,6 @@ from typing import BinaryIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.config import Settings
 from service.errors import InvalidRequest
 from service.keys.service import get_or_create_tenant
 from service.lifecycle import backup, jsonl
@@ -28,14 +27,11 @@ def _lines(source: BinaryIO) -> Iterator[bytes]:
 
 
 async def import_from(
-    source: BinaryIO, engine: AsyncEngine, *, tenant: str | None, caps: ConversationCaps | None = None
+    source: BinaryIO, engine: AsyncEngine, *, tenant: str | None, caps: ConversationCaps
 ) -> tuple[int, int]:
-    """Each conversation goes to `tenant`, else to the tenant its header names (created if new). `caps`: by
-    default the environment's, which are the command's settings (as a server's, they come from there)."""
+    """Each conversation goes to `tenant`, else to the tenant its header names (created if new), within `caps`."""
     conversations = items = 0
     tenant_ids: dict[str, str] = {}
-    if caps is None:
-        caps = Settings.from_env().conversation_caps
     async with engine.begin() as conn:
         for pending in backup.conversations_in(jsonl.parse_lines(_lines(source), many=True), caps):
             name = tenant or pending.header.tenant
