@@ -306,6 +306,8 @@ class TurnRunner:
             # state must stay as it is for that store; only this stream is told, with an event of its own.
             unstored = replace(turn.state, status=Status.FAILED.value, error={"code": exc.code, "message": exc.message})
             return terminal_frame(unstored.render(), sequence_number)
+        except ServiceError:
+            pass  # refused for good: finish stored the turn as failed and logged why; the stream ends as stored
         except Exception:
             logger.exception("could not store streamed turn %s; the reaper will finish it", turn.state.id)
             turn.state.status = Status.FAILED.value

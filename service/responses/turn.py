@@ -43,7 +43,7 @@ from service.conversations.service import (
 )
 from service.db.retry import Later
 from service.db.session import driver_connection
-from service.errors import InvalidRequest, ServiceUnavailable
+from service.errors import InvalidRequest, ServiceError, ServiceUnavailable
 from service.idempotency.progress import (
     current_idempotency_key,
     note_effect,
@@ -73,6 +73,10 @@ INTERRUPTED_ERROR = {"code": "server_error", "message": "The turn was interrupte
 _LOST_CLAIM_ERROR = {
     "code": "server_error",
     "message": "The turn outlived its conversation claim (TURN_LOCK_TTL) and was not appended",
+}
+_REFUSED_ERROR = {
+    "code": "server_error",
+    "message": "The database refused to store this response's outcome; it is stored as failed, without its output",
 }
 _TAKEN_OVER_ERROR = {
     "code": "server_error",
@@ -402,9 +406,14 @@ class TurnContext:
             stored = await self._stores_later.now_or_later(
                 store, attempts=_FINISH_ATTEMPTS, what=f"storing turn {state.id}"
             )
-        except Exception:
-            running_turns.discard(self.engine, state.id)  # not stored: the claim's expiry frees it
-            raise
+        except Exception as refused:  # for good: an unavailable database is retried above, not raised
+            running_turns.discard(self.engine, state.id)
+            await self._store_as_refused(turn, refused)
+            raise ServiceError(
+                f"The answer for response '{state.id}' could not be stored; the response is stored as failed.",
+                status_code=500,
+                code="server_error",
+            ) from refused
         if not stored:
             note_outcome_deferred()  # a replay of this request's key answers with the outcome once stored
             raise ServiceUnavailable(
@@ -414,6 +423,22 @@ class TurnContext:
                 code="database_unavailable",
             )
         self._remember_chain(turn, outputs)
+
+    async def _store_as_refused(self, turn: Turn, refused: Exception) -> None:
+        """The database refused the outcome for good (a value or rule it will never take). Stored as failed
+        without its output, the turn releases its conversation now rather than at the claim's expiry, and
+        clients see what happened; its usage is kept, as the upstream charged for it. Should even that be
+        refused, the claim's expiry frees the conversation and the expiry sweep fails the response."""
+        state = turn.state
+        logger.error("storing turn %s was refused; storing it as failed", state.id, exc_info=refused)
+        state.status = Status.FAILED.value
+        state.error = dict(_REFUSED_ERROR)
+        state.output = []
+        try:
+            async with driver_connection(self.engine, finishing=True) as db:
+                await _store_outcome(db, turn, [], None, None)
+        except Exception:
+            logger.exception("could not store turn %s as failed either; its claim's expiry frees it", state.id)
 
     def _remember_chain(self, turn: Turn, outputs: list[NewItem]) -> None:
         """An answered response outside any conversation: the history its children send, made from the history
@@ -439,6 +464,8 @@ class TurnContext:
         turn.state.output = [(i.id, i.status, i.body) for i in items]
         try:
             await self.finish(turn, items, events=events)
+        except ServiceError:
+            pass  # kept until the database is back, or refused and stored without its output: finish logged it
         except Exception:
             logger.exception("could not store failed turn %s; the reaper will finish it", turn.state.id)
 

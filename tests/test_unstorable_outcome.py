@@ -1,0 +1,101 @@
+"""An outcome the database refuses for good (not a restart: a value or a rule it will never take). The turn is
+stored as failed without its output, so its conversation is free for the next turn at once, not after
+TURN_LOCK_TTL. The refusal is a real PostgreSQL error, raised by a trigger this test installs and removes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import Tenant
+from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
+from tests.stream_support import parse_sse
+from tests.turn_support import MODEL, new_conversation, rows
+
+REFUSED = {"refuse": "yes"}
+
+
+@pytest.fixture
+async def refusing_answers(db: AsyncEngine) -> AsyncIterator[None]:
+    """PostgreSQL refuses to store an answered response whose metadata asks for it."""
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                """
+                CREATE FUNCTION test_refuse_answer() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF NEW.status = 'completed' AND NEW.metadata->>'refuse' = 'yes' THEN
+                        RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22023';
+                    END IF;
+                    RETURN NEW;
+                END $$
+                """
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER test_refuse_answer BEFORE INSERT OR UPDATE ON response "
+                "FOR EACH ROW EXECUTE FUNCTION test_refuse_answer()"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with db.begin() as conn:
+            await conn.execute(text("DROP TRIGGER test_refuse_answer ON response"))
+            await conn.execute(text("DROP FUNCTION test_refuse_answer()"))
+
+
+async def _next_turn_goes_through(tenant: Tenant, fake_upstream: FakeOpenRouter, conversation: str) -> None:
+    fake_upstream.reply_json(text_response("second answer"))
+    second = await tenant.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "second", "conversation": conversation}
+    )
+    assert second.status_code == 200, second.text
+    # The refused turn answered nothing the conversation keeps: only the second turn's input is sent.
+    sent = fake_upstream.requests[-1].body["input"]
+    assert [item["content"] for item in sent] == [[{"type": "input_text", "text": "second"}]]
+
+
+async def test_a_refused_answer_is_stored_as_failed_and_frees_the_conversation(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, refusing_answers: None
+) -> None:
+    conversation = await new_conversation(alice.http)
+    fake_upstream.reply_json(text_response("first answer"))
+    first = await alice.http.post(
+        "/v1/responses",
+        json={"model": MODEL, "input": "first", "conversation": conversation, "metadata": REFUSED},
+    )
+    assert first.status_code == 500, first.text
+    assert first.json()["error"]["type"] == "server_error"
+    stored = await rows(db, "SELECT status, error, metadata FROM response")
+    assert [(row["status"], row["error"]["code"]) for row in stored] == [("failed", "server_error")]
+    claimed = await rows(db, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
+    assert claimed == [{"turn_response_id": None}]
+    await _next_turn_goes_through(alice, fake_upstream, conversation)
+
+
+async def test_a_refused_streamed_answer_ends_the_stream_failed_and_frees_the_conversation(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, refusing_answers: None
+) -> None:
+    conversation = await new_conversation(alice.http)
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("first answer")))
+    streamed = await alice.http.post(
+        "/v1/responses",
+        json={"model": MODEL, "input": "first", "conversation": conversation, "metadata": REFUSED, "stream": True},
+    )
+    assert streamed.status_code == 200
+    last = parse_sse(streamed.text)[-1][1]
+    assert last["type"] == "response.failed"
+    assert last["response"]["error"]["code"] == "server_error"
+    response_id = last["response"]["id"]
+    stored = await rows(db, "SELECT id, status, error FROM response")
+    assert [(row["id"], row["status"], row["error"]["code"]) for row in stored] == [
+        (response_id, "failed", "server_error")
+    ]
+    shown = await alice.http.get(f"/v1/responses/{response_id}")
+    assert shown.json()["status"] == "failed" and shown.json()["output"] == []
+    await _next_turn_goes_through(alice, fake_upstream, conversation)
