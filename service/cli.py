@@ -235,9 +235,13 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from service.errors import ServiceError  # noqa: PLC0415
     from service.keys import service as keys  # noqa: PLC0415
 
-    rows = _with_engine(settings, lambda engine: keys.list_keys(engine, args.tenant))
+    try:
+        rows = _with_engine(settings, lambda engine: keys.list_keys(engine, args.tenant))
+    except ServiceError as exc:
+        return _fail(exc.message)
     print(f"{'ID':<44} {'TENANT':<16} {'PREFIX':<14} {'ADMIN':<6} {'STATUS':<8} NAME")
     for row in rows:
         status = "revoked" if row.revoked_at else "active"

@@ -536,6 +536,14 @@ async def test_keys_created_through_the_api_work_on_v1_until_revoked(
         assert again.status_code == 200 and again.json()["revoked_at"] == revoked.json()["revoked_at"]
         listed = (await admin.get("/admin/api-keys", params={"tenant": "carol"})).json()["data"]
         assert listed[0]["revoked_at"] == revoked.json()["revoked_at"]
+        tenant_id = (await admin.get("/admin/conversations")).json()["data"][0]["tenant_id"]
+        by_id = (await admin.get("/admin/api-keys", params={"tenant": tenant_id})).json()["data"]
+        assert [k["id"] for k in by_id] == [body["id"]]
+        # An unknown tenant is an error, as on every other admin listing, not an empty page.
+        for route in ("/admin/api-keys", "/admin/conversations", "/admin/responses", "/admin/threads"):
+            unknown = await admin.get(route, params={"tenant": "nobody"})
+            assert unknown.status_code == 400, (route, unknown.text)
+            assert unknown.json()["error"]["code"] == "unknown_tenant" and unknown.json()["error"]["param"] == "tenant"
 
     boss = (await admin.post("/admin/api-keys", json={"tenant": "ops", "admin": True})).json()
     async with httpx.AsyncClient(

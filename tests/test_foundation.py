@@ -215,6 +215,8 @@ def test_cli_admin_key_reaches_admin_flag(database_url: str, db: AsyncEngine) ->
     assert "admin key" in created.stdout
     listing = run_cli("keys", "list", "--tenant", "ops", DATABASE_URL=plain_url(database_url)).stdout
     assert " yes " in listing
+    unknown = run_cli("keys", "list", "--tenant", "nobody", DATABASE_URL=plain_url(database_url))
+    assert unknown.returncode != 0 and "No tenant with the name or id 'nobody'" in unknown.stderr
 
 
 def test_revoking_an_unknown_key_fails_cleanly(database_url: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import api_key_table, tenant_table
@@ -81,8 +81,14 @@ async def list_keys(conn: AsyncConnection, *, tenant: str | None = None) -> list
         .order_by(key_t.c.created_at, key_t.c.id)
     )
     if tenant is not None:
-        stmt = stmt.where(tenant_t.c.name == tenant)
+        stmt = stmt.where(or_(tenant_t.c.name == tenant, tenant_t.c.id == tenant))
     return list((await conn.execute(stmt)).all())
+
+
+async def tenant_exists(conn: AsyncConnection, tenant: str) -> bool:
+    """A tenant by name or by id."""
+    found = await conn.scalar(select(tenant_t.c.id).where(or_(tenant_t.c.name == tenant, tenant_t.c.id == tenant)))
+    return found is not None
 
 
 async def revoke_key(conn: AsyncConnection, key_id: str) -> datetime | None:

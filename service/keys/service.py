@@ -188,8 +188,12 @@ async def revoke(engine: AsyncEngine, key_id: str) -> Any:
 
 
 async def list_keys(engine: AsyncEngine, tenant: str | None = None) -> list[Any]:
+    """Every key, or a tenant's (by name or id): a tenant that does not exist is an error, not an empty list."""
     async with engine.connect() as conn:
-        return await repository.list_keys(conn, tenant=tenant)
+        found = await repository.list_keys(conn, tenant=tenant)
+        if tenant is not None and not found and not await repository.tenant_exists(conn, tenant):
+            raise InvalidRequest(f"No tenant with the name or id {tenant!r}", param="tenant", code="unknown_tenant")
+    return found
 
 
 async def count_keys(engine: AsyncEngine) -> int:
