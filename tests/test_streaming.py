@@ -420,6 +420,16 @@ async def test_resume_rejects_non_streamed_and_unknown_responses(alice: Tenant, 
     assert other_tenant.status_code == 404
     bad_number = await alice.http.get(f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": "x"})
     assert bad_number.status_code == 400
+    # Checked whether or not the response is streamed back: a client's typo is not silently ignored.
+    for stream, after in [("false", "abc"), (None, "abc"), ("true", "\uff15"), ("true", "1_0"), ("true", " 3")]:
+        params = {"starting_after": after} if stream is None else {"stream": stream, "starting_after": after}
+        refused = await alice.http.get(f"/v1/responses/{response_id}", params=params)
+        assert refused.status_code == 400, (stream, after, refused.text)
+        assert refused.json()["error"]["param"] == "starting_after"
+    plain_again = await alice.http.get(
+        f"/v1/responses/{response_id}", params={"stream": "false", "starting_after": "2"}
+    )
+    assert plain_again.status_code == 200 and plain_again.json()["id"] == response_id
 
 
 async def test_resume_of_a_streamed_response_without_event_log_rebuilds_it_from_state(

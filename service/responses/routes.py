@@ -66,12 +66,14 @@ def _flag(value: str | None, name: str) -> bool:
 
 
 def _sequence_number(value: str | None) -> int:
+    """The event to resume after (-1: from the start). ASCII digits only: Python's int() would also take
+    `" 3"`, `1_0` and other scripts' digits."""
     if value is None or value == "":
         return -1
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest("starting_after must be an integer sequence number", param="starting_after") from None
+    digits = value.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise InvalidRequest("starting_after must be an integer sequence number", param="starting_after")
+    return int(value)
 
 
 class ResponseController(Controller):
@@ -143,14 +145,10 @@ class ResponseController(Controller):
         starting_after: FromQuery[str | None] = None,
     ) -> Response[Any]:
         runtime, tenant_id = caller.runtime, caller.tenant_id
+        after = _sequence_number(starting_after)  # checked without stream too: a typo is not silently ignored
         if _flag(stream, "stream"):
             frames = await open_replay(
-                runtime.engine,
-                runtime.turns,
-                tenant_id,
-                response_id,
-                _sequence_number(starting_after),
-                bus=runtime.cluster.bus,
+                runtime.engine, runtime.turns, tenant_id, response_id, after, bus=runtime.cluster.bus
             )
             return _sse(frames)
         state = await service.get_response(runtime.engine, tenant_id, response_id)
