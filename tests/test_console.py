@@ -107,6 +107,13 @@ async def test_invalid_filters_are_the_admin_apis_errors(browser_client: httpx.A
     assert bad.status_code == 400 and 'role="alert"' in bad.text
     unknown = await browser_client.get("/admin/ui/", params={"tenant": "nobody"})
     assert unknown.status_code == 400 and "nobody" in unknown.text
+    # Refused at the door, before any page runs: a browser still gets a page, an API client JSON.
+    browser = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+    nul = await browser_client.get("/admin/ui/", params={"q": "a\x00<b>"}, headers=browser)
+    assert nul.status_code == 400 and nul.headers["content-type"].startswith("text/html")
+    assert 'role="alert"' in nul.text and "Query parameter &#x27;q&#x27; must not contain U+0000" in nul.text
+    as_json = await browser_client.get("/admin/ui/", params={"q": "a\x00"})
+    assert as_json.status_code == 400 and as_json.json()["error"]["param"] == "q"
 
 
 # -- the browser ------------------------------------------------------------------------------------------

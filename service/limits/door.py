@@ -5,6 +5,7 @@ No id the service issues contains U+0000 and PostgreSQL's text cannot hold it, s
 
 from __future__ import annotations
 
+import html
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -42,9 +43,33 @@ def refusal(scope: Scope) -> ServiceError | None:
     return None
 
 
-async def send_error(send: Send, error: ServiceError) -> None:
-    body = msgspec.json.encode(error.envelope())
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+def _wants_html(scope: Scope) -> bool:
+    """A browser navigating (the admin console's pages) asks for HTML first; API clients ask for JSON or */*."""
+    for name, value in scope.get("headers", ()):
+        if name == b"accept":
+            return value.split(b",", 1)[0].strip().lower().startswith(b"text/html")
+    return False
+
+
+def _html_page(error: ServiceError) -> bytes:
+    message = html.escape(error.message)
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{error.status_code}</title></head>'
+        f'<body><main><p role="alert">{message}</p></main></body></html>'
+    ).encode()
+
+
+async def send_error(send: Send, error: ServiceError, *, as_html: bool = False) -> None:
+    if as_html:  # as the console's own pages: nothing loaded, never framed
+        body = _html_page(error)
+        headers = [
+            (b"content-type", b"text/html; charset=utf-8"),
+            (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+        ]
+    else:
+        body = msgspec.json.encode(error.envelope())
+        headers = [(b"content-type", b"application/json")]
+    headers.append((b"content-length", str(len(body)).encode()))
     headers += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in error.headers.items()]
     await send({"type": "http.response.start", "status": error.status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -56,6 +81,6 @@ class DoorMiddleware(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         error = refusal(scope)
         if error is not None:
-            await send_error(send, error)
+            await send_error(send, error, as_html=_wants_html(scope))
             return
         await next_app(scope, receive, send)
