@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import threading
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -198,9 +199,33 @@ def service_processes(database_url: str, fake_upstream: FakeOpenRouter) -> Itera
         process.stop()
 
 
+_CONNECT_SECONDS = 15
+_CONNECT_ATTEMPTS = 3
+
+
+def _retry_connects_that_get_no_answer(engine: AsyncEngine) -> None:
+    """The tests' own engine opens a connection per use. Twice, on a loaded CI machine, one of those connects got
+    no answer for asyncpg's whole 60 s and failed a test that had nothing to do with it. A connect without an answer
+    is tried again, with a warning (shown in the run's summary) so that a recurrence is seen, not hidden."""
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        cparams.setdefault("timeout", _CONNECT_SECONDS)
+        for attempt in range(1, _CONNECT_ATTEMPTS):
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except TimeoutError:
+                warnings.warn(
+                    f"the tests' engine: connect attempt {attempt} got no answer in {_CONNECT_SECONDS} s; trying again",
+                    stacklevel=1,
+                )
+        return dialect.connect(*cargs, **cparams)
+
+
 @pytest.fixture(scope="session")
 async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(database_url, poolclass=NullPool)
+    _retry_connects_that_get_no_answer(engine)
     yield engine
     await engine.dispose()
 
