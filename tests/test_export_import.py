@@ -287,6 +287,22 @@ async def test_export_pages_through_long_conversations_in_order(alice: Tenant) -
     assert texts == [f"m{n}" for n in range(1050)]
 
 
+async def test_an_import_stored_in_several_parts_keeps_every_item_in_order(alice: Tenant, db: AsyncEngine) -> None:
+    """Beyond the items one insert takes (5,000), the parts must continue each other's positions."""
+    header = json.dumps({"object": "conversation", "id": "conv_src", "created_at": 1, "metadata": {}})
+    items = [json.dumps({"type": "message", "role": "user", "content": f"m{n}"}) for n in range(12_345)]
+    imported = await alice.http.post(
+        "/v1/conversations/import", content="\n".join([header, *items]) + "\n", headers=JSONL
+    )
+    assert imported.status_code == 200, imported.text
+    conv = imported.json()["id"]
+    stored = await rows(db, "SELECT position, body FROM item WHERE conversation_id = :c ORDER BY position", c=conv)
+    assert [row["position"] for row in stored] == list(range(12_345))
+    assert [json.loads(row["body"])["content"] for row in stored] == [f"m{n}" for n in range(12_345)]
+    counted = await rows(db, "SELECT item_count, next_position FROM conversation WHERE id = :c", c=conv)
+    assert counted == [{"item_count": 12_345, "next_position": 12_345}]
+
+
 async def test_an_export_whose_conversation_is_deleted_while_it_streams_is_broken_off(
     alice: Tenant, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -100,7 +100,8 @@ async def import_for_tenant(engine: AsyncEngine, tenant: str, raw: bytes, *, cap
     items = 0
     async with engine.begin() as conn:
         tenant_id = await _tenant_id(conn, tenant)
-        for pending in conversations_in(jsonl.parse(raw, many=True), caps):
+        parsed = conversations_in(jsonl.parse(raw, many=True), caps)
+        async for pending in jsonl.in_worker_thread(parsed, weight=lambda pending: 1 + len(pending.items)):
             created.append(conversation_view(await insert_conversation(conn, tenant_id, pending)))
             items += len(pending.items)
     return {"object": "conversation.import", "tenant": tenant, "conversations": created, "items": items}

@@ -115,7 +115,7 @@ _INSERT_ITEMS = text(
     """
     INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content,
                       token_count)
-    SELECT u.id, :tenant, :conversation, :conversation, u.ord - 1, u.type, u.role, u.status, u.body,
+    SELECT u.id, :tenant, :conversation, :conversation, :first + u.ord - 1, u.type, u.role, u.status, u.body,
            u.text_content, u.token_count
     FROM unnest(:ids, :types, :roles, :statuses, :bodies, :texts, :token_counts)
          WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ord)
@@ -123,7 +123,10 @@ _INSERT_ITEMS = text(
 ).bindparams(
     *(bindparam(name, type_=ARRAY(Text)) for name in ("ids", "types", "roles", "statuses", "bodies", "texts")),
     bindparam("token_counts", type_=ARRAY(Integer)),
+    bindparam("first", type_=Integer),
 )
+# Items per insert: encoding one statement's arrays holds the event loop, so a large import is sent in parts.
+_ITEMS_PER_INSERT = 5_000
 
 
 async def insert_conversation_with_items(
@@ -135,7 +138,7 @@ async def insert_conversation_with_items(
     created_at: int | None,
     items: Sequence[NewItem],
 ) -> Any:
-    """A new conversation holding these items at positions 0..n-1: its row, then one insert of every item."""
+    """A new conversation holding these items at positions 0..n-1: its row, then its items, a part at a time."""
     values: dict[str, Any] = {
         "id": conversation_id,
         "tenant_id": tenant_id,
@@ -147,17 +150,20 @@ async def insert_conversation_with_items(
     if created_at is not None:
         values["created_at"] = func.to_timestamp(created_at)
     row = (await conn.execute(insert(conversation_t).values(**values).returning(conversation_t))).one()
-    if items:
+    for first in range(0, len(items), _ITEMS_PER_INSERT):
+        part = items[first : first + _ITEMS_PER_INSERT]
         columns = {
-            "ids": [i.id for i in items],
-            "types": [i.type for i in items],
-            "roles": [i.role for i in items],
-            "statuses": [i.status for i in items],
-            "bodies": [i.body for i in items],
-            "texts": [i.text_content for i in items],
-            "token_counts": [i.token_count for i in items],
+            "ids": [i.id for i in part],
+            "types": [i.type for i in part],
+            "roles": [i.role for i in part],
+            "statuses": [i.status for i in part],
+            "bodies": [i.body for i in part],
+            "texts": [i.text_content for i in part],
+            "token_counts": [i.token_count for i in part],
         }
-        await conn.execute(_INSERT_ITEMS, {"tenant": tenant_id, "conversation": conversation_id, **columns})
+        await conn.execute(
+            _INSERT_ITEMS, {"tenant": tenant_id, "conversation": conversation_id, "first": first, **columns}
+        )
     return row
 
 

@@ -3,7 +3,8 @@ the whole new conversation or nothing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -90,21 +91,36 @@ async def _check_compaction(check: ItemCheck, tenant_id: str, line: jsonl.ItemLi
         raise jsonl.bad_line(line.line, exc.message) from None
 
 
+@dataclass(frozen=True)
+class ImportedLine:
+    line: jsonl.ItemLine
+    item: NewItem
+
+
 async def import_conversation(
     engine: AsyncEngine, tenant_id: str, raw: bytes, *, caps: ConversationCaps, check: ItemCheck | None = None
 ) -> dict[str, Any]:
     """One exported conversation as a new one: new ids, everything else as in the file."""
+    tally = ImportTally(caps)
+
+    def converted(entries: Iterable[jsonl.Header | jsonl.ItemLine]) -> Iterator[jsonl.Header | ImportedLine]:
+        for entry in entries:
+            if isinstance(entry, jsonl.Header):
+                yield entry
+            else:
+                item = imported_item(entry.value)
+                tally.add(entry.line, item)
+                yield ImportedLine(entry, item)
+
     header: jsonl.Header | None = None
     items: list[NewItem] = []
-    tally = ImportTally(caps)
-    for entry in jsonl.parse(raw, many=False):
+    async for entry in jsonl.in_worker_thread(converted(jsonl.parse(raw, many=False))):
         if isinstance(entry, jsonl.Header):
             header = entry
-        else:
-            if check is not None:
-                await _check_compaction(check, tenant_id, entry)
-            items.append(imported_item(entry.value))
-            tally.add(entry.line, items[-1])
+            continue
+        if check is not None:
+            await _check_compaction(check, tenant_id, entry.line)
+        items.append(entry.item)
     assert header is not None  # parse() makes line 1 the header
     async with engine.begin() as conn:
         row = await repository.insert_conversation_with_items(
