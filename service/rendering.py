@@ -12,14 +12,36 @@ _PART_DEFAULTS: dict[str, dict[str, Any]] = {
     "output_text": {"annotations": [], "logprobs": []},
     "input_image": {"detail": "auto"},
 }
+# Required by OpenAI's schema, optional in OpenRouter's: its web search calls may come without the action (all a
+# web search call can say then is that it searched) and its URL citations without a title.
+_ITEM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "web_search_call": {"action": {"type": "search"}},
+    "file_search_call": {"queries": []},
+}
+_ANNOTATION_DEFAULTS: dict[str, dict[str, Any]] = {"url_citation": {"title": ""}}
+
+
+def _completed(value: Any, defaults_by_type: dict[str, dict[str, Any]]) -> Any:
+    """`value` with the defaults of its type for the fields it lacks (a copy when anything changes)."""
+    if not isinstance(value, dict) or not isinstance(kind := value.get("type"), str):
+        return value
+    defaults = defaults_by_type.get(kind)
+    if defaults is not None and not defaults.keys() <= value.keys():
+        return {**value, **{k: v for k, v in defaults.items() if k not in value}}
+    return value
+
+
+def client_annotation(annotation: Any) -> Any:
+    return _completed(annotation, _ANNOTATION_DEFAULTS)
 
 
 def client_part(part: Any) -> Any:
-    if not isinstance(part, dict) or not isinstance(kind := part.get("type"), str):
-        return part
-    defaults = _PART_DEFAULTS.get(kind)
-    if defaults is not None and not defaults.keys() <= part.keys():
-        return {**part, **{k: v for k, v in defaults.items() if k not in part}}
+    part = _completed(part, _PART_DEFAULTS)
+    annotations = part.get("annotations") if isinstance(part, dict) else None
+    if isinstance(annotations, list) and annotations:
+        completed = [client_annotation(annotation) for annotation in annotations]
+        if any(new is not old for new, old in zip(completed, annotations, strict=True)):
+            return {**part, "annotations": completed}
     return part
 
 
@@ -29,11 +51,13 @@ def client_item(item: dict[str, Any]) -> dict[str, Any]:
         parts = [client_part(part) for part in content]
         if any(new is not old for new, old in zip(parts, content, strict=True)):
             return {**item, "content": parts}
-    return item
+        return item
+    completed: dict[str, Any] = _completed(item, _ITEM_DEFAULTS)
+    return completed
 
 
 def client_event(event: dict[str, Any]) -> dict[str, Any]:
-    """A stream event whose `part` or `item` is completed (a copy when anything changes)."""
+    """A stream event whose `part`, `item` or `annotation` is completed (a copy when anything changes)."""
     if "part" in event:
         part = client_part(event["part"])
         if part is not event["part"]:
@@ -42,4 +66,8 @@ def client_event(event: dict[str, Any]) -> dict[str, Any]:
         item = client_item(event["item"])
         if item is not event["item"]:
             return {**event, "item": item}
+    elif "annotation" in event:
+        annotation = client_annotation(event["annotation"])
+        if annotation is not event["annotation"]:
+            return {**event, "annotation": annotation}
     return event

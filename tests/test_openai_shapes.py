@@ -378,3 +378,55 @@ async def test_compaction_usage_and_include_values_match_the_spec(alice: Tenant,
         check_error(refused, 400)
         assert refused.json()["error"]["param"] == "include"
     assert len(fake_upstream.requests) == calls
+
+
+# OpenRouter's schema makes these optional where OpenAI's requires them (a web search call's action, a URL
+# citation's title): shown completed, stored and replayed as received.
+SEARCH = {"type": "web_search_call", "id": "ws_up_1", "status": "completed"}
+CITATION = {"type": "url_citation", "url": "https://example.com", "start_index": 0, "end_index": 5}
+CITED = {
+    "type": "message",
+    "id": "msg_up_w",
+    "role": "assistant",
+    "status": "completed",
+    "content": [{"type": "output_text", "text": "Paris is nice.", "annotations": [CITATION]}],
+}
+
+
+async def test_web_search_calls_and_citations_without_openais_required_fields_are_shown_completed(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    fake_upstream.reply_json(response_with_output([SEARCH, CITED]))
+    conv = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    body = (await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conv})).json()
+    check("Response", body)
+    assert body["output"][0]["action"] == {"type": "search"}
+    assert body["output"][1]["content"][0]["annotations"] == [{**CITATION, "title": ""}]
+    check("ConversationItemList", (await alice.http.get(f"/v1/conversations/{conv}/items")).json())
+    stored = await rows(db, "SELECT id, body FROM item WHERE id IN ('ws_up_1', 'msg_up_w') ORDER BY position")
+    assert [json.loads(row["body"]) for row in stored] == [SEARCH, CITED]
+    fake_upstream.reply_json(text_response("ok"))
+    await alice.http.post("/v1/responses", json={"model": MODEL, "input": "again", "conversation": conv})
+    assert fake_upstream.requests[-1].body["input"][1:3] == [SEARCH, CITED]
+
+    ids = {"item_id": "msg_up_w", "output_index": 1, "content_index": 0}
+    events: list[Any] = [
+        {"type": "response.created", "response": {"id": "gen-w", "status": "in_progress", "output": []}},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**SEARCH, "status": "in_progress"}},
+        {"type": "response.output_item.done", "output_index": 0, "item": SEARCH},
+        {"type": "response.output_item.added", "output_index": 1, "item": {**CITED, "content": []}},
+        {"type": "response.content_part.added", **ids, "part": {"type": "output_text", "text": ""}},
+        {"type": "response.output_text.delta", **ids, "delta": "Paris is nice."},
+        {"type": "response.output_text.annotation.added", **ids, "annotation_index": 0, "annotation": CITATION},
+        {"type": "response.output_text.done", **ids, "text": "Paris is nice."},
+        {"type": "response.content_part.done", **ids, "part": CITED["content"][0]},
+        {"type": "response.output_item.done", "output_index": 1, "item": CITED},
+        {"type": "response.completed", "response": {"id": "gen-w", "status": "completed", "output": [SEARCH, CITED]}},
+    ]
+    fake_upstream.enqueue(Reply(kind="sse", events=events))
+    streamed = await _stream(alice, {"model": MODEL, "input": "hi", "stream": True})
+    seen = _check_events(streamed)
+    assert "response.output_text.annotation.added" in seen
+    added = next(e for e in streamed if e["type"] == "response.output_text.annotation.added")
+    assert added["annotation"]["title"] == ""
+    assert streamed[-1]["response"]["output"][0]["action"] == {"type": "search"}
