@@ -256,6 +256,9 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
         raise _fail(f"{param}.type {kind!r} is not an input item type", f"{param}.type")
     if "id" in item and not (isinstance(item["id"], str) and item["id"]):
         raise _fail(f"{param}.id must be a non-empty string", f"{param}.id")
+    if "id" in item and ("/" in item["id"] or item["id"] in {".", ".."}):
+        # The items API addresses an item by its id in the URL path: this one could never be read or deleted.
+        raise _fail(f"{param}.id cannot contain '/' nor be '.' or '..'", f"{param}.id")
     for field in _COLUMN_FIELDS:
         # These are also stored as columns (listing, lookup by id), and PostgreSQL text cannot hold U+0000; the id
         # is in indexes, whose entries PostgreSQL caps at about 2.7 kB.

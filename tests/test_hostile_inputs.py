@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -309,6 +310,29 @@ async def test_a_model_or_item_id_too_long_for_an_index_is_a_400_before_anything
     fake_upstream.reply_json(text_response("Still open."))
     answered = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "conversation": conversation})
     assert answered.status_code == 200, answered.text
+
+
+async def test_an_item_id_the_items_api_could_not_address_is_a_400(alice: Tenant, db: AsyncEngine) -> None:
+    """An item is read and deleted at /v1/conversations/{id}/items/{item_id}: an id holding '/' (or a dot
+    segment) was stored, and could then never be read or deleted one at a time."""
+    conversation = await new_conversation(alice.http)
+    for bad in ["a/b", "/", ".", ".."]:
+        appended = await alice.http.post(
+            f"/v1/conversations/{conversation}/items", json={"items": [{"role": "user", "content": "x", "id": bad}]}
+        )
+        assert _error(appended, 400)["param"] == "items[0].id", bad
+        turn = {"model": MODEL, "input": [{"role": "user", "content": "x", "id": bad}], "conversation": conversation}
+        assert _error(await alice.http.post("/v1/responses", json=turn), 400)["param"] == "input[0].id", bad
+    assert await rows(db, "SELECT id FROM item") == []
+    fine = "a.b?c#d e:f"
+    appended = await alice.http.post(
+        f"/v1/conversations/{conversation}/items", json={"items": [{"role": "user", "content": "x", "id": fine}]}
+    )
+    assert appended.status_code == 200, appended.text
+    shown = await alice.http.get(f"/v1/conversations/{conversation}/items/{quote(fine, safe='')}")
+    assert shown.status_code == 200 and shown.json()["id"] == fine
+    deleted = await alice.http.delete(f"/v1/conversations/{conversation}/items/{quote(fine, safe='')}")
+    assert deleted.status_code == 200, deleted.text
 
 
 async def test_a_body_of_more_arrays_and_objects_than_any_request_holds_is_a_400_before_it_is_decoded(
