@@ -20,14 +20,23 @@ class PageRequest:
     order: Literal["asc", "desc"]
 
 
+def client_integer(text: str) -> int | None:
+    """An integer as clients write one: an optional '-' and at most 18 ASCII digits. int() also takes other
+    scripts' digits, spaces and "1_0", which no client means, and refuses more than 4,300 digits with an error."""
+    digits = text.removeprefix("-")
+    if 0 < len(digits) <= 18 and digits.isascii() and digits.isdigit():
+        return int(text)
+    return None
+
+
 def parse_page(after: str | None, limit: str | None, order: str | None) -> PageRequest:
     if limit is None or limit == "":
         size = 20
     else:
-        # ASCII digits only: int() also takes other scripts' digits, spaces and "1_0", which no client means.
-        if not (limit.isascii() and limit.lstrip("-").isdigit()):
+        parsed = client_integer(limit)
+        if parsed is None:
             raise InvalidRequest(f"limit must be an integer between 1 and 100, got {limit[:40]!r}", param="limit")
-        size = int(limit)
+        size = parsed
         if not 1 <= size <= 100:
             raise InvalidRequest(f"limit must be between 1 and 100, got {size}", param="limit")
     direction = (order or "desc").lower()

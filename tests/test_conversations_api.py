@@ -218,7 +218,7 @@ async def test_item_list_pagination_ascending_with_limit_and_after(alice: Tenant
     assert empty == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
 
 
-async def test_item_list_rejects_bad_pagination_parameters(alice: Tenant) -> None:
+async def test_item_list_rejects_bad_pagination_parameters(alice: Tenant, make_tenant: Any) -> None:
     conv, _ = await _conversation_with(alice, 2)
     for params, param in [
         ({"limit": 0}, "limit"),
@@ -226,12 +226,19 @@ async def test_item_list_rejects_bad_pagination_parameters(alice: Tenant) -> Non
         ({"limit": "ten"}, "limit"),
         ({"limit": "\uff15"}, "limit"),  # a full-width 5: int() takes it
         ({"limit": "1_0"}, "limit"),
+        ({"limit": "--5"}, "limit"),
+        ({"limit": "9" * 5000}, "limit"),  # beyond the digits int() takes at all
         ({"order": "sideways"}, "order"),
         ({"after": "msg_nope"}, "after"),
     ]:
         answer = await alice.http.get(f"/v1/conversations/{conv}/items", params=params)
         assert answer.status_code == 400, params
         assert answer.json()["error"]["param"] == param
+    admin = (await make_tenant("ops", admin=True)).http
+    for route in ("/admin/conversations", "/v1/responses/resp_x/input_items"):
+        for limit in ("--5", "9" * 5000):
+            answer = await (admin if route.startswith("/admin") else alice.http).get(route, params={"limit": limit})
+            assert answer.status_code == 400 and answer.json()["error"]["param"] == "limit", (route, answer.text)
     assert (await alice.http.get(f"/v1/conversations/{conv}/items", params={"limit": 100})).status_code == 200
 
 

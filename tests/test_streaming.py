@@ -421,7 +421,14 @@ async def test_resume_rejects_non_streamed_and_unknown_responses(alice: Tenant, 
     bad_number = await alice.http.get(f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": "x"})
     assert bad_number.status_code == 400
     # Checked whether or not the response is streamed back: a client's typo is not silently ignored.
-    for stream, after in [("false", "abc"), (None, "abc"), ("true", "\uff15"), ("true", "1_0"), ("true", " 3")]:
+    for stream, after in [
+        ("false", "abc"),
+        (None, "abc"),
+        ("true", "\uff15"),
+        ("true", "1_0"),
+        ("true", " 3"),
+        ("true", "9" * 5000),
+    ]:
         params = {"starting_after": after} if stream is None else {"stream": stream, "starting_after": after}
         refused = await alice.http.get(f"/v1/responses/{response_id}", params=params)
         assert refused.status_code == 400, (stream, after, refused.text)

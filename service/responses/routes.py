@@ -17,7 +17,7 @@ from service.jsonbody import decode_object
 from service.limits.turns import TurnSlot
 from service.observability import turns as observe_turns
 from service.openapi import TENANT_AUTH, documented
-from service.pagination import parse_page
+from service.pagination import client_integer, parse_page
 from service.responses import service
 from service.responses.requests import TurnRequest, parse_turn_request
 from service.responses.resume import open_replay
@@ -66,14 +66,13 @@ def _flag(value: str | None, name: str) -> bool:
 
 
 def _sequence_number(value: str | None) -> int:
-    """The event to resume after (-1: from the start). ASCII digits only: Python's int() would also take
-    `" 3"`, `1_0` and other scripts' digits."""
+    """The event to resume after (-1: from the start)."""
     if value is None or value == "":
         return -1
-    digits = value.removeprefix("-")
-    if not (digits.isascii() and digits.isdigit()):
+    number = client_integer(value)
+    if number is None:
         raise InvalidRequest("starting_after must be an integer sequence number", param="starting_after")
-    return int(value)
+    return number
 
 
 class ResponseController(Controller):
