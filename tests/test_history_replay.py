@@ -289,8 +289,11 @@ async def test_unknown_output_item_types_and_fields_are_kept(
     }
     fake_upstream.reply_json(response_with_output([search, future, message]))
     first = await turn(alice.http, "Search")
-    assert first["output"] == [search, future, message]
-    assert (await alice.http.get(f"/v1/responses/{first['id']}")).json()["output"] == [search, future, message]
+    # Shown with the citation's title OpenAI's schema requires (empty); stored and replayed as received.
+    (part,) = message["content"]
+    shown_message = {**message, "content": [{**part, "annotations": [{**part["annotations"][0], "title": ""}]}]}
+    assert first["output"] == [search, future, shown_message]
+    assert (await alice.http.get(f"/v1/responses/{first['id']}")).json()["output"] == [search, future, shown_message]
     await turn(alice.http, "More", previous_response_id=first["id"])
     assert fake_upstream.inputs[1] == [user("Search"), search, future, message, user("More")]
     stored = await rows(
@@ -482,6 +485,32 @@ async def test_item_reference_replays_the_stored_item_exactly(
     assert fake_upstream.inputs[2][:3] == [user("Original question"), REASONING, message]
 
 
+async def test_an_item_reference_cannot_reach_what_only_a_deleted_response_holds(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A deleted response that a later one builds on stays stored, hidden, as that one's history: its items are
+    gone for the client, references included (they copied its text into a new response)."""
+    fake_upstream.reply_json(text_response("SECRET answer", msg_id="msg_secret"))
+    first = await turn(alice.http, "SECRET question")
+    question_id = (await alice.http.get(f"/v1/responses/{first['id']}/input_items")).json()["data"][0]["id"]
+    fake_upstream.reply_json(text_response("Next"))
+    await turn(alice.http, "next", previous_response_id=first["id"])
+    assert (await alice.http.delete(f"/v1/responses/{first['id']}")).status_code == 200
+    assert await rows(db, "SELECT id FROM response WHERE id = :r AND deleted_at IS NOT NULL", r=first["id"])
+    for reference in (question_id, "msg_secret"):
+        body = {"model": MODEL, "input": [{"type": "item_reference", "id": reference}]}
+        answer = await alice.http.post("/v1/responses", json=body)
+        assert answer.status_code == 404, answer.text
+        appended = await alice.http.post(
+            "/v1/conversations", json={"items": [{"type": "item_reference", "id": reference}]}
+        )
+        assert appended.status_code == 404, appended.text
+    assert len(fake_upstream.requests) == 2
+    assert "SECRET" not in str(
+        await rows(db, "SELECT body FROM item WHERE response_id IS DISTINCT FROM :r", r=first["id"])
+    )
+
+
 async def test_item_reference_in_conversation_items_create(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
     fake_upstream.reply_json(text_response("Stored answer", msg_id="msg_src"))
     await turn(alice.http, "Q")
@@ -502,7 +531,7 @@ async def test_unknown_item_reference_is_rejected_before_anything_happens(
         "conversation": conv,
     }
     answer = await alice.http.post("/v1/responses", json=body)
-    assert answer.status_code == 400
+    assert answer.status_code == 404  # as OpenAI answers: its SDK raises NotFoundError
     assert answer.json()["error"] == {
         "message": "Item with id 'msg_nowhere' not found.",
         "type": "invalid_request_error",
@@ -512,9 +541,9 @@ async def test_unknown_item_reference_is_rejected_before_anything_happens(
     store_false = await alice.http.post(
         "/v1/responses", json={"model": MODEL, "input": [{"id": "msg_nowhere"}], "store": False}
     )
-    assert store_false.status_code == 400
+    assert store_false.status_code == 404
     added = await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": [{"id": "msg_nowhere"}]})
-    assert added.status_code == 400 and added.json()["error"]["param"] == "items[0].id"
+    assert added.status_code == 404 and added.json()["error"]["param"] == "items[0].id"
     assert fake_upstream.requests == []
     assert await rows(db, "SELECT id FROM response") == []
     assert await rows(db, "SELECT id FROM item") == []

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, text, update
+from sqlalchemy import and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.db.models import conversation_table, item_table
+from service.db.models import conversation_table, item_table, response_table
 from service.db.ownership import owned_by
 from service.db.purging import not_purging
 from service.ids import can_exist
@@ -17,6 +17,7 @@ from service.pagination import PageRequest, keyset_page
 
 conversation_t = conversation_table
 item_t = item_table
+response_t = response_table
 
 TITLE_LENGTH = 80
 
@@ -217,14 +218,22 @@ async def find_item(conn: AsyncConnection, conversation_id: str, item_id: str) -
 
 
 async def item_bodies_by_id(conn: AsyncConnection, tenant_id: str, item_ids: Sequence[str]) -> dict[str, str]:
-    """The stored JSON text of the tenant's items with these ids; where an id was stored more than once (an
-    item replayed as input), the first one stored."""
+    """The stored JSON text of the tenant's items with these ids that a client can still see: in a conversation
+    (not being purged), or carried by a response not deleted. A deleted response kept hidden as a later one's
+    history is gone for the client, and so are the items only it carries. Where an id was stored more than once
+    (an item replayed as input), the first one stored."""
     wanted = sorted({i for i in item_ids if can_exist(i)})
     if not wanted:
         return {}
+    visible = or_(
+        and_(item_t.c.conversation_id.is_not(None), not_purging(conversation_t)),
+        and_(item_t.c.response_id.is_not(None), response_t.c.deleted_at.is_(None)),
+    )
     stmt = (
         select(item_t.c.id, item_t.c.body)
-        .where(item_t.c.tenant_id == tenant_id, item_t.c.id.in_(wanted))
+        .outerjoin(conversation_t, conversation_t.c.id == item_t.c.conversation_id)
+        .outerjoin(response_t, response_t.c.id == item_t.c.response_id)
+        .where(item_t.c.tenant_id == tenant_id, item_t.c.id.in_(wanted), visible)
         .order_by(item_t.c.pk)
     )
     bodies: dict[str, str] = {}

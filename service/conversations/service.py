@@ -99,7 +99,7 @@ async def resolve_item_references(
                 )
             resolved.append(resolve_reference(stored[item.id]))
         else:
-            raise InvalidRequest(
+            raise NotFound(  # 404, as OpenAI answers a reference to an item it does not hold
                 f"Item with id '{item.id}' not found.", param=f"{param}[{index}].id", code="item_not_found"
             )
     return resolved
