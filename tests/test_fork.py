@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
+from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -172,3 +174,25 @@ async def test_a_fork_racing_a_delete_copies_everything_or_answers_404_never_a_p
         if fork.status_code == 200:
             copied = await list_all(alice.http, f"/v1/conversations/{fork.json()['id']}/items", order="asc")
             assert [i["content"][0]["text"] for i in copied] == [f"round {round_} item {n}" for n in range(20)]
+
+
+async def test_a_fork_renews_ids_that_json_escapes(alice: Tenant, db: AsyncEngine) -> None:
+    """An id holding a quote or a backslash is escaped in the item's JSON text: the fork must find it there, so
+    that the copy is shown, read and deleted by one new id."""
+    odd = ['m"q', "back\\slash", "tab\tid"]
+    items = [{"type": "message", "id": odd_id, "role": "user", "content": odd_id} for odd_id in odd]
+    source = await new_conversation(alice.http, items=[*items, {"type": "message", "role": "user", "content": "end"}])
+    last = (await alice.http.get(f"/v1/conversations/{source}/items", params={"order": "desc", "limit": 1})).json()
+    forked = await alice.http.post(f"/v1/conversations/{source}/fork", json={"item_id": last["data"][0]["id"]})
+    assert forked.status_code == 200, forked.text
+    fork = forked.json()["id"]
+    shown = (await alice.http.get(f"/v1/conversations/{fork}/items", params={"order": "asc"})).json()["data"]
+    assert [item["content"][0]["text"] for item in shown[:3]] == odd
+    stored = await rows(db, "SELECT id, body FROM item WHERE conversation_id = :c ORDER BY position", c=fork)
+    for item, row in zip(shown, stored, strict=True):
+        assert item["id"] == row["id"] and item["id"] not in odd
+        assert json.loads(row["body"]).get("id", row["id"]) == row["id"]
+    for item in shown[:3]:
+        path = f"/v1/conversations/{fork}/items/{quote(item['id'], safe='')}"
+        assert (await alice.http.get(path)).status_code == 200
+        assert (await alice.http.delete(path)).status_code == 200

@@ -44,13 +44,14 @@ async def item_page(conn: AsyncConnection, conversation_id: str, after_position:
 
 # A fork's copies, made by the database in one statement: each item gets a new id (the old one's prefix, 48 bits
 # of milliseconds and 120 random bits, as service/ids.py makes them), in the place the old id was kept: inside
-# the JSON text when it is there (`"id":"<old>"`, as the service writes it: quotes inside strings are escaped, so
-# the text can only be that key), else only in the column. Everything else is copied as is, positions renumbered.
+# the JSON text when it is there (`"id":<old>`, the old id encoded as JSON, which escapes as the service's encoder
+# does; quotes inside strings are escaped, so the text can only be that key), else only in the column. Everything
+# else is copied as is, positions renumbered.
 _COPY_ITEMS_THROUGH = text(
     """
     WITH copied AS (
         SELECT i.position, i.type, i.role, i.status, i.body, i.text_content, i.token_count,
-               strpos(i.body, '"id":"' || i.id || '"') AS at, length(i.id) AS old_length,
+               strpos(i.body, '"id":' || to_jsonb(i.id)::text) AS at, length(to_jsonb(i.id)::text) AS old_length,
                CASE WHEN i.id ~ '^[A-Za-z0-9]{1,8}_' THEN split_part(i.id, '_', 1) ELSE 'item' END
                || '_' || lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
                || left(replace(gen_random_uuid()::text, '-', ''), 30) AS new_id
@@ -60,7 +61,7 @@ _COPY_ITEMS_THROUGH = text(
     INSERT INTO item (id, tenant_id, conversation_id, thread_id, position, type, role, status, body, text_content,
                       token_count)
     SELECT new_id, :tenant, :target, :target, row_number() OVER (ORDER BY position) - 1, type, role, status,
-           CASE WHEN at > 0 THEN overlay(body PLACING new_id FROM at + 6 FOR old_length) ELSE body END,
+           CASE WHEN at > 0 THEN overlay(body PLACING '"' || new_id || '"' FROM at + 5 FOR old_length) ELSE body END,
            text_content, token_count
     FROM copied
     """
