@@ -386,3 +386,32 @@ async def test_a_purge_killed_mid_conversation_leaves_it_deleted_and_the_next_ru
     assert (await alice.http.get(f"/v1/conversations/{kept_conversation}/items")).json()["data"][0]["content"][0][
         "text"
     ] == "still here"
+
+
+async def test_a_key_whose_response_retention_deleted_answers_404_and_does_not_run_the_turn_again(
+    admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """As after the tenant's own delete: with IDEMPOTENCY_KEY_TTL longer than the policy's days, the key was
+    deleted with its response, and a retry ran the turn, and charged for it, again."""
+    request = {"model": MODEL, "input": "keyed"}
+    headers = {"Idempotency-Key": "kept-key"}
+    fake_upstream.reply_json(text_response("Once."))
+    first = await alice.http.post("/v1/responses", json=request, headers=headers)
+    assert first.status_code == 200, first.text
+    response_id = first.json()["id"]
+    await _age(db, "response", [response_id], 10)
+    async with db.begin() as conn:
+        await conn.execute(text("UPDATE idempotency_key SET created_at = now() - interval '10 days'"))
+    policy = {"responses_days": 5, "conversations_idle_days": None}
+    assert (await admin.put("/admin/tenants/alice/retention", json=policy)).status_code == 200
+    for _ in range(2):  # the second run must leave the key too
+        assert (await admin.post("/admin/retention/run")).status_code == 200
+        assert await rows(db, "SELECT id FROM response") == []
+        (key,) = await rows(db, "SELECT status_code, response_id, body FROM idempotency_key")
+        assert (key["status_code"], key["response_id"]) == (404, None)
+        assert b"keyed" not in key["body"] and b"Once." not in key["body"]
+    again = await alice.http.post("/v1/responses", json=request, headers=headers)
+    assert again.status_code == 404, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["error"]["message"] == f"Response with id '{response_id}' not found."
+    assert len(fake_upstream.requests) == 1

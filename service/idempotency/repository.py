@@ -306,14 +306,23 @@ async def purge_expired(conn: AsyncConnection, limit: int) -> int:
     return len((await conn.execute(stmt)).all())
 
 
-async def forget_deleted_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> None:
-    """A deleted response is not replayed: its key keeps answering, but with the 404 a read of it gives now
-    (the key stays used, so a retry does not run the turn, and charge for it, a second time). The key no longer
-    links to the response, so that the response's delete leaves it; it goes after IDEMPOTENCY_KEY_TTL, or with
-    the tenant's responses of its age (retention)."""
+def _deleted_response_answer(response_id: str) -> bytes:
     envelope = error_envelope(
         f"Response with id '{response_id}' not found.", "invalid_request_error", None, "not_found"
     )
+    return msgspec.json.encode(envelope)
+
+
+# What a key answers once its response was deleted, with `{response_id}` for retention's statement to fill in (a
+# response id is the service's own: nothing in it to escape).
+DELETED_RESPONSE_ANSWER = _deleted_response_answer("{response_id}").decode()
+
+
+async def forget_deleted_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> None:
+    """A deleted response is not replayed: its key keeps answering, but with the 404 a read of it gives now
+    (the key stays used, so a retry does not run the turn, and charge for it, a second time). The key no longer
+    links to the response, so that the response's delete leaves it; it goes after IDEMPOTENCY_KEY_TTL. Retention
+    does the same for the responses it deletes."""
     await conn.execute(
         update(key_t)
         .where(
@@ -324,7 +333,7 @@ async def forget_deleted_response(conn: AsyncConnection, tenant_id: str, respons
         .values(
             status_code=404,
             headers=[["content-type", "application/json"]],
-            body=msgspec.json.encode(envelope),
+            body=_deleted_response_answer(response_id),
             response_id=None,
             answer_response_id=None,
         )

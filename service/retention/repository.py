@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import maintenance_lease_table, retention_policy_table, tenant_table
+from service.idempotency.repository import DELETED_RESPONSE_ANSWER
 
 _TENANT_POLICIES = text(
     """
@@ -139,9 +140,22 @@ _DELETE_EXPIRED_RESPONSES = text(
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ),
+    -- As a tenant's delete leaves them (idempotency/repository.py, forget_deleted_response): a key answers 404
+    -- from then on, so that a retry does not run the turn, and charge for it, again. No longer linked, the key
+    -- is not deleted with the response.
+    keys AS (
+        UPDATE idempotency_key k
+        SET status_code = 404, headers = '[["content-type", "application/json"]]'::jsonb,
+            body = convert_to(replace(:deleted_answer, '{response_id}', d.id), 'UTF8'),
+            response_id = NULL, answer_response_id = NULL
+        FROM doomed d
+        WHERE k.tenant_id = :tenant AND k.state = 'completed' AND (k.response_id = d.id OR k.answer_response_id = d.id)
+        RETURNING 1
+    ),
     items AS (DELETE FROM item WHERE response_id IN (SELECT id FROM doomed) RETURNING 1),
     gone AS (DELETE FROM response WHERE id IN (SELECT id FROM doomed) RETURNING 1)
-    SELECT (SELECT count(*) FROM gone) AS responses, (SELECT count(*) FROM items) AS items
+    SELECT (SELECT count(*) FROM gone) AS responses, (SELECT count(*) FROM items) AS items,
+           (SELECT count(*) FROM keys) AS keys
     """
 ).bindparams(bindparam("days", type_=Integer))
 
@@ -201,21 +215,23 @@ async def delete_marked_conversations(conn: AsyncConnection, *, ids: list[str]) 
 
 
 async def delete_expired_responses(conn: AsyncConnection, *, tenant_id: str, days: int, limit: int) -> tuple[int, int]:
-    row = (await conn.execute(_DELETE_EXPIRED_RESPONSES, {"tenant": tenant_id, "days": days, "limit": limit})).one()
+    params = {"tenant": tenant_id, "days": days, "limit": limit, "deleted_answer": DELETED_RESPONSE_ANSWER}
+    row = (await conn.execute(_DELETE_EXPIRED_RESPONSES, params)).one()
     return int(row.responses), int(row.items)
 
 
 # Keyed answers linked to no stored row (a `store: false` response's, which no thread holds, so neither a
 # response's deletion nor a hard delete reaches them): they hold a response's content, so they go with the
-# tenant's responses of their age, sooner than IDEMPOTENCY_KEY_TTL when the policy is shorter. Not a deferred
-# answer (a 503 whose turn was stored later, `answer_response_id`): its response may outlive the policy's age
-# (a later response builds on it), and a retry without the key would run and charge the turn again.
+# tenant's responses of their age, sooner than IDEMPOTENCY_KEY_TTL when the policy is shorter. Not an error
+# answer, which holds no response (a deleted response's 404 among them: a retry would run and charge the turn
+# again), nor a deferred answer (a 503 whose turn was stored later, `answer_response_id`): its response may
+# outlive the policy's age (a later response builds on it).
 _DELETE_UNLINKED_ANSWERS = text(
     """
     DELETE FROM idempotency_key WHERE (tenant_id, key) IN (
         SELECT tenant_id, key FROM idempotency_key
         WHERE tenant_id = :tenant AND state = 'completed' AND response_id IS NULL AND conversation_id IS NULL
-          AND answer_response_id IS NULL AND created_at < now() - make_interval(days => :days)
+          AND answer_response_id IS NULL AND status_code < 400 AND created_at < now() - make_interval(days => :days)
         LIMIT :limit FOR UPDATE SKIP LOCKED
     )
     RETURNING key
