@@ -340,3 +340,17 @@ async def test_webhook_and_lifecycle_answers_match_the_documented_schemas(
     checker.check(
         "GET", "/admin/tenants/{tenant}/retention/preview", await admin.get("/admin/tenants/alice/retention/preview")
     )
+
+
+async def test_a_hard_delete_of_a_thread_takes_its_pending_deliveries_with_it(
+    alice: Tenant, admin: httpx.AsyncClient, receiver: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """The session's server does not deliver: the deliveries wait in the outbox. A hard-deleted thread's would
+    otherwise be tried for WEBHOOK_RETRY_HOURS for responses that no longer exist; other threads' stay."""
+    await _endpoint(admin, "alice", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+    doomed = await _background(alice)
+    kept = await _background(alice)
+    pending = {r["response_id"] for r in await rows(db, "SELECT response_id FROM webhook_delivery")}
+    assert pending == {doomed, kept}
+    assert (await admin.delete(f"/admin/threads/{doomed}")).status_code == 200
+    assert await rows(db, "SELECT response_id FROM webhook_delivery") == [{"response_id": kept}]
