@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.errors import AuthenticationFailed, PermissionDenied
 from service.keys.service import Principal, bearer_secret
 from service.observability.record import note_tenant
+from service.responses.parameters import check_include_values
 from service.runtime import Runtime
 
 _PRINCIPAL = "principal"
@@ -70,6 +71,15 @@ DEPENDENCIES = {
     "engine": Provide(_engine, sync_to_thread=False),
     "caller": Provide(_caller, sync_to_thread=False),
 }
+
+
+def check_include(request: Request[Any, Any, Any]) -> None:
+    """A read's `include` (`include[]`, as OpenAI's SDK sends it): its values are checked as on POST /v1/responses.
+    What is stored is shown whatever it asks for."""
+    query = request.query_params
+    values = [*query.getall("include", []), *query.getall("include[]", [])]
+    if values:
+        check_include_values(values)
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:

@@ -19,3 +19,6 @@ class ItemPageQuery(msgspec.Struct):
     after: str | None = msgspec.field(default=None)
     limit: Annotated[int, msgspec.Meta(ge=1, le=100, description="Items per page")] = 20
     order: Annotated[Literal["asc", "desc"], msgspec.Meta(description="By position in the thread")] = "desc"
+    include: Annotated[
+        list[str] | None, msgspec.Meta(description="Checked against OpenAI's IncludeEnum; what is stored is shown")
+    ] = None

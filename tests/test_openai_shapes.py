@@ -430,3 +430,32 @@ async def test_web_search_calls_and_citations_without_openais_required_fields_ar
     added = next(e for e in streamed if e["type"] == "response.output_text.annotation.added")
     assert added["annotation"]["title"] == ""
     assert streamed[-1]["response"]["output"][0]["action"] == {"type": "search"}
+
+
+async def test_include_on_reads_is_checked_as_on_create(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    """OpenAI's reads take `include` too (its SDK sends `include[]=`): an unknown value is a 400, as on
+    POST /v1/responses, not silently ignored; a known one is answered."""
+    fake_upstream.reply_json(text_response("Hello", msg_id="msg_inc"))
+    conv = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    done = (await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conv})).json()
+    reads = [
+        ("GET", f"/v1/responses/{done['id']}"),
+        ("GET", f"/v1/responses/{done['id']}/input_items"),
+        ("GET", f"/v1/conversations/{conv}/items"),
+        ("GET", f"/v1/conversations/{conv}/items/msg_inc"),
+        ("POST", f"/v1/conversations/{conv}/items"),
+    ]
+    body = {"items": [{"role": "user", "content": "more"}]}
+    for method, path in reads:
+        for name in ("include", "include[]"):
+            refused = await alice.http.request(method, path, params={name: "bogus"}, json=body)
+            assert refused.status_code == 400, (method, path, name, refused.text)
+            assert refused.json()["error"]["param"] == "include"
+    assert (await alice.http.get(f"/v1/conversations/{conv}/items")).json()["data"][0]["content"][0]["text"] == "Hello"
+    client = alice.openai()
+    wanted: Any = ["reasoning.encrypted_content", "message.output_text.logprobs"]
+    assert (await client.responses.retrieve(done["id"], include=wanted)).id == done["id"]
+    assert (await client.responses.input_items.list(done["id"], include=wanted)).data
+    listed = await client.conversations.items.list(conv, include=wanted)
+    assert "msg_inc" in [item.id for item in listed.data]
+    assert (await client.conversations.items.retrieve("msg_inc", conversation_id=conv, include=wanted)).id == "msg_inc"

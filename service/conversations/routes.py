@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, delete, get, post
+from typing import Any
+
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, FromQuery, RawBody
 
 from service.conversations import service
@@ -15,7 +17,7 @@ from service.conversations.schemas import (
     DeletedConversationResource,
     UpdateConversationBody,
 )
-from service.http import CallerDep, json_response, require_tenant_key
+from service.http import CallerDep, check_include, json_response, require_tenant_key
 from service.idempotency.progress import IDEMPOTENT, note_created
 from service.jsonbody import decode_object
 from service.openapi import TENANT_AUTH, documented
@@ -82,7 +84,10 @@ class ConversationController(Controller):
             body=CreateConversationItemsBody, answer=ConversationItemList, errors=(400, 404, 409, 422)
         ),
     )
-    async def add_items(self, caller: CallerDep, conversation_id: FromPath[str], body: RawBody) -> Response[bytes]:
+    async def add_items(
+        self, request: Request[Any, Any, Any], caller: CallerDep, conversation_id: FromPath[str], body: RawBody
+    ) -> Response[bytes]:
+        check_include(request)
         payload = decode_object(body)
         runtime, tenant_id = caller.runtime, caller.tenant_id
         await runtime.turn_context.windows.check_items(tenant_id, payload.get("items"), param="items")
@@ -98,23 +103,26 @@ class ConversationController(Controller):
     async def list_items(
         self,
         *,
+        request: Request[Any, Any, Any],
         caller: CallerDep,
         conversation_id: FromPath[str],
         after: FromQuery[str | None] = None,
         limit: FromQuery[str | None] = None,
         order: FromQuery[str | None] = None,
     ) -> Response[bytes]:
+        check_include(request)
         page = parse_page(after, limit, order)
         return json_response(await service.list_items(caller.engine, caller.tenant_id, conversation_id, page))
 
     @get(
         "/{conversation_id:str}/items/{item_id:str}",
         operation_id="getConversationItem",
-        operation_class=documented(answer=ConversationItem, errors=(404,)),
+        operation_class=documented(answer=ConversationItem, errors=(400, 404)),
     )
     async def get_item(
-        self, caller: CallerDep, conversation_id: FromPath[str], item_id: FromPath[str]
+        self, request: Request[Any, Any, Any], caller: CallerDep, conversation_id: FromPath[str], item_id: FromPath[str]
     ) -> Response[bytes]:
+        check_include(request)
         return json_response(await service.get_item(caller.engine, caller.tenant_id, conversation_id, item_id))
 
     @delete(

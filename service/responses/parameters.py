@@ -57,7 +57,7 @@ INCLUDE_VALUES = frozenset(
 )
 
 
-def _check_include(include: Any) -> None:
+def check_include_values(include: Any) -> None:
     if not isinstance(include, list) or not all(isinstance(value, str) for value in include):
         raise _invalid("include must be an array of strings", "include")
     for value in include:
@@ -147,7 +147,7 @@ def check_parameters(params: dict[str, Any]) -> None:
         if name in params and not isinstance(params[name], str):
             raise _invalid(f"{name} must be a string", name)
     if "include" in params:
-        _check_include(params["include"])
+        check_include_values(params["include"])
     if "tools" in params:
         _check_tools(params["tools"])
     if "tool_choice" in params:

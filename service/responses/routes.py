@@ -6,12 +6,12 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import FromPath, FromQuery, RawBody
 from litestar.response import Stream
 
 from service.errors import InvalidRequest
-from service.http import CallerDep, json_response, require_tenant_key
+from service.http import CallerDep, check_include, json_response, require_tenant_key
 from service.idempotency.progress import IDEMPOTENT, note_stream
 from service.jsonbody import decode_object
 from service.limits.turns import TurnSlot
@@ -138,11 +138,13 @@ class ResponseController(Controller):
     )
     async def retrieve(
         self,
+        request: Request[Any, Any, Any],
         caller: CallerDep,
         response_id: FromPath[str],
         stream: FromQuery[str | None] = None,
         starting_after: FromQuery[str | None] = None,
     ) -> Response[Any]:
+        check_include(request)
         runtime, tenant_id = caller.runtime, caller.tenant_id
         after = _sequence_number(starting_after)  # checked without stream too: a typo is not silently ignored
         if _flag(stream, "stream"):
@@ -181,11 +183,13 @@ class ResponseController(Controller):
     async def input_items(
         self,
         *,
+        request: Request[Any, Any, Any],
         caller: CallerDep,
         response_id: FromPath[str],
         after: FromQuery[str | None] = None,
         limit: FromQuery[str | None] = None,
         order: FromQuery[str | None] = None,
     ) -> Response[bytes]:
+        check_include(request)
         page = parse_page(after, limit, order)
         return json_response(await service.list_input_items(caller.engine, caller.tenant_id, response_id, page))

@@ -3,7 +3,7 @@ they are stored and replayed exactly as received."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -128,3 +128,6 @@ class ResponseStreamEvent(msgspec.Struct):
 class RetrieveResponseQuery(msgspec.Struct):
     stream: bool = False
     starting_after: int | None = msgspec.field(default=None)
+    include: Annotated[
+        list[str] | None, msgspec.Meta(description="Checked against OpenAI's IncludeEnum; what is stored is shown")
+    ] = None
