@@ -317,6 +317,7 @@ async def test_a_purge_killed_mid_conversation_leaves_it_deleted_and_the_next_ru
         assert added.status_code == 200, added.text
     kept_conversation = await new_conversation(alice.http, items=[{"role": "user", "content": "still here"}])
     await _age(db, "conversation", [doomed_conversation], 40)
+    await _age(db, "response", [carried["id"]], 40)  # its thread is idle too
     policy = {"responses_days": None, "conversations_idle_days": 30}
     assert (await admin.put("/admin/tenants/alice/retention", json=policy)).status_code == 200
     assert await _items_in(db, doomed_conversation) == 302
@@ -415,3 +416,36 @@ async def test_a_key_whose_response_retention_deleted_answers_404_and_does_not_r
     assert again.headers["idempotent-replayed"] == "true"
     assert again.json()["error"]["message"] == f"Response with id '{response_id}' not found."
     assert len(fake_upstream.requests) == 1
+
+
+async def test_a_conversation_whose_responses_a_recent_chain_continues_is_not_idle(
+    admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Chain turns (previous_response_id) continuing a conversation's response never touch the conversation's
+    row. Its purge cut the history they replay: the next chain turn silently lost the conversation's turns."""
+    conversation = await new_conversation(alice.http, items=[{"role": "user", "content": "My name is Ada"}])
+    fake_upstream.reply_json(text_response("Hello Ada", msg_id="msg_hello"))
+    first = await turn(alice.http, "hi", conversation=conversation)
+    fake_upstream.reply_json(text_response("Chained", msg_id="msg_chained"))
+    chained = await turn(alice.http, "chained", previous_response_id=first["id"])
+    await _age(db, "conversation", [conversation], 10)
+    await _age(db, "response", [first["id"]], 10)
+    policy = {"responses_days": None, "conversations_idle_days": 5}
+    assert (await admin.put("/admin/tenants/alice/retention", json=policy)).status_code == 200
+    preview = (await admin.get("/admin/tenants/alice/retention/preview")).json()
+    assert (preview["conversations"], preview["items"]) == (0, 0)
+    assert (await admin.post("/admin/retention/run")).json()["conversations"] == 0
+    fake_upstream.reply_json(text_response("Still Ada"))
+    await turn(alice.http, "name?", previous_response_id=chained["id"])
+    assert fake_upstream.inputs[-1] == [
+        user("My name is Ada"),
+        user("hi"),
+        assistant("Hello Ada", "msg_hello"),
+        user("chained"),
+        assistant("Chained", "msg_chained"),
+        user("name?"),
+    ]
+    # Once the whole thread is idle, the conversation goes.
+    await _age(db, "response", [r["id"] for r in await rows(db, "SELECT id FROM response")], 10)
+    assert (await admin.post("/admin/retention/run")).json()["conversations"] == 1
+    assert await rows(db, "SELECT id FROM conversation") == []

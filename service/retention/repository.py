@@ -22,6 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.db.models import maintenance_lease_table, retention_policy_table, tenant_table
 from service.idempotency.repository import DELETED_RESPONSE_ANSWER
 
+# A conversation's thread holds the `previous_response_id` chains continuing its responses, which never touch the
+# conversation's row (chain turns would then queue on it): a conversation is idle when its thread is, else its
+# purge would cut the history those chains still replay. On the thread's (thread_id, created_at) index.
+_THREAD_IDLE = """NOT EXISTS (
+    SELECT 1 FROM response r
+    WHERE r.thread_id = conversation.id AND r.created_at >= now() - make_interval(days => :idle_days))"""
+
 _TENANT_POLICIES = text(
     """
     SELECT t.id, t.name, p.tenant_id IS NOT NULL AS has_policy, p.responses_days, p.conversations_idle_days
@@ -33,13 +40,14 @@ _TENANT_POLICIES = text(
 )
 
 _PREVIEW = text(
-    """
+    f"""
     WITH RECURSIVE
     doomed_conversation AS (
         SELECT id FROM conversation
         WHERE tenant_id = :tenant AND (purging_since IS NOT NULL OR (
             :idle_days IS NOT NULL AND updated_at < now() - make_interval(days => :idle_days)
-            AND NOT (turn_response_id IS NOT NULL AND turn_expires_at > now())))
+            AND NOT (turn_response_id IS NOT NULL AND turn_expires_at > now())
+            AND {_THREAD_IDLE}))
     ),
     old AS (
         SELECT id, previous_response_id, status FROM response
@@ -77,12 +85,13 @@ _PREVIEW = text(
 # or item change can start on them. The mark is durable: if this process dies, the next run finishes the job.
 # A turn claiming one of them meanwhile waits for the row lock, then finds it marked and answers 404.
 _MARK_IDLE_CONVERSATIONS = text(
-    """
+    f"""
     UPDATE conversation SET purging_since = now()
     WHERE id IN (
         SELECT id FROM conversation
         WHERE tenant_id = :tenant AND updated_at < now() - make_interval(days => :idle_days)
           AND purging_since IS NULL AND (turn_response_id IS NULL OR turn_expires_at <= now())
+          AND {_THREAD_IDLE}
         ORDER BY updated_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
