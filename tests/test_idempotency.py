@@ -242,6 +242,28 @@ async def test_deleting_what_a_key_created_deletes_its_stored_answer(alice: Tena
     assert b"Secret" not in bytes(left[0]["body"]) and b"not_found" in bytes(left[0]["body"])
 
 
+async def test_deleting_an_item_leaves_the_key_that_added_it_answering_404(alice: Tenant, db: AsyncEngine) -> None:
+    """The answer of POST .../items lists the items it added, text and all: once one of them is deleted, a replay
+    must not show it again, nor a retry add it again. Another request's answer stays as it was."""
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    path = f"/v1/conversations/{conversation}/items"
+    private = {"items": [{"type": "message", "role": "user", "content": "PRIVATE note"}]}
+    other = {"items": [{"type": "message", "role": "user", "content": "kept note"}]}
+    added = await alice.http.post(path, json=private, headers=keyed("items-private"))
+    kept = await alice.http.post(path, json=other, headers=keyed("items-kept"))
+    item_id = added.json()["data"][0]["id"]
+    assert (await alice.http.delete(f"{path}/{item_id}")).status_code == 200
+
+    replayed = await alice.http.post(path, json=private, headers=keyed("items-private"))
+    assert replayed.status_code == 404 and replayed.headers["idempotent-replayed"] == "true"
+    assert "PRIVATE" not in replayed.text and item_id in replayed.json()["error"]["message"]
+    assert await scalar(db, "SELECT count(*) FROM item WHERE conversation_id = :c", c=conversation) == 1
+    again = await alice.http.post(path, json=other, headers=keyed("items-kept"))
+    assert again.status_code == 200 and again.json() == kept.json()
+    (stored,) = await rows(db, "SELECT body FROM idempotency_key WHERE key = 'items-private'")
+    assert b"PRIVATE" not in bytes(stored["body"])
+
+
 async def test_expired_keys_are_purged_and_can_be_reused(
     start_server: Callable[..., LiveServer],
     make_tenant: Callable[..., Awaitable[Tenant]],

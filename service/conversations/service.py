@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.conversations import repository
 from service.errors import Conflict, InvalidRequest, NotFound
+from service.idempotency import repository as idempotency_keys
 from service.ids import new_id
 from service.items import (
     ITEM_REFERENCE,
@@ -240,4 +241,5 @@ async def delete_item(engine: AsyncEngine, tenant_id: str, conversation_id: str,
         if row is None:
             raise NotFound(f"Item with id '{item_id}' not found in conversation '{conversation_id}'.")
         await repository.remove_item(conn, conversation_id, row)
+        await idempotency_keys.forget_deleted_item(conn, tenant_id, conversation_id, item_id)
     return conversation_view(conversation)

@@ -26,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import LargeBinary
 
 from service.db.models import conversation_table, idempotency_key_table, response_table
 from service.errors import error_envelope
@@ -304,6 +305,31 @@ async def purge_expired(conn: AsyncConnection, limit: int) -> int:
         .returning(key_t.c.key)
     )
     return len((await conn.execute(stmt)).all())
+
+
+async def forget_deleted_item(conn: AsyncConnection, tenant_id: str, conversation_id: str, item_id: str) -> None:
+    """An item deleted from a conversation is not replayed: the answer of the request that added it (which lists
+    the items it added) becomes the 404 a read of the item gives now. The key stays used, so a retry does not add
+    the item again."""
+    envelope = error_envelope(
+        f"Item with id '{item_id}' not found in conversation '{conversation_id}'.",
+        "invalid_request_error",
+        None,
+        "not_found",
+    )
+    shown_id = msgspec.json.encode({"id": item_id})[1:-1]  # `"id":"<id>"`, as every answer encodes it
+    await conn.execute(
+        update(key_t)
+        .where(
+            key_t.c.tenant_id == tenant_id,
+            key_t.c.conversation_id == conversation_id,
+            key_t.c.state == COMPLETED,
+            key_t.c.method == "POST",
+            key_t.c.path == f"/v1/conversations/{conversation_id}/items",
+            func.position(literal(shown_id, LargeBinary).op("IN")(key_t.c.body)) > 0,
+        )
+        .values(status_code=404, headers=[["content-type", "application/json"]], body=msgspec.json.encode(envelope))
+    )
 
 
 def _deleted_response_answer(response_id: str) -> bytes:
