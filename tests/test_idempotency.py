@@ -232,14 +232,19 @@ async def test_deleting_what_a_key_created_deletes_its_stored_answer(alice: Tena
     left = await rows(
         db, "SELECT key, response_id, conversation_id, status_code, body FROM idempotency_key ORDER BY key"
     )
-    # The deleted response's key keeps only the 404 (so that a retry does not run the turn again), none of its
-    # content; store=false leaves no response row to link to: its answer lives until the key expires (or the
-    # tenant goes).
+    # The deleted response's and conversation's keys keep only the 404 (so that a retry does not run the turn,
+    # or create the conversation, again), none of their content; store=false leaves no response row to link to:
+    # its answer lives until the key expires (or the tenant goes).
     assert [(r["key"], r["response_id"], r["conversation_id"], r["status_code"]) for r in left] == [
+        ("k-conv", None, None, 404),
         ("k-del", None, None, 404),
         ("k-nostore", None, None, 200),
     ]
-    assert b"Secret" not in bytes(left[0]["body"]) and b"not_found" in bytes(left[0]["body"])
+    assert b"Secret" not in bytes(left[1]["body"]) and b"not_found" in bytes(left[1]["body"])
+    retried = await alice.http.post("/v1/conversations", json={}, headers=keyed("k-conv"))
+    assert retried.status_code == 404 and retried.headers["idempotent-replayed"] == "true"
+    assert retried.json()["error"]["message"] == f"Conversation with id '{conversation}' not found."
+    assert await scalar(db, "SELECT count(*) FROM conversation") == 0
 
 
 async def test_deleting_an_item_leaves_the_key_that_added_it_answering_404(alice: Tenant, db: AsyncEngine) -> None:

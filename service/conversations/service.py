@@ -179,6 +179,7 @@ async def update_conversation(
 async def delete_conversation(engine: AsyncEngine, tenant_id: str, conversation_id: str) -> dict[str, Any]:
     async with engine.begin() as conn:
         await lock_free_conversation(conn, tenant_id, conversation_id)
+        await idempotency_keys.forget_deleted_conversation(conn, tenant_id, conversation_id)
         await repository.delete_conversation(conn, tenant_id, conversation_id)
     return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
 

@@ -307,6 +307,31 @@ async def purge_expired(conn: AsyncConnection, limit: int) -> int:
     return len((await conn.execute(stmt)).all())
 
 
+async def forget_deleted_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> None:
+    """A deleted conversation is not replayed, as a deleted response is not: the keys of the requests that made
+    it or added to it (create, import, fork, items) answer the 404 a read of it gives now, holding none of its
+    content. The key stays used, so a retry does not create the conversation again; no longer linked to it, the
+    key is left by its delete and goes after IDEMPOTENCY_KEY_TTL. A turn's key names its response, which stays."""
+    envelope = error_envelope(
+        f"Conversation with id '{conversation_id}' not found.", "invalid_request_error", None, "not_found"
+    )
+    await conn.execute(
+        update(key_t)
+        .where(
+            key_t.c.tenant_id == tenant_id,
+            key_t.c.conversation_id == conversation_id,
+            key_t.c.response_id.is_(None),
+            key_t.c.state == COMPLETED,
+        )
+        .values(
+            status_code=404,
+            headers=[["content-type", "application/json"]],
+            body=msgspec.json.encode(envelope),
+            conversation_id=None,
+        )
+    )
+
+
 async def forget_deleted_item(conn: AsyncConnection, tenant_id: str, conversation_id: str, item_id: str) -> None:
     """An item deleted from a conversation is not replayed: the answer of the request that added it (which lists
     the items it added) becomes the 404 a read of the item gives now. The key stays used, so a retry does not add
