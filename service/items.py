@@ -92,6 +92,19 @@ class NewItem:
     id_given: bool = False
 
 
+def item_arrays(items: Sequence[NewItem]) -> dict[str, list[Any]]:
+    """The item columns a statement writes, as parallel arrays for unnest(): one INSERT for any number."""
+    return {
+        "ids": [i.id for i in items],
+        "types": [i.type for i in items],
+        "roles": [i.role for i in items],
+        "statuses": [i.status for i in items],
+        "bodies": [i.body for i in items],
+        "texts": [i.text_content for i in items],
+        "token_counts": [i.token_count for i in items],
+    }
+
+
 def _fail(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param, code="invalid_value")
 

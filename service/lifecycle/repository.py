@@ -15,7 +15,7 @@ from service.db.models import conversation_table, item_table, tenant_table
 from service.db.ownership import owned_by
 from service.db.purging import not_purging
 from service.ids import can_exist
-from service.items import NewItem
+from service.items import NewItem, item_arrays
 
 conversation_t = conversation_table
 item_t = item_table
@@ -152,16 +152,7 @@ async def insert_conversation_with_items(
         values["created_at"] = func.to_timestamp(created_at)
     row = (await conn.execute(insert(conversation_t).values(**values).returning(conversation_t))).one()
     for first in range(0, len(items), _ITEMS_PER_INSERT):
-        part = items[first : first + _ITEMS_PER_INSERT]
-        columns = {
-            "ids": [i.id for i in part],
-            "types": [i.type for i in part],
-            "roles": [i.role for i in part],
-            "statuses": [i.status for i in part],
-            "bodies": [i.body for i in part],
-            "texts": [i.text_content for i in part],
-            "token_counts": [i.token_count for i in part],
-        }
+        columns = item_arrays(items[first : first + _ITEMS_PER_INSERT])
         await conn.execute(
             _INSERT_ITEMS, {"tenant": tenant_id, "conversation": conversation_id, "first": first, **columns}
         )

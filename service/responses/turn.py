@@ -408,9 +408,14 @@ class TurnContext:
             )
         except Exception as refused:  # for good: an unavailable database is retried above, not raised
             running_turns.discard(self.engine, state.id)
-            await self._store_as_refused(turn, refused)
+            stored_failed = await self._store_as_refused(turn, refused)
             raise ServiceError(
-                f"The answer for response '{state.id}' could not be stored; the response is stored as failed.",
+                f"The answer for response '{state.id}' could not be stored; "
+                + (
+                    "the response is stored as failed."
+                    if stored_failed
+                    else "it is failed once TURN_LOCK_TTL has passed."
+                ),
                 status_code=500,
                 code="server_error",
             ) from refused
@@ -424,7 +429,7 @@ class TurnContext:
             )
         self._remember_chain(turn, outputs)
 
-    async def _store_as_refused(self, turn: Turn, refused: Exception) -> None:
+    async def _store_as_refused(self, turn: Turn, refused: Exception) -> bool:
         """The database refused the outcome for good (a value or rule it will never take). Stored as failed
         without its output, the turn releases its conversation now rather than at the claim's expiry, and
         clients see what happened; its usage is kept, as the upstream charged for it. Should even that be
@@ -439,6 +444,8 @@ class TurnContext:
                 await _store_outcome(db, turn, [], None, None)
         except Exception:
             logger.exception("could not store turn %s as failed either; its claim's expiry frees it", state.id)
+            return False
+        return True
 
     def _remember_chain(self, turn: Turn, outputs: list[NewItem]) -> None:
         """An answered response outside any conversation: the history its children send, made from the history

@@ -42,7 +42,7 @@ from typing import Any
 import msgspec
 from asyncpg.exceptions import ForeignKeyViolationError
 
-from service.items import NewItem
+from service.items import NewItem, item_arrays
 from service.responses.history_cache import CachedHistory, joined, stored_counts
 from service.responses.statement import Statement
 from service.responses.status import ANSWERED, RUNNING
@@ -569,19 +569,6 @@ def json_text(value: Any) -> str | None:
     return None if value is None else msgspec.json.encode(value).decode()
 
 
-def _item_arrays(items: Sequence[NewItem]) -> dict[str, list[Any]]:
-    """The item columns a statement writes, as parallel arrays for unnest(): one INSERT for any number."""
-    return {
-        "ids": [i.id for i in items],
-        "types": [i.type for i in items],
-        "roles": [i.role for i in items],
-        "statuses": [i.status for i in items],
-        "bodies": [i.body for i in items],
-        "texts": [i.text_content for i in items],
-        "token_counts": [i.token_count for i in items],
-    }
-
-
 @dataclass(frozen=True)
 class NewResponse:
     """The response row a turn starts with."""
@@ -659,7 +646,7 @@ async def claim_and_begin(
         "history_from": 0 if known is None else known.next_position,
     }
     if response.visible_before_finish:
-        values = {**claim, **response.params(), **_item_arrays(inputs)}
+        values = {**claim, **response.params(), **item_arrays(inputs)}
         row = await db.fetchrow(_CLAIM_AND_STORE.sql, *_CLAIM_AND_STORE.args(values))
     else:
         row = await db.fetchrow(_CLAIM_ONLY.sql, *_CLAIM_ONLY.args(claim))
@@ -686,7 +673,7 @@ async def claim_and_begin(
 async def begin(db: Any, response: NewResponse, inputs: Sequence[NewItem]) -> tuple[datetime, int]:
     """Store a response outside any conversation, in progress, with its input items. Returns its created_at and
     the tenant's history generation (service/responses/chain_cache.py)."""
-    values = {**response.params(), **_item_arrays(inputs), "lazy_commit": not response.visible_before_finish}
+    values = {**response.params(), **item_arrays(inputs), "lazy_commit": not response.visible_before_finish}
     row = await db.fetchrow(_BEGIN.sql, *_BEGIN.args(values))
     return row["created_at"], row["generation"]
 
@@ -840,7 +827,7 @@ class Unseen:
             **self.response.row_params(),
             "created_at": self.created_at,
             "input_count": len(self.inputs),
-            **_item_arrays([*self.inputs, *outputs]),
+            **item_arrays([*self.inputs, *outputs]),
         }
 
 
@@ -869,7 +856,7 @@ async def finish_in_conversation(
         values.update(unseen.params(outputs))
     else:
         statement = _FINISH_STORED_IN_CONVERSATION if log is None else _FINISH_LOGGED_IN_CONVERSATION
-        values.update(_item_arrays(outputs), input_count=appended.input_count, input_counts=list(appended.input_counts))
+        values.update(item_arrays(outputs), input_count=appended.input_count, input_counts=list(appended.input_counts))
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
     completed_at: datetime | None = await db.fetchval(statement.sql, *statement.args(values))
@@ -902,7 +889,7 @@ async def finish(
         )
     else:
         statement = _FINISH_STORED if log is None else _FINISH_LOGGED
-        values.update(_item_arrays(outputs), input_counts=list(input_counts), running=list(RUNNING))
+        values.update(item_arrays(outputs), input_counts=list(input_counts), running=list(RUNNING))
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
     try:
