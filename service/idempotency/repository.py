@@ -307,14 +307,20 @@ async def purge_expired(conn: AsyncConnection, limit: int) -> int:
     return len((await conn.execute(stmt)).all())
 
 
+def _not_found_answer(message: str) -> bytes:
+    return msgspec.json.encode(error_envelope(message, "invalid_request_error", None, "not_found"))
+
+
+def _answering_404(message: str) -> dict[str, Any]:
+    """What a key holds once what it made was deleted: the 404 a read of it gives now, none of its content."""
+    return {"status_code": 404, "headers": [["content-type", "application/json"]], "body": _not_found_answer(message)}
+
+
 async def forget_deleted_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> None:
     """A deleted conversation is not replayed, as a deleted response is not: the keys of the requests that made
     it or added to it (create, import, fork, items) answer the 404 a read of it gives now, holding none of its
     content. The key stays used, so a retry does not create the conversation again; no longer linked to it, the
     key is left by its delete and goes after IDEMPOTENCY_KEY_TTL. A turn's key names its response, which stays."""
-    envelope = error_envelope(
-        f"Conversation with id '{conversation_id}' not found.", "invalid_request_error", None, "not_found"
-    )
     await conn.execute(
         update(key_t)
         .where(
@@ -323,12 +329,7 @@ async def forget_deleted_conversation(conn: AsyncConnection, tenant_id: str, con
             key_t.c.response_id.is_(None),
             key_t.c.state == COMPLETED,
         )
-        .values(
-            status_code=404,
-            headers=[["content-type", "application/json"]],
-            body=msgspec.json.encode(envelope),
-            conversation_id=None,
-        )
+        .values(**_answering_404(f"Conversation with id '{conversation_id}' not found."), conversation_id=None)
     )
 
 
@@ -336,12 +337,6 @@ async def forget_deleted_item(conn: AsyncConnection, tenant_id: str, conversatio
     """An item deleted from a conversation is not replayed: the answer of the request that added it (which lists
     the items it added) becomes the 404 a read of the item gives now. The key stays used, so a retry does not add
     the item again."""
-    envelope = error_envelope(
-        f"Item with id '{item_id}' not found in conversation '{conversation_id}'.",
-        "invalid_request_error",
-        None,
-        "not_found",
-    )
     shown_id = msgspec.json.encode({"id": item_id})[1:-1]  # `"id":"<id>"`, as every answer encodes it
     await conn.execute(
         update(key_t)
@@ -353,20 +348,17 @@ async def forget_deleted_item(conn: AsyncConnection, tenant_id: str, conversatio
             key_t.c.path == f"/v1/conversations/{conversation_id}/items",
             func.position(literal(shown_id, LargeBinary).op("IN")(key_t.c.body)) > 0,
         )
-        .values(status_code=404, headers=[["content-type", "application/json"]], body=msgspec.json.encode(envelope))
+        .values(**_answering_404(f"Item with id '{item_id}' not found in conversation '{conversation_id}'."))
     )
 
 
-def _deleted_response_answer(response_id: str) -> bytes:
-    envelope = error_envelope(
-        f"Response with id '{response_id}' not found.", "invalid_request_error", None, "not_found"
-    )
-    return msgspec.json.encode(envelope)
+def _deleted_response_message(response_id: str) -> str:
+    return f"Response with id '{response_id}' not found."
 
 
 # What a key answers once its response was deleted, with `{response_id}` for retention's statement to fill in (a
 # response id is the service's own: nothing in it to escape).
-DELETED_RESPONSE_ANSWER = _deleted_response_answer("{response_id}").decode()
+DELETED_RESPONSE_ANSWER = _not_found_answer(_deleted_response_message("{response_id}")).decode()
 
 
 async def forget_deleted_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> None:
@@ -381,11 +373,5 @@ async def forget_deleted_response(conn: AsyncConnection, tenant_id: str, respons
             or_(key_t.c.response_id == response_id, key_t.c.answer_response_id == response_id),
             key_t.c.state == COMPLETED,
         )
-        .values(
-            status_code=404,
-            headers=[["content-type", "application/json"]],
-            body=_deleted_response_answer(response_id),
-            response_id=None,
-            answer_response_id=None,
-        )
+        .values(**_answering_404(_deleted_response_message(response_id)), response_id=None, answer_response_id=None)
     )

@@ -159,12 +159,10 @@ _DELETE_EXPIRED_RESPONSES = text(
             response_id = NULL, answer_response_id = NULL
         FROM doomed d
         WHERE k.tenant_id = :tenant AND k.state = 'completed' AND (k.response_id = d.id OR k.answer_response_id = d.id)
-        RETURNING 1
     ),
     items AS (DELETE FROM item WHERE response_id IN (SELECT id FROM doomed) RETURNING 1),
     gone AS (DELETE FROM response WHERE id IN (SELECT id FROM doomed) RETURNING 1)
-    SELECT (SELECT count(*) FROM gone) AS responses, (SELECT count(*) FROM items) AS items,
-           (SELECT count(*) FROM keys) AS keys
+    SELECT (SELECT count(*) FROM gone) AS responses, (SELECT count(*) FROM items) AS items
     """
 ).bindparams(bindparam("days", type_=Integer))
 
