@@ -66,9 +66,12 @@ async def claimed_by_a_lost_turn(tenant: Any, db: AsyncEngine, *, ttl: float, ag
 
 
 async def requests_waiting_on_a_lock(db: AsyncEngine) -> int:
-    """How many of the service's database sessions wait on a row lock (a test holds one to pause a request)."""
+    """How many of the service's database sessions wait on a row lock (a test holds one to pause a request); only
+    this database's, as another run on the same server has its own."""
     count = await scalar(
-        db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' AND wait_event_type = 'Lock'"
+        db,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'convstore' AND wait_event_type = 'Lock'"
+        " AND datname = current_database()",
     )
     return int(count or 0)
 

@@ -675,8 +675,9 @@ async def test_search_pages_have_one_plan_whatever_the_estimates(db: AsyncEngine
     assert "id = ANY" not in plan and "Index Scan using pk_" in plan, (name, plan)
     # Between the caps, a walk tests each row against the hash of the matches read, a subplan and not a join.
     # (PostgreSQL 15 prints it `COALESCE((hashed SubPlan 3), false)`, 17 and later `COALESCE((ANY (id = (hashed ...`;
-    # on conversations, after the test that leaves out those being purged.)
+    # on conversations, after the tests that leave out those being purged or deleted.)
     hashed = r"COALESCE\(\((ANY \(\w+ = \()?hashed SubPlan"
-    assert re.search(rf"Filter: (\(\(purging_since IS NULL\) AND )?{hashed}", plan), (name, plan)
+    deleted = r"\(\(purging_since IS NULL\) AND \(deleted_at IS NULL\) AND "
+    assert re.search(rf"Filter: ({deleted})?{hashed}", plan), (name, plan)
     # The walk that may go first walks the list's index, then tests each row on its items.
     assert "_budget" in plan and plan.count(f"Index Scan using {walk_index} on item") >= 2, (name, plan)

@@ -186,20 +186,20 @@ async def test_a_chain_begun_in_a_conversation_sees_an_item_deleted_from_it(
         assert fake_upstream.inputs[-1] == after_delete
 
 
-async def test_a_deleted_conversation_takes_its_earlier_items_out_of_cached_chains(
+async def test_a_deleted_conversation_stays_the_history_of_chains_continuing_its_responses(
     alice: Tenant, fake_upstream: FakeOpenRouter, start_server: Callable[..., LiveServer]
 ) -> None:
+    """OpenAI keeps a deleted conversation's items: a chain continuing one of its responses still replays what
+    preceded that response, in a worker that cached the chain and in one that reads it."""
     conversation = await new_conversation(alice.http)
-    _answer(fake_upstream, "c1")
+    a1 = _answer(fake_upstream, "c1")
     await turn(alice.http, "in conversation 1", conversation=conversation)
     a2 = _answer(fake_upstream, "c2")
     in_conversation = await turn(alice.http, "in conversation 2", conversation=conversation)
     a3 = _answer(fake_upstream, "chained")
     chained = await turn(alice.http, "chained", previous_response_id=in_conversation["id"])
     assert (await alice.http.delete(f"/v1/conversations/{conversation}")).status_code == 200
-    # The chain's first response keeps its own items (as OpenAI's input_items do); what preceded it in the
-    # conversation is gone with the conversation.
-    after_delete = [user("in conversation 2"), a2, user("chained"), a3, user("next")]
+    after_delete = [user("in conversation 1"), a1, user("in conversation 2"), a2, user("chained"), a3, user("next")]
     _answer(fake_upstream, "n1")
     await turn(alice.http, "next", previous_response_id=chained["id"])
     assert fake_upstream.inputs[-1] == after_delete

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -78,6 +79,10 @@ async def scratch(database_url: str) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
+def _executing(statement: Any) -> Callable[[AsyncConnection], Awaitable[object]]:
+    return lambda conn: conn.execute(statement, {"id": "conv_1"})
+
+
 async def _lookups_by_key(database_url: str) -> dict[str, str]:
     """The SQL of the API's reads and writes of one row named by its key (a response, a conversation), as the
     service sends it: captured from the repository functions, run on no rows and rolled back."""
@@ -89,6 +94,15 @@ async def _lookups_by_key(database_url: str) -> dict[str, str]:
         "update_metadata": lambda conn: conversations_repository.update_metadata(conn, "ten_plan", "conv_1", {}),
         "delete_conversation": lambda conn: conversations_repository.delete_conversation(conn, "ten_plan", "conv_1"),
         "conversation_exists": lambda conn: lifecycle_repository.conversation_exists(conn, "conv_1", "ten_plan"),
+        # What a deleted conversation keeps, after each delete of one of its responses.
+        **{
+            f"settle_deleted_conversation_{name}": _executing(statement)
+            for name, statement in (
+                ("lock", conversations_repository._LOCK_DELETED),
+                ("trim", conversations_repository._TRIM_DELETED),
+                ("delete", conversations_repository._DELETE_UNNEEDED),
+            )
+        },
     }
     engine = create_async_engine(database_url)
     statements: dict[str, str] = {}
@@ -108,7 +122,9 @@ async def _lookups_by_key(database_url: str) -> dict[str, str]:
             await conn.rollback()
     finally:
         await engine.dispose()
-    assert len(statements) == len(calls) + 1, sorted(statements)  # delete_conversation sends two
+    # delete_conversation sends three: whether a response names the conversation, then (none does) the detach of
+    # items carried by responses and the delete.
+    assert len(statements) == len(calls) + 2, sorted(statements)
     return statements
 
 

@@ -33,7 +33,7 @@ from service.admin.cursor import Keyset, newest_first, probed_page
 from service.admin.params import RESPONSE_STATUSES, ConversationFilters, ResponseFilters, TimeRange
 from service.admin.statements import Statements
 from service.db.models import conversation_table, item_table, response_table, tenant_table, webhook_delivery_table
-from service.db.purging import not_purging
+from service.db.visibility import not_deleted
 from service.responses.status import RUNNING
 
 conversation_t = conversation_table
@@ -162,7 +162,7 @@ def _conversation_page(filters: ConversationFilters, tenant_id: str | None, keys
     """Newest activity first; every value bound by name (admin/statements.py)."""
     c = conversation_t
     conditions = [
-        not_purging(c),
+        not_deleted(c),
         *listed_between(c.c.created_at, "created", filters.created_after, filters.created_before),
         *listed_between(c.c.updated_at, "updated", filters.updated_after, filters.updated_before),
     ]
@@ -198,7 +198,7 @@ async def conversation_page(
 
 
 async def get_conversation(conn: AsyncConnection, conversation_id: str) -> Any:
-    stmt = select(*_CONVERSATION_COLUMNS).where(conversation_t.c.id == conversation_id, not_purging(conversation_t))
+    stmt = select(*_CONVERSATION_COLUMNS).where(conversation_t.c.id == conversation_id, not_deleted(conversation_t))
     return (await conn.execute(stmt)).first()
 
 
@@ -290,7 +290,7 @@ async def usage_stats(conn: AsyncConnection, window: TimeRange) -> tuple[list[An
         select(conversation_t.c.tenant_id, tenant_t.c.name.label("tenant"), func.count().label("conversations"))
         .join(tenant_t, tenant_t.c.id == conversation_t.c.tenant_id)
         .where(
-            not_purging(conversation_t),
+            not_deleted(conversation_t),
             *_time_range(conversation_t.c.created_at, window.created_after, window.created_before),
         )
         .group_by(conversation_t.c.tenant_id, tenant_t.c.name)

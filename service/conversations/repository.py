@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import conversation_table, item_table, response_table
 from service.db.ownership import owned_by
-from service.db.purging import not_purging
+from service.db.visibility import not_deleted
 from service.ids import can_exist
 from service.items import NewItem
 from service.pagination import PageRequest, keyset_page
+from service.responses.status import ANSWERED
 
 conversation_t = conversation_table
 item_t = item_table
@@ -55,7 +56,7 @@ async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_i
     stmt = select(conversation_t).where(
         conversation_t.c.id == conversation_id,
         owned_by(conversation_t.c.tenant_id, tenant_id),
-        not_purging(conversation_t),
+        not_deleted(conversation_t),
     )
     if hold:
         stmt = stmt.with_for_update(key_share=True)
@@ -64,15 +65,18 @@ async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_i
 
 async def lock_conversation(conn: AsyncConnection, tenant_id: str | None, conversation_id: str) -> Any:
     """The conversation row with a row lock for the rest of this (short) transaction, and whether a turn's
-    claim on it is still live. `tenant_id` None: any tenant's (the admin API)."""
+    claim on it is still live. `tenant_id` None: any tenant's, one its tenant deleted included (the admin API's
+    hard delete, which erases what such a conversation still keeps as its responses' history)."""
     if not can_exist(conversation_id):
         return None
     live_claim = and_(
         conversation_t.c.turn_response_id.is_not(None), conversation_t.c.turn_expires_at > func.now()
     ).label("claimed")
-    stmt = select(conversation_t, live_claim).where(conversation_t.c.id == conversation_id, not_purging(conversation_t))
-    if tenant_id is not None:
-        stmt = stmt.where(owned_by(conversation_t.c.tenant_id, tenant_id))
+    stmt = select(conversation_t, live_claim).where(conversation_t.c.id == conversation_id)
+    if tenant_id is None:
+        stmt = stmt.where(conversation_t.c.purging_since.is_(None))
+    else:
+        stmt = stmt.where(owned_by(conversation_t.c.tenant_id, tenant_id), not_deleted(conversation_t))
     return (await conn.execute(stmt.with_for_update())).first()
 
 
@@ -84,7 +88,7 @@ async def update_metadata(conn: AsyncConnection, tenant_id: str, conversation_id
         .where(
             conversation_t.c.id == conversation_id,
             owned_by(conversation_t.c.tenant_id, tenant_id),
-            not_purging(conversation_t),
+            not_deleted(conversation_t),
         )
         .values(metadata=metadata, updated_at=func.now())
         .returning(conversation_t)
@@ -92,24 +96,107 @@ async def update_metadata(conn: AsyncConnection, tenant_id: str, conversation_id
     return (await conn.execute(stmt)).first()
 
 
+# The responses a deleted conversation keeps its items for: those that answered (responses/status.py). A failed or
+# cancelled turn added nothing to the conversation, and no chain can build on it.
+_CONTINUABLE = "status IN ({})".format(", ".join(f"'{status}'" for status in ANSWERED))
+
+
 async def delete_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> bool:
-    """Delete the conversation and the items added to it directly. Items that responses carried stay with
-    those responses (as OpenAI does: their input_items still list them)."""
+    """Delete the tenant's conversation (its row locked). Its responses stay, with the items they carried (as
+    OpenAI does: their input_items still list them), and they can still be continued: while one of them is
+    stored, the conversation is only marked deleted and keeps the items before its last one, the history a chain
+    continuing them replays. Otherwise it goes with its own items at once."""
+    owned = owned_by(conversation_t.c.tenant_id, tenant_id)
+    continuable = exists().where(response_t.c.conversation_id == conversation_id, response_t.c.status.in_(ANSWERED))
+    if await conn.scalar(select(continuable)):
+        # An expired claim goes too: the late finish of its turn then finds no claim, and stores its response
+        # outside the conversation, as it did when the row was gone.
+        marked = await conn.execute(
+            update(conversation_t)
+            .where(conversation_t.c.id == conversation_id, owned, not_deleted(conversation_t))
+            .values(deleted_at=func.now(), turn_response_id=None, turn_expires_at=None, turn_claimed_at=None)
+            .returning(conversation_t.c.id)
+        )
+        if marked.first() is None:
+            return False
+        await settle_deleted_conversation(conn, conversation_id)
+        return True
+    # An item a response carried stays with that response (the row's delete cascades to the others).
     await conn.execute(
         update(item_t)
-        .where(
-            item_t.c.conversation_id == conversation_id,
-            owned_by(item_t.c.tenant_id, tenant_id),
-            item_t.c.response_id.is_not(None),
-        )
+        .where(item_t.c.conversation_id == conversation_id, owned_by(item_t.c.tenant_id, tenant_id))
+        .where(item_t.c.response_id.is_not(None))
         .values(conversation_id=None, position=None)
     )
     deleted = await conn.execute(
-        delete(conversation_t)
-        .where(conversation_t.c.id == conversation_id, owned_by(conversation_t.c.tenant_id, tenant_id))
-        .returning(conversation_t.c.id)
+        delete(conversation_t).where(conversation_t.c.id == conversation_id, owned).returning(conversation_t.c.id)
     )
     return deleted.first() is not None
+
+
+async def lock_for_response_delete(conn: AsyncConnection, conversation_id: str) -> None:
+    """Lock the conversation of a response about to be deleted, before the response: every path that locks both
+    (a turn's finish, a conversation's delete, an operator's hard delete) takes the conversation first, and the
+    response's delete may have to settle it (settle_deleted_conversation)."""
+    await conn.execute(select(conversation_t.c.id).where(conversation_t.c.id == conversation_id).with_for_update())
+
+
+# A deleted conversation keeps the items before its last continuable response's position, the history of that
+# response and of the ones before it (each response carries its own items); the items added directly after it
+# were no one's history. The row is locked first, in its own statement, so that the trim and the delete read
+# afresh what the transactions before them committed. A row another transaction holds is skipped, never waited
+# for: it may hold responses this one wants (an operator's hard delete locks the conversation, then its
+# responses) or be deleting them itself; the retention run finishes what is left (conversations_to_finish). One
+# conversation per statement, by primary key: a plan for an array of ids may read the whole table.
+_LOCK_DELETED = text("SELECT id FROM conversation WHERE id = :id AND deleted_at IS NOT NULL FOR UPDATE SKIP LOCKED")
+
+_TRIM_DELETED = text(
+    f"""
+    DELETE FROM item
+    WHERE conversation_id = :id AND response_id IS NULL AND position >= coalesce(
+        (SELECT max(conversation_position) FROM response WHERE conversation_id = :id AND {_CONTINUABLE}), 0)
+    """
+)
+
+_NEEDED = f"EXISTS (SELECT 1 FROM response WHERE conversation_id = :id AND {_CONTINUABLE})"
+
+# Once no response needs it: as a conversation's delete does, an item a response carried stays with it.
+_DETACH_UNNEEDED = text(
+    f"""
+    UPDATE item SET conversation_id = NULL, position = NULL
+    WHERE conversation_id = :id AND response_id IS NOT NULL AND NOT {_NEEDED}
+    """
+)
+
+_DELETE_UNNEEDED = text(f"DELETE FROM conversation WHERE id = :id AND deleted_at IS NOT NULL AND NOT {_NEEDED}")
+
+# Deleted conversations no response needs any more, whose settling was skipped (their row was held), on the
+# partial index of deleted conversations.
+_TO_FINISH = text(
+    f"""
+    SELECT id FROM conversation c
+    WHERE deleted_at IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM response r WHERE r.conversation_id = c.id AND r.{_CONTINUABLE})
+    ORDER BY deleted_at, id LIMIT :limit
+    """
+)
+
+
+async def settle_deleted_conversation(conn: AsyncConnection, conversation_id: str) -> int:
+    """After a response of this conversation went (or the conversation was deleted): if its tenant deleted it, it
+    keeps only the items its remaining responses need, and goes once none is left. Returns how many items went
+    (the conversation's delete takes the rest with it)."""
+    if (await conn.execute(_LOCK_DELETED, {"id": conversation_id})).first() is None:
+        return 0
+    trimmed = (await conn.execute(_TRIM_DELETED, {"id": conversation_id})).rowcount
+    await conn.execute(_DETACH_UNNEEDED, {"id": conversation_id})
+    await conn.execute(_DELETE_UNNEEDED, {"id": conversation_id})
+    return int(trimmed)
+
+
+async def conversations_to_finish(conn: AsyncConnection, *, limit: int) -> list[str]:
+    """Deleted conversations whose last continuable response went while another transaction held their row."""
+    return list((await conn.scalars(_TO_FINISH, {"limit": limit})).all())
 
 
 def item_rows(
@@ -226,7 +313,7 @@ async def item_bodies_by_id(conn: AsyncConnection, tenant_id: str, item_ids: Seq
     if not wanted:
         return {}
     visible = or_(
-        and_(item_t.c.conversation_id.is_not(None), not_purging(conversation_t)),
+        and_(item_t.c.conversation_id.is_not(None), not_deleted(conversation_t)),
         and_(item_t.c.response_id.is_not(None), response_t.c.deleted_at.is_(None)),
     )
     stmt = (

@@ -86,6 +86,10 @@ class Conversation(Base):
     # Set when the retention purge starts deleting the conversation (over several transactions): from then on it
     # is deleted for every API, and the next purge run finishes it if this one stops (service/retention).
     purging_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when its tenant deleted it while responses still need its items as their history (a chain continuing
+    # one of them replays what preceded it): from then on it is deleted for every API, and the row goes with its
+    # last response (service/conversations/repository.py).
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     # The admin listing walks (updated_at, id) backwards; each equality filter has its own copy of that order.
     __table_args__ = (
@@ -96,6 +100,7 @@ class Conversation(Base):
         Index(None, "last_status", "updated_at", "id"),
         Index(None, "created_at", "id"),
         Index("ix_conversation_purging_since", "purging_since", postgresql_where=text("purging_since IS NOT NULL")),
+        Index("ix_conversation_deleted_at", "deleted_at", postgresql_where=text("deleted_at IS NOT NULL")),
         Index(
             "ix_conversation_metadata",
             "metadata",

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.conversations.repository import first_user_title, title_from
 from service.db.models import conversation_table, item_table, tenant_table
 from service.db.ownership import owned_by
-from service.db.purging import not_purging
+from service.db.visibility import not_deleted
 from service.ids import can_exist
 from service.items import NewItem, item_arrays
 
@@ -167,7 +167,7 @@ async def tenant_id_by_name(conn: AsyncConnection, name: str) -> str | None:
 async def conversation_exists(conn: AsyncConnection, conversation_id: str, tenant_id: str | None) -> bool:
     if not can_exist(conversation_id):
         return False
-    stmt = select(conversation_t.c.id).where(conversation_t.c.id == conversation_id, not_purging(conversation_t))
+    stmt = select(conversation_t.c.id).where(conversation_t.c.id == conversation_id, not_deleted(conversation_t))
     if tenant_id is not None:
         stmt = stmt.where(owned_by(conversation_t.c.tenant_id, tenant_id))
     return (await conn.scalar(stmt)) is not None
@@ -180,7 +180,7 @@ async def conversation_page(
     stmt = (
         select(conversation_t, tenant_table.c.name.label("tenant"))
         .join(tenant_table, tenant_table.c.id == conversation_t.c.tenant_id)
-        .where(conversation_t.c.id > after_id, not_purging(conversation_t))
+        .where(conversation_t.c.id > after_id, not_deleted(conversation_t))
         .order_by(conversation_t.c.id)
         .limit(limit)
     )

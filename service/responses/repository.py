@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.conversations.repository import lock_for_response_delete, settle_deleted_conversation
 from service.db.models import (
     conversation_table,
     item_table,
@@ -102,8 +103,12 @@ async def delete_response(conn: AsyncConnection, response_id: str) -> None:
     """Delete a response (its owner's, read by get_response). If a later response builds on it, stored or still
     running, it is only hidden, so that chain's history stays whole; items that are also conversation items
     stay in their conversation. Ancestors an earlier delete hid go with it once nothing builds on them any more:
-    else their content would outlive its deletion for good. The row is locked first: a turn beginning on it
-    meanwhile waits, then finds it gone or hidden; one that began before is seen as its child."""
+    else their content would outlive its deletion for good. The row is locked first (after its conversation's:
+    conversations/repository.py, lock_for_response_delete): a turn beginning on it meanwhile waits, then finds it
+    gone or hidden; one that began before is seen as its child."""
+    conversation_id = await conn.scalar(select(response_t.c.conversation_id).where(response_t.c.id == response_id))
+    if conversation_id is not None:
+        await lock_for_response_delete(conn, conversation_id)
     await conn.execute(select(response_t.c.id).where(response_t.c.id == response_id).with_for_update())
     if await _has_children(conn, response_id):
         await update_response(conn, response_id, {"deleted_at": func.now()})
@@ -133,14 +138,22 @@ async def _hidden_without_children(conn: AsyncConnection, response_id: str) -> b
 
 
 async def _delete_childless(conn: AsyncConnection, response_id: str) -> str | None:
-    """Delete the row and the items only it holds; the response it continued, if any."""
+    """Delete the row and the items only it holds; the response it continued, if any. Its items in a conversation
+    stay there; a conversation its tenant deleted keeps only what its other responses still need."""
     await conn.execute(
         update(item_t)
         .where(item_t.c.response_id == response_id, item_t.c.conversation_id.is_not(None))
         .values(response_id=None)
     )
-    stmt = delete(response_t).where(response_t.c.id == response_id).returning(response_t.c.previous_response_id)
-    return await conn.scalar(stmt)
+    stmt = delete(response_t).where(response_t.c.id == response_id)
+    returned = stmt.returning(response_t.c.previous_response_id, response_t.c.conversation_id)
+    deleted = (await conn.execute(returned)).first()
+    if deleted is None:
+        return None
+    if deleted.conversation_id is not None:
+        await settle_deleted_conversation(conn, deleted.conversation_id)
+    previous: str | None = deleted.previous_response_id
+    return previous
 
 
 async def release_expired_claims(conn: AsyncConnection) -> list[str]:

@@ -54,11 +54,11 @@ PREVIOUS_RESPONSE_FK = "fk_response_previous_response_id_response"
 
 # Claim the conversation (one writer at a time), store the response as in_progress with its input items, and
 # read the history, in one statement; for a turn visible before its finish. The claim locks the conversation
-# row; an expired claim is taken over and its holder reported; a conversation being purged is not claimed
-# (service/db/purging.py). The history is read from the statement's snapshot, which a turn that finished while
-# we waited for the lock is not in: `history_is_current` compares the row the snapshot saw with the row we
-# claimed (every change to a conversation's items moves next_position or item_count), and the caller reads the
-# history again when they differ. Only the items from $history_from on are read: the caller holds the ones
+# row; an expired claim is taken over and its holder reported; a conversation being purged or deleted is not
+# claimed (service/db/visibility.py). The history is read from the statement's snapshot, which a turn that
+# finished while we waited for the lock is not in: `history_is_current` compares the row the snapshot saw with
+# the row we claimed (every change to a conversation's items moves next_position or item_count), and the caller
+# reads the history again when they differ. Only the items from $history_from on are read: the caller holds the ones
 # before (service/responses/history_cache.py), 0 when it holds none. The claim writes no indexed column, so
 # PostgreSQL can make it a HOT update: last_model and last_status are the last finished turn's, written by the
 # finish. Aggregating an ordered subquery keeps its order (an ORDER BY inside string_agg would sort again, on
@@ -70,7 +70,8 @@ _CLAIM_AND_STORE = Statement(
         SET turn_response_id = $response_id,
             turn_expires_at = now() + make_interval(secs => $ttl), turn_claimed_at = now()
         FROM (SELECT id, turn_response_id FROM conversation
-              WHERE id = $conversation_id AND tenant_id IS NOT DISTINCT FROM $tenant_id AND purging_since IS NULL
+              WHERE id = $conversation_id AND tenant_id IS NOT DISTINCT FROM $tenant_id
+                AND purging_since IS NULL AND deleted_at IS NULL
               FOR UPDATE) AS before
         WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
         RETURNING c.next_position, c.item_count, before.turn_response_id AS previous_holder
@@ -118,7 +119,8 @@ _CLAIM_ONLY = Statement(
         SET turn_response_id = $response_id,
             turn_expires_at = now() + make_interval(secs => $ttl), turn_claimed_at = now()
         FROM (SELECT id, turn_response_id FROM conversation
-              WHERE id = $conversation_id AND tenant_id IS NOT DISTINCT FROM $tenant_id AND purging_since IS NULL
+              WHERE id = $conversation_id AND tenant_id IS NOT DISTINCT FROM $tenant_id
+                AND purging_since IS NULL AND deleted_at IS NULL
               FOR UPDATE) AS before
         WHERE c.id = before.id AND (c.turn_response_id IS NULL OR c.turn_expires_at <= now())
         RETURNING c.next_position, c.item_count, before.turn_response_id AS previous_holder

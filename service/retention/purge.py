@@ -5,7 +5,9 @@ Each batch is its own short transaction touching at most RETENTION_BATCH_SIZE it
 conversations or responses, rows no turn is using (idle conversations, marked as being purged first; old
 responses nothing builds on, locked with SKIP LOCKED), resting after each batch as long as it took, so that
 turns are never queued behind the purge for long. A run first finishes the conversations an earlier run marked
-and did not delete (its process died): they are deleted for every API from their mark on."""
+and did not delete (its process died): they are deleted for every API from their mark on. Then the conversations
+tenants deleted whose last needed response went while another transaction held their row (such a response's
+delete never waits for that row: service/conversations/repository.py)."""
 
 from __future__ import annotations
 
@@ -74,6 +76,21 @@ class _Run:
                 return
             if await self._empty_and_delete(ids, counts) == 0:
                 return  # marked rows this run cannot delete: leave them to the next run rather than spin
+
+    async def finish_deleted(self, counts: PurgeCounts) -> None:
+        """The conversations tenants deleted that no response needs any more but were left (their row was held
+        when their last response went), whatever their tenant's policy is."""
+        previous: list[str] = []
+        while True:
+            started = time.monotonic()
+            async with self.engine.begin() as conn:
+                await self._renew(conn)
+                ids, items = await repository.finish_deleted_conversations(conn, limit=self.rows_per_batch)
+            counts.items += items
+            if not ids or ids == previous:
+                return  # none left, or only rows held elsewhere: the next run takes them
+            previous = ids
+            await _rest_after(started)
 
     async def conversations(self, tenant_id: str, idle_days: int, counts: PurgeCounts) -> None:
         while True:
@@ -157,6 +174,11 @@ async def purge(engine: AsyncEngine, settings: Settings, *, process_id: str) -> 
         resumed = PurgeCounts()
         await run.finish_marked(resumed)
         totals.add(resumed)
+        left_by_deletes = PurgeCounts()
+        await run.finish_deleted(left_by_deletes)
+        totals.add(left_by_deletes)
+        if left_by_deletes.items:
+            logger.info("retention removed %d items of conversations their tenants deleted", left_by_deletes.items)
         if resumed != PurgeCounts():
             logger.info(
                 "retention finished %d conversations (%d items) an earlier run had started to delete",

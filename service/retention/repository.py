@@ -1,11 +1,11 @@
 """SQL for retention. What a policy deletes:
 
-- conversations idle (no change) for N days, as `DELETE /v1/conversations/{id}` does: their own items go, items
-  carried by responses stay with those responses;
+- conversations idle (no change) for N days: their own items go, items carried by responses stay with those
+  responses (a conversation its tenant deleted is not idle: it goes with its last response);
 - responses created N days ago or earlier, unless still needed as history: by a kept conversation (one of the
-  response's items is still in one) or by a kept later response (previous_response_id, transitively), or by a
-  plain turn still running on it (running_chain_turn). Their items go with them. Running responses are never
-  deleted.
+  response's items is still in one), by a later response of a conversation its tenant deleted (which replays
+  what preceded it there), or by a kept later response (previous_response_id, transitively), or by a plain turn
+  still running on it (running_chain_turn). Their items go with them. Running responses are never deleted.
 
 The purge deletes responses as leaves (no later response builds on them), so each batch re-checks under row
 locks that nothing came to depend on them, and a chain goes from its end backwards over successive batches. The
@@ -19,6 +19,7 @@ from sqlalchemy import Boolean, Integer, Text, bindparam, delete, func, literal_
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.conversations.repository import conversations_to_finish, settle_deleted_conversation
 from service.db.models import maintenance_lease_table, retention_policy_table, tenant_table
 from service.idempotency.repository import DELETED_RESPONSE_ANSWER
 
@@ -45,19 +46,20 @@ _PREVIEW = text(
     doomed_conversation AS (
         SELECT id FROM conversation
         WHERE tenant_id = :tenant AND (purging_since IS NOT NULL OR (
-            :idle_days IS NOT NULL AND updated_at < now() - make_interval(days => :idle_days)
+            :idle_days IS NOT NULL AND deleted_at IS NULL AND updated_at < now() - make_interval(days => :idle_days)
             AND NOT (turn_response_id IS NOT NULL AND turn_expires_at > now())
             AND {_THREAD_IDLE}))
     ),
     old AS (
-        SELECT id, previous_response_id, status FROM response
+        SELECT id, previous_response_id, status, conversation_id, conversation_position FROM response
         WHERE :days IS NOT NULL AND tenant_id = :tenant AND created_at < now() - make_interval(days => :days)
     ),
     seed AS (
         SELECT o.id FROM old o
         WHERE o.status IN ('queued', 'in_progress')
-           OR EXISTS (SELECT 1 FROM item i WHERE i.response_id = o.id AND i.conversation_id IS NOT NULL
-                      AND i.conversation_id NOT IN (SELECT id FROM doomed_conversation))
+           OR EXISTS (SELECT 1 FROM item i JOIN conversation c ON c.id = i.conversation_id
+                      WHERE i.response_id = o.id AND c.deleted_at IS NULL
+                        AND c.id NOT IN (SELECT id FROM doomed_conversation))
         UNION
         SELECT c.previous_response_id FROM old o JOIN response c ON c.previous_response_id = o.id
         WHERE c.created_at >= now() - make_interval(days => :days)
@@ -70,18 +72,42 @@ _PREVIEW = text(
         UNION
         SELECT o.previous_response_id FROM old o JOIN needed n ON o.id = n.id WHERE o.previous_response_id IS NOT NULL
     ),
-    doomed_response AS (SELECT id FROM old WHERE id NOT IN (SELECT id FROM needed WHERE id IS NOT NULL))
+    -- In a conversation its tenant deleted, a response whose items are there is needed while a later one is
+    -- kept: the purge takes them from the last one backwards, each once nothing follows it.
+    in_deleted AS (
+        SELECT r.id, r.conversation_id, r.conversation_position, r.status FROM response r
+        JOIN conversation c ON c.id = r.conversation_id AND c.deleted_at IS NOT NULL
+        WHERE r.tenant_id = :tenant
+    ),
+    kept_in_deleted AS (
+        SELECT conversation_id, max(conversation_position) AS before FROM in_deleted
+        WHERE status IN ('completed', 'incomplete')
+          AND (id NOT IN (SELECT id FROM old) OR id IN (SELECT id FROM needed WHERE id IS NOT NULL))
+        GROUP BY conversation_id
+    ),
+    doomed_response AS (
+        SELECT o.id FROM old o
+        WHERE o.id NOT IN (SELECT id FROM needed WHERE id IS NOT NULL)
+          AND NOT EXISTS (SELECT 1 FROM kept_in_deleted k
+                          WHERE k.conversation_id = o.conversation_id AND o.conversation_position < k.before
+                            AND EXISTS (SELECT 1 FROM item i WHERE i.response_id = o.id
+                                                               AND i.conversation_id = o.conversation_id))
+    )
     SELECT
         (SELECT count(*) FROM doomed_conversation) AS conversations,
         (SELECT count(*) FROM doomed_response) AS responses,
         (SELECT count(*) FROM item WHERE response_id IN (SELECT id FROM doomed_response))
         + (SELECT count(*) FROM item WHERE conversation_id IN (SELECT id FROM doomed_conversation)
-           AND response_id IS NULL) AS items
+           AND response_id IS NULL)
+        + (SELECT count(*) FROM item i
+           JOIN conversation d ON d.id = i.conversation_id AND d.tenant_id = :tenant AND d.deleted_at IS NOT NULL
+           LEFT JOIN kept_in_deleted k ON k.conversation_id = d.id
+           WHERE i.response_id IS NULL AND i.position >= coalesce(k.before, 0)) AS items
     """
 ).bindparams(bindparam("days", type_=Integer), bindparam("idle_days", type_=Integer))
 
 # Idle conversations no turn holds are marked (purging_since), in one short transaction, before their items are
-# removed over several: from the mark on, every API treats them as deleted (service/db/purging.py) and no turn
+# removed over several: from the mark on, every API treats them as deleted (service/db/visibility.py) and no turn
 # or item change can start on them. The mark is durable: if this process dies, the next run finishes the job.
 # A turn claiming one of them meanwhile waits for the row lock, then finds it marked and answers 404.
 _MARK_IDLE_CONVERSATIONS = text(
@@ -90,7 +116,7 @@ _MARK_IDLE_CONVERSATIONS = text(
     WHERE id IN (
         SELECT id FROM conversation
         WHERE tenant_id = :tenant AND updated_at < now() - make_interval(days => :idle_days)
-          AND purging_since IS NULL AND (turn_response_id IS NULL OR turn_expires_at <= now())
+          AND purging_since IS NULL AND deleted_at IS NULL AND (turn_response_id IS NULL OR turn_expires_at <= now())
           AND {_THREAD_IDLE}
         ORDER BY updated_at
         LIMIT :limit
@@ -144,7 +170,12 @@ _DELETE_EXPIRED_RESPONSES = text(
           AND NOT EXISTS (SELECT 1 FROM response c WHERE c.previous_response_id = r.id)
           AND NOT EXISTS (SELECT 1 FROM running_chain_turn n WHERE n.previous_response_id = r.id
                                                                AND n.expires_at > now())
-          AND NOT EXISTS (SELECT 1 FROM item i WHERE i.response_id = r.id AND i.conversation_id IS NOT NULL)
+          -- needed by a kept conversation, or by a later response of one its tenant deleted
+          AND NOT EXISTS (SELECT 1 FROM item i JOIN conversation c ON c.id = i.conversation_id
+                          WHERE i.response_id = r.id AND (c.deleted_at IS NULL OR EXISTS (
+                              SELECT 1 FROM response l
+                              WHERE l.conversation_id = c.id AND l.conversation_position > r.conversation_position
+                                AND l.status IN ('completed', 'incomplete'))))
         ORDER BY r.created_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -161,8 +192,9 @@ _DELETE_EXPIRED_RESPONSES = text(
         WHERE k.tenant_id = :tenant AND k.state = 'completed' AND (k.response_id = d.id OR k.answer_response_id = d.id)
     ),
     items AS (DELETE FROM item WHERE response_id IN (SELECT id FROM doomed) RETURNING 1),
-    gone AS (DELETE FROM response WHERE id IN (SELECT id FROM doomed) RETURNING 1)
-    SELECT (SELECT count(*) FROM gone) AS responses, (SELECT count(*) FROM items) AS items
+    gone AS (DELETE FROM response WHERE id IN (SELECT id FROM doomed) RETURNING conversation_id)
+    SELECT (SELECT count(*) FROM gone) AS responses, (SELECT count(*) FROM items) AS items,
+           ARRAY(SELECT DISTINCT conversation_id FROM gone WHERE conversation_id IS NOT NULL) AS conversations
     """
 ).bindparams(bindparam("days", type_=Integer))
 
@@ -221,10 +253,22 @@ async def delete_marked_conversations(conn: AsyncConnection, *, ids: list[str]) 
     return len((await conn.execute(_DELETE_MARKED_CONVERSATIONS, {"ids": ids})).all())
 
 
+async def finish_deleted_conversations(conn: AsyncConnection, *, limit: int) -> tuple[list[str], int]:
+    """Conversations their tenant deleted that no response needs any more, whose settling was skipped (another
+    transaction held their row): settled now. Returns the ones found, and how many items went."""
+    ids = await conversations_to_finish(conn, limit=limit)
+    trimmed = [await settle_deleted_conversation(conn, conversation_id) for conversation_id in ids]
+    return ids, sum(trimmed)
+
+
 async def delete_expired_responses(conn: AsyncConnection, *, tenant_id: str, days: int, limit: int) -> tuple[int, int]:
+    """Returns how many responses and items went, the items a deleted conversation no longer needs among them."""
     params = {"tenant": tenant_id, "days": days, "limit": limit, "deleted_answer": DELETED_RESPONSE_ANSWER}
     row = (await conn.execute(_DELETE_EXPIRED_RESPONSES, params)).one()
-    return int(row.responses), int(row.items)
+    trimmed = [
+        await settle_deleted_conversation(conn, conversation_id) for conversation_id in sorted(row.conversations)
+    ]
+    return int(row.responses), int(row.items) + sum(trimmed)
 
 
 # Keyed answers linked to no stored row (a `store: false` response's, which no thread holds, so neither a

@@ -48,7 +48,7 @@ from service.admin.repository import (
 )
 from service.admin.statements import Statements
 from service.db.models import conversation_table, item_table, response_chain_table, response_table
-from service.db.purging import not_purging
+from service.db.visibility import not_deleted
 from service.responses.status import RUNNING
 from service.threads import totals as chain_totals
 
@@ -123,7 +123,7 @@ def _conditions(table: Any, filters: ThreadFilters, tenant_id: str | None) -> li
         *listed_between(table.c.updated_at, "updated", filters.updated_after, filters.updated_before),
     ]
     if table is conversation_t:
-        conditions.append(not_purging(table))
+        conditions.append(not_deleted(table))
     if tenant_id is not None:
         conditions.append(table.c.tenant_id == bindparam("tenant_id", type_=Text))
     if filters.model is not None:
@@ -249,7 +249,7 @@ async def thread_page(
 async def get_thread(conn: AsyncConnection, thread_id: str) -> Any:
     """The thread's listing row: the conversation, else the chain, with that id."""
     conversation = select(*_CONVERSATION_COLUMNS, literal("conversation").label("kind")).where(
-        conversation_t.c.id == thread_id, not_purging(conversation_t)
+        conversation_t.c.id == thread_id, not_deleted(conversation_t)
     )
     row = (await conn.execute(conversation)).first()
     if row is None:

@@ -1,0 +1,17 @@
+"""Which conversations exist for the API. Two kinds of row are deleted for every API though still stored:
+
+- one the retention purge has started to delete (`purging_since`): the purge removes its items over several
+  transactions, and no one may read the part left or write to it meanwhile;
+- one its tenant deleted while responses still need its items as their history (`deleted_at`): a chain
+  continuing one of those responses replays what preceded it in the conversation, as OpenAI keeps a deleted
+  conversation's items. The row goes with its last response.
+
+Every statement that finds a conversation for a client or an operator carries this condition."""
+
+from __future__ import annotations
+
+from sqlalchemy import ColumnElement, Table, and_
+
+
+def not_deleted(conversation: Table) -> ColumnElement[bool]:
+    return and_(conversation.c.purging_since.is_(None), conversation.c.deleted_at.is_(None))
