@@ -146,8 +146,9 @@ async def lock_for_response_delete(conn: AsyncConnection, conversation_id: str) 
 # were no one's history. The row is locked first, in its own statement, so that the trim and the delete read
 # afresh what the transactions before them committed. A row another transaction holds is skipped, never waited
 # for: it may hold responses this one wants (an operator's hard delete locks the conversation, then its
-# responses) or be deleting them itself; the retention run finishes what is left (conversations_to_finish). One
-# conversation per statement, by primary key: a plan for an array of ids may read the whole table.
+# responses) or be deleting them itself. A skipped trim waits for the conversation's next settling; a conversation
+# left with no response, the retention run finishes (conversations_to_finish). One conversation per statement, by
+# primary key: a plan for an array of ids may read the whole table.
 _LOCK_DELETED = text("SELECT id FROM conversation WHERE id = :id AND deleted_at IS NOT NULL FOR UPDATE SKIP LOCKED")
 
 _TRIM_DELETED = text(
@@ -184,8 +185,8 @@ _TO_FINISH = text(
 
 async def settle_deleted_conversation(conn: AsyncConnection, conversation_id: str) -> int:
     """After a response of this conversation went (or the conversation was deleted): if its tenant deleted it, it
-    keeps only the items its remaining responses need, and goes once none is left. Returns how many items went
-    (the conversation's delete takes the rest with it)."""
+    keeps only the items its remaining responses need, and goes once none is left (the items responses carried
+    stay with them). Returns how many items went."""
     if (await conn.execute(_LOCK_DELETED, {"id": conversation_id})).first() is None:
         return 0
     trimmed = (await conn.execute(_TRIM_DELETED, {"id": conversation_id})).rowcount

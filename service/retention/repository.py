@@ -170,17 +170,15 @@ _DELETE_EXPIRED_RESPONSES = text(
           AND NOT EXISTS (SELECT 1 FROM response c WHERE c.previous_response_id = r.id)
           AND NOT EXISTS (SELECT 1 FROM running_chain_turn n WHERE n.previous_response_id = r.id
                                                                AND n.expires_at > now())
-          -- needed by a kept conversation, or by a later response of one its tenant deleted. The tenant's deleted
-          -- conversations are few (they go with their last response): read once from their partial index and
-          -- hashed, rather than each candidate's conversation looked up (bench/experiments/purge_guard.py)
-          AND NOT EXISTS (SELECT 1 FROM item i
-                          WHERE i.response_id = r.id AND i.conversation_id IS NOT NULL
-                            AND (i.conversation_id NOT IN (SELECT id FROM conversation
-                                                           WHERE deleted_at IS NOT NULL AND tenant_id = :tenant)
-                                 OR EXISTS (SELECT 1 FROM response l
-                                            WHERE l.conversation_id = i.conversation_id
-                                              AND l.conversation_position > r.conversation_position
-                                              AND l.status IN ('completed', 'incomplete'))))
+          -- needed by a kept conversation, or by a later answered response of one its tenant deleted. Each
+          -- candidate's conversation is read by primary key: hashing the tenant's deleted conversations once is
+          -- cheaper while they are few, but they need not be, and past what a hash may hold the plan would test
+          -- every candidate against all of them (bench/experiments/purge_guard.py)
+          AND NOT EXISTS (SELECT 1 FROM item i JOIN conversation c ON c.id = i.conversation_id
+                          WHERE i.response_id = r.id AND (c.deleted_at IS NULL OR EXISTS (
+                              SELECT 1 FROM response l
+                              WHERE l.conversation_id = c.id AND l.conversation_position > r.conversation_position
+                                AND l.status IN ('completed', 'incomplete'))))
         ORDER BY r.created_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
