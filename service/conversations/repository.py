@@ -14,7 +14,7 @@ from service.db.visibility import not_deleted
 from service.ids import can_exist
 from service.items import NewItem
 from service.pagination import PageRequest, keyset_page
-from service.responses.status import ANSWERED
+from service.responses.status import ANSWERED, answered_sql
 
 conversation_t = conversation_table
 item_t = item_table
@@ -98,29 +98,25 @@ async def update_metadata(conn: AsyncConnection, tenant_id: str, conversation_id
 
 # The responses a deleted conversation keeps its items for: those that answered (responses/status.py). A failed or
 # cancelled turn added nothing to the conversation, and no chain can build on it.
-_CONTINUABLE = "status IN ({})".format(", ".join(f"'{status}'" for status in ANSWERED))
+_CONTINUABLE = answered_sql("status")
 
 
-async def delete_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> bool:
-    """Delete the tenant's conversation (its row locked). Its responses stay, with the items they carried (as
-    OpenAI does: their input_items still list them), and they can still be continued: while one of them is
-    stored, the conversation is only marked deleted and keeps the items before its last one, the history a chain
-    continuing them replays. Otherwise it goes with its own items at once."""
-    owned = owned_by(conversation_t.c.tenant_id, tenant_id)
+async def delete_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> None:
+    """Delete the tenant's conversation (found, and its row locked, by lock_free_conversation). Its responses stay,
+    with the items they carried (as OpenAI does: their input_items still list them), and they can still be
+    continued: while one of them is stored, the conversation is only marked deleted and keeps the items before its
+    last one, the history a chain continuing them replays. Otherwise it goes with its own items at once."""
     continuable = exists().where(response_t.c.conversation_id == conversation_id, response_t.c.status.in_(ANSWERED))
     if await conn.scalar(select(continuable)):
         # An expired claim goes too: the late finish of its turn then finds no claim, and stores its response
         # outside the conversation, as it did when the row was gone.
-        marked = await conn.execute(
+        await conn.execute(
             update(conversation_t)
-            .where(conversation_t.c.id == conversation_id, owned, not_deleted(conversation_t))
+            .where(conversation_t.c.id == conversation_id)
             .values(deleted_at=func.now(), turn_response_id=None, turn_expires_at=None, turn_claimed_at=None)
-            .returning(conversation_t.c.id)
         )
-        if marked.first() is None:
-            return False
         await settle_deleted_conversation(conn, conversation_id)
-        return True
+        return
     # An item a response carried stays with that response (the row's delete cascades to the others).
     await conn.execute(
         update(item_t)
@@ -128,10 +124,11 @@ async def delete_conversation(conn: AsyncConnection, tenant_id: str, conversatio
         .where(item_t.c.response_id.is_not(None))
         .values(conversation_id=None, position=None)
     )
-    deleted = await conn.execute(
-        delete(conversation_t).where(conversation_t.c.id == conversation_id, owned).returning(conversation_t.c.id)
+    await conn.execute(
+        delete(conversation_t).where(
+            conversation_t.c.id == conversation_id, owned_by(conversation_t.c.tenant_id, tenant_id)
+        )
     )
-    return deleted.first() is not None
 
 
 async def lock_for_response_delete(conn: AsyncConnection, conversation_id: str) -> None:
@@ -177,7 +174,7 @@ _TO_FINISH = text(
     f"""
     SELECT id FROM conversation c
     WHERE deleted_at IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM response r WHERE r.conversation_id = c.id AND r.{_CONTINUABLE})
+      AND NOT EXISTS (SELECT 1 FROM response r WHERE r.conversation_id = c.id AND {answered_sql("r.status")})
     ORDER BY deleted_at, id LIMIT :limit
     """
 )

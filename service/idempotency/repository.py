@@ -311,9 +311,13 @@ def _not_found_answer(message: str) -> bytes:
     return msgspec.json.encode(error_envelope(message, "invalid_request_error", None, "not_found"))
 
 
+# The headers of the 404 a key answers once what it made was deleted.
+NOT_FOUND_HEADERS = [["content-type", "application/json"]]
+
+
 def _answering_404(message: str) -> dict[str, Any]:
     """What a key holds once what it made was deleted: the 404 a read of it gives now, none of its content."""
-    return {"status_code": 404, "headers": [["content-type", "application/json"]], "body": _not_found_answer(message)}
+    return {"status_code": 404, "headers": NOT_FOUND_HEADERS, "body": _not_found_answer(message)}
 
 
 async def forget_deleted_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> None:

@@ -25,3 +25,9 @@ ANSWERED = (Status.COMPLETED, Status.INCOMPLETE)
 
 def is_answered(status: str) -> bool:
     return status in ANSWERED
+
+
+def answered_sql(column: str) -> str:
+    """The condition that `column` holds an answered status, for statements written as SQL text."""
+    values = ", ".join(f"'{status.value}'" for status in ANSWERED)
+    return f"{column} IN ({values})"

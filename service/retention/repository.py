@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.conversations.repository import conversations_to_finish, settle_deleted_conversation
 from service.db.models import maintenance_lease_table, retention_policy_table, tenant_table
-from service.idempotency.repository import DELETED_RESPONSE_ANSWER
+from service.idempotency.repository import DELETED_RESPONSE_ANSWER, NOT_FOUND_HEADERS
+from service.responses.status import answered_sql
 
 # A conversation's thread holds the `previous_response_id` chains continuing its responses, which never touch the
 # conversation's row (chain turns would then queue on it): a conversation is idle when its thread is, else its
@@ -81,7 +82,7 @@ _PREVIEW = text(
     ),
     kept_in_deleted AS (
         SELECT conversation_id, max(conversation_position) AS before FROM in_deleted
-        WHERE status IN ('completed', 'incomplete')
+        WHERE {answered_sql("status")}
           AND (id NOT IN (SELECT id FROM old) OR id IN (SELECT id FROM needed WHERE id IS NOT NULL))
         GROUP BY conversation_id
     ),
@@ -162,7 +163,7 @@ _DELETE_MARKED_CONVERSATIONS = text(
 ).bindparams(bindparam("ids", type_=ARRAY(Text)))
 
 _DELETE_EXPIRED_RESPONSES = text(
-    """
+    f"""
     WITH doomed AS (
         SELECT r.id FROM response r
         WHERE r.tenant_id = :tenant AND r.created_at < now() - make_interval(days => :days)
@@ -178,7 +179,7 @@ _DELETE_EXPIRED_RESPONSES = text(
                           WHERE i.response_id = r.id AND (c.deleted_at IS NULL OR EXISTS (
                               SELECT 1 FROM response l
                               WHERE l.conversation_id = c.id AND l.conversation_position > r.conversation_position
-                                AND l.status IN ('completed', 'incomplete'))))
+                                AND {answered_sql("l.status")})))
         ORDER BY r.created_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
@@ -188,8 +189,8 @@ _DELETE_EXPIRED_RESPONSES = text(
     -- is not deleted with the response.
     keys AS (
         UPDATE idempotency_key k
-        SET status_code = 404, headers = '[["content-type", "application/json"]]'::jsonb,
-            body = convert_to(replace(:deleted_answer, '{response_id}', d.id), 'UTF8'),
+        SET status_code = 404, headers = :deleted_headers,
+            body = convert_to(replace(:deleted_answer, '{{response_id}}', d.id), 'UTF8'),
             response_id = NULL, answer_response_id = NULL
         FROM doomed d
         WHERE k.tenant_id = :tenant AND k.state = 'completed' AND (k.response_id = d.id OR k.answer_response_id = d.id)
@@ -199,7 +200,7 @@ _DELETE_EXPIRED_RESPONSES = text(
     SELECT (SELECT count(*) FROM gone) AS responses, (SELECT count(*) FROM items) AS items,
            ARRAY(SELECT DISTINCT conversation_id FROM gone WHERE conversation_id IS NOT NULL) AS conversations
     """
-).bindparams(bindparam("days", type_=Integer))
+).bindparams(bindparam("days", type_=Integer), bindparam("deleted_headers", type_=JSONB))
 
 # A holder is "<process id>/<run id>": a lease whose process the heartbeat found stopped (or dead) is free at once,
 # not only when it expires.
@@ -266,7 +267,13 @@ async def finish_deleted_conversations(conn: AsyncConnection, *, limit: int) -> 
 
 async def delete_expired_responses(conn: AsyncConnection, *, tenant_id: str, days: int, limit: int) -> tuple[int, int]:
     """Returns how many responses and items went, the items a deleted conversation no longer needs among them."""
-    params = {"tenant": tenant_id, "days": days, "limit": limit, "deleted_answer": DELETED_RESPONSE_ANSWER}
+    params = {
+        "tenant": tenant_id,
+        "days": days,
+        "limit": limit,
+        "deleted_answer": DELETED_RESPONSE_ANSWER,
+        "deleted_headers": NOT_FOUND_HEADERS,
+    }
     row = (await conn.execute(_DELETE_EXPIRED_RESPONSES, params)).one()
     trimmed = [
         await settle_deleted_conversation(conn, conversation_id) for conversation_id in sorted(row.conversations)
