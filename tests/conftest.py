@@ -34,6 +34,7 @@ from service.keys import service as keys
 from service.limits.connections import guarded_protocol, uvicorn_options
 from service.migrate import upgrade
 from tests.fake_openrouter import FakeOpenRouter, _free_port, _wait_for_port
+from tests.hang_report import REPORT_AFTER_SECONDS, ReportedServer, report
 from tests.reliability_support import ServiceProcess
 
 # TRUNCATE locks these in this order. The webhook outbox comes after `response`: a process still storing a
@@ -148,7 +149,7 @@ class LiveServer:
             lifespan="on",
             **uvicorn_options(settings, protocol=guarded_protocol(settings)),
         )
-        self._server = uvicorn.Server(config)
+        self._server = ReportedServer(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     def start(self) -> LiveServer:
@@ -159,6 +160,9 @@ class LiveServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=15)
+        if self._thread.is_alive():
+            # It goes on in the background, writing to the database under later tests: shown, not hidden.
+            warnings.warn(f"the live server on port {self.port} did not stop within 15 s", stacklevel=1)
 
 
 @pytest.fixture(scope="session")
@@ -230,8 +234,17 @@ async def db(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@pytest.fixture
+async def _hang_report(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A test (with its fixtures) still running after REPORT_AFTER_SECONDS prints what each task waits on."""
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(REPORT_AFTER_SECONDS, report, request.config, request.node.nodeid, loop)
+    yield
+    timer.cancel()
+
+
 @pytest.fixture(autouse=True)
-async def _isolation(db: AsyncEngine, fake_upstream: FakeOpenRouter) -> AsyncIterator[None]:
+async def _isolation(_hang_report: None, db: AsyncEngine, fake_upstream: FakeOpenRouter) -> AsyncIterator[None]:
     fake_upstream.reset()
     yield
     fake_upstream.reset()

@@ -276,6 +276,13 @@ class FakeOpenRouter:
             self.requests.clear()
         self.reset_catalog()
 
+    async def received(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until `count` turns have reached the fake; a request that never comes fails the test, not hang it."""
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count:
+            assert time.monotonic() < deadline, f"{len(self.requests)} of {count} requests reached the fake"
+            await asyncio.sleep(0.02)
+
     @property
     def inputs(self) -> list[list[Any]]:
         """The `input` array of every request received, in order."""

@@ -216,6 +216,7 @@ class ReplyLosingProxy:
         self.replies_lost = 0
         self._server: asyncio.Server | None = None
         self._armed = True
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> ReplyLosingProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -223,9 +224,14 @@ class ReplyLosingProxy:
         return self
 
     async def stop(self) -> None:
+        """Close the proxy and every connection through it. Left open, they would be relayed by this (the test's)
+        event loop, which waits in the live server's teardown: the server's shutdown would then wait on its
+        database until that teardown gave up on it."""
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        for writer in list(self._writers):
+            writer.close()
 
     @property
     def url(self) -> str:
@@ -243,6 +249,7 @@ class ReplyLosingProxy:
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         server_reader, server_writer = await self._open_database()
+        self._writers.update((client_writer, server_writer))
         losing = asyncio.Event()
 
         async def to_server() -> None:
@@ -272,3 +279,4 @@ class ReplyLosingProxy:
                 task.cancel()
             client_writer.close()
             server_writer.close()
+            self._writers.difference_update((client_writer, server_writer))

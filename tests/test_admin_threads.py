@@ -446,8 +446,7 @@ async def test_a_conversation_with_a_plain_chain_turn_in_flight_is_not_deleted_u
     running = asyncio.create_task(
         alice.http.post("/v1/responses", json={"model": MODEL, "input": "slow", "previous_response_id": first["id"]})
     )
-    while len(fake_upstream.requests) < 2:
-        await asyncio.sleep(0.02)
+    await fake_upstream.received(2)
     for route in (f"/admin/conversations/{conversation}", f"/admin/threads/{conversation}"):
         refused = await admin.delete(route)
         assert refused.status_code == 409 and refused.json()["error"]["code"] == "thread_locked", (route, refused.text)

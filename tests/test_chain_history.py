@@ -346,8 +346,7 @@ async def test_a_previous_response_deleted_while_an_unseen_turn_runs_keeps_the_a
     running = asyncio.create_task(
         alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q2", "previous_response_id": first["id"]})
     )
-    while len(fake_upstream.requests) < 2:
-        await asyncio.sleep(0.02)
+    await fake_upstream.received(2)
     async with db.connect() as deleter:
         await deleter.execute(text("DELETE FROM response WHERE id = :id"), {"id": first["id"]})
         await a_request_waits_on_a_lock(db)  # the finish, on the row being deleted

@@ -248,8 +248,7 @@ async def test_conversation_cannot_be_changed_while_a_turn_is_in_flight(
     conv = await new_conversation(alice.http, items=[_message("seed")])
     fake_upstream.enqueue(Reply(kind="json", body=text_response("slow", msg_id="msg_slow"), delay=1.0))
     running = asyncio.create_task(turn(alice.http, "Q", conversation=conv))
-    while not fake_upstream.requests:
-        await asyncio.sleep(0.02)
+    await fake_upstream.received()
     seed_id = (await conversation_items(db, conv))[0]["id"]
     for method, path, body in [
         ("DELETE", f"/v1/conversations/{conv}", None),

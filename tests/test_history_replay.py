@@ -434,8 +434,7 @@ async def test_no_transaction_or_pooled_connection_is_held_while_waiting_on_upst
         asyncio.create_task(turn(tenant.http, "A", conversation=conv_a)),
         asyncio.create_task(turn(tenant.http, "B", conversation=conv_b)),
     ]
-    while len(fake_upstream.requests) < 2:
-        await asyncio.sleep(0.02)
+    await fake_upstream.received(2)
     started = time.monotonic()
     for _ in range(3):
         probe = await tenant.http.get(f"/v1/conversations/{conv_a}")

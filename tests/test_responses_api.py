@@ -390,8 +390,7 @@ async def test_a_running_turn_no_client_sees_is_stored_whole_when_it_finishes(
     conv = await new_conversation(alice.http, items=[{"role": "user", "content": "seed"}])
     fake_upstream.enqueue(Reply(kind="json", body=text_response("late", msg_id="msg_late"), delay=1.0))
     running = asyncio.create_task(turn(alice.http, [user("Q"), user("R")], conversation=conv))
-    while not fake_upstream.requests:
-        await asyncio.sleep(0.02)
+    await fake_upstream.received()
     assert await rows(db, "SELECT id FROM response") == []
     (claim,) = await rows(db, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conv)
     assert claim["turn_response_id"].startswith("resp_")

@@ -163,8 +163,7 @@ async def test_total_timeout_covers_a_slow_answer(
 async def test_one_slow_upstream_call_does_not_block_others(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
     fake_upstream.enqueue(Reply(kind="json", body=text_response("Slow."), delay=3))
     slow = asyncio.create_task(alice.http.post("/v1/responses", json={"model": MODEL, "input": "slow"}))
-    while not fake_upstream.requests:
-        await asyncio.sleep(0.02)
+    await fake_upstream.received()
     started = time.monotonic()
     fast = await asyncio.gather(
         *(alice.http.post("/v1/responses", json={"model": MODEL, "input": f"fast {n}"}) for n in range(12))
