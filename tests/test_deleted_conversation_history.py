@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, text_response
 from tests.reliability_support import eventually, requests_waiting_on_a_lock
+from tests.test_console import _sign_in
 from tests.turn_support import MODEL, assistant, new_conversation, rows, turn, user
 
 
@@ -89,7 +90,6 @@ async def test_a_deleted_conversations_responses_continue_with_what_preceded_the
     )
     assert continued.status_code == 404
     assert continued.json()["error"]["param"] == "conversation"
-    assert (await admin.get(f"/admin/threads/{conversation}")).status_code == 404
     listed = (await admin.get("/admin/threads", params={"tenant": "alice"})).json()["data"]
     assert conversation not in [thread["id"] for thread in listed]
     # Its items can no longer be referenced, except those a response carried (its input_items still list them).
@@ -124,6 +124,56 @@ async def test_a_deleted_conversations_responses_continue_with_what_preceded_the
         _answer(fake_upstream, "cold")
         await turn(cold, "name?", previous_response_id=second["id"])
     assert fake_upstream.inputs[-1] == [*history, user("name?")]
+
+
+async def test_an_operator_looking_it_up_by_id_sees_a_deleted_conversation_marked_deleted(
+    alice: Tenant, fake_upstream: FakeOpenRouter, admin: httpx.AsyncClient, server: LiveServer
+) -> None:
+    """Its responses name it (their `conversation_id`): an operator following one finds what it keeps, marked
+    deleted, where the lists no longer show it."""
+    conversation, (first, second), history = await _conversation_with_two_turns(alice, fake_upstream)
+    live, _, _ = await _conversation_with_two_turns(alice, fake_upstream)
+    await _delete(alice.http, f"/v1/conversations/{conversation}")
+
+    for path in (f"/admin/conversations/{conversation}", f"/admin/threads/{conversation}"):
+        shown = await admin.get(path)
+        assert shown.status_code == 200, (path, shown.text)
+        assert (shown.json()["id"], shown.json()["deleted"]) == (conversation, True)
+        assert (await admin.get(path.replace(conversation, live))).json()["deleted"] is False
+    detail = (await admin.get(f"/admin/conversations/{conversation}")).json()
+    kept = detail["items"]["data"]
+    assert [item["id"] for item in kept if item["role"] == "assistant"] == ["msg_hello", "msg_fine"]
+    assert [item["content"][0]["text"] for item in kept] == [
+        "My name is Ada",
+        "hi",
+        "hello",
+        "how are you?",
+        "fine",
+    ]
+    assert len(kept) == len(history)
+    assert sorted(r["id"] for r in detail["responses"]["data"]) == sorted([first["id"], second["id"]])
+    thread = (await admin.get(f"/admin/threads/{conversation}")).json()
+    assert [r["id"] for r in thread["responses"]["data"]] == [first["id"], second["id"]]
+    responses = (await admin.get("/admin/responses", params={"conversation": conversation})).json()["data"]
+    assert [(r["id"], r["conversation_id"]) for r in responses] == [
+        (second["id"], conversation),
+        (first["id"], conversation),
+    ]
+    for listing in ("/admin/threads", "/admin/conversations"):
+        listed = [row["id"] for row in (await admin.get(listing, params={"tenant": "alice"})).json()["data"]]
+        assert listed == [live], listing
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as browser:
+        assert (await _sign_in(browser, server.settings.admin_api_key)).status_code == 303
+        page = await browser.get(f"/admin/ui/threads/{conversation}")
+        assert page.status_code == 200 and 'id="deleted-note"' in page.text
+        assert 'id="deleted-note"' not in (await browser.get(f"/admin/ui/threads/{live}")).text
+
+    # Once its last response goes, so does the conversation, for operators too.
+    await _delete(alice.http, f"/v1/responses/{second['id']}")
+    await _delete(alice.http, f"/v1/responses/{first['id']}")
+    for path in (f"/admin/conversations/{conversation}", f"/admin/threads/{conversation}"):
+        assert (await admin.get(path)).status_code == 404, path
 
 
 async def test_a_deleted_conversation_goes_with_its_last_response(

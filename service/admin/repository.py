@@ -33,7 +33,7 @@ from service.admin.cursor import Keyset, newest_first, probed_page
 from service.admin.params import RESPONSE_STATUSES, ConversationFilters, ResponseFilters, TimeRange
 from service.admin.statements import Statements
 from service.db.models import conversation_table, item_table, response_table, tenant_table, webhook_delivery_table
-from service.db.visibility import not_deleted
+from service.db.visibility import not_being_purged, not_deleted
 from service.responses.status import RUNNING
 
 conversation_t = conversation_table
@@ -133,9 +133,9 @@ def running_conversations(status: str) -> Any:
     return select(func.array_agg(r.c.conversation_id.distinct())).where(r.c.status == status).scalar_subquery()
 
 
-def thread_columns(table: Any, status: Any) -> tuple[Any, ...]:
-    """A thread's listing row, from a conversation or a response chain (their rows share these columns), and
-    `status`, the thread's current one."""
+def thread_columns(table: Any, status: Any, deleted: Any) -> tuple[Any, ...]:
+    """A thread's listing row, from a conversation or a response chain (their rows share these columns),
+    `status`, the thread's current one, and `deleted`, whether its tenant deleted it."""
     t = table.c
     return (
         t.id,
@@ -152,10 +152,11 @@ def thread_columns(table: Any, status: Any) -> tuple[Any, ...]:
         t.updated_at,
         t.last_model,
         status,
+        deleted.label("deleted"),
     )
 
 
-_CONVERSATION_COLUMNS = thread_columns(conversation_t, _CURRENT_STATUS)
+_CONVERSATION_COLUMNS = thread_columns(conversation_t, _CURRENT_STATUS, conversation_t.c.deleted_at.is_not(None))
 
 
 def _conversation_page(filters: ConversationFilters, tenant_id: str | None, keyset: Keyset) -> Select[Any]:
@@ -198,7 +199,10 @@ async def conversation_page(
 
 
 async def get_conversation(conn: AsyncConnection, conversation_id: str) -> Any:
-    stmt = select(*_CONVERSATION_COLUMNS).where(conversation_t.c.id == conversation_id, not_deleted(conversation_t))
+    """The conversation's listing row; one its tenant deleted too, marked (db/visibility.py)."""
+    stmt = select(*_CONVERSATION_COLUMNS).where(
+        conversation_t.c.id == conversation_id, not_being_purged(conversation_t)
+    )
     return (await conn.execute(stmt)).first()
 
 

@@ -36,6 +36,9 @@ class AdminConversation(msgspec.Struct):
     last_model: str | None
     last_status: ResponseStatus | None
     usage: Usage
+    # Deleted by its tenant: gone for every client API and from the lists, kept (with the items before its last
+    # answered response) while its responses need it as their history. Shown when asked for by id.
+    deleted: bool
 
 
 class AdminConversationList(msgspec.Struct):

@@ -48,6 +48,7 @@ def conversation_row_view(row: Any) -> dict[str, Any]:
         "last_model": row.last_model,
         "last_status": row.last_status,
         "usage": _usage(row.input_tokens, row.output_tokens, row.cost),
+        "deleted": row.deleted,
     }
 
 

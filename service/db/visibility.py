@@ -6,7 +6,9 @@
   continuing one of those responses replays what preceded it in the conversation, as OpenAI keeps a deleted
   conversation's items. The row goes with its last response.
 
-Every statement that finds a conversation for a client or an operator carries this condition."""
+Every statement that finds a conversation for a client, or lists conversations for an operator, carries this
+condition. An operator looking up one conversation by its id also sees one its tenant deleted, marked as such
+(`not_being_purged`): its responses name it, and what it keeps is their history."""
 
 from __future__ import annotations
 
@@ -14,4 +16,8 @@ from sqlalchemy import ColumnElement, Table, and_
 
 
 def not_deleted(conversation: Table) -> ColumnElement[bool]:
-    return and_(conversation.c.purging_since.is_(None), conversation.c.deleted_at.is_(None))
+    return and_(not_being_purged(conversation), conversation.c.deleted_at.is_(None))
+
+
+def not_being_purged(conversation: Table) -> ColumnElement[bool]:
+    return conversation.c.purging_since.is_(None)

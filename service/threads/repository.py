@@ -20,6 +20,7 @@ from sqlalchemy import (
     case,
     cast,
     exists,
+    false,
     func,
     literal,
     not_,
@@ -48,7 +49,7 @@ from service.admin.repository import (
 )
 from service.admin.statements import Statements
 from service.db.models import conversation_table, item_table, response_chain_table, response_table
-from service.db.visibility import not_deleted
+from service.db.visibility import not_being_purged, not_deleted
 from service.responses.status import RUNNING
 from service.threads import totals as chain_totals
 
@@ -81,7 +82,10 @@ _CHAIN_STATUS = func.coalesce(
     _running_in(chain_t.c.id), case((_UNSEEN_TURN_RUNS, literal("in_progress"))), chain_t.c.last_status
 )
 
-_CHAIN_COLUMNS = (*thread_columns(chain_t, _CHAIN_STATUS.label("last_status")), literal("chain").label("kind"))
+_CHAIN_COLUMNS = (
+    *thread_columns(chain_t, _CHAIN_STATUS.label("last_status"), false()),
+    literal("chain").label("kind"),
+)
 
 
 def _chain_status_is(status: str) -> ColumnElement[bool]:
@@ -229,6 +233,7 @@ def _thread_page(filters: ThreadFilters, tenant_id: str | None, keyset: Keyset) 
             page.c.updated_at,
             either("last_model").label("last_model"),
             either("last_status").label("last_status"),
+            false().label("deleted"),  # the list leaves out the conversations their tenants deleted
             page.c.kind,
         )
         .select_from(joined)
@@ -247,9 +252,10 @@ async def thread_page(
 
 
 async def get_thread(conn: AsyncConnection, thread_id: str) -> Any:
-    """The thread's listing row: the conversation, else the chain, with that id."""
+    """The thread's listing row: the conversation (one its tenant deleted too, marked), else the chain, with
+    that id."""
     conversation = select(*_CONVERSATION_COLUMNS, literal("conversation").label("kind")).where(
-        conversation_t.c.id == thread_id, not_deleted(conversation_t)
+        conversation_t.c.id == thread_id, not_being_purged(conversation_t)
     )
     row = (await conn.execute(conversation)).first()
     if row is None:
