@@ -207,7 +207,32 @@ def is_database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | ConnectionError)
 
 
+# PostgreSQL rolled the request's transaction back to let a concurrent one go on: a deadlock between two of them,
+# or a serialization failure. The request changed nothing, and the same request sent again succeeds.
+_CONCURRENT_CHANGE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
+def concurrent_change(exc: BaseException) -> BaseException | None:
+    """The driver's error when PostgreSQL rolled the transaction back for a concurrent one, else None."""
+    driver = _driver_error(exc) if isinstance(exc, DBAPIError) else None
+    return driver if isinstance(driver, _CONCURRENT_CHANGE) else None
+
+
 def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    rolled_back = concurrent_change(exc)
+    if rolled_back is not None:
+        note_error_code("concurrent_change")
+        logger.warning("rolled back for a concurrent change: %s", type(rolled_back).__name__)
+        return _json(
+            409,
+            error_envelope(
+                "Another request changed the same data at the same time; nothing was changed. Retry the request.",
+                "invalid_request_error",
+                None,
+                "concurrent_change",
+            ),
+            {"Retry-After": "1"},
+        )
     if is_database_unavailable(exc):
         note_error_code("database_unavailable")
         logger.warning("database unavailable: %s", type(exc).__name__)

@@ -444,3 +444,45 @@ async def test_a_turn_whose_conversation_was_deleted_after_its_claim_expired_is_
     assert items[1]["id"] == "msg_gone"
     shown = await carol.http.get(f"/v1/responses/{late.json()['id']}")
     assert shown.status_code == 200 and shown.json()["status"] == "failed"
+
+
+async def test_a_request_postgresql_rolls_back_to_end_a_deadlock_is_told_to_retry_and_changed_nothing(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A deadlock is not the request's fault nor a fault of the service: PostgreSQL rolled one side back. That side
+    answers 409 with Retry-After (which OpenAI's SDKs retry by themselves), not a 500, and the same request then
+    succeeds."""
+    conversation = await new_conversation(alice.http)
+    fake_upstream.reply_json(text_response("kept", msg_id="msg_kept"))
+    answered = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conversation}
+    )
+    response_id = answered.json()["id"]
+    async with db.connect() as holder:
+        transaction = await holder.begin()
+        # The service's side checks for the deadlock first (the server's 1 s), so it is the one rolled back.
+        await holder.execute(text("SET LOCAL deadlock_timeout = '10s'"))
+        await holder.execute(
+            text("SELECT pk FROM item WHERE response_id = :r ORDER BY pk LIMIT 1 FOR UPDATE"), {"r": response_id}
+        )
+        # The delete locks the conversation's row, then waits for that item...
+        deleting = asyncio.create_task(alice.http.delete(f"/v1/responses/{response_id}"))
+        await a_request_waits_on_a_lock(db)
+        # ...and this waits for the conversation's row: each side waits for the other.
+        await holder.execute(text("SELECT id FROM conversation WHERE id = :c FOR UPDATE"), {"c": conversation})
+        refused = await deleting
+        await transaction.rollback()
+    assert refused.status_code == 409, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json() == {
+        "error": {
+            "message": "Another request changed the same data at the same time; nothing was changed. Retry the request.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "concurrent_change",
+        }
+    }
+    assert (await alice.http.get(f"/v1/responses/{response_id}")).status_code == 200
+    assert len(await rows(db, "SELECT pk FROM item WHERE response_id = :r", r=response_id)) == 2
+    assert (await alice.http.delete(f"/v1/responses/{response_id}")).status_code == 200
+    assert await rows(db, "SELECT id FROM response WHERE id = :r", r=response_id) == []
