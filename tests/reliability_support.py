@@ -227,11 +227,13 @@ class ReplyLosingProxy:
         """Close the proxy and every connection through it. Left open, they would be relayed by this (the test's)
         event loop, which waits in the live server's teardown: the server's shutdown would then wait on its
         database until that teardown gave up on it."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        if self._server is None:
+            return
+        self._server.close()
         for writer in list(self._writers):
             writer.close()
+        # From Python 3.12.1 on, wait_closed() waits for every connection the server accepted: those are closing now.
+        await asyncio.wait_for(self._server.wait_closed(), 5)
 
     @property
     def url(self) -> str:
@@ -248,8 +250,9 @@ class ReplyLosingProxy:
         return await asyncio.open_connection(self._database.host or "127.0.0.1", port)
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self._writers.add(client_writer)  # before the first await: stop() closes it whatever happens next
         server_reader, server_writer = await self._open_database()
-        self._writers.update((client_writer, server_writer))
+        self._writers.add(server_writer)
         losing = asyncio.Event()
 
         async def to_server() -> None:
