@@ -41,9 +41,24 @@ def _tasks_of(loop: asyncio.AbstractEventLoop, title: str) -> str:
         return f"== {title}: could not list tasks ({exc})\n"
     out.write(f"== {title}: {len(tasks)} tasks\n")
     for task in tasks:
-        out.write(f"-- {task.get_name()} {task.get_coro()!r}\n")
-        task.print_stack(limit=30, file=out)
+        out.write(f"-- {task.get_name()}\n")
+        for line in _awaiting(task.get_coro()):
+            out.write(f"   {line}\n")
     return out.getvalue()
+
+
+def _awaiting(coro: Any) -> list[str]:
+    """Where the coroutine is, then where what it awaits is, down to the innermost await: Task.print_stack shows
+    only the task's own frame."""
+    lines = []
+    while coro is not None and len(lines) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            lines.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        else:
+            lines.append(repr(coro))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    return lines
 
 
 def report(config: pytest.Config, test: str, loop: asyncio.AbstractEventLoop) -> None:
