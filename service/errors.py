@@ -218,33 +218,27 @@ def concurrent_change(exc: BaseException) -> BaseException | None:
     return driver if isinstance(driver, _CONCURRENT_CHANGE) else None
 
 
+def _retry_later(status: int, message: str, code: str) -> Response[bytes]:
+    """A request that changed nothing and may be sent again as it was."""
+    note_error_code(code)
+    return _json(status, error_envelope(message, error_type_for(status), None, code), {"Retry-After": "1"})
+
+
 def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     rolled_back = concurrent_change(exc)
     if rolled_back is not None:
-        note_error_code("concurrent_change")
         logger.warning("rolled back for a concurrent change: %s", type(rolled_back).__name__)
-        return _json(
+        return _retry_later(
             409,
-            error_envelope(
-                "Another request changed the same data at the same time; nothing was changed. Retry the request.",
-                "invalid_request_error",
-                None,
-                "concurrent_change",
-            ),
-            {"Retry-After": "1"},
+            "Another request changed the same data at the same time; nothing was changed. Retry the request.",
+            "concurrent_change",
         )
     if is_database_unavailable(exc):
-        note_error_code("database_unavailable")
         logger.warning("database unavailable: %s", type(exc).__name__)
-        return _json(
+        return _retry_later(
             503,
-            error_envelope(
-                "The database is unavailable or overloaded; nothing was changed. Retry shortly.",
-                "server_error",
-                None,
-                "database_unavailable",
-            ),
-            {"Retry-After": "1"},
+            "The database is unavailable or overloaded; nothing was changed. Retry shortly.",
+            "database_unavailable",
         )
     note_error_code("internal_error")
     logger.exception("unhandled error")
