@@ -17,12 +17,12 @@ from tests.fake_openrouter import FakeOpenRouter, _free_port
 from tests.test_foundation import ROOT, cli_env
 
 
-def _wait_ready(url: str, timeout: float) -> float:
+def _wait_ready(url: str, timeout: float) -> None:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         try:
             if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return time.monotonic() - start
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
@@ -92,10 +92,13 @@ def test_first_start_key_restart_and_clean_shutdown(tmp_path: Path, fake_upstrea
     assert secret not in later
     assert openrouter_secret not in early + later
 
+    initialized = (data_dir / "postgres" / "PG_VERSION").stat()
     proc = _start(data_dir, port, **env)
     try:
-        seconds = _wait_ready(url, timeout=30)
-        assert seconds < 5, f"a restart took {seconds:.1f}s"
+        # Speed is the benchmarks' to judge, not a test's timer: a restart reuses the cluster initdb made.
+        _wait_ready(url, timeout=30)
+        reused = (data_dir / "postgres" / "PG_VERSION").stat()
+        assert (reused.st_ino, reused.st_mtime_ns) == (initialized.st_ino, initialized.st_mtime_ns)
         again = httpx.get(url + f"/v1/conversations/{conv_id}", headers=auth_line)
         assert again.status_code == 200
         assert again.json()["metadata"] == {"k": "v"}
