@@ -213,9 +213,16 @@ _CONCURRENT_CHANGE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 
 
 def concurrent_change(exc: BaseException) -> BaseException | None:
-    """The driver's error when PostgreSQL rolled the transaction back for a concurrent one, else None."""
-    driver = _driver_error(exc) if isinstance(exc, DBAPIError) else None
+    """The driver's error when PostgreSQL rolled the transaction back for a concurrent one, else None. `exc` is
+    SQLAlchemy's error, or asyncpg's own from a statement sent on the driver connection."""
+    driver = _driver_error(exc) if isinstance(exc, DBAPIError) else exc
     return driver if isinstance(driver, _CONCURRENT_CHANGE) else None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when the same work, tried again, can succeed: the database was unavailable, or PostgreSQL rolled the
+    transaction back for a concurrent one (so it changed nothing)."""
+    return is_database_unavailable(exc) or concurrent_change(exc) is not None
 
 
 def _retry_later(status: int, message: str, code: str) -> Response[bytes]:

@@ -486,3 +486,43 @@ async def test_a_request_postgresql_rolls_back_to_end_a_deadlock_is_told_to_retr
     assert len(await rows(db, "SELECT pk FROM item WHERE response_id = :r", r=response_id)) == 2
     assert (await alice.http.delete(f"/v1/responses/{response_id}")).status_code == 200
     assert await rows(db, "SELECT id FROM response WHERE id = :r", r=response_id) == []
+
+
+async def test_a_finish_postgresql_rolls_back_to_end_a_deadlock_runs_again_and_stores_the_answer(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """By the time a turn's finish runs, the upstream answer is paid for. A deadlock that PostgreSQL ends by rolling
+    the finish back changed nothing, so the finish runs again: the client gets the answer and it is stored, not
+    a response stored as failed."""
+    conversation = await new_conversation(alice.http)
+    fake_upstream.enqueue(Reply(body=text_response("kept", msg_id="msg_kept"), delay=1.0))
+    turn = asyncio.create_task(
+        alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conversation})
+    )
+    await fake_upstream.received(1)
+    [conversation_row] = await rows(db, "SELECT tenant_id FROM conversation WHERE id = :c", c=conversation)
+    async with db.connect() as holder:
+        transaction = await holder.begin()
+        # The finish's side checks for the deadlock first (the server's 1 s), so it is the one rolled back.
+        await holder.execute(text("SET LOCAL deadlock_timeout = '10s'"))
+        await holder.execute(
+            text("SELECT id FROM tenant WHERE id = :t FOR UPDATE"), {"t": conversation_row["tenant_id"]}
+        )
+        # The finish locks the conversation's row, then checks its new response's tenant (a foreign key): it
+        # waits for this transaction...
+        await a_request_waits_on_a_lock(db)
+        # ...and this waits for the conversation's row. It is granted once PostgreSQL has rolled the finish back.
+        await holder.execute(text("SELECT id FROM conversation WHERE id = :c FOR UPDATE"), {"c": conversation})
+        await transaction.rollback()
+    answered = await turn
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["status"] == "completed"
+    assert answered.json()["output"][0]["id"] == "msg_kept"
+    [stored] = await rows(db, "SELECT status, error FROM response WHERE conversation_id = :c", c=conversation)
+    assert stored == {"status": "completed", "error": None}
+    items = await rows(db, "SELECT id, position FROM item WHERE conversation_id = :c ORDER BY position", c=conversation)
+    assert [i["position"] for i in items] == [0, 1] and items[1]["id"] == "msg_kept"
+    [counted] = await rows(
+        db, "SELECT response_count, turn_response_id FROM conversation WHERE id = :c", c=conversation
+    )
+    assert counted == {"response_count": 1, "turn_response_id": None}

@@ -1,5 +1,6 @@
-"""Trying a short database write again while the database is unavailable (a restart, a failover, a dropped
-connection): the one place that decides how often and how long to wait, at once and then in the background."""
+"""Trying a short database write again when it failed for a passing reason: the database was unavailable (a
+restart, a failover, a dropped connection), or PostgreSQL rolled the write back to end a deadlock. The one place
+that decides how often and how long to wait, at once and then in the background."""
 
 from __future__ import annotations
 
@@ -8,25 +9,26 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from service.errors import is_database_unavailable
+from service.errors import is_database_unavailable, is_transient
 
 logger = logging.getLogger("service.db")
 
 T = TypeVar("T")
 
 
-async def while_unavailable(
+async def while_transient(
     work: Callable[[int], Awaitable[T]], *, attempts: int, what: str, log: logging.Logger = logger
 ) -> T:
-    """`work(attempt)` (attempts count from 1), tried again after 0.2 s times the attempt while the database is
-    unavailable. Any other error, or the last attempt's, is raised. Each retry is logged on `log` (the caller's)."""
+    """`work(attempt)` (attempts count from 1), tried again after 0.2 s times the attempt while it fails for a
+    passing reason (`is_transient`): its transaction was rolled back, so running it again is safe. Any other
+    error, or the last attempt's, is raised. Each retry is logged on `log` (the caller's)."""
     for attempt in range(1, attempts + 1):
         try:
             return await work(attempt)
         except Exception as exc:
-            if not is_database_unavailable(exc) or attempt == attempts:
+            if not is_transient(exc) or attempt == attempts:
                 raise
-            log.warning("%s failed (attempt %d of %d), retrying", what, attempt, attempts)
+            log.warning("%s failed (%s; attempt %d of %d), retrying", what, type(exc).__name__, attempt, attempts)
             await asyncio.sleep(0.2 * attempt)
     raise AssertionError("attempts must be at least 1")
 
@@ -57,11 +59,12 @@ class Later:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def now_or_later(self, work: Callable[[int], Awaitable[None]], *, attempts: int, what: str) -> bool:
-        """`work(attempt)` tried `attempts` times at once (`while_unavailable`); True when done. While the database
+        """`work(attempt)` tried `attempts` times at once (`while_transient`); True when done. While the database
         stays unavailable it is kept and tried again in the background (its attempts counting on), and False
-        says so. Any other error is raised."""
+        says so. Any other error is raised, a deadlock that recurs on every attempt too: that is contention to
+        report, not an outage to wait out."""
         try:
-            await while_unavailable(work, attempts=attempts, what=what, log=self._log)
+            await while_transient(work, attempts=attempts, what=what, log=self._log)
         except Exception as exc:
             if not is_database_unavailable(exc):
                 raise
@@ -80,7 +83,7 @@ class Later:
             try:
                 await work(attempt)
             except Exception as exc:
-                if not is_database_unavailable(exc):
+                if not is_transient(exc):
                     self._log.error(
                         "%s failed later (%s); %s", what, type(exc).__name__, self._fallback, exc_info=self._traceback
                     )

@@ -406,7 +406,7 @@ class TurnContext:
             stored = await self._stores_later.now_or_later(
                 store, attempts=_FINISH_ATTEMPTS, what=f"storing turn {state.id}"
             )
-        except Exception as refused:  # for good: an unavailable database is retried above, not raised
+        except Exception as refused:  # for good, or rolled back on every attempt: passing failures are retried
             running_turns.discard(self.engine, state.id)
             stored_failed = await self._store_as_refused(turn, refused)
             raise ServiceError(
@@ -430,10 +430,11 @@ class TurnContext:
         self._remember_chain(turn, outputs)
 
     async def _store_as_refused(self, turn: Turn, refused: Exception) -> bool:
-        """The database refused the outcome for good (a value or rule it will never take). Stored as failed
-        without its output, the turn releases its conversation now rather than at the claim's expiry, and
-        clients see what happened; its usage is kept, as the upstream charged for it. Should even that be
-        refused, the claim's expiry frees the conversation and the expiry sweep fails the response."""
+        """The database refused the outcome for good (a value or rule it will never take), or rolled it back for
+        a concurrent transaction on every attempt. Stored as failed without its output, the turn releases its
+        conversation now rather than at the claim's expiry, and clients see what happened; its usage is kept, as
+        the upstream charged for it. Should even that be refused, the claim's expiry frees the conversation and
+        the expiry sweep fails the response."""
         state = turn.state
         logger.error("storing turn %s was refused; storing it as failed", state.id, exc_info=refused)
         state.status = Status.FAILED.value
