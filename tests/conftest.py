@@ -33,7 +33,7 @@ from service.config import Settings, normalize_database_url
 from service.keys import service as keys
 from service.limits.connections import guarded_protocol, uvicorn_options
 from service.migrate import upgrade
-from tests.fake_openrouter import FakeOpenRouter, _free_port, _wait_for_port
+from tests.fake_openrouter import FakeOpenRouter, free_port, wait_for_port
 from tests.hang_report import REPORT_AFTER_SECONDS, ReportedServer, report
 from tests.reliability_support import ServiceProcess
 
@@ -138,7 +138,7 @@ class LiveServer:
         self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None, **app_options: Any
     ) -> None:
         self.settings = settings
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_app(settings, upstream_transport=transport, **app_options)
         config = uvicorn.Config(
@@ -154,7 +154,7 @@ class LiveServer:
 
     def start(self) -> LiveServer:
         self._thread.start()
-        _wait_for_port(self.port)
+        wait_for_port(self.port)
         return self
 
     def stop(self) -> None:

@@ -238,7 +238,7 @@ class FakeOpenRouter:
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
         self.default_text = "Hello from the fake upstream."
-        self.port = _free_port()
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/api/v1"
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -386,7 +386,7 @@ class FakeOpenRouter:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        _wait_for_port(self.port)
+        wait_for_port(self.port)
 
     def stop(self) -> None:
         if self._server is not None:
@@ -415,13 +415,13 @@ def _report_input_tokens(reply: Reply, counted: int) -> None:
         usage["total_tokens"] = counted + usage["output_tokens"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, timeout: float = 10.0) -> None:
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:

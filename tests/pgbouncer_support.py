@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.fake_openrouter import _free_port, _wait_for_port
+from tests.fake_openrouter import free_port, wait_for_port
 
 PGBOUNCER = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if Path("/usr/sbin/pgbouncer").exists() else None)
 _UNPRIVILEGED = "postgres"
@@ -46,7 +46,7 @@ class PgBouncer:
         self._database = make_url(database_url)
         self._binary = binary
         self._dir = Path(tempfile.mkdtemp(prefix="convstore-pgbouncer-"))
-        self.port = _free_port()
+        self.port = free_port()
         self._pool_size = pool_size
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -90,7 +90,7 @@ class PgBouncer:
                 os.chown(path, account.pw_uid, account.pw_gid)
             command[1:1] = ["-u", _UNPRIVILEGED]
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        _wait_for_port(self.port, timeout=10)
+        wait_for_port(self.port, timeout=10)
         return self
 
     def log(self) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.migrate import PROJECT_ROOT
-from tests.fake_openrouter import _free_port
+from tests.fake_openrouter import free_port
 from tests.stream_support import wait_until_ended
 from tests.turn_support import MODEL, new_conversation, rows
 
@@ -137,7 +137,7 @@ class ServiceProcess:
     """`python -m service serve` as its own OS process on a loopback port."""
 
     def __init__(self, database_url: str, upstream_url: str, **env: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile(prefix="convstore-proc-", suffix=".log", delete=False)  # noqa: SIM115
         self.log_path = Path(self._log.name)

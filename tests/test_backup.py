@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.cli_support import service_cli
 from tests.conftest import LiveServer, Tenant
 from tests.turn_support import new_conversation, rows, turn
 
@@ -103,24 +101,17 @@ async def test_admin_import_into_a_tenant_is_all_or_nothing(
     assert (await admin.post("/admin/tenants/nobody/import", content=exported, headers=JSONL)).status_code == 404
 
 
-def _cli(database_url: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args], env=env, input=stdin, capture_output=True, timeout=120, check=False
-    )
-
-
 async def test_cli_export_and_import_make_a_backup_between_databases(
     alice: Tenant, bob: Tenant, database_url: str, db: AsyncEngine, tmp_path: Path
 ) -> None:
     *_, third = await _two_tenants(alice, bob)
     backup = tmp_path / "backup.jsonl"
-    exported = _cli(database_url, "export", "--output", str(backup))
+    exported = service_cli(database_url, "export", "--output", str(backup))
     assert exported.returncode == 0, exported.stderr
     assert {h["tenant"] for h in _headers(backup.read_bytes())} == {"alice", "bob"}
 
     # Restoring into the same database stands in for another one: new ids, each under its header's tenant.
-    restored = _cli(database_url, "import", str(backup))
+    restored = service_cli(database_url, "import", str(backup))
     assert restored.returncode == 0, restored.stderr
     assert restored.stdout.decode().strip() == "imported 3 conversations (5 items) with new ids"
     per_tenant = await rows(
@@ -128,19 +119,19 @@ async def test_cli_export_and_import_make_a_backup_between_databases(
     )
     assert sorted((r["name"], r["n"]) for r in per_tenant) == [("alice", 4), ("bob", 2)]
 
-    into_dave = _cli(database_url, "import", "-", "--tenant", "dave", stdin=backup.read_bytes())
+    into_dave = service_cli(database_url, "import", "-", "--tenant", "dave", stdin=backup.read_bytes())
     assert into_dave.returncode == 0, into_dave.stderr
     dave = await rows(db, "SELECT c.id FROM conversation c JOIN tenant t ON t.id = c.tenant_id WHERE t.name = 'dave'")
     assert len(dave) == 3
 
     before = len(await rows(db, "SELECT id FROM conversation"))
     bad = backup.read_bytes() + b"not json\n"
-    failed = _cli(database_url, "import", "-", stdin=bad)
+    failed = service_cli(database_url, "import", "-", stdin=bad)
     assert failed.returncode == 2
     assert b"Line 9: not valid JSON" in failed.stderr
     assert b"nothing was imported" in failed.stderr
     assert len(await rows(db, "SELECT id FROM conversation")) == before
-    one = _cli(database_url, "export", "--conversation", third)
+    one = service_cli(database_url, "export", "--conversation", third)
     assert one.returncode == 0 and len(_headers(one.stdout)) == 1
-    unknown = _cli(database_url, "export", "--tenant", "nobody")
+    unknown = service_cli(database_url, "export", "--tenant", "nobody")
     assert unknown.returncode == 2 and b"Tenant 'nobody' not found." in unknown.stderr

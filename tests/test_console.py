@@ -16,12 +16,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.cli_support import ROOT
 from tests.conftest import LiveServer, Tenant
+from tests.console_support import LOGIN, sign_in
 from tests.fake_openrouter import FakeOpenRouter, response_with_output
-from tests.test_foundation import ROOT
 
 ADMIN_KEY = "admin-test-secret"
-LOGIN = "/admin/ui/login"
 
 
 def _chromium() -> str | None:
@@ -30,14 +30,6 @@ def _chromium() -> str | None:
         if found:
             return found
     return None
-
-
-async def _sign_in(client: httpx.AsyncClient, key: str) -> httpx.Response:
-    form = await client.get(LOGIN)
-    assert form.status_code == 200
-    match = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert match
-    return await client.post(LOGIN, data={"key": key, "csrf": match.group(1)})
 
 
 @pytest.fixture
@@ -52,14 +44,14 @@ async def test_pages_need_a_session_and_only_the_admin_credential_signs_in(
     for page in ("/admin/ui/", "/admin/ui/stats", "/admin/ui/keys", "/admin/ui/threads/conv_x"):
         answer = await browser_client.get(page)
         assert answer.status_code == 303 and answer.headers["location"] == LOGIN, page
-    tenant = await _sign_in(browser_client, alice.key)
+    tenant = await sign_in(browser_client, alice.key)
     assert tenant.status_code == 403 and "tenant key" in tenant.text
     assert "convstore_console=" not in tenant.headers.get("set-cookie", "").replace("convstore_console_login", "")
-    wrong = await _sign_in(browser_client, "sk-cs-wrong")
+    wrong = await sign_in(browser_client, "sk-cs-wrong")
     assert wrong.status_code == 401 and "Incorrect or revoked key" in wrong.text
     assert (await browser_client.get("/admin/ui/")).status_code == 303
 
-    signed_in = await _sign_in(browser_client, ADMIN_KEY)
+    signed_in = await sign_in(browser_client, ADMIN_KEY)
     assert signed_in.status_code == 303 and signed_in.headers["location"] == "/admin/ui/"
     cookie = next(c for c in signed_in.headers.get_list("set-cookie") if c.startswith("convstore_console="))
     flags = {part.strip().lower() for part in cookie.split(";")[1:]}
@@ -79,7 +71,7 @@ async def test_pages_need_a_session_and_only_the_admin_credential_signs_in(
 async def test_forms_without_the_session_csrf_token_change_nothing(
     browser_client: httpx.AsyncClient, db: AsyncEngine
 ) -> None:
-    assert (await _sign_in(browser_client, ADMIN_KEY)).status_code == 303
+    assert (await sign_in(browser_client, ADMIN_KEY)).status_code == 303
     forged = await browser_client.post("/admin/ui/keys", data={"tenant": "mallory", "csrf": "forged"})
     assert forged.status_code == 403
     missing = await browser_client.post("/admin/ui/keys", data={"tenant": "mallory"})
@@ -94,7 +86,7 @@ async def test_a_revoked_admin_key_ends_its_console_sessions(
     browser_client: httpx.AsyncClient, make_tenant: Callable[..., Awaitable[Tenant]], anonymous: httpx.AsyncClient
 ) -> None:
     ops = await make_tenant("ops", admin=True)
-    assert (await _sign_in(browser_client, ops.key)).status_code == 303
+    assert (await sign_in(browser_client, ops.key)).status_code == 303
     assert (await browser_client.get("/admin/ui/keys")).status_code == 200
     revoked = await anonymous.delete(f"/admin/api-keys/{ops.key_id}", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert revoked.status_code == 200
@@ -102,7 +94,7 @@ async def test_a_revoked_admin_key_ends_its_console_sessions(
 
 
 async def test_invalid_filters_are_the_admin_apis_errors(browser_client: httpx.AsyncClient) -> None:
-    assert (await _sign_in(browser_client, ADMIN_KEY)).status_code == 303
+    assert (await sign_in(browser_client, ADMIN_KEY)).status_code == 303
     bad = await browser_client.get("/admin/ui/", params={"status": "sleeping"})
     assert bad.status_code == 400 and 'role="alert"' in bad.text
     unknown = await browser_client.get("/admin/ui/", params={"tenant": "nobody"})
@@ -284,7 +276,7 @@ async def test_the_retention_page_shows_a_tenants_policy_and_preview_and_sets_it
     browser_client: httpx.AsyncClient, alice: Tenant, anonymous: httpx.AsyncClient
 ) -> None:
     assert (await browser_client.get("/admin/ui/retention")).status_code == 303
-    assert (await _sign_in(browser_client, ADMIN_KEY)).status_code == 303
+    assert (await sign_in(browser_client, ADMIN_KEY)).status_code == 303
     page = await browser_client.get("/admin/ui/retention", params={"tenant": "alice"})
     assert page.status_code == 200
     assert "follows the service-wide defaults" in page.text

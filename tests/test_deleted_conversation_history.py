@@ -17,9 +17,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
+from tests.console_support import sign_in
 from tests.fake_openrouter import FakeOpenRouter, text_response
 from tests.reliability_support import eventually, requests_waiting_on_a_lock
-from tests.test_console import _sign_in
 from tests.turn_support import MODEL, assistant, new_conversation, rows, turn, user
 
 
@@ -164,7 +164,7 @@ async def test_an_operator_looking_it_up_by_id_sees_a_deleted_conversation_marke
         assert listed == [live], listing
 
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as browser:
-        assert (await _sign_in(browser, server.settings.admin_api_key)).status_code == 303
+        assert (await sign_in(browser, server.settings.admin_api_key)).status_code == 303
         page = await browser.get(f"/admin/ui/threads/{conversation}")
         assert page.status_code == 200 and 'id="deleted-note"' in page.text
         assert 'id="deleted-note"' not in (await browser.get(f"/admin/ui/threads/{live}")).text

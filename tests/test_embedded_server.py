@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.fake_openrouter import FakeOpenRouter, _free_port
-from tests.test_foundation import ROOT, cli_env
+from tests.cli_support import ROOT, cli_env
+from tests.fake_openrouter import FakeOpenRouter, free_port
 
 
 def _wait_ready(url: str, timeout: float) -> None:
@@ -57,7 +57,7 @@ def _stop(proc: subprocess.Popen[str], sig: int) -> str:
 
 def test_first_start_key_restart_and_clean_shutdown(tmp_path: Path, fake_upstream: FakeOpenRouter) -> None:
     data_dir = tmp_path / "data"
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     openrouter_secret = "sk-or-v1-never-log-this-0123456789"
     env = {"OPENROUTER_API_KEY": openrouter_secret, "OPENROUTER_BASE_URL": fake_upstream.base_url}

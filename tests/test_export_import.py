@@ -11,9 +11,9 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.cli_support import service_cli
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, response_with_output, text_response
-from tests.test_backup import _cli
 from tests.turn_support import assistant, list_all, new_conversation, rows, shown, turn, user
 
 JSONL = {"Content-Type": "application/jsonl"}
@@ -254,7 +254,7 @@ async def test_an_import_beyond_the_conversation_caps_is_refused_at_the_line_cro
     assert refused.json()["error"]["code"] == "conversation_too_large"
     assert refused.json()["error"]["message"].startswith("Line 9: ")
     monkeypatch.setenv("MAX_CONVERSATION_ITEMS", "3")
-    failed = _cli(database_url, "import", "-", "--tenant", "alice", stdin=two)
+    failed = service_cli(database_url, "import", "-", "--tenant", "alice", stdin=two)
     assert failed.returncode == 2
     assert b"Line 9: the imported conversation would hold 4 items" in failed.stderr, failed.stderr
     assert b"nothing was imported" in failed.stderr

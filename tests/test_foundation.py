@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import socket
 import subprocess
 import sys
@@ -22,20 +21,9 @@ from sqlalchemy.pool import NullPool
 
 from service.config import normalize_database_url
 from service.migrate import alembic_config
+from tests.cli_support import ROOT, cli_env
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli_env(**overrides: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "OPENROUTER_API_KEY", "ADMIN_API_KEY", "TEST_DATABASE_URL", "PORT", "DATA_DIR"}
-    }
-    env.update(overrides)
-    return env
 
 
 def run_cli(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:

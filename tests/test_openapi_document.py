@@ -13,16 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema
 import pytest
 from litestar import Litestar
 from litestar.handlers import HTTPRouteHandler
 from openapi_spec_validator import validate
-from referencing import Registry, Resource
 
 from service.app import create_app
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter
+from tests.openapi_support import DocumentChecker, ref_name
 
 PUBLIC_ROUTES = {("GET", "/health"), ("GET", "/ready")}
 DOCS_PREFIX = "/docs"
@@ -71,12 +70,6 @@ def _handlers(app: Litestar) -> list[tuple[str, str, HTTPRouteHandler]]:
     return found
 
 
-def _ref_name(schema: dict[str, Any]) -> str:
-    ref = schema.get("$ref", "")
-    assert ref.startswith("#/components/schemas/"), schema
-    return str(ref.rsplit("/", 1)[1])
-
-
 async def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
     assert document["openapi"].startswith("3.1")
     validate(document)  # raises on any violation of the OpenAPI 3.1 schema, unresolved $ref included
@@ -98,11 +91,11 @@ async def test_every_route_documents_its_answer_errors_and_security(app: Litesta
         assert success, f"{where} documents no success answer"
         for status in success:
             for content in operation["responses"][status]["content"].values():  # JSON, or SSE / JSON Lines too
-                assert _ref_name(content["schema"]) in document["components"]["schemas"], where
+                assert ref_name(content["schema"]) in document["components"]["schemas"], where
         errors = {status: answer for status, answer in operation["responses"].items() if status[0] in "45"}
         assert {"500", "503"} <= set(errors), where
         for answer in errors.values():
-            assert _ref_name(answer["content"]["application/json"]["schema"]) == "ErrorResponse", where
+            assert ref_name(answer["content"]["application/json"]["schema"]) == "ErrorResponse", where
         if (method, path) in PUBLIC_ROUTES:
             assert not operation.get("security"), where
             assert "401" not in errors, where
@@ -123,11 +116,11 @@ async def test_every_route_reading_a_body_or_query_documents_it(app: Litestar, d
         where = f"{method} {path}"
         if "body" in names:  # a JSON object, decoded by the handler
             schema = operation["requestBody"]["content"]["application/json"]["schema"]
-            assert _ref_name(schema) in document["components"]["schemas"], where
+            assert ref_name(schema) in document["components"]["schemas"], where
         elif "requestBody" in operation:  # a body that is not a JSON object (JSON Lines), read from the request
             assert "request" in names, f"{where} documents a body it does not read"
             for content in operation["requestBody"]["content"].values():
-                assert _ref_name(content["schema"]) in document["components"]["schemas"], where
+                assert ref_name(content["schema"]) in document["components"]["schemas"], where
         documented = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
         read = {
             name
@@ -173,22 +166,6 @@ async def test_admin_metadata_filters_are_documented_as_a_parameter_family(docum
     assert parameters["limit"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}
 
 
-class _Checker:
-    """Validates real answers against the component the document names for them."""
-
-    def __init__(self, document: dict[str, Any]) -> None:
-        self.document = document
-        resource = Resource.from_contents({"$schema": "https://json-schema.org/draft/2020-12/schema", **document})
-        self.registry: Registry[Any] = Registry().with_resource("urn:doc", resource)
-
-    def check(self, method: str, path: str, answer: httpx.Response) -> None:
-        operation = self.document["paths"][path][method.lower()]
-        documented = operation["responses"][str(answer.status_code)]
-        name = _ref_name(documented["content"]["application/json"]["schema"])
-        schema = {"$ref": f"urn:doc#/components/schemas/{name}"}
-        jsonschema.Draft202012Validator(schema, registry=self.registry).validate(answer.json())
-
-
 async def test_real_answers_match_the_documented_schemas(
     document: dict[str, Any],
     alice: Tenant,
@@ -196,7 +173,7 @@ async def test_real_answers_match_the_documented_schemas(
     anonymous: httpx.AsyncClient,
     fake_upstream: FakeOpenRouter,
 ) -> None:
-    checker = _Checker(document)
+    checker = DocumentChecker(document)
     http = alice.http
     checker.check("GET", "/health", await anonymous.get("/health"))
     checker.check("GET", "/ready", await anonymous.get("/ready"))
@@ -291,7 +268,7 @@ async def test_real_answers_of_the_later_routes_match_the_documented_schemas(
     document: dict[str, Any], alice: Tenant, admin: httpx.AsyncClient
 ) -> None:
     """Models, token counts, retention, fork: routes added alongside this test, checked the same way."""
-    checker = _Checker(document)
+    checker = DocumentChecker(document)
     http = alice.http
     checker.check("GET", "/v1/models", await http.get("/v1/models"))
     models = (await http.get("/v1/models")).json()["data"]

@@ -14,8 +14,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import Settings
-from tests.fake_openrouter import FakeOpenRouter, Reply, _free_port
-from tests.test_foundation import ROOT, cli_env
+from tests.cli_support import ROOT, cli_env
+from tests.fake_openrouter import FakeOpenRouter, Reply, free_port
 
 ADMIN_KEY = "admin-operator-secret-1234"
 OPENROUTER_KEY = "sk-or-operator-secret-5678"
@@ -48,7 +48,7 @@ def _metric(exposition: str, name: str, **labels: str) -> float:
 def test_json_request_lines_request_ids_metrics_over_two_workers_and_no_secret_at_debug(
     base_settings: Settings, fake_upstream: FakeOpenRouter
 ) -> None:
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     assert base_settings.database_url is not None
     proc = subprocess.Popen(

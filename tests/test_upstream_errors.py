@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
-from tests.fake_openrouter import FakeOpenRouter, Reply, _free_port, text_response
+from tests.fake_openrouter import FakeOpenRouter, Reply, free_port, text_response
 from tests.turn_support import MODEL, assistant, new_conversation, rows, turn, user, without_ids
 
 SECRET = "sk-or-test-secret-key"
@@ -163,7 +163,7 @@ async def test_upstream_answer_that_is_not_json_becomes_502(alice: Tenant, fake_
 
 
 async def test_connection_failure_becomes_502(start_server: Any, make_tenant: Any, db: AsyncEngine) -> None:
-    closed = f"http://127.0.0.1:{_free_port()}/api/v1"
+    closed = f"http://127.0.0.1:{free_port()}/api/v1"
     live: LiveServer = start_server(openrouter_base_url=closed, upstream_max_attempts=2)
     tenant: Tenant = await make_tenant("offline", live=live)
     conv = await new_conversation(tenant.http)

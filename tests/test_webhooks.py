@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply
-from tests.test_openapi_document import _Checker
+from tests.openapi_support import DocumentChecker
 from tests.turn_support import MODEL, rows, turn
 
 DELIVERING = {
@@ -309,7 +309,7 @@ async def _validated_listed_removed(admin: httpx.AsyncClient, alice: Tenant) -> 
 async def test_webhook_and_lifecycle_answers_match_the_documented_schemas(
     admin: httpx.AsyncClient, alice: Tenant, anonymous: httpx.AsyncClient
 ) -> None:
-    checker = _Checker((await anonymous.get("/docs/openapi.json")).json())
+    checker = DocumentChecker((await anonymous.get("/docs/openapi.json")).json())
     url = "/admin/tenants/{tenant}/webhooks"
     created = await admin.post(
         "/admin/tenants/alice/webhooks", json={"url": "https://e.com", "events": ["response.failed"]}
