@@ -148,7 +148,7 @@ def _check_parts(parts: list[Any], allowed: frozenset[str] | None, param: str, *
         kind = part.get("type")
         if allowed is None and not isinstance(kind, str):
             raise _fail(f"Content part {where} needs a string 'type'", f"{where}.type")
-        if allowed is not None and kind not in allowed:
+        if allowed is not None and not (isinstance(kind, str) and kind in allowed):
             raise _fail(
                 f"Content part {where} has type {kind!r}; expected one of {', '.join(sorted(allowed))}",
                 f"{where}.type",
@@ -201,7 +201,7 @@ def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
             "id": item.get("id") or new_id("msg"),
             "status": item.get("status") or "completed",
         }
-    if role not in INPUT_ROLES:
+    if not (isinstance(role, str) and role in INPUT_ROLES):
         raise _fail(f"{param}.role must be one of user, assistant, system, developer (got {role!r})", f"{param}.role")
     if isinstance(content, str):
         content = [{"type": "input_text", "text": content}]

@@ -113,7 +113,7 @@ def _item(number: int, value: dict[str, Any]) -> ItemLine:
         if isinstance(field_value, str) and "\x00" in field_value:
             raise bad_line(number, f"'{field}' cannot contain U+0000")
     if kind == "message":
-        if value.get("role") not in {"user", "assistant", "system", "developer"}:
+        if value.get("role") not in ("user", "assistant", "system", "developer"):
             raise bad_line(number, "a message's role must be user, assistant, system or developer")
         if not isinstance(value.get("content"), str | list):
             raise bad_line(number, "a message's content must be a string or an array of content parts")

@@ -82,7 +82,8 @@ def _check_integer(params: dict[str, Any], name: str, low: int, high: int | None
 
 
 def _one_of(value: Any, allowed: frozenset[str], param: str) -> None:
-    if value is not None and value not in allowed:
+    # A string first: an array or an object cannot be looked up in a set (unhashable), and is as wrong.
+    if value is not None and not (isinstance(value, str) and value in allowed):
         raise _invalid(f"{param} must be one of {', '.join(sorted(allowed))} (got {value!r})", param)
 
 
@@ -121,7 +122,7 @@ def _check_text(text: Any) -> None:
     if form is None:
         return
     kind = _object(form, "text.format").get("type")
-    if kind not in _TEXT_FORMATS:
+    if not (isinstance(kind, str) and kind in _TEXT_FORMATS):
         raise _invalid(
             f"text.format.type must be one of {', '.join(sorted(_TEXT_FORMATS))} (got {kind!r})", "text.format.type"
         )

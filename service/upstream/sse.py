@@ -132,7 +132,7 @@ def normalize_event(event: dict[str, Any]) -> dict[str, Any] | None:
             # Seen in the wild: the response's fields at the top level of the event.
             response = {k: v for k, v in event.items() if k != "type"}
         status = response.get("status")
-        terminal = f"response.{status}" if status in {"incomplete", "failed"} else "response.completed"
+        terminal = f"response.{status}" if status in ("incomplete", "failed") else "response.completed"
         return {"type": terminal, "response": response}
     if kind in {"error", "response.error"}:
         nested = event.get("error")
