@@ -51,7 +51,8 @@ def turn_requested(request: TurnRequest) -> None:
 
 
 def _whole(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    # A counter cannot go down: a negative count raises (the stored usage has none: responses/usage.py).
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _detail(usage: dict[str, Any], group: str, name: str) -> int:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from decimal import Decimal
 from typing import Any
 
 from service.items import NewItem, normalize_output
 from service.responses.status import TERMINAL, Status
+from service.responses.usage import sane_usage
 from service.responses.views import ResponseState
 
 
@@ -22,28 +21,6 @@ def jsonb_safe(value: Any) -> Any:
     return value
 
 
-def usage_numbers(usage: dict[str, Any] | None) -> tuple[int, int, Decimal]:
-    """Input tokens, output tokens and cost, for the conversation's running totals."""
-    if not isinstance(usage, dict):
-        return 0, 0, Decimal(0)
-
-    def whole(name: str) -> int:
-        value = usage.get(name)
-        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
-
-    cost = usage.get("cost")
-    return whole("input_tokens"), whole("output_tokens"), Decimal(str(cost)) if is_cost(cost) else Decimal(0)
-
-
-def is_cost(value: Any) -> bool:
-    """A number a cost can be: finite and not negative (an upstream's -5 is not summed)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-
-
-def _sane_usage(usage: dict[str, Any]) -> dict[str, Any]:
-    return usage if "cost" not in usage or is_cost(usage["cost"]) else {k: v for k, v in usage.items() if k != "cost"}
-
-
 def apply_upstream_result(state: ResponseState, result: dict[str, Any]) -> list[NewItem]:
     """Fold OpenRouter's final Response into our state; returns the output items to store."""
     status = result.get("status")
@@ -51,7 +28,7 @@ def apply_upstream_result(state: ResponseState, result: dict[str, Any]) -> list[
     state.upstream_model = jsonb_safe(result.get("model")) if isinstance(result.get("model"), str) else None
     tier = result.get("service_tier")
     state.service_tier = tier if isinstance(tier, str) and 0 < len(tier) <= 64 and "\x00" not in tier else None
-    state.usage = _sane_usage(jsonb_safe(result["usage"])) if isinstance(result.get("usage"), dict) else None
+    state.usage = sane_usage(jsonb_safe(result["usage"])) if isinstance(result.get("usage"), dict) else None
     state.error = jsonb_safe(result.get("error")) if isinstance(result.get("error"), dict) else None
     details = result.get("incomplete_details")
     state.incomplete_details = jsonb_safe(details) if isinstance(details, dict) else None

@@ -59,10 +59,11 @@ from service.responses import turn_store
 from service.responses.chain_cache import ChainCache, ChainHistory
 from service.responses.frame_log import FrameLog
 from service.responses.history_cache import HistoryCache
-from service.responses.outcome import apply_upstream_result, jsonb_safe, upstream_id_of, usage_numbers
+from service.responses.outcome import apply_upstream_result, jsonb_safe, upstream_id_of
 from service.responses.requests import TurnRequest
 from service.responses.status import ANSWERED, Status, is_answered
 from service.responses.streaming import terminal_frame
+from service.responses.usage import usage_numbers
 from service.responses.views import ResponseState
 from service.upstream.client import OpenRouterClient
 from service.upstream.errors import UpstreamError

@@ -11,6 +11,7 @@ import msgspec
 from service.items import item_view
 from service.responses.response_error import shown_error
 from service.responses.status import RUNNING, Status
+from service.responses.usage import sane_usage
 
 # Echoed generation parameters and, when the client left one out, OpenAI's documented default for it (what the
 # model was run with, since OpenRouter applies the same defaults): clients and checkers read these as numbers and
@@ -48,16 +49,16 @@ def full_usage(usage: dict[str, Any] | None, status: str = Status.COMPLETED) -> 
         if status in RUNNING:
             return None
         usage = {}
-    result = dict(usage)
+    result = sane_usage(usage)  # again: a usage stored before its checks existed is shown in OpenAI's shape too
     result.setdefault("input_tokens", 0)
     result.setdefault("output_tokens", 0)
     result.setdefault("total_tokens", result["input_tokens"] + result["output_tokens"])
     result["input_tokens_details"] = {
         "cached_tokens": 0,
         "cache_write_tokens": 0,
-        **(usage.get("input_tokens_details") or {}),
+        **result.get("input_tokens_details", {}),
     }
-    result["output_tokens_details"] = {"reasoning_tokens": 0, **(usage.get("output_tokens_details") or {})}
+    result["output_tokens_details"] = {"reasoning_tokens": 0, **result.get("output_tokens_details", {})}
     return result
 
 
