@@ -283,6 +283,34 @@ async def test_a_failed_response_cannot_be_continued_and_stays_out_of_the_cache(
     assert fake_upstream.inputs[-1] == [user("fine"), a1, user("retry")]
 
 
+async def test_counting_input_tokens_refuses_the_previous_responses_a_turn_refuses(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """POST /v1/responses/input_tokens counts what a turn would send: for a previous response a turn could not
+    continue (still running, failed), it answers what that turn would."""
+    fake_upstream.enqueue(Reply(body=text_response("slow", msg_id="msg_slow"), delay=3.0))
+    running = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "slow", "background": True})
+    assert running.status_code == 200 and running.json()["status"] == "queued", running.text
+    await fake_upstream.received(1)  # the slow answer is the background turn's
+    failing = text_response("partial")
+    failing["status"] = "failed"
+    failing["error"] = {"code": "server_error", "message": "boom"}
+    fake_upstream.reply_json(failing)
+    failed = await turn(alice.http, "fails")
+    assert failed["status"] == "failed"
+    for previous, status in ((running.json()["id"], ("queued", "in_progress")), (failed["id"], ("failed",))):
+        body = {"model": MODEL, "input": "more", "previous_response_id": previous}
+        counted = await alice.http.post("/v1/responses/input_tokens", json=body)
+        refused = await alice.http.post("/v1/responses", json=body)
+        assert counted.status_code == refused.status_code == 400, (counted.text, refused.text)
+        error = counted.json()["error"]
+        assert error == refused.json()["error"], (error, refused.json())
+        assert error["code"] == "previous_response_not_usable" and error["param"] == "previous_response_id"
+        assert any(f"status '{s}'" in error["message"] for s in status), error
+    await fake_upstream.received(2)
+    assert len(fake_upstream.requests) == 2  # the refused turns sent nothing
+
+
 async def test_streamed_and_background_chain_turns_store_before_they_end_and_chain_on(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: Any
 ) -> None:

@@ -16,7 +16,8 @@ from service.items import normalize_input
 from service.responses import repository as responses
 from service.responses import turn_store
 from service.responses.parameters import check_parameters
-from service.responses.requests import continuation_of, model_of
+from service.responses.requests import continuation_of, model_of, previous_not_found, previous_not_usable
+from service.responses.status import is_answered
 
 # TokenCountsBody's fields that shape what a turn sends besides its input.
 _REQUEST_FIELDS = ("instructions", "tools", "text", "reasoning", "truncation", "tool_choice", "parallel_tool_calls")
@@ -43,12 +44,11 @@ async def count_input_tokens(
                 raise conversation_not_found(conversation_id, param="conversation")
             history, counts = await repository.conversation_history(conn, conversation_id)
         elif previous is not None:
-            if await responses.get_response(conn, tenant_id, previous) is None:
-                raise InvalidRequest(
-                    f"Previous response with id '{previous}' not found.",
-                    param="previous_response_id",
-                    code="previous_response_not_found",
-                )
+            found = await responses.get_response(conn, tenant_id, previous)
+            if found is None:
+                raise previous_not_found(previous)
+            if not is_answered(found.status):  # as a turn continuing it would be refused
+                raise previous_not_usable(previous, found.status)
             raw = await conn.get_raw_connection()
             history, chain_counts = await turn_store.chain_history(raw.driver_connection, tenant_id, previous)
             counts = list(chain_counts)

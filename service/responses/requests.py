@@ -84,6 +84,24 @@ def continuation_of(body: dict[str, Any]) -> tuple[str | None, str | None]:
 MAX_MODEL_CHARS = 256
 
 
+def previous_not_found(response_id: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Previous response with id '{response_id}' not found.",
+        param="previous_response_id",
+        code="previous_response_not_found",
+    )
+
+
+def previous_not_usable(response_id: str, status: str) -> InvalidRequest:
+    """A previous response still running, failed or cancelled: nothing a turn could continue."""
+    return InvalidRequest(
+        f"Previous response '{response_id}' has status '{status}'; only a completed or incomplete response can "
+        "be continued",
+        param="previous_response_id",
+        code="previous_response_not_usable",
+    )
+
+
 def model_of(body: dict[str, Any]) -> str:
     """The request's `model`, checked."""
     model = body.get("model")

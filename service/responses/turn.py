@@ -43,7 +43,7 @@ from service.conversations.service import (
 )
 from service.db.retry import Later
 from service.db.session import driver_connection
-from service.errors import InvalidRequest, ServiceError, ServiceUnavailable
+from service.errors import ServiceError, ServiceUnavailable
 from service.idempotency.progress import (
     current_idempotency_key,
     note_effect,
@@ -60,7 +60,7 @@ from service.responses.chain_cache import ChainCache, ChainHistory
 from service.responses.frame_log import FrameLog
 from service.responses.history_cache import HistoryCache
 from service.responses.outcome import apply_upstream_result, jsonb_safe, upstream_id_of
-from service.responses.requests import TurnRequest
+from service.responses.requests import TurnRequest, previous_not_found, previous_not_usable
 from service.responses.status import ANSWERED, Status, is_answered
 from service.responses.streaming import terminal_frame
 from service.responses.usage import usage_numbers
@@ -254,7 +254,7 @@ class TurnContext:
                 # The previous response was deleted since it was read: the insert that links to it fails (and
                 # writes nothing). The client sees what it would have seen a moment later.
                 if exc.constraint_name == turn_store.PREVIOUS_RESPONSE_FK:
-                    raise _previous_not_found(previous_id) from None
+                    raise previous_not_found(previous_id) from None
                 raise
         running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
         note_effect(response_id=state.id)  # committed: the turn is stored as in_progress
@@ -267,21 +267,16 @@ class TurnContext:
         the previous response is the tenant's and usable, and a cached history is still current. `running`:
         the same statement lists that turn on its chain's row."""
         if not can_exist(previous_id):
-            raise _previous_not_found(previous_id)
+            raise previous_not_found(previous_id)
         walk = not self.chains.holds(previous_id)
         previous = await turn_store.read_previous(db, tenant_id, previous_id, ancestors=walk, running=running)
         if previous is not None and not walk and self.chains.get(previous_id, tenant_id, previous.generation) is None:
             # A stale entry: read again, with the ancestors.
             previous = await turn_store.read_previous(db, tenant_id, previous_id, ancestors=True, running=running)
         if previous is None:
-            raise _previous_not_found(previous_id)
+            raise previous_not_found(previous_id)
         if previous.status not in ANSWERED:
-            raise InvalidRequest(
-                f"Previous response '{previous_id}' has status '{previous.status}'; only a completed or incomplete "
-                "response can be continued",
-                param="previous_response_id",
-                code="previous_response_not_usable",
-            )
+            raise previous_not_usable(previous_id, previous.status)
         chain = self.chains.get(previous_id, tenant_id, previous.generation)
         if chain is None:
             chain = self._from_ancestors(previous, tenant_id)
@@ -567,14 +562,6 @@ def _refuse_ids_in_history(history: str, items: Sequence[NewItem]) -> None:
     for item in items:
         if item.id_given and msgspec.json.encode({"id": item.id}).decode()[1:-1] in history:
             raise duplicate_item(item.id, "input")
-
-
-def _previous_not_found(response_id: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"Previous response with id '{response_id}' not found.",
-        param="previous_response_id",
-        code="previous_response_not_found",
-    )
 
 
 async def _with_references_resolved(conn: AsyncConnection, tenant_id: str, request: TurnRequest) -> TurnRequest:
