@@ -31,6 +31,12 @@ _TOOL_CHOICE_MODES = frozenset({"none", "auto", "required"})
 _REASONING_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max"})
 _REASONING_SUMMARIES = frozenset({"auto", "concise", "detailed"})
 _TEXT_FORMATS = frozenset({"text", "json_schema", "json_object"})
+_VERBOSITIES = frozenset({"low", "medium", "high"})
+_ALLOWED_TOOLS_MODES = frozenset({"auto", "required"})
+# Tool choices that name the tool they force (OpenAI's ToolChoiceFunction and ToolChoiceCustom).
+_NAMED_TOOL_CHOICES = frozenset({"function", "custom"})
+# OpenAI's maximum; OpenRouter passes it on.
+MAX_SAFETY_IDENTIFIER_CHARS = 64
 _SERVICE_TIERS = frozenset({"auto", "default", "fast", "flex", "priority", "scale"})
 
 
@@ -93,6 +99,18 @@ def _object(value: Any, param: str) -> dict[str, Any]:
     return value
 
 
+def _optional(value: dict[str, Any], name: str, kind: type, what: str, param: str) -> None:
+    """`value[name]`, when present and not null, is of `kind`."""
+    field = value.get(name)
+    if field is not None and not isinstance(field, kind):
+        raise _invalid(f"{param}.{name} must be {what}", f"{param}.{name}")
+
+
+def _name(value: dict[str, Any], param: str, what: str) -> None:
+    if not isinstance(value.get("name"), str) or not value["name"]:
+        raise _invalid(f"{param}.name is required for {what}", f"{param}.name")
+
+
 def _check_tools(tools: Any) -> None:
     if not isinstance(tools, list):
         raise _invalid("tools must be an array of tools", "tools")
@@ -100,15 +118,29 @@ def _check_tools(tools: Any) -> None:
         param = f"tools[{index}]"
         if not isinstance(_object(tool, param).get("type"), str) or not tool["type"]:
             raise _invalid(f"{param}.type is required and must be a string", f"{param}.type")
-        if tool["type"] == "function" and (not isinstance(tool.get("name"), str) or not tool["name"]):
-            raise _invalid(f"{param}.name is required for a function tool", f"{param}.name")
+        if tool["type"] == "function":
+            _name(tool, param, "a function tool")
+            _optional(tool, "description", str, "a string", param)
+            _optional(tool, "parameters", dict, "an object (a JSON schema)", param)
+            _optional(tool, "strict", bool, "a boolean", param)
 
 
 def _check_tool_choice(choice: Any) -> None:
     if isinstance(choice, str):
         _one_of(choice, _TOOL_CHOICE_MODES, "tool_choice")
-    elif not isinstance(_object(choice, "tool_choice").get("type"), str):
+        return
+    kind = _object(choice, "tool_choice").get("type")
+    if not isinstance(kind, str):
         raise _invalid("tool_choice.type is required and must be a string", "tool_choice.type")
+    if kind in _NAMED_TOOL_CHOICES:
+        _name(choice, "tool_choice", f"a {kind} tool choice")
+    elif kind == "mcp" and not isinstance(choice.get("server_label"), str):
+        raise _invalid("tool_choice.server_label is required for an mcp tool choice", "tool_choice.server_label")
+    elif kind == "allowed_tools":
+        _one_of(choice.get("mode"), _ALLOWED_TOOLS_MODES, "tool_choice.mode")
+        tools = choice.get("tools")
+        if "mode" not in choice or not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise _invalid("tool_choice needs a mode and tools, an array of tool objects", "tool_choice.tools")
 
 
 def _check_reasoning(reasoning: Any) -> None:
@@ -118,7 +150,8 @@ def _check_reasoning(reasoning: Any) -> None:
 
 
 def _check_text(text: Any) -> None:
-    form = _object(text, "text").get("format")
+    _one_of(_object(text, "text").get("verbosity"), _VERBOSITIES, "text.verbosity")
+    form = text.get("format")
     if form is None:
         return
     kind = _object(form, "text.format").get("type")
@@ -127,9 +160,10 @@ def _check_text(text: Any) -> None:
             f"text.format.type must be one of {', '.join(sorted(_TEXT_FORMATS))} (got {kind!r})", "text.format.type"
         )
     if kind == "json_schema":
-        if not isinstance(form.get("name"), str) or not form["name"]:
-            raise _invalid("text.format.name is required for json_schema", "text.format.name")
+        _name(form, "text.format", "json_schema")
         _object(form.get("schema"), "text.format.schema")
+        _optional(form, "description", str, "a string", "text.format")
+        _optional(form, "strict", bool, "a boolean", "text.format")
 
 
 def check_parameters(params: dict[str, Any]) -> None:
@@ -147,6 +181,10 @@ def check_parameters(params: dict[str, Any]) -> None:
     for name in _STRINGS:
         if name in params and not isinstance(params[name], str):
             raise _invalid(f"{name} must be a string", name)
+    if len(params.get("safety_identifier", "")) > MAX_SAFETY_IDENTIFIER_CHARS:
+        raise _invalid(
+            f"safety_identifier must be at most {MAX_SAFETY_IDENTIFIER_CHARS} characters", "safety_identifier"
+        )
     if "include" in params:
         check_include_values(params["include"])
     if "tools" in params:
