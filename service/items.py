@@ -166,6 +166,9 @@ _PART_STRINGS = {
     "input_file": ("file_id", "file_data", "file_url", "filename"),
 }
 _FILE_SOURCES = ("file_id", "file_data", "file_url")
+_IMAGE_DETAILS = ("low", "high", "auto", "original")  # a tuple: a detail of any JSON type can be looked up
+# What a function's output array holds (OpenAI's FunctionAndCustomToolCallOutput).
+_TOOL_OUTPUT_PART_TYPES = frozenset({"input_text", "input_image", "input_file"})
 
 
 def _check_part_fields(part: dict[str, Any], kind: Any, where: str) -> None:
@@ -174,8 +177,20 @@ def _check_part_fields(part: dict[str, Any], kind: Any, where: str) -> None:
             raise _fail(f"Content part {where}.{field} must be a string", f"{where}.{field}")
     if kind == "input_file" and not any(isinstance(part.get(field), str) for field in _FILE_SOURCES):
         raise _fail(f"Content part {where} needs one of {', '.join(_FILE_SOURCES)}", where)
-    if "annotations" in part and not isinstance(part["annotations"], list):
-        raise _fail(f"Content part {where}.annotations must be an array", f"{where}.annotations")
+    if kind == "input_image" and part.get("detail") is not None and part["detail"] not in _IMAGE_DETAILS:
+        raise _fail(f"Content part {where}.detail must be one of {', '.join(_IMAGE_DETAILS)}", f"{where}.detail")
+    if kind == "input_audio":
+        audio = part.get("input_audio")
+        if not (
+            isinstance(audio, dict) and isinstance(audio.get("data"), str) and isinstance(audio.get("format"), str)
+        ):
+            raise _fail(f"Content part {where}.input_audio needs a string data and format", f"{where}.input_audio")
+    if kind == "refusal" and not isinstance(part.get("refusal"), str):
+        raise _fail(f"Content part {where} needs a string 'refusal'", f"{where}.refusal")
+    for field in ("annotations", "logprobs"):
+        entries = part.get(field)
+        if field in part and not (isinstance(entries, list) and all(isinstance(e, dict) for e in entries)):
+            raise _fail(f"Content part {where}.{field} must be an array of objects", f"{where}.{field}")
 
 
 def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
@@ -227,8 +242,11 @@ def _check_tool_item(item: dict[str, Any], kind: str, param: str) -> None:
     elif kind == "function_call_output":
         if not isinstance(item.get("call_id"), str) or not item["call_id"]:
             raise _fail(f"{param}.call_id is required for function_call_output", f"{param}.call_id")
-        if not isinstance(item.get("output"), str | list):
+        output = item.get("output")
+        if not isinstance(output, str | list):
             raise _fail(f"{param}.output must be a string or an array of content parts", f"{param}.output")
+        if isinstance(output, list):
+            _check_parts(output, _TOOL_OUTPUT_PART_TYPES, f"{param}.output")
     elif kind == "reasoning":
         summary = item.get("summary")
         if not isinstance(summary, list):
@@ -239,6 +257,19 @@ def _check_tool_item(item: dict[str, Any], kind: str, param: str) -> None:
             ):
                 where = f"{param}.summary[{index}]"
                 raise _fail(f"{where} must be a summary_text part with a string text", where)
+        if item.get("encrypted_content") is not None and not isinstance(item["encrypted_content"], str):
+            raise _fail(f"{param}.encrypted_content must be a string", f"{param}.encrypted_content")
+        content = item.get("content")
+        if content is not None and not (
+            isinstance(content, list)
+            and all(
+                isinstance(p, dict) and p.get("type") == "reasoning_text" and isinstance(p.get("text"), str)
+                for p in content
+            )
+        ):
+            raise _fail(
+                f"{param}.content must be an array of reasoning_text parts with a string text", f"{param}.content"
+            )
 
 
 def check_replayable(item: dict[str, Any], param: str) -> None:

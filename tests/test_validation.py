@@ -110,6 +110,58 @@ async def test_body_over_the_size_limit_gets_413(alice: Tenant, fake_upstream: F
         ),
         ({"model": "m", "input": [{"type": "function_call", "call_id": "c", "name": "f"}]}, "input[0].arguments"),
         ({"model": "m", "input": [{"type": "reasoning"}]}, "input[0].summary"),
+        (
+            {"model": "m", "input": [{"type": "reasoning", "summary": [], "encrypted_content": 123}]},
+            "input[0].encrypted_content",
+        ),
+        (
+            {"model": "m", "input": [{"type": "reasoning", "summary": [], "content": [{"type": "reasoning_text"}]}]},
+            "input[0].content",
+        ),
+        (
+            {"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": [{"type": "bogus"}]}]},
+            "input[0].output[0].type",
+        ),
+        (
+            {"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": [1]}]},
+            "input[0].output[0]",
+        ),
+        (
+            {"model": "m", "input": [{"role": "assistant", "content": [{"type": "refusal"}]}]},
+            "input[0].content[0].refusal",
+        ),
+        (
+            {
+                "model": "m",
+                "input": [{"role": "assistant", "content": [{"type": "output_text", "text": "x", "annotations": [1]}]}],
+            },
+            "input[0].content[0].annotations",
+        ),
+        (
+            {
+                "model": "m",
+                "input": [{"role": "assistant", "content": [{"type": "output_text", "text": "x", "logprobs": "no"}]}],
+            },
+            "input[0].content[0].logprobs",
+        ),
+        (
+            {"model": "m", "input": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+            "input[0].content[0].input_audio",
+        ),
+        (
+            {
+                "model": "m",
+                "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x", "detail": "weird"}]}],
+            },
+            "input[0].content[0].detail",
+        ),
+        (
+            {
+                "model": "m",
+                "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x", "detail": []}]}],
+            },
+            "input[0].content[0].detail",
+        ),
         ({"model": "m", "input": [{"type": "item_reference"}]}, "input[0].id"),
         ({"model": "m", "input": [{"type": "item_reference", "id": 5}]}, "input[0].id"),
         ({"model": "m", "input": [{"role": "user", "content": "x", "id": ""}]}, "input[0].id"),
@@ -249,6 +301,43 @@ async def test_generation_parameters_both_apis_accept_go_upstream_as_sent(
     assert answer.status_code == 200, answer.text
     sent = fake_upstream.requests[0].body
     assert {name: sent[name] for name in accepted} == accepted
+
+
+async def test_the_valid_forms_of_checked_items_and_parts_go_upstream_as_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    items = [
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "sealed", "content": None},
+        {"type": "reasoning", "id": "rs_2", "summary": [], "content": [{"type": "reasoning_text", "text": "t"}]},
+        {"type": "function_call", "id": "fc_1", "call_id": "c", "name": "f", "arguments": "{}"},
+        {
+            "type": "function_call_output",
+            "call_id": "c",
+            "output": [{"type": "input_text", "text": "42"}, {"type": "input_image", "image_url": "https://x/y.png"}],
+        },
+        {
+            "type": "message",
+            "role": "assistant",
+            "id": "msg_a",
+            "status": "completed",
+            "content": [
+                {"type": "refusal", "refusal": "no"},
+                {"type": "output_text", "text": "x", "annotations": [{"type": "url_citation"}], "logprobs": []},
+            ],
+        },
+        {
+            "type": "message",
+            "role": "user",
+            "content": [
+                {"type": "input_image", "image_url": "https://x/y.png", "detail": "original"},
+                {"type": "input_image", "image_url": "https://x/y.png", "detail": None},
+                {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+            ],
+        },
+    ]
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": items})
+    assert answer.status_code == 200, answer.text
+    assert fake_upstream.inputs[0] == items
 
 
 async def test_item_shape_errors_also_apply_to_conversation_items(alice: Tenant, db: AsyncEngine) -> None:
