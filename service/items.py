@@ -193,12 +193,20 @@ def _check_part_fields(part: dict[str, Any], kind: Any, where: str) -> None:
             raise _fail(f"Content part {where}.{field} must be an array of objects", f"{where}.{field}")
 
 
+def text_parts(role: str, text: str) -> list[dict[str, Any]]:
+    """A message's string content as the one content part OpenAI's Message holds: prior assistant turns go
+    upstream as output messages, whose parts are output_text."""
+    if role == "assistant":
+        return [{"type": "output_text", "text": text, "annotations": []}]
+    return [{"type": "input_text", "text": text}]
+
+
 def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
     role = item.get("role")
     content = item.get("content")
     if role == "assistant":
         if isinstance(content, str):
-            content = [{"type": "output_text", "text": content, "annotations": []}]
+            content = text_parts(role, content)
         elif isinstance(content, list):
             _check_parts(content, OUTPUT_PART_TYPES | INPUT_PART_TYPES, f"{param}.content")
             # Prior assistant turns go upstream as output messages, whose parts are output_text.
@@ -219,7 +227,7 @@ def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
     if not (isinstance(role, str) and role in INPUT_ROLES):
         raise _fail(f"{param}.role must be one of user, assistant, system, developer (got {role!r})", f"{param}.role")
     if isinstance(content, str):
-        content = [{"type": "input_text", "text": content}]
+        content = text_parts(role, content)
     elif isinstance(content, list):
         _check_parts(content, INPUT_PART_TYPES, f"{param}.content")
     else:

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.cli_support import service_cli
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, response_with_output, text_response
-from tests.turn_support import assistant, list_all, new_conversation, rows, shown, turn, user
+from tests.openai_spec import check
+from tests.turn_support import assistant, list_all, new_conversation, rows, shown, turn, user, without_ids
 
 JSONL = {"Content-Type": "application/jsonl"}
 NUL_EMOJI = "nul\u0000 emoji \U0001f600 \U0010ffff \u2028 caf\u00e9"
@@ -141,6 +142,37 @@ async def test_import_answers_the_conversation_and_sdk_reads_it(alice: Tenant) -
     (item,) = items.data
     assert item.id != "msg_x"
     assert item.model_dump(exclude_none=True)["content"] == [{"type": "input_text", "text": "hi"}]
+
+
+async def test_a_hand_written_import_replays_as_openrouter_needs_and_lists_in_openais_shape(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A file no export wrote may hold string contents and assistant messages without id or status (OpenAI's
+    EasyInputMessage). They are stored as the items API stores such input: OpenRouter refuses an assistant
+    message without its id and status in the history, which would refuse every later turn of the copy."""
+    file = (
+        b'{"object": "conversation"}\n'
+        b'{"type": "message", "role": "user", "content": "hello"}\n'
+        b'{"type": "message", "role": "assistant", "content": "hi there"}\n'
+        b'{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "more"}]}\n'
+    )
+    answer = await alice.http.post("/v1/conversations/import", content=file, headers=JSONL)
+    assert answer.status_code == 200, answer.text
+    conversation = answer.json()["id"]
+    await turn(alice.http, "next", conversation=conversation)
+    hello, hi_there, more, _ = fake_upstream.inputs[0]
+    assert hello["content"] == [{"type": "input_text", "text": "hello"}]
+    assert hi_there["content"] == [{"type": "output_text", "text": "hi there", "annotations": []}]
+    for replayed in (hi_there, more):
+        assert replayed["id"].startswith("msg_") and replayed["status"] == "completed", replayed
+    listed = (await alice.http.get(f"/v1/conversations/{conversation}/items", params={"order": "asc"})).json()
+    check("ConversationItemList", listed)
+    assert [item["id"] for item in listed["data"][1:3]] == [hi_there["id"], more["id"]]
+    # Its export is what the copy now holds, and imports again to the same replay.
+    lines = await _export(alice, conversation)
+    again = await alice.http.post("/v1/conversations/import", content=b"\n".join(lines), headers=JSONL)
+    await turn(alice.http, "next", conversation=again.json()["id"])
+    assert without_ids(fake_upstream.inputs[1][:4]) == without_ids(fake_upstream.inputs[0])
 
 
 async def test_an_export_of_upstream_items_of_any_type_imports_and_replays(
@@ -298,7 +330,8 @@ async def test_an_import_stored_in_several_parts_keeps_every_item_in_order(alice
     conv = imported.json()["id"]
     stored = await rows(db, "SELECT position, body FROM item WHERE conversation_id = :c ORDER BY position", c=conv)
     assert [row["position"] for row in stored] == list(range(12_345))
-    assert [json.loads(row["body"])["content"] for row in stored] == [f"m{n}" for n in range(12_345)]
+    contents = [json.loads(row["body"])["content"] for row in stored]
+    assert contents == [[{"type": "input_text", "text": f"m{n}"}] for n in range(12_345)]
     counted = await rows(db, "SELECT item_count, next_position FROM conversation WHERE id = :c", c=conv)
     assert counted == [{"item_count": 12_345, "next_position": 12_345}]
 

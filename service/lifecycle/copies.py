@@ -14,7 +14,7 @@ import msgspec
 
 from service.context.tokens import item_tokens
 from service.ids import new_id
-from service.items import ID_PREFIX_BY_TYPE, NewItem, extract_text
+from service.items import ID_PREFIX_BY_TYPE, NewItem, extract_text, text_parts
 
 _decoder = msgspec.json.Decoder()
 _encode = msgspec.json.encode
@@ -43,10 +43,25 @@ def _is_client_input(value: dict[str, Any]) -> bool:
     return isinstance(kind, str) and kind.endswith("_output")
 
 
+def _as_stored(value: dict[str, Any]) -> dict[str, Any]:
+    """A message as the items API stores one, for a line no export wrote (an export's are so already): string
+    content as its content part, and an assistant message with a status, which OpenRouter requires of every
+    assistant message in the history (the id is given below)."""
+    if value.get("type") != "message":
+        return value
+    role = str(value.get("role"))
+    if isinstance(value.get("content"), str):
+        value = {**value, "content": text_parts(role, value["content"])}
+    if role == "assistant" and not isinstance(value.get("status"), str):
+        value = {**value, "status": "completed"}
+    return value
+
+
 def imported_item(value: dict[str, Any]) -> NewItem:
     """An exported item line as a new item whose own export is that line but for the id. The items API shows
     an id kept only in the column first, and a status kept only in the column last: such an id and status
     are not stored in the JSON, so the copy replays upstream as the original did."""
+    value = _as_stored(value)
     kind = str(value["type"])
     status = _column(value.get("status")) or "completed"
     renewed = fresh_id(kind, value.get("id"))
