@@ -43,7 +43,7 @@ from sqlalchemy.pool import NullPool
 from bench.stack import on_database
 from service.keys import service as keys
 from service.migrate import PROJECT_ROOT
-from tests.fake_openrouter import FakeOpenRouter, Reply, _free_port, text_response
+from tests.fake_openrouter import FakeOpenRouter, Reply, free_port, text_response
 
 MODEL = "openai/gpt-4o-mini"
 FIRST_BYTE_TIMEOUT = 1.0
@@ -102,7 +102,7 @@ class ServiceProcess:
     def __init__(
         self, database_url: str, upstream_url: str, log_dir: Path, index: int, extra_env: dict[str, str] | None = None
     ) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"service-{index}.log"
         self.env = {
