@@ -110,3 +110,29 @@ def test_first_start_key_restart_and_clean_shutdown(tmp_path: Path, fake_upstrea
     assert proc.returncode == 0
     time.sleep(0.5)
     assert _postgres_processes(data_dir) == []
+
+
+def test_a_stopped_embedded_server_writes_nothing_at_exit_into_its_removed_directory(tmp_path: Path) -> None:
+    """`make test` runs on an embedded server in a temporary directory it removes at the end: the process's exit
+    must not create files there again (each run would leave a directory behind)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700)  # as mkdtemp makes it: so the server's lock file lives in it (XDG_RUNTIME_DIR)
+    script = (
+        "import shutil, sys\n"
+        "from pathlib import Path\n"
+        "from service.db.embedded import EmbeddedPostgres\n"
+        "server = EmbeddedPostgres(Path(sys.argv[1]))\n"
+        "server.start()\n"
+        "server.stop()\n"
+        "shutil.rmtree(sys.argv[1])\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(data_dir)],
+        cwd=ROOT,
+        env=cli_env(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr.decode()
+    assert not data_dir.exists(), sorted(str(p) for p in data_dir.rglob("*"))

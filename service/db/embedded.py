@@ -3,6 +3,7 @@ stopped when the process exits."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import warnings
@@ -49,5 +50,8 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+            server, self._server = self._server, None
+            server.cleanup()
+            # Its exit hook would run the cleanup again when the process exits, and re-create its lock file (under
+            # XDG_RUNTIME_DIR, set to DATA_DIR above) in a data directory its owner may have removed meanwhile.
+            atexit.unregister(server._cleanup)
