@@ -10,11 +10,13 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import threading
+import traceback
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,14 @@ _CONNECT_SECONDS = 15
 _CONNECT_ATTEMPTS = 3
 
 
+def _thread_stacks() -> str:
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    return "".join(
+        f"-- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame, limit=8))
+        for ident, frame in sys._current_frames().items()
+    )
+
+
 def _retry_connects_that_get_no_answer(engine: AsyncEngine) -> None:
     """The tests' own engine opens a connection per use. Twice, on a loaded CI machine, one of those connects got
     no answer for asyncpg's whole 60 s and failed a test that had nothing to do with it. A connect without an answer
@@ -216,13 +226,22 @@ def _retry_connects_that_get_no_answer(engine: AsyncEngine) -> None:
     def connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         cparams.setdefault("timeout", _CONNECT_SECONDS)
         for attempt in range(1, _CONNECT_ATTEMPTS):
+            # Half-way through the wait, what every thread does: the test's own thread blocked outside its event
+            # loop means the answer may have come and not been read; waiting in select() means none came.
+            halfway: list[str] = []
+            timer = threading.Timer(_CONNECT_SECONDS / 2, lambda seen=halfway: seen.append(_thread_stacks()))
+            timer.daemon = True
+            timer.start()
             try:
                 return dialect.connect(*cargs, **cparams)
             except TimeoutError:
                 warnings.warn(
-                    f"the tests' engine: connect attempt {attempt} got no answer in {_CONNECT_SECONDS} s; trying again",
+                    f"the tests' engine: connect attempt {attempt} got no answer in {_CONNECT_SECONDS} s; trying "
+                    f"again. Threads half-way through the wait:\n{''.join(halfway)}",
                     stacklevel=1,
                 )
+            finally:
+                timer.cancel()
         return dialect.connect(*cargs, **cparams)
 
 
@@ -268,14 +287,20 @@ class Tenant:
     key_id: str
     http: httpx.AsyncClient
     base_url: str
+    sdk_clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
     def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(api_key=self.key, base_url=self.base_url + "/v1", max_retries=0, **kwargs)
+        # Closed by make_tenant: left to the garbage collector, the SDK's __del__ closes the client on whichever
+        # thread's loop is running then, a live server's included, from outside the test's loop.
+        client = openai.AsyncOpenAI(api_key=self.key, base_url=self.base_url + "/v1", max_retries=0, **kwargs)
+        self.sdk_clients.append(client)
+        return client
 
 
 @pytest.fixture
 async def make_tenant(server: LiveServer, db: AsyncEngine) -> AsyncIterator[Callable[..., Awaitable[Tenant]]]:
     clients: list[httpx.AsyncClient] = []
+    tenants: list[Tenant] = []
 
     async def make(name: str, *, admin: bool = False, live: LiveServer | None = None) -> Tenant:
         target = live or server
@@ -284,11 +309,15 @@ async def make_tenant(server: LiveServer, db: AsyncEngine) -> AsyncIterator[Call
             base_url=target.url, headers={"Authorization": f"Bearer {created.secret}"}, timeout=30
         )
         clients.append(client)
-        return Tenant(name, created.secret, created.id, client, target.url)
+        tenants.append(Tenant(name, created.secret, created.id, client, target.url))
+        return tenants[-1]
 
     yield make
     for client in clients:
         await client.aclose()
+    for tenant in tenants:
+        for sdk in tenant.sdk_clients:
+            await sdk.close()
 
 
 @pytest.fixture

@@ -180,9 +180,9 @@ async def test_sdk_errors_carry_openai_codes(alice: Tenant, fake_upstream: FakeO
         await client.responses.create(model=MODEL, input="x")
     assert server_error.value.status_code == 502
     assert server_error.value.code == "upstream_error"
-    bad_key = openai.AsyncOpenAI(api_key="sk-nope", base_url=alice.base_url + "/v1", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
-        await bad_key.conversations.create()
+    async with openai.AsyncOpenAI(api_key="sk-nope", base_url=alice.base_url + "/v1", max_retries=0) as bad_key:
+        with pytest.raises(openai.AuthenticationError):
+            await bad_key.conversations.create()
 
 
 async def test_sdk_three_turn_conversation_chain_and_branch(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
