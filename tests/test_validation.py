@@ -185,7 +185,8 @@ async def test_body_over_the_size_limit_gets_413(alice: Tenant, fake_upstream: F
         ({"model": "m", "input": "x", "tool_choice": {"type": "function", "name": []}}, "tool_choice.name"),
         ({"model": "m", "input": "x", "tool_choice": {"type": "custom", "name": ""}}, "tool_choice.name"),
         ({"model": "m", "input": "x", "tool_choice": {"type": "mcp"}}, "tool_choice.server_label"),
-        ({"model": "m", "input": "x", "tool_choice": {"type": "allowed_tools", "tools": []}}, "tool_choice.tools"),
+        ({"model": "m", "input": "x", "tool_choice": {"type": "allowed_tools", "tools": []}}, "tool_choice.mode"),
+        ({"model": "m", "input": "x", "tool_choice": {"type": "allowed_tools", "mode": "auto"}}, "tool_choice.tools"),
         (
             {"model": "m", "input": "x", "tool_choice": {"type": "allowed_tools", "mode": "x", "tools": []}},
             "tool_choice.mode",

@@ -36,7 +36,7 @@ _ALLOWED_TOOLS_MODES = frozenset({"auto", "required"})
 # Tool choices that name the tool they force (OpenAI's ToolChoiceFunction and ToolChoiceCustom).
 _NAMED_TOOL_CHOICES = frozenset({"function", "custom"})
 # OpenAI's maximum; OpenRouter passes it on.
-MAX_SAFETY_IDENTIFIER_CHARS = 64
+_MAX_SAFETY_IDENTIFIER_CHARS = 64
 _SERVICE_TIERS = frozenset({"auto", "default", "fast", "flex", "priority", "scale"})
 
 
@@ -137,10 +137,12 @@ def _check_tool_choice(choice: Any) -> None:
     elif kind == "mcp" and not isinstance(choice.get("server_label"), str):
         raise _invalid("tool_choice.server_label is required for an mcp tool choice", "tool_choice.server_label")
     elif kind == "allowed_tools":
-        _one_of(choice.get("mode"), _ALLOWED_TOOLS_MODES, "tool_choice.mode")
+        if choice.get("mode") is None:
+            raise _invalid("tool_choice.mode is required for allowed_tools", "tool_choice.mode")
+        _one_of(choice["mode"], _ALLOWED_TOOLS_MODES, "tool_choice.mode")
         tools = choice.get("tools")
-        if "mode" not in choice or not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-            raise _invalid("tool_choice needs a mode and tools, an array of tool objects", "tool_choice.tools")
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise _invalid("tool_choice.tools must be an array of tool objects", "tool_choice.tools")
 
 
 def _check_reasoning(reasoning: Any) -> None:
@@ -181,9 +183,9 @@ def check_parameters(params: dict[str, Any]) -> None:
     for name in _STRINGS:
         if name in params and not isinstance(params[name], str):
             raise _invalid(f"{name} must be a string", name)
-    if len(params.get("safety_identifier", "")) > MAX_SAFETY_IDENTIFIER_CHARS:
+    if len(params.get("safety_identifier", "")) > _MAX_SAFETY_IDENTIFIER_CHARS:
         raise _invalid(
-            f"safety_identifier must be at most {MAX_SAFETY_IDENTIFIER_CHARS} characters", "safety_identifier"
+            f"safety_identifier must be at most {_MAX_SAFETY_IDENTIFIER_CHARS} characters", "safety_identifier"
         )
     if "include" in params:
         check_include_values(params["include"])
