@@ -63,6 +63,23 @@ TABLES = (
 )
 
 
+_RUNTIME_DIR = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One XDG_RUNTIME_DIR for the whole run, removed at its end. Unset, the first embedded PostgreSQL started in
+    this process points it at its own data directory (service/db/embedded.py), which the tests remove after use;
+    the servers started later (their lock file) and chromium (its settings) would write there again."""
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        config.stash[_RUNTIME_DIR] = Path(tempfile.mkdtemp(prefix="convstore-test-runtime-"))
+        os.environ["XDG_RUNTIME_DIR"] = str(config.stash[_RUNTIME_DIR])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _RUNTIME_DIR in config.stash:
+        shutil.rmtree(config.stash[_RUNTIME_DIR], ignore_errors=True)
+
+
 async def _reset_schema(url: str) -> None:
     engine = create_async_engine(url, poolclass=NullPool)
     async with engine.begin() as conn:
