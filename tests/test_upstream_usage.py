@@ -1,7 +1,7 @@
 """An upstream's usage report that is not what OpenRouter documents (null, negative, fractional or impossible
 token counts, an absurd cost, detail objects of the wrong type) does not cost the client the answer it paid for:
-the turn completes and is stored with the answer, the bad values are left out (shown as OpenAI's zeros), the
-conversation's totals stay sums of sane numbers, and the conversation takes its next turn."""
+the turn completes and is stored with the answer, the bad values are left out (shown as OpenAI's zeros), a
+conversation's or a chain's totals stay sums of sane numbers, and the conversation takes its next turn."""
 
 from __future__ import annotations
 
@@ -123,6 +123,51 @@ async def test_a_bad_usage_report_leaves_out_its_bad_values_and_the_answer_is_st
         "/v1/responses", json={"model": MODEL, "input": "next", "conversation": conversation}
     )
     assert following.status_code == 200, following.text
+
+
+@pytest.mark.parametrize(("reported", "shown", "totals"), _CASES)
+async def test_a_bad_usage_report_on_a_previous_response_id_chain_is_left_out_of_its_totals_too(
+    alice: Tenant,
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+    reported: dict[str, Any],
+    shown: dict[str, Any],
+    totals: tuple[int, int, float],
+) -> None:
+    """The same reports on turns outside any conversation: a root response, then a streamed turn continuing it
+    with previous_response_id, whose finish sums into the chain's totals rather than a conversation's."""
+    root = text_response("root answer", msg_id="msg_root")
+    root["usage"] = reported
+    fake_upstream.reply_json(root)
+    first = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi"})
+    assert first.status_code == 200, first.text
+    assert _counts(first.json()["usage"]) == shown
+    events = text_stream_events("chained answer", msg_id="msg_chained")
+    events[-1]["response"]["usage"] = reported
+    fake_upstream.enqueue(Reply(kind="sse", events=events))
+    body = {"model": MODEL, "input": "again", "previous_response_id": first.json()["id"], "stream": True}
+    async with alice.http.stream("POST", "/v1/responses", json=body) as streamed:
+        assert streamed.status_code == 200
+        relayed = await read_events(streamed)
+    assert relayed[-1]["type"] == "response.completed", [e["type"] for e in relayed]
+    check("Response", relayed[-1]["response"])
+    assert _counts(relayed[-1]["response"]["usage"]) == shown
+    stored = await rows(
+        db, "SELECT status, input_tokens, output_tokens, cost FROM response WHERE thread_id = :t", t=first.json()["id"]
+    )
+    assert [r["status"] for r in stored] == ["completed", "completed"]
+    for row in stored:
+        assert (row["input_tokens"], row["output_tokens"], float(row["cost"])) == totals
+    [chain] = await rows(
+        db,
+        "SELECT input_tokens, output_tokens, cost, response_count FROM response_chain WHERE id = :t",
+        t=first.json()["id"],
+    )
+    doubled = tuple(2 * value for value in totals)
+    assert (chain["input_tokens"], chain["output_tokens"], float(chain["cost"])) == doubled
+    assert chain["response_count"] == 2
+    fetched = await alice.http.get(f"/v1/responses/{relayed[-1]['response']['id']}")
+    assert fetched.status_code == 200 and _counts(fetched.json()["usage"]) == shown
 
 
 async def test_a_usage_stored_before_its_checks_is_shown_in_openais_shape(
