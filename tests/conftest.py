@@ -316,7 +316,6 @@ class Tenant:
 
 @pytest.fixture
 async def make_tenant(server: LiveServer, db: AsyncEngine) -> AsyncIterator[Callable[..., Awaitable[Tenant]]]:
-    clients: list[httpx.AsyncClient] = []
     tenants: list[Tenant] = []
 
     async def make(name: str, *, admin: bool = False, live: LiveServer | None = None) -> Tenant:
@@ -325,14 +324,12 @@ async def make_tenant(server: LiveServer, db: AsyncEngine) -> AsyncIterator[Call
         client = httpx.AsyncClient(
             base_url=target.url, headers={"Authorization": f"Bearer {created.secret}"}, timeout=30
         )
-        clients.append(client)
         tenants.append(Tenant(name, created.secret, created.id, client, target.url))
         return tenants[-1]
 
     yield make
-    for client in clients:
-        await client.aclose()
     for tenant in tenants:
+        await tenant.http.aclose()
         for sdk in tenant.sdk_clients:
             await sdk.close()
 
