@@ -201,6 +201,17 @@ def text_parts(role: str, text: str) -> list[dict[str, Any]]:
     return [{"type": "input_text", "text": text}]
 
 
+def as_output_parts(parts: list[Any]) -> list[Any]:
+    """An assistant message's parts (checked: an input_text part has a string text) as they go upstream: prior
+    assistant turns are output messages, whose parts are output_text."""
+    return [
+        {"type": "output_text", "text": p["text"], "annotations": []}
+        if isinstance(p, dict) and p.get("type") == "input_text"
+        else p
+        for p in parts
+    ]
+
+
 def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
     role = item.get("role")
     content = item.get("content")
@@ -209,11 +220,7 @@ def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
             content = text_parts(role, content)
         elif isinstance(content, list):
             _check_parts(content, OUTPUT_PART_TYPES | INPUT_PART_TYPES, f"{param}.content")
-            # Prior assistant turns go upstream as output messages, whose parts are output_text.
-            content = [
-                {"type": "output_text", "text": p["text"], "annotations": []} if p.get("type") == "input_text" else p
-                for p in content
-            ]
+            content = as_output_parts(content)
         else:
             raise _fail(f"{param}.content must be a string or an array of content parts", f"{param}.content")
         # OpenRouter requires id and status on assistant messages in the history.
@@ -280,6 +287,24 @@ def _check_tool_item(item: dict[str, Any], kind: str, param: str) -> None:
             )
 
 
+def check_columns(item: dict[str, Any], kind: str, param: str) -> None:
+    """What any item a client writes (input, or a line of an import) must hold in the fields also stored as
+    columns (listing, lookup by id), and in the status the upstream's schema gives a message or tool item."""
+    for field in _COLUMN_FIELDS:
+        # PostgreSQL text cannot hold U+0000; the id is in indexes, whose entries PostgreSQL caps at about 2.7 kB.
+        if isinstance(item.get(field), str) and "\x00" in item[field]:
+            raise _fail(f"{param}.{field} cannot contain U+0000", f"{param}.{field}")
+        if isinstance(item.get(field), str) and len(item[field]) > MAX_COLUMN_CHARS:
+            raise _fail(f"{param}.{field} must be at most {MAX_COLUMN_CHARS} characters", f"{param}.{field}")
+    if "status" in item and not isinstance(item["status"], str):
+        raise _fail(f"{param}.status must be a string", f"{param}.status")
+    if kind in _ITEM_STATUS_TYPES and "status" in item and item["status"] not in ITEM_STATUSES:
+        raise _fail(
+            f"{param}.status must be one of {', '.join(sorted(ITEM_STATUSES))} (got {item['status'][:40]!r})",
+            f"{param}.status",
+        )
+
+
 def check_replayable(item: dict[str, Any], param: str) -> None:
     """An item that joins a conversation as it is (an imported one: of any type, as upstream output is, and kept
     exactly): the fields a later turn sends upstream, where its type is one the upstream's schema describes."""
@@ -311,20 +336,7 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
     if "id" in item and ("/" in item["id"] or item["id"] in {".", ".."}):
         # The items API addresses an item by its id in the URL path: this one could never be read or deleted.
         raise _fail(f"{param}.id cannot contain '/' nor be '.' or '..'", f"{param}.id")
-    for field in _COLUMN_FIELDS:
-        # These are also stored as columns (listing, lookup by id), and PostgreSQL text cannot hold U+0000; the id
-        # is in indexes, whose entries PostgreSQL caps at about 2.7 kB.
-        if isinstance(item.get(field), str) and "\x00" in item[field]:
-            raise _fail(f"{param}.{field} cannot contain U+0000", f"{param}.{field}")
-        if isinstance(item.get(field), str) and len(item[field]) > MAX_COLUMN_CHARS:
-            raise _fail(f"{param}.{field} must be at most {MAX_COLUMN_CHARS} characters", f"{param}.{field}")
-    if "status" in item and not isinstance(item["status"], str):
-        raise _fail(f"{param}.status must be a string", f"{param}.status")
-    if kind in _ITEM_STATUS_TYPES and "status" in item and item["status"] not in ITEM_STATUSES:
-        raise _fail(
-            f"{param}.status must be one of {', '.join(sorted(ITEM_STATUSES))} (got {item['status'][:40]!r})",
-            f"{param}.status",
-        )
+    check_columns(item, kind, param)
     if kind == "message":
         return _normalize_message(item, param)
     if kind in _TOOL_ITEM_TYPES:

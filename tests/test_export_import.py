@@ -155,24 +155,27 @@ async def test_a_hand_written_import_replays_as_openrouter_needs_and_lists_in_op
         b'{"type": "message", "role": "user", "content": "hello"}\n'
         b'{"type": "message", "role": "assistant", "content": "hi there"}\n'
         b'{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "more"}]}\n'
+        b'{"type": "message", "role": "assistant", "content": [{"type": "input_text", "text": "as input"}]}\n'
     )
     answer = await alice.http.post("/v1/conversations/import", content=file, headers=JSONL)
     assert answer.status_code == 200, answer.text
     conversation = answer.json()["id"]
     await turn(alice.http, "next", conversation=conversation)
-    hello, hi_there, more, _ = fake_upstream.inputs[0]
+    hello, hi_there, more, as_input, _ = fake_upstream.inputs[0]
     assert hello["content"] == [{"type": "input_text", "text": "hello"}]
     assert hi_there["content"] == [{"type": "output_text", "text": "hi there", "annotations": []}]
-    for replayed in (hi_there, more):
+    # As the items API stores it: an assistant message goes upstream as output, with output_text parts.
+    assert as_input["content"] == [{"type": "output_text", "text": "as input", "annotations": []}]
+    for replayed in (hi_there, more, as_input):
         assert replayed["id"].startswith("msg_") and replayed["status"] == "completed", replayed
     listed = (await alice.http.get(f"/v1/conversations/{conversation}/items", params={"order": "asc"})).json()
     check("ConversationItemList", listed)
-    assert [item["id"] for item in listed["data"][1:3]] == [hi_there["id"], more["id"]]
+    assert [item["id"] for item in listed["data"][1:4]] == [hi_there["id"], more["id"], as_input["id"]]
     # Its export is what the copy now holds, and imports again to the same replay.
     lines = await _export(alice, conversation)
     again = await alice.http.post("/v1/conversations/import", content=b"\n".join(lines), headers=JSONL)
     await turn(alice.http, "next", conversation=again.json()["id"])
-    assert without_ids(fake_upstream.inputs[1][:4]) == without_ids(fake_upstream.inputs[0])
+    assert without_ids(fake_upstream.inputs[1][:5]) == without_ids(fake_upstream.inputs[0])
 
 
 async def test_an_export_of_upstream_items_of_any_type_imports_and_replays(
@@ -217,6 +220,12 @@ async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tena
         (b'{"object":"conversation","created_at":9223372036854775808}\n', 1),
         (b"", 1),
         (header + b"\n" + header + b"\n", 2),
+        # What the items API refuses in a column or a status, a later turn could not send upstream either.
+        (header + b'\n{"type":"message","role":"user","content":"x","status":"weird"}\n', 2),
+        (header + b'\n{"type":"message","role":"user","content":"x","status":"' + b"z" * 300 + b'"}\n', 2),
+        (header + b'\n{"type":"' + b"x" * 300 + b'"}\n', 2),
+        (header + b"\n" + good + b'\n{"type":"message","role":"user","content":"x","id":"' + b"m" * 300 + b'"}\n', 3),
+        (header + b'\n{"type":"function_call","call_id":"c","name":"f","arguments":"{}","status":"done"}\n', 2),
     ]
     for body, line in cases:
         answer = await alice.http.post("/v1/conversations/import", content=body, headers=JSONL)

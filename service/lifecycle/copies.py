@@ -14,7 +14,7 @@ import msgspec
 
 from service.context.tokens import item_tokens
 from service.ids import new_id
-from service.items import ID_PREFIX_BY_TYPE, NewItem, extract_text, text_parts
+from service.items import ID_PREFIX_BY_TYPE, NewItem, as_output_parts, extract_text, text_parts
 
 _decoder = msgspec.json.Decoder()
 _encode = msgspec.json.encode
@@ -45,13 +45,15 @@ def _is_client_input(value: dict[str, Any]) -> bool:
 
 def _as_stored(value: dict[str, Any]) -> dict[str, Any]:
     """A message as the items API stores one, for a line no export wrote (an export's are so already): string
-    content as its content part, and an assistant message with a status, which OpenRouter requires of every
-    assistant message in the history (the id is given below)."""
+    content as its content part, an assistant message's input_text parts as output_text, and a status on it,
+    which OpenRouter requires of every assistant message in the history (the id is given below)."""
     if value.get("type") != "message":
         return value
     role = str(value.get("role"))
     if isinstance(value.get("content"), str):
         value = {**value, "content": text_parts(role, value["content"])}
+    elif role == "assistant":
+        value = {**value, "content": as_output_parts(value["content"])}
     if role == "assistant" and not isinstance(value.get("status"), str):
         value = {**value, "status": "completed"}
     return value

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from service.errors import InvalidRequest
-from service.items import check_replayable
+from service.items import check_columns, check_replayable
 from service.jsonbody import MAX_JSON_DEPTH, diagnose, nests_too_deep
 from service.metadata import validate_metadata
 
@@ -105,19 +105,17 @@ def _item(number: int, value: dict[str, Any]) -> ItemLine:
     kind = value.get("type")
     if not isinstance(kind, str) or not kind:
         raise bad_line(number, "an item needs a string 'type'")
-    for field in ("id", "type", "role", "status"):
-        field_value = value.get(field)
-        if field in value and field != "role" and not isinstance(field_value, str):
+    for field in ("id", "status"):
+        if field in value and not isinstance(value[field], str):
             raise bad_line(number, f"'{field}' must be a string")
-        # Also stored as columns, and PostgreSQL text cannot hold U+0000.
-        if isinstance(field_value, str) and "\x00" in field_value:
-            raise bad_line(number, f"'{field}' cannot contain U+0000")
     if kind == "message":
         if value.get("role") not in ("user", "assistant", "system", "developer"):
             raise bad_line(number, "a message's role must be user, assistant, system or developer")
         if not isinstance(value.get("content"), str | list):
             raise bad_line(number, "a message's content must be a string or an array of content parts")
     try:
+        # What the items API refuses in these fields, a later turn could not send upstream either.
+        check_columns(value, kind, "item")
         check_replayable(value, "item")
     except InvalidRequest as exc:
         raise bad_line(number, exc.message) from None
