@@ -362,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(handler=cmd_keys_revoke)
 
     export = commands.add_parser("export", help="write conversations as JSON Lines (a backup); default: all of them")
-    export.add_argument("--tenant", help="only this tenant's conversations")
-    export.add_argument("--conversation", help="only this conversation")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--tenant", help="only this tenant's conversations")
+    which.add_argument("--conversation", help="only this conversation")
     export.add_argument("--output", "-o", help="file to write (default: standard output)")
     export.set_defaults(handler=cmd_export)
     import_ = commands.add_parser("import", help="import an export (new ids), all of it or nothing")

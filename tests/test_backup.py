@@ -135,3 +135,5 @@ async def test_cli_export_and_import_make_a_backup_between_databases(
     assert one.returncode == 0 and len(_headers(one.stdout)) == 1
     unknown = service_cli(database_url, "export", "--tenant", "nobody")
     assert unknown.returncode == 2 and b"Tenant 'nobody' not found." in unknown.stderr
+    both = service_cli(database_url, "export", "--tenant", "alice", "--conversation", third)
+    assert both.returncode == 2 and b"not allowed with argument" in both.stderr and both.stdout == b""
