@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -354,3 +355,48 @@ async def test_a_hard_delete_of_a_thread_takes_its_pending_deliveries_with_it(
     assert pending == {doomed, kept}
     assert (await admin.delete(f"/admin/threads/{doomed}")).status_code == 200
     assert await rows(db, "SELECT response_id FROM webhook_delivery") == [{"response_id": kept}]
+
+
+async def test_a_response_deleted_by_its_tenant_or_by_retention_takes_its_deliveries_with_it(
+    alice: Tenant, admin: httpx.AsyncClient, receiver: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Waiting in the outbox (the session's server does not deliver), a delivery for a deleted response would be
+    sent for an id that answers 404, and kept for good, naming it."""
+    await _endpoint(admin, "alice", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+    deleted, purged, kept = [await _background(alice) for _ in range(3)]
+    assert (await alice.http.delete(f"/v1/responses/{deleted}")).status_code == 200
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE response SET created_at = now() - interval '40 days' WHERE id = :id"), {"id": purged}
+        )
+    policy = {"responses_days": 30, "conversations_idle_days": None}
+    assert (await admin.put("/admin/tenants/alice/retention", json=policy)).status_code == 200
+    run = await admin.post("/admin/retention/run")
+    assert run.status_code == 200 and run.json()["responses"] == 1, run.text
+    assert await rows(db, "SELECT response_id FROM webhook_delivery") == [{"response_id": kept}]
+
+
+async def test_a_delivery_whose_response_is_deleted_while_it_is_sent_is_not_recorded_nor_sent_again(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Any,
+    receiver: FakeOpenRouter,
+    db: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.webhooks")
+    live = start_server(**DELIVERING)
+    bob = await make_tenant("bob", live=live)
+    # The receiver answers 500 after a pause: the delete lands while the attempt is under way.
+    receiver.enqueue(Reply(status=500, body={"error": "slow"}, delay=1.0))
+    async with _admin_client(live) as admin:
+        await _endpoint(admin, "bob", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+        response_id = await _background(bob)
+        await _received(receiver, 1)
+        assert (await bob.http.delete(f"/v1/responses/{response_id}")).status_code == 200
+        assert await rows(db, "SELECT pk FROM webhook_delivery") == []
+        await asyncio.sleep(1.5)  # the attempt ends, and a retry would be due 0.2 s later
+        assert len(receiver.requests) == 1
+        assert (await admin.get("/admin/webhook-deliveries")).json()["data"] == []
+    assert await rows(db, "SELECT pk FROM webhook_attempt") == []
+    assert "attempt not recorded" not in caplog.text
+    assert any("deleted while it was sent" in record.getMessage() for record in caplog.records)

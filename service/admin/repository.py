@@ -32,7 +32,7 @@ from service.admin import search
 from service.admin.cursor import Keyset, newest_first, probed_page
 from service.admin.params import RESPONSE_STATUSES, ConversationFilters, ResponseFilters, TimeRange
 from service.admin.statements import Statements
-from service.db.models import conversation_table, item_table, response_table, tenant_table, webhook_delivery_table
+from service.db.models import conversation_table, item_table, response_table, tenant_table
 from service.db.visibility import not_being_purged, not_deleted
 from service.responses.status import RUNNING
 
@@ -40,7 +40,6 @@ conversation_t = conversation_table
 response_t = response_table
 item_t = item_table
 tenant_t = tenant_table
-webhook_delivery_t = webhook_delivery_table
 
 # The model that served a turn, else the one asked for: what conversation.last_model records.
 SERVED_MODEL = func.coalesce(response_t.c.upstream_model, response_t.c.model)
@@ -305,16 +304,13 @@ async def usage_stats(conn: AsyncConnection, window: TimeRange) -> tuple[list[An
 async def delete_thread(conn: AsyncConnection, thread_id: str) -> int:
     """Hard-delete the thread (a conversation or a response chain) and everything holding its content: every
     item and response of it, found by thread_id (chains that continue a conversation's responses are in its
-    thread), with them what references them ON DELETE CASCADE (event logs, idempotency records, a chain's
-    totals), then the conversation, and the webhook deliveries of its responses (not linked by a key: a delivery
-    outlives a tenant's delete of its response, whose id it only names). Returns how many responses went."""
+    thread), with them what references them ON DELETE CASCADE (event logs, idempotency records, webhook
+    deliveries, a chain's totals), then the conversation. Returns how many responses went."""
     await conn.execute(delete(item_t).where(item_t.c.thread_id == thread_id))
     deleted = await conn.execute(
         delete(response_t).where(response_t.c.thread_id == thread_id).returning(response_t.c.id)
     )
     response_ids = list(deleted.scalars())
-    if response_ids:
-        await conn.execute(delete(webhook_delivery_t).where(webhook_delivery_t.c.response_id.in_(response_ids)))
     await conn.execute(delete(conversation_t).where(conversation_t.c.id == thread_id))
     return len(response_ids)
 

@@ -428,7 +428,8 @@ class WebhookDelivery(Base):
     endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoint.id", ondelete="CASCADE"))
     tenant_id: Mapped[str] = mapped_column(Text)
     event_type: Mapped[str] = mapped_column(Text)
-    response_id: Mapped[str] = mapped_column(Text)
+    # Goes with its response, whoever deletes it (the tenant, the retention purge, an operator).
+    response_id: Mapped[str] = mapped_column(ForeignKey("response.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     # pending until delivered, or failed once WEBHOOK_RETRY_HOURS have passed without a 2xx.
     state: Mapped[str] = mapped_column(Text, server_default="pending")

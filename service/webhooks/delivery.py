@@ -87,6 +87,9 @@ class WebhookDeliverer:
                 retry_base=self.settings.webhook_retry_base_seconds,
                 retry_window=self.settings.webhook_retry_hours * 3600,
             )
+        if state is None:
+            logger.info("webhook %s: deleted while it was sent (with its response or its endpoint)", row.event_id)
+            return
         WEBHOOK_ATTEMPTS.labels({"pending": "retrying"}.get(state, state)).inc()
         if state == "failed":
             logger.warning(

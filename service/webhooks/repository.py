@@ -34,12 +34,13 @@ _CLAIM_DUE = text(
 ).bindparams(bindparam("lease", type_=Integer))
 
 # After an attempt: delivered on a 2xx; else the next attempt after base * 2^(attempts - 1) seconds (at most an
-# hour apart), or failed for good once that would fall past the retry window.
+# hour apart), or failed for good once that would fall past the retry window. Nothing when the delivery went while
+# it was being sent (with its response or its endpoint).
 _RECORD = text(
     """
     WITH attempt AS (
         INSERT INTO webhook_attempt (delivery_pk, status_code, error, duration_ms)
-        VALUES (:pk, :status_code, :error, :duration_ms)
+        SELECT :pk, :status_code, :error, :duration_ms WHERE EXISTS (SELECT FROM webhook_delivery WHERE pk = :pk)
     )
     UPDATE webhook_delivery SET
         attempts = attempts + 1,
@@ -94,7 +95,8 @@ async def record_attempt(
     duration_ms: int,
     retry_base: float,
     retry_window: float,
-) -> str:
+) -> str | None:
+    """The delivery's state after the attempt; None if the delivery is gone."""
     params = {
         "pk": pk,
         "ok": ok,
@@ -105,7 +107,8 @@ async def record_attempt(
         "window": retry_window,
         "cap": MAX_RETRY_DELAY,
     }
-    return str(await conn.scalar(_RECORD, params))
+    state = await conn.scalar(_RECORD, params)
+    return None if state is None else str(state)
 
 
 async def list_deliveries(
