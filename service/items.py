@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 
@@ -410,30 +410,58 @@ def normalize_input(value: Any, *, param: str, max_items: int) -> list[NewItem]:
     ]
 
 
+def usable_id(value: Any) -> TypeGuard[str]:
+    """An id an item can be stored, listed and addressed by (the items API takes it in a URL path), as a client's
+    input is held to: anything else an upstream sends is replaced by one of ours."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_COLUMN_CHARS
+        and "\x00" not in value
+        and "/" not in value
+        and value not in {".", ".."}
+    )
+
+
 def normalize_output(items: Any, *, response_status: str) -> list[NewItem]:
-    """Upstream output items, kept exactly as returned (any type, unknown fields kept). Only a missing id
-    or status is filled in, since the next turn must replay them with both."""
+    """Upstream output items, kept as returned (any type, unknown fields kept) but for what the next turn could
+    not replay, or the items API could not tell apart: a missing or unusable id, or one another item of this
+    output has, is replaced by one of ours; a message or tool item gets a status OpenAI's schema knows, and a
+    message its content as an array of parts."""
     if not isinstance(items, list):
         return []
     result = []
     # Status.COMPLETED spelled out: service/responses imports this module, not the reverse.
     fallback_status = "completed" if response_status == "completed" else "incomplete"
+    seen: set[str] = set()
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("type"), str):
             continue
-        if not item.get("id") or (item["type"] == "message" and not item.get("status")):
-            result.append(
-                _to_new_item(
-                    {
-                        **item,
-                        "id": item.get("id") or new_id(ID_PREFIX_BY_TYPE.get(item["type"], "item")),
-                        "status": item.get("status") or fallback_status,
-                    }
-                )
-            )
-        else:
-            result.append(_to_new_item(item))
+        kind = item["type"]
+        repaired = dict(item)
+        item_id = item.get("id")
+        if not usable_id(item_id) or item_id in seen:
+            repaired["id"] = new_id(ID_PREFIX_BY_TYPE.get(kind, "item"))
+        status = item.get("status")
+        unknown = (
+            "status" in item
+            and kind in _ITEM_STATUS_TYPES
+            and not (isinstance(status, str) and status in ITEM_STATUSES)
+        )
+        if unknown or (not status and (kind == "message" or repaired["id"] != item_id)):
+            repaired["status"] = fallback_status
+        if kind == "message":
+            repaired["content"] = _output_content(item.get("content"))
+        seen.add(repaired["id"])
+        result.append(_to_new_item(item if repaired == item else repaired))
     return result
+
+
+def _output_content(content: Any) -> list[Any]:
+    if isinstance(content, str):
+        return text_parts("assistant", content)
+    if not isinstance(content, list):
+        return []
+    return [part for part in content if isinstance(part, dict) and isinstance(part.get("type"), str)]
 
 
 def resolve_reference(stored_body: str) -> NewItem:

@@ -44,6 +44,7 @@ CANCELLED = "cancelled"
 SHUTDOWN = "shutdown"
 DISCONNECTED = "disconnected"
 _STOP_WAIT_SECONDS = 10.0
+INTERNAL_ERROR = {"code": "server_error", "message": "An internal error stopped the turn before its answer was stored"}
 
 
 class TurnRun:
@@ -56,6 +57,7 @@ class TurnRun:
         self.finished = False
         self.started = False
         self.storing = False
+        self.store_attempted = False  # finish or fail was called: the outcome is the turn's to store from then on
         self.opened = False
         self.open_error: ServiceError | None = None
         self.stop_reason: str | None = None
@@ -244,6 +246,12 @@ class TurnRunner:
             run.publish_frame(await self._store(run, assembler, status, error))
         except Exception:
             logger.exception("turn %s could not finish cleanly", run.response_id)
+            if not run.store_attempted:
+                # Left so, the turn would stay in_progress and its conversation claimed for as long as this process
+                # lives (its heartbeat renews the claims of the turns it runs): stored as failed, and said so.
+                run.store_attempted = True
+                await self._turns.fail(run.turn, INTERNAL_ERROR)
+                run.publish_frame(terminal_frame(run.turn.state.render(), len(run.frames)))
         finally:
             if not run.opened and run.open_error is None:
                 run.open_error = ServiceError(
@@ -296,6 +304,7 @@ class TurnRunner:
         # frames up to this sequence number, not the frames as they are then.
         sequence_number = len(run.frames)
         events = RelayedEvents(run.frames, sequence_number) if turn.request.stream else None
+        run.store_attempted = True
         try:
             if status == Status.FAILED:
                 await self._turns.fail(turn, error or INTERRUPTED_ERROR, outputs, events=events)

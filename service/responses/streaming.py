@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from service.ids import new_id
-from service.items import ID_PREFIX_BY_TYPE
+from service.items import ID_PREFIX_BY_TYPE, usable_id
 from service.rendering import client_event
 from service.responses.status import Status
 from service.upstream.sse import TERMINAL_TYPES
@@ -33,6 +33,9 @@ _LIFECYCLE_TYPES = frozenset({"response.created", "response.in_progress", "respo
 # relayed with our item id and output index.
 _TEXT_PART_EVENTS = frozenset({"response.output_text.delta", "response.output_text.done"})
 _PIECES_KEPT = 16
+# The most content parts one event may open ahead of those announced: a content_index far ahead would otherwise
+# announce (and store) every part up to it.
+_PARTS_AHEAD = 16
 _ARGUMENT_EVENTS = ("response.function_call_arguments.delta", "response.function_call_arguments.done")
 # ResponseStreamEvent's types in OpenAI's spec: anything else an upstream sends (a provider's own event) is not
 # relayed, so that every event a client reads is one its SDK knows.
@@ -114,6 +117,7 @@ def split_frames(text: str) -> list[bytes]:
 class _Output:
     index: int
     item: dict[str, Any]
+    upstream_index: int | None = None
     parts: list[dict[str, Any]] = field(default_factory=list)
     texts: list[list[str]] = field(default_factory=list)
     texts_done: list[bool] = field(default_factory=list)
@@ -161,6 +165,7 @@ class StreamAssembler:
         # the SDK's stream helper expects the announced item to be the call).
         self._held: dict[Any, list[dict[str, Any]]] = {}
         self.error: dict[str, Any] | None = None  # an in-band `error` event
+        self.terminal_type: str | None = None
         self.ended = False
 
     # -- reading upstream events ----------------------------------------------------------------------
@@ -177,6 +182,7 @@ class StreamAssembler:
         if kind in TERMINAL_TYPES:
             response = event.get("response")
             self.final_response = response if isinstance(response, dict) else {}
+            self.terminal_type = kind
             self._note_response(self.final_response)
             self.ended = True
             return []
@@ -214,28 +220,34 @@ class StreamAssembler:
     def _new_output(self, item: dict[str, Any], upstream_index: Any, out: list[dict[str, Any]]) -> _Output:
         kind = str(item["type"]) if isinstance(item.get("type"), str) else "message"
         item = {**item, "type": kind}
-        if not isinstance(item.get("id"), str) or not item["id"]:
+        if not usable_id(item.get("id")) or item["id"] in self._by_item_id:
+            # What the items API could not address, or an id another item of this answer has: one of ours.
             item["id"] = new_id(ID_PREFIX_BY_TYPE.get(kind, "item"))
         item.setdefault("status", "in_progress")
         if kind == "message":
             item.setdefault("role", "assistant")
             item["content"] = []  # parts are announced by content_part.added, as OpenAI does
-        output = _Output(index=len(self._outputs), item=item)
+        known_index = upstream_index if isinstance(upstream_index, int) else None
+        output = _Output(index=len(self._outputs), item=item, upstream_index=known_index)
         self._outputs.append(output)
         self._by_item_id[output.id] = output
-        if isinstance(upstream_index, int):
-            self._by_upstream_index[upstream_index] = output
+        if known_index is not None:
+            self._by_upstream_index[known_index] = output
         # A copy: the item goes on changing (a call's arguments) before this event is sent.
         out.append({"type": "response.output_item.added", "output_index": output.index, "item": dict(item)})
         return output
 
     def _find(self, event: dict[str, Any]) -> _Output | None:
-        item_id = event.get("item_id")
-        if isinstance(item_id, str) and item_id in self._by_item_id:
-            return self._by_item_id[item_id]
-        index = event.get("output_index")
-        if isinstance(index, int) and index in self._by_upstream_index:
-            return self._by_upstream_index[index]
+        item_id, index = event.get("item_id"), event.get("output_index")
+        by_id = self._by_item_id.get(item_id) if isinstance(item_id, str) else None
+        by_index = self._by_upstream_index.get(index) if isinstance(index, int) else None
+        if by_id is not None and by_id.upstream_index is not None and isinstance(index, int):
+            # An upstream that gave two items one id tells them apart by their output index.
+            return by_id if by_id.upstream_index == index else by_index
+        if by_id is not None:
+            return by_id
+        if by_index is not None:
+            return by_index
         if item_id is None and index is None and self._outputs:
             return self._outputs[-1]  # legacy events name neither
         return None
@@ -290,7 +302,7 @@ class StreamAssembler:
 
     def _content_index(self, output: _Output, event: dict[str, Any], out: list[dict[str, Any]]) -> int:
         index = event.get("content_index")
-        if not isinstance(index, int):
+        if not isinstance(index, int) or not 0 <= index < len(output.parts) + _PARTS_AHEAD:
             index = max(0, len(output.parts) - 1)
         while len(output.parts) <= index:
             self._part_added(output, {}, out)
@@ -350,7 +362,7 @@ class StreamAssembler:
             return out
         output = self._find({"item_id": item.get("id"), "output_index": event.get("output_index")})
         if output is None:
-            held = self._held.pop(item.get("id"), []) + self._held.pop(event.get("output_index"), [])
+            held = self._held.pop(_key(item.get("id")), []) + self._held.pop(_key(event.get("output_index")), [])
             if held:  # announced now, as the call it is, then its arguments as they came
                 shell = {**item, "status": "in_progress", "arguments": ""}
                 output = self._new_output(shell, event.get("output_index"), out)
@@ -367,6 +379,9 @@ class StreamAssembler:
         final = {**item, "id": output.id}
         if final.get("type") == "message":
             final.setdefault("status", "completed")  # as for a non-streamed answer (service.items.normalize_output)
+        for name, kind, shape in (("content", "message", list), ("arguments", "function_call", str)):
+            if final.get("type") == kind and not isinstance(final.get(name), shape):
+                final[name] = output.snapshot(str(final.get("status") or "completed"))[name]  # the deltas, not nothing
         output.final = final
         out.append({"type": "response.output_item.done", "output_index": output.index, "item": final})
         return out
@@ -376,10 +391,13 @@ class StreamAssembler:
         if event["type"] not in OPENAI_EVENT_TYPES:
             return out
         if event["type"] in _ARGUMENT_EVENTS and self._find(event) is None:
-            key = event.get("item_id") if isinstance(event.get("item_id"), str) else event.get("output_index")
+            key = event.get("item_id") if isinstance(event.get("item_id"), str) else _key(event.get("output_index"))
             self._held.setdefault(key, []).append(event)
             return out
         relayed = {k: v for k, v in event.items() if k != "sequence_number"}
+        for name in _PART_INDEXES:
+            if name in relayed and not _part_index(relayed[name]):
+                relayed[name] = 0  # as OpenAI's events type it, whatever the upstream sent
         if "output_index" in event or "item_id" in event:
             output = self._output_for(event, out)
             relayed["output_index"] = output.index
@@ -395,7 +413,7 @@ class StreamAssembler:
                 if "name" not in relayed and isinstance(output.item.get("name"), str):
                     relayed["name"] = output.item["name"]  # OpenAI's event names the function
             elif kind == "response.reasoning_summary_text.delta" and isinstance(delta, str):
-                _keep_piece(output.summaries.setdefault(int(event.get("summary_index") or 0), []), delta)
+                _keep_piece(output.summaries.setdefault(relayed.get("summary_index", 0), []), delta)
         out.append(relayed)
         return out
 
@@ -410,14 +428,16 @@ class StreamAssembler:
         if self.error is not None:
             return Status.FAILED, self.error
         if self.final_response is not None:
-            status = self.final_response.get("status")
-            if status == Status.INCOMPLETE:
-                return Status.INCOMPLETE, None
-            if status == Status.FAILED:
+            # The event's type and the response's status each say how it ended; the worse of the two stands (an
+            # upstream's `response.failed` is a failure whatever status its response carries, if any).
+            said = (self.final_response.get("status"), _ENDED_BY.get(self.terminal_type or ""))  # any JSON: a tuple
+            if Status.FAILED in said:
                 error = self.final_response.get("error")
                 if not isinstance(error, dict):
                     error = {"code": "server_error", "message": "The upstream reported the response as failed"}
                 return Status.FAILED, error
+            if Status.INCOMPLETE in said:
+                return Status.INCOMPLETE, None
             return Status.COMPLETED, None
         if self.all_items_done:
             return Status.COMPLETED, None
@@ -445,11 +465,21 @@ class StreamAssembler:
         streamed item whose id the upstream left out got one of ours, so its final copy names another)."""
         final_output = (self.final_response or {}).get("output")
         items = [item for item in final_output if isinstance(item, dict)] if isinstance(final_output, list) else []
-        if not self._outputs:
-            return items
-        beyond = len(items) - len(self._outputs)
-        unknown = [item for item in items if isinstance(item.get("id"), str) and item["id"] not in self._by_item_id]
-        return unknown[: max(beyond, 0)]
+        if self._outputs:
+            beyond = len(items) - len(self._outputs)
+            items = [item for item in items if isinstance(item.get("id"), str) and item["id"] not in self._by_item_id]
+            items = items[: max(beyond, 0)]
+        # Each announced under an id of its own, which the item's done event then finds it by: one of ours for an
+        # id that is missing, unusable or repeated.
+        named: set[str] = set()
+        unstreamed = []
+        for given in items:
+            item = given
+            if not usable_id(item.get("id")) or item["id"] in named:
+                item = {**item, "id": new_id(ID_PREFIX_BY_TYPE.get(str(item.get("type")), "item"))}
+            named.add(item["id"])
+            unstreamed.append(item)
+        return unstreamed
 
     def result(self, status: str, error: dict[str, Any] | None) -> dict[str, Any]:
         """What the stream amounts to, in the shape of OpenRouter's non-streamed Response, so the turn loop's
@@ -463,6 +493,20 @@ class StreamAssembler:
             "error": error,
             "output": [o.final for o in self._outputs if o.final is not None],
         }
+
+
+_ENDED_BY = {"response.failed": Status.FAILED, "response.incomplete": Status.INCOMPLETE}
+_PART_INDEXES = ("content_index", "summary_index")
+
+
+def _part_index(value: Any) -> bool:
+    """Whether an upstream's part index can be relayed and kept by (a summary's pieces are kept by it)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1024
+
+
+def _key(value: Any) -> Any:
+    """A value an upstream sent as an id or index, as a key of held events (a list or an object is none)."""
+    return value if isinstance(value, str | int) else None
 
 
 def _keep_piece(pieces: list[str], piece: str) -> None:

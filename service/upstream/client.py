@@ -25,6 +25,9 @@ from service.upstream.sse import iter_sse_json, normalize_event
 logger = logging.getLogger("service.upstream")
 
 _BACKOFF_CAP_SECONDS = 8.0
+# The statuses of a Response that has ended (OpenAI's ResponseStatus less queued and in_progress).
+_FINISHED = frozenset({"completed", "incomplete", "failed", "cancelled"})
+_NOT_DECODABLE = "OpenRouter sent a body its Content-Encoding does not decode"
 
 
 class OpenRouterClient:
@@ -125,6 +128,8 @@ class OpenRouterClient:
             raise UpstreamError("OpenRouter stopped sending before the answer was complete", kind="timeout") from None
         except httpx.TransportError as exc:
             raise UpstreamError(f"OpenRouter connection broke ({type(exc).__name__})", kind="connect") from None
+        except httpx.DecodingError:
+            raise UpstreamError(_NOT_DECODABLE, kind="protocol") from None
 
     async def _send_with_retries(self, body: UpstreamBody, *, stream: bool) -> httpx.Response:
         attempts = self._settings.upstream_max_attempts
@@ -210,8 +215,17 @@ class OpenRouterClient:
             payload = redact_all(payload, secret)
         if not isinstance(payload, dict):
             raise UpstreamError("OpenRouter sent an answer that is not a JSON object", kind="protocol")
-        if isinstance(payload.get("error"), dict) and "output" not in payload:
+        status = payload.get("status")
+        finished = isinstance(status, str) and status in _FINISHED
+        if payload.get("error") is not None and not finished:
             raise from_error_body(response.status_code, payload, None, secret=self._secret)
+        # Stored as it is, an answer that has not finished (or has no output) would be a completed turn that
+        # answered nothing, and its user message would join the conversation alone.
+        if not isinstance(payload.get("output"), list) or not (status is None or finished):
+            shown = status if isinstance(status, str) else type(status).__name__
+            raise UpstreamError(
+                f"OpenRouter sent an answer that has not finished (status {shown[:40]})", kind="protocol"
+            )
         return payload
 
     @asynccontextmanager
@@ -234,15 +248,29 @@ class OpenRouterClient:
             raise UpstreamError("OpenRouter did not start streaming within the total timeout", kind="timeout") from None
         del body  # sent: not kept for the minutes the stream may last
         try:
+            answer = await self._answer_instead_of_stream(response)
             yield UpstreamEventStream(
                 response,
                 idle_timeout=self._settings.upstream_idle_timeout,
                 deadline=deadline,
                 secret=self._secret,
+                answer=answer,
             )
         finally:
             observe.call_ended()
             await response.aclose()
+
+    async def _answer_instead_of_stream(self, response: httpx.Response) -> dict[str, Any] | None:
+        """A JSON body where events were asked for (a gateway's error, a provider that does not stream): read as
+        a non-streamed answer, so its error or its output is not taken for a stream cut short."""
+        if not response.headers.get("content-type", "").lower().startswith("application/json"):
+            return None
+        await self._read(response)
+        try:
+            return self._answer(response)
+        except UpstreamError as error:
+            observe.failed(error.kind, error.upstream_status)
+            raise
 
 
 def generation_id(response: httpx.Response) -> str | None:
@@ -252,15 +280,23 @@ def generation_id(response: httpx.Response) -> str | None:
 
 
 class UpstreamEventStream:
-    """One open upstream stream: its events, normalized (see service.upstream.sse), in arrival order."""
+    """One open upstream stream: its events, normalized (see service.upstream.sse), in arrival order. `answer`:
+    the upstream answered with a whole Response instead, given as the one terminal event that carries it."""
 
     def __init__(
-        self, response: httpx.Response, *, idle_timeout: float, deadline: float, secret: str | None = None
+        self,
+        response: httpx.Response,
+        *,
+        idle_timeout: float,
+        deadline: float,
+        secret: str | None = None,
+        answer: dict[str, Any] | None = None,
     ) -> None:
         self.response = response
         self._idle_timeout = idle_timeout
         self._deadline = deadline
         self._secret = secret
+        self._answer = answer
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
         try:
@@ -270,8 +306,17 @@ class UpstreamEventStream:
             raise UpstreamError("OpenRouter stopped sending in the middle of the stream", kind="stream") from None
         except httpx.TransportError as exc:
             raise UpstreamError(f"The OpenRouter stream was cut ({type(exc).__name__})", kind="stream") from None
+        except httpx.DecodingError:
+            raise UpstreamError(_NOT_DECODABLE, kind="stream") from None
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
+        if self._answer is not None:
+            ended_by = {"failed": "response.failed", "incomplete": "response.incomplete"}
+            yield {
+                "type": ended_by.get(str(self._answer.get("status")), "response.completed"),
+                "response": self._answer,
+            }
+            return
         source = iter_sse_json(self._chunks())
         watch = _QuietWatch(self._idle_timeout, self._deadline)
         redactor = StreamRedactor(self._secret) if self._secret else None

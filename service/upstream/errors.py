@@ -141,6 +141,8 @@ def from_error_body(status: int, body: Any, retry_after: float | None, *, secret
             message = f"OpenRouter: {redact(error['message'], secret)}"
         if _is_context_overflow(status if status >= 400 else 400, body, error):
             return context_length_exceeded(f"Context length exceeded. {message}")
+    elif isinstance(body, dict) and isinstance(body.get("error"), str) and body["error"]:
+        message = f"OpenRouter: {redact(body['error'], secret)[:1000]}"
     if status < 400:
         # An error body under a success status: OpenRouter's numeric code is the status it meant.
         status = code if isinstance(code, int) and 400 <= code <= 599 else 502

@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 
+from service.jsonbody import MAX_JSON_DEPTH, nests_too_deep
+
 _decoder = msgspec.json.Decoder()
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -33,7 +35,10 @@ def _has_surrogate(text: str) -> bool:
 
 
 def decode_upstream_json(raw: bytes | str) -> Any:
-    """Raises ValueError when the text is not JSON at all."""
+    """Raises ValueError when the text is not JSON at all, or nests deeper than any request body may: every later
+    reader of the value (redaction, storage, the next turn's replay) walks it recursively."""
+    if nests_too_deep(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")):
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects")
     try:
         return _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError):
