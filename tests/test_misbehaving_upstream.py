@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Tenant
+from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, response_with_output, text_response, text_stream_events
 from tests.openai_spec import check, check_event
 from tests.stream_support import (
@@ -335,3 +336,26 @@ async def test_a_json_error_to_a_streamed_request_is_that_error(alice: Tenant, f
         assert answer.status_code == 402
         error = json.loads(await answer.aread())["error"]
     assert "Insufficient credits" in error["message"]
+
+
+async def test_an_answer_larger_than_a_conversation_may_hold_is_a_502_and_frees_the_conversation(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """Stored, a 50 KB answer in a conversation capped at 20 KB would refuse every later turn of it."""
+    small = await make_tenant("small", live=start_server(max_conversation_bytes=20_000))
+    conversation = await new_conversation(small.http)
+    fake_upstream.reply_json(text_response("x" * 50_000))
+    answer = await small.http.post("/v1/responses", json={"model": MODEL, "input": "q", "conversation": conversation})
+    assert answer.status_code == 502, answer.text
+    assert "MAX_CONVERSATION_BYTES" in answer.json()["error"]["message"]
+    # A stream's bytes are bounded at 8 times that: deltas of 200 KB in all are cut, stored as failed.
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("y" * 200_000, chunks=100)))
+    events = await _streamed(small, conversation)
+    assert events[-1]["type"] == "response.failed"
+    assert "passed 160000 bytes" in events[-1]["response"]["error"]["message"]
+    state = await conversation_state(db, conversation)
+    assert state["item_count"] == 0 and state["turn_response_id"] is None
+    await _next_turn_replays(small, fake_upstream, conversation)

@@ -28,11 +28,21 @@ _BACKOFF_CAP_SECONDS = 8.0
 # The statuses of a Response that has ended (OpenAI's ResponseStatus less queued and in_progress).
 _FINISHED = frozenset({"completed", "incomplete", "failed", "cancelled"})
 _NOT_DECODABLE = "OpenRouter sent a body its Content-Encoding does not decode"
+# A stream carries an answer's text several times over (its deltas, each part's and item's done event, the final
+# Response): its bytes are bounded at this many times the largest answer.
+_STREAM_BYTES_PER_ANSWER_BYTE = 8
+
+
+def _too_large(limit: int) -> str:
+    return f"OpenRouter's answer is larger than {limit} bytes (MAX_CONVERSATION_BYTES): no conversation could hold it"
 
 
 class OpenRouterClient:
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._settings = settings
+        # An answer is stored whole and replayed on every later turn: one larger than a conversation may hold would
+        # leave its conversation refusing every turn after it (and is read into memory first).
+        self._max_answer = settings.max_conversation_bytes
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if settings.openrouter_api_key:
             headers["Authorization"] = f"Bearer {settings.openrouter_api_key}"
@@ -120,8 +130,11 @@ class OpenRouterClient:
         )
 
     async def _read(self, response: httpx.Response) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_answer:
+            raise UpstreamError(_too_large(self._max_answer), kind="protocol")
         try:
-            return await response.aread()
+            body = await response.aread()
         except httpx.ConnectTimeout:
             raise UpstreamError("OpenRouter connection broke before the answer was complete", kind="connect") from None
         except httpx.TimeoutException:
@@ -130,6 +143,9 @@ class OpenRouterClient:
             raise UpstreamError(f"OpenRouter connection broke ({type(exc).__name__})", kind="connect") from None
         except httpx.DecodingError:
             raise UpstreamError(_NOT_DECODABLE, kind="protocol") from None
+        if len(body) > self._max_answer:
+            raise UpstreamError(_too_large(self._max_answer), kind="protocol")
+        return body
 
     async def _send_with_retries(self, body: UpstreamBody, *, stream: bool) -> httpx.Response:
         attempts = self._settings.upstream_max_attempts
@@ -255,6 +271,7 @@ class OpenRouterClient:
                 deadline=deadline,
                 secret=self._secret,
                 answer=answer,
+                max_bytes=self._max_answer * _STREAM_BYTES_PER_ANSWER_BYTE,
             )
         finally:
             observe.call_ended()
@@ -291,16 +308,22 @@ class UpstreamEventStream:
         deadline: float,
         secret: str | None = None,
         answer: dict[str, Any] | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.response = response
         self._idle_timeout = idle_timeout
         self._deadline = deadline
         self._secret = secret
         self._answer = answer
+        self._max_bytes = max_bytes
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
+        read = 0
         try:
             async for chunk in self.response.aiter_bytes():
+                read += len(chunk)
+                if self._max_bytes is not None and read > self._max_bytes:
+                    raise UpstreamError(f"OpenRouter's stream passed {self._max_bytes} bytes", kind="stream")
                 yield chunk
         except httpx.TimeoutException:
             raise UpstreamError("OpenRouter stopped sending in the middle of the stream", kind="stream") from None
