@@ -359,3 +359,21 @@ async def test_an_answer_larger_than_a_conversation_may_hold_is_a_502_and_frees_
     state = await conversation_state(db, conversation)
     assert state["item_count"] == 0 and state["turn_response_id"] is None
     await _next_turn_replays(small, fake_upstream, conversation)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "shown"),
+    [
+        ("failed", None, {"code": "server_error", "message": "The upstream reported the response as failed"}),
+        ("completed", {"code": "server_error", "message": "stray"}, None),
+    ],
+)
+async def test_a_response_carries_an_error_exactly_when_it_failed(
+    alice: Tenant, fake_upstream: FakeOpenRouter, status: str, error: Any, shown: Any
+) -> None:
+    fake_upstream.reply_json({**text_response("x"), "status": status, "error": error})
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "q"})
+    body = answer.json()
+    check("Response", body)
+    assert body["status"] == status and body["error"] == shown, body
+    assert (await alice.http.get(f"/v1/responses/{body['id']}")).json()["error"] == shown

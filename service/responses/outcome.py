@@ -21,6 +21,9 @@ def jsonb_safe(value: Any) -> Any:
     return value
 
 
+UPSTREAM_FAILED_ERROR = {"code": "server_error", "message": "The upstream reported the response as failed"}
+
+
 def apply_upstream_result(state: ResponseState, result: dict[str, Any]) -> list[NewItem]:
     """Fold OpenRouter's final Response into our state; returns the output items to store."""
     status = result.get("status")
@@ -29,7 +32,12 @@ def apply_upstream_result(state: ResponseState, result: dict[str, Any]) -> list[
     tier = result.get("service_tier")
     state.service_tier = tier if isinstance(tier, str) and 0 < len(tier) <= 64 and "\x00" not in tier else None
     state.usage = sane_usage(jsonb_safe(result["usage"])) if isinstance(result.get("usage"), dict) else None
-    state.error = jsonb_safe(result.get("error")) if isinstance(result.get("error"), dict) else None
+    error = result.get("error")
+    # OpenAI's Response carries an error exactly when it failed.
+    if state.status == Status.FAILED:
+        state.error = jsonb_safe(error) if isinstance(error, dict) else dict(UPSTREAM_FAILED_ERROR)
+    else:
+        state.error = None
     details = result.get("incomplete_details")
     state.incomplete_details = jsonb_safe(details) if isinstance(details, dict) else None
     outputs = normalize_output(result.get("output"), response_status=state.status)

@@ -21,6 +21,7 @@ import msgspec
 from service.ids import new_id
 from service.items import ID_PREFIX_BY_TYPE, usable_id
 from service.rendering import client_event
+from service.responses.outcome import UPSTREAM_FAILED_ERROR
 from service.responses.status import Status
 from service.upstream.sse import TERMINAL_TYPES
 
@@ -433,9 +434,7 @@ class StreamAssembler:
             said = (self.final_response.get("status"), _ENDED_BY.get(self.terminal_type or ""))  # any JSON: a tuple
             if Status.FAILED in said:
                 error = self.final_response.get("error")
-                if not isinstance(error, dict):
-                    error = {"code": "server_error", "message": "The upstream reported the response as failed"}
-                return Status.FAILED, error
+                return Status.FAILED, error if isinstance(error, dict) else dict(UPSTREAM_FAILED_ERROR)
             if Status.INCOMPLETE in said:
                 return Status.INCOMPLETE, None
             return Status.COMPLETED, None
