@@ -29,7 +29,7 @@ from bench.report import Row, render
 from bench.stack import start_fake_upstream, start_service
 
 MODEL = "openai/gpt-4o-mini"
-ADMIN_KEY = "bench-admin-key"
+ADMIN_KEY = "bench-admin-key-data-lifecycle"
 HOT = seed.ConversationSet("hot", size=10, count=400)
 FORK = seed.ConversationSet("fork", size=10_000, count=1)
 

@@ -242,11 +242,11 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
         rows = _with_engine(settings, lambda engine: keys.list_keys(engine, args.tenant))
     except ServiceError as exc:
         return _fail(exc.message)
-    print(f"{'ID':<44} {'TENANT':<16} {'PREFIX':<14} {'ADMIN':<6} {'STATUS':<8} NAME")
+    print(f"{'ID':<46} {'TENANT':<16} {'PREFIX':<14} {'ADMIN':<6} {'STATUS':<8} NAME")
     for row in rows:
         status = "revoked" if row.revoked_at else "active"
         admin = "yes" if row.is_admin else "no"
-        print(f"{row.id:<44} {row.tenant:<16} {row.prefix + '…':<14} {admin:<6} {status:<8} {row.name}")
+        print(f"{row.id:<46} {row.tenant:<16} {row.prefix + '…':<14} {admin:<6} {status:<8} {row.name}")
     return 0
 
 

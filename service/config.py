@@ -55,6 +55,19 @@ def _number(
     return value
 
 
+# The longest duration a setting may give: the expiry times the service computes from one must stay within what
+# PostgreSQL's timestamps and the event loop's timers hold, and a longer one is a mistake (a unit, a digit too many).
+_LONGEST_SECONDS = 10 * 365 * 86400
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+    return _number(env, name, default, minimum=minimum, maximum=_LONGEST_SECONDS)
+
+
+def _hours(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0) -> float:
+    return _number(env, name, default, minimum=minimum, maximum=_LONGEST_SECONDS / 3600)
+
+
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
     value = _number(env, name, default, minimum=minimum, maximum=maximum)
     if value != int(value):
@@ -87,6 +100,13 @@ def _compaction_key(raw: str, name: str = "COMPACTION_KEY") -> str | None:
     key = raw.strip()
     if key and len(key) < 32:
         raise ConfigError(f"{name} must be at least 32 characters (it seals compaction items)")
+    return key or None
+
+
+def _admin_key(raw: str) -> str | None:
+    key = raw.strip()
+    if key and len(key) < 16:
+        raise ConfigError("ADMIN_API_KEY must be at least 16 characters (it opens every tenant's data)")
     return key or None
 
 
@@ -229,11 +249,11 @@ class Settings:
         if "@" in urlsplit(base_url).netloc:
             # Shown on /health and at start-up; the upstream's credential is OPENROUTER_API_KEY.
             raise ConfigError("OPENROUTER_BASE_URL must not carry a user or password: set OPENROUTER_API_KEY")
-        total = _number(env, "UPSTREAM_TOTAL_TIMEOUT", 900.0, minimum=0.01)
+        total = _seconds(env, "UPSTREAM_TOTAL_TIMEOUT", 900.0, minimum=0.01)
         # The heartbeat renews a live turn's claim and key (service/cluster/heartbeat.py); the TTL still outlives
         # one upstream call, so that a turn whose process cannot reach the database for its heartbeats meanwhile
         # does not lose its conversation and its Idempotency-Key to another request, and run twice.
-        turn_lock_ttl = _number(env, "TURN_LOCK_TTL", max(960.0, total + 60.0), minimum=1)
+        turn_lock_ttl = _seconds(env, "TURN_LOCK_TTL", max(960.0, total + 60.0), minimum=1)
         if turn_lock_ttl <= total:
             raise ConfigError(
                 f"TURN_LOCK_TTL ({turn_lock_ttl:g} s) must be longer than UPSTREAM_TOTAL_TIMEOUT ({total:g} s): a "
@@ -243,7 +263,7 @@ class Settings:
         log_format = env.get("LOG_FORMAT", "").strip().lower() or default_format()
         if log_format not in {"json", "text"}:
             raise ConfigError(f"LOG_FORMAT must be json or text, got {log_format!r}")
-        port = _int(env, "PORT", 8000, minimum=0, maximum=_MAX_PORT)
+        port = _int(env, "PORT", 8000, minimum=1, maximum=_MAX_PORT)
         metrics_port = _int(env, "METRICS_PORT", 0, minimum=0, maximum=_MAX_PORT) or None
         if metrics_port is not None and metrics_port == port:
             raise ConfigError(
@@ -260,37 +280,37 @@ class Settings:
             openrouter_base_url=base_url,
             openrouter_app_url=env.get("OPENROUTER_APP_URL", "").strip() or None,
             openrouter_app_title=env.get("OPENROUTER_APP_TITLE", "").strip() or None,
-            admin_api_key=env.get("ADMIN_API_KEY", "").strip() or None,
+            admin_api_key=_admin_key(env.get("ADMIN_API_KEY", "")),
             host=env.get("HOST", "").strip() or "127.0.0.1",
             port=port,
             log_level=log_level,
             auto_migrate=_bool(env, "AUTO_MIGRATE", True),
             workers=_int(env, "WORKERS", 1, minimum=1),
             db_pool_size=_int(env, "DB_POOL_SIZE", 20, minimum=1),
-            db_pool_timeout=_number(env, "DB_POOL_TIMEOUT", 30.0, minimum=0.1),
-            upstream_connect_timeout=_number(env, "UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.01),
-            upstream_first_byte_timeout=_number(env, "UPSTREAM_FIRST_BYTE_TIMEOUT", 300.0, minimum=0.01),
-            upstream_idle_timeout=_number(env, "UPSTREAM_IDLE_TIMEOUT", 300.0, minimum=0.01),
+            db_pool_timeout=_seconds(env, "DB_POOL_TIMEOUT", 30.0, minimum=0.1),
+            upstream_connect_timeout=_seconds(env, "UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.01),
+            upstream_first_byte_timeout=_seconds(env, "UPSTREAM_FIRST_BYTE_TIMEOUT", 300.0, minimum=0.01),
+            upstream_idle_timeout=_seconds(env, "UPSTREAM_IDLE_TIMEOUT", 300.0, minimum=0.01),
             upstream_total_timeout=total,
             upstream_max_attempts=_int(env, "UPSTREAM_MAX_ATTEMPTS", 3, minimum=1),
-            upstream_retry_max_wait=_number(env, "UPSTREAM_RETRY_MAX_WAIT", 30.0),
-            upstream_retry_base_delay=_number(env, "UPSTREAM_RETRY_BASE_DELAY", 0.5),
+            upstream_retry_max_wait=_seconds(env, "UPSTREAM_RETRY_MAX_WAIT", 30.0),
+            upstream_retry_base_delay=_seconds(env, "UPSTREAM_RETRY_BASE_DELAY", 0.5),
             upstream_max_connections=_int(env, "UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1),
             turn_lock_ttl=turn_lock_ttl,
             stream_disconnect_policy=policy,  # type: ignore[arg-type]
-            shutdown_grace_period=_number(env, "SHUTDOWN_GRACE_PERIOD", 30.0),
+            shutdown_grace_period=_seconds(env, "SHUTDOWN_GRACE_PERIOD", 30.0),
             max_input_items=_int(env, "MAX_INPUT_ITEMS", 2000, minimum=1),
             history_cache_mb=_int(env, "HISTORY_CACHE_MB", 32, minimum=0),
             chain_history_cache_mb=_int(env, "CHAIN_HISTORY_CACHE_MB", 32, minimum=0),
-            sse_keepalive_seconds=_number(env, "SSE_KEEPALIVE_SECONDS", 15.0, minimum=0.05),
-            idempotency_key_ttl=_number(env, "IDEMPOTENCY_KEY_TTL", 86400.0, minimum=1),
+            sse_keepalive_seconds=_seconds(env, "SSE_KEEPALIVE_SECONDS", 15.0, minimum=0.05),
+            idempotency_key_ttl=_seconds(env, "IDEMPOTENCY_KEY_TTL", 86400.0, minimum=1),
             model_context_windows=_model_windows(env.get("MODEL_CONTEXT_WINDOWS", "")),
-            model_catalog_refresh_seconds=_number(env, "MODEL_CATALOG_REFRESH_SECONDS", 3600.0, minimum=1),
+            model_catalog_refresh_seconds=_seconds(env, "MODEL_CATALOG_REFRESH_SECONDS", 3600.0, minimum=1),
             retention_responses_days=_days(env, "RETENTION_RESPONSES_DAYS"),
             retention_conversations_idle_days=_days(env, "RETENTION_CONVERSATIONS_IDLE_DAYS"),
-            retention_interval_seconds=_number(env, "RETENTION_INTERVAL_SECONDS", 3600.0, minimum=1),
+            retention_interval_seconds=_seconds(env, "RETENTION_INTERVAL_SECONDS", 3600.0, minimum=1),
             retention_batch_size=_int(env, "RETENTION_BATCH_SIZE", 1000, minimum=1),
-            process_heartbeat_timeout=_number(env, "PROCESS_HEARTBEAT_TIMEOUT", 10.0, minimum=0.2),
+            process_heartbeat_timeout=_seconds(env, "PROCESS_HEARTBEAT_TIMEOUT", 10.0, minimum=0.2),
             **_limit_settings(env),
             compaction_model=env.get("COMPACTION_MODEL", "").strip() or None,
             compaction_key=_compaction_key(env.get("COMPACTION_KEY", "")),
@@ -298,12 +318,12 @@ class Settings:
             log_format=log_format,  # type: ignore[arg-type]
             metrics_port=metrics_port,
             console_session_secret=env.get("CONSOLE_SESSION_SECRET", "").strip() or None,
-            console_session_hours=_number(env, "CONSOLE_SESSION_HOURS", 12.0, minimum=0.01),
+            console_session_hours=_hours(env, "CONSOLE_SESSION_HOURS", 12.0, minimum=0.01),
             webhook_delivery=_bool(env, "WEBHOOK_DELIVERY", True),
-            webhook_retry_base_seconds=_number(env, "WEBHOOK_RETRY_BASE_SECONDS", 5.0, minimum=0.01),
-            webhook_retry_hours=_number(env, "WEBHOOK_RETRY_HOURS", 24.0, minimum=0),
+            webhook_retry_base_seconds=_seconds(env, "WEBHOOK_RETRY_BASE_SECONDS", 5.0, minimum=0.01),
+            webhook_retry_hours=_hours(env, "WEBHOOK_RETRY_HOURS", 24.0, minimum=0),
             webhook_allow_private_addresses=_bool(env, "WEBHOOK_ALLOW_PRIVATE_ADDRESSES", False),
-            webhook_poll_seconds=_number(env, "WEBHOOK_POLL_SECONDS", 1.0, minimum=0.01),
+            webhook_poll_seconds=_seconds(env, "WEBHOOK_POLL_SECONDS", 1.0, minimum=0.01),
         )
 
     @property
@@ -330,9 +350,9 @@ def _limit_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "key_turns_in_flight": _int(env, "KEY_TURNS_IN_FLIGHT", 0),
         "upstream_tenant_share": share,
         "limit_processes": _int(env, "LIMIT_PROCESSES", 0),
-        "stream_write_timeout": _number(env, "STREAM_WRITE_TIMEOUT", 30.0, minimum=0.01),
-        "http_header_timeout": _number(env, "HTTP_HEADER_TIMEOUT", 10.0, minimum=0.01),
-        "http_keepalive_timeout": _number(env, "HTTP_KEEPALIVE_TIMEOUT", 5.0, minimum=0.01),
+        "stream_write_timeout": _seconds(env, "STREAM_WRITE_TIMEOUT", 30.0, minimum=0.01),
+        "http_header_timeout": _seconds(env, "HTTP_HEADER_TIMEOUT", 10.0, minimum=0.01),
+        "http_keepalive_timeout": _seconds(env, "HTTP_KEEPALIVE_TIMEOUT", 5.0, minimum=0.01),
         "max_connections": _int(env, "MAX_CONNECTIONS", 4096, minimum=1),
         "max_conversation_items": _int(env, "MAX_CONVERSATION_ITEMS", 100_000),
         "max_conversation_bytes": _int(env, "MAX_CONVERSATION_BYTES", 32 * 1024 * 1024),

@@ -4,9 +4,11 @@ duplicate, different body, tenant scope, which answers are kept, key length, pur
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -506,3 +508,16 @@ async def test_a_key_whose_process_died_after_its_turn_failed_is_freed_for_a_ret
 
 async def _key_count(db: AsyncEngine, key: str, count: int) -> bool:
     return await scalar(db, "SELECT count(*) FROM idempotency_key WHERE key = :k", k=key) == count
+
+
+async def test_a_replay_is_logged_with_its_tenant_and_response(alice: Tenant, caplog: pytest.LogCaptureFixture) -> None:
+    """Answered by the key, not the route: its access line named no tenant, so per-tenant audits missed replays."""
+    caplog.set_level(logging.INFO, logger="service.access")
+    headers = {"Idempotency-Key": "logged-replay"}
+    body = {"model": MODEL, "input": "hi"}
+    first = await alice.http.post("/v1/responses", json=body, headers=headers)
+    again = await alice.http.post("/v1/responses", json=body, headers=headers)
+    assert again.headers.get("idempotent-replayed") == "true" and again.json() == first.json()
+    *_, replay = [getattr(r, "fields", {}) for r in caplog.records if r.name == "service.access"]
+    assert replay["idempotent_replayed"] is True
+    assert replay["tenant"] == "alice" and replay["response_id"] == first.json()["id"], replay

@@ -400,3 +400,23 @@ async def test_a_delivery_whose_response_is_deleted_while_it_is_sent_is_not_reco
     assert await rows(db, "SELECT pk FROM webhook_attempt") == []
     assert "attempt not recorded" not in caplog.text
     assert any("deleted while it was sent" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("params", "param", "code"),
+    [
+        ({"before": "99999999999999999999999"}, "before", None),  # past a bigint: was a 500
+        ({"before": "-1"}, "before", None),
+        ({"before": "x"}, "before", None),
+        ({"limit": "5", "before": "x"}, "before", None),  # the bad one is named, not limit
+        ({"limit": "0"}, "limit", None),
+        ({"tenant": "nosuch"}, "tenant", "unknown_tenant"),  # as on every admin listing
+    ],
+)
+async def test_a_bad_delivery_listing_parameter_is_a_400_naming_it(
+    admin: httpx.AsyncClient, params: dict[str, str], param: str, code: str | None
+) -> None:
+    answer = await admin.get("/admin/webhook-deliveries", params=params)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == param and error["code"] == code and error["type"] == "invalid_request_error", error

@@ -36,8 +36,9 @@ from service.errors import InvalidRequest, PayloadTooLarge
 from service.idempotency import service as idempotency
 from service.idempotency.progress import EffectTracker, tracking
 from service.idempotency.replay import is_event_stream, send_from_response, send_stored
-from service.keys.service import KeyAuthenticator, bearer_secret
+from service.keys.service import KeyAuthenticator, Principal, bearer_secret
 from service.limits.policy import Limits
+from service.observability.record import note_response_id, note_tenant
 from service.responses.runner import TurnRunner
 
 HEADER = b"idempotency-key"
@@ -87,13 +88,13 @@ def _validated_key(raw: str) -> str:
     return key
 
 
-async def _tenant_id(authenticator: KeyAuthenticator, scope: Scope) -> str | None:
-    """The caller's tenant, resolved the way the route's authentication does; None lets it refuse the request."""
+async def _caller(authenticator: KeyAuthenticator, scope: Scope) -> Principal | None:
+    """The caller, a tenant's, resolved the way the route's authentication does; None lets it refuse the request."""
     secret = bearer_secret(_header(scope, b"authorization") or "")
     if secret is None:
         return None
     principal = await authenticator.authenticate(secret)
-    return principal.tenant_id if principal is not None and principal.tenant_id else None
+    return principal if principal is not None and principal.tenant_id else None
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -218,10 +219,11 @@ class IdempotencyMiddleware(ASGIMiddleware):
             return
         serving = self._serving
         assert serving is not None, "the lifespan gives the middleware what it serves with"
-        tenant_id = await _tenant_id(serving.authenticator, scope)
-        if tenant_id is None:
+        caller = await _caller(serving.authenticator, scope)
+        if caller is None:
             await next_app(scope, receive, send)
             return
+        tenant_id = caller.tenant_id
         serving.limits.refuse_beyond_rate(tenant_id)  # before the key is claimed: a refused flood writes nothing
         key = _validated_key(raw_key)
         try:
@@ -239,6 +241,9 @@ class IdempotencyMiddleware(ASGIMiddleware):
             holder_process=serving.holder_process,
         )
         if isinstance(outcome, idempotency.StoredAnswer):
+            # Answered here, the route never runs: its log line names the caller and the response all the same.
+            note_tenant(caller.tenant_name)
+            note_response_id(outcome.response_id or outcome.answer_response_id)
             if outcome.answer_response_id is None:
                 await send_stored(send, outcome)
             else:

@@ -49,6 +49,7 @@ class StoredAnswer:
     body: bytes
     # Set when the answer is read from this response at replay (service/idempotency/replay.py).
     answer_response_id: str | None = None
+    response_id: str | None = None  # the stored response the request created, if any (for its log line)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,9 @@ async def begin(
             raise _mismatch(request.key)
         if row.state != repository.COMPLETED:
             raise _in_use(request.key)
-        return StoredAnswer(row.status_code, list(row.headers or []), bytes(row.body or b""), row.answer_response_id)
+        return StoredAnswer(
+            row.status_code, list(row.headers or []), bytes(row.body or b""), row.answer_response_id, row.response_id
+        )
     raise _in_use(request.key)
 
 

@@ -79,3 +79,9 @@ def note_tenant(name: str | None) -> None:
     record = _current.get()
     if record is not None:
         record.tenant = name
+
+
+def note_response_id(response_id: str | None) -> None:
+    record = _current.get()
+    if record is not None and response_id is not None:
+        record.response_id = response_id

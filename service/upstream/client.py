@@ -160,11 +160,11 @@ class OpenRouterClient:
                 observe.retried()
                 delay = self._backoff(attempt, error)
                 logger.warning(
-                    "upstream attempt %d/%d failed (%s %s); retrying in %.2fs",
+                    "upstream attempt %d/%d failed (%s: %s); retrying in %.2fs",
                     attempt,
                     attempts,
                     error.kind,
-                    error.upstream_status or "",
+                    error.message,
                     delay,
                 )
                 await asyncio.sleep(delay)

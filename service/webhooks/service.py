@@ -25,6 +25,30 @@ async def _tenant(conn: AsyncConnection, name: str) -> Any:
     return row
 
 
+async def _listed_tenant(conn: AsyncConnection, name: str) -> str:
+    """A listing's tenant filter: one that does not exist is a 400, as on every admin listing."""
+    row = await repository.tenant_by_name(conn, name)
+    if row is None:
+        raise InvalidRequest(f"No tenant with the name {name!r}", param="tenant", code="unknown_tenant")
+    return str(row.id)
+
+
+_LAST_PK = 2**63 - 1  # a bigint: past it, PostgreSQL refuses the parameter
+
+
+def _integer(query: Pairs, name: str, low: int, high: int) -> int | None:
+    raw = _single(query, name)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise InvalidRequest(f"{name} must be an integer between {low} and {high}", param=name)
+    return value
+
+
 def _epoch(value: Any) -> int | None:
     return None if value is None else int(value.timestamp())
 
@@ -109,17 +133,12 @@ async def list_deliveries(engine: AsyncEngine, query: Pairs) -> dict[str, Any]:
     state = _single(query, "state")
     if state is not None and state not in DELIVERY_STATES:
         raise InvalidRequest(f"state must be one of {', '.join(DELIVERY_STATES)}", param="state")
-    limit_raw, before_raw = _single(query, "limit"), _single(query, "before")
-    try:
-        limit = 20 if limit_raw is None else int(limit_raw)
-        before = None if before_raw is None else int(before_raw)
-    except ValueError:
-        raise InvalidRequest("limit and before must be integers", param="limit" if limit_raw else "before") from None
-    if not 1 <= limit <= 100:
-        raise InvalidRequest("limit must be between 1 and 100", param="limit")
+    limit = _integer(query, "limit", 1, 100)
+    limit = 20 if limit is None else limit
+    before = _integer(query, "before", 1, _LAST_PK)
     tenant = _single(query, "tenant")
     async with engine.connect() as conn:
-        tenant_id = None if tenant is None else (await _tenant(conn, tenant)).id
+        tenant_id = None if tenant is None else await _listed_tenant(conn, tenant)
         rows = await repository.list_deliveries(
             conn, tenant_id=tenant_id, state=state, before_pk=before, limit=limit + 1
         )
