@@ -32,6 +32,7 @@ from sqlalchemy.pool import NullPool
 
 from service.app import create_app
 from service.config import Settings, normalize_database_url
+from service.db.models import Base
 from service.keys import service as keys
 from service.limits.connections import guarded_protocol, uvicorn_options
 from service.migrate import upgrade
@@ -43,6 +44,7 @@ from tests.reliability_support import ServiceProcess
 # background turn's outcome holds `response` and then writes the outbox from a trigger, so locking the outbox
 # first would deadlock with it.
 TABLES = (
+    "console_session_end",
     "retention_policy",
     "maintenance_lease",
     "response_live_frame",
@@ -61,6 +63,8 @@ TABLES = (
     "webhook_delivery",
     "webhook_endpoint",
 )
+# A table left out would carry one test's rows into the next.
+assert set(TABLES) == set(Base.metadata.tables), set(Base.metadata.tables) ^ set(TABLES)
 
 
 _RUNTIME_DIR = pytest.StashKey[Path]()

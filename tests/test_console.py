@@ -93,6 +93,28 @@ async def test_a_revoked_admin_key_ends_its_console_sessions(
     assert (await browser_client.get("/admin/ui/keys")).status_code == 303
 
 
+async def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(
+    browser_client: httpx.AsyncClient, server: LiveServer, db: AsyncEngine
+) -> None:
+    """Signing out used to clear the browser's cookie only: a copy of it opened the console for hours more."""
+    assert (await sign_in(browser_client, ADMIN_KEY)).status_code == 303
+    copied = browser_client.cookies["convstore_console"]
+    page = await browser_client.get("/admin/ui/keys")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf
+    signed_out = await browser_client.post("/admin/ui/logout", data={"csrf": csrf.group(1)})
+    assert signed_out.status_code == 303 and signed_out.headers["location"] == LOGIN
+    async with httpx.AsyncClient(base_url=server.url, cookies={"convstore_console": copied}) as copy:
+        for path in ("/admin/ui/", "/admin/ui/keys"):
+            answer = await copy.get(path)
+            assert answer.status_code == 303 and answer.headers["location"] == LOGIN, path
+    async with db.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM console_session_end")) == 1
+    # Signing in again opens a new session.
+    assert (await sign_in(browser_client, ADMIN_KEY)).status_code == 303
+    assert (await browser_client.get("/admin/ui/keys")).status_code == 200
+
+
 async def test_invalid_filters_are_the_admin_apis_errors(browser_client: httpx.AsyncClient) -> None:
     assert (await sign_in(browser_client, ADMIN_KEY)).status_code == 303
     bad = await browser_client.get("/admin/ui/", params={"status": "sleeping"})

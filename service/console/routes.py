@@ -14,6 +14,7 @@ from litestar.params import FromPath
 
 from service.admin import service
 from service.admin.params import RESPONSE_STATUSES
+from service.console import signed_out
 from service.console.render import render
 from service.console.session import COOKIE, LOGIN_COOKIE, Session, SessionSigner
 from service.errors import ServiceError
@@ -83,6 +84,8 @@ async def _session(request: Request[Any, Any, Any], runtime: Runtime) -> Session
         raise SignInRequired
     principal = await runtime.authenticator.authenticate_digest(session.key_digest)
     if principal is None or not principal.is_admin:
+        raise SignInRequired
+    if await signed_out.is_signed_out(runtime.engine, session):
         raise SignInRequired
     note_tenant("admin")
     return session
@@ -187,6 +190,7 @@ class ConsoleController(Controller):
     async def logout(self, request: Request[Any, Any, Any], runtime: RuntimeDep) -> Response[str]:
         session = await _session(request, runtime)
         await _form(request, runtime, session)
+        await signed_out.sign_out(runtime.engine, session)  # a copy of the cookie opens nothing either
         return _redirect(
             f"{BASE}/login", [Cookie(key=COOKIE, value="", path=BASE, max_age=0, httponly=True, samesite="strict")]
         )

@@ -341,6 +341,16 @@ class RetentionPolicy(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class ConsoleSessionEnd(Base):
+    """A console session its operator signed out of: the cookie is signed and carries its own expiry, so a copy of
+    it would open the console until then; its nonce is kept here until that expiry."""
+
+    __tablename__ = "console_session_end"
+
+    nonce: Mapped[str] = mapped_column(Text, primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class MaintenanceLease(Base):
     """One row per background job that must run in one process at a time across the deployment (the retention
     purge): whoever holds an unexpired lease runs it. Also keeps the last run's outcome for the admin."""
@@ -459,6 +469,7 @@ class WebhookAttempt(Base):
 __all__ = [
     "ApiKey",
     "Base",
+    "ConsoleSessionEnd",
     "Conversation",
     "IdempotencyKey",
     "Item",
@@ -494,6 +505,7 @@ running_chain_turn_table = _table(RunningChainTurn)
 idempotency_key_table = _table(IdempotencyKey)
 retention_policy_table = _table(RetentionPolicy)
 maintenance_lease_table = _table(MaintenanceLease)
+console_session_end_table = _table(ConsoleSessionEnd)
 service_process_table = _table(ServiceProcess)
 service_secret_table = _table(ServiceSecret)
 webhook_endpoint_table = _table(WebhookEndpoint)
