@@ -6,6 +6,7 @@ counts tokens its own way, so the service's estimates and OpenRouter's exact cou
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import openai
@@ -13,13 +14,14 @@ import pytest
 import tiktoken
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import Tenant
+from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import (
     SMALL_WINDOW,
     SMALL_WINDOW_COMPLETION,
     SMALL_WINDOW_MODEL,
     FakeOpenRouter,
     fake_input_tokens,
+    free_port,
     overflow_body,
 )
 from tests.turn_support import conversation_items, list_all, new_conversation, rows
@@ -73,6 +75,21 @@ async def test_models_come_from_openrouters_catalog(alice: Tenant, fake_upstream
     reads = fake_upstream.catalog_reads
     await client.models.list()
     assert fake_upstream.catalog_reads == reads  # cached per process
+
+
+async def test_models_answer_502_while_the_catalog_cannot_be_read(
+    start_server: Callable[..., LiveServer], make_tenant: Callable[..., Awaitable[Tenant]]
+) -> None:
+    """OpenRouter down (or a wrong key): an empty list, or "model does not exist", would send the client looking
+    for the wrong fault."""
+    closed = free_port()  # nothing listens there
+    live = start_server(openrouter_base_url=f"http://127.0.0.1:{closed}/api/v1", upstream_connect_timeout=0.2)
+    tenant = await make_tenant("cut-off", live=live)
+    for path in ("/v1/models", f"/v1/models/{SMALL_WINDOW_MODEL}"):
+        answer = await tenant.http.get(path)
+        assert answer.status_code == 502, (path, answer.text)
+        error = answer.json()["error"]
+        assert error["code"] == "upstream_error" and "catalog could not be read" in error["message"], error
 
 
 async def test_auto_truncation_keeps_a_conversation_answering_past_its_window(

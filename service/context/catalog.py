@@ -62,6 +62,11 @@ class ModelCatalog:
         self._lock = asyncio.Lock()
         self._refreshing: asyncio.Task[None] | None = None
 
+    @property
+    def ever_read(self) -> bool:
+        """Whether OpenRouter's catalog has been read once: until then, what it lists is unknown, not empty."""
+        return self._loaded_at is not None
+
     async def window(self, model: str) -> ModelWindow | None:
         """The model's window, or None when it is not known (then nothing is assumed about it)."""
         await self._ensure_loaded()

@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Controller, Response, get, post
 from litestar.params import FromPath, RawBody
 
+from service.context.catalog import ModelCatalog
 from service.context.compacting import compact_thread
 from service.context.counting import count_input_tokens
 from service.context.schemas import (
@@ -17,7 +18,7 @@ from service.context.schemas import (
     TokenCountsBody,
     TokenCountsResource,
 )
-from service.errors import NotFound
+from service.errors import NotFound, ServiceError
 from service.http import CallerDep, json_response, require_tenant_key
 from service.jsonbody import decode_object
 from service.openapi import TENANT_AUTH, documented
@@ -38,6 +39,15 @@ def _model_view(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _refuse_unread(catalog: ModelCatalog) -> None:
+    """An empty list, or a model said not to exist, would send a client (or its operator) looking for the wrong
+    fault when the catalog could not be read at all (OpenRouter down, a wrong key)."""
+    if not catalog.ever_read:
+        raise ServiceError(
+            "OpenRouter's model catalog could not be read; try again shortly", status_code=502, code="upstream_error"
+        )
+
+
 class ModelController(Controller):
     path = "/v1/models"
     before_request = staticmethod(require_tenant_key)
@@ -46,14 +56,18 @@ class ModelController(Controller):
 
     @get("/", operation_id="listModels", operation_class=documented(answer=ListModelsResponse, errors=(502,)))
     async def list_models(self, caller: CallerDep) -> Response[bytes]:
-        entries = await caller.runtime.turn_context.windows.catalog.models()
+        catalog = caller.runtime.turn_context.windows.catalog
+        entries = await catalog.models()
+        _refuse_unread(catalog)
         return json_response({"object": "list", "data": [_model_view(e) for e in entries]})
 
     @get("/{model:path}", operation_id="retrieveModel", operation_class=documented(answer=Model, errors=(404, 502)))
     async def retrieve(self, caller: CallerDep, model: FromPath[str]) -> Response[bytes]:
         model_id = model.lstrip("/")
-        entry = await caller.runtime.turn_context.windows.catalog.model(model_id)
+        catalog = caller.runtime.turn_context.windows.catalog
+        entry = await catalog.model(model_id)
         if entry is None:
+            _refuse_unread(catalog)
             raise NotFound(f"The model '{model_id}' does not exist", param="model", code="model_not_found")
         return json_response(_model_view(entry))
 
