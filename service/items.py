@@ -425,8 +425,9 @@ def usable_id(value: Any) -> TypeGuard[str]:
 def normalize_output(items: Any, *, response_status: str) -> list[NewItem]:
     """Upstream output items, kept as returned (any type, unknown fields kept) but for what the next turn could
     not replay, or the items API could not tell apart: a missing or unusable id, or one another item of this
-    output has, is replaced by one of ours; a message or tool item gets a status OpenAI's schema knows, and a
-    message its content as an array of parts."""
+    output has, is replaced by one of ours; a message or tool item gets a status OpenAI's schema knows, a
+    message its content as an array of parts, a function call its call_id and its arguments as text, and a
+    reasoning item its summary as summary_text parts."""
     if not isinstance(items, list):
         return []
     result = []
@@ -451,9 +452,35 @@ def normalize_output(items: Any, *, response_status: str) -> list[NewItem]:
             repaired["status"] = fallback_status
         if kind == "message":
             repaired["content"] = _output_content(item.get("content"))
+        elif kind == "function_call":
+            _repair_call(repaired)
+        elif kind == "reasoning":
+            repaired["summary"] = _output_summary(item.get("summary"))
         seen.add(repaired["id"])
         result.append(_to_new_item(item if repaired == item else repaired))
     return result
+
+
+def _repair_call(call: dict[str, Any]) -> None:
+    """A call the client can answer and the next turn can send back: a call_id of ours when it has none (the
+    client answers that one), its arguments as the JSON text OpenAI's schema gives them. A call without a
+    function's name is left as it came: no repair could say which function was meant."""
+    if not (isinstance(call.get("call_id"), str) and call["call_id"]):
+        call["call_id"] = new_id("call")
+    arguments = call.get("arguments")
+    if not isinstance(arguments, str):
+        call["arguments"] = "" if arguments is None else _encode(arguments).decode()
+
+
+def _output_summary(summary: Any) -> list[Any]:
+    """The summary_text parts as they came, plain strings as the parts they stand for; anything else left out."""
+    kept: list[Any] = []
+    for part in summary if isinstance(summary, list) else []:
+        if isinstance(part, str):
+            kept.append({"type": "summary_text", "text": part})
+        elif isinstance(part, dict) and part.get("type") == "summary_text" and isinstance(part.get("text"), str):
+            kept.append(part)
+    return kept
 
 
 def _output_content(content: Any) -> list[Any]:

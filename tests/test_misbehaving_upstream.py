@@ -377,3 +377,24 @@ async def test_a_response_carries_an_error_exactly_when_it_failed(
     check("Response", body)
     assert body["status"] == status and body["error"] == shown, body
     assert (await alice.http.get(f"/v1/responses/{body['id']}")).json()["error"] == shown
+
+
+async def test_a_call_without_call_id_and_a_summary_of_strings_are_made_answerable_and_replayable(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    conversation = await new_conversation(alice.http)
+    reasoning = {"type": "reasoning", "id": "rs_1", "summary": ["thinking", 5, {"type": "summary_text", "text": "on"}]}
+    call = {"type": "function_call", "id": "fc_1", "name": "get_time", "arguments": {"zone": "UTC"}}
+    fake_upstream.reply_json(response_with_output([reasoning, call]))
+    answer = await turn(alice.http, "what time is it?", conversation=conversation)
+    check("Response", answer)
+    shown_reasoning, shown_call = answer["output"]
+    assert shown_reasoning["summary"] == [
+        {"type": "summary_text", "text": "thinking"},
+        {"type": "summary_text", "text": "on"},
+    ]
+    assert shown_call["call_id"].startswith("call_") and shown_call["arguments"] == '{"zone":"UTC"}'
+    output = {"type": "function_call_output", "call_id": shown_call["call_id"], "output": "12:00"}
+    await turn(alice.http, [output], conversation=conversation)
+    replayed_call, replayed_output = fake_upstream.inputs[-1][2:4]
+    assert replayed_call["call_id"] == replayed_output["call_id"] == shown_call["call_id"]
