@@ -172,7 +172,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         os.environ[RESOLVED_URL_ENV] = url
         from service.serving import serve  # noqa: PLC0415
 
-        banner = f"Serving on http://{settings.host}:{settings.port} (docs at /docs)"
+        def banner(port: int) -> str:
+            return f"Serving on http://{settings.host}:{port} (docs at /docs)"
+
         serve_metrics(settings)
         log_config = _configure_logging(settings, uvicorn_access=args.access_log)
         app = "service.cli:app_from_environment"

@@ -263,7 +263,7 @@ class Settings:
         log_format = env.get("LOG_FORMAT", "").strip().lower() or default_format()
         if log_format not in {"json", "text"}:
             raise ConfigError(f"LOG_FORMAT must be json or text, got {log_format!r}")
-        port = _int(env, "PORT", 8000, minimum=1, maximum=_MAX_PORT)
+        port = _int(env, "PORT", 8000, minimum=0, maximum=_MAX_PORT)  # 0: a free port, which "Serving on" names
         metrics_port = _int(env, "METRICS_PORT", 0, minimum=0, maximum=_MAX_PORT) or None
         if metrics_port is not None and metrics_port == port:
             raise ConfigError(

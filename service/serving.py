@@ -62,22 +62,29 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 class _AnnouncingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, banner: str) -> None:
+    def __init__(self, config: uvicorn.Config, banner: Callable[[int], str]) -> None:
         super().__init__(config)
         self._banner = banner
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
         if self.started and not self.should_exit:
-            print(self._banner, flush=True)
+            bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else self.config.port
+            print(self._banner(bound), flush=True)
 
 
 def serve(
-    settings: Settings, *, app: str, access_log: bool, banner: str, log_config: dict[str, Any] | None = None
+    settings: Settings,
+    *,
+    app: str,
+    access_log: bool,
+    banner: Callable[[int], str],
+    log_config: dict[str, Any] | None = None,
 ) -> bool:
-    """Serve `app` (an import string of a factory); prints `banner` once connections are accepted. False when
-    the server could not start. `log_config`: the process' logging (service/observability/logs.py), which
-    uvicorn applies again in each worker, its own loggers included."""
+    """Serve `app` (an import string of a factory); prints `banner` of the port it listens on (the one the kernel
+    chose for PORT=0) once connections are accepted. False when the server could not start. `log_config`: the
+    process' logging (service/observability/logs.py), which uvicorn applies again in each worker, its own loggers
+    included."""
     config = uvicorn.Config(
         app,
         factory=True,
@@ -104,7 +111,8 @@ def serve(
     # Several workers share a socket bound here: the kernel accepts connections from now on and queues them
     # until a worker takes them.
     sock = config.bind_socket()
-    print(banner, flush=True)
+    sock.listen(config.backlog)  # uvicorn's bind leaves that to each worker's server: until then, refused
+    print(banner(sock.getsockname()[1]), flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         Multiprocess(config, sockets=[sock]).run()
     return True

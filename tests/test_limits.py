@@ -402,13 +402,12 @@ def test_limit_settings_refuse_bad_values(setting: str) -> None:
         ("CONSOLE_SESSION_HOURS", "1e12", "CONSOLE_SESSION_HOURS must be at most 87600"),
         ("WEBHOOK_RETRY_HOURS", "1e12", "WEBHOOK_RETRY_HOURS must be at most"),
         ("PROCESS_HEARTBEAT_TIMEOUT", "1e9", "PROCESS_HEARTBEAT_TIMEOUT must be at most"),
-        ("PORT", "0", "PORT must be at least 1"),
         ("ADMIN_API_KEY", "short", "ADMIN_API_KEY must be at least 16 characters"),
     ],
 )
 def test_settings_no_process_could_use_are_refused_at_start(setting: str, value: str, message: str) -> None:
     """A duration past ten years started a process whose every keyed request or conversation turn then failed
-    with a 500 (an expiry past PostgreSQL's timestamps); PORT 0 served on a port nobody was told."""
+    with a 500 (an expiry past PostgreSQL's timestamps)."""
     from service.config import ConfigError, Settings
 
     with pytest.raises(ConfigError, match=message.replace("+", r"\+")):

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import re
 import signal
 import socket
 import time
@@ -58,6 +59,23 @@ def test_serving_on_is_printed_once_the_port_accepts_connections(
     # At once, no retry: the port accepts.
     with socket.create_connection(("127.0.0.1", process.port), timeout=1):
         pass
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_port_0_serves_on_a_free_port_and_says_which(
+    service_process: Callable[..., ServiceProcess], workers: str
+) -> None:
+    """The banner named port 0, where nothing listens."""
+    process = service_process(PORT="0", WORKERS=workers)
+    process.start_without_waiting()
+    deadline = time.monotonic() + 60
+    while (found := re.search(r"Serving on http://127\.0\.0\.1:(\d+) ", process.log_path.read_text())) is None:
+        assert process.process is not None and process.process.poll() is None, process.log_path.read_text()
+        assert time.monotonic() < deadline, "no 'Serving on' within 60 s"
+        time.sleep(0.05)
+    port = int(found.group(1))
+    assert port != 0
+    assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
 
 
 async def test_sigterm_with_a_connected_stream_stops_within_the_grace_period(
