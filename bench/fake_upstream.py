@@ -1,4 +1,5 @@
-"""A fast fake OpenRouter for benchmarks: `POST …/responses` answered in OpenRouter's JSON or SSE wire format.
+"""A fast fake OpenRouter for benchmarks: `POST …/responses` answered in OpenRouter's JSON or SSE wire format, and
+`GET …/models` with an empty catalog (no bench model is in OpenRouter's, so none has a context window).
 
 It is a bare asyncio protocol on uvloop with httptools parsing (both already installed with uvicorn[standard]),
 so its own cost per request stays far below the service's and it does not blur the figures. Behaviour is chosen
@@ -37,6 +38,7 @@ class _RequestHead(msgspec.Struct):
 
 
 _decode_head = msgspec.json.Decoder(_RequestHead).decode
+_EMPTY_CATALOG = b'{"data":[]}'
 _encode = msgspec.json.encode
 
 
@@ -77,6 +79,7 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._parser = httptools.HttpRequestParser(self)
         self._body: list[bytes] = []
+        self._url = b""
         self._transport: asyncio.Transport | None = None
         self._busy: asyncio.Task[None] | None = None
 
@@ -99,11 +102,19 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._body = []
+        self._url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._parser.get_method() == b"GET" and self._url.rstrip(b"/").endswith(b"/models"):
+            # OpenRouter's catalog: the bench models are in none, so they have no context window, as there.
+            self._reply_now(200, _EMPTY_CATALOG)
+            return
         self._server.requests += 1
         try:
             head = _decode_head(b"".join(self._body))
