@@ -87,7 +87,8 @@ def _keyset_list(kind: str, rows: list[Any], keyset: Keyset, at: str, view: Any)
     }
 
 
-async def _tenant_id(conn: AsyncConnection, tenant: str | None) -> str | None:
+async def listed_tenant_id(conn: AsyncConnection, tenant: str | None) -> str | None:
+    """An admin listing's `tenant` filter, a name or an id: one that does not exist is a 400 `unknown_tenant`."""
     if tenant is None:
         return None
     tenant_id = await repository.find_tenant_id(conn, tenant)
@@ -100,13 +101,13 @@ async def list_conversations(engine: AsyncEngine, query: Pairs) -> dict[str, Any
     filters, keyset = params.conversation_query(query)
     async with engine.connect() as conn:
         await repository.plan_each_page(conn)
-        tenant_id = await _tenant_id(conn, filters.tenant)
+        tenant_id = await listed_tenant_id(conn, filters.tenant)
         rows = await repository.conversation_page(conn, filters, tenant_id, keyset)
     return _keyset_list("conversations", rows, keyset, "updated_at", conversation_row_view)
 
 
 async def _response_list(conn: AsyncConnection, filters: params.ResponseFilters, keyset: Keyset) -> dict[str, Any]:
-    tenant_id = await _tenant_id(conn, filters.tenant)
+    tenant_id = await listed_tenant_id(conn, filters.tenant)
     rows = await repository.response_page(conn, filters, tenant_id, keyset)
     return _keyset_list("responses", rows, keyset, "created_at", response_row_view)
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.admin import params
 from service.admin import repository as admin_repository
 from service.admin.cursor import encode_cursor
-from service.admin.service import _keyset_list, _tenant_id, conversation_row_view, response_row_view
+from service.admin.service import _keyset_list, conversation_row_view, listed_tenant_id, response_row_view
 from service.conversations import repository as conversations
 from service.conversations.service import conversation_locked, conversation_not_found
 from service.errors import Conflict, NotFound
@@ -44,7 +44,7 @@ async def list_threads(engine: AsyncEngine, query: Pairs) -> dict[str, Any]:
     filters, keyset = params.thread_query(query)
     async with engine.connect() as conn:
         await admin_repository.plan_each_page(conn)
-        tenant_id = await _tenant_id(conn, filters.tenant)
+        tenant_id = await listed_tenant_id(conn, filters.tenant)
         rows = await repository.thread_page(conn, filters, tenant_id, keyset)
     return _keyset_list("threads", rows, keyset, "updated_at", thread_row_view)
 

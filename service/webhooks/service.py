@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.admin.service import listed_tenant_id
 from service.config import Settings
 from service.errors import InvalidRequest, NotFound
 from service.ids import new_id
@@ -23,14 +24,6 @@ async def _tenant(conn: AsyncConnection, name: str) -> Any:
     if row is None:
         raise NotFound(f"Tenant '{name}' not found.", param="tenant")
     return row
-
-
-async def _listed_tenant(conn: AsyncConnection, name: str) -> str:
-    """A listing's tenant filter: one that does not exist is a 400, as on every admin listing."""
-    row = await repository.tenant_by_name(conn, name)
-    if row is None:
-        raise InvalidRequest(f"No tenant with the name {name!r}", param="tenant", code="unknown_tenant")
-    return str(row.id)
 
 
 _LAST_PK = 2**63 - 1  # a bigint: past it, PostgreSQL refuses the parameter
@@ -138,7 +131,7 @@ async def list_deliveries(engine: AsyncEngine, query: Pairs) -> dict[str, Any]:
     before = _integer(query, "before", 1, _LAST_PK)
     tenant = _single(query, "tenant")
     async with engine.connect() as conn:
-        tenant_id = None if tenant is None else await _listed_tenant(conn, tenant)
+        tenant_id = await listed_tenant_id(conn, tenant)
         rows = await repository.list_deliveries(
             conn, tenant_id=tenant_id, state=state, before_pk=before, limit=limit + 1
         )
