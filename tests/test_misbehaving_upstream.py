@@ -37,8 +37,10 @@ def _message(text: str, **fields: Any) -> dict[str, Any]:
     }
 
 
-async def _streamed(tenant: Tenant, conversation: str, **fields: Any) -> list[dict[str, Any]]:
-    body = {"model": MODEL, "input": "q", "conversation": conversation, "stream": True, **fields}
+async def _streamed(tenant: Tenant, conversation: str | None, **fields: Any) -> list[dict[str, Any]]:
+    """A streamed turn in the conversation, or (None) outside any, e.g. continuing a previous_response_id."""
+    thread = {"conversation": conversation} if conversation is not None else {}
+    body = {"model": MODEL, "input": "q", "stream": True, **thread, **fields}
     async with tenant.http.stream("POST", "/v1/responses", json=body) as answer:
         assert answer.status_code == 200
         events = await read_events(answer)
@@ -78,17 +80,7 @@ async def test_a_terminal_event_whose_item_has_an_object_id_ends_the_stream_and_
     """No item events, then a final Response whose item's id is a list: the stream's close used to raise, leaving
     the response in_progress and the conversation claimed for as long as the process lived."""
     conversation = await new_conversation(alice.http)
-    final = response_with_output([_message("x", id=["a"]), _message("y", id={"b": 1})])
-    in_progress = text_response("", status="in_progress")
-    fake_upstream.enqueue(
-        Reply(
-            kind="sse",
-            events=[
-                {"type": "response.created", "response": in_progress},
-                {"type": "response.completed", "response": final},
-            ],
-        )
-    )
+    fake_upstream.enqueue(_final_items_with_object_ids())
     events = await _streamed(alice, conversation)
     assert events[-1]["type"] == "response.completed"
     shown = events[-1]["response"]["output"]
@@ -97,6 +89,31 @@ async def test_a_terminal_event_whose_item_has_an_object_id_ends_the_stream_and_
     assert (await conversation_state(db, conversation))["turn_response_id"] is None
     await _addressable(alice, conversation)
     await _next_turn_replays(alice, fake_upstream, conversation)
+
+
+async def test_the_same_on_a_previous_response_id_turn_ends_its_stream_and_its_chain_continues(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    root = await turn(alice.http, "root")
+    fake_upstream.enqueue(_final_items_with_object_ids())
+    events = await _streamed(alice, None, previous_response_id=root["id"])
+    assert events[-1]["type"] == "response.completed"
+    streamed = events[-1]["response"]
+    shown = [item["id"] for item in streamed["output"]]
+    assert all(item_id.startswith("msg_") for item_id in shown) and shown[0] != shown[1]
+    stored = (await alice.http.get(f"/v1/responses/{streamed['id']}")).json()
+    check("Response", stored)
+    assert stored["status"] == "completed" and [item["id"] for item in stored["output"]] == shown
+    await turn(alice.http, "next", previous_response_id=streamed["id"])
+    assert [item["id"] for item in fake_upstream.inputs[-1] if item.get("role") == "assistant"][1:] == shown
+
+
+def _final_items_with_object_ids() -> Reply:
+    """No item events, then a final Response whose items' ids are a list and an object."""
+    final = response_with_output([_message("x", id=["a"]), _message("y", id={"b": 1})])
+    in_progress = text_response("", status="in_progress")
+    events = [{"type": "response.created", "response": in_progress}, {"type": "response.completed", "response": final}]
+    return Reply(kind="sse", events=events)
 
 
 async def test_a_content_index_far_ahead_opens_no_parts_beyond_the_next_few(
