@@ -4,7 +4,7 @@ API view of a stored item. An item's `body` is its exact JSON text, which is wha
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
@@ -459,6 +459,16 @@ def normalize_output(items: Any, *, response_status: str) -> list[NewItem]:
         seen.add(repaired["id"])
         result.append(_to_new_item(item if repaired == item else repaired))
     return result
+
+
+def with_fresh_ids(items: list[NewItem], taken: Collection[str]) -> None:
+    """Gives each item whose id is in `taken` an id of ours, in place (in its body too); what else the upstream
+    sent is kept as it came, its token count included."""
+    for index, item in enumerate(items):
+        if item.id in taken:
+            body = msgspec.json.decode(item.body)
+            body["id"] = new_id(ID_PREFIX_BY_TYPE.get(item.type, "item"))
+            items[index] = dataclasses.replace(item, id=body["id"], body=_encode(body).decode())
 
 
 def _repair_call(call: dict[str, Any]) -> None:

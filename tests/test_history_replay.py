@@ -218,12 +218,14 @@ async def test_tool_call_round_trip_replays_function_call_and_output(
     listed = await list_all(alice.http, f"/v1/conversations/{conv}/items", order="asc")
     assert listed[2] == {"id": stored[2]["id"], **tool_output, "status": "completed"}
 
-    # The same round trip through previous_response_id.
-    fake_upstream.reply_json(response_with_output([call]))
+    # The same round trip through previous_response_id (a call of its own: an id the tenant holds already would
+    # be replaced, tests/test_duplicate_item_ids.py).
+    chained_call = {**call, "id": "fc_up_2"}
+    fake_upstream.reply_json(response_with_output([chained_call]))
     fake_upstream.reply_json(text_response("Sunny.", msg_id="msg_w2"))
     chained_first = await turn(alice.http, "Weather?", tools=tools)
     await turn(alice.http, [tool_output], previous_response_id=chained_first["id"], tools=tools)
-    assert fake_upstream.inputs[3] == [user("Weather?"), call, tool_output]
+    assert fake_upstream.inputs[3] == [user("Weather?"), chained_call, tool_output]
 
 
 REASONING = {

@@ -22,8 +22,9 @@ from tests.stream_support import (
     conversation_state,
     read_events,
     stored_outputs,
+    wait_until_ended,
 )
-from tests.turn_support import MODEL, new_conversation, turn
+from tests.turn_support import MODEL, new_conversation, rows, turn
 
 
 def _message(text: str, **fields: Any) -> dict[str, Any]:
@@ -415,3 +416,66 @@ async def test_a_call_without_call_id_and_a_summary_of_strings_are_made_answerab
     await turn(alice.http, [output], conversation=conversation)
     replayed_call, replayed_output = fake_upstream.inputs[-1][2:4]
     assert replayed_call["call_id"] == replayed_output["call_id"] == shown_call["call_id"]
+
+
+@pytest.mark.parametrize("mode", ["plain", "background", "stream"])
+@pytest.mark.parametrize("thread", ["conversation", "chain"])
+async def test_an_output_id_an_earlier_turn_holds_is_replaced_so_the_history_sends_each_id_once(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, thread: str, mode: str
+) -> None:
+    """An upstream that reuses an item id in a later turn: stored twice, the items API reached only the first
+    item, an item_reference to it was ambiguous, and every later turn sent the id twice (OpenAI refuses that). Each
+    kind of finish (conversation or chain; one the client saw before its end or not, streamed or not) stores the
+    second item under an id of ours, and shows that id."""
+    conversation = await new_conversation(alice.http) if thread == "conversation" else None
+    where: dict[str, Any] = {"conversation": conversation} if conversation else {}
+    fake_upstream.reply_json(text_response("first", msg_id="msg_same"))
+    first = await turn(alice.http, "one", **where)
+    if conversation is None:
+        where = {"previous_response_id": first["id"]}
+    if mode == "stream":
+        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("second", msg_id="msg_same")))
+        streamed = (await _streamed(alice, conversation, **({} if conversation else where)))[-1]["response"]
+        # The stream's final Response keeps the ids its item events carried (the SDK's stream helper checks).
+        assert [item["id"] for item in streamed["output"]] == ["msg_same"]
+        second = (await alice.http.get(f"/v1/responses/{streamed['id']}")).json()
+    else:
+        fake_upstream.reply_json(text_response("second", msg_id="msg_same"))
+        second = await turn(alice.http, "two", **where, background=mode == "background")
+        if mode == "background":
+            second = await wait_until_ended(alice.http, second["id"])
+    assert second["status"] == "completed"
+    [renamed] = [item["id"] for item in second["output"]]
+    assert renamed != "msg_same" and renamed.startswith("msg_")
+    stored = (await alice.http.get(f"/v1/responses/{second['id']}")).json()
+    check("Response", stored)
+    assert [item["id"] for item in stored["output"]] == [renamed]
+    assert [item["content"][0]["text"] for item in stored["output"]] == ["second"]
+
+    held = await rows(db, "SELECT id, body::jsonb ->> 'id' AS body_id FROM item WHERE is_output ORDER BY pk")
+    assert held == [{"id": "msg_same", "body_id": "msg_same"}, {"id": renamed, "body_id": renamed}]
+    if conversation is not None:
+        await _addressable(alice, conversation)
+    else:
+        where = {"previous_response_id": second["id"]}
+    await turn(alice.http, "three", **where)
+    assert [item["id"] for item in fake_upstream.inputs[-1] if item.get("role") == "assistant"] == [
+        "msg_same",
+        renamed,
+    ]
+
+
+async def test_an_output_id_the_turns_own_input_holds_is_replaced(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """The input's own assistant message and the answer under one id: a turn no client saw before its end stores
+    both in one statement, which cannot see the input's row, so the turn's inputs are checked before it."""
+    conversation = await new_conversation(alice.http)
+    mine = _message("mine", id="msg_mine")
+    fake_upstream.reply_json(text_response("answer", msg_id="msg_mine"))
+    answer = await turn(alice.http, [mine, {"role": "user", "content": "go on"}], conversation=conversation)
+    [renamed] = [item["id"] for item in answer["output"]]
+    assert renamed != "msg_mine" and renamed.startswith("msg_")
+    listed = await _addressable(alice, conversation)
+    assert [item["id"] for item in listed if item["role"] == "assistant"] == ["msg_mine", renamed]
+    assert await rows(db, "SELECT count(*) AS n FROM item WHERE id = 'msg_mine'") == [{"n": 1}]

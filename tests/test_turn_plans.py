@@ -43,6 +43,8 @@ HISTORY_READS = ("_CLAIM_AND_STORE", "_CLAIM_ONLY", "_HISTORY")
 # pending turns only, never by thread_id (every response of the chain) nor by primary key over a scanned table.
 PENDING_READS = ("_FINISH_STORED", "_FINISH_LOGGED", "_FINISH_UNSEEN", "_FOLD_PENDING_TURNS", *_SWEEP)
 _INDEX_READ = r"(?:Index (?:Only )?Scan using|Bitmap Index Scan on) "
+# The finishes, which look up their output ids among the tenant's items by (tenant_id, id).
+FINISHES = tuple(name for name in STATEMENTS if name.startswith("_FINISH_"))
 
 _SEED = """
     INSERT INTO tenant (id, name) VALUES ('ten_plan', 'plan-check');
@@ -146,13 +148,20 @@ def _check(plans: dict[str, str]) -> None:
         for table in GROWING:
             assert f"Seq Scan on {table} " not in plan, f"{name} scans {table}:\n{plan}"
         # A row named by its key is never read through an index that leads with tenant_id (every row of the
-        # tenant), the choice a plan made on tables without statistics could take.
-        assert not re.search(rf"{_INDEX_READ}\S*tenant_id", plan), f"{name} reads a tenant's rows:\n{plan}"
+        # tenant), the choice a plan made on tables without statistics could take. The one read by tenant and id
+        # (a finish's output ids the tenant holds, turn_store._held) must use both columns.
+        for read in re.finditer(rf"{_INDEX_READ}(\S*tenant_id\S*).*\n\s*Index Cond: (.*)", plan):
+            index, condition = read.groups()
+            assert index == "item_tenant_id_id_idx", f"{name} reads a tenant's rows:\n{plan}"
+            assert re.fullmatch(r"\(\(tenant_id = \$\d+\) AND \(id = u\.id\)\)", condition), f"{name}:\n{plan}"
     for name in HISTORY_READS:
         plan = plans[name]
         assert re.search(r'Index Cond: \(\(conversation_id = \$\d+\) AND \("position" >= \$\d+\)\)', plan), (
             f"{name}:\n{plan}"
         )
+    assert len(FINISHES) == 6, FINISHES
+    for name in FINISHES:
+        assert re.search(rf"{_INDEX_READ}item_tenant_id_id_idx\b", plans[name]), f"{name}:\n{plans[name]}"
     for name in PENDING_READS:
         plan = plans[name]
         # The scratch copy's indexes are named by PostgreSQL: response_pending_chain_id_idx for the partial one.

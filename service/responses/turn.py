@@ -23,7 +23,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,7 +51,7 @@ from service.idempotency.progress import (
     note_stopped_before_answer,
 )
 from service.ids import can_exist, new_id
-from service.items import ITEM_REFERENCE, NewItem, duplicate_item, refuse_duplicate_ids
+from service.items import ITEM_REFERENCE, NewItem, duplicate_item, refuse_duplicate_ids, with_fresh_ids
 from service.limits.sizes import ConversationCaps
 from service.observability import turns as observe_turns
 from service.observability.record import current_request_id
@@ -85,6 +85,8 @@ _TAKEN_OVER_ERROR = {
     "not stored",
 }
 _FINISH_ATTEMPTS = 3
+# Runs of a finish whose output ids the tenant held: ids of ours replace them after the first, and are unique.
+_HELD_ID_ROUNDS = 2
 # A finished turn the database could not take is kept this long, so a database restart at the wrong moment
 # loses no answer and does not leave the conversation claimed until TURN_LOCK_TTL.
 _STORE_LATER_SECONDS = 600
@@ -495,6 +497,33 @@ class TurnContext:
 
 
 async def _store_outcome(
+    db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str | None, events: RelayedEvents | None
+) -> None:
+    """An output item whose id the turn's own inputs, or items the tenant stored before, hold already (an
+    upstream that reuses ids) is stored under an id of ours: so it is in `outputs` (in place: the caller keeps
+    what was stored, even when only the reply to the statement was lost)."""
+    own_input_ids = {item.id for item in turn.counted_inputs()}
+    if any(item.id in own_input_ids for item in outputs):
+        _give_fresh_ids(turn, outputs, own_input_ids)
+    for _ in range(_HELD_ID_ROUNDS - 1):
+        try:
+            return await _write_outcome(db, turn, outputs, upstream_id, events)
+        except turn_store.OutputIdsHeld as held:
+            _give_fresh_ids(turn, outputs, held.ids)
+    await _write_outcome(db, turn, outputs, upstream_id, events)
+
+
+def _give_fresh_ids(turn: Turn, outputs: list[NewItem], taken: Collection[str]) -> None:
+    """The new ids are shown from now on, but not to the end of a stream that relayed the upstream's ones: its
+    final Response (terminal event and event log) keeps them, as its item events did, since the SDK's stream
+    helper refuses a final output whose ids differ from the streamed items'."""
+    logger.warning("response %s: the upstream sent output ids already stored; ids of ours replace them", turn.state.id)
+    with_fresh_ids(outputs, taken)
+    if not turn.request.stream:
+        turn.state.output = [(item.id, item.status, item.body) for item in outputs]
+
+
+async def _write_outcome(
     db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str | None, events: RelayedEvents | None
 ) -> None:
     state = turn.state

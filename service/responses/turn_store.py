@@ -306,6 +306,37 @@ _CHAIN_HISTORY = Statement(
     """
 )
 
+# -- output ids already held ----------------------------------------------------------------------------------
+# Every finish first looks up its output items' ids among the tenant's items: one probe of item(tenant_id, id)
+# each (LIMIT 1 keeps it a lookup by both columns: as a join, a plan made on an empty table read every item of
+# the tenant). An upstream that reuses ids across turns would otherwise leave two items under one id: the items API
+# reaches only the first, and every later turn sends the id twice, which OpenAI's API refuses. When any is held,
+# the finish writes nothing and returns them (`held_ids`, the row's only value); the caller gives those items ids
+# of ours and runs it again (OutputIdsHeld). Ids the upstream mints are unique, so the second run is rare.
+
+
+def _held(first_output: str) -> str:
+    """A CTE: the ids in $ids from ordinal `first_output` + 1 on (the output items) that the tenant holds."""
+    return f"""held AS MATERIALIZED (
+        SELECT array_agg(u.id) AS ids FROM unnest($ids::text[]) WITH ORDINALITY AS u(id, ordinal)
+        CROSS JOIN LATERAL (SELECT FROM item h WHERE h.tenant_id = $tenant_id AND h.id = u.id LIMIT 1) found
+        WHERE u.ordinal > {first_output}
+    )"""
+
+
+_NONE_HELD = "(SELECT ids FROM held) IS NULL"
+# The row a finish returns when it wrote nothing because of held ids: its first column null, then the ids.
+_HELD_ROW = "SELECT NULL, ids FROM held WHERE ids IS NOT NULL"
+
+
+class OutputIdsHeld(Exception):
+    """A finish wrote nothing: items the tenant stored before hold these output ids."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        super().__init__(f"output ids held already: {', '.join(ids)}")
+        self.ids = frozenset(ids)
+
+
 # -- finish in the conversation ----------------------------------------------------------------------------
 # A conversation turn that still holds its claim: reserve $added positions at the end of the conversation and
 # append the inputs and outputs there ($append false, a failed or cancelled turn: only release the claim),
@@ -314,15 +345,16 @@ _CHAIN_HISTORY = Statement(
 
 # Visible before its finish: its begin stored the response and its input items, which move to their place.
 _FINISH_STORED_IN_CONVERSATION = Statement(
-    """
-    WITH advanced AS (
+    f"""
+    WITH {_held("0")},
+    advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
             title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
             response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
             output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
             last_model = $last_model, last_status = $status
-        WHERE id = $conversation_id AND turn_response_id = $response_id
+        WHERE id = $conversation_id AND turn_response_id = $response_id AND {_NONE_HELD}
         RETURNING next_position - $added AS start
     ),
     attached AS (
@@ -350,7 +382,8 @@ _FINISH_STORED_IN_CONVERSATION = Statement(
         FROM advanced WHERE response.id = $response_id
         RETURNING completed_at
     )
-    SELECT completed_at FROM completed
+    SELECT completed_at, NULL::text[] AS held_ids FROM completed
+    UNION ALL {_HELD_ROW}
     """
 )
 
@@ -359,15 +392,16 @@ _FINISH_STORED_IN_CONVERSATION = Statement(
 # always finds the log. A separate statement rather than a conditional part: an INSERT that writes nothing still
 # opens the log table and its index, every turn.
 _FINISH_LOGGED_IN_CONVERSATION = Statement(
-    """
-    WITH advanced AS (
+    f"""
+    WITH {_held("0")},
+    advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
             title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
             response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
             output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
             last_model = $last_model, last_status = $status
-        WHERE id = $conversation_id AND turn_response_id = $response_id
+        WHERE id = $conversation_id AND turn_response_id = $response_id AND {_NONE_HELD}
         RETURNING next_position - $added AS start
     ),
     attached AS (
@@ -400,7 +434,8 @@ _FINISH_LOGGED_IN_CONVERSATION = Statement(
         SELECT $response_id, $events::text, $event_count::int FROM completed
         ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
     )
-    SELECT completed_at FROM completed
+    SELECT completed_at, NULL::text[] AS held_ids FROM completed
+    UNION ALL {_HELD_ROW}
     """
 )
 
@@ -409,15 +444,16 @@ _FINISH_LOGGED_IN_CONVERSATION = Statement(
 # both kinds opens the item table's indexes once. (Such a turn continues no previous response: `conversation`
 # and `previous_response_id` exclude each other.)
 _FINISH_UNSEEN_IN_CONVERSATION = Statement(
-    """
-    WITH advanced AS (
+    f"""
+    WITH {_held("$input_count")},
+    advanced AS (
         UPDATE conversation
         SET next_position = next_position + $added, item_count = item_count + $added, updated_at = now(),
             title = coalesce(title, $title), turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
             response_count = response_count + 1, input_tokens = input_tokens + $input_tokens,
             output_tokens = output_tokens + $output_tokens, cost = cost + $cost,
             last_model = $last_model, last_status = $status
-        WHERE id = $conversation_id AND turn_response_id = $response_id
+        WHERE id = $conversation_id AND turn_response_id = $response_id AND {_NONE_HELD}
         RETURNING next_position - $added AS start
     ),
     items AS (
@@ -444,7 +480,8 @@ _FINISH_UNSEEN_IN_CONVERSATION = Statement(
         FROM advanced
         RETURNING completed_at
     )
-    SELECT completed_at FROM completed
+    SELECT completed_at, NULL::text[] AS held_ids FROM completed
+    UNION ALL {_HELD_ROW}
     """
 )
 
@@ -465,14 +502,15 @@ _INPUTS_COUNTED = """
 # returns the chain whose pending turns it saw (chain_to_fold), which finish() adds after it.
 _FINISH_STORED = Statement(
     f"""
-    WITH {chain_totals.CHAIN_ROW_OF_RESPONSE},
+    WITH {_held("0")},
+    {chain_totals.CHAIN_ROW_OF_RESPONSE},
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
             service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at,
             pending_chain_id = {chain_totals.PENDING_CHAIN_OF_RESPONSE}
-        WHERE id = $response_id AND status = ANY($running::text[])
+        WHERE id = $response_id AND status = ANY($running::text[]) AND {_NONE_HELD}
         RETURNING completed_at
     ),
     items AS (
@@ -485,20 +523,22 @@ _FINISH_STORED = Statement(
                                WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
     inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN}
-    SELECT completed_at, {chain_totals.CHAIN_TO_FOLD} AS chain_to_fold FROM completed
+    SELECT {chain_totals.CHAIN_TO_FOLD} AS chain_to_fold, NULL::text[] AS held_ids FROM completed
+    UNION ALL {_HELD_ROW}
     """
 )
 
 _FINISH_LOGGED = Statement(
     f"""
-    WITH {chain_totals.CHAIN_ROW_OF_RESPONSE},
+    WITH {_held("0")},
+    {chain_totals.CHAIN_ROW_OF_RESPONSE},
     completed AS (
         UPDATE response SET status = $status, upstream_id = $upstream_id, upstream_model = $upstream_model,
             service_tier = $service_tier,
             usage = $usage::jsonb, error = $error::jsonb, incomplete_details = $incomplete_details::jsonb,
             input_tokens = $input_tokens, output_tokens = $output_tokens, cost = $cost, completed_at = $completed_at,
             pending_chain_id = {chain_totals.PENDING_CHAIN_OF_RESPONSE}
-        WHERE id = $response_id AND status = ANY($running::text[])
+        WHERE id = $response_id AND status = ANY($running::text[]) AND {_NONE_HELD}
         RETURNING completed_at
     ),
     items AS (
@@ -510,11 +550,15 @@ _FINISH_LOGGED = Statement(
                                $texts::text[], $token_counts::int[])
                                WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
     ),
-    inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN}
-    INSERT INTO response_event_log (response_id, events, event_count)
-    SELECT $response_id, $events::text, $event_count::int FROM completed
-    ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
-    RETURNING response_id, {chain_totals.CHAIN_TO_FOLD} AS chain_to_fold
+    inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN},
+    logged AS (
+        INSERT INTO response_event_log (response_id, events, event_count)
+        SELECT $response_id, $events::text, $event_count::int FROM completed
+        ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
+        RETURNING response_id
+    )
+    SELECT {chain_totals.CHAIN_TO_FOLD} AS chain_to_fold, NULL::text[] AS held_ids FROM logged
+    UNION ALL {_HELD_ROW}
     """
 )
 
@@ -525,8 +569,9 @@ _FINISH_LOGGED = Statement(
 # parent's, to whose chain totals it adds (service/threads/totals.py). The note goes in the same statement.
 _FINISH_UNSEEN = Statement(
     f"""
-    WITH thread AS (SELECT {chain_totals.THREAD_OF_NEW_RESPONSE} AS id),
-    ended AS (DELETE FROM running_chain_turn WHERE response_id = $response_id),
+    WITH {_held("$input_count")},
+    thread AS (SELECT {chain_totals.THREAD_OF_NEW_RESPONSE} AS id WHERE {_NONE_HELD}),
+    ended AS (DELETE FROM running_chain_turn WHERE response_id = $response_id AND {_NONE_HELD}),
     items AS (
         INSERT INTO item (id, tenant_id, response_id, is_output, ordinal, thread_id, type, role, status, body,
                           text_content, token_count)
@@ -536,19 +581,24 @@ _FINISH_UNSEEN = Statement(
         FROM thread, unnest($ids::text[], $types::text[], $roles::text[], $statuses::text[], $bodies::text[],
                             $texts::text[], $token_counts::int[])
                             WITH ORDINALITY AS u(id, type, role, status, body, text_content, token_count, ordinal)
-    ){chain_totals.ADD_UNSEEN_TO_CHAIN}
-    INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
-                          model, instructions, params_json, metadata, background, stream, created_at, upstream_id,
-                          upstream_model, usage, error, incomplete_details, input_tokens, output_tokens, cost,
-                          completed_at, thread_id, request_id, service_tier, idempotency_key, pending_chain_id)
-    SELECT $response_id, $tenant_id, (SELECT id FROM conversation WHERE id = $conversation_id),
-           $conversation_position, (SELECT id FROM response WHERE id = $previous_response_id), $status, $model,
-           $instructions, $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id,
-           $upstream_model, $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens, $output_tokens,
-           $cost, $completed_at, thread.id, $request_id, $service_tier, $idempotency_key,
-           {chain_totals.PENDING_CHAIN_OF_NEW_RESPONSE}
-    FROM thread
-    RETURNING {chain_totals.CHAIN_TO_FOLD} AS chain_to_fold
+    ){chain_totals.ADD_UNSEEN_TO_CHAIN},
+    stored AS (
+        INSERT INTO response (id, tenant_id, conversation_id, conversation_position, previous_response_id, status,
+                              model, instructions, params_json, metadata, background, stream, created_at,
+                              upstream_id, upstream_model, usage, error, incomplete_details, input_tokens,
+                              output_tokens, cost, completed_at, thread_id, request_id, service_tier,
+                              idempotency_key, pending_chain_id)
+        SELECT $response_id, $tenant_id, (SELECT id FROM conversation WHERE id = $conversation_id),
+               $conversation_position, (SELECT id FROM response WHERE id = $previous_response_id), $status, $model,
+               $instructions, $params_json, $metadata::jsonb, $background, $stream, $created_at, $upstream_id,
+               $upstream_model, $usage::jsonb, $error::jsonb, $incomplete_details::jsonb, $input_tokens,
+               $output_tokens, $cost, $completed_at, thread.id, $request_id, $service_tier, $idempotency_key,
+               {chain_totals.PENDING_CHAIN_OF_NEW_RESPONSE}
+        FROM thread
+        RETURNING id
+    )
+    SELECT {chain_totals.CHAIN_TO_FOLD} AS chain_to_fold, NULL::text[] AS held_ids FROM stored
+    UNION ALL {_HELD_ROW}
     """
 )
 
@@ -843,7 +893,8 @@ async def finish_in_conversation(
     unseen: Unseen | None = None,
 ) -> bool:
     """False when the turn no longer holds its claim (nothing written). `unseen`: the response row and input
-    items to store, when the begin did not store them (such a turn has no event log)."""
+    items to store, when the begin did not store them (such a turn has no event log). Raises OutputIdsHeld
+    (nothing written) when the tenant's items hold any output id."""
     values = {
         **outcome.params(),
         "conversation_id": appended.conversation_id,
@@ -861,8 +912,9 @@ async def finish_in_conversation(
         values.update(item_arrays(outputs), input_count=appended.input_count, input_counts=list(appended.input_counts))
         if log is not None:
             values.update(events=log.events, event_count=log.event_count)
-    completed_at: datetime | None = await db.fetchval(statement.sql, *statement.args(values))
-    return completed_at is not None
+    stored = await db.fetchrow(statement.sql, *statement.args(values))
+    _refuse_held(stored)
+    return stored is not None
 
 
 async def finish(
@@ -877,8 +929,9 @@ async def finish(
     """Outside any conversation, or after a lost claim (the items then stay outside the conversation).
     `unseen`: as for finish_in_conversation. `input_counts`: the token counts of the input items the begin
     stored, now that they may be exact (an unseen turn's are on its items). False when the response had already
-    ended (failed by a takeover): nothing is written then. A finish that took its chain's row and saw turns of
-    the chain pending adds them in a second statement, once its own has committed (threads/totals.py)."""
+    ended (failed by a takeover): nothing is written then. Raises OutputIdsHeld as finish_in_conversation does.
+    A finish that took its chain's row and saw turns of the chain pending adds them in a second statement, once
+    its own has committed (threads/totals.py)."""
     values = outcome.params()
     if unseen is not None:
         _no_log_when_unseen(log)
@@ -904,9 +957,15 @@ async def finish(
         if unseen is None or exc.constraint_name != PREVIOUS_RESPONSE_FK:
             raise
         stored = await db.fetchrow(statement.sql, *statement.args(values))
+    _refuse_held(stored)
     if stored is not None and stored["chain_to_fold"] is not None:
         await db.execute(_FOLD_PENDING_TURNS.sql, *_FOLD_PENDING_TURNS.args({"chain_id": stored["chain_to_fold"]}))
     return stored is not None
+
+
+def _refuse_held(stored: Any) -> None:
+    if stored is not None and stored["held_ids"] is not None:
+        raise OutputIdsHeld(stored["held_ids"])
 
 
 def _no_log_when_unseen(log: EventLog | None) -> None:
