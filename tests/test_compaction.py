@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.context.compaction import SUMMARY_INSTRUCTIONS
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, fake_input_tokens, response_with_output, text_response
+from tests.openai_spec import check
 from tests.turn_support import assistant, conversation_items, list_all, new_conversation, rows, user
 
 MODEL = "openai/gpt-4o-mini"
@@ -72,7 +73,13 @@ async def test_compact_answers_the_user_messages_and_a_sealed_item_that_round_tr
     compacted = await client.responses.compact(model=MODEL, input=history)  # type: ignore[arg-type]
     assert compacted.object == "response.compaction"
     output = [item.model_dump(exclude_none=True) for item in compacted.output]
-    assert output[:2] == [user("Plan a trip to Lisbon."), user("Add a day in Sintra.")]
+    # OpenAI's compacted output shows each kept message with an id and a status.
+    kept = [
+        {**user("Plan a trip to Lisbon."), "status": "completed"},
+        {**user("Add a day in Sintra."), "status": "completed"},
+    ]
+    assert [{k: v for k, v in item.items() if k != "id"} for item in output[:2]] == kept
+    assert all(item["id"].startswith("msg_") for item in output[:2]) and output[0]["id"] != output[1]["id"]
     assert output[2]["type"] == "compaction" and output[2]["id"].startswith("cmp_")
     assert "Sintra" not in output[2]["encrypted_content"]  # sealed, not readable
     summary_call = fake_upstream.requests[-1].body
@@ -87,8 +94,7 @@ async def test_compact_answers_the_user_messages_and_a_sealed_item_that_round_tr
     done = await client.responses.create(model=MODEL, input=[*output, {"role": "user", "content": "Budget?"}])
     assert done.status == "completed"
     assert fake_upstream.requests[-1].body["input"] == [
-        user("Plan a trip to Lisbon."),
-        user("Add a day in Sintra."),
+        *output[:2],
         rendered("They plan 2 days: Alfama, then Sintra."),
         user("Budget?"),
     ]
@@ -98,6 +104,26 @@ async def test_compact_answers_the_user_messages_and_a_sealed_item_that_round_tr
     assert sent[2] == rendered("They plan 2 days: Alfama, then Sintra.")
     assert sent[-1] == user("And food?")
     assert all(item.get("type") != "compaction" for item in sent)
+
+
+async def test_every_compacted_window_is_openais_compact_resource(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    """Kept messages carry an id and a status (OpenAI's Message requires both): one the client named keeps its id,
+    the others get new ones, distinct within the window."""
+    first = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "root"})
+    named = {"type": "message", "id": "msg_named", "role": "user", "content": [{"type": "input_text", "text": "n"}]}
+    for thread in (
+        {"input": [named, {"role": "user", "content": "plain"}]},
+        {"previous_response_id": first.json()["id"]},
+    ):
+        fake_upstream.reply_json(summary_reply("S"))
+        answer = await alice.http.post("/v1/responses/compact", json={"model": MODEL, **thread})
+        assert answer.status_code == 200, answer.text
+        check("CompactResource", answer.json())
+        kept = answer.json()["output"][:-1]
+        ids = [item["id"] for item in kept]
+        assert kept and all(item["status"] == "completed" for item in kept) and len(set(ids)) == len(ids)
+        if "input" in thread:
+            assert ids[0] == "msg_named" and ids[1].startswith("msg_")
 
 
 async def test_a_tampered_or_foreign_compaction_item_is_refused_without_an_upstream_call(
@@ -129,6 +155,7 @@ async def test_compact_in_place_appends_the_item_and_the_next_turn_sends_users_a
     compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": conversation})
     assert compacted.status_code == 200, compacted.text
     body = compacted.json()
+    check("CompactResource", body)
     assert [i.get("role") for i in body["output"]] == ["user", "user", "user", None]
     # The summary call got the whole conversation, as stored.
     assert fake_upstream.requests[-1].body["input"][:6] == [

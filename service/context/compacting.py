@@ -16,12 +16,21 @@ from typing import Any
 import msgspec
 
 from service.errors import InvalidRequest, ServiceError
+from service.ids import new_id
 from service.items import normalize_input
 from service.responses.outcome import apply_upstream_result
 from service.responses.requests import TurnRequest, continuation_of, model_of
 from service.responses.status import Status
 from service.responses.turn import INTERRUPTED_ERROR, TurnContext
 from service.responses.views import full_usage
+
+
+def _kept_message(body: str) -> dict[str, Any]:
+    """A kept user message as OpenAI's compacted output shows it, with an id and a status. A history holds a user
+    message's JSON without the id it is stored under, so one the client did not name gets a new one: the
+    compacted window is a new list of items, which the client sends as its next input."""
+    message: dict[str, Any] = msgspec.json.decode(body)
+    return {"id": new_id("msg"), **message, "status": message.get("status") or "completed"}
 
 
 def _compact_request(body: dict[str, Any], max_input_items: int) -> TurnRequest:
@@ -81,6 +90,6 @@ async def compact_thread(
         "id": turn.state.id,
         "object": "response.compaction",
         "created_at": int(created_at.timestamp()) if isinstance(created_at, datetime) else 0,
-        "output": [*(msgspec.json.decode(body) for body in kept), item],
+        "output": [*(_kept_message(body) for body in kept), item],
         "usage": full_usage(usage),  # OpenAI's ResponseUsage: both detail objects, zeros when none came
     }

@@ -23,6 +23,7 @@ ROOTS = (
     "Model",
     "ListModelsResponse",
     "TokenCountsResource",
+    "CompactResource",
 )
 PREFIX = "#/components/schemas/"
 
