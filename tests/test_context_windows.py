@@ -327,9 +327,16 @@ async def test_input_tokens_of_a_chain_and_errors(alice: Tenant, fake_upstream: 
     )
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] == "previous_response_not_found"
+    # `model` is optional (OpenAI's TokenCountsBody): a chain's count is then made for the model it used; with
+    # neither, no window applies.
+    unnamed = await client.responses.input_tokens.count(input="again", previous_response_id=done.id)
+    assert unnamed.input_tokens == counted.input_tokens
     no_model = await alice.http.post("/v1/responses/input_tokens", json={"input": "x"})
-    assert no_model.status_code == 400
-    assert no_model.json()["error"]["param"] == "model"
+    assert no_model.status_code == 200, no_model.text
+    assert no_model.json() == {"object": "response.input_tokens", "input_tokens": estimate(["x"])}
+    empty_model = await alice.http.post("/v1/responses/input_tokens", json={"model": " ", "input": "x"})
+    assert empty_model.status_code == 400
+    assert empty_model.json()["error"]["param"] == "model"
     bad_tools = await alice.http.post(
         "/v1/responses/input_tokens", json={"model": SMALL_WINDOW_MODEL, "input": "x", "tools": "x"}
     )

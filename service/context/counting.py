@@ -26,7 +26,9 @@ _REQUEST_FIELDS = ("instructions", "tools", "text", "reasoning", "truncation", "
 async def count_input_tokens(
     engine: AsyncEngine, context: ContextWindows, tenant_id: str, body: dict[str, Any], *, max_input_items: int
 ) -> dict[str, Any]:
-    model = model_of(body)
+    # Optional, as in OpenAI's TokenCountsBody: without it, the model the thread last answered with, else none
+    # (then no context window applies, so nothing is truncated).
+    model = model_of(body) if body.get("model") is not None else None
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string", param="instructions")
@@ -40,8 +42,10 @@ async def count_input_tokens(
     async with engine.connect() as conn:
         items = await resolve_item_references(conn, tenant_id, items, param="input")
         if conversation_id is not None:
-            if await conversations.get_conversation(conn, tenant_id, conversation_id) is None:
+            conversation = await conversations.get_conversation(conn, tenant_id, conversation_id)
+            if conversation is None:
                 raise conversation_not_found(conversation_id, param="conversation")
+            model = model or conversation.last_model
             history, counts = await repository.conversation_history(conn, conversation_id)
         elif previous is not None:
             found = await responses.get_response(conn, tenant_id, previous)
@@ -49,6 +53,7 @@ async def count_input_tokens(
                 raise previous_not_found(previous)
             if not is_answered(found.status):  # as a turn continuing it would be refused
                 raise previous_not_usable(previous, found.status)
+            model = model or found.model
             raw = await conn.get_raw_connection()
             history, chain_counts = await turn_store.chain_history(raw.driver_connection, tenant_id, previous)
             counts = list(chain_counts)

@@ -152,7 +152,7 @@ class ContextWindows:
     async def count(
         self,
         tenant_id: str,
-        model: str,
+        model: str | None,
         params: dict[str, Any],
         *,
         thread: str | None,
@@ -161,13 +161,14 @@ class ContextWindows:
         inputs: list[str],
     ) -> int:
         """What a turn with this input would send, in tokens (after truncation, when "auto" truncates).
-        `stored`: the history items' stored token counts, when read with it."""
+        `stored`: the history items' stored token counts, when read with it. No model: no window, so nothing is
+        truncated."""
         counted = self.ledger.counted(thread, history, stored)
         sent, input_bodies, _ = await self._composed(tenant_id, counted, inputs)
         input_tokens = sum(tokens.body_tokens(body) for body in input_bodies)
         overhead = tokens.request_tokens(params)
-        window = await self.catalog.window(model)
-        if window is None or fitting.truncation_mode(params) != "auto":
+        window = None if model is None else await self.catalog.window(model)
+        if model is None or window is None or fitting.truncation_mode(params) != "auto":
             return sent.total + input_tokens + overhead
         fitting.check_answer_room(model, window, params)
         budget = fitting.input_budget(window, params)
