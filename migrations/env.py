@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -19,6 +21,16 @@ if config.config_file_name is not None and config.attributes.get("configure_logg
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = Base.metadata
+
+# Processes started together (a release's replicas, each with AUTO_MIGRATE on) all migrate: the first holds this
+# advisory lock while it does, and the others, waiting for it, then find the schema at its head. A session lock,
+# held until the connection closes at the end of the run: a migration may commit part way (an index built
+# concurrently), which would release a transaction's lock. The others try for it between pauses rather than
+# wait in pg_advisory_lock: an index built concurrently waits for every transaction older than it, a waiting
+# pg_advisory_lock included, which waits for the builder: a deadlock. "convstor" in ASCII: above the range of
+# the processes' liveness locks (service/cluster/heartbeat.py draws those from 62 bits).
+MIGRATION_LOCK = 0x636F6E7673746F72
+MIGRATION_LOCK_PAUSE_SECONDS = 0.2
 
 
 def _database_url() -> str:
@@ -35,6 +47,10 @@ def run_migrations_offline() -> None:
 
 
 def _run(connection: Connection) -> None:
+    while not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK}).scalar():
+        connection.commit()
+        time.sleep(MIGRATION_LOCK_PAUSE_SECONDS)
+    connection.commit()
     context.configure(connection=connection, target_metadata=target_metadata, compare_server_default=True)
     with context.begin_transaction():
         context.run_migrations()

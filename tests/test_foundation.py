@@ -369,6 +369,27 @@ def test_migrations_upgrade_downgrade_upgrade_without_drift(scratch_database_url
     command.check(config)  # raises when the models and the migrated schema differ
 
 
+def test_processes_migrating_at_once_wait_for_each_other(scratch_database_url: str) -> None:
+    """Replicas of a release started together each migrate (AUTO_MIGRATE defaults to on): all but one used to exit
+    with a duplicate key in PostgreSQL's catalog, as their CREATE TYPE and CREATE TABLE raced."""
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-m", "service", "migrate"],
+            cwd=ROOT,
+            env=cli_env(DATABASE_URL=plain_url(scratch_database_url)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    results = [(process.wait(timeout=120), process.communicate()[1]) for process in started]
+    assert [code for code, _ in results] == [0, 0, 0, 0], [error for _, error in results]
+    head = ScriptDirectory.from_config(alembic_config(scratch_database_url)).get_current_head()
+    assert asyncio.run(_revision(scratch_database_url)) == head
+    command.check(alembic_config(scratch_database_url))
+
+
 def test_with_auto_migrate_off_commands_refuse_an_old_schema_and_change_nothing(scratch_database_url: str) -> None:
     """A key made or a backup taken with a new release's CLI must not migrate under the old release's processes,
     and `serve` must not start (and report ready) on a schema its code does not match."""
