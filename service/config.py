@@ -269,12 +269,17 @@ class Settings:
             raise ConfigError(
                 f"METRICS_PORT must differ from PORT (both {port}): it is served by a listener of its own"
             )
+        transaction_pooler = _bool(env, "DATABASE_TRANSACTION_POOLER", False)
+        if transaction_pooler and not (database_url and direct):
+            # Otherwise the first statement a pooler refuses (a session setting at connect) would be the message.
+            raise ConfigError(
+                "DATABASE_TRANSACTION_POOLER=true needs DATABASE_URL (the pooler) and DATABASE_DIRECT_URL (the "
+                "server itself, for migrations and LISTEN, which a pooler in transaction mode cannot carry)"
+            )
         return cls(
             database_url=database_url,
-            database_direct_url=normalize_database_url(direct)
-            if (direct := env.get("DATABASE_DIRECT_URL", "").strip())
-            else None,
-            database_transaction_pooler=_bool(env, "DATABASE_TRANSACTION_POOLER", False),
+            database_direct_url=normalize_database_url(direct) if direct else None,
+            database_transaction_pooler=transaction_pooler,
             data_dir=Path(env.get("DATA_DIR", "").strip() or ".data"),
             openrouter_api_key=env.get("OPENROUTER_API_KEY", "").strip() or None,
             openrouter_base_url=base_url,

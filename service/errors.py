@@ -202,6 +202,10 @@ def is_database_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, _DRIVER_UNAVAILABLE):  # raised by statements sent on the driver connection
         return True
+    # SQLAlchemy does not translate what asyncpg raises while it connects: a connection refused at start-up (a
+    # pooler in transaction mode refusing a session setting, a server starting) comes wrapped as a plain DBAPIError.
+    if isinstance(exc, DBAPIError) and isinstance(_driver_error(exc), _DRIVER_UNAVAILABLE):
+        return True
     if isinstance(_driver_error(exc) if isinstance(exc, DBAPIError) else exc, _CONNECT_REFUSED):
         return True
     return isinstance(exc, OSError | ConnectionError)

@@ -306,6 +306,11 @@ def busy_port() -> Iterator[int]:
         ({"PORT": "99999"}, "PORT must be at most 65535"),
         ({"PORT": "8123", "METRICS_PORT": "8123"}, "METRICS_PORT must differ from PORT"),
         ({"RETENTION_RESPONSES_DAYS": "3000000"}, "RETENTION_RESPONSES_DAYS must be at most 36500"),
+        # The pooler refused the first session setting sent at connect: that was the message.
+        (
+            {"DATABASE_URL": "postgresql://postgres@127.0.0.1:6432/db", "DATABASE_TRANSACTION_POOLER": "true"},
+            "DATABASE_TRANSACTION_POOLER=true needs DATABASE_URL (the pooler) and DATABASE_DIRECT_URL",
+        ),
         (
             {"OPENROUTER_BASE_URL": "http://user:SECRETPASSWORD@127.0.0.1:9/api/v1"},
             "OPENROUTER_BASE_URL must not carry a user or password",

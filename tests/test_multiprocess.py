@@ -259,3 +259,37 @@ def test_chaos_over_two_processes_one_through_pgbouncer_one_killed_keeps_every_c
         "1",
     ]
     assert load_run(args) == 0
+
+
+async def test_a_pooler_in_transaction_mode_left_undeclared_is_answered_as_an_unavailable_database(
+    database_url: str, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """DATABASE_URL at pgbouncer in transaction mode without DATABASE_TRANSACTION_POOLER: the pooler refuses the
+    session settings each connection sends, and every request was a 500 with a traceback. It is a 503 the client
+    may retry, as for any database the service cannot use, and /ready says the database is unreachable."""
+    bouncer = PgBouncer(database_url, binary=require_pgbouncer()).start()
+    process = ServiceProcess(bouncer.url, fake_upstream.base_url, DATABASE_DIRECT_URL=database_url)
+    try:
+        process.start_without_waiting()
+
+        ready: list[httpx.Response] = []
+
+        async def answered() -> bool:
+            try:
+                async with httpx.AsyncClient(base_url=process.url) as probe:
+                    ready.append(await probe.get("/ready"))
+            except httpx.TransportError:
+                return False
+            return True
+
+        await eventually(answered, timeout=60)
+        assert ready[-1].status_code == 503 and ready[-1].json()["database"] == "unreachable", ready[-1].text
+        key = await keys.create_key(db, tenant="undeclared")
+        async with client_for(process.url, key.secret) as client:
+            answer = await client.post("/v1/conversations", json={})
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "database_unavailable"
+        assert "Traceback" not in process.log_path.read_text()
+    finally:
+        process.stop()
+        bouncer.stop()
