@@ -99,3 +99,64 @@ async def test_a_refused_streamed_answer_ends_the_stream_failed_and_frees_the_co
     shown = await alice.http.get(f"/v1/responses/{response_id}")
     assert shown.json()["status"] == "failed" and shown.json()["output"] == []
     await _next_turn_goes_through(alice, fake_upstream, conversation)
+
+
+ALWAYS_REFUSED = {"refuse": "always"}
+
+
+@pytest.fixture
+async def refusing_every_outcome(db: AsyncEngine) -> AsyncIterator[None]:
+    """PostgreSQL refuses to store any outcome of a response whose metadata asks for it, its failure included
+    (both carry the usage the upstream charged): only a write that leaves the usage alone goes through."""
+    async with db.begin() as conn:
+        await conn.execute(
+            text(
+                """
+                CREATE FUNCTION test_refuse_outcome() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF NEW.usage IS NOT NULL AND NEW.metadata->>'refuse' = 'always' THEN
+                        RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22023';
+                    END IF;
+                    RETURN NEW;
+                END $$
+                """
+            )
+        )
+        await conn.execute(
+            text(
+                "CREATE TRIGGER test_refuse_outcome BEFORE INSERT OR UPDATE ON response "
+                "FOR EACH ROW EXECUTE FUNCTION test_refuse_outcome()"
+            )
+        )
+    try:
+        yield
+    finally:
+        async with db.begin() as conn:
+            await conn.execute(text("DROP TRIGGER test_refuse_outcome ON response"))
+            await conn.execute(text("DROP FUNCTION test_refuse_outcome()"))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_turn_refused_even_as_a_failure_still_frees_its_conversation(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, refusing_every_outcome: None, stream: bool
+) -> None:
+    """Its conversation used to stay claimed until TURN_LOCK_TTL (16 minutes by default) while the process lived.
+    A streamed turn's response, stored at its begin, is failed; a plain one's never existed (its finish stores it)."""
+    conversation = await new_conversation(alice.http)
+    body = {"model": MODEL, "input": "first", "conversation": conversation, "metadata": ALWAYS_REFUSED}
+    if stream:
+        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("first answer")))
+        streamed = await alice.http.post("/v1/responses", json={**body, "stream": True})
+        last = parse_sse(streamed.text)[-1][1]
+        assert last["type"] == "response.failed" and last["response"]["error"]["code"] == "server_error"
+        stored = await rows(db, "SELECT id, status, usage FROM response")
+        assert stored == [{"id": last["response"]["id"], "status": "failed", "usage": None}]
+    else:
+        fake_upstream.reply_json(text_response("first answer"))
+        first = await alice.http.post("/v1/responses", json=body)
+        assert first.status_code == 500, first.text
+        assert "nor could it be stored as failed" in first.json()["error"]["message"]
+        assert await rows(db, "SELECT id FROM response") == []
+    claimed = await rows(db, "SELECT turn_response_id, last_status FROM conversation WHERE id = :c", c=conversation)
+    assert claimed == [{"turn_response_id": None, "last_status": "failed"}]
+    await _next_turn_goes_through(alice, fake_upstream, conversation)

@@ -409,11 +409,7 @@ class TurnContext:
             stored_failed = await self._store_as_refused(turn, refused)
             raise ServiceError(
                 f"The answer for response '{state.id}' could not be stored; "
-                + (
-                    "the response is stored as failed."
-                    if stored_failed
-                    else "it is failed once TURN_LOCK_TTL has passed."
-                ),
+                + ("the response is stored as failed." if stored_failed else "nor could it be stored as failed."),
                 status_code=500,
                 code="server_error",
             ) from refused
@@ -431,8 +427,9 @@ class TurnContext:
         """The database refused the outcome for good (a value or rule it will never take), or rolled it back for
         a concurrent transaction on every attempt. Stored as failed without its output, the turn releases its
         conversation now rather than at the claim's expiry, and clients see what happened; its usage is kept, as
-        the upstream charged for it. Should even that be refused, the claim's expiry frees the conversation and
-        the expiry sweep fails the response."""
+        the upstream charged for it. Should even that be refused, the last resort only fails the response (if its
+        begin stored it) and releases the claim; and should that be refused too, the claim's expiry frees the
+        conversation and the expiry sweep fails the response."""
         state = turn.state
         logger.error("storing turn %s was refused; storing it as failed", state.id, exc_info=refused)
         state.status = Status.FAILED.value
@@ -442,9 +439,15 @@ class TurnContext:
             async with driver_connection(self.engine, finishing=True) as db:
                 await _store_outcome(db, turn, [], None, None)
         except Exception:
-            logger.exception("could not store turn %s as failed either; its claim's expiry frees it", state.id)
+            logger.exception("could not store turn %s as failed either; releasing its claim only", state.id)
+        else:
+            return True
+        try:
+            async with driver_connection(self.engine, finishing=True) as db:
+                return await turn_store.abandon(db, state.id, turn.request.conversation_id, _REFUSED_ERROR)
+        except Exception:
+            logger.exception("could not release turn %s's claim either; its expiry frees it", state.id)
             return False
-        return True
 
     def _remember_chain(self, turn: Turn, outputs: list[NewItem]) -> None:
         """An answered response outside any conversation: the history its children send, made from the history

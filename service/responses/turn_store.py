@@ -617,6 +617,23 @@ _FAIL_RUNNING = Statement(
 )
 
 
+# The last resort when the database refuses a turn's outcome even as a bare failure: fail the response if its
+# begin stored it, and release the conversation's claim, so that the conversation takes turns again now rather
+# than at the claim's expiry. Nothing else is written (no items, usage nor event log).
+_ABANDON = Statement(
+    """
+    WITH released AS (
+        UPDATE conversation SET turn_response_id = NULL, turn_expires_at = NULL, turn_claimed_at = NULL,
+            last_status = 'failed'
+        WHERE id = $conversation_id AND turn_response_id = $response_id
+    )
+    UPDATE response SET status = 'failed', error = $error::jsonb, completed_at = now()
+    WHERE id = $response_id AND status = ANY($running::text[])
+    RETURNING id
+    """
+)
+
+
 def json_text(value: Any) -> str | None:
     return None if value is None else msgspec.json.encode(value).decode()
 
@@ -982,3 +999,14 @@ async def finished_at(db: Any, response_id: str, completed_at: datetime) -> bool
 async def fail_running_response(db: Any, response_id: str, error: dict[str, Any]) -> None:
     values = {"response_id": response_id, "error": json_text(error), "running": list(RUNNING)}
     await db.execute(_FAIL_RUNNING.sql, *_FAIL_RUNNING.args(values))
+
+
+async def abandon(db: Any, response_id: str, conversation_id: str | None, error: dict[str, Any]) -> bool:
+    """Whether a stored response was failed (an unseen turn's never was: its finish stores it)."""
+    values = {
+        "response_id": response_id,
+        "conversation_id": conversation_id,
+        "error": json_text(error),
+        "running": list(RUNNING),
+    }
+    return await db.fetchval(_ABANDON.sql, *_ABANDON.args(values)) is not None
