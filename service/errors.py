@@ -171,7 +171,11 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
             if detail:
                 message = f"Invalid value for {param}: {detail}" if param else str(detail)
     note_error_code(code)
-    return _json(status, error_envelope(message, error_type_for(status), param, code))
+    # The router names the route's methods on a 405 (`allow`), which RFC 9110 requires the answer to carry.
+    allow = (exc.headers or {}).get("allow") if isinstance(exc, MethodNotAllowedException) else None
+    return _json(
+        status, error_envelope(message, error_type_for(status), param, code), {"Allow": allow} if allow else None
+    )
 
 
 # asyncpg's own errors for a connection that is gone or a server that is stopping, starting or full.

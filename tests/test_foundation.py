@@ -149,6 +149,11 @@ async def test_unknown_route_and_wrong_method_use_the_envelope(alice: Tenant) ->
     wrong = await alice.http.put("/v1/conversations")
     assert wrong.status_code == 405
     assert wrong.json()["error"]["type"] == "invalid_request_error"
+    # RFC 9110: a 405 names the methods the route takes (the router answers OPTIONS on every route).
+    assert set(wrong.headers["allow"].split(", ")) == {"POST", "OPTIONS"}
+    item_route = await alice.http.patch("/v1/conversations/conv_x/items/msg_x")
+    assert item_route.status_code == 405
+    assert set(item_route.headers["allow"].split(", ")) == {"GET", "DELETE", "OPTIONS"}
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------

@@ -112,11 +112,13 @@ async def test_response_objects_match_the_spec_and_stored_items_stay_as_received
     assert listed["data"][0]["content"][0]["logprobs"] == []
 
     fake_upstream.reply_json(response_with_output([REASONING, CALL]))
+    echoed = {"user": "u-1", "temperature": 0.3, "prompt_cache_retention": "24h"}
     with_call = await alice.http.post(
-        "/v1/responses", json={"model": MODEL, "input": "Weather?", "tools": TOOLS, "user": "u-1", "temperature": 0.3}
+        "/v1/responses", json={"model": MODEL, "input": "Weather?", "tools": TOOLS, **echoed}
     )
     check("Response", with_call.json())
-    assert with_call.json()["user"] == "u-1" and with_call.json()["temperature"] == 0.3
+    assert {name: with_call.json()[name] for name in echoed} == echoed
+    assert "prompt_cache_retention" not in body
 
 
 async def test_stream_events_match_the_spec(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:

@@ -433,8 +433,12 @@ async def test_resume_rejects_non_streamed_and_unknown_responses(alice: Tenant, 
         refused = await alice.http.get(f"/v1/responses/{response_id}", params=params)
         assert refused.status_code == 400, (stream, after, refused.text)
         assert refused.json()["error"]["param"] == "starting_after"
+    for flag in ("garbage", "2"):
+        refused = await alice.http.get(f"/v1/responses/{response_id}", params={"include_obfuscation": flag})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "include_obfuscation", refused.text
     plain_again = await alice.http.get(
-        f"/v1/responses/{response_id}", params={"stream": "false", "starting_after": "2"}
+        f"/v1/responses/{response_id}",
+        params={"stream": "false", "starting_after": "2", "include_obfuscation": "false"},
     )
     assert plain_again.status_code == 200 and plain_again.json()["id"] == response_id
 

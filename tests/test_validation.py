@@ -87,6 +87,9 @@ async def test_body_over_the_size_limit_gets_413(alice: Tenant, fake_upstream: F
         ({"model": "m", "input": "x", "conversation": {"name": "c"}}, "conversation"),
         ({"model": "m", "input": "x", "previous_response_id": 5}, "previous_response_id"),
         ({"model": "m", "input": "x", "metadata": "m"}, "metadata"),
+        # Without stream, stream_options is refused as such; with it, as no object.
+        ({"model": "m", "input": "x", "stream_options": 5}, "stream_options"),
+        ({"model": "m", "input": "x", "prompt_cache_retention": "7d"}, "prompt_cache_retention"),
         ({"model": "m", "input": ["x"]}, "input[0]"),
         ({"model": "m", "input": [{"content": "x"}]}, "input[0].type"),
         ({"model": "m", "input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
@@ -271,6 +274,23 @@ async def test_invalid_turn_requests_name_the_field(
     # and the conversation was left free.
     answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "conversation": conv})
     assert answer.status_code == 200, answer.text
+
+
+async def test_stream_options_are_taken_only_with_stream(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """As OpenAI answers; the options are not sent upstream (the service streams to its client itself)."""
+    options = {"include_obfuscation": False}
+    error = _error(
+        await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "stream_options": options})
+    )
+    assert error["param"] == "stream_options" and "stream is true" in error["message"]
+    await _nothing_happened(db, fake_upstream)
+    streamed = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "x", "stream": True, "stream_options": options}
+    )
+    assert streamed.status_code == 200, streamed.text
+    assert "stream_options" not in fake_upstream.requests[-1].body
 
 
 async def test_generation_parameters_both_apis_accept_go_upstream_as_sent(

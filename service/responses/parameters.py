@@ -38,6 +38,7 @@ _NAMED_TOOL_CHOICES = frozenset({"function", "custom"})
 # OpenAI's maximum; OpenRouter passes it on.
 _MAX_SAFETY_IDENTIFIER_CHARS = 64
 _SERVICE_TIERS = frozenset({"auto", "default", "fast", "flex", "priority", "scale"})
+_PROMPT_CACHE_RETENTIONS = frozenset({"in_memory", "24h"})
 
 
 def _invalid(message: str, param: str) -> InvalidRequest:
@@ -199,3 +200,5 @@ def check_parameters(params: dict[str, Any]) -> None:
         _check_text(params["text"])
     if "service_tier" in params:
         _one_of(params["service_tier"], _SERVICE_TIERS, "service_tier")
+    if "prompt_cache_retention" in params:
+        _one_of(params["prompt_cache_retention"], _PROMPT_CACHE_RETENTIONS, "prompt_cache_retention")

@@ -132,6 +132,7 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
         )
     if background and not store:
         raise InvalidRequest("background responses must be stored (store=false is not allowed)", param="store")
+    _check_stream_options(body.get("stream_options"), stream=stream)
     metadata = validate_metadata(body.get("metadata"))
     raw_input, compact_first = _without_compaction_trigger(body["input"])
     input_items = normalize_input(raw_input, param="input", max_items=max_input_items)
@@ -158,6 +159,19 @@ def parse_turn_request(body: dict[str, Any], *, max_input_items: int) -> TurnReq
         metadata=metadata,
         compact_first=compact_first,
     )
+
+
+def _check_stream_options(options: Any, *, stream: bool) -> None:
+    """OpenAI's `stream_options` (`include_obfuscation`), only with stream=true; these events carry no
+    obfuscation padding either way, so nothing else reads it."""
+    if options is None:
+        return
+    if not stream:
+        raise InvalidRequest("stream_options is only allowed when stream is true", param="stream_options")
+    if not isinstance(options, dict) or not isinstance(options.get("include_obfuscation", True), bool):
+        raise InvalidRequest(
+            "stream_options must be an object whose include_obfuscation is a boolean", param="stream_options"
+        )
 
 
 def _without_compaction_trigger(value: Any) -> tuple[Any, bool]:

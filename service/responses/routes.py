@@ -141,12 +141,15 @@ class ResponseController(Controller):
         request: Request[Any, Any, Any],
         caller: CallerDep,
         response_id: FromPath[str],
+        *,
         stream: FromQuery[str | None] = None,
         starting_after: FromQuery[str | None] = None,
+        include_obfuscation: FromQuery[str | None] = None,
     ) -> Response[Any]:
         check_include(request)
         runtime, tenant_id = caller.runtime, caller.tenant_id
         after = _sequence_number(starting_after)  # checked without stream too: a typo is not silently ignored
+        _flag(include_obfuscation, "include_obfuscation")  # OpenAI's padding of deltas, which these events never carry
         if _flag(stream, "stream"):
             frames = await open_replay(
                 runtime.engine, runtime.turns, tenant_id, response_id, after, bus=runtime.cluster.bus

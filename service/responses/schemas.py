@@ -128,6 +128,9 @@ class ResponseStreamEvent(msgspec.Struct):
 class RetrieveResponseQuery(msgspec.Struct):
     stream: bool = False
     starting_after: int | None = msgspec.field(default=None)
+    include_obfuscation: Annotated[
+        bool, msgspec.Meta(description="Checked; events carry no obfuscation padding either way")
+    ] = True
     include: Annotated[
         list[str] | None, msgspec.Meta(description="Checked against OpenAI's IncludeEnum; what is stored is shown")
     ] = None

@@ -121,8 +121,9 @@ class ResponseState:
         tools = echo["tools"]
         echo["tools"] = [_with_strict(tool) for tool in tools] if isinstance(tools, list) else []
         echo["service_tier"] = self.service_tier or self.params.get("service_tier") or _DEFAULT_SERVICE_TIER
-        if "user" in self.params:  # omitted rather than null, as OpenAI does
-            echo["user"] = self.params["user"]
+        for name in ("user", "prompt_cache_retention"):  # omitted rather than null, as OpenAI does
+            if name in self.params:
+                echo[name] = self.params[name]
         return {
             "id": self.id,
             "object": "response",
