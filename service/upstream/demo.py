@@ -165,8 +165,10 @@ def _item_events(index: int, item: dict[str, Any]) -> list[dict[str, Any]]:
         for number, summary in enumerate(item["summary"]):
             summary_ids = {**ids, "summary_index": number}
             events += [
+                {"type": "response.reasoning_summary_part.added", **summary_ids, "part": {**summary, "text": ""}},
                 {"type": "response.reasoning_summary_text.delta", **summary_ids, "delta": summary["text"]},
                 {"type": "response.reasoning_summary_text.done", **summary_ids, "text": summary["text"]},
+                {"type": "response.reasoning_summary_part.done", **summary_ids, "part": summary},
             ]
     events.append({"type": "response.output_item.done", "output_index": index, "item": item})
     return events

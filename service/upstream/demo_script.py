@@ -81,5 +81,6 @@ def reasoning(items: list[Any]) -> dict[str, Any]:
     return {
         "type": "reasoning",
         "id": new_id("rs"),
+        "status": "completed",
         "summary": [{"type": "summary_text", "text": f"The user wrote {len(last_user_text(items))} characters."}],
     }
