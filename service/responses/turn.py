@@ -520,7 +520,7 @@ def _give_fresh_ids(turn: Turn, outputs: list[NewItem], taken: Collection[str]) 
     """The new ids are shown from now on, but not to the end of a stream that relayed the upstream's ones: its
     final Response (terminal event and event log) keeps them, as its item events did, since the SDK's stream
     helper refuses a final output whose ids differ from the streamed items'."""
-    logger.warning("response %s: the upstream sent output ids already stored; ids of ours replace them", turn.state.id)
+    logger.warning("response %s: the upstream sent output ids already held; ids of ours replace them", turn.state.id)
     with_fresh_ids(outputs, taken)
     if not turn.request.stream:
         turn.state.output = [(item.id, item.status, item.body) for item in outputs]

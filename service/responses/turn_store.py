@@ -311,8 +311,8 @@ _CHAIN_HISTORY = Statement(
 # each (LIMIT 1 keeps it a lookup by both columns: as a join, a plan made on an empty table read every item of
 # the tenant). An upstream that reuses ids across turns would otherwise leave two items under one id: the items API
 # reaches only the first, and every later turn sends the id twice, which OpenAI's API refuses. When any is held,
-# the finish writes nothing and returns them (`held_ids`, the row's only value); the caller gives those items ids
-# of ours and runs it again (OutputIdsHeld). Ids the upstream mints are unique, so the second run is rare.
+# the finish writes nothing and returns them (`held_ids`, its other column null); the caller gives those items
+# ids of ours and runs it again (OutputIdsHeld). Ids the upstream mints are unique, so the second run is rare.
 
 
 def _held(first_output: str) -> str:
