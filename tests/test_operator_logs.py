@@ -150,3 +150,47 @@ def test_json_request_lines_request_ids_metrics_over_two_workers_and_no_secret_a
     (failed_turn,) = [r for r in requests if r.get("upstream_status") == 400]
     during = [r for r in records if r.get("request_id") == failed_turn["request_id"]]
     assert len(during) >= 1
+
+
+def test_shared_background_work_a_request_starts_does_not_carry_its_request_id(
+    base_settings: Settings, fake_upstream: FakeOpenRouter
+) -> None:
+    """The model catalog is read when the first turn needs it, in a task every later turn shares: its lines (the
+    read, and any later refresh or failure) belong to no request, and carried the first turn's id."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    assert base_settings.database_url is not None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env=cli_env(
+            DATABASE_URL=base_settings.database_url,
+            PORT=str(port),
+            LOG_LEVEL="INFO",
+            ADMIN_API_KEY=ADMIN_KEY,
+            OPENROUTER_API_KEY=OPENROUTER_KEY,
+            OPENROUTER_BASE_URL=fake_upstream.base_url,
+            AUTO_MIGRATE="false",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_ready(url, proc)
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        key = httpx.post(f"{url}/admin/api-keys", json={"tenant": "ops", "name": "t"}, headers=admin).json()["key"]
+        turn = httpx.post(
+            f"{url}/v1/responses",
+            json={"model": "openai/gpt-4o-mini", "input": "hi"},
+            headers={"Authorization": f"Bearer {key}", "X-Request-Id": "first-turn"},
+            timeout=30,
+        )
+        assert turn.status_code == 200, turn.text
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    (read,) = [line for line in lines if line["message"].startswith("model catalog read")]
+    assert "request_id" not in read, read
+    assert [line["status"] for line in lines if line.get("request_id") == "first-turn" and "status" in line] == [200]

@@ -9,6 +9,7 @@ they are (OpenRouter's own context error is then mapped to OpenAI's). MODEL_CONT
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -112,7 +113,11 @@ class ModelCatalog:
 
     def _refresh_soon(self) -> None:
         if self._refreshing is None:
-            self._refreshing = asyncio.get_running_loop().create_task(self._refresh_in_background())
+            # In a context of its own: the read serves every turn, not the request that happened to start it,
+            # whose id its log lines would otherwise carry (service/observability/record.py).
+            self._refreshing = asyncio.get_running_loop().create_task(
+                self._refresh_in_background(), context=contextvars.Context()
+            )
 
     async def _refresh_in_background(self) -> None:
         try:
