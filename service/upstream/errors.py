@@ -103,7 +103,8 @@ CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 # How OpenRouter's providers word a prompt longer than the model's window when no `error_type` says so.
 _OVERFLOW_WORDINGS = re.compile(
     r"maximum context length|context length (?:exceeded|is exceeded)|context_length_exceeded|context window"
-    r"|prompt is too long|input is too long|too many (?:input )?tokens|exceeds? the (?:model's )?(?:maximum )?context",
+    r"|prompt is too long|input is too long|too many (?:input )?tokens|exceeds? the (?:model's )?(?:maximum )?context"
+    r"|exceeds the maximum number of tokens",
     re.IGNORECASE,
 )
 
