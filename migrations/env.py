@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from logging.config import fileConfig
 
 from alembic import context
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -28,9 +31,11 @@ target_metadata = Base.metadata
 # concurrently), which would release a transaction's lock. The others try for it between pauses rather than
 # wait in pg_advisory_lock: an index built concurrently waits for every transaction older than it, a waiting
 # pg_advisory_lock included, which waits for the builder: a deadlock. "convstor" in ASCII: above the range of
-# the processes' liveness locks (service/cluster/heartbeat.py draws those from 62 bits).
+# the processes' liveness locks (service/cluster/heartbeat.py draws those from 62 bits). A database already at
+# this release's head takes no lock: a process starting then must not wait behind another's long migration.
 MIGRATION_LOCK = 0x636F6E7673746F72
 MIGRATION_LOCK_PAUSE_SECONDS = 0.2
+MIGRATION_LOCK_REPORT_SECONDS = 10.0
 
 
 def _database_url() -> str:
@@ -46,11 +51,33 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
-def _run(connection: Connection) -> None:
+def _at_head(connection: Connection) -> bool:
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    connection.commit()
+    return current == set(ScriptDirectory.from_config(config).get_heads())
+
+
+def _take_migration_lock(connection: Connection) -> None:
+    reported = time.monotonic()
     while not connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK}).scalar():
+        if time.monotonic() - reported >= MIGRATION_LOCK_REPORT_SECONDS:
+            reported = time.monotonic()
+            holder = connection.execute(
+                text(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND classid::bigint = :high AND objid::bigint = :low LIMIT 1"
+                ),
+                {"high": MIGRATION_LOCK >> 32, "low": MIGRATION_LOCK & 0xFFFFFFFF},
+            ).scalar()
+            print(f"waiting for another migration of this database (PostgreSQL backend {holder})", file=sys.stderr)
         connection.commit()
         time.sleep(MIGRATION_LOCK_PAUSE_SECONDS)
     connection.commit()
+
+
+def _run(connection: Connection) -> None:
+    if not _at_head(connection):
+        _take_migration_lock(connection)
     context.configure(connection=connection, target_metadata=target_metadata, compare_server_default=True)
     with context.begin_transaction():
         context.run_migrations()

@@ -119,6 +119,13 @@ async def test_response_objects_match_the_spec_and_stored_items_stay_as_received
     check("Response", with_call.json())
     assert {name: with_call.json()[name] for name in echoed} == echoed
     assert "prompt_cache_retention" not in body
+    # An earlier SDK's spelling is taken, and shown as the spec's.
+    fake_upstream.reply_json(response_with_output([REASONING, CALL]))
+    older = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "x", "prompt_cache_retention": "in-memory"}
+    )
+    check("Response", older.json())
+    assert older.json()["prompt_cache_retention"] == "in_memory"
 
 
 async def test_stream_events_match_the_spec(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:

@@ -38,7 +38,8 @@ _NAMED_TOOL_CHOICES = frozenset({"function", "custom"})
 # OpenAI's maximum; OpenRouter passes it on.
 _MAX_SAFETY_IDENTIFIER_CHARS = 64
 _SERVICE_TIERS = frozenset({"auto", "default", "fast", "flex", "priority", "scale"})
-_PROMPT_CACHE_RETENTIONS = frozenset({"in_memory", "24h"})
+# OpenAI's spec spells it in_memory; earlier SDK releases (and clients built on them) send in-memory.
+_PROMPT_CACHE_RETENTIONS = frozenset({"in_memory", "in-memory", "24h"})
 
 
 def _invalid(message: str, param: str) -> InvalidRequest:

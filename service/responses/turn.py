@@ -85,8 +85,9 @@ _TAKEN_OVER_ERROR = {
     "not stored",
 }
 _FINISH_ATTEMPTS = 3
-# Runs of a finish whose output ids the tenant held: ids of ours replace them after the first, and are unique.
-_HELD_ID_ROUNDS = 2
+# Runs of a finish whose output ids the tenant held: ids of ours replace them after the first, and are unique;
+# a third covers another of the upstream's ids stored by a concurrent finish in between.
+_HELD_ID_ROUNDS = 3
 # A finished turn the database could not take is kept this long, so a database restart at the wrong moment
 # loses no answer and does not leave the conversation claimed until TURN_LOCK_TTL.
 _STORE_LATER_SECONDS = 600

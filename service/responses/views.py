@@ -124,6 +124,8 @@ class ResponseState:
         for name in ("user", "prompt_cache_retention"):  # omitted rather than null, as OpenAI does
             if name in self.params:
                 echo[name] = self.params[name]
+        if echo.get("prompt_cache_retention") == "in-memory":  # an earlier SDK's spelling, shown as the spec's
+            echo["prompt_cache_retention"] = "in_memory"
         return {
             "id": self.id,
             "object": "response",
