@@ -200,6 +200,24 @@ async def test_a_failed_compact_leaves_the_conversation_as_it_was(
     await alice.openai().responses.create(model=MODEL, input="again", conversation=conversation)
 
 
+async def test_a_summary_the_model_cut_off_compacts_nothing(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Sealed as if whole, a cut-off summary stood for the whole history before it, and nothing showed it."""
+    conversation = await new_conversation(alice.http)
+    await converse(alice, fake_upstream, conversation, ["first"])
+    before = await conversation_items(db, conversation)
+    partial = summary_reply("They plan a trip to")
+    partial["output"][0]["status"] = "incomplete"
+    fake_upstream.reply_json({**partial, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}})
+    failed = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": conversation})
+    assert failed.status_code == 502, failed.text
+    assert failed.json()["error"]["code"] == "upstream_error"
+    assert "cut off (max_output_tokens)" in failed.json()["error"]["message"]
+    assert await conversation_items(db, conversation) == before
+    await alice.openai().responses.create(model=MODEL, input="again", conversation=conversation)
+
+
 async def test_context_management_compacts_before_the_turn_once_past_the_threshold(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:

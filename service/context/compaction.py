@@ -138,6 +138,14 @@ async def summarize(
     joined = f"{history},{ask}" if history else ask
     body = msgspec.json.encode(head)[:-1] + b',"input":[' + joined.encode() + b"]}"
     result = await upstream.create(body)
+    if result.get("status") != "completed":
+        # Cut off (its max_output_tokens, the model's own limit): a partial summary would stand for the whole
+        # history before it, for good, and nothing would show what it left out.
+        reason = (result.get("incomplete_details") or {}).get("reason") if isinstance(result, dict) else None
+        raise UpstreamError(
+            f"The compaction model's summary was cut off ({reason or result.get('status')}); nothing was compacted",
+            kind="protocol",
+        )
     texts = [
         part.get("text", "")
         for item in result.get("output") or []
