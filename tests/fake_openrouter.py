@@ -294,6 +294,7 @@ class FakeOpenRouter:
         with self._lock:
             self._script.clear()
             self.requests.clear()
+        self.responder = None
         self.reset_catalog()
 
     async def received(self, count: int = 1, timeout: float = 10.0) -> None:

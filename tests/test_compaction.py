@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context.compaction import SUMMARY_INSTRUCTIONS
 from tests.conftest import LiveServer, Tenant
-from tests.fake_openrouter import FakeOpenRouter, fake_input_tokens, response_with_output, text_response
+from tests.fake_openrouter import FakeOpenRouter, Reply, fake_input_tokens, response_with_output, text_response
 from tests.openai_spec import check
 from tests.turn_support import assistant, conversation_items, list_all, new_conversation, rows, user
 
@@ -200,6 +200,40 @@ async def test_a_failed_compact_leaves_the_conversation_as_it_was(
     await alice.openai().responses.create(model=MODEL, input="again", conversation=conversation)
 
 
+async def test_a_thread_whose_user_messages_alone_pass_the_threshold_is_not_compacted_on_every_turn(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Compaction keeps user messages: once they alone passed the threshold, every turn compacted again, paying a
+    second, whole summary call for a summary no shorter than the last. A history compacted before is compacted
+    again once what a new summary would replace since costs more than the last summary."""
+    summary = "They talked about " + "many things " * 60
+
+    def answer(body: dict[str, Any]) -> Reply:
+        text = summary if body.get("instructions") == SUMMARY_INSTRUCTIONS else "ok " + "fine " * 20
+        return Reply(kind="json", body=text_response(text))
+
+    fake_upstream.responder = answer
+    conversation = await new_conversation(alice.http)
+    management = [{"type": "compaction", "compact_threshold": 1000}]
+    summary_calls = []
+    for index in range(16):
+        before = len(fake_upstream.requests)
+        await alice.openai().responses.create(
+            model=MODEL,
+            input=f"message {index} " + "word " * 150,
+            conversation=conversation,
+            context_management=management,  # type: ignore[arg-type]
+        )
+        made = fake_upstream.requests[before:]
+        summary_calls.append(sum(r.body.get("instructions") == SUMMARY_INSTRUCTIONS for r in made))
+    # The history passes the threshold at the sixth turn, and its user messages alone soon after: compacted
+    # then, and again only once the answers since cost more than the summary (about 20 tokens each, against
+    # about 120). On the code before, every turn from the sixth on compacted: 11 summary calls.
+    first = summary_calls.index(1)
+    assert first <= 6 and 2 <= sum(summary_calls) <= 4, summary_calls
+    assert summary_calls[first + 1 : first + 4] == [0, 0, 0], summary_calls
+
+
 async def test_a_summary_the_model_cut_off_compacts_nothing(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
@@ -311,7 +345,10 @@ async def test_a_turns_usage_and_stored_totals_include_its_compactions_summary_c
     assert after["output_tokens"] - before["output_tokens"] == 79
     assert after["cost"] - before["cost"] == Decimal("0.0025")
 
-    # A streamed turn's terminal event (and what is stored) includes it too.
+    # A streamed turn's terminal event (and what is stored) includes it too. (First an answer long enough that
+    # a new summary is worth its call: the thread was compacted just before.)
+    fake_upstream.reply_json(text_response("long " + "word " * 300))
+    await alice.openai().responses.create(model=MODEL, input="more", conversation=conversation)
     fake_upstream.reply_json(priced(summary_reply("S-streamed"), output_tokens=40, cost=0.001, cached=0))
     stream = await alice.openai().responses.create(
         model=MODEL,

@@ -89,6 +89,18 @@ def _bill_summary(turn: Turn, plan: _Plan) -> None:
         turn.state.usage = compaction.with_summary_usage(turn.state.usage, plan.compaction_usage)
 
 
+def _worth_compacting_again(sent: CountedItems) -> bool:
+    """Past its threshold, a history compacted before is compacted again only once what a new summary would
+    replace since the last one (its items but the user messages, which compaction keeps) costs more than that
+    summary. Otherwise a thread whose user messages alone passed the threshold paid a second, whole summary call
+    on every turn, for a summary no shorter than the one it replaced."""
+    latest = sent.kinds.rfind(bytes([COMPACTION]))
+    if latest < 0:
+        return True
+    since = sum(sent.counts[index] for index in range(latest + 1, len(sent)) if sent.kinds[index] != USER_MESSAGE)
+    return since > sent.counts[latest]
+
+
 def _sent_item(body: str) -> NewItem:
     """An item only sent, never stored (what is read of it: its body and what it costs)."""
     return NewItem(
@@ -256,7 +268,11 @@ class ContextWindows:
         if any(item.type in TOOL_OUTPUT_TYPES for item in request.input_items):
             plan.answered = pairing.answered_call_ids(item.body for item in request.input_items)
         overhead = tokens.request_tokens(params)
-        past_threshold = threshold is not None and plan.sent.total + plan.input_tokens + overhead > threshold
+        past_threshold = (
+            threshold is not None
+            and plan.sent.total + plan.input_tokens + overhead > threshold
+            and _worth_compacting_again(plan.sent)
+        )
         if (past_threshold or request.compact_first) and len(plan.sent):
             await self._compact_first(upstream, turn, plan)
         if window is not None:
