@@ -18,7 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.context.compaction import SUMMARY_INSTRUCTIONS
 from tests.conftest import LiveServer, Tenant
-from tests.fake_openrouter import FakeOpenRouter, Reply, fake_input_tokens, response_with_output, text_response
+from tests.fake_openrouter import (
+    SMALL_WINDOW_MODEL,
+    FakeOpenRouter,
+    Reply,
+    fake_input_tokens,
+    response_with_output,
+    text_response,
+)
 from tests.openai_spec import check
 from tests.turn_support import assistant, conversation_items, list_all, new_conversation, rows, user
 
@@ -232,6 +239,30 @@ async def test_a_thread_whose_user_messages_alone_pass_the_threshold_is_not_comp
     first = summary_calls.index(1)
     assert first <= 6 and 2 <= sum(summary_calls) <= 4, summary_calls
     assert summary_calls[first + 1 : first + 4] == [0, 0, 0], summary_calls
+
+
+async def test_a_summary_larger_than_the_models_room_is_left_out_with_auto_truncation(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A summary made by a model with a larger window, then a turn on a smaller one: the summary was never dropped,
+    so with truncation "auto" too every later turn of the thread was 400 context_length_exceeded. It goes without
+    the summary now, as any history too long to send; with "disabled" it is still refused."""
+    conversation = await new_conversation(alice.http)
+    await converse(alice, fake_upstream, conversation, ["first", "second"])
+    fake_upstream.reply_json(summary_reply("They said " + "many things " * 700))
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": conversation})
+    assert compacted.status_code == 200, compacted.text
+    small = {"model": SMALL_WINDOW_MODEL, "conversation": conversation}
+    refused = await alice.http.post("/v1/responses", json={**small, "input": "next", "truncation": "disabled"})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    for index in range(2):
+        done = await alice.http.post("/v1/responses", json={**small, "input": f"next {index}", "truncation": "auto"})
+        assert done.status_code == 200, done.text
+        sent = fake_upstream.requests[-1].body["input"]
+        assert sent[-1] == user(f"next {index}")
+        assert all("many things" not in json.dumps(item) for item in sent)
+    counted = await alice.http.post("/v1/responses/input_tokens", json={**small, "input": "x", "truncation": "auto"})
+    assert counted.status_code == 200, counted.text
 
 
 async def test_a_summary_the_model_cut_off_compacts_nothing(

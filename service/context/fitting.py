@@ -167,7 +167,21 @@ def fit(
     # The latest compaction item may start what is sent (it stands for what came before it) but never be
     # dropped: once the cut passes it, it is sent before the kept turns. So are the calls the input answers.
     latest = counted.kinds.rfind(bytes([COMPACTION]))
-    pins = sorted({latest, *pairing.answered_calls(counted, answered)} - {-1})
+    calls = pairing.answered_calls(counted, answered)
+    fitted = _cut(counted, sorted({latest, *calls} - {-1}), room, input_tokens, overhead_tokens)
+    if fitted is None and latest >= 0:
+        # A summary larger than this model's room (one made by a model with a larger window): the turn goes
+        # without it, as for any history too long to send, rather than never.
+        fitted = _cut(counted, calls, room, input_tokens, overhead_tokens)
+    if fitted is None:
+        what = "the new input with the calls it answers"
+        raise too_long(model, fixed + sum(counted.counts[pin] for pin in calls), budget, what=what)
+    return _unorphaned(counted, fitted)
+
+
+def _cut(counted: CountedItems, pins: list[int], room: int, input_tokens: int, overhead_tokens: int) -> Fit | None:
+    """The first turn boundary from which the history, with `pins` sent before it, fits `room`; else only the
+    pins; None when not even they fit."""
     dropped = pinned_cost = passed = 0
     for index in range(len(counted)):
         while passed < len(pins) and pins[passed] < index:
@@ -175,14 +189,11 @@ def fit(
             passed += 1
         kept = counted.total - dropped + pinned_cost
         if kept <= room and counted.kinds[index] in (USER_MESSAGE, COMPACTION):
-            return _unorphaned(counted, Fit(index, kept, input_tokens, overhead_tokens, tuple(pins[:passed])))
+            return Fit(index, kept, input_tokens, overhead_tokens, tuple(pins[:passed]))
         dropped += counted.counts[index]
     # No turn boundary fits: only the new input goes, with what must go with it.
     needed = sum(counted.counts[pin] for pin in pins)
-    if needed > room:
-        what = "the new input with the conversation's summary and the calls it answers"
-        raise too_long(model, fixed + needed, budget, what=what)
-    return _unorphaned(counted, Fit(len(counted), needed, input_tokens, overhead_tokens, tuple(pins)))
+    return None if needed > room else Fit(len(counted), needed, input_tokens, overhead_tokens, tuple(pins))
 
 
 def _unorphaned(counted: CountedItems, fitted: Fit) -> Fit:
