@@ -485,3 +485,48 @@ async def test_unauthenticated_requests_are_refused(anonymous: Any, alice: Tenan
         "/v1/responses", content=b'{"model": ', headers={"Content-Type": "application/json"}
     )
     assert unreadable.status_code == 401 and unreadable.json()["error"]["type"] == "authentication_error"
+
+
+async def test_a_tool_output_whose_call_the_context_does_not_hold_is_refused(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """OpenAI's 400; OpenRouter's providers refuse such an output too, and once stored in a conversation every
+    later turn sent it (a long-conversation review found threads stuck so). The call may be in the same input."""
+    orphan = {"type": "function_call_output", "call_id": "call_nowhere", "output": "42"}
+    message = "No tool call found for function call output with call_id call_nowhere."
+    error = _error(await alice.http.post("/v1/responses", json={"model": MODEL, "input": [orphan]}))
+    assert (error["message"], error["param"]) == (message, "input")
+    await _nothing_happened(db, fake_upstream)
+
+    root = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi"})
+    for extra in ({}, {"stream": True}, {"background": True}):
+        chained = await alice.http.post(
+            "/v1/responses",
+            json={"model": MODEL, "input": [orphan], "previous_response_id": root.json()["id"], **extra},
+        )
+        assert _error(chained)["message"] == message
+    assert len(await rows(db, "SELECT id FROM response")) == 1 and len(fake_upstream.requests) == 1
+
+    conversation = await new_conversation(alice.http)
+    await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conversation})
+    for extra in ({}, {"stream": True}):
+        refused = await alice.http.post(
+            "/v1/responses", json={"model": MODEL, "input": [orphan], "conversation": conversation, **extra}
+        )
+        assert _error(refused)["message"] == message
+    assert len(fake_upstream.requests) == 2
+    items = await rows(db, "SELECT type FROM item WHERE conversation_id = :c ORDER BY position", c=conversation)
+    assert [item["type"] for item in items] == ["message", "message"]
+
+    # With its call in the input, or in the conversation, the output goes.
+    call = {"type": "function_call", "call_id": "call_here", "name": "f", "arguments": "{}"}
+    answer = {"type": "function_call_output", "call_id": "call_here", "output": "42"}
+    together = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": [call, answer], "conversation": conversation}
+    )
+    assert together.status_code == 200, together.text
+    again = {**answer, "output": "43"}
+    later = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": [again], "conversation": conversation}
+    )
+    assert later.status_code == 200, later.text

@@ -141,3 +141,25 @@ def unpaired(kinds: Sequence[int], bodies: Sequence[str]) -> set[int]:
         elif kind == TOOL_OUTPUT and call_id_of(bodies[index]) not in calls:
             alone.add(index)
     return alone
+
+
+# The outputs OpenAI refuses when the context holds no call they answer ("No tool call found for function call
+# output with call_id …"); OpenRouter's providers refuse them too, so a thread that stored one could not go on.
+_CHECKED_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
+
+
+def output_without_call(history: str, inputs: Sequence[tuple[str, str]]) -> str | None:
+    """The call id of the first input output (`inputs`: each item's type and stored JSON) whose call is neither
+    earlier in the input nor in `history` (stored JSON texts, each call holding its id as `"call_id":"…"`,
+    encoded as every stored item is); None when each has its call."""
+    called: set[str | None] = set()
+    for kind, body in inputs:
+        if kind in CALL_KEY_FIELDS:
+            called.add(call_id_of(body))
+        elif kind in _CHECKED_OUTPUTS:
+            call_id = call_id_of(body)
+            if call_id is None or call_id in called:
+                continue
+            if f'"call_id":{msgspec.json.encode(call_id).decode()}' not in history:
+                return call_id
+    return None

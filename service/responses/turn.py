@@ -33,6 +33,8 @@ from asyncpg.exceptions import ForeignKeyViolationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.cluster import running as running_turns
+from service.context import pairing
+from service.context.ledger import TOOL_OUTPUT_TYPES
 from service.context.service import ContextWindows
 from service.conversations import repository as conversations
 from service.conversations.service import (
@@ -43,7 +45,7 @@ from service.conversations.service import (
 )
 from service.db.retry import Later
 from service.db.session import driver_connection
-from service.errors import ServiceError, ServiceUnavailable
+from service.errors import InvalidRequest, ServiceError, ServiceUnavailable
 from service.idempotency.progress import (
     current_idempotency_key,
     note_effect,
@@ -214,6 +216,8 @@ class TurnContext:
         refuse_duplicate_ids(request.input_items, param="input")
         if request.previous_response_id is not None:
             return await self._begin_chained(tenant_id, request, request.previous_response_id)
+        if request.conversation_id is None:
+            _refuse_outputs_without_calls("", request.input_items)  # no history: the calls must be in the input
         if not request.store:
             note_effect()  # the upstream call (a charge) follows
             return Turn(tenant_id, request, _new_state(request, created_at=datetime.now(UTC)))
@@ -233,11 +237,12 @@ class TurnContext:
             running = turn_store.RunningTurn(state.id, self.lock_ttl)
         async with driver_connection(self.engine) as db:
             began = time.monotonic()  # not before the checkout: a wait for a connection would count as turn time
-            checked = any(item.id_given for item in request.input_items)
+            checked = any(item.id_given or item.type in TOOL_OUTPUT_TYPES for item in request.input_items)
             if checked:
                 # Read first without listing the turn on its chain's row, so that a refusal leaves nothing there.
                 chain, now = await self._chain_before(db, tenant_id, previous_id, None)
                 _refuse_ids_in_history(chain.whole()[0], request.input_items)
+                _refuse_outputs_without_calls(chain.whole()[0], request.input_items)
             if not checked or running is not None:
                 chain, now = await self._chain_before(db, tenant_id, previous_id, running)
             state.created_at = now
@@ -362,6 +367,7 @@ class TurnContext:
         note_effect(response_id=state.id)  # committed: the turn is claimed (stored as in_progress unless `unseen`)
         turn = Turn(tenant_id, request, state, claim.history, began, unseen, history_counts=claim.counts)
         await self._refuse_beyond_caps(turn, claim.item_count)
+        await self._refuse_outputs_without_calls(turn)
         return turn
 
     async def _refuse_beyond_caps(self, turn: Turn, item_count: int) -> None:
@@ -373,6 +379,15 @@ class TurnContext:
         if refusal is not None:
             await asyncio.shield(self.fail(turn, {"code": refusal.code, "message": refusal.message}))
             raise refusal
+
+    async def _refuse_outputs_without_calls(self, turn: Turn) -> None:
+        """Checked once the claim read the history (a read before it would cost every tool turn one): such a
+        turn is stored as failed, as one past the caps is, and nothing is sent."""
+        try:
+            _refuse_outputs_without_calls(turn.history, turn.request.input_items)
+        except InvalidRequest as refusal:
+            await asyncio.shield(self.fail(turn, {"code": "invalid_prompt", "message": refusal.message}))
+            raise
 
     # -- finish, fail, retry ----------------------------------------------------------------------------------
     async def finish(
@@ -587,6 +602,16 @@ def _followed_by(history: ChainHistory, ancestors: Iterable[turn_store.Ancestor]
     return history.followed_by(
         (response.items for response in responses), itertools.chain.from_iterable(r.counts for r in responses)
     )
+
+
+def _refuse_outputs_without_calls(history: str, items: Sequence[NewItem]) -> None:
+    """OpenAI's answer to a tool output whose call the context does not hold: OpenRouter's providers refuse it
+    too, and once stored, every later turn of the thread would send it."""
+    if not any(item.type in TOOL_OUTPUT_TYPES for item in items):
+        return
+    call_id = pairing.output_without_call(history, [(item.type, item.body) for item in items])
+    if call_id is not None:
+        raise InvalidRequest(f"No tool call found for function call output with call_id {call_id}.", param="input")
 
 
 def _refuse_ids_in_history(history: str, items: Sequence[NewItem]) -> None:
