@@ -505,7 +505,12 @@ async def test_a_tool_output_whose_call_the_context_does_not_hold_is_refused(
             json={"model": MODEL, "input": [orphan], "previous_response_id": root.json()["id"], **extra},
         )
         assert _error(chained)["message"] == message
-    assert len(await rows(db, "SELECT id FROM response")) == 1 and len(fake_upstream.requests) == 1
+    # Streamed and background ones before anything is stored; a plain one, listed on its chain's row by the read
+    # that found its history, is stored as failed (and taken off the row), as a conversation turn is.
+    stored = await rows(db, "SELECT status FROM response ORDER BY created_at")
+    assert [row["status"] for row in stored] == ["completed", "failed"] and len(fake_upstream.requests) == 1
+    assert await rows(db, "SELECT response_id FROM running_chain_turn") == []
+    assert await rows(db, "SELECT turn_response_ids FROM response_chain") == [{"turn_response_ids": []}]
 
     conversation = await new_conversation(alice.http)
     await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conversation})

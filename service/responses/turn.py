@@ -237,33 +237,41 @@ class TurnContext:
             running = turn_store.RunningTurn(state.id, self.lock_ttl)
         async with driver_connection(self.engine) as db:
             began = time.monotonic()  # not before the checkout: a wait for a connection would count as turn time
-            checked = any(item.id_given or item.type in TOOL_OUTPUT_TYPES for item in request.input_items)
+            checked = any(item.id_given for item in request.input_items)
             if checked:
                 # Read first without listing the turn on its chain's row, so that a refusal leaves nothing there.
                 chain, now = await self._chain_before(db, tenant_id, previous_id, None)
                 _refuse_ids_in_history(chain.whole()[0], request.input_items)
-                _refuse_outputs_without_calls(chain.whole()[0], request.input_items)
             if not checked or running is not None:
                 chain, now = await self._chain_before(db, tenant_id, previous_id, running)
             state.created_at = now
             history, counts = chain.whole()
             if response is None:
+                _refuse_outputs_without_calls(history, request.input_items)
                 note_effect()  # the upstream call (a charge) follows
                 return Turn(tenant_id, request, state, history, history_counts=counts)
             if running is not None:
                 running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
                 note_effect(response_id=state.id)  # nothing is stored yet; the upstream call (a charge) follows
                 stored_at_finish = turn_store.Unseen(response, now, None, request.input_items)
-                return Turn(tenant_id, request, state, history, began, stored_at_finish, chain, history_counts=counts)
-            began = time.monotonic()
-            try:
-                state.created_at, _ = await turn_store.begin(db, response, request.input_items)
-            except ForeignKeyViolationError as exc:
-                # The previous response was deleted since it was read: the insert that links to it fails (and
-                # writes nothing). The client sees what it would have seen a moment later.
-                if exc.constraint_name == turn_store.PREVIOUS_RESPONSE_FK:
-                    raise previous_not_found(previous_id) from None
-                raise
+                unseen = Turn(tenant_id, request, state, history, began, stored_at_finish, chain, history_counts=counts)
+            else:
+                _refuse_outputs_without_calls(history, request.input_items)  # before the begin stores anything
+                unseen = None
+                began = time.monotonic()
+                try:
+                    state.created_at, _ = await turn_store.begin(db, response, request.input_items)
+                except ForeignKeyViolationError as exc:
+                    # The previous response was deleted since it was read: the insert that links to it fails (and
+                    # writes nothing). The client sees what it would have seen a moment later.
+                    if exc.constraint_name == turn_store.PREVIOUS_RESPONSE_FK:
+                        raise previous_not_found(previous_id) from None
+                    raise
+        if unseen is not None:
+            # Listed on its chain's row by the read: a refusal found only now is stored as failed, as a
+            # conversation turn's is (a read without listing first would cost every chain tool turn one).
+            await self._refuse_outputs_without_calls(unseen)
+            return unseen
         running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
         note_effect(response_id=state.id)  # committed: the turn is stored as in_progress
         return Turn(tenant_id, request, state, history, began, None, chain, history_counts=counts)
