@@ -190,18 +190,30 @@ async def test_compact_in_place_appends_the_item_and_the_next_turn_sends_users_a
     assert [i["type"] for i in listed].count("compaction") == 1
 
 
+@pytest.mark.parametrize("failure", ["refused", "cut off"])
 async def test_a_failed_compact_leaves_the_conversation_as_it_was(
-    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine, failure: str
 ) -> None:
+    """Refused by the provider, or a summary the model cut off (it was sealed as if whole, and then stood for the
+    whole history before it while nothing showed what it left out)."""
     conversation = await new_conversation(alice.http)
     await converse(alice, fake_upstream, conversation, ["first"])
     before = await conversation_items(db, conversation)
-    fake_upstream.reply_json({"error": {"code": 400, "message": "Provider refused"}}, status=400)
+    if failure == "refused":
+        fake_upstream.reply_json({"error": {"code": 400, "message": "Provider refused"}}, status=400)
+        expected = (400, "OpenRouter: Provider refused")
+    else:
+        partial = summary_reply("They plan a trip to")
+        partial["output"][0]["status"] = "incomplete"
+        fake_upstream.reply_json(
+            {**partial, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}}
+        )
+        expected = (502, "The compaction model's summary was cut off (max_output_tokens)")
     failed = await alice.http.post(
         "/v1/responses/compact", json={"model": MODEL, "conversation": conversation, "input": "extra"}
     )
-    assert failed.status_code == 400
-    assert failed.json()["error"]["message"].startswith("OpenRouter: Provider refused")
+    assert failed.status_code == expected[0], failed.text
+    assert failed.json()["error"]["message"].startswith(expected[1])
     assert await conversation_items(db, conversation) == before
     # Not left claimed: the next turn runs.
     await alice.openai().responses.create(model=MODEL, input="again", conversation=conversation)
@@ -263,24 +275,6 @@ async def test_a_summary_larger_than_the_models_room_is_left_out_with_auto_trunc
         assert all("many things" not in json.dumps(item) for item in sent)
     counted = await alice.http.post("/v1/responses/input_tokens", json={**small, "input": "x", "truncation": "auto"})
     assert counted.status_code == 200, counted.text
-
-
-async def test_a_summary_the_model_cut_off_compacts_nothing(
-    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
-) -> None:
-    """Sealed as if whole, a cut-off summary stood for the whole history before it, and nothing showed it."""
-    conversation = await new_conversation(alice.http)
-    await converse(alice, fake_upstream, conversation, ["first"])
-    before = await conversation_items(db, conversation)
-    partial = summary_reply("They plan a trip to")
-    partial["output"][0]["status"] = "incomplete"
-    fake_upstream.reply_json({**partial, "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"}})
-    failed = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": conversation})
-    assert failed.status_code == 502, failed.text
-    assert failed.json()["error"]["code"] == "upstream_error"
-    assert "cut off (max_output_tokens)" in failed.json()["error"]["message"]
-    assert await conversation_items(db, conversation) == before
-    await alice.openai().responses.create(model=MODEL, input="again", conversation=conversation)
 
 
 async def test_context_management_compacts_before_the_turn_once_past_the_threshold(

@@ -36,6 +36,29 @@ def _wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 60) -> N
     raise AssertionError("serve was not ready in time")
 
 
+def _serve(settings: Settings, fake_upstream: FakeOpenRouter, **env: str) -> tuple[subprocess.Popen[str], str]:
+    """`serve` on a free port with the operator's keys, its output (the log) on a pipe; returns it and its URL."""
+    port = free_port()
+    assert settings.database_url is not None
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        cwd=ROOT,
+        env=cli_env(
+            DATABASE_URL=settings.database_url,
+            PORT=str(port),
+            ADMIN_API_KEY=ADMIN_KEY,
+            OPENROUTER_API_KEY=OPENROUTER_KEY,
+            OPENROUTER_BASE_URL=fake_upstream.base_url,
+            AUTO_MIGRATE="false",
+            **env,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
 def _metric(exposition: str, name: str, **labels: str) -> float:
     total = 0.0
     for family in text_string_to_metric_families(exposition):
@@ -48,27 +71,8 @@ def _metric(exposition: str, name: str, **labels: str) -> float:
 def test_json_request_lines_request_ids_metrics_over_two_workers_and_no_secret_at_debug(
     base_settings: Settings, fake_upstream: FakeOpenRouter
 ) -> None:
-    port, metrics_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{port}"
-    assert base_settings.database_url is not None
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=ROOT,
-        env=cli_env(
-            DATABASE_URL=base_settings.database_url,
-            PORT=str(port),
-            METRICS_PORT=str(metrics_port),
-            WORKERS="2",
-            LOG_LEVEL="DEBUG",
-            ADMIN_API_KEY=ADMIN_KEY,
-            OPENROUTER_API_KEY=OPENROUTER_KEY,
-            OPENROUTER_BASE_URL=fake_upstream.base_url,
-            AUTO_MIGRATE="false",
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    metrics_port = free_port()
+    proc, url = _serve(base_settings, fake_upstream, METRICS_PORT=str(metrics_port), WORKERS="2", LOG_LEVEL="DEBUG")
     secrets = [ADMIN_KEY, OPENROUTER_KEY]
     try:
         _wait_ready(url, proc)
@@ -157,25 +161,7 @@ def test_shared_background_work_a_request_starts_does_not_carry_its_request_id(
 ) -> None:
     """The model catalog is read when the first turn needs it, in a task every later turn shares: its lines (the
     read, and any later refresh or failure) belong to no request, and carried the first turn's id."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    assert base_settings.database_url is not None
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        cwd=ROOT,
-        env=cli_env(
-            DATABASE_URL=base_settings.database_url,
-            PORT=str(port),
-            LOG_LEVEL="INFO",
-            ADMIN_API_KEY=ADMIN_KEY,
-            OPENROUTER_API_KEY=OPENROUTER_KEY,
-            OPENROUTER_BASE_URL=fake_upstream.base_url,
-            AUTO_MIGRATE="false",
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, url = _serve(base_settings, fake_upstream, LOG_LEVEL="INFO")
     try:
         _wait_ready(url, proc)
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}

@@ -5,6 +5,7 @@ TURN_LOCK_TTL. The refusal is a real PostgreSQL error, raised by a trigger this 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from sqlalchemy import text
@@ -18,16 +19,17 @@ from tests.turn_support import MODEL, new_conversation, rows
 REFUSED = {"refuse": "yes"}
 
 
-@pytest.fixture
-async def refusing_answers(db: AsyncEngine) -> AsyncIterator[None]:
-    """PostgreSQL refuses to store an answered response whose metadata asks for it."""
+@asynccontextmanager
+async def _refusing(db: AsyncEngine, condition: str) -> AsyncIterator[None]:
+    """A trigger on `response` that raises, as PostgreSQL refusing a value for good would, when `condition` (SQL
+    on the row being written, NEW) holds; removed afterwards."""
     async with db.begin() as conn:
         await conn.execute(
             text(
-                """
-                CREATE FUNCTION test_refuse_answer() RETURNS trigger LANGUAGE plpgsql AS $$
+                f"""
+                CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
-                    IF NEW.status = 'completed' AND NEW.metadata->>'refuse' = 'yes' THEN
+                    IF {condition} THEN
                         RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22023';
                     END IF;
                     RETURN NEW;
@@ -37,16 +39,23 @@ async def refusing_answers(db: AsyncEngine) -> AsyncIterator[None]:
         )
         await conn.execute(
             text(
-                "CREATE TRIGGER test_refuse_answer BEFORE INSERT OR UPDATE ON response "
-                "FOR EACH ROW EXECUTE FUNCTION test_refuse_answer()"
+                "CREATE TRIGGER test_refuse BEFORE INSERT OR UPDATE ON response "
+                "FOR EACH ROW EXECUTE FUNCTION test_refuse()"
             )
         )
     try:
         yield
     finally:
         async with db.begin() as conn:
-            await conn.execute(text("DROP TRIGGER test_refuse_answer ON response"))
-            await conn.execute(text("DROP FUNCTION test_refuse_answer()"))
+            await conn.execute(text("DROP TRIGGER test_refuse ON response"))
+            await conn.execute(text("DROP FUNCTION test_refuse()"))
+
+
+@pytest.fixture
+async def refusing_answers(db: AsyncEngine) -> AsyncIterator[None]:
+    """PostgreSQL refuses to store an answered response whose metadata asks for it."""
+    async with _refusing(db, "NEW.status = 'completed' AND NEW.metadata->>'refuse' = 'yes'"):
+        yield
 
 
 async def _next_turn_goes_through(tenant: Tenant, fake_upstream: FakeOpenRouter, conversation: str) -> None:
@@ -108,32 +117,8 @@ ALWAYS_REFUSED = {"refuse": "always"}
 async def refusing_every_outcome(db: AsyncEngine) -> AsyncIterator[None]:
     """PostgreSQL refuses to store any outcome of a response whose metadata asks for it, its failure included
     (both carry the usage the upstream charged): only a write that leaves the usage alone goes through."""
-    async with db.begin() as conn:
-        await conn.execute(
-            text(
-                """
-                CREATE FUNCTION test_refuse_outcome() RETURNS trigger LANGUAGE plpgsql AS $$
-                BEGIN
-                    IF NEW.usage IS NOT NULL AND NEW.metadata->>'refuse' = 'always' THEN
-                        RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22023';
-                    END IF;
-                    RETURN NEW;
-                END $$
-                """
-            )
-        )
-        await conn.execute(
-            text(
-                "CREATE TRIGGER test_refuse_outcome BEFORE INSERT OR UPDATE ON response "
-                "FOR EACH ROW EXECUTE FUNCTION test_refuse_outcome()"
-            )
-        )
-    try:
+    async with _refusing(db, "NEW.usage IS NOT NULL AND NEW.metadata->>'refuse' = 'always'"):
         yield
-    finally:
-        async with db.begin() as conn:
-            await conn.execute(text("DROP TRIGGER test_refuse_outcome ON response"))
-            await conn.execute(text("DROP FUNCTION test_refuse_outcome()"))
 
 
 @pytest.mark.parametrize("stream", [False, True])
