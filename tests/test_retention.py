@@ -449,3 +449,21 @@ async def test_a_conversation_whose_responses_a_recent_chain_continues_is_not_id
     await _age(db, "response", [r["id"] for r in await rows(db, "SELECT id FROM response")], 10)
     assert (await admin.post("/admin/retention/run")).json()["conversations"] == 1
     assert await rows(db, "SELECT id FROM conversation") == []
+    # Its responses stay (responses_days is null), but the history before them went with it: a turn continuing
+    # one sent only what was left ("hi" and its answer, without "My name is Ada"). It is refused, as the response
+    # itself or as an ancestor, on every kind of turn and for a count, and nothing is sent.
+    calls = len(fake_upstream.requests)
+    for response_id in (first["id"], chained["id"]):
+        for extra in ({}, {"stream": True}, {"background": True}):
+            body = {"model": MODEL, "input": "name?", "previous_response_id": response_id, **extra}
+            refused = await alice.http.post("/v1/responses", json=body)
+            assert refused.status_code == 400, refused.text
+            error = refused.json()["error"]
+            assert (error["code"], error["param"]) == ("previous_response_not_usable", "previous_response_id")
+            assert "retention policy" in error["message"]
+        counted = await alice.http.post(
+            "/v1/responses/input_tokens", json={"model": MODEL, "input": "x", "previous_response_id": response_id}
+        )
+        assert counted.status_code == 400 and counted.json()["error"]["code"] == "previous_response_not_usable"
+    assert len(fake_upstream.requests) == calls
+    assert (await alice.http.get(f"/v1/responses/{first['id']}")).status_code == 200

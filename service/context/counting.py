@@ -16,7 +16,13 @@ from service.items import normalize_input
 from service.responses import repository as responses
 from service.responses import turn_store
 from service.responses.parameters import check_parameters
-from service.responses.requests import continuation_of, model_of, previous_not_found, previous_not_usable
+from service.responses.requests import (
+    continuation_of,
+    model_of,
+    previous_history_gone,
+    previous_not_found,
+    previous_not_usable,
+)
 from service.responses.status import is_answered
 
 # TokenCountsBody's fields that shape what a turn sends besides its input.
@@ -55,7 +61,10 @@ async def count_input_tokens(
                 raise previous_not_usable(previous, found.status)
             model = model or found.model
             raw = await conn.get_raw_connection()
-            history, chain_counts = await turn_store.chain_history(raw.driver_connection, tenant_id, previous)
+            try:
+                history, chain_counts = await turn_store.chain_history(raw.driver_connection, tenant_id, previous)
+            except turn_store.ConversationHistoryGone:
+                raise previous_history_gone(previous) from None
             counts = list(chain_counts)
     count = await context.count(
         tenant_id,

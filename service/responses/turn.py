@@ -62,7 +62,7 @@ from service.responses.chain_cache import ChainCache, ChainHistory
 from service.responses.frame_log import FrameLog
 from service.responses.history_cache import HistoryCache
 from service.responses.outcome import apply_upstream_result, jsonb_safe, upstream_id_of
-from service.responses.requests import TurnRequest, previous_not_found, previous_not_usable
+from service.responses.requests import TurnRequest, previous_history_gone, previous_not_found, previous_not_usable
 from service.responses.status import ANSWERED, Status, is_answered
 from service.responses.streaming import terminal_frame
 from service.responses.usage import usage_numbers
@@ -291,13 +291,20 @@ class TurnContext:
             previous = await turn_store.read_previous(db, tenant_id, previous_id, ancestors=True, running=running)
         if previous is None:
             raise previous_not_found(previous_id)
+        if previous.status == turn_store.HISTORY_GONE:
+            raise previous_history_gone(previous_id)
         if previous.status not in ANSWERED:
             raise previous_not_usable(previous_id, previous.status)
         chain = self.chains.get(previous_id, tenant_id, previous.generation)
         if chain is None:
             chain = self._from_ancestors(previous, tenant_id)
             if chain is None:
-                text, counts = await turn_store.chain_history(db, tenant_id, previous_id)
+                try:
+                    text, counts = await turn_store.chain_history(db, tenant_id, previous_id)
+                except turn_store.ConversationHistoryGone:
+                    # An ancestor's conversation (the previous response's own is found above). A plain turn's
+                    # listing on the chain's row lasts until it expires (TURN_LOCK_TTL).
+                    raise previous_history_gone(previous_id) from None
                 chain = ChainHistory(tenant_id, previous.generation, text, counts)
             self.chains.put(previous_id, chain)
         return chain, previous.now

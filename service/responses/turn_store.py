@@ -199,8 +199,23 @@ _HISTORY = Statement(
 # is being deleted fails as it would have had the delete come first, before any upstream call. Taking the lock
 # writes to the write-ahead log, which would make the statement's commit wait for the disk; a lock is nothing
 # after a crash, so it does not wait (set_config(..., true) lasts until the statement's transaction ends).
-_PREVIOUS_SQL = """
-    SELECT p.status, p.thread_id, t.history_generation AS generation, now() AS now,
+# A response that ran in a conversation since deleted (its row gone: an idle conversation's purge) has lost the
+# history before it, so nothing can continue it: its status reads HISTORY_GONE, which neither notes a running child
+# nor lists a turn on the chain (both need an answered status). An ancestor's reads '' as its conversation.
+HISTORY_GONE = "history_gone"
+_STATUS_OR_GONE = f"""CASE WHEN p.conversation_id IS NULL AND p.conversation_position IS NOT NULL
+                     THEN '{HISTORY_GONE}' ELSE p.status END AS status"""
+
+
+def _conversation_or_gone(alias: str) -> str:
+    return (
+        f"CASE WHEN {alias}.conversation_id IS NULL AND {alias}.conversation_position IS NOT NULL THEN '' "
+        f"ELSE {alias}.conversation_id END"
+    )
+
+
+_PREVIOUS_SQL = f"""
+    SELECT {_STATUS_OR_GONE}, p.thread_id, t.history_generation AS generation, now() AS now,
            set_config('synchronous_commit', 'off', true) AS lock_only
     FROM response p JOIN tenant t ON t.id = p.tenant_id
     WHERE p.id = $previous_response_id AND p.tenant_id IS NOT DISTINCT FROM $tenant_id AND p.deleted_at IS NULL
@@ -210,17 +225,17 @@ _PREVIOUS_SQL = """
 # The same, and the previous response and its three nearest ancestors with their own items (inputs then
 # outputs), for a worker that does not hold the previous response's history: it continues from the nearest
 # ancestor it holds (chain_cache.py). Hidden (deleted_at) ancestors stay part of the history.
-_PREVIOUS_AND_ANCESTORS_SQL = """
-    SELECT p.status, p.thread_id, t.history_generation AS generation, now() AS now,
+_PREVIOUS_AND_ANCESTORS_SQL = f"""
+    SELECT {_STATUS_OR_GONE}, p.thread_id, t.history_generation AS generation, now() AS now,
            set_config('synchronous_commit', 'off', true) AS lock_only,
-           p.id AS id0, p.previous_response_id AS previous0, p.conversation_id AS conversation0, h0.items AS items0,
-           h0.counts AS counts0,
-           a1.id AS id1, a1.previous_response_id AS previous1, a1.conversation_id AS conversation1, h1.items AS items1,
-           h1.counts AS counts1,
-           a2.id AS id2, a2.previous_response_id AS previous2, a2.conversation_id AS conversation2, h2.items AS items2,
-           h2.counts AS counts2,
-           a3.id AS id3, a3.previous_response_id AS previous3, a3.conversation_id AS conversation3, h3.items AS items3,
-           h3.counts AS counts3
+           p.id AS id0, p.previous_response_id AS previous0, {_conversation_or_gone("p")} AS conversation0,
+           h0.items AS items0, h0.counts AS counts0,
+           a1.id AS id1, a1.previous_response_id AS previous1, {_conversation_or_gone("a1")} AS conversation1,
+           h1.items AS items1, h1.counts AS counts1,
+           a2.id AS id2, a2.previous_response_id AS previous2, {_conversation_or_gone("a2")} AS conversation2,
+           h2.items AS items2, h2.counts AS counts2,
+           a3.id AS id3, a3.previous_response_id AS previous3, {_conversation_or_gone("a3")} AS conversation3,
+           h3.items AS items3, h3.counts AS counts3
     FROM response p
     JOIN tenant t ON t.id = p.tenant_id
     LEFT JOIN response a1 ON a1.id = p.previous_response_id
@@ -288,7 +303,10 @@ _CHAIN_HISTORY = Statement(
             FROM response WHERE id = c.previous_response_id LIMIT 1
         ) r
     )
-    SELECT string_agg(items, ',') AS history, string_agg(counts, ',') AS counts FROM (
+    SELECT string_agg(items, ',') AS history, string_agg(counts, ',') AS counts,
+           (SELECT conversation_id IS NULL AND conversation_position IS NOT NULL
+            FROM chain ORDER BY depth DESC LIMIT 1) AS prefix_gone
+    FROM (
         SELECT 0 AS part, 0 AS depth, prefix.items, prefix.counts
         FROM (SELECT conversation_id, conversation_position FROM chain ORDER BY depth DESC LIMIT 1) root
         CROSS JOIN LATERAL (SELECT string_agg(body, ',') AS items,
@@ -759,7 +777,8 @@ class Ancestor:
 
     id: str
     previous_response_id: str | None
-    conversation_id: str | None  # set only on a chain's first response, when it ran in a conversation
+    # Set only on a chain's first response, when it ran in a conversation ('' when that conversation is gone).
+    conversation_id: str | None
     items: str  # its input then output item texts, joined by commas
     counts: array[int]  # their stored token counts
 
@@ -813,11 +832,17 @@ async def read_previous(
     return Previous(row["status"], row["generation"], row["now"], found)
 
 
+class ConversationHistoryGone(Exception):
+    """The chain began in a conversation since deleted: the history before its first response is gone."""
+
+
 async def chain_history(db: Any, tenant_id: str, response_id: str) -> tuple[str, array[int]]:
     """The whole history a child of the response sends upstream ("" when there is none), and the stored token
-    count of each of its items."""
+    count of each of its items. Raises ConversationHistoryGone (HISTORY_GONE says when)."""
     values = {"response_id": response_id, "tenant_id": tenant_id}
     row = await db.fetchrow(_CHAIN_HISTORY.sql, *_CHAIN_HISTORY.args(values))
+    if row is not None and row["prefix_gone"]:
+        raise ConversationHistoryGone(response_id)
     counts = row["counts"] if row is not None else None
     return (row["history"] if row is not None else None) or "", array(
         "q", map(int, counts.split(","))
