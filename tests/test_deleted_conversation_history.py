@@ -454,3 +454,24 @@ async def test_retention_racing_a_conversations_delete_leaves_nothing_after_the_
         assert (await admin.post("/admin/retention/run")).status_code == 200
         assert await rows(db, "SELECT id FROM conversation WHERE id = :c", c=conversation) == []
         assert await rows(db, "SELECT pk FROM item WHERE thread_id = :c", c=conversation) == []
+
+
+async def test_a_failed_response_of_a_deleted_conversation_is_refused_for_its_status(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A conversation holding only a failed turn goes at once when deleted, leaving that response outside it: the
+    answer to continuing it names its status, not a history a retention purge removed (that is for responses
+    that answered, tests/test_retention.py)."""
+    conversation = await new_conversation(alice.http)
+    fake_upstream.reply_json({"error": {"code": 400, "message": "Provider refused"}}, status=400)
+    refused = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "conversation": conversation})
+    assert refused.status_code == 400
+    (failed,) = await rows(db, "SELECT id FROM response WHERE status = 'failed'")
+    assert (await alice.http.delete(f"/v1/conversations/{conversation}")).status_code == 200
+    assert await rows(db, "SELECT conversation_id FROM response") == [{"conversation_id": None}]
+    again = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": "again", "previous_response_id": failed["id"]}
+    )
+    assert again.status_code == 400
+    assert again.json()["error"]["code"] == "previous_response_not_usable"
+    assert "has status 'failed'" in again.json()["error"]["message"]

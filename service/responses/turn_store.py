@@ -45,7 +45,7 @@ from asyncpg.exceptions import ForeignKeyViolationError
 from service.items import NewItem, item_arrays
 from service.responses.history_cache import CachedHistory, joined, stored_counts
 from service.responses.statement import Statement
-from service.responses.status import ANSWERED, RUNNING
+from service.responses.status import ANSWERED, RUNNING, answered_sql
 from service.threads import totals as chain_totals
 
 PREVIOUS_RESPONSE_FK = "fk_response_previous_response_id_response"
@@ -199,12 +199,13 @@ _HISTORY = Statement(
 # is being deleted fails as it would have had the delete come first, before any upstream call. Taking the lock
 # writes to the write-ahead log, which would make the statement's commit wait for the disk; a lock is nothing
 # after a crash, so it does not wait (set_config(..., true) lasts until the statement's transaction ends).
-# A response that ran in a conversation since deleted (its row gone: an idle conversation's purge) has lost the
-# history before it, so nothing can continue it: its status reads HISTORY_GONE, which neither notes a running child
-# nor lists a turn on the chain (both need an answered status). An ancestor's reads '' as its conversation.
+# An answered response that ran in a conversation since deleted (its row gone: an idle conversation's purge; a
+# tenant's own delete keeps the row while such a response is stored) has lost the history before it, so nothing
+# can continue it: its status reads HISTORY_GONE, which neither notes a running child nor lists a turn on the
+# chain (both need an answered status). An ancestor's reads '' as its conversation.
 HISTORY_GONE = "history_gone"
 _STATUS_OR_GONE = f"""CASE WHEN p.conversation_id IS NULL AND p.conversation_position IS NOT NULL
-                     THEN '{HISTORY_GONE}' ELSE p.status END AS status"""
+                          AND {answered_sql("p.status")} THEN '{HISTORY_GONE}' ELSE p.status END AS status"""
 
 
 def _conversation_or_gone(alias: str) -> str:
