@@ -153,6 +153,18 @@ async def test_a_tampered_or_foreign_compaction_item_is_refused_without_an_upstr
     assert await rows(db, "SELECT id FROM response") == []
 
 
+async def test_a_summary_answer_without_a_status_is_taken_as_completed(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """As a turn's answer without one is (service/responses/outcome.py): only one that says it was cut off fails."""
+    reply = summary_reply("S-no-status")
+    del reply["status"]
+    fake_upstream.reply_json(reply)
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "input": "remember 42"})
+    assert compacted.status_code == 200, compacted.text
+    assert compacted.json()["output"][-1]["type"] == "compaction"
+
+
 async def test_compact_in_place_appends_the_item_and_the_next_turn_sends_users_and_summary(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:

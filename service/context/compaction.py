@@ -138,9 +138,10 @@ async def summarize(
     joined = f"{history},{ask}" if history else ask
     body = msgspec.json.encode(head)[:-1] + b',"input":[' + joined.encode() + b"]}"
     result = await upstream.create(body)
-    if result.get("status") != "completed":
+    if result.get("status") not in (None, "completed"):
         # Cut off (its max_output_tokens, the model's own limit): a partial summary would stand for the whole
-        # history before it, for good, and nothing would show what it left out.
+        # history before it, for good, and nothing would show what it left out. (No status reads as completed,
+        # as for a turn's answer: service/responses/outcome.py.)
         reason = (result.get("incomplete_details") or {}).get("reason") if isinstance(result, dict) else None
         raise UpstreamError(
             f"The compaction model's summary was cut off ({reason or result.get('status')}); nothing was compacted",
