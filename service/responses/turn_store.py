@@ -204,15 +204,20 @@ _HISTORY = Statement(
 # can continue it: its status reads HISTORY_GONE, which neither notes a running child nor lists a turn on the
 # chain (both need an answered status). An ancestor's reads '' as its conversation.
 HISTORY_GONE = "history_gone"
-_STATUS_OR_GONE = f"""CASE WHEN p.conversation_id IS NULL AND p.conversation_position IS NOT NULL
-                          AND {answered_sql("p.status")} THEN '{HISTORY_GONE}' ELSE p.status END AS status"""
+
+
+def _conversation_gone(alias: str) -> str:
+    """The response (`alias`, or the columns themselves) ran in a conversation whose row is gone."""
+    prefix = f"{alias}." if alias else ""
+    return f"{prefix}conversation_id IS NULL AND {prefix}conversation_position IS NOT NULL"
+
+
+_STATUS_OR_GONE = f"""CASE WHEN {_conversation_gone("p")} AND {answered_sql("p.status")}
+                          THEN '{HISTORY_GONE}' ELSE p.status END AS status"""
 
 
 def _conversation_or_gone(alias: str) -> str:
-    return (
-        f"CASE WHEN {alias}.conversation_id IS NULL AND {alias}.conversation_position IS NOT NULL THEN '' "
-        f"ELSE {alias}.conversation_id END"
-    )
+    return f"CASE WHEN {_conversation_gone(alias)} THEN '' ELSE {alias}.conversation_id END"
 
 
 _PREVIOUS_SQL = f"""
@@ -293,7 +298,7 @@ _PREVIOUS_AND_ANCESTORS_MARKING = _marking_the_turn(_PREVIOUS_AND_ANCESTORS_SQL)
 # of the parts' arrays would nest them). The walk up the chain takes one primary-key lookup per response
 # (LIMIT 1 keeps each step a correlated lookup, never a join planned from the recursive part's guessed size).
 _CHAIN_HISTORY = Statement(
-    """
+    f"""
     WITH RECURSIVE chain AS (
         SELECT id, previous_response_id, conversation_id, conversation_position, 0 AS depth
         FROM response WHERE id = $response_id AND tenant_id IS NOT DISTINCT FROM $tenant_id
@@ -305,8 +310,7 @@ _CHAIN_HISTORY = Statement(
         ) r
     )
     SELECT string_agg(items, ',') AS history, string_agg(counts, ',') AS counts,
-           (SELECT conversation_id IS NULL AND conversation_position IS NOT NULL
-            FROM chain ORDER BY depth DESC LIMIT 1) AS prefix_gone
+           (SELECT {_conversation_gone("")} FROM chain ORDER BY depth DESC LIMIT 1) AS prefix_gone
     FROM (
         SELECT 0 AS part, 0 AS depth, prefix.items, prefix.counts
         FROM (SELECT conversation_id, conversation_position FROM chain ORDER BY depth DESC LIMIT 1) root
