@@ -205,28 +205,32 @@ async def test_auto_truncation_works_on_a_model_the_catalog_does_not_know(
     assert last["input"][-1]["content"][0]["text"].startswith("turn 7: ")
 
 
+@pytest.mark.parametrize("thread", ["conversation", "chain"])
 @pytest.mark.parametrize("wording", ["openrouter", "anthropic", "google", "bare"])
 async def test_a_window_only_the_providers_refusals_tell_is_learned_and_the_thread_goes_on(
-    alice: Tenant, fake_upstream: FakeOpenRouter, wording: str
+    alice: Tenant, fake_upstream: FakeOpenRouter, wording: str, thread: str
 ) -> None:
     """A model the catalog does not know, whose provider words its refusal its own way (or states no numbers):
     each refused try was shrunk by a fixed step only, three tries at most, and nothing was remembered, so once a
     thread passed about 1.5 times the window every turn made three refused calls and failed, for good. The
     budget a retry is given is now where later turns on that model start, and other providers' numbers are read."""
-    model = f"someone/unlisted-{wording}"
+    model = f"someone/unlisted-{wording}-{thread}"
     fake_upstream.windows[model] = (SMALL_WINDOW, SMALL_WINDOW_COMPLETION)
     fake_upstream.overflow_wording = wording
     conversation = await new_conversation(alice.http)
     calls = []
+    previous = None
     for index in range(16):
         before = len(fake_upstream.requests)
+        where = {"conversation": conversation} if thread == "conversation" else {"previous_response_id": previous}
         answer = await alice.openai().responses.create(
             model=model,
             input=f"turn {index}: " + words(120, f"u{index}w"),
-            conversation=conversation,
             truncation="auto",
+            **{key: value for key, value in where.items() if value is not None},  # type: ignore[arg-type]
         )
         assert answer.status == "completed", index
+        previous = answer.id
         calls.append(len(fake_upstream.requests) - before)
     assert max(calls) > 1, "the provider never refused: the test does not exercise the retry"
     # Learned: the thread, four times the window by now, takes one call a turn.
