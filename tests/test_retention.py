@@ -466,4 +466,9 @@ async def test_a_conversation_whose_responses_a_recent_chain_continues_is_not_id
         )
         assert counted.status_code == 400 and counted.json()["error"]["code"] == "previous_response_not_usable"
     assert len(fake_upstream.requests) == calls
+    # Nor is any of those turns left listed as running on the chain (the admin listing would show it in progress
+    # until its claim expired), nor noted as a running child of the response it continued.
+    assert await rows(db, "SELECT response_id FROM running_chain_turn") == []
+    listed = await rows(db, "SELECT id FROM response_chain WHERE cardinality(turn_response_ids) > 0")
+    assert listed == []
     assert (await alice.http.get(f"/v1/responses/{first['id']}")).status_code == 200

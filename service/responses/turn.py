@@ -302,8 +302,9 @@ class TurnContext:
                 try:
                     text, counts = await turn_store.chain_history(db, tenant_id, previous_id)
                 except turn_store.ConversationHistoryGone:
-                    # An ancestor's conversation (the previous response's own is found above). A plain turn's
-                    # listing on the chain's row lasts until it expires (TURN_LOCK_TTL).
+                    # An ancestor's conversation (the previous response's own is found above).
+                    if running is not None:
+                        await turn_store.unlist_running(db, running)
                     raise previous_history_gone(previous_id) from None
                 chain = ChainHistory(tenant_id, previous.generation, text, counts)
             self.chains.put(previous_id, chain)

@@ -854,6 +854,28 @@ async def chain_history(db: Any, tenant_id: str, response_id: str) -> tuple[str,
     ) if counts else array("q")
 
 
+# A turn listed by its begin (RunningTurn) and then refused before anything of it was stored: its note as a
+# running child and its entry on its chain's row go, rather than keep the chain in progress until they expire.
+# Only on that refusal's path, so it waits for the chain's row where a begin would skip it.
+_UNLIST_RUNNING = Statement(
+    """
+    WITH ended AS (DELETE FROM running_chain_turn WHERE response_id = $response_id RETURNING previous_response_id)
+    UPDATE response_chain SET
+        turn_response_ids = array_remove(response_chain.turn_response_ids, $response_id),
+        turn_expires_at = CASE WHEN response_chain.turn_response_ids <@ ARRAY[$response_id]
+            THEN NULL ELSE response_chain.turn_expires_at END
+    FROM ended, response p
+    WHERE p.id = ended.previous_response_id AND response_chain.id = p.thread_id
+        AND $response_id = ANY(response_chain.turn_response_ids)
+    """
+)
+
+
+async def unlist_running(db: Any, running: RunningTurn) -> None:
+    """Undo what read_previous(..., running=running) noted, for a turn refused before its finish."""
+    await db.execute(_UNLIST_RUNNING.sql, *_UNLIST_RUNNING.args({"response_id": running.response_id}))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a finished turn stores on its response."""
