@@ -515,6 +515,16 @@ async def test_compaction_items_added_to_a_conversation_are_checked_and_then_ren
     assert good.status_code == 200, good.text
     await alice.openai().responses.create(model=MODEL, input="new talk", conversation=conversation)
     assert fake_upstream.requests[-1].body["input"] == [user("old talk"), rendered("S-added"), user("new talk")]
+    # The same on a model whose window the catalog does not give (nothing else needs the history counted): it
+    # was sent as it is stored, an item type OpenRouter does not have. In a chain too.
+    unlisted = "vendor/not-in-the-catalog"
+    fake_upstream.reply_json(text_response("Unlisted", msg_id="msg_unlisted"))
+    last = await alice.openai().responses.create(model=unlisted, input="more talk", conversation=conversation)
+    assert fake_upstream.requests[-1].body["input"][1] == rendered("S-added")
+    fake_upstream.reply_json(text_response("Chained"))
+    await alice.openai().responses.create(model=unlisted, input="chained talk", previous_response_id=last.id)
+    assert fake_upstream.requests[-1].body["input"][1] == rendered("S-added")
+    assert fake_upstream.requests[-1].body["input"][-1] == user("chained talk")
 
 
 CALL = {

@@ -248,10 +248,12 @@ class ContextWindows:
         window = await self.catalog.window(request.model)
         threshold = fitting.compaction_threshold(request.params, window)
         plan = _Plan(params, history, list(request.input_items))
-        compacted_input = any(item.type == "compaction" for item in request.input_items)
+        # A compaction item, in the input or the history, is rendered whatever the window: OpenRouter has none.
+        # The history's stored JSON is searched as text (a match inside a string only costs the counting).
+        compacted = any(item.type == "compaction" for item in request.input_items) or '"compaction"' in history
         plan.truncate = fitting.truncation_mode(request.params) == "auto"
         counts_needed = window is not None or threshold is not None or plan.truncate
-        if counts_needed or compacted_input or request.compact_first:
+        if counts_needed or compacted or request.compact_first:
             plan.counted = self.ledger.counted(key, history, stored)
         root = plan.counted.root if plan.counted else None
         params.setdefault(
