@@ -302,23 +302,36 @@ def _export_replacing(target: Path, export: Callable[[BinaryIO], None]) -> None:
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    from service.context.sealing import Sealer  # noqa: PLC0415
     from service.errors import ServiceError  # noqa: PLC0415
     from service.lifecycle import cli_transfer  # noqa: PLC0415
 
     try:
         with contextlib.ExitStack() as files:
             source = sys.stdin.buffer if args.file == "-" else files.enter_context(open(args.file, "rb"))
-            conversations, items = _with_engine(
+            imported = _with_engine(
                 settings,
                 lambda engine: cli_transfer.import_from(
-                    source, engine, tenant=args.tenant, caps=settings.conversation_caps
+                    source,
+                    engine,
+                    tenant=args.tenant,
+                    caps=settings.conversation_caps,
+                    sealer=Sealer(engine, settings.compaction_key, settings.previous_compaction_keys),
                 ),
             )
     except ServiceError as exc:
         return _fail(f"{exc.message} (nothing was imported)")
     except OSError as exc:
         return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
-    print(f"imported {conversations} conversations ({items} items) with new ids")
+    print(f"imported {imported.conversations} conversations ({imported.items} items) with new ids")
+    if imported.unopened_compaction_items:
+        print(
+            f"warning: {imported.unopened_compaction_items} compaction item(s) were sealed with a key this service"
+            " does not hold, and turns on their conversations will be refused until each is deleted. Set"
+            " COMPACTION_KEY (or COMPACTION_KEYS_PREVIOUS) to the COMPACTION_KEY of the service that exported"
+            " them and import again",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -22,9 +22,11 @@ def cli_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def service_cli(database_url: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    """`python -m service <args>` on `database_url`, its output captured."""
-    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
+def service_cli(
+    database_url: str, *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """`python -m service <args>` on `database_url`, its output captured; `env`: variables set besides."""
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "service", *args], env=env, input=stdin, capture_output=True, timeout=120, check=False
     )

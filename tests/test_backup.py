@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.cli_support import service_cli
 from tests.conftest import LiveServer, Tenant
-from tests.turn_support import new_conversation, rows, turn
+from tests.fake_openrouter import FakeOpenRouter, text_response
+from tests.turn_support import new_conversation, rows, turn, user
 
 JSONL = {"Content-Type": "application/jsonl"}
 
@@ -38,8 +39,13 @@ async def _two_tenants(alice: Tenant, bob: Tenant) -> list[str]:
     return [first, second, third]
 
 
+async def _tenant_id(db: AsyncEngine, name: str) -> str:
+    (row,) = await rows(db, "SELECT id FROM tenant WHERE name = :name", name=name)
+    return str(row["id"])
+
+
 async def test_admin_exports_everything_a_tenant_or_one_conversation(
-    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant
+    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, db: AsyncEngine
 ) -> None:
     first, second, third = await _two_tenants(alice, bob)
     everything = await admin.get("/admin/export")
@@ -54,7 +60,8 @@ async def test_admin_exports_everything_a_tenant_or_one_conversation(
     one = await admin.get("/admin/export", params={"conversation": second})
     exported_by_tenant = await alice.http.get(f"/v1/conversations/{second}/export")
     header, *items = one.content.split(b"\n")
-    assert json.loads(header) == {**json.loads(exported_by_tenant.content.split(b"\n")[0]), "tenant": "alice"}
+    tenant_header = json.loads(exported_by_tenant.content.split(b"\n")[0])
+    assert json.loads(header) == {**tenant_header, "tenant": "alice", "tenant_id": await _tenant_id(db, "alice")}
     assert items == exported_by_tenant.content.split(b"\n")[1:]
 
     missing = [
@@ -83,6 +90,7 @@ async def test_admin_import_into_a_tenant_is_all_or_nothing(
     assert len(body["conversations"]) == 2
     again = (await admin.get("/admin/export", params={"tenant": "carol"})).content
     old_lines, new_lines = exported.split(b"\n"), again.split(b"\n")
+    alice_id, carol_id = await _tenant_id(db, "alice"), await _tenant_id(db, "carol")
     assert len(old_lines) == len(new_lines)
     # Conversations are exported in id order, and the imported ones get ids in the file's order.
     for before, after in zip(old_lines, new_lines, strict=True):
@@ -90,7 +98,8 @@ async def test_admin_import_into_a_tenant_is_all_or_nothing(
             continue
         old_value, new_value = json.loads(before), json.loads(after)
         renamed = before.replace(str(old_value["id"]).encode(), str(new_value["id"]).encode())
-        assert renamed.replace(b'"tenant":"alice"', b'"tenant":"carol"') == after
+        renamed = renamed.replace(b'"tenant":"alice"', b'"tenant":"carol"')
+        assert renamed.replace(alice_id.encode(), carol_id.encode()) == after
 
     conversations_before = len(await rows(db, "SELECT id FROM conversation"))
     broken = exported + b'{"type":"message","role":"robot","content":"x"}\n'
@@ -137,3 +146,104 @@ async def test_cli_export_and_import_make_a_backup_between_databases(
     assert unknown.returncode == 2 and b"Tenant 'nobody' not found." in unknown.stderr
     both = service_cli(database_url, "export", "--tenant", "alice", "--conversation", third)
     assert both.returncode == 2 and b"not allowed with argument" in both.stderr and both.stdout == b""
+
+
+def _with_header(backup: bytes, **changes: object) -> bytes:
+    """The backup with its one conversation's header changed (a value None: the field left out)."""
+    header, rest = backup.split(b"\n", 1)
+    value = {**json.loads(header), **changes}
+    return json.dumps({k: v for k, v in value.items() if v is not None}).encode() + b"\n" + rest
+
+
+async def test_a_restored_backup_continues_its_compacted_conversations_under_new_tenant_ids(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+    database_url: str,
+    db: AsyncEngine,
+) -> None:
+    """A compaction item is sealed for its tenant's id, and a restore into another database (with the same
+    COMPACTION_KEY, as it needs) creates the tenants anew, with new ids: every turn on a restored compacted
+    conversation was refused (400 invalid_encrypted_content). The operators' imports seal such items again for
+    the tenant they import into. Here, tenants new to the database stand in for another database's."""
+    key = {"COMPACTION_KEY": "restore-test-compaction-key-0123456789"}
+    live = start_server(compaction_key=key["COMPACTION_KEY"])
+    alice = await make_tenant("alice", live=live)
+    fake_upstream.reply_json(text_response("Ada introduced herself.", msg_id="msg_summary"))
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": "openai/gpt-4o", "input": "I am Ada"})
+    assert compacted.status_code == 200, compacted.text
+    conversation = await new_conversation(alice.http, items=compacted.json()["output"])
+    exported = service_cli(database_url, "export", "--conversation", conversation)
+    assert exported.returncode == 0, exported.stderr
+    (header,) = _headers(exported.stdout)
+    assert (header["tenant"], header["tenant_id"]) == ("alice", await _tenant_id(db, "alice"))
+
+    async def restored(tenant_name: str, backup: bytes, *args: str) -> tuple[Tenant, str, bytes]:
+        """The backup imported, and the tenant, the conversation it got, and what the import said on stderr."""
+        imported = service_cli(database_url, "import", "-", *args, stdin=backup, env=key)
+        assert imported.returncode == 0, imported.stderr
+        (row,) = await rows(
+            db,
+            "SELECT c.id FROM conversation c JOIN tenant t ON t.id = c.tenant_id WHERE t.name = :name",
+            name=tenant_name,
+        )
+        return await make_tenant(tenant_name, live=live), row["id"], imported.stderr
+
+    summary = "Summary of the earlier part of this conversation (it was compacted):\n\nAda introduced herself."
+    backups = {
+        "dave": (exported.stdout, "--tenant", "dave"),  # into another tenant
+        "erin": (_with_header(exported.stdout, tenant="erin"),),  # a tenant the database did not have
+        # A file from before exports named the tenant's id: the tenant of the header's name, when there is one.
+        "frank": (_with_header(exported.stdout, tenant_id=None), "--tenant", "frank"),
+    }
+    for name, (backup, *args) in backups.items():
+        tenant, imported_conversation, said = await restored(name, backup, *args)
+        assert said == b"", said
+        fake_upstream.reply_json(text_response("You are Ada."))
+        turn = {"model": "openai/gpt-4o", "input": "Who am I?", "conversation": imported_conversation}
+        answer = await tenant.http.post("/v1/responses", json=turn)
+        assert answer.status_code == 200, (name, answer.text)
+        assert fake_upstream.inputs[-1] == [
+            user("I am Ada"),
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": summary}]},
+            user("Who am I?"),
+        ], name
+
+    # Sealed for a tenant the file names by no id this database knows: imported as it is, said so, and refused
+    # at the turn (as it was for every restore before) rather than sent without the history it stands for.
+    calls = len(fake_upstream.requests)
+    gina, imported_conversation, said = await restored(
+        "gina", _with_header(exported.stdout, tenant="gina", tenant_id=None)
+    )
+    assert b"warning: 1 compaction item(s) were sealed with a key this service does not hold" in said
+    turn = {"model": "openai/gpt-4o", "input": "Who am I?", "conversation": imported_conversation}
+    refused = await gina.http.post("/v1/responses", json=turn)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_encrypted_content"
+    assert len(fake_upstream.requests) == calls
+
+
+async def test_the_admin_import_seals_compaction_items_again_for_its_tenant(
+    admin: httpx.AsyncClient,
+    alice: Tenant,
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+) -> None:
+    fake_upstream.reply_json(text_response("Ada introduced herself.", msg_id="msg_summary"))
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": "openai/gpt-4o", "input": "I am Ada"})
+    conversation = await new_conversation(alice.http, items=compacted.json()["output"])
+    exported = (await admin.get("/admin/export", params={"conversation": conversation})).content
+    carol = await make_tenant("carol")
+    answer = await admin.post("/admin/tenants/carol/import", content=exported, headers=JSONL)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["unopened_compaction_items"] == 0
+    imported = answer.json()["conversations"][0]["id"]
+    fake_upstream.reply_json(text_response("You are Ada."))
+    turned = await carol.http.post(
+        "/v1/responses", json={"model": "openai/gpt-4o", "input": "Who am I?", "conversation": imported}
+    )
+    assert turned.status_code == 200, turned.text
+    assert "Ada introduced herself." in json.dumps(fake_upstream.inputs[-1])
+    # One the service cannot open is imported as it was, and counted.
+    forged = exported.replace(b'"encrypted_content":"cs1.', b'"encrypted_content":"cs1.AAAA')
+    answer = await admin.post("/admin/tenants/carol/import", content=forged, headers=JSONL)
+    assert answer.status_code == 200 and answer.json()["unopened_compaction_items"] == 1

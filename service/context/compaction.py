@@ -81,8 +81,8 @@ async def compose(sealer: Sealer, tenant_id: str, history: list[str], inputs: li
             ) from None
         raise refused_before_upstream(
             f"The stored compaction item {decoded[latest].get('id')!r} of this thread can no longer be opened (it "
-            "was sealed with another COMPACTION_KEY, or altered in the database): delete it from the conversation, "
-            "or continue the thread from before it",
+            "was sealed with a key this service does not hold, or altered in the database): delete it from the "
+            "conversation, or continue the thread from before it",
             param="input",
             code="invalid_encrypted_content",
         ) from None

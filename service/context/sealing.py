@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -50,27 +51,15 @@ class Sealer:
     _lock: asyncio.Lock | None = None
 
     async def seal(self, tenant_id: str, summary: Summary) -> str:
-        aead = await self._key()
-        nonce = os.urandom(_NONCE_BYTES)
-        sealed = aead.encrypt(nonce, msgspec.json.encode(summary), tenant_id.encode())
-        return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode()
+        return _sealed(await self._key(), tenant_id, summary)
 
     async def open(self, tenant_id: str, content: object) -> Summary:
-        if not isinstance(content, str) or not content.startswith(_PREFIX):
-            raise InvalidSeal
-        try:
-            raw = base64.urlsafe_b64decode(content[len(_PREFIX) :].encode())
-        except (binascii.Error, ValueError):
-            raise InvalidSeal from None
-        for aead in await self._opening_keys():
-            try:
-                plain = aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], tenant_id.encode())
-                return msgspec.json.decode(plain, type=Summary)
-            except InvalidTag:
-                continue
-            except (ValueError, msgspec.DecodeError):
-                raise InvalidSeal from None
-        raise InvalidSeal
+        return _opened(await self._opening_keys(), tenant_id, content)
+
+    async def resealer(self) -> Resealer:
+        """Every key read now, so that the resealer needs no database connection of its own (an import holds
+        its transaction's)."""
+        return Resealer(await self._key(), tuple(await self._opening_keys()))
 
     async def _opening_keys(self) -> list[AESGCM]:
         if self._openers is None:
@@ -112,6 +101,44 @@ class Sealer:
                 select(service_secret_table.c.value).where(service_secret_table.c.name == _SECRET_NAME)
             )
         return key if isinstance(key, bytes) else None
+
+
+@dataclass(frozen=True)
+class Resealer:
+    """Moves sealed summaries from one tenant to another, for the operators' imports: a backup restored into
+    another database recreates its tenants with new ids, and the items sealed for the old ids would open for no
+    one (every turn on their conversations refused)."""
+
+    sealing: AESGCM
+    opening: tuple[AESGCM, ...]
+
+    def reseal(self, content: object, from_tenant_id: str, to_tenant_id: str) -> str:
+        """Raises InvalidSeal when no key the service holds opens it for `from_tenant_id`."""
+        return _sealed(self.sealing, to_tenant_id, _opened(self.opening, from_tenant_id, content))
+
+
+def _sealed(aead: AESGCM, tenant_id: str, summary: Summary) -> str:
+    nonce = os.urandom(_NONCE_BYTES)
+    sealed = aead.encrypt(nonce, msgspec.json.encode(summary), tenant_id.encode())
+    return _PREFIX + base64.urlsafe_b64encode(nonce + sealed).decode()
+
+
+def _opened(keys: Sequence[AESGCM], tenant_id: str, content: object) -> Summary:
+    if not isinstance(content, str) or not content.startswith(_PREFIX):
+        raise InvalidSeal
+    try:
+        raw = base64.urlsafe_b64decode(content[len(_PREFIX) :].encode())
+    except (binascii.Error, ValueError):
+        raise InvalidSeal from None
+    for aead in keys:
+        try:
+            plain = aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], tenant_id.encode())
+            return msgspec.json.decode(plain, type=Summary)
+        except InvalidTag:
+            continue
+        except (ValueError, msgspec.DecodeError):
+            raise InvalidSeal from None
+    raise InvalidSeal
 
 
 def _hashed(configured: str) -> bytes:

@@ -10,11 +10,12 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.context.sealing import Resealer
 from service.conversations.service import conversation_not_found, conversation_view
 from service.errors import NotFound
 from service.ids import new_id
 from service.items import NewItem
-from service.lifecycle import jsonl, repository
+from service.lifecycle import jsonl, repository, resealing
 from service.lifecycle.caps import ImportTally
 from service.lifecycle.copies import imported_item
 from service.lifecycle.service import conversation_lines
@@ -83,8 +84,14 @@ def conversations_in(
         yield current
 
 
-async def insert_conversation(conn: AsyncConnection, tenant_id: str, pending: PendingConversation) -> Any:
-    return await repository.insert_conversation_with_items(
+async def insert_conversation(
+    conn: AsyncConnection, tenant_id: str, pending: PendingConversation, resealer: Resealer
+) -> tuple[Any, int]:
+    """The conversation, with its compaction items sealed for `tenant_id`; and how many of those could not be
+    opened (lifecycle/resealing.py)."""
+    sources = await resealing.sealed_for(conn, pending.header, tenant_id)
+    unopened = resealing.carry_over(pending.items, sources, tenant_id, resealer)
+    row = await repository.insert_conversation_with_items(
         conn,
         conversation_id=new_id("conv"),
         tenant_id=tenant_id,
@@ -92,16 +99,27 @@ async def insert_conversation(conn: AsyncConnection, tenant_id: str, pending: Pe
         created_at=pending.header.created_at,
         items=pending.items,
     )
+    return row, unopened
 
 
-async def import_for_tenant(engine: AsyncEngine, tenant: str, raw: bytes, *, caps: ConversationCaps) -> dict[str, Any]:
+async def import_for_tenant(
+    engine: AsyncEngine, tenant: str, raw: bytes, *, caps: ConversationCaps, resealer: Resealer
+) -> dict[str, Any]:
     """Every conversation of the file into the tenant, in one transaction: all of them, or none."""
     created = []
-    items = 0
+    items = unopened = 0
     async with engine.begin() as conn:
         tenant_id = await _tenant_id(conn, tenant)
         parsed = conversations_in(jsonl.parse(raw, many=True), caps)
         async for pending in jsonl.in_worker_thread(parsed, weight=lambda pending: 1 + len(pending.items)):
-            created.append(conversation_view(await insert_conversation(conn, tenant_id, pending)))
+            row, not_opened = await insert_conversation(conn, tenant_id, pending, resealer)
+            created.append(conversation_view(row))
             items += len(pending.items)
-    return {"object": "conversation.import", "tenant": tenant, "conversations": created, "items": items}
+            unopened += not_opened
+    return {
+        "object": "conversation.import",
+        "tenant": tenant,
+        "conversations": created,
+        "items": items,
+        "unopened_compaction_items": unopened,
+    }

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.context.sealing import Sealer
 from service.errors import InvalidRequest
 from service.keys.service import get_or_create_tenant
 from service.lifecycle import backup, jsonl
@@ -26,12 +28,20 @@ def _lines(source: BinaryIO) -> Iterator[bytes]:
         yield line.rstrip(b"\r\n")
 
 
+@dataclass(frozen=True)
+class Imported:
+    conversations: int
+    items: int
+    unopened_compaction_items: int  # sealed with a key this service does not hold (lifecycle/resealing.py)
+
+
 async def import_from(
-    source: BinaryIO, engine: AsyncEngine, *, tenant: str | None, caps: ConversationCaps
-) -> tuple[int, int]:
+    source: BinaryIO, engine: AsyncEngine, *, tenant: str | None, caps: ConversationCaps, sealer: Sealer
+) -> Imported:
     """Each conversation goes to `tenant`, else to the tenant its header names (created if new), within `caps`."""
-    conversations = items = 0
+    conversations = items = unopened = 0
     tenant_ids: dict[str, str] = {}
+    resealer = await sealer.resealer()  # before the transaction: the key may be read on a connection of its own
     async with engine.begin() as conn:
         for pending in backup.conversations_in(jsonl.parse_lines(_lines(source), many=True), caps):
             name = tenant or pending.header.tenant
@@ -41,10 +51,11 @@ async def import_from(
                 )
             if name not in tenant_ids:
                 tenant_ids[name] = await get_or_create_tenant(conn, name)
-            await backup.insert_conversation(conn, tenant_ids[name], pending)
+            _, not_opened = await backup.insert_conversation(conn, tenant_ids[name], pending, resealer)
             conversations += 1
             items += len(pending.items)
-    return conversations, items
+            unopened += not_opened
+    return Imported(conversations, items, unopened)
 
 
 def stdout() -> BinaryIO:

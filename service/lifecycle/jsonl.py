@@ -33,6 +33,7 @@ class Header:
     created_at: int | None
     metadata: dict[str, str]
     tenant: str | None  # admin exports name each conversation's tenant
+    tenant_id: str | None = None  # and its id, which its compaction items are sealed for (lifecycle/resealing.py)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ def header_line(row: Any, tenant: str | None = None) -> bytes:
     }
     if tenant is not None:
         header["tenant"] = tenant
+        header["tenant_id"] = row.tenant_id
     return encode(header) + b"\n"
 
 
@@ -98,7 +100,10 @@ def _header(number: int, value: dict[str, Any]) -> Header:
     tenant = value.get("tenant")
     if tenant is not None and (not isinstance(tenant, str) or not tenant or "\x00" in tenant):
         raise bad_line(number, "tenant must be a non-empty string")
-    return Header(number, created_at, metadata, tenant)
+    tenant_id = value.get("tenant_id")
+    if tenant_id is not None and not isinstance(tenant_id, str):
+        raise bad_line(number, "tenant_id must be a string")
+    return Header(number, created_at, metadata, tenant, tenant_id)
 
 
 def _item(number: int, value: dict[str, Any]) -> ItemLine:

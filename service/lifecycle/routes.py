@@ -128,4 +128,5 @@ class ConversationBackupAdminController(Controller):
         service.check_media_type(request.headers.get("content-type"))
         raw = await request.body()
         caps = runtime.settings.conversation_caps
-        return json_response(await backup.import_for_tenant(runtime.engine, tenant, raw, caps=caps))
+        resealer = await runtime.turn_context.windows.sealer.resealer()
+        return json_response(await backup.import_for_tenant(runtime.engine, tenant, raw, caps=caps, resealer=resealer))

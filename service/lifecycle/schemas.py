@@ -31,6 +31,16 @@ class AdminExportLine(msgspec.Struct):
     object: Annotated[str, msgspec.Meta(description="`conversation` on a conversation's first line")] | None = None
     type: Annotated[str, msgspec.Meta(description="The item's type, on item lines")] | None = None
     tenant: Annotated[str, msgspec.Meta(description="The conversation's tenant, on its header line")] | None = None
+    tenant_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                description="The id of the conversation's tenant, on its header line: its compaction items are sealed"
+                " for it, and an operators' import seals them again for the tenant it imports into"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class AdminExportQuery(msgspec.Struct):
@@ -43,3 +53,11 @@ class ConversationImportResult(msgspec.Struct):
     tenant: str
     conversations: list[ConversationResource]
     items: Annotated[int, msgspec.Meta(description="Items imported, over every conversation")]
+    unopened_compaction_items: Annotated[
+        int,
+        msgspec.Meta(
+            description="Compaction items sealed with a key this service does not hold, imported as they were: a"
+            " turn on their conversation is refused until the item is deleted (set COMPACTION_KEY or"
+            " COMPACTION_KEYS_PREVIOUS to the exporting service's COMPACTION_KEY and import again)"
+        ),
+    ] = 0
