@@ -18,6 +18,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.limits.connections import MIN_BODY_RATE
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
 from tests.stream_support import stored_outputs, wait_until_ended
@@ -307,39 +308,56 @@ async def test_headers_larger_than_any_client_sends_get_a_431_and_a_close(start_
     assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
 
 
-async def test_a_body_that_pauses_past_the_header_timeout_is_closed_and_a_slow_steady_one_is_served(
+async def test_a_body_that_pauses_or_trickles_is_closed_and_a_slow_steady_one_is_served(
     start_server: StartServer, make_tenant: MakeTenant, db: AsyncEngine
 ) -> None:
     """A body trickled in held its connection (a slot of MAX_CONNECTIONS) for as long as its client wished. A
-    pause longer than HTTP_HEADER_TIMEOUT between two of its bytes now closes the connection; a body that keeps
-    coming, however slowly in all, is served."""
+    pause longer than HTTP_HEADER_TIMEOUT between two of its bytes now closes the connection, and so does a body
+    that never pauses that long but averages less than MIN_BODY_RATE: one tenant sending a byte every few
+    seconds on hundreds of connections, within its request rate, took every slot. A body that keeps up the rate,
+    however long it takes in all, is served."""
     live = start_server(http_header_timeout=0.5)
     tenant = await make_tenant("trickle", live=live)
-    body = b'{"metadata": {"topic": "slow"}}'
-    head = (
-        f"POST /v1/conversations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {tenant.key}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-    ).encode()
-    stalled = await asyncio.to_thread(_raw_request, live.port, head + body[:5])
+    body = b'{"metadata": {"topic": "slow"}, "items": [{"role": "user", "content": "%s"}]}' % (b"x" * 2000)
+
+    def head(length: int) -> bytes:
+        return (
+            f"POST /v1/conversations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {tenant.key}\r\n"
+            f"content-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+        ).encode()
+
+    stalled = await asyncio.to_thread(_raw_request, live.port, head(len(body)) + body[:5])
     try:
         received, closed = await asyncio.to_thread(_read_to_end, stalled, 3.0)
         assert closed and b"200 OK" not in received
     finally:
         stalled.close()
 
-    def steady() -> bytes:
-        sock = _raw_request(live.port, head)
+    def sent_in_pieces(piece: int, pause: float) -> tuple[bytes, float]:
+        """The body in pieces of `piece` bytes, `pause` seconds apart; the answer and when the server closed."""
+        sock = _raw_request(live.port, head(len(body)))
+        began = time.monotonic()
         try:
-            for byte in body:  # 32 bytes, 0.1 s apart: 3 s in all, never 0.5 s quiet
-                time.sleep(0.1)
-                sock.sendall(bytes([byte]))
-            return _read_to_end(sock, 0.5)[0]
+            for start in range(0, len(body), piece):
+                time.sleep(pause)
+                try:
+                    sock.sendall(body[start : start + piece])
+                except OSError:  # closed by the server
+                    break
+            return _read_to_end(sock, 1.0)[0], time.monotonic() - began
         finally:
             sock.close()
 
-    answer = await asyncio.to_thread(steady)
+    # 10 bytes every 0.1 s (100 bytes a second), never 0.5 s quiet: closed once 0.5 s plus a second per
+    # MIN_BODY_RATE bytes have passed, long before its 20 s end.
+    trickled, took = await asyncio.to_thread(sent_in_pieces, 10, 0.1)
+    assert b"200 OK" not in trickled and took < 5, (trickled[:200], took)
+    # 200 bytes every 0.1 s (2,000 a second): 1.1 s in all, served.
+    answer, _ = await asyncio.to_thread(sent_in_pieces, 200, 0.1)
     assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
-    assert await rows(db, "SELECT metadata FROM conversation") == [{"metadata": {"topic": "slow"}}]
+    stored = await rows(db, "SELECT metadata FROM conversation")
+    assert stored == [{"metadata": {"topic": "slow"}}]
+    assert MIN_BODY_RATE == 500  # the rates above are on either side of it
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Connection-level bounds, in uvicorn's HTTP protocol: a connection must finish a request's headers within
 HTTP_HEADER_TIMEOUT seconds of opening (or of its request's first byte), a request's body must not pause for
-longer than that between two of its bytes, idle keep-alive connections close after HTTP_KEEPALIVE_TIMEOUT, and
-past MAX_CONNECTIONS open connections a new one gets 503 and is closed.
+longer than that between two of its bytes and must keep up MIN_BODY_RATE on average, idle keep-alive connections
+close after HTTP_KEEPALIVE_TIMEOUT, and past MAX_CONNECTIONS open connections a new one gets 503 and is closed.
 
 uvicorn closes idle keep-alive connections but has no timeout for a connection that never finishes its
 headers, nor for a body that trickles in: each such connection held a file descriptor (and a connection slot,
@@ -66,6 +66,11 @@ _HEADERS_TOO_LARGE = _closing_answer(
 MAX_HEADER_BYTES = 64 * 1024
 # The scope extension holding a callable that drops the request's connection at once (unsent data discarded).
 DROP_CONNECTION = "convstore.drop_connection"
+# Bytes a second a request's body must average, as Apache's mod_reqtimeout asks: it has HTTP_HEADER_TIMEOUT
+# seconds, and one more for every MIN_BODY_RATE bytes that came. The pause limit alone let a client send a byte
+# every few seconds and hold its connection, and a slot of MAX_CONNECTIONS, for as long as it wished: one tenant
+# within its request rate could take every slot.
+MIN_BODY_RATE = 500
 _REFUSED_LINGER_SECONDS = 1.0
 
 
@@ -88,6 +93,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_pending = False
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_seen_at = 0.0
+        self._body_began_at = 0.0
+        self._body_bytes = 0
         # Bytes received since the request began while its headers were not complete.
         self._header_bytes = 0
         self._in_headers = True
@@ -118,6 +125,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 return
         if self._body_pending:
             self._body_seen_at = self.loop.time()
+            self._body_bytes += len(data)
             if self._body_timer is None:
                 self._body_timer = self.loop.call_later(self._limits.header_timeout, self._on_body_timer)
 
@@ -137,6 +145,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._disarm_header_timer()
         self._in_headers = False
         self._body_pending = True  # until on_message_complete (at once for a request without a body)
+        self._body_began_at = self.loop.time()
+        self._body_bytes = 0
         super().on_headers_complete()
         # Lets a layer that gives up on its client (slow_readers.py) drop the connection: uvicorn then takes the
         # unfinished response for the client's disconnect, not for an application error.
@@ -178,18 +188,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._body_timer = None
 
     def _on_body_timer(self) -> None:
-        """The body paused past the timeout: the connection closes, which the application reads as its client
-        leaving (nothing was done with a body it had not got)."""
+        """The body paused past the timeout, or fell behind MIN_BODY_RATE: the connection closes, which the
+        application reads as its client leaving (nothing was done with a body it had not got)."""
         self._body_timer = None
         if not self._body_pending or self.transport.is_closing():
             return
+        now = self.loop.time()
+        timeout = self._limits.header_timeout
         if self.flow.read_paused:  # waiting for the application to take what came, not for the client
-            self._body_seen_at = self.loop.time()
-        quiet = self.loop.time() - self._body_seen_at
-        if quiet >= self._limits.header_timeout:
+            self._body_seen_at = now
+            self._body_began_at = now - self._body_bytes / MIN_BODY_RATE
+        deadline = min(self._body_seen_at, self._body_began_at + self._body_bytes / MIN_BODY_RATE) + timeout
+        if now >= deadline:
             self.transport.close()
         else:
-            self._body_timer = self.loop.call_later(self._limits.header_timeout - quiet, self._on_body_timer)
+            self._body_timer = self.loop.call_later(deadline - now, self._on_body_timer)
 
 
 def guarded_protocol(settings: Settings) -> type[GuardedHttpProtocol]:
