@@ -75,6 +75,12 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, m
     return int(value)
 
 
+def most_workers() -> int:
+    """The most WORKERS taken: four per core, and at least 64. Each worker is a process of about 100 MB, started
+    at once: WORKERS=1e15 was taken as a number and started processes until the machine's memory ran out."""
+    return max(64, 4 * (os.cpu_count() or 1))
+
+
 def _model_windows(raw: str) -> tuple[tuple[str, int], ...]:
     """MODEL_CONTEXT_WINDOWS: `vendor/model=128000,other/model=32000`."""
     windows = []
@@ -290,7 +296,7 @@ class Settings:
             port=port,
             log_level=log_level,
             auto_migrate=_bool(env, "AUTO_MIGRATE", True),
-            workers=_int(env, "WORKERS", 1, minimum=1),
+            workers=_int(env, "WORKERS", 1, minimum=1, maximum=most_workers()),
             db_pool_size=_int(env, "DB_POOL_SIZE", 20, minimum=1),
             db_pool_timeout=_seconds(env, "DB_POOL_TIMEOUT", 30.0, minimum=0.1),
             upstream_connect_timeout=_seconds(env, "UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.01),

@@ -421,6 +421,8 @@ def test_limit_settings_refuse_bad_values(setting: str) -> None:
         ("WEBHOOK_RETRY_HOURS", "1e12", "WEBHOOK_RETRY_HOURS must be at most"),
         ("PROCESS_HEARTBEAT_TIMEOUT", "1e9", "PROCESS_HEARTBEAT_TIMEOUT must be at most"),
         ("ADMIN_API_KEY", "short", "ADMIN_API_KEY must be at least 16 characters"),
+        # Taken as a number, it started worker processes until the machine's memory ran out.
+        ("WORKERS", "1e15", "WORKERS must be at most"),
     ],
 )
 def test_settings_no_process_could_use_are_refused_at_start(setting: str, value: str, message: str) -> None:
@@ -431,6 +433,7 @@ def test_settings_no_process_could_use_are_refused_at_start(setting: str, value:
     with pytest.raises(ConfigError, match=message.replace("+", r"\+")):
         Settings.from_env({setting: value})
     assert Settings.from_env({"IDEMPOTENCY_KEY_TTL": "3.1536e8", "ADMIN_API_KEY": "x" * 16}).idempotency_key_ttl
+    assert Settings.from_env({"WORKERS": "64"}).workers == 64
 
 
 def test_a_turn_lock_ttl_a_turn_could_outlast_is_refused() -> None:
