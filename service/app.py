@@ -171,7 +171,8 @@ def create_app(
 
     if tracer_provider is None and tracing.configured():
         tracer_provider = tracing.provider_from_environment()
-    plugins = tracing.enable(tracer_provider) if tracer_provider is not None else []
+    secrets = (settings.admin_api_key, settings.openrouter_api_key)
+    plugins = tracing.enable(tracer_provider, secrets) if tracer_provider is not None else []
     app = Litestar(
         route_handlers=[
             health,
@@ -196,6 +197,7 @@ def create_app(
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
+            *([tracing.RouteNamedSpans] if plugins else []),  # first: every routed request, replays too
             DoorMiddleware(),
             SlowReaderMiddleware(write_timeout=settings.stream_write_timeout),
             idempotency_keys,
@@ -208,5 +210,5 @@ def create_app(
         logging_config=None,
     )
     # Outermost, so that every request (404s and errors raised before routing too) gets an id and a line.
-    app.asgi_handler = RequestObserver(app.asgi_handler)
+    app.asgi_handler = RequestObserver(app.asgi_handler, secrets)
     return app

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -134,3 +135,19 @@ async def test_a_key_a_client_put_in_the_url_is_not_written_to_the_access_log(
     logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', {})}" for r in lines)
     assert alice.key not in logged and alice.key[len("sk-cs-") :] not in logged
     assert "/v1/conversations/sk-[redacted]" in logged
+
+
+async def test_the_service_secrets_in_a_url_are_not_written_to_the_access_log(
+    server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ADMIN_API_KEY may be any string of 16 characters or more, so the key pattern missed it: an operator's
+    request naming it in the path was logged with it."""
+    caplog.set_level(logging.INFO, logger="service.access")
+    admin_key, openrouter_key = server.settings.admin_api_key, server.settings.openrouter_api_key
+    assert admin_key is not None and openrouter_key is not None and not admin_key.startswith("sk-")
+    async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {admin_key}"}) as admin:
+        assert (await admin.delete(f"/admin/api-keys/{admin_key}")).status_code == 404
+        assert (await admin.get(f"/admin/{openrouter_key}")).status_code == 404
+    logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', {})}" for r in caplog.records)
+    assert "/admin/api-keys/[redacted]" in logged
+    assert admin_key not in logged and openrouter_key not in logged

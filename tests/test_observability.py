@@ -281,6 +281,39 @@ async def test_a_turn_is_traced_with_genai_attributes_database_and_upstream_chil
     assert sent.headers["traceparent"].split("-")[2] == f"{upstream.context.span_id:016x}"
 
 
+async def test_spans_are_named_by_route_and_show_no_key_a_client_put_in_the_url(
+    base_settings: Any, make_tenant: Callable[..., Awaitable[Tenant]]
+) -> None:
+    """Server spans were named from the raw path (one name per conversation) and their URL attributes held the
+    query string: a key sent in a path or a query (the client's, ADMIN_API_KEY, the OpenRouter key) reached the
+    trace collector."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    live = LiveServer(base_settings, tracer_provider=provider).start()
+    admin_key, openrouter_key = base_settings.admin_api_key, base_settings.openrouter_api_key
+    try:
+        alice = await make_tenant("alice", live=live)
+        conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+        exporter.clear()
+        assert (await alice.http.get(f"/v1/conversations/{conversation}/items")).status_code == 200
+        await alice.http.get(f"/v1/conversations/{alice.key}", params={"api_key": alice.key})
+        await alice.http.get(f"/{openrouter_key}", params={"key": admin_key})
+        async with httpx.AsyncClient(base_url=live.url, headers={"Authorization": f"Bearer {admin_key}"}) as admin:
+            await admin.delete(f"/admin/api-keys/{admin_key}")
+        await asyncio.sleep(0.2)  # the server spans end after the last byte is sent
+    finally:
+        live.stop()
+    spans = exporter.get_finished_spans()
+    shown = json.dumps([[span.name, dict(span.attributes or {})] for span in spans])
+    for secret in (alice.key, alice.key[len("sk-cs-") :], admin_key, openrouter_key):
+        assert secret not in shown
+    names = {span.name for span in spans if span.kind.name == "SERVER"}
+    assert "GET /v1/conversations/{conversation_id}/items" in names, names
+    assert not [name for name in names if conversation in name]  # one name per route, not per conversation
+    assert "[redacted]" in json.dumps([dict(s.attributes or {}) for s in spans if s.kind.name == "SERVER"])
+
+
 # -- the request id on the stored turn --------------------------------------------------------------------
 
 

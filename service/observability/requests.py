@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,15 +22,24 @@ _REPLAYED_HEADER = b"idempotent-replayed"
 _UNROUTED = "unmatched"
 # A client that puts its key (or an OpenRouter key) in the URL by mistake must not have it written to the log.
 _KEY_IN_PATH = re.compile(r"sk-(?:cs|or)-[\w-]+")
+REDACTED = "[redacted]"
 
 
-def _logged_path(path: str) -> str:
-    return _KEY_IN_PATH.sub("sk-[redacted]", path) if "sk-" in path else path
+def logged_path(path: str, secrets: Sequence[str] = ()) -> str:
+    """The path as logs may show it: keys of our and OpenRouter's shapes, and the service's own secrets
+    (ADMIN_API_KEY, which may be any string, and the OpenRouter key), replaced."""
+    if "sk-" in path:
+        path = _KEY_IN_PATH.sub("sk-" + REDACTED, path)
+    for secret in secrets:
+        if secret in path:
+            path = path.replace(secret, REDACTED)
+    return path
 
 
 class RequestObserver:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, secrets: Sequence[str | None] = ()) -> None:
         self._app = app
+        self._secrets = tuple(secret for secret in secrets if secret)
 
     @property
     def app(self) -> ASGIApp:
@@ -65,10 +75,18 @@ class RequestObserver:
             await self._app(scope, receive, observed_send)
         finally:
             elapsed = time.perf_counter() - started
-            _report(scope, current, status, elapsed, replayed)  # type: ignore[arg-type]
+            _report(scope, current, status, elapsed, replayed=replayed, secrets=self._secrets)  # type: ignore[arg-type]
 
 
-def _report(scope: HTTPScope, current: record.RequestRecord, status: int, seconds: float, replayed: bool) -> None:
+def _report(
+    scope: HTTPScope,
+    current: record.RequestRecord,
+    status: int,
+    seconds: float,
+    *,
+    replayed: bool,
+    secrets: Sequence[str],
+) -> None:
     route = scope.get("path_template") or _UNROUTED
     method = scope["method"]
     current.reported = True
@@ -84,7 +102,7 @@ def _report(scope: HTTPScope, current: record.RequestRecord, status: int, second
     fields: dict[str, Any] = {
         "method": method,
         "route": route,
-        "path": (path := _logged_path(scope["path"])),
+        "path": (path := logged_path(scope["path"], secrets)),
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
         "tenant": current.tenant,

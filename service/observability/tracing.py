@@ -10,11 +10,14 @@ upstream call (httpx's instrumentation around the upstream transport), which als
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
+from opentelemetry import trace
 from opentelemetry.trace import Tracer, TracerProvider
+
+from service.observability.requests import logged_path
 
 _tracer: Tracer | None = None
 _provider: TracerProvider | None = None
@@ -40,8 +43,60 @@ def provider_from_environment() -> TracerProvider:
     return provider
 
 
-def enable(provider: TracerProvider) -> list[Any]:
-    """Turn tracing on for this process; returns the Litestar plugins that add the server spans."""
+# Set by the ASGI instrumentation from the request's URL; the server span's hook below writes them again from the
+# route, without the query string.
+_URL_ATTRIBUTES = ("http.url", "url.full", "http.target", "url.path", "url.query")
+
+
+def _span_details(scope: Any) -> tuple[str, dict[str, str]]:
+    """A server span's name when it starts, before routing: the method alone, as OpenTelemetry's conventions
+    name a request whose route is not known; `route_named_spans` adds the route once it is. Named from the raw
+    path, there was one span name per conversation, and any key a client put in the URL was in it."""
+    return str(scope.get("method", "")).strip() or "HTTP", {}
+
+
+class RouteNamedSpans:
+    """Litestar middleware (run once the request is routed): the server span named `{method} {route template}`
+    (`GET /v1/conversations/{conversation_id:str}/items`), with its `http.route`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        span = trace.get_current_span()
+        route = scope.get("path_template")
+        if route and span.is_recording():
+            span.update_name(f"{scope.get('method', 'HTTP')} {route}")
+            span.set_attribute("http.route", route)
+        await self.app(scope, receive, send)
+
+
+def _server_request_hook(secrets: tuple[str, ...]) -> Callable[[Any, Any], None]:
+    def hook(span: Any, scope: Any) -> None:
+        """The URL attributes as the access log shows the path: the query string left out (a client may put
+        its key there), keys and the service's secrets in the path redacted."""
+        if span is None or not span.is_recording():
+            return
+        recorded = getattr(span, "attributes", None) or {}
+        path = logged_path(str(scope.get("path", "")), secrets)
+        for name in _URL_ATTRIBUTES:
+            if name not in recorded:
+                continue
+            if name in ("http.url", "url.full"):
+                scheme, (host, port) = scope.get("scheme", "http"), scope.get("server") or ("", None)
+                span.set_attribute(name, f"{scheme}://{host}{'' if port is None else f':{port}'}{path}")
+            elif name == "url.query":
+                span.set_attribute(name, "")
+            else:
+                span.set_attribute(name, path)
+
+    return hook
+
+
+def enable(provider: TracerProvider, secrets: Sequence[str | None] = ()) -> list[Any]:
+    """Turn tracing on for this process; returns the Litestar plugins that add the server spans (the app also
+    takes RouteNamedSpans as middleware). `secrets`: values never to be shown in a span (ADMIN_API_KEY, the
+    OpenRouter key)."""
     global _tracer, _provider  # noqa: PLW0603 - one tracer per process, like OpenTelemetry's own global
     from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin  # noqa: PLC0415
     from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor  # noqa: PLC0415
@@ -52,7 +107,12 @@ def enable(provider: TracerProvider) -> list[Any]:
     if instrumentor.is_instrumented_by_opentelemetry:
         instrumentor.uninstrument()
     instrumentor.instrument(tracer_provider=provider)
-    return [OpenTelemetryPlugin(OpenTelemetryConfig(tracer_provider=provider))]
+    config = OpenTelemetryConfig(
+        tracer_provider=provider,
+        scope_span_details_extractor=_span_details,
+        server_request_hook_handler=_server_request_hook(tuple(secret for secret in secrets if secret)),
+    )
+    return [OpenTelemetryPlugin(config)]
 
 
 def disable() -> None:
