@@ -80,6 +80,13 @@ async def test_forms_without_the_session_csrf_token_change_nothing(
         assert await conn.scalar(text("SELECT count(*) FROM api_key")) == 0
     # A sign-in form needs its own token too.
     assert (await browser_client.post(LOGIN, data={"key": ADMIN_KEY})).status_code == 403
+    # A token or cookie with a character past ASCII is as wrong as any other (it was a 500).
+    assert (await browser_client.post("/admin/ui/keys", data={"tenant": "m", "csrf": "\u00e9"})).status_code == 403
+    assert (await browser_client.post(LOGIN, data={"key": ADMIN_KEY, "csrf": "\u00e9"})).status_code == 403
+    browser_client.cookies.clear()
+    forged_cookie = {"Cookie": "convstore_console=a.b.c.%C3%A9"}
+    answer = await browser_client.get("/admin/ui/", headers=forged_cookie)
+    assert answer.status_code == 303 and answer.headers["location"] == LOGIN
 
 
 async def test_a_revoked_admin_key_ends_its_console_sessions(

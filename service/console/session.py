@@ -50,7 +50,7 @@ class SessionSigner:
         if not cookie or cookie.count(".") != 3:
             return None
         payload, _, signature = cookie.rpartition(".")
-        if not hmac.compare_digest(signature, self._sign(payload)):
+        if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             return None
         digest, expires, nonce = payload.split(".")
         try:
@@ -63,4 +63,5 @@ class SessionSigner:
         return self._sign(f"csrf:{nonce}")
 
     def csrf_ok(self, nonce: str, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(self.csrf_token(nonce), token or "")
+        # As bytes: compare_digest refuses a str with a character past ASCII (a 500 for a forged cookie or form).
+        return bool(token) and hmac.compare_digest(self.csrf_token(nonce).encode(), (token or "").encode())
