@@ -43,6 +43,8 @@ def _number(
     if raw is None or raw.strip() == "":
         return default
     try:
+        if "_" in raw:  # float() takes "1_000"; no operator means a digit separator there
+            raise ValueError
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
@@ -75,6 +77,21 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0, m
     return int(value)
 
 
+def _host_of(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None
+
+
+def _console_secret(raw: str) -> str | None:
+    """The key that signs console sessions and their CSRF tokens: at least 32 characters, as COMPACTION_KEY."""
+    secret = raw.strip()
+    if secret and len(secret) < 32:
+        raise ConfigError(f"CONSOLE_SESSION_SECRET must be at least 32 characters, got {len(secret)}")
+    return secret or None
+
+
 def most_workers() -> int:
     """The most WORKERS taken: four per core, and at least 64. Each worker is a process of about 100 MB, started
     at once: WORKERS=1e15 was taken as a number and started processes until the machine's memory ran out."""
@@ -88,7 +105,9 @@ def _model_windows(raw: str) -> tuple[tuple[str, int], ...]:
         if not entry:
             continue
         model, _, size = entry.rpartition("=")
-        if not model.strip() or not size.strip().isdigit() or int(size) < 1:
+        size = size.strip()
+        # isdigit() alone also takes other scripts' digits and superscripts ("²"), which int() then refuses.
+        if not model.strip() or not (size.isascii() and size.isdigit()) or int(size) < 1:
             raise ConfigError(f"MODEL_CONTEXT_WINDOWS entries must look like vendor/model=128000, got {entry!r}")
         windows.append((model.strip(), int(size)))
     return tuple(windows)
@@ -121,8 +140,9 @@ def _previous_compaction_keys(raw: str) -> tuple[str, ...]:
     return tuple(key for key in keys if key)
 
 
-def normalize_database_url(raw: str) -> str:
-    """Accept postgresql:// or postgresql+asyncpg:// (and postgres://); return the asyncpg form."""
+def normalize_database_url(raw: str, name: str = "DATABASE_URL") -> str:
+    """Accept postgresql:// or postgresql+asyncpg:// (and postgres://); return the asyncpg form. `name`: the
+    setting it came from, for the error."""
     parts = urlsplit(raw.strip())
     scheme = parts.scheme.lower()
     if scheme in {"postgresql", "postgres"}:
@@ -132,17 +152,16 @@ def normalize_database_url(raw: str) -> str:
         url = raw.strip()
     else:
         raise ConfigError(
-            "DATABASE_URL must start with postgresql:// or postgresql+asyncpg://"
-            f" (got scheme {parts.scheme or 'none'!r})"
+            f"{name} must start with postgresql:// or postgresql+asyncpg:// (got scheme {parts.scheme or 'none'!r})"
         )
     if not parts.hostname and "host=" not in parts.query:
-        raise ConfigError("DATABASE_URL has no host: expected postgresql://user@host:port/dbname")
+        raise ConfigError(f"{name} has no host: expected postgresql://user@host:port/dbname")
     try:
         _ = parts.port
     except ValueError:
-        raise ConfigError("DATABASE_URL has an invalid port") from None
+        raise ConfigError(f"{name} has an invalid port") from None
     if not parts.path.strip("/"):
-        raise ConfigError("DATABASE_URL has no database name: expected postgresql://user@host:port/dbname")
+        raise ConfigError(f"{name} has no database name: expected postgresql://user@host:port/dbname")
     return _with_asyncpg_ssl(url)
 
 
@@ -250,8 +269,8 @@ class Settings:
         if policy not in {"continue", "cancel"}:
             raise ConfigError(f"STREAM_DISCONNECT_POLICY must be continue or cancel, got {policy!r}")
         base_url = (env.get("OPENROUTER_BASE_URL") or DEFAULT_OPENROUTER_BASE_URL).strip().rstrip("/")
-        if urlsplit(base_url).scheme not in {"http", "https"}:
-            raise ConfigError(f"OPENROUTER_BASE_URL must be an http(s) URL, got {base_url!r}")
+        if urlsplit(base_url).scheme not in {"http", "https"} or not _host_of(base_url):
+            raise ConfigError(f"OPENROUTER_BASE_URL must be an http(s) URL with a host, got {base_url!r}")
         if "@" in urlsplit(base_url).netloc:
             # Shown on /health and at start-up; the upstream's credential is OPENROUTER_API_KEY.
             raise ConfigError("OPENROUTER_BASE_URL must not carry a user or password: set OPENROUTER_API_KEY")
@@ -284,7 +303,7 @@ class Settings:
             )
         return cls(
             database_url=database_url,
-            database_direct_url=normalize_database_url(direct) if direct else None,
+            database_direct_url=normalize_database_url(direct, "DATABASE_DIRECT_URL") if direct else None,
             database_transaction_pooler=transaction_pooler,
             data_dir=Path(env.get("DATA_DIR", "").strip() or ".data"),
             openrouter_api_key=env.get("OPENROUTER_API_KEY", "").strip() or None,
@@ -328,7 +347,7 @@ class Settings:
             previous_compaction_keys=_previous_compaction_keys(env.get("COMPACTION_KEYS_PREVIOUS", "")),
             log_format=log_format,  # type: ignore[arg-type]
             metrics_port=metrics_port,
-            console_session_secret=env.get("CONSOLE_SESSION_SECRET", "").strip() or None,
+            console_session_secret=_console_secret(env.get("CONSOLE_SESSION_SECRET", "")),
             console_session_hours=_hours(env, "CONSOLE_SESSION_HOURS", 12.0, minimum=0.01),
             webhook_delivery=_bool(env, "WEBHOOK_DELIVERY", True),
             webhook_retry_base_seconds=_seconds(env, "WEBHOOK_RETRY_BASE_SECONDS", 5.0, minimum=0.01),

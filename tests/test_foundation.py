@@ -311,6 +311,12 @@ def busy_port() -> Iterator[int]:
         ({"PORT": "99999"}, "PORT must be at most 65535"),
         ({"PORT": "8123", "METRICS_PORT": "8123"}, "METRICS_PORT must differ from PORT"),
         ({"RETENTION_RESPONSES_DAYS": "3000000"}, "RETENTION_RESPONSES_DAYS must be at most 36500"),
+        # Each named DATABASE_URL, started, or ended in a traceback.
+        ({"DATABASE_DIRECT_URL": "garbage"}, "DATABASE_DIRECT_URL must start with postgresql://"),
+        ({"OPENROUTER_BASE_URL": "http://"}, "OPENROUTER_BASE_URL must be an http(s) URL with a host"),
+        ({"MODEL_CONTEXT_WINDOWS": "a/b=\u00b2"}, "MODEL_CONTEXT_WINDOWS entries must look like"),
+        ({"CONSOLE_SESSION_SECRET": "x"}, "CONSOLE_SESSION_SECRET must be at least 32 characters"),
+        ({"PORT": "1_000"}, "PORT must be a number"),
         # The pooler refused the first session setting sent at connect: that was the message.
         (
             {"DATABASE_URL": "postgresql://postgres@127.0.0.1:6432/db", "DATABASE_TRANSACTION_POOLER": "true"},
