@@ -23,6 +23,7 @@ from uvicorn.supervisors import Multiprocess
 
 from service.config import Settings
 from service.limits.connections import uvicorn_options
+from service.observability import metrics
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # What uvicorn may still wait for after the grace period: turns being stored, connections closing.
@@ -114,5 +115,26 @@ def serve(
     sock.listen(config.backlog)  # uvicorn's bind leaves that to each worker's server: until then, refused
     print(banner(sock.getsockname()[1]), flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        Multiprocess(config, sockets=[sock]).run()
+        _Supervisor(config, sockets=[sock]).run()
     return True
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's supervisor of worker processes, which also:
+    - closes its copy of the listening socket when told to stop (each worker closes its own as its shutdown
+      begins): held open, the kernel kept accepting connections no worker would take, and a balancer's health
+      check or a new request hung for the whole grace period instead of being refused and sent elsewhere;
+    - forgets a dead worker's live gauges (the in-flight turns and pool gauges sum the live processes' files,
+      and a worker killed with turns in flight left them counted for good)."""
+
+    def terminate_all(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        super().terminate_all()
+
+    def keep_subprocess_alive(self) -> None:
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {process.pid for process in self.processes}:
+            if pid is not None:
+                metrics.forget_process(pid)

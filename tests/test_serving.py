@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.gc_freeze import THRESHOLDS
@@ -203,3 +205,78 @@ async def test_a_key_whose_request_was_cut_by_a_clean_stop_is_free_for_a_retry(
     stored = await rows(db, "SELECT status FROM response WHERE conversation_id = :c ORDER BY created_at", c=conv)
     assert [row["status"] for row in stored][-1:] == ["completed"]
     assert all(row["status"] == "failed" for row in stored[:-1])
+
+
+async def _first_event(stream: httpx.Response) -> None:
+    async for line in stream.aiter_lines():
+        if line.startswith("data: "):
+            return
+
+
+async def test_with_several_workers_sigterm_refuses_new_connections_at_once(
+    service_process: Callable[..., ServiceProcess], fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """The supervisor held its copy of the listening socket while its workers drained: the kernel kept accepting
+    connections no worker would take, and a balancer's health check or a new request hung for the whole grace
+    period rather than being refused (and sent to another instance), as with one worker."""
+    process = service_process(WORKERS="2", SHUTDOWN_GRACE_PERIOD="5")
+    await asyncio.to_thread(process.start)
+    key = await keys.create_key(db, tenant="deployer")
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("word " * 40, chunks=40), delay=0.5))
+    async with client_for(process.url, key.secret) as client:
+        conv = await new_conversation(client)
+        body: dict[str, Any] = {"model": MODEL, "input": "hi", "conversation": conv, "stream": True}
+        async with client.stream("POST", "/v1/responses", json=body) as stream:
+            await _first_event(stream)  # a turn runs: its worker drains for up to the grace period
+            assert process.process is not None
+            process.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(1.5)
+            with pytest.raises(httpx.ConnectError):
+                await asyncio.to_thread(httpx.get, process.url + "/health", timeout=3)
+    assert await asyncio.to_thread(process.process.wait, 30) == 0
+
+
+def _runs_in_flight(url: str, admin_key: str) -> float | None:
+    try:
+        answer = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {admin_key}"}, timeout=2)
+    except httpx.HTTPError:
+        return None
+    if answer.status_code != 200:
+        return None
+    families = text_string_to_metric_families(answer.text)
+    return sum(s.value for f in families if f.name == "convstore_runs_in_flight" for s in f.samples)
+
+
+async def test_a_killed_workers_turns_leave_the_in_flight_gauges(
+    service_process: Callable[..., ServiceProcess], fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Gauges sum the live workers' files: a worker killed with turns in flight left them counted for good,
+    as nothing told prometheus_client the process was dead."""
+    admin_key = "metrics-test-admin-key-0123"
+    process = service_process(WORKERS="2", ADMIN_API_KEY=admin_key)
+    await asyncio.to_thread(process.start)
+    key = await keys.create_key(db, tenant="crasher")
+    for _ in range(2):
+        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("word " * 60, chunks=60), delay=0.5))
+    async with client_for(process.url, key.secret) as client:
+        streams = []
+        for _ in range(2):
+            conv = await new_conversation(client)
+            body: dict[str, Any] = {"model": MODEL, "input": "hi", "conversation": conv, "stream": True}
+            stream = await client.send(client.build_request("POST", "/v1/responses", json=body), stream=True)
+            await _first_event(stream)
+            streams.append(stream)
+        assert await asyncio.to_thread(_runs_in_flight, process.url, admin_key) == 2
+        assert process.process is not None
+        workers = psutil.Process(process.process.pid).children()
+        workers = [w for w in workers if "spawn_main" in " ".join(w.cmdline())]
+        assert len(workers) == 2
+        for worker in workers:
+            worker.kill()
+        for stream in streams:
+            with contextlib.suppress(httpx.HTTPError):
+                await stream.aclose()
+    deadline = time.monotonic() + 30
+    while (counted := await asyncio.to_thread(_runs_in_flight, process.url, admin_key)) != 0:
+        assert time.monotonic() < deadline, f"convstore_runs_in_flight still {counted}"
+        await asyncio.sleep(0.2)

@@ -110,6 +110,12 @@ def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
+def forget_process(pid: int) -> None:
+    """A worker that died: its live gauges (livesum, livemax) no longer count (prometheus_client's own call)."""
+    if multiprocess_enabled():
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
 def scrape_registry() -> CollectorRegistry:
     """What a scrape reads: every worker's files in multiprocess mode, else this process' metrics."""
     if multiprocess_enabled():
