@@ -157,14 +157,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         direct = settings.database_direct_url or url
         asyncio.run(_check_database(direct))
         _prepare_schema(settings, direct)
-        if settings.embedded_database:
-            secret = asyncio.run(_first_start_key(url))
-            if secret:
-                print("First start: created an API key for tenant 'default'. It is shown only this once:")
-                print(f"    {secret}")
-                print(f"Try: curl -s http://{settings.host}:{settings.port}/v1/responses \\")
-                print(f"       -H 'Authorization: Bearer {secret}' -H 'Content-Type: application/json' \\")
-                print("""       -d '{"model": "openai/gpt-4o-mini", "input": "Hello!"}'""")
+        secret = asyncio.run(_first_start_key(url)) if settings.embedded_database else None
+        if secret:
+            print("First start: created an API key for tenant 'default'. It is shown only this once:")
+            print(f"    {secret}")
         mode = "demo upstream (no OPENROUTER_API_KEY set)" if settings.demo_upstream else settings.openrouter_base_url
         print(f"Upstream: {mode}")
         where = f"embedded PostgreSQL in {settings.data_dir}" if settings.embedded_database else _describe(url)
@@ -173,7 +169,16 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         from service.serving import serve  # noqa: PLC0415
 
         def banner(port: int) -> str:
-            return f"Serving on http://{settings.host}:{port} (docs at /docs)"
+            """Printed once the port is known (PORT=0: the one the kernel chose), which the example names too."""
+            serving = f"Serving on http://{settings.host}:{port} (docs at /docs)"
+            if not secret:
+                return serving
+            return (
+                f"Try: curl -s http://{settings.host}:{port}/v1/responses \\\n"
+                f"       -H 'Authorization: Bearer {secret}' -H 'Content-Type: application/json' \\\n"
+                """       -d '{"model": "openai/gpt-4o-mini", "input": "Hello!"}'\n"""
+                f"{serving}"
+            )
 
         serve_metrics(settings)
         log_config = _configure_logging(settings, uvicorn_access=args.access_log)

@@ -73,6 +73,9 @@ def test_first_start_key_restart_and_clean_shutdown(tmp_path: Path, fake_upstrea
         early = proc.stdout.read() or ""  # type: ignore[union-attr]
         os.set_blocking(proc.stdout.fileno(), True)  # type: ignore[union-attr]
         secret = next(line.strip() for line in early.splitlines() if line.strip().startswith("sk-cs-"))
+        # The example names the port served on (printed with "Serving on": with PORT=0 it named port 0).
+        assert f"Try: curl -s http://127.0.0.1:{port}/v1/responses" in early
+        assert early.index("Try: curl") < early.index("Serving on")
         auth_line = {"Authorization": f"Bearer {secret}"}
         conv = httpx.post(url + "/v1/conversations", json={"metadata": {"k": "v"}}, headers=auth_line)
         assert conv.status_code == 200, conv.text
