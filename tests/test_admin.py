@@ -19,7 +19,7 @@ from service.admin.cursor import Keyset
 from service.admin.params import ConversationFilters
 from tests.conftest import TABLES, LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
-from tests.turn_support import MODEL, new_conversation
+from tests.turn_support import MODEL, new_conversation, rows
 
 
 @pytest.fixture
@@ -457,6 +457,11 @@ async def test_responses_listing_filters_and_pages_across_tenants(
     every = await walk(admin, "/admin/responses", {}, 2)
     assert len(every) == len({r["id"] for r in every}) == 8
     assert [r["created_at"] for r in every] == sorted((r["created_at"] for r in every), reverse=True)
+    # Each turn's latency, to the millisecond its timestamps hold (created_at and completed_at are whole seconds).
+    stored = await rows(
+        db, "SELECT id, floor(extract(epoch FROM completed_at - created_at) * 1000) AS ms FROM response"
+    )
+    assert {r["id"]: r["duration_ms"] for r in every} == {r["id"]: int(r["ms"]) for r in stored}
 
     async def ids(**params: Any) -> set[str]:
         return {r["id"] for r in await walk(admin, "/admin/responses", params, 100)}

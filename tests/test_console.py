@@ -244,8 +244,11 @@ async def test_a_whole_console_session_in_headless_chromium(
             assert kinds[0].startswith("MESSAGE · USER") or kinds[0].lower().startswith("message · user")
             assert "reasoning" in kinds[1].lower() and "tool call · get_weather" in kinds[2].lower()
             assert "call the tool" in await page.inner_text("#items")
+            # Ids are case-sensitive: shown as they are, not in the heading's capitals.
+            assert re.search(r"· (msg|fc|rs)_[0-9a-z]+", kinds[0] + kinds[1] + kinds[2]), kinds
             response_row = await page.inner_text("#responses tbody tr")
             assert "completed" in response_row and "anthropic/claude-sonnet-4" in response_row
+            assert re.search(r"\t(\d+ ms|[\d.]+ s)\t", response_row), response_row  # not "0 s" for 362 ms
             await page.screenshot(path=shots / "thread.png", full_page=True)
 
             # Stats with its chart.

@@ -64,6 +64,9 @@ class AdminResponse(msgspec.Struct):
     background: bool
     created_at: int
     completed_at: int | None
+    duration_ms: Annotated[
+        int | None, msgspec.Meta(description="From created_at to completed_at in milliseconds; null while it runs")
+    ]
     request_id: str | None  # the X-Request-Id of the request that started the turn (its log lines carry it)
     deleted: bool
 

@@ -4,7 +4,7 @@ usage statistics, and API keys. Each operation is one short read or one short tr
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -52,6 +52,10 @@ def conversation_row_view(row: Any) -> dict[str, Any]:
     }
 
 
+def _milliseconds_between(start: datetime | None, end: datetime | None) -> int | None:
+    return None if start is None or end is None else (end - start) // timedelta(milliseconds=1)
+
+
 def response_row_view(row: Any) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -69,6 +73,7 @@ def response_row_view(row: Any) -> dict[str, Any]:
         "background": row.background,
         "created_at": _epoch(row.created_at),
         "completed_at": _epoch(row.completed_at),
+        "duration_ms": _milliseconds_between(row.created_at, row.completed_at),
         "request_id": row.request_id,
         # Hidden from its tenant (a later response builds on it) but kept as history.
         "deleted": row.deleted_at is not None,

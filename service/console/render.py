@@ -26,6 +26,15 @@ def money(value: float | None) -> str:
     return "—" if value is None else f"${value:,.6f}".rstrip("0").rstrip(".")
 
 
+def duration(milliseconds: int | None) -> str:
+    """A turn's latency as people read one: `362 ms`, `1.26 s`, `95 s`."""
+    if milliseconds is None:
+        return "—"
+    if milliseconds < 1000:
+        return f"{milliseconds} ms"
+    return f"{milliseconds / 1000:.3g} s" if milliseconds < 100_000 else f"{round(milliseconds / 1000)} s"
+
+
 def pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
@@ -61,7 +70,7 @@ def item_view(item: dict[str, Any]) -> dict[str, Any]:
     return {"kind": kind, "role": "", "text": pretty(item)}
 
 
-_env.filters.update(when=when, money=money, pretty=pretty)
+_env.filters.update(when=when, money=money, pretty=pretty, duration=duration)
 _env.globals.update(item_view=item_view)
 
 
