@@ -83,9 +83,12 @@ def check_include(request: Request[Any, Any, Any]) -> None:
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    secret = bearer_secret(connection.headers.get("authorization", ""))
+    header = connection.headers.get("authorization", "")
+    secret = bearer_secret(header)
     if secret is None:
-        raise AuthenticationFailed("Missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key")
+        # A key sent without the scheme (or with another one) is not "missing": say what is wrong with it.
+        what = "The Authorization header holds no Bearer key" if header.strip() else "Missing API key"
+        raise AuthenticationFailed(f"{what}: send it as 'Authorization: Bearer <key>'", code="missing_api_key")
     return secret
 
 

@@ -114,14 +114,26 @@ async def test_a_dropped_database_or_refused_role_answers_503_database_unavailab
 # -- authentication -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", [None, "Bearer", "Basic abc", "Bearer sk-cs-not-a-real-key"])
-async def test_v1_without_a_valid_key_is_401_envelope(anonymous: httpx.AsyncClient, header: str | None) -> None:
+@pytest.mark.parametrize(
+    ("header", "says"),
+    [
+        (None, "Missing API key"),
+        ("Bearer", "The Authorization header holds no Bearer key"),
+        ("Basic abc", "The Authorization header holds no Bearer key"),
+        ("sk-cs-not-a-real-key", "The Authorization header holds no Bearer key"),  # a key without its scheme
+        ("Bearer sk-cs-not-a-real-key", "Incorrect or revoked API key"),
+    ],
+)
+async def test_v1_without_a_valid_key_is_401_envelope(
+    anonymous: httpx.AsyncClient, header: str | None, says: str
+) -> None:
     headers = {"Authorization": header} if header else {}
     answer = await anonymous.post("/v1/conversations", json={}, headers=headers)
     assert answer.status_code == 401
     error = answer.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == "authentication_error"
+    assert error["message"].startswith(says)
     if header and "sk-cs" in header:
         assert "sk-cs-not-a-real-key" not in answer.text
 
@@ -210,6 +222,10 @@ def test_cli_admin_key_reaches_admin_flag(database_url: str, db: AsyncEngine) ->
     assert " yes " in listing
     unknown = run_cli("keys", "list", "--tenant", "nobody", DATABASE_URL=plain_url(database_url))
     assert unknown.returncode != 0 and "No tenant with the name or id 'nobody'" in unknown.stderr
+    # The admin API's limit on a key's name, which `keys list` prints whole.
+    long_name = run_cli("keys", "create", "--tenant", "ops", "--name", "n" * 201, DATABASE_URL=plain_url(database_url))
+    assert long_name.returncode == 2 and "name must be at most 200 characters" in long_name.stderr
+    assert "Traceback" not in long_name.stderr
 
 
 def test_revoking_an_unknown_key_fails_cleanly(database_url: str) -> None:

@@ -72,8 +72,13 @@ async def get_or_create_tenant(conn: AsyncConnection, name: str) -> str:
     return await repository.get_or_create_tenant(conn, tenant_name_to_store(name))
 
 
+MAX_KEY_NAME_LENGTH = 200  # as the admin API's body allows
+
+
 async def create_key(engine: AsyncEngine, *, tenant: str, name: str = "", is_admin: bool = False) -> CreatedKey:
     tenant = tenant_name_to_store(tenant)  # as stored, for the answer
+    if len(name) > MAX_KEY_NAME_LENGTH or "\x00" in name:  # `keys create --name` comes here without the API's check
+        raise InvalidRequest(f"name must be at most {MAX_KEY_NAME_LENGTH} characters, without U+0000", param="name")
     secret = mint_secret()
     async with engine.begin() as conn:
         tenant_id = await repository.get_or_create_tenant(conn, tenant)
