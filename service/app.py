@@ -86,6 +86,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # What the lifespan starts runs in its context, untraced; requests run in theirs, traced.
+        with tracing.untraced():
+            async with running(app):
+                yield
+
+    @asynccontextmanager
+    async def running(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(
             url,
             pool_size=settings.db_pool_size,

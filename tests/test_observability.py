@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -290,7 +291,9 @@ async def test_spans_are_named_by_route_and_show_no_key_a_client_put_in_the_url(
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    live = LiveServer(base_settings, tracer_provider=provider).start()
+    # A heartbeat every 0.1 s: its statements, and every other background one, were root spans of their own.
+    settings = dataclasses.replace(base_settings, process_heartbeat_timeout=0.4)
+    live = LiveServer(settings, tracer_provider=provider).start()
     admin_key, openrouter_key = base_settings.admin_api_key, base_settings.openrouter_api_key
     try:
         alice = await make_tenant("alice", live=live)
@@ -311,6 +314,8 @@ async def test_spans_are_named_by_route_and_show_no_key_a_client_put_in_the_url(
     names = {span.name for span in spans if span.kind.name == "SERVER"}
     assert "GET /v1/conversations/{conversation_id}/items" in names, names
     assert not [name for name in names if conversation in name]  # one name per route, not per conversation
+    roots = [span.name for span in spans if span.parent is None and span.kind.name != "SERVER"]
+    assert roots == [], roots
     assert "[redacted]" in json.dumps([dict(s.attributes or {}) for s in spans if s.kind.name == "SERVER"])
 
 

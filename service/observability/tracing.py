@@ -9,8 +9,9 @@ upstream call (httpx's instrumentation around the upstream transport), which als
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -113,6 +114,16 @@ def enable(provider: TracerProvider, secrets: Sequence[str | None] = ()) -> list
         server_request_hook_handler=_server_request_hook(tuple(secret for secret in secrets if secret)),
     )
     return [OpenTelemetryPlugin(config)]
+
+
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """Work started within (the heartbeat, the claim sweeps, the LISTEN connection, retention, webhook deliveries)
+    is not traced: its statements were root spans, several a second per process, outnumbering the requests'."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation  # noqa: PLC0415
+
+    with suppress_instrumentation():
+        yield
 
 
 def disable() -> None:
