@@ -472,3 +472,10 @@ async def test_a_conversation_whose_responses_a_recent_chain_continues_is_not_id
     listed = await rows(db, "SELECT id FROM response_chain WHERE cardinality(turn_response_ids) > 0")
     assert listed == []
     assert (await alice.http.get(f"/v1/responses/{first['id']}")).status_code == 200
+    # In no listed thread now, the kept responses name the one they were in, which an operator deletes whole.
+    kept = (await admin.get("/admin/responses", params={"tenant": "alice"})).json()["data"]
+    assert {r["id"]: r["thread_id"] for r in kept} == {r["id"]: conversation for r in kept}
+    assert {first["id"], chained["id"]} <= {r["id"] for r in kept}
+    gone = await admin.delete(f"/admin/threads/{conversation}")
+    assert gone.status_code == 200 and gone.json()["deleted_responses"] == len(kept)
+    assert await rows(db, "SELECT id FROM response") == []

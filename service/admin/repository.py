@@ -210,6 +210,7 @@ _RESPONSE_COLUMNS = (
     response_t.c.tenant_id,
     _tenant_name(response_t.c.tenant_id),
     response_t.c.conversation_id,
+    response_t.c.thread_id,
     response_t.c.previous_response_id,
     response_t.c.status,
     response_t.c.model,

@@ -54,6 +54,13 @@ class AdminResponse(msgspec.Struct):
     tenant: str
     tenant_id: str
     conversation_id: str | None
+    thread_id: Annotated[
+        str,
+        msgspec.Meta(
+            description="The thread it belongs to (`/admin/threads/{id}`): its conversation's id, or its chain's first"
+            " response's. A conversation the retention purge deleted leaves its id here on the responses it kept"
+        ),
+    ]
     previous_response_id: str | None
     status: ResponseStatus
     model: str | None

@@ -63,6 +63,7 @@ def response_row_view(row: Any) -> dict[str, Any]:
         "tenant": row.tenant,
         "tenant_id": row.tenant_id,
         "conversation_id": row.conversation_id,
+        "thread_id": row.thread_id,
         "previous_response_id": row.previous_response_id,
         "status": row.status,
         "model": row.model,
