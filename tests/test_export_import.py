@@ -391,6 +391,7 @@ async def test_import_refuses_a_compaction_item_not_sealed_for_the_tenant(
     foreign = await bob.http.post("/v1/conversations/import", content=b"\n".join(lines) + b"\n", headers=JSONL)
     assert foreign.status_code == 400, foreign.text
     assert foreign.json()["error"]["param"] == f"line {at + 1}"
+    assert foreign.json()["error"]["code"] == "invalid_encrypted_content"  # which rule, not only where
     forged_item = {**json.loads(lines[at]), "encrypted_content": "AAAA" + json.loads(lines[at])["encrypted_content"]}
     forged = [*lines[:at], json.dumps(forged_item).encode(), *lines[at + 1 :]]
     refused = await alice.http.post("/v1/conversations/import", content=b"\n".join(forged) + b"\n", headers=JSONL)

@@ -88,7 +88,8 @@ async def _check_compaction(check: ItemCheck, tenant_id: str, line: jsonl.ItemLi
     try:
         await check(tenant_id, [line.value])
     except InvalidRequest as exc:
-        raise jsonl.bad_line(line.line, exc.message) from None
+        # Named by its line as any bad line is, with the code of the rule it broke (invalid_encrypted_content).
+        raise InvalidRequest(f"Line {line.line}: {exc.message}", param=f"line {line.line}", code=exc.code) from None
 
 
 @dataclass(frozen=True)
