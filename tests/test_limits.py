@@ -306,6 +306,30 @@ async def test_headers_larger_than_any_client_sends_get_a_431_and_a_close(start_
     finally:
         sock.close()
     assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
+    # Whole too large headers sent at once, which a read may take in one chunk: they were served.
+    whole = await asyncio.to_thread(
+        _raw_request, live.port, f"GET /health HTTP/1.1\r\nhost: x\r\n{filler}\r\n".encode()
+    )
+    try:
+        received, closed = await asyncio.to_thread(_read_to_end, whole, 5.0)
+    finally:
+        whole.close()
+    assert closed and received.startswith(b"HTTP/1.1 431 "), received[:200]
+    # Neither a large body that follows them nor the headers of several requests on one connection count.
+    half = "".join(f"x-filler-{n}: {'v' * 100}\r\n" for n in range(350))  # about 40 KiB
+    body = b"{" + b" " * 200_000 + b"}"
+    requests = [
+        f"POST /v1/conversations HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n{half}\r\n".encode()
+        + body,
+        f"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{half}\r\n".encode(),
+    ]
+    sock = await asyncio.to_thread(_raw_request, live.port, b"".join(requests))
+    try:
+        answers, _ = await asyncio.to_thread(_read_to_end, sock, 5.0)
+    finally:
+        sock.close()
+    assert answers.startswith(b"HTTP/1.1 401 ") and b"HTTP/1.1 200 OK" in answers, answers[:300]
 
 
 async def test_a_body_that_pauses_or_trickles_is_closed_and_a_slow_steady_one_is_served(

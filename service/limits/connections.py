@@ -95,8 +95,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._body_seen_at = 0.0
         self._body_began_at = 0.0
         self._body_bytes = 0
-        # Bytes received since the request began while its headers were not complete.
+        # Bytes of the request line and headers received so far (of the next request, between requests).
         self._header_bytes = 0
+        self._header_tail = b""  # the last bytes of the chunk before, while in headers
         self._in_headers = True
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -114,15 +115,19 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refusing:
             return
-        super().data_received(data)
-        if self._in_headers and not self.transport.is_closing():
-            # Counted after parsing: a chunk that completed the headers may hold body bytes too, which do not count.
-            self._header_bytes += len(data)
+        if self._in_headers:
+            # Counted before parsing, up to the end of the headers when this chunk holds it (what follows is
+            # body): counted after, a chunk that held the whole of a too large request's headers went through.
+            seen = self._header_tail + data  # the blank line may have begun in the chunk before
+            end = seen.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else max(end + 4 - len(self._header_tail), 0)
+            self._header_tail = seen[-3:]
             if self._header_bytes > MAX_HEADER_BYTES:
                 self._refusing = True
                 self.transport.write(_HEADERS_TOO_LARGE)
                 self.transport.close()
                 return
+        super().data_received(data)
         if self._body_pending:
             self._body_seen_at = self.loop.time()
             self._body_bytes += len(data)
@@ -132,12 +137,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._body_pending = False
         self._disarm_body_timer()
+        # The next request on this connection starts with its headers.
+        self._in_headers = True
+        self._header_bytes = 0
+        self._header_tail = b""
         super().on_message_complete()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_headers = True
-        self._header_bytes = 0
         if self._header_timer is None:
             self._arm_header_timer()
 
