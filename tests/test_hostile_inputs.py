@@ -5,6 +5,7 @@ Each gets a 4xx in OpenAI's envelope and leaves nothing stored."""
 from __future__ import annotations
 
 import base64
+import gzip
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -128,6 +129,19 @@ async def test_u0000_in_a_query_value_is_a_400_naming_it(alice: Tenant, admin: h
     assert error["param"] == "after"
     error = _error(await admin.get("/admin/responses?conversation=conv_%00"), 400)
     assert error["param"] == "conversation"
+
+
+async def test_a_compressed_body_is_a_415_saying_so(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    """It was read as it came: 400 "not valid UTF-8", which does not say what to change."""
+    body = gzip.compress(msgspec.json.encode({"model": "openai/gpt-4o-mini", "input": "hi"}))
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    calls = len(fake_upstream.requests)
+    error = _error(await alice.http.post("/v1/responses", content=body, headers=headers), 415)
+    assert error["code"] == "unsupported_content_encoding" and "'gzip'" in error["message"]
+    assert len(fake_upstream.requests) == calls
+    plain = {"Content-Encoding": "identity", "Content-Type": "application/json"}
+    created = await alice.http.post("/v1/conversations", content=b"{}", headers=plain)
+    assert created.status_code == 200, created.text
 
 
 @pytest.mark.parametrize(

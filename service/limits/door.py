@@ -1,4 +1,5 @@
-"""Refusals at the door, before a handler runs: a path or query string holding U+0000, an encoded slash in an id.
+"""Refusals at the door, before a handler runs: a path or query string holding U+0000, an encoded slash in an id,
+a compressed body.
 
 No id the service issues contains U+0000 and PostgreSQL's text cannot hold it, so such a path names nothing
 (404, as an unknown id) and such a query value can match nothing (400 naming the parameter)."""
@@ -40,6 +41,15 @@ def refusal(scope: Scope) -> ServiceError | None:
         name = _query_param_with_nul(query)
         if name is not None:
             return InvalidRequest(f"Query parameter '{name}' must not contain U+0000", param=name)
+    for header, value in scope["headers"]:
+        if header == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            # Read as it came, a gzip body was refused as "not valid UTF-8", which does not say what to change.
+            coding = value.decode("latin-1").strip()[:40]
+            return InvalidRequest(
+                f"Content-Encoding {coding!r} is not supported: send the body uncompressed",
+                code="unsupported_content_encoding",
+                status_code=415,
+            )
     return None
 
 
