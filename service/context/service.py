@@ -89,6 +89,10 @@ def _bill_summary(turn: Turn, plan: _Plan) -> None:
         turn.state.usage = compaction.with_summary_usage(turn.state.usage, plan.compaction_usage)
 
 
+def _holds_compaction(inputs: Sequence[NewItem], history: str) -> bool:
+    return any(item.type == "compaction" for item in inputs) or '"compaction"' in history
+
+
 def _worth_compacting_again(sent: CountedItems) -> bool:
     """Past its threshold, a history compacted before is compacted again only once what a new summary would
     replace since the last one (its items but the user messages, which compaction keeps) costs more than that
@@ -248,12 +252,12 @@ class ContextWindows:
         window = await self.catalog.window(request.model)
         threshold = fitting.compaction_threshold(request.params, window)
         plan = _Plan(params, history, list(request.input_items))
-        # A compaction item, in the input or the history, is rendered whatever the window: OpenRouter has none.
-        # The history's stored JSON is searched as text (a match inside a string only costs the counting).
-        compacted = any(item.type == "compaction" for item in request.input_items) or '"compaction"' in history
         plan.truncate = fitting.truncation_mode(request.params) == "auto"
-        counts_needed = window is not None or threshold is not None or plan.truncate
-        if counts_needed or compacted or request.compact_first:
+        counts_needed = window is not None or threshold is not None or plan.truncate or request.compact_first
+        # A compaction item, in the input or the history, is rendered whatever the window: OpenRouter has none.
+        # The history's stored JSON is searched as text, only when nothing else needs it counted (a match inside
+        # a string only costs the counting).
+        if counts_needed or _holds_compaction(request.input_items, history):
             plan.counted = self.ledger.counted(key, history, stored)
         root = plan.counted.root if plan.counted else None
         params.setdefault(
