@@ -344,10 +344,10 @@ async def test_a_body_that_pauses_or_trickles_is_closed_and_a_slow_steady_one_is
     tenant = await make_tenant("trickle", live=live)
     body = b'{"metadata": {"topic": "slow"}, "items": [{"role": "user", "content": "%s"}]}' % (b"x" * 2000)
 
-    def head(length: int) -> bytes:
+    def head(length: int, padding: str = "") -> bytes:
         return (
             f"POST /v1/conversations HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {tenant.key}\r\n"
-            f"content-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+            f"content-type: application/json\r\ncontent-length: {length}\r\n{padding}\r\n"
         ).encode()
 
     stalled = await asyncio.to_thread(_raw_request, live.port, head(len(body)) + body[:5])
@@ -357,9 +357,9 @@ async def test_a_body_that_pauses_or_trickles_is_closed_and_a_slow_steady_one_is
     finally:
         stalled.close()
 
-    def sent_in_pieces(piece: int, pause: float) -> tuple[bytes, float]:
+    def sent_in_pieces(piece: int, pause: float, padding: str = "") -> tuple[bytes, float]:
         """The body in pieces of `piece` bytes, `pause` seconds apart; the answer and when the server closed."""
-        sock = _raw_request(live.port, head(len(body)))
+        sock = _raw_request(live.port, head(len(body), padding))
         began = time.monotonic()
         try:
             for start in range(0, len(body), piece):
@@ -375,6 +375,10 @@ async def test_a_body_that_pauses_or_trickles_is_closed_and_a_slow_steady_one_is
     # 10 bytes every 0.1 s (100 bytes a second), never 0.5 s quiet: closed once 0.5 s plus a second per
     # MIN_BODY_RATE bytes have passed, long before its 20 s end.
     trickled, took = await asyncio.to_thread(sent_in_pieces, 10, 0.1)
+    assert b"200 OK" not in trickled and took < 5, (trickled[:200], took)
+    # Headers sent with the body's start are not body: 30 KB of them bought a minute of trickling.
+    padding = "".join(f"x-padding-{n}: {'p' * 100}\r\n" for n in range(280))
+    trickled, took = await asyncio.to_thread(sent_in_pieces, 10, 0.1, padding)
     assert b"200 OK" not in trickled and took < 5, (trickled[:200], took)
     # 200 bytes every 0.1 s (2,000 a second): 1.1 s in all, served.
     answer, _ = await asyncio.to_thread(sent_in_pieces, 200, 0.1)

@@ -130,9 +130,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._body_pending:
             self._body_seen_at = self.loop.time()
-            self._body_bytes += len(data)
             if self._body_timer is None:
                 self._body_timer = self.loop.call_later(self._limits.header_timeout, self._on_body_timer)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)  # the body's own bytes: headers sent with it buy no time
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._body_pending = False
