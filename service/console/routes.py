@@ -91,9 +91,18 @@ async def _session(request: Request[Any, Any, Any], runtime: Runtime) -> Session
     return session
 
 
+async def _read_form(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """The form's fields; FormRejected for one that cannot be read (a multipart field not in UTF-8 made Litestar
+    raise, a 500 for anyone, even before sign-in). The console's own forms are UTF-8."""
+    try:
+        form = await request.form()
+        return {key: str(value) for key, value in form.items()}
+    except (UnicodeDecodeError, ValueError):
+        raise FormRejected from None
+
+
 async def _form(request: Request[Any, Any, Any], runtime: Runtime, session: Session) -> dict[str, str]:
-    form = await request.form()
-    fields = {key: str(value) for key, value in form.items()}
+    fields = await _read_form(request)
     if not _signer(request, runtime).csrf_ok(session.nonce, fields.get("csrf")):
         raise FormRejected
     return fields
@@ -158,7 +167,7 @@ class ConsoleController(Controller):
 
     @post("/login", status_code=303)
     async def login(self, request: Request[Any, Any, Any], runtime: RuntimeDep) -> Response[str]:
-        form = await request.form()
+        form = await _read_form(request)
         marker = request.cookies.get(LOGIN_COOKIE, "")
         if not marker or not _signer(request, runtime).csrf_ok(f"login:{marker}", str(form.get("csrf", ""))):
             return self._login_page(request, runtime, "The sign-in form expired; please try again.", 403)
