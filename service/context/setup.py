@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
@@ -9,12 +11,18 @@ from service.context.catalog import ModelCatalog
 from service.context.ledger import TokenLedger
 from service.context.sealing import Sealer
 from service.context.service import ContextWindows
+from service.observability.tracing import untraced
 from service.upstream.client import OpenRouterClient
 
 
 def build_context_windows(settings: Settings, upstream: OpenRouterClient, engine: AsyncEngine) -> ContextWindows:
+    async def read_models() -> Any:
+        # Not traced: the read serves every turn, and runs on its own in the background (a root span otherwise).
+        with untraced():
+            return await upstream.get_json("models")
+
     catalog = ModelCatalog(
-        lambda: upstream.get_json("models"),
+        read_models,
         overrides=dict(settings.model_context_windows),
         refresh_seconds=settings.model_catalog_refresh_seconds,
     )
