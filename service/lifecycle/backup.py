@@ -89,8 +89,10 @@ async def insert_conversation(
 ) -> tuple[Any, int]:
     """The conversation, with its compaction items sealed for `tenant_id`; and how many of those could not be
     opened (lifecycle/resealing.py)."""
-    sources = await resealing.sealed_for(conn, pending.header, tenant_id)
-    unopened = resealing.carry_over(pending.items, sources, tenant_id, resealer)
+    unopened = 0
+    if any(item.type == "compaction" for item in pending.items):
+        sources = await resealing.sealed_for(conn, pending.header, tenant_id)
+        unopened = resealing.carry_over(pending.items, sources, tenant_id, resealer)
     row = await repository.insert_conversation_with_items(
         conn,
         conversation_id=new_id("conv"),

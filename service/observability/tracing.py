@@ -58,7 +58,7 @@ def _span_details(scope: Any) -> tuple[str, dict[str, str]]:
 
 class RouteNamedSpans:
     """Litestar middleware (run once the request is routed): the server span named `{method} {route template}`
-    (`GET /v1/conversations/{conversation_id:str}/items`), with its `http.route`."""
+    (`GET /v1/conversations/{conversation_id}/items`), with its `http.route`."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
