@@ -332,11 +332,23 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     if imported.unopened_compaction_items:
         print(
             f"warning: {imported.unopened_compaction_items} compaction item(s) were sealed with a key this service"
-            " does not hold, and turns on their conversations will be refused until each is deleted. Set"
-            " COMPACTION_KEY (or COMPACTION_KEYS_PREVIOUS) to the COMPACTION_KEY of the service that exported"
-            " them and import again",
+            " does not hold, and turns on their conversations will be refused until each is deleted. Add the"
+            " exporting service's COMPACTION_KEY to COMPACTION_KEYS_PREVIOUS (without one, the key its database"
+            " holds: `convstore compaction-key` there prints it) and import again",
             file=sys.stderr,
         )
+    return 0
+
+
+def cmd_compaction_key(settings: Settings, args: argparse.Namespace) -> int:
+    """The key this database seals compaction items with when COMPACTION_KEY is not set: what another service
+    needs (in COMPACTION_KEYS_PREVIOUS) to take them in an import of this database's export."""
+    from service.context.sealing import Sealer  # noqa: PLC0415
+
+    key = _with_engine(settings, lambda engine: Sealer(engine).database_key())
+    if key is None:
+        return _fail("this database holds no compaction key: its items were sealed with COMPACTION_KEY, if any")
+    print(key)
     return 0
 
 
@@ -391,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument("file", help="the JSON Lines file, or - for standard input")
     import_.add_argument("--tenant", help="import into this tenant (created if new); default: each header's tenant")
     import_.set_defaults(handler=cmd_import)
+    compaction_key = commands.add_parser(
+        "compaction-key",
+        help="print the key this database seals compaction items with (when COMPACTION_KEY is not set), for another"
+        " service's COMPACTION_KEYS_PREVIOUS",
+    )
+    compaction_key.set_defaults(handler=cmd_compaction_key)
     count_tokens = commands.add_parser(
         "count-tokens", help="store estimated token counts for items stored before counts were kept"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
 from collections.abc import Mapping
@@ -136,8 +138,31 @@ def _admin_key(raw: str) -> str | None:
 
 
 def _previous_compaction_keys(raw: str) -> tuple[str, ...]:
-    keys = (_compaction_key(part, "each of COMPACTION_KEYS_PREVIOUS") for part in raw.split(","))
-    return tuple(key for key in keys if key)
+    """COMPACTION_KEYS_PREVIOUS: keys COMPACTION_KEY had before, or a database's own key as `convstore
+    compaction-key` prints it (`db:` and 32 bytes in base64url), for items imported from that database."""
+    keys = []
+    for part in (part.strip() for part in raw.split(",")):
+        if part.startswith(DATABASE_KEY_PREFIX):
+            if database_key_bytes(part) is None:
+                raise ConfigError(
+                    "each db: entry of COMPACTION_KEYS_PREVIOUS must be a key as `convstore compaction-key` prints it"
+                )
+            keys.append(part)
+        elif (key := _compaction_key(part, "each of COMPACTION_KEYS_PREVIOUS")) is not None:
+            keys.append(key)
+    return tuple(keys)
+
+
+DATABASE_KEY_PREFIX = "db:"
+
+
+def database_key_bytes(entry: str) -> bytes | None:
+    """The 32 bytes of a `db:` entry, or None when it is not one."""
+    try:
+        key = base64.urlsafe_b64decode(entry.removeprefix(DATABASE_KEY_PREFIX).encode())
+    except (binascii.Error, ValueError):
+        return None
+    return key if entry.startswith(DATABASE_KEY_PREFIX) and len(key) == 32 else None
 
 
 def normalize_database_url(raw: str, name: str = "DATABASE_URL") -> str:

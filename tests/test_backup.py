@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.cli_support import service_cli
@@ -247,3 +248,51 @@ async def test_the_admin_import_seals_compaction_items_again_for_its_tenant(
     forged = exported.replace(b'"encrypted_content":"cs1.', b'"encrypted_content":"cs1.AAAA')
     answer = await admin.post("/admin/tenants/carol/import", content=forged, headers=JSONL)
     assert answer.status_code == 200 and answer.json()["unopened_compaction_items"] == 1
+
+
+async def test_a_backup_of_a_service_without_compaction_key_restores_with_its_database_key(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    fake_upstream: FakeOpenRouter,
+    database_url: str,
+    db: AsyncEngine,
+) -> None:
+    """Without COMPACTION_KEY (the default), items are sealed with a key kept in the database, which no export
+    carries: in another database no key opened them. `convstore compaction-key` prints it for the importing
+    service's COMPACTION_KEYS_PREVIOUS."""
+    source = start_server()
+    alice = await make_tenant("alice", live=source)
+    fake_upstream.reply_json(text_response("Ada introduced herself.", msg_id="msg_summary"))
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": "openai/gpt-4o", "input": "I am Ada"})
+    assert compacted.status_code == 200, compacted.text
+    conversation = await new_conversation(alice.http, items=compacted.json()["output"])
+    printed = service_cli(database_url, "compaction-key")
+    assert printed.returncode == 0, printed.stderr
+    database_key = printed.stdout.decode().strip()
+    assert database_key.startswith("db:") and len(database_key) > 40
+    backup = service_cli(database_url, "export", "--conversation", conversation).stdout
+    # Another database: a key of its own.
+    async with db.begin() as conn:
+        await conn.execute(text("DELETE FROM service_secret"))
+    target = start_server()
+
+    async def turn_after_import(tenant_name: str, env: dict[str, str]) -> tuple[httpx.Response, bytes]:
+        imported = service_cli(database_url, "import", "-", "--tenant", tenant_name, stdin=backup, env=env)
+        assert imported.returncode == 0, imported.stderr
+        (row,) = await rows(
+            db,
+            "SELECT c.id FROM conversation c JOIN tenant t ON t.id = c.tenant_id WHERE t.name = :name",
+            name=tenant_name,
+        )
+        tenant = await make_tenant(tenant_name, live=target)
+        fake_upstream.reply_json(text_response("You are Ada."))
+        body = {"model": "openai/gpt-4o", "input": "Who am I?", "conversation": row["id"]}
+        return await tenant.http.post("/v1/responses", json=body), imported.stderr
+
+    refused, said = await turn_after_import("dave", {})
+    assert b"`convstore compaction-key` there prints it" in said
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_encrypted_content"
+    answered, said = await turn_after_import("erin", {"COMPACTION_KEYS_PREVIOUS": database_key})
+    assert said == b"" and answered.status_code == 200, (said, answered.text)
+    assert "Ada introduced herself." in json.dumps(fake_upstream.inputs[-1])
+    assert service_cli(database_url, "compaction-key").stdout.decode().strip() != database_key

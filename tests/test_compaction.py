@@ -5,6 +5,7 @@ history always stays stored and listed."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Callable
 from decimal import Decimal
@@ -750,3 +751,9 @@ def test_previous_compaction_keys_are_read_and_checked() -> None:
     assert settings.previous_compaction_keys == ("a" * 32, "b" * 40)
     with pytest.raises(ConfigError, match="COMPACTION_KEYS_PREVIOUS"):
         Settings.from_env({"COMPACTION_KEYS_PREVIOUS": "short"})
+    # A database's own key, as `convstore compaction-key` prints it: 32 bytes, nothing else.
+    database_key = "db:" + base64.urlsafe_b64encode(bytes(range(32))).decode()
+    assert Settings.from_env({"COMPACTION_KEYS_PREVIOUS": database_key}).previous_compaction_keys == (database_key,)
+    for wrong in ("db:" + base64.urlsafe_b64encode(b"x" * 16).decode(), "db:not base64!", "db:"):
+        with pytest.raises(ConfigError, match="db: entry of COMPACTION_KEYS_PREVIOUS"):
+            Settings.from_env({"COMPACTION_KEYS_PREVIOUS": wrong})

@@ -6,6 +6,8 @@ The key is COMPACTION_KEY (hashed to 256 bits) when set, else one generated at f
 `service_secret` table, shared by every process of the service. A key change must not strand the conversations
 holding items sealed before it (their every turn would be refused): items are opened with the current key, then
 with COMPACTION_KEYS_PREVIOUS, then with the database's key if one was ever made; only the current key seals.
+An entry of COMPACTION_KEYS_PREVIOUS may be another database's own key (`db:…`, as `convstore compaction-key`
+prints it), so that an import of that database's export can open its items (service/lifecycle/resealing.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.config import DATABASE_KEY_PREFIX, database_key_bytes
 from service.db.models import service_secret_table
 
 _SECRET_NAME = "compaction_key"  # noqa: S105 - the row's name, not a secret
@@ -56,6 +59,12 @@ class Sealer:
     async def open(self, tenant_id: str, content: object) -> Summary:
         return _opened(await self._opening_keys(), tenant_id, content)
 
+    async def database_key(self) -> str | None:
+        """The database's own key (None when it holds none) as COMPACTION_KEYS_PREVIOUS takes it: for a service
+        that imports this database's export into another."""
+        stored = await self._stored_key(create=False)
+        return None if stored is None else DATABASE_KEY_PREFIX + base64.urlsafe_b64encode(stored).decode()
+
     async def resealer(self) -> Resealer:
         """Every key read now, so that the resealer needs no database connection of its own (an import holds
         its transaction's)."""
@@ -64,7 +73,7 @@ class Sealer:
     async def _opening_keys(self) -> list[AESGCM]:
         if self._openers is None:
             current = await self._key()
-            older = [AESGCM(_hashed(key)) for key in self.previous_keys]
+            older = [AESGCM(database_key_bytes(key) or _hashed(key)) for key in self.previous_keys]
             if self.configured_key:
                 stored = await self._stored_key(create=False)
                 older += [AESGCM(stored)] if stored is not None else []

@@ -57,7 +57,8 @@ class ConversationImportResult(msgspec.Struct):
         int,
         msgspec.Meta(
             description="Compaction items sealed with a key this service does not hold, imported as they were: a"
-            " turn on their conversation is refused until the item is deleted (set COMPACTION_KEY or"
-            " COMPACTION_KEYS_PREVIOUS to the exporting service's COMPACTION_KEY and import again)"
+            " turn on their conversation is refused until the item is deleted (add the exporting service's"
+            " COMPACTION_KEY, or its database's key as `convstore compaction-key` prints it, to"
+            " COMPACTION_KEYS_PREVIOUS and import again)"
         ),
     ] = 0
