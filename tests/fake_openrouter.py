@@ -116,7 +116,7 @@ class Reply:
     For "json": `delay` before answering (a slow upstream that still answers); `cut_after=0` sends the status
     and headers, then closes the connection abruptly.
     For "sse": `delay` between events, `cut_after` closes the connection abruptly after that many events,
-    `done` appends `data: [DONE]`.
+    `done` appends `data: [DONE]`, `headers_after` waits that long before the status and headers.
     """
 
     kind: str = "json"
@@ -127,6 +127,7 @@ class Reply:
     delay: float = 0.0
     cut_after: int | None = None
     done: bool = True
+    headers_after: float = 0.0
 
 
 @dataclass
@@ -391,6 +392,8 @@ class FakeOpenRouter:
                 raise ConnectionAbortedError("fake upstream cut the answer")  # uvicorn drops the connection
             await send({"type": "http.response.body", "body": payload})
             return
+        if reply.headers_after:
+            await asyncio.sleep(reply.headers_after)
         await send(
             {
                 "type": "http.response.start",

@@ -672,3 +672,36 @@ async def test_a_quiet_stream_gets_keep_alive_comments_until_the_first_token(
     events = [event for _, event in parse_sse(raw)]
     assert events[-1]["type"] == "response.completed"
     assert output_text(events[-1]["response"]) == TEXT
+
+
+async def test_an_upstream_slow_to_start_gets_the_stream_started_with_keep_alives(
+    make_tenant: Callable[..., Awaitable[Tenant]],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """Until the upstream answered, a streamed turn's client got nothing at all, not even headers: with
+    OpenRouter retrying or a provider queueing, a proxy's idle timeout cut the request. Past SSE_KEEPALIVE_SECONDS
+    (here 0.2 s) the stream starts, response.created then keep-alives; an upstream error from then on ends it with
+    response.failed, as any error after the stream began."""
+    tenant = await make_tenant("patient", live=start_server(sse_keepalive_seconds=0.2))
+    body = {"model": MODEL, "input": "hi", "stream": True}
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT, chunks=2), headers_after=1.0))
+    async with tenant.http.stream("POST", "/v1/responses", json=body) as answer:
+        assert answer.status_code == 200
+        raw = (await answer.aread()).decode()
+    before_answer = raw.split("event: response.output_item.added")[0]
+    assert before_answer.startswith("event: response.created") and ": keep-alive\n\n" in before_answer
+    events = [event for _, event in parse_sse(raw)]
+    assert [e["type"] for e in events[:2]] == ["response.created", "response.in_progress"]
+    assert events[-1]["type"] == "response.completed" and output_text(events[-1]["response"]) == TEXT
+
+    error = {"error": {"code": 400, "message": "Invalid request parameters"}}
+    fake_upstream.enqueue(Reply(kind="json", status=400, body=error, delay=1.0))
+    async with tenant.http.stream("POST", "/v1/responses", json=body) as answer:
+        assert answer.status_code == 200
+        failed = [event for _, event in parse_sse((await answer.aread()).decode())]
+    assert failed[-1]["type"] == "response.failed"
+    assert "Invalid request parameters" in failed[-1]["response"]["error"]["message"]
+    (stored,) = await rows(db, "SELECT status FROM response WHERE id = :id", id=failed[0]["response"]["id"])
+    assert stored["status"] == "failed"

@@ -120,9 +120,14 @@ class ResponseController(Controller):
         if not turn.stream:
             return json_response(snapshot)
         if not turn.background:
-            # Errors before the upstream's first byte are ordinary HTTP errors, as for a non-streamed turn.
+            # Errors before the upstream's first byte are ordinary HTTP errors, as for a non-streamed turn, for up
+            # to SSE_KEEPALIVE_SECONDS. An upstream slower to start (its retries, a provider's queue) gets the
+            # stream started, with response.created and keep-alives, rather than a connection silent for minutes
+            # that a proxy would close; an error then ends the stream with response.failed.
             try:
-                await run.wait_opened()
+                await asyncio.wait_for(run.wait_opened(), timeout=runtime.settings.sse_keepalive_seconds)
+            except TimeoutError:
+                pass
             except asyncio.CancelledError:
                 runtime.turns.follower_left(run)
                 raise
