@@ -29,6 +29,7 @@ from service.idempotency.middleware import IdempotencyMiddleware, KeyedServing
 from service.idempotency.service import AnswerStore
 from service.keys.service import KeyAuthenticator
 from service.lifecycle.routes import ConversationBackupAdminController, ConversationLifecycleController
+from service.limits.connections import MAX_BODY_BYTES
 from service.limits.door import DoorMiddleware
 from service.limits.policy import Limits
 from service.limits.slow_readers import SlowReaderMiddleware
@@ -52,8 +53,6 @@ from service.webhooks.delivery import WebhookDeliverer
 from service.webhooks.routes import WebhookAdminController
 
 logger = logging.getLogger("service.app")
-
-MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 async def _purge_forever(runtime: Runtime) -> None:

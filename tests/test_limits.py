@@ -330,6 +330,54 @@ async def test_headers_larger_than_any_client_sends_get_a_431_and_a_close(start_
     finally:
         sock.close()
     assert answers.startswith(b"HTTP/1.1 401 ") and b"HTTP/1.1 200 OK" in answers, answers[:300]
+    # Counted as parsed too: neither a small request in front of large headers on the same connection nor a blank
+    # line before them (which the raw count takes for their end) gets them through.
+    large = f"GET /health HTTP/1.1\r\nhost: x\r\n{filler}\r\n".encode()
+    for sent in (b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" + large, b"\r\n\r\n" + large):
+        sock = await asyncio.to_thread(_raw_request, live.port, sent)
+        try:
+            received, closed = await asyncio.to_thread(_read_to_end, sock, 5.0)
+        finally:
+            sock.close()
+        assert closed and b"HTTP/1.1 431 " in received, received[:300]
+        assert received.count(b"HTTP/1.1 200 OK") <= 1
+
+
+async def test_a_chunked_bodys_trailers_are_not_headers_and_cannot_grow_without_bound(
+    start_server: StartServer, make_tenant: MakeTenant
+) -> None:
+    """uvicorn added a chunked body's trailers to the request's headers: an API key sent there authenticated a
+    request no proxy saw carry one, and trailers were never counted, so a client could make the process hold a
+    gigabyte of them."""
+    live = start_server()
+    tenant = await make_tenant("trailing", live=live)
+    head = b"POST /v1/conversations HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    chunked = b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"
+    keyed_trailer = f"authorization: Bearer {tenant.key}\r\nconnection: close\r\n\r\n".encode()
+    sock = await asyncio.to_thread(_raw_request, live.port, head + chunked + keyed_trailer)
+    try:
+        received, _ = await asyncio.to_thread(_read_to_end, sock, 5.0)
+    finally:
+        sock.close()
+    assert received.startswith(b"HTTP/1.1 401 "), received[:300]
+    # A trailer larger than any request may be: the connection is closed before the parser holds all of it.
+    sock = await asyncio.to_thread(_raw_request, live.port, head + chunked + b"x-big: ")
+
+    def send_a_huge_trailer() -> bool:
+        piece = b"v" * (1 << 20)
+        try:
+            for _ in range(64):  # 64 MiB, past what one request may send (a body's 32 MiB and its headers)
+                sock.sendall(piece)
+        except OSError:
+            return True  # closed by the server
+        return _read_to_end(sock, 5.0)[1]
+
+    try:
+        assert await asyncio.to_thread(send_a_huge_trailer)
+    finally:
+        sock.close()
+    async with httpx.AsyncClient(base_url=live.url) as client:
+        assert (await client.get("/health")).status_code == 200
 
 
 async def test_a_body_that_pauses_or_trickles_is_closed_and_a_slow_steady_one_is_served(

@@ -64,6 +64,11 @@ _HEADERS_TOO_LARGE = _closing_answer(
 # More than any real client sends (servers commonly allow 8-64 KiB): uvicorn's httptools parser has no bound, so
 # a client could make it buffer headers for the whole header timeout.
 MAX_HEADER_BYTES = 64 * 1024
+# The largest request body the application takes (Litestar's request_max_body_size, a 413 past it).
+MAX_BODY_BYTES = 32 * 1024 * 1024
+# What one request may send in all before its connection is closed: its headers and body, and the framing of a
+# chunked body. Past it, what the parser still buffers (a trailer's value, which it keeps whole) would be unbounded.
+_MAX_REQUEST_BYTES = MAX_BODY_BYTES + 2 * MAX_HEADER_BYTES + 1024 * 1024
 # The scope extension holding a callable that drops the request's connection at once (unsent data discarded).
 DROP_CONNECTION = "convstore.drop_connection"
 # Bytes a second a request's body must average, as Apache's mod_reqtimeout asks: it has HTTP_HEADER_TIMEOUT
@@ -72,6 +77,10 @@ DROP_CONNECTION = "convstore.drop_connection"
 # within its request rate could take every slot.
 MIN_BODY_RATE = 500
 _REFUSED_LINGER_SECONDS = 1.0
+
+
+class _HeadersTooLarge(Exception):
+    """Raised in a parser callback: httptools turns it into a parse error, which uvicorn answers."""
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -99,6 +108,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_tail = b""  # the last bytes of the chunk before, while in headers
         self._in_headers = True
+        # The request line and header fields as parsed, and every byte of the request so far.
+        self._header_fields_bytes = 0
+        self._headers_too_large = False
+        self._request_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -114,6 +127,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refusing:
+            return
+        self._request_bytes += len(data)
+        if self._request_bytes > _MAX_REQUEST_BYTES:
+            self._refusing = True
+            self.transport.close()
             return
         if self._in_headers:
             # Counted before parsing, up to the end of the headers when this chunk holds it (what follows is
@@ -133,6 +151,26 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if self._body_timer is None:
                 self._body_timer = self.loop.call_later(self._limits.header_timeout, self._on_body_timer)
 
+    def on_url(self, url: bytes) -> None:
+        self._count_header_field(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_headers:
+            # A trailer, after a chunked body: uvicorn added it to the request's headers, which the application
+            # may already have read (an API key sent there authenticated a request no proxy saw carry one).
+            return
+        self._count_header_field(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_header_field(self, size: int) -> None:
+        """The headers as parsed, whatever the chunks they came in (the raw count in data_received only bounds
+        what the parser buffers): past MAX_HEADER_BYTES, a parse error that send_400_response answers with 431."""
+        self._header_fields_bytes += size
+        if self._header_fields_bytes > MAX_HEADER_BYTES:
+            self._headers_too_large = True
+            raise _HeadersTooLarge
+
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)  # the body's own bytes: headers sent with it buy no time
         super().on_body(body)
@@ -144,6 +182,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_headers = True
         self._header_bytes = 0
         self._header_tail = b""
+        self._header_fields_bytes = 0
+        self._request_bytes = 0
         super().on_message_complete()
 
     def on_message_begin(self) -> None:
@@ -164,8 +204,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         scope.setdefault("extensions", {})[DROP_CONNECTION] = self.transport.abort
 
     def send_400_response(self, msg: str) -> None:
-        """A request uvicorn's parser refused (a malformed request line, a header with control characters)."""
-        self.transport.write(_MALFORMED)
+        """A request uvicorn's parser refused (a malformed request line, a header with control characters), or
+        whose headers _count_header_field found too large."""
+        self._refusing = True
+        self.transport.write(_HEADERS_TOO_LARGE if self._headers_too_large else _MALFORMED)
         self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
