@@ -127,6 +127,12 @@ def _compaction_key(raw: str, name: str = "COMPACTION_KEY") -> str | None:
     key = raw.strip()
     if key and len(key) < 32:
         raise ConfigError(f"{name} must be at least 32 characters (it seals compaction items)")
+    if key.lower().startswith(DATABASE_KEY_PREFIX):
+        # Taken as a passphrase here, it would be read as a database's key once moved to COMPACTION_KEYS_PREVIOUS
+        # at a key change, and open nothing it sealed.
+        raise ConfigError(
+            f"{name} must not start with {DATABASE_KEY_PREFIX} (a database's key, for COMPACTION_KEYS_PREVIOUS)"
+        )
     return key or None
 
 
@@ -142,7 +148,7 @@ def _previous_compaction_keys(raw: str) -> tuple[str, ...]:
     compaction-key` prints it (`db:` and 32 bytes in base64url), for items imported from that database."""
     keys = []
     for part in (part.strip() for part in raw.split(",")):
-        if part.startswith(DATABASE_KEY_PREFIX):
+        if part.lower().startswith(DATABASE_KEY_PREFIX):
             if database_key_bytes(part) is None:
                 raise ConfigError(
                     "each db: entry of COMPACTION_KEYS_PREVIOUS must be a key as `convstore compaction-key` prints it"
@@ -158,11 +164,13 @@ DATABASE_KEY_PREFIX = "db:"
 
 def database_key_bytes(entry: str) -> bytes | None:
     """The 32 bytes of a `db:` entry, or None when it is not one."""
+    if not entry.lower().startswith(DATABASE_KEY_PREFIX):
+        return None
     try:
-        key = base64.urlsafe_b64decode(entry.removeprefix(DATABASE_KEY_PREFIX).encode())
+        key = base64.urlsafe_b64decode(entry[len(DATABASE_KEY_PREFIX) :].encode())
     except (binascii.Error, ValueError):
         return None
-    return key if entry.startswith(DATABASE_KEY_PREFIX) and len(key) == 32 else None
+    return key if len(key) == 32 else None
 
 
 def normalize_database_url(raw: str, name: str = "DATABASE_URL") -> str:

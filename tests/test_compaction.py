@@ -754,6 +754,9 @@ def test_previous_compaction_keys_are_read_and_checked() -> None:
     # A database's own key, as `convstore compaction-key` prints it: 32 bytes, nothing else.
     database_key = "db:" + base64.urlsafe_b64encode(bytes(range(32))).decode()
     assert Settings.from_env({"COMPACTION_KEYS_PREVIOUS": database_key}).previous_compaction_keys == (database_key,)
-    for wrong in ("db:" + base64.urlsafe_b64encode(b"x" * 16).decode(), "db:not base64!", "db:"):
+    for wrong in ("db:" + base64.urlsafe_b64encode(b"x" * 16).decode(), "db:not base64!", "db:", "DB:" + "a" * 40):
         with pytest.raises(ConfigError, match="db: entry of COMPACTION_KEYS_PREVIOUS"):
             Settings.from_env({"COMPACTION_KEYS_PREVIOUS": wrong})
+    # Taken as a passphrase, it would be read as a database's key once moved to COMPACTION_KEYS_PREVIOUS.
+    with pytest.raises(ConfigError, match="COMPACTION_KEY must not start with db:"):
+        Settings.from_env({"COMPACTION_KEY": database_key})
