@@ -92,6 +92,14 @@ async def test_forms_without_the_session_csrf_token_change_nothing(
         LOGIN, content=multipart, headers={"content-type": "multipart/form-data; boundary=XX"}
     )
     assert unreadable.status_code == 403, unreadable.text[:300]
+    unknown_charset = (
+        b'--XX\r\ncontent-disposition: form-data; name="key"\r\ncontent-type: text/plain; charset=nonexistent'
+        b"\r\n\r\nk\r\n--XX--\r\n"
+    )
+    unreadable = await browser_client.post(
+        LOGIN, content=unknown_charset, headers={"content-type": "multipart/form-data; boundary=XX"}
+    )
+    assert unreadable.status_code == 403, unreadable.text[:300]
     browser_client.cookies.clear()
     forged_cookie = {"Cookie": "convstore_console=a.b.c.%C3%A9"}
     answer = await browser_client.get("/admin/ui/", headers=forged_cookie)

@@ -92,12 +92,13 @@ async def _session(request: Request[Any, Any, Any], runtime: Runtime) -> Session
 
 
 async def _read_form(request: Request[Any, Any, Any]) -> dict[str, str]:
-    """The form's fields; FormRejected for one that cannot be read (a multipart field not in UTF-8 made Litestar
-    raise, a 500 for anyone, even before sign-in). The console's own forms are UTF-8."""
+    """The form's fields; FormRejected for one that cannot be read (a multipart field not in UTF-8, or in a
+    charset Python does not know, made Litestar raise: a 500 for anyone, even before sign-in). The console's own
+    forms are UTF-8."""
     try:
         form = await request.form()
         return {key: str(value) for key, value in form.items()}
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, LookupError, ValueError):  # LookupError: a part naming an unknown charset
         raise FormRejected from None
 
 
