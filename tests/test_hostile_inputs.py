@@ -136,12 +136,17 @@ async def test_a_compressed_body_is_a_415_saying_so(alice: Tenant, fake_upstream
     body = gzip.compress(msgspec.json.encode({"model": "openai/gpt-4o-mini", "input": "hi"}))
     headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
     calls = len(fake_upstream.requests)
-    error = _error(await alice.http.post("/v1/responses", content=body, headers=headers), 415)
+    refused = await alice.http.post("/v1/responses", content=body, headers=headers)
+    error = _error(refused, 415)
     assert error["code"] == "unsupported_content_encoding" and "'gzip'" in error["message"]
+    assert refused.headers["accept-encoding"] == "identity"
     assert len(fake_upstream.requests) == calls
-    plain = {"Content-Encoding": "identity", "Content-Type": "application/json"}
-    created = await alice.http.post("/v1/conversations", content=b"{}", headers=plain)
-    assert created.status_code == 200, created.text
+    for coding in ("identity", "identity, identity"):
+        plain = {"Content-Encoding": coding, "Content-Type": "application/json"}
+        created = await alice.http.post("/v1/conversations", content=b"{}", headers=plain)
+        assert created.status_code == 200, created.text
+    mixed = {"Content-Encoding": "identity, gzip", "Content-Type": "application/json"}
+    assert (await alice.http.post("/v1/conversations", content=b"{}", headers=mixed)).status_code == 415
 
 
 @pytest.mark.parametrize(

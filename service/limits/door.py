@@ -42,13 +42,16 @@ def refusal(scope: Scope) -> ServiceError | None:
         if name is not None:
             return InvalidRequest(f"Query parameter '{name}' must not contain U+0000", param=name)
     for header, value in scope["headers"]:
-        if header == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+        if header == b"content-encoding" and any(
+            coding.strip().lower() not in (b"", b"identity") for coding in value.split(b",")
+        ):
             # Read as it came, a gzip body was refused as "not valid UTF-8", which does not say what to change.
             coding = value.decode("latin-1").strip()[:40]
             return InvalidRequest(
                 f"Content-Encoding {coding!r} is not supported: send the body uncompressed",
                 code="unsupported_content_encoding",
                 status_code=415,
+                headers={"Accept-Encoding": "identity"},  # what RFC 9110 asks of a 415 for an encoding
             )
     return None
 
