@@ -287,33 +287,31 @@ async def test_a_client_that_leaves_before_its_body_was_sent_is_not_a_server_err
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+def _exchange(port: int, sent: bytes, timeout: float = 5.0) -> tuple[bytes, bool]:
+    """`sent` on a new connection; everything the server answered, and whether it closed within `timeout`."""
+    sock = _raw_request(port, sent)
+    try:
+        return _read_to_end(sock, timeout)
+    finally:
+        sock.close()
+
+
 async def test_headers_larger_than_any_client_sends_get_a_431_and_a_close(start_server: StartServer) -> None:
     live = start_server()
     filler = "".join(f"x-filler-{n}: {'v' * 100}\r\n" for n in range(700))  # about 80 KiB
-    huge = await asyncio.to_thread(_raw_request, live.port, f"GET /health HTTP/1.1\r\nhost: x\r\n{filler}".encode())
-    try:
-        received, closed = await asyncio.to_thread(_read_to_end, huge, 5.0)
-    finally:
-        huge.close()
+    received, closed = await asyncio.to_thread(
+        _exchange, live.port, f"GET /health HTTP/1.1\r\nhost: x\r\n{filler}".encode()
+    )
     assert closed and received.startswith(b"HTTP/1.1 431 "), received[:200]
     assert json.loads(received.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_headers_too_large"
     fitting = "".join(f"x-filler-{n}: {'v' * 100}\r\n" for n in range(500))  # about 57 KiB
-    sock = await asyncio.to_thread(
-        _raw_request, live.port, f"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{fitting}\r\n".encode()
+    answer, _ = await asyncio.to_thread(
+        _exchange, live.port, f"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{fitting}\r\n".encode()
     )
-    try:
-        answer, _ = await asyncio.to_thread(_read_to_end, sock, 5.0)
-    finally:
-        sock.close()
     assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
     # Whole too large headers sent at once, which a read may take in one chunk: they were served.
-    whole = await asyncio.to_thread(
-        _raw_request, live.port, f"GET /health HTTP/1.1\r\nhost: x\r\n{filler}\r\n".encode()
-    )
-    try:
-        received, closed = await asyncio.to_thread(_read_to_end, whole, 5.0)
-    finally:
-        whole.close()
+    large = f"GET /health HTTP/1.1\r\nhost: x\r\n{filler}\r\n".encode()
+    received, closed = await asyncio.to_thread(_exchange, live.port, large)
     assert closed and received.startswith(b"HTTP/1.1 431 "), received[:200]
     # Neither a large body that follows them nor the headers of several requests on one connection count.
     half = "".join(f"x-filler-{n}: {'v' * 100}\r\n" for n in range(350))  # about 40 KiB
@@ -324,21 +322,12 @@ async def test_headers_larger_than_any_client_sends_get_a_431_and_a_close(start_
         + body,
         f"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{half}\r\n".encode(),
     ]
-    sock = await asyncio.to_thread(_raw_request, live.port, b"".join(requests))
-    try:
-        answers, _ = await asyncio.to_thread(_read_to_end, sock, 5.0)
-    finally:
-        sock.close()
+    answers, _ = await asyncio.to_thread(_exchange, live.port, b"".join(requests))
     assert answers.startswith(b"HTTP/1.1 401 ") and b"HTTP/1.1 200 OK" in answers, answers[:300]
     # Counted as parsed too: neither a small request in front of large headers on the same connection nor a blank
     # line before them (which the raw count takes for their end) gets them through.
-    large = f"GET /health HTTP/1.1\r\nhost: x\r\n{filler}\r\n".encode()
     for sent in (b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" + large, b"\r\n\r\n" + large):
-        sock = await asyncio.to_thread(_raw_request, live.port, sent)
-        try:
-            received, closed = await asyncio.to_thread(_read_to_end, sock, 5.0)
-        finally:
-            sock.close()
+        received, closed = await asyncio.to_thread(_exchange, live.port, sent)
         assert closed and b"HTTP/1.1 431 " in received, received[:300]
         assert received.count(b"HTTP/1.1 200 OK") <= 1
 
@@ -354,11 +343,7 @@ async def test_a_chunked_bodys_trailers_are_not_headers_and_cannot_grow_without_
     head = b"POST /v1/conversations HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
     chunked = b"transfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"
     keyed_trailer = f"authorization: Bearer {tenant.key}\r\nconnection: close\r\n\r\n".encode()
-    sock = await asyncio.to_thread(_raw_request, live.port, head + chunked + keyed_trailer)
-    try:
-        received, _ = await asyncio.to_thread(_read_to_end, sock, 5.0)
-    finally:
-        sock.close()
+    received, _ = await asyncio.to_thread(_exchange, live.port, head + chunked + keyed_trailer)
     assert received.startswith(b"HTTP/1.1 401 "), received[:300]
     # A trailer larger than any request may be: the connection is closed before the parser holds all of it.
     sock = await asyncio.to_thread(_raw_request, live.port, head + chunked + b"x-big: ")
