@@ -66,9 +66,10 @@ _HEADERS_TOO_LARGE = _closing_answer(
 MAX_HEADER_BYTES = 64 * 1024
 # The largest request body the application takes (Litestar's request_max_body_size, a 413 past it).
 MAX_BODY_BYTES = 32 * 1024 * 1024
-# What one request may send in all before its connection is closed: its headers and body, and the framing of a
-# chunked body. Past it, what the parser still buffers (a trailer's value, which it keeps whole) would be unbounded.
-_MAX_REQUEST_BYTES = MAX_BODY_BYTES + 2 * MAX_HEADER_BYTES + 1024 * 1024
+# What a request may send besides its body's own bytes (its headers, a chunked body's framing and trailers), more
+# than its body: past it the connection is closed, as what the parser buffers (a trailer's value, which it keeps
+# whole) would be unbounded. Framing is not kept, so any amount of it in proportion to the body is taken.
+_MAX_BESIDES_BODY_BYTES = 2 * MAX_HEADER_BYTES + 2 * 1024 * 1024
 # The scope extension holding a callable that drops the request's connection at once (unsent data discarded).
 DROP_CONNECTION = "convstore.drop_connection"
 # Bytes a second a request's body must average, as Apache's mod_reqtimeout asks: it has HTTP_HEADER_TIMEOUT
@@ -108,7 +109,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_tail = b""  # the last bytes of the chunk before, while in headers
         self._in_headers = True
-        # The request line and header fields as parsed, and every byte of the request so far.
+        # The request line and header fields as parsed, and every byte of the request so far (the next one's
+        # between requests).
         self._header_fields_bytes = 0
         self._headers_too_large = False
         self._request_bytes = 0
@@ -129,10 +131,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._refusing:
             return
         self._request_bytes += len(data)
-        if self._request_bytes > _MAX_REQUEST_BYTES:
-            self._refusing = True
-            self.transport.close()
-            return
         if self._in_headers:
             # Counted before parsing, up to the end of the headers when this chunk holds it (what follows is
             # body): counted after, a chunk that held the whole of a too large request's headers went through.
@@ -146,6 +144,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self.transport.close()
                 return
         super().data_received(data)
+        if self._request_bytes - self._body_bytes > self._body_bytes + _MAX_BESIDES_BODY_BYTES:
+            self._refusing = True
+            self.transport.close()
+            return
         if self._body_pending:
             self._body_seen_at = self.loop.time()
             if self._body_timer is None:
@@ -184,6 +186,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_tail = b""
         self._header_fields_bytes = 0
         self._request_bytes = 0
+        self._body_bytes = 0
         super().on_message_complete()
 
     def on_message_begin(self) -> None:
