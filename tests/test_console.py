@@ -96,7 +96,7 @@ async def test_forms_without_the_session_csrf_token_change_nothing(
         )
         assert unreadable.status_code == 403, unreadable.text[:300]
     browser_client.cookies.clear()
-    forged_cookie = {"Cookie": "convstore_console=a.b.c.%C3%A9"}
+    forged_cookie = [(b"cookie", "convstore_console=a.b.c.\u00e9".encode())]  # sent as its UTF-8 bytes
     answer = await browser_client.get("/admin/ui/", headers=forged_cookie)
     assert answer.status_code == 303 and answer.headers["location"] == LOGIN
 
