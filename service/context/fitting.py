@@ -155,7 +155,7 @@ def fit(
     if fixed > budget:
         raise too_long(model, fixed, budget, what="the new input alone")
     if counted.total + fixed <= budget:
-        return Fit(0, counted.total, input_tokens, overhead_tokens)
+        return whole(counted, input_tokens, overhead_tokens)
     if not truncate:
         raise too_long(
             model,
@@ -177,6 +177,13 @@ def fit(
         what = "the new input with the calls it answers"
         raise too_long(model, fixed + sum(counted.counts[pin] for pin in calls), budget, what=what)
     return _unorphaned(counted, fitted)
+
+
+def whole(counted: CountedItems, input_tokens: int, overhead_tokens: int) -> Fit:
+    """The whole history sent, but for its tool outputs that follow no call of theirs."""
+    lone = counted.lone_outputs
+    sent_tokens = counted.total - sum(counted.counts[index] for index in lone)
+    return Fit(0, sent_tokens, input_tokens, overhead_tokens, skipped=lone)
 
 
 def _cut(counted: CountedItems, pins: list[int], room: int, input_tokens: int, overhead_tokens: int) -> Fit | None:

@@ -50,6 +50,7 @@ OUTPUT_KEY_FIELDS = {
     "mcp_approval_response": "approval_request_id",
 }
 TOOL_OUTPUT_TYPES = frozenset(OUTPUT_KEY_FIELDS)
+_TOOL_CALL, _TOOL_OUTPUT = bytes([TOOL_CALL]), bytes([TOOL_OUTPUT])
 _ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
@@ -62,6 +63,27 @@ class _Shape(msgspec.Struct):
 
 _SHAPE = msgspec.json.Decoder(_Shape)
 _SHAPES = msgspec.json.Decoder(list[_Shape])
+
+
+class _Paired(msgspec.Struct):
+    """What pairing reads of a tool call or output (its other fields are skipped while decoding)."""
+
+    type: Any = None
+    call_id: Any = None
+    id: Any = None
+    approval_request_id: Any = None
+
+
+_PAIRED = msgspec.json.Decoder(_Paired)
+_KEY_FIELDS = {**CALL_KEY_FIELDS, **OUTPUT_KEY_FIELDS}
+
+
+def call_id_of(body: str | bytes) -> str | None:
+    """The id pairing a call with its output (the same value on both), None for other items."""
+    item = _PAIRED.decode(body)
+    field_name = _KEY_FIELDS.get(item.type) if isinstance(item.type, str) else None
+    value = getattr(item, field_name) if field_name is not None else None
+    return value if isinstance(value, str) else None
 
 
 def _kind(type_: Any, role: Any) -> int:
@@ -112,6 +134,11 @@ class CountedItems:
     kinds: bytearray = field(default_factory=bytearray)
     total: int = 0
     root: str | None = None  # the thread's first response (chains) or conversation: OpenRouter's session id
+    # Its tool outputs that follow no call of theirs (the call deleted through the items API, or an output added
+    # alone there): never sent, as providers refuse them. Kept with the ids of its calls so far, so that a turn
+    # only reads its new items' ids.
+    lone_outputs: tuple[int, ...] = ()
+    call_ids: frozenset[str | None] = frozenset()
 
     def __len__(self) -> int:
         return len(self.counts)
@@ -150,6 +177,7 @@ class CountedItems:
         """Counts already known, for items given as texts."""
         entry = cls(",".join(texts), array("q", map(len, texts)), array("q", counts), bytearray(kinds))
         entry.total = sum(counts)
+        entry._pair(0, texts)
         return entry
 
     def size(self) -> int:
@@ -158,7 +186,22 @@ class CountedItems:
     def _copy(self) -> CountedItems:
         new = CountedItems(self.text, array("q", self.lengths), array("q", self.counts), bytearray(self.kinds))
         new.total, new.root = self.total, self.root
+        new.lone_outputs, new.call_ids = self.lone_outputs, self.call_ids
         return new
+
+    def _pair(self, first: int, bodies: Sequence[str | bytes | msgspec.Raw]) -> None:
+        """Pair the tool outputs among items `first` on (`bodies`: their texts) with the calls before them."""
+        kinds = self.kinds
+        if kinds.find(_TOOL_CALL, first) < 0 and kinds.find(_TOOL_OUTPUT, first) < 0:
+            return
+        called, lone = set(self.call_ids), list(self.lone_outputs)
+        for index in range(first, len(kinds)):
+            kind = kinds[index]
+            if kind == TOOL_CALL:
+                called.add(call_id_of(bodies[index - first]))
+            elif kind == TOOL_OUTPUT and call_id_of(bodies[index - first]) not in called:
+                lone.append(index)
+        self.call_ids, self.lone_outputs = frozenset(called), tuple(lone)
 
     def extended(self, history: str, stored: Sequence[int] | None = None) -> CountedItems:
         """The counts for `history`, which must start with this entry's text (see `continues`). `stored`: the
@@ -184,6 +227,7 @@ class CountedItems:
         new.counts.extend(counts)
         new.total += sum(counts)
         new.text = history
+        new._pair(first, raws)
         return new
 
     def continues(self, history: str) -> bool:
@@ -205,8 +249,10 @@ class CountedItems:
         """A copy that also covers the new input items (what the next turn's history starts with), with the
         counts their finish stores."""
         new = self._copy()
+        first = len(new)
         for body, count in zip(bodies, counts, strict=True):
             new._append(len(body), body, count)
+        new._pair(first, bodies)
         joined_input = ",".join(bodies)
         new.text = f"{self.text},{joined_input}" if self.text and bodies else self.text or joined_input
         return new

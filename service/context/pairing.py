@@ -9,57 +9,33 @@ summary standing for the calls before it, or a new input answering a call the cu
 alone. So, in what is sent:
 - a call that the new input answers is kept, with the reasoning items just before it, wherever the cut fell
   (`answered_calls`: the fitting counts them as sent);
-- a tool output whose call is not sent is left out (`orphaned_outputs`).
-Only the items of those kinds are decoded, and only when something was cut.
+- a tool output whose call is not sent is left out (`orphaned_outputs`; when nothing was cut, the outputs that
+  follow no call of theirs at all, kept with the thread's counts: `CountedItems.lone_outputs`).
+Only the items of those kinds are decoded: the new ones on each turn, and all of them only when something was cut.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 import msgspec
 
 from service.context.ledger import (
     CALL_KEY_FIELDS,
-    OUTPUT_KEY_FIELDS,
     REASONING,
     TOOL_CALL,
     TOOL_OUTPUT,
     CountedItems,
+    call_id_of,
+    kind_of_body,
 )
-
-
-class _Paired(msgspec.Struct):
-    """What pairing reads of an item (its other fields are skipped while decoding)."""
-
-    type: Any = None
-    call_id: Any = None
-    id: Any = None
-    approval_request_id: Any = None
-
-
-_PAIRED = msgspec.json.Decoder(_Paired)
-_KEY_FIELDS = {**CALL_KEY_FIELDS, **OUTPUT_KEY_FIELDS}
-
-
-def _key(item: _Paired) -> str | None:
-    field = _KEY_FIELDS.get(item.type) if isinstance(item.type, str) else None
-    value = getattr(item, field) if field is not None else None
-    return value if isinstance(value, str) else None
-
-
-def call_id_of(body: str | bytes) -> str | None:
-    """The id pairing a call with its output (the same value on both), None for other items."""
-    return _key(_PAIRED.decode(body))
 
 
 def answered_call_ids(input_bodies: Iterable[str]) -> list[str]:
     """The call ids the new input's tool outputs answer."""
     answered = []
     for body in input_bodies:
-        item = _PAIRED.decode(body)
-        call_id = _key(item) if item.type in OUTPUT_KEY_FIELDS else None
+        call_id = call_id_of(body) if kind_of_body(body) == TOOL_OUTPUT else None
         if call_id is not None:
             answered.append(call_id)
     return answered

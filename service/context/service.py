@@ -93,6 +93,12 @@ def _holds_compaction(inputs: Sequence[NewItem], history: str) -> bool:
     return any(item.type == "compaction" for item in inputs) or '"compaction"' in history
 
 
+def _holds_tool_output(history: str) -> bool:
+    """Whether the history may hold a tool output (each output type's name ends so, and a string inside a text
+    has its quotes escaped), which is sent only after its call (CountedItems.lone_outputs)."""
+    return '_output"' in history or '"mcp_approval_response"' in history
+
+
 def _worth_compacting_again(sent: CountedItems) -> bool:
     """Past its threshold, a history compacted before is compacted again only once what a new summary would
     replace since the last one (its items but the user messages, which compaction keeps) costs more than that
@@ -254,10 +260,10 @@ class ContextWindows:
         plan = _Plan(params, history, list(request.input_items))
         plan.truncate = fitting.truncation_mode(request.params) == "auto"
         counts_needed = window is not None or threshold is not None or plan.truncate or request.compact_first
-        # A compaction item, in the input or the history, is rendered whatever the window: OpenRouter has none.
-        # The history's stored JSON is searched as text, only when nothing else needs it counted (a match inside
-        # a string only costs the counting).
-        if counts_needed or _holds_compaction(request.input_items, history):
+        # A compaction item, in the input or the history, is rendered whatever the window: OpenRouter has none;
+        # and a tool output is sent only after its call. The history's stored JSON is searched as text, only when
+        # nothing else needs it counted (a match inside a string only costs the counting).
+        if counts_needed or _holds_compaction(request.input_items, history) or _holds_tool_output(history):
             plan.counted = self.ledger.counted(key, history, stored)
         root = plan.counted.root if plan.counted else None
         params.setdefault(
@@ -288,7 +294,7 @@ class ContextWindows:
             # Sent whole; with truncation "auto", OpenRouter's overflow error and the limit it states are the
             # window (_refit, and the budget learned from it), so a model the catalog does not know still gets
             # shortened rather than stuck.
-            plan.fit = fitting.Fit(0, plan.sent.total, plan.input_tokens, overhead)
+            plan.fit = fitting.whole(plan.sent, plan.input_tokens, overhead)
             return plan
         plan.budget = budget
         self._fit(plan, request.model)

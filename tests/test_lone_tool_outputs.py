@@ -1,0 +1,98 @@
+"""A tool output whose call is not in the conversation is never sent upstream, where providers refuse it (OpenAI
+answers "No tool call found for function call output"), so that such a conversation can go on: its call deleted
+through the items API, or the output added alone there. The output stays stored and listed; only what is sent
+leaves it out. Both with a model whose window the catalog gives (the history counted) and one it does not (the
+history otherwise sent as read)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import Tenant
+from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter, response_with_output, text_response
+from tests.turn_support import MODEL, list_all, new_conversation, user
+
+CALL = {
+    "type": "function_call",
+    "id": "fc_1",
+    "call_id": "call_1",
+    "name": "lookup",
+    "arguments": "{}",
+    "status": "completed",
+}
+OUTPUT = {"type": "function_call_output", "call_id": "call_1", "output": "found it"}
+TOOLS = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
+# A model the fake's catalog gives a window for, and one it does not.
+MODELS = (SMALL_WINDOW_MODEL, MODEL)
+
+
+async def send(tenant: Tenant, conversation_id: str, model: str, input_: Any) -> None:
+    answer = await tenant.http.post(
+        "/v1/responses", json={"model": model, "input": input_, "conversation": conversation_id, "tools": TOOLS}
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def sent_types(fake_upstream: FakeOpenRouter) -> list[str]:
+    return [item.get("type", "message") for item in fake_upstream.requests[-1].body["input"]]
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_an_output_whose_call_was_deleted_is_not_sent_and_stays_stored(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str
+) -> None:
+    conversation_id = await new_conversation(alice.http)
+    fake_upstream.reply_json(response_with_output([CALL]))
+    await send(alice, conversation_id, model, "look it up")
+    fake_upstream.reply_json(text_response("it is there", msg_id="msg_answer"))
+    await send(alice, conversation_id, model, [OUTPUT])
+    assert sent_types(fake_upstream) == ["message", "function_call", "function_call_output"]
+
+    deleted = await alice.http.delete(f"/v1/conversations/{conversation_id}/items/fc_1")
+    assert deleted.status_code == 200, deleted.text
+    await send(alice, conversation_id, model, "and now?")
+    assert fake_upstream.requests[-1].body["input"][0] == user("look it up")
+    assert sent_types(fake_upstream) == ["message", "message", "message"]
+    assert fake_upstream.requests[-1].body["input"][-1] == user("and now?")
+
+    # Nothing stored was dropped: the output is still listed, and the next turn leaves it out again.
+    stored = await list_all(alice.http, f"/v1/conversations/{conversation_id}/items", order="asc")
+    assert [item["type"] for item in stored] == ["message", "function_call_output", "message", "message", "message"]
+    await send(alice, conversation_id, model, "still fine?")
+    assert "function_call_output" not in sent_types(fake_upstream)
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_an_output_added_alone_through_the_items_api_is_not_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str
+) -> None:
+    conversation_id = await new_conversation(alice.http)
+    added = await alice.http.post(
+        f"/v1/conversations/{conversation_id}/items", json={"items": [{**OUTPUT, "call_id": "call_elsewhere"}]}
+    )
+    assert added.status_code == 200, added.text
+    await send(alice, conversation_id, model, "hello")
+    assert fake_upstream.requests[-1].body["input"] == [user("hello")]
+
+    # Its call added after it does not make it sendable: a call must come before its output.
+    late_call = {**CALL, "id": "fc_late", "call_id": "call_elsewhere"}
+    added = await alice.http.post(f"/v1/conversations/{conversation_id}/items", json={"items": [late_call]})
+    assert added.status_code == 200, added.text
+    fake_upstream.reply_json(text_response("ok", msg_id="msg_ok"))
+    await send(alice, conversation_id, model, [{**OUTPUT, "call_id": "call_elsewhere", "output": "now answered"}])
+    sent = fake_upstream.requests[-1].body["input"]
+    outputs = [item["output"] for item in sent if item.get("type") == "function_call_output"]
+    assert outputs == ["now answered"]
+    assert [item.get("type", "message") for item in sent][-2:] == ["function_call", "function_call_output"]
+
+
+async def test_an_output_after_its_call_is_still_sent(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    """The pairing reads only what the thread added: an output answering a call stored turns before is sent."""
+    conversation_id = await new_conversation(alice.http)
+    fake_upstream.reply_json(response_with_output([CALL]))
+    await send(alice, conversation_id, SMALL_WINDOW_MODEL, "look it up")
+    await send(alice, conversation_id, SMALL_WINDOW_MODEL, [OUTPUT])
+    await send(alice, conversation_id, SMALL_WINDOW_MODEL, "thanks")
+    assert sent_types(fake_upstream) == ["message", "function_call", "function_call_output", "message", "message"]
