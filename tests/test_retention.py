@@ -476,6 +476,25 @@ async def test_a_conversation_whose_responses_a_recent_chain_continues_is_not_id
     kept = (await admin.get("/admin/responses", params={"tenant": "alice"})).json()["data"]
     assert {r["id"]: r["thread_id"] for r in kept} == {r["id"]: conversation for r in kept}
     assert {first["id"], chained["id"]} <= {r["id"] for r in kept}
+    # That thread is shown, as a deleted conversation whose figures are its kept responses'.
+    shown = await admin.get(f"/admin/threads/{conversation}")
+    assert shown.status_code == 200, shown.text
+    thread = shown.json()
+    assert (thread["id"], thread["kind"], thread["deleted"], thread["tenant"]) == (
+        conversation,
+        "conversation",
+        True,
+        "alice",
+    )
+    assert thread["response_count"] == len(kept)
+    assert {r["id"] for r in thread["responses"]["data"]} == {r["id"] for r in kept}
+    assert thread["item_count"] == await scalar(db, "SELECT count(*) FROM item WHERE thread_id = :t", t=conversation)
+    assert thread["usage"]["input_tokens"] == sum(r["usage"]["input_tokens"] for r in kept)
+    [newest] = await rows(
+        db, "SELECT model, status FROM response WHERE thread_id = :t ORDER BY created_at DESC LIMIT 1", t=conversation
+    )
+    assert (thread["last_model"], thread["last_status"]) == (newest["model"], newest["status"])
     gone = await admin.delete(f"/admin/threads/{conversation}")
     assert gone.status_code == 200 and gone.json()["deleted_responses"] == len(kept)
     assert await rows(db, "SELECT id FROM response") == []
+    assert (await admin.get(f"/admin/threads/{conversation}")).status_code == 404

@@ -251,15 +251,60 @@ async def thread_page(
     return await thread_pages.page(conn, filters, tenant_id, keyset, walk_first)
 
 
+def _kept_responses_row(thread_id: str) -> Select[Any]:
+    """The row of a conversation purged for idleness whose responses were kept (their own policy keeps them):
+    no listed thread holds them, but they still name it as their thread. Its figures are theirs; the latest
+    one's model and status are the thread's last."""
+    r = response_t
+    newest_first = (r.c.created_at.desc(), r.c.id.desc())
+    latest = select(r.c.model, r.c.status).where(r.c.thread_id == thread_id).order_by(*newest_first)
+    latest_row = latest.limit(1).subquery()
+    kept = (
+        select(
+            func.min(r.c.tenant_id).label("tenant_id"),
+            func.count().label("response_count"),
+            func.coalesce(func.sum(r.c.input_tokens), 0).label("input_tokens"),
+            func.coalesce(func.sum(r.c.output_tokens), 0).label("output_tokens"),
+            func.coalesce(func.sum(r.c.cost), 0).label("cost"),
+            func.min(r.c.created_at).label("created_at"),
+            func.max(func.coalesce(r.c.completed_at, r.c.created_at)).label("updated_at"),
+        )
+        .where(r.c.thread_id == thread_id)
+        .subquery()
+    )
+    items = select(func.count()).where(item_t.c.thread_id == thread_id).scalar_subquery()
+    columns = (
+        literal(thread_id).label("id"),
+        kept.c.tenant_id,
+        _tenant_name(kept.c.tenant_id),
+        literal(None, Text).label("title"),
+        literal({}, JSONB).label("metadata"),
+        items.label("item_count"),
+        kept.c.response_count,
+        kept.c.input_tokens,
+        kept.c.output_tokens,
+        kept.c.cost,
+        kept.c.created_at,
+        kept.c.updated_at,
+        latest_row.c.model.label("last_model"),
+        latest_row.c.status.label("last_status"),
+        true().label("deleted"),
+        literal("conversation").label("kind"),
+    )
+    return select(*columns).select_from(kept.join(latest_row, true())).where(kept.c.response_count > 0)
+
+
 async def get_thread(conn: AsyncConnection, thread_id: str) -> Any:
     """The thread's listing row: the conversation (one its tenant deleted too, marked), else the chain, with
-    that id."""
+    that id, else the kept responses of a purged conversation."""
     conversation = select(*_CONVERSATION_COLUMNS, literal("conversation").label("kind")).where(
         conversation_t.c.id == thread_id, not_being_purged(conversation_t)
     )
     row = (await conn.execute(conversation)).first()
     if row is None:
         row = (await conn.execute(select(*_CHAIN_COLUMNS).where(chain_t.c.id == thread_id))).first()
+    if row is None:
+        row = (await conn.execute(_kept_responses_row(thread_id))).first()
     return row
 
 
