@@ -313,7 +313,8 @@ class Tenant:
     def openai(self, **kwargs: Any) -> openai.AsyncOpenAI:
         # Closed by make_tenant: left to the garbage collector, the SDK's __del__ closes the client on whichever
         # thread's loop is running then, a live server's included, from outside the test's loop.
-        client = openai.AsyncOpenAI(api_key=self.key, base_url=self.base_url + "/v1", max_retries=0, **kwargs)
+        kwargs.setdefault("max_retries", 0)
+        client = openai.AsyncOpenAI(api_key=self.key, base_url=self.base_url + "/v1", **kwargs)
         self.sdk_clients.append(client)
         return client
 

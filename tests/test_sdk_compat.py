@@ -306,3 +306,19 @@ async def test_sdk_upstream_4xx_is_a_bad_request_and_the_turn_is_kept(
     assert payment.value.status_code == 402
     await client.responses.create(model=MODEL, input="fine", conversation=conv.id)
     assert fake_upstream.inputs[2] == [user("fine")]
+
+
+async def test_the_sdk_does_not_retry_an_upstream_failure_the_service_already_retried(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """OpenAI's SDK retries a 5xx twice by default: after the service's own three tries, that made nine upstream
+    calls for one failure. The service's 502 says not to (`x-should-retry: false`), which the SDK honours."""
+    failure = {"error": {"code": 503, "message": "No provider available", "metadata": None}}
+    for _ in range(9):
+        fake_upstream.reply_json(failure, status=503)
+    client = alice.openai(max_retries=2)
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.responses.create(model=MODEL, input="hi")
+    assert caught.value.status_code == 502
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert len(fake_upstream.requests) == 3

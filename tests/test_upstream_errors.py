@@ -184,6 +184,7 @@ async def test_upstream_timeout_becomes_504(
     assert answer.status_code == 504
     assert answer.json()["error"]["code"] == "upstream_timeout"
     assert answer.json()["error"]["type"] == "server_error"
+    assert answer.headers["x-should-retry"] == "false"
     await _assert_failed_turn_kept(tenant, db, conv, error_code="server_error", question="Q")
 
 

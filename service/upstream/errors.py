@@ -41,7 +41,14 @@ class UpstreamError(ServiceError):
         param: str | None = None,
     ) -> None:
         status, code = _client_status_and_code(kind, upstream_status, upstream_code)
-        headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after and status == 429 else None
+        headers: dict[str, str] | None = None
+        if retry_after and status == 429:
+            headers = {"Retry-After": str(max(1, round(retry_after)))}
+        elif status >= 500:
+            # The service has already tried OpenRouter as often as UPSTREAM_MAX_ATTEMPTS allows (and a timeout
+            # waited its whole bound): OpenAI's SDKs retry a 5xx twice more unless told not to, which multiplied
+            # the upstream calls and the wait for the same failure.
+            headers = {"x-should-retry": "false"}
         super().__init__(message, status_code=status, code=code, headers=headers, param=param)
         self.kind = kind
         self.upstream_status = upstream_status
