@@ -391,6 +391,7 @@ async def test_generation_parameters_pass_through_and_state_fields_do_not(
         "prompt_cache_key": "pck",
         "safety_identifier": "sid",
         "max_tool_calls": 4,
+        "prompt": {"id": "pmpt_1", "version": "2", "variables": {"city": "Paris"}},
     }
     first = await turn(alice.http, "Q", metadata={"k": "v"}, instructions="I", store=True, **params)
     sent = fake_upstream.requests[0].body
@@ -402,7 +403,17 @@ async def test_generation_parameters_pass_through_and_state_fields_do_not(
         "stream": False,
         "input": [user("Q")],
     }
-    for name in ("temperature", "top_p", "max_output_tokens", "tool_choice", "parallel_tool_calls", "text", "user"):
+    echoed = (
+        "temperature",
+        "top_p",
+        "max_output_tokens",
+        "tool_choice",
+        "parallel_tool_calls",
+        "text",
+        "user",
+        "prompt",
+    )
+    for name in echoed:
         assert first[name] == params[name], name
     assert first["metadata"] == {"k": "v"}
 

@@ -90,6 +90,10 @@ async def test_body_over_the_size_limit_gets_413(alice: Tenant, fake_upstream: F
         # Without stream, stream_options is refused as such; with it, as no object.
         ({"model": "m", "input": "x", "stream_options": 5}, "stream_options"),
         ({"model": "m", "input": "x", "prompt_cache_retention": "7d"}, "prompt_cache_retention"),
+        ({"model": "m", "input": "x", "prompt": "pmpt_1"}, "prompt"),
+        ({"model": "m", "input": "x", "prompt": {"version": "2"}}, "prompt.id"),
+        ({"model": "m", "input": "x", "prompt": {"id": "pmpt_1", "version": 2}}, "prompt.version"),
+        ({"model": "m", "input": "x", "prompt": {"id": "pmpt_1", "variables": []}}, "prompt.variables"),
         ({"model": "m", "input": ["x"]}, "input[0]"),
         ({"model": "m", "input": [{"content": "x"}]}, "input[0].type"),
         ({"model": "m", "input": [{"role": "tool", "content": "x"}]}, "input[0].role"),

@@ -170,6 +170,15 @@ def _check_text(text: Any) -> None:
         _optional(form, "strict", bool, "a boolean", "text.format")
 
 
+def _check_prompt(prompt: Any) -> None:
+    """A reusable prompt's reference, as the spec's Prompt (echoed on the Response as it was sent)."""
+    _object(prompt, "prompt")
+    if not isinstance(prompt.get("id"), str) or not prompt["id"]:
+        raise _invalid("prompt.id is required: the prompt template's id", "prompt.id")
+    _optional(prompt, "version", str, "a string", "prompt")
+    _optional(prompt, "variables", dict, "an object", "prompt")
+
+
 def check_parameters(params: dict[str, Any]) -> None:
     """Raises InvalidRequest naming the first parameter neither OpenAI nor OpenRouter would accept. `params`
     holds no null values (they mean "the default" and are not sent)."""
@@ -203,3 +212,5 @@ def check_parameters(params: dict[str, Any]) -> None:
         _one_of(params["service_tier"], _SERVICE_TIERS, "service_tier")
     if "prompt_cache_retention" in params:
         _one_of(params["prompt_cache_retention"], _PROMPT_CACHE_RETENTIONS, "prompt_cache_retention")
+    if "prompt" in params:
+        _check_prompt(params["prompt"])

@@ -32,6 +32,7 @@ _ECHO_DEFAULTS: dict[str, Any] = {
     "truncation": "disabled",
     "safety_identifier": None,
     "prompt_cache_key": None,
+    "prompt": None,
 }
 # The tier the upstream reported, else the request's, else OpenAI's default for a request.
 _DEFAULT_SERVICE_TIER = "auto"
