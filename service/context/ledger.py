@@ -78,12 +78,17 @@ _PAIRED = msgspec.json.Decoder(_Paired)
 _KEY_FIELDS = {**CALL_KEY_FIELDS, **OUTPUT_KEY_FIELDS}
 
 
-def call_id_of(body: str | bytes) -> str | None:
-    """The id pairing a call with its output (the same value on both), None for other items."""
+def call_of(body: str | bytes) -> tuple[Any, str | None]:
+    """The item's type, and the id pairing a call with its output (the same value on both; None for others)."""
     item = _PAIRED.decode(body)
     field_name = _KEY_FIELDS.get(item.type) if isinstance(item.type, str) else None
     value = getattr(item, field_name) if field_name is not None else None
-    return value if isinstance(value, str) else None
+    return item.type, value if isinstance(value, str) else None
+
+
+def call_id_of(body: str | bytes) -> str | None:
+    """The id pairing a call with its output (the same value on both), None for other items."""
+    return call_of(body)[1]
 
 
 def _kind(type_: Any, role: Any) -> int:

@@ -12,6 +12,8 @@ alone. So, in what is sent:
 - a tool output whose call is not sent is left out (`orphaned_outputs`; when nothing was cut, the outputs that
   follow no call of theirs at all, kept with the thread's counts: `CountedItems.lone_outputs`).
 Only the items of those kinds are decoded: the new ones on each turn, and all of them only when something was cut.
+And as OpenAI does, a turn that leaves its thread's latest function calls unanswered is refused
+(`unanswered_call`: the calls since the last user message are read).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from service.context.ledger import (
     REASONING,
     TOOL_CALL,
     TOOL_OUTPUT,
+    USER_MESSAGE,
     CountedItems,
     call_id_of,
+    call_of,
     kind_of_body,
 )
 
@@ -117,6 +121,32 @@ def unpaired(kinds: Sequence[int], bodies: Sequence[str]) -> set[int]:
         elif kind == TOOL_OUTPUT and call_id_of(bodies[index]) not in calls:
             alone.add(index)
     return alone
+
+
+# The calls OpenAI refuses to see go unanswered: "No tool output found for function call …".
+_CHECKED_CALLS = frozenset({"function_call", "custom_tool_call"})
+
+
+def unanswered_call(counted: CountedItems, start: int, answered: Sequence[str]) -> str | None:
+    """The call id of the first function or custom tool call sent (from item `start` on) after the history's
+    last user message that neither a later history item nor the new input (`answered`) answers; None when there
+    is none. Only the calls since the last user message: a call left unanswered before it was stored when nothing
+    checked this, and went upstream then, so refusing it now would stop a thread that worked."""
+    first = max(counted.kinds.rfind(bytes([USER_MESSAGE])) + 1, start)
+    if counted.kinds.find(bytes([TOOL_CALL]), first) < 0:
+        return None
+    waiting: dict[str | None, None] = {}
+    for index, body in counted.texts_from(first):
+        kind = counted.kinds[index]
+        if kind == TOOL_CALL:
+            call_type, call_id = call_of(body)
+            if call_type in _CHECKED_CALLS:
+                waiting[call_id] = None
+        elif kind == TOOL_OUTPUT:
+            waiting.pop(call_id_of(body), None)
+    for call_id in answered:
+        waiting.pop(call_id, None)
+    return next((call_id for call_id in waiting if call_id is not None), None)
 
 
 # The outputs OpenAI refuses when the context holds no call they answer ("No tool call found for function call

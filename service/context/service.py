@@ -38,7 +38,7 @@ from service.items import NewItem
 from service.responses.requests import build_upstream_body
 from service.upstream.body import UpstreamBody
 from service.upstream.client import OpenRouterClient, UpstreamEventStream, generation_id
-from service.upstream.errors import UpstreamError
+from service.upstream.errors import UpstreamError, refused_before_upstream
 
 if TYPE_CHECKING:
     from service.responses.turn import Turn
@@ -93,10 +93,20 @@ def _holds_compaction(inputs: Sequence[NewItem], history: str) -> bool:
     return any(item.type == "compaction" for item in inputs) or '"compaction"' in history
 
 
-def _holds_tool_output(history: str) -> bool:
-    """Whether the history may hold a tool output (each output type's name ends so, and a string inside a text
-    has its quotes escaped), which is sent only after its call (CountedItems.lone_outputs)."""
-    return '_output"' in history or '"mcp_approval_response"' in history
+def _holds_tool_item(history: str) -> bool:
+    """Whether the history may hold a tool output, sent only after its call (CountedItems.lone_outputs), or a
+    call, which the next turn must answer (each such type's name ends so, and a string inside a text has its
+    quotes escaped)."""
+    return any(ending in history for ending in ('_output"', '_call"', '"mcp_approval_response"'))
+
+
+def _refuse_unanswered_calls(plan: _Plan) -> None:
+    """OpenAI's answer to a turn that leaves its thread's latest function calls unanswered; OpenRouter's providers
+    mostly refuse such an input too, after the call."""
+    assert plan.sent is not None and plan.fit is not None
+    call_id = pairing.unanswered_call(plan.sent, plan.fit.start, plan.answered)
+    if call_id is not None:
+        raise refused_before_upstream(f"No tool output found for function call {call_id}.", code=None, param="input")
 
 
 def _worth_compacting_again(sent: CountedItems) -> bool:
@@ -261,9 +271,10 @@ class ContextWindows:
         plan.truncate = fitting.truncation_mode(request.params) == "auto"
         counts_needed = window is not None or threshold is not None or plan.truncate or request.compact_first
         # A compaction item, in the input or the history, is rendered whatever the window: OpenRouter has none;
-        # and a tool output is sent only after its call. The history's stored JSON is searched as text, only when
-        # nothing else needs it counted (a match inside a string only costs the counting).
-        if counts_needed or _holds_compaction(request.input_items, history) or _holds_tool_output(history):
+        # a tool output is sent only after its call, and a call must be answered. The history's stored JSON is
+        # searched as text, only when nothing else needs it counted (a match inside a string only costs the
+        # counting).
+        if counts_needed or _holds_compaction(request.input_items, history) or _holds_tool_item(history):
             plan.counted = self.ledger.counted(key, history, stored)
         root = plan.counted.root if plan.counted else None
         params.setdefault(
@@ -295,9 +306,10 @@ class ContextWindows:
             # window (_refit, and the budget learned from it), so a model the catalog does not know still gets
             # shortened rather than stuck.
             plan.fit = fitting.whole(plan.sent, plan.input_tokens, overhead)
-            return plan
-        plan.budget = budget
-        self._fit(plan, request.model)
+        else:
+            plan.budget = budget
+            self._fit(plan, request.model)
+        _refuse_unanswered_calls(plan)
         return plan
 
     def _budget(self, model: str, window: ModelWindow | None, params: dict[str, Any], *, truncate: bool) -> int | None:

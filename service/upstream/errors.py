@@ -116,11 +116,14 @@ _OVERFLOW_WORDINGS = re.compile(
 )
 
 
-def refused_before_upstream(message: str, *, code: str, param: str) -> UpstreamError:
+def refused_before_upstream(message: str, *, code: str | None, param: str) -> UpstreamError:
     """A turn refused for what it would send, found before the model is called (from stored items too): raised
     as OpenRouter's own 400 would be, so that a plain, a streamed and a background turn answer it, and store it
-    on the response, alike."""
-    return UpstreamError(message, kind="http", upstream_status=400, upstream_code=code, param=param)
+    on the response, alike. `code` None: none, as OpenAI gives none for some of its refusals."""
+    refused = UpstreamError(message, kind="http", upstream_status=400, upstream_code=code, param=param)
+    if code is None:
+        refused.code = None
+    return refused
 
 
 def context_length_exceeded(message: str) -> UpstreamError:

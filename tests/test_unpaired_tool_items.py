@@ -1,8 +1,11 @@
-"""A tool output whose call is not in the conversation is never sent upstream, where providers refuse it (OpenAI
-answers "No tool call found for function call output"), so that such a conversation can go on: its call deleted
-through the items API, or the output added alone there. The output stays stored and listed; only what is sent
-leaves it out. Both with a model whose window the catalog gives (the history counted) and one it does not (the
-history otherwise sent as read)."""
+"""A thread's tool calls and outputs go upstream in pairs, as providers and OpenAI require:
+- a stored tool output whose call is not in the conversation (its call deleted through the items API, or the
+  output added alone there) stays stored and listed but is never sent, so that the conversation goes on (OpenAI
+  answers "No tool call found for function call output" for it);
+- a turn that leaves the thread's latest function calls unanswered is refused as OpenAI refuses it ("No tool
+  output found for function call …"), before anything is sent.
+Both with a model whose window the catalog gives (the history counted) and one it does not (the history otherwise
+sent as read)."""
 
 from __future__ import annotations
 
@@ -96,3 +99,53 @@ async def test_an_output_after_its_call_is_still_sent(alice: Tenant, fake_upstre
     await send(alice, conversation_id, SMALL_WINDOW_MODEL, [OUTPUT])
     await send(alice, conversation_id, SMALL_WINDOW_MODEL, "thanks")
     assert sent_types(fake_upstream) == ["message", "function_call", "function_call_output", "message", "message"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("style", ["conversation", "previous_response_id"])
+async def test_a_turn_that_leaves_the_latest_call_unanswered_is_refused_as_openai_does(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str, style: str
+) -> None:
+    thread: dict[str, Any] = {"conversation": await new_conversation(alice.http)} if style == "conversation" else {}
+    fake_upstream.reply_json(response_with_output([CALL]))
+    first = await alice.http.post("/v1/responses", json={"model": model, "input": "look it up", **thread})
+    assert first.status_code == 200, first.text
+    if style == "previous_response_id":
+        thread = {"previous_response_id": first.json()["id"]}
+    calls = len(fake_upstream.requests)
+    for extra in ({}, {"stream": True}):
+        refused = await alice.http.post(
+            "/v1/responses", json={"model": model, "input": "never mind", **thread, **extra}
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == {
+            "message": "No tool output found for function call call_1.",
+            "type": "invalid_request_error",
+            "param": "input",
+            "code": None,
+        }
+    assert len(fake_upstream.requests) == calls
+    if style == "conversation":
+        stored = await list_all(alice.http, f"/v1/conversations/{thread['conversation']}/items", order="asc")
+        assert [item["type"] for item in stored] == ["message", "function_call"]
+
+    # Answered, the thread goes on.
+    fake_upstream.reply_json(text_response("found", msg_id="msg_found"))
+    answered = await alice.http.post("/v1/responses", json={"model": model, "input": [OUTPUT], **thread})
+    assert answered.status_code == 200, answered.text
+    assert sent_types(fake_upstream) == ["message", "function_call", "function_call_output"]
+
+
+async def test_a_call_left_unanswered_before_a_later_user_message_is_still_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Such a call was stored before this was checked (here through the items API), and went upstream then:
+    refusing it now would stop a thread that worked. Only the calls since the last user message must be answered."""
+    conversation_id = await new_conversation(alice.http)
+    added = await alice.http.post(
+        f"/v1/conversations/{conversation_id}/items",
+        json={"items": [{**CALL, "id": "fc_old"}, {"type": "message", "role": "user", "content": "anyway"}]},
+    )
+    assert added.status_code == 200, added.text
+    await send(alice, conversation_id, SMALL_WINDOW_MODEL, "go on")
+    assert sent_types(fake_upstream) == ["function_call", "message", "message"]
