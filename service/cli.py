@@ -194,6 +194,10 @@ def app_from_environment() -> Any:
 
     settings = Settings.from_env()
     _configure_logging(settings)
+    if settings.workers > 1:
+        from service.serving import stop_with_supervisor  # noqa: PLC0415
+
+        stop_with_supervisor()
     return create_app(settings, database_url=os.environ.get(RESOLVED_URL_ENV) or settings.database_url)
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -56,6 +58,21 @@ def on_stop_signal(callback: Callable[[], None]) -> Callable[[], None]:
                 signal.signal(sig, old)
 
     return restore
+
+
+def stop_with_supervisor(poll_seconds: float = 1.0) -> None:
+    """In a worker (WORKERS > 1): shut down as on SIGTERM once the supervisor that started it is gone. Killed
+    with SIGKILL, the supervisor could not stop its workers, which went on serving the port and beating as live
+    processes: a restart then found the port taken. Nothing else tells a worker (uvicorn's health-check pipe has
+    both its ends in the worker too), so its parent's pid is watched."""
+    supervisor = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(poll_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -280,3 +280,23 @@ async def test_a_killed_workers_turns_leave_the_in_flight_gauges(
     while (counted := await asyncio.to_thread(_runs_in_flight, process.url, admin_key)) != 0:
         assert time.monotonic() < deadline, f"convstore_runs_in_flight still {counted}"
         await asyncio.sleep(0.2)
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(
+    service_process: Callable[..., ServiceProcess], db: AsyncEngine
+) -> None:
+    """SIGKILL of the supervisor (WORKERS > 1) left its workers serving the port and beating as live processes,
+    so a restart found the port taken. They now shut down as on SIGTERM, and another start can take the port."""
+    process = service_process(WORKERS="2")
+    await asyncio.to_thread(process.start)
+    assert process.process is not None
+    workers = [w for w in psutil.Process(process.process.pid).children() if "spawn_main" in " ".join(w.cmdline())]
+    assert len(workers) == 2
+    process.process.kill()
+    await asyncio.to_thread(process.process.wait, 10)
+    gone, alive = await asyncio.to_thread(psutil.wait_procs, workers, 20)
+    assert alive == [] and len(gone) == 2
+    with pytest.raises(httpx.ConnectError):
+        await asyncio.to_thread(httpx.get, process.url + "/health", timeout=3)
+    stopped = await rows(db, "SELECT pid FROM service_process WHERE stopped_at IS NOT NULL")
+    assert {w.pid for w in workers} <= {row["pid"] for row in stopped}
