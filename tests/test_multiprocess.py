@@ -22,6 +22,7 @@ from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
 from tests.pgbouncer_support import PgBouncer, require_pgbouncer
 from tests.reliability_support import ServiceProcess, client_for, eventually
 from tests.stream_support import conversation_state, wait_until_ended
+from tests.test_observability import scrape, value
 from tests.turn_support import MODEL, new_conversation, rows
 
 HEARTBEAT_TIMEOUT = 2.0
@@ -209,6 +210,7 @@ async def test_a_killed_mid_turn_is_noticed_by_b_which_frees_the_conversation_an
 
         await eventually(both_claimed, timeout=20)
         await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)  # A has listed both turns in a heartbeat by now
+        failed_before = value(await scrape(process_b), "convstore_turns_total", outcome="failed")
         process_a.kill()
         killed = time.monotonic()
         with pytest.raises(httpx.HTTPError):
@@ -223,6 +225,19 @@ async def test_a_killed_mid_turn_is_noticed_by_b_which_frees_the_conversation_an
         assert took < HEARTBEAT_TIMEOUT * 1.25 + 2, f"freed {took:.1f}s after the kill"
         [row] = await rows(db, "SELECT status, error FROM response WHERE id = :r", r=response_id)
         assert row == {"status": "failed", "error": PROCESS_STOPPED_ERROR}
+        # Each failed turn is counted, as one that fails on its own is: the stored one in its conversation's
+        # responses (the plain one stored nothing), both in B's count of failed turns.
+        counts = await rows(
+            db,
+            "SELECT id, response_count, last_status FROM conversation WHERE id IN (:p, :b)",
+            p=plain_conv,
+            b=background_conv,
+        )
+        assert {c["id"]: (c["response_count"], c["last_status"]) for c in counts} == {
+            plain_conv: (0, "failed"),
+            background_conv: (1, "failed"),
+        }
+        assert value(await scrape(process_b), "convstore_turns_total", outcome="failed") == failed_before + 2
         after = await b.post("/v1/responses", json={"model": MODEL, "input": "again", "conversation": plain_conv})
         assert after.status_code == 200 and after.json()["status"] == "completed"
     for conv in (plain_conv, background_conv):

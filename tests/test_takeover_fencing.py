@@ -198,9 +198,11 @@ async def test_a_late_finish_of_a_process_taken_for_dead_keeps_the_failure_and_w
     assert await scalar(db, "SELECT count(*) FROM item WHERE is_output AND response_id = ANY(:ids)", ids=ids) == 0
     assert await scalar(db, "SELECT count(*) FROM response_event_log WHERE response_id = ANY(:ids)", ids=ids) == 0
     [chain] = await rows(db, "SELECT response_count, last_status FROM response_chain WHERE id = :r", r=ids[1])
-    assert chain["response_count"] == 0, "the late finish counted the turn in its chain"
+    # Counted once, by the takeover that failed it (as a turn failing on its own counts), not again by the late finish.
+    assert (chain["response_count"], chain["last_status"]) == (1, "failed")
     state = await conversation_state(db, conv)
     assert state["items"] == [] and state["turn_response_id"] is None
+    assert await scalar(db, "SELECT response_count FROM conversation WHERE id = :c", c=conv) == 1
 
 
 async def test_a_key_held_by_a_killed_process_is_free_for_a_retry_within_the_heartbeat_bound(

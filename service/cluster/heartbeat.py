@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster import repository, running
 from service.idempotency import repository as idempotency_keys
+from service.observability import turns as observe_turns
 from service.threads import repository as threads
 
 logger = logging.getLogger("service.cluster")
@@ -77,6 +78,7 @@ class Heartbeat:
             logger.warning("released %d idempotency key(s) held by stopped processes", released)
         if failed:
             logger.warning("failed %d turn(s) of stopped processes: %s", len(failed), ", ".join(failed[:10]))
+            observe_turns.turns_failed_for_their_process(len(failed))
         return failed
 
     async def fold_pending_chain_totals(self) -> None:

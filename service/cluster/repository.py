@@ -117,7 +117,7 @@ _FAIL_LISTED_RESPONSES = text(
     UPDATE response r SET status = 'failed', error = CAST(:error AS jsonb), completed_at = now()
     FROM stopped
     WHERE r.id = stopped.id AND r.status IN ('queued', 'in_progress') AND r.id NOT IN (SELECT id FROM live)
-    RETURNING r.id, r.thread_id
+    RETURNING r.id, r.thread_id, r.conversation_id
     """
 )
 
@@ -168,7 +168,7 @@ _FAIL_UNLISTED_RESPONSES = text(
     FROM horizon
     WHERE r.status IN ('queued', 'in_progress')
       AND (r.id = ANY(CAST(:freed AS text[])) OR (r.created_at < horizon.at AND r.id NOT IN (SELECT id FROM live)))
-    RETURNING r.id, r.thread_id
+    RETURNING r.id, r.thread_id, r.conversation_id
     """
 )
 
@@ -276,7 +276,7 @@ async def fail_orphaned_turns(conn: AsyncConnection, *, ttl: float, error: str) 
     failed = list((await conn.execute(_FAIL_LISTED_RESPONSES, {"error": error})).all())
     freed += [row[0] for row in await conn.execute(_FREE_UNLISTED_CLAIMS, {"ttl": ttl})]
     failed += (await conn.execute(_FAIL_UNLISTED_RESPONSES, {"error": error, "freed": freed})).all()
-    await responses.fail_chains(conn, [row.thread_id for row in failed])
+    await responses.count_failed_turns(conn, failed)
     unseen = [turn for row in await conn.execute(_FREE_LISTED_CHAIN_TURNS) for turn in row[0]]
     parents = (await conn.execute(_DROP_LISTED_RUNNING_CHILDREN)).scalars().all()
     await responses.delete_hidden_if_unneeded(conn, parents)

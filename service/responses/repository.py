@@ -55,7 +55,22 @@ _DROP_EXPIRED_RUNNING_CHILDREN = text(
     "DELETE FROM running_chain_turn WHERE expires_at <= now() RETURNING previous_response_id"
 )
 
-_FAIL_CHAINS = text("UPDATE response_chain SET last_status = 'failed' WHERE id = ANY(CAST(:threads AS text[]))")
+# A turn failed because its process stopped or its claim expired is one of its thread's responses, as a turn that
+# fails on its own is (its finish counts it): its chain ends with it, and its chain or conversation counts it.
+_FAIL_CHAINS = text(
+    """
+    UPDATE response_chain ch SET last_status = 'failed', response_count = ch.response_count + failed.turns
+    FROM (SELECT id, count(*) AS turns FROM unnest(CAST(:threads AS text[])) AS id GROUP BY id) failed
+    WHERE ch.id = failed.id
+    """
+)
+_COUNT_FAILED_IN_CONVERSATIONS = text(
+    """
+    UPDATE conversation c SET response_count = c.response_count + failed.turns
+    FROM (SELECT id, count(*) AS turns FROM unnest(CAST(:conversations AS text[])) AS id GROUP BY id) failed
+    WHERE c.id = failed.id
+    """
+)
 
 
 async def get_response(conn: AsyncConnection, tenant_id: str, response_id: str) -> Any:
@@ -176,11 +191,16 @@ async def delete_hidden_if_unneeded(conn: AsyncConnection, response_ids: Sequenc
         await _delete_hidden_ancestors(conn, response_id)
 
 
-async def fail_chains(conn: AsyncConnection, thread_ids: list[str]) -> None:
-    """The chains among these threads end with a failed turn (a conversation's thread has no chain row: its
-    claim's release says so)."""
-    if thread_ids:
-        await conn.execute(_FAIL_CHAINS, {"threads": sorted(set(thread_ids))})
+async def count_failed_turns(conn: AsyncConnection, failed: Sequence[Any]) -> None:
+    """Responses failed for their process or their claim (`failed`: rows of each one's thread_id and
+    conversation_id): the chains among their threads end with a failed turn (a conversation's thread has no chain
+    row: its claim's release says so), and each is counted in its chain's or conversation's responses."""
+    threads = sorted(row.thread_id for row in failed)
+    if threads:
+        await conn.execute(_FAIL_CHAINS, {"threads": threads})
+    conversations = sorted(row.conversation_id for row in failed if row.conversation_id is not None)
+    if conversations:
+        await conn.execute(_COUNT_FAILED_IN_CONVERSATIONS, {"conversations": conversations})
 
 
 async def fail_stale_responses(
@@ -204,8 +224,8 @@ async def fail_stale_responses(
         update(response_t)
         .where(response_t.c.status.in_(RUNNING), stale)
         .values(status="failed", error=error, completed_at=func.now())
-        .returning(response_t.c.id, response_t.c.thread_id)
+        .returning(response_t.c.id, response_t.c.thread_id, response_t.c.conversation_id)
     )
     failed = (await conn.execute(stmt)).all()
-    await fail_chains(conn, [row.thread_id for row in failed])
+    await count_failed_turns(conn, failed)
     return [row.id for row in failed]

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.errors import Conflict, NotFound
 from service.idempotency import repository as idempotency_keys
+from service.observability import turns as observe_turns
 from service.pagination import PageRequest, item_page
 from service.responses import repository
 from service.responses.status import RUNNING
@@ -77,4 +78,5 @@ async def reap_stale_turns(engine: AsyncEngine, ttl_seconds: float) -> list[str]
         await repository.drop_expired_running_children(conn)
     if failed:
         logger.warning("marked %d interrupted response(s) as failed", len(failed))
+        observe_turns.turns_failed_for_their_process(len(failed))
     return failed
