@@ -94,10 +94,11 @@ def _holds_compaction(inputs: Sequence[NewItem], history: str) -> bool:
 
 
 def _holds_tool_item(history: str) -> bool:
-    """Whether the history may hold a tool output, sent only after its call (CountedItems.lone_outputs), or a
-    call, which the next turn must answer (each such type's name ends so, and a string inside a text has its
-    quotes escaped)."""
-    return any(ending in history for ending in ('_output"', '_call"', '"mcp_approval_response"'))
+    """Whether the history may hold a tool call, which the next turn must answer, or a tool output, sent only
+    after its call (CountedItems.lone_outputs): every such type's name but MCP approvals' holds this. One search,
+    as each costs a pass over the history's text; an approval response whose request was deleted is sent as it
+    is when nothing else counts the history."""
+    return "_call" in history
 
 
 def _refuse_unanswered_calls(plan: _Plan) -> None:
