@@ -15,18 +15,9 @@ import pytest
 
 from tests.conftest import Tenant
 from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter, response_with_output, text_response
+from tests.test_truncated_tool_calls import CALL, OUTPUT, TOOLS
 from tests.turn_support import MODEL, list_all, new_conversation, user
 
-CALL = {
-    "type": "function_call",
-    "id": "fc_1",
-    "call_id": "call_1",
-    "name": "lookup",
-    "arguments": "{}",
-    "status": "completed",
-}
-OUTPUT = {"type": "function_call_output", "call_id": "call_1", "output": "found it"}
-TOOLS = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
 # A model the fake's catalog gives a window for, and one it does not.
 MODELS = (SMALL_WINDOW_MODEL, MODEL)
 
