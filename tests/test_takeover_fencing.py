@@ -1,6 +1,6 @@
 """Which turns another process may take over, and what the old holder's late finish may still write. Real
 processes: A is `python -m service serve` in its own OS process, frozen with SIGSTOP (alive, but its event loop
-does not run) or with its database session cut; B runs in the test process.
+does not run) or with its database sessions cut; B runs in the test process.
 
 - A claim's age is its stored start, so processes with different TURN_LOCK_TTL settings agree on it.
 - A process whose heartbeats are late but which still holds its liveness lock is slow, not dead: its turns finish.
@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -68,8 +69,11 @@ async def _a_stopped_process(db: AsyncEngine) -> None:
     )
 
 
-async def _cut_liveness_session(db: AsyncEngine, process: ServiceProcess) -> None:
-    """End the database session holding the process's liveness lock, as the server does for a lost host."""
+async def _cut_sessions(db: AsyncEngine, process: ServiceProcess) -> None:
+    """End every database session of the process, as the server does for a lost host once TCP keepalives fail on
+    each: the liveness lock goes with its session, and so does a transaction the process was frozen in. Cutting the
+    lock's session alone left a heartbeat frozen between its upsert and its commit holding the process's row, which
+    the reapers skip while it is locked: the process was then never taken for dead."""
     assert process.process is not None
     key = await scalar(db, "SELECT liveness_key FROM service_process WHERE pid = :p", p=process.process.pid)
     assert key is not None
@@ -80,7 +84,15 @@ async def _cut_liveness_session(db: AsyncEngine, process: ServiceProcess) -> Non
         k=key,
     )
     assert holder is not None, "the process holds its liveness lock"
-    assert await scalar(db, "SELECT pg_terminate_backend(:p)", p=holder)
+    server_port = await scalar(db, "SELECT inet_server_port()")
+    connections = psutil.Process(process.process.pid).net_connections(kind="tcp")
+    ports = [c.laddr.port for c in connections if c.raddr and c.raddr.port == server_port]
+    cut = await rows(
+        db,
+        "SELECT pid, pg_terminate_backend(pid) AS ended FROM pg_stat_activity WHERE client_port = ANY(:ports)",
+        ports=ports,
+    )
+    assert holder in {row["pid"] for row in cut} and all(row["ended"] for row in cut)
 
 
 async def test_processes_with_different_turn_lock_ttls_agree_on_a_claims_age(
@@ -153,7 +165,7 @@ async def test_a_late_finish_of_a_process_taken_for_dead_keeps_the_failure_and_w
     fake_upstream: FakeOpenRouter,
     db: AsyncEngine,
 ) -> None:
-    """A is frozen and its database session cut: B takes it for dead and fails its two background turns (one in a
+    """A is frozen and its database sessions cut: B takes it for dead and fails its two background turns (one in a
     conversation, one starting a chain). Thawed, A's runs finish with full answers, which must not land."""
     a = process_a(PROCESS_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT))
     start_server(process_heartbeat_timeout=0.5)
@@ -170,7 +182,7 @@ async def test_a_late_finish_of_a_process_taken_for_dead_keeps_the_failure_and_w
         await eventually(lambda: _upstream_called(fake_upstream, 2), timeout=20)
         await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)
         with frozen(a):
-            await _cut_liveness_session(db, a)
+            await _cut_sessions(db, a)
             taken = time.monotonic()
 
             async def failed() -> bool:
