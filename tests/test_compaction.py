@@ -577,6 +577,31 @@ async def test_a_call_pending_at_a_compaction_is_sent_with_its_output_after_the_
     assert fake_upstream.requests[-1].body["input"][2:4] == [CALL, CALL_OUTPUT]
 
 
+async def test_a_compacted_window_ends_with_the_calls_still_waiting_for_their_output(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A client that compacts statelessly sends the window back as its next input: a call it has yet to answer
+    must be in it, or its output is refused (no call for it in the context). It comes after the compaction item,
+    as it is; the summary call never holds it."""
+    reasoning = {"type": "reasoning", "id": "rs_w", "summary": [], "encrypted_content": "gAAAA-w"}
+    fake_upstream.reply_json(summary_reply("S-window"))
+    compacted = await alice.http.post(
+        "/v1/responses/compact", json={"model": MODEL, "input": [user("weather in Paris?"), reasoning, CALL]}
+    )
+    assert compacted.status_code == 200, compacted.text
+    assert _tool_kinds(fake_upstream.requests[-1].body["input"]) == []
+    check("CompactResource", compacted.json())
+    output = compacted.json()["output"]
+    assert [item["type"] for item in output] == ["message", "compaction", "reasoning", "function_call"]
+    assert {k: output[-1][k] for k in CALL} == CALL
+
+    fake_upstream.reply_json(text_response("It is 18C and clear.", msg_id="msg_weather"))
+    answered = await alice.http.post("/v1/responses", json={"model": MODEL, "input": [*output, CALL_OUTPUT]})
+    assert answered.status_code == 200, answered.text
+    sent = fake_upstream.requests[-1].body["input"]
+    assert sent[1] == rendered("S-window") and sent[-2:] == [output[-1], CALL_OUTPUT]
+
+
 @pytest.mark.parametrize("continued_by", ["conversation", "previous_response_id"])
 async def test_a_turn_answering_a_call_that_crosses_the_threshold_keeps_the_call_with_its_output(
     alice: Tenant, fake_upstream: FakeOpenRouter, continued_by: str

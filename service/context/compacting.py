@@ -1,10 +1,11 @@
 """POST /v1/responses/compact: OpenAI's compaction of a thread, made by the service (service/context/compaction.py).
 
-Without `conversation` it answers the compacted window (the user messages kept, then one compaction item) and
-stores nothing. With `conversation` (our extension) it compacts that conversation in place, as a turn does:
-the conversation is claimed while it runs (a turn or another compaction meanwhile gets 409), and the request's
-input and the compaction item are appended together; a failure stores the attempt as a failed response and
-leaves the conversation as it was. The full history always stays stored and listed.
+Without `conversation` it answers the compacted window (the user messages kept, then one compaction item, then
+the calls still waiting for their output, which the client answers in its next input) and stores nothing. With
+`conversation` (our extension) it compacts that conversation in place, as a turn does: the conversation is claimed
+while it runs (a turn or another compaction meanwhile gets 409), and the request's input and the compaction item
+are appended together; a failure stores the attempt as a failed response and leaves the conversation as it was.
+The full history always stays stored and listed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 from service.errors import InvalidRequest, ServiceError
 from service.ids import new_id
 from service.items import normalize_input
+from service.rendering import client_item
 from service.responses.outcome import apply_upstream_result
 from service.responses.requests import TurnRequest, continuation_of, model_of
 from service.responses.status import Status
@@ -66,7 +68,7 @@ async def compact_thread(
     turn = await turns.begin(tenant_id, request)
     history, turn.history = turn.history, ""
     try:
-        item, kept, usage = await windows.compact(
+        item, kept, pending, usage = await windows.compact(
             turns.upstream,
             tenant_id,
             request.model,
@@ -90,6 +92,10 @@ async def compact_thread(
         "id": turn.state.id,
         "object": "response.compaction",
         "created_at": int(created_at.timestamp()) if isinstance(created_at, datetime) else 0,
-        "output": [*(_kept_message(body) for body in kept), item],
+        "output": [
+            *(_kept_message(body) for body in kept),
+            item,
+            *(client_item(msgspec.json.decode(b)) for b in pending),
+        ],
         "usage": full_usage(usage),  # OpenAI's ResponseUsage: both detail objects, zeros when none came
     }

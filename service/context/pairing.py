@@ -123,6 +123,15 @@ def unpaired(kinds: Sequence[int], bodies: Sequence[str]) -> set[int]:
     return alone
 
 
+def pending_calls(kinds: Sequence[int], bodies: Sequence[str]) -> list[int]:
+    """The tool calls after the last user message that no output answers, with the reasoning items right before
+    them: what a compacted window must still hold for the client to answer them (the summary stands for the rest,
+    and a summary call is never given a call without its output)."""
+    last_user = max((index for index, kind in enumerate(kinds) if kind == USER_MESSAGE), default=-1)
+    alone = unpaired(kinds, bodies)
+    return sorted(i for i in alone if i > last_user and kinds[i] in (TOOL_CALL, REASONING))
+
+
 # The calls OpenAI refuses to see go unanswered: "No tool output found for function call …".
 _CHECKED_CALLS = frozenset({"function_call", "custom_tool_call"})
 

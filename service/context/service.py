@@ -230,9 +230,10 @@ class ContextWindows:
         thread: str | None,
         history: str,
         inputs: list[str],
-    ) -> tuple[dict[str, Any], list[str], dict[str, Any] | None]:
+    ) -> tuple[dict[str, Any], list[str], list[str], dict[str, Any] | None]:
         """POST /v1/responses/compact: a compaction item for this history and input, the user messages it
-        keeps, and the summary call's usage. Raises UpstreamError when the summary call fails."""
+        keeps, the calls still waiting for their output (to be answered after it), and the summary call's usage.
+        Raises UpstreamError when the summary call fails."""
         counted = self.ledger.counted(thread, history)
         sent, input_bodies, _ = await self._composed(tenant_id, counted, inputs)
         everything = CountedItems.of(
@@ -242,8 +243,10 @@ class ContextWindows:
         )
         summary, usage = await self._summarize(upstream, model, everything, session_id=thread)
         item = compaction.compaction_item(await self.sealer.seal(tenant_id, summary))
-        kept = [body for body, kind in zip(everything.bodies(), everything.kinds, strict=True) if kind == USER_MESSAGE]
-        return item, kept, usage
+        bodies = everything.bodies()
+        kept = [body for body, kind in zip(bodies, everything.kinds, strict=True) if kind == USER_MESSAGE]
+        pending = [bodies[index] for index in pairing.pending_calls(everything.kinds, bodies)]
+        return item, kept, pending, usage
 
     async def _composed(
         self, tenant_id: str, counted: CountedItems, inputs: list[str]
