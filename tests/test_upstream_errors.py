@@ -160,6 +160,8 @@ async def test_upstream_answer_that_is_not_json_becomes_502(alice: Tenant, fake_
     answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Q"})
     assert answer.status_code == 502
     assert answer.json()["error"]["type"] == "server_error"
+    # Tried once: a retry is the client's to make (upstream failures the service retried say not to).
+    assert "x-should-retry" not in answer.headers
 
 
 async def test_connection_failure_becomes_502(start_server: Any, make_tenant: Any, db: AsyncEngine) -> None:

@@ -44,10 +44,11 @@ class UpstreamError(ServiceError):
         headers: dict[str, str] | None = None
         if retry_after and status == 429:
             headers = {"Retry-After": str(max(1, round(retry_after)))}
-        elif status >= 500:
-            # The service has already tried OpenRouter as often as UPSTREAM_MAX_ATTEMPTS allows (and a timeout
-            # waited its whole bound): OpenAI's SDKs retry a 5xx twice more unless told not to, which multiplied
-            # the upstream calls and the wait for the same failure.
+        elif status >= 500 and kind in {"http", "connect", "timeout"}:
+            # The service has already tried OpenRouter as often as UPSTREAM_MAX_ATTEMPTS allows (a timeout waited
+            # its whole bound, and a refused key stays refused): OpenAI's SDKs retry a 5xx twice more unless told
+            # not to, which multiplied the upstream calls and the wait for the same failure. An answer that could
+            # not be read, tried once, stays the client's to retry.
             headers = {"x-should-retry": "false"}
         super().__init__(message, status_code=status, code=code, headers=headers, param=param)
         self.kind = kind
