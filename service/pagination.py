@@ -35,13 +35,22 @@ def parse_page(after: str | None, limit: str | None, order: str | None) -> PageR
     else:
         parsed = client_integer(limit)
         if parsed is None:
-            raise InvalidRequest(f"limit must be an integer between 1 and 100, got {limit[:40]!r}", param="limit")
+            raise InvalidRequest(
+                f"limit must be an integer between 1 and 100, got {limit[:40]!r}", param="limit", code="invalid_type"
+            )
         size = parsed
-        if not 1 <= size <= 100:
-            raise InvalidRequest(f"limit must be between 1 and 100, got {size}", param="limit")
+        # OpenAI's codes for a number out of its range.
+        if size < 1:
+            raise InvalidRequest(
+                f"limit must be between 1 and 100, got {size}", param="limit", code="integer_below_min_value"
+            )
+        if size > 100:
+            raise InvalidRequest(
+                f"limit must be between 1 and 100, got {size}", param="limit", code="integer_above_max_value"
+            )
     direction = (order or "desc").lower()
     if direction not in {"asc", "desc"}:
-        raise InvalidRequest(f"order must be 'asc' or 'desc', got {order!r}", param="order")
+        raise InvalidRequest(f"order must be 'asc' or 'desc', got {order!r}", param="order", code="invalid_value")
     return PageRequest(after=after or None, limit=size, order=direction)  # type: ignore[arg-type]
 
 

@@ -220,20 +220,22 @@ async def test_item_list_pagination_ascending_with_limit_and_after(alice: Tenant
 
 async def test_item_list_rejects_bad_pagination_parameters(alice: Tenant, make_tenant: Any) -> None:
     conv, _ = await _conversation_with(alice, 2)
-    for params, param in [
-        ({"limit": 0}, "limit"),
-        ({"limit": 101}, "limit"),
-        ({"limit": "ten"}, "limit"),
-        ({"limit": "\uff15"}, "limit"),  # a full-width 5: int() takes it
-        ({"limit": "1_0"}, "limit"),
-        ({"limit": "--5"}, "limit"),
-        ({"limit": "9" * 5000}, "limit"),  # beyond the digits int() takes at all
-        ({"order": "sideways"}, "order"),
-        ({"after": "msg_nope"}, "after"),
+    # OpenAI's codes where it has one.
+    for params, param, code in [
+        ({"limit": 0}, "limit", "integer_below_min_value"),
+        ({"limit": -3}, "limit", "integer_below_min_value"),
+        ({"limit": 101}, "limit", "integer_above_max_value"),
+        ({"limit": "ten"}, "limit", "invalid_type"),
+        ({"limit": "\uff15"}, "limit", "invalid_type"),  # a full-width 5: int() takes it
+        ({"limit": "1_0"}, "limit", "invalid_type"),
+        ({"limit": "--5"}, "limit", "invalid_type"),
+        ({"limit": "9" * 5000}, "limit", "invalid_type"),  # beyond the digits int() takes at all
+        ({"order": "sideways"}, "order", "invalid_value"),
+        ({"after": "msg_nope"}, "after", None),
     ]:
         answer = await alice.http.get(f"/v1/conversations/{conv}/items", params=params)
         assert answer.status_code == 400, params
-        assert answer.json()["error"]["param"] == param
+        assert (answer.json()["error"]["param"], answer.json()["error"]["code"]) == (param, code), params
     admin = (await make_tenant("ops", admin=True)).http
     for route in ("/admin/conversations", "/v1/responses/resp_x/input_items"):
         for limit in ("--5", "9" * 5000):
