@@ -322,3 +322,15 @@ async def test_the_sdk_does_not_retry_an_upstream_failure_the_service_already_re
     assert caught.value.status_code == 502
     assert caught.value.response.headers["x-should-retry"] == "false"
     assert len(fake_upstream.requests) == 3
+
+
+async def test_the_sdk_still_retries_an_upstream_failure_the_service_tried_once(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A gateway's 504 is not among the statuses the service retries: its 502 leaves the retry to the client."""
+    fake_upstream.reply_json({"error": {"code": 504, "message": "gateway timeout", "metadata": None}}, status=504)
+    fake_upstream.reply_json(text_response("Second time lucky.", msg_id="msg_lucky"))
+    client = alice.openai(max_retries=2)
+    answer = await client.responses.create(model=MODEL, input="hi")
+    assert answer.output_text == "Second time lucky."
+    assert len(fake_upstream.requests) == 2

@@ -44,11 +44,10 @@ class UpstreamError(ServiceError):
         headers: dict[str, str] | None = None
         if retry_after and status == 429:
             headers = {"Retry-After": str(max(1, round(retry_after)))}
-        elif status >= 500 and kind in {"http", "connect", "timeout"}:
+        elif status >= 500 and _retried_or_final(kind, upstream_status):
             # The service has already tried OpenRouter as often as UPSTREAM_MAX_ATTEMPTS allows (a timeout waited
             # its whole bound, and a refused key stays refused): OpenAI's SDKs retry a 5xx twice more unless told
-            # not to, which multiplied the upstream calls and the wait for the same failure. An answer that could
-            # not be read, tried once, stays the client's to retry.
+            # not to, which multiplied the upstream calls and the wait for the same failure.
             headers = {"x-should-retry": "false"}
         super().__init__(message, status_code=status, code=code, headers=headers, param=param)
         self.kind = kind
@@ -75,6 +74,15 @@ class UpstreamError(ServiceError):
         else:
             code = "server_error"
         return {"code": code, "message": self.message}
+
+
+def _retried_or_final(kind: str, upstream_status: int | None) -> bool:
+    """Whether the service's own tries are spent on this failure, or another try cannot help. What it tried once
+    (an upstream 5xx it does not retry, such as a gateway's 504; an answer it could not read) stays the client's
+    to retry."""
+    if kind in {"connect", "timeout"}:
+        return True
+    return kind == "http" and (upstream_status in RETRYABLE_STATUSES or upstream_status == 401)
 
 
 def _client_status_and_code(kind: str, status: int | None, upstream_code: Any) -> tuple[int, str]:
