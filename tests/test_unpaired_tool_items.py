@@ -2,8 +2,8 @@
 - a stored tool output whose call is not in the conversation (its call deleted through the items API, or the
   output added alone there) stays stored and listed but is never sent, so that the conversation goes on (OpenAI
   answers "No tool call found for function call output" for it);
-- a turn that leaves the thread's latest function calls unanswered is refused as OpenAI refuses it ("No tool
-  output found for function call …"), before anything is sent.
+- a turn that leaves the thread's latest function calls, or its own input's, unanswered is refused as OpenAI
+  refuses it ("No tool output found for function call …"), before anything is sent.
 Both with a model whose window the catalog gives (the history counted) and one it does not (the history otherwise
 sent as read)."""
 
@@ -18,6 +18,7 @@ from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter, response_w
 from tests.test_truncated_tool_calls import CALL, OUTPUT, TOOLS
 from tests.turn_support import MODEL, list_all, new_conversation, user
 
+QUESTION = {"role": "user", "content": "look it up"}
 # A model the fake's catalog gives a window for, and one it does not.
 MODELS = (SMALL_WINDOW_MODEL, MODEL)
 
@@ -140,3 +141,33 @@ async def test_a_call_left_unanswered_before_a_later_user_message_is_still_sent(
     assert added.status_code == 200, added.text
     await send(alice, conversation_id, SMALL_WINDOW_MODEL, "go on")
     assert sent_types(fake_upstream) == ["function_call", "message", "message"]
+
+
+async def test_a_call_in_the_turns_own_input_must_be_answered_there(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Accepted, such a call was stored, and every later turn of the thread refused for it."""
+    conversation_id = await new_conversation(alice.http)
+    for model in MODELS:
+        body = {"model": model, "input": [QUESTION, CALL], "conversation": conversation_id, "tools": TOOLS}
+        refused = await alice.http.post("/v1/responses", json=body)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["message"] == "No tool output found for function call call_1."
+    assert fake_upstream.requests == []
+    await send(alice, conversation_id, MODEL, [QUESTION, CALL, OUTPUT])
+    assert sent_types(fake_upstream) == ["message", "function_call", "function_call_output"]
+    await send(alice, conversation_id, MODEL, "next")
+    assert sent_types(fake_upstream)[-2:] == ["message", "message"]
+
+
+async def test_a_call_cut_off_before_its_end_need_not_be_answered(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    """An answer cut at max_output_tokens in the middle of a call's arguments: there is nothing to run, and the
+    client retries with a user message."""
+    conversation_id = await new_conversation(alice.http)
+    cut = {**CALL, "arguments": '{"q', "status": "incomplete"}
+    fake_upstream.reply_json(
+        response_with_output([cut], status="incomplete", incomplete_details={"reason": "max_output_tokens"})
+    )
+    await send(alice, conversation_id, SMALL_WINDOW_MODEL, "look it up")
+    await send(alice, conversation_id, SMALL_WINDOW_MODEL, "try again with more room")
+    assert sent_types(fake_upstream) == ["message", "function_call", "message"]

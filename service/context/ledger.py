@@ -22,7 +22,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -72,23 +72,29 @@ class _Paired(msgspec.Struct):
     call_id: Any = None
     id: Any = None
     approval_request_id: Any = None
+    status: Any = None
 
 
 _PAIRED = msgspec.json.Decoder(_Paired)
 _KEY_FIELDS = {**CALL_KEY_FIELDS, **OUTPUT_KEY_FIELDS}
 
 
-def call_of(body: str | bytes) -> tuple[Any, str | None]:
-    """The item's type, and the id pairing a call with its output (the same value on both; None for others)."""
+class Paired(NamedTuple):
+    type: Any
+    key: str | None  # the id pairing a call with its output (the same value on both; None for other items)
+    status: Any
+
+
+def call_of(body: str | bytes) -> Paired:
     item = _PAIRED.decode(body)
     field_name = _KEY_FIELDS.get(item.type) if isinstance(item.type, str) else None
     value = getattr(item, field_name) if field_name is not None else None
-    return item.type, value if isinstance(value, str) else None
+    return Paired(item.type, value if isinstance(value, str) else None, item.status)
 
 
 def call_id_of(body: str | bytes) -> str | None:
     """The id pairing a call with its output (the same value on both), None for other items."""
-    return call_of(body)[1]
+    return call_of(body).key
 
 
 def _kind(type_: Any, role: Any) -> int:

@@ -24,6 +24,7 @@ import msgspec
 
 from service.context.ledger import (
     CALL_KEY_FIELDS,
+    OUTPUT_KEY_FIELDS,
     REASONING,
     TOOL_CALL,
     TOOL_OUTPUT,
@@ -136,25 +137,29 @@ def pending_calls(kinds: Sequence[int], bodies: Sequence[str]) -> list[int]:
 _CHECKED_CALLS = frozenset({"function_call", "custom_tool_call"})
 
 
-def unanswered_call(counted: CountedItems, start: int, answered: Sequence[str]) -> str | None:
-    """The call id of the first function or custom tool call sent (from item `start` on) after the history's
-    last user message that neither a later history item nor the new input (`answered`) answers; None when there
-    is none. Only the calls since the last user message: a call left unanswered before it was stored when nothing
+def unanswered_call(counted: CountedItems, start: int, inputs: Sequence[tuple[str, str]]) -> str | None:
+    """The call id of the first function or custom tool call sent after the history's last user message (from
+    item `start` on), or in the new input (`inputs`: each item's type and stored JSON), that no output after it
+    answers; None when there is none. A call cut off before its end (status `incomplete`) is none to answer. Only
+    the history's calls since its last user message: a call left unanswered before it was stored when nothing
     checked this, and went upstream then, so refusing it now would stop a thread that worked."""
-    first = max(counted.kinds.rfind(bytes([USER_MESSAGE])) + 1, start)
-    if counted.kinds.find(bytes([TOOL_CALL]), first) < 0:
-        return None
     waiting: dict[str | None, None] = {}
-    for index, body in counted.texts_from(first):
-        kind = counted.kinds[index]
-        if kind == TOOL_CALL:
-            call_type, call_id = call_of(body)
-            if call_type in _CHECKED_CALLS:
-                waiting[call_id] = None
-        elif kind == TOOL_OUTPUT:
-            waiting.pop(call_id_of(body), None)
-    for call_id in answered:
-        waiting.pop(call_id, None)
+
+    def read(body: str) -> None:
+        call = call_of(body)
+        if call.type in _CHECKED_CALLS and call.status != "incomplete":
+            waiting[call.key] = None
+        elif call.type in OUTPUT_KEY_FIELDS:
+            waiting.pop(call.key, None)
+
+    first = max(counted.kinds.rfind(bytes([USER_MESSAGE])) + 1, start)
+    if counted.kinds.find(bytes([TOOL_CALL]), first) >= 0:
+        for index, body in counted.texts_from(first):
+            if counted.kinds[index] in (TOOL_CALL, TOOL_OUTPUT):
+                read(body)
+    for kind, body in inputs:
+        if kind in _CHECKED_CALLS or kind in OUTPUT_KEY_FIELDS:
+            read(body)
     return next((call_id for call_id in waiting if call_id is not None), None)
 
 

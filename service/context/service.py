@@ -24,6 +24,7 @@ from service.context import compaction, fitting, pairing, tokens
 from service.context.catalog import ModelCatalog, ModelWindow
 from service.context.learned import LearnedBudgets
 from service.context.ledger import (
+    CALL_KEY_FIELDS,
     COMPACTION,
     TOOL_OUTPUT_TYPES,
     USER_MESSAGE,
@@ -93,19 +94,19 @@ def _holds_compaction(inputs: Sequence[NewItem], history: str) -> bool:
     return any(item.type == "compaction" for item in inputs) or '"compaction"' in history
 
 
-def _holds_tool_item(history: str) -> bool:
-    """Whether the history may hold a tool call, which the next turn must answer, or a tool output, sent only
-    after its call (CountedItems.lone_outputs): every such type's name but MCP approvals' holds this. One search,
-    as each costs a pass over the history's text; an approval response whose request was deleted is sent as it
-    is when nothing else counts the history."""
-    return "_call" in history
+def _holds_tool_item(history: str, inputs: Sequence[NewItem]) -> bool:
+    """Whether the input holds a tool call, which it must answer, or the history may hold one, or a tool output,
+    sent only after its call (CountedItems.lone_outputs): every such type's name but MCP approvals' holds this.
+    One search, as each costs a pass over the history's text; an approval response whose request was deleted is
+    sent as it is when nothing else counts the history."""
+    return any(item.type in CALL_KEY_FIELDS for item in inputs) or "_call" in history
 
 
-def _refuse_unanswered_calls(plan: _Plan) -> None:
-    """OpenAI's answer to a turn that leaves its thread's latest function calls unanswered; OpenRouter's providers
-    mostly refuse such an input too, after the call."""
+def _refuse_unanswered_calls(plan: _Plan, inputs: Sequence[NewItem]) -> None:
+    """OpenAI's answer to a turn that leaves its thread's latest function calls, or its input's, unanswered;
+    OpenRouter's providers mostly refuse such an input too, after the call."""
     assert plan.sent is not None and plan.fit is not None
-    call_id = pairing.unanswered_call(plan.sent, plan.fit.start, plan.answered)
+    call_id = pairing.unanswered_call(plan.sent, plan.fit.start, [(item.type, item.body) for item in inputs])
     if call_id is not None:
         raise refused_before_upstream(f"No tool output found for function call {call_id}.", code=None, param="input")
 
@@ -278,7 +279,11 @@ class ContextWindows:
         # a tool output is sent only after its call, and a call must be answered. The history's stored JSON is
         # searched as text, only when nothing else needs it counted (a match inside a string only costs the
         # counting).
-        if counts_needed or _holds_compaction(request.input_items, history) or _holds_tool_item(history):
+        if (
+            counts_needed
+            or _holds_compaction(request.input_items, history)
+            or _holds_tool_item(history, request.input_items)
+        ):
             plan.counted = self.ledger.counted(key, history, stored)
         root = plan.counted.root if plan.counted else None
         params.setdefault(
@@ -313,7 +318,7 @@ class ContextWindows:
         else:
             plan.budget = budget
             self._fit(plan, request.model)
-        _refuse_unanswered_calls(plan)
+        _refuse_unanswered_calls(plan, request.input_items)
         return plan
 
     def _budget(self, model: str, window: ModelWindow | None, params: dict[str, Any], *, truncate: bool) -> int | None:
