@@ -23,6 +23,7 @@ from tests.reliability_support import (
     eventually,
     scalar,
 )
+from tests.test_observability import scrape, value
 from tests.turn_support import MODEL, assistant, new_conversation, rows, user
 
 RUNNING = ("queued", "in_progress")
@@ -160,10 +161,12 @@ async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
     alice: Tenant,
     fake_upstream: FakeOpenRouter,
     db: AsyncEngine,
+    server: LiveServer,
     service_processes: Callable[..., ServiceProcess],
     background: bool,
 ) -> None:
     doomed = service_processes(TURN_LOCK_TTL="3", UPSTREAM_TOTAL_TIMEOUT="2.5")
+    failed_before = value(await scrape(server), "convstore_turns_total", outcome="failed")
     conversation = await _turn_orphaned_by_a_killed_process(alice, fake_upstream, doomed, background=background)
     orphans = await rows(db, "SELECT id, status FROM response")
     assert [o["status"] in RUNNING for o in orphans] == ([True] if background else [])
@@ -196,6 +199,17 @@ async def test_process_killed_mid_turn_claim_expires_and_next_turn_takes_over(
         assert others == []
     completed = await assert_whole_turns(db, conversation)
     assert [r["id"] for r in completed] == [after.json()["id"]]
+    # The orphan's failure is counted once (by the takeover, or by the sweep that freed the claim first): in its
+    # conversation's responses when it stored one, and in the failed turns whether or not it did.
+    count = await scalar(db, "SELECT response_count FROM conversation WHERE id = :c", c=conversation)
+    assert count == (2 if background else 1)
+
+    async def counted_once() -> bool:
+        return value(await scrape(server), "convstore_turns_total", outcome="failed") == failed_before + 1
+
+    await eventually(counted_once, timeout=5)
+    await asyncio.sleep(1.5)  # a second count would come within a sweep's interval
+    assert await counted_once()
 
 
 @pytest.mark.parametrize("background", [False, True], ids=["plain", "background"])

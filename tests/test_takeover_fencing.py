@@ -28,6 +28,7 @@ from tests.conftest import LiveServer
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
 from tests.reliability_support import ServiceProcess, assert_whole_turns, client_for, eventually, execute, scalar
 from tests.stream_support import conversation_state, parse_sse, read_events, wait_until_ended
+from tests.test_observability import scrape, value
 from tests.turn_support import MODEL, new_conversation, rows
 
 HEARTBEAT_TIMEOUT = 2.0
@@ -67,6 +68,20 @@ async def _a_stopped_process(db: AsyncEngine) -> None:
         "INSERT INTO service_process (id, host, pid, heartbeat_at, heartbeat_timeout, stopped_at)"
         " VALUES ('proc_gone', 'elsewhere', 1, now(), 1, now())",
     )
+
+
+ADMIN_KEY = "admin-test-secret"
+
+
+async def _turns_counted(a: ServiceProcess, b: LiveServer) -> dict[str, float]:
+    """convstore_turns_total by outcome, A's and B's together."""
+    async with httpx.AsyncClient(base_url=a.url) as client:
+        on_a = (await client.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})).text
+    on_b = await scrape(b)
+    return {
+        outcome: sum(value(exposition, "convstore_turns_total", outcome=outcome) for exposition in (on_a, on_b))
+        for outcome in ("completed", "failed")
+    }
 
 
 async def _cut_sessions(db: AsyncEngine, process: ServiceProcess) -> None:
@@ -167,9 +182,10 @@ async def test_a_late_finish_of_a_process_taken_for_dead_keeps_the_failure_and_w
 ) -> None:
     """A is frozen and its database sessions cut: B takes it for dead and fails its two background turns (one in a
     conversation, one starting a chain). Thawed, A's runs finish with full answers, which must not land."""
-    a = process_a(PROCESS_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT))
-    start_server(process_heartbeat_timeout=0.5)
+    a = process_a(PROCESS_HEARTBEAT_TIMEOUT=str(HEARTBEAT_TIMEOUT), ADMIN_API_KEY=ADMIN_KEY)
+    b = start_server(process_heartbeat_timeout=0.5)
     key = await keys.create_key(db, tenant="fenced")
+    counted_before = await _turns_counted(a, b)
     for words in ("in a conversation", "in a chain"):
         fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(words, chunks=3), delay=1.5))
     async with client_for(a.url, key.secret) as on_a:
@@ -215,6 +231,12 @@ async def test_a_late_finish_of_a_process_taken_for_dead_keeps_the_failure_and_w
     state = await conversation_state(db, conv)
     assert state["items"] == [] and state["turn_response_id"] is None
     assert await scalar(db, "SELECT response_count FROM conversation WHERE id = :c", c=conv) == 1
+    # Each turn is counted once, as failed, by B that failed it; A's late finish counts neither.
+    counted = await _turns_counted(a, b)
+    assert {outcome: counted[outcome] - counted_before[outcome] for outcome in counted} == {
+        "completed": 0,
+        "failed": 2,
+    }
 
 
 async def test_a_key_held_by_a_killed_process_is_free_for_a_retry_within_the_heartbeat_bound(

@@ -67,10 +67,17 @@ def turns_failed_for_their_process(count: int) -> None:
         metrics.TURNS.labels("failed").inc(count)
 
 
+def turn_ended(status: str) -> None:
+    """A turn's outcome, counted once it is stored as this process ran it (or at once, for store=false): one
+    taken over meanwhile is counted by the turn or process that took it over."""
+    metrics.TURNS.labels(status).inc()
+
+
 def turn_finished(turn: Turn) -> None:
+    """What a turn used and how it went (tokens, cost, its log line and span), whether or not its outcome is then
+    stored as it ran: the upstream charged for it either way."""
     state = turn.state
     record = current()
-    metrics.TURNS.labels(state.status).inc()
     usage = state.usage if isinstance(state.usage, dict) else {}
     input_tokens, output_tokens = _whole(usage.get("input_tokens")), _whole(usage.get("output_tokens"))
     model = state.upstream_model or state.model

@@ -78,5 +78,6 @@ async def reap_stale_turns(engine: AsyncEngine, ttl_seconds: float) -> list[str]
         await repository.drop_expired_running_children(conn)
     if failed:
         logger.warning("marked %d interrupted response(s) as failed", len(failed))
-        observe_turns.turns_failed_for_their_process(len(failed))
+    # The turns whose claim expired ended too, a plain one's stored response with none.
+    observe_turns.turns_failed_for_their_process(len(set(failed) | set(holders)))
     return failed

@@ -366,6 +366,7 @@ class TurnContext:
                     "conversation %s: took over the expired claim of %s", conversation_id, claim.previous_holder
                 )
                 await turn_store.fail_running_response(db, claim.previous_holder, INTERRUPTED_ERROR)
+                observe_turns.turns_failed_for_their_process(1)  # its late finish, if it comes, writes nothing
         if claim is None:
             async with self.engine.connect() as conn:
                 if await conversations.get_conversation(conn, tenant_id, conversation_id) is None:
@@ -421,6 +422,7 @@ class TurnContext:
         observe_turns.turn_finished(turn)
         completed_at = state.completed_at = turn.completion_time()  # shown for store=false turns too
         if not turn.request.store:
+            observe_turns.turn_ended(state.status)
             return
 
         async def store(attempt: int) -> None:
@@ -428,9 +430,12 @@ class TurnContext:
                 # An attempt can commit and lose only its reply (the connection drops in between). Storing again
                 # would find the claim released and write the turn as failed over its own answer, or insert its
                 # output items twice: a retry first looks for its own completed_at, which no other writer uses.
-                if not (attempt > 1 and await turn_store.finished_at(db, state.id, completed_at)):
-                    await _store_outcome(db, turn, outputs, upstream_id, events)
+                ours = attempt > 1 and await turn_store.finished_at(db, state.id, completed_at)
+                if not ours:
+                    ours = await _store_outcome(db, turn, outputs, upstream_id, events)
             running_turns.discard(self.engine, state.id)
+            if ours:  # else the turn that took it over counted it
+                observe_turns.turn_ended(state.status)
 
         try:
             stored = await self._stores_later.now_or_later(
@@ -469,7 +474,8 @@ class TurnContext:
         state.output = []
         try:
             async with driver_connection(self.engine, finishing=True) as db:
-                await _store_outcome(db, turn, [], None, None)
+                if await _store_outcome(db, turn, [], None, None):
+                    observe_turns.turn_ended(state.status)
         except Exception:
             logger.exception("could not store turn %s as failed either; releasing its claim only", state.id)
         else:
@@ -533,10 +539,11 @@ class TurnContext:
 
 async def _store_outcome(
     db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str | None, events: RelayedEvents | None
-) -> None:
+) -> bool:
     """An output item whose id the turn's own inputs, or items the tenant stored before, hold already (an
     upstream that reuses ids) is stored under an id of ours: so it is in `outputs` (in place: the caller keeps
-    what was stored, even when only the reply to the statement was lost)."""
+    what was stored, even when only the reply to the statement was lost). False when another turn or process had
+    taken the turn over (_write_outcome)."""
     own_input_ids = {item.id for item in turn.counted_inputs()}
     if any(item.id in own_input_ids for item in outputs):
         _give_fresh_ids(turn, outputs, own_input_ids)
@@ -545,7 +552,7 @@ async def _store_outcome(
             return await _write_outcome(db, turn, outputs, upstream_id, events)
         except turn_store.OutputIdsHeld as held:
             _give_fresh_ids(turn, outputs, held.ids)
-    await _write_outcome(db, turn, outputs, upstream_id, events)
+    return await _write_outcome(db, turn, outputs, upstream_id, events)
 
 
 def _give_fresh_ids(turn: Turn, outputs: list[NewItem], taken: Collection[str]) -> None:
@@ -560,7 +567,9 @@ def _give_fresh_ids(turn: Turn, outputs: list[NewItem], taken: Collection[str]) 
 
 async def _write_outcome(
     db: Any, turn: Turn, outputs: list[NewItem], upstream_id: str | None, events: RelayedEvents | None
-) -> None:
+) -> bool:
+    """Store the outcome; False when the turn had been taken over meanwhile (its claim taken by another turn, or
+    its process taken for dead): what the taker stored stands, and the taker counted the turn as failed."""
     state = turn.state
     completed_at = state.completed_at
     assert completed_at is not None  # set by finish
@@ -601,14 +610,19 @@ async def _write_outcome(
             last_model=state.upstream_model or state.model,
         )
         if await turn_store.finish_in_conversation(db, outcome(), appended, outputs, event_log(), unseen=unseen):
-            return
+            return True
         # Our claim expired and another turn took the conversation: appending now would interleave.
         state.status = Status.FAILED.value
         state.error = dict(_LOST_CLAIM_ERROR)
+        if not await turn_store.finish(db, outcome(), outputs, event_log(), unseen=unseen, input_counts=input_counts):
+            state.error = dict(_TAKEN_OVER_ERROR)
+        return False
     if not await turn_store.finish(db, outcome(), outputs, event_log(), unseen=unseen, input_counts=input_counts):
         # Taken over while it ran (its process taken for dead, its claim expired): the failure stored then stands.
         state.status = Status.FAILED.value
         state.error = dict(_TAKEN_OVER_ERROR)
+        return False
+    return True
 
 
 # -- what a begin reads and builds --------------------------------------------------------------------------

@@ -632,10 +632,20 @@ _FOLD_PENDING_TURNS = Statement(chain_totals.fold_pending("$chain_id"))
 
 _FINISHED_AT = Statement("SELECT completed_at = $completed_at FROM response WHERE id = $response_id")
 
+# A takeover's: the previous holder's response, if its begin stored it, fails and is counted in its conversation
+# (whose row the taking turn holds), as a turn failing on its own is.
 _FAIL_RUNNING = Statement(
     """
-    UPDATE response SET status = 'failed', error = $error::jsonb, completed_at = now()
-    WHERE id = $response_id AND status = ANY($running::text[])
+    WITH failed AS (
+        UPDATE response SET status = 'failed', error = $error::jsonb, completed_at = now()
+        WHERE id = $response_id AND status = ANY($running::text[])
+        RETURNING conversation_id
+    ),
+    counted AS (
+        UPDATE conversation c SET response_count = c.response_count + 1
+        FROM failed WHERE c.id = failed.conversation_id
+    )
+    SELECT FROM failed
     """
 )
 
