@@ -785,3 +785,24 @@ def test_previous_compaction_keys_are_read_and_checked() -> None:
     # Taken as a passphrase, it would be read as a database's key once moved to COMPACTION_KEYS_PREVIOUS.
     with pytest.raises(ConfigError, match="COMPACTION_KEY must not start with db:"):
         Settings.from_env({"COMPACTION_KEY": database_key})
+
+
+@pytest.mark.parametrize("management", [{"type": "compaction"}, {"type": "compaction", "compact_threshold": 5000}])
+async def test_a_turn_that_would_not_fit_compacts_whatever_its_threshold(
+    alice: Tenant, fake_upstream: FakeOpenRouter, management: dict[str, Any]
+) -> None:
+    """The small model's window is 1,000 tokens (the fake refuses more); with max_output_tokens 300 its input may
+    take 700. The default threshold was 80% of the window (800), and a client's may be anything: past the input's
+    limit, a thread was refused on every turn (context_length_exceeded) and never compacted."""
+    conversation = await new_conversation(alice.http)
+    body = {"model": SMALL_WINDOW_MODEL, "conversation": conversation, "max_output_tokens": 300}
+    outputs = []
+    for number in range(10):
+        # Long answers (a compaction's summary call takes one of them: its summary is as long).
+        fake_upstream.reply_json(text_response(f"answer {number} " + "word " * 120, msg_id=f"msg_fit_{number}"))
+        answer = await alice.http.post(
+            "/v1/responses", json={**body, "input": f"question {number}", "context_management": [management]}
+        )
+        assert answer.status_code == 200, (number, answer.text)
+        outputs.append([item["type"] for item in answer.json()["output"]])
+    assert ["compaction", "message"] in outputs, outputs

@@ -50,7 +50,8 @@ def truncation_mode(params: dict[str, Any]) -> str:
 
 
 MIN_COMPACT_THRESHOLD = 1000
-# Without a compact_threshold, compaction starts when the input would take this share of the model's window.
+# Without a compact_threshold, compaction starts when the input would take this share of what it may take (the
+# model's window less the room for the answer).
 _DEFAULT_COMPACT_SHARE = 0.8
 
 
@@ -71,7 +72,9 @@ def compaction_threshold(params: dict[str, Any], window: ModelWindow | None = No
             )
         value = entry.get("compact_threshold")
         if value is None:
-            threshold = int(window.context_length * _DEFAULT_COMPACT_SHARE) if window is not None else threshold
+            # A share of what the input may take, not of the window: with a large answer reserve (a model whose
+            # completion limit is a quarter of its window) a share of the window lay past the input's limit.
+            threshold = int(input_budget(window, params) * _DEFAULT_COMPACT_SHARE) if window is not None else threshold
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < MIN_COMPACT_THRESHOLD:
             raise InvalidRequest(

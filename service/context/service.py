@@ -300,16 +300,16 @@ class ContextWindows:
         if any(item.type in TOOL_OUTPUT_TYPES for item in request.input_items):
             plan.answered = pairing.answered_call_ids(item.body for item in request.input_items)
         overhead = tokens.request_tokens(params)
-        past_threshold = (
-            threshold is not None
-            and plan.sent.total + plan.input_tokens + overhead > threshold
-            and _worth_compacting_again(plan.sent)
-        )
-        if (past_threshold or request.compact_first) and len(plan.sent):
-            await self._compact_first(upstream, turn, plan)
         if window is not None:
             fitting.check_answer_room(request.model, window, request.params)
         budget = self._budget(request.model, window, request.params, truncate=plan.truncate)
+        total = plan.sent.total + plan.input_tokens + overhead
+        # With context_management on, a turn that would not fit compacts whatever its threshold says: a threshold
+        # past the input's limit (one the client set, or none known) left such a thread refused on every turn.
+        compacting = "context_management" in request.params
+        due = (threshold is not None and total > threshold) or (compacting and budget is not None and total > budget)
+        if ((due and _worth_compacting_again(plan.sent)) or request.compact_first) and len(plan.sent):
+            await self._compact_first(upstream, turn, plan)
         if budget is None:
             # Sent whole; with truncation "auto", OpenRouter's overflow error and the limit it states are the
             # window (_refit, and the budget learned from it), so a model the catalog does not know still gets
