@@ -631,8 +631,13 @@ async def test_a_turn_answering_a_call_that_crosses_the_threshold_keeps_the_call
     assert answered.status_code == 200, answered.text
     assert [item["type"] for item in answered.json()["output"]] == ["compaction", "message"]
     summary_call, turn_call = fake_upstream.requests[-2].body, fake_upstream.requests[-1].body
-    # The summary covers the call and the output answering it (the compaction item is stored after both).
-    assert _tool_kinds(summary_call["input"]) == ["function_call", "function_call_output"]
+    # The summary covers the call and the output answering it (the compaction item is stored after both), as
+    # text: the summary call defines no tools, and a provider may refuse tool calls in a request without them.
+    assert _tool_kinds(summary_call["input"]) == []
+    read = [part["text"] for item in summary_call["input"] for part in item.get("content", []) if "text" in part]
+    fields = json.dumps({"name": "get_weather", "arguments": CALL["arguments"]}, separators=(",", ":"))
+    assert f"[function_call call_weather] {fields}" in read
+    assert "[function_call_output call_weather] 18C, clear" in read
     assert turn_call["input"] == [user(f"weather? {long}"), rendered("S-answered"), CALL, CALL_OUTPUT]
     # Later turns: the pair is behind the compaction item, which stands for it.
     fake_upstream.reply_json(text_response("Bye.", msg_id="msg_bye"))

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from service.context import pairing
-from service.context.ledger import COMPACTION, USER_MESSAGE, kind_of
+from service.context.ledger import COMPACTION, TOOL_CALL, TOOL_OUTPUT, USER_MESSAGE, kind_of
 from service.context.sealing import InvalidSeal, Sealer, Summary
 from service.errors import InvalidRequest
 from service.ids import new_id
@@ -123,6 +123,42 @@ async def check_items(sealer: Sealer, tenant_id: str, items: Any, *, param: str)
                 param=f"{param}[{index}].encrypted_content",
                 code="invalid_encrypted_content",
             ) from None
+
+
+# What a tool item holds besides the fields that name it, as the summary call reads it.
+_NAMING_FIELDS = frozenset({"type", "id", "status", "call_id", "approval_request_id"})
+
+
+def _text_of(output: Any) -> str:
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):
+        return " ".join(
+            part.get("text", "") if isinstance(part, dict) and isinstance(part.get("text"), str) else "[attachment]"
+            for part in output
+        )
+    return msgspec.json.encode(output).decode()
+
+
+def as_summary_text(body: str, kind: int) -> str:
+    """A tool call or output as the summary call reads it: a message saying what was called and what came back.
+    A summary call defines no tools, and a provider may refuse tool calls in a request that defines none
+    (Anthropic's API does); the summarizing model needs only to read them. Other items are as stored."""
+    if kind not in (TOOL_CALL, TOOL_OUTPUT):
+        return body
+    item = msgspec.json.decode(body)
+    if not isinstance(item, dict):
+        return body
+    key = item.get("call_id") or item.get("approval_request_id") or item.get("id") or ""
+    if kind == TOOL_CALL:
+        fields = {k: v for k, v in item.items() if k not in _NAMING_FIELDS}
+        text = f"[{item.get('type')} {key}] {msgspec.json.encode(fields).decode()}"
+        message = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
+    else:
+        answer = item["output"] if "output" in item else {k: v for k, v in item.items() if k not in _NAMING_FIELDS}
+        text = f"[{item.get('type')} {key}] {_text_of(answer)}"
+        message = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    return msgspec.json.encode(message).decode()
 
 
 async def summarize(

@@ -372,16 +372,17 @@ class ContextWindows:
     async def _summarize(
         self, upstream: OpenRouterClient, model: str, items: CountedItems, *, session_id: Any
     ) -> tuple[Summary, dict[str, Any] | None]:
-        """The summary call, its input cut (oldest first) to the summarizing model's window when known, and
-        without the tool calls or outputs that lack their other half (providers refuse them; a pending call is
-        sent as it is after the summary, service/context/compaction.py)."""
+        """The summary call, its input cut (oldest first) to the summarizing model's window when known, without
+        the tool calls or outputs that lack their other half (a pending call is sent as it is after the summary,
+        service/context/compaction.py), and the others as text (compaction.as_summary_text)."""
         bodies = items.bodies()
         alone = pairing.unpaired(items.kinds, bodies)
-        if alone:
-            keep = [i for i in range(len(items)) if i not in alone]
-            items = CountedItems.of(
-                [bodies[i] for i in keep], [items.kinds[i] for i in keep], [items.counts[i] for i in keep]
-            )
+        keep = [i for i in range(len(items)) if i not in alone]
+        items = CountedItems.of(
+            [compaction.as_summary_text(bodies[i], items.kinds[i]) for i in keep],
+            [items.kinds[i] for i in keep],
+            [items.counts[i] for i in keep],
+        )
         history = items.text
         window = await self.catalog.window(model)
         if window is not None:
