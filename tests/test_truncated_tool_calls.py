@@ -200,3 +200,36 @@ async def test_every_kind_of_answer_to_a_cut_call_is_sent_with_its_call(
         answer,
         user(words(300, "next")),
     ]
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_a_long_agent_loop_keeps_its_task_and_the_latest_rounds_that_fit(
+    alice: Tenant, fake_upstream: FakeOpenRouter, style: str
+) -> None:
+    """Rounds of calls and outputs with no user message between them. Cut only at user messages, such a loop once
+    past the window sent nothing but the call the new input answers: the task and every earlier result went. The
+    cut may fall at the start of a round, with the task sent before it."""
+    thread = await new_thread(alice, style)
+
+    def round_of(number: int) -> list[dict[str, Any]]:
+        reasoning = {**REASONING, "id": f"rs_loop_{number}"}
+        return [reasoning, {**CALL, "id": f"fc_loop_{number}", "call_id": f"call_loop_{number}"}]
+
+    fake_upstream.reply_json(response_with_output(round_of(0)))
+    await send(alice, thread, "start the job")
+    for number in range(1, 16):
+        fake_upstream.reply_json(response_with_output(round_of(number)))
+        output = {**OUTPUT, "call_id": f"call_loop_{number - 1}", "output": words(40, f"result {number - 1}")}
+        await send(alice, thread, [output])
+    sent = fake_upstream.requests[-1].body["input"]
+    assert sent[0] == user("start the job")
+    results = [item["output"].split()[1] for item in sent if item.get("type") == "function_call_output"]
+    assert len(results) > 2 and results == [str(n) for n in range(15 - len(results), 15)], results
+    # Every output goes after its call; the rounds kept are whole.
+    called: set[str] = set()
+    for item in sent[1:]:
+        if item.get("type") == "function_call":
+            called.add(item["call_id"])
+        elif item.get("type") == "function_call_output":
+            assert item["call_id"] in called
+    assert sent[1]["type"] == "reasoning"

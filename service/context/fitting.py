@@ -2,7 +2,8 @@
 
 `truncation: "auto"` (OpenAI's rule): drop items from the beginning of the history until the input fits,
 so that what is kept starts with a user message (a turn boundary, so a function call is never split from its
-output, nor a reasoning item from what it belongs to). The new input is never dropped. `"disabled"` (the
+output, nor a reasoning item from what it belongs to), or, in an agent's loop of tool calls, with the start of a
+round of calls, the latest user message sent before it. The new input is never dropped. `"disabled"` (the
 default): a turn known not to fit is refused. Either way, a new input that alone cannot fit is refused:
 400 `context_length_exceeded`, param `input`. Nothing stored is ever deleted: this only chooses what is sent.
 """
@@ -16,11 +17,13 @@ from typing import Any
 
 from service.context import pairing
 from service.context.catalog import ModelWindow
-from service.context.ledger import COMPACTION, USER_MESSAGE, CountedItems
+from service.context.ledger import COMPACTION, REASONING, TOOL_CALL, USER_MESSAGE, CountedItems
 from service.errors import InvalidRequest
 from service.upstream.errors import UpstreamError, context_length_exceeded, refused_before_upstream
 
 TRUNCATION_MODES = ("auto", "disabled")
+# Where a model's round of tool calls starts (its reasoning, then its calls).
+_ROUND_STARTS = (REASONING, TOOL_CALL)
 # A model's own completion limit is often as large as its window; reserving all of it would leave no room for
 # input, so at most this share of the window is kept for the answer when max_output_tokens is not given.
 _COMPLETION_RESERVE_SHARE = 4
@@ -191,18 +194,31 @@ def whole(counted: CountedItems, input_tokens: int, overhead_tokens: int) -> Fit
 
 def _cut(counted: CountedItems, pins: list[int], room: int, input_tokens: int, overhead_tokens: int) -> Fit | None:
     """The first turn boundary from which the history, with `pins` sent before it, fits `room`; else only the
-    pins; None when not even they fit."""
+    pins; None when not even they fit. A boundary is a user message (or a compaction item), or the start of a
+    model's round of tool calls: an agent's loop has no user message for many rounds, and cut only at user
+    messages, all of it but the calls the new input answers went at once. Cut at a round, the latest user
+    message before it is sent too (pinned), so that what is sent still starts with what the user asked."""
+    kinds, counts = counted.kinds, counted.counts
     dropped = pinned_cost = passed = 0
+    asked = -1  # the latest user message before `index`
     for index in range(len(counted)):
         while passed < len(pins) and pins[passed] < index:
-            pinned_cost += counted.counts[pins[passed]]
+            pinned_cost += counts[pins[passed]]
             passed += 1
         kept = counted.total - dropped + pinned_cost
-        if kept <= room and counted.kinds[index] in (USER_MESSAGE, COMPACTION):
+        kind = kinds[index]
+        if kept <= room and kind in (USER_MESSAGE, COMPACTION):
             return Fit(index, kept, input_tokens, overhead_tokens, tuple(pins[:passed]))
-        dropped += counted.counts[index]
+        if kind in _ROUND_STARTS and index > 0 and kinds[index - 1] not in _ROUND_STARTS and asked >= 0:
+            with_question = kept + (counts[asked] if asked not in pins[:passed] else 0)
+            if with_question <= room:
+                pinned = tuple(sorted({*pins[:passed], asked}))
+                return Fit(index, with_question, input_tokens, overhead_tokens, pinned)
+        if kind == USER_MESSAGE:
+            asked = index
+        dropped += counts[index]
     # No turn boundary fits: only the new input goes, with what must go with it.
-    needed = sum(counted.counts[pin] for pin in pins)
+    needed = sum(counts[pin] for pin in pins)
     return None if needed > room else Fit(len(counted), needed, input_tokens, overhead_tokens, tuple(pins))
 
 
