@@ -20,6 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.context.compaction import SUMMARY_INSTRUCTIONS
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import (
+    OVERSTATED_WINDOW_MODEL,
+    SMALL_WINDOW,
+    SMALL_WINDOW_COMPLETION,
     SMALL_WINDOW_MODEL,
     FakeOpenRouter,
     Reply,
@@ -811,3 +814,34 @@ async def test_a_turn_that_would_not_fit_compacts_whatever_its_threshold(
         assert answer.status_code == 200, (number, answer.text)
         outputs.append([item["type"] for item in answer.json()["output"]])
     assert ["compaction", "message"] in outputs, outputs
+
+
+async def test_a_turn_the_provider_finds_too_long_compacts_and_is_tried_again(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """The provider takes less than the catalog says (or counts more than the estimate): with compaction on and
+    truncation off, such a turn was refused, and so was every retry of it (a refused turn adds nothing to the
+    thread), for good. It now compacts and is tried again."""
+    fake_upstream.windows[OVERSTATED_WINDOW_MODEL] = (SMALL_WINDOW - 250, SMALL_WINDOW_COMPLETION)
+    conversation = await new_conversation(alice.http)
+    statuses, compacted = [], 0
+    for number in range(8):
+        fake_upstream.reply_json(text_response(f"answer {number} " + "word " * 100, msg_id=f"msg_over_{number}"))
+        answer = await alice.http.post(
+            "/v1/responses",
+            json={
+                "model": OVERSTATED_WINDOW_MODEL,
+                "input": f"question {number}",
+                "conversation": conversation,
+                "context_management": [{"type": "compaction"}],
+            },
+        )
+        statuses.append(answer.status_code)
+        if answer.status_code == 200:
+            compacted += answer.json()["output"][0]["type"] == "compaction"
+    assert statuses == [200] * 8, statuses
+    assert compacted >= 1
+    refused = [
+        r for r in fake_upstream.requests if fake_input_tokens(r.body) + SMALL_WINDOW_COMPLETION > SMALL_WINDOW - 250
+    ]
+    assert refused, "the provider never refused: the test does not exercise the retry"

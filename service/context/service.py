@@ -147,7 +147,7 @@ class ContextWindows:
             try:
                 result = await upstream.create(plan.body(stream=False))
             except UpstreamError as error:
-                if not self._refit(plan, turn, error, attempt):
+                if not await self._shortened(upstream, plan, turn, error, attempt):
                     _bill_summary(turn, plan)
                     raise
                 continue
@@ -169,7 +169,7 @@ class ContextWindows:
                     stream = await opened.enter_async_context(upstream.open_stream(plan.body(stream=True)))
                     break
                 except UpstreamError as error:
-                    if not self._refit(plan, turn, error, attempt):
+                    if not await self._shortened(upstream, plan, turn, error, attempt):
                         _bill_summary(turn, plan)
                         raise
             first = [plan.compaction] if plan.compaction is not None else []
@@ -302,11 +302,12 @@ class ContextWindows:
         overhead = tokens.request_tokens(params)
         if window is not None:
             fitting.check_answer_room(request.model, window, request.params)
-        budget = self._budget(request.model, window, request.params, truncate=plan.truncate)
-        total = plan.sent.total + plan.input_tokens + overhead
         # With context_management on, a turn that would not fit compacts whatever its threshold says: a threshold
         # past the input's limit (one the client set, or none known) left such a thread refused on every turn.
+        # What fits includes the limit a provider stated when it refused (_compacted_after).
         compacting = "context_management" in request.params
+        budget = self._budget(request.model, window, request.params, truncate=plan.truncate or compacting)
+        total = plan.sent.total + plan.input_tokens + overhead
         due = (threshold is not None and total > threshold) or (compacting and budget is not None and total > budget)
         if ((due and _worth_compacting_again(plan.sent)) or request.compact_first) and len(plan.sent):
             await self._compact_first(upstream, turn, plan)
@@ -384,13 +385,13 @@ class ContextWindows:
             [items.counts[i] for i in keep],
         )
         history = items.text
-        window = await self.catalog.window(model)
-        if window is not None:
+        budget = self._budget(model, await self.catalog.window(model), {}, truncate=True)  # a refusal's limit too
+        if budget is not None:
             fitted = fitting.fit(
                 items,
                 input_tokens=0,
                 overhead_tokens=_SUMMARY_OVERHEAD_TOKENS,
-                budget=fitting.input_budget(window, {}),
+                budget=budget,
                 truncate=True,
                 model=model,
             )
@@ -419,6 +420,49 @@ class ContextWindows:
                 plan.fit.total,
                 plan.budget,
             )
+
+    async def _shortened(
+        self, upstream: OpenRouterClient, plan: _Plan, turn: Turn, error: UpstreamError, attempt: int
+    ) -> bool:
+        """After OpenRouter found the input too long: True when the input was shortened (truncated further, or
+        compacted) and is worth another try."""
+        return self._refit(plan, turn, error, attempt) or await self._compacted_after(
+            upstream, plan, turn, error, attempt
+        )
+
+    async def _compacted_after(
+        self, upstream: OpenRouterClient, plan: _Plan, turn: Turn, error: UpstreamError, attempt: int
+    ) -> bool:
+        """context_management on, truncation off, and the provider counted more than the estimate: the turn
+        compacts now, once, and is tried again. Without this, such a turn was refused, and so was every retry of
+        it, as a refused turn adds nothing to the thread. The limit the provider stated is learned, so that the
+        thread's next turns compact before it."""
+        request = turn.request
+        if (
+            not error.context_overflow
+            or plan.truncate
+            or "context_management" not in request.params
+            or plan.compaction is not None
+            or plan.sent is None
+            or plan.fit is None
+            or attempt == MAX_FIT_ATTEMPTS
+            or not len(plan.sent)
+            or not _worth_compacting_again(plan.sent)
+        ):
+            return False
+        self.learned.lower(request.model, fitting.shrunk_budget(plan.fit, error))
+        await self._compact_first(upstream, turn, plan)
+        if plan.compaction is None:
+            return False  # the summary call failed: the refusal stands
+        logger.warning("OpenRouter found turn %s too long; compacted it", turn.state.id)
+        if not plan.budget:
+            plan.fit = fitting.whole(plan.sent, plan.input_tokens, plan.fit.overhead_tokens)
+            return True
+        try:
+            self._fit(plan, request.model)
+        except UpstreamError:
+            return False
+        return True
 
     def _refit(self, plan: _Plan, turn: Turn, error: UpstreamError, attempt: int) -> bool:
         """After OpenRouter found the input too long: True when a shorter input is worth another try."""
