@@ -88,7 +88,8 @@ async def _cut_sessions(db: AsyncEngine, process: ServiceProcess) -> None:
     """End every database session of the process, as the server does for a lost host once TCP keepalives fail on
     each: the liveness lock goes with its session, and so does a transaction the process was frozen in. Cutting the
     lock's session alone left a heartbeat frozen between its upsert and its commit holding the process's row, which
-    the reapers skip while it is locked: the process was then never taken for dead."""
+    the reapers skip while it is locked: the process was then never taken for dead. Sessions are found by their
+    TCP ports; over a Unix socket (the embedded server) only the lock's session is known, and cut."""
     assert process.process is not None
     key = await scalar(db, "SELECT liveness_key FROM service_process WHERE pid = :p", p=process.process.pid)
     assert key is not None
@@ -104,7 +105,9 @@ async def _cut_sessions(db: AsyncEngine, process: ServiceProcess) -> None:
     ports = [c.laddr.port for c in connections if c.raddr and c.raddr.port == server_port]
     cut = await rows(
         db,
-        "SELECT pid, pg_terminate_backend(pid) AS ended FROM pg_stat_activity WHERE client_port = ANY(:ports)",
+        "SELECT pid, pg_terminate_backend(pid) AS ended FROM pg_stat_activity"
+        " WHERE pid = :holder OR client_port = ANY(:ports)",
+        holder=holder,
         ports=ports,
     )
     assert holder in {row["pid"] for row in cut} and all(row["ended"] for row in cut)
