@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -283,11 +284,12 @@ async def test_a_killed_workers_turns_leave_the_in_flight_gauges(
 
 
 async def test_workers_stop_when_their_supervisor_is_killed(
-    service_process: Callable[..., ServiceProcess], db: AsyncEngine
+    service_process: Callable[..., ServiceProcess], db: AsyncEngine, tmp_path: Path
 ) -> None:
     """SIGKILL of the supervisor (WORKERS > 1) left its workers serving the port and beating as live processes,
-    so a restart found the port taken. They now shut down as on SIGTERM, and another start can take the port."""
-    process = service_process(WORKERS="2")
+    so a restart found the port taken. They now shut down as on SIGTERM, and another start can take the port.
+    (The metrics directory is the test's: one the killed supervisor made would stay behind.)"""
+    process = service_process(WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
     await asyncio.to_thread(process.start)
     assert process.process is not None
     workers = [w for w in psutil.Process(process.process.pid).children() if "spawn_main" in " ".join(w.cmdline())]
