@@ -250,6 +250,27 @@ def text_stream_events(
     return events
 
 
+def output_stream_events(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events of an answer made of items other than messages (reasoning, tool calls): each item announced,
+    then done whole, as OpenRouter streams them when it sends no deltas."""
+    final = response_with_output(output)
+    in_progress = {**final, "status": "in_progress", "output": [], "usage": None}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": in_progress},
+        {"type": "response.in_progress", "response": in_progress},
+    ]
+    for index, item in enumerate(output):
+        assert item["type"] != "message", "a message streams its content parts: text_stream_events"
+        events.append(
+            {"type": "response.output_item.added", "output_index": index, "item": {**item, "status": "in_progress"}}
+        )
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    events.append({"type": "response.completed", "response": final})
+    for number, event in enumerate(events):
+        event["sequence_number"] = number
+    return events
+
+
 class FakeOpenRouter:
     def __init__(self) -> None:
         self.requests: list[Received] = []

@@ -28,8 +28,10 @@ from tests.fake_openrouter import (
     fake_input_tokens,
     response_with_output,
     text_response,
+    text_stream_events,
 )
 from tests.openai_spec import check
+from tests.stream_support import assert_well_formed, read_events
 from tests.turn_support import assistant, conversation_items, list_all, new_conversation, rows, user
 
 MODEL = "openai/gpt-4o-mini"
@@ -794,9 +796,35 @@ def test_previous_compaction_keys_are_read_and_checked() -> None:
         Settings.from_env({"COMPACTION_KEY": database_key})
 
 
+def answering(fake: FakeOpenRouter, text: str, msg_id: str) -> None:
+    """Every call answers `text` until told otherwise, in the wire format it asked for: a streamed turn's own call
+    streams, its summary call (a compaction) does not."""
+
+    def reply(body: dict[str, Any]) -> Reply:
+        if body.get("stream"):
+            return Reply(kind="sse", events=text_stream_events(text, msg_id=msg_id))
+        return Reply(kind="json", body=text_response(text, msg_id=msg_id))
+
+    fake.responder = reply
+
+
+async def answered(client: httpx.AsyncClient, body: dict[str, Any], *, stream: bool) -> tuple[int, dict[str, Any]]:
+    """A turn's HTTP status and its Response: the answer's, or a stream's terminal event's."""
+    if not stream:
+        answer = await client.post("/v1/responses", json=body)
+        return answer.status_code, answer.json()
+    async with client.stream("POST", "/v1/responses", json={**body, "stream": True}) as answer:
+        if answer.status_code != 200:
+            return answer.status_code, json.loads(await answer.aread())
+        events = await read_events(answer)
+    assert_well_formed(events)
+    return answer.status_code, events[-1]["response"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 @pytest.mark.parametrize("management", [{"type": "compaction"}, {"type": "compaction", "compact_threshold": 5000}])
 async def test_a_turn_that_would_not_fit_compacts_whatever_its_threshold(
-    alice: Tenant, fake_upstream: FakeOpenRouter, management: dict[str, Any]
+    alice: Tenant, fake_upstream: FakeOpenRouter, management: dict[str, Any], stream: bool
 ) -> None:
     """The small model's window is 1,000 tokens (the fake refuses more); with max_output_tokens 300 its input may
     take 700. The default threshold was 80% of the window (800), and a client's may be anything: past the input's
@@ -806,41 +834,45 @@ async def test_a_turn_that_would_not_fit_compacts_whatever_its_threshold(
     outputs = []
     for number in range(10):
         # Long answers (a compaction's summary call takes one of them: its summary is as long).
-        fake_upstream.reply_json(text_response(f"answer {number} " + "word " * 120, msg_id=f"msg_fit_{number}"))
-        answer = await alice.http.post(
-            "/v1/responses", json={**body, "input": f"question {number}", "context_management": [management]}
+        answering(fake_upstream, f"answer {number} " + "word " * 120, f"msg_fit_{number}")
+        status, answer = await answered(
+            alice.http,
+            {**body, "input": f"question {number}", "context_management": [management]},
+            stream=stream,
         )
-        assert answer.status_code == 200, (number, answer.text)
-        outputs.append([item["type"] for item in answer.json()["output"]])
+        assert (status, answer["status"]) == (200, "completed"), (number, answer)
+        outputs.append([item["type"] for item in answer["output"]])
     assert ["compaction", "message"] in outputs, outputs
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 async def test_a_turn_the_provider_finds_too_long_compacts_and_is_tried_again(
-    alice: Tenant, fake_upstream: FakeOpenRouter
+    alice: Tenant, fake_upstream: FakeOpenRouter, stream: bool
 ) -> None:
     """The provider takes less than the service knows of (here, a model the catalog does not list), or counts more
     than the estimate: with compaction on and truncation off, such a turn was refused, and so was every retry of it
     (a refused turn adds nothing to the thread), for good. It now compacts and is tried again. (A model of its
-    own: what a refusal teaches is kept per model, for an hour, by the suite's shared server.)"""
-    model = "someone/overflowing-model"
+    own for each run: what a refusal teaches is kept per model, for an hour, by the suite's shared server.)"""
+    model = f"someone/overflowing-model-{'streamed' if stream else 'plain'}"
     fake_upstream.windows[model] = (SMALL_WINDOW - 250, SMALL_WINDOW_COMPLETION)
     conversation = await new_conversation(alice.http)
     statuses, compacted = [], 0
     for number in range(8):
-        fake_upstream.reply_json(text_response(f"answer {number} " + "word " * 100, msg_id=f"msg_over_{number}"))
-        answer = await alice.http.post(
-            "/v1/responses",
-            json={
+        answering(fake_upstream, f"answer {number} " + "word " * 100, f"msg_over_{number}")
+        status, answer = await answered(
+            alice.http,
+            {
                 "model": model,
                 "input": f"question {number}",
                 "conversation": conversation,
                 "context_management": [{"type": "compaction", "compact_threshold": 100_000}],
             },
+            stream=stream,
         )
-        statuses.append(answer.status_code)
-        if answer.status_code == 200:
-            compacted += answer.json()["output"][0]["type"] == "compaction"
-    assert statuses == [200] * 8, statuses
+        statuses.append((status, answer.get("status")))
+        if status == 200:
+            compacted += answer["output"][0]["type"] == "compaction"
+    assert statuses == [(200, "completed")] * 8, statuses
     assert compacted >= 1
     limit = SMALL_WINDOW - 250
     refused = [r for r in fake_upstream.requests if fake_input_tokens(r.body) + SMALL_WINDOW_COMPLETION > limit]

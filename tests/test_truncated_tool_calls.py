@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import Tenant
-from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter, response_with_output, text_response
+from tests.fake_openrouter import (
+    SMALL_WINDOW_MODEL,
+    FakeOpenRouter,
+    Reply,
+    output_stream_events,
+    response_with_output,
+    text_response,
+)
+from tests.stream_support import read_events
 from tests.turn_support import assistant, new_conversation, user
 
 TOOLS = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
@@ -48,14 +56,19 @@ async def new_thread(tenant: Tenant, style: str = "conversation") -> dict[str, s
     return {"conversation": await new_conversation(tenant.http)} if style == "conversation" else {}
 
 
-async def send(tenant: Tenant, thread: dict[str, str], input_: Any) -> None:
-    answer = await tenant.http.post(
-        "/v1/responses",
-        json={"model": SMALL_WINDOW_MODEL, "input": input_, **thread, "tools": TOOLS, "truncation": "auto"},
-    )
-    assert answer.status_code == 200, answer.text
+async def send(tenant: Tenant, thread: dict[str, str], input_: Any, *, stream: bool = False) -> None:
+    body = {"model": SMALL_WINDOW_MODEL, "input": input_, **thread, "tools": TOOLS, "truncation": "auto"}
+    if stream:
+        async with tenant.http.stream("POST", "/v1/responses", json={**body, "stream": True}) as answer:
+            assert answer.status_code == 200, await answer.aread()
+            response = (await read_events(answer))[-1]["response"]
+    else:
+        answer = await tenant.http.post("/v1/responses", json=body)
+        assert answer.status_code == 200, answer.text
+        response = answer.json()
+    assert response["status"] == "completed", response
     if "conversation" not in thread:
-        thread["previous_response_id"] = answer.json()["id"]
+        thread["previous_response_id"] = response["id"]
 
 
 async def test_a_new_input_answering_a_cut_call_is_sent_with_the_call_and_its_reasoning(
@@ -202,9 +215,10 @@ async def test_every_kind_of_answer_to_a_cut_call_is_sent_with_its_call(
     ]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 @pytest.mark.parametrize("style", STYLES)
 async def test_a_long_agent_loop_keeps_its_task_and_the_latest_rounds_that_fit(
-    alice: Tenant, fake_upstream: FakeOpenRouter, style: str
+    alice: Tenant, fake_upstream: FakeOpenRouter, style: str, stream: bool
 ) -> None:
     """Rounds of calls and outputs with no user message between them. Cut only at user messages, such a loop once
     past the window sent nothing but the call the new input answers: the task and every earlier result went. The
@@ -215,12 +229,17 @@ async def test_a_long_agent_loop_keeps_its_task_and_the_latest_rounds_that_fit(
         reasoning = {**REASONING, "id": f"rs_loop_{number}"}
         return [reasoning, {**CALL, "id": f"fc_loop_{number}", "call_id": f"call_loop_{number}"}]
 
-    fake_upstream.reply_json(response_with_output(round_of(0)))
-    await send(alice, thread, "start the job")
+    def answer(number: int) -> Reply:
+        if stream:
+            return Reply(kind="sse", events=output_stream_events(round_of(number)))
+        return Reply(kind="json", body=response_with_output(round_of(number)))
+
+    fake_upstream.enqueue(answer(0))
+    await send(alice, thread, "start the job", stream=stream)
     for number in range(1, 16):
-        fake_upstream.reply_json(response_with_output(round_of(number)))
+        fake_upstream.enqueue(answer(number))
         output = {**OUTPUT, "call_id": f"call_loop_{number - 1}", "output": words(40, f"result {number - 1}")}
-        await send(alice, thread, [output])
+        await send(alice, thread, [output], stream=stream)
     sent = fake_upstream.requests[-1].body["input"]
     assert sent[0] == user("start the job")
     results = [item["output"].split()[1] for item in sent if item.get("type") == "function_call_output"]
