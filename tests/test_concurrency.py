@@ -429,6 +429,9 @@ async def test_a_turn_that_outlived_its_claim_is_stored_failed_with_its_items_ou
     assert [r["id"] for r in completed] == [taken_over.json()["id"]]
     listed = (await carol.http.get(f"/v1/conversations/{conversation}/items", params={"order": "asc"})).json()
     assert [item["content"][0]["text"] for item in listed["data"]] == ["next question", "On time."]
+    # Both turns are the conversation's, the failed one too (as a turn failed by whoever took it over is).
+    counted = await scalar(db, "SELECT response_count FROM conversation WHERE id = :c", c=conversation)
+    assert counted == 2
 
 
 async def test_a_turn_whose_conversation_was_deleted_after_its_claim_expired_is_stored_in_none(

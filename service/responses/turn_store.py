@@ -650,6 +650,14 @@ _FAIL_RUNNING = Statement(
 )
 
 
+# A conversation turn that lost its claim before its response was stored (an unseen turn) was still one of the
+# conversation's turns: counted in its responses, as _FAIL_RUNNING counts one whose response its begin stored.
+# Not in _FINISH_UNSEEN itself: every turn continuing a previous response runs that one.
+_COUNT_LOST_CLAIM_TURN = Statement(
+    "UPDATE conversation SET response_count = response_count + 1 WHERE id = $conversation_id"
+)
+
+
 # The last resort when the database refuses a turn's outcome even as a bare failure: fail the response if its
 # begin stored it, and release the conversation's claim, so that the conversation takes turns again now rather
 # than at the claim's expiry. Nothing else is written (no items, usage nor event log).
@@ -1009,6 +1017,8 @@ async def finish(
     `unseen`: as for finish_in_conversation. `input_counts`: the token counts of the input items the begin
     stored, now that they may be exact (an unseen turn's are on its items). False when the response had already
     ended (failed by a takeover): nothing is written then. Raises OutputIdsHeld as finish_in_conversation does.
+    An unseen turn that names a conversation lost its claim there: it is counted in the conversation's responses
+    in a second statement (its taker found no response of it to count; a crash between the two misses the count).
     A finish that took its chain's row and saw turns of the chain pending adds them in a second statement, once
     its own has committed (threads/totals.py)."""
     values = outcome.params()
@@ -1039,6 +1049,9 @@ async def finish(
     _refuse_held(stored)
     if stored is not None and stored["chain_to_fold"] is not None:
         await db.execute(_FOLD_PENDING_TURNS.sql, *_FOLD_PENDING_TURNS.args({"chain_id": stored["chain_to_fold"]}))
+    if stored is not None and unseen is not None and unseen.response.conversation_id is not None:
+        values = {"conversation_id": unseen.response.conversation_id}
+        await db.execute(_COUNT_LOST_CLAIM_TURN.sql, *_COUNT_LOST_CLAIM_TURN.args(values))
     return stored is not None
 
 
