@@ -186,8 +186,9 @@ def fit(
 
 
 def whole(counted: CountedItems, input_tokens: int, overhead_tokens: int) -> Fit:
-    """The whole history sent, but for its tool outputs that follow no call of theirs."""
-    lone = counted.lone_outputs
+    """The whole history sent, but for its tool outputs that follow no call of theirs and its reasoning items
+    that the item they came with does not follow."""
+    lone = counted.unsendable()
     sent_tokens = counted.total - sum(counted.counts[index] for index in lone)
     return Fit(0, sent_tokens, input_tokens, overhead_tokens, skipped=lone)
 
@@ -223,12 +224,14 @@ def _cut(counted: CountedItems, pins: list[int], room: int, input_tokens: int, o
 
 
 def _unorphaned(counted: CountedItems, fitted: Fit) -> Fit:
-    """The fit without the tool outputs whose call the cut dropped."""
+    """The fit without the tool outputs whose call the cut dropped, nor the lone reasoning items it kept."""
     orphans = pairing.orphaned_outputs(counted, fitted.start, fitted.pinned)
-    if not orphans:
+    lone = [index for index in counted.unsendable() if index >= fitted.start and index not in orphans]
+    if not orphans and not lone:
         return fitted
-    saved = sum(counted.counts[index] for index in orphans)
-    return replace(fitted, history_tokens=fitted.history_tokens - saved, skipped=orphans)
+    skipped = tuple(sorted((*orphans, *lone)))
+    saved = sum(counted.counts[index] for index in skipped)
+    return replace(fitted, history_tokens=fitted.history_tokens - saved, skipped=skipped)
 
 
 def shrunk_budget(fitted: Fit, error: UpstreamError) -> int:

@@ -50,7 +50,9 @@ OUTPUT_KEY_FIELDS = {
     "mcp_approval_response": "approval_request_id",
 }
 TOOL_OUTPUT_TYPES = frozenset(OUTPUT_KEY_FIELDS)
-_TOOL_CALL, _TOOL_OUTPUT = bytes([TOOL_CALL]), bytes([TOOL_OUTPUT])
+_TOOL_CALL, _TOOL_OUTPUT, _REASONING = bytes([TOOL_CALL]), bytes([TOOL_OUTPUT]), bytes([REASONING])
+# What a model's reasoning item never comes before in its own answer: after it, the item is alone.
+_NOT_AFTER_REASONING = frozenset({USER_MESSAGE, TOOL_OUTPUT, COMPACTION})
 _ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
@@ -150,9 +152,24 @@ class CountedItems:
     # only reads its new items' ids.
     lone_outputs: tuple[int, ...] = ()
     call_ids: frozenset[str | None] = frozenset()
+    # Its reasoning items that the item they came with does not follow (an answer cut off while it reasoned, or
+    # that item deleted): never sent, as OpenAI refuses them ("… was provided without its required following
+    # item"). Those at the end of the history are not listed: what comes after them is not known yet.
+    lone_reasoning: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.counts)
+
+    def unsendable(self) -> tuple[int, ...]:
+        """The items never sent, in order: the lone tool outputs and reasoning items, and the reasoning items at
+        the end of the history (a turn's new input comes after them, never the item they came with)."""
+        end = len(self.kinds)
+        while end > 0 and self.kinds[end - 1] == REASONING:
+            end -= 1
+        trailing = range(end, len(self.kinds))
+        if not self.lone_reasoning and not trailing:
+            return self.lone_outputs
+        return tuple(sorted({*self.lone_outputs, *self.lone_reasoning, *trailing}))
 
     def text_from(self, start: int) -> str:
         """The history text from item `start` on."""
@@ -197,11 +214,13 @@ class CountedItems:
     def _copy(self) -> CountedItems:
         new = CountedItems(self.text, array("q", self.lengths), array("q", self.counts), bytearray(self.kinds))
         new.total, new.root = self.total, self.root
-        new.lone_outputs, new.call_ids = self.lone_outputs, self.call_ids
+        new.lone_outputs, new.call_ids, new.lone_reasoning = self.lone_outputs, self.call_ids, self.lone_reasoning
         return new
 
     def _pair(self, first: int, bodies: Sequence[str | bytes | msgspec.Raw]) -> None:
-        """Pair the tool outputs among items `first` on (`bodies`: their texts) with the calls before them."""
+        """Pair the tool outputs among items `first` on (`bodies`: their texts) with the calls before them, and
+        each reasoning item from the last ones before `first` on with what follows it."""
+        self._follow_reasoning(first)
         kinds = self.kinds
         if kinds.find(_TOOL_CALL, first) < 0 and kinds.find(_TOOL_OUTPUT, first) < 0:
             return
@@ -213,6 +232,28 @@ class CountedItems:
             elif kind == TOOL_OUTPUT and call_id_of(bodies[index - first]) not in called:
                 lone.append(index)
         self.call_ids, self.lone_outputs = frozenset(called), tuple(lone)
+
+    def _follow_reasoning(self, first: int) -> None:
+        """List the reasoning items from `first` on, or ending the history before it, that what follows them
+        leaves alone (a run of them is alone together)."""
+        kinds = self.kinds
+        start = first
+        while start > 0 and kinds[start - 1] == REASONING:  # ended the history: followed by item `first` now
+            start -= 1
+        run = kinds.find(_REASONING, start)
+        if run < 0:
+            return
+        lone = list(self.lone_reasoning)
+        while run >= 0:
+            after = run
+            while after < len(kinds) and kinds[after] == REASONING:
+                after += 1
+            if after == len(kinds):
+                break  # at the end: what follows is not known yet
+            if kinds[after] in _NOT_AFTER_REASONING:
+                lone.extend(range(run, after))
+            run = kinds.find(_REASONING, after)
+        self.lone_reasoning = tuple(lone)
 
     def extended(self, history: str, stored: Sequence[int] | None = None) -> CountedItems:
         """The counts for `history`, which must start with this entry's text (see `continues`). `stored`: the

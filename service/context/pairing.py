@@ -10,7 +10,9 @@ alone. So, in what is sent:
 - a call that the new input answers is kept, with the reasoning items just before it, wherever the cut fell
   (`answered_calls`: the fitting counts them as sent);
 - a tool output whose call is not sent is left out (`orphaned_outputs`; when nothing was cut, the outputs that
-  follow no call of theirs at all, kept with the thread's counts: `CountedItems.lone_outputs`).
+  follow no call of theirs at all, kept with the thread's counts: `CountedItems.lone_outputs`);
+- a reasoning item is sent only before the item it came with (OpenAI refuses it otherwise): one followed by
+  anything else, or ending the history, is left out (`CountedItems.unsendable`).
 Only the items of those kinds are decoded: the new ones on each turn, and all of them only when something was cut.
 And as OpenAI does, a turn that leaves its thread's latest function calls unanswered is refused
 (`unanswered_call`: the calls since the last user message are read).

@@ -94,12 +94,13 @@ def _holds_compaction(inputs: Sequence[NewItem], history: str) -> bool:
     return any(item.type == "compaction" for item in inputs) or '"compaction"' in history
 
 
-def _holds_tool_item(history: str, inputs: Sequence[NewItem]) -> bool:
+def _holds_paired_item(history: str, inputs: Sequence[NewItem]) -> bool:
     """Whether the input holds a tool call, which it must answer, or the history may hold one, or a tool output,
-    sent only after its call (CountedItems.lone_outputs): every such type's name but MCP approvals' holds this.
-    One search, as each costs a pass over the history's text; an approval response whose request was deleted is
-    sent as it is when nothing else counts the history."""
-    return any(item.type in CALL_KEY_FIELDS for item in inputs) or "_call" in history
+    sent only after its call (CountedItems.lone_outputs): every such type's name but MCP approvals' holds this;
+    or a reasoning item, sent only before the item it came with (CountedItems.lone_reasoning). Each search is a
+    pass over the history's text; an approval response whose request was deleted is sent as it is when nothing
+    else counts the history."""
+    return any(item.type in CALL_KEY_FIELDS for item in inputs) or "_call" in history or '"reasoning"' in history
 
 
 def _refuse_unanswered_calls(plan: _Plan, inputs: Sequence[NewItem]) -> None:
@@ -205,12 +206,12 @@ class ContextWindows:
         overhead = tokens.request_tokens(params)
         window = None if model is None else await self.catalog.window(model)
         if model is None or fitting.truncation_mode(params) != "auto":
-            return sent.total + input_tokens + overhead
+            return fitting.whole(sent, input_tokens, overhead).total
         if window is not None:
             fitting.check_answer_room(model, window, params)
         budget = self._budget(model, window, params, truncate=True)
         if budget is None:
-            return sent.total + input_tokens + overhead
+            return fitting.whole(sent, input_tokens, overhead).total
         fitted = fitting.fit(
             sent,
             input_tokens=input_tokens,
@@ -282,7 +283,7 @@ class ContextWindows:
         if (
             counts_needed
             or _holds_compaction(request.input_items, history)
-            or _holds_tool_item(history, request.input_items)
+            or _holds_paired_item(history, request.input_items)
         ):
             plan.counted = self.ledger.counted(key, history, stored)
         root = plan.counted.root if plan.counted else None
