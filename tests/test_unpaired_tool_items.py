@@ -1,7 +1,7 @@
 """A thread's tool calls and outputs go upstream in pairs, as providers and OpenAI require:
 - a stored tool output whose call is not in the conversation (its call deleted through the items API, or the
-  output added alone there) stays stored and listed but is never sent, so that the conversation goes on (OpenAI
-  answers "No tool call found for function call output" for it);
+  output added alone there), or that answers a call answered already, stays stored and listed but is never sent,
+  so that the conversation goes on (OpenAI answers "No tool call found for function call output" for it);
 - a turn that leaves the thread's latest function calls, or its own input's, unanswered is refused as OpenAI
   refuses it ("No tool output found for function call …"), before anything is sent.
 Both with a model whose window the catalog gives (the history counted) and one it does not (the history otherwise
@@ -81,6 +81,42 @@ async def test_an_output_added_alone_through_the_items_api_is_not_sent(
     outputs = [item["output"] for item in sent if item.get("type") == "function_call_output"]
     assert outputs == ["now answered"]
     assert [item.get("type", "message") for item in sent][-2:] == ["function_call", "function_call_output"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_a_second_output_for_one_call_is_not_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str
+) -> None:
+    """Providers that check refuse it ("Duplicate function_call_output for call_id …"); the first one answers."""
+    conversation_id = await new_conversation(alice.http)
+    fake_upstream.reply_json(response_with_output([CALL]))
+    await send(alice, conversation_id, model, "look it up")
+    await send(alice, conversation_id, model, [{**OUTPUT, "output": "first"}])
+    added = await alice.http.post(
+        f"/v1/conversations/{conversation_id}/items", json={"items": [{**OUTPUT, "output": "again"}]}
+    )
+    assert added.status_code == 200, added.text
+    await send(alice, conversation_id, model, "thanks")
+    sent = fake_upstream.requests[-1].body["input"]
+    assert [item.get("output") for item in sent if item.get("type") == "function_call_output"] == ["first"]
+    assert sent_types(fake_upstream) == ["message", "function_call", "function_call_output", "message", "message"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_a_call_id_used_again_by_a_later_call_is_answered_again(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str
+) -> None:
+    """Agents that number their calls per turn reuse ids ("terminal:0"): each call pairs with the output after it."""
+    conversation_id = await new_conversation(alice.http)
+    for number in range(2):
+        fake_upstream.reply_json(response_with_output([{**CALL, "id": f"fc_again_{number}"}]))
+        await send(alice, conversation_id, model, f"look it up, take {number}")
+        await send(alice, conversation_id, model, [{**OUTPUT, "output": f"found {number}"}])
+    sent = fake_upstream.requests[-1].body["input"]
+    assert [item.get("output") for item in sent if item.get("type") == "function_call_output"] == ["found 0", "found 1"]
+    await send(alice, conversation_id, model, "thanks")
+    sent = fake_upstream.requests[-1].body["input"]
+    assert [item.get("output") for item in sent if item.get("type") == "function_call_output"] == ["found 0", "found 1"]
 
 
 async def test_an_output_after_its_call_is_still_sent(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:

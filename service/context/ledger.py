@@ -147,11 +147,12 @@ class CountedItems:
     kinds: bytearray = field(default_factory=bytearray)
     total: int = 0
     root: str | None = None  # the thread's first response (chains) or conversation: OpenRouter's session id
-    # Its tool outputs that follow no call of theirs (the call deleted through the items API, or an output added
-    # alone there): never sent, as providers refuse them. Kept with the ids of its calls so far, so that a turn
-    # only reads its new items' ids.
+    # Its tool outputs that follow no call of theirs still unanswered (the call deleted through the items API, an
+    # output added alone there, or a second output for one call): never sent, as providers refuse them ("No tool
+    # call found …", "Duplicate function_call_output …"). Kept with the ids of its calls not answered yet, so
+    # that a turn only reads its new items' ids.
     lone_outputs: tuple[int, ...] = ()
-    call_ids: frozenset[str | None] = frozenset()
+    open_calls: frozenset[str | None] = frozenset()
     # Its reasoning items that the item they came with does not follow (an answer cut off while it reasoned, or
     # that item deleted): never sent, as OpenAI refuses them ("… was provided without its required following
     # item"). Those at the end of the history are not listed: what comes after them is not known yet.
@@ -214,24 +215,30 @@ class CountedItems:
     def _copy(self) -> CountedItems:
         new = CountedItems(self.text, array("q", self.lengths), array("q", self.counts), bytearray(self.kinds))
         new.total, new.root = self.total, self.root
-        new.lone_outputs, new.call_ids, new.lone_reasoning = self.lone_outputs, self.call_ids, self.lone_reasoning
+        new.lone_outputs, new.open_calls, new.lone_reasoning = self.lone_outputs, self.open_calls, self.lone_reasoning
         return new
 
     def _pair(self, first: int, bodies: Sequence[str | bytes | msgspec.Raw]) -> None:
-        """Pair the tool outputs among items `first` on (`bodies`: their texts) with the calls before them, and
-        each reasoning item from the last ones before `first` on with what follows it."""
+        """Pair the tool outputs among items `first` on (`bodies`: their texts) with the calls before them (each
+        call with the first output after it), and each reasoning item from the last ones before `first` on with
+        what follows it."""
         self._follow_reasoning(first)
         kinds = self.kinds
         if kinds.find(_TOOL_CALL, first) < 0 and kinds.find(_TOOL_OUTPUT, first) < 0:
             return
-        called, lone = set(self.call_ids), list(self.lone_outputs)
+        waiting, lone = set(self.open_calls), list(self.lone_outputs)
         for index in range(first, len(kinds)):
             kind = kinds[index]
             if kind == TOOL_CALL:
-                called.add(call_id_of(bodies[index - first]))
-            elif kind == TOOL_OUTPUT and call_id_of(bodies[index - first]) not in called:
-                lone.append(index)
-        self.call_ids, self.lone_outputs = frozenset(called), tuple(lone)
+                # An id used again (agents that number their calls per turn) opens a new call.
+                waiting.add(call_id_of(bodies[index - first]))
+            elif kind == TOOL_OUTPUT:
+                call_id = call_id_of(bodies[index - first])
+                if call_id in waiting:
+                    waiting.discard(call_id)
+                else:
+                    lone.append(index)
+        self.open_calls, self.lone_outputs = frozenset(waiting), tuple(lone)
 
     def _follow_reasoning(self, first: int) -> None:
         """List the reasoning items from `first` on, or ending the history before it, that what follows them
