@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from typing import Any
 
 import httpx
@@ -104,3 +105,25 @@ async def stored_outputs(db: AsyncEngine, response_id: str) -> list[dict[str, An
         r=response_id,
     )
     return [{"row_status": r["status"], **json.loads(r["body"])} for r in found]
+
+
+def unpacked(packed: bytes) -> str:
+    """A packed event log's text: its zlib streams, one after the other (read here without the service's code)."""
+    parts, rest = [], packed
+    while rest:
+        stream = zlib.decompressobj()
+        parts.append(stream.decompress(rest) + stream.flush())
+        assert stream.eof, "the log ends inside a zlib stream"
+        rest = stream.unused_data
+    return b"".join(parts).decode()
+
+
+async def stored_logs(db: AsyncEngine, response_id: str | None = None) -> dict[str, str]:
+    """The stored event logs' texts by response id (of one response, or all), however each was stored."""
+    found = await rows(
+        db,
+        "SELECT response_id, events, events_zlib FROM response_event_log"
+        " WHERE CAST(:r AS text) IS NULL OR response_id = :r",
+        r=response_id,
+    )
+    return {r["response_id"]: r["events"] if r["events"] is not None else unpacked(r["events_zlib"]) for r in found}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from service.admin.cursor import Keyset
 from service.admin.params import ConversationFilters
 from tests.conftest import TABLES, LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
+from tests.stream_support import unpacked
 from tests.turn_support import MODEL, new_conversation, rows
 
 
@@ -311,7 +313,11 @@ async def test_thread_detail_shows_items_page_and_responses_with_errors(
 
 def _text_of(value: Any) -> str:
     if isinstance(value, bytes | memoryview):
-        return bytes(value).decode("utf-8", "replace")
+        raw = bytes(value)
+        try:
+            return unpacked(raw)  # a packed event log holds its text compressed
+        except (zlib.error, UnicodeDecodeError, AssertionError):
+            return raw.decode("utf-8", "replace")
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
     return "" if value is None else str(value)

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
-from tests.stream_support import parse_sse
+from tests.stream_support import parse_sse, stored_logs
 from tests.turn_support import MODEL, rows
 
 SECRET = "sk-or-test-secret-key"  # tests/conftest.py's OPENROUTER_API_KEY
@@ -25,7 +25,7 @@ SECRET_PART = "test-secret"  # what must never be seen, whatever part of the key
 async def _nothing_stored_holds_the_key(db: AsyncEngine) -> None:
     stored = await rows(db, "SELECT error::text AS error, usage::text AS usage FROM response")
     stored += await rows(db, "SELECT body AS item FROM item")
-    stored += await rows(db, "SELECT events FROM response_event_log")
+    stored += [{"events": log} for log in (await stored_logs(db)).values()]
     assert stored
     for row in stored:
         for value in row.values():

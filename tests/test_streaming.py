@@ -22,6 +22,7 @@ from tests.stream_support import (
     output_text,
     parse_sse,
     read_events,
+    stored_logs,
     stored_outputs,
     wait_until_ended,
 )
@@ -466,8 +467,8 @@ async def test_deleting_a_streamed_response_deletes_its_event_log(
     stream = await alice.openai().responses.create(model=MODEL, input="hi", stream=True)
     events = [event async for event in stream]
     response_id = events[-1].response.id
-    [log] = await rows(db, "SELECT events FROM response_event_log WHERE response_id = :r", r=response_id)
-    assert TEXT[:8] in log["events"]
+    [log] = (await stored_logs(db, response_id)).values()
+    assert TEXT[:8] in log
     assert (await alice.http.delete(f"/v1/responses/{response_id}")).status_code == 200
     assert await rows(db, "SELECT 1 FROM response_event_log") == []
 

@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Computed,
     DateTime,
     Float,
@@ -247,14 +248,18 @@ class RunningChainTurn(Base):
 class ResponseEventLog(Base):
     """A streamed response's events, exactly as they were sent (SSE frames), written once when the stream
     ends, so `GET /v1/responses/{id}?stream=true&starting_after=N` can replay them. Content: deleted with
-    its response."""
+    its response. `events_zlib` holds them as written now (service/responses/frame_log.py: zlib streams, one
+    after the other), `events` as text, as logs written before it were; a row has one of the two."""
 
     __tablename__ = "response_event_log"
 
     response_id: Mapped[str] = mapped_column(ForeignKey("response.id", ondelete="CASCADE"), primary_key=True)
     event_count: Mapped[int] = mapped_column(Integer)
-    events: Mapped[str] = mapped_column(Text)
+    events: Mapped[str | None] = mapped_column(Text)
+    events_zlib: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (CheckConstraint("(events IS NULL) <> (events_zlib IS NULL)", name="one_form"),)
 
 
 class Item(Base):

@@ -16,10 +16,10 @@ response_t = response_table
 
 
 async def stream_state(conn: AsyncConnection, tenant_id: str, response_id: str) -> Any:
-    """The response's status and stream flag with its event log (None when none was written), or None when
-    the tenant has no such response."""
+    """The response's status and stream flag with its event log (`events` as text, or `events_zlib` packed; both
+    None when none was written), or None when the tenant has no such response."""
     stmt = (
-        select(response_t.c.status, response_t.c.stream, log_t.c.events)
+        select(response_t.c.status, response_t.c.stream, log_t.c.events, log_t.c.events_zlib)
         .select_from(response_t.outerjoin(log_t, log_t.c.response_id == response_t.c.id))
         .where(
             response_t.c.id == response_id,

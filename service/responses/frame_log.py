@@ -6,12 +6,17 @@ event type, item id and keys in every delta), so older frames are kept zlib-comp
 compress to a small fraction of their size; the newest stay as they are, since live followers
 read only those. Reading further back (a resume, a slow reader, the event log at the end) decompresses the
 blocks it needs.
+
+The stored log (`packed`) is the same blocks as they are, then one more zlib stream for the frames after them:
+zlib streams one after the other, read back by `inflated`. It is a fraction of the frames' size, so storing it
+holds little in memory, and most of it was compressed while the stream ran.
 """
 
 from __future__ import annotations
 
 import zlib
 from array import array
+from collections.abc import Iterator
 
 _BLOCK = 16  # frames per compressed block
 _KEEP = 8  # newest frames never compressed: a follower is rarely further behind than this
@@ -39,6 +44,22 @@ class FrameLog:
             self._blocks.append(zlib.compress(b"".join(block), 1))
             self._ends.append(ends)
 
+    def packed(self, stop: int, tail: bytes) -> bytes:
+        """Frames 0 up to `stop` (excluded), then `tail`, in their stored form: the compressed blocks before
+        `stop` as they are, the rest compressed a frame at a time into one more stream."""
+        stop = min(stop, len(self))
+        whole_blocks, end_offset = divmod(min(stop, len(self._blocks) * _BLOCK), _BLOCK)
+        rest = zlib.compressobj(1)
+        parts = self._blocks[:whole_blocks]
+        if end_offset:
+            cut = zlib.decompress(self._blocks[whole_blocks])[: self._ends[whole_blocks][end_offset - 1]]
+            parts.append(rest.compress(cut))
+        for frame in self._recent[: max(stop - len(self._blocks) * _BLOCK, 0)]:
+            parts.append(rest.compress(frame))
+        parts.append(rest.compress(tail))
+        parts.append(rest.flush())
+        return b"".join(parts)
+
     def joined(self, start: int = 0, stop: int | None = None) -> bytes:
         """Frames `start` (a sequence number) up to `stop` (excluded; the newest included when None), as one
         chunk."""
@@ -58,3 +79,18 @@ class FrameLog:
         if offset:
             parts[0] = parts[0][self._ends[first_block][offset - 1] :]
         return b"".join([*parts, *self._recent[: max(stop - packed, 0)]])
+
+
+def inflated(packed: bytes, piece_size: int) -> Iterator[bytes]:
+    """A stored log's frames (`FrameLog.packed`), decompressed at most `piece_size` bytes at a time."""
+    rest = packed
+    while rest:
+        stream, data = zlib.decompressobj(), rest
+        while not stream.eof:
+            piece = stream.decompress(data, piece_size)
+            data = stream.unconsumed_tail
+            if piece:
+                yield piece
+            elif not data:
+                raise ValueError("a stored event log ends inside a zlib stream")
+        rest = stream.unused_data

@@ -24,6 +24,7 @@ from service.cluster import live_frames
 from service.cluster.bus import FOLLOW, Bus
 from service.errors import InvalidRequest, NotFound
 from service.responses import event_repository, service
+from service.responses.frame_log import inflated
 from service.responses.runner import TurnRunner
 from service.responses.status import RUNNING
 from service.responses.streaming import KEEPALIVE_FRAME, events_from_state, opening_events, sse_frame
@@ -32,6 +33,7 @@ from service.responses.streaming import KEEPALIVE_FRAME, events_from_state, open
 # anywhere, the client reads a byte stream).
 _SLICE_CHARS = 64 * 1024
 _FRAME_END = "\n\n"
+_FRAME_END_BYTES = _FRAME_END.encode()
 # A notification only wakes a reader; without one it reads again after this (a missed notification costs this).
 _RECHECK_SECONDS = 1.0
 _KEEPALIVE_EVERY = 10  # quiet rechecks between two keep-alive comments
@@ -62,8 +64,9 @@ async def open_replay(
         raise NotFound(f"Response with id '{response_id}' not found.")
     if not row.stream:
         raise _not_streamed(response_id)
-    if row.events is not None:
-        return _log_after(row.events, after)
+    stored = _stored_log_after(row, after)
+    if stored is not None:
+        return stored
     return _wait_then_replay(engine, runner, tenant_id, response_id, after, bus=bus)
 
 
@@ -75,9 +78,39 @@ def _not_streamed(response_id: str) -> InvalidRequest:
     )
 
 
+def _stored_log_after(row: Any, after: int) -> AsyncIterator[bytes] | None:
+    """The response's stored event log from the frame after `after` on; None when it has none."""
+    if row.events_zlib is not None:
+        return _packed_log_after(row.events_zlib, after)
+    if row.events is not None:
+        return _log_after(row.events, after)
+    return None
+
+
+async def _packed_log_after(packed: bytes, after: int) -> AsyncIterator[bytes]:
+    """A packed log (the form written now) from the frame after `after` on, decompressed a slice at a time."""
+    to_skip = max(after + 1, 0)
+    carried = b""
+    for piece in inflated(packed, _SLICE_CHARS):
+        if not to_skip:
+            yield piece
+            continue
+        text, start = carried + piece, 0
+        while to_skip:
+            end = text.find(_FRAME_END_BYTES, start)
+            if end < 0:
+                break
+            start, to_skip = end + len(_FRAME_END_BYTES), to_skip - 1
+        if to_skip:
+            carried = text[max(start, len(text) - 1) :]  # a frame's end may span two slices
+        elif start < len(text):
+            yield text[start:]
+
+
 async def _log_after(events: str, after: int) -> AsyncIterator[bytes]:
-    """The stored log from the frame after `after` on, a slice at a time: the text read from the database is the
-    only whole copy a reader holds, however long the log (split into frames and joined again, it was three)."""
+    """A log stored as text (before logs were packed) from the frame after `after` on, a slice at a time: the
+    text read from the database is the only whole copy a reader holds, however long the log (split into frames
+    and joined again, it was three)."""
     start = 0
     for _ in range(max(after + 1, 0)):
         end = events.find(_FRAME_END, start)
@@ -112,8 +145,9 @@ async def _wait_then_replay(
                 row = await event_repository.stream_state(conn, tenant_id, response_id)
             if row is None:
                 return  # deleted meanwhile
-            if row.events is not None:
-                async for chunk in _log_after(row.events, after):
+            stored = _stored_log_after(row, after)
+            if stored is not None:
+                async for chunk in stored:
                     yield chunk
                 return
             chunk, after = await live_frames.frames_after(engine, response_id, after)

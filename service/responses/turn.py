@@ -135,15 +135,15 @@ class Turn:
 @dataclass(frozen=True)
 class RelayedEvents:
     """A streamed turn's events as relayed, all but the terminal one: the finish renders that one from the
-    state it stores, and stores the whole log with it. The frames are joined only then, with a connection in
-    hand, not held joined by every stream waiting for one."""
+    state it stores, and stores the whole log with it. The frames are packed only then, with a connection in
+    hand, not held packed by every stream waiting for one."""
 
     frames: FrameLog
     count: int
 
     def log(self, state: ResponseState) -> turn_store.EventLog:
         terminal = terminal_frame(state.render(), self.count)
-        return turn_store.EventLog(b"".join((self.frames.joined(0, self.count), terminal)).decode(), self.count + 1)
+        return turn_store.EventLog(self.frames.packed(self.count, terminal), self.count + 1)
 
 
 class TurnContext:

@@ -453,9 +453,10 @@ _FINISH_LOGGED_IN_CONVERSATION = Statement(
         RETURNING completed_at
     ),
     logged AS (
-        INSERT INTO response_event_log (response_id, events, event_count)
-        SELECT $response_id, $events::text, $event_count::int FROM completed
-        ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
+        INSERT INTO response_event_log (response_id, events_zlib, event_count)
+        SELECT $response_id, $events::bytea, $event_count::int FROM completed
+        ON CONFLICT (response_id) DO UPDATE
+            SET events = NULL, events_zlib = excluded.events_zlib, event_count = excluded.event_count
     )
     SELECT completed_at, NULL::text[] AS held_ids FROM completed
     UNION ALL {_HELD_ROW}
@@ -575,9 +576,10 @@ _FINISH_LOGGED = Statement(
     ),
     inputs_counted AS ({_INPUTS_COUNTED}){chain_totals.ADD_TO_CHAIN},
     logged AS (
-        INSERT INTO response_event_log (response_id, events, event_count)
-        SELECT $response_id, $events::text, $event_count::int FROM completed
-        ON CONFLICT (response_id) DO UPDATE SET events = excluded.events, event_count = excluded.event_count
+        INSERT INTO response_event_log (response_id, events_zlib, event_count)
+        SELECT $response_id, $events::bytea, $event_count::int FROM completed
+        ON CONFLICT (response_id) DO UPDATE
+            SET events = NULL, events_zlib = excluded.events_zlib, event_count = excluded.event_count
         RETURNING response_id
     )
     SELECT {chain_totals.CHAIN_TO_FOLD} AS chain_to_fold, NULL::text[] AS held_ids FROM logged
@@ -932,9 +934,10 @@ class Outcome:
 
 @dataclass(frozen=True)
 class EventLog:
-    """A streamed response's events as stored: its SSE frames, terminal one included."""
+    """A streamed response's events as stored: its SSE frames, terminal one included, packed
+    (service/responses/frame_log.py)."""
 
-    events: str
+    events: bytes
     event_count: int
 
 
