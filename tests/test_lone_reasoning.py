@@ -147,3 +147,32 @@ async def test_a_truncated_history_leaves_out_a_lone_reasoning_item_after_the_cu
     await send(alice, thread, SMALL_WINDOW_MODEL, "second", **auto)
     await send(alice, thread, SMALL_WINDOW_MODEL, words(400, "third"), **auto)
     assert sent(fake_upstream) == [user("second"), user(words(400, "third"))]
+
+
+@pytest.mark.parametrize("style", STYLES)
+async def test_a_lone_reasoning_item_stays_out_once_an_instruction_follows_it(
+    alice: Tenant, fake_upstream: FakeOpenRouter, style: str
+) -> None:
+    """A developer (or system) message is no item a reasoning item came with: left out when it ended the history,
+    the reasoning item was sent again on the turn after, before that message."""
+    thread = await new_thread(alice, style)
+    fake_upstream.reply_json(ONLY_REASONING)
+    await send(alice, thread, MODEL, "a hard question")
+    developer = {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "be brief"}]}
+    await send(alice, thread, MODEL, [developer])
+    await send(alice, thread, MODEL, "next")
+    assert "reasoning" not in [item.get("type") for item in sent(fake_upstream)]
+    assert sent(fake_upstream)[:2] == [user("a hard question"), developer]
+
+
+async def test_a_lone_reasoning_item_stays_out_once_an_instruction_is_added_after_it(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    thread = await new_thread(alice, "conversation")
+    fake_upstream.reply_json(ONLY_REASONING)
+    await send(alice, thread, MODEL, "a hard question")
+    system = {"type": "message", "role": "system", "content": [{"type": "input_text", "text": "be kind"}]}
+    added = await alice.http.post(f"/v1/conversations/{thread['conversation']}/items", json={"items": [system]})
+    assert added.status_code == 200, added.text
+    await send(alice, thread, MODEL, "go on")
+    assert sent(fake_upstream) == [user("a hard question"), system, user("go on")]

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import Tenant
 from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter, response_with_output, text_response
-from tests.test_truncated_tool_calls import CALL, OUTPUT, TOOLS
+from tests.test_truncated_tool_calls import CALL, OUTPUT, REASONING, TOOLS
 from tests.turn_support import MODEL, list_all, new_conversation, user
 
 QUESTION = {"role": "user", "content": "look it up"}
@@ -164,19 +164,41 @@ async def test_a_turn_that_leaves_the_latest_call_unanswered_is_refused_as_opena
     assert sent_types(fake_upstream) == ["message", "function_call", "function_call_output"]
 
 
-async def test_a_call_left_unanswered_before_a_later_user_message_is_still_sent(
-    alice: Tenant, fake_upstream: FakeOpenRouter
+@pytest.mark.parametrize("model", MODELS)
+async def test_a_call_left_unanswered_before_a_later_user_message_does_not_stop_its_thread(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str
 ) -> None:
-    """Such a call was stored before this was checked (here through the items API), and went upstream then:
-    refusing it now would stop a thread that worked. Only the calls since the last user message must be answered."""
+    """Such a call (added through the items API, or stored before turns were checked, or whose output was deleted)
+    is not refused: only the calls since the last user message must be answered. Nor is it sent, as providers
+    refuse a call without its output; it stays listed."""
     conversation_id = await new_conversation(alice.http)
     added = await alice.http.post(
         f"/v1/conversations/{conversation_id}/items",
         json={"items": [{**CALL, "id": "fc_old"}, {"type": "message", "role": "user", "content": "anyway"}]},
     )
     assert added.status_code == 200, added.text
-    await send(alice, conversation_id, SMALL_WINDOW_MODEL, "go on")
-    assert sent_types(fake_upstream) == ["function_call", "message", "message"]
+    await send(alice, conversation_id, model, "go on")
+    assert sent_types(fake_upstream) == ["message", "message"]
+    stored = await list_all(alice.http, f"/v1/conversations/{conversation_id}/items", order="asc")
+    assert [item["type"] for item in stored][:2] == ["function_call", "message"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_a_call_whose_output_was_deleted_is_not_sent_once_a_user_message_follows(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str
+) -> None:
+    conversation_id = await new_conversation(alice.http)
+    fake_upstream.reply_json(response_with_output([REASONING, CALL]))
+    await send(alice, conversation_id, model, "look it up")
+    fake_upstream.reply_json(text_response("found it", msg_id="msg_found_it"))
+    await send(alice, conversation_id, model, [OUTPUT])
+    await send(alice, conversation_id, model, "thanks")
+    stored = await list_all(alice.http, f"/v1/conversations/{conversation_id}/items", order="asc")
+    output_id = next(item["id"] for item in stored if item["type"] == "function_call_output")
+    deleted = await alice.http.delete(f"/v1/conversations/{conversation_id}/items/{output_id}")
+    assert deleted.status_code == 200, deleted.text
+    await send(alice, conversation_id, model, "and now?")
+    assert sent_types(fake_upstream) == ["message", "message", "message", "message", "message"]
 
 
 async def test_a_call_in_the_turns_own_input_must_be_answered_there(
@@ -206,4 +228,5 @@ async def test_a_call_cut_off_before_its_end_need_not_be_answered(alice: Tenant,
     )
     await send(alice, conversation_id, SMALL_WINDOW_MODEL, "look it up")
     await send(alice, conversation_id, SMALL_WINDOW_MODEL, "try again with more room")
-    assert sent_types(fake_upstream) == ["message", "function_call", "message"]
+    # Nor is it sent: a provider refuses it without an output (and its arguments are cut).
+    assert sent_types(fake_upstream) == ["message", "message"]

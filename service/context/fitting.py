@@ -161,7 +161,7 @@ def fit(
     if fixed > budget:
         raise too_long(model, fixed, budget, what="the new input alone")
     if counted.total + fixed <= budget:
-        return whole(counted, input_tokens, overhead_tokens)
+        return whole(counted, input_tokens, overhead_tokens, answered)
     if not truncate:
         raise too_long(
             model,
@@ -182,13 +182,13 @@ def fit(
     if fitted is None:
         what = "the new input with the calls it answers"
         raise too_long(model, fixed + sum(counted.counts[pin] for pin in calls), budget, what=what)
-    return _unorphaned(counted, fitted)
+    return _unorphaned(counted, fitted, answered)
 
 
-def whole(counted: CountedItems, input_tokens: int, overhead_tokens: int) -> Fit:
-    """The whole history sent, but for its tool outputs that follow no call of theirs and its reasoning items
-    that the item they came with does not follow."""
-    lone = counted.unsendable()
+def whole(counted: CountedItems, input_tokens: int, overhead_tokens: int, answered: Sequence[str] = ()) -> Fit:
+    """The whole history sent, but for what is never sent (CountedItems.unsendable; `answered`: the call ids the
+    new input answers)."""
+    lone = counted.unsendable(answered)
     sent_tokens = counted.total - sum(counted.counts[index] for index in lone)
     return Fit(0, sent_tokens, input_tokens, overhead_tokens, skipped=lone)
 
@@ -223,10 +223,10 @@ def _cut(counted: CountedItems, pins: list[int], room: int, input_tokens: int, o
     return None if needed > room else Fit(len(counted), needed, input_tokens, overhead_tokens, tuple(pins))
 
 
-def _unorphaned(counted: CountedItems, fitted: Fit) -> Fit:
-    """The fit without the tool outputs whose call the cut dropped, nor the lone reasoning items it kept."""
+def _unorphaned(counted: CountedItems, fitted: Fit, answered: Sequence[str]) -> Fit:
+    """The fit without the tool outputs whose call the cut dropped, nor what it kept that is never sent."""
     orphans = pairing.orphaned_outputs(counted, fitted.start, fitted.pinned)
-    lone = [index for index in counted.unsendable() if index >= fitted.start and index not in orphans]
+    lone = [index for index in counted.unsendable(answered) if index >= fitted.start and index not in orphans]
     if not orphans and not lone:
         return fitted
     skipped = tuple(sorted((*orphans, *lone)))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -28,7 +28,7 @@ import msgspec
 
 from service.context import tokens
 
-OTHER, USER_MESSAGE, COMPACTION, TOOL_CALL, TOOL_OUTPUT, REASONING = range(6)
+OTHER, USER_MESSAGE, COMPACTION, TOOL_CALL, TOOL_OUTPUT, REASONING, INSTRUCTION = range(7)
 # A tool call and the item that answers it, paired by one field each (service/context/pairing.py): a call's
 # `call_id` and its output's, except an MCP approval request, answered by the response naming its `id`.
 CALL_KEY_FIELDS = {
@@ -52,7 +52,9 @@ OUTPUT_KEY_FIELDS = {
 TOOL_OUTPUT_TYPES = frozenset(OUTPUT_KEY_FIELDS)
 _TOOL_CALL, _TOOL_OUTPUT, _REASONING = bytes([TOOL_CALL]), bytes([TOOL_OUTPUT]), bytes([REASONING])
 # What a model's reasoning item never comes before in its own answer: after it, the item is alone.
-_NOT_AFTER_REASONING = frozenset({USER_MESSAGE, TOOL_OUTPUT, COMPACTION})
+_NOT_AFTER_REASONING = frozenset({USER_MESSAGE, INSTRUCTION, TOOL_OUTPUT, COMPACTION})
+# A call that may go unanswered: OpenAI's MCP approval request (the client may never approve it).
+_ANSWER_OPTIONAL = "mcp_approval_request"
 _ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 
 
@@ -103,7 +105,9 @@ def _kind(type_: Any, role: Any) -> int:
     if type_ == "compaction":
         return COMPACTION
     if type_ == "message":
-        return USER_MESSAGE if role == "user" else OTHER
+        if role == "user":
+            return USER_MESSAGE
+        return INSTRUCTION if role in ("system", "developer") else OTHER
     if type_ in CALL_KEY_FIELDS:
         return TOOL_CALL
     if type_ in TOOL_OUTPUT_TYPES:
@@ -138,6 +142,44 @@ def exact_counts(estimates: Sequence[int], reported: int) -> list[int] | None:
 
 
 @dataclass
+class CallPairing:
+    """Tool calls and their outputs read in order: an output answers the latest call of its id still waiting
+    (an agent that numbers its calls per turn uses an id again for a new call). Also used whole, on a list of
+    items (service/context/pairing.py)."""
+
+    waiting: dict[str | None, int] = field(default_factory=dict)  # id -> the call's index
+    lone_outputs: list[int] = field(default_factory=list)  # no call of its id waiting: none, or answered already
+    lone_calls: list[int] = field(default_factory=list)  # waiting when another call took its id: never answered
+    answers: dict[int, int] | None = None  # output index -> call index, kept when given
+
+    def copy(self) -> CallPairing:
+        answers = None if self.answers is None else dict(self.answers)
+        return CallPairing(dict(self.waiting), list(self.lone_outputs), list(self.lone_calls), answers)
+
+    def read(self, index: int, kind: int, key: str | None) -> None:
+        if kind == TOOL_CALL:
+            replaced = self.waiting.get(key)
+            if replaced is not None:
+                self.lone_calls.append(replaced)
+            self.waiting[key] = index
+        elif kind == TOOL_OUTPUT:
+            call = self.waiting.pop(key, None)
+            if call is None:
+                self.lone_outputs.append(index)
+            elif self.answers is not None:
+                self.answers[index] = call
+
+    def unanswered(self, bodies: Any, answered: Collection[str | None] = ()) -> list[int]:
+        """The calls no output answers (but those `answered`, by the new input, and MCP approval requests):
+        `bodies(index)` gives an item's text."""
+        found = list(self.lone_calls)
+        for key, index in self.waiting.items():
+            if key not in answered and call_of(bodies(index)).type != _ANSWER_OPTIONAL:
+                found.append(index)
+        return found
+
+
+@dataclass
 class CountedItems:
     """Token counts of the items of one history text."""
 
@@ -147,12 +189,12 @@ class CountedItems:
     kinds: bytearray = field(default_factory=bytearray)
     total: int = 0
     root: str | None = None  # the thread's first response (chains) or conversation: OpenRouter's session id
-    # Its tool outputs that follow no call of theirs still unanswered (the call deleted through the items API, an
-    # output added alone there, or a second output for one call): never sent, as providers refuse them ("No tool
-    # call found …", "Duplicate function_call_output …"). Kept with the ids of its calls not answered yet, so
-    # that a turn only reads its new items' ids.
-    lone_outputs: tuple[int, ...] = ()
-    open_calls: frozenset[str | None] = frozenset()
+    # Its tool calls paired with their outputs, read from the items each turn adds. Never sent, as providers refuse
+    # them: an output that answers no call waiting ("No tool call found …": its call deleted through the items
+    # API, the output added alone there; "Duplicate function_call_output …": a second one), and a call no output
+    # answers, unless the new input does ("No tool output found …": its output deleted, a call cut off before
+    # its end, or one added alone).
+    calls: CallPairing = field(default_factory=CallPairing)
     # Its reasoning items that the item they came with does not follow (an answer cut off while it reasoned, or
     # that item deleted): never sent, as OpenAI refuses them ("… was provided without its required following
     # item"). Those at the end of the history are not listed: what comes after them is not known yet.
@@ -161,16 +203,31 @@ class CountedItems:
     def __len__(self) -> int:
         return len(self.counts)
 
-    def unsendable(self) -> tuple[int, ...]:
-        """The items never sent, in order: the lone tool outputs and reasoning items, and the reasoning items at
-        the end of the history (a turn's new input comes after them, never the item they came with)."""
-        end = len(self.kinds)
-        while end > 0 and self.kinds[end - 1] == REASONING:
+    def unsendable(self, answered: Collection[str | None] = ()) -> tuple[int, ...]:
+        """The items never sent, in order: the lone tool outputs, the calls nothing answers (`answered`: the call
+        ids the new input answers), and the reasoning items those leave alone, as well as the lone ones and those
+        ending the history (a turn's new input comes after them, never the item they came with)."""
+        kinds = self.kinds
+        unanswered = self.calls.unanswered(self.item_text, answered)
+        dropped = {*self.calls.lone_outputs, *unanswered}
+        alone = set(self.lone_reasoning)
+        end = len(kinds)
+        while end > 0 and kinds[end - 1] == REASONING:
             end -= 1
-        trailing = range(end, len(self.kinds))
-        if not self.lone_reasoning and not trailing:
-            return self.lone_outputs
-        return tuple(sorted({*self.lone_outputs, *self.lone_reasoning, *trailing}))
+        alone.update(range(end, len(kinds)))
+        for index in unanswered:
+            # The reasoning a call left out came with goes too, unless another call of its round is sent after
+            # it (what follows a round's calls belongs to a later answer).
+            start, after = index, index + 1
+            while start > 0 and (kinds[start - 1] == REASONING or start - 1 in dropped):
+                start -= 1
+            while after < len(kinds) and after in dropped:
+                after += 1
+            if after == len(kinds) or kinds[after] != TOOL_CALL:
+                alone.update(i for i in range(start, after) if kinds[i] == REASONING)
+        if not alone and not dropped:
+            return ()
+        return tuple(sorted(dropped | alone))
 
     def text_from(self, start: int) -> str:
         """The history text from item `start` on."""
@@ -215,7 +272,7 @@ class CountedItems:
     def _copy(self) -> CountedItems:
         new = CountedItems(self.text, array("q", self.lengths), array("q", self.counts), bytearray(self.kinds))
         new.total, new.root = self.total, self.root
-        new.lone_outputs, new.open_calls, new.lone_reasoning = self.lone_outputs, self.open_calls, self.lone_reasoning
+        new.calls, new.lone_reasoning = self.calls, self.lone_reasoning  # replaced, never changed in place
         return new
 
     def _pair(self, first: int, bodies: Sequence[str | bytes | msgspec.Raw]) -> None:
@@ -226,19 +283,12 @@ class CountedItems:
         kinds = self.kinds
         if kinds.find(_TOOL_CALL, first) < 0 and kinds.find(_TOOL_OUTPUT, first) < 0:
             return
-        waiting, lone = set(self.open_calls), list(self.lone_outputs)
+        calls = self.calls.copy()
         for index in range(first, len(kinds)):
             kind = kinds[index]
-            if kind == TOOL_CALL:
-                # An id used again (agents that number their calls per turn) opens a new call.
-                waiting.add(call_id_of(bodies[index - first]))
-            elif kind == TOOL_OUTPUT:
-                call_id = call_id_of(bodies[index - first])
-                if call_id in waiting:
-                    waiting.discard(call_id)
-                else:
-                    lone.append(index)
-        self.open_calls, self.lone_outputs = frozenset(waiting), tuple(lone)
+            if kind in (TOOL_CALL, TOOL_OUTPUT):
+                calls.read(index, kind, call_id_of(bodies[index - first]))
+        self.calls = calls
 
     def _follow_reasoning(self, first: int) -> None:
         """List the reasoning items from `first` on, or ending the history before it, that what follows them

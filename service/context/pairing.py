@@ -9,10 +9,13 @@ summary standing for the calls before it, or a new input answering a call the cu
 alone. So, in what is sent:
 - a call that the new input answers is kept, with the reasoning items just before it, wherever the cut fell
   (`answered_calls`: the fitting counts them as sent);
-- a tool output whose call is not sent is left out (`orphaned_outputs`; when nothing was cut, the outputs that
-  follow no call of theirs at all, kept with the thread's counts: `CountedItems.lone_outputs`);
+- a tool output whose call is not sent is left out (`orphaned_outputs`), and so is, wherever the cut fell, an
+  output that answers no call waiting for it (none, or one answered already) and a call no output answers but
+  for the thread's latest ones the new input answers: the thread's counts pair them (`CallPairing`, read in
+  order: an id used again by a later call opens a new call);
 - a reasoning item is sent only before the item it came with (OpenAI refuses it otherwise): one followed by
-  anything else, or ending the history, is left out (`CountedItems.unsendable`).
+  anything else, or ending the history, once what is left out is left out, is left out too
+  (`CountedItems.unsendable`).
 Only the items of those kinds are decoded: the new ones on each turn, and all of them only when something was cut.
 And as OpenAI does, a turn that leaves its thread's latest function calls unanswered is refused
 (`unanswered_call`: the calls since the last user message are read).
@@ -31,6 +34,7 @@ from service.context.ledger import (
     TOOL_CALL,
     TOOL_OUTPUT,
     USER_MESSAGE,
+    CallPairing,
     CountedItems,
     call_id_of,
     call_of,
@@ -87,43 +91,45 @@ def orphaned_outputs(counted: CountedItems, start: int, pinned: Sequence[int]) -
     return tuple(orphans)
 
 
+def _paired(kinds: Sequence[int], bodies: Sequence[str]) -> CallPairing:
+    """These items' calls paired with their outputs, in order (as the thread's counts pair them)."""
+    calls = CallPairing(answers={})
+    for index, kind in enumerate(kinds):
+        if kind in (TOOL_CALL, TOOL_OUTPUT):
+            calls.read(index, kind, call_id_of(bodies[index]))
+    return calls
+
+
+def _with_reasoning(kinds: Sequence[int], calls: Iterable[int]) -> set[int]:
+    """The calls with the reasoning items right before each."""
+    found: set[int] = set()
+    for index in calls:
+        found.add(index)
+        before = index - 1
+        while before >= 0 and kinds[before] == REASONING:
+            found.add(before)
+            before -= 1
+    return found
+
+
 def calls_answered_after(kinds: Sequence[int], bodies: Sequence[str], end: int) -> list[int]:
     """The items before `end` that a summary standing for them must not replace: each tool call answered by an
-    output at or after `end` and not before it, with the reasoning items right before the call. Sent after the
-    summary, each call still goes upstream before its output."""
-    answered_before = {call_id_of(bodies[i]) for i in range(end) if kinds[i] == TOOL_OUTPUT}
-    answered_after = {call_id_of(bodies[i]) for i in range(end, len(bodies)) if kinds[i] == TOOL_OUTPUT}
-    wanted = answered_after - answered_before - {None}
-    if not wanted:
+    output at or after `end`, with the reasoning items right before the call. Sent after the summary, each call
+    still goes upstream before its output."""
+    if TOOL_OUTPUT not in kinds[end:]:
         return []
-    carried: list[int] = []
-    for index in range(end):
-        if kinds[index] == TOOL_CALL and call_id_of(bodies[index]) in wanted:
-            before = index
-            while before > 0 and kinds[before - 1] == REASONING:
-                before -= 1
-            carried.extend(i for i in range(before, index + 1) if i not in carried)
-    return carried
+    answers = _paired(kinds, bodies).answers or {}
+    return sorted(_with_reasoning(kinds, (call for output, call in answers.items() if output >= end > call)))
 
 
 def unpaired(kinds: Sequence[int], bodies: Sequence[str]) -> set[int]:
     """The tool calls without their output among these items (with the reasoning items right before them), and
-    the outputs without their call: what cannot go upstream as it is, as in a summary call's input."""
+    the outputs that answer no call waiting: what cannot go upstream as it is, as in a summary call's input."""
     if TOOL_CALL not in kinds and TOOL_OUTPUT not in kinds:
         return set()
-    calls = {call_id_of(bodies[i]) for i, kind in enumerate(kinds) if kind == TOOL_CALL}
-    outputs = {call_id_of(bodies[i]) for i, kind in enumerate(kinds) if kind == TOOL_OUTPUT}
-    alone: set[int] = set()
-    for index, kind in enumerate(kinds):
-        if kind == TOOL_CALL and call_id_of(bodies[index]) not in outputs:
-            alone.add(index)
-            before = index - 1
-            while before >= 0 and kinds[before] == REASONING:
-                alone.add(before)
-                before -= 1
-        elif kind == TOOL_OUTPUT and call_id_of(bodies[index]) not in calls:
-            alone.add(index)
-    return alone
+    calls = _paired(kinds, bodies)
+    alone = _with_reasoning(kinds, [*calls.lone_calls, *calls.waiting.values()])
+    return alone | set(calls.lone_outputs)
 
 
 def pending_calls(kinds: Sequence[int], bodies: Sequence[str]) -> list[int]:

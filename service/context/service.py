@@ -96,7 +96,7 @@ def _holds_compaction(inputs: Sequence[NewItem], history: str) -> bool:
 
 def _holds_paired_item(history: str, inputs: Sequence[NewItem]) -> bool:
     """Whether the input holds a tool call, which it must answer, or the history may hold one, or a tool output,
-    sent only after its call (CountedItems.lone_outputs): every such type's name but MCP approvals' holds this;
+    each sent only with the other (CountedItems.calls): every such type's name but MCP approvals' holds this;
     or a reasoning item, sent only before the item it came with (CountedItems.lone_reasoning). Each search is a
     pass over the history's text; an approval response whose request was deleted is sent as it is when nothing
     else counts the history."""
@@ -202,16 +202,17 @@ class ContextWindows:
         truncated."""
         counted = self.ledger.counted(thread, history, stored)
         sent, input_bodies, _ = await self._composed(tenant_id, counted, inputs)
+        answered = pairing.answered_call_ids(input_bodies)
         input_tokens = sum(tokens.body_tokens(body) for body in input_bodies)
         overhead = tokens.request_tokens(params)
         window = None if model is None else await self.catalog.window(model)
         if model is None or fitting.truncation_mode(params) != "auto":
-            return fitting.whole(sent, input_tokens, overhead).total
+            return fitting.whole(sent, input_tokens, overhead, answered).total
         if window is not None:
             fitting.check_answer_room(model, window, params)
         budget = self._budget(model, window, params, truncate=True)
         if budget is None:
-            return fitting.whole(sent, input_tokens, overhead).total
+            return fitting.whole(sent, input_tokens, overhead, answered).total
         fitted = fitting.fit(
             sent,
             input_tokens=input_tokens,
@@ -219,7 +220,7 @@ class ContextWindows:
             budget=budget,
             truncate=True,
             model=model,
-            answered=pairing.answered_call_ids(input_bodies),
+            answered=answered,
         )
         return fitted.total
 
@@ -316,7 +317,7 @@ class ContextWindows:
             # Sent whole; with truncation "auto", OpenRouter's overflow error and the limit it states are the
             # window (_refit, and the budget learned from it), so a model the catalog does not know still gets
             # shortened rather than stuck.
-            plan.fit = fitting.whole(plan.sent, plan.input_tokens, overhead)
+            plan.fit = fitting.whole(plan.sent, plan.input_tokens, overhead, plan.answered)
         else:
             plan.budget = budget
             self._fit(plan, request.model)
@@ -385,21 +386,33 @@ class ContextWindows:
             [items.kinds[i] for i in keep],
             [items.counts[i] for i in keep],
         )
-        history = items.text
-        budget = self._budget(model, await self.catalog.window(model), {}, truncate=True)  # a refusal's limit too
-        if budget is not None:
-            fitted = fitting.fit(
-                items,
-                input_tokens=0,
-                overhead_tokens=_SUMMARY_OVERHEAD_TOKENS,
-                budget=budget,
-                truncate=True,
-                model=model,
-            )
-            history = fitted.history_text(items)
-        return await compaction.summarize(
-            upstream, model, history, session_id=session_id if isinstance(session_id, str) else None
-        )
+        window, attempt = await self.catalog.window(model), 1
+        while True:
+            history, fitted = items.text, fitting.Fit(0, items.total, 0, _SUMMARY_OVERHEAD_TOKENS)
+            budget = self._budget(model, window, {}, truncate=True)  # a refusal's limit too
+            if budget is not None:
+                fitted = fitting.fit(
+                    items,
+                    input_tokens=0,
+                    overhead_tokens=_SUMMARY_OVERHEAD_TOKENS,
+                    budget=budget,
+                    truncate=True,
+                    model=model,
+                )
+                history = fitted.history_text(items)
+            try:
+                return await compaction.summarize(
+                    upstream, model, history, session_id=session_id if isinstance(session_id, str) else None
+                )
+            except UpstreamError as error:
+                # The provider counts more than the estimate, or takes less than the catalog says: the limit it
+                # stated is learned and the call made shorter. Otherwise every later turn of a thread that
+                # compacts without truncation failed the same summary call, and then its own.
+                if not error.context_overflow or attempt == MAX_FIT_ATTEMPTS or fitted.start >= len(items):
+                    raise
+                self.learned.lower(model, fitting.shrunk_budget(fitted, error))
+                logger.warning("the summary call to %s was too long; shortening it", model)
+            attempt += 1
 
     def _fit(self, plan: _Plan, model: str) -> None:
         assert plan.sent is not None
@@ -457,7 +470,7 @@ class ContextWindows:
             return False  # the summary call failed: the refusal stands
         logger.warning("OpenRouter found turn %s too long; compacted it", turn.state.id)
         if not plan.budget:
-            plan.fit = fitting.whole(plan.sent, plan.input_tokens, plan.fit.overhead_tokens)
+            plan.fit = fitting.whole(plan.sent, plan.input_tokens, plan.fit.overhead_tokens, plan.answered)
             return True
         try:
             self._fit(plan, request.model)
