@@ -498,3 +498,37 @@ async def test_a_conversation_whose_responses_a_recent_chain_continues_is_not_id
     assert gone.status_code == 200 and gone.json()["deleted_responses"] == len(kept)
     assert await rows(db, "SELECT id FROM response") == []
     assert (await admin.get(f"/admin/threads/{conversation}")).status_code == 404
+
+
+async def test_a_conversation_a_plain_chain_turn_is_continuing_is_not_idle(
+    admin: httpx.AsyncClient, alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Such a turn stores its response only at its end: a run while it waited for its answer purged the
+    conversation, and the answer it then gave could never be continued (previous_response_not_usable)."""
+    conversation = await new_conversation(alice.http, items=[{"role": "user", "content": "My secret is 42"}])
+    fake_upstream.reply_json(text_response("Noted", msg_id="msg_noted"))
+    first = await turn(alice.http, "remember it", conversation=conversation)
+    await _age(db, "conversation", [conversation], 10)
+    await _age(db, "response", [first["id"]], 10)
+    policy = {"responses_days": None, "conversations_idle_days": 5}
+    assert (await admin.put("/admin/tenants/alice/retention", json=policy)).status_code == 200
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("It is 42", msg_id="msg_42"), delay=1.0))
+    running = asyncio.create_task(
+        alice.http.post(
+            "/v1/responses", json={"model": MODEL, "input": "my secret?", "previous_response_id": first["id"]}
+        )
+    )
+
+    async def upstream_called() -> bool:
+        return len(fake_upstream.requests) == 2
+
+    await eventually(upstream_called)
+    preview = (await admin.get("/admin/tenants/alice/retention/preview")).json()
+    assert preview["conversations"] == 0, preview
+    run = await admin.post("/admin/retention/run")
+    assert run.status_code == 200 and run.json()["conversations"] == 0, run.text
+    answer = await running
+    assert answer.status_code == 200, answer.text
+    fake_upstream.reply_json(text_response("Still 42"))
+    await turn(alice.http, "again?", previous_response_id=answer.json()["id"])
+    assert fake_upstream.inputs[-1][0] == user("My secret is 42")

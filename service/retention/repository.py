@@ -26,10 +26,15 @@ from service.responses.status import answered_sql
 
 # A conversation's thread holds the `previous_response_id` chains continuing its responses, which never touch the
 # conversation's row (chain turns would then queue on it): a conversation is idle when its thread is, else its
-# purge would cut the history those chains still replay. On the thread's (thread_id, created_at) index.
+# purge would cut the history those chains still replay. On the thread's (thread_id, created_at) index. A plain
+# chain turn stores its response only at its end: while it runs, its note (running_chain_turn, a table of the
+# turns running now) says which response it continues.
 _THREAD_IDLE = """NOT EXISTS (
     SELECT 1 FROM response r
-    WHERE r.thread_id = conversation.id AND r.created_at >= now() - make_interval(days => :idle_days))"""
+    WHERE r.thread_id = conversation.id AND r.created_at >= now() - make_interval(days => :idle_days))
+    AND NOT EXISTS (
+    SELECT 1 FROM running_chain_turn n JOIN response p ON p.id = n.previous_response_id
+    WHERE p.thread_id = conversation.id AND n.expires_at > now())"""
 
 _TENANT_POLICIES = text(
     """
