@@ -312,9 +312,12 @@ def check_replayable(item: dict[str, Any], param: str) -> None:
     if kind == ITEM_REFERENCE:
         raise _fail(f"{param} is an item reference; a conversation holds the items themselves", f"{param}.type")
     if kind == "message" and isinstance(item.get("content"), list):
-        # An assistant message may carry any part type an upstream produced; a client's, the input types.
-        allowed = None if item.get("role") == "assistant" else INPUT_PART_TYPES
-        _check_parts(item["content"], allowed, f"{param}.content", fields=False)
+        # An assistant message may carry any part type (and field) an upstream produced; a client's, the input
+        # types, with the fields the items API checks: a later turn sends them as they are, and a part the
+        # upstream refuses would stop every turn of the conversation.
+        client = item.get("role") != "assistant"
+        allowed = INPUT_PART_TYPES if client else None
+        _check_parts(item["content"], allowed, f"{param}.content", fields=client)
     elif isinstance(kind, str) and kind in _TOOL_ITEM_TYPES:
         _check_tool_item(item, kind, param)
 

@@ -227,6 +227,13 @@ async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tena
         (header + b'\n{"type":"' + b"x" * 300 + b'"}\n', 2),
         (header + b"\n" + good + b'\n{"type":"message","role":"user","content":"x","id":"' + b"m" * 300 + b'"}\n', 3),
         (header + b'\n{"type":"function_call","call_id":"c","name":"f","arguments":"{}","status":"done"}\n', 2),
+        # Nor a content part's fields, as the items API checks them.
+        (header + b'\n{"type":"message","role":"user","content":[{"type":"input_image","image_url":5}]}\n', 2),
+        (
+            header + b'\n{"type":"message","role":"system","content":[{"type":"input_image","image_url":"https://x",'
+            b'"detail":"ultra"}]}\n',
+            2,
+        ),
     ]
     for body, line in cases:
         answer = await alice.http.post("/v1/conversations/import", content=body, headers=JSONL)
