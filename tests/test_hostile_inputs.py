@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.jsonbody import MAX_JSON_CONTAINERS, MAX_JSON_DEPTH
+from service.jsonbody import MAX_JSON_CONTAINERS, MAX_JSON_DEPTH, MAX_JSON_VALUES
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter, text_response
 from tests.turn_support import MODEL, new_conversation, rows
@@ -367,6 +367,41 @@ async def test_a_body_of_more_arrays_and_objects_than_any_request_holds_is_a_400
     fake_upstream.reply_json(text_response("Brackets are text here."))
     text_ = "[{" * (MAX_JSON_CONTAINERS + 1)
     answered = await alice.http.post("/v1/responses", json={"model": MODEL, "input": text_})
+    assert answered.status_code == 200, answered.text
+
+
+async def test_a_body_of_more_keys_or_elements_than_any_request_holds_is_a_400(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A flat object of 3 million keys in a pass-through parameter (31 MB, under the body limit) held the event
+    loop for seconds, and once stored, every GET of the response as long again; so did an array of millions of
+    numbers. Commas and colons inside strings are text, not structure."""
+    conversation = await new_conversation(alice.http)
+    keys = b",".join(b'"k%d":1' % n for n in range(MAX_JSON_VALUES))
+    numbers = b",".join(b"%d" % n for n in range(MAX_JSON_VALUES + 10))
+    for many in (b'{"k":{' + keys + b"}}", b'{"k":[' + numbers + b"]}"):
+        turn = many[:-1] + b',"model":"m","input":"x"}'
+        refused = await alice.http.post("/v1/responses", content=turn, headers={"content-type": "application/json"})
+        assert _error(refused, 400)["code"] == "json_too_complex"
+        item = b'{"items":[{"type":"message","role":"user","content":"x","extra":' + many + b"}]}"
+        refused = await alice.http.post(
+            f"/v1/conversations/{conversation}/items", content=item, headers={"content-type": "application/json"}
+        )
+        assert _error(refused, 400)["code"] == "json_too_complex"
+        header = b'{"object":"conversation","metadata":{}}\n'
+        line = b'{"type":"message","role":"user","content":"x","extra":' + many + b"}\n"
+        refused = await alice.http.post(
+            "/v1/conversations/import", content=header + line, headers={"content-type": "application/jsonl"}
+        )
+        assert _error(refused, 400)["message"].startswith("Line 2: holds more than"), refused.text
+    assert fake_upstream.requests == []
+    assert await rows(db, "SELECT id FROM response") == []
+    assert await rows(db, "SELECT id FROM item") == []
+    fake_upstream.reply_json(text_response("Commas are text here."))
+    text_ = '"a":1, "b": 2, ' * (MAX_JSON_VALUES // 2)
+    answered = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": text_, "conversation": conversation}
+    )
     assert answered.status_code == 200, answered.text
 
 

@@ -14,7 +14,7 @@ import msgspec
 
 from service.errors import InvalidRequest
 from service.items import check_columns, check_replayable
-from service.jsonbody import MAX_JSON_DEPTH, diagnose, nests_too_deep
+from service.jsonbody import MAX_JSON_DEPTH, MAX_JSON_VALUES, diagnose, nests_too_deep, too_many_values
 from service.metadata import validate_metadata
 
 MEDIA_TYPE = "application/jsonl"
@@ -72,6 +72,8 @@ def _decode(number: int, raw: bytes) -> dict[str, Any]:
     # Python's recursion limit.
     if nests_too_deep(raw):
         raise bad_line(number, f"nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects")
+    if too_many_values(raw):
+        raise bad_line(number, f"holds more than {MAX_JSON_VALUES} keys and array elements")
     try:
         value = _decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:

@@ -38,6 +38,19 @@ _ECHO_DEFAULTS: dict[str, Any] = {
 _DEFAULT_SERVICE_TIER = "auto"
 
 
+# The stored parameters a Response shows; the others (whatever a client sent on, OpenRouter's own) are skipped
+# unread, however large: a GET of the response decodes only these.
+_SHOWN = (*_ECHO_DEFAULTS, "service_tier", "user", "prompt_cache_retention", "instructions")
+_ShownParams = msgspec.defstruct("_ShownParams", [(name, Any, msgspec.UNSET) for name in _SHOWN], omit_defaults=True)
+_shown_decoder = msgspec.json.Decoder(_ShownParams)
+
+
+def shown_params(params_json: str) -> dict[str, Any]:
+    """The stored parameters a Response shows, as the request gave them (a name it did not give is absent)."""
+    shown = _shown_decoder.decode(params_json)
+    return {name: value for name in _SHOWN if (value := getattr(shown, name)) is not msgspec.UNSET}
+
+
 def _epoch(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
@@ -93,7 +106,7 @@ class ResponseState:
 
     @classmethod
     def from_row(cls, row: Any, output: list[Any]) -> ResponseState:
-        params = msgspec.json.decode(row.params_json)
+        params = shown_params(row.params_json)
         return cls(
             id=row.id,
             created_at=row.created_at,
