@@ -513,6 +513,22 @@ async def test_stats_count_and_sum_usage_per_tenant_and_per_model(
     assert future["tenants"] == [] and future["models"] == [] and future["total"]["responses"] == 0
 
 
+async def test_a_tenant_name_the_admin_paths_could_not_carry_is_refused(
+    admin: httpx.AsyncClient, db: AsyncEngine
+) -> None:
+    """Such a tenant got a working key, then no /admin/tenants/{tenant}/… route could reach it (its retention,
+    webhooks, imports)."""
+    for bad in ("team/x", "..", ".", "tab\there", "bell\x07"):
+        refused = await admin.post("/admin/api-keys", json={"tenant": bad})
+        assert refused.status_code == 400, (bad, refused.text)
+        assert refused.json()["error"]["param"] == "tenant"
+    assert await rows(db, "SELECT name FROM tenant") == []
+    created = await admin.post("/admin/api-keys", json={"tenant": "team.x-1 (EU)"})
+    assert created.status_code == 200, created.text
+    reached = await admin.get("/admin/tenants/team.x-1 (EU)/retention")
+    assert reached.status_code == 200, reached.text
+
+
 async def test_keys_created_through_the_api_work_on_v1_until_revoked(
     admin: httpx.AsyncClient, server: LiveServer, db: AsyncEngine
 ) -> None:

@@ -271,6 +271,7 @@ async def test_the_cli_refuses_tenant_names_the_admin_api_refuses_and_trims_like
         ("", "tenant must be a non-empty string"),
         ("   ", "tenant must be a non-empty string"),
         ("x" * 201, "tenant must be at most 200 characters"),
+        ("team/x", "tenant cannot contain '/'"),
     ]:
         result = run_cli("keys", "create", "--tenant", bad, DATABASE_URL=plain_url(database_url))
         assert result.returncode == 2

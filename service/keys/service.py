@@ -56,14 +56,18 @@ MAX_TENANT_NAME_LENGTH = 200
 def tenant_name_to_store(name: str) -> str:
     """`name` trimmed, or InvalidRequest (param "tenant"): every way a tenant is created (the admin API, `keys
     create`, `import --tenant` or an export's headers) comes through here, so none makes one that the admin
-    routes cannot address (an empty name, surrounding spaces) or refuse (too long, U+0000)."""
+    routes cannot address (an empty name, surrounding spaces, a `/` or a name of dots, which their paths cannot
+    carry: `/admin/tenants/{tenant}/…`) or refuse (too long, a control character)."""
     trimmed = name.strip()
     if not trimmed:
         raise InvalidRequest("tenant must be a non-empty string", param="tenant")
-    if len(trimmed) > MAX_TENANT_NAME_LENGTH or "\x00" in trimmed:
+    if len(trimmed) > MAX_TENANT_NAME_LENGTH or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in trimmed):
         raise InvalidRequest(
-            f"tenant must be at most {MAX_TENANT_NAME_LENGTH} characters, without U+0000", param="tenant"
+            f"tenant must be at most {MAX_TENANT_NAME_LENGTH} characters, without control characters",
+            param="tenant",
         )
+    if "/" in trimmed or trimmed in {".", ".."}:
+        raise InvalidRequest("tenant cannot contain '/' nor be '.' or '..'", param="tenant")
     return trimmed
 
 
