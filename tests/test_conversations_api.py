@@ -261,6 +261,9 @@ async def test_conversation_cannot_be_changed_while_a_turn_is_in_flight(
         answer = await alice.http.request(method, path, json=body)
         assert answer.status_code == 409, (method, path, answer.text)
         assert answer.json()["error"]["code"] == "conversation_locked"
+    # A bad item is the client's 400 at once, not a 409 telling it to retry the same refusal.
+    bad = await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": [{"type": "bogus"}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "items[0].type", bad.text
     # Reading is never blocked.
     assert (await alice.http.get(f"/v1/conversations/{conv}/items")).status_code == 200
     await running

@@ -127,9 +127,16 @@ async def _refuse_beyond_caps(
         raise refusal
 
 
-async def _append_direct(conn: AsyncConnection, tenant_id: str, conversation_id: str, raw_items: list[Any]) -> Any:
-    items = normalize_input(raw_items, param="items", max_items=MAX_ITEMS_PER_CALL)
-    items = await resolve_item_references(conn, tenant_id, items, param="items")
+def _checked_items(raw_items: list[Any]) -> list[NewItem]:
+    """Checked before the conversation is read or locked: a bad item is the client's 400 whatever the
+    conversation's state (a 409 while a turn holds it would only say to retry the same refusal)."""
+    return normalize_input(raw_items, param="items", max_items=MAX_ITEMS_PER_CALL)
+
+
+async def _append_direct(
+    conn: AsyncConnection, tenant_id: str, conversation_id: str, checked: list[NewItem]
+) -> list[NewItem]:
+    items = await resolve_item_references(conn, tenant_id, checked, param="items")
     await refuse_ids_held(conn, tenant_id, conversation_id, items, param="items")
     start = await repository.advance_conversation(
         conn, conversation_id, added=len(items), title=repository.title_from(items)
@@ -144,14 +151,13 @@ async def _append_direct(conn: AsyncConnection, tenant_id: str, conversation_id:
 
 async def create_conversation(engine: AsyncEngine, tenant_id: str, body: dict[str, Any]) -> dict[str, Any]:
     metadata = validate_metadata(body.get("metadata"))
-    raw_items = _items_param(body.get("items"), "items")
-    normalize_input(raw_items, param="items", max_items=MAX_ITEMS_PER_CALL)  # validate before writing
+    checked = _checked_items(_items_param(body.get("items"), "items"))
     async with engine.begin() as conn:
         row = await repository.insert_conversation(
             conn, conversation_id=new_id("conv"), tenant_id=tenant_id, metadata=metadata
         )
-        if raw_items:
-            await _append_direct(conn, tenant_id, row.id, raw_items)
+        if checked:
+            await _append_direct(conn, tenant_id, row.id, checked)
     return conversation_view(row)
 
 
@@ -195,11 +201,12 @@ async def add_items(
     raw_items = _items_param(body.get("items"), "items")
     if not raw_items:
         raise InvalidRequest("items must hold at least one item", param="items")
+    checked = _checked_items(raw_items)
     async with engine.begin() as conn:
         row = await lock_free_conversation(conn, tenant_id, conversation_id)
         if caps is not None:
             await _refuse_beyond_caps(conn, caps, conversation_id, row.item_count, raw_items)
-        items = await _append_direct(conn, tenant_id, conversation_id, raw_items)
+        items = await _append_direct(conn, tenant_id, conversation_id, checked)
     return item_list([item_view(i.id, i.status, i.body) for i in items], has_more=False)
 
 
