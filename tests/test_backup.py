@@ -296,3 +296,43 @@ async def test_a_backup_of_a_service_without_compaction_key_restores_with_its_da
     assert said == b"" and answered.status_code == 200, (said, answered.text)
     assert "Ada introduced herself." in json.dumps(fake_upstream.inputs[-1])
     assert service_cli(database_url, "compaction-key").stdout.decode().strip() != database_key
+
+
+async def test_a_conversation_deleted_while_a_backup_streams_is_withdrawn_not_the_whole_backup(
+    admin: httpx.AsyncClient, alice: Tenant, db: AsyncEngine
+) -> None:
+    """The backup read each conversation a page at a time (no connection held while its reader reads), and a
+    tenant's delete between two pages broke off the whole backup (the CLI exited with a traceback). The deleted
+    conversation is now withdrawn by a line of its own after its lines so far, the backup goes on, and an import
+    leaves that conversation out."""
+    lines = [json.dumps({"object": "conversation", "metadata": {}})]
+    lines += [
+        json.dumps({"type": "message", "role": "user", "content": f"item {n} " + "y" * 9000}) for n in range(3000)
+    ]
+    imported = await alice.http.post("/v1/conversations/import", content="\n".join(lines).encode(), headers=JSONL)
+    assert imported.status_code == 200, imported.text
+    doomed = imported.json()["id"]
+    kept = await new_conversation(alice.http, items=[{"role": "user", "content": "kept"}])
+    assert doomed < kept  # exported in id order: the deleted one first
+    received = b""
+    async with admin.stream("GET", "/admin/export", params={"tenant": "alice"}) as export:
+        assert export.status_code == 200
+        chunks = export.aiter_bytes()
+        received += await chunks.__anext__()
+        assert (await alice.http.delete(f"/v1/conversations/{doomed}")).status_code == 200
+        async for chunk in chunks:
+            received += chunk
+    values = [json.loads(line) for line in received.split(b"\n") if line]
+    withdrawn = [v for v in values if v.get("object") == "conversation.withdrawn"]
+    assert withdrawn == [{"object": "conversation.withdrawn", "id": doomed, "reason": "deleted while it was exported"}]
+    assert [v["id"] for v in values if v.get("object") == "conversation"] == [doomed, kept]
+    assert values[-1]["content"][0]["text"] == "kept"
+
+    await admin.post("/admin/api-keys", json={"tenant": "carol"})
+    restored = await admin.post("/admin/tenants/carol/import", content=received, headers=JSONL)
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["items"] == 1 and len(restored.json()["conversations"]) == 1
+    # A one-conversation import of such a file says why it cannot be whole.
+    single = received[: received.index(b"\n", received.index(b"conversation.withdrawn")) + 1]
+    refused = await alice.http.post("/v1/conversations/import", content=single, headers=JSONL)
+    assert refused.status_code == 400 and "deleted while it was exported" in refused.json()["error"]["message"]

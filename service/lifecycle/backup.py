@@ -66,9 +66,10 @@ async def open_export(
 
 
 def conversations_in(
-    entries: Iterable[jsonl.Header | jsonl.ItemLine], caps: ConversationCaps
+    entries: Iterable[jsonl.Header | jsonl.ItemLine | jsonl.Withdrawn], caps: ConversationCaps
 ) -> Iterable[PendingConversation]:
-    """Parsed lines grouped into conversations, one at a time (memory: one conversation), each within the caps."""
+    """Parsed lines grouped into conversations, one at a time (memory: one conversation), each within the caps;
+    a conversation withdrawn after its lines (deleted while it was exported) is left out."""
     current: PendingConversation | None = None
     tally = ImportTally(caps)
     for entry in entries:
@@ -77,6 +78,8 @@ def conversations_in(
                 yield current
             current = PendingConversation(entry)
             tally = ImportTally(caps)
+        elif isinstance(entry, jsonl.Withdrawn):
+            current = None
         elif current is not None:
             current.items.append(imported_item(entry.value))
             tally.add(entry.line, current.items[-1])

@@ -42,6 +42,18 @@ class ItemLine:
     value: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Withdrawn:
+    """The conversation whose lines came last was deleted while a backup (many conversations) was exported: its
+    lines so far are not the whole of it, and an import leaves it out."""
+
+    line: int
+
+
+# The line a backup writes after such a conversation's lines (service/lifecycle/service.py).
+WITHDRAWN = "conversation.withdrawn"
+
+
 def bad_line(number: int, message: str) -> InvalidRequest:
     return InvalidRequest(f"Line {number}: {message}", param=f"line {number}", code="invalid_jsonl")
 
@@ -57,6 +69,10 @@ def header_line(row: Any, tenant: str | None = None) -> bytes:
         header["tenant"] = tenant
         header["tenant_id"] = row.tenant_id
     return encode(header) + b"\n"
+
+
+def withdrawn_line(row: Any) -> bytes:
+    return encode({"object": WITHDRAWN, "id": row.id, "reason": "deleted while it was exported"}) + b"\n"
 
 
 def _why_not_json(raw: bytes, error: Exception) -> str:
@@ -129,15 +145,20 @@ def _item(number: int, value: dict[str, Any]) -> ItemLine:
     return ItemLine(number, value)
 
 
-def parse_lines(lines: Iterable[bytes], *, many: bool) -> Iterator[Header | ItemLine]:
+def parse_lines(lines: Iterable[bytes], *, many: bool) -> Iterator[Header | ItemLine | Withdrawn]:
     """Headers and items in file order, one line at a time. With `many`, a file may hold several conversations,
-    each starting with its header; otherwise only line 1 may be one."""
+    each starting with its header (and any of them withdrawn after its lines); otherwise only line 1 may be
+    one."""
     number = 0
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise bad_line(number, "is empty")
         value = _decode(number, line)
-        if number == 1 or (many and value.get("object") == "conversation"):
+        if value.get("object") == WITHDRAWN and "type" not in value and number > 1:
+            if not many:
+                raise bad_line(number, "this conversation was deleted while it was exported: the file is not all of it")
+            yield Withdrawn(number)
+        elif number == 1 or (many and value.get("object") == "conversation"):
             yield _header(number, value)
         else:
             yield _item(number, value)
@@ -145,7 +166,7 @@ def parse_lines(lines: Iterable[bytes], *, many: bool) -> Iterator[Header | Item
         raise bad_line(1, "the file is empty; line 1 must be the conversation's header")
 
 
-def parse(raw: bytes, *, many: bool) -> Iterator[Header | ItemLine]:
+def parse(raw: bytes, *, many: bool) -> Iterator[Header | ItemLine | Withdrawn]:
     lines = raw.split(b"\n")
     if lines and lines[-1].strip() == b"":
         lines.pop()  # the newline ending the last line

@@ -34,8 +34,10 @@ async def conversation_lines(
     engine: AsyncEngine, row: Any, tenant: str | None = None, *, skip_if_gone: bool = False
 ) -> AsyncIterator[bytes]:
     """The conversation's JSON Lines: its header, then its items page by page, each page its own short read
-    that also checks, in the same snapshot, that the conversation is still there. `skip_if_gone`: a
-    conversation gone before anything of it was sent is left out (a backup of many) rather than interrupting."""
+    that also checks, in the same snapshot, that the conversation is still there. `skip_if_gone` (a backup of
+    many): a conversation gone before anything of it was sent is left out, and one gone after is withdrawn by a
+    line of its own, which an import reads as "leave it out" (jsonl.Withdrawn), rather than breaking off the
+    whole backup for one tenant's delete."""
     after = -1
     started = False
     while True:
@@ -45,7 +47,9 @@ async def conversation_lines(
                 there = await repository.conversation_exists(conn, row.id, None)
                 page = await repository.item_page(conn, row.id, after, EXPORT_PAGE) if there else []
         if not there:
-            if skip_if_gone and not started:
+            if skip_if_gone:
+                if started:
+                    yield jsonl.withdrawn_line(row)
                 return
             raise ExportInterrupted(f"conversation {row.id} was deleted during its export")
         if not started:
@@ -104,11 +108,13 @@ async def import_conversation(
     """One exported conversation as a new one: new ids, everything else as in the file."""
     tally = ImportTally(caps)
 
-    def converted(entries: Iterable[jsonl.Header | jsonl.ItemLine]) -> Iterator[jsonl.Header | ImportedLine]:
+    def converted(
+        entries: Iterable[jsonl.Header | jsonl.ItemLine | jsonl.Withdrawn],
+    ) -> Iterator[jsonl.Header | ImportedLine]:
         for entry in entries:
             if isinstance(entry, jsonl.Header):
                 yield entry
-            else:
+            elif isinstance(entry, jsonl.ItemLine):  # a one-conversation file withdraws nothing (jsonl.parse)
                 item = imported_item(entry.value)
                 tally.add(entry.line, item)
                 yield ImportedLine(entry, item)
