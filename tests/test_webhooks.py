@@ -410,6 +410,8 @@ async def test_a_delivery_whose_response_is_deleted_while_it_is_sent_is_not_reco
         ({"before": "x"}, "before", None),
         ({"limit": "5", "before": "x"}, "before", None),  # the bad one is named, not limit
         ({"limit": "0"}, "limit", None),
+        ({"limit": " 5"}, "limit", None),  # int() takes these: no other listing did
+        ({"limit": "\u0661"}, "limit", None),
         ({"tenant": "nosuch"}, "tenant", "unknown_tenant"),  # as on every admin listing
     ],
 )

@@ -10,6 +10,7 @@ from service.admin.service import listed_tenant_id
 from service.config import Settings
 from service.errors import InvalidRequest, NotFound
 from service.ids import new_id
+from service.pagination import client_integer
 from service.webhooks import repository
 from service.webhooks.addresses import AddressRefused, check_url_form
 from service.webhooks.signing import new_secret
@@ -33,11 +34,8 @@ def _integer(query: Pairs, name: str, low: int, high: int) -> int | None:
     raw = _single(query, name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
+    value = client_integer(raw)  # not int(): it takes spaces and other scripts' digits
+    if value is None or not low <= value <= high:
         raise InvalidRequest(f"{name} must be an integer between {low} and {high}", param=name)
     return value
 
