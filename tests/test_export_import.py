@@ -163,7 +163,8 @@ async def test_a_hand_written_import_replays_as_openrouter_needs_and_lists_in_op
     conversation = answer.json()["id"]
     await turn(alice.http, "next", conversation=conversation)
     hello, hi_there, more, as_input, _ = fake_upstream.inputs[0]
-    assert hello["content"] == [{"type": "input_text", "text": "hello"}]
+    # A client's message goes as the items API stores one: without an id (it had one in its JSON, sent upstream).
+    assert hello == {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]}
     assert hi_there["content"] == [{"type": "output_text", "text": "hi there", "annotations": []}]
     # As the items API stores it: an assistant message goes upstream as output, with output_text parts.
     assert as_input["content"] == [{"type": "output_text", "text": "as input", "annotations": []}]

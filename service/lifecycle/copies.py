@@ -73,6 +73,8 @@ def imported_item(value: dict[str, Any]) -> NewItem:
             del stored["status"]
     elif "id" in value:
         stored = {**value, "id": renewed}
+    elif _is_client_input(value):
+        stored = value  # as the items API stores client input: its id only in the column, not sent upstream
     else:
         stored = {"id": renewed, **value}
     role = _column(value.get("role"))
