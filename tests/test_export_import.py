@@ -245,6 +245,10 @@ async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tena
         assert error["type"] == "invalid_request_error"
     assert await rows(db, "SELECT id FROM conversation") == []
     assert await rows(db, "SELECT id FROM item") == []
+    # An operators' export of many conversations, sent here: said so, rather than "an item needs a type".
+    many = header + b"\n" + good + b"\n" + header + b"\n" + good + b"\n"
+    answer = await alice.http.post("/v1/conversations/import", content=many, headers=JSONL)
+    assert "a second conversation's header" in answer.json()["error"]["message"], answer.text
 
 
 async def test_a_line_with_a_lone_surrogate_is_refused_for_that_reason(alice: Tenant, db: AsyncEngine) -> None:

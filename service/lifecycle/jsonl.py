@@ -160,6 +160,12 @@ def parse_lines(lines: Iterable[bytes], *, many: bool) -> Iterator[Header | Item
             yield Withdrawn(number)
         elif number == 1 or (many and value.get("object") == "conversation"):
             yield _header(number, value)
+        elif value.get("object") == "conversation" and "type" not in value:
+            raise bad_line(
+                number,
+                "a second conversation's header: this import takes one conversation (an operators' import, "
+                "POST /admin/tenants/{tenant}/import or convstore import, takes many)",
+            )
         else:
             yield _item(number, value)
     if number == 0:
