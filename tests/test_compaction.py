@@ -952,3 +952,32 @@ async def test_a_summary_call_the_provider_finds_too_long_is_made_shorter(
     summaries = [r.body for r in fake_upstream.requests if r.body.get("instructions") == SUMMARY_INSTRUCTIONS]
     counted = [fake_input_tokens(summary) for summary in summaries]
     assert any(count + SMALL_WINDOW_COMPLETION > SMALL_WINDOW for count in counted), counted
+
+
+async def test_a_summary_call_reads_every_call_and_result_of_a_parallel_round(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Calls and results are read as messages by the summary call, so none names its call any more: paired again
+    in order there, the second call looked like the first's replacement, and the summary was written without the
+    first call and the second result. Its reasoning is read as text too (its encrypted content is the model's)."""
+    conversation = await new_conversation(alice.http)
+    body = {"model": MODEL, "conversation": conversation, "tools": LOOKUP_TOOLS}
+    thought = {**REASONING, "id": "rs_both", "summary": [{"type": "summary_text", "text": "THINK-BOTH"}]}
+    calls = [
+        {**LOOKUP_CALL, "id": f"fc_p{n}", "call_id": f"call_p{n}", "arguments": f'{{"q": "Q{n}"}}'} for n in (1, 2)
+    ]
+    fake_upstream.reply_json(response_with_output([thought, *calls]))
+    assert (await alice.http.post("/v1/responses", json={**body, "input": "look up both"})).status_code == 200
+    outputs = [{**LOOKUP_OUTPUT, "call_id": "call_p1", "output": "FIRST-RESULT"}]
+    outputs.append({**LOOKUP_OUTPUT, "call_id": "call_p2", "output": "SECOND-RESULT"})
+    fake_upstream.reply_json(text_response("both found", msg_id="msg_both"))
+    assert (await alice.http.post("/v1/responses", json={**body, "input": outputs})).status_code == 200
+    fake_upstream.reply_json(summary_reply("S-both"))
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": conversation})
+    assert compacted.status_code == 200, compacted.text
+    summary_call = fake_upstream.requests[-1].body
+    assert summary_call["instructions"] == SUMMARY_INSTRUCTIONS
+    read = json.dumps(summary_call["input"])
+    for text_ in ("THINK-BOTH", "call_p1", "Q1", "call_p2", "Q2", "FIRST-RESULT", "SECOND-RESULT", "both found"):
+        assert text_ in read, text_
+    assert {item.get("type", "message") for item in summary_call["input"]} == {"message"}

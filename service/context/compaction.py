@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from service.context import pairing
-from service.context.ledger import COMPACTION, TOOL_CALL, TOOL_OUTPUT, USER_MESSAGE, kind_of
+from service.context.ledger import COMPACTION, REASONING, TOOL_CALL, TOOL_OUTPUT, USER_MESSAGE, kind_of
 from service.context.sealing import InvalidSeal, Sealer, Summary
 from service.errors import InvalidRequest
 from service.ids import new_id
@@ -141,14 +141,25 @@ def _text_of(output: Any) -> str:
 
 
 def as_summary_text(body: str, kind: int) -> str:
-    """A tool call or output as the summary call reads it: a message saying what was called and what came back.
-    A summary call defines no tools, and a provider may refuse tool calls in a request that defines none
-    (Anthropic's API does); the summarizing model needs only to read them. Other items are as stored."""
-    if kind not in (TOOL_CALL, TOOL_OUTPUT):
+    """A tool call or output, or a reasoning item, as the summary call reads it: a message saying what was called
+    and what came back, or what the model thought (its summary). A summary call defines no tools, and a provider
+    may refuse tool calls in a request that defines none (Anthropic's API does); a reasoning item goes upstream
+    only before the item it came with, which is a message here, and its encrypted content opens only for the
+    model that wrote it. The summarizing model needs only to read them. Other items are as stored."""
+    if kind not in (TOOL_CALL, TOOL_OUTPUT, REASONING):
         return body
     item = msgspec.json.decode(body)
     if not isinstance(item, dict):
         return body
+    if kind == REASONING:
+        summary = item.get("summary")
+        thought = _text_of(summary) if isinstance(summary, list) and summary else ""
+        message = {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": f"[reasoning] {thought}".strip()}],
+        }
+        return msgspec.json.encode(message).decode()
     key = item.get("call_id") or item.get("approval_request_id") or item.get("id") or ""
     if kind == TOOL_CALL:
         fields = {k: v for k, v in item.items() if k not in _NAMING_FIELDS}

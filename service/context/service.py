@@ -381,14 +381,14 @@ class ContextWindows:
         bodies = items.bodies()
         alone = pairing.unpaired(items.kinds, bodies)
         keep = [i for i in range(len(items)) if i not in alone]
-        items = CountedItems.of(
-            [compaction.as_summary_text(bodies[i], items.kinds[i]) for i in keep],
-            [items.kinds[i] for i in keep],
-            [items.counts[i] for i in keep],
-        )
+        texts = [compaction.as_summary_text(bodies[i], items.kinds[i]) for i in keep]
+        # Of the kind each text now is (a call or a reasoning item read as an assistant's message, an output as a
+        # user's): nothing in them pairs any more.
+        items = CountedItems.of(texts, [kind_of_body(text) for text in texts], [items.counts[i] for i in keep])
         window, attempt = await self.catalog.window(model), 1
         while True:
-            history, fitted = items.text, fitting.Fit(0, items.total, 0, _SUMMARY_OVERHEAD_TOKENS)
+            fitted = fitting.whole(items, 0, _SUMMARY_OVERHEAD_TOKENS)
+            history = fitted.history_text(items)
             budget = self._budget(model, window, {}, truncate=True)  # a refusal's limit too
             if budget is not None:
                 fitted = fitting.fit(
