@@ -150,32 +150,35 @@ class CallPairing:
     waiting: dict[str | None, int] = field(default_factory=dict)  # id -> the call's index
     lone_outputs: list[int] = field(default_factory=list)  # no call of its id waiting: none, or answered already
     lone_calls: list[int] = field(default_factory=list)  # waiting when another call took its id: never answered
+    optional: set[int] = field(default_factory=set)  # the calls that may go unanswered (MCP approval requests)
     answers: dict[int, int] | None = None  # output index -> call index, kept when given
 
     def copy(self) -> CallPairing:
         answers = None if self.answers is None else dict(self.answers)
-        return CallPairing(dict(self.waiting), list(self.lone_outputs), list(self.lone_calls), answers)
+        waiting, lone_outputs, lone_calls = dict(self.waiting), list(self.lone_outputs), list(self.lone_calls)
+        return CallPairing(waiting, lone_outputs, lone_calls, set(self.optional), answers)
 
-    def read(self, index: int, kind: int, key: str | None) -> None:
+    def read(self, index: int, kind: int, body: str | bytes | msgspec.Raw) -> None:
+        """Item `index` of kind TOOL_CALL or TOOL_OUTPUT, whose text is `body`."""
+        item = call_of(body)
         if kind == TOOL_CALL:
-            replaced = self.waiting.get(key)
+            replaced = self.waiting.get(item.key)
             if replaced is not None:
                 self.lone_calls.append(replaced)
-            self.waiting[key] = index
+            self.waiting[item.key] = index
+            if item.type == _ANSWER_OPTIONAL:
+                self.optional.add(index)
         elif kind == TOOL_OUTPUT:
-            call = self.waiting.pop(key, None)
+            call = self.waiting.pop(item.key, None)
             if call is None:
                 self.lone_outputs.append(index)
             elif self.answers is not None:
                 self.answers[index] = call
 
-    def unanswered(self, bodies: Any, answered: Collection[str | None] = ()) -> list[int]:
-        """The calls no output answers (but those `answered`, by the new input, and MCP approval requests):
-        `bodies(index)` gives an item's text."""
-        found = list(self.lone_calls)
-        for key, index in self.waiting.items():
-            if key not in answered and call_of(bodies(index)).type != _ANSWER_OPTIONAL:
-                found.append(index)
+    def unanswered(self, answered: Collection[str | None] = ()) -> list[int]:
+        """The calls no output answers (but those `answered`, by the new input, and MCP approval requests)."""
+        found = [index for index in self.lone_calls if index not in self.optional]
+        found.extend(index for key, index in self.waiting.items() if key not in answered and index not in self.optional)
         return found
 
 
@@ -208,7 +211,7 @@ class CountedItems:
         ids the new input answers), and the reasoning items those leave alone, as well as the lone ones and those
         ending the history (a turn's new input comes after them, never the item they came with)."""
         kinds = self.kinds
-        unanswered = self.calls.unanswered(self.item_text, answered)
+        unanswered = self.calls.unanswered(answered)
         dropped = {*self.calls.lone_outputs, *unanswered}
         alone = set(self.lone_reasoning)
         end = len(kinds)
@@ -287,7 +290,7 @@ class CountedItems:
         for index in range(first, len(kinds)):
             kind = kinds[index]
             if kind in (TOOL_CALL, TOOL_OUTPUT):
-                calls.read(index, kind, call_id_of(bodies[index - first]))
+                calls.read(index, kind, bodies[index - first])
         self.calls = calls
 
     def _follow_reasoning(self, first: int) -> None:

@@ -96,7 +96,7 @@ def _paired(kinds: Sequence[int], bodies: Sequence[str]) -> CallPairing:
     calls = CallPairing(answers={})
     for index, kind in enumerate(kinds):
         if kind in (TOOL_CALL, TOOL_OUTPUT):
-            calls.read(index, kind, call_id_of(bodies[index]))
+            calls.read(index, kind, bodies[index])
     return calls
 
 
