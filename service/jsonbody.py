@@ -62,20 +62,21 @@ def _containers(raw: bytes) -> int:
     return len(_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)) // 2
 
 
-_NOT_SEPARATORS = bytes(byte for byte in range(256) if byte not in b'",:')
+_NOT_COMMAS_OR_QUOTES = bytes(byte for byte in range(256) if byte not in b'",')
 
 
 def too_many_values(raw: bytes) -> bool:
-    """Whether a JSON text's arrays and objects hold more than MAX_JSON_VALUES keys and elements together: its
-    commas and colons, counted outside strings only when there are more than that at all (a long text holds
-    many), and refused without that count when its strings alone are more (each key is one)."""
-    if raw.count(b",") + raw.count(b":") <= MAX_JSON_VALUES:
+    """Whether a JSON text's arrays and objects hold more than about MAX_JSON_VALUES keys and elements together:
+    its commas outside strings (one fewer than the members of each array and object). Counted outside strings
+    only when there are more than that at all (a long text holds many), and refused without that count when its
+    strings alone are more than twice as many (a member holds at most two: its key and its value)."""
+    if raw.count(b",") <= MAX_JSON_VALUES:
         return False
     unescaped = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
-    if unescaped.count(b'"') > 2 * MAX_JSON_VALUES:
+    if unescaped.count(b'"') > 4 * MAX_JSON_VALUES:
         return True
-    outside = unescaped.translate(None, _NOT_SEPARATORS).split(b'"')[::2]
-    return sum(part.count(b",") + part.count(b":") for part in outside) > MAX_JSON_VALUES
+    outside = unescaped.translate(None, _NOT_COMMAS_OR_QUOTES).split(b'"')[::2]
+    return sum(part.count(b",") for part in outside) > MAX_JSON_VALUES
 
 
 def nests_too_deep(raw: bytes) -> bool:

@@ -377,7 +377,7 @@ async def test_a_body_of_more_keys_or_elements_than_any_request_holds_is_a_400(
     loop for seconds, and once stored, every GET of the response as long again; so did an array of millions of
     numbers. Commas and colons inside strings are text, not structure."""
     conversation = await new_conversation(alice.http)
-    keys = b",".join(b'"k%d":1' % n for n in range(MAX_JSON_VALUES))
+    keys = b",".join(b'"k%d":1' % n for n in range(MAX_JSON_VALUES + 10))
     numbers = b",".join(b"%d" % n for n in range(MAX_JSON_VALUES + 10))
     for many in (b'{"k":{' + keys + b"}}", b'{"k":[' + numbers + b"]}"):
         turn = many[:-1] + b',"model":"m","input":"x"}'
@@ -397,6 +397,12 @@ async def test_a_body_of_more_keys_or_elements_than_any_request_holds_is_a_400(
     assert fake_upstream.requests == []
     assert await rows(db, "SELECT id FROM response") == []
     assert await rows(db, "SELECT id FROM item") == []
+    # Just under the limit, keys are taken (each is one member, not two).
+    fake_upstream.reply_json(text_response("Many keys."))
+    under = b",".join(b'"k%d":1' % n for n in range(MAX_JSON_VALUES - 10))
+    taken = b'{"provider":{' + under + b'},"model":"' + MODEL.encode() + b'","input":"x","store":false}'
+    answered = await alice.http.post("/v1/responses", content=taken, headers={"content-type": "application/json"})
+    assert answered.status_code == 200, answered.text
     fake_upstream.reply_json(text_response("Commas are text here."))
     text_ = '"a":1, "b": 2, ' * (MAX_JSON_VALUES // 2)
     answered = await alice.http.post(
