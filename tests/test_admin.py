@@ -527,6 +527,11 @@ async def test_a_tenant_name_the_admin_paths_could_not_carry_is_refused(
     assert created.status_code == 200, created.text
     reached = await admin.get("/admin/tenants/team.x-1 (EU)/retention")
     assert reached.status_code == 200, reached.text
+    # A tenant named so before the check keeps its name and gets keys (its exports import as they did).
+    async with db.begin() as conn:
+        await conn.execute(text("INSERT INTO tenant (id, name) VALUES ('ten_old_slash', 'old/team')"))
+    kept = await admin.post("/admin/api-keys", json={"tenant": "old/team"})
+    assert kept.status_code == 200 and kept.json()["tenant"] == "old/team", kept.text
 
 
 async def test_keys_created_through_the_api_work_on_v1_until_revoked(

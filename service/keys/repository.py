@@ -15,6 +15,11 @@ tenant_t = tenant_table
 key_t = api_key_table
 
 
+async def tenant_id_named(conn: AsyncConnection, name: str) -> str | None:
+    found = await conn.scalar(select(tenant_t.c.id).where(tenant_t.c.name == name))
+    return None if found is None else str(found)
+
+
 async def get_or_create_tenant(conn: AsyncConnection, name: str) -> str:
     """`name` as service.keys.service.tenant_name_to_store gives it."""
     existing = await conn.scalar(select(tenant_t.c.id).where(tenant_t.c.name == name))

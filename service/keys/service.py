@@ -54,26 +54,37 @@ MAX_TENANT_NAME_LENGTH = 200
 
 
 def tenant_name_to_store(name: str) -> str:
-    """`name` trimmed, or InvalidRequest (param "tenant"): every way a tenant is created (the admin API, `keys
+    """`name` trimmed, or InvalidRequest (param "tenant"): every way a tenant is named (the admin API, `keys
     create`, `import --tenant` or an export's headers) comes through here, so none makes one that the admin
-    routes cannot address (an empty name, surrounding spaces, a `/` or a name of dots, which their paths cannot
-    carry: `/admin/tenants/{tenant}/…`) or refuse (too long, a control character)."""
+    routes cannot address (an empty name, surrounding spaces) or refuse (too long, U+0000)."""
     trimmed = name.strip()
     if not trimmed:
         raise InvalidRequest("tenant must be a non-empty string", param="tenant")
-    if len(trimmed) > MAX_TENANT_NAME_LENGTH or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in trimmed):
+    if len(trimmed) > MAX_TENANT_NAME_LENGTH or "\x00" in trimmed:
         raise InvalidRequest(
-            f"tenant must be at most {MAX_TENANT_NAME_LENGTH} characters, without control characters",
-            param="tenant",
+            f"tenant must be at most {MAX_TENANT_NAME_LENGTH} characters, without U+0000", param="tenant"
         )
-    if "/" in trimmed or trimmed in {".", ".."}:
-        raise InvalidRequest("tenant cannot contain '/' nor be '.' or '..'", param="tenant")
     return trimmed
+
+
+def _check_new_tenant_name(name: str) -> None:
+    """What a new tenant's name may not hold: what the `/admin/tenants/{tenant}/…` paths cannot carry (a `/`, a
+    name of dots) and control characters. A tenant named so before this check keeps its name, its keys and its
+    place in an export."""
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):
+        raise InvalidRequest("tenant cannot contain control characters", param="tenant")
+    if "/" in name or name in {".", ".."}:
+        raise InvalidRequest("tenant cannot contain '/' nor be '.' or '..'", param="tenant")
 
 
 async def get_or_create_tenant(conn: AsyncConnection, name: str) -> str:
     """The tenant's id, created if new, under its checked name."""
-    return await repository.get_or_create_tenant(conn, tenant_name_to_store(name))
+    name = tenant_name_to_store(name)
+    existing = await repository.tenant_id_named(conn, name)
+    if existing is not None:
+        return existing
+    _check_new_tenant_name(name)
+    return await repository.get_or_create_tenant(conn, name)
 
 
 MAX_KEY_NAME_LENGTH = 200  # as the admin API's body allows
@@ -85,7 +96,7 @@ async def create_key(engine: AsyncEngine, *, tenant: str, name: str = "", is_adm
         raise InvalidRequest(f"name must be at most {MAX_KEY_NAME_LENGTH} characters, without U+0000", param="name")
     secret = mint_secret()
     async with engine.begin() as conn:
-        tenant_id = await repository.get_or_create_tenant(conn, tenant)
+        tenant_id = await get_or_create_tenant(conn, tenant)
         row = await repository.insert_key(
             conn,
             tenant_id=tenant_id,
