@@ -336,3 +336,19 @@ async def test_a_conversation_deleted_while_a_backup_streams_is_withdrawn_not_th
     single = received[: received.index(b"\n", received.index(b"conversation.withdrawn")) + 1]
     refused = await alice.http.post("/v1/conversations/import", content=single, headers=JSONL)
     assert refused.status_code == 400 and "deleted while it was exported" in refused.json()["error"]["message"]
+
+
+async def test_an_operators_import_moves_items_stored_before_todays_part_checks(
+    admin: httpx.AsyncClient, alice: Tenant, db: AsyncEngine
+) -> None:
+    """A tenant's own import checks a client message's parts as the items API does (a file may be written by
+    hand); an operators' import moves what the service stored, some of it before those checks, as it is: one such
+    item refused the whole backup."""
+    older = {"type": "message", "role": "user", "content": [{"type": "input_file", "filename": "notes.pdf"}]}
+    file = (json.dumps({"object": "conversation", "metadata": {}}) + "\n" + json.dumps(older) + "\n").encode()
+    refused = await alice.http.post("/v1/conversations/import", content=file, headers=JSONL)
+    assert refused.status_code == 400 and refused.json()["error"]["message"].startswith("Line 2: "), refused.text
+    moved = await admin.post("/admin/tenants/alice/import", content=file, headers=JSONL)
+    assert moved.status_code == 200, moved.text
+    [stored] = await rows(db, "SELECT body FROM item")
+    assert json.loads(stored["body"])["content"] == older["content"]
