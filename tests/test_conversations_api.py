@@ -264,6 +264,9 @@ async def test_conversation_cannot_be_changed_while_a_turn_is_in_flight(
     # A bad item is the client's 400 at once, not a 409 telling it to retry the same refusal.
     bad = await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": [{"type": "bogus"}]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "items[0].type", bad.text
+    missing = {"items": [{"type": "item_reference", "id": "msg_nowhere"}]}
+    unknown = await alice.http.post(f"/v1/conversations/{conv}/items", json=missing)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "item_not_found", unknown.text
     # Reading is never blocked.
     assert (await alice.http.get(f"/v1/conversations/{conv}/items")).status_code == 200
     await running

@@ -202,6 +202,11 @@ async def add_items(
     if not raw_items:
         raise InvalidRequest("items must hold at least one item", param="items")
     checked = _checked_items(raw_items)
+    if any(item.type == ITEM_REFERENCE for item in checked):
+        # A reference to no item of the tenant's is a 404 whatever the conversation's state, too; the items named
+        # are copied as they are now (the copy does not follow them).
+        async with engine.connect() as conn:
+            checked = await resolve_item_references(conn, tenant_id, checked, param="items")
     async with engine.begin() as conn:
         row = await lock_free_conversation(conn, tenant_id, conversation_id)
         if caps is not None:
