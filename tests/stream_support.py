@@ -127,3 +127,17 @@ async def stored_logs(db: AsyncEngine, response_id: str | None = None) -> dict[s
         r=response_id,
     )
     return {r["response_id"]: r["events"] if r["events"] is not None else unpacked(r["events_zlib"]) for r in found}
+
+
+async def final_response(client: httpx.AsyncClient, body: dict[str, Any], *, stream: bool = False) -> dict[str, Any]:
+    """A turn's Response once it ended: its answer, or (`stream`) its stream's terminal event's; the turn must
+    answer 200."""
+    if not stream:
+        answer = await client.post("/v1/responses", json=body)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+    async with client.stream("POST", "/v1/responses", json={**body, "stream": True}) as answer:
+        assert answer.status_code == 200, await answer.aread()
+        events = await read_events(answer)
+    assert_well_formed(events)
+    return dict(events[-1]["response"])

@@ -16,32 +16,22 @@ import pytest
 
 from tests.conftest import Tenant
 from tests.fake_openrouter import SMALL_WINDOW_MODEL, FakeOpenRouter, response_with_output, text_response
-from tests.stream_support import read_events
-from tests.test_truncated_tool_calls import CALL, OUTPUT, REASONING, TOOLS, words
-from tests.turn_support import MODEL, assistant, list_all, new_conversation, user
+from tests.stream_support import final_response
+from tests.test_truncated_tool_calls import CALL, OUTPUT, REASONING, STYLES, TOOLS, new_thread, words
+from tests.turn_support import MODEL, assistant, list_all, user
 
 MODELS = (SMALL_WINDOW_MODEL, MODEL)
-STYLES = ("conversation", "previous_response_id")
 # What a reasoning model answers when max_output_tokens runs out before it says anything.
 ONLY_REASONING = response_with_output(
     [REASONING], status="incomplete", incomplete_details={"reason": "max_output_tokens"}
 )
 
 
-async def new_thread(tenant: Tenant, style: str) -> dict[str, str]:
-    return {"conversation": await new_conversation(tenant.http)} if style == "conversation" else {}
-
-
-async def send(tenant: Tenant, thread: dict[str, str], model: str, input_: Any, **fields: Any) -> dict[str, Any]:
+async def send(
+    tenant: Tenant, thread: dict[str, str], model: str, input_: Any, *, stream: bool = False, **fields: Any
+) -> dict[str, Any]:
     body = {"model": model, "input": input_, **thread, "tools": TOOLS, **fields}
-    if fields.get("stream"):
-        async with tenant.http.stream("POST", "/v1/responses", json=body) as answer:
-            assert answer.status_code == 200, await answer.aread()
-            response = (await read_events(answer))[-1]["response"]
-    else:
-        answer = await tenant.http.post("/v1/responses", json=body)
-        assert answer.status_code == 200, answer.text
-        response = answer.json()
+    response = await final_response(tenant.http, body, stream=stream)
     assert response["status"] in ("completed", "incomplete"), response
     if "conversation" not in thread:
         thread["previous_response_id"] = response["id"]

@@ -17,7 +17,7 @@ from tests.fake_openrouter import (
     response_with_output,
     text_response,
 )
-from tests.stream_support import read_events
+from tests.stream_support import final_response
 from tests.turn_support import assistant, new_conversation, user
 
 TOOLS = [{"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}]
@@ -58,14 +58,7 @@ async def new_thread(tenant: Tenant, style: str = "conversation") -> dict[str, s
 
 async def send(tenant: Tenant, thread: dict[str, str], input_: Any, *, stream: bool = False) -> None:
     body = {"model": SMALL_WINDOW_MODEL, "input": input_, **thread, "tools": TOOLS, "truncation": "auto"}
-    if stream:
-        async with tenant.http.stream("POST", "/v1/responses", json={**body, "stream": True}) as answer:
-            assert answer.status_code == 200, await answer.aread()
-            response = (await read_events(answer))[-1]["response"]
-    else:
-        answer = await tenant.http.post("/v1/responses", json=body)
-        assert answer.status_code == 200, answer.text
-        response = answer.json()
+    response = await final_response(tenant.http, body, stream=stream)
     assert response["status"] == "completed", response
     if "conversation" not in thread:
         thread["previous_response_id"] = response["id"]
