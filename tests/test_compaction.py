@@ -981,3 +981,56 @@ async def test_a_summary_call_reads_every_call_and_result_of_a_parallel_round(
     for text_ in ("THINK-BOTH", "call_p1", "Q1", "call_p2", "Q2", "FIRST-RESULT", "SECOND-RESULT", "both found"):
         assert text_ in read, text_
     assert {item.get("type", "message") for item in summary_call["input"]} == {"message"}
+
+
+async def test_an_earlier_summary_stays_in_the_summary_call_that_replaces_it(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """The summary call is cut to the summarizing model's window; a cut never drops the latest compaction item.
+    Read as a developer message's kind, an earlier summary was cut like any message on a small model, and the new
+    summary, which replaces it, was written without what it held."""
+    fake_upstream.count_scripted = True
+    conversation = await new_conversation(alice.http)
+    body = {"model": MODEL, "conversation": conversation}
+    for number, said in enumerate(["one", "two", *(f"long {n} " + "word " * 150 for n in range(5))]):
+        sent: Any = said
+        if number == 1:
+            fake_upstream.reply_json(summary_reply("OLD-SUMMARY the user's secret is 4711"))
+            compacted = await alice.http.post("/v1/responses/compact", json=body)
+            assert compacted.status_code == 200, compacted.text
+            item = next(i for i in compacted.json()["output"] if i["type"] == "compaction")
+            sent = [{k: v for k, v in item.items() if k != "id"}, {"role": "user", "content": said}]
+        fake_upstream.reply_json(text_response(f"answer {number}", msg_id=f"msg_kept_{number}"))
+        answered = await alice.http.post("/v1/responses", json={**body, "input": sent})
+        assert answered.status_code == 200, answered.text
+    fake_upstream.reply_json(summary_reply("NEW"))
+    compacted = await alice.http.post("/v1/responses/compact", json={**body, "model": SMALL_WINDOW_MODEL})
+    assert compacted.status_code == 200, compacted.text
+    summary_call = fake_upstream.requests[-1].body
+    assert summary_call["instructions"] == SUMMARY_INSTRUCTIONS
+    assert "OLD-SUMMARY" in json.dumps(summary_call["input"])
+    assert "long 0" not in json.dumps(summary_call["input"])  # the cut did fall: the window is small
+
+
+async def test_a_reasoning_item_reaches_the_summary_call_as_its_text(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """As a provider may give it: its summary as strings, or its thought in content (reasoning_text) alone."""
+    conversation = await new_conversation(alice.http)
+    body = {"model": MODEL, "conversation": conversation, "tools": LOOKUP_TOOLS}
+    in_content = {
+        "type": "reasoning",
+        "id": "rs_content",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": "THOUGHT-IN-CONTENT"}],
+    }
+    as_strings = {"type": "reasoning", "id": "rs_strings", "summary": ["THOUGHT-AS-STRING"]}
+    fake_upstream.reply_json(response_with_output([in_content, LOOKUP_CALL]))
+    assert (await alice.http.post("/v1/responses", json={**body, "input": "go"})).status_code == 200
+    fake_upstream.reply_json(response_with_output([as_strings, assistant("done", "msg_done_r")]))
+    assert (await alice.http.post("/v1/responses", json={**body, "input": [LOOKUP_OUTPUT]})).status_code == 200
+    fake_upstream.reply_json(summary_reply("S"))
+    compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "conversation": conversation})
+    assert compacted.status_code == 200, compacted.text
+    read = json.dumps(fake_upstream.requests[-1].body["input"])
+    assert "THOUGHT-IN-CONTENT" in read and "THOUGHT-AS-STRING" in read

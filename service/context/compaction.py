@@ -134,7 +134,11 @@ def _text_of(output: Any) -> str:
         return output
     if isinstance(output, list):
         return " ".join(
-            part.get("text", "") if isinstance(part, dict) and isinstance(part.get("text"), str) else "[attachment]"
+            part
+            if isinstance(part, str)
+            else part["text"]
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else "[attachment]"
             for part in output
         )
     return msgspec.json.encode(output).decode()
@@ -152,8 +156,9 @@ def as_summary_text(body: str, kind: int) -> str:
     if not isinstance(item, dict):
         return body
     if kind == REASONING:
-        summary = item.get("summary")
-        thought = _text_of(summary) if isinstance(summary, list) and summary else ""
+        # Its summary, else its own text (reasoning_text parts), as some providers give only that.
+        parts = item.get("summary") or item.get("content")
+        thought = _text_of(parts) if isinstance(parts, list) and parts else ""
         message = {
             "type": "message",
             "role": "assistant",

@@ -382,9 +382,13 @@ class ContextWindows:
         alone = pairing.unpaired(items.kinds, bodies)
         keep = [i for i in range(len(items)) if i not in alone]
         texts = [compaction.as_summary_text(bodies[i], items.kinds[i]) for i in keep]
-        # Of the kind each text now is (a call or a reasoning item read as an assistant's message, an output as a
-        # user's): nothing in them pairs any more.
-        items = CountedItems.of(texts, [kind_of_body(text) for text in texts], [items.counts[i] for i in keep])
+        # A text read as a message (a call or a reasoning item as an assistant's, an output as a user's) is of that
+        # kind now: nothing in it pairs any more. The others, which as_summary_text returns as they are, keep
+        # theirs (an earlier summary stays a compaction item, which a cut never drops).
+        kinds = [
+            items.kinds[i] if text is bodies[i] else kind_of_body(text) for i, text in zip(keep, texts, strict=True)
+        ]
+        items = CountedItems.of(texts, kinds, [items.counts[i] for i in keep])
         window, attempt = await self.catalog.window(model), 1
         while True:
             fitted = fitting.whole(items, 0, _SUMMARY_OVERHEAD_TOKENS)
