@@ -140,7 +140,7 @@ def extract_text(item: dict[str, Any]) -> str:
 
 def _check_parts(parts: list[Any], allowed: frozenset[str] | None, param: str, *, fields: bool = True) -> None:
     """`allowed`: the part types accepted; None: any string. `fields`: check the fields OpenAI types too (not
-    for an item an operators' import moves, which it holds as it was once accepted: check_replayable)."""
+    for an exported item an import moves, which it holds as it was once accepted: check_replayable)."""
     for index, part in enumerate(parts):
         where = f"{param}[{index}]"
         if not isinstance(part, dict):
@@ -308,9 +308,9 @@ def check_columns(item: dict[str, Any], kind: str, param: str) -> None:
 def check_replayable(item: dict[str, Any], param: str, *, part_fields: bool) -> None:
     """An item that joins a conversation as it is (an imported one: of any type, as upstream output is, and kept
     exactly): the fields a later turn sends upstream, where its type is one the upstream's schema describes.
-    `part_fields`: a client message's content parts are checked field by field, as the items API checks them (a
-    tenant's own import, which may be written by hand: a part the upstream refuses would stop every later turn);
-    an operators' import moves what the service stored, some of it before today's checks, as it is."""
+    `part_fields`: a client message's content parts are checked field by field, as the items API checks them (an
+    item written by hand: a part the upstream refuses would stop every later turn); an exported item moves as
+    the service stored it, some of it before today's checks."""
     kind = item.get("type")
     if kind == ITEM_REFERENCE:
         raise _fail(f"{param} is an item reference; a conversation holds the items themselves", f"{param}.type")

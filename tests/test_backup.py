@@ -338,17 +338,24 @@ async def test_a_conversation_deleted_while_a_backup_streams_is_withdrawn_not_th
     assert refused.status_code == 400 and "deleted while it was exported" in refused.json()["error"]["message"]
 
 
-async def test_an_operators_import_moves_items_stored_before_todays_part_checks(
+async def test_an_exported_item_stored_before_todays_part_checks_imports_as_it_is(
     admin: httpx.AsyncClient, alice: Tenant, db: AsyncEngine
 ) -> None:
-    """A tenant's own import checks a client message's parts as the items API does (a file may be written by
-    hand); an operators' import moves what the service stored, some of it before those checks, as it is: one such
-    item refused the whole backup."""
-    older = {"type": "message", "role": "user", "content": [{"type": "input_file", "filename": "notes.pdf"}]}
-    file = (json.dumps({"object": "conversation", "metadata": {}}) + "\n" + json.dumps(older) + "\n").encode()
-    refused = await alice.http.post("/v1/conversations/import", content=file, headers=JSONL)
+    """A line written by hand (no id) is checked as the items API checks a client's message, since a part the
+    upstream refuses would stop every later turn; an exported one (its id first, as an export writes it) moves
+    as the service stored it, some of it before those checks: one such item refused the whole import."""
+    parts = [{"type": "input_file", "filename": "notes.pdf"}]  # stored so before input_file needed a source
+    header = json.dumps({"object": "conversation", "metadata": {}}) + "\n"
+    by_hand = {"type": "message", "role": "user", "content": parts}
+    exported = {"id": "msg_old", "type": "message", "role": "user", "content": parts, "status": "completed"}
+    refused = await alice.http.post(
+        "/v1/conversations/import", content=(header + json.dumps(by_hand) + "\n").encode(), headers=JSONL
+    )
     assert refused.status_code == 400 and refused.json()["error"]["message"].startswith("Line 2: "), refused.text
+    file = (header + json.dumps(exported) + "\n").encode()
+    own = await alice.http.post("/v1/conversations/import", content=file, headers=JSONL)
+    assert own.status_code == 200, own.text
     moved = await admin.post("/admin/tenants/alice/import", content=file, headers=JSONL)
     assert moved.status_code == 200, moved.text
-    [stored] = await rows(db, "SELECT body FROM item")
-    assert json.loads(stored["body"])["content"] == older["content"]
+    stored = await rows(db, "SELECT body FROM item")
+    assert [json.loads(row["body"])["content"] for row in stored] == [parts, parts]
