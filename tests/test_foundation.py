@@ -290,6 +290,15 @@ async def test_the_cli_refuses_tenant_names_the_admin_api_refuses_and_trims_like
     async with db.connect() as conn:
         names = (await conn.execute(text("SELECT name FROM tenant ORDER BY name"))).scalars().all()
     assert names == ["acme", "alice"]
+    # A tenant an export names is restored as it was named there, though no new tenant may be named so now.
+    restored = tmp_path / "restored.jsonl"
+    restored.write_text('{"object": "conversation", "tenant": "old/team", "metadata": {}}\n')
+    assert run_cli("import", str(restored), DATABASE_URL=plain_url(database_url)).returncode == 0
+    renamed = run_cli("import", str(restored), "--tenant", "new/team", DATABASE_URL=plain_url(database_url))
+    assert renamed.returncode == 2 and "tenant cannot contain '/'" in renamed.stderr, renamed.stderr
+    async with db.connect() as conn:
+        names = (await conn.execute(text("SELECT name FROM tenant ORDER BY name"))).scalars().all()
+    assert names == ["acme", "alice", "old/team"]
 
 
 # -- configuration errors: one clear line, no traceback ------------------------------------------------------------

@@ -77,13 +77,15 @@ def _check_new_tenant_name(name: str) -> None:
         raise InvalidRequest("tenant cannot contain '/' nor be '.' or '..'", param="tenant")
 
 
-async def get_or_create_tenant(conn: AsyncConnection, name: str) -> str:
-    """The tenant's id, created if new, under its checked name."""
+async def get_or_create_tenant(conn: AsyncConnection, name: str, *, restored: bool = False) -> str:
+    """The tenant's id, created if new, under its checked name. `restored`: a tenant an export names, made again
+    in another database as it was named there (the rules for a new tenant's name came after some)."""
     name = tenant_name_to_store(name)
     existing = await repository.tenant_id_named(conn, name)
     if existing is not None:
         return existing
-    _check_new_tenant_name(name)
+    if not restored:
+        _check_new_tenant_name(name)
     return await repository.get_or_create_tenant(conn, name)
 
 

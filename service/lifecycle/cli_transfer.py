@@ -50,7 +50,8 @@ async def import_from(
                     f"Line {pending.header.line}: the header names no tenant; pass --tenant", code="invalid_jsonl"
                 )
             if name not in tenant_ids:
-                tenant_ids[name] = await get_or_create_tenant(conn, name)
+                # A tenant a header names is restored as it was named, whatever a new tenant's name may hold now.
+                tenant_ids[name] = await get_or_create_tenant(conn, name, restored=tenant is None)
             _, not_opened = await backup.insert_conversation(conn, tenant_ids[name], pending, resealer)
             conversations += 1
             items += len(pending.items)
