@@ -267,6 +267,8 @@ async def test_conversation_cannot_be_changed_while_a_turn_is_in_flight(
     missing = {"items": [{"type": "item_reference", "id": "msg_nowhere"}]}
     unknown = await alice.http.post(f"/v1/conversations/{conv}/items", json=missing)
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "item_not_found", unknown.text
+    nowhere = await alice.http.post("/v1/conversations/conv_nowhere/items", json=missing)
+    assert nowhere.status_code == 404 and "Conversation" in nowhere.json()["error"]["message"], nowhere.text
     # Reading is never blocked.
     assert (await alice.http.get(f"/v1/conversations/{conv}/items")).status_code == 200
     await running

@@ -203,9 +203,11 @@ async def add_items(
         raise InvalidRequest("items must hold at least one item", param="items")
     checked = _checked_items(raw_items)
     if any(item.type == ITEM_REFERENCE for item in checked):
-        # A reference to no item of the tenant's is a 404 whatever the conversation's state, too; the items named
-        # are copied as they are now (the copy does not follow them).
+        # A reference to no item of the tenant's is a 404 whatever the conversation's state, too (after the
+        # conversation's own); the items named are copied as they are now (the copy does not follow them).
         async with engine.connect() as conn:
+            if await repository.get_conversation(conn, tenant_id, conversation_id) is None:
+                raise conversation_not_found(conversation_id)
             checked = await resolve_item_references(conn, tenant_id, checked, param="items")
     async with engine.begin() as conn:
         row = await lock_free_conversation(conn, tenant_id, conversation_id)
