@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
 import httpx
 import psutil
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster.heartbeat import PROCESS_STOPPED_ERROR
@@ -55,6 +57,34 @@ def frozen(process: ServiceProcess) -> Iterator[None]:
     """SIGSTOP: the process is alive (its sockets open, the kernel answers for them) but runs nothing."""
     assert process.process is not None
     process.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        process.process.send_signal(signal.SIGCONT)
+
+
+@contextlib.asynccontextmanager
+async def frozen_outside_its_heartbeat(process: ServiceProcess, db: AsyncEngine) -> AsyncIterator[None]:
+    """Frozen (SIGSTOP) at a moment its heartbeat holds no lock on its row: frozen between the heartbeat's upsert
+    and its commit, it kept the row locked, and the reapers skip a locked row, so it was never taken for dead
+    unless that transaction's session was cut too, which over a Unix socket (the embedded server) cannot be told
+    from other processes' sessions. A freeze that finds the row locked is undone and tried again."""
+    assert process.process is not None
+    for _ in range(200):
+        process.process.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(0.05)  # a statement it sent just before runs at the server all the same
+        try:
+            async with db.begin() as conn:
+                await conn.exec_driver_sql("SET LOCAL lock_timeout = '100ms'")
+                await conn.execute(
+                    text("SELECT 1 FROM service_process WHERE pid = :p FOR UPDATE"), {"p": process.process.pid}
+                )
+            break
+        except DBAPIError:
+            process.process.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the process's row stayed locked")
     try:
         yield
     finally:
@@ -200,7 +230,7 @@ async def test_a_late_finish_of_a_process_taken_for_dead_keeps_the_failure_and_w
         ids = [in_conv.json()["id"], alone.json()["id"]]
         await eventually(lambda: _upstream_called(fake_upstream, 2), timeout=20)
         await asyncio.sleep(HEARTBEAT_TIMEOUT / 2)
-        with frozen(a):
+        async with frozen_outside_its_heartbeat(a, db):
             await _cut_sessions(db, a)
             taken = time.monotonic()
 
