@@ -391,10 +391,10 @@ class ContextWindows:
         items = CountedItems.of(texts, kinds, [items.counts[i] for i in keep])
         window, attempt = await self.catalog.window(model), 1
         while True:
-            fitted = fitting.whole(items, 0, _SUMMARY_OVERHEAD_TOKENS)
-            history = fitted.history_text(items)
             budget = self._budget(model, window, {}, truncate=True)  # a refusal's limit too
-            if budget is not None:
+            if budget is None:
+                fitted = fitting.whole(items, 0, _SUMMARY_OVERHEAD_TOKENS)
+            else:
                 fitted = fitting.fit(
                     items,
                     input_tokens=0,
@@ -403,7 +403,7 @@ class ContextWindows:
                     truncate=True,
                     model=model,
                 )
-                history = fitted.history_text(items)
+            history = fitted.history_text(items)
             try:
                 return await compaction.summarize(
                     upstream, model, history, session_id=session_id if isinstance(session_id, str) else None

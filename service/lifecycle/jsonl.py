@@ -44,13 +44,13 @@ class ItemLine:
 
 @dataclass(frozen=True)
 class Withdrawn:
-    """The conversation whose lines came last was deleted while a backup (many conversations) was exported: its
-    lines so far are not the whole of it, and an import leaves it out."""
+    """The conversation whose lines came last was deleted while an operators' export of many conversations read
+    it: its lines so far are not the whole of it, and an import leaves it out."""
 
     line: int
 
 
-# The line a backup writes after such a conversation's lines (service/lifecycle/service.py).
+# The line such an export writes after that conversation's lines (service/lifecycle/service.py).
 WITHDRAWN = "conversation.withdrawn"
 
 
