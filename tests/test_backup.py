@@ -129,7 +129,9 @@ async def test_cli_export_and_import_make_a_backup_between_databases(
     )
     assert sorted((r["name"], r["n"]) for r in per_tenant) == [("alice", 4), ("bob", 2)]
 
-    into_dave = service_cli(database_url, "import", "-", "--tenant", "dave", stdin=backup.read_bytes())
+    # As an editor on Windows saves it: a byte order mark, CRLF line ends, a blank line at the end.
+    edited = b"\xef\xbb\xbf" + backup.read_bytes().replace(b"\n", b"\r\n") + b"\r\n"
+    into_dave = service_cli(database_url, "import", "-", "--tenant", "dave", stdin=edited)
     assert into_dave.returncode == 0, into_dave.stderr
     dave = await rows(db, "SELECT c.id FROM conversation c JOIN tenant t ON t.id = c.tenant_id WHERE t.name = 'dave'")
     assert len(dave) == 3

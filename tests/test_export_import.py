@@ -204,7 +204,8 @@ async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tena
     cases = [
         (header + b"\n" + good + b"\n{not json}\n", 3),
         (header + b"\n" + good + b"\n[1,2]\n", 3),
-        (header + b"\n\n" + good + b"\n", 2),
+        (header + b"\n\n" + good + b"\n\n{not json}\n", 5),  # blank lines are skipped, and counted
+        (b"\n \r\n\n", 1),
         (header + b'\n{"role":"user","content":"no type"}\n', 2),
         (header + b'\n{"type":"message","role":"robot","content":"x"}\n', 2),
         (header + b'\n{"type":"message","role":"user","content":"x","status":"a\\u0000b"}\n', 2),
@@ -249,6 +250,23 @@ async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tena
     many = header + b"\n" + good + b"\n" + header + b"\n" + good + b"\n"
     answer = await alice.http.post("/v1/conversations/import", content=many, headers=JSONL)
     assert "a second conversation's header" in answer.json()["error"]["message"], answer.text
+
+
+async def test_blank_lines_crlf_and_a_byte_order_mark_are_read_as_editors_write_them(
+    alice: Tenant, db: AsyncEngine
+) -> None:
+    body = (
+        b'\xef\xbb\xbf{"object":"conversation","metadata":{"k":"v"}}\r\n'
+        b"\r\n"
+        b'{"type":"message","role":"user","content":"first"}\r\n'
+        b"\n   \n"
+        b'{"type":"message","role":"user","content":"second"}\n\n'
+    )
+    answer = await alice.http.post("/v1/conversations/import", content=body, headers=JSONL)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["metadata"] == {"k": "v"}
+    stored = await rows(db, "SELECT body::jsonb->'content'->0->>'text' AS content FROM item ORDER BY position")
+    assert stored == [{"content": "first"}, {"content": "second"}]
 
 
 async def test_a_line_with_a_lone_surrogate_is_refused_for_that_reason(alice: Tenant, db: AsyncEngine) -> None:

@@ -1,7 +1,8 @@
 """The JSON Lines form of a conversation: line 1 is the conversation (`{"object": "conversation", "id",
 "created_at", "metadata"}`), then one line per item, in order, each exactly as the items API shows it.
 
-Parsing names the 1-based line of the first bad line (the header is line 1), so a client can fix its file."""
+Parsing names the 1-based line of the first bad line (the header is line 1), so a client can fix its file. Blank
+lines and a byte order mark are skipped when read, never written."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ MEDIA_TYPE = "application/jsonl"
 ACCEPTED_MEDIA_TYPES = frozenset(
     {MEDIA_TYPE, "application/x-ndjson", "application/x-jsonlines", "application/jsonlines", "application/json-lines"}
 )
+_BOM = "\ufeff".encode()
 _decoder = msgspec.json.Decoder()
 encode = msgspec.json.encode
 T = TypeVar("T")
@@ -150,17 +152,19 @@ def _item(number: int, value: dict[str, Any]) -> ItemLine:
 def parse_lines(lines: Iterable[bytes], *, many: bool) -> Iterator[Header | ItemLine | Withdrawn]:
     """Headers and items in file order, one line at a time. With `many`, a file may hold several conversations,
     each starting with its header (and any of them withdrawn after its lines); otherwise only line 1 may be
-    one."""
-    number = 0
-    for number, line in enumerate(lines, start=1):
+    one. Blank lines, and a byte order mark before line 1, are skipped (editors and other tools write them);
+    the errors name lines as the file numbers them."""
+    first = True
+    for number, read in enumerate(lines, start=1):
+        line = read.removeprefix(_BOM) if number == 1 else read
         if not line.strip():
-            raise bad_line(number, "is empty")
+            continue
         value = _decode(number, line)
-        if value.get("object") == WITHDRAWN and "type" not in value and number > 1:
+        if value.get("object") == WITHDRAWN and "type" not in value and not first:
             if not many:
                 raise bad_line(number, "this conversation was deleted while it was exported: the file is not all of it")
             yield Withdrawn(number)
-        elif number == 1 or (many and value.get("object") == "conversation"):
+        elif first or (many and value.get("object") == "conversation"):
             yield _header(number, value)
         elif value.get("object") == "conversation" and "type" not in value:
             raise bad_line(
@@ -170,15 +174,13 @@ def parse_lines(lines: Iterable[bytes], *, many: bool) -> Iterator[Header | Item
             )
         else:
             yield _item(number, value)
-    if number == 0:
-        raise bad_line(1, "the file is empty; line 1 must be the conversation's header")
+        first = False
+    if first:
+        raise bad_line(1, "the file is empty; its first line must be the conversation's header")
 
 
 def parse(raw: bytes, *, many: bool) -> Iterator[Header | ItemLine | Withdrawn]:
-    lines = raw.split(b"\n")
-    if lines and lines[-1].strip() == b"":
-        lines.pop()  # the newline ending the last line
-    return parse_lines(lines, many=many)
+    return parse_lines(raw.split(b"\n"), many=many)
 
 
 async def in_worker_thread(
