@@ -80,6 +80,12 @@ class InvalidRequest(ServiceError):
     status_code = 400
 
 
+def two_headers(name: str) -> InvalidRequest:
+    """A header a request may carry once, carried twice: which one a proxy in front of us read is anybody's guess,
+    so neither is used."""
+    return InvalidRequest(f"Send one {name} header, not several", param=name, code="duplicate_header")
+
+
 class AuthenticationFailed(ServiceError):
     status_code = 401
     code = "invalid_api_key"

@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.errors import AuthenticationFailed, PermissionDenied
+from service.errors import AuthenticationFailed, PermissionDenied, two_headers
 from service.keys.service import Principal, bearer_secret
 from service.observability.record import note_tenant
 from service.responses.parameters import check_include_values
@@ -83,7 +83,10 @@ def check_include(request: Request[Any, Any, Any]) -> None:
 
 
 def _bearer(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    header = connection.headers.get("authorization", "")
+    headers = connection.headers.getall("authorization", [])
+    if len(headers) > 1:
+        raise two_headers("Authorization")
+    header = headers[0] if headers else ""
     secret = bearer_secret(header)
     if secret is None:
         # A key sent without the scheme (or with another one) is not "missing": say what is wrong with it.

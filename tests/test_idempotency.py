@@ -521,3 +521,55 @@ async def test_a_replay_is_logged_with_its_tenant_and_response(alice: Tenant, ca
     *_, replay = [getattr(r, "fields", {}) for r in caplog.records if r.name == "service.access"]
     assert replay["idempotent_replayed"] is True
     assert replay["tenant"] == "alice" and replay["response_id"] == first.json()["id"], replay
+
+
+async def test_two_idempotency_keys_or_two_authorization_headers_are_refused_and_nothing_runs(
+    alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Which of two headers a proxy in front of the service read, and which one the service would read, need not
+    be the same: a request carrying either header twice is refused, whichever values they hold."""
+    body = {"model": MODEL, "input": "Hello"}
+    cases = [
+        (
+            "Idempotency-Key",
+            [("authorization", f"Bearer {alice.key}"), ("idempotency-key", "k-a"), ("idempotency-key", "k-b")],
+        ),
+        (
+            "Idempotency-Key",
+            [("authorization", f"Bearer {alice.key}"), ("idempotency-key", "k-a"), ("idempotency-key", "k-a")],
+        ),
+        ("Authorization", [("authorization", f"Bearer {alice.key}"), ("authorization", f"Bearer {bob.key}")]),
+        ("Authorization", [("authorization", f"Bearer {alice.key}"), ("authorization", "Bearer wrong")]),
+        (
+            "Authorization",
+            [
+                ("authorization", f"Bearer {alice.key}"),
+                ("authorization", f"Bearer {alice.key}"),
+                ("idempotency-key", "k-c"),
+            ],
+        ),
+    ]
+    async with httpx.AsyncClient(base_url=alice.base_url) as http:
+        for name, headers in cases:
+            for method, path, json_body in [
+                ("POST", "/v1/responses", body),
+                ("POST", "/v1/conversations", {}),
+                ("GET", "/v1/responses/resp_missing", None),
+            ]:
+                answer = await http.request(method, path, json=json_body, headers=httpx.Headers(headers))
+                if name == "Idempotency-Key" and method == "GET":
+                    assert answer.status_code == 404, answer.text  # a read takes no key: nothing to refuse
+                    continue
+                assert answer.status_code == 400, (headers, path, answer.text)
+                assert answer.json() == {
+                    "error": {
+                        "message": f"Send one {name} header, not several",
+                        "type": "invalid_request_error",
+                        "param": name,
+                        "code": "duplicate_header",
+                    }
+                }
+    assert fake_upstream.requests == []
+    assert await scalar(db, "SELECT count(*) FROM response") == 0
+    assert await scalar(db, "SELECT count(*) FROM conversation") == 0
+    assert await scalar(db, "SELECT count(*) FROM idempotency_key") == 0

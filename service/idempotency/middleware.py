@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster import running
 from service.cluster.bus import Bus
-from service.errors import InvalidRequest, PayloadTooLarge
+from service.errors import InvalidRequest, PayloadTooLarge, two_headers
 from service.idempotency import service as idempotency
 from service.idempotency.progress import EffectTracker, tracking
 from service.idempotency.replay import is_event_stream, send_from_response, send_stored
@@ -68,13 +68,15 @@ class _ClientGone(Exception):
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            try:
-                return str(value.decode("utf-8"))
-            except UnicodeDecodeError:
-                return str(value.decode("latin-1"))
-    return None
+    values = [value for key, value in scope["headers"] if key.lower() == name]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise two_headers(name.decode().title())
+    try:
+        return str(values[0].decode("utf-8"))
+    except UnicodeDecodeError:
+        return str(values[0].decode("latin-1"))
 
 
 def _validated_key(raw: str) -> str:
@@ -213,8 +215,8 @@ class IdempotencyMiddleware(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         declared = getattr(scope.get("route_handler"), "opt", None) or {}
-        raw_key = _header(scope, HEADER)
-        if not declared.get("idempotent") or raw_key is None:
+        raw_key = _header(scope, HEADER) if declared.get("idempotent") else None
+        if raw_key is None:
             await next_app(scope, receive, send)
             return
         serving = self._serving
