@@ -101,6 +101,26 @@ async def test_hidden_ancestors_go_once_nothing_builds_on_them(
     assert await rows(db, "SELECT id FROM response_chain WHERE id = :r", r=root["id"]) == []
 
 
+async def test_of_many_deletes_of_one_response_at_once_one_deletes_it_and_the_others_find_it_gone(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Each delete locks the row, then reads it again: one that waited for another's lock finds the row gone (or
+    hidden, when a later response builds on it) and answers 404, not a second `deleted: true`."""
+    fake_upstream.reply_json(text_response("ok"))
+    root = await turn(alice.http, "root")
+    child = await turn(alice.http, "child", previous_response_id=root["id"])
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    in_conversation = await turn(alice.http, "in a conversation", conversation=conversation)
+    for target in (root, child, in_conversation):  # hidden (a child builds on it), deleted, a conversation's
+        answers = await asyncio.gather(*(alice.http.delete(f"/v1/responses/{target['id']}") for _ in range(10)))
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses == [200] + [404] * 9, statuses
+        refused = next(answer for answer in answers if answer.status_code == 404)
+        assert refused.json()["error"]["code"] == "not_found"
+    assert await rows(db, "SELECT id FROM response") == []
+    assert len(await rows(db, "SELECT id FROM item WHERE conversation_id = :c", c=conversation)) == 2
+
+
 async def test_deleting_the_item_that_titled_a_conversation_takes_its_text_out_of_the_title(
     alice: Tenant, admin_http: httpx.AsyncClient
 ) -> None:

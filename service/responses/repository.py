@@ -114,20 +114,24 @@ async def input_item_ordinal(conn: AsyncConnection, response_id: str, item_id: s
     return None if value is None else int(value)
 
 
-async def delete_response(conn: AsyncConnection, response_id: str, conversation_id: str | None) -> None:
+async def delete_response(conn: AsyncConnection, response_id: str, conversation_id: str | None) -> bool:
     """Delete a response (its owner's, read by get_response). If a later response builds on it, stored or still
     running, it is only hidden, so that chain's history stays whole; items that are also conversation items
     stay in their conversation. Ancestors an earlier delete hid go with it once nothing builds on them any more:
     else their content would outlive its deletion for good. The row is locked first (after its conversation's,
     `conversation_id` as get_response read it: conversations/repository.py, lock_for_response_delete): a turn
-    beginning on it meanwhile waits, then finds it gone or hidden; one that began before is seen as its child."""
+    beginning on it meanwhile waits, then finds it gone or hidden; one that began before is seen as its child.
+    False when it is no longer there to delete under the lock: another delete was first."""
     if conversation_id is not None:
         await lock_for_response_delete(conn, conversation_id)
-    await conn.execute(select(response_t.c.id).where(response_t.c.id == response_id).with_for_update())
+    locked = select(response_t.c.id).where(response_t.c.id == response_id, response_t.c.deleted_at.is_(None))
+    if (await conn.execute(locked.with_for_update())).first() is None:
+        return False
     if await _has_children(conn, response_id):
         await update_response(conn, response_id, {"deleted_at": func.now()})
-        return
+        return True
     await _delete_hidden_ancestors(conn, await _delete_childless(conn, response_id))
+    return True
 
 
 async def _delete_hidden_ancestors(conn: AsyncConnection, parent: str | None) -> None:

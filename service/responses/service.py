@@ -49,7 +49,8 @@ async def delete_response(engine: AsyncEngine, tenant_id: str, response_id: str)
             await threads.fold_pending_of(conn, row.pending_chain_id)
         # Before the delete, which would take the keys' rows with it (ON DELETE CASCADE): a retry would run again.
         await idempotency_keys.forget_deleted_response(conn, tenant_id, response_id)
-        await repository.delete_response(conn, response_id, row.conversation_id)
+        if not await repository.delete_response(conn, response_id, row.conversation_id):
+            raise NotFound(f"Response with id '{response_id}' not found.")
     return {"id": response_id, "object": "response", "deleted": True}
 
 
