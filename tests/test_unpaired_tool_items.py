@@ -141,10 +141,8 @@ async def test_a_turn_that_leaves_the_latest_call_unanswered_is_refused_as_opena
     if style == "previous_response_id":
         thread = {"previous_response_id": first.json()["id"]}
     calls = len(fake_upstream.requests)
-    for extra in ({}, {"stream": True}):
-        refused = await alice.http.post(
-            "/v1/responses", json={"model": model, "input": "never mind", **thread, **extra}
-        )
+    for path, extra in [("/v1/responses", {}), ("/v1/responses", {"stream": True}), ("/v1/responses/input_tokens", {})]:
+        refused = await alice.http.post(path, json={"model": model, "input": "never mind", **thread, **extra})
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"] == {
             "message": "No tool output found for function call call_1.",
@@ -158,6 +156,8 @@ async def test_a_turn_that_leaves_the_latest_call_unanswered_is_refused_as_opena
         assert [item["type"] for item in stored] == ["message", "function_call"]
 
     # Answered, the thread goes on.
+    counted = await alice.http.post("/v1/responses/input_tokens", json={"model": model, "input": [OUTPUT], **thread})
+    assert counted.status_code == 200, counted.text
     fake_upstream.reply_json(text_response("found", msg_id="msg_found"))
     answered = await alice.http.post("/v1/responses", json={"model": model, "input": [OUTPUT], **thread})
     assert answered.status_code == 200, answered.text
@@ -208,9 +208,10 @@ async def test_a_call_in_the_turns_own_input_must_be_answered_there(
     conversation_id = await new_conversation(alice.http)
     for model in MODELS:
         body = {"model": model, "input": [QUESTION, CALL], "conversation": conversation_id, "tools": TOOLS}
-        refused = await alice.http.post("/v1/responses", json=body)
-        assert refused.status_code == 400, refused.text
-        assert refused.json()["error"]["message"] == "No tool output found for function call call_1."
+        for path in ("/v1/responses", "/v1/responses/input_tokens"):
+            refused = await alice.http.post(path, json=body)
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["message"] == "No tool output found for function call call_1."
     assert fake_upstream.requests == []
     await send(alice, conversation_id, MODEL, [QUESTION, CALL, OUTPUT])
     assert sent_types(fake_upstream) == ["message", "function_call", "function_call_output"]

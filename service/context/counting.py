@@ -73,6 +73,6 @@ async def count_input_tokens(
         thread=conversation_id or previous,
         history=history,
         stored=counts,
-        inputs=[i.body for i in items],
+        inputs=items,
     )
     return {"object": "response.input_tokens", "input_tokens": count}

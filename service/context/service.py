@@ -103,11 +103,10 @@ def _holds_paired_item(history: str, inputs: Sequence[NewItem]) -> bool:
     return any(item.type in CALL_KEY_FIELDS for item in inputs) or "_call" in history or '"reasoning"' in history
 
 
-def _refuse_unanswered_calls(plan: _Plan, inputs: Sequence[NewItem]) -> None:
+def _refuse_unanswered_calls(sent: CountedItems, fit: fitting.Fit, inputs: Sequence[NewItem]) -> None:
     """OpenAI's answer to a turn that leaves its thread's latest function calls, or its input's, unanswered;
     OpenRouter's providers mostly refuse such an input too, after the call."""
-    assert plan.sent is not None and plan.fit is not None
-    call_id = pairing.unanswered_call(plan.sent, plan.fit.start, [(item.type, item.body) for item in inputs])
+    call_id = pairing.unanswered_call(sent, fit.start, [(item.type, item.body) for item in inputs])
     if call_id is not None:
         raise refused_before_upstream(f"No tool output found for function call {call_id}.", code=None, param="input")
 
@@ -195,33 +194,35 @@ class ContextWindows:
         thread: str | None,
         history: str,
         stored: Sequence[int] | None,
-        inputs: list[str],
+        inputs: Sequence[NewItem],
     ) -> int:
-        """What a turn with this input would send, in tokens (after truncation, when "auto" truncates).
-        `stored`: the history items' stored token counts, when read with it. No model: no window, so nothing is
-        truncated."""
+        """What a turn with this input would send, in tokens (after truncation, when "auto" truncates), or the
+        turn's refusal of calls it leaves unanswered. `stored`: the history items' stored token counts, when
+        read with it. No model: no window, so nothing is truncated."""
         counted = self.ledger.counted(thread, history, stored)
-        sent, input_bodies, _ = await self._composed(tenant_id, counted, inputs)
+        sent, input_bodies, _ = await self._composed(tenant_id, counted, [item.body for item in inputs])
         answered = pairing.answered_call_ids(input_bodies)
         input_tokens = sum(tokens.body_tokens(body) for body in input_bodies)
         overhead = tokens.request_tokens(params)
         window = None if model is None else await self.catalog.window(model)
-        if model is None or fitting.truncation_mode(params) != "auto":
-            return fitting.whole(sent, input_tokens, overhead, answered).total
-        if window is not None:
-            fitting.check_answer_room(model, window, params)
-        budget = self._budget(model, window, params, truncate=True)
-        if budget is None:
-            return fitting.whole(sent, input_tokens, overhead, answered).total
-        fitted = fitting.fit(
-            sent,
-            input_tokens=input_tokens,
-            overhead_tokens=overhead,
-            budget=budget,
-            truncate=True,
-            model=model,
-            answered=answered,
-        )
+        budget = None
+        if model is not None and fitting.truncation_mode(params) == "auto":
+            if window is not None:
+                fitting.check_answer_room(model, window, params)
+            budget = self._budget(model, window, params, truncate=True)
+        if model is None or budget is None:
+            fitted = fitting.whole(sent, input_tokens, overhead, answered)
+        else:
+            fitted = fitting.fit(
+                sent,
+                input_tokens=input_tokens,
+                overhead_tokens=overhead,
+                budget=budget,
+                truncate=True,
+                model=model,
+                answered=answered,
+            )
+        _refuse_unanswered_calls(sent, fitted, inputs)
         return fitted.total
 
     async def compact(
@@ -321,7 +322,8 @@ class ContextWindows:
         else:
             plan.budget = budget
             self._fit(plan, request.model)
-        _refuse_unanswered_calls(plan, request.input_items)
+        assert plan.fit is not None
+        _refuse_unanswered_calls(plan.sent, plan.fit, request.input_items)
         return plan
 
     def _budget(self, model: str, window: ModelWindow | None, params: dict[str, Any], *, truncate: bool) -> int | None:
