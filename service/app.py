@@ -33,7 +33,7 @@ from service.limits.connections import MAX_BODY_BYTES
 from service.limits.door import DoorMiddleware
 from service.limits.policy import Limits
 from service.limits.slow_readers import SlowReaderMiddleware
-from service.observability import tracing
+from service.observability import metrics, tracing
 from service.observability.pool import observe_pool
 from service.observability.requests import RequestObserver
 from service.observability.routes import metrics_route
@@ -99,6 +99,7 @@ def create_app(
             transaction_pooler=settings.database_transaction_pooler,
         )
         observe_pool(engine)
+        metrics.start_series()
         upstream = OpenRouterClient(settings, transport=upstream_transport)
         histories = HistoryCache(settings.history_cache_mb * 1024 * 1024)
         context = build_context_windows(settings, upstream, engine)

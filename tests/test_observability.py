@@ -152,7 +152,7 @@ async def test_locked_conversations_replays_retries_and_upstream_errors_are_coun
     assert grew("convstore_conversation_locked_total") == 1
     assert grew("convstore_idempotent_replays_total") == 1
     assert grew("convstore_upstream_retries_total") == 1 + 2
-    assert grew("convstore_upstream_errors_total", kind="http") == 1
+    assert grew("convstore_upstream_errors_total", kind="http", status="502") == 1
     assert grew("convstore_turns_total", outcome="failed") == 1
 
 
@@ -222,8 +222,8 @@ async def test_unreadable_upstream_answers_are_counted_as_upstream_errors_and_an
     def grew(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert grew("convstore_upstream_errors_total", kind="protocol") == 2
-    assert grew("convstore_upstream_errors_total", kind="http") == 1
+    assert grew("convstore_upstream_errors_total", kind="protocol", status="none") == 2
+    assert grew("convstore_upstream_errors_total", kind="http", status="500") == 1
     assert grew("convstore_turns_total", outcome="failed") == 3
 
 

@@ -89,6 +89,13 @@ def test_json_request_lines_request_ids_metrics_over_two_workers_and_no_secret_a
         )
         refused = httpx.post(f"{url}/v1/responses", json={"model": "m", "input": "x"}, headers=tenant)
         assert refused.status_code == 400
+        # OpenRouter refusing the service's own key, then its account out of credits: every turn fails until an
+        # operator acts, so each is a warning, and the metric says which status it was.
+        for status in (401, 402):
+            quoted = {"error": {"message": f"No auth credentials found for {OPENROUTER_KEY}", "code": status}}
+            fake_upstream.enqueue(Reply(kind="json", status=status, body=quoted))
+            answer = httpx.post(f"{url}/v1/responses", json={"model": "m", "input": "x"}, headers=tenant)
+            assert answer.status_code == {401: 502, 402: 402}[status], answer.text
         # An answer that is not JSON: its line names the kind of upstream error, as for every other kind.
         fake_upstream.enqueue(Reply(kind="json", body=b"not json{"))
         unreadable = httpx.post(
@@ -119,6 +126,9 @@ def test_json_request_lines_request_ids_metrics_over_two_workers_and_no_secret_a
         assert _metric(scraped.text, "convstore_turns_total", outcome="completed") == 6
         assert _metric(scraped.text, "convstore_http_requests_total", route="/v1/responses", status="200") == 6
         assert _metric(scraped.text, "convstore_tokens_total", type="input", tenant="ops") == 60
+        for status in ("400", "401", "402"):
+            assert _metric(scraped.text, "convstore_upstream_errors_total", kind="http", status=status) == 1
+        assert _metric(scraped.text, "convstore_upstream_errors_total", kind="protocol", status="none") == 1
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=60)
@@ -150,6 +160,9 @@ def test_json_request_lines_request_ids_metrics_over_two_workers_and_no_secret_a
     (denied,) = [r for r in requests if r["path"] == "/v1/conversations/conv_x"]
     assert denied["status"] == 401 and denied["route"] == "/v1/conversations/{conversation_id}"
     assert denied["tenant"] is None and denied["error_code"] == "invalid_api_key"
+    refused_account = [r["message"] for r in records if r["logger"] == "service.upstream" and r["level"] == "WARNING"]
+    assert "OpenRouter refused the service's key: check OPENROUTER_API_KEY (HTTP 401)" in refused_account
+    assert "OpenRouter refused the service's account: it has no credits left (HTTP 402)" in refused_account
     # Every line logged while a request ran carries that request's id: the refused turn logged a warning.
     (failed_turn,) = [r for r in requests if r.get("upstream_status") == 400]
     during = [r for r in records if r.get("request_id") == failed_turn["request_id"]]

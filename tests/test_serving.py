@@ -248,6 +248,34 @@ def _runs_in_flight(url: str, admin_key: str) -> float | None:
     return sum(s.value for f in families if f.name == "convstore_runs_in_flight" for s in f.samples)
 
 
+async def test_a_fresh_process_reports_zero_for_the_outcomes_alerts_watch(
+    service_process: Callable[..., ServiceProcess],
+) -> None:
+    """Before its first failure, a series an alert reads (`rate(convstore_turns_total{outcome="failed"}[5m])`)
+    must exist at 0, else the alert sees no data; with several workers too, whose values come from files."""
+    admin_key = "metrics-test-admin-key-0123"
+    process = service_process(WORKERS="2", ADMIN_API_KEY=admin_key)
+    await asyncio.to_thread(process.start)
+    answer = await asyncio.to_thread(
+        httpx.get, process.url + "/metrics", headers={"Authorization": f"Bearer {admin_key}"}, timeout=5
+    )
+    assert answer.status_code == 200, answer.text
+    found = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+    expected = [
+        *(("convstore_turns_total", ("outcome", o)) for o in ("completed", "incomplete", "failed", "cancelled")),
+        *(("convstore_runs_in_flight", ("kind", k)) for k in ("stream", "background")),
+        *(("convstore_retention_runs_total", ("outcome", o)) for o in ("ok", "lease_lost")),
+        *(("convstore_retention_deleted_total", ("kind", k)) for k in ("conversations", "responses", "items")),
+        *(("convstore_webhook_attempts_total", ("outcome", o)) for o in ("delivered", "retrying", "failed")),
+    ]
+    for name, label in expected:
+        assert found.get((name, (label,))) == 0.0, (name, label)
+
+
 async def test_a_killed_workers_turns_leave_the_in_flight_gauges(
     service_process: Callable[..., ServiceProcess], fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:

@@ -44,8 +44,9 @@ UPSTREAM_TTFT = Histogram(
 UPSTREAM_RETRIES = Counter("convstore_upstream_retries", "Upstream attempts that were retried")
 UPSTREAM_ERRORS = Counter(
     "convstore_upstream_errors",
-    "Upstream calls that failed, by kind (connect, timeout, http, protocol, stream)",
-    ["kind"],
+    "Upstream calls that failed, by kind (connect, timeout, http, protocol, stream) and the error answer's HTTP "
+    "status (none: the call failed without one)",
+    ["kind", "status"],
 )
 TOKENS = Counter(
     "convstore_tokens", "Tokens reported by the upstream, by type, model and tenant", ["type", "model", "tenant"]
@@ -66,7 +67,9 @@ RETENTION_DELETED = Counter(
     "convstore_retention_deleted", "Rows the retention purge deleted (kind: conversations, responses, items)", ["kind"]
 )
 RETENTION_RUNS = Counter(
-    "convstore_retention_runs", "Retention runs this process made (outcome: ok, lease_lost, error)", ["outcome"]
+    "convstore_retention_runs",
+    "Retention runs this process made (outcome: ok, lease_lost, the error's name)",
+    ["outcome"],
 )
 WEBHOOK_ATTEMPTS = Counter(
     "convstore_webhook_attempts", "Webhook delivery attempts (outcome: delivered, retrying, failed)", ["outcome"]
@@ -77,6 +80,24 @@ RUNS_IN_FLIGHT = Gauge(
     ["kind"],
     multiprocess_mode="livesum",
 )
+
+# The label values known in advance, given a series at start: an alert on a rate of failures reads 0, not no
+# data, until the first one.
+_KNOWN_LABELS: tuple[tuple[Counter | Gauge, tuple[str, ...]], ...] = (
+    (TURNS, ("completed", "incomplete", "failed", "cancelled")),
+    (RUNS_IN_FLIGHT, ("stream", "background")),
+    (RETENTION_RUNS, ("ok", "lease_lost")),
+    (RETENTION_DELETED, ("conversations", "responses", "items")),
+    (WEBHOOK_ATTEMPTS, ("delivered", "retrying", "failed")),
+)
+
+
+def start_series() -> None:
+    """Called by each serving process once its metrics are set up (multiprocess mode included)."""
+    for metric, values in _KNOWN_LABELS:
+        for value in values:
+            metric.labels(value)
+
 
 # Tenants and models come from users: past this many distinct values per label, the rest are counted as "other"
 # so that a flood of model names cannot grow the series without bound.

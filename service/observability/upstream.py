@@ -4,10 +4,15 @@ turns them into metrics (service.observability.turns)."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from service.observability import metrics
 from service.observability.record import current
+
+logger = logging.getLogger("service.upstream")
+# Upstream statuses that say the service's OpenRouter account, not the request, is at fault.
+_REFUSED_ACCOUNT = {401: "key: check OPENROUTER_API_KEY", 402: "account: it has no credits left"}
 
 
 def call_started() -> None:
@@ -44,7 +49,10 @@ def retried() -> None:
 
 
 def failed(kind: str, status: int | None) -> None:
-    metrics.UPSTREAM_ERRORS.labels(kind).inc()
+    metrics.UPSTREAM_ERRORS.labels(kind, "none" if status is None else str(status)).inc()
+    if status in _REFUSED_ACCOUNT:
+        # Every turn fails until an operator acts, and the clients only see 502s: said where alerts look.
+        logger.warning("OpenRouter refused the service's %s (HTTP %d)", _REFUSED_ACCOUNT[status], status)
     record = current()
     if record is not None:
         record.upstream_error = kind
