@@ -74,18 +74,9 @@ async def _check_database(url: str) -> None:
         await engine.dispose()
 
 
-def _migrate(url: str) -> None:
-    from service.migrate import upgrade  # noqa: PLC0415
-
-    try:
-        upgrade(url)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"migration failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-
-
-async def _check_revision(url: str) -> None:
+async def _revision(url: str) -> str | None:
+    """The database's schema revision, refused when it is one a newer release made: neither migrating nor serving
+    can go on from it."""
     from service.db.session import create_engine  # noqa: PLC0415
     from service.migrate import database_revision, head_revision, is_known_revision  # noqa: PLC0415
 
@@ -96,14 +87,36 @@ async def _check_revision(url: str) -> None:
         raise ConfigError(f"cannot read the schema revision at {_describe(url)}: {type(exc).__name__}") from None
     finally:
         await engine.dispose()
+    if current is not None and not is_known_revision(current):
+        raise ConfigError(
+            f"the database is at revision {current}, which this release ({head_revision()}) does not know: "
+            "a newer release migrated it; run that release"
+        )
+    return current
+
+
+def _migrate(url: str) -> str | None:
+    """Brings the database to this release's revision; what it did, to be printed (None: nothing to do)."""
+    from service.migrate import head_revision, upgrade  # noqa: PLC0415
+
+    current = asyncio.run(_revision(url))
+    head = head_revision()
+    if current == head:
+        return None
+    try:
+        upgrade(url)
+    except Exception as exc:
+        raise ConfigError(f"migration failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    return f"migrated from {f'revision {current}' if current else 'an empty schema'} to {head}"
+
+
+def _check_revision(url: str) -> None:
+    from service.migrate import head_revision  # noqa: PLC0415
+
+    current = asyncio.run(_revision(url))
     head = head_revision()
     if current == head:
         return
-    if current is not None and not is_known_revision(current):
-        raise ConfigError(
-            f"the database is at revision {current}, which this release ({head}) does not know: "
-            "a newer release migrated it; run that release"
-        )
     found = f"revision {current}" if current else "no revision (never migrated)"
     raise ConfigError(
         f"the database is at {found}, this release needs {head} and AUTO_MIGRATE=false: "
@@ -111,14 +124,14 @@ async def _check_revision(url: str) -> None:
     )
 
 
-def _prepare_schema(settings: Settings, url: str) -> None:
+def _prepare_schema(settings: Settings, url: str) -> str | None:
     """AUTO_MIGRATE=false only checks the revision: a key made or a backup taken with a new release's CLI must
     not run DDL under the processes of the release before, and a process must not serve a schema its code does
-    not match (every request would fail)."""
+    not match (every request would fail). Returns what a migration did, if one ran."""
     if settings.auto_migrate:
-        _migrate(url)
-    else:
-        asyncio.run(_check_revision(url))
+        return _migrate(url)
+    _check_revision(url)
+    return None
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -156,7 +169,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         # Behind a pooler in transaction mode, checks and migrations go to the server directly.
         direct = settings.database_direct_url or url
         asyncio.run(_check_database(direct))
-        _prepare_schema(settings, direct)
+        migrated = _prepare_schema(settings, direct)
         secret = asyncio.run(_first_start_key(url)) if settings.embedded_database else None
         if secret:
             print("First start: created an API key for tenant 'default'. It is shown only this once:")
@@ -164,7 +177,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         mode = "demo upstream (no OPENROUTER_API_KEY set)" if settings.demo_upstream else settings.openrouter_base_url
         print(f"Upstream: {mode}")
         where = f"embedded PostgreSQL in {settings.data_dir}" if settings.embedded_database else _describe(url)
-        print(f"Database: {where}")
+        print(f"Database: {where}" + (f" ({migrated})" if migrated else ""))
         os.environ[RESOLVED_URL_ENV] = url
         from service.serving import serve  # noqa: PLC0415
 
@@ -202,11 +215,13 @@ def app_from_environment() -> Any:
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from service.migrate import head_revision  # noqa: PLC0415
+
     with _database(settings) as resolved:
         url = settings.database_direct_url or resolved
         asyncio.run(_check_database(url))
-        _migrate(url)
-    print("database is at the latest revision")
+        migrated = _migrate(url)
+    print(f"database {migrated}" if migrated else f"database is at the latest revision ({head_revision()})")
     return 0
 
 
@@ -397,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", help="the key id, as shown by `keys list`")
     revoke.set_defaults(handler=cmd_keys_revoke)
 
-    export = commands.add_parser("export", help="write conversations as JSON Lines (a backup); default: all of them")
+    export = commands.add_parser(
+        "export", help="write conversations as JSON Lines (a copy to import, not a backup); default: all of them"
+    )
     which = export.add_mutually_exclusive_group()
     which.add_argument("--tenant", help="only this tenant's conversations")
     which.add_argument("--conversation", help="only this conversation")

@@ -307,6 +307,11 @@ class Settings:
         if "@" in urlsplit(base_url).netloc:
             # Shown on /health and at start-up; the upstream's credential is OPENROUTER_API_KEY.
             raise ConfigError("OPENROUTER_BASE_URL must not carry a user or password: set OPENROUTER_API_KEY")
+        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+            # The exporter takes any text and fails on every export, in a thread: spans lost without a word.
+            endpoint = env.get(name, "").strip()
+            if endpoint and (urlsplit(endpoint).scheme not in {"http", "https"} or not _host_of(endpoint)):
+                raise ConfigError(f"{name} must be the http(s) URL of an OTLP/HTTP collector, got {endpoint[:80]!r}")
         total = _seconds(env, "UPSTREAM_TOTAL_TIMEOUT", 900.0, minimum=0.01)
         # The heartbeat renews a live turn's claim and key (service/cluster/heartbeat.py); the TTL still outlives
         # one upstream call, so that a turn whose process cannot reach the database for its heartbeats meanwhile

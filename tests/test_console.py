@@ -226,6 +226,9 @@ async def test_a_whole_console_session_in_headless_chromium(
             rows = page.locator("#threads tbody tr")
             assert await rows.count() == 4
             await page.screenshot(path=shots / "threads.png", full_page=True)
+            # Every column in view on a laptop's screen, without scrolling the table sideways.
+            fits = "document.querySelector('#threads').scrollWidth <= document.querySelector('.scroll').clientWidth"
+            assert await page.evaluate(fits)
 
             # Filter by tenant, then search, then page.
             await page.fill("#tenant", "bob")

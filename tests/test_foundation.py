@@ -340,6 +340,8 @@ def busy_port() -> Iterator[int]:
         # Each named DATABASE_URL, started, or ended in a traceback.
         ({"DATABASE_DIRECT_URL": "garbage"}, "DATABASE_DIRECT_URL must start with postgresql://"),
         ({"OPENROUTER_BASE_URL": "http://"}, "OPENROUTER_BASE_URL must be an http(s) URL with a host"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "notaurl"}, "OTEL_EXPORTER_OTLP_ENDPOINT must be the http(s) URL of an OTLP"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "localhost:4318"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT must be"),
         ({"MODEL_CONTEXT_WINDOWS": "a/b=\u00b2"}, "MODEL_CONTEXT_WINDOWS entries must look like"),
         ({"CONSOLE_SESSION_SECRET": "x"}, "CONSOLE_SESSION_SECRET must be at least 32 characters"),
         ({"PORT": "1_000"}, "PORT must be a number"),
@@ -466,6 +468,41 @@ def test_with_auto_migrate_on_commands_still_migrate(scratch_database_url: str) 
     result = run_cli("keys", "list", DATABASE_URL=plain_url(scratch_database_url))
     assert result.returncode == 0, result.stderr
     assert asyncio.run(_revision(scratch_database_url)) == ScriptDirectory.from_config(config).get_current_head()
+
+
+def test_migrate_says_what_it_did_and_refuses_a_newer_releases_schema(scratch_database_url: str) -> None:
+    """An operator reads from its output whether the schema changed; a database a newer release migrated is named
+    as such, with AUTO_MIGRATE on (the default) as with it off, not as alembic's "Can't locate revision"."""
+    head = ScriptDirectory.from_config(alembic_config(scratch_database_url)).get_current_head()
+    url = plain_url(scratch_database_url)
+    first = run_cli("migrate", DATABASE_URL=url)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == f"database migrated from an empty schema to {head}"
+    command.downgrade(alembic_config(scratch_database_url), "-1")
+    old = asyncio.run(_revision(scratch_database_url))
+    second = run_cli("migrate", DATABASE_URL=url)
+    assert second.stdout.strip() == f"database migrated from revision {old} to {head}"
+    again = run_cli("migrate", DATABASE_URL=url)
+    assert again.stdout.strip() == f"database is at the latest revision ({head})"
+
+    asyncio.run(_set_revision(scratch_database_url, "9999_newer"))
+    for args in [("migrate",), ("serve",), ("keys", "list")]:
+        result = run_cli(*args, timeout=30, DATABASE_URL=url, PORT="0")
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert result.stderr.strip() == (
+            f"error: the database is at revision 9999_newer, which this release ({head}) does not know: a newer "
+            "release migrated it; run that release"
+        )
+    asyncio.run(_set_revision(scratch_database_url, str(head)))
+
+
+async def _set_revision(url: str, revision: str) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+    finally:
+        await engine.dispose()
 
 
 async def _revision(url: str) -> str | None:
