@@ -217,6 +217,7 @@ async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tena
         (header + b'\n{"type":"message","role":"user","content":[{"type":"output_text","text":"x"}]}\n', 2),
         (header + b'\n{"type":"function_call_output","call_id":"c","output":5}\n', 2),
         (header + b'\n{"type":"function_call"}\n', 2),
+        (header + b'\n{"type":"bogus"}\n', 2),  # by hand, as the items API refuses it
         (header + b'\n{"type":"item_reference","id":"msg_1"}\n', 2),
         (header + b'\n{"type":"message","role":"user","content":' + b"[" * 70 + b"]" * 70 + b"}\n", 2),
         (header + b"\n" + b"[" * 5000 + b"]" * 5000 + b"\n", 2),

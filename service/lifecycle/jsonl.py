@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from service.errors import InvalidRequest
-from service.items import check_columns, check_replayable
+from service.items import INPUT_ITEM_TYPES, check_columns, check_replayable
 from service.jsonbody import MAX_JSON_DEPTH, MAX_JSON_VALUES, diagnose, nests_too_deep, too_many_values
 from service.metadata import validate_metadata
 
@@ -133,6 +133,10 @@ def _item(number: int, value: dict[str, Any]) -> ItemLine:
     for field in ("id", "status"):
         if field in value and not isinstance(value[field], str):
             raise bad_line(number, f"'{field}' must be a string")
+    if "id" not in value and kind not in INPUT_ITEM_TYPES:
+        # Written by hand, checked as the items API checks a client's item: an exported one (with its id) may be
+        # of any type an upstream answered with.
+        raise bad_line(number, f"type {kind[:40]!r} is not an input item type")
     if kind == "message":
         if value.get("role") not in ("user", "assistant", "system", "developer"):
             raise bad_line(number, "a message's role must be user, assistant, system or developer")
