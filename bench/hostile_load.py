@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hostile_load", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("BENCH_DATABASE_URL") or os.environ.get("DATABASE_URL") or None,
+        default=os.environ.get("BENCH_DATABASE_URL") or None,
         help="PostgreSQL to use (not wiped; migrated to head). Default: BENCH_DATABASE_URL, else embedded",
     )
     parser.add_argument(

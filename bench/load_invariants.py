@@ -408,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load_invariants", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--database-url",
-        default=os.environ.get("DATABASE_URL") or None,
-        help="PostgreSQL to use (not wiped; migrated to head). Default: DATABASE_URL, else embedded",
+        default=None,
+        help="PostgreSQL to use (not wiped; migrated to head). Default: an embedded one in a temporary directory "
+        "(DATABASE_URL is the service's: a load test writing there would fill it with its tenants)",
     )
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--writers", type=int, default=20)

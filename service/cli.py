@@ -303,9 +303,18 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
             export(cli_transfer.stdout())
     except ServiceError as exc:
         return _fail(exc.message)
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing to say to it, and what the export wrote is no longer read.
+        # Python would write a second error at exit, flushing stdout into the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _BROKEN_PIPE
     except OSError as exc:
-        return _fail(f"cannot write {args.output}: {exc.strerror or exc}")
+        return _fail(f"cannot write {args.output or 'to standard output'}: {exc.strerror or exc}")
     return 0
+
+
+# As a shell reports a command SIGPIPE ended (128 + 13): the export did not finish.
+_BROKEN_PIPE = 141
 
 
 def _export_replacing(target: Path, export: Callable[[BinaryIO], None]) -> None:

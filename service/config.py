@@ -53,10 +53,15 @@ def _number(
     if not math.isfinite(value):  # float() takes "nan" and "inf", which no comparison below refuses
         raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
+        raise ConfigError(f"{name} must be at least {_written(minimum)}, got {raw!r}")
     if maximum is not None and value > maximum:
-        raise ConfigError(f"{name} must be at most {maximum:g}, got {raw!r}")
+        raise ConfigError(f"{name} must be at most {_written(maximum)}, got {raw!r}")
     return value
+
+
+def _written(bound: float) -> str:
+    """A bound as an operator would write it: 315360000, not 3.1536e+08."""
+    return str(int(bound)) if bound.is_integer() else f"{bound:g}"
 
 
 # The longest duration a setting may give: the expiry times the service computes from one must stay within what

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -361,3 +364,22 @@ async def test_an_exported_item_stored_before_todays_part_checks_imports_as_it_i
     assert moved.status_code == 200, moved.text
     stored = await rows(db, "SELECT body FROM item")
     assert [json.loads(row["body"])["content"] for row in stored] == [parts, parts]
+
+
+async def test_an_export_whose_reader_goes_away_ends_quietly_with_sigpipes_status(
+    alice: Tenant, database_url: str
+) -> None:
+    """`convstore export | head -1`: the export stops without an error message (there was a traceback-like
+    "cannot write None: Broken pipe"), and its status says it did not finish."""
+    big = "x" * 250_000  # far past a pipe's buffer: the export is still writing when the reader goes
+    await new_conversation(alice.http, items=[{"role": "user", "content": big} for _ in range(8)])
+    env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
+    export = subprocess.Popen(
+        [sys.executable, "-m", "service", "export"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert export.stdout is not None and export.stderr is not None
+    first = export.stdout.readline()
+    assert json.loads(first)["object"] == "conversation"
+    export.stdout.close()
+    assert export.wait(timeout=60) == 141
+    assert export.stderr.read() == b""
