@@ -61,7 +61,7 @@ def _number(
 
 def _written(bound: float) -> str:
     """A bound as an operator would write it: 315360000, not 3.1536e+08."""
-    return str(int(bound)) if bound.is_integer() else f"{bound:g}"
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 # The longest duration a setting may give: the expiry times the service computes from one must stay within what
