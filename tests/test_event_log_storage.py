@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import string
 import zlib
 
 from alembic import command
@@ -99,9 +100,28 @@ async def test_a_downgrade_turns_packed_logs_back_into_text(scratch_url: str) ->
         "INSERT INTO response_event_log (response_id, events_zlib, event_count) "
         f"VALUES ('r_packed', decode('{packed.hex()}', 'hex'), 40)",
     )
+    # A long one: many streams, spanning many of the slices the downgrade reads (random text compresses poorly).
+    rng = random.Random(7)
+    long_frames = [
+        f'event: e\ndata: {{"t": "{"".join(rng.choices(string.ascii_letters, k=1000))}"}}\n\n' for _ in range(400)
+    ]
+    blocks = [zlib.compress("".join(long_frames[i : i + 16]).encode(), 1) for i in range(0, 400, 16)]
+    long_packed = b"".join(blocks)
+    assert len(long_packed) > 4 * 65536
+    await _run(
+        scratch_url,
+        "INSERT INTO response (id, tenant_id, status, model, thread_id, stream) "
+        "VALUES ('r_long', 'ten_t', 'completed', 'm', 'r_long', true)",
+    )
+    await _run(
+        scratch_url,
+        "INSERT INTO response_event_log (response_id, events_zlib, event_count) "
+        f"VALUES ('r_long', decode('{long_packed.hex()}', 'hex'), 400)",
+    )
     await asyncio.to_thread(downgrade, scratch_url, BEFORE_PACKED_LOGS)
     logs = await _query(scratch_url, "SELECT response_id, events FROM response_event_log ORDER BY response_id")
     assert logs == [
+        {"response_id": "r_long", "events": "".join(long_frames)},
         {"response_id": "r_packed", "events": "".join(frames)},
         {"response_id": "r_text", "events": "as text"},
     ]

@@ -35,13 +35,19 @@ def upgrade() -> None:
 
 
 def _inflated(packed: bytes) -> str:
-    """The log's text: its zlib streams, decompressed one after the other (as written at this revision)."""
-    parts, rest = [], packed
-    while rest:
-        stream = zlib.decompressobj()
-        parts.append(stream.decompress(rest))
-        parts.append(stream.flush())
-        rest = stream.unused_data
+    """The log's text: its zlib streams, decompressed one after the other (as written at this revision). The
+    input goes to zlib in slices: given the whole rest at each stream's start, zlib copied it into unused_data at
+    each stream's end, and a long log of many streams took minutes."""
+    parts, view, position = [], memoryview(packed), 0
+    stream, data = zlib.decompressobj(), b""
+    while data or position < len(view):
+        if not data:
+            data = bytes(view[position : position + 65536])
+            position += len(data)
+        parts.append(stream.decompress(data))  # takes all of `data` unless its stream ends inside it
+        data = b""
+        if stream.eof:
+            data, stream = stream.unused_data, zlib.decompressobj()
     return b"".join(parts).decode()
 
 

@@ -81,16 +81,28 @@ class FrameLog:
         return b"".join([*parts, *self._recent[: max(stop - packed, 0)]])
 
 
+_FEED = 64 * 1024  # compressed bytes handed to zlib at a time: its unconsumed_tail and unused_data are copies
+
+
 def inflated(packed: bytes, piece_size: int) -> Iterator[bytes]:
-    """A stored log's frames (`FrameLog.packed`), decompressed at most `piece_size` bytes at a time."""
-    rest = packed
-    while rest:
-        stream, data = zlib.decompressobj(), rest
-        while not stream.eof:
-            piece = stream.decompress(data, piece_size)
+    """A stored log's frames (`FrameLog.packed`), decompressed at most `piece_size` bytes at a time. The input is
+    fed to zlib in bounded slices: handed the whole rest, zlib copied the rest at every call (unconsumed_tail) and
+    at every stream's end (unused_data), which made reading a long log quadratic."""
+    view = memoryview(packed)
+    position, stream, data, fed = 0, zlib.decompressobj(), b"", False
+    while True:
+        if not data and position < len(view):
+            data = bytes(view[position : position + _FEED])
+            position += len(data)
+        if not data and not fed:
+            return  # every stream ended, and nothing is left
+        piece = stream.decompress(data, piece_size)
+        fed = True
+        if piece:
+            yield piece
+        if stream.eof:
+            data, stream, fed = stream.unused_data, zlib.decompressobj(), False
+        else:
             data = stream.unconsumed_tail
-            if piece:
-                yield piece
-            elif not data:
+            if not piece and not data and position >= len(view):
                 raise ValueError("a stored event log ends inside a zlib stream")
-        rest = stream.unused_data
