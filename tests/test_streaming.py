@@ -385,7 +385,11 @@ async def test_a_stream_rebuilt_from_its_stored_state_opens_as_the_live_one_did(
     await wait_until_ended(alice.http, response_id)
     async with db.begin() as conn:  # what a process killed mid-stream leaves, once the reaper failed the turn
         await conn.execute(text("DELETE FROM response_event_log WHERE response_id = :r"), {"r": response_id})
-        await conn.execute(text("UPDATE response SET status = 'failed' WHERE id = :r"), {"r": response_id})
+        failure = '{"code": "server_error", "message": "The turn was interrupted before it finished"}'
+        await conn.execute(
+            text("UPDATE response SET status = 'failed', error = CAST(:e AS jsonb) WHERE id = :r"),
+            {"r": response_id, "e": failure},
+        )
     opening = 3 if background else 2
     expected = (
         ["response.created", "response.queued", "response.in_progress"]
@@ -406,7 +410,12 @@ async def test_a_stream_rebuilt_from_its_stored_state_opens_as_the_live_one_did(
         assert [(e["type"], e["response"]["status"]) for e in shown] == [
             (e["type"], e["response"]["status"]) for e in live[after + 1 : opening]
         ]
+        # How it ended is said by its terminal event only, as live.
+        assert [(e["response"]["error"], e["response"]["incomplete_details"]) for e in shown] == [
+            (None, None) for _ in shown
+        ]
         assert (rebuilt[-1]["type"], rebuilt[-1]["response"]["status"]) == ("response.failed", "failed")
+        assert rebuilt[-1]["response"]["error"]["code"] == "server_error"
     past = await alice.http.get(f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": opening})
     assert [(e["type"], e["sequence_number"]) for _, e in parse_sse(past.text)] == [("response.failed", opening + 1)]
 

@@ -538,7 +538,16 @@ def terminal_frame(response: dict[str, Any], sequence_number: int) -> bytes:
 def opening_events(rendered: dict[str, Any]) -> list[dict[str, Any]]:
     """The events a stream of this response opened with, as its run sent them (runner._drive): a background
     one was queued first, as its create answer said."""
-    opening = {**rendered, "status": Status.IN_PROGRESS, "output": [], "usage": None, "completed_at": None}
+    opening = {
+        **rendered,
+        "status": Status.IN_PROGRESS,
+        "output": [],
+        "usage": None,
+        "completed_at": None,
+        # How it ended: a stream says it only in its terminal event.
+        "error": None,
+        "incomplete_details": None,
+    }
     if not rendered.get("background"):
         return [
             {"type": "response.created", "response": opening},
