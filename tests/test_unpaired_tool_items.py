@@ -155,6 +155,13 @@ async def test_a_turn_that_leaves_the_latest_call_unanswered_is_refused_as_opena
         stored = await list_all(alice.http, f"/v1/conversations/{thread['conversation']}/items", order="asc")
         assert [item["type"] for item in stored] == ["message", "function_call"]
 
+    # A count is refused only where the turn would be: not without input (the thread measured while its calls
+    # run), nor with context_management, whose compaction first can take the call into its summary.
+    compacting = {"input": "never mind", "context_management": [{"type": "compaction", "compact_threshold": 1000}]}
+    for extra in ({}, compacting):
+        measured = await alice.http.post("/v1/responses/input_tokens", json={"model": model, **thread, **extra})
+        assert measured.status_code == 200, measured.text
+        assert measured.json()["input_tokens"] > 0
     # Answered, the thread goes on.
     counted = await alice.http.post("/v1/responses/input_tokens", json={"model": model, "input": [OUTPUT], **thread})
     assert counted.status_code == 200, counted.text

@@ -195,10 +195,11 @@ class ContextWindows:
         history: str,
         stored: Sequence[int] | None,
         inputs: Sequence[NewItem],
+        check_calls: bool,
     ) -> int:
-        """What a turn with this input would send, in tokens (after truncation, when "auto" truncates), or the
-        turn's refusal of calls it leaves unanswered. `stored`: the history items' stored token counts, when
-        read with it. No model: no window, so nothing is truncated."""
+        """What a turn with this input would send, in tokens (after truncation, when "auto" truncates); with
+        `check_calls`, the turn's refusal of calls it leaves unanswered instead. `stored`: the history items'
+        stored token counts, when read with it. No model: no window, so nothing is truncated."""
         counted = self.ledger.counted(thread, history, stored)
         sent, input_bodies, _ = await self._composed(tenant_id, counted, [item.body for item in inputs])
         answered = pairing.answered_call_ids(input_bodies)
@@ -222,7 +223,8 @@ class ContextWindows:
                 model=model,
                 answered=answered,
             )
-        _refuse_unanswered_calls(sent, fitted, inputs)
+        if check_calls:
+            _refuse_unanswered_calls(sent, fitted, inputs)
         return fitted.total
 
     async def compact(
