@@ -569,6 +569,11 @@ async def test_two_idempotency_keys_or_two_authorization_headers_are_refused_and
                         "code": "duplicate_header",
                     }
                 }
+        # A caller without a valid key is told that first, as with one Idempotency-Key.
+        for auth in ([], [("authorization", "Bearer sk-cs-wrong")]):
+            headers = httpx.Headers([*auth, ("idempotency-key", "k-a"), ("idempotency-key", "k-b")])
+            answer = await http.post("/v1/responses", json=body, headers=headers)
+            assert answer.status_code == 401, answer.text
     assert fake_upstream.requests == []
     assert await scalar(db, "SELECT count(*) FROM response") == 0
     assert await scalar(db, "SELECT count(*) FROM conversation") == 0

@@ -67,16 +67,22 @@ class _ClientGone(Exception):
     pass
 
 
+def _values(scope: Scope, name: bytes) -> list[str]:
+    values: list[str] = []
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            try:
+                values.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(value.decode("latin-1"))
+    return values
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
-    values = [value for key, value in scope["headers"] if key.lower() == name]
-    if not values:
-        return None
+    values = _values(scope, name)
     if len(values) > 1:
         raise two_headers(name.decode().title())
-    try:
-        return str(values[0].decode("utf-8"))
-    except UnicodeDecodeError:
-        return str(values[0].decode("latin-1"))
+    return values[0] if values else None
 
 
 def _validated_key(raw: str) -> str:
@@ -219,8 +225,8 @@ class IdempotencyMiddleware(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         declared = getattr(scope.get("route_handler"), "opt", None) or {}
-        raw_key = _header(scope, HEADER) if declared.get("idempotent") else None
-        if raw_key is None:
+        keys = _values(scope, HEADER) if declared.get("idempotent") else []
+        if not keys:
             await next_app(scope, receive, send)
             return
         serving = self._serving
@@ -229,6 +235,9 @@ class IdempotencyMiddleware(ASGIMiddleware):
         if caller is None:
             await next_app(scope, receive, send)
             return
+        if len(keys) > 1:  # once the caller is known: a caller without a valid key is told that first
+            raise two_headers("Idempotency-Key")
+        raw_key = keys[0]
         tenant_id = caller.tenant_id
         serving.limits.refuse_beyond_rate(tenant_id)  # before the key is claimed: a refused flood writes nothing
         key = _validated_key(raw_key)
