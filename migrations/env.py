@@ -78,6 +78,12 @@ def _take_migration_lock(connection: Connection) -> None:
 def _run(connection: Connection) -> None:
     if not _at_head(connection):
         _take_migration_lock(connection)
+        # Read under the lock: a process that waited for another's migration finds nothing left to do, and says so
+        # (service/migrate.py, upgrade).
+        before = MigrationContext.configure(connection).get_current_heads()
+        connection.commit()
+        if set(before) != set(ScriptDirectory.from_config(config).get_heads()):
+            config.attributes["migrated_from"] = ",".join(before) or None
     context.configure(connection=connection, target_metadata=target_metadata, compare_server_default=True)
     with context.begin_transaction():
         context.run_migrations()

@@ -99,15 +99,16 @@ def _migrate(url: str) -> str | None:
     """Brings the database to this release's revision; what it did, to be printed (None: nothing to do)."""
     from service.migrate import head_revision, upgrade  # noqa: PLC0415
 
-    current = asyncio.run(_revision(url))
-    head = head_revision()
-    if current == head:
+    if asyncio.run(_revision(url)) == head_revision():
         return None
     try:
-        upgrade(url)
+        migrated = upgrade(url)
     except Exception as exc:
         raise ConfigError(f"migration failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    return f"migrated from {f'revision {current}' if current else 'an empty schema'} to {head}"
+    if migrated is None:  # another process, started at the same time, did it
+        return None
+    before = f"revision {migrated.before}" if migrated.before else "an empty schema"
+    return f"migrated from {before} to {head_revision()}"
 
 
 def _check_revision(url: str) -> None:

@@ -3,6 +3,7 @@ whether a database is at this release's revision."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -22,8 +23,18 @@ def alembic_config(database_url: str, *, configure_logging: bool = False) -> Con
     return config
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+@dataclass(frozen=True)
+class Migrated:
+    before: str | None  # the revision it was at, None for an empty schema
+
+
+def upgrade(database_url: str, revision: str = "head") -> Migrated | None:
+    """None when there was nothing to do, another process having done it meanwhile included."""
+    config = alembic_config(database_url)
+    command.upgrade(config, revision)
+    if "migrated_from" not in config.attributes:
+        return None
+    return Migrated(config.attributes["migrated_from"])
 
 
 def downgrade(database_url: str, revision: str = "base") -> None:

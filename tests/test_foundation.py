@@ -428,10 +428,14 @@ def test_processes_migrating_at_once_wait_for_each_other(scratch_database_url: s
         )
         for _ in range(4)
     ]
-    results = [(process.wait(timeout=120), process.communicate()[1]) for process in started]
-    assert [code for code, _ in results] == [0, 0, 0, 0], [error for _, error in results]
+    results = [(process.wait(timeout=120), *process.communicate()) for process in started]
+    assert [code for code, _, _ in results] == [0, 0, 0, 0], [error for _, _, error in results]
     head = ScriptDirectory.from_config(alembic_config(scratch_database_url)).get_current_head()
     assert asyncio.run(_revision(scratch_database_url)) == head
+    # One of them migrated, and only that one says so.
+    said = sorted(out.strip() for _, out, _ in results)
+    assert said.count(f"database migrated from an empty schema to {head}") == 1, said
+    assert said.count(f"database is at the latest revision ({head})") == 3, said
     command.check(alembic_config(scratch_database_url))
 
 
