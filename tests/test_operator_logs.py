@@ -162,7 +162,10 @@ def test_json_request_lines_request_ids_metrics_over_two_workers_and_no_secret_a
     assert denied["tenant"] is None and denied["error_code"] == "invalid_api_key"
     refused_account = [r["message"] for r in records if r["logger"] == "service.upstream" and r["level"] == "WARNING"]
     assert "OpenRouter refused the service's key: check OPENROUTER_API_KEY (HTTP 401)" in refused_account
-    assert "OpenRouter refused the service's account: it has no credits left (HTTP 402)" in refused_account
+    assert (
+        "OpenRouter refused the service's account for lack of credits: top it up, or lower max_output_tokens (HTTP 402)"
+        in refused_account
+    )
     # Every line logged while a request ran carries that request's id: the refused turn logged a warning.
     (failed_turn,) = [r for r in requests if r.get("upstream_status") == 400]
     during = [r for r in records if r.get("request_id") == failed_turn["request_id"]]
@@ -193,3 +196,28 @@ def test_shared_background_work_a_request_starts_does_not_carry_its_request_id(
     (read,) = [line for line in lines if line["message"].startswith("model catalog read")]
     assert "request_id" not in read, read
     assert [line["status"] for line in lines if line.get("request_id") == "first-turn" and "status" in line] == [200]
+
+
+def test_a_refused_openrouter_key_is_a_warning_once_a_minute_not_one_per_turn(
+    base_settings: Settings, fake_upstream: FakeOpenRouter
+) -> None:
+    """Every turn fails while the key is refused: one warning says so, not one per turn (a busy service would write
+    hundreds a second)."""
+    proc, url = _serve(base_settings, fake_upstream, LOG_LEVEL="INFO")
+    try:
+        _wait_ready(url, proc)
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        key = httpx.post(f"{url}/admin/api-keys", json={"tenant": "ops", "name": "t"}, headers=admin).json()["key"]
+        refused = {"error": {"message": "No auth credentials found", "code": 401}}
+        for _ in range(4):
+            fake_upstream.enqueue(Reply(kind="json", status=401, body=refused))
+            answer = httpx.post(
+                f"{url}/v1/responses", json={"model": "m", "input": "x"}, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert answer.status_code == 502, answer.text
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    warned = [line["message"] for line in lines if line["logger"] == "service.upstream" and line["level"] == "WARNING"]
+    assert warned == ["OpenRouter refused the service's key: check OPENROUTER_API_KEY (HTTP 401)"]
