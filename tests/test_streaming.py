@@ -376,8 +376,10 @@ async def test_a_stream_rebuilt_from_its_stored_state_opens_as_the_live_one_did(
 ) -> None:
     """A stream whose process died before writing its event log is replayed from the stored response. A reader
     who has seen no more than its opening events gets the rest of them numbered as they were sent live: a
-    background stream opens with response.queued before response.in_progress, as its create answer said."""
-    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT, chunks=4)))
+    background stream opens with response.queued before response.in_progress, as its create answer said, and
+    with the model asked for (the upstream answers with the one it routed to)."""
+    routed = "openai/gpt-4o-mini-2024-07-18"
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(TEXT, chunks=4, model=routed)))
     body = {"model": MODEL, "input": "hi", "stream": True, "background": background}
     async with alice.http.stream("POST", "/v1/responses", json=body) as r:
         live = await read_events(r)
@@ -400,6 +402,7 @@ async def test_a_stream_rebuilt_from_its_stored_state_opens_as_the_live_one_did(
         ]
     )
     assert [e["type"] for e in live[:opening]] == expected
+    assert [e["response"]["model"] for e in live[:opening]] == [MODEL] * opening
     for after in range(-1, opening):
         replay = await alice.http.get(
             f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": after}
@@ -414,6 +417,8 @@ async def test_a_stream_rebuilt_from_its_stored_state_opens_as_the_live_one_did(
         assert [(e["response"]["error"], e["response"]["incomplete_details"]) for e in shown] == [
             (None, None) for _ in shown
         ]
+        assert [e["response"]["model"] for e in shown] == [MODEL for _ in shown]
+        assert rebuilt[-1]["response"]["model"] == routed
         assert (rebuilt[-1]["type"], rebuilt[-1]["response"]["status"]) == ("response.failed", "failed")
         assert rebuilt[-1]["response"]["error"]["code"] == "server_error"
     past = await alice.http.get(f"/v1/responses/{response_id}", params={"stream": "true", "starting_after": opening})

@@ -156,7 +156,7 @@ async def _wait_then_replay(
                 yield chunk
             if row.status not in RUNNING:
                 state = await service.get_response(engine, tenant_id, response_id)
-                yield _rebuilt_after(state.render(), after)
+                yield _rebuilt_after(state.render(), after, state.model)
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_RECHECK_SECONDS):
@@ -169,12 +169,12 @@ async def _wait_then_replay(
                     await bus.send(FOLLOW, response_id)
 
 
-def _rebuilt_after(response: dict[str, Any], after: int) -> bytes:
+def _rebuilt_after(response: dict[str, Any], after: int, asked_model: str | None) -> bytes:
     """A response's events after `after`, rebuilt from its stored state. The opening events are numbered alike
     however the stream is made (service/responses/streaming.py); past them the live numbering (one event per
     delta) and the rebuilt one differ, so a reader who has seen more than those gets the terminal event alone,
     numbered right after what it has."""
-    events = events_from_state(response)
+    events = events_from_state(response, asked_model)
     if after < len(opening_events(response)):
         return b"".join(sse_frame(event) for event in events[max(after + 1, 0) :])
     return sse_frame({**events[-1], "sequence_number": after + 1})

@@ -535,11 +535,13 @@ def terminal_frame(response: dict[str, Any], sequence_number: int) -> bytes:
     return sse_frame({**event, "sequence_number": sequence_number})
 
 
-def opening_events(rendered: dict[str, Any]) -> list[dict[str, Any]]:
+def opening_events(rendered: dict[str, Any], asked_model: str | None = None) -> list[dict[str, Any]]:
     """The events a stream of this response opened with, as its run sent them (runner._drive): a background
-    one was queued first, as its create answer said."""
+    one was queued first, as its create answer said. They named the model asked for (`asked_model`), before
+    the upstream said which one answered."""
     opening = {
         **rendered,
+        "model": asked_model or rendered.get("model"),
         "status": Status.IN_PROGRESS,
         "output": [],
         "usage": None,
@@ -561,10 +563,10 @@ def opening_events(rendered: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def events_from_state(rendered: dict[str, Any]) -> list[dict[str, Any]]:
+def events_from_state(rendered: dict[str, Any], asked_model: str | None = None) -> list[dict[str, Any]]:
     """A stored response's events rebuilt from its final state, for a streamed response whose event log was
     never written (its process died): the opening events, each item added and done, and the terminal event."""
-    events = opening_events(rendered)
+    events = opening_events(rendered, asked_model)
     for index, item in enumerate(rendered.get("output") or []):  # rendered: already in the clients' shapes
         events.append({"type": "response.output_item.added", "output_index": index, "item": item})
         events.append({"type": "response.output_item.done", "output_index": index, "item": item})
