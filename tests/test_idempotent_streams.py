@@ -6,11 +6,13 @@ once the run has ended."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.responses.runner import TurnRun
 from tests.conftest import Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
 from tests.stream_support import parse_sse, read_events, wait_until_ended
@@ -98,3 +100,27 @@ async def test_a_keyed_store_false_stream_whose_client_left_replays_the_whole_st
     assert events[-1]["type"] == "response.completed" and _deltas(events) == ANSWER
     assert len(fake_upstream.requests) == 1
     assert await rows(db, "SELECT id FROM response") == []
+
+
+async def test_a_keyed_store_false_stream_lets_go_of_its_run_once_it_is_answered(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Its run (every frame of the stream) is freed as soon as the key's answer is stored, not at a full garbage
+    collection: the run's task holds the request's context, whose key tracker held the run, a cycle that kept each
+    such stream in the worker (the service raises the collector's thresholds, so full collections are rare).
+    With the collector off, a run still held after its stream ended is one that only a collection would free."""
+    body = {"model": MODEL, "input": "Count", "stream": True, "store": False}
+    gc.collect()
+    gc.disable()
+    try:
+        for n in range(3):
+            fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8)))
+            async with alice.http.stream("POST", "/v1/responses", json=body, headers=keyed(f"k-free-{n}")) as r:
+                assert r.status_code == 200
+                await r.aread()
+            await _until_completed(db, f"k-free-{n}")
+        await asyncio.sleep(0.2)  # the run's own task ends after its last frame
+        held = [o for o in gc.get_objects() if isinstance(o, TurnRun)]
+    finally:
+        gc.enable()
+    assert held == []
