@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip",
         default=env.get("BENCH_SKIP", ""),
-        help="scaling,capacity,observability,throughput,tables,soak,chains,admin",
+        help="scaling,capacity,resume,observability,throughput,tables,soak,chains,admin",
     )
     parser.add_argument("--results", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)

@@ -370,3 +370,42 @@ def admin_listing_rows(output: str, returncode: int | None) -> list[Row]:
             )
         )
     return rows
+
+
+_RESPONSE_ID = re.compile(rb'"id":"(resp_[^"]+)"')
+_RESUME = "streaming: resume a stored stream, 4x longer vs 1x"
+
+
+async def stored_stream_resume(target: Target, *, deltas: tuple[int, int], tries: int = 3) -> Row:
+    """A client resuming a long stored stream from its start (`GET /v1/responses/{id}?stream=true`), for an answer
+    and one four times as long: reading a stored event log must cost in proportion to its length (it was
+    quadratic once: zlib handed the whole rest of the log at every call)."""
+    client = target.client()
+    best: dict[int, float] = {}
+    sizes: dict[int, int] = {}
+    try:
+        for count in deltas:
+            check = StreamCheck()
+            body = turn_body(f"bench/paced-{count}x0", None, stream=True)
+            reply = await client.request("POST", "/v1/responses", body, on_chunk=check.feed, timeout=600)
+            found = _RESPONSE_ID.search(check.head)
+            if reply.status != 200 or not check.completed or found is None:
+                return Row(_RESUME, "error", "≤ 6x", False, check.error)
+            path = f"/v1/responses/{found.group(1).decode()}?stream=true&starting_after=0"
+            for _ in range(tries):
+                resumed = StreamCheck()
+                replay = await client.request("GET", path, on_chunk=resumed.feed, timeout=600)
+                if replay.status != 200 or not resumed.completed:
+                    note = f"HTTP {replay.status} {resumed.error}"
+                    return Row(_RESUME, "error", "≤ 6x", False, note)
+                best[count] = min(best.get(count, math.inf), replay.seconds)
+                sizes[count] = resumed.events
+    finally:
+        client.close()
+    short, long = deltas
+    ratio = best[long] / best[short]
+    note = (
+        f"{sizes[short]:,} and {sizes[long]:,} events resumed from the start in {best[short] * 1000:.0f} and "
+        f"{best[long] * 1000:.0f} ms (best of {tries}); a linear read takes about {long / short:.0f}x"
+    )
+    return Row(_RESUME, f"{ratio:.2f}x", "≤ 6x", ratio <= 6, note)

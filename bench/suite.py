@@ -208,6 +208,9 @@ async def run(config: Config) -> tuple[list[Row], dict[str, object]]:
                     rows += await scenarios.stream_capacity(
                         target, capacity.ids(), streams=sizes.streams, deltas=64, interval_ms=20
                     )
+                if wanted("resume"):
+                    config.say("streaming: resuming long stored streams")
+                    rows.append(await scenarios.stored_stream_resume(target, deltas=(20_000, 80_000)))
 
         if wanted("observability"):
             config.say("observability: added latency without, with logs and metrics, and with tracing")
