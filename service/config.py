@@ -316,7 +316,10 @@ class Settings:
             # The exporter takes any text and fails on every export, in a thread: spans lost without a word.
             endpoint = env.get(name, "").strip()
             if endpoint and (urlsplit(endpoint).scheme not in {"http", "https"} or not _host_of(endpoint)):
-                raise ConfigError(f"{name} must be the http(s) URL of an OTLP/HTTP collector, got {endpoint[:80]!r}")
+                # Not echoed: written without its scheme, an endpoint's credentials (user:token@host) would be.
+                raise ConfigError(
+                    f"{name} must be the http(s) URL of an OTLP/HTTP collector, e.g. http://collector:4318"
+                )
         total = _seconds(env, "UPSTREAM_TOTAL_TIMEOUT", 900.0, minimum=0.01)
         # The heartbeat renews a live turn's claim and key (service/cluster/heartbeat.py); the TTL still outlives
         # one upstream call, so that a turn whose process cannot reach the database for its heartbeats meanwhile

@@ -343,6 +343,8 @@ def busy_port() -> Iterator[int]:
         ({"OPENROUTER_BASE_URL": "http://"}, "OPENROUTER_BASE_URL must be an http(s) URL with a host"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "notaurl"}, "OTEL_EXPORTER_OTLP_ENDPOINT must be the http(s) URL of an OTLP"),
         ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "localhost:4318"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT must be"),
+        # Written without its scheme, the credentials would have been echoed.
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "user:SECRETPASSWORD@collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT must be"),
         ({"MODEL_CONTEXT_WINDOWS": "a/b=\u00b2"}, "MODEL_CONTEXT_WINDOWS entries must look like"),
         ({"CONSOLE_SESSION_SECRET": "x"}, "CONSOLE_SESSION_SECRET must be at least 32 characters"),
         ({"PORT": "1_000"}, "PORT must be a number"),

@@ -37,7 +37,7 @@ def upgrade() -> None:
 def _inflated(packed: bytes) -> str:
     """The log's text: its zlib streams, decompressed one after the other (as written at this revision). The
     input goes to zlib in slices: given the whole rest at each stream's start, zlib copied it into unused_data at
-    each stream's end, and a long log of many streams took minutes."""
+    each stream's end, which made reading a long log of many streams quadratic."""
     parts, view, position = [], memoryview(packed), 0
     stream, data = zlib.decompressobj(), b""
     while data or position < len(view):

@@ -7,6 +7,7 @@ lines and a byte order mark are skipped when read, never written."""
 from __future__ import annotations
 
 import asyncio
+import codecs
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,7 +24,6 @@ MEDIA_TYPE = "application/jsonl"
 ACCEPTED_MEDIA_TYPES = frozenset(
     {MEDIA_TYPE, "application/x-ndjson", "application/x-jsonlines", "application/jsonlines", "application/json-lines"}
 )
-_BOM = "\ufeff".encode()
 _decoder = msgspec.json.Decoder()
 encode = msgspec.json.encode
 T = TypeVar("T")
@@ -160,7 +160,7 @@ def parse_lines(lines: Iterable[bytes], *, many: bool) -> Iterator[Header | Item
     the errors name lines as the file numbers them."""
     first = True
     for number, read in enumerate(lines, start=1):
-        line = read.removeprefix(_BOM) if number == 1 else read
+        line = read.removeprefix(codecs.BOM_UTF8) if number == 1 else read
         if not line.strip():
             continue
         value = _decode(number, line)
