@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
@@ -84,6 +85,14 @@ def two_headers(name: str) -> InvalidRequest:
     """A header a request may carry once, carried twice: which one a proxy in front of us read is anybody's guess,
     so neither is used."""
     return InvalidRequest(f"Send one {name} header, not several", param=name, code="duplicate_header")
+
+
+def refuse_unknown_fields(fields: Iterable[str], known: Iterable[str]) -> None:
+    """Our own routes' bodies and queries are strict: a misspelt optional field (`metdata`) would otherwise be
+    dropped in silence and its default used."""
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise InvalidRequest(f"Unknown parameter: {unknown[0]}", param=unknown[0], code="unknown_parameter")
 
 
 class AuthenticationFailed(ServiceError):

@@ -85,20 +85,28 @@ async def test_fork_takes_new_metadata_and_refuses_unknown_items(
 
     other = await new_conversation(alice.http, items=[{"role": "user", "content": "elsewhere"}])
     (elsewhere,) = await list_all(alice.http, f"/v1/conversations/{other}/items")
+    fork = f"/v1/conversations/{conv}/fork"
+    kept = items[0]["id"]
     refused = [
-        (await alice.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": elsewhere["id"]}), 404, "item_id"),
-        (await alice.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": "msg_nope"}), 404, "item_id"),
-        (await alice.http.post(f"/v1/conversations/{conv}/fork", json={}), 400, "item_id"),
+        (await alice.http.post(fork, json={"item_id": elsewhere["id"]}), 404, "item_id", None),
+        (await alice.http.post(fork, json={"item_id": "msg_nope"}), 404, "item_id", None),
+        (await alice.http.post(fork, json={}), 400, "item_id", "missing_required_parameter"),
+        (await alice.http.post(fork, json={"item_id": 5}), 400, "item_id", "invalid_type"),
+        (await alice.http.post(fork, json={"item_id": kept, "metadata": 3}), 400, "metadata", None),
+        # A misspelt `metadata` used to be dropped, and the fork took the source's metadata without a word.
         (
-            await alice.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": items[0]["id"], "metadata": 3}),
+            await alice.http.post(fork, json={"item_id": kept, "metdata": {"b": "2"}}),
             400,
-            "metadata",
+            "metdata",
+            "unknown_parameter",
         ),
-        (await bob.http.post(f"/v1/conversations/{conv}/fork", json={"item_id": items[0]["id"]}), 404, None),
+        (await bob.http.post(fork, json={"item_id": kept}), 404, None, None),
     ]
-    for answer, status, param in refused:
+    for answer, status, param, code in refused:
         assert answer.status_code == status, answer.text
         assert answer.json()["error"]["param"] == param
+        if code is not None:
+            assert answer.json()["error"]["code"] == code
     assert len(await rows(db, "SELECT id FROM conversation")) == 3
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.conversations import repository as conversations
 from service.conversations.service import conversation_not_found, conversation_view
-from service.errors import InvalidRequest, NotFound, StreamBrokenOff
+from service.errors import InvalidRequest, NotFound, StreamBrokenOff, refuse_unknown_fields
 from service.ids import new_id
 from service.items import NewItem, item_view
 from service.lifecycle import jsonl, repository
@@ -147,9 +147,16 @@ async def fork_conversation(
     """A new conversation holding copies of the source's items up to and including `item_id`. A turn running
     on the source does not block the fork, which sees its items once committed; a delete of the source or of
     one of its items waits for the fork (else the fork could copy what the delete left: nothing)."""
+    refuse_unknown_fields(body, ("item_id", "metadata"))
     item_id = body.get("item_id")
+    if item_id is None:
+        raise InvalidRequest(
+            "item_id is required: the id of the last item the fork keeps",
+            param="item_id",
+            code="missing_required_parameter",
+        )
     if not isinstance(item_id, str) or not item_id:
-        raise InvalidRequest("item_id is required: the id of the last item the fork keeps", param="item_id")
+        raise InvalidRequest("item_id must be an item's id (a string)", param="item_id", code="invalid_type")
     metadata = validate_metadata(body["metadata"]) if body.get("metadata") is not None else None
     async with engine.begin() as conn:
         source = await conversations.get_conversation(conn, tenant_id, conversation_id, hold=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.config import MAX_RETENTION_DAYS, Settings
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, refuse_unknown_fields
 
 MAX_DAYS = MAX_RETENTION_DAYS
 FIELDS = ("responses_days", "conversations_idle_days")
@@ -36,9 +36,7 @@ def effective(row: Any, settings: Settings) -> Policy:
 def parse_policy(body: dict[str, Any]) -> Policy:
     """Both fields are required (a whole-policy PUT): N whole days, at least 1, or null to keep forever."""
     values: dict[str, int | None] = {}
-    unknown = sorted(set(body) - set(FIELDS))
-    if unknown:
-        raise InvalidRequest(f"Unknown parameter: {unknown[0]}", param=unknown[0], code="unknown_parameter")
+    refuse_unknown_fields(body, FIELDS)
     for field in FIELDS:
         if field not in body:
             raise InvalidRequest(

@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.admin.service import listed_tenant_id
 from service.config import Settings
-from service.errors import InvalidRequest, NotFound
+from service.errors import InvalidRequest, NotFound, refuse_unknown_fields
 from service.ids import new_id
 from service.pagination import client_integer
 from service.webhooks import repository
@@ -74,9 +74,7 @@ def _events(value: Any) -> list[str]:
 
 
 async def create_endpoint(engine: AsyncEngine, settings: Settings, tenant: str, body: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(body) - {"url", "events"})
-    if unknown:
-        raise InvalidRequest(f"Unknown parameter: {unknown[0]}", param=unknown[0], code="unknown_parameter")
+    refuse_unknown_fields(body, ("url", "events"))
     url = body.get("url")
     if not isinstance(url, str) or not url:
         raise InvalidRequest("url is required", param="url", code="missing_required_parameter")
@@ -118,9 +116,7 @@ def _single(query: Pairs, name: str) -> str | None:
 
 async def list_deliveries(engine: AsyncEngine, query: Pairs) -> dict[str, Any]:
     """Newest first, each with its attempts; filters tenant and state; pages: limit 1-100, before (a pk)."""
-    unknown = sorted({k for k, _ in query} - {"tenant", "state", "limit", "before"})
-    if unknown:
-        raise InvalidRequest(f"Unknown parameter: {unknown[0]}", param=unknown[0])
+    refuse_unknown_fields((k for k, _ in query), ("tenant", "state", "limit", "before"))
     state = _single(query, "state")
     if state is not None and state not in DELIVERY_STATES:
         raise InvalidRequest(f"state must be one of {', '.join(DELIVERY_STATES)}", param="state")
