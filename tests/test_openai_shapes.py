@@ -377,10 +377,14 @@ async def test_a_failed_responses_error_code_is_one_of_openais(
 
 async def test_compaction_usage_and_include_values_match_the_spec(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
     fake_upstream.reply_json(text_response("A summary.", msg_id="msg_summary"))
-    inputs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    # A kept user message is shown as every item is: an image without `detail` gets OpenAI's "auto".
+    image = {"type": "input_image", "image_url": "https://example.com/a.png"}
+    looked = {"role": "user", "content": [{"type": "input_text", "text": "a"}, image]}
+    inputs = [looked, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
     compacted = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "input": inputs})
     assert compacted.status_code == 200, compacted.text
-    check("ResponseUsage", compacted.json()["usage"])
+    check("CompactResource", compacted.json())
+    assert compacted.json()["output"][0]["content"][1] == {**image, "detail": "auto"}
     calls = len(fake_upstream.requests)
     for include in (["bogus"], ["reasoning.encrypted_content", "message.output_text.logprob"]):
         refused = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", "include": include})

@@ -30,8 +30,9 @@ from service.responses.views import full_usage
 def _kept_message(body: str) -> dict[str, Any]:
     """A kept user message as OpenAI's compacted output shows it, with an id and a status. A history holds a user
     message's JSON without the id it is stored under, so one the client did not name gets a new one: the
-    compacted window is a new list of items, which the client sends as its next input."""
-    message: dict[str, Any] = msgspec.json.decode(body)
+    compacted window is a new list of items, which the client sends as its next input. Its parts are completed
+    as everywhere else an item is shown (an image's `detail`)."""
+    message: dict[str, Any] = client_item(msgspec.json.decode(body))
     return {"id": new_id("msg"), **message, "status": message.get("status") or "completed"}
 
 
