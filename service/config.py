@@ -284,6 +284,7 @@ class Settings:
     webhook_retry_hours: float = 24.0
     webhook_allow_private_addresses: bool = False
     webhook_poll_seconds: float = 1.0
+    webhook_timeout_seconds: float = 10.0
 
     @property
     def demo_upstream(self) -> bool:
@@ -400,6 +401,9 @@ class Settings:
             webhook_retry_hours=_hours(env, "WEBHOOK_RETRY_HOURS", 24.0, minimum=0),
             webhook_allow_private_addresses=_bool(env, "WEBHOOK_ALLOW_PRIVATE_ADDRESSES", False),
             webhook_poll_seconds=_seconds(env, "WEBHOOK_POLL_SECONDS", 1.0, minimum=0.01),
+            # Well within a delivery's claim (webhooks/delivery.py LEASE_SECONDS), so that no other process sends
+            # an event again while an attempt at it is still under way.
+            webhook_timeout_seconds=_number(env, "WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=30),
         )
 
     @property

@@ -338,6 +338,7 @@ def busy_port() -> Iterator[int]:
         ({"PORT": "8123", "METRICS_PORT": "8123"}, "METRICS_PORT must differ from PORT"),
         ({"RETENTION_RESPONSES_DAYS": "3000000"}, "RETENTION_RESPONSES_DAYS must be at most 36500"),
         ({"SHUTDOWN_GRACE_PERIOD": "400000000"}, "SHUTDOWN_GRACE_PERIOD must be at most 315360000, got"),
+        ({"WEBHOOK_TIMEOUT_SECONDS": "60"}, "WEBHOOK_TIMEOUT_SECONDS must be at most 30, got"),
         # Each named DATABASE_URL, started, or ended in a traceback.
         ({"DATABASE_DIRECT_URL": "garbage"}, "DATABASE_DIRECT_URL must start with postgresql://"),
         ({"OPENROUTER_BASE_URL": "http://"}, "OPENROUTER_BASE_URL must be an http(s) URL with a host"),

@@ -172,6 +172,7 @@ async def test_an_endpoint_that_cannot_be_sent_to_fails_its_own_deliveries_and_t
         delivery = by_endpoint[endpoint_id]
         assert delivery["response_id"] == response_id
         assert delivery["state"] == "failed", delivery
+        assert delivery["next_attempt_at"] is None  # none is coming
         errors = [a["error"] for a in delivery["attempts"]]
         assert len(errors) >= 2 and all(errors) and len(set(errors)) == 1, errors
     assert "base64" in by_endpoint["bad_secret"]["attempts"][0]["error"]
@@ -277,6 +278,14 @@ async def _validated_listed_removed(admin: httpx.AsyncClient, alice: Tenant) -> 
             "url",
         ),
         ({"url": "https://\u2603.net/", "events": ["response.completed"]}, "url"),
+        # What urlsplit cannot read (these were 500s), or reads otherwise than httpx, which refused them only at
+        # every delivery ("[…]x": a port httpx cannot read); port 0; a name no resolver finds.
+        ({"url": "http://[2606:4700::1111/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://2606:4700::1111]/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://[1.2.3.4]/", "events": ["response.completed"]}, "url"),
+        ({"url": "http://[2606:4700::1111]x/", "events": ["response.completed"]}, "url"),
+        ({"url": "http://example.com:0/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://exa%mple.com/", "events": ["response.completed"]}, "url"),
         ({"events": ["response.completed"]}, "url"),
         ({"url": "https://example.com/x", "events": []}, "events"),
         ({"url": "https://example.com/x", "events": ["response.created"]}, "events[0]"),
@@ -422,3 +431,140 @@ async def test_a_bad_delivery_listing_parameter_is_a_400_naming_it(
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert error["param"] == param and error["code"] == code and error["type"] == "invalid_request_error", error
+
+
+class MisbehavingReceiver:
+    """Webhook receivers that misbehave at the socket: `/hang` reads the request and never answers,
+    `/trickle` sends its status line and then one byte of its headers every 0.2 s, `/huge` answers 200 with
+    a 256 MiB body written as fast as the connection takes it (`huge_bytes_written` counts what it took)."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.huge_bytes_written = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._answer, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            path = head.split(b" ", 2)[1].decode()
+            self.paths.append(path)
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+            if path == "/hang":
+                await asyncio.sleep(3600)
+            elif path == "/trickle":
+                writer.write(b"HTTP/1.1 200 OK\r\n")
+                for byte in b"X-Slow: " + b"x" * 3600:
+                    await asyncio.sleep(0.2)
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+            elif path == "/huge":
+                size, chunk = 256 * 1024 * 1024, b"x" * 65536
+                writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+                while self.huge_bytes_written < size:
+                    writer.write(chunk)
+                    await writer.drain()
+                    self.huge_bytes_written += len(chunk)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _deliveries_of(admin: httpx.AsyncClient, tenant: str) -> dict[str, dict[str, Any]]:
+    deliveries = (await admin.get("/admin/webhook-deliveries", params={"tenant": tenant})).json()["data"]
+    return {d["endpoint_id"]: d for d in deliveries}
+
+
+async def test_a_receiver_that_hangs_trickles_or_floods_holds_up_only_its_own_delivery_and_briefly(
+    start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter
+) -> None:
+    """httpx's timeout bounds each read, not an attempt: a receiver trickling its answer held its attempt for as
+    long as it liked, and every delivery pass waited for its slowest send, so that no other tenant's events went
+    out, on any process that claimed it. And the answer's body was read whole, however large."""
+    misbehaving = MisbehavingReceiver()
+    port = await misbehaving.start()
+    try:
+        live = start_server(**{**DELIVERING, "webhook_timeout_seconds": 5.0})
+        alice = await make_tenant("alice", live=live)
+        bob = await make_tenant("bob", live=live)
+        async with _admin_client(live) as admin:
+            endpoints = {
+                path: (await _endpoint(admin, "alice", f"http://127.0.0.1:{port}{path}", ["response.completed"]))["id"]
+                for path in ("/hang", "/trickle", "/huge")
+            }
+            await _endpoint(admin, "bob", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+            await _background(alice)
+            for _ in range(100):
+                if len(misbehaving.paths) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert sorted(misbehaving.paths) == ["/hang", "/huge", "/trickle"]
+            # Alice's receivers are holding their attempts: Bob's event goes out meanwhile, not after them.
+            await _background(bob)
+            finished = asyncio.get_running_loop().time()
+            await _received(receiver, 1)
+            assert asyncio.get_running_loop().time() - finished < 2.5
+
+            by_endpoint: dict[str, dict[str, Any]] = {}
+            for _ in range(200):
+                by_endpoint = await _deliveries_of(admin, "alice")
+                if all(by_endpoint[e]["attempts"] for e in endpoints.values()):
+                    break
+                await asyncio.sleep(0.05)
+        huge, hang, trickle = (by_endpoint[endpoints[path]] for path in ("/huge", "/hang", "/trickle"))
+        # The status is all an attempt reads: the flood's connection was closed after the headers.
+        assert huge["state"] == "delivered" and huge["attempts"][0]["status_code"] == 200
+        assert misbehaving.huge_bytes_written < 32 * 1024 * 1024
+        for stalled in (hang, trickle):
+            (attempt,) = stalled["attempts"]
+            assert stalled["state"] == "pending", stalled
+            assert attempt["error"] == "no answer within 5 s (WEBHOOK_TIMEOUT_SECONDS)"
+            assert 5000 <= attempt["duration_ms"] < 7000
+    finally:
+        await misbehaving.stop()
+
+
+async def test_an_attempt_that_outlived_its_claim_does_not_undo_the_outcome_of_the_one_that_took_it_over(
+    start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A slow attempt whose claim ran out, while another process claimed the row and delivered it, recorded its
+    failure over that success: `delivered` became `pending` (sent a third time) or `failed`."""
+    live = start_server(**DELIVERING)
+    bob = await make_tenant("bob", live=live)
+    receiver.enqueue(Reply(status=500, body={"error": "slow"}, delay=1.5))
+    async with _admin_client(live) as admin:
+        await _endpoint(admin, "bob", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+        await _background(bob)
+        await _received(receiver, 1)
+        # What another process's claim, after this one's ran out, and its successful attempt leave on the row.
+        async with db.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE webhook_delivery SET state = 'delivered', attempts = attempts + 1, locked_until = NULL,"
+                    " delivered_at = now(), next_attempt_at = NULL"
+                )
+            )
+        for _ in range(100):
+            if await rows(db, "SELECT pk FROM webhook_attempt"):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # a retry would be due 0.2 s after the failure
+        (delivery,) = (await admin.get("/admin/webhook-deliveries")).json()["data"]
+    assert delivery["state"] == "delivered", delivery
+    assert delivery["next_attempt_at"] is None
+    assert [(a["status_code"], a["error"]) for a in delivery["attempts"]] == [(500, "HTTP 500")]
+    assert len(receiver.requests) == 1

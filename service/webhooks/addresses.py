@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -13,6 +14,9 @@ import httpx
 
 MAX_URL_LENGTH = 2048
 MAX_HOST_LENGTH = 253  # a DNS name's limit (RFC 1035), once IDNA-encoded
+# Once IDNA-encoded: labels of letters, digits, hyphens (and underscores, which DNS names carry in practice),
+# 1 to 63 of them, between dots. The codec lets any other ASCII through ("exa%mple.com"), which no resolver finds.
+_DOMAIN_NAME = re.compile(rb"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*\.?")
 
 
 class AddressRefused(Exception):
@@ -25,17 +29,15 @@ def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not address.is_global or address.is_multicast
 
 
-def _check_domain_name(url: str, host: str) -> None:
-    """A host name the resolver and the HTTP client can both take. The resolver encodes it with IDNA and raises
-    UnicodeError (not OSError) for an empty label or one over 63 characters; httpx refuses, with InvalidURL (not
-    HTTPError), a name IDNA 2008 does not allow. Either would only show at delivery, as an error the delivery
-    loop did not expect (a name over 253 characters fails there too, only later)."""
+def _check_domain_name(host: str) -> None:
+    """A host name the resolver can take. It encodes the name with IDNA and raises UnicodeError (not OSError) for
+    an empty label or one over 63 characters, which would only show at delivery, as an error the delivery loop
+    did not expect (a name over 253 characters fails there too, only later)."""
     try:
         encoded = host.encode("idna")
-        httpx.URL(url)
-    except (UnicodeError, httpx.InvalidURL):
+    except UnicodeError:
         encoded = b""
-    if not encoded or len(encoded.rstrip(b".")) > MAX_HOST_LENGTH:
+    if not _DOMAIN_NAME.fullmatch(encoded) or len(encoded.rstrip(b".")) > MAX_HOST_LENGTH:
         raise AddressRefused(
             f"url host is not a valid domain name: labels of 1 to 63 characters between dots, {MAX_HOST_LENGTH} "
             "in all; an internationalized name must be valid IDNA"
@@ -49,22 +51,26 @@ def check_url_form(url: str, *, allow_private: bool) -> str:
     if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
         # A URL has no spaces or control characters (RFC 3986), and PostgreSQL text cannot hold U+0000.
         raise AddressRefused("url must not contain spaces or control characters")
-    parts = urlsplit(url)
+    try:
+        # Both parsers must take it: the checks read urlsplit's parts, and httpx sends to its own reading of the
+        # URL (which refuses what urlsplit lets through, such as "[::1]x" for a port).
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise AddressRefused(f"url is not a valid URL: {exc}") from None
     if parts.scheme not in {"http", "https"}:
         raise AddressRefused("url must be an http:// or https:// URL")
-    if not parts.hostname:
+    if not host:
         raise AddressRefused("url has no host")
     if parts.username is not None or parts.password is not None:
         raise AddressRefused("url must not carry credentials")
-    try:
-        _ = parts.port
-    except ValueError:
-        raise AddressRefused("url has an invalid port") from None
-    host = parts.hostname
+    if port == 0:
+        raise AddressRefused("url has an invalid port: 0")
     try:
         literal = ipaddress.ip_address(host)
     except ValueError:
-        _check_domain_name(url, host)
+        _check_domain_name(host)
         if not allow_private and host.rstrip(".").lower() in {"localhost", "localhost.localdomain"}:
             raise AddressRefused("url points to a loopback host") from None
         return host

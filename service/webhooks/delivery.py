@@ -1,5 +1,6 @@
 """The delivery loop each process runs: claim due outbox rows (SKIP LOCKED, so processes share the work), send
-each signed event with no database connection held, record the attempt and schedule the next one.
+each signed event in a task of its own with no database connection held, record the attempt and schedule the
+next one.
 
 At-least-once: a row is marked delivered only after a 2xx; a process that dies mid-send leaves its claim to
 expire (LEASE_SECONDS) and the event is sent again with the same `webhook-id`, which receivers use to drop
@@ -26,7 +27,9 @@ logger = logging.getLogger("service.webhooks")
 
 LEASE_SECONDS = 60
 BATCH = 20
-SEND_TIMEOUT = 10.0
+# Sends under way in one process at once. Each is bounded by WEBHOOK_TIMEOUT_SECONDS as a whole, so a receiver
+# that hangs holds one of these for that long, and only its own delivery waits for it.
+MAX_IN_FLIGHT = 100
 MAX_ERROR_LENGTH = 500
 
 
@@ -50,21 +53,31 @@ class WebhookDeliverer:
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
-        self.client = httpx.AsyncClient(timeout=SEND_TIMEOUT, follow_redirects=False)
+        self.client = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def _send(self, row: Any) -> tuple[int | None, str | None]:
+        """One attempt, from resolving the host to the answer's status line, within WEBHOOK_TIMEOUT_SECONDS in
+        all: httpx's timeout bounds each read, and a receiver that trickled its answer a byte at a time held an
+        attempt, its claim and (when a pass waited for its sends) every other delivery for as long as it wished.
+        Only the status is read: the answer's body is never read, so no receiver can fill the process's memory."""
         body = event_body(row)
+        timeout = self.settings.webhook_timeout_seconds
         try:
-            await check_destination(row.url, allow_private=self.settings.webhook_allow_private_addresses)
-            headers = signed_headers(row.secret, row.event_id, int(time.time()), body)
-            answer = await self.client.post(row.url, content=body, headers=headers)
+            async with asyncio.timeout(timeout):
+                await check_destination(row.url, allow_private=self.settings.webhook_allow_private_addresses)
+                headers = signed_headers(row.secret, row.event_id, int(time.time()), body)
+                async with self.client.stream("POST", row.url, content=body, headers=headers) as answer:
+                    status_code = answer.status_code
         except AddressRefused as exc:
             return None, f"refused: {exc}"
+        except TimeoutError:
+            return None, f"no answer within {timeout:g} s (WEBHOOK_TIMEOUT_SECONDS)"
         except httpx.HTTPError as exc:
             return None, _described(exc)
-        if 200 <= answer.status_code < 300:
-            return answer.status_code, None
-        return answer.status_code, f"HTTP {answer.status_code}"
+        if 200 <= status_code < 300:
+            return status_code, None
+        return status_code, f"HTTP {status_code}"
 
     async def _deliver(self, row: Any) -> None:
         started = time.monotonic()
@@ -77,9 +90,10 @@ class WebhookDeliverer:
             logger.warning("webhook %s could not be sent: %s", row.event_id, type(exc).__name__)
             status_code, error = None, _described(exc)
         async with self.engine.begin() as conn:
-            state = await repository.record_attempt(
+            recorded = await repository.record_attempt(
                 conn,
                 pk=row.pk,
+                claim=row.locked_until,
                 ok=error is None,
                 status_code=status_code,
                 error=error,
@@ -87,37 +101,60 @@ class WebhookDeliverer:
                 retry_base=self.settings.webhook_retry_base_seconds,
                 retry_window=self.settings.webhook_retry_hours * 3600,
             )
-        if state is None:
+        if recorded == repository.GONE:
             logger.info("webhook %s: deleted while it was sent (with its response or its endpoint)", row.event_id)
             return
-        WEBHOOK_ATTEMPTS.labels({"pending": "retrying"}.get(state, state)).inc()
-        if state == "failed":
+        if recorded == repository.CLAIM_LOST:
+            logger.info("webhook %s: its claim ran out while it was sent; another attempt took it over", row.event_id)
+            return
+        WEBHOOK_ATTEMPTS.labels({"pending": "retrying"}.get(recorded, recorded)).inc()
+        if recorded == "failed":
             logger.warning(
-                "webhook %s to endpoint gave up after %d attempts: %s", row.event_id, row.attempts + 1, error
+                "webhook %s to endpoint %s of tenant %s gave up after %d attempts: %s",
+                row.event_id,
+                row.endpoint_id,
+                row.tenant_id,
+                row.attempts + 1,
+                error,
             )
 
-    async def deliver_due(self) -> int:
-        """One pass: every due delivery, BATCH at a time, sent concurrently. Returns how many were attempted."""
+    async def _deliver_logged(self, row: Any) -> None:
+        try:
+            await self._deliver(row)
+        except Exception as exc:
+            # The attempt could not be recorded (the database went away): the row keeps its claim until the lease
+            # ends and is sent again then.
+            logger.warning("webhook %s attempt not recorded: %s", row.event_id, type(exc).__name__)
+
+    async def start_due(self) -> int:
+        """Claims due deliveries, as many as there is room for (BATCH at most), and sends each in a task of its
+        own: no pass waits for a send, so a receiver that hangs delays its own deliveries and no one else's.
+        Returns how many it claimed."""
+        room = min(BATCH, MAX_IN_FLIGHT - len(self._sending))
+        if room <= 0:
+            return 0
         async with self.engine.begin() as conn:
-            rows = await repository.claim_due(conn, limit=BATCH, lease=LEASE_SECONDS)
-        outcomes = await asyncio.gather(*(self._deliver(row) for row in rows), return_exceptions=True)
-        # A row whose attempt could not be recorded (the database went away) keeps its claim until the lease
-        # ends and is sent again then; the other rows of the pass go on.
-        for row, outcome in zip(rows, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                logger.warning("webhook %s attempt not recorded: %s", row.event_id, type(outcome).__name__)
-            elif isinstance(outcome, BaseException):
-                raise outcome
+            rows = await repository.claim_due(conn, limit=room, lease=LEASE_SECONDS)
+        for row in rows:
+            task = asyncio.create_task(self._deliver_logged(row), name=f"webhook-{row.event_id}")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
         return len(rows)
 
     async def run_forever(self) -> None:
         while True:
             try:
-                if await self.deliver_due() == BATCH:
+                if await self.start_due() == BATCH:
                     continue
             except Exception as exc:
                 logger.warning("webhook delivery pass failed: %s", type(exc).__name__)
             await asyncio.sleep(self.settings.webhook_poll_seconds)
 
     async def aclose(self) -> None:
+        """Stops the sends under way (their claims expire and another process, or the next start, sends them
+        again with the same webhook-id), then the HTTP client."""
+        sending = list(self._sending)
+        for task in sending:
+            task.cancel()
+        await asyncio.gather(*sending, return_exceptions=True)
         await self.client.aclose()

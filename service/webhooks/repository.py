@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, delete, insert, select, text
+from sqlalchemy import DateTime, Integer, bindparam, delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import tenant_table, webhook_attempt_table, webhook_delivery_table, webhook_endpoint_table
@@ -29,33 +30,49 @@ _CLAIM_DUE = text(
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ) AND e.id = d.endpoint_id
-    RETURNING d.pk, d.event_id, d.event_type, d.response_id, d.created_at, d.attempts, e.url, e.secret
+    RETURNING d.pk, d.event_id, d.event_type, d.response_id, d.created_at, d.attempts, d.locked_until,
+              d.endpoint_id, d.tenant_id, e.url, e.secret
     """
 ).bindparams(bindparam("lease", type_=Integer))
 
+# What record_attempt answers besides the delivery's new state.
+GONE = "gone"  # the delivery was deleted while it was sent (with its response or its endpoint)
+CLAIM_LOST = "claim_lost"  # its claim ran out while it was sent, and another attempt took it over
+
 # After an attempt: delivered on a 2xx; else the next attempt after base * 2^(attempts - 1) seconds (at most an
-# hour apart), or failed for good once that would fall past the retry window. Nothing when the delivery went while
-# it was being sent (with its response or its endpoint).
+# hour apart), or failed for good once that would fall past the retry window. Only while the row is still this
+# attempt's claim (`locked_until` as the claim set it): an attempt that outlived its claim, which another process
+# then took, must not undo that process's outcome (a delivered event marked failed, or pending and sent again);
+# its attempt is still logged. The attempt is logged as of when it started.
 _RECORD = text(
     """
     WITH attempt AS (
-        INSERT INTO webhook_attempt (delivery_pk, status_code, error, duration_ms)
-        SELECT :pk, :status_code, :error, :duration_ms WHERE EXISTS (SELECT FROM webhook_delivery WHERE pk = :pk)
+        INSERT INTO webhook_attempt (delivery_pk, attempted_at, status_code, error, duration_ms)
+        SELECT :pk, now() - make_interval(secs => :duration_ms / 1000.0), :status_code, :error, :duration_ms
+        WHERE EXISTS (SELECT FROM webhook_delivery WHERE pk = :pk)
+    ), recorded AS (
+        UPDATE webhook_delivery SET
+            attempts = attempts + 1,
+            locked_until = NULL,
+            state = CASE WHEN :ok THEN 'delivered'
+                         WHEN now() + make_interval(secs => least(:base * power(2, attempts), :cap))
+                              > created_at + make_interval(secs => :window) THEN 'failed'
+                         ELSE 'pending' END,
+            delivered_at = CASE WHEN :ok THEN now() END,
+            next_attempt_at = CASE WHEN :ok THEN NULL
+                                   WHEN now() + make_interval(secs => least(:base * power(2, attempts), :cap))
+                                        > created_at + make_interval(secs => :window) THEN NULL
+                                   ELSE now() + make_interval(secs => least(:base * power(2, attempts), :cap)) END
+        WHERE pk = :pk AND state = 'pending' AND locked_until = :claim
+        RETURNING state
     )
-    UPDATE webhook_delivery SET
-        attempts = attempts + 1,
-        locked_until = NULL,
-        state = CASE WHEN :ok THEN 'delivered'
-                     WHEN now() + make_interval(secs => least(:base * power(2, attempts), :cap))
-                          > created_at + make_interval(secs => :window) THEN 'failed'
-                     ELSE 'pending' END,
-        delivered_at = CASE WHEN :ok THEN now() END,
-        next_attempt_at = CASE WHEN :ok THEN NULL
-                          ELSE now() + make_interval(secs => least(:base * power(2, attempts), :cap)) END
-    WHERE pk = :pk
-    RETURNING state
+    SELECT (SELECT state FROM recorded) AS state, EXISTS (SELECT FROM webhook_delivery WHERE pk = :pk) AS present
     """
-).bindparams(bindparam("status_code", type_=Integer), bindparam("duration_ms", type_=Integer))
+).bindparams(
+    bindparam("status_code", type_=Integer),
+    bindparam("duration_ms", type_=Integer),
+    bindparam("claim", type_=DateTime(timezone=True)),
+)
 
 
 async def tenant_by_name(conn: AsyncConnection, name: str) -> Any:
@@ -89,16 +106,19 @@ async def record_attempt(
     conn: AsyncConnection,
     *,
     pk: int,
+    claim: datetime,
     ok: bool,
     status_code: int | None,
     error: str | None,
     duration_ms: int,
     retry_base: float,
     retry_window: float,
-) -> str | None:
-    """The delivery's state after the attempt; None if the delivery is gone."""
+) -> str:
+    """The delivery's state after the attempt: delivered, pending (to be tried again) or failed; GONE, or
+    CLAIM_LOST when only the attempt was logged. `claim`: the row's `locked_until` as the claim set it."""
     params = {
         "pk": pk,
+        "claim": claim,
         "ok": ok,
         "status_code": status_code,
         "error": error,
@@ -107,8 +127,10 @@ async def record_attempt(
         "window": retry_window,
         "cap": MAX_RETRY_DELAY,
     }
-    state = await conn.scalar(_RECORD, params)
-    return None if state is None else str(state)
+    row = (await conn.execute(_RECORD, params)).one()
+    if row.state is not None:
+        return str(row.state)
+    return CLAIM_LOST if row.present else GONE
 
 
 async def list_deliveries(
