@@ -103,6 +103,60 @@ async def test_a_second_output_for_one_call_is_not_sent(
 
 
 @pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("style", ["conversation", "previous_response_id"])
+async def test_a_turn_answering_a_call_a_second_time_is_refused(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str, style: str
+) -> None:
+    """Two outputs for one call in a turn's input, or an output for a call the thread answered already, went
+    upstream together on that turn, and on every later turn only the first: the model saw two results for one
+    call, then one. Refused now, as providers that check the pairing refuse it, before anything is sent."""
+    thread: dict[str, Any] = {"conversation": await new_conversation(alice.http)} if style == "conversation" else {}
+
+    async def turn(input_: Any, **extra: Any) -> Any:
+        answer = await alice.http.post("/v1/responses", json={"model": model, "input": input_, **thread, **extra})
+        if style == "previous_response_id" and answer.status_code == 200:
+            thread["previous_response_id"] = answer.json()["id"]
+        return answer
+
+    fake_upstream.reply_json(response_with_output([CALL]))
+    assert (await turn("look it up")).status_code == 200
+    calls = len(fake_upstream.requests)
+    duplicate = {
+        "message": "Duplicate function_call_output for call_id call_1: that call has its output already.",
+        "type": "invalid_request_error",
+        "param": "input",
+        "code": None,
+    }
+    twice = [{**OUTPUT, "output": "first"}, {**OUTPUT, "output": "again"}]
+    for extra in ({}, {"stream": True}):
+        refused = await turn(twice, **extra)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"] == duplicate
+    assert len(fake_upstream.requests) == calls
+
+    fake_upstream.reply_json(text_response("found", msg_id="msg_found"))
+    assert (await turn([{**OUTPUT, "output": "first"}])).status_code == 200
+    calls = len(fake_upstream.requests)
+    refused = await turn([{**OUTPUT, "output": "again"}])
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == duplicate
+    counted = await alice.http.post(
+        "/v1/responses/input_tokens", json={"model": model, "input": [{**OUTPUT, "output": "again"}], **thread}
+    )
+    assert counted.status_code == 400, counted.text
+    assert counted.json()["error"] == duplicate
+    assert len(fake_upstream.requests) == calls
+    if style == "conversation":
+        stored = await list_all(alice.http, f"/v1/conversations/{thread['conversation']}/items", order="asc")
+        assert [item["type"] for item in stored] == ["message", "function_call", "function_call_output", "message"]
+
+    # The thread goes on, and its one answer to the call is what every later turn sends.
+    assert (await turn("thanks")).status_code == 200
+    sent = fake_upstream.requests[-1].body["input"]
+    assert [item.get("output") for item in sent if item.get("type") == "function_call_output"] == ["first"]
+
+
+@pytest.mark.parametrize("model", MODELS)
 async def test_a_call_id_used_again_by_a_later_call_is_answered_again(
     alice: Tenant, fake_upstream: FakeOpenRouter, model: str
 ) -> None:

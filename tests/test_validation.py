@@ -534,8 +534,12 @@ async def test_a_tool_output_whose_call_the_context_does_not_hold_is_refused(
         "/v1/responses", json={"model": MODEL, "input": [call, answer], "conversation": conversation}
     )
     assert together.status_code == 200, together.text
-    again = {**answer, "output": "43"}
+    # (A second output for call_here would be refused: its call has its output; test_unpaired_tool_items.)
+    waiting = {**call, "call_id": "call_there"}
+    appended = await alice.http.post(f"/v1/conversations/{conversation}/items", json={"items": [waiting]})
+    assert appended.status_code == 200, appended.text
     later = await alice.http.post(
-        "/v1/responses", json={"model": MODEL, "input": [again], "conversation": conversation}
+        "/v1/responses",
+        json={"model": MODEL, "input": [{**answer, "call_id": "call_there"}], "conversation": conversation},
     )
     assert later.status_code == 200, later.text

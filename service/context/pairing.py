@@ -23,7 +23,7 @@ And as OpenAI does, a turn that leaves its thread's latest function calls unansw
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import msgspec
 
@@ -190,4 +190,22 @@ def output_without_call(history: str, inputs: Sequence[tuple[str, str]]) -> str 
                 continue
             if f'"call_id":{msgspec.json.encode(call_id).decode()}' not in history:
                 return call_id
+    return None
+
+
+def repeated_output(waiting: Collection[str | None], inputs: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
+    """The type and call id of the first input output (`inputs`: each item's type and stored JSON) that answers
+    a call no longer waiting for one (`waiting`: the ids of the thread's calls that are): one answered already,
+    in the thread or earlier in this input. None when there is none. An output whose call is nowhere is
+    output_without_call's to refuse."""
+    open_calls = set(waiting)
+    for kind, body in inputs:
+        if kind in CALL_KEY_FIELDS:
+            open_calls.add(call_id_of(body))
+        elif kind in _CHECKED_OUTPUTS:
+            call_id = call_id_of(body)
+            if call_id in open_calls:
+                open_calls.discard(call_id)
+            elif call_id is not None:
+                return kind, call_id
     return None

@@ -111,6 +111,19 @@ def _refuse_unanswered_calls(sent: CountedItems, fit: fitting.Fit, inputs: Seque
         raise refused_before_upstream(f"No tool output found for function call {call_id}.", code=None, param="input")
 
 
+def _refuse_repeated_outputs(sent: CountedItems, inputs: Sequence[NewItem]) -> None:
+    """A second output for one call: the model would see two results for it on this turn, and every later turn
+    (CountedItems.calls) only the first; providers that check the pairing refuse it outright."""
+    if not any(item.type in TOOL_OUTPUT_TYPES for item in inputs):
+        return
+    repeated = pairing.repeated_output(sent.calls.waiting, [(item.type, item.body) for item in inputs])
+    if repeated is not None:
+        kind, call_id = repeated
+        raise refused_before_upstream(
+            f"Duplicate {kind} for call_id {call_id}: that call has its output already.", code=None, param="input"
+        )
+
+
 def _worth_compacting_again(sent: CountedItems) -> bool:
     """Past its threshold, a history compacted before is compacted again only once what a new summary would
     replace since the last one (its items but the user messages, which compaction keeps) costs more than that
@@ -202,6 +215,8 @@ class ContextWindows:
         stored token counts, when read with it. No model: no window, so nothing is truncated."""
         counted = self.ledger.counted(thread, history, stored)
         sent, input_bodies, _ = await self._composed(tenant_id, counted, [item.body for item in inputs])
+        if check_calls:
+            _refuse_repeated_outputs(sent, inputs)
         answered = pairing.answered_call_ids(input_bodies)
         input_tokens = sum(tokens.body_tokens(body) for body in input_bodies)
         overhead = tokens.request_tokens(params)
@@ -298,6 +313,7 @@ class ContextWindows:
             return plan
         input_bodies = [item.body for item in request.input_items]
         plan.sent, sent_inputs, rendered = await self._composed(turn.tenant_id, plan.counted, input_bodies)
+        _refuse_repeated_outputs(plan.sent, request.input_items)
         if rendered:
             plan.exact = False
             plan.inputs = [_sent_item(body) for body in sent_inputs]
