@@ -17,6 +17,7 @@ from service.observability.logs import default_format
 
 DEFAULT_OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 MAX_RETENTION_DAYS = 36500  # what the admin API takes too (a longer interval overflows PostgreSQL's)
+WEBHOOK_CLAIM_SECONDS = 60.0
 _MAX_PORT = 65535
 DisconnectPolicy = Literal["continue", "cancel"]
 LogFormat = Literal["json", "text"]
@@ -285,6 +286,9 @@ class Settings:
     webhook_allow_private_addresses: bool = False
     webhook_poll_seconds: float = 1.0
     webhook_timeout_seconds: float = 10.0
+    # How long a process's claim on a delivery lasts (not an environment setting): an attempt, and the record of
+    # it, must end well within it, or another process sends the event again meanwhile.
+    webhook_claim_seconds: float = WEBHOOK_CLAIM_SECONDS
 
     @property
     def demo_upstream(self) -> bool:
@@ -401,9 +405,10 @@ class Settings:
             webhook_retry_hours=_hours(env, "WEBHOOK_RETRY_HOURS", 24.0, minimum=0),
             webhook_allow_private_addresses=_bool(env, "WEBHOOK_ALLOW_PRIVATE_ADDRESSES", False),
             webhook_poll_seconds=_seconds(env, "WEBHOOK_POLL_SECONDS", 1.0, minimum=0.01),
-            # Well within a delivery's claim (webhooks/delivery.py LEASE_SECONDS), so that no other process sends
-            # an event again while an attempt at it is still under way.
-            webhook_timeout_seconds=_number(env, "WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=30),
+            # At most half a delivery's claim: the rest is the record's, which may wait for a pooled connection.
+            webhook_timeout_seconds=_number(
+                env, "WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1, maximum=WEBHOOK_CLAIM_SECONDS / 2
+            ),
         )
 
     @property

@@ -134,6 +134,22 @@ async def test_every_route_reading_a_body_or_query_documents_it(app: Litestar, d
             assert documented, f"{where} reads its query string but documents no parameter"
 
 
+async def test_our_own_strict_bodies_are_documented_as_closed(document: dict[str, Any]) -> None:
+    """The routes that refuse a field they do not know (400 unknown_parameter) say so: a client generated from the
+    document must not think a misspelt field is taken."""
+    for operation_id in (
+        "forkConversation",
+        "adminCreateApiKey",
+        "adminPutRetentionPolicy",
+        "adminCreateWebhookEndpoint",
+    ):
+        (operation,) = [op for _, _, op in _operations(document) if op.get("operationId") == operation_id]
+        schema = document["components"]["schemas"][
+            ref_name(operation["requestBody"]["content"]["application/json"]["schema"])
+        ]
+        assert schema.get("additionalProperties") is False, operation_id
+
+
 async def test_routes_take_what_they_need_as_dependencies() -> None:
     """No route module looks the runtime, the tenant or the body up from the request by hand."""
     service_dir = Path(__file__).parent.parent / "service"

@@ -122,7 +122,7 @@ async def test_a_turn_answering_a_call_a_second_time_is_refused(
     assert (await turn("look it up")).status_code == 200
     calls = len(fake_upstream.requests)
     duplicate = {
-        "message": "Duplicate function_call_output for call_id call_1: that call has its output already.",
+        "message": "Duplicate function_call_output for call_id call_1: no call of that id is waiting for an output.",
         "type": "invalid_request_error",
         "param": "input",
         "code": None,
@@ -149,6 +149,15 @@ async def test_a_turn_answering_a_call_a_second_time_is_refused(
     if style == "conversation":
         stored = await list_all(alice.http, f"/v1/conversations/{thread['conversation']}/items", order="asc")
         assert [item["type"] for item in stored] == ["message", "function_call", "function_call_output", "message"]
+
+    # A count refuses what the turn refuses, an output for a call the thread never made included.
+    orphan = {**OUTPUT, "call_id": "call_nowhere"}
+    counted = await alice.http.post("/v1/responses/input_tokens", json={"model": model, "input": [orphan], **thread})
+    assert counted.status_code == 400, counted.text
+    assert (
+        counted.json()["error"]["message"] == "No tool call found for function call output with call_id call_nowhere."
+    )
+    assert (await turn([orphan])).json()["error"] == counted.json()["error"]
 
     # The thread goes on, and its one answer to the call is what every later turn sends.
     assert (await turn("thanks")).status_code == 200

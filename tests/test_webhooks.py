@@ -286,6 +286,7 @@ async def _validated_listed_removed(admin: httpx.AsyncClient, alice: Tenant) -> 
         ({"url": "http://[2606:4700::1111]x/", "events": ["response.completed"]}, "url"),
         ({"url": "http://example.com:0/x", "events": ["response.completed"]}, "url"),
         ({"url": "http://exa%mple.com/", "events": ["response.completed"]}, "url"),
+        ({"url": "http://xn--zz.example.com/", "events": ["response.completed"]}, "url"),  # no valid A-label
         ({"events": ["response.completed"]}, "url"),
         ({"url": "https://example.com/x", "events": []}, "events"),
         ({"url": "https://example.com/x", "events": ["response.created"]}, "events[0]"),
@@ -538,11 +539,65 @@ async def test_a_receiver_that_hangs_trickles_or_floods_holds_up_only_its_own_de
         await misbehaving.stop()
 
 
-async def test_an_attempt_that_outlived_its_claim_does_not_undo_the_outcome_of_the_one_that_took_it_over(
+async def test_an_endpoint_with_a_backlog_that_hangs_takes_only_its_share_of_the_sends(
     start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter, db: AsyncEngine
 ) -> None:
-    """A slow attempt whose claim ran out, while another process claimed the row and delivered it, recorded its
-    failure over that success: `delivered` became `pending` (sent a third time) or `failed`."""
+    """Due deliveries were claimed oldest first into one pool of sends: a receiver that hangs, with a backlog (it
+    was down for a while), took every send the process had, and another tenant's event waited for its time-outs."""
+    misbehaving = MisbehavingReceiver()
+    port = await misbehaving.start()
+    try:
+        live = start_server(**{**DELIVERING, "webhook_timeout_seconds": 5.0, "webhook_delivery": False})
+        alice = await make_tenant("alice", live=live)
+        bob = await make_tenant("bob", live=live)
+        async with _admin_client(live) as admin:
+            await _endpoint(admin, "alice", f"http://127.0.0.1:{port}/hang", ["response.completed"])
+            await _endpoint(admin, "bob", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+        await _background(alice)
+        async with db.begin() as conn:  # the backlog: 150 more of alice's events, all due
+            await conn.execute(
+                text(
+                    "INSERT INTO webhook_delivery (event_id, endpoint_id, tenant_id, event_type, response_id,"
+                    " next_attempt_at, created_at)"
+                    " SELECT 'evt_backlog_' || n, endpoint_id, tenant_id, event_type, response_id,"
+                    " now() - interval '1 hour', now() - interval '1 hour'"
+                    " FROM webhook_delivery, generate_series(1, 150) AS n"
+                )
+            )
+        start_server(**{**DELIVERING, "webhook_timeout_seconds": 5.0})  # the process that delivers
+        for _ in range(100):
+            if len(misbehaving.paths) >= 10:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        # At most its share of this process's sends (one claim's worth past it at most).
+        assert 10 <= len(misbehaving.paths) < 20, len(misbehaving.paths)
+        await _background(bob)
+        finished = asyncio.get_running_loop().time()
+        await _received(receiver, 1)
+        assert asyncio.get_running_loop().time() - finished < 2.5
+    finally:
+        await misbehaving.stop()
+
+
+# What another process leaves on the row once this one's claim ran out: its own claim, while it sends, then
+# its success.
+TAKEN_OVER = {
+    "claimed": "UPDATE webhook_delivery SET locked_until = now() + interval '1 minute' RETURNING locked_until",
+    "delivered": (
+        "UPDATE webhook_delivery SET state = 'delivered', attempts = attempts + 1, locked_until = NULL,"
+        " delivered_at = now(), next_attempt_at = NULL RETURNING locked_until"
+    ),
+}
+
+
+@pytest.mark.parametrize("other", sorted(TAKEN_OVER))
+async def test_an_attempt_that_outlived_its_claim_does_not_undo_the_outcome_of_the_one_that_took_it_over(
+    start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter, db: AsyncEngine, other: str
+) -> None:
+    """A slow attempt whose claim ran out recorded its failure over what the process that took the row over had
+    done: a `delivered` row became `pending` (sent a third time) or `failed`, and a claim still sending was
+    released, so that the event went out a third time at once."""
     live = start_server(**DELIVERING)
     bob = await make_tenant("bob", live=live)
     receiver.enqueue(Reply(status=500, body={"error": "slow"}, delay=1.5))
@@ -550,21 +605,54 @@ async def test_an_attempt_that_outlived_its_claim_does_not_undo_the_outcome_of_t
         await _endpoint(admin, "bob", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
         await _background(bob)
         await _received(receiver, 1)
-        # What another process's claim, after this one's ran out, and its successful attempt leave on the row.
         async with db.begin() as conn:
-            await conn.execute(
-                text(
-                    "UPDATE webhook_delivery SET state = 'delivered', attempts = attempts + 1, locked_until = NULL,"
-                    " delivered_at = now(), next_attempt_at = NULL"
-                )
-            )
+            other_claim = (await conn.execute(text(TAKEN_OVER[other]))).scalar_one()
         for _ in range(100):
             if await rows(db, "SELECT pk FROM webhook_attempt"):
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # a retry would be due 0.2 s after the failure
         (delivery,) = (await admin.get("/admin/webhook-deliveries")).json()["data"]
-    assert delivery["state"] == "delivered", delivery
-    assert delivery["next_attempt_at"] is None
+    # The stale attempt is logged, and changes nothing else.
     assert [(a["status_code"], a["error"]) for a in delivery["attempts"]] == [(500, "HTTP 500")]
+    (row,) = await rows(db, "SELECT state, attempts, locked_until FROM webhook_delivery")
+    if other == "delivered":
+        assert row == {"state": "delivered", "attempts": 1, "locked_until": None}
+        assert delivery["next_attempt_at"] is None
+    else:
+        assert row == {"state": "pending", "attempts": 0, "locked_until": other_claim}
     assert len(receiver.requests) == 1
+
+
+async def test_shutdown_gives_back_the_claims_of_the_sends_it_stops(
+    start_server: Callable[..., LiveServer], make_tenant: Any, db: AsyncEngine
+) -> None:
+    """A send under way at shutdown is stopped; its claim used to stay, so that no process sent the event for up
+    to a minute (every rolling restart delayed such events so), and the attempt, which the receiver may have had,
+    was in no log."""
+    misbehaving = MisbehavingReceiver()
+    port = await misbehaving.start()
+    try:
+        live = start_server(**DELIVERING)
+        alice = await make_tenant("alice", live=live)
+        async with _admin_client(live) as admin:
+            await _endpoint(admin, "alice", f"http://127.0.0.1:{port}/hang", ["response.completed"])
+        await _background(alice)
+        for _ in range(100):
+            if misbehaving.paths:
+                break
+            await asyncio.sleep(0.05)
+        assert misbehaving.paths == ["/hang"]
+        async with _admin_client(live) as admin:  # an operator sees the send under way
+            (sending,) = (await admin.get("/admin/webhook-deliveries")).json()["data"]
+        (claimed,) = await rows(
+            db, "SELECT floor(extract(epoch FROM locked_until))::bigint AS until FROM webhook_delivery"
+        )
+        assert sending["claimed_until"] == claimed["until"] and sending["attempts"] == []
+        await asyncio.to_thread(live.stop)
+        (row,) = await rows(db, "SELECT state, attempts, locked_until FROM webhook_delivery")
+        assert row == {"state": "pending", "attempts": 1, "locked_until": None}
+        (attempt,) = await rows(db, "SELECT status_code, error FROM webhook_attempt")
+        assert attempt == {"status_code": None, "error": "stopped: the process shut down"}
+    finally:
+        await misbehaving.stop()

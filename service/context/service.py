@@ -35,6 +35,7 @@ from service.context.ledger import (
     kind_of_body,
 )
 from service.context.sealing import Sealer, Summary
+from service.errors import InvalidRequest
 from service.items import NewItem
 from service.responses.requests import build_upstream_body
 from service.upstream.body import UpstreamBody
@@ -111,6 +112,16 @@ def _refuse_unanswered_calls(sent: CountedItems, fit: fitting.Fit, inputs: Seque
         raise refused_before_upstream(f"No tool output found for function call {call_id}.", code=None, param="input")
 
 
+def refuse_outputs_without_calls(history: str, items: Sequence[NewItem]) -> None:
+    """OpenAI's answer to a tool output whose call the context (`history`, its stored JSON texts) does not hold:
+    OpenRouter's providers refuse it too, and once stored, every later turn of the thread would send it."""
+    if not any(item.type in TOOL_OUTPUT_TYPES for item in items):
+        return
+    call_id = pairing.output_without_call(history, [(item.type, item.body) for item in items])
+    if call_id is not None:
+        raise InvalidRequest(f"No tool call found for function call output with call_id {call_id}.", param="input")
+
+
 def _refuse_repeated_outputs(sent: CountedItems, inputs: Sequence[NewItem]) -> None:
     """A second output for one call: the model would see two results for it on this turn, and every later turn
     (CountedItems.calls) only the first; providers that check the pairing refuse it outright."""
@@ -120,7 +131,9 @@ def _refuse_repeated_outputs(sent: CountedItems, inputs: Sequence[NewItem]) -> N
     if repeated is not None:
         kind, call_id = repeated
         raise refused_before_upstream(
-            f"Duplicate {kind} for call_id {call_id}: that call has its output already.", code=None, param="input"
+            f"Duplicate {kind} for call_id {call_id}: no call of that id is waiting for an output.",
+            code=None,
+            param="input",
         )
 
 
@@ -213,6 +226,8 @@ class ContextWindows:
         """What a turn with this input would send, in tokens (after truncation, when "auto" truncates); with
         `check_calls`, the turn's refusal of calls it leaves unanswered instead. `stored`: the history items'
         stored token counts, when read with it. No model: no window, so nothing is truncated."""
+        if check_calls:
+            refuse_outputs_without_calls(history, inputs)
         counted = self.ledger.counted(thread, history, stored)
         sent, input_bodies, _ = await self._composed(tenant_id, counted, [item.body for item in inputs])
         if check_calls:

@@ -19,7 +19,7 @@ class ConversationExportLine(msgspec.Struct):
     type: Annotated[str, msgspec.Meta(description="The item's type, on item lines")] | None = None
 
 
-class ForkConversationBody(msgspec.Struct):
+class ForkConversationBody(msgspec.Struct, forbid_unknown_fields=True):
     item_id: Annotated[str, msgspec.Meta(description="The last item kept")]
     metadata: Metadata | None = None
 

@@ -33,9 +33,7 @@ from asyncpg.exceptions import ForeignKeyViolationError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service.cluster import running as running_turns
-from service.context import pairing
-from service.context.ledger import TOOL_OUTPUT_TYPES
-from service.context.service import ContextWindows
+from service.context.service import ContextWindows, refuse_outputs_without_calls
 from service.conversations import repository as conversations
 from service.conversations.service import (
     conversation_locked,
@@ -217,7 +215,7 @@ class TurnContext:
         if request.previous_response_id is not None:
             return await self._begin_chained(tenant_id, request, request.previous_response_id)
         if request.conversation_id is None:
-            _refuse_outputs_without_calls("", request.input_items)  # no history: the calls must be in the input
+            refuse_outputs_without_calls("", request.input_items)  # no history: the calls must be in the input
         if not request.store:
             note_effect()  # the upstream call (a charge) follows
             return Turn(tenant_id, request, _new_state(request, created_at=datetime.now(UTC)))
@@ -247,7 +245,7 @@ class TurnContext:
             state.created_at = now
             history, counts = chain.whole()
             if response is None:
-                _refuse_outputs_without_calls(history, request.input_items)
+                refuse_outputs_without_calls(history, request.input_items)
                 note_effect()  # the upstream call (a charge) follows
                 return Turn(tenant_id, request, state, history, history_counts=counts)
             if running is not None:
@@ -256,7 +254,7 @@ class TurnContext:
                 stored_at_finish = turn_store.Unseen(response, now, None, request.input_items)
                 unseen = Turn(tenant_id, request, state, history, began, stored_at_finish, chain, history_counts=counts)
             else:
-                _refuse_outputs_without_calls(history, request.input_items)  # before the begin stores anything
+                refuse_outputs_without_calls(history, request.input_items)  # before the begin stores anything
                 unseen = None
                 began = time.monotonic()
                 try:
@@ -401,7 +399,7 @@ class TurnContext:
         """Checked once the claim read the history (a read before it would cost every tool turn one): such a
         turn is stored as failed, as one past the caps is, and nothing is sent."""
         try:
-            _refuse_outputs_without_calls(turn.history, turn.request.input_items)
+            refuse_outputs_without_calls(turn.history, turn.request.input_items)
         except InvalidRequest as refusal:
             await asyncio.shield(self.fail(turn, {"code": "invalid_prompt", "message": refusal.message}))
             raise
@@ -632,16 +630,6 @@ def _followed_by(history: ChainHistory, ancestors: Iterable[turn_store.Ancestor]
     return history.followed_by(
         (response.items for response in responses), itertools.chain.from_iterable(r.counts for r in responses)
     )
-
-
-def _refuse_outputs_without_calls(history: str, items: Sequence[NewItem]) -> None:
-    """OpenAI's answer to a tool output whose call the context does not hold: OpenRouter's providers refuse it
-    too, and once stored, every later turn of the thread would send it."""
-    if not any(item.type in TOOL_OUTPUT_TYPES for item in items):
-        return
-    call_id = pairing.output_without_call(history, [(item.type, item.body) for item in items])
-    if call_id is not None:
-        raise InvalidRequest(f"No tool call found for function call output with call_id {call_id}.", param="input")
 
 
 def _refuse_ids_in_history(history: str, items: Sequence[NewItem]) -> None:

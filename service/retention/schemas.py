@@ -7,7 +7,7 @@ from typing import Literal
 import msgspec
 
 
-class RetentionPolicyBody(msgspec.Struct):
+class RetentionPolicyBody(msgspec.Struct, forbid_unknown_fields=True):
     responses_days: int | None = None
     conversations_idle_days: int | None = None
 

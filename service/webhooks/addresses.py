@@ -56,8 +56,8 @@ def check_url_form(url: str, *, allow_private: bool) -> str:
         # URL (which refuses what urlsplit lets through, such as "[::1]x" for a port).
         parts = urlsplit(url)
         host, port = parts.hostname, parts.port
-        httpx.URL(url)
-    except (ValueError, httpx.InvalidURL) as exc:
+        _ = httpx.URL(url).host  # decoding the host checks its IDNA labels ("xn--zz" is none), as a send does
+    except (ValueError, httpx.InvalidURL) as exc:  # UnicodeError (an IDNA error) is a ValueError
         raise AddressRefused(f"url is not a valid URL: {exc}") from None
     if parts.scheme not in {"http", "https"}:
         raise AddressRefused("url must be an http:// or https:// URL")

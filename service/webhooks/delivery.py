@@ -3,14 +3,16 @@ each signed event in a task of its own with no database connection held, record 
 next one.
 
 At-least-once: a row is marked delivered only after a 2xx; a process that dies mid-send leaves its claim to
-expire (LEASE_SECONDS) and the event is sent again with the same `webhook-id`, which receivers use to drop
+expire (WEBHOOK_CLAIM_SECONDS) and the event is sent again with the same `webhook-id`, which receivers use to drop
 duplicates. The body is built from the stored row, so every attempt sends the same bytes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -25,12 +27,13 @@ from service.webhooks.signing import signed_headers
 
 logger = logging.getLogger("service.webhooks")
 
-LEASE_SECONDS = 60
 BATCH = 20
-# Sends under way in one process at once. Each is bounded by WEBHOOK_TIMEOUT_SECONDS as a whole, so a receiver
-# that hangs holds one of these for that long, and only its own delivery waits for it.
+# Sends under way in one process at once, and to one endpoint: a receiver that hangs holds its endpoint's share
+# for WEBHOOK_TIMEOUT_SECONDS at a time (its other deliveries wait for it), and the rest stays free for the others.
 MAX_IN_FLIGHT = 100
+MAX_IN_FLIGHT_PER_ENDPOINT = 10
 MAX_ERROR_LENGTH = 500
+_GATHER_ENDED_SENDS_SECONDS = 0.02
 
 
 def _described(exc: Exception) -> str:
@@ -54,13 +57,14 @@ class WebhookDeliverer:
         self.settings = settings
         self.engine = engine
         self.client = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: dict[asyncio.Task[None], tuple[Any, float]] = {}  # each send under way: its row, its start
+        self._per_endpoint: Counter[str] = Counter()
+        self._finished = asyncio.Event()  # set whenever a send ends: its endpoint may have more due
 
     async def _send(self, row: Any) -> tuple[int | None, str | None]:
-        """One attempt, from resolving the host to the answer's status line, within WEBHOOK_TIMEOUT_SECONDS in
-        all: httpx's timeout bounds each read, and a receiver that trickled its answer a byte at a time held an
-        attempt, its claim and (when a pass waited for its sends) every other delivery for as long as it wished.
-        Only the status is read: the answer's body is never read, so no receiver can fill the process's memory."""
+        """One attempt: its status code, and its error (None for a 2xx). The whole attempt, from resolving the
+        host to the answer's status line and headers, takes at most WEBHOOK_TIMEOUT_SECONDS however slowly the
+        receiver answers (httpx's own timeout bounds each read, not their sum). The answer's body is never read."""
         body = event_body(row)
         timeout = self.settings.webhook_timeout_seconds
         try:
@@ -89,6 +93,7 @@ class WebhookDeliverer:
             # retry window like any failure, never left pending with no attempt while it is claimed again.
             logger.warning("webhook %s could not be sent: %s", row.event_id, type(exc).__name__)
             status_code, error = None, _described(exc)
+        duration_ms = int((time.monotonic() - started) * 1000)
         async with self.engine.begin() as conn:
             recorded = await repository.record_attempt(
                 conn,
@@ -97,7 +102,7 @@ class WebhookDeliverer:
                 ok=error is None,
                 status_code=status_code,
                 error=error,
-                duration_ms=int((time.monotonic() - started) * 1000),
+                duration_ms=duration_ms,
                 retry_base=self.settings.webhook_retry_base_seconds,
                 retry_window=self.settings.webhook_retry_hours * 3600,
             )
@@ -113,7 +118,7 @@ class WebhookDeliverer:
                 "webhook %s to endpoint %s of tenant %s gave up after %d attempts: %s",
                 row.event_id,
                 row.endpoint_id,
-                row.tenant_id,
+                row.tenant,
                 row.attempts + 1,
                 error,
             )
@@ -122,39 +127,72 @@ class WebhookDeliverer:
         try:
             await self._deliver(row)
         except Exception as exc:
-            # The attempt could not be recorded (the database went away): the row keeps its claim until the lease
-            # ends and is sent again then.
-            logger.warning("webhook %s attempt not recorded: %s", row.event_id, type(exc).__name__)
+            # The attempt could not be recorded (the database went away): the row keeps its claim until it runs
+            # out, and is sent again then.
+            logger.warning("webhook %s attempt not recorded: %s", row.event_id, _described(exc))
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        row, _ = self._sending.pop(task)
+        self._per_endpoint[row.endpoint_id] -= 1
+        if self._per_endpoint[row.endpoint_id] <= 0:
+            del self._per_endpoint[row.endpoint_id]
+        self._finished.set()
 
     async def start_due(self) -> int:
-        """Claims due deliveries, as many as there is room for (BATCH at most), and sends each in a task of its
-        own: no pass waits for a send, so a receiver that hangs delays its own deliveries and no one else's.
-        Returns how many it claimed."""
+        """Claims due deliveries, as many as there is room for (BATCH at most, and not for an endpoint with its
+        share under way), and sends each in a task of its own: no pass waits for a send. Returns how many it
+        claimed."""
         room = min(BATCH, MAX_IN_FLIGHT - len(self._sending))
         if room <= 0:
             return 0
+        busy = [endpoint for endpoint, count in self._per_endpoint.items() if count >= MAX_IN_FLIGHT_PER_ENDPOINT]
         async with self.engine.begin() as conn:
-            rows = await repository.claim_due(conn, limit=room, lease=LEASE_SECONDS)
+            rows = await repository.claim_due(
+                conn,
+                limit=room,
+                per_endpoint=MAX_IN_FLIGHT_PER_ENDPOINT,
+                busy_endpoints=busy,
+                lease=self.settings.webhook_claim_seconds,
+            )
         for row in rows:
             task = asyncio.create_task(self._deliver_logged(row), name=f"webhook-{row.event_id}")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+            self._sending[task] = (row, time.monotonic())
+            self._per_endpoint[row.endpoint_id] += 1
+            task.add_done_callback(self._sent)
         return len(rows)
 
     async def run_forever(self) -> None:
+        """Claims what is due every WEBHOOK_POLL_SECONDS, and again as soon as a send ends (an endpoint with a
+        backlog gets its next events at once, not a poll later), or at once while claims come back full."""
         while True:
+            self._finished.clear()
             try:
                 if await self.start_due() == BATCH:
                     continue
             except Exception as exc:
                 logger.warning("webhook delivery pass failed: %s", type(exc).__name__)
-            await asyncio.sleep(self.settings.webhook_poll_seconds)
+                await asyncio.sleep(self.settings.webhook_poll_seconds)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.webhook_poll_seconds):
+                    await self._finished.wait()
+                # Woken by a send that ended: the sends ending with it are made room for by the same claim,
+                # rather than by one claim each.
+                await asyncio.sleep(_GATHER_ENDED_SENDS_SECONDS)
 
     async def aclose(self) -> None:
-        """Stops the sends under way (their claims expire and another process, or the next start, sends them
-        again with the same webhook-id), then the HTTP client."""
-        sending = list(self._sending)
+        """Stops the sends under way and gives their deliveries back (another process, or the next start, sends
+        them at once, with the same webhook-id, rather than once their claims run out), then the HTTP client."""
+        sending = dict(self._sending)
         for task in sending:
             task.cancel()
         await asyncio.gather(*sending, return_exceptions=True)
+        now = time.monotonic()
+        stopped = [(row.pk, row.locked_until, int((now - started) * 1000)) for row, started in sending.values()]
+        if stopped:
+            try:
+                async with self.engine.begin() as conn:
+                    await repository.release_claims(conn, stopped)
+            except Exception as exc:
+                logger.warning("webhook claims not given back at shutdown (they run out): %s", type(exc).__name__)
         await self.client.aclose()

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, bindparam, delete, insert, select, text
+from sqlalchemy import BigInteger, DateTime, Float, Integer, Text, bindparam, delete, func, insert, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.db.models import tenant_table, webhook_attempt_table, webhook_delivery_table, webhook_endpoint_table
@@ -18,22 +19,62 @@ delivery_t = webhook_delivery_table
 attempt_t = webhook_attempt_table
 
 # Due deliveries, claimed for `lease` seconds with SKIP LOCKED: any number of processes share the outbox and
-# none sends a row another is sending; a claim left by a dead process expires.
+# none sends a row another is sending; a claim left by a dead process expires. Oldest first, but at most
+# `per_endpoint` of one endpoint's, and none of `busy`'s (the endpoints whose share this process is sending): a
+# receiver with a backlog that hangs would otherwise take every send this process has. The rows are read again
+# once locked (the conditions on `w`), so a row another claim took meanwhile is left out.
 _CLAIM_DUE = text(
     """
     UPDATE webhook_delivery d SET locked_until = now() + make_interval(secs => :lease)
-    FROM webhook_endpoint e
+    FROM webhook_endpoint e, tenant t
     WHERE d.pk IN (
-        SELECT pk FROM webhook_delivery
-        WHERE state = 'pending' AND next_attempt_at <= now() AND (locked_until IS NULL OR locked_until < now())
-        ORDER BY next_attempt_at
+        SELECT w.pk FROM webhook_delivery w
+        WHERE w.state = 'pending' AND w.next_attempt_at <= now()
+          AND (w.locked_until IS NULL OR w.locked_until < now())
+          AND w.pk IN (
+            SELECT ranked.pk FROM (
+                SELECT due.pk, row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at) AS nth
+                FROM (
+                    SELECT pk, endpoint_id, next_attempt_at FROM webhook_delivery
+                    WHERE state = 'pending' AND next_attempt_at <= now()
+                      AND (locked_until IS NULL OR locked_until < now()) AND endpoint_id <> ALL(:busy)
+                    ORDER BY next_attempt_at
+                    LIMIT :scan
+                ) due
+            ) ranked
+            WHERE ranked.nth <= :per_endpoint
+          )
+        ORDER BY w.next_attempt_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
-    ) AND e.id = d.endpoint_id
+    ) AND e.id = d.endpoint_id AND t.id = d.tenant_id
     RETURNING d.pk, d.event_id, d.event_type, d.response_id, d.created_at, d.attempts, d.locked_until,
-              d.endpoint_id, d.tenant_id, e.url, e.secret
+              d.endpoint_id, t.name AS tenant, e.url, e.secret
     """
-).bindparams(bindparam("lease", type_=Integer))
+).bindparams(bindparam("lease", type_=Float), bindparam("busy", type_=ARRAY(Text)))
+# Due rows one claim looks at: a backlog of any size costs a claim no more.
+_CLAIM_SCAN = 1000
+
+# The claims of the sends stopped at shutdown, given back (each still this process's), so that the next process
+# sends them at once; each stopped send is logged as an attempt (the receiver may have had it), as of its start.
+_RELEASE = text(
+    """
+    WITH released AS (
+        UPDATE webhook_delivery d SET locked_until = NULL, attempts = d.attempts + 1
+        FROM unnest(:pks, :claims) AS c(pk, claim)
+        WHERE d.pk = c.pk AND d.locked_until = c.claim AND d.state = 'pending'
+        RETURNING d.pk
+    )
+    INSERT INTO webhook_attempt (delivery_pk, attempted_at, status_code, error, duration_ms)
+    SELECT c.pk, now() - make_interval(secs => c.ms / 1000.0), NULL, :error, c.ms
+    FROM unnest(:pks, :durations) AS c(pk, ms) JOIN released USING (pk)
+    """
+).bindparams(
+    bindparam("pks", type_=ARRAY(BigInteger)),
+    bindparam("claims", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("durations", type_=ARRAY(Integer)),
+)
+STOPPED_AT_SHUTDOWN = "stopped: the process shut down"
 
 # What record_attempt answers besides the delivery's new state.
 GONE = "gone"  # the delivery was deleted while it was sent (with its response or its endpoint)
@@ -98,8 +139,29 @@ async def delete_endpoint(conn: AsyncConnection, tenant_id: str, endpoint_id: st
     return (await conn.execute(stmt)).first() is not None
 
 
-async def claim_due(conn: AsyncConnection, *, limit: int, lease: int) -> Sequence[Any]:
-    return (await conn.execute(_CLAIM_DUE, {"limit": limit, "lease": lease})).all()
+async def claim_due(
+    conn: AsyncConnection, *, limit: int, per_endpoint: int, busy_endpoints: Sequence[str], lease: float
+) -> Sequence[Any]:
+    params = {
+        "limit": limit,
+        "per_endpoint": per_endpoint,
+        "busy": list(busy_endpoints),
+        "lease": lease,
+        "scan": _CLAIM_SCAN,
+    }
+    return (await conn.execute(_CLAIM_DUE, params)).all()
+
+
+async def release_claims(conn: AsyncConnection, stopped: Sequence[tuple[int, datetime, int]]) -> None:
+    """Gives back the claims of sends stopped at shutdown, each (pk, its locked_until, how long it ran in ms), of
+    deliveries still pending and still claimed by them."""
+    params = {
+        "pks": [pk for pk, _, _ in stopped],
+        "claims": [claim for _, claim, _ in stopped],
+        "durations": [ms for _, _, ms in stopped],
+        "error": STOPPED_AT_SHUTDOWN,
+    }
+    await conn.execute(_RELEASE, params)
 
 
 async def record_attempt(
@@ -137,7 +199,11 @@ async def list_deliveries(
     conn: AsyncConnection, *, tenant_id: str | None, state: str | None, before_pk: int | None, limit: int
 ) -> Sequence[Any]:
     stmt = (
-        select(delivery_t, tenant_table.c.name.label("tenant"))
+        select(
+            delivery_t,
+            tenant_table.c.name.label("tenant"),
+            (delivery_t.c.locked_until > func.now()).label("claimed"),
+        )
         .join(tenant_table, tenant_table.c.id == delivery_t.c.tenant_id)
         .order_by(delivery_t.c.pk.desc())
         .limit(limit)
@@ -154,5 +220,9 @@ async def list_deliveries(
 async def attempts_of(conn: AsyncConnection, delivery_pks: list[int]) -> Sequence[Any]:
     if not delivery_pks:
         return []
-    stmt = select(attempt_t).where(attempt_t.c.delivery_pk.in_(delivery_pks)).order_by(attempt_t.c.pk)
+    stmt = (
+        select(attempt_t)
+        .where(attempt_t.c.delivery_pk.in_(delivery_pks))
+        .order_by(attempt_t.c.attempted_at, attempt_t.c.pk)
+    )
     return (await conn.execute(stmt)).all()

@@ -9,7 +9,7 @@ import msgspec
 EventType = Literal["response.completed", "response.failed", "response.cancelled", "response.incomplete"]
 
 
-class CreateWebhookEndpointBody(msgspec.Struct):
+class CreateWebhookEndpointBody(msgspec.Struct, forbid_unknown_fields=True):
     url: Annotated[str, msgspec.Meta(description="http:// or https:// URL the events are POSTed to")]
     events: Annotated[list[EventType], msgspec.Meta(min_length=1)]
 
@@ -63,8 +63,15 @@ class WebhookDelivery(msgspec.Struct):
     state: Literal["pending", "delivered", "failed"]
     created_at: int
     next_attempt_at: int | None
+    claimed_until: Annotated[
+        int | None,
+        msgspec.Meta(
+            description="While a process is sending it (or was, until it stopped): when its claim runs out. A "
+            "pending delivery past its next_attempt_at with none waits for a free send"
+        ),
+    ]
     delivered_at: int | None
-    attempts: list[WebhookAttempt]
+    attempts: Annotated[list[WebhookAttempt], msgspec.Meta(description="Oldest first, by when each started")]
 
 
 class WebhookDeliveryList(msgspec.Struct):

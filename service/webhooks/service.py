@@ -153,6 +153,7 @@ async def list_deliveries(engine: AsyncEngine, query: Pairs) -> dict[str, Any]:
             "state": r.state,
             "created_at": _epoch(r.created_at),
             "next_attempt_at": _epoch(r.next_attempt_at),
+            "claimed_until": _epoch(r.locked_until) if r.locked_until is not None and r.claimed else None,
             "delivered_at": _epoch(r.delivered_at),
             "attempts": by_delivery.get(r.pk, []),
         }
