@@ -200,6 +200,27 @@ async def test_model_and_tenant_labels_are_bounded() -> None:
     assert label(None) == "none"
 
 
+async def test_model_names_the_upstream_refused_take_no_label_values(
+    server: LiveServer, make_tenant: Any, fake_upstream: FakeOpenRouter
+) -> None:
+    """Each finished turn took one of the model label's values (MAX_LABEL_VALUES a process), refused or not: a
+    client sending that many made-up model names, each a 400 with no usage, had every tenant's tokens and cost
+    counted as model="other" from then on."""
+    from service.observability.metrics import MAX_LABEL_VALUES
+
+    flood = await make_tenant("modelflood")
+    for n in range(MAX_LABEL_VALUES + 5):
+        fake_upstream.reply_json({"error": {"code": 400, "message": f"junk/m{n} is not a valid model ID"}}, status=400)
+        refused = await flood.http.post("/v1/responses", json={"model": f"junk/m{n}", "input": "hi", "store": False})
+        assert refused.status_code == 400, refused.text
+    answered = await flood.http.post("/v1/responses", json={"model": "openai/gpt-4o-mini", "input": "hi"})
+    assert answered.status_code == 200, answered.text
+    exposition = await scrape(server)
+    labels = {"model": "openai/gpt-4o-mini", "tenant": "modelflood"}
+    assert value(exposition, "convstore_tokens_total", type="input", **labels) == 10
+    assert value(exposition, "convstore_tokens_total", type="input", model="other", tenant="modelflood") == 0
+
+
 async def test_unreadable_upstream_answers_are_counted_as_upstream_errors_and_answer_502(
     server: LiveServer, alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:

@@ -81,19 +81,28 @@ def turn_finished(turn: Turn) -> None:
     usage = state.usage if isinstance(state.usage, dict) else {}
     input_tokens, output_tokens = _whole(usage.get("input_tokens")), _whole(usage.get("output_tokens"))
     model = state.upstream_model or state.model
-    tenant = metrics.tenant_label(record.tenant if record is not None else None)
-    model_label = metrics.model_label(model)
-    for kind, count in (
-        ("input", input_tokens),
-        ("output", output_tokens),
-        ("cached", _detail(usage, "input_tokens_details", "cached_tokens")),
-        ("reasoning", _detail(usage, "output_tokens_details", "reasoning_tokens")),
-    ):
-        if count:
-            metrics.TOKENS.labels(kind, model_label, tenant).inc(count)
+    counts = [
+        (kind, count)
+        for kind, count in (
+            ("input", input_tokens),
+            ("output", output_tokens),
+            ("cached", _detail(usage, "input_tokens_details", "cached_tokens")),
+            ("reasoning", _detail(usage, "output_tokens_details", "reasoning_tokens")),
+        )
+        if count
+    ]
     cost = usage.get("cost")
-    if isinstance(cost, int | float | Decimal) and not isinstance(cost, bool) and cost > 0:
-        metrics.COST.labels(model_label, tenant).inc(float(cost))
+    billed = float(cost) if isinstance(cost, int | float | Decimal) and not isinstance(cost, bool) and cost > 0 else 0.0
+    if counts or billed:
+        # Only a turn the upstream reported usage for takes one of the model label's values: a model name no
+        # upstream knows (a 400, no usage) would otherwise take one too, and a client sending a few hundred such
+        # names had every tenant's usage counted as "other" until the process restarted.
+        tenant = metrics.tenant_label(record.tenant if record is not None else None)
+        model_label = metrics.model_label(model)
+        for kind, count in counts:
+            metrics.TOKENS.labels(kind, model_label, tenant).inc(count)
+        if billed:
+            metrics.COST.labels(model_label, tenant).inc(billed)
     if record is None:
         return
     record.response_id = state.id
