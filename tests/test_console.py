@@ -4,6 +4,8 @@ writes a screenshot of every page to build/console-screenshots/ (CONSOLE_SCREENS
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shutil
@@ -66,6 +68,29 @@ async def test_pages_need_a_session_and_only_the_admin_credential_signs_in(
     assert metrics.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     # The session is not a credential for the API.
     assert (await browser_client.get("/admin/conversations")).status_code == 401
+
+
+async def test_failed_sign_ins_are_slowed_and_the_cookie_does_not_show_the_credentials_hash(
+    start_server: Callable[..., LiveServer],
+) -> None:
+    """Sign-in took any number of guesses (300 in 3.6 s) at an ADMIN_API_KEY an operator chose; and the session
+    cookie carried the key's plain SHA-256, a fast hash to guess at offline from any copy of the cookie."""
+    async with httpx.AsyncClient(base_url=start_server().url, timeout=30) as client:
+        for _ in range(10):
+            assert (await sign_in(client, "sk-cs-a-guess")).status_code == 401
+        refused = await sign_in(client, ADMIN_KEY)  # the right key too, while this address waits
+        assert refused.status_code == 429 and "Too many failed sign-ins from this address" in refused.text
+        assert 1 <= int(refused.headers["retry-after"]) <= 6
+        assert (await client.get("/admin/ui/")).status_code == 303
+
+    async with httpx.AsyncClient(base_url=start_server().url, timeout=30) as client:
+        signed_in = await sign_in(client, ADMIN_KEY)
+        assert signed_in.status_code == 303
+        assert (await client.get("/admin/ui/")).status_code == 200
+    cookie = next(c for c in signed_in.headers.get_list("set-cookie") if c.startswith("convstore_console="))
+    digest = hashlib.sha256(ADMIN_KEY.encode()).digest()
+    assert base64.urlsafe_b64encode(digest).rstrip(b"=").decode() not in cookie
+    assert digest.hex() not in cookie
 
 
 async def test_forms_without_the_session_csrf_token_change_nothing(

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import Any
 from urllib.parse import urlencode
@@ -20,6 +21,7 @@ from service.console.session import COOKIE, LOGIN_COOKIE, Session, SessionSigner
 from service.errors import ServiceError
 from service.http import RuntimeDep
 from service.keys.service import hash_key
+from service.limits.rates import TokenBuckets, retry_after_header
 from service.observability.record import note_tenant
 from service.retention import service as retention
 from service.runtime import Runtime
@@ -37,6 +39,9 @@ _HEADERS = {
 }
 _CONSOLE_ONLY = frozenset({"live", "deleted"})
 LOGIN_MAX_AGE = 600
+# Ten wrong guesses from one address, then one every six seconds.
+_FAILED_SIGN_IN_BURST = 10
+_FAILED_SIGN_INS_PER_SECOND = 1 / 6
 
 
 class SignInRequired(Exception):
@@ -59,12 +64,28 @@ def _signer(request: Request[Any, Any, Any], runtime: Runtime) -> SessionSigner:
     return signer
 
 
-def _html(body: str, status_code: int = 200, cookies: list[Cookie] | None = None) -> Response[str]:
+def _failed_sign_ins(request: Request[Any, Any, Any]) -> TokenBuckets:
+    """Failed sign-ins per client address, in this process: ADMIN_API_KEY is chosen by an operator (16 characters
+    at the least) and the console shares its port with the API, so guesses are slowed to a few a minute."""
+    state = request.app.state
+    buckets: TokenBuckets | None = state.get("console_failed_sign_ins")
+    if buckets is None:
+        buckets = state["console_failed_sign_ins"] = TokenBuckets(_FAILED_SIGN_INS_PER_SECOND, _FAILED_SIGN_IN_BURST)
+    return buckets
+
+
+def _client(request: Request[Any, Any, Any]) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def _html(
+    body: str, status_code: int = 200, cookies: list[Cookie] | None = None, headers: dict[str, str] | None = None
+) -> Response[str]:
     return Response(
         body,
         status_code=status_code,
         media_type="text/html",
-        headers=_HEADERS,
+        headers={**_HEADERS, **(headers or {})},
         cookies=cookies,  # charset: litestar's
     )
 
@@ -151,7 +172,12 @@ class ConsoleController(Controller):
         return self._login_page(request, runtime, None, 200)
 
     def _login_page(
-        self, request: Request[Any, Any, Any], runtime: Runtime, error: str | None, status_code: int
+        self,
+        request: Request[Any, Any, Any],
+        runtime: Runtime,
+        error: str | None,
+        status_code: int,
+        headers: dict[str, str] | None = None,
     ) -> Response[str]:
         marker = secrets.token_urlsafe(16)
         cookie = Cookie(
@@ -164,7 +190,8 @@ class ConsoleController(Controller):
             max_age=LOGIN_MAX_AGE,
         )
         token = _signer(request, runtime).csrf_token(f"login:{marker}")
-        return _html(render("login.html", base=BASE, csrf=token, error=error, page="login"), status_code, [cookie])
+        page = render("login.html", base=BASE, csrf=token, error=error, page="login")
+        return _html(page, status_code, [cookie], headers)
 
     @post("/login", status_code=303)
     async def login(self, request: Request[Any, Any, Any], runtime: RuntimeDep) -> Response[str]:
@@ -175,9 +202,15 @@ class ConsoleController(Controller):
         key = str(form.get("key", "")).strip()
         if not key:
             return self._login_page(request, runtime, "Enter the admin credential.", 400)
+        failures, client = _failed_sign_ins(request), _client(request)
+        wait = failures.take(client, spend=False)
+        if wait:
+            message = f"Too many failed sign-ins from this address: try again in {math.ceil(wait)} s."
+            return self._login_page(request, runtime, message, 429, retry_after_header(wait))
         digest = hash_key(key)
         principal = await runtime.authenticator.authenticate_digest(digest)
         if principal is None:
+            failures.take(client)
             return self._login_page(request, runtime, "Incorrect or revoked key.", 401)
         if not principal.is_admin:
             return self._login_page(

@@ -1,9 +1,9 @@
 """The console's session cookie and CSRF tokens, signed with CONSOLE_SESSION_SECRET (HMAC-SHA256).
 
 The cookie holds the SHA-256 of the credential that signed in (what the database stores, never the secret),
-when it expires and a random nonce; every page checks that this credential is still an admin one, so a revoked
-key's sessions end at once. CSRF: each form carries an HMAC of the session's nonce (a login form: of a random
-value in a short-lived cookie, double-submitted)."""
+masked so that only the server can read it, when it expires and a random nonce; every page checks that this
+credential is still an admin one, so a revoked key's sessions end at once. CSRF: each form carries an HMAC of the
+session's nonce (a login form: of a random value in a short-lived cookie, double-submitted)."""
 
 from __future__ import annotations
 
@@ -41,9 +41,17 @@ class SessionSigner:
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
+    def _masked(self, digest: bytes, nonce: str) -> bytes:
+        """The digest XORed with a keystream only the server can make (an HMAC of the session's nonce), both
+        ways: a copy of the cookie (a proxy's log) must not hand out a fast, unsalted hash of an operator-chosen
+        ADMIN_API_KEY to guess at offline. A digest of another length raises ValueError."""
+        stream = hmac.new(self._key, f"digest:{nonce}".encode(), hashlib.sha256).digest()
+        return bytes(a ^ b for a, b in zip(digest, stream, strict=True))
+
     def issue(self, key_digest: bytes) -> str:
         expires = int(time.time() + self.lifetime)
-        payload = f"{_b64(key_digest)}.{expires}.{secrets.token_urlsafe(16)}"
+        nonce = secrets.token_urlsafe(16)
+        payload = f"{_b64(self._masked(key_digest, nonce))}.{expires}.{nonce}"
         return f"{payload}.{self._sign(payload)}"
 
     def read(self, cookie: str | None) -> Session | None:
@@ -54,7 +62,7 @@ class SessionSigner:
             return None
         digest, expires, nonce = payload.split(".")
         try:
-            session = Session(_unb64(digest), float(expires), nonce)
+            session = Session(self._masked(_unb64(digest), nonce), float(expires), nonce)
         except ValueError:
             return None
         return session if session.expires_at > time.time() else None
