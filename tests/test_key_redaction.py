@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.observability.logs import JsonFormatter, TextFormatter
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
 from tests.stream_support import parse_sse, stored_logs
@@ -151,3 +152,27 @@ async def test_the_service_secrets_in_a_url_are_not_written_to_the_access_log(
     logged = " ".join(f"{r.getMessage()} {getattr(r, 'fields', {})}" for r in caplog.records)
     assert "/admin/api-keys/[redacted]" in logged
     assert admin_key not in logged and openrouter_key not in logged
+
+
+async def test_a_key_or_a_line_break_a_client_put_in_a_model_name_or_request_id_is_not_logged(
+    alice: Tenant, fake_upstream: FakeOpenRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client's key sent as its X-Request-Id, or in its model name, was logged as sent; and a line break in a
+    model name started a line of its own in the text format, one that looked like the service's."""
+    caplog.set_level(logging.INFO, logger="service.access")
+    forged = "\n2026-12-07 14:20:10 INFO service.access POST /admin/api-keys 200 tenant=admin"
+    # Refused upstream, as such a model is: the line names the model the client asked for.
+    fake_upstream.reply_json({"error": {"code": 400, "message": "not a valid model ID"}}, status=400)
+    answer = await alice.http.post(
+        "/v1/responses",
+        json={"model": f"demo/x{forged} {alice.key}", "input": "x", "store": False},
+        headers={"X-Request-Id": alice.key},
+    )
+    assert answer.status_code == 400, answer.text
+    assert answer.headers["x-request-id"] not in (alice.key, "")
+    (line,) = [r for r in caplog.records if r.name == "service.access" and r.getMessage().startswith("POST")]
+    for formatter in (JsonFormatter(), TextFormatter()):
+        formatted = formatter.format(line)
+        assert alice.key[len("sk-cs-") :] not in formatted, formatted
+        assert "\n" not in formatted and "sk-[redacted]" in formatted, formatted
+    assert json.loads(JsonFormatter().format(line))["model"].startswith(f"demo/x{forged} ")

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from service.observability.record import current_request_id
+from service.observability.record import current_request_id, without_keys
 
 _encode = msgspec.json.Encoder().encode
 
@@ -41,20 +41,35 @@ def _time(record: logging.LogRecord) -> str:
     return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _shown(value: Any) -> Any:
+    """A value a client may have chosen (a model name, an error's text) as a line may show it: no key, whoever
+    put one there."""
+    return without_keys(value) if isinstance(value, str) else value
+
+
+# C0 controls and DEL, written as escapes in text lines: a newline in a client's value (a model name) would
+# otherwise start a line of its own, one that looks like the service's.
+_CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
+
+
+def _one_line(value: Any) -> str:
+    return str(_shown(value)).translate(_CONTROLS)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": _time(record),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _shown(record.getMessage()),
         }
         request_id = getattr(record, "request_id", None)
         if request_id is not None:
             line["request_id"] = request_id
         fields = getattr(record, "fields", None)
         if fields:
-            line.update(fields)
+            line.update((key, _shown(value)) for key, value in fields.items())
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return _encode(line).decode()
@@ -62,13 +77,15 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        parts = [_time(record), f"{record.levelname:<7}", record.name, record.getMessage()]
+        parts = [_time(record), f"{record.levelname:<7}", record.name, _one_line(record.getMessage())]
         request_id = getattr(record, "request_id", None)
         if request_id is not None:
             parts.append(f"request_id={request_id}")
         fields = getattr(record, "fields", None)
         if fields:
-            parts.extend(f"{key}={value}" for key, value in fields.items() if key not in {"method", "path", "status"})
+            parts.extend(
+                f"{key}={_one_line(value)}" for key, value in fields.items() if key not in {"method", "path", "status"}
+            )
         text = " ".join(parts)
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

@@ -13,6 +13,14 @@ from typing import Any
 
 # What a client may send as X-Request-Id (anything else is replaced by a generated id).
 _WELL_FORMED_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Our keys' and OpenRouter's shape: never written to a log line, wherever a client put one (a URL, a request id,
+# a model name).
+KEY_SHAPE = re.compile(r"sk-(?:cs|or)-[\w-]+")
+REDACTED = "[redacted]"
+
+
+def without_keys(text: str) -> str:
+    return KEY_SHAPE.sub("sk-" + REDACTED, text) if "sk-" in text else text
 
 
 def request_id_from(header: bytes | None) -> str:
@@ -22,7 +30,7 @@ def request_id_from(header: bytes | None) -> str:
             candidate = header.decode("ascii")
         except UnicodeDecodeError:
             candidate = ""
-        if _WELL_FORMED_ID.fullmatch(candidate):
+        if _WELL_FORMED_ID.fullmatch(candidate) and without_keys(candidate) == candidate:
             return candidate
     return uuid.uuid4().hex
 

@@ -5,7 +5,6 @@ one log line when it ends, and its place in the request metrics. It wraps Litest
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,19 +19,15 @@ access_logger = logging.getLogger("service.access")
 _REQUEST_ID_HEADER = b"x-request-id"
 _REPLAYED_HEADER = b"idempotent-replayed"
 _UNROUTED = "unmatched"
-# A client that puts its key (or an OpenRouter key) in the URL by mistake must not have it written to the log.
-_KEY_IN_PATH = re.compile(r"sk-(?:cs|or)-[\w-]+")
-REDACTED = "[redacted]"
 
 
 def logged_path(path: str, secrets: Sequence[str] = ()) -> str:
     """The path as logs may show it: keys of our and OpenRouter's shapes, and the service's own secrets
     (ADMIN_API_KEY, which may be any string, and the OpenRouter key), replaced."""
-    if "sk-" in path:
-        path = _KEY_IN_PATH.sub("sk-" + REDACTED, path)
+    path = record.without_keys(path)  # a client that put its key (or an OpenRouter key) in the URL by mistake
     for secret in secrets:
         if secret in path:
-            path = path.replace(secret, REDACTED)
+            path = path.replace(secret, record.REDACTED)
     return path
 
 
