@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -435,7 +436,7 @@ async def test_a_bad_delivery_listing_parameter_is_a_400_naming_it(
 
 
 class MisbehavingReceiver:
-    """Webhook receivers that misbehave at the socket: `/hang` reads the request and never answers,
+    """Webhook receivers that misbehave at the socket: `/hang…` reads the request and never answers,
     `/trickle` sends its status line and then one byte of its headers every 0.2 s, `/huge` answers 200 with
     a 256 MiB body written as fast as the connection takes it (`huge_bytes_written` counts what it took)."""
 
@@ -464,7 +465,7 @@ class MisbehavingReceiver:
             self.paths.append(path)
             length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
             await reader.readexactly(length)
-            if path == "/hang":
+            if path.startswith("/hang"):
                 await asyncio.sleep(3600)
             elif path == "/trickle":
                 writer.write(b"HTTP/1.1 200 OK\r\n")
@@ -539,11 +540,13 @@ async def test_a_receiver_that_hangs_trickles_or_floods_holds_up_only_its_own_de
         await misbehaving.stop()
 
 
-async def test_an_endpoint_with_a_backlog_that_hangs_takes_only_its_share_of_the_sends(
-    start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter, db: AsyncEngine
+@pytest.mark.parametrize("hanging", [1, 4])
+async def test_receivers_that_hang_with_a_backlog_take_only_their_share_of_the_sends(
+    start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter, db: AsyncEngine, hanging: int
 ) -> None:
     """Due deliveries were claimed oldest first into one pool of sends: a receiver that hangs, with a backlog (it
-    was down for a while), took every send the process had, and another tenant's event waited for its time-outs."""
+    was down for a while), took every send the process had, and another tenant's event waited for its time-outs;
+    so did one tenant's several receivers. Now at most 10 sends to one endpoint and 25 for one tenant."""
     misbehaving = MisbehavingReceiver()
     port = await misbehaving.start()
     try:
@@ -551,27 +554,29 @@ async def test_an_endpoint_with_a_backlog_that_hangs_takes_only_its_share_of_the
         alice = await make_tenant("alice", live=live)
         bob = await make_tenant("bob", live=live)
         async with _admin_client(live) as admin:
-            await _endpoint(admin, "alice", f"http://127.0.0.1:{port}/hang", ["response.completed"])
+            for n in range(hanging):
+                await _endpoint(admin, "alice", f"http://127.0.0.1:{port}/hang{n}", ["response.completed"])
             await _endpoint(admin, "bob", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
         await _background(alice)
-        async with db.begin() as conn:  # the backlog: 150 more of alice's events, all due
+        async with db.begin() as conn:  # the backlog: 150 more of each of alice's endpoints' events, all due
             await conn.execute(
                 text(
                     "INSERT INTO webhook_delivery (event_id, endpoint_id, tenant_id, event_type, response_id,"
                     " next_attempt_at, created_at)"
-                    " SELECT 'evt_backlog_' || n, endpoint_id, tenant_id, event_type, response_id,"
+                    " SELECT 'evt_backlog_' || pk || '_' || n, endpoint_id, tenant_id, event_type, response_id,"
                     " now() - interval '1 hour', now() - interval '1 hour'"
                     " FROM webhook_delivery, generate_series(1, 150) AS n"
                 )
             )
         start_server(**{**DELIVERING, "webhook_timeout_seconds": 5.0})  # the process that delivers
+        share = min(10 * hanging, 25)
         for _ in range(100):
-            if len(misbehaving.paths) >= 10:
+            if len(misbehaving.paths) >= share:
                 break
             await asyncio.sleep(0.05)
-        await asyncio.sleep(0.3)
-        # At most its share of this process's sends (one claim's worth past it at most).
-        assert 10 <= len(misbehaving.paths) < 20, len(misbehaving.paths)
+        await asyncio.sleep(0.5)
+        assert len(misbehaving.paths) == share
+        assert max(Counter(misbehaving.paths).values()) <= 10
         await _background(bob)
         finished = asyncio.get_running_loop().time()
         await _received(receiver, 1)

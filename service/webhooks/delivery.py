@@ -28,10 +28,12 @@ from service.webhooks.signing import signed_headers
 logger = logging.getLogger("service.webhooks")
 
 BATCH = 20
-# Sends under way in one process at once, and to one endpoint: a receiver that hangs holds its endpoint's share
-# for WEBHOOK_TIMEOUT_SECONDS at a time (its other deliveries wait for it), and the rest stays free for the others.
+# Sends under way in one process at once, to one endpoint, and for one tenant: a receiver that hangs holds its
+# endpoint's share for WEBHOOK_TIMEOUT_SECONDS at a time (its other deliveries wait for it), a tenant whose
+# receivers all hang holds its own share, and the rest stays free for the others.
 MAX_IN_FLIGHT = 100
 MAX_IN_FLIGHT_PER_ENDPOINT = 10
+MAX_IN_FLIGHT_PER_TENANT = 25
 MAX_ERROR_LENGTH = 500
 _GATHER_ENDED_SENDS_SECONDS = 0.02
 
@@ -59,6 +61,7 @@ class WebhookDeliverer:
         self.client = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
         self._sending: dict[asyncio.Task[None], tuple[Any, float]] = {}  # each send under way: its row, its start
         self._per_endpoint: Counter[str] = Counter()
+        self._per_tenant: Counter[str] = Counter()
         self._finished = asyncio.Event()  # set whenever a send ends: its endpoint may have more due
 
     async def _send(self, row: Any) -> tuple[int | None, str | None]:
@@ -133,32 +136,45 @@ class WebhookDeliverer:
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         row, _ = self._sending.pop(task)
-        self._per_endpoint[row.endpoint_id] -= 1
-        if self._per_endpoint[row.endpoint_id] <= 0:
-            del self._per_endpoint[row.endpoint_id]
+        for shares, name in ((self._per_endpoint, row.endpoint_id), (self._per_tenant, row.tenant_id)):
+            shares[name] -= 1
+            if shares[name] <= 0:
+                del shares[name]
         self._finished.set()
 
     async def start_due(self) -> int:
-        """Claims due deliveries, as many as there is room for (BATCH at most, and not for an endpoint with its
-        share under way), and sends each in a task of its own: no pass waits for a send. Returns how many it
-        claimed."""
+        """Claims due deliveries, as many as there is room for (BATCH at most), and sends each in a task of its
+        own: no pass waits for a send. An endpoint or a tenant with its share under way is passed over by the
+        claim, and what a claim took past a share is given back at once. Returns how many it claimed."""
         room = min(BATCH, MAX_IN_FLIGHT - len(self._sending))
         if room <= 0:
             return 0
-        busy = [endpoint for endpoint, count in self._per_endpoint.items() if count >= MAX_IN_FLIGHT_PER_ENDPOINT]
+        busy_endpoints = [name for name, count in self._per_endpoint.items() if count >= MAX_IN_FLIGHT_PER_ENDPOINT]
+        busy_tenants = [name for name, count in self._per_tenant.items() if count >= MAX_IN_FLIGHT_PER_TENANT]
         async with self.engine.begin() as conn:
             rows = await repository.claim_due(
                 conn,
                 limit=room,
-                per_endpoint=MAX_IN_FLIGHT_PER_ENDPOINT,
-                busy_endpoints=busy,
+                busy_endpoints=busy_endpoints,
+                busy_tenants=busy_tenants,
                 lease=self.settings.webhook_claim_seconds,
             )
+        extra = []
         for row in rows:
+            if (
+                self._per_endpoint[row.endpoint_id] >= MAX_IN_FLIGHT_PER_ENDPOINT
+                or self._per_tenant[row.tenant_id] >= MAX_IN_FLIGHT_PER_TENANT
+            ):
+                extra.append((row.pk, row.locked_until))
+                continue
             task = asyncio.create_task(self._deliver_logged(row), name=f"webhook-{row.event_id}")
             self._sending[task] = (row, time.monotonic())
             self._per_endpoint[row.endpoint_id] += 1
+            self._per_tenant[row.tenant_id] += 1
             task.add_done_callback(self._sent)
+        if extra:
+            async with self.engine.begin() as conn:
+                await repository.give_back(conn, extra)
         return len(rows)
 
     async def run_forever(self) -> None:

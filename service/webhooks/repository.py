@@ -19,41 +19,39 @@ delivery_t = webhook_delivery_table
 attempt_t = webhook_attempt_table
 
 # Due deliveries, claimed for `lease` seconds with SKIP LOCKED: any number of processes share the outbox and
-# none sends a row another is sending; a claim left by a dead process expires. Oldest first, but at most
-# `per_endpoint` of one endpoint's, and none of `busy`'s (the endpoints whose share this process is sending): a
-# receiver with a backlog that hangs would otherwise take every send this process has. The rows are read again
-# once locked (the conditions on `w`), so a row another claim took meanwhile is left out.
+# none sends a row another is sending; a claim left by a dead process expires. Oldest first, read from the partial
+# index of pending rows in its order (the plan at every size); the rows of `busy_endpoints` and `busy_tenants`,
+# whose share this process is sending already, are passed over, a cost that grows with how many of theirs are due
+# ahead of the others.
 _CLAIM_DUE = text(
     """
     UPDATE webhook_delivery d SET locked_until = now() + make_interval(secs => :lease)
     FROM webhook_endpoint e, tenant t
     WHERE d.pk IN (
-        SELECT w.pk FROM webhook_delivery w
-        WHERE w.state = 'pending' AND w.next_attempt_at <= now()
-          AND (w.locked_until IS NULL OR w.locked_until < now())
-          AND w.pk IN (
-            SELECT ranked.pk FROM (
-                SELECT due.pk, row_number() OVER (PARTITION BY due.endpoint_id ORDER BY due.next_attempt_at) AS nth
-                FROM (
-                    SELECT pk, endpoint_id, next_attempt_at FROM webhook_delivery
-                    WHERE state = 'pending' AND next_attempt_at <= now()
-                      AND (locked_until IS NULL OR locked_until < now()) AND endpoint_id <> ALL(:busy)
-                    ORDER BY next_attempt_at
-                    LIMIT :scan
-                ) due
-            ) ranked
-            WHERE ranked.nth <= :per_endpoint
-          )
-        ORDER BY w.next_attempt_at
+        SELECT pk FROM webhook_delivery
+        WHERE state = 'pending' AND next_attempt_at <= now() AND (locked_until IS NULL OR locked_until < now())
+          AND endpoint_id <> ALL(:busy_endpoints) AND tenant_id <> ALL(:busy_tenants)
+        ORDER BY next_attempt_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ) AND e.id = d.endpoint_id AND t.id = d.tenant_id
     RETURNING d.pk, d.event_id, d.event_type, d.response_id, d.created_at, d.attempts, d.locked_until,
-              d.endpoint_id, t.name AS tenant, e.url, e.secret
+              d.endpoint_id, d.tenant_id, t.name AS tenant, e.url, e.secret
     """
-).bindparams(bindparam("lease", type_=Float), bindparam("busy", type_=ARRAY(Text)))
-# Due rows one claim looks at: a backlog of any size costs a claim no more.
-_CLAIM_SCAN = 1000
+).bindparams(
+    bindparam("lease", type_=Float),
+    bindparam("busy_endpoints", type_=ARRAY(Text)),
+    bindparam("busy_tenants", type_=ARRAY(Text)),
+)
+
+# Claims given back unused (each still this process's): the next claim, here or elsewhere, may take them at once.
+_GIVE_BACK = text(
+    """
+    UPDATE webhook_delivery d SET locked_until = NULL
+    FROM unnest(:pks, :claims) AS c(pk, claim)
+    WHERE d.pk = c.pk AND d.locked_until = c.claim AND d.state = 'pending'
+    """
+).bindparams(bindparam("pks", type_=ARRAY(BigInteger)), bindparam("claims", type_=ARRAY(DateTime(timezone=True))))
 
 # The claims of the sends stopped at shutdown, given back (each still this process's), so that the next process
 # sends them at once; each stopped send is logged as an attempt (the receiver may have had it), as of its start.
@@ -140,16 +138,20 @@ async def delete_endpoint(conn: AsyncConnection, tenant_id: str, endpoint_id: st
 
 
 async def claim_due(
-    conn: AsyncConnection, *, limit: int, per_endpoint: int, busy_endpoints: Sequence[str], lease: float
+    conn: AsyncConnection, *, limit: int, busy_endpoints: Sequence[str], busy_tenants: Sequence[str], lease: float
 ) -> Sequence[Any]:
     params = {
         "limit": limit,
-        "per_endpoint": per_endpoint,
-        "busy": list(busy_endpoints),
+        "busy_endpoints": list(busy_endpoints),
+        "busy_tenants": list(busy_tenants),
         "lease": lease,
-        "scan": _CLAIM_SCAN,
     }
     return (await conn.execute(_CLAIM_DUE, params)).all()
+
+
+async def give_back(conn: AsyncConnection, claims: Sequence[tuple[int, datetime]]) -> None:
+    """Gives back these (pk, locked_until) claims, unused, of deliveries still pending."""
+    await conn.execute(_GIVE_BACK, {"pks": [pk for pk, _ in claims], "claims": [claim for _, claim in claims]})
 
 
 async def release_claims(conn: AsyncConnection, stopped: Sequence[tuple[int, datetime, int]]) -> None:
