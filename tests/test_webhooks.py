@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.webhooks.delivery import MAX_IN_FLIGHT, MAX_IN_FLIGHT_PER_ENDPOINT, MAX_IN_FLIGHT_PER_TENANT
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply
 from tests.openapi_support import DocumentChecker
@@ -546,7 +547,7 @@ async def test_receivers_that_hang_with_a_backlog_take_only_their_share_of_the_s
 ) -> None:
     """Due deliveries were claimed oldest first into one pool of sends: a receiver that hangs, with a backlog (it
     was down for a while), took every send the process had, and another tenant's event waited for its time-outs;
-    so did one tenant's several receivers. Now at most 10 sends to one endpoint and 25 for one tenant."""
+    so did one tenant's several receivers. Now each has its share (MAX_IN_FLIGHT_PER_ENDPOINT, _PER_TENANT)."""
     misbehaving = MisbehavingReceiver()
     port = await misbehaving.start()
     try:
@@ -569,14 +570,15 @@ async def test_receivers_that_hang_with_a_backlog_take_only_their_share_of_the_s
                 )
             )
         start_server(**{**DELIVERING, "webhook_timeout_seconds": 5.0})  # the process that delivers
-        share = min(10 * hanging, 25)
+        share = min(MAX_IN_FLIGHT_PER_ENDPOINT * hanging, MAX_IN_FLIGHT_PER_TENANT)
+        assert share < MAX_IN_FLIGHT
         for _ in range(100):
             if len(misbehaving.paths) >= share:
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)
         assert len(misbehaving.paths) == share
-        assert max(Counter(misbehaving.paths).values()) <= 10
+        assert max(Counter(misbehaving.paths).values()) <= MAX_IN_FLIGHT_PER_ENDPOINT
         await _background(bob)
         finished = asyncio.get_running_loop().time()
         await _received(receiver, 1)

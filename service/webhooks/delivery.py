@@ -32,10 +32,10 @@ BATCH = 20
 # endpoint's share for WEBHOOK_TIMEOUT_SECONDS at a time (its other deliveries wait for it), a tenant whose
 # receivers all hang holds its own share, and the rest stays free for the others.
 MAX_IN_FLIGHT = 100
-MAX_IN_FLIGHT_PER_ENDPOINT = 10
-MAX_IN_FLIGHT_PER_TENANT = 25
+MAX_IN_FLIGHT_PER_ENDPOINT = 20
+MAX_IN_FLIGHT_PER_TENANT = 40
 MAX_ERROR_LENGTH = 500
-_GATHER_ENDED_SENDS_SECONDS = 0.02
+_GATHER_ENDED_SENDS_SECONDS = 0.005
 
 
 def _described(exc: Exception) -> str:
