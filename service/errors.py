@@ -254,7 +254,7 @@ def _retry_later(status: int, message: str, code: str) -> Response[bytes]:
     return _json(status, error_envelope(message, error_type_for(status), None, code), {"Retry-After": "1"})
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     cause = _driver_error(exc) if isinstance(exc, DBAPIError) else exc
     lines = str(cause).strip().splitlines()
     return lines[0][:200] if lines else type(cause).__name__
@@ -272,7 +272,7 @@ def handle_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[byt
     if is_database_unavailable(exc):
         # The driver's own words too: a refusal that lasts (a pooler refusing a setting, a dropped database)
         # must be told from an outage in the log.
-        logger.warning("database unavailable: %s: %s", type(exc).__name__, _first_line(exc))
+        logger.warning("database unavailable: %s: %s", type(exc).__name__, first_line(exc))
         return _retry_later(
             503,
             "The database is unavailable or overloaded; nothing was changed. Retry shortly.",

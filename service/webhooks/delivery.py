@@ -20,6 +20,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
+from service.errors import first_line
 from service.observability.metrics import WEBHOOK_ATTEMPTS
 from service.webhooks import repository
 from service.webhooks.addresses import AddressRefused, check_destination
@@ -131,8 +132,9 @@ class WebhookDeliverer:
             await self._deliver(row)
         except Exception as exc:
             # The attempt could not be recorded (the database went away): the row keeps its claim until it runs
-            # out, and is sent again then.
-            logger.warning("webhook %s attempt not recorded: %s", row.event_id, _described(exc))
+            # out, and is sent again then. The driver's first line only: a statement's parameters (the
+            # receiver's error, which may quote its URL and any token in it) stay out of the log.
+            logger.warning("webhook %s attempt not recorded: %s: %s", row.event_id, type(exc).__name__, first_line(exc))
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         row, _ = self._sending.pop(task)
