@@ -14,7 +14,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from service.observability import metrics, tracing
-from service.observability.record import RequestRecord, current
+from service.observability.record import RequestRecord, current, without_keys
 
 if TYPE_CHECKING:
     from service.responses.requests import TurnRequest
@@ -35,13 +35,15 @@ def turn_requested(request: TurnRequest) -> None:
     tracer = tracing.tracer()
     if tracer is None:
         return
+    # A model name is the client's text: a key pasted into it is redacted as in the log lines.
+    model = without_keys(request.model)
     span = tracer.start_span(
-        f"chat {request.model}",
+        f"chat {model}",
         kind=SpanKind.CLIENT,
         attributes={
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": PROVIDER,
-            "gen_ai.request.model": request.model,
+            "gen_ai.request.model": model,
             **({"gen_ai.conversation.id": request.conversation_id} if request.conversation_id else {}),
         },
     )
@@ -150,7 +152,7 @@ def _end_span(record: RequestRecord, turn: Turn) -> None:
     state = turn.state
     span.set_attribute("gen_ai.response.id", state.id)
     if state.upstream_model:
-        span.set_attribute("gen_ai.response.model", state.upstream_model)
+        span.set_attribute("gen_ai.response.model", without_keys(state.upstream_model))
     if record.input_tokens is not None:
         span.set_attribute("gen_ai.usage.input_tokens", record.input_tokens)
     if record.output_tokens is not None:
@@ -158,8 +160,9 @@ def _end_span(record: RequestRecord, turn: Turn) -> None:
     span.set_attribute("convstore.response.status", state.status)
     if state.status == "failed":  # Status.FAILED (service/responses imports this module, not the reverse)
         code = state.error.get("code") if isinstance(state.error, dict) else None
-        span.set_status(Status(StatusCode.ERROR, str(code or "failed")))
-        span.set_attribute("error.type", str(code or "failed"))
+        error_type = without_keys(str(code or "failed"))  # an upstream's code is its text
+        span.set_status(Status(StatusCode.ERROR, error_type))
+        span.set_attribute("error.type", error_type)
     span.end()
 
 
