@@ -54,6 +54,7 @@ TABLES = (
     "idempotency_key",
     "response_event_log",
     "response_chain",
+    "deleted_item_position",
     "item",
     "response",
     "conversation",

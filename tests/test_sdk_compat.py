@@ -75,6 +75,36 @@ async def test_sdk_items_create_list_retrieve_delete_with_auto_pagination(alice:
     assert [r["id"] for r in await conversation_items(db, conv.id)] == remaining
 
 
+async def test_sdk_deletes_every_item_while_auto_paginating(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A client emptying a conversation as it goes through it: the SDK asks for the next page after the last
+    item of the page it was given, which the loop has just deleted. That page was a 400 (param `after`), and
+    the loop stopped with the rest of the items still there."""
+    client = alice.openai()
+    for order in ("asc", "desc"):
+        conv = await client.conversations.create(
+            items=[{"type": "message", "role": "user", "content": f"m{i}"} for i in range(7)]
+        )
+        # Items a turn carried are taken out of the conversation but kept with their response.
+        fake_upstream.reply_json(text_response("Answer.", msg_id=f"msg_{order}"))
+        await client.responses.create(model=MODEL, input="Q", conversation=conv.id)
+        ids = [item.id async for item in client.conversations.items.list(conv.id, order="asc")]
+        assert len(ids) == 9
+        deleted = []
+        async for item in client.conversations.items.list(conv.id, limit=2, order=order):
+            await client.conversations.items.delete(item.id, conversation_id=conv.id)
+            deleted.append(item.id)
+        assert deleted == (ids if order == "asc" else ids[::-1])
+        assert await conversation_items(db, conv.id) == []
+        assert [i async for i in client.conversations.items.list(conv.id)] == []
+    other = await client.conversations.create(items=[{"type": "message", "role": "user", "content": "x"}])
+    # A deleted item's position holds in its own conversation only.
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.conversations.items.list(other.id, after=ids[0])
+    assert caught.value.body["param"] == "after"  # type: ignore[index]
+
+
 async def test_sdk_turns_through_a_conversation(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
     client = alice.openai()
     conv = await client.conversations.create()

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.db.models import conversation_table, item_table, response_table
+from service.db.models import conversation_table, deleted_item_position_table, item_table, response_table
 from service.db.ownership import owned_by
 from service.db.visibility import not_deleted
 from service.ids import can_exist
@@ -302,6 +303,14 @@ async def find_item(conn: AsyncConnection, conversation_id: str, item_id: str) -
     return (await conn.execute(stmt)).first()
 
 
+async def deleted_position(conn: AsyncConnection, conversation_id: str, item_id: str) -> int | None:
+    """Where an item deleted from the conversation stood (remove_item keeps it)."""
+    table = deleted_item_position_table
+    stmt = select(table.c.position).where(table.c.conversation_id == conversation_id, table.c.item_id == item_id)
+    position: int | None = await conn.scalar(stmt)
+    return position
+
+
 async def item_bodies_by_id(conn: AsyncConnection, tenant_id: str, item_ids: Sequence[str]) -> dict[str, str]:
     """The stored JSON text of the tenant's items with these ids that a client can still see: in a conversation
     (not being purged), or carried by a response not deleted. A deleted response kept hidden as a later one's
@@ -335,6 +344,9 @@ async def remove_item(conn: AsyncConnection, conversation_id: str, item: Any) ->
         await conn.execute(update(item_t).where(item_t.c.pk == item.pk).values(conversation_id=None, position=None))
     else:
         await conn.execute(delete(item_t).where(item_t.c.pk == item.pk))
+    # Where it stood, for a page cursor that names it (deleted_position). An id stored twice keeps the first.
+    kept = {"conversation_id": conversation_id, "item_id": item.id, "position": item.position}
+    await conn.execute(pg_insert(deleted_item_position_table).values(kept).on_conflict_do_nothing())
     values: dict[str, Any] = {"item_count": conversation_t.c.item_count - 1, "updated_at": func.now()}
     if item.type == "message" and item.role == "user":
         values["title"] = await first_user_title(conn, conversation_id)

@@ -222,7 +222,10 @@ async def items_page(conn: AsyncConnection, conversation_id: str, page: PageRequ
 
     async def position_of(item_id: str) -> int | None:
         anchor = await repository.find_item(conn, conversation_id, item_id)
-        return None if anchor is None else int(anchor.position)
+        if anchor is not None:
+            return int(anchor.position)
+        # A client deleting the items as it pages through them names the last item of the page it deleted.
+        return await repository.deleted_position(conn, conversation_id, item_id)
 
     return await item_page(
         page,

@@ -301,6 +301,18 @@ class Item(Base):
     )
 
 
+class DeletedItemPosition(Base):
+    """Where an item deleted through the items API stood in its conversation: a page cursor naming it (`after`)
+    goes on from there. A client deleting a conversation's items as it pages through them (the SDK's
+    auto-pagination) names the last item of the page it just deleted. Kept while the conversation is."""
+
+    __tablename__ = "deleted_item_position"
+
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversation.id", ondelete="CASCADE"), primary_key=True)
+    item_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    position: Mapped[int] = mapped_column(BigInteger)
+
+
 class IdempotencyKey(Base):
     """A client's Idempotency-Key, scoped to its tenant: the request's fingerprint, and once the request has
     finished, the answer to replay. The answer holds content, so deleting the response or conversation it
@@ -504,6 +516,7 @@ api_key_table = _table(ApiKey)
 conversation_table = _table(Conversation)
 response_table = _table(ResponseRecord)
 item_table = _table(Item)
+deleted_item_position_table = _table(DeletedItemPosition)
 response_event_log_table = _table(ResponseEventLog)
 response_chain_table = _table(ResponseChain)
 running_chain_turn_table = _table(RunningChainTurn)
