@@ -57,16 +57,27 @@ async def test_admin_exports_everything_a_tenant_or_one_conversation(
     assert everything.headers["content-type"].startswith("application/jsonl")
     tenants = {h["id"]: h["tenant"] for h in _headers(everything.content)}
     assert tenants == {first: "alice", second: "alice", third: "bob"}
-    assert len(everything.content.split(b"\n")) - 1 == 3 + 3 + 1 + 1  # headers + items
+    lines = [json.loads(line) for line in everything.content.split(b"\n") if line]
+    assert len(lines) == 3 + 5 + 3 + 1  # headers, items, each conversation's end line, the file's
+    ends = [line for line in lines if line.get("object") == "conversation.end"]
+    assert [(end["id"], end["items"]) for end in ends] == [(first, 3), (second, 1), (third, 1)]
+    assert lines[-1] == {"object": "export.end", "conversations": 3}
 
     only_alice = await admin.get("/admin/export", params={"tenant": "alice"})
     assert {h["id"] for h in _headers(only_alice.content)} == {first, second}
     one = await admin.get("/admin/export", params={"conversation": second})
     exported_by_tenant = await alice.http.get(f"/v1/conversations/{second}/export")
-    header, *items = one.content.split(b"\n")
+    header, *items, file_end, after = one.content.split(b"\n")
     tenant_header = json.loads(exported_by_tenant.content.split(b"\n")[0])
-    assert json.loads(header) == {**tenant_header, "tenant": "alice", "tenant_id": await _tenant_id(db, "alice")}
-    assert items == exported_by_tenant.content.split(b"\n")[1:]
+    alice_id = await _tenant_id(db, "alice")
+    assert json.loads(header) == {
+        **tenant_header,
+        "tenant": "alice",
+        "tenant_id": alice_id,
+        "file_ends_with": "export.end",
+    }
+    assert items == exported_by_tenant.content.split(b"\n")[1:-1]  # the items and the conversation's end line
+    assert (json.loads(file_end), after) == ({"object": "export.end", "conversations": 1}, b"")
 
     missing = [
         await admin.get("/admin/export", params={"tenant": "nobody"}),
@@ -101,6 +112,9 @@ async def test_admin_import_into_a_tenant_is_all_or_nothing(
         if not before:
             continue
         old_value, new_value = json.loads(before), json.loads(after)
+        if "id" not in old_value:  # the file's end line
+            assert before == after
+            continue
         renamed = before.replace(str(old_value["id"]).encode(), str(new_value["id"]).encode())
         renamed = renamed.replace(b'"tenant":"alice"', b'"tenant":"carol"')
         assert renamed.replace(alice_id.encode(), carol_id.encode()) == after
@@ -112,6 +126,39 @@ async def test_admin_import_into_a_tenant_is_all_or_nothing(
     assert refused.json()["error"]["message"].startswith(f"Line {len(old_lines)}: ")
     assert len(await rows(db, "SELECT id FROM conversation")) == conversations_before
     assert (await admin.post("/admin/tenants/nobody/import", content=exported, headers=JSONL)).status_code == 404
+
+
+async def test_an_export_of_many_cut_short_between_two_conversations_is_refused(
+    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, database_url: str, db: AsyncEngine
+) -> None:
+    """Cut between two conversations, a backup was a whole, smaller one: every conversation in it complete, the
+    rest missing without a word. Its file now ends with a line of its own, which every header announces."""
+    await _two_tenants(alice, bob)
+    exported = (await admin.get("/admin/export")).content
+    lines = exported.split(b"\n")[:-1]
+    boundaries = [n for n, line in enumerate(lines) if json.loads(line).get("object") == "conversation.end"]
+    assert len(boundaries) == 3 and boundaries[-1] == len(lines) - 2
+    await admin.post("/admin/api-keys", json={"tenant": "carol"})
+    conversations_before = len(await rows(db, "SELECT id FROM conversation"))
+    for end in boundaries:
+        cut = b"\n".join(lines[: end + 1]) + b"\n"
+        refused = await admin.post("/admin/tenants/carol/import", content=cut, headers=JSONL)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["message"] == (
+            f'Line {end + 1}: the file ends before its end line ({{"object": "export.end"}}): it was cut short, '
+            "and nothing is imported"
+        )
+        failed = service_cli(database_url, "import", "-", stdin=cut)
+        assert failed.returncode == 2 and b"cut short" in failed.stderr, failed.stderr
+    # A conversation left out in the middle: the count on the file's end line tells.
+    second_left_out = [*lines[: boundaries[0] + 1], *lines[boundaries[1] + 1 :]]
+    refused = await admin.post("/admin/tenants/carol/import", content=b"\n".join(second_left_out), headers=JSONL)
+    assert refused.status_code == 400
+    assert "counts 3 conversations, but it holds 2" in refused.json()["error"]["message"]
+    assert len(await rows(db, "SELECT id FROM conversation")) == conversations_before
+    # A one-conversation admin export goes into the tenant's own import too.
+    one = (await admin.get("/admin/export", params={"tenant": "bob"})).content
+    assert (await alice.http.post("/v1/conversations/import", content=one, headers=JSONL)).status_code == 200
 
 
 async def test_cli_export_and_import_make_a_backup_between_databases(
@@ -143,7 +190,7 @@ async def test_cli_export_and_import_make_a_backup_between_databases(
     bad = backup.read_bytes() + b"not json\n"
     failed = service_cli(database_url, "import", "-", stdin=bad)
     assert failed.returncode == 2
-    assert b"Line 9: not valid JSON" in failed.stderr
+    assert b"Line 13: not valid JSON" in failed.stderr  # 3 headers, 5 items, 3 conversation end lines, 1 file end
     assert b"nothing was imported" in failed.stderr
     assert len(await rows(db, "SELECT id FROM conversation")) == before
     one = service_cli(database_url, "export", "--conversation", third)
@@ -331,7 +378,11 @@ async def test_a_conversation_deleted_while_a_backup_streams_is_withdrawn_not_th
     withdrawn = [v for v in values if v.get("object") == "conversation.withdrawn"]
     assert withdrawn == [{"object": "conversation.withdrawn", "id": doomed, "reason": "deleted while it was exported"}]
     assert [v["id"] for v in values if v.get("object") == "conversation"] == [doomed, kept]
-    assert values[-1]["content"][0]["text"] == "kept"
+    assert values[-3]["content"][0]["text"] == "kept"
+    assert values[-2:] == [
+        {"object": "conversation.end", "id": kept, "items": 1},
+        {"object": "export.end", "conversations": 1},
+    ]
 
     await admin.post("/admin/api-keys", json={"tenant": "carol"})
     restored = await admin.post("/admin/tenants/carol/import", content=received, headers=JSONL)

@@ -72,16 +72,18 @@ async def test_export_then_import_round_trips_byte_exact_but_for_ids(
 ) -> None:
     conv = await _rich_conversation(alice, fake_upstream)
     original = await _export(alice, conv)
-    assert len(original) == 1 + 9
+    assert len(original) == 1 + 9 + 1
     header = json.loads(original[0])
     assert header == {
         "object": "conversation",
         "id": conv,
         "created_at": header["created_at"],
         "metadata": {"topic": "export \U0001f600", "k": "v"},
+        "ends_with": "conversation.end",
     }
+    assert json.loads(original[-1]) == {"object": "conversation.end", "id": conv, "items": 9}
     listed = await list_all(alice.http, f"/v1/conversations/{conv}/items", order="asc")
-    assert shown(*(json.loads(line) for line in original[1:])) == listed  # exported as stored
+    assert shown(*(json.loads(line) for line in original[1:-1])) == listed  # exported as stored
 
     imported = await alice.http.post("/v1/conversations/import", content=b"\n".join(original) + b"\n", headers=JSONL)
     assert imported.status_code == 200, imported.text
@@ -342,6 +344,45 @@ async def test_import_needs_json_lines_content_type(alice: Tenant) -> None:
     assert answer.json()["error"]["code"] == "unsupported_media_type"
 
 
+async def test_an_export_cut_short_at_a_line_boundary_is_refused_not_imported_as_a_shorter_one(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Every line of a transfer broken off between two lines is whole: a client that kept what it received
+    imported it as a complete conversation with its last items missing. The export now ends with its end line,
+    which the header announces, and the count in it must match."""
+    conv = await _rich_conversation(alice, fake_upstream)
+    lines = await _export(alice, conv)
+    conversations_before = len(await rows(db, "SELECT id FROM conversation"))
+    for kept in range(1, len(lines)):
+        cut = await alice.http.post("/v1/conversations/import", content=b"\n".join(lines[:kept]) + b"\n", headers=JSONL)
+        assert cut.status_code == 400, (kept, cut.text)
+        error = cut.json()["error"]
+        assert error["param"] == f"line {kept}" and error["code"] == "invalid_jsonl", (kept, error)
+        assert "the end line of the conversation that starts on line 1" in error["message"]
+        assert "cut short" in error["message"]
+    # A line lost in the middle: the end line's count tells.
+    missing = [*lines[:3], *lines[4:]]
+    refused = await alice.http.post("/v1/conversations/import", content=b"\n".join(missing), headers=JSONL)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        f"Line {len(missing)}: the conversation's end line counts 9 items, but 8 lines before it since its header "
+        "on line 1 hold items: lines are missing"
+    )
+    after_end = [*lines, lines[1]]
+    refused = await alice.http.post("/v1/conversations/import", content=b"\n".join(after_end), headers=JSONL)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == f"line {len(after_end)}"
+    announced = json.loads(lines[0])
+    bad_header = [json.dumps({**announced, "ends_with": "eof"}).encode(), *lines[1:]]
+    refused = await alice.http.post("/v1/conversations/import", content=b"\n".join(bad_header), headers=JSONL)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "line 1"
+    assert len(await rows(db, "SELECT id FROM conversation")) == conversations_before
+    # Written by hand, without the announcement nor the end line, a file imports as before.
+    by_hand = [json.dumps({k: v for k, v in announced.items() if k != "ends_with"}).encode(), *lines[1:-1]]
+    answer = await alice.http.post("/v1/conversations/import", content=b"\n".join(by_hand), headers=JSONL)
+    assert answer.status_code == 200, answer.text
+    assert len(await _export(alice, answer.json()["id"])) == len(lines)
+
+
 async def test_export_of_another_tenants_conversation_is_404(alice: Tenant, bob: Tenant) -> None:
     conv = await new_conversation(alice.http, items=[{"role": "user", "content": "secret"}])
     answer = await bob.http.get(f"/v1/conversations/{conv}/export")
@@ -356,8 +397,9 @@ async def test_export_pages_through_long_conversations_in_order(alice: Tenant) -
         items = [{"role": "user", "content": f"m{n}"} for n in range(start, min(start + 20, 1050))]
         assert (await alice.http.post(f"/v1/conversations/{conv}/items", json={"items": items})).status_code == 200
     lines = await _export(alice, conv)
-    texts: list[Any] = [json.loads(line)["content"][0]["text"] for line in lines[1:]]
+    texts: list[Any] = [json.loads(line)["content"][0]["text"] for line in lines[1:-1]]
     assert texts == [f"m{n}" for n in range(1050)]
+    assert json.loads(lines[-1]) == {"object": "conversation.end", "id": conv, "items": 1050}
 
 
 async def test_an_import_stored_in_several_parts_keeps_every_item_in_order(alice: Tenant, db: AsyncEngine) -> None:
@@ -417,7 +459,7 @@ async def test_import_refuses_a_compaction_item_not_sealed_for_the_tenant(
 ) -> None:
     conv = await _rich_conversation(alice, fake_upstream)
     lines = await _export(alice, conv)
-    (at,) = [n for n, line in enumerate(lines) if json.loads(line)["type" if n else "object"] == "compaction"]
+    (at,) = [n for n, line in enumerate(lines) if json.loads(line).get("type") == "compaction"]
     # Bob cannot import Alice's sealed summary: it is bound to her tenant.
     foreign = await bob.http.post("/v1/conversations/import", content=b"\n".join(lines) + b"\n", headers=JSONL)
     assert foreign.status_code == 400, foreign.text

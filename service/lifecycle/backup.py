@@ -15,10 +15,10 @@ from service.conversations.service import conversation_not_found, conversation_v
 from service.errors import NotFound
 from service.ids import new_id
 from service.items import NewItem
-from service.lifecycle import jsonl, repository, resealing
+from service.lifecycle import ends, jsonl, repository, resealing
 from service.lifecycle.caps import ImportTally
 from service.lifecycle.copies import imported_item
-from service.lifecycle.service import conversation_lines
+from service.lifecycle.service import Written, conversation_lines
 from service.limits.sizes import ConversationCaps
 
 CONVERSATION_PAGE = 100
@@ -39,15 +39,18 @@ async def _tenant_id(conn: AsyncConnection, name: str) -> str:
 
 async def _all_lines(engine: AsyncEngine, tenant_id: str | None, conversation_id: str | None) -> AsyncIterator[bytes]:
     after = ""
+    written = Written()
     while True:
         async with engine.connect() as conn:
             page = await repository.conversation_page(
                 conn, tenant_id=tenant_id, conversation_id=conversation_id, after_id=after, limit=CONVERSATION_PAGE
             )
         for row in page:
-            async for chunk in conversation_lines(engine, row, tenant=row.tenant, skip_if_gone=True):
+            async for chunk in conversation_lines(engine, row, tenant=row.tenant, written=written):
                 yield chunk
         if len(page) < CONVERSATION_PAGE:
+            if written.conversations:  # an export of nothing stays an empty file
+                yield jsonl.export_end_line(written.conversations)
             return
         after = page[-1].id
 
@@ -115,7 +118,7 @@ async def import_for_tenant(
     items = unopened = 0
     async with engine.begin() as conn:
         tenant_id = await _tenant_id(conn, tenant)
-        parsed = conversations_in(jsonl.parse(raw, many=True), caps)
+        parsed = conversations_in(ends.whole(jsonl.parse(raw, many=True)), caps)
         async for pending in jsonl.in_worker_thread(parsed, weight=lambda pending: 1 + len(pending.items)):
             row, not_opened = await insert_conversation(conn, tenant_id, pending, resealer)
             created.append(conversation_view(row))

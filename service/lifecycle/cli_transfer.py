@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.context.sealing import Sealer
 from service.errors import InvalidRequest
 from service.keys.service import get_or_create_tenant
-from service.lifecycle import backup, jsonl
+from service.lifecycle import backup, ends, jsonl
 from service.limits.sizes import ConversationCaps
 
 
@@ -43,7 +43,7 @@ async def import_from(
     tenant_ids: dict[str, str] = {}
     resealer = await sealer.resealer()  # before the transaction: the key may be read on a connection of its own
     async with engine.begin() as conn:
-        for pending in backup.conversations_in(jsonl.parse_lines(_lines(source), many=True), caps):
+        for pending in backup.conversations_in(ends.whole(jsonl.entries(_lines(source), many=True)), caps):
             name = tenant or pending.header.tenant
             if name is None:
                 raise InvalidRequest(

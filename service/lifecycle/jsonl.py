@@ -1,5 +1,9 @@
 """The JSON Lines form of a conversation: line 1 is the conversation (`{"object": "conversation", "id",
-"created_at", "metadata"}`), then one line per item, in order, each exactly as the items API shows it.
+"created_at", "metadata"}`), then one line per item, in order, each exactly as the items API shows it. An export
+also ends each conversation with `{"object": "conversation.end", "id", "items": N}`, and an operators' export of
+many ends the file with `{"object": "export.end", "conversations": N}`; their headers say so (`ends_with`,
+`file_ends_with`), so that an import refuses a file cut short at a line boundary (service/lifecycle/ends.py)
+rather than taking it for a whole, shorter one. A file written by hand may leave them out.
 
 Parsing names the 1-based line of the first bad line (the header is line 1), so a client can fix its file. Blank
 lines and a byte order mark are skipped when read, never written."""
@@ -36,6 +40,8 @@ class Header:
     metadata: dict[str, str]
     tenant: str | None  # admin exports name each conversation's tenant
     tenant_id: str | None = None  # and its id, which its compaction items are sealed for (lifecycle/resealing.py)
+    needs_end: bool = False  # the conversation's lines end with its End line
+    file_needs_end: bool = False  # the file's lines end with an ExportEnd line
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,27 @@ class Withdrawn:
 
 # The line such an export writes after that conversation's lines (service/lifecycle/service.py).
 WITHDRAWN = "conversation.withdrawn"
+CONVERSATION_END = "conversation.end"
+EXPORT_END = "export.end"
+
+
+@dataclass(frozen=True)
+class End:
+    """A conversation's last line: `items`, the item lines since its header."""
+
+    line: int
+    items: int | None
+
+
+@dataclass(frozen=True)
+class ExportEnd:
+    """An operators' export's last line: `conversations`, the conversations in the file (withdrawn ones aside)."""
+
+    line: int
+    conversations: int | None
+
+
+Entry = Header | ItemLine | Withdrawn | End | ExportEnd
 
 
 def bad_line(number: int, message: str) -> InvalidRequest:
@@ -67,10 +94,20 @@ def header_line(row: Any, tenant: str | None = None) -> bytes:
         "created_at": int(row.created_at.timestamp()),
         "metadata": row.metadata,
     }
-    if tenant is not None:
+    header["ends_with"] = CONVERSATION_END
+    if tenant is not None:  # an operators' export of many
         header["tenant"] = tenant
         header["tenant_id"] = row.tenant_id
+        header["file_ends_with"] = EXPORT_END
     return encode(header) + b"\n"
+
+
+def end_line(row: Any, items: int) -> bytes:
+    return encode({"object": CONVERSATION_END, "id": row.id, "items": items}) + b"\n"
+
+
+def export_end_line(conversations: int) -> bytes:
+    return encode({"object": EXPORT_END, "conversations": conversations}) + b"\n"
 
 
 def withdrawn_line(row: Any) -> bytes:
@@ -123,7 +160,25 @@ def _header(number: int, value: dict[str, Any]) -> Header:
     tenant_id = value.get("tenant_id")
     if tenant_id is not None and not isinstance(tenant_id, str):
         raise bad_line(number, "tenant_id must be a string")
-    return Header(number, created_at, metadata, tenant, tenant_id)
+    for field, ending in (("ends_with", CONVERSATION_END), ("file_ends_with", EXPORT_END)):
+        if value.get(field, ending) != ending:
+            raise bad_line(number, f"{field} must be {ending!r} (or left out)")
+    return Header(
+        number,
+        created_at,
+        metadata,
+        tenant,
+        tenant_id,
+        needs_end="ends_with" in value,
+        file_needs_end="file_ends_with" in value,
+    )
+
+
+def _count(number: int, value: dict[str, Any], field: str) -> int | None:
+    count = value.get(field)
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+        raise bad_line(number, f"{field} must be a whole number")
+    return count
 
 
 def _item(number: int, value: dict[str, Any]) -> ItemLine:
@@ -153,21 +208,26 @@ def _item(number: int, value: dict[str, Any]) -> ItemLine:
     return ItemLine(number, value)
 
 
-def parse_lines(lines: Iterable[bytes], *, many: bool) -> Iterator[Header | ItemLine | Withdrawn]:
-    """Headers and items in file order, one line at a time. With `many`, a file may hold several conversations,
-    each starting with its header (and any of them withdrawn after its lines); otherwise only line 1 may be
-    one. Blank lines, and a byte order mark before line 1, are skipped (editors and other tools write them);
-    the errors name lines as the file numbers them."""
+def entries(lines: Iterable[bytes], *, many: bool) -> Iterator[Entry]:
+    """Every line in file order, one at a time, end lines included (ends.whole checks them). With `many`, a
+    file may hold several conversations, each starting with its header (and any of them withdrawn after its
+    lines); otherwise only line 1 may be one. Blank lines, and a byte order mark before line 1, are skipped
+    (editors and other tools write them); the errors name lines as the file numbers them."""
     first = True
     for number, read in enumerate(lines, start=1):
         line = read.removeprefix(codecs.BOM_UTF8) if number == 1 else read
         if not line.strip():
             continue
         value = _decode(number, line)
-        if value.get("object") == WITHDRAWN and "type" not in value and not first:
+        kind = None if "type" in value else value.get("object")
+        if kind == WITHDRAWN and not first:
             if not many:
                 raise bad_line(number, "this conversation was deleted while it was exported: the file is not all of it")
             yield Withdrawn(number)
+        elif kind == CONVERSATION_END and not first:
+            yield End(number, _count(number, value, "items"))
+        elif kind == EXPORT_END and not first:
+            yield ExportEnd(number, _count(number, value, "conversations"))
         elif first or (many and value.get("object") == "conversation"):
             yield _header(number, value)
         elif value.get("object") == "conversation" and "type" not in value:
@@ -183,8 +243,8 @@ def parse_lines(lines: Iterable[bytes], *, many: bool) -> Iterator[Header | Item
         raise bad_line(1, "the file is empty; its first line must be the conversation's header")
 
 
-def parse(raw: bytes, *, many: bool) -> Iterator[Header | ItemLine | Withdrawn]:
-    return parse_lines(raw.split(b"\n"), many=many)
+def parse(raw: bytes, *, many: bool) -> Iterator[Entry]:
+    return entries(raw.split(b"\n"), many=many)
 
 
 async def in_worker_thread(

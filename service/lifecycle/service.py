@@ -14,7 +14,7 @@ from service.conversations.service import conversation_not_found, conversation_v
 from service.errors import InvalidRequest, NotFound, StreamBrokenOff, refuse_unknown_fields
 from service.ids import new_id
 from service.items import NewItem, item_view
-from service.lifecycle import jsonl, repository
+from service.lifecycle import ends, jsonl, repository
 from service.lifecycle.caps import ImportTally, refuse_fork_beyond
 from service.lifecycle.copies import imported_item
 from service.limits.sizes import ConversationCaps
@@ -30,15 +30,23 @@ class ExportInterrupted(StreamBrokenOff):
     off, so that the client sees a failed export rather than a complete-looking part of one."""
 
 
+@dataclass
+class Written:
+    """What an export of many has written whole so far (its end line counts them)."""
+
+    conversations: int = 0
+
+
 async def conversation_lines(
-    engine: AsyncEngine, row: Any, tenant: str | None = None, *, skip_if_gone: bool = False
+    engine: AsyncEngine, row: Any, tenant: str | None = None, *, written: Written | None = None
 ) -> AsyncIterator[bytes]:
     """The conversation's JSON Lines: its header, then its items page by page, each page its own short read
-    that also checks, in the same snapshot, that the conversation is still there. `skip_if_gone` (a backup of
-    many): a conversation gone before anything of it was sent is left out, and one gone after is withdrawn by a
-    line of its own, which an import reads as "leave it out" (jsonl.Withdrawn), rather than breaking off the
-    whole backup for one tenant's delete."""
+    that also checks, in the same snapshot, that the conversation is still there, then its end line. `written`
+    (an export of many, which counts its conversations): a conversation gone before anything of it was sent is
+    left out, and one gone after is withdrawn by a line of its own, which an import reads as "leave it out"
+    (jsonl.Withdrawn), rather than breaking off the whole export for one tenant's delete."""
     after = -1
+    items = 0
     started = False
     while True:
         async with engine.connect() as conn:
@@ -47,7 +55,7 @@ async def conversation_lines(
                 there = await repository.conversation_exists(conn, row.id, None)
                 page = await repository.item_page(conn, row.id, after, EXPORT_PAGE) if there else []
         if not there:
-            if skip_if_gone:
+            if written is not None:
                 if started:
                     yield jsonl.withdrawn_line(row)
                 return
@@ -56,8 +64,12 @@ async def conversation_lines(
             started = True
             yield jsonl.header_line(row, tenant)
         if page:
+            items += len(page)
             yield b"".join(jsonl.encode(item_view(r.id, r.status, r.body, for_client=False)) + b"\n" for r in page)
         if len(page) < EXPORT_PAGE:
+            if written is not None:
+                written.conversations += 1
+            yield jsonl.end_line(row, items)
             return
         after = page[-1].position
 
@@ -121,7 +133,7 @@ async def import_conversation(
 
     header: jsonl.Header | None = None
     items: list[NewItem] = []
-    async for entry in jsonl.in_worker_thread(converted(jsonl.parse(raw, many=False))):
+    async for entry in jsonl.in_worker_thread(converted(ends.whole(jsonl.parse(raw, many=False)))):
         if isinstance(entry, jsonl.Header):
             header = entry
             continue
