@@ -274,6 +274,13 @@ async def test_a_fresh_process_reports_zero_for_the_outcomes_alerts_watch(
     ]
     for name, label in expected:
         assert found.get((name, (label,))) == 0.0, (name, label)
+    upstream_errors = [
+        *((kind, "none") for kind in ("connect", "timeout", "protocol", "stream")),
+        *(("http", status) for status in ("401", "402", "429", "500", "502", "503")),
+    ]
+    for kind, status in upstream_errors:
+        labels = (("kind", kind), ("status", status))
+        assert found.get(("convstore_upstream_errors_total", labels)) == 0.0, labels
 
 
 async def test_a_killed_workers_turns_leave_the_in_flight_gauges(

@@ -83,20 +83,29 @@ RUNS_IN_FLIGHT = Gauge(
 
 # The label values known in advance, given a series at start: an alert on a rate of failures reads 0, not no
 # data, until the first one.
-_KNOWN_LABELS: tuple[tuple[Counter | Gauge, tuple[str, ...]], ...] = (
-    (TURNS, ("completed", "incomplete", "failed", "cancelled")),
-    (RUNS_IN_FLIGHT, ("stream", "background")),
-    (RETENTION_RUNS, ("ok", "lease_lost")),
-    (RETENTION_DELETED, ("conversations", "responses", "items")),
-    (WEBHOOK_ATTEMPTS, ("delivered", "retrying", "failed")),
+_KNOWN_LABELS: tuple[tuple[Counter | Gauge, tuple[tuple[str, ...], ...]], ...] = (
+    (TURNS, (("completed",), ("incomplete",), ("failed",), ("cancelled",))),
+    (RUNS_IN_FLIGHT, (("stream",), ("background",))),
+    (RETENTION_RUNS, (("ok",), ("lease_lost",))),
+    (RETENTION_DELETED, (("conversations",), ("responses",), ("items",))),
+    (WEBHOOK_ATTEMPTS, (("delivered",), ("retrying",), ("failed",))),
+    # The failures without a status, and the statuses an operator acts on: OpenRouter refused the key (401),
+    # the credits ran out (402), its rate limit (429), its own errors (5xx).
+    (
+        UPSTREAM_ERRORS,
+        (
+            *(("connect", "none"), ("timeout", "none"), ("protocol", "none"), ("stream", "none")),
+            *(("http", status) for status in ("401", "402", "429", "500", "502", "503")),
+        ),
+    ),
 )
 
 
 def start_series() -> None:
     """Called by each serving process once its metrics are set up (multiprocess mode included)."""
-    for metric, values in _KNOWN_LABELS:
-        for value in values:
-            metric.labels(value)
+    for metric, label_sets in _KNOWN_LABELS:
+        for values in label_sets:
+            metric.labels(*values)
 
 
 # Tenants and models come from users: past this many distinct values per label, the rest are counted as "other"
