@@ -195,6 +195,44 @@ async def test_database_down_gives_503_and_never_calls_upstream(
     assert len(await assert_whole_turns(private_postgres.engine, conversation)) == 1
 
 
+async def test_an_outage_logs_each_background_loop_once_when_it_starts_and_once_when_it_ends(
+    private_postgres: PrivatePostgres,
+    start_server: Callable[..., LiveServer],
+    request: pytest.FixtureRequest,
+) -> None:
+    """The heartbeat, the expiry sweep, the bus and the webhook deliveries each logged a warning at every pass
+    that failed: several lines a second between them for as long as the database was down."""
+    warnings = RecordedWarnings()
+    for name in ("service.cluster", "service.webhooks"):
+        logging.getLogger(name).addHandler(warnings)
+        request.addfinalizer(lambda name=name: logging.getLogger(name).removeHandler(warnings))
+    live = start_server(
+        database_url=private_postgres.url,
+        process_heartbeat_timeout=0.4,
+        webhook_delivery=True,
+        webhook_poll_seconds=0.05,
+        turn_lock_ttl=4.0,
+    )
+    async with await tenant_client(private_postgres, live) as client:
+        assert (await client.post("/v1/conversations", json={})).status_code == 200
+        await asyncio.to_thread(private_postgres.stop)
+        await asyncio.sleep(4)
+        during = list(warnings.messages)
+        await asyncio.to_thread(private_postgres.start)
+
+        async def all_back() -> bool:
+            return sum("works again" in m for m in warnings.messages) == 4
+
+        await eventually(all_back, timeout=20)
+    loops = ("heartbeat", "expiry pass", "bus: listening", "webhook delivery pass")
+    for loop in loops:
+        failed = [m for m in during if m.startswith(f"{loop} failed") or m.startswith(f"{loop} still failing")]
+        assert len(failed) == 1, (loop, during)
+        back = [m for m in warnings.messages if m.startswith(f"{loop} works again, after failing for ")]
+        assert len(back) == 1, (loop, warnings.messages)
+    assert len(during) <= 8, during  # the loops' lines, and the few one-off ones of a lost connection
+
+
 async def test_database_lost_while_storing_a_finished_turn_is_stored_once_it_is_back(
     private_postgres: PrivatePostgres,
     start_server: Callable[..., LiveServer],

@@ -29,6 +29,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.observability.outages import FailingLoop
+
 logger = logging.getLogger("service.cluster")
 
 CHANNEL = "convstore_events"
@@ -124,6 +126,7 @@ class Bus:
                 changed.set()
 
     async def _listen_forever(self) -> None:
+        failing = FailingLoop(logger, "bus: listening")
         while True:
             conn: Any = None
             try:
@@ -139,6 +142,7 @@ class Bus:
                 conn.add_termination_listener(on_lost)
                 await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: self._deliver(payload))
                 self._listening.set()
+                failing.worked()
                 # Whatever was sent while no connection listened is read from the database by the waiters.
                 self._wake_all()
                 await lost
@@ -146,7 +150,7 @@ class Bus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("bus: cannot listen (%s); retrying", type(exc).__name__)
+                failing.failed(type(exc).__name__)
             finally:
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):

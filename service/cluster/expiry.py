@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster import repository
 from service.idempotency.service import purge_expired_keys
+from service.observability.outages import FailingLoop
 from service.responses.service import reap_stale_turns
 
 logger = logging.getLogger("service.cluster")
@@ -41,9 +42,12 @@ async def sweep(engine: AsyncEngine, *, turn_lock_ttl: float, holder: str) -> bo
 
 
 async def sweep_forever(engine: AsyncEngine, *, turn_lock_ttl: float, holder: str) -> None:
+    failing = FailingLoop(logger, "expiry pass")
     while True:
         try:
             await sweep(engine, turn_lock_ttl=turn_lock_ttl, holder=holder)
         except Exception as exc:
-            logger.warning("expiry pass failed: %s", type(exc).__name__)
+            failing.failed(type(exc).__name__)
+        else:
+            failing.worked()
         await asyncio.sleep(interval_for(turn_lock_ttl))

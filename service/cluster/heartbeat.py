@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.cluster import repository, running
 from service.idempotency import repository as idempotency_keys
 from service.observability import turns as observe_turns
+from service.observability.outages import FailingLoop
 from service.threads import repository as threads
 
 logger = logging.getLogger("service.cluster")
@@ -88,13 +89,16 @@ class Heartbeat:
             await threads.fold_pending_totals(conn)
 
     async def run_forever(self) -> None:
+        failing = FailingLoop(logger, "heartbeat")
         while True:
             try:
                 await self.beat()
                 await self.reap()
                 await self.fold_pending_chain_totals()
             except Exception as exc:
-                logger.warning("heartbeat failed: %s", type(exc).__name__)
+                failing.failed(type(exc).__name__)
+            else:
+                failing.worked()
             await asyncio.sleep(self.interval)
 
     async def stop(self) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.config import Settings
 from service.errors import first_line
 from service.observability.metrics import WEBHOOK_ATTEMPTS
+from service.observability.outages import FailingLoop
 from service.webhooks import repository
 from service.webhooks.addresses import AddressRefused, check_destination
 from service.webhooks.signing import signed_headers
@@ -182,14 +183,17 @@ class WebhookDeliverer:
     async def run_forever(self) -> None:
         """Claims what is due every WEBHOOK_POLL_SECONDS, and again as soon as a send ends (an endpoint with a
         backlog gets its next events at once, not a poll later), or at once while claims come back full."""
+        failing = FailingLoop(logger, "webhook delivery pass")
         while True:
             self._finished.clear()
             try:
-                if await self.start_due() == BATCH:
-                    continue
+                claimed = await self.start_due()
             except Exception as exc:
-                logger.warning("webhook delivery pass failed: %s", type(exc).__name__)
+                failing.failed(type(exc).__name__)
                 await asyncio.sleep(self.settings.webhook_poll_seconds)
+                continue
+            failing.worked()
+            if claimed == BATCH:
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.webhook_poll_seconds):
