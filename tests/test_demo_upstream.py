@@ -1,14 +1,19 @@
 """The offline demo upstream (no OPENROUTER_API_KEY) lets every feature be tried with `make run`: function calls
 (tool_choice required / a named function / "tool" in the user text with auto), the message after the call's
-output, a reasoning item ("think"), and a slow stream ("slowly") to try background, cancel and resume."""
+output, a reasoning item ("think"), a slow stream ("slowly") to try background, cancel and resume, and
+structured output and function arguments that fill their schemas."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import enum
+import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
+import pydantic
 import pytest
 
 from service.upstream.demo import DemoTransport
@@ -66,6 +71,71 @@ async def test_a_function_call_round_trip_ends_with_a_message_quoting_the_output
     (message,) = second["output"]
     assert message["type"] == "message"
     assert "'12:00'" in message["content"][0]["text"]
+
+
+class Priority(enum.Enum):
+    LOW = "low"
+    HIGH = "high"
+
+
+class Step(pydantic.BaseModel):
+    title: str = pydantic.Field(min_length=8)
+    minutes: int = pydantic.Field(gt=0, le=90)
+    due: datetime.date
+
+
+class Plan(pydantic.BaseModel):
+    """What an SDK user asks `responses.parse` for: nested models, a list, an enum, a Literal, an Optional."""
+
+    goal: str
+    priority: Priority
+    kind: Literal["trip", "chore"]
+    steps: list[Step] = pydantic.Field(min_length=2)
+    owner: str | None
+    done: bool
+    starts: datetime.datetime
+
+
+async def test_structured_output_and_function_arguments_follow_their_schemas(demo: Tenant) -> None:
+    """The demo answered every `text.format` with its usual sentence and every call with `{}` arguments:
+    `responses.parse`, and a tool loop with required parameters, could not be tried without a key."""
+    client = demo.openai()
+    conv = await client.conversations.create()
+    parsed = await client.responses.parse(
+        model="demo/echo", input="Plan a trip", text_format=Plan, conversation=conv.id
+    )
+    plan = parsed.output_parsed
+    assert isinstance(plan, Plan)
+    assert len(plan.steps) == 2 and all(step.minutes >= 1 for step in plan.steps)
+    assert plan.priority is Priority.LOW and plan.kind == "trip"
+    # Stored and replayed as any answer is: the next turn's history holds the JSON text.
+    items = [item async for item in client.conversations.items.list(conv.id, order="asc")]
+    assert json.loads(items[1].content[0].text) == json.loads(parsed.output_text)  # type: ignore[union-attr]
+
+    as_object = await _turn(demo, input="say hi", text={"format": {"type": "json_object"}})
+    assert json.loads(as_object["output"][0]["content"][0]["text"]) == {"you_said": "say hi"}
+
+    tools = [
+        {
+            "type": "function",
+            "name": "book",
+            "strict": True,
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "enum": ["Paris", "Rome"]},
+                    "nights": {"type": "integer", "minimum": 1},
+                    "guests": {"type": "array", "items": {"$ref": "#/$defs/guest"}},
+                },
+                "required": ["city", "nights", "guests"],
+                "additionalProperties": False,
+                "$defs": {"guest": {"type": "object", "properties": {"name": {"type": "string"}}}},
+            },
+        }
+    ]
+    called = await _turn(demo, input="book it", tools=tools, tool_choice="required")
+    (call,) = called["output"]
+    assert json.loads(call["arguments"]) == {"city": "Paris", "nights": 1, "guests": [{"name": "demo"}]}
 
 
 async def test_think_adds_a_reasoning_item_and_streams_spec_events(demo: Tenant) -> None:

@@ -67,8 +67,12 @@ async def test_the_readme_python_examples_run_unchanged(reader: Tenant) -> None:
     printed = await asyncio.to_thread(_run_python_blocks, blocks, reader.key, reader.base_url)
     assert any("You said: 'What is my name?'" in line and "3 item(s)" in line for line in printed), printed
     assert "[demo upstream] The tool answered: '12:00'." in printed
+    # The structured output example, as its comment shows it.
+    assert printed[printed.index("[demo upstream] The tool answered: '12:00'.") + 1] == (
+        "goal='demo' steps=['demo'] minutes=0"
+    )
     # The background example: created queued, resumed after sequence number 2 up to its end, then a cancel.
-    assert printed[printed.index("[demo upstream] The tool answered: '12:00'.") + 1] == "response.created queued"
+    assert printed[printed.index("goal='demo' steps=['demo'] minutes=0") + 1] == "response.created queued"
     resumed = [line.split(" ", 1) for line in printed if re.match(r"^\d+ response\.", line)]
     assert resumed[0][0] == "3", resumed
     assert [int(number) for number, _ in resumed] == list(range(3, 3 + len(resumed)))

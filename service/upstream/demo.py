@@ -83,7 +83,10 @@ def _output(request: dict[str, Any], items: list[Any]) -> list[dict[str, Any]]:
     output = [script.reasoning(items)] if script.asks(items, "think") else []
     name = script.function_to_call(request, items)
     if name is not None:
-        return [*output, script.function_call(name)]
+        return [*output, script.function_call(request, name)]
+    structured = script.structured_text(request, items)
+    if structured is not None:
+        return [*output, _message(structured)]
     tool_said = script.tool_output_text(items)
     if tool_said is not None:
         return [*output, _message(f"[demo upstream] The tool answered: {tool_said!r}.")]

@@ -5,7 +5,9 @@ tried with `make run` and no key (README, "Trying it offline"):
   is `auto` (the default) and the last user message has the word "tool" in it; then, once the call's
   `function_call_output` comes back, a message quoting that output;
 - a reasoning item before the answer when the last user message has the word "think";
-- a slow stream (0.25 s between events) when it has the word "slowly".
+- a slow stream (0.25 s between events) when it has the word "slowly";
+- a function call's arguments, and the answer asked for with `text.format` (`json_schema`, as
+  `responses.parse` sends it, or `json_object`), filled in as its schema says (demo_values.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import msgspec
+
 from service.ids import new_id
+from service.upstream.demo_values import example
 
 SLOW_EVENT_DELAY = 0.25
 _WORD = {word: re.compile(rf"\b{word}\b", re.IGNORECASE) for word in ("tool", "think", "slowly")}
@@ -35,13 +40,18 @@ def asks(items: list[Any], word: str) -> bool:
     return bool(_WORD[word].search(last_user_text(items)))
 
 
-def _function_names(request: dict[str, Any]) -> list[str]:
+def _functions(request: dict[str, Any]) -> dict[str, Any]:
+    """The request's function tools: each name's `parameters` schema, in the order they were given."""
     tools = request.get("tools") if isinstance(request.get("tools"), list) else []
-    return [
-        str(tool["name"])
+    return {
+        str(tool["name"]): tool.get("parameters")
         for tool in tools or []
         if isinstance(tool, dict) and tool.get("type") == "function" and isinstance(tool.get("name"), str)
-    ]
+    }
+
+
+def _function_names(request: dict[str, Any]) -> list[str]:
+    return list(_functions(request))
 
 
 def function_to_call(request: dict[str, Any], items: list[Any]) -> str | None:
@@ -58,15 +68,29 @@ def function_to_call(request: dict[str, Any], items: list[Any]) -> str | None:
     return None
 
 
-def function_call(name: str) -> dict[str, Any]:
+def function_call(request: dict[str, Any], name: str) -> dict[str, Any]:
+    arguments = example(_functions(request).get(name))
     return {
         "type": "function_call",
         "id": new_id("fc"),
         "call_id": new_id("call"),
         "name": name,
-        "arguments": "{}",
+        "arguments": msgspec.json.encode(arguments if isinstance(arguments, dict) else {}).decode(),
         "status": "completed",
     }
+
+
+def structured_text(request: dict[str, Any], items: list[Any]) -> str | None:
+    """The answer's text as JSON when `text.format` asks for it, else None."""
+    text = request.get("text")
+    answer_format = text.get("format") if isinstance(text, dict) else None
+    if not isinstance(answer_format, dict):
+        return None
+    if answer_format.get("type") == "json_schema":
+        return msgspec.json.encode(example(answer_format.get("schema"))).decode()
+    if answer_format.get("type") == "json_object":
+        return msgspec.json.encode({"you_said": last_user_text(items)}).decode()
+    return None
 
 
 def tool_output_text(items: list[Any]) -> str | None:
