@@ -48,9 +48,11 @@ def parse_page(after: str | None, limit: str | None, order: str | None) -> PageR
             raise InvalidRequest(
                 f"limit must be between 1 and 100, got {size}", param="limit", code="integer_above_max_value"
             )
-    direction = (order or "desc").lower()
+    direction = order or "desc"
     if direction not in {"asc", "desc"}:
-        raise InvalidRequest(f"order must be 'asc' or 'desc', got {order!r}", param="order", code="invalid_value")
+        # OpenAI's words; its enum is matched exactly, so "ASC" is refused too.
+        message = f"Invalid value: {direction[:40]!r}. Supported values are: 'asc' and 'desc'."
+        raise InvalidRequest(message, param="order", code="invalid_value")
     return PageRequest(after=after or None, limit=size, order=direction)  # type: ignore[arg-type]
 
 

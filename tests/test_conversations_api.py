@@ -231,6 +231,7 @@ async def test_item_list_rejects_bad_pagination_parameters(alice: Tenant, make_t
         ({"limit": "--5"}, "limit", "invalid_type"),
         ({"limit": "9" * 5000}, "limit", "invalid_type"),  # beyond the digits int() takes at all
         ({"order": "sideways"}, "order", "invalid_value"),
+        ({"order": "ASC"}, "order", "invalid_value"),  # OpenAI matches its enum exactly
         ({"after": "msg_nope"}, "after", None),
     ]:
         answer = await alice.http.get(f"/v1/conversations/{conv}/items", params=params)
@@ -242,6 +243,8 @@ async def test_item_list_rejects_bad_pagination_parameters(alice: Tenant, make_t
             answer = await (admin if route.startswith("/admin") else alice.http).get(route, params={"limit": limit})
             assert answer.status_code == 400 and answer.json()["error"]["param"] == "limit", (route, answer.text)
     assert (await alice.http.get(f"/v1/conversations/{conv}/items", params={"limit": 100})).status_code == 200
+    sideways = (await alice.http.get(f"/v1/conversations/{conv}/items", params={"order": "Desc"})).json()["error"]
+    assert sideways["message"] == "Invalid value: 'Desc'. Supported values are: 'asc' and 'desc'."
 
 
 async def test_conversation_cannot_be_changed_while_a_turn_is_in_flight(
