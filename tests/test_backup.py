@@ -161,6 +161,35 @@ async def test_an_export_of_many_cut_short_between_two_conversations_is_refused(
     assert (await alice.http.post("/v1/conversations/import", content=one, headers=JSONL)).status_code == 200
 
 
+async def test_exports_joined_end_to_end_import_as_one_and_a_cut_first_part_is_still_refused(
+    admin: httpx.AsyncClient, alice: Tenant, bob: Tenant, database_url: str, db: AsyncEngine
+) -> None:
+    """`cat a.jsonl b.jsonl`, two exports of many: before end lines, such a file imported as both; the first
+    part's end line then refused every line after it."""
+    await _two_tenants(alice, bob)
+    of_alice = (await admin.get("/admin/export", params={"tenant": "alice"})).content
+    of_bob = (await admin.get("/admin/export", params={"tenant": "bob"})).content
+    await admin.post("/admin/api-keys", json={"tenant": "carol"})
+    joined = await admin.post("/admin/tenants/carol/import", content=of_alice + of_bob, headers=JSONL)
+    assert joined.status_code == 200, joined.text
+    assert len(joined.json()["conversations"]) == 3 and joined.json()["items"] == 5
+    cli = service_cli(database_url, "import", "-", "--tenant", "dave", stdin=of_alice + of_bob)
+    assert cli.returncode == 0 and b"imported 3 conversations (5 items)" in cli.stdout, cli.stderr
+
+    before = len(await rows(db, "SELECT id FROM conversation"))
+    alice_lines = of_alice.split(b"\n")[:-1]
+    for cut in (b"\n".join(alice_lines[:-1]) + b"\n", b"\n".join(alice_lines[:-2]) + b"\n"):
+        refused = await admin.post("/admin/tenants/carol/import", content=cut + of_bob, headers=JSONL)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "invalid_jsonl"
+    # An end line is there for its count.
+    uncounted = of_bob.replace(b'"conversations":1}', b'"conversations":null}')
+    refused = await admin.post("/admin/tenants/carol/import", content=uncounted, headers=JSONL)
+    assert refused.status_code == 400
+    assert "an end line's conversations must be a whole number" in refused.json()["error"]["message"]
+    assert len(await rows(db, "SELECT id FROM conversation")) == before
+
+
 async def test_cli_export_and_import_make_a_backup_between_databases(
     alice: Tenant, bob: Tenant, database_url: str, db: AsyncEngine, tmp_path: Path
 ) -> None:
@@ -392,6 +421,39 @@ async def test_a_conversation_deleted_while_a_backup_streams_is_withdrawn_not_th
     single = received[: received.index(b"\n", received.index(b"conversation.withdrawn")) + 1]
     refused = await alice.http.post("/v1/conversations/import", content=single, headers=JSONL)
     assert refused.status_code == 400 and "deleted while it was exported" in refused.json()["error"]["message"]
+
+
+async def test_an_export_whose_every_conversation_was_withdrawn_still_ends_and_imports_as_nothing(
+    admin: httpx.AsyncClient, alice: Tenant, database_url: str, db: AsyncEngine
+) -> None:
+    """The file's end line was written only after a conversation written whole: an export of one conversation
+    (or of a tenant) deleted while it streamed ended with its withdrawn line, and an import called the whole file
+    cut short."""
+    lines = [json.dumps({"object": "conversation", "metadata": {}})]
+    lines += [
+        json.dumps({"type": "message", "role": "user", "content": f"item {n} " + "y" * 9000}) for n in range(3000)
+    ]
+    imported = await alice.http.post("/v1/conversations/import", content="\n".join(lines).encode(), headers=JSONL)
+    assert imported.status_code == 200, imported.text
+    doomed = imported.json()["id"]
+    received = b""
+    async with admin.stream("GET", "/admin/export", params={"conversation": doomed}) as export:
+        assert export.status_code == 200
+        chunks = export.aiter_bytes()
+        received += await chunks.__anext__()
+        assert (await alice.http.delete(f"/v1/conversations/{doomed}")).status_code == 200
+        async for chunk in chunks:
+            received += chunk
+    values = [json.loads(line) for line in received.split(b"\n") if line]
+    assert values[-2:] == [
+        {"object": "conversation.withdrawn", "id": doomed, "reason": "deleted while it was exported"},
+        {"object": "export.end", "conversations": 0},
+    ]
+    await admin.post("/admin/api-keys", json={"tenant": "carol"})
+    restored = await admin.post("/admin/tenants/carol/import", content=received, headers=JSONL)
+    assert restored.status_code == 200, restored.text
+    assert restored.json()["conversations"] == [] and restored.json()["items"] == 0
+    assert service_cli(database_url, "import", "-", "--tenant", "carol", stdin=received).returncode == 0
 
 
 async def test_an_exported_item_stored_before_todays_part_checks_imports_as_it_is(

@@ -378,6 +378,35 @@ async def test_a_key_pasted_as_the_model_name_is_redacted_in_the_turn_span(
     assert pasted not in shown and pasted[len("sk-or-") :] not in shown
 
 
+async def test_a_key_pasted_as_the_conversation_id_is_redacted_in_the_turn_span(
+    base_settings: Any, fake_upstream: FakeOpenRouter, make_tenant: Callable[..., Awaitable[Tenant]]
+) -> None:
+    """The turn span carried the request's conversation id as the client sent it (before it was found, or not:
+    a 404), as `gen_ai.conversation.id`."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    live = LiveServer(base_settings, tracer_provider=provider).start()
+    pasted = "sk-or-v1-" + "0123456789abcdef" * 4
+    try:
+        alice = await make_tenant("alice", live=live)
+        exporter.clear()
+        for conversation in (pasted, {"id": pasted}):
+            answer = await alice.http.post(
+                "/v1/responses", json={"model": "m", "input": "hi", "conversation": conversation}
+            )
+            assert answer.status_code == 404
+        await asyncio.sleep(0.2)
+    finally:
+        live.stop()
+    spans = exporter.get_finished_spans()
+    turns = _by_name(spans, "chat ")
+    assert len(turns) == 2
+    assert all((turn.attributes or {})["gen_ai.conversation.id"] == "sk-[redacted]" for turn in turns)
+    shown = json.dumps([[s.name, dict(s.attributes or {}), s.status.description] for s in spans])
+    assert pasted[len("sk-or-") :] not in shown
+
+
 # -- the request id on the stored turn --------------------------------------------------------------------
 
 

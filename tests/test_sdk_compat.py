@@ -105,6 +105,32 @@ async def test_sdk_deletes_every_item_while_auto_paginating(
     assert caught.value.body["param"] == "after"  # type: ignore[index]
 
 
+async def test_sdk_deleting_while_paginating_past_an_item_deleted_and_added_back(
+    alice: Tenant, db: AsyncEngine
+) -> None:
+    """An item deleted and added back under its id (an edit) stands at the end; deleted again, a cursor naming it
+    went on from where it stood the first time, so a loop deleting as it paged newest first skipped the items
+    between its two places and left them there."""
+    client = alice.openai()
+    conv = await client.conversations.create(
+        items=[{"type": "message", "role": "user", "content": f"m{i}"} for i in range(10)]
+    )
+    edited = [item.id async for item in client.conversations.items.list(conv.id, order="asc")][3]
+    await client.conversations.items.delete(edited, conversation_id=conv.id)
+    await client.conversations.items.create(
+        conv.id, items=[{"type": "message", "id": edited, "role": "user", "content": "m3 edited"}]
+    )
+    await client.conversations.items.create(
+        conv.id, items=[{"type": "message", "role": "user", "content": f"n{i}"} for i in range(10)]
+    )
+    deleted = []
+    async for item in client.conversations.items.list(conv.id, limit=11, order="desc"):
+        await client.conversations.items.delete(item.id, conversation_id=conv.id)
+        deleted.append(item.id)
+    assert len(deleted) == 20
+    assert await conversation_items(db, conv.id) == []
+
+
 async def test_sdk_turns_through_a_conversation(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
     client = alice.openai()
     conv = await client.conversations.create()

@@ -344,9 +344,16 @@ async def remove_item(conn: AsyncConnection, conversation_id: str, item: Any) ->
         await conn.execute(update(item_t).where(item_t.c.pk == item.pk).values(conversation_id=None, position=None))
     else:
         await conn.execute(delete(item_t).where(item_t.c.pk == item.pk))
-    # Where it stood, for a page cursor that names it (deleted_position). An id stored twice keeps the first.
+    # Where it stood, for a page cursor that names it (deleted_position): the place it was deleted from last.
+    # An id may be added back once deleted (and deleted again), or be stored twice: a cursor naming it named the
+    # copy deleted now (find_item's), so that is where a page after it goes on from.
     kept = {"conversation_id": conversation_id, "item_id": item.id, "position": item.position}
-    await conn.execute(pg_insert(deleted_item_position_table).values(kept).on_conflict_do_nothing())
+    upsert = pg_insert(deleted_item_position_table).values(kept)
+    await conn.execute(
+        upsert.on_conflict_do_update(
+            index_elements=["conversation_id", "item_id"], set_={"position": upsert.excluded.position}
+        )
+    )
     values: dict[str, Any] = {"item_count": conversation_t.c.item_count - 1, "updated_at": func.now()}
     if item.type == "message" and item.role == "user":
         values["title"] = await first_user_title(conn, conversation_id)

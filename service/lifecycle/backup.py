@@ -40,6 +40,7 @@ async def _tenant_id(conn: AsyncConnection, name: str) -> str:
 async def _all_lines(engine: AsyncEngine, tenant_id: str | None, conversation_id: str | None) -> AsyncIterator[bytes]:
     after = ""
     written = Written()
+    started = False  # a header was written: the file ends with its end line (withdrawn conversations aside)
     while True:
         async with engine.connect() as conn:
             page = await repository.conversation_page(
@@ -47,9 +48,10 @@ async def _all_lines(engine: AsyncEngine, tenant_id: str | None, conversation_id
             )
         for row in page:
             async for chunk in conversation_lines(engine, row, tenant=row.tenant, written=written):
+                started = True
                 yield chunk
         if len(page) < CONVERSATION_PAGE:
-            if written.conversations:  # an export of nothing stays an empty file
+            if started:  # an export of nothing stays an empty file; one of withdrawn conversations only ends too
                 yield jsonl.export_end_line(written.conversations)
             return
         after = page[-1].id

@@ -4,7 +4,9 @@ A transfer broken off between two lines leaves a file whose every line is whole;
 error (or a script that keeps what it received) would import it as a complete, shorter conversation. An export
 therefore ends each conversation with its `conversation.end` line (the number of its items) and an operators'
 export of many ends the file with `export.end` (the number of its conversations), and the headers say so. Where
-they do, the lines must be there and the counts must match; a file written by hand may leave both out."""
+they do, the lines must be there and the counts must match; a file written by hand may leave both out. Files
+joined end to end (`cat a.jsonl b.jsonl`, two exports of many) are read as one after the other: a header after
+the first file's end line starts the second, whose own end line counts its own conversations."""
 
 from __future__ import annotations
 
@@ -52,10 +54,12 @@ def whole(entries: Iterable[Entry]) -> Iterator[Header | ItemLine | Withdrawn]:
     at = _Reading()
     for entry in entries:
         at.last_line = entry.line
-        if at.file_ended:
+        if at.file_ended and not isinstance(entry, Header):
             raise bad_line(entry.line, f'a line after the file\'s end line ({{"object": "{EXPORT_END}"}})')
         if isinstance(entry, Header):
             at.check_conversation_ended(entry.line, "this header comes before")
+            if at.file_ended:  # the next of files joined end to end
+                at.file_ended, at.file_needs_end, at.conversations = False, False, 0
             at.header, at.items, at.ended = entry, 0, False
             at.conversations += 1
             at.file_needs_end = at.file_needs_end or entry.file_needs_end
@@ -72,7 +76,7 @@ def whole(entries: Iterable[Entry]) -> Iterator[Header | ItemLine | Withdrawn]:
         elif isinstance(entry, End):
             if at.ended:
                 raise bad_line(entry.line, "a second end line for one conversation")
-            if entry.items is not None and entry.items != at.items:
+            if entry.items != at.items:
                 raise bad_line(
                     entry.line,
                     f"the conversation's end line counts {entry.items} items, but {at.items} lines before it "
@@ -88,7 +92,7 @@ def whole(entries: Iterable[Entry]) -> Iterator[Header | ItemLine | Withdrawn]:
 
 def _check_export_end(at: _Reading, entry: ExportEnd) -> None:
     at.check_conversation_ended(entry.line, "the file's end line comes before")
-    if entry.conversations is not None and entry.conversations != at.conversations:
+    if entry.conversations != at.conversations:
         raise bad_line(
             entry.line,
             f"the file's end line counts {entry.conversations} conversations, but it holds {at.conversations}: "

@@ -69,7 +69,7 @@ class End:
     """A conversation's last line: `items`, the item lines since its header."""
 
     line: int
-    items: int | None
+    items: int
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class ExportEnd:
     """An operators' export's last line: `conversations`, the conversations in the file (withdrawn ones aside)."""
 
     line: int
-    conversations: int | None
+    conversations: int
 
 
 Entry = Header | ItemLine | Withdrawn | End | ExportEnd
@@ -174,10 +174,11 @@ def _header(number: int, value: dict[str, Any]) -> Header:
     )
 
 
-def _count(number: int, value: dict[str, Any], field: str) -> int | None:
+def _count(number: int, value: dict[str, Any], field: str) -> int:
+    """An end line's count, which is what it is there for."""
     count = value.get(field)
-    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
-        raise bad_line(number, f"{field} must be a whole number")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise bad_line(number, f"an end line's {field} must be a whole number")
     return count
 
 

@@ -44,7 +44,8 @@ def turn_requested(request: TurnRequest) -> None:
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": PROVIDER,
             "gen_ai.request.model": model,
-            **({"gen_ai.conversation.id": request.conversation_id} if request.conversation_id else {}),
+            # The client's text too, not yet found (a 404 ends this span as well).
+            **({"gen_ai.conversation.id": without_keys(request.conversation_id)} if request.conversation_id else {}),
         },
     )
     record.turn_span = span
