@@ -8,6 +8,7 @@ import logging
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from sqlalchemy.pool import NullPool
 from service.db.embedded import EmbeddedPostgres
 from service.keys import service as keys
 from service.migrate import upgrade
+from service.observability.outages import FailingLoop
 from tests.conftest import LiveServer, Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_response, text_stream_events
 from tests.reliability_support import (
@@ -231,6 +233,32 @@ async def test_an_outage_logs_each_background_loop_once_when_it_starts_and_once_
         back = [m for m in warnings.messages if m.startswith(f"{loop} works again, after failing for ")]
         assert len(back) == 1, (loop, warnings.messages)
     assert len(during) <= 8, during  # the loops' lines, and the few one-off ones of a lost connection
+
+
+def test_a_flapping_loop_is_logged_at_the_pace_of_a_steady_outage() -> None:
+    """A loop failing every other pass logged a failure and a recovery each time: more lines than one line per
+    failure, which the limit was meant to prevent."""
+    logger = logging.getLogger("tests.flapping")
+    lines = RecordedWarnings()
+    logger.addHandler(lines)
+    try:
+        loop = FailingLoop(logger, "heartbeat", repeat_seconds=0.3)
+        for _ in range(5):
+            loop.failed("OSError")
+            loop.worked()
+        assert lines.messages[0] == "heartbeat failed: OSError"
+        assert lines.messages[1].startswith("heartbeat works again, after failing for 0 s")
+        assert len(lines.messages) == 2, lines.messages
+        time.sleep(0.35)
+        loop.failed("OSError")
+        assert lines.messages[2] == "heartbeat failed: OSError (4 more time(s) since the last line)"
+        time.sleep(0.35)
+        loop.failed("TimeoutError")
+        assert lines.messages[3].startswith("heartbeat still failing: TimeoutError, for 0 s now")
+        loop.worked()
+        assert len(lines.messages) == 5 and "works again" in lines.messages[4]
+    finally:
+        logger.removeHandler(lines)
 
 
 async def test_database_lost_while_storing_a_finished_turn_is_stored_once_it_is_back(

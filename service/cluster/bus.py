@@ -146,7 +146,7 @@ class Bus:
                 # Whatever was sent while no connection listened is read from the database by the waiters.
                 self._wake_all()
                 await lost
-                logger.warning("bus: the listening connection was lost; reopening it")
+                failing.failed("the listening connection was lost; reopening it")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
