@@ -156,10 +156,16 @@ def base_settings(database_url: str, fake_upstream: FakeOpenRouter) -> Settings:
 
 
 class LiveServer:
-    """The service on a real loopback port, in its own thread and event loop."""
+    """The service on a real loopback port, in its own thread and event loop (uvicorn's `loop`: uvloop where
+    installed, as when served, or "asyncio", whose lookups go through socket.getaddrinfo)."""
 
     def __init__(
-        self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None, **app_options: Any
+        self,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        loop: str = "auto",
+        **app_options: Any,
     ) -> None:
         self.settings = settings
         self.port = free_port()
@@ -171,6 +177,7 @@ class LiveServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
+            loop=loop,
             **uvicorn_options(settings, protocol=guarded_protocol(settings)),
         )
         self._server = ReportedServer(config)
@@ -201,8 +208,8 @@ def start_server(base_settings: Settings) -> Iterator[Callable[..., LiveServer]]
     """Start another instance with some settings changed: start_server(upstream_max_attempts=1)."""
     started: list[LiveServer] = []
 
-    def start(transport: httpx.AsyncBaseTransport | None = None, **overrides: Any) -> LiveServer:
-        live = LiveServer(dataclasses.replace(base_settings, **overrides), transport).start()
+    def start(transport: httpx.AsyncBaseTransport | None = None, *, loop: str = "auto", **overrides: Any) -> LiveServer:
+        live = LiveServer(dataclasses.replace(base_settings, **overrides), transport, loop=loop).start()
         started.append(live)
         return live
 

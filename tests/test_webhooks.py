@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import itertools
 import logging
 import re
+import socket
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -199,6 +203,142 @@ async def test_a_stored_host_name_the_resolver_cannot_encode_is_refused_at_each_
         assert delivery["state"] == "failed", delivery
         assert len(delivery["attempts"]) >= 2
         assert all(a["error"].startswith("refused: url host is not a valid domain name") for a in delivery["attempts"])
+
+
+class FakeDns:
+    """Answers for made-up names, at socket.getaddrinfo itself (the service's code is left as it is): each name's
+    answers in turn, round and round; other names are resolved as usual. Records which thread asked."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._answers: dict[str, Iterator[str]] = {}
+        self.lookups: list[tuple[str, str]] = []  # (name, thread)
+        self._real = socket.getaddrinfo
+        monkeypatch.setattr(socket, "getaddrinfo", self._getaddrinfo)
+
+    def answer(self, name: str, *addresses: str) -> None:
+        self._answers[name] = itertools.cycle(addresses)
+
+    def _getaddrinfo(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        if name not in self._answers:
+            return self._real(host, port, *args, **kwargs)
+        self.lookups.append((name, threading.current_thread().name))
+        address = next(self._answers[name])
+        sockaddr = (address, int(port or 0)) if ":" not in address else (address, int(port or 0), 0, 0)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", sockaddr)]
+
+    def threads(self) -> set[str]:
+        return {re.sub(r"_\d+$", "", thread) for _, thread in self.lookups}
+
+
+@pytest.fixture
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
+    return FakeDns(monkeypatch)
+
+
+# The fake DNS answers at socket.getaddrinfo: the service's own lookups (in its resolver's threads) see it on
+# either loop; under uvloop (as served) anything resolved by the loop goes through libuv instead and does not.
+LOOPS = pytest.mark.parametrize("loop", ["auto", "asyncio"])
+
+
+@LOOPS
+async def test_a_name_rebound_to_loopback_after_its_check_never_reaches_the_receiver(
+    start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter, fake_dns: FakeDns, loop: str
+) -> None:
+    """DNS rebinding: the delivery checked the name's addresses, then httpx resolved it again to connect, so a
+    name answering a public address, then 127.0.0.1, was sent to the service's own network. Now each connection
+    goes to the address checked (here one that never answers) and the next lookup's loopback is refused."""
+    public = "192.0.0.9"
+    assert ipaddress.ip_address(public).is_global
+    fake_dns.answer("rebind.test", public, "127.0.0.1")
+    settings = {**DELIVERING, "webhook_allow_private_addresses": False, "webhook_timeout_seconds": 1.0}
+    live = start_server(loop=loop, **{**settings, "webhook_retry_hours": 2 / 3600})
+    alice = await make_tenant("alice", live=live)
+    async with _admin_client(live) as admin:
+        endpoint = await _endpoint(admin, "alice", f"http://rebind.test:{receiver.port}/hook", ["response.completed"])
+        await _background(alice)
+        delivery = (await _settled(admin, 1))[endpoint["id"]]
+    assert receiver.requests == []
+    assert delivery["state"] == "failed", delivery
+    errors = [attempt["error"] for attempt in delivery["attempts"]]
+    assert "refused: rebind.test resolves to a non-public address (127.0.0.1)" in errors, errors
+    assert len(fake_dns.lookups) == len(errors)  # one lookup per attempt, none after the check
+    assert fake_dns.threads() == {"webhook-resolver"}
+
+
+@LOOPS
+async def test_a_name_resolving_to_loopback_is_refused_at_delivery_and_nothing_reaches_the_receiver(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Any,
+    receiver: FakeOpenRouter,
+    fake_dns: FakeDns,
+    db: AsyncEngine,
+    loop: str,
+) -> None:
+    """And the lookup runs in the webhooks' own resolver threads, not the event loop's default executor."""
+    fake_dns.answer("hooks.test", "127.0.0.1")
+    settings = {**DELIVERING, "webhook_allow_private_addresses": False, "webhook_retry_hours": 1 / 3600}
+    live = start_server(loop=loop, **settings)
+    alice = await make_tenant("alice", live=live)
+    async with _admin_client(live) as admin:
+        by_name = await _endpoint(admin, "alice", f"http://hooks.test:{receiver.port}/hook", ["response.completed"])
+        secret = by_name["secret"]
+        await _stored_endpoint(db, "alice", "localhost", f"http://localhost:{receiver.port}/hook", secret)
+        await _background(alice)
+        by_endpoint = await _settled(admin, 2)
+    assert receiver.requests == []
+    expected = {
+        by_name["id"]: "refused: hooks.test resolves to a non-public address (127.0.0.1)",
+        "localhost": "refused: url points to a loopback host",
+    }
+    for endpoint_id, error in expected.items():
+        delivery = by_endpoint[endpoint_id]
+        assert delivery["state"] == "failed", delivery
+        assert {attempt["error"] for attempt in delivery["attempts"]} == {error}
+    assert fake_dns.lookups and fake_dns.threads() == {"webhook-resolver"}
+
+
+@LOOPS
+async def test_a_name_resolving_to_loopback_is_delivered_where_private_addresses_are_allowed(
+    start_server: Callable[..., LiveServer], make_tenant: Any, receiver: FakeOpenRouter, fake_dns: FakeDns, loop: str
+) -> None:
+    fake_dns.answer("hooks.test", "127.0.0.1")
+    live = start_server(loop=loop, **DELIVERING)
+    alice = await make_tenant("alice", live=live)
+    async with _admin_client(live) as admin:
+        await _endpoint(admin, "alice", f"http://hooks.test:{receiver.port}/hook", ["response.completed"])
+        await _endpoint(admin, "alice", f"http://localhost:{receiver.port}/other", ["response.completed"])
+        await _background(alice)
+        await _received(receiver, 2)
+    assert sorted((r.path, r.headers["host"]) for r in receiver.requests) == [
+        ("/hook", f"hooks.test:{receiver.port}"),
+        ("/other", f"localhost:{receiver.port}"),
+    ]
+    assert fake_dns.threads() == {"webhook-resolver"}
+
+
+async def test_deliveries_do_not_go_through_an_environment_proxy(
+    start_server: Callable[..., LiveServer],
+    make_tenant: Any,
+    receiver: FakeOpenRouter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proxy resolves the name itself, past the check: the webhooks' client ignores HTTP_PROXY and the like."""
+    proxy = FakeOpenRouter()
+    proxy.start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        live = start_server(**DELIVERING)  # its clients are made as it starts, while the variable is set
+        monkeypatch.delenv("HTTP_PROXY")
+        alice = await make_tenant("alice", live=live)
+        async with _admin_client(live) as admin:
+            await _endpoint(admin, "alice", f"http://127.0.0.1:{receiver.port}/hook", ["response.completed"])
+            await _background(alice)
+            await _received(receiver, 1)
+        assert proxy.requests == []
+    finally:
+        proxy.stop()
 
 
 async def test_an_outcome_stored_while_no_process_delivers_is_delivered_after_a_restart(

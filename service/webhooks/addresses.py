@@ -1,13 +1,13 @@
 """Where webhooks may go: http(s) URLs only, and (unless WEBHOOK_ALLOW_PRIVATE_ADDRESSES) never to loopback,
 link-local, private or other non-public addresses, so that an endpoint cannot make the service reach its own
-network. A hostname is checked against every address it resolves to, at each delivery."""
+network. A hostname is checked against every address it resolves to, at each new connection, and the connection
+goes to those addresses (service/webhooks/connect.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import re
-import socket
+from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import httpx
@@ -23,9 +23,21 @@ class AddressRefused(Exception):
     """The URL is not one webhooks may be sent to; the message says why."""
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits, which Python 3.11 calls global whatever that
+# address is: NAT64's well-known and local-use prefixes (RFC 6052, 8215) and the deprecated IPv4-compatible form.
+_IPV4_IN_LAST_32_BITS = tuple(ipaddress.ip_network(prefix) for prefix in ("64:ff9b::/96", "64:ff9b:1::/48", "::/96"))
+
+
 def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return _refused(address.ipv4_mapped)
+        if address.sixtofour is not None:  # 2002::/16: the IPv4 address it tunnels to
+            return _refused(address.sixtofour)
+        if any(address in prefix for prefix in _IPV4_IN_LAST_32_BITS):
+            return _refused(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if address.is_site_local:  # fec0::/10, deprecated but still routed inside some networks
+            return True
     return not address.is_global or address.is_multicast
 
 
@@ -74,22 +86,20 @@ def check_url_form(url: str, *, allow_private: bool) -> str:
         if not allow_private and host.rstrip(".").lower() in {"localhost", "localhost.localdomain"}:
             raise AddressRefused("url points to a loopback host") from None
         return host
-    if not allow_private and _refused(literal):
-        raise AddressRefused(f"url points to a non-public address ({literal})")
+    if not allow_private:
+        check_literal(literal)
     return host
 
 
-async def check_destination(url: str, *, allow_private: bool) -> None:
-    """Before each delivery: the URL's form, and every address its host resolves to now."""
-    host = check_url_form(url, allow_private=allow_private)
-    if allow_private:
-        return
-    port = urlsplit(url).port or (443 if url.startswith("https") else 80)
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise AddressRefused(f"cannot resolve {host}: {exc.strerror or exc}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
+def check_literal(literal: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    """A URL's literal address is public."""
+    if _refused(literal):
+        raise AddressRefused(f"url points to a non-public address ({literal})")
+
+
+def check_resolved(host: str, addresses: Iterable[str]) -> None:
+    """Every address the host resolved to is public: one that is not refuses the host, whichever would be used."""
+    for text in addresses:
+        address = ipaddress.ip_address(text)
         if _refused(address):
             raise AddressRefused(f"{host} resolves to a non-public address ({address})")

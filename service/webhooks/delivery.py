@@ -24,7 +24,8 @@ from service.errors import first_line
 from service.observability.metrics import WEBHOOK_ATTEMPTS
 from service.observability.outages import FailingLoop
 from service.webhooks import repository
-from service.webhooks.addresses import AddressRefused, check_destination
+from service.webhooks.addresses import AddressRefused, check_url_form
+from service.webhooks.connect import Resolver, webhook_client
 from service.webhooks.signing import signed_headers
 
 logger = logging.getLogger("service.webhooks")
@@ -60,7 +61,12 @@ class WebhookDeliverer:
     def __init__(self, settings: Settings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
-        self.client = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
+        self._resolver = Resolver()
+        self.client = webhook_client(
+            timeout=settings.webhook_timeout_seconds,
+            allow_private=settings.webhook_allow_private_addresses,
+            resolve=self._resolver.resolve,
+        )
         self._sending: dict[asyncio.Task[None], tuple[Any, float]] = {}  # each send under way: its row, its start
         self._per_endpoint: Counter[str] = Counter()
         self._per_tenant: Counter[str] = Counter()
@@ -69,12 +75,13 @@ class WebhookDeliverer:
     async def _send(self, row: Any) -> tuple[int | None, str | None]:
         """One attempt: its status code, and its error (None for a 2xx). The whole attempt, from resolving the
         host to the answer's status line and headers, takes at most WEBHOOK_TIMEOUT_SECONDS however slowly the
-        receiver answers (httpx's own timeout bounds each read, not their sum). The answer's body is never read."""
+        receiver answers (httpx's own timeout bounds each read, not their sum). The answer's body is never read.
+        The URL's form is checked here; its host's addresses where the connection is made (connect.py)."""
         body = event_body(row)
         timeout = self.settings.webhook_timeout_seconds
         try:
             async with asyncio.timeout(timeout):
-                await check_destination(row.url, allow_private=self.settings.webhook_allow_private_addresses)
+                check_url_form(row.url, allow_private=self.settings.webhook_allow_private_addresses)
                 headers = signed_headers(row.secret, row.event_id, int(time.time()), body)
                 async with self.client.stream("POST", row.url, content=body, headers=headers) as answer:
                     status_code = answer.status_code
@@ -204,7 +211,8 @@ class WebhookDeliverer:
 
     async def aclose(self) -> None:
         """Stops the sends under way and gives their deliveries back (another process, or the next start, sends
-        them at once, with the same webhook-id, rather than once their claims run out), then the HTTP client."""
+        them at once, with the same webhook-id, rather than once their claims run out), then the HTTP client and
+        the resolver's threads."""
         sending = dict(self._sending)
         for task in sending:
             task.cancel()
@@ -218,3 +226,4 @@ class WebhookDeliverer:
             except Exception as exc:
                 logger.warning("webhook claims not given back at shutdown (they run out): %s", type(exc).__name__)
         await self.client.aclose()
+        self._resolver.close()

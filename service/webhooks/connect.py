@@ -1,0 +1,147 @@
+"""How deliveries connect: to an address that was checked, never to one the name resolves to later.
+
+A host name is resolved once per new connection, every address it gave is checked (unless
+WEBHOOK_ALLOW_PRIVATE_ADDRESSES), and the connection is made to those addresses, so a name whose answer changes
+between a check and a connect (DNS rebinding) cannot lead a delivery to the service's own network. Everything
+above the TCP connect is httpx's as before: the Host header, TLS SNI and certificate verification are for the
+URL's host name, and keep-alive connections are pooled by host name (a pooled one goes on to its checked address).
+
+Resolution runs in a few threads of its own: a slow resolver holds those (each lookup until the system resolver
+gives up, past the attempt's WEBHOOK_TIMEOUT_SECONDS), never what the event loop resolves names in (the default
+executor under asyncio, libuv's four threads under uvloop, as served), which the rest of the service shares: the
+upstream client's lookups, asyncio.to_thread."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import httpcore
+import httpx
+
+from service.webhooks.addresses import AddressRefused, check_literal, check_resolved
+
+# Lookups under way at once, all deliveries of a process together; the next ones wait for a thread (and a
+# waiting one whose attempt timed out is dropped unstarted). Each thread mostly waits on the network.
+RESOLVER_THREADS = 4
+# httpx's default limits (httpx.AsyncHTTPTransport's), kept: at most MAX_IN_FLIGHT sends run at once anyway.
+MAX_CONNECTIONS = 100
+MAX_KEEPALIVE_CONNECTIONS = 20
+KEEPALIVE_EXPIRY_SECONDS = 5.0
+
+Resolve = Callable[[str, int], Awaitable[list[str]]]
+
+
+class Resolver:
+    """getaddrinfo in a bounded pool of threads of its own; the addresses a name resolves to, in the system's
+    order (its preference, RFC 6724), once each. Raises OSError (or UnicodeError for a name IDNA refuses)."""
+
+    def __init__(self, threads: int = RESOLVER_THREADS) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook-resolver")
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().run_in_executor(self._executor, lookup)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+    def close(self) -> None:
+        """Lookups not started are dropped; one under way ends in its thread, unwaited for."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+class CheckedAddressBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend for webhooks: connect_tcp(host) resolves the host itself, refuses it
+    (AddressRefused, as a delivery's check always did) when any address is non-public, else connects to those
+    addresses in order, the first that answers. With allow_private nothing is refused, but the addresses are
+    still resolved here (in the resolver's threads) and connected to as such."""
+
+    def __init__(
+        self, *, allow_private: bool, resolve: Resolve, inner: httpcore.AsyncNetworkBackend | None = None
+    ) -> None:
+        self._allow_private = allow_private
+        self._resolve = resolve
+        self._inner = inner if inner is not None else httpcore.AnyIOBackend()
+
+    async def _addresses(self, host: str, port: int) -> list[str]:
+        literal = _literal(host)
+        if literal is not None:
+            if not self._allow_private:
+                check_literal(literal)
+            return [host]
+        try:
+            addresses = await self._resolve(host, port)
+        except (OSError, UnicodeError) as exc:
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or exc
+            if self._allow_private:  # nothing to refuse: the connect error httpx would have raised
+                raise httpcore.ConnectError(str(exc)) from exc
+            raise AddressRefused(f"cannot resolve {host}: {reason}") from None
+        if not addresses:
+            raise httpcore.ConnectError(f"{host} resolves to no address")
+        if not self._allow_private:
+            check_resolved(host, addresses)
+        return addresses
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature: the connect timeout it passes)
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                addresses = await self._addresses(host, port)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"cannot resolve {host} within {timeout:g} s") from None
+        failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for index, address in enumerate(addresses):
+            # The time left is shared among the addresses left, so one that never answers (an unreachable
+            # IPv6 address first, say) does not take all of it: each gets a turn, sequentially.
+            share = None if deadline is None else max(0.0, deadline - loop.time()) / (len(addresses) - index)
+            try:
+                return await self._inner.connect_tcp(
+                    address, port, timeout=share, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def webhook_client(*, timeout: float, allow_private: bool, resolve: Resolve) -> httpx.AsyncClient:
+    """httpx's client with its usual transport, but for the connection pool: httpx.AsyncHTTPTransport takes no
+    network backend, so the pool it builds is replaced with httpcore's same pool (the transport's own SSL context,
+    http/1.1, httpx's default limits) on CheckedAddressBackend. The transport's request and error mapping stay
+    httpx's. Environment proxies (HTTP(S)_PROXY, ALL_PROXY) are not used: a proxy would resolve the name itself,
+    past the check. SSL_CERT_FILE and SSL_CERT_DIR are honoured, as by httpx's default client."""
+    ssl_context = httpx.create_ssl_context()
+    transport = httpx.AsyncHTTPTransport(verify=ssl_context)
+    # httpx's private attribute (0.28, 0.29): should a release rename it, starting fails here rather than the
+    # transport going on with its own pool, unchecked (mypy --strict would flag it too).
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("httpx.AsyncHTTPTransport no longer keeps its connection pool in _pool")
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context,
+        max_connections=MAX_CONNECTIONS,
+        max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
+        keepalive_expiry=KEEPALIVE_EXPIRY_SECONDS,
+        network_backend=CheckedAddressBackend(allow_private=allow_private, resolve=resolve),
+    )
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False)
