@@ -379,6 +379,30 @@ async def test_a_backup_of_a_service_without_compaction_key_restores_with_its_da
     assert service_cli(database_url, "compaction-key").stdout.decode().strip() != database_key
 
 
+async def _conversation_of_many_pages(tenant: Tenant) -> str:
+    """A conversation whose export takes several reads (3,000 items of 9 KB): it can be deleted in between."""
+    lines = [json.dumps({"object": "conversation", "metadata": {}})]
+    lines += [
+        json.dumps({"type": "message", "role": "user", "content": f"item {n} " + "y" * 9000}) for n in range(3000)
+    ]
+    imported = await tenant.http.post("/v1/conversations/import", content="\n".join(lines).encode(), headers=JSONL)
+    assert imported.status_code == 200, imported.text
+    return str(imported.json()["id"])
+
+
+async def _export_deleting(admin: httpx.AsyncClient, owner: Tenant, doomed: str, **params: str) -> bytes:
+    """An operators' export (of `params`), with `doomed` deleted by its owner once the first chunk arrived."""
+    received = b""
+    async with admin.stream("GET", "/admin/export", params=params) as export:
+        assert export.status_code == 200
+        chunks = export.aiter_bytes()
+        received += await chunks.__anext__()
+        assert (await owner.http.delete(f"/v1/conversations/{doomed}")).status_code == 200
+        async for chunk in chunks:
+            received += chunk
+    return received
+
+
 async def test_a_conversation_deleted_while_a_backup_streams_is_withdrawn_not_the_whole_backup(
     admin: httpx.AsyncClient, alice: Tenant, db: AsyncEngine
 ) -> None:
@@ -386,23 +410,10 @@ async def test_a_conversation_deleted_while_a_backup_streams_is_withdrawn_not_th
     tenant's delete between two pages broke off the whole backup (the CLI exited with a traceback). The deleted
     conversation is now withdrawn by a line of its own after its lines so far, the backup goes on, and an import
     leaves that conversation out."""
-    lines = [json.dumps({"object": "conversation", "metadata": {}})]
-    lines += [
-        json.dumps({"type": "message", "role": "user", "content": f"item {n} " + "y" * 9000}) for n in range(3000)
-    ]
-    imported = await alice.http.post("/v1/conversations/import", content="\n".join(lines).encode(), headers=JSONL)
-    assert imported.status_code == 200, imported.text
-    doomed = imported.json()["id"]
+    doomed = await _conversation_of_many_pages(alice)
     kept = await new_conversation(alice.http, items=[{"role": "user", "content": "kept"}])
     assert doomed < kept  # exported in id order: the deleted one first
-    received = b""
-    async with admin.stream("GET", "/admin/export", params={"tenant": "alice"}) as export:
-        assert export.status_code == 200
-        chunks = export.aiter_bytes()
-        received += await chunks.__anext__()
-        assert (await alice.http.delete(f"/v1/conversations/{doomed}")).status_code == 200
-        async for chunk in chunks:
-            received += chunk
+    received = await _export_deleting(admin, alice, doomed, tenant="alice")
     values = [json.loads(line) for line in received.split(b"\n") if line]
     withdrawn = [v for v in values if v.get("object") == "conversation.withdrawn"]
     assert withdrawn == [{"object": "conversation.withdrawn", "id": doomed, "reason": "deleted while it was exported"}]
@@ -429,21 +440,8 @@ async def test_an_export_whose_every_conversation_was_withdrawn_still_ends_and_i
     """The file's end line was written only after a conversation written whole: an export of one conversation
     (or of a tenant) deleted while it streamed ended with its withdrawn line, and an import called the whole file
     cut short."""
-    lines = [json.dumps({"object": "conversation", "metadata": {}})]
-    lines += [
-        json.dumps({"type": "message", "role": "user", "content": f"item {n} " + "y" * 9000}) for n in range(3000)
-    ]
-    imported = await alice.http.post("/v1/conversations/import", content="\n".join(lines).encode(), headers=JSONL)
-    assert imported.status_code == 200, imported.text
-    doomed = imported.json()["id"]
-    received = b""
-    async with admin.stream("GET", "/admin/export", params={"conversation": doomed}) as export:
-        assert export.status_code == 200
-        chunks = export.aiter_bytes()
-        received += await chunks.__anext__()
-        assert (await alice.http.delete(f"/v1/conversations/{doomed}")).status_code == 200
-        async for chunk in chunks:
-            received += chunk
+    doomed = await _conversation_of_many_pages(alice)
+    received = await _export_deleting(admin, alice, doomed, conversation=doomed)
     values = [json.loads(line) for line in received.split(b"\n") if line]
     assert values[-2:] == [
         {"object": "conversation.withdrawn", "id": doomed, "reason": "deleted while it was exported"},

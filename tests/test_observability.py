@@ -343,68 +343,47 @@ async def test_spans_are_named_by_route_and_show_no_key_a_client_put_in_the_url(
     assert "[redacted]" in json.dumps([dict(s.attributes or {}) for s in spans if s.kind.name == "SERVER"])
 
 
-async def test_a_key_pasted_as_the_model_name_is_redacted_in_the_turn_span(
+PASTED_KEY = "sk-or-v1-" + "0123456789abcdef" * 4
+
+
+async def test_a_key_pasted_as_the_model_name_or_conversation_id_is_redacted_in_the_turn_span(
     base_settings: Any, fake_upstream: FakeOpenRouter, make_tenant: Callable[..., Awaitable[Tenant]]
 ) -> None:
     """The log lines redacted a key of our or OpenRouter's shape wherever they carried it; the turn span named
-    itself after the model and carried it as two attributes, as the client sent it and as the upstream echoed it."""
+    itself after the model and carried it as two attributes, as the client sent it and as the upstream echoed
+    it, and carried the conversation id as the client sent it (before it was found, or not: a 404)."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     live = LiveServer(base_settings, tracer_provider=provider).start()
-    pasted = "sk-or-v1-" + "0123456789abcdef" * 4
     try:
         alice = await make_tenant("alice", live=live)
         exporter.clear()
-        fake_upstream.reply_json(text_response("hello", model=pasted))  # and the upstream echoed it
-        answer = await alice.http.post("/v1/responses", json={"model": pasted, "input": "hi"})
+        fake_upstream.reply_json(text_response("hello", model=PASTED_KEY))  # and the upstream echoed it
+        answer = await alice.http.post("/v1/responses", json={"model": PASTED_KEY, "input": "hi"})
         assert answer.status_code == 200
+        for conversation in (PASTED_KEY, {"id": PASTED_KEY}):
+            body = {"model": "m", "input": "hi", "conversation": conversation}
+            assert (await alice.http.post("/v1/responses", json=body)).status_code == 404
         await asyncio.sleep(0.2)
     finally:
         live.stop()
     (sent,) = fake_upstream.requests
-    assert sent.body["model"] == pasted  # the upstream was sent what the client asked for
+    assert sent.body["model"] == PASTED_KEY  # the upstream was sent what the client asked for
     spans = exporter.get_finished_spans()
-    (turn,) = _by_name(spans, "chat ")
-    assert turn.name == "chat sk-[redacted]", turn.name
-    assert (turn.attributes or {})["gen_ai.request.model"] == "sk-[redacted]"
-    assert (turn.attributes or {})["gen_ai.response.model"] == "sk-[redacted]"
+    named, *by_conversation = _by_name(spans, "chat ")
+    assert named.name == "chat sk-[redacted]", named.name
+    assert (named.attributes or {})["gen_ai.request.model"] == "sk-[redacted]"
+    assert (named.attributes or {})["gen_ai.response.model"] == "sk-[redacted]"
+    assert len(by_conversation) == 2
+    assert all((turn.attributes or {})["gen_ai.conversation.id"] == "sk-[redacted]" for turn in by_conversation)
     shown = json.dumps(
         [
             [s.name, dict(s.attributes or {}), s.status.description, [dict(e.attributes or {}) for e in s.events]]
             for s in spans
         ]
     )
-    assert pasted not in shown and pasted[len("sk-or-") :] not in shown
-
-
-async def test_a_key_pasted_as_the_conversation_id_is_redacted_in_the_turn_span(
-    base_settings: Any, fake_upstream: FakeOpenRouter, make_tenant: Callable[..., Awaitable[Tenant]]
-) -> None:
-    """The turn span carried the request's conversation id as the client sent it (before it was found, or not:
-    a 404), as `gen_ai.conversation.id`."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    live = LiveServer(base_settings, tracer_provider=provider).start()
-    pasted = "sk-or-v1-" + "0123456789abcdef" * 4
-    try:
-        alice = await make_tenant("alice", live=live)
-        exporter.clear()
-        for conversation in (pasted, {"id": pasted}):
-            answer = await alice.http.post(
-                "/v1/responses", json={"model": "m", "input": "hi", "conversation": conversation}
-            )
-            assert answer.status_code == 404
-        await asyncio.sleep(0.2)
-    finally:
-        live.stop()
-    spans = exporter.get_finished_spans()
-    turns = _by_name(spans, "chat ")
-    assert len(turns) == 2
-    assert all((turn.attributes or {})["gen_ai.conversation.id"] == "sk-[redacted]" for turn in turns)
-    shown = json.dumps([[s.name, dict(s.attributes or {}), s.status.description] for s in spans])
-    assert pasted[len("sk-or-") :] not in shown
+    assert PASTED_KEY not in shown and PASTED_KEY[len("sk-or-") :] not in shown
 
 
 # -- the request id on the stored turn --------------------------------------------------------------------
