@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpcore
 import httpx
@@ -23,8 +29,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import service
 from service.webhooks.addresses import AddressRefused
 from service.webhooks.connect import CheckedAddressBackend, Resolver, webhook_client
+from service.webhooks.delivery import WebhookDeliverer
+from service.webhooks.signing import new_secret
 
 PUBLIC = "192.0.0.9"  # a global address (ipaddress.is_global); nothing here connects to it
 OTHER_PUBLIC = "2606:4700::1111"
@@ -92,6 +101,8 @@ async def test_a_name_rebound_to_loopback_after_its_check_is_connected_to_the_ad
         "64:ff9b:1::a00:1",
         "2002:7f00:1::",
         "::127.0.0.1",
+        "::ffff:0:7f00:1",  # SIIT's IPv4-translated form
+        "64:ff9b:1::808:808",  # NAT64's local-use prefix, whatever the address it carries
         "fec0::1",  # site-local
     ],
 )
@@ -173,6 +184,10 @@ async def test_a_name_that_does_not_resolve_is_refused_or_with_private_addresses
         await allowing.connect_tcp("nowhere.test", 443)
 
 
+# A loop of its own: the test replaces its loop's default executor, and shuts it down at the end; on the session's
+# loop every later test's asyncio.to_thread (and loop.getaddrinfo) would fail ("cannot schedule new futures after
+# shutdown"), as test_webhooks.py's shutdown test did when run after this file.
+@pytest.mark.asyncio(loop_scope="function")
 async def test_lookups_run_in_the_resolvers_own_bounded_threads_and_leave_the_default_executor_free(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -183,7 +198,7 @@ async def test_lookups_run_in_the_resolvers_own_bounded_threads_and_leave_the_de
     real = socket.getaddrinfo
 
     def getaddrinfo(host: object, port: object, *args: object, **kwargs: object) -> object:
-        if host != "slow.test":
+        if not str(host).startswith("slow"):
             return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
         threads.append(threading.current_thread().name)
         release.wait(10)
@@ -194,7 +209,7 @@ async def test_lookups_run_in_the_resolvers_own_bounded_threads_and_leave_the_de
     asyncio.get_running_loop().set_default_executor(default)
     resolver = Resolver(threads=2)
     try:
-        lookups = [asyncio.create_task(resolver.resolve("slow.test", 443)) for _ in range(5)]
+        lookups = [asyncio.create_task(resolver.resolve(f"slow{n}.test", 443)) for n in range(5)]
         await asyncio.sleep(0.3)
         assert len(threads) == 2 and all(name.startswith("webhook-resolver") for name in threads), threads
         assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), timeout=2) == "free"
@@ -209,6 +224,108 @@ async def test_lookups_run_in_the_resolvers_own_bounded_threads_and_leave_the_de
         release.set()
         resolver.close()
         default.shutdown(wait=False)
+
+
+async def test_lookups_of_one_host_share_one_thread_even_after_their_attempts_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each attempt's lookup took a thread of its own and held it until the system resolver gave up, long after
+    the attempt had timed out: one host whose name server never answers took every resolver thread in a few
+    retries, and every other host's deliveries waited for one."""
+    release = threading.Event()
+    looked_up: list[str] = []
+
+    def getaddrinfo(host: object, port: object, *args: object, **kwargs: object) -> object:
+        looked_up.append(str(host))
+        if host == "hung.test":
+            release.wait(10)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    resolver = Resolver(threads=2)
+    try:
+        for _ in range(3):  # attempts that time out one after the other, each while the lookup hangs
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(resolver.resolve("hung.test", 443), timeout=0.2)
+        together = [asyncio.create_task(resolver.resolve("hung.test", 443)) for _ in range(3)]
+        # The other thread is free for another host.
+        assert await asyncio.wait_for(resolver.resolve("fine.test", 443), timeout=2) == [PUBLIC]
+        assert looked_up == ["hung.test", "fine.test"]
+        release.set()
+        assert await asyncio.gather(*together) == [[PUBLIC]] * 3
+        assert await resolver.resolve("hung.test", 443) == [PUBLIC]  # answered: the next one is a new lookup
+        assert looked_up == ["hung.test", "fine.test", "hung.test"]
+    finally:
+        release.set()
+        resolver.close()
+
+
+_EXIT_WITH_A_LOOKUP_UNDER_WAY = """
+import asyncio, socket, time
+from service.webhooks.connect import Resolver
+
+def getaddrinfo(host, port, *args, **kwargs):
+    time.sleep(30)  # a name server that never answers, until the system resolver gives up
+    raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+socket.getaddrinfo = getaddrinfo
+
+async def main():
+    resolver = Resolver()
+    try:
+        await asyncio.wait_for(resolver.resolve("slow.test", 443), timeout=0.2)
+    except TimeoutError:
+        pass
+    resolver.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_lookup_under_way_does_not_hold_up_the_process_exit() -> None:
+    """The service's process ends once it has shut down, whatever lookup the system resolver is still on: a
+    ThreadPoolExecutor's threads are joined at interpreter exit, so a SIGTERM'd process lingered until then."""
+    root = Path(service.__file__).resolve().parents[1]
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", _EXIT_WITH_A_LOOKUP_UNDER_WAY],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+        timeout=60,
+    )
+    assert time.monotonic() - started < 10
+
+
+async def test_an_attempt_stopped_while_its_host_was_resolved_is_logged_as_such(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lookup that never answers (or waits for a resolver thread others hold) was logged as "no answer within",
+    as though the receiver had been reached and were slow."""
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if host != "slow.test":
+            return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        release.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    settings = SimpleNamespace(webhook_timeout_seconds=0.3, webhook_allow_private_addresses=False)
+    deliverer = WebhookDeliverer(cast(Any, settings), cast(Any, None))
+    row = SimpleNamespace(
+        url="https://slow.test/hook",
+        secret=new_secret(),
+        event_id="evt_1",
+        event_type="response.completed",
+        created_at=datetime.datetime.now(datetime.UTC),
+        response_id="resp_1",
+    )
+    try:
+        assert await deliverer._send(row) == (None, "cannot resolve slow.test within 0.3 s (WEBHOOK_TIMEOUT_SECONDS)")
+    finally:
+        release.set()
+        await deliverer.aclose()
 
 
 def _certificate(directory: Path, name: str) -> tuple[Path, Path, Path]:

@@ -406,6 +406,12 @@ async def _validated_listed_removed(admin: httpx.AsyncClient, alice: Tenant) -> 
         ({"url": "http://169.254.169.254/latest", "events": ["response.completed"]}, "url"),
         ({"url": "http://10.1.2.3/x", "events": ["response.completed"]}, "url"),
         ({"url": "http://localhost/x", "events": ["response.completed"]}, "url"),
+        # Addresses in the forms the system resolver reads as addresses (inet_aton's), not only the dotted quad.
+        ({"url": "http://2130706433/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://0x7f.1/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://127.1/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://017700000001/x", "events": ["response.completed"]}, "url"),
+        ({"url": "http://0/x", "events": ["response.completed"]}, "url"),
         ({"url": "https://user:pw@example.com/x", "events": ["response.completed"]}, "url"),
         ({"url": "https://example.com/a\u0000b", "events": ["response.completed"]}, "url"),  # text cannot hold it
         ({"url": "https://example.com/a b", "events": ["response.completed"]}, "url"),

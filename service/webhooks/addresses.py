@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -24,8 +25,12 @@ class AddressRefused(Exception):
 
 
 # IPv6 prefixes that carry an IPv4 address in their last 32 bits, which Python 3.11 calls global whatever that
-# address is: NAT64's well-known and local-use prefixes (RFC 6052, 8215) and the deprecated IPv4-compatible form.
-_IPV4_IN_LAST_32_BITS = tuple(ipaddress.ip_network(prefix) for prefix in ("64:ff9b::/96", "64:ff9b:1::/48", "::/96"))
+# address is: NAT64's well-known prefix (RFC 6052), SIIT's IPv4-translated addresses (RFC 2765) and the deprecated
+# IPv4-compatible form.
+_IPV4_IN_LAST_32_BITS = tuple(ipaddress.ip_network(prefix) for prefix in ("64:ff9b::/96", "::ffff:0:0:0/96", "::/96"))
+# NAT64's local-use prefix (RFC 8215) is for translators inside one network, and not globally reachable (IANA's
+# special-purpose registry); where its IPv4 address lies depends on the length the network uses it at.
+_LOCAL_USE_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -36,9 +41,18 @@ def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             return _refused(address.sixtofour)
         if any(address in prefix for prefix in _IPV4_IN_LAST_32_BITS):
             return _refused(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-        if address.is_site_local:  # fec0::/10, deprecated but still routed inside some networks
+        if address in _LOCAL_USE_NAT64 or address.is_site_local:  # fec0::/10: deprecated, still routed in places
             return True
     return not address.is_global or address.is_multicast
+
+
+def _ipv4_shorthand(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a host such as 2130706433, 0x7f.1, 017700000001 or 127.1 is: ipaddress takes only the
+    dotted quad, but the system resolver reads inet_aton's forms as an address too, without asking DNS."""
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
 
 
 def _check_domain_name(host: str) -> None:
@@ -83,6 +97,11 @@ def check_url_form(url: str, *, allow_private: bool) -> str:
         literal = ipaddress.ip_address(host)
     except ValueError:
         _check_domain_name(host)
+        shorthand = _ipv4_shorthand(host)
+        if shorthand is not None:
+            if not allow_private:
+                check_literal(shorthand)
+            return host
         if not allow_private and host.rstrip(".").lower() in {"localhost", "localhost.localdomain"}:
             raise AddressRefused("url points to a loopback host") from None
         return host

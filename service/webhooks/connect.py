@@ -14,11 +14,16 @@ upstream client's lookups, asyncio.to_thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import ipaddress
+import queue
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from typing import Any
 
 import httpcore
 import httpx
@@ -26,8 +31,10 @@ import httpx
 from service.webhooks.addresses import AddressRefused, check_literal, check_resolved
 
 # Lookups under way at once, all deliveries of a process together; the next ones wait for a thread (and a
-# waiting one whose attempt timed out is dropped unstarted). Each thread mostly waits on the network.
-RESOLVER_THREADS = 4
+# waiting one whose attempt timed out is dropped unstarted). Each thread mostly waits on the network, and one
+# host holds at most one of them (Resolver.resolve): it takes as many hosts whose name servers never answer to
+# hold up the others.
+RESOLVER_THREADS = 8
 # httpx's default limits (httpx.AsyncHTTPTransport's), kept: at most MAX_IN_FLIGHT sends run at once anyway.
 MAX_CONNECTIONS = 100
 MAX_KEEPALIVE_CONNECTIONS = 20
@@ -35,22 +42,105 @@ KEEPALIVE_EXPIRY_SECONDS = 5.0
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 
+# The host an attempt was still resolving when it was stopped (its WEBHOOK_TIMEOUT_SECONDS ran out), set in the
+# attempt's own task: the delivery log then says so, rather than blaming a receiver that was never reached (a
+# lookup waits for a free resolver thread, and one that never answers holds a thread past its attempt).
+stopped_resolving: ContextVar[str | None] = ContextVar("webhook_stopped_resolving", default=None)
+
 
 class Resolver:
-    """getaddrinfo in a bounded pool of threads of its own; the addresses a name resolves to, in the system's
-    order (its preference, RFC 6724), once each. Raises OSError (or UnicodeError for a name IDNA refuses)."""
+    """getaddrinfo in a bounded number of threads of its own; the addresses a name resolves to, in the system's
+    order (its preference, RFC 6724), once each. Raises OSError (or UnicodeError for a name IDNA refuses).
+
+    Lookups of one host at once share one: a host whose name server never answers holds one thread, however many
+    of its deliveries are attempted meanwhile (each attempt ends at its time-out; the lookup runs on until the
+    system resolver gives up, and the next attempts wait for it rather than take another thread each).
+
+    The threads are daemon threads, started as lookups come: a lookup the system resolver is slow to answer (up to
+    its own timeouts, past any attempt's) must not hold up the process's exit, as a ThreadPoolExecutor's threads
+    would (the interpreter joins those at exit, so a SIGTERM'd process lingered until the lookup gave up)."""
 
     def __init__(self, threads: int = RESOLVER_THREADS) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="webhook-resolver")
+        self._size = threads
+        self._threads: list[threading.Thread] = []
+        self._queue: queue.SimpleQueue[_Lookup | None] = queue.SimpleQueue()
+        self._under_way: dict[tuple[str, int], _Lookup] = {}
+        self._closed = False
 
     async def resolve(self, host: str, port: int) -> list[str]:
-        lookup = functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-        infos = await asyncio.get_running_loop().run_in_executor(self._executor, lookup)
+        if self._closed:
+            raise RuntimeError("the webhooks' resolver is closed")
+        key = (host, port)
+        lookup = self._under_way.get(key)
+        if lookup is None:
+            lookup = self._start(key)
+        lookup.waiters += 1
+        try:
+            infos = await asyncio.shield(lookup.answer)
+        finally:
+            lookup.waiters -= 1
+            if not lookup.waiters and not lookup.started and not lookup.answer.done():
+                lookup.answer.cancel()  # no attempt waits for it any more: its thread skips it
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
+    def _start(self, key: tuple[str, int]) -> _Lookup:
+        loop = asyncio.get_running_loop()
+        lookup = _Lookup(key[0], key[1], loop, loop.create_future())
+        self._under_way[key] = lookup
+
+        def ended(answer: asyncio.Future[list[Any]]) -> None:
+            if self._under_way.get(key) is lookup:
+                del self._under_way[key]
+            if not answer.cancelled():
+                answer.exception()  # retrieved: an answer no attempt waited for any more is not an error to log
+
+        lookup.answer.add_done_callback(ended)
+        if len(self._threads) < self._size:
+            thread = threading.Thread(target=self._work, name=f"webhook-resolver_{len(self._threads)}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        self._queue.put(lookup)
+        return lookup
+
+    def _work(self) -> None:
+        while (lookup := self._queue.get()) is not None:
+            if lookup.answer.cancelled():  # every attempt waiting for it ended before a thread was free
+                continue
+            lookup.started = True
+            try:
+                infos = socket.getaddrinfo(lookup.host, lookup.port, type=socket.SOCK_STREAM)
+            except Exception as exc:  # handed to the attempts awaiting it, which report it
+                settle = functools.partial(_fail, lookup.answer, exc)
+            else:
+                settle = functools.partial(_succeed, lookup.answer, infos)
+            with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile: no one waits any more
+                lookup.loop.call_soon_threadsafe(settle)
+
     def close(self) -> None:
-        """Lookups not started are dropped; one under way ends in its thread, unwaited for."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Lookups not started are dropped; one under way ends in its thread, unwaited for (even at exit)."""
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+
+
+@dataclasses.dataclass
+class _Lookup:
+    host: str
+    port: int
+    loop: asyncio.AbstractEventLoop
+    answer: asyncio.Future[list[Any]]
+    waiters: int = 0  # attempts awaiting the answer now
+    started: bool = False  # a thread took it (set by that thread)
+
+
+def _succeed(answer: asyncio.Future[list[Any]], infos: list[Any]) -> None:
+    if not answer.done():
+        answer.set_result(infos)
+
+
+def _fail(answer: asyncio.Future[list[Any]], exc: Exception) -> None:
+    if not answer.done():
+        answer.set_exception(exc)
 
 
 def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -107,6 +197,9 @@ class CheckedAddressBackend(httpcore.AsyncNetworkBackend):
                 addresses = await self._addresses(host, port)
         except TimeoutError:
             raise httpcore.ConnectTimeout(f"cannot resolve {host} within {timeout:g} s") from None
+        except asyncio.CancelledError:
+            stopped_resolving.set(host)
+            raise
         failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
         for index, address in enumerate(addresses):
             # The time left is shared among the addresses left, so one that never answers (an unreachable

@@ -25,7 +25,7 @@ from service.observability.metrics import WEBHOOK_ATTEMPTS
 from service.observability.outages import FailingLoop
 from service.webhooks import repository
 from service.webhooks.addresses import AddressRefused, check_url_form
-from service.webhooks.connect import Resolver, webhook_client
+from service.webhooks.connect import Resolver, stopped_resolving, webhook_client
 from service.webhooks.signing import signed_headers
 
 logger = logging.getLogger("service.webhooks")
@@ -79,6 +79,7 @@ class WebhookDeliverer:
         The URL's form is checked here; its host's addresses where the connection is made (connect.py)."""
         body = event_body(row)
         timeout = self.settings.webhook_timeout_seconds
+        stopped_resolving.set(None)
         try:
             async with asyncio.timeout(timeout):
                 check_url_form(row.url, allow_private=self.settings.webhook_allow_private_addresses)
@@ -88,6 +89,8 @@ class WebhookDeliverer:
         except AddressRefused as exc:
             return None, f"refused: {exc}"
         except TimeoutError:
+            if (host := stopped_resolving.get()) is not None:
+                return None, f"cannot resolve {host} within {timeout:g} s (WEBHOOK_TIMEOUT_SECONDS)"
             return None, f"no answer within {timeout:g} s (WEBHOOK_TIMEOUT_SECONDS)"
         except httpx.HTTPError as exc:
             return None, _described(exc)
