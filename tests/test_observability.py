@@ -255,15 +255,20 @@ def _by_name(spans: tuple[ReadableSpan, ...], prefix: str) -> list[ReadableSpan]
     return [span for span in spans if span.name.startswith(prefix)]
 
 
+def _traced_server(settings: Any) -> tuple[InMemorySpanExporter, LiveServer]:
+    """The service with tracing on, its finished spans kept in memory."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter, LiveServer(settings, tracer_provider=provider).start()
+
+
 async def test_a_turn_is_traced_with_genai_attributes_database_and_upstream_children(
     base_settings: Any,
     fake_upstream: FakeOpenRouter,
     make_tenant: Callable[..., Awaitable[Tenant]],
 ) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    live = LiveServer(base_settings, tracer_provider=provider).start()
+    exporter, live = _traced_server(base_settings)
     try:
         alice = await make_tenant("alice", live=live)
         conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
@@ -309,12 +314,8 @@ async def test_spans_are_named_by_route_and_show_no_key_a_client_put_in_the_url(
     """Server spans were named from the raw path (one name per conversation) and their URL attributes held the
     query string: a key sent in a path or a query (the client's, ADMIN_API_KEY, the OpenRouter key) reached the
     trace collector."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     # A heartbeat every 0.1 s: its statements, and every other background one, were root spans of their own.
-    settings = dataclasses.replace(base_settings, process_heartbeat_timeout=0.4)
-    live = LiveServer(settings, tracer_provider=provider).start()
+    exporter, live = _traced_server(dataclasses.replace(base_settings, process_heartbeat_timeout=0.4))
     admin_key, openrouter_key = base_settings.admin_api_key, base_settings.openrouter_api_key
     try:
         alice = await make_tenant("alice", live=live)
@@ -352,10 +353,7 @@ async def test_a_key_pasted_as_the_model_name_or_conversation_id_is_redacted_in_
     """The log lines redacted a key of our or OpenRouter's shape wherever they carried it; the turn span named
     itself after the model and carried it as two attributes, as the client sent it and as the upstream echoed
     it, and carried the conversation id as the client sent it (before it was found, or not: a 404)."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    live = LiveServer(base_settings, tracer_provider=provider).start()
+    exporter, live = _traced_server(base_settings)
     try:
         alice = await make_tenant("alice", live=live)
         exporter.clear()
