@@ -682,7 +682,9 @@ async def test_a_receiver_that_hangs_trickles_or_floods_holds_up_only_its_own_de
             (attempt,) = stalled["attempts"]
             assert stalled["state"] == "pending", stalled
             assert attempt["error"] == "no answer within 5 s (WEBHOOK_TIMEOUT_SECONDS)"
-            assert 5000 <= attempt["duration_ms"] < 7000
+            # The time-out counts from the event loop's clock, which uvloop reads once per loop iteration: it may
+            # lag the attempt's own start (time.monotonic) by that iteration's time, a few milliseconds.
+            assert 4900 <= attempt["duration_ms"] < 7000
     finally:
         await misbehaving.stop()
 
