@@ -50,7 +50,7 @@ class _Reading:
 
 def whole(entries: Iterable[Entry]) -> Iterator[Header | ItemLine | Withdrawn]:
     """`entries` (jsonl.parse) as they come, without the end lines, once each has been checked; a missing one
-    is a 400 naming the line where it should have been."""
+    is a 400 naming the line before which it should have come, or the file's last line."""
     at = _Reading()
     for entry in entries:
         at.last_line = entry.line
