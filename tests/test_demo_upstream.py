@@ -138,6 +138,20 @@ async def test_structured_output_and_function_arguments_follow_their_schemas(dem
     assert json.loads(call["arguments"]) == {"city": "Paris", "nights": 1, "guests": [{"name": "demo"}]}
 
 
+async def test_a_schema_asking_for_an_answer_without_end_gets_a_bounded_one(demo: Tenant) -> None:
+    """Arrays of arrays each with a large minItems (100**8 values once encoded), or a minLength of 10**9: the
+    demo filled them as asked, and an answer that size never came."""
+    nested: dict[str, Any] = {"type": "string", "minLength": 10**9}
+    for _ in range(8):
+        nested = {"type": "array", "items": nested, "minItems": 100}
+    schema = {"type": "object", "properties": {"deep": nested, "huge": {"type": "array", "minItems": 1e300}}}
+    answer = await _turn(demo, input="hi", text={"format": {"type": "json_schema", "name": "x", "schema": schema}})
+    text = answer["output"][0]["content"][0]["text"]
+    assert len(text) < 1024 * 1024, len(text)
+    value = json.loads(text)
+    assert set(value) == {"deep", "huge"} and isinstance(value["deep"], list)
+
+
 async def test_think_adds_a_reasoning_item_and_streams_spec_events(demo: Tenant) -> None:
     result = await _turn(demo, input="Think about it")
     assert [item["type"] for item in result["output"]] == ["reasoning", "message"]

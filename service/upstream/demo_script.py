@@ -50,13 +50,9 @@ def _functions(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _function_names(request: dict[str, Any]) -> list[str]:
-    return list(_functions(request))
-
-
 def function_to_call(request: dict[str, Any], items: list[Any]) -> str | None:
     """The function the demo calls now, or None to answer with a message."""
-    names = _function_names(request)
+    names = list(_functions(request))
     last = items[-1] if items else None
     if not names or (isinstance(last, dict) and last.get("type") == "function_call_output"):
         return None
