@@ -84,8 +84,7 @@ class Resolver:
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
     def _start(self, key: tuple[str, int]) -> _Lookup:
-        loop = asyncio.get_running_loop()
-        lookup = _Lookup(key[0], key[1], loop, loop.create_future())
+        lookup = _Lookup(key[0], key[1], asyncio.get_running_loop().create_future())
         self._under_way[key] = lookup
 
         def ended(answer: asyncio.Future[list[Any]]) -> None:
@@ -114,7 +113,7 @@ class Resolver:
             else:
                 settle = functools.partial(_succeed, lookup.answer, infos)
             with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile: no one waits any more
-                lookup.loop.call_soon_threadsafe(settle)
+                lookup.answer.get_loop().call_soon_threadsafe(settle)
 
     def close(self) -> None:
         """Lookups not started are dropped; one under way ends in its thread, unwaited for (even at exit)."""
@@ -127,8 +126,7 @@ class Resolver:
 class _Lookup:
     host: str
     port: int
-    loop: asyncio.AbstractEventLoop
-    answer: asyncio.Future[list[Any]]
+    answer: asyncio.Future[list[Any]]  # settled on its own loop, from the thread that looked the host up
     waiters: int = 0  # attempts awaiting the answer now
     started: bool = False  # a thread took it (set by that thread)
 
