@@ -383,6 +383,33 @@ async def test_an_export_cut_short_at_a_line_boundary_is_refused_not_imported_as
     assert len(await _export(alice, answer.json()["id"])) == len(lines)
 
 
+async def test_lines_of_two_exports_spliced_together_are_refused_though_their_counts_match(
+    alice: Tenant, db: AsyncEngine
+) -> None:
+    """A header of one export with the items and end line of another of the same length counted right: the end
+    line names its conversation, which must be the header's."""
+    first = await new_conversation(alice.http, items=[user("a1"), user("a2")])
+    second = await new_conversation(alice.http, items=[user("b1"), user("b2")])
+    a, b = await _export(alice, first), await _export(alice, second)
+    conversations_before = len(await rows(db, "SELECT id FROM conversation"))
+    spliced = await alice.http.post("/v1/conversations/import", content=b"\n".join([a[0], *b[1:]]), headers=JSONL)
+    assert spliced.status_code == 400, spliced.text
+    assert spliced.json()["error"] == {
+        "message": f"Line 4: this end line is conversation '{second}''s, but the conversation that starts on line 1 "
+        f"is '{first}': lines of two exports were joined",
+        "type": "invalid_request_error",
+        "param": "line 4",
+        "code": "invalid_jsonl",
+    }
+    assert len(await rows(db, "SELECT id FROM conversation")) == conversations_before
+    # A hand-written file's header may name no id, or another kind of value: nothing to compare.
+    for header in ({"object": "conversation", "ends_with": "conversation.end"}, {**json.loads(a[0]), "id": 7}):
+        taken = await alice.http.post(
+            "/v1/conversations/import", content=b"\n".join([json.dumps(header).encode(), *b[1:]]), headers=JSONL
+        )
+        assert taken.status_code == 200, taken.text
+
+
 async def test_export_of_another_tenants_conversation_is_404(alice: Tenant, bob: Tenant) -> None:
     conv = await new_conversation(alice.http, items=[{"role": "user", "content": "secret"}])
     answer = await bob.http.get(f"/v1/conversations/{conv}/export")

@@ -76,6 +76,7 @@ def whole(entries: Iterable[Entry]) -> Iterator[Header | ItemLine | Withdrawn]:
         elif isinstance(entry, End):
             if at.ended:
                 raise bad_line(entry.line, "a second end line for one conversation")
+            _check_same_conversation(at, entry)
             if entry.items != at.items:
                 raise bad_line(
                     entry.line,
@@ -88,6 +89,17 @@ def whole(entries: Iterable[Entry]) -> Iterator[Header | ItemLine | Withdrawn]:
     at.check_conversation_ended(at.last_line, "the file ends before")
     if at.file_needs_end and not at.file_ended:
         raise bad_line(at.last_line, f'the file ends before its end line ({{"object": "{EXPORT_END}"}}): {_CUT}')
+
+
+def _check_same_conversation(at: _Reading, entry: End) -> None:
+    """Lines of two exports spliced together can count right by chance; the ids they name cannot."""
+    header = at.header
+    if header is not None and None not in (header.id, entry.id) and header.id != entry.id:
+        raise bad_line(
+            entry.line,
+            f"this end line is conversation {entry.id!r:.70}'s, but the conversation that starts on line "
+            f"{header.line} is {header.id!r:.70}: lines of two exports were joined",
+        )
 
 
 def _check_export_end(at: _Reading, entry: ExportEnd) -> None:

@@ -42,6 +42,7 @@ class Header:
     tenant_id: str | None = None  # and its id, which its compaction items are sealed for (lifecycle/resealing.py)
     needs_end: bool = False  # the conversation's lines end with its End line
     file_needs_end: bool = False  # the file's lines end with an ExportEnd line
+    id: str | None = None  # the exported conversation's id, which its End line repeats (an import makes a new one)
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,12 @@ EXPORT_END = "export.end"
 
 @dataclass(frozen=True)
 class End:
-    """A conversation's last line: `items`, the item lines since its header."""
+    """A conversation's last line: `items`, the item lines since its header; `id`, the conversation's as its
+    header gives it."""
 
     line: int
     items: int
+    id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,14 @@ def _header(number: int, value: dict[str, Any]) -> Header:
         tenant_id,
         needs_end="ends_with" in value,
         file_needs_end="file_ends_with" in value,
+        id=_exported_id(value),
     )
+
+
+def _exported_id(value: dict[str, Any]) -> str | None:
+    """A header's or end line's `id`, compared and never stored: files written by hand may give any, or none."""
+    exported_id = value.get("id")
+    return exported_id if isinstance(exported_id, str) else None
 
 
 def _count(number: int, value: dict[str, Any], field: str) -> int:
@@ -226,7 +236,7 @@ def entries(lines: Iterable[bytes], *, many: bool) -> Iterator[Entry]:
                 raise bad_line(number, "this conversation was deleted while it was exported: the file is not all of it")
             yield Withdrawn(number)
         elif kind == CONVERSATION_END and not first:
-            yield End(number, _count(number, value, "items"))
+            yield End(number, _count(number, value, "items"), _exported_id(value))
         elif kind == EXPORT_END and not first:
             yield ExportEnd(number, _count(number, value, "conversations"))
         elif first or (many and value.get("object") == "conversation"):
