@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import zlib
 from typing import Any
 
 import httpx
+from alembic import command
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.migrate import alembic_config, downgrade, upgrade
+from service.responses.frame_log import inflated
 from service.responses.runner import TurnRun
 from tests.conftest import Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
 from tests.stream_support import parse_sse, read_events, wait_until_ended
+from tests.test_event_log_storage import prose
+from tests.test_thread_migration import _query, _run, scratch_url  # noqa: F401 - the fixture
 from tests.turn_support import MODEL, new_conversation, rows
 
 ANSWER = "one two three four five six seven eight"
@@ -100,6 +106,60 @@ async def test_a_keyed_store_false_stream_whose_client_left_replays_the_whole_st
     assert events[-1]["type"] == "response.completed" and _deltas(events) == ANSWER
     assert len(fake_upstream.requests) == 1
     assert await rows(db, "SELECT id FROM response") == []
+
+
+async def test_a_keyed_store_false_streams_answer_is_kept_packed_and_replayed_byte_exact(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """Nothing else keeps such a stream, so its key does: as the run's frames packed (a stored event log's form),
+    not the stream as sent, which is several times the answer's text; the replay is the stream's bytes."""
+    answer = prose(6000)
+    fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(answer, chunks=3000)))
+    body = {"model": MODEL, "input": "Tell me everything", "stream": True, "store": False}
+    first = await alice.http.post("/v1/responses", json=body, headers=keyed("k-packed"))
+    assert first.status_code == 200
+    await _until_completed(db, "k-packed")
+    (key,) = await rows(db, "SELECT body, body_zlib FROM idempotency_key WHERE key = 'k-packed'")
+    assert key["body"] is None
+    assert b"".join(inflated(key["body_zlib"], 1 << 20)) == first.content
+    assert len(key["body_zlib"]) < len(first.content) / 5, (len(key["body_zlib"]), len(first.content))
+    replay = await alice.http.post("/v1/responses", json=body, headers=keyed("k-packed"))
+    assert replay.status_code == 200 and replay.headers["idempotent-replayed"] == "true"
+    assert replay.headers["content-type"] == first.headers["content-type"]
+    assert replay.content == first.content
+    assert _deltas([data for _, data in parse_sse(replay.text)]) == answer
+    # An answer stored as sent, before answers were packed, replays as it did.
+    await rows(
+        db,
+        "UPDATE idempotency_key SET body = :b, body_zlib = NULL WHERE key = 'k-packed' RETURNING key",
+        b=first.content,
+    )
+    replay = await alice.http.post("/v1/responses", json=body, headers=keyed("k-packed"))
+    assert replay.status_code == 200 and replay.content == first.content
+    assert len(fake_upstream.requests) == 1
+
+
+async def test_a_downgrade_unpacks_keyed_store_false_streams(scratch_url: str) -> None:  # noqa: F811
+    await asyncio.to_thread(upgrade, scratch_url, "head")
+    frames = [f'event: e\ndata: {{"n": {n}}}\n\n'.encode() for n in range(400)]
+    packed = b"".join(zlib.compress(b"".join(frames[i : i + 16]), 1) for i in range(0, 400, 16))
+    await _run(
+        scratch_url,
+        f"""
+        INSERT INTO tenant (id, name) VALUES ('ten_t', 't');
+        INSERT INTO idempotency_key (tenant_id, key, fingerprint, method, path, state, status_code, body, body_zlib,
+                                     expires_at)
+        VALUES ('ten_t', 'packed', '\\x00', 'POST', '/v1/responses', 'completed', 200, NULL,
+                decode('{packed.hex()}', 'hex'), now() + interval '1 day'),
+               ('ten_t', 'as-sent', '\\x00', 'POST', '/v1/responses', 'completed', 200, 'as sent', NULL,
+                now() + interval '1 day')
+        """,
+    )
+    await asyncio.to_thread(downgrade, scratch_url, "d5f1b7e3a920")
+    keys = await _query(scratch_url, "SELECT key, body FROM idempotency_key ORDER BY key")
+    assert keys == [{"key": "as-sent", "body": b"as sent"}, {"key": "packed", "body": b"".join(frames)}]
+    await asyncio.to_thread(upgrade, scratch_url, "head")
+    await asyncio.to_thread(command.check, alembic_config(scratch_url))
 
 
 async def test_a_keyed_store_false_stream_lets_go_of_its_run_once_it_is_answered(

@@ -316,7 +316,8 @@ class DeletedItemPosition(Base):
 class IdempotencyKey(Base):
     """A client's Idempotency-Key, scoped to its tenant: the request's fingerprint, and once the request has
     finished, the answer to replay. The answer holds content, so deleting the response or conversation it
-    created deletes the row too."""
+    created deletes the row too. `body_zlib` holds a store=false stream's answer, its frames packed as a stored
+    event log is (service/responses/frame_log.py); `body` any other answer; a row has at most one."""
 
     __tablename__ = "idempotency_key"
 
@@ -338,6 +339,7 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     headers: Mapped[list[list[str]] | None] = mapped_column(JSONB)
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    body_zlib: Mapped[bytes | None] = mapped_column(LargeBinary)
     response_id: Mapped[str | None] = mapped_column(ForeignKey("response.id", ondelete="CASCADE"), index=True)
     conversation_id: Mapped[str | None] = mapped_column(ForeignKey("conversation.id", ondelete="CASCADE"), index=True)
     # The response whose stored state is the answer, read at replay: a stream's event log, or the outcome of a
@@ -345,6 +347,8 @@ class IdempotencyKey(Base):
     answer_response_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+    __table_args__ = (CheckConstraint("body IS NULL OR body_zlib IS NULL", name="one_form"),)
 
 
 class RetentionPolicy(Base):

@@ -199,11 +199,11 @@ class _Recorder:
         if self.streamed and tracker.unstored_stream is not None:
             # store=false: no event log to replay from; the run's own frames, once it has ended (a first client
             # that left early does not cut the replay short).
-            whole = await tracker.unstored_stream.whole_stream()
+            whole = await tracker.unstored_stream.packed_stream()
             # The run's task copied this request's context (and so this tracker): a tracker left holding the run
             # is a cycle that keeps the whole stream until a full collection (service/gc_freeze.py).
             tracker.unstored_stream = None
-            return idempotency.Answer(status, self.headers, whole, *created)
+            return idempotency.Answer(status, self.headers, whole, *created, packed=True)
         if self.streamed:
             return idempotency.Answer(status, self.headers, b"", *created, answer_response_id=tracker.response_id)
         body = b"".join(self.chunks)

@@ -20,8 +20,8 @@ from typing import Protocol
 class UnstoredStream(Protocol):
     """A streamed turn whose events are stored nowhere (store=false): its own frames are the only copy."""
 
-    async def whole_stream(self) -> bytes:
-        """Every frame, once the turn has ended."""
+    async def packed_stream(self) -> bytes:
+        """Every frame, once the turn has ended, packed as a stored event log is (frame_log.inflated reads it)."""
         ...
 
 

@@ -16,12 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.cluster.bus import Bus
 from service.errors import NotFound
 from service.idempotency import service as idempotency
+from service.responses.frame_log import inflated
 from service.responses.resume import open_replay
 from service.responses.runner import TurnRunner
 from service.responses.service import get_response
 from service.responses.status import RUNNING
 
 _REPLAYED = (b"idempotent-replayed", b"true")
+_PIECE_SIZE = 64 * 1024  # as a stored event log is sent (service/responses/resume.py)
 
 
 def is_event_stream(headers: list[list[str]]) -> bool:
@@ -35,6 +37,11 @@ def _start(status: int, headers: list[list[str]]) -> dict[str, object]:
 
 async def send_stored(send: Send, answer: idempotency.StoredAnswer) -> None:
     await send(_start(answer.status_code, answer.headers))  # type: ignore[arg-type]
+    if answer.packed:  # a store=false stream's frames: sent as they are inflated, never whole in memory
+        for piece in inflated(answer.body, _PIECE_SIZE):
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
     await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
 

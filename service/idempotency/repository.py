@@ -129,6 +129,7 @@ _NO_ANSWER = {
     "status_code": None,
     "headers": None,
     "body": None,
+    "body_zlib": None,
     "response_id": None,
     "conversation_id": None,
     "answer_response_id": None,
@@ -222,13 +223,15 @@ async def store_answer(
     status_code: int,
     headers: list[list[str]],
     body: bytes,
+    packed: bool,
     response_id: str | None,
     conversation_id: str | None,
     answer_response_id: str | None = None,
 ) -> bool:
-    """Complete the key with the answer to replay. The links are kept only to rows that exist (a store=false
-    response has none), so that deleting them cascades to this row. `answer_response_id`: the response the answer
-    is read from at replay (its event stream, or its outcome once stored), which may not be stored yet."""
+    """Complete the key with the answer to replay (`packed`: frames packed as a stored event log is, kept in
+    body_zlib). The links are kept only to rows that exist (a store=false response has none), so that deleting
+    them cascades to this row. `answer_response_id`: the response the answer is read from at replay (its event
+    stream, or its outcome once stored), which may not be stored yet."""
     existing_response = select(response_table.c.id).where(response_table.c.id == response_id).scalar_subquery()
     existing_conversation = (
         select(conversation_table.c.id).where(conversation_table.c.id == conversation_id).scalar_subquery()
@@ -240,7 +243,8 @@ async def store_answer(
             state=COMPLETED,
             status_code=status_code,
             headers=headers,
-            body=body,
+            body=None if packed else body,
+            body_zlib=body if packed else None,
             response_id=existing_response if response_id else None,
             conversation_id=existing_conversation if conversation_id else None,
             answer_response_id=answer_response_id,
@@ -261,6 +265,7 @@ async def settle_deferred_answer(
             status_code=status_code,
             headers=[["content-type", "application/json"]],
             body=body,
+            body_zlib=None,
             response_id=select(response_table.c.id).where(response_table.c.id == response_id).scalar_subquery(),
             answer_response_id=None,
         )
@@ -317,7 +322,7 @@ NOT_FOUND_HEADERS = [["content-type", "application/json"]]
 
 def _answering_404(message: str) -> dict[str, Any]:
     """What a key holds once what it made was deleted: the 404 a read of it gives now, none of its content."""
-    return {"status_code": 404, "headers": NOT_FOUND_HEADERS, "body": _not_found_answer(message)}
+    return {"status_code": 404, "headers": NOT_FOUND_HEADERS, "body": _not_found_answer(message), "body_zlib": None}
 
 
 async def forget_deleted_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: str) -> None:

@@ -46,10 +46,11 @@ class Claim:
 class StoredAnswer:
     status_code: int
     headers: list[list[str]]
-    body: bytes
+    body: bytes  # as sent, or packed (frame_log.inflated reads it)
     # Set when the answer is read from this response at replay (service/idempotency/replay.py).
     answer_response_id: str | None = None
     response_id: str | None = None  # the stored response the request created, if any (for its log line)
+    packed: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class Answer:
     response_id: str | None
     conversation_id: str | None
     answer_response_id: str | None = None
+    # `body` is a stream's frames packed as a stored event log is (service/responses/frame_log.py): a store=false
+    # stream's answer, which nothing else keeps, and which may be as long as the answer the model gave.
+    packed: bool = False
 
 
 def fingerprint(method: str, path: str, body: bytes) -> bytes:
@@ -137,8 +141,14 @@ async def begin(
             raise _mismatch(request.key)
         if row.state != repository.COMPLETED:
             raise _in_use(request.key)
+        packed = row.body_zlib is not None
         return StoredAnswer(
-            row.status_code, list(row.headers or []), bytes(row.body or b""), row.answer_response_id, row.response_id
+            row.status_code,
+            list(row.headers or []),
+            bytes(row.body_zlib if packed else row.body or b""),
+            row.answer_response_id,
+            row.response_id,
+            packed,
         )
     raise _in_use(request.key)
 
@@ -168,6 +178,7 @@ class AnswerStore:
                 status_code=answer.status_code,
                 headers=answer.headers,
                 body=answer.body,
+                packed=answer.packed,
                 response_id=answer.response_id,
                 conversation_id=answer.conversation_id,
                 answer_response_id=answer.answer_response_id,

@@ -126,10 +126,10 @@ class TurnRun:
     async def wait_done(self) -> None:
         await asyncio.shield(self._done)
 
-    async def whole_stream(self) -> bytes:
-        """Every frame of the run, once it has ended (the answer kept for a store=false stream's key)."""
+    async def packed_stream(self) -> bytes:
+        """Every frame of the run, once it has ended, packed (the answer kept for a store=false stream's key)."""
         await self.wait_done()
-        return self.frames.joined(0)
+        return self.frames.packed(len(self.frames), b"")
 
     async def follow(self, after: int) -> AsyncIterator[bytes]:
         """The frames after sequence number `after`, then each new one as it is published, until the end."""

@@ -195,7 +195,7 @@ _DELETE_EXPIRED_RESPONSES = text(
     keys AS (
         UPDATE idempotency_key k
         SET status_code = 404, headers = :deleted_headers,
-            body = convert_to(replace(:deleted_answer, '{{response_id}}', d.id), 'UTF8'),
+            body = convert_to(replace(:deleted_answer, '{{response_id}}', d.id), 'UTF8'), body_zlib = NULL,
             response_id = NULL, answer_response_id = NULL
         FROM doomed d
         WHERE k.tenant_id = :tenant AND k.state = 'completed' AND (k.response_id = d.id OR k.answer_response_id = d.id)
