@@ -460,7 +460,10 @@ async def test_a_conversation_whose_responses_a_recent_chain_continues_is_not_id
             assert refused.status_code == 400, refused.text
             error = refused.json()["error"]
             assert (error["code"], error["param"]) == ("previous_response_not_usable", "previous_response_id")
-            assert "retention policy" in error["message"]
+            assert error["message"] == (
+                f"Previous response '{response_id}' can no longer be continued: the conversation it belongs to "
+                "was deleted, and with it the history before that response"
+            )
         counted = await alice.http.post(
             "/v1/responses/input_tokens", json={"model": MODEL, "input": "x", "previous_response_id": response_id}
         )

@@ -103,11 +103,13 @@ def previous_not_usable(response_id: str, status: str) -> InvalidRequest:
 
 
 def previous_history_gone(response_id: str) -> InvalidRequest:
-    """A response that ran in a conversation since purged (its tenant's retention policy): the history before it
-    is gone, and a turn continuing it would send only what is left."""
+    """A response that ran in a conversation whose row is gone: the history before it went with it, and a turn
+    continuing it would send only what is left. Retention's idle purge removes such rows now; a tenant's delete
+    did before deleted conversations were kept (migration conversation_deleted_at), so the message names
+    neither."""
     return InvalidRequest(
         f"Previous response '{response_id}' can no longer be continued: the conversation it belongs to was "
-        "deleted by its tenant's retention policy, and with it the history before that response",
+        "deleted, and with it the history before that response",
         param="previous_response_id",
         code="previous_response_not_usable",
     )
