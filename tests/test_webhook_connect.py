@@ -124,19 +124,153 @@ async def test_an_ipv6_form_of_a_public_ipv4_address_is_connected_to(public: str
     assert [host for host, _, _ in inner.connects] == [public]
 
 
-async def test_the_addresses_checked_are_tried_in_order_each_with_a_share_of_the_time_left() -> None:
+async def test_each_address_is_tried_with_the_time_left_and_the_next_at_once_when_one_fails() -> None:
     dns = Answers({"two.test": [[OTHER_PUBLIC, PUBLIC]]})
     inner = RecordingBackend(failing=[OTHER_PUBLIC])
     backend = CheckedAddressBackend(allow_private=False, resolve=dns.resolve, inner=inner)
+    started = time.monotonic()
     await backend.connect_tcp("two.test", 443, timeout=10)
+    assert time.monotonic() - started < 0.2  # not after the attempt delay: the first one had failed
     assert [host for host, _, _ in inner.connects] == [OTHER_PUBLIC, PUBLIC]
     (_, _, first), (_, _, second) = inner.connects
     assert first is not None and second is not None
-    assert 4.5 < first <= 5 < second <= 10  # half for the first of two, all that is left for the last
+    assert 9.5 < second <= first <= 10
 
     inner.failing.add(PUBLIC)
     with pytest.raises(httpcore.ConnectError, match=re.escape(f"nothing answers at {PUBLIC}")):
         await backend.connect_tcp("two.test", 443, timeout=10)
+
+
+class RacingBackend(RecordingBackend):
+    """RecordingBackend, but for the addresses in `holes`, whose connect never hears back (it waits out its time-out,
+    as a black-holed address does), and those in `gated`, which connect once `gate` is set (to a stream recording
+    its closing). Any other address is connected to for real. Records the attempts cancelled."""
+
+    def __init__(self, *, failing: Iterable[str] = (), holes: Iterable[str] = (), gated: Iterable[str] = ()) -> None:
+        super().__init__(failing)
+        self.holes = set(holes)
+        self.gated = set(gated)
+        self.gate = asyncio.Event()
+        self.streams: dict[str, ClosingStream] = {}
+        self.cancelled: list[str] = []
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        await super().connect_tcp(host, port, timeout)
+        try:
+            if host in self.holes:
+                await asyncio.sleep(3600 if timeout is None else timeout)
+                raise httpcore.ConnectTimeout(f"no answer from {host}")
+            if host in self.gated:
+                await self.gate.wait()
+                self.streams[host] = ClosingStream([])
+                return self.streams[host]
+        except asyncio.CancelledError:
+            self.cancelled.append(host)
+            raise
+        return await httpcore.AnyIOBackend().connect_tcp(host, port, timeout=timeout)
+
+
+class ClosingStream(httpcore.AsyncMockStream):
+    closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_an_address_that_never_answers_delays_a_connection_by_the_attempt_delay_not_half_the_timeout() -> None:
+    """The addresses were tried one after the other, each with a share of the time left: a receiver whose first
+    address was black-holed (an IPv6 one where IPv6 does not get through) cost every new connection half the
+    attempt's time-out."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    dns = Answers({"hooks.test": [["2001:db8::1", "127.0.0.1"]]})
+    inner = RacingBackend(holes=["2001:db8::1"])
+    backend = CheckedAddressBackend(allow_private=True, resolve=dns.resolve, inner=inner)
+    try:
+        started = time.monotonic()
+        stream = await backend.connect_tcp("hooks.test", port, timeout=5)
+        assert 0.2 < time.monotonic() - started < 1
+        assert stream.get_extra_info("server_addr") == ("127.0.0.1", port)
+        await stream.aclose()
+        assert [host for host, _, _ in inner.connects] == ["2001:db8::1", "127.0.0.1"]
+        assert inner.cancelled == ["2001:db8::1"]
+    finally:
+        listener.close()
+
+
+async def test_the_attempts_that_lose_are_cancelled_and_a_connection_made_with_the_winners_is_closed() -> None:
+    dns = Answers({"three.test": [[OTHER_PUBLIC, PUBLIC, "2606:4700::1001"]]})
+    inner = RacingBackend(holes=[OTHER_PUBLIC], gated=[PUBLIC, "2606:4700::1001"])
+    backend = CheckedAddressBackend(allow_private=False, resolve=dns.resolve, inner=inner)
+    connecting = asyncio.create_task(backend.connect_tcp("three.test", 443, timeout=3))
+    async with asyncio.timeout(2):
+        while len(inner.connects) < 3:  # the third starts 2 attempt delays after the first
+            await asyncio.sleep(0.01)
+    inner.gate.set()  # both gated ones connect at once
+    stream = await connecting
+    assert stream is inner.streams[PUBLIC]  # the first of them in order
+    assert not inner.streams[PUBLIC].closed and inner.streams["2606:4700::1001"].closed
+    assert inner.cancelled == [OTHER_PUBLIC]
+
+
+async def test_a_connect_stopped_from_outside_leaves_no_attempt_running() -> None:
+    """The delivery's own time-out cancels the connect: every attempt under way is cancelled with it."""
+    dns = Answers({"holes.test": [[OTHER_PUBLIC, PUBLIC]]})
+    inner = RacingBackend(holes=[OTHER_PUBLIC, PUBLIC])
+    backend = CheckedAddressBackend(allow_private=False, resolve=dns.resolve, inner=inner)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(backend.connect_tcp("holes.test", 443, timeout=10), timeout=0.5)
+    assert sorted(inner.cancelled) == sorted([OTHER_PUBLIC, PUBLIC])
+
+
+async def test_when_every_address_fails_a_refusal_is_raised_rather_than_another_addresses_time_out() -> None:
+    dns = Answers({"down.test": [[PUBLIC, OTHER_PUBLIC]]})
+    inner = RacingBackend(failing=[PUBLIC], holes=[OTHER_PUBLIC])
+    backend = CheckedAddressBackend(allow_private=False, resolve=dns.resolve, inner=inner)
+    started = time.monotonic()
+    with pytest.raises(httpcore.ConnectError, match=re.escape(f"nothing answers at {PUBLIC}")):
+        await backend.connect_tcp("down.test", 443, timeout=0.5)
+    assert 0.4 < time.monotonic() - started < 1.5  # the other one was waited for, to the deadline and no further
+
+    inner.failing.clear()
+    inner.holes.add(PUBLIC)
+    started = time.monotonic()
+    with pytest.raises(httpcore.ConnectTimeout, match=re.escape(f"no answer from {OTHER_PUBLIC}")):
+        await backend.connect_tcp("down.test", 443, timeout=0.5)
+    assert 0.4 < time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize(
+    ("resolved", "tried"),
+    [
+        (
+            ["2606:4700::1111", "2606:4700::1001", "192.0.0.9", "1.1.1.1"],
+            ["2606:4700::1111", "192.0.0.9", "2606:4700::1001", "1.1.1.1"],
+        ),
+        (
+            ["192.0.0.9", "1.1.1.1", "8.8.8.8", "2606:4700::1111"],
+            ["192.0.0.9", "2606:4700::1111", "1.1.1.1", "8.8.8.8"],
+        ),
+    ],
+)
+async def test_the_address_families_are_tried_in_turn_the_resolvers_first_family_first(
+    resolved: list[str], tried: list[str]
+) -> None:
+    dns = Answers({"both.test": [resolved]})
+    inner = RecordingBackend(failing=resolved)
+    backend = CheckedAddressBackend(allow_private=False, resolve=dns.resolve, inner=inner)
+    with pytest.raises(httpcore.ConnectError, match=re.escape(f"nothing answers at {tried[-1]}")):
+        await backend.connect_tcp("both.test", 443, timeout=5)
+    assert [host for host, _, _ in inner.connects] == tried
 
 
 async def test_a_slow_resolver_is_a_connect_timeout_of_the_connect_timeout() -> None:

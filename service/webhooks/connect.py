@@ -5,6 +5,9 @@ WEBHOOK_ALLOW_PRIVATE_ADDRESSES), and the connection is made to those addresses,
 between a check and a connect (DNS rebinding) cannot lead a delivery to the service's own network. Everything
 above the TCP connect is httpx's as before: the Host header, TLS SNI and certificate verification are for the
 URL's host name, and keep-alive connections are pooled by host name (a pooled one goes on to its checked address).
+A name's addresses are connected to as Happy Eyeballs does (RFC 8305): the families interleaved, a new attempt
+every 250 ms or as soon as one fails, the first connection made kept, so one address that never answers (an
+unreachable IPv6 one, say) costs a new connection 250 ms, not a share of the attempt's time-out.
 
 Resolution runs in a few threads of its own: a slow resolver holds those (each lookup until the system resolver
 gives up, past the attempt's WEBHOOK_TIMEOUT_SECONDS), never what the event loop resolves names in (the default
@@ -18,10 +21,11 @@ import contextlib
 import dataclasses
 import functools
 import ipaddress
+import itertools
 import queue
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -39,6 +43,8 @@ RESOLVER_THREADS = 8
 MAX_CONNECTIONS = 100
 MAX_KEEPALIVE_CONNECTIONS = 20
 KEEPALIVE_EXPIRY_SECONDS = 5.0
+# RFC 8305's Connection Attempt Delay: how long an attempt has to itself before the next address is tried too.
+CONNECT_ATTEMPT_DELAY_SECONDS = 0.25
 
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 
@@ -141,6 +147,58 @@ def _fail(answer: asyncio.Future[list[Any]], exc: Exception) -> None:
         answer.set_exception(exc)
 
 
+def _interleaved(addresses: list[str]) -> list[str]:
+    """The families taken in turn, the first address's family first, each in the resolver's order."""
+    families: dict[bool, list[str]] = {}
+    for address in addresses:
+        families.setdefault(":" in address, []).append(address)
+    return [address for turn in itertools.zip_longest(*families.values()) for address in turn if address is not None]
+
+
+async def _first_connected(
+    addresses: list[str], connect: Callable[[str], Coroutine[Any, Any, httpcore.AsyncNetworkStream]], delay: float
+) -> httpcore.AsyncNetworkStream:
+    """The first connection made, the addresses tried in order: each one `delay` after the one before, or as soon
+    as an attempt fails. When it returns or raises, no attempt is left running: the others are cancelled, and any
+    other connection made meanwhile is closed. When all fail, the last failure is raised, but a connect error (an
+    answer: refused, unreachable) rather than another address's time-out."""
+    waiting = list(addresses)
+    started: list[asyncio.Task[httpcore.AsyncNetworkStream]] = []
+    running: set[asyncio.Task[httpcore.AsyncNetworkStream]] = set()
+    winner: httpcore.AsyncNetworkStream | None = None
+    kept = None  # the stream returned, set last: any other connection made (the winner too, on an error) is closed
+    failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+    try:
+        while winner is None and (waiting or running):
+            if waiting:
+                started.append(asyncio.create_task(connect(waiting.pop(0))))
+                running.add(started[-1])
+            done, running = await asyncio.wait(
+                running, timeout=delay if waiting else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            for attempt in sorted(done, key=started.index):
+                try:
+                    stream = attempt.result()
+                except httpcore.ConnectTimeout as exc:
+                    failure = failure if isinstance(failure, httpcore.ConnectError) else exc
+                except httpcore.ConnectError as exc:
+                    failure = exc
+                else:
+                    winner = winner or stream
+        if winner is None:
+            assert failure is not None
+            raise failure
+        kept = winner
+        return winner
+    finally:
+        for attempt in started:
+            attempt.cancel()
+        await asyncio.wait(started)
+        for attempt in started:
+            if not attempt.cancelled() and attempt.exception() is None and attempt.result() is not kept:
+                await attempt.result().aclose()
+
+
 def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(host)
@@ -151,8 +209,9 @@ def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 class CheckedAddressBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend for webhooks: connect_tcp(host) resolves the host itself, refuses it
     (AddressRefused, as a delivery's check always did) when any address is non-public, else connects to those
-    addresses in order, the first that answers. With allow_private nothing is refused, but the addresses are
-    still resolved here (in the resolver's threads) and connected to as such."""
+    addresses as Happy Eyeballs does (_first_connected), each attempt bounded by the time left. With allow_private
+    nothing is refused, but the addresses are still resolved here (in the resolver's threads) and connected to as
+    such."""
 
     def __init__(
         self, *, allow_private: bool, resolve: Resolve, inner: httpcore.AsyncNetworkBackend | None = None
@@ -198,19 +257,14 @@ class CheckedAddressBackend(httpcore.AsyncNetworkBackend):
         except asyncio.CancelledError:
             stopped_resolving.set(host)
             raise
-        failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
-        for index, address in enumerate(addresses):
-            # The time left is shared among the addresses left, so one that never answers (an unreachable
-            # IPv6 address first, say) does not take all of it: each gets a turn, sequentially.
-            share = None if deadline is None else max(0.0, deadline - loop.time()) / (len(addresses) - index)
-            try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout=share, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
+
+        async def attempt(address: str) -> httpcore.AsyncNetworkStream:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            return await self._inner.connect_tcp(
+                address, port, timeout=left, local_address=local_address, socket_options=socket_options
+            )
+
+        return await _first_connected(_interleaved(addresses), attempt, CONNECT_ATTEMPT_DELAY_SECONDS)
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
