@@ -185,6 +185,12 @@ def fit(
     return _unorphaned(counted, fitted, answered)
 
 
+def least(counted: CountedItems, input_tokens: int, overhead_tokens: int, answered: Sequence[str] = ()) -> Fit:
+    """Only what must go: the new input, with the calls it answers (no history but them, no summary)."""
+    calls = pairing.answered_calls(counted, answered)
+    return Fit(len(counted), sum(counted.counts[call] for call in calls), input_tokens, overhead_tokens, tuple(calls))
+
+
 def whole(counted: CountedItems, input_tokens: int, overhead_tokens: int, answered: Sequence[str] = ()) -> Fit:
     """The whole history sent, but for what is never sent (CountedItems.unsendable; `answered`: the call ids the
     new input answers)."""
@@ -234,10 +240,16 @@ def _unorphaned(counted: CountedItems, fitted: Fit, answered: Sequence[str]) -> 
     return replace(fitted, history_tokens=fitted.history_tokens - saved, skipped=skipped)
 
 
-def shrunk_budget(fitted: Fit, error: UpstreamError) -> int:
+# Without the provider's numbers, what was sent is scaled by the first step after a first refusal, and by the
+# second after any further one (of the same turn, or on a model refused before: its budget is remembered,
+# service/context/learned.py): a thread just past the window loses little, one far past it comes down quickly.
+_UNSTATED_STEPS = (0.8, 0.5)
+
+
+def shrunk_budget(fitted: Fit, error: UpstreamError, *, again: bool = False) -> int:
     """The budget for another try after the provider still found the input too long: what was sent, scaled by
-    how much too long the provider found it (when it says), else by a fixed step."""
-    shrunk = int(fitted.total * 0.8)
+    how much too long the provider found it (when it says), else by a fixed step (`again`: refused before)."""
+    shrunk = int(fitted.total * _UNSTATED_STEPS[again])
     found = next((m for m in (p.search(error.message) for p in _LIMIT_AND_REQUESTED) if m is not None), None)
     if found is not None:
         limit, requested = int(found["limit"]), int(found["requested"])

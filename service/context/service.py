@@ -449,7 +449,7 @@ class ContextWindows:
                 # compacts without truncation failed the same summary call, and then its own.
                 if not error.context_overflow or attempt == MAX_FIT_ATTEMPTS or fitted.start >= len(items):
                     raise
-                self.learned.lower(model, fitting.shrunk_budget(fitted, error))
+                self.learned.lower(model, fitting.shrunk_budget(fitted, error, again=attempt > 1))
                 logger.warning("the summary call to %s was too long; shortening it", model)
             attempt += 1
 
@@ -518,17 +518,26 @@ class ContextWindows:
         return True
 
     def _refit(self, plan: _Plan, turn: Turn, error: UpstreamError, attempt: int) -> bool:
-        """After OpenRouter found the input too long: True when a shorter input is worth another try."""
+        """After OpenRouter found the input too long: True when a shorter input is worth another try. The last
+        try sends only the new input and what must go with it: with truncation "auto" a thread far past a window
+        that neither the catalog nor the provider's refusal states answers, rather than failing turn after turn
+        while the remembered budget comes down to the window."""
         if not error.context_overflow or not plan.truncate or plan.fit is None:
             return False
         assert plan.sent is not None
         if plan.fit.start >= len(plan.sent):
             return False  # nothing of the history is sent already: the new input alone is too long
-        plan.budget = fitting.shrunk_budget(plan.fit, error)
+        # Refused again: in this turn, or on this model since its budget was learned.
+        again = attempt > 1 or self.learned.get(turn.request.model) is not None
+        plan.budget = fitting.shrunk_budget(plan.fit, error, again=again)
         # Learned on the last try too: the thread's next turn starts from it, not from its whole history.
         self.learned.lower(turn.request.model, plan.budget)
         if attempt == MAX_FIT_ATTEMPTS:
             return False
+        if attempt + 1 == MAX_FIT_ATTEMPTS:
+            plan.fit = fitting.least(plan.sent, plan.input_tokens, plan.fit.overhead_tokens, plan.answered)
+            logger.warning("OpenRouter found turn %s too long again; sending only its new input", turn.state.id)
+            return True
         logger.warning("OpenRouter found turn %s too long; fitting it to %d tokens", turn.state.id, plan.budget)
         try:
             self._fit(plan, turn.request.model)
