@@ -182,6 +182,30 @@ async def test_a_hand_written_import_replays_as_openrouter_needs_and_lists_in_op
     assert without_ids(fake_upstream.inputs[1][:5]) == without_ids(fake_upstream.inputs[0])
 
 
+async def test_a_hand_written_message_without_a_type_is_stored_as_the_items_api_stores_it(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """OpenAI's EasyInputMessage has no required `type`; the items API takes such a message, and the docs say a
+    hand-written file may hold one, but its import was refused: "an item needs a string 'type'"."""
+    easy = [{"role": "user", "content": "no type"}, {"role": "assistant", "content": "typed by role"}]
+    file = b'{"object": "conversation"}\n' + b"".join(json.dumps(item).encode() + b"\n" for item in easy)
+    imported = await alice.http.post("/v1/conversations/import", content=file, headers=JSONL)
+    assert imported.status_code == 200, imported.text
+    added = await new_conversation(alice.http, items=easy)
+    stored = {}
+    for conversation in (imported.json()["id"], added):
+        bodies = await rows(db, "SELECT body FROM item WHERE conversation_id = :c ORDER BY position", c=conversation)
+        stored[conversation] = [without_ids([json.loads(row["body"])]) for row in bodies]
+        await turn(alice.http, "next", conversation=conversation)
+    assert stored[imported.json()["id"]] == stored[added]
+    assert without_ids(fake_upstream.inputs[0]) == without_ids(fake_upstream.inputs[1])
+    assert fake_upstream.inputs[0][0] == {
+        "role": "user",
+        "content": [{"type": "input_text", "text": "no type"}],
+        "type": "message",
+    }
+
+
 async def test_an_export_of_upstream_items_of_any_type_imports_and_replays(
     alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
@@ -208,7 +232,7 @@ async def test_a_bad_line_is_a_400_naming_it_and_nothing_is_imported(alice: Tena
         (header + b"\n" + good + b"\n[1,2]\n", 3),
         (header + b"\n\n" + good + b"\n\n{not json}\n", 5),  # blank lines are skipped, and counted
         (b"\n \r\n\n", 1),
-        (header + b'\n{"role":"user","content":"no type"}\n', 2),
+        (header + b'\n{"role":"user"}\n', 2),
         (header + b'\n{"type":"message","role":"robot","content":"x"}\n', 2),
         (header + b'\n{"type":"message","role":"user","content":"x","status":"a\\u0000b"}\n', 2),
         (good + b"\n", 1),

@@ -193,6 +193,8 @@ def _count(number: int, value: dict[str, Any], field: str) -> int:
 
 
 def _item(number: int, value: dict[str, Any]) -> ItemLine:
+    if "type" not in value and "role" in value:
+        value = {**value, "type": "message"}  # OpenAI's EasyInputMessage, as the items API takes it
     kind = value.get("type")
     if not isinstance(kind, str) or not kind:
         raise bad_line(number, "an item needs a string 'type'")
