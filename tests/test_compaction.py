@@ -884,6 +884,51 @@ async def test_a_turn_the_provider_finds_too_long_compacts_and_is_tried_again(
     assert refused, "the provider never refused: the test does not exercise the retry"
 
 
+async def test_a_turn_whose_user_messages_alone_are_past_the_window_pays_no_summary_before_its_refusal(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A compaction keeps the user messages. Without truncation, a turn whose new input with them alone is past
+    the window is refused whatever the summary says: it paid a summary call (two, when the provider refused the
+    first as too long) on every retry before that refusal."""
+    items = []
+    for number in range(8):
+        items += [
+            {"role": "user", "content": f"question {number} " + "word " * 120},
+            assistant(f"a{number}", f"msg_users_{number}"),
+        ]
+    conversation = await new_conversation(alice.http, items=items)
+    calls = len(fake_upstream.requests)
+    for _ in range(2):
+        refused = await alice.http.post(
+            "/v1/responses",
+            json={
+                "model": SMALL_WINDOW_MODEL,
+                "input": "next",
+                "conversation": conversation,
+                "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+            },
+        )
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert (error["code"], error["param"]) == ("context_length_exceeded", "input")
+        assert 'truncation "auto"' in error["message"]
+    assert len(fake_upstream.requests) == calls
+    # With truncation "auto" the same turn compacts, and fits.
+    fake_upstream.reply_json(summary_reply("S-users"))
+    answer = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": SMALL_WINDOW_MODEL,
+            "input": "next",
+            "conversation": conversation,
+            "truncation": "auto",
+            "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["output"][0]["type"] == "compaction"
+
+
 async def test_compact_keeps_a_pending_call_whose_id_an_earlier_call_used(
     alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:

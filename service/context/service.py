@@ -149,6 +149,16 @@ def _worth_compacting_again(sent: CountedItems) -> bool:
     return since > sent.counts[latest]
 
 
+def _kept_by_compaction(plan: _Plan) -> int:
+    """What a compaction would keep of the history (its user messages, the calls the new input answers), less the
+    summary. Without truncation, a turn whose new input with these alone is past its budget is refused whatever
+    the summary says: its summary call would be paid for, on every retry, before that refusal."""
+    assert plan.sent is not None
+    kinds, counts = plan.sent.kinds, plan.sent.counts
+    carried = pairing.answered_calls(plan.sent, plan.answered) if plan.answered else []
+    return sum(counts[i] for i in range(len(kinds)) if kinds[i] == USER_MESSAGE) + sum(counts[i] for i in carried)
+
+
 def _sent_item(body: str) -> NewItem:
     """An item only sent, never stored (what is read of it: its body and what it costs)."""
     return NewItem(
@@ -345,7 +355,11 @@ class ContextWindows:
         budget = self._budget(request.model, window, request.params, truncate=plan.truncate or compacting)
         total = plan.sent.total + plan.input_tokens + overhead
         due = (threshold is not None and total > threshold) or (compacting and budget is not None and total > budget)
-        if ((due and _worth_compacting_again(plan.sent)) or request.compact_first) and len(plan.sent):
+        if (
+            ((due and _worth_compacting_again(plan.sent)) or request.compact_first)
+            and len(plan.sent)
+            and (plan.truncate or budget is None or _kept_by_compaction(plan) + plan.input_tokens + overhead <= budget)
+        ):
             await self._compact_first(upstream, turn, plan)
         if budget is None:
             # Sent whole; with truncation "auto", OpenRouter's overflow error and the limit it states are the
