@@ -1,4 +1,5 @@
-"""idempotency_key.body_zlib: a keyed store=false stream's answer, packed as a stored event log is.
+"""Packed answers: idempotency_key.body_zlib, a keyed store=false stream's answer packed as a stored event log
+is; and service_process.code_revision, so that a rolling upgrade packs none while an older process lives.
 
 Such a stream is stored nowhere else, so its key kept every frame as sent: as large as the stream, several times
 the answer's text (every delta is a whole SSE frame, and the done events repeat the text), and read whole into
@@ -6,7 +7,11 @@ memory to be replayed. Its frames are kept compressed while the stream runs (ser
 the key now stores them so, in a column PostgreSQL does not compress again (STORAGE EXTERNAL). Answers stored
 before stay in `body`; a row has at most one of the two.
 
-Downgrading decompresses every packed answer into `body` (one row at a time), then drops the column.
+service_process.code_revision: the migration head each process's code was written for. A process of an earlier
+release (its row has none) replays `body` only, and would send a packed answer as a stream without an event: while
+one is alive, during a rolling upgrade, the newer processes store such answers as sent.
+
+Downgrading decompresses every packed answer into `body` (one row at a time), then drops the columns.
 
 Revision ID: e6a3c9d1f402
 Revises: d5f1b7e3a920
@@ -28,6 +33,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column("idempotency_key", sa.Column("body_zlib", sa.LargeBinary(), nullable=True))
     op.execute("ALTER TABLE idempotency_key ALTER COLUMN body_zlib SET STORAGE EXTERNAL")
+    op.add_column("service_process", sa.Column("code_revision", sa.Text(), nullable=True))
     op.create_check_constraint(
         op.f("ck_idempotency_key_one_form"), "idempotency_key", "body IS NULL OR body_zlib IS NULL"
     )
@@ -66,3 +72,4 @@ def downgrade() -> None:
         )
     op.drop_constraint(op.f("ck_idempotency_key_one_form"), "idempotency_key", type_="check")
     op.drop_column("idempotency_key", "body_zlib")
+    op.drop_column("service_process", "code_revision")
