@@ -14,11 +14,12 @@ import httpx
 from alembic import command
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.migrate import alembic_config, downgrade, upgrade
+from service.migrate import alembic_config, downgrade, head_revision, upgrade
 from service.responses.frame_log import inflated
 from service.responses.runner import TurnRun
 from tests.conftest import Tenant
 from tests.fake_openrouter import FakeOpenRouter, Reply, text_stream_events
+from tests.reliability_support import execute
 from tests.stream_support import parse_sse, read_events, wait_until_ended
 from tests.test_event_log_storage import prose
 from tests.test_thread_migration import _query, _run, scratch_url  # noqa: F401 - the fixture
@@ -129,14 +130,47 @@ async def test_a_keyed_store_false_streams_answer_is_kept_packed_and_replayed_by
     assert replay.content == first.content
     assert _deltas([data for _, data in parse_sse(replay.text)]) == answer
     # An answer stored as sent, before answers were packed, replays as it did.
-    await rows(
-        db,
-        "UPDATE idempotency_key SET body = :b, body_zlib = NULL WHERE key = 'k-packed' RETURNING key",
-        b=first.content,
-    )
+    await execute(db, "UPDATE idempotency_key SET body = :b, body_zlib = NULL WHERE key = 'k-packed'", b=first.content)
+    assert await rows(db, "SELECT body_zlib FROM idempotency_key WHERE key = 'k-packed'") == [{"body_zlib": None}]
     replay = await alice.http.post("/v1/responses", json=body, headers=keyed("k-packed"))
     assert replay.status_code == 200 and replay.content == first.content
     assert len(fake_upstream.requests) == 1
+
+
+async def test_while_a_process_of_an_older_release_serves_a_keyed_store_false_stream_is_stored_as_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """During a rolling upgrade a retry may reach a process of the release before packed answers, which replays
+    the key's `body` only: a packed answer came back from it as a 200 stream without a single event, and a store=false
+    answer is kept nowhere else. Such a process's heartbeat row has no code_revision."""
+    for _ in range(200):  # the suite empties the table between tests: the server's next heartbeat writes its row
+        if ours := await rows(db, "SELECT code_revision FROM service_process WHERE stopped_at IS NULL"):
+            break
+        await asyncio.sleep(0.05)
+    assert ours == [{"code_revision": head_revision()}]
+    await execute(
+        db,
+        "INSERT INTO service_process (id, host, pid, heartbeat_at, heartbeat_timeout) "
+        "VALUES ('proc_older', 'h', 1, now(), 60)",
+    )
+    body = {"model": MODEL, "input": "Count", "stream": True, "store": False}
+    try:
+        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8)))
+        first = await alice.http.post("/v1/responses", json=body, headers=keyed("k-rolling"))
+        await _until_completed(db, "k-rolling")
+        stored = await rows(db, "SELECT body, body_zlib FROM idempotency_key WHERE key = 'k-rolling'")
+        assert stored == [{"body": first.content, "body_zlib": None}]
+        replay = await alice.http.post("/v1/responses", json=body, headers=keyed("k-rolling"))
+        assert replay.headers["idempotent-replayed"] == "true" and replay.content == first.content
+        # Once it has stopped (or its heartbeat is older than its timeout), answers are packed again.
+        await execute(db, "UPDATE service_process SET heartbeat_at = now() - interval '61 s' WHERE id = 'proc_older'")
+        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8)))
+        await alice.http.post("/v1/responses", json=body, headers=keyed("k-after"))
+        await _until_completed(db, "k-after")
+        (after,) = await rows(db, "SELECT body, body_zlib FROM idempotency_key WHERE key = 'k-after'")
+        assert after["body"] is None and after["body_zlib"] is not None
+    finally:
+        await execute(db, "DELETE FROM service_process WHERE id = 'proc_older'")
 
 
 async def test_a_downgrade_unpacks_keyed_store_false_streams(scratch_url: str) -> None:  # noqa: F811

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster import repository, running
 from service.idempotency import repository as idempotency_keys
+from service.migrate import head_revision
 from service.observability import turns as observe_turns
 from service.observability.outages import FailingLoop
 from service.threads import repository as threads
@@ -35,7 +36,11 @@ PROCESS_STOPPED_ERROR = {
 
 def new_identity() -> repository.Identity:
     return repository.Identity(
-        id=f"proc_{uuid.uuid4().hex}", host=socket.gethostname(), pid=os.getpid(), liveness_key=secrets.randbits(62)
+        id=f"proc_{uuid.uuid4().hex}",
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        liveness_key=secrets.randbits(62),
+        code_revision=head_revision(),
     )
 
 

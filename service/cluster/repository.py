@@ -21,10 +21,11 @@ _BEAT = text(
     """
     INSERT INTO service_process AS p
         (id, host, pid, heartbeat_at, heartbeat_timeout, running_responses, running_conversations, liveness_key,
-         turn_lock_ttl)
-    VALUES (:id, :host, :pid, now(), :timeout, :responses, :conversations, :liveness_key, :turn_lock_ttl)
+         turn_lock_ttl, code_revision)
+    VALUES (:id, :host, :pid, now(), :timeout, :responses, :conversations, :liveness_key, :turn_lock_ttl,
+            :code_revision)
     ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), heartbeat_timeout = excluded.heartbeat_timeout,
-        stopped_at = NULL, turn_lock_ttl = excluded.turn_lock_ttl,
+        stopped_at = NULL, turn_lock_ttl = excluded.turn_lock_ttl, code_revision = excluded.code_revision,
         running_responses = excluded.running_responses, running_conversations = excluded.running_conversations
     RETURNING (SELECT stopped_at IS NOT NULL FROM service_process WHERE id = :id)
     """
@@ -219,6 +220,7 @@ class Identity:
     host: str
     pid: int
     liveness_key: int  # the advisory lock held while the process lives (bus.py takes it)
+    code_revision: str  # service.migrate.head_revision()
 
 
 async def beat(
@@ -242,6 +244,7 @@ async def beat(
         "conversations": conversations,
         "liveness_key": me.liveness_key,
         "turn_lock_ttl": turn_lock_ttl,
+        "code_revision": me.code_revision,
     }
     if await conn.scalar(_BEAT, values):
         return True
@@ -254,6 +257,23 @@ async def beat(
         tenants, names = [tenant for tenant, _ in keys], [name for _, name in keys]
         await conn.execute(_RENEW_KEYS, {**renewal, "key_tenants": tenants, "keys": names})
     return False
+
+
+# A live process of a release before service_process.code_revision (and so before e6a3c9d1f402's packed answers):
+# its row has none. A later change of a stored form would compare the revisions that read it.
+_OLDER_RELEASE_ALIVE = text(
+    """
+    SELECT EXISTS (SELECT 1 FROM service_process
+                   WHERE code_revision IS NULL AND stopped_at IS NULL
+                     AND heartbeat_at >= now() - make_interval(secs => heartbeat_timeout))
+    """
+)
+
+
+async def older_release_alive(conn: AsyncConnection) -> bool:
+    """Whether a process of a release that reads only the stored forms before packed answers still serves: during
+    a rolling upgrade the newer processes write what it can read."""
+    return bool(await conn.scalar(_OLDER_RELEASE_ALIVE))
 
 
 async def stop(conn: AsyncConnection, me: Identity, responses: list[str], conversations: list[str]) -> None:

@@ -409,6 +409,9 @@ class ServiceProcess(Base):
     liveness_key: Mapped[int | None] = mapped_column(BigInteger)
     # Its TURN_LOCK_TTL: the reaper's backstop waits for the longest any process declared.
     turn_lock_ttl: Mapped[float | None] = mapped_column(Float)
+    # The migration head its code was written for; null from a release before the column. During a rolling
+    # upgrade, newer processes write what older live ones can read (service/cluster/repository.py).
+    code_revision: Mapped[str | None] = mapped_column(Text)
 
 
 class ServiceSecret(Base):

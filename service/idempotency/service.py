@@ -13,9 +13,11 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.cluster import repository as processes
 from service.db.retry import Later
 from service.errors import Conflict, Unprocessable
 from service.idempotency import repository
+from service.responses.frame_log import inflated
 
 logger = logging.getLogger("service.idempotency")
 
@@ -23,6 +25,7 @@ _STORE_ATTEMPTS = 3
 # As long as a turn's outcome is kept for the database (service/responses/turn.py), so that its key is too.
 _LATER_SECONDS = 600
 PURGE_BATCH = 1000
+_UNPACK_PIECE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,11 @@ class AnswerStore:
 
     async def store_answer(self, claim: Claim, answer: Answer) -> None:
         async def work(conn: Any) -> None:
+            body, packed = answer.body, answer.packed
+            if packed and await processes.older_release_alive(conn):
+                # Mid-upgrade: a process of the release before reads `body` only, and would replay this answer
+                # as a stream without an event.
+                body, packed = b"".join(inflated(body, _UNPACK_PIECE)), False
             stored = await repository.store_answer(
                 conn,
                 tenant_id=claim.request.tenant_id,
@@ -177,8 +185,8 @@ class AnswerStore:
                 token=claim.token,
                 status_code=answer.status_code,
                 headers=answer.headers,
-                body=answer.body,
-                packed=answer.packed,
+                body=body,
+                packed=packed,
                 response_id=answer.response_id,
                 conversation_id=answer.conversation_id,
                 answer_response_id=answer.answer_response_id,
