@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 from alembic import command
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.migrate import alembic_config, downgrade, head_revision, upgrade
@@ -162,8 +163,8 @@ async def test_while_a_process_of_an_older_release_serves_a_keyed_store_false_st
         assert stored == [{"body": first.content, "body_zlib": None}]
         replay = await alice.http.post("/v1/responses", json=body, headers=keyed("k-rolling"))
         assert replay.headers["idempotent-replayed"] == "true" and replay.content == first.content
-        # Once it has stopped (or its heartbeat is older than its timeout), answers are packed again.
-        await execute(db, "UPDATE service_process SET heartbeat_at = now() - interval '61 s' WHERE id = 'proc_older'")
+        # Once it has stopped (or the reaper took it for dead), answers are packed again.
+        await execute(db, "UPDATE service_process SET stopped_at = now() WHERE id = 'proc_older'")
         fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8)))
         await alice.http.post("/v1/responses", json=body, headers=keyed("k-after"))
         await _until_completed(db, "k-after")
@@ -171,6 +172,33 @@ async def test_while_a_process_of_an_older_release_serves_a_keyed_store_false_st
         assert after["body"] is None and after["body_zlib"] is not None
     finally:
         await execute(db, "DELETE FROM service_process WHERE id = 'proc_older'")
+
+
+async def test_an_older_process_whose_heartbeat_is_late_but_which_lives_still_gets_answers_stored_as_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """The cluster takes a process whose heartbeat is late for dead only once its liveness lock is free (its
+    event loop stalled, its CPU starved, it still serves): until then an older one replays the answers stored
+    meanwhile, and a packed one came back from it as a 200 stream without an event."""
+    liveness_key = 0x5EED_0000_0001
+    await execute(
+        db,
+        "INSERT INTO service_process (id, host, pid, heartbeat_at, heartbeat_timeout, liveness_key) "
+        "VALUES ('proc_older_slow', 'h', 1, now() - interval '120 s', 60, :k)",
+        k=liveness_key,
+    )
+    body = {"model": MODEL, "input": "Count", "stream": True, "store": False}
+    async with db.connect() as holder:  # the older process's listening connection holds its liveness lock
+        await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": liveness_key})
+        try:
+            fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8)))
+            first = await alice.http.post("/v1/responses", json=body, headers=keyed("k-slow-older"))
+            await _until_completed(db, "k-slow-older")
+            stored = await rows(db, "SELECT body, body_zlib FROM idempotency_key WHERE key = 'k-slow-older'")
+            assert stored == [{"body": first.content, "body_zlib": None}]
+        finally:
+            await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": liveness_key})
+            await execute(db, "DELETE FROM service_process WHERE id = 'proc_older_slow'")
 
 
 async def test_a_downgrade_unpacks_keyed_store_false_streams(scratch_url: str) -> None:  # noqa: F811
