@@ -54,6 +54,21 @@ def _deltas(events: list[dict[str, Any]]) -> str:
     return "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
 
 
+_UNSTORED_STREAM = {"model": MODEL, "input": "Count", "stream": True, "store": False}
+
+
+async def _keyed_unstored_stream(
+    tenant: Tenant, fake: FakeOpenRouter, db: AsyncEngine, key: str
+) -> tuple[httpx.Response, dict[str, Any]]:
+    """A keyed store=false stream, once its key is completed: the answer, and the key's two forms of it."""
+    fake.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8)))
+    first = await tenant.http.post("/v1/responses", json=_UNSTORED_STREAM, headers=keyed(key))
+    assert first.status_code == 200
+    await _until_completed(db, key)
+    (stored,) = await rows(db, "SELECT body, body_zlib FROM idempotency_key WHERE key = :k", k=key)
+    return first, stored
+
+
 async def test_a_keyed_stream_whose_client_left_replays_the_whole_stream_live_then_from_the_log(
     alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:
@@ -154,21 +169,14 @@ async def test_while_a_process_of_an_older_release_serves_a_keyed_store_false_st
         "INSERT INTO service_process (id, host, pid, heartbeat_at, heartbeat_timeout) "
         "VALUES ('proc_older', 'h', 1, now(), 60)",
     )
-    body = {"model": MODEL, "input": "Count", "stream": True, "store": False}
     try:
-        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8)))
-        first = await alice.http.post("/v1/responses", json=body, headers=keyed("k-rolling"))
-        await _until_completed(db, "k-rolling")
-        stored = await rows(db, "SELECT body, body_zlib FROM idempotency_key WHERE key = 'k-rolling'")
-        assert stored == [{"body": first.content, "body_zlib": None}]
-        replay = await alice.http.post("/v1/responses", json=body, headers=keyed("k-rolling"))
+        first, stored = await _keyed_unstored_stream(alice, fake_upstream, db, "k-rolling")
+        assert stored == {"body": first.content, "body_zlib": None}
+        replay = await alice.http.post("/v1/responses", json=_UNSTORED_STREAM, headers=keyed("k-rolling"))
         assert replay.headers["idempotent-replayed"] == "true" and replay.content == first.content
         # Once it has stopped (or the reaper took it for dead), answers are packed again.
         await execute(db, "UPDATE service_process SET stopped_at = now() WHERE id = 'proc_older'")
-        fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8)))
-        await alice.http.post("/v1/responses", json=body, headers=keyed("k-after"))
-        await _until_completed(db, "k-after")
-        (after,) = await rows(db, "SELECT body, body_zlib FROM idempotency_key WHERE key = 'k-after'")
+        _, after = await _keyed_unstored_stream(alice, fake_upstream, db, "k-after")
         assert after["body"] is None and after["body_zlib"] is not None
     finally:
         await execute(db, "DELETE FROM service_process WHERE id = 'proc_older'")
@@ -187,15 +195,11 @@ async def test_an_older_process_whose_heartbeat_is_late_but_which_lives_still_ge
         "VALUES ('proc_older_slow', 'h', 1, now() - interval '120 s', 60, :k)",
         k=liveness_key,
     )
-    body = {"model": MODEL, "input": "Count", "stream": True, "store": False}
     async with db.connect() as holder:  # the older process's listening connection holds its liveness lock
         await holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": liveness_key})
         try:
-            fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events(ANSWER, chunks=8)))
-            first = await alice.http.post("/v1/responses", json=body, headers=keyed("k-slow-older"))
-            await _until_completed(db, "k-slow-older")
-            stored = await rows(db, "SELECT body, body_zlib FROM idempotency_key WHERE key = 'k-slow-older'")
-            assert stored == [{"body": first.content, "body_zlib": None}]
+            first, stored = await _keyed_unstored_stream(alice, fake_upstream, db, "k-slow-older")
+            assert stored == {"body": first.content, "body_zlib": None}
         finally:
             await holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": liveness_key})
             await execute(db, "DELETE FROM service_process WHERE id = 'proc_older_slow'")
