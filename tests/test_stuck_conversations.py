@@ -21,6 +21,7 @@ from tests.fake_openrouter import (
     text_response,
     text_stream_events,
 )
+from tests.stream_support import parse_sse
 from tests.test_truncated_tool_calls import CALL, OUTPUT, REASONING, TOOLS
 from tests.turn_support import MODEL, new_conversation, user
 
@@ -254,28 +255,37 @@ async def test_parallel_calls_answered_in_part_are_refused_until_all_are_answere
     assert check_sent(fake_upstream) == [user("two lookups"), REASONING, CALL, CALL_2, OUTPUT, OUTPUT_2]
 
 
+@pytest.mark.parametrize(("thread", "stream"), [("conversation", False), ("conversation", True), ("chain", False)])
 async def test_a_long_thread_moved_to_an_unlisted_model_answers_from_its_first_turn(
-    alice: Tenant, fake_upstream: FakeOpenRouter
+    alice: Tenant, fake_upstream: FakeOpenRouter, thread: str, stream: bool
 ) -> None:
     """A thread about 100 times past a window that neither the catalog nor the provider's refusal states: each
     refused try shrank what was sent by a fifth, three tries a turn, and seven turns in a row failed with
     context_length_exceeded before one fitted. A turn's last try now sends only its new input; the budget
-    remembered for the model comes down fast enough that later turns take one call again, with history."""
-    model = "someone/unlisted-bare-long"
+    remembered for the model comes down fast enough that later turns take one call again, with history. (A model
+    of its own for each case: the suite's shared server remembers budgets per model.)"""
+    model = f"someone/unlisted-bare-long-{thread}-{'streamed' if stream else 'plain'}"
     fake_upstream.windows[model] = (1000, 200)
     fake_upstream.overflow_wording = "bare"
     items = []
     for index in range(5000):
         items += [message("user", f"question {index} about things"), message("assistant", f"answer {index}")]
     conversation_id = await import_conversation(alice, *items)
+    where = {"conversation": conversation_id}
+    if thread == "chain":  # one of its responses, made on a model with room for it, continued as a chain
+        started = await post_turn(alice, input="start", conversation=conversation_id)
+        assert started.status_code == 200, started.text
+        where = {"previous_response_id": started.json()["id"]}
 
     calls_per_turn = []
     for index in range(8):
         calls = len(fake_upstream.requests)
-        answer = await post_turn(
-            alice, model=model, input=f"turn {index}", conversation=conversation_id, truncation="auto"
-        )
+        answer = await post_turn(alice, model=model, input=f"turn {index}", truncation="auto", stream=stream, **where)
         assert answer.status_code == 200, (index, answer.text)
+        response = [data for _, data in parse_sse(answer.text)][-1]["response"] if stream else answer.json()
+        assert response["status"] == "completed", (index, response)
+        if thread == "chain":
+            where = {"previous_response_id": response["id"]}
         calls_per_turn.append(len(fake_upstream.requests) - calls)
         sent = check_sent(fake_upstream)
         assert sent[-1] == user(f"turn {index}")
