@@ -296,3 +296,24 @@ async def test_a_long_thread_moved_to_an_unlisted_model_answers_from_its_first_t
     assert calls_per_turn[0] == 3 and calls_per_turn[-1] == 1, calls_per_turn
     assert len(calls_per_turn) <= 6, calls_per_turn
     assert len(sent) > 1 and sent[0]["role"] == "user"  # history again, from a turn boundary
+
+
+async def test_a_large_new_input_past_a_guessed_budget_is_sent_alone_and_the_budget_keeps_what_was_taken(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A refusal without numbers shrinks what was sent by a guess. A new input larger than that guess, but within
+    the window, was refused as "the new input alone needs about N tokens" (N past the guess, not the window), and
+    so was every later turn with such an input, before any call, for as long as the guess was remembered."""
+    model = "someone/unlisted-bare-large-input"
+    fake_upstream.windows[model] = (1000, 200)  # the input may take 800 tokens, by the fake provider's count
+    fake_upstream.overflow_wording = "bare"
+    conversation_id = await import_conversation(alice, message("user", "hello there"), message("assistant", "hi"))
+    calls_per_turn = []
+    for index in range(2):
+        calls = len(fake_upstream.requests)
+        text = f"turn {index} " + "word " * 775  # alone within the window; with the history, past it
+        answer = await post_turn(alice, model=model, input=text, conversation=conversation_id, truncation="auto")
+        assert answer.status_code == 200, (index, answer.text)
+        calls_per_turn.append(len(fake_upstream.requests) - calls)
+        assert check_sent(fake_upstream) == [user(text)]
+    assert calls_per_turn == [2, 1]

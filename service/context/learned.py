@@ -7,7 +7,8 @@ says, would spend refused calls on every turn, and once a thread outgrew what th
 every turn. So the budget a retry was given is where later turns on that model start.
 
 It is kept for an hour, then learned again: a provider's window may grow, and OpenRouter routes one model to
-providers with different windows. A budget only ever goes down within that time.
+providers with different windows. Within that time a budget goes down with each refusal, and up only to what a
+call of that size was taken at: a refusal without numbers is scaled by a guess, which may fall below the window.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ class LearnedBudgets:
             del self._budgets[model]
             return None
         return budget
+
+    def taken(self, model: str, total: int) -> None:
+        """The provider took `total` tokens (by our count) for this model: a budget learned below it was a guess
+        too low, and would refuse such a turn before any call."""
+        known = self.get(model)
+        if known is not None and known < total:
+            self._budgets[model] = (total, self._budgets[model][1])
 
     def lower(self, model: str, budget: int) -> None:
         """The provider refused more than `budget` tokens (by our count) for this model."""

@@ -533,9 +533,10 @@ class ContextWindows:
 
     def _refit(self, plan: _Plan, turn: Turn, error: UpstreamError, attempt: int) -> bool:
         """After OpenRouter found the input too long: True when a shorter input is worth another try. The last
-        try sends only the new input and what must go with it: with truncation "auto" a thread far past a window
-        that neither the catalog nor the provider's refusal states answers, rather than failing turn after turn
-        while the remembered budget comes down to the window."""
+        try sends only the new input and what must go with it (so does an earlier one when the shrunk budget
+        leaves the new input no room): with truncation "auto" a thread far past a window that neither the
+        catalog nor the provider's refusal states answers, rather than failing turn after turn while the
+        remembered budget comes down to the window."""
         if not error.context_overflow or not plan.truncate or plan.fit is None:
             return False
         assert plan.sent is not None
@@ -548,20 +549,23 @@ class ContextWindows:
         self.learned.lower(turn.request.model, plan.budget)
         if attempt == MAX_FIT_ATTEMPTS:
             return False
-        if attempt + 1 == MAX_FIT_ATTEMPTS:
-            plan.fit = fitting.least(plan.sent, plan.input_tokens, plan.fit.overhead_tokens, plan.answered)
-            logger.warning("OpenRouter found turn %s too long again; sending only its new input", turn.state.id)
-            return True
-        logger.warning("OpenRouter found turn %s too long; fitting it to %d tokens", turn.state.id, plan.budget)
-        try:
-            self._fit(plan, turn.request.model)
-        except UpstreamError:
-            return False
+        if attempt + 1 < MAX_FIT_ATTEMPTS:
+            logger.warning("OpenRouter found turn %s too long; fitting it to %d tokens", turn.state.id, plan.budget)
+            try:
+                self._fit(plan, turn.request.model)
+                return True
+            except UpstreamError:
+                pass  # the new input alone is past the shrunk budget, an estimate: it may still fit the window
+        plan.fit = fitting.least(plan.sent, plan.input_tokens, plan.fit.overhead_tokens, plan.answered)
+        logger.warning("OpenRouter found turn %s too long; sending only its new input", turn.state.id)
         return True
 
     def _observe(self, turn: Turn, plan: _Plan, usage: Any) -> None:
-        """The turn got its answer: keep the thread's counts, its input included, for the next turn."""
+        """The turn got its answer: keep the thread's counts, its input included, for the next turn, and what
+        its model took as a floor of the budget learned for it."""
         request = turn.request
+        if plan.fit is not None:
+            self.learned.taken(request.model, plan.fit.total)
         if plan.counted is None or not request.store:
             return
         counts = [item.token_count for item in request.input_items]
