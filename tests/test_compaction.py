@@ -884,8 +884,9 @@ async def test_a_turn_the_provider_finds_too_long_compacts_and_is_tried_again(
     assert refused, "the provider never refused: the test does not exercise the retry"
 
 
+@pytest.mark.parametrize(("thread", "stream"), [("conversation", False), ("conversation", True), ("chain", False)])
 async def test_a_turn_whose_user_messages_alone_are_past_the_window_pays_no_summary_before_its_refusal(
-    alice: Tenant, fake_upstream: FakeOpenRouter
+    alice: Tenant, fake_upstream: FakeOpenRouter, thread: str, stream: bool
 ) -> None:
     """A compaction keeps the user messages. Without truncation, a turn whose new input with them alone is past
     the window is refused whatever the summary says: it paid a summary call (two, when the provider refused the
@@ -897,6 +898,12 @@ async def test_a_turn_whose_user_messages_alone_are_past_the_window_pays_no_summ
             assistant(f"a{number}", f"msg_users_{number}"),
         ]
     conversation = await new_conversation(alice.http, items=items)
+    where: dict[str, Any] = {"conversation": conversation}
+    if thread == "chain":  # one of its responses, made on a model with room for it, continued as a chain
+        fake_upstream.reply_json(text_response("started", msg_id="msg_users_started"))
+        started = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "start", **where})
+        assert started.status_code == 200, started.text
+        where = {"previous_response_id": started.json()["id"]}
     calls = len(fake_upstream.requests)
     for _ in range(2):
         refused = await alice.http.post(
@@ -904,8 +911,9 @@ async def test_a_turn_whose_user_messages_alone_are_past_the_window_pays_no_summ
             json={
                 "model": SMALL_WINDOW_MODEL,
                 "input": "next",
-                "conversation": conversation,
+                "stream": stream,
                 "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+                **where,
             },
         )
         assert refused.status_code == 400, refused.text
