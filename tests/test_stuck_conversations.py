@@ -317,3 +317,24 @@ async def test_a_large_new_input_past_a_guessed_budget_is_sent_alone_and_the_bud
         calls_per_turn.append(len(fake_upstream.requests) - calls)
         assert check_sent(fake_upstream) == [user(text)]
     assert calls_per_turn == [2, 1]
+
+
+async def test_a_last_try_answering_a_call_sends_the_call_with_its_answer(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """The last try sends only the new input and what must go with it: a tool output goes with its call (and the
+    reasoning item before it), which a provider refuses to take without."""
+    model = "someone/unlisted-bare-long-tool-output"
+    fake_upstream.windows[model] = (1000, 200)
+    fake_upstream.overflow_wording = "bare"
+    items = []
+    for index in range(5000):
+        items += [message("user", f"question {index} about things"), message("assistant", f"answer {index}")]
+    conversation_id = await import_conversation(alice, *items, message("user", "look it up"), REASONING, CALL)
+    calls = len(fake_upstream.requests)
+    answer = await post_turn(
+        alice, model=model, input=[OUTPUT], conversation=conversation_id, tools=TOOLS, truncation="auto"
+    )
+    assert answer.status_code == 200, answer.text
+    assert len(fake_upstream.requests) - calls == 3
+    assert without_ids(check_sent(fake_upstream)) == without_ids([REASONING, SENT_CALL, OUTPUT])
