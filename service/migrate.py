@@ -3,6 +3,7 @@ whether a database is at this release's revision."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,8 +46,9 @@ def _scripts() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config(""))
 
 
+@functools.cache
 def head_revision() -> str:
-    """The revision this release's code is written for."""
+    """The revision this release's code is written for (read once: each reading parses every migration file)."""
     head = _scripts().get_current_head()
     assert head is not None, "migrations/versions holds no revision"
     return head
