@@ -17,7 +17,12 @@ _PART_DEFAULTS: dict[str, dict[str, Any]] = {
 _ITEM_DEFAULTS: dict[str, dict[str, Any]] = {
     "web_search_call": {"action": {"type": "search"}},
     "file_search_call": {"queries": []},
+    # Required but nullable in OpenAI's schema, optional in the shapes clients send (FunctionShellCallItemParam).
+    "shell_call": {"environment": None},
+    "shell_call_output": {"max_output_length": None},
 }
+# The same for the action an item carries.
+_ACTION_DEFAULTS: dict[str, dict[str, Any]] = {"shell_call": {"timeout_ms": None, "max_output_length": None}}
 _ANNOTATION_DEFAULTS: dict[str, dict[str, Any]] = {"url_citation": {"title": ""}}
 
 
@@ -53,7 +58,15 @@ def client_item(item: dict[str, Any]) -> dict[str, Any]:
             return {**item, "content": parts}
         return item
     completed: dict[str, Any] = _completed(item, _ITEM_DEFAULTS)
-    return completed
+    return _with_action_completed(completed)
+
+
+def _with_action_completed(item: dict[str, Any]) -> dict[str, Any]:
+    defaults = _ACTION_DEFAULTS.get(str(item.get("type")))
+    action = item.get("action")
+    if defaults is None or not isinstance(action, dict) or defaults.keys() <= action.keys():
+        return item
+    return {**item, "action": {**action, **{k: v for k, v in defaults.items() if k not in action}}}
 
 
 def client_event(event: dict[str, Any]) -> dict[str, Any]:

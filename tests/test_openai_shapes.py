@@ -472,3 +472,58 @@ async def test_include_on_reads_is_checked_as_on_create(alice: Tenant, fake_upst
     listed = await client.conversations.items.list(conv, include=wanted)
     assert "msg_inc" in [item.id for item in listed.data]
     assert (await client.conversations.items.retrieve("msg_inc", conversation_id=conv, include=wanted)).id == "msg_inc"
+
+
+# A shell call as the shapes clients send it (FunctionShellCallItemParam) leaves out what the schema of the item
+# shown requires, nullable: the environment, the action's limits, the output's max_output_length.
+SHELL_CALL = {
+    "type": "shell_call",
+    "id": "sh_up_1",
+    "call_id": "call_sh_1",
+    "status": "completed",
+    "action": {"commands": ["ls"]},
+}
+SHELL_OUTPUT = {
+    "type": "shell_call_output",
+    "call_id": "call_sh_1",
+    "output": [{"stdout": "a.txt\n", "stderr": "", "outcome": {"type": "exit", "exit_code": 0}}],
+}
+
+
+async def test_shell_calls_and_outputs_are_shown_with_the_nullable_fields_the_schema_requires(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    fake_upstream.reply_json(response_with_output([SHELL_CALL]))
+    conv = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    body = (await alice.http.post("/v1/responses", json={"model": MODEL, "input": "ls", "conversation": conv})).json()
+    check("Response", body)
+    assert body["output"][0]["environment"] is None
+    assert body["output"][0]["action"] == {"commands": ["ls"], "timeout_ms": None, "max_output_length": None}
+    fake_upstream.reply_json(text_response("one file"))
+    answer = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": [SHELL_OUTPUT], "conversation": conv}
+    )
+    assert answer.status_code == 200, answer.text
+    listed = (await alice.http.get(f"/v1/conversations/{conv}/items", params={"order": "asc"})).json()
+    check("ConversationItemList", listed)
+    assert [item["type"] for item in listed["data"]] == ["message", "shell_call", "shell_call_output", "message"]
+    assert listed["data"][2]["max_output_length"] is None
+    check("ResponseItemList", (await alice.http.get(f"/v1/responses/{answer.json()['id']}/input_items")).json())
+    # Stored and replayed as received.
+    stored = await rows(db, "SELECT body FROM item WHERE conversation_id = :c ORDER BY position", c=conv)
+    assert [json.loads(row["body"]) for row in stored][1:3] == [SHELL_CALL, SHELL_OUTPUT]
+    fake_upstream.reply_json(text_response("ok"))
+    await alice.http.post("/v1/responses", json={"model": MODEL, "input": "again", "conversation": conv})
+    assert fake_upstream.requests[-1].body["input"][1:3] == [SHELL_CALL, SHELL_OUTPUT]
+
+    events: list[Any] = [
+        {"type": "response.created", "response": {"id": "gen-sh", "status": "in_progress", "output": []}},
+        {"type": "response.output_item.added", "output_index": 0, "item": {**SHELL_CALL, "status": "in_progress"}},
+        {"type": "response.output_item.done", "output_index": 0, "item": SHELL_CALL},
+        {"type": "response.completed", "response": {"id": "gen-sh", "status": "completed", "output": [SHELL_CALL]}},
+    ]
+    fake_upstream.enqueue(Reply(kind="sse", events=events))
+    streamed = await _stream(alice, {"model": MODEL, "input": "ls", "stream": True})
+    assert "response.output_item.done" in _check_events(streamed)
+    done = next(e for e in streamed if e["type"] == "response.output_item.done")
+    assert (done["item"]["environment"], done["item"]["action"]["timeout_ms"]) == (None, None)

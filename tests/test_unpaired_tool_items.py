@@ -301,3 +301,42 @@ async def test_a_call_cut_off_before_its_end_need_not_be_answered(alice: Tenant,
     await send(alice, conversation_id, SMALL_WINDOW_MODEL, "try again with more room")
     # Nor is it sent: a provider refuses it without an output (and its arguments are cut).
     assert sent_types(fake_upstream) == ["message", "message"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_an_mcp_approval_response_whose_request_was_deleted_is_not_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str
+) -> None:
+    request = {
+        "type": "mcp_approval_request",
+        "id": "mcpr_1",
+        "server_label": "docs",
+        "name": "search",
+        "arguments": "{}",
+    }
+    approval = {"type": "mcp_approval_response", "approval_request_id": "mcpr_1", "approve": True}
+    conversation_id = await new_conversation(alice.http)
+    fake_upstream.reply_json(response_with_output([request]))
+    await send(alice, conversation_id, model, "look it up")
+    await send(alice, conversation_id, model, [approval])
+    assert sent_types(fake_upstream) == ["message", "mcp_approval_request", "mcp_approval_response"]
+
+    deleted = await alice.http.delete(f"/v1/conversations/{conversation_id}/items/mcpr_1")
+    assert deleted.status_code == 200, deleted.text
+    await send(alice, conversation_id, model, "and now?")
+    # A provider refuses an approval response whose request it is not given, on every later turn.
+    assert "mcp_approval_response" not in sent_types(fake_upstream)
+    stored = await list_all(alice.http, f"/v1/conversations/{conversation_id}/items", order="asc")
+    assert "mcp_approval_response" in [item["type"] for item in stored]
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_an_mcp_approval_response_added_alone_is_not_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str
+) -> None:
+    conversation_id = await new_conversation(alice.http)
+    approval = {"type": "mcp_approval_response", "approval_request_id": "mcpr_gone", "approve": True}
+    added = await alice.http.post(f"/v1/conversations/{conversation_id}/items", json={"items": [approval]})
+    assert added.status_code == 200, added.text
+    await send(alice, conversation_id, model, "hello")
+    assert sent_types(fake_upstream) == ["message"]

@@ -97,11 +97,16 @@ def _holds_compaction(inputs: Sequence[NewItem], history: str) -> bool:
 
 def _holds_paired_item(history: str, inputs: Sequence[NewItem]) -> bool:
     """Whether the input holds a tool call, which it must answer, or the history may hold one, or a tool output,
-    each sent only with the other (CountedItems.calls): every such type's name but MCP approvals' holds this;
+    each sent only with the other (CountedItems.calls): every such type's name holds `_call` but MCP
+    approvals', which hold `mcp_approval_` (an approval response whose request was deleted is never sent either);
     or a reasoning item, sent only before the item it came with (CountedItems.lone_reasoning). Each search is a
-    pass over the history's text; an approval response whose request was deleted is sent as it is when nothing
-    else counts the history."""
-    return any(item.type in CALL_KEY_FIELDS for item in inputs) or "_call" in history or '"reasoning"' in history
+    pass over the history's text."""
+    return (
+        any(item.type in CALL_KEY_FIELDS for item in inputs)
+        or "_call" in history
+        or "mcp_approval_" in history
+        or '"reasoning"' in history
+    )
 
 
 def _refuse_unanswered_calls(sent: CountedItems, fit: fitting.Fit, inputs: Sequence[NewItem]) -> None:
