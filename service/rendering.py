@@ -27,13 +27,15 @@ _ANNOTATION_DEFAULTS: dict[str, dict[str, Any]] = {"url_citation": {"title": ""}
 
 
 def _completed(value: Any, defaults_by_type: dict[str, dict[str, Any]]) -> Any:
-    """`value` with the defaults of its type for the fields it lacks (a copy when anything changes)."""
+    """`value` with the defaults of its type for the fields it lacks or holds as null, which OpenAI's input
+    schemas take for "the default" while its items show the value (a copy when anything changes)."""
     if not isinstance(value, dict) or not isinstance(kind := value.get("type"), str):
         return value
     defaults = defaults_by_type.get(kind)
-    if defaults is not None and not defaults.keys() <= value.keys():
-        return {**value, **{k: v for k, v in defaults.items() if k not in value}}
-    return value
+    if defaults is None:
+        return value
+    missing = {k: v for k, v in defaults.items() if k not in value or (value[k] is None and v is not None)}
+    return {**value, **missing} if missing else value
 
 
 def client_annotation(annotation: Any) -> Any:
@@ -50,12 +52,22 @@ def client_part(part: Any) -> Any:
     return part
 
 
+# Items whose `output` may be a list of input parts (OpenAI's FunctionAndCustomToolCallOutput).
+_PART_OUTPUT_TYPES = frozenset({"function_call_output", "custom_tool_call_output"})
+
+
 def client_item(item: dict[str, Any]) -> dict[str, Any]:
     content = item.get("content")
     if item.get("type", "message") == "message" and isinstance(content, list):
         parts = [client_part(part) for part in content]
         if any(new is not old for new, old in zip(parts, content, strict=True)):
             return {**item, "content": parts}
+        return item
+    output = item.get("output")
+    if item.get("type") in _PART_OUTPUT_TYPES and isinstance(output, list):
+        parts = [client_part(part) for part in output]
+        if any(new is not old for new, old in zip(parts, output, strict=True)):
+            return {**item, "output": parts}
         return item
     completed: dict[str, Any] = _completed(item, _ITEM_DEFAULTS)
     return _with_action_completed(completed)
