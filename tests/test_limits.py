@@ -563,6 +563,63 @@ async def test_a_conversation_at_its_byte_cap_takes_no_more_turns_or_items(
     assert small.status_code == 200, small.text  # within the cap still
 
 
+def _chain_too_large(answer: httpx.Response) -> None:
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "conversation_too_large",
+        "previous_response_id",
+    )
+    assert "MAX_CONVERSATION_" in error["message"] and "POST /v1/responses/compact" in error["message"]
+
+
+async def test_a_chain_at_its_byte_cap_takes_no_more_turns(
+    start_server: StartServer, make_tenant: MakeTenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A previous_response_id chain sends its whole history on every turn: the cap that bounds a conversation
+    turn's memory bounds a chain turn's too (six chained turns of 30 MiB images each were taken, each sending
+    the whole history upstream)."""
+    live = start_server(max_conversation_bytes=3000)
+    alice = await make_tenant("alice", live=live)
+
+    async def continuing(previous: str, text: str, **extra: Any) -> httpx.Response:
+        body = {"model": MODEL, "input": text, "previous_response_id": previous, **extra}
+        return await alice.http.post("/v1/responses", json=body)
+
+    first = (await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x" * 1000})).json()
+    second = await continuing(first["id"], "y" * 1000)
+    assert second.status_code == 200, second.text
+    calls = len(fake_upstream.requests)
+    before = await rows(db, "SELECT id FROM response ORDER BY id")
+    for extra in ({}, {"stream": True}, {"background": True}, {"store": False}):
+        _chain_too_large(await continuing(second.json()["id"], "z" * 1000, **extra))
+    assert len(fake_upstream.requests) == calls, "a refused turn went upstream"
+    # The plain turn, listed on its chain's row when refused, is stored as failed (as a conversation turn at
+    # its cap is); the others were refused before anything was stored. None stays listed as running.
+    after = await rows(db, "SELECT id, status, error->>'code' AS code FROM response ORDER BY id")
+    new = [row for row in after if {"id": row["id"]} not in before]
+    assert [(row["status"], row["code"]) for row in new] == [("failed", "conversation_too_large")]
+    assert await rows(db, "SELECT id FROM response_chain WHERE cardinality(turn_response_ids) > 0") == []
+    assert await rows(db, "SELECT response_id FROM running_chain_turn") == []
+    # An earlier response, whose history is within the cap, is continued still.
+    assert (await continuing(first["id"], "short")).status_code == 200
+
+
+async def test_a_chain_at_its_item_cap_takes_no_more_turns(
+    start_server: StartServer, make_tenant: MakeTenant, fake_upstream: FakeOpenRouter
+) -> None:
+    live = start_server(max_conversation_items=4)
+    alice = await make_tenant("alice", live=live)
+    previous = (await alice.http.post("/v1/responses", json={"model": MODEL, "input": "one"})).json()["id"]
+    # Two items, then four: each turn adds its input and an answer.
+    body = {"model": MODEL, "input": "two", "previous_response_id": previous}
+    previous = (await alice.http.post("/v1/responses", json=body)).json()["id"]
+    body = {"model": MODEL, "input": "three", "previous_response_id": previous}
+    _chain_too_large(await alice.http.post("/v1/responses", json=body))
+    assert len(fake_upstream.requests) == 2
+
+
 async def test_a_keyed_request_beyond_the_rate_is_refused_before_its_key_is_looked_up(
     start_server: StartServer, make_tenant: MakeTenant, db: AsyncEngine
 ) -> None:

@@ -2,7 +2,8 @@
 MAX_CONVERSATION_BYTES). A turn or an append that would start beyond it gets 400 `conversation_too_large`,
 pointing to the ways out (compaction stores an item and deletes none, so it is not one); the last turn within
 it may take it over (its output is not known in advance), so the cap bounds a conversation to about itself plus
-one turn.
+one turn. A `previous_response_id` chain's history (what a turn continuing a response sends) is held to the
+same cap, with the same code.
 
 A turn's memory is a multiple of its history (read as one text, which is kept and sent upstream from), so the
 cap is also what bounds one turn's memory."""
@@ -38,5 +39,20 @@ class ConversationCaps:
             "which a new conversation can start from (compaction and truncation shorten what is sent upstream, "
             "not what is stored).",
             param=param,
+            code="conversation_too_large",
+        )
+
+    def chain_excess(self, previous_response_id: str, items: int, size: int) -> InvalidRequest | None:
+        """The refusal for a turn continuing `previous_response_id` whose history and input would hold `items`
+        items and `size` bytes, or None."""
+        what = self.breach(items, size)
+        if what is None:
+            return None
+        return InvalidRequest(
+            f"Continuing response '{previous_response_id}' would send {what}. Continue from an earlier response, "
+            "or start a new chain: POST /v1/responses/compact with this previous_response_id answers the chain's "
+            "user messages and a summary, which a new turn can start from (truncation shortens what is sent "
+            "upstream, not what is read).",
+            param="previous_response_id",
             code="conversation_too_large",
         )

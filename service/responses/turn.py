@@ -26,7 +26,7 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 from asyncpg.exceptions import ForeignKeyViolationError
@@ -244,7 +244,11 @@ class TurnContext:
                 chain, now = await self._chain_before(db, tenant_id, previous_id, running)
             state.created_at = now
             history, counts = chain.whole()
+            size = len(history) + sum(len(item.body) for item in request.input_items)
+            beyond = self.caps.chain_excess(previous_id, len(counts) + len(request.input_items), size)
             if response is None:
+                if beyond is not None:
+                    raise beyond
                 refuse_outputs_without_calls(history, request.input_items)
                 note_effect()  # the upstream call (a charge) follows
                 return Turn(tenant_id, request, state, history, history_counts=counts)
@@ -254,6 +258,8 @@ class TurnContext:
                 stored_at_finish = turn_store.Unseen(response, now, None, request.input_items)
                 unseen = Turn(tenant_id, request, state, history, began, stored_at_finish, chain, history_counts=counts)
             else:
+                if beyond is not None:  # before the begin stores anything
+                    raise beyond
                 refuse_outputs_without_calls(history, request.input_items)  # before the begin stores anything
                 unseen = None
                 began = time.monotonic()
@@ -268,6 +274,8 @@ class TurnContext:
         if unseen is not None:
             # Listed on its chain's row by the read: a refusal found only now is stored as failed, as a
             # conversation turn's is (a read without listing first would cost every chain tool turn one).
+            if beyond is not None:
+                await self._refuse_stored(unseen, beyond)
             await self._refuse_outputs_without_calls(unseen)
             return unseen
         running_turns.add(self.engine, state.id, None)  # for the heartbeat (service/cluster)
@@ -392,8 +400,12 @@ class TurnContext:
         assert turn.request.conversation_id is not None
         refusal = self.caps.excess(turn.request.conversation_id, item_count + len(inputs), size, param="conversation")
         if refusal is not None:
-            await asyncio.shield(self.fail(turn, {"code": refusal.code, "message": refusal.message}))
-            raise refusal
+            await self._refuse_stored(turn, refusal)
+
+    async def _refuse_stored(self, turn: Turn, refusal: InvalidRequest) -> NoReturn:
+        """A refusal found once the turn was claimed or listed: the turn is stored as failed, nothing sent."""
+        await asyncio.shield(self.fail(turn, {"code": refusal.code, "message": refusal.message}))
+        raise refusal
 
     async def _refuse_outputs_without_calls(self, turn: Turn) -> None:
         """Checked once the claim read the history (a read before it would cost every tool turn one): such a
