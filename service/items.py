@@ -13,6 +13,7 @@ import msgspec
 from service.context.tokens import item_tokens
 from service.errors import InvalidRequest
 from service.ids import new_id
+from service.media import check_media_sources
 from service.rendering import client_item
 
 _encode = msgspec.json.encode
@@ -166,7 +167,9 @@ _PART_STRINGS = {
     "input_file": ("file_id", "file_data", "file_url", "filename"),
 }
 _FILE_SOURCES = ("file_id", "file_data", "file_url")
+_IMAGE_SOURCES = ("image_url", "file_id")
 _IMAGE_DETAILS = ("low", "high", "auto", "original")  # a tuple: a detail of any JSON type can be looked up
+_FILE_DETAILS = ("auto", "low", "high")
 # What a function's output array holds (OpenAI's FunctionAndCustomToolCallOutput).
 _TOOL_OUTPUT_PART_TYPES = frozenset({"input_text", "input_image", "input_file"})
 
@@ -177,8 +180,14 @@ def _check_part_fields(part: dict[str, Any], kind: Any, where: str) -> None:
             raise _fail(f"Content part {where}.{field} must be a string", f"{where}.{field}")
     if kind == "input_file" and not any(isinstance(part.get(field), str) for field in _FILE_SOURCES):
         raise _fail(f"Content part {where} needs one of {', '.join(_FILE_SOURCES)}", where)
+    if kind == "input_image" and not any(isinstance(part.get(field), str) for field in _IMAGE_SOURCES):
+        raise _fail(f"Content part {where} needs one of {', '.join(_IMAGE_SOURCES)}", where)
     if kind == "input_image" and part.get("detail") is not None and part["detail"] not in _IMAGE_DETAILS:
         raise _fail(f"Content part {where}.detail must be one of {', '.join(_IMAGE_DETAILS)}", f"{where}.detail")
+    if kind == "input_file" and part.get("detail") is not None and part["detail"] not in _FILE_DETAILS:
+        raise _fail(f"Content part {where}.detail must be one of {', '.join(_FILE_DETAILS)}", f"{where}.detail")
+    if kind in ("input_image", "input_file"):
+        check_media_sources(part, where)
     if kind == "input_audio":
         audio = part.get("input_audio")
         if not (

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.conftest import Tenant
 from tests.fake_openrouter import FakeOpenRouter
 from tests.turn_support import MODEL
@@ -40,3 +42,67 @@ async def test_an_image_sent_with_a_null_detail_is_shown_with_its_default(
     assert _details(shown.json()["data"][0]) == ["auto"]
     # Stored and sent upstream as the client sent it.
     assert fake_upstream.inputs[0][0]["content"][1] == _IMAGE
+
+
+_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
+_TEXT = {"type": "input_text", "text": "see"}
+
+
+def _message(part: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "message", "role": "user", "content": [_TEXT, part]}
+
+
+@pytest.mark.parametrize(
+    ("part", "field"),
+    [
+        ({"type": "input_image", "image_url": "data:image/png;base64,!!!notbase64***"}, "image_url"),
+        ({"type": "input_image", "image_url": "data:image/png;base64"}, "image_url"),
+        ({"type": "input_image", "image_url": "hello world"}, "image_url"),
+        ({"type": "input_image", "image_url": "ftp://example.com/a.png"}, "image_url"),
+        ({"type": "input_image", "detail": "auto"}, None),
+        ({"type": "input_file", "file_data": "data:application/pdf;base64,@@@@"}, "file_data"),
+        ({"type": "input_file", "file_data": "not base64 at all"}, "file_data"),
+        ({"type": "input_file", "file_url": "/relative/a.pdf"}, "file_url"),
+        ({"type": "input_file", "file_id": "file-1", "detail": "ultra"}, "detail"),
+    ],
+)
+async def test_an_image_or_file_no_model_could_read_is_refused_naming_its_field_and_nothing_is_stored(
+    alice: Tenant, fake_upstream: FakeOpenRouter, part: dict[str, Any], field: str | None
+) -> None:
+    """Stored through the items API, such a part went upstream on every later turn: each failed with the
+    upstream's 400, which named no item."""
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    where = "items[0].content[1]"
+    added = await alice.http.post(f"/v1/conversations/{conversation}/items", json={"items": [_message(part)]})
+    assert added.status_code == 400, added.text
+    error = added.json()["error"]
+    assert error["param"] == (f"{where}.{field}" if field else where)
+    assert error["type"] == "invalid_request_error"
+    listed = await alice.http.get(f"/v1/conversations/{conversation}/items")
+    assert listed.json()["data"] == []
+    turn = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "input": [_message(part)], "conversation": conversation}
+    )
+    assert turn.status_code == 400, turn.text
+    assert turn.json()["error"]["param"] == error["param"].replace("items[0]", "input[0]")
+    assert fake_upstream.requests == []
+
+
+async def test_images_and_files_as_clients_send_them_are_taken_and_sent_as_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    parts = [
+        {"type": "input_image", "image_url": "https://example.com/a.png", "detail": "low"},
+        {"type": "input_image", "image_url": f"data:image/png;base64,{_PNG}=="},
+        # As the `base64` tool writes it, wrapped.
+        {"type": "input_image", "image_url": f"DATA:image/png;base64,{_PNG[:20]}\n{_PNG[20:]}=="},
+        {"type": "input_image", "file_id": "file-img"},
+        {"type": "input_file", "file_data": f"data:application/pdf;base64,{_PNG}==", "filename": "a.pdf"},
+        {"type": "input_file", "file_data": f"{_PNG}==", "filename": "b.pdf"},
+        {"type": "input_file", "file_url": "http://example.com/c.pdf", "detail": "high"},
+        {"type": "input_file", "file_id": "file-pdf"},
+    ]
+    message = {"type": "message", "role": "user", "content": [_TEXT, *parts]}
+    turn = await alice.http.post("/v1/responses", json={"model": MODEL, "input": [message]})
+    assert turn.status_code == 200, turn.text
+    assert fake_upstream.inputs[0][0]["content"][1:] == parts
