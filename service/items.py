@@ -246,9 +246,23 @@ def _normalize_message(item: dict[str, Any], param: str) -> dict[str, Any]:
         content = text_parts(role, content)
     elif isinstance(content, list):
         _check_parts(content, INPUT_PART_TYPES, f"{param}.content")
+        content = _with_image_details(content)
     else:
         raise _fail(f"{param}.content must be a string or an array of content parts", f"{param}.content")
     return {**item, "type": "message", "content": content}
+
+
+def _with_image_details(parts: list[Any]) -> list[Any]:
+    """Images with a `detail`: OpenRouter's schema requires one where OpenAI's takes none (or null) for `auto`, as
+    OpenAI's own examples send them. Stored so, as string content is stored as its part: replayed as stored."""
+    if not any(isinstance(p, dict) and p.get("type") == "input_image" and p.get("detail") is None for p in parts):
+        return parts
+    return [
+        {**p, "detail": "auto"}
+        if isinstance(p, dict) and p.get("type") == "input_image" and p.get("detail") is None
+        else p
+        for p in parts
+    ]
 
 
 # Items with fields the upstream's schema requires (a replay sends them as stored): _check_tool_item checks them.
@@ -355,6 +369,10 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
         return _normalize_message(item, param)
     if kind in _TOOL_ITEM_TYPES:
         _check_tool_item(item, kind, param)
+        if kind == "function_call_output" and isinstance(item["output"], list):
+            output = _with_image_details(item["output"])
+            if output is not item["output"]:
+                return {**item, "output": output}
     elif kind == ITEM_REFERENCE:
         if not isinstance(item.get("id"), str):
             raise _fail(f"{param}.id is required for item_reference", f"{param}.id")

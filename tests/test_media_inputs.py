@@ -1,4 +1,5 @@
-"""Images and files as clients send them: what is shown is OpenAI's shape, what goes upstream is what was sent."""
+"""Images and files as clients send them: what is shown is OpenAI's shape; what goes upstream is what was sent,
+but for an image's `detail`, which OpenRouter's schema requires (OpenAI's default, `auto`, when left out)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ async def test_an_image_sent_with_a_null_detail_is_shown_with_its_default(
     assert turn.status_code == 200, turn.text
     shown = await alice.http.get(f"/v1/responses/{turn.json()['id']}/input_items")
     assert _details(shown.json()["data"][0]) == ["auto"]
-    # Stored and sent upstream as the client sent it.
-    assert fake_upstream.inputs[0][0]["content"][1] == _IMAGE
+    # Sent upstream with OpenAI's default, which OpenRouter's schema requires.
+    assert fake_upstream.inputs[0][0]["content"][1] == {**_IMAGE, "detail": "auto"}
 
 
 _PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
@@ -88,7 +89,7 @@ async def test_an_image_or_file_no_model_could_read_is_refused_naming_its_field_
     assert fake_upstream.requests == []
 
 
-async def test_images_and_files_as_clients_send_them_are_taken_and_sent_as_sent(
+async def test_images_and_files_as_clients_send_them_are_taken_and_sent_as_sent_with_an_images_detail(
     alice: Tenant, fake_upstream: FakeOpenRouter
 ) -> None:
     parts = [
@@ -105,4 +106,8 @@ async def test_images_and_files_as_clients_send_them_are_taken_and_sent_as_sent(
     message = {"type": "message", "role": "user", "content": [_TEXT, *parts]}
     turn = await alice.http.post("/v1/responses", json={"model": MODEL, "input": [message]})
     assert turn.status_code == 200, turn.text
-    assert fake_upstream.inputs[0][0]["content"][1:] == parts
+    # As sent, but for an image's detail, which OpenRouter's schema requires: OpenAI's default when left out.
+    sent = [
+        {**part, "detail": "auto"} if part["type"] == "input_image" and "detail" not in part else part for part in parts
+    ]
+    assert fake_upstream.inputs[0][0]["content"][1:] == sent

@@ -96,10 +96,10 @@ async def test_an_input_image_without_detail_is_shown_with_openais_default(
     inputs = (await alice.http.get(f"/v1/responses/{answer['id']}/input_items")).json()
     assert inputs["data"][0]["content"][1] == {**image, "detail": "auto"}
     check("ResponseItemList", inputs)
-    # What is stored and sent upstream stays as the client sent it.
-    assert fake_upstream.inputs[0][0]["content"][1] == image
+    # Stored and sent upstream with it too: OpenRouter's schema requires a detail, OpenAI's examples leave it out.
+    assert fake_upstream.inputs[0][0]["content"][1] == {**image, "detail": "auto"}
     [stored] = await rows(db, "SELECT body FROM item WHERE conversation_id = :c", c=conv)
-    assert '"detail"' not in stored["body"]
+    assert json.loads(stored["body"])["content"][1] == {**image, "detail": "auto"}
 
 
 async def test_a_response_stored_before_its_tools_were_checked_still_renders(

@@ -362,6 +362,9 @@ async def test_the_valid_forms_of_checked_items_and_parts_go_upstream_as_sent(
     ]
     answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": items})
     assert answer.status_code == 200, answer.text
+    # But for an image's detail, which OpenRouter's schema requires: OpenAI's default, `auto`, when left out.
+    items[3]["output"][1]["detail"] = "auto"
+    items[5]["content"][1]["detail"] = "auto"
     assert fake_upstream.inputs[0] == items
 
 
