@@ -34,6 +34,7 @@ from service.limits.door import DoorMiddleware
 from service.limits.policy import Limits
 from service.limits.slow_readers import SlowReaderMiddleware
 from service.observability import metrics, tracing
+from service.observability.outages import FailingLoop
 from service.observability.pool import observe_pool
 from service.observability.requests import RequestObserver
 from service.observability.routes import metrics_route
@@ -58,12 +59,15 @@ logger = logging.getLogger("service.app")
 async def _purge_forever(runtime: Runtime) -> None:
     """Retention runs every RETENTION_INTERVAL_SECONDS, the first one an interval after start-up; across
     processes the lease in PostgreSQL lets one of them run at a time."""
+    failing = FailingLoop(logger, "retention run")  # an outage: a line as it starts, one a minute, one as it ends
     while True:
         await asyncio.sleep(runtime.settings.retention_interval_seconds)
         try:
             await purge(runtime.engine, runtime.settings, process_id=runtime.cluster.heartbeat.identity.id)
         except Exception as exc:
-            logger.warning("retention run failed: %s", type(exc).__name__)
+            failing.failed(type(exc).__name__)
+        else:
+            failing.worked()
 
 
 def create_app(

@@ -159,6 +159,13 @@ async def _first_start_key(url: str) -> str | None:
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    # prometheus_client's own variable, read as its metrics are made (when the module below is imported).
+    shared_metrics = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if shared_metrics and not os.path.isdir(shared_metrics):
+        return _fail(
+            f"PROMETHEUS_MULTIPROC_DIR={shared_metrics} is not a directory: create it (empty, before each start), "
+            "or leave it unset"
+        )
     from service.observability.metrics_server import prepare_workers, serve_metrics  # noqa: PLC0415
 
     prepare_workers(settings)
@@ -354,7 +361,8 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
                 ),
             )
     except ServiceError as exc:
-        return _fail(f"{exc.message} (nothing was imported)")
+        said = "nothing is imported" in exc.message  # a cut-short file's message says so already
+        return _fail(exc.message if said else f"{exc.message} (nothing was imported)")
     except OSError as exc:
         return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
     print(f"imported {imported.conversations} conversations ({imported.items} items) with new ids")

@@ -235,6 +235,43 @@ async def test_an_outage_logs_each_background_loop_once_when_it_starts_and_once_
     assert len(during) <= 8, during  # the loops' lines, and the few one-off ones of a lost connection
 
 
+async def test_an_outage_logs_the_retention_purge_like_the_other_loops_and_counts_its_failed_runs(
+    private_postgres: PrivatePostgres,
+    start_server: Callable[..., LiveServer],
+    request: pytest.FixtureRequest,
+) -> None:
+    """The purge logged a warning at every run while the database was down, and a run that could not take its
+    lease was counted in no outcome of convstore_retention_runs_total: an alert on failed runs read nothing."""
+    from service.observability.metrics import RETENTION_RUNS
+
+    def failed_runs() -> float:
+        return sum(
+            sample.value
+            for metric in RETENTION_RUNS.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total") and sample.labels["outcome"] not in {"ok", "lease_lost"}
+        )
+
+    warnings = RecordedWarnings()
+    logging.getLogger("service.app").addHandler(warnings)
+    request.addfinalizer(lambda: logging.getLogger("service.app").removeHandler(warnings))
+    before = failed_runs()
+    live = start_server(database_url=private_postgres.url, retention_interval_seconds=1.0)
+    async with await tenant_client(private_postgres, live) as client:
+        assert (await client.post("/v1/conversations", json={})).status_code == 200
+        await asyncio.to_thread(private_postgres.stop)
+        await asyncio.sleep(4.5)
+        during = [m for m in warnings.messages if m.startswith("retention run")]
+        await asyncio.to_thread(private_postgres.start)
+
+        async def back() -> bool:
+            return any(m.startswith("retention run works again") for m in warnings.messages)
+
+        await eventually(back, timeout=20)
+    assert len(during) == 1 and during[0].startswith("retention run failed: "), during
+    assert failed_runs() - before >= 3
+
+
 def test_a_flapping_loop_is_logged_at_the_pace_of_a_steady_outage() -> None:
     """A loop failing every other pass logged a failure and a recovery each time: more lines than one line per
     failure, which the limit was meant to prevent."""

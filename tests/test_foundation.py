@@ -180,6 +180,17 @@ def test_every_command_has_help(args: tuple[str, ...]) -> None:
     assert "usage:" in result.stdout
 
 
+def test_serve_with_a_shared_metrics_directory_that_does_not_exist_stops_with_one_line(tmp_path: Path) -> None:
+    """prometheus_client's PROMETHEUS_MULTIPROC_DIR: a traceback from inside the metrics library, before."""
+    missing = tmp_path / "gone"
+    result = run_cli("serve", PROMETHEUS_MULTIPROC_DIR=str(missing), DATABASE_URL="postgresql://127.0.0.1:1/x")
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: PROMETHEUS_MULTIPROC_DIR={missing} is not a directory: create it (empty, before each start), "
+        "or leave it unset\n"
+    )
+
+
 async def test_cli_keys_create_list_revoke(database_url: str, server: LiveServer) -> None:
     created = run_cli(
         "keys", "create", "--tenant", "cli-tenant", "--name", "laptop", DATABASE_URL=plain_url(database_url)

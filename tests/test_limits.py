@@ -633,3 +633,30 @@ async def test_a_keyed_request_beyond_the_rate_is_refused_before_its_key_is_look
     _rate_limited(await alice.http.post("/v1/conversations", json={}, headers=keyed))
     _rate_limited(await alice.http.post("/v1/conversations", json={}, headers={"Idempotency-Key": "k-new"}))
     assert [row["key"] for row in await rows(db, "SELECT key FROM idempotency_key")] == ["k-rate"]
+
+
+async def test_max_conversation_bytes_zero_turns_the_cap_off_for_answers_too(
+    start_server: StartServer, make_tenant: MakeTenant, fake_upstream: FakeOpenRouter
+) -> None:
+    # README: MAX_CONVERSATION_BYTES is "the same" as MAX_CONVERSATION_ITEMS, where `0` turns it off.
+    live = start_server(max_conversation_bytes=0)
+    alice = await make_tenant("alice", live=live)
+    plain = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi"})
+    assert plain.status_code == 200, plain.text
+    streamed = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "hi", "stream": True})
+    assert streamed.status_code == 200, streamed.text
+    assert "response.completed" in streamed.text, streamed.text
+
+
+async def test_a_conversation_is_not_created_beyond_its_caps(
+    start_server: StartServer, make_tenant: MakeTenant, db: AsyncEngine
+) -> None:
+    live = start_server(max_conversation_items=2, max_conversation_bytes=1500)
+    alice = await make_tenant("alice", live=live)
+    item = {"type": "message", "role": "user", "content": "x"}
+    _too_large(await alice.http.post("/v1/conversations", json={"items": [item, item, item]}), "items")
+    big = {"type": "message", "role": "user", "content": "x" * 2000}
+    _too_large(await alice.http.post("/v1/conversations", json={"items": [big]}), "items")
+    assert await rows(db, "SELECT id FROM conversation") == []
+    within = await alice.http.post("/v1/conversations", json={"items": [item, item]})
+    assert within.status_code == 200, within.text

@@ -42,7 +42,8 @@ class ConversationController(Controller):
         payload = decode_object(body)
         windows = caller.runtime.turn_context.windows
         await windows.check_items(caller.tenant_id, payload.get("items"), param="items")
-        created = await service.create_conversation(caller.engine, caller.tenant_id, payload)
+        caps = caller.runtime.settings.conversation_caps
+        created = await service.create_conversation(caller.engine, caller.tenant_id, payload, caps=caps)
         note_created(conversation_id=created["id"])
         return json_response(created)
 

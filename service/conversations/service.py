@@ -149,12 +149,22 @@ async def _append_direct(
     return items
 
 
-async def create_conversation(engine: AsyncEngine, tenant_id: str, body: dict[str, Any]) -> dict[str, Any]:
+async def create_conversation(
+    engine: AsyncEngine, tenant_id: str, body: dict[str, Any], *, caps: ConversationCaps | None = None
+) -> dict[str, Any]:
     metadata = validate_metadata(body.get("metadata"))
-    checked = _checked_items(_items_param(body.get("items"), "items"))
+    raw_items = _items_param(body.get("items"), "items")
+    checked = _checked_items(raw_items)
+    conversation_id = new_id("conv")
+    if caps is not None and checked:
+        # As for an append: a conversation created beyond its caps would refuse every turn and append after it.
+        size = len(msgspec.json.encode(raw_items)) if caps.max_bytes else 0
+        refusal = caps.excess(conversation_id, len(raw_items), size, param="items")
+        if refusal is not None:
+            raise refusal
     async with engine.begin() as conn:
         row = await repository.insert_conversation(
-            conn, conversation_id=new_id("conv"), tenant_id=tenant_id, metadata=metadata
+            conn, conversation_id=conversation_id, tenant_id=tenant_id, metadata=metadata
         )
         if checked:
             await _append_direct(conn, tenant_id, row.id, checked)

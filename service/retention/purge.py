@@ -161,9 +161,15 @@ async def purge(engine: AsyncEngine, settings: Settings, *, process_id: str) -> 
     """Apply every tenant's retention now. None when another process holds the lease (its run is under way).
     `process_id`: this process's (service/cluster): once the heartbeat finds it stopped, its lease is free."""
     holder = f"{process_id}/{new_id('purge')}"
-    async with engine.begin() as conn:
-        if not await repository.take_lease(conn, name=LEASE, holder=holder, ttl=LEASE_SECONDS):
-            return None
+    try:
+        async with engine.begin() as conn:
+            taken = await repository.take_lease(conn, name=LEASE, holder=holder, ttl=LEASE_SECONDS)
+    except Exception as exc:
+        # A run that could not start (the database down) is a failed run too: an alert on failures must see it.
+        RETENTION_RUNS.labels(type(exc).__name__).inc()
+        raise
+    if not taken:
+        return None
     started = time.monotonic()
     run = _Run(engine, settings, holder)
     totals = PurgeCounts()

@@ -42,7 +42,8 @@ class OpenRouterClient:
         self._settings = settings
         # An answer is stored whole and replayed on every later turn: one larger than a conversation may hold would
         # leave its conversation refusing every turn after it (and is read into memory first).
-        self._max_answer = settings.max_conversation_bytes
+        # MAX_CONVERSATION_BYTES=0 turns the cap off, and with it this bound (0 bytes would refuse every answer).
+        self._max_answer: int | None = settings.max_conversation_bytes or None
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if settings.openrouter_api_key:
             headers["Authorization"] = f"Bearer {settings.openrouter_api_key}"
@@ -131,7 +132,7 @@ class OpenRouterClient:
 
     async def _read(self, response: httpx.Response) -> bytes:
         declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_answer:
+        if self._max_answer is not None and declared.isdigit() and int(declared) > self._max_answer:
             raise UpstreamError(_too_large(self._max_answer), kind="protocol")
         try:
             body = await response.aread()
@@ -143,7 +144,7 @@ class OpenRouterClient:
             raise UpstreamError(f"OpenRouter connection broke ({type(exc).__name__})", kind="connect") from None
         except httpx.DecodingError:
             raise UpstreamError(_NOT_DECODABLE, kind="protocol") from None
-        if len(body) > self._max_answer:
+        if self._max_answer is not None and len(body) > self._max_answer:
             raise UpstreamError(_too_large(self._max_answer), kind="protocol")
         return body
 
@@ -271,7 +272,7 @@ class OpenRouterClient:
                 deadline=deadline,
                 secret=self._secret,
                 answer=answer,
-                max_bytes=self._max_answer * _STREAM_BYTES_PER_ANSWER_BYTE,
+                max_bytes=None if self._max_answer is None else self._max_answer * _STREAM_BYTES_PER_ANSWER_BYTE,
             )
         finally:
             observe.call_ended()
