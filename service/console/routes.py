@@ -203,15 +203,21 @@ class ConsoleController(Controller):
         if not key:
             return self._login_page(request, runtime, "Enter the admin credential.", 400)
         failures, client = _failed_sign_ins(request), _client(request)
-        wait = failures.take(client, spend=False)
+        # Spent before the key is looked up and given back if it is one: only looking let every sign-in sent at
+        # once (all of them looking before the first lookup ended) through, a guess each.
+        wait = failures.take(client)
         if wait:
             message = f"Too many failed sign-ins from this address: try again in {math.ceil(wait)} s."
             return self._login_page(request, runtime, message, 429, retry_after_header(wait))
         digest = hash_key(key)
-        principal = await runtime.authenticator.authenticate_digest(digest)
+        try:
+            principal = await runtime.authenticator.authenticate_digest(digest)
+        except BaseException:
+            failures.give_back(client)
+            raise
         if principal is None:
-            failures.take(client)
             return self._login_page(request, runtime, "Incorrect or revoked key.", 401)
+        failures.give_back(client)
         if not principal.is_admin:
             return self._login_page(
                 request, runtime, "This is a tenant key: the console needs the admin credential.", 403
@@ -432,7 +438,8 @@ class ConsoleController(Controller):
         body: dict[str, Any] = {}
         for field in ("responses_days", "conversations_idle_days"):
             raw = form.get(field, "").strip()
-            body[field] = None if raw == "" else int(raw) if raw.isdigit() else raw
+            # ASCII digits only, and few: int() refused "²" (a digit to isdigit) and 4,301 digits, a 500 each.
+            body[field] = None if raw == "" else int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else raw
         try:
             await retention.put_policy(runtime.engine, tenant, body)
         except ServiceError as exc:

@@ -44,6 +44,12 @@ class TokenBuckets:
             return 0.0
         return (1.0 - bucket.tokens) / self.rate
 
+    def give_back(self, name: str) -> None:
+        """Returns a token `take` spent (a reservation that turned out not to count)."""
+        bucket = self._buckets.get(name)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + 1.0)
+
     def _prune(self, now: float) -> None:
         full_after = self.burst / self.rate
         self._buckets = {name: b for name, b in self._buckets.items() if now - b.at < full_after}
