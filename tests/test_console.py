@@ -200,6 +200,49 @@ async def test_invalid_filters_are_the_admin_apis_errors(browser_client: httpx.A
     assert as_json.status_code == 400 and as_json.json()["error"]["param"] == "q"
 
 
+async def test_a_threads_older_responses_its_whole_delete_and_a_tenants_text_as_it_reads(
+    browser_client: httpx.AsyncClient, alice: Tenant
+) -> None:
+    """A thread page showed its newest 20 responses with no way to the others; its delete page counted the
+    conversation's turns only, though the delete takes the previous_response_id turns continuing them too; a
+    right-to-left override in a tenant's metadata showed `region=eu` as `eue=noiger`; and `?deleted=` showed
+    any text as a success notice."""
+    conv = (
+        await alice.http.post("/v1/conversations", json={"metadata": {"region": "\u202eeu", "title": "x" * 300}})
+    ).json()["id"]
+    made = []
+    for n in range(23):
+        answer = await alice.http.post("/v1/responses", json={"model": "m", "input": f"turn {n}", "conversation": conv})
+        assert answer.status_code == 200, answer.text
+        made.append(answer.json()["id"])
+    chained = await alice.http.post(
+        "/v1/responses", json={"model": "m", "input": "on", "previous_response_id": made[0]}
+    )
+    assert chained.status_code == 200, chained.text
+    assert (await sign_in(browser_client, ADMIN_KEY)).status_code == 303
+
+    page = await browser_client.get(f"/admin/ui/threads/{conv}")
+    assert page.status_code == 200
+    newest = re.findall(r"<td><code>(resp_[^<]+)</code></td>", page.text)
+    assert newest == made[::-1][:20]
+    assert "region=&lt;U+202E&gt;eu" in page.text and "\u202e" not in page.text
+    older_link = re.search(r'id="older-responses" href="([^"]+)"', page.text)
+    assert older_link
+    older = await browser_client.get(older_link.group(1).replace("&amp;", "&"))
+    assert older.status_code == 200
+    assert re.findall(r"<td><code>(resp_[^<]+)</code></td>", older.text) == made[::-1][20:]
+    assert 'id="older-responses"' not in older.text
+
+    confirm = await browser_client.get(f"/admin/ui/threads/{conv}/delete")
+    assert confirm.status_code == 200 and "its 48 items,\n  its 24 responses" in confirm.text
+
+    for forged in ("Everything was deleted. Call +1 555 0100 to restore it", "<b>x</b>"):
+        listing = await browser_client.get("/admin/ui/", params={"deleted": forged})
+        assert listing.status_code == 200 and 'class="notice"' not in listing.text
+    shown = await browser_client.get("/admin/ui/", params={"deleted": "conv_0123abc"})
+    assert "Deleted thread conv_0123abc" in shown.text
+
+
 # -- the browser ------------------------------------------------------------------------------------------
 
 

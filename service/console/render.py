@@ -7,12 +7,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+
+# Unicode's bidirectional controls: in a tenant's text (a metadata value, a name) they reorder what follows them
+# on the page (`region=eu` showed as `eue=noiger`), so an operator would misread it. Shown as their code points.
+_BIDI_CONTROLS = {
+    code: f"<U+{code:04X}>" for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
+
+
+def _bidi_visible(value: Any) -> Any:
+    """Every value a template shows, before it is escaped (the templates' own markup is left as it is)."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return value.translate(_BIDI_CONTROLS)
+    return value
+
 
 _env = Environment(
     loader=PackageLoader("service.console", "templates"),
     autoescape=select_autoescape(["html"]),
     trim_blocks=True,
     lstrip_blocks=True,
+    finalize=_bidi_visible,
 )
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlencode
@@ -38,6 +39,9 @@ _HEADERS = {
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
 }
 _CONSOLE_ONLY = frozenset({"live", "deleted"})
+_AN_ID = re.compile(r"[A-Za-z0-9_-]{1,256}")
+# A thread page's parameter for a page of older responses (the admin API's next_cursor of its newest ones).
+RESPONSES_CURSOR = "responses_cursor"
 LOGIN_MAX_AGE = 600
 # Ten wrong guesses from one address, then one every six seconds.
 _FAILED_SIGN_IN_BURST = 10
@@ -269,10 +273,12 @@ class ConsoleController(Controller):
             )
         next_url = None
         if listing.get("next_cursor"):
-            kept = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
+            kept = [(k, v) for k, v in request.query_params.multi_items() if k not in ("cursor", "deleted")]
             next_url = f"{BASE}/?" + urlencode([*kept, ("cursor", listing["next_cursor"])])
         live = request.query_params.get("live") == "1"
-        deleted = request.query_params.get("deleted")
+        # Set by the delete's redirect; a link may carry any text, so only an id is taken for the notice.
+        deleted = request.query_params.get("deleted", "")
+        deleted = deleted if _AN_ID.fullmatch(deleted) else ""
         return _page(
             request,
             runtime,
@@ -292,19 +298,28 @@ class ConsoleController(Controller):
         self, request: Request[Any, Any, Any], runtime: RuntimeDep, conversation_id: FromPath[str]
     ) -> Response[str]:
         session = await _session(request, runtime)
-        query = _query(request, drop=frozenset())
+        query = _query(request, drop=frozenset({RESPONSES_CURSOR}))
         if not any(key == "limit" for key, _ in query):
             query.append(("limit", "100"))
+        responses_cursor = request.query_params.get(RESPONSES_CURSOR)
         try:
             thread = await service.get_conversation(runtime.engine, conversation_id, query)
+            if responses_cursor:
+                # Older responses than the newest page the thread shows, as /admin/responses pages them.
+                older = [("conversation", conversation_id), ("cursor", responses_cursor)]
+                thread["responses"] = await service.list_responses(runtime.engine, older)
         except ServiceError as exc:
             return _page(request, runtime, session, "error.html", exc.status_code, error=exc.message)
         items = thread["items"]
+        here = f"{BASE}/threads/{conversation_id}?"
         more_url = None
         if items["has_more"]:
             following = [(k, v) for k, v in query if k != "after"] + [("after", items["last_id"])]
-            more_url = f"{BASE}/threads/{conversation_id}?" + urlencode(following)
-        return _page(request, runtime, session, "thread.html", thread=thread, more_url=more_url)
+            more_url = here + urlencode(following)
+        older_url = None
+        if thread["responses"].get("next_cursor"):
+            older_url = here + urlencode([(RESPONSES_CURSOR, thread["responses"]["next_cursor"])])
+        return _page(request, runtime, session, "thread.html", thread=thread, more_url=more_url, older_url=older_url)
 
     @get("/threads/{conversation_id:str}/delete")
     async def confirm_delete(
@@ -312,7 +327,9 @@ class ConsoleController(Controller):
     ) -> Response[str]:
         session = await _session(request, runtime)
         try:
-            thread = await service.get_conversation(runtime.engine, conversation_id, [("limit", "1")])
+            # The whole thread, as the delete takes it: the conversation's turns and the previous_response_id
+            # turns continuing them.
+            thread = await threads.thread_to_delete(runtime.engine, conversation_id)
         except ServiceError as exc:
             return _page(request, runtime, session, "error.html", exc.status_code, error=exc.message)
         return _page(request, runtime, session, "delete.html", thread=thread)

@@ -308,6 +308,15 @@ async def get_thread(conn: AsyncConnection, thread_id: str) -> Any:
     return row
 
 
+async def thread_contents(conn: AsyncConnection, thread_id: str) -> tuple[int, int]:
+    """How many responses and items the thread holds, all of them: a conversation's row counts its own turns,
+    not the previous_response_id turns continuing them, which are of its thread too."""
+    responses = select(func.count()).where(response_t.c.thread_id == thread_id).scalar_subquery()
+    items = select(func.count()).where(item_t.c.thread_id == thread_id).scalar_subquery()
+    row = (await conn.execute(select(responses, items))).one()
+    return int(row[0]), int(row[1])
+
+
 async def thread_responses(conn: AsyncConnection, thread_id: str, keyset: Keyset) -> list[Any]:
     """A page of the thread's responses, oldest first (a parent always before its children), from the
     (thread_id, created_at, id) index; `keyset.after` is the last row of the previous page."""

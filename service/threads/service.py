@@ -83,6 +83,18 @@ async def get_thread(engine: AsyncEngine, thread_id: str, query: Pairs) -> dict[
     return view
 
 
+async def thread_to_delete(engine: AsyncEngine, thread_id: str) -> dict[str, Any]:
+    """The thread's listing row, with the counts of everything its hard delete takes."""
+    async with engine.connect() as conn:
+        row = await repository.get_thread(conn, thread_id)
+        if row is None:
+            raise thread_not_found(thread_id)
+        responses, items = await repository.thread_contents(conn, thread_id)
+    view = thread_row_view(row)
+    view["response_count"], view["item_count"] = responses, items
+    return view
+
+
 async def delete_thread(engine: AsyncEngine, thread_id: str) -> dict[str, Any]:
     deleted = await _hard_delete(engine, thread_id, conversation_only=False)
     return {"id": thread_id, "object": "admin.thread.deleted", "deleted": True, "deleted_responses": deleted}
