@@ -1073,3 +1073,46 @@ async def test_a_reasoning_item_reaches_the_summary_call_as_its_text(
     assert compacted.status_code == 200, compacted.text
     read = json.dumps(fake_upstream.requests[-1].body["input"])
     assert "THOUGHT-IN-CONTENT" in read and "THOUGHT-AS-STRING" in read
+
+
+async def test_a_thread_whose_older_summary_no_longer_fits_a_smaller_window_compacts_again(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A thread compacted on a large window, whose summary is long, goes on with a smaller model and compaction
+    on: the turn does not fit (user messages + the old summary), few items came since that summary, but a new
+    compaction (user messages + a new, short summary) fits. It compacted; it was refused on every turn
+    (context_length_exceeded) without a summary call, as a new summary did not seem "worth" it."""
+    conversation = await new_conversation(alice.http)
+    for number in range(2):
+        fake_upstream.reply_json(text_response(f"answer {number} " + "word " * 400, msg_id=f"msg_big_{number}"))
+        await alice.openai().responses.create(
+            model=MODEL, input=f"question {number} " + "word " * 100, conversation=conversation
+        )
+    fake_upstream.reply_json(summary_reply("long summary " + "word " * 560))
+    fake_upstream.reply_json(text_response("ok", msg_id="msg_big_after"))
+    done = await alice.openai().responses.create(
+        model=MODEL,
+        input="three",
+        conversation=conversation,
+        context_management=[{"type": "compaction", "compact_threshold": 1000}],
+    )
+    assert [item.type for item in done.output] == ["compaction", "message"]
+    # The small model: 1,000 tokens, 200 kept for the answer. Users (~210) + old summary (~580) + this: too long;
+    # users + a short summary: fits.
+    fake_upstream.reply_json(summary_reply("short summary"))
+    fake_upstream.reply_json(text_response("small ok", msg_id="msg_small_ok"))
+    calls = len(fake_upstream.requests)
+    answer = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": SMALL_WINDOW_MODEL,
+            "conversation": conversation,
+            "input": "four",
+            "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert [item["type"] for item in answer.json()["output"]] == ["compaction", "message"]
+    sent = [r.body for r in fake_upstream.requests[calls:]]
+    assert [body.get("instructions") == SUMMARY_INSTRUCTIONS for body in sent] == [True, False]
+    assert sent[-1]["input"][-2:] == [rendered("short summary"), user("four")]

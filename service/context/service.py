@@ -359,9 +359,13 @@ class ContextWindows:
         compacting = "context_management" in request.params
         budget = self._budget(request.model, window, request.params, truncate=plan.truncate or compacting)
         total = plan.sent.total + plan.input_tokens + overhead
-        due = (threshold is not None and total > threshold) or (compacting and budget is not None and total > budget)
+        over = compacting and budget is not None and total > budget
+        due = (threshold is not None and total > threshold) or over
+        # Without truncation, a turn past its budget is refused unless it compacts: a new summary is worth its call
+        # then, however few items came since the last one (a summary written for a larger window, read by a
+        # smaller model, left such a thread refused on every turn).
         if (
-            ((due and _worth_compacting_again(plan.sent)) or request.compact_first)
+            ((due and _worth_compacting_again(plan.sent)) or (over and not plan.truncate) or request.compact_first)
             and len(plan.sent)
             and (plan.truncate or budget is None or _kept_by_compaction(plan) + plan.input_tokens + overhead <= budget)
         ):
