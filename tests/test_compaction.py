@@ -1116,3 +1116,105 @@ async def test_a_thread_whose_older_summary_no_longer_fits_a_smaller_window_comp
     sent = [r.body for r in fake_upstream.requests[calls:]]
     assert [body.get("instructions") == SUMMARY_INSTRUCTIONS for body in sent] == [True, False]
     assert sent[-1]["input"][-2:] == [rendered("short summary"), user("four")]
+
+
+def _whole_conversation(pairs: int, words: int) -> list[dict[str, Any]]:
+    """What a client that keeps the conversation itself sends: every earlier message, then its new question."""
+    items: list[dict[str, Any]] = []
+    for number in range(pairs):
+        items.append(user(f"question {number} " + "word " * words))
+        items.append(assistant(f"answer {number} " + "word " * words, f"msg_kept_{number}"))
+    return items
+
+
+@pytest.mark.parametrize("store", [False, True])
+async def test_a_client_sending_the_whole_conversation_is_compacted_past_the_threshold(
+    alice: Tenant, fake_upstream: FakeOpenRouter, store: bool
+) -> None:
+    """OpenAI's server-side compaction for clients that round-trip the items themselves: the input before its last
+    user message is the history. It was sent whole, whatever the threshold (3,000 tokens against 1,000)."""
+    earlier = _whole_conversation(10, 150)
+    management = [{"type": "compaction", "compact_threshold": 1000}]
+    fake_upstream.reply_json(summary_reply("the story so far"))
+    fake_upstream.reply_json(text_response("here is what next", msg_id="msg_next"))
+    answer = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "input": [*earlier, user("now what?")],
+            "store": store,
+            "context_management": management,
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    output = answer.json()["output"]
+    assert [item["type"] for item in output] == ["compaction", "message"]
+    summary_call, turn_call = (request.body for request in fake_upstream.requests[-2:])
+    assert summary_call["instructions"] == SUMMARY_INSTRUCTIONS
+    users = [item for item in earlier if item["role"] == "user"]
+    assert turn_call["input"] == [*users, rendered("the story so far"), user("now what?")]
+
+    # The client keeps the compaction item and what followed it, and goes on: the summary stands for what
+    # preceded it, and nothing is compacted again below the threshold.
+    calls = len(fake_upstream.requests)
+    fake_upstream.reply_json(text_response("fine", msg_id="msg_fine"))
+    again = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "input": [*earlier, user("now what?"), *output, user("and then?")],
+            "store": False,
+            "context_management": management,
+        },
+    )
+    assert again.status_code == 200, again.text
+    assert len(fake_upstream.requests) == calls + 1
+    assert fake_upstream.requests[-1].body["input"] == [
+        *users,
+        user("now what?"),
+        rendered("the story so far"),
+        output[1],  # the answer as the client got it and sends it back
+        user("and then?"),
+    ]
+
+
+async def test_a_compaction_trigger_compacts_a_whole_conversation_sent_as_input(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """It was dropped, and nothing compacted."""
+    earlier = _whole_conversation(3, 20)
+    fake_upstream.reply_json(summary_reply("short story"))
+    fake_upstream.reply_json(text_response("ok", msg_id="msg_ok_trigger"))
+    answer = await alice.http.post(
+        "/v1/responses",
+        json={"model": MODEL, "store": False, "input": [*earlier, user("go on"), {"type": "compaction_trigger"}]},
+    )
+    assert answer.status_code == 200, answer.text
+    assert [item["type"] for item in answer.json()["output"]] == ["compaction", "message"]
+    users = [item for item in earlier if item["role"] == "user"]
+    assert fake_upstream.requests[-1].body["input"] == [*users, rendered("short story"), user("go on")]
+
+
+async def test_a_whole_conversation_sent_as_input_is_truncated_to_the_window(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """With truncation "auto", OpenAI drops items from the beginning of the conversation: a client that sends the
+    whole of it each time was refused once past the window ("the new input alone needs …"), for good."""
+    earlier = _whole_conversation(10, 60)
+    body = {"model": SMALL_WINDOW_MODEL, "store": False, "input": [*earlier, user("the last question")]}
+    refused = await alice.http.post("/v1/responses", json=body)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    fake_upstream.reply_json(text_response("answered", msg_id="msg_truncated"))
+    answer = await alice.http.post("/v1/responses", json={**body, "truncation": "auto"})
+    assert answer.status_code == 200, answer.text
+    sent = fake_upstream.requests[-1].body["input"]
+    assert sent[-1] == user("the last question")
+    assert 2 <= len(sent) < len(earlier) + 1
+    assert sent[:-1] == earlier[len(earlier) + 1 - len(sent) :]  # the oldest dropped, the rest as sent
+    assert sent[0]["role"] == "user"  # cut at a user message
+    # And counted as sent.
+    counting = {"model": SMALL_WINDOW_MODEL, "input": body["input"]}
+    whole = await alice.http.post("/v1/responses/input_tokens", json=counting)
+    cut = await alice.http.post("/v1/responses/input_tokens", json={**counting, "truncation": "auto"})
+    assert whole.status_code == cut.status_code == 200, (whole.text, cut.text)
+    assert cut.json()["input_tokens"] < SMALL_WINDOW < whole.json()["input_tokens"]

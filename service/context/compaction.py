@@ -58,6 +58,7 @@ class Composed:
     history_sources: list[int]  # each history item's index in the history given, -1 for a rendered compaction
     input: list[str]
     compacted: bool  # some compaction item was rendered
+    input_kinds: list[int]  # each input item's kind (a rendered compaction item's: COMPACTION)
 
 
 async def compose(sealer: Sealer, tenant_id: str, history: list[str], inputs: list[str]) -> Composed:
@@ -68,7 +69,7 @@ async def compose(sealer: Sealer, tenant_id: str, history: list[str], inputs: li
     kinds = [kind_of(item) for item in decoded]
     latest = max((i for i, kind in enumerate(kinds) if kind == COMPACTION), default=-1)
     if latest < 0:
-        return Composed(history, kinds[: len(history)], list(range(len(history))), inputs, compacted=False)
+        return Composed(history, kinds[: len(history)], list(range(len(history))), inputs, False, kinds[len(history) :])
     try:
         summary = await sealer.open(tenant_id, decoded[latest].get("encrypted_content"))
     except InvalidSeal:
@@ -99,12 +100,14 @@ async def compose(sealer: Sealer, tenant_id: str, history: list[str], inputs: li
             kept.append((index, body, kinds[index]))
     cut = len(history)
     in_history = [entry for entry in kept if (latest if entry[0] in carried else entry[0]) < cut]
+    in_input = [entry for entry in kept if (latest if entry[0] in carried else entry[0]) >= cut]
     return Composed(
         [text for _, text, _ in in_history],
         [kind for _, _, kind in in_history],
         [-1 if index == latest else index for index, _, _ in in_history],
-        [text for index, text, _ in kept if (latest if index in carried else index) >= cut],
-        compacted=True,
+        [text for _, text, _ in in_input],
+        True,
+        [kind for _, _, kind in in_input],
     )
 
 

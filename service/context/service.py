@@ -164,6 +164,19 @@ def _kept_by_compaction(plan: _Plan) -> int:
     return sum(counts[i] for i in range(len(kinds)) if kinds[i] == USER_MESSAGE) + sum(counts[i] for i in carried)
 
 
+def _input_as_history(inputs: list[NewItem], kinds: list[int] | None) -> tuple[CountedItems, list[NewItem]]:
+    """The input split at its last user message: the items before it, counted as a history (a compaction item
+    rendered in it keeps its kind, so that it is not summarized again at once), and the rest."""
+    if kinds is None:
+        kinds = [kind_of_body(item.body) for item in inputs]
+    last_user = max((index for index, kind in enumerate(kinds) if kind == USER_MESSAGE), default=0)
+    earlier = inputs[:last_user]
+    counted = CountedItems.of(
+        [item.body for item in earlier], kinds[:last_user], [item.token_count for item in earlier]
+    )
+    return counted, inputs[last_user:]
+
+
 def _sent_item(body: str) -> NewItem:
     """An item only sent, never stored (what is read of it: its body and what it costs)."""
     return NewItem(
@@ -244,15 +257,21 @@ class ContextWindows:
         if check_calls:
             refuse_outputs_without_calls(history, inputs)
         counted = self.ledger.counted(thread, history, stored)
-        sent, input_bodies, _ = await self._composed(tenant_id, counted, [item.body for item in inputs])
+        sent, input_bodies, input_kinds = await self._composed(tenant_id, counted, [item.body for item in inputs])
         if check_calls:
             _refuse_repeated_outputs(sent, inputs)
+        truncating = model is not None and fitting.truncation_mode(params) == "auto"
+        if thread is None and not len(sent) and truncating:
+            # The whole conversation as input: truncated as a turn truncates it (_plan).
+            earlier, rest = _input_as_history([_sent_item(body) for body in input_bodies], input_kinds)
+            if len(earlier):
+                sent, input_bodies = earlier, [item.body for item in rest]
         answered = pairing.answered_call_ids(input_bodies)
         input_tokens = sum(tokens.body_tokens(body) for body in input_bodies)
         overhead = tokens.request_tokens(params)
         window = None if model is None else await self.catalog.window(model)
         budget = None
-        if model is not None and fitting.truncation_mode(params) == "auto":
+        if model is not None and truncating:
             if window is not None:
                 fitting.check_answer_room(model, window, params)
             budget = self._budget(model, window, params, truncate=True)
@@ -301,18 +320,19 @@ class ContextWindows:
 
     async def _composed(
         self, tenant_id: str, counted: CountedItems, inputs: list[str]
-    ) -> tuple[CountedItems, list[str], bool]:
-        """The history and input with compaction applied (counts reused), and whether anything was rendered."""
+    ) -> tuple[CountedItems, list[str], list[int] | None]:
+        """The history and input with compaction applied (counts reused), and when anything was rendered, the
+        kinds of the input items (a rendered compaction item's is COMPACTION); None otherwise."""
         if COMPACTION not in counted.kinds and not any('"compaction"' in body for body in inputs):
-            return counted, inputs, False
+            return counted, inputs, None
         composed = await compaction.compose(self.sealer, tenant_id, counted.bodies(), inputs)
         if not composed.compacted:
-            return counted, inputs, False
+            return counted, inputs, None
         counts = [
             counted.counts[source] if source >= 0 else tokens.body_tokens(text)
             for source, text in zip(composed.history_sources, composed.history, strict=True)
         ]
-        return CountedItems.of(composed.history, composed.history_kinds, counts), composed.input, True
+        return CountedItems.of(composed.history, composed.history_kinds, counts), composed.input, composed.input_kinds
 
     async def _plan(self, upstream: OpenRouterClient, turn: Turn) -> _Plan:
         request = turn.request
@@ -342,11 +362,19 @@ class ContextWindows:
         if plan.counted is None:
             return plan
         input_bodies = [item.body for item in request.input_items]
-        plan.sent, sent_inputs, rendered = await self._composed(turn.tenant_id, plan.counted, input_bodies)
+        plan.sent, sent_inputs, input_kinds = await self._composed(turn.tenant_id, plan.counted, input_bodies)
         _refuse_repeated_outputs(plan.sent, request.input_items)
-        if rendered:
+        if input_kinds is not None:
             plan.exact = False
             plan.inputs = [_sent_item(body) for body in sent_inputs]
+        compacting = "context_management" in request.params
+        if key is None and not len(plan.sent) and (compacting or request.compact_first or plan.truncate):
+            # A client that sends the whole conversation each time (store false, or a chain's first turn): what
+            # comes before its input's last user message is the history, compacted or truncated as a stored one
+            # is. Otherwise such a conversation never compacted, and once past the window was refused for good.
+            earlier, plan.inputs = _input_as_history(plan.inputs, input_kinds)
+            if len(earlier):
+                plan.sent, plan.exact = earlier, False
         plan.input_tokens = sum(item.token_count for item in plan.inputs)
         if any(item.type in TOOL_OUTPUT_TYPES for item in request.input_items):
             plan.answered = pairing.answered_call_ids(item.body for item in request.input_items)
@@ -356,7 +384,6 @@ class ContextWindows:
         # With context_management on, a turn that would not fit compacts whatever its threshold says: a threshold
         # past the input's limit (one the client set, or none known) left such a thread refused on every turn.
         # What fits includes the limit a provider stated when it refused (_compacted_after).
-        compacting = "context_management" in request.params
         budget = self._budget(request.model, window, request.params, truncate=plan.truncate or compacting)
         total = plan.sent.total + plan.input_tokens + overhead
         over = compacting and budget is not None and total > budget
