@@ -363,3 +363,47 @@ async def test_a_local_shell_output_naming_its_call_by_id_as_openais_sdk_does_is
     assert sent_types(fake_upstream) == ["message", "local_shell_call", "local_shell_call_output"]
     await send(alice, conversation_id, model, "thanks")
     assert sent_types(fake_upstream) == ["message", "local_shell_call", "local_shell_call_output", "message", "message"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_every_kind_of_tool_output_without_its_call_or_given_twice_is_refused_before_it_is_sent(
+    alice: Tenant, fake_upstream: FakeOpenRouter, model: str
+) -> None:
+    """Only function and custom tool outputs were checked: a computer, shell, local shell or patch output whose
+    call was nowhere, or a second one for an answered call, went upstream, which a provider refuses."""
+    outputs = {
+        "computer_call_output": {"output": {"type": "computer_screenshot", "image_url": "https://x/s.png"}},
+        "shell_call_output": {"output": []},
+        "local_shell_call_output": {"output": "{}"},
+        "apply_patch_call_output": {"status": "completed"},
+    }
+    conversation_id = await new_conversation(alice.http)
+    for kind, fields in outputs.items():
+        orphan = {"type": kind, "call_id": f"call_{kind}", **fields}
+        answer = await alice.http.post(
+            "/v1/responses", json={"model": model, "input": [orphan], "conversation": conversation_id}
+        )
+        assert answer.status_code == 400, answer.text
+        named = kind.replace("_", " ")
+        assert answer.json()["error"]["message"] == f"No tool call found for {named} with call_id call_{kind}."
+    assert fake_upstream.requests == []
+
+    call = {
+        "type": "shell_call",
+        "id": "sh_1",
+        "call_id": "call_sh_1",
+        "status": "completed",
+        "action": {"commands": ["ls"]},
+    }
+    fake_upstream.reply_json(response_with_output([call]))
+    await send(alice, conversation_id, model, "list them")
+    shell_output = {"type": "shell_call_output", "call_id": "call_sh_1", "output": []}
+    await send(alice, conversation_id, model, [shell_output])
+    again = await alice.http.post(
+        "/v1/responses", json={"model": model, "input": [shell_output], "conversation": conversation_id}
+    )
+    assert again.status_code == 400, again.text
+    assert again.json()["error"]["message"] == (
+        "Duplicate shell_call_output for call_id call_sh_1: no call of that id is waiting for an output."
+    )
+    assert len(fake_upstream.requests) == 2

@@ -173,13 +173,15 @@ def unanswered_call(counted: CountedItems, start: int, inputs: Sequence[tuple[st
 
 # The outputs OpenAI refuses when the context holds no call they answer ("No tool call found for function call
 # output with call_id …"); OpenRouter's providers refuse them too, so a thread that stored one could not go on.
-_CHECKED_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
+# Every kind of tool output whose call holds the id as `call_id` (an MCP approval response names its request's
+# `id`, and its request may go unanswered).
+_CHECKED_OUTPUTS = frozenset(kind for kind, field in OUTPUT_KEY_FIELDS.items() if field == "call_id")
 
 
-def output_without_call(history: str, inputs: Sequence[tuple[str, str]]) -> str | None:
-    """The call id of the first input output (`inputs`: each item's type and stored JSON) whose call is neither
-    earlier in the input nor in `history` (stored JSON texts, each call holding its id as `"call_id":"…"`,
-    encoded as every stored item is); None when each has its call."""
+def output_without_call(history: str, inputs: Sequence[tuple[str, str]]) -> tuple[str, str] | None:
+    """The type and call id of the first input output (`inputs`: each item's type and stored JSON) whose call is
+    neither earlier in the input nor in `history` (stored JSON texts, each call holding its id as
+    `"call_id":"…"`, encoded as every stored item is); None when each has its call."""
     called: set[str | None] = set()
     for kind, body in inputs:
         if kind in CALL_KEY_FIELDS:
@@ -189,7 +191,7 @@ def output_without_call(history: str, inputs: Sequence[tuple[str, str]]) -> str 
             if call_id is None or call_id in called:
                 continue
             if f'"call_id":{msgspec.json.encode(call_id).decode()}' not in history:
-                return call_id
+                return kind, call_id
     return None
 
 

@@ -122,9 +122,12 @@ def refuse_outputs_without_calls(history: str, items: Sequence[NewItem]) -> None
     OpenRouter's providers refuse it too, and once stored, every later turn of the thread would send it."""
     if not any(item.type in TOOL_OUTPUT_TYPES for item in items):
         return
-    call_id = pairing.output_without_call(history, [(item.type, item.body) for item in items])
-    if call_id is not None:
-        raise InvalidRequest(f"No tool call found for function call output with call_id {call_id}.", param="input")
+    alone = pairing.output_without_call(history, [(item.type, item.body) for item in items])
+    if alone is not None:
+        kind, call_id = alone
+        # OpenAI's words; a custom tool's output is a function call output to them too.
+        named = "function call output" if kind == "custom_tool_call_output" else kind.replace("_", " ")
+        raise InvalidRequest(f"No tool call found for {named} with call_id {call_id}.", param="input")
 
 
 def _refuse_repeated_outputs(sent: CountedItems, inputs: Sequence[NewItem]) -> None:
