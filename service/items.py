@@ -266,7 +266,9 @@ def _with_image_details(parts: list[Any]) -> list[Any]:
 
 
 # Items with fields the upstream's schema requires (a replay sends them as stored): _check_tool_item checks them.
-_TOOL_ITEM_TYPES = frozenset({"function_call", "function_call_output", "reasoning"})
+_TOOL_ITEM_TYPES = frozenset({"function_call", "function_call_output", "custom_tool_call_output", "reasoning"})
+# Outputs whose `output` may be an array of input parts (OpenAI's FunctionAndCustomToolCallOutput).
+_PART_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
 # OpenAI's status of these input items (other tool calls have their own words, e.g. a web search's `searching`).
 ITEM_STATUSES = frozenset({"in_progress", "completed", "incomplete"})
 _ITEM_STATUS_TYPES = frozenset({"message", *_TOOL_ITEM_TYPES})
@@ -277,9 +279,9 @@ def _check_tool_item(item: dict[str, Any], kind: str, param: str) -> None:
         for field in ("call_id", "name", "arguments"):
             if not isinstance(item.get(field), str):
                 raise _fail(f"{param}.{field} is required and must be a string", f"{param}.{field}")
-    elif kind == "function_call_output":
+    elif kind in _PART_OUTPUTS:
         if not isinstance(item.get("call_id"), str) or not item["call_id"]:
-            raise _fail(f"{param}.call_id is required for function_call_output", f"{param}.call_id")
+            raise _fail(f"{param}.call_id is required for {kind}", f"{param}.call_id")
         output = item.get("output")
         if not isinstance(output, str | list):
             raise _fail(f"{param}.output must be a string or an array of content parts", f"{param}.output")
@@ -369,7 +371,7 @@ def _normalize_one(item: Any, param: str) -> dict[str, Any]:
         return _normalize_message(item, param)
     if kind in _TOOL_ITEM_TYPES:
         _check_tool_item(item, kind, param)
-        if kind == "function_call_output" and isinstance(item["output"], list):
+        if kind in _PART_OUTPUTS and isinstance(item["output"], list):
             output = _with_image_details(item["output"])
             if output is not item["output"]:
                 return {**item, "output": output}

@@ -2,9 +2,10 @@
 upstream on every later turn of the thread, and a value no upstream can take (an image URL that is no URL, a data
 URL whose base64 is broken) would stop every one of them with an upstream 400 naming no item.
 
-What is taken: an `http(s)` URL with a host, or a `data:` URL whose payload, when it says `;base64`, holds only
-base64 characters (line breaks allowed, as `base64` wraps its output); a file's `file_data` may also be bare
-base64, which OpenAI's spec describes it as. A data URL is checked in one pass over its bytes, without decoding."""
+What is taken: an `http(s)` URL with a host (and a valid port), without spaces, or a `data:` URL whose payload,
+when it says `;base64`, holds only base64 characters (URL-safe ones, line breaks as `base64` wraps its output,
+percent-escapes and whitespace around it included); a file's `file_data` may also be bare base64, which OpenAI's
+spec describes it as. A data URL is checked in one pass over its bytes, without decoding."""
 
 from __future__ import annotations
 
@@ -14,19 +15,34 @@ from urllib.parse import urlsplit
 
 from service.errors import InvalidRequest
 
-_BASE64_BYTES = (string.ascii_letters + string.digits + "+/=-_\r\n").encode()
+_BASE64_BYTES = (string.ascii_letters + string.digits + "+/=-_%\r\n").encode()
 
 
 def _is_base64(text: str) -> bool:
-    return text.isascii() and not text.encode().translate(None, _BASE64_BYTES)
+    """Base64 characters only, line breaks between them, whitespace around them; some data besides padding."""
+    text = text.strip()
+    return text.isascii() and not text.encode().translate(None, _BASE64_BYTES) and bool(text.strip("=%\r\n"))
 
 
 def _data_url_problem(value: str) -> str | None:
     header, comma, payload = value.partition(",")
     if not comma:
         return "a data URL needs a comma before its data (data:<media type>;base64,<data>)"
-    if header.lower().endswith(";base64") and not _is_base64(payload):
+    if header.lower().replace(" ", "").endswith(";base64") and not _is_base64(payload):
         return "its data is not base64"
+    return None
+
+
+def _http_url_problem(value: str) -> str | None:
+    if any(character.isspace() for character in value):
+        return "a URL holds no spaces"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (read for its check: a port out of range, or not a number, raises)
+    except ValueError:
+        return "it is not a valid URL"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "it must be a fully qualified http(s) URL or a data URL"
     return None
 
 
@@ -35,13 +51,7 @@ def _url_problem(value: str, *, bare_base64: bool) -> str | None:
         return _data_url_problem(value)
     if bare_base64:
         return None if _is_base64(value) else "it is neither a data URL nor base64"
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return "it must be a fully qualified http(s) URL or a data URL"
-    return None
+    return _http_url_problem(value)
 
 
 def check_media_sources(part: dict[str, Any], where: str) -> None:

@@ -1218,3 +1218,112 @@ async def test_a_whole_conversation_sent_as_input_is_truncated_to_the_window(
     cut = await alice.http.post("/v1/responses/input_tokens", json={**counting, "truncation": "auto"})
     assert whole.status_code == cut.status_code == 200, (whole.text, cut.text)
     assert cut.json()["input_tokens"] < SMALL_WINDOW < whole.json()["input_tokens"]
+
+
+def _lookup_round(number: int, result_words: int) -> list[dict[str, Any]]:
+    call = {**LOOKUP_CALL, "id": f"fc_{number}", "call_id": f"call_{number}"}
+    output = {**LOOKUP_OUTPUT, "call_id": f"call_{number}", "output": "result " * result_words}
+    return [user(f"question {number} " + "word " * 100), call, output, assistant(f"answer {number}", f"msg_r{number}")]
+
+
+def _unpaired(items: list[dict[str, Any]]) -> set[str]:
+    calls = {item["call_id"] for item in items if item.get("type") == "function_call"}
+    outputs = {item["call_id"] for item in items if item.get("type") == "function_call_output"}
+    return calls ^ outputs
+
+
+async def test_a_whole_conversation_with_answered_calls_is_compacted_without_sending_a_call_alone(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """The input's tool outputs before its last user message answer calls there, in what is now its history: the
+    summary stands for both. They were taken for outputs the new input gives, so each call was carried past the
+    summary, and went upstream without its output (which OpenAI's providers refuse)."""
+    earlier = [*_lookup_round(1, 50), *_lookup_round(2, 50)]
+    fake_upstream.reply_json(summary_reply("looked up twice"))
+    fake_upstream.reply_json(text_response("ok", msg_id="msg_ok_rounds"))
+    answer = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "store": False,
+            "tools": LOOKUP_TOOLS,
+            "input": [*earlier, user("and now?"), {"type": "compaction_trigger"}],
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    sent = fake_upstream.requests[-1].body["input"]
+    assert _unpaired(sent) == set(), sent
+    users = [item for item in earlier if item.get("role") == "user"]
+    assert sent == [*users, rendered("looked up twice"), user("and now?")]
+
+
+async def test_a_whole_conversation_with_answered_calls_is_truncated_without_sending_a_call_alone(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Truncation "auto" cut the first round away, output and all, but pinned its call as if the new input
+    answered it: a function call went upstream first, alone."""
+    earlier = [*_lookup_round(1, 600), user("question 2 " + "word " * 100), assistant("answer 2", "msg_r2")]
+    body = {"model": SMALL_WINDOW_MODEL, "tools": LOOKUP_TOOLS, "truncation": "auto", "input": [*earlier, user("now?")]}
+    answer = await alice.http.post("/v1/responses", json={**body, "store": False})
+    assert answer.status_code == 200, answer.text
+    sent = fake_upstream.requests[-1].body["input"]
+    assert sent == [*earlier[4:], user("now?")]
+
+
+async def test_a_turn_still_too_long_after_its_summary_call_reports_that_call(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A turn past its budget without truncation compacts whatever came since the last summary (553b2e1); when
+    the new summary is long too, the turn is refused after a summary call OpenRouter billed. Its usage was not
+    reported: the failed response stored none, and each retry paid another summary call unseen."""
+    conversation = await new_conversation(alice.http)
+    for number in range(2):
+        fake_upstream.reply_json(text_response(f"answer {number} " + "word " * 400, msg_id=f"msg_long_{number}"))
+        await alice.openai().responses.create(
+            model=MODEL, input=f"question {number} " + "word " * 100, conversation=conversation
+        )
+    management = [{"type": "compaction", "compact_threshold": 1000}]
+    fake_upstream.reply_json(summary_reply("long summary " + "word " * 560))
+    fake_upstream.reply_json(text_response("ok", msg_id="msg_long_after"))
+    done = await alice.openai().responses.create(
+        model=MODEL, input="three", conversation=conversation, context_management=management
+    )
+    assert [item.type for item in done.output] == ["compaction", "message"]
+    fake_upstream.reply_json(summary_reply("long again " + "word " * 560))
+    calls = len(fake_upstream.requests)
+    refused = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": SMALL_WINDOW_MODEL,
+            "conversation": conversation,
+            "input": "four",
+            "context_management": management,
+        },
+    )
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    assert [r.body.get("instructions") for r in fake_upstream.requests[calls:]] == [SUMMARY_INSTRUCTIONS]
+    failed = await rows(db, "SELECT usage FROM response WHERE status = 'failed'")
+    assert len(failed) == 1 and failed[0]["usage"] is not None and failed[0]["usage"]["output_tokens"] > 0, failed
+
+
+async def test_an_agents_loop_sent_whole_compacts_on_its_trigger(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
+    """An agent's loop holds one user message, first: the input's new part is its last tool output, which answers a
+    call of the history (carried past the summary, as a stored thread's is). The trigger did nothing."""
+    rounds = [item for number in (1, 2) for item in _lookup_round(number, 50)[1:3]]
+    fake_upstream.reply_json(summary_reply("two lookups"))
+    fake_upstream.reply_json(text_response("done", msg_id="msg_loop_done"))
+    task = user("look it up twice " + "word " * 50)
+    answer = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "store": False,
+            "tools": LOOKUP_TOOLS,
+            "input": [task, *rounds, {"type": "compaction_trigger"}],
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert [item["type"] for item in answer.json()["output"]] == ["compaction", "message"]
+    sent = fake_upstream.requests[-1].body["input"]
+    assert sent == [task, rendered("two lookups"), rounds[2], rounds[3]]
+    assert _unpaired(sent) == set()

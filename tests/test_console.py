@@ -437,3 +437,17 @@ async def test_the_retention_page_shows_a_tenants_policy_and_preview_and_sets_it
         assert refused.status_code == 400 and "responses_days must be a whole number" in refused.text
     missing = await browser_client.get("/admin/ui/retention", params={"tenant": "nobody"})
     assert missing.status_code == 404 and "Tenant &#39;nobody&#39; not found." in missing.text
+
+
+async def test_a_retention_form_naming_a_tenant_with_u0000_is_a_404_not_a_500(
+    browser_client: httpx.AsyncClient, alice: Tenant
+) -> None:
+    # A path or query holding U+0000 is refused at the door; a form field reached PostgreSQL, which refuses the
+    # byte: the tenant lookup was a 500 with a traceback in the log.
+    assert (await sign_in(browser_client, ADMIN_KEY)).status_code == 303
+    page = await browser_client.get("/admin/ui/retention", params={"tenant": "alice"})
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert csrf
+    fields = {"csrf": csrf.group(1), "tenant": "ali\x00ce", "responses_days": "30", "conversations_idle_days": ""}
+    answer = await browser_client.post("/admin/ui/retention", data=fields)
+    assert answer.status_code == 404 and "not found" in answer.text

@@ -65,6 +65,12 @@ def _message(part: dict[str, Any]) -> dict[str, Any]:
         ({"type": "input_file", "file_data": "not base64 at all"}, "file_data"),
         ({"type": "input_file", "file_url": "/relative/a.pdf"}, "file_url"),
         ({"type": "input_file", "file_id": "file-1", "detail": "ultra"}, "detail"),
+        ({"type": "input_image", "image_url": "data:image/png; base64,@@@@"}, "image_url"),
+        ({"type": "input_image", "image_url": "https://example.com:99999/a.png"}, "image_url"),
+        ({"type": "input_image", "image_url": "https://exa mple.com/a.png"}, "image_url"),
+        ({"type": "input_image", "image_url": " https://example.com/a.png"}, "image_url"),
+        ({"type": "input_file", "file_data": "===="}, "file_data"),
+        ({"type": "input_file", "file_data": ""}, "file_data"),
     ],
 )
 async def test_an_image_or_file_no_model_could_read_is_refused_naming_its_field_and_nothing_is_stored(
@@ -102,6 +108,8 @@ async def test_images_and_files_as_clients_send_them_are_taken_and_sent_as_sent_
         {"type": "input_file", "file_data": f"{_PNG}==", "filename": "b.pdf"},
         {"type": "input_file", "file_url": "http://example.com/c.pdf", "detail": "high"},
         {"type": "input_file", "file_id": "file-pdf"},
+        {"type": "input_image", "image_url": "HTTPS://[::1]:8443/a.png?x=1"},
+        {"type": "input_image", "image_url": f"data:image/png;name=a.png;base64, {_PNG}%3D%3D"},
     ]
     message = {"type": "message", "role": "user", "content": [_TEXT, *parts]}
     turn = await alice.http.post("/v1/responses", json={"model": MODEL, "input": [message]})
@@ -111,3 +119,18 @@ async def test_images_and_files_as_clients_send_them_are_taken_and_sent_as_sent_
         {**part, "detail": "auto"} if part["type"] == "input_image" and "detail" not in part else part for part in parts
     ]
     assert fake_upstream.inputs[0][0]["content"][1:] == sent
+
+
+async def test_a_custom_tool_outputs_parts_are_checked_as_a_function_outputs_are(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Stored through the items API, a custom tool output's image part went upstream unchecked on every turn."""
+    conversation = (await alice.http.post("/v1/conversations", json={})).json()["id"]
+    bad = {"type": "custom_tool_call_output", "call_id": "c1", "output": [{"type": "input_image", "image_url": "x"}]}
+    refused = await alice.http.post(f"/v1/conversations/{conversation}/items", json={"items": [bad]})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "items[0].output[0].image_url"
+    good = {**bad, "output": [{"type": "input_image", "image_url": "https://x/y.png"}]}
+    added = await alice.http.post(f"/v1/conversations/{conversation}/items", json={"items": [good]})
+    assert added.status_code == 200, added.text
+    assert added.json()["data"][0]["output"][0]["detail"] == "auto"

@@ -26,6 +26,8 @@ from service.context.learned import LearnedBudgets
 from service.context.ledger import (
     CALL_KEY_FIELDS,
     COMPACTION,
+    INSTRUCTION,
+    TOOL_OUTPUT,
     TOOL_OUTPUT_TYPES,
     USER_MESSAGE,
     CountedItems,
@@ -167,17 +169,25 @@ def _kept_by_compaction(plan: _Plan) -> int:
     return sum(counts[i] for i in range(len(kinds)) if kinds[i] == USER_MESSAGE) + sum(counts[i] for i in carried)
 
 
+# What a client adds on its turn: the rest came from models (answers, calls, reasoning) or summaries.
+_CLIENT_KINDS = frozenset({USER_MESSAGE, TOOL_OUTPUT, INSTRUCTION})
+
+
 def _input_as_history(inputs: list[NewItem], kinds: list[int] | None) -> tuple[CountedItems, list[NewItem]]:
-    """The input split at its last user message: the items before it, counted as a history (a compaction item
-    rendered in it keeps its kind, so that it is not summarized again at once), and the rest."""
+    """The input split where its new part starts: the items before, counted as a history (a compaction item
+    rendered in it keeps its kind, so that it is not summarized again at once), and the rest. The new part is
+    what follows the last item a model made: from its last user message on, or in an agent's loop (no user
+    message there) its tool outputs, which answer calls of the history as a stored thread's would."""
     if kinds is None:
         kinds = [kind_of_body(item.body) for item in inputs]
-    last_user = max((index for index, kind in enumerate(kinds) if kind == USER_MESSAGE), default=0)
-    earlier = inputs[:last_user]
-    counted = CountedItems.of(
-        [item.body for item in earlier], kinds[:last_user], [item.token_count for item in earlier]
-    )
-    return counted, inputs[last_user:]
+    start = len(kinds)
+    while start and kinds[start - 1] in _CLIENT_KINDS:
+        start -= 1
+    last_user = max((index for index, kind in enumerate(kinds) if kind == USER_MESSAGE), default=-1)
+    split = last_user if last_user >= start else start
+    earlier = inputs[:split]
+    counted = CountedItems.of([item.body for item in earlier], kinds[:split], [item.token_count for item in earlier])
+    return counted, inputs[split:]
 
 
 def _sent_item(body: str) -> NewItem:
@@ -380,7 +390,9 @@ class ContextWindows:
                 plan.sent, plan.exact = earlier, False
         plan.input_tokens = sum(item.token_count for item in plan.inputs)
         if any(item.type in TOOL_OUTPUT_TYPES for item in request.input_items):
-            plan.answered = pairing.answered_call_ids(item.body for item in request.input_items)
+            # What the new input answers: an output the split above counted as history answers a call there,
+            # sent (or summarized, or cut) with it, not a call to carry or pin without it.
+            plan.answered = pairing.answered_call_ids(item.body for item in plan.inputs)
         overhead = tokens.request_tokens(params)
         if window is not None:
             fitting.check_answer_room(request.model, window, request.params)
@@ -407,7 +419,12 @@ class ContextWindows:
             plan.fit = fitting.whole(plan.sent, plan.input_tokens, overhead, plan.answered)
         else:
             plan.budget = budget
-            self._fit(plan, request.model)
+            try:
+                self._fit(plan, request.model)
+            except UpstreamError:
+                # Still too long after a summary call, which OpenRouter billed: the refused turn reports it.
+                _bill_summary(turn, plan)
+                raise
         assert plan.fit is not None
         _refuse_unanswered_calls(plan.sent, plan.fit, request.input_items)
         return plan

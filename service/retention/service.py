@@ -13,7 +13,9 @@ from service.retention.policy import default_policy, effective, parse_policy, po
 
 
 async def _tenant(conn: AsyncConnection, name: str) -> Any:
-    row = await repository.tenant_by_name(conn, name)
+    # No tenant's name holds U+0000 (PostgreSQL's text cannot): the console's form reaches here without the door
+    # that refuses it in a path or query, and the lookup was a 500.
+    row = None if "\x00" in name else await repository.tenant_by_name(conn, name)
     if row is None:
         raise NotFound(f"Tenant '{name}' not found.", param="tenant")
     return row
