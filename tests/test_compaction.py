@@ -1327,3 +1327,17 @@ async def test_an_agents_loop_sent_whole_compacts_on_its_trigger(alice: Tenant, 
     sent = fake_upstream.requests[-1].body["input"]
     assert sent == [task, rendered("two lookups"), rounds[2], rounds[3]]
     assert _unpaired(sent) == set()
+
+
+async def test_a_whole_conversation_ending_with_the_models_answer_keeps_its_last_question_as_new(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A client asking the model to go on sends its answer last: the new part starts at the last user message, so
+    that truncation never leaves an input without one."""
+    earlier = _whole_conversation(10, 60)
+    fake_upstream.reply_json(text_response("going on", msg_id="msg_on"))
+    body = {"model": SMALL_WINDOW_MODEL, "store": False, "truncation": "auto", "input": earlier}
+    answer = await alice.http.post("/v1/responses", json=body)
+    assert answer.status_code == 200, answer.text
+    sent = fake_upstream.requests[-1].body["input"]
+    assert sent[-2:] == earlier[-2:] and sent[0]["role"] == "user" and len(sent) < len(earlier)

@@ -184,7 +184,9 @@ def _input_as_history(inputs: list[NewItem], kinds: list[int] | None) -> tuple[C
     while start and kinds[start - 1] in _CLIENT_KINDS:
         start -= 1
     last_user = max((index for index, kind in enumerate(kinds) if kind == USER_MESSAGE), default=-1)
-    split = last_user if last_user >= start else start
+    # An input ending with a model's item (a client asking it to go on) keeps its last user message on as new.
+    split = last_user if last_user >= start or start == len(kinds) else start
+    split = max(split, 0)
     earlier = inputs[:split]
     counted = CountedItems.of([item.body for item in earlier], kinds[:split], [item.token_count for item in earlier])
     return counted, inputs[split:]
