@@ -1075,13 +1075,8 @@ async def test_a_reasoning_item_reaches_the_summary_call_as_its_text(
     assert "THOUGHT-IN-CONTENT" in read and "THOUGHT-AS-STRING" in read
 
 
-async def test_a_thread_whose_older_summary_no_longer_fits_a_smaller_window_compacts_again(
-    alice: Tenant, fake_upstream: FakeOpenRouter
-) -> None:
-    """A thread compacted on a large window, whose summary is long, goes on with a smaller model and compaction
-    on: the turn does not fit (user messages + the old summary), few items came since that summary, but a new
-    compaction (user messages + a new, short summary) fits. It compacted; it was refused on every turn
-    (context_length_exceeded) without a summary call, as a new summary did not seem "worth" it."""
+async def _compacted_with_a_long_summary(alice: Tenant, fake_upstream: FakeOpenRouter) -> str:
+    """A conversation of two long turns on the large window, compacted into a long summary (about 580 tokens)."""
     conversation = await new_conversation(alice.http)
     for number in range(2):
         fake_upstream.reply_json(text_response(f"answer {number} " + "word " * 400, msg_id=f"msg_big_{number}"))
@@ -1097,6 +1092,17 @@ async def test_a_thread_whose_older_summary_no_longer_fits_a_smaller_window_comp
         context_management=[{"type": "compaction", "compact_threshold": 1000}],
     )
     assert [item.type for item in done.output] == ["compaction", "message"]
+    return conversation
+
+
+async def test_a_thread_whose_older_summary_no_longer_fits_a_smaller_window_compacts_again(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A thread compacted on a large window, whose summary is long, goes on with a smaller model and compaction
+    on: the turn does not fit (user messages + the old summary), few items came since that summary, but a new
+    compaction (user messages + a new, short summary) fits. It compacted; it was refused on every turn
+    (context_length_exceeded) without a summary call, as a new summary did not seem "worth" it."""
+    conversation = await _compacted_with_a_long_summary(alice, fake_upstream)
     # The small model: 1,000 tokens, 200 kept for the answer. Users (~210) + old summary (~580) + this: too long;
     # users + a short summary: fits.
     fake_upstream.reply_json(summary_reply("short summary"))
@@ -1276,19 +1282,8 @@ async def test_a_turn_still_too_long_after_its_summary_call_reports_that_call(
     """A turn past its budget without truncation compacts whatever came since the last summary (553b2e1); when
     the new summary is long too, the turn is refused after a summary call OpenRouter billed. Its usage was not
     reported: the failed response stored none, and each retry paid another summary call unseen."""
-    conversation = await new_conversation(alice.http)
-    for number in range(2):
-        fake_upstream.reply_json(text_response(f"answer {number} " + "word " * 400, msg_id=f"msg_long_{number}"))
-        await alice.openai().responses.create(
-            model=MODEL, input=f"question {number} " + "word " * 100, conversation=conversation
-        )
+    conversation = await _compacted_with_a_long_summary(alice, fake_upstream)
     management = [{"type": "compaction", "compact_threshold": 1000}]
-    fake_upstream.reply_json(summary_reply("long summary " + "word " * 560))
-    fake_upstream.reply_json(text_response("ok", msg_id="msg_long_after"))
-    done = await alice.openai().responses.create(
-        model=MODEL, input="three", conversation=conversation, context_management=management
-    )
-    assert [item.type for item in done.output] == ["compaction", "message"]
     fake_upstream.reply_json(summary_reply("long again " + "word " * 560))
     calls = len(fake_upstream.requests)
     refused = await alice.http.post(
