@@ -1336,3 +1336,57 @@ async def test_a_whole_conversation_ending_with_the_models_answer_keeps_its_last
     assert answer.status_code == 200, answer.text
     sent = fake_upstream.requests[-1].body["input"]
     assert sent[-2:] == earlier[-2:] and sent[0]["role"] == "user" and len(sent) < len(earlier)
+
+
+@pytest.mark.parametrize("store", [False, True])
+@pytest.mark.parametrize("how", ["compaction_trigger", "context_management"])
+async def test_a_whole_conversation_leaving_a_call_unanswered_is_refused_before_any_summary_call(
+    alice: Tenant, fake_upstream: FakeOpenRouter, how: str, store: bool
+) -> None:
+    """A whole conversation sent as input compacts now (8400138), and the refusal of a call its input leaves
+    unanswered came after the summary call: OpenRouter billed a summary for a turn refused anyway, on every
+    retry. Such an input was refused with no upstream call before, as it is again."""
+    earlier = [*_lookup_round(1, 1200)]
+    pending = {**LOOKUP_CALL, "id": "fc_pending", "call_id": "call_pending"}
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "store": store,
+        "tools": LOOKUP_TOOLS,
+        "input": [*earlier, user("and now?"), {**REASONING, "id": "rs_pending"}, pending],
+    }
+    if how == "compaction_trigger":
+        body["input"] = [*body["input"], {"type": "compaction_trigger"}]
+    else:
+        body["context_management"] = [{"type": "compaction", "compact_threshold": 1000}]
+    fake_upstream.reply_json(summary_reply("never asked for"))
+    answer = await alice.http.post("/v1/responses", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["message"] == "No tool output found for function call call_pending."
+    assert fake_upstream.requests == []
+
+
+async def test_a_whole_conversation_is_counted_with_context_management_as_the_turn_sends_it(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """With context_management (nothing to compact yet) the turn splits its input, which leaves out a reasoning
+    item the item it came with does not follow; the count did not split it, and counted that item."""
+    lone = {**REASONING, "id": "rs_lone", "summary": [{"type": "summary_text", "text": "thinking " * 40}]}
+    items = [user("first"), lone, user("second"), assistant("fine", "msg_fine_1"), user("third")]
+    management = [{"type": "compaction", "compact_threshold": 100_000}]
+    fake_upstream.reply_json(text_response("ok", msg_id="msg_counted"))
+    answer = await alice.http.post(
+        "/v1/responses", json={"model": MODEL, "store": False, "input": items, "context_management": management}
+    )
+    assert answer.status_code == 200, answer.text
+    assert [item.get("id") for item in fake_upstream.requests[-1].body["input"]] == [
+        None,
+        None,
+        "msg_fine_1",
+        None,
+    ]
+    counted = await alice.http.post(
+        "/v1/responses/input_tokens", json={"model": MODEL, "input": items, "context_management": management}
+    )
+    plain = await alice.http.post("/v1/responses/input_tokens", json={"model": MODEL, "input": [items[0], *items[2:]]})
+    assert counted.status_code == plain.status_code == 200, counted.text
+    assert counted.json()["input_tokens"] == plain.json()["input_tokens"]

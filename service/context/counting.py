@@ -77,5 +77,6 @@ async def count_input_tokens(
         # As a turn refuses calls left unanswered; not without input (a thread measured while its calls run, which
         # no turn sends), nor with context_management, whose compaction first can take the call into its summary.
         check_calls=bool(items) and body.get("context_management") is None,
+        compacting=body.get("context_management") is not None,
     )
     return {"object": "response.input_tokens", "input_tokens": count}

@@ -265,10 +265,12 @@ class ContextWindows:
         stored: Sequence[int] | None,
         inputs: Sequence[NewItem],
         check_calls: bool,
+        compacting: bool = False,
     ) -> int:
         """What a turn with this input would send, in tokens (after truncation, when "auto" truncates); with
         `check_calls`, the turn's refusal of calls it leaves unanswered instead. `stored`: the history items'
-        stored token counts, when read with it. No model: no window, so nothing is truncated."""
+        stored token counts, when read with it. No model: no window, so nothing is truncated. `compacting`: the turn
+        asks for context_management (a summary is not counted, but the input is split as the turn splits it)."""
         if check_calls:
             refuse_outputs_without_calls(history, inputs)
         counted = self.ledger.counted(thread, history, stored)
@@ -276,8 +278,8 @@ class ContextWindows:
         if check_calls:
             _refuse_repeated_outputs(sent, inputs)
         truncating = model is not None and fitting.truncation_mode(params) == "auto"
-        if thread is None and not len(sent) and truncating:
-            # The whole conversation as input: truncated as a turn truncates it (_plan).
+        if thread is None and not len(sent) and (truncating or compacting):
+            # The whole conversation as input: split as a turn splits it (_plan), then truncated as it would be.
             earlier, rest = _input_as_history([_sent_item(body) for body in input_bodies], input_kinds)
             if len(earlier):
                 sent, input_bodies = earlier, [item.body for item in rest]
@@ -413,6 +415,10 @@ class ContextWindows:
             and len(plan.sent)
             and (plan.truncate or budget is None or _kept_by_compaction(plan) + plan.input_tokens + overhead <= budget)
         ):
+            if key is None:
+                # The whole conversation as input: a call it leaves unanswered is refused (below) whatever the
+                # summary says, so before a summary call that OpenRouter would bill for a refused turn.
+                _refuse_unanswered_calls(CountedItems(), fitting.whole(CountedItems(), 0, 0), request.input_items)
             await self._compact_first(upstream, turn, plan)
         if budget is None:
             # Sent whole; with truncation "auto", OpenRouter's overflow error and the limit it states are the
