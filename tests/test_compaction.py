@@ -1390,3 +1390,30 @@ async def test_a_whole_conversation_is_counted_with_context_management_as_the_tu
     plain = await alice.http.post("/v1/responses/input_tokens", json={"model": MODEL, "input": [items[0], *items[2:]]})
     assert counted.status_code == plain.status_code == 200, counted.text
     assert counted.json()["input_tokens"] == plain.json()["input_tokens"]
+
+
+async def test_a_conversation_turn_refused_after_its_summary_call_reports_that_call(
+    alice: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
+) -> None:
+    """A turn whose own input leaves a call unanswered is refused once its history is read; past the threshold,
+    its summary call comes first and was billed: the failed response reported no usage."""
+    conversation = await new_conversation(alice.http)
+    long = "word " * 600
+    await converse(alice, fake_upstream, conversation, [f"one {long}", f"two {long}"])
+    fake_upstream.reply_json(summary_reply("S-refused"))
+    pending = {**LOOKUP_CALL, "id": "fc_left", "call_id": "call_left"}
+    refused = await alice.http.post(
+        "/v1/responses",
+        json={
+            "model": MODEL,
+            "conversation": conversation,
+            "tools": LOOKUP_TOOLS,
+            "input": [user("go"), pending],
+            "context_management": [{"type": "compaction", "compact_threshold": 1000}],
+        },
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["message"] == "No tool output found for function call call_left."
+    assert fake_upstream.requests[-1].body["instructions"] == SUMMARY_INSTRUCTIONS
+    [failed] = await rows(db, "SELECT usage FROM response WHERE status = 'failed'")
+    assert failed["usage"] is not None and failed["usage"]["output_tokens"] > 0, failed

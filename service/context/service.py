@@ -425,16 +425,17 @@ class ContextWindows:
             # window (_refit, and the budget learned from it), so a model the catalog does not know still gets
             # shortened rather than stuck.
             plan.fit = fitting.whole(plan.sent, plan.input_tokens, overhead, plan.answered)
-        else:
-            plan.budget = budget
-            try:
+        try:
+            if budget is not None:
+                plan.budget = budget
                 self._fit(plan, request.model)
-            except UpstreamError:
-                # Still too long after a summary call, which OpenRouter billed: the refused turn reports it.
-                _bill_summary(turn, plan)
-                raise
-        assert plan.fit is not None
-        _refuse_unanswered_calls(plan.sent, plan.fit, request.input_items)
+            assert plan.fit is not None
+            _refuse_unanswered_calls(plan.sent, plan.fit, request.input_items)
+        except (UpstreamError, InvalidRequest):
+            # Refused after a summary call, which OpenRouter billed (still too long, or a call left unanswered):
+            # the refused turn reports it.
+            _bill_summary(turn, plan)
+            raise
         return plan
 
     def _budget(self, model: str, window: ModelWindow | None, params: dict[str, Any], *, truncate: bool) -> int | None:
