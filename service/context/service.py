@@ -387,8 +387,9 @@ class ContextWindows:
         compacting = "context_management" in request.params
         if key is None and not len(plan.sent) and (compacting or request.compact_first or plan.truncate):
             # A client that sends the whole conversation each time (store false, or a chain's first turn): what
-            # comes before its input's last user message is the history, compacted or truncated as a stored one
-            # is. Otherwise such a conversation never compacted, and once past the window was refused for good.
+            # comes before its input's new part (_input_as_history) is the history, compacted or truncated as a
+            # stored one is. Otherwise such a conversation never compacted, and once past the window was refused
+            # for good.
             earlier, plan.inputs = _input_as_history(plan.inputs, input_kinds)
             if len(earlier):
                 plan.sent, plan.exact = earlier, False
