@@ -23,7 +23,7 @@ from service.conversations.routes import ConversationController
 from service.db.session import create_engine
 from service.errors import EXCEPTION_HANDLERS
 from service.gc_freeze import freeze_startup_objects
-from service.health import health, ready
+from service.health import health, health_head, ready, ready_head
 from service.http import DEPENDENCIES
 from service.idempotency.middleware import IdempotencyMiddleware, KeyedServing
 from service.idempotency.service import AnswerStore
@@ -187,6 +187,8 @@ def create_app(
     app = Litestar(
         route_handlers=[
             health,
+            health_head,
+            ready_head,
             ready,
             metrics_route,
             ConversationController,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-from litestar import Response, get
+from litestar import Response, get, head
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import __version__
 from service.http import EngineDep, RuntimeDep, json_response
@@ -57,17 +58,27 @@ async def ready(engine: EngineDep) -> Response[bytes]:
     """503 with the same shape when the database cannot be reached, or holds no schema (re-created empty under a
     running process: every request would fail). Not a revision check: during a rolling upgrade the processes of
     the release before stay ready on a schema migrated ahead of them."""
+    body, status_code = await _readiness(engine)
+    return json_response(body, status_code=status_code)
+
+
+async def _readiness(engine: AsyncEngine) -> tuple[dict[str, str], int]:
     try:
         async with engine.connect() as conn:
             migrated = await conn.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
     except Exception as exc:
-        return json_response(
-            {"status": "unavailable", "database": "unreachable", "detail": type(exc).__name__},
-            status_code=503,
-        )
+        return {"status": "unavailable", "database": "unreachable", "detail": type(exc).__name__}, 503
     if not migrated:
-        return json_response(
-            {"status": "unavailable", "database": "not_migrated", "detail": "run `python -m service migrate`"},
-            status_code=503,
-        )
-    return json_response({"status": "ready", "database": "ok"})
+        return {"status": "unavailable", "database": "not_migrated", "detail": "run `python -m service migrate`"}, 503
+    return {"status": "ready", "database": "ok"}, 200
+
+
+# Load balancers that probe with HEAD get the GET's status (HTTP: HEAD goes wherever GET does), without a body.
+@head("/health", include_in_schema=False, security=[])
+async def health_head() -> Response[None]:
+    return Response(None, status_code=200)
+
+
+@head("/ready", include_in_schema=False, security=[])
+async def ready_head(engine: EngineDep) -> Response[None]:
+    return Response(None, status_code=(await _readiness(engine))[1])

@@ -58,11 +58,19 @@ async def test_ready_when_database_reachable(anonymous: httpx.AsyncClient) -> No
     assert answer.json() == {"status": "ready", "database": "ok"}
 
 
+async def test_health_and_ready_answer_head_as_they_answer_get(anonymous: httpx.AsyncClient) -> None:
+    """Load balancers that probe with HEAD got 405."""
+    for path in ("/health", "/ready"):
+        answer = await anonymous.head(path)
+        assert (answer.status_code, answer.content) == (200, b""), path
+
+
 async def test_ready_is_503_when_database_unreachable(start_server: Callable[..., LiveServer]) -> None:
     live = start_server(database_url="postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
     async with httpx.AsyncClient(base_url=live.url) as client:
         assert (await client.get("/health")).status_code == 200
         answer = await client.get("/ready")
+        assert (await client.head("/ready")).status_code == 503
     assert answer.status_code == 503
     assert answer.json()["status"] == "unavailable"
 
