@@ -117,12 +117,12 @@ async def refuse_ids_held(
         raise duplicate_item(held, param)
 
 
-async def _refuse_beyond_caps(
-    conn: AsyncConnection, caps: ConversationCaps, conversation_id: str, item_count: int, raw_items: list[Any]
+def _refuse_beyond_caps(
+    caps: ConversationCaps, conversation_id: str, held_items: int, held_bytes: int, raw_items: list[Any]
 ) -> None:
-    added = len(msgspec.json.encode(raw_items))
-    size = (await repository.stored_bytes(conn, conversation_id)) + added if caps.max_bytes else 0
-    refusal = caps.excess(conversation_id, item_count + len(raw_items), size, param="items")
+    """A conversation holding `held_items` items of `held_bytes` bytes takes `raw_items` within its caps."""
+    size = held_bytes + len(msgspec.json.encode(raw_items)) if caps.max_bytes else 0
+    refusal = caps.excess(conversation_id, held_items + len(raw_items), size, param="items")
     if refusal is not None:
         raise refusal
 
@@ -158,10 +158,7 @@ async def create_conversation(
     conversation_id = new_id("conv")
     if caps is not None and checked:
         # As for an append: a conversation created beyond its caps would refuse every turn and append after it.
-        size = len(msgspec.json.encode(raw_items)) if caps.max_bytes else 0
-        refusal = caps.excess(conversation_id, len(raw_items), size, param="items")
-        if refusal is not None:
-            raise refusal
+        _refuse_beyond_caps(caps, conversation_id, 0, 0, raw_items)
     async with engine.begin() as conn:
         row = await repository.insert_conversation(
             conn, conversation_id=conversation_id, tenant_id=tenant_id, metadata=metadata
@@ -222,7 +219,8 @@ async def add_items(
     async with engine.begin() as conn:
         row = await lock_free_conversation(conn, tenant_id, conversation_id)
         if caps is not None:
-            await _refuse_beyond_caps(conn, caps, conversation_id, row.item_count, raw_items)
+            held_bytes = await repository.stored_bytes(conn, conversation_id) if caps.max_bytes else 0
+            _refuse_beyond_caps(caps, conversation_id, row.item_count, held_bytes, raw_items)
         items = await _append_direct(conn, tenant_id, conversation_id, checked)
     return item_list([item_view(i.id, i.status, i.body) for i in items], has_more=False)
 
