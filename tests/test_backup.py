@@ -79,15 +79,17 @@ async def test_admin_exports_everything_a_tenant_or_one_conversation(
     assert items == exported_by_tenant.content.split(b"\n")[1:-1]  # the items and the conversation's end line
     assert (json.loads(file_end), after) == ({"object": "export.end", "conversations": 1}, b"")
 
+    by_id = await admin.get("/admin/export", params={"tenant": alice_id})  # a tenant's id, as the listings take
+    assert by_id.status_code == 200 and by_id.content == only_alice.content
     missing = [
         await admin.get("/admin/export", params={"tenant": "nobody"}),
         await admin.get("/admin/export", params={"conversation": "conv_nope"}),
         await admin.get("/admin/export", params={"tenant": "bob", "conversation": first}),
     ]
-    assert [(m.status_code, m.json()["error"]["param"]) for m in missing] == [
-        (404, "tenant"),
-        (404, "conversation"),
-        (404, "conversation"),
+    assert [(m.status_code, m.json()["error"]["param"], m.json()["error"]["code"]) for m in missing] == [
+        (400, "tenant", "unknown_tenant"),  # as the admin listings answer an unknown tenant
+        (404, "conversation", "not_found"),
+        (404, "conversation", "not_found"),
     ]
     assert (await alice.http.get("/admin/export")).status_code == 403
 
@@ -226,7 +228,7 @@ async def test_cli_export_and_import_make_a_backup_between_databases(
     one = service_cli(database_url, "export", "--conversation", third)
     assert one.returncode == 0 and len(_headers(one.stdout)) == 1
     unknown = service_cli(database_url, "export", "--tenant", "nobody")
-    assert unknown.returncode == 2 and b"Tenant 'nobody' not found." in unknown.stderr
+    assert unknown.returncode == 2 and b"No tenant with the name or id 'nobody'" in unknown.stderr
     both = service_cli(database_url, "export", "--tenant", "alice", "--conversation", third)
     assert both.returncode == 2 and b"not allowed with argument" in both.stderr and both.stdout == b""
 

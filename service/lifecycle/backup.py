@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service.admin.service import listed_tenant_id
 from service.context.sealing import Resealer
 from service.conversations.service import conversation_not_found, conversation_view
 from service.errors import NotFound
@@ -60,11 +61,10 @@ async def _all_lines(engine: AsyncEngine, tenant_id: str | None, conversation_id
 async def open_export(
     engine: AsyncEngine, *, tenant: str | None = None, conversation_id: str | None = None
 ) -> AsyncIterator[bytes]:
-    """Everything, one tenant's conversations, or one conversation; a 404 comes before the stream starts."""
-    tenant_id = None
+    """Everything, one tenant's conversations (its name or id, as the admin listings take it: an unknown one is
+    their 400 `unknown_tenant`), or one conversation; an error comes before the stream starts."""
     async with engine.connect() as conn:
-        if tenant is not None:
-            tenant_id = await _tenant_id(conn, tenant)
+        tenant_id = await listed_tenant_id(conn, tenant)
         if conversation_id is not None and not await repository.conversation_exists(conn, conversation_id, tenant_id):
             raise conversation_not_found(conversation_id, param="conversation")
     return _all_lines(engine, tenant_id, conversation_id)

@@ -98,13 +98,13 @@ class ConversationBackupAdminController(Controller):
         operation_id="adminExport",
         media_type=jsonl.MEDIA_TYPE,
         operation_class=documented(
-            answer=AdminExportLine, query=AdminExportQuery, media_type=jsonl.MEDIA_TYPE, errors=(403, 404)
+            answer=AdminExportLine, query=AdminExportQuery, media_type=jsonl.MEDIA_TYPE, errors=(400, 403, 404)
         ),
     )
     async def export(
         self, engine: EngineDep, tenant: FromQuery[str | None] = None, conversation: FromQuery[str | None] = None
     ) -> Stream:
-        """Everything, one tenant's conversations (`tenant`=NAME) or one conversation (`conversation`=ID) as JSON
+        """Everything, one tenant's conversations (`tenant`=NAME or ID) or one conversation (`conversation`=ID) as JSON
         Lines: each conversation's header (with its `tenant`) then its items, streamed in constant memory."""
         lines = await backup.open_export(engine, tenant=tenant, conversation_id=conversation)
         return Stream(lines, media_type=jsonl.MEDIA_TYPE)

@@ -44,7 +44,7 @@ class AdminExportLine(msgspec.Struct):
 
 
 class AdminExportQuery(msgspec.Struct):
-    tenant: Annotated[str, msgspec.Meta(description="Only this tenant's conversations (its name)")] | None = None
+    tenant: Annotated[str, msgspec.Meta(description="Only this tenant's conversations (its name or id)")] | None = None
     conversation: Annotated[str, msgspec.Meta(description="Only this conversation")] | None = None
 
 
