@@ -1226,6 +1226,47 @@ async def test_a_whole_conversation_sent_as_input_is_truncated_to_the_window(
     assert cut.json()["input_tokens"] < SMALL_WINDOW < whole.json()["input_tokens"]
 
 
+async def test_a_whole_conversation_sent_as_input_is_compacted_or_truncated_when_streamed(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """The split of the input into history and new part is in the plan both plain and streamed turns make."""
+    earlier = _whole_conversation(10, 150)
+    users = [item for item in earlier if item["role"] == "user"]
+    fake_upstream.reply_json(summary_reply("the story so far, streamed"))
+    stream = await alice.openai().responses.create(
+        model=MODEL,
+        input=[*earlier, user("now what?")],
+        store=False,
+        stream=True,
+        context_management=[{"type": "compaction", "compact_threshold": 1000}],
+    )
+    events = [event async for event in stream]
+    added = [(e.output_index, e.item.type) for e in events if e.type == "response.output_item.added"]
+    assert added == [(0, "compaction"), (1, "message")]
+    assert events[-1].type == "response.completed"
+    summary_call, turn_call = (request.body for request in fake_upstream.requests[-2:])
+    assert summary_call["instructions"] == SUMMARY_INSTRUCTIONS
+    assert turn_call["stream"] is True
+    assert turn_call["input"] == [*users, rendered("the story so far, streamed"), user("now what?")]
+
+    calls = len(fake_upstream.requests)
+    shorter = _whole_conversation(10, 60)
+    truncated = await alice.openai().responses.create(
+        model=SMALL_WINDOW_MODEL,
+        input=[*shorter, user("the last question")],
+        store=False,
+        stream=True,
+        truncation="auto",
+    )
+    assert [event async for event in truncated][-1].type == "response.completed"
+    assert len(fake_upstream.requests) == calls + 1  # no summary call
+    sent = fake_upstream.requests[-1].body["input"]
+    assert sent[-1] == user("the last question")
+    assert 2 <= len(sent) < len(shorter) + 1
+    assert sent[:-1] == shorter[len(shorter) + 1 - len(sent) :]  # the oldest dropped, the rest as sent
+    assert sent[0]["role"] == "user"
+
+
 def _lookup_round(number: int, result_words: int) -> list[dict[str, Any]]:
     call = {**LOOKUP_CALL, "id": f"fc_{number}", "call_id": f"call_{number}"}
     output = {**LOOKUP_OUTPUT, "call_id": f"call_{number}", "output": "result " * result_words}
