@@ -200,6 +200,30 @@ async def test_invalid_filters_are_the_admin_apis_errors(browser_client: httpx.A
     assert as_json.status_code == 400 and as_json.json()["error"]["param"] == "q"
 
 
+async def test_a_metadata_search_finds_values_holding_commas(browser_client: httpx.AsyncClient, alice: Tenant) -> None:
+    """The field's pairs are comma separated: `note=a, b` searched note=a and an invalid `b`."""
+    made = {}
+    for name, metadata in {
+        "wanted": {"note": "a, b", "region": "eu"},
+        "other_region": {"note": "a, b", "region": "us"},
+        "other_note": {"note": "a", "region": "eu"},
+    }.items():
+        created = await alice.http.post("/v1/conversations", json={"metadata": metadata})
+        assert created.status_code == 200, created.text
+        made[created.json()["id"]] = name
+    assert (await sign_in(browser_client, ADMIN_KEY)).status_code == 303
+
+    def found(page: httpx.Response) -> set[str]:
+        assert page.status_code == 200, page.text
+        return {made[conv] for conv in re.findall(r"/admin/ui/threads/(conv_[0-9a-z]+)", page.text) if conv in made}
+
+    for typed in ("note=a, b, region=eu", "region=eu,note=a, b", "note=a, b\nregion=eu", "region=eu, note=a, b,"):
+        assert found(await browser_client.get("/admin/ui/", params={"metadata": typed})) == {"wanted"}, typed
+    assert found(await browser_client.get("/admin/ui/", params={"metadata": "note=a, region=eu"})) == {"other_note"}
+    bad = await browser_client.get("/admin/ui/", params={"metadata": "nonsense, region=eu"})
+    assert bad.status_code == 400 and 'role="alert"' in bad.text
+
+
 async def test_a_threads_older_responses_its_whole_delete_and_a_tenants_text_as_it_reads(
     browser_client: httpx.AsyncClient, alice: Tenant
 ) -> None:

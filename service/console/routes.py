@@ -155,15 +155,32 @@ def _query(request: Request[Any, Any, Any], *, drop: frozenset[str] = _CONSOLE_O
         if key in drop or value.strip() == "":
             continue
         if key == "metadata":
-            for line in value.replace(",", "\n").splitlines():
-                name, sep, wanted = line.partition("=")
-                if not sep:
-                    pairs.append(("metadata", line))  # the admin API says what is wrong with it
-                elif name.strip():
-                    pairs.append((f"metadata[{name.strip()}]", wanted.strip()))
+            pairs.extend(_metadata_pairs(value))
             continue
         pairs.append((key, value.strip()))
     return pairs
+
+
+def _metadata_pairs(field: str) -> list[tuple[str, str]]:
+    """KEY=VALUE pairs, one a line or comma separated; a piece without `=` after a pair is part of its value (a
+    value may hold commas: `note=a, b`)."""
+    found: list[tuple[str, str | None]] = []  # (name, value); (text, None) for a piece that is no pair
+    for line in field.splitlines():
+        for number, piece in enumerate(line.split(",")):
+            if not piece.strip():
+                continue  # `a=b,` and `a=b,,c=d` as typed
+            name, sep, wanted = piece.partition("=")
+            if sep:
+                found.append((name, wanted))
+            elif number > 0 and found and found[-1][1] is not None:
+                found[-1] = (found[-1][0], f"{found[-1][1]},{piece}")
+            else:
+                found.append((piece, None))
+    return [
+        (f"metadata[{name.strip()}]", value.strip()) if value is not None else ("metadata", name)
+        for name, value in found
+        if name.strip()
+    ]  # the admin API says what is wrong with a piece that is no pair
 
 
 class ConsoleController(Controller):
