@@ -1,4 +1,4 @@
-"""Conversations and their items (OpenAI's Conversations API). Each operation is one short transaction."""
+"""Conversations and their items (OpenAI's Conversations API). Each change is one short transaction."""
 
 from __future__ import annotations
 

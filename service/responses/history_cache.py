@@ -45,8 +45,8 @@ class CachedHistory:
 
 
 class HistoryCache:
-    """A per-worker cache of conversation histories, bounded by `max_bytes` of text (0 disables it), evicting at
-    random (the module's docstring says why)."""
+    """A per-worker cache of conversation histories, bounded by `max_bytes` of texts and their token counts (0
+    disables it), evicting at random (the module's docstring says why)."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes

@@ -3,7 +3,8 @@
 A request that starts such a turn only subscribes to its run; when its client goes away the subscription
 ends and the run goes on (unless STREAM_DISCONNECT_POLICY=cancel), so nothing generated is lost. A run:
 
-1. publishes `response.created` and `response.in_progress` (our Response, status in_progress);
+1. publishes `response.created` and `response.in_progress` (our Response, status in_progress); a background
+   turn's `response.created` and `response.queued` come first with status queued, as its create answer said;
 2. opens OpenRouter's stream (retries happen before the first byte, exactly as for a non-streamed turn) and
    relays its events through `StreamAssembler` with our own sequence numbers;
 3. stores the outcome with the turn's finish or fail (service/responses/turn.py; no connection is held while
@@ -62,7 +63,7 @@ class TurnRun:
         self.open_error: ServiceError | None = None
         self.stop_reason: str | None = None
         self.task: asyncio.Task[None] | None = None
-        # Futures, not asyncio.Events: each Event carries a deque (~600 bytes), and a worker holds a run per
+        # Futures, not asyncio.Events: each Event carries a deque of its own, and a worker holds a run per
         # stream. `_wakeup` exists only while a follower waits for the next frame.
         self._loop = asyncio.get_running_loop()
         self._opened_or_finished: asyncio.Future[None] = self._loop.create_future()

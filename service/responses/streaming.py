@@ -4,10 +4,11 @@
 (the announced item, its content parts and their text so far). It re-numbers items by order of appearance,
 announces an item and its content part before the first delta that needs them (OpenRouter's legacy events can
 skip those), and closes whatever is still open when the stream ends, so a client always sees added/done pairs.
-It never emits the lifecycle events (`response.created`, `response.in_progress`, the terminal one): those carry
-our Response object, which the turn runner renders from what it stored.
+It never emits the lifecycle events (`response.created`, `response.queued`, `response.in_progress`, the terminal
+one): those carry our Response object, which the turn runner renders from the turn's state (the terminal one from
+what it stored).
 
-Sequence numbers are assigned by the runner's channel as events are published, so they are ours and
+Sequence numbers are assigned by the run (runner.TurnRun.publish) as events are published, so they are ours and
 monotonic whatever the upstream numbered.
 """
 
@@ -510,7 +511,7 @@ def _key(value: Any) -> Any:
 
 def _keep_piece(pieces: list[str], piece: str) -> None:
     """Add a delta to the text so far. The pieces are joined every few deltas: a stream holds its text until it
-    ends, and each delta kept as its own str costs ~50 bytes more than its characters."""
+    ends, and each delta kept as its own str costs a str object's overhead on top of its characters."""
     pieces.append(piece)
     if len(pieces) >= _PIECES_KEPT:
         pieces[:] = ["".join(pieces)]

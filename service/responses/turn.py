@@ -10,8 +10,8 @@
             conversation when the turn answered, release the claim;
     fail    finish as failed, with the error and any partial output; never raises;
     retry   a finish the database could not take is retried at once a few times, then kept and retried in
-            the background until the database is back. TurnContext owns those tasks and awaits them at
-            shutdown.
+            the background until the database is back, for up to _STORE_LATER_SECONDS. TurnContext owns
+            those tasks and awaits them at shutdown.
 
 TurnContext holds what every turn needs (engine, upstream client, context windows, history and chain caches);
 the application builds one and keeps it on its Runtime.

@@ -194,7 +194,7 @@ def _thread_page(filters: ThreadFilters, tenant_id: str | None, keyset: Keyset) 
     status), are read once, for the page's rows: planned once rather than once per branch, which made planning
     the largest part of a search page (docs/benchmarks.md). Each page row reads its thread's row by primary key
     (a LATERAL subquery with LIMIT 1, which stays a per-row probe): as a join, the planner could hash a whole
-    table for a page of 21 rows when it misjudged the page's size."""
+    table for a page of a few rows when it misjudged the page's size."""
     matches = search.matching_items(item_t.c.thread_id) if filters.q is not None else None
     parts = []
     for kind, table in (("conversation", conversation_t), ("chain", chain_t)):
