@@ -116,6 +116,7 @@ def create_app(
             lock_ttl=settings.turn_lock_ttl,
             chains=chains,
             caps=settings.conversation_caps,
+            outcome_retry_seconds=settings.outcome_retry_seconds,
         )
         runner = TurnRunner(settings, turn_context)
         runtime = Runtime(

@@ -244,6 +244,7 @@ class Settings:
     turn_lock_ttl: float = 960.0
     stream_disconnect_policy: DisconnectPolicy = "continue"
     shutdown_grace_period: float = 30.0
+    outcome_retry_seconds: float = 600.0
     max_input_items: int = 2000
     history_cache_mb: int = 32
     chain_history_cache_mb: int = 32
@@ -380,6 +381,7 @@ class Settings:
             turn_lock_ttl=turn_lock_ttl,
             stream_disconnect_policy=policy,  # type: ignore[arg-type]
             shutdown_grace_period=_seconds(env, "SHUTDOWN_GRACE_PERIOD", 30.0),
+            outcome_retry_seconds=_seconds(env, "OUTCOME_RETRY_SECONDS", 600.0, minimum=1),
             max_input_items=_int(env, "MAX_INPUT_ITEMS", 2000, minimum=1),
             history_cache_mb=_int(env, "HISTORY_CACHE_MB", 32, minimum=0),
             chain_history_cache_mb=_int(env, "CHAIN_HISTORY_CACHE_MB", 32, minimum=0),

@@ -340,6 +340,45 @@ async def test_database_lost_while_storing_a_finished_turn_is_stored_once_it_is_
     assert [r["id"] for r in completed] == [stored["id"], again.json()["id"]]
 
 
+async def test_an_answer_not_stored_within_outcome_retry_seconds_is_given_up_and_its_turn_failed(
+    private_postgres: PrivatePostgres, start_server: Callable[..., LiveServer], fake_upstream: FakeOpenRouter
+) -> None:
+    """Given up, the turn stayed in the process's list of running turns: its heartbeat renewed the claim for as
+    long as the process lived, and every turn of the conversation was refused 409."""
+    live = start_server(database_url=private_postgres.url, turn_lock_ttl=8.0, outcome_retry_seconds=1.0)
+    async with await tenant_client(private_postgres, live) as client:
+        conversation = (await client.post("/v1/conversations", json={})).json()["id"]
+        fake_upstream.reset()
+        fake_upstream.enqueue(Reply(kind="json", body=text_response("Never stored."), delay=2.0))
+        running = asyncio.create_task(turn(client, conversation, "lost"))
+
+        async def upstream_called() -> bool:
+            return len(fake_upstream.requests) == 1
+
+        await eventually(upstream_called)
+        await asyncio.to_thread(private_postgres.stop)
+        answer = await running
+        assert answer.status_code == 503, answer.text
+        message = answer.json()["error"]["message"]
+        assert "(for up to 1 seconds)" in message, message
+        pending = re.search(r"response '(resp_\w+)'", message)
+        assert pending is not None, answer.text
+        await asyncio.sleep(2.5)  # past the retry window, the database still down
+        await asyncio.to_thread(private_postgres.start)
+        engine = private_postgres.engine
+
+        async def claim_freed() -> bool:
+            claim = await scalar(engine, "SELECT turn_response_id FROM conversation WHERE id = :c", c=conversation)
+            return claim is None
+
+        await eventually(claim_freed, timeout=30)
+        # The answer is lost; a turn stored only at its finish leaves no response behind.
+        assert (await client.get(f"/v1/responses/{pending.group(1)}")).status_code == 404
+        fake_upstream.enqueue(Reply(kind="json", body=text_response("Next.")))
+        after = await turn(client, conversation, "next")
+        assert after.status_code == 200, after.text
+
+
 async def test_a_keyed_turn_answered_503_while_its_store_waited_replays_the_stored_response_once_stored(
     private_postgres: PrivatePostgres, start_server: Callable[..., LiveServer], fake_upstream: FakeOpenRouter
 ) -> None:

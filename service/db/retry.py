@@ -58,28 +58,37 @@ class Later:
         self._traceback = traceback
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def now_or_later(self, work: Callable[[int], Awaitable[None]], *, attempts: int, what: str) -> bool:
+    async def now_or_later(
+        self,
+        work: Callable[[int], Awaitable[None]],
+        *,
+        attempts: int,
+        what: str,
+        given_up: Callable[[], None] | None = None,
+    ) -> bool:
         """`work(attempt)` tried `attempts` times at once (`while_transient`); True when done. While the database
         stays unavailable it is kept and tried again in the background (its attempts counting on), and False
-        says so. Any other error is raised, a deadlock that recurs on every attempt too: that is contention to
-        report, not an outage to wait out."""
+        says so; `given_up` runs if the background tries end without it done. Any other error is raised, a
+        deadlock that recurs on every attempt too: that is contention to report, not an outage to wait out."""
         try:
             await while_transient(work, attempts=attempts, what=what, log=self._log)
         except Exception as exc:
             if not is_database_unavailable(exc):
                 raise
-            task = asyncio.get_running_loop().create_task(self._until_back(work, attempts + 1, what))
+            task = asyncio.get_running_loop().create_task(self._until_back(work, attempts + 1, what, given_up))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return False
         return True
 
-    async def _until_back(self, work: Callable[[int], Awaitable[None]], attempt: int, what: str) -> None:
+    async def _until_back(
+        self, work: Callable[[int], Awaitable[None]], attempt: int, what: str, given_up: Callable[[], None] | None
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.seconds
         delay = 1.0
         while loop.time() < deadline:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(min(delay, max(deadline - loop.time(), 0.0)))
             try:
                 await work(attempt)
             except Exception as exc:
@@ -87,13 +96,16 @@ class Later:
                     self._log.error(
                         "%s failed later (%s); %s", what, type(exc).__name__, self._fallback, exc_info=self._traceback
                     )
-                    return
+                    break
                 attempt += 1
                 delay = min(delay * 2, self._max_delay)
             else:
                 self._log.warning("%s: done after the database came back", what)
                 return
-        self._log.error("%s: the database was not back within %ds; %s", what, self.seconds, self._fallback)
+        else:
+            self._log.error("%s: the database was not back within %gs; %s", what, self.seconds, self._fallback)
+        if given_up is not None:
+            given_up()
 
     async def close(self, grace: float) -> int:
         """At shutdown: give the writes still waiting `grace` seconds more; returns how many were given up."""

@@ -10,8 +10,9 @@
             conversation when the turn answered, release the claim;
     fail    finish as failed, with the error and any partial output; never raises;
     retry   a finish the database could not take is retried at once a few times, then kept and retried in
-            the background until the database is back, for up to _STORE_LATER_SECONDS. TurnContext owns
-            those tasks and awaits them at shutdown.
+            the background until the database is back, for up to OUTCOME_RETRY_SECONDS; then the turn's
+            claim is no longer renewed, and the expiry sweep fails it. TurnContext owns those tasks and awaits
+            them at shutdown.
 
 TurnContext holds what every turn needs (engine, upstream client, context windows, history and chain caches);
 the application builds one and keeps it on its Runtime.
@@ -88,9 +89,6 @@ _FINISH_ATTEMPTS = 3
 # Runs of a finish whose output ids the tenant held: ids of ours replace them after the first, and are unique;
 # a third covers another of the upstream's ids stored by a concurrent finish in between.
 _HELD_ID_ROUNDS = 3
-# A finished turn the database could not take is kept this long, so a database restart at the wrong moment
-# loses no answer and does not leave the conversation claimed until TURN_LOCK_TTL.
-_STORE_LATER_SECONDS = 600
 
 
 @dataclass
@@ -155,6 +153,7 @@ class TurnContext:
         lock_ttl: float,
         chains: ChainCache | None = None,
         caps: ConversationCaps | None = None,
+        outcome_retry_seconds: float = 600.0,
     ) -> None:
         self.caps = caps or ConversationCaps()
         self.engine = engine
@@ -166,9 +165,9 @@ class TurnContext:
         self._plain_turns: set[asyncio.Task[Any]] = set()  # non-streamed turns running (their requests' tasks)
         self._stopping_plain_turns = False
         self._stores_later = Later(
-            seconds=_STORE_LATER_SECONDS,
+            seconds=outcome_retry_seconds,
             max_delay=15.0,
-            fallback="the reaper fails the turn",
+            fallback="its claim is no longer renewed: once it expires, the expiry sweep fails the turn",
             log=logger,
             traceback=True,
         )
@@ -449,7 +448,12 @@ class TurnContext:
 
         try:
             stored = await self._stores_later.now_or_later(
-                store, attempts=_FINISH_ATTEMPTS, what=f"storing turn {state.id}"
+                store,
+                attempts=_FINISH_ATTEMPTS,
+                what=f"storing turn {state.id}",
+                # Listed, the heartbeat would renew its claim for as long as the process lives: the conversation
+                # locked, the response in_progress.
+                given_up=lambda: running_turns.discard(self.engine, state.id),
             )
         except Exception as refused:  # for good, or rolled back on every attempt: passing failures are retried
             running_turns.discard(self.engine, state.id)
@@ -465,7 +469,7 @@ class TurnContext:
             raise ServiceUnavailable(
                 f"The answer for response '{state.id}' could not be stored yet because the database is "
                 f"unavailable. It is kept and stored as soon as the database is back (for up to "
-                f"{_STORE_LATER_SECONDS // 60} minutes): GET /v1/responses/{state.id} shows it then.",
+                f"{_duration(self._stores_later.seconds)}): GET /v1/responses/{state.id} shows it then.",
                 code="database_unavailable",
             )
         self._remember_chain(turn, outputs)
@@ -563,6 +567,10 @@ async def _store_outcome(
         except turn_store.OutputIdsHeld as held:
             _give_fresh_ids(turn, outputs, held.ids)
     return await _write_outcome(db, turn, outputs, upstream_id, events)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} seconds"
 
 
 def _give_fresh_ids(turn: Turn, outputs: list[NewItem], taken: Collection[str]) -> None:
