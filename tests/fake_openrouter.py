@@ -88,6 +88,12 @@ OVERFLOW_WORDINGS = {
     "anthropic": "prompt is too long: {requested} tokens > {limit} maximum",
     "google": "The input token count ({requested}) exceeds the maximum number of tokens allowed ({limit}).",
     "bare": "Input is too long for requested model.",
+    "xai": "This model's maximum prompt length is {limit} but the request contains {requested} tokens.",
+    "anthropic-limit": "input length and `max_tokens` exceed context limit: {text} + {output} > {limit}, decrease "
+    "input length or `max_tokens` and try again",
+    "tgi": "Input validation error: `inputs` tokens + `max_new_tokens` must be <= {limit}. Given: {text} `inputs` "
+    "tokens and {output} `max_new_tokens`",
+    "llamacpp": "request ({requested} tokens) exceeds the available context size ({limit} tokens), try increasing it",
 }
 
 

@@ -206,14 +206,18 @@ async def test_auto_truncation_works_on_a_model_the_catalog_does_not_know(
 
 
 @pytest.mark.parametrize("thread", ["conversation", "chain"])
-@pytest.mark.parametrize("wording", ["openrouter", "anthropic", "google", "bare"])
+@pytest.mark.parametrize(
+    "wording", ["openrouter", "anthropic", "google", "bare", "xai", "anthropic-limit", "tgi", "llamacpp"]
+)
 async def test_a_window_only_the_providers_refusals_tell_is_learned_and_the_thread_goes_on(
     alice: Tenant, fake_upstream: FakeOpenRouter, wording: str, thread: str
 ) -> None:
     """A model the catalog does not know, whose provider words its refusal its own way (or states no numbers):
     each refused try was shrunk by a fixed step only, three tries at most, and nothing was remembered, so once a
     thread passed about 1.5 times the window every turn made three refused calls and failed, for good. The
-    budget a retry is given is now where later turns on that model start, and other providers' numbers are read."""
+    budget a retry is given is now where later turns on that model start, and other providers' numbers are read.
+    xAI's, Anthropic's context-limit, Text Generation Inference's and llama.cpp's wordings were not taken for an
+    overflow at all: the refusal went to the client as it was, turn after turn, whatever `truncation` said."""
     model = f"someone/unlisted-{wording}-{thread}"
     fake_upstream.windows[model] = (SMALL_WINDOW, SMALL_WINDOW_COMPLETION)
     fake_upstream.overflow_wording = wording

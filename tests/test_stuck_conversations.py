@@ -338,3 +338,65 @@ async def test_a_last_try_answering_a_call_sends_the_call_with_its_answer(
     assert answer.status_code == 200, answer.text
     assert len(fake_upstream.requests) - calls == 3
     assert without_ids(check_sent(fake_upstream)) == without_ids([REASONING, SENT_CALL, OUTPUT])
+
+
+async def test_a_budget_guessed_from_refusals_never_refuses_a_larger_new_input_before_a_call(
+    alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """Refusals without numbers (here of a turn asking more room for its answer than the window has) teach the
+    model a guessed budget. A new input past that guess, on any thread of the model, even a new one, was refused
+    as "the new input alone needs about N tokens" before any call, so no call could raise the guess again: every
+    such turn of the model failed for an hour, though the window takes it."""
+    model = "someone/unlisted-bare-guess"
+    fake_upstream.windows[model] = (1000, 200)
+    fake_upstream.overflow_wording = "bare"
+    conversation_id = await import_conversation(alice, message("user", "hello there"), message("assistant", "hi"))
+    refused = await post_turn(
+        alice,
+        model=model,
+        input="write a book",
+        conversation=conversation_id,
+        truncation="auto",
+        max_output_tokens=5000,
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    other = await new_conversation(bob.http)
+    text = "word " * 100  # far within the window, past the guess
+    calls = len(fake_upstream.requests)
+    answer = await post_turn(bob, model=model, input=text, conversation=other, truncation="auto")
+    assert answer.status_code == 200, answer.text
+    assert check_sent(fake_upstream) == [user(text)]
+    assert len(fake_upstream.requests) - calls == 1
+
+
+async def test_a_refusal_of_the_answers_room_leaves_other_threads_their_history(
+    alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A refusal stating that the room asked for the answer alone is past the window (max_output_tokens too
+    large) was taken for an input too long: the turn was tried three times, shorter each time, and the budget
+    learned from it, a fraction of one short thread, refused every other thread's turns on that model."""
+    model = "someone/unlisted-answer-room"
+    fake_upstream.windows[model] = (1000, 200)
+    conversation_id = await import_conversation(alice, message("user", "hello there"), message("assistant", "hi"))
+    calls = len(fake_upstream.requests)
+    refused = await post_turn(
+        alice,
+        model=model,
+        input="write a book",
+        conversation=conversation_id,
+        truncation="auto",
+        max_output_tokens=5000,
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    assert "5000 in the output" in refused.json()["error"]["message"]
+    assert len(fake_upstream.requests) - calls == 1  # no shorter input helps
+    other = await new_conversation(bob.http)
+    for index in range(3):
+        calls = len(fake_upstream.requests)
+        text = f"turn {index} " + "word " * 40
+        answer = await post_turn(bob, model=model, input=text, conversation=other, truncation="auto")
+        assert answer.status_code == 200, answer.text
+        assert len(fake_upstream.requests) - calls == 1
+        assert len(check_sent(fake_upstream)) == 2 * index + 1  # the whole thread

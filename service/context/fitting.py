@@ -31,7 +31,13 @@ _COMPLETION_RESERVE_SHARE = 4
 # - OpenRouter's (and OpenAI's): "maximum context length is 4000 tokens. However, you requested about 5230 tokens
 #   (5030 of text input, 200 in the output)", or "... your messages resulted in 5230 tokens";
 # - Anthropic's: "prompt is too long: 5230 tokens > 4000 maximum";
-# - Google's: "The input token count (5230) exceeds the maximum number of tokens allowed (4000)".
+# - Google's: "The input token count (5230) exceeds the maximum number of tokens allowed (4000)";
+# - xAI's: "This model's maximum prompt length is 4000 but the request contains 5230 tokens";
+# - Anthropic's when the answer's room is what does not fit: "input length and `max_tokens` exceed context limit:
+#   5030 + 200 > 4000";
+# - Text Generation Inference's: "`inputs` tokens + `max_new_tokens` must be <= 4000. Given: 5030 `inputs` tokens
+#   and 200 `max_new_tokens`";
+# - llama.cpp's: "request (5230 tokens) exceeds the available context size (4000 tokens)".
 _LIMIT_AND_REQUESTED = (
     re.compile(
         r"context length is (?P<limit>\d+) tokens.*?(?:requested (?:about )?|resulted in )(?P<requested>\d+) tokens"
@@ -40,6 +46,12 @@ _LIMIT_AND_REQUESTED = (
     ),
     re.compile(r"too long: (?P<requested>\d+) tokens > (?P<limit>\d+) maximum"),
     re.compile(r"token count \((?P<requested>\d+)\) exceeds the maximum number of tokens allowed \((?P<limit>\d+)\)"),
+    re.compile(r"maximum prompt length is (?P<limit>\d+) but the request contains (?P<requested>\d+) tokens"),
+    re.compile(r"exceed context limit: (?P<text>\d+) \+ (?P<output>\d+) > (?P<limit>\d+)"),
+    re.compile(
+        r"must be <= (?P<limit>\d+)\. Given: (?P<text>\d+) `inputs` tokens and (?P<output>\d+) `max_new_tokens`"
+    ),
+    re.compile(r"request \((?P<requested>\d+) tokens\) exceeds the available context size \((?P<limit>\d+) tokens\)"),
 )
 
 
@@ -246,14 +258,32 @@ def _unorphaned(counted: CountedItems, fitted: Fit, answered: Sequence[str]) -> 
 _UNSTATED_STEPS = (0.8, 0.5)
 
 
+def _stated(error: UpstreamError) -> tuple[int, int, int] | None:
+    """The window, the whole request and the answer's room, in tokens, when the refusal states them."""
+    found = next((m for m in (p.search(error.message) for p in _LIMIT_AND_REQUESTED) if m is not None), None)
+    if found is None:
+        return None
+    numbers = {name: int(value) for name, value in found.groupdict().items() if value is not None}
+    # Some state the input and the answer's room apart, not their sum.
+    requested = numbers.get("requested", numbers.get("text", 0) + numbers.get("output", 0))
+    output = numbers.get("output", requested - numbers["text"] if "text" in numbers else 0)
+    return numbers["limit"], requested, output
+
+
+def answer_room_past_window(error: UpstreamError) -> bool:
+    """Whether the refusal states that the room asked for the answer (max_output_tokens) alone takes the whole
+    window: no shorter input fits then, and what was sent says nothing about the window's room for input."""
+    stated = _stated(error)
+    return stated is not None and stated[2] >= stated[0]
+
+
 def shrunk_budget(fitted: Fit, error: UpstreamError, *, again: bool = False) -> int:
     """The budget for another try after the provider still found the input too long: what was sent, scaled by
     how much too long the provider found it (when it says), else by a fixed step (`again`: refused before)."""
     shrunk = int(fitted.total * _UNSTATED_STEPS[again])
-    found = next((m for m in (p.search(error.message) for p in _LIMIT_AND_REQUESTED) if m is not None), None)
-    if found is not None:
-        limit, requested = int(found["limit"]), int(found["requested"])
-        output = requested - int(found["text"]) if found.groupdict().get("text") else 0
+    stated = _stated(error)
+    if stated is not None:
+        limit, requested, output = stated
         if requested > limit > output >= 0:
             shrunk = int(fitted.total * (limit - output) / (requested - output) * 0.95)
     return max(min(shrunk, fitted.total - 1), 0)

@@ -429,7 +429,16 @@ class ContextWindows:
         try:
             if budget is not None:
                 plan.budget = budget
-                self._fit(plan, request.model)
+                try:
+                    self._fit(plan, request.model)
+                except UpstreamError:
+                    if not self._guessed(request.model, window, request.params, plan, overhead):
+                        raise
+                    # The budget was learned from refusals (a guess, or the limit a request that asked for more
+                    # room for its answer was given), not stated by the catalog: the new input goes alone, with
+                    # the calls it answers, and the provider says whether it fits. Refused here, every turn of
+                    # the model with a larger input was, before any call that could raise the budget again.
+                    plan.fit = fitting.least(plan.sent, plan.input_tokens, overhead, plan.answered)
             assert plan.fit is not None
             _refuse_unanswered_calls(plan.sent, plan.fit, request.input_items)
         except (UpstreamError, InvalidRequest):
@@ -447,6 +456,17 @@ class ContextWindows:
         if learned is None:
             return budget
         return learned if budget is None else min(budget, learned)
+
+    def _guessed(
+        self, model: str, window: ModelWindow | None, params: dict[str, Any], plan: _Plan, overhead: int
+    ) -> bool:
+        """Whether a truncated turn's budget is one learned from refusals below what the catalog states, which
+        the new input (and its overhead) would fit."""
+        learned = self.learned.get(model) if plan.truncate else None
+        if learned is None:
+            return False
+        stated = None if window is None else fitting.input_budget(window, params)
+        return stated is None or (learned < stated and plan.input_tokens + overhead <= stated)
 
     async def _compact_first(self, upstream: OpenRouterClient, turn: Turn, plan: _Plan) -> None:
         """context_management: the input crossed the threshold, so the history is compacted before the model
@@ -581,6 +601,7 @@ class ContextWindows:
             or attempt == MAX_FIT_ATTEMPTS
             or not len(plan.sent)
             or not _worth_compacting_again(plan.sent)
+            or fitting.answer_room_past_window(error)
         ):
             return False
         self.learned.lower(request.model, fitting.shrunk_budget(plan.fit, error))
@@ -604,6 +625,10 @@ class ContextWindows:
         catalog nor the provider's refusal states answers, rather than failing turn after turn while the
         remembered budget comes down to the window."""
         if not error.context_overflow or not plan.truncate or plan.fit is None:
+            return False
+        if fitting.answer_room_past_window(error):
+            # max_output_tokens alone is past the window: no shorter input helps, and the budget this refusal
+            # would teach (every other thread of the model starts from it) would be a guess far below the window.
             return False
         assert plan.sent is not None
         if plan.fit.start >= len(plan.sent):

@@ -120,7 +120,8 @@ CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 _OVERFLOW_WORDINGS = re.compile(
     r"maximum context length|context length (?:exceeded|is exceeded)|context_length_exceeded|context window"
     r"|prompt is too long|input is too long|too many (?:input )?tokens|exceeds? the (?:model's )?(?:maximum )?context"
-    r"|exceeds the maximum number of tokens",
+    r"|exceeds the maximum number of tokens|maximum prompt length|exceeds? context limit|available context size"
+    r"|`inputs` tokens \+ `max_new_tokens` must be",
     re.IGNORECASE,
 )
 
