@@ -143,6 +143,37 @@ async def test_every_compacted_window_is_openais_compact_resource(alice: Tenant,
             assert ids[0] == "msg_named" and ids[1].startswith("msg_")
 
 
+async def test_compacts_prompt_cache_and_tier_parameters_are_checked_and_go_to_the_summary_call(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """CompactResponseMethodPublicBody's prompt_cache_key, prompt_cache_retention, prompt_cache_options and
+    service_tier: they were dropped whatever they held. Checked as a turn's (prompt_cache_key at most 64
+    characters here), and sent on with the summary call, which OpenRouter takes as a turn."""
+    for wrong, param in (
+        ({"prompt_cache_key": 5}, "prompt_cache_key"),
+        ({"prompt_cache_key": "k" * 65}, "prompt_cache_key"),
+        ({"prompt_cache_retention": "1h"}, "prompt_cache_retention"),
+        ({"prompt_cache_options": {"mode": "manual"}}, "prompt_cache_options.mode"),
+        ({"service_tier": "gold"}, "service_tier"),
+    ):
+        refused = await alice.http.post("/v1/responses/compact", json={"model": MODEL, "input": "x", **wrong})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == param, refused.text
+    assert fake_upstream.requests == []
+    forwarded = {
+        "prompt_cache_key": "k" * 64,
+        "prompt_cache_retention": "24h",
+        "prompt_cache_options": {"mode": "implicit"},
+        "service_tier": "flex",
+    }
+    fake_upstream.reply_json(summary_reply("S"))
+    compacted = await alice.openai().responses.compact(model=MODEL, input="remember 42", **forwarded)  # type: ignore[arg-type]
+    assert compacted.output[-1].type == "compaction"
+    (call,) = fake_upstream.requests
+    assert call.body["instructions"] == SUMMARY_INSTRUCTIONS
+    assert {name: call.body[name] for name in forwarded} == forwarded
+
+
 async def test_a_tampered_or_foreign_compaction_item_is_refused_without_an_upstream_call(
     alice: Tenant, bob: Tenant, fake_upstream: FakeOpenRouter, db: AsyncEngine
 ) -> None:

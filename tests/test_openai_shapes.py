@@ -128,6 +128,28 @@ async def test_response_objects_match_the_spec_and_stored_items_stay_as_received
     assert older.json()["prompt_cache_retention"] == "in_memory"
 
 
+async def test_echoed_tools_and_text_are_completed_as_the_response_schema_requires(
+    alice: Tenant, fake_upstream: FakeOpenRouter
+) -> None:
+    """A function tool sent without `parameters` is echoed with it null (FunctionTool requires the key, as it
+    does `strict`), and a `text` without its format shows the format the model ran with; sent upstream as given."""
+    body = {
+        "model": MODEL,
+        "input": "x",
+        "tools": [{"type": "function", "name": "ping"}],
+        "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "ping"}]},
+        "text": {"verbosity": "low"},
+    }
+    answer = await alice.http.post("/v1/responses", json=body)
+    assert answer.status_code == 200, answer.text
+    for shown in (answer.json(), (await alice.http.get(f"/v1/responses/{answer.json()['id']}")).json()):
+        check("Response", shown)
+        assert shown["tools"] == [{"type": "function", "name": "ping", "parameters": None, "strict": None}]
+        assert shown["text"] == {"format": {"type": "text"}, "verbosity": "low"}
+    sent = fake_upstream.requests[-1].body
+    assert (sent["tools"], sent["text"]) == (body["tools"], body["text"])
+
+
 async def test_stream_events_match_the_spec(alice: Tenant, fake_upstream: FakeOpenRouter) -> None:
     seen: set[str] = set()
     fake_upstream.enqueue(Reply(kind="sse", events=text_stream_events("Hello there, friend.")))

@@ -242,6 +242,18 @@ async def test_body_over_the_size_limit_gets_413(alice: Tenant, fake_upstream: F
             "text.format.schema",
         ),
         ({"model": "m", "input": "x", "service_tier": "gold"}, "service_tier"),
+        # Sent on unchecked before, and echoed where the Response's schema types them.
+        ({"model": "m", "input": "x", "reasoning": {"generate_summary": "long"}}, "reasoning.generate_summary"),
+        ({"model": "m", "input": "x", "reasoning": {"mode": 5}}, "reasoning.mode"),
+        ({"model": "m", "input": "x", "reasoning": {"context": ["all_turns"]}}, "reasoning.context"),
+        ({"model": "m", "input": "x", "prompt": {"id": "pmpt_1", "variables": {"city": 5}}}, "prompt.variables.city"),
+        ({"model": "m", "input": "x", "prompt_cache_options": "explicit"}, "prompt_cache_options"),
+        ({"model": "m", "input": "x", "prompt_cache_options": {"mode": "manual"}}, "prompt_cache_options.mode"),
+        ({"model": "m", "input": "x", "prompt_cache_options": {"ttl": 30}}, "prompt_cache_options.ttl"),
+        # OpenRouter runs no moderation: sent on, it was ignored, the output unmoderated.
+        ({"model": "m", "input": "x", "moderation": {"model": "omni-moderation-latest"}}, "moderation"),
+        # The spec's minItems: an empty list turned compaction on without a threshold.
+        ({"model": "m", "input": "x", "context_management": []}, "context_management"),
         ({"model": "m", "input": "x", "include": "reasoning.encrypted_content"}, "include"),
         # Item fields OpenAI's schema types: stored, they would go upstream on every later turn.
         ({"model": "m", "input": [{"role": "assistant", "content": "a", "status": "bogus"}]}, "input[0].status"),
@@ -321,11 +333,19 @@ async def test_generation_parameters_both_apis_accept_go_upstream_as_sent(
         },
         "service_tier": "flex",
         "include": ["reasoning.encrypted_content"],
+        "prompt_cache_options": {"mode": "explicit", "ttl": "30m"},
+        "prompt": {"id": "pmpt_1", "variables": {"city": "Paris", "logo": {"type": "input_text", "text": "x"}}},
     }
     answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", **accepted})
     assert answer.status_code == 200, answer.text
     sent = fake_upstream.requests[0].body
     assert {name: sent[name] for name in accepted} == accepted
+    # A value of OpenAI's enum that OpenRouter's lacks is OpenRouter's to judge (it was refused here).
+    newer = {"service_tier": "ultrafast", "reasoning": {"mode": "pro", "context": "all_turns"}}
+    answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "x", **newer})
+    assert answer.status_code == 200, answer.text
+    assert {name: fake_upstream.requests[-1].body[name] for name in newer} == newer
+    assert answer.json()["service_tier"] == "ultrafast"
 
 
 async def test_the_valid_forms_of_checked_items_and_parts_go_upstream_as_sent(

@@ -21,6 +21,7 @@ from service.ids import new_id
 from service.items import normalize_input
 from service.rendering import client_item
 from service.responses.outcome import apply_upstream_result
+from service.responses.parameters import check_parameters
 from service.responses.requests import TurnRequest, continuation_of, model_of
 from service.responses.status import Status
 from service.responses.turn import INTERRUPTED_ERROR, TurnContext
@@ -36,11 +37,31 @@ def _kept_message(body: str) -> dict[str, Any]:
     return {"id": new_id("msg"), **message, "status": message.get("status") or "completed"}
 
 
+# CompactResponseMethodPublicBody's fields that go on to the summary call, which OpenRouter takes as a turn's.
+_FORWARDED = ("prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "service_tier")
+# The compact body's bound (a turn's prompt_cache_key has none).
+_MAX_PROMPT_CACHE_KEY_CHARS = 64
+
+
+def _forwarded_parameters(body: dict[str, Any]) -> dict[str, Any]:
+    """The compact body's parameters for the summary call, checked as a turn's are."""
+    params = {name: body[name] for name in _FORWARDED if body.get(name) is not None}
+    check_parameters(params)
+    if len(params.get("prompt_cache_key", "")) > _MAX_PROMPT_CACHE_KEY_CHARS:
+        raise InvalidRequest(
+            f"prompt_cache_key must be at most {_MAX_PROMPT_CACHE_KEY_CHARS} characters",
+            param="prompt_cache_key",
+            code="invalid_value",
+        )
+    return params
+
+
 def _compact_request(body: dict[str, Any], max_input_items: int) -> TurnRequest:
     model = model_of(body)
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise InvalidRequest("instructions must be a string", param="instructions")
+    forwarded = _forwarded_parameters(body)
     conversation_id, previous = continuation_of(body)
     raw_input = body.get("input")
     items = [] if raw_input is None else normalize_input(raw_input, param="input", max_items=max_input_items)
@@ -49,7 +70,7 @@ def _compact_request(body: dict[str, Any], max_input_items: int) -> TurnRequest:
     return TurnRequest(
         model=model,
         input_items=items,
-        params={"model": model, **({"instructions": instructions} if instructions is not None else {})},
+        params={"model": model, **({"instructions": instructions} if instructions is not None else {}), **forwarded},
         instructions=instructions,
         conversation_id=conversation_id,
         previous_response_id=previous,
@@ -76,6 +97,7 @@ async def compact_thread(
             thread=request.conversation_id or request.previous_response_id,
             history=history,
             inputs=[i.body for i in turn.request.input_items],
+            forwarded={name: request.params[name] for name in _FORWARDED if name in request.params},
         )
     except ServiceError as error:
         code = "invalid_prompt" if error.status_code in {400, 413, 422} else "server_error"

@@ -181,11 +181,22 @@ def as_summary_text(body: str, kind: int) -> str:
 
 
 async def summarize(
-    upstream: OpenRouterClient, model: str, history: str, *, session_id: str | None
+    upstream: OpenRouterClient,
+    model: str,
+    history: str,
+    *,
+    session_id: str | None,
+    forwarded: dict[str, Any] | None = None,
 ) -> tuple[Summary, dict[str, Any] | None]:
-    """Ask `model` for a summary of `history` (rendered item texts joined by commas). Raises UpstreamError when
-    it fails."""
-    head: dict[str, Any] = {"model": model, "store": False, "stream": False, "instructions": SUMMARY_INSTRUCTIONS}
+    """Ask `model` for a summary of `history` (rendered item texts joined by commas), with `forwarded` (a
+    compact request's prompt-cache and tier parameters) on the call. Raises UpstreamError when it fails."""
+    head: dict[str, Any] = {
+        **(forwarded or {}),
+        "model": model,
+        "store": False,
+        "stream": False,
+        "instructions": SUMMARY_INSTRUCTIONS,
+    }
     if session_id:
         head["session_id"] = session_id
     request = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Summarize now."}]}

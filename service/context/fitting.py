@@ -75,8 +75,9 @@ def compaction_threshold(params: dict[str, Any], window: ModelWindow | None = No
     entries = params.get("context_management")
     if entries is None:
         return None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise InvalidRequest("context_management must be an array of objects", param="context_management")
+    # At least one entry, as OpenAI's spec says (minItems): an empty list is no setting a turn could follow.
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise InvalidRequest("context_management must be a non-empty array of objects", param="context_management")
     threshold: int | None = None
     for index, entry in enumerate(entries):
         if entry.get("type") != "compaction":

@@ -317,10 +317,12 @@ class ContextWindows:
         thread: str | None,
         history: str,
         inputs: list[str],
+        forwarded: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], list[str], list[str], dict[str, Any] | None]:
         """POST /v1/responses/compact: a compaction item for this history and input, the user messages it
-        keeps, the calls still waiting for their output (to be answered after it), and the summary call's usage.
-        Raises UpstreamError when the summary call fails."""
+        keeps, the calls still waiting for their output (to be answered after it), and the summary call's usage
+        (`forwarded`: the request's parameters the summary call carries). Raises UpstreamError when the summary
+        call fails."""
         counted = self.ledger.counted(thread, history)
         sent, input_bodies, _ = await self._composed(tenant_id, counted, inputs)
         everything = CountedItems.of(
@@ -328,7 +330,7 @@ class ContextWindows:
             [*sent.kinds, *(kind_of(msgspec.json.decode(b)) for b in input_bodies)],
             [*sent.counts, *(tokens.body_tokens(b) for b in input_bodies)],
         )
-        summary, usage = await self._summarize(upstream, model, everything, session_id=thread)
+        summary, usage = await self._summarize(upstream, model, everything, session_id=thread, forwarded=forwarded)
         item = compaction.compaction_item(await self.sealer.seal(tenant_id, summary))
         bodies = everything.bodies()
         kept = [body for body, kind in zip(bodies, everything.kinds, strict=True) if kind == USER_MESSAGE]
@@ -508,7 +510,13 @@ class ContextWindows:
         logger.info("turn %s: compacted %s before calling the model", turn.state.id, turn.request.model)
 
     async def _summarize(
-        self, upstream: OpenRouterClient, model: str, items: CountedItems, *, session_id: Any
+        self,
+        upstream: OpenRouterClient,
+        model: str,
+        items: CountedItems,
+        *,
+        session_id: Any,
+        forwarded: dict[str, Any] | None = None,
     ) -> tuple[Summary, dict[str, Any] | None]:
         """The summary call, its input cut (oldest first) to the summarizing model's window when known, without
         the tool calls or outputs that lack their other half (a pending call is sent as it is after the summary,
@@ -541,7 +549,11 @@ class ContextWindows:
             history = fitted.history_text(items)
             try:
                 return await compaction.summarize(
-                    upstream, model, history, session_id=session_id if isinstance(session_id, str) else None
+                    upstream,
+                    model,
+                    history,
+                    session_id=session_id if isinstance(session_id, str) else None,
+                    forwarded=forwarded,
                 )
             except UpstreamError as error:
                 # The provider counts more than the estimate, or takes less than the catalog says: the limit it

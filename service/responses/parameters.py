@@ -37,9 +37,12 @@ _ALLOWED_TOOLS_MODES = frozenset({"auto", "required"})
 _NAMED_TOOL_CHOICES = frozenset({"function", "custom"})
 # OpenAI's maximum; OpenRouter passes it on.
 _MAX_SAFETY_IDENTIFIER_CHARS = 64
-_SERVICE_TIERS = frozenset({"auto", "default", "fast", "flex", "priority", "scale"})
+_SERVICE_TIERS = frozenset({"auto", "default", "fast", "flex", "priority", "scale", "ultrafast"})
 # OpenAI's spec spells it in_memory; earlier SDK releases (and clients built on them) send in-memory.
 _PROMPT_CACHE_RETENTIONS = frozenset({"in_memory", "in-memory", "24h"})
+# OpenAI's PromptCacheModeEnum, which OpenRouter's prompt_cache_options shares; its `ttl` is left to OpenRouter,
+# whose providers keep caches for other times than OpenAI's one value.
+_PROMPT_CACHE_MODES = frozenset({"implicit", "explicit"})
 
 
 def _invalid(message: str, param: str) -> InvalidRequest:
@@ -151,6 +154,11 @@ def _check_reasoning(reasoning: Any) -> None:
     _object(reasoning, "reasoning")
     _one_of(reasoning.get("effort"), _REASONING_EFFORTS, "reasoning.effort")
     _one_of(reasoning.get("summary"), _REASONING_SUMMARIES, "reasoning.summary")
+    # The deprecated name of `summary`, with its values.
+    _one_of(reasoning.get("generate_summary"), _REASONING_SUMMARIES, "reasoning.generate_summary")
+    # Strings in both specs (their values differ between them and grow): echoed, so at least of that type.
+    _optional(reasoning, "mode", str, "a string", "reasoning")
+    _optional(reasoning, "context", str, "a string", "reasoning")
 
 
 def _check_text(text: Any) -> None:
@@ -177,6 +185,19 @@ def _check_prompt(prompt: Any) -> None:
         raise _invalid("prompt.id is required: the prompt template's id", "prompt.id")
     _optional(prompt, "version", str, "a string", "prompt")
     _optional(prompt, "variables", dict, "an object", "prompt")
+    for name, value in (prompt.get("variables") or {}).items():
+        # A string or an input part (input_text, input_image, input_file); the upstream judges the part.
+        if not isinstance(value, str) and not (isinstance(value, dict) and isinstance(value.get("type"), str)):
+            raise _invalid(
+                "prompt.variables values must be strings or input parts (objects with a type)",
+                f"prompt.variables.{name[:100]}",
+            )
+
+
+def _check_prompt_cache_options(options: Any) -> None:
+    _object(options, "prompt_cache_options")
+    _one_of(options.get("mode"), _PROMPT_CACHE_MODES, "prompt_cache_options.mode")
+    _optional(options, "ttl", str, "a string", "prompt_cache_options")
 
 
 def check_parameters(params: dict[str, Any]) -> None:
@@ -214,3 +235,13 @@ def check_parameters(params: dict[str, Any]) -> None:
         _one_of(params["prompt_cache_retention"], _PROMPT_CACHE_RETENTIONS, "prompt_cache_retention")
     if "prompt" in params:
         _check_prompt(params["prompt"])
+    if "prompt_cache_options" in params:
+        _check_prompt_cache_options(params["prompt_cache_options"])
+    if "moderation" in params:
+        # OpenRouter has no moderation: sent on, it would be ignored, and the client would take its input and
+        # output for moderated. A null is the default (none) and is taken.
+        raise InvalidRequest(
+            "moderation is not supported: this service's upstream (OpenRouter) runs no moderation of a response",
+            param="moderation",
+            code="unsupported_parameter",
+        )

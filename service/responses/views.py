@@ -77,9 +77,10 @@ def full_usage(usage: dict[str, Any] | None, status: str = Status.COMPLETED) -> 
 
 
 def _with_strict(tool: Any) -> Any:
-    """Function tools are echoed with `strict` (null when the request left it out, as the spec allows)."""
-    if isinstance(tool, dict) and tool.get("type") == "function" and "strict" not in tool:
-        return {**tool, "strict": None}
+    """Function tools are echoed with `strict` and `parameters` (null when the request left them out, as the spec
+    allows: its FunctionTool requires both keys)."""
+    if isinstance(tool, dict) and tool.get("type") == "function":
+        return {**tool, **{name: None for name in ("parameters", "strict") if name not in tool}}
     return tool
 
 
@@ -134,6 +135,9 @@ class ResponseState:
         # A response stored before its parameters were checked may hold anything there: it still renders.
         tools = echo["tools"]
         echo["tools"] = [_with_strict(tool) for tool in tools] if isinstance(tools, list) else []
+        text = echo["text"]
+        if isinstance(text, dict) and text.get("format") is None:  # the format the model was run with
+            echo["text"] = {**text, "format": _ECHO_DEFAULTS["text"]["format"]}
         echo["service_tier"] = self.service_tier or self.params.get("service_tier") or _DEFAULT_SERVICE_TIER
         for name in ("user", "prompt_cache_retention"):  # omitted rather than null, as OpenAI does
             if name in self.params:
