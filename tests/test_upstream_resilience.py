@@ -4,6 +4,8 @@ Retry-After, timeouts giving 504 with a stored failed response, and slow calls n
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -172,3 +174,23 @@ async def test_one_slow_upstream_call_does_not_block_others(alice: Tenant, fake_
     assert time.monotonic() - started < 2.5
     assert not slow.done()
     assert (await slow).status_code == 200
+
+
+async def test_an_answer_cut_after_its_headers_leaves_no_connection_open(
+    alice: Tenant, fake_upstream: FakeOpenRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attempt whose body broke off is retried; its connection must be given back, not left for the garbage
+    collector to find (aiohttp then logs `Unclosed connection` at ERROR, and the socket stays open until then)."""
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addHandler(caplog.handler)
+    try:
+        fake_upstream.enqueue(Reply(status=200, body=text_response("lost"), cut_after=0))
+        fake_upstream.reply_json(text_response("After the cut."))
+        answer = await alice.http.post("/v1/responses", json={"model": MODEL, "input": "Hi"})
+        assert answer.status_code == 200, answer.text
+        assert len(fake_upstream.requests) == 2
+        gc.collect()
+        await asyncio.sleep(0.1)
+    finally:
+        asyncio_logger.removeHandler(caplog.handler)
+    assert [r.getMessage() for r in caplog.records if "Unclosed" in r.getMessage()] == []

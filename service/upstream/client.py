@@ -113,7 +113,13 @@ class OpenRouterClient:
             raise UpstreamError(f"Could not reach OpenRouter ({type(exc).__name__})", kind="connect") from None
         if response.status_code < 400:
             if not stream:
-                await self._read(response)
+                try:
+                    await self._read(response)
+                except BaseException:
+                    # A body that broke off (or was too large) leaves the connection checked out: give it back
+                    # now, not when the garbage collector finds it.
+                    await response.aclose()
+                    raise
             return response
         try:
             raw = await self._read(response)
