@@ -290,6 +290,34 @@ async def test_a_client_that_leaves_before_its_body_was_sent_is_not_a_server_err
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+async def test_a_keyed_request_whose_client_left_before_its_body_was_sent_is_not_a_server_error(
+    alice: Tenant, server: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Idempotency-Key middleware reads the body itself: a client gone meanwhile (a timeout during a rolling
+    restart, a process frozen while its request waited) ended it with nothing sent, which the access log and
+    convstore_http_requests_total counted as a 500 of no tenant."""
+    caplog.set_level(logging.INFO)
+    head = (
+        f"POST /v1/responses HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {alice.key}\r\n"
+        "content-type: application/json\r\nidempotency-key: left-early\r\ncontent-length: 100\r\n\r\n"
+    ).encode()
+    sock = await asyncio.to_thread(_raw_request, server.port, head + b'{"mod')
+    await asyncio.sleep(0.3)
+    sock.close()
+
+    def logged() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "service.access" and "/v1/responses" in r.getMessage()]
+
+    for _ in range(100):
+        if logged():
+            break
+        await asyncio.sleep(0.05)
+    [line] = logged()
+    fields = getattr(line, "fields", {})
+    assert (fields["status"], fields["error_code"], fields["tenant"]) == (400, "client_disconnected", "alice")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 def _exchange(port: int, sent: bytes, timeout: float = 5.0) -> tuple[bytes, bool]:
     """`sent` on a new connection; everything the server answered, and whether it closed within `timeout`."""
     sock = _raw_request(port, sent)

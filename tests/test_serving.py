@@ -109,6 +109,10 @@ async def test_sigterm_with_a_connected_stream_stops_within_the_grace_period(
     assert exit_code == 0, process.log_path.read_text()
     assert stopped_after < grace + 3, f"stopped {stopped_after:.1f}s after SIGTERM"
     assert events[-1]["type"] == "response.failed"
+    # Said in the log, as for non-streamed turns: the turn was stored failed because the grace period ended.
+    assert "stopped 1 streamed or background turn(s) still running at the end of the grace period" in (
+        process.log_path.read_text()
+    )
     response_id = events[0]["response"]["id"]
     [row] = await rows(db, "SELECT status, error FROM response WHERE id = :r", r=response_id)
     assert row["status"] == "failed" and row["error"]["message"] == "The turn was interrupted before it finished"

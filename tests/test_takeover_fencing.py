@@ -365,3 +365,60 @@ async def test_a_keyed_stream_whose_process_was_killed_replays_its_failed_respon
 
 async def _upstream_called(fake: FakeOpenRouter, times: int) -> bool:
     return len(fake.requests) >= times
+
+
+async def test_a_chain_turn_begun_after_its_process_last_heartbeat_leaves_its_chain_when_the_process_is_killed(
+    process_a: Callable[..., ServiceProcess],
+    start_server: Callable[..., LiveServer],
+    fake_upstream: FakeOpenRouter,
+    db: AsyncEngine,
+) -> None:
+    """A plain turn continuing a chain, killed with its process before that process's next heartbeat listed it:
+    the reaper found no list naming it, so the turn stayed on its chain's running turns and as a running child of
+    the response it continued. Each later turn of the chain renewed the listing's expiry, so the chain showed
+    in_progress for as long as it was used. The unlisted turn is taken off once it is older than every live
+    process's horizon, as an unlisted conversation claim is freed."""
+    # A beats every 15 s: the turn it begins just after its first beat is in no list when it is killed.
+    a = process_a(PROCESS_HEARTBEAT_TIMEOUT="60")
+    b = start_server(process_heartbeat_timeout=0.5)
+    key = await keys.create_key(db, tenant="unlisted")
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("The chain starts.")))
+    fake_upstream.enqueue(Reply(kind="json", body=text_response("Never delivered."), delay=60.0))
+    async with client_for(a.url, key.secret) as on_a, client_for(b.url, key.secret) as on_b:
+        first = await on_a.post("/v1/responses", json={"model": MODEL, "input": "start"})
+        assert first.status_code == 200, first.text
+        chain = first.json()["id"]
+        cut = asyncio.create_task(
+            on_a.post("/v1/responses", json={"model": MODEL, "input": "go on", "previous_response_id": chain})
+        )
+        await eventually(lambda: _upstream_called(fake_upstream, 2), timeout=20)
+        assert a.process is not None
+        [listed] = await rows(db, "SELECT running_responses FROM service_process WHERE pid = :p", p=a.process.pid)
+        assert listed["running_responses"] == [], "the turn must begin after A's last heartbeat"
+        [running] = await rows(db, "SELECT turn_response_ids FROM response_chain WHERE id = :c", c=chain)
+        assert len(running["turn_response_ids"]) == 1
+        a.kill()
+        with pytest.raises(httpx.HTTPError):
+            await cut
+        # As if A's heartbeat timeout had passed since its last beat: B takes it for dead (its lock is free).
+        await execute(
+            db,
+            "UPDATE service_process SET heartbeat_at = now() - interval '61 seconds' WHERE pid = :p",
+            p=a.process.pid,
+        )
+
+        async def taken_off() -> bool:
+            [row] = await rows(db, "SELECT turn_response_ids FROM response_chain WHERE id = :c", c=chain)
+            notes = await scalar(db, "SELECT count(*) FROM running_chain_turn WHERE previous_response_id = :c", c=chain)
+            return row["turn_response_ids"] == [] and notes == 0
+
+        # The horizon is every live process's last heartbeat less its timeout (10 s for this run's shared server).
+        await eventually(taken_off, timeout=30)
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        thread = await on_b.get(f"/admin/threads/{chain}", headers=admin)
+        assert thread.status_code == 200, thread.text
+        assert thread.json()["last_status"] == "failed"
+        # The chain goes on, and is idle once its next turn has ended.
+        after = await on_b.post("/v1/responses", json={"model": MODEL, "input": "again", "previous_response_id": chain})
+        assert after.status_code == 200 and after.json()["status"] == "completed"
+        assert (await on_b.get(f"/admin/threads/{chain}", headers=admin)).json()["last_status"] == "completed"

@@ -193,6 +193,45 @@ _DROP_LISTED_RUNNING_CHILDREN = text(
     """
 )
 
+# The plain chain turns no list names (begun after their process's last heartbeat) whose notes are older than every
+# live process's horizon, as for unlisted claims: taken off their chains' running turns (the chain's last turn
+# failed) and their notes dropped. Left, each later turn of the chain renewed the listing, which then showed the
+# chain in_progress for as long as it was used. A note holds its begin plus its holder's TTL, renewed only later:
+# less the shortest TTL a live process declared, it is never earlier than the begin of a live holder's turn. A
+# chain whose row another statement holds keeps its turn and note for a later pass.
+_DROP_UNLISTED_CHAIN_TURNS = text(
+    """
+    WITH live AS (SELECT unnest(running_responses) AS id FROM service_process WHERE stopped_at IS NULL),
+    horizon AS (SELECT min(heartbeat_at - make_interval(secs => heartbeat_timeout)) AS at,
+                       min(coalesce(turn_lock_ttl, :ttl)) AS ttl
+                FROM service_process WHERE stopped_at IS NULL),
+    gone AS MATERIALIZED (
+        SELECT n.response_id AS id, p.thread_id
+        FROM running_chain_turn n LEFT JOIN response p ON p.id = n.previous_response_id, horizon
+        WHERE n.expires_at - make_interval(secs => horizon.ttl) < horizon.at
+          AND n.response_id NOT IN (SELECT id FROM live)
+    ),
+    listing AS MATERIALIZED (
+        SELECT ch.id FROM response_chain ch WHERE ch.id IN (SELECT thread_id FROM gone)
+        FOR UPDATE OF ch SKIP LOCKED
+    ),
+    taken_off AS (
+        UPDATE response_chain ch
+        SET turn_response_ids = ARRAY(SELECT t FROM unnest(ch.turn_response_ids) t
+                                      WHERE t <> ALL(ARRAY(SELECT id FROM gone))),
+            turn_expires_at = CASE WHEN ch.turn_response_ids <@ ARRAY(SELECT id FROM gone)
+                THEN NULL ELSE ch.turn_expires_at END,
+            last_status = 'failed'
+        FROM listing WHERE ch.id = listing.id AND ch.turn_response_ids && ARRAY(SELECT id FROM gone)
+    )
+    DELETE FROM running_chain_turn n USING gone
+    WHERE n.response_id = gone.id
+      AND (gone.thread_id IN (SELECT id FROM listing)
+           OR NOT EXISTS (SELECT FROM response_chain ch WHERE ch.id = gone.thread_id))
+    RETURNING n.response_id, n.previous_response_id
+    """
+)
+
 # Long enough for every turn a stopped process began after its last heartbeat to pass the horizon.
 _FORGET_STOPPED = text(
     "DELETE FROM service_process"
@@ -296,7 +335,10 @@ async def fail_orphaned_turns(conn: AsyncConnection, *, ttl: float, error: str) 
     failed += (await conn.execute(_FAIL_UNLISTED_RESPONSES, {"error": error, "freed": freed})).all()
     await responses.count_failed_turns(conn, failed)
     unseen = [turn for row in await conn.execute(_FREE_LISTED_CHAIN_TURNS) for turn in row[0]]
-    parents = (await conn.execute(_DROP_LISTED_RUNNING_CHILDREN)).scalars().all()
+    parents = list((await conn.execute(_DROP_LISTED_RUNNING_CHILDREN)).scalars().all())
+    for turn, parent in (await conn.execute(_DROP_UNLISTED_CHAIN_TURNS, {"ttl": ttl})).all():
+        unseen.append(turn)
+        parents.append(parent)
     await responses.delete_hidden_if_unneeded(conn, parents)
     await conn.execute(_FORGET_STOPPED)
     return sorted({row.id for row in failed} | set(freed) | set(unseen))

@@ -215,6 +215,10 @@ class TurnRunner:
         _, pending = await asyncio.wait(tasks, timeout=grace)
         if not pending:
             return
+        # As stop_plain_turns says of non-streamed ones: the operator learns why these turns were stored failed.
+        logger.warning(
+            "stopped %d streamed or background turn(s) still running at the end of the grace period", len(pending)
+        )
         for run in list(self._runs.values()):
             self.stop(run, SHUTDOWN)
         _, still = await asyncio.wait(pending, timeout=_STOP_WAIT_SECONDS)
