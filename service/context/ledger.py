@@ -56,6 +56,10 @@ _NOT_AFTER_REASONING = frozenset({USER_MESSAGE, INSTRUCTION, TOOL_OUTPUT, COMPAC
 # A call that may go unanswered: OpenAI's MCP approval request (the client may never approve it).
 _ANSWER_OPTIONAL = "mcp_approval_request"
 _ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+# What an entry costs besides its text and its per-item arrays: the object, the arrays' and its call pairing's
+# containers, and its slot and key in the ledger. Every stored turn keeps an entry, so a ledger of short threads
+# (one-off responses) holds mostly this.
+_ENTRY_OVERHEAD = 1152
 
 
 class _Shape(msgspec.Struct):
@@ -274,7 +278,7 @@ class CountedItems:
         return entry
 
     def size(self) -> int:
-        return sys.getsizeof(self.text) + 8 * 2 * len(self) + len(self.kinds)
+        return sys.getsizeof(self.text) + 8 * 2 * len(self) + len(self.kinds) + _ENTRY_OVERHEAD
 
     def _copy(self) -> CountedItems:
         new = CountedItems(self.text, array("q", self.lengths), array("q", self.counts), bytearray(self.kinds))
