@@ -155,6 +155,7 @@ def handle_service_error(_: Request[Any, Any, Any], exc: ServiceError) -> Respon
 # What litestar raises when the client goes before its body was read: not a server error (no client reads the
 # answer; the access log and the metrics count it as the client's).
 _CLIENT_LEFT = "client disconnected prematurely"
+CLIENT_LEFT_MESSAGE = "The client closed the connection before its body was sent"
 
 
 def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -163,7 +164,7 @@ def handle_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Resp
     code: str | None = None
     message = exc.detail or "Request failed"
     if status == 500 and exc.detail == _CLIENT_LEFT:
-        status, code, message = 400, "client_disconnected", "The client closed the connection before its body was sent"
+        status, code, message = 400, "client_disconnected", CLIENT_LEFT_MESSAGE
     if isinstance(exc, NotFoundException):
         code = "not_found"
         if message == "Not Found":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import Tenant
@@ -350,17 +351,7 @@ async def test_a_budget_guessed_from_refusals_never_refuses_a_larger_new_input_b
     model = "someone/unlisted-bare-guess"
     fake_upstream.windows[model] = (1000, 200)
     fake_upstream.overflow_wording = "bare"
-    conversation_id = await import_conversation(alice, message("user", "hello there"), message("assistant", "hi"))
-    refused = await post_turn(
-        alice,
-        model=model,
-        input="write a book",
-        conversation=conversation_id,
-        truncation="auto",
-        max_output_tokens=5000,
-    )
-    assert refused.status_code == 400, refused.text
-    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    await _asked_more_room_for_its_answer_than_the_window_has(alice, model)
     other = await new_conversation(bob.http)
     text = "word " * 100  # far within the window, past the guess
     calls = len(fake_upstream.requests)
@@ -368,6 +359,10 @@ async def test_a_budget_guessed_from_refusals_never_refuses_a_larger_new_input_b
     assert answer.status_code == 200, answer.text
     assert check_sent(fake_upstream) == [user(text)]
     assert len(fake_upstream.requests) - calls == 1
+    # The same for a previous_response_id chain's turn.
+    chained = await post_turn(bob, model=model, input=text, previous_response_id=answer.json()["id"], truncation="auto")
+    assert chained.status_code == 200, chained.text
+    assert len(fake_upstream.requests) - calls == 2
 
 
 async def test_a_refusal_of_the_answers_room_leaves_other_threads_their_history(
@@ -378,18 +373,8 @@ async def test_a_refusal_of_the_answers_room_leaves_other_threads_their_history(
     learned from it, a fraction of one short thread, refused every other thread's turns on that model."""
     model = "someone/unlisted-answer-room"
     fake_upstream.windows[model] = (1000, 200)
-    conversation_id = await import_conversation(alice, message("user", "hello there"), message("assistant", "hi"))
     calls = len(fake_upstream.requests)
-    refused = await post_turn(
-        alice,
-        model=model,
-        input="write a book",
-        conversation=conversation_id,
-        truncation="auto",
-        max_output_tokens=5000,
-    )
-    assert refused.status_code == 400, refused.text
-    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    refused = await _asked_more_room_for_its_answer_than_the_window_has(alice, model)
     assert "5000 in the output" in refused.json()["error"]["message"]
     assert len(fake_upstream.requests) - calls == 1  # no shorter input helps
     other = await new_conversation(bob.http)
@@ -400,3 +385,19 @@ async def test_a_refusal_of_the_answers_room_leaves_other_threads_their_history(
         assert answer.status_code == 200, answer.text
         assert len(fake_upstream.requests) - calls == 1
         assert len(check_sent(fake_upstream)) == 2 * index + 1  # the whole thread
+
+
+async def _asked_more_room_for_its_answer_than_the_window_has(alice: Tenant, model: str) -> httpx.Response:
+    """A short thread's turn with max_output_tokens past the model's whole window: refused by the provider."""
+    conversation_id = await import_conversation(alice, message("user", "hello there"), message("assistant", "hi"))
+    refused = await post_turn(
+        alice,
+        model=model,
+        input="write a book",
+        conversation=conversation_id,
+        truncation="auto",
+        max_output_tokens=5000,
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    return refused

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.cluster import running
 from service.cluster.bus import Bus
-from service.errors import InvalidRequest, PayloadTooLarge, two_headers
+from service.errors import CLIENT_LEFT_MESSAGE, InvalidRequest, PayloadTooLarge, two_headers
 from service.idempotency import service as idempotency
 from service.idempotency.progress import EffectTracker, tracking
 from service.idempotency.replay import is_event_stream, send_from_response, send_stored
@@ -247,9 +247,7 @@ class IdempotencyMiddleware(ASGIMiddleware):
             # As errors.py answers an unkeyed request whose client left: counted as the client's, not as a 500
             # (returning with nothing sent was one, of no tenant, in the access log and the metrics).
             note_tenant(caller.tenant_name)
-            raise InvalidRequest(
-                "The client closed the connection before its body was sent", code="client_disconnected"
-            ) from None
+            raise InvalidRequest(CLIENT_LEFT_MESSAGE, code="client_disconnected") from None
         path = scope["path"].rstrip("/") or "/"
         method = str(scope.get("method", "POST"))
         request = idempotency.KeyedRequest(tenant_id, key, method, path, idempotency.fingerprint(method, path, body))
